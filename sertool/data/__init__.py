@@ -1,0 +1,1 @@
+"""Corpora: reading MSP-Podcast and manifests, audio loading, the demo corpus."""

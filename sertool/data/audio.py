@@ -1,0 +1,98 @@
+"""Audio I/O through soundfile: any rate and channel count in, 16 kHz mono float32 out.
+
+torchaudio.load/save need torchcodec, which PyPI only ships for CUDA; sertool reads and writes with
+soundfile and uses torchaudio only for resampling.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from sertool.errors import SertoolError
+
+SAMPLE_RATE = 16_000  # Hz; every speech backbone sertool supports was pre-trained at 16 kHz.
+
+
+def audio_info(path: str | Path) -> tuple[int, int, int]:
+    """Return ``(sample_rate, num_frames, num_channels)`` from the file header, without decoding.
+
+    Raises:
+        SertoolError: the file is missing or not audio soundfile can read.
+    """
+    path = Path(path)
+    try:
+        info = sf.info(str(path))
+    except FileNotFoundError:
+        raise SertoolError(f"{path}: audio file not found") from None
+    except (sf.LibsndfileError, RuntimeError, OSError) as error:
+        raise SertoolError(f"{path}: not a readable audio file ({_short(error)})") from None
+    return int(info.samplerate), int(info.frames), int(info.channels)
+
+
+def audio_duration_s(path: str | Path) -> float:
+    """Duration in seconds from the file header (no decoding)."""
+    sample_rate, num_frames, _ = audio_info(path)
+    return num_frames / sample_rate
+
+
+def load_audio(
+    path: str | Path,
+    *,
+    sample_rate: int = SAMPLE_RATE,
+    offset_s: float = 0.0,
+    max_duration_s: float | None = None,
+) -> torch.Tensor:
+    """Read ``path`` as a 1-D float32 waveform at ``sample_rate``, channels averaged.
+
+    Args:
+        path: any format libsndfile reads (WAV, FLAC, OGG, ...).
+        sample_rate: target rate in Hz; other rates are resampled (band-limited sinc, torchaudio).
+        offset_s: start reading this many seconds into the file.
+        max_duration_s: read at most this many seconds (None: to the end). Only the needed frames
+            are decoded, so cropping a long file is cheap.
+
+    Raises:
+        SertoolError: missing, unreadable, truncated or empty audio, naming the file.
+    """
+    path = Path(path)
+    file_rate, num_frames, _ = audio_info(path)
+    start = min(num_frames, int(round(offset_s * file_rate)))
+    stop = num_frames if max_duration_s is None else min(num_frames, start + int(math.ceil(max_duration_s * file_rate)))
+    try:
+        data, _ = sf.read(str(path), start=start, stop=stop, dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, OSError) as error:
+        raise SertoolError(f"{path}: audio could not be decoded ({_short(error)})") from None
+    if data.shape[0] == 0:
+        raise SertoolError(f"{path}: audio is empty (0 samples{' after offset' if start else ''})")
+    if not np.isfinite(data).all():
+        raise SertoolError(f"{path}: audio contains NaN or infinite samples")
+    waveform = torch.from_numpy(np.ascontiguousarray(data.mean(axis=1)))
+    if file_rate != sample_rate:
+        waveform = resample(waveform, file_rate, sample_rate)
+    if max_duration_s is not None:
+        waveform = waveform[: int(round(max_duration_s * sample_rate))]
+    return waveform
+
+
+def resample(waveform: torch.Tensor, orig_rate: int, new_rate: int) -> torch.Tensor:
+    """Resample the last dimension of ``waveform`` from ``orig_rate`` to ``new_rate`` Hz."""
+    if orig_rate == new_rate:
+        return waveform
+    import torchaudio.functional  # deferred: importing torchaudio costs start-up time
+
+    return torchaudio.functional.resample(waveform, orig_rate, new_rate)
+
+
+def write_audio(path: str | Path, waveform: torch.Tensor | np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
+    """Write a mono waveform as 16-bit PCM WAV."""
+    data = waveform.detach().cpu().numpy() if isinstance(waveform, torch.Tensor) else np.asarray(waveform)
+    sf.write(str(path), data.astype(np.float32), sample_rate, subtype="PCM_16")
+
+
+def _short(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[-1] if text else type(error).__name__

@@ -1,0 +1,62 @@
+"""The typed record of one utterance, shared by every reader and command."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+# The attribute order is A, V, D everywhere in sertool, and always addressed by name. The official
+# baseline's internal order is [A, D, V]; positional guesswork between the two is a classic silent bug.
+ATTRIBUTES: tuple[str, ...] = ("arousal", "valence", "dominance")
+# MSP-Podcast's column for each attribute, in ATTRIBUTES order.
+ATTRIBUTE_COLUMNS: dict[str, str] = {"arousal": "EmoAct", "valence": "EmoVal", "dominance": "EmoDom"}
+# Rater means lie on a 1..7 scale.
+LABEL_MIN, LABEL_MAX = 1.0, 7.0
+
+# MSP-Podcast EmoClass codes. O and X carry A/V/D labels but no categorical class.
+EMO_CLASSES: dict[str, str] = {
+    "A": "angry", "S": "sad", "H": "happy", "U": "surprise", "F": "fear", "D": "disgust",
+    "C": "contempt", "N": "neutral", "O": "other", "X": "no agreement",
+}
+NO_CLASS_CODES = frozenset({"O", "X"})
+SPLITS: tuple[str, ...] = ("Train", "Development", "Test1", "Test2", "Test3")
+GENDERS: tuple[str, ...] = ("Male", "Female")
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """One utterance of a corpus.
+
+    Attributes:
+        id: the corpus' file name, e.g. ``MSP-PODCAST_0001_0008.wav`` (what submissions are keyed by).
+        audio_path: absolute path of the audio file.
+        split: one of ``SPLITS`` for MSP-Podcast; any name for a manifest.
+        duration_s: length read from the file header.
+        arousal, valence, dominance: rater means on 1..7, or None where withheld (Test3).
+        emo_class: an ``EMO_CLASSES`` code, or None where unknown.
+        speaker: speaker label, or None where unknown.
+        gender: ``"Male"``, ``"Female"`` or None where unknown.
+        transcript: one line of text, or None where the corpus has none.
+    """
+
+    id: str
+    audio_path: Path
+    split: str
+    duration_s: float
+    arousal: float | None = None
+    valence: float | None = None
+    dominance: float | None = None
+    emo_class: str | None = None
+    speaker: str | None = None
+    gender: str | None = None
+    transcript: str | None = None
+
+    @property
+    def has_labels(self) -> bool:
+        """Whether all three attributes are present."""
+        return all(getattr(self, name) is not None for name in ATTRIBUTES)
+
+    def labels(self) -> tuple[float, float, float]:
+        """The attributes in ``ATTRIBUTES`` order; raises ``ValueError`` where withheld."""
+        if not self.has_labels:
+            raise ValueError(f"{self.id} has no A/V/D labels (split {self.split})")
+        return (self.arousal, self.valence, self.dominance)  # type: ignore[return-value]

@@ -1,0 +1,1 @@
+"""Models: speech backbones, text branch, pooling, per-attribute heads, auxiliary tasks, CCC."""

@@ -1,0 +1,150 @@
+"""The `sertool` command line: parses flags and hands over to the library. No logic lives here.
+
+Heavy modules (torch, transformers) are imported inside each command, so `sertool --help` stays fast.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from sertool import __version__
+from sertool.errors import SertoolError
+
+EXIT_USER_ERROR = 2
+
+
+class _Group(click.Group):
+    """A click group that turns ``SertoolError`` into a one-line message instead of a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except SertoolError as error:
+            click.secho(f"error: {error}", fg="red", err=True)
+            sys.exit(EXIT_USER_ERROR)
+        except KeyboardInterrupt:
+            click.secho("interrupted", fg="yellow", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="sertool")
+def cli() -> None:
+    """sertool: speech emotion recognition of arousal, valence and dominance.
+
+    Train, evaluate, ensemble and deploy the system that topped Task 2 of the Interspeech 2025
+    SER challenge (MSP-Podcast), on MSP-Podcast or any corpus in its layout or a sertool manifest.
+    """
+
+
+@cli.group(cls=_Group)
+def data() -> None:
+    """Corpora: make the demo corpus, import other corpora, inspect any of them."""
+
+
+def _corpus_path(positional: str | None, option: str | None) -> Path:
+    if positional and option and Path(positional) != Path(option):
+        raise SertoolError(f"two corpora given ({positional} and --corpus {option}); pass one")
+    if not (positional or option):
+        raise SertoolError("no corpus given: pass ROOT or --corpus ROOT")
+    return Path(positional or option)  # type: ignore[arg-type]
+
+
+@data.command("info")
+@click.argument("root", required=False, metavar="ROOT")
+@click.option("--corpus", "corpus_option", metavar="ROOT", help="The corpus (same as the ROOT argument).")
+def data_info(root: str | None, corpus_option: str | None) -> None:
+    """Utterances and hours per split, classes with the O/X share, gender, speakers, transcripts.
+
+    ROOT is an MSP-Podcast root (Audios/, Labels/labels_consensus.csv, Transcripts/), a manifest CSV,
+    or a folder holding manifest.csv.
+    """
+    from sertool.console import print_corpus_summary, print_load_report, progress_bar
+    from sertool.data.corpus import open_corpus
+    from sertool.data.info import summarize
+
+    path = _corpus_path(root, corpus_option)
+    with progress_bar("reading audio headers") as progress:
+        corpus = open_corpus(path, progress=progress)
+    print_load_report(corpus.report)
+    print_corpus_summary(f"{path} ({corpus.kind})", summarize(corpus))
+
+
+@data.command("demo")
+@click.argument("out", required=False, metavar="OUT")
+@click.option("--out", "out_option", metavar="DIR", help="Where to write the corpus (same as the OUT argument).")
+@click.option("--seed", default=0, show_default=True, help="Seed: the same seed gives byte-identical files.")
+@click.option("--force", is_flag=True, help="Write into OUT even if it is not empty.")
+def data_demo(out: str | None, out_option: str | None, seed: int, force: bool) -> None:
+    """Synthesise the demo corpus (eSpeak NG speech) in MSP-Podcast layout into OUT."""
+    from sertool.console import out as console
+    from sertool.console import progress_bar
+    from sertool.data.demo import generate_demo_corpus
+
+    path = _corpus_path(out, out_option)
+    with progress_bar("synthesising") as progress:
+        summary = generate_demo_corpus(path, seed=seed, force=force, progress=progress)
+    console.print(f"wrote {summary} to {path}")
+
+
+@data.command("manifest")
+@click.argument("folder", type=click.Path(file_okay=False))
+@click.argument("metadata", type=click.Path(dir_okay=False))
+@click.option("--out", required=True, metavar="CSV", help="The manifest to write.")
+@click.option("--path-column", default="path", show_default=True, help="Column with audio paths relative to FOLDER.")
+@click.option("--id-column", help="Column with utterance ids (default: the audio file name).")
+@click.option("--split-column", help="Column with split names (default: a speaker-disjoint split is made).")
+@click.option("--arousal-column", help="Column with arousal values.")
+@click.option("--valence-column", help="Column with valence values.")
+@click.option("--dominance-column", help="Column with dominance values.")
+@click.option("--class-column", help="Column with emotion classes (codes like N or names like neutral).")
+@click.option("--speaker-column", help="Column with speaker labels.")
+@click.option("--gender-column", help="Column with gender (male/female/m/f).")
+@click.option("--transcript-column", help="Column with transcripts.")
+@click.option("--label-range", nargs=2, type=float, default=(1.0, 7.0), show_default=True, metavar="LOW HIGH",
+              help="Scale of the A/V/D columns, mapped linearly onto 1..7 (e.g. 0 1 for values in 0..1).")
+@click.option("--dev-fraction", default=0.15, show_default=True, help="Share of utterances for Development.")
+@click.option("--test-fraction", default=0.15, show_default=True, help="Share of utterances for Test1.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the speaker assignment.")
+@click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
+def data_manifest(folder: str, metadata: str, out: str, label_range: tuple[float, float], dev_fraction: float,
+                  test_fraction: float, seed: int, force: bool, **column_options: str | None) -> None:
+    """Turn FOLDER of audio plus a METADATA CSV into a sertool manifest.
+
+    Without --split-column, speakers are assigned to Train / Development / Test1 so that no speaker is in
+    two splits (stratified by gender). Example for a corpus with A/V/D on 0..1:
+
+      sertool data manifest urdu urdu/metadata.csv --out urdu.csv --path-column file
+        --speaker-column speaker --gender-column gender --class-column emotion
+        --arousal-column nrc_arousal --valence-column nrc_valence --dominance-column nrc_dominance
+        --label-range 0 1
+    """
+    from sertool.console import out as console
+    from sertool.console import print_corpus_summary, print_load_report, progress_bar
+    from sertool.data.corpus import Corpus
+    from sertool.data.importer import ColumnMap, import_metadata
+    from sertool.data.info import summarize
+    from sertool.data.manifest import write_manifest
+
+    target = Path(out)
+    if target.exists() and not force:
+        raise SertoolError(f"--out {target} exists; pass --force to overwrite it")
+    columns = ColumnMap(path=column_options.pop("path_column"), emo_class=column_options.pop("class_column"),
+                        **{name.removesuffix("_column"): value for name, value in column_options.items()})
+    with progress_bar("reading audio headers") as progress:
+        utterances, report = import_metadata(folder, metadata, columns=columns, label_range=label_range,
+                                             held_out_fractions=(dev_fraction, test_fraction), seed=seed,
+                                             progress=progress)
+    print_load_report(report)
+    if not utterances:
+        raise SertoolError(f"{metadata}: no usable rows; nothing written")
+    write_manifest(utterances, target)
+    print_corpus_summary(f"{target} (manifest)", summarize(Corpus(target, "manifest", utterances, report)))
+    console.print(f"wrote {len(utterances):,} utterances to {target}")
+
+
+def main() -> None:
+    """Entry point of the `sertool` console script and `python -m sertool`."""
+    cli(prog_name="sertool")

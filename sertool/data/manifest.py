@@ -1,0 +1,101 @@
+"""sertool manifests: one CSV row per utterance, for corpora not in MSP-Podcast layout.
+
+Columns (only ``path`` and ``split`` are required; the order does not matter):
+
+======================  =====================================================================
+``path``                audio file, absolute or relative to the manifest's folder
+``split``               split name, e.g. ``Train``, ``Development``, ``Test1``
+``id``                  utterance id (default: the audio file name); must be unique
+``arousal``,            rater means on 1..7; empty where unknown. All three or none: a row with
+``valence``,            only some of them is dropped.
+``dominance``
+``emo_class``           EmoClass code (``N``, ``H``, ...) or name (``neutral``); empty: unknown
+``speaker``             speaker label; empty or ``Unknown``: unknown
+``gender``              ``Male``/``Female`` (also ``m``/``f``); anything else: unknown
+``transcript``          one line of text; empty: none
+======================  =====================================================================
+"""
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from sertool.data.corpus import Corpus, Progress, Row, build_utterances
+from sertool.data.fields import BadValue, parse_class, parse_gender, parse_label, parse_speaker
+from sertool.data.records import ATTRIBUTES, Utterance
+from sertool.data.report import LoadReport
+from sertool.errors import SertoolError
+from sertool.io import atomic_write
+
+MANIFEST_COLUMNS: tuple[str, ...] = ("id", "path", "split", *ATTRIBUTES, "emo_class", "speaker", "gender", "transcript")
+REQUIRED_COLUMNS: tuple[str, ...] = ("path", "split")
+
+
+def read_manifest(path: str | Path, *, progress: Progress | None = None) -> Corpus:
+    """Read a manifest CSV; bad rows are dropped and recorded with their line number.
+
+    Raises:
+        SertoolError: the file is unreadable or lacks a required column.
+    """
+    path = Path(path)
+    base = path.parent
+    report = LoadReport()
+    rows = []
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            missing = [column for column in REQUIRED_COLUMNS if column not in (reader.fieldnames or [])]
+            if missing:
+                raise SertoolError(
+                    f"{path}: missing column(s) {', '.join(missing)}; a manifest needs {', '.join(REQUIRED_COLUMNS)} "
+                    f"and may have {', '.join(c for c in MANIFEST_COLUMNS if c not in REQUIRED_COLUMNS)}"
+                )
+            for record in reader:
+                where = f"{path}:{reader.line_num}"
+                try:
+                    rows.append(parse_manifest_row(record, base, where))
+                except BadValue as error:
+                    report.drop(where, error.reason, error.detail)
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise SertoolError(f"{path}: cannot read the manifest ({error})") from None
+    return Corpus(root=path, kind="manifest", utterances=build_utterances(rows, report, progress=progress), report=report)
+
+
+def parse_manifest_row(record: dict[str, str | None], base: Path, where: str) -> Row:
+    """Parse one manifest row (column name → text); relative paths are taken from ``base``.
+
+    Raises:
+        BadValue: a value that makes the row unusable.
+    """
+    audio = (record.get("path") or "").strip()
+    if not audio:
+        raise BadValue("missing path", "path is empty")
+    split = (record.get("split") or "").strip()
+    if not split:
+        raise BadValue("unknown split", "split is empty")
+    labels = {name: parse_label(record.get(name), name, required=False) for name in ATTRIBUTES}
+    present = [name for name, value in labels.items() if value is not None]
+    if present and len(present) != len(ATTRIBUTES):
+        absent = ", ".join(name for name in ATTRIBUTES if labels[name] is None)
+        raise BadValue("missing label", f"{absent} empty while {', '.join(present)} given")
+    audio_path = Path(audio) if os.path.isabs(audio) else base / audio
+    transcript = " ".join((record.get("transcript") or "").split()) or None
+    fields = dict(labels, split=split, emo_class=parse_class(record.get("emo_class")),
+                  speaker=parse_speaker(record.get("speaker")), gender=parse_gender(record.get("gender")),
+                  transcript=transcript)
+    return Row(where=where, id=(record.get("id") or "").strip() or audio_path.name, audio_path=audio_path, fields=fields)
+
+
+def write_manifest(utterances: Sequence[Utterance], path: str | Path) -> None:
+    """Write ``utterances`` as a manifest at ``path`` (atomically), audio paths relative to its folder."""
+    path = Path(path)
+    base = path.parent.resolve()
+    with atomic_write(path, newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        for utt in utterances:
+            row = {name: getattr(utt, name) for name in MANIFEST_COLUMNS if name != "path"}
+            row["path"] = os.path.relpath(Path(utt.audio_path).resolve(), base)
+            writer.writerow({name: "" if value is None else value for name, value in row.items()})

@@ -1,0 +1,48 @@
+"""File writing that never leaves a half-written file behind."""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+from sertool.errors import SertoolError
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | Path, mode: str = "w", **open_kwargs) -> Iterator[IO]:
+    """Open a temporary file beside ``path``; on success rename it over ``path``, on error remove it.
+
+    The rename is atomic on POSIX file systems, so readers see either the old file or the complete new
+    one, never a partial write (a crash or a full disk leaves the old file as it was).
+
+    Raises:
+        SertoolError: the folder is not writable or the disk is full (naming the path).
+    """
+    path = Path(path)
+    if "b" not in mode:
+        open_kwargs.setdefault("encoding", "utf-8")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as error:
+        raise SertoolError(f"{path}: cannot write here ({error.strerror or error})") from None
+    try:
+        with os.fdopen(descriptor, mode, **open_kwargs) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp_name, path)
+    except OSError as error:
+        _remove_quietly(temp_name)
+        raise SertoolError(f"{path}: write failed ({error.strerror or error}); the previous file, if any, is unchanged") from None
+    except BaseException:
+        _remove_quietly(temp_name)
+        raise
+
+
+def _remove_quietly(name: str) -> None:
+    with contextlib.suppress(OSError):
+        os.remove(name)

@@ -1,0 +1,72 @@
+"""Loading transformers models from a hub id or a local folder, with an error that says what to do."""
+from __future__ import annotations
+
+import os
+import re
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+from urllib.parse import urlparse
+
+from sertool.errors import SertoolError
+
+T = TypeVar("T")
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+_PROBE_TIMEOUT_S = 3.0
+
+
+def load_pretrained(load: Callable[..., T], name_or_path: str, *, flag: str, **kwargs) -> T:
+    """Call ``load(name_or_path, **kwargs)`` (a ``from_pretrained``) and explain failures.
+
+    A local folder is loaded as is. A hub id is first looked up in the local cache; only when it is not
+    there and the hub answers within a few seconds is it downloaded, so an offline machine fails fast
+    instead of retrying for half a minute.
+
+    Args:
+        load: e.g. ``transformers.AutoModel.from_pretrained``.
+        name_or_path: a hub id such as ``microsoft/wavlm-large`` or a local folder.
+        flag: the CLI flag that sets ``name_or_path`` (named in the error message).
+
+    Raises:
+        SertoolError: no such folder, a folder that holds no model, or a hub id that is neither cached
+            nor reachable; the message says how to pass a local folder instead.
+    """
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        try:
+            return load(str(path), **kwargs)
+        except (OSError, ValueError) as error:
+            raise SertoolError(f"{flag} {name_or_path}: not a loadable model folder ({_first_line(error)})") from None
+    if not _HUB_ID.match(name_or_path):
+        raise SertoolError(f"{flag} {name_or_path}: no such folder, and not a model hub id")
+    try:
+        return load(name_or_path, local_files_only=True, **kwargs)
+    except (OSError, ValueError):
+        pass  # not in the local cache
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0") or not _hub_reachable():
+        raise SertoolError(
+            f"{flag} {name_or_path}: not in the local cache and the model hub cannot be reached. "
+            f"Download it on a machine with network access (e.g. `huggingface-cli download {name_or_path} "
+            f"--local-dir DIR`), copy DIR here and pass {flag} DIR."
+        )
+    try:
+        return load(name_or_path, **kwargs)
+    except (OSError, ValueError) as error:
+        raise SertoolError(f"{flag} {name_or_path}: could not load it from the model hub ({_first_line(error)})") from None
+
+
+def _hub_reachable() -> bool:
+    """Whether a TCP connection to the hub endpoint opens within a few seconds."""
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        with socket.create_connection((url.hostname or "", url.port or 443), timeout=_PROBE_TIMEOUT_S):
+            return True
+    except OSError:
+        return False
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    return lines[0][:200] if lines else type(error).__name__

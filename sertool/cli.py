@@ -4,6 +4,7 @@ Heavy modules (torch, transformers) are imported inside each command, so `sertoo
 """
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -89,20 +90,21 @@ def data_demo(out: str | None, out_option: str | None, seed: int, force: bool) -
     console.print(f"wrote {summary} to {path}")
 
 
+def _column_options(command):
+    """One ``--<field>-column`` option per ``ColumnMap`` field, so the CLI and the importer cannot drift."""
+    from sertool.data.importer import ColumnMap
+
+    for spec in reversed(dataclasses.fields(ColumnMap)):
+        command = click.option(spec.metadata["flag"], spec.name, default=spec.default, show_default=spec.default is not None,
+                               metavar="NAME", help=f"Column with {spec.metadata['help']}.")(command)
+    return command
+
+
 @data.command("manifest")
 @click.argument("folder", type=click.Path(file_okay=False))
 @click.argument("metadata", type=click.Path(dir_okay=False))
 @click.option("--out", required=True, metavar="CSV", help="The manifest to write.")
-@click.option("--path-column", default="path", show_default=True, help="Column with audio paths relative to FOLDER.")
-@click.option("--id-column", help="Column with utterance ids (default: the audio file name).")
-@click.option("--split-column", help="Column with split names (default: a speaker-disjoint split is made).")
-@click.option("--arousal-column", help="Column with arousal values.")
-@click.option("--valence-column", help="Column with valence values.")
-@click.option("--dominance-column", help="Column with dominance values.")
-@click.option("--class-column", help="Column with emotion classes (codes like N or names like neutral).")
-@click.option("--speaker-column", help="Column with speaker labels.")
-@click.option("--gender-column", help="Column with gender (male/female/m/f).")
-@click.option("--transcript-column", help="Column with transcripts.")
+@_column_options
 @click.option("--label-range", nargs=2, type=float, default=(1.0, 7.0), show_default=True, metavar="LOW HIGH",
               help="Scale of the A/V/D columns, mapped linearly onto 1..7 (e.g. 0 1 for values in 0..1).")
 @click.option("--dev-fraction", default=0.15, show_default=True, help="Share of utterances for Development.")
@@ -110,16 +112,17 @@ def data_demo(out: str | None, out_option: str | None, seed: int, force: bool) -
 @click.option("--seed", default=0, show_default=True, help="Seed of the speaker assignment.")
 @click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
 def data_manifest(folder: str, metadata: str, out: str, label_range: tuple[float, float], dev_fraction: float,
-                  test_fraction: float, seed: int, force: bool, **column_options: str | None) -> None:
+                  test_fraction: float, seed: int, force: bool, **columns: str | None) -> None:
     """Turn FOLDER of audio plus a METADATA CSV into a sertool manifest.
 
     Without --split-column, speakers are assigned to Train / Development / Test1 so that no speaker is in
     two splits (stratified by gender). Example for a corpus with A/V/D on 0..1:
 
-      sertool data manifest urdu urdu/metadata.csv --out urdu.csv --path-column file
-        --speaker-column speaker --gender-column gender --class-column emotion
-        --arousal-column nrc_arousal --valence-column nrc_valence --dominance-column nrc_dominance
-        --label-range 0 1
+    \b
+      sertool data manifest urdu urdu/metadata.csv --out urdu.csv --path-column file \\
+        --speaker-column speaker --gender-column gender --class-column emotion \\
+        --arousal-column nrc_arousal --valence-column nrc_valence \\
+        --dominance-column nrc_dominance --label-range 0 1
     """
     from sertool.console import out as console
     from sertool.console import print_corpus_summary, print_load_report, progress_bar
@@ -131,10 +134,8 @@ def data_manifest(folder: str, metadata: str, out: str, label_range: tuple[float
     target = Path(out)
     if target.exists() and not force:
         raise SertoolError(f"--out {target} exists; pass --force to overwrite it")
-    columns = ColumnMap(path=column_options.pop("path_column"), emo_class=column_options.pop("class_column"),
-                        **{name.removesuffix("_column"): value for name, value in column_options.items()})
     with progress_bar("reading audio headers") as progress:
-        utterances, report = import_metadata(folder, metadata, columns=columns, label_range=label_range,
+        utterances, report = import_metadata(folder, metadata, columns=ColumnMap(**columns), label_range=label_range,
                                              held_out_fractions=(dev_fraction, test_fraction), seed=seed,
                                              progress=progress)
     print_load_report(report)

@@ -25,7 +25,7 @@ _MAX_LISTED_PROBLEMS = 10
 def progress_bar(description: str) -> Iterator[Callable[[int, int], None]]:
     """A ``(done, total)`` callback drawing a transient progress bar on stderr."""
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=err, transient=True) as bar:
+                  console=err, transient=True, disable=not err.is_terminal) as bar:
         task = bar.add_task(description, total=None)
         yield lambda done, total: bar.update(task, completed=done, total=total)
 

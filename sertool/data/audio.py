@@ -8,11 +8,15 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import soundfile as sf
-import torch
 
 from sertool.errors import SertoolError
+
+if TYPE_CHECKING:  # torch is imported where tensors are made: reading headers must stay light
+    import torch
 
 SAMPLE_RATE = 16_000  # Hz; every speech backbone sertool supports was pre-trained at 16 kHz.
 
@@ -24,10 +28,10 @@ def audio_info(path: str | Path) -> tuple[int, int, int]:
         SertoolError: the file is missing or not audio soundfile can read.
     """
     path = Path(path)
+    if not path.is_file():
+        raise SertoolError(f"{path}: audio file not found" if not path.exists() else f"{path}: not a file")
     try:
         info = sf.info(str(path))
-    except FileNotFoundError:
-        raise SertoolError(f"{path}: audio file not found") from None
     except (sf.LibsndfileError, RuntimeError, OSError) as error:
         raise SertoolError(f"{path}: not a readable audio file ({_short(error)})") from None
     return int(info.samplerate), int(info.frames), int(info.channels)
@@ -70,6 +74,8 @@ def load_audio(
         raise SertoolError(f"{path}: audio is empty (0 samples{' after offset' if start else ''})")
     if not np.isfinite(data).all():
         raise SertoolError(f"{path}: audio contains NaN or infinite samples")
+    import torch
+
     waveform = torch.from_numpy(np.ascontiguousarray(data.mean(axis=1)))
     if file_rate != sample_rate:
         waveform = resample(waveform, file_rate, sample_rate)
@@ -89,7 +95,7 @@ def resample(waveform: torch.Tensor, orig_rate: int, new_rate: int) -> torch.Ten
 
 def write_audio(path: str | Path, waveform: torch.Tensor | np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
     """Write a mono waveform as 16-bit PCM WAV."""
-    data = waveform.detach().cpu().numpy() if isinstance(waveform, torch.Tensor) else np.asarray(waveform)
+    data = waveform.detach().cpu().numpy() if hasattr(waveform, "detach") else np.asarray(waveform)
     sf.write(str(path), data.astype(np.float32), sample_rate, subtype="PCM_16")
 
 

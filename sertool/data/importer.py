@@ -5,7 +5,7 @@ import csv
 import dataclasses
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,18 +22,21 @@ HELD_OUT_SPLITS: tuple[str, ...] = ("Development", "Test1")
 
 @dataclass
 class ColumnMap:
-    """Which metadata column holds each manifest field; None: the field is absent."""
+    """Which metadata column holds each manifest field; None: the field is absent.
 
-    path: str = "path"
-    id: str | None = None
-    split: str | None = None
-    arousal: str | None = None
-    valence: str | None = None
-    dominance: str | None = None
-    emo_class: str | None = None
-    speaker: str | None = None
-    gender: str | None = None
-    transcript: str | None = None
+    Each field's ``flag`` metadata is the CLI option that sets it (used by the CLI and in messages).
+    """
+
+    path: str = field(default="path", metadata={"flag": "--path-column", "help": "audio paths relative to FOLDER"})
+    id: str | None = field(default=None, metadata={"flag": "--id-column", "help": "utterance ids (default: the file name)"})
+    split: str | None = field(default=None, metadata={"flag": "--split-column", "help": "split names (default: a speaker-disjoint split is made)"})
+    arousal: str | None = field(default=None, metadata={"flag": "--arousal-column", "help": "arousal values"})
+    valence: str | None = field(default=None, metadata={"flag": "--valence-column", "help": "valence values"})
+    dominance: str | None = field(default=None, metadata={"flag": "--dominance-column", "help": "dominance values"})
+    emo_class: str | None = field(default=None, metadata={"flag": "--class-column", "help": "emotion classes (codes like N or names like neutral)"})
+    speaker: str | None = field(default=None, metadata={"flag": "--speaker-column", "help": "speaker labels"})
+    gender: str | None = field(default=None, metadata={"flag": "--gender-column", "help": "gender (male/female/m/f)"})
+    transcript: str | None = field(default=None, metadata={"flag": "--transcript-column", "help": "transcripts"})
 
 
 def import_metadata(
@@ -76,13 +79,14 @@ def import_metadata(
         with open(metadata, newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)
             header = reader.fieldnames or []
-            for field, column in dataclasses.asdict(columns).items():
+            for spec in dataclasses.fields(columns):
+                column = getattr(columns, spec.name)
                 if column is not None and column not in header:
-                    flag = f"--{field.replace('_', '-')}-column"
-                    raise SertoolError(f"{metadata}: no column {column!r} ({flag}); its columns are {', '.join(header)}")
+                    raise SertoolError(f"{metadata}: no column {column!r} ({spec.metadata['flag']}); "
+                                       f"its columns are {', '.join(header)}")
             for record in reader:
                 where = f"{metadata}:{reader.line_num}"
-                fields = {field: record[column] for field, column in dataclasses.asdict(columns).items() if column}
+                fields = {name: record[column] for name, column in dataclasses.asdict(columns).items() if column}
                 fields.setdefault("split", HELD_OUT_SPLITS[0])  # placeholder until the speaker split below
                 try:
                     for name in ATTRIBUTES:

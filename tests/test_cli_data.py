@@ -7,7 +7,7 @@ import sys
 
 from click.testing import CliRunner
 
-from conftest import write_tone
+from tests.corpus_files import write_tone
 from sertool.cli import cli
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write_msp_corpus, write_tone
+from tests.corpus_files import write_msp_corpus, write_tone
 from sertool.data.corpus import open_corpus
 from sertool.data.importer import ColumnMap, import_metadata, speaker_disjoint_split
 from sertool.data.manifest import read_manifest, write_manifest

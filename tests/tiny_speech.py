@@ -5,7 +5,7 @@ extractor's ``preprocessor_config.json`` — and returns the folder. The wav2vec
 Large models' layer-norm front end (``feat_extract_norm="layer"``, ``do_stable_layer_norm=True``), for
 which a padded batch equals one-at-a-time inference, and keep the real models' CNN kernels and strides
 (400-sample receptive field, 320-sample hop) so length arithmetic is realistic. Seeds are fixed: the same
-call writes the same weights.
+call writes the same weights, and the global random state is left untouched.
 """
 from __future__ import annotations
 
@@ -33,7 +33,12 @@ _WAV2VEC2_FAMILY_SIZES: dict[str, Any] = dict(
 )
 
 
-def _save(model: torch.nn.Module, feature_extractor: Any, folder: str | Path) -> Path:
+def _save(model_class: type, config: Any, feature_extractor: Any, folder: str | Path, *, seed: int) -> Path:
+    """Write ``model_class(config)`` with weights drawn from ``seed`` (leaving the global random state as it
+    was) and ``feature_extractor`` to ``folder``."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = model_class(config)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
@@ -49,7 +54,9 @@ def _wav2vec2_feature_extractor(*, do_normalize: bool) -> Any:
     )
 
 
-def save_tiny_wavlm(folder: str | Path, *, seed: int = 0, do_normalize: bool = True, **config_overrides: Any) -> Path:
+def save_tiny_wavlm(
+    folder: str | Path, *, seed: int = 0, do_normalize: bool = True, **config_overrides: Any
+) -> Path:
     """Write a tiny random ``WavLMModel`` (2 layers, hidden 64, 4 heads) and its feature extractor.
 
     Args:
@@ -63,27 +70,28 @@ def save_tiny_wavlm(folder: str | Path, *, seed: int = 0, do_normalize: bool = T
     """
     from transformers import WavLMConfig, WavLMModel
 
-    torch.manual_seed(seed)
     config = WavLMConfig(**{**_WAV2VEC2_FAMILY_SIZES, "num_buckets": 32, "max_bucket_distance": 64, **config_overrides})
-    return _save(WavLMModel(config), _wav2vec2_feature_extractor(do_normalize=do_normalize), folder)
+    return _save(WavLMModel, config, _wav2vec2_feature_extractor(do_normalize=do_normalize), folder, seed=seed)
 
 
-def save_tiny_hubert(folder: str | Path, *, seed: int = 0, do_normalize: bool = True, **config_overrides: Any) -> Path:
+def save_tiny_hubert(
+    folder: str | Path, *, seed: int = 0, do_normalize: bool = True, **config_overrides: Any
+) -> Path:
     """Write a tiny random ``HubertModel`` and its feature extractor (see ``save_tiny_wavlm``)."""
     from transformers import HubertConfig, HubertModel
 
-    torch.manual_seed(seed)
     config = HubertConfig(**{**_WAV2VEC2_FAMILY_SIZES, **config_overrides})
-    return _save(HubertModel(config), _wav2vec2_feature_extractor(do_normalize=do_normalize), folder)
+    return _save(HubertModel, config, _wav2vec2_feature_extractor(do_normalize=do_normalize), folder, seed=seed)
 
 
-def save_tiny_wav2vec2(folder: str | Path, *, seed: int = 0, do_normalize: bool = True, **config_overrides: Any) -> Path:
+def save_tiny_wav2vec2(
+    folder: str | Path, *, seed: int = 0, do_normalize: bool = True, **config_overrides: Any
+) -> Path:
     """Write a tiny random ``Wav2Vec2Model`` and its feature extractor (see ``save_tiny_wavlm``)."""
     from transformers import Wav2Vec2Config, Wav2Vec2Model
 
-    torch.manual_seed(seed)
     config = Wav2Vec2Config(**{**_WAV2VEC2_FAMILY_SIZES, **config_overrides})
-    return _save(Wav2Vec2Model(config), _wav2vec2_feature_extractor(do_normalize=do_normalize), folder)
+    return _save(Wav2Vec2Model, config, _wav2vec2_feature_extractor(do_normalize=do_normalize), folder, seed=seed)
 
 
 def save_tiny_wavlm_xvector(folder: str | Path, *, seed: int = 0, xvector_output_dim: int = 32) -> Path:
@@ -99,7 +107,6 @@ def save_tiny_wavlm_xvector(folder: str | Path, *, seed: int = 0, xvector_output
     """
     from transformers import WavLMConfig, WavLMForXVector
 
-    torch.manual_seed(seed)
     config = WavLMConfig(
         **_WAV2VEC2_FAMILY_SIZES,
         num_buckets=32,
@@ -108,7 +115,7 @@ def save_tiny_wavlm_xvector(folder: str | Path, *, seed: int = 0, xvector_output
         xvector_output_dim=xvector_output_dim,
         num_labels=4,
     )
-    return _save(WavLMForXVector(config), _wav2vec2_feature_extractor(do_normalize=True), folder)
+    return _save(WavLMForXVector, config, _wav2vec2_feature_extractor(do_normalize=True), folder, seed=seed)
 
 
 def save_tiny_whisper(folder: str | Path, *, seed: int = 0, num_mel_bins: int = 80) -> Path:
@@ -127,7 +134,6 @@ def save_tiny_whisper(folder: str | Path, *, seed: int = 0, num_mel_bins: int = 
     """
     from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
 
-    torch.manual_seed(seed)
     config = WhisperConfig(
         vocab_size=64,
         num_mel_bins=num_mel_bins,
@@ -147,4 +153,5 @@ def save_tiny_whisper(folder: str | Path, *, seed: int = 0, num_mel_bins: int = 
         suppress_tokens=[],
         begin_suppress_tokens=[],
     )
-    return _save(WhisperForConditionalGeneration(config), WhisperFeatureExtractor(feature_size=num_mel_bins), folder)
+    extractor = WhisperFeatureExtractor(feature_size=num_mel_bins)
+    return _save(WhisperForConditionalGeneration, config, extractor, folder, seed=seed)

@@ -1,0 +1,146 @@
+"""Which utterances train and which validate: the data options of the paper's Table 5.
+
+O ("other") and X ("no agreement") utterances have A/V/D labels but no emotion class. They are usually
+dropped; the paper finds they help, and studies: dropping the O/X of Train, dropping the non-O/X of Train,
+and moving the O/X of Development into training (they then leave the validation set). Its best single
+data setting combines the last two.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sertool.data.records import NO_CLASS_CODES, Utterance
+from sertool.errors import SertoolError
+
+# Values of `train_ox` (CLI: --train-ox): what happens to the training split's O/X utterances.
+TRAIN_OX_CHOICES: tuple[str, ...] = ("keep", "drop", "only")
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The training and validation utterances, with what was left out or moved, for the log.
+
+    Attributes:
+        train: the kept utterances of the training split in corpus order, then the moved validation O/X.
+        valid: the validation split's labelled utterances that stayed there, in corpus order.
+        train_ox_dropped: O/X utterances of the training split dropped by ``train_ox="drop"``.
+        train_non_ox_dropped: other utterances of the training split dropped by ``train_ox="only"``.
+        dev_ox_moved: O/X utterances moved from validation to training by ``dev_ox_to_train``.
+        unlabeled_skipped: utterances of the two splits without all three A/V/D labels (used by neither).
+    """
+
+    train: list[Utterance]
+    valid: list[Utterance]
+    train_ox_dropped: int = 0
+    train_non_ox_dropped: int = 0
+    dev_ox_moved: int = 0
+    unlabeled_skipped: int = 0
+
+    def describe(self) -> str:
+        """One line for the training log."""
+        return (
+            f"{len(self.train)} training / {len(self.valid)} validation utterances "
+            f"(O/X dropped from training: {self.train_ox_dropped}; non-O/X dropped from training: "
+            f"{self.train_non_ox_dropped}; O/X moved from validation to training: {self.dev_ox_moved}; "
+            f"without labels, skipped: {self.unlabeled_skipped})"
+        )
+
+
+def is_ox(record: Utterance) -> bool:
+    """Whether the utterance is O (other) or X (no agreement); a missing class code is not O/X."""
+    return record.emo_class in NO_CLASS_CODES
+
+
+def select(
+    records: Sequence[Utterance],
+    *,
+    train_split: str = "Train",
+    valid_split: str = "Development",
+    train_ox: str = "keep",
+    dev_ox_to_train: bool = False,
+) -> Selection:
+    """Split a corpus into training and validation utterances.
+
+    Only utterances with all three A/V/D labels take part; the others are counted and skipped. O/X means
+    EmoClass O or X; an utterance without a class code counts as non-O/X (it is not known to be O/X).
+
+    Args:
+        records: the whole corpus (other splits are ignored).
+        train_split: the split to train on (``--train-split``).
+        valid_split: the split to validate on (``--valid-split``).
+        train_ox: ``"keep"`` every labelled training utterance; ``"drop"`` the O/X ones (the usual
+            practice, "− O/X (Train)" in the paper); ``"only"`` keep only the O/X ones ("− non-O/X (Train)").
+        dev_ox_to_train: move the validation split's O/X utterances into training ("+ O/X (Development)");
+            they then leave the validation set, which stays disjoint from training.
+
+    Returns:
+        The ``Selection``.
+
+    Raises:
+        SertoolError: an unknown ``train_ox``; equal splits; a split with no labelled utterances; O/X
+            options on a corpus without class codes; or options that leave training or validation empty.
+            Messages name the flag.
+    """
+    if train_ox not in TRAIN_OX_CHOICES:
+        raise SertoolError(f"train_ox (--train-ox) must be one of {', '.join(TRAIN_OX_CHOICES)}, got '{train_ox}'")
+    if train_split == valid_split:
+        raise SertoolError(
+            f"train_split and valid_split (--train-split, --valid-split) are both '{train_split}': "
+            "validation must be held out from training; choose two different splits"
+        )
+    splits_present = sorted({record.split for record in records})
+    labeled_train = _labeled(records, train_split, "train_split (--train-split)", splits_present)
+    labeled_valid = _labeled(records, valid_split, "valid_split (--valid-split)", splits_present)
+    unlabeled = sum(record.split in (train_split, valid_split) for record in records)
+    unlabeled -= len(labeled_train) + len(labeled_valid)
+
+    ox_flags = [f"--train-ox {train_ox}"] * (train_ox != "keep") + ["--dev-ox-to-train"] * dev_ox_to_train
+    if ox_flags and all(record.emo_class is None for record in labeled_train + labeled_valid):
+        # Without class codes these options would silently do nothing (or empty the training set).
+        raise SertoolError(
+            f"{' and '.join(ox_flags)} need(s) EmoClass codes, but no utterance of '{train_split}' or "
+            f"'{valid_split}' has one; leave these options at their defaults for this corpus"
+        )
+
+    if train_ox == "keep":
+        train = list(labeled_train)
+    else:
+        train = [record for record in labeled_train if is_ox(record) == (train_ox == "only")]
+    moved = [record for record in labeled_valid if dev_ox_to_train and is_ox(record)]
+    valid = [record for record in labeled_valid if not (dev_ox_to_train and is_ox(record))]
+
+    if not train and not moved:
+        kind = "O/X" if train_ox == "only" else "non-O/X"
+        raise SertoolError(
+            f"--train-ox {train_ox} (train_ox) left no training utterances: none of the {len(labeled_train)} "
+            f"labelled '{train_split}' utterances is {kind}; use --train-ox keep or add --dev-ox-to-train"
+        )
+    if not valid:
+        raise SertoolError(
+            f"--dev-ox-to-train (dev_ox_to_train) moved all {len(labeled_valid)} labelled '{valid_split}' "
+            "utterances into training, leaving nothing to validate on; drop the flag or choose another "
+            "--valid-split"
+        )
+    ox_in_train = sum(is_ox(record) for record in labeled_train)
+    return Selection(
+        train=train + moved,
+        valid=valid,
+        train_ox_dropped=ox_in_train if train_ox == "drop" else 0,
+        train_non_ox_dropped=len(labeled_train) - ox_in_train if train_ox == "only" else 0,
+        dev_ox_moved=len(moved),
+        unlabeled_skipped=unlabeled,
+    )
+
+
+def _labeled(records: Sequence[Utterance], split: str, flag: str, splits_present: list[str]) -> list[Utterance]:
+    in_split = [record for record in records if record.split == split]
+    if not in_split:
+        raise SertoolError(f"no utterance in split '{split}' ({flag}); splits present: {', '.join(splits_present)}")
+    labeled = [record for record in in_split if record.has_labels]
+    if not labeled:
+        raise SertoolError(
+            f"none of the {len(in_split)} utterances of split '{split}' ({flag}) has all three A/V/D labels; "
+            "choose a labelled split"
+        )
+    return labeled

@@ -1,0 +1,91 @@
+"""Speech backbones: waveforms in, frame features out.
+
+``build_backbone(config)`` turns a ``ModelConfig`` into a ``SpeechBackbone``:
+
+========== ================================= ============================ ==========================
+backbone   default model                     frozen by default            frames
+========== ================================= ============================ ==========================
+wavlm      microsoft/wavlm-large             no (CNN front end frozen)    20 ms, 1024-d
+hubert     facebook/hubert-large-ll60k       no (CNN front end frozen)    20 ms, 1024-d
+wav2vec2   facebook/wav2vec2-large-robust    no (CNN front end frozen)    20 ms, 1024-d
+whisper    openai/whisper-large-v3 encoder   yes                          20 ms, 1280-d
+fbank      sertool's own, from scratch       never                        40 ms, ``fbank_dim``
+========== ================================= ============================ ==========================
+
+See docs/backbones.md for input normalisation, layer weighting, Whisper's real-length path and memory.
+"""
+from __future__ import annotations
+
+from sertool.config import DEFAULT_BACKBONE_IDS, ModelConfig
+from sertool.errors import SertoolError
+from sertool.models.backbones.base import LAYER_WEIGHTINGS, LayerWeighting, SpeechBackbone
+from sertool.models.backbones.fbank import FbankBackbone
+from sertool.models.backbones.wav2vec2 import Wav2Vec2FamilyBackbone, load_wav2vec2_family, normalize_per_utterance
+from sertool.models.backbones.whisper import WhisperBackbone, load_whisper
+
+__all__ = [
+    "FROZEN_BY_DEFAULT",
+    "LAYER_WEIGHTINGS",
+    "FbankBackbone",
+    "LayerWeighting",
+    "SpeechBackbone",
+    "Wav2Vec2FamilyBackbone",
+    "WhisperBackbone",
+    "build_backbone",
+    "normalize_per_utterance",
+]
+
+# The paper's choice when `freeze_backbone` is None: WavLM (and its siblings) fine-tuned, Whisper frozen.
+FROZEN_BY_DEFAULT = {"wavlm": False, "hubert": False, "wav2vec2": False, "whisper": True, "fbank": False}
+
+
+def build_backbone(config: ModelConfig, *, gradient_checkpointing: bool = False) -> SpeechBackbone:
+    """The speech backbone ``config`` names, with pretrained weights loaded and freezing applied.
+
+    Args:
+        config: reads ``backbone``, ``backbone_path``, ``layer_weighting``, ``freeze_backbone``,
+            ``freeze_feature_encoder``, ``lora_rank``, ``lora_alpha`` and ``fbank_dim``. ``lora_rank``
+            applies to Whisper only (for other backbones it is left to the text encoder).
+        gradient_checkpointing: recompute transformer layers in the backward pass, trading ~30 % more
+            compute for much less activation memory (pretrained backbones; fbank ignores it).
+
+    Returns:
+        A ``SpeechBackbone`` in training mode; frozen encoders inside it stay in eval mode.
+
+    Raises:
+        SertoolError: an unknown backbone or layer weighting, an impossible combination (a frozen fbank
+            encoder, LoRA on a fine-tuned Whisper, a model path for fbank), or a model that cannot be
+            loaded (e.g. a hub id on an offline machine: the message says to pass a local folder with
+            ``--backbone-path``).
+    """
+    name = config.backbone
+    if name not in DEFAULT_BACKBONE_IDS:
+        raise SertoolError(f"--backbone {name!r}: unknown; choose one of {', '.join(DEFAULT_BACKBONE_IDS)}")
+    if config.layer_weighting not in LAYER_WEIGHTINGS:
+        raise SertoolError(f"--layer-weighting {config.layer_weighting!r}: choose one of {', '.join(LAYER_WEIGHTINGS)}")
+    frozen = FROZEN_BY_DEFAULT[name] if config.freeze_backbone is None else config.freeze_backbone
+    if name == "fbank":
+        if frozen:
+            raise SertoolError("--freeze-backbone: the fbank backbone is trained from scratch and cannot be frozen")
+        if config.backbone_path is not None:
+            raise SertoolError(f"--backbone-path {config.backbone_path}: the fbank backbone has no pretrained model")
+        return FbankBackbone(config.fbank_dim, layer_weighting=config.layer_weighting)
+    name_or_path = config.backbone_path or DEFAULT_BACKBONE_IDS[name]
+    assert name_or_path is not None  # every pretrained backbone has a default id
+    if name == "whisper":
+        return load_whisper(
+            name_or_path,
+            layer_weighting=config.layer_weighting,
+            frozen=frozen,
+            freeze_feature_encoder=config.freeze_feature_encoder,
+            lora_rank=config.lora_rank,
+            lora_alpha=config.lora_alpha,
+            gradient_checkpointing=gradient_checkpointing,
+        )
+    return load_wav2vec2_family(
+        name_or_path,
+        layer_weighting=config.layer_weighting,
+        frozen=frozen,
+        freeze_feature_encoder=config.freeze_feature_encoder,
+        gradient_checkpointing=gradient_checkpointing,
+    )

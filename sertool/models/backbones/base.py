@@ -1,0 +1,102 @@
+"""What every speech backbone shares: the module contract, learnable layer weighting and mask helpers."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
+
+import torch
+from torch import Tensor, nn
+
+from sertool.errors import SertoolError
+
+LAYER_WEIGHTINGS = ("weighted", "last")
+
+
+class SpeechBackbone(nn.Module):
+    """A speech encoder: zero-padded 16 kHz waveforms in, frame features and a frame mask out.
+
+    Subclasses set ``output_dim`` and implement ``forward``. Modules named in ``_eval_only`` (frozen
+    pretrained encoders) stay in eval mode whatever ``train()`` is called with, so their dropout and
+    stochastic layer drop never fire while the heads train.
+
+    Attributes:
+        output_dim: feature size ``D`` of the frames ``forward`` returns.
+    """
+
+    output_dim: int
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._eval_only: list[str] = []
+
+    def forward(self, waveforms: Tensor, sample_mask: Tensor) -> tuple[Tensor, Tensor]:
+        """Encode a batch.
+
+        Args:
+            waveforms: ``[B, S]`` float32 at 16 kHz, zero-padded on the right.
+            sample_mask: ``[B, S]`` bool, True on real samples (a prefix of each row).
+
+        Returns:
+            ``frames`` ``[B, T, D]`` (zero on padded frames) and ``frame_mask`` ``[B, T]`` bool, True on
+            real frames.
+        """
+        raise NotImplementedError
+
+    def train(self, mode: bool = True) -> SpeechBackbone:
+        super().train(mode)
+        for name in self._eval_only:
+            self.get_submodule(name).eval()
+        return self
+
+
+class LayerWeighting(nn.Module):
+    """A learnable softmax-weighted sum of hidden states (s3prl's "weighted sum"), uniform at init."""
+
+    def __init__(self, num_layers: int) -> None:
+        super().__init__()
+        self.logits = nn.Parameter(torch.zeros(num_layers))  # softmax(0, ..., 0) = uniform weights
+
+    def forward(self, hidden_states: Sequence[Tensor]) -> Tensor:
+        """Mix ``num_layers`` tensors of one shape ``[B, T, D]`` into one ``[B, T, D]``."""
+        if len(hidden_states) != self.logits.numel():
+            raise ValueError(f"expected {self.logits.numel()} hidden states, got {len(hidden_states)}")
+        weights = torch.softmax(self.logits, dim=0).to(hidden_states[0].dtype)
+        return torch.einsum("l,lbtd->btd", weights, torch.stack(tuple(hidden_states)))
+
+    @property
+    def weights(self) -> Tensor:
+        """The current mixing weights (sum to 1), e.g. to log which layers the model relies on."""
+        return torch.softmax(self.logits.detach(), dim=0)
+
+
+def make_layer_weighting(layer_weighting: str, num_layers: int) -> LayerWeighting | None:
+    """A ``LayerWeighting`` over ``num_layers`` states for ``"weighted"``, None for ``"last"``.
+
+    Raises:
+        SertoolError: any other value (names ``--layer-weighting``).
+    """
+    if layer_weighting not in LAYER_WEIGHTINGS:
+        raise SertoolError(f"--layer-weighting {layer_weighting!r}: choose one of {', '.join(LAYER_WEIGHTINGS)}")
+    return LayerWeighting(num_layers) if layer_weighting == "weighted" else None
+
+
+def lengths_to_mask(lengths: Tensor, max_length: int) -> Tensor:
+    """``[B]`` lengths → ``[B, max_length]`` bool mask, True on the first ``length`` positions."""
+    return torch.arange(max_length, device=lengths.device) < lengths.unsqueeze(-1)
+
+
+def pad_to_min_length(waveforms: Tensor, min_samples: int) -> Tensor:
+    """Zero-pad ``[B, S]`` on the right to at least ``min_samples`` samples."""
+    missing = min_samples - waveforms.shape[-1]
+    return nn.functional.pad(waveforms, (0, missing)) if missing > 0 else waveforms
+
+
+def grad_context(module: nn.Module) -> AbstractContextManager:
+    """``torch.no_grad()`` when nothing in ``module`` trains, so a frozen encoder keeps no activations.
+
+    Checked at every call rather than once, so that a caller who unfreezes the module later gets
+    gradients without rebuilding the backbone.
+    """
+    if any(parameter.requires_grad for parameter in module.parameters()):
+        return nullcontext()
+    return torch.no_grad()

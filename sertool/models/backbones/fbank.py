@@ -1,0 +1,112 @@
+"""sertool's own small speech encoder, trained from scratch on log-mel filter banks.
+
+It exists so that CPU users and the demo can train a real model in minutes. Design choices:
+
+- front end: 80 log-mel bands (25 ms window, 10 ms hop, uncentred frames, so a frame never reaches
+  past its utterance's end), normalised per utterance and band over the real frames only;
+- two stride-2 convolutions subsample ×4 to 40 ms frames, then ConvNeXt-style residual blocks (depthwise
+  temporal conv → LayerNorm → pointwise MLP), width ``fbank_dim``;
+- no BatchNorm (it would make an utterance's features depend on its batch); padded positions are zeroed
+  before every convolution, so padding never leaks into real frames and a padded batch equals one
+  utterance at a time.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from sertool.models.backbones.base import SpeechBackbone, lengths_to_mask, make_layer_weighting, pad_to_min_length
+
+SAMPLE_RATE = 16_000  # Hz
+N_FFT = 400  # 25 ms window
+HOP_LENGTH = 160  # 10 ms hop
+NUM_MEL_BINS = 80
+LOG_FLOOR = 1e-10  # power floor before the log (silence)
+NORMALIZATION_EPS = 1e-5
+NUM_BLOCKS = 4
+DEPTHWISE_KERNEL = 7  # frames of 40 ms: a 280 ms receptive field per block
+MLP_EXPANSION = 2
+
+
+class FbankBackbone(SpeechBackbone):
+    """Log-mel front end plus a compact convolutional encoder; every parameter trains.
+
+    Its "hidden states" for layer weighting are the subsampling output and each block's output; the
+    chosen (or mixed) state goes through a final LayerNorm.
+
+    Args:
+        dim: feature width ``D`` (``ModelConfig.fbank_dim``).
+        layer_weighting: ``"weighted"`` or ``"last"``.
+        num_blocks: residual blocks after the subsampling.
+    """
+
+    def __init__(self, dim: int = 256, *, layer_weighting: str = "weighted", num_blocks: int = NUM_BLOCKS) -> None:
+        super().__init__()
+        import torchaudio.functional  # deferred: only this backbone needs torchaudio
+
+        filters = torchaudio.functional.melscale_fbanks(
+            n_freqs=N_FFT // 2 + 1, f_min=20.0, f_max=SAMPLE_RATE / 2, n_mels=NUM_MEL_BINS, sample_rate=SAMPLE_RATE
+        )  # [freqs, mels], HTK mel scale as Kaldi's fbank
+        self.register_buffer("mel_filters", filters.T.contiguous(), persistent=False)
+        self.register_buffer("window", torch.hann_window(N_FFT), persistent=False)
+        self.output_dim = dim
+        self.subsample = nn.ModuleList(
+            [
+                nn.Conv1d(NUM_MEL_BINS, dim, kernel_size=3, stride=2, padding=1),
+                nn.Conv1d(dim, dim, kernel_size=3, stride=2, padding=1),
+            ]
+        )
+        self.blocks = nn.ModuleList([_ConvBlock(dim) for _ in range(num_blocks)])
+        self.layer_weights = make_layer_weighting(layer_weighting, num_blocks + 1)
+        self.final_norm = nn.LayerNorm(dim)
+
+    def log_mel(self, waveforms: Tensor, sample_mask: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-utterance normalised log-mel features.
+
+        Returns:
+            ``features`` ``[B, F, 80]`` (zero on padded frames) and ``mel_lengths`` ``[B]``: the frames
+            that lie wholly inside each utterance (one for an utterance shorter than 25 ms).
+        """
+        sample_lengths = sample_mask.sum(dim=-1)
+        waveforms = pad_to_min_length(waveforms * sample_mask, N_FFT)
+        stft = torch.stft(waveforms, N_FFT, HOP_LENGTH, window=self.window, center=False, return_complex=True)
+        power = stft.abs() ** 2  # [B, freqs, F]
+        log_mel = torch.clamp(self.mel_filters @ power, min=LOG_FLOOR).log().transpose(1, 2)  # [B, F, mels]
+        mel_lengths = (sample_lengths.clamp(min=N_FFT) - N_FFT) // HOP_LENGTH + 1
+        mask = lengths_to_mask(mel_lengths, log_mel.shape[1]).unsqueeze(-1).to(log_mel.dtype)
+        count = mel_lengths.view(-1, 1, 1).to(log_mel.dtype)
+        mean = (log_mel * mask).sum(dim=1, keepdim=True) / count
+        variance = ((log_mel - mean) ** 2 * mask).sum(dim=1, keepdim=True) / count
+        return (log_mel - mean) / torch.sqrt(variance + NORMALIZATION_EPS) * mask, mel_lengths
+
+    def forward(self, waveforms: Tensor, sample_mask: Tensor) -> tuple[Tensor, Tensor]:
+        """See ``SpeechBackbone.forward``. Frames are 40 ms: ``T = ceil(ceil(mel_frames / 2) / 2)``."""
+        with torch.no_grad():  # the front end has no parameters
+            features, lengths = self.log_mel(waveforms, sample_mask)
+        hidden = features.transpose(1, 2)  # [B, C, T] for the convs
+        for conv in self.subsample:
+            hidden = nn.functional.gelu(conv(hidden))
+            lengths = (lengths - 1) // 2 + 1  # kernel 3, stride 2, padding 1
+            hidden = hidden * lengths_to_mask(lengths, hidden.shape[-1]).unsqueeze(1)
+        frame_mask = lengths_to_mask(lengths, hidden.shape[-1])
+        keep = frame_mask.unsqueeze(-1).to(hidden.dtype)
+        states = [hidden.transpose(1, 2)]  # [B, T, D] from here on
+        for block in self.blocks:
+            states.append(block(states[-1], keep))
+        mixed = states[-1] if self.layer_weights is None else self.layer_weights(states)
+        return self.final_norm(mixed) * keep, frame_mask
+
+
+class _ConvBlock(nn.Module):
+    """ConvNeXt-style residual block on ``[B, T, D]``; input and output are zero on padded frames."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.depthwise = nn.Conv1d(dim, dim, DEPTHWISE_KERNEL, padding=DEPTHWISE_KERNEL // 2, groups=dim)
+        self.norm = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, MLP_EXPANSION * dim), nn.GELU(), nn.Linear(MLP_EXPANSION * dim, dim))
+
+    def forward(self, hidden: Tensor, keep: Tensor) -> Tensor:
+        """``hidden`` ``[B, T, D]``, zero where ``keep`` ``[B, T, 1]`` is 0."""
+        mixed_in_time = self.depthwise(hidden.transpose(1, 2)).transpose(1, 2)
+        return (hidden + self.mlp(self.norm(mixed_in_time))) * keep

@@ -1,0 +1,193 @@
+"""WavLM, HuBERT, wav2vec2 and any transformers speech encoder of that family, through one code path.
+
+The family: a CNN front end turns raw samples into ~20 ms frames, a transformer encodes them. What makes
+padded batches equal one-at-a-time inference here:
+
+- input normalisation (zero mean, unit variance per utterance) uses the real samples only, as the
+  model's feature extractor does when it pads with an attention mask;
+- the attention mask is passed in, and the frame mask comes from the model's own length arithmetic
+  (``_get_feat_extract_output_lengths``).
+
+This holds for layer-norm front ends (``feat_extract_norm="layer"``: WavLM-Large, HuBERT-Large,
+wav2vec2-Large). Group-norm front ends (``"group"``: the base-size models) normalise each CNN channel over
+the whole padded length, so the padding changes the features of the real frames; for those, batch
+utterances of similar length or run one at a time where exactness matters.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from sertool.errors import SertoolError
+from sertool.models.backbones.base import (
+    SpeechBackbone,
+    grad_context,
+    lengths_to_mask,
+    make_layer_weighting,
+    pad_to_min_length,
+)
+from sertool.models.hub import load_pretrained
+
+NORMALIZATION_EPS = 1e-7  # the variance floor of transformers' Wav2Vec2FeatureExtractor
+_MAX_RECEPTIVE_FIELD_SAMPLES = 16_000  # search bound for the shortest input that yields one frame
+
+
+class Wav2Vec2FamilyBackbone(SpeechBackbone):
+    """A transformers wav2vec2-family encoder (WavLM, HuBERT, wav2vec2, data2vec-audio, ...).
+
+    Args:
+        model: the loaded encoder (e.g. ``WavLMModel``), taking ``input_values`` and ``attention_mask``.
+        normalize_input: normalise each utterance to zero mean, unit variance over its real samples.
+        layer_weighting: ``"weighted"`` (softmax-weighted sum of all hidden states; turns off the model's
+            LayerDrop) or ``"last"``.
+        frozen: freeze the whole encoder (kept in eval mode, run without gradients); layer weights, if
+            any, still train.
+        freeze_feature_encoder: freeze only the CNN front end (the challenge baseline's setting).
+        gradient_checkpointing: recompute transformer layers in the backward pass to save memory.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        normalize_input: bool,
+        layer_weighting: str,
+        frozen: bool,
+        freeze_feature_encoder: bool,
+        gradient_checkpointing: bool = False,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.normalize_input = normalize_input
+        self.output_dim = int(model.config.hidden_size)
+        self.layer_weights = make_layer_weighting(layer_weighting, model.config.num_hidden_layers + 1)
+        if self.layer_weights is not None and getattr(model.config, "layerdrop", 0.0) > 0.0:
+            # transformers returns no hidden state for a layer that LayerDrop skips, which would shift every
+            # later state onto another layer's weight: the weighted sum needs every layer, every step.
+            model.config.layerdrop = 0.0
+        self.min_samples = _min_samples_for_one_frame(model)
+        if frozen:
+            model.requires_grad_(False)
+            self._eval_only.append("model")
+        elif freeze_feature_encoder:
+            _freeze_cnn(model.feature_extractor)
+        if gradient_checkpointing:
+            # transformers renamed the method in 5.x; the old name warns and goes in v6
+            enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+            enable({"use_reentrant": False})
+        self.train(self.training)
+
+    def forward(self, waveforms: Tensor, sample_mask: Tensor) -> tuple[Tensor, Tensor]:
+        """See ``SpeechBackbone.forward``. An utterance shorter than the CNN's receptive field (400 samples
+        for the usual front end) is zero-padded to it and yields one frame."""
+        sample_lengths = sample_mask.sum(dim=-1)
+        waveforms = waveforms * sample_mask  # padding must be exact zeros
+        if self.normalize_input:
+            waveforms = normalize_per_utterance(waveforms, sample_mask)
+        waveforms = pad_to_min_length(waveforms, self.min_samples)
+        input_lengths = sample_lengths.clamp(min=self.min_samples)
+        attention_mask = lengths_to_mask(input_lengths, waveforms.shape[-1])
+        with grad_context(self.model):
+            outputs = self.model(
+                input_values=waveforms,
+                attention_mask=attention_mask.long(),
+                output_hidden_states=self.layer_weights is not None,
+            )
+        if self.layer_weights is None:
+            frames = outputs.last_hidden_state
+        else:
+            frames = self.layer_weights(outputs.hidden_states)
+        frame_lengths = self.model._get_feat_extract_output_lengths(input_lengths)
+        frame_mask = lengths_to_mask(frame_lengths, frames.shape[1])
+        return frames * frame_mask.unsqueeze(-1), frame_mask
+
+
+def normalize_per_utterance(waveforms: Tensor, sample_mask: Tensor) -> Tensor:
+    """Zero mean, unit variance per row over its real samples; padding stays zero.
+
+    Matches transformers' ``Wav2Vec2FeatureExtractor`` (``do_normalize=True`` with an attention mask):
+    population variance, ``sqrt(var + 1e-7)``.
+    """
+    mask = sample_mask.to(waveforms.dtype)
+    count = mask.sum(dim=-1, keepdim=True).clamp(min=1.0)
+    mean = (waveforms * mask).sum(dim=-1, keepdim=True) / count
+    variance = ((waveforms - mean) ** 2 * mask).sum(dim=-1, keepdim=True) / count
+    return (waveforms - mean) / torch.sqrt(variance + NORMALIZATION_EPS) * mask
+
+
+def load_wav2vec2_family(
+    name_or_path: str,
+    *,
+    layer_weighting: str,
+    frozen: bool,
+    freeze_feature_encoder: bool,
+    gradient_checkpointing: bool = False,
+) -> Wav2Vec2FamilyBackbone:
+    """Load a wav2vec2-family encoder from a hub id or local folder (float32 weights).
+
+    Whether inputs are normalised follows the model's feature extractor (``do_normalize`` in
+    ``preprocessor_config.json``); without one, layer-norm front ends are normalised (the Large models
+    were trained that way) and group-norm ones are not.
+
+    Raises:
+        SertoolError: the model cannot be loaded, or it is not a raw-waveform encoder of this family
+            (names ``--backbone-path``).
+    """
+    from transformers import AutoConfig, AutoModel
+
+    config = load_pretrained(AutoConfig.from_pretrained, name_or_path, flag="--backbone-path")
+    if config.model_type == "whisper":
+        raise SertoolError(f"--backbone-path {name_or_path}: a Whisper model; use --backbone whisper")
+    model = load_pretrained(
+        AutoModel.from_pretrained, name_or_path, flag="--backbone-path", config=config, dtype=torch.float32
+    )
+    takes_waveforms = getattr(model, "main_input_name", None) == "input_values"
+    if not takes_waveforms or not hasattr(model, "_get_feat_extract_output_lengths"):
+        raise SertoolError(
+            f"--backbone-path {name_or_path}: a {config.model_type} model, not a raw-waveform speech encoder "
+            "of the wav2vec2 family (WavLM, HuBERT, wav2vec2, ...)"
+        )
+    return Wav2Vec2FamilyBackbone(
+        model,
+        normalize_input=_feature_extractor_normalizes(name_or_path, config),
+        layer_weighting=layer_weighting,
+        frozen=frozen,
+        freeze_feature_encoder=freeze_feature_encoder,
+        gradient_checkpointing=gradient_checkpointing,
+    )
+
+
+def _feature_extractor_normalizes(name_or_path: str, config: Any) -> bool:
+    from transformers import AutoFeatureExtractor
+
+    folder = Path(name_or_path).expanduser()
+    has_extractor = (folder / "preprocessor_config.json").is_file() if folder.exists() else True
+    if has_extractor:
+        try:
+            extractor = load_pretrained(AutoFeatureExtractor.from_pretrained, name_or_path, flag="--backbone-path")
+            return bool(extractor.do_normalize)
+        except (SertoolError, AttributeError):
+            pass  # a hub model without a usable feature extractor: decide from its config below
+    return getattr(config, "feat_extract_norm", "group") == "layer"
+
+
+def _freeze_cnn(feature_encoder: nn.Module) -> None:
+    """Freeze the CNN front end the way transformers does (``freeze_feature_encoder``, which HuBERT
+    lacks): its ``_freeze_parameters`` also stops it from forcing gradients onto its output, which would
+    keep the CNN's activations alive for nothing."""
+    if hasattr(feature_encoder, "_freeze_parameters"):
+        feature_encoder._freeze_parameters()
+    else:
+        feature_encoder.requires_grad_(False)
+
+
+def _min_samples_for_one_frame(model: nn.Module) -> int:
+    """The shortest input (in samples) for which the model's own length arithmetic gives one frame."""
+    candidates = torch.arange(1, _MAX_RECEPTIVE_FIELD_SAMPLES + 1)
+    produces_frame = model._get_feat_extract_output_lengths(candidates) >= 1
+    if not produces_frame.any():
+        raise ValueError(f"{type(model).__name__} gives no frame for inputs of {_MAX_RECEPTIVE_FIELD_SAMPLES} samples")
+    return int(candidates[produces_frame][0])

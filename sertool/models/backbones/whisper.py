@@ -1,0 +1,236 @@
+"""The Whisper encoder, run at each utterance's real length instead of padded to 30 s.
+
+transformers' ``WhisperEncoder.forward`` accepts only exactly 3000 mel frames (30 s) and no attention
+mask, so this module drives its parts itself: a log-mel front end computed in torch exactly like
+``WhisperFeatureExtractor``, then the encoder's ``conv1 → GELU → conv2 → GELU``, its position embeddings
+cut to the length, its layers with an additive attention mask over padded frames, and its final
+``layer_norm``. On a 30-s input this equals transformers' encoder; on a shorter one it differs from the
+30-s padded reference, because there every frame also attends to the padded silence (see
+docs/backbones.md for the measured relation).
+
+Only the encoder's weights are read: the checkpoint is loaded as ``WhisperForAudioClassification``
+(encoder only), which leaves the decoder's tensors (about half of large-v3) on disk.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from sertool.errors import SertoolError
+from sertool.models.backbones.base import SpeechBackbone, grad_context, lengths_to_mask, make_layer_weighting
+from sertool.models.hub import load_pretrained
+from sertool.models.lora import apply_lora
+
+SAMPLE_RATE = 16_000  # Hz
+N_FFT = 400  # 25 ms analysis window
+HOP_LENGTH = 160  # 10 ms between mel frames; the conv stem halves the rate to 20 ms per output frame
+LOG_MEL_DYNAMIC_RANGE = 8.0  # log10 units kept below each utterance's maximum (80 dB)
+LORA_TARGET_MODULES = ("q_proj", "v_proj")  # attention projections adapted, as in Hu et al. (2021)
+
+
+class WhisperBackbone(SpeechBackbone):
+    """A Whisper encoder that takes zero-padded waveforms of any length up to 30 s.
+
+    Args:
+        encoder: a transformers ``WhisperEncoder`` (its ``conv1``, ``conv2``, ``embed_positions``,
+            ``layers`` and ``layer_norm`` are used; its ``forward`` is not).
+        layer_weighting: ``"weighted"`` (softmax-weighted sum of the embeddings and every layer's output)
+            or ``"last"`` (the output of the final layer norm, i.e. ``last_hidden_state``).
+        frozen: freeze the encoder (the paper's choice); it then stays in eval mode and runs without
+            gradients unless LoRA adapters are attached.
+        freeze_feature_encoder: when fine-tuning, keep the conv stem frozen.
+        lora_rank: >0 attaches LoRA adapters of this rank to the attention projections of a frozen encoder.
+        lora_alpha: LoRA scale numerator.
+        gradient_checkpointing: recompute each encoder layer in the backward pass to save memory.
+
+    Raises:
+        SertoolError: LoRA asked for on an encoder that is fine-tuned anyway.
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        *,
+        layer_weighting: str,
+        frozen: bool,
+        freeze_feature_encoder: bool,
+        lora_rank: int = 0,
+        lora_alpha: float = 16.0,
+        gradient_checkpointing: bool = False,
+    ) -> None:
+        super().__init__()
+        from transformers.audio_utils import mel_filter_bank
+
+        self.encoder = encoder
+        config = encoder.config
+        self.output_dim = int(config.d_model)
+        self.max_mel_frames = 2 * int(config.max_source_positions)  # the conv stem halves it; 3000 = 30 s
+        self.layer_weights = make_layer_weighting(layer_weighting, len(encoder.layers) + 1)
+        self.gradient_checkpointing = gradient_checkpointing
+        filters = mel_filter_bank(
+            num_frequency_bins=1 + N_FFT // 2,
+            num_mel_filters=config.num_mel_bins,
+            min_frequency=0.0,
+            max_frequency=SAMPLE_RATE / 2,
+            sampling_rate=SAMPLE_RATE,
+            norm="slaney",
+            mel_scale="slaney",
+        )  # the same call WhisperFeatureExtractor makes
+        self.register_buffer("mel_filters", torch.from_numpy(filters).float().T.contiguous(), persistent=False)
+        self.register_buffer("window", torch.hann_window(N_FFT), persistent=False)
+
+        if frozen:
+            encoder.requires_grad_(False)
+            self._eval_only.append("encoder")
+            if lora_rank > 0:
+                apply_lora(encoder.layers, rank=lora_rank, alpha=lora_alpha, target_modules=LORA_TARGET_MODULES)
+        elif lora_rank > 0:
+            raise SertoolError(
+                "--lora-rank adapts a frozen Whisper encoder; this one is fine-tuned (--freeze-backbone is off)"
+            )
+        elif freeze_feature_encoder:
+            encoder.conv1.requires_grad_(False)
+            encoder.conv2.requires_grad_(False)
+        self.train(self.training)
+
+    def log_mel(self, waveforms: Tensor, sample_lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """Whisper's log-mel spectrogram of each utterance at its real length.
+
+        Each row is processed alone (centred STFT with reflect padding at its own end, maximum over its
+        own frames), exactly as ``WhisperFeatureExtractor`` processes one unpadded utterance, so a batch
+        gives the same features as one item at a time. A row shorter than ``N_FFT`` samples is
+        zero-padded to it.
+
+        Returns:
+            ``mel`` ``[B, num_mel_bins, F]`` (zero beyond each row's length) and ``mel_lengths`` ``[B]``.
+        """
+        spectra = []
+        for waveform, length in zip(waveforms, sample_lengths.tolist()):
+            waveform = nn.functional.pad(waveform[:length], (0, max(0, N_FFT - length)))
+            stft = torch.stft(waveform, N_FFT, HOP_LENGTH, window=self.window, return_complex=True)
+            power = stft[:, :-1].abs() ** 2  # drop the last frame, as the feature extractor does
+            log_spec = torch.clamp(self.mel_filters @ power, min=1e-10).log10()
+            log_spec = torch.maximum(log_spec, log_spec.max() - LOG_MEL_DYNAMIC_RANGE)
+            spectra.append((log_spec + 4.0) / 4.0)
+        mel_lengths = torch.tensor([spectrum.shape[-1] for spectrum in spectra], device=waveforms.device)
+        mel = nn.utils.rnn.pad_sequence([spectrum.T for spectrum in spectra], batch_first=True).transpose(1, 2)
+        return mel, mel_lengths
+
+    def forward(self, waveforms: Tensor, sample_mask: Tensor) -> tuple[Tensor, Tensor]:
+        """See ``SpeechBackbone.forward``. Frames are 20 ms: ``T = ceil(mel_frames / 2)``.
+
+        Raises:
+            SertoolError: an utterance longer than the encoder's 30-s window.
+        """
+        encoder = self.encoder
+        mel, mel_lengths = self.log_mel(waveforms, sample_mask.sum(dim=-1))
+        if mel.shape[-1] > self.max_mel_frames:
+            cap_s = self.max_mel_frames * HOP_LENGTH / SAMPLE_RATE
+            longest_s = int(mel_lengths.max()) * HOP_LENGTH / SAMPLE_RATE
+            raise SertoolError(
+                f"Whisper's encoder covers at most {cap_s:g} s (its position embeddings end there); got an "
+                f"utterance of {longest_s:.1f} s: cut long audio into windows of at most {cap_s:g} s"
+            )
+        frame_lengths = (mel_lengths - 1) // 2 + 1  # conv2: kernel 3, stride 2, padding 1
+        with grad_context(encoder):
+            # Positions past each row's end are zeroed before every conv, so the convs see exactly the
+            # zero padding they would see on the utterance alone.
+            mel_mask = lengths_to_mask(mel_lengths, mel.shape[-1]).unsqueeze(1)
+            hidden = nn.functional.gelu(encoder.conv1(mel.to(encoder.conv1.weight.dtype))) * mel_mask
+            hidden = nn.functional.gelu(encoder.conv2(hidden)).transpose(1, 2)
+            num_frames = hidden.shape[1]
+            hidden = hidden + encoder.embed_positions.weight[:num_frames]
+            hidden = nn.functional.dropout(hidden, p=encoder.dropout, training=encoder.training)
+            frame_mask = lengths_to_mask(frame_lengths, num_frames)
+            attention_bias = _key_padding_bias(frame_mask, hidden.dtype)
+            states = [hidden]
+            for layer in encoder.layers:  # no LayerDrop: encoder_layerdrop is 0 in released Whisper configs
+                states.append(self._run_layer(layer, states[-1], attention_bias))
+            states[-1] = encoder.layer_norm(states[-1])
+        frames = states[-1] if self.layer_weights is None else self.layer_weights(states)
+        return frames * frame_mask.unsqueeze(-1), frame_mask
+
+    def _run_layer(self, layer: nn.Module, hidden: Tensor, attention_bias: Tensor) -> Tensor:
+        if self.gradient_checkpointing and torch.is_grad_enabled():
+            # Our own checkpoint call, not transformers' layer flag: that one is off in eval mode, and a
+            # frozen encoder with LoRA adapters trains in eval mode.
+            return checkpoint(layer, hidden, attention_bias, use_reentrant=False)
+        return layer(hidden, attention_bias)
+
+
+def _key_padding_bias(frame_mask: Tensor, dtype: torch.dtype) -> Tensor:
+    """``[B, T]`` frame mask → ``[B, 1, T, T]`` additive attention bias: 0 on real keys, -inf-like on padding.
+
+    Only keys are masked: a padded query still sees the real keys, so no softmax row is empty.
+    """
+    bias = torch.zeros(frame_mask.shape, dtype=dtype, device=frame_mask.device)
+    bias = bias.masked_fill(~frame_mask, torch.finfo(dtype).min)
+    num_frames = frame_mask.shape[1]
+    return bias[:, None, None, :].expand(-1, 1, num_frames, num_frames)
+
+
+def load_whisper(
+    name_or_path: str,
+    *,
+    layer_weighting: str,
+    frozen: bool,
+    freeze_feature_encoder: bool,
+    lora_rank: int = 0,
+    lora_alpha: float = 16.0,
+    gradient_checkpointing: bool = False,
+) -> WhisperBackbone:
+    """Load the encoder of any Whisper checkpoint (hub id or local folder) in float32.
+
+    The checkpoint is loaded as ``WhisperForAudioClassification``, whose only pretrained part is the
+    encoder: transformers reads just the encoder's tensors and skips the decoder's. The small random
+    projector and classifier that class adds are dropped.
+
+    Raises:
+        SertoolError: the model cannot be loaded, is not a Whisper model, or holds no encoder weights
+            (names ``--backbone-path``).
+    """
+    from transformers import AutoConfig, WhisperForAudioClassification
+
+    config = load_pretrained(AutoConfig.from_pretrained, name_or_path, flag="--backbone-path")
+    if config.model_type != "whisper":
+        raise SertoolError(
+            f"--backbone-path {name_or_path}: a {config.model_type} model, not Whisper; pick the matching --backbone"
+        )
+    with _quiet_transformers():  # its load report would list every skipped decoder tensor
+        model, loading_info = load_pretrained(
+            WhisperForAudioClassification.from_pretrained,
+            name_or_path,
+            flag="--backbone-path",
+            config=config,
+            dtype=torch.float32,
+            output_loading_info=True,
+        )
+    missing = sorted(key for key in loading_info["missing_keys"] if key.startswith("encoder."))
+    if missing:
+        raise SertoolError(f"--backbone-path {name_or_path}: holds no Whisper encoder weights (e.g. {missing[0]})")
+    return WhisperBackbone(
+        model.encoder,
+        layer_weighting=layer_weighting,
+        frozen=frozen,
+        freeze_feature_encoder=freeze_feature_encoder,
+        lora_rank=lora_rank,
+        lora_alpha=lora_alpha,
+        gradient_checkpointing=gradient_checkpointing,
+    )
+
+
+@contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Silence transformers' warnings for the duration (errors still raise)."""
+    logger = logging.getLogger("transformers")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)

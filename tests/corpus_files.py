@@ -1,0 +1,41 @@
+"""Writers of tiny corpora and audio files for tests."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+MSP_HEADER = ["FileName", "EmoClass", "EmoAct", "EmoVal", "EmoDom", "SpkrID", "Gender", "Split_Set"]
+
+
+def write_tone(path: Path, *, duration_s: float, sample_rate: int = 16_000, channels: int = 1,
+               frequency_hz: float = 220.0) -> None:
+    """A sine tone, the cheapest real audio file."""
+    t = np.arange(int(round(duration_s * sample_rate))) / sample_rate
+    wave = 0.3 * np.sin(2 * np.pi * frequency_hz * t)
+    data = np.stack([wave] * channels, axis=1) if channels > 1 else wave
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(str(path), data, sample_rate, subtype="PCM_16")
+
+
+def write_msp_corpus(root: Path, rows: list[list[str]], *, durations_s: dict[str, float] | None = None,
+                     transcripts: dict[str, str] | None = None, audio: bool = True) -> Path:
+    """An MSP-Podcast layout under ``root``: labels CSV from ``rows``, a tone per row, transcripts given."""
+    labels = root / "Labels" / "labels_consensus.csv"
+    labels.parent.mkdir(parents=True, exist_ok=True)
+    with open(labels, "w", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(MSP_HEADER)
+        writer.writerows(rows)
+    (root / "Audios").mkdir(exist_ok=True)
+    (root / "Transcripts").mkdir(exist_ok=True)
+    durations_s = durations_s or {}
+    if audio:
+        for row in rows:
+            if row[0]:
+                write_tone(root / "Audios" / row[0], duration_s=durations_s.get(row[0], 1.0))
+    for name, text in (transcripts or {}).items():
+        (root / "Transcripts" / f"{Path(name).stem}.txt").write_text(text + "\n")
+    return root

@@ -1,0 +1,115 @@
+"""Data selection (the paper's Table 5 options) on a hand-made corpus with exact expected id sets."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sertool.data.records import Utterance
+from sertool.data.selection import select
+from sertool.errors import SertoolError
+
+
+def _utt(id: str, split: str, emo_class: str | None, labeled: bool = True) -> Utterance:
+    value = 4.0 if labeled else None
+    return Utterance(
+        id=id, audio_path=Path(f"/corpus/{id}.wav"), split=split, duration_s=5.0,
+        arousal=value, valence=value, dominance=value, emo_class=emo_class,
+    )
+
+
+CORPUS = [
+    _utt("t1", "Train", "N"),
+    _utt("t2", "Train", "H"),
+    _utt("t3", "Train", "O"),
+    _utt("d1", "Development", "N"),
+    _utt("t4", "Train", "X"),
+    _utt("t5", "Train", "A", labeled=False),
+    _utt("d2", "Development", "O"),
+    _utt("t6", "Train", None),  # labelled, no class code: counts as non-O/X
+    _utt("d3", "Development", "X"),
+    _utt("d4", "Development", "S"),
+    _utt("d5", "Development", "X", labeled=False),
+    _utt("e1", "Test1", "N"),
+    _utt("e2", "Test3", None, labeled=False),
+]
+
+
+def _ids(records: list[Utterance]) -> list[str]:
+    return [record.id for record in records]
+
+
+@pytest.mark.parametrize(
+    ("train_ox", "dev_ox_to_train", "train_ids", "valid_ids"),
+    [
+        ("keep", False, ["t1", "t2", "t3", "t4", "t6"], ["d1", "d2", "d3", "d4"]),
+        ("drop", False, ["t1", "t2", "t6"], ["d1", "d2", "d3", "d4"]),
+        ("only", False, ["t3", "t4"], ["d1", "d2", "d3", "d4"]),
+        ("keep", True, ["t1", "t2", "t3", "t4", "t6", "d2", "d3"], ["d1", "d4"]),
+        ("drop", True, ["t1", "t2", "t6", "d2", "d3"], ["d1", "d4"]),
+        ("only", True, ["t3", "t4", "d2", "d3"], ["d1", "d4"]),  # the paper's best data setting
+    ],
+)
+def test_each_option_selects_exactly(train_ox, dev_ox_to_train, train_ids, valid_ids):
+    selection = select(CORPUS, train_ox=train_ox, dev_ox_to_train=dev_ox_to_train)
+    # Order: training split in corpus order, then the moved validation O/X in corpus order.
+    assert _ids(selection.train) == train_ids
+    assert _ids(selection.valid) == valid_ids
+    assert not set(train_ids) & set(valid_ids)
+    assert selection.unlabeled_skipped == 2  # t5, d5; the Test splits are not counted
+    assert selection.train_ox_dropped == (2 if train_ox == "drop" else 0)
+    assert selection.train_non_ox_dropped == (3 if train_ox == "only" else 0)
+    assert selection.dev_ox_moved == (2 if dev_ox_to_train else 0)
+
+
+def test_describe_reports_the_counts():
+    line = select(CORPUS, train_ox="only", dev_ox_to_train=True).describe()
+    assert line.startswith("4 training / 2 validation utterances")
+    assert "non-O/X dropped from training: 3" in line
+    assert "O/X moved from validation to training: 2" in line
+    assert "without labels, skipped: 2" in line
+
+
+def test_other_split_names():
+    corpus = [_utt("a", "fold1", "N"), _utt("b", "fold2", "H"), _utt("c", "fold1", "O")]
+    selection = select(corpus, train_split="fold1", valid_split="fold2", train_ox="drop")
+    assert (_ids(selection.train), _ids(selection.valid)) == (["a"], ["b"])
+
+
+@pytest.mark.parametrize(
+    ("records", "options", "message"),
+    [
+        (CORPUS, {"train_ox": "some"}, r"--train-ox\) must be one of keep, drop, only"),
+        (CORPUS, {"valid_split": "Train"}, r"both 'Train'"),
+        (CORPUS, {"train_split": "train"}, r"no utterance in split 'train' \(train_split \(--train-split\)\); "
+                                           r"splits present: Development, Test1, Test3, Train"),
+        (CORPUS, {"valid_split": "Test3"}, r"split 'Test3' \(valid_split \(--valid-split\)\) has all three"),
+        # Training split without O/X: --train-ox only empties training ...
+        ([u for u in CORPUS if u.id not in ("t3", "t4")], {"train_ox": "only"},
+         r"--train-ox only \(train_ox\) left no training utterances: none of the 3 labelled 'Train' utterances is O/X"),
+        # ... and a training split of O/X only is emptied by --train-ox drop.
+        ([u for u in CORPUS if u.id not in ("t1", "t2", "t6")], {"train_ox": "drop"},
+         r"--train-ox drop \(train_ox\) left no training utterances: none of the 2 .* is non-O/X"),
+        # A validation split of O/X only is emptied by --dev-ox-to-train.
+        ([u for u in CORPUS if u.id not in ("d1", "d4")], {"dev_ox_to_train": True},
+         r"--dev-ox-to-train \(dev_ox_to_train\) moved all 2 labelled 'Development' utterances"),
+        # A corpus without class codes: the O/X options would silently do nothing.
+        ([_utt("a", "Train", None), _utt("b", "Development", None)], {"dev_ox_to_train": True},
+         r"--dev-ox-to-train need\(s\) EmoClass codes"),
+    ],
+)
+def test_errors_name_the_flag(records, options, message):
+    with pytest.raises(SertoolError, match=message):
+        select(records, **options)
+
+
+def test_train_ox_only_with_dev_ox_is_fine_without_train_ox():
+    corpus = [u for u in CORPUS if u.id not in ("t3", "t4")]
+    selection = select(corpus, train_ox="only", dev_ox_to_train=True)
+    assert (_ids(selection.train), _ids(selection.valid)) == (["d2", "d3"], ["d1", "d4"])
+
+
+def test_keep_without_class_codes_is_allowed():
+    corpus = [_utt("a", "Train", None), _utt("b", "Development", None)]
+    selection = select(corpus)
+    assert (_ids(selection.train), _ids(selection.valid)) == (["a"], ["b"])

@@ -1,0 +1,312 @@
+"""Ensembles of prediction sets: the paper's mean, weighted means, and a subset chosen per attribute.
+
+Every ensemble is an ``EnsemblePlan``: for each attribute, which members to average and with what weights.
+The paper's ensemble (the mean of 2-3 systems) is the plan with every member at equal weight;
+``select_per_attribute`` builds the plan the paper names as future work, a separate system per
+attribute, by trying every subset of members on Development. One ``apply_plan`` runs them all, and a
+plan saved as JSON (``write_plan``) re-applies the same choice to Test predictions later.
+"""
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from itertools import combinations
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sertool.data.records import ATTRIBUTES
+from sertool.errors import SertoolError
+from sertool.inference.predictions import Predictions, Segment, align
+from sertool.io import atomic_write
+from sertool.models.ccc import ccc_scores
+
+PLAN_FORMAT = "sertool-ensemble"
+PLAN_VERSION = 1
+PLAN_KINDS: tuple[str, ...] = ("mean", "weighted", "select")
+# Subset selection scores every subset on Development; one CCC over ~30k rows takes ~30 ms on a laptop
+# CPU, so 4096 subsets (all of 12 members) is about two minutes.
+MAX_SUBSETS = 4096
+
+
+@dataclass(frozen=True)
+class EnsemblePlan:
+    """Which members an ensemble averages for each attribute, and their weights.
+
+    Attributes:
+        members: one name per member, as the caller refers to it (e.g. a predictions CSV path); the
+            members given to ``apply_plan`` must come in this order.
+        weights: per attribute name, ``(member index, weight)`` pairs; weights are normalised to sum to 1.
+        kind: how the plan was made: ``"mean"``, ``"weighted"`` or ``"select"``.
+        development_ccc: for ``"select"`` plans, the Development CCC of each attribute's chosen subset.
+            The choice was made on the same data, so these are optimistic; report Test scores.
+
+    Raises:
+        ValueError: an attribute is missing, an index is out of range or repeats, or the weights are
+            negative, not finite, or sum to 0.
+    """
+
+    members: tuple[str, ...]
+    weights: Mapping[str, tuple[tuple[int, float], ...]]
+    kind: str = "mean"
+    development_ccc: Mapping[str, float] | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "members", tuple(self.members))
+        if self.kind not in PLAN_KINDS:
+            raise ValueError(f"kind {self.kind!r} is not one of {', '.join(PLAN_KINDS)}")
+        missing = [name for name in ATTRIBUTES if name not in self.weights]
+        if missing:
+            raise ValueError(f"no members chosen for {', '.join(missing)}")
+        normalised = {name: _normalised(self.weights[name], len(self.members), name) for name in ATTRIBUTES}
+        object.__setattr__(self, "weights", normalised)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable description; ``from_dict`` reads it back."""
+        attributes: dict[str, Any] = {}
+        for name in ATTRIBUTES:
+            entry: dict[str, Any] = {"members": [{"member": index, "weight": weight}
+                                                 for index, weight in self.weights[name]]}
+            if self.development_ccc is not None:
+                entry["development_ccc"] = self.development_ccc[name]
+            attributes[name] = entry
+        return {"format": PLAN_FORMAT, "version": PLAN_VERSION, "kind": self.kind,
+                "members": list(self.members), "attributes": attributes}
+
+    @classmethod
+    def from_dict(cls, data: Any, *, source: str = "ensemble plan") -> EnsemblePlan:
+        """Read ``to_dict``'s output.
+
+        Args:
+            data: the parsed JSON.
+            source: how errors name it, e.g. the plan file's path.
+
+        Raises:
+            SertoolError: not a sertool ensemble plan, or an invalid one (naming the field).
+        """
+        if not isinstance(data, dict) or data.get("format") != PLAN_FORMAT:
+            raise SertoolError(f"{source}: not a sertool ensemble plan (no \"format\": \"{PLAN_FORMAT}\")")
+        if data.get("version") != PLAN_VERSION:
+            raise SertoolError(f"{source}: plan version {data.get('version')!r}; this sertool reads version "
+                               f"{PLAN_VERSION}. Re-create the plan with this version")
+        members = data.get("members")
+        attributes = data.get("attributes")
+        if not isinstance(members, list) or not members or not all(isinstance(m, str) for m in members):
+            raise SertoolError(f"{source}: \"members\" must be a non-empty list of names")
+        if not isinstance(attributes, dict):
+            raise SertoolError(f"{source}: \"attributes\" must be an object keyed by attribute name")
+        weights, development_ccc = {}, {}
+        for name in ATTRIBUTES:
+            entry = attributes.get(name)
+            try:
+                weights[name] = tuple((_index(item["member"]), float(item["weight"])) for item in entry["members"])
+                if "development_ccc" in entry:
+                    development_ccc[name] = float(entry["development_ccc"])
+            except (TypeError, KeyError, ValueError):
+                raise SertoolError(f"{source}: attributes.{name} needs \"members\": [{{\"member\": index, "
+                                   "\"weight\": number}, ...]") from None
+        try:
+            return cls(members=tuple(members), weights=weights, kind=data.get("kind", "mean"),
+                       development_ccc=development_ccc if len(development_ccc) == len(ATTRIBUTES) else None)
+        except ValueError as error:
+            raise SertoolError(f"{source}: {error}") from None
+
+
+def mean_plan(names: Sequence[str], weights: Sequence[float] | None = None) -> EnsemblePlan:
+    """Every member for every attribute: the paper's mean, or a weighted mean.
+
+    Args:
+        names: one per member (e.g. predictions CSV paths).
+        weights: one per member, any positive scale (normalised); None: equal weights.
+
+    Raises:
+        SertoolError: the weights do not match the members in number, or are negative, not finite or
+            all 0.
+    """
+    if not names:
+        raise SertoolError("an ensemble needs at least one member")
+    if weights is not None and len(weights) != len(names):
+        raise SertoolError(f"{len(weights)} weights for {len(names)} ensemble members; give one weight per member")
+    pairs = tuple((index, 1.0 if weights is None else float(weights[index])) for index in range(len(names)))
+    try:
+        return EnsemblePlan(members=tuple(names), weights={name: pairs for name in ATTRIBUTES},
+                            kind="mean" if weights is None else "weighted")
+    except ValueError as error:
+        raise SertoolError(f"ensemble weights: {error}") from None
+
+
+def average(members: Sequence[Predictions], weights: Sequence[float] | None = None, *,
+            names: Sequence[str] | None = None) -> Predictions:
+    """The (weighted) mean of the members, ids aligned by name; ``spread`` is the members' std.
+
+    Args:
+        members: predictions of the same files, in any row order.
+        weights: one per member (normalised); None: the simple mean.
+        names: how errors name the members, e.g. their paths.
+
+    Returns:
+        Predictions in ``members[0]``'s id order.
+
+    Raises:
+        SertoolError: the members cover different files, or the weights are invalid.
+    """
+    names = _names(members, names)
+    return apply_plan(mean_plan(names, weights), members)
+
+
+def select_per_attribute(members: Sequence[Predictions], labels: np.ndarray, *,
+                         names: Sequence[str] | None = None, max_subset_size: int | None = None) -> EnsemblePlan:
+    """For each attribute, the subset of members whose mean scores the best Development CCC.
+
+    Every non-empty subset of at most ``max_subset_size`` members is averaged and scored; ties go to the
+    smaller subset (then the one with lower member indices), so a member is only added when it helps.
+
+    Args:
+        members: Development predictions of each candidate system, in any row order.
+        labels: ``[N, 3]`` Development rater means in ``members[0].ids`` order.
+        names: one per member, stored in the plan (e.g. predictions CSV paths).
+        max_subset_size: largest subset to try; None: all members.
+
+    Returns:
+        A ``"select"`` plan with equal weights inside each chosen subset and its Development CCC per
+        attribute (optimistic: chosen on the same data).
+
+    Raises:
+        SertoolError: the members cover different files, ``max_subset_size`` is below 1, or there are
+            more than ``MAX_SUBSETS`` subsets to try.
+    """
+    names = _names(members, names)
+    aligned = align(members, names=names)
+    labels = np.asarray(labels, dtype=np.float64)
+    if labels.shape != aligned[0].values.shape or not np.all(np.isfinite(labels)):
+        raise ValueError(f"select_per_attribute: labels must be finite, shape {aligned[0].values.shape}, "
+                         f"got {labels.shape}")
+    if max_subset_size is not None and max_subset_size < 1:
+        raise SertoolError(f"maximum subset size {max_subset_size}: must be at least 1")
+    largest = len(aligned) if max_subset_size is None else min(max_subset_size, len(aligned))
+    num_subsets = sum(math.comb(len(aligned), size) for size in range(1, largest + 1))
+    if num_subsets > MAX_SUBSETS:
+        raise SertoolError(
+            f"{len(aligned)} members give {num_subsets} subsets to score, more than {MAX_SUBSETS}; "
+            "lower the maximum subset size (3 is usually enough) or ensemble fewer members"
+        )
+    stacked = np.stack([member.values for member in aligned])  # [M, N, 3]
+    best_score = dict.fromkeys(ATTRIBUTES, -math.inf)
+    best_subset: dict[str, tuple[int, ...]] = {}
+    # Sizes ascending and a strict ">" make ties go to the smaller, earlier subset.
+    for size in range(1, largest + 1):
+        for subset in combinations(range(len(aligned)), size):
+            scores = ccc_scores(stacked[list(subset)].mean(axis=0), labels)
+            for name in ATTRIBUTES:
+                if scores[name] > best_score[name]:
+                    best_score[name], best_subset[name] = scores[name], subset
+    weights = {name: tuple((index, 1.0) for index in best_subset[name]) for name in ATTRIBUTES}
+    return EnsemblePlan(members=tuple(names), weights=weights, kind="select", development_ccc=best_score)
+
+
+def apply_plan(plan: EnsemblePlan, members: Sequence[Predictions]) -> Predictions:
+    """Combine the members as the plan says, attribute by attribute.
+
+    ``spread`` is, per attribute, the weighted standard deviation of the members that attribute uses
+    (population form, around the weighted mean; 0 where one member is used). Segments of long audio
+    are combined the same way when every member has the same segments.
+
+    Args:
+        plan: from ``mean_plan``, ``select_per_attribute`` or ``read_plan``.
+        members: one per ``plan.members``, in that order, rows in any order.
+
+    Returns:
+        Predictions in ``members[0]``'s id order.
+
+    Raises:
+        SertoolError: the number of members differs from the plan's, they cover different files, or
+            some have segments the others lack.
+    """
+    if len(members) != len(plan.members):
+        raise SertoolError(f"the ensemble plan has {len(plan.members)} members ({', '.join(plan.members)}) "
+                           f"but {len(members)} prediction sets were given; give one per plan member, in order")
+    aligned = align(members, names=plan.members)
+    values, spread = _combine(plan, np.stack([member.values for member in aligned]))
+    return Predictions(ids=aligned[0].ids, values=values, spread=spread, segments=_combine_segments(plan, aligned))
+
+
+def write_plan(plan: EnsemblePlan, path: str | Path) -> None:
+    """Save a plan as JSON (atomically), e.g. for ``--save ens.json``."""
+    with atomic_write(path) as handle:
+        json.dump(plan.to_dict(), handle, indent=1)
+        handle.write("\n")
+
+
+def read_plan(path: str | Path) -> EnsemblePlan:
+    """Load a plan saved by ``write_plan``.
+
+    Raises:
+        SertoolError: the file is missing, not JSON, or not a valid plan.
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SertoolError(f"{path}: ensemble plan not found") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise SertoolError(f"{path}: not a readable JSON ensemble plan ({error})") from None
+    return EnsemblePlan.from_dict(data, source=str(path))
+
+
+def _combine(plan: EnsemblePlan, stacked: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``[M, R, 3]`` member values → the plan's ``[R, 3]`` weighted mean and weighted std."""
+    values = np.empty(stacked.shape[1:])
+    spread = np.empty(stacked.shape[1:])
+    for column, name in enumerate(ATTRIBUTES):
+        indices = [index for index, _ in plan.weights[name]]
+        weights = np.array([weight for _, weight in plan.weights[name]])
+        chosen = stacked[indices, :, column]  # [k, R]
+        values[:, column] = weights @ chosen
+        spread[:, column] = np.sqrt(weights @ np.square(chosen - values[:, column]))
+    return values, spread
+
+
+def _combine_segments(plan: EnsemblePlan, aligned: Sequence[Predictions]) -> list[Segment]:
+    keyed = [{(s.id, s.start_s, s.end_s): s.values for s in member.segments} for member in aligned]
+    if not any(keyed):
+        return []
+    keys = sorted(keyed[0])
+    if any(sorted(member_segments) != keys for member_segments in keyed[1:]):
+        raise SertoolError(
+            f"ensemble members {', '.join(plan.members)} have different segments; predict long audio with "
+            "the same window and hop for every member, or without segments for all"
+        )
+    values, _ = _combine(plan, np.array([[member_segments[key] for key in keys] for member_segments in keyed]))
+    return [Segment(file_id, start_s, end_s, tuple(float(v) for v in row))
+            for (file_id, start_s, end_s), row in zip(keys, values)]
+
+
+def _index(value: Any) -> int:
+    """A member index from JSON: an integer, not a float that happens to truncate to one."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"member index {value!r} is not an integer")
+    return value
+
+
+def _names(members: Sequence[Predictions], names: Sequence[str] | None) -> list[str]:
+    if names is None:
+        return [f"member {index}" for index in range(len(members))]
+    if len(names) != len(members):
+        raise ValueError(f"{len(names)} names for {len(members)} members")
+    return list(names)
+
+
+def _normalised(pairs: Sequence[tuple[int, float]], num_members: int, attribute: str) -> tuple[tuple[int, float], ...]:
+    indices = [index for index, _ in pairs]
+    weights = [weight for _, weight in pairs]
+    if not pairs:
+        raise ValueError(f"{attribute}: no members chosen")
+    if any(not 0 <= index < num_members for index in indices) or len(set(indices)) != len(indices):
+        raise ValueError(f"{attribute}: member indices {indices} must be distinct and in 0..{num_members - 1}")
+    if any(not math.isfinite(weight) or weight < 0 for weight in weights) or sum(weights) <= 0:
+        raise ValueError(f"{attribute}: weights {weights} must be finite, non-negative and not all 0")
+    total = sum(weights)
+    return tuple((index, weight / total) for index, weight in pairs)

@@ -1,0 +1,342 @@
+"""Predictions of A/V/D per file: the container every inference command passes around, and its CSV file.
+
+The predictions CSV keeps the challenge's submission columns first, so any tool that reads a submission
+reads it too; the other columns appear only when they carry something:
+
+==========================================  ===================================================================
+``FileName``                                the utterance id (MSP-Podcast's file name)
+``EmoAct``, ``EmoVal``, ``EmoDom``          predicted arousal, valence, dominance on the 1..7 rater scale
+                                            (not clipped: the submission writer clips)
+``EmoAct_spread``, ... (ensembles)          standard deviation of the ensemble members' predictions, a
+                                            per-file uncertainty on the same scale
+``EmoAct_true``, ... (when labels known)    the rater means, beside the predictions for inspection
+``start_s``, ``end_s`` (long audio)         empty on whole-file rows; on segment rows, the window's span in
+                                            seconds. Segment rows follow their file's row and leave the
+                                            spread and true columns empty.
+==========================================  ===================================================================
+
+``read_predictions`` accepts these files and plain submission files (only the first four columns).
+"""
+from __future__ import annotations
+
+import csv
+import math
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+import numpy as np
+
+from sertool.data.records import ATTRIBUTE_COLUMNS, ATTRIBUTES
+from sertool.errors import SertoolError
+from sertool.io import atomic_write
+
+ID_COLUMN = "FileName"
+VALUE_COLUMNS: tuple[str, ...] = tuple(ATTRIBUTE_COLUMNS[name] for name in ATTRIBUTES)  # EmoAct, EmoVal, EmoDom
+SPREAD_COLUMNS: tuple[str, ...] = tuple(f"{column}_spread" for column in VALUE_COLUMNS)
+TRUE_COLUMNS: tuple[str, ...] = tuple(f"{column}_true" for column in VALUE_COLUMNS)
+SEGMENT_COLUMNS: tuple[str, ...] = ("start_s", "end_s")
+# Six decimals: far below the raters' resolution, and a CSV round trip changes a CCC by < 1e-6.
+FLOAT_DECIMALS = 6
+# How many ids an error message lists before "and N more".
+IDS_IN_MESSAGES = 5
+
+
+@dataclass(frozen=True)
+class Segment:
+    """The prediction for one window of a long file.
+
+    Attributes:
+        id: the file's id (a ``Predictions.ids`` entry).
+        start_s, end_s: the window's span in seconds from the start of the file.
+        values: A, V, D on the 1..7 scale.
+    """
+
+    id: str
+    start_s: float
+    end_s: float
+    values: tuple[float, float, float]
+
+
+@dataclass(frozen=True, eq=False)
+class Predictions:
+    """A/V/D predictions for a set of files, in ``ATTRIBUTES`` order.
+
+    Attributes:
+        ids: one id per row, unique.
+        values: ``[N, 3]`` float64 on the 1..7 rater scale, columns A, V, D.
+        spread: ``[N, 3]`` standard deviation of the ensemble members behind each value, or None for a
+            single model.
+        segments: per-window predictions of long files (``Segment.id`` is one of ``ids``); empty otherwise.
+
+    Raises:
+        ValueError: shapes disagree, ids repeat, or a segment names an unknown id (programming errors:
+            readers check user files first and name the row).
+    """
+
+    ids: list[str]
+    values: np.ndarray
+    spread: np.ndarray | None = None
+    segments: list[Segment] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ids", list(self.ids))
+        object.__setattr__(self, "values", _as_rows(self.values, len(self.ids), "values"))
+        if self.spread is not None:
+            object.__setattr__(self, "spread", _as_rows(self.spread, len(self.ids), "spread"))
+        if len(set(self.ids)) != len(self.ids):
+            raise ValueError(f"Predictions: repeated ids {preview_ids(_repeated(self.ids))}")
+        unknown = {segment.id for segment in self.segments} - set(self.ids)
+        if unknown:
+            raise ValueError(f"Predictions: segments of unknown ids {preview_ids(sorted(unknown))}")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def take(self, ids: Sequence[str], *, source: str = "predictions") -> Predictions:
+        """The rows of ``ids``, in that order, with their segments.
+
+        Args:
+            ids: the wanted ids; ids of ``self`` not in it are left out.
+            source: how error messages name these predictions, e.g. their file.
+
+        Raises:
+            SertoolError: some of ``ids`` have no prediction (listing a few).
+        """
+        row_of = {file_id: row for row, file_id in enumerate(self.ids)}
+        missing = [file_id for file_id in ids if file_id not in row_of]
+        if missing:
+            raise SertoolError(
+                f"{source}: no prediction for {len(missing)} of {len(ids)} files: {preview_ids(missing)}; "
+                "predict those files, or evaluate/ensemble the files the predictions cover"
+            )
+        rows = np.array([row_of[file_id] for file_id in ids], dtype=np.int64)
+        wanted = set(ids)
+        return Predictions(
+            ids=list(ids),
+            values=self.values[rows],
+            spread=None if self.spread is None else self.spread[rows],
+            segments=[segment for segment in self.segments if segment.id in wanted],
+        )
+
+
+def align(members: Sequence[Predictions], *, names: Sequence[str] | None = None) -> list[Predictions]:
+    """Put every member in the first member's id order, for ensembles of prediction files.
+
+    Args:
+        members: at least one; all must cover the same ids, in any order.
+        names: how error messages name each member (e.g. its CSV path); default ``member 0``, ...
+
+    Returns:
+        The members, each reordered to ``members[0].ids``.
+
+    Raises:
+        SertoolError: a member lacks ids the first has, or has ids the first lacks (listing a few of each).
+    """
+    if not members:
+        raise ValueError("align: no members")
+    names = list(names) if names is not None else [f"member {index}" for index in range(len(members))]
+    if len(names) != len(members):
+        raise ValueError(f"align: {len(names)} names for {len(members)} members")
+    reference_ids = members[0].ids
+    reference = set(reference_ids)
+    problems = []
+    for name, member in zip(names[1:], members[1:]):
+        present = set(member.ids)
+        missing = [file_id for file_id in reference_ids if file_id not in present]
+        extra = [file_id for file_id in member.ids if file_id not in reference]
+        if missing:
+            problems.append(f"{name} lacks {len(missing)} file(s) of {names[0]}: {preview_ids(missing)}")
+        if extra:
+            problems.append(f"{name} has {len(extra)} file(s) {names[0]} lacks: {preview_ids(extra)}")
+    if problems:
+        raise SertoolError(
+            "ensemble members must predict the same files; " + "; ".join(problems)
+            + ". Predict every member on the same split."
+        )
+    return [members[0]] + [member.take(reference_ids) for member in members[1:]]
+
+
+def write_predictions(predictions: Predictions, destination: str | Path | TextIO, *,
+                      labels: np.ndarray | None = None) -> None:
+    """Write the predictions CSV (format in the module docstring) to a path or an open text stream.
+
+    Args:
+        predictions: what to write; rows keep its order.
+        destination: a file path (written atomically) or a text stream such as ``sys.stdout``.
+        labels: ``[N, 3]`` rater means in ``predictions.ids`` order, written as ``EmoAct_true``, ...
+
+    Raises:
+        SertoolError: the file cannot be written.
+    """
+    if labels is not None:
+        labels = _as_rows(labels, len(predictions), "labels")
+    if isinstance(destination, (str, Path)):
+        with atomic_write(destination, newline="") as handle:
+            _write_csv_rows(handle, predictions, labels)
+    else:
+        _write_csv_rows(destination, predictions, labels)
+
+
+def read_predictions(path: str | Path) -> Predictions:
+    """Read a predictions CSV written by ``write_predictions``, or a plain submission file.
+
+    Raises:
+        SertoolError: the file is unreadable, or a column is missing, a value is not a finite number, a
+            FileName repeats, or a segment row is malformed (naming the file and line).
+    """
+    return read_predictions_and_labels(path)[0]
+
+
+def read_predictions_and_labels(path: str | Path) -> tuple[Predictions, np.ndarray | None]:
+    """Like ``read_predictions``, also returning the ``*_true`` columns (``[N, 3]``) or None without them.
+
+    Raises:
+        SertoolError: as ``read_predictions``; also when only some ``*_true`` columns are present.
+    """
+    path = Path(path)
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            return _parse_csv(csv.DictReader(handle), path)
+    except FileNotFoundError:
+        raise SertoolError(f"{path}: predictions file not found") from None
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise SertoolError(f"{path}: cannot read the predictions file ({error})") from None
+
+
+def preview_ids(ids: Sequence[str], limit: int = IDS_IN_MESSAGES) -> str:
+    """``a, b, c and 12 more``: enough ids for an error message to be actionable, never thousands."""
+    shown = ", ".join(ids[:limit])
+    return shown if len(ids) <= limit else f"{shown} and {len(ids) - limit} more"
+
+
+def format_value(value: float) -> str:
+    """A number as every sertool CSV writes it: fixed ``FLOAT_DECIMALS`` decimals."""
+    return f"{value:.{FLOAT_DECIMALS}f}"
+
+
+def segments_by_id(segments: Sequence[Segment]) -> dict[str, list[Segment]]:
+    """Segments grouped by file id, each group in time order."""
+    grouped: dict[str, list[Segment]] = {}
+    for segment in segments:
+        grouped.setdefault(segment.id, []).append(segment)
+    for group in grouped.values():
+        group.sort(key=lambda segment: (segment.start_s, segment.end_s))
+    return grouped
+
+
+def _write_csv_rows(handle: TextIO, predictions: Predictions, labels: np.ndarray | None) -> None:
+    has_segments = bool(predictions.segments)
+    header = [ID_COLUMN, *VALUE_COLUMNS]
+    if predictions.spread is not None:
+        header += SPREAD_COLUMNS
+    if labels is not None:
+        header += TRUE_COLUMNS
+    if has_segments:
+        header += SEGMENT_COLUMNS
+    # Columns a segment row leaves empty: spread and true values belong to whole files.
+    empty_per_segment = len(header) - 1 - len(VALUE_COLUMNS) - len(SEGMENT_COLUMNS)
+    segments_of = segments_by_id(predictions.segments)
+    writer = csv.writer(handle, lineterminator="\n")
+    writer.writerow(header)
+    for row, name in enumerate(predictions.ids):
+        cells = [name, *map(format_value, predictions.values[row])]
+        if predictions.spread is not None:
+            cells += map(format_value, predictions.spread[row])
+        if labels is not None:
+            cells += map(format_value, labels[row])
+        if has_segments:
+            cells += ["", ""]
+        writer.writerow(cells)
+        for segment in segments_of.get(name, []):
+            writer.writerow([name, *map(format_value, segment.values), *[""] * empty_per_segment,
+                             format_value(segment.start_s), format_value(segment.end_s)])
+
+
+def _parse_csv(reader: csv.DictReader, path: Path) -> tuple[Predictions, np.ndarray | None]:
+    columns = reader.fieldnames or []
+    missing = [column for column in (ID_COLUMN, *VALUE_COLUMNS) if column not in columns]
+    if missing:
+        raise SertoolError(
+            f"{path}: missing column(s) {', '.join(missing)}; a predictions file needs the header "
+            f"{','.join((ID_COLUMN, *VALUE_COLUMNS))}"
+        )
+    has_spread = _optional_group(columns, SPREAD_COLUMNS, path)
+    has_labels = _optional_group(columns, TRUE_COLUMNS, path)
+    has_segments = _optional_group(columns, SEGMENT_COLUMNS, path)
+
+    ids: list[str] = []
+    first_line: dict[str, int] = {}
+    values, spread, labels, segments = [], [], [], []
+    for record in reader:
+        where = f"{path}:{reader.line_num}"
+        name = (record.get(ID_COLUMN) or "").strip()
+        if not name:
+            raise SertoolError(f"{where}: {ID_COLUMN} is empty")
+        row_values = _numbers(record, VALUE_COLUMNS, where)
+        if has_segments and any((record.get(column) or "").strip() for column in SEGMENT_COLUMNS):
+            start_s, end_s = _numbers(record, SEGMENT_COLUMNS, where)
+            if not 0 <= start_s < end_s:
+                raise SertoolError(f"{where}: segment start_s={start_s:g}, end_s={end_s:g} is not a span "
+                                   "(need 0 <= start_s < end_s)")
+            segments.append((Segment(name, start_s, end_s, tuple(row_values)), where))
+            continue
+        if name in first_line:
+            raise SertoolError(f"{where}: {ID_COLUMN} {name} repeats line {first_line[name]}; "
+                               "keep one row per file")
+        first_line[name] = reader.line_num
+        ids.append(name)
+        values.append(row_values)
+        if has_spread:
+            spread.append(_numbers(record, SPREAD_COLUMNS, where))
+        if has_labels:
+            labels.append(_numbers(record, TRUE_COLUMNS, where))
+    if not ids:
+        raise SertoolError(f"{path}: no prediction rows below the header")
+    for segment, where in segments:
+        if segment.id not in first_line:
+            raise SertoolError(f"{where}: segment row of {segment.id}, which has no whole-file row")
+    predictions = Predictions(
+        ids=ids,
+        values=np.array(values),
+        spread=np.array(spread) if has_spread else None,
+        segments=[segment for segment, _ in segments],
+    )
+    return predictions, (np.array(labels) if has_labels else None)
+
+
+def _optional_group(columns: Sequence[str], group: Sequence[str], path: Path) -> bool:
+    """Whether the file has a column group; a partial group is an error rather than silently ignored."""
+    present = [column for column in group if column in columns]
+    if present and len(present) != len(group):
+        absent = [column for column in group if column not in columns]
+        raise SertoolError(f"{path}: has {', '.join(present)} but not {', '.join(absent)}; "
+                           "give all of them or none")
+    return bool(present)
+
+
+def _numbers(record: dict[str, str | None], columns: Sequence[str], where: str) -> list[float]:
+    numbers = []
+    for column in columns:
+        text = (record.get(column) or "").strip()
+        try:
+            value = float(text)
+        except ValueError:
+            raise SertoolError(f"{where}: {column}={text!r} is not a number") from None
+        if not math.isfinite(value):
+            raise SertoolError(f"{where}: {column}={text} is not finite")
+        numbers.append(value)
+    return numbers
+
+
+def _as_rows(array: np.ndarray, num_rows: int, name: str) -> np.ndarray:
+    rows = np.asarray(array, dtype=np.float64)
+    if rows.shape != (num_rows, len(ATTRIBUTES)):
+        raise ValueError(f"{name}: expected shape ({num_rows}, {len(ATTRIBUTES)}), got {rows.shape}")
+    return rows
+
+
+def _repeated(ids: Sequence[str]) -> list[str]:
+    return [name for name, count in Counter(ids).items() if count > 1]

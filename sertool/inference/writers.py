@@ -1,0 +1,200 @@
+"""Output formats for predictions, a registry keyed by name, and the challenge's submission file.
+
+``WRITERS[name](predictions, destination, labels=...)`` writes to a path (atomically) or a text stream
+such as ``sys.stdout``; ``READERS[name](path)`` reads the same format back. The CSV format is described in
+``sertool.inference.predictions``. The JSON format, keyed by attribute name so that no reader has to know
+an order::
+
+    {"attributes": ["arousal", "valence", "dominance"],
+     "scale": [1.0, 7.0],
+     "predictions": [
+        {"id": "MSP-PODCAST_0001_0008.wav", "arousal": 3.1, "valence": 4.2, "dominance": 3.4,
+         "spread": {"arousal": 0.1, ...},              (ensembles only)
+         "true": {"arousal": 2.2, ...},                (when labels are known)
+         "segments": [{"start_s": 0.0, "end_s": 8.0, "arousal": 3.0, ...}, ...]}   (long audio only)
+     ]}
+"""
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from sertool.data.records import ATTRIBUTES, LABEL_MAX, LABEL_MIN
+from sertool.errors import SertoolError
+from sertool.inference.predictions import (
+    ID_COLUMN,
+    VALUE_COLUMNS,
+    Predictions,
+    Segment,
+    format_value,
+    preview_ids,
+    read_predictions,
+    segments_by_id,
+    write_predictions,
+)
+from sertool.io import atomic_write
+
+Writer = Callable[..., None]
+
+
+def write_json(predictions: Predictions, destination: str | Path | TextIO, *,
+               labels: np.ndarray | None = None) -> None:
+    """Write the JSON format (module docstring) to a path (atomically) or a text stream.
+
+    Args:
+        predictions: what to write; entries keep its order. Floats are written exactly (no rounding).
+        destination: a file path or a text stream.
+        labels: ``[N, 3]`` rater means in ``predictions.ids`` order, written under ``"true"``.
+
+    Raises:
+        SertoolError: the file cannot be written.
+    """
+    if labels is not None and np.shape(labels) != predictions.values.shape:
+        raise ValueError(f"write_json: labels of shape {np.shape(labels)} for {len(predictions)} predictions")
+    segments_of = segments_by_id(predictions.segments)
+    entries = []
+    for row, file_id in enumerate(predictions.ids):
+        entry: dict[str, Any] = {"id": file_id, **_by_attribute(predictions.values[row])}
+        if predictions.spread is not None:
+            entry["spread"] = _by_attribute(predictions.spread[row])
+        if labels is not None:
+            entry["true"] = _by_attribute(labels[row])
+        if file_id in segments_of:
+            entry["segments"] = [{"start_s": segment.start_s, "end_s": segment.end_s, **_by_attribute(segment.values)}
+                                 for segment in segments_of[file_id]]
+        entries.append(entry)
+    document = {"attributes": list(ATTRIBUTES), "scale": [LABEL_MIN, LABEL_MAX], "predictions": entries}
+    if isinstance(destination, (str, Path)):
+        with atomic_write(destination) as handle:
+            json.dump(document, handle, indent=1)
+            handle.write("\n")
+    else:
+        json.dump(document, destination, indent=1)
+        destination.write("\n")
+
+
+def read_json(path: str | Path) -> Predictions:
+    """Read predictions written by ``write_json`` (the ``"true"`` values are not part of ``Predictions``).
+
+    Raises:
+        SertoolError: the file is unreadable, not JSON, or an entry lacks a field or repeats an id
+            (naming the entry).
+    """
+    path = Path(path)
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SertoolError(f"{path}: predictions file not found") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise SertoolError(f"{path}: not a readable JSON predictions file ({error})") from None
+    entries = document.get("predictions") if isinstance(document, dict) else None
+    if not isinstance(entries, list) or not entries:
+        raise SertoolError(f"{path}: expected an object with a non-empty \"predictions\" list")
+    first_index: dict[str, int] = {}
+    values, spread, segments = [], [], []
+    for index, entry in enumerate(entries):
+        where = f"{path}: predictions[{index}]"
+        if not isinstance(entry, dict) or not isinstance(entry.get("id"), str) or not entry["id"]:
+            raise SertoolError(f"{where}: needs an \"id\" string")
+        if entry["id"] in first_index:
+            raise SertoolError(f"{where}: id {entry['id']} repeats predictions[{first_index[entry['id']]}]")
+        first_index[entry["id"]] = index
+        values.append(_attribute_values(entry, where))
+        if "spread" in entry:
+            spread.append(_attribute_values(entry["spread"], f"{where}.spread"))
+        for number, item in enumerate(entry.get("segments", [])):
+            segment_where = f"{where}.segments[{number}]"
+            start_s, end_s = _numbers(item, ("start_s", "end_s"), segment_where)
+            if not 0 <= start_s < end_s:
+                raise SertoolError(f"{segment_where}: start_s={start_s:g}, end_s={end_s:g} is not a span "
+                                   "(need 0 <= start_s < end_s)")
+            segments.append(Segment(entry["id"], start_s, end_s, tuple(_attribute_values(item, segment_where))))
+    if spread and len(spread) != len(first_index):
+        raise SertoolError(f"{path}: \"spread\" is on {len(spread)} of {len(first_index)} entries; "
+                           "give it on all or none")
+    return Predictions(ids=list(first_index), values=np.array(values), spread=np.array(spread) if spread else None,
+                       segments=segments)
+
+
+WRITERS: dict[str, Writer] = {"csv": write_predictions, "json": write_json}
+READERS: dict[str, Callable[[str | Path], Predictions]] = {"csv": read_predictions, "json": read_json}
+
+
+def format_of(path: str | Path) -> str:
+    """The registry name for a file, from its suffix (``.csv`` → ``csv``).
+
+    Raises:
+        SertoolError: the suffix names no known format.
+    """
+    name = Path(path).suffix.lower().lstrip(".")
+    if name not in WRITERS:
+        raise SertoolError(f"{path}: unknown output format {name!r}; use one of {', '.join('.' + n for n in WRITERS)}")
+    return name
+
+
+def write_submission(predictions: Predictions, path: str | Path, *,
+                     expected_ids: Sequence[str] | None = None) -> None:
+    """Write exactly the challenge's submission file.
+
+    Header ``FileName,EmoAct,EmoVal,EmoDom``; one row per file sorted by FileName; values clipped to the
+    1..7 rater scale (the scorer expects that scale) with fixed decimals; nothing else.
+
+    Args:
+        predictions: whole-file predictions on the 1..7 scale (segments are not part of a submission).
+        path: the CSV to write (atomically).
+        expected_ids: every file the submission must cover, e.g. every Test3 file; None: whatever
+            ``predictions`` holds.
+
+    Raises:
+        SertoolError: a value is not finite, or files are missing or extra relative to ``expected_ids``
+            (listing a few of each).
+    """
+    not_finite = [file_id for file_id, row in zip(predictions.ids, predictions.values) if not np.all(np.isfinite(row))]
+    if not_finite:
+        raise SertoolError(f"{path}: predictions for {len(not_finite)} file(s) are not finite numbers "
+                           f"({preview_ids(not_finite)}); the model diverged or its input was empty")
+    if expected_ids is not None:
+        present, expected = set(predictions.ids), set(expected_ids)
+        missing = sorted(expected - present)
+        extra = sorted(present - expected)
+        if missing or extra:
+            problems = []
+            if missing:
+                problems.append(f"{len(missing)} expected file(s) have no prediction: {preview_ids(missing)}")
+            if extra:
+                problems.append(f"{len(extra)} predicted file(s) are not expected: {preview_ids(extra)}")
+            raise SertoolError(f"{path}: the submission must have every expected file exactly once; "
+                               + "; ".join(problems))
+    order = sorted(range(len(predictions)), key=lambda row: predictions.ids[row])
+    clipped = np.clip(predictions.values, LABEL_MIN, LABEL_MAX)
+    with atomic_write(path, newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow((ID_COLUMN, *VALUE_COLUMNS))
+        for row in order:
+            writer.writerow((predictions.ids[row], *map(format_value, clipped[row])))
+
+
+def _by_attribute(row: Sequence[float]) -> dict[str, float]:
+    return {name: float(value) for name, value in zip(ATTRIBUTES, row)}
+
+
+def _attribute_values(item: Any, where: str) -> list[float]:
+    return _numbers(item, ATTRIBUTES, where)
+
+
+def _numbers(item: Any, keys: Sequence[str], where: str) -> list[float]:
+    if not isinstance(item, dict):
+        raise SertoolError(f"{where}: expected an object with {', '.join(keys)}")
+    numbers = []
+    for key in keys:
+        value = item.get(key)
+        # bool is an int in Python; true/false in a JSON file is a mistake, not 1/0.
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+            raise SertoolError(f"{where}: {key} must be a finite number, got {value!r}")
+        numbers.append(float(value))
+    return numbers

@@ -1,0 +1,74 @@
+"""Per-attribute regression heads and the label scale they predict on."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, TypeVar
+
+import torch
+from torch import Tensor, nn
+
+from sertool.data.records import ATTRIBUTES, LABEL_MAX, LABEL_MIN
+
+ArrayT = TypeVar("ArrayT")  # a Tensor, a numpy array or a float: the maps below are plain arithmetic
+
+
+@dataclass(frozen=True)
+class LabelScaling:
+    """The linear map between the corpus' rating scale and the unit scale the model is trained on.
+
+    MSP-Podcast ratings lie on 1..7; training targets are ``(y − 1) / 6`` in 0..1 (as the baseline), and
+    predictions are mapped back with the inverse. Stored in checkpoints via ``to_dict``.
+    """
+
+    minimum: float = LABEL_MIN
+    maximum: float = LABEL_MAX
+
+    def to_unit(self, values: ArrayT) -> ArrayT:
+        """Ratings -> unit scale."""
+        return (values - self.minimum) / (self.maximum - self.minimum)  # type: ignore[operator]
+
+    def from_unit(self, values: ArrayT, *, clip: bool = False) -> ArrayT:
+        """Unit scale -> ratings; ``clip`` limits them to ``[minimum, maximum]`` (as submissions require)."""
+        ratings = values * (self.maximum - self.minimum) + self.minimum  # type: ignore[operator]
+        if clip and isinstance(ratings, float):
+            return min(max(ratings, self.minimum), self.maximum)  # type: ignore[return-value]
+        if clip:
+            ratings = ratings.clip(self.minimum, self.maximum)  # Tensor.clip and ndarray.clip alike
+        return ratings
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "LabelScaling":
+        return cls(minimum=float(data["minimum"]), maximum=float(data["maximum"]))
+
+
+def hidden_layer(input_dim: int, hidden_dim: int, *, dropout: float) -> nn.Sequential:
+    """Dropout → Linear → LayerNorm → ReLU → Dropout: the first layer of every head."""
+    return nn.Sequential(
+        nn.Dropout(dropout), nn.Linear(input_dim, hidden_dim), nn.LayerNorm(hidden_dim), nn.ReLU(), nn.Dropout(dropout)
+    )
+
+
+def two_layer_mlp(input_dim: int, hidden_dim: int, output_dim: int, *, dropout: float) -> nn.Sequential:
+    """``hidden_layer`` → Linear: the challenge baseline's head, shared by the emotion and gender heads."""
+    return nn.Sequential(*hidden_layer(input_dim, hidden_dim, dropout=dropout), nn.Linear(hidden_dim, output_dim))
+
+
+class EmotionHeads(nn.Module):
+    """One separate two-layer MLP per attribute (the paper), keyed by attribute name.
+
+    The output stacks the heads in ``ATTRIBUTES`` order, so column 0 is arousal, 1 valence, 2 dominance,
+    whatever order a checkpoint's dict happens to list them in.
+    """
+
+    def __init__(self, input_dim: int, *, hidden_dim: int, dropout: float) -> None:
+        super().__init__()
+        self.heads = nn.ModuleDict(
+            {name: two_layer_mlp(input_dim, hidden_dim, 1, dropout=dropout) for name in ATTRIBUTES}
+        )
+
+    def forward(self, representation: Tensor) -> Tensor:
+        """``[B, input_dim]`` -> ``[B, 3]`` in unit scale, A, V, D."""
+        return torch.cat([self.heads[name](representation) for name in ATTRIBUTES], dim=-1)

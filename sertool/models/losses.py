@@ -1,0 +1,79 @@
+"""The training objective: α · Σ_attributes (1 − CCC) + β · (gender CE + speaker AAM-softmax)."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from sertool.config import ModelConfig
+from sertool.data.records import ATTRIBUTES
+from sertool.models.auxiliary import aam_softmax_loss, masked_cross_entropy
+from sertool.models.ccc import ccc
+from sertool.models.ser_model import ModelOutput
+
+
+class SERLoss:
+    """The paper's multi-task loss, weighted by ``ModelConfig.emotion_weight`` (α, default 1) and
+    ``aux_weight`` (β, default 0.1); AAM margin and scale from ``aam_margin`` / ``aam_scale``.
+
+    The CCC part is a statistic of the batch it is given: with gradient accumulation it is the CCC of
+    each micro-batch, not of the accumulated batch (see docs/models.md).
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        self.emotion_weight = config.emotion_weight
+        self.aux_weight = config.aux_weight
+        self.aam_margin = config.aam_margin
+        self.aam_scale = config.aam_scale
+
+    def __call__(
+        self,
+        output: ModelOutput,
+        emotion_targets: Tensor,
+        *,
+        gender_ids: Tensor | None = None,
+        speaker_ids: Tensor | None = None,
+    ) -> tuple[Tensor, dict[str, float]]:
+        """Total loss and its parts.
+
+        Args:
+            output: the model's output for the batch.
+            emotion_targets: ``[B, 3]`` in unit scale, A, V, D.
+            gender_ids: ``[B]`` indices into ``GENDERS``, -100 where unknown; needed with a gender head.
+            speaker_ids: ``[B]`` speaker classes, -100 where unknown; needed with a speaker head.
+
+        Returns:
+            The differentiable total, and floats for logging: ``ccc_<attribute>`` (the batch CCC),
+            ``emotion`` (Σ 1 − CCC), ``gender`` / ``speaker`` where those heads exist, and ``total``.
+
+        Raises:
+            ValueError: targets of the wrong shape, or a head's labels missing.
+        """
+        if emotion_targets.shape != output.emotion.shape:
+            raise ValueError(
+                f"emotion targets {tuple(emotion_targets.shape)} != predictions {tuple(output.emotion.shape)}"
+            )
+        # CCC in float32 even under autocast: its sums of squares lose too much in half precision.
+        per_attribute = ccc(output.emotion.float(), emotion_targets.float(), dim=0)
+        emotion = (1 - per_attribute).sum()
+        parts: dict[str, Tensor] = {f"ccc_{name}": per_attribute[i] for i, name in enumerate(ATTRIBUTES)}
+        parts["emotion"] = emotion
+        auxiliary = []
+        if output.gender_logits is not None:
+            if gender_ids is None:
+                raise ValueError("the model has a gender head: pass gender_ids (-100 where unknown)")
+            parts["gender"] = masked_cross_entropy(output.gender_logits.float(), gender_ids)
+            auxiliary.append(parts["gender"])
+        if output.speaker_cosine is not None:
+            if speaker_ids is None:
+                raise ValueError("the model has a speaker head: pass speaker_ids (-100 where unknown)")
+            parts["speaker"] = aam_softmax_loss(
+                output.speaker_cosine.float(), speaker_ids, margin=self.aam_margin, scale=self.aam_scale
+            )
+            auxiliary.append(parts["speaker"])
+        total = self.emotion_weight * emotion
+        if auxiliary:
+            total = total + self.aux_weight * torch.stack(auxiliary).sum()
+        parts["total"] = total
+        # One host sync for all the logged values instead of one per value.
+        values = torch.stack([part.detach().float() for part in parts.values()]).tolist()
+        return total, dict(zip(parts, values))

@@ -1,0 +1,192 @@
+"""The whole system: speech backbone → pooling → [⊕ text] [⊕ speaker embedding] → per-attribute heads.
+
+See docs/models.md for the diagram and which configuration is which system of the paper.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from sertool.config import ModelConfig
+from sertool.errors import SertoolError
+from sertool.models.auxiliary import GenderHead, SpeakerHead
+from sertool.models.backbones import FbankBackbone, LayerWeighting, build_backbone
+from sertool.models.heads import EmotionHeads, LabelScaling
+from sertool.models.pooling import build_pooling
+from sertool.models.speaker_embedding import SpeakerEmbedder
+from sertool.models.text import TextEncoder
+
+AUX_TASKS: tuple[str, ...] = ("gender", "speaker")
+# Submodules holding pretrained encoders: their trainable parameters form the "backbone" group.
+PRETRAINED_MODULES: tuple[str, ...] = ("backbone", "text_encoder", "speaker_embedder")
+
+
+@dataclass
+class ModelOutput:
+    """What ``SERModel.forward`` returns.
+
+    Attributes:
+        emotion: ``[B, 3]`` in unit scale (``LabelScaling.to_unit``), columns A, V, D.
+        gender_logits: ``[B, 2]`` over ``GENDERS``, or None without the gender task.
+        speaker_embedding: ``[B, head_hidden_dim]``, or None without the speaker task.
+        speaker_cosine: ``[B, num_speakers]`` cosines for ``aam_softmax_loss``, or None.
+    """
+
+    emotion: Tensor
+    gender_logits: Tensor | None = None
+    speaker_embedding: Tensor | None = None
+    speaker_cosine: Tensor | None = None
+
+
+class SERModel(nn.Module):
+    """Dimensional speech emotion recognition (arousal, valence, dominance) as in the paper.
+
+    Built from a ``ModelConfig``:
+
+    - ``backbone`` (``backbone_path``, ``layer_weighting``, freezing, LoRA): frame features;
+    - ``pooling``: ``"attentive"`` (mean ⊕ std, 2·D) or ``"mean"`` (D), over real frames only;
+    - ``text``: concatenates the mean-pooled ``text_model`` embedding of the transcript ("MM" systems);
+      embeddings come precomputed (``TextEmbeddingCache``) or, with ``lora_rank > 0``, from ``texts``;
+    - ``speaker_embedding``: concatenates a frozen x-vector ("+ S Emb");
+    - three two-layer heads (``head_hidden_dim``, ``head_dropout``), one per attribute;
+    - ``aux``: ``"gender"`` head (cross-entropy) and ``"speaker"`` head (AAM-softmax, needs
+      ``num_speakers``).
+
+    Attributes:
+        label_scaling: how unit-scale outputs map to ratings; store ``label_scaling.to_dict()`` in
+            checkpoints.
+        representation_dim: width of the concatenated vector the heads read.
+    """
+
+    def __init__(self, config: ModelConfig, *, num_speakers: int = 0, gradient_checkpointing: bool = False) -> None:
+        """
+        Args:
+            config: the model section of the run's config.
+            num_speakers: speaker classes of the training data, for ``aux`` ``"speaker"``.
+            gradient_checkpointing: recompute the speech backbone's layers in the backward pass (less
+                memory, more compute); see ``build_backbone``.
+
+        Raises:
+            SertoolError: an unknown ``aux`` task or pooling, ``"speaker"`` without speakers, or a
+                model that cannot be loaded.
+        """
+        super().__init__()
+        _check_config(config, num_speakers=num_speakers)
+        self.config = config
+        self.label_scaling = LabelScaling()
+        self.backbone = build_backbone(config, gradient_checkpointing=gradient_checkpointing)
+        self.pooling = build_pooling(config.pooling, self.backbone.output_dim)
+        self.text_encoder = (
+            TextEncoder(config.text_model, lora_rank=config.lora_rank, lora_alpha=config.lora_alpha)
+            if config.text
+            else None
+        )
+        self.speaker_embedder = SpeakerEmbedder(config.speaker_embedding) if config.speaker_embedding else None
+        self.representation_dim = self.pooling.output_dim + sum(
+            part.output_dim for part in (self.text_encoder, self.speaker_embedder) if part is not None
+        )
+        head_sizes = dict(hidden_dim=config.head_hidden_dim, dropout=config.head_dropout)
+        self.emotion_heads = EmotionHeads(self.representation_dim, **head_sizes)
+        self.gender_head = GenderHead(self.representation_dim, **head_sizes) if "gender" in config.aux else None
+        self.speaker_head = (
+            SpeakerHead(self.representation_dim, num_speakers=num_speakers, **head_sizes)
+            if "speaker" in config.aux
+            else None
+        )
+
+    @property
+    def needs_texts(self) -> bool:
+        """True when the text encoder trains (LoRA): forward must get ``texts``, not cached embeddings."""
+        return self.text_encoder is not None and self.text_encoder.trainable
+
+    def forward(
+        self,
+        waveforms: Tensor,
+        sample_mask: Tensor,
+        *,
+        text_embeddings: Tensor | None = None,
+        texts: Sequence[str] | None = None,
+    ) -> ModelOutput:
+        """Predict a batch.
+
+        Args:
+            waveforms: ``[B, S]`` 16 kHz, zero-padded on the right.
+            sample_mask: ``[B, S]`` bool, True on real samples.
+            text_embeddings: ``[B, E]`` precomputed transcript embeddings (frozen text encoder).
+            texts: the B transcripts, embedded here (required with a LoRA text encoder).
+
+        Raises:
+            SertoolError: a text model without transcripts.
+            ValueError: text inputs that do not fit the model (wrong shape, or embeddings for a model
+                whose text encoder trains).
+        """
+        frames, frame_mask = self.backbone(waveforms, sample_mask)
+        pooled = self.pooling(frames, frame_mask)
+        parts = [pooled]
+        if self.text_encoder is not None:
+            parts.append(self._text_part(pooled, text_embeddings=text_embeddings, texts=texts))
+        elif text_embeddings is not None or texts is not None:
+            raise ValueError("texts given to a model built without a text branch (ModelConfig.text is False)")
+        if self.speaker_embedder is not None:
+            parts.append(self.speaker_embedder(waveforms, sample_mask).to(pooled.dtype))
+        representation = torch.cat(parts, dim=-1)
+        output = ModelOutput(emotion=self.emotion_heads(representation))
+        if self.gender_head is not None:
+            output.gender_logits = self.gender_head(representation)
+        if self.speaker_head is not None:
+            output.speaker_embedding, output.speaker_cosine = self.speaker_head(representation)
+        return output
+
+    def _text_part(self, pooled: Tensor, *, text_embeddings: Tensor | None, texts: Sequence[str] | None) -> Tensor:
+        assert self.text_encoder is not None
+        batch_size = pooled.shape[0]
+        if self.needs_texts:
+            if texts is None:
+                raise ValueError("the text encoder trains (LoRA): pass texts, cached embeddings would be stale")
+            embeddings = self.text_encoder.embed(texts)
+        elif text_embeddings is not None:
+            embeddings = text_embeddings
+        elif texts is not None:
+            embeddings = self.text_encoder.embed(texts)
+        else:
+            raise SertoolError(
+                "the model was built with --text (an MM system) but got no transcripts: give the corpus "
+                "transcripts (or let ASR make them), or train without --text"
+            )
+        expected = (batch_size, self.text_encoder.output_dim)
+        if tuple(embeddings.shape) != expected:
+            raise ValueError(f"text embeddings of shape {tuple(embeddings.shape)}, expected {expected}")
+        return embeddings.to(device=pooled.device, dtype=pooled.dtype)
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Trainable parameters split for separate learning rates (``lr_backbone`` / ``lr_heads``).
+
+        Returns:
+            ``{"backbone": [...], "heads": [...]}``. "backbone": what trains inside pretrained encoders
+            (a fine-tuned speech backbone, the text encoder's LoRA adapters). "heads": what starts from
+            scratch: the backbone's layer-weighting logits, the whole fbank encoder, pooling, emotion and
+            auxiliary heads. Frozen parameters are in neither; a group may be empty.
+        """
+        from_scratch = [module for module in self.modules() if isinstance(module, (LayerWeighting, FbankBackbone))]
+        fresh = {id(parameter) for module in from_scratch for parameter in module.parameters()}
+        groups: dict[str, list[nn.Parameter]] = {"backbone": [], "heads": []}
+        for name, parameter in self.named_parameters():
+            if not parameter.requires_grad:
+                continue
+            pretrained = name.split(".", 1)[0] in PRETRAINED_MODULES and id(parameter) not in fresh
+            groups["backbone" if pretrained else "heads"].append(parameter)
+        return groups
+
+
+def _check_config(config: ModelConfig, *, num_speakers: int) -> None:
+    unknown = [task for task in config.aux if task not in AUX_TASKS]
+    if unknown:
+        raise SertoolError(f"--aux {', '.join(unknown)}: unknown auxiliary task; choose from {', '.join(AUX_TASKS)}")
+    if "speaker" in config.aux and num_speakers <= 0:
+        raise SertoolError(
+            "--aux speaker needs speaker labels, but the training data has no known speaker; "
+            "drop 'speaker' from --aux or use a corpus with speaker ids"
+        )

@@ -1,0 +1,94 @@
+"""Frozen pretrained speaker embeddings ("+ S Emb"): an x-vector model of transformers.
+
+The paper concatenates a pretrained speaker extractor's utterance embedding to the pooled speech
+representation (it hurt there; sertool keeps it as an ablation). Any ``AutoModelForAudioXVector`` model
+works, e.g. ``microsoft/wavlm-base-plus-sv``.
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import Tensor, nn
+
+from sertool.errors import SertoolError
+from sertool.models.backbones import normalize_per_utterance
+from sertool.models.backbones.base import pad_to_min_length
+from sertool.models.hub import load_pretrained
+
+log = logging.getLogger(__name__)
+
+_MAX_SEARCH_SAMPLES = 5 * 16_000  # 5 s: far beyond any x-vector's receptive field
+
+
+class SpeakerEmbedder(nn.Module):
+    """A frozen x-vector model: ``[B, S]`` waveforms and sample mask -> ``[B, output_dim]`` embeddings.
+
+    Each utterance runs alone, unpadded, exactly as the model's own single-utterance use, so batching
+    never changes an embedding. Batched x-vector inference is not exact in transformers: its statistics
+    pooling counts valid TDNN frames without the layers' dilation, so a few frames computed from padding
+    enter the mean and std, and base-size models (``feat_extract_norm="group"``) normalise their CNN
+    features over the padded length. The model is small and runs without gradients, so the loop is cheap
+    next to the backbone.
+    """
+
+    def __init__(self, model_name_or_path: str, *, flag: str = "--speaker-embedding") -> None:
+        """
+        Args:
+            model_name_or_path: hub id or local folder of an ``AutoModelForAudioXVector`` model.
+            flag: the CLI flag that names it, for error messages.
+
+        Raises:
+            SertoolError: the model cannot be loaded.
+        """
+        from transformers import AutoFeatureExtractor, AutoModelForAudioXVector
+
+        super().__init__()
+        self.model = load_pretrained(AutoModelForAudioXVector.from_pretrained, model_name_or_path, flag=flag)
+        self.model.requires_grad_(False)
+        self.model.eval()
+        self.output_dim: int = self.model.config.xvector_output_dim
+        self.min_samples = _min_samples(self.model)
+        try:
+            extractor = load_pretrained(AutoFeatureExtractor.from_pretrained, model_name_or_path, flag=flag)
+            self.normalize_input = bool(getattr(extractor, "do_normalize", False))
+        except SertoolError:
+            # No preprocessor config next to the model: feed the waveform as it is.
+            log.warning("%s %s has no feature extractor config; waveforms are not normalised", flag, model_name_or_path)
+            self.normalize_input = False
+
+    def train(self, mode: bool = True) -> "SpeakerEmbedder":
+        """Always in eval mode: the model is frozen, its dropout would only add noise."""
+        super().train(mode)
+        self.model.eval()
+        return self
+
+    @torch.no_grad()
+    def forward(self, waveforms: Tensor, sample_mask: Tensor) -> Tensor:
+        """Embeddings of right-padded ``[B, S]`` waveforms with ``[B, S]`` bool ``sample_mask``.
+
+        An utterance too short for the x-vector's receptive field (two TDNN output frames, about 0.3 s
+        for the usual architecture) is zero-padded to it, the zeros counting as audio.
+        """
+        mask = sample_mask.to(torch.bool)
+        waveforms = waveforms * mask  # padding must be exact zeros
+        if self.normalize_input:
+            waveforms = normalize_per_utterance(waveforms, mask)
+        lengths = mask.sum(dim=1).clamp(min=self.min_samples).tolist()
+        waveforms = pad_to_min_length(waveforms, self.min_samples)
+        embeddings = [self.model(input_values=row[None, :length]).embeddings for row, length in zip(waveforms, lengths)]
+        return torch.cat(embeddings)
+
+
+def _min_samples(model: nn.Module) -> int:
+    """The shortest input whose TDNN output has two frames (the x-vector's std needs two).
+
+    TDNN layer ``i`` shortens the sequence by ``(kernel_i − 1) · dilation_i`` frames.
+    """
+    config = model.config
+    frames_lost = sum((kernel - 1) * dilation for kernel, dilation in zip(config.tdnn_kernel, config.tdnn_dilation))
+    candidates = torch.arange(1, _MAX_SEARCH_SAMPLES + 1)
+    enough = model._get_feat_extract_output_lengths(candidates) - frames_lost >= 2
+    if not enough.any():
+        raise ValueError(f"{type(model).__name__}: under two x-vector frames up to {_MAX_SEARCH_SAMPLES} samples")
+    return int(candidates[enough][0])

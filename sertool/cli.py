@@ -14,6 +14,7 @@ from sertool import __version__
 from sertool.errors import SertoolError
 
 EXIT_USER_ERROR = 2
+DEMO_SIZE_NAMES = ("tiny", "small", "default", "large")  # sertool.data.demo.DEMO_SIZES, without importing it
 
 
 class _Group(click.Group):
@@ -76,18 +77,25 @@ def data_info(root: str | None, corpus_option: str | None) -> None:
 @data.command("demo")
 @click.argument("out", required=False, metavar="OUT")
 @click.option("--out", "out_option", metavar="DIR", help="Where to write the corpus (same as the OUT argument).")
+@click.option("--size", type=click.Choice(DEMO_SIZE_NAMES), default="default", show_default=True,
+              help="tiny 56, small 330, default 1,560, large 4,080 clips.")
 @click.option("--seed", default=0, show_default=True, help="Seed: the same seed gives byte-identical files.")
-@click.option("--force", is_flag=True, help="Write into OUT even if it is not empty.")
-def data_demo(out: str | None, out_option: str | None, seed: int, force: bool) -> None:
-    """Synthesise the demo corpus (eSpeak NG speech) in MSP-Podcast layout into OUT."""
+@click.option("--force", is_flag=True, help="Write into OUT even if it is not empty (replacing an earlier corpus).")
+def data_demo(out: str | None, out_option: str | None, size: str, seed: int, force: bool) -> None:
+    """Synthesise the demo corpus (eSpeak NG speech) in MSP-Podcast layout into OUT.
+
+    Speaker-disjoint Train / Development / Test1 with labels, and Test3 audio without labels, as in the
+    challenge. Arousal and dominance drive the prosody; valence lives mostly in the words (docs/data.md).
+    """
     from sertool.console import out as console
     from sertool.console import progress_bar
-    from sertool.data.demo import generate_demo_corpus
+    from sertool.data.demo import DEMO_SIZES, generate_demo_corpus
 
     path = _corpus_path(out, out_option)
     with progress_bar("synthesising") as progress:
-        summary = generate_demo_corpus(path, seed=seed, force=force, progress=progress)
-    console.print(f"wrote {summary} to {path}")
+        summary = generate_demo_corpus(path, seed=seed, force=force, progress=progress, **DEMO_SIZES[size])
+    splits = ", ".join(f"{split} {count:,}" for split, count in summary.utterances.items())
+    console.print(f"wrote {summary.num_utterances:,} utterances ({summary.duration_s / 3600:.2f} h: {splits}) to {path}")
 
 
 def _column_options(command):
@@ -144,6 +152,53 @@ def data_manifest(folder: str, metadata: str, out: str, label_range: tuple[float
     write_manifest(utterances, target)
     print_corpus_summary(f"{target} (manifest)", summarize(Corpus(target, "manifest", utterances, report)))
     console.print(f"wrote {len(utterances):,} utterances to {target}")
+
+
+def _config_flags(command):
+    """One option per ``Config`` field (see ``sertool.config.config_options``); None means "not given"."""
+    from sertool.config import config_options
+
+    for spec in reversed(config_options()):
+        name = f"{spec.section}__{spec.name}" if spec.section else spec.name
+        default_text = ", ".join(spec.default) if spec.type is tuple else spec.default
+        help_text = f"{spec.help}  [default: {default_text if default_text not in ('', None) else 'none'}]"
+        if spec.type is bool:
+            positive = spec.flag
+            command = click.option(f"{positive}/--no-{positive[2:]}", name, default=None, help=help_text)(command)
+        elif spec.type is tuple:
+            command = click.option(spec.flag, name, multiple=True, type=click.Choice(spec.choices or ()),
+                                   help=help_text)(command)
+        else:
+            kind = click.Choice(spec.choices) if spec.choices else spec.type
+            command = click.option(spec.flag, name, type=kind, default=None, help=help_text)(command)
+    return command
+
+
+@cli.command("train")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), metavar="FILE",
+              help="YAML config (a run folder's config.yaml is one); flags override it.")
+@click.option("--out", metavar="RUN_DIR", help="Run folder to create: best.pt, last.pt, config, logs.")
+@click.option("--resume", metavar="RUN_DIR", help="Continue the interrupted run in RUN_DIR exactly where it stopped.")
+@click.option("--force", is_flag=True, help="Start over in an --out folder that already holds files.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="Where to train; under torchrun each process takes its LOCAL_RANK GPU.")
+@_config_flags
+def train_command(config_file: str | None, out: str | None, resume: str | None, force: bool, device: str,
+                  **flags) -> None:
+    """Train one system and write its run folder.
+
+    \b
+      sertool train --corpus MSP-Podcast --backbone wavlm --aux gender --out runs/wavlm
+      sertool train --corpus demo/corpus --backbone fbank --aux gender --out runs/fbank
+      torchrun --nproc-per-node 4 -m sertool train --config wavlm.yaml --out runs/wavlm
+    """
+    from sertool.console import RichTrainReporter
+    from sertool.training.loop import train
+    from sertool.training.setup import resolve_train_config
+
+    config, run_dir = resolve_train_config(config_file, flags, out=out, resume=resume)
+    train(config, run_dir, resume=resume is not None, force=force, argv=sys.argv, device=device,
+          reporter=RichTrainReporter())
 
 
 def main() -> None:

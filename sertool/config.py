@@ -1,14 +1,23 @@
 """The typed configuration every command shares.
 
-One ``Config`` holds everything that defines a system. CLI flags and ``--config`` files map onto its
-fields; the resolved config is written into each run folder and into every checkpoint, so that a
-checkpoint alone says how it was made.
+One ``Config`` holds everything that defines a system. Every field is a command-line flag of
+`sertool train` (``model.lr_heads`` → ``--lr-heads``) and a key of a ``--config`` YAML file; flags
+override the file, the file overrides the defaults. The resolved config is written into each run folder
+and into every checkpoint, so that a checkpoint alone says how it was made.
+
+For numbers that can be switched off, 0 means off (``--patience 0``: never stop early), so that every
+value can be given on the command line.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
+import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+from sertool.errors import SertoolError
 
 # Default model id of each named backbone: a transformers hub id or a local folder may replace it
 # through `backbone_path`. `fbank` is sertool's own small encoder, trained from scratch.
@@ -22,40 +31,97 @@ DEFAULT_BACKBONE_IDS: dict[str, str | None] = {
 DEFAULT_TEXT_MODEL_ID = "FacebookAI/roberta-large"
 
 
+def option(default: Any, help: str, *, choices: tuple[str, ...] | None = None, flag: str | None = None) -> Any:
+    """A config field with its command-line help (and choices, and a flag name other than the field's)."""
+    metadata = {"help": help, "choices": choices, "flag": flag}
+    if isinstance(default, (list, tuple)):
+        return field(default_factory=lambda: tuple(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
 @dataclass
 class DataConfig:
-    """Which corpus and how utterances are read."""
+    """Which corpus, which utterances, and how they are read."""
 
-    corpus: str | None = None  # MSP-Podcast root, or a sertool manifest (CSV file or folder holding manifest.csv)
-    train_split: str = "Train"
-    valid_split: str = "Development"
-    sample_rate: int = 16_000  # Hz, what the backbones expect
-    max_duration_s: float | None = None  # random crop of training clips; evaluation always uses whole utterances
+    corpus: str | None = option(None, "MSP-Podcast root, manifest CSV, or folder holding manifest.csv.")
+    train_split: str = option("Train", "Split to train on.")
+    valid_split: str = option("Development", "Split to validate on (model selection).")
+    sample_rate: int = option(16_000, "Hz; what the speech backbones expect.")
+    max_duration_s: float = option(0.0, "Random crop of training clips to this many seconds (0: whole clips). "
+                                   "Evaluation always uses whole utterances.")
+    train_ox: str = option("keep", "O/X (other, no agreement) samples of the training split: keep, drop, or only "
+                           "(drop the non-O/X samples).", choices=("keep", "drop", "only"))
+    dev_ox_to_train: bool = option(False, "Add the O/X samples of the validation split to training; they then "
+                                   "leave validation.")
+    on_bad_audio: str = option("skip", "Unreadable training audio: skip it (and count it) or fail before training.",
+                               choices=("skip", "fail"))
+    num_workers: int = option(2, "Data-loader processes.")
+    cache_dir: str | None = option(None, "Cache of text embeddings (default: $SERTOOL_CACHE or ~/.cache/sertool).")
 
 
 @dataclass
 class ModelConfig:
     """The system: speech backbone, optional text branch, pooling, heads and auxiliary tasks."""
 
-    backbone: str = "wavlm"  # one of DEFAULT_BACKBONE_IDS
-    backbone_path: str | None = None  # hub id or local folder; None: DEFAULT_BACKBONE_IDS[backbone]
-    layer_weighting: str = "weighted"  # "weighted": learnable softmax over all hidden layers; "last"
-    freeze_backbone: bool | None = None  # None: the paper's choice (WavLM fine-tuned, Whisper frozen)
-    freeze_feature_encoder: bool = True  # the CNN front end of wav2vec2-family models, as the baseline
-    lora_rank: int = 0  # >0: LoRA adapters on the frozen Whisper / text encoder attention projections
-    lora_alpha: float = 16.0
-    text: bool = False  # "MM" systems: concatenate a transcript embedding
-    text_model: str = DEFAULT_TEXT_MODEL_ID  # hub id or local folder of a transformers text encoder
-    pooling: str = "attentive"  # "attentive" (attention-weighted mean ⊕ std) or "mean"
-    head_hidden_dim: int = 1024
-    head_dropout: float = 0.5
-    aux: tuple[str, ...] = ()  # any of "gender", "speaker"
-    aux_weight: float = 0.1  # β: total loss = emotion_weight · CCC loss + aux_weight · aux losses
-    emotion_weight: float = 1.0  # α
-    aam_margin: float = 0.2  # additive angular margin of the speaker-ID head
-    aam_scale: float = 30.0
-    speaker_embedding: str | None = None  # hub id or folder of a speaker model (e.g. WavLMForXVector): +S Emb
-    fbank_dim: int = 256  # width of the built-in fbank encoder
+    backbone: str = option("wavlm", "Speech backbone.", choices=tuple(DEFAULT_BACKBONE_IDS))
+    backbone_path: str | None = option(None, "Hub id or local folder of the backbone (default: the backbone's "
+                                       "usual id, e.g. microsoft/wavlm-large).")
+    layer_weighting: str = option("weighted", "Learnable softmax-weighted sum of all hidden layers, or the last "
+                                  "layer only.", choices=("weighted", "last"))
+    freeze_backbone: bool | None = option(None, "Freeze the speech backbone (default: the paper's choice: WavLM "
+                                          "fine-tuned, Whisper frozen).")
+    freeze_feature_encoder: bool = option(True, "Keep the CNN front end of wav2vec2-family models frozen.")
+    lora_rank: int = option(0, "LoRA adapters of this rank on the frozen Whisper and text encoder (0: none).")
+    lora_alpha: float = option(16.0, "LoRA scale numerator (the update is scaled by alpha / rank).")
+    text: bool = option(False, "MM system: concatenate an embedding of the transcript.")
+    text_model: str = option(DEFAULT_TEXT_MODEL_ID, "Hub id or local folder of the (frozen) text encoder.")
+    pooling: str = option("attentive", "Attentive statistics (weighted mean ⊕ std) or mean pooling.",
+                          choices=("attentive", "mean"))
+    head_hidden_dim: int = option(1024, "Hidden width of every head.")
+    head_dropout: float = option(0.5, "Dropout in every head.")
+    aux: tuple[str, ...] = option((), "Auxiliary task(s): gender, speaker (repeat the flag for both).",
+                                  choices=("gender", "speaker"))
+    aux_weight: float = option(0.1, "β: total loss = α · CCC loss + β · auxiliary losses.")
+    emotion_weight: float = option(1.0, "α of the total loss.")
+    aam_margin: float = option(0.2, "Additive angular margin of the speaker-ID head.")
+    aam_scale: float = option(30.0, "Scale of the speaker-ID head's AAM-softmax.")
+    speaker_embedding: str | None = option(None, "Hub id or folder of a speaker model (e.g. a WavLMForXVector) "
+                                           "whose embedding is concatenated (+S Emb).")
+    fbank_dim: int = option(256, "Width of the built-in fbank encoder.")
+
+
+@dataclass
+class TrainConfig:
+    """The optimisation: sampling, batching, optimiser, schedule, precision, validation."""
+
+    epochs: int = option(20, "Epochs (with undersampling, each is a fresh class-balanced subset).")
+    sampling: str = option("undersample", "undersample: a fresh class-balanced subset every epoch (the paper); "
+                           "whole: every utterance; weighted: inverse class frequency.",
+                           choices=("undersample", "whole", "weighted"))
+    max_per_class: int = option(0, "Undersampling: cap each class at this many (0: the smallest class' size).")
+    max_batch_s: float = option(64.0, "Micro-batch bound: utterances × longest clip ≤ this many seconds.")
+    batch_size: int = option(0, "Fixed-size random micro-batches instead of --max-batch-s (0: off).")
+    num_buckets: int = option(20, "Equal-mass duration buckets of --max-batch-s batching.")
+    accum_steps: int = option(4, "Micro-batches per optimiser step (gradient accumulation).")
+    lr_backbone: float = option(1e-5, "AdamW learning rate of pretrained encoders (the challenge baseline's).")
+    lr_heads: float = option(2e-4, "AdamW learning rate of what trains from scratch (heads, pooling, layer "
+                             "weights, the fbank encoder).")
+    weight_decay: float = option(1e-4, "AdamW weight decay.")
+    schedule: str = option("cosine", "After warm-up: cosine decay, halve on a plateau, or constant.",
+                           choices=("cosine", "plateau", "constant"))
+    warmup_fraction: float = option(0.05, "Share of optimiser steps spent warming up linearly.")
+    grad_clip_norm: float = option(1.0, "Clip the gradient norm to this (0: off).")
+    amp: str = option("auto", "Mixed precision: auto (bf16, or fp16 on older GPUs; off on the CPU), bf16, fp16, off.",
+                      choices=("auto", "bf16", "fp16", "off"))
+    gradient_checkpointing: bool = option(False, "Recompute backbone activations in backward: less memory, "
+                                          "~30 % slower.")
+    eval_every_steps: int = option(0, "Validate every N optimiser steps (0: once per epoch).")
+    patience: int = option(5, "Stop after this many validations without improvement (0: never).")
+    select_best: str = option("average", "Keep best.pt by average CCC; per-attribute also keeps best_<attribute>.pt.",
+                              choices=("average", "per-attribute"))
+    max_nonfinite_steps: int = option(5, "Stop after this many optimiser steps in a row with a non-finite loss.")
+    checkpoint_every_steps: int = option(0, "Also write last.pt every N optimiser steps (0: at validations).")
+    log_every_steps: int = option(10, "Write a metrics.jsonl line every N optimiser steps.")
 
 
 @dataclass
@@ -64,16 +130,137 @@ class Config:
 
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    seed: int = 0
+    train: TrainConfig = field(default_factory=TrainConfig)
+    seed: int = option(0, "Seed of initialisation, sampling and crops.")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data form (only str, int, float, bool, None, lists, dicts): safe to store anywhere."""
         return _plain(dataclasses.asdict(self))
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Config":
-        """Inverse of ``to_dict``; unknown keys are an error naming the key."""
-        return _build(cls, data, prefix="")
+    def from_dict(cls, data: dict[str, Any], *, source: str = "config") -> "Config":
+        """Inverse of ``to_dict``; missing keys take their defaults.
+
+        Raises:
+            SertoolError: an unknown key or a value of the wrong type, naming the key and ``source``.
+        """
+        config = cls()
+        for section, key, value in _walk(data, source):
+            apply_value(config, section, key, value, source=source)
+        return config
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "Config":
+        """Read a ``--config`` file (the ``config.yaml`` of a run folder is one).
+
+        Raises:
+            SertoolError: the file is missing, not YAML, or holds an unknown key or a wrong type.
+        """
+        import yaml
+
+        try:
+            data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except OSError as error:
+            raise SertoolError(f"--config {path}: cannot read it ({error.strerror})") from None
+        except yaml.YAMLError as error:
+            raise SertoolError(f"--config {path}: not valid YAML ({str(error).splitlines()[0]})") from None
+        if not isinstance(data, dict):
+            raise SertoolError(f"--config {path}: the top level must be a mapping of sections")
+        return cls.from_dict(data, source=f"--config {path}")
+
+
+@dataclass(frozen=True)
+class ConfigOption:
+    """One config field seen as a command-line option."""
+
+    section: str | None  # "data", "model", "train", or None for top-level fields (seed)
+    name: str
+    flag: str
+    type: Any  # int, float, str, bool, or tuple (a repeatable option)
+    default: Any
+    help: str
+    choices: tuple[str, ...] | None
+    optional: bool  # the field accepts None
+
+
+def config_options() -> list[ConfigOption]:
+    """Every field of ``Config`` as a command-line option, in declaration order."""
+    options = []
+    for section_field in dataclasses.fields(Config):
+        if section_field.name in _SECTIONS:
+            owner, section = _SECTIONS[section_field.name], section_field.name
+            fields = dataclasses.fields(owner)
+        else:
+            owner, section, fields = Config, None, [section_field]
+        hints = typing.get_type_hints(owner)
+        for spec in fields:
+            kind, optional = _base_type(hints[spec.name])
+            default = spec.default_factory() if spec.default_factory is not dataclasses.MISSING else spec.default
+            options.append(ConfigOption(section, spec.name, spec.metadata.get("flag") or "--" + spec.name.replace("_", "-"),
+                                        kind, default, spec.metadata["help"], spec.metadata.get("choices"), optional))
+    return options
+
+
+def apply_value(config: Config, section: str | None, key: str, value: Any, *, source: str) -> None:
+    """Set ``config.<section>.<key> = value`` after checking the key, the type and the choices."""
+    option_ = _options_by_key().get((section, key))
+    where = f"{section}.{key}" if section else key
+    if option_ is None:
+        known = sorted(o.name for o in config_options() if o.section == section)
+        raise SertoolError(f"{source}: unknown key {where}; known keys here: {', '.join(known)}")
+    value = _coerce(option_, value, f"{source}: {where}")
+    setattr(getattr(config, section) if section else config, key, value)
+
+
+def _coerce(option_: ConfigOption, value: Any, where: str) -> Any:
+    if value is None:
+        if option_.optional:
+            return None
+        raise SertoolError(f"{where} cannot be empty")
+    if option_.type is tuple:
+        items = (value,) if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)) or not all(isinstance(item, str) for item in items):
+            raise SertoolError(f"{where} must be a list of names, got {value!r}")
+        value = tuple(items)
+        bad = [item for item in value if option_.choices and item not in option_.choices]
+    else:
+        if option_.type is bool and not isinstance(value, bool):
+            raise SertoolError(f"{where} must be true or false, got {value!r}")
+        if option_.type is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, option_.type) or (option_.type is int and isinstance(value, bool)):
+            raise SertoolError(f"{where} must be {option_.type.__name__}, got {value!r}")
+        bad = [value] if option_.choices and value not in option_.choices else []
+    if bad:
+        raise SertoolError(f"{where}: {', '.join(map(str, bad))} is not one of {', '.join(option_.choices or ())}")
+    return value
+
+
+_SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+
+
+def _walk(data: dict[str, Any], source: str):
+    for key, value in data.items():
+        if key in _SECTIONS:
+            if not isinstance(value, dict):
+                raise SertoolError(f"{source}: section {key} must be a mapping")
+            for inner_key, inner_value in value.items():
+                yield key, inner_key, inner_value
+        else:
+            yield None, key, value
+
+
+def _base_type(hint: Any) -> tuple[Any, bool]:
+    args = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+    optional = type(None) in typing.get_args(hint)
+    if typing.get_origin(hint) is tuple:
+        return tuple, optional
+    return (args[0] if optional else hint), optional
+
+
+@functools.lru_cache(maxsize=1)
+def _options_by_key() -> dict[tuple[str | None, str], ConfigOption]:
+    return {(o.section, o.name): o for o in config_options()}
 
 
 def _plain(value: Any) -> Any:
@@ -82,24 +269,3 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_plain(item) for item in value]
     return value
-
-
-def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
-    from sertool.errors import SertoolError
-
-    if not isinstance(data, dict):
-        raise SertoolError(f"config section '{prefix or 'top level'}' must be a mapping, got {type(data).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise SertoolError(f"unknown config key(s) {', '.join(prefix + k for k in unknown)}; known: {', '.join(sorted(fields))}")
-    values = {}
-    for name, value in data.items():
-        default = fields[name].default_factory() if fields[name].default_factory is not dataclasses.MISSING else None  # type: ignore[misc]
-        if dataclasses.is_dataclass(default):
-            values[name] = _build(type(default), value, prefix=f"{prefix}{name}.")
-        elif isinstance(value, list):
-            values[name] = tuple(value)
-        else:
-            values[name] = value
-    return cls(**values)

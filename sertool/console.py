@@ -72,3 +72,73 @@ def print_corpus_summary(title: str, summaries: list[SplitSummary]) -> None:
         ]
         classes.add_row(f"{code} {name}", *cells)
     out.print(classes)
+
+
+class RichTrainReporter:
+    """Training progress on the terminal: a bar per epoch with loss, lr, utterances/s and ETA, a line per
+    validation, and a summary table at the end (the loop's ``Reporter``)."""
+
+    def __init__(self) -> None:
+        self._progress: Progress | None = None
+        self._task = None
+        self._started = 0.0
+        self._utterances = 0
+
+    def start(self, summary: dict) -> None:
+        import time
+
+        self._started = time.perf_counter()
+        resumed = f", resumed at step {summary['resumed_at_step']}" if summary["resumed_at_step"] else ""
+        err.print(f"[bold]train:[/] {summary['train']:,} training and {summary['valid']:,} validation utterances; "
+                  f"{summary['parameters']:,} trainable parameters on {summary['device']} "
+                  f"(×{summary['world_size']}), AMP {summary['amp']}; {summary['epochs']} epochs of "
+                  f"{summary['batches_per_epoch']} micro-batches, {summary['accum_steps']} per step{resumed}")
+        err.print(f"[bold]data:[/] {summary['data']}", markup=True)
+        err.print(f"run folder: {summary['run_dir']}")
+
+    def epoch(self, epoch: int, total_batches: int, done_batches: int) -> None:
+        self._close()
+        self._progress = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+                                  TextColumn("{task.fields[stats]}"), TimeRemainingColumn(), console=err,
+                                  disable=not err.is_terminal)
+        self._progress.start()
+        self._task = self._progress.add_task("", total=total_batches, completed=done_batches, epoch=epoch + 1, stats="")
+
+    def step(self, stats: dict) -> None:
+        self._utterances += stats.get("utterances", 0)
+        if self._progress is None:
+            return
+        speed = stats["utterances"] / stats["seconds"] if stats.get("seconds") else 0.0
+        text = "skipped (non-finite loss)" if stats.get("skipped") else \
+            f"loss {stats.get('loss_total', float('nan')):.3f}  lr {stats['lr']:.2e}  {speed:.1f} utt/s"
+        self._progress.update(self._task, completed=stats["batch"], stats=text)
+
+    def validation(self, metrics: dict) -> None:
+        marker = " [green]★ best[/]" if metrics["improved"] else ""
+        line = "  ".join(f"{name[0].upper()} {metrics[f'ccc_{name}']:.4f}" for name in ("arousal", "valence", "dominance"))
+        (self._progress.console if self._progress else err).print(
+            f"validation after step {metrics['step']}: CCC {line}  avg {metrics['ccc_average']:.4f}{marker}")
+
+    def message(self, text: str) -> None:
+        (self._progress.console if self._progress else err).print(text, markup=False)
+
+    def finish(self, result) -> None:
+        import time
+
+        self._close()
+        table = Table(title=f"sertool train: {result.stopped} after {result.steps} steps "
+                            f"({time.perf_counter() - self._started:.0f} s)", title_justify="left")
+        for column in ("checkpoint", "step", "arousal", "valence", "dominance", "average"):
+            table.add_column(column, justify="left" if column == "checkpoint" else "right")
+        if result.best:
+            table.add_row(str(result.run_dir / "best.pt"), str(result.best_step),
+                          *(f"{result.best[name]:.4f}" for name in ("arousal", "valence", "dominance", "average")))
+        out.print(table)
+        if result.skipped_steps or result.skipped_audio:
+            err.print(f"skipped {result.skipped_steps} step(s) with a non-finite loss and "
+                      f"{len(result.skipped_audio)} unreadable clip(s); see {result.run_dir / 'summary.json'}")
+
+    def _close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None

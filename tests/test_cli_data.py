@@ -68,3 +68,10 @@ def test_manifest_command_writes_a_readable_manifest_and_refuses_to_overwrite(tm
     assert out.read_bytes() == before  # nothing already written is lost
     wrong = run(*args[:-1], "nope", "--force")
     assert wrong.exit_code == 2 and "no column 'nope' (--class-column)" in wrong.output
+
+
+def test_demo_size_names_match_the_generator():
+    from sertool.cli import DEMO_SIZE_NAMES
+    from sertool.data.demo import DEMO_SIZES
+
+    assert tuple(DEMO_SIZES) == DEMO_SIZE_NAMES

@@ -1,0 +1,130 @@
+"""Self-describing, safely loaded checkpoints.
+
+A checkpoint is a plain dict saved with ``torch.save`` and read back with ``weights_only=True``: only
+tensors and plain containers, so a checkpoint from a stranger can never run code. It carries everything
+needed to rebuild and trust the model: the resolved config, the label scaling, the pretrained model ids
+and revisions, the speaker list, the sertool version and code revision, and the metrics it was kept for.
+
+Frozen pretrained weights (a frozen Whisper encoder, the CNN front end of a fine-tuned WavLM, a frozen
+text encoder) are *not* stored: they equal the published weights, which are loaded again from the hub id
+or folder recorded here (``--backbone-path`` on load points elsewhere). This keeps an MMWhisper
+checkpoint at a few MB instead of 2.5 GB.
+"""
+from __future__ import annotations
+
+import functools
+import io
+import pickle
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from sertool import __version__
+from sertool.errors import SertoolError
+from sertool.io import atomic_write
+
+FORMAT = "sertool-checkpoint"
+FORMAT_VERSION = 1
+BEST_NAME = "best.pt"
+LAST_NAME = "last.pt"
+# Top-level modules of SERModel holding pretrained encoders whose frozen weights are not stored.
+PRETRAINED_MODULES: tuple[str, ...] = ("backbone", "text_encoder", "speaker_embedder")
+
+
+def resolve_checkpoint(path: str | Path, *, name: str = BEST_NAME) -> Path:
+    """A checkpoint file, or ``path/name`` when ``path`` is a run folder.
+
+    Raises:
+        SertoolError: neither exists.
+    """
+    path = Path(path).expanduser()
+    if path.is_dir():
+        candidate = path / name
+        if not candidate.is_file():
+            raise SertoolError(f"{path}: a folder without {name}; is it a finished run folder of `sertool train`?")
+        return candidate
+    if not path.is_file():
+        raise SertoolError(f"{path}: no such checkpoint file or run folder")
+    return path
+
+
+def save_checkpoint(payload: dict[str, Any], path: str | Path) -> None:
+    """Write ``payload`` atomically (temp file + rename): a crash never leaves a half-written checkpoint."""
+    buffer = io.BytesIO()
+    torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, **payload}, buffer)
+    with atomic_write(path, "wb") as handle:
+        handle.write(buffer.getbuffer())
+
+
+def load_checkpoint(path: str | Path, *, name: str = BEST_NAME) -> dict[str, Any]:
+    """Read a checkpoint (or a run folder's ``name``) without executing anything in it.
+
+    Raises:
+        SertoolError: not a file, not a sertool checkpoint, or a file that holds anything but tensors
+            and plain data (a pickle payload is refused, never run).
+    """
+    path = resolve_checkpoint(path, name=name)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        refused = next((line.strip() for line in str(error).splitlines() if "Unsupported global" in line), "")
+        raise SertoolError(
+            f"{path}: refused: the file holds Python objects other than tensors and plain data, which could run "
+            f"code when loaded ({refused[:160] or 'not weights-only'}); sertool never loads such files"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as error:
+        raise SertoolError(f"{path}: not a readable checkpoint ({str(error).splitlines()[0][:160]})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise SertoolError(f"{path}: not a sertool checkpoint")
+    if payload.get("format_version", 0) > FORMAT_VERSION:
+        raise SertoolError(f"{path}: written by a newer sertool (format {payload['format_version']}); upgrade sertool")
+    return payload
+
+
+def stored_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state without the frozen weights of its pretrained encoders (see the module doc)."""
+    return {key: value for key, value in model.state_dict().items() if key not in frozen_pretrained_keys(model)}
+
+
+def load_stored_state(model: nn.Module, state: dict[str, torch.Tensor], *, source: str) -> None:
+    """Load a ``stored_state`` into a freshly built model; exactly the frozen pretrained keys may be absent.
+
+    Raises:
+        SertoolError: the checkpoint does not fit the model (another architecture or config).
+    """
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    really_missing = sorted(set(missing) - frozen_pretrained_keys(model))
+    if really_missing or unexpected:
+        details = [f"missing {', '.join(really_missing[:3])}" if really_missing else "",
+                   f"unexpected {', '.join(unexpected[:3])}" if unexpected else ""]
+        raise SertoolError(f"{source}: the weights do not fit the model its config describes "
+                           f"({'; '.join(d for d in details if d)})")
+
+
+def frozen_pretrained_keys(model: nn.Module) -> set[str]:
+    """State keys inside pretrained encoders that do not train: frozen weights, and buffers that the
+    model's constructor rebuilds (position ids, mel filter banks)."""
+    trainable = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
+    return {key for key in model.state_dict() if key.split(".", 1)[0] in PRETRAINED_MODULES and key not in trainable}
+
+
+@functools.lru_cache(maxsize=1)
+def code_revision() -> str | None:
+    """The git commit of the sertool source (with ``+dirty`` for local changes), or None outside git."""
+    source = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("+dirty" if dirty else "")
+
+
+def provenance() -> dict[str, Any]:
+    """What made a checkpoint: sertool version and code revision, torch version."""
+    return {"sertool_version": __version__, "code_revision": code_revision(), "torch_version": str(torch.__version__)}

@@ -1,0 +1,139 @@
+"""Utterances as tensors: a map-style dataset and the collate function that pads a batch.
+
+Training crops long clips at random (``max_duration_s``), reproducibly from ``(seed, epoch, index)`` so
+a resumed run reads the same crops; evaluation always reads whole utterances.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from sertool.data.audio import SAMPLE_RATE, load_audio
+from sertool.data.records import ATTRIBUTES, GENDERS, Utterance
+from sertool.errors import SertoolError
+
+IGNORE_INDEX = -100  # class target of an unknown gender or speaker: cross-entropy ignores it
+
+
+@dataclass
+class Batch:
+    """A padded batch. ``targets`` are on the unit scale (NaN where a label is withheld)."""
+
+    ids: list[str]
+    waveforms: torch.Tensor  # [B, S] float32, zero-padded on the right
+    sample_mask: torch.Tensor  # [B, S] bool, True on real samples
+    targets: torch.Tensor  # [B, 3] float32, A, V, D
+    gender_ids: torch.Tensor  # [B] long, index into GENDERS or IGNORE_INDEX
+    speaker_ids: torch.Tensor  # [B] long, index into the run's speaker list or IGNORE_INDEX
+    texts: list[str | None]
+    text_embeddings: torch.Tensor | None = None  # [B, E] when the run caches a frozen text encoder
+    skipped: list[str] = field(default_factory=list)  # "<id>: <reason>" of items whose audio failed
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def to(self, device: torch.device) -> "Batch":
+        """The tensors moved to ``device`` (non-blocking where the memory is pinned)."""
+        moved = {
+            name: value.to(device, non_blocking=True) if isinstance(value, torch.Tensor) else value
+            for name, value in vars(self).items()
+        }
+        return Batch(**moved)
+
+
+class UtteranceDataset(torch.utils.data.Dataset):
+    """Reads one utterance per index: waveform, unit-scale targets, class ids, transcript.
+
+    Args:
+        utterances: the records, in the order the sampler's indices refer to.
+        to_unit: maps a rating (1..7) to the model's unit scale (``LabelScaling.to_unit``).
+        speakers: speaker label → class index for the speaker task (unknown speakers are ignored).
+        text_embeddings: utterance id → cached transcript embedding (frozen text encoder).
+        max_duration_s: training crop length; None reads the whole utterance.
+        seed: seed of the crops.
+
+    Audio that fails to load does not raise here (an exception in a loader worker arrives wrapped in a
+    traceback): the item becomes ``{"skipped": "<id>: <reason>"}``, ``collate`` lists it in
+    ``Batch.skipped``, and the caller applies its policy (training: ``--on-bad-audio``).
+    """
+
+    def __init__(
+        self,
+        utterances: Sequence[Utterance],
+        *,
+        to_unit,
+        speakers: Mapping[str, int] | None = None,
+        text_embeddings: Mapping[str, torch.Tensor] | None = None,
+        max_duration_s: float | None = None,
+        sample_rate: int = SAMPLE_RATE,
+        seed: int = 0,
+    ) -> None:
+        self.utterances = list(utterances)
+        self.to_unit = to_unit
+        self.speakers = dict(speakers or {})
+        self.text_embeddings = text_embeddings
+        self.max_duration_s = max_duration_s
+        self.sample_rate = sample_rate
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """New crops for a new epoch (the trainer calls this with the sampler's)."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.utterances)
+
+    def __getitem__(self, index: int) -> dict:
+        utt = self.utterances[index]
+        try:
+            waveform = load_audio(utt.audio_path, sample_rate=self.sample_rate, offset_s=self._crop_offset_s(index),
+                                  max_duration_s=self.max_duration_s)
+        except SertoolError as error:
+            return {"skipped": f"{utt.id}: {error}"}
+        targets = [self.to_unit(getattr(utt, name)) if getattr(utt, name) is not None else float("nan") for name in ATTRIBUTES]
+        item = {
+            "id": utt.id,
+            "waveform": waveform,
+            "targets": torch.tensor(targets, dtype=torch.float32),
+            "gender_id": GENDERS.index(utt.gender) if utt.gender in GENDERS else IGNORE_INDEX,
+            "speaker_id": self.speakers.get(utt.speaker, IGNORE_INDEX) if utt.speaker is not None else IGNORE_INDEX,
+            "text": utt.transcript,
+        }
+        if self.text_embeddings is not None:
+            item["text_embedding"] = self.text_embeddings[utt.id]
+        return item
+
+    def _crop_offset_s(self, index: int) -> float:
+        """Start of a random ``max_duration_s`` window inside the utterance (0 when it fits whole)."""
+        duration_s = self.utterances[index].duration_s
+        if self.max_duration_s is None or duration_s <= self.max_duration_s:
+            return 0.0
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        return float(rng.uniform(0.0, duration_s - self.max_duration_s))
+
+
+def collate(items: Sequence[dict]) -> Batch:
+    """Pad waveforms to the longest item; items whose audio failed are listed in ``Batch.skipped``."""
+    skipped = [item["skipped"] for item in items if "skipped" in item]
+    items = [item for item in items if "skipped" not in item]
+    lengths = torch.tensor([len(item["waveform"]) for item in items], dtype=torch.long)
+    longest = int(lengths.max()) if len(items) else 0
+    waveforms = torch.zeros(len(items), longest)
+    for row, item in enumerate(items):
+        waveforms[row, : len(item["waveform"])] = item["waveform"]
+    embeddings = [item["text_embedding"] for item in items if "text_embedding" in item]
+    return Batch(
+        ids=[item["id"] for item in items],
+        waveforms=waveforms,
+        sample_mask=torch.arange(longest)[None, :] < lengths[:, None],
+        targets=torch.stack([item["targets"] for item in items]) if items else torch.zeros(0, len(ATTRIBUTES)),
+        gender_ids=torch.tensor([item["gender_id"] for item in items], dtype=torch.long),
+        speaker_ids=torch.tensor([item["speaker_id"] for item in items], dtype=torch.long),
+        texts=[item["text"] for item in items],
+        text_embeddings=torch.stack(embeddings) if embeddings and len(embeddings) == len(items) else None,
+        skipped=skipped,
+    )

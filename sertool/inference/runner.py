@@ -1,0 +1,100 @@
+"""Running a model over utterances: whole clips, length-sorted batches, results in corpus order.
+
+Used by validation during training and by `evaluate`, `predict` and `ensemble`. Batching never changes a
+prediction: masks make a padded batch equal to one item at a time (tested per backbone).
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from sertool.data.dataset import UtteranceDataset, collate
+from sertool.data.records import Utterance
+from sertool.errors import SertoolError
+from sertool.training.distributed import Distributed, all_gather_objects
+from sertool.training.samplers import length_sorted_batches
+
+DEFAULT_EVAL_BATCH_S = 120.0  # padded seconds per inference batch; no gradients, so larger than training's
+
+
+@dataclass
+class ModelPredictions:
+    """Raw model outputs in the order of the utterances they were asked for."""
+
+    ids: list[str]
+    emotion_unit: np.ndarray  # [N, 3] unit scale, A, V, D
+    gender_probabilities: np.ndarray | None = None  # [N, 2] over GENDERS, with a gender head
+
+
+@torch.no_grad()
+def run_model(
+    model: torch.nn.Module,
+    utterances: Sequence[Utterance],
+    *,
+    device: torch.device,
+    text_embeddings: Mapping[str, torch.Tensor] | None = None,
+    max_batch_s: float = DEFAULT_EVAL_BATCH_S,
+    num_workers: int = 0,
+    amp_dtype: torch.dtype | None = None,
+    context: Distributed | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> ModelPredictions:
+    """Predict every utterance (whole, never cropped) and return the outputs in input order.
+
+    Args:
+        model: an ``SERModel`` (or its DDP wrapper); switched to eval mode and back.
+        utterances: what to predict.
+        device: where the model is.
+        text_embeddings: id → cached transcript embedding, for MM models with a frozen text encoder.
+        max_batch_s: bound on batch size × longest clip in seconds.
+        num_workers: data-loader processes.
+        amp_dtype: autocast dtype (None: full precision).
+        context: under DDP, each rank predicts a share and every rank gets the whole result.
+        progress: ``(done, total)`` callback, in batches of this rank.
+    """
+    context = context or Distributed()
+    dataset = UtteranceDataset(utterances, to_unit=float, text_embeddings=text_embeddings)
+    batches = length_sorted_batches([utt.duration_s for utt in utterances], max_batch_s=max_batch_s)
+    mine = batches[context.rank::context.world_size]
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=mine, collate_fn=collate, num_workers=num_workers,
+                                         pin_memory=device.type == "cuda")
+    core = getattr(model, "module", model)  # DDP hands the module out; evaluation needs no gradient sync
+    was_training = core.training
+    core.eval()
+    autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
+    ids: list[str] = []
+    emotion, gender = [], []
+    try:
+        for done, batch in enumerate(loader, start=1):
+            if batch.skipped:
+                raise SertoolError(f"cannot predict {batch.skipped[0]}")
+            batch = batch.to(device)
+            with autocast:
+                output = core(batch.waveforms, batch.sample_mask, text_embeddings=batch.text_embeddings,
+                              texts=batch.texts if core.needs_texts else None)
+            ids.extend(batch.ids)
+            emotion.append(output.emotion.float().cpu().numpy())
+            if output.gender_logits is not None:
+                gender.append(output.gender_logits.float().softmax(-1).cpu().numpy())
+            if progress is not None:
+                progress(done, len(mine))
+    finally:
+        core.train(was_training)
+    local = (ids, np.concatenate(emotion) if emotion else np.zeros((0, 3)), np.concatenate(gender) if gender else None)
+    position = {utt.id: index for index, utt in enumerate(utterances)}
+    all_ids, all_emotion, all_gender = [], [], []
+    for part_ids, part_emotion, part_gender in all_gather_objects(local, context):
+        all_ids.extend(part_ids)
+        all_emotion.append(part_emotion)
+        if part_gender is not None:
+            all_gender.append(part_gender)
+    order = np.argsort([position[utt_id] for utt_id in all_ids], kind="stable")
+    return ModelPredictions(
+        ids=[all_ids[index] for index in order],
+        emotion_unit=np.concatenate(all_emotion)[order],
+        gender_probabilities=np.concatenate(all_gender)[order] if all_gender else None,
+    )

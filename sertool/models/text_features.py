@@ -1,0 +1,35 @@
+"""Transcript embeddings of a run's utterances, from the on-disk cache of a frozen text encoder."""
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from sertool.data.records import Utterance
+from sertool.models.ser_model import SERModel
+from sertool.models.text import TextEmbeddingCache
+
+
+def default_cache_dir() -> Path:
+    """``$SERTOOL_CACHE``, else ``~/.cache/sertool``."""
+    return Path(os.environ.get("SERTOOL_CACHE") or Path.home() / ".cache" / "sertool")
+
+
+def transcript_embeddings(
+    model: SERModel, utterances: Sequence[Utterance], cache_dir: str | Path | None = None
+) -> dict[str, torch.Tensor] | None:
+    """Utterance id → embedding of its transcript, for models whose text encoder is frozen.
+
+    Returns None when the model has no text branch or trains its text encoder (LoRA: embeddings change
+    every step, so the model computes them itself). Utterances without a transcript are left out; the
+    caller decides what that means. Each distinct text is encoded once, ever: later runs, epochs and
+    commands read the cache (``text_embeddings/`` under ``cache_dir``).
+    """
+    if model.text_encoder is None or model.needs_texts:
+        return None
+    cache = TextEmbeddingCache(Path(cache_dir or default_cache_dir()) / "text_embeddings", model.text_encoder)
+    with_text = [utt for utt in utterances if utt.transcript is not None]
+    embeddings = cache.get([utt.transcript for utt in with_text])  # type: ignore[misc]
+    return {utt.id: embedding for utt, embedding in zip(with_text, embeddings)}

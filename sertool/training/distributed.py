@@ -1,0 +1,82 @@
+"""Multi-GPU and multi-node training through torchrun and DistributedDataParallel.
+
+``torchrun --nproc-per-node N -m sertool train ...`` sets RANK, WORLD_SIZE and LOCAL_RANK; without them
+the run is a single process. The gloo backend serves CPUs (and the tests), nccl serves GPUs.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """Where this process stands in the job."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the only process that writes files and prints."""
+        return self.rank == 0
+
+
+def setup(device: str = "auto") -> Distributed:
+    """Join the process group torchrun describes (if any) and pick this process's device.
+
+    Args:
+        device: "auto" (this rank's GPU when CUDA is available, else the CPU), "cpu", or "cuda".
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
+    chosen = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(chosen)
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return Distributed(rank=rank, world_size=world_size, local_rank=local_rank, device=chosen)
+
+
+def teardown() -> None:
+    """Leave the process group (a no-op in a single process)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_gather_objects(value, context: Distributed) -> list:
+    """Every rank's ``value``, in rank order (just ``[value]`` in a single process)."""
+    if not context.enabled:
+        return [value]
+    gathered: list = [None] * context.world_size
+    dist.all_gather_object(gathered, value)
+    return gathered
+
+
+def any_rank(flag: bool, context: Distributed) -> bool:
+    """True if ``flag`` is True on any rank, so that every rank takes the same branch."""
+    if not context.enabled:
+        return flag
+    tensor = torch.tensor([float(flag)], device=context.device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return bool(tensor.item())
+
+
+def broadcast_object(value, context: Distributed):
+    """Rank 0's ``value`` on every rank."""
+    if not context.enabled:
+        return value
+    holder = [value]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]

@@ -1,0 +1,470 @@
+"""`sertool train`: one readable training loop in plain PyTorch.
+
+What happens, top to bottom (``train``):
+
+1. Run folder: a new ``--out RUN_DIR`` (refused if it holds files, unless ``force``) or, with
+   ``resume``, the folder of an interrupted run whose ``last.pt`` holds the config and the exact state.
+2. Data: the corpus, the paper's data selection (``train_ox``, ``dev_ox_to_train``), cached transcript
+   embeddings for MM systems, and an ``EpochBatchSampler`` (class balancing, duration buckets, DDP shard).
+3. Model, AdamW with two learning rates, warm-up + cosine/plateau schedule, AMP (bf16, or fp16 with a
+   GradScaler), DistributedDataParallel under torchrun.
+4. The loop: ``accum_steps`` micro-batches per optimiser step, gradient clipping, a guard that skips
+   steps with a non-finite loss and stops after ``max_nonfinite_steps`` in a row.
+5. Validation on the whole Development split (CCC per attribute over the split, never per batch),
+   ``best.pt`` by average CCC (and ``best_<attribute>.pt`` with ``select_best="per-attribute"``), early
+   stopping after ``patience`` validations without improvement, ``last.pt`` for resuming.
+
+Only rank 0 writes files; every checkpoint is written atomically.
+"""
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from sertool.checkpoint import (BEST_NAME, LAST_NAME, load_checkpoint, load_stored_state, provenance, save_checkpoint,
+                                stored_state)
+from sertool.config import DEFAULT_BACKBONE_IDS, Config
+from sertool.data.corpus import open_corpus
+from sertool.data.dataset import Batch, UtteranceDataset, collate
+from sertool.data.records import ATTRIBUTES, Utterance
+from sertool.data.report import LoadReport
+from sertool.data.selection import select
+from sertool.errors import SertoolError
+from sertool.inference.runner import run_model
+from sertool.io import atomic_write
+from sertool.models.ccc import ccc_scores
+from sertool.models.losses import SERLoss
+from sertool.models.ser_model import SERModel
+from sertool.models.text_features import transcript_embeddings
+from sertool.training import distributed
+from sertool.training.distributed import Distributed
+from sertool.training.optim import LRSchedule, build_optimizer
+from sertool.training.run_folder import prepare_run_folder, write_run_files
+from sertool.training.samplers import EpochBatchSampler
+
+AMP_CHOICES = ("auto", "bf16", "fp16", "off")
+BAD_AUDIO_POLICIES = ("skip", "fail")
+
+
+class Reporter(Protocol):
+    """Where the loop reports progress (rich on a terminal, nothing in tests)."""
+
+    def start(self, summary: dict[str, Any]) -> None: ...
+    def epoch(self, epoch: int, total_batches: int, done_batches: int) -> None: ...
+    def step(self, stats: dict[str, Any]) -> None: ...
+    def validation(self, metrics: dict[str, Any]) -> None: ...
+    def message(self, text: str) -> None: ...
+    def finish(self, result: "TrainResult") -> None: ...
+
+
+class SilentReporter:
+    """A ``Reporter`` that says nothing."""
+
+    def start(self, summary: dict[str, Any]) -> None: ...
+    def epoch(self, epoch: int, total_batches: int, done_batches: int) -> None: ...
+    def step(self, stats: dict[str, Any]) -> None: ...
+    def validation(self, metrics: dict[str, Any]) -> None: ...
+    def message(self, text: str) -> None: ...
+    def finish(self, result: "TrainResult") -> None: ...
+
+
+@dataclass
+class TrainResult:
+    """How a run ended."""
+
+    run_dir: Path
+    best: dict[str, float]  # CCC per attribute and "average" of best.pt, on the validation split
+    best_step: int
+    steps: int
+    stopped: str  # "finished", "early stopping"
+    skipped_steps: int = 0  # non-finite losses
+    skipped_audio: list[str] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)  # every validation
+
+
+def resolve_amp(choice: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``--amp``: None means full precision.
+
+    "auto" is bf16 on GPUs that support it, fp16 on older GPUs, and off on the CPU (CPU autocast is slow
+    for convolutions and rarely what a user wants unless asked).
+    """
+    if choice not in AMP_CHOICES:
+        raise SertoolError(f"--amp {choice!r}: choose one of {', '.join(AMP_CHOICES)}")
+    if choice == "off" or (choice == "auto" and device.type != "cuda"):
+        return None
+    if choice == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if choice == "fp16" and device.type != "cuda":
+        raise SertoolError("--amp fp16 needs a CUDA GPU; use --amp bf16 on the CPU")
+    return torch.bfloat16 if choice == "bf16" else torch.float16
+
+
+def train(
+    config: Config,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    force: bool = False,
+    argv: Sequence[str] = (),
+    device: str = "auto",
+    reporter: Reporter | None = None,
+) -> TrainResult:
+    """Train one system and write its run folder (see the module docstring for the steps).
+
+    Args:
+        config: the resolved config (ignored when resuming: the checkpoint's config is used).
+        run_dir: the run folder to create, or to continue with ``resume``.
+        resume: continue the interrupted run in ``run_dir`` exactly where its ``last.pt`` stopped.
+        force: write into an existing non-empty ``run_dir``.
+        argv: the command line, recorded in the run folder.
+        device: "auto", "cpu" or "cuda".
+        reporter: progress output (default: none).
+
+    Raises:
+        SertoolError: bad config, data or run folder, or a run stopped by non-finite losses.
+    """
+    context = distributed.setup(device)
+    try:
+        return _Run(config, Path(run_dir), resume=resume, force=force, argv=argv, context=context,
+                    reporter=reporter if reporter is not None and context.is_main else SilentReporter()).run()
+    finally:
+        distributed.teardown()
+
+
+class _Run:
+    """The state of one training run; ``run`` is the loop."""
+
+    def __init__(self, config: Config, run_dir: Path, *, resume: bool, force: bool, argv: Sequence[str],
+                 context: Distributed, reporter: Reporter) -> None:
+        self.context = context
+        self.reporter = reporter
+        self.run_dir = run_dir
+        checkpoint = load_checkpoint(run_dir, name=LAST_NAME) if resume else None
+        if checkpoint is not None:
+            config = Config.from_dict(checkpoint["config"])
+        elif context.is_main:
+            prepare_run_folder(run_dir, force=force)
+        self.config = config
+        train_config = config.train
+        if config.data.on_bad_audio not in BAD_AUDIO_POLICIES:
+            raise SertoolError(f"--on-bad-audio {config.data.on_bad_audio!r}: choose one of {', '.join(BAD_AUDIO_POLICIES)}")
+        if train_config.accum_steps < 1:
+            raise SertoolError(f"--accum-steps must be at least 1, got {train_config.accum_steps}")
+        if config.data.corpus is None:
+            raise SertoolError("no corpus given: pass --corpus ROOT")
+
+        torch.manual_seed(config.seed)
+        if context.device.type == "cpu":
+            torch.use_deterministic_algorithms(True, warn_only=True)
+
+        # Data.
+        corpus = open_corpus(config.data.corpus)
+        self.load_report = corpus.report
+        selection = select(corpus.utterances, train_split=config.data.train_split, valid_split=config.data.valid_split,
+                           train_ox=config.data.train_ox, dev_ox_to_train=config.data.dev_ox_to_train)
+        self.train_set, self.valid_set = selection.train, selection.valid
+        if config.model.text:
+            self.train_set = self._with_transcripts(self.train_set, "training")
+            self.valid_set = self._with_transcripts(self.valid_set, "validation")
+        if config.data.on_bad_audio == "fail" and corpus.report.dropped:
+            raise SertoolError(f"--on-bad-audio fail: {corpus.report.summary()}; first: {corpus.report.dropped[0]}")
+        self.speakers = sorted({utt.speaker for utt in self.train_set if utt.speaker is not None}) \
+            if "speaker" in config.model.aux else []
+
+        # Model, text embeddings, objective.
+        self.model = SERModel(config.model, num_speakers=len(self.speakers),
+                              gradient_checkpointing=train_config.gradient_checkpointing)
+        if checkpoint is not None:
+            load_stored_state(self.model, checkpoint["model_state"], source=str(run_dir / LAST_NAME))
+        self.model.to(context.device)
+        self.text_embeddings = transcript_embeddings(self.model, [*self.train_set, *self.valid_set], config.data.cache_dir)
+        self.loss_fn = SERLoss(config.model)
+        self.amp_dtype = resolve_amp(train_config.amp, context.device)
+
+        # Batches: the sampler decides which utterances each epoch uses and how they are grouped.
+        crop_s = config.data.max_duration_s or None
+        self.sampler = EpochBatchSampler.from_records(
+            self.train_set, max_duration_s=crop_s, sampling=train_config.sampling,
+            max_per_class=train_config.max_per_class or None,
+            max_batch_s=None if train_config.batch_size else train_config.max_batch_s,
+            batch_size=train_config.batch_size or None, num_buckets=train_config.num_buckets, seed=config.seed,
+            rank=context.rank, world_size=context.world_size)
+        self.dataset = UtteranceDataset(
+            self.train_set, to_unit=self.model.label_scaling.to_unit,
+            speakers={speaker: index for index, speaker in enumerate(self.speakers)},
+            text_embeddings=self.text_embeddings, max_duration_s=crop_s, seed=config.seed)
+        self.loader = torch.utils.data.DataLoader(
+            self.dataset, batch_sampler=self.sampler, collate_fn=collate, num_workers=config.data.num_workers,
+            pin_memory=context.device.type == "cuda",
+            # A generator of its own: creating the loader's iterator must not draw from the global RNG,
+            # or a resumed run would get different dropout masks than the uninterrupted one.
+            generator=torch.Generator().manual_seed(config.seed))
+
+        # Optimisation.
+        self.optimizer = build_optimizer(self.model.parameter_groups(), train_config)
+        steps_per_epoch = math.ceil(len(self.sampler) / train_config.accum_steps)
+        self.schedule = LRSchedule(train_config, total_steps=steps_per_epoch * train_config.epochs)
+        self.scaler = torch.amp.GradScaler(context.device.type, enabled=self.amp_dtype == torch.float16)
+        self.trainable = [p for group in self.optimizer.param_groups for p in group["params"]]
+        self.ddp_model = self._wrap_ddp()
+
+        # Progress, restored when resuming.
+        self.step = 0
+        self.epoch = 0
+        self.batches_in_epoch = 0  # batches of the current epoch trained on (the sampler's workers run ahead)
+        self.best: dict[str, float] = {}
+        self.best_step = -1
+        self.best_per_attribute: dict[str, float] = {}
+        self.validations_without_improvement = 0
+        self.nonfinite_in_a_row = 0
+        self.skipped_steps = 0
+        self.skipped_audio: list[str] = []
+        self.history: list[dict[str, Any]] = []
+        if checkpoint is not None:
+            self._restore(checkpoint["training"])
+        elif context.is_main:
+            write_run_files(run_dir, config, argv=argv, data_summary={
+                "corpus": str(config.data.corpus), "load_report": corpus.report.summary(),
+                "selection": selection.describe(), "train_utterances": len(self.train_set),
+                "valid_utterances": len(self.valid_set)})
+
+    # ----------------------------------------------------------------------------------------------
+    def run(self) -> TrainResult:
+        """The loop: epochs of accumulated steps, validation, checkpoints, early stopping."""
+        config = self.config.train
+        self.reporter.start({
+            "run_dir": str(self.run_dir), "train": len(self.train_set), "valid": len(self.valid_set),
+            "device": str(self.context.device), "world_size": self.context.world_size,
+            "amp": str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "off",
+            "parameters": sum(p.numel() for p in self.trainable), "epochs": config.epochs,
+            "batches_per_epoch": len(self.sampler), "accum_steps": config.accum_steps, "resumed_at_step": self.step,
+            "data": self.load_report.summary()})
+        stopped = "finished"
+        while self.epoch < config.epochs and stopped == "finished":
+            stopped = self._run_epoch()
+            if stopped == "finished":
+                self.epoch += 1
+                if not config.eval_every_steps and self._validate_and_save():
+                    stopped = "early stopping"
+            self._save_last()
+        result = TrainResult(self.run_dir, best=self.best, best_step=self.best_step, steps=self.step, stopped=stopped,
+                             skipped_steps=self.skipped_steps, skipped_audio=self.skipped_audio, history=self.history)
+        if self.context.is_main:
+            with atomic_write(self.run_dir / "summary.json") as handle:
+                json.dump({"best": self.best, "best_step": self.best_step, "steps": self.step, "stopped": stopped,
+                           "skipped_steps": self.skipped_steps, "skipped_audio": self.skipped_audio}, handle, indent=2)
+        self.reporter.finish(result)
+        return result
+
+    def _run_epoch(self) -> str:
+        """One epoch (or what is left of it after a resume); "early stopping" ends the run early."""
+        config = self.config.train
+        self.sampler.set_epoch(self.epoch)
+        self.dataset.set_epoch(self.epoch)
+        total, position = len(self.sampler), self.sampler.batches_done
+        self.batches_in_epoch = position
+        self.reporter.epoch(self.epoch, total, position)
+        batches = iter(self.loader)
+        while position < total:
+            group = list(itertools.islice(batches, min(config.accum_steps, total - position)))
+            position += len(group)
+            started = time.perf_counter()
+            stats = self._optimizer_step(group)
+            self.step += 1
+            self.batches_in_epoch = position
+            stats.update(step=self.step, epoch=self.epoch, batch=position, batches=total,
+                         seconds=time.perf_counter() - started)
+            if self.step % config.log_every_steps == 0 or position == total:
+                self._log({"type": "train", **stats})
+            stop = False
+            if config.eval_every_steps and self.step % config.eval_every_steps == 0:
+                stop = self._validate_and_save()
+                self._save_last()
+            elif config.checkpoint_every_steps and self.step % config.checkpoint_every_steps == 0:
+                self._save_last()
+            self.reporter.step(stats)
+            if stop:
+                return "early stopping"
+        return "finished"
+
+    def _optimizer_step(self, group: list[Batch]) -> dict[str, Any]:
+        """Accumulate gradients over ``group`` and take one optimiser step (unless a loss is not finite)."""
+        config = self.config.train
+        lr_factor = self.schedule.apply(self.optimizer, self.step)
+        autocast = (torch.autocast(self.context.device.type, dtype=self.amp_dtype) if self.amp_dtype is not None
+                    else contextlib.nullcontext())
+        self.optimizer.zero_grad(set_to_none=True)
+        usable = [batch for batch in group if len(batch)]
+        for batch in group:
+            self._note_skipped(batch)
+        parts_sum: dict[str, float] = {}
+        finite = True
+        utterances = 0
+        for index, batch in enumerate(usable):
+            batch = batch.to(self.context.device)
+            last = index == len(usable) - 1
+            # Under DDP, gradients are averaged across ranks only on the last micro-batch of a step.
+            sync = contextlib.nullcontext() if last or not self.context.enabled else self.ddp_model.no_sync()
+            with sync:
+                with autocast:
+                    output = self.ddp_model(batch.waveforms, batch.sample_mask, text_embeddings=batch.text_embeddings,
+                                            texts=batch.texts if self.model.needs_texts else None)
+                loss, parts = self.loss_fn(output, batch.targets, gender_ids=batch.gender_ids,
+                                           speaker_ids=batch.speaker_ids)
+                finite = finite and math.isfinite(parts["total"])
+                # Dividing by the group size makes k micro-batches of b the same step as one batch of k·b
+                # for a loss that is a mean over items (CCC itself is a batch statistic; see docs).
+                self.scaler.scale(loss / len(usable)).backward()
+            for name, value in parts.items():
+                parts_sum[name] = parts_sum.get(name, 0.0) + value / len(usable)
+            utterances += len(batch)
+        # Every rank must take the same decision, or the ranks' weights drift apart.
+        if distributed.any_rank(not finite or not usable, self.context):
+            self.optimizer.zero_grad(set_to_none=True)
+            if usable:
+                self.skipped_steps += 1
+                self.nonfinite_in_a_row += 1
+                if self.nonfinite_in_a_row >= config.max_nonfinite_steps:
+                    self._save_last()
+                    raise SertoolError(
+                        f"stopped: {self.nonfinite_in_a_row} optimiser steps in a row had a non-finite loss (step "
+                        f"{self.step}). Lower --lr-heads/--lr-backbone, try --amp bf16 or off, or check the labels; "
+                        f"{self.run_dir / LAST_NAME} holds the state before the failure")
+            return {"skipped": True, "lr": lr_factor * self.config.train.lr_heads, "utterances": utterances}
+        self.nonfinite_in_a_row = 0
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, config.grad_clip_norm if config.grad_clip_norm > 0 else math.inf)
+        self.scaler.step(self.optimizer)  # skips the update by itself when fp16 gradients overflowed
+        self.scaler.update()
+        return {**{f"loss_{k}" if not k.startswith("ccc") else k: v for k, v in parts_sum.items()},
+                "grad_norm": float(grad_norm), "lr": lr_factor * self.config.train.lr_heads, "utterances": utterances}
+
+    def _note_skipped(self, batch: Batch) -> None:
+        if not batch.skipped:
+            return
+        if self.config.data.on_bad_audio == "fail":
+            raise SertoolError(f"--on-bad-audio fail: cannot read {batch.skipped[0]}")
+        self.skipped_audio.extend(batch.skipped)
+        for item in batch.skipped:
+            self.reporter.message(f"skipped unreadable audio {item}")
+
+    # ----------------------------------------------------------------------------------------------
+    def _validate_and_save(self) -> bool:
+        """Validate on the whole split, keep the best checkpoints; True when early stopping says stop."""
+        predictions = run_model(self.model, self.valid_set, device=self.context.device,
+                                text_embeddings=self.text_embeddings, num_workers=self.config.data.num_workers,
+                                amp_dtype=self.amp_dtype, context=self.context)
+        labels = np.array([utt.labels() for utt in self.valid_set])
+        scores = ccc_scores(self.model.label_scaling.from_unit(predictions.emotion_unit), labels)
+        improved = scores["average"] > self.best.get("average", -math.inf)
+        self.schedule.on_validation(improved)
+        record = {"type": "valid", "step": self.step, "epoch": self.epoch, **{f"ccc_{k}": v for k, v in scores.items()},
+                  "improved": improved}
+        self.history.append(record)
+        self._log(record)
+        self.reporter.validation(record)
+        if improved:
+            self.best, self.best_step = scores, self.step
+            self.validations_without_improvement = 0
+            self._save(BEST_NAME, scores)
+        else:
+            self.validations_without_improvement += 1
+        if self.config.train.select_best == "per-attribute":
+            for name in ATTRIBUTES:
+                if scores[name] > self.best_per_attribute.get(name, -math.inf):
+                    self.best_per_attribute[name] = scores[name]
+                    self._save(f"best_{name}.pt", scores)
+        patience = self.config.train.patience
+        return patience > 0 and self.validations_without_improvement >= patience
+
+    # ----------------------------------------------------------------------------------------------
+    def _payload(self, metrics: dict[str, float]) -> dict[str, Any]:
+        """What every checkpoint holds: enough to rebuild the model and know where it came from."""
+        model_config = self.config.model
+        return {
+            "config": self.config.to_dict(),
+            "label_scaling": self.model.label_scaling.to_dict(),
+            "attributes": list(ATTRIBUTES),
+            "pretrained": {"backbone": model_config.backbone_path or DEFAULT_BACKBONE_IDS[model_config.backbone],
+                           "text_model": model_config.text_model if model_config.text else None,
+                           "speaker_embedding": model_config.speaker_embedding},
+            "speakers": self.speakers,
+            "model_state": stored_state(self.model),
+            "epoch": self.epoch, "step": self.step, "metrics": metrics,
+            "provenance": provenance(),
+        }
+
+    def _save(self, name: str, metrics: dict[str, float]) -> None:
+        if self.context.is_main:
+            save_checkpoint(self._payload(metrics), self.run_dir / name)
+
+    def _save_last(self) -> None:
+        """``last.pt``: a checkpoint plus the whole training state, at an optimiser-step boundary."""
+        if not self.context.is_main:
+            return
+        payload = self._payload(self.history[-1] if self.history else {})
+        payload["training"] = {
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "sampler": self.sampler.state_dict(batches_consumed=self.batches_in_epoch),
+            "rng": {"torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+            "progress": {"step": self.step, "epoch": self.epoch, "best": self.best, "best_step": self.best_step,
+                         "best_per_attribute": self.best_per_attribute,
+                         "validations_without_improvement": self.validations_without_improvement,
+                         "nonfinite_in_a_row": self.nonfinite_in_a_row, "skipped_steps": self.skipped_steps,
+                         "skipped_audio": self.skipped_audio, "history": self.history},
+        }
+        save_checkpoint(payload, self.run_dir / LAST_NAME)
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.schedule.load_state_dict(state["schedule"])
+        progress = state["progress"]
+        for name in ("step", "epoch", "best", "best_step", "best_per_attribute", "validations_without_improvement",
+                     "nonfinite_in_a_row", "skipped_steps", "skipped_audio", "history"):
+            setattr(self, name, progress[name])
+        sampler_state = state["sampler"]
+        if sampler_state["epoch"] == self.epoch:
+            self.sampler.load_state_dict(sampler_state)
+        torch.set_rng_state(state["rng"]["torch"])
+        if state["rng"]["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+
+    def _wrap_ddp(self) -> torch.nn.Module:
+        if not self.context.enabled:
+            return self.model
+        device_ids = [self.context.local_rank] if self.context.device.type == "cuda" else None
+        # Auxiliary heads may see a batch without any known label; their parameters then get no gradient.
+        return torch.nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids,
+                                                         find_unused_parameters=bool(self.config.model.aux))
+
+    def _with_transcripts(self, utterances: list[Utterance], purpose: str) -> list[Utterance]:
+        kept = [utt for utt in utterances if utt.transcript is not None]
+        if len(kept) < len(utterances):
+            report = LoadReport()
+            for utt in utterances:
+                if utt.transcript is None:
+                    report.drop(utt.id, "no transcript", f"an MM (--text) system needs text for {purpose}")
+            self.load_report.dropped.extend(report.dropped)
+        if not kept:
+            raise SertoolError(f"--text: no {purpose} utterance has a transcript; give the corpus Transcripts/ "
+                               "(or a transcript column) or train without --text")
+        return kept
+
+    def _log(self, record: dict[str, Any]) -> None:
+        if self.context.is_main:
+            with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record) + "\n")

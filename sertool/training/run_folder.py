@@ -1,0 +1,59 @@
+"""The run folder: what `sertool train --out RUN_DIR` records besides its checkpoints."""
+from __future__ import annotations
+
+import json
+import platform
+import sys
+from collections.abc import Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sertool.checkpoint import provenance
+from sertool.config import Config
+from sertool.errors import SertoolError
+from sertool.io import atomic_write
+
+# Packages whose versions decide whether a result can be reproduced.
+_RECORDED_PACKAGES = ("torch", "torchaudio", "transformers", "numpy", "soundfile", "safetensors")
+
+
+def prepare_run_folder(run_dir: Path, *, force: bool) -> None:
+    """Create ``run_dir``; an existing folder with files in it is refused unless ``force``.
+
+    Raises:
+        SertoolError: the folder holds files (naming ``--force`` and ``--resume``), or cannot be created.
+    """
+    if run_dir.exists() and not run_dir.is_dir():
+        raise SertoolError(f"--out {run_dir}: exists and is not a folder")
+    if run_dir.is_dir() and any(run_dir.iterdir()) and not force:
+        raise SertoolError(f"--out {run_dir}: the folder already holds a run; pass --resume {run_dir} to continue it, "
+                           "--force to start over in it, or choose another --out")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise SertoolError(f"--out {run_dir}: cannot create the folder ({error.strerror})") from None
+    if force:
+        for stale in ("metrics.jsonl", "summary.json"):
+            (run_dir / stale).unlink(missing_ok=True)
+
+
+def write_run_files(run_dir: Path, config: Config, *, argv: Sequence[str], data_summary: dict[str, Any]) -> None:
+    """``config.yaml`` (the resolved config: `sertool train --config` takes it back), ``argv.txt``,
+    and ``environment.json`` (versions, code revision, seed, machine, data summary)."""
+    with atomic_write(run_dir / "config.yaml") as handle:
+        yaml.safe_dump(config.to_dict(), handle, sort_keys=False)
+    with atomic_write(run_dir / "argv.txt") as handle:
+        handle.write(" ".join(argv) + "\n")
+    versions = {}
+    for package in _RECORDED_PACKAGES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    environment = {**provenance(), "python": sys.version.split()[0], "platform": platform.platform(),
+                   "packages": versions, "seed": config.seed, "data": data_summary}
+    with atomic_write(run_dir / "environment.json") as handle:
+        json.dump(environment, handle, indent=2)

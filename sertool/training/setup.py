@@ -1,0 +1,40 @@
+"""From command-line flags and a --config file to the resolved ``Config`` of a training run."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sertool.config import Config, apply_value
+from sertool.errors import SertoolError
+
+
+def resolve_train_config(config_file: str | None, flags: dict[str, Any], *, out: str | None,
+                         resume: str | None) -> tuple[Config, Path]:
+    """Defaults, then ``config_file``, then every flag that was given; and the run folder.
+
+    Args:
+        config_file: a YAML file, or None.
+        flags: ``{"<section>__<field>": value}`` (``"seed"`` for top-level fields); None or an empty tuple
+            means the flag was not given.
+        out: ``--out RUN_DIR``.
+        resume: ``--resume RUN_DIR``: the run's own config is used, so no other flag may be given.
+
+    Raises:
+        SertoolError: a missing or conflicting ``--out`` / ``--resume``, or a bad config value.
+    """
+    given = {name: value for name, value in flags.items() if value is not None and value != ()}
+    if resume is not None:
+        if out is not None and Path(out) != Path(resume):
+            raise SertoolError(f"--resume {resume} continues that run folder; drop --out {out}")
+        if given or config_file:
+            names = ", ".join("--" + name.split("__")[-1].replace("_", "-") for name in given)
+            raise SertoolError(f"--resume uses the run's own config; drop {names or '--config'} "
+                               "(start a new run with --config RUN_DIR/config.yaml to change settings)")
+        return Config(), Path(resume)
+    if out is None:
+        raise SertoolError("no run folder given: pass --out RUN_DIR")
+    config = Config.from_yaml(config_file) if config_file else Config()
+    for name, value in given.items():
+        section, _, key = name.rpartition("__")
+        apply_value(config, section or None, key, value, source="command line")
+    return config, Path(out)

@@ -1,0 +1,179 @@
+"""The training loop: accumulation, resume, DDP, the non-finite guard, checkpoints, run folders."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from sertool.checkpoint import load_checkpoint
+from sertool.config import Config
+from sertool.errors import SertoolError
+from sertool.training import loop
+from sertool.training.loop import _Run, train
+from tests.corpus_files import write_learnable_corpus
+
+
+def small_config(corpus: Path, **train_overrides) -> Config:
+    """A fast, dropout-free fbank system (dropout would make DDP ranks differ from one process)."""
+    config = Config()
+    config.data.corpus = str(corpus)
+    config.data.num_workers = 0
+    config.model.backbone = "fbank"
+    config.model.fbank_dim = 32
+    config.model.head_hidden_dim = 16
+    config.model.head_dropout = 0.0
+    config.model.aux = ("gender",)
+    config.train.sampling = "whole"
+    config.train.max_batch_s = 0.0
+    config.train.batch_size = 4
+    config.train.accum_steps = 1
+    config.train.epochs = 2
+    config.train.lr_heads = 1e-3
+    config.train.warmup_fraction = 0.0
+    for key, value in train_overrides.items():
+        setattr(config.train, key, value)
+    return config
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    return write_learnable_corpus(tmp_path_factory.mktemp("corpus") / "c")
+
+
+def model_state(run_dir: Path, name: str = "last.pt") -> dict[str, torch.Tensor]:
+    return load_checkpoint(run_dir, name=name)["model_state"]
+
+
+def assert_same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], atol: float = 0.0) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=atol, rtol=0, msg=key)
+
+
+def test_run_folder_checkpoints_and_metrics(corpus, tmp_path):
+    result = train(small_config(corpus), tmp_path / "run")
+    run = tmp_path / "run"
+    assert {"best.pt", "last.pt", "config.yaml", "argv.txt", "environment.json", "metrics.jsonl", "summary.json"} <= \
+        {p.name for p in run.iterdir()}
+    best = load_checkpoint(run)  # a run folder stands for its best.pt
+    assert best["config"] == small_config(corpus).to_dict()
+    assert best["label_scaling"] == {"minimum": 1.0, "maximum": 7.0}
+    assert best["attributes"] == ["arousal", "valence", "dominance"]
+    assert best["provenance"]["sertool_version"] and "training" not in best
+    assert best["metrics"]["average"] == pytest.approx(result.best["average"])
+    validations = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()
+                   if json.loads(line)["type"] == "valid"]
+    assert len(validations) == 2 and max(v["ccc_average"] for v in validations) == pytest.approx(result.best["average"])
+    assert Config.from_yaml(run / "config.yaml") == small_config(corpus)
+
+
+def test_existing_run_folder_is_refused_without_force(corpus, tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "notes.txt").write_text("mine")
+    with pytest.raises(SertoolError, match="--resume .* --force"):
+        train(small_config(corpus), tmp_path / "run")
+    assert (tmp_path / "run" / "notes.txt").read_text() == "mine"
+
+
+def test_accumulated_micro_batches_equal_one_large_batch_for_a_decomposable_loss(corpus, tmp_path):
+    """k micro-batches of b items give the same step as one batch of k·b items under a mean loss."""
+
+    def mse_loss(output, targets, **_):
+        loss = ((output.emotion - targets) ** 2).mean()
+        return loss, {"total": loss.item()}
+
+    runs = []
+    for name in ("accumulated", "single"):
+        run = _Run(small_config(corpus), tmp_path / name, resume=False, force=False, argv=(),
+                   context=loop.Distributed(), reporter=loop.SilentReporter())
+        run.loss_fn = mse_loss
+        runs.append(run)
+    from sertool.data.dataset import collate
+
+    items = [runs[0].dataset[index] for index in range(8)]
+    runs[0]._optimizer_step([collate(items[:4]), collate(items[4:])])
+    runs[1]._optimizer_step([collate(items)])
+    for (name, a), b in zip(runs[0].model.named_parameters(), runs[1].model.parameters()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5, msg=name)
+    changed = any(not torch.equal(a, b) for a, b in zip(runs[0].model.parameters(), _Run(
+        small_config(corpus), tmp_path / "fresh", resume=False, force=False, argv=(), context=loop.Distributed(),
+        reporter=loop.SilentReporter()).model.parameters()))
+    assert changed  # the step did something
+
+
+class _InterruptAt(loop.SilentReporter):
+    def __init__(self, step: int) -> None:
+        self.stop_step = step
+
+    def step(self, stats):
+        if stats["step"] == self.stop_step:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("stop_step", [3, 4])  # mid-epoch, and exactly at the end of epoch 1
+def test_resume_equals_an_uninterrupted_run(corpus, tmp_path, stop_step):
+    config = small_config(corpus, epochs=3, checkpoint_every_steps=1)
+    config.model.head_dropout = 0.3  # resuming must restore the RNG, or dropout masks would differ
+    straight = train(config, tmp_path / "straight")
+    with pytest.raises(KeyboardInterrupt):
+        train(config, tmp_path / "resumed", reporter=_InterruptAt(stop_step))
+    assert load_checkpoint(tmp_path / "resumed", name="last.pt")["step"] == stop_step
+    resumed = train(Config(), tmp_path / "resumed", resume=True)
+    assert resumed.steps == straight.steps
+    assert resumed.history == straight.history
+    assert_same_state(model_state(tmp_path / "resumed"), model_state(tmp_path / "straight"))
+
+
+def test_nonfinite_losses_are_skipped_then_stop_the_run(corpus, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real_loss = loop.SERLoss.__call__
+
+    def sometimes_nan(self, output, targets, **kwargs):
+        calls["n"] += 1
+        loss, parts = real_loss(self, output, targets, **kwargs)
+        if calls["n"] == 2:  # one bad step, then recovery
+            return loss * float("nan"), {**parts, "total": float("nan")}
+        return loss, parts
+
+    monkeypatch.setattr(loop.SERLoss, "__call__", sometimes_nan)
+    result = train(small_config(corpus), tmp_path / "one")
+    assert result.skipped_steps == 1 and result.steps == 8
+
+    def always_nan(self, output, targets, **kwargs):
+        loss, parts = real_loss(self, output, targets, **kwargs)
+        return loss * float("nan"), {**parts, "total": float("nan")}
+
+    monkeypatch.setattr(loop.SERLoss, "__call__", always_nan)
+    with pytest.raises(SertoolError, match="3 optimiser steps in a row had a non-finite loss"):
+        train(small_config(corpus, max_nonfinite_steps=3), tmp_path / "many")
+    assert (tmp_path / "many" / "last.pt").is_file()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world_size: int, port: int, config_dict: dict, run_dir: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    train(Config.from_dict(config_dict), run_dir, device="cpu")
+
+
+def test_two_process_ddp_equals_one_process_with_the_same_effective_batch(corpus, tmp_path):
+    """2 ranks × 1 micro-batch per step == 1 process × 2 accumulated micro-batches (gloo on CPU)."""
+    single = small_config(corpus, accum_steps=2)
+    train(single, tmp_path / "single")
+    ddp = small_config(corpus, accum_steps=1)
+    mp.start_processes(_ddp_worker, args=(2, _free_port(), ddp.to_dict(), str(tmp_path / "ddp")), nprocs=2,
+                       start_method="spawn")
+    assert_same_state(model_state(tmp_path / "ddp"), model_state(tmp_path / "single"), atol=1e-5)
+    assert load_checkpoint(tmp_path / "ddp")["metrics"]["average"] == pytest.approx(
+        load_checkpoint(tmp_path / "single")["metrics"]["average"], abs=1e-5)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import io
 import pickle
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -70,10 +71,13 @@ def load_checkpoint(path: str | Path, *, name: str = BEST_NAME) -> dict[str, Any
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        refused = next((line.strip() for line in str(error).splitlines() if "Unsupported global" in line), "")
+        # Either way nothing in the file ran: the weights-only unpickler stops at the first unknown item.
+        offender = re.search(r"GLOBAL (\S+)", str(error))
+        if offender is None:
+            raise SertoolError(f"{path}: not a readable checkpoint (damaged, or not a weights-only file)") from None
         raise SertoolError(
-            f"{path}: refused: the file holds Python objects other than tensors and plain data, which could run "
-            f"code when loaded ({refused[:160] or 'not weights-only'}); sertool never loads such files"
+            f"{path}: refused: the file holds Python objects other than tensors and plain data (it references "
+            f"{offender.group(1)}), which could run code when loaded; sertool never loads such files"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as error:
         raise SertoolError(f"{path}: not a readable checkpoint ({str(error).splitlines()[0][:160]})") from None

@@ -201,6 +201,160 @@ def train_command(config_file: str | None, out: str | None, resume: str | None, 
           reporter=RichTrainReporter())
 
 
+def _inference_options(command):
+    """Flags every inference command shares; they fill ``InferenceOptions``."""
+    options = [
+        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+                     help="Where to run the model."),
+        click.option("--batch-s", "max_batch_s", type=float, default=120.0, show_default=True,
+                     help="Inference batch bound: utterances × longest clip ≤ this many seconds."),
+        click.option("--num-workers", type=int, default=0, show_default=True, help="Data-loader processes."),
+        click.option("--amp", type=click.Choice(["auto", "bf16", "fp16", "off"]), default="auto", show_default=True,
+                     help="Mixed precision (auto: bf16/fp16 on GPUs, off on the CPU)."),
+        click.option("--cache-dir", help="Cache of text embeddings and ASR transcripts "
+                                         "(default: $SERTOOL_CACHE or ~/.cache/sertool)."),
+        click.option("--backbone-path", help="Where the checkpoint's speech backbone lives here (hub id or folder), "
+                                             "if not where it was trained."),
+        click.option("--text-model", help="Where an MM checkpoint's text encoder lives here (hub id or folder)."),
+        click.option("--speaker-embedding", help="Where a +S Emb checkpoint's speaker model lives here."),
+        click.option("--asr", default="openai/whisper-large-v3", show_default=True,
+                     help="Whisper model (hub id or folder) that transcribes audio without a transcript (MM models)."),
+    ]
+    for decorate in reversed(options):
+        command = decorate(command)
+    return command
+
+
+def _options(flags: dict):
+    from sertool.inference.predictor import InferenceOptions
+
+    names = ("device", "max_batch_s", "num_workers", "amp", "cache_dir", "backbone_path", "text_model",
+             "speaker_embedding", "asr")
+    return InferenceOptions(**{name: flags.pop(name) for name in names})
+
+
+def _out_path(value: str | None) -> Path | None:
+    return Path(value) if value else None
+
+
+@cli.command("evaluate")
+@click.argument("model", metavar="CKPT")
+@click.option("--corpus", required=True, metavar="ROOT", help="MSP-Podcast root or manifest.")
+@click.option("--split", default="Development", show_default=True, help="A labelled split.")
+@click.option("--out", metavar="CSV", help="Write the predictions (labels beside them) here (.csv or .json).")
+@click.option("--plot", metavar="PNG", help="Write predicted-vs-true and by-class plots here.")
+@click.option("--force", is_flag=True, help="Overwrite --out / --plot.")
+@_inference_options
+def evaluate_command(model: str, corpus: str, split: str, out: str | None, plot: str | None, force: bool,
+                     **flags) -> None:
+    """CCC per attribute and average of CKPT on a split (whole utterances, batched by length).
+
+    CKPT is a checkpoint, a run folder (its best.pt), a predictions CSV, or an ensemble JSON.
+    """
+    from sertool.console import out as console
+    from sertool.console import print_scores
+    from sertool.inference.inputs import corpus_split
+    from sertool.inference.workflows import evaluate
+
+    result = evaluate(model, corpus_split(corpus, split), split=split, options=_options(flags), out=_out_path(out),
+                      plot=_out_path(plot), force=force)
+    print_scores(f"{split} of {corpus}", [result.scores])
+    for path in result.written:
+        console.print(f"wrote {path}")
+
+
+@cli.command("predict")
+@click.argument("model", metavar="CKPT")
+@click.argument("paths", nargs=-1, metavar="[PATHS]...")
+@click.option("--corpus", metavar="ROOT", help="Predict a split of this corpus (with --split) instead of PATHS.")
+@click.option("--split", default="Test3", show_default=True, help="The split of --corpus to predict.")
+@click.option("--format", "file_format", type=click.Choice(["csv", "json"]), help="Output format "
+              "(default: from --out's suffix, else csv).")
+@click.option("--out", metavar="FILE", help="Write predictions here (default: standard output).")
+@click.option("--submission", metavar="CSV", help="Also write the challenge submission: FileName,EmoAct,EmoVal,EmoDom, "
+              "1–7, clipped, every file once.")
+@click.option("--transcripts", metavar="DIR|CSV", help="Transcripts for MM models: a folder of <stem>.txt or a CSV "
+              "with FileName and transcript columns (otherwise ASR).")
+@click.option("--window-s", default=10.0, show_default=True, help="Files longer than this are cut into windows.")
+@click.option("--hop-s", default=5.0, show_default=True, help="Seconds between window starts.")
+@click.option("--force", is_flag=True, help="Overwrite --out / --submission.")
+@_inference_options
+def predict_command(model: str, paths: tuple[str, ...], corpus: str | None, split: str, file_format: str | None,
+                    out: str | None, submission: str | None, transcripts: str | None, window_s: float, hop_s: float,
+                    force: bool, **flags) -> None:
+    """Predict A/V/D (1–7 scale) for audio files, folders, a manifest, or a corpus split.
+
+    \b
+      sertool predict runs/wavlm clip.wav talks/ --out predictions.csv
+      sertool predict runs/wavlm --corpus MSP-Podcast --split Test3 --submission submission.csv
+    """
+    from sertool.console import out as console
+    from sertool.inference.inputs import attach_transcripts, collect_inputs, corpus_split
+    from sertool.inference.workflows import check_writable, predict, write_outputs
+
+    if bool(paths) == bool(corpus):
+        raise SertoolError("give audio PATHS or --corpus ROOT (with --split), not both or neither")
+    check_writable([_out_path(out), _out_path(submission)], force=force)
+    utterances = corpus_split(corpus, split) if corpus else collect_inputs(paths)
+    if transcripts:
+        utterances = attach_transcripts(utterances, transcripts)
+    predictions = predict(model, utterances, options=_options(flags), window_s=window_s, hop_s=hop_s)
+    written = write_outputs(predictions, out=_out_path(out), file_format=file_format, submission=_out_path(submission),
+                            expected_ids=[utt.id for utt in utterances], stream=sys.stdout, force=force)
+    for path in written:
+        console.print(f"wrote {path} ({len(predictions):,} files)")
+
+
+@cli.command("ensemble")
+@click.argument("members", nargs=-1, required=True, metavar="MEMBER...")
+@click.option("--corpus", required=True, metavar="ROOT", help="MSP-Podcast root or manifest.")
+@click.option("--split", default="Development", show_default=True, help="The split to combine (and score, if labelled).")
+@click.option("--weights", metavar="W,W,...", help="Weighted mean instead of the plain mean: one weight per member.")
+@click.option("--per-attribute", type=click.Choice(["best"]), help="Per attribute, the member subset that is best on "
+              "--select-split (the paper's future work).")
+@click.option("--select-split", default="Development", show_default=True,
+              help="Labelled split the per-attribute choice is made on.")
+@click.option("--out", metavar="FILE", help="Write the ensemble's predictions (with the members' spread) here.")
+@click.option("--submission", metavar="CSV", help="Write the challenge submission of the ensemble here.")
+@click.option("--save", metavar="JSON", help="Keep the ensemble: evaluate and predict accept it as a checkpoint.")
+@click.option("--force", is_flag=True, help="Overwrite --out / --submission / --save.")
+@_inference_options
+def ensemble_command(members: tuple[str, ...], corpus: str, split: str, weights: str | None, per_attribute: str | None,
+                     select_split: str, out: str | None, submission: str | None, save: str | None, force: bool,
+                     **flags) -> None:
+    """Average the A/V/D predictions of MEMBERs: checkpoints, run folders, predictions CSVs or ensembles.
+
+    \b
+      sertool ensemble runs/wavlm runs/mmwhisper --corpus MSP-Podcast --split Development --save ens.json
+      sertool ensemble a.csv b.csv --corpus MSP-Podcast --split Development --per-attribute best
+    """
+    from sertool.console import out as console
+    from sertool.console import print_scores
+    from sertool.inference.inputs import corpus_split
+    from sertool.inference.workflows import check_writable, ensemble, write_outputs
+
+    check_writable([_out_path(out), _out_path(submission), _out_path(save)], force=force)
+    try:
+        weight_values = [float(value) for value in weights.split(",")] if weights else None
+    except ValueError:
+        raise SertoolError(f"--weights {weights}: give numbers separated by commas, e.g. 0.6,0.4") from None
+    utterances = corpus_split(corpus, split)
+    selection = corpus_split(corpus, select_split) if per_attribute and select_split != split else None
+    result = ensemble(members, utterances, split=split, options=_options(flags), weights=weight_values,
+                      per_attribute=per_attribute == "best", selection_utterances=selection,
+                      selection_split=select_split, save=_out_path(save), force=force)
+    if result.ensemble_scores is not None:
+        print_scores(f"{split} of {corpus}", [*result.member_scores, result.ensemble_scores], highlight="ensemble")
+    if per_attribute:
+        for name, chosen in result.plan.weights.items():
+            console.print(f"{name}: " + " + ".join(result.plan.members[index] for index, _ in chosen))
+    written = write_outputs(result.predictions, out=_out_path(out), file_format=None, submission=_out_path(submission),
+                            expected_ids=[utt.id for utt in utterances], stream=None, force=True) \
+        if out or submission else []
+    for path in [*written, *([Path(save)] if save else [])]:
+        console.print(f"wrote {path}")
+
+
 def main() -> None:
     """Entry point of the `sertool` console script and `python -m sertool`."""
     cli(prog_name="sertool")

@@ -142,3 +142,23 @@ class RichTrainReporter:
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
+
+
+def print_scores(title: str, rows: list, *, highlight: str | None = None) -> None:
+    """CCC per attribute and average (and gender accuracy / UAR where present), one row per system."""
+    table = Table(title=title, title_justify="left")
+    table.add_column("system")
+    for column in ("utterances", "arousal", "valence", "dominance", "average"):
+        table.add_column(column, justify="right")
+    with_gender = any(row.gender_accuracy is not None for row in rows)
+    if with_gender:
+        table.add_column("gender acc", justify="right")
+        table.add_column("gender UAR", justify="right")
+    for row in rows:
+        cells = [row.name, f"{row.num_utterances:,}",
+                 *(f"{row.ccc[name]:.4f}" for name in ("arousal", "valence", "dominance", "average"))]
+        if with_gender:
+            cells += ["–" if row.gender_accuracy is None else f"{row.gender_accuracy:.3f}",
+                      "–" if row.gender_uar is None else f"{row.gender_uar:.3f}"]
+        table.add_row(*cells, style="bold" if row.name == highlight else None)
+    out.print(table)

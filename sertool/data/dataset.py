@@ -90,8 +90,11 @@ class UtteranceDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict:
         utt = self.utterances[index]
         try:
-            waveform = load_audio(utt.audio_path, sample_rate=self.sample_rate, offset_s=self._crop_offset_s(index),
-                                  max_duration_s=self.max_duration_s)
+            crop = self.max_duration_s is not None and utt.duration_s > self.max_duration_s
+            # A whole utterance that starts at 0 is read to the end of its file; a window, only its span.
+            length_s = self.max_duration_s if crop else (utt.duration_s if utt.offset_s else None)
+            waveform = load_audio(utt.audio_path, sample_rate=self.sample_rate,
+                                  offset_s=utt.offset_s + self._crop_offset_s(index), max_duration_s=length_s)
         except SertoolError as error:
             return {"skipped": f"{utt.id}: {error}"}
         targets = [self.to_unit(getattr(utt, name)) if getattr(utt, name) is not None else float("nan") for name in ATTRIBUTES]

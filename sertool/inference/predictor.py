@@ -1,0 +1,162 @@
+"""Anything that predicts A/V/D for utterances: a checkpoint, a run folder, a predictions CSV, or a saved
+ensemble. `evaluate`, `predict` and `ensemble` all go through ``open_predictor``, so each accepts all four.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from sertool.checkpoint import load_checkpoint, load_stored_state
+from sertool.config import Config
+from sertool.data.records import Utterance
+from sertool.errors import SertoolError
+from sertool.inference.ensemble import apply_plan, read_plan
+from sertool.inference.predictions import Predictions, read_predictions
+from sertool.inference.runner import DEFAULT_EVAL_BATCH_S, run_model
+
+DEFAULT_ASR_MODEL = "openai/whisper-large-v3"
+
+
+@dataclass
+class InferenceOptions:
+    """How checkpoints are run; shared by every inference command.
+
+    ``backbone_path`` / ``text_model`` / ``speaker_embedding`` replace the pretrained model locations a
+    checkpoint recorded (e.g. a hub id on an offline machine, or a folder on another machine): frozen
+    pretrained weights are not stored in checkpoints, they are loaded from there.
+    """
+
+    device: str = "auto"
+    max_batch_s: float = DEFAULT_EVAL_BATCH_S
+    num_workers: int = 0
+    amp: str = "auto"
+    cache_dir: str | None = None
+    backbone_path: str | None = None
+    text_model: str | None = None
+    speaker_embedding: str | None = None
+    asr: str = DEFAULT_ASR_MODEL
+
+    def torch_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
+
+@dataclass
+class PredictorOutput:
+    """Predictions on the 1..7 scale, plus gender probabilities [N, 2] when a model has that head."""
+
+    predictions: Predictions
+    gender_probabilities: np.ndarray | None = None
+
+
+class Predictor(Protocol):
+    name: str
+
+    def predict(self, utterances: Sequence[Utterance]) -> PredictorOutput: ...
+
+
+class CheckpointPredictor:
+    """A trained model, rebuilt from its checkpoint on first use."""
+
+    def __init__(self, path: str | Path, options: InferenceOptions) -> None:
+        self.name = str(path)
+        self.options = options
+        self.payload = load_checkpoint(path)
+        self.config = Config.from_dict(self.payload["config"], source=f"{path} (its config)")
+        overrides = {key: getattr(options, key) for key in ("text_model", "speaker_embedding")
+                     if getattr(options, key) is not None}
+        if options.backbone_path is not None:
+            overrides["backbone_path"] = options.backbone_path
+        self.config.model = dataclasses.replace(self.config.model, **overrides)
+        self._model = None
+
+    @property
+    def model(self):
+        """The ``SERModel`` with the checkpoint's weights, in eval mode on the chosen device."""
+        if self._model is None:
+            from sertool.models.ser_model import SERModel
+
+            model = SERModel(self.config.model, num_speakers=len(self.payload.get("speakers", [])))
+            load_stored_state(model, self.payload["model_state"], source=self.name)
+            self._model = model.to(self.options.torch_device()).eval()
+        return self._model
+
+    def predict(self, utterances: Sequence[Utterance]) -> PredictorOutput:
+        from sertool.models.text_features import transcript_embeddings
+        from sertool.training.loop import resolve_amp
+
+        model = self.model
+        if self.config.model.text:
+            utterances = self._with_transcripts(utterances)
+        device = self.options.torch_device()
+        raw = run_model(model, utterances, device=device,
+                        text_embeddings=transcript_embeddings(model, utterances, self.options.cache_dir),
+                        max_batch_s=self.options.max_batch_s, num_workers=self.options.num_workers,
+                        amp_dtype=resolve_amp(self.options.amp, device))
+        values = model.label_scaling.from_unit(raw.emotion_unit.astype(np.float64))
+        return PredictorOutput(Predictions(raw.ids, values), raw.gender_probabilities)
+
+    def _with_transcripts(self, utterances: Sequence[Utterance]) -> list[Utterance]:
+        """MM models need text: missing transcripts come from ASR (``options.asr``), cached."""
+        if all(utt.transcript is not None for utt in utterances):
+            return list(utterances)
+        from sertool.inference.asr import fill_transcripts
+        from sertool.models.text_features import default_cache_dir
+
+        return fill_transcripts(utterances, self.options.asr, cache_dir=self.options.cache_dir or default_cache_dir(),
+                                device=self.options.torch_device())
+
+
+class CsvPredictor:
+    """Predictions computed earlier (evaluate/predict output): looked up by id, never recomputed."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.name = str(path)
+        self.table = read_predictions(path)
+
+    def predict(self, utterances: Sequence[Utterance]) -> PredictorOutput:
+        return PredictorOutput(self.table.take([utt.id for utt in utterances], source=self.name))
+
+
+class EnsemblePredictor:
+    """Members combined by an ``EnsemblePlan`` (``sertool ensemble --save``)."""
+
+    def __init__(self, path: str | Path, options: InferenceOptions) -> None:
+        self.name = str(path)
+        self.plan = read_plan(path)
+        base = Path(path).parent
+        self.members = [open_predictor(_relative_to(member, base), options) for member in self.plan.members]
+
+    def predict(self, utterances: Sequence[Utterance]) -> PredictorOutput:
+        outputs = [member.predict(utterances).predictions for member in self.members]
+        return PredictorOutput(apply_plan(self.plan, outputs))
+
+
+def open_predictor(path: str | Path, options: InferenceOptions | None = None) -> Predictor:
+    """A predictor for ``path``: ``.csv`` predictions, a ``.json`` ensemble, or a checkpoint / run folder.
+
+    Raises:
+        SertoolError: the path is missing or not one of these.
+    """
+    options = options or InferenceOptions()
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise SertoolError(f"{path}: no such checkpoint, run folder, predictions CSV or ensemble file")
+    if path.suffix.lower() == ".csv":
+        return CsvPredictor(path)
+    if path.suffix.lower() == ".json":
+        return EnsemblePredictor(path, options)
+    return CheckpointPredictor(path, options)
+
+
+def _relative_to(member: str, base: Path) -> Path:
+    """Ensemble files name their members relative to their own folder (so the pair can move together)."""
+    path = Path(member).expanduser()
+    return path if path.is_absolute() else base / path

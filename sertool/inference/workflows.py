@@ -1,0 +1,182 @@
+"""The work behind `evaluate`, `predict` and `ensemble`; the CLI only parses flags and prints results."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from sertool.data.records import GENDERS, Utterance
+from sertool.errors import SertoolError
+from sertool.inference.ensemble import EnsemblePlan, apply_plan, mean_plan, select_per_attribute, write_plan
+from sertool.inference.inputs import split_windows
+from sertool.inference.predictions import Predictions
+from sertool.inference.predictor import InferenceOptions, PredictorOutput, open_predictor
+from sertool.inference.writers import WRITERS, format_of, write_submission
+from sertool.models.ccc import ccc_scores
+
+
+@dataclass
+class Scores:
+    """CCC per attribute and their average on one split, plus gender metrics where a model has that head."""
+
+    name: str
+    ccc: dict[str, float]
+    num_utterances: int
+    gender_accuracy: float | None = None
+    gender_uar: float | None = None  # unweighted average recall over Male / Female
+
+
+@dataclass
+class EvaluationResult:
+    scores: Scores
+    predictions: Predictions
+    written: list[Path] = field(default_factory=list)
+
+
+def labelled(utterances: Sequence[Utterance], split: str) -> np.ndarray:
+    """The ``[N, 3]`` labels of ``utterances``.
+
+    Raises:
+        SertoolError: some utterances have no labels (e.g. Test3), naming the split.
+    """
+    unlabelled = [utt.id for utt in utterances if not utt.has_labels]
+    if unlabelled:
+        raise SertoolError(f"--split {split}: {len(unlabelled)} utterances have no A/V/D labels (e.g. {unlabelled[0]}); "
+                           "evaluate needs labels — use `sertool predict` for unlabelled audio")
+    return np.array([utt.labels() for utt in utterances], dtype=np.float64)
+
+
+def score(name: str, output: PredictorOutput, utterances: Sequence[Utterance], labels: np.ndarray) -> Scores:
+    """CCC over the whole split (never per batch), and gender accuracy / UAR where the model predicts it."""
+    scores = Scores(name, ccc_scores(output.predictions.values, labels), len(utterances))
+    if output.gender_probabilities is not None:
+        known = np.array([utt.gender in GENDERS for utt in utterances])
+        if known.any():
+            truth = np.array([GENDERS.index(utt.gender) for utt in utterances if utt.gender in GENDERS])
+            guess = output.gender_probabilities[known].argmax(axis=1)
+            scores.gender_accuracy = float((guess == truth).mean())
+            recalls = [float((guess[truth == k] == k).mean()) for k in range(len(GENDERS)) if (truth == k).any()]
+            scores.gender_uar = float(np.mean(recalls))
+    return scores
+
+
+def check_writable(paths: Sequence[Path | None], *, force: bool) -> None:
+    """Refuse to overwrite any existing output unless ``force`` — before any work is done."""
+    for path in paths:
+        if path is not None and path.exists() and not force:
+            raise SertoolError(f"{path} exists; pass --force to overwrite it")
+
+
+def evaluate(model_path: str | Path, utterances: Sequence[Utterance], *, split: str, options: InferenceOptions,
+             out: Path | None = None, plot: Path | None = None, force: bool = False) -> EvaluationResult:
+    """Predict a labelled split with a checkpoint / run folder / CSV / ensemble and score it.
+
+    Writes the predictions CSV (labels beside them) to ``out`` and the plot to ``plot`` when given.
+    """
+    check_writable([out, plot], force=force)
+    labels = labelled(utterances, split)
+    predictor = open_predictor(model_path, options)
+    output = predictor.predict(utterances)
+    result = EvaluationResult(score(predictor.name, output, utterances, labels), output.predictions)
+    if out is not None:
+        WRITERS[format_of(out)](output.predictions, out, labels=labels)
+        result.written.append(out)
+    if plot is not None:
+        from sertool.inference.plots import plot_evaluation
+
+        plot_evaluation(output.predictions, labels, [utt.emo_class for utt in utterances], plot)
+        result.written.append(plot)
+    return result
+
+
+def predict(model_path: str | Path, utterances: Sequence[Utterance], *, options: InferenceOptions,
+            window_s: float, hop_s: float) -> Predictions:
+    """Predict every utterance; files longer than ``window_s`` are cut into windows (``hop_s`` apart),
+    each window becomes a segment row and the file's row is their duration-weighted mean."""
+    pieces, windowing = split_windows(utterances, window_s=window_s, hop_s=hop_s)
+    output = open_predictor(model_path, options).predict(pieces)
+    return windowing.merge(utterances, output.predictions)
+
+
+def write_outputs(predictions: Predictions, *, out: Path | None, file_format: str | None, submission: Path | None,
+                  expected_ids: Sequence[str] | None, stream, force: bool) -> list[Path]:
+    """Predictions to ``out`` (format from ``file_format`` or the suffix) or ``stream``; a challenge
+    submission to ``submission``. Returns the files written."""
+    check_writable([out, submission], force=force)
+    written = []
+    if submission is not None:
+        write_submission(predictions, submission, expected_ids=expected_ids)
+        written.append(submission)
+    if out is not None:
+        WRITERS[file_format or format_of(out)](predictions, out)
+        written.append(out)
+    elif submission is None:
+        WRITERS[file_format or "csv"](predictions, stream)
+    return written
+
+
+@dataclass
+class EnsembleResult:
+    member_scores: list[Scores]
+    ensemble_scores: Scores | None
+    plan: EnsemblePlan
+    predictions: Predictions
+
+
+def ensemble(member_paths: Sequence[str | Path], utterances: Sequence[Utterance], *, split: str,
+             options: InferenceOptions, weights: Sequence[float] | None = None, per_attribute: bool = False,
+             selection_utterances: Sequence[Utterance] | None = None, selection_split: str = "Development",
+             save: Path | None = None, force: bool = False) -> EnsembleResult:
+    """Combine members (checkpoints, run folders, predictions CSVs, saved ensembles) on ``utterances``.
+
+    Args:
+        weights: one per member for a weighted mean (default: the paper's plain mean).
+        per_attribute: for each attribute, use the member subset that is best on the selection split.
+        selection_utterances: the labelled split the per-attribute choice is made on (default:
+            ``utterances``, which must then be labelled).
+        save: write the plan as JSON, with members named relative to its folder; evaluate and predict take
+            it in place of a checkpoint.
+    """
+    check_writable([save], force=force)
+    if len(member_paths) < 2:
+        raise SertoolError("an ensemble needs at least two members")
+    if weights and len(weights) != len(member_paths):
+        raise SertoolError(f"--weights: {len(weights)} weights for {len(member_paths)} members")
+    if weights and per_attribute:
+        raise SertoolError("--weights and --per-attribute best exclude each other")
+    predictors = [open_predictor(path, options) for path in member_paths]
+    names = [_member_name(path, save) for path in member_paths]
+    outputs = [predictor.predict(utterances) for predictor in predictors]
+    members = [output.predictions for output in outputs]
+    if per_attribute:
+        chosen_on = selection_utterances if selection_utterances is not None else utterances
+        chosen_members = members if selection_utterances is None else \
+            [predictor.predict(chosen_on).predictions for predictor in predictors]
+        plan = select_per_attribute(chosen_members, labelled(chosen_on, selection_split), names=names)
+    else:
+        plan = mean_plan(names, weights)
+    combined = apply_plan(plan, members)
+    has_labels = all(utt.has_labels for utt in utterances)
+    member_scores, ensemble_scores = [], None
+    if has_labels:
+        labels = labelled(utterances, split)
+        member_scores = [score(predictor.name, output, utterances, labels) for predictor, output in zip(predictors, outputs)]
+        ensemble_scores = score("ensemble", PredictorOutput(combined), utterances, labels)
+    if save is not None:
+        write_plan(plan, save)
+    return EnsembleResult(member_scores, ensemble_scores, plan, combined)
+
+
+def _member_name(path: str | Path, save: Path | None) -> str:
+    """How a saved plan names a member: relative to the plan's folder when possible."""
+    path = Path(path).expanduser().resolve()
+    if save is None:
+        return str(path)
+    base = save.expanduser().resolve().parent
+    try:
+        return str(path.relative_to(base))
+    except ValueError:
+        return str(path)
+

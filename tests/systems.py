@@ -1,0 +1,28 @@
+"""Tiny trainable systems for tests: seconds to train on the learnable tone corpus."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from sertool.config import Config
+
+
+def small_config(corpus: Path, **train_overrides) -> Config:
+    """A fast, dropout-free fbank system (dropout would make DDP ranks differ from one process)."""
+    config = Config()
+    config.data.corpus = str(corpus)
+    config.data.num_workers = 0
+    config.model.backbone = "fbank"
+    config.model.fbank_dim = 32
+    config.model.head_hidden_dim = 16
+    config.model.head_dropout = 0.0
+    config.model.aux = ("gender",)
+    config.train.sampling = "whole"
+    config.train.max_batch_s = 0.0
+    config.train.batch_size = 4
+    config.train.accum_steps = 1
+    config.train.epochs = 2
+    config.train.lr_heads = 1e-3
+    config.train.warmup_fraction = 0.0
+    for key, value in train_overrides.items():
+        setattr(config.train, key, value)
+    return config

@@ -1,0 +1,143 @@
+"""evaluate, predict and ensemble end to end, through the CLI where the user meets them."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from click.testing import CliRunner
+
+from sertool.cli import cli
+from sertool.data.corpus import open_corpus
+from sertool.inference.predictions import read_predictions, read_predictions_and_labels
+from sertool.inference.predictor import InferenceOptions, open_predictor
+from sertool.models.ccc import ccc_scores
+from sertool.training.loop import train
+from tests.corpus_files import write_learnable_corpus, write_tone
+from tests.systems import small_config
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    root = write_learnable_corpus(tmp_path_factory.mktemp("corpus") / "c",
+                                  per_split={"Train": 16, "Development": 8, "Test1": 6})
+    for i in range(3):  # unlabelled Test3 audio, as in the challenge
+        write_tone(root / "Audios" / f"MSP-PODCAST_test3_{i + 1:04d}.wav", duration_s=0.8 + 0.3 * i)
+    return root
+
+
+@pytest.fixture(scope="module")
+def runs(corpus, tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("runs")
+    systems = {"a": small_config(corpus), "b": small_config(corpus, lr_heads=3e-3)}
+    systems["b"].seed = 1
+    for name, config in systems.items():
+        train(config, folder / name)
+    return {name: folder / name for name in systems}
+
+
+def run(*args: str):
+    result = CliRunner().invoke(cli, [str(arg) for arg in args], catch_exceptions=False)
+    return result
+
+
+def test_evaluate_scores_equal_an_independent_ccc_of_its_csv(corpus, runs, tmp_path):
+    out = tmp_path / "dev.csv"
+    result = run("evaluate", runs["a"], "--corpus", corpus, "--split", "Development", "--out", out,
+                 "--plot", tmp_path / "dev.png")
+    assert result.exit_code == 0, result.output
+    predictions, labels = read_predictions_and_labels(out)
+    corpus_labels = {u.id: u.labels() for u in open_corpus(corpus).split("Development")}
+    assert labels.tolist() == [list(corpus_labels[i]) for i in predictions.ids]
+    expected = ccc_scores(predictions.values, labels)
+    assert f"{expected['average']:.4f}" in result.output
+    assert "gender acc" in result.output  # the system has a gender head
+    assert (tmp_path / "dev.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_batched_evaluation_equals_one_at_a_time(corpus, runs):
+    utterances = open_corpus(corpus).split("Development")
+    batched = open_predictor(runs["a"], InferenceOptions(max_batch_s=1000.0)).predict(utterances)
+    single = open_predictor(runs["a"], InferenceOptions(max_batch_s=1e-3)).predict(utterances)  # one per batch
+    assert batched.predictions.ids == single.predictions.ids == [u.id for u in utterances]
+    np.testing.assert_allclose(batched.predictions.values, single.predictions.values, atol=1e-5)
+
+
+def test_evaluate_refuses_unlabelled_splits_and_existing_outputs(corpus, runs, tmp_path):
+    result = run("evaluate", runs["a"], "--corpus", corpus, "--split", "Test3")
+    assert result.exit_code == 2 and "use `sertool predict`" in result.output
+    out = tmp_path / "x.csv"
+    out.write_text("keep me")
+    result = run("evaluate", runs["a"], "--corpus", corpus, "--out", out)
+    assert result.exit_code == 2 and "--force" in result.output and out.read_text() == "keep me"
+
+
+def test_submission_has_every_test3_file_once_clipped_and_sorted(corpus, runs, tmp_path):
+    submission = tmp_path / "submission.csv"
+    result = run("predict", runs["a"], "--corpus", corpus, "--split", "Test3", "--submission", submission)
+    assert result.exit_code == 0, result.output
+    rows = list(csv.reader(submission.open()))
+    assert rows[0] == ["FileName", "EmoAct", "EmoVal", "EmoDom"]
+    assert [row[0] for row in rows[1:]] == [f"MSP-PODCAST_test3_{i:04d}.wav" for i in (1, 2, 3)]
+    assert all(1.0 <= float(value) <= 7.0 for row in rows[1:] for value in row[1:])
+
+
+def test_predict_windows_long_files_and_reads_any_rate(runs, tmp_path):
+    audio = tmp_path / "in"
+    write_tone(audio / "long.wav", duration_s=7.0, sample_rate=44_100, channels=2)
+    write_tone(audio / "short" / "clip.wav", duration_s=1.0, sample_rate=8_000)
+    out = tmp_path / "p.json"
+    result = run("predict", runs["a"], audio, "--window-s", "3", "--hop-s", "1.5", "--out", out)
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    by_id = {item["id"]: item for item in data["predictions"]}
+    assert set(by_id) == {"long.wav", "short/clip.wav"}
+    segments = by_id["long.wav"]["segments"]
+    assert segments[0]["start_s"] == 0 and segments[-1]["end_s"] == pytest.approx(7.0)
+    assert all(s["end_s"] - s["start_s"] == pytest.approx(3.0) for s in segments)
+    assert "segments" not in by_id["short/clip.wav"]
+    # One window alone equals predicting that stretch of audio as its own file.
+    data_16k, _ = sf.read(str(audio / "long.wav"))
+    assert data_16k.ndim == 2
+
+
+def test_predict_too_short_and_missing_inputs_get_clear_errors(runs, tmp_path):
+    write_tone(tmp_path / "blip.wav", duration_s=0.01)
+    result = run("predict", runs["a"], tmp_path / "blip.wav")
+    assert result.exit_code == 2 and "blip.wav" in result.output and "shorter than" in result.output
+    result = run("predict", runs["a"], tmp_path / "nothing.wav")
+    assert result.exit_code == 2 and "no such file" in result.output
+
+
+def test_ensemble_from_csvs_equals_ensemble_from_checkpoints(corpus, runs, tmp_path):
+    csvs = []
+    for name in ("a", "b"):
+        csvs.append(tmp_path / f"{name}.csv")
+        assert run("evaluate", runs[name], "--corpus", corpus, "--out", csvs[-1]).exit_code == 0
+    from_checkpoints, from_csvs = tmp_path / "ens_ckpt.csv", tmp_path / "ens_csv.csv"
+    result = run("ensemble", runs["a"], runs["b"], "--corpus", corpus, "--out", from_checkpoints)
+    assert result.exit_code == 0, result.output
+    table_rows = [line for line in result.output.splitlines() if line.startswith("│") and "0." in line]
+    assert len(table_rows) == 3 and "ensemble" in table_rows[-1]  # both members, then the ensemble
+    assert run("ensemble", *csvs, "--corpus", corpus, "--out", from_csvs).exit_code == 0
+    a, b = read_predictions(from_checkpoints), read_predictions(from_csvs)
+    assert a.ids == b.ids
+    np.testing.assert_allclose(a.values, b.values, atol=1e-5)
+    np.testing.assert_allclose(a.spread, b.spread, atol=1e-5)
+    members = [read_predictions(path).take(a.ids).values for path in csvs]
+    np.testing.assert_allclose(a.values, np.mean(members, axis=0), atol=2e-6)
+
+
+def test_saved_ensemble_is_accepted_by_evaluate_and_predict(corpus, runs, tmp_path):
+    plan = tmp_path / "ens.json"
+    result = run("ensemble", runs["a"], runs["b"], "--corpus", corpus, "--per-attribute", "best", "--save", plan)
+    assert result.exit_code == 0, result.output
+    saved = json.loads(plan.read_text())
+    assert saved["kind"] == "select" and set(saved["attributes"]) == {"arousal", "valence", "dominance"}
+    evaluated = run("evaluate", plan, "--corpus", corpus, "--split", "Development")
+    assert evaluated.exit_code == 0, evaluated.output
+    predicted = run("predict", plan, "--corpus", corpus, "--split", "Test3", "--format", "csv")
+    assert predicted.exit_code == 0 and predicted.output.startswith("FileName,EmoAct,EmoVal,EmoDom")

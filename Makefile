@@ -1,8 +1,10 @@
-# sertool — every target installs what it needs by itself (see scripts/install.sh).
+# sertool — every target installs what it needs by itself (scripts/install.sh).
+#   make demo   the whole story on the built-in demo corpus: data, two systems, evaluation, ensemble, submission
+#   make test   the test suite (what CI runs)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 SERTOOL := $(VENV)/bin/sertool
-DEMO_DIR ?= demo
+DEMO ?= demo
 STAMP := $(VENV)/.sertool-installed
 
 .PHONY: install test demo clean
@@ -17,10 +19,39 @@ $(STAMP): setup.cfg setup.py scripts/install.sh
 test: install
 	$(PY) -m pytest -q
 
-# The main job end to end on the built-in demo corpus (grows with the training issues).
-demo: install
-	$(SERTOOL) data demo $(DEMO_DIR)/corpus --force
-	$(SERTOOL) data info $(DEMO_DIR)/corpus
+# ---- the demo: each step is a file target, so an interrupted `make demo` continues where it stopped ----
+DEMO_CORPUS := $(DEMO)/corpus
+DEMO_LABELS := $(DEMO_CORPUS)/Labels/labels_consensus.csv
+AUDIO_RUN := $(DEMO)/runs/fbank-gender
+TEXT_RUN := $(DEMO)/runs/mm-fbank
+
+demo: install $(DEMO)/submission.csv
+	@echo
+	@echo "demo finished — look at:"
+	@echo "  plots:       $(DEMO)/plots/fbank-gender.png  $(DEMO)/plots/mm-fbank.png"
+	@echo "  predictions: $(DEMO)/predictions/   (Development, with labels beside them)"
+	@echo "  ensemble:    $(DEMO)/ensemble.json  (evaluate/predict accept it as a checkpoint)"
+	@echo "  submission:  $(DEMO)/submission.csv (Test3, challenge format)"
+
+$(DEMO_LABELS): | install
+	$(SERTOOL) data demo $(DEMO_CORPUS) --force
+	$(SERTOOL) data info $(DEMO_CORPUS)
+
+$(DEMO)/runs/%/best.pt: configs/demo/%.yaml $(DEMO_LABELS)
+	$(SERTOOL) train --config $< --corpus $(DEMO_CORPUS) --out $(DEMO)/runs/$* --force
+
+$(DEMO)/predictions/%.csv: $(DEMO)/runs/%/best.pt
+	@mkdir -p $(DEMO)/predictions $(DEMO)/plots
+	$(SERTOOL) evaluate $(DEMO)/runs/$* --corpus $(DEMO_CORPUS) --split Development \
+		--out $@ --plot $(DEMO)/plots/$*.png --force
+
+# The paper's best ensemble, at demo scale: the audio system with gender averaged with the MM system.
+$(DEMO)/ensemble.json: $(DEMO)/predictions/fbank-gender.csv $(DEMO)/predictions/mm-fbank.csv
+	$(SERTOOL) ensemble $(AUDIO_RUN) $(TEXT_RUN) --corpus $(DEMO_CORPUS) --split Development --save $@ --force
+	$(SERTOOL) ensemble $(AUDIO_RUN) $(TEXT_RUN) --corpus $(DEMO_CORPUS) --split Test1
+
+$(DEMO)/submission.csv: $(DEMO)/ensemble.json
+	$(SERTOOL) predict $(DEMO)/ensemble.json --corpus $(DEMO_CORPUS) --split Test3 --submission $@ --force
 
 clean:
-	rm -rf $(DEMO_DIR) .pytest_cache
+	rm -rf $(DEMO) .pytest_cache

@@ -39,6 +39,7 @@ def load_pretrained(load: Callable[..., T], name_or_path: str, *, flag: str, **k
         SertoolError: no such folder, a folder that holds no model, or a hub id that is neither cached
             nor reachable; the message says how to pass a local folder instead.
     """
+    _quiet_transformers()
     path = Path(name_or_path).expanduser()
     if path.exists():
         try:
@@ -76,6 +77,13 @@ def offline_copy(hub_id: str) -> Path | None:
     except ImportError:
         return None
     return Path(getattr(module, function)())
+
+
+def _quiet_transformers() -> None:
+    """transformers draws a progress bar for every model it loads; sertool has its own progress output."""
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
 
 
 def _hub_reachable() -> bool:

@@ -1,0 +1,76 @@
+"""`sertool train` through the CLI: config files, flag overrides, hub ids offline, run-folder rules."""
+from __future__ import annotations
+
+import time
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from sertool.checkpoint import load_checkpoint
+from sertool.cli import cli
+from tests.corpus_files import write_learnable_corpus
+from tests.tiny_speech import save_tiny_wavlm
+
+FAST = ["--num-workers", "0", "--epochs", "1", "--batch-size", "4", "--head-hidden-dim", "8", "--accum-steps", "1"]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return write_learnable_corpus(tmp_path_factory.mktemp("corpus") / "c", per_split={"Train": 8, "Development": 4})
+
+
+def run(*args):
+    return CliRunner().invoke(cli, [str(arg) for arg in args], catch_exceptions=False)
+
+
+def test_offline_default_hub_id_fails_fast_and_says_how_to_pass_a_folder(corpus, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    started = time.monotonic()
+    result = run("train", "--corpus", corpus, "--backbone", "wavlm", "--aux", "gender", "--out", tmp_path / "r", *FAST)
+    assert result.exit_code == 2
+    assert "microsoft/wavlm-large" in result.output and "--backbone-path DIR" in result.output
+    assert time.monotonic() - started < 20
+
+
+def test_wavlm_from_a_local_folder_trains(corpus, tmp_path):
+    folder = save_tiny_wavlm(tmp_path / "tiny-wavlm")
+    result = run("train", "--corpus", corpus, "--backbone", "wavlm", "--backbone-path", folder, "--aux", "gender",
+                 "--out", tmp_path / "r", *FAST)
+    assert result.exit_code == 0, result.output
+    checkpoint = load_checkpoint(tmp_path / "r")
+    assert checkpoint["pretrained"]["backbone"] == str(folder)
+    assert checkpoint["config"]["model"]["aux"] == ["gender"]
+
+
+def test_flags_override_the_config_file(corpus, tmp_path):
+    config_file = tmp_path / "c.yaml"
+    config_file.write_text(yaml.safe_dump({"data": {"corpus": str(corpus)},
+                                           "model": {"backbone": "fbank", "fbank_dim": 16, "pooling": "mean"},
+                                           "train": {"epochs": 3, "lr_heads": 0.01}}))
+    result = run("train", "--config", config_file, "--epochs", "1", "--out", tmp_path / "r",
+                 *FAST[:2], "--batch-size", "4", "--no-text")
+    assert result.exit_code == 0, result.output
+    saved = yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())
+    assert saved["train"]["epochs"] == 1  # the flag
+    assert saved["train"]["lr_heads"] == 0.01 and saved["model"]["pooling"] == "mean"  # the file
+    assert saved["train"]["accum_steps"] == 4  # the default
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ({"train": {"epochz": 3}}, "unknown key train.epochz"),
+    ({"train": {"epochs": "many"}}, "train.epochs must be int"),
+    ({"model": {"aux": ["gender", "age"]}}, "age is not one of gender, speaker"),
+    ("- just\n- a list\n", "top level must be a mapping"),
+])
+def test_bad_config_files_are_named(tmp_path, content, message):
+    config_file = tmp_path / "c.yaml"
+    config_file.write_text(content if isinstance(content, str) else yaml.safe_dump(content))
+    result = run("train", "--config", config_file, "--out", tmp_path / "r")
+    assert result.exit_code == 2 and message in result.output and str(config_file) in result.output
+
+
+def test_resume_takes_no_other_settings(tmp_path):
+    result = run("train", "--resume", tmp_path, "--epochs", "3")
+    assert result.exit_code == 2 and "drop --epochs" in result.output
+    assert run("train", "--corpus", tmp_path).exit_code == 2  # no --out

@@ -1,13 +1,14 @@
 # sertool — every target installs what it needs by itself (scripts/install.sh).
 #   make demo   the whole story on the built-in demo corpus: data, two systems, evaluation, ensemble, submission
 #   make test   the test suite (what CI runs)
+#   make bench  the performance benchmarks (docs/performance.md)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 SERTOOL := $(VENV)/bin/sertool
 DEMO ?= demo
 STAMP := $(VENV)/.sertool-installed
 
-.PHONY: install test demo clean
+.PHONY: install test demo bench clean
 
 install: $(STAMP)
 
@@ -18,6 +19,10 @@ $(STAMP): setup.cfg setup.py scripts/install.sh
 
 test: install
 	$(PY) -m pytest -q
+
+# Benchmarks (not tests): ratios against a reference measured in the same run; writes bench/results.json.
+bench: install
+	$(PY) bench/bench.py --out bench/results.json
 
 # ---- the demo: each step is a file target, so an interrupted `make demo` continues where it stopped ----
 DEMO_CORPUS := $(DEMO)/corpus

@@ -86,7 +86,8 @@ class ModelConfig:
     aam_margin: float = option(0.2, "Additive angular margin of the speaker-ID head.")
     aam_scale: float = option(30.0, "Scale of the speaker-ID head's AAM-softmax.")
     speaker_embedding: str | None = option(None, "Hub id or folder of a speaker model (e.g. a WavLMForXVector) "
-                                           "whose embedding is concatenated (+S Emb).")
+                                           "whose embedding is concatenated (+S Emb); log-mel-stats: a "
+                                           "parameter-free stand-in (demo scale).")
     fbank_dim: int = option(256, "Width of the built-in fbank encoder.")
 
 

@@ -130,3 +130,21 @@ def test_gender_head_gives_two_logits_and_learns() -> None:
         optimizer.step()
     assert masked_cross_entropy(head(features), labels).item() < 0.5 * initial
     assert math.isfinite(initial)
+
+
+def test_log_mel_statistics_stand_in_is_batch_invariant_and_separates_pitch():
+    from sertool.models.speaker_embedding import build_speaker_embedder
+
+    embedder = build_speaker_embedder("log-mel-stats")
+    t = torch.arange(16_000) / 16_000
+    low, high = torch.sin(2 * torch.pi * 110 * t), torch.sin(2 * torch.pi * 220 * t)
+    waveforms = torch.stack([low, high])
+    mask = torch.ones_like(waveforms, dtype=torch.bool)
+    mask[1, 12_000:] = False
+    batched = embedder(waveforms, mask)
+    alone = embedder(waveforms[1:, :12_000], mask[1:, :12_000])
+    torch.testing.assert_close(batched[1:], alone, atol=1e-5, rtol=1e-5)
+    again = embedder(torch.stack([0.5 * low]), torch.ones(1, 16_000, dtype=torch.bool))
+    # The same voice louder differs by a constant in log-mel: closer than another pitch.
+    std_part = slice(80, 160)
+    assert torch.dist(again[0, std_part], batched[0, std_part]) < torch.dist(batched[1, std_part], batched[0, std_part])

@@ -16,7 +16,7 @@ from sertool.models.auxiliary import GenderHead, SpeakerHead
 from sertool.models.backbones import FbankBackbone, LayerWeighting, build_backbone
 from sertool.models.heads import EmotionHeads, LabelScaling
 from sertool.models.pooling import build_pooling
-from sertool.models.speaker_embedding import SpeakerEmbedder
+from sertool.models.speaker_embedding import build_speaker_embedder
 from sertool.models.text import TextEncoder
 
 AUX_TASKS: tuple[str, ...] = ("gender", "speaker")
@@ -84,7 +84,7 @@ class SERModel(nn.Module):
             if config.text
             else None
         )
-        self.speaker_embedder = SpeakerEmbedder(config.speaker_embedding) if config.speaker_embedding else None
+        self.speaker_embedder = build_speaker_embedder(config.speaker_embedding) if config.speaker_embedding else None
         self.representation_dim = self.pooling.output_dim + sum(
             part.output_dim for part in (self.text_encoder, self.speaker_embedder) if part is not None
         )

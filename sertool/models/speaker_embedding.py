@@ -2,7 +2,9 @@
 
 The paper concatenates a pretrained speaker extractor's utterance embedding to the pooled speech
 representation (it hurt there; sertool keeps it as an ablation). Any ``AutoModelForAudioXVector`` model
-works, e.g. ``microsoft/wavlm-base-plus-sv``.
+works, e.g. ``microsoft/wavlm-base-plus-sv``. The name ``log-mel-stats`` selects a parameter-free stand-in
+(mean and standard deviation of each log-mel band: the oldest speaker representation there is) for the
+demo scale, where no pretrained speaker model can be downloaded.
 """
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ from sertool.models.backbones.base import pad_to_min_length
 from sertool.models.hub import load_pretrained
 
 log = logging.getLogger(__name__)
+
+LOG_MEL_STATS = "log-mel-stats"  # the built-in stand-in's name
 
 _MAX_SEARCH_SAMPLES = 5 * 16_000  # 5 s: far beyond any x-vector's receptive field
 
@@ -78,6 +82,39 @@ class SpeakerEmbedder(nn.Module):
         waveforms = pad_to_min_length(waveforms, self.min_samples)
         embeddings = [self.model(input_values=row[None, :length]).embeddings for row, length in zip(waveforms, lengths)]
         return torch.cat(embeddings)
+
+
+class LogMelStatistics(nn.Module):
+    """Mean ⊕ standard deviation of each of 80 log-mel bands over an utterance's real frames (160-d).
+
+    No parameters, no download: a crude but real speaker representation (vocal-tract and pitch shape the
+    long-term spectrum), used where a pretrained x-vector model is out of reach.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        from sertool.models.backbones.fbank import N_FFT, NUM_MEL_BINS, mel_filter_bank
+
+        self.register_buffer("mel_filters", mel_filter_bank(), persistent=False)
+        self.register_buffer("window", torch.hann_window(N_FFT), persistent=False)
+        self.output_dim = 2 * NUM_MEL_BINS
+
+    @torch.no_grad()
+    def forward(self, waveforms: Tensor, sample_mask: Tensor) -> Tensor:
+        from sertool.models.backbones.base import lengths_to_mask
+        from sertool.models.backbones.fbank import raw_log_mel
+
+        log_mel, lengths = raw_log_mel(waveforms, sample_mask.to(torch.bool), self.mel_filters, self.window)
+        mask = lengths_to_mask(lengths, log_mel.shape[1]).unsqueeze(-1).to(log_mel.dtype)
+        count = lengths.view(-1, 1).to(log_mel.dtype)
+        mean = (log_mel * mask).sum(dim=1) / count
+        variance = (((log_mel - mean[:, None]) ** 2) * mask).sum(dim=1) / count
+        return torch.cat([mean, variance.sqrt()], dim=-1)
+
+
+def build_speaker_embedder(name: str, *, flag: str = "--speaker-embedding") -> nn.Module:
+    """``LogMelStatistics`` for ``log-mel-stats``, else a pretrained ``SpeakerEmbedder``."""
+    return LogMelStatistics() if name == LOG_MEL_STATS else SpeakerEmbedder(name, flag=flag)
 
 
 def _min_samples(model: nn.Module) -> int:

@@ -28,6 +28,27 @@ DEPTHWISE_KERNEL = 7  # frames of 40 ms: a 280 ms receptive field per block
 MLP_EXPANSION = 2
 
 
+def mel_filter_bank() -> Tensor:
+    """``[80, 201]`` HTK-scale mel filters for a 400-point FFT at 16 kHz, as Kaldi's fbank."""
+    import torchaudio.functional  # deferred: importing torchaudio costs start-up time
+
+    filters = torchaudio.functional.melscale_fbanks(
+        n_freqs=N_FFT // 2 + 1, f_min=20.0, f_max=SAMPLE_RATE / 2, n_mels=NUM_MEL_BINS, sample_rate=SAMPLE_RATE
+    )
+    return filters.T.contiguous()
+
+
+def raw_log_mel(waveforms: Tensor, sample_mask: Tensor, mel_filters: Tensor, window: Tensor) -> tuple[Tensor, Tensor]:
+    """Log-mel power ``[B, F, 80]`` of right-padded waveforms, and the frames wholly inside each utterance."""
+    sample_lengths = sample_mask.sum(dim=-1)
+    waveforms = pad_to_min_length(waveforms * sample_mask, N_FFT)
+    stft = torch.stft(waveforms, N_FFT, HOP_LENGTH, window=window, center=False, return_complex=True)
+    power = stft.abs() ** 2  # [B, freqs, F]
+    log_mel = torch.clamp(mel_filters @ power, min=LOG_FLOOR).log().transpose(1, 2)  # [B, F, mels]
+    mel_lengths = (sample_lengths.clamp(min=N_FFT) - N_FFT) // HOP_LENGTH + 1
+    return log_mel, mel_lengths
+
+
 class FbankBackbone(SpeechBackbone):
     """Log-mel front end plus a compact convolutional encoder; every parameter trains.
 
@@ -42,12 +63,7 @@ class FbankBackbone(SpeechBackbone):
 
     def __init__(self, dim: int = 256, *, layer_weighting: str = "weighted", num_blocks: int = NUM_BLOCKS) -> None:
         super().__init__()
-        import torchaudio.functional  # deferred: only this backbone needs torchaudio
-
-        filters = torchaudio.functional.melscale_fbanks(
-            n_freqs=N_FFT // 2 + 1, f_min=20.0, f_max=SAMPLE_RATE / 2, n_mels=NUM_MEL_BINS, sample_rate=SAMPLE_RATE
-        )  # [freqs, mels], HTK mel scale as Kaldi's fbank
-        self.register_buffer("mel_filters", filters.T.contiguous(), persistent=False)
+        self.register_buffer("mel_filters", mel_filter_bank(), persistent=False)
         self.register_buffer("window", torch.hann_window(N_FFT), persistent=False)
         self.output_dim = dim
         self.subsample = nn.ModuleList(
@@ -67,12 +83,7 @@ class FbankBackbone(SpeechBackbone):
             ``features`` ``[B, F, 80]`` (zero on padded frames) and ``mel_lengths`` ``[B]``: the frames
             that lie wholly inside each utterance (one for an utterance shorter than 25 ms).
         """
-        sample_lengths = sample_mask.sum(dim=-1)
-        waveforms = pad_to_min_length(waveforms * sample_mask, N_FFT)
-        stft = torch.stft(waveforms, N_FFT, HOP_LENGTH, window=self.window, center=False, return_complex=True)
-        power = stft.abs() ** 2  # [B, freqs, F]
-        log_mel = torch.clamp(self.mel_filters @ power, min=LOG_FLOOR).log().transpose(1, 2)  # [B, F, mels]
-        mel_lengths = (sample_lengths.clamp(min=N_FFT) - N_FFT) // HOP_LENGTH + 1
+        log_mel, mel_lengths = raw_log_mel(waveforms, sample_mask, self.mel_filters, self.window)
         mask = lengths_to_mask(mel_lengths, log_mel.shape[1]).unsqueeze(-1).to(log_mel.dtype)
         count = mel_lengths.view(-1, 1, 1).to(log_mel.dtype)
         mean = (log_mel * mask).sum(dim=1, keepdim=True) / count

@@ -345,21 +345,6 @@ def test_fbank_trains_every_parameter_and_mixes_its_blocks():
         build_backbone(ModelConfig(backbone="fbank", freeze_backbone=True))
 
 
-def test_fbank_is_fast_on_cpu():
-    """16 × 4 s forward + backward; measured ~0.08 s on 2 cores, the bound leaves room for a busy machine."""
-    model = build_backbone(ModelConfig(backbone="fbank"))
-    waveforms = torch.randn(16, 4 * SAMPLE_RATE)
-    sample_mask = torch.ones_like(waveforms, dtype=torch.bool)
-    durations_s = []
-    for _ in range(3):
-        start = time.perf_counter()
-        frames, _ = model(waveforms, sample_mask)
-        frames.mean().backward()
-        durations_s.append(time.perf_counter() - start)
-    assert frames.shape == (16, 100, 256)
-    assert min(durations_s) < 1.0
-
-
 # ---- errors ----
 
 

@@ -2,13 +2,14 @@
 #   make demo   the whole story on the built-in demo corpus: data, two systems, evaluation, ensemble, submission
 #   make test   the test suite (what CI runs)
 #   make bench  the performance benchmarks (docs/performance.md)
+#   make reproduce   the paper's experiment grid (docs/reproduce.md)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 SERTOOL := $(VENV)/bin/sertool
 DEMO ?= demo
 STAMP := $(VENV)/.sertool-installed
 
-.PHONY: install test demo bench clean
+.PHONY: install test demo bench reproduce clean
 
 install: $(STAMP)
 
@@ -19,6 +20,19 @@ $(STAMP): setup.cfg setup.py scripts/install.sh
 
 test: install
 	$(PY) -m pytest -q
+
+# The paper's grid (docs/reproduce.md). Default: demo scale on the demo corpus (CPU, ≤ 30 min);
+# with MSP_ROOT=/path/to/MSP-Podcast: the real systems (GPUs). Re-running skips finished systems.
+MSP_ROOT ?=
+reproduce: install
+ifeq ($(MSP_ROOT),)
+	$(MAKE) $(DEMO_LABELS)
+	$(SERTOOL) reproduce --corpus $(DEMO_CORPUS) --scale demo --out results/demo
+	$(SERTOOL) data speakers --corpus $(DEMO_CORPUS) --speaker-model log-mel-stats --out results/demo/figure2.png --force
+else
+	$(SERTOOL) reproduce --corpus $(MSP_ROOT) --scale real --out results/real
+	$(SERTOOL) data speakers --corpus $(MSP_ROOT) --out results/real/figure2.png --force
+endif
 
 # Benchmarks (not tests): ratios against a reference measured in the same run; writes bench/results.json.
 bench: install

@@ -98,6 +98,37 @@ def data_demo(out: str | None, out_option: str | None, size: str, seed: int, for
     console.print(f"wrote {summary.num_utterances:,} utterances ({summary.duration_s / 3600:.2f} h: {splits}) to {path}")
 
 
+@data.command("speakers")
+@click.option("--corpus", required=True, metavar="ROOT", help="MSP-Podcast root or manifest.")
+@click.option("--split", default="Train", show_default=True, help="Where the utterances come from.")
+@click.option("--speaker-model", default="microsoft/wavlm-base-plus-sv", show_default=True,
+              help="Hub id or folder of an x-vector model, or log-mel-stats (no download).")
+@click.option("--num-speakers", default=10, show_default=True, help="Speakers to plot.")
+@click.option("--per-speaker", default=10, show_default=True, help="Utterances per speaker.")
+@click.option("--out", required=True, metavar="PNG", help="The figure to write.")
+@click.option("--seed", default=0, show_default=True, help="Which utterances are drawn.")
+@click.option("--force", is_flag=True, help="Overwrite --out.")
+def data_speakers(corpus: str, split: str, speaker_model: str, num_speakers: int, per_speaker: int, out: str,
+                  seed: int, force: bool) -> None:
+    """The paper's Figure 2: speaker embeddings projected to 2-D, coloured by speaker.
+
+    Shows whether a speaker extractor separates this corpus's speakers (the paper's reason why adding
+    speaker embeddings did not help), with the Fisher ratio of the projection as a number.
+    """
+    from sertool.console import out as console
+    from sertool.data.corpus import open_corpus
+    from sertool.experiments.speakers import choose_utterances, plot_speaker_map, speaker_map
+    from sertool.inference.workflows import check_writable
+
+    check_writable([Path(out)], force=force)
+    utterances = choose_utterances(open_corpus(corpus).split(split), num_speakers=num_speakers,
+                                   per_speaker=per_speaker, seed=seed)
+    result = speaker_map(utterances, speaker_model)
+    plot_speaker_map(result, out, title=f"{speaker_model} on {len(utterances)} utterances of {split}")
+    console.print(f"Fisher ratio {result.fisher_ratio:.2f} (between-/within-speaker variance of the 2-D points); "
+                  f"wrote {out}")
+
+
 def _column_options(command):
     """One ``--<field>-column`` option per ``ColumnMap`` field, so the CLI and the importer cannot drift."""
     from sertool.data.importer import ColumnMap
@@ -353,6 +384,40 @@ def ensemble_command(members: tuple[str, ...], corpus: str, split: str, weights:
         if out or submission else []
     for path in [*written, *([Path(save)] if save else [])]:
         console.print(f"wrote {path}")
+
+
+@cli.command("reproduce")
+@click.option("--corpus", required=True, metavar="ROOT", help="The corpus every system trains and is evaluated on.")
+@click.option("--grid", default="configs/paper/grid.yaml", show_default=True, help="The experiment grid.")
+@click.option("--scale", type=click.Choice(["demo", "real"]), default="demo", show_default=True,
+              help="demo: CPU stand-ins for the pretrained models; real: the paper's models.")
+@click.option("--out", default="results/demo", show_default=True, metavar="DIR",
+              help="runs/, predictions/, scores/ and tables.md go here.")
+@click.option("--systems", metavar="A,B,...", help="Only these systems (and ensembles made of them).")
+@click.option("--model", "models", multiple=True, metavar="ID=DIR",
+              help="Real scale without hub access: load hub id ID from folder DIR (repeatable).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+def reproduce_command(corpus: str, grid: str, scale: str, out: str, systems: str | None, models: tuple[str, ...],
+                      device: str) -> None:
+    """Run the paper's experiment grid and write tables laid out like the paper's (make reproduce).
+
+    Interrupted? Run it again: finished systems are skipped and an interrupted training resumes.
+    """
+    from sertool.console import RichTrainReporter, err
+    from sertool.console import out as console
+    from sertool.experiments.reproduce import reproduce
+
+    locations = {}
+    for item in models:
+        hub_id, separator, folder = item.partition("=")
+        if not separator:
+            raise SertoolError(f"--model {item}: write it as HUB_ID=FOLDER, e.g. microsoft/wavlm-large=/models/wavlm")
+        locations[hub_id] = folder
+    path = reproduce(grid, corpus=corpus, scale=scale, out_dir=out, model_locations=locations,
+                     only=systems.split(",") if systems else None, device=device, reporter_factory=RichTrainReporter,
+                     say=lambda text: err.print(f"[bold]reproduce:[/] {text}"))
+    console.print(path.read_text(encoding="utf-8"), markup=False, highlight=False)
+    console.print(f"wrote {path}")
 
 
 def main() -> None:

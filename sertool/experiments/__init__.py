@@ -1,0 +1,1 @@
+"""Experiments: the paper's grid (`make reproduce`) and its speaker-embedding figure."""

@@ -1,0 +1,124 @@
+"""The paper's experiment grid: which systems, how they are laid out in tables, how they are scaled.
+
+The grid file (``configs/paper/grid.yaml``) names systems by their config file in the same folder, groups
+them into tables with the paper's Development CCC beside each, and lists ensembles of systems. At demo scale
+each system's pretrained models are replaced by stand-ins and a few training settings are overridden, so
+that the whole grid runs on a CPU in minutes; at real scale the configs run as they are, with model
+locations optionally pointed at local folders.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sertool.config import Config, apply_value
+from sertool.errors import SertoolError
+
+SCALES = ("demo", "real")
+
+
+@dataclass(frozen=True)
+class Row:
+    system: str
+    paper: tuple[float, float, float, float] | None  # A, V, D, average on Development, or None
+
+
+@dataclass(frozen=True)
+class Table:
+    title: str
+    rows: tuple[Row, ...]
+
+
+@dataclass(frozen=True)
+class Ensemble:
+    name: str
+    members: tuple[str, ...]
+
+
+@dataclass
+class Grid:
+    """A parsed grid file."""
+
+    folder: Path
+    tables: list[Table]
+    ensembles: list[Ensemble]
+    demo_stand_ins: dict[str, str] = field(default_factory=dict)
+    demo_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def systems(self) -> list[str]:
+        """Every system the tables and ensembles need, each once, in order of first mention."""
+        names = [row.system for table in self.tables for row in table.rows]
+        names += [member for ensemble in self.ensembles for member in ensemble.members]
+        return list(dict.fromkeys(names))
+
+    def config(self, system: str, *, scale: str, corpus: str, model_locations: dict[str, str] | None = None) -> Config:
+        """The resolved config of ``system`` at ``scale`` on ``corpus``.
+
+        Args:
+            model_locations: real scale only: default hub id → local folder (e.g. ``microsoft/wavlm-large`` →
+                ``/models/wavlm-large``), for machines without hub access.
+        """
+        path = self.folder / f"{system}.yaml"
+        if not path.is_file():
+            raise SertoolError(f"grid {self.folder / 'grid.yaml'}: system {system!r} has no config {path}")
+        config = Config.from_yaml(path)
+        config.data.corpus = corpus
+        if scale == "demo":
+            model = config.model
+            config.model = dataclasses.replace(
+                model, backbone=self.demo_stand_ins.get("backbone", model.backbone), backbone_path=None,
+                text_model=self.demo_stand_ins.get("text_model", model.text_model),
+                speaker_embedding=self.demo_stand_ins.get("speaker_embedding") if model.speaker_embedding else None)
+            for section, values in self.demo_overrides.items():
+                for key, value in values.items():
+                    apply_value(config, section, key, value, source=f"{self.folder / 'grid.yaml'} demo_scale")
+        elif model_locations:
+            from sertool.config import DEFAULT_BACKBONE_IDS
+
+            model = config.model
+            backbone_id = model.backbone_path or DEFAULT_BACKBONE_IDS[model.backbone]
+            config.model = dataclasses.replace(
+                model, backbone_path=model_locations.get(backbone_id, model.backbone_path),
+                text_model=model_locations.get(model.text_model, model.text_model),
+                speaker_embedding=model_locations.get(model.speaker_embedding, model.speaker_embedding)
+                if model.speaker_embedding else None)
+        return config
+
+
+def read_grid(path: str | Path) -> Grid:
+    """Parse a grid file.
+
+    Raises:
+        SertoolError: unreadable YAML or a malformed entry, naming it.
+    """
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as error:
+        raise SertoolError(f"--grid {path}: cannot read it ({str(error).splitlines()[0]})") from None
+    try:
+        tables = [Table(str(table["title"]), tuple(Row(str(row["system"]), _four(row.get("paper")))
+                                                   for row in table["rows"]))
+                  for table in data.get("tables", [])]
+        ensembles = [Ensemble(str(item["name"]), tuple(str(m) for m in item["members"]))
+                     for item in data.get("ensembles", []) or []]
+        demo = data.get("demo_scale", {}) or {}
+        return Grid(path.parent, tables, ensembles, dict(demo.get("stand_ins", {}) or {}),
+                    {section: dict(values) for section, values in (demo.get("overrides", {}) or {}).items()})
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise SertoolError(f"--grid {path}: malformed grid ({type(error).__name__}: {error}); "
+                           "see configs/paper/grid.yaml for the layout") from None
+
+
+def _four(values: Any) -> tuple[float, float, float, float] | None:
+    if values is None:
+        return None
+    numbers = tuple(float(value) for value in values)
+    if len(numbers) != 4:
+        raise ValueError(f"paper figures must be [A, V, D, average], got {values}")
+    return numbers  # type: ignore[return-value]

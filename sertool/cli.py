@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from sertool import __version__
+from sertool.config import DEFAULT_ASR_MODEL_ID
 from sertool.errors import SertoolError
 
 EXIT_USER_ERROR = 2
@@ -248,7 +249,7 @@ def _inference_options(command):
                                              "if not where it was trained."),
         click.option("--text-model", help="Where an MM checkpoint's text encoder lives here (hub id or folder)."),
         click.option("--speaker-embedding", help="Where a +S Emb checkpoint's speaker model lives here."),
-        click.option("--asr", default="openai/whisper-large-v3", show_default=True,
+        click.option("--asr", default=DEFAULT_ASR_MODEL_ID, show_default=True,
                      help="Whisper model (hub id or folder) that transcribes audio without a transcript (MM models)."),
     ]
     for decorate in reversed(options):

@@ -29,6 +29,7 @@ DEFAULT_BACKBONE_IDS: dict[str, str | None] = {
     "fbank": None,
 }
 DEFAULT_TEXT_MODEL_ID = "FacebookAI/roberta-large"
+DEFAULT_ASR_MODEL_ID = "openai/whisper-large-v3"  # transcribes utterances without a transcript (MM systems)
 
 
 def option(default: Any, help: str, *, choices: tuple[str, ...] | None = None, flag: str | None = None) -> Any:
@@ -56,7 +57,10 @@ class DataConfig:
     on_bad_audio: str = option("skip", "Unreadable training audio: skip it (and count it) or fail before training.",
                                choices=("skip", "fail"))
     num_workers: int = option(2, "Data-loader processes.")
-    cache_dir: str | None = option(None, "Cache of text embeddings (default: $SERTOOL_CACHE or ~/.cache/sertool).")
+    asr: str = option(DEFAULT_ASR_MODEL_ID, "Whisper model (hub id or folder) that transcribes utterances without a "
+                      "transcript, for MM (--text) systems.")
+    cache_dir: str | None = option(None, "Cache of text embeddings and ASR transcripts (default: $SERTOOL_CACHE "
+                                   "or ~/.cache/sertool).")
 
 
 @dataclass

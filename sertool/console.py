@@ -15,7 +15,8 @@ from sertool.data.report import LoadReport
 
 # Tables go to stdout; when that is a file or pipe, rich would wrap them at 80 columns: use 120 there.
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
-err = Console(stderr=True, highlight=False)
+# Messages on stderr are never hard-wrapped: a log file or a grep must see each message on one line.
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 # How many individual problems to list before only counting them.
 _MAX_LISTED_PROBLEMS = 10

@@ -13,14 +13,12 @@ import numpy as np
 import torch
 
 from sertool.checkpoint import load_checkpoint, load_stored_state
-from sertool.config import Config
+from sertool.config import DEFAULT_ASR_MODEL_ID, Config
 from sertool.data.records import Utterance
 from sertool.errors import SertoolError
 from sertool.inference.ensemble import apply_plan, read_plan
 from sertool.inference.predictions import Predictions, read_predictions
 from sertool.inference.runner import DEFAULT_EVAL_BATCH_S, run_model
-
-DEFAULT_ASR_MODEL = "openai/whisper-large-v3"
 
 
 @dataclass
@@ -40,7 +38,7 @@ class InferenceOptions:
     backbone_path: str | None = None
     text_model: str | None = None
     speaker_embedding: str | None = None
-    asr: str = DEFAULT_ASR_MODEL
+    asr: str = DEFAULT_ASR_MODEL_ID
 
     def torch_device(self) -> torch.device:
         if self.device == "auto":

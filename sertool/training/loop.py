@@ -37,7 +37,6 @@ from sertool.config import DEFAULT_BACKBONE_IDS, Config
 from sertool.data.corpus import open_corpus
 from sertool.data.dataset import Batch, UtteranceDataset, collate
 from sertool.data.records import ATTRIBUTES, Utterance
-from sertool.data.report import LoadReport
 from sertool.data.selection import select
 from sertool.errors import SertoolError
 from sertool.inference.runner import run_model
@@ -49,7 +48,7 @@ from sertool.models.text_features import transcript_embeddings
 from sertool.training import distributed
 from sertool.training.distributed import Distributed
 from sertool.training.optim import LRSchedule, build_optimizer
-from sertool.training.run_folder import prepare_run_folder, write_run_files
+from sertool.training.run_folder import prepare_run_folder, truncate_metrics, write_run_files
 from sertool.training.samplers import EpochBatchSampler
 
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
@@ -174,8 +173,8 @@ class _Run:
                            train_ox=config.data.train_ox, dev_ox_to_train=config.data.dev_ox_to_train)
         self.train_set, self.valid_set = selection.train, selection.valid
         if config.model.text:
-            self.train_set = self._with_transcripts(self.train_set, "training")
-            self.valid_set = self._with_transcripts(self.valid_set, "validation")
+            self.train_set = self._with_transcripts(self.train_set)
+            self.valid_set = self._with_transcripts(self.valid_set)
         if config.data.on_bad_audio == "fail" and corpus.report.dropped:
             raise SertoolError(f"--on-bad-audio fail: {corpus.report.summary()}; first: {corpus.report.dropped[0]}")
         self.speakers = sorted({utt.speaker for utt in self.train_set if utt.speaker is not None}) \
@@ -236,7 +235,7 @@ class _Run:
             write_run_files(run_dir, config, argv=argv, data_summary={
                 "corpus": str(config.data.corpus), "load_report": corpus.report.summary(),
                 "selection": selection.describe(), "train_utterances": len(self.train_set),
-                "valid_utterances": len(self.valid_set)})
+                "valid_utterances": len(self.valid_set)}, load_report=self.load_report)
 
     # ----------------------------------------------------------------------------------------------
     def run(self) -> TrainResult:
@@ -433,6 +432,8 @@ class _Run:
         self.scaler.load_state_dict(state["scaler"])
         self.schedule.load_state_dict(state["schedule"])
         progress = state["progress"]
+        if self.context.is_main:
+            truncate_metrics(self.run_dir, int(progress["step"]))
         for name in ("step", "epoch", "best", "best_step", "best_per_attribute", "validations_without_improvement",
                      "nonfinite_in_a_row", "skipped_steps", "skipped_audio", "history"):
             setattr(self, name, progress[name])
@@ -451,18 +452,18 @@ class _Run:
         return torch.nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids,
                                                          find_unused_parameters=bool(self.config.model.aux))
 
-    def _with_transcripts(self, utterances: list[Utterance], purpose: str) -> list[Utterance]:
-        kept = [utt for utt in utterances if utt.transcript is not None]
-        if len(kept) < len(utterances):
-            report = LoadReport()
-            for utt in utterances:
-                if utt.transcript is None:
-                    report.drop(utt.id, "no transcript", f"an MM (--text) system needs text for {purpose}")
-            self.load_report.dropped.extend(report.dropped)
-        if not kept:
-            raise SertoolError(f"--text: no {purpose} utterance has a transcript; give the corpus Transcripts/ "
-                               "(or a transcript column) or train without --text")
-        return kept
+    def _with_transcripts(self, utterances: list[Utterance]) -> list[Utterance]:
+        """MM systems need every transcript: missing ones come from ASR (``--asr``), cached on disk."""
+        missing = sum(utt.transcript is None for utt in utterances)
+        if not missing:
+            return utterances
+        from sertool.inference.asr import fill_transcripts
+        from sertool.models.text_features import default_cache_dir
+
+        self.load_report.warn(str(self.config.data.corpus), "transcripts from ASR",
+                              f"{missing} utterances had no transcript; transcribed with {self.config.data.asr}")
+        return fill_transcripts(utterances, self.config.data.asr,
+                                cache_dir=self.config.data.cache_dir or default_cache_dir(), device=self.context.device)
 
     def _log(self, record: dict[str, Any]) -> None:
         if self.context.is_main:

@@ -13,6 +13,7 @@ import yaml
 
 from sertool.checkpoint import provenance
 from sertool.config import Config
+from sertool.data.report import LoadReport
 from sertool.errors import SertoolError
 from sertool.io import atomic_write
 
@@ -40,9 +41,11 @@ def prepare_run_folder(run_dir: Path, *, force: bool) -> None:
             (run_dir / stale).unlink(missing_ok=True)
 
 
-def write_run_files(run_dir: Path, config: Config, *, argv: Sequence[str], data_summary: dict[str, Any]) -> None:
+def write_run_files(run_dir: Path, config: Config, *, argv: Sequence[str], data_summary: dict[str, Any],
+                    load_report: LoadReport) -> None:
     """``config.yaml`` (the resolved config: `sertool train --config` takes it back), ``argv.txt``,
-    and ``environment.json`` (versions, code revision, seed, machine, data summary)."""
+    ``environment.json`` (versions, code revision, seed, machine, data summary) and ``data_report.json``
+    (every dropped row and warning of the corpus read, naming its file and line)."""
     with atomic_write(run_dir / "config.yaml") as handle:
         yaml.safe_dump(config.to_dict(), handle, sort_keys=False)
     with atomic_write(run_dir / "argv.txt") as handle:
@@ -57,3 +60,26 @@ def write_run_files(run_dir: Path, config: Config, *, argv: Sequence[str], data_
                    "packages": versions, "seed": config.seed, "data": data_summary}
     with atomic_write(run_dir / "environment.json") as handle:
         json.dump(environment, handle, indent=2)
+    with atomic_write(run_dir / "data_report.json") as handle:
+        json.dump({"summary": load_report.summary(),
+                   "dropped": [vars(problem) for problem in load_report.dropped],
+                   "warnings": [vars(problem) for problem in load_report.warnings]}, handle, indent=2)
+
+
+def truncate_metrics(run_dir: Path, step: int) -> None:
+    """Drop ``metrics.jsonl`` lines written after ``step``: a killed run may have logged steps that its
+    last checkpoint does not hold, and the resumed run logs them again."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return
+    lines = path.read_text(encoding="utf-8").splitlines()
+    kept = [line for line in lines if line.strip() and _step_of(line) <= step]
+    with atomic_write(path) as handle:
+        handle.write("".join(line + "\n" for line in kept))
+
+
+def _step_of(line: str) -> int:
+    try:
+        return int(json.loads(line).get("step", 0))
+    except (ValueError, AttributeError):
+        return 1 << 62  # a torn last line of a killed run: dropped

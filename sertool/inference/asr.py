@@ -1,0 +1,368 @@
+"""Transcripts from ASR (a transformers Whisper model) for utterances that have none, cached on disk.
+
+The "MM" systems embed the transcript of every utterance. MSP-Podcast ships transcripts; where one is
+missing, or for new audio, ``fill_transcripts`` makes it with Whisper (``openai/whisper-large-v3`` unless
+``--asr`` names another hub id or a local folder). Transcribing is slow, so every transcript is kept in a
+``TranscriptCache`` keyed by the ASR setup and the audio content: nothing is transcribed twice, and a run
+whose transcripts are all cached never loads the ASR weights.
+
+Decoding is greedy (deterministic). Whisper hears at most one window (30 s for every released model) at a
+time: longer audio is cut into the fewest equal chunks that each fit in one window, each chunk is
+transcribed alone and the texts are joined with a space. A word that straddles a cut may be garbled;
+MSP-Podcast utterances (at most about 11 s) are never cut.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from sertool.data.audio import SAMPLE_RATE, load_audio
+from sertool.data.records import Utterance
+from sertool.config import DEFAULT_ASR_MODEL_ID
+from sertool.errors import SertoolError
+from sertool.models.hub import load_pretrained
+from sertool.models.text import model_revision
+
+log = logging.getLogger(__name__)
+
+TRANSCRIPT_CACHE_SUBDIR = "transcripts"  # under sertool's cache folder, beside text_embeddings/
+DEFAULT_ASR_BATCH_SIZE = 8  # windows per generate call
+_ROWS_PER_FILE = 256  # transcripts per cache file: a crash loses at most this much work
+_READ_BLOCK_BYTES = 1 << 20
+
+AudioInput = str | os.PathLike | Tensor  # an audio file, or a 1-D waveform at SAMPLE_RATE
+
+
+class Transcriber:
+    """Greedy Whisper transcription of 16 kHz waveforms, in batches.
+
+    Construction is cheap: it reads only the model's config (which validates ``--asr`` early) and its
+    revision. The weights and the processor are loaded on the first ``transcribe``, so a caller whose
+    transcripts are all cached never pays for them.
+
+    Example:
+        >>> transcriber = Transcriber("openai/whisper-large-v3", language="en")
+        >>> transcriber.transcribe([load_audio("clip.wav")])
+        ['I had a great time.']
+    """
+
+    def __init__(
+        self,
+        model_name_or_path: str = DEFAULT_ASR_MODEL_ID,
+        *,
+        device: str | torch.device | None = None,
+        language: str | None = None,
+        max_new_tokens: int | None = None,
+        batch_size: int = DEFAULT_ASR_BATCH_SIZE,
+    ) -> None:
+        """
+        Args:
+            model_name_or_path: hub id or local folder of a ``WhisperForConditionalGeneration`` with its
+                processor (feature extractor and tokenizer).
+            device: where the model runs; None: CUDA when available, else the CPU.
+            language: spoken language (``"en"`` or ``"english"``) of a multilingual model; None lets the
+                model detect it for every window.
+            max_new_tokens: tokens generated per window at most; None: half the decoder's context (224 for
+                released models, openai/whisper's default), ample for 30 s of speech.
+            batch_size: windows transcribed per ``generate`` call.
+
+        Raises:
+            SertoolError: the model cannot be found or is not a Whisper model (names ``--asr``).
+        """
+        from transformers import AutoConfig
+
+        if batch_size < 1 or (max_new_tokens is not None and max_new_tokens < 1):
+            raise ValueError(f"batch_size and max_new_tokens must be >= 1, got {batch_size} and {max_new_tokens}")
+        config = load_pretrained(AutoConfig.from_pretrained, model_name_or_path, flag="--asr")
+        if config.model_type != "whisper":
+            raise SertoolError(
+                f"--asr {model_name_or_path}: a {config.model_type} model, not Whisper; pass a Whisper model "
+                f"(e.g. {DEFAULT_ASR_MODEL_ID}) or a folder holding one"
+            )
+        self.model_name_or_path = model_name_or_path
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.language = language.lower() if language else None
+        self.max_new_tokens = max_new_tokens or int(config.max_target_positions) // 2
+        self.batch_size = batch_size
+        self.revision = model_revision(model_name_or_path, config.to_json_string())
+        self._processor: Any = None  # these four are set by _load, on first use
+        self._model: Any = None
+        self._generation_config: Any = None
+        self._task: str | None = None
+
+    @property
+    def cache_key(self) -> str:
+        """Names everything a transcript depends on: model, revision, language and decoding."""
+        path = Path(self.model_name_or_path).expanduser()
+        model = str(path.resolve()) if path.exists() else self.model_name_or_path
+        identity = {
+            "model": model,
+            "revision": self.revision,
+            "language": self.language,
+            "max_new_tokens": self.max_new_tokens,
+            "decoding": "greedy",
+            "long_audio": "equal-chunks-of-one-window-joined-by-space",
+        }
+        digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+        readable = re.sub(r"[^\w.-]+", "--", path.name if path.is_absolute() else model)
+        return f"{readable}-{digest}"
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the weights have been loaded (by a ``transcribe`` call)."""
+        return self._model is not None
+
+    def transcribe(self, waveforms: Sequence[Tensor]) -> list[str]:
+        """One line of text per waveform, in input order.
+
+        Args:
+            waveforms: 1-D float waveforms at 16 kHz, any length (an empty one gives ``""``).
+
+        Raises:
+            SertoolError: the model cannot be loaded (names ``--asr``).
+        """
+        for index, waveform in enumerate(waveforms):
+            if waveform.dim() != 1:
+                raise ValueError(f"waveform {index} has shape {tuple(waveform.shape)}; expected 1-D samples")
+        self._load()
+        window_samples = int(self._processor.feature_extractor.n_samples)
+        owners: list[int] = []
+        windows: list[Tensor] = []
+        for index, waveform in enumerate(waveforms):
+            chunks = _equal_chunks(waveform.detach().to("cpu", torch.float32), window_samples)
+            windows.extend(chunks)
+            owners.extend([index] * len(chunks))
+        texts: list[list[str]] = [[] for _ in waveforms]
+        for start in range(0, len(windows), self.batch_size):
+            batch_texts = self._transcribe_windows(windows[start : start + self.batch_size])
+            for owner, text in zip(owners[start : start + self.batch_size], batch_texts):
+                texts[owner].append(text)
+        # One line per waveform: every run of whitespace (newlines included) becomes one space.
+        return [" ".join(word for part in parts for word in part.split()) for parts in texts]
+
+    def _transcribe_windows(self, windows: list[Tensor]) -> list[str]:
+        """Texts of windows that each fit in one Whisper window (the feature extractor pads them to it)."""
+        features = self._processor.feature_extractor(
+            [window.numpy() for window in windows], sampling_rate=SAMPLE_RATE, return_tensors="pt"
+        ).input_features
+        with torch.inference_mode():
+            token_ids = self._model.generate(
+                features.to(self.device, self._model.dtype),
+                generation_config=self._generation_config,
+                language=self.language,
+                task=self._task,
+            )
+        return self._processor.batch_decode(token_ids, skip_special_tokens=True)
+
+    def _load(self) -> None:
+        if self._model is not None:
+            return
+        from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+        name = self.model_name_or_path
+        processor = load_pretrained(WhisperProcessor.from_pretrained, name, flag="--asr")
+        if processor.tokenizer.vocab_size == 0:  # transformers loads a missing tokenizer as an empty one
+            raise SertoolError(
+                f"--asr {name}: holds no tokenizer (tokenizer.json, or vocab.json and merges.txt), so its output "
+                "cannot be read; copy the model's tokenizer files into it"
+            )
+        model = load_pretrained(
+            WhisperForConditionalGeneration.from_pretrained, name, flag="--asr", dtype=torch.float32
+        )
+        generation_config = copy.deepcopy(model.generation_config)
+        generation_config.do_sample = False
+        generation_config.num_beams = 1
+        # Whisper's generate adds the prompt's length (start, language, task tokens) to max_length, so this
+        # bounds the new tokens; max_new_tokens would do the same but makes transformers warn on every call.
+        generation_config.max_new_tokens = None
+        generation_config.max_length = self.max_new_tokens
+        multilingual = bool(getattr(generation_config, "is_multilingual", False))
+        if self.language is not None:
+            _check_language(name, self.language, generation_config, multilingual=multilingual)
+        # Force "transcribe" on multilingual models: left to itself the model may pick "translate".
+        self._task = "transcribe" if multilingual else None
+        self._generation_config = generation_config
+        self._processor = processor
+        self._model = model.to(self.device).eval()
+
+
+class TranscriptCache:
+    """Transcripts of one ``Transcriber`` setup, made once and kept on disk.
+
+    Keys are the SHA-256 of the audio: of the file's bytes for a path (cheap, no decoding, and verifiable
+    with ``sha256sum``), of the float32 samples for a waveform. The two never match each other, so pass
+    paths when you can. A transcript depends only on the audio and ``transcriber.cache_key`` (model,
+    revision, language, decoding), so renamed or moved files still hit.
+
+    Layout: ``<cache_dir>/<transcriber.cache_key>/*.jsonl``, immutable JSON-lines files of
+    ``{"sha256": hex, "text": str}`` (plain text: readable, never executed). New transcripts go to a new
+    file, written under a temporary name and then renamed, so readers never see a partial file and
+    concurrent writers never overwrite each other (at worst both transcribe the same audio).
+    """
+
+    def __init__(self, cache_dir: str | os.PathLike[str], transcriber: Transcriber) -> None:
+        self.transcriber = transcriber
+        self.folder = Path(cache_dir).expanduser() / transcriber.cache_key
+        self.hits = 0  # requested items found in the cache
+        self.misses = 0  # requested items that had to be transcribed
+        self._texts: dict[str, str] = {}
+        self._loaded_files: set[str] = set()
+
+    def get(self, audio: Sequence[AudioInput]) -> list[str]:
+        """Transcripts of ``audio`` (file paths or 1-D 16 kHz waveforms), in order; transcribes only misses.
+
+        Each distinct audio content is transcribed once, even when repeated in ``audio``. Audio files
+        are decoded only when they miss, ``_ROWS_PER_FILE`` at a time, and each such group is saved as
+        soon as it is done.
+
+        Raises:
+            SertoolError: an audio file or a cache file cannot be read (the message names it).
+        """
+        digests = [_audio_digest(item) for item in audio]
+        if any(digest not in self._texts for digest in digests):
+            self._load_new_files()  # another process may have filled them in
+        missing = {digest: item for digest, item in zip(digests, audio) if digest not in self._texts}
+        missed = sum(digest in missing for digest in digests)
+        self.misses += missed
+        self.hits += len(digests) - missed
+        pending = list(missing.items())
+        if pending:
+            log.info("transcribing %d audio items with %s", len(pending), self.transcriber.model_name_or_path)
+        for start in range(0, len(pending), _ROWS_PER_FILE):
+            group = pending[start : start + _ROWS_PER_FILE]
+            waveforms = [item if isinstance(item, Tensor) else load_audio(item) for _, item in group]
+            texts = self.transcriber.transcribe(waveforms)
+            rows = {digest: text for (digest, _), text in zip(group, texts)}
+            self._write(rows)
+            self._texts.update(rows)
+            log.info("transcribed %d of %d", start + len(group), len(pending))
+        return [self._texts[digest] for digest in digests]
+
+    def _load_new_files(self) -> None:
+        if not self.folder.is_dir():
+            return
+        for path in sorted(self.folder.glob("*.jsonl")):
+            if path.name in self._loaded_files:
+                continue
+            for digest, text in _read_rows(path):
+                self._texts.setdefault(digest, text)
+            self._loaded_files.add(path.name)
+
+    def _write(self, rows: dict[str, str]) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        name = f"{uuid.uuid4().hex}.jsonl"
+        temporary = self.folder / f".{name}.tmp"
+        with open(temporary, "w", encoding="utf-8") as handle:
+            for digest, text in rows.items():
+                handle.write(json.dumps({"sha256": digest, "text": text}, ensure_ascii=False) + "\n")
+        os.replace(temporary, self.folder / name)
+        self._loaded_files.add(name)
+
+
+def fill_transcripts(
+    utterances: Sequence[Utterance],
+    asr: str | Transcriber,
+    *,
+    cache_dir: str | os.PathLike[str],
+    device: str | torch.device | None = None,
+) -> list[Utterance]:
+    """``utterances`` with every missing transcript (None) made by ASR; existing ones are kept as they are.
+
+    Args:
+        utterances: any utterances; only those with ``transcript is None`` are transcribed (their audio
+            files, through the cache).
+        asr: the ``--asr`` model (hub id or folder), or a ready ``Transcriber``. A name becomes a
+            ``Transcriber`` only when some transcript is missing; its weights load only on a cache miss.
+        cache_dir: sertool's cache folder; transcripts live in its ``transcripts/`` subfolder.
+        device: where a ``Transcriber`` made from a name runs (None: CUDA when available); unused when
+            ``asr`` is a ``Transcriber``.
+
+    Returns:
+        New list in the same order; filled utterances are copies with ``transcript`` set.
+
+    Raises:
+        SertoolError: the ASR model cannot be loaded, or an audio or cache file cannot be read.
+    """
+    missing = [index for index, utt in enumerate(utterances) if utt.transcript is None]
+    filled = list(utterances)
+    if not missing:
+        return filled
+    transcriber = asr if isinstance(asr, Transcriber) else Transcriber(asr, device=device)
+    cache = TranscriptCache(Path(cache_dir) / TRANSCRIPT_CACHE_SUBDIR, transcriber)
+    texts = cache.get([utterances[index].audio_path for index in missing])
+    for index, text in zip(missing, texts):
+        filled[index] = dataclasses.replace(utterances[index], transcript=text)
+    log.info("transcripts from ASR: %d cached, %d transcribed", cache.hits, cache.misses)
+    return filled
+
+
+def _equal_chunks(waveform: Tensor, window_samples: int) -> list[Tensor]:
+    """The fewest equal-length pieces of ``waveform`` that each fit in ``window_samples`` (none if empty).
+
+    Equal pieces avoid a near-empty last window, on which Whisper tends to hallucinate.
+    """
+    num_chunks = math.ceil(waveform.numel() / window_samples)
+    if num_chunks <= 1:
+        return [waveform] if waveform.numel() else []
+    return list(torch.tensor_split(waveform, num_chunks))
+
+
+def _check_language(name: str, language: str, generation_config: Any, *, multilingual: bool) -> None:
+    """Raise a SertoolError unless the model can be told to transcribe ``language``."""
+    from transformers.models.whisper.tokenization_whisper import TO_LANGUAGE_CODE
+
+    if not multilingual:
+        raise SertoolError(
+            f"--asr {name}: a model with no language tokens (English-only) cannot be told a language ({language!r}); "
+            "omit the language"
+        )
+    code = TO_LANGUAGE_CODE.get(language, language)
+    if f"<|{code}|>" not in getattr(generation_config, "lang_to_id", {}):
+        raise SertoolError(
+            f"--asr {name}: does not know language {language!r}; use a code such as 'en' or a name such as 'english'"
+        )
+
+
+def _audio_digest(item: AudioInput) -> str:
+    """SHA-256 (hex) of a file's bytes, or of a waveform's float32 samples."""
+    digest = hashlib.sha256()
+    if isinstance(item, Tensor):
+        digest.update(item.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+        return digest.hexdigest()
+    try:
+        with open(item, "rb") as handle:
+            while block := handle.read(_READ_BLOCK_BYTES):
+                digest.update(block)
+    except OSError as error:
+        raise SertoolError(f"{item}: audio file cannot be read ({error.strerror or error})") from None
+    return digest.hexdigest()
+
+
+def _read_rows(path: Path) -> list[tuple[str, str]]:
+    """The (sha256, text) rows of one cache file, checked."""
+    rows = []
+    try:
+        with open(path, encoding="utf-8") as handle:
+            for line_number, line in enumerate(handle, start=1):
+                row = json.loads(line)
+                if not isinstance(row, dict) or not all(isinstance(row.get(key), str) for key in ("sha256", "text")):
+                    raise ValueError(f"line {line_number} is not a {{'sha256', 'text'}} object")
+                rows.append((row["sha256"], row["text"]))
+    except (OSError, UnicodeDecodeError, ValueError) as error:  # json.JSONDecodeError is a ValueError
+        raise SertoolError(
+            f"transcript cache file {path} is unreadable ({error}); delete it to transcribe again"
+        ) from None
+    return rows

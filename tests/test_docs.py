@@ -18,3 +18,13 @@ def test_every_command_has_a_worked_example():
     text = (DOCS / "cli.md").read_text()
     for command in ("data demo", "data info", "data manifest", "train", "evaluate", "predict", "ensemble"):
         assert f"sertool {command}" in text, command
+
+
+def test_reliability_table_lists_every_reliability_test():
+    import ast
+
+    source = (Path(__file__).resolve().parent / "test_reliability.py").read_text()
+    tests = [node.name for node in ast.parse(source).body
+             if isinstance(node, ast.FunctionDef) and node.name.startswith("test_")]
+    text = (DOCS / "reliability.md").read_text()
+    assert [name for name in tests if name not in text] == []

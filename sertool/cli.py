@@ -198,8 +198,8 @@ def _config_flags(command):
             positive = spec.flag
             command = click.option(f"{positive}/--no-{positive[2:]}", name, default=None, help=help_text)(command)
         elif spec.type is tuple:
-            command = click.option(spec.flag, name, multiple=True, type=click.Choice(spec.choices or ()),
-                                   help=help_text)(command)
+            command = click.option(spec.flag, name, multiple=True, type=click.Choice([*(spec.choices or ()), "none"]),
+                                   help=f"{help_text} none: no {spec.name}.")(command)
         else:
             kind = click.Choice(spec.choices) if spec.choices else spec.type
             command = click.option(spec.flag, name, type=kind, default=None, help=help_text)(command)
@@ -284,11 +284,13 @@ def evaluate_command(model: str, corpus: str, split: str, out: str | None, plot:
     CKPT is a checkpoint, a run folder (its best.pt), a predictions CSV, or an ensemble JSON.
     """
     from sertool.console import out as console
-    from sertool.console import print_scores
+    from sertool.console import print_load_report, print_scores
     from sertool.inference.inputs import corpus_split
     from sertool.inference.workflows import evaluate
 
-    result = evaluate(model, corpus_split(corpus, split), split=split, options=_options(flags), out=_out_path(out),
+    utterances, report = corpus_split(corpus, split)
+    print_load_report(report)
+    result = evaluate(model, utterances, split=split, options=_options(flags), out=_out_path(out),
                       plot=_out_path(plot), force=force)
     print_scores(f"{split} of {corpus}", [result.scores])
     for path in result.written:
@@ -321,20 +323,27 @@ def predict_command(model: str, paths: tuple[str, ...], corpus: str | None, spli
       sertool predict runs/wavlm --corpus MSP-Podcast --split Test3 --submission submission.csv
     """
     from sertool.console import out as console
-    from sertool.inference.inputs import attach_transcripts, collect_inputs, corpus_split
-    from sertool.inference.workflows import check_writable, predict, write_outputs
+    from sertool.console import print_load_report
+    from sertool.inference.inputs import attach_transcripts, collect_inputs, corpus_split, require_complete
+    from sertool.inference.workflows import check_outputs, predict, write_outputs
 
     if bool(paths) == bool(corpus):
         raise SertoolError("give audio PATHS or --corpus ROOT (with --split), not both or neither")
-    check_writable([_out_path(out), _out_path(submission)], force=force)
-    utterances = corpus_split(corpus, split) if corpus else collect_inputs(paths)
+    check_outputs(out=_out_path(out), file_format=file_format, submission=_out_path(submission), force=force)
+    if corpus:
+        utterances, report = corpus_split(corpus, split)
+        print_load_report(report)
+        if submission:
+            require_complete(report, purpose=f"--submission {submission}")
+    else:
+        utterances = collect_inputs(paths)
     if transcripts:
         utterances = attach_transcripts(utterances, transcripts)
     predictions = predict(model, utterances, options=_options(flags), window_s=window_s, hop_s=hop_s)
     written = write_outputs(predictions, out=_out_path(out), file_format=file_format, submission=_out_path(submission),
                             expected_ids=[utt.id for utt in utterances], stream=sys.stdout, force=force)
     for path in written:
-        console.print(f"wrote {path} ({len(predictions):,} files)")
+        console.print(f"wrote {path} ({len(predictions):,} file{'s' if len(predictions) != 1 else ''})")
 
 
 @cli.command("ensemble")
@@ -361,17 +370,21 @@ def ensemble_command(members: tuple[str, ...], corpus: str, split: str, weights:
       sertool ensemble a.csv b.csv --corpus MSP-Podcast --split Development --per-attribute best
     """
     from sertool.console import out as console
-    from sertool.console import print_scores
-    from sertool.inference.inputs import corpus_split
-    from sertool.inference.workflows import check_writable, ensemble, write_outputs
+    from sertool.console import print_load_report, print_scores
+    from sertool.inference.inputs import corpus_split, require_complete
+    from sertool.inference.workflows import check_outputs, check_writable, ensemble, write_outputs
 
-    check_writable([_out_path(out), _out_path(submission), _out_path(save)], force=force)
+    check_outputs(out=_out_path(out), file_format=None, submission=_out_path(submission), force=force)
+    check_writable([_out_path(save)], force=force)
     try:
         weight_values = [float(value) for value in weights.split(",")] if weights else None
     except ValueError:
         raise SertoolError(f"--weights {weights}: give numbers separated by commas, e.g. 0.6,0.4") from None
-    utterances = corpus_split(corpus, split)
-    selection = corpus_split(corpus, select_split) if per_attribute and select_split != split else None
+    utterances, report = corpus_split(corpus, split)
+    print_load_report(report)
+    if submission:
+        require_complete(report, purpose=f"--submission {submission}")
+    selection = corpus_split(corpus, select_split)[0] if per_attribute and select_split != split else None
     result = ensemble(members, utterances, split=split, options=_options(flags), weights=weight_values,
                       per_attribute=per_attribute == "best", selection_utterances=selection,
                       selection_split=select_split, save=_out_path(save), force=force)

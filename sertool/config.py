@@ -47,7 +47,6 @@ class DataConfig:
     corpus: str | None = option(None, "MSP-Podcast root, manifest CSV, or folder holding manifest.csv.")
     train_split: str = option("Train", "Split to train on.")
     valid_split: str = option("Development", "Split to validate on (model selection).")
-    sample_rate: int = option(16_000, "Hz; what the speech backbones expect.")
     max_duration_s: float = option(0.0, "Random crop of training clips to this many seconds (0: whole clips). "
                                    "Evaluation always uses whole utterances.")
     train_ox: str = option("keep", "O/X (other, no agreement) samples of the training split: keep, drop, or only "
@@ -83,6 +82,9 @@ class ModelConfig:
                           choices=("attentive", "mean"))
     head_hidden_dim: int = option(1024, "Hidden width of every head.")
     head_dropout: float = option(0.5, "Dropout in every head.")
+    head_output: str = option("sigmoid", "Emotion head output: sigmoid keeps predictions inside the 1..7 scale (as "
+                              "the authors' released models); linear is the challenge baseline's.",
+                              choices=("sigmoid", "linear"))
     aux: tuple[str, ...] = option((), "Auxiliary task(s): gender, speaker (repeat the flag for both).",
                                   choices=("gender", "speaker"))
     aux_weight: float = option(0.1, "β: total loss = α · CCC loss + β · auxiliary losses.")

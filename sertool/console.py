@@ -94,7 +94,7 @@ class RichTrainReporter:
                   f"{summary['parameters']:,} trainable parameters on {summary['device']} "
                   f"(×{summary['world_size']}), AMP {summary['amp']}; {summary['epochs']} epochs of "
                   f"{summary['batches_per_epoch']} micro-batches, {summary['accum_steps']} per step{resumed}")
-        err.print(f"[bold]data:[/] {summary['data']}", markup=True)
+        print_load_report(summary["data"])
         err.print(f"run folder: {summary['run_dir']}")
 
     def epoch(self, epoch: int, total_batches: int, done_batches: int) -> None:

@@ -30,6 +30,8 @@ def atomic_write(path: str | Path, mode: str = "w", **open_kwargs) -> Iterator[I
     except OSError as error:
         raise SertoolError(f"{path}: cannot write here ({error.strerror or error})") from None
     try:
+        # mkstemp creates 0600 files; give the result the permissions any new file would get (umask).
+        os.fchmod(descriptor, 0o666 & ~_umask())
         with os.fdopen(descriptor, mode, **open_kwargs) as handle:
             yield handle
             handle.flush()
@@ -41,6 +43,12 @@ def atomic_write(path: str | Path, mode: str = "w", **open_kwargs) -> Iterator[I
     except BaseException:
         _remove_quietly(temp_name)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _remove_quietly(name: str) -> None:

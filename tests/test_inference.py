@@ -140,4 +140,4 @@ def test_saved_ensemble_is_accepted_by_evaluate_and_predict(corpus, runs, tmp_pa
     evaluated = run("evaluate", plan, "--corpus", corpus, "--split", "Development")
     assert evaluated.exit_code == 0, evaluated.output
     predicted = run("predict", plan, "--corpus", corpus, "--split", "Test3", "--format", "csv")
-    assert predicted.exit_code == 0 and predicted.output.startswith("FileName,EmoAct,EmoVal,EmoDom")
+    assert predicted.exit_code == 0 and predicted.stdout.startswith("FileName,EmoAct,EmoVal,EmoDom")

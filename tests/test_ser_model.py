@@ -93,7 +93,7 @@ def test_padded_batch_equals_one_at_a_time(tiny, backbone: str, pooling: str) ->
 
 def test_output_columns_are_arousal_valence_dominance(tiny) -> None:
     torch.manual_seed(0)
-    model = SERModel(make_config(tiny)).eval()
+    model = SERModel(make_config(tiny, head_output="linear")).eval()
     waveforms, sample_mask = padded_batch()
     with torch.no_grad():
         before = model(waveforms, sample_mask).emotion
@@ -283,3 +283,14 @@ def test_label_scaling_round_trip() -> None:
     assert scaling.from_unit(1.5, clip=True) == 7.0 and scaling.from_unit(0.5) == 4.0 and scaling.to_unit(4.0) == 0.5
     assert scaling.to_dict() == {"minimum": 1.0, "maximum": 7.0}
     assert LabelScaling.from_dict(scaling.to_dict()) == scaling
+
+
+def test_sigmoid_heads_keep_predictions_on_the_rating_scale(tiny) -> None:
+    torch.manual_seed(0)
+    model = SERModel(make_config(tiny)).eval()
+    waveforms, sample_mask = padded_batch()
+    with torch.no_grad():
+        for name in ATTRIBUTES:
+            model.emotion_heads.heads[name][-1].bias += 50.0  # a head driven far off the scale
+        ratings = model.label_scaling.from_unit(model(waveforms, sample_mask).emotion)
+    assert float(ratings.min()) >= 1.0 and float(ratings.max()) <= 7.0

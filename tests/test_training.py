@@ -156,3 +156,15 @@ def test_two_process_ddp_equals_one_process_with_the_same_effective_batch(corpus
     assert_same_state(model_state(tmp_path / "ddp"), model_state(tmp_path / "single"), atol=1e-5)
     assert load_checkpoint(tmp_path / "ddp")["metrics"]["average"] == pytest.approx(
         load_checkpoint(tmp_path / "single")["metrics"]["average"], abs=1e-5)
+
+
+def test_resume_drops_log_lines_the_checkpoint_does_not_hold(tmp_path):
+    from sertool.training.run_folder import truncate_metrics
+
+    lines = [{"type": "train", "step": 5}, {"type": "train", "step": 6}, {"type": "valid", "step": 6},
+             {"type": "train", "step": 7}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines) + '{"type": "tr')
+    # Killed after validating at step 6 but before last.pt recorded that validation.
+    truncate_metrics(tmp_path, step=6, validations=0)
+    kept = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert kept == lines[:2]

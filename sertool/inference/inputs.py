@@ -11,6 +11,7 @@ import numpy as np
 from sertool.data.audio import SAMPLE_RATE, audio_info
 from sertool.data.corpus import open_corpus
 from sertool.data.records import Utterance
+from sertool.data.report import LoadReport
 from sertool.errors import SertoolError
 from sertool.inference.predictions import Predictions
 from sertool.inference.windows import combine_windows, window_segments, window_spans
@@ -52,9 +53,23 @@ def collect_inputs(paths: Sequence[str | Path]) -> list[Utterance]:
     return utterances
 
 
-def corpus_split(corpus: str | Path, split: str) -> list[Utterance]:
-    """The utterances of one split of a corpus (MSP-Podcast root or manifest)."""
-    return open_corpus(corpus).split(split)
+def corpus_split(corpus: str | Path, split: str) -> tuple[list[Utterance], LoadReport]:
+    """The utterances of one split of a corpus (MSP-Podcast root or manifest), and what reading the
+    corpus dropped (rows whose split is unknown until they parse, so the report covers the whole corpus)."""
+    opened = open_corpus(corpus)
+    return opened.split(split), opened.report
+
+
+def require_complete(report: LoadReport, *, purpose: str) -> None:
+    """Refuse when rows were dropped: a submission must cover every file, and a silently shorter one
+    would be mistaken for a complete one.
+
+    Raises:
+        SertoolError: naming the first dropped row.
+    """
+    if report.dropped:
+        raise SertoolError(f"{purpose}: {report.summary()} — first: {report.dropped[0]}; fix those rows so that "
+                           "every file is predicted")
 
 
 def _loose(path: Path, utt_id: str) -> Utterance:

@@ -69,6 +69,13 @@ def check_writable(paths: Sequence[Path | None], *, force: bool) -> None:
             raise SertoolError(f"{path} exists; pass --force to overwrite it")
 
 
+def check_outputs(*, out: Path | None, file_format: str | None, submission: Path | None, force: bool) -> None:
+    """Before any work: the outputs may be written, and ``out``'s format is known."""
+    check_writable([out, submission], force=force)
+    if out is not None and file_format is None:
+        format_of(out)
+
+
 def evaluate(model_path: str | Path, utterances: Sequence[Utterance], *, split: str, options: InferenceOptions,
              out: Path | None = None, plot: Path | None = None, force: bool = False) -> EvaluationResult:
     """Predict a labelled split with a checkpoint / run folder / CSV / ensemble and score it.

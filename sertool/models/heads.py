@@ -56,19 +56,31 @@ def two_layer_mlp(input_dim: int, hidden_dim: int, output_dim: int, *, dropout: 
     return nn.Sequential(*hidden_layer(input_dim, hidden_dim, dropout=dropout), nn.Linear(hidden_dim, output_dim))
 
 
+HEAD_OUTPUTS = ("sigmoid", "linear")
+
+
 class EmotionHeads(nn.Module):
     """One separate two-layer MLP per attribute (the paper), keyed by attribute name.
 
     The output stacks the heads in ``ATTRIBUTES`` order, so column 0 is arousal, 1 valence, 2 dominance,
     whatever order a checkpoint's dict happens to list them in.
+
+    ``output="sigmoid"`` (default, as the authors' released models) keeps predictions inside the unit
+    scale, i.e. inside 1..7. The CCC loss only weakly pulls a prediction's mean towards the labels' while
+    the correlation is still near zero, so an unbounded ``"linear"`` head (the challenge baseline's) can
+    drift far outside the rating scale early in training.
     """
 
-    def __init__(self, input_dim: int, *, hidden_dim: int, dropout: float) -> None:
+    def __init__(self, input_dim: int, *, hidden_dim: int, dropout: float, output: str = "sigmoid") -> None:
         super().__init__()
+        if output not in HEAD_OUTPUTS:
+            raise ValueError(f"head output {output!r} is not one of {', '.join(HEAD_OUTPUTS)}")
+        self.output = output
         self.heads = nn.ModuleDict(
             {name: two_layer_mlp(input_dim, hidden_dim, 1, dropout=dropout) for name in ATTRIBUTES}
         )
 
     def forward(self, representation: Tensor) -> Tensor:
         """``[B, input_dim]`` -> ``[B, 3]`` in unit scale, A, V, D."""
-        return torch.cat([self.heads[name](representation) for name in ATTRIBUTES], dim=-1)
+        stacked = torch.cat([self.heads[name](representation) for name in ATTRIBUTES], dim=-1)
+        return torch.sigmoid(stacked) if self.output == "sigmoid" else stacked

@@ -89,7 +89,7 @@ class SERModel(nn.Module):
             part.output_dim for part in (self.text_encoder, self.speaker_embedder) if part is not None
         )
         head_sizes = dict(hidden_dim=config.head_hidden_dim, dropout=config.head_dropout)
-        self.emotion_heads = EmotionHeads(self.representation_dim, **head_sizes)
+        self.emotion_heads = EmotionHeads(self.representation_dim, output=config.head_output, **head_sizes)
         self.gender_head = GenderHead(self.representation_dim, **head_sizes) if "gender" in config.aux else None
         self.speaker_head = (
             SpeakerHead(self.representation_dim, num_speakers=num_speakers, **head_sizes)

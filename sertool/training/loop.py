@@ -52,6 +52,7 @@ from sertool.training.run_folder import prepare_run_folder, truncate_metrics, wr
 from sertool.training.samplers import EpochBatchSampler
 
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
+AUDIO_PROBLEMS = frozenset({"missing audio", "unreadable audio", "empty audio"})  # LoadReport reasons
 BAD_AUDIO_POLICIES = ("skip", "fail")
 
 
@@ -175,8 +176,10 @@ class _Run:
         if config.model.text:
             self.train_set = self._with_transcripts(self.train_set)
             self.valid_set = self._with_transcripts(self.valid_set)
-        if config.data.on_bad_audio == "fail" and corpus.report.dropped:
-            raise SertoolError(f"--on-bad-audio fail: {corpus.report.summary()}; first: {corpus.report.dropped[0]}")
+        bad_audio = [problem for problem in corpus.report.dropped if problem.reason in AUDIO_PROBLEMS]
+        if config.data.on_bad_audio == "fail" and bad_audio:
+            raise SertoolError(f"--on-bad-audio fail: {len(bad_audio)} rows have missing, unreadable or empty audio; "
+                               f"first: {bad_audio[0]}")
         self.speakers = sorted({utt.speaker for utt in self.train_set if utt.speaker is not None}) \
             if "speaker" in config.model.aux else []
 
@@ -211,8 +214,10 @@ class _Run:
 
         # Optimisation.
         self.optimizer = build_optimizer(self.model.parameter_groups(), train_config)
-        steps_per_epoch = math.ceil(len(self.sampler) / train_config.accum_steps)
-        self.schedule = LRSchedule(train_config, total_steps=steps_per_epoch * train_config.epochs)
+        # Epochs differ in length (undersampling draws new subsets, buckets fill differently): count them all.
+        total_steps = sum(math.ceil(len(self.sampler.plan(epoch)) / train_config.accum_steps)
+                          for epoch in range(train_config.epochs))
+        self.schedule = LRSchedule(train_config, total_steps=total_steps)
         self.scaler = torch.amp.GradScaler(context.device.type, enabled=self.amp_dtype == torch.float16)
         self.trainable = [p for group in self.optimizer.param_groups for p in group["params"]]
         self.ddp_model = self._wrap_ddp()
@@ -247,7 +252,7 @@ class _Run:
             "amp": str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "off",
             "parameters": sum(p.numel() for p in self.trainable), "epochs": config.epochs,
             "batches_per_epoch": len(self.sampler), "accum_steps": config.accum_steps, "resumed_at_step": self.step,
-            "data": self.load_report.summary()})
+            "data": self.load_report})
         stopped = "finished"
         while self.epoch < config.epochs and stopped == "finished":
             stopped = self._run_epoch()
@@ -255,6 +260,10 @@ class _Run:
                 self.epoch += 1
                 if not config.eval_every_steps and self._validate_and_save():
                     stopped = "early stopping"
+            self._save_last()
+        last_validated = self.history[-1]["step"] if self.history else None
+        if stopped == "finished" and config.eval_every_steps and last_validated != self.step:
+            self._validate_and_save()  # the steps after the last multiple of eval_every_steps
             self._save_last()
         result = TrainResult(self.run_dir, best=self.best, best_step=self.best_step, steps=self.step, stopped=stopped,
                              skipped_steps=self.skipped_steps, skipped_audio=self.skipped_audio, history=self.history)
@@ -433,7 +442,7 @@ class _Run:
         self.schedule.load_state_dict(state["schedule"])
         progress = state["progress"]
         if self.context.is_main:
-            truncate_metrics(self.run_dir, int(progress["step"]))
+            truncate_metrics(self.run_dir, step=int(progress["step"]), validations=len(progress["history"]))
         for name in ("step", "epoch", "best", "best_step", "best_per_attribute", "validations_without_improvement",
                      "nonfinite_in_a_row", "skipped_steps", "skipped_audio", "history"):
             setattr(self, name, progress[name])

@@ -66,20 +66,24 @@ def write_run_files(run_dir: Path, config: Config, *, argv: Sequence[str], data_
                    "warnings": [vars(problem) for problem in load_report.warnings]}, handle, indent=2)
 
 
-def truncate_metrics(run_dir: Path, step: int) -> None:
-    """Drop ``metrics.jsonl`` lines written after ``step``: a killed run may have logged steps that its
-    last checkpoint does not hold, and the resumed run logs them again."""
+def truncate_metrics(run_dir: Path, *, step: int, validations: int) -> None:
+    """Keep only the ``metrics.jsonl`` lines that a checkpoint at ``step`` with ``validations`` validations
+    in its history accounts for: a killed run may have logged steps (or a validation) after its last
+    checkpoint, and the resumed run logs them again."""
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         return
-    lines = path.read_text(encoding="utf-8").splitlines()
-    kept = [line for line in lines if line.strip() and _step_of(line) <= step]
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a torn last line of a killed run
+        if record.get("type") == "valid":
+            if validations > 0:
+                kept.append(line)
+                validations -= 1
+        elif record.get("step", 0) <= step:
+            kept.append(line)
     with atomic_write(path) as handle:
         handle.write("".join(line + "\n" for line in kept))
-
-
-def _step_of(line: str) -> int:
-    try:
-        return int(json.loads(line).get("step", 0))
-    except (ValueError, AttributeError):
-        return 1 << 62  # a torn last line of a killed run: dropped

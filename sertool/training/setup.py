@@ -23,6 +23,8 @@ def resolve_train_config(config_file: str | None, flags: dict[str, Any], *, out:
         SertoolError: a missing or conflicting ``--out`` / ``--resume``, or a bad config value.
     """
     given = {name: value for name, value in flags.items() if value is not None and value != ()}
+    # A repeatable option (--aux) is reset to nothing with the single value "none".
+    given = {name: () if value == ("none",) else value for name, value in given.items()}
     if resume is not None:
         if out is not None and Path(out) != Path(resume):
             raise SertoolError(f"--resume {resume} continues that run folder; drop --out {out}")

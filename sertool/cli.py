@@ -132,7 +132,7 @@ def data_speakers(corpus: str, split: str, speaker_model: str, num_speakers: int
 
 def _column_options(command):
     """One ``--<field>-column`` option per ``ColumnMap`` field, so the CLI and the importer cannot drift."""
-    from sertool.data.importer import ColumnMap
+    from sertool.data.columns import ColumnMap
 
     for spec in reversed(dataclasses.fields(ColumnMap)):
         command = click.option(spec.metadata["flag"], spec.name, default=spec.default, show_default=spec.default is not None,
@@ -167,7 +167,8 @@ def data_manifest(folder: str, metadata: str, out: str, label_range: tuple[float
     from sertool.console import out as console
     from sertool.console import print_corpus_summary, print_load_report, progress_bar
     from sertool.data.corpus import Corpus
-    from sertool.data.importer import ColumnMap, import_metadata
+    from sertool.data.columns import ColumnMap
+    from sertool.data.importer import import_metadata
     from sertool.data.info import summarize
     from sertool.data.manifest import write_manifest
 

@@ -8,7 +8,8 @@ import pytest
 
 from tests.corpus_files import write_msp_corpus, write_tone
 from sertool.data.corpus import open_corpus
-from sertool.data.importer import ColumnMap, import_metadata, speaker_disjoint_split
+from sertool.data.columns import ColumnMap
+from sertool.data.importer import import_metadata, speaker_disjoint_split
 from sertool.data.manifest import read_manifest, write_manifest
 from sertool.data.records import Utterance
 from sertool.errors import SertoolError

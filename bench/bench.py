@@ -1,0 +1,269 @@
+"""`make bench`: sertool's performance benchmarks (see docs/performance.md).
+
+Every figure is a ratio of two variants measured in the same run, in alternating rounds, as a median:
+the machine is shared and noisy, absolute times would not compare between runs. The script builds all it
+needs (synthetic audio, tiny random models, corpora) in a temporary folder, prints a table and writes a
+JSON file with the machine, the versions, every figure and its raw measurements.
+
+Usage::
+
+    python bench/bench.py --out bench/results.json [--only training,text] [--markdown table.md]
+    python bench/bench.py --from-json bench/results.json --markdown table.md   # re-render, measure nothing
+
+A target that does not hold is a finding, not a crash: the exit status is 1 only when a benchmark could not
+run at all.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+import traceback
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(1, str(ROOT))  # after bench/ itself: tests.tiny_speech builds the tiny models
+# OpenMP threads that wait for each other by spinning turn any other load on the machine into 10-20× slower
+# steps (measured on a shared 2-core machine; see docs/performance.md); sleeping waiters keep the
+# comparisons stable. Set before torch loads its OpenMP runtime; children inherit it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
+
+from measure import Figure, make_utterances, msp_like_durations  # noqa: E402
+
+# Sizes, chosen so that the whole run takes about 3 minutes on 2 CPU cores (`make bench` must stay under 10).
+CORPUS_UTTERANCES = 96  # the shared benchmark corpus: about 11 minutes of audio
+WAVLM_UTTERANCES = 48  # the tiny WavLM is slower per second of audio than fbank
+MM_EPOCH_UTTERANCES = 48  # benchmark 2's whole epochs (three variants, one of them back-propagates through MiniLM)
+ROUNDS = 5  # interleaved rounds per timed comparison
+MEMORY_SMALL_TRAIN = 100  # benchmark 5: training utterances of the small corpus (the large one has 10×)
+
+
+class Context:
+    """What the benchmarks share: the temp folder, the benchmark corpus and the tiny WavLM."""
+
+    def __init__(self, folder: Path) -> None:
+        from tests.tiny_speech import save_tiny_wavlm
+
+        self.folder = folder
+        self.cache_dir = folder / "cache"
+        self.corpus = make_utterances(folder / "corpus", msp_like_durations(CORPUS_UTTERANCES, seed=0), seed=0)
+        self.wavlm_dir = save_tiny_wavlm(folder / "tiny-wavlm")
+
+
+def _training(context: Context) -> list[Figure]:
+    from train_bench import bucketing_throughput, fbank_config, wavlm_config
+
+    return [bucketing_throughput(context.corpus, fbank_config(), name="fbank", rounds=ROUNDS),
+            bucketing_throughput(context.corpus[:WAVLM_UTTERANCES], wavlm_config(context.wavlm_dir), name="tiny WavLM",
+                                 rounds=ROUNDS)]
+
+
+def _padding(context: Context) -> list[Figure]:
+    from train_bench import padding_at_scale
+
+    return [padding_at_scale()]
+
+
+def _text(context: Context) -> list[Figure]:
+    from train_bench import text_cache
+
+    return text_cache(context.corpus, cache_dir=context.cache_dir, rounds=ROUNDS, epoch_utterances=MM_EPOCH_UTTERANCES)
+
+
+def _whisper(context: Context) -> list[Figure]:
+    from infer_bench import whisper_real_length
+
+    return [whisper_real_length(rounds=ROUNDS, best_of=3)]
+
+
+def _inference(context: Context) -> list[Figure]:
+    from infer_bench import inference_batching
+    from train_bench import fbank_config, wavlm_config
+
+    return [inference_batching(context.corpus, fbank_config(), name="fbank", rounds=ROUNDS),
+            inference_batching(context.corpus[:WAVLM_UTTERANCES], wavlm_config(context.wavlm_dir), name="tiny WavLM",
+                               rounds=ROUNDS)]
+
+
+def _memory(context: Context) -> list[Figure]:
+    from process_bench import memory_scaling
+
+    return [memory_scaling(context.folder / "memory", small_train=MEMORY_SMALL_TRAIN, factor=10, valid=8, duration_s=3.0,
+                           repeats=2, cache_dir=context.cache_dir)]
+
+
+def _loader(context: Context) -> list[Figure]:
+    from train_bench import loader_keeps_up
+
+    return [loader_keeps_up(context.corpus, epochs=2, num_workers=1)]
+
+
+def _startup(context: Context) -> list[Figure]:
+    from process_bench import startup
+
+    return startup(context.folder / "startup", rounds=3, cache_dir=context.cache_dir)
+
+
+def _gpu(context: Context) -> list[Figure]:
+    from gpu_bench import gpu_benchmarks
+
+    return gpu_benchmarks(context.folder / "gpu", torch.device("cuda"))
+
+
+BENCHMARKS: dict[str, Callable[[Context], list[Figure]]] = {
+    "training": _training, "padding": _padding, "text": _text, "whisper": _whisper, "inference": _inference,
+    "memory": _memory, "loader": _loader, "startup": _startup, "gpu": _gpu,
+}
+
+
+def machine_info() -> dict[str, Any]:
+    """Where and with what the figures were measured."""
+    import transformers
+
+    from sertool.checkpoint import code_revision
+
+    cpu_model = None
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cpu_model": cpu_model or platform.processor(), "torch_threads": torch.get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "python": platform.python_version(), "platform": platform.platform(), "torch": torch.__version__,
+        "transformers": transformers.__version__, "sertool_revision": code_revision(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def format_value(figure: Figure) -> str:
+    return f"{figure.value:.2f}×" if figure.unit == "×" else f"{figure.value:.3f}"
+
+
+def result_text(figure: Figure) -> str:
+    return {True: "PASS", False: "FAIL", None: "info"}[figure.passed]
+
+
+def print_table(figures: list[Figure], errors: dict[str, str]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="sertool benchmarks (ratios measured in the same run)", show_lines=True)
+    for column, options in (("benchmark", {}), ("measured", {"justify": "right"}), ("target", {"justify": "right"}),
+                            ("result", {}), ("what was compared", {"ratio": 1})):
+        table.add_column(column, **options)
+    colours = {"PASS": "green", "FAIL": "red", "info": "cyan"}
+    for figure in figures:
+        result = result_text(figure)
+        table.add_row(figure.benchmark, format_value(figure), str(figure.target or "—"),
+                      f"[{colours[result]}]{result}[/]", figure.compared)
+    for name, message in errors.items():
+        table.add_row(name, "—", "—", "[red]ERROR[/]", message)
+    Console(width=max(140, Console().width)).print(table)
+
+
+def markdown_table(figures: list[Figure], errors: dict[str, str]) -> str:
+    """The table as Markdown, for docs/performance.md."""
+    lines = ["| benchmark | measured | target | result | what was compared |", "|---|---:|---:|---|---|"]
+    for figure in figures:
+        lines.append(f"| {figure.benchmark} | {format_value(figure)} | {figure.target or '—'} | {result_text(figure)} | "
+                     f"{figure.compared.replace('|', '/')} |")
+    lines += [f"| {name} | — | — | ERROR | {message} |" for name, message in errors.items()]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results.json", help="JSON results file.")
+    parser.add_argument("--only", help=f"Comma-separated subset of: {', '.join(BENCHMARKS)}.")
+    parser.add_argument("--markdown", type=Path, help="Also write the table as Markdown here.")
+    parser.add_argument("--from-json", type=Path, help="Print (and --markdown) the table of an earlier results file "
+                        "instead of measuring.")
+    args = parser.parse_args(argv)
+    if args.from_json:
+        return render_saved(args.from_json, markdown=args.markdown)
+    selected = args.only.split(",") if args.only else list(BENCHMARKS)
+    unknown = [name for name in selected if name not in BENCHMARKS]
+    if unknown:
+        parser.error(f"unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
+    skipped = []
+    if "gpu" in selected and not torch.cuda.is_available():
+        print("no CUDA GPU: the GPU section is skipped")
+        selected.remove("gpu")
+        skipped.append("gpu")
+
+    _quiet()
+    info = machine_info()
+    print(f"{info['cpus_usable']} CPUs ({info['cpu_model']}), torch {info['torch']}, {info['torch_threads']} threads, "
+          f"load average {info['load_average_at_start']}")
+    started = time.perf_counter()
+    figures: list[Figure] = []
+    errors: dict[str, str] = {}
+    seconds: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="sertool-bench-") as folder:
+        os.environ["SERTOOL_CACHE"] = str(Path(folder) / "cache")  # nothing outside the temp folder
+        context = Context(Path(folder))
+        for name in selected:
+            print(f"[{time.perf_counter() - started:6.1f} s] {name} ...", flush=True)
+            begun = time.perf_counter()
+            try:
+                figures.extend(BENCHMARKS[name](context))
+            except Exception as error:  # one broken benchmark must not hide the others' figures
+                traceback.print_exc()
+                errors[name] = f"{type(error).__name__}: {error}"
+            seconds[name] = round(time.perf_counter() - begun, 1)
+    info["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    total_s = round(time.perf_counter() - started, 1)
+
+    print_table(figures, errors)
+    failed = [figure.benchmark for figure in figures if figure.passed is False]
+    print(f"{len(figures)} figures in {total_s} s: {sum(f.passed is True for f in figures)} pass, {len(failed)} fail, "
+          f"{sum(f.passed is None for f in figures)} informational, {len(errors)} errors")
+    results = {"machine": info, "total_seconds": total_s, "seconds_per_benchmark": seconds,
+               "figures": [figure.to_dict() for figure in figures], "errors": errors, "skipped": skipped}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {args.out}")
+    if args.markdown:
+        args.markdown.write_text(markdown_table(figures, errors), encoding="utf-8")
+        print(f"wrote {args.markdown}")
+    return 1 if errors else 0
+
+
+def render_saved(path: Path, *, markdown: Path | None) -> int:
+    """Print the table of a results file written earlier (and write it as Markdown)."""
+    results = json.loads(path.read_text(encoding="utf-8"))
+    figures = [Figure.from_dict(data) for data in results["figures"]]
+    print_table(figures, results["errors"])
+    if markdown:
+        markdown.write_text(markdown_table(figures, results["errors"]), encoding="utf-8")
+        print(f"wrote {markdown}")
+    return 0
+
+
+def _quiet() -> None:
+    """Silence warnings and progress bars that say nothing about performance."""
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+    transformers_logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", message="Support for mismatched key_padding_mask")
+    warnings.filterwarnings("ignore", message="At least one mel filterbank has all zero values")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

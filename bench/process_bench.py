@@ -1,0 +1,182 @@
+"""Benchmarks 5 and 7, which run sertool in subprocesses: peak memory against corpus size, and start-up."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from measure import (MSP_TRAIN_UTTERANCES, Figure, Target, interleaved, make_utterances, median, ratio_of_rounds, timed,
+                     write_manifest)
+from sertool.config import Config
+
+BENCH_DIR = Path(__file__).resolve().parent
+_IMPORT_LINE = re.compile(r"^import time:\s*(\d+)\s*\|\s*(\d+)\s*\|( *)(\S+)\s*$")
+
+
+def _run(command: list[str], *, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """Run ``command``; a failure is the benchmark's bug, reported with the command's error output."""
+    completed = subprocess.run(command, capture_output=True, text=True, env=env)
+    if completed.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed ({completed.returncode}):\n{completed.stderr[-2000:]}")
+    return completed
+
+
+def child_env(cache_dir: Path) -> dict[str, str]:
+    """The environment of every child: offline, its caches inside the benchmark's temp folder."""
+    return {**os.environ, "SERTOOL_CACHE": str(cache_dir), "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 5. Peak memory of training against corpus size.
+
+def memory_scaling(folder: Path, *, small_train: int, factor: int, valid: int, duration_s: float, repeats: int,
+                   cache_dir: Path) -> Figure:
+    """Peak RSS of the same few training steps on a corpus and on one ``factor`` times larger.
+
+    Both corpora share their Development split and audio files (the small one is the first rows of the
+    large one); every clip has the same duration, so every step has the same shapes. A sertool that loaded
+    audio up front would hold ``factor`` times more of it.
+    """
+    large_train = small_train * factor
+    train = make_utterances(folder / "audio", [duration_s] * large_train, seed=5, prefix="train")
+    dev = make_utterances(folder / "audio", [duration_s] * valid, seed=6, split="Development", prefix="dev")
+    manifests = {"small": write_manifest(folder / "small.csv", [*train[:small_train], *dev]),
+                 "large": write_manifest(folder / "large.csv", [*train, *dev])}
+    env = child_env(cache_dir)
+    peaks: dict[str, list[int]] = {"small": [], "large": []}
+    steps: dict[str, int] = {}
+
+    def run(label: str):
+        def measure(round_index: int) -> float:
+            completed = _run([sys.executable, str(BENCH_DIR / "memory_child.py"), str(manifests[label]),
+                              str(folder / f"run-{label}-{round_index}")], env=env)
+            report = json.loads(completed.stdout.strip().splitlines()[-1])
+            peaks[label].append(report["max_rss_kb"])
+            steps[label] = report["steps"]
+            return float(report["max_rss_kb"])
+        return measure
+
+    interleaved({"small": run("small"), "large": run("large")}, rounds=repeats)
+    small_kb, large_kb = median(peaks["small"]), median(peaks["large"])
+    per_utterance_kb = corpus_bytes_per_utterance(manifests["large"]) / 1024
+    return Figure(
+        key="memory_corpus_10x",
+        benchmark=f"5. peak memory, corpus ×{factor}",
+        value=large_kb / small_kb, unit="×", target=Target("<=", 1.2),
+        compared=(f"peak RSS (VmHWM) of `train` (fbank, {steps.get('small')} optimiser steps + validation) on {large_train:,} vs "
+                  f"{small_train:,} training utterances, each run in its own process"),
+        details={"max_rss_mb": {label: [round(kb / 1024, 1) for kb in values] for label, values in peaks.items()},
+                 "steps": steps, "corpus_kb_per_utterance": round(per_utterance_kb, 3),
+                 "corpus_mb_at_84k_utterances": round(per_utterance_kb * MSP_TRAIN_UTTERANCES / 1024, 1)},
+    )
+
+
+def corpus_bytes_per_utterance(manifest: Path) -> float:
+    """Python memory an opened corpus holds per utterance (its records), measured with tracemalloc.
+
+    The RSS difference between the two corpora is within the noise of RSS itself; this says what a
+    corpus the size of MSP-Podcast's would add.
+    """
+    import tracemalloc
+
+    from sertool.data.corpus import open_corpus
+
+    tracemalloc.start()
+    try:
+        corpus = open_corpus(manifest)
+        held_bytes, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return held_bytes / len(corpus.utterances)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 7. Start-up.
+
+def tiny_checkpoint(folder: Path, *, cache_dir: Path) -> Path:
+    """Train a tiny fbank system for one epoch and return its run folder (what `predict` accepts)."""
+    from sertool.training.loop import train
+
+    train_set = make_utterances(folder / "audio", [1.5] * 8, seed=7, prefix="train")
+    dev = make_utterances(folder / "audio", [1.5] * 4, seed=8, split="Development", prefix="dev")
+    config = Config()
+    config.data.corpus = str(write_manifest(folder / "manifest.csv", [*train_set, *dev]))
+    config.data.num_workers = 0
+    config.data.cache_dir = str(cache_dir)
+    config.model.backbone = "fbank"
+    config.model.fbank_dim = 32
+    config.model.head_hidden_dim = 16
+    config.train.sampling = "whole"
+    config.train.batch_size = 4
+    config.train.accum_steps = 1
+    config.train.epochs = 1
+    run_dir = folder / "run"
+    train(config, run_dir, device="cpu")
+    return run_dir
+
+
+def import_breakdown(command: list[str], *, env: dict[str, str], top: int = 8) -> dict[str, object]:
+    """``python -X importtime``: the heaviest top-level packages and sertool modules, cumulative seconds.
+
+    A package's cumulative time includes whatever it imports first (torch's includes numpy's).
+    """
+    stderr = _run([sys.executable, "-X", "importtime", *command], env=env).stderr
+    packages: dict[str, float] = {}
+    sertool_modules: dict[str, float] = {}
+    for line in stderr.splitlines():
+        match = _IMPORT_LINE.match(line)
+        if not match:
+            continue
+        cumulative_s, name = int(match.group(2)) / 1e6, match.group(4)
+        if "." not in name:
+            packages[name] = max(packages.get(name, 0.0), cumulative_s)
+        elif name.startswith("sertool."):
+            sertool_modules[name] = max(sertool_modules.get(name, 0.0), cumulative_s)
+    heaviest = lambda table: {name: round(s, 3) for name, s in sorted(table.items(), key=lambda kv: -kv[1])[:top]}
+    return {"packages_s": heaviest(packages), "sertool_modules_s": heaviest(sertool_modules),
+            "imports_torch": "torch" in packages, "imports_transformers": "transformers" in packages}
+
+
+def startup(folder: Path, *, rounds: int, cache_dir: Path) -> list[Figure]:
+    """Wall time of `sertool --help` and of `sertool predict RUN one_short.wav`, against Python's own start-up."""
+    run_dir = tiny_checkpoint(folder, cache_dir=cache_dir)
+    clip = make_utterances(folder / "clip", [2.0], seed=9, prefix="one_short")[0].audio_path
+    env = child_env(cache_dir)
+    python = sys.executable
+    script = Path(python).with_name("sertool")  # the console script `make install` puts beside the interpreter
+    sertool = [str(script)] if script.exists() else [python, "-m", "sertool"]
+    predict_args = ["predict", str(run_dir), str(clip), "--device", "cpu"]
+    bare, with_torch = "python -c pass", "python -c 'import torch'"
+    commands = {
+        bare: [python, "-c", "pass"],
+        with_torch: [python, "-c", "import torch"],
+        "sertool --help": [*sertool, "--help"],
+        "sertool predict": [*sertool, *predict_args],
+    }
+    seconds = interleaved({name: _timed_run(command, env) for name, command in commands.items()}, rounds=rounds)
+    walls = {name: round(median(values), 3) for name, values in seconds.items()}
+    help_ratio, help_rounds = ratio_of_rounds(seconds["sertool --help"], seconds[bare])
+    help_torch, _ = ratio_of_rounds(seconds["sertool --help"], seconds[with_torch])
+    predict_ratio, predict_rounds = ratio_of_rounds(seconds["sertool predict"], seconds[with_torch])
+    help_imports = import_breakdown(["-m", "sertool", "--help"], env=env)
+    predict_imports = import_breakdown(["-m", "sertool", *predict_args], env=env)
+    return [
+        Figure(key="startup_help", benchmark="7. start-up: sertool --help", value=help_ratio, unit="×", target=None,
+               compared=f"`sertool --help` ({walls['sertool --help']} s) vs `python -c pass` ({walls[bare]} s)",
+               details={"median_wall_s": walls, "per_round_ratio": help_rounds,
+                        "ratio_to_import_torch": round(help_torch, 3), "imports": help_imports}),
+        Figure(key="startup_predict", benchmark="7. start-up: sertool predict", value=predict_ratio, unit="×",
+               target=None,
+               compared=(f"`sertool predict RUN one_short.wav` (2 s clip, fbank; {walls['sertool predict']} s) vs "
+                         f"`python -c 'import torch'` ({walls[with_torch]} s)"),
+               details={"median_wall_s": walls, "per_round_ratio": predict_rounds, "imports": predict_imports}),
+    ]
+
+
+def _timed_run(command: list[str], env: dict[str, str]) -> Callable[[int], float]:
+    """A variant for ``interleaved``: run ``command`` and return its wall seconds."""
+    return lambda _: timed(lambda: _run(command, env=env))[0]

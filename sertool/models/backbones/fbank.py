@@ -3,7 +3,11 @@
 It exists so that CPU users and the demo can train a real model in minutes. Design choices:
 
 - front end: 80 log-mel bands (25 ms window, 10 ms hop, uncentred frames, so a frame never reaches
-  past its utterance's end), normalised per utterance and band over the real frames only;
+  past its utterance's end), normalised per utterance by one mean and variance over all its real frames
+  and bands. That removes the recording gain (as WavLM's waveform normalisation does) but keeps the
+  spectral envelope — spectral tilt is a cue of vocal effort, formants and pitch of speaker and gender.
+  Normalising each band separately would remove the envelope: on the small demo corpus it cost 0.25
+  dominance CCC and most of the gender head's accuracy;
 - two stride-2 convolutions subsample ×4 to 40 ms frames, then ConvNeXt-style residual blocks (depthwise
   temporal conv → LayerNorm → pointwise MLP), width ``fbank_dim``;
 - no BatchNorm (it would make an utterance's features depend on its batch); padded positions are zeroed
@@ -77,7 +81,7 @@ class FbankBackbone(SpeechBackbone):
         self.final_norm = nn.LayerNorm(dim)
 
     def log_mel(self, waveforms: Tensor, sample_mask: Tensor) -> tuple[Tensor, Tensor]:
-        """Per-utterance normalised log-mel features.
+        """Log-mel features normalised per utterance (one mean and variance over its real frames and bands).
 
         Returns:
             ``features`` ``[B, F, 80]`` (zero on padded frames) and ``mel_lengths`` ``[B]``: the frames
@@ -85,9 +89,9 @@ class FbankBackbone(SpeechBackbone):
         """
         log_mel, mel_lengths = raw_log_mel(waveforms, sample_mask, self.mel_filters, self.window)
         mask = lengths_to_mask(mel_lengths, log_mel.shape[1]).unsqueeze(-1).to(log_mel.dtype)
-        count = mel_lengths.view(-1, 1, 1).to(log_mel.dtype)
-        mean = (log_mel * mask).sum(dim=1, keepdim=True) / count
-        variance = ((log_mel - mean) ** 2 * mask).sum(dim=1, keepdim=True) / count
+        count = mel_lengths.view(-1, 1, 1).to(log_mel.dtype) * log_mel.shape[-1]
+        mean = (log_mel * mask).sum(dim=(1, 2), keepdim=True) / count
+        variance = ((log_mel - mean) ** 2 * mask).sum(dim=(1, 2), keepdim=True) / count
         return (log_mel - mean) / torch.sqrt(variance + NORMALIZATION_EPS) * mask, mel_lengths
 
     def forward(self, waveforms: Tensor, sample_mask: Tensor) -> tuple[Tensor, Tensor]:

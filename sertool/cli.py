@@ -47,11 +47,12 @@ def data() -> None:
     """Corpora: make the demo corpus, import other corpora, inspect any of them."""
 
 
-def _corpus_path(positional: str | None, option: str | None) -> Path:
+def _path_argument(positional: str | None, option: str | None, *, name: str, flag: str) -> Path:
+    """A path given either as the argument ``name`` or as ``flag`` (the convention of every command)."""
     if positional and option and Path(positional) != Path(option):
-        raise SertoolError(f"two corpora given ({positional} and --corpus {option}); pass one")
+        raise SertoolError(f"two paths given ({positional} and {flag} {option}); pass one")
     if not (positional or option):
-        raise SertoolError("no corpus given: pass ROOT or --corpus ROOT")
+        raise SertoolError(f"no path given: pass {name} or {flag} {name}")
     return Path(positional or option)  # type: ignore[arg-type]
 
 
@@ -68,7 +69,7 @@ def data_info(root: str | None, corpus_option: str | None) -> None:
     from sertool.data.corpus import open_corpus
     from sertool.data.info import summarize
 
-    path = _corpus_path(root, corpus_option)
+    path = _path_argument(root, corpus_option, name="ROOT", flag="--corpus")
     with progress_bar("reading audio headers") as progress:
         corpus = open_corpus(path, progress=progress)
     print_load_report(corpus.report)
@@ -92,7 +93,7 @@ def data_demo(out: str | None, out_option: str | None, size: str, seed: int, for
     from sertool.console import progress_bar
     from sertool.data.demo import DEMO_SIZES, generate_demo_corpus
 
-    path = _corpus_path(out, out_option)
+    path = _path_argument(out, out_option, name="OUT", flag="--out")
     with progress_bar("synthesising") as progress:
         summary = generate_demo_corpus(path, seed=seed, force=force, progress=progress, **DEMO_SIZES[size])
     splits = ", ".join(f"{split} {count:,}" for split, count in summary.utterances.items())
@@ -119,7 +120,7 @@ def data_speakers(corpus: str, split: str, speaker_model: str, num_speakers: int
     from sertool.console import out as console
     from sertool.data.corpus import open_corpus
     from sertool.experiments.speakers import choose_utterances, plot_speaker_map, speaker_map
-    from sertool.inference.workflows import check_writable
+    from sertool.io import check_writable
 
     check_writable([Path(out)], force=force)
     utterances = choose_utterances(open_corpus(corpus).split(split), num_speakers=num_speakers,
@@ -171,10 +172,10 @@ def data_manifest(folder: str, metadata: str, out: str, label_range: tuple[float
     from sertool.data.importer import import_metadata
     from sertool.data.info import summarize
     from sertool.data.manifest import write_manifest
+    from sertool.io import check_writable
 
     target = Path(out)
-    if target.exists() and not force:
-        raise SertoolError(f"--out {target} exists; pass --force to overwrite it")
+    check_writable([target], force=force)
     with progress_bar("reading audio headers") as progress:
         utterances, report = import_metadata(folder, metadata, columns=ColumnMap(**columns), label_range=label_range,
                                              held_out_fractions=(dev_fraction, test_fraction), seed=seed,
@@ -373,7 +374,8 @@ def ensemble_command(members: tuple[str, ...], corpus: str, split: str, weights:
     from sertool.console import out as console
     from sertool.console import print_load_report, print_scores
     from sertool.inference.inputs import corpus_split, require_complete
-    from sertool.inference.workflows import check_outputs, check_writable, ensemble, write_outputs
+    from sertool.inference.workflows import check_outputs, ensemble, write_outputs
+    from sertool.io import check_writable
 
     check_outputs(out=_out_path(out), file_format=None, submission=_out_path(submission), force=force)
     check_writable([_out_path(save)], force=force)

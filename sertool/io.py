@@ -45,6 +45,19 @@ def atomic_write(path: str | Path, mode: str = "w", **open_kwargs) -> Iterator[I
         raise
 
 
+def check_writable(paths, *, force: bool) -> None:
+    """Refuse to overwrite any existing path of ``paths`` (None entries are skipped) unless ``force``.
+
+    Commands call this before any work, so a refused run costs nothing and loses nothing.
+
+    Raises:
+        SertoolError: naming the first existing path and ``--force``.
+    """
+    for path in paths:
+        if path is not None and Path(path).exists() and not force:
+            raise SertoolError(f"{path} exists; pass --force to overwrite it")
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

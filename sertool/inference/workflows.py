@@ -9,6 +9,7 @@ import numpy as np
 
 from sertool.data.records import GENDERS, Utterance
 from sertool.errors import SertoolError
+from sertool.io import check_writable
 from sertool.inference.ensemble import EnsemblePlan, apply_plan, mean_plan, select_per_attribute, write_plan
 from sertool.inference.inputs import split_windows
 from sertool.inference.predictions import Predictions
@@ -60,13 +61,6 @@ def score(name: str, output: PredictorOutput, utterances: Sequence[Utterance], l
             recalls = [float((guess[truth == k] == k).mean()) for k in range(len(GENDERS)) if (truth == k).any()]
             scores.gender_uar = float(np.mean(recalls))
     return scores
-
-
-def check_writable(paths: Sequence[Path | None], *, force: bool) -> None:
-    """Refuse to overwrite any existing output unless ``force`` — before any work is done."""
-    for path in paths:
-        if path is not None and path.exists() and not force:
-            raise SertoolError(f"{path} exists; pass --force to overwrite it")
 
 
 def check_outputs(*, out: Path | None, file_format: str | None, submission: Path | None, force: bool) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 from collections.abc import Iterator
@@ -43,6 +44,21 @@ def atomic_write(path: str | Path, mode: str = "w", **open_kwargs) -> Iterator[I
     except BaseException:
         _remove_quietly(temp_name)
         raise
+
+
+def load_json(path: str | Path, *, what: str):
+    """Parse the JSON file ``path``; ``what`` names it in errors ("ensemble plan").
+
+    Raises:
+        SertoolError: missing, unreadable or not JSON.
+    """
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SertoolError(f"{path}: {what} not found") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise SertoolError(f"{path}: not a readable JSON {what} ({error})") from None
 
 
 def check_writable(paths, *, force: bool) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from tests.tiny_speech import HIDDEN_SIZE, NUM_HEADS, NUM_LAYERS
+from tests.tiny_speech import tiny_whisper_config
 
 # Explicit special-token ids, as a small vocabulary needs (the WhisperConfig defaults point past it).
 PAD_ID, START_ID, END_ID, NO_TIMESTAMPS_ID = 0, 1, 2, 3
@@ -54,26 +54,11 @@ def save_tiny_asr(folder: str | Path, *, seed: int = 0, window_s: int = 2, init_
     Returns:
         ``folder`` as a ``Path``.
     """
-    from transformers import (
-        WhisperConfig,
-        WhisperFeatureExtractor,
-        WhisperForConditionalGeneration,
-        WhisperProcessor,
-        WhisperTokenizer,
-    )
+    from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration, WhisperProcessor, WhisperTokenizer
 
-    config = WhisperConfig(
+    config = tiny_whisper_config(
         vocab_size=VOCAB_SIZE,
-        num_mel_bins=80,
-        d_model=HIDDEN_SIZE,
-        encoder_layers=NUM_LAYERS,
-        decoder_layers=NUM_LAYERS,
-        encoder_attention_heads=NUM_HEADS,
-        decoder_attention_heads=NUM_HEADS,
-        encoder_ffn_dim=2 * HIDDEN_SIZE,
-        decoder_ffn_dim=2 * HIDDEN_SIZE,
         max_source_positions=window_s * MEL_FRAMES_PER_S // 2,  # the conv stem halves the mel frame rate
-        max_target_positions=32,
         pad_token_id=PAD_ID,
         bos_token_id=START_ID,
         eos_token_id=END_ID,

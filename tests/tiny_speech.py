@@ -118,6 +118,23 @@ def save_tiny_wavlm_xvector(folder: str | Path, *, seed: int = 0, xvector_output
     return _save(WavLMForXVector, config, _wav2vec2_feature_extractor(do_normalize=True), folder, seed=seed)
 
 
+def tiny_whisper_config(**overrides):
+    """A ``WhisperConfig`` of 2 + 2 layers, hidden 64, a 64-token vocabulary and 30-s input.
+
+    A small vocabulary needs explicit special-token ids (pad 0, bos/decoder start 1, eos 2), or the
+    embedding constructors fail. ``overrides`` replace any field.
+    """
+    from transformers import WhisperConfig
+
+    fields = dict(
+        vocab_size=64, num_mel_bins=80, d_model=HIDDEN_SIZE, encoder_layers=NUM_LAYERS, decoder_layers=NUM_LAYERS,
+        encoder_attention_heads=NUM_HEADS, decoder_attention_heads=NUM_HEADS, encoder_ffn_dim=2 * HIDDEN_SIZE,
+        decoder_ffn_dim=2 * HIDDEN_SIZE, max_source_positions=1500, max_target_positions=32,
+        pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=1,
+    )
+    return WhisperConfig(**{**fields, **overrides})
+
+
 def save_tiny_whisper(folder: str | Path, *, seed: int = 0, num_mel_bins: int = 80) -> Path:
     """Write a tiny random ``WhisperForConditionalGeneration`` (encoder and decoder) and its feature extractor.
 
@@ -132,26 +149,8 @@ def save_tiny_whisper(folder: str | Path, *, seed: int = 0, num_mel_bins: int = 
     Returns:
         ``folder`` as a ``Path``.
     """
-    from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
+    from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration
 
-    config = WhisperConfig(
-        vocab_size=64,
-        num_mel_bins=num_mel_bins,
-        d_model=HIDDEN_SIZE,
-        encoder_layers=NUM_LAYERS,
-        decoder_layers=NUM_LAYERS,
-        encoder_attention_heads=NUM_HEADS,
-        decoder_attention_heads=NUM_HEADS,
-        encoder_ffn_dim=2 * HIDDEN_SIZE,
-        decoder_ffn_dim=2 * HIDDEN_SIZE,
-        max_source_positions=1500,
-        max_target_positions=32,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-        decoder_start_token_id=1,
-        suppress_tokens=[],
-        begin_suppress_tokens=[],
-    )
+    config = tiny_whisper_config(num_mel_bins=num_mel_bins, suppress_tokens=[], begin_suppress_tokens=[])
     extractor = WhisperFeatureExtractor(feature_size=num_mel_bins)
     return _save(WhisperForConditionalGeneration, config, extractor, folder, seed=seed)

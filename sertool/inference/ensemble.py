@@ -21,7 +21,7 @@ import numpy as np
 from sertool.data.records import ATTRIBUTES
 from sertool.errors import SertoolError
 from sertool.inference.predictions import Predictions, Segment, align
-from sertool.io import atomic_write
+from sertool.io import atomic_write, load_json
 from sertool.models.ccc import ccc_scores
 
 PLAN_FORMAT = "sertool-ensemble"
@@ -246,14 +246,7 @@ def read_plan(path: str | Path) -> EnsemblePlan:
     Raises:
         SertoolError: the file is missing, not JSON, or not a valid plan.
     """
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise SertoolError(f"{path}: ensemble plan not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise SertoolError(f"{path}: not a readable JSON ensemble plan ({error})") from None
-    return EnsemblePlan.from_dict(data, source=str(path))
+    return EnsemblePlan.from_dict(load_json(path, what="ensemble plan"), source=str(path))
 
 
 def _combine(plan: EnsemblePlan, stacked: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -37,7 +37,7 @@ from sertool.inference.predictions import (
     segments_by_id,
     write_predictions,
 )
-from sertool.io import atomic_write
+from sertool.io import atomic_write, load_json
 
 Writer = Callable[..., None]
 
@@ -86,12 +86,7 @@ def read_json(path: str | Path) -> Predictions:
             (naming the entry).
     """
     path = Path(path)
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise SertoolError(f"{path}: predictions file not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise SertoolError(f"{path}: not a readable JSON predictions file ({error})") from None
+    document = load_json(path, what="predictions file")
     entries = document.get("predictions") if isinstance(document, dict) else None
     if not isinstance(entries, list) or not entries:
         raise SertoolError(f"{path}: expected an object with a non-empty \"predictions\" list")

@@ -152,8 +152,6 @@ class _Run:
         checkpoint = load_checkpoint(run_dir, name=LAST_NAME) if resume else None
         if checkpoint is not None:
             config = Config.from_dict(checkpoint["config"])
-        elif context.is_main:
-            prepare_run_folder(run_dir, force=force)
         self.config = config
         train_config = config.train
         if config.data.on_bad_audio not in BAD_AUDIO_POLICIES:
@@ -162,6 +160,8 @@ class _Run:
             raise SertoolError(f"--accum-steps must be at least 1, got {train_config.accum_steps}")
         if config.data.corpus is None:
             raise SertoolError("no corpus given: pass --corpus ROOT")
+        if checkpoint is None and context.is_main:
+            prepare_run_folder(run_dir, force=force)
 
         torch.manual_seed(config.seed)
         if context.device.type == "cpu":
@@ -173,13 +173,13 @@ class _Run:
         selection = select(corpus.utterances, train_split=config.data.train_split, valid_split=config.data.valid_split,
                            train_ox=config.data.train_ox, dev_ox_to_train=config.data.dev_ox_to_train)
         self.train_set, self.valid_set = selection.train, selection.valid
-        if config.model.text:
-            self.train_set = self._with_transcripts(self.train_set)
-            self.valid_set = self._with_transcripts(self.valid_set)
         bad_audio = [problem for problem in corpus.report.dropped if problem.reason in AUDIO_PROBLEMS]
         if config.data.on_bad_audio == "fail" and bad_audio:
             raise SertoolError(f"--on-bad-audio fail: {len(bad_audio)} rows have missing, unreadable or empty audio; "
                                f"first: {bad_audio[0]}")
+        if config.model.text:
+            self.train_set = self._with_transcripts(self.train_set)
+            self.valid_set = self._with_transcripts(self.valid_set)
         self.speakers = sorted({utt.speaker for utt in self.train_set if utt.speaker is not None}) \
             if "speaker" in config.model.aux else []
 

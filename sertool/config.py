@@ -105,7 +105,8 @@ class TrainConfig:
     sampling: str = option("undersample", "undersample: a fresh class-balanced subset every epoch (the paper); "
                            "whole: every utterance; weighted: inverse class frequency.",
                            choices=("undersample", "whole", "weighted"))
-    max_per_class: int = option(0, "Undersampling: cap each class at this many (0: the smallest class' size).")
+    max_per_class: int = option(0, "Undersampling: cap each class at this many (0: the smallest class' size); "
+                                "ignored by the other samplings.")
     max_batch_s: float = option(64.0, "Micro-batch bound: utterances × longest clip ≤ this many seconds.")
     batch_size: int = option(0, "Fixed-size random micro-batches instead of --max-batch-s (0: off).")
     num_buckets: int = option(20, "Equal-mass duration buckets of --max-batch-s batching.")

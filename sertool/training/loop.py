@@ -197,7 +197,8 @@ class _Run:
         crop_s = config.data.max_duration_s or None
         self.sampler = EpochBatchSampler.from_records(
             self.train_set, max_duration_s=crop_s, sampling=train_config.sampling,
-            max_per_class=train_config.max_per_class or None,
+            # The cap is an undersampling option; a config (e.g. a grid's shared overrides) may hold it for all.
+            max_per_class=(train_config.max_per_class or None) if train_config.sampling == "undersample" else None,
             max_batch_s=None if train_config.batch_size else train_config.max_batch_s,
             batch_size=train_config.batch_size or None, num_buckets=train_config.num_buckets, seed=config.seed,
             rank=context.rank, world_size=context.world_size)

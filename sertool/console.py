@@ -83,7 +83,6 @@ class RichTrainReporter:
         self._progress: Progress | None = None
         self._task = None
         self._started = 0.0
-        self._utterances = 0
 
     def start(self, summary: dict) -> None:
         import time
@@ -95,6 +94,8 @@ class RichTrainReporter:
                   f"(×{summary['world_size']}), AMP {summary['amp']}; {summary['epochs']} epochs of "
                   f"{summary['batches_per_epoch']} micro-batches, {summary['accum_steps']} per step{resumed}")
         print_load_report(summary["data"])
+        classes = " · ".join(f"{code or '?'} {count:,}" for code, count in summary["classes"].items())
+        err.print(f"training classes: {classes}")
         err.print(f"run folder: {summary['run_dir']}")
 
     def epoch(self, epoch: int, total_batches: int, done_batches: int) -> None:
@@ -106,7 +107,6 @@ class RichTrainReporter:
         self._task = self._progress.add_task("", total=total_batches, completed=done_batches, epoch=epoch + 1, stats="")
 
     def step(self, stats: dict) -> None:
-        self._utterances += stats.get("utterances", 0)
         if self._progress is None:
             return
         speed = stats["utterances"] / stats["seconds"] if stats.get("seconds") else 0.0

@@ -7,7 +7,7 @@ from torch import Tensor
 from sertool.config import ModelConfig
 from sertool.data.records import ATTRIBUTES
 from sertool.models.auxiliary import aam_softmax_loss, masked_cross_entropy
-from sertool.models.ccc import ccc
+from sertool.models.ccc import ccc_loss
 from sertool.models.ser_model import ModelOutput
 
 
@@ -53,8 +53,9 @@ class SERLoss:
                 f"emotion targets {tuple(emotion_targets.shape)} != predictions {tuple(output.emotion.shape)}"
             )
         # CCC in float32 even under autocast: its sums of squares lose too much in half precision.
-        per_attribute = ccc(output.emotion.float(), emotion_targets.float(), dim=0)
-        emotion = (1 - per_attribute).sum()
+        per_attribute_loss = ccc_loss(output.emotion.float(), emotion_targets.float(), dim=0)
+        per_attribute = 1 - per_attribute_loss.detach()
+        emotion = per_attribute_loss.sum()
         parts: dict[str, Tensor] = {f"ccc_{name}": per_attribute[i] for i, name in enumerate(ATTRIBUTES)}
         parts["emotion"] = emotion
         auxiliary = []

@@ -71,12 +71,3 @@ def any_rank(flag: bool, context: Distributed) -> bool:
     tensor = torch.tensor([float(flag)], device=context.device)
     dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
     return bool(tensor.item())
-
-
-def broadcast_object(value, context: Distributed):
-    """Rank 0's ``value`` on every rank."""
-    if not context.enabled:
-        return value
-    holder = [value]
-    dist.broadcast_object_list(holder, src=0)
-    return holder[0]

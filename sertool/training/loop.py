@@ -49,7 +49,7 @@ from sertool.training import distributed
 from sertool.training.distributed import Distributed
 from sertool.training.optim import LRSchedule, build_optimizer
 from sertool.training.run_folder import prepare_run_folder, truncate_metrics, write_run_files
-from sertool.training.samplers import EpochBatchSampler
+from sertool.training.samplers import EpochBatchSampler, class_counts
 
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 AUDIO_PROBLEMS = frozenset({"missing audio", "unreadable audio", "empty audio"})  # LoadReport reasons
@@ -253,7 +253,7 @@ class _Run:
             "amp": str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "off",
             "parameters": sum(p.numel() for p in self.trainable), "epochs": config.epochs,
             "batches_per_epoch": len(self.sampler), "accum_steps": config.accum_steps, "resumed_at_step": self.step,
-            "data": self.load_report})
+            "data": self.load_report, "classes": class_counts([utt.emo_class for utt in self.train_set])})
         stopped = "finished"
         while self.epoch < config.epochs and stopped == "finished":
             stopped = self._run_epoch()

@@ -74,3 +74,11 @@ def test_resume_takes_no_other_settings(tmp_path):
     result = run("train", "--resume", tmp_path, "--epochs", "3")
     assert result.exit_code == 2 and "drop --epochs" in result.output
     assert run("train", "--corpus", tmp_path).exit_code == 2  # no --out
+
+
+def test_aux_none_resets_the_config_files_tasks(corpus, tmp_path):
+    config_file = tmp_path / "c.yaml"
+    config_file.write_text(yaml.safe_dump({"model": {"backbone": "fbank", "fbank_dim": 16, "aux": ["gender"]}}))
+    result = run("train", "--config", config_file, "--corpus", corpus, "--aux", "none", "--out", tmp_path / "r", *FAST)
+    assert result.exit_code == 0, result.output
+    assert yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())["model"]["aux"] == []

@@ -168,3 +168,10 @@ def test_resume_drops_log_lines_the_checkpoint_does_not_hold(tmp_path):
     truncate_metrics(tmp_path, step=6, validations=0)
     kept = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert kept == lines[:2]
+
+
+def test_per_attribute_selection_keeps_each_attributes_best_checkpoint(corpus, tmp_path):
+    result = train(small_config(corpus, epochs=3, select_best="per-attribute"), tmp_path / "run")
+    for name in ("arousal", "valence", "dominance"):
+        kept = load_checkpoint(tmp_path / "run", name=f"best_{name}.pt")
+        assert kept["metrics"][name] == max(v[f"ccc_{name}"] for v in result.history)

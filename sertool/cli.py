@@ -195,13 +195,14 @@ def _config_flags(command):
     for spec in reversed(config_options()):
         name = f"{spec.section}__{spec.name}" if spec.section else spec.name
         default_text = ", ".join(spec.default) if spec.type is tuple else spec.default
-        help_text = f"{spec.help}  [default: {default_text if default_text not in ('', None) else 'none'}]"
+        reset = f" (none: no {spec.name})" if spec.type is tuple else ""
+        help_text = f"{spec.help}{reset}  [default: {default_text if default_text not in ('', None) else 'none'}]"
         if spec.type is bool:
             positive = spec.flag
             command = click.option(f"{positive}/--no-{positive[2:]}", name, default=None, help=help_text)(command)
         elif spec.type is tuple:
             command = click.option(spec.flag, name, multiple=True, type=click.Choice([*(spec.choices or ()), "none"]),
-                                   help=f"{help_text} none: no {spec.name}.")(command)
+                                   help=help_text)(command)
         else:
             kind = click.Choice(spec.choices) if spec.choices else spec.type
             command = click.option(spec.flag, name, type=kind, default=None, help=help_text)(command)
@@ -332,13 +333,10 @@ def predict_command(model: str, paths: tuple[str, ...], corpus: str | None, spli
     if bool(paths) == bool(corpus):
         raise SertoolError("give audio PATHS or --corpus ROOT (with --split), not both or neither")
     check_outputs(out=_out_path(out), file_format=file_format, submission=_out_path(submission), force=force)
-    if corpus:
-        utterances, report = corpus_split(corpus, split)
-        print_load_report(report)
-        if submission:
-            require_complete(report, purpose=f"--submission {submission}")
-    else:
-        utterances = collect_inputs(paths)
+    utterances, report = corpus_split(corpus, split) if corpus else collect_inputs(paths)
+    print_load_report(report)
+    if submission:
+        require_complete(report, split if corpus else None, purpose=f"--submission {submission}")
     if transcripts:
         utterances = attach_transcripts(utterances, transcripts)
     predictions = predict(model, utterances, options=_options(flags), window_s=window_s, hop_s=hop_s)
@@ -386,7 +384,7 @@ def ensemble_command(members: tuple[str, ...], corpus: str, split: str, weights:
     utterances, report = corpus_split(corpus, split)
     print_load_report(report)
     if submission:
-        require_complete(report, purpose=f"--submission {submission}")
+        require_complete(report, split, purpose=f"--submission {submission}")
     selection = corpus_split(corpus, select_split)[0] if per_attribute and select_split != split else None
     result = ensemble(members, utterances, split=split, options=_options(flags), weights=weight_values,
                       per_attribute=per_attribute == "best", selection_utterances=selection,

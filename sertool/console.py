@@ -36,11 +36,23 @@ def print_load_report(report: LoadReport) -> None:
     if not report.dropped and not report.warnings:
         return
     err.print(f"[bold]data:[/] {report.summary()}")
-    for problem in (report.dropped + report.warnings)[:_MAX_LISTED_PROBLEMS]:
+    for problem in (sorted(report.dropped, key=_file_and_line) + report.warnings)[:_MAX_LISTED_PROBLEMS]:
         err.print(f"  {problem}", markup=False)
     hidden = len(report.dropped) + len(report.warnings) - _MAX_LISTED_PROBLEMS
     if hidden > 0:
         err.print(f"  … and {hidden} more")
+
+
+def _file_and_line(problem) -> tuple[str, int]:
+    """Sort key: a problem's file, then its line number (``file:12`` before ``file:102``)."""
+    file, _, line = problem.where.rpartition(":")
+    return (file, int(line)) if line.isdigit() else (problem.where, 0)
+
+
+def _ccc(value: float) -> str:
+    """Four decimals, without a "-0.0000" for values that round to zero."""
+    text = f"{value:.4f}"
+    return "0.0000" if text == "-0.0000" else text
 
 
 def print_corpus_summary(title: str, summaries: list[SplitSummary]) -> None:
@@ -94,7 +106,9 @@ class RichTrainReporter:
                   f"(×{summary['world_size']}), AMP {summary['amp']}; {summary['epochs']} epochs of "
                   f"{summary['batches_per_epoch']} micro-batches, {summary['accum_steps']} per step{resumed}")
         print_load_report(summary["data"])
-        classes = " · ".join(f"{code or '?'} {count:,}" for code, count in summary["classes"].items())
+        counts = summary["classes"]
+        order = sorted(counts, key=lambda code: list(EMO_CLASSES).index(code) if code in EMO_CLASSES else len(EMO_CLASSES))
+        classes = " · ".join(f"{code or '?'} {counts[code]:,}" for code in order)
         err.print(f"training classes: {classes}")
         err.print(f"run folder: {summary['run_dir']}")
 
@@ -116,9 +130,9 @@ class RichTrainReporter:
 
     def validation(self, metrics: dict) -> None:
         marker = " [green]★ best[/]" if metrics["improved"] else ""
-        line = "  ".join(f"{name[0].upper()} {metrics[f'ccc_{name}']:.4f}" for name in ("arousal", "valence", "dominance"))
+        line = "  ".join(f"{name[0].upper()} {_ccc(metrics[f'ccc_{name}'])}" for name in ("arousal", "valence", "dominance"))
         (self._progress.console if self._progress else err).print(
-            f"validation after step {metrics['step']}: CCC {line}  avg {metrics['ccc_average']:.4f}{marker}")
+            f"validation after step {metrics['step']}: CCC {line}  avg {_ccc(metrics['ccc_average'])}{marker}")
 
     def message(self, text: str) -> None:
         (self._progress.console if self._progress else err).print(text, markup=False)

@@ -16,7 +16,8 @@ def test_every_config_option_is_documented_with_its_flag():
 
 def test_every_command_has_a_worked_example():
     text = (DOCS / "cli.md").read_text()
-    for command in ("data demo", "data info", "data manifest", "train", "evaluate", "predict", "ensemble"):
+    for command in ("data demo", "data info", "data manifest", "data speakers", "train", "evaluate", "predict",
+                    "ensemble", "reproduce"):
         assert f"sertool {command}" in text, command
 
 

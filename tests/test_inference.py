@@ -141,3 +141,18 @@ def test_saved_ensemble_is_accepted_by_evaluate_and_predict(corpus, runs, tmp_pa
     assert evaluated.exit_code == 0, evaluated.output
     predicted = run("predict", plan, "--corpus", corpus, "--split", "Test3", "--format", "csv")
     assert predicted.exit_code == 0 and predicted.stdout.startswith("FileName,EmoAct,EmoVal,EmoDom")
+
+
+def test_a_submission_refuses_dropped_rows_of_its_split_only(corpus, runs, tmp_path):
+    import shutil
+
+    broken = tmp_path / "corpus"
+    shutil.copytree(corpus, broken)
+    (broken / "Audios" / "MSP-PODCAST_test3_0002.wav").write_bytes(b"not audio")
+    result = run("predict", runs["a"], "--corpus", broken, "--split", "Test3", "--submission", tmp_path / "s.csv")
+    assert result.exit_code == 2 and "MSP-PODCAST_test3_0002.wav" in result.output
+    assert not (tmp_path / "s.csv").exists()
+    # A dropped Test1 row does not concern a Development submission.
+    (broken / "Audios" / "MSP-PODCAST_0005_2000.wav").write_bytes(b"")  # a Test1 clip
+    result = run("predict", runs["a"], "--corpus", broken, "--split", "Development", "--submission", tmp_path / "d.csv")
+    assert result.exit_code == 0, result.output

@@ -91,7 +91,7 @@ def build_utterances(rows: Sequence[Row], report: LoadReport, *, progress: Progr
     unique = []
     for row in rows:
         if row.id in seen:
-            report.drop(row.where, "duplicate id", f"{row.id} already appears at {seen[row.id]}")
+            report.drop(row.where, "duplicate id", f"{row.id} already appears at {seen[row.id]}", split=row.fields["split"])
         else:
             seen[row.id] = row.where
             unique.append(row)
@@ -100,11 +100,11 @@ def build_utterances(rows: Sequence[Row], report: LoadReport, *, progress: Progr
     for row, header in zip(unique, _read_headers([row.audio_path for row in unique], progress)):
         if isinstance(header, SertoolError):
             reason = "missing audio" if not row.audio_path.exists() else "unreadable audio"
-            report.drop(row.where, reason, str(header))
+            report.drop(row.where, reason, str(header), split=row.fields["split"])
             continue
         sample_rate, num_frames, _ = header
         if num_frames == 0:
-            report.drop(row.where, "empty audio", f"{row.audio_path} has no samples")
+            report.drop(row.where, "empty audio", f"{row.audio_path} has no samples", split=row.fields["split"])
             continue
         utterances.append(Utterance(id=row.id, audio_path=row.audio_path, duration_s=num_frames / sample_rate, **row.fields))
     return utterances

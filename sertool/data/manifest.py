@@ -57,7 +57,7 @@ def read_manifest(path: str | Path, *, progress: Progress | None = None) -> Corp
                 try:
                     rows.append(parse_manifest_row(record, base, where))
                 except BadValue as error:
-                    report.drop(where, error.reason, error.detail)
+                    report.drop(where, error.reason, error.detail, split=(record.get("split") or "").strip() or None)
     except (OSError, UnicodeDecodeError, csv.Error) as error:
         raise SertoolError(f"{path}: cannot read the manifest ({error})") from None
     return Corpus(root=path, kind="manifest", utterances=build_utterances(rows, report, progress=progress), report=report)

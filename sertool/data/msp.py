@@ -47,7 +47,7 @@ def read_msp_podcast(root: str | Path, *, progress: Progress | None = None) -> C
         try:
             rows.append(_parse_row(record, where, audio_dir))
         except BadValue as error:
-            report.drop(where, error.reason, error.detail)
+            report.drop(where, error.reason, error.detail, split=(record.get("Split_Set") or "").strip() or None)
 
     listed = {row.id for row in rows}
     for name in sorted(_list_audio(audio_dir)):

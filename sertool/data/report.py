@@ -7,11 +7,14 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class Problem:
-    """One bad item: ``where`` is a file or ``file:row``; ``reason`` a short category for summaries."""
+    """One bad item: ``where`` is a file or ``file:row``; ``reason`` a short category for summaries;
+    ``split`` the row's split as written, where it could be read (so a command on one split can tell
+    whether the problem concerns it)."""
 
     where: str
     reason: str
     detail: str
+    split: str | None = None
 
     def __str__(self) -> str:
         return f"{self.where}: {self.reason}: {self.detail}"
@@ -24,9 +27,9 @@ class LoadReport:
     dropped: list[Problem] = field(default_factory=list)
     warnings: list[Problem] = field(default_factory=list)
 
-    def drop(self, where: str, reason: str, detail: str) -> None:
+    def drop(self, where: str, reason: str, detail: str, *, split: str | None = None) -> None:
         """Record a row that will not be used."""
-        self.dropped.append(Problem(where, reason, detail))
+        self.dropped.append(Problem(where, reason, detail, split))
 
     def warn(self, where: str, reason: str, detail: str) -> None:
         """Record something the user should know that does not drop the row."""

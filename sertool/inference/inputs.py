@@ -20,8 +20,9 @@ AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
 PREDICT_SPLIT = "predict"  # split name of utterances read from loose files
 
 
-def collect_inputs(paths: Sequence[str | Path]) -> list[Utterance]:
-    """Utterances from files, folders (searched recursively for audio) and manifest CSVs.
+def collect_inputs(paths: Sequence[str | Path]) -> tuple[list[Utterance], LoadReport]:
+    """Utterances from files, folders (searched recursively for audio) and manifest CSVs, and the rows
+    the manifests dropped.
 
     A loose file's id is its name; a file found in a folder is named by its path below that folder, so
     that ``a/x.wav`` and ``b/x.wav`` stay apart. Durations come from the headers.
@@ -31,6 +32,7 @@ def collect_inputs(paths: Sequence[str | Path]) -> list[Utterance]:
             with the same id.
     """
     utterances: list[Utterance] = []
+    report = LoadReport()
     for raw in paths:
         path = Path(raw).expanduser()
         if not path.exists():
@@ -41,7 +43,10 @@ def collect_inputs(paths: Sequence[str | Path]) -> list[Utterance]:
                 raise SertoolError(f"{path}: no audio files ({', '.join(AUDIO_SUFFIXES)}) in this folder")
             utterances.extend(_loose(file, file.relative_to(path).as_posix()) for file in files)
         elif path.suffix.lower() == ".csv":
-            utterances.extend(open_corpus(path).utterances)
+            manifest = open_corpus(path)
+            utterances.extend(manifest.utterances)
+            report.dropped.extend(manifest.report.dropped)
+            report.warnings.extend(manifest.report.warnings)
         else:
             utterances.append(_loose(path, path.name))
     seen: dict[str, Path] = {}
@@ -50,7 +55,7 @@ def collect_inputs(paths: Sequence[str | Path]) -> list[Utterance]:
             raise SertoolError(f"two inputs share the id {utt.id}: {seen[utt.id]} and {utt.audio_path}; "
                                "predict them separately or give them distinct names")
         seen[utt.id] = utt.audio_path
-    return utterances
+    return utterances, report
 
 
 def corpus_split(corpus: str | Path, split: str) -> tuple[list[Utterance], LoadReport]:
@@ -60,16 +65,19 @@ def corpus_split(corpus: str | Path, split: str) -> tuple[list[Utterance], LoadR
     return opened.split(split), opened.report
 
 
-def require_complete(report: LoadReport, *, purpose: str) -> None:
-    """Refuse when rows were dropped: a submission must cover every file, and a silently shorter one
-    would be mistaken for a complete one.
+def require_complete(report: LoadReport, split: str | None, *, purpose: str) -> None:
+    """Refuse when rows of ``split`` (None: of any split), or rows whose split could not be read, were
+    dropped: a submission must cover every file, and a silently shorter one would be mistaken for a
+    complete one.
 
     Raises:
-        SertoolError: naming the first dropped row.
+        SertoolError: naming the first such row.
     """
-    if report.dropped:
-        raise SertoolError(f"{purpose}: {report.summary()} — first: {report.dropped[0]}; fix those rows so that "
-                           "every file is predicted")
+    concerned = [problem for problem in report.dropped if split is None or problem.split in (None, split)]
+    if concerned:
+        raise SertoolError(f"{purpose}: {len(concerned)} row(s) that may belong to {split or 'the input'} were "
+                           "dropped — first: "
+                           f"{concerned[0]}; fix those rows so that every file is predicted")
 
 
 def _loose(path: Path, utt_id: str) -> Utterance:

@@ -156,6 +156,8 @@ class _Run:
         train_config = config.train
         if config.data.on_bad_audio not in BAD_AUDIO_POLICIES:
             raise SertoolError(f"--on-bad-audio {config.data.on_bad_audio!r}: choose one of {', '.join(BAD_AUDIO_POLICIES)}")
+        if train_config.epochs < 1:
+            raise SertoolError(f"--epochs must be at least 1, got {train_config.epochs}")
         if train_config.accum_steps < 1:
             raise SertoolError(f"--accum-steps must be at least 1, got {train_config.accum_steps}")
         if config.data.corpus is None:

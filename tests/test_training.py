@@ -175,3 +175,12 @@ def test_per_attribute_selection_keeps_each_attributes_best_checkpoint(corpus, t
     for name in ("arousal", "valence", "dominance"):
         kept = load_checkpoint(tmp_path / "run", name=f"best_{name}.pt")
         assert kept["metrics"][name] == max(v[f"ccc_{name}"] for v in result.history)
+
+
+def test_resume_removes_temporaries_a_killed_write_left(corpus, tmp_path):
+    config = small_config(corpus, epochs=1)
+    train(config, tmp_path / "run")
+    stale = tmp_path / "run" / ".last.pt.k3j2.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    train(Config(), tmp_path / "run", resume=True)
+    assert not stale.exists() and (tmp_path / "run" / "last.pt").is_file()

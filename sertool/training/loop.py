@@ -48,7 +48,8 @@ from sertool.models.text_features import transcript_embeddings
 from sertool.training import distributed
 from sertool.training.distributed import Distributed
 from sertool.training.optim import LRSchedule, build_optimizer
-from sertool.training.run_folder import prepare_run_folder, truncate_metrics, write_run_files
+from sertool.training.run_folder import (prepare_run_folder, remove_stale_temporaries, truncate_metrics,
+                                        write_run_files)
 from sertool.training.samplers import EpochBatchSampler, class_counts
 
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
@@ -445,6 +446,7 @@ class _Run:
         self.schedule.load_state_dict(state["schedule"])
         progress = state["progress"]
         if self.context.is_main:
+            remove_stale_temporaries(self.run_dir)
             truncate_metrics(self.run_dir, step=int(progress["step"]), validations=len(progress["history"]))
         for name in ("step", "epoch", "best", "best_step", "best_per_attribute", "validations_without_improvement",
                      "nonfinite_in_a_row", "skipped_steps", "skipped_audio", "history"):

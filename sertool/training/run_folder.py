@@ -66,6 +66,13 @@ def write_run_files(run_dir: Path, config: Config, *, argv: Sequence[str], data_
                    "warnings": [vars(problem) for problem in load_report.warnings]}, handle, indent=2)
 
 
+def remove_stale_temporaries(run_dir: Path) -> None:
+    """Delete the temporary files of writes a killed run never finished (``atomic_write`` names them
+    ``.<name>.<random>.tmp``); the files they were meant to replace are whole."""
+    for stale in run_dir.glob(".*.tmp"):
+        stale.unlink(missing_ok=True)
+
+
 def truncate_metrics(run_dir: Path, *, step: int, validations: int) -> None:
     """Keep only the ``metrics.jsonl`` lines that a checkpoint at ``step`` with ``validations`` validations
     in its history accounts for: a killed run may have logged steps (or a validation) after its last

@@ -12,6 +12,7 @@ from rich.table import Table
 from sertool.data.info import SplitSummary, class_order
 from sertool.data.records import EMO_CLASSES
 from sertool.data.report import LoadReport
+from sertool.training.reporter import Reporter
 
 # Tables go to stdout; when that is a file or pipe, rich would wrap them at 80 columns: use 120 there.
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
@@ -87,7 +88,7 @@ def print_corpus_summary(title: str, summaries: list[SplitSummary]) -> None:
     out.print(classes)
 
 
-class RichTrainReporter:
+class RichTrainReporter(Reporter):
     """Training progress on the terminal: a bar per epoch with loss, lr, utterances/s and ETA, a line per
     validation, and a summary table at the end (the loop's ``Reporter``)."""
 

@@ -69,7 +69,7 @@ def test_accumulated_micro_batches_equal_one_large_batch_for_a_decomposable_loss
     runs = []
     for name in ("accumulated", "single"):
         run = _Run(small_config(corpus), tmp_path / name, resume=False, force=False, argv=(),
-                   context=loop.Distributed(), reporter=loop.SilentReporter())
+                   context=loop.Distributed(), reporter=loop.Reporter())
         run.loss_fn = mse_loss
         runs.append(run)
     from sertool.data.dataset import collate
@@ -81,11 +81,11 @@ def test_accumulated_micro_batches_equal_one_large_batch_for_a_decomposable_loss
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5, msg=name)
     changed = any(not torch.equal(a, b) for a, b in zip(runs[0].model.parameters(), _Run(
         small_config(corpus), tmp_path / "fresh", resume=False, force=False, argv=(), context=loop.Distributed(),
-        reporter=loop.SilentReporter()).model.parameters()))
+        reporter=loop.Reporter()).model.parameters()))
     assert changed  # the step did something
 
 
-class _InterruptAt(loop.SilentReporter):
+class _InterruptAt(loop.Reporter):
     def __init__(self, step: int) -> None:
         self.stop_step = step
 

@@ -26,7 +26,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -50,33 +50,12 @@ from sertool.training.distributed import Distributed
 from sertool.training.optim import LRSchedule, build_optimizer
 from sertool.training.run_folder import (prepare_run_folder, remove_stale_temporaries, truncate_metrics,
                                         write_run_files)
+from sertool.training.reporter import Reporter
 from sertool.training.samplers import EpochBatchSampler, class_counts
 
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 AUDIO_PROBLEMS = frozenset({"missing audio", "unreadable audio", "empty audio"})  # LoadReport reasons
 BAD_AUDIO_POLICIES = ("skip", "fail")
-
-
-class Reporter(Protocol):
-    """Where the loop reports progress (rich on a terminal, nothing in tests)."""
-
-    def start(self, summary: dict[str, Any]) -> None: ...
-    def epoch(self, epoch: int, total_batches: int, done_batches: int) -> None: ...
-    def step(self, stats: dict[str, Any]) -> None: ...
-    def validation(self, metrics: dict[str, Any]) -> None: ...
-    def message(self, text: str) -> None: ...
-    def finish(self, result: "TrainResult") -> None: ...
-
-
-class SilentReporter:
-    """A ``Reporter`` that says nothing."""
-
-    def start(self, summary: dict[str, Any]) -> None: ...
-    def epoch(self, epoch: int, total_batches: int, done_batches: int) -> None: ...
-    def step(self, stats: dict[str, Any]) -> None: ...
-    def validation(self, metrics: dict[str, Any]) -> None: ...
-    def message(self, text: str) -> None: ...
-    def finish(self, result: "TrainResult") -> None: ...
 
 
 @dataclass
@@ -137,7 +116,7 @@ def train(
     context = distributed.setup(device)
     try:
         return _Run(config, Path(run_dir), resume=resume, force=force, argv=argv, context=context,
-                    reporter=reporter if reporter is not None and context.is_main else SilentReporter()).run()
+                    reporter=reporter if reporter is not None and context.is_main else Reporter()).run()
     finally:
         distributed.teardown()
 

@@ -1,0 +1,27 @@
+"""How the training loop reports progress; import-light, so the console can subclass it without torch."""
+from __future__ import annotations
+
+from typing import Any
+
+
+class Reporter:
+    """Where the loop reports progress. This base says nothing (tests, library use); the CLI passes
+    ``sertool.console.RichTrainReporter``, which overrides each method."""
+
+    def start(self, summary: dict[str, Any]) -> None:
+        """Once, before the first step: sizes, device, data report, class counts."""
+
+    def epoch(self, epoch: int, total_batches: int, done_batches: int) -> None:
+        """At the start of each epoch (``done_batches`` > 0 when resuming mid-epoch)."""
+
+    def step(self, stats: dict[str, Any]) -> None:
+        """After each optimiser step: losses, learning rate, timing."""
+
+    def validation(self, metrics: dict[str, Any]) -> None:
+        """After each validation: CCC per attribute and whether it improved."""
+
+    def message(self, text: str) -> None:
+        """Anything else worth a line (e.g. a skipped clip)."""
+
+    def finish(self, result: Any) -> None:
+        """Once, at the end, with the ``TrainResult``."""

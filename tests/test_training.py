@@ -143,7 +143,14 @@ def _ddp_worker(rank: int, world_size: int, port: int, config_dict: dict, run_di
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    train(Config.from_dict(config_dict), run_dir, device="cpu")
+    try:
+        train(Config.from_dict(config_dict), run_dir, device="cpu")
+    except BaseException:
+        # A rank that dies takes its peer down with it (gloo aborts): keep the first cause for the report.
+        import traceback
+
+        Path(f"{run_dir}.rank{rank}.error").write_text(traceback.format_exc())
+        raise
 
 
 def test_two_process_ddp_equals_one_process_with_the_same_effective_batch(corpus, tmp_path):
@@ -151,8 +158,12 @@ def test_two_process_ddp_equals_one_process_with_the_same_effective_batch(corpus
     single = small_config(corpus, accum_steps=2)
     train(single, tmp_path / "single")
     ddp = small_config(corpus, accum_steps=1)
-    mp.start_processes(_ddp_worker, args=(2, _free_port(), ddp.to_dict(), str(tmp_path / "ddp")), nprocs=2,
-                       start_method="spawn")
+    try:
+        mp.start_processes(_ddp_worker, args=(2, _free_port(), ddp.to_dict(), str(tmp_path / "ddp")), nprocs=2,
+                           start_method="spawn")
+    except mp.ProcessExitedException:
+        errors = [path.read_text() for path in sorted(tmp_path.glob("ddp.rank*.error"))]
+        pytest.fail("a DDP rank died:\n" + "\n".join(errors or ["(no Python error: see the captured stderr)"]))
     assert_same_state(model_state(tmp_path / "ddp"), model_state(tmp_path / "single"), atol=1e-5)
     assert load_checkpoint(tmp_path / "ddp")["metrics"]["average"] == pytest.approx(
         load_checkpoint(tmp_path / "single")["metrics"]["average"], abs=1e-5)

@@ -161,7 +161,7 @@ def test_two_process_ddp_equals_one_process_with_the_same_effective_batch(corpus
     try:
         mp.start_processes(_ddp_worker, args=(2, _free_port(), ddp.to_dict(), str(tmp_path / "ddp")), nprocs=2,
                            start_method="spawn")
-    except mp.ProcessExitedException:
+    except (mp.ProcessExitedException, mp.ProcessRaisedException):
         errors = [path.read_text() for path in sorted(tmp_path.glob("ddp.rank*.error"))]
         pytest.fail("a DDP rank died:\n" + "\n".join(errors or ["(no Python error: see the captured stderr)"]))
     assert_same_state(model_state(tmp_path / "ddp"), model_state(tmp_path / "single"), atol=1e-5)

@@ -49,6 +49,14 @@ def setup(device: str = "auto") -> Distributed:
     return Distributed(rank=rank, world_size=world_size, local_rank=local_rank, device=chosen)
 
 
+def barrier(context: Distributed) -> None:
+    """Wait for every rank. Called before leaving the process group after a run that ended well: a rank
+    that tears gloo down while another still writes its files can abort the process ("terminate called
+    without an active exception")."""
+    if context.enabled:
+        dist.barrier()
+
+
 def teardown() -> None:
     """Leave the process group (a no-op in a single process)."""
     if dist.is_initialized():

@@ -115,8 +115,10 @@ def train(
     """
     context = distributed.setup(device)
     try:
-        return _Run(config, Path(run_dir), resume=resume, force=force, argv=argv, context=context,
-                    reporter=reporter if reporter is not None and context.is_main else Reporter()).run()
+        result = _Run(config, Path(run_dir), resume=resume, force=force, argv=argv, context=context,
+                      reporter=reporter if reporter is not None and context.is_main else Reporter()).run()
+        distributed.barrier(context)
+        return result
     finally:
         distributed.teardown()
 

@@ -22,11 +22,10 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from sertool.data.corpus import Corpus, Progress, Row, build_utterances
+from sertool.data.corpus import Corpus, Progress, Row, build_utterances, read_csv_records
 from sertool.data.fields import BadValue, parse_class, parse_gender, parse_label, parse_speaker
 from sertool.data.records import ATTRIBUTES, Utterance
 from sertool.data.report import LoadReport
-from sertool.errors import SertoolError
 from sertool.io import atomic_write
 
 MANIFEST_COLUMNS: tuple[str, ...] = ("id", "path", "split", *ATTRIBUTES, "emo_class", "speaker", "gender", "transcript")
@@ -43,23 +42,14 @@ def read_manifest(path: str | Path, *, progress: Progress | None = None) -> Corp
     base = path.parent
     report = LoadReport()
     rows = []
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            missing = [column for column in REQUIRED_COLUMNS if column not in (reader.fieldnames or [])]
-            if missing:
-                raise SertoolError(
-                    f"{path}: missing column(s) {', '.join(missing)}; a manifest needs {', '.join(REQUIRED_COLUMNS)} "
-                    f"and may have {', '.join(c for c in MANIFEST_COLUMNS if c not in REQUIRED_COLUMNS)}"
-                )
-            for record in reader:
-                where = f"{path}:{reader.line_num}"
-                try:
-                    rows.append(parse_manifest_row(record, base, where))
-                except BadValue as error:
-                    report.drop(where, error.reason, error.detail, split=(record.get("split") or "").strip() or None)
-    except (OSError, UnicodeDecodeError, csv.Error) as error:
-        raise SertoolError(f"{path}: cannot read the manifest ({error})") from None
+    hint = (f"a manifest needs {', '.join(REQUIRED_COLUMNS)} and may have "
+            f"{', '.join(c for c in MANIFEST_COLUMNS if c not in REQUIRED_COLUMNS)}")
+    for line, record in read_csv_records(path, REQUIRED_COLUMNS, what="manifest", hint=hint):
+        where = f"{path}:{line}"
+        try:
+            rows.append(parse_manifest_row(record, base, where))
+        except BadValue as error:
+            report.drop(where, error.reason, error.detail, split=(record.get("split") or "").strip() or None)
     return Corpus(root=path, kind="manifest", utterances=build_utterances(rows, report, progress=progress), report=report)
 
 

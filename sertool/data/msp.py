@@ -5,12 +5,11 @@ demo corpus.
 """
 from __future__ import annotations
 
-import csv
 import os
 import re
 from pathlib import Path
 
-from sertool.data.corpus import MSP_LABELS, Corpus, Progress, Row, build_utterances
+from sertool.data.corpus import MSP_LABELS, Corpus, Progress, Row, build_utterances, read_csv_records
 from sertool.data.fields import BadValue, parse_class, parse_gender, parse_label, parse_speaker
 from sertool.data.records import ATTRIBUTE_COLUMNS, SPLITS
 from sertool.data.report import LoadReport
@@ -42,7 +41,8 @@ def read_msp_podcast(root: str | Path, *, progress: Progress | None = None) -> C
         report.warn(str(transcript_dir), "no transcripts", "folder missing: text-based (MM) systems will need ASR")
 
     rows = []
-    for line, record in _read_labels(labels_path):
+    for line, record in read_csv_records(labels_path, LABEL_HEADER, what="labels file",
+                                         hint=f"the header must be {','.join(LABEL_HEADER)}"):
         where = f"{labels_path}:{line}"
         try:
             rows.append(_parse_row(record, where, audio_dir))
@@ -59,22 +59,6 @@ def read_msp_podcast(root: str | Path, *, progress: Progress | None = None) -> C
         for row in rows:
             row.fields["transcript"] = _read_transcript(transcript_dir / f"{Path(row.id).stem}.txt", report)
     return Corpus(root=root, kind="msp-podcast", utterances=build_utterances(rows, report, progress=progress), report=report)
-
-
-def _read_labels(path: Path):
-    """Yield ``(line number, row dict)``; the header must hold every column of ``LABEL_HEADER``."""
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            missing = [column for column in LABEL_HEADER if column not in (reader.fieldnames or [])]
-            if missing:
-                raise SertoolError(
-                    f"{path}: missing column(s) {', '.join(missing)}; the header must be {','.join(LABEL_HEADER)}"
-                )
-            for record in reader:
-                yield reader.line_num, record
-    except (OSError, UnicodeDecodeError, csv.Error) as error:
-        raise SertoolError(f"{path}: cannot read the labels file ({error})") from None
 
 
 def _parse_row(record: dict[str, str | None], where: str, audio_dir: Path) -> Row:

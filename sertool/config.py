@@ -108,6 +108,8 @@ class TrainConfig:
     max_per_class: int = option(0, "Undersampling: cap each class at this many (0: the smallest class' size); "
                                 "ignored by the other samplings.")
     max_batch_s: float = option(64.0, "Micro-batch bound: utterances × longest clip ≤ this many seconds.")
+    min_batch_items: int = option(8, "Fewest utterances per --max-batch-s micro-batch, even where that exceeds "
+                                  "--max-batch-s (the CCC loss needs enough items; 0: no lower bound).")
     batch_size: int = option(0, "Fixed-size random micro-batches instead of --max-batch-s (0: off).")
     num_buckets: int = option(20, "Equal-mass duration buckets of --max-batch-s batching.")
     accum_steps: int = option(4, "Micro-batches per optimiser step (gradient accumulation).")

@@ -85,6 +85,18 @@ def test_accumulated_micro_batches_equal_one_large_batch_for_a_decomposable_loss
     assert changed  # the step did something
 
 
+def test_min_batch_items_reaches_the_sampler_of_duration_batching(corpus, tmp_path):
+    # A 2 s bound holds one 0.6-1.6 s clip; the lower bound of 6 wins.
+    config = small_config(corpus, batch_size=0, max_batch_s=2.0, min_batch_items=6)
+    run = _Run(config, tmp_path / "run", resume=False, force=False, argv=(), context=loop.Distributed(),
+               reporter=loop.Reporter())
+    sizes = [len(batch) for epoch in range(2) for batch in run.sampler.plan(epoch)]
+    assert min(sizes) >= 6 and sum(sizes) == 2 * len(run.train_set)
+    fixed = _Run(small_config(corpus, min_batch_items=6), tmp_path / "fixed", resume=False, force=False, argv=(),
+                 context=loop.Distributed(), reporter=loop.Reporter())
+    assert {len(batch) for batch in fixed.sampler.plan(0)} == {4}  # --batch-size batches are not bounded
+
+
 class _InterruptAt(loop.Reporter):
     def __init__(self, step: int) -> None:
         self.stop_step = step

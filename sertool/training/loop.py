@@ -184,6 +184,8 @@ class _Run:
             # The cap is an undersampling option; a config (e.g. a grid's shared overrides) may hold it for all.
             max_per_class=(train_config.max_per_class or None) if train_config.sampling == "undersample" else None,
             max_batch_s=None if train_config.batch_size else train_config.max_batch_s,
+            # Like the cap: a bound of duration batching, which a --batch-size run does not use.
+            min_batch_items=1 if train_config.batch_size else (train_config.min_batch_items or 1),
             batch_size=train_config.batch_size or None, num_buckets=train_config.num_buckets, seed=config.seed,
             rank=context.rank, world_size=context.world_size)
         self.dataset = UtteranceDataset(

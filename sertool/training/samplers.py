@@ -6,7 +6,8 @@ Small pieces, each a pure function of its inputs and ``(seed, epoch)``, composed
    class-balanced subset every epoch), ``whole`` (every item once) or ``weighted`` (inverse class frequency,
    with replacement). ``epoch_strategy`` looks one up by name and binds its options.
 2. A batcher groups them: ``duration_batches`` bounds each batch's *padded* seconds (batch size × longest
-   item ≤ ``max_batch_s``) with items drawn from equal-mass duration buckets (``bucket_edges``), or
+   item ≤ ``max_batch_s``, at least ``min_batch_items`` items) with items drawn from equal-mass duration
+   buckets (``bucket_edges``), or
    ``fixed_batches`` makes random batches of N items (the reference for benchmarks).
 3. ``shard_batches`` gives each DDP rank a disjoint share of the same plan, with the same number of batches
    on every rank.
@@ -195,6 +196,7 @@ def duration_batches(
     max_batch_s: float,
     edges: np.ndarray,
     rng: np.random.Generator,
+    min_batch_items: int = 1,
 ) -> list[list[int]]:
     """Batches whose padded seconds (size × longest item) stay within ``max_batch_s``.
 
@@ -205,12 +207,18 @@ def duration_batches(
     epoch has one partial batch rather than one per bucket. A single item longer than ``max_batch_s``
     forms a batch of its own (it cannot be split).
 
+    ``min_batch_items`` is a lower bound that wins over ``max_batch_s``: a batch closes only once it holds
+    that many items, even if it then exceeds the seconds bound (long clips), and an epoch's last batch, if
+    it would be smaller, joins the batch before it. Only an epoch with fewer items than the bound has a
+    smaller batch. The CCC loss is a statistic of the batch: with too few items it is mostly noise.
+
     Args:
         indices: the items of the epoch (repeats allowed).
         durations_s: duration of every item of the dataset, indexed by item.
         max_batch_s: bound on padded seconds per batch.
         edges: bucket boundaries from ``bucket_edges``.
         rng: the epoch's batching generator.
+        min_batch_items: fewest items per batch (1: no lower bound).
 
     Returns:
         Lists of item indices.
@@ -220,24 +228,32 @@ def duration_batches(
     batches: list[list[int]] = []
     leftovers: list[int] = []
     for bucket in np.unique(bucket_of):
-        filled = _fill(rng.permutation(indices[bucket_of == bucket]), durations_s, max_batch_s)
+        filled = _fill(rng.permutation(indices[bucket_of == bucket]), durations_s, max_batch_s, min_batch_items)
         batches.extend(filled[:-1])
         leftovers.extend(filled[-1])
     # Each bucket's last batch is usually partial. Re-batching those items, gathered in bucket order (so
     # neighbours have similar lengths and pad little), leaves one small batch per epoch instead of one per
     # bucket: tiny batches make a noisy CCC loss, which is a batch statistic.
-    batches.extend(_fill(np.asarray(leftovers, dtype=np.int64), durations_s, max_batch_s))
+    last = _fill(np.asarray(leftovers, dtype=np.int64), durations_s, max_batch_s, min_batch_items)
+    if len(last[-1]) < min_batch_items and len(batches) + len(last) > 1:
+        tail = last.pop()
+        # Into its neighbour in bucket order, or else the batch of the most similar lengths: least padding.
+        host = last[-1] if last else min(batches, key=lambda batch: abs(durations_s[batch].max() - durations_s[tail].max()))
+        host.extend(tail)
+    batches.extend(last)
     return [batches[position] for position in rng.permutation(len(batches))]
 
 
-def _fill(members: np.ndarray, durations_s: np.ndarray, max_batch_s: float) -> list[list[int]]:
-    """Greedy: close the batch when the next item would push size × longest past the bound."""
+def _fill(members: np.ndarray, durations_s: np.ndarray, max_batch_s: float,
+          min_batch_items: int = 1) -> list[list[int]]:
+    """Greedy: close the batch when it holds ``min_batch_items`` and the next item would push
+    size × longest past the bound."""
     batches: list[list[int]] = []
     batch: list[int] = []
     longest_s = 0.0
     for index in members.tolist():
         duration_s = float(durations_s[index])
-        if batch and (len(batch) + 1) * max(longest_s, duration_s) > max_batch_s:
+        if len(batch) >= max(1, min_batch_items) and (len(batch) + 1) * max(longest_s, duration_s) > max_batch_s:
             batches.append(batch)
             batch, longest_s = [], 0.0
         batch.append(index)
@@ -313,7 +329,9 @@ class EpochBatchSampler(Sampler[list[int]]):
       ``num_samples`` items per epoch.
     - ``max_batch_s``: batches bounded by padded seconds from ``num_buckets`` duration buckets; memory is
       bounded exactly and padding stays low. ``batch_size``: random batches of N items instead (padding is
-      then high on a mix of 3 to 11 s clips). Exactly one of the two.
+      then high on a mix of 3 to 11 s clips). Exactly one of the two. ``min_batch_items`` puts a lower
+      bound on the items of a ``max_batch_s`` batch that wins over the seconds bound (the CCC loss needs
+      enough items to mean something).
     - DDP: ``rank`` / ``world_size`` from the trainer; every rank computes the same plan from the same seed
       and takes a disjoint share, with the same number of batches (see ``shard_batches`` for
       ``drop_remainder``). No communication.
@@ -331,6 +349,7 @@ class EpochBatchSampler(Sampler[list[int]]):
         num_samples: int | None = None,
         max_batch_s: float | None = None,
         batch_size: int | None = None,
+        min_batch_items: int = 1,
         num_buckets: int = 20,
         seed: int = 0,
         rank: int = 0,
@@ -348,6 +367,8 @@ class EpochBatchSampler(Sampler[list[int]]):
             num_samples: items per epoch of ``"weighted"`` (None: the number of items).
             max_batch_s: bound on batch size × longest item, in seconds.
             batch_size: fixed number of items per batch instead of ``max_batch_s``.
+            min_batch_items: ``max_batch_s`` batching: fewest items per batch, even where that exceeds
+                ``max_batch_s`` (see ``duration_batches``); 1: no lower bound.
             num_buckets: duration buckets of ``max_batch_s`` batching.
             seed: run seed; the same on every rank.
             rank: this process's rank.
@@ -368,6 +389,11 @@ class EpochBatchSampler(Sampler[list[int]]):
             raise SertoolError(f"max_batch_s (--max-batch-s) must be positive seconds, got {max_batch_s}")
         if batch_size is not None and batch_size < 1:
             raise SertoolError(f"batch_size (--batch-size) must be at least 1, got {batch_size}")
+        if min_batch_items < 1:
+            raise SertoolError(f"min_batch_items (--min-batch-items) must be at least 1, got {min_batch_items}")
+        if min_batch_items > 1 and batch_size is not None:
+            raise SertoolError("min_batch_items (--min-batch-items) applies to max_batch_s (--max-batch-s) batching, "
+                               "not to fixed --batch-size batches")
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
         self.class_codes = list(class_codes)
@@ -375,6 +401,7 @@ class EpochBatchSampler(Sampler[list[int]]):
         self.strategy = epoch_strategy(sampling, max_per_class=max_per_class, num_samples=num_samples)
         self.max_batch_s = max_batch_s
         self.batch_size = batch_size
+        self.min_batch_items = min_batch_items
         # Edges come from every item, not from an epoch's subset, so buckets stay the same across epochs.
         self.edges = bucket_edges(self.durations_s, num_buckets=num_buckets) if max_batch_s is not None else np.empty(0)
         self.seed = seed
@@ -385,7 +412,8 @@ class EpochBatchSampler(Sampler[list[int]]):
         # the same state, and all ranks are at the same step).
         self.settings: dict[str, Any] = {
             "sampling": sampling, "max_per_class": max_per_class, "num_samples": num_samples,
-            "max_batch_s": max_batch_s, "batch_size": batch_size, "num_buckets": num_buckets, "seed": seed,
+            "max_batch_s": max_batch_s, "batch_size": batch_size, "min_batch_items": min_batch_items,
+            "num_buckets": num_buckets, "seed": seed,
             "world_size": world_size, "drop_remainder": drop_remainder, "num_items": len(self.class_codes),
             # Catches another corpus or another training crop with the same number of items.
             "total_duration_s": round(float(self.durations_s.sum()), 3),
@@ -414,7 +442,8 @@ class EpochBatchSampler(Sampler[list[int]]):
         indices = self.strategy(self.class_codes, epoch=epoch, seed=self.seed)
         rng = _rng(self.seed, epoch, _BATCHING_STREAM)
         if self.max_batch_s is not None:
-            return duration_batches(indices, self.durations_s, max_batch_s=self.max_batch_s, edges=self.edges, rng=rng)
+            return duration_batches(indices, self.durations_s, max_batch_s=self.max_batch_s, edges=self.edges, rng=rng,
+                                    min_batch_items=self.min_batch_items)
         return fixed_batches(indices, batch_size=self.batch_size, rng=rng)  # type: ignore[arg-type]
 
     def plan(self, epoch: int | None = None) -> list[list[int]]:

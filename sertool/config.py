@@ -101,7 +101,10 @@ class ModelConfig:
 class TrainConfig:
     """The optimisation: sampling, batching, optimiser, schedule, precision, validation."""
 
-    epochs: int = option(20, "Epochs (with undersampling, each is a fresh class-balanced subset).")
+    epochs: int = option(20, "Epochs (with undersampling, each is a fresh class-balanced subset); 0: no epoch "
+                         "limit (then --max-steps sets the length).")
+    max_steps: int = option(0, "Budget in optimiser steps: stop after this many, whichever of --epochs and this "
+                            "comes first; the LR schedule spans the budget (0: epochs only).")
     sampling: str = option("undersample", "undersample: a fresh class-balanced subset every epoch (the paper); "
                            "whole: every utterance; weighted: inverse class frequency.",
                            choices=("undersample", "whole", "weighted"))

@@ -104,8 +104,8 @@ class RichTrainReporter(Reporter):
         resumed = f", resumed at step {summary['resumed_at_step']}" if summary["resumed_at_step"] else ""
         err.print(f"[bold]train:[/] {summary['train']:,} training and {summary['valid']:,} validation utterances; "
                   f"{summary['parameters']:,} trainable parameters on {summary['device']} "
-                  f"(×{summary['world_size']}), AMP {summary['amp']}; {summary['epochs']} epochs of "
-                  f"{summary['batches_per_epoch']} micro-batches, {summary['accum_steps']} per step{resumed}")
+                  f"(×{summary['world_size']}), AMP {summary['amp']}; {_length(summary)}, "
+                  f"{summary['accum_steps']} per step{resumed}")
         print_load_report(summary["data"])
         counts = summary["classes"]
         order = sorted(counts, key=lambda code: list(EMO_CLASSES).index(code) if code in EMO_CLASSES else len(EMO_CLASSES))
@@ -158,6 +158,15 @@ class RichTrainReporter(Reporter):
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
+
+
+def _length(summary: dict) -> str:
+    """How long a run is, e.g. "20 epochs of 310 micro-batches" or "5,000 steps (epochs of 310 micro-batches)"."""
+    epochs, steps, batches = summary["epochs"], summary.get("max_steps", 0), summary["batches_per_epoch"]
+    if not steps:
+        return f"{epochs} epochs of {batches} micro-batches"
+    limit = f" or {epochs} epochs, whichever ends first" if epochs else ""
+    return f"{steps:,} optimiser steps{limit} (epochs of {batches} micro-batches)"
 
 
 def print_scores(title: str, rows: list, *, highlight: str | None = None) -> None:

@@ -120,6 +120,42 @@ def test_resume_equals_an_uninterrupted_run(corpus, tmp_path, stop_step):
     assert_same_state(model_state(tmp_path / "resumed"), model_state(tmp_path / "straight"))
 
 
+@pytest.mark.parametrize(("epochs", "max_steps", "steps", "validated_at"), [
+    (0, 6, 6, [4, 6]),     # a step budget alone: one epoch and a half, the cut epoch validated at its end
+    (3, 6, 6, [4, 6]),     # the budget ends first
+    (1, 100, 4, [4]),      # the epochs end first
+])
+def test_step_budget_ends_the_run_and_spans_the_schedule(corpus, tmp_path, epochs, max_steps, steps, validated_at):
+    config = small_config(corpus, epochs=epochs, max_steps=max_steps)  # 16 utterances, 4 per step: 4 steps an epoch
+    run = _Run(config, tmp_path / "plan", resume=False, force=False, argv=(), context=loop.Distributed(),
+               reporter=loop.Reporter())
+    assert run.schedule.total_steps == steps
+    result = train(config, tmp_path / "run")
+    assert result.steps == steps and result.stopped == "finished"
+    assert [record["step"] for record in result.history] == validated_at
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert max(line["step"] for line in lines if line["type"] == "train") == steps
+
+
+@pytest.mark.parametrize("stop_step", [5, 6])  # inside the cut epoch, and after the budget's last step
+def test_resume_within_a_step_budget_equals_an_uninterrupted_run(corpus, tmp_path, stop_step):
+    config = small_config(corpus, epochs=0, max_steps=6, checkpoint_every_steps=1)
+    config.model.head_dropout = 0.3
+    straight = train(config, tmp_path / "straight")
+    with pytest.raises(KeyboardInterrupt):
+        train(config, tmp_path / "resumed", reporter=_InterruptAt(stop_step))
+    resumed = train(Config(), tmp_path / "resumed", resume=True)
+    assert (resumed.steps, resumed.history) == (straight.steps, straight.history)
+    assert_same_state(model_state(tmp_path / "resumed"), model_state(tmp_path / "straight"))
+
+
+def test_a_run_needs_an_end(corpus, tmp_path):
+    with pytest.raises(SertoolError, match="--epochs 0 and --max-steps 0"):
+        train(small_config(corpus, epochs=0), tmp_path / "run")
+    with pytest.raises(SertoolError, match="must not be negative"):
+        train(small_config(corpus, max_steps=-1), tmp_path / "run2")
+
+
 def test_nonfinite_losses_are_skipped_then_stop_the_run(corpus, tmp_path, monkeypatch):
     calls = {"n": 0}
     real_loss = loop.SERLoss.__call__

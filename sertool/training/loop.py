@@ -138,8 +138,11 @@ class _Run:
         train_config = config.train
         if config.data.on_bad_audio not in BAD_AUDIO_POLICIES:
             raise SertoolError(f"--on-bad-audio {config.data.on_bad_audio!r}: choose one of {', '.join(BAD_AUDIO_POLICIES)}")
-        if train_config.epochs < 1:
-            raise SertoolError(f"--epochs must be at least 1, got {train_config.epochs}")
+        if train_config.epochs < 0 or train_config.max_steps < 0:
+            raise SertoolError(f"--epochs and --max-steps must not be negative, got {train_config.epochs} and "
+                               f"{train_config.max_steps}")
+        if not (train_config.epochs or train_config.max_steps):
+            raise SertoolError("--epochs 0 and --max-steps 0: no end of training; give --epochs N or --max-steps N")
         if train_config.accum_steps < 1:
             raise SertoolError(f"--accum-steps must be at least 1, got {train_config.accum_steps}")
         if config.data.corpus is None:
@@ -201,10 +204,7 @@ class _Run:
 
         # Optimisation.
         self.optimizer = build_optimizer(self.model.parameter_groups(), train_config)
-        # Epochs differ in length (undersampling draws new subsets, buckets fill differently): count them all.
-        total_steps = sum(math.ceil(len(self.sampler.plan(epoch)) / train_config.accum_steps)
-                          for epoch in range(train_config.epochs))
-        self.schedule = LRSchedule(train_config, total_steps=total_steps)
+        self.schedule = LRSchedule(train_config, total_steps=self._planned_steps())
         self.scaler = torch.amp.GradScaler(context.device.type, enabled=self.amp_dtype == torch.float16)
         self.trainable = [p for group in self.optimizer.param_groups for p in group["params"]]
         self.ddp_model = self._wrap_ddp()
@@ -238,19 +238,23 @@ class _Run:
             "device": str(self.context.device), "world_size": self.context.world_size,
             "amp": str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "off",
             "parameters": sum(p.numel() for p in self.trainable), "epochs": config.epochs,
+            "max_steps": config.max_steps,
             "batches_per_epoch": len(self.sampler), "accum_steps": config.accum_steps, "resumed_at_step": self.step,
             "data": self.load_report, "classes": class_counts([utt.emo_class for utt in self.train_set])})
         stopped = "finished"
-        while self.epoch < config.epochs and stopped == "finished":
+        while stopped == "finished" and (not config.epochs or self.epoch < config.epochs) and not self._budget_spent():
             stopped = self._run_epoch()
             if stopped == "finished":
                 self.epoch += 1
                 if not config.eval_every_steps and self._validate_and_save():
                     stopped = "early stopping"
             self._save_last()
+        if stopped == "step budget":
+            stopped = "finished"  # the budget ended the run inside an epoch: its planned end
         last_validated = self.history[-1]["step"] if self.history else None
-        if stopped == "finished" and config.eval_every_steps and last_validated != self.step:
-            self._validate_and_save()  # the steps after the last multiple of eval_every_steps
+        if stopped == "finished" and last_validated != self.step:
+            # The steps after the last multiple of eval_every_steps, or a step budget that ended an epoch early.
+            self._validate_and_save()
             self._save_last()
         result = TrainResult(self.run_dir, best=self.best, best_step=self.best_step, steps=self.step, stopped=stopped,
                              skipped_steps=self.skipped_steps, skipped_audio=self.skipped_audio, history=self.history)
@@ -271,6 +275,8 @@ class _Run:
         self.reporter.epoch(self.epoch, total, position)
         batches = iter(self.loader)
         while position < total:
+            if self._budget_spent():
+                return "step budget"
             group = list(itertools.islice(batches, min(config.accum_steps, total - position)))
             position += len(group)
             started = time.perf_counter()
@@ -279,7 +285,7 @@ class _Run:
             self.batches_in_epoch = position
             stats.update(step=self.step, epoch=self.epoch, batch=position, batches=total,
                          seconds=time.perf_counter() - started)
-            if self.step % config.log_every_steps == 0 or position == total:
+            if self.step % config.log_every_steps == 0 or position == total or self._budget_spent():
                 self._log({"type": "train", **stats})
             stop = False
             if config.eval_every_steps and self.step % config.eval_every_steps == 0:
@@ -291,6 +297,23 @@ class _Run:
             if stop:
                 return "early stopping"
         return "finished"
+
+    def _budget_spent(self) -> bool:
+        """Whether ``--max-steps`` optimiser steps are done."""
+        return bool(self.config.train.max_steps) and self.step >= self.config.train.max_steps
+
+    def _planned_steps(self) -> int:
+        """Optimiser steps of the whole run, for the LR schedule: ``--max-steps``, or the steps of ``--epochs``
+        epochs if those end first. Epochs differ in length (undersampling draws new subsets, buckets fill
+        differently), so each planned epoch is counted."""
+        config = self.config.train
+        budget = config.max_steps or math.inf
+        total = 0
+        for epoch in itertools.count():
+            if total >= budget or (config.epochs and epoch >= config.epochs):
+                break
+            total += math.ceil(len(self.sampler.plan(epoch)) / config.accum_steps)
+        return int(min(total, budget))
 
     def _optimizer_step(self, group: list[Batch]) -> dict[str, Any]:
         """Accumulate gradients over ``group`` and take one optimiser step (unless a loss is not finite)."""

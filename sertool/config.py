@@ -32,9 +32,13 @@ DEFAULT_TEXT_MODEL_ID = "FacebookAI/roberta-large"
 DEFAULT_ASR_MODEL_ID = "openai/whisper-large-v3"  # transcribes utterances without a transcript (MM systems)
 
 
-def option(default: Any, help: str, *, choices: tuple[str, ...] | None = None, flag: str | None = None) -> Any:
-    """A config field with its command-line help (and choices, and a flag name other than the field's)."""
-    metadata = {"help": help, "choices": choices, "flag": flag}
+def option(default: Any, help: str, *, choices: tuple[str, ...] | None = None, flag: str | None = None,
+           model_location: bool = False) -> Any:
+    """A config field with its command-line help (and choices, and a flag name other than the field's).
+
+    ``model_location`` marks a hub id or folder of a pretrained model: its value is checked when it is set.
+    """
+    metadata = {"help": help, "choices": choices, "flag": flag, "model_location": model_location}
     if isinstance(default, (list, tuple)):
         return field(default_factory=lambda: tuple(default), metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -57,7 +61,7 @@ class DataConfig:
                                choices=("skip", "fail"))
     num_workers: int = option(2, "Data-loader processes.")
     asr: str = option(DEFAULT_ASR_MODEL_ID, "Whisper model (hub id or folder) that transcribes utterances without a "
-                      "transcript, for MM (--text) systems.")
+                      "transcript, for MM (--text) systems.", model_location=True)
     cache_dir: str | None = option(None, "Cache of text embeddings and ASR transcripts (default: $SERTOOL_CACHE "
                                    "or ~/.cache/sertool).")
 
@@ -68,7 +72,7 @@ class ModelConfig:
 
     backbone: str = option("wavlm", "Speech backbone.", choices=tuple(DEFAULT_BACKBONE_IDS))
     backbone_path: str | None = option(None, "Hub id or local folder of the backbone (default: the backbone's "
-                                       "usual id, e.g. microsoft/wavlm-large).")
+                                       "usual id, e.g. microsoft/wavlm-large).", model_location=True)
     layer_weighting: str = option("weighted", "Learnable softmax-weighted sum of all hidden layers, or the last "
                                   "layer only.", choices=("weighted", "last"))
     freeze_backbone: bool | None = option(None, "Freeze the speech backbone (default: the paper's choice: WavLM "
@@ -77,7 +81,8 @@ class ModelConfig:
     lora_rank: int = option(0, "LoRA adapters of this rank on the frozen Whisper and text encoder (0: none).")
     lora_alpha: float = option(16.0, "LoRA scale numerator (the update is scaled by alpha / rank).")
     text: bool = option(False, "MM system: concatenate an embedding of the transcript.")
-    text_model: str = option(DEFAULT_TEXT_MODEL_ID, "Hub id or local folder of the (frozen) text encoder.")
+    text_model: str = option(DEFAULT_TEXT_MODEL_ID, "Hub id or local folder of the (frozen) text encoder.",
+                             model_location=True)
     pooling: str = option("attentive", "Attentive statistics (weighted mean ⊕ std) or mean pooling.",
                           choices=("attentive", "mean"))
     head_hidden_dim: int = option(1024, "Hidden width of every head.")
@@ -93,7 +98,7 @@ class ModelConfig:
     aam_scale: float = option(30.0, "Scale of the speaker-ID head's AAM-softmax.")
     speaker_embedding: str | None = option(None, "Hub id or folder of a speaker model (e.g. a WavLMForXVector) "
                                            "whose embedding is concatenated (+S Emb); log-mel-stats: a "
-                                           "parameter-free stand-in (demo scale).")
+                                           "parameter-free stand-in (demo scale).", model_location=True)
     fbank_dim: int = option(256, "Width of the built-in fbank encoder.")
 
 
@@ -194,6 +199,7 @@ class ConfigOption:
     help: str
     choices: tuple[str, ...] | None
     optional: bool  # the field accepts None
+    model_location: bool = False  # a hub id or folder of a pretrained model
 
 
 def config_options() -> list[ConfigOption]:
@@ -210,7 +216,8 @@ def config_options() -> list[ConfigOption]:
             kind, optional = _base_type(hints[spec.name])
             default = spec.default_factory() if spec.default_factory is not dataclasses.MISSING else spec.default
             options.append(ConfigOption(section, spec.name, spec.metadata.get("flag") or "--" + spec.name.replace("_", "-"),
-                                        kind, default, spec.metadata["help"], spec.metadata.get("choices"), optional))
+                                        kind, default, spec.metadata["help"], spec.metadata.get("choices"), optional,
+                                        spec.metadata.get("model_location", False)))
     return options
 
 
@@ -244,9 +251,24 @@ def _coerce(option_: ConfigOption, value: Any, where: str) -> Any:
         if not isinstance(value, option_.type) or (option_.type is int and isinstance(value, bool)):
             raise SertoolError(f"{where} must be {option_.type.__name__}, got {value!r}")
         bad = [value] if option_.choices and value not in option_.choices else []
+    if option_.model_location:
+        _check_model_location(value, where)
     if bad:
         raise SertoolError(f"{where}: {', '.join(map(str, bad))} is not one of {', '.join(option_.choices or ())}")
     return value
+
+
+def _check_model_location(value: str, where: str) -> None:
+    """A hub id or folder: refuse what can only be a mistake, before any model is loaded.
+
+    The classic is an inline YAML comment written without a space before ``#`` (``text_model: x# comment``):
+    YAML then keeps the comment as part of the value, and the run fails only when it loads the model.
+    """
+    if value != value.strip() or not value:
+        raise SertoolError(f"{where} {value!r}: a model id or folder cannot be empty or start or end with spaces")
+    if "#" in value and not Path(value).expanduser().exists():
+        raise SertoolError(f"{where} {value!r}: not a model id or folder. An inline YAML comment needs a space "
+                           "before '#' (`key: value  # comment`), or YAML keeps it as part of the value")
 
 
 _SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}

@@ -1,12 +1,14 @@
 """`make reproduce` in miniature: a two-row grid end to end, then again with nothing left to do."""
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
 import pytest
 import yaml
 
+from sertool.config import DEFAULT_BACKBONE_IDS
 from sertool.experiments.grid import read_grid
 from sertool.experiments.reproduce import reproduce
 from tests.corpus_files import write_learnable_corpus
@@ -45,6 +47,26 @@ def test_every_system_of_the_paper_grid_has_a_loadable_config():
     located = grid.config("mmwavlm", scale="real", corpus="c",
                           model_locations={"microsoft/wavlm-large": "/models/wavlm", "FacebookAI/roberta-large": "/m/rb"})
     assert (located.model.backbone_path, located.model.text_model) == ("/models/wavlm", "/m/rb")
+
+
+# A hub id as the hub writes them: owner/name, letters, digits, '_', '.', '-' (no spaces, no '#').
+HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9_.-]+")
+
+
+def test_every_paper_config_at_real_scale_names_well_formed_hub_ids():
+    grid = read_grid(PAPER_GRID)
+    systems = sorted(path.stem for path in PAPER_GRID.parent.glob("*.yaml") if path.name != "grid.yaml")
+    assert systems == sorted(grid.systems)  # no config outside the grid, none missing
+    for system in systems:
+        config = grid.config(system, scale="real", corpus="c")
+        model = config.model
+        ids = [model.backbone_path or DEFAULT_BACKBONE_IDS[model.backbone]]
+        ids += [model.text_model, config.data.asr] if model.text else []
+        ids += [model.speaker_embedding] if model.speaker_embedding else []
+        for hub_id in ids:
+            assert HUB_ID.fullmatch(hub_id), f"{system}: {hub_id!r} is not a hub id"
+    assert grid.config("mmwavlm-spk-emb", scale="real", corpus="c").model.speaker_embedding == \
+        "microsoft/wavlm-base-plus-sv"
 
 
 def test_a_two_row_grid_runs_end_to_end_and_skips_finished_systems(tmp_path):

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sertool.data.selection import TRAIN_OX_CHOICES
 from sertool.errors import SertoolError
 
 # Default model id of each named backbone: a transformers hub id or a local folder may replace it
@@ -53,8 +54,9 @@ class DataConfig:
     valid_split: str = option("Development", "Split to validate on (model selection).")
     max_duration_s: float = option(0.0, "Random crop of training clips to this many seconds (0: whole clips). "
                                    "Evaluation always uses whole utterances.")
-    train_ox: str = option("keep", "O/X (other, no agreement) samples of the training split: keep, drop, or only "
-                           "(drop the non-O/X samples).", choices=("keep", "drop", "only"))
+    train_ox: str = option("keep", "O/X (other, no agreement) samples of the training split: keep, drop, only (drop "
+                           "every non-O/X sample), or drop-as-many-non-ox (drop a random set of non-O/X samples as "
+                           "large as the O/X set).", choices=TRAIN_OX_CHOICES)
     dev_ox_to_train: bool = option(False, "Add the O/X samples of the validation split to training; they then "
                                    "leave validation.")
     on_bad_audio: str = option("skip", "Unreadable training audio: skip it (and count it) or fail before training.",
@@ -115,6 +117,9 @@ class TrainConfig:
                            choices=("undersample", "whole", "weighted"))
     max_per_class: int = option(0, "Undersampling: cap each class at this many (0: the smallest class' size); "
                                 "ignored by the other samplings.")
+    ox_outside_balance: bool = option(False, "Undersampling: every O/X sample in every epoch, outside the class "
+                                      "balance (default: O and X are two more classes, cut to the smallest class "
+                                      "like the others).")
     max_batch_s: float = option(64.0, "Micro-batch bound: utterances × longest clip ≤ this many seconds.")
     min_batch_items: int = option(8, "Fewest utterances per --max-batch-s micro-batch, even where that exceeds "
                                   "--max-batch-s (the CCC loss needs enough items; 0: no lower bound).")

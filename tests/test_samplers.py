@@ -89,6 +89,25 @@ def test_undersample_cap_per_class(corpus):
         undersample(codes, epoch=0, seed=0, max_per_class=0)
 
 
+def test_ox_outside_the_balance_are_all_in_every_epoch(corpus):
+    codes, _ = corpus
+    counts = Counter(codes)
+    smallest_balanced = min(count for code, count in counts.items() if code not in "OX")
+    for epoch in range(3):
+        drawn = Counter(codes[i] for i in undersample(codes, epoch=epoch, seed=2, whole_classes=frozenset("OX")))
+        assert drawn == {code: counts[code] if code in "OX" else smallest_balanced for code in counts}
+    balanced = Counter(codes[i] for i in undersample(codes, epoch=0, seed=2))
+    assert set(balanced.values()) == {min(counts.values())}
+    assert undersample(["O", "X", "O"], epoch=0, seed=0, whole_classes=frozenset("OX")).tolist() == [0, 1, 2]
+    # A small O class no longer sets the size the others are cut to.
+    small_o = ["N"] * 5 + ["H"] * 4 + ["O"] * 2
+    assert Counter(small_o[i] for i in undersample(small_o, epoch=0, seed=0)) == {"N": 2, "H": 2, "O": 2}
+    outside = undersample(small_o, epoch=0, seed=0, whole_classes=frozenset("OX"))
+    assert Counter(small_o[i] for i in outside) == {"N": 4, "H": 4, "O": 2}
+    with pytest.raises(SertoolError, match="--ox-outside-balance.*not 'whole'"):
+        epoch_strategy("whole", whole_classes=frozenset("OX"))
+
+
 def test_weighted_gives_every_class_the_same_mass(corpus):
     codes, _ = corpus
     draws = np.concatenate([weighted(codes, epoch=epoch, seed=0) for epoch in range(10)])
@@ -328,6 +347,9 @@ def test_resume_refuses_other_settings(corpus):
         _sampler(corpus, seed=9).load_state_dict(state)
     with pytest.raises(SertoolError, match="min_batch_items 1 → 8"):
         _sampler(corpus, min_batch_items=8).load_state_dict(state)
+    older = {**state, "settings": {key: value for key, value in state["settings"].items()
+                                   if key not in ("min_batch_items", "whole_classes")}}
+    _sampler(corpus).load_state_dict(older)  # a checkpoint written before those settings existed
     codes, durations_s = corpus
     cropped = EpochBatchSampler(codes, np.minimum(durations_s, 5.0), max_batch_s=MAX_BATCH_S, seed=3, world_size=2)
     with pytest.raises(SertoolError, match="total_duration_s"):

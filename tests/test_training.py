@@ -97,6 +97,28 @@ def test_min_batch_items_reaches_the_sampler_of_duration_batching(corpus, tmp_pa
     assert {len(batch) for batch in fixed.sampler.plan(0)} == {4}  # --batch-size batches are not bounded
 
 
+def test_ox_options_reach_the_selection_and_the_sampler(corpus, tmp_path):
+    def run(name, train_ox="keep", **options):
+        config = small_config(corpus, sampling="undersample", **options)
+        config.data.train_ox = train_ox
+        config.seed = 3
+        return _Run(config, tmp_path / name, resume=False, force=False, argv=(), context=loop.Distributed(),
+                    reporter=loop.Reporter())
+
+    from sertool.data.corpus import open_corpus
+    from sertool.data.selection import select
+
+    expected = select(open_corpus(corpus).utterances, train_ox="drop-as-many-non-ox", seed=3).train
+    drawn_set = run("drawn", train_ox="drop-as-many-non-ox").train_set
+    assert [utt.id for utt in drawn_set] == [utt.id for utt in expected]  # the run's seed draws the set
+    # 16 Train utterances: N, H, A, S 3 each, O and X 2 each.
+    balanced, outside = run("balanced"), run("outside", ox_outside_balance=True)
+    codes = [utt.emo_class for utt in balanced.train_set]
+    drawn = [codes[i] for batch in outside.sampler.plan(0) for i in batch]
+    assert sorted(c for c in drawn if c in "OX") == sorted(c for c in codes if c in "OX")  # every O/X, every epoch
+    assert sum(len(batch) for batch in outside.sampler.plan(0)) > sum(len(batch) for batch in balanced.sampler.plan(0))
+
+
 class _InterruptAt(loop.Reporter):
     def __init__(self, step: int) -> None:
         self.stop_step = step

@@ -36,7 +36,7 @@ from sertool.checkpoint import (BEST_NAME, LAST_NAME, load_checkpoint, load_stor
 from sertool.config import DEFAULT_BACKBONE_IDS, Config
 from sertool.data.corpus import open_corpus
 from sertool.data.dataset import Batch, UtteranceDataset, collate
-from sertool.data.records import ATTRIBUTES, Utterance
+from sertool.data.records import ATTRIBUTES, NO_CLASS_CODES, Utterance
 from sertool.data.selection import select
 from sertool.errors import SertoolError
 from sertool.inference.runner import run_model
@@ -158,7 +158,8 @@ class _Run:
         corpus = open_corpus(config.data.corpus)
         self.load_report = corpus.report
         selection = select(corpus.utterances, train_split=config.data.train_split, valid_split=config.data.valid_split,
-                           train_ox=config.data.train_ox, dev_ox_to_train=config.data.dev_ox_to_train)
+                           train_ox=config.data.train_ox, dev_ox_to_train=config.data.dev_ox_to_train,
+                           seed=config.seed)
         self.train_set, self.valid_set = selection.train, selection.valid
         bad_audio = [problem for problem in corpus.report.dropped if problem.reason in AUDIO_PROBLEMS]
         if config.data.on_bad_audio == "fail" and bad_audio:
@@ -186,6 +187,7 @@ class _Run:
             self.train_set, max_duration_s=crop_s, sampling=train_config.sampling,
             # The cap is an undersampling option; a config (e.g. a grid's shared overrides) may hold it for all.
             max_per_class=(train_config.max_per_class or None) if train_config.sampling == "undersample" else None,
+            whole_classes=NO_CLASS_CODES if train_config.ox_outside_balance else frozenset(),
             max_batch_s=None if train_config.batch_size else train_config.max_batch_s,
             # Like the cap: a bound of duration batching, which a --batch-size run does not use.
             min_batch_items=1 if train_config.batch_size else (train_config.min_batch_items or 1),

@@ -33,6 +33,9 @@ from sertool.errors import SertoolError
 _SELECTION_STREAM = 0
 _BATCHING_STREAM = 1
 
+# Sampler settings added after the first checkpoints were written, with the value those checkpoints used.
+_SETTINGS_BEFORE_THEY_WERE_SAVED: dict[str, Any] = {"min_batch_items": 1, "whole_classes": []}
+
 # A strategy maps (class codes, epoch, seed) to the indices one epoch uses.
 EpochStrategy = Callable[..., np.ndarray]
 
@@ -59,13 +62,16 @@ def _class_groups(class_codes: Sequence[str | None]) -> dict[str | None, np.ndar
 
 
 def undersample(
-    class_codes: Sequence[str | None], *, epoch: int, seed: int, max_per_class: int | None = None
+    class_codes: Sequence[str | None], *, epoch: int, seed: int, max_per_class: int | None = None,
+    whole_classes: frozenset[str] = frozenset(),
 ) -> np.ndarray:
     """A fresh class-balanced subset: every class cut to the size of the smallest one.
 
     Each epoch draws a different random subset of the larger classes, reproducible from ``(seed, epoch)``,
     so over many epochs most of the data is seen while every epoch is balanced (and short). Every distinct
-    code is a class, O and X included; items without a code (``None``) form one more class.
+    code is a class, O and X included; items without a code (``None``) form one more class. O and X are
+    therefore cut like the others: more O/X utterances in the pool (e.g. Development's, moved into
+    training) change which ones an epoch draws, not how many.
 
     Args:
         class_codes: the EmoClass code of each item (index i is item i).
@@ -74,6 +80,8 @@ def undersample(
         max_per_class: instead of the smallest class's size, keep ``min(count, max_per_class)`` items of
             each class. Classes smaller than the cap keep all their items, so they are then NOT equal: the
             cap limits the majority classes without throwing away most of the data.
+        whole_classes: codes kept whole in every epoch, outside the balance (e.g. ``{"O", "X"}``): they
+            neither are cut nor set the size the other classes are cut to.
 
     Returns:
         Indices into ``class_codes``, ascending (order carries no meaning: batching shuffles).
@@ -84,11 +92,13 @@ def undersample(
     if max_per_class is not None and max_per_class < 1:
         raise SertoolError(f"max_per_class must be a positive number of items per class, got {max_per_class}")
     groups = _class_groups(class_codes)
-    if not groups:
-        return np.empty(0, dtype=np.int64)
-    size = min(len(indices) for indices in groups.values()) if max_per_class is None else max_per_class
+    balanced = [indices for code, indices in groups.items() if code not in whole_classes]
+    if not balanced:
+        return np.arange(len(class_codes), dtype=np.int64)
+    size = min(len(indices) for indices in balanced) if max_per_class is None else max_per_class
     rng = _rng(seed, epoch, _SELECTION_STREAM)
-    chosen = [rng.choice(indices, size=min(len(indices), size), replace=False) for indices in groups.values()]
+    chosen = [indices if code in whole_classes else rng.choice(indices, size=min(len(indices), size), replace=False)
+              for code, indices in groups.items()]
     return np.sort(np.concatenate(chosen))
 
 
@@ -134,7 +144,8 @@ def weighted(
 STRATEGIES: dict[str, EpochStrategy] = {"undersample": undersample, "whole": whole, "weighted": weighted}
 
 
-def epoch_strategy(name: str, *, max_per_class: int | None = None, num_samples: int | None = None) -> EpochStrategy:
+def epoch_strategy(name: str, *, max_per_class: int | None = None, num_samples: int | None = None,
+                   whole_classes: frozenset[str] = frozenset()) -> EpochStrategy:
     """The strategy called ``name`` with its options bound: call it as ``strategy(codes, epoch=, seed=)``.
 
     Raises:
@@ -147,7 +158,11 @@ def epoch_strategy(name: str, *, max_per_class: int | None = None, num_samples: 
         raise SertoolError(f"max_per_class (--max-per-class) applies to --sampling undersample only, not '{name}'")
     if num_samples is not None and name != "weighted":
         raise SertoolError(f"num_samples (--num-samples) applies to --sampling weighted only, not '{name}'")
-    options = {"undersample": {"max_per_class": max_per_class}, "weighted": {"num_samples": num_samples}}
+    if whole_classes and name != "undersample":
+        raise SertoolError(f"classes outside the balance (--ox-outside-balance) apply to --sampling undersample only, "
+                           f"not '{name}'")
+    options = {"undersample": {"max_per_class": max_per_class, "whole_classes": frozenset(whole_classes)},
+               "weighted": {"num_samples": num_samples}}
     return functools.partial(STRATEGIES[name], **options.get(name, {}))
 
 
@@ -347,6 +362,7 @@ class EpochBatchSampler(Sampler[list[int]]):
         sampling: str = "undersample",
         max_per_class: int | None = None,
         num_samples: int | None = None,
+        whole_classes: frozenset[str] = frozenset(),
         max_batch_s: float | None = None,
         batch_size: int | None = None,
         min_batch_items: int = 1,
@@ -365,6 +381,7 @@ class EpochBatchSampler(Sampler[list[int]]):
             sampling: ``"undersample"``, ``"whole"`` or ``"weighted"``.
             max_per_class: undersampling cap per class (None: the smallest class's size).
             num_samples: items per epoch of ``"weighted"`` (None: the number of items).
+            whole_classes: ``"undersample"``: class codes kept whole in every epoch, outside the balance.
             max_batch_s: bound on batch size × longest item, in seconds.
             batch_size: fixed number of items per batch instead of ``max_batch_s``.
             min_batch_items: ``max_batch_s`` batching: fewest items per batch, even where that exceeds
@@ -398,7 +415,8 @@ class EpochBatchSampler(Sampler[list[int]]):
             raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
         self.class_codes = list(class_codes)
         self.durations_s = np.asarray(durations_s, dtype=np.float64)
-        self.strategy = epoch_strategy(sampling, max_per_class=max_per_class, num_samples=num_samples)
+        self.strategy = epoch_strategy(sampling, max_per_class=max_per_class, num_samples=num_samples,
+                                       whole_classes=whole_classes)
         self.max_batch_s = max_batch_s
         self.batch_size = batch_size
         self.min_batch_items = min_batch_items
@@ -412,6 +430,7 @@ class EpochBatchSampler(Sampler[list[int]]):
         # the same state, and all ranks are at the same step).
         self.settings: dict[str, Any] = {
             "sampling": sampling, "max_per_class": max_per_class, "num_samples": num_samples,
+            "whole_classes": sorted(whole_classes),
             "max_batch_s": max_batch_s, "batch_size": batch_size, "min_batch_items": min_batch_items,
             "num_buckets": num_buckets, "seed": seed,
             "world_size": world_size, "drop_remainder": drop_remainder, "num_items": len(self.class_codes),
@@ -520,11 +539,9 @@ class EpochBatchSampler(Sampler[list[int]]):
         Raises:
             SertoolError: the sampler settings differ from the checkpoint's, so the plan would differ.
         """
-        changed = [
-            f"{key} {state['settings'].get(key)!r} → {value!r}"
-            for key, value in self.settings.items()
-            if state["settings"].get(key) != value
-        ]
+        saved = {**_SETTINGS_BEFORE_THEY_WERE_SAVED, **state["settings"]}
+        changed = [f"{key} {saved.get(key)!r} → {value!r}" for key, value in self.settings.items()
+                   if saved.get(key) != value]
         if changed:
             raise SertoolError(
                 "cannot resume mid-epoch: sampler settings differ from the checkpoint's "

@@ -187,3 +187,11 @@ def print_scores(title: str, rows: list, *, highlight: str | None = None) -> Non
                       "–" if row.gender_uar is None else f"{row.gender_uar:.3f}"]
         table.add_row(*cells, style="bold" if row.name == highlight else None)
     out.print(table)
+    excluded = max(row.excluded_trained_on for row in rows) if rows else 0
+    if excluded:
+        out.print(f"{excluded:,} utterances of the split are left out of these scores: trained on (the checkpoints "
+                  "record their training utterances)", markup=False, highlight=False)
+    for row in rows:
+        if not row.training_data_known:
+            out.print(f"{row.name}: what it trained on is unknown (a predictions file, or a checkpoint of an older "
+                      "sertool): cannot tell whether these utterances were held out", markup=False, highlight=False)

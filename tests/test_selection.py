@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from sertool.data.records import Utterance
-from sertool.data.selection import select
+from sertool.data.selection import held_out, select
 from sertool.errors import SertoolError
 
 
@@ -139,3 +139,11 @@ def test_keep_without_class_codes_is_allowed():
     corpus = [_utt("a", "Train", None), _utt("b", "Development", None)]
     selection = select(corpus)
     assert (_ids(selection.train), _ids(selection.valid)) == (["a"], ["b"])
+
+
+def test_held_out_leaves_out_the_training_ids_in_order():
+    kept = held_out(CORPUS, frozenset({"d2", "d3", "t1"}))
+    assert _ids(kept.utterances) == [u.id for u in CORPUS if u.id not in ("d2", "d3", "t1")]
+    assert (kept.excluded, kept.known) == (3, True)
+    unknown = held_out(CORPUS, None)
+    assert (_ids(unknown.utterances), unknown.excluded, unknown.known) == (_ids(CORPUS), 0, False)

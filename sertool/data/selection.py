@@ -155,6 +155,35 @@ def select(
     )
 
 
+@dataclass(frozen=True)
+class HeldOut:
+    """The utterances a trained system may be scored on, and what was left out.
+
+    Attributes:
+        utterances: the given utterances the system did not train on, in their order.
+        excluded: how many were left out because the system trained on them.
+        known: False where the system's training data is unknown (predictions CSVs, checkpoints written
+            before sertool recorded it): nothing could be left out, and a score should say so.
+    """
+
+    utterances: list[Utterance]
+    excluded: int
+    known: bool
+
+
+def held_out(utterances: Sequence[Utterance], training_ids: frozenset[str] | None) -> HeldOut:
+    """Leave out the utterances a system trained on (e.g. Development's O/X of a ``--dev-ox-to-train`` run).
+
+    Args:
+        utterances: a split to score on.
+        training_ids: the ids the system trained on (a checkpoint's ``training_ids``); None: unknown.
+    """
+    if training_ids is None:
+        return HeldOut(list(utterances), 0, known=False)
+    kept = [utt for utt in utterances if utt.id not in training_ids]
+    return HeldOut(kept, len(utterances) - len(kept), known=True)
+
+
 def _labeled(records: Sequence[Utterance], split: str, flag: str, splits_present: list[str]) -> list[Utterance]:
     in_split = [record for record in records if record.split == split]
     if not in_split:

@@ -56,6 +56,8 @@ class PredictorOutput:
 
 class Predictor(Protocol):
     name: str
+    # Ids of the utterances the model trained on (scores leave them out); None where unknown (a CSV).
+    training_ids: frozenset[str] | None
 
     def predict(self, utterances: Sequence[Utterance]) -> PredictorOutput: ...
 
@@ -67,6 +69,8 @@ class CheckpointPredictor:
         self.name = str(path)
         self.options = options
         self.payload = load_checkpoint(path)
+        recorded = self.payload.get("training_ids")  # absent from checkpoints of older sertool versions
+        self.training_ids = frozenset(recorded) if recorded is not None else None
         self.config = Config.from_dict(self.payload["config"], source=f"{path} (its config)")
         overrides = {key: getattr(options, key) for key in ("text_model", "speaker_embedding")
                      if getattr(options, key) is not None}
@@ -118,6 +122,7 @@ class CsvPredictor:
     def __init__(self, path: str | Path) -> None:
         self.name = str(path)
         self.table = read_predictions(path)
+        self.training_ids = None  # a CSV does not say what made it
 
     def predict(self, utterances: Sequence[Utterance]) -> PredictorOutput:
         return PredictorOutput(self.table.take([utt.id for utt in utterances], source=self.name))
@@ -131,10 +136,18 @@ class EnsemblePredictor:
         self.plan = read_plan(path)
         base = Path(path).parent
         self.members = [open_predictor(_relative_to(member, base), options) for member in self.plan.members]
+        self.training_ids = union_of_training_ids(self.members)
 
     def predict(self, utterances: Sequence[Utterance]) -> PredictorOutput:
         outputs = [member.predict(utterances).predictions for member in self.members]
         return PredictorOutput(apply_plan(self.plan, outputs))
+
+
+def union_of_training_ids(predictors: Sequence[Predictor]) -> frozenset[str] | None:
+    """What any of ``predictors`` trained on (an ensemble is scored off all of it); None if one is unknown."""
+    if any(predictor.training_ids is None for predictor in predictors):
+        return None
+    return frozenset().union(*(predictor.training_ids for predictor in predictors))
 
 
 def open_predictor(path: str | Path, options: InferenceOptions | None = None) -> Predictor:

@@ -8,12 +8,13 @@ from pathlib import Path
 import numpy as np
 
 from sertool.data.records import GENDERS, Utterance
+from sertool.data.selection import HeldOut, held_out
 from sertool.errors import SertoolError
 from sertool.io import check_writable
 from sertool.inference.ensemble import EnsemblePlan, apply_plan, mean_plan, select_per_attribute, write_plan
 from sertool.inference.inputs import split_windows
 from sertool.inference.predictions import Predictions
-from sertool.inference.predictor import InferenceOptions, PredictorOutput, open_predictor
+from sertool.inference.predictor import InferenceOptions, PredictorOutput, open_predictor, union_of_training_ids
 from sertool.inference.writers import WRITERS, format_of, write_submission
 from sertool.models.ccc import ccc_scores
 
@@ -27,6 +28,10 @@ class Scores:
     num_utterances: int
     gender_accuracy: float | None = None
     gender_uar: float | None = None  # unweighted average recall over Male / Female
+    # Utterances of the split left out because the system trained on them, and whether its training data
+    # was known at all (a predictions CSV does not say what made it).
+    excluded_trained_on: int = 0
+    training_data_known: bool = True
 
 
 @dataclass
@@ -49,9 +54,15 @@ def labelled(utterances: Sequence[Utterance], split: str) -> np.ndarray:
     return np.array([utt.labels() for utt in utterances], dtype=np.float64)
 
 
-def score(name: str, output: PredictorOutput, utterances: Sequence[Utterance], labels: np.ndarray) -> Scores:
-    """CCC over the whole split (never per batch), and gender accuracy / UAR where the model predicts it."""
-    scores = Scores(name, ccc_scores(output.predictions.values, labels), len(utterances))
+def score(name: str, output: PredictorOutput, utterances: Sequence[Utterance], labels: np.ndarray, *,
+          held_out: HeldOut | None = None) -> Scores:
+    """CCC over the whole split (never per batch), and gender accuracy / UAR where the model predicts it.
+
+    ``held_out`` (from ``selection.held_out``) records what was left out of ``utterances`` beforehand.
+    """
+    scores = Scores(name, ccc_scores(output.predictions.values, labels), len(utterances),
+                    excluded_trained_on=held_out.excluded if held_out else 0,
+                    training_data_known=held_out.known if held_out else True)
     if output.gender_probabilities is not None:
         known = np.array([utt.gender in GENDERS for utt in utterances])
         if known.any():
@@ -61,6 +72,15 @@ def score(name: str, output: PredictorOutput, utterances: Sequence[Utterance], l
             recalls = [float((guess[truth == k] == k).mean()) for k in range(len(GENDERS)) if (truth == k).any()]
             scores.gender_uar = float(np.mean(recalls))
     return scores
+
+
+def _held_out(utterances: Sequence[Utterance], training_ids: frozenset[str] | None, *, split: str, name: str) -> HeldOut:
+    """``selection.held_out``, refusing a split the system trained on entirely."""
+    kept = held_out(utterances, training_ids)
+    if utterances and not kept.utterances:
+        raise SertoolError(f"--split {split}: {name} trained on all {len(utterances)} of its utterances; a score on "
+                           "them would say nothing about unseen data. Evaluate a held-out split")
+    return kept
 
 
 def check_outputs(*, out: Path | None, file_format: str | None, submission: Path | None, force: bool) -> None:
@@ -74,13 +94,22 @@ def evaluate(model_path: str | Path, utterances: Sequence[Utterance], *, split: 
              out: Path | None = None, plot: Path | None = None, force: bool = False) -> EvaluationResult:
     """Predict a labelled split with a checkpoint / run folder / CSV / ensemble and score it.
 
+    Utterances the model trained on (recorded in its checkpoint, e.g. Development's O/X of a
+    ``--dev-ox-to-train`` run) are left out of the score, the predictions file and the plot; the
+    ``Scores`` say how many.
+
     Writes the predictions CSV (labels beside them) to ``out`` and the plot to ``plot`` when given.
+
+    Raises:
+        SertoolError: unlabelled utterances, or every utterance of the split was trained on.
     """
     check_writable([out, plot], force=force)
-    labels = labelled(utterances, split)
     predictor = open_predictor(model_path, options)
+    kept = _held_out(utterances, predictor.training_ids, split=split, name=predictor.name)
+    utterances = kept.utterances
+    labels = labelled(utterances, split)
     output = predictor.predict(utterances)
-    result = EvaluationResult(score(predictor.name, output, utterances, labels), output.predictions)
+    result = EvaluationResult(score(predictor.name, output, utterances, labels, held_out=kept), output.predictions)
     if out is not None:
         WRITERS[format_of(out)](output.predictions, out, labels=labels)
         result.written.append(out)
@@ -139,6 +168,10 @@ def ensemble(member_paths: Sequence[str | Path], utterances: Sequence[Utterance]
             ``utterances``, which must then be labelled).
         save: write the plan as JSON, with members named relative to its folder; evaluate and predict take
             it in place of a checkpoint.
+
+    Scores (and the per-attribute choice) leave out every utterance any member trained on: the members
+    and the ensemble are scored on the same utterances, the intersection of the members' held-out sets.
+    The predictions cover every utterance.
     """
     check_writable([save], force=force)
     if len(member_paths) < 2:
@@ -149,11 +182,14 @@ def ensemble(member_paths: Sequence[str | Path], utterances: Sequence[Utterance]
         raise SertoolError("--weights and --per-attribute best exclude each other")
     predictors = [open_predictor(path, options) for path in member_paths]
     names = [_member_name(path, save) for path in member_paths]
+    trained_on = union_of_training_ids(predictors)
     outputs = [predictor.predict(utterances) for predictor in predictors]
     members = [output.predictions for output in outputs]
     if per_attribute:
-        chosen_on = selection_utterances if selection_utterances is not None else utterances
-        chosen_members = members if selection_utterances is None else \
+        chosen_on = _held_out(selection_utterances if selection_utterances is not None else utterances, trained_on,
+                              split=selection_split, name="the ensemble's members").utterances
+        chosen_ids = [utt.id for utt in chosen_on]
+        chosen_members = [member.take(chosen_ids) for member in members] if selection_utterances is None else \
             [predictor.predict(chosen_on).predictions for predictor in predictors]
         plan = select_per_attribute(chosen_members, labelled(chosen_on, selection_split), names=names)
     else:
@@ -162,12 +198,26 @@ def ensemble(member_paths: Sequence[str | Path], utterances: Sequence[Utterance]
     has_labels = all(utt.has_labels for utt in utterances)
     member_scores, ensemble_scores = [], None
     if has_labels:
-        labels = labelled(utterances, split)
-        member_scores = [score(predictor.name, output, utterances, labels) for predictor, output in zip(predictors, outputs)]
-        ensemble_scores = score("ensemble", PredictorOutput(combined), utterances, labels)
+        kept = _held_out(utterances, trained_on, split=split, name="the ensemble's members")
+        labels = labelled(kept.utterances, split)
+        member_scores = [score(predictor.name, _rows(output, kept.utterances), kept.utterances, labels, held_out=kept)
+                         for predictor, output in zip(predictors, outputs)]
+        ensemble_scores = score("ensemble", _rows(PredictorOutput(combined), kept.utterances), kept.utterances, labels,
+                                held_out=kept)
     if save is not None:
         write_plan(plan, save)
     return EnsembleResult(member_scores, ensemble_scores, plan, combined)
+
+
+def _rows(output: PredictorOutput, utterances: Sequence[Utterance]) -> PredictorOutput:
+    """The rows of ``output`` for ``utterances``, in their order."""
+    ids = [utt.id for utt in utterances]
+    if ids == output.predictions.ids:
+        return output
+    row_of = {file_id: row for row, file_id in enumerate(output.predictions.ids)}
+    rows = [row_of[file_id] for file_id in ids]
+    gender = None if output.gender_probabilities is None else output.gender_probabilities[rows]
+    return PredictorOutput(output.predictions.take(ids), gender)
 
 
 def _member_name(path: str | Path, save: Path | None) -> str:

@@ -161,6 +161,7 @@ class _Run:
                            train_ox=config.data.train_ox, dev_ox_to_train=config.data.dev_ox_to_train,
                            seed=config.seed)
         self.train_set, self.valid_set = selection.train, selection.valid
+        self.training_ids = sorted(utt.id for utt in self.train_set)
         bad_audio = [problem for problem in corpus.report.dropped if problem.reason in AUDIO_PROBLEMS]
         if config.data.on_bad_audio == "fail" and bad_audio:
             raise SertoolError(f"--on-bad-audio fail: {len(bad_audio)} rows have missing, unreadable or empty audio; "
@@ -419,6 +420,8 @@ class _Run:
                            "text_model": model_config.text_model if model_config.text else None,
                            "speaker_embedding": model_config.speaker_embedding},
             "speakers": self.speakers,
+            # What the model saw: `evaluate` and `reproduce` score it only on other utterances.
+            "training_ids": self.training_ids,
             "model_state": stored_state(self.model),
             "epoch": self.epoch, "step": self.step, "metrics": metrics,
             "provenance": provenance(),

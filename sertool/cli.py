@@ -16,6 +16,7 @@ from sertool.errors import SertoolError
 
 EXIT_USER_ERROR = 2
 DEMO_SIZE_NAMES = ("tiny", "small", "default", "large")  # sertool.data.demo.DEMO_SIZES, without importing it
+SPEAKER_CHOICE_NAMES = ("random", "most-frequent")  # sertool.experiments.speakers.SPEAKER_CHOICES, likewise
 
 
 class _Group(click.Group):
@@ -106,12 +107,15 @@ def data_demo(out: str | None, out_option: str | None, size: str, seed: int, for
 @click.option("--speaker-model", default="microsoft/wavlm-base-plus-sv", show_default=True,
               help="Hub id or folder of an x-vector model, or log-mel-stats (no download).")
 @click.option("--num-speakers", default=10, show_default=True, help="Speakers to plot.")
+@click.option("--speakers", "speaker_choice", type=click.Choice(SPEAKER_CHOICE_NAMES), default="random",
+              show_default=True, help="A seeded random draw of speakers (the paper's), or those with the most "
+                                      "utterances.")
 @click.option("--per-speaker", default=10, show_default=True, help="Utterances per speaker.")
 @click.option("--out", required=True, metavar="PNG", help="The figure to write.")
-@click.option("--seed", default=0, show_default=True, help="Which utterances are drawn.")
+@click.option("--seed", default=0, show_default=True, help="Which speakers and utterances are drawn.")
 @click.option("--force", is_flag=True, help="Overwrite --out.")
-def data_speakers(corpus: str, split: str, speaker_model: str, num_speakers: int, per_speaker: int, out: str,
-                  seed: int, force: bool) -> None:
+def data_speakers(corpus: str, split: str, speaker_model: str, num_speakers: int, speaker_choice: str,
+                  per_speaker: int, out: str, seed: int, force: bool) -> None:
     """The paper's Figure 2: speaker embeddings projected to 2-D, coloured by speaker.
 
     Shows whether a speaker extractor separates this corpus's speakers (the paper's reason why adding
@@ -124,7 +128,7 @@ def data_speakers(corpus: str, split: str, speaker_model: str, num_speakers: int
 
     check_writable([Path(out)], force=force)
     utterances = choose_utterances(open_corpus(corpus).split(split), num_speakers=num_speakers,
-                                   per_speaker=per_speaker, seed=seed)
+                                   per_speaker=per_speaker, seed=seed, speakers=speaker_choice)
     result = speaker_map(utterances, speaker_model)
     plot_speaker_map(result, out, title=f"{speaker_model} on {len(utterances)} utterances of {split}")
     console.print(f"Fisher ratio {result.fisher_ratio:.2f} (between-/within-speaker variance of the 2-D points); "

@@ -264,6 +264,15 @@ def _inference_options(command):
     return command
 
 
+def _bootstrap_options(command):
+    """``--bootstrap B`` and its seed (evaluate, ensemble)."""
+    command = click.option("--bootstrap-seed", type=int, default=0, show_default=True,
+                           help="Seed of the bootstrap resamples.")(command)
+    return click.option("--bootstrap", type=click.IntRange(min=0), default=0, show_default=True, metavar="B",
+                        help="Bootstrap 95 % confidence intervals of each CCC from B resamples of the utterances "
+                             "(e.g. 1000; 0: none).")(command)
+
+
 def _options(flags: dict):
     from sertool.inference.predictor import InferenceOptions
 
@@ -283,9 +292,10 @@ def _out_path(value: str | None) -> Path | None:
 @click.option("--out", metavar="CSV", help="Write the predictions (labels beside them) here (.csv or .json).")
 @click.option("--plot", metavar="PNG", help="Write predicted-vs-true and by-class plots here.")
 @click.option("--force", is_flag=True, help="Overwrite --out / --plot.")
+@_bootstrap_options
 @_inference_options
 def evaluate_command(model: str, corpus: str, split: str, out: str | None, plot: str | None, force: bool,
-                     **flags) -> None:
+                     bootstrap: int, bootstrap_seed: int, **flags) -> None:
     """CCC per attribute and average of CKPT on a split (whole utterances, batched by length).
 
     CKPT is a checkpoint, a run folder (its best.pt), a predictions CSV, or an ensemble JSON.
@@ -298,7 +308,7 @@ def evaluate_command(model: str, corpus: str, split: str, out: str | None, plot:
     utterances, report = corpus_split(corpus, split)
     print_load_report(report)
     result = evaluate(model, utterances, split=split, options=_options(flags), out=_out_path(out),
-                      plot=_out_path(plot), force=force)
+                      plot=_out_path(plot), force=force, bootstrap=bootstrap, bootstrap_seed=bootstrap_seed)
     print_scores(f"{split} of {corpus}", [result.scores])
     for path in result.written:
         console.print(f"wrote {path}")
@@ -363,10 +373,11 @@ def predict_command(model: str, paths: tuple[str, ...], corpus: str | None, spli
 @click.option("--submission", metavar="CSV", help="Write the challenge submission of the ensemble here.")
 @click.option("--save", metavar="JSON", help="Keep the ensemble: evaluate and predict accept it as a checkpoint.")
 @click.option("--force", is_flag=True, help="Overwrite --out / --submission / --save.")
+@_bootstrap_options
 @_inference_options
 def ensemble_command(members: tuple[str, ...], corpus: str, split: str, weights: str | None, per_attribute: str | None,
                      select_split: str, out: str | None, submission: str | None, save: str | None, force: bool,
-                     **flags) -> None:
+                     bootstrap: int, bootstrap_seed: int, **flags) -> None:
     """Average the A/V/D predictions of MEMBERs: checkpoints, run folders, predictions CSVs or ensembles.
 
     \b
@@ -374,7 +385,7 @@ def ensemble_command(members: tuple[str, ...], corpus: str, split: str, weights:
       sertool ensemble a.csv b.csv --corpus MSP-Podcast --split Development --per-attribute best
     """
     from sertool.console import out as console
-    from sertool.console import print_load_report, print_scores
+    from sertool.console import print_differences, print_load_report, print_scores
     from sertool.inference.inputs import corpus_split, require_complete
     from sertool.inference.workflows import check_outputs, ensemble, write_outputs
     from sertool.io import check_writable
@@ -392,9 +403,12 @@ def ensemble_command(members: tuple[str, ...], corpus: str, split: str, weights:
     selection = corpus_split(corpus, select_split)[0] if per_attribute and select_split != split else None
     result = ensemble(members, utterances, split=split, options=_options(flags), weights=weight_values,
                       per_attribute=per_attribute == "best", selection_utterances=selection,
-                      selection_split=select_split, save=_out_path(save), force=force)
+                      selection_split=select_split, save=_out_path(save), force=force, bootstrap=bootstrap,
+                      bootstrap_seed=bootstrap_seed)
     if result.ensemble_scores is not None:
         print_scores(f"{split} of {corpus}", [*result.member_scores, result.ensemble_scores], highlight="ensemble")
+    if result.differences:
+        print_differences(f"the ensemble's gain over each member, {split}", result.differences)
     if per_attribute:
         for name, chosen in result.plan.weights.items():
             console.print(f"{name}: " + " + ".join(result.plan.members[index] for index, _ in chosen))

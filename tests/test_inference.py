@@ -15,6 +15,7 @@ from sertool.cli import cli
 from sertool.data.corpus import open_corpus
 from sertool.inference.predictions import read_predictions, read_predictions_and_labels
 from sertool.inference.predictor import InferenceOptions, open_predictor
+from sertool.models.bootstrap import resample_indices
 from sertool.models.ccc import ccc_scores
 from sertool.training.loop import train
 from tests.corpus_files import write_learnable_corpus, write_tone
@@ -101,6 +102,61 @@ def test_ensembles_are_scored_on_the_intersection_of_held_out_sets(corpus, runs,
     for name in ("arousal", "valence", "dominance"):
         best = max(ccc_scores(m, labels)[name] for m in members + [np.mean(members, axis=0)])
         assert chosen.plan.development_ccc[name] == pytest.approx(best)  # chosen on held-out utterances only
+
+
+def _interval_rows(output: str, title: str) -> list[str]:
+    """The table rows holding intervals after ``title`` (numbers never wrap, names may)."""
+    lines = output.splitlines()
+    start = next(i for i, line in enumerate(lines) if title in line)
+    rows = []
+    for line in lines[start + 1:]:
+        if line.startswith("└"):
+            return rows
+        if "[" in line:
+            rows.append(line)
+    return rows
+
+
+def _percentile_interval(values: np.ndarray) -> str:
+    low, high = np.percentile(values, [2.5, 97.5])
+    return f"[{low:.3f}, {high:.3f}]"
+
+
+def test_evaluate_bootstrap_prints_intervals_of_an_independent_resampling_loop(corpus, runs, tmp_path):
+    result = run("evaluate", runs["a"], "--corpus", corpus, "--split", "Development", "--out", tmp_path / "a.csv",
+                 "--bootstrap", "1000", "--bootstrap-seed", "4")
+    assert result.exit_code == 0, result.output
+    predictions, labels = read_predictions_and_labels(tmp_path / "a.csv")
+    loop = [ccc_scores(predictions.values[rows], labels[rows])
+            for rows in resample_indices(len(labels), range(1000), seed=4)]
+    line = _interval_rows(result.output, "95 % confidence intervals")[0]
+    for name in ("arousal", "valence", "dominance", "average"):
+        assert _percentile_interval(np.array([scores[name] for scores in loop])) in line, name
+    again = run("evaluate", runs["a"], "--corpus", corpus, "--split", "Development", "--bootstrap", "1000",
+                "--bootstrap-seed", "4")
+    assert line in again.output  # seeded: the same intervals
+
+
+def test_ensemble_bootstrap_gives_the_gain_over_each_member_a_paired_interval(corpus, runs, tmp_path):
+    members = []
+    for name in ("a", "b"):
+        assert run("evaluate", runs[name], "--corpus", corpus, "--split", "Test1", "--out",
+                   tmp_path / f"{name}.csv").exit_code == 0
+        members.append(read_predictions_and_labels(tmp_path / f"{name}.csv"))
+    result = run("ensemble", runs["a"], runs["b"], "--corpus", corpus, "--split", "Test1", "--bootstrap", "500")
+    assert result.exit_code == 0, result.output
+    labels = members[0][1]
+    values = [predictions.values for predictions, _ in members]
+    mean = np.mean(values, axis=0)
+    gains = {index: [] for index in range(2)}
+    for rows in resample_indices(len(labels), range(500), seed=0):
+        ensemble_scores = ccc_scores(mean[rows], labels[rows])
+        for index in range(2):
+            gains[index].append(ensemble_scores["average"] - ccc_scores(values[index][rows], labels[rows])["average"])
+    ci_lines = _interval_rows(result.output, "gain over each member")
+    for index in range(2):
+        low, high = np.percentile(gains[index], [2.5, 97.5])
+        assert f"[{low:+.3f}, {high:+.3f}]" in ci_lines[index]
 
 
 def test_batched_evaluation_equals_one_at_a_time(corpus, runs):

@@ -16,6 +16,7 @@ from sertool.inference.inputs import split_windows
 from sertool.inference.predictions import Predictions
 from sertool.inference.predictor import InferenceOptions, PredictorOutput, open_predictor, union_of_training_ids
 from sertool.inference.writers import WRITERS, format_of, write_submission
+from sertool.models.bootstrap import BootstrapResult, Interval, bootstrap_ccc
 from sertool.models.ccc import ccc_scores
 
 
@@ -32,6 +33,8 @@ class Scores:
     # was known at all (a predictions CSV does not say what made it).
     excluded_trained_on: int = 0
     training_data_known: bool = True
+    # Bootstrap confidence interval of each CCC (and "average"), with ``evaluate --bootstrap B``.
+    ci: dict[str, Interval] | None = None
 
 
 @dataclass
@@ -91,7 +94,8 @@ def check_outputs(*, out: Path | None, file_format: str | None, submission: Path
 
 
 def evaluate(model_path: str | Path, utterances: Sequence[Utterance], *, split: str, options: InferenceOptions,
-             out: Path | None = None, plot: Path | None = None, force: bool = False) -> EvaluationResult:
+             out: Path | None = None, plot: Path | None = None, force: bool = False, bootstrap: int = 0,
+             bootstrap_seed: int = 0) -> EvaluationResult:
     """Predict a labelled split with a checkpoint / run folder / CSV / ensemble and score it.
 
     Utterances the model trained on (recorded in its checkpoint, e.g. Development's O/X of a
@@ -99,6 +103,8 @@ def evaluate(model_path: str | Path, utterances: Sequence[Utterance], *, split: 
     ``Scores`` say how many.
 
     Writes the predictions CSV (labels beside them) to ``out`` and the plot to ``plot`` when given.
+    ``bootstrap`` > 0 adds a bootstrap confidence interval of each CCC (``sertool.models.bootstrap``,
+    ``bootstrap`` resamples of the scored utterances, seeded by ``bootstrap_seed``).
 
     Raises:
         SertoolError: unlabelled utterances, or every utterance of the split was trained on.
@@ -110,6 +116,9 @@ def evaluate(model_path: str | Path, utterances: Sequence[Utterance], *, split: 
     labels = labelled(utterances, split)
     output = predictor.predict(utterances)
     result = EvaluationResult(score(predictor.name, output, utterances, labels, held_out=kept), output.predictions)
+    if bootstrap:
+        result.scores.ci = bootstrap_ccc([output.predictions.values], labels, num_resamples=bootstrap,
+                                         seed=bootstrap_seed).interval(0)
     if out is not None:
         WRITERS[format_of(out)](output.predictions, out, labels=labels)
         result.written.append(out)
@@ -153,12 +162,32 @@ class EnsembleResult:
     ensemble_scores: Scores | None
     plan: EnsemblePlan
     predictions: Predictions
+    # With ``bootstrap``: the ensemble's CCC minus each member's, with a paired bootstrap interval.
+    differences: list[Difference] = field(default_factory=list)
+
+
+@dataclass
+class Difference:
+    """``CCC(system) − CCC(reference)`` per score on the same utterances, with its paired bootstrap CI."""
+
+    system: str
+    reference: str
+    value: dict[str, float]
+    ci: dict[str, Interval]
+
+
+def difference(scores: Sequence[Scores], resampled: BootstrapResult, *, system: int, reference: int) -> Difference:
+    """``scores[system]`` minus ``scores[reference]``; the indices are also the bootstrap's systems."""
+    return Difference(scores[system].name, scores[reference].name,
+                      {name: scores[system].ccc[name] - scores[reference].ccc[name] for name in scores[system].ccc},
+                      resampled.difference(system, reference))
 
 
 def ensemble(member_paths: Sequence[str | Path], utterances: Sequence[Utterance], *, split: str,
              options: InferenceOptions, weights: Sequence[float] | None = None, per_attribute: bool = False,
              selection_utterances: Sequence[Utterance] | None = None, selection_split: str = "Development",
-             save: Path | None = None, force: bool = False) -> EnsembleResult:
+             save: Path | None = None, force: bool = False, bootstrap: int = 0,
+             bootstrap_seed: int = 0) -> EnsembleResult:
     """Combine members (checkpoints, run folders, predictions CSVs, saved ensembles) on ``utterances``.
 
     Args:
@@ -168,6 +197,9 @@ def ensemble(member_paths: Sequence[str | Path], utterances: Sequence[Utterance]
             ``utterances``, which must then be labelled).
         save: write the plan as JSON, with members named relative to its folder; evaluate and predict take
             it in place of a checkpoint.
+        bootstrap: resamples of a bootstrap CI of every CCC, and of the ensemble's gain over each member
+            (paired: the same resamples for all); 0: none.
+        bootstrap_seed: the resamples' seed.
 
     Scores (and the per-attribute choice) leave out every utterance any member trained on: the members
     and the ensemble are scored on the same utterances, the intersection of the members' held-out sets.
@@ -200,13 +232,22 @@ def ensemble(member_paths: Sequence[str | Path], utterances: Sequence[Utterance]
     if has_labels:
         kept = _held_out(utterances, trained_on, split=split, name="the ensemble's members")
         labels = labelled(kept.utterances, split)
-        member_scores = [score(predictor.name, _rows(output, kept.utterances), kept.utterances, labels, held_out=kept)
-                         for predictor, output in zip(predictors, outputs)]
-        ensemble_scores = score("ensemble", _rows(PredictorOutput(combined), kept.utterances), kept.utterances, labels,
-                                held_out=kept)
+        scored = [_rows(output, kept.utterances) for output in [*outputs, PredictorOutput(combined)]]
+        names = [predictor.name for predictor in predictors] + ["ensemble"]
+        *member_scores, ensemble_scores = [score(name, output, kept.utterances, labels, held_out=kept)
+                                           for name, output in zip(names, scored)]
+    result = EnsembleResult(member_scores, ensemble_scores, plan, combined)
+    if bootstrap and has_labels:
+        resampled = bootstrap_ccc([output.predictions.values for output in scored], labels, num_resamples=bootstrap,
+                                  seed=bootstrap_seed)
+        rows = [*member_scores, ensemble_scores]
+        for index, row in enumerate(rows):
+            row.ci = resampled.interval(index)
+        result.differences = [difference(rows, resampled, system=len(predictors), reference=index)
+                              for index in range(len(predictors))]
     if save is not None:
         write_plan(plan, save)
-    return EnsembleResult(member_scores, ensemble_scores, plan, combined)
+    return result
 
 
 def _rows(output: PredictorOutput, utterances: Sequence[Utterance]) -> PredictorOutput:

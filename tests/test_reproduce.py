@@ -3,10 +3,17 @@ from __future__ import annotations
 
 import re
 import shutil
+import statistics
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
+
+from sertool.checkpoint import load_checkpoint
+from sertool.data.corpus import open_corpus
+from sertool.inference.predictions import read_predictions
+from sertool.models.ccc import ccc_scores
 
 from sertool.config import DEFAULT_BACKBONE_IDS
 from sertool.experiments.grid import read_grid
@@ -16,19 +23,19 @@ from tests.corpus_files import write_learnable_corpus
 PAPER_GRID = Path(__file__).resolve().parent.parent / "configs" / "paper" / "grid.yaml"
 
 
-def _grid(folder: Path) -> Path:
-    """Two of the paper's systems, with demo stand-ins and overrides small enough for a test."""
+def _grid(folder: Path, systems=("wavlm", "mmwavlm-gender")) -> Path:
+    """Two of the paper's systems and their ensemble, with demo stand-ins and overrides small enough for a test."""
     folder.mkdir()
-    for system in ("wavlm", "mmwavlm-gender"):
+    for system in systems:
         shutil.copy(PAPER_GRID.parent / f"{system}.yaml", folder)
     grid = yaml.safe_load(PAPER_GRID.read_text())
-    grid["tables"] = [{"title": "Two systems", "rows": [{"system": "wavlm", "paper": [0.653, 0.7, 0.5651, 0.6394]},
-                                                        {"system": "mmwavlm-gender"}]}]
-    grid["ensembles"] = [{"name": "both", "members": ["wavlm", "mmwavlm-gender"]}]
+    grid["tables"] = [{"title": "Two systems", "rows": [{"system": systems[0], "paper": [0.653, 0.7, 0.5651, 0.6394]},
+                                                        {"system": systems[1]}]}]
+    grid["ensembles"] = [{"id": "both", "name": "both", "members": list(systems)}]
     grid["demo_scale"]["overrides"] = {
         "data": {"num_workers": 0},
         "model": {"head_hidden_dim": 8, "fbank_dim": 16, "head_dropout": 0.0},
-        "train": {"epochs": 1, "batch_size": 4, "accum_steps": 1, "sampling": "whole"},
+        "train": {"epochs": 1, "max_steps": 0, "batch_size": 4, "accum_steps": 1, "sampling": "whole"},
     }
     (folder / "grid.yaml").write_text(yaml.safe_dump(grid, sort_keys=False))
     return folder / "grid.yaml"
@@ -36,17 +43,47 @@ def _grid(folder: Path) -> Path:
 
 def test_every_system_of_the_paper_grid_has_a_loadable_config():
     grid = read_grid(PAPER_GRID)
-    assert len(grid.systems) == 12
+    assert len(grid.systems) == 16
+    overrides = grid.demo_overrides["train"]
     for system in grid.systems:
         demo = grid.config(system, scale="demo", corpus="c")
-        assert demo.model.backbone == "fbank" and demo.train.epochs == 6
+        assert demo.model.backbone == "fbank" and (demo.train.epochs, demo.train.max_steps) == (
+            overrides["epochs"], overrides["max_steps"])
         real = grid.config(system, scale="real", corpus="c")
         assert real.model.backbone in ("wavlm", "whisper")
         assert real.model.text_model == "FacebookAI/roberta-large"
-    assert grid.config("mmwhisper", scale="real", corpus="c").model.backbone == "whisper"
+        # Budgeted in optimiser steps, with the baseline's 8 utterances per micro-batch at least.
+        assert (real.train.epochs, real.train.max_steps, real.train.min_batch_items) == (0, 40000, 8)
+        # Whisper as the authors' released models: its last encoder layer.
+        assert real.model.layer_weighting == ("last" if real.model.backbone == "whisper" else "weighted")
     located = grid.config("mmwavlm", scale="real", corpus="c",
                           model_locations={"microsoft/wavlm-large": "/models/wavlm", "FacebookAI/roberta-large": "/m/rb"})
     assert (located.model.backbone_path, located.model.text_model) == ("/models/wavlm", "/m/rb")
+
+
+def _what(grid, system: str) -> tuple:
+    config = grid.config(system, scale="real", corpus="c")
+    return (config.model.backbone, config.model.text, config.model.aux, config.train.sampling,
+            config.data.dev_ox_to_train, config.data.train_ox)
+
+
+def test_the_paper_ensembles_have_the_paper_members():
+    grid = read_grid(PAPER_GRID)
+    members = {item.id: [_what(grid, member) for member in item.members] for item in grid.ensembles}
+    wavlm_gender_dev_ox = ("wavlm", False, ("gender",), "undersample", True, "keep")
+    assert members["best-2"] == [wavlm_gender_dev_ox, ("whisper", True, (), "undersample", False, "keep")]
+    assert members["best-3"] == [wavlm_gender_dev_ox, ("wavlm", False, ("gender",), "undersample", False, "keep"),
+                                 ("whisper", True, ("gender",), "undersample", True, "keep")]
+
+
+def test_the_ox_table_shows_both_readings_of_minus_non_ox():
+    grid = read_grid(PAPER_GRID)
+    table = next(table for table in grid.tables if table.title.startswith("O/X"))
+    readings = {row.system: _what(grid, row.system)[4:] for row in table.rows}
+    assert readings == {"mmwavlm-no-ox": (False, "drop"), "mmwavlm-fewer-non-ox": (False, "drop-as-many-non-ox"),
+                        "mmwavlm-ox-only": (False, "only"), "mmwavlm-dev-ox": (True, "keep"),
+                        "mmwavlm-dev-ox-fewer-non-ox": (True, "drop-as-many-non-ox"),
+                        "mmwavlm-dev-ox-ox-only": (True, "only")}
 
 
 # A hub id as the hub writes them: owner/name, letters, digits, '_', '.', '-' (no spaces, no '#').

@@ -426,12 +426,14 @@ def ensemble_command(members: tuple[str, ...], corpus: str, split: str, weights:
               help="demo: CPU stand-ins for the pretrained models; real: the paper's models.")
 @click.option("--out", default="results/demo", show_default=True, metavar="DIR",
               help="runs/, predictions/, scores/ and tables.md go here.")
+@click.option("--seeds", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
+              help="Train every system N times (seeds s … s+N−1); the tables show mean ± sd over them.")
 @click.option("--systems", metavar="A,B,...", help="Only these systems (and ensembles made of them).")
 @click.option("--model", "models", multiple=True, metavar="ID=DIR",
               help="Real scale without hub access: load hub id ID from folder DIR (repeatable).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-def reproduce_command(corpus: str, grid: str, scale: str, out: str, systems: str | None, models: tuple[str, ...],
-                      device: str) -> None:
+def reproduce_command(corpus: str, grid: str, scale: str, out: str, seeds: int, systems: str | None,
+                      models: tuple[str, ...], device: str) -> None:
     """Run the paper's experiment grid and write tables laid out like the paper's (make reproduce).
 
     Interrupted? Run it again: finished systems are skipped and an interrupted training resumes.
@@ -446,7 +448,7 @@ def reproduce_command(corpus: str, grid: str, scale: str, out: str, systems: str
         if not separator:
             raise SertoolError(f"--model {item}: write it as HUB_ID=FOLDER, e.g. microsoft/wavlm-large=/models/wavlm")
         locations[hub_id] = folder
-    path = reproduce(grid, corpus=corpus, scale=scale, out_dir=out, model_locations=locations,
+    path = reproduce(grid, corpus=corpus, scale=scale, out_dir=out, seeds=seeds, model_locations=locations,
                      only=systems.split(",") if systems else None, device=device, reporter_factory=RichTrainReporter,
                      say=lambda text: err.print(f"[bold]reproduce:[/] {text}"))
     console.print(path.read_text(encoding="utf-8"), markup=False, highlight=False)

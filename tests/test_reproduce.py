@@ -112,16 +112,69 @@ def test_a_two_row_grid_runs_end_to_end_and_skips_finished_systems(tmp_path):
     said: list[str] = []
     tables = reproduce(grid, corpus=corpus, scale="demo", out_dir=tmp_path / "results", say=said.append)
     text = tables.read_text()
-    assert "Demo scale" in text and "| wavlm | " in text and "/ 0.6530" in text
-    assert "| both | Development |" in text and "| both | Test1 |" in text and "not run" not in text
-    assert {p.name for p in (tmp_path / "results" / "predictions").iterdir()} == {
-        "wavlm-Development.csv", "wavlm-Test1.csv", "mmwavlm-gender-Development.csv", "mmwavlm-gender-Test1.csv"}
-    assert said == ["wavlm: training", "mmwavlm-gender: training"]
+    assert "Demo scale" in text and "| wavlm | 6 | " in text and "/ 0.6530" in text and "N = 1" in text
+    assert "| both | Development | 6 |" in text and "| both | Test1 | 6 |" in text and "not run" not in text
+    assert {str(p.relative_to(tmp_path / "results" / "predictions"))
+            for p in (tmp_path / "results" / "predictions").rglob("*.csv")} == {
+        f"{name}/seed0-{split}.csv" for name in ("wavlm", "mmwavlm-gender", "both") for split in ("Development", "Test1")}
+    assert said == ["wavlm seed 0: training", "mmwavlm-gender seed 0: training"]
 
     said.clear()
     again = reproduce(grid, corpus=corpus, scale="demo", out_dir=tmp_path / "results", say=said.append)
-    assert said == ["wavlm: done earlier, skipped", "mmwavlm-gender: done earlier, skipped"]
+    assert said == ["wavlm seed 0: done earlier, skipped", "mmwavlm-gender seed 0: done earlier, skipped"]
     assert again.read_text() == text
+
+
+def _ids(path: Path) -> set[str]:
+    return set(read_predictions(path).ids)
+
+
+def test_no_table_cell_is_computed_on_an_utterance_its_system_trained_on(tmp_path):
+    # Development holds O/X utterances (the corpus cycles through N H A S X O): the dev-ox system trains on them.
+    corpus = write_learnable_corpus(tmp_path / "corpus", per_split={"Train": 12, "Development": 12, "Test1": 6})
+    development = {utt.id for utt in open_corpus(corpus).split("Development")}
+    moved = {utt.id for utt in open_corpus(corpus).split("Development") if utt.emo_class in ("O", "X")}
+    assert len(moved) == 4
+    grid = _grid(tmp_path / "grid", systems=("wavlm", "wavlm-gender-dev-ox"))
+    results = tmp_path / "results"
+    text = reproduce(grid, corpus=corpus, scale="demo", out_dir=results, seeds=2).read_text()
+    predictions = results / "predictions"
+    trained_on = {}
+    for system in ("wavlm", "wavlm-gender-dev-ox"):
+        for seed in (0, 1):
+            trained_on[system, seed] = set(load_checkpoint(results / "runs" / system / f"seed{seed}")["training_ids"])
+            for split in ("Development", "Test1"):
+                scored = _ids(predictions / system / f"seed{seed}-{split}.csv")
+                split_ids = {utt.id for utt in open_corpus(corpus).split(split)}
+                assert scored == split_ids - trained_on[system, seed]  # every held-out utterance, and only those
+    assert {system for (system, _), ids in trained_on.items() if ids & development} == {"wavlm-gender-dev-ox"}
+    for seed in (0, 1):
+        scored = _ids(predictions / "both" / f"seed{seed}-Development.csv")
+        assert scored == development - trained_on["wavlm", seed] - trained_on["wavlm-gender-dev-ox", seed]
+        assert scored == development - moved
+    # Each row names its utterance count; the dev-ox system and the ensemble are scored on fewer.
+    assert "| wavlm | 12 | " in text and "| wavlm-gender-dev-ox | 8 | " in text
+    assert "| both | Development | 8 |" in text and "| both | Test1 | 6 |" in text
+
+
+def test_seeds_give_mean_and_sd_per_cell_from_the_per_seed_scores(tmp_path):
+    corpus = write_learnable_corpus(tmp_path / "corpus", per_split={"Train": 12, "Development": 6})
+    grid = _grid(tmp_path / "grid")
+    results = tmp_path / "results"
+    text = reproduce(grid, corpus=corpus, scale="demo", out_dir=results, seeds=3).read_text()
+    assert "mean ± sd over N = 3 seeds" in text
+    labels = {utt.id: utt.labels() for utt in open_corpus(corpus).split("Development")}
+    for name in ("wavlm", "both"):
+        per_seed = []
+        for seed in range(3):
+            table = read_predictions(results / "predictions" / name / f"seed{seed}-Development.csv")
+            per_seed.append(ccc_scores(table.values, np.array([labels[i] for i in table.ids]))["average"])
+        assert len(set(per_seed)) == 3  # three different trainings
+        cell = f"{statistics.mean(per_seed):.3f} ± {statistics.stdev(per_seed):.3f}"
+        row = next(line for line in text.splitlines() if line.startswith(f"| {name} |"))
+        assert row.split(" | ")[-1].startswith(cell), (row, cell)
+    for seed in range(3):
+        assert load_checkpoint(results / "runs" / "wavlm" / f"seed{seed}")["config"]["seed"] == seed
 
 
 def test_an_interrupted_training_is_resumed(tmp_path, monkeypatch):

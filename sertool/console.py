@@ -177,9 +177,9 @@ def print_differences(title: str, differences: list) -> None:
         table.add_column(column, justify="right", no_wrap=True)
     names = ("arousal", "valence", "dominance", "average")
     for item in differences:
-        table.add_row(f"{item.system} − {item.reference}",
-                      *(f"{item.value[name]:+.3f} [{item.ci[name].low:+.3f}, {item.ci[name].high:+.3f}]"
-                        for name in names))
+        table.add_row(f"{item.system} − {item.reference}", *(f"{item.value[name]:+.4f}" for name in names))
+        table.add_row("  95 % CI", *(f"[{item.ci[name].low:+.3f}, {item.ci[name].high:+.3f}]" for name in names),
+                      end_section=True)
     out.print(table)
     out.print("an interval that excludes 0 is a difference these utterances support; paired: the same resamples "
               "for both systems", markup=False, highlight=False)

@@ -135,6 +135,12 @@ def test_evaluate_bootstrap_prints_intervals_of_an_independent_resampling_loop(c
     again = run("evaluate", runs["a"], "--corpus", corpus, "--split", "Development", "--bootstrap", "1000",
                 "--bootstrap-seed", "4")
     assert line in again.output  # seeded: the same intervals
+    from sertool.errors import SertoolError
+    from sertool.inference.workflows import evaluate
+
+    with pytest.raises(SertoolError, match="--bootstrap: 1 scored utterance"):
+        evaluate(runs["a"], open_corpus(corpus).split("Development")[:1], split="Development",
+                 options=InferenceOptions(), bootstrap=10)
 
 
 def test_ensemble_bootstrap_gives_the_gain_over_each_member_a_paired_interval(corpus, runs, tmp_path):

@@ -117,8 +117,7 @@ def evaluate(model_path: str | Path, utterances: Sequence[Utterance], *, split: 
     output = predictor.predict(utterances)
     result = EvaluationResult(score(predictor.name, output, utterances, labels, held_out=kept), output.predictions)
     if bootstrap:
-        result.scores.ci = bootstrap_ccc([output.predictions.values], labels, num_resamples=bootstrap,
-                                         seed=bootstrap_seed).interval(0)
+        result.scores.ci = _resampled([output.predictions.values], labels, bootstrap, bootstrap_seed).interval(0)
     if out is not None:
         WRITERS[format_of(out)](output.predictions, out, labels=labels)
         result.written.append(out)
@@ -238,8 +237,7 @@ def ensemble(member_paths: Sequence[str | Path], utterances: Sequence[Utterance]
                                            for name, output in zip(names, scored)]
     result = EnsembleResult(member_scores, ensemble_scores, plan, combined)
     if bootstrap and has_labels:
-        resampled = bootstrap_ccc([output.predictions.values for output in scored], labels, num_resamples=bootstrap,
-                                  seed=bootstrap_seed)
+        resampled = _resampled([output.predictions.values for output in scored], labels, bootstrap, bootstrap_seed)
         rows = [*member_scores, ensemble_scores]
         for index, row in enumerate(rows):
             row.ci = resampled.interval(index)
@@ -248,6 +246,13 @@ def ensemble(member_paths: Sequence[str | Path], utterances: Sequence[Utterance]
     if save is not None:
         write_plan(plan, save)
     return result
+
+
+def _resampled(predictions: list[np.ndarray], labels: np.ndarray, num_resamples: int, seed: int) -> BootstrapResult:
+    """``bootstrap_ccc``, refusing what cannot be resampled with a message that names the flag."""
+    if len(labels) < 2:
+        raise SertoolError(f"--bootstrap: {len(labels)} scored utterance(s); resampling needs at least 2")
+    return bootstrap_ccc(predictions, labels, num_resamples=num_resamples, seed=seed)
 
 
 def _rows(output: PredictorOutput, utterances: Sequence[Utterance]) -> PredictorOutput:

@@ -90,7 +90,8 @@ def load_checkpoint(path: str | Path, *, name: str = BEST_NAME) -> dict[str, Any
 
 def stored_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """The model's state without the frozen weights of its pretrained encoders (see the module doc)."""
-    return {key: value for key, value in model.state_dict().items() if key not in frozen_pretrained_keys(model)}
+    frozen = frozen_pretrained_keys(model)
+    return {key: value for key, value in model.state_dict().items() if key not in frozen}
 
 
 def load_stored_state(model: nn.Module, state: dict[str, torch.Tensor], *, source: str) -> None:

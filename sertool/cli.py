@@ -11,11 +11,12 @@ from pathlib import Path
 import click
 
 from sertool import __version__
-from sertool.config import DEFAULT_ASR_MODEL_ID
+from sertool.config import DEFAULT_ASR_MODEL_ID, MIN_DURATION_S, NON_NEGATIVE, POSITIVE, PROBABILITY, SEED, Bounds
 from sertool.errors import SertoolError
 
 EXIT_USER_ERROR = 2
 DEMO_SIZE_NAMES = ("tiny", "small", "default", "large")  # sertool.data.demo.DEMO_SIZES, without importing it
+_AT_LEAST_TWO = Bounds(at_least=2)
 
 
 class _Group(click.Group):
@@ -30,6 +31,33 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             click.secho("interrupted", fg="yellow", err=True)
             sys.exit(130)
+
+
+class _Number(click.ParamType):
+    """An int or float flag that must be finite and within ``bounds`` (click's FloatRange lets NaN through).
+
+    Config flags take their bounds from the config's declaration, so a flag and a YAML key are checked
+    alike; with ``many``, the value is a comma-separated list (``--weights 0.6,0.4``).
+    """
+
+    def __init__(self, kind: type, bounds: Bounds | None = None, *, many: bool = False) -> None:
+        self.kind, self.bounds, self.many = kind, bounds or Bounds(), many
+        self.name = "integer" if kind is int else "float"
+
+    def convert(self, value, param, ctx):
+        if self.many and isinstance(value, str):
+            return [self._one(item.strip(), param, ctx) for item in value.split(",")]
+        return self._one(value, param, ctx)
+
+    def _one(self, value, param, ctx):
+        try:
+            number = value if isinstance(value, self.kind) and not isinstance(value, bool) else self.kind(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not {'an integer' if self.kind is int else 'a number'}", param, ctx)
+        problem = self.bounds.problem(number)
+        if problem:
+            self.fail(f"{value} {problem}", param, ctx)
+        return number
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -81,7 +109,8 @@ def data_info(root: str | None, corpus_option: str | None) -> None:
 @click.option("--out", "out_option", metavar="DIR", help="Where to write the corpus (same as the OUT argument).")
 @click.option("--size", type=click.Choice(DEMO_SIZE_NAMES), default="default", show_default=True,
               help="tiny 56, small 330, default 1,560, large 4,080 clips.")
-@click.option("--seed", default=0, show_default=True, help="Seed: the same seed gives byte-identical files.")
+@click.option("--seed", type=_Number(int, SEED), default=0, show_default=True,
+              help="Seed: the same seed gives byte-identical files.")
 @click.option("--force", is_flag=True, help="Write into OUT even if it is not empty (replacing an earlier corpus).")
 def data_demo(out: str | None, out_option: str | None, size: str, seed: int, force: bool) -> None:
     """Synthesise the demo corpus (eSpeak NG speech) in MSP-Podcast layout into OUT.
@@ -105,10 +134,12 @@ def data_demo(out: str | None, out_option: str | None, size: str, seed: int, for
 @click.option("--split", default="Train", show_default=True, help="Where the utterances come from.")
 @click.option("--speaker-model", default="microsoft/wavlm-base-plus-sv", show_default=True,
               help="Hub id or folder of an x-vector model, or log-mel-stats (no download).")
-@click.option("--num-speakers", default=10, show_default=True, help="Speakers to plot.")
-@click.option("--per-speaker", default=10, show_default=True, help="Utterances per speaker.")
+@click.option("--num-speakers", type=_Number(int, _AT_LEAST_TWO), default=10, show_default=True,
+              help="Speakers to plot (at least 2).")
+@click.option("--per-speaker", type=_Number(int, _AT_LEAST_TWO), default=10, show_default=True,
+              help="Utterances per speaker (at least 2: the Fisher ratio needs a spread within each speaker).")
 @click.option("--out", required=True, metavar="PNG", help="The figure to write.")
-@click.option("--seed", default=0, show_default=True, help="Which utterances are drawn.")
+@click.option("--seed", type=_Number(int, SEED), default=0, show_default=True, help="Which utterances are drawn.")
 @click.option("--force", is_flag=True, help="Overwrite --out.")
 def data_speakers(corpus: str, split: str, speaker_model: str, num_speakers: int, per_speaker: int, out: str,
                   seed: int, force: bool) -> None:
@@ -146,11 +177,13 @@ def _column_options(command):
 @click.argument("metadata", type=click.Path(dir_okay=False))
 @click.option("--out", required=True, metavar="CSV", help="The manifest to write.")
 @_column_options
-@click.option("--label-range", nargs=2, type=float, default=(1.0, 7.0), show_default=True, metavar="LOW HIGH",
+@click.option("--label-range", nargs=2, type=_Number(float), default=(1.0, 7.0), show_default=True, metavar="LOW HIGH",
               help="Scale of the A/V/D columns, mapped linearly onto 1..7 (e.g. 0 1 for values in 0..1).")
-@click.option("--dev-fraction", default=0.15, show_default=True, help="Share of utterances for Development.")
-@click.option("--test-fraction", default=0.15, show_default=True, help="Share of utterances for Test1.")
-@click.option("--seed", default=0, show_default=True, help="Seed of the speaker assignment.")
+@click.option("--dev-fraction", type=_Number(float, PROBABILITY), default=0.15, show_default=True,
+              help="Share of utterances for Development, in [0, 1).")
+@click.option("--test-fraction", type=_Number(float, PROBABILITY), default=0.15, show_default=True,
+              help="Share of utterances for Test1, in [0, 1).")
+@click.option("--seed", type=_Number(int, SEED), default=0, show_default=True, help="Seed of the speaker assignment.")
 @click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
 def data_manifest(folder: str, metadata: str, out: str, label_range: tuple[float, float], dev_fraction: float,
                   test_fraction: float, seed: int, force: bool, **columns: str | None) -> None:
@@ -196,7 +229,9 @@ def _config_flags(command):
         name = f"{spec.section}__{spec.name}" if spec.section else spec.name
         default_text = ", ".join(spec.default) if spec.type is tuple else spec.default
         reset = f" (none: no {spec.name})" if spec.type is tuple else ""
-        help_text = f"{spec.help}{reset}  [default: {default_text if default_text not in ('', None) else 'none'}]"
+        allowed = f"; {spec.bounds.describe()}" if spec.bounds else ""
+        help_text = (f"{spec.help}{reset}  [default: {default_text if default_text not in ('', None) else 'none'}"
+                     f"{allowed}]")
         if spec.type is bool:
             positive = spec.flag
             command = click.option(f"{positive}/--no-{positive[2:]}", name, default=None, help=help_text)(command)
@@ -204,7 +239,8 @@ def _config_flags(command):
             command = click.option(spec.flag, name, multiple=True, type=click.Choice([*(spec.choices or ()), "none"]),
                                    help=help_text)(command)
         else:
-            kind = click.Choice(spec.choices) if spec.choices else spec.type
+            kind = (click.Choice(spec.choices) if spec.choices else
+                    _Number(spec.type, spec.bounds) if spec.type in (int, float) else spec.type)
             command = click.option(spec.flag, name, type=kind, default=None, help=help_text)(command)
     return command
 
@@ -241,9 +277,10 @@ def _inference_options(command):
     options = [
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
                      help="Where to run the model."),
-        click.option("--batch-s", "max_batch_s", type=float, default=120.0, show_default=True,
+        click.option("--batch-s", "max_batch_s", type=_Number(float, POSITIVE), default=120.0, show_default=True,
                      help="Inference batch bound: utterances × longest clip ≤ this many seconds."),
-        click.option("--num-workers", type=int, default=0, show_default=True, help="Data-loader processes."),
+        click.option("--num-workers", type=_Number(int, NON_NEGATIVE), default=0, show_default=True,
+                     help="Data-loader processes."),
         click.option("--amp", type=click.Choice(["auto", "bf16", "fp16", "off"]), default="auto", show_default=True,
                      help="Mixed precision (auto: bf16/fp16 on GPUs, off on the CPU)."),
         click.option("--cache-dir", help="Cache of text embeddings and ASR transcripts "
@@ -312,8 +349,10 @@ def evaluate_command(model: str, corpus: str, split: str, out: str | None, plot:
               "1–7, clipped, every file once.")
 @click.option("--transcripts", metavar="DIR|CSV", help="Transcripts for MM models: a folder of <stem>.txt or a CSV "
               "with FileName and transcript columns (otherwise ASR).")
-@click.option("--window-s", default=10.0, show_default=True, help="Files longer than this are cut into windows.")
-@click.option("--hop-s", default=5.0, show_default=True, help="Seconds between window starts.")
+@click.option("--window-s", type=_Number(float, Bounds(at_least=MIN_DURATION_S)), default=10.0, show_default=True,
+              help=f"Files longer than this are cut into windows (at least {MIN_DURATION_S:g} s).")
+@click.option("--hop-s", type=_Number(float, POSITIVE), default=5.0, show_default=True,
+              help="Seconds between window starts.")
 @click.option("--force", is_flag=True, help="Overwrite --out / --submission.")
 @_inference_options
 def predict_command(model: str, paths: tuple[str, ...], corpus: str | None, split: str, file_format: str | None,
@@ -350,7 +389,8 @@ def predict_command(model: str, paths: tuple[str, ...], corpus: str | None, spli
 @click.argument("members", nargs=-1, required=True, metavar="MEMBER...")
 @click.option("--corpus", required=True, metavar="ROOT", help="MSP-Podcast root or manifest.")
 @click.option("--split", default="Development", show_default=True, help="The split to combine (and score, if labelled).")
-@click.option("--weights", metavar="W,W,...", help="Weighted mean instead of the plain mean: one weight per member.")
+@click.option("--weights", type=_Number(float, NON_NEGATIVE, many=True), metavar="W,W,...",
+              help="Weighted mean instead of the plain mean: one weight (≥ 0) per member.")
 @click.option("--per-attribute", type=click.Choice(["best"]), help="Per attribute, the member subset that is best on "
               "--select-split (the paper's future work).")
 @click.option("--select-split", default="Development", show_default=True,
@@ -360,9 +400,9 @@ def predict_command(model: str, paths: tuple[str, ...], corpus: str | None, spli
 @click.option("--save", metavar="JSON", help="Keep the ensemble: evaluate and predict accept it as a checkpoint.")
 @click.option("--force", is_flag=True, help="Overwrite --out / --submission / --save.")
 @_inference_options
-def ensemble_command(members: tuple[str, ...], corpus: str, split: str, weights: str | None, per_attribute: str | None,
-                     select_split: str, out: str | None, submission: str | None, save: str | None, force: bool,
-                     **flags) -> None:
+def ensemble_command(members: tuple[str, ...], corpus: str, split: str, weights: list[float] | None,
+                     per_attribute: str | None, select_split: str, out: str | None, submission: str | None,
+                     save: str | None, force: bool, **flags) -> None:
     """Average the A/V/D predictions of MEMBERs: checkpoints, run folders, predictions CSVs or ensembles.
 
     \b
@@ -377,16 +417,12 @@ def ensemble_command(members: tuple[str, ...], corpus: str, split: str, weights:
 
     check_outputs(out=_out_path(out), file_format=None, submission=_out_path(submission), force=force)
     check_writable([_out_path(save)], force=force)
-    try:
-        weight_values = [float(value) for value in weights.split(",")] if weights else None
-    except ValueError:
-        raise SertoolError(f"--weights {weights}: give numbers separated by commas, e.g. 0.6,0.4") from None
     utterances, report = corpus_split(corpus, split)
     print_load_report(report)
     if submission:
         require_complete(report, split, purpose=f"--submission {submission}")
     selection = corpus_split(corpus, select_split)[0] if per_attribute and select_split != split else None
-    result = ensemble(members, utterances, split=split, options=_options(flags), weights=weight_values,
+    result = ensemble(members, utterances, split=split, options=_options(flags), weights=weights,
                       per_attribute=per_attribute == "best", selection_utterances=selection,
                       selection_split=select_split, save=_out_path(save), force=force)
     if result.ensemble_scores is not None:

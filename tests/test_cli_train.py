@@ -82,3 +82,15 @@ def test_aux_none_resets_the_config_files_tasks(corpus, tmp_path):
     result = run("train", "--config", config_file, "--corpus", corpus, "--aux", "none", "--out", tmp_path / "r", *FAST)
     assert result.exit_code == 0, result.output
     assert yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())["model"]["aux"] == []
+
+
+def test_bounds_refuse_non_finite_values_and_each_edge():
+    from sertool.config import Bounds
+
+    dropout = Bounds(at_least=0, below=1)
+    assert [dropout.problem(value) for value in (0.0, 0.999)] == [None, None]
+    assert dropout.problem(1.0) == dropout.problem(-0.1) == "must be in [0, 1)"
+    assert dropout.problem(float("nan")) == dropout.problem(float("-inf")) == "must be a finite number"
+    crop = Bounds(at_least=0.25, zero=True)
+    assert (crop.problem(0.0), crop.problem(0.25), crop.problem(0.1)) == (None, None, "must be 0 or ≥ 0.25")
+    assert Bounds(above=0).problem(0) == "must be > 0" and Bounds(at_most=3).problem(10**400) == "must be ≤ 3"

@@ -55,7 +55,6 @@ from sertool.training.samplers import EpochBatchSampler, class_counts
 
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 AUDIO_PROBLEMS = frozenset({"missing audio", "unreadable audio", "empty audio"})  # LoadReport reasons
-BAD_AUDIO_POLICIES = ("skip", "fail")
 
 
 @dataclass
@@ -111,8 +110,11 @@ def train(
         reporter: progress output (default: none).
 
     Raises:
-        SertoolError: bad config, data or run folder, or a run stopped by non-finite losses.
+        SertoolError: bad config (a value outside its type, choices or bounds), data or run folder, or a run
+            stopped by non-finite losses.
     """
+    if not resume:
+        config.check()
     context = distributed.setup(device)
     try:
         result = _Run(config, Path(run_dir), resume=resume, force=force, argv=argv, context=context,
@@ -136,12 +138,6 @@ class _Run:
             config = Config.from_dict(checkpoint["config"])
         self.config = config
         train_config = config.train
-        if config.data.on_bad_audio not in BAD_AUDIO_POLICIES:
-            raise SertoolError(f"--on-bad-audio {config.data.on_bad_audio!r}: choose one of {', '.join(BAD_AUDIO_POLICIES)}")
-        if train_config.epochs < 1:
-            raise SertoolError(f"--epochs must be at least 1, got {train_config.epochs}")
-        if train_config.accum_steps < 1:
-            raise SertoolError(f"--accum-steps must be at least 1, got {train_config.accum_steps}")
         if config.data.corpus is None:
             raise SertoolError("no corpus given: pass --corpus ROOT")
         if checkpoint is None and context.is_main:

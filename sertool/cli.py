@@ -15,12 +15,14 @@ from sertool.config import DEFAULT_ASR_MODEL_ID, MIN_DURATION_S, NON_NEGATIVE, P
 from sertool.errors import SertoolError
 
 EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell's convention for Ctrl-C
 DEMO_SIZE_NAMES = ("tiny", "small", "default", "large")  # sertool.data.demo.DEMO_SIZES, without importing it
 _AT_LEAST_TWO = Bounds(at_least=2)
 
 
 class _Group(click.Group):
-    """A click group that turns ``SertoolError`` into a one-line message instead of a traceback."""
+    """A click group that turns ``SertoolError`` into a one-line message instead of a traceback, and a stop
+    (Ctrl-C, SIGTERM) into its message and the shell's exit status (130, 143)."""
 
     def invoke(self, ctx: click.Context):
         try:
@@ -28,9 +30,9 @@ class _Group(click.Group):
         except SertoolError as error:
             click.secho(f"error: {error}", fg="red", err=True)
             sys.exit(EXIT_USER_ERROR)
-        except KeyboardInterrupt:
-            click.secho("interrupted", fg="yellow", err=True)
-            sys.exit(130)
+        except KeyboardInterrupt as stop:
+            click.secho(str(stop) or "interrupted", fg="yellow", err=True)
+            sys.exit(getattr(stop, "exit_status", EXIT_INTERRUPTED))
 
 
 class _Number(click.ParamType):
@@ -473,4 +475,7 @@ def reproduce_command(corpus: str, grid: str, scale: str, out: str, systems: str
 
 def main() -> None:
     """Entry point of the `sertool` console script and `python -m sertool`."""
+    from sertool.interrupts import raise_on_termination
+
+    raise_on_termination()  # SIGTERM ends like Ctrl-C: temporary files removed, a message, exit status 143
     cli(prog_name="sertool")

@@ -114,7 +114,7 @@ class RichTrainReporter(Reporter):
         err.print(f"run folder: {summary['run_dir']}")
 
     def epoch(self, epoch: int, total_batches: int, done_batches: int) -> None:
-        self._close()
+        self.close()
         self._progress = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
                                   TextColumn("{task.fields[stats]}"), TimeRemainingColumn(), console=err,
                                   disable=not err.is_terminal)
@@ -141,7 +141,7 @@ class RichTrainReporter(Reporter):
     def finish(self, result) -> None:
         import time
 
-        self._close()
+        self.close()
         table = Table(title=f"sertool train: {result.stopped} after {result.steps} steps "
                             f"({time.perf_counter() - self._started:.0f} s)", title_justify="left")
         for column in ("checkpoint", "step", "arousal", "valence", "dominance", "average"):
@@ -154,7 +154,7 @@ class RichTrainReporter(Reporter):
             err.print(f"skipped {result.skipped_steps} step(s) with a non-finite loss and "
                       f"{len(result.skipped_audio)} unreadable clip(s); see {result.run_dir / 'summary.json'}")
 
-    def _close(self) -> None:
+    def close(self) -> None:
         if self._progress is not None:
             self._progress.stop()
             self._progress = None

@@ -1,27 +1,39 @@
-"""Fault injection on the training side: NaN / infinite / absurd numbers in configs, flags and data.
+"""Fault injection on the training side: signals and kill -9 at every phase, concurrent runs, damaged run
+folders, full disks, hostile paths, and NaN / infinite / absurd numbers in configs, flags and data.
 
 Each case ends as one line naming the file, row or flag, or as correct behaviour: never a traceback, never
 exit 0 with garbage, never a lost or mixed file. docs/reliability.md lists them (### Training).
 """
 from __future__ import annotations
 
+import errno
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
+import torch
+import yaml
 from click.testing import CliRunner
 
+from sertool.checkpoint import load_checkpoint
 from sertool.cli import cli
 from sertool.config import Config
+from sertool.training import loop
 from sertool.training.loop import train
 from tests.corpus_files import write_learnable_corpus
 
-# 8 training utterances in batches of 2: 4 optimiser steps per epoch, 2 epochs.
+# 8 training utterances in batches of 2: 4 optimiser steps per epoch, 2 epochs, last.pt after every step.
 TINY = ["--epochs", "2", "--sampling", "whole", "--batch-size", "2", "--accum-steps", "1", "--backbone", "fbank",
         "--fbank-dim", "8", "--head-hidden-dim", "8", "--head-dropout", "0.3", "--checkpoint-every-steps", "1",
         "--device", "cpu"]
+STEPS = 8
 
 
 def run(*args):
@@ -45,6 +57,15 @@ def usage_error(result, flag: str) -> str:
     return line
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Runs here and in the subprocesses (OMP_NUM_THREADS=1) must sum in the same order to be equal bit for bit."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
     return write_learnable_corpus(tmp_path_factory.mktemp("faults") / "c", per_split={"Train": 8, "Development": 4})
@@ -52,11 +73,183 @@ def corpus(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def straight(corpus, tmp_path_factory) -> Path:
-    """A finished run."""
+    """The uninterrupted run every resumed one must equal."""
     run_dir = tmp_path_factory.mktemp("straight") / "run"
     result = run("train", "--corpus", corpus, "--out", run_dir, "--num-workers", "0", *TINY)
     assert result.exit_code == 0, result.output
     return run_dir
+
+
+@pytest.fixture
+def finished(straight, tmp_path) -> Path:
+    """A copy of the finished run folder, to damage."""
+    copy = tmp_path / "finished"
+    shutil.copytree(straight, copy)
+    return copy
+
+
+def assert_same_run(run_dir: Path, reference: Path) -> None:
+    a, b = load_checkpoint(run_dir, name="last.pt"), load_checkpoint(reference, name="last.pt")
+    assert a["step"] == b["step"] == STEPS
+    assert a["training"]["progress"]["history"] == b["training"]["progress"]["history"]
+    for key in b["model_state"]:
+        torch.testing.assert_close(a["model_state"][key], b["model_state"][key], rtol=0, atol=0, msg=key)
+    logged = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    expected = [json.loads(line) for line in (reference / "metrics.jsonl").read_text().splitlines()]
+    drop_time = [{k: v for k, v in record.items() if k != "seconds"} for record in logged]
+    assert drop_time == [{k: v for k, v in record.items() if k != "seconds"} for record in expected]
+    assert not [path.name for path in run_dir.iterdir() if path.name.endswith(".tmp")]
+
+
+def _driven(fault: str, *args) -> subprocess.CompletedProcess:
+    """`sertool ARGS` in a process group of its own, with ``fault`` ("SIGINT step 4") injected."""
+    return subprocess.run([sys.executable, "-m", "tests.fault_driver", *fault.split(), "--", *map(str, args)],
+                          capture_output=True, text=True, timeout=300, start_new_session=True, env=_environment())
+
+
+def _environment() -> dict[str, str]:
+    """This checkout first on the path (the driver is ``tests.fault_driver``), one thread per process."""
+    root = str(Path(__file__).resolve().parent.parent)
+    path = os.pathsep.join(item for item in (root, os.environ.get("PYTHONPATH")) if item)
+    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
+
+
+# ---- signals and kill -9 at every phase, then --resume -------------------------------------------------
+def test_training_stop_at_every_phase_then_resume_equals_an_uninterrupted_run(corpus, straight, tmp_path):
+    """One run folder, stopped in every phase by SIGINT (Ctrl-C to the process group), SIGTERM (a cluster) or
+    SIGKILL, each time resumed; the loader uses a worker process, which gets the signals too. Every stop
+    exits with 128 + the signal, one line saying how to resume and no traceback (from a worker either)."""
+    run_dir = tmp_path / "run"
+    # (fault, who starts, exit status, what last.pt holds afterwards: a step, or None for no last.pt)
+    stages = [
+        ("SIGINT loading 1", "new", 130, None),  # reading the corpus: nothing saved yet
+        ("SIGTERM step 1", "resume", 143, 1),  # the first optimiser step: it finishes, is saved, then stops
+        ("SIGKILL saved 4", "resume", -9, 4),  # right after the checkpoint of an epoch's last step
+        ("SIGINT checkpoint-write 2", "resume", 130, 6),  # while last.pt of step 6 is written: it completes
+        ("SIGKILL checkpoint-write 1", "resume", -9, 6),  # kill -9 mid-write: the old last.pt stays whole
+        ("SIGINT step 8", "resume", 130, 8),  # the end of the last epoch, before its validation
+        ("SIGTERM validation 1", "resume", 143, 8),  # the validation step 8 still owed
+    ]
+    for fault, start, status, saved_step in stages:
+        args = (["train", "--corpus", corpus, "--out", run_dir, "--num-workers", "1", *TINY] if start == "new"
+                else ["train", "--resume", run_dir])
+        done = _driven(fault, *args)
+        assert done.returncode == status, (fault, done.stderr)
+        assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr, (fault, done.stderr)
+        if status > 0:
+            stop_lines = [line for line in done.stderr.splitlines() if line.startswith("interrupted (")]
+            assert len(stop_lines) == 1, (fault, done.stderr)
+            assert f"Continue with: sertool train --resume {run_dir}" in stop_lines[0], stop_lines
+        if saved_step is None:
+            assert not (run_dir / "last.pt").exists() and (run_dir / "config.yaml").is_file()
+        else:
+            assert load_checkpoint(run_dir, name="last.pt")["step"] == saved_step, fault
+    final = _driven("SIGINT step 999", "train", "--resume", run_dir)
+    assert final.returncode == 0, final.stderr
+    assert_same_run(run_dir, straight)
+
+
+def test_training_stop_in_process_names_the_signal_and_exits_with_its_status(corpus, tmp_path, monkeypatch):
+    """The same through the CLI in this process: SIGINT → 130, SIGTERM → 143, and the run folder resumes."""
+    real_step = loop._Run._optimizer_step
+
+    def signalled(number):
+        def optimizer_step(self, group):
+            stats = real_step(self, group)
+            if self.step == 1:
+                os.kill(os.getpid(), number)
+            return stats
+        return optimizer_step
+
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    for number, status in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
+        run_dir = tmp_path / signal.Signals(number).name
+        monkeypatch.setattr(loop._Run, "_optimizer_step", signalled(number))
+        result = run("train", "--corpus", corpus, "--out", run_dir, "--num-workers", "0", *TINY)
+        assert result.exit_code == status, result.output
+        assert f"interrupted ({signal.Signals(number).name}); {run_dir / 'last.pt'} holds step 2" in result.output
+        assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers  # put back
+    monkeypatch.setattr(loop._Run, "_optimizer_step", real_step)
+    assert run("train", "--resume", tmp_path / "SIGTERM").exit_code == 0
+
+
+# ---- damaged run folders --------------------------------------------------------------------------------
+@pytest.mark.parametrize("damage", ["truncated", "best-copy", "not-a-dict-state"])
+def test_training_damaged_last_pt_is_one_line_that_says_how_to_start_over(finished, damage):
+    last = finished / "last.pt"
+    if damage == "truncated":
+        last.write_bytes(last.read_bytes()[:1000])
+    elif damage == "best-copy":
+        shutil.copy(finished / "best.pt", last)
+    else:
+        payload = torch.load(last, weights_only=True)
+        payload["training"]["progress"] = "garbage"
+        torch.save(payload, last)
+    line = one_line_error(run("train", "--resume", finished))
+    assert str(last) in line
+    if damage != "best-copy":
+        assert f"--config {finished / 'config.yaml'} --out {finished} --force" in line
+
+
+def test_training_damaged_metrics_jsonl_is_cleaned_on_resume(corpus, straight, tmp_path):
+    """Binary garbage, JSON that is not a record, and a torn line in metrics.jsonl: resume keeps the good
+    records and the run ends equal to an uninterrupted one."""
+    run_dir = tmp_path / "run"
+    stopped = _driven("SIGINT step 5", "train", "--corpus", corpus, "--out", run_dir, "--num-workers", "0", *TINY)
+    assert stopped.returncode == 130, stopped.stderr
+    with open(run_dir / "metrics.jsonl", "ab") as handle:
+        handle.write(b"\xff\xfe\x00garbage\n[1, 2]\n7\n{\"type\": \"tra")
+    assert run("train", "--resume", run_dir).exit_code == 0
+    assert_same_run(run_dir, straight)
+
+
+def test_training_disk_full_while_writing_last_pt_keeps_the_previous_one(finished, monkeypatch):
+    """A full disk at a checkpoint: one line naming last.pt; the previous last.pt is whole and resumes."""
+    state = load_checkpoint(finished, name="last.pt")
+    state["training"]["progress"]["stopped"] = None  # killed before it recorded that it had finished
+    torch.save(state, finished / "last.pt")
+    before = (finished / "last.pt").read_bytes()
+    real_replace = os.replace
+
+    def full(source, target):
+        if Path(target).name == "last.pt":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", full)
+    line = one_line_error(run("train", "--resume", finished))
+    assert "last.pt: write failed (No space left on device)" in line
+    assert (finished / "last.pt").read_bytes() == before
+    assert not [path.name for path in finished.iterdir() if path.name.endswith(".tmp")]
+
+
+def test_training_resume_of_a_finished_run_changes_nothing(finished):
+    before = {name: (finished / name).read_bytes() for name in ("best.pt", "last.pt", "metrics.jsonl")}
+    result = run("train", "--resume", finished)
+    assert result.exit_code == 0 and "the run had already ended (finished after 8 steps); nothing to train" \
+        in result.output
+    assert {name: (finished / name).read_bytes() for name in before} == before
+
+
+# ---- paths ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("case", ["out-is-a-file", "out-under-a-file", "resume-missing", "resume-not-a-run"])
+def test_training_hostile_run_folder_paths_are_one_line(corpus, tmp_path, case):
+    (tmp_path / "file").write_text("not a folder")
+    (tmp_path / "empty").mkdir()
+    args = {"out-is-a-file": ["--out", tmp_path / "file", "--corpus", corpus],
+            "out-under-a-file": ["--out", tmp_path / "file" / "run", "--corpus", corpus],
+            "resume-missing": ["--resume", tmp_path / "nowhere"],
+            "resume-not-a-run": ["--resume", tmp_path / "empty"]}[case]
+    line = one_line_error(run("train", *args))
+    assert str(args[1]) in line
+    assert (tmp_path / "file").read_text() == "not a folder"
+
+
+def test_training_run_folder_with_spaces_and_unicode_works(corpus, tmp_path):
+    run_dir = tmp_path / "my runs" / "ünïcode run"
+    result = run("train", "--corpus", corpus, "--out", run_dir, "--num-workers", "0", *TINY, "--epochs", "1")
+    assert result.exit_code == 0, result.output
+    assert (run_dir / "best.pt").is_file()
 
 
 # ---- numbers --------------------------------------------------------------------------------------------

@@ -10,11 +10,14 @@ What happens, top to bottom (``train``):
    GradScaler), DistributedDataParallel under torchrun.
 4. The loop: ``accum_steps`` micro-batches per optimiser step, gradient clipping, a guard that skips
    steps with a non-finite loss and stops after ``max_nonfinite_steps`` in a row.
-5. Validation on the whole Development split (CCC per attribute over the split, never per batch),
-   ``best.pt`` by average CCC (and ``best_<attribute>.pt`` with ``select_best="per-attribute"``), early
-   stopping after ``patience`` validations without improvement, ``last.pt`` for resuming.
+5. After each step (``_finish_step``): the end of an epoch, validation on the whole Development split
+   when due (CCC per attribute over the split, never per batch), ``best.pt`` by average CCC (and
+   ``best_<attribute>.pt`` with ``select_best="per-attribute"``), early stopping after ``patience``
+   validations without improvement, ``last.pt`` for resuming, and a stop asked for by SIGINT or SIGTERM.
 
-Only rank 0 writes files; every checkpoint is written atomically.
+Only rank 0 writes files; every checkpoint is written atomically. ``last.pt`` is written only at a step
+boundary and ``_finish_step`` looks only at the state, so a run killed at any point resumes to the same
+weights as a run never interrupted.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ import contextlib
 import itertools
 import json
 import math
+import signal
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -40,6 +44,7 @@ from sertool.data.records import ATTRIBUTES, Utterance
 from sertool.data.selection import select
 from sertool.errors import SertoolError
 from sertool.inference.runner import run_model
+from sertool.interrupts import Interrupted, StopRequests, quiet_worker, signal_name
 from sertool.io import atomic_write
 from sertool.models.ccc import ccc_scores
 from sertool.models.losses import SERLoss
@@ -48,8 +53,9 @@ from sertool.models.text_features import transcript_embeddings
 from sertool.training import distributed
 from sertool.training.distributed import Distributed
 from sertool.training.optim import LRSchedule, build_optimizer
-from sertool.training.run_folder import (prepare_run_folder, remove_stale_temporaries, truncate_metrics,
-                                        write_run_files)
+from sertool.training.run_folder import (add_command_line, prepare_run_folder, remove_run_outputs,
+                                        remove_stale_temporaries, truncate_metrics, write_config_file,
+                                        write_environment)
 from sertool.training.reporter import Reporter
 from sertool.training.samplers import EpochBatchSampler, class_counts
 
@@ -100,49 +106,112 @@ def train(
 ) -> TrainResult:
     """Train one system and write its run folder (see the module docstring for the steps).
 
+    SIGINT (Ctrl-C) and SIGTERM stop the run at the next optimiser-step boundary with ``last.pt`` written
+    (at once while data is read or a validation runs, where the last checkpoint already covers the state),
+    raising ``Interrupted`` with a message that says how to resume.
+
     Args:
-        config: the resolved config (ignored when resuming: the checkpoint's config is used).
+        config: the resolved config (ignored when resuming: the run's own config is used).
         run_dir: the run folder to create, or to continue with ``resume``.
-        resume: continue the interrupted run in ``run_dir`` exactly where its ``last.pt`` stopped.
+        resume: continue the interrupted run in ``run_dir`` exactly where its ``last.pt`` stopped (from step
+            0 with its ``config.yaml`` when it stopped before its first checkpoint).
         force: write into an existing non-empty ``run_dir``.
         argv: the command line, recorded in the run folder.
         device: "auto", "cpu" or "cuda".
         reporter: progress output (default: none).
 
     Raises:
-        SertoolError: bad config (a value outside its type, choices or bounds), data or run folder, or a run
-            stopped by non-finite losses.
+        SertoolError: bad config, data or run folder, or a run stopped by non-finite losses.
+        Interrupted: a stop signal.
     """
     if not resume:
         config.check()
+        if config.data.corpus is None:
+            raise SertoolError("no corpus given: pass --corpus ROOT")
     context = distributed.setup(device)
+    run_dir = Path(run_dir)
+    reporter = reporter if reporter is not None and context.is_main else Reporter()
+    run = None
     try:
-        result = _Run(config, Path(run_dir), resume=resume, force=force, argv=argv, context=context,
-                      reporter=reporter if reporter is not None and context.is_main else Reporter()).run()
+        with StopRequests() as stops:
+            try:
+                run = _Run(config, run_dir, resume=resume, force=force, argv=argv, context=context, reporter=reporter,
+                           stops=stops)
+                result = run.run()
+            except Interrupted as stop:
+                raise Interrupted(stop.signal_number, _interrupted_message(
+                    run_dir, stop.signal_number, saved_step=run.saved_step if run is not None else None)) from None
         distributed.barrier(context)
         return result
     finally:
+        reporter.close()
         distributed.teardown()
+
+
+def _interrupted_message(run_dir: Path, signal_number: int, *, saved_step: int | None) -> str:
+    """One line: what was kept, and the command that continues the run."""
+    stopped = f"interrupted ({signal_name(signal_number)})"
+    resume = f"Continue with: sertool train --resume {run_dir}"
+    if saved_step is not None:
+        return f"{stopped}; {run_dir / LAST_NAME} holds step {saved_step}. {resume}"
+    if (run_dir / LAST_NAME).is_file():
+        return f"{stopped}; {run_dir / LAST_NAME} holds the last checkpoint. {resume}"
+    if (run_dir / "config.yaml").is_file():
+        return f"{stopped} before the first checkpoint; the run starts again from step 0. {resume}"
+    return f"{stopped} before {run_dir} was set up; nothing to resume: run the same command again"
 
 
 class _Run:
     """The state of one training run; ``run`` is the loop."""
 
     def __init__(self, config: Config, run_dir: Path, *, resume: bool, force: bool, argv: Sequence[str],
-                 context: Distributed, reporter: Reporter) -> None:
+                 context: Distributed, reporter: Reporter, stops: StopRequests | None = None) -> None:
         self.context = context
         self.reporter = reporter
         self.run_dir = run_dir
-        checkpoint = load_checkpoint(run_dir, name=LAST_NAME) if resume else None
-        if checkpoint is not None:
-            config = Config.from_dict(checkpoint["config"])
-        self.config = config
-        train_config = config.train
-        if config.data.corpus is None:
-            raise SertoolError("no corpus given: pass --corpus ROOT")
-        if checkpoint is None and context.is_main:
-            prepare_run_folder(run_dir, force=force)
+        self.stops = stops = stops or StopRequests()
+        with stops.at_once():  # reading data and building the model save nothing: stop at once
+            checkpoint = None
+            if resume:
+                config, checkpoint = self._resumed_config()
+            elif context.is_main:
+                prepare_run_folder(run_dir, force=force)
+            self.config = config
+            if context.is_main and checkpoint is None:
+                write_config_file(run_dir, config)  # first of all: a run stopped while loading can resume
+                add_command_line(run_dir, argv)
+            self._build(checkpoint)
+            if context.is_main and checkpoint is not None:  # a resume that checks out: record it
+                add_command_line(run_dir, argv)
 
+    def _resumed_config(self) -> tuple[Config, dict[str, Any] | None]:
+        """The config ``--resume`` continues with, and ``last.pt`` (None: the run stopped before it)."""
+        last = self.run_dir / LAST_NAME
+        if last.is_file():
+            try:
+                checkpoint = load_checkpoint(last)
+                config = Config.from_dict(checkpoint["config"], source=f"{last} (its config)")
+            except (SertoolError, KeyError, TypeError) as error:
+                raise SertoolError(f"cannot resume from {last}: {error}. Start the run again with `sertool train "
+                                   f"--config {self.run_dir / 'config.yaml'} --out {self.run_dir} --force`") from None
+            if not isinstance(checkpoint.get("training"), dict):
+                raise SertoolError(f"{last}: holds no training state (is it a copy of best.pt?); cannot resume")
+        else:
+            config_file = self.run_dir / "config.yaml"
+            if not config_file.is_file():
+                raise SertoolError(f"--resume {self.run_dir}: neither {LAST_NAME} nor config.yaml is there; is it "
+                                   "a run folder of `sertool train`?")
+            checkpoint, config = None, Config.from_yaml(config_file)
+            self.reporter.message(f"{self.run_dir} has no {LAST_NAME} (the run stopped before its first "
+                                  "checkpoint): starting it again from step 0 with its config.yaml")
+            if self.context.is_main:
+                remove_run_outputs(self.run_dir, keep=("config.yaml", "argv.txt"))
+        return config, checkpoint
+
+    def _build(self, checkpoint: dict[str, Any] | None) -> None:
+        """Data, model, sampler, loader, optimiser, schedule; the training state from ``checkpoint``."""
+        config, context = self.config, self.context
+        train_config = config.train
         torch.manual_seed(config.seed)
         if context.device.type == "cpu":
             torch.use_deterministic_algorithms(True, warn_only=True)
@@ -167,7 +236,7 @@ class _Run:
         self.model = SERModel(config.model, num_speakers=len(self.speakers),
                               gradient_checkpointing=train_config.gradient_checkpointing)
         if checkpoint is not None:
-            load_stored_state(self.model, checkpoint["model_state"], source=str(run_dir / LAST_NAME))
+            load_stored_state(self.model, checkpoint["model_state"], source=str(self.run_dir / LAST_NAME))
         self.model.to(context.device)
         self.text_embeddings = transcript_embeddings(self.model, [*self.train_set, *self.valid_set], config.data.cache_dir)
         self.loss_fn = SERLoss(config.model)
@@ -188,7 +257,7 @@ class _Run:
             text_embeddings=self.text_embeddings, max_duration_s=crop_s, seed=config.seed)
         self.loader = torch.utils.data.DataLoader(
             self.dataset, batch_sampler=self.sampler, collate_fn=collate, num_workers=config.data.num_workers,
-            pin_memory=context.device.type == "cuda",
+            pin_memory=context.device.type == "cuda", worker_init_fn=quiet_worker,
             # A generator of its own: creating the loader's iterator must not draw from the global RNG,
             # or a resumed run would get different dropout masks than the uninterrupted one.
             generator=torch.Generator().manual_seed(config.seed))
@@ -207,6 +276,7 @@ class _Run:
         self.step = 0
         self.epoch = 0
         self.batches_in_epoch = 0  # batches of the current epoch trained on (the sampler's workers run ahead)
+        self.stopped: str | None = None  # "finished" or "early stopping" once the run is over
         self.best: dict[str, float] = {}
         self.best_step = -1
         self.best_per_attribute: dict[str, float] = {}
@@ -215,17 +285,20 @@ class _Run:
         self.skipped_steps = 0
         self.skipped_audio: list[str] = []
         self.history: list[dict[str, Any]] = []
+        self.saved_step: int | None = None  # the step last.pt holds
+        self._saved_state: tuple | None = None  # what last.pt holds, to write each state only once
         if checkpoint is not None:
             self._restore(checkpoint["training"])
         elif context.is_main:
-            write_run_files(run_dir, config, argv=argv, data_summary={
+            write_environment(self.run_dir, config, data_summary={
                 "corpus": str(config.data.corpus), "load_report": corpus.report.summary(),
                 "selection": selection.describe(), "train_utterances": len(self.train_set),
-                "valid_utterances": len(self.valid_set)}, load_report=self.load_report)
+                "valid_utterances": len(self.valid_set)},
+                load_report=self.load_report)
 
     # ----------------------------------------------------------------------------------------------
     def run(self) -> TrainResult:
-        """The loop: epochs of accumulated steps, validation, checkpoints, early stopping."""
+        """The loop: epochs of accumulated steps, each followed by ``_finish_step``."""
         config = self.config.train
         self.reporter.start({
             "run_dir": str(self.run_dir), "train": len(self.train_set), "valid": len(self.valid_set),
@@ -234,57 +307,79 @@ class _Run:
             "parameters": sum(p.numel() for p in self.trainable), "epochs": config.epochs,
             "batches_per_epoch": len(self.sampler), "accum_steps": config.accum_steps, "resumed_at_step": self.step,
             "data": self.load_report, "classes": class_counts([utt.emo_class for utt in self.train_set])})
-        stopped = "finished"
-        while self.epoch < config.epochs and stopped == "finished":
-            stopped = self._run_epoch()
-            if stopped == "finished":
-                self.epoch += 1
-                if not config.eval_every_steps and self._validate_and_save():
-                    stopped = "early stopping"
-            self._save_last()
-        last_validated = self.history[-1]["step"] if self.history else None
-        if stopped == "finished" and config.eval_every_steps and last_validated != self.step:
-            self._validate_and_save()  # the steps after the last multiple of eval_every_steps
-            self._save_last()
-        result = TrainResult(self.run_dir, best=self.best, best_step=self.best_step, steps=self.step, stopped=stopped,
-                             skipped_steps=self.skipped_steps, skipped_audio=self.skipped_audio, history=self.history)
+        if self.stopped is not None:
+            self.reporter.message(f"{self.run_dir}: the run had already ended ({self.stopped} after {self.step} "
+                                  "steps); nothing to train")
+        elif self.step > 0:
+            self._finish_step()  # what the step that last.pt holds may still owe (a validation, the epoch's end)
+        while self.stopped is None:
+            self._run_epoch()
+        result = TrainResult(self.run_dir, best=self.best, best_step=self.best_step, steps=self.step,
+                             stopped=self.stopped, skipped_steps=self.skipped_steps, skipped_audio=self.skipped_audio,
+                             history=self.history)
         if self.context.is_main:
             with atomic_write(self.run_dir / "summary.json") as handle:
-                json.dump({"best": self.best, "best_step": self.best_step, "steps": self.step, "stopped": stopped,
+                json.dump({"best": self.best, "best_step": self.best_step, "steps": self.step, "stopped": self.stopped,
                            "skipped_steps": self.skipped_steps, "skipped_audio": self.skipped_audio}, handle, indent=2)
         self.reporter.finish(result)
         return result
 
-    def _run_epoch(self) -> str:
-        """One epoch (or what is left of it after a resume); "early stopping" ends the run early."""
+    def _run_epoch(self) -> None:
+        """Train the rest of the current epoch (all of it, or what a resume left), one step at a time."""
         config = self.config.train
-        self.sampler.set_epoch(self.epoch)
-        self.dataset.set_epoch(self.epoch)
-        total, position = len(self.sampler), self.sampler.batches_done
-        self.batches_in_epoch = position
-        self.reporter.epoch(self.epoch, total, position)
+        epoch = self.epoch
+        self.sampler.set_epoch(epoch)  # keeps the position a resume restored
+        self.dataset.set_epoch(epoch)
+        total = len(self.sampler)
+        self.reporter.epoch(epoch, total, self.batches_in_epoch)
         batches = iter(self.loader)
-        while position < total:
+        while self.epoch == epoch and self.stopped is None:
+            position = self.batches_in_epoch
             group = list(itertools.islice(batches, min(config.accum_steps, total - position)))
-            position += len(group)
             started = time.perf_counter()
             stats = self._optimizer_step(group)
             self.step += 1
-            self.batches_in_epoch = position
-            stats.update(step=self.step, epoch=self.epoch, batch=position, batches=total,
+            self.batches_in_epoch = position + len(group)
+            stats.update(step=self.step, epoch=epoch, batch=self.batches_in_epoch, batches=total,
                          seconds=time.perf_counter() - started)
-            if self.step % config.log_every_steps == 0 or position == total:
+            if self.step % config.log_every_steps == 0 or self.batches_in_epoch == total:
                 self._log({"type": "train", **stats})
-            stop = False
-            if config.eval_every_steps and self.step % config.eval_every_steps == 0:
-                stop = self._validate_and_save()
-                self._save_last()
-            elif config.checkpoint_every_steps and self.step % config.checkpoint_every_steps == 0:
-                self._save_last()
+            self._finish_step()
             self.reporter.step(stats)
-            if stop:
-                return "early stopping"
-        return "finished"
+
+    def _finish_step(self) -> None:
+        """What follows an optimiser step, in order: the end of its epoch, a validation when one is due,
+        ``last.pt`` when due, and a stop asked for by a signal.
+
+        It looks only at the state, never at what ran before it, so a resumed run calls it once for the
+        step its ``last.pt`` holds: a run killed after that checkpoint but before the step's validation
+        (or the epoch's end) validates first, exactly as the uninterrupted run did.
+        """
+        config = self.config.train
+        epoch_ended = self.batches_in_epoch == len(self.sampler.plan(self.epoch))
+        if epoch_ended:
+            self.epoch, self.batches_in_epoch = self.epoch + 1, 0
+        validated = self._validation_due()
+        if validated:
+            self._validate()
+        if self.stopped is None and self.epoch == config.epochs:
+            self.stopped = "finished"
+        every = config.checkpoint_every_steps
+        if epoch_ended or validated or self.stopped is not None or (every and self.step % every == 0):
+            self._save_last()
+        # Every rank must stop at the same step, or the others would wait forever in the next all-reduce.
+        if distributed.any_rank(self.stops.requested, self.context):
+            self._save_last()
+            raise Interrupted(self.stops.signal_number or signal.SIGTERM)
+
+    def _validation_due(self) -> bool:
+        """Whether the step just taken ends with a validation that has not happened yet."""
+        config = self.config.train
+        if self.step == 0 or (self.history and self.history[-1]["step"] == self.step):
+            return False
+        if config.eval_every_steps:
+            return self.step % config.eval_every_steps == 0 or self.epoch == config.epochs  # and after the last step
+        return self.batches_in_epoch == 0  # the step ended an epoch
 
     def _optimizer_step(self, group: list[Batch]) -> dict[str, Any]:
         """Accumulate gradients over ``group`` and take one optimiser step (unless a loss is not finite)."""
@@ -348,11 +443,18 @@ class _Run:
             self.reporter.message(f"skipped unreadable audio {item}")
 
     # ----------------------------------------------------------------------------------------------
-    def _validate_and_save(self) -> bool:
-        """Validate on the whole split, keep the best checkpoints; True when early stopping says stop."""
-        predictions = run_model(self.model, self.valid_set, device=self.context.device,
-                                text_embeddings=self.text_embeddings, num_workers=self.config.data.num_workers,
-                                amp_dtype=self.amp_dtype, context=self.context)
+    def _validate(self) -> None:
+        """Validate on the whole split and keep the best checkpoints; early stopping may end the run."""
+        try:
+            # Validation draws no training random numbers (the loader's seed would), so that a run validated
+            # more or less often, or resumed from the checkpoint of the step before a validation, trains alike.
+            with self.stops.at_once(), torch.random.fork_rng(devices=[]):
+                predictions = run_model(self.model, self.valid_set, device=self.context.device,
+                                        text_embeddings=self.text_embeddings, num_workers=self.config.data.num_workers,
+                                        amp_dtype=self.amp_dtype, context=self.context)
+        except Interrupted:
+            self._save_last()  # validation has changed nothing yet: this is the state the step left
+            raise
         labels = np.array([utt.labels() for utt in self.valid_set])
         scores = ccc_scores(self.model.label_scaling.from_unit(predictions.emotion_unit), labels)
         improved = scores["average"] > self.best.get("average", -math.inf)
@@ -374,7 +476,8 @@ class _Run:
                     self.best_per_attribute[name] = scores[name]
                     self._save(f"best_{name}.pt", scores)
         patience = self.config.train.patience
-        return patience > 0 and self.validations_without_improvement >= patience
+        if patience > 0 and self.validations_without_improvement >= patience:
+            self.stopped = "early stopping"
 
     # ----------------------------------------------------------------------------------------------
     def _payload(self, metrics: dict[str, float]) -> dict[str, Any]:
@@ -397,43 +500,60 @@ class _Run:
         if self.context.is_main:
             save_checkpoint(self._payload(metrics), self.run_dir / name)
 
+    def _progress_state(self) -> tuple:
+        """What distinguishes one saved state from the next (writing the same state twice is wasted time)."""
+        return self.step, self.epoch, self.batches_in_epoch, len(self.history), self.stopped
+
     def _save_last(self) -> None:
         """``last.pt``: a checkpoint plus the whole training state, at an optimiser-step boundary."""
-        if not self.context.is_main:
+        if self._progress_state() == self._saved_state:
             return
-        payload = self._payload(self.history[-1] if self.history else {})
-        payload["training"] = {
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "schedule": self.schedule.state_dict(),
-            "sampler": self.sampler.state_dict(batches_consumed=self.batches_in_epoch),
-            "rng": {"torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
-            "progress": {"step": self.step, "epoch": self.epoch, "best": self.best, "best_step": self.best_step,
-                         "best_per_attribute": self.best_per_attribute,
-                         "validations_without_improvement": self.validations_without_improvement,
-                         "nonfinite_in_a_row": self.nonfinite_in_a_row, "skipped_steps": self.skipped_steps,
-                         "skipped_audio": self.skipped_audio, "history": self.history},
-        }
-        save_checkpoint(payload, self.run_dir / LAST_NAME)
+        if self.context.is_main:
+            payload = self._payload(self.history[-1] if self.history else {})
+            payload["training"] = {
+                "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "schedule": self.schedule.state_dict(),
+                # After the last step of an epoch the next epoch has not started: its position is 0.
+                "sampler": (self.sampler.state_dict(batches_consumed=self.batches_in_epoch)
+                            if self.sampler.epoch == self.epoch else None),
+                "rng": {"torch": torch.get_rng_state(),
+                        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+                "progress": {"step": self.step, "epoch": self.epoch, "stopped": self.stopped, "best": self.best,
+                             "best_step": self.best_step, "best_per_attribute": self.best_per_attribute,
+                             "validations_without_improvement": self.validations_without_improvement,
+                             "nonfinite_in_a_row": self.nonfinite_in_a_row, "skipped_steps": self.skipped_steps,
+                             "skipped_audio": self.skipped_audio, "history": self.history},
+            }
+            save_checkpoint(payload, self.run_dir / LAST_NAME)
+        self._saved_state, self.saved_step = self._progress_state(), self.step
 
     def _restore(self, state: dict[str, Any]) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scaler.load_state_dict(state["scaler"])
-        self.schedule.load_state_dict(state["schedule"])
-        progress = state["progress"]
+        last = self.run_dir / LAST_NAME
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scaler.load_state_dict(state["scaler"])
+            self.schedule.load_state_dict(state["schedule"])
+            progress = state["progress"]
+            for name in ("step", "epoch", "best", "best_step", "best_per_attribute", "validations_without_improvement",
+                         "nonfinite_in_a_row", "skipped_steps", "skipped_audio", "history"):
+                setattr(self, name, progress[name])
+            self.stopped = progress.get("stopped")
+            sampler_state = state["sampler"]
+            if sampler_state is not None and sampler_state["epoch"] == self.epoch:
+                self.sampler.load_state_dict(sampler_state)
+                self.batches_in_epoch = self.sampler.batches_done
+            torch.set_rng_state(state["rng"]["torch"])
+            if state["rng"]["cuda"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as error:
+            raise SertoolError(f"{last}: its training state is incomplete or damaged ({type(error).__name__}: "
+                               f"{str(error)[:120]}); start the run again with `sertool train --config "
+                               f"{self.run_dir / 'config.yaml'} --out {self.run_dir} --force`") from None
         if self.context.is_main:
             remove_stale_temporaries(self.run_dir)
-            truncate_metrics(self.run_dir, step=int(progress["step"]), validations=len(progress["history"]))
-        for name in ("step", "epoch", "best", "best_step", "best_per_attribute", "validations_without_improvement",
-                     "nonfinite_in_a_row", "skipped_steps", "skipped_audio", "history"):
-            setattr(self, name, progress[name])
-        sampler_state = state["sampler"]
-        if sampler_state["epoch"] == self.epoch:
-            self.sampler.load_state_dict(sampler_state)
-        torch.set_rng_state(state["rng"]["torch"])
-        if state["rng"]["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+            truncate_metrics(self.run_dir, step=int(self.step), validations=len(self.history))
+        self._saved_state, self.saved_step = self._progress_state(), self.step
 
     def _wrap_ddp(self) -> torch.nn.Module:
         if not self.context.enabled:

@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from sertool.checkpoint import provenance
+from sertool.checkpoint import BEST_NAME, LAST_NAME, provenance
 from sertool.config import Config
 from sertool.data.report import LoadReport
 from sertool.errors import SertoolError
@@ -19,6 +19,12 @@ from sertool.io import atomic_write
 
 # Packages whose versions decide whether a result can be reproduced.
 _RECORDED_PACKAGES = ("torch", "torchaudio", "transformers", "numpy", "soundfile", "safetensors")
+
+
+# What a run writes into its folder (a run started again from step 0 removes them); any other file is the
+# user's.
+RUN_FILES = ("config.yaml", "argv.txt", "environment.json", "data_report.json", "metrics.jsonl", "summary.json",
+             LAST_NAME, BEST_NAME, "best_*.pt")
 
 
 def prepare_run_folder(run_dir: Path, *, force: bool) -> None:
@@ -41,15 +47,32 @@ def prepare_run_folder(run_dir: Path, *, force: bool) -> None:
             (run_dir / stale).unlink(missing_ok=True)
 
 
-def write_run_files(run_dir: Path, config: Config, *, argv: Sequence[str], data_summary: dict[str, Any],
-                    load_report: LoadReport) -> None:
-    """``config.yaml`` (the resolved config: `sertool train --config` takes it back), ``argv.txt``,
-    ``environment.json`` (versions, code revision, seed, machine, data summary) and ``data_report.json``
-    (every dropped row and warning of the corpus read, naming its file and line)."""
+def remove_run_outputs(run_dir: Path, *, keep: Sequence[str] = ()) -> None:
+    """Remove the files a run wrote into ``run_dir`` (``RUN_FILES`` but ``keep``, and unfinished writes)."""
+    for pattern in RUN_FILES:
+        for stale in run_dir.glob(pattern):
+            if stale.name not in keep:
+                stale.unlink(missing_ok=True)
+    remove_stale_temporaries(run_dir)
+
+
+def write_config_file(run_dir: Path, config: Config) -> None:
+    """``config.yaml``: the resolved config (`sertool train --config` takes it back)."""
     with atomic_write(run_dir / "config.yaml") as handle:
         yaml.safe_dump(config.to_dict(), handle, sort_keys=False)
-    with atomic_write(run_dir / "argv.txt") as handle:
-        handle.write(" ".join(argv) + "\n")
+
+
+def add_command_line(run_dir: Path, argv: Sequence[str]) -> None:
+    """Add ``argv`` to ``argv.txt``: the command that started the run, then one line per ``--resume``."""
+    path = run_dir / "argv.txt"
+    previous = path.read_text(encoding="utf-8", errors="replace") if path.is_file() else ""
+    with atomic_write(path) as handle:
+        handle.write(previous + " ".join(argv) + "\n")
+
+
+def write_environment(run_dir: Path, config: Config, *, data_summary: dict[str, Any], load_report: LoadReport) -> None:
+    """``environment.json`` (versions, code revision, seed, machine, data summary) and ``data_report.json``
+    (every dropped row and warning of the corpus read, naming its file and line)."""
     versions = {}
     for package in _RECORDED_PACKAGES:
         try:
@@ -81,11 +104,13 @@ def truncate_metrics(run_dir: Path, *, step: int, validations: int) -> None:
     if not path.is_file():
         return
     kept = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
             record = json.loads(line)
         except ValueError:
-            continue  # a torn last line of a killed run
+            continue  # a torn last line of a killed run (or a damaged one)
+        if not isinstance(record, dict):
+            continue
         if record.get("type") == "valid":
             if validations > 0:
                 kept.append(line)

@@ -173,6 +173,75 @@ def test_training_stop_in_process_names_the_signal_and_exits_with_its_status(cor
     assert run("train", "--resume", tmp_path / "SIGTERM").exit_code == 0
 
 
+# ---- concurrent commands on one run folder -------------------------------------------------------------
+def test_training_a_run_folder_in_use_is_refused_to_every_second_command(corpus, straight, tmp_path):
+    """While one `train` holds the folder, a second --out (with or without --force) and a --resume refuse
+    with one line and leave every file as it was."""
+    from sertool.training.run_folder import locked_run_folder
+
+    run_dir = tmp_path / "busy"
+    shutil.copytree(straight, run_dir)
+    before = {path.name: path.read_bytes() for path in run_dir.iterdir()}
+    with locked_run_folder(run_dir, create=False, warn=print):
+        for args in (["--out", run_dir, "--corpus", corpus, "--force"], ["--out", run_dir, "--corpus", corpus],
+                     ["--resume", run_dir]):
+            line = one_line_error(run("train", *args, "--num-workers", "0", *TINY[:2]) if "--resume" not in args
+                                  else run("train", *args))
+            assert f"{run_dir}: in use by another `sertool train` (pid {os.getpid()} on" in line, line
+    assert {path.name: path.read_bytes() for path in run_dir.iterdir() if path.name != ".lock"} == \
+        {name: data for name, data in before.items() if name != ".lock"}
+
+
+def test_training_two_trainings_into_one_folder_at_once_one_refuses(corpus, tmp_path):
+    """Two real processes started on one --out: exactly one trains, the other refuses with one line."""
+    run_dir = tmp_path / "shared"
+    # The first process holds still in its first step (SIGSTOP to itself) while the second one starts.
+    first = subprocess.Popen([sys.executable, "-m", "tests.fault_driver", "SIGSTOP", "step", "1", "--", "train",
+                              "--corpus", str(corpus), "--out", str(run_dir), "--num-workers", "0", *TINY],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                             env=_environment())
+    try:
+        deadline = 120
+        while deadline and not _stopped(first.pid):
+            deadline -= 1
+            subprocess.run(["sleep", "0.5"])
+        assert _stopped(first.pid), "the first training never reached its first step"
+        line = one_line_error(run("train", "--corpus", corpus, "--out", run_dir, "--force", "--num-workers", "0",
+                                  *TINY))
+        assert "in use by another `sertool train`" in line
+    finally:
+        os.killpg(first.pid, signal.SIGCONT)
+    assert first.wait(timeout=120) == 0, first.stderr.read()
+    assert load_checkpoint(run_dir, name="last.pt")["step"] == STEPS
+    assert len((run_dir / "argv.txt").read_text().splitlines()) == 1  # one run, not two mixed
+
+
+def _stopped(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "T"
+    except OSError:
+        return False
+
+
+def test_training_force_removes_the_previous_runs_files_first(corpus, straight, tmp_path, monkeypatch):
+    """--force starts over: a new run stopped before its first checkpoint leaves no last.pt or best.pt of the
+    old run beside its own config.yaml (a --resume would otherwise continue the old run)."""
+    run_dir = tmp_path / "again"
+    shutil.copytree(straight, run_dir)
+    (run_dir / "notes.txt").write_text("mine")
+    real_open = loop.open_corpus
+
+    def interrupted_while_loading(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        return real_open(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "open_corpus", interrupted_while_loading)
+    result = run("train", "--corpus", corpus, "--out", run_dir, "--force", "--num-workers", "0", *TINY, "--seed", "7")
+    assert result.exit_code == 130 and "starts again from step 0" in result.output
+    assert sorted(path.name for path in run_dir.iterdir()) == [".lock", "argv.txt", "config.yaml", "notes.txt"]
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["seed"] == 7
+
+
 # ---- damaged run folders --------------------------------------------------------------------------------
 @pytest.mark.parametrize("damage", ["truncated", "best-copy", "not-a-dict-state"])
 def test_training_damaged_last_pt_is_one_line_that_says_how_to_start_over(finished, damage):

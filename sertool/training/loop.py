@@ -2,8 +2,9 @@
 
 What happens, top to bottom (``train``):
 
-1. Run folder: a new ``--out RUN_DIR`` (refused if it holds files, unless ``force``) or, with
-   ``resume``, the folder of an interrupted run whose ``last.pt`` holds the config and the exact state.
+1. Run folder: locked for the life of the run (a second ``train`` on it is refused); a new ``--out
+   RUN_DIR`` (refused if it holds files, unless ``force``) or, with ``resume``, the folder of an
+   interrupted run whose ``last.pt`` holds the config and the exact state.
 2. Data: the corpus, the paper's data selection (``train_ox``, ``dev_ox_to_train``), cached transcript
    embeddings for MM systems, and an ``EpochBatchSampler`` (class balancing, duration buckets, DDP shard).
 3. Model, AdamW with two learning rates, warm-up + cosine/plateau schedule, AMP (bf16, or fp16 with a
@@ -53,7 +54,7 @@ from sertool.models.text_features import transcript_embeddings
 from sertool.training import distributed
 from sertool.training.distributed import Distributed
 from sertool.training.optim import LRSchedule, build_optimizer
-from sertool.training.run_folder import (add_command_line, prepare_run_folder, remove_run_outputs,
+from sertool.training.run_folder import (add_command_line, locked_run_folder, prepare_run_folder, remove_run_outputs,
                                         remove_stale_temporaries, truncate_metrics, write_config_file,
                                         write_environment)
 from sertool.training.reporter import Reporter
@@ -115,13 +116,14 @@ def train(
         run_dir: the run folder to create, or to continue with ``resume``.
         resume: continue the interrupted run in ``run_dir`` exactly where its ``last.pt`` stopped (from step
             0 with its ``config.yaml`` when it stopped before its first checkpoint).
-        force: write into an existing non-empty ``run_dir``.
+        force: start over in an existing non-empty ``run_dir``, removing the files of the run it holds.
         argv: the command line, recorded in the run folder.
         device: "auto", "cpu" or "cuda".
         reporter: progress output (default: none).
 
     Raises:
-        SertoolError: bad config, data or run folder, or a run stopped by non-finite losses.
+        SertoolError: bad config, data or run folder, a folder another ``train`` is using, or a run stopped
+            by non-finite losses.
         Interrupted: a stop signal.
     """
     if not resume:
@@ -133,7 +135,9 @@ def train(
     reporter = reporter if reporter is not None and context.is_main else Reporter()
     run = None
     try:
-        with StopRequests() as stops:
+        holding = (locked_run_folder(run_dir, create=not resume, warn=reporter.message) if context.is_main
+                   else contextlib.nullcontext())
+        with StopRequests() as stops, holding:
             try:
                 run = _Run(config, run_dir, resume=resume, force=force, argv=argv, context=context, reporter=reporter,
                            stops=stops)

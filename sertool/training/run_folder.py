@@ -1,10 +1,14 @@
-"""The run folder: what `sertool train --out RUN_DIR` records besides its checkpoints."""
+"""The run folder: its lock, and what `sertool train --out RUN_DIR` records besides its checkpoints."""
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
 import platform
+import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -19,32 +23,77 @@ from sertool.io import atomic_write
 
 # Packages whose versions decide whether a result can be reproduced.
 _RECORDED_PACKAGES = ("torch", "torchaudio", "transformers", "numpy", "soundfile", "safetensors")
-
-
-# What a run writes into its folder (a run started again from step 0 removes them); any other file is the
-# user's.
+LOCK_NAME = ".lock"
+# What a run writes into its folder. `--force` removes these before a new run starts in the folder, so that
+# it never holds files of two runs (an old best.pt beside a new config.yaml); any other file is the user's.
 RUN_FILES = ("config.yaml", "argv.txt", "environment.json", "data_report.json", "metrics.jsonl", "summary.json",
              LAST_NAME, BEST_NAME, "best_*.pt")
 
 
+@contextlib.contextmanager
+def locked_run_folder(run_dir: Path, *, create: bool, warn: Callable[[str], None]) -> Iterator[None]:
+    """Hold ``run_dir`` for the life of the run: a second `sertool train` on the same folder is refused.
+
+    The lock is ``flock(2)`` on ``run_dir/.lock``. The kernel releases it when the process ends, however it
+    ends, so a run killed with ``kill -9`` never blocks its own ``--resume``. The file itself stays:
+    removing it would let a third process lock a fresh file while a second still holds the old one. Under
+    DDP only rank 0 calls this. On a file system without locks, the run goes on unlocked after ``warn``.
+
+    Args:
+        run_dir: the run folder.
+        create: create it (a new run); otherwise it must exist (``--resume``).
+        warn: says that the folder could not be locked.
+
+    Raises:
+        SertoolError: another process holds the folder, or it cannot be created or is not a folder.
+    """
+    if run_dir.exists() and not run_dir.is_dir():
+        raise SertoolError(f"{run_dir}: exists and is not a folder")
+    if not create and not run_dir.is_dir():
+        raise SertoolError(f"--resume {run_dir}: no such run folder")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        handle = open(run_dir / LOCK_NAME, "a+", encoding="utf-8", errors="replace")
+    except OSError as error:
+        raise SertoolError(f"{run_dir}: cannot create the run folder or write in it "
+                           f"({error.strerror or error})") from None
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            owner = handle.read().strip() or "a process"
+            raise SertoolError(f"{run_dir}: in use by another `sertool train` ({owner}); wait for it to end or stop "
+                               "it, or choose another --out") from None
+        except OSError as error:
+            warn(f"{run_dir}: cannot lock the run folder ({error.strerror or error}); nothing stops a second "
+                 "`sertool train` from writing into it")
+        else:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+            handle.flush()
+        yield
+    finally:
+        handle.close()
+
+
 def prepare_run_folder(run_dir: Path, *, force: bool) -> None:
-    """Create ``run_dir``; an existing folder with files in it is refused unless ``force``.
+    """Create the folder of a new run, or check that the existing one holds no other run; with ``force``,
+    remove the files of the run it holds (``RUN_FILES``, and temporaries of unfinished writes).
 
     Raises:
         SertoolError: the folder holds files (naming ``--force`` and ``--resume``), or cannot be created.
     """
-    if run_dir.exists() and not run_dir.is_dir():
-        raise SertoolError(f"--out {run_dir}: exists and is not a folder")
-    if run_dir.is_dir() and any(run_dir.iterdir()) and not force:
-        raise SertoolError(f"--out {run_dir}: the folder already holds a run; pass --resume {run_dir} to continue it, "
-                           "--force to start over in it, or choose another --out")
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise SertoolError(f"--out {run_dir}: cannot create the folder ({error.strerror})") from None
+        raise SertoolError(f"--out {run_dir}: cannot create the folder ({error.strerror or error})") from None
+    if any(path.name != LOCK_NAME for path in run_dir.iterdir()) and not force:
+        raise SertoolError(f"--out {run_dir}: the folder already holds a run; pass --resume {run_dir} to continue it, "
+                           "--force to start over in it, or choose another --out")
     if force:
-        for stale in ("metrics.jsonl", "summary.json"):
-            (run_dir / stale).unlink(missing_ok=True)
+        remove_run_outputs(run_dir)
 
 
 def remove_run_outputs(run_dir: Path, *, keep: Sequence[str] = ()) -> None:

@@ -393,6 +393,24 @@ def test_training_numeric_flags_of_every_command_share_the_check(straight, corpu
 
 
 # ---- numbers in data ------------------------------------------------------------------------------------
+def test_training_a_development_clip_that_makes_validation_nan_is_an_error_naming_it(corpus, tmp_path):
+    """A float WAV with huge finite samples (×1e30) in Development: every validation is NaN; the run must
+    not say "finished" with exit 0 and no best.pt, but name the clip."""
+    data = tmp_path / "c"
+    shutil.copytree(corpus, data)
+    victim = sorted((data / "Audios").glob("MSP-PODCAST_0003_*.wav"))[0]
+    samples, rate = sf.read(victim)
+    sf.write(victim, (samples * 1e30).astype(np.float32), rate, subtype="FLOAT")
+    result = run("train", "--corpus", data, "--out", tmp_path / "run", "--num-workers", "0", *TINY)
+    line = one_line_error(result)
+    assert "no validation of this run gave a finite CCC" in line and victim.name in line
+    assert not (tmp_path / "run" / "best.pt").exists() and not (tmp_path / "run" / "summary.json").exists()
+    assert result.output.count(f"predictions are not finite (first: {victim.name})") == 2
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [record["ccc_average"] for record in logged if record["type"] == "valid"] == [None, None]  # strict JSON
+    assert one_line_error(run("train", "--resume", tmp_path / "run")) == line  # resuming says it again
+
+
 def test_training_labels_nan_inf_and_huge_are_dropped_not_trained_on(corpus, tmp_path):
     data = tmp_path / "c"
     shutil.copytree(corpus, data)

@@ -122,8 +122,8 @@ def train(
         reporter: progress output (default: none).
 
     Raises:
-        SertoolError: bad config, data or run folder, a folder another ``train`` is using, or a run stopped
-            by non-finite losses.
+        SertoolError: bad config, data or run folder, a folder another ``train`` is using, a run stopped by
+            non-finite losses, or a run that never produced a finite validation score.
         Interrupted: a stop signal.
     """
     if not resume:
@@ -318,6 +318,8 @@ class _Run:
             self._finish_step()  # what the step that last.pt holds may still owe (a validation, the epoch's end)
         while self.stopped is None:
             self._run_epoch()
+        if not self.best:
+            raise SertoolError(self._no_finite_validation())
         result = TrainResult(self.run_dir, best=self.best, best_step=self.best_step, steps=self.step,
                              stopped=self.stopped, skipped_steps=self.skipped_steps, skipped_audio=self.skipped_audio,
                              history=self.history)
@@ -448,7 +450,10 @@ class _Run:
 
     # ----------------------------------------------------------------------------------------------
     def _validate(self) -> None:
-        """Validate on the whole split and keep the best checkpoints; early stopping may end the run."""
+        """Validate on the whole split and keep the best checkpoints; early stopping may end the run.
+
+        A validation score that is not finite (NaN predictions) never counts as an improvement.
+        """
         try:
             # Validation draws no training random numbers (the loader's seed would), so that a run validated
             # more or less often, or resumed from the checkpoint of the step before a validation, trains alike.
@@ -461,10 +466,18 @@ class _Run:
             raise
         labels = np.array([utt.labels() for utt in self.valid_set])
         scores = ccc_scores(self.model.label_scaling.from_unit(predictions.emotion_unit), labels)
-        improved = scores["average"] > self.best.get("average", -math.inf)
+        nonfinite = [utt_id for utt_id, row in zip(predictions.ids, predictions.emotion_unit)
+                     if not np.isfinite(row).all()]
+        finite = not nonfinite and all(math.isfinite(value) for value in scores.values())
+        improved = finite and scores["average"] > self.best.get("average", -math.inf)
         self.schedule.on_validation(improved)
         record = {"type": "valid", "step": self.step, "epoch": self.epoch, **{f"ccc_{k}": v for k, v in scores.items()},
                   "improved": improved}
+        if nonfinite:
+            record.update(nonfinite_predictions=len(nonfinite), first_nonfinite=nonfinite[0])
+            self.reporter.message(f"warning: validation after step {self.step}: {len(nonfinite)} of "
+                                  f"{len(self.valid_set)} predictions are not finite (first: {nonfinite[0]}); this "
+                                  "validation cannot count as an improvement")
         self.history.append(record)
         self._log(record)
         self.reporter.validation(record)
@@ -474,7 +487,7 @@ class _Run:
             self._save(BEST_NAME, scores)
         else:
             self.validations_without_improvement += 1
-        if self.config.train.select_best == "per-attribute":
+        if self.config.train.select_best == "per-attribute" and finite:
             for name in ATTRIBUTES:
                 if scores[name] > self.best_per_attribute.get(name, -math.inf):
                     self.best_per_attribute[name] = scores[name]
@@ -482,6 +495,22 @@ class _Run:
         patience = self.config.train.patience
         if patience > 0 and self.validations_without_improvement >= patience:
             self.stopped = "early stopping"
+
+    def _no_finite_validation(self) -> str:
+        """The error of a run whose every validation score was NaN or infinite, with its likely cause."""
+        split = self.config.data.valid_split
+        last = self.history[-1] if self.history else {}
+        if last.get("nonfinite_predictions") == len(self.valid_set):
+            cause = ("every prediction was NaN or infinite, so the weights are: lower --lr-heads/--lr-backbone, "
+                     "try --amp off, or check the training labels and audio")
+        elif last.get("nonfinite_predictions"):
+            cause = (f"{last['nonfinite_predictions']} of {len(self.valid_set)} {split} predictions were NaN or "
+                     f"infinite (first: {last['first_nonfinite']}): check that audio (e.g. samples far outside "
+                     "[-1, 1]) or leave it out of the split")
+        else:
+            cause = f"the CCC itself was not finite: check the {split} labels"
+        return (f"no validation of this run gave a finite CCC ({len(self.history)} on {len(self.valid_set)} {split} "
+                f"utterances), so there is no best.pt: {cause}. {self.run_dir / LAST_NAME} holds the last state")
 
     # ----------------------------------------------------------------------------------------------
     def _payload(self, metrics: dict[str, float]) -> dict[str, Any]:
@@ -582,5 +611,8 @@ class _Run:
 
     def _log(self, record: dict[str, Any]) -> None:
         if self.context.is_main:
+            # Strict JSON (null, not NaN), so that any JSON reader takes the file.
+            plain = {key: None if isinstance(value, float) and not math.isfinite(value) else value
+                     for key, value in record.items()}
             with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
-                handle.write(json.dumps(record) + "\n")
+                handle.write(json.dumps(plain) + "\n")

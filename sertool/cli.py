@@ -251,7 +251,8 @@ def _config_flags(command):
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), metavar="FILE",
               help="YAML config (a run folder's config.yaml is one); flags override it.")
 @click.option("--out", metavar="RUN_DIR", help="Run folder to create: best.pt, last.pt, config, logs.")
-@click.option("--resume", metavar="RUN_DIR", help="Continue the interrupted run in RUN_DIR exactly where it stopped.")
+@click.option("--resume", metavar="RUN_DIR", help="Continue the interrupted run in RUN_DIR exactly where it stopped "
+              "(--corpus, --cache-dir and --num-workers may point elsewhere).")
 @click.option("--force", is_flag=True, help="Start over in an --out folder that already holds files.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="Where to train; under torchrun each process takes its LOCAL_RANK GPU.")
@@ -269,8 +270,8 @@ def train_command(config_file: str | None, out: str | None, resume: str | None, 
     from sertool.training.loop import train
     from sertool.training.setup import resolve_train_config
 
-    config, run_dir = resolve_train_config(config_file, flags, out=out, resume=resume)
-    train(config, run_dir, resume=resume is not None, force=force, argv=sys.argv, device=device,
+    config, run_dir, relocated = resolve_train_config(config_file, flags, out=out, resume=resume)
+    train(config, run_dir, resume=resume is not None, relocated=relocated, force=force, argv=sys.argv, device=device,
           reporter=RichTrainReporter())
 
 

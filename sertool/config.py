@@ -12,9 +12,11 @@ declaration, and NaN or infinity is never a valid value.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import math
+import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,7 +95,7 @@ SEED = Bounds(at_least=0, at_most=2**63 - 1)  # numpy needs a non-negative seed;
 
 
 def option(default: Any, help: str, *, choices: tuple[str, ...] | None = None, flag: str | None = None,
-           bounds: Bounds | None = None) -> Any:
+           bounds: Bounds | None = None, path: str | None = None, resumable: bool = False) -> Any:
     """A config field with its command-line help.
 
     Args:
@@ -102,8 +104,13 @@ def option(default: Any, help: str, *, choices: tuple[str, ...] | None = None, f
         choices: the allowed strings.
         flag: a flag name other than the field's.
         bounds: the allowed values of a number (every int and float field has them).
+        path: ``"path"`` for a file or folder, ``"path or hub id"`` for a model that is a local folder or a
+            hub id: a relative path is stored absolute, so that a run resumes from any working directory.
+        resumable: ``train --resume`` may set it again (where the data is, or how it is read; never what
+            is trained).
     """
-    metadata = {"help": help, "choices": choices, "flag": flag, "bounds": bounds}
+    metadata = {"help": help, "choices": choices, "flag": flag, "bounds": bounds, "path": path,
+                "resumable": resumable}
     if isinstance(default, (list, tuple)):
         return field(default_factory=lambda: tuple(default), metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -113,7 +120,8 @@ def option(default: Any, help: str, *, choices: tuple[str, ...] | None = None, f
 class DataConfig:
     """Which corpus, which utterances, and how they are read."""
 
-    corpus: str | None = option(None, "MSP-Podcast root, manifest CSV, or folder holding manifest.csv.")
+    corpus: str | None = option(None, "MSP-Podcast root, manifest CSV, or folder holding manifest.csv.",
+                                path="path", resumable=True)
     train_split: str = option("Train", "Split to train on.")
     valid_split: str = option("Development", "Split to validate on (model selection).")
     max_duration_s: float = option(0.0, "Random crop of training clips to this many seconds (0: whole clips). "
@@ -125,11 +133,11 @@ class DataConfig:
                                    "leave validation.")
     on_bad_audio: str = option("skip", "Unreadable training audio: skip it (and count it) or fail before training.",
                                choices=("skip", "fail"))
-    num_workers: int = option(2, "Data-loader processes.", bounds=NON_NEGATIVE)
+    num_workers: int = option(2, "Data-loader processes.", bounds=NON_NEGATIVE, resumable=True)
     asr: str = option(DEFAULT_ASR_MODEL_ID, "Whisper model (hub id or folder) that transcribes utterances without a "
-                      "transcript, for MM (--text) systems.")
+                      "transcript, for MM (--text) systems.", path="path or hub id")
     cache_dir: str | None = option(None, "Cache of text embeddings and ASR transcripts (default: $SERTOOL_CACHE "
-                                   "or ~/.cache/sertool).")
+                                   "or ~/.cache/sertool).", path="path", resumable=True)
 
 
 @dataclass
@@ -138,7 +146,7 @@ class ModelConfig:
 
     backbone: str = option("wavlm", "Speech backbone.", choices=tuple(DEFAULT_BACKBONE_IDS))
     backbone_path: str | None = option(None, "Hub id or local folder of the backbone (default: the backbone's "
-                                       "usual id, e.g. microsoft/wavlm-large).")
+                                       "usual id, e.g. microsoft/wavlm-large).", path="path or hub id")
     layer_weighting: str = option("weighted", "Learnable softmax-weighted sum of all hidden layers, or the last "
                                   "layer only.", choices=("weighted", "last"))
     freeze_backbone: bool | None = option(None, "Freeze the speech backbone (default: the paper's choice: WavLM "
@@ -149,7 +157,8 @@ class ModelConfig:
     lora_alpha: float = option(16.0, "LoRA scale numerator (the update is scaled by alpha / rank).",
                                bounds=POSITIVE)
     text: bool = option(False, "MM system: concatenate an embedding of the transcript.")
-    text_model: str = option(DEFAULT_TEXT_MODEL_ID, "Hub id or local folder of the (frozen) text encoder.")
+    text_model: str = option(DEFAULT_TEXT_MODEL_ID, "Hub id or local folder of the (frozen) text encoder.",
+                             path="path or hub id")
     pooling: str = option("attentive", "Attentive statistics (weighted mean ⊕ std) or mean pooling.",
                           choices=("attentive", "mean"))
     head_hidden_dim: int = option(1024, "Hidden width of every head.", bounds=AT_LEAST_ONE)
@@ -166,7 +175,7 @@ class ModelConfig:
     aam_scale: float = option(30.0, "Scale of the speaker-ID head's AAM-softmax.", bounds=POSITIVE)
     speaker_embedding: str | None = option(None, "Hub id or folder of a speaker model (e.g. a WavLMForXVector) "
                                            "whose embedding is concatenated (+S Emb); log-mel-stats: a "
-                                           "parameter-free stand-in (demo scale).")
+                                           "parameter-free stand-in (demo scale).", path="path or hub id")
     fbank_dim: int = option(256, "Width of the built-in fbank encoder.", bounds=AT_LEAST_ONE)
 
 
@@ -269,6 +278,20 @@ class Config:
         for option_ in config_options():
             _coerce(option_, self.get(option_.key), f"{source}: {option_.key}")
 
+    def with_absolute_paths(self) -> "Config":
+        """A copy whose relative paths (``path`` options) are absolute, from the current directory, so that
+        a run folder's config holds wherever the run is continued from. A model option is changed only
+        when it names a local file or folder; a hub id stays as it is."""
+        config = copy.deepcopy(self)
+        for option_ in config_options():
+            value = config.get(option_.key)
+            if value is None or option_.path is None:
+                continue
+            local = Path(value).expanduser()
+            if option_.path == "path" or local.exists():
+                apply_value(config, option_.section, option_.name, os.path.abspath(local), source="config")
+        return config
+
     def get(self, key: str) -> Any:
         """The value of ``key`` (``train.lr_heads``, or ``seed``)."""
         section, _, name = key.rpartition(".")
@@ -288,6 +311,8 @@ class ConfigOption:
     choices: tuple[str, ...] | None
     optional: bool  # the field accepts None
     bounds: Bounds | None  # for int and float fields
+    path: str | None  # "path", "path or hub id", or None (see ``option``)
+    resumable: bool  # `train --resume` may set it again
 
     @property
     def key(self) -> str:
@@ -311,7 +336,7 @@ def config_options() -> list[ConfigOption]:
             metadata = spec.metadata
             options.append(ConfigOption(section, spec.name, metadata.get("flag") or "--" + spec.name.replace("_", "-"),
                                         kind, default, metadata["help"], metadata.get("choices"), optional,
-                                        metadata.get("bounds")))
+                                        metadata.get("bounds"), metadata.get("path"), metadata.get("resumable", False)))
     return options
 
 

@@ -301,6 +301,27 @@ def test_training_resume_of_a_finished_run_changes_nothing(finished):
 
 
 # ---- paths ----------------------------------------------------------------------------------------------
+def test_training_resume_from_another_directory_and_with_a_moved_corpus(corpus, straight, tmp_path, monkeypatch):
+    """A run started with a relative --corpus resumes from any directory; a moved corpus is given again with
+    --corpus, and other data under that name is refused."""
+    shutil.copytree(corpus, tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    stopped = _driven("SIGINT step 3", "train", "--corpus", "data", "--out", "run", "--num-workers", "0", *TINY)
+    assert stopped.returncode == 130, stopped.stderr
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["data"]["corpus"] == str(tmp_path / "data")
+    (tmp_path / "data").rename(tmp_path / "moved")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert "pass --corpus ROOT as well" in one_line_error(run("train", "--resume", "../run"))
+    other = write_learnable_corpus(tmp_path / "other", per_split={"Train": 8, "Development": 4}, seed=5)
+    assert "not the data this run trained on" in one_line_error(run("train", "--resume", "../run", "--corpus", other))
+    assert "drop --epochs" in one_line_error(run("train", "--resume", "../run", "--corpus", "../moved", "--epochs", "3"))
+    result = run("train", "--resume", "../run", "--corpus", "../moved")
+    assert result.exit_code == 0, result.output
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["data"]["corpus"] == str(tmp_path / "moved")
+    assert_same_run(tmp_path / "run", straight)
+
+
 @pytest.mark.parametrize("case", ["out-is-a-file", "out-under-a-file", "resume-missing", "resume-not-a-run"])
 def test_training_hostile_run_folder_paths_are_one_line(corpus, tmp_path, case):
     (tmp_path / "file").write_text("not a folder")

@@ -38,7 +38,7 @@ import torch
 
 from sertool.checkpoint import (BEST_NAME, LAST_NAME, load_checkpoint, load_stored_state, provenance, save_checkpoint,
                                 stored_state)
-from sertool.config import DEFAULT_BACKBONE_IDS, Config
+from sertool.config import DEFAULT_BACKBONE_IDS, Config, apply_value
 from sertool.data.corpus import open_corpus
 from sertool.data.dataset import Batch, UtteranceDataset, collate
 from sertool.data.records import ATTRIBUTES, Utterance
@@ -54,9 +54,9 @@ from sertool.models.text_features import transcript_embeddings
 from sertool.training import distributed
 from sertool.training.distributed import Distributed
 from sertool.training.optim import LRSchedule, build_optimizer
-from sertool.training.run_folder import (add_command_line, locked_run_folder, prepare_run_folder, remove_run_outputs,
-                                        remove_stale_temporaries, truncate_metrics, write_config_file,
-                                        write_environment)
+from sertool.training.run_folder import (add_command_line, data_fingerprint, locked_run_folder, prepare_run_folder,
+                                        remove_run_outputs, remove_stale_temporaries, truncate_metrics,
+                                        write_config_file, write_environment)
 from sertool.training.reporter import Reporter
 from sertool.training.samplers import EpochBatchSampler, class_counts
 
@@ -100,6 +100,7 @@ def train(
     run_dir: str | Path,
     *,
     resume: bool = False,
+    relocated: dict[str, Any] | None = None,
     force: bool = False,
     argv: Sequence[str] = (),
     device: str = "auto",
@@ -116,6 +117,8 @@ def train(
         run_dir: the run folder to create, or to continue with ``resume``.
         resume: continue the interrupted run in ``run_dir`` exactly where its ``last.pt`` stopped (from step
             0 with its ``config.yaml`` when it stopped before its first checkpoint).
+        relocated: with ``resume``, new values of ``resumable`` options (``{"data.corpus": path}``): the data
+            moved. The data must be the same (``data_fingerprint``).
         force: start over in an existing non-empty ``run_dir``, removing the files of the run it holds.
         argv: the command line, recorded in the run folder.
         device: "auto", "cpu" or "cuda".
@@ -127,6 +130,7 @@ def train(
         Interrupted: a stop signal.
     """
     if not resume:
+        config = config.with_absolute_paths()
         config.check()
         if config.data.corpus is None:
             raise SertoolError("no corpus given: pass --corpus ROOT")
@@ -140,7 +144,7 @@ def train(
         with StopRequests() as stops, holding:
             try:
                 run = _Run(config, run_dir, resume=resume, force=force, argv=argv, context=context, reporter=reporter,
-                           stops=stops)
+                           relocated=relocated, stops=stops)
                 result = run.run()
             except Interrupted as stop:
                 raise Interrupted(stop.signal_number, _interrupted_message(
@@ -169,15 +173,16 @@ class _Run:
     """The state of one training run; ``run`` is the loop."""
 
     def __init__(self, config: Config, run_dir: Path, *, resume: bool, force: bool, argv: Sequence[str],
-                 context: Distributed, reporter: Reporter, stops: StopRequests | None = None) -> None:
+                 context: Distributed, reporter: Reporter, relocated: dict[str, Any] | None = None,
+                 stops: StopRequests | None = None) -> None:
         self.context = context
         self.reporter = reporter
         self.run_dir = run_dir
         self.stops = stops = stops or StopRequests()
         with stops.at_once():  # reading data and building the model save nothing: stop at once
-            checkpoint = None
+            checkpoint = recorded = None
             if resume:
-                config, checkpoint = self._resumed_config()
+                config, checkpoint, recorded = self._resumed_config(relocated or {})
             elif context.is_main:
                 prepare_run_folder(run_dir, force=force)
             self.config = config
@@ -186,15 +191,18 @@ class _Run:
                 add_command_line(run_dir, argv)
             self._build(checkpoint)
             if context.is_main and checkpoint is not None:  # a resume that checks out: record it
+                if config != recorded:
+                    write_config_file(run_dir, config)  # the data moved: say where it is now
                 add_command_line(run_dir, argv)
 
-    def _resumed_config(self) -> tuple[Config, dict[str, Any] | None]:
-        """The config ``--resume`` continues with, and ``last.pt`` (None: the run stopped before it)."""
+    def _resumed_config(self, relocated: dict[str, Any]) -> tuple[Config, dict[str, Any] | None, Config]:
+        """The config ``--resume`` continues with, ``last.pt`` (None: the run stopped before it), and the
+        config the run recorded (before ``relocated`` pointed its data elsewhere)."""
         last = self.run_dir / LAST_NAME
         if last.is_file():
             try:
                 checkpoint = load_checkpoint(last)
-                config = Config.from_dict(checkpoint["config"], source=f"{last} (its config)")
+                recorded = Config.from_dict(checkpoint["config"], source=f"{last} (its config)")
             except (SertoolError, KeyError, TypeError) as error:
                 raise SertoolError(f"cannot resume from {last}: {error}. Start the run again with `sertool train "
                                    f"--config {self.run_dir / 'config.yaml'} --out {self.run_dir} --force`") from None
@@ -205,12 +213,20 @@ class _Run:
             if not config_file.is_file():
                 raise SertoolError(f"--resume {self.run_dir}: neither {LAST_NAME} nor config.yaml is there; is it "
                                    "a run folder of `sertool train`?")
-            checkpoint, config = None, Config.from_yaml(config_file)
+            checkpoint, recorded = None, Config.from_yaml(config_file)
             self.reporter.message(f"{self.run_dir} has no {LAST_NAME} (the run stopped before its first "
                                   "checkpoint): starting it again from step 0 with its config.yaml")
             if self.context.is_main:
                 remove_run_outputs(self.run_dir, keep=("config.yaml", "argv.txt"))
-        return config, checkpoint
+        config = Config.from_dict(recorded.to_dict())
+        for key, value in relocated.items():
+            section, _, name = key.rpartition(".")
+            apply_value(config, section or None, name, value, source="--resume")
+        config = config.with_absolute_paths()
+        if config.data.corpus is not None and not Path(config.data.corpus).exists():
+            raise SertoolError(f"--resume {self.run_dir}: the run's corpus {config.data.corpus} is not there; pass "
+                               "--corpus ROOT as well to point at the same data where it is now")
+        return config, checkpoint, recorded
 
     def _build(self, checkpoint: dict[str, Any] | None) -> None:
         """Data, model, sampler, loader, optimiser, schedule; the training state from ``checkpoint``."""
@@ -230,6 +246,9 @@ class _Run:
         if config.data.on_bad_audio == "fail" and bad_audio:
             raise SertoolError(f"--on-bad-audio fail: {len(bad_audio)} rows have missing, unreadable or empty audio; "
                                f"first: {bad_audio[0]}")
+        self.data_fingerprint = data_fingerprint(self.train_set, self.valid_set)
+        if checkpoint is not None:
+            self._check_same_data(checkpoint["training"])
         if config.model.text:
             self.train_set = self._with_transcripts(self.train_set)
             self.valid_set = self._with_transcripts(self.valid_set)
@@ -297,7 +316,7 @@ class _Run:
             write_environment(self.run_dir, config, data_summary={
                 "corpus": str(config.data.corpus), "load_report": corpus.report.summary(),
                 "selection": selection.describe(), "train_utterances": len(self.train_set),
-                "valid_utterances": len(self.valid_set)},
+                "valid_utterances": len(self.valid_set), "fingerprint": self.data_fingerprint},
                 load_report=self.load_report)
 
     # ----------------------------------------------------------------------------------------------
@@ -556,7 +575,8 @@ class _Run:
                              "best_step": self.best_step, "best_per_attribute": self.best_per_attribute,
                              "validations_without_improvement": self.validations_without_improvement,
                              "nonfinite_in_a_row": self.nonfinite_in_a_row, "skipped_steps": self.skipped_steps,
-                             "skipped_audio": self.skipped_audio, "history": self.history},
+                             "skipped_audio": self.skipped_audio, "history": self.history,
+                             "data_fingerprint": self.data_fingerprint},
             }
             save_checkpoint(payload, self.run_dir / LAST_NAME)
         self._saved_state, self.saved_step = self._progress_state(), self.step
@@ -587,6 +607,16 @@ class _Run:
             remove_stale_temporaries(self.run_dir)
             truncate_metrics(self.run_dir, step=int(self.step), validations=len(self.history))
         self._saved_state, self.saved_step = self._progress_state(), self.step
+
+    def _check_same_data(self, state: dict[str, Any]) -> None:
+        """Refuse to continue a run on other data than it trained on (a moved or changed corpus)."""
+        progress = state.get("progress")
+        recorded = progress.get("data_fingerprint") if isinstance(progress, dict) else None
+        if recorded is not None and recorded != self.data_fingerprint:
+            raise SertoolError(
+                f"--corpus {self.config.data.corpus}: not the data this run trained on ({len(self.train_set)} "
+                f"training and {len(self.valid_set)} validation utterances here, but their ids, durations or labels "
+                f"differ from those recorded in {self.run_dir / LAST_NAME}); resume with the run's own corpus")
 
     def _wrap_ddp(self) -> torch.nn.Module:
         if not self.context.enabled:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import platform
@@ -17,6 +18,7 @@ import yaml
 
 from sertool.checkpoint import BEST_NAME, LAST_NAME, provenance
 from sertool.config import Config
+from sertool.data.records import Utterance
 from sertool.data.report import LoadReport
 from sertool.errors import SertoolError
 from sertool.io import atomic_write
@@ -136,6 +138,18 @@ def write_environment(run_dir: Path, config: Config, *, data_summary: dict[str, 
         json.dump({"summary": load_report.summary(),
                    "dropped": [vars(problem) for problem in load_report.dropped],
                    "warnings": [vars(problem) for problem in load_report.warnings]}, handle, indent=2)
+
+
+def data_fingerprint(train: Sequence[Utterance], valid: Sequence[Utterance]) -> str:
+    """A hash of what a run trains and validates on: every utterance's id, duration (ms), labels, class,
+    speaker and gender, per split. ``--resume`` compares it, so a corpus that moved (``--corpus`` again) or
+    changed under the same path is caught before a run continues on other data."""
+    digest = hashlib.sha256()
+    for role, utterances in (("train", train), ("valid", valid)):
+        for utt in sorted(utterances, key=lambda item: item.id):
+            digest.update(json.dumps([role, utt.id, round(utt.duration_s, 3), utt.arousal, utt.valence, utt.dominance,
+                                      utt.emo_class, utt.speaker, utt.gender]).encode())
+    return digest.hexdigest()
 
 
 def remove_stale_temporaries(run_dir: Path) -> None:

@@ -4,20 +4,26 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sertool.config import Config, apply_value
+from sertool.config import Config, apply_value, config_options
 from sertool.errors import SertoolError
 
 
 def resolve_train_config(config_file: str | None, flags: dict[str, Any], *, out: str | None,
-                         resume: str | None) -> tuple[Config, Path]:
-    """Defaults, then ``config_file``, then every flag that was given; and the run folder.
+                         resume: str | None) -> tuple[Config, Path, dict[str, Any]]:
+    """Defaults, then ``config_file``, then every flag that was given; the run folder; what ``--resume``
+    points elsewhere.
 
     Args:
         config_file: a YAML file, or None.
         flags: ``{"<section>__<field>": value}`` (``"seed"`` for top-level fields); None or an empty tuple
             means the flag was not given.
         out: ``--out RUN_DIR``.
-        resume: ``--resume RUN_DIR``: the run's own config is used, so no other flag may be given.
+        resume: ``--resume RUN_DIR``: the run's own config is used, so only the ``resumable`` options (where
+            the data is, how it is read) may be given.
+
+    Returns:
+        The config (the defaults when resuming), the run folder, and with ``resume`` the resumable options
+        given, as ``{"data.corpus": value}``.
 
     Raises:
         SertoolError: a missing or conflicting ``--out`` / ``--resume``, or a bad config value.
@@ -28,15 +34,18 @@ def resolve_train_config(config_file: str | None, flags: dict[str, Any], *, out:
     if resume is not None:
         if out is not None and Path(out) != Path(resume):
             raise SertoolError(f"--resume {resume} continues that run folder; drop --out {out}")
-        if given or config_file:
-            names = ", ".join("--" + name.split("__")[-1].replace("_", "-") for name in given)
-            raise SertoolError(f"--resume uses the run's own config; drop {names or '--config'} "
-                               "(start a new run with --config RUN_DIR/config.yaml to change settings)")
-        return Config(), Path(resume)
+        resumable = {option.key.replace(".", "__"): option for option in config_options() if option.resumable}
+        fixed = [name for name in given if name not in resumable]
+        if fixed or config_file:
+            names = ", ".join("--" + name.split("__")[-1].replace("_", "-") for name in fixed)
+            allowed = ", ".join(option.flag for option in resumable.values())
+            raise SertoolError(f"--resume uses the run's own config; drop {names or '--config'} (only {allowed} may "
+                               "point elsewhere; start a new run with --config RUN_DIR/config.yaml to change settings)")
+        return Config(), Path(resume), {resumable[name].key: value for name, value in given.items()}
     if out is None:
         raise SertoolError("no run folder given: pass --out RUN_DIR")
     config = Config.from_yaml(config_file) if config_file else Config()
     for name, value in given.items():
         section, _, key = name.rpartition("__")
         apply_value(config, section or None, key, value, source="command line")
-    return config, Path(out)
+    return config, Path(out), {}

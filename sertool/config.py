@@ -298,6 +298,11 @@ class Config:
         return getattr(getattr(self, section) if section else self, name)
 
 
+def differences(a: Config, b: Config) -> list[str]:
+    """The keys (``train.lr_heads``) whose values differ between ``a`` and ``b``, in declaration order."""
+    return [o.key for o in config_options() if a.get(o.key) != b.get(o.key)]
+
+
 @dataclass(frozen=True)
 class ConfigOption:
     """One config field seen as a command-line option."""

@@ -243,6 +243,28 @@ def test_training_force_removes_the_previous_runs_files_first(corpus, straight, 
 
 
 # ---- damaged run folders --------------------------------------------------------------------------------
+@pytest.mark.parametrize("damage", ["edited", "deleted", "utf16-garbage"])
+def test_training_config_yaml_other_than_last_pt_is_named_and_rewritten(finished, damage):
+    """last.pt's config is the one --resume continues with; a config.yaml that says otherwise is named in
+    one warning line and rewritten, so the folder never shows settings the run did not use."""
+    path = finished / "config.yaml"
+    original = path.read_text()
+    if damage == "edited":
+        path.write_text(original.replace("head_dropout: 0.3", "head_dropout: 0.1").replace("epochs: 2", "epochs: 9"))
+    elif damage == "deleted":
+        path.unlink()
+    else:
+        path.write_bytes(b"\xff\xfe" + "train: [unclosed".encode("utf-16-le"))
+    result = run("train", "--resume", finished)
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.output.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 1, result.output
+    expected = {"edited": "model.head_dropout 0.1 (last.pt: 0.3), train.epochs 9 (last.pt: 2)",
+                "deleted": "was missing; restored from last.pt", "utf16-garbage": "is unreadable"}[damage]
+    assert expected in warnings[0]
+    assert path.read_text() == original
+
+
 @pytest.mark.parametrize("damage", ["truncated", "best-copy", "not-a-dict-state"])
 def test_training_damaged_last_pt_is_one_line_that_says_how_to_start_over(finished, damage):
     last = finished / "last.pt"

@@ -55,8 +55,8 @@ from sertool.training import distributed
 from sertool.training.distributed import Distributed
 from sertool.training.optim import LRSchedule, build_optimizer
 from sertool.training.run_folder import (add_command_line, data_fingerprint, locked_run_folder, prepare_run_folder,
-                                        remove_run_outputs, remove_stale_temporaries, truncate_metrics,
-                                        write_config_file, write_environment)
+                                        reconcile_config_file, remove_run_outputs, remove_stale_temporaries,
+                                        truncate_metrics, write_config_file, write_environment)
 from sertool.training.reporter import Reporter
 from sertool.training.samplers import EpochBatchSampler, class_counts
 
@@ -191,8 +191,9 @@ class _Run:
                 add_command_line(run_dir, argv)
             self._build(checkpoint)
             if context.is_main and checkpoint is not None:  # a resume that checks out: record it
-                if config != recorded:
-                    write_config_file(run_dir, config)  # the data moved: say where it is now
+                warning = reconcile_config_file(run_dir, recorded=recorded, config=config)
+                if warning:
+                    reporter.message(f"warning: {warning}")
                 add_command_line(run_dir, argv)
 
     def _resumed_config(self, relocated: dict[str, Any]) -> tuple[Config, dict[str, Any] | None, Config]:

@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from sertool.checkpoint import BEST_NAME, LAST_NAME, provenance
-from sertool.config import Config
+from sertool.config import Config, differences
 from sertool.data.records import Utterance
 from sertool.data.report import LoadReport
 from sertool.errors import SertoolError
@@ -30,6 +30,7 @@ LOCK_NAME = ".lock"
 # it never holds files of two runs (an old best.pt beside a new config.yaml); any other file is the user's.
 RUN_FILES = ("config.yaml", "argv.txt", "environment.json", "data_report.json", "metrics.jsonl", "summary.json",
              LAST_NAME, BEST_NAME, "best_*.pt")
+_SHOWN_DIFFERENCES = 4  # keys named in the warning about an edited config.yaml
 
 
 @contextlib.contextmanager
@@ -138,6 +139,39 @@ def write_environment(run_dir: Path, config: Config, *, data_summary: dict[str, 
         json.dump({"summary": load_report.summary(),
                    "dropped": [vars(problem) for problem in load_report.dropped],
                    "warnings": [vars(problem) for problem in load_report.warnings]}, handle, indent=2)
+
+
+def reconcile_config_file(run_dir: Path, *, recorded: Config, config: Config) -> str | None:
+    """Make ``config.yaml`` say what ``--resume`` continues with.
+
+    ``last.pt`` is authoritative: it holds the config the run was trained with (``recorded``), which
+    ``--resume`` uses, with only the locations given on its command line changed (``config``). A
+    ``config.yaml`` that says something else (edited, damaged or deleted) is rewritten to ``config``.
+
+    Returns:
+        A one-line warning naming the keys the file had changed, or None when it agreed with last.pt.
+    """
+    path = run_dir / "config.yaml"
+    warning = None
+    if not path.is_file():
+        warning = f"{path} was missing; restored from {LAST_NAME}"
+    else:
+        try:
+            on_disk = Config.from_yaml(path)
+        except SertoolError as error:
+            warning = f"{path} is unreadable ({error}); rewritten from {LAST_NAME}"
+        else:
+            changed = differences(on_disk, recorded)
+            if changed:
+                shown = ", ".join(f"{key} {on_disk.get(key)!r} (last.pt: {recorded.get(key)!r})"
+                                  for key in changed[:_SHOWN_DIFFERENCES])
+                more = f" and {len(changed) - _SHOWN_DIFFERENCES} more" if len(changed) > _SHOWN_DIFFERENCES else ""
+                warning = (f"{path} differs from the config in {LAST_NAME}: {shown}{more}. --resume continues with "
+                           f"{LAST_NAME}'s config and has rewritten config.yaml to it; to change settings, start a "
+                           "new run with --config")
+    if warning is not None or differences(recorded, config):
+        write_config_file(run_dir, config)
+    return warning
 
 
 def data_fingerprint(train: Sequence[Utterance], valid: Sequence[Utterance]) -> str:

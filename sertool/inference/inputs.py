@@ -149,7 +149,8 @@ def split_windows(utterances: Sequence[Utterance], *, window_s: float, hop_s: fl
             continue
         spans_of[utt.id] = spans
         pieces.extend(dataclasses.replace(utt, id=window_id(utt.id, span), offset_s=span[0] / SAMPLE_RATE,
-                                          duration_s=(span[1] - span[0]) / SAMPLE_RATE) for span in spans)
+                                          duration_s=(span[1] - span[0]) / SAMPLE_RATE, segment=True)
+                      for span in spans)
     return pieces, Windowing(spans_of)
 
 

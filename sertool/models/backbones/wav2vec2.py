@@ -99,7 +99,10 @@ class Wav2Vec2FamilyBackbone(SpeechBackbone):
         if self.layer_weights is None:
             frames = outputs.last_hidden_state
         else:
-            frames = self.layer_weights(outputs.hidden_states)
+            # The last state is the encoder's output, after its final layer norm in the Large models, as
+            # transformers 4.x returned it (the authors' released models were trained so); transformers
+            # 5.x returns the last layer's output before that norm instead.
+            frames = self.layer_weights((*outputs.hidden_states[:-1], outputs.last_hidden_state))
         frame_lengths = self.model._get_feat_extract_output_lengths(input_lengths)
         frame_mask = lengths_to_mask(frame_lengths, frames.shape[1])
         return frames * frame_mask.unsqueeze(-1), frame_mask

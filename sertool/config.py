@@ -156,13 +156,21 @@ class ModelConfig:
                             bounds=NON_NEGATIVE)
     lora_alpha: float = option(16.0, "LoRA scale numerator (the update is scaled by alpha / rank).",
                                bounds=POSITIVE)
+    whisper_window_s: float = option(0.0, "Whisper only: pad every clip to this many seconds and let its frames attend "
+                                     "to the padding, as the authors' released Whisper model (15); 0: each clip at its "
+                                     "real length, padding masked.", bounds=NON_NEGATIVE)
     text: bool = option(False, "MM system: concatenate an embedding of the transcript.")
     text_model: str = option(DEFAULT_TEXT_MODEL_ID, "Hub id or local folder of the (frozen) text encoder.",
                              path="path or hub id")
     pooling: str = option("attentive", "Attentive statistics (weighted mean ⊕ std) or mean pooling.",
                           choices=("attentive", "mean"))
+    projection_dim: int = option(0, "Pointwise projection of the frames before pooling: three 1x1 convolutions to "
+                                 "this width with ReLU between, as the authors' released models (256); 0: none.",
+                                 bounds=NON_NEGATIVE)
     head_hidden_dim: int = option(1024, "Hidden width of every head.", bounds=AT_LEAST_ONE)
     head_dropout: float = option(0.5, "Dropout in every head.", bounds=PROBABILITY)
+    head_norm: bool = option(True, "LayerNorm after each head's hidden layer (the challenge baseline's heads); "
+                             "--no-head-norm: Linear, ReLU, Linear, as the authors' released models.")
     head_output: str = option("sigmoid", "Emotion head output: sigmoid keeps predictions inside the 1..7 scale (as "
                               "the authors' released models); linear is the challenge baseline's.",
                               choices=("sigmoid", "linear"))

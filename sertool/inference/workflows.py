@@ -16,6 +16,7 @@ from sertool.inference.predictions import Predictions
 from sertool.inference.predictor import InferenceOptions, PredictorOutput, open_predictor
 from sertool.inference.writers import WRITERS, format_of, write_submission
 from sertool.models.ccc import ccc_scores
+from sertool.models.hub import is_repo_id
 
 
 @dataclass
@@ -171,7 +172,9 @@ def ensemble(member_paths: Sequence[str | Path], utterances: Sequence[Utterance]
 
 
 def _member_name(path: str | Path, save: Path | None) -> str:
-    """How a saved plan names a member: relative to the plan's folder when possible."""
+    """How a saved plan names a member: relative to the plan's folder when possible; a hub id as itself."""
+    if not Path(path).expanduser().exists() and is_repo_id(str(path)):
+        return str(path)
     path = Path(path).expanduser().resolve()
     if save is None:
         return str(path)

@@ -128,12 +128,14 @@ def load_wav2vec2_family(
     frozen: bool,
     freeze_feature_encoder: bool,
     gradient_checkpointing: bool = False,
+    pretrained_weights: bool = True,
 ) -> Wav2Vec2FamilyBackbone:
     """Load a wav2vec2-family encoder from a hub id or local folder (float32 weights).
 
     Whether inputs are normalised follows the model's feature extractor (``do_normalize`` in
     ``preprocessor_config.json``); without one, layer-norm front ends are normalised (the Large models
-    were trained that way) and group-norm ones are not.
+    were trained that way) and group-norm ones are not. With ``pretrained_weights=False`` only the
+    config and the feature extractor are read and the weights are random, for a stored state to replace.
 
     Raises:
         SertoolError: the model cannot be loaded, or it is not a raw-waveform encoder of this family
@@ -144,9 +146,12 @@ def load_wav2vec2_family(
     config = load_pretrained(AutoConfig.from_pretrained, name_or_path, flag="--backbone-path")
     if config.model_type == "whisper":
         raise SertoolError(f"--backbone-path {name_or_path}: a Whisper model; use --backbone whisper")
-    model = load_pretrained(
-        AutoModel.from_pretrained, name_or_path, flag="--backbone-path", config=config, dtype=torch.float32
-    )
+    if pretrained_weights:
+        model = load_pretrained(
+            AutoModel.from_pretrained, name_or_path, flag="--backbone-path", config=config, dtype=torch.float32
+        )
+    else:
+        model = AutoModel.from_config(config, dtype=torch.float32)
     takes_waveforms = getattr(model, "main_input_name", None) == "input_values"
     if not takes_waveforms or not hasattr(model, "_get_feat_extract_output_lengths"):
         raise SertoolError(

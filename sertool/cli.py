@@ -324,7 +324,8 @@ def evaluate_command(model: str, corpus: str, split: str, out: str | None, plot:
                      **flags) -> None:
     """CCC per attribute and average of CKPT on a split (whole utterances, batched by length).
 
-    CKPT is a checkpoint, a run folder (its best.pt), a predictions CSV, or an ensemble JSON.
+    CKPT is a checkpoint, a run folder (its best.pt), a model folder (sertool export, or the authors'
+    released models) or its hub id, a predictions CSV, or an ensemble JSON.
     """
     from sertool.console import out as console
     from sertool.console import print_load_report, print_scores
@@ -363,9 +364,12 @@ def predict_command(model: str, paths: tuple[str, ...], corpus: str | None, spli
                     force: bool, **flags) -> None:
     """Predict A/V/D (1–7 scale) for audio files, folders, a manifest, or a corpus split.
 
+    CKPT is anything evaluate takes, e.g. a run folder or a model hub id.
+
     \b
       sertool predict runs/wavlm clip.wav talks/ --out predictions.csv
       sertool predict runs/wavlm --corpus MSP-Podcast --split Test3 --submission submission.csv
+      sertool predict tiantiaf/wavlm-large-msp-podcast-emotion-dim clip.wav
     """
     from sertool.console import out as console
     from sertool.console import print_load_report
@@ -406,7 +410,8 @@ def predict_command(model: str, paths: tuple[str, ...], corpus: str | None, spli
 def ensemble_command(members: tuple[str, ...], corpus: str, split: str, weights: list[float] | None,
                      per_attribute: str | None, select_split: str, out: str | None, submission: str | None,
                      save: str | None, force: bool, **flags) -> None:
-    """Average the A/V/D predictions of MEMBERs: checkpoints, run folders, predictions CSVs or ensembles.
+    """Average the A/V/D predictions of MEMBERs: checkpoints, run folders, model folders or hub ids,
+    predictions CSVs or ensembles.
 
     \b
       sertool ensemble runs/wavlm runs/mmwhisper --corpus MSP-Podcast --split Development --save ens.json
@@ -438,6 +443,33 @@ def ensemble_command(members: tuple[str, ...], corpus: str, split: str, weights:
         if out or submission else []
     for path in [*written, *([Path(save)] if save else [])]:
         console.print(f"wrote {path}")
+
+
+@cli.command("export")
+@click.argument("model", metavar="RUN")
+@click.option("--out", required=True, metavar="DIR", help="The model folder to write: config.json, model.safetensors "
+              "(weights, no pickle), README.md (the model card).")
+@click.option("--push-to-hub", metavar="REPO", help="Also upload the folder to the model hub as REPO (owner/name); "
+              "needs a token (huggingface-cli login).")
+@click.option("--force", is_flag=True, help="Overwrite the model files of an earlier export in --out.")
+def export_command(model: str, out: str, push_to_hub: str | None, force: bool) -> None:
+    """Write RUN (a run folder, checkpoint, model folder or hub id) as a self-contained model folder.
+
+    Every command accepts the folder (or its hub id after --push-to-hub) in place of RUN, with the same
+    predictions.
+
+    \b
+      sertool export runs/wavlm --out models/wavlm
+      sertool export runs/wavlm --out models/wavlm --push-to-hub me/wavlm-msp-podcast
+    """
+    from sertool.console import out as console
+    from sertool.inference.export import export_model
+
+    result = export_model(model, Path(out), force=force, push_to_hub=push_to_hub)
+    for path in result.written:
+        console.print(f"wrote {path}")
+    if result.url:
+        console.print(f"uploaded to {result.url}")
 
 
 @cli.command("reproduce")

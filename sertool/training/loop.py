@@ -243,6 +243,7 @@ class _Run:
         selection = select(corpus.utterances, train_split=config.data.train_split, valid_split=config.data.valid_split,
                            train_ox=config.data.train_ox, dev_ox_to_train=config.data.dev_ox_to_train)
         self.train_set, self.valid_set = selection.train, selection.valid
+        self.selection_summary = selection.describe()
         bad_audio = [problem for problem in corpus.report.dropped if problem.reason in AUDIO_PROBLEMS]
         if config.data.on_bad_audio == "fail" and bad_audio:
             raise SertoolError(f"--on-bad-audio fail: {len(bad_audio)} rows have missing, unreadable or empty audio; "
@@ -544,6 +545,10 @@ class _Run:
                            "text_model": model_config.text_model if model_config.text else None,
                            "speaker_embedding": model_config.speaker_embedding},
             "speakers": self.speakers,
+            # What the model learnt from and what its metrics were measured on (model cards quote it).
+            "data": {"corpus": str(self.config.data.corpus), "train_split": self.config.data.train_split,
+                     "train_utterances": len(self.train_set), "valid_split": self.config.data.valid_split,
+                     "valid_utterances": len(self.valid_set), "selection": self.selection_summary},
             "model_state": stored_state(self.model),
             "epoch": self.epoch, "step": self.step, "metrics": metrics,
             "provenance": provenance(),

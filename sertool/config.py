@@ -191,6 +191,9 @@ class ModelConfig:
 class TrainConfig:
     """The optimisation: sampling, batching, optimiser, schedule, precision, validation."""
 
+    init_from: str | None = option(None, "Start from the weights of this model: a run folder, checkpoint, model folder "
+                                   "or hub id (e.g. an authors' released model). Its model section replaces the "
+                                   "defaults; --config and model flags still apply on top.", path="path or hub id")
     epochs: int = option(20, "Epochs (with undersampling, each is a fresh class-balanced subset).",
                          bounds=Bounds(at_least=1, at_most=10_000))
     sampling: str = option("undersample", "undersample: a fresh class-balanced subset every epoch (the paper); "
@@ -243,21 +246,22 @@ class Config:
         return _plain(dataclasses.asdict(self))
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], *, source: str = "config") -> "Config":
-        """Inverse of ``to_dict``; missing keys take their defaults.
+    def from_dict(cls, data: dict[str, Any], *, source: str = "config", base: "Config | None" = None) -> "Config":
+        """Inverse of ``to_dict``; missing keys take their values in ``base`` (default: the defaults).
 
         Raises:
             SertoolError: an unknown key or a value of the wrong type, naming the key and ``source``.
         """
-        config = cls()
+        config = copy.deepcopy(base) if base is not None else cls()
         for section, key, value in _walk(data, source):
             apply_value(config, section, key, value, source=source)
         return config
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> "Config":
-        """Read a ``--config`` file (the ``config.yaml`` of a run folder is one). UTF-8, with or without a
-        byte-order mark, and UTF-16 with one (what Windows editors and PowerShell write) are read.
+    def from_yaml(cls, path: str | Path, *, base: "Config | None" = None) -> "Config":
+        """Read a ``--config`` file (the ``config.yaml`` of a run folder is one); keys it leaves out take
+        their values in ``base`` (default: the defaults). UTF-8, with or without a byte-order mark, and
+        UTF-16 with one (what Windows editors and PowerShell write) are read.
 
         Raises:
             SertoolError: the file is missing, not YAML, or holds an unknown key, a wrong type or a value
@@ -274,7 +278,7 @@ class Config:
             raise SertoolError(f"--config {path}: not valid YAML ({str(error).splitlines()[0]})") from None
         if not isinstance(data, dict):
             raise SertoolError(f"--config {path}: the top level must be a mapping of sections")
-        return cls.from_dict(data, source=f"--config {path}")
+        return cls.from_dict(data, source=f"--config {path}", base=base)
 
     def check(self, *, source: str = "config") -> None:
         """Check every field's type, choices and bounds: a config built in code has not been through the

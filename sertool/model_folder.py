@@ -46,7 +46,7 @@ def is_model_folder(path: str | Path) -> bool:
     return path.is_dir() and (path / CONFIG_NAME).is_file()
 
 
-def load_model(name_or_path: str | Path, *, name: str = BEST_NAME) -> dict[str, Any]:
+def load_model(name_or_path: str | Path, *, name: str = BEST_NAME, weights: bool = True) -> dict[str, Any]:
     """The payload of any model source, as ``sertool.checkpoint.load_checkpoint`` returns it.
 
     Args:
@@ -54,6 +54,8 @@ def load_model(name_or_path: str | Path, *, name: str = BEST_NAME) -> dict[str, 
             authors' released layout), or the hub id of a model folder (``owner/name``), tried in that
             order: a local path always wins over a hub id.
         name: the checkpoint of a run folder.
+        weights: False leaves the weights of a model folder unread (``model_state`` empty), for callers
+            that need its config only.
 
     Returns:
         ``config``, ``label_scaling``, ``pretrained``, ``speakers``, ``model_state``, ``metrics``, ... and
@@ -65,18 +67,19 @@ def load_model(name_or_path: str | Path, *, name: str = BEST_NAME) -> dict[str, 
     text = str(name_or_path)
     path = Path(text).expanduser()
     if is_model_folder(path):
-        return read_model_folder(path)
+        return read_model_folder(path, weights=weights)
     if path.exists() or not is_repo_id(text):
         return load_checkpoint(path, name=name)
-    return read_model_folder(download_snapshot(text, files=FOLDER_FILES), source=text)
+    return read_model_folder(download_snapshot(text, files=FOLDER_FILES), source=text, weights=weights)
 
 
-def read_model_folder(folder: str | Path, *, source: str | None = None) -> dict[str, Any]:
+def read_model_folder(folder: str | Path, *, source: str | None = None, weights: bool = True) -> dict[str, Any]:
     """Read a sertool model folder or one of the authors' released models (see the module docstring).
 
     Args:
         folder: the folder.
         source: how messages name it (default: the folder), e.g. the hub id it was fetched for.
+        weights: False reads ``config.json`` only (``model_state`` empty).
 
     Raises:
         SertoolError: no ``model.safetensors``, a ``config.json`` of neither layout, a newer format, files
@@ -85,23 +88,23 @@ def read_model_folder(folder: str | Path, *, source: str | None = None) -> dict[
     folder = Path(folder).expanduser()
     source = source or str(folder)
     data = load_json(folder / CONFIG_NAME, what="model config")
-    weights = folder / WEIGHTS_NAME
-    if not weights.is_file():
+    weights_file = folder / WEIGHTS_NAME
+    if not weights_file.is_file():
         raise SertoolError(f"{source}: a model folder without {WEIGHTS_NAME}; export it again (sertool export)")
     from sertool.models.released import is_released_config
 
     if is_released_config(data):
-        return _released_payload(data, weights, source=source)
+        return _released_payload(data, weights_file if weights else None, source=source)
     if not isinstance(data, dict) or data.get("format") != FOLDER_FORMAT:
         raise SertoolError(f"{folder / CONFIG_NAME}: neither a sertool model folder (sertool export) nor one of the "
                            "authors' released models")
     if data.get("format_version", 0) > FOLDER_FORMAT_VERSION:
         raise SertoolError(f"{source}: written by a newer sertool (format {data['format_version']}); upgrade sertool")
-    with _open_safetensors(weights) as handle:
+    with _open_safetensors(weights_file) as handle:
         if (handle.metadata() or {}).get(_EXPORT_ID) != data.get(_EXPORT_ID):
             raise SertoolError(f"{source}: {CONFIG_NAME} and {WEIGHTS_NAME} come from different exports (an "
                                "interrupted overwrite?); export the model again")
-        state = {name: handle.get_tensor(name) for name in handle.keys()}
+        state = {name: handle.get_tensor(name) for name in handle.keys()} if weights else {}
     payload = {key: value for key, value in data.items() if key != _EXPORT_ID}
     payload["model_state"] = state
     return payload
@@ -143,17 +146,19 @@ def write_model_folder(payload: dict[str, Any], folder: str | Path, *, card: str
     return written
 
 
-def _released_payload(data: dict[str, Any], weights: Path, *, source: str) -> dict[str, Any]:
+def _released_payload(data: dict[str, Any], weights: Path | None, *, source: str) -> dict[str, Any]:
     """The authors' released model as a payload: their architecture as a sertool config, their weights
-    under sertool's names, the whole backbone stored."""
+    (unless ``weights`` is None) under sertool's names, the whole backbone stored."""
     from sertool.config import Config
     from sertool.data.records import ATTRIBUTES
     from sertool.models.heads import LabelScaling
     from sertool.models.released import convert_released_state, released_arguments, released_model_config
 
     arguments = released_arguments(data, source=source)
-    with _open_safetensors(weights) as handle:
-        state, unused = convert_released_state(arguments, handle.keys(), handle.get_tensor, source=source)
+    state, unused = {}, []
+    if weights is not None:
+        with _open_safetensors(weights) as handle:
+            state, unused = convert_released_state(arguments, handle.keys(), handle.get_tensor, source=source)
     config = Config()
     config.model = released_model_config(arguments)
     return {

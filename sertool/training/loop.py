@@ -50,9 +50,11 @@ from sertool.io import atomic_write
 from sertool.models.ccc import ccc_scores
 from sertool.models.losses import SERLoss
 from sertool.models.ser_model import SERModel
+from sertool.model_folder import load_model
 from sertool.models.text_features import transcript_embeddings
 from sertool.training import distributed
 from sertool.training.distributed import Distributed
+from sertool.training.init_from import load_initial_weights
 from sertool.training.optim import LRSchedule, build_optimizer
 from sertool.training.run_folder import (add_command_line, data_fingerprint, locked_run_folder, prepare_run_folder,
                                         reconcile_config_file, remove_run_outputs, remove_stale_temporaries,
@@ -257,11 +259,20 @@ class _Run:
         self.speakers = sorted({utt.speaker for utt in self.train_set if utt.speaker is not None}) \
             if "speaker" in config.model.aux else []
 
-        # Model, text embeddings, objective.
+        _check_window(config, self.train_set, self.valid_set)
+
+        # Model (from --init-from's weights, or a resumed run's), text embeddings, objective.
+        initial = load_model(train_config.init_from) if checkpoint is None and train_config.init_from else None
+        # Where the backbone's weights come from passes on from the model the run started from.
+        self.backbone_weights = (checkpoint or initial or {}).get("backbone_weights", "published")
         self.model = SERModel(config.model, num_speakers=len(self.speakers),
-                              gradient_checkpointing=train_config.gradient_checkpointing)
+                              gradient_checkpointing=train_config.gradient_checkpointing,
+                              backbone_weights=self.backbone_weights)
         if checkpoint is not None:
             load_stored_state(self.model, checkpoint["model_state"], source=str(self.run_dir / LAST_NAME))
+        elif initial is not None:
+            for note in load_initial_weights(self.model, initial, source=train_config.init_from):
+                reporter.message(note)
         self.model.to(context.device)
         self.text_embeddings = transcript_embeddings(self.model, [*self.train_set, *self.valid_set], config.data.cache_dir)
         self.loss_fn = SERLoss(config.model)
@@ -545,6 +556,7 @@ class _Run:
                            "text_model": model_config.text_model if model_config.text else None,
                            "speaker_embedding": model_config.speaker_embedding},
             "speakers": self.speakers,
+            "backbone_weights": self.backbone_weights,
             # What the model learnt from and what its metrics were measured on (model cards quote it).
             "data": {"corpus": str(self.config.data.corpus), "train_split": self.config.data.train_split,
                      "train_utterances": len(self.train_set), "valid_split": self.config.data.valid_split,
@@ -652,3 +664,25 @@ class _Run:
                      for key, value in record.items()}
             with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(plain) + "\n")
+
+
+
+def _check_window(config: Config, train_set: Sequence[Utterance], valid_set: Sequence[Utterance]) -> None:
+    """A Whisper model with a fixed window cannot take longer clips: say so before training, not mid-epoch.
+
+    Raises:
+        SertoolError: naming the split, its longest utterance and what to do.
+    """
+    window_s = config.model.whisper_window_s
+    if not window_s:
+        return
+    crop_s = config.data.max_duration_s
+    for split, utterances, cropped in (("training", train_set, 0 < crop_s <= window_s), ("validation", valid_set, False)):
+        longest = max(utterances, key=lambda utt: utt.duration_s, default=None)
+        if longest is not None and not cropped and longest.duration_s > window_s:
+            raise SertoolError(
+                f"--whisper-window-s {window_s:g}: the {split} split holds utterances up to {longest.duration_s:.1f} s "
+                f"({longest.id}); the model takes at most {window_s:g} s"
+                + (f": crop training clips with --max-duration-s {window_s:g}" if split == "training" else
+                   ": leave the longer utterances out of the validation split")
+            )

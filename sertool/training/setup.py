@@ -13,6 +13,9 @@ def resolve_train_config(config_file: str | None, flags: dict[str, Any], *, out:
     """Defaults, then ``config_file``, then every flag that was given; the run folder; what ``--resume``
     points elsewhere.
 
+    With ``init_from`` (a flag or a key of the file), the model section starts from that model's
+    instead of the defaults: defaults, then the initial model's architecture, then the file, then the flags.
+
     Args:
         config_file: a YAML file, or None.
         flags: ``{"<section>__<field>": value}`` (``"seed"`` for top-level fields); None or an empty tuple
@@ -44,8 +47,21 @@ def resolve_train_config(config_file: str | None, flags: dict[str, Any], *, out:
         return Config(), Path(resume), {resumable[name].key: value for name, value in given.items()}
     if out is None:
         raise SertoolError("no run folder given: pass --out RUN_DIR")
-    config = Config.from_yaml(config_file) if config_file else Config()
+    config = _resolve(config_file, given, base=Config())
+    if config.train.init_from:
+        from sertool.model_folder import load_model
+
+        base = Config()
+        base.model = Config.from_dict(load_model(config.train.init_from, weights=False)["config"],
+                                      source=f"--init-from {config.train.init_from}").model
+        config = _resolve(config_file, given, base=base)
+    return config, Path(out), {}
+
+
+def _resolve(config_file: str | None, given: dict[str, Any], *, base: Config) -> Config:
+    """``base``, then the file, then the flags."""
+    config = Config.from_yaml(config_file, base=base) if config_file else base
     for name, value in given.items():
         section, _, key = name.rpartition("__")
         apply_value(config, section or None, key, value, source="command line")
-    return config, Path(out), {}
+    return config

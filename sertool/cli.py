@@ -11,7 +11,8 @@ from pathlib import Path
 import click
 
 from sertool import __version__
-from sertool.config import DEFAULT_ASR_MODEL_ID, MIN_DURATION_S, NON_NEGATIVE, POSITIVE, PROBABILITY, SEED, Bounds
+from sertool.config import (DEFAULT_ASR_MODEL_ID, DEFAULT_HOP_S, DEFAULT_WINDOW_S, MIN_DURATION_S, NON_NEGATIVE,
+                            POSITIVE, PROBABILITY, SEED, Bounds)
 from sertool.errors import SertoolError
 
 EXIT_USER_ERROR = 2
@@ -353,9 +354,9 @@ def evaluate_command(model: str, corpus: str, split: str, out: str | None, plot:
               "1–7, clipped, every file once.")
 @click.option("--transcripts", metavar="DIR|CSV", help="Transcripts for MM models: a folder of <stem>.txt or a CSV "
               "with FileName and transcript columns (otherwise ASR).")
-@click.option("--window-s", type=_Number(float, Bounds(at_least=MIN_DURATION_S)), default=10.0, show_default=True,
+@click.option("--window-s", type=_Number(float, Bounds(at_least=MIN_DURATION_S)), default=DEFAULT_WINDOW_S, show_default=True,
               help=f"Files longer than this are cut into windows (at least {MIN_DURATION_S:g} s).")
-@click.option("--hop-s", type=_Number(float, POSITIVE), default=5.0, show_default=True,
+@click.option("--hop-s", type=_Number(float, POSITIVE), default=DEFAULT_HOP_S, show_default=True,
               help="Seconds between window starts.")
 @click.option("--force", is_flag=True, help="Overwrite --out / --submission.")
 @_inference_options
@@ -455,8 +456,8 @@ def ensemble_command(members: tuple[str, ...], corpus: str, split: str, weights:
 def export_command(model: str, out: str, push_to_hub: str | None, force: bool) -> None:
     """Write RUN (a run folder, checkpoint, model folder or hub id) as a self-contained model folder.
 
-    Every command accepts the folder (or its hub id after --push-to-hub) in place of RUN, with the same
-    predictions.
+    Every command and sertool.load() accept the folder (or its hub id after --push-to-hub) in place of
+    RUN, with the same predictions.
 
     \b
       sertool export runs/wavlm --out models/wavlm

@@ -38,6 +38,10 @@ DEFAULT_ASR_MODEL_ID = "openai/whisper-large-v3"  # transcribes utterances witho
 # The shortest audio a model is given: WavLM's CNN front end makes one frame per 20 ms, so 0.25 s gives about
 # 12 frames, the fewest over which a pooled mean and standard deviation still describe the speech.
 MIN_DURATION_S = 0.25
+# `predict`'s windows (the CLI's --window-s / --hop-s and the API's defaults): about the length of the
+# training utterances, half overlapping.
+DEFAULT_WINDOW_S = 10.0
+DEFAULT_HOP_S = 5.0
 
 
 @dataclass(frozen=True)

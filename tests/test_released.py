@@ -221,6 +221,12 @@ def test_the_papers_audio_only_ensemble_of_both_released_models_from_the_cli(bac
                                       "--split", "Development", "--out", str(tmp_path / "eval.csv")])
     assert result.exit_code == 0, result.output
     np.testing.assert_allclose(read_predictions(tmp_path / "eval.csv").take(predictions.ids).values, expected, atol=1e-4)
+    # ... and in Python.
+    import sertool
+
+    table = sertool.load(tmp_path / "ens.json").predict([utt.audio_path for utt in development], table=True)
+    np.testing.assert_allclose(table.values, np.stack([(expected_members[0][utt.id] + expected_members[1][utt.id]) / 2
+                                                       for utt in development]), atol=1e-4)
 
 
 @pytest.mark.parametrize("backbone, window_s, message", [

@@ -1,6 +1,6 @@
 """Anything that predicts A/V/D for utterances: a checkpoint, a run folder, a model folder (sertool's or
-the authors' released layout) or its hub id, a predictions CSV, or a saved ensemble. `evaluate`, `predict`
-and `ensemble` all go through ``open_predictor``, so each accepts all of them.
+the authors' released layout) or its hub id, a predictions CSV, or a saved ensemble. `evaluate`, `predict`,
+`ensemble` and ``sertool.load`` all go through ``open_predictor``, so each accepts all of them.
 """
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ from sertool.io import check_writable
 from sertool.inference.ensemble import EnsemblePlan, apply_plan, mean_plan, select_per_attribute, write_plan
 from sertool.inference.inputs import split_windows
 from sertool.inference.predictions import Predictions
-from sertool.inference.predictor import InferenceOptions, PredictorOutput, open_predictor
+from sertool.inference.predictor import InferenceOptions, Predictor, PredictorOutput, open_predictor
 from sertool.inference.writers import WRITERS, format_of, write_submission
 from sertool.models.ccc import ccc_scores
 from sertool.models.hub import is_repo_id
@@ -95,10 +95,17 @@ def evaluate(model_path: str | Path, utterances: Sequence[Utterance], *, split: 
 
 def predict(model_path: str | Path, utterances: Sequence[Utterance], *, options: InferenceOptions,
             window_s: float, hop_s: float) -> Predictions:
-    """Predict every utterance; files longer than ``window_s`` are cut into windows (``hop_s`` apart),
-    each window becomes a segment row and the file's row is their duration-weighted mean."""
+    """Predict every utterance with the model at ``model_path`` (see ``predict_with``)."""
+    return predict_with(open_predictor(model_path, options), utterances, window_s=window_s, hop_s=hop_s)
+
+
+def predict_with(predictor: Predictor, utterances: Sequence[Utterance], *, window_s: float,
+                 hop_s: float) -> Predictions:
+    """Predict every utterance with an open predictor (`sertool predict` and ``sertool.load`` alike);
+    files longer than ``window_s`` are cut into windows (``hop_s`` apart), each window becomes a segment
+    row and the file's row is their duration-weighted mean."""
     pieces, windowing = split_windows(utterances, window_s=window_s, hop_s=hop_s)
-    output = open_predictor(model_path, options).predict(pieces)
+    output = predictor.predict(pieces)
     return windowing.merge(utterances, output.predictions)
 
 

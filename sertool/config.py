@@ -214,7 +214,7 @@ class TrainConfig:
     lr_backbone: float = option(1e-5, "AdamW learning rate of pretrained encoders (the challenge baseline's).",
                                 bounds=NON_NEGATIVE)
     lr_heads: float = option(2e-4, "AdamW learning rate of what trains from scratch (heads, pooling, layer "
-                             "weights, the fbank encoder).", bounds=POSITIVE)
+                             "weights, the fbank encoder).", bounds=NON_NEGATIVE)
     weight_decay: float = option(1e-4, "AdamW weight decay.", bounds=NON_NEGATIVE)
     schedule: str = option("cosine", "After warm-up: cosine decay, halve on a plateau, or constant.",
                            choices=("cosine", "plateau", "constant"))

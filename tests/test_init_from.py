@@ -93,8 +93,8 @@ def test_dropping_an_auxiliary_task_is_reported_not_refused(corpus, source_run, 
 def test_the_initial_model_sets_the_model_section_under_the_file_and_the_flags(source_run, tmp_path):
     config_file = tmp_path / "settings.yaml"
     config_file.write_text("model:\n  head_dropout: 0.3\ntrain:\n  epochs: 3\n")
-    config, _ = resolve_train_config(str(config_file), {"train__init_from": str(source_run), "model__aam_scale": 20.0},
-                                     out=str(tmp_path / "run"), resume=None)
+    config, _, _ = resolve_train_config(str(config_file), {"train__init_from": str(source_run), "model__aam_scale": 20.0},
+                                       out=str(tmp_path / "run"), resume=None)
     source = Config.from_dict(load_checkpoint(source_run)["config"]).model
     assert (config.model.backbone, config.model.fbank_dim, config.model.head_hidden_dim) == ("fbank", 32, 16)
     assert config.model.aux == source.aux == ("gender",)

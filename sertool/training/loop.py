@@ -272,7 +272,7 @@ class _Run:
             load_stored_state(self.model, checkpoint["model_state"], source=str(self.run_dir / LAST_NAME))
         elif initial is not None:
             for note in load_initial_weights(self.model, initial, source=train_config.init_from):
-                reporter.message(note)
+                self.reporter.message(note)
         self.model.to(context.device)
         self.text_embeddings = transcript_embeddings(self.model, [*self.train_set, *self.valid_set], config.data.cache_dir)
         self.loss_fn = SERLoss(config.model)

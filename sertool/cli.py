@@ -473,6 +473,41 @@ def export_command(model: str, out: str, push_to_hub: str | None, force: bool) -
         console.print(f"uploaded to {result.url}")
 
 
+@cli.command("baseline")
+@click.option("--corpus", required=True, metavar="ROOT", help="MSP-Podcast root or manifest.")
+@click.option("--out", required=True, metavar="DIR", help="Writes <split>.csv (predictions) and summary.json here.")
+@click.option("--train-split", default="Train", show_default=True, help="The split the ridge is fitted on.")
+@click.option("--valid-split", default="Development", show_default=True,
+              help="The split that chooses the regularisation strength (by CCC, per attribute).")
+@click.option("--force", is_flag=True, help="Overwrite earlier outputs in --out.")
+def baseline_command(corpus: str, out: str, train_split: str, valid_split: str, force: bool) -> None:
+    """The floor: ridge regression on utterance-level acoustic statistics (log-mel mean/std per band, ...).
+
+    Fitted on --train-split, alpha chosen on --valid-split; every other split is predicted into
+    DIR/<split>.csv, which evaluate and ensemble accept like a checkpoint.
+
+    \b
+      sertool baseline --corpus MSP-Podcast --out runs/baseline
+      sertool ensemble runs/wavlm runs/baseline/Development.csv --corpus MSP-Podcast
+    """
+    from sertool.baseline.run import run_baseline
+    from sertool.console import out as console
+    from sertool.console import print_load_report, print_scores, progress_bar
+
+    with progress_bar("acoustic statistics") as progress:
+        result = run_baseline(corpus, out, train_split=train_split, valid_split=valid_split, force=force,
+                              progress=progress)
+    print_load_report(result.load_report)
+    alphas = ", ".join(f"{name} {alpha:g}" for name, alpha in result.alphas.items())
+    console.print(f"fitted on {result.train_utterances:,} {train_split} utterances; alpha chosen on {valid_split}: "
+                  f"{alphas}")
+    for split, scores in result.scores.items():
+        role = " (chose alpha)" if split == valid_split else ""
+        print_scores(f"{split} of {corpus}{role}", [scores])
+    for path in result.written:
+        console.print(f"wrote {path}")
+
+
 @cli.command("reproduce")
 @click.option("--corpus", required=True, metavar="ROOT", help="The corpus every system trains and is evaluated on.")
 @click.option("--grid", default="configs/paper/grid.yaml", show_default=True, help="The experiment grid.")

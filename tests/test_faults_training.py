@@ -257,7 +257,8 @@ def test_training_config_yaml_other_than_last_pt_is_named_and_rewritten(finished
         path.write_bytes(b"\xff\xfe" + "train: [unclosed".encode("utf-16-le"))
     result = run("train", "--resume", finished)
     assert result.exit_code == 0, result.output
-    warnings = [line for line in result.output.splitlines() if line.startswith("warning: ")]
+    # (The tiny run's heads are near-constant, which adds a collapse warning; only config.yaml's counts here.)
+    warnings = [line for line in result.output.splitlines() if line.startswith("warning: ") and "config.yaml" in line]
     assert len(warnings) == 1, result.output
     expected = {"edited": "model.head_dropout 0.1 (last.pt: 0.3), train.epochs 9 (last.pt: 2)",
                 "deleted": "was missing; restored from last.pt", "utf16-garbage": "is unreadable"}[damage]

@@ -22,9 +22,9 @@ from sertool.data.report import LoadReport
 from sertool.data.selection import select
 from sertool.errors import SertoolError
 from sertool.inference.predictions import Predictions, write_predictions
-from sertool.inference.workflows import Scores
+from sertool.inference.predictor import PredictorOutput
+from sertool.inference.workflows import Scores, score
 from sertool.io import atomic_write, check_writable
-from sertool.models.ccc import ccc_scores
 
 SYSTEM_NAME = "ridge baseline"
 SUMMARY_NAME = "summary.json"
@@ -100,7 +100,7 @@ def run_baseline(corpus: str | Path, out_dir: str | Path, *, train_split: str = 
         write_predictions(predictions, target, labels=labels(utterances) if labelled else None)
         result.written.append(target)
         if labelled:
-            result.scores[name] = Scores(SYSTEM_NAME, ccc_scores(predictions.values, labels(utterances)), len(utterances))
+            result.scores[name] = score(SYSTEM_NAME, PredictorOutput(predictions), utterances, labels(utterances))
 
     with atomic_write(out_dir / SUMMARY_NAME) as handle:
         json.dump({
@@ -109,7 +109,7 @@ def run_baseline(corpus: str | Path, out_dir: str | Path, *, train_split: str = 
             "feature_groups": list(FEATURE_GROUPS), "num_features": len(feature_names()),
             "alpha_grid": list(ALPHAS), "alphas": result.alphas,
             "valid_ccc_by_alpha": {name: curve[:, k].tolist() for k, name in enumerate(ATTRIBUTES)},
-            "scores": {name: {"utterances": s.num_utterances, "ccc": s.ccc,
+            "scores": {name: {"utterances": s.num_utterances, "ccc": s.ccc, "collapsed": s.collapsed,
                               "role": "chose alpha" if name == valid_split else "held out"}
                        for name, s in result.scores.items()},
         }, handle, indent=2)

@@ -15,7 +15,7 @@ from sertool.inference.inputs import split_windows
 from sertool.inference.predictions import Predictions
 from sertool.inference.predictor import InferenceOptions, Predictor, PredictorOutput, open_predictor
 from sertool.inference.writers import WRITERS, format_of, write_submission
-from sertool.models.ccc import ccc_scores
+from sertool.models.ccc import ccc_scores, collapsed_attributes
 from sertool.models.hub import is_repo_id
 
 
@@ -28,6 +28,7 @@ class Scores:
     num_utterances: int
     gender_accuracy: float | None = None
     gender_uar: float | None = None  # unweighted average recall over Male / Female
+    collapsed: list[str] = field(default_factory=list)  # attributes with near-constant predictions
 
 
 @dataclass
@@ -51,8 +52,10 @@ def labelled(utterances: Sequence[Utterance], split: str) -> np.ndarray:
 
 
 def score(name: str, output: PredictorOutput, utterances: Sequence[Utterance], labels: np.ndarray) -> Scores:
-    """CCC over the whole split (never per batch), and gender accuracy / UAR where the model predicts it."""
-    scores = Scores(name, ccc_scores(output.predictions.values, labels), len(utterances))
+    """CCC over the whole split (never per batch), the attributes whose predictions collapsed to a
+    near-constant, and gender accuracy / UAR where the model predicts it."""
+    values = output.predictions.values
+    scores = Scores(name, ccc_scores(values, labels), len(utterances), collapsed=collapsed_attributes(values, labels))
     if output.gender_probabilities is not None:
         known = np.array([utt.gender in GENDERS for utt in utterances])
         if known.any():

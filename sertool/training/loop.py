@@ -47,7 +47,7 @@ from sertool.errors import SertoolError
 from sertool.inference.runner import run_model
 from sertool.interrupts import Interrupted, StopRequests, quiet_worker, signal_name
 from sertool.io import atomic_write
-from sertool.models.ccc import ccc_scores
+from sertool.models.ccc import ccc_scores, collapsed_attributes
 from sertool.models.losses import SERLoss
 from sertool.models.ser_model import SERModel
 from sertool.model_folder import load_model
@@ -78,6 +78,7 @@ class TrainResult:
     skipped_steps: int = 0  # non-finite losses
     skipped_audio: list[str] = field(default_factory=list)
     history: list[dict[str, Any]] = field(default_factory=list)  # every validation
+    collapsed: list[str] = field(default_factory=list)  # attributes near-constant at best.pt's validation
 
 
 def resolve_amp(choice: str, device: torch.device) -> torch.dtype | None:
@@ -352,13 +353,16 @@ class _Run:
             self._run_epoch()
         if not self.best:
             raise SertoolError(self._no_finite_validation())
+        # The validation that made best.pt (the last improving one): were any of its heads near-constant?
+        collapsed = next((record.get("collapsed", []) for record in reversed(self.history) if record["improved"]), [])
         result = TrainResult(self.run_dir, best=self.best, best_step=self.best_step, steps=self.step,
                              stopped=self.stopped, skipped_steps=self.skipped_steps, skipped_audio=self.skipped_audio,
-                             history=self.history)
+                             history=self.history, collapsed=collapsed)
         if self.context.is_main:
             with atomic_write(self.run_dir / "summary.json") as handle:
                 json.dump({"best": self.best, "best_step": self.best_step, "steps": self.step, "stopped": self.stopped,
-                           "skipped_steps": self.skipped_steps, "skipped_audio": self.skipped_audio}, handle, indent=2)
+                           "collapsed": collapsed, "skipped_steps": self.skipped_steps,
+                           "skipped_audio": self.skipped_audio}, handle, indent=2)
         self.reporter.finish(result)
         return result
 
@@ -497,14 +501,15 @@ class _Run:
             self._save_last()  # validation has changed nothing yet: this is the state the step left
             raise
         labels = np.array([utt.labels() for utt in self.valid_set])
-        scores = ccc_scores(self.model.label_scaling.from_unit(predictions.emotion_unit), labels)
+        values = self.model.label_scaling.from_unit(predictions.emotion_unit)
+        scores = ccc_scores(values, labels)
         nonfinite = [utt_id for utt_id, row in zip(predictions.ids, predictions.emotion_unit)
                      if not np.isfinite(row).all()]
         finite = not nonfinite and all(math.isfinite(value) for value in scores.values())
         improved = finite and scores["average"] > self.best.get("average", -math.inf)
         self.schedule.on_validation(improved)
         record = {"type": "valid", "step": self.step, "epoch": self.epoch, **{f"ccc_{k}": v for k, v in scores.items()},
-                  "improved": improved}
+                  "improved": improved, "collapsed": collapsed_attributes(values, labels)}
         if nonfinite:
             record.update(nonfinite_predictions=len(nonfinite), first_nonfinite=nonfinite[0])
             self.reporter.message(f"warning: validation after step {self.step}: {len(nonfinite)} of "

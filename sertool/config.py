@@ -189,6 +189,8 @@ class ModelConfig:
                                            "whose embedding is concatenated (+S Emb); log-mel-stats: a "
                                            "parameter-free stand-in (demo scale).", path="path or hub id")
     fbank_dim: int = option(256, "Width of the built-in fbank encoder.", bounds=AT_LEAST_ONE)
+    spec_augment: bool = option(False, "fbank only: while training, SpecAugment masks on the log-mel input (2 bands "
+                                "of up to 8 mel bins and 2 spans of up to 10 % of the frames, per clip).")
 
 
 @dataclass

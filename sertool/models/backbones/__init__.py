@@ -76,7 +76,10 @@ def build_backbone(config: ModelConfig, *, gradient_checkpointing: bool = False,
             raise SertoolError("--freeze-backbone: the fbank backbone is trained from scratch and cannot be frozen")
         if config.backbone_path is not None:
             raise SertoolError(f"--backbone-path {config.backbone_path}: the fbank backbone has no pretrained model")
-        return FbankBackbone(config.fbank_dim, layer_weighting=config.layer_weighting)
+        return FbankBackbone(config.fbank_dim, layer_weighting=config.layer_weighting, spec_augment=config.spec_augment)
+    if config.spec_augment:
+        raise SertoolError(f"--spec-augment masks the fbank encoder's log-mel input; the {name} backbone has none "
+                           "(drop the flag)")
     name_or_path = config.backbone_path or DEFAULT_BACKBONE_IDS[name]
     assert name_or_path is not None  # every pretrained backbone has a default id
     if name == "whisper":

@@ -262,6 +262,9 @@ def train_command(config_file: str | None, out: str | None, resume: str | None, 
                   **flags) -> None:
     """Train one system and write its run folder.
 
+    Fields set neither by --config nor by a flag take the backbone's recipe: the paper's defaults below,
+    except for --backbone fbank, which gets the small-cpu recipe (--recipe; docs/training.md).
+
     \b
       sertool train --corpus MSP-Podcast --backbone wavlm --aux gender --out runs/wavlm
       sertool train --corpus demo/corpus --backbone fbank --aux gender --out runs/fbank

@@ -33,6 +33,24 @@ DEFAULT_BACKBONE_IDS: dict[str, str | None] = {
     "wav2vec2": "facebook/wav2vec2-large-robust",
     "fbank": None,
 }
+# Recipes: defaults for the fields a user leaves unset (neither in --config nor a flag). The field defaults
+# below are the paper's (WavLM on MSP-Podcast), the "paper" recipe; "small-cpu" is the fbank encoder's,
+# trained from scratch on a few hundred to a few thousand clips on a CPU, chosen from the evidence in
+# docs/training.md ("Small corpora on the CPU"). Keys are "section.field" (or a top-level field).
+RECIPES: dict[str, dict[str, Any]] = {
+    "paper": {},
+    "small-cpu": {
+        "model.head_hidden_dim": 256,     # heads sized for a few hundred clips, not 84k utterances
+        "model.head_dropout": 0.2,
+        "train.sampling": "whole",        # undersampling to the smallest class leaves a handful of clips an epoch
+        "train.max_batch_s": 48.0,
+        "train.accum_steps": 1,           # every micro-batch a step: a few hundred clips give ~15 steps an epoch
+        "train.lr_heads": 1e-3,           # everything trains from scratch
+        "train.patience": 0,              # best.pt is still chosen on validation; see the evidence for why not stop
+    },
+}
+# The recipe a backbone gets when --recipe is not given; every backbone not listed gets "paper".
+BACKBONE_RECIPES: dict[str, str] = {"fbank": "small-cpu"}
 DEFAULT_TEXT_MODEL_ID = "FacebookAI/roberta-large"
 DEFAULT_ASR_MODEL_ID = "openai/whisper-large-v3"  # transcribes utterances without a transcript (MM systems)
 # The shortest audio a model is given: WavLM's CNN front end makes one frame per 20 ms, so 0.25 s gives about
@@ -246,6 +264,10 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     seed: int = option(0, "Seed of initialisation, sampling and crops.", bounds=SEED)
+    recipe: str | None = option(None, "Defaults for every field not set by --config or a flag: small-cpu (the "
+                                "fbank encoder on a small corpus), paper (the paper's, WavLM on MSP-Podcast). "
+                                "sertool train picks the backbone's recipe when not given (fbank: small-cpu, "
+                                "others: paper) and records it.", choices=tuple(RECIPES))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data form (only str, int, float, bool, None, lists, dicts): safe to store anywhere."""
@@ -273,18 +295,7 @@ class Config:
             SertoolError: the file is missing, not YAML, or holds an unknown key, a wrong type or a value
                 outside its bounds.
         """
-        import yaml
-
-        try:
-            # Bytes, not text: PyYAML then decodes by the byte-order mark itself.
-            data = yaml.safe_load(Path(path).read_bytes()) or {}
-        except OSError as error:
-            raise SertoolError(f"--config {path}: cannot read it ({error.strerror})") from None
-        except yaml.YAMLError as error:
-            raise SertoolError(f"--config {path}: not valid YAML ({str(error).splitlines()[0]})") from None
-        if not isinstance(data, dict):
-            raise SertoolError(f"--config {path}: the top level must be a mapping of sections")
-        return cls.from_dict(data, source=f"--config {path}", base=base)
+        return cls.from_dict(read_config_file(path), source=f"--config {path}", base=base)
 
     def check(self, *, source: str = "config") -> None:
         """Check every field's type, choices and bounds: a config built in code has not been through the
@@ -319,6 +330,53 @@ class Config:
 def differences(a: Config, b: Config) -> list[str]:
     """The keys (``train.lr_heads``) whose values differ between ``a`` and ``b``, in declaration order."""
     return [o.key for o in config_options() if a.get(o.key) != b.get(o.key)]
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The mapping of a ``--config`` YAML file, unchecked (``Config.from_dict`` checks it). UTF-8, with or
+    without a byte-order mark, and UTF-16 with one (what Windows editors and PowerShell write) are read.
+
+    Raises:
+        SertoolError: the file is missing, not YAML, or not a mapping.
+    """
+    import yaml
+
+    try:
+        # Bytes, not text: PyYAML then decodes by the byte-order mark itself.
+        data = yaml.safe_load(Path(path).read_bytes()) or {}
+    except OSError as error:
+        raise SertoolError(f"--config {path}: cannot read it ({error.strerror})") from None
+    except yaml.YAMLError as error:
+        raise SertoolError(f"--config {path}: not valid YAML ({str(error).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise SertoolError(f"--config {path}: the top level must be a mapping of sections")
+    return data
+
+
+def config_keys(data: dict[str, Any], *, source: str = "config") -> set[tuple[str | None, str]]:
+    """The ``(section, key)`` pairs a config mapping sets (``(None, "seed")`` for top-level keys)."""
+    return {(section, key) for section, key, _ in _walk(data, source)}
+
+
+def apply_recipe(config: Config, *, given: set[tuple[str | None, str]]) -> str:
+    """Fill the fields not in ``given`` with the recipe's values, and record the recipe in ``config.recipe``.
+
+    The recipe is ``config.recipe`` when set (``--recipe``), else the backbone's (``BACKBONE_RECIPES``).
+
+    Args:
+        config: the config after ``--config`` and the flags.
+        given: the ``(section, key)`` pairs the user set (in the file or as flags); they are never changed.
+
+    Returns:
+        The recipe's name.
+    """
+    name = config.recipe or BACKBONE_RECIPES.get(config.model.backbone, "paper")
+    for key, value in RECIPES[name].items():
+        section, _, field_name = key.rpartition(".")
+        if (section or None, field_name) not in given:
+            apply_value(config, section or None, field_name, value, source=f"recipe {name}")
+    config.recipe = name
+    return name
 
 
 @dataclass(frozen=True)

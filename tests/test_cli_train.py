@@ -9,6 +9,7 @@ from click.testing import CliRunner
 
 from sertool.checkpoint import load_checkpoint
 from sertool.cli import cli
+from sertool.config import RECIPES
 from tests.corpus_files import write_learnable_corpus
 from tests.tiny_speech import save_tiny_wavlm
 
@@ -54,7 +55,8 @@ def test_flags_override_the_config_file(corpus, tmp_path):
     saved = yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())
     assert saved["train"]["epochs"] == 1  # the flag
     assert saved["train"]["lr_heads"] == 0.01 and saved["model"]["pooling"] == "mean"  # the file
-    assert saved["train"]["accum_steps"] == 4  # the default
+    assert saved["train"]["accum_steps"] == RECIPES["small-cpu"]["train.accum_steps"]  # fbank's recipe
+    assert saved["train"]["weight_decay"] == 1e-4  # the default (no recipe sets it)
 
 
 @pytest.mark.parametrize(("content", "message"), [

@@ -174,7 +174,8 @@ def test_resume_within_a_step_budget_equals_an_uninterrupted_run(corpus, tmp_pat
 def test_a_run_needs_an_end(corpus, tmp_path):
     with pytest.raises(SertoolError, match="--epochs 0 and --max-steps 0"):
         train(small_config(corpus, epochs=0), tmp_path / "run")
-    with pytest.raises(SertoolError, match="must not be negative"):
+    assert not (tmp_path / "run").exists()  # refused before any work
+    with pytest.raises(SertoolError, match="train.max_steps must be ≥ 0"):
         train(small_config(corpus, max_steps=-1), tmp_path / "run2")
 
 

@@ -91,8 +91,8 @@ class UtteranceDataset(torch.utils.data.Dataset):
         utt = self.utterances[index]
         try:
             crop = self.max_duration_s is not None and utt.duration_s > self.max_duration_s
-            # A whole utterance that starts at 0 is read to the end of its file; a window, only its span.
-            length_s = self.max_duration_s if crop else (utt.duration_s if utt.offset_s else None)
+            # A whole utterance is read to the end of its file; a segment (a window), only its span.
+            length_s = self.max_duration_s if crop else (utt.duration_s if utt.segment else None)
             waveform = load_audio(utt.audio_path, sample_rate=self.sample_rate,
                                   offset_s=utt.offset_s + self._crop_offset_s(index), max_duration_s=length_s)
         except SertoolError as error:

@@ -36,8 +36,9 @@ class Utterance:
         speaker: speaker label, or None where unknown.
         gender: ``"Male"``, ``"Female"`` or None where unknown.
         transcript: one line of text, or None where the corpus has none.
-        offset_s: where the utterance starts in its audio file (non-zero for a window of a long file;
-            ``duration_s`` is then the window's length).
+        offset_s: where the utterance starts in its audio file (for a ``segment``).
+        segment: True for a stretch of its audio file, ``offset_s`` to ``offset_s + duration_s`` (a window
+            of a long file, the first one starting at 0); False for the whole file.
     """
 
     id: str
@@ -52,6 +53,7 @@ class Utterance:
     gender: str | None = None
     transcript: str | None = None
     offset_s: float = 0.0
+    segment: bool = False
 
     @property
     def has_labels(self) -> bool:

@@ -91,7 +91,8 @@ def _run_system(grid: Grid, system: str, *, seeds: int, corpus: str, scale: str,
                 splits, options: InferenceOptions, device: str, reporter_factory, say) -> dict[str, Any]:
     """Every seed of one system: ``{"seeds": {seed: record}}``, or ``{"error": ...}`` if one failed."""
     try:
-        base = grid.config(system, scale=scale, corpus=corpus, model_locations=model_locations)
+        # As train stores it (absolute paths), so that a finished or interrupted run is recognised.
+        base = grid.config(system, scale=scale, corpus=corpus, model_locations=model_locations).with_absolute_paths()
         records = {}
         for seed in range(base.seed, base.seed + seeds):
             base.seed = seed

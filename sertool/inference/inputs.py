@@ -41,14 +41,14 @@ def collect_inputs(paths: Sequence[str | Path]) -> tuple[list[Utterance], LoadRe
             files = sorted(p for p in path.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
             if not files:
                 raise SertoolError(f"{path}: no audio files ({', '.join(AUDIO_SUFFIXES)}) in this folder")
-            utterances.extend(_loose(file, file.relative_to(path).as_posix()) for file in files)
+            utterances.extend(audio_file_utterance(file, file.relative_to(path).as_posix()) for file in files)
         elif path.suffix.lower() == ".csv":
             manifest = open_corpus(path)
             utterances.extend(manifest.utterances)
             report.dropped.extend(manifest.report.dropped)
             report.warnings.extend(manifest.report.warnings)
         else:
-            utterances.append(_loose(path, path.name))
+            utterances.append(audio_file_utterance(path, path.name))
     seen: dict[str, Path] = {}
     for utt in utterances:
         if utt.id in seen:
@@ -80,7 +80,12 @@ def require_complete(report: LoadReport, split: str | None, *, purpose: str) -> 
                            f"{concerned[0]}; fix those rows so that every file is predicted")
 
 
-def _loose(path: Path, utt_id: str) -> Utterance:
+def audio_file_utterance(path: Path, utt_id: str) -> Utterance:
+    """An audio file to predict, as a whole-file utterance named ``utt_id`` (duration from its header).
+
+    Raises:
+        SertoolError: missing or unreadable audio, naming the file.
+    """
     sample_rate, num_frames, _ = audio_info(path)
     return Utterance(id=utt_id, audio_path=path, split=PREDICT_SPLIT, duration_s=num_frames / sample_rate)
 
@@ -149,7 +154,8 @@ def split_windows(utterances: Sequence[Utterance], *, window_s: float, hop_s: fl
             continue
         spans_of[utt.id] = spans
         pieces.extend(dataclasses.replace(utt, id=window_id(utt.id, span), offset_s=span[0] / SAMPLE_RATE,
-                                          duration_s=(span[1] - span[0]) / SAMPLE_RATE) for span in spans)
+                                          duration_s=(span[1] - span[0]) / SAMPLE_RATE, segment=True)
+                      for span in spans)
     return pieces, Windowing(spans_of)
 
 

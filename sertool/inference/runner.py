@@ -15,6 +15,7 @@ import torch
 from sertool.data.dataset import UtteranceDataset, collate
 from sertool.data.records import Utterance
 from sertool.errors import SertoolError
+from sertool.interrupts import quiet_worker
 from sertool.training.distributed import Distributed, all_gather_objects
 from sertool.training.samplers import length_sorted_batches
 
@@ -61,7 +62,7 @@ def run_model(
     batches = length_sorted_batches([utt.duration_s for utt in utterances], max_batch_s=max_batch_s)
     mine = batches[context.rank::context.world_size]
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=mine, collate_fn=collate, num_workers=num_workers,
-                                         pin_memory=device.type == "cuda")
+                                         pin_memory=device.type == "cuda", worker_init_fn=quiet_worker)
     core = getattr(model, "module", model)  # DDP hands the module out; evaluation needs no gradient sync
     was_training = core.training
     core.eval()

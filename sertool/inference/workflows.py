@@ -14,10 +14,12 @@ from sertool.io import check_writable
 from sertool.inference.ensemble import EnsemblePlan, apply_plan, mean_plan, select_per_attribute, write_plan
 from sertool.inference.inputs import split_windows
 from sertool.inference.predictions import Predictions
-from sertool.inference.predictor import InferenceOptions, PredictorOutput, open_predictor, union_of_training_ids
+from sertool.inference.predictor import (InferenceOptions, Predictor, PredictorOutput, open_predictor,
+                                        union_of_training_ids)
 from sertool.inference.writers import WRITERS, format_of, write_submission
 from sertool.models.bootstrap import BootstrapResult, Interval, bootstrap_ccc
-from sertool.models.ccc import ccc_scores
+from sertool.models.ccc import ccc_scores, collapsed_attributes
+from sertool.models.hub import is_repo_id
 
 
 @dataclass
@@ -35,6 +37,7 @@ class Scores:
     training_data_known: bool = True
     # Bootstrap confidence interval of each CCC (and "average"), with ``evaluate --bootstrap B``.
     ci: dict[str, Interval] | None = None
+    collapsed: list[str] = field(default_factory=list)  # attributes with near-constant predictions
 
 
 @dataclass
@@ -59,11 +62,13 @@ def labelled(utterances: Sequence[Utterance], split: str) -> np.ndarray:
 
 def score(name: str, output: PredictorOutput, utterances: Sequence[Utterance], labels: np.ndarray, *,
           held_out: HeldOut | None = None) -> Scores:
-    """CCC over the whole split (never per batch), and gender accuracy / UAR where the model predicts it.
+    """CCC over the whole split (never per batch), the attributes whose predictions collapsed to a
+    near-constant, and gender accuracy / UAR where the model predicts it.
 
     ``held_out`` (from ``selection.held_out``) records what was left out of ``utterances`` beforehand.
     """
-    scores = Scores(name, ccc_scores(output.predictions.values, labels), len(utterances),
+    values = output.predictions.values
+    scores = Scores(name, ccc_scores(values, labels), len(utterances), collapsed=collapsed_attributes(values, labels),
                     excluded_trained_on=held_out.excluded if held_out else 0,
                     training_data_known=held_out.known if held_out else True)
     if output.gender_probabilities is not None:
@@ -131,10 +136,17 @@ def evaluate(model_path: str | Path, utterances: Sequence[Utterance], *, split: 
 
 def predict(model_path: str | Path, utterances: Sequence[Utterance], *, options: InferenceOptions,
             window_s: float, hop_s: float) -> Predictions:
-    """Predict every utterance; files longer than ``window_s`` are cut into windows (``hop_s`` apart),
-    each window becomes a segment row and the file's row is their duration-weighted mean."""
+    """Predict every utterance with the model at ``model_path`` (see ``predict_with``)."""
+    return predict_with(open_predictor(model_path, options), utterances, window_s=window_s, hop_s=hop_s)
+
+
+def predict_with(predictor: Predictor, utterances: Sequence[Utterance], *, window_s: float,
+                 hop_s: float) -> Predictions:
+    """Predict every utterance with an open predictor (`sertool predict` and ``sertool.load`` alike);
+    files longer than ``window_s`` are cut into windows (``hop_s`` apart), each window becomes a segment
+    row and the file's row is their duration-weighted mean."""
     pieces, windowing = split_windows(utterances, window_s=window_s, hop_s=hop_s)
-    output = open_predictor(model_path, options).predict(pieces)
+    output = predictor.predict(pieces)
     return windowing.merge(utterances, output.predictions)
 
 
@@ -267,7 +279,9 @@ def _rows(output: PredictorOutput, utterances: Sequence[Utterance]) -> Predictor
 
 
 def _member_name(path: str | Path, save: Path | None) -> str:
-    """How a saved plan names a member: relative to the plan's folder when possible."""
+    """How a saved plan names a member: relative to the plan's folder when possible; a hub id as itself."""
+    if not Path(path).expanduser().exists() and is_repo_id(str(path)):
+        return str(path)
     path = Path(path).expanduser().resolve()
     if save is None:
         return str(path)

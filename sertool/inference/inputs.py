@@ -1,7 +1,6 @@
 """What `predict` reads: audio files, folders, manifests, corpus splits; transcripts; long-audio windows."""
 from __future__ import annotations
 
-import csv
 import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,11 +12,13 @@ from sertool.data.corpus import open_corpus
 from sertool.data.records import Utterance
 from sertool.data.report import LoadReport
 from sertool.errors import SertoolError
+from sertool.io import read_csv_records
 from sertool.inference.predictions import Predictions
 from sertool.inference.windows import combine_windows, window_segments, window_spans
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
 PREDICT_SPLIT = "predict"  # split name of utterances read from loose files
+TRANSCRIPT_ID_COLUMNS = ("FileName", "id", "path")  # a --transcripts CSV names its files in one of these
 
 
 def collect_inputs(paths: Sequence[str | Path]) -> tuple[list[Utterance], LoadReport]:
@@ -90,7 +91,7 @@ def attach_transcripts(utterances: Sequence[Utterance], source: str | Path) -> l
     ``transcript`` columns; utterances without one keep what they had.
 
     Raises:
-        SertoolError: the source is missing or the CSV lacks the columns.
+        SertoolError: the source is missing, or the CSV lacks the columns or has a damaged line.
     """
     source = Path(source).expanduser()
     if source.is_dir():
@@ -100,14 +101,12 @@ def attach_transcripts(utterances: Sequence[Utterance], source: str | Path) -> l
             if file.is_file():
                 texts[utt.id] = " ".join(file.read_text(encoding="utf-8", errors="replace").split())
     elif source.is_file():
-        with open(source, newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            header = reader.fieldnames or []
-            id_column = next((c for c in ("FileName", "id", "path") if c in header), None)
-            if id_column is None or "transcript" not in header:
-                raise SertoolError(f"--transcripts {source}: needs a FileName (or id) column and a transcript column")
-            texts = {Path(row[id_column]).name: " ".join((row["transcript"] or "").split()) for row in reader}
-            texts = {key: value for key, value in texts.items() if value}
+        texts = {}
+        for _, row in read_csv_records(source, [TRANSCRIPT_ID_COLUMNS, "transcript"], what="--transcripts CSV"):
+            file_id = next(row[column] for column in TRANSCRIPT_ID_COLUMNS if column in row)
+            text = " ".join(row["transcript"].split())
+            if text:
+                texts[Path(file_id.strip()).name] = text
     else:
         raise SertoolError(f"--transcripts {source}: no such folder or CSV file")
     return [dataclasses.replace(utt, transcript=texts.get(utt.id, texts.get(Path(utt.id).name, utt.transcript)))

@@ -22,7 +22,7 @@ from __future__ import annotations
 import csv
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -31,7 +31,7 @@ import numpy as np
 
 from sertool.data.records import ATTRIBUTE_COLUMNS, ATTRIBUTES
 from sertool.errors import SertoolError
-from sertool.io import atomic_write
+from sertool.io import atomic_write, read_csv_records
 
 ID_COLUMN = "FileName"
 VALUE_COLUMNS: tuple[str, ...] = tuple(ATTRIBUTE_COLUMNS[name] for name in ATTRIBUTES)  # EmoAct, EmoVal, EmoDom
@@ -197,13 +197,8 @@ def read_predictions_and_labels(path: str | Path) -> tuple[Predictions, np.ndarr
         SertoolError: as ``read_predictions``; also when only some ``*_true`` columns are present.
     """
     path = Path(path)
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as handle:
-            return _parse_csv(csv.DictReader(handle), path)
-    except FileNotFoundError:
-        raise SertoolError(f"{path}: predictions file not found") from None
-    except (OSError, UnicodeDecodeError, csv.Error) as error:
-        raise SertoolError(f"{path}: cannot read the predictions file ({error})") from None
+    hint = f"a predictions file needs the header {','.join((ID_COLUMN, *VALUE_COLUMNS))}"
+    return _parse_csv(read_csv_records(path, (ID_COLUMN, *VALUE_COLUMNS), what="predictions file", hint=hint), path)
 
 
 def preview_ids(ids: Sequence[str], limit: int = IDS_IN_MESSAGES) -> str:
@@ -255,23 +250,17 @@ def _write_csv_rows(handle: TextIO, predictions: Predictions, labels: np.ndarray
                              format_value(segment.start_s), format_value(segment.end_s)])
 
 
-def _parse_csv(reader: csv.DictReader, path: Path) -> tuple[Predictions, np.ndarray | None]:
-    columns = reader.fieldnames or []
-    missing = [column for column in (ID_COLUMN, *VALUE_COLUMNS) if column not in columns]
-    if missing:
-        raise SertoolError(
-            f"{path}: missing column(s) {', '.join(missing)}; a predictions file needs the header "
-            f"{','.join((ID_COLUMN, *VALUE_COLUMNS))}"
-        )
-    has_spread = _optional_group(columns, SPREAD_COLUMNS, path)
-    has_labels = _optional_group(columns, TRUE_COLUMNS, path)
-    has_segments = _optional_group(columns, SEGMENT_COLUMNS, path)
-
+def _parse_csv(records: Iterator[tuple[int, dict[str, str]]], path: Path) -> tuple[Predictions, np.ndarray | None]:
+    has_spread = has_labels = has_segments = None
     ids: list[str] = []
     first_line: dict[str, int] = {}
     values, spread, labels, segments = [], [], [], []
-    for record in reader:
-        where = f"{path}:{reader.line_num}"
+    for line, record in records:
+        where = f"{path}:{line}"
+        if has_spread is None:  # the first row tells which optional column groups the header has
+            has_spread = _optional_group(record, SPREAD_COLUMNS, path)
+            has_labels = _optional_group(record, TRUE_COLUMNS, path)
+            has_segments = _optional_group(record, SEGMENT_COLUMNS, path)
         name = (record.get(ID_COLUMN) or "").strip()
         if not name:
             raise SertoolError(f"{where}: {ID_COLUMN} is empty")
@@ -286,7 +275,7 @@ def _parse_csv(reader: csv.DictReader, path: Path) -> tuple[Predictions, np.ndar
         if name in first_line:
             raise SertoolError(f"{where}: {ID_COLUMN} {name} repeats line {first_line[name]}; "
                                "keep one row per file")
-        first_line[name] = reader.line_num
+        first_line[name] = line
         ids.append(name)
         values.append(row_values)
         if has_spread:

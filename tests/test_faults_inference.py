@@ -132,3 +132,73 @@ def test_predictions_and_transcripts_csvs_refuse_a_damaged_line_naming_it(tmp_pa
         attach_transcripts(utterances, transcripts)
     transcripts.write_text('id,transcript\r\n"a.wav","hello, ""world"""\r\n')
     assert attach_transcripts(utterances, transcripts)[0].transcript == 'hello, "world"'
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Long audio: every window reads only its span; predict streams the file in bounded chunks.
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    from sertool.training.loop import train
+    from tests.systems import small_config
+
+    folder = tmp_path_factory.mktemp("faults")
+    corpus = write_learnable_corpus(folder / "c", per_split={"Train": 12, "Development": 6})
+    train(small_config(corpus), folder / "run")
+    return folder / "run"
+
+
+def _varying(path: Path, *, duration_s: float, sample_rate: int = 16_000, seed: int = 0) -> np.ndarray:
+    """A tone whose loudness and pitch change over time, so that windows differ; written as 16-bit PCM."""
+    t = np.arange(int(round(duration_s * sample_rate))) / sample_rate
+    rng = np.random.default_rng(seed)
+    loudness = 0.05 + 0.3 * (0.5 + 0.5 * np.sin(2 * np.pi * t / 17.0))
+    wave = loudness * np.sin(2 * np.pi * (120 + 40 * np.sin(2 * np.pi * t / 7.0)) * t) + 0.01 * rng.normal(size=t.size)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(str(path), wave, sample_rate, subtype="PCM_16")
+    return sf.read(str(path), dtype="int16")[0]
+
+
+def test_each_window_equals_its_span_cut_out_as_its_own_file(run_dir, tmp_path):
+    from tests.test_windows import per_sample_reference
+
+    samples = _varying(tmp_path / "long.wav", duration_s=23.0)
+    out = tmp_path / "long.csv"
+    assert run("predict", run_dir, tmp_path / "long.wav", "--window-s", "10", "--hop-s", "5", "--out", out).exit_code == 0
+    long = read_predictions(out)
+    spans = [(round(s.start_s * 16_000), round(s.end_s * 16_000)) for s in long.segments]
+    assert spans == [(0, 160_000), (80_000, 240_000), (160_000, 320_000), (208_000, 368_000)]
+    (tmp_path / "cut").mkdir()
+    for start, end in spans:  # each window cut out as a file of its own, sample for sample
+        sf.write(str(tmp_path / "cut" / f"{start:06d}.wav"), samples[start:end], 16_000, subtype="PCM_16")
+    cut_out = tmp_path / "cut.csv"
+    assert run("predict", run_dir, tmp_path / "cut", "--window-s", "10", "--out", cut_out).exit_code == 0
+    cuts = read_predictions(cut_out).take([f"{start:06d}.wav" for start, _ in spans])
+    segment_values = np.array([s.values for s in long.segments])
+    np.testing.assert_allclose(segment_values, cuts.values, atol=1e-5)
+    np.testing.assert_allclose(long.values[0], per_sample_reference(spans, segment_values), atol=2e-6)
+    assert np.abs(segment_values[0] - long.values[0]).max() > 1e-3  # the first window is not the whole file
+
+
+def test_windows_read_only_their_span_and_predict_streams_in_chunks(run_dir, tmp_path, monkeypatch):
+    from sertool.data import audio
+    from sertool.inference import workflows
+    from sertool.inference.inputs import collect_inputs
+    from sertool.inference.predictor import CheckpointPredictor, InferenceOptions
+
+    _varying(tmp_path / "long.wav", duration_s=60.0)
+    utterances, _ = collect_inputs([tmp_path / "long.wav"])
+    options = InferenceOptions(device="cpu")
+    whole = workflows.predict(run_dir, utterances, options=options, window_s=10.0, hop_s=5.0)
+
+    reads, chunks = [], []
+    real_read, real_predict = audio.sf.read, CheckpointPredictor.predict
+    monkeypatch.setattr(audio.sf, "read", lambda file, **kw: reads.append(kw["stop"] - kw["start"]) or real_read(file, **kw))
+    monkeypatch.setattr(CheckpointPredictor, "predict",
+                        lambda self, pieces: chunks.append(len(pieces)) or real_predict(self, pieces))
+    monkeypatch.setattr(workflows, "PREDICT_CHUNK_PIECES", 3)
+    streamed = workflows.predict(run_dir, utterances, options=options, window_s=10.0, hop_s=5.0)
+    assert len(reads) == 11 and max(reads) == 160_000  # 11 windows, none read past its 10 s
+    assert chunks == [3, 3, 3, 2]
+    np.testing.assert_allclose(streamed.values, whole.values, atol=1e-6)
+    assert [(s.start_s, s.end_s) for s in streamed.segments] == [(s.start_s, s.end_s) for s in whole.segments]

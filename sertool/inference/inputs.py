@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -113,45 +113,93 @@ def attach_transcripts(utterances: Sequence[Utterance], source: str | Path) -> l
             for utt in utterances]
 
 
-@dataclasses.dataclass
-class Windowing:
-    """How long files were cut: ``spans[file id]`` in samples at 16 kHz, for files of several windows."""
+@dataclasses.dataclass(frozen=True)
+class Piece:
+    """What `predict` runs the model on: a whole file, or one window of a long file.
 
-    spans: dict[str, list[tuple[int, int]]]
+    Attributes:
+        file_id: the file's id (its row in the output).
+        span: the window's ``(start, end)`` in samples at 16 kHz, or None for the whole file.
+        utterance: the record the model reads (for a window, an utterance of its own with that span).
+    """
 
-    def merge(self, utterances: Sequence[Utterance], windowed: Predictions) -> Predictions:
-        """One row per file (the duration-weighted mean of its windows) plus a segment per window."""
+    file_id: str
+    span: tuple[int, int] | None
+    utterance: Utterance
+
+
+def check_windows(utterances: Sequence[Utterance], *, window_s: float, hop_s: float) -> None:
+    """Refuse, before any work, a window/hop pair or a file that `windowed_pieces` would refuse later.
+
+    Raises:
+        SertoolError: a bad window or hop, or a file shorter than a prediction needs (naming it).
+    """
+    for utt in utterances:
+        _spans(utt, window_s, hop_s)
+
+
+def windowed_pieces(utterances: Sequence[Utterance], *, window_s: float, hop_s: float) -> Iterator[Piece]:
+    """Each utterance as one piece or, when longer than ``window_s``, as one piece per window (``window_s``
+    long, ``hop_s`` apart; see ``window_spans``), made lazily: the windows of a long file never exist all at
+    once unless the caller keeps them.
+
+    Raises:
+        SertoolError: as ``check_windows``.
+    """
+    for utt in utterances:
+        spans = _spans(utt, window_s, hop_s)
+        if len(spans) == 1:
+            yield Piece(utt.id, None, utt)
+            continue
+        for span in spans:
+            window = utt.window(span[0] / SAMPLE_RATE, span[1] / SAMPLE_RATE, id=window_id(utt.id, span))
+            yield Piece(utt.id, span, window)
+
+
+class WindowMerger:
+    """Collects the predictions of pieces, chunk by chunk, into one row per file plus a segment per window.
+
+    A file's row is the duration-weighted mean of its windows (``combine_windows``); it is computed once
+    every chunk has been added, from three numbers per window.
+    """
+
+    def __init__(self) -> None:
+        self._rows: dict[str, np.ndarray] = {}
+        self._windows: dict[str, list[tuple[tuple[int, int], np.ndarray]]] = {}
+
+    def add(self, pieces: Sequence[Piece], predictions: Predictions) -> None:
+        """Record the predictions of ``pieces`` (``predictions`` holds a row for each piece's utterance id)."""
+        values = predictions.take([piece.utterance.id for piece in pieces]).values
+        for piece, row in zip(pieces, values):
+            if piece.span is None:
+                self._rows[piece.file_id] = row
+            else:
+                self._windows.setdefault(piece.file_id, []).append((piece.span, row))
+
+    def result(self, utterances: Sequence[Utterance]) -> Predictions:
+        """One row per utterance, in their order, with the segments of windowed files.
+
+        Raises:
+            KeyError: an utterance none of whose pieces was added (a programming error).
+        """
         rows, segments = [], []
         for utt in utterances:
-            spans = self.spans.get(utt.id)
-            if spans is None:
-                rows.append(windowed.take([utt.id]).values[0])
+            windows = self._windows.get(utt.id)
+            if windows is None:
+                rows.append(self._rows[utt.id])
                 continue
-            values = windowed.take([window_id(utt.id, span) for span in spans]).values
+            spans = [span for span, _ in windows]
+            values = np.array([row for _, row in windows])
             rows.append(combine_windows(spans, values))
             segments.extend(window_segments(utt.id, spans, values, sample_rate=SAMPLE_RATE))
         return Predictions([utt.id for utt in utterances], np.array(rows).reshape(-1, 3), segments=segments)
 
 
-def split_windows(utterances: Sequence[Utterance], *, window_s: float, hop_s: float) -> tuple[list[Utterance], Windowing]:
-    """Cut utterances longer than ``window_s`` into windows (``offset_s`` / ``duration_s`` records).
-
-    Raises:
-        SertoolError: an utterance shorter than the minimum a prediction needs, or a bad window/hop.
-    """
-    pieces, spans_of = [], {}
-    for utt in utterances:
-        num_samples = int(round(utt.duration_s * SAMPLE_RATE))
-        spans = window_spans(num_samples, SAMPLE_RATE, window_s, hop_s, source=str(utt.audio_path))
-        if len(spans) == 1:
-            pieces.append(utt)
-            continue
-        spans_of[utt.id] = spans
-        pieces.extend(dataclasses.replace(utt, id=window_id(utt.id, span), offset_s=span[0] / SAMPLE_RATE,
-                                          duration_s=(span[1] - span[0]) / SAMPLE_RATE) for span in spans)
-    return pieces, Windowing(spans_of)
+def _spans(utt: Utterance, window_s: float, hop_s: float) -> list[tuple[int, int]]:
+    num_samples = int(round(utt.duration_s * SAMPLE_RATE))
+    return window_spans(num_samples, SAMPLE_RATE, window_s, hop_s, source=str(utt.audio_path))
 
 
 def window_id(file_id: str, span: tuple[int, int]) -> str:
-    """The id of one window of a file, e.g. ``talk.wav@12.000``."""
-    return f"{file_id}@{span[0] / SAMPLE_RATE:.3f}"
+    """The id of one window of a file, e.g. ``talk.wav@192000`` (its first sample at 16 kHz)."""
+    return f"{file_id}@{span[0]}"

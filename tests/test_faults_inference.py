@@ -202,3 +202,95 @@ def test_windows_read_only_their_span_and_predict_streams_in_chunks(run_dir, tmp
     assert chunks == [3, 3, 3, 2]
     np.testing.assert_allclose(streamed.values, whole.values, atol=1e-6)
     assert [(s.start_s, s.end_s) for s in streamed.segments] == [(s.start_s, s.end_s) for s in whole.segments]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Non-finite numbers: absurd audio, a diverged model, overflowing weights; no table written holds NaN.
+
+def _write_tone_scaled(path: Path, scale: float, *, duration_s: float = 1.0) -> None:
+    t = np.arange(int(duration_s * 16_000)) / 16_000
+    sf.write(str(path), (0.3 * np.sin(2 * np.pi * 220 * t) * scale).astype(np.float32), 16_000, subtype="FLOAT")
+
+
+def test_absurd_float_amplitudes_are_refused_by_the_audio_reader(run_dir, tmp_path):
+    from sertool.data.audio import load_audio
+
+    _write_tone_scaled(tmp_path / "huge.wav", 1e30)
+    line = one_line_error(run("predict", run_dir, tmp_path / "huge.wav"))
+    assert "huge.wav: samples reach 3e+29, over 100× full scale" in line
+    with pytest.raises(SertoolError, match="huge.wav: samples reach"):
+        load_audio(tmp_path / "huge.wav")
+    _write_tone_scaled(tmp_path / "hot.wav", 4.0)  # a float file a little over full scale is audio
+    result = run("predict", run_dir, tmp_path / "hot.wav")
+    assert result.exit_code == 0, result.output
+    assert np.isfinite([float(v) for v in result.stdout.splitlines()[1].split(",")[1:]]).all()
+
+
+def test_a_model_with_non_finite_weights_is_refused_naming_the_input(run_dir, tmp_path):
+    import torch
+
+    from sertool.checkpoint import load_checkpoint, save_checkpoint
+
+    payload = load_checkpoint(run_dir)
+    key = next(name for name in payload["model_state"] if name.endswith("weight") and "head" in name)
+    payload["model_state"][key] = torch.full_like(payload["model_state"][key], float("nan"))
+    save_checkpoint({k: v for k, v in payload.items() if k not in ("format", "format_version")}, tmp_path / "nan.pt")
+    write_tone(tmp_path / "clip.wav", duration_s=1.0)
+    line = one_line_error(run("predict", tmp_path / "nan.pt", tmp_path / "clip.wav"))
+    assert "clip.wav" in line and "not finite" in line and "diverged" in line
+    corpus = run_dir.parent / "c"
+    line = one_line_error(run("evaluate", tmp_path / "nan.pt", "--corpus", corpus, "--split", "Development"))
+    assert "not finite" in line and "MSP-PODCAST_" in line
+
+
+def _member_csvs(tmp_path: Path, *tables: list[tuple[str, float, float, float]]) -> list[Path]:
+    paths = []
+    for number, rows in enumerate(tables):
+        path = tmp_path / f"member{number}.csv"
+        path.write_text("FileName,EmoAct,EmoVal,EmoDom\n" + "".join(f"{r[0]},{r[1]},{r[2]},{r[3]}\n" for r in rows))
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture
+def labelled_corpus(tmp_path) -> Path:
+    return write_learnable_corpus(tmp_path / "lc", per_split={"Train": 4, "Development": 4})
+
+
+def _ids(corpus: Path, split: str = "Development") -> list[str]:
+    return [utt.id for utt in open_corpus(corpus).split(split)]
+
+
+def test_huge_ensemble_weights_give_the_weighted_mean(labelled_corpus, tmp_path):
+    ids = _ids(labelled_corpus)
+    a, b = _member_csvs(tmp_path, [(i, 2.0, 3.0, 4.0) for i in ids], [(i, 4.0, 5.0, 6.0) for i in ids])
+    for weights, expected in (("1e308,1e308", [3.0, 4.0, 5.0]), ("1e308,1e307", [2 + 2 / 11, 3 + 2 / 11, 4 + 2 / 11])):
+        out = tmp_path / "ens.csv"
+        result = run("ensemble", a, b, "--corpus", labelled_corpus, "--weights", weights, "--out", out, "--force")
+        assert result.exit_code == 0, result.output
+        np.testing.assert_allclose(read_predictions(out).values, [expected] * len(ids), atol=1e-6)
+    for weights in ("inf,1", "nan,1", "-1,2", "0,0"):
+        assert f"--weights {weights}" in one_line_error(
+            run("ensemble", a, b, "--corpus", labelled_corpus, "--weights", weights))
+
+
+def test_no_predictions_file_or_stream_holds_a_non_finite_value(tmp_path):
+    import io
+
+    from sertool.inference.predictions import Predictions, Segment, write_predictions
+    from sertool.inference.writers import write_json, write_submission
+
+    spread_nan = Predictions(["a.wav", "b.wav"], [[3, 4, 5], [3, 4, 5]], spread=[[0, 0, 0], [np.nan, 0, 0]])
+    segment_inf = Predictions(["a.wav"], [[3, 4, 5]], segments=[Segment("a.wav", 0.0, 1.0, (3, np.inf, 5))])
+    for predictions, bad in ((spread_nan, "b.wav"), (segment_inf, "a.wav")):
+        for writer, name in ((write_predictions, "p.csv"), (write_json, "p.json")):
+            with pytest.raises(SertoolError, match=f"p.(csv|json): predictions for 1 file\\(s\\) are not finite "
+                                                   f"numbers \\({bad}\\)"):
+                writer(predictions, tmp_path / name)
+            assert not (tmp_path / name).exists()
+        stream = io.StringIO()
+        with pytest.raises(SertoolError, match="not finite"):
+            write_predictions(predictions, stream)
+        assert stream.getvalue() == ""
+    with pytest.raises(SertoolError, match="not finite"):
+        write_submission(Predictions(["a.wav"], [[np.nan, 4, 5]]), tmp_path / "s.csv")

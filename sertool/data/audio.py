@@ -19,6 +19,11 @@ if TYPE_CHECKING:  # torch is imported where tensors are made: reading headers m
     import torch
 
 SAMPLE_RATE = 16_000  # Hz; every speech backbone sertool supports was pre-trained at 16 kHz.
+# Decoded audio lies within ±1 (full scale). Integer formats cannot exceed it; a float file may, a little,
+# after processing. 100× full scale (+40 dBFS) is no recording at any usual level: a damaged file, or one
+# written unscaled (int16 values in a float file reach 32767). Such values would overflow the backbones'
+# power spectra and give NaN predictions, so they are refused.
+MAX_ABS_SAMPLE = 100.0
 
 
 def audio_info(path: str | Path) -> tuple[int, int, int]:
@@ -60,7 +65,8 @@ def load_audio(
             are decoded, so cropping a long file is cheap.
 
     Raises:
-        SertoolError: missing, unreadable, truncated or empty audio, naming the file.
+        SertoolError: missing, unreadable, truncated or empty audio, or samples that are not finite or
+            beyond ``MAX_ABS_SAMPLE``, naming the file.
     """
     path = Path(path)
     file_rate, num_frames, _ = audio_info(path)
@@ -72,8 +78,12 @@ def load_audio(
         raise SertoolError(f"{path}: audio could not be decoded ({_short(error)})") from None
     if data.shape[0] == 0:
         raise SertoolError(f"{path}: audio is empty (0 samples{' after offset' if start else ''})")
-    if not np.isfinite(data).all():
+    peak = float(np.abs(data).max())
+    if not math.isfinite(peak):
         raise SertoolError(f"{path}: audio contains NaN or infinite samples")
+    if peak > MAX_ABS_SAMPLE:
+        raise SertoolError(f"{path}: samples reach {peak:.3g}, over {MAX_ABS_SAMPLE:g}× full scale (decoded audio "
+                           "lies within ±1): the file is damaged or was written unscaled; divide it by its peak")
     import torch
 
     waveform = torch.from_numpy(np.ascontiguousarray(data.mean(axis=1)))

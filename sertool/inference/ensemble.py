@@ -135,7 +135,7 @@ def mean_plan(names: Sequence[str], weights: Sequence[float] | None = None) -> E
         return EnsemblePlan(members=tuple(names), weights={name: pairs for name in ATTRIBUTES},
                             kind="mean" if weights is None else "weighted")
     except ValueError as error:
-        raise SertoolError(f"ensemble weights: {error}") from None
+        raise SertoolError(f"--weights {','.join(f'{w:g}' for w in weights or ())}: {error}") from None
 
 
 def average(members: Sequence[Predictions], weights: Sequence[float] | None = None, *,
@@ -299,7 +299,11 @@ def _normalised(pairs: Sequence[tuple[int, float]], num_members: int, attribute:
         raise ValueError(f"{attribute}: no members chosen")
     if any(not 0 <= index < num_members for index in indices) or len(set(indices)) != len(indices):
         raise ValueError(f"{attribute}: member indices {indices} must be distinct and in 0..{num_members - 1}")
-    if any(not math.isfinite(weight) or weight < 0 for weight in weights) or sum(weights) <= 0:
+    if any(not math.isfinite(weight) or weight < 0 for weight in weights) or max(weights) <= 0:
         raise ValueError(f"{attribute}: weights {weights} must be finite, non-negative and not all 0")
-    total = sum(weights)
-    return tuple((index, weight / total) for index, weight in pairs)
+    # Scale by the largest first: the sum of finite weights can overflow (1e308 + 1e308 = inf, and every
+    # weight / inf = 0), the sum of weights <= 1 cannot.
+    largest = max(weights)
+    scaled = [weight / largest for weight in weights]
+    total = sum(scaled)
+    return tuple((index, weight / total) for index, weight in zip(indices, scaled))

@@ -169,10 +169,11 @@ def write_predictions(predictions: Predictions, destination: str | Path | TextIO
         labels: ``[N, 3]`` rater means in ``predictions.ids`` order, written as ``EmoAct_true``, ...
 
     Raises:
-        SertoolError: the file cannot be written.
+        SertoolError: a value is not finite, or the file cannot be written.
     """
     if labels is not None:
         labels = _as_rows(labels, len(predictions), "labels")
+    check_finite(predictions, destination)
     if isinstance(destination, (str, Path)):
         with atomic_write(destination, newline="") as handle:
             _write_csv_rows(handle, predictions, labels)
@@ -199,6 +200,24 @@ def read_predictions_and_labels(path: str | Path) -> tuple[Predictions, np.ndarr
     path = Path(path)
     hint = f"a predictions file needs the header {','.join((ID_COLUMN, *VALUE_COLUMNS))}"
     return _parse_csv(read_csv_records(path, (ID_COLUMN, *VALUE_COLUMNS), what="predictions file", hint=hint), path)
+
+
+def check_finite(predictions: Predictions, destination: str | Path | TextIO) -> None:
+    """Refuse to write predictions whose values, spread or segments are not all finite: no file or stream
+    sertool writes holds NaN or infinity.
+
+    Raises:
+        SertoolError: naming the destination and a few of the files concerned.
+    """
+    rows = ~np.isfinite(predictions.values).all(axis=1)
+    if predictions.spread is not None:
+        rows |= ~np.isfinite(predictions.spread).all(axis=1)
+    bad = [file_id for file_id, row_bad in zip(predictions.ids, rows) if row_bad]
+    bad += sorted({segment.id for segment in predictions.segments if not np.all(np.isfinite(segment.values))} - set(bad))
+    if bad:
+        name = destination if isinstance(destination, (str, Path)) else getattr(destination, "name", "output")
+        raise SertoolError(f"{name}: predictions for {len(bad)} file(s) are not finite numbers ({preview_ids(bad)}); "
+                           "nothing was written")
 
 
 def preview_ids(ids: Sequence[str], limit: int = IDS_IN_MESSAGES) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import logging
 import os
 import tempfile
 from collections import Counter
@@ -12,6 +13,10 @@ from pathlib import Path
 from typing import IO
 
 from sertool.errors import SertoolError
+
+log = logging.getLogger(__name__)
+# Cache folders a warning was printed for: one line per folder and process, not one per write.
+_UNWRITABLE_CACHES: set[Path] = set()
 
 
 @contextlib.contextmanager
@@ -46,6 +51,29 @@ def atomic_write(path: str | Path, mode: str = "w", **open_kwargs) -> Iterator[I
     except BaseException:
         _remove_quietly(temp_name)
         raise
+
+
+def write_cache_file(path: str | Path, data: bytes) -> bool:
+    """Write one file of an on-disk cache atomically; a cache that cannot be written is only a warning.
+
+    Caches (text embeddings, ASR transcripts) save work, they never change a result: when the folder
+    cannot be written (a read-only ``HOME``, a ``--cache-dir`` that is a file, a full disk) the caller
+    keeps what it computed in memory, and one warning per folder says so and how to fix it.
+
+    Returns:
+        Whether the file was written.
+    """
+    path = Path(path)
+    try:
+        with atomic_write(path, "wb") as handle:
+            handle.write(data)
+        return True
+    except SertoolError as error:
+        if path.parent not in _UNWRITABLE_CACHES:
+            _UNWRITABLE_CACHES.add(path.parent)
+            log.warning("warning: %s; going on without caching (pass --cache-dir or set SERTOOL_CACHE to a "
+                        "writable folder)", error)
+        return False
 
 
 def load_json(path: str | Path, *, what: str):
@@ -169,6 +197,15 @@ def _check_header(path: Path, header: list[str], required: Sequence[str | tuple[
     if missing:
         raise SertoolError(f"{path}: missing column(s) {', '.join(missing)}; its columns are "
                            f"{', '.join(header) or 'none'}" + (f"; {hint}" if hint else ""))
+
+
+def printable(text: str) -> str:
+    """``text`` with the bytes of a file name that is not valid UTF-8 written as ``\\xNN`` escapes.
+
+    Python decodes such names with lone surrogates (``café`` in Latin-1 becomes ``caf\\udce9``), which
+    no UTF-8 file or terminal accepts; ids and messages use this form instead (``caf\\xe9``).
+    """
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def check_writable(paths, *, force: bool) -> None:

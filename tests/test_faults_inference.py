@@ -294,3 +294,98 @@ def test_no_predictions_file_or_stream_holds_a_non_finite_value(tmp_path):
         assert stream.getvalue() == ""
     with pytest.raises(SertoolError, match="not finite"):
         write_submission(Predictions(["a.wav"], [[np.nan, 4, 5]]), tmp_path / "s.csv")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Hostile names and paths; things that are not checkpoints; ensembles that include themselves; caches.
+
+def test_a_file_name_that_is_not_utf8_is_predicted_under_an_escaped_id(run_dir, tmp_path):
+    import os
+
+    folder = tmp_path / "in"
+    write_tone(folder / "ok.wav", duration_s=1.0)
+    write_tone(tmp_path / "cafe.wav", duration_s=1.0)
+    os.rename(tmp_path / "cafe.wav", os.fsdecode(bytes(folder) + b"/caf\xe9.wav"))  # Latin-1: not valid UTF-8
+    out, submission = tmp_path / "p.csv", tmp_path / "s.csv"
+    result = run("predict", run_dir, folder, "--out", out, "--submission", submission)
+    assert result.exit_code == 0, result.output
+    assert read_predictions(out).ids == ["caf\\xe9.wav", "ok.wav"]  # both predicted, the bytes kept as escapes
+    assert submission.read_bytes().decode("utf-8").splitlines()[1].startswith("caf\\xe9.wav,")
+
+
+@pytest.mark.parametrize("kind", ["empty", "wav", "text", "foreign dict", "no config"])
+def test_things_that_are_not_checkpoints_are_named_as_such(run_dir, tmp_path, kind):
+    import torch
+
+    fake = tmp_path / "model.pt"
+    write_tone(tmp_path / "clip.wav", duration_s=1.0)
+    if kind == "empty":
+        fake.write_bytes(b"")
+    elif kind == "wav":
+        fake.write_bytes((tmp_path / "clip.wav").read_bytes())
+    elif kind == "text":
+        fake.write_text("epoch,loss\n1,0.5\n")
+    elif kind == "foreign dict":
+        torch.save({"state_dict": {"w": torch.zeros(2)}, "epoch": 3}, fake)
+    else:
+        torch.save({"format": "sertool-checkpoint", "format_version": 1, "model_state": {}}, fake)
+    expected = {"empty": "an empty file", "wav": "an audio file", "text": "a text file",
+                "foreign dict": "not a sertool checkpoint", "no config": "damaged sertool checkpoint: it has no config"}
+    for args in (["predict", fake, tmp_path / "clip.wav"],
+                 ["ensemble", run_dir, fake, "--corpus", run_dir.parent / "c"]):
+        line = one_line_error(run(*args))
+        assert "model.pt" in line and expected[kind] in line, args
+    line = one_line_error(run("predict", tmp_path / "clip.wav", tmp_path / "clip.wav"))  # audio given as CKPT
+    assert "clip.wav: not a readable checkpoint (an audio file" in line
+
+
+def test_an_ensemble_that_includes_itself_is_refused_naming_the_chain(run_dir, tmp_path):
+    import json
+
+    corpus = run_dir.parent / "c"
+    assert run("ensemble", run_dir, run_dir, "--corpus", corpus, "--save", tmp_path / "a.json").exit_code == 0
+    plan = json.loads((tmp_path / "a.json").read_text())
+    (tmp_path / "self.json").write_text(json.dumps({**plan, "members": ["self.json", plan["members"][1]]}))
+    (tmp_path / "a.json").write_text(json.dumps({**plan, "members": ["b.json", plan["members"][1]]}))
+    (tmp_path / "b.json").write_text(json.dumps({**plan, "members": [plan["members"][1], "a.json"]}))
+    write_tone(tmp_path / "clip.wav", duration_s=1.0)
+    line = one_line_error(run("predict", tmp_path / "self.json", tmp_path / "clip.wav"))
+    assert "an ensemble that includes itself" in line and "self.json → " in line
+    line = one_line_error(run("evaluate", tmp_path / "a.json", "--corpus", corpus))
+    assert f"{tmp_path / 'a.json'} → {tmp_path / 'b.json'} → {tmp_path / 'a.json'}" in line
+    line = one_line_error(run("ensemble", tmp_path / "b.json", run_dir, "--corpus", corpus))
+    assert "an ensemble that includes itself" in line
+
+
+def test_an_unwritable_cache_is_a_warning_and_predictions_are_unchanged(tmp_path, monkeypatch, caplog):
+    from sertool.data.audio import load_audio
+    from sertool.inference.asr import Transcriber, TranscriptCache
+    from sertool.training.loop import train
+    from tests.systems import small_config
+    from tests.tiny_asr import save_tiny_asr
+    from tests.tiny_text import save_tiny_text_encoder
+
+    corpus = write_learnable_corpus(tmp_path / "c", per_split={"Train": 8, "Development": 4})
+    config = small_config(corpus, epochs=1)
+    config.model.text = True
+    config.model.text_model = str(save_tiny_text_encoder(tmp_path / "text"))
+    config.data.cache_dir = str(tmp_path / "train-cache")
+    train(config, tmp_path / "mm")
+    write_tone(tmp_path / "clip.wav", duration_s=1.0)
+    (tmp_path / "texts").mkdir()
+    (tmp_path / "texts" / "clip.txt").write_text("i am very happy\n")
+    args = ["predict", tmp_path / "mm", tmp_path / "clip.wav", "--transcripts", tmp_path / "texts"]
+    monkeypatch.delenv("SERTOOL_CACHE", raising=False)
+    expected = run(*args, "--cache-dir", tmp_path / "cache")
+    assert expected.exit_code == 0, expected.output
+    (tmp_path / "not-a-folder").write_text("a file")
+    for cache_args, home in (([], tmp_path / "not-a-folder"), (["--cache-dir", tmp_path / "not-a-folder"], tmp_path)):
+        monkeypatch.setenv("HOME", str(home))  # a HOME that cannot hold ~/.cache, or a --cache-dir that is a file
+        caplog.clear()
+        result = run(*args, *cache_args)
+        assert result.exit_code == 0, result.output
+        assert result.stdout == expected.stdout
+        assert "going on without caching" in caplog.text and "not-a-folder" in caplog.text
+    transcriber = Transcriber(str(save_tiny_asr(tmp_path / "asr")), device="cpu")
+    cache = TranscriptCache(tmp_path / "not-a-folder" / "transcripts", transcriber)
+    assert cache.get([tmp_path / "clip.wav"]) == transcriber.transcribe([load_audio(tmp_path / "clip.wav")])

@@ -6,6 +6,7 @@ soundfile and uses torchaudio only for resampling.
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 from typing import TYPE_CHECKING
@@ -36,7 +37,7 @@ def audio_info(path: str | Path) -> tuple[int, int, int]:
     if not path.is_file():
         raise SertoolError(f"{path}: audio file not found" if not path.exists() else f"{path}: not a file")
     try:
-        info = sf.info(str(path))
+        info = sf.info(os.fsencode(path))  # bytes: a file name that is not valid UTF-8 opens as it is
     except (sf.LibsndfileError, RuntimeError, OSError) as error:
         raise SertoolError(f"{path}: not a readable audio file ({_short(error)})") from None
     return int(info.samplerate), int(info.frames), int(info.channels)
@@ -73,7 +74,7 @@ def load_audio(
     start = min(num_frames, int(round(offset_s * file_rate)))
     stop = num_frames if max_duration_s is None else min(num_frames, start + int(math.ceil(max_duration_s * file_rate)))
     try:
-        data, _ = sf.read(str(path), start=start, stop=stop, dtype="float32", always_2d=True)
+        data, _ = sf.read(os.fsencode(path), start=start, stop=stop, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, OSError) as error:
         raise SertoolError(f"{path}: audio could not be decoded ({_short(error)})") from None
     if data.shape[0] == 0:

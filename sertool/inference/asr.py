@@ -34,6 +34,7 @@ from sertool.data.dataset import load_utterance_audio
 from sertool.data.records import Utterance
 from sertool.config import DEFAULT_ASR_MODEL_ID
 from sertool.errors import SertoolError
+from sertool.io import write_cache_file
 from sertool.models.hub import load_pretrained
 from sertool.models.text import model_revision
 
@@ -267,14 +268,11 @@ class TranscriptCache:
             self._loaded_files.add(path.name)
 
     def _write(self, rows: dict[str, str]) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
         name = f"{uuid.uuid4().hex}.jsonl"
-        temporary = self.folder / f".{name}.tmp"
-        with open(temporary, "w", encoding="utf-8") as handle:
-            for digest, text in rows.items():
-                handle.write(json.dumps({"sha256": digest, "text": text}, ensure_ascii=False) + "\n")
-        os.replace(temporary, self.folder / name)
-        self._loaded_files.add(name)
+        lines = "".join(json.dumps({"sha256": digest, "text": text}, ensure_ascii=False) + "\n"
+                        for digest, text in rows.items())
+        if write_cache_file(self.folder / name, lines.encode("utf-8")):
+            self._loaded_files.add(name)
 
 
 def fill_transcripts(

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from sertool.data.corpus import open_corpus
 from sertool.data.records import Utterance
 from sertool.data.report import LoadReport
 from sertool.errors import SertoolError
-from sertool.io import read_csv_records
+from sertool.io import printable, read_csv_records
 from sertool.inference.predictions import Predictions
 from sertool.inference.windows import combine_windows, window_segments, window_spans
 
@@ -26,30 +27,31 @@ def collect_inputs(paths: Sequence[str | Path]) -> tuple[list[Utterance], LoadRe
     the manifests dropped.
 
     A loose file's id is its name; a file found in a folder is named by its path below that folder, so
-    that ``a/x.wav`` and ``b/x.wav`` stay apart. Durations come from the headers.
+    that ``a/x.wav`` and ``b/x.wav`` stay apart. A name that is not valid UTF-8 keeps its bytes as
+    ``\\xNN`` escapes in the id (``printable``). Durations come from the headers.
 
     Raises:
-        SertoolError: a path that does not exist, a folder without audio, unreadable audio, or two inputs
-            with the same id.
+        SertoolError: a path that does not exist, a folder without audio, unreadable audio, a link to
+            nowhere, or two inputs with the same id.
     """
     utterances: list[Utterance] = []
     report = LoadReport()
     for raw in paths:
         path = Path(raw).expanduser()
         if not path.exists():
-            raise SertoolError(f"{path}: no such file or folder")
+            raise SertoolError(f"{printable(str(path))}: no such file or folder")
         if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
+            files = audio_files(path)
             if not files:
-                raise SertoolError(f"{path}: no audio files ({', '.join(AUDIO_SUFFIXES)}) in this folder")
-            utterances.extend(_loose(file, file.relative_to(path).as_posix()) for file in files)
+                raise SertoolError(f"{printable(str(path))}: no audio files ({', '.join(AUDIO_SUFFIXES)}) in this folder")
+            utterances.extend(_loose(file, printable(file.relative_to(path).as_posix())) for file in files)
         elif path.suffix.lower() == ".csv":
             manifest = open_corpus(path)
             utterances.extend(manifest.utterances)
             report.dropped.extend(manifest.report.dropped)
             report.warnings.extend(manifest.report.warnings)
         else:
-            utterances.append(_loose(path, path.name))
+            utterances.append(_loose(path, printable(path.name)))
     seen: dict[str, Path] = {}
     for utt in utterances:
         if utt.id in seen:
@@ -57,6 +59,37 @@ def collect_inputs(paths: Sequence[str | Path]) -> tuple[list[Utterance], LoadRe
                                "predict them separately or give them distinct names")
         seen[utt.id] = utt.audio_path
     return utterances, report
+
+
+def audio_files(folder: Path) -> list[Path]:
+    """The audio files (by suffix) in ``folder`` and below, sorted by their path below it.
+
+    Linked folders are followed, each real folder once (a link loop ends); a folder named like an audio
+    file is searched like any other.
+
+    Raises:
+        SertoolError: a folder that cannot be listed, or a link with an audio suffix that points to nothing,
+            naming it.
+    """
+    def unreadable(error: OSError) -> None:
+        raise SertoolError(f"{printable(str(error.filename))}: cannot list the folder ({error.strerror})")
+
+    found, seen = [], set()
+    for root, folders, names in os.walk(folder, onerror=unreadable, followlinks=True):
+        identity = os.stat(root)
+        if (identity.st_dev, identity.st_ino) in seen:
+            folders[:] = []
+            continue
+        seen.add((identity.st_dev, identity.st_ino))
+        for name in names:
+            file = Path(root) / name
+            if file.suffix.lower() not in AUDIO_SUFFIXES:
+                continue
+            if not file.exists():
+                raise SertoolError(f"{printable(str(file))}: a link to a file that does not exist "
+                                   f"({printable(os.readlink(file))}); remove it or point it at the audio")
+            found.append(file)
+    return sorted(found, key=lambda file: file.relative_to(folder).as_posix())
 
 
 def corpus_split(corpus: str | Path, split: str) -> tuple[list[Utterance], LoadReport]:

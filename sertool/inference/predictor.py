@@ -67,6 +67,9 @@ class CheckpointPredictor:
         self.name = str(path)
         self.options = options
         self.payload = load_checkpoint(path)
+        damaged = [key for key in ("config", "model_state") if not isinstance(self.payload.get(key), dict)]
+        if damaged:
+            raise SertoolError(f"{path}: a damaged sertool checkpoint: it has no {' and no '.join(damaged)}")
         self.config = Config.from_dict(self.payload["config"], source=f"{path} (its config)")
         overrides = {key: getattr(options, key) for key in ("text_model", "speaker_embedding")
                      if getattr(options, key) is not None}
@@ -126,19 +129,37 @@ class CsvPredictor:
 class EnsemblePredictor:
     """Members combined by an ``EnsemblePlan`` (``sertool ensemble --save``)."""
 
-    def __init__(self, path: str | Path, options: InferenceOptions) -> None:
+    def __init__(self, path: str | Path, options: InferenceOptions, *, within: tuple[Path, ...] = ()) -> None:
+        """
+        Args:
+            within: the ensemble files that include this one, outermost first (a plan may name other plans).
+
+        Raises:
+            SertoolError: the plan is unreadable, a member cannot be opened, or the plan includes itself,
+                directly or through others (naming the chain).
+        """
         self.name = str(path)
+        resolved = Path(path).resolve()
+        if resolved in within:
+            chain = [*within[within.index(resolved):], resolved]
+            raise SertoolError(f"{path}: an ensemble that includes itself ({' → '.join(str(p) for p in chain)}); "
+                               "an ensemble's members must be checkpoints, predictions or other ensembles")
         self.plan = read_plan(path)
         base = Path(path).parent
-        self.members = [open_predictor(_relative_to(member, base), options) for member in self.plan.members]
+        self.members = [open_predictor(_relative_to(member, base), options, within=(*within, resolved))
+                        for member in self.plan.members]
 
     def predict(self, utterances: Sequence[Utterance]) -> PredictorOutput:
         outputs = [member.predict(utterances).predictions for member in self.members]
         return PredictorOutput(apply_plan(self.plan, outputs))
 
 
-def open_predictor(path: str | Path, options: InferenceOptions | None = None) -> Predictor:
+def open_predictor(path: str | Path, options: InferenceOptions | None = None, *,
+                   within: tuple[Path, ...] = ()) -> Predictor:
     """A predictor for ``path``: ``.csv`` predictions, a ``.json`` ensemble, or a checkpoint / run folder.
+
+    Args:
+        within: for a member of an ensemble file, the ensemble files that include it (cycle detection).
 
     Raises:
         SertoolError: the path is missing or not one of these.
@@ -150,7 +171,7 @@ def open_predictor(path: str | Path, options: InferenceOptions | None = None) ->
     if path.suffix.lower() == ".csv":
         return CsvPredictor(path)
     if path.suffix.lower() == ".json":
-        return EnsemblePredictor(path, options)
+        return EnsemblePredictor(path, options, within=within)
     return CheckpointPredictor(path, options)
 
 

@@ -389,3 +389,22 @@ def test_an_unwritable_cache_is_a_warning_and_predictions_are_unchanged(tmp_path
     transcriber = Transcriber(str(save_tiny_asr(tmp_path / "asr")), device="cpu")
     cache = TranscriptCache(tmp_path / "not-a-folder" / "transcripts", transcriber)
     assert cache.get([tmp_path / "clip.wav"]) == transcriber.transcribe([load_audio(tmp_path / "clip.wav")])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Ensemble members on different scales.
+
+def test_a_member_on_another_scale_is_refused_naming_it(labelled_corpus, tmp_path):
+    ids = _ids(labelled_corpus)
+    values = np.random.default_rng(0).uniform(1.5, 6.5, size=(len(ids), 3))
+    overshoot = values.copy()
+    overshoot[0] = (0.6, 7.4, 4.0)  # a linear head overshoots the scale a little: fine
+    tables = [[(i, *row) for i, row in zip(ids, table)] for table in (values, (values - 1) / 6, values * 14, overshoot)]
+    good, unit, percent, over = _member_csvs(tmp_path, *tables)
+    for member in (unit, percent):  # the same predictions on 0..1 and on 0..100
+        line = one_line_error(run("ensemble", good, member, "--corpus", labelled_corpus))
+        assert f"{member}: its arousal values (median" in line and "not on the 1..7 rater scale" in line
+        line = one_line_error(run("predict", member, "--corpus", labelled_corpus, "--split", "Development"))
+        assert str(member) in line and "rater scale" in line
+    result = run("ensemble", good, over, "--corpus", labelled_corpus)
+    assert result.exit_code == 0, result.output

@@ -20,7 +20,7 @@ import numpy as np
 
 from sertool.data.records import ATTRIBUTES
 from sertool.errors import SertoolError
-from sertool.inference.predictions import Predictions, Segment, align
+from sertool.inference.predictions import Predictions, Segment, align, check_rating_scale
 from sertool.io import atomic_write, load_json
 from sertool.models.ccc import ccc_scores
 
@@ -222,12 +222,14 @@ def apply_plan(plan: EnsemblePlan, members: Sequence[Predictions]) -> Prediction
         Predictions in ``members[0]``'s id order.
 
     Raises:
-        SertoolError: the number of members differs from the plan's, they cover different files, or
-            some have segments the others lack.
+        SertoolError: the number of members differs from the plan's, a member is not on the 1..7 scale
+            (``check_rating_scale``), they cover different files, or some have segments the others lack.
     """
     if len(members) != len(plan.members):
         raise SertoolError(f"the ensemble plan has {len(plan.members)} members ({', '.join(plan.members)}) "
                            f"but {len(members)} prediction sets were given; give one per plan member, in order")
+    for name, member in zip(plan.members, members):  # averaging a 0..1 member with 1..7 ones means nothing
+        check_rating_scale(member, source=f"ensemble member {name}")
     aligned = align(members, names=plan.members)
     values, spread = _combine(plan, np.stack([member.values for member in aligned]))
     return Predictions(ids=aligned[0].ids, values=values, spread=spread, segments=_combine_segments(plan, aligned))

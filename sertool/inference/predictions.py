@@ -29,7 +29,7 @@ from typing import TextIO
 
 import numpy as np
 
-from sertool.data.records import ATTRIBUTE_COLUMNS, ATTRIBUTES
+from sertool.data.records import ATTRIBUTE_COLUMNS, ATTRIBUTES, LABEL_MAX, LABEL_MIN
 from sertool.errors import SertoolError
 from sertool.io import atomic_write, read_csv_records
 
@@ -200,6 +200,27 @@ def read_predictions_and_labels(path: str | Path) -> tuple[Predictions, np.ndarr
     path = Path(path)
     hint = f"a predictions file needs the header {','.join((ID_COLUMN, *VALUE_COLUMNS))}"
     return _parse_csv(read_csv_records(path, (ID_COLUMN, *VALUE_COLUMNS), what="predictions file", hint=hint), path)
+
+
+def check_rating_scale(predictions: Predictions, *, source: str) -> None:
+    """Refuse predictions that are not on the 1..7 rater scale, e.g. a file on 0..1, -1..1 or 0..100.
+
+    Models overshoot the scale a little (a linear head), so single values outside 1..7 are fine; what no
+    1..7 predictor gives is a median outside 1..7, half its values off the scale (0..1 values have a median
+    near 0.5, 0..100 values near 50). A file on another scale inside 1..7 (1..5) cannot be told apart.
+
+    Raises:
+        SertoolError: naming ``source``, the attribute, and its median and range.
+    """
+    for column, name in enumerate(ATTRIBUTES):
+        values = predictions.values[:, column]
+        median = float(np.median(values)) if len(values) else LABEL_MIN
+        if not LABEL_MIN <= median <= LABEL_MAX:
+            raise SertoolError(
+                f"{source}: its {name} values (median {median:.3g}, range {values.min():.3g} to {values.max():.3g}) "
+                f"are not on the {LABEL_MIN:g}..{LABEL_MAX:g} rater scale of sertool's predictions; map a file on "
+                f"0..1 onto it first ({LABEL_MIN:g} + {LABEL_MAX - LABEL_MIN:g}x)"
+            )
 
 
 def check_finite(predictions: Predictions, destination: str | Path | TextIO) -> None:

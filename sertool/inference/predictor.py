@@ -17,7 +17,7 @@ from sertool.config import DEFAULT_ASR_MODEL_ID, Config
 from sertool.data.records import Utterance
 from sertool.errors import SertoolError
 from sertool.inference.ensemble import apply_plan, read_plan
-from sertool.inference.predictions import Predictions, read_predictions
+from sertool.inference.predictions import Predictions, check_rating_scale, read_predictions
 from sertool.inference.runner import DEFAULT_EVAL_BATCH_S, run_model
 
 
@@ -119,8 +119,13 @@ class CsvPredictor:
     """Predictions computed earlier (evaluate/predict output): looked up by id, never recomputed."""
 
     def __init__(self, path: str | Path) -> None:
+        """
+        Raises:
+            SertoolError: the file is unreadable or its values are not on the 1..7 scale.
+        """
         self.name = str(path)
         self.table = read_predictions(path)
+        check_rating_scale(self.table, source=self.name)
 
     def predict(self, utterances: Sequence[Utterance]) -> PredictorOutput:
         return PredictorOutput(self.table.take([utt.id for utt in utterances], source=self.name))

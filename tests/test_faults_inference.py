@@ -408,3 +408,28 @@ def test_a_member_on_another_scale_is_refused_naming_it(labelled_corpus, tmp_pat
         assert str(member) in line and "rater scale" in line
     result = run("ensemble", good, over, "--corpus", labelled_corpus)
     assert result.exit_code == 0, result.output
+
+
+# ---------------------------------------------------------------------------------------------------------
+# make demo keeps every file it announces.
+
+def test_make_demo_deletes_nothing_it_builds_or_announces(tmp_path):
+    import shutil
+    import subprocess
+
+    make = shutil.which("make")
+    if make is None:
+        pytest.skip("make is not installed")
+    demo = tmp_path / "demo"
+    plan = subprocess.run([make, "-n", "-C", str(Path(__file__).resolve().parent.parent), "demo", f"DEMO={demo}",
+                           f"VENV={tmp_path / 'venv'}"], capture_output=True, text=True, check=True).stdout.splitlines()
+    commands = [line for line in plan if not line.startswith("echo")]
+    assert [line for line in commands if line.split()[:1] == ["rm"]] == []  # make removed the checkpoints here
+    announced = [word.strip("\"") for line in plan if line.startswith("echo") for word in line.split()
+                 if word.startswith(str(demo))]
+    assert len(announced) == 5  # two plots, the predictions folder, the ensemble, the submission
+    for path in announced:
+        assert any(path in line for line in commands), f"{path} is announced but no command makes it"
+    trained = [line.split("--out ")[1].split()[0] for line in commands if " train " in line]
+    ensembled = next(line for line in commands if "--save" in line)
+    assert sorted(trained) == sorted(word for word in ensembled.split() if "/runs/" in word)

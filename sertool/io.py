@@ -84,7 +84,7 @@ def load_json(path: str | Path, *, what: str):
     """
     path = Path(path)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8-sig"))  # a byte-order mark (some editors) is fine
     except FileNotFoundError:
         raise SertoolError(f"{path}: {what} not found") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:

@@ -433,3 +433,221 @@ def test_make_demo_deletes_nothing_it_builds_or_announces(tmp_path):
     trained = [line.split("--out ")[1].split()[0] for line in commands if " train " in line]
     ensembled = next(line for line in commands if "--save" in line)
     assert sorted(trained) == sorted(word for word in ensembled.split() if "/runs/" in word)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Our own adversary: exotic and corrupt audio, hostile paths, odd splits and ids, damaged plans, outputs.
+
+def _int16_tone(duration_s: float = 1.0, sample_rate: int = 16_000) -> np.ndarray:
+    t = np.arange(int(round(duration_s * sample_rate))) / sample_rate
+    return np.round(9_000 * np.sin(2 * np.pi * 220 * t) * (0.6 + 0.4 * np.sin(2 * np.pi * 3 * t))).astype(np.int16)
+
+
+def _predict_folder(run_dir: Path, folder: Path, out: Path, *extra) -> dict[str, np.ndarray]:
+    result = run("predict", run_dir, folder, "--out", out, *extra)
+    assert result.exit_code == 0, result.output
+    table = read_predictions(out)
+    assert np.isfinite(table.values).all()
+    return dict(zip(table.ids, table.values))
+
+
+def test_exotic_encodings_predict_like_plain_pcm(run_dir, tmp_path):
+    samples = _int16_tone()
+    folder = tmp_path / "in"
+    folder.mkdir()
+    as_float = samples / 32768.0
+    for subtype in ("PCM_16", "PCM_24", "PCM_32", "FLOAT", "DOUBLE", "PCM_U8", "IMA_ADPCM", "MS_ADPCM", "ULAW", "ALAW"):
+        sf.write(str(folder / f"{subtype}.wav"), as_float, 16_000, subtype=subtype)
+    sf.write(str(folder / "flac.flac"), samples, 16_000, subtype="PCM_16")
+    sf.write(str(folder / "vorbis.ogg"), as_float, 16_000)
+    sf.write(str(folder / "six.wav"), np.stack([samples] * 6, axis=1), 16_000, subtype="PCM_16")
+    (folder / "flac_named.wav").write_bytes((folder / "flac.flac").read_bytes())  # content decides, not the name
+    values = _predict_folder(run_dir, folder, tmp_path / "p.csv")
+    reference = values["PCM_16.wav"]
+    for exact in ("PCM_24.wav", "PCM_32.wav", "FLOAT.wav", "DOUBLE.wav", "flac.flac", "six.wav", "flac_named.wav"):
+        np.testing.assert_allclose(values[exact], reference, atol=1e-5, err_msg=exact)  # the same samples
+    for lossy in ("PCM_U8.wav", "IMA_ADPCM.wav", "MS_ADPCM.wav", "ULAW.wav", "ALAW.wav", "vorbis.ogg"):
+        assert np.abs(values[lossy] - reference).max() < 1.0, lossy  # decoded, finite, near
+
+
+def test_odd_and_damaged_sample_rates(run_dir, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    sf.write(str(folder / "r11025.wav"), _int16_tone(sample_rate=11_025), 11_025)
+    sf.write(str(folder / "r44100_stereo.wav"), np.stack([_int16_tone(sample_rate=44_100)] * 2, axis=1), 44_100)
+    sf.write(str(folder / "r384k.wav"), _int16_tone(0.5, sample_rate=384_000), 384_000)
+    values = _predict_folder(run_dir, folder, tmp_path / "p.csv")
+    assert sorted(values) == ["r11025.wav", "r384k.wav", "r44100_stereo.wav"]
+    sf.write(str(tmp_path / "one_hz.wav"), _int16_tone(sample_rate=16_000), 1)  # 16,000 samples "at 1 Hz": 4.4 h
+    line = one_line_error(run("predict", run_dir, tmp_path / "one_hz.wav"))
+    assert "one_hz.wav: its header gives a sample rate of 1 Hz" in line
+
+
+def test_headers_that_lie(run_dir, tmp_path):
+    import struct
+
+    sf.write(str(tmp_path / "good.wav"), np.stack([_int16_tone()] * 2, axis=1), 16_000, subtype="PCM_16")
+    data = bytearray((tmp_path / "good.wav").read_bytes())
+    fmt, chunk = data.find(b"fmt "), data.find(b"data")
+    no_channels = bytearray(data)
+    no_channels[fmt + 10:fmt + 12] = struct.pack("<H", 0)
+    (tmp_path / "no_channels.wav").write_bytes(no_channels)
+    line = one_line_error(run("predict", run_dir, tmp_path / "no_channels.wav"))
+    assert "no_channels.wav: not a readable audio file (Channel count is zero" in line
+    oversized = bytearray(data)
+    oversized[chunk + 4:chunk + 8] = struct.pack("<I", 10**9)  # claims 1 GB of samples
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "oversized.wav").write_bytes(oversized)
+    (tmp_path / "in" / "good.wav").write_bytes(data)
+    values = _predict_folder(run_dir, tmp_path / "in", tmp_path / "p.csv")
+    np.testing.assert_allclose(values["oversized.wav"], values["good.wav"], atol=1e-6)  # read what is there
+
+
+def test_silence_and_a_constant_signal_give_finite_predictions(run_dir, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    sf.write(str(folder / "silence.wav"), np.zeros(16_000, dtype=np.int16), 16_000)
+    sf.write(str(folder / "dc.wav"), np.full(16_000, 0.5), 16_000, subtype="FLOAT")
+    sf.write(str(folder / "full_scale_square.wav"), np.sign(np.sin(np.arange(16_000) / 5.0)), 16_000, subtype="FLOAT")
+    assert sorted(_predict_folder(run_dir, folder, tmp_path / "p.csv")) == ["dc.wav", "full_scale_square.wav",
+                                                                            "silence.wav"]
+
+
+def test_a_non_audio_file_in_a_folder_is_named_and_nothing_is_written(run_dir, tmp_path):
+    folder = tmp_path / "in"
+    write_tone(folder / "a.wav", duration_s=1.0)
+    (folder / "notes.wav").write_text("meeting notes, not audio\n")
+    out = tmp_path / "p.csv"
+    line = one_line_error(run("predict", run_dir, folder, "--out", out))
+    assert "notes.wav: not a readable audio file (Format not recognised" in line
+    assert not out.exists()
+
+
+def test_hostile_paths_spaces_unicode_folders_named_wav_and_link_loops(run_dir, tmp_path):
+    import os
+
+    folder = tmp_path / "in put"
+    write_tone(folder / "a b.wav", duration_s=1.0)
+    write_tone(folder / "ünï cødé — 声.wav", duration_s=1.0)
+    write_tone(folder / "dir.wav" / "inside.wav", duration_s=1.0)
+    write_tone(tmp_path / "elsewhere" / "linked.wav", duration_s=1.0)
+    os.symlink(tmp_path / "elsewhere", folder / "link to folder")
+    os.symlink(folder, folder / "dir.wav" / "loop")  # a link back up: the walk must end
+    values = _predict_folder(run_dir, folder, tmp_path / "p.csv")
+    assert sorted(values) == ["a b.wav", "dir.wav/inside.wav", "link to folder/linked.wav", "ünï cødé — 声.wav"]
+    manifest = tmp_path / "m.csv"
+    manifest.write_text('path,split\n"in put/a b.wav",x\nin put/ünï cødé — 声.wav,x\n')
+    assert [utt.id for utt in open_corpus(manifest).utterances] == ["a b.wav", "ünï cødé — 声.wav"]
+
+
+def test_a_dangling_audio_link_is_named(run_dir, tmp_path):
+    import os
+
+    folder = tmp_path / "in"
+    write_tone(folder / "a.wav", duration_s=1.0)
+    os.symlink(tmp_path / "gone.wav", folder / "dangling.wav")
+    line = one_line_error(run("predict", run_dir, folder))
+    assert "dangling.wav: a link to a file that does not exist" in line
+
+
+def test_a_split_that_does_not_exist_or_lost_all_its_rows(run_dir, tmp_path):
+    import shutil
+
+    corpus = tmp_path / "c"
+    shutil.copytree(run_dir.parent / "c", corpus)
+    for command in (["predict", run_dir, "--corpus", corpus, "--split", "Validation"],
+                    ["evaluate", run_dir, "--corpus", corpus, "--split", "Test2"],
+                    ["ensemble", run_dir, run_dir, "--corpus", corpus, "--split", "train"]):
+        line = one_line_error(run(*command))
+        assert "has no utterances in that split; it has Train, Development" in line, command
+    for audio in (corpus / "Audios").glob("MSP-PODCAST_*_1*.wav"):  # every Development clip
+        audio.write_bytes(b"")
+    line = one_line_error(run("evaluate", run_dir, "--corpus", corpus, "--split", "Development"))
+    assert "--split Development" in line and "it has Train" in line
+
+
+def test_duplicated_ids_in_a_manifest_predict_once_and_block_a_submission(run_dir, tmp_path):
+    write_tone(tmp_path / "a.wav", duration_s=1.0)
+    write_tone(tmp_path / "b.wav", duration_s=1.2)
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("id,path,split\nx,a.wav,Test3\nx,b.wav,Test3\ny,b.wav,Test3\n")
+    result = run("predict", run_dir, manifest, "--out", tmp_path / "p.csv")
+    assert result.exit_code == 0, result.output
+    assert "dropped 1 row (1 duplicate id)" in result.output and "m.csv:3" in result.output
+    assert read_predictions(tmp_path / "p.csv").ids == ["x", "y"]
+    line = one_line_error(run("predict", run_dir, manifest, "--submission", tmp_path / "s.csv"))
+    assert "m.csv:3" in line and "duplicate id" in line and not (tmp_path / "s.csv").exists()
+
+
+def test_predictions_csvs_with_missing_or_extra_ids_as_a_model(labelled_corpus, tmp_path):
+    ids = _ids(labelled_corpus)
+    values = np.random.default_rng(1).uniform(1.5, 6.5, size=(len(ids) + 2, 3))
+    rows = [(i, *row) for i, row in zip([*ids, "extra_1.wav", "extra_2.wav"], values)]
+    missing, extra = _member_csvs(tmp_path, rows[1:len(ids)], rows[::-1])
+    line = one_line_error(run("evaluate", missing, "--corpus", labelled_corpus))
+    assert f"{missing}: no prediction for 1 of {len(ids)} files: {ids[0]}" in line
+    out = tmp_path / "scored.csv"
+    result = run("evaluate", extra, "--corpus", labelled_corpus, "--out", out)
+    assert result.exit_code == 0, result.output
+    np.testing.assert_allclose(read_predictions(out).values, values[:len(ids)], atol=1e-6)  # the split's rows only
+
+
+def test_an_ensemble_plan_with_a_bom_crlf_truncation_or_a_missing_member(run_dir, tmp_path):
+    import json
+
+    corpus = run_dir.parent / "c"
+    plan = tmp_path / "ens.json"
+    assert run("ensemble", run_dir, run_dir, "--corpus", corpus, "--save", plan).exit_code == 0
+    text = plan.read_text()
+    write_tone(tmp_path / "clip.wav", duration_s=1.0)
+    plan.write_bytes(b"\xef\xbb\xbf" + text.replace("\n", "\r\n").encode())
+    assert run("predict", plan, tmp_path / "clip.wav").exit_code == 0
+    plan.write_text(text[: len(text) // 2])
+    line = one_line_error(run("predict", plan, tmp_path / "clip.wav"))
+    assert "ens.json: not a readable JSON ensemble plan" in line
+    document = json.loads(text)
+    document["members"][0] = "gone-run"
+    plan.write_text(json.dumps(document))
+    line = one_line_error(run("predict", plan, tmp_path / "clip.wav"))
+    assert "gone-run: no such checkpoint" in line
+
+
+def test_submission_and_output_edge_cases(run_dir, tmp_path):
+    write_tone(tmp_path / "clip.wav", duration_s=1.0)
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "keep.txt").write_text("mine")
+    line = one_line_error(run("predict", run_dir, tmp_path / "clip.wav", "--submission", tmp_path / "taken", "--force"))
+    assert "taken" in line and (tmp_path / "taken" / "keep.txt").read_text() == "mine"
+    deep = tmp_path / "new" / "deeper" / "p.json"
+    assert run("predict", run_dir, tmp_path / "clip.wav", "--out", deep).exit_code == 0
+    assert deep.is_file()
+    line = one_line_error(run("predict", run_dir, tmp_path / "clip.wav", "--out", tmp_path / "p.txt"))
+    assert "p.txt: unknown output format 'txt'" in line
+    write_tone(tmp_path / "blip.wav", duration_s=0.05)
+    line = one_line_error(run("predict", run_dir, tmp_path / "clip.wav", tmp_path / "blip.wav", "--submission",
+                              tmp_path / "s.csv"))
+    assert "blip.wav" in line and not (tmp_path / "s.csv").exists()  # refused before any prediction
+
+
+def test_a_manifest_row_whose_path_is_a_folder_is_dropped_and_named(tmp_path):
+    write_tone(tmp_path / "a.wav", duration_s=0.5)
+    (tmp_path / "folder.wav").mkdir()
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,split\na.wav,Test3\nfolder.wav,Test3\n")
+    opened = open_corpus(manifest)
+    assert [utt.id for utt in opened.utterances] == ["a.wav"]
+    [problem] = opened.report.dropped
+    assert problem.where == f"{manifest}:3" and "folder.wav: not a file" in problem.detail
+
+
+def test_files_of_exactly_one_window_or_shorter_get_no_segments(run_dir, tmp_path):
+    folder = tmp_path / "in"
+    write_tone(folder / "exact.wav", duration_s=3.0)
+    write_tone(folder / "shorter.wav", duration_s=2.5)
+    write_tone(folder / "one_more_sample.wav", duration_s=3.0 + 1 / 16_000)
+    out = tmp_path / "p.csv"
+    assert run("predict", run_dir, folder, "--window-s", "3", "--hop-s", "3", "--out", out).exit_code == 0
+    segments = read_predictions(out).segments
+    assert sorted({s.id for s in segments}) == ["one_more_sample.wav"]
+    spans = [(s.start_s, s.end_s) for s in segments]
+    np.testing.assert_allclose(spans, [(0.0, 3.0), (1 / 16_000, 3.0 + 1 / 16_000)], atol=1e-6)  # 6 decimals in CSV

@@ -25,13 +25,17 @@ SAMPLE_RATE = 16_000  # Hz; every speech backbone sertool supports was pre-train
 # written unscaled (int16 values in a float file reach 32767). Such values would overflow the backbones'
 # power spectra and give NaN predictions, so they are refused.
 MAX_ABS_SAMPLE = 100.0
+# Sample rates a speech recording can have: telephone speech is 8 kHz, studio audio up to 384 kHz. A header
+# outside that range is damaged (a 1 Hz header made 16,000 samples into 4.4 hours to resample).
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 4_000, 384_000
 
 
 def audio_info(path: str | Path) -> tuple[int, int, int]:
     """Return ``(sample_rate, num_frames, num_channels)`` from the file header, without decoding.
 
     Raises:
-        SertoolError: the file is missing or not audio soundfile can read.
+        SertoolError: the file is missing, not audio soundfile can read, or its sample rate is outside
+            ``MIN_SAMPLE_RATE``..``MAX_SAMPLE_RATE``.
     """
     path = Path(path)
     if not path.is_file():
@@ -40,6 +44,9 @@ def audio_info(path: str | Path) -> tuple[int, int, int]:
         info = sf.info(os.fsencode(path))  # bytes: a file name that is not valid UTF-8 opens as it is
     except (sf.LibsndfileError, RuntimeError, OSError) as error:
         raise SertoolError(f"{path}: not a readable audio file ({_short(error)})") from None
+    if not MIN_SAMPLE_RATE <= info.samplerate <= MAX_SAMPLE_RATE:
+        raise SertoolError(f"{path}: its header gives a sample rate of {info.samplerate} Hz, outside the "
+                           f"{MIN_SAMPLE_RATE:,}–{MAX_SAMPLE_RATE:,} Hz of speech recordings: a damaged header?")
     return int(info.samplerate), int(info.frames), int(info.channels)
 
 
@@ -111,5 +118,8 @@ def write_audio(path: str | Path, waveform: torch.Tensor | np.ndarray, sample_ra
 
 
 def _short(error: BaseException) -> str:
+    """libsndfile's own words (its messages would repeat the path, as bytes), or the last line of others'."""
+    if isinstance(error, sf.LibsndfileError):
+        return error.error_string
     text = str(error).strip().splitlines()
     return text[-1] if text else type(error).__name__

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from sertool.config import config_options
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
@@ -21,10 +23,11 @@ def test_every_command_has_a_worked_example():
         assert f"sertool {command}" in text, command
 
 
-def test_reliability_table_lists_every_reliability_test():
+@pytest.mark.parametrize("test_file", ["test_reliability.py", "test_faults_inference.py"])
+def test_reliability_table_lists_every_reliability_test(test_file):
     import ast
 
-    source = (Path(__file__).resolve().parent / "test_reliability.py").read_text()
+    source = (Path(__file__).resolve().parent / test_file).read_text()
     tests = [node.name for node in ast.parse(source).body
              if isinstance(node, ast.FunctionDef) and node.name.startswith("test_")]
     text = (DOCS / "reliability.md").read_text()

@@ -84,7 +84,7 @@ def load_checkpoint(path: str | Path, *, name: str = BEST_NAME) -> dict[str, Any
             f"{path}: refused: the file holds Python objects other than tensors and plain data (it references "
             f"{offender.group(1)}), which could run code when loaded; sertool never loads such files"
         ) from None
-    except Exception as error:  # noqa: BLE001 - a damaged archive fails anywhere in the loader (IndexError, KeyError, ...)
+    except Exception as error:  # noqa: BLE001 - a damaged archive fails anywhere in the loader (IndexError, ...)
         reason = (str(error).splitlines() or [type(error).__name__])[0][:160]
         raise SertoolError(f"{path}: not a readable checkpoint ({reason})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:

@@ -208,8 +208,9 @@ class TranscriptCache:
     Keys are the SHA-256 of the audio: of the file's bytes for a path or a whole-file utterance (cheap, no
     decoding, and verifiable with ``sha256sum``), of the file's digest and the span for a window of a file
     (`predict`'s windows of long audio: each transcribed alone, reading only its span), of the float32
-    samples for a waveform. A waveform never matches the others, so pass files when you can. A transcript depends only on the audio and ``transcriber.cache_key`` (model,
-    revision, language, decoding), so renamed or moved files still hit.
+    samples for a waveform. A waveform never matches the others, so pass files when you can. A transcript
+    depends only on the audio and ``transcriber.cache_key`` (model, revision, language, decoding), so
+    renamed or moved files still hit.
 
     Layout: ``<cache_dir>/<transcriber.cache_key>/*.jsonl``, immutable JSON-lines files of
     ``{"sha256": hex, "text": str}`` (plain text: readable, never executed). New transcripts go to a new

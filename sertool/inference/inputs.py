@@ -43,7 +43,8 @@ def collect_inputs(paths: Sequence[str | Path]) -> tuple[list[Utterance], LoadRe
         if path.is_dir():
             files = audio_files(path)
             if not files:
-                raise SertoolError(f"{printable(str(path))}: no audio files ({', '.join(AUDIO_SUFFIXES)}) in this folder")
+                raise SertoolError(f"{printable(str(path))}: no audio files ({', '.join(AUDIO_SUFFIXES)}) "
+                                   "in this folder")
             utterances.extend(_loose(file, printable(file.relative_to(path).as_posix())) for file in files)
         elif path.suffix.lower() == ".csv":
             manifest = open_corpus(path)

@@ -234,7 +234,8 @@ def check_finite(predictions: Predictions, destination: str | Path | TextIO) -> 
     if predictions.spread is not None:
         rows |= ~np.isfinite(predictions.spread).all(axis=1)
     bad = [file_id for file_id, row_bad in zip(predictions.ids, rows) if row_bad]
-    bad += sorted({segment.id for segment in predictions.segments if not np.all(np.isfinite(segment.values))} - set(bad))
+    bad_segments = {segment.id for segment in predictions.segments if not np.all(np.isfinite(segment.values))}
+    bad += sorted(bad_segments - set(bad))
     if bad:
         name = destination if isinstance(destination, (str, Path)) else getattr(destination, "name", "output")
         raise SertoolError(f"{name}: predictions for {len(bad)} file(s) are not finite numbers ({preview_ids(bad)}); "

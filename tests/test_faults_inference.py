@@ -357,24 +357,33 @@ def test_an_ensemble_that_includes_itself_is_refused_naming_the_chain(run_dir, t
     assert "an ensemble that includes itself" in line
 
 
-def test_an_unwritable_cache_is_a_warning_and_predictions_are_unchanged(tmp_path, monkeypatch, caplog):
-    from sertool.data.audio import load_audio
-    from sertool.inference.asr import Transcriber, TranscriptCache
+@pytest.fixture(scope="module")
+def mm_run(tmp_path_factory) -> Path:
+    """A tiny MM system (fbank + a tiny random BERT on the transcripts), and a tiny ASR model beside it."""
     from sertool.training.loop import train
     from tests.systems import small_config
     from tests.tiny_asr import save_tiny_asr
     from tests.tiny_text import save_tiny_text_encoder
 
-    corpus = write_learnable_corpus(tmp_path / "c", per_split={"Train": 8, "Development": 4})
+    folder = tmp_path_factory.mktemp("mm")
+    corpus = write_learnable_corpus(folder / "c", per_split={"Train": 8, "Development": 4})
     config = small_config(corpus, epochs=1)
     config.model.text = True
-    config.model.text_model = str(save_tiny_text_encoder(tmp_path / "text"))
-    config.data.cache_dir = str(tmp_path / "train-cache")
-    train(config, tmp_path / "mm")
+    config.model.text_model = str(save_tiny_text_encoder(folder / "text"))
+    config.data.cache_dir = str(folder / "train-cache")
+    train(config, folder / "mm")
+    save_tiny_asr(folder / "asr")
+    return folder / "mm"
+
+
+def test_an_unwritable_cache_is_a_warning_and_predictions_are_unchanged(mm_run, tmp_path, monkeypatch, caplog):
+    from sertool.data.audio import load_audio
+    from sertool.inference.asr import Transcriber, TranscriptCache
+
     write_tone(tmp_path / "clip.wav", duration_s=1.0)
     (tmp_path / "texts").mkdir()
     (tmp_path / "texts" / "clip.txt").write_text("i am very happy\n")
-    args = ["predict", tmp_path / "mm", tmp_path / "clip.wav", "--transcripts", tmp_path / "texts"]
+    args = ["predict", mm_run, tmp_path / "clip.wav", "--transcripts", tmp_path / "texts"]
     monkeypatch.delenv("SERTOOL_CACHE", raising=False)
     expected = run(*args, "--cache-dir", tmp_path / "cache")
     assert expected.exit_code == 0, expected.output
@@ -386,9 +395,34 @@ def test_an_unwritable_cache_is_a_warning_and_predictions_are_unchanged(tmp_path
         assert result.exit_code == 0, result.output
         assert result.stdout == expected.stdout
         assert "going on without caching" in caplog.text and "not-a-folder" in caplog.text
-    transcriber = Transcriber(str(save_tiny_asr(tmp_path / "asr")), device="cpu")
+    transcriber = Transcriber(str(mm_run.parent / "asr"), device="cpu")
     cache = TranscriptCache(tmp_path / "not-a-folder" / "transcripts", transcriber)
     assert cache.get([tmp_path / "clip.wav"]) == transcriber.transcribe([load_audio(tmp_path / "clip.wav")])
+
+
+def test_a_streamed_mm_prediction_loads_asr_once_and_keeps_its_caches(mm_run, tmp_path, monkeypatch):
+    from sertool.inference import asr, workflows
+    from sertool.inference.inputs import collect_inputs
+    from sertool.inference.predictor import InferenceOptions
+    from sertool.models import text
+
+    _varying(tmp_path / "talk.wav", duration_s=8.0)
+    utterances, _ = collect_inputs([tmp_path / "talk.wav"])
+    options = InferenceOptions(device="cpu", asr=str(mm_run.parent / "asr"), cache_dir=str(tmp_path / "cache"))
+    made, loads, reads = [], [], []
+    real_init, real_load, real_read = asr.Transcriber.__init__, asr.Transcriber._load, text.load_file
+    monkeypatch.setattr(asr.Transcriber, "__init__", lambda self, *a, **k: made.append(1) or real_init(self, *a, **k))
+    monkeypatch.setattr(asr.Transcriber, "_load",  # counts the loads of weights, not the calls
+                        lambda self: (self._model is None and loads.append(1)) or real_load(self))
+    monkeypatch.setattr(text, "load_file", lambda path: reads.append(path) or real_read(path))
+    monkeypatch.setattr(workflows, "PREDICT_CHUNK_PIECES", 1)
+    streamed = workflows.predict(mm_run, utterances, options=options, window_s=2.0, hop_s=2.0)
+    assert len(streamed.segments) == 4  # four chunks of one window each
+    assert (len(made), len(loads), reads) == (1, 1, [])  # not once per chunk
+    monkeypatch.setattr(workflows, "PREDICT_CHUNK_PIECES", 256)
+    whole = workflows.predict(mm_run, utterances, options=options, window_s=2.0, hop_s=2.0)  # from the caches now
+    np.testing.assert_allclose(streamed.values, whole.values, atol=1e-6)
+    assert len(loads) == 1  # every window's transcript came from the ASR cache
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -77,6 +77,10 @@ class CheckpointPredictor:
             overrides["backbone_path"] = options.backbone_path
         self.config.model = dataclasses.replace(self.config.model, **overrides)
         self._model = None
+        # Kept across `predict` calls (`predict` streams long inputs in chunks): each reads its cache files
+        # and loads the ASR weights once, not once per chunk.
+        self._text_cache = None
+        self._transcriber = None
 
     @property
     def model(self):
@@ -90,15 +94,17 @@ class CheckpointPredictor:
         return self._model
 
     def predict(self, utterances: Sequence[Utterance]) -> PredictorOutput:
-        from sertool.models.text_features import transcript_embeddings
+        from sertool.models.text_features import text_embedding_cache, transcript_embeddings
         from sertool.training.loop import resolve_amp
 
         model = self.model
         if self.config.model.text:
             utterances = self._with_transcripts(utterances)
+            if self._text_cache is None:
+                self._text_cache = text_embedding_cache(model, self.options.cache_dir)
         device = self.options.torch_device()
         raw = run_model(model, utterances, device=device,
-                        text_embeddings=transcript_embeddings(model, utterances, self.options.cache_dir),
+                        text_embeddings=transcript_embeddings(model, utterances, cache=self._text_cache),
                         max_batch_s=self.options.max_batch_s, num_workers=self.options.num_workers,
                         amp_dtype=resolve_amp(self.options.amp, device))
         values = model.label_scaling.from_unit(raw.emotion_unit.astype(np.float64))
@@ -108,11 +114,12 @@ class CheckpointPredictor:
         """MM models need text: missing transcripts come from ASR (``options.asr``), cached."""
         if all(utt.transcript is not None for utt in utterances):
             return list(utterances)
-        from sertool.inference.asr import fill_transcripts
+        from sertool.inference.asr import Transcriber, fill_transcripts
         from sertool.models.text_features import default_cache_dir
 
-        return fill_transcripts(utterances, self.options.asr, cache_dir=self.options.cache_dir or default_cache_dir(),
-                                device=self.options.torch_device())
+        if self._transcriber is None:
+            self._transcriber = Transcriber(self.options.asr, device=self.options.torch_device())
+        return fill_transcripts(utterances, self._transcriber, cache_dir=self.options.cache_dir or default_cache_dir())
 
 
 class CsvPredictor:

@@ -7,7 +7,6 @@ every case with its test; keep the two in step.
 """
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np

@@ -55,6 +55,7 @@ demo: install $(DEMO)/submission.csv
 	@echo "  plots:       $(DEMO)/plots/fbank-gender.png  $(DEMO)/plots/mm-fbank.png"
 	@echo "  predictions: $(DEMO)/predictions/   (Development, with labels beside them)"
 	@echo "  ensemble:    $(DEMO)/ensemble.json  (evaluate/predict accept it as a checkpoint)"
+	@echo "  floor:       $(DEMO)/baseline/      (sertool baseline: ridge on acoustic statistics)"
 	@echo "  submission:  $(DEMO)/submission.csv (Test3, challenge format)"
 
 $(DEMO_LABELS): | install
@@ -69,11 +70,17 @@ $(DEMO)/predictions/%.csv: $(DEMO)/runs/%/best.pt
 	$(SERTOOL) evaluate $(DEMO)/runs/$* --corpus $(DEMO_CORPUS) --split Development \
 		--out $@ --plot $(DEMO)/plots/$*.png --force
 
-# The paper's best ensemble, at demo scale: the audio system with gender averaged with the MM system.
+# The floor every trained system is compared with (docs/training.md): its Test1 predictions as a CSV.
+$(DEMO)/baseline/Test1.csv: $(DEMO_LABELS)
+	$(SERTOOL) baseline --corpus $(DEMO_CORPUS) --out $(DEMO)/baseline --force
+
+# The paper's best ensemble, at demo scale: the audio system with gender averaged with the MM system;
+# on Test1, the floor is scored right after them, on the same utterances.
 $(DEMO)/ensemble.json: $(DEMO)/predictions/fbank-gender.csv $(DEMO)/predictions/mm-fbank.csv \
-		$(AUDIO_RUN)/best.pt $(TEXT_RUN)/best.pt
+		$(DEMO)/baseline/Test1.csv $(AUDIO_RUN)/best.pt $(TEXT_RUN)/best.pt
 	$(SERTOOL) ensemble $(AUDIO_RUN) $(TEXT_RUN) --corpus $(DEMO_CORPUS) --split Development --save $@ --force
 	$(SERTOOL) ensemble $(AUDIO_RUN) $(TEXT_RUN) --corpus $(DEMO_CORPUS) --split Test1
+	$(SERTOOL) evaluate $(DEMO)/baseline/Test1.csv --corpus $(DEMO_CORPUS) --split Test1
 
 $(DEMO)/submission.csv: $(DEMO)/ensemble.json
 	$(SERTOOL) predict $(DEMO)/ensemble.json --corpus $(DEMO_CORPUS) --split Test3 --submission $@ --force

@@ -111,7 +111,8 @@ def _describe(path: Path) -> str:
 
 def stored_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """The model's state without the frozen weights of its pretrained encoders (see the module doc)."""
-    return {key: value for key, value in model.state_dict().items() if key not in frozen_pretrained_keys(model)}
+    frozen = frozen_pretrained_keys(model)
+    return {key: value for key, value in model.state_dict().items() if key not in frozen}
 
 
 def load_stored_state(model: nn.Module, state: dict[str, torch.Tensor], *, source: str) -> None:
@@ -120,7 +121,12 @@ def load_stored_state(model: nn.Module, state: dict[str, torch.Tensor], *, sourc
     Raises:
         SertoolError: the checkpoint does not fit the model (another architecture or config).
     """
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as error:  # tensors of the wrong shape
+        detail = next((line.strip() for line in str(error).splitlines() if "size mismatch" in line), str(error))
+        raise SertoolError(
+            f"{source}: the weights do not fit the model its config describes ({detail[:200]})") from None
     really_missing = sorted(set(missing) - frozen_pretrained_keys(model))
     if really_missing or unexpected:
         details = [f"missing {', '.join(really_missing[:3])}" if really_missing else "",
@@ -130,10 +136,12 @@ def load_stored_state(model: nn.Module, state: dict[str, torch.Tensor], *, sourc
 
 
 def frozen_pretrained_keys(model: nn.Module) -> set[str]:
-    """State keys inside pretrained encoders that do not train: frozen weights, and buffers that the
-    model's constructor rebuilds (position ids, mel filter banks)."""
+    """State keys inside pretrained encoders that do not train and hold published weights: frozen weights,
+    and buffers that the model's constructor rebuilds (position ids). A model lists its pretrained
+    encoders whose weights are published in ``published_modules`` (default: all of them)."""
     trainable = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
-    return {key for key in model.state_dict() if key.split(".", 1)[0] in PRETRAINED_MODULES and key not in trainable}
+    published = getattr(model, "published_modules", PRETRAINED_MODULES)  # SERModel says which are published
+    return {key for key in model.state_dict() if key.split(".", 1)[0] in published and key not in trainable}
 
 
 @functools.lru_cache(maxsize=1)

@@ -11,15 +11,19 @@ from pathlib import Path
 import click
 
 from sertool import __version__
-from sertool.config import DEFAULT_ASR_MODEL_ID
+from sertool.config import (DEFAULT_ASR_MODEL_ID, DEFAULT_HOP_S, DEFAULT_WINDOW_S, MIN_DURATION_S, NON_NEGATIVE,
+                            POSITIVE, PROBABILITY, SEED, Bounds)
 from sertool.errors import SertoolError
 
 EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell's convention for Ctrl-C
 DEMO_SIZE_NAMES = ("tiny", "small", "default", "large")  # sertool.data.demo.DEMO_SIZES, without importing it
+_AT_LEAST_TWO = Bounds(at_least=2)
 
 
 class _Group(click.Group):
-    """A click group that turns ``SertoolError`` into a one-line message instead of a traceback."""
+    """A click group that turns ``SertoolError`` into a one-line message instead of a traceback, and a stop
+    (Ctrl-C, SIGTERM) into its message and the shell's exit status (130, 143)."""
 
     def invoke(self, ctx: click.Context):
         try:
@@ -27,9 +31,36 @@ class _Group(click.Group):
         except SertoolError as error:
             click.secho(f"error: {error}", fg="red", err=True)
             sys.exit(EXIT_USER_ERROR)
-        except KeyboardInterrupt:
-            click.secho("interrupted", fg="yellow", err=True)
-            sys.exit(130)
+        except KeyboardInterrupt as stop:
+            click.secho(str(stop) or "interrupted", fg="yellow", err=True)
+            sys.exit(getattr(stop, "exit_status", EXIT_INTERRUPTED))
+
+
+class _Number(click.ParamType):
+    """An int or float flag that must be finite and within ``bounds`` (click's FloatRange lets NaN through).
+
+    Config flags take their bounds from the config's declaration, so a flag and a YAML key are checked
+    alike; with ``many``, the value is a comma-separated list (``--weights 0.6,0.4``).
+    """
+
+    def __init__(self, kind: type, bounds: Bounds | None = None, *, many: bool = False) -> None:
+        self.kind, self.bounds, self.many = kind, bounds or Bounds(), many
+        self.name = "integer" if kind is int else "float"
+
+    def convert(self, value, param, ctx):
+        if self.many and isinstance(value, str):
+            return [self._one(item.strip(), param, ctx) for item in value.split(",")]
+        return self._one(value, param, ctx)
+
+    def _one(self, value, param, ctx):
+        try:
+            number = value if isinstance(value, self.kind) and not isinstance(value, bool) else self.kind(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not {'an integer' if self.kind is int else 'a number'}", param, ctx)
+        problem = self.bounds.problem(number)
+        if problem:
+            self.fail(f"{value} {problem}", param, ctx)
+        return number
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -81,7 +112,8 @@ def data_info(root: str | None, corpus_option: str | None) -> None:
 @click.option("--out", "out_option", metavar="DIR", help="Where to write the corpus (same as the OUT argument).")
 @click.option("--size", type=click.Choice(DEMO_SIZE_NAMES), default="default", show_default=True,
               help="tiny 56, small 330, default 1,560, large 4,080 clips.")
-@click.option("--seed", default=0, show_default=True, help="Seed: the same seed gives byte-identical files.")
+@click.option("--seed", type=_Number(int, SEED), default=0, show_default=True,
+              help="Seed: the same seed gives byte-identical files.")
 @click.option("--force", is_flag=True, help="Write into OUT even if it is not empty (replacing an earlier corpus).")
 def data_demo(out: str | None, out_option: str | None, size: str, seed: int, force: bool) -> None:
     """Synthesise the demo corpus (eSpeak NG speech) in MSP-Podcast layout into OUT.
@@ -105,10 +137,12 @@ def data_demo(out: str | None, out_option: str | None, size: str, seed: int, for
 @click.option("--split", default="Train", show_default=True, help="Where the utterances come from.")
 @click.option("--speaker-model", default="microsoft/wavlm-base-plus-sv", show_default=True,
               help="Hub id or folder of an x-vector model, or log-mel-stats (no download).")
-@click.option("--num-speakers", default=10, show_default=True, help="Speakers to plot.")
-@click.option("--per-speaker", default=10, show_default=True, help="Utterances per speaker.")
+@click.option("--num-speakers", type=_Number(int, _AT_LEAST_TWO), default=10, show_default=True,
+              help="Speakers to plot (at least 2).")
+@click.option("--per-speaker", type=_Number(int, _AT_LEAST_TWO), default=10, show_default=True,
+              help="Utterances per speaker (at least 2: the Fisher ratio needs a spread within each speaker).")
 @click.option("--out", required=True, metavar="PNG", help="The figure to write.")
-@click.option("--seed", default=0, show_default=True, help="Which utterances are drawn.")
+@click.option("--seed", type=_Number(int, SEED), default=0, show_default=True, help="Which utterances are drawn.")
 @click.option("--force", is_flag=True, help="Overwrite --out.")
 def data_speakers(corpus: str, split: str, speaker_model: str, num_speakers: int, per_speaker: int, out: str,
                   seed: int, force: bool) -> None:
@@ -146,11 +180,13 @@ def _column_options(command):
 @click.argument("metadata", type=click.Path(dir_okay=False))
 @click.option("--out", required=True, metavar="CSV", help="The manifest to write.")
 @_column_options
-@click.option("--label-range", nargs=2, type=float, default=(1.0, 7.0), show_default=True, metavar="LOW HIGH",
+@click.option("--label-range", nargs=2, type=_Number(float), default=(1.0, 7.0), show_default=True, metavar="LOW HIGH",
               help="Scale of the A/V/D columns, mapped linearly onto 1..7 (e.g. 0 1 for values in 0..1).")
-@click.option("--dev-fraction", default=0.15, show_default=True, help="Share of utterances for Development.")
-@click.option("--test-fraction", default=0.15, show_default=True, help="Share of utterances for Test1.")
-@click.option("--seed", default=0, show_default=True, help="Seed of the speaker assignment.")
+@click.option("--dev-fraction", type=_Number(float, PROBABILITY), default=0.15, show_default=True,
+              help="Share of utterances for Development, in [0, 1).")
+@click.option("--test-fraction", type=_Number(float, PROBABILITY), default=0.15, show_default=True,
+              help="Share of utterances for Test1, in [0, 1).")
+@click.option("--seed", type=_Number(int, SEED), default=0, show_default=True, help="Seed of the speaker assignment.")
 @click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
 def data_manifest(folder: str, metadata: str, out: str, label_range: tuple[float, float], dev_fraction: float,
                   test_fraction: float, seed: int, force: bool, **columns: str | None) -> None:
@@ -196,7 +232,9 @@ def _config_flags(command):
         name = f"{spec.section}__{spec.name}" if spec.section else spec.name
         default_text = ", ".join(spec.default) if spec.type is tuple else spec.default
         reset = f" (none: no {spec.name})" if spec.type is tuple else ""
-        help_text = f"{spec.help}{reset}  [default: {default_text if default_text not in ('', None) else 'none'}]"
+        allowed = f"; {spec.bounds.describe()}" if spec.bounds else ""
+        help_text = (f"{spec.help}{reset}  [default: {default_text if default_text not in ('', None) else 'none'}"
+                     f"{allowed}]")
         if spec.type is bool:
             positive = spec.flag
             command = click.option(f"{positive}/--no-{positive[2:]}", name, default=None, help=help_text)(command)
@@ -204,7 +242,8 @@ def _config_flags(command):
             command = click.option(spec.flag, name, multiple=True, type=click.Choice([*(spec.choices or ()), "none"]),
                                    help=help_text)(command)
         else:
-            kind = click.Choice(spec.choices) if spec.choices else spec.type
+            kind = (click.Choice(spec.choices) if spec.choices else
+                    _Number(spec.type, spec.bounds) if spec.type in (int, float) else spec.type)
             command = click.option(spec.flag, name, type=kind, default=None, help=help_text)(command)
     return command
 
@@ -213,7 +252,8 @@ def _config_flags(command):
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), metavar="FILE",
               help="YAML config (a run folder's config.yaml is one); flags override it.")
 @click.option("--out", metavar="RUN_DIR", help="Run folder to create: best.pt, last.pt, config, logs.")
-@click.option("--resume", metavar="RUN_DIR", help="Continue the interrupted run in RUN_DIR exactly where it stopped.")
+@click.option("--resume", metavar="RUN_DIR", help="Continue the interrupted run in RUN_DIR exactly where it stopped "
+              "(--corpus, --cache-dir and --num-workers may point elsewhere).")
 @click.option("--force", is_flag=True, help="Start over in an --out folder that already holds files.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="Where to train; under torchrun each process takes its LOCAL_RANK GPU.")
@@ -221,6 +261,9 @@ def _config_flags(command):
 def train_command(config_file: str | None, out: str | None, resume: str | None, force: bool, device: str,
                   **flags) -> None:
     """Train one system and write its run folder.
+
+    Fields set neither by --config nor by a flag take the backbone's recipe: the paper's defaults below,
+    except for --backbone fbank, which gets the small-cpu recipe (--recipe; docs/training.md).
 
     \b
       sertool train --corpus MSP-Podcast --backbone wavlm --aux gender --out runs/wavlm
@@ -231,8 +274,8 @@ def train_command(config_file: str | None, out: str | None, resume: str | None, 
     from sertool.training.loop import train
     from sertool.training.setup import resolve_train_config
 
-    config, run_dir = resolve_train_config(config_file, flags, out=out, resume=resume)
-    train(config, run_dir, resume=resume is not None, force=force, argv=sys.argv, device=device,
+    config, run_dir, relocated = resolve_train_config(config_file, flags, out=out, resume=resume)
+    train(config, run_dir, resume=resume is not None, relocated=relocated, force=force, argv=sys.argv, device=device,
           reporter=RichTrainReporter())
 
 
@@ -241,9 +284,10 @@ def _inference_options(command):
     options = [
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
                      help="Where to run the model."),
-        click.option("--batch-s", "max_batch_s", type=float, default=120.0, show_default=True,
+        click.option("--batch-s", "max_batch_s", type=_Number(float, POSITIVE), default=120.0, show_default=True,
                      help="Inference batch bound: utterances × longest clip ≤ this many seconds."),
-        click.option("--num-workers", type=int, default=0, show_default=True, help="Data-loader processes."),
+        click.option("--num-workers", type=_Number(int, NON_NEGATIVE), default=0, show_default=True,
+                     help="Data-loader processes."),
         click.option("--amp", type=click.Choice(["auto", "bf16", "fp16", "off"]), default="auto", show_default=True,
                      help="Mixed precision (auto: bf16/fp16 on GPUs, off on the CPU)."),
         click.option("--cache-dir", help="Cache of text embeddings and ASR transcripts "
@@ -284,7 +328,8 @@ def evaluate_command(model: str, corpus: str, split: str, out: str | None, plot:
                      **flags) -> None:
     """CCC per attribute and average of CKPT on a split (whole utterances, batched by length).
 
-    CKPT is a checkpoint, a run folder (its best.pt), a predictions CSV, or an ensemble JSON.
+    CKPT is a checkpoint, a run folder (its best.pt), a model folder (sertool export, or the authors'
+    released models) or its hub id, a predictions CSV, or an ensemble JSON.
     """
     from sertool.console import out as console
     from sertool.console import print_load_report, print_scores
@@ -312,8 +357,10 @@ def evaluate_command(model: str, corpus: str, split: str, out: str | None, plot:
               "1–7, clipped, every file once.")
 @click.option("--transcripts", metavar="DIR|CSV", help="Transcripts for MM models: a folder of <stem>.txt or a CSV "
               "with FileName and transcript columns (otherwise ASR).")
-@click.option("--window-s", default=10.0, show_default=True, help="Files longer than this are cut into windows.")
-@click.option("--hop-s", default=5.0, show_default=True, help="Seconds between window starts.")
+@click.option("--window-s", type=_Number(float, Bounds(at_least=MIN_DURATION_S)), default=DEFAULT_WINDOW_S, show_default=True,
+              help=f"Files longer than this are cut into windows (at least {MIN_DURATION_S:g} s).")
+@click.option("--hop-s", type=_Number(float, POSITIVE), default=DEFAULT_HOP_S, show_default=True,
+              help="Seconds between window starts.")
 @click.option("--force", is_flag=True, help="Overwrite --out / --submission.")
 @_inference_options
 def predict_command(model: str, paths: tuple[str, ...], corpus: str | None, split: str, file_format: str | None,
@@ -321,9 +368,12 @@ def predict_command(model: str, paths: tuple[str, ...], corpus: str | None, spli
                     force: bool, **flags) -> None:
     """Predict A/V/D (1–7 scale) for audio files, folders, a manifest, or a corpus split.
 
+    CKPT is anything evaluate takes, e.g. a run folder or a model hub id.
+
     \b
       sertool predict runs/wavlm clip.wav talks/ --out predictions.csv
       sertool predict runs/wavlm --corpus MSP-Podcast --split Test3 --submission submission.csv
+      sertool predict tiantiaf/wavlm-large-msp-podcast-emotion-dim clip.wav
     """
     from sertool.console import out as console
     from sertool.console import print_load_report
@@ -350,7 +400,8 @@ def predict_command(model: str, paths: tuple[str, ...], corpus: str | None, spli
 @click.argument("members", nargs=-1, required=True, metavar="MEMBER...")
 @click.option("--corpus", required=True, metavar="ROOT", help="MSP-Podcast root or manifest.")
 @click.option("--split", default="Development", show_default=True, help="The split to combine (and score, if labelled).")
-@click.option("--weights", metavar="W,W,...", help="Weighted mean instead of the plain mean: one weight per member.")
+@click.option("--weights", type=_Number(float, NON_NEGATIVE, many=True), metavar="W,W,...",
+              help="Weighted mean instead of the plain mean: one weight (≥ 0) per member.")
 @click.option("--per-attribute", type=click.Choice(["best"]), help="Per attribute, the member subset that is best on "
               "--select-split (the paper's future work).")
 @click.option("--select-split", default="Development", show_default=True,
@@ -360,10 +411,11 @@ def predict_command(model: str, paths: tuple[str, ...], corpus: str | None, spli
 @click.option("--save", metavar="JSON", help="Keep the ensemble: evaluate and predict accept it as a checkpoint.")
 @click.option("--force", is_flag=True, help="Overwrite --out / --submission / --save.")
 @_inference_options
-def ensemble_command(members: tuple[str, ...], corpus: str, split: str, weights: str | None, per_attribute: str | None,
-                     select_split: str, out: str | None, submission: str | None, save: str | None, force: bool,
-                     **flags) -> None:
-    """Average the A/V/D predictions of MEMBERs: checkpoints, run folders, predictions CSVs or ensembles.
+def ensemble_command(members: tuple[str, ...], corpus: str, split: str, weights: list[float] | None,
+                     per_attribute: str | None, select_split: str, out: str | None, submission: str | None,
+                     save: str | None, force: bool, **flags) -> None:
+    """Average the A/V/D predictions of MEMBERs: checkpoints, run folders, model folders or hub ids,
+    predictions CSVs or ensembles.
 
     \b
       sertool ensemble runs/wavlm runs/mmwhisper --corpus MSP-Podcast --split Development --save ens.json
@@ -377,16 +429,12 @@ def ensemble_command(members: tuple[str, ...], corpus: str, split: str, weights:
 
     check_outputs(out=_out_path(out), file_format=None, submission=_out_path(submission), force=force)
     check_writable([_out_path(save)], force=force)
-    try:
-        weight_values = [float(value) for value in weights.split(",")] if weights else None
-    except ValueError:
-        raise SertoolError(f"--weights {weights}: give numbers separated by commas, e.g. 0.6,0.4") from None
     utterances, report = corpus_split(corpus, split)
     print_load_report(report)
     if submission:
         require_complete(report, split, purpose=f"--submission {submission}")
     selection = corpus_split(corpus, select_split)[0] if per_attribute and select_split != split else None
-    result = ensemble(members, utterances, split=split, options=_options(flags), weights=weight_values,
+    result = ensemble(members, utterances, split=split, options=_options(flags), weights=weights,
                       per_attribute=per_attribute == "best", selection_utterances=selection,
                       selection_split=select_split, save=_out_path(save), force=force)
     if result.ensemble_scores is not None:
@@ -398,6 +446,68 @@ def ensemble_command(members: tuple[str, ...], corpus: str, split: str, weights:
                             expected_ids=[utt.id for utt in utterances], stream=None, force=True) \
         if out or submission else []
     for path in [*written, *([Path(save)] if save else [])]:
+        console.print(f"wrote {path}")
+
+
+@cli.command("export")
+@click.argument("model", metavar="RUN")
+@click.option("--out", required=True, metavar="DIR", help="The model folder to write: config.json, model.safetensors "
+              "(weights, no pickle), README.md (the model card).")
+@click.option("--push-to-hub", metavar="REPO", help="Also upload the folder to the model hub as REPO (owner/name); "
+              "needs a token (huggingface-cli login).")
+@click.option("--force", is_flag=True, help="Overwrite the model files of an earlier export in --out.")
+def export_command(model: str, out: str, push_to_hub: str | None, force: bool) -> None:
+    """Write RUN (a run folder, checkpoint, model folder or hub id) as a self-contained model folder.
+
+    Every command and sertool.load() accept the folder (or its hub id after --push-to-hub) in place of
+    RUN, with the same predictions.
+
+    \b
+      sertool export runs/wavlm --out models/wavlm
+      sertool export runs/wavlm --out models/wavlm --push-to-hub me/wavlm-msp-podcast
+    """
+    from sertool.console import out as console
+    from sertool.inference.export import export_model
+
+    result = export_model(model, Path(out), force=force, push_to_hub=push_to_hub)
+    for path in result.written:
+        console.print(f"wrote {path}")
+    if result.url:
+        console.print(f"uploaded to {result.url}")
+
+
+@cli.command("baseline")
+@click.option("--corpus", required=True, metavar="ROOT", help="MSP-Podcast root or manifest.")
+@click.option("--out", required=True, metavar="DIR", help="Writes <split>.csv (predictions) and summary.json here.")
+@click.option("--train-split", default="Train", show_default=True, help="The split the ridge is fitted on.")
+@click.option("--valid-split", default="Development", show_default=True,
+              help="The split that chooses the regularisation strength (by CCC, per attribute).")
+@click.option("--force", is_flag=True, help="Overwrite earlier outputs in --out.")
+def baseline_command(corpus: str, out: str, train_split: str, valid_split: str, force: bool) -> None:
+    """The floor: ridge regression on utterance-level acoustic statistics (log-mel mean/std per band, ...).
+
+    Fitted on --train-split, alpha chosen on --valid-split; every other split is predicted into
+    DIR/<split>.csv, which evaluate and ensemble accept like a checkpoint.
+
+    \b
+      sertool baseline --corpus MSP-Podcast --out runs/baseline
+      sertool ensemble runs/wavlm runs/baseline/Development.csv --corpus MSP-Podcast
+    """
+    from sertool.baseline.run import run_baseline
+    from sertool.console import out as console
+    from sertool.console import print_load_report, print_scores, progress_bar
+
+    with progress_bar("acoustic statistics") as progress:
+        result = run_baseline(corpus, out, train_split=train_split, valid_split=valid_split, force=force,
+                              progress=progress)
+    print_load_report(result.load_report)
+    alphas = ", ".join(f"{name} {alpha:g}" for name, alpha in result.alphas.items())
+    console.print(f"fitted on {result.train_utterances:,} {train_split} utterances; alpha chosen on {valid_split}: "
+                  f"{alphas}")
+    for split, scores in result.scores.items():
+        role = " (chose alpha)" if split == valid_split else ""
+        print_scores(f"{split} of {corpus}{role}", [scores])
+    for path in result.written:
         console.print(f"wrote {path}")
 
 
@@ -437,4 +547,7 @@ def reproduce_command(corpus: str, grid: str, scale: str, out: str, systems: str
 
 def main() -> None:
     """Entry point of the `sertool` console script and `python -m sertool`."""
+    from sertool.interrupts import raise_on_termination
+
+    raise_on_termination()  # SIGTERM ends like Ctrl-C: temporary files removed, a message, exit status 143
     cli(prog_name="sertool")

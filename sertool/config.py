@@ -6,12 +6,17 @@ override the file, the file overrides the defaults. The resolved config is writt
 and into every checkpoint, so that a checkpoint alone says how it was made.
 
 For numbers that can be switched off, 0 means off (``--patience 0``: never stop early), so that every
-value can be given on the command line.
+value can be given on the command line. Every number declares the values it may take (``Bounds``) next to
+its default: the flags, a YAML file and a config built in code are all checked against that one
+declaration, and NaN or infinity is never a valid value.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
+import math
+import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,13 +33,106 @@ DEFAULT_BACKBONE_IDS: dict[str, str | None] = {
     "wav2vec2": "facebook/wav2vec2-large-robust",
     "fbank": None,
 }
+# Recipes: defaults for the fields a user leaves unset (neither in --config nor a flag). The field defaults
+# below are the paper's (WavLM on MSP-Podcast), the "paper" recipe; "small-cpu" is the fbank encoder's,
+# trained from scratch on a few hundred to a few thousand clips on a CPU, chosen from the evidence in
+# docs/training.md ("Small corpora on the CPU"). Keys are "section.field" (or a top-level field).
+RECIPES: dict[str, dict[str, Any]] = {
+    "paper": {},
+    "small-cpu": {
+        "model.head_hidden_dim": 256,     # heads sized for a few hundred clips, not 84k utterances
+        "model.head_dropout": 0.2,
+        "train.sampling": "whole",        # undersampling to the smallest class leaves a handful of clips an epoch
+        "train.max_batch_s": 48.0,
+        "train.accum_steps": 1,           # every micro-batch a step: a few hundred clips give ~15 steps an epoch
+        "train.lr_heads": 1e-3,           # everything trains from scratch
+        "train.patience": 0,              # best.pt is still chosen on validation; see the evidence for why not stop
+    },
+}
+# The recipe a backbone gets when --recipe is not given; every backbone not listed gets "paper".
+BACKBONE_RECIPES: dict[str, str] = {"fbank": "small-cpu"}
 DEFAULT_TEXT_MODEL_ID = "FacebookAI/roberta-large"
 DEFAULT_ASR_MODEL_ID = "openai/whisper-large-v3"  # transcribes utterances without a transcript (MM systems)
+# The shortest audio a model is given: WavLM's CNN front end makes one frame per 20 ms, so 0.25 s gives about
+# 12 frames, the fewest over which a pooled mean and standard deviation still describe the speech.
+MIN_DURATION_S = 0.25
+# `predict`'s windows (the CLI's --window-s / --hop-s and the API's defaults): about the length of the
+# training utterances, half overlapping.
+DEFAULT_WINDOW_S = 10.0
+DEFAULT_HOP_S = 5.0
 
 
-def option(default: Any, help: str, *, choices: tuple[str, ...] | None = None, flag: str | None = None) -> Any:
-    """A config field with its command-line help (and choices, and a flag name other than the field's)."""
-    metadata = {"help": help, "choices": choices, "flag": flag}
+@dataclass(frozen=True)
+class Bounds:
+    """The values a number may take. It must be finite, and within every limit that is not None.
+
+    ``zero`` also allows exactly 0 where 0 means "off" (``--max-duration-s 0``: whole clips), below a
+    lower limit that the number must otherwise respect.
+    """
+
+    at_least: float | None = None
+    above: float | None = None
+    at_most: float | None = None
+    below: float | None = None
+    zero: bool = False
+
+    def problem(self, value: float) -> str | None:
+        """Why ``value`` is not allowed (``"must be in [0, 1)"``), or None when it is."""
+        if isinstance(value, float) and not math.isfinite(value):
+            return "must be a finite number"
+        if self.zero and value == 0:
+            return None
+        if ((self.at_least is not None and value < self.at_least) or (self.above is not None and value <= self.above)
+                or (self.at_most is not None and value > self.at_most)
+                or (self.below is not None and value >= self.below)):
+            return f"must be {self.describe()}"
+        return None
+
+    def describe(self) -> str:
+        """The allowed values in words a user can act on: ``≥ 1``, ``> 0``, ``in [0, 1)``, ``0 or ≥ 0.25``."""
+        closed_low, closed_high = self.at_least is not None, self.at_most is not None
+        low = self.at_least if closed_low else self.above
+        high = self.at_most if closed_high else self.below
+        if low is not None and high is not None:
+            text = f"in {'[' if closed_low else '('}{_number(low)}, {_number(high)}{']' if closed_high else ')'}"
+        elif low is not None:
+            text = f"{'≥' if closed_low else '>'} {_number(low)}"
+        elif high is not None:
+            text = f"{'≤' if closed_high else '<'} {_number(high)}"
+        else:
+            text = "finite"
+        return f"0 or {text}" if self.zero else text
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+# The usual bounds, by what the number is.
+POSITIVE = Bounds(above=0)
+NON_NEGATIVE = Bounds(at_least=0)  # counts and sizes where 0 means "off"
+AT_LEAST_ONE = Bounds(at_least=1)
+PROBABILITY = Bounds(at_least=0, below=1)  # dropout and shares: 1 would drop or spend everything
+SEED = Bounds(at_least=0, at_most=2**63 - 1)  # numpy needs a non-negative seed; torch takes 64 bits
+
+
+def option(default: Any, help: str, *, choices: tuple[str, ...] | None = None, flag: str | None = None,
+           bounds: Bounds | None = None, path: str | None = None, resumable: bool = False) -> Any:
+    """A config field with its command-line help.
+
+    Args:
+        default: the value when neither a file nor a flag sets it.
+        help: one or two sentences for ``--help`` and the docs.
+        choices: the allowed strings.
+        flag: a flag name other than the field's.
+        bounds: the allowed values of a number (every int and float field has them).
+        path: ``"path"`` for a file or folder, ``"path or hub id"`` for a model that is a local folder or a
+            hub id: a relative path is stored absolute, so that a run resumes from any working directory.
+        resumable: ``train --resume`` may set it again (where the data is, or how it is read; never what
+            is trained).
+    """
+    metadata = {"help": help, "choices": choices, "flag": flag, "bounds": bounds, "path": path,
+                "resumable": resumable}
     if isinstance(default, (list, tuple)):
         return field(default_factory=lambda: tuple(default), metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -44,22 +142,24 @@ def option(default: Any, help: str, *, choices: tuple[str, ...] | None = None, f
 class DataConfig:
     """Which corpus, which utterances, and how they are read."""
 
-    corpus: str | None = option(None, "MSP-Podcast root, manifest CSV, or folder holding manifest.csv.")
+    corpus: str | None = option(None, "MSP-Podcast root, manifest CSV, or folder holding manifest.csv.",
+                                path="path", resumable=True)
     train_split: str = option("Train", "Split to train on.")
     valid_split: str = option("Development", "Split to validate on (model selection).")
     max_duration_s: float = option(0.0, "Random crop of training clips to this many seconds (0: whole clips). "
-                                   "Evaluation always uses whole utterances.")
+                                   "Evaluation always uses whole utterances.",
+                                   bounds=Bounds(at_least=MIN_DURATION_S, zero=True))
     train_ox: str = option("keep", "O/X (other, no agreement) samples of the training split: keep, drop, or only "
                            "(drop the non-O/X samples).", choices=("keep", "drop", "only"))
     dev_ox_to_train: bool = option(False, "Add the O/X samples of the validation split to training; they then "
                                    "leave validation.")
     on_bad_audio: str = option("skip", "Unreadable training audio: skip it (and count it) or fail before training.",
                                choices=("skip", "fail"))
-    num_workers: int = option(2, "Data-loader processes.")
+    num_workers: int = option(2, "Data-loader processes.", bounds=NON_NEGATIVE, resumable=True)
     asr: str = option(DEFAULT_ASR_MODEL_ID, "Whisper model (hub id or folder) that transcribes utterances without a "
-                      "transcript, for MM (--text) systems.")
+                      "transcript, for MM (--text) systems.", path="path or hub id")
     cache_dir: str | None = option(None, "Cache of text embeddings and ASR transcripts (default: $SERTOOL_CACHE "
-                                   "or ~/.cache/sertool).")
+                                   "or ~/.cache/sertool).", path="path", resumable=True)
 
 
 @dataclass
@@ -68,68 +168,92 @@ class ModelConfig:
 
     backbone: str = option("wavlm", "Speech backbone.", choices=tuple(DEFAULT_BACKBONE_IDS))
     backbone_path: str | None = option(None, "Hub id or local folder of the backbone (default: the backbone's "
-                                       "usual id, e.g. microsoft/wavlm-large).")
+                                       "usual id, e.g. microsoft/wavlm-large).", path="path or hub id")
     layer_weighting: str = option("weighted", "Learnable softmax-weighted sum of all hidden layers, or the last "
                                   "layer only.", choices=("weighted", "last"))
     freeze_backbone: bool | None = option(None, "Freeze the speech backbone (default: the paper's choice: WavLM "
                                           "fine-tuned, Whisper frozen).")
     freeze_feature_encoder: bool = option(True, "Keep the CNN front end of wav2vec2-family models frozen.")
-    lora_rank: int = option(0, "LoRA adapters of this rank on the frozen Whisper and text encoder (0: none).")
-    lora_alpha: float = option(16.0, "LoRA scale numerator (the update is scaled by alpha / rank).")
+    lora_rank: int = option(0, "LoRA adapters of this rank on the frozen Whisper and text encoder (0: none).",
+                            bounds=NON_NEGATIVE)
+    lora_alpha: float = option(16.0, "LoRA scale numerator (the update is scaled by alpha / rank).",
+                               bounds=POSITIVE)
+    whisper_window_s: float = option(0.0, "Whisper only: pad every clip to this many seconds and let its frames attend "
+                                     "to the padding, as the authors' released Whisper model (15); 0: each clip at its "
+                                     "real length, padding masked.", bounds=NON_NEGATIVE)
     text: bool = option(False, "MM system: concatenate an embedding of the transcript.")
-    text_model: str = option(DEFAULT_TEXT_MODEL_ID, "Hub id or local folder of the (frozen) text encoder.")
+    text_model: str = option(DEFAULT_TEXT_MODEL_ID, "Hub id or local folder of the (frozen) text encoder.",
+                             path="path or hub id")
     pooling: str = option("attentive", "Attentive statistics (weighted mean ⊕ std) or mean pooling.",
                           choices=("attentive", "mean"))
-    head_hidden_dim: int = option(1024, "Hidden width of every head.")
-    head_dropout: float = option(0.5, "Dropout in every head.")
+    projection_dim: int = option(0, "Pointwise projection of the frames before pooling: three 1x1 convolutions to "
+                                 "this width with ReLU between, as the authors' released models (256); 0: none.",
+                                 bounds=NON_NEGATIVE)
+    head_hidden_dim: int = option(1024, "Hidden width of every head.", bounds=AT_LEAST_ONE)
+    head_dropout: float = option(0.5, "Dropout in every head.", bounds=PROBABILITY)
+    head_norm: bool = option(True, "LayerNorm after each head's hidden layer (the challenge baseline's heads); "
+                             "--no-head-norm: Linear, ReLU, Linear, as the authors' released models.")
     head_output: str = option("sigmoid", "Emotion head output: sigmoid keeps predictions inside the 1..7 scale (as "
                               "the authors' released models); linear is the challenge baseline's.",
                               choices=("sigmoid", "linear"))
     aux: tuple[str, ...] = option((), "Auxiliary task(s): gender, speaker (repeat the flag for both).",
                                   choices=("gender", "speaker"))
-    aux_weight: float = option(0.1, "β: total loss = α · CCC loss + β · auxiliary losses.")
-    emotion_weight: float = option(1.0, "α of the total loss.")
-    aam_margin: float = option(0.2, "Additive angular margin of the speaker-ID head.")
-    aam_scale: float = option(30.0, "Scale of the speaker-ID head's AAM-softmax.")
+    aux_weight: float = option(0.1, "β: total loss = α · CCC loss + β · auxiliary losses.", bounds=NON_NEGATIVE)
+    emotion_weight: float = option(1.0, "α of the total loss.", bounds=POSITIVE)
+    aam_margin: float = option(0.2, "Additive angular margin of the speaker-ID head (radians).",
+                               bounds=Bounds(at_least=0, at_most=1))
+    aam_scale: float = option(30.0, "Scale of the speaker-ID head's AAM-softmax.", bounds=POSITIVE)
     speaker_embedding: str | None = option(None, "Hub id or folder of a speaker model (e.g. a WavLMForXVector) "
                                            "whose embedding is concatenated (+S Emb); log-mel-stats: a "
-                                           "parameter-free stand-in (demo scale).")
-    fbank_dim: int = option(256, "Width of the built-in fbank encoder.")
+                                           "parameter-free stand-in (demo scale).", path="path or hub id")
+    fbank_dim: int = option(256, "Width of the built-in fbank encoder.", bounds=AT_LEAST_ONE)
+    spec_augment: bool = option(False, "fbank only: while training, SpecAugment masks on the log-mel input (2 bands "
+                                "of up to 8 mel bins and 2 spans of up to 10 % of the frames, per clip).")
 
 
 @dataclass
 class TrainConfig:
     """The optimisation: sampling, batching, optimiser, schedule, precision, validation."""
 
-    epochs: int = option(20, "Epochs (with undersampling, each is a fresh class-balanced subset).")
+    init_from: str | None = option(None, "Start from the weights of this model: a run folder, checkpoint, model folder "
+                                   "or hub id (e.g. an authors' released model). Its model section replaces the "
+                                   "defaults; --config and model flags still apply on top.", path="path or hub id")
+    epochs: int = option(20, "Epochs (with undersampling, each is a fresh class-balanced subset).",
+                         bounds=Bounds(at_least=1, at_most=10_000))
     sampling: str = option("undersample", "undersample: a fresh class-balanced subset every epoch (the paper); "
                            "whole: every utterance; weighted: inverse class frequency.",
                            choices=("undersample", "whole", "weighted"))
     max_per_class: int = option(0, "Undersampling: cap each class at this many (0: the smallest class' size); "
-                                "ignored by the other samplings.")
-    max_batch_s: float = option(64.0, "Micro-batch bound: utterances × longest clip ≤ this many seconds.")
-    batch_size: int = option(0, "Fixed-size random micro-batches instead of --max-batch-s (0: off).")
-    num_buckets: int = option(20, "Equal-mass duration buckets of --max-batch-s batching.")
-    accum_steps: int = option(4, "Micro-batches per optimiser step (gradient accumulation).")
-    lr_backbone: float = option(1e-5, "AdamW learning rate of pretrained encoders (the challenge baseline's).")
+                                "ignored by the other samplings.", bounds=NON_NEGATIVE)
+    max_batch_s: float = option(64.0, "Micro-batch bound: utterances × longest clip ≤ this many seconds.",
+                                bounds=NON_NEGATIVE)
+    batch_size: int = option(0, "Fixed-size random micro-batches instead of --max-batch-s (0: off).",
+                             bounds=NON_NEGATIVE)
+    num_buckets: int = option(20, "Equal-mass duration buckets of --max-batch-s batching.", bounds=AT_LEAST_ONE)
+    accum_steps: int = option(4, "Micro-batches per optimiser step (gradient accumulation).", bounds=AT_LEAST_ONE)
+    lr_backbone: float = option(1e-5, "AdamW learning rate of pretrained encoders (the challenge baseline's).",
+                                bounds=NON_NEGATIVE)
     lr_heads: float = option(2e-4, "AdamW learning rate of what trains from scratch (heads, pooling, layer "
-                             "weights, the fbank encoder).")
-    weight_decay: float = option(1e-4, "AdamW weight decay.")
+                             "weights, the fbank encoder).", bounds=NON_NEGATIVE)
+    weight_decay: float = option(1e-4, "AdamW weight decay.", bounds=NON_NEGATIVE)
     schedule: str = option("cosine", "After warm-up: cosine decay, halve on a plateau, or constant.",
                            choices=("cosine", "plateau", "constant"))
-    warmup_fraction: float = option(0.05, "Share of optimiser steps spent warming up linearly.")
-    grad_clip_norm: float = option(1.0, "Clip the gradient norm to this (0: off).")
+    warmup_fraction: float = option(0.05, "Share of optimiser steps spent warming up linearly.", bounds=PROBABILITY)
+    grad_clip_norm: float = option(1.0, "Clip the gradient norm to this (0: off).", bounds=NON_NEGATIVE)
     amp: str = option("auto", "Mixed precision: auto (bf16, or fp16 on older GPUs; off on the CPU), bf16, fp16, off.",
                       choices=("auto", "bf16", "fp16", "off"))
     gradient_checkpointing: bool = option(False, "Recompute backbone activations in backward: less memory, "
                                           "~30 % slower.")
-    eval_every_steps: int = option(0, "Validate every N optimiser steps (0: once per epoch).")
-    patience: int = option(5, "Stop after this many validations without improvement (0: never).")
+    eval_every_steps: int = option(0, "Validate every N optimiser steps (0: once per epoch).", bounds=NON_NEGATIVE)
+    patience: int = option(5, "Stop after this many validations without improvement (0: never).",
+                           bounds=NON_NEGATIVE)
     select_best: str = option("average", "Keep best.pt by average CCC; per-attribute also keeps best_<attribute>.pt.",
                               choices=("average", "per-attribute"))
-    max_nonfinite_steps: int = option(5, "Stop after this many optimiser steps in a row with a non-finite loss.")
-    checkpoint_every_steps: int = option(0, "Also write last.pt every N optimiser steps (0: at validations).")
-    log_every_steps: int = option(10, "Write a metrics.jsonl line every N optimiser steps.")
+    max_nonfinite_steps: int = option(5, "Stop after this many optimiser steps in a row with a non-finite loss.",
+                                      bounds=AT_LEAST_ONE)
+    checkpoint_every_steps: int = option(0, "Also write last.pt every N optimiser steps (0: at validations).",
+                                         bounds=NON_NEGATIVE)
+    log_every_steps: int = option(10, "Write a metrics.jsonl line every N optimiser steps.", bounds=AT_LEAST_ONE)
 
 
 @dataclass
@@ -139,42 +263,120 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    seed: int = option(0, "Seed of initialisation, sampling and crops.")
+    seed: int = option(0, "Seed of initialisation, sampling and crops.", bounds=SEED)
+    recipe: str | None = option(None, "Defaults for every field not set by --config or a flag: small-cpu (the "
+                                "fbank encoder on a small corpus), paper (the paper's, WavLM on MSP-Podcast). "
+                                "sertool train picks the backbone's recipe when not given (fbank: small-cpu, "
+                                "others: paper) and records it.", choices=tuple(RECIPES))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data form (only str, int, float, bool, None, lists, dicts): safe to store anywhere."""
         return _plain(dataclasses.asdict(self))
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], *, source: str = "config") -> "Config":
-        """Inverse of ``to_dict``; missing keys take their defaults.
+    def from_dict(cls, data: dict[str, Any], *, source: str = "config", base: "Config | None" = None) -> "Config":
+        """Inverse of ``to_dict``; missing keys take their values in ``base`` (default: the defaults).
 
         Raises:
             SertoolError: an unknown key or a value of the wrong type, naming the key and ``source``.
         """
-        config = cls()
+        config = copy.deepcopy(base) if base is not None else cls()
         for section, key, value in _walk(data, source):
             apply_value(config, section, key, value, source=source)
         return config
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> "Config":
-        """Read a ``--config`` file (the ``config.yaml`` of a run folder is one).
+    def from_yaml(cls, path: str | Path, *, base: "Config | None" = None) -> "Config":
+        """Read a ``--config`` file (the ``config.yaml`` of a run folder is one); keys it leaves out take
+        their values in ``base`` (default: the defaults). UTF-8, with or without a byte-order mark, and
+        UTF-16 with one (what Windows editors and PowerShell write) are read.
 
         Raises:
-            SertoolError: the file is missing, not YAML, or holds an unknown key or a wrong type.
+            SertoolError: the file is missing, not YAML, or holds an unknown key, a wrong type or a value
+                outside its bounds.
         """
-        import yaml
+        return cls.from_dict(read_config_file(path), source=f"--config {path}", base=base)
 
-        try:
-            data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-        except OSError as error:
-            raise SertoolError(f"--config {path}: cannot read it ({error.strerror})") from None
-        except yaml.YAMLError as error:
-            raise SertoolError(f"--config {path}: not valid YAML ({str(error).splitlines()[0]})") from None
-        if not isinstance(data, dict):
-            raise SertoolError(f"--config {path}: the top level must be a mapping of sections")
-        return cls.from_dict(data, source=f"--config {path}")
+    def check(self, *, source: str = "config") -> None:
+        """Check every field's type, choices and bounds: a config built in code has not been through the
+        checks of ``from_dict`` and the flags.
+
+        Raises:
+            SertoolError: naming the first bad key and ``source``.
+        """
+        for option_ in config_options():
+            _coerce(option_, self.get(option_.key), f"{source}: {option_.key}")
+
+    def with_absolute_paths(self) -> "Config":
+        """A copy whose relative paths (``path`` options) are absolute, from the current directory, so that
+        a run folder's config holds wherever the run is continued from. A model option is changed only
+        when it names a local file or folder; a hub id stays as it is."""
+        config = copy.deepcopy(self)
+        for option_ in config_options():
+            value = config.get(option_.key)
+            if value is None or option_.path is None:
+                continue
+            local = Path(value).expanduser()
+            if option_.path == "path" or local.exists():
+                apply_value(config, option_.section, option_.name, os.path.abspath(local), source="config")
+        return config
+
+    def get(self, key: str) -> Any:
+        """The value of ``key`` (``train.lr_heads``, or ``seed``)."""
+        section, _, name = key.rpartition(".")
+        return getattr(getattr(self, section) if section else self, name)
+
+
+def differences(a: Config, b: Config) -> list[str]:
+    """The keys (``train.lr_heads``) whose values differ between ``a`` and ``b``, in declaration order."""
+    return [o.key for o in config_options() if a.get(o.key) != b.get(o.key)]
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The mapping of a ``--config`` YAML file, unchecked (``Config.from_dict`` checks it). UTF-8, with or
+    without a byte-order mark, and UTF-16 with one (what Windows editors and PowerShell write) are read.
+
+    Raises:
+        SertoolError: the file is missing, not YAML, or not a mapping.
+    """
+    import yaml
+
+    try:
+        # Bytes, not text: PyYAML then decodes by the byte-order mark itself.
+        data = yaml.safe_load(Path(path).read_bytes()) or {}
+    except OSError as error:
+        raise SertoolError(f"--config {path}: cannot read it ({error.strerror})") from None
+    except yaml.YAMLError as error:
+        raise SertoolError(f"--config {path}: not valid YAML ({str(error).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise SertoolError(f"--config {path}: the top level must be a mapping of sections")
+    return data
+
+
+def config_keys(data: dict[str, Any], *, source: str = "config") -> set[tuple[str | None, str]]:
+    """The ``(section, key)`` pairs a config mapping sets (``(None, "seed")`` for top-level keys)."""
+    return {(section, key) for section, key, _ in _walk(data, source)}
+
+
+def apply_recipe(config: Config, *, given: set[tuple[str | None, str]]) -> str:
+    """Fill the fields not in ``given`` with the recipe's values, and record the recipe in ``config.recipe``.
+
+    The recipe is ``config.recipe`` when set (``--recipe``), else the backbone's (``BACKBONE_RECIPES``).
+
+    Args:
+        config: the config after ``--config`` and the flags.
+        given: the ``(section, key)`` pairs the user set (in the file or as flags); they are never changed.
+
+    Returns:
+        The recipe's name.
+    """
+    name = config.recipe or BACKBONE_RECIPES.get(config.model.backbone, "paper")
+    for key, value in RECIPES[name].items():
+        section, _, field_name = key.rpartition(".")
+        if (section or None, field_name) not in given:
+            apply_value(config, section or None, field_name, value, source=f"recipe {name}")
+    config.recipe = name
+    return name
 
 
 @dataclass(frozen=True)
@@ -189,6 +391,14 @@ class ConfigOption:
     help: str
     choices: tuple[str, ...] | None
     optional: bool  # the field accepts None
+    bounds: Bounds | None  # for int and float fields
+    path: str | None  # "path", "path or hub id", or None (see ``option``)
+    resumable: bool  # `train --resume` may set it again
+
+    @property
+    def key(self) -> str:
+        """The YAML key with its section: ``train.lr_heads``."""
+        return f"{self.section}.{self.name}" if self.section else self.name
 
 
 def config_options() -> list[ConfigOption]:
@@ -204,13 +414,19 @@ def config_options() -> list[ConfigOption]:
         for spec in fields:
             kind, optional = _base_type(hints[spec.name])
             default = spec.default_factory() if spec.default_factory is not dataclasses.MISSING else spec.default
-            options.append(ConfigOption(section, spec.name, spec.metadata.get("flag") or "--" + spec.name.replace("_", "-"),
-                                        kind, default, spec.metadata["help"], spec.metadata.get("choices"), optional))
+            metadata = spec.metadata
+            options.append(ConfigOption(section, spec.name, metadata.get("flag") or "--" + spec.name.replace("_", "-"),
+                                        kind, default, metadata["help"], metadata.get("choices"), optional,
+                                        metadata.get("bounds"), metadata.get("path"), metadata.get("resumable", False)))
     return options
 
 
 def apply_value(config: Config, section: str | None, key: str, value: Any, *, source: str) -> None:
-    """Set ``config.<section>.<key> = value`` after checking the key, the type and the choices."""
+    """Set ``config.<section>.<key> = value`` after checking the key, the type, the choices and the bounds.
+
+    Raises:
+        SertoolError: naming ``source`` and the key.
+    """
     option_ = _options_by_key().get((section, key))
     where = f"{section}.{key}" if section else key
     if option_ is None:
@@ -238,6 +454,9 @@ def _coerce(option_: ConfigOption, value: Any, where: str) -> Any:
             value = float(value)
         if not isinstance(value, option_.type) or (option_.type is int and isinstance(value, bool)):
             raise SertoolError(f"{where} must be {option_.type.__name__}, got {value!r}")
+        problem = option_.bounds.problem(value) if option_.bounds is not None and option_.type is not bool else None
+        if problem:
+            raise SertoolError(f"{where} {problem}, got {value!r}")
         bad = [value] if option_.choices and value not in option_.choices else []
     if bad:
         raise SertoolError(f"{where}: {', '.join(map(str, bad))} is not one of {', '.join(option_.choices or ())}")

@@ -114,7 +114,7 @@ class RichTrainReporter(Reporter):
         err.print(f"run folder: {summary['run_dir']}")
 
     def epoch(self, epoch: int, total_batches: int, done_batches: int) -> None:
-        self._close()
+        self.close()
         self._progress = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
                                   TextColumn("{task.fields[stats]}"), TimeRemainingColumn(), console=err,
                                   disable=not err.is_terminal)
@@ -132,8 +132,11 @@ class RichTrainReporter(Reporter):
     def validation(self, metrics: dict) -> None:
         marker = " [green]★ best[/]" if metrics["improved"] else ""
         line = "  ".join(f"{name[0].upper()} {_ccc(metrics[f'ccc_{name}'])}" for name in ("arousal", "valence", "dominance"))
-        (self._progress.console if self._progress else err).print(
-            f"validation after step {metrics['step']}: CCC {line}  avg {_ccc(metrics['ccc_average'])}{marker}")
+        console = self._progress.console if self._progress else err
+        console.print(f"validation after step {metrics['step']}: CCC {line}  "
+                      f"avg {_ccc(metrics['ccc_average'])}{marker}")
+        if metrics.get("collapsed"):
+            console.print(f"[yellow]warning:[/] {collapse_text(metrics['collapsed'])}")
 
     def message(self, text: str) -> None:
         (self._progress.console if self._progress else err).print(text, markup=False)
@@ -141,7 +144,7 @@ class RichTrainReporter(Reporter):
     def finish(self, result) -> None:
         import time
 
-        self._close()
+        self.close()
         table = Table(title=f"sertool train: {result.stopped} after {result.steps} steps "
                             f"({time.perf_counter() - self._started:.0f} s)", title_justify="left")
         for column in ("checkpoint", "step", "arousal", "valence", "dominance", "average"):
@@ -150,11 +153,13 @@ class RichTrainReporter(Reporter):
             table.add_row(str(result.run_dir / "best.pt"), str(result.best_step),
                           *(f"{result.best[name]:.4f}" for name in ("arousal", "valence", "dominance", "average")))
         out.print(table)
+        if result.collapsed:
+            err.print(f"[yellow]warning:[/] best.pt: {collapse_text(result.collapsed)}")
         if result.skipped_steps or result.skipped_audio:
             err.print(f"skipped {result.skipped_steps} step(s) with a non-finite loss and "
                       f"{len(result.skipped_audio)} unreadable clip(s); see {result.run_dir / 'summary.json'}")
 
-    def _close(self) -> None:
+    def close(self) -> None:
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
@@ -178,3 +183,14 @@ def print_scores(title: str, rows: list, *, highlight: str | None = None) -> Non
                       "–" if row.gender_uar is None else f"{row.gender_uar:.3f}"]
         table.add_row(*cells, style="bold" if row.name == highlight else None)
     out.print(table)
+    for row in rows:
+        if row.collapsed:
+            err.print(f"[yellow]warning:[/] {row.name}: {collapse_text(row.collapsed)}")
+
+
+def collapse_text(attributes) -> str:
+    """The one warning about collapsed heads, shared by evaluate, ensemble, baseline and train."""
+    from sertool.models.ccc import COLLAPSE_SPREAD_RATIO
+
+    return (f"{', '.join(attributes)} predictions are near-constant (spread ≤ {COLLAPSE_SPREAD_RATIO:g} × the "
+            "labels'): the head collapsed, so its CCC says nothing about what it learned")

@@ -167,7 +167,11 @@ def test_layer_weights_start_uniform_and_get_gradients(tiny_models):
     sample_mask = torch.ones_like(waveform, dtype=torch.bool)
     with torch.no_grad():
         normalized = normalize_per_utterance(waveform, sample_mask)
-        hidden_states = reference(normalized, output_hidden_states=True).hidden_states
+        output = reference(normalized, output_hidden_states=True)
+    # The last state is the encoder's output (after its final layer norm), as transformers 4.x returned it;
+    # transformers 5.x's last hidden state is the one before that norm.
+    hidden_states = (*output.hidden_states[:-1], output.last_hidden_state)
+    assert not torch.allclose(output.hidden_states[-1], output.last_hidden_state)
     frames, _ = model(waveform, sample_mask)
     torch.testing.assert_close(frames, torch.stack(hidden_states).mean(dim=0), atol=1e-5, rtol=0)
     frames.pow(2).mean().backward()

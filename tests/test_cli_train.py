@@ -9,6 +9,7 @@ from click.testing import CliRunner
 
 from sertool.checkpoint import load_checkpoint
 from sertool.cli import cli
+from sertool.config import RECIPES
 from tests.corpus_files import write_learnable_corpus
 from tests.tiny_speech import save_tiny_wavlm
 
@@ -54,7 +55,8 @@ def test_flags_override_the_config_file(corpus, tmp_path):
     saved = yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())
     assert saved["train"]["epochs"] == 1  # the flag
     assert saved["train"]["lr_heads"] == 0.01 and saved["model"]["pooling"] == "mean"  # the file
-    assert saved["train"]["accum_steps"] == 4  # the default
+    assert saved["train"]["accum_steps"] == RECIPES["small-cpu"]["train.accum_steps"]  # fbank's recipe
+    assert saved["train"]["weight_decay"] == 1e-4  # the default (no recipe sets it)
 
 
 @pytest.mark.parametrize(("content", "message"), [
@@ -82,3 +84,15 @@ def test_aux_none_resets_the_config_files_tasks(corpus, tmp_path):
     result = run("train", "--config", config_file, "--corpus", corpus, "--aux", "none", "--out", tmp_path / "r", *FAST)
     assert result.exit_code == 0, result.output
     assert yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())["model"]["aux"] == []
+
+
+def test_bounds_refuse_non_finite_values_and_each_edge():
+    from sertool.config import Bounds
+
+    dropout = Bounds(at_least=0, below=1)
+    assert [dropout.problem(value) for value in (0.0, 0.999)] == [None, None]
+    assert dropout.problem(1.0) == dropout.problem(-0.1) == "must be in [0, 1)"
+    assert dropout.problem(float("nan")) == dropout.problem(float("-inf")) == "must be a finite number"
+    crop = Bounds(at_least=0.25, zero=True)
+    assert (crop.problem(0.0), crop.problem(0.25), crop.problem(0.1)) == (None, None, "must be 0 or ≥ 0.25")
+    assert Bounds(above=0).problem(0) == "must be > 0" and Bounds(at_most=3).problem(10**400) == "must be ≤ 3"

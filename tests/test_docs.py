@@ -3,8 +3,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from sertool.config import config_options
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
@@ -16,19 +14,32 @@ def test_every_config_option_is_documented_with_its_flag():
     assert not missing, f"flags missing from docs/training.md and docs/models.md: {missing}"
 
 
+def test_every_numeric_option_documents_its_allowed_values():
+    rows = [line for line in ((DOCS / "training.md").read_text() + (DOCS / "models.md").read_text()).splitlines()
+            if line.startswith("| `")]
+    missing = []
+    for option in config_options():
+        if option.type in (int, float):
+            row = next((line for line in rows if f"`{option.flag}`" in line), "")
+            if option.bounds is None or f" | {option.bounds.describe()} | " not in row:
+                missing.append(option.flag)
+    assert not missing, f"numeric options without bounds, or without them in their docs row: {missing}"
+
+
 def test_every_command_has_a_worked_example():
     text = (DOCS / "cli.md").read_text()
     for command in ("data demo", "data info", "data manifest", "data speakers", "train", "evaluate", "predict",
-                    "ensemble", "reproduce"):
+                    "ensemble", "export", "baseline", "reproduce"):
         assert f"sertool {command}" in text, command
 
 
-@pytest.mark.parametrize("test_file", ["test_reliability.py", "test_faults_inference.py"])
-def test_reliability_table_lists_every_reliability_test(test_file):
+def test_reliability_table_lists_every_reliability_test():
     import ast
 
-    source = (Path(__file__).resolve().parent / test_file).read_text()
-    tests = [node.name for node in ast.parse(source).body
-             if isinstance(node, ast.FunctionDef) and node.name.startswith("test_")]
+    tests = []
+    for name in ("test_reliability.py", "test_faults_training.py", "test_faults_inference.py"):
+        source = (Path(__file__).resolve().parent / name).read_text()
+        tests += [node.name for node in ast.parse(source).body
+                  if isinstance(node, ast.FunctionDef) and node.name.startswith("test_")]
     text = (DOCS / "reliability.md").read_text()
     assert [name for name in tests if name not in text] == []

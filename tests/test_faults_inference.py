@@ -458,9 +458,9 @@ def test_make_demo_deletes_nothing_it_builds_or_announces(tmp_path):
                            f"VENV={tmp_path / 'venv'}"], capture_output=True, text=True, check=True).stdout.splitlines()
     commands = [line for line in plan if not line.startswith("echo")]
     assert [line for line in commands if line.split()[:1] == ["rm"]] == []  # make removed the checkpoints here
-    announced = [word.strip("\"") for line in plan if line.startswith("echo") for word in line.split()
+    announced = [word.strip("\"").rstrip("/") for line in plan if line.startswith("echo") for word in line.split()
                  if word.startswith(str(demo))]
-    assert len(announced) == 5  # two plots, the predictions folder, the ensemble, the submission
+    assert len(announced) == 6  # two plots, the predictions folder, the ensemble, the baseline folder, the submission
     for path in announced:
         assert any(path in line for line in commands), f"{path} is announced but no command makes it"
     trained = [line.split("--out ")[1].split()[0] for line in commands if " train " in line]

@@ -115,3 +115,22 @@ def test_window_segments_are_in_seconds() -> None:
     segments = window_segments("long.wav", spans, values, sample_rate=SAMPLE_RATE)
     assert [(s.start_s, s.end_s) for s in segments] == [(0.0, 1.0), (1.0, 2.0), (1.5, 2.5)]
     assert segments[2].values == (6.0, 7.0, 8.0) and {s.id for s in segments} == {"long.wav"}
+
+
+def test_every_window_reads_only_its_span(tmp_path) -> None:
+    """The first window starts at 0 like a whole file, yet must read only its own samples."""
+    import soundfile as sf
+
+    from sertool.data.dataset import UtteranceDataset
+    from sertool.data.records import Utterance
+    from sertool.inference.inputs import windowed_pieces
+
+    waveform = np.sin(np.arange(7 * 16_000) / 50.0).astype(np.float32)
+    sf.write(tmp_path / "long.wav", waveform, 16_000, subtype="FLOAT")
+    utterance = Utterance(id="long.wav", audio_path=tmp_path / "long.wav", split="predict", duration_s=7.0)
+    pieces = list(windowed_pieces([utterance], window_s=3.0, hop_s=2.0))
+    dataset = UtteranceDataset([piece.utterance for piece in pieces], to_unit=float)
+    for index, piece in enumerate(pieces):
+        start, end = piece.span
+        np.testing.assert_array_equal(dataset[index]["waveform"].numpy(), waveform[start:end])
+    assert len(UtteranceDataset([utterance], to_unit=float)[0]["waveform"]) == len(waveform)

@@ -76,7 +76,8 @@ def _run_system(grid: Grid, system: str, *, corpus: str, scale: str, out_dir: Pa
     run_dir = out_dir / "runs" / system
     scores_path = out_dir / "scores" / f"{system}.json"
     try:
-        config = grid.config(system, scale=scale, corpus=corpus, model_locations=model_locations)
+        # As train stores it (absolute paths), so that a finished or interrupted run is recognised.
+        config = grid.config(system, scale=scale, corpus=corpus, model_locations=model_locations).with_absolute_paths()
         if scores_path.is_file():
             recorded = json.loads(scores_path.read_text(encoding="utf-8"))
             if recorded.get("config") == config.to_dict():

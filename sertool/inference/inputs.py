@@ -45,14 +45,15 @@ def collect_inputs(paths: Sequence[str | Path]) -> tuple[list[Utterance], LoadRe
             if not files:
                 raise SertoolError(f"{printable(str(path))}: no audio files ({', '.join(AUDIO_SUFFIXES)}) "
                                    "in this folder")
-            utterances.extend(_loose(file, printable(file.relative_to(path).as_posix())) for file in files)
+            utterances.extend(audio_file_utterance(file, printable(file.relative_to(path).as_posix()))
+                              for file in files)
         elif path.suffix.lower() == ".csv":
             manifest = open_corpus(path)
             utterances.extend(manifest.utterances)
             report.dropped.extend(manifest.report.dropped)
             report.warnings.extend(manifest.report.warnings)
         else:
-            utterances.append(_loose(path, printable(path.name)))
+            utterances.append(audio_file_utterance(path, printable(path.name)))
     seen: dict[str, Path] = {}
     for utt in utterances:
         if utt.id in seen:
@@ -115,7 +116,12 @@ def require_complete(report: LoadReport, split: str | None, *, purpose: str) -> 
                            f"{concerned[0]}; fix those rows so that every file is predicted")
 
 
-def _loose(path: Path, utt_id: str) -> Utterance:
+def audio_file_utterance(path: Path, utt_id: str) -> Utterance:
+    """An audio file to predict, as a whole-file utterance named ``utt_id`` (duration from its header).
+
+    Raises:
+        SertoolError: missing or unreadable audio, naming the file.
+    """
     sample_rate, num_frames, _ = audio_info(path)
     return Utterance(id=utt_id, audio_path=path, split=PREDICT_SPLIT, duration_s=num_frames / sample_rate)
 

@@ -1,5 +1,6 @@
-"""Anything that predicts A/V/D for utterances: a checkpoint, a run folder, a predictions CSV, or a saved
-ensemble. `evaluate`, `predict` and `ensemble` all go through ``open_predictor``, so each accepts all four.
+"""Anything that predicts A/V/D for utterances: a checkpoint, a run folder, a model folder (sertool's or
+the authors' released layout) or its hub id, a predictions CSV, or a saved ensemble. `evaluate`, `predict`,
+`ensemble` and ``sertool.load`` all go through ``open_predictor``, so each accepts all of them.
 """
 from __future__ import annotations
 
@@ -12,13 +13,15 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from sertool.checkpoint import load_checkpoint, load_stored_state
+from sertool.checkpoint import load_stored_state
 from sertool.config import DEFAULT_ASR_MODEL_ID, Config
 from sertool.data.records import Utterance
 from sertool.errors import SertoolError
 from sertool.inference.ensemble import apply_plan, read_plan
 from sertool.inference.predictions import Predictions, check_rating_scale, read_predictions
 from sertool.inference.runner import DEFAULT_EVAL_BATCH_S, run_model
+from sertool.model_folder import load_model
+from sertool.models.hub import is_repo_id
 
 
 @dataclass
@@ -61,12 +64,12 @@ class Predictor(Protocol):
 
 
 class CheckpointPredictor:
-    """A trained model, rebuilt from its checkpoint on first use."""
+    """A trained model, rebuilt on first use from its checkpoint, run folder, model folder or hub id."""
 
     def __init__(self, path: str | Path, options: InferenceOptions) -> None:
         self.name = str(path)
         self.options = options
-        self.payload = load_checkpoint(path)
+        self.payload = load_model(path)
         damaged = [key for key in ("config", "model_state") if not isinstance(self.payload.get(key), dict)]
         if damaged:
             raise SertoolError(f"{path}: a damaged sertool checkpoint: it has no {' and no '.join(damaged)}")
@@ -88,7 +91,8 @@ class CheckpointPredictor:
         if self._model is None:
             from sertool.models.ser_model import SERModel
 
-            model = SERModel(self.config.model, num_speakers=len(self.payload.get("speakers", [])))
+            model = SERModel(self.config.model, num_speakers=len(self.payload.get("speakers", [])),
+                             backbone_weights=self.payload.get("backbone_weights", "published"))
             load_stored_state(model, self.payload["model_state"], source=self.name)
             self._model = model.to(self.options.torch_device()).eval()
         return self._model
@@ -168,7 +172,8 @@ class EnsemblePredictor:
 
 def open_predictor(path: str | Path, options: InferenceOptions | None = None, *,
                    within: tuple[Path, ...] = ()) -> Predictor:
-    """A predictor for ``path``: ``.csv`` predictions, a ``.json`` ensemble, or a checkpoint / run folder.
+    """A predictor for ``path``: ``.csv`` predictions, a ``.json`` ensemble, or a checkpoint / run folder /
+    model folder; a hub id (``owner/name``) that is no local path names a model folder on the hub.
 
     Args:
         within: for a member of an ensemble file, the ensemble files that include it (cycle detection).
@@ -177,9 +182,12 @@ def open_predictor(path: str | Path, options: InferenceOptions | None = None, *,
         SertoolError: the path is missing or not one of these.
     """
     options = options or InferenceOptions()
-    path = Path(path).expanduser()
+    text = str(path)
+    path = Path(text).expanduser()
     if not path.exists():
-        raise SertoolError(f"{path}: no such checkpoint, run folder, predictions CSV or ensemble file")
+        if is_repo_id(text):
+            return CheckpointPredictor(text, options)
+        raise SertoolError(f"{path}: no such checkpoint, run folder, model folder, predictions CSV or ensemble file")
     if path.suffix.lower() == ".csv":
         return CsvPredictor(path)
     if path.suffix.lower() == ".json":
@@ -187,7 +195,10 @@ def open_predictor(path: str | Path, options: InferenceOptions | None = None, *,
     return CheckpointPredictor(path, options)
 
 
-def _relative_to(member: str, base: Path) -> Path:
-    """Ensemble files name their members relative to their own folder (so the pair can move together)."""
+def _relative_to(member: str, base: Path) -> Path | str:
+    """Ensemble files name their members relative to their own folder (so the pair can move together); a
+    member that is no path there but a hub id stays a hub id."""
     path = Path(member).expanduser()
-    return path if path.is_absolute() else base / path
+    if path.is_absolute():
+        return path
+    return member if not (base / path).exists() and is_repo_id(member) else base / path

@@ -15,6 +15,7 @@ import torch
 from sertool.data.dataset import UtteranceDataset, collate
 from sertool.data.records import Utterance
 from sertool.errors import SertoolError
+from sertool.interrupts import quiet_worker
 from sertool.training.distributed import Distributed, all_gather_objects
 from sertool.training.samplers import length_sorted_batches
 
@@ -42,11 +43,12 @@ def run_model(
     amp_dtype: torch.dtype | None = None,
     context: Distributed | None = None,
     progress: Callable[[int, int], None] | None = None,
+    finite_only: bool = True,
 ) -> ModelPredictions:
     """Predict every utterance (whole, never cropped) and return the outputs in input order.
 
     Every output is checked (``require_finite``): a NaN or infinite prediction stops the run, naming its
-    utterance, instead of reaching a score, a checkpoint choice or a file.
+    utterance, instead of reaching a score or a file.
 
     Args:
         model: an ``SERModel`` (or its DDP wrapper); switched to eval mode and back.
@@ -58,13 +60,15 @@ def run_model(
         amp_dtype: autocast dtype (None: full precision).
         context: under DDP, each rank predicts a share and every rank gets the whole result.
         progress: ``(done, total)`` callback, in batches of this rank.
+        finite_only: False returns NaN or infinite outputs as they are, for a caller with its own policy
+            (validation during training records them and never counts them as an improvement).
     """
     context = context or Distributed()
     dataset = UtteranceDataset(utterances, to_unit=float, text_embeddings=text_embeddings)
     batches = length_sorted_batches([utt.duration_s for utt in utterances], max_batch_s=max_batch_s)
     mine = batches[context.rank::context.world_size]
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=mine, collate_fn=collate, num_workers=num_workers,
-                                         pin_memory=device.type == "cuda")
+                                         pin_memory=device.type == "cuda", worker_init_fn=quiet_worker)
     core = getattr(model, "module", model)  # DDP hands the module out; evaluation needs no gradient sync
     was_training = core.training
     core.eval()
@@ -81,10 +85,12 @@ def run_model(
                               texts=batch.texts if core.needs_texts else None)
             ids.extend(batch.ids)
             emotion.append(output.emotion.float().cpu().numpy())
-            require_finite(batch.ids, emotion[-1], utterances)
+            if finite_only:
+                require_finite(batch.ids, emotion[-1], utterances)
             if output.gender_logits is not None:
                 gender.append(output.gender_logits.float().softmax(-1).cpu().numpy())
-                require_finite(batch.ids, gender[-1], utterances)
+                if finite_only:
+                    require_finite(batch.ids, gender[-1], utterances)
             if progress is not None:
                 progress(done, len(mine))
     finally:

@@ -10,12 +10,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from sertool.config import MIN_DURATION_S  # shorter input is refused (see there why)
 from sertool.errors import SertoolError
 from sertool.inference.predictions import Segment
-
-# Shorter input is refused: WavLM's CNN front end makes one frame per 20 ms, so 0.25 s gives about 12
-# frames, the fewest over which a pooled mean and standard deviation still describe the speech.
-MIN_DURATION_S = 0.25
 
 
 def window_spans(num_samples: int, sample_rate: int, window_s: float, hop_s: float, *,

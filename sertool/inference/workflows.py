@@ -14,9 +14,10 @@ from sertool.io import check_writable
 from sertool.inference.ensemble import EnsemblePlan, apply_plan, mean_plan, select_per_attribute, write_plan
 from sertool.inference.inputs import WindowMerger, check_windows, windowed_pieces
 from sertool.inference.predictions import Predictions
-from sertool.inference.predictor import InferenceOptions, PredictorOutput, open_predictor
+from sertool.inference.predictor import InferenceOptions, Predictor, PredictorOutput, open_predictor
 from sertool.inference.writers import WRITERS, format_of, write_submission
-from sertool.models.ccc import ccc_scores
+from sertool.models.ccc import ccc_scores, collapsed_attributes
+from sertool.models.hub import is_repo_id
 
 # Files or windows `predict` holds at a time: 256 ten-second windows are ~43 minutes of audio, ~21
 # length-sorted batches of the default 120 padded seconds, while the records and ASR audio in flight stay
@@ -33,6 +34,7 @@ class Scores:
     num_utterances: int
     gender_accuracy: float | None = None
     gender_uar: float | None = None  # unweighted average recall over Male / Female
+    collapsed: list[str] = field(default_factory=list)  # attributes with near-constant predictions
 
 
 @dataclass
@@ -56,8 +58,10 @@ def labelled(utterances: Sequence[Utterance], split: str) -> np.ndarray:
 
 
 def score(name: str, output: PredictorOutput, utterances: Sequence[Utterance], labels: np.ndarray) -> Scores:
-    """CCC over the whole split (never per batch), and gender accuracy / UAR where the model predicts it."""
-    scores = Scores(name, ccc_scores(output.predictions.values, labels), len(utterances))
+    """CCC over the whole split (never per batch), the attributes whose predictions collapsed to a
+    near-constant, and gender accuracy / UAR where the model predicts it."""
+    values = output.predictions.values
+    scores = Scores(name, ccc_scores(values, labels), len(utterances), collapsed=collapsed_attributes(values, labels))
     if output.gender_probabilities is not None:
         known = np.array([utt.gender in GENDERS for utt in utterances])
         if known.any():
@@ -100,8 +104,15 @@ def evaluate(model_path: str | Path, utterances: Sequence[Utterance], *, split: 
 
 def predict(model_path: str | Path, utterances: Sequence[Utterance], *, options: InferenceOptions,
             window_s: float, hop_s: float) -> Predictions:
-    """Predict every utterance; files longer than ``window_s`` are cut into windows (``hop_s`` apart),
-    each window becomes a segment row and the file's row is their duration-weighted mean.
+    """Predict every utterance with the model at ``model_path`` (see ``predict_with``)."""
+    return predict_with(open_predictor(model_path, options), utterances, window_s=window_s, hop_s=hop_s)
+
+
+def predict_with(predictor: Predictor, utterances: Sequence[Utterance], *, window_s: float,
+                 hop_s: float) -> Predictions:
+    """Predict every utterance with an open predictor (`sertool predict` and ``sertool.load`` alike);
+    files longer than ``window_s`` are cut into windows (``hop_s`` apart), each window becomes a segment
+    row and the file's row is their duration-weighted mean.
 
     The input streams through the model ``PREDICT_CHUNK_PIECES`` pieces (files or windows) at a time, and
     each window reads only its own span, so memory is bounded by the chunk and batch sizes, whatever the
@@ -112,7 +123,6 @@ def predict(model_path: str | Path, utterances: Sequence[Utterance], *, options:
             that is not finite (naming the file or window).
     """
     check_windows(utterances, window_s=window_s, hop_s=hop_s)
-    predictor = open_predictor(model_path, options)
     merger = WindowMerger()
     pieces = windowed_pieces(utterances, window_s=window_s, hop_s=hop_s)
     while chunk := list(itertools.islice(pieces, PREDICT_CHUNK_PIECES)):
@@ -190,7 +200,9 @@ def ensemble(member_paths: Sequence[str | Path], utterances: Sequence[Utterance]
 
 
 def _member_name(path: str | Path, save: Path | None) -> str:
-    """How a saved plan names a member: relative to the plan's folder when possible."""
+    """How a saved plan names a member: relative to the plan's folder when possible; a hub id as itself."""
+    if not Path(path).expanduser().exists() and is_repo_id(str(path)):
+        return str(path)
     path = Path(path).expanduser().resolve()
     if save is None:
         return str(path)

@@ -32,9 +32,9 @@ def masked_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
 class GenderHead(nn.Module):
     """Two-layer MLP -> logits over ``GENDERS`` (index 0 Male, 1 Female)."""
 
-    def __init__(self, input_dim: int, *, hidden_dim: int, dropout: float) -> None:
+    def __init__(self, input_dim: int, *, hidden_dim: int, dropout: float, norm: bool = True) -> None:
         super().__init__()
-        self.mlp = two_layer_mlp(input_dim, hidden_dim, len(GENDERS), dropout=dropout)
+        self.mlp = two_layer_mlp(input_dim, hidden_dim, len(GENDERS), dropout=dropout, norm=norm)
 
     def forward(self, representation: Tensor) -> Tensor:
         """``[B, input_dim]`` -> ``[B, 2]`` logits."""
@@ -49,11 +49,11 @@ class SpeakerHead(nn.Module):
     turns into a loss.
     """
 
-    def __init__(self, input_dim: int, *, num_speakers: int, hidden_dim: int, dropout: float) -> None:
+    def __init__(self, input_dim: int, *, num_speakers: int, hidden_dim: int, dropout: float, norm: bool = True) -> None:
         super().__init__()
         if num_speakers <= 0:
             raise ValueError(f"SpeakerHead needs at least one speaker, got {num_speakers}")
-        self.embedding = hidden_layer(input_dim, hidden_dim, dropout=dropout)
+        self.embedding = hidden_layer(input_dim, hidden_dim, dropout=dropout, norm=norm)
         self.class_weights = nn.Parameter(torch.empty(num_speakers, hidden_dim))
         nn.init.xavier_uniform_(self.class_weights)
 

@@ -18,6 +18,10 @@ from torch import Tensor
 
 from sertool.data.records import ATTRIBUTES
 
+# A prediction whose standard deviation is below this share of the labels' is called collapsed
+# (near-constant): with spread ratio r, CCC ≤ 2r / (1 + r²) whatever the correlation, ≈ 0.2 at r = 0.1.
+COLLAPSE_SPREAD_RATIO = 0.1
+
 
 def ccc(pred: Tensor, target: Tensor, dim: int = 0) -> Tensor:
     """Concordance correlation coefficient along ``dim``, differentiable.
@@ -93,3 +97,23 @@ def _as_float64(values: np.ndarray | Tensor) -> Tensor:
     if isinstance(values, Tensor):
         return values.detach().to("cpu", torch.float64)
     return torch.as_tensor(np.asarray(values, dtype=np.float64))
+
+
+def collapsed_attributes(predictions: np.ndarray | Tensor, targets: np.ndarray | Tensor) -> list[str]:
+    """The attributes whose predictions are (near-)constant over a split.
+
+    An attribute is collapsed when its predictions' standard deviation is at most
+    ``COLLAPSE_SPREAD_RATIO`` times the labels' (or exactly 0): its CCC is then at most about 0.2 however
+    well the predictions are ordered, and a head that learned nothing scores the same. Such a CCC says
+    the head stopped predicting, not how well it predicts.
+
+    Args:
+        predictions, targets: ``[N, 3]`` in ``ATTRIBUTES`` order, on one scale.
+
+    Returns:
+        The collapsed attribute names, in ``ATTRIBUTES`` order (empty when none).
+    """
+    pred, target = _as_float64(predictions), _as_float64(targets)
+    pred_spread, target_spread = pred.std(dim=0, unbiased=False), target.std(dim=0, unbiased=False)
+    collapsed = (pred_spread == 0) | (pred_spread <= COLLAPSE_SPREAD_RATIO * target_spread)
+    return [name for name, flag in zip(ATTRIBUTES, collapsed.tolist()) if flag]

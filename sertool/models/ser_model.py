@@ -16,12 +16,17 @@ from sertool.models.auxiliary import GenderHead, SpeakerHead
 from sertool.models.backbones import FbankBackbone, LayerWeighting, build_backbone
 from sertool.models.heads import EmotionHeads, LabelScaling
 from sertool.models.pooling import build_pooling
+from sertool.models.projection import FrameProjection
 from sertool.models.speaker_embedding import build_speaker_embedder
 from sertool.models.text import TextEncoder
 
 AUX_TASKS: tuple[str, ...] = ("gender", "speaker")
 # Submodules holding pretrained encoders: their trainable parameters form the "backbone" group.
 PRETRAINED_MODULES: tuple[str, ...] = ("backbone", "text_encoder", "speaker_embedder")
+# Where the speech backbone's weights come from. "published": loaded from its hub id or folder, so its
+# frozen part need not be stored; "stored": built from its config alone, every weight from a stored
+# state (a model whose backbone differs from any published one, e.g. the authors' released models).
+BACKBONE_WEIGHTS: tuple[str, ...] = ("published", "stored")
 
 
 @dataclass
@@ -47,11 +52,12 @@ class SERModel(nn.Module):
     Built from a ``ModelConfig``:
 
     - ``backbone`` (``backbone_path``, ``layer_weighting``, freezing, LoRA): frame features;
+    - ``projection_dim``: a pointwise projection of the frames (the authors' 1×1-conv stack), or none;
     - ``pooling``: ``"attentive"`` (mean ⊕ std, 2·D) or ``"mean"`` (D), over real frames only;
     - ``text``: concatenates the mean-pooled ``text_model`` embedding of the transcript ("MM" systems);
       embeddings come precomputed (``TextEmbeddingCache``) or, with ``lora_rank > 0``, from ``texts``;
     - ``speaker_embedding``: concatenates a frozen x-vector ("+ S Emb");
-    - three two-layer heads (``head_hidden_dim``, ``head_dropout``), one per attribute;
+    - three two-layer heads (``head_hidden_dim``, ``head_dropout``, ``head_norm``), one per attribute;
     - ``aux``: ``"gender"`` head (cross-entropy) and ``"speaker"`` head (AAM-softmax, needs
       ``num_speakers``).
 
@@ -59,15 +65,21 @@ class SERModel(nn.Module):
         label_scaling: how unit-scale outputs map to ratings; store ``label_scaling.to_dict()`` in
             checkpoints.
         representation_dim: width of the concatenated vector the heads read.
+        published_modules: the pretrained submodules whose frozen weights are the published ones, and
+            are therefore left out of stored states (``sertool.checkpoint.stored_state``).
     """
 
-    def __init__(self, config: ModelConfig, *, num_speakers: int = 0, gradient_checkpointing: bool = False) -> None:
+    def __init__(self, config: ModelConfig, *, num_speakers: int = 0, gradient_checkpointing: bool = False,
+                 backbone_weights: str = "published") -> None:
         """
         Args:
             config: the model section of the run's config.
             num_speakers: speaker classes of the training data, for ``aux`` ``"speaker"``.
             gradient_checkpointing: recompute the speech backbone's layers in the backward pass (less
                 memory, more compute); see ``build_backbone``.
+            backbone_weights: ``"published"`` loads the backbone's pretrained weights; ``"stored"`` builds
+                it from its config only (random weights that a stored state must then replace, all of
+                them: its frozen part is stored too).
 
         Raises:
             SertoolError: an unknown ``aux`` task or pooling, ``"speaker"`` without speakers, or a
@@ -75,10 +87,18 @@ class SERModel(nn.Module):
         """
         super().__init__()
         _check_config(config, num_speakers=num_speakers)
+        if backbone_weights not in BACKBONE_WEIGHTS:
+            raise ValueError(f"backbone_weights {backbone_weights!r} is not one of {', '.join(BACKBONE_WEIGHTS)}")
         self.config = config
         self.label_scaling = LabelScaling()
-        self.backbone = build_backbone(config, gradient_checkpointing=gradient_checkpointing)
-        self.pooling = build_pooling(config.pooling, self.backbone.output_dim)
+        self.backbone = build_backbone(config, gradient_checkpointing=gradient_checkpointing,
+                                       pretrained_weights=backbone_weights == "published")
+        self.published_modules = tuple(name for name in PRETRAINED_MODULES
+                                       if name != "backbone" or backbone_weights == "published")
+        self.projection = (FrameProjection(self.backbone.output_dim, config.projection_dim)
+                           if config.projection_dim else None)
+        frame_dim = self.projection.output_dim if self.projection is not None else self.backbone.output_dim
+        self.pooling = build_pooling(config.pooling, frame_dim)
         self.text_encoder = (
             TextEncoder(config.text_model, lora_rank=config.lora_rank, lora_alpha=config.lora_alpha)
             if config.text
@@ -88,7 +108,7 @@ class SERModel(nn.Module):
         self.representation_dim = self.pooling.output_dim + sum(
             part.output_dim for part in (self.text_encoder, self.speaker_embedder) if part is not None
         )
-        head_sizes = dict(hidden_dim=config.head_hidden_dim, dropout=config.head_dropout)
+        head_sizes = dict(hidden_dim=config.head_hidden_dim, dropout=config.head_dropout, norm=config.head_norm)
         self.emotion_heads = EmotionHeads(self.representation_dim, output=config.head_output, **head_sizes)
         self.gender_head = GenderHead(self.representation_dim, **head_sizes) if "gender" in config.aux else None
         self.speaker_head = (
@@ -124,6 +144,8 @@ class SERModel(nn.Module):
                 whose text encoder trains).
         """
         frames, frame_mask = self.backbone(waveforms, sample_mask)
+        if self.projection is not None:
+            frames = self.projection(frames)
         pooled = self.pooling(frames, frame_mask)
         parts = [pooled]
         if self.text_encoder is not None:
@@ -167,8 +189,8 @@ class SERModel(nn.Module):
         Returns:
             ``{"backbone": [...], "heads": [...]}``. "backbone": what trains inside pretrained encoders
             (a fine-tuned speech backbone, the text encoder's LoRA adapters). "heads": what starts from
-            scratch: the backbone's layer-weighting logits, the whole fbank encoder, pooling, emotion and
-            auxiliary heads. Frozen parameters are in neither; a group may be empty.
+            scratch: the backbone's layer-weighting logits, the whole fbank encoder, the frame projection,
+            pooling, emotion and auxiliary heads. Frozen parameters are in neither; a group may be empty.
         """
         from_scratch = [module for module in self.modules() if isinstance(module, (LayerWeighting, FbankBackbone))]
         fresh = {id(parameter) for module in from_scratch for parameter in module.parameters()}
@@ -185,6 +207,8 @@ def _check_config(config: ModelConfig, *, num_speakers: int) -> None:
     unknown = [task for task in config.aux if task not in AUX_TASKS]
     if unknown:
         raise SertoolError(f"--aux {', '.join(unknown)}: unknown auxiliary task; choose from {', '.join(AUX_TASKS)}")
+    if config.projection_dim < 0:
+        raise SertoolError(f"--projection-dim {config.projection_dim}: give a width, or 0 for no projection")
     if "speaker" in config.aux and num_speakers <= 0:
         raise SertoolError(
             "--aux speaker needs speaker labels, but the training data has no known speaker; "

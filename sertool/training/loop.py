@@ -2,19 +2,23 @@
 
 What happens, top to bottom (``train``):
 
-1. Run folder: a new ``--out RUN_DIR`` (refused if it holds files, unless ``force``) or, with
-   ``resume``, the folder of an interrupted run whose ``last.pt`` holds the config and the exact state.
+1. Run folder: locked for the life of the run (a second ``train`` on it is refused); a new ``--out
+   RUN_DIR`` (refused if it holds files, unless ``force``) or, with ``resume``, the folder of an
+   interrupted run whose ``last.pt`` holds the config and the exact state.
 2. Data: the corpus, the paper's data selection (``train_ox``, ``dev_ox_to_train``), cached transcript
    embeddings for MM systems, and an ``EpochBatchSampler`` (class balancing, duration buckets, DDP shard).
 3. Model, AdamW with two learning rates, warm-up + cosine/plateau schedule, AMP (bf16, or fp16 with a
    GradScaler), DistributedDataParallel under torchrun.
 4. The loop: ``accum_steps`` micro-batches per optimiser step, gradient clipping, a guard that skips
    steps with a non-finite loss and stops after ``max_nonfinite_steps`` in a row.
-5. Validation on the whole Development split (CCC per attribute over the split, never per batch),
-   ``best.pt`` by average CCC (and ``best_<attribute>.pt`` with ``select_best="per-attribute"``), early
-   stopping after ``patience`` validations without improvement, ``last.pt`` for resuming.
+5. After each step (``_finish_step``): the end of an epoch, validation on the whole Development split
+   when due (CCC per attribute over the split, never per batch), ``best.pt`` by average CCC (and
+   ``best_<attribute>.pt`` with ``select_best="per-attribute"``), early stopping after ``patience``
+   validations without improvement, ``last.pt`` for resuming, and a stop asked for by SIGINT or SIGTERM.
 
-Only rank 0 writes files; every checkpoint is written atomically.
+Only rank 0 writes files; every checkpoint is written atomically. ``last.pt`` is written only at a step
+boundary and ``_finish_step`` looks only at the state, so a run killed at any point resumes to the same
+weights as a run never interrupted.
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ import contextlib
 import itertools
 import json
 import math
+import signal
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -33,29 +38,32 @@ import torch
 
 from sertool.checkpoint import (BEST_NAME, LAST_NAME, load_checkpoint, load_stored_state, provenance, save_checkpoint,
                                 stored_state)
-from sertool.config import DEFAULT_BACKBONE_IDS, Config
+from sertool.config import DEFAULT_BACKBONE_IDS, Config, apply_value
 from sertool.data.corpus import open_corpus
 from sertool.data.dataset import Batch, UtteranceDataset, collate
 from sertool.data.records import ATTRIBUTES, Utterance
 from sertool.data.selection import select
 from sertool.errors import SertoolError
 from sertool.inference.runner import run_model
+from sertool.interrupts import Interrupted, StopRequests, quiet_worker, signal_name
 from sertool.io import atomic_write
-from sertool.models.ccc import ccc_scores
+from sertool.models.ccc import ccc_scores, collapsed_attributes
 from sertool.models.losses import SERLoss
 from sertool.models.ser_model import SERModel
+from sertool.model_folder import load_model
 from sertool.models.text_features import transcript_embeddings
 from sertool.training import distributed
 from sertool.training.distributed import Distributed
+from sertool.training.init_from import load_initial_weights
 from sertool.training.optim import LRSchedule, build_optimizer
-from sertool.training.run_folder import (prepare_run_folder, remove_stale_temporaries, truncate_metrics,
-                                        write_run_files)
+from sertool.training.run_folder import (add_command_line, data_fingerprint, locked_run_folder, prepare_run_folder,
+                                        reconcile_config_file, remove_run_outputs, remove_stale_temporaries,
+                                        truncate_metrics, write_config_file, write_environment)
 from sertool.training.reporter import Reporter
 from sertool.training.samplers import EpochBatchSampler, class_counts
 
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 AUDIO_PROBLEMS = frozenset({"missing audio", "unreadable audio", "empty audio"})  # LoadReport reasons
-BAD_AUDIO_POLICIES = ("skip", "fail")
 
 
 @dataclass
@@ -70,6 +78,7 @@ class TrainResult:
     skipped_steps: int = 0  # non-finite losses
     skipped_audio: list[str] = field(default_factory=list)
     history: list[dict[str, Any]] = field(default_factory=list)  # every validation
+    collapsed: list[str] = field(default_factory=list)  # attributes near-constant at best.pt's validation
 
 
 def resolve_amp(choice: str, device: torch.device) -> torch.dtype | None:
@@ -94,6 +103,7 @@ def train(
     run_dir: str | Path,
     *,
     resume: bool = False,
+    relocated: dict[str, Any] | None = None,
     force: bool = False,
     argv: Sequence[str] = (),
     device: str = "auto",
@@ -101,52 +111,131 @@ def train(
 ) -> TrainResult:
     """Train one system and write its run folder (see the module docstring for the steps).
 
+    SIGINT (Ctrl-C) and SIGTERM stop the run at the next optimiser-step boundary with ``last.pt`` written
+    (at once while data is read or a validation runs, where the last checkpoint already covers the state),
+    raising ``Interrupted`` with a message that says how to resume.
+
     Args:
-        config: the resolved config (ignored when resuming: the checkpoint's config is used).
+        config: the resolved config (ignored when resuming: the run's own config is used).
         run_dir: the run folder to create, or to continue with ``resume``.
-        resume: continue the interrupted run in ``run_dir`` exactly where its ``last.pt`` stopped.
-        force: write into an existing non-empty ``run_dir``.
+        resume: continue the interrupted run in ``run_dir`` exactly where its ``last.pt`` stopped (from step
+            0 with its ``config.yaml`` when it stopped before its first checkpoint).
+        relocated: with ``resume``, new values of ``resumable`` options (``{"data.corpus": path}``): the data
+            moved. The data must be the same (``data_fingerprint``).
+        force: start over in an existing non-empty ``run_dir``, removing the files of the run it holds.
         argv: the command line, recorded in the run folder.
         device: "auto", "cpu" or "cuda".
         reporter: progress output (default: none).
 
     Raises:
-        SertoolError: bad config, data or run folder, or a run stopped by non-finite losses.
+        SertoolError: bad config, data or run folder, a folder another ``train`` is using, a run stopped by
+            non-finite losses, or a run that never produced a finite validation score.
+        Interrupted: a stop signal.
     """
+    if not resume:
+        config = config.with_absolute_paths()
+        config.check()
+        if config.data.corpus is None:
+            raise SertoolError("no corpus given: pass --corpus ROOT")
     context = distributed.setup(device)
+    run_dir = Path(run_dir)
+    reporter = reporter if reporter is not None and context.is_main else Reporter()
+    run = None
     try:
-        result = _Run(config, Path(run_dir), resume=resume, force=force, argv=argv, context=context,
-                      reporter=reporter if reporter is not None and context.is_main else Reporter()).run()
+        holding = (locked_run_folder(run_dir, create=not resume, warn=reporter.message) if context.is_main
+                   else contextlib.nullcontext())
+        with StopRequests() as stops, holding:
+            try:
+                run = _Run(config, run_dir, resume=resume, force=force, argv=argv, context=context, reporter=reporter,
+                           relocated=relocated, stops=stops)
+                result = run.run()
+            except Interrupted as stop:
+                raise Interrupted(stop.signal_number, _interrupted_message(
+                    run_dir, stop.signal_number, saved_step=run.saved_step if run is not None else None)) from None
         distributed.barrier(context)
         return result
     finally:
+        reporter.close()
         distributed.teardown()
+
+
+def _interrupted_message(run_dir: Path, signal_number: int, *, saved_step: int | None) -> str:
+    """One line: what was kept, and the command that continues the run."""
+    stopped = f"interrupted ({signal_name(signal_number)})"
+    resume = f"Continue with: sertool train --resume {run_dir}"
+    if saved_step is not None:
+        return f"{stopped}; {run_dir / LAST_NAME} holds step {saved_step}. {resume}"
+    if (run_dir / LAST_NAME).is_file():
+        return f"{stopped}; {run_dir / LAST_NAME} holds the last checkpoint. {resume}"
+    if (run_dir / "config.yaml").is_file():
+        return f"{stopped} before the first checkpoint; the run starts again from step 0. {resume}"
+    return f"{stopped} before {run_dir} was set up; nothing to resume: run the same command again"
 
 
 class _Run:
     """The state of one training run; ``run`` is the loop."""
 
     def __init__(self, config: Config, run_dir: Path, *, resume: bool, force: bool, argv: Sequence[str],
-                 context: Distributed, reporter: Reporter) -> None:
+                 context: Distributed, reporter: Reporter, relocated: dict[str, Any] | None = None,
+                 stops: StopRequests | None = None) -> None:
         self.context = context
         self.reporter = reporter
         self.run_dir = run_dir
-        checkpoint = load_checkpoint(run_dir, name=LAST_NAME) if resume else None
-        if checkpoint is not None:
-            config = Config.from_dict(checkpoint["config"])
-        self.config = config
-        train_config = config.train
-        if config.data.on_bad_audio not in BAD_AUDIO_POLICIES:
-            raise SertoolError(f"--on-bad-audio {config.data.on_bad_audio!r}: choose one of {', '.join(BAD_AUDIO_POLICIES)}")
-        if train_config.epochs < 1:
-            raise SertoolError(f"--epochs must be at least 1, got {train_config.epochs}")
-        if train_config.accum_steps < 1:
-            raise SertoolError(f"--accum-steps must be at least 1, got {train_config.accum_steps}")
-        if config.data.corpus is None:
-            raise SertoolError("no corpus given: pass --corpus ROOT")
-        if checkpoint is None and context.is_main:
-            prepare_run_folder(run_dir, force=force)
+        self.stops = stops = stops or StopRequests()
+        with stops.at_once():  # reading data and building the model save nothing: stop at once
+            checkpoint = recorded = None
+            if resume:
+                config, checkpoint, recorded = self._resumed_config(relocated or {})
+            elif context.is_main:
+                prepare_run_folder(run_dir, force=force)
+            self.config = config
+            if context.is_main and checkpoint is None:
+                write_config_file(run_dir, config)  # first of all: a run stopped while loading can resume
+                add_command_line(run_dir, argv)
+            self._build(checkpoint)
+            if context.is_main and checkpoint is not None:  # a resume that checks out: record it
+                warning = reconcile_config_file(run_dir, recorded=recorded, config=config)
+                if warning:
+                    reporter.message(f"warning: {warning}")
+                add_command_line(run_dir, argv)
 
+    def _resumed_config(self, relocated: dict[str, Any]) -> tuple[Config, dict[str, Any] | None, Config]:
+        """The config ``--resume`` continues with, ``last.pt`` (None: the run stopped before it), and the
+        config the run recorded (before ``relocated`` pointed its data elsewhere)."""
+        last = self.run_dir / LAST_NAME
+        if last.is_file():
+            try:
+                checkpoint = load_checkpoint(last)
+                recorded = Config.from_dict(checkpoint["config"], source=f"{last} (its config)")
+            except (SertoolError, KeyError, TypeError) as error:
+                raise SertoolError(f"cannot resume from {last}: {error}. Start the run again with `sertool train "
+                                   f"--config {self.run_dir / 'config.yaml'} --out {self.run_dir} --force`") from None
+            if not isinstance(checkpoint.get("training"), dict):
+                raise SertoolError(f"{last}: holds no training state (is it a copy of best.pt?); cannot resume")
+        else:
+            config_file = self.run_dir / "config.yaml"
+            if not config_file.is_file():
+                raise SertoolError(f"--resume {self.run_dir}: neither {LAST_NAME} nor config.yaml is there; is it "
+                                   "a run folder of `sertool train`?")
+            checkpoint, recorded = None, Config.from_yaml(config_file)
+            self.reporter.message(f"{self.run_dir} has no {LAST_NAME} (the run stopped before its first "
+                                  "checkpoint): starting it again from step 0 with its config.yaml")
+            if self.context.is_main:
+                remove_run_outputs(self.run_dir, keep=("config.yaml", "argv.txt"))
+        config = Config.from_dict(recorded.to_dict())
+        for key, value in relocated.items():
+            section, _, name = key.rpartition(".")
+            apply_value(config, section or None, name, value, source="--resume")
+        config = config.with_absolute_paths()
+        if config.data.corpus is not None and not Path(config.data.corpus).exists():
+            raise SertoolError(f"--resume {self.run_dir}: the run's corpus {config.data.corpus} is not there; pass "
+                               "--corpus ROOT as well to point at the same data where it is now")
+        return config, checkpoint, recorded
+
+    def _build(self, checkpoint: dict[str, Any] | None) -> None:
+        """Data, model, sampler, loader, optimiser, schedule; the training state from ``checkpoint``."""
+        config, context = self.config, self.context
+        train_config = config.train
         torch.manual_seed(config.seed)
         if context.device.type == "cpu":
             torch.use_deterministic_algorithms(True, warn_only=True)
@@ -157,21 +246,34 @@ class _Run:
         selection = select(corpus.utterances, train_split=config.data.train_split, valid_split=config.data.valid_split,
                            train_ox=config.data.train_ox, dev_ox_to_train=config.data.dev_ox_to_train)
         self.train_set, self.valid_set = selection.train, selection.valid
+        self.selection_summary = selection.describe()
         bad_audio = [problem for problem in corpus.report.dropped if problem.reason in AUDIO_PROBLEMS]
         if config.data.on_bad_audio == "fail" and bad_audio:
             raise SertoolError(f"--on-bad-audio fail: {len(bad_audio)} rows have missing, unreadable or empty audio; "
                                f"first: {bad_audio[0]}")
+        self.data_fingerprint = data_fingerprint(self.train_set, self.valid_set)
+        if checkpoint is not None:
+            self._check_same_data(checkpoint["training"])
         if config.model.text:
             self.train_set = self._with_transcripts(self.train_set)
             self.valid_set = self._with_transcripts(self.valid_set)
         self.speakers = sorted({utt.speaker for utt in self.train_set if utt.speaker is not None}) \
             if "speaker" in config.model.aux else []
 
-        # Model, text embeddings, objective.
+        _check_window(config, self.train_set, self.valid_set)
+
+        # Model (from --init-from's weights, or a resumed run's), text embeddings, objective.
+        initial = load_model(train_config.init_from) if checkpoint is None and train_config.init_from else None
+        # Where the backbone's weights come from passes on from the model the run started from.
+        self.backbone_weights = (checkpoint or initial or {}).get("backbone_weights", "published")
         self.model = SERModel(config.model, num_speakers=len(self.speakers),
-                              gradient_checkpointing=train_config.gradient_checkpointing)
+                              gradient_checkpointing=train_config.gradient_checkpointing,
+                              backbone_weights=self.backbone_weights)
         if checkpoint is not None:
-            load_stored_state(self.model, checkpoint["model_state"], source=str(run_dir / LAST_NAME))
+            load_stored_state(self.model, checkpoint["model_state"], source=str(self.run_dir / LAST_NAME))
+        elif initial is not None:
+            for note in load_initial_weights(self.model, initial, source=train_config.init_from):
+                self.reporter.message(note)
         self.model.to(context.device)
         self.text_embeddings = transcript_embeddings(self.model, [*self.train_set, *self.valid_set], config.data.cache_dir)
         self.loss_fn = SERLoss(config.model)
@@ -192,7 +294,7 @@ class _Run:
             text_embeddings=self.text_embeddings, max_duration_s=crop_s, seed=config.seed)
         self.loader = torch.utils.data.DataLoader(
             self.dataset, batch_sampler=self.sampler, collate_fn=collate, num_workers=config.data.num_workers,
-            pin_memory=context.device.type == "cuda",
+            pin_memory=context.device.type == "cuda", worker_init_fn=quiet_worker,
             # A generator of its own: creating the loader's iterator must not draw from the global RNG,
             # or a resumed run would get different dropout masks than the uninterrupted one.
             generator=torch.Generator().manual_seed(config.seed))
@@ -211,6 +313,7 @@ class _Run:
         self.step = 0
         self.epoch = 0
         self.batches_in_epoch = 0  # batches of the current epoch trained on (the sampler's workers run ahead)
+        self.stopped: str | None = None  # "finished" or "early stopping" once the run is over
         self.best: dict[str, float] = {}
         self.best_step = -1
         self.best_per_attribute: dict[str, float] = {}
@@ -219,17 +322,20 @@ class _Run:
         self.skipped_steps = 0
         self.skipped_audio: list[str] = []
         self.history: list[dict[str, Any]] = []
+        self.saved_step: int | None = None  # the step last.pt holds
+        self._saved_state: tuple | None = None  # what last.pt holds, to write each state only once
         if checkpoint is not None:
             self._restore(checkpoint["training"])
         elif context.is_main:
-            write_run_files(run_dir, config, argv=argv, data_summary={
+            write_environment(self.run_dir, config, data_summary={
                 "corpus": str(config.data.corpus), "load_report": corpus.report.summary(),
                 "selection": selection.describe(), "train_utterances": len(self.train_set),
-                "valid_utterances": len(self.valid_set)}, load_report=self.load_report)
+                "valid_utterances": len(self.valid_set), "fingerprint": self.data_fingerprint},
+                load_report=self.load_report)
 
     # ----------------------------------------------------------------------------------------------
     def run(self) -> TrainResult:
-        """The loop: epochs of accumulated steps, validation, checkpoints, early stopping."""
+        """The loop: epochs of accumulated steps, each followed by ``_finish_step``."""
         config = self.config.train
         self.reporter.start({
             "run_dir": str(self.run_dir), "train": len(self.train_set), "valid": len(self.valid_set),
@@ -238,57 +344,84 @@ class _Run:
             "parameters": sum(p.numel() for p in self.trainable), "epochs": config.epochs,
             "batches_per_epoch": len(self.sampler), "accum_steps": config.accum_steps, "resumed_at_step": self.step,
             "data": self.load_report, "classes": class_counts([utt.emo_class for utt in self.train_set])})
-        stopped = "finished"
-        while self.epoch < config.epochs and stopped == "finished":
-            stopped = self._run_epoch()
-            if stopped == "finished":
-                self.epoch += 1
-                if not config.eval_every_steps and self._validate_and_save():
-                    stopped = "early stopping"
-            self._save_last()
-        last_validated = self.history[-1]["step"] if self.history else None
-        if stopped == "finished" and config.eval_every_steps and last_validated != self.step:
-            self._validate_and_save()  # the steps after the last multiple of eval_every_steps
-            self._save_last()
-        result = TrainResult(self.run_dir, best=self.best, best_step=self.best_step, steps=self.step, stopped=stopped,
-                             skipped_steps=self.skipped_steps, skipped_audio=self.skipped_audio, history=self.history)
+        if self.stopped is not None:
+            self.reporter.message(f"{self.run_dir}: the run had already ended ({self.stopped} after {self.step} "
+                                  "steps); nothing to train")
+        elif self.step > 0:
+            self._finish_step()  # what the step that last.pt holds may still owe (a validation, the epoch's end)
+        while self.stopped is None:
+            self._run_epoch()
+        if not self.best:
+            raise SertoolError(self._no_finite_validation())
+        # The validation that made best.pt (the last improving one): were any of its heads near-constant?
+        collapsed = next((record.get("collapsed", []) for record in reversed(self.history) if record["improved"]), [])
+        result = TrainResult(self.run_dir, best=self.best, best_step=self.best_step, steps=self.step,
+                             stopped=self.stopped, skipped_steps=self.skipped_steps, skipped_audio=self.skipped_audio,
+                             history=self.history, collapsed=collapsed)
         if self.context.is_main:
             with atomic_write(self.run_dir / "summary.json") as handle:
-                json.dump({"best": self.best, "best_step": self.best_step, "steps": self.step, "stopped": stopped,
-                           "skipped_steps": self.skipped_steps, "skipped_audio": self.skipped_audio}, handle, indent=2)
+                json.dump({"best": self.best, "best_step": self.best_step, "steps": self.step, "stopped": self.stopped,
+                           "collapsed": collapsed, "skipped_steps": self.skipped_steps,
+                           "skipped_audio": self.skipped_audio}, handle, indent=2)
         self.reporter.finish(result)
         return result
 
-    def _run_epoch(self) -> str:
-        """One epoch (or what is left of it after a resume); "early stopping" ends the run early."""
+    def _run_epoch(self) -> None:
+        """Train the rest of the current epoch (all of it, or what a resume left), one step at a time."""
         config = self.config.train
-        self.sampler.set_epoch(self.epoch)
-        self.dataset.set_epoch(self.epoch)
-        total, position = len(self.sampler), self.sampler.batches_done
-        self.batches_in_epoch = position
-        self.reporter.epoch(self.epoch, total, position)
+        epoch = self.epoch
+        self.sampler.set_epoch(epoch)  # keeps the position a resume restored
+        self.dataset.set_epoch(epoch)
+        total = len(self.sampler)
+        self.reporter.epoch(epoch, total, self.batches_in_epoch)
         batches = iter(self.loader)
-        while position < total:
+        while self.epoch == epoch and self.stopped is None:
+            position = self.batches_in_epoch
             group = list(itertools.islice(batches, min(config.accum_steps, total - position)))
-            position += len(group)
             started = time.perf_counter()
             stats = self._optimizer_step(group)
             self.step += 1
-            self.batches_in_epoch = position
-            stats.update(step=self.step, epoch=self.epoch, batch=position, batches=total,
+            self.batches_in_epoch = position + len(group)
+            stats.update(step=self.step, epoch=epoch, batch=self.batches_in_epoch, batches=total,
                          seconds=time.perf_counter() - started)
-            if self.step % config.log_every_steps == 0 or position == total:
+            if self.step % config.log_every_steps == 0 or self.batches_in_epoch == total:
                 self._log({"type": "train", **stats})
-            stop = False
-            if config.eval_every_steps and self.step % config.eval_every_steps == 0:
-                stop = self._validate_and_save()
-                self._save_last()
-            elif config.checkpoint_every_steps and self.step % config.checkpoint_every_steps == 0:
-                self._save_last()
+            self._finish_step()
             self.reporter.step(stats)
-            if stop:
-                return "early stopping"
-        return "finished"
+
+    def _finish_step(self) -> None:
+        """What follows an optimiser step, in order: the end of its epoch, a validation when one is due,
+        ``last.pt`` when due, and a stop asked for by a signal.
+
+        It looks only at the state, never at what ran before it, so a resumed run calls it once for the
+        step its ``last.pt`` holds: a run killed after that checkpoint but before the step's validation
+        (or the epoch's end) validates first, exactly as the uninterrupted run did.
+        """
+        config = self.config.train
+        epoch_ended = self.batches_in_epoch == len(self.sampler.plan(self.epoch))
+        if epoch_ended:
+            self.epoch, self.batches_in_epoch = self.epoch + 1, 0
+        validated = self._validation_due()
+        if validated:
+            self._validate()
+        if self.stopped is None and self.epoch == config.epochs:
+            self.stopped = "finished"
+        every = config.checkpoint_every_steps
+        if epoch_ended or validated or self.stopped is not None or (every and self.step % every == 0):
+            self._save_last()
+        # Every rank must stop at the same step, or the others would wait forever in the next all-reduce.
+        if distributed.any_rank(self.stops.requested, self.context):
+            self._save_last()
+            raise Interrupted(self.stops.signal_number or signal.SIGTERM)
+
+    def _validation_due(self) -> bool:
+        """Whether the step just taken ends with a validation that has not happened yet."""
+        config = self.config.train
+        if self.step == 0 or (self.history and self.history[-1]["step"] == self.step):
+            return False
+        if config.eval_every_steps:
+            return self.step % config.eval_every_steps == 0 or self.epoch == config.epochs  # and after the last step
+        return self.batches_in_epoch == 0  # the step ended an epoch
 
     def _optimizer_step(self, group: list[Batch]) -> dict[str, Any]:
         """Accumulate gradients over ``group`` and take one optimiser step (unless a loss is not finite)."""
@@ -352,17 +485,36 @@ class _Run:
             self.reporter.message(f"skipped unreadable audio {item}")
 
     # ----------------------------------------------------------------------------------------------
-    def _validate_and_save(self) -> bool:
-        """Validate on the whole split, keep the best checkpoints; True when early stopping says stop."""
-        predictions = run_model(self.model, self.valid_set, device=self.context.device,
-                                text_embeddings=self.text_embeddings, num_workers=self.config.data.num_workers,
-                                amp_dtype=self.amp_dtype, context=self.context)
+    def _validate(self) -> None:
+        """Validate on the whole split and keep the best checkpoints; early stopping may end the run.
+
+        A validation score that is not finite (NaN predictions) never counts as an improvement.
+        """
+        try:
+            # Validation draws no training random numbers (the loader's seed would), so that a run validated
+            # more or less often, or resumed from the checkpoint of the step before a validation, trains alike.
+            with self.stops.at_once(), torch.random.fork_rng(devices=[]):
+                predictions = run_model(self.model, self.valid_set, device=self.context.device,
+                                        text_embeddings=self.text_embeddings, num_workers=self.config.data.num_workers,
+                                        amp_dtype=self.amp_dtype, context=self.context, finite_only=False)
+        except Interrupted:
+            self._save_last()  # validation has changed nothing yet: this is the state the step left
+            raise
         labels = np.array([utt.labels() for utt in self.valid_set])
-        scores = ccc_scores(self.model.label_scaling.from_unit(predictions.emotion_unit), labels)
-        improved = scores["average"] > self.best.get("average", -math.inf)
+        values = self.model.label_scaling.from_unit(predictions.emotion_unit)
+        scores = ccc_scores(values, labels)
+        nonfinite = [utt_id for utt_id, row in zip(predictions.ids, predictions.emotion_unit)
+                     if not np.isfinite(row).all()]
+        finite = not nonfinite and all(math.isfinite(value) for value in scores.values())
+        improved = finite and scores["average"] > self.best.get("average", -math.inf)
         self.schedule.on_validation(improved)
         record = {"type": "valid", "step": self.step, "epoch": self.epoch, **{f"ccc_{k}": v for k, v in scores.items()},
-                  "improved": improved}
+                  "improved": improved, "collapsed": collapsed_attributes(values, labels)}
+        if nonfinite:
+            record.update(nonfinite_predictions=len(nonfinite), first_nonfinite=nonfinite[0])
+            self.reporter.message(f"warning: validation after step {self.step}: {len(nonfinite)} of "
+                                  f"{len(self.valid_set)} predictions are not finite (first: {nonfinite[0]}); this "
+                                  "validation cannot count as an improvement")
         self.history.append(record)
         self._log(record)
         self.reporter.validation(record)
@@ -372,13 +524,30 @@ class _Run:
             self._save(BEST_NAME, scores)
         else:
             self.validations_without_improvement += 1
-        if self.config.train.select_best == "per-attribute":
+        if self.config.train.select_best == "per-attribute" and finite:
             for name in ATTRIBUTES:
                 if scores[name] > self.best_per_attribute.get(name, -math.inf):
                     self.best_per_attribute[name] = scores[name]
                     self._save(f"best_{name}.pt", scores)
         patience = self.config.train.patience
-        return patience > 0 and self.validations_without_improvement >= patience
+        if patience > 0 and self.validations_without_improvement >= patience:
+            self.stopped = "early stopping"
+
+    def _no_finite_validation(self) -> str:
+        """The error of a run whose every validation score was NaN or infinite, with its likely cause."""
+        split = self.config.data.valid_split
+        last = self.history[-1] if self.history else {}
+        if last.get("nonfinite_predictions") == len(self.valid_set):
+            cause = ("every prediction was NaN or infinite, so the weights are: lower --lr-heads/--lr-backbone, "
+                     "try --amp off, or check the training labels and audio")
+        elif last.get("nonfinite_predictions"):
+            cause = (f"{last['nonfinite_predictions']} of {len(self.valid_set)} {split} predictions were NaN or "
+                     f"infinite (first: {last['first_nonfinite']}): check that audio (e.g. samples far outside "
+                     "[-1, 1]) or leave it out of the split")
+        else:
+            cause = f"the CCC itself was not finite: check the {split} labels"
+        return (f"no validation of this run gave a finite CCC ({len(self.history)} on {len(self.valid_set)} {split} "
+                f"utterances), so there is no best.pt: {cause}. {self.run_dir / LAST_NAME} holds the last state")
 
     # ----------------------------------------------------------------------------------------------
     def _payload(self, metrics: dict[str, float]) -> dict[str, Any]:
@@ -392,6 +561,11 @@ class _Run:
                            "text_model": model_config.text_model if model_config.text else None,
                            "speaker_embedding": model_config.speaker_embedding},
             "speakers": self.speakers,
+            "backbone_weights": self.backbone_weights,
+            # What the model learnt from and what its metrics were measured on (model cards quote it).
+            "data": {"corpus": str(self.config.data.corpus), "train_split": self.config.data.train_split,
+                     "train_utterances": len(self.train_set), "valid_split": self.config.data.valid_split,
+                     "valid_utterances": len(self.valid_set), "selection": self.selection_summary},
             "model_state": stored_state(self.model),
             "epoch": self.epoch, "step": self.step, "metrics": metrics,
             "provenance": provenance(),
@@ -401,43 +575,71 @@ class _Run:
         if self.context.is_main:
             save_checkpoint(self._payload(metrics), self.run_dir / name)
 
+    def _progress_state(self) -> tuple:
+        """What distinguishes one saved state from the next (writing the same state twice is wasted time)."""
+        return self.step, self.epoch, self.batches_in_epoch, len(self.history), self.stopped
+
     def _save_last(self) -> None:
         """``last.pt``: a checkpoint plus the whole training state, at an optimiser-step boundary."""
-        if not self.context.is_main:
+        if self._progress_state() == self._saved_state:
             return
-        payload = self._payload(self.history[-1] if self.history else {})
-        payload["training"] = {
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "schedule": self.schedule.state_dict(),
-            "sampler": self.sampler.state_dict(batches_consumed=self.batches_in_epoch),
-            "rng": {"torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
-            "progress": {"step": self.step, "epoch": self.epoch, "best": self.best, "best_step": self.best_step,
-                         "best_per_attribute": self.best_per_attribute,
-                         "validations_without_improvement": self.validations_without_improvement,
-                         "nonfinite_in_a_row": self.nonfinite_in_a_row, "skipped_steps": self.skipped_steps,
-                         "skipped_audio": self.skipped_audio, "history": self.history},
-        }
-        save_checkpoint(payload, self.run_dir / LAST_NAME)
+        if self.context.is_main:
+            payload = self._payload(self.history[-1] if self.history else {})
+            payload["training"] = {
+                "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "schedule": self.schedule.state_dict(),
+                # After the last step of an epoch the next epoch has not started: its position is 0.
+                "sampler": (self.sampler.state_dict(batches_consumed=self.batches_in_epoch)
+                            if self.sampler.epoch == self.epoch else None),
+                "rng": {"torch": torch.get_rng_state(),
+                        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+                "progress": {"step": self.step, "epoch": self.epoch, "stopped": self.stopped, "best": self.best,
+                             "best_step": self.best_step, "best_per_attribute": self.best_per_attribute,
+                             "validations_without_improvement": self.validations_without_improvement,
+                             "nonfinite_in_a_row": self.nonfinite_in_a_row, "skipped_steps": self.skipped_steps,
+                             "skipped_audio": self.skipped_audio, "history": self.history,
+                             "data_fingerprint": self.data_fingerprint},
+            }
+            save_checkpoint(payload, self.run_dir / LAST_NAME)
+        self._saved_state, self.saved_step = self._progress_state(), self.step
 
     def _restore(self, state: dict[str, Any]) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scaler.load_state_dict(state["scaler"])
-        self.schedule.load_state_dict(state["schedule"])
-        progress = state["progress"]
+        last = self.run_dir / LAST_NAME
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scaler.load_state_dict(state["scaler"])
+            self.schedule.load_state_dict(state["schedule"])
+            progress = state["progress"]
+            for name in ("step", "epoch", "best", "best_step", "best_per_attribute", "validations_without_improvement",
+                         "nonfinite_in_a_row", "skipped_steps", "skipped_audio", "history"):
+                setattr(self, name, progress[name])
+            self.stopped = progress.get("stopped")
+            sampler_state = state["sampler"]
+            if sampler_state is not None and sampler_state["epoch"] == self.epoch:
+                self.sampler.load_state_dict(sampler_state)
+                self.batches_in_epoch = self.sampler.batches_done
+            torch.set_rng_state(state["rng"]["torch"])
+            if state["rng"]["cuda"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as error:
+            raise SertoolError(f"{last}: its training state is incomplete or damaged ({type(error).__name__}: "
+                               f"{str(error)[:120]}); start the run again with `sertool train --config "
+                               f"{self.run_dir / 'config.yaml'} --out {self.run_dir} --force`") from None
         if self.context.is_main:
             remove_stale_temporaries(self.run_dir)
-            truncate_metrics(self.run_dir, step=int(progress["step"]), validations=len(progress["history"]))
-        for name in ("step", "epoch", "best", "best_step", "best_per_attribute", "validations_without_improvement",
-                     "nonfinite_in_a_row", "skipped_steps", "skipped_audio", "history"):
-            setattr(self, name, progress[name])
-        sampler_state = state["sampler"]
-        if sampler_state["epoch"] == self.epoch:
-            self.sampler.load_state_dict(sampler_state)
-        torch.set_rng_state(state["rng"]["torch"])
-        if state["rng"]["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+            truncate_metrics(self.run_dir, step=int(self.step), validations=len(self.history))
+        self._saved_state, self.saved_step = self._progress_state(), self.step
+
+    def _check_same_data(self, state: dict[str, Any]) -> None:
+        """Refuse to continue a run on other data than it trained on (a moved or changed corpus)."""
+        progress = state.get("progress")
+        recorded = progress.get("data_fingerprint") if isinstance(progress, dict) else None
+        if recorded is not None and recorded != self.data_fingerprint:
+            raise SertoolError(
+                f"--corpus {self.config.data.corpus}: not the data this run trained on ({len(self.train_set)} "
+                f"training and {len(self.valid_set)} validation utterances here, but their ids, durations or labels "
+                f"differ from those recorded in {self.run_dir / LAST_NAME}); resume with the run's own corpus")
 
     def _wrap_ddp(self) -> torch.nn.Module:
         if not self.context.enabled:
@@ -462,5 +664,30 @@ class _Run:
 
     def _log(self, record: dict[str, Any]) -> None:
         if self.context.is_main:
+            # Strict JSON (null, not NaN), so that any JSON reader takes the file.
+            plain = {key: None if isinstance(value, float) and not math.isfinite(value) else value
+                     for key, value in record.items()}
             with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
-                handle.write(json.dumps(record) + "\n")
+                handle.write(json.dumps(plain) + "\n")
+
+
+
+def _check_window(config: Config, train_set: Sequence[Utterance], valid_set: Sequence[Utterance]) -> None:
+    """A Whisper model with a fixed window cannot take longer clips: say so before training, not mid-epoch.
+
+    Raises:
+        SertoolError: naming the split, its longest utterance and what to do.
+    """
+    window_s = config.model.whisper_window_s
+    if not window_s:
+        return
+    crop_s = config.data.max_duration_s
+    for split, utterances, cropped in (("training", train_set, 0 < crop_s <= window_s), ("validation", valid_set, False)):
+        longest = max(utterances, key=lambda utt: utt.duration_s, default=None)
+        if longest is not None and not cropped and longest.duration_s > window_s:
+            raise SertoolError(
+                f"--whisper-window-s {window_s:g}: the {split} split holds utterances up to {longest.duration_s:.1f} s "
+                f"({longest.id}); the model takes at most {window_s:g} s"
+                + (f": crop training clips with --max-duration-s {window_s:g}" if split == "training" else
+                   ": leave the longer utterances out of the validation split")
+            )

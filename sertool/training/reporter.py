@@ -25,3 +25,6 @@ class Reporter:
 
     def finish(self, result: Any) -> None:
         """Once, at the end, with the ``TrainResult``."""
+
+    def close(self) -> None:
+        """When the run ends, however it ends (an error, a stop): end anything still on screen."""

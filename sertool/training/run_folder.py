@@ -1,55 +1,130 @@
-"""The run folder: what `sertool train --out RUN_DIR` records besides its checkpoints."""
+"""The run folder: its lock, and what `sertool train --out RUN_DIR` records besides its checkpoints."""
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import json
+import os
 import platform
+import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from sertool.checkpoint import provenance
-from sertool.config import Config
+from sertool.checkpoint import BEST_NAME, LAST_NAME, provenance
+from sertool.config import Config, differences
+from sertool.data.records import Utterance
 from sertool.data.report import LoadReport
 from sertool.errors import SertoolError
 from sertool.io import atomic_write
 
 # Packages whose versions decide whether a result can be reproduced.
 _RECORDED_PACKAGES = ("torch", "torchaudio", "transformers", "numpy", "soundfile", "safetensors")
+LOCK_NAME = ".lock"
+# What a run writes into its folder. `--force` removes these before a new run starts in the folder, so that
+# it never holds files of two runs (an old best.pt beside a new config.yaml); any other file is the user's.
+RUN_FILES = ("config.yaml", "argv.txt", "environment.json", "data_report.json", "metrics.jsonl", "summary.json",
+             LAST_NAME, BEST_NAME, "best_*.pt")
+_SHOWN_DIFFERENCES = 4  # keys named in the warning about an edited config.yaml
+
+
+@contextlib.contextmanager
+def locked_run_folder(run_dir: Path, *, create: bool, warn: Callable[[str], None]) -> Iterator[None]:
+    """Hold ``run_dir`` for the life of the run: a second `sertool train` on the same folder is refused.
+
+    The lock is ``flock(2)`` on ``run_dir/.lock``. The kernel releases it when the process ends, however it
+    ends, so a run killed with ``kill -9`` never blocks its own ``--resume``. The file itself stays:
+    removing it would let a third process lock a fresh file while a second still holds the old one. Under
+    DDP only rank 0 calls this. On a file system without locks, the run goes on unlocked after ``warn``.
+
+    Args:
+        run_dir: the run folder.
+        create: create it (a new run); otherwise it must exist (``--resume``).
+        warn: says that the folder could not be locked.
+
+    Raises:
+        SertoolError: another process holds the folder, or it cannot be created or is not a folder.
+    """
+    if run_dir.exists() and not run_dir.is_dir():
+        raise SertoolError(f"{run_dir}: exists and is not a folder")
+    if not create and not run_dir.is_dir():
+        raise SertoolError(f"--resume {run_dir}: no such run folder")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        handle = open(run_dir / LOCK_NAME, "a+", encoding="utf-8", errors="replace")
+    except OSError as error:
+        raise SertoolError(f"{run_dir}: cannot create the run folder or write in it "
+                           f"({error.strerror or error})") from None
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            owner = handle.read().strip() or "a process"
+            raise SertoolError(f"{run_dir}: in use by another `sertool train` ({owner}); wait for it to end or stop "
+                               "it, or choose another --out") from None
+        except OSError as error:
+            warn(f"{run_dir}: cannot lock the run folder ({error.strerror or error}); nothing stops a second "
+                 "`sertool train` from writing into it")
+        else:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+            handle.flush()
+        yield
+    finally:
+        handle.close()
 
 
 def prepare_run_folder(run_dir: Path, *, force: bool) -> None:
-    """Create ``run_dir``; an existing folder with files in it is refused unless ``force``.
+    """Create the folder of a new run, or check that the existing one holds no other run; with ``force``,
+    remove the files of the run it holds (``RUN_FILES``, and temporaries of unfinished writes).
 
     Raises:
         SertoolError: the folder holds files (naming ``--force`` and ``--resume``), or cannot be created.
     """
-    if run_dir.exists() and not run_dir.is_dir():
-        raise SertoolError(f"--out {run_dir}: exists and is not a folder")
-    if run_dir.is_dir() and any(run_dir.iterdir()) and not force:
-        raise SertoolError(f"--out {run_dir}: the folder already holds a run; pass --resume {run_dir} to continue it, "
-                           "--force to start over in it, or choose another --out")
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise SertoolError(f"--out {run_dir}: cannot create the folder ({error.strerror})") from None
+        raise SertoolError(f"--out {run_dir}: cannot create the folder ({error.strerror or error})") from None
+    if any(path.name != LOCK_NAME for path in run_dir.iterdir()) and not force:
+        raise SertoolError(f"--out {run_dir}: the folder already holds a run; pass --resume {run_dir} to continue it, "
+                           "--force to start over in it, or choose another --out")
     if force:
-        for stale in ("metrics.jsonl", "summary.json"):
-            (run_dir / stale).unlink(missing_ok=True)
+        remove_run_outputs(run_dir)
 
 
-def write_run_files(run_dir: Path, config: Config, *, argv: Sequence[str], data_summary: dict[str, Any],
-                    load_report: LoadReport) -> None:
-    """``config.yaml`` (the resolved config: `sertool train --config` takes it back), ``argv.txt``,
-    ``environment.json`` (versions, code revision, seed, machine, data summary) and ``data_report.json``
-    (every dropped row and warning of the corpus read, naming its file and line)."""
+def remove_run_outputs(run_dir: Path, *, keep: Sequence[str] = ()) -> None:
+    """Remove the files a run wrote into ``run_dir`` (``RUN_FILES`` but ``keep``, and unfinished writes)."""
+    for pattern in RUN_FILES:
+        for stale in run_dir.glob(pattern):
+            if stale.name not in keep:
+                stale.unlink(missing_ok=True)
+    remove_stale_temporaries(run_dir)
+
+
+def write_config_file(run_dir: Path, config: Config) -> None:
+    """``config.yaml``: the resolved config (`sertool train --config` takes it back)."""
     with atomic_write(run_dir / "config.yaml") as handle:
         yaml.safe_dump(config.to_dict(), handle, sort_keys=False)
-    with atomic_write(run_dir / "argv.txt") as handle:
-        handle.write(" ".join(argv) + "\n")
+
+
+def add_command_line(run_dir: Path, argv: Sequence[str]) -> None:
+    """Add ``argv`` to ``argv.txt``: the command that started the run, then one line per ``--resume``."""
+    path = run_dir / "argv.txt"
+    previous = path.read_text(encoding="utf-8", errors="replace") if path.is_file() else ""
+    with atomic_write(path) as handle:
+        handle.write(previous + " ".join(argv) + "\n")
+
+
+def write_environment(run_dir: Path, config: Config, *, data_summary: dict[str, Any], load_report: LoadReport) -> None:
+    """``environment.json`` (versions, code revision, seed, machine, data summary) and ``data_report.json``
+    (every dropped row and warning of the corpus read, naming its file and line)."""
     versions = {}
     for package in _RECORDED_PACKAGES:
         try:
@@ -64,6 +139,51 @@ def write_run_files(run_dir: Path, config: Config, *, argv: Sequence[str], data_
         json.dump({"summary": load_report.summary(),
                    "dropped": [vars(problem) for problem in load_report.dropped],
                    "warnings": [vars(problem) for problem in load_report.warnings]}, handle, indent=2)
+
+
+def reconcile_config_file(run_dir: Path, *, recorded: Config, config: Config) -> str | None:
+    """Make ``config.yaml`` say what ``--resume`` continues with.
+
+    ``last.pt`` is authoritative: it holds the config the run was trained with (``recorded``), which
+    ``--resume`` uses, with only the locations given on its command line changed (``config``). A
+    ``config.yaml`` that says something else (edited, damaged or deleted) is rewritten to ``config``.
+
+    Returns:
+        A one-line warning naming the keys the file had changed, or None when it agreed with last.pt.
+    """
+    path = run_dir / "config.yaml"
+    warning = None
+    if not path.is_file():
+        warning = f"{path} was missing; restored from {LAST_NAME}"
+    else:
+        try:
+            on_disk = Config.from_yaml(path)
+        except SertoolError as error:
+            warning = f"{path} is unreadable ({error}); rewritten from {LAST_NAME}"
+        else:
+            changed = differences(on_disk, recorded)
+            if changed:
+                shown = ", ".join(f"{key} {on_disk.get(key)!r} (last.pt: {recorded.get(key)!r})"
+                                  for key in changed[:_SHOWN_DIFFERENCES])
+                more = f" and {len(changed) - _SHOWN_DIFFERENCES} more" if len(changed) > _SHOWN_DIFFERENCES else ""
+                warning = (f"{path} differs from the config in {LAST_NAME}: {shown}{more}. --resume continues with "
+                           f"{LAST_NAME}'s config and has rewritten config.yaml to it; to change settings, start a "
+                           "new run with --config")
+    if warning is not None or differences(recorded, config):
+        write_config_file(run_dir, config)
+    return warning
+
+
+def data_fingerprint(train: Sequence[Utterance], valid: Sequence[Utterance]) -> str:
+    """A hash of what a run trains and validates on: every utterance's id, duration (ms), labels, class,
+    speaker and gender, per split. ``--resume`` compares it, so a corpus that moved (``--corpus`` again) or
+    changed under the same path is caught before a run continues on other data."""
+    digest = hashlib.sha256()
+    for role, utterances in (("train", train), ("valid", valid)):
+        for utt in sorted(utterances, key=lambda item: item.id):
+            digest.update(json.dumps([role, utt.id, round(utt.duration_s, 3), utt.arousal, utt.valence, utt.dominance,
+                                      utt.emo_class, utt.speaker, utt.gender]).encode())
+    return digest.hexdigest()
 
 
 def remove_stale_temporaries(run_dir: Path) -> None:
@@ -81,11 +201,13 @@ def truncate_metrics(run_dir: Path, *, step: int, validations: int) -> None:
     if not path.is_file():
         return
     kept = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
             record = json.loads(line)
         except ValueError:
-            continue  # a torn last line of a killed run
+            continue  # a torn last line of a killed run (or a damaged one)
+        if not isinstance(record, dict):
+            continue
         if record.get("type") == "valid":
             if validations > 0:
                 kept.append(line)

@@ -4,20 +4,30 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sertool.config import Config, apply_value
+from sertool.config import Config, apply_recipe, apply_value, config_keys, config_options, read_config_file
 from sertool.errors import SertoolError
 
 
 def resolve_train_config(config_file: str | None, flags: dict[str, Any], *, out: str | None,
-                         resume: str | None) -> tuple[Config, Path]:
-    """Defaults, then ``config_file``, then every flag that was given; and the run folder.
+                         resume: str | None) -> tuple[Config, Path, dict[str, Any]]:
+    """Defaults, then ``config_file``, then every flag that was given, then the recipe's values for the
+    fields neither set (``config.apply_recipe``: the backbone's recipe unless ``--recipe``); the run
+    folder; what ``--resume`` points elsewhere.
+
+    With ``init_from`` (a flag or a key of the file), the model section starts from that model's
+    instead of the defaults: defaults, then the initial model's architecture, then the file, then the flags.
 
     Args:
         config_file: a YAML file, or None.
         flags: ``{"<section>__<field>": value}`` (``"seed"`` for top-level fields); None or an empty tuple
             means the flag was not given.
         out: ``--out RUN_DIR``.
-        resume: ``--resume RUN_DIR``: the run's own config is used, so no other flag may be given.
+        resume: ``--resume RUN_DIR``: the run's own config is used, so only the ``resumable`` options (where
+            the data is, how it is read) may be given.
+
+    Returns:
+        The config (the defaults when resuming), the run folder, and with ``resume`` the resumable options
+        given, as ``{"data.corpus": value}``.
 
     Raises:
         SertoolError: a missing or conflicting ``--out`` / ``--resume``, or a bad config value.
@@ -28,15 +38,39 @@ def resolve_train_config(config_file: str | None, flags: dict[str, Any], *, out:
     if resume is not None:
         if out is not None and Path(out) != Path(resume):
             raise SertoolError(f"--resume {resume} continues that run folder; drop --out {out}")
-        if given or config_file:
-            names = ", ".join("--" + name.split("__")[-1].replace("_", "-") for name in given)
-            raise SertoolError(f"--resume uses the run's own config; drop {names or '--config'} "
-                               "(start a new run with --config RUN_DIR/config.yaml to change settings)")
-        return Config(), Path(resume)
+        resumable = {option.key.replace(".", "__"): option for option in config_options() if option.resumable}
+        fixed = [name for name in given if name not in resumable]
+        if fixed or config_file:
+            names = ", ".join("--" + name.split("__")[-1].replace("_", "-") for name in fixed)
+            allowed = ", ".join(option.flag for option in resumable.values())
+            raise SertoolError(f"--resume uses the run's own config; drop {names or '--config'} (only {allowed} may "
+                               "point elsewhere; start a new run with --config RUN_DIR/config.yaml to change settings)")
+        return Config(), Path(resume), {resumable[name].key: value for name, value in given.items()}
     if out is None:
         raise SertoolError("no run folder given: pass --out RUN_DIR")
-    config = Config.from_yaml(config_file) if config_file else Config()
+    config, user_set = _resolve(config_file, given, base=Config())
+    if config.train.init_from:
+        from sertool.model_folder import load_model
+
+        base = Config()
+        base.model = Config.from_dict(load_model(config.train.init_from, weights=False)["config"],
+                                      source=f"--init-from {config.train.init_from}").model
+        config, user_set = _resolve(config_file, given, base=base)
+        # The initial model's weights fix its architecture: no recipe may change the model section.
+        user_set |= {(option.section, option.name) for option in config_options() if option.section == "model"}
+    apply_recipe(config, given=user_set)
+    return config, Path(out), {}
+
+
+def _resolve(config_file: str | None, given: dict[str, Any], *,
+             base: Config) -> tuple[Config, set[tuple[str | None, str]]]:
+    """``base``, then the file, then the flags; and the ``(section, key)`` pairs the file and the flags set."""
+    data = read_config_file(config_file) if config_file else {}
+    source = f"--config {config_file}"
+    config = Config.from_dict(data, source=source, base=base)
+    user_set = config_keys(data, source=source)
     for name, value in given.items():
         section, _, key = name.rpartition("__")
         apply_value(config, section or None, key, value, source="command line")
-    return config, Path(out)
+        user_set.add((section or None, key))
+    return config, user_set

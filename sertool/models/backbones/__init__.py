@@ -39,15 +39,20 @@ __all__ = [
 FROZEN_BY_DEFAULT = {"wavlm": False, "hubert": False, "wav2vec2": False, "whisper": True, "fbank": False}
 
 
-def build_backbone(config: ModelConfig, *, gradient_checkpointing: bool = False) -> SpeechBackbone:
+def build_backbone(config: ModelConfig, *, gradient_checkpointing: bool = False,
+                   pretrained_weights: bool = True) -> SpeechBackbone:
     """The speech backbone ``config`` names, with pretrained weights loaded and freezing applied.
 
     Args:
         config: reads ``backbone``, ``backbone_path``, ``layer_weighting``, ``freeze_backbone``,
-            ``freeze_feature_encoder``, ``lora_rank``, ``lora_alpha`` and ``fbank_dim``. ``lora_rank``
-            applies to Whisper only (for other backbones it is left to the text encoder).
+            ``freeze_feature_encoder``, ``lora_rank``, ``lora_alpha``, ``whisper_window_s`` and
+            ``fbank_dim``. ``lora_rank`` applies to Whisper only (for other backbones it is left to the
+            text encoder).
         gradient_checkpointing: recompute transformer layers in the backward pass, trading ~30 % more
             compute for much less activation memory (pretrained backbones; fbank ignores it).
+        pretrained_weights: load the pretrained weights; False reads only the model's config (and
+            feature extractor settings) from ``backbone_path`` and leaves random weights for a stored
+            state to replace.
 
     Returns:
         A ``SpeechBackbone`` in training mode; frozen encoders inside it stay in eval mode.
@@ -64,12 +69,17 @@ def build_backbone(config: ModelConfig, *, gradient_checkpointing: bool = False)
     if config.layer_weighting not in LAYER_WEIGHTINGS:
         raise SertoolError(f"--layer-weighting {config.layer_weighting!r}: choose one of {', '.join(LAYER_WEIGHTINGS)}")
     frozen = FROZEN_BY_DEFAULT[name] if config.freeze_backbone is None else config.freeze_backbone
+    if config.whisper_window_s and name != "whisper":
+        raise SertoolError(f"--whisper-window-s {config.whisper_window_s:g}: applies to --backbone whisper only")
     if name == "fbank":
         if frozen:
             raise SertoolError("--freeze-backbone: the fbank backbone is trained from scratch and cannot be frozen")
         if config.backbone_path is not None:
             raise SertoolError(f"--backbone-path {config.backbone_path}: the fbank backbone has no pretrained model")
-        return FbankBackbone(config.fbank_dim, layer_weighting=config.layer_weighting)
+        return FbankBackbone(config.fbank_dim, layer_weighting=config.layer_weighting, spec_augment=config.spec_augment)
+    if config.spec_augment:
+        raise SertoolError(f"--spec-augment masks the fbank encoder's log-mel input; the {name} backbone has none "
+                           "(drop the flag)")
     name_or_path = config.backbone_path or DEFAULT_BACKBONE_IDS[name]
     assert name_or_path is not None  # every pretrained backbone has a default id
     if name == "whisper":
@@ -80,7 +90,9 @@ def build_backbone(config: ModelConfig, *, gradient_checkpointing: bool = False)
             freeze_feature_encoder=config.freeze_feature_encoder,
             lora_rank=config.lora_rank,
             lora_alpha=config.lora_alpha,
+            window_s=config.whisper_window_s,
             gradient_checkpointing=gradient_checkpointing,
+            pretrained_weights=pretrained_weights,
         )
     return load_wav2vec2_family(
         name_or_path,
@@ -88,4 +100,5 @@ def build_backbone(config: ModelConfig, *, gradient_checkpointing: bool = False)
         frozen=frozen,
         freeze_feature_encoder=config.freeze_feature_encoder,
         gradient_checkpointing=gradient_checkpointing,
+        pretrained_weights=pretrained_weights,
     )

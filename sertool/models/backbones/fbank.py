@@ -12,7 +12,11 @@ It exists so that CPU users and the demo can train a real model in minutes. Desi
   temporal conv → LayerNorm → pointwise MLP), width ``fbank_dim``;
 - no BatchNorm (it would make an utterance's features depend on its batch); padded positions are zeroed
   before every convolution, so padding never leaks into real frames and a padded batch equals one
-  utterance at a time.
+  utterance at a time;
+- optional SpecAugment (``spec_augment``, training only): each clip gets ``FREQ_MASKS`` bands of up to
+  ``FREQ_MASK_BINS`` mel bins and ``TIME_MASKS`` spans of up to ``TIME_MASK_SHARE`` of its frames set to 0,
+  the normalised features' mean. The masks come from the global torch generator, like dropout, so a seed
+  (and a resumed run's restored RNG state) reproduces them; evaluation never masks.
 """
 from __future__ import annotations
 
@@ -30,6 +34,8 @@ NORMALIZATION_EPS = 1e-5
 NUM_BLOCKS = 4
 DEPTHWISE_KERNEL = 7  # frames of 40 ms: a 280 ms receptive field per block
 MLP_EXPANSION = 2
+FREQ_MASKS, FREQ_MASK_BINS = 2, 8  # SpecAugment's "LB"-style policy, scaled to clips of a few seconds
+TIME_MASKS, TIME_MASK_SHARE = 2, 0.1
 
 
 def mel_filter_bank() -> Tensor:
@@ -63,10 +69,13 @@ class FbankBackbone(SpeechBackbone):
         dim: feature width ``D`` (``ModelConfig.fbank_dim``).
         layer_weighting: ``"weighted"`` or ``"last"``.
         num_blocks: residual blocks after the subsampling.
+        spec_augment: mask bands and spans of the log-mel input while training.
     """
 
-    def __init__(self, dim: int = 256, *, layer_weighting: str = "weighted", num_blocks: int = NUM_BLOCKS) -> None:
+    def __init__(self, dim: int = 256, *, layer_weighting: str = "weighted", num_blocks: int = NUM_BLOCKS,
+                 spec_augment: bool = False) -> None:
         super().__init__()
+        self.spec_augment = spec_augment
         self.register_buffer("mel_filters", mel_filter_bank(), persistent=False)
         self.register_buffer("window", torch.hann_window(N_FFT), persistent=False)
         self.output_dim = dim
@@ -98,6 +107,8 @@ class FbankBackbone(SpeechBackbone):
         """See ``SpeechBackbone.forward``. Frames are 40 ms: ``T = ceil(ceil(mel_frames / 2) / 2)``."""
         with torch.no_grad():  # the front end has no parameters
             features, lengths = self.log_mel(waveforms, sample_mask)
+            if self.spec_augment and self.training:
+                features = spec_augment(features, lengths)
         hidden = features.transpose(1, 2)  # [B, C, T] for the convs
         for conv in self.subsample:
             hidden = nn.functional.gelu(conv(hidden))
@@ -110,6 +121,25 @@ class FbankBackbone(SpeechBackbone):
             states.append(block(states[-1], keep))
         mixed = states[-1] if self.layer_weights is None else self.layer_weights(states)
         return self.final_norm(mixed) * keep, frame_mask
+
+
+def spec_augment(features: Tensor, lengths: Tensor) -> Tensor:
+    """``features`` ``[B, F, 80]`` with random bands and spans of each clip's real frames set to 0.
+
+    Each clip draws ``FREQ_MASKS`` widths in ``[0, FREQ_MASK_BINS]`` and ``TIME_MASKS`` widths in
+    ``[0, TIME_MASK_SHARE · its frames]``, each at a uniform position; padded frames stay 0.
+    """
+    masked = features.clone()
+    for row, length in enumerate(lengths.tolist()):
+        for _ in range(FREQ_MASKS):
+            width = int(torch.randint(0, FREQ_MASK_BINS + 1, ()))
+            start = int(torch.randint(0, NUM_MEL_BINS - width + 1, ()))
+            masked[row, :length, start:start + width] = 0
+        for _ in range(TIME_MASKS):
+            width = int(torch.randint(0, int(TIME_MASK_SHARE * length) + 1, ()))
+            start = int(torch.randint(0, length - width + 1, ()))
+            masked[row, start:start + width, :] = 0
+    return masked
 
 
 class _ConvBlock(nn.Module):

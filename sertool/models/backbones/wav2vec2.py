@@ -99,7 +99,10 @@ class Wav2Vec2FamilyBackbone(SpeechBackbone):
         if self.layer_weights is None:
             frames = outputs.last_hidden_state
         else:
-            frames = self.layer_weights(outputs.hidden_states)
+            # The last state is the encoder's output, after its final layer norm in the Large models, as
+            # transformers 4.x returned it (the authors' released models were trained so); transformers
+            # 5.x returns the last layer's output before that norm instead.
+            frames = self.layer_weights((*outputs.hidden_states[:-1], outputs.last_hidden_state))
         frame_lengths = self.model._get_feat_extract_output_lengths(input_lengths)
         frame_mask = lengths_to_mask(frame_lengths, frames.shape[1])
         return frames * frame_mask.unsqueeze(-1), frame_mask
@@ -125,12 +128,14 @@ def load_wav2vec2_family(
     frozen: bool,
     freeze_feature_encoder: bool,
     gradient_checkpointing: bool = False,
+    pretrained_weights: bool = True,
 ) -> Wav2Vec2FamilyBackbone:
     """Load a wav2vec2-family encoder from a hub id or local folder (float32 weights).
 
     Whether inputs are normalised follows the model's feature extractor (``do_normalize`` in
     ``preprocessor_config.json``); without one, layer-norm front ends are normalised (the Large models
-    were trained that way) and group-norm ones are not.
+    were trained that way) and group-norm ones are not. With ``pretrained_weights=False`` only the
+    config and the feature extractor are read and the weights are random, for a stored state to replace.
 
     Raises:
         SertoolError: the model cannot be loaded, or it is not a raw-waveform encoder of this family
@@ -141,9 +146,12 @@ def load_wav2vec2_family(
     config = load_pretrained(AutoConfig.from_pretrained, name_or_path, flag="--backbone-path")
     if config.model_type == "whisper":
         raise SertoolError(f"--backbone-path {name_or_path}: a Whisper model; use --backbone whisper")
-    model = load_pretrained(
-        AutoModel.from_pretrained, name_or_path, flag="--backbone-path", config=config, dtype=torch.float32
-    )
+    if pretrained_weights:
+        model = load_pretrained(
+            AutoModel.from_pretrained, name_or_path, flag="--backbone-path", config=config, dtype=torch.float32
+        )
+    else:
+        model = AutoModel.from_config(config, dtype=torch.float32)
     takes_waveforms = getattr(model, "main_input_name", None) == "input_values"
     if not takes_waveforms or not hasattr(model, "_get_feat_extract_output_lengths"):
         raise SertoolError(

@@ -8,6 +8,10 @@ cut to the length, its layers with an additive attention mask over padded frames
 30-s padded reference, because there every frame also attends to the padded silence (see
 docs/backbones.md for the measured relation).
 
+With ``window_s`` (the authors' released Whisper model: 15 s) it instead pads every clip with zeros to
+that window and lets every frame attend to the padding, as a model trained that way expects; only the
+real frames are returned as valid.
+
 Only the encoder's weights are read: the checkpoint is loaded as ``WhisperForAudioClassification``
 (encoder only), which leaves the decoder's tensors (about half of large-v3) on disk.
 """
@@ -34,7 +38,7 @@ LORA_TARGET_MODULES = ("q_proj", "v_proj")  # attention projections adapted, as 
 
 
 class WhisperBackbone(SpeechBackbone):
-    """A Whisper encoder that takes zero-padded waveforms of any length up to 30 s.
+    """A Whisper encoder that takes zero-padded waveforms of any length up to 30 s (or ``window_s``).
 
     Args:
         encoder: a transformers ``WhisperEncoder`` (its ``conv1``, ``conv2``, ``embed_positions``,
@@ -46,10 +50,13 @@ class WhisperBackbone(SpeechBackbone):
         freeze_feature_encoder: when fine-tuning, keep the conv stem frozen.
         lora_rank: >0 attaches LoRA adapters of this rank to the attention projections of a frozen encoder.
         lora_alpha: LoRA scale numerator.
+        window_s: >0 pads every clip to this many seconds and lets frames attend to the padding (0: each
+            clip at its real length, padding masked); at most what the position embeddings cover.
         gradient_checkpointing: recompute each encoder layer in the backward pass to save memory.
 
     Raises:
-        SertoolError: LoRA asked for on an encoder that is fine-tuned anyway.
+        SertoolError: LoRA asked for on an encoder that is fine-tuned anyway, or a window longer than
+            the position embeddings.
     """
 
     def __init__(
@@ -61,6 +68,7 @@ class WhisperBackbone(SpeechBackbone):
         freeze_feature_encoder: bool,
         lora_rank: int = 0,
         lora_alpha: float = 16.0,
+        window_s: float = 0.0,
         gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
@@ -70,6 +78,8 @@ class WhisperBackbone(SpeechBackbone):
         config = encoder.config
         self.output_dim = int(config.d_model)
         self.max_mel_frames = 2 * int(config.max_source_positions)  # the conv stem halves it; 3000 = 30 s
+        _check_window(window_s, self.max_mel_frames)
+        self.window_samples = round(window_s * SAMPLE_RATE)
         self.layer_weights = make_layer_weighting(layer_weighting, len(encoder.layers) + 1)
         self.gradient_checkpointing = gradient_checkpointing
         filters = mel_filter_bank(
@@ -125,10 +135,24 @@ class WhisperBackbone(SpeechBackbone):
         """See ``SpeechBackbone.forward``. Frames are 20 ms: ``T = ceil(mel_frames / 2)``.
 
         Raises:
-            SertoolError: an utterance longer than the encoder's 30-s window.
+            SertoolError: an utterance longer than the encoder's 30-s window (or ``window_s``).
         """
         encoder = self.encoder
-        mel, mel_lengths = self.log_mel(waveforms, sample_mask.sum(dim=-1))
+        sample_lengths = sample_mask.sum(dim=-1)
+        if self.window_samples:
+            longest = int(sample_lengths.max())
+            if longest > self.window_samples:
+                window_s = self.window_samples / SAMPLE_RATE
+                raise SertoolError(
+                    f"this Whisper model takes clips of at most {window_s:g} s (--whisper-window-s); got an "
+                    f"utterance of {longest / SAMPLE_RATE:.1f} s: cut long audio into windows of at most {window_s:g} s"
+                )
+            # Every clip analysed as its window: zeros after its end, as the feature extractor pads.
+            waveforms = nn.functional.pad(waveforms * sample_mask, (0, self.window_samples - waveforms.shape[-1]))
+            analysed = torch.full_like(sample_lengths, self.window_samples)
+        else:
+            analysed = sample_lengths
+        mel, mel_lengths = self.log_mel(waveforms, analysed)
         if mel.shape[-1] > self.max_mel_frames:
             cap_s = self.max_mel_frames * HOP_LENGTH / SAMPLE_RATE
             longest_s = int(mel_lengths.max()) * HOP_LENGTH / SAMPLE_RATE
@@ -153,6 +177,10 @@ class WhisperBackbone(SpeechBackbone):
                 states.append(self._run_layer(layer, states[-1], attention_bias))
             states[-1] = encoder.layer_norm(states[-1])
         frames = states[-1] if self.layer_weights is None else self.layer_weights(states)
+        if self.window_samples:
+            # The frames of the real audio: the same length arithmetic on the unpadded clip (at least one).
+            real_lengths = ((sample_lengths // HOP_LENGTH - 1) // 2 + 1).clamp(min=1)
+            frame_mask = lengths_to_mask(real_lengths, num_frames)
         return frames * frame_mask.unsqueeze(-1), frame_mask
 
     def _run_layer(self, layer: nn.Module, hidden: Tensor, attention_bias: Tensor) -> Tensor:
@@ -161,6 +189,17 @@ class WhisperBackbone(SpeechBackbone):
             # frozen encoder with LoRA adapters trains in eval mode.
             return checkpoint(layer, hidden, attention_bias, use_reentrant=False)
         return layer(hidden, attention_bias)
+
+
+def _check_window(window_s: float, max_mel_frames: int) -> None:
+    """A fixed window must be non-negative and fit the position embeddings.
+
+    Raises:
+        SertoolError: naming ``--whisper-window-s`` and the longest window allowed.
+    """
+    if window_s < 0 or round(window_s * SAMPLE_RATE) // HOP_LENGTH > max_mel_frames:
+        raise SertoolError(f"--whisper-window-s {window_s:g}: give 0 or a window of at most "
+                           f"{max_mel_frames * HOP_LENGTH / SAMPLE_RATE:g} s (the position embeddings end there)")
 
 
 def _key_padding_bias(frame_mask: Tensor, dtype: torch.dtype) -> Tensor:
@@ -182,13 +221,17 @@ def load_whisper(
     freeze_feature_encoder: bool,
     lora_rank: int = 0,
     lora_alpha: float = 16.0,
+    window_s: float = 0.0,
     gradient_checkpointing: bool = False,
+    pretrained_weights: bool = True,
 ) -> WhisperBackbone:
     """Load the encoder of any Whisper checkpoint (hub id or local folder) in float32.
 
     The checkpoint is loaded as ``WhisperForAudioClassification``, whose only pretrained part is the
     encoder: transformers reads just the encoder's tensors and skips the decoder's. The small random
-    projector and classifier that class adds are dropped.
+    projector and classifier that class adds are dropped. With ``pretrained_weights=False`` only the
+    config is read and the encoder's weights are random, for a stored state to replace; its position
+    table then covers ``window_s`` when given (the shape a model trained with that window stores).
 
     Raises:
         SertoolError: the model cannot be loaded, is not a Whisper model, or holds no encoder weights
@@ -201,6 +244,16 @@ def load_whisper(
         raise SertoolError(
             f"--backbone-path {name_or_path}: a {config.model_type} model, not Whisper; pick the matching --backbone"
         )
+    if not pretrained_weights:
+        from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+        if window_s:
+            _check_window(window_s, 2 * int(config.max_source_positions))
+            config.max_source_positions = round(window_s * SAMPLE_RATE) // HOP_LENGTH // 2
+        encoder = WhisperEncoder(config).float()
+        return WhisperBackbone(encoder, layer_weighting=layer_weighting, frozen=frozen,
+                               freeze_feature_encoder=freeze_feature_encoder, lora_rank=lora_rank,
+                               lora_alpha=lora_alpha, window_s=window_s, gradient_checkpointing=gradient_checkpointing)
     with _quiet_transformers():  # its load report would list every skipped decoder tensor
         model, loading_info = load_pretrained(
             WhisperForAudioClassification.from_pretrained,
@@ -220,6 +273,7 @@ def load_whisper(
         freeze_feature_encoder=freeze_feature_encoder,
         lora_rank=lora_rank,
         lora_alpha=lora_alpha,
+        window_s=window_s,
         gradient_checkpointing=gradient_checkpointing,
     )
 

@@ -1,0 +1,246 @@
+"""sertool's Python API: load any model, predict arousal, valence and dominance of speech.
+
+    >>> import sertool
+    >>> model = sertool.load("runs/demo")  # a run folder, checkpoint, model folder, ensemble JSON or hub id
+    >>> prediction = model.predict("talk.wav")
+    >>> sorted(prediction)
+    ['arousal', 'dominance', 'valence']
+    >>> all(1 < value < 7 for value in prediction.values())  # MSP-Podcast's 1-7 rater scale
+    True
+
+``load`` opens a model through the same function every command uses (``open_predictor``) and
+``Model.predict`` runs the same function as `sertool predict` (``inference.workflows.predict_with``): long
+audio is cut into the same windows, any rate and channel count is read at 16 kHz mono the same way, and
+the numbers are the CLI's. ``import sertool`` stays light: this module (and torch) loads on first use of
+``sertool.load``.
+"""
+from __future__ import annotations
+
+import numbers
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+
+from sertool.config import DEFAULT_ASR_MODEL_ID, DEFAULT_HOP_S, DEFAULT_WINDOW_S
+from sertool.data.records import ATTRIBUTES, Utterance
+from sertool.errors import SertoolError
+from sertool.inference.predictions import Predictions
+from sertool.inference.predictor import InferenceOptions, Predictor, open_predictor
+from sertool.inference.runner import DEFAULT_EVAL_BATCH_S
+
+# One input: a path to an audio file, or a waveform (a numpy array or a torch tensor) with sample_rate.
+Audio = Union[str, os.PathLike, np.ndarray, Any]
+
+
+def load(
+    model: str | os.PathLike,
+    *,
+    device: str = "auto",
+    backbone_path: str | None = None,
+    text_model: str | None = None,
+    speaker_embedding: str | None = None,
+    asr: str = DEFAULT_ASR_MODEL_ID,
+    cache_dir: str | None = None,
+    max_batch_s: float = DEFAULT_EVAL_BATCH_S,
+    amp: str = "auto",
+) -> Model:
+    """Open a model for prediction.
+
+    The model is built on the first ``predict`` and kept, so load once and predict many times.
+
+    Args:
+        model: a run folder (its ``best.pt``), a checkpoint, a model folder (``sertool export``, or one of
+            the authors' released models), a saved ensemble (``.json``) or a model hub id
+            (``owner/name``, e.g. ``tiantiaf/wavlm-large-msp-podcast-emotion-dim``).
+        device: "auto" (a GPU if there is one), "cpu" or "cuda".
+        backbone_path: where the model's speech backbone lives here (hub id or folder), if not where it
+            was recorded; e.g. a local folder on an offline machine.
+        text_model: the same for the text encoder of an MM model.
+        speaker_embedding: the same for the speaker model of a +S Emb model.
+        asr: Whisper model that transcribes audio for MM models when no transcript is given.
+        cache_dir: cache of text embeddings and transcripts (default: ``$SERTOOL_CACHE`` or
+            ``~/.cache/sertool``).
+        max_batch_s: inference batch bound, utterances × longest clip in seconds (speed only: batching
+            never changes a prediction).
+        amp: mixed precision: "auto" (bf16/fp16 on GPUs, off on the CPU), "bf16", "fp16" or "off".
+
+    Returns:
+        A ``Model``.
+
+    Raises:
+        SertoolError: nothing loadable at ``model`` (the message names it and what to do).
+
+    Examples:
+        >>> model = sertool.load("runs/demo")
+        >>> model.name
+        'runs/demo'
+        >>> sertool.load("missing.pt")
+        Traceback (most recent call last):
+        ...
+        sertool.errors.SertoolError: missing.pt: no such checkpoint, run folder, model folder, ...
+    """
+    options = InferenceOptions(device=device, max_batch_s=max_batch_s, amp=amp, cache_dir=cache_dir,
+                               backbone_path=backbone_path, text_model=text_model,
+                               speaker_embedding=speaker_embedding, asr=asr)
+    return Model(open_predictor(os.fspath(model), options))
+
+
+class Model:
+    """A model opened by ``sertool.load``: ``predict`` gives A/V/D on the 1–7 scale.
+
+    Attributes:
+        name: what it was loaded from.
+    """
+
+    def __init__(self, predictor: Predictor) -> None:
+        self._predictor = predictor
+        self.name = predictor.name
+
+    def __repr__(self) -> str:
+        return f"sertool.Model({self.name!r})"
+
+    def predict(
+        self,
+        audio: Audio | Sequence[Audio],
+        *,
+        sample_rate: int | None = None,
+        window_s: float = DEFAULT_WINDOW_S,
+        hop_s: float = DEFAULT_HOP_S,
+        transcripts: str | Sequence[str | None] | None = None,
+        table: bool = False,
+    ) -> dict[str, float] | list[dict[str, float]] | Predictions:
+        """Arousal, valence and dominance of speech, on MSP-Podcast's 1–7 rater scale.
+
+        Args:
+            audio: one input or a list of inputs. An input is a path to an audio file (any format and rate
+                libsndfile reads), or a waveform — a numpy array or torch tensor, 1-D, or 2-D with the
+                channels on the shorter axis (``[channels, samples]`` or ``[samples, channels]``) — given
+                with ``sample_rate``. Everything is read as 16-kHz mono (resampled, channels averaged).
+            sample_rate: the rate of waveform inputs, in Hz (files carry their own).
+            window_s: inputs longer than this are cut into windows of this length...
+            hop_s: ...starting this many seconds apart; an input's value is the duration-weighted mean of its
+                windows (as `sertool predict`).
+            transcripts: for MM (text) models: the transcript of each input (a string for one input, a list
+                for a list; None entries are transcribed by ASR).
+            table: return a ``Predictions`` table instead of dicts: ``ids`` (the paths as given, or
+                ``waveform[i]``), ``values`` ``[N, 3]`` (A, V, D) and ``segments`` (one per window of a
+                long input: ``start_s``, ``end_s``, ``values``).
+
+        Returns:
+            ``{"arousal": a, "valence": v, "dominance": d}`` for one input; a list of them, in input order,
+            for a list; the ``Predictions`` table with ``table=True``.
+
+        Raises:
+            SertoolError: a missing or unreadable file, a folder, a waveform without ``sample_rate`` (or
+                a file with one), an empty, non-finite, non-float or too short waveform, the same file twice.
+
+        Examples:
+            >>> model = sertool.load("runs/demo")
+            >>> rows = model.predict(["a.wav", "b.wav"])
+            >>> [sorted(row) for row in rows] == [["arousal", "dominance", "valence"]] * 2
+            True
+
+            A waveform is predicted exactly like the file it came from:
+
+            >>> import soundfile
+            >>> waveform, rate = soundfile.read("talk.wav", dtype="float32")
+            >>> model.predict(waveform, sample_rate=rate) == model.predict("talk.wav")
+            True
+
+            ``talk.wav`` lasts 25 s: four 10-s windows, 5 s apart (the last one ends with the file):
+
+            >>> table = model.predict("talk.wav", table=True)
+            >>> table.ids, table.values.shape
+            (['talk.wav'], (1, 3))
+            >>> [(segment.start_s, segment.end_s) for segment in table.segments]
+            [(0.0, 10.0), (5.0, 15.0), (10.0, 20.0), (15.0, 25.0)]
+        """
+        single = not isinstance(audio, (list, tuple))
+        items = [audio] if single else list(audio)
+        if not items:
+            raise SertoolError("predict: no audio given")
+        texts = _per_input(transcripts, len(items), single=single)
+        with tempfile.TemporaryDirectory(prefix="sertool-") as scratch:
+            utterances = [_utterance(item, index, single=single, sample_rate=sample_rate, scratch=Path(scratch))
+                          for index, item in enumerate(items)]
+            _check_distinct(utterances)
+            utterances = [replace(utt, transcript=text) if text is not None else utt
+                          for utt, text in zip(utterances, texts)]
+            from sertool.inference.workflows import predict_with
+
+            predictions = predict_with(self._predictor, utterances, window_s=window_s, hop_s=hop_s)
+        if table:
+            return predictions
+        rows = [{name: float(value) for name, value in zip(ATTRIBUTES, row)} for row in predictions.values]
+        return rows[0] if single else rows
+
+
+def _utterance(item: Audio, index: int, *, single: bool, sample_rate: int | None, scratch: Path) -> Utterance:
+    """One input as an utterance: a file as it is; a waveform written losslessly (32-bit float WAV) to a
+    temporary file, so that it is read, resampled, downmixed and windowed exactly as a file is."""
+    from sertool.inference.inputs import audio_file_utterance
+
+    if isinstance(item, (str, os.PathLike)):
+        path = Path(item).expanduser()
+        if sample_rate is not None:
+            raise SertoolError(f"{path}: sample_rate= applies to waveforms; an audio file carries its own rate")
+        if path.is_dir():
+            raise SertoolError(f"{path}: a folder; pass its audio files, e.g. sorted(Path(folder).glob('*.wav'))")
+        return audio_file_utterance(path, os.fspath(item))
+    name = "waveform" if single else f"waveform[{index}]"
+    data = _as_frames(item, name=name)
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, numbers.Integral) or sample_rate <= 0:
+        raise SertoolError(f"{name}: give its rate in Hz as sample_rate= (an integer), got {sample_rate!r}")
+    import soundfile
+
+    path = scratch / f"{index}.wav"
+    soundfile.write(str(path), data, int(sample_rate), subtype="FLOAT")
+    return audio_file_utterance(path, name)
+
+
+def _as_frames(item: Any, *, name: str) -> np.ndarray:
+    """A waveform as float32 ``[samples]`` or ``[samples, channels]`` (soundfile's layout).
+
+    Raises:
+        SertoolError: not an array, not 1-D or 2-D, empty or non-finite.
+    """
+    if hasattr(item, "detach"):  # a torch tensor, without importing torch for the check
+        item = item.detach().cpu().numpy()
+    if not isinstance(item, np.ndarray):
+        raise SertoolError(f"{name}: an input must be a path to an audio file or a waveform (numpy array or torch "
+                           f"tensor), got {type(item).__name__}")
+    if not np.issubdtype(item.dtype, np.floating):
+        raise SertoolError(f"{name}: give float samples in [-1, 1] (e.g. int16 samples / 32768), got {item.dtype}")
+    if item.ndim not in (1, 2) or item.size == 0:
+        raise SertoolError(f"{name}: a waveform must be 1-D or 2-D (channels on the shorter axis) and not empty, got "
+                           f"shape {item.shape}")
+    data = item.astype(np.float32)
+    if not np.isfinite(data).all():
+        raise SertoolError(f"{name}: the waveform contains NaN or infinite samples")
+    return data.T if data.ndim == 2 and data.shape[0] < data.shape[1] else data
+
+
+def _per_input(transcripts: str | Sequence[str | None] | None, count: int, *, single: bool) -> list[str | None]:
+    if transcripts is None:
+        return [None] * count
+    if isinstance(transcripts, str):
+        if not single:
+            raise SertoolError("transcripts: give a list with one transcript per input")
+        return [transcripts]
+    texts = list(transcripts)
+    if len(texts) != count:
+        raise SertoolError(f"transcripts: {len(texts)} transcripts for {count} inputs")
+    return texts
+
+
+def _check_distinct(utterances: Sequence[Utterance]) -> None:
+    seen = set()
+    for utt in utterances:
+        if utt.id in seen:
+            raise SertoolError(f"{utt.id}: given twice; pass each file once")
+        seen.add(utt.id)

@@ -1,0 +1,1 @@
+"""The linear floor: ridge regression on utterance-level acoustic statistics (`sertool baseline`)."""

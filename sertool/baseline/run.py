@@ -1,0 +1,117 @@
+"""`sertool baseline`: fit the ridge floor on a corpus and write a predictions CSV per split.
+
+The floor sees the same data as a trained system: it fits on the training split, the validation split
+only chooses the regularisation strength (as it only chooses a trained system's checkpoint), and every
+other split is held out. Every split except the training split gets a predictions CSV that `evaluate`,
+`ensemble` and `predict --submission` accept (labels beside the predictions where the split has them).
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from sertool.baseline.features import FEATURE_GROUPS, feature_names, utterance_statistics
+from sertool.baseline.ridge import ALPHAS, fit_ridge
+from sertool.data.corpus import open_corpus
+from sertool.data.records import ATTRIBUTES
+from sertool.data.report import LoadReport
+from sertool.data.selection import select
+from sertool.errors import SertoolError
+from sertool.inference.predictions import Predictions, write_predictions
+from sertool.inference.predictor import PredictorOutput
+from sertool.inference.workflows import Scores, score
+from sertool.io import atomic_write, check_writable
+
+SYSTEM_NAME = "ridge baseline"
+SUMMARY_NAME = "summary.json"
+
+
+@dataclass
+class BaselineResult:
+    """What `sertool baseline` did.
+
+    Attributes:
+        alphas: the chosen regularisation strength of each attribute.
+        scores: split name → CCC on that split (labelled splits other than the training split).
+        train_utterances: how many utterances the ridge was fitted on.
+        load_report: rows the corpus read dropped.
+        written: the files written, predictions first.
+    """
+
+    alphas: dict[str, float]
+    scores: dict[str, Scores]
+    train_utterances: int
+    load_report: LoadReport
+    written: list[Path] = field(default_factory=list)
+
+
+def run_baseline(corpus: str | Path, out_dir: str | Path, *, train_split: str = "Train",
+                 valid_split: str = "Development", force: bool = False,
+                 progress: Callable[[int, int], None] | None = None) -> BaselineResult:
+    """Fit the ridge floor and write ``OUT_DIR/<split>.csv`` for every split but the training split,
+    and ``OUT_DIR/summary.json`` (features, alpha grid, validation curve, chosen alphas, scores).
+
+    Args:
+        corpus: MSP-Podcast root or manifest.
+        out_dir: the output folder (created if missing); files already there are kept unless ``force``.
+        train_split: the split the ridge is fitted on.
+        valid_split: the split that chooses alpha per attribute (by CCC).
+        force: overwrite earlier outputs in ``out_dir``.
+        progress: ``progress(done, total)`` while the features are computed.
+
+    Raises:
+        SertoolError: bad splits (see ``data.selection.select``), unreadable audio, or an unusable
+            ``out_dir``.
+    """
+    out_dir = Path(out_dir)
+    opened = open_corpus(corpus)
+    selection = select(opened.utterances, train_split=train_split, valid_split=valid_split)
+    if len(selection.train) < 2:
+        raise SertoolError(f"--train-split {train_split}: {len(selection.train)} labelled utterance(s); "
+                           "the ridge needs at least two")
+    held_out = {name: opened.split(name) for name in opened.split_names() if name != train_split}
+    check_writable([out_dir / f"{name}.csv" for name in held_out] + [out_dir / SUMMARY_NAME], force=force)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise SertoolError(f"--out {out_dir}: cannot create the folder ({error.strerror})") from None
+
+    # Every utterance's statistics in one pass (the same clip is read once even if it is in two lists).
+    everything = {utt.id: utt for group in [selection.train, selection.valid, *held_out.values()] for utt in group}
+    table = dict(zip(everything, utterance_statistics(list(everything.values()), progress=progress)))
+
+    def features(utterances):
+        return np.array([table[utt.id] for utt in utterances]).reshape(len(utterances), -1)
+
+    def labels(utterances):
+        return np.array([utt.labels() for utt in utterances], dtype=np.float64).reshape(len(utterances), -1)
+
+    model, curve = fit_ridge(features(selection.train), labels(selection.train), features(selection.valid),
+                             labels(selection.valid))
+    result = BaselineResult(dict(zip(ATTRIBUTES, map(float, model.alphas))), {}, len(selection.train), opened.report)
+    for name, utterances in held_out.items():
+        predictions = Predictions([utt.id for utt in utterances], model.predict(features(utterances)))
+        labelled = bool(utterances) and all(utt.has_labels for utt in utterances)
+        target = out_dir / f"{name}.csv"
+        write_predictions(predictions, target, labels=labels(utterances) if labelled else None)
+        result.written.append(target)
+        if labelled:
+            result.scores[name] = score(SYSTEM_NAME, PredictorOutput(predictions), utterances, labels(utterances))
+
+    with atomic_write(out_dir / SUMMARY_NAME) as handle:
+        json.dump({
+            "system": SYSTEM_NAME, "corpus": str(corpus), "train_split": train_split, "valid_split": valid_split,
+            "train_utterances": len(selection.train), "valid_utterances": len(selection.valid),
+            "feature_groups": list(FEATURE_GROUPS), "num_features": len(feature_names()),
+            "alpha_grid": list(ALPHAS), "alphas": result.alphas,
+            "valid_ccc_by_alpha": {name: curve[:, k].tolist() for k, name in enumerate(ATTRIBUTES)},
+            "scores": {name: {"utterances": s.num_utterances, "ccc": s.ccc, "collapsed": s.collapsed,
+                              "role": "chose alpha" if name == valid_split else "held out"}
+                       for name, s in result.scores.items()},
+        }, handle, indent=2)
+    result.written.append(out_dir / SUMMARY_NAME)
+    return result

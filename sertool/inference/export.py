@@ -1,0 +1,235 @@
+"""`sertool export`: a trained model as a self-contained model folder, and its model card.
+
+The folder (``sertool.model_folder``) holds ``config.json`` (the checkpoint's self-description: config,
+label scaling, the backbone id it needs, metrics and the data they were measured on, provenance),
+``model.safetensors`` (the weights, no pickle) and ``README.md`` (the model card written here). Every
+command and ``sertool.load`` read it like the run folder it came from, with the same predictions.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sertool.data.records import ATTRIBUTES
+from sertool.errors import SertoolError
+from sertool.io import check_writable
+from sertool.model_folder import FOLDER_FILES, load_model, write_model_folder
+from sertool.models.hub import is_repo_id
+
+
+@dataclass
+class ExportResult:
+    """What ``export_model`` wrote, and where it uploaded the folder (with ``push_to_hub``)."""
+
+    folder: Path
+    written: list[Path] = field(default_factory=list)
+    url: str | None = None
+
+
+def export_model(source: str | Path, out: str | Path, *, force: bool = False,
+                 push_to_hub: str | None = None) -> ExportResult:
+    """Write ``source`` as a model folder ``out``, and upload it to the hub as ``push_to_hub``.
+
+    Args:
+        source: a run folder (its ``best.pt``), a checkpoint, a model folder or a hub id.
+        out: the folder to write (created; other files in it are left alone).
+        force: overwrite the model files an earlier export left in ``out``.
+        push_to_hub: a model repository id (``owner/name``) to create (if needed) and upload to.
+
+    Returns:
+        The files written and, after an upload, the repository's URL.
+
+    Raises:
+        SertoolError: nothing loadable at ``source``, model files already in ``out`` without ``force``,
+            no hub token for ``push_to_hub`` (checked before anything is written), or a failed upload
+            (the folder is complete then; the message says how to upload it later).
+    """
+    out = Path(out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise SertoolError(f"--out {out}: a file, not a folder")
+    check_writable([out / name for name in FOLDER_FILES], force=force)
+    if push_to_hub is not None:
+        _check_can_push(push_to_hub)
+    payload = load_model(source)
+    payload["exported_from"] = str(source)
+    result = ExportResult(out, write_model_folder(payload, out, card=model_card(payload, name=out.name)))
+    if push_to_hub is not None:
+        result.url = _push(out, push_to_hub)
+    return result
+
+
+def model_card(payload: dict[str, Any], *, name: str) -> str:
+    """The README.md of a model folder: what it predicts, how to run it, the data, the metrics with
+    their split and utterance count, intended use and limits, provenance."""
+    model = payload["config"]["model"]
+    data = payload.get("data") or {}
+    released = payload.get("released")
+    backbone = payload.get("pretrained", {}).get("backbone") or model["backbone"]
+    lines = [
+        "---", "library_name: sertool", "tags:", "- speech-emotion-recognition", "- arousal", "- valence",
+        "- dominance", "---", "",
+        f"# {name}: arousal, valence and dominance from speech",
+        "",
+        "Predicts the perceived **arousal, valence and dominance** (A/V/D) of an utterance on the 1–7 rater scale "
+        "of MSP-Podcast (rater means; 4 is the middle), from 16 kHz speech (any rate and channel count is "
+        "resampled and downmixed). A sertool model folder (`sertool export`): "
+        "`config.json` describes the model, `model.safetensors` holds its weights (no pickle), this card.",
+        "",
+        "## Use",
+        "",
+        "```bash",
+        f"sertool predict {name} talk.wav recordings/ --out predictions.csv   # long files are cut into windows",
+        f"sertool evaluate {name} --corpus /data/MSP-Podcast --split Test1",
+        "```",
+        "",
+        "```python",
+        "import sertool",
+        f'model = sertool.load("{name}")',
+        'model.predict("talk.wav")   # {"arousal": ..., "valence": ..., "dominance": ...}',
+        "```",
+        "",
+        "## Model",
+        "",
+        *_model_lines(payload, model, backbone),
+        "",
+        "## Training data",
+        "",
+        *_data_lines(payload, data, released),
+        "",
+        "## Metrics",
+        "",
+        *_metric_lines(payload, data),
+        "",
+        "## Intended use",
+        "",
+        "Research on dimensional emotion in speech: describing how speech is perceived (by the raters of the "
+        "training corpus) on arousal, valence and dominance, comparing systems, analysing corpora. Best on "
+        "speech like the training data.",
+        "",
+        "## Limits",
+        "",
+        "- It predicts how raters perceive speech, averaged over raters — not what a speaker feels. Do not use it "
+        "for decisions about individuals (hiring, health, security, surveillance).",
+        "- It learnt from one corpus (above): other languages, recording conditions, acted speech, children's "
+        "speech and very short clips (under about 3 s) can be predicted far less reliably; measure before "
+        "relying on it.",
+        "- Long audio is cut into windows (`sertool predict --window-s`, default 10 s), each predicted alone; "
+        "the file's value is their duration-weighted mean.",
+        *([f"- The Whisper encoder here takes clips of at most {model['whisper_window_s']:g} s."]
+          if model.get("whisper_window_s") else []),
+        *(["- It reads transcripts too (an MM model): without them, sertool transcribes with Whisper ASR, whose "
+           "errors carry over."] if model.get("text") else []),
+        "",
+        "## Provenance",
+        "",
+        *_provenance_lines(payload),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _model_lines(payload: dict[str, Any], model: dict[str, Any], backbone: str) -> list[str]:
+    weights = payload.get("backbone_weights", "published")
+    scaling = payload.get("label_scaling", {"minimum": 1.0, "maximum": 7.0})
+    if model["backbone"] == "fbank":
+        where = "sertool's built-in log-mel encoder, trained from scratch: every weight of it is in this folder."
+    elif weights == "stored":
+        where = "every weight of it is in this folder; only its config is read from that id (or `--backbone-path DIR`)."
+    else:
+        where = "its frozen weights are the published ones, loaded from that id (or `--backbone-path DIR`)."
+    lines = [
+        f"- Speech backbone: `{backbone}` ({model['backbone']}, layers: {model['layer_weighting']}); {where}",
+        f"- Frame projection: {model['projection_dim'] or 'none'}; pooling: {model['pooling']}; heads: one "
+        f"per attribute, hidden width {model['head_hidden_dim']}, {model['head_output']} output.",
+    ]
+    if model.get("text"):
+        lines.append(f"- Text branch (MM): `{model['text_model']}` embeds the transcript.")
+    if model.get("speaker_embedding"):
+        lines.append(f"- Speaker embedding: `{model['speaker_embedding']}`.")
+    if model.get("aux"):
+        lines.append(f"- Auxiliary heads: {', '.join(model['aux'])}.")
+    lines.append(f"- Output scale: unit-scale outputs u map to ratings as {scaling['minimum']:g} + "
+                 f"{scaling['maximum'] - scaling['minimum']:g}·u.")
+    return lines
+
+
+def _data_lines(payload: dict[str, Any], data: dict[str, Any], released: dict[str, Any] | None) -> list[str]:
+    if released is not None:
+        return [f"The authors' released model `{released['source']}` (MSP-Podcast, trained by the authors; see "
+                "their model card). sertool maps its sigmoid outputs to 1–7 as 1 + 6·y: an inferred mapping, not "
+                "documented by the authors."]
+    if not data:
+        return ["Not recorded in the checkpoint this folder was exported from."]
+    config = payload["config"]["data"]
+    return [
+        f"- Corpus: `{data['corpus']}`.",
+        f"- Trained on split {data['train_split']}: {data['train_utterances']:,} utterances "
+        f"(O/X of the training split: {config['train_ox']}; O/X of {data['valid_split']} added to training: "
+        f"{'yes' if config['dev_ox_to_train'] else 'no'}).",
+        f"- Model selection on split {data['valid_split']}: {data['valid_utterances']:,} utterances.",
+        f"- Selection: {data['selection']}.",
+    ]
+
+
+def _metric_lines(payload: dict[str, Any], data: dict[str, Any]) -> list[str]:
+    metrics = payload.get("metrics") or {}
+    if not all(name in metrics for name in (*ATTRIBUTES, "average")) or not data:
+        return ["No metrics recorded with this model: evaluate it on a labelled split it never saw "
+                "(`sertool evaluate`)."]
+    step = payload.get("step")
+    return [
+        "Concordance correlation coefficient (CCC) over the whole split, on the 1–7 scale:",
+        "",
+        "| split | utterances | arousal | valence | dominance | average |",
+        "|---|---|---|---|---|---|",
+        f"| {data['valid_split']} | {data['valid_utterances']:,} | "
+        + " | ".join(f"{metrics[name]:.4f}" for name in (*ATTRIBUTES, "average")) + " |",
+        "",
+        f"Measured at step {step} on the validation split, the split this checkpoint was *selected* on (best "
+        "average CCC), so it is optimistic for that split; for a number to report, evaluate on a test split "
+        "the model never saw.",
+    ]
+
+
+def _provenance_lines(payload: dict[str, Any]) -> list[str]:
+    provenance = payload.get("provenance") or {}
+    lines = [f"- Exported from `{payload.get('exported_from')}`."]
+    if provenance:
+        lines.append(f"- sertool {provenance.get('sertool_version')}, code revision "
+                     f"{provenance.get('code_revision') or 'unknown'}, torch {provenance.get('torch_version')}.")
+    if payload.get("epoch") is not None:
+        lines.append(f"- Written after epoch {payload['epoch']}, step {payload.get('step')}.")
+    return lines
+
+
+def _check_can_push(repo_id: str) -> None:
+    """Before any work: a valid repository id and a token to upload with.
+
+    Raises:
+        SertoolError: naming ``--push-to-hub`` and what to do.
+    """
+    from huggingface_hub import get_token
+
+    if not is_repo_id(repo_id):
+        raise SertoolError(f"--push-to-hub {repo_id}: give a model repository id, owner/name")
+    if get_token() is None:
+        raise SertoolError("--push-to-hub: no model-hub token on this machine; run `huggingface-cli login` (or set "
+                           "HF_TOKEN) and export again")
+
+
+def _push(folder: Path, repo_id: str) -> str:
+    """Create ``repo_id`` if needed and upload the folder's model files; the repository's URL."""
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    try:
+        url = api.create_repo(repo_id, repo_type="model", exist_ok=True)
+        api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model",
+                          allow_patterns=list(FOLDER_FILES), commit_message="sertool export")
+    except (OSError, ValueError) as error:
+        first = next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)
+        raise SertoolError(f"--push-to-hub {repo_id}: upload failed ({first[:200]}); {folder} is complete: upload it "
+                           f"later with `huggingface-cli upload {repo_id} {folder}`") from None
+    return str(url)
+

@@ -1,0 +1,186 @@
+"""Model folders, the way the field shares models: ``config.json``, ``model.safetensors``, ``README.md``.
+
+Two layouts are read, and both come back as the payload a checkpoint gives (``load_model``), so every
+command and ``sertool.load`` accept them wherever they accept a checkpoint:
+
+- sertool's own (``sertool export``): ``config.json`` holds the checkpoint's self-description (the
+  resolved config, the label scaling, the pretrained model ids, the metrics and where they come from,
+  the provenance) and ``model.safetensors`` the weights a checkpoint stores;
+- the authors' released models (``sertool.models.released``): ``config.json`` holds their wrapper's
+  constructor arguments, ``model.safetensors`` its whole state, mapped onto sertool's names.
+
+Reading a folder never runs code: ``config.json`` is parsed as JSON, the weights are read with
+safetensors (tensors only, no pickle), and any other file in the folder is ignored. A hub id
+(``owner/name``) is fetched with ``huggingface_hub.snapshot_download``, these three files only.
+"""
+from __future__ import annotations
+
+import json
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from sertool.checkpoint import BEST_NAME, load_checkpoint
+from sertool.errors import SertoolError
+from sertool.io import atomic_write, load_json
+from sertool.models.hub import download_snapshot, is_repo_id
+
+FOLDER_FORMAT = "sertool-model"
+FOLDER_FORMAT_VERSION = 1
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+CARD_NAME = "README.md"
+FOLDER_FILES: tuple[str, ...] = (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME)
+# Checkpoint keys that stay out of config.json: the weights go to model.safetensors, and the training
+# state (optimiser, sampler, RNG) of last.pt is of no use to a model shared for inference.
+_NOT_IN_CONFIG = ("model_state", "training", "format", "format_version")
+# Written into both config.json and the safetensors metadata: a folder whose two files come from different
+# exports (e.g. a crash while overwriting one with --force) is refused instead of silently mixed.
+_EXPORT_ID = "export_id"
+
+
+def is_model_folder(path: str | Path) -> bool:
+    """Whether ``path`` is a folder holding a ``config.json`` (a model folder, not a run folder)."""
+    path = Path(path).expanduser()
+    return path.is_dir() and (path / CONFIG_NAME).is_file()
+
+
+def load_model(name_or_path: str | Path, *, name: str = BEST_NAME, weights: bool = True) -> dict[str, Any]:
+    """The payload of any model source, as ``sertool.checkpoint.load_checkpoint`` returns it.
+
+    Args:
+        name_or_path: a checkpoint file, a run folder (its ``name``), a model folder (sertool's or the
+            authors' released layout), or the hub id of a model folder (``owner/name``), tried in that
+            order: a local path always wins over a hub id.
+        name: the checkpoint of a run folder.
+        weights: False leaves the weights of a model folder unread (``model_state`` empty), for callers
+            that need its config only.
+
+    Returns:
+        ``config``, ``label_scaling``, ``pretrained``, ``speakers``, ``model_state``, ``metrics``, ... and
+        ``backbone_weights`` (``"published"`` when absent: see ``SERModel``).
+
+    Raises:
+        SertoolError: nothing loadable there (naming the path or id and what to do).
+    """
+    text = str(name_or_path)
+    path = Path(text).expanduser()
+    if is_model_folder(path):
+        return read_model_folder(path, weights=weights)
+    if path.exists() or not is_repo_id(text):
+        return load_checkpoint(path, name=name)
+    return read_model_folder(download_snapshot(text, files=FOLDER_FILES), source=text, weights=weights)
+
+
+def read_model_folder(folder: str | Path, *, source: str | None = None, weights: bool = True) -> dict[str, Any]:
+    """Read a sertool model folder or one of the authors' released models (see the module docstring).
+
+    Args:
+        folder: the folder.
+        source: how messages name it (default: the folder), e.g. the hub id it was fetched for.
+        weights: False reads ``config.json`` only (``model_state`` empty).
+
+    Raises:
+        SertoolError: no ``model.safetensors``, a ``config.json`` of neither layout, a newer format, files
+            from different exports, or weights that do not fit the layout.
+    """
+    folder = Path(folder).expanduser()
+    source = source or str(folder)
+    data = load_json(folder / CONFIG_NAME, what="model config")
+    weights_file = folder / WEIGHTS_NAME
+    if not weights_file.is_file():
+        raise SertoolError(f"{source}: a model folder without {WEIGHTS_NAME}; export it again (sertool export)")
+    from sertool.models.released import is_released_config
+
+    if is_released_config(data):
+        return _released_payload(data, weights_file if weights else None, source=source)
+    if not isinstance(data, dict) or data.get("format") != FOLDER_FORMAT:
+        raise SertoolError(f"{folder / CONFIG_NAME}: neither a sertool model folder (sertool export) nor one of the "
+                           "authors' released models")
+    if data.get("format_version", 0) > FOLDER_FORMAT_VERSION:
+        raise SertoolError(f"{source}: written by a newer sertool (format {data['format_version']}); upgrade sertool")
+    with _open_safetensors(weights_file) as handle:
+        if (handle.metadata() or {}).get(_EXPORT_ID) != data.get(_EXPORT_ID):
+            raise SertoolError(f"{source}: {CONFIG_NAME} and {WEIGHTS_NAME} come from different exports (an "
+                               "interrupted overwrite?); export the model again")
+        state = {name: handle.get_tensor(name) for name in handle.keys()} if weights else {}
+    payload = {key: value for key, value in data.items() if key != _EXPORT_ID}
+    payload["model_state"] = state
+    return payload
+
+
+def write_model_folder(payload: dict[str, Any], folder: str | Path, *, card: str) -> list[Path]:
+    """Write ``payload`` (a checkpoint's) as a sertool model folder; other files in ``folder`` stay.
+
+    Each file is written atomically; ``config.json`` and the weights share an export id, so a folder left
+    half-overwritten by a crash is refused on loading rather than read with mismatched files.
+
+    Args:
+        payload: what ``load_model`` returned (weights in ``model_state``).
+        folder: created if missing.
+        card: the README.md text (the model card).
+
+    Returns:
+        The files written.
+
+    Raises:
+        SertoolError: a file cannot be written (naming it).
+    """
+    from safetensors.torch import save as save_safetensors
+
+    folder = Path(folder).expanduser()
+    export_id = uuid.uuid4().hex
+    config = {"format": FOLDER_FORMAT, "format_version": FOLDER_FORMAT_VERSION, _EXPORT_ID: export_id,
+              **{key: value for key, value in payload.items() if key not in _NOT_IN_CONFIG}}
+    # safetensors stores each tensor alone: contiguous copies, so views and shared storage cannot clash.
+    tensors = {name: value.detach().cpu().contiguous().clone() for name, value in payload["model_state"].items()}
+    written = [folder / WEIGHTS_NAME, folder / CARD_NAME, folder / CONFIG_NAME]
+    with atomic_write(written[0], "wb") as handle:
+        handle.write(save_safetensors(tensors, metadata={_EXPORT_ID: export_id, "format": "pt"}))
+    with atomic_write(written[1]) as handle:
+        handle.write(card)
+    with atomic_write(written[2]) as handle:
+        json.dump(config, handle, indent=2)
+        handle.write("\n")
+    return written
+
+
+def _released_payload(data: dict[str, Any], weights: Path | None, *, source: str) -> dict[str, Any]:
+    """The authors' released model as a payload: their architecture as a sertool config, their weights
+    (unless ``weights`` is None) under sertool's names, the whole backbone stored."""
+    from sertool.config import Config
+    from sertool.data.records import ATTRIBUTES
+    from sertool.models.heads import LabelScaling
+    from sertool.models.released import convert_released_state, released_arguments, released_model_config
+
+    arguments = released_arguments(data, source=source)
+    state, unused = {}, []
+    if weights is not None:
+        with _open_safetensors(weights) as handle:
+            state, unused = convert_released_state(arguments, handle.keys(), handle.get_tensor, source=source)
+    config = Config()
+    config.model = released_model_config(arguments)
+    return {
+        "config": config.to_dict(),
+        "label_scaling": LabelScaling().to_dict(),
+        "attributes": list(ATTRIBUTES),
+        "pretrained": {"backbone": config.model.backbone_path, "text_model": None, "speaker_embedding": None},
+        "speakers": [],
+        "model_state": state,
+        "backbone_weights": "stored",
+        "metrics": {},
+        "released": {"source": source, "arguments": arguments, "unused_weights": unused},
+    }
+
+
+@contextmanager
+def _open_safetensors(path: Path) -> Iterator[Any]:
+    """``safetensors.safe_open`` with a one-line error for a damaged file (tensors are read lazily)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            yield handle
+    except (SafetensorError, OSError) as error:
+        raise SertoolError(f"{path}: not a readable safetensors file ({str(error).splitlines()[0][:160]})") from None

@@ -1,0 +1,74 @@
+"""`train --init-from MODEL`: a run that starts from the weights of another model.
+
+MODEL is anything ``sertool.model_folder.load_model`` reads: a run folder, a checkpoint, a model folder
+(``sertool export``, or one of the authors' released models) or a hub id. The run's model section starts
+from MODEL's (``training.setup.resolve_train_config``), so by default the architecture matches and every
+weight is taken over. Model flags may still change what does not touch the weights (freezing, dropout,
+loss weights), add auxiliary heads, which then start fresh, or add LoRA adapters (``--lora-rank``), which
+start as a zero update of MODEL's weights; a change that leaves MODEL's weights without a place (another
+backbone, pooling, head width) is refused before training.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from sertool.errors import SertoolError
+
+# Heads whose weights may start fresh (a task added by a flag) or be left behind (a task dropped, or a
+# speaker head whose classes are the speakers of another corpus).
+_TASK_HEADS = ("gender_head.", "speaker_head.")
+# LoRA adapters a run adds: they start at B = 0, a zero update, so the model starts exactly as MODEL.
+_ADAPTERS = (".lora_a", ".lora_b")
+
+
+def load_initial_weights(model: nn.Module, payload: dict[str, Any], *, source: str) -> list[str]:
+    """Copy ``payload``'s weights into a freshly built ``model``.
+
+    Every weight of the model must come from ``payload``, except auxiliary heads and LoRA adapters the run
+    adds and, when the backbone's weights are the published ones, the frozen backbone weights the model
+    already loaded. A linear layer the run wraps in LoRA takes ``payload``'s weights of the plain layer.
+
+    Args:
+        model: the run's ``SERModel``, built with ``payload``'s ``backbone_weights``.
+        payload: what ``load_model(source)`` returned.
+        source: the ``--init-from`` value, for messages.
+
+    Returns:
+        Notes for the user: auxiliary-head weights that start fresh or are not used.
+
+    Raises:
+        SertoolError: a weight of ``payload`` without a place in the model, of another shape, or a model
+            weight ``payload`` does not provide (outside the task heads), naming the first one.
+    """
+    expected = model.state_dict()
+    state = dict(payload["model_state"])
+    for key in expected:  # a layer wrapped in LoRA keeps its weights under .base
+        plain = key.replace(".base.", ".")
+        if ".base." in key and key not in state and plain in state:
+            state[key] = state.pop(plain)
+    published = tuple(f"{name}." for name in getattr(model, "published_modules", ()))
+    unfit = [key for key in state if key not in expected or state[key].shape != expected[key].shape]
+    missing = [key for key in expected if key not in state and not key.startswith(published)
+               and not key.endswith(_ADAPTERS)]
+    blocking = [key for key in [*unfit, *missing] if not key.startswith(_TASK_HEADS)]
+    if blocking:
+        key = blocking[0]
+        what = ("has no place in" if key not in expected else "has another shape in" if key in state
+                else "is not in it but needed by")
+        raise SertoolError(
+            f"--init-from {source}: its weight {key} {what} the model the run's settings describe; leave out the "
+            "model flags (or --config keys) that change the architecture, or start from another model"
+        )
+    model.load_state_dict({key: value for key, value in state.items() if key not in unfit}, strict=False)
+    fresh = sorted({key.split(".", 1)[0] for key in expected if key.startswith(_TASK_HEADS)
+                    and (key not in state or key in unfit)})
+    unused = sorted({key.split(".", 1)[0] for key in unfit})
+    notes = []
+    if fresh:
+        notes.append(f"--init-from {source}: {', '.join(fresh)} not in that model (or of another shape): it starts "
+                     "from random weights")
+    if unused:
+        notes.append(f"--init-from {source}: its {', '.join(unused)} weights do not fit this run and are not used")
+    return notes

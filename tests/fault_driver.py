@@ -1,0 +1,104 @@
+"""Run `sertool` with one fault injected at an exact point of training: a signal or ``kill -9``.
+
+    python -m tests.fault_driver SIGNAL POINT N -- ARGS...
+
+runs ``sertool ARGS...`` and sends SIGNAL (SIGINT, SIGTERM or SIGKILL) to the whole process group, as a
+terminal's Ctrl-C or a cluster's scheduler does, the N-th time POINT is reached:
+
+- ``loading``: the corpus is being read (N is ignored);
+- ``step``: optimiser step N has been taken, before what follows it (checkpoint, the epoch's end,
+  validation);
+- ``saved``: ``last.pt`` holding step N has just been written;
+- ``validation``: the N-th validation is running;
+- ``checkpoint-write``: the N-th ``last.pt`` is written to its temporary file but not yet renamed.
+
+Start it in a session of its own (``start_new_session=True``): the signal goes to its process group.
+Points are patched into ``sertool.training.loop`` only; nothing of sertool is changed on disk.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+SETTLE_S = 0.2  # after sending a catchable signal: let it arrive before the code goes on
+
+
+def _fire(name: str) -> None:
+    os.killpg(0, getattr(signal, name))
+    time.sleep(SETTLE_S)
+
+
+def install(signal_name: str, point: str, count: int) -> None:
+    from sertool import io
+    from sertool.training import loop
+
+    seen = {"n": 0}
+
+    def reached() -> bool:
+        seen["n"] += 1
+        return seen["n"] == count
+
+    if point == "loading":
+        real_open = loop.open_corpus
+
+        def open_corpus(*args, **kwargs):
+            _fire(signal_name)
+            return real_open(*args, **kwargs)
+
+        loop.open_corpus = open_corpus
+    elif point == "step":
+        real_step = loop._Run._optimizer_step
+
+        def optimizer_step(self, group):
+            stats = real_step(self, group)
+            if self.step + 1 == count:
+                _fire(signal_name)
+            return stats
+
+        loop._Run._optimizer_step = optimizer_step
+    elif point == "saved":
+        real_save = loop.save_checkpoint
+
+        def save_checkpoint(payload, path):
+            real_save(payload, path)
+            if Path(path).name == "last.pt" and payload["step"] == count:
+                _fire(signal_name)
+
+        loop.save_checkpoint = save_checkpoint
+    elif point == "validation":
+        real_run_model = loop.run_model
+
+        def run_model(*args, **kwargs):
+            if reached():
+                _fire(signal_name)
+            return real_run_model(*args, **kwargs)
+
+        loop.run_model = run_model
+    elif point == "checkpoint-write":
+        real_fsync = io.os.fsync
+
+        def fsync(descriptor):
+            real_fsync(descriptor)
+            if Path(os.readlink(f"/proc/self/fd/{descriptor}")).name.startswith(".last.pt.") and reached():
+                _fire(signal_name)
+
+        io.os.fsync = fsync
+    else:
+        raise SystemExit(f"unknown point {point}")
+
+
+def main() -> None:
+    signal_name, point, count, separator, *args = sys.argv[1:]
+    assert separator == "--", "usage: python -m tests.fault_driver SIGNAL POINT N -- ARGS..."
+    install(signal_name, point, int(count))
+    from sertool.cli import main as sertool_main
+
+    sys.argv = ["sertool", *args]
+    sertool_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""The Python API: sertool.load(...).predict(...), its docstring examples, and a light `import sertool`."""
+from __future__ import annotations
+
+import ast
+import doctest
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from click.testing import CliRunner
+
+import sertool
+import sertool.api
+from sertool.cli import cli
+from sertool.errors import SertoolError
+from sertool.inference.predictions import read_predictions
+from sertool.training.loop import train
+from tests.corpus_files import write_learnable_corpus, write_tone
+from tests.systems import small_config
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    """What the docstring examples name, relative to this folder: runs/demo, talk.wav (25 s), a.wav, b.wav."""
+    root = tmp_path_factory.mktemp("api")
+    corpus = write_learnable_corpus(root / "corpus", per_split={"Train": 8, "Development": 4})
+    train(small_config(corpus), root / "runs" / "demo")
+    write_tone(root / "talk.wav", duration_s=25.0)
+    write_tone(root / "a.wav", duration_s=1.5)
+    write_tone(root / "b.wav", duration_s=2.5, sample_rate=44_100, channels=2)
+    return root
+
+
+def test_the_docstring_examples_run(workspace, monkeypatch):
+    monkeypatch.chdir(workspace)
+    tests = doctest.DocTestFinder().find(sertool.api, globs={"sertool": sertool})
+    assert sum(len(test.examples) for test in tests) >= 15
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
+    report = io.StringIO()
+    for test in tests:
+        runner.run(test, out=report.write)
+    assert runner.failures == 0, report.getvalue()
+
+
+def test_the_api_gives_the_cli_s_numbers(workspace, monkeypatch):
+    monkeypatch.chdir(workspace)
+    result = CliRunner().invoke(cli, ["predict", "runs/demo", "talk.wav", "a.wav", "b.wav", "--out", "cli.csv"])
+    assert result.exit_code == 0, result.output
+    cli_values = read_predictions(workspace / "cli.csv")
+    table = sertool.load("runs/demo").predict(["talk.wav", "a.wav", "b.wav"], table=True)
+    assert table.ids == cli_values.ids
+    np.testing.assert_allclose(table.values, cli_values.values, atol=1e-6)
+    assert [(s.start_s, s.end_s) for s in table.segments] == [(s.start_s, s.end_s) for s in cli_values.segments]
+
+
+def test_waveforms_are_read_like_the_files_they_came_from(workspace):
+    model = sertool.load(workspace / "runs" / "demo")
+    samples, rate = sf.read(workspace / "b.wav", dtype="float32")  # 44.1 kHz stereo, [samples, channels]
+    expected = model.predict(str(workspace / "b.wav"))
+    for waveform in (samples, samples.T, torch.from_numpy(samples.T.copy()), samples.astype(np.float64)):
+        assert model.predict(waveform, sample_rate=rate) == expected
+    mono, mono_rate = sf.read(workspace / "a.wav", dtype="float32")
+    pieces = [mono, mono[: len(mono) // 2]]
+    table = model.predict(pieces, sample_rate=mono_rate, table=True)
+    assert table.ids == ["waveform[0]", "waveform[1]"]
+    one_at_a_time = [list(model.predict(piece, sample_rate=mono_rate).values()) for piece in pieces]
+    np.testing.assert_allclose(table.values, one_at_a_time, atol=1e-5)  # a padded batch equals one at a time
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda model: model.predict(np.zeros(16_000, dtype=np.float32)), "give its rate in Hz as sample_rate="),
+    (lambda model: model.predict("a.wav", sample_rate=16_000), "an audio file carries its own rate"),
+    (lambda model: model.predict("runs"), "a folder; pass its audio files"),
+    (lambda model: model.predict([]), "no audio given"),
+    (lambda model: model.predict(np.full(16_000, np.nan), sample_rate=16_000), "NaN or infinite"),
+    (lambda model: model.predict(np.zeros((2, 2, 2)), sample_rate=16_000), "must be 1-D or 2-D"),
+    (lambda model: model.predict(np.zeros(16_000, dtype=np.int16), sample_rate=16_000), "give float samples"),
+    (lambda model: model.predict(["a.wav", "a.wav"]), "given twice"),
+    (lambda model: model.predict([0.1, 0.2]), "got float"),
+    (lambda model: model.predict(np.zeros(100, dtype=np.float32), sample_rate=16_000), "shorter than"),
+    (lambda model: model.predict("nothing.wav"), "audio file not found"),
+    (lambda model: model.predict(["a.wav", "b.wav"], transcripts="one text"), "one transcript per input"),
+])
+def test_bad_inputs_get_one_clear_line(call, message, workspace, monkeypatch):
+    monkeypatch.chdir(workspace)
+    with pytest.raises(SertoolError, match=message) as error:
+        call(sertool.load("runs/demo"))
+    assert "\n" not in str(error.value)
+
+
+def test_import_is_light_and_three_lines_predict_with_a_run_an_export_and_an_ensemble(workspace):
+    runner = CliRunner()
+    assert runner.invoke(cli, ["export", str(workspace / "runs" / "demo"), "--out", str(workspace / "models" / "demo")]).exit_code == 0
+    assert runner.invoke(cli, ["ensemble", str(workspace / "runs" / "demo"), str(workspace / "models" / "demo"),
+                               "--corpus", str(workspace / "corpus"), "--save", str(workspace / "ens.json")]).exit_code == 0
+    script = (
+        "import sys, sertool\n"
+        "assert 'torch' not in sys.modules, 'import sertool loaded torch'\n"
+        "from click.testing import CliRunner\n"
+        "from sertool.cli import cli\n"
+        "assert CliRunner().invoke(cli, ['--help']).exit_code == 0\n"
+        "assert 'torch' not in sys.modules, 'sertool --help loaded torch'\n"
+        "for model in sys.argv[1:]:\n"
+        "    print(sertool.load(model).predict('a.wav'))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script, "runs/demo", "models/demo", "ens.json"], cwd=workspace,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    printed = [ast.literal_eval(line) for line in result.stdout.splitlines()]
+    assert len(printed) == 3 and printed[0] == printed[1]
+    assert printed[2] == pytest.approx(printed[0], abs=1e-12)  # the mean of two identical members

@@ -1,0 +1,198 @@
+"""`sertool export`: model folders that predict exactly like their run, hold no pickle, run no code."""
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from sertool.checkpoint import load_checkpoint
+from sertool.cli import cli
+from sertool.errors import SertoolError
+from sertool.inference.export import export_model
+from sertool.inference.predictor import open_predictor
+from sertool.model_folder import FOLDER_FILES, load_model
+from sertool.training.loop import train
+from tests.corpus_files import write_learnable_corpus, write_tone
+from tests.hub_cache import cache_as_hub_id
+from tests.systems import small_config
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    return write_learnable_corpus(tmp_path_factory.mktemp("corpus") / "c", per_split={"Train": 12, "Development": 6})
+
+
+@pytest.fixture(scope="module")
+def run_dir(corpus, tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("runs") / "fbank"
+    train(small_config(corpus), folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def audio(tmp_path_factory) -> list[Path]:
+    folder = tmp_path_factory.mktemp("audio")
+    write_tone(folder / "long.wav", duration_s=7.0, sample_rate=22_050, channels=2)
+    write_tone(folder / "short.wav", duration_s=1.2)
+    return [folder / "long.wav", folder / "short.wav"]
+
+
+def run(*args) -> object:
+    return CliRunner().invoke(cli, [str(arg) for arg in args], catch_exceptions=False)
+
+
+def test_exported_folder_predicts_and_evaluates_exactly_like_its_run(run_dir, corpus, audio, tmp_path):
+    result = run("export", run_dir, "--out", tmp_path / "model")
+    assert result.exit_code == 0, result.output
+    assert sorted(path.name for path in (tmp_path / "model").iterdir()) == sorted(FOLDER_FILES)
+    for model, name in ((run_dir, "run"), (tmp_path / "model", "folder")):
+        assert run("predict", model, *audio, "--window-s", "3", "--hop-s", "2", "--out", tmp_path / f"{name}.csv",
+                   "--format", "csv").exit_code == 0
+        assert run("evaluate", model, "--corpus", corpus, "--out", tmp_path / f"{name}-dev.csv").exit_code == 0
+    assert (tmp_path / "run.csv").read_bytes() == (tmp_path / "folder.csv").read_bytes()
+    assert (tmp_path / "run-dev.csv").read_bytes() == (tmp_path / "folder-dev.csv").read_bytes()
+
+
+def test_the_folder_holds_no_pickle_and_loading_it_runs_no_code(run_dir, tmp_path, monkeypatch):
+    folder = export_model(run_dir, tmp_path / "model").folder
+    reference = load_checkpoint(run_dir)
+    for path in folder.iterdir():
+        head = path.read_bytes()[:8]
+        assert not head.startswith((b"\x80", b"PK")), f"{path.name} looks like a pickle or a torch zip file"
+    json.loads((folder / "config.json").read_text())
+    # A stranger's folder: a pickle that would leave a marker when unpickled, and code beside the weights.
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    (folder / "pytorch_model.bin").write_bytes(pickle.dumps(Payload()))
+    (folder / "modeling_evil.py").write_text(f"open({str(marker)!r}, 'w').write('x')\n")
+    config = json.loads((folder / "config.json").read_text())
+    config["auto_map"] = {"AutoModel": "modeling_evil.Model"}
+    (folder / "config.json").write_text(json.dumps(config))
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model folder must not be unpickled")
+
+    monkeypatch.setattr(torch, "load", refuse)
+    monkeypatch.setattr(pickle, "load", refuse)
+    monkeypatch.setattr(pickle, "loads", refuse)
+    payload = load_model(folder)
+    open_predictor(folder).model  # builds the model from it
+    assert not marker.exists()
+    assert payload["model_state"].keys() == reference["model_state"].keys()
+    assert all(torch.equal(payload["model_state"][key], value) for key, value in reference["model_state"].items())
+
+
+def test_config_json_describes_the_model_and_the_card_its_data_and_metrics(run_dir, corpus, tmp_path):
+    folder = export_model(run_dir, tmp_path / "model").folder
+    config = json.loads((folder / "config.json").read_text())
+    checkpoint = load_checkpoint(run_dir)
+    assert config["format"] == "sertool-model" and config["config"] == checkpoint["config"]
+    assert config["label_scaling"] == {"minimum": 1.0, "maximum": 7.0}
+    assert config["pretrained"]["backbone"] == checkpoint["pretrained"]["backbone"]
+    assert config["data"]["valid_split"] == "Development" and config["data"]["valid_utterances"] == 6
+    assert config["data"]["train_utterances"] == 12 and config["data"]["corpus"] == str(corpus)
+    card = (folder / "README.md").read_text()
+    metrics = checkpoint["metrics"]
+    row = "| Development | 6 | " + " | ".join(f"{metrics[name]:.4f}" for name in
+                                             ("arousal", "valence", "dominance", "average")) + " |"
+    assert row in card
+    assert "Trained on split Train: 12 utterances" in card and str(corpus) in card
+    for section in ("## Use", "## Training data", "## Metrics", "## Intended use", "## Limits", "## Provenance"):
+        assert section in card
+    assert "optimistic" in card  # the validation split selected the checkpoint
+
+
+def test_existing_model_files_are_kept_without_force(run_dir, tmp_path):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    export_model(run_dir, folder)
+    before = (folder / "model.safetensors").read_bytes()
+    with pytest.raises(SertoolError, match="pass --force"):
+        export_model(run_dir, folder)
+    export_model(run_dir, folder, force=True)
+    assert (folder / "notes.txt").read_text() == "mine"  # other files stay
+    assert (folder / "model.safetensors").read_bytes() != before  # a new export id
+
+
+def test_files_of_two_exports_are_not_mixed(run_dir, tmp_path):
+    first = export_model(run_dir, tmp_path / "a").folder
+    second = export_model(run_dir, tmp_path / "b").folder
+    (first / "model.safetensors").write_bytes((second / "model.safetensors").read_bytes())
+    with pytest.raises(SertoolError, match="come from different exports"):
+        load_model(first)
+    (second / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(SertoolError, match="not a readable safetensors file"):
+        load_model(second)
+
+
+def test_push_to_hub_needs_a_token_before_any_work(run_dir, tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
+    result = run("export", run_dir, "--out", tmp_path / "model", "--push-to-hub", "me/model")
+    assert result.exit_code == 2 and "huggingface-cli login" in result.output
+    assert not (tmp_path / "model").exists()
+    with pytest.raises(SertoolError, match="owner/name"):
+        export_model(run_dir, tmp_path / "model", push_to_hub="no-owner")
+
+
+def test_push_to_hub_uploads_the_model_files(run_dir, tmp_path, monkeypatch):
+    from huggingface_hub import HfApi
+
+    calls = {}
+    monkeypatch.setenv("HF_TOKEN", "hf_test")
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kwargs: calls.setdefault("repo", (repo_id, kwargs))
+                        and f"https://hub.example/{repo_id}")
+    monkeypatch.setattr(HfApi, "upload_folder", lambda self, **kwargs: calls.setdefault("upload", kwargs))
+    result = export_model(run_dir, tmp_path / "model", push_to_hub="me/model")
+    assert result.url == "https://hub.example/me/model"
+    assert calls["repo"] == ("me/model", {"repo_type": "model", "exist_ok": True})
+    assert calls["upload"]["folder_path"] == str(tmp_path / "model") and calls["upload"]["repo_id"] == "me/model"
+    assert sorted(calls["upload"]["allow_patterns"]) == sorted(FOLDER_FILES)
+
+
+def test_a_hub_id_loads_the_cached_folder_offline(run_dir, audio, tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cache_as_hub_id(tmp_path / "hf", "me/fbank", export_model(run_dir, tmp_path / "model").folder)
+    by_id = run("predict", "me/fbank", audio[1], "--out", tmp_path / "id.csv")
+    by_run = run("predict", run_dir, audio[1], "--out", tmp_path / "run.csv")
+    assert by_id.exit_code == by_run.exit_code == 0, by_id.output
+    assert (tmp_path / "id.csv").read_bytes() == (tmp_path / "run.csv").read_bytes()
+    missing = run("predict", "me/other", audio[1])
+    assert missing.exit_code == 2
+    assert missing.output.strip().splitlines() == [
+        "error: me/other: no such file or folder here, not in the local model-hub cache, and the model hub cannot be "
+        "reached. Download it on a machine with network access (`huggingface-cli download me/other config.json "
+        "model.safetensors README.md --local-dir DIR`), copy DIR here and pass DIR instead of the id."]
+
+
+def test_export_of_a_released_model_predicts_like_the_released_folder(tmp_path):
+    from sertool.inference.inputs import collect_inputs
+    from sertool.inference.predictor import InferenceOptions
+    from tests.released_layout import released_arguments, released_state, save_backbone_config, save_released
+
+    backbone = save_backbone_config("wavlm", tmp_path / "backbone")
+    arguments = released_arguments("wavlm")
+    released = save_released(tmp_path / "released", arguments, released_state("wavlm", arguments))
+    folder = export_model(released, tmp_path / "model").folder
+    assert "1 + 6·y: an inferred mapping" in (folder / "README.md").read_text()
+    write_tone(tmp_path / "clip.wav", duration_s=1.3)
+    utterances = collect_inputs([tmp_path / "clip.wav"])[0]
+    options = InferenceOptions(backbone_path=str(backbone))
+    values = [open_predictor(model, options).predict(utterances).predictions.values for model in (released, folder)]
+    np.testing.assert_array_equal(values[0], values[1])

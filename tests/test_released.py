@@ -1,0 +1,245 @@
+"""The authors' released dimensional models: parity with their forward, strict loading, long audio, CLI.
+
+Tiny random models in their exact layout (tests/released_layout.py) are saved as their mixin saves them
+and loaded by sertool; outputs are checked against their forward computed independently in the test.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from click.testing import CliRunner
+
+from sertool.cli import cli
+from sertool.data.corpus import open_corpus
+from sertool.errors import SertoolError
+from sertool.inference.inputs import collect_inputs
+from sertool.inference.predictions import read_predictions
+from sertool.inference.predictor import InferenceOptions, open_predictor
+from sertool.inference.windows import combine_windows, window_spans
+from sertool.model_folder import read_model_folder
+from sertool.models.released import RELEASED_MODEL_IDS, convert_released_state, released_arguments as checked_arguments
+from tests.corpus_files import write_learnable_corpus
+from tests.hub_cache import cache_as_hub_id
+from tests.released_layout import (reference_predictions, released_arguments, released_state, save_backbone_config,
+                                   save_released, speech_like)
+
+# transformers' WavLM attention passes torch a bool padding mask with a float position bias.
+pytestmark = pytest.mark.filterwarnings("ignore:Support for mismatched key_padding_mask:UserWarning")
+
+SAMPLE_RATE = 16_000
+
+
+@pytest.fixture(scope="module")
+def backbones(tmp_path_factory) -> dict[str, Path]:
+    """Stand-ins for microsoft/wavlm-large and openai/whisper-large-v3 (config; their weights go unused)."""
+    root = tmp_path_factory.mktemp("backbones")
+    return {kind: save_backbone_config(kind, root / kind) for kind in ("wavlm", "whisper")}
+
+
+def write_clips(folder: Path, lengths: list[int]) -> tuple[list[Path], list[np.ndarray]]:
+    paths, waveforms = [], []
+    for index, length in enumerate(lengths):
+        waveform = speech_like(length, seed=index)
+        path = folder / f"clip{index}.wav"
+        sf.write(path, waveform, SAMPLE_RATE, subtype="FLOAT")
+        paths.append(path)
+        waveforms.append(waveform)
+    return paths, waveforms
+
+
+def options(backbones: dict[str, Path], kind: str, **fields) -> InferenceOptions:
+    return InferenceOptions(backbone_path=str(backbones[kind]), **fields)
+
+
+@pytest.mark.parametrize("kind, method, gender", [("wavlm", "lora", True), ("whisper", "lora", False),
+                                                  ("whisper", "finetune", False)])
+def test_predictions_equal_their_forward_one_clip_at_a_time(kind, method, gender, backbones, tmp_path):
+    arguments = released_arguments(kind, finetune_method=method, predict_gender=gender)
+    state = released_state(kind, arguments)
+    if kind == "whisper":
+        # The encoder's own copy of the position table is stale: their forward installs the top-level one.
+        state["backbone_model.encoder.embed_positions.weight"] = state["embed_positions"] + 1.0
+    folder = save_released(tmp_path / "model", arguments, state)
+    paths, waveforms = write_clips(tmp_path, [16_000, 27_200, 11_000])
+    predictor = open_predictor(folder, options(backbones, kind, max_batch_s=1000.0))  # one padded batch
+    output = predictor.predict(collect_inputs(paths)[0])
+    values, genders = reference_predictions(kind, arguments, state, backbones[kind], waveforms)
+    np.testing.assert_allclose(output.predictions.values, values, atol=1e-4, rtol=0)
+    if gender:
+        np.testing.assert_allclose(output.gender_probabilities, genders, atol=1e-5)
+    else:
+        assert output.gender_probabilities is None
+
+
+@pytest.mark.parametrize("kind", ["wavlm", "whisper"])
+def test_every_weight_comes_from_the_folder(kind, backbones, tmp_path):
+    arguments = released_arguments(kind)
+    state = released_state(kind, arguments)
+    folder = save_released(tmp_path / "model", arguments, state)
+    loaded = []
+    for seed in (0, 1):  # random initialisation differs by seed; loaded weights do not
+        torch.manual_seed(seed)
+        loaded.append(open_predictor(folder, options(backbones, kind)).model.state_dict())
+    assert loaded[0].keys() == loaded[1].keys()
+    assert [key for key in loaded[0] if not torch.equal(loaded[0][key], loaded[1][key])] == []
+    unused = read_model_folder(folder)["released"]["unused_weights"]
+    if kind == "wavlm":
+        assert unused == []
+    else:  # exactly the parts their dimensional Whisper forward never runs
+        assert set(unused) == {key for key in state if key in ("weights", "backbone_model.encoder.embed_positions.weight")
+                               or key.startswith(("backbone_model.decoder.", "emotion_layer.", "detailed_out_layer."))}
+
+
+def _rename(state: dict, old: str, new: str) -> None:
+    state[new] = state.pop(old)
+
+
+def _move_lora(state: dict) -> None:
+    for key in [key for key in state if ".lora_" in key]:
+        _rename(state, key, key.replace("layers.3.", "layers.1."))
+
+
+MUTATIONS = {
+    "renamed head": (lambda state: _rename(state, "arousal_layer.0.weight", "arousal_layer.1.weight"),
+                     "unexpected weight arousal_layer.1.weight"),
+    "foreign weight": (lambda state: state.__setitem__("adapter.weight", torch.zeros(2)), "unexpected weight adapter"),
+    "missing weight": (lambda state: state.pop("backbone_model.encoder.layers.0.attention.k_proj.weight"),
+                       "missing backbone.model.encoder.layers.0.attention.k_proj.weight"),
+    "LoRA elsewhere": (_move_lora, "LoRA weight backbone_model.encoder.layers.1."),
+    "wrong shape": (lambda state: state.__setitem__("weights", torch.zeros(3)), "size mismatch for backbone.layer_weights"),
+}
+
+
+@pytest.mark.parametrize("mutation", list(MUTATIONS))
+def test_folders_outside_their_layout_are_refused_in_one_line(mutation, backbones, tmp_path):
+    arguments = released_arguments("wavlm")
+    state = released_state("wavlm", arguments)
+    change, message = MUTATIONS[mutation]
+    change(state)
+    folder = save_released(tmp_path / "model", arguments, state)
+    with pytest.raises(SertoolError) as error:
+        open_predictor(folder, options(backbones, "wavlm")).model
+    assert message in str(error.value) and str(folder) in str(error.value) and "\n" not in str(error.value)
+
+
+def test_the_cli_refuses_a_foreign_folder_with_one_line(backbones, tmp_path):
+    arguments = released_arguments("wavlm")
+    state = released_state("wavlm", arguments)
+    _rename(state, "model_seq.0.weight", "model_seq.1.weight")
+    folder = save_released(tmp_path / "model", arguments, state)
+    paths, _ = write_clips(tmp_path, [16_000])
+    result = CliRunner().invoke(cli, ["predict", str(folder), str(paths[0]), "--backbone-path", str(backbones["wavlm"])])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [f"error: {folder}: not the layout of the authors' released wavlm_large "
+                                                  "dimensional model (unexpected weight model_seq.1.weight); sertool only "
+                                                  "loads folders with their exact weight names"]
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"pretrain_model": "wavlm"}, "sertool supports the dimensional emotion models on wavlm_large and whisper_large"),
+    ({"use_conv_output": False}, "use_conv_output=False"),
+    ({"lora_rank": 0}, "lora_rank must be a positive integer"),
+])
+def test_unsupported_configurations_are_named(data, message):
+    with pytest.raises(SertoolError, match=message):
+        checked_arguments(data, source="folder")
+
+
+def test_legacy_weight_norm_names_map_to_the_same_weights():
+    arguments = checked_arguments(released_arguments("wavlm"), source="x")
+    state = released_state("wavlm", arguments)
+    legacy = {key.replace("parametrizations.weight.original0", "weight_g")
+              .replace("parametrizations.weight.original1", "weight_v"): value for key, value in state.items()}
+    assert legacy.keys() != state.keys()
+    modern, _ = convert_released_state(arguments, state, state.__getitem__, source="x")
+    renamed, _ = convert_released_state(arguments, legacy, legacy.__getitem__, source="x")
+    assert modern.keys() == renamed.keys() and all(torch.equal(modern[key], renamed[key]) for key in modern)
+
+
+def test_whisper_without_its_top_level_table_uses_the_encoder_copy():
+    arguments = checked_arguments(released_arguments("whisper", finetune_method="finetune"), source="x")
+    state = released_state("whisper", arguments)
+    del state["embed_positions"]  # safetensors keeps one name of two tensors sharing memory
+    converted, unused = convert_released_state(arguments, state, state.__getitem__, source="x")
+    assert torch.equal(converted["backbone.encoder.embed_positions.weight"],
+                       state["backbone_model.encoder.embed_positions.weight"])
+    assert "backbone_model.encoder.embed_positions.weight" not in unused
+
+
+def test_long_audio_is_windowed_for_the_15_s_whisper_model(backbones, tmp_path):
+    arguments = released_arguments("whisper", finetune_method="finetune")
+    state = released_state("whisper", arguments)
+    folder = save_released(tmp_path / "model", arguments, state)
+    waveform = speech_like(20 * SAMPLE_RATE, seed=7)
+    sf.write(tmp_path / "talk.wav", waveform, SAMPLE_RATE, subtype="FLOAT")
+    with pytest.raises(SertoolError, match="at most 15 s"):  # one clip longer than the model's window
+        open_predictor(folder, options(backbones, "whisper")).predict(collect_inputs([tmp_path / "talk.wav"])[0])
+    out = tmp_path / "p.csv"
+    result = CliRunner().invoke(cli, ["predict", str(folder), str(tmp_path / "talk.wav"), "--out", str(out),
+                                      "--backbone-path", str(backbones["whisper"])])
+    assert result.exit_code == 0, result.output
+    spans = window_spans(len(waveform), SAMPLE_RATE, 10.0, 5.0)  # predict's default windows
+    assert len(spans) == 3
+    per_window, _ = reference_predictions("whisper", arguments, state, backbones["whisper"],
+                                          [waveform[start:end] for start, end in spans])
+    np.testing.assert_allclose(read_predictions(out).values[0], combine_windows(spans, per_window), atol=1e-4)
+
+
+def test_the_papers_audio_only_ensemble_of_both_released_models_from_the_cli(backbones, tmp_path, monkeypatch):
+    """Hub ids resolved offline from a hub cache: the released models and the two backbones' configs."""
+    import huggingface_hub.constants
+
+    hf_cache = tmp_path / "hf"
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(hf_cache / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    corpus = write_learnable_corpus(tmp_path / "corpus", per_split={"Train": 2, "Development": 5})
+    development = open_corpus(corpus).split("Development")
+    expected_members = []
+    for kind, repo_id, backbone_id in (("wavlm", RELEASED_MODEL_IDS[0], "microsoft/wavlm-large"),
+                                       ("whisper", RELEASED_MODEL_IDS[1], "openai/whisper-large-v3")):
+        arguments = released_arguments(kind, finetune_method="finetune" if kind == "whisper" else "lora")
+        state = released_state(kind, arguments)
+        cache_as_hub_id(hf_cache, repo_id, save_released(tmp_path / kind, arguments, state))
+        cache_as_hub_id(hf_cache, backbone_id, backbones[kind])
+        values, _ = reference_predictions(kind, arguments, state, backbones[kind],
+                                          [sf.read(utt.audio_path, dtype="float32")[0] for utt in development])
+        expected_members.append(dict(zip([utt.id for utt in development], values)))
+    result = CliRunner().invoke(cli, ["ensemble", *RELEASED_MODEL_IDS, "--corpus", str(corpus), "--split", "Development",
+                                      "--out", str(tmp_path / "ens.csv"), "--save", str(tmp_path / "ens.json")])
+    assert result.exit_code == 0, result.output
+    predictions = read_predictions(tmp_path / "ens.csv")
+    expected = np.stack([(expected_members[0][i] + expected_members[1][i]) / 2 for i in predictions.ids])
+    np.testing.assert_allclose(predictions.values, expected, atol=1e-4)
+    assert len(predictions) == 5 and "ensemble" in result.output
+    # The saved ensemble names its members by hub id, and evaluates like a checkpoint.
+    assert all(member in (tmp_path / "ens.json").read_text() for member in RELEASED_MODEL_IDS)
+    result = CliRunner().invoke(cli, ["evaluate", str(tmp_path / "ens.json"), "--corpus", str(corpus),
+                                      "--split", "Development", "--out", str(tmp_path / "eval.csv")])
+    assert result.exit_code == 0, result.output
+    np.testing.assert_allclose(read_predictions(tmp_path / "eval.csv").take(predictions.ids).values, expected, atol=1e-4)
+    # ... and in Python.
+    import sertool
+
+    table = sertool.load(tmp_path / "ens.json").predict([utt.audio_path for utt in development], table=True)
+    np.testing.assert_allclose(table.values, np.stack([(expected_members[0][utt.id] + expected_members[1][utt.id]) / 2
+                                                       for utt in development]), atol=1e-4)
+
+
+@pytest.mark.parametrize("backbone, window_s, message", [
+    ("fbank", 15.0, "applies to --backbone whisper only"),
+    ("whisper", 40.0, "a window of at most 30 s"),
+    ("whisper", -1.0, "give 0 or a window"),
+])
+@pytest.mark.parametrize("backbone_weights", ["published", "stored"])
+def test_whisper_windows_are_checked(backbone, window_s, message, backbone_weights, backbones):
+    from sertool.config import ModelConfig
+    from sertool.models.ser_model import SERModel
+
+    config = ModelConfig(backbone=backbone, whisper_window_s=window_s, fbank_dim=16, head_hidden_dim=8,
+                         backbone_path=str(backbones["whisper"]) if backbone == "whisper" else None)
+    with pytest.raises(SertoolError, match=message):
+        SERModel(config, backbone_weights=backbone_weights)

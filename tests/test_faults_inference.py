@@ -261,6 +261,8 @@ def _ids(corpus: Path, split: str = "Development") -> list[str]:
 
 
 def test_huge_ensemble_weights_give_the_weighted_mean(labelled_corpus, tmp_path):
+    from sertool.inference.ensemble import mean_plan
+
     ids = _ids(labelled_corpus)
     a, b = _member_csvs(tmp_path, [(i, 2.0, 3.0, 4.0) for i in ids], [(i, 4.0, 5.0, 6.0) for i in ids])
     for weights, expected in (("1e308,1e308", [3.0, 4.0, 5.0]), ("1e308,1e307", [2 + 2 / 11, 3 + 2 / 11, 4 + 2 / 11])):
@@ -268,9 +270,13 @@ def test_huge_ensemble_weights_give_the_weighted_mean(labelled_corpus, tmp_path)
         result = run("ensemble", a, b, "--corpus", labelled_corpus, "--weights", weights, "--out", out, "--force")
         assert result.exit_code == 0, result.output
         np.testing.assert_allclose(read_predictions(out).values, [expected] * len(ids), atol=1e-6)
-    for weights in ("inf,1", "nan,1", "-1,2", "0,0"):
-        assert f"--weights {weights}" in one_line_error(
-            run("ensemble", a, b, "--corpus", labelled_corpus, "--weights", weights))
+    for weights in ("inf,1", "nan,1", "-1,2"):  # refused by the flag's own check, as a usage error
+        result = run("ensemble", a, b, "--corpus", labelled_corpus, "--weights", weights)
+        assert result.exit_code == 2 and "Invalid value for '--weights'" in result.output
+    line = one_line_error(run("ensemble", a, b, "--corpus", labelled_corpus, "--weights", "0,0"))
+    assert "--weights 0,0: weights must be finite, non-negative and not all 0" in line
+    with pytest.raises(SertoolError, match="--weights inf,1: weights must be finite"):
+        mean_plan(["a", "b"], [float("inf"), 1.0])  # the library checks as well as the flag
 
 
 def test_no_predictions_file_or_stream_holds_a_non_finite_value(tmp_path):

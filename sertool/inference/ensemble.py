@@ -134,8 +134,9 @@ def mean_plan(names: Sequence[str], weights: Sequence[float] | None = None) -> E
     try:
         return EnsemblePlan(members=tuple(names), weights={name: pairs for name in ATTRIBUTES},
                             kind="mean" if weights is None else "weighted")
-    except ValueError as error:
-        raise SertoolError(f"--weights {','.join(f'{w:g}' for w in weights or ())}: {error}") from None
+    except ValueError:  # the same weights for every attribute: the message need not name one
+        raise SertoolError(f"--weights {','.join(f'{w:g}' for w in weights or ())}: weights must be finite, "
+                           "non-negative and not all 0") from None
 
 
 def average(members: Sequence[Predictions], weights: Sequence[float] | None = None, *,

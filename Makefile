@@ -44,6 +44,11 @@ DEMO_LABELS := $(DEMO_CORPUS)/Labels/labels_consensus.csv
 AUDIO_RUN := $(DEMO)/runs/fbank-gender
 TEXT_RUN := $(DEMO)/runs/mm-fbank
 
+# Make deletes the files a chain of pattern rules builds on the way ("intermediate" files) once the final
+# target is made: it removed both checkpoints after announcing the ensemble that needs them. No file this
+# Makefile builds is disposable, so none is intermediate.
+.SECONDARY:
+
 demo: install $(DEMO)/submission.csv
 	@echo
 	@echo "demo finished — look at:"
@@ -71,7 +76,8 @@ $(DEMO)/baseline/Test1.csv: $(DEMO_LABELS)
 
 # The paper's best ensemble, at demo scale: the audio system with gender averaged with the MM system;
 # on Test1, the floor is scored right after them, on the same utterances.
-$(DEMO)/ensemble.json: $(DEMO)/predictions/fbank-gender.csv $(DEMO)/predictions/mm-fbank.csv $(DEMO)/baseline/Test1.csv
+$(DEMO)/ensemble.json: $(DEMO)/predictions/fbank-gender.csv $(DEMO)/predictions/mm-fbank.csv \
+		$(DEMO)/baseline/Test1.csv $(AUDIO_RUN)/best.pt $(TEXT_RUN)/best.pt
 	$(SERTOOL) ensemble $(AUDIO_RUN) $(TEXT_RUN) --corpus $(DEMO_CORPUS) --split Development --save $@ --force
 	$(SERTOOL) ensemble $(AUDIO_RUN) $(TEXT_RUN) --corpus $(DEMO_CORPUS) --split Test1
 	$(SERTOOL) evaluate $(DEMO)/baseline/Test1.csv --corpus $(DEMO_CORPUS) --split Test1

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from sertool.data.audio import load_audio
+from sertool.data.dataset import load_utterance_audio
 from sertool.data.records import Utterance
 from sertool.models.backbones.fbank import N_FFT, NUM_MEL_BINS, mel_filter_bank, raw_log_mel
 
@@ -61,7 +61,7 @@ def utterance_statistics(utterances: Sequence[Utterance], *,
     """``[N, len(feature_names())]`` statistics of whole utterances (read at 16 kHz, mono).
 
     Args:
-        utterances: the utterances, read whole (``offset_s`` / ``duration_s`` of windows respected).
+        utterances: the utterances, read whole (a window, ``span_s``, exactly its span).
         progress: called as ``progress(done, total)`` after each utterance.
 
     Raises:
@@ -70,8 +70,7 @@ def utterance_statistics(utterances: Sequence[Utterance], *,
     extract = StatisticsExtractor()
     rows = []
     for done, utt in enumerate(utterances, start=1):
-        waveform = load_audio(utt.audio_path, offset_s=utt.offset_s,
-                              max_duration_s=utt.duration_s if utt.offset_s else None)
+        waveform = load_utterance_audio(utt)
         rows.append(extract(waveform))
         if progress is not None:
             progress(done, len(utterances))

@@ -1,6 +1,7 @@
 """The work behind `evaluate`, `predict` and `ensemble`; the CLI only parses flags and prints results."""
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,7 +13,7 @@ from sertool.data.selection import HeldOut, held_out
 from sertool.errors import SertoolError
 from sertool.io import check_writable
 from sertool.inference.ensemble import EnsemblePlan, apply_plan, mean_plan, select_per_attribute, write_plan
-from sertool.inference.inputs import split_windows
+from sertool.inference.inputs import WindowMerger, check_windows, windowed_pieces
 from sertool.inference.predictions import Predictions
 from sertool.inference.predictor import (InferenceOptions, Predictor, PredictorOutput, open_predictor,
                                         union_of_training_ids)
@@ -20,6 +21,11 @@ from sertool.inference.writers import WRITERS, format_of, write_submission
 from sertool.models.bootstrap import BootstrapResult, Interval, bootstrap_ccc
 from sertool.models.ccc import ccc_scores, collapsed_attributes
 from sertool.models.hub import is_repo_id
+
+# Files or windows `predict` holds at a time: 256 ten-second windows are ~43 minutes of audio, ~21
+# length-sorted batches of the default 120 padded seconds, while the records and ASR audio in flight stay
+# a few MB.
+PREDICT_CHUNK_PIECES = 256
 
 
 @dataclass
@@ -144,10 +150,22 @@ def predict_with(predictor: Predictor, utterances: Sequence[Utterance], *, windo
                  hop_s: float) -> Predictions:
     """Predict every utterance with an open predictor (`sertool predict` and ``sertool.load`` alike);
     files longer than ``window_s`` are cut into windows (``hop_s`` apart), each window becomes a segment
-    row and the file's row is their duration-weighted mean."""
-    pieces, windowing = split_windows(utterances, window_s=window_s, hop_s=hop_s)
-    output = predictor.predict(pieces)
-    return windowing.merge(utterances, output.predictions)
+    row and the file's row is their duration-weighted mean.
+
+    The input streams through the model ``PREDICT_CHUNK_PIECES`` pieces (files or windows) at a time, and
+    each window reads only its own span, so memory is bounded by the chunk and batch sizes, whatever the
+    length and number of the files; what grows with them is the output (a few numbers per window).
+
+    Raises:
+        SertoolError: a file too short to predict (before any work), unreadable audio, or a prediction
+            that is not finite (naming the file or window).
+    """
+    check_windows(utterances, window_s=window_s, hop_s=hop_s)
+    merger = WindowMerger()
+    pieces = windowed_pieces(utterances, window_s=window_s, hop_s=hop_s)
+    while chunk := list(itertools.islice(pieces, PREDICT_CHUNK_PIECES)):
+        merger.add(chunk, predictor.predict([piece.utterance for piece in chunk]).predictions)
+    return merger.result(utterances)
 
 
 def write_outputs(predictions: Predictions, *, out: Path | None, file_format: str | None, submission: Path | None,

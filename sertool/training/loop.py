@@ -524,7 +524,7 @@ class _Run:
             with self.stops.at_once(), torch.random.fork_rng(devices=[]):
                 predictions = run_model(self.model, self.valid_set, device=self.context.device,
                                         text_embeddings=self.text_embeddings, num_workers=self.config.data.num_workers,
-                                        amp_dtype=self.amp_dtype, context=self.context)
+                                        amp_dtype=self.amp_dtype, context=self.context, finite_only=False)
         except Interrupted:
             self._save_last()  # validation has changed nothing yet: this is the state the step left
             raise

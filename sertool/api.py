@@ -31,7 +31,7 @@ from sertool.data.records import ATTRIBUTES, Utterance
 from sertool.errors import SertoolError
 from sertool.inference.predictions import Predictions
 from sertool.inference.predictor import InferenceOptions, Predictor, open_predictor
-from sertool.inference.runner import DEFAULT_EVAL_BATCH_S
+from sertool.runtime.runner import DEFAULT_EVAL_BATCH_S
 
 # One input: a path to an audio file, or a waveform (a numpy array or a torch tensor) with sample_rate.
 Audio = Union[str, os.PathLike, np.ndarray, Any]

@@ -17,11 +17,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sertool.config import TRAIN_OX_CHOICES
 from sertool.data.records import NO_CLASS_CODES, Utterance
 from sertool.errors import SertoolError
 
-# Values of `train_ox` (CLI: --train-ox): what happens to the training split's utterances, O/X or not.
-TRAIN_OX_CHOICES: tuple[str, ...] = ("keep", "drop", "only", "drop-as-many-non-ox")
 
 
 @dataclass(frozen=True)

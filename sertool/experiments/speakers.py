@@ -16,7 +16,7 @@ import torch
 
 from sertool.data.records import Utterance
 from sertool.errors import SertoolError
-from sertool.inference.runner import DEFAULT_EVAL_BATCH_S
+from sertool.runtime.runner import DEFAULT_EVAL_BATCH_S
 
 
 @dataclass
@@ -76,7 +76,7 @@ def speaker_map(utterances: Sequence[Utterance], speaker_model: str, *, device: 
     """Embed ``utterances`` with ``speaker_model`` (hub id, folder, or ``log-mel-stats``) and project to 2-D."""
     from sertool.data.dataset import UtteranceDataset, collate
     from sertool.models.speaker_embedding import build_speaker_embedder
-    from sertool.training.samplers import length_sorted_batches
+    from sertool.runtime.batching import length_sorted_batches
 
     embedder = build_speaker_embedder(speaker_model, flag="--speaker-model").to(device).eval()
     dataset = UtteranceDataset(utterances, to_unit=float)

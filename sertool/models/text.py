@@ -23,8 +23,8 @@ from safetensors.torch import load_file, save
 from torch import Tensor, nn
 
 from sertool.errors import SertoolError
+from sertool.hub import load_pretrained, model_revision
 from sertool.io import write_cache_file
-from sertool.models.hub import load_pretrained
 from sertool.models.lora import apply_lora
 from sertool.models.pooling import masked_mean
 
@@ -215,26 +215,6 @@ class TextEmbeddingCache:
         data = save({"sha256": digest_tensor, "embeddings": embeddings.contiguous()}, metadata=metadata)
         if write_cache_file(self.folder / name, data):
             self._loaded_files.add(name)
-
-
-def model_revision(model_name_or_path: str, config_json: str) -> str:
-    """A string that changes when the model's weights may have changed.
-
-    A local folder: a hash of its files' names, sizes and modification times (copying a folder without
-    keeping times gives a new revision: a needless recomputation, never a stale embedding). A hub id:
-    the commit of the cached snapshot. Otherwise a hash of the model config.
-    """
-    path = Path(model_name_or_path).expanduser()
-    if path.is_dir():
-        files = sorted(item for item in path.iterdir() if item.is_file())
-        stamp = [(item.name, item.stat().st_size, item.stat().st_mtime_ns) for item in files]
-        return "files-" + hashlib.sha256(json.dumps(stamp).encode()).hexdigest()[:16]
-    from huggingface_hub import try_to_load_from_cache
-
-    cached = try_to_load_from_cache(model_name_or_path, "config.json")
-    if isinstance(cached, str) and Path(cached).parent.parent.name == "snapshots":
-        return "commit-" + Path(cached).parent.name
-    return "config-" + hashlib.sha256(config_json.encode()).hexdigest()[:16]
 
 
 def _model_identity(model_name_or_path: str) -> str:

@@ -43,17 +43,19 @@ from sertool.data.corpus import open_corpus
 from sertool.data.dataset import Batch, UtteranceDataset, collate
 from sertool.data.records import ATTRIBUTES, NO_CLASS_CODES, Utterance
 from sertool.data.selection import select
+from sertool.data.transcripts import fill_transcripts
 from sertool.errors import SertoolError
-from sertool.inference.runner import run_model
 from sertool.interrupts import Interrupted, StopRequests, quiet_worker, signal_name
 from sertool.io import atomic_write
 from sertool.models.ccc import ccc_scores, collapsed_attributes
 from sertool.models.losses import SERLoss
 from sertool.models.ser_model import SERModel
 from sertool.model_folder import load_model
-from sertool.models.text_features import transcript_embeddings
-from sertool.training import distributed
-from sertool.training.distributed import Distributed
+from sertool.models.text_features import default_cache_dir, transcript_embeddings
+from sertool.runtime import distributed
+from sertool.runtime.distributed import Distributed
+from sertool.runtime.precision import resolve_amp
+from sertool.runtime.runner import run_model
 from sertool.training.init_from import load_initial_weights
 from sertool.training.optim import LRSchedule, build_optimizer
 from sertool.training.run_folder import (add_command_line, data_fingerprint, locked_run_folder, prepare_run_folder,
@@ -62,7 +64,6 @@ from sertool.training.run_folder import (add_command_line, data_fingerprint, loc
 from sertool.training.reporter import Reporter
 from sertool.training.samplers import EpochBatchSampler, class_counts
 
-AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 AUDIO_PROBLEMS = frozenset({"missing audio", "unreadable audio", "empty audio"})  # LoadReport reasons
 
 
@@ -79,23 +80,6 @@ class TrainResult:
     skipped_audio: list[str] = field(default_factory=list)
     history: list[dict[str, Any]] = field(default_factory=list)  # every validation
     collapsed: list[str] = field(default_factory=list)  # attributes near-constant at best.pt's validation
-
-
-def resolve_amp(choice: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``--amp``: None means full precision.
-
-    "auto" is bf16 on GPUs that support it, fp16 on older GPUs, and off on the CPU (CPU autocast is slow
-    for convolutions and rarely what a user wants unless asked).
-    """
-    if choice not in AMP_CHOICES:
-        raise SertoolError(f"--amp {choice!r}: choose one of {', '.join(AMP_CHOICES)}")
-    if choice == "off" or (choice == "auto" and device.type != "cuda"):
-        return None
-    if choice == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if choice == "fp16" and device.type != "cuda":
-        raise SertoolError("--amp fp16 needs a CUDA GPU; use --amp bf16 on the CPU")
-    return torch.bfloat16 if choice == "bf16" else torch.float16
 
 
 def train(
@@ -684,9 +668,6 @@ class _Run:
         missing = sum(utt.transcript is None for utt in utterances)
         if not missing:
             return utterances
-        from sertool.inference.asr import fill_transcripts
-        from sertool.models.text_features import default_cache_dir
-
         self.load_report.warn(str(self.config.data.corpus), "transcripts from ASR",
                               f"{missing} utterances had no transcript; transcribed with {self.config.data.asr}")
         return fill_transcripts(utterances, self.config.data.asr,

@@ -29,14 +29,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from sertool.config import DEFAULT_ASR_MODEL_ID
 from sertool.data.audio import SAMPLE_RATE, load_audio
 from sertool.data.dataset import load_utterance_audio
 from sertool.data.records import Utterance
-from sertool.config import DEFAULT_ASR_MODEL_ID
+from sertool.devices import select_device
 from sertool.errors import SertoolError
+from sertool.hub import load_pretrained, model_revision
 from sertool.io import write_cache_file
-from sertool.models.hub import load_pretrained
-from sertool.models.text import model_revision
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ class Transcriber:
                 f"(e.g. {DEFAULT_ASR_MODEL_ID}) or a folder holding one"
             )
         self.model_name_or_path = model_name_or_path
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = select_device(device or "auto")
         self.language = language.lower() if language else None
         self.max_new_tokens = max_new_tokens or int(config.max_target_positions) // 2
         self.batch_size = batch_size

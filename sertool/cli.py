@@ -208,11 +208,11 @@ def data_manifest(folder: str, metadata: str, out: str, label_range: tuple[float
     """
     from sertool.console import out as console
     from sertool.console import print_corpus_summary, print_load_report, progress_bar
-    from sertool.data.corpus import Corpus
     from sertool.data.columns import ColumnMap
     from sertool.data.importer import import_metadata
     from sertool.data.info import summarize
     from sertool.data.manifest import write_manifest
+    from sertool.data.rows import Corpus
     from sertool.io import check_writable
 
     target = Path(out)

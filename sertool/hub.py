@@ -161,3 +161,9 @@ def model_revision(model_name_or_path: str, config_json: str) -> str:
     if isinstance(cached, str) and Path(cached).parent.parent.name == "snapshots":
         return "commit-" + Path(cached).parent.name
     return "config-" + hashlib.sha256(config_json.encode()).hexdigest()[:16]
+
+
+def model_identity(model_name_or_path: str) -> str:
+    """What a model location names, for cache keys: an existing folder's absolute path, else the hub id."""
+    path = Path(model_name_or_path).expanduser()
+    return str(path.resolve()) if path.exists() else model_name_or_path

@@ -9,13 +9,14 @@ import os
 import re
 from pathlib import Path
 
-from sertool.data.corpus import MSP_LABELS, Corpus, Progress, Row, build_utterances
 from sertool.data.fields import BadValue, parse_class, parse_gender, parse_label, parse_speaker
 from sertool.data.records import ATTRIBUTE_COLUMNS, SPLITS
 from sertool.data.report import LoadReport
+from sertool.data.rows import Corpus, Progress, Row, build_utterances
 from sertool.errors import SertoolError
 from sertool.io import DAMAGED_ROW, read_csv_records
 
+MSP_LABELS = Path("Labels") / "labels_consensus.csv"  # under the root; its presence marks the layout
 LABEL_HEADER: tuple[str, ...] = ("FileName", "EmoClass", "EmoAct", "EmoVal", "EmoDom", "SpkrID", "Gender", "Split_Set")
 UNLABELLED_SPLIT = "Test3"  # the challenge withholds Test3 labels; its audio may have no labels row at all
 _TEST3_FILE = re.compile(r"test3", re.IGNORECASE)

@@ -122,11 +122,9 @@ class CheckpointPredictor:
         """MM models need text: missing transcripts come from ASR (``options.asr``), cached."""
         if all(utt.transcript is not None for utt in utterances):
             return list(utterances)
-        from sertool.models.text_features import default_cache_dir
-
         if self._transcriber is None:
             self._transcriber = Transcriber(self.options.asr, device=self.options.torch_device())
-        return fill_transcripts(utterances, self._transcriber, cache_dir=self.options.cache_dir or default_cache_dir())
+        return fill_transcripts(utterances, self._transcriber, cache_dir=self.options.cache_dir)
 
 
 class CsvPredictor:

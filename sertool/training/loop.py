@@ -51,7 +51,7 @@ from sertool.models.ccc import ccc_scores, collapsed_attributes
 from sertool.models.losses import SERLoss
 from sertool.models.ser_model import SERModel
 from sertool.model_folder import load_model
-from sertool.models.text_features import default_cache_dir, transcript_embeddings
+from sertool.models.text_features import transcript_embeddings
 from sertool.runtime import distributed
 from sertool.runtime.distributed import Distributed
 from sertool.runtime.precision import resolve_amp
@@ -671,7 +671,7 @@ class _Run:
         self.load_report.warn(str(self.config.data.corpus), "transcripts from ASR",
                               f"{missing} utterances had no transcript; transcribed with {self.config.data.asr}")
         return fill_transcripts(utterances, self.config.data.asr,
-                                cache_dir=self.config.data.cache_dir or default_cache_dir(), device=self.context.device)
+                                cache_dir=self.config.data.cache_dir, device=self.context.device)
 
     def _log(self, record: dict[str, Any]) -> None:
         if self.context.is_main:

@@ -16,9 +16,8 @@ from typing import Any
 import torch
 
 from measure import Figure, msp_like_durations
-from sertool.config import ModelConfig, TrainConfig
+from sertool.config import DEFAULT_EVAL_BATCH_S, ModelConfig, TrainConfig
 from sertool.data.audio import SAMPLE_RATE
-from sertool.runtime.runner import DEFAULT_EVAL_BATCH_S
 from sertool.models.losses import SERLoss
 from sertool.models.ser_model import SERModel
 from sertool.training.optim import build_optimizer

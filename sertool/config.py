@@ -61,6 +61,7 @@ MIN_DURATION_S = 0.25
 DEFAULT_WINDOW_S = 10.0
 DEFAULT_HOP_S = 5.0
 # Choice lists that more than one place offers (a Config field and an inference flag, or a check elsewhere).
+DEFAULT_EVAL_BATCH_S = 120.0  # padded seconds per inference batch; no gradients, so larger than training's
 DEVICE_CHOICES = ("auto", "cpu", "cuda")  # auto: this process's GPU when CUDA is available, else the CPU
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")  # sertool.runtime.precision.resolve_amp gives their dtypes
 SCHEDULES = ("cosine", "plateau", "constant")  # sertool.training.optim.LRSchedule implements them

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from sertool.cli import SPEAKER_CHOICE_NAMES
+from sertool.cli import SPEAKER_CHOICES as SPEAKER_CHOICE_NAMES
 from sertool.data.records import Utterance
 from sertool.errors import SertoolError
-from sertool.experiments.speakers import SPEAKER_CHOICES, choose_utterances
+from sertool.data.selection import SPEAKER_CHOICES, choose_utterances
 
 # 30 speakers; speaker k has 3 + k utterances, so the most frequent are s29, s28, ...
 UTTERANCES = [Utterance(id=f"s{k}_{i}", audio_path=Path(f"/c/s{k}_{i}.wav"), split="Train", duration_s=3.0,

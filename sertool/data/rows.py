@@ -19,6 +19,9 @@ from sertool.errors import SertoolError
 _HEADER_READ_THREADS = 8
 
 Progress = Callable[[int, int], None]
+# The LoadReport reasons of a row whose audio cannot be used (what `--on-bad-audio fail` refuses).
+MISSING_AUDIO, UNREADABLE_AUDIO, EMPTY_AUDIO = "missing audio", "unreadable audio", "empty audio"
+AUDIO_PROBLEMS = frozenset({MISSING_AUDIO, UNREADABLE_AUDIO, EMPTY_AUDIO})
 
 
 @dataclass
@@ -73,12 +76,12 @@ def build_utterances(rows: Sequence[Row], report: LoadReport, *, progress: Progr
     utterances = []
     for row, header in zip(unique, _read_headers([row.audio_path for row in unique], progress)):
         if isinstance(header, SertoolError):
-            reason = "missing audio" if not row.audio_path.exists() else "unreadable audio"
+            reason = MISSING_AUDIO if not row.audio_path.exists() else UNREADABLE_AUDIO
             report.drop(row.where, reason, str(header), split=row.fields["split"])
             continue
         sample_rate, num_frames, _ = header
         if num_frames == 0:
-            report.drop(row.where, "empty audio", f"{row.audio_path} has no samples", split=row.fields["split"])
+            report.drop(row.where, EMPTY_AUDIO, f"{row.audio_path} has no samples", split=row.fields["split"])
             continue
         utterances.append(Utterance(id=row.id, audio_path=row.audio_path, duration_s=num_frames / sample_rate, **row.fields))
     return utterances

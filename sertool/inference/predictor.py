@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from sertool.checkpoint import load_stored_state
-from sertool.config import DEFAULT_ASR_MODEL_ID, Config
+from sertool.config import DEFAULT_ASR_MODEL_ID, DEFAULT_EVAL_BATCH_S, Config
 from sertool.data.records import Utterance
 from sertool.data.transcripts import Transcriber, fill_transcripts
 from sertool.devices import select_device
@@ -24,7 +24,7 @@ from sertool.inference.ensemble import apply_plan, read_plan
 from sertool.inference.predictions import Predictions, check_rating_scale, read_predictions
 from sertool.model_folder import load_model
 from sertool.runtime.precision import resolve_amp
-from sertool.runtime.runner import DEFAULT_EVAL_BATCH_S, run_model
+from sertool.runtime.runner import run_model
 
 
 @dataclass

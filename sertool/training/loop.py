@@ -42,6 +42,7 @@ from sertool.config import DEFAULT_BACKBONE_IDS, Config, apply_value
 from sertool.data.corpus import open_corpus
 from sertool.data.dataset import Batch, UtteranceDataset, collate
 from sertool.data.records import ATTRIBUTES, NO_CLASS_CODES, Utterance
+from sertool.data.rows import AUDIO_PROBLEMS
 from sertool.data.selection import select
 from sertool.data.transcripts import fill_transcripts
 from sertool.errors import SertoolError
@@ -64,7 +65,6 @@ from sertool.training.run_folder import (add_command_line, data_fingerprint, loc
 from sertool.training.reporter import Reporter
 from sertool.training.samplers import EpochBatchSampler, class_counts
 
-AUDIO_PROBLEMS = frozenset({"missing audio", "unreadable audio", "empty audio"})  # LoadReport reasons
 
 
 @dataclass

@@ -10,15 +10,15 @@ from pathlib import Path
 
 import click
 
-from sertool import __version__
 from sertool.config import (AMP_CHOICES, AT_LEAST_ONE, DEFAULT_ASR_MODEL_ID, DEFAULT_EVAL_BATCH_S, DEFAULT_HOP_S,
                             DEFAULT_WINDOW_S, DEVICE_CHOICES, MIN_DURATION_S, NON_NEGATIVE, POSITIVE, PROBABILITY,
                             SEED, Bounds)
 from sertool.data.demo import DEMO_SIZES
 from sertool.data.selection import SPEAKER_CHOICES
+from sertool.errors import SertoolError
 from sertool.experiments.grid import SCALES
 from sertool.inference.writers import WRITERS
-from sertool.errors import SertoolError
+from sertool.version import __version__
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell's convention for Ctrl-C

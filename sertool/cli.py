@@ -31,6 +31,7 @@ from sertool.data.selection import SPEAKER_CHOICES
 from sertool.errors import SertoolError
 from sertool.experiments.grid import SCALES
 from sertool.inference.writers import WRITERS
+from sertool.splits import DEVELOPMENT, TEST3, TRAIN
 from sertool.version import __version__
 
 EXIT_USER_ERROR = 2
@@ -153,7 +154,7 @@ def data_demo(out: str | None, out_option: str | None, size: str, seed: int, for
 
 @data.command("speakers")
 @click.option("--corpus", required=True, metavar="ROOT", help="MSP-Podcast root or manifest.")
-@click.option("--split", default="Train", show_default=True, help="Where the utterances come from.")
+@click.option("--split", default=TRAIN, show_default=True, help="Where the utterances come from.")
 @click.option("--speaker-model", default="microsoft/wavlm-base-plus-sv", show_default=True,
               help="Hub id or folder of an x-vector model, or log-mel-stats (no download).")
 @click.option("--num-speakers", type=_Number(int, _AT_LEAST_TWO), default=10, show_default=True,
@@ -352,7 +353,7 @@ def _out_path(value: str | None) -> Path | None:
 @cli.command("evaluate")
 @click.argument("model", metavar="CKPT")
 @click.option("--corpus", required=True, metavar="ROOT", help="MSP-Podcast root or manifest.")
-@click.option("--split", default="Development", show_default=True, help="A labelled split.")
+@click.option("--split", default=DEVELOPMENT, show_default=True, help="A labelled split.")
 @click.option("--out", metavar="CSV", help="Write the predictions (labels beside them) here (.csv or .json).")
 @click.option("--plot", metavar="PNG", help="Write predicted-vs-true and by-class plots here.")
 @click.option("--force", is_flag=True, help="Overwrite --out / --plot.")
@@ -383,7 +384,7 @@ def evaluate_command(model: str, corpus: str, split: str, out: str | None, plot:
 @click.argument("model", metavar="CKPT")
 @click.argument("paths", nargs=-1, metavar="[PATHS]...")
 @click.option("--corpus", metavar="ROOT", help="Predict a split of this corpus (with --split) instead of PATHS.")
-@click.option("--split", default="Test3", show_default=True, help="The split of --corpus to predict.")
+@click.option("--split", default=TEST3, show_default=True, help="The split of --corpus to predict.")
 @click.option("--format", "file_format", type=click.Choice(tuple(WRITERS)), help="Output format "
               "(default: from --out's suffix, else csv).")
 @click.option("--out", metavar="FILE", help="Write predictions here (default: standard output).")
@@ -433,12 +434,12 @@ def predict_command(model: str, paths: tuple[str, ...], corpus: str | None, spli
 @cli.command("ensemble")
 @click.argument("members", nargs=-1, required=True, metavar="MEMBER...")
 @click.option("--corpus", required=True, metavar="ROOT", help="MSP-Podcast root or manifest.")
-@click.option("--split", default="Development", show_default=True, help="The split to combine (and score, if labelled).")
+@click.option("--split", default=DEVELOPMENT, show_default=True, help="The split to combine (and score, if labelled).")
 @click.option("--weights", type=_Number(float, NON_NEGATIVE, many=True), metavar="W,W,...",
               help="Weighted mean instead of the plain mean: one weight (≥ 0) per member.")
 @click.option("--per-attribute", type=click.Choice(["best"]), help="Per attribute, the member subset that is best on "
               "--select-split (the paper's future work).")
-@click.option("--select-split", default="Development", show_default=True,
+@click.option("--select-split", default=DEVELOPMENT, show_default=True,
               help="Labelled split the per-attribute choice is made on.")
 @click.option("--out", metavar="FILE", help="Write the ensemble's predictions (with the members' spread) here.")
 @click.option("--submission", metavar="CSV", help="Write the challenge submission of the ensemble here.")
@@ -517,8 +518,8 @@ def export_command(model: str, out: str, push_to_hub: str | None, force: bool) -
 @cli.command("baseline")
 @click.option("--corpus", required=True, metavar="ROOT", help="MSP-Podcast root or manifest.")
 @click.option("--out", required=True, metavar="DIR", help="Writes <split>.csv (predictions) and summary.json here.")
-@click.option("--train-split", default="Train", show_default=True, help="The split the ridge is fitted on.")
-@click.option("--valid-split", default="Development", show_default=True,
+@click.option("--train-split", default=TRAIN, show_default=True, help="The split the ridge is fitted on.")
+@click.option("--valid-split", default=DEVELOPMENT, show_default=True,
               help="The split that chooses the regularisation strength (by CCC, per attribute).")
 @click.option("--force", is_flag=True, help="Overwrite earlier outputs in --out.")
 def baseline_command(corpus: str, out: str, train_split: str, valid_split: str, force: bool) -> None:

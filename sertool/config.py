@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from sertool.errors import SertoolError
+from sertool.splits import DEVELOPMENT, TRAIN
 
 # Default model id of each named backbone: a transformers hub id or a local folder may replace it
 # through `backbone_path`. `fbank` is sertool's own small encoder, trained from scratch.
@@ -153,8 +154,8 @@ class DataConfig:
 
     corpus: str | None = option(None, "MSP-Podcast root, manifest CSV, or folder holding manifest.csv.",
                                 path="path", resumable=True)
-    train_split: str = option("Train", "Split to train on.")
-    valid_split: str = option("Development", "Split to validate on (model selection).")
+    train_split: str = option(TRAIN, "Split to train on.")
+    valid_split: str = option(DEVELOPMENT, "Split to validate on (model selection).")
     max_duration_s: float = option(0.0, "Random crop of training clips to this many seconds (0: whole clips). "
                                    "Evaluation always uses whole utterances.",
                                    bounds=Bounds(at_least=MIN_DURATION_S, zero=True))

@@ -25,6 +25,7 @@ from sertool.inference.predictions import Predictions, write_predictions
 from sertool.inference.predictor import PredictorOutput
 from sertool.inference.workflows import Scores, score
 from sertool.io import atomic_write, check_writable
+from sertool.splits import DEVELOPMENT, TRAIN
 
 SYSTEM_NAME = "ridge baseline"
 SUMMARY_NAME = "summary.json"
@@ -49,8 +50,8 @@ class BaselineResult:
     written: list[Path] = field(default_factory=list)
 
 
-def run_baseline(corpus: str | Path, out_dir: str | Path, *, train_split: str = "Train",
-                 valid_split: str = "Development", force: bool = False,
+def run_baseline(corpus: str | Path, out_dir: str | Path, *, train_split: str = TRAIN,
+                 valid_split: str = DEVELOPMENT, force: bool = False,
                  progress: Callable[[int, int], None] | None = None) -> BaselineResult:
     """Fit the ridge floor and write ``OUT_DIR/<split>.csv`` for every split but the training split,
     and ``OUT_DIR/summary.json`` (features, alpha grid, validation curve, chosen alphas, scores).

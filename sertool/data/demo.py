@@ -35,14 +35,15 @@ from typing import Callable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 
-from sertool.data.records import GENDERS, LABEL_MAX, LABEL_MIN, MSP_LABELS_HEADER, UNLABELLED_SPLIT
+from sertool.data.records import GENDERS, LABEL_MAX, LABEL_MIN, MSP_LABELS_HEADER
 from sertool.errors import SertoolError
+from sertool.splits import DEVELOPMENT, HELD_OUT_SPLITS, TEST1, TRAIN, UNLABELLED_SPLIT
 
 # ---------------------------------------------------------------------------------------------------------
 # Corpus layout and size
 # ---------------------------------------------------------------------------------------------------------
 
-LABELLED_SPLITS: tuple[str, ...] = ("Train", "Development", "Test1")
+LABELLED_SPLITS: tuple[str, ...] = (TRAIN, *HELD_OUT_SPLITS)
 # Share of each gender's labelled speakers that goes to Development and to Test1 (the rest is Train), at
 # least one speaker of each gender per split. Splits are speaker-disjoint, as in MSP-Podcast.
 _HELD_OUT_SPEAKER_SHARE = 0.2
@@ -709,7 +710,7 @@ def _draw_speakers(rng: np.random.Generator, *, num_speakers: int, test3_utteran
     for gender, count in (("Male", num_male), ("Female", num_speakers - num_male)):
         held_out = max(1, round(_HELD_OUT_SPEAKER_SHARE * count))
         splits_by_gender[gender] = (
-            ["Train"] * (count - 2 * held_out) + ["Development"] * held_out + ["Test1"] * held_out
+            [TRAIN] * (count - 2 * held_out) + [DEVELOPMENT] * held_out + [TEST1] * held_out
             + [UNLABELLED_SPLIT] * (num_test3 // 2)
         )
     total = sum(len(splits) for splits in splits_by_gender.values())

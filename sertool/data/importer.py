@@ -16,8 +16,7 @@ from sertool.data.report import LoadReport
 from sertool.data.rows import Progress, build_utterances
 from sertool.errors import SertoolError
 from sertool.io import DAMAGED_ROW, read_csv_records
-
-HELD_OUT_SPLITS: tuple[str, ...] = ("Development", "Test1")
+from sertool.splits import HELD_OUT_SPLITS, TRAIN
 
 
 def import_metadata(
@@ -125,7 +124,7 @@ def speaker_disjoint_split(
             chosen = _fill(queue, {speaker: len(by_speaker[speaker]) for speaker in queue}, fraction * total)
             split_of.update(dict.fromkeys(chosen, split))
             queue = [speaker for speaker in queue if speaker not in chosen]
-        split_of.update(dict.fromkeys(queue, "Train"))
+        split_of.update(dict.fromkeys(queue, TRAIN))
     speaker_of = {index: speaker for speaker, indices in by_speaker.items() for index in indices}
     return [dataclasses.replace(utt, split=split_of[speaker_of[index]]) for index, utt in enumerate(utterances)]
 

@@ -11,11 +11,12 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from sertool.data.fields import BadValue, parse_class, parse_gender, parse_label, parse_speaker
-from sertool.data.records import ATTRIBUTE_COLUMNS, MSP_LABELS_HEADER, SPLITS, UNLABELLED_SPLIT
+from sertool.data.records import ATTRIBUTE_COLUMNS, MSP_LABELS_HEADER
 from sertool.data.report import LoadReport
 from sertool.data.rows import Corpus, Progress, Row, build_utterances
 from sertool.errors import SertoolError
 from sertool.io import DAMAGED_ROW, read_csv_records
+from sertool.splits import SPLITS, UNLABELLED_SPLIT
 
 MSP_LABELS = Path("Labels") / "labels_consensus.csv"  # under the root; its presence marks the layout
 _TEST3_FILE = re.compile(r"test3", re.IGNORECASE)

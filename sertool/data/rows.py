@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sertool.data.audio import audio_info
-from sertool.data.records import SPLITS, Utterance
+from sertool.data.records import Utterance
 from sertool.data.report import LoadReport
 from sertool.errors import SertoolError
+from sertool.splits import SPLITS
 
 # Header reads are I/O-bound (often on network storage); threads overlap the waits.
 _HEADER_READ_THREADS = 8

@@ -22,6 +22,7 @@ import numpy as np
 from sertool.config import TRAIN_OX_CHOICES
 from sertool.data.records import NO_CLASS_CODES, Utterance
 from sertool.errors import SertoolError
+from sertool.splits import DEVELOPMENT, TRAIN
 
 
 @dataclass(frozen=True)
@@ -63,8 +64,8 @@ def is_ox(record: Utterance) -> bool:
 def select(
     records: Sequence[Utterance],
     *,
-    train_split: str = "Train",
-    valid_split: str = "Development",
+    train_split: str = TRAIN,
+    valid_split: str = DEVELOPMENT,
     train_ox: str = "keep",
     dev_ox_to_train: bool = False,
     seed: int = 0,

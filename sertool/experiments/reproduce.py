@@ -32,9 +32,10 @@ from sertool.inference.predictions import read_predictions, write_predictions
 from sertool.inference.predictor import InferenceOptions
 from sertool.inference.workflows import Scores, ensemble, evaluate
 from sertool.io import atomic_write
+from sertool.splits import DEVELOPMENT, HELD_OUT_SPLITS
 from sertool.training.loop import Reporter, train
 
-EVAL_SPLITS = ("Development", "Test1")
+EVAL_SPLITS = HELD_OUT_SPLITS
 COLUMNS = (*ATTRIBUTES, "average")
 
 
@@ -201,7 +202,7 @@ def render_tables(grid: Grid, results: dict[str, dict[str, Any]], ensembles: dic
     for table in grid.tables:
         lines += [f"## {table.title}", "", "| system | n | A | V | D | average |", "|---|---|---|---|---|---|"]
         for row in table.rows:
-            lines.append(f"| {row.system} | " + _cells(results.get(row.system, {}), "Development", row.paper) + " |")
+            lines.append(f"| {row.system} | " + _cells(results.get(row.system, {}), DEVELOPMENT, row.paper) + " |")
         lines.append("")
     if grid.ensembles:
         lines += ["## Ensembles (mean of the members' predictions, per seed)", "",

@@ -26,6 +26,7 @@ from sertool.inference.writers import WRITERS, format_of, write_submission
 from sertool.io import check_writable
 from sertool.models.bootstrap import BootstrapResult, Interval, bootstrap_ccc
 from sertool.models.ccc import ccc_scores, collapsed_attributes
+from sertool.splits import DEVELOPMENT
 
 # Files or windows `predict` holds at a time: 256 ten-second windows are ~43 minutes of audio, ~21
 # length-sorted batches of the default 120 padded seconds, while the records and ASR audio in flight stay
@@ -219,7 +220,7 @@ def difference(scores: Sequence[Scores], resampled: BootstrapResult, *, system: 
 
 def ensemble(member_paths: Sequence[str | Path], utterances: Sequence[Utterance], *, split: str,
              options: InferenceOptions, weights: Sequence[float] | None = None, per_attribute: bool = False,
-             selection_utterances: Sequence[Utterance] | None = None, selection_split: str = "Development",
+             selection_utterances: Sequence[Utterance] | None = None, selection_split: str = DEVELOPMENT,
              save: Path | None = None, force: bool = False, bootstrap: int = 0,
              bootstrap_seed: int = 0) -> EnsembleResult:
     """Combine members (checkpoints, run folders, predictions CSVs, saved ensembles) on ``utterances``.

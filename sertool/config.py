@@ -206,6 +206,12 @@ class ModelConfig:
     speaker_embedding: str | None = option(None, "Hub id or folder of a speaker model (e.g. a WavLMForXVector) "
                                            "whose embedding is concatenated (+S Emb); log-mel-stats: a "
                                            "parameter-free stand-in (demo scale).", path="path or hub id")
+    utterance_stats: bool = option(False, "Concatenate the utterance's raw log-mel statistics (the baseline's "
+                                   "features: level, spectral balance, their spread; standardised over the training "
+                                   "clips) to the pooled representation: a wide path beside the encoder.")
+    utterance_stats_dropout: float = option(0.0, "With utterance_stats: the probability that a training clip's "
+                                            "statistics are replaced by the training mean (the heads must also "
+                                            "learn from the encoder).", bounds=PROBABILITY)
     fbank_dim: int = option(256, "Width of the built-in fbank encoder.", bounds=AT_LEAST_ONE)
     spec_augment: bool = option(False, "fbank only: while training, SpecAugment masks on the log-mel input (2 bands "
                                 "of up to 8 mel bins and 2 spans of up to 10 % of the frames, per clip).")

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from sertool.baseline.features import fit_utterance_statistics
 from sertool.checkpoint import (BEST_NAME, LAST_NAME, load_checkpoint, load_stored_state, provenance, save_checkpoint,
                                 stored_state)
 from sertool.config import DEFAULT_BACKBONE_IDS, Config, apply_value
@@ -274,6 +275,9 @@ class _Run:
         elif initial is not None:
             for note in load_initial_weights(self.model, initial, source=train_config.init_from):
                 self.reporter.message(note)
+        if self.model.utterance_stats is not None and not self.model.utterance_stats.standardizer.fitted:
+            # A fresh run (a resumed one, or --init-from a wide model, keeps the moments it was trained with).
+            fit_utterance_statistics(self.model, self.train_set)
         self.model.to(context.device)
         self.text_embeddings = transcript_embeddings(self.model, [*self.train_set, *self.valid_set], config.data.cache_dir)
         self.loss_fn = SERLoss(config.model)

@@ -149,6 +149,9 @@ class DataConfig:
     max_duration_s: float = option(0.0, "Random crop of training clips to this many seconds (0: whole clips). "
                                    "Evaluation always uses whole utterances.",
                                    bounds=Bounds(at_least=MIN_DURATION_S, zero=True))
+    speed_perturbation: float = option(0.0, "Training only: each clip, each epoch, plays at speed 1 - x, 1 or "
+                                       "1 + x (pitch and tempo together; 3-way speed perturbation). 0: off.",
+                                       bounds=Bounds(at_least=0, below=0.5))
     train_ox: str = option("keep", "O/X (other, no agreement) samples of the training split: keep, drop, or only "
                            "(drop the non-O/X samples).", choices=("keep", "drop", "only"))
     dev_ox_to_train: bool = option(False, "Add the O/X samples of the validation split to training; they then "

@@ -295,7 +295,8 @@ class _Run:
         self.dataset = UtteranceDataset(
             self.train_set, to_unit=self.model.label_scaling.to_unit,
             speakers={speaker: index for index, speaker in enumerate(self.speakers)},
-            text_embeddings=self.text_embeddings, max_duration_s=crop_s, seed=config.seed)
+            text_embeddings=self.text_embeddings, max_duration_s=crop_s,
+            speed_perturbation=config.data.speed_perturbation, seed=config.seed)
         self.loader = torch.utils.data.DataLoader(
             self.dataset, batch_sampler=self.sampler, collate_fn=collate, num_workers=config.data.num_workers,
             pin_memory=context.device.type == "cuda", worker_init_fn=quiet_worker,

@@ -148,12 +148,26 @@ def msp_like_durations(count: int, *, seed: int) -> np.ndarray:
 
 def write_speechlike(path: Path, *, duration_s: float, rng: np.random.Generator) -> None:
     """A 16-kHz mono file: a pitch-varying tone in noise, with pauses (content does not matter for speed)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(str(path), _speechlike(duration_s, rng), SAMPLE_RATE, subtype="PCM_16")
+
+
+def write_long_speechlike(path: Path, *, duration_s: float, seed: int, block_s: float = 60.0) -> Path:
+    """A long 16-kHz mono 16-bit file written ``block_s`` at a time, never whole in memory (3 hours: 346 MB)."""
+    rng = np.random.default_rng(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with sf.SoundFile(str(path), "w", samplerate=SAMPLE_RATE, channels=1, subtype="PCM_16") as handle:
+        for start_s in np.arange(0.0, duration_s, block_s):
+            handle.write(_speechlike(min(block_s, duration_s - start_s), rng))
+    return path
+
+
+def _speechlike(duration_s: float, rng: np.random.Generator) -> np.ndarray:
     t = np.arange(int(round(duration_s * SAMPLE_RATE))) / SAMPLE_RATE
     pitch_hz = 120 + 40 * np.sin(2 * np.pi * rng.uniform(0.5, 2.0) * t)
     envelope = (np.sin(2 * np.pi * 3.0 * t + rng.uniform(0, 6.3)) > -0.3).astype(np.float64)
     wave = 0.2 * envelope * np.sin(2 * np.pi * np.cumsum(pitch_hz) / SAMPLE_RATE) + 0.01 * rng.normal(size=t.size)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(str(path), wave.astype(np.float32), SAMPLE_RATE, subtype="PCM_16")
+    return wave.astype(np.float32)
 
 
 def transcript_for(duration_s: float, rng: np.random.Generator) -> str:

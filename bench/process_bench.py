@@ -1,4 +1,5 @@
-"""Benchmarks 5 and 7, which run sertool in subprocesses: peak memory against corpus size, and start-up."""
+"""Benchmarks 5, 7 and 8, which run sertool in subprocesses: peak memory against corpus size, start-up, and
+peak memory of `predict` against the length of a file."""
 from __future__ import annotations
 
 import json
@@ -10,8 +11,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from measure import (MSP_TRAIN_UTTERANCES, Figure, Target, interleaved, make_utterances, median, ratio_of_rounds, timed,
-                     write_manifest)
+                     write_long_speechlike, write_manifest)
 from sertool.config import Config
+from sertool.inference.predictions import read_predictions
 
 BENCH_DIR = Path(__file__).resolve().parent
 _IMPORT_LINE = re.compile(r"^import time:\s*(\d+)\s*\|\s*(\d+)\s*\|( *)(\S+)\s*$")
@@ -180,3 +182,45 @@ def startup(folder: Path, *, rounds: int, cache_dir: Path) -> list[Figure]:
 def _timed_run(command: list[str], env: dict[str, str]) -> Callable[[int], float]:
     """A variant for ``interleaved``: run ``command`` and return its wall seconds."""
     return lambda _: timed(lambda: _run(command, env=env))[0]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 8. Peak memory of predict against the length of a file.
+
+# The issue's bound for a 3-hour file on the CPU, checked beside the ratio.
+LONG_AUDIO_MAX_RSS_MB = 2048
+
+
+def long_audio_memory(folder: Path, *, long_s: float, short_s: float, window_s: float, cache_dir: Path) -> Figure:
+    """Peak RSS of `sertool predict` (a tiny fbank run) on a ``long_s`` file vs a ``short_s`` one.
+
+    Both files are 16 kHz speech-like audio written block by block; both are cut into ``window_s``
+    windows without overlap (``--hop-s`` = ``--window-s``: the same per-window work as any hop, half the
+    windows of the default). Each prediction runs in its own process (``predict_child.py``), which reports
+    its ``VmHWM``. A `predict` that read a window past its span, or held every window at once, would grow
+    with the file.
+    """
+    run_dir = tiny_checkpoint(folder / "model", cache_dir=cache_dir)
+    env = child_env(cache_dir)
+    peaks_kb, windows = {}, {}
+    for label, duration_s in (("short", short_s), ("long", long_s)):
+        audio = write_long_speechlike(folder / f"{label}.wav", duration_s=duration_s, seed=11)
+        out = folder / f"{label}.csv"
+        completed = _run([sys.executable, str(BENCH_DIR / "predict_child.py"), str(run_dir), str(audio), "--out",
+                          str(out), "--window-s", f"{window_s:g}", "--hop-s", f"{window_s:g}", "--device", "cpu"],
+                         env=env)
+        peaks_kb[label] = json.loads(completed.stdout.strip().splitlines()[-1])["max_rss_kb"]
+        windows[label] = len(read_predictions(out).segments)
+        audio.unlink()  # 346 MB for 3 hours: not kept longer than needed
+    long_mb, short_mb = peaks_kb["long"] / 1024, peaks_kb["short"] / 1024
+    hours = lambda seconds: f"{seconds / 3600:g} h" if seconds >= 3600 else f"{seconds / 60:g} min"
+    return Figure(
+        key="memory_long_audio",
+        benchmark=f"8. peak memory, predict {hours(long_s)} vs {hours(short_s)} file",
+        value=peaks_kb["long"] / peaks_kb["short"], unit="×", target=Target("<=", 1.2),
+        compared=(f"peak RSS (VmHWM) of `sertool predict` (tiny fbank run, CPU, {window_s:g}-s windows) on one "
+                  f"{hours(long_s)} file ({long_mb:.0f} MB, {windows['long']:,} windows) vs one {hours(short_s)} "
+                  f"file ({short_mb:.0f} MB, {windows['short']} windows), each in its own process"),
+        details={"max_rss_mb": {"long": round(long_mb, 1), "short": round(short_mb, 1)}, "windows": windows,
+                 "long_within_2_gb": long_mb <= LONG_AUDIO_MAX_RSS_MB},
+    )

@@ -17,6 +17,7 @@ import io
 import pickle
 import re
 import subprocess
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -64,10 +65,14 @@ def load_checkpoint(path: str | Path, *, name: str = BEST_NAME) -> dict[str, Any
     """Read a checkpoint (or a run folder's ``name``) without executing anything in it.
 
     Raises:
-        SertoolError: not a file, not a sertool checkpoint, or a file that holds anything but tensors
-            and plain data (a pickle payload is refused, never run).
+        SertoolError: not a file, not a zip archive (an empty file, audio, text), not a readable or not a
+            sertool checkpoint, or a file that holds anything but tensors and plain data (a pickle payload
+            is refused, never run).
     """
     path = resolve_checkpoint(path, name=name)
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; torch.load fails on others unpredictably
+        raise SertoolError(f"{path}: not a readable checkpoint ({_describe(path)}, not the zip archive torch.save "
+                           "writes); give a run folder or its best.pt")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
@@ -79,13 +84,29 @@ def load_checkpoint(path: str | Path, *, name: str = BEST_NAME) -> dict[str, Any
             f"{path}: refused: the file holds Python objects other than tensors and plain data (it references "
             f"{offender.group(1)}), which could run code when loaded; sertool never loads such files"
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as error:
-        raise SertoolError(f"{path}: not a readable checkpoint ({str(error).splitlines()[0][:160]})") from None
+    except Exception as error:  # noqa: BLE001 - a damaged archive fails anywhere in the loader (IndexError, ...)
+        reason = (str(error).splitlines() or [type(error).__name__])[0][:160]
+        raise SertoolError(f"{path}: not a readable checkpoint ({reason})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise SertoolError(f"{path}: not a sertool checkpoint")
     if payload.get("format_version", 0) > FORMAT_VERSION:
         raise SertoolError(f"{path}: written by a newer sertool (format {payload['format_version']}); upgrade sertool")
     return payload
+
+
+def _describe(path: Path) -> str:
+    """What a file that is not a zip archive looks like, for the error message."""
+    with open(path, "rb") as handle:
+        head = handle.read(4096)
+    if not head:
+        return "an empty file"
+    if head[:4] in (b"RIFF", b"fLaC", b"OggS", b"ID3\x03", b"ID3\x04"):
+        return "an audio file"
+    try:
+        head.decode("utf-8")
+        return "a text file"
+    except UnicodeDecodeError:
+        return f"{path.stat().st_size:,} bytes that are not a torch.save archive"
 
 
 def stored_state(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -11,13 +11,14 @@ from pathlib import Path
 import click
 
 from sertool import __version__
-from sertool.config import (DEFAULT_ASR_MODEL_ID, DEFAULT_HOP_S, DEFAULT_WINDOW_S, MIN_DURATION_S, NON_NEGATIVE,
-                            POSITIVE, PROBABILITY, SEED, Bounds)
+from sertool.config import (AT_LEAST_ONE, DEFAULT_ASR_MODEL_ID, DEFAULT_HOP_S, DEFAULT_WINDOW_S, MIN_DURATION_S,
+                            NON_NEGATIVE, POSITIVE, PROBABILITY, SEED, Bounds)
 from sertool.errors import SertoolError
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell's convention for Ctrl-C
 DEMO_SIZE_NAMES = ("tiny", "small", "default", "large")  # sertool.data.demo.DEMO_SIZES, without importing it
+SPEAKER_CHOICE_NAMES = ("random", "most-frequent")  # sertool.experiments.speakers.SPEAKER_CHOICES, likewise
 _AT_LEAST_TWO = Bounds(at_least=2)
 
 
@@ -139,13 +140,17 @@ def data_demo(out: str | None, out_option: str | None, size: str, seed: int, for
               help="Hub id or folder of an x-vector model, or log-mel-stats (no download).")
 @click.option("--num-speakers", type=_Number(int, _AT_LEAST_TWO), default=10, show_default=True,
               help="Speakers to plot (at least 2).")
+@click.option("--speakers", "speaker_choice", type=click.Choice(SPEAKER_CHOICE_NAMES), default="random",
+              show_default=True, help="A seeded random draw of speakers (the paper's), or those with the most "
+                                      "utterances.")
 @click.option("--per-speaker", type=_Number(int, _AT_LEAST_TWO), default=10, show_default=True,
               help="Utterances per speaker (at least 2: the Fisher ratio needs a spread within each speaker).")
 @click.option("--out", required=True, metavar="PNG", help="The figure to write.")
-@click.option("--seed", type=_Number(int, SEED), default=0, show_default=True, help="Which utterances are drawn.")
+@click.option("--seed", type=_Number(int, SEED), default=0, show_default=True,
+              help="Which speakers and utterances are drawn.")
 @click.option("--force", is_flag=True, help="Overwrite --out.")
-def data_speakers(corpus: str, split: str, speaker_model: str, num_speakers: int, per_speaker: int, out: str,
-                  seed: int, force: bool) -> None:
+def data_speakers(corpus: str, split: str, speaker_model: str, num_speakers: int, speaker_choice: str,
+                  per_speaker: int, out: str, seed: int, force: bool) -> None:
     """The paper's Figure 2: speaker embeddings projected to 2-D, coloured by speaker.
 
     Shows whether a speaker extractor separates this corpus's speakers (the paper's reason why adding
@@ -158,7 +163,7 @@ def data_speakers(corpus: str, split: str, speaker_model: str, num_speakers: int
 
     check_writable([Path(out)], force=force)
     utterances = choose_utterances(open_corpus(corpus).split(split), num_speakers=num_speakers,
-                                   per_speaker=per_speaker, seed=seed)
+                                   per_speaker=per_speaker, seed=seed, speakers=speaker_choice)
     result = speaker_map(utterances, speaker_model)
     plot_speaker_map(result, out, title=f"{speaker_model} on {len(utterances)} utterances of {split}")
     console.print(f"Fisher ratio {result.fisher_ratio:.2f} (between-/within-speaker variance of the 2-D points); "
@@ -304,6 +309,15 @@ def _inference_options(command):
     return command
 
 
+def _bootstrap_options(command):
+    """``--bootstrap B`` and its seed (evaluate, ensemble)."""
+    command = click.option("--bootstrap-seed", type=_Number(int, SEED), default=0, show_default=True,
+                           help="Seed of the bootstrap resamples.")(command)
+    return click.option("--bootstrap", type=_Number(int, NON_NEGATIVE), default=0, show_default=True, metavar="B",
+                        help="Bootstrap 95 % confidence intervals of each CCC from B resamples of the utterances "
+                             "(e.g. 1000; 0: none).")(command)
+
+
 def _options(flags: dict):
     from sertool.inference.predictor import InferenceOptions
 
@@ -323,9 +337,10 @@ def _out_path(value: str | None) -> Path | None:
 @click.option("--out", metavar="CSV", help="Write the predictions (labels beside them) here (.csv or .json).")
 @click.option("--plot", metavar="PNG", help="Write predicted-vs-true and by-class plots here.")
 @click.option("--force", is_flag=True, help="Overwrite --out / --plot.")
+@_bootstrap_options
 @_inference_options
 def evaluate_command(model: str, corpus: str, split: str, out: str | None, plot: str | None, force: bool,
-                     **flags) -> None:
+                     bootstrap: int, bootstrap_seed: int, **flags) -> None:
     """CCC per attribute and average of CKPT on a split (whole utterances, batched by length).
 
     CKPT is a checkpoint, a run folder (its best.pt), a model folder (sertool export, or the authors'
@@ -339,7 +354,7 @@ def evaluate_command(model: str, corpus: str, split: str, out: str | None, plot:
     utterances, report = corpus_split(corpus, split)
     print_load_report(report)
     result = evaluate(model, utterances, split=split, options=_options(flags), out=_out_path(out),
-                      plot=_out_path(plot), force=force)
+                      plot=_out_path(plot), force=force, bootstrap=bootstrap, bootstrap_seed=bootstrap_seed)
     print_scores(f"{split} of {corpus}", [result.scores])
     for path in result.written:
         console.print(f"wrote {path}")
@@ -410,10 +425,11 @@ def predict_command(model: str, paths: tuple[str, ...], corpus: str | None, spli
 @click.option("--submission", metavar="CSV", help="Write the challenge submission of the ensemble here.")
 @click.option("--save", metavar="JSON", help="Keep the ensemble: evaluate and predict accept it as a checkpoint.")
 @click.option("--force", is_flag=True, help="Overwrite --out / --submission / --save.")
+@_bootstrap_options
 @_inference_options
 def ensemble_command(members: tuple[str, ...], corpus: str, split: str, weights: list[float] | None,
                      per_attribute: str | None, select_split: str, out: str | None, submission: str | None,
-                     save: str | None, force: bool, **flags) -> None:
+                     save: str | None, force: bool, bootstrap: int, bootstrap_seed: int, **flags) -> None:
     """Average the A/V/D predictions of MEMBERs: checkpoints, run folders, model folders or hub ids,
     predictions CSVs or ensembles.
 
@@ -422,7 +438,7 @@ def ensemble_command(members: tuple[str, ...], corpus: str, split: str, weights:
       sertool ensemble a.csv b.csv --corpus MSP-Podcast --split Development --per-attribute best
     """
     from sertool.console import out as console
-    from sertool.console import print_load_report, print_scores
+    from sertool.console import print_differences, print_load_report, print_scores
     from sertool.inference.inputs import corpus_split, require_complete
     from sertool.inference.workflows import check_outputs, ensemble, write_outputs
     from sertool.io import check_writable
@@ -436,9 +452,12 @@ def ensemble_command(members: tuple[str, ...], corpus: str, split: str, weights:
     selection = corpus_split(corpus, select_split)[0] if per_attribute and select_split != split else None
     result = ensemble(members, utterances, split=split, options=_options(flags), weights=weights,
                       per_attribute=per_attribute == "best", selection_utterances=selection,
-                      selection_split=select_split, save=_out_path(save), force=force)
+                      selection_split=select_split, save=_out_path(save), force=force, bootstrap=bootstrap,
+                      bootstrap_seed=bootstrap_seed)
     if result.ensemble_scores is not None:
         print_scores(f"{split} of {corpus}", [*result.member_scores, result.ensemble_scores], highlight="ensemble")
+    if result.differences:
+        print_differences(f"the ensemble's gain over each member, {split}", result.differences)
     if per_attribute:
         for name, chosen in result.plan.weights.items():
             console.print(f"{name}: " + " + ".join(result.plan.members[index] for index, _ in chosen))
@@ -518,12 +537,14 @@ def baseline_command(corpus: str, out: str, train_split: str, valid_split: str, 
               help="demo: CPU stand-ins for the pretrained models; real: the paper's models.")
 @click.option("--out", default="results/demo", show_default=True, metavar="DIR",
               help="runs/, predictions/, scores/ and tables.md go here.")
+@click.option("--seeds", type=_Number(int, AT_LEAST_ONE), default=1, show_default=True, metavar="N",
+              help="Train every system N times (seeds s … s+N−1); the tables show mean ± sd over them.")
 @click.option("--systems", metavar="A,B,...", help="Only these systems (and ensembles made of them).")
 @click.option("--model", "models", multiple=True, metavar="ID=DIR",
               help="Real scale without hub access: load hub id ID from folder DIR (repeatable).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-def reproduce_command(corpus: str, grid: str, scale: str, out: str, systems: str | None, models: tuple[str, ...],
-                      device: str) -> None:
+def reproduce_command(corpus: str, grid: str, scale: str, out: str, seeds: int, systems: str | None,
+                      models: tuple[str, ...], device: str) -> None:
     """Run the paper's experiment grid and write tables laid out like the paper's (make reproduce).
 
     Interrupted? Run it again: finished systems are skipped and an interrupted training resumes.
@@ -538,7 +559,7 @@ def reproduce_command(corpus: str, grid: str, scale: str, out: str, systems: str
         if not separator:
             raise SertoolError(f"--model {item}: write it as HUB_ID=FOLDER, e.g. microsoft/wavlm-large=/models/wavlm")
         locations[hub_id] = folder
-    path = reproduce(grid, corpus=corpus, scale=scale, out_dir=out, model_locations=locations,
+    path = reproduce(grid, corpus=corpus, scale=scale, out_dir=out, seeds=seeds, model_locations=locations,
                      only=systems.split(",") if systems else None, device=device, reporter_factory=RichTrainReporter,
                      say=lambda text: err.print(f"[bold]reproduce:[/] {text}"))
     console.print(path.read_text(encoding="utf-8"), markup=False, highlight=False)

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sertool.data.selection import TRAIN_OX_CHOICES
 from sertool.errors import SertoolError
 
 # Default model id of each named backbone: a transformers hub id or a local folder may replace it
@@ -152,8 +153,9 @@ class DataConfig:
     speed_perturbation: float = option(0.0, "Training only: each clip, each epoch, plays at speed 1 - x, 1 or "
                                        "1 + x (pitch and tempo together; 3-way speed perturbation). 0: off.",
                                        bounds=Bounds(at_least=0, below=0.5))
-    train_ox: str = option("keep", "O/X (other, no agreement) samples of the training split: keep, drop, or only "
-                           "(drop the non-O/X samples).", choices=("keep", "drop", "only"))
+    train_ox: str = option("keep", "O/X (other, no agreement) samples of the training split: keep, drop, only (drop "
+                           "every non-O/X sample), or drop-as-many-non-ox (drop a random set of non-O/X samples as "
+                           "large as the O/X set).", choices=TRAIN_OX_CHOICES)
     dev_ox_to_train: bool = option(False, "Add the O/X samples of the validation split to training; they then "
                                    "leave validation.")
     on_bad_audio: str = option("skip", "Unreadable training audio: skip it (and count it) or fail before training.",
@@ -227,15 +229,23 @@ class TrainConfig:
     init_from: str | None = option(None, "Start from the weights of this model: a run folder, checkpoint, model folder "
                                    "or hub id (e.g. an authors' released model). Its model section replaces the "
                                    "defaults; --config and model flags still apply on top.", path="path or hub id")
-    epochs: int = option(20, "Epochs (with undersampling, each is a fresh class-balanced subset).",
-                         bounds=Bounds(at_least=1, at_most=10_000))
+    epochs: int = option(20, "Epochs (with undersampling, each is a fresh class-balanced subset); 0: no epoch "
+                         "limit (then --max-steps sets the length).", bounds=Bounds(at_least=1, at_most=10_000, zero=True))
+    max_steps: int = option(0, "Budget in optimiser steps: stop after this many, whichever of --epochs and this "
+                            "comes first; the LR schedule spans the budget (0: epochs only).", bounds=NON_NEGATIVE)
     sampling: str = option("undersample", "undersample: a fresh class-balanced subset every epoch (the paper); "
                            "whole: every utterance; weighted: inverse class frequency.",
                            choices=("undersample", "whole", "weighted"))
     max_per_class: int = option(0, "Undersampling: cap each class at this many (0: the smallest class' size); "
                                 "ignored by the other samplings.", bounds=NON_NEGATIVE)
+    ox_outside_balance: bool = option(False, "Undersampling: every O/X sample in every epoch, outside the class "
+                                      "balance (default: O and X are two more classes, cut to the smallest class "
+                                      "like the others).")
     max_batch_s: float = option(64.0, "Micro-batch bound: utterances × longest clip ≤ this many seconds.",
                                 bounds=NON_NEGATIVE)
+    min_batch_items: int = option(8, "Fewest utterances per --max-batch-s micro-batch, even where that exceeds "
+                                  "--max-batch-s (the CCC loss needs enough items; 0: no lower bound).",
+                                  bounds=NON_NEGATIVE)
     batch_size: int = option(0, "Fixed-size random micro-batches instead of --max-batch-s (0: off).",
                              bounds=NON_NEGATIVE)
     num_buckets: int = option(20, "Equal-mass duration buckets of --max-batch-s batching.", bounds=AT_LEAST_ONE)
@@ -467,9 +477,24 @@ def _coerce(option_: ConfigOption, value: Any, where: str) -> Any:
         if problem:
             raise SertoolError(f"{where} {problem}, got {value!r}")
         bad = [value] if option_.choices and value not in option_.choices else []
+    if option_.path == "path or hub id":
+        _check_model_location(value, where)
     if bad:
         raise SertoolError(f"{where}: {', '.join(map(str, bad))} is not one of {', '.join(option_.choices or ())}")
     return value
+
+
+def _check_model_location(value: str, where: str) -> None:
+    """A hub id or folder: refuse what can only be a mistake, before any model is loaded.
+
+    The classic is an inline YAML comment written without a space before ``#`` (``text_model: x# comment``):
+    YAML then keeps the comment as part of the value, and the run fails only when it loads the model.
+    """
+    if value != value.strip() or not value:
+        raise SertoolError(f"{where} {value!r}: a model id or folder cannot be empty or start or end with spaces")
+    if "#" in value and not Path(value).expanduser().exists():
+        raise SertoolError(f"{where} {value!r}: not a model id or folder. An inline YAML comment needs a space "
+                           "before '#' (`key: value  # comment`), or YAML keeps it as part of the value")
 
 
 _SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}

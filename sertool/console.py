@@ -104,8 +104,8 @@ class RichTrainReporter(Reporter):
         resumed = f", resumed at step {summary['resumed_at_step']}" if summary["resumed_at_step"] else ""
         err.print(f"[bold]train:[/] {summary['train']:,} training and {summary['valid']:,} validation utterances; "
                   f"{summary['parameters']:,} trainable parameters on {summary['device']} "
-                  f"(×{summary['world_size']}), AMP {summary['amp']}; {summary['epochs']} epochs of "
-                  f"{summary['batches_per_epoch']} micro-batches, {summary['accum_steps']} per step{resumed}")
+                  f"(×{summary['world_size']}), AMP {summary['amp']}; {_length(summary)}, "
+                  f"{summary['accum_steps']} per step{resumed}")
         print_load_report(summary["data"])
         counts = summary["classes"]
         order = sorted(counts, key=lambda code: list(EMO_CLASSES).index(code) if code in EMO_CLASSES else len(EMO_CLASSES))
@@ -165,24 +165,69 @@ class RichTrainReporter(Reporter):
             self._progress = None
 
 
-def print_scores(title: str, rows: list, *, highlight: str | None = None) -> None:
-    """CCC per attribute and average (and gender accuracy / UAR where present), one row per system."""
+def _length(summary: dict) -> str:
+    """How long a run is, e.g. "20 epochs of 310 micro-batches" or "5,000 steps (epochs of 310 micro-batches)"."""
+    epochs, steps, batches = summary["epochs"], summary.get("max_steps", 0), summary["batches_per_epoch"]
+    if not steps:
+        return f"{epochs} epochs of {batches} micro-batches"
+    limit = f" or {epochs} epochs, whichever ends first" if epochs else ""
+    return f"{steps:,} optimiser steps{limit} (epochs of {batches} micro-batches)"
+
+
+def print_differences(title: str, differences: list) -> None:
+    """``CCC(system) − CCC(reference)`` per attribute with its paired bootstrap interval (``Difference`` rows)."""
     table = Table(title=title, title_justify="left")
-    table.add_column("system")
+    table.add_column("system − reference", overflow="fold")
+    for column in ("arousal", "valence", "dominance", "average"):
+        table.add_column(column, justify="right", no_wrap=True)
+    names = ("arousal", "valence", "dominance", "average")
+    for item in differences:
+        table.add_row(f"{item.system} − {item.reference}", *(f"{item.value[name]:+.4f}" for name in names))
+        table.add_row("  95 % CI", *(f"[{item.ci[name].low:+.3f}, {item.ci[name].high:+.3f}]" for name in names),
+                      end_section=True)
+    out.print(table)
+    out.print("an interval that excludes 0 is a difference these utterances support; paired: the same resamples "
+              "for both systems", markup=False, highlight=False)
+
+
+def print_scores(title: str, rows: list, *, highlight: str | None = None) -> None:
+    """CCC per attribute and average (and gender accuracy / UAR where present), one row per system; then a
+    table of bootstrap confidence intervals where the rows have them."""
+    table = Table(title=title, title_justify="left")
+    table.add_column("system", overflow="fold")
     for column in ("utterances", "arousal", "valence", "dominance", "average"):
-        table.add_column(column, justify="right")
+        table.add_column(column, justify="right", no_wrap=True)
     with_gender = any(row.gender_accuracy is not None for row in rows)
     if with_gender:
-        table.add_column("gender acc", justify="right")
-        table.add_column("gender UAR", justify="right")
+        table.add_column("gender acc", justify="right", no_wrap=True)
+        table.add_column("gender UAR", justify="right", no_wrap=True)
+    names = ("arousal", "valence", "dominance", "average")
     for row in rows:
-        cells = [row.name, f"{row.num_utterances:,}",
-                 *(f"{row.ccc[name]:.4f}" for name in ("arousal", "valence", "dominance", "average"))]
+        cells = [row.name, f"{row.num_utterances:,}", *(f"{row.ccc[name]:.4f}" for name in names)]
         if with_gender:
             cells += ["–" if row.gender_accuracy is None else f"{row.gender_accuracy:.3f}",
                       "–" if row.gender_uar is None else f"{row.gender_uar:.3f}"]
         table.add_row(*cells, style="bold" if row.name == highlight else None)
     out.print(table)
+    if any(row.ci for row in rows):
+        intervals = Table(title="95 % confidence intervals (bootstrap: utterances resampled with replacement)",
+                          title_justify="left")
+        intervals.add_column("system", overflow="fold")
+        for name in names:
+            intervals.add_column(name, justify="right", no_wrap=True)
+        for row in rows:
+            if row.ci:
+                intervals.add_row(row.name, *(f"[{row.ci[name].low:.3f}, {row.ci[name].high:.3f}]" for name in names),
+                                  style="bold" if row.name == highlight else None)
+        out.print(intervals)
+    excluded = max(row.excluded_trained_on for row in rows) if rows else 0
+    if excluded:
+        out.print(f"{excluded:,} utterances of the split are left out of these scores: trained on (the checkpoints "
+                  "record their training utterances)", markup=False, highlight=False)
+    for row in rows:
+        if not row.training_data_known:
+            out.print(f"{row.name}: what it trained on is unknown (a predictions file, or a checkpoint of an older "
+                      "sertool): cannot tell whether these utterances were held out", markup=False, highlight=False)
     for row in rows:
         if row.collapsed:
             err.print(f"[yellow]warning:[/] {row.name}: {collapse_text(row.collapsed)}")

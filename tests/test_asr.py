@@ -199,6 +199,24 @@ def test_fill_transcripts_fills_only_missing_ones(
     assert len(list((tmp_path / TRANSCRIPT_CACHE_SUBDIR / transcriber.cache_key).glob("*.jsonl"))) == 1
 
 
+def test_windows_of_a_long_file_are_transcribed_each_from_its_own_span(tmp_path: Path, asr_folder: Path) -> None:
+    import soundfile as sf
+
+    long = torch.cat(_noise(1.5, 1.5, seed=3))  # 3 s: two windows of 1.5 s
+    sf.write(str(tmp_path / "long.wav"), long.numpy(), SAMPLE_RATE, subtype="FLOAT")
+    whole = Utterance(id="long.wav", audio_path=tmp_path / "long.wav", split="predict", duration_s=3.0)
+    windows = [whole.window(0.0, 1.5, id="long.wav@0"), whole.window(1.5, 3.0, id="long.wav@24000")]
+    transcriber = Transcriber(str(asr_folder), device="cpu")
+    lengths: list[int] = []
+    original = transcriber.transcribe
+    transcriber.transcribe = lambda waveforms: lengths.extend(map(len, waveforms)) or original(waveforms)
+    filled = fill_transcripts(windows, transcriber, cache_dir=tmp_path / "cache")
+    assert lengths == [24_000, 24_000]  # each window's own samples, never the whole file
+    expected = Transcriber(str(asr_folder), device="cpu").transcribe([long[:24_000], long[24_000:]])
+    assert [utt.transcript for utt in filled] == expected
+    assert fill_transcripts(windows, transcriber, cache_dir=tmp_path / "cache") == filled and len(lengths) == 2
+
+
 def test_fill_transcripts_builds_no_transcriber_when_nothing_is_missing(
     tmp_path: Path, asr_folder: Path, audio_files: list[Path]
 ) -> None:

@@ -67,7 +67,7 @@ def test_manifest_command_writes_a_readable_manifest_and_refuses_to_overwrite(tm
     assert again.exit_code == 2 and "--force" in again.output
     assert out.read_bytes() == before  # nothing already written is lost
     wrong = run(*args[:-1], "nope", "--force")
-    assert wrong.exit_code == 2 and "no column 'nope' (--class-column)" in wrong.output
+    assert wrong.exit_code == 2 and "missing column(s) nope (--class-column)" in wrong.output
 
 
 def test_demo_size_names_match_the_generator():

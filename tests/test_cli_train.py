@@ -64,6 +64,10 @@ def test_flags_override_the_config_file(corpus, tmp_path):
     ({"train": {"epochs": "many"}}, "train.epochs must be int"),
     ({"model": {"aux": ["gender", "age"]}}, "age is not one of gender, speaker"),
     ("- just\n- a list\n", "top level must be a mapping"),
+    # An inline comment without a space before '#' is part of the value in YAML.
+    ("model:\n  text_model: FacebookAI/roberta-large# frozen\n", "model.text_model 'FacebookAI/roberta-large# frozen'"
+                                                                 ": not a model id or folder. An inline YAML comment"),
+    ({"data": {"asr": " openai/whisper-large-v3"}}, "data.asr ' openai/whisper-large-v3': a model id or folder cannot"),
 ])
 def test_bad_config_files_are_named(tmp_path, content, message):
     config_file = tmp_path / "c.yaml"

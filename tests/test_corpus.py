@@ -175,7 +175,7 @@ def test_import_metadata_rescales_labels_and_splits_by_speaker(tmp_path):
 
 def test_import_metadata_names_the_missing_column_flag(tmp_path):
     meta = _metadata(tmp_path, {"s": ("male", 1)})
-    with pytest.raises(SertoolError, match="no column 'emo' \\(--class-column\\)"):
+    with pytest.raises(SertoolError, match="missing column\\(s\\) emo \\(--class-column\\); its columns are file"):
         import_metadata(tmp_path, meta, columns=ColumnMap(path="file", emo_class="emo"))
 
 

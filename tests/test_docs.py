@@ -37,7 +37,7 @@ def test_reliability_table_lists_every_reliability_test():
     import ast
 
     tests = []
-    for name in ("test_reliability.py", "test_faults_training.py"):
+    for name in ("test_reliability.py", "test_faults_training.py", "test_faults_inference.py"):
         source = (Path(__file__).resolve().parent / name).read_text()
         tests += [node.name for node in ast.parse(source).body
                   if isinstance(node, ast.FunctionDef) and node.name.startswith("test_")]

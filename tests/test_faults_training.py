@@ -368,7 +368,8 @@ def test_training_run_folder_with_spaces_and_unicode_works(corpus, tmp_path):
 # ---- numbers --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(("flag", "value"), [
     ("--lr-heads", "nan"), ("--lr-backbone", "-inf"), ("--head-dropout", "1.5"), ("--head-dropout", "1"),
-    ("--fbank-dim", "0"), ("--num-workers", "-1"), ("--epochs", "0"), ("--epochs", "100000"), ("--seed", "-1"),
+    ("--fbank-dim", "0"), ("--num-workers", "-1"), ("--epochs", "-1"), ("--epochs", "100000"), ("--seed", "-1"),
+    ("--max-steps", "-1"), ("--min-batch-items", "-1"),
     ("--max-duration-s", "0.01"), ("--warmup-fraction", "1"), ("--log-every-steps", "0"), ("--max-batch-s", "inf"),
     ("--aux-weight", "1e400"), ("--accum-steps", "2.5"),
 ])
@@ -438,8 +439,9 @@ def test_training_numeric_flags_of_every_command_share_the_check(straight, corpu
 
 # ---- numbers in data ------------------------------------------------------------------------------------
 def test_training_a_development_clip_that_makes_validation_nan_is_an_error_naming_it(corpus, tmp_path):
-    """A float WAV with huge finite samples (×1e30) in Development: every validation is NaN; the run must
-    not say "finished" with exit 0 and no best.pt, but name the clip."""
+    """A float WAV with huge finite samples (×1e30) in Development made every validation NaN; the run must
+    not say "finished" with exit 0 and no best.pt, but name the clip. The audio reader refuses such samples
+    for every command (sertool.data.audio.MAX_ABS_SAMPLE), so the first validation stops on it."""
     data = tmp_path / "c"
     shutil.copytree(corpus, data)
     victim = sorted((data / "Audios").glob("MSP-PODCAST_0003_*.wav"))[0]
@@ -447,9 +449,33 @@ def test_training_a_development_clip_that_makes_validation_nan_is_an_error_namin
     sf.write(victim, (samples * 1e30).astype(np.float32), rate, subtype="FLOAT")
     result = run("train", "--corpus", data, "--out", tmp_path / "run", "--num-workers", "0", *TINY)
     line = one_line_error(result)
-    assert "no validation of this run gave a finite CCC" in line and victim.name in line
+    assert victim.name in line and "over 100× full scale" in line
     assert not (tmp_path / "run" / "best.pt").exists() and not (tmp_path / "run" / "summary.json").exists()
-    assert result.output.count(f"predictions are not finite (first: {victim.name})") == 2
+    assert one_line_error(run("train", "--resume", tmp_path / "run")) == line  # resuming says it again
+
+
+def test_training_validations_that_are_never_finite_end_in_an_error_naming_the_cause(corpus, tmp_path, monkeypatch):
+    """Weights that diverged (here: NaN weights while validating) give no best.pt; the run must not say
+    "finished" with exit 0, but say why, and resuming says it again. Validation takes the NaN outputs of
+    run_model as they are (finite_only=False) and applies this policy."""
+    real_run_model = loop.run_model
+
+    def with_nan_weights(model, *args, **kwargs):
+        saved = {name: value.clone() for name, value in model.state_dict().items()}
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.fill_(float("nan"))
+        try:
+            return real_run_model(model, *args, **kwargs)
+        finally:
+            model.load_state_dict(saved)
+
+    monkeypatch.setattr(loop, "run_model", with_nan_weights)
+    result = run("train", "--corpus", corpus, "--out", tmp_path / "run", "--num-workers", "0", *TINY)
+    line = one_line_error(result)
+    assert "no validation of this run gave a finite CCC" in line and "every prediction was NaN" in line
+    assert not (tmp_path / "run" / "best.pt").exists() and not (tmp_path / "run" / "summary.json").exists()
+    assert result.output.count("predictions are not finite (first: ") == 2
     logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [record["ccc_average"] for record in logged if record["type"] == "valid"] == [None, None]  # strict JSON
     assert one_line_error(run("train", "--resume", tmp_path / "run")) == line  # resuming says it again

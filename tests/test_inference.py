@@ -10,10 +10,12 @@ import pytest
 import soundfile as sf
 from click.testing import CliRunner
 
+from sertool.checkpoint import load_checkpoint
 from sertool.cli import cli
 from sertool.data.corpus import open_corpus
 from sertool.inference.predictions import read_predictions, read_predictions_and_labels
 from sertool.inference.predictor import InferenceOptions, open_predictor
+from sertool.models.bootstrap import resample_indices
 from sertool.models.ccc import ccc_scores
 from sertool.training.loop import train
 from tests.corpus_files import write_learnable_corpus, write_tone
@@ -32,8 +34,9 @@ def corpus(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def runs(corpus, tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("runs")
-    systems = {"a": small_config(corpus), "b": small_config(corpus, lr_heads=3e-3)}
+    systems = {"a": small_config(corpus), "b": small_config(corpus, lr_heads=3e-3), "ox": small_config(corpus)}
     systems["b"].seed = 1
+    systems["ox"].data.dev_ox_to_train = True  # trains on Development's O/X too
     for name, config in systems.items():
         train(config, folder / name)
     return {name: folder / name for name in systems}
@@ -56,6 +59,110 @@ def test_evaluate_scores_equal_an_independent_ccc_of_its_csv(corpus, runs, tmp_p
     assert f"{expected['average']:.4f}" in result.output
     assert "gender acc" in result.output  # the system has a gender head
     assert (tmp_path / "dev.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_evaluate_leaves_out_what_the_model_trained_on(corpus, runs, tmp_path):
+    development = open_corpus(corpus).split("Development")
+    moved = {utt.id for utt in development if utt.emo_class in ("O", "X")}
+    assert moved and load_checkpoint(runs["ox"])["training_ids"] == sorted(
+        [utt.id for utt in open_corpus(corpus).split("Train")] + list(moved))
+    result = run("evaluate", runs["ox"], "--corpus", corpus, "--split", "Development", "--out", tmp_path / "ox.csv")
+    assert result.exit_code == 0, result.output
+    predictions, labels = read_predictions_and_labels(tmp_path / "ox.csv")
+    assert set(predictions.ids) == {utt.id for utt in development} - moved
+    assert f"{ccc_scores(predictions.values, labels)['average']:.4f}" in result.output
+    assert f"{len(moved)} utterances of the split are left out of these scores: trained on" in result.output
+    refused = run("evaluate", runs["ox"], "--corpus", corpus, "--split", "Train")
+    assert refused.exit_code == 2 and "trained on all 16 of its utterances" in refused.output
+    # evaluate wrote only the scored rows; a predictions file does not say what made it, and the output says so.
+    reread = run("evaluate", tmp_path / "ox.csv", "--corpus", corpus, "--split", "Development")
+    assert reread.exit_code == 2 and "no prediction for 2 of 8 files" in reread.output
+    unknown = run("evaluate", runs["ox"] / "best.pt", "--corpus", corpus, "--split", "Test1", "--out", tmp_path / "t.csv")
+    assert "left out" not in unknown.output
+    assert "unknown" in run("evaluate", tmp_path / "t.csv", "--corpus", corpus, "--split", "Test1").output
+
+
+def test_ensembles_are_scored_on_the_intersection_of_held_out_sets(corpus, runs, tmp_path):
+    from sertool.inference.workflows import ensemble
+
+    development = open_corpus(corpus).split("Development")
+    held_out = [utt for utt in development if utt.emo_class not in ("O", "X")]
+    result = ensemble([runs["a"], runs["ox"]], development, split="Development", options=InferenceOptions())
+    labels = np.array([utt.labels() for utt in held_out])
+    ids = [utt.id for utt in held_out]
+    for scores, path in zip(result.member_scores, (runs["a"], runs["ox"])):
+        alone = open_predictor(path).predict(held_out).predictions.values
+        assert scores.ccc == pytest.approx(ccc_scores(alone, labels))  # the members on the same utterances
+        assert (scores.num_utterances, scores.excluded_trained_on) == (len(held_out), 2)
+    assert result.ensemble_scores.ccc == pytest.approx(ccc_scores(result.predictions.take(ids).values, labels))
+    assert len(result.predictions.ids) == len(development)  # the predictions still cover every utterance
+    chosen = ensemble([runs["a"], runs["ox"]], development, split="Development", options=InferenceOptions(),
+                      per_attribute=True)
+    members = [open_predictor(path).predict(held_out).predictions.values for path in (runs["a"], runs["ox"])]
+    for name in ("arousal", "valence", "dominance"):
+        best = max(ccc_scores(m, labels)[name] for m in members + [np.mean(members, axis=0)])
+        assert chosen.plan.development_ccc[name] == pytest.approx(best)  # chosen on held-out utterances only
+
+
+def _interval_rows(output: str, title: str) -> list[str]:
+    """The table rows holding intervals after ``title`` (numbers never wrap, names may)."""
+    lines = output.splitlines()
+    start = next(i for i, line in enumerate(lines) if title in line)
+    rows = []
+    for line in lines[start + 1:]:
+        if line.startswith("└"):
+            return rows
+        if "[" in line:
+            rows.append(line)
+    return rows
+
+
+def _percentile_interval(values: np.ndarray) -> str:
+    low, high = np.percentile(values, [2.5, 97.5])
+    return f"[{low:.3f}, {high:.3f}]"
+
+
+def test_evaluate_bootstrap_prints_intervals_of_an_independent_resampling_loop(corpus, runs, tmp_path):
+    result = run("evaluate", runs["a"], "--corpus", corpus, "--split", "Development", "--out", tmp_path / "a.csv",
+                 "--bootstrap", "1000", "--bootstrap-seed", "4")
+    assert result.exit_code == 0, result.output
+    predictions, labels = read_predictions_and_labels(tmp_path / "a.csv")
+    loop = [ccc_scores(predictions.values[rows], labels[rows])
+            for rows in resample_indices(len(labels), range(1000), seed=4)]
+    line = _interval_rows(result.output, "95 % confidence intervals")[0]
+    for name in ("arousal", "valence", "dominance", "average"):
+        assert _percentile_interval(np.array([scores[name] for scores in loop])) in line, name
+    again = run("evaluate", runs["a"], "--corpus", corpus, "--split", "Development", "--bootstrap", "1000",
+                "--bootstrap-seed", "4")
+    assert line in again.output  # seeded: the same intervals
+    from sertool.errors import SertoolError
+    from sertool.inference.workflows import evaluate
+
+    with pytest.raises(SertoolError, match="--bootstrap: 1 scored utterance"):
+        evaluate(runs["a"], open_corpus(corpus).split("Development")[:1], split="Development",
+                 options=InferenceOptions(), bootstrap=10)
+
+
+def test_ensemble_bootstrap_gives_the_gain_over_each_member_a_paired_interval(corpus, runs, tmp_path):
+    members = []
+    for name in ("a", "b"):
+        assert run("evaluate", runs[name], "--corpus", corpus, "--split", "Test1", "--out",
+                   tmp_path / f"{name}.csv").exit_code == 0
+        members.append(read_predictions_and_labels(tmp_path / f"{name}.csv"))
+    result = run("ensemble", runs["a"], runs["b"], "--corpus", corpus, "--split", "Test1", "--bootstrap", "500")
+    assert result.exit_code == 0, result.output
+    labels = members[0][1]
+    values = [predictions.values for predictions, _ in members]
+    mean = np.mean(values, axis=0)
+    gains = {index: [] for index in range(2)}
+    for rows in resample_indices(len(labels), range(500), seed=0):
+        ensemble_scores = ccc_scores(mean[rows], labels[rows])
+        for index in range(2):
+            gains[index].append(ensemble_scores["average"] - ccc_scores(values[index][rows], labels[rows])["average"])
+    ci_lines = _interval_rows(result.output, "gain over each member")
+    for index in range(2):
+        low, high = np.percentile(gains[index], [2.5, 97.5])
+        assert f"[{low:+.3f}, {high:+.3f}]" in ci_lines[index]
 
 
 def test_batched_evaluation_equals_one_at_a_time(corpus, runs):

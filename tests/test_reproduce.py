@@ -1,12 +1,21 @@
 """`make reproduce` in miniature: a two-row grid end to end, then again with nothing left to do."""
 from __future__ import annotations
 
+import re
 import shutil
+import statistics
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
+from sertool.checkpoint import load_checkpoint
+from sertool.data.corpus import open_corpus
+from sertool.inference.predictions import read_predictions
+from sertool.models.ccc import ccc_scores
+
+from sertool.config import DEFAULT_BACKBONE_IDS
 from sertool.experiments.grid import read_grid
 from sertool.experiments.reproduce import reproduce
 from tests.corpus_files import write_learnable_corpus
@@ -14,19 +23,19 @@ from tests.corpus_files import write_learnable_corpus
 PAPER_GRID = Path(__file__).resolve().parent.parent / "configs" / "paper" / "grid.yaml"
 
 
-def _grid(folder: Path) -> Path:
-    """Two of the paper's systems, with demo stand-ins and overrides small enough for a test."""
+def _grid(folder: Path, systems=("wavlm", "mmwavlm-gender")) -> Path:
+    """Two of the paper's systems and their ensemble, with demo stand-ins and overrides small enough for a test."""
     folder.mkdir()
-    for system in ("wavlm", "mmwavlm-gender"):
+    for system in systems:
         shutil.copy(PAPER_GRID.parent / f"{system}.yaml", folder)
     grid = yaml.safe_load(PAPER_GRID.read_text())
-    grid["tables"] = [{"title": "Two systems", "rows": [{"system": "wavlm", "paper": [0.653, 0.7, 0.5651, 0.6394]},
-                                                        {"system": "mmwavlm-gender"}]}]
-    grid["ensembles"] = [{"name": "both", "members": ["wavlm", "mmwavlm-gender"]}]
+    grid["tables"] = [{"title": "Two systems", "rows": [{"system": systems[0], "paper": [0.653, 0.7, 0.5651, 0.6394]},
+                                                        {"system": systems[1]}]}]
+    grid["ensembles"] = [{"id": "both", "name": "both", "members": list(systems)}]
     grid["demo_scale"]["overrides"] = {
         "data": {"num_workers": 0},
         "model": {"head_hidden_dim": 8, "fbank_dim": 16, "head_dropout": 0.0},
-        "train": {"epochs": 1, "batch_size": 4, "accum_steps": 1, "sampling": "whole"},
+        "train": {"epochs": 1, "max_steps": 0, "batch_size": 4, "accum_steps": 1, "sampling": "whole"},
     }
     (folder / "grid.yaml").write_text(yaml.safe_dump(grid, sort_keys=False))
     return folder / "grid.yaml"
@@ -34,17 +43,67 @@ def _grid(folder: Path) -> Path:
 
 def test_every_system_of_the_paper_grid_has_a_loadable_config():
     grid = read_grid(PAPER_GRID)
-    assert len(grid.systems) == 12
+    assert len(grid.systems) == 16
+    overrides = grid.demo_overrides["train"]
     for system in grid.systems:
         demo = grid.config(system, scale="demo", corpus="c")
-        assert demo.model.backbone == "fbank" and demo.train.epochs == 6
+        assert demo.model.backbone == "fbank" and (demo.train.epochs, demo.train.max_steps) == (
+            overrides["epochs"], overrides["max_steps"])
         real = grid.config(system, scale="real", corpus="c")
         assert real.model.backbone in ("wavlm", "whisper")
         assert real.model.text_model == "FacebookAI/roberta-large"
-    assert grid.config("mmwhisper", scale="real", corpus="c").model.backbone == "whisper"
+        # Budgeted in optimiser steps, with the baseline's 8 utterances per micro-batch at least.
+        assert (real.train.epochs, real.train.max_steps, real.train.min_batch_items) == (0, 40000, 8)
+        # Whisper as the authors' released models: its last encoder layer.
+        assert real.model.layer_weighting == ("last" if real.model.backbone == "whisper" else "weighted")
     located = grid.config("mmwavlm", scale="real", corpus="c",
                           model_locations={"microsoft/wavlm-large": "/models/wavlm", "FacebookAI/roberta-large": "/m/rb"})
     assert (located.model.backbone_path, located.model.text_model) == ("/models/wavlm", "/m/rb")
+
+
+def _what(grid, system: str) -> tuple:
+    config = grid.config(system, scale="real", corpus="c")
+    return (config.model.backbone, config.model.text, config.model.aux, config.train.sampling,
+            config.data.dev_ox_to_train, config.data.train_ox)
+
+
+def test_the_paper_ensembles_have_the_paper_members():
+    grid = read_grid(PAPER_GRID)
+    members = {item.id: [_what(grid, member) for member in item.members] for item in grid.ensembles}
+    wavlm_gender_dev_ox = ("wavlm", False, ("gender",), "undersample", True, "keep")
+    assert members["best-2"] == [wavlm_gender_dev_ox, ("whisper", True, (), "undersample", False, "keep")]
+    assert members["best-3"] == [wavlm_gender_dev_ox, ("wavlm", False, ("gender",), "undersample", False, "keep"),
+                                 ("whisper", True, ("gender",), "undersample", True, "keep")]
+
+
+def test_the_ox_table_shows_both_readings_of_minus_non_ox():
+    grid = read_grid(PAPER_GRID)
+    table = next(table for table in grid.tables if table.title.startswith("O/X"))
+    readings = {row.system: _what(grid, row.system)[4:] for row in table.rows}
+    assert readings == {"mmwavlm-no-ox": (False, "drop"), "mmwavlm-fewer-non-ox": (False, "drop-as-many-non-ox"),
+                        "mmwavlm-ox-only": (False, "only"), "mmwavlm-dev-ox": (True, "keep"),
+                        "mmwavlm-dev-ox-fewer-non-ox": (True, "drop-as-many-non-ox"),
+                        "mmwavlm-dev-ox-ox-only": (True, "only")}
+
+
+# A hub id as the hub writes them: owner/name, letters, digits, '_', '.', '-' (no spaces, no '#').
+HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9_.-]+")
+
+
+def test_every_paper_config_at_real_scale_names_well_formed_hub_ids():
+    grid = read_grid(PAPER_GRID)
+    systems = sorted(path.stem for path in PAPER_GRID.parent.glob("*.yaml") if path.name != "grid.yaml")
+    assert systems == sorted(grid.systems)  # no config outside the grid, none missing
+    for system in systems:
+        config = grid.config(system, scale="real", corpus="c")
+        model = config.model
+        ids = [model.backbone_path or DEFAULT_BACKBONE_IDS[model.backbone]]
+        ids += [model.text_model, config.data.asr] if model.text else []
+        ids += [model.speaker_embedding] if model.speaker_embedding else []
+        for hub_id in ids:
+            assert HUB_ID.fullmatch(hub_id), f"{system}: {hub_id!r} is not a hub id"
+    assert grid.config("mmwavlm-spk-emb", scale="real", corpus="c").model.speaker_embedding == \
+        "microsoft/wavlm-base-plus-sv"
 
 
 def test_a_two_row_grid_runs_end_to_end_and_skips_finished_systems(tmp_path):
@@ -53,16 +112,69 @@ def test_a_two_row_grid_runs_end_to_end_and_skips_finished_systems(tmp_path):
     said: list[str] = []
     tables = reproduce(grid, corpus=corpus, scale="demo", out_dir=tmp_path / "results", say=said.append)
     text = tables.read_text()
-    assert "Demo scale" in text and "| wavlm | " in text and "/ 0.6530" in text
-    assert "| both | Development |" in text and "| both | Test1 |" in text and "not run" not in text
-    assert {p.name for p in (tmp_path / "results" / "predictions").iterdir()} == {
-        "wavlm-Development.csv", "wavlm-Test1.csv", "mmwavlm-gender-Development.csv", "mmwavlm-gender-Test1.csv"}
-    assert said == ["wavlm: training", "mmwavlm-gender: training"]
+    assert "Demo scale" in text and "| wavlm | 6 | " in text and "/ 0.6530" in text and "N = 1" in text
+    assert "| both | Development | 6 |" in text and "| both | Test1 | 6 |" in text and "not run" not in text
+    assert {str(p.relative_to(tmp_path / "results" / "predictions"))
+            for p in (tmp_path / "results" / "predictions").rglob("*.csv")} == {
+        f"{name}/seed0-{split}.csv" for name in ("wavlm", "mmwavlm-gender", "both") for split in ("Development", "Test1")}
+    assert said == ["wavlm seed 0: training", "mmwavlm-gender seed 0: training"]
 
     said.clear()
     again = reproduce(grid, corpus=corpus, scale="demo", out_dir=tmp_path / "results", say=said.append)
-    assert said == ["wavlm: done earlier, skipped", "mmwavlm-gender: done earlier, skipped"]
+    assert said == ["wavlm seed 0: done earlier, skipped", "mmwavlm-gender seed 0: done earlier, skipped"]
     assert again.read_text() == text
+
+
+def _ids(path: Path) -> set[str]:
+    return set(read_predictions(path).ids)
+
+
+def test_no_table_cell_is_computed_on_an_utterance_its_system_trained_on(tmp_path):
+    # Development holds O/X utterances (the corpus cycles through N H A S X O): the dev-ox system trains on them.
+    corpus = write_learnable_corpus(tmp_path / "corpus", per_split={"Train": 12, "Development": 12, "Test1": 6})
+    development = {utt.id for utt in open_corpus(corpus).split("Development")}
+    moved = {utt.id for utt in open_corpus(corpus).split("Development") if utt.emo_class in ("O", "X")}
+    assert len(moved) == 4
+    grid = _grid(tmp_path / "grid", systems=("wavlm", "wavlm-gender-dev-ox"))
+    results = tmp_path / "results"
+    text = reproduce(grid, corpus=corpus, scale="demo", out_dir=results, seeds=2).read_text()
+    predictions = results / "predictions"
+    trained_on = {}
+    for system in ("wavlm", "wavlm-gender-dev-ox"):
+        for seed in (0, 1):
+            trained_on[system, seed] = set(load_checkpoint(results / "runs" / system / f"seed{seed}")["training_ids"])
+            for split in ("Development", "Test1"):
+                scored = _ids(predictions / system / f"seed{seed}-{split}.csv")
+                split_ids = {utt.id for utt in open_corpus(corpus).split(split)}
+                assert scored == split_ids - trained_on[system, seed]  # every held-out utterance, and only those
+    assert {system for (system, _), ids in trained_on.items() if ids & development} == {"wavlm-gender-dev-ox"}
+    for seed in (0, 1):
+        scored = _ids(predictions / "both" / f"seed{seed}-Development.csv")
+        assert scored == development - trained_on["wavlm", seed] - trained_on["wavlm-gender-dev-ox", seed]
+        assert scored == development - moved
+    # Each row names its utterance count; the dev-ox system and the ensemble are scored on fewer.
+    assert "| wavlm | 12 | " in text and "| wavlm-gender-dev-ox | 8 | " in text
+    assert "| both | Development | 8 |" in text and "| both | Test1 | 6 |" in text
+
+
+def test_seeds_give_mean_and_sd_per_cell_from_the_per_seed_scores(tmp_path):
+    corpus = write_learnable_corpus(tmp_path / "corpus", per_split={"Train": 12, "Development": 6})
+    grid = _grid(tmp_path / "grid")
+    results = tmp_path / "results"
+    text = reproduce(grid, corpus=corpus, scale="demo", out_dir=results, seeds=3).read_text()
+    assert "mean ± sd over N = 3 seeds" in text
+    labels = {utt.id: utt.labels() for utt in open_corpus(corpus).split("Development")}
+    for name in ("wavlm", "both"):
+        per_seed = []
+        for seed in range(3):
+            table = read_predictions(results / "predictions" / name / f"seed{seed}-Development.csv")
+            per_seed.append(ccc_scores(table.values, np.array([labels[i] for i in table.ids]))["average"])
+        assert len(set(per_seed)) == 3  # three different trainings
+        cell = f"{statistics.mean(per_seed):.3f} ± {statistics.stdev(per_seed):.3f}"
+        row = next(line for line in text.splitlines() if line.startswith(f"| {name} |"))
+        assert row.split(" | ")[-1].startswith(cell), (row, cell)
+    for seed in range(3):
+        assert load_checkpoint(results / "runs" / "wavlm" / f"seed{seed}")["config"]["seed"] == seed
 
 
 def test_an_interrupted_training_is_resumed(tmp_path, monkeypatch):

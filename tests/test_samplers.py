@@ -89,6 +89,25 @@ def test_undersample_cap_per_class(corpus):
         undersample(codes, epoch=0, seed=0, max_per_class=0)
 
 
+def test_ox_outside_the_balance_are_all_in_every_epoch(corpus):
+    codes, _ = corpus
+    counts = Counter(codes)
+    smallest_balanced = min(count for code, count in counts.items() if code not in "OX")
+    for epoch in range(3):
+        drawn = Counter(codes[i] for i in undersample(codes, epoch=epoch, seed=2, whole_classes=frozenset("OX")))
+        assert drawn == {code: counts[code] if code in "OX" else smallest_balanced for code in counts}
+    balanced = Counter(codes[i] for i in undersample(codes, epoch=0, seed=2))
+    assert set(balanced.values()) == {min(counts.values())}
+    assert undersample(["O", "X", "O"], epoch=0, seed=0, whole_classes=frozenset("OX")).tolist() == [0, 1, 2]
+    # A small O class no longer sets the size the others are cut to.
+    small_o = ["N"] * 5 + ["H"] * 4 + ["O"] * 2
+    assert Counter(small_o[i] for i in undersample(small_o, epoch=0, seed=0)) == {"N": 2, "H": 2, "O": 2}
+    outside = undersample(small_o, epoch=0, seed=0, whole_classes=frozenset("OX"))
+    assert Counter(small_o[i] for i in outside) == {"N": 4, "H": 4, "O": 2}
+    with pytest.raises(SertoolError, match="--ox-outside-balance.*not 'whole'"):
+        epoch_strategy("whole", whole_classes=frozenset("OX"))
+
+
 def test_weighted_gives_every_class_the_same_mass(corpus):
     codes, _ = corpus
     draws = np.concatenate([weighted(codes, epoch=epoch, seed=0) for epoch in range(10)])
@@ -148,6 +167,46 @@ def test_item_longer_than_the_bound_is_a_batch_of_its_own():
     assert [1] in batches and [3] in batches
 
 
+@pytest.mark.parametrize("sampling", ["whole", "undersample"])
+def test_min_batch_items_wins_over_the_seconds_bound(corpus, sampling):
+    codes, durations_s = corpus
+    minimum, bound_s = 8, 64.0  # 11 s clips: only 5 fit in 64 s
+    sampler = EpochBatchSampler(codes, durations_s, sampling=sampling, max_batch_s=bound_s, min_batch_items=minimum)
+    for epoch in range(3):
+        batches = sampler.plan(epoch)
+        assert sorted(_items(batches)) == sorted(sampler.strategy(codes, epoch=epoch, seed=0).tolist())
+        assert min(len(batch) for batch in batches) >= minimum
+        over = [batch for batch in batches if len(batch) * durations_s[batch].max() > bound_s]
+        assert over  # the lower bound did bind on long clips
+        # A batch goes past the seconds bound only to reach the minimum, except the epoch's last batch,
+        # which may hold a short remainder (fewer than `minimum` more items).
+        beyond_minimum = [batch for batch in over if len(batch) > minimum]
+        assert len(beyond_minimum) <= 1 and all(len(batch) < 2 * minimum for batch in beyond_minimum)
+    unbounded = EpochBatchSampler(codes, durations_s, sampling=sampling, max_batch_s=bound_s)
+    assert min(len(batch) for batch in unbounded.plan(0)) < minimum
+
+
+def test_min_batch_items_changes_nothing_where_the_seconds_bound_already_allows_it(corpus):
+    codes, durations_s = corpus
+    # 96 s / 11 s: 8 items fit in any batch, so only the epoch's short last batch changes: it joins another.
+    reference = EpochBatchSampler(codes, durations_s, sampling="whole", max_batch_s=MAX_BATCH_S).plan(2)
+    bounded = EpochBatchSampler(codes, durations_s, sampling="whole", max_batch_s=MAX_BATCH_S, min_batch_items=8).plan(2)
+    short = [batch for batch in reference if len(batch) < 8]
+    assert len(short) == 1 and len(bounded) == len(reference) - 1
+    unchanged = {tuple(batch) for batch in reference if len(batch) >= 8}
+    grown = [batch for batch in bounded if tuple(batch) not in unchanged]
+    assert len(grown) == 1 and set(short[0]) < set(grown[0])
+    assert tuple(b for b in grown[0] if b not in short[0]) in unchanged
+
+
+def test_min_batch_items_merges_a_short_last_batch():
+    durations_s = np.full(19, 10.0)  # 20 s bound: 2 per batch without the minimum; 6 per batch with it
+    batches = duration_batches(np.arange(19), durations_s, max_batch_s=20.0, edges=np.empty(0),
+                               rng=np.random.default_rng(0), min_batch_items=6)
+    assert sorted(len(batch) for batch in batches) == [6, 6, 7]
+    assert sorted(_items(batches)) == list(range(19))
+
+
 def test_bucketed_batches_pad_far_less_than_random_batches(corpus):
     codes, durations_s = corpus
     bucketed = EpochBatchSampler(codes, durations_s, sampling="whole", max_batch_s=MAX_BATCH_S).plan()
@@ -175,6 +234,10 @@ def test_batching_options_are_checked(corpus):
         EpochBatchSampler(codes, durations_s, max_batch_s=60.0, num_buckets=0)
     with pytest.raises(SertoolError, match="no training utterances"):
         EpochBatchSampler([], [], batch_size=8)
+    with pytest.raises(SertoolError, match="--min-batch-items.*at least 1"):
+        EpochBatchSampler(codes, durations_s, max_batch_s=60.0, min_batch_items=0)
+    with pytest.raises(SertoolError, match="--min-batch-items.*not to fixed --batch-size"):
+        EpochBatchSampler(codes, durations_s, batch_size=4, min_batch_items=8)
 
 
 def test_from_records_clips_durations_to_the_training_crop():
@@ -282,6 +345,11 @@ def test_resume_refuses_other_settings(corpus):
         _sampler(corpus, world_size=4).load_state_dict(state)
     with pytest.raises(SertoolError, match="seed 3 → 9"):
         _sampler(corpus, seed=9).load_state_dict(state)
+    with pytest.raises(SertoolError, match="min_batch_items 1 → 8"):
+        _sampler(corpus, min_batch_items=8).load_state_dict(state)
+    older = {**state, "settings": {key: value for key, value in state["settings"].items()
+                                   if key not in ("min_batch_items", "whole_classes")}}
+    _sampler(corpus).load_state_dict(older)  # a checkpoint written before those settings existed
     codes, durations_s = corpus
     cropped = EpochBatchSampler(codes, np.minimum(durations_s, 5.0), max_batch_s=MAX_BATCH_S, seed=3, world_size=2)
     with pytest.raises(SertoolError, match="total_duration_s"):

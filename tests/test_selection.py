@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from sertool.data.records import Utterance
-from sertool.data.selection import select
+from sertool.data.selection import held_out, select
 from sertool.errors import SertoolError
 
 
@@ -62,6 +62,32 @@ def test_each_option_selects_exactly(train_ox, dev_ox_to_train, train_ids, valid
     assert selection.dev_ox_moved == (2 if dev_ox_to_train else 0)
 
 
+@pytest.mark.parametrize("dev_ox_to_train", [False, True])
+def test_drop_as_many_non_ox_keeps_the_size_of_drop_and_every_ox(dev_ox_to_train):
+    # 30 Train utterances, 9 of them O/X: both readings of "− non-O/X (Train)" side by side.
+    corpus = [_utt(f"t{i}", "Train", "OX"[i % 2] if i < 9 else "NHS"[i % 3]) for i in range(30)] + CORPUS[3:4] + CORPUS[6:10]
+    ox = {f"t{i}" for i in range(9)}
+    dropped_ox = select(corpus, train_ox="drop", dev_ox_to_train=dev_ox_to_train)
+    draws = []
+    for seed in (0, 1):
+        selection = select(corpus, train_ox="drop-as-many-non-ox", dev_ox_to_train=dev_ox_to_train, seed=seed)
+        train = set(_ids(selection.train))
+        assert len(selection.train) == len(dropped_ox.train)  # the training-set size of "− O/X (Train)"
+        assert ox <= train and len(train - ox - {"d2", "d3"}) == 21 - 9  # every O/X kept, 9 of 21 non-O/X gone
+        assert selection.train_non_ox_dropped == 9 and selection.valid == dropped_ox.valid
+        assert _ids(selection.train) == _ids(select(corpus, train_ox="drop-as-many-non-ox",
+                                                    dev_ox_to_train=dev_ox_to_train, seed=seed).train)
+        draws.append(train)
+    assert draws[0] != draws[1]  # the seed draws the set
+    assert set(_ids(select(corpus, train_ox="only").train)) == ox  # the literal reading: O/X alone
+
+
+def test_drop_as_many_non_ox_needs_enough_non_ox():
+    corpus = [_utt("a", "Train", "O"), _utt("b", "Train", "X"), _utt("c", "Train", "N"), _utt("d", "Development", "N")]
+    with pytest.raises(SertoolError, match="has 2 O/X but only 1 non-O/X utterances.*--train-ox only"):
+        select(corpus, train_ox="drop-as-many-non-ox")
+
+
 def test_describe_reports_the_counts():
     line = select(CORPUS, train_ox="only", dev_ox_to_train=True).describe()
     assert line.startswith("4 training / 2 validation utterances")
@@ -79,7 +105,7 @@ def test_other_split_names():
 @pytest.mark.parametrize(
     ("records", "options", "message"),
     [
-        (CORPUS, {"train_ox": "some"}, r"--train-ox\) must be one of keep, drop, only"),
+        (CORPUS, {"train_ox": "some"}, r"--train-ox\) must be one of keep, drop, only, drop-as-many-non-ox"),
         (CORPUS, {"valid_split": "Train"}, r"both 'Train'"),
         (CORPUS, {"train_split": "train"}, r"no utterance in split 'train' \(train_split \(--train-split\)\); "
                                            r"splits present: Development, Test1, Test3, Train"),
@@ -113,3 +139,11 @@ def test_keep_without_class_codes_is_allowed():
     corpus = [_utt("a", "Train", None), _utt("b", "Development", None)]
     selection = select(corpus)
     assert (_ids(selection.train), _ids(selection.valid)) == (["a"], ["b"])
+
+
+def test_held_out_leaves_out_the_training_ids_in_order():
+    kept = held_out(CORPUS, frozenset({"d2", "d3", "t1"}))
+    assert _ids(kept.utterances) == [u.id for u in CORPUS if u.id not in ("d2", "d3", "t1")]
+    assert (kept.excluded, kept.known) == (3, True)
+    unknown = held_out(CORPUS, None)
+    assert (_ids(unknown.utterances), unknown.excluded, unknown.known) == (_ids(CORPUS), 0, False)

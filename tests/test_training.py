@@ -85,6 +85,40 @@ def test_accumulated_micro_batches_equal_one_large_batch_for_a_decomposable_loss
     assert changed  # the step did something
 
 
+def test_min_batch_items_reaches_the_sampler_of_duration_batching(corpus, tmp_path):
+    # A 2 s bound holds one 0.6-1.6 s clip; the lower bound of 6 wins.
+    config = small_config(corpus, batch_size=0, max_batch_s=2.0, min_batch_items=6)
+    run = _Run(config, tmp_path / "run", resume=False, force=False, argv=(), context=loop.Distributed(),
+               reporter=loop.Reporter())
+    sizes = [len(batch) for epoch in range(2) for batch in run.sampler.plan(epoch)]
+    assert min(sizes) >= 6 and sum(sizes) == 2 * len(run.train_set)
+    fixed = _Run(small_config(corpus, min_batch_items=6), tmp_path / "fixed", resume=False, force=False, argv=(),
+                 context=loop.Distributed(), reporter=loop.Reporter())
+    assert {len(batch) for batch in fixed.sampler.plan(0)} == {4}  # --batch-size batches are not bounded
+
+
+def test_ox_options_reach_the_selection_and_the_sampler(corpus, tmp_path):
+    def run(name, train_ox="keep", **options):
+        config = small_config(corpus, sampling="undersample", **options)
+        config.data.train_ox = train_ox
+        config.seed = 3
+        return _Run(config, tmp_path / name, resume=False, force=False, argv=(), context=loop.Distributed(),
+                    reporter=loop.Reporter())
+
+    from sertool.data.corpus import open_corpus
+    from sertool.data.selection import select
+
+    expected = select(open_corpus(corpus).utterances, train_ox="drop-as-many-non-ox", seed=3).train
+    drawn_set = run("drawn", train_ox="drop-as-many-non-ox").train_set
+    assert [utt.id for utt in drawn_set] == [utt.id for utt in expected]  # the run's seed draws the set
+    # 16 Train utterances: N, H, A, S 3 each, O and X 2 each.
+    balanced, outside = run("balanced"), run("outside", ox_outside_balance=True)
+    codes = [utt.emo_class for utt in balanced.train_set]
+    drawn = [codes[i] for batch in outside.sampler.plan(0) for i in batch]
+    assert sorted(c for c in drawn if c in "OX") == sorted(c for c in codes if c in "OX")  # every O/X, every epoch
+    assert sum(len(batch) for batch in outside.sampler.plan(0)) > sum(len(batch) for batch in balanced.sampler.plan(0))
+
+
 class _InterruptAt(loop.Reporter):
     def __init__(self, step: int) -> None:
         self.stop_step = step
@@ -106,6 +140,43 @@ def test_resume_equals_an_uninterrupted_run(corpus, tmp_path, stop_step):
     assert resumed.steps == straight.steps
     assert resumed.history == straight.history
     assert_same_state(model_state(tmp_path / "resumed"), model_state(tmp_path / "straight"))
+
+
+@pytest.mark.parametrize(("epochs", "max_steps", "steps", "validated_at"), [
+    (0, 6, 6, [4, 6]),     # a step budget alone: one epoch and a half, the cut epoch validated at its end
+    (3, 6, 6, [4, 6]),     # the budget ends first
+    (1, 100, 4, [4]),      # the epochs end first
+])
+def test_step_budget_ends_the_run_and_spans_the_schedule(corpus, tmp_path, epochs, max_steps, steps, validated_at):
+    config = small_config(corpus, epochs=epochs, max_steps=max_steps)  # 16 utterances, 4 per step: 4 steps an epoch
+    run = _Run(config, tmp_path / "plan", resume=False, force=False, argv=(), context=loop.Distributed(),
+               reporter=loop.Reporter())
+    assert run.schedule.total_steps == steps
+    result = train(config, tmp_path / "run")
+    assert result.steps == steps and result.stopped == "finished"
+    assert [record["step"] for record in result.history] == validated_at
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert max(line["step"] for line in lines if line["type"] == "train") == steps
+
+
+@pytest.mark.parametrize("stop_step", [5, 6])  # inside the cut epoch, and after the budget's last step
+def test_resume_within_a_step_budget_equals_an_uninterrupted_run(corpus, tmp_path, stop_step):
+    config = small_config(corpus, epochs=0, max_steps=6, checkpoint_every_steps=1)
+    config.model.head_dropout = 0.3
+    straight = train(config, tmp_path / "straight")
+    with pytest.raises(KeyboardInterrupt):
+        train(config, tmp_path / "resumed", reporter=_InterruptAt(stop_step))
+    resumed = train(Config(), tmp_path / "resumed", resume=True)
+    assert (resumed.steps, resumed.history) == (straight.steps, straight.history)
+    assert_same_state(model_state(tmp_path / "resumed"), model_state(tmp_path / "straight"))
+
+
+def test_a_run_needs_an_end(corpus, tmp_path):
+    with pytest.raises(SertoolError, match="--epochs 0 and --max-steps 0"):
+        train(small_config(corpus, epochs=0), tmp_path / "run")
+    assert not (tmp_path / "run").exists()  # refused before any work
+    with pytest.raises(SertoolError, match="train.max_steps must be ≥ 0"):
+        train(small_config(corpus, max_steps=-1), tmp_path / "run2")
 
 
 def test_nonfinite_losses_are_skipped_then_stop_the_run(corpus, tmp_path, monkeypatch):

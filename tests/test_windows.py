@@ -123,13 +123,14 @@ def test_every_window_reads_only_its_span(tmp_path) -> None:
 
     from sertool.data.dataset import UtteranceDataset
     from sertool.data.records import Utterance
-    from sertool.inference.inputs import split_windows
+    from sertool.inference.inputs import windowed_pieces
 
     waveform = np.sin(np.arange(7 * 16_000) / 50.0).astype(np.float32)
     sf.write(tmp_path / "long.wav", waveform, 16_000, subtype="FLOAT")
     utterance = Utterance(id="long.wav", audio_path=tmp_path / "long.wav", split="predict", duration_s=7.0)
-    pieces, windowing = split_windows([utterance], window_s=3.0, hop_s=2.0)
-    dataset = UtteranceDataset(pieces, to_unit=float)
-    for index, (start, end) in enumerate(windowing.spans["long.wav"]):
+    pieces = list(windowed_pieces([utterance], window_s=3.0, hop_s=2.0))
+    dataset = UtteranceDataset([piece.utterance for piece in pieces], to_unit=float)
+    for index, piece in enumerate(pieces):
+        start, end = piece.span
         np.testing.assert_array_equal(dataset[index]["waveform"].numpy(), waveform[start:end])
     assert len(UtteranceDataset([utterance], to_unit=float)[0]["waveform"]) == len(waveform)

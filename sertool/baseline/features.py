@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from sertool.data.audio import load_audio
+from sertool.data.dataset import load_utterance_audio
 from sertool.data.records import Utterance
 from sertool.models.backbones.fbank import N_FFT, mel_filter_bank, raw_log_mel
 from sertool.models.utterance_stats import (  # noqa: F401  (re-exported: the baseline's feature definitions)
@@ -39,7 +39,7 @@ def utterance_statistics(utterances: Sequence[Utterance], *,
     """``[N, NUM_FEATURES]`` statistics of whole utterances (read at 16 kHz, mono).
 
     Args:
-        utterances: the utterances, read whole (``offset_s`` / ``duration_s`` of windows respected).
+        utterances: the utterances, read whole (a window, ``span_s``, exactly its span).
         progress: called as ``progress(done, total)`` after each utterance.
 
     Raises:
@@ -48,8 +48,7 @@ def utterance_statistics(utterances: Sequence[Utterance], *,
     extract = StatisticsExtractor()
     rows = []
     for done, utt in enumerate(utterances, start=1):
-        waveform = load_audio(utt.audio_path, offset_s=utt.offset_s,
-                              max_duration_s=utt.duration_s if utt.offset_s else None)
+        waveform = load_utterance_audio(utt)
         rows.append(extract(waveform))
         if progress is not None:
             progress(done, len(utterances))

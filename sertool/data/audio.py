@@ -6,6 +6,7 @@ soundfile and uses torchaudio only for resampling.
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 from typing import TYPE_CHECKING
@@ -19,21 +20,33 @@ if TYPE_CHECKING:  # torch is imported where tensors are made: reading headers m
     import torch
 
 SAMPLE_RATE = 16_000  # Hz; every speech backbone sertool supports was pre-trained at 16 kHz.
+# Decoded audio lies within ±1 (full scale). Integer formats cannot exceed it; a float file may, a little,
+# after processing. 100× full scale (+40 dBFS) is no recording at any usual level: a damaged file, or one
+# written unscaled (int16 values in a float file reach 32767). Such values would overflow the backbones'
+# power spectra and give NaN predictions, so they are refused.
+MAX_ABS_SAMPLE = 100.0
+# Sample rates a speech recording can have: telephone speech is 8 kHz, studio audio up to 384 kHz. A header
+# outside that range is damaged (a 1 Hz header made 16,000 samples into 4.4 hours to resample).
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 4_000, 384_000
 
 
 def audio_info(path: str | Path) -> tuple[int, int, int]:
     """Return ``(sample_rate, num_frames, num_channels)`` from the file header, without decoding.
 
     Raises:
-        SertoolError: the file is missing or not audio soundfile can read.
+        SertoolError: the file is missing, not audio soundfile can read, or its sample rate is outside
+            ``MIN_SAMPLE_RATE``..``MAX_SAMPLE_RATE``.
     """
     path = Path(path)
     if not path.is_file():
         raise SertoolError(f"{path}: audio file not found" if not path.exists() else f"{path}: not a file")
     try:
-        info = sf.info(str(path))
+        info = sf.info(os.fsencode(path))  # bytes: a file name that is not valid UTF-8 opens as it is
     except (sf.LibsndfileError, RuntimeError, OSError) as error:
         raise SertoolError(f"{path}: not a readable audio file ({_short(error)})") from None
+    if not MIN_SAMPLE_RATE <= info.samplerate <= MAX_SAMPLE_RATE:
+        raise SertoolError(f"{path}: its header gives a sample rate of {info.samplerate} Hz, outside the "
+                           f"{MIN_SAMPLE_RATE:,}–{MAX_SAMPLE_RATE:,} Hz of speech recordings: a damaged header?")
     return int(info.samplerate), int(info.frames), int(info.channels)
 
 
@@ -60,20 +73,25 @@ def load_audio(
             are decoded, so cropping a long file is cheap.
 
     Raises:
-        SertoolError: missing, unreadable, truncated or empty audio, naming the file.
+        SertoolError: missing, unreadable, truncated or empty audio, or samples that are not finite or
+            beyond ``MAX_ABS_SAMPLE``, naming the file.
     """
     path = Path(path)
     file_rate, num_frames, _ = audio_info(path)
     start = min(num_frames, int(round(offset_s * file_rate)))
     stop = num_frames if max_duration_s is None else min(num_frames, start + int(math.ceil(max_duration_s * file_rate)))
     try:
-        data, _ = sf.read(str(path), start=start, stop=stop, dtype="float32", always_2d=True)
+        data, _ = sf.read(os.fsencode(path), start=start, stop=stop, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, OSError) as error:
         raise SertoolError(f"{path}: audio could not be decoded ({_short(error)})") from None
     if data.shape[0] == 0:
         raise SertoolError(f"{path}: audio is empty (0 samples{' after offset' if start else ''})")
-    if not np.isfinite(data).all():
+    peak = float(np.abs(data).max())
+    if not math.isfinite(peak):
         raise SertoolError(f"{path}: audio contains NaN or infinite samples")
+    if peak > MAX_ABS_SAMPLE:
+        raise SertoolError(f"{path}: samples reach {peak:.3g}, over {MAX_ABS_SAMPLE:g}× full scale (decoded audio "
+                           "lies within ±1): the file is damaged or was written unscaled; divide it by its peak")
     import torch
 
     waveform = torch.from_numpy(np.ascontiguousarray(data.mean(axis=1)))
@@ -100,5 +118,8 @@ def write_audio(path: str | Path, waveform: torch.Tensor | np.ndarray, sample_ra
 
 
 def _short(error: BaseException) -> str:
+    """libsndfile's own words (its messages would repeat the path, as bytes), or the last line of others'."""
+    if isinstance(error, sf.LibsndfileError):
+        return error.error_string
     text = str(error).strip().splitlines()
     return text[-1] if text else type(error).__name__

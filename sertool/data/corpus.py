@@ -1,7 +1,6 @@
 """Opening a corpus: an MSP-Podcast root or a sertool manifest, detected from what the path holds."""
 from __future__ import annotations
 
-import csv
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -73,28 +72,6 @@ def open_corpus(path: str | Path, *, progress: Progress | None = None) -> Corpus
         f"--corpus {path}: neither an MSP-Podcast root (no {MSP_LABELS}) nor a sertool manifest "
         f"(no {MANIFEST_NAME}); see `sertool data manifest --help` to make one from a folder and a CSV"
     )
-
-
-def read_csv_records(path: Path, required: Sequence[str], *, what: str, hint: str):
-    """Yield ``(line number, row dict)`` of a CSV with a header row holding every ``required`` column.
-
-    Args:
-        what: how errors name the file ("labels file", "manifest").
-        hint: what the header should hold, appended to the missing-column error.
-
-    Raises:
-        SertoolError: the file is unreadable, not CSV text, or lacks a required column.
-    """
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            missing = [column for column in required if column not in (reader.fieldnames or [])]
-            if missing:
-                raise SertoolError(f"{path}: missing column(s) {', '.join(missing)}; {hint}")
-            for record in reader:
-                yield reader.line_num, record
-    except (OSError, UnicodeDecodeError, csv.Error) as error:
-        raise SertoolError(f"{path}: cannot read the {what} ({error})") from None
 
 
 @dataclass

@@ -97,10 +97,8 @@ class UtteranceDataset(torch.utils.data.Dataset):
         utt = self.utterances[index]
         try:
             crop = self.max_duration_s is not None and utt.duration_s > self.max_duration_s
-            # A whole utterance is read to the end of its file; a segment (a window), only its span.
-            length_s = self.max_duration_s if crop else (utt.duration_s if utt.segment else None)
-            waveform = load_audio(utt.audio_path, sample_rate=self.sample_rate,
-                                  offset_s=utt.offset_s + self._crop_offset_s(index), max_duration_s=length_s)
+            waveform = load_utterance_audio(utt, sample_rate=self.sample_rate,
+                                            crop=(self._crop_offset_s(index), self.max_duration_s) if crop else None)
         except SertoolError as error:
             return {"skipped": f"{utt.id}: {error}"}
         speed = self.speed(index)
@@ -134,6 +132,25 @@ class UtteranceDataset(torch.utils.data.Dataset):
             return 0.0
         rng = np.random.default_rng([self.seed, self.epoch, index])
         return float(rng.uniform(0.0, duration_s - self.max_duration_s))
+
+
+def load_utterance_audio(utt: Utterance, *, sample_rate: int = SAMPLE_RATE,
+                         crop: tuple[float, float] | None = None) -> torch.Tensor:
+    """The waveform of ``utt``: its whole file, read to the end, or exactly its window (``span_s``).
+
+    Args:
+        utt: the utterance.
+        sample_rate: rate of the waveform in Hz.
+        crop: ``(offset_s, duration_s)`` inside the utterance, to read only that (a training crop).
+
+    Raises:
+        SertoolError: the audio cannot be read (naming the file).
+    """
+    start_s = utt.span_s[0] if utt.span_s is not None else 0.0
+    length_s = utt.duration_s if utt.span_s is not None else None
+    if crop is not None:
+        start_s, length_s = start_s + crop[0], crop[1]
+    return load_audio(utt.audio_path, sample_rate=sample_rate, offset_s=start_s, max_duration_s=length_s)
 
 
 def collate(items: Sequence[dict]) -> Batch:

@@ -1,7 +1,6 @@
 """Turn any folder of audio plus a metadata CSV into a sertool manifest, with a speaker-disjoint split."""
 from __future__ import annotations
 
-import csv
 import dataclasses
 from collections import defaultdict
 from collections.abc import Sequence
@@ -16,6 +15,7 @@ from sertool.data.manifest import parse_manifest_row
 from sertool.data.records import ATTRIBUTES, LABEL_MAX, LABEL_MIN, Utterance
 from sertool.data.report import LoadReport
 from sertool.errors import SertoolError
+from sertool.io import DAMAGED_ROW, read_csv_records
 
 HELD_OUT_SPLITS: tuple[str, ...] = ("Development", "Test1")
 
@@ -46,7 +46,7 @@ def import_metadata(
         The utterances and a report of dropped rows (bad values, missing or unreadable audio, duplicates).
 
     Raises:
-        SertoolError: the metadata is unreadable or lacks a named column.
+        SertoolError: the metadata is unreadable or lacks a named column (damaged lines are dropped rows).
     """
     folder, metadata = Path(folder), Path(metadata)
     if not folder.is_dir():
@@ -56,27 +56,21 @@ def import_metadata(
         raise SertoolError(f"--label-range {low:g} {high:g}: the upper end must exceed the lower")
     report = LoadReport()
     rows = []
-    try:
-        with open(metadata, newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            header = reader.fieldnames or []
-            for spec in dataclasses.fields(columns):
-                column = getattr(columns, spec.name)
-                if column is not None and column not in header:
-                    raise SertoolError(f"{metadata}: no column {column!r} ({spec.metadata['flag']}); "
-                                       f"its columns are {', '.join(header)}")
-            for record in reader:
-                where = f"{metadata}:{reader.line_num}"
-                fields = {name: record[column] for name, column in dataclasses.asdict(columns).items() if column}
-                fields.setdefault("split", HELD_OUT_SPLITS[0])  # placeholder until the speaker split below
-                try:
-                    for name in ATTRIBUTES:
-                        fields[name] = _rescale(fields.get(name), name, low, high)
-                    rows.append(parse_manifest_row(fields, folder, where))
-                except BadValue as error:
-                    report.drop(where, error.reason, error.detail)
-    except (OSError, UnicodeDecodeError, csv.Error) as error:
-        raise SertoolError(f"{metadata}: cannot read the metadata ({error})") from None
+    named = {getattr(columns, spec.name): spec.metadata["flag"] for spec in dataclasses.fields(columns)
+             if getattr(columns, spec.name) is not None}
+    for line, record in read_csv_records(
+        metadata, list(named), what="metadata", flags=named,
+        on_damage=lambda line, detail: report.drop(f"{metadata}:{line}", DAMAGED_ROW, detail),
+    ):
+        where = f"{metadata}:{line}"
+        fields = {name: record[column] for name, column in dataclasses.asdict(columns).items() if column}
+        fields.setdefault("split", HELD_OUT_SPLITS[0])  # placeholder until the speaker split below
+        try:
+            for name in ATTRIBUTES:
+                fields[name] = _rescale(fields.get(name), name, low, high)
+            rows.append(parse_manifest_row(fields, folder, where))
+        except BadValue as error:
+            report.drop(where, error.reason, error.detail)
     utterances = build_utterances(rows, report, progress=progress)
     if columns.split is None:
         utterances = speaker_disjoint_split(utterances, held_out_fractions, seed=seed)

@@ -22,11 +22,11 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from sertool.data.corpus import Corpus, Progress, Row, build_utterances, read_csv_records
+from sertool.data.corpus import Corpus, Progress, Row, build_utterances
 from sertool.data.fields import BadValue, parse_class, parse_gender, parse_label, parse_speaker
 from sertool.data.records import ATTRIBUTES, Utterance
 from sertool.data.report import LoadReport
-from sertool.io import atomic_write
+from sertool.io import DAMAGED_ROW, atomic_write, read_csv_records
 
 MANIFEST_COLUMNS: tuple[str, ...] = ("id", "path", "split", *ATTRIBUTES, "emo_class", "speaker", "gender", "transcript")
 REQUIRED_COLUMNS: tuple[str, ...] = ("path", "split")
@@ -44,7 +44,10 @@ def read_manifest(path: str | Path, *, progress: Progress | None = None) -> Corp
     rows = []
     hint = (f"a manifest needs {', '.join(REQUIRED_COLUMNS)} and may have "
             f"{', '.join(c for c in MANIFEST_COLUMNS if c not in REQUIRED_COLUMNS)}")
-    for line, record in read_csv_records(path, REQUIRED_COLUMNS, what="manifest", hint=hint):
+    for line, record in read_csv_records(
+        path, REQUIRED_COLUMNS, what="manifest", hint=hint,
+        on_damage=lambda line, detail: report.drop(f"{path}:{line}", DAMAGED_ROW, detail),
+    ):
         where = f"{path}:{line}"
         try:
             rows.append(parse_manifest_row(record, base, where))

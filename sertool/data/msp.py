@@ -9,11 +9,12 @@ import os
 import re
 from pathlib import Path
 
-from sertool.data.corpus import MSP_LABELS, Corpus, Progress, Row, build_utterances, read_csv_records
+from sertool.data.corpus import MSP_LABELS, Corpus, Progress, Row, build_utterances
 from sertool.data.fields import BadValue, parse_class, parse_gender, parse_label, parse_speaker
 from sertool.data.records import ATTRIBUTE_COLUMNS, SPLITS
 from sertool.data.report import LoadReport
 from sertool.errors import SertoolError
+from sertool.io import DAMAGED_ROW, read_csv_records
 
 LABEL_HEADER: tuple[str, ...] = ("FileName", "EmoClass", "EmoAct", "EmoVal", "EmoDom", "SpkrID", "Gender", "Split_Set")
 UNLABELLED_SPLIT = "Test3"  # the challenge withholds Test3 labels; its audio may have no labels row at all
@@ -41,8 +42,10 @@ def read_msp_podcast(root: str | Path, *, progress: Progress | None = None) -> C
         report.warn(str(transcript_dir), "no transcripts", "folder missing: text-based (MM) systems will need ASR")
 
     rows = []
-    for line, record in read_csv_records(labels_path, LABEL_HEADER, what="labels file",
-                                         hint=f"the header must be {','.join(LABEL_HEADER)}"):
+    for line, record in read_csv_records(
+        labels_path, LABEL_HEADER, what="labels file", hint=f"the header must be {','.join(LABEL_HEADER)}",
+        on_damage=lambda line, detail: report.drop(f"{labels_path}:{line}", DAMAGED_ROW, detail),
+    ):
         where = f"{labels_path}:{line}"
         try:
             rows.append(_parse_row(record, where, audio_dir))

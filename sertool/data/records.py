@@ -1,7 +1,7 @@
 """The typed record of one utterance, shared by every reader and command."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 # The attribute order is A, V, D everywhere in sertool, and always addressed by name. The official
@@ -36,9 +36,9 @@ class Utterance:
         speaker: speaker label, or None where unknown.
         gender: ``"Male"``, ``"Female"`` or None where unknown.
         transcript: one line of text, or None where the corpus has none.
-        offset_s: where the utterance starts in its audio file (for a ``segment``).
-        segment: True for a stretch of its audio file, ``offset_s`` to ``offset_s + duration_s`` (a window
-            of a long file, the first one starting at 0); False for the whole file.
+        span_s: ``(start_s, end_s)`` of a window of the audio file (a stretch of a long file that
+            `predict` cuts into windows; ``duration_s`` is then ``end_s - start_s``), or None for the whole
+            file. Readers read exactly the span, never past its end.
     """
 
     id: str
@@ -52,13 +52,18 @@ class Utterance:
     speaker: str | None = None
     gender: str | None = None
     transcript: str | None = None
-    offset_s: float = 0.0
-    segment: bool = False
+    span_s: tuple[float, float] | None = None
 
     @property
     def has_labels(self) -> bool:
         """Whether all three attributes are present."""
         return all(getattr(self, name) is not None for name in ATTRIBUTES)
+
+    def window(self, start_s: float, end_s: float, *, id: str) -> Utterance:
+        """The stretch ``[start_s, end_s)`` of this utterance (seconds from its start) as an utterance of its
+        own, named ``id``, with the same labels and transcript."""
+        base_s = self.span_s[0] if self.span_s is not None else 0.0
+        return replace(self, id=id, span_s=(base_s + start_s, base_s + end_s), duration_s=end_s - start_s)
 
     def labels(self) -> tuple[float, float, float]:
         """The attributes in ``ATTRIBUTES`` order; raises ``ValueError`` where withheld."""

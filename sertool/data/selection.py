@@ -4,17 +4,24 @@ O ("other") and X ("no agreement") utterances have A/V/D labels but no emotion c
 dropped; the paper finds they help, and studies: dropping the O/X of Train, dropping the non-O/X of Train,
 and moving the O/X of Development into training (they then leave the validation set). Its best single
 data setting combines the last two.
+
+"− non-O/X (Train)" has two readings, and sertool offers both (docs/training.md says which the grid uses):
+``only`` keeps Train's O/X utterances alone (about a fifth of Train); ``drop-as-many-non-ox`` drops a random
+set of non-O/X utterances as large as the O/X set, so the training set is exactly as large as with
+``drop`` and the two ablations differ only in *which* utterances are missing.
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from sertool.data.records import NO_CLASS_CODES, Utterance
 from sertool.errors import SertoolError
 
-# Values of `train_ox` (CLI: --train-ox): what happens to the training split's O/X utterances.
-TRAIN_OX_CHOICES: tuple[str, ...] = ("keep", "drop", "only")
+# Values of `train_ox` (CLI: --train-ox): what happens to the training split's utterances, O/X or not.
+TRAIN_OX_CHOICES: tuple[str, ...] = ("keep", "drop", "only", "drop-as-many-non-ox")
 
 
 @dataclass(frozen=True)
@@ -25,7 +32,8 @@ class Selection:
         train: the kept utterances of the training split in corpus order, then the moved validation O/X.
         valid: the validation split's labelled utterances that stayed there, in corpus order.
         train_ox_dropped: O/X utterances of the training split dropped by ``train_ox="drop"``.
-        train_non_ox_dropped: other utterances of the training split dropped by ``train_ox="only"``.
+        train_non_ox_dropped: other utterances of the training split dropped by ``train_ox="only"`` or
+            ``"drop-as-many-non-ox"``.
         dev_ox_moved: O/X utterances moved from validation to training by ``dev_ox_to_train``.
         unlabeled_skipped: utterances of the two splits without all three A/V/D labels (used by neither).
     """
@@ -59,6 +67,7 @@ def select(
     valid_split: str = "Development",
     train_ox: str = "keep",
     dev_ox_to_train: bool = False,
+    seed: int = 0,
 ) -> Selection:
     """Split a corpus into training and validation utterances.
 
@@ -70,9 +79,12 @@ def select(
         train_split: the split to train on (``--train-split``).
         valid_split: the split to validate on (``--valid-split``).
         train_ox: ``"keep"`` every labelled training utterance; ``"drop"`` the O/X ones (the usual
-            practice, "− O/X (Train)" in the paper); ``"only"`` keep only the O/X ones ("− non-O/X (Train)").
+            practice, "− O/X (Train)" in the paper); ``"only"`` keep only the O/X ones ("− non-O/X (Train)"
+            read literally); ``"drop-as-many-non-ox"`` drop a random set of non-O/X utterances as large as
+            the O/X set ("− non-O/X (Train)" at the training-set size of "− O/X (Train)").
         dev_ox_to_train: move the validation split's O/X utterances into training ("+ O/X (Development)");
             they then leave the validation set, which stays disjoint from training.
+        seed: the random draw of ``"drop-as-many-non-ox"`` (the same seed, the same utterances).
 
     Returns:
         The ``Selection``.
@@ -103,8 +115,18 @@ def select(
             f"'{valid_split}' has one; leave these options at their defaults for this corpus"
         )
 
+    ox_in_train = sum(is_ox(record) for record in labeled_train)
     if train_ox == "keep":
         train = list(labeled_train)
+    elif train_ox == "drop-as-many-non-ox":
+        non_ox = [index for index, record in enumerate(labeled_train) if not is_ox(record)]
+        if ox_in_train > len(non_ox):
+            raise SertoolError(
+                f"--train-ox {train_ox} (train_ox): '{train_split}' has {ox_in_train} O/X but only {len(non_ox)} "
+                "non-O/X utterances, too few to drop as many; use --train-ox only"
+            )
+        dropped = set(np.random.default_rng(seed).choice(non_ox, size=ox_in_train, replace=False).tolist())
+        train = [record for index, record in enumerate(labeled_train) if index not in dropped]
     else:
         train = [record for record in labeled_train if is_ox(record) == (train_ox == "only")]
     moved = [record for record in labeled_valid if dev_ox_to_train and is_ox(record)]
@@ -122,15 +144,44 @@ def select(
             "utterances into training, leaving nothing to validate on; drop the flag or choose another "
             "--valid-split"
         )
-    ox_in_train = sum(is_ox(record) for record in labeled_train)
     return Selection(
         train=train + moved,
         valid=valid,
         train_ox_dropped=ox_in_train if train_ox == "drop" else 0,
-        train_non_ox_dropped=len(labeled_train) - ox_in_train if train_ox == "only" else 0,
+        train_non_ox_dropped={"only": len(labeled_train) - ox_in_train, "drop-as-many-non-ox": ox_in_train}.get(
+            train_ox, 0),
         dev_ox_moved=len(moved),
         unlabeled_skipped=unlabeled,
     )
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """The utterances a trained system may be scored on, and what was left out.
+
+    Attributes:
+        utterances: the given utterances the system did not train on, in their order.
+        excluded: how many were left out because the system trained on them.
+        known: False where the system's training data is unknown (predictions CSVs, checkpoints written
+            before sertool recorded it): nothing could be left out, and a score should say so.
+    """
+
+    utterances: list[Utterance]
+    excluded: int
+    known: bool
+
+
+def held_out(utterances: Sequence[Utterance], training_ids: frozenset[str] | None) -> HeldOut:
+    """Leave out the utterances a system trained on (e.g. Development's O/X of a ``--dev-ox-to-train`` run).
+
+    Args:
+        utterances: a split to score on.
+        training_ids: the ids the system trained on (a checkpoint's ``training_ids``); None: unknown.
+    """
+    if training_ids is None:
+        return HeldOut(list(utterances), 0, known=False)
+    kept = [utt for utt in utterances if utt.id not in training_ids]
+    return HeldOut(kept, len(utterances) - len(kept), known=True)
 
 
 def _labeled(records: Sequence[Utterance], split: str, flag: str, splits_present: list[str]) -> list[Utterance]:

@@ -9,6 +9,7 @@ locations optionally pointed at local folders.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,8 @@ class Table:
 
 @dataclass(frozen=True)
 class Ensemble:
-    name: str
+    id: str  # names its files (predictions/<id>/...); letters, digits, '-' and '_'
+    name: str  # as the table shows it
     members: tuple[str, ...]
 
 
@@ -105,14 +107,24 @@ def read_grid(path: str | Path) -> Grid:
         tables = [Table(str(table["title"]), tuple(Row(str(row["system"]), _four(row.get("paper")))
                                                    for row in table["rows"]))
                   for table in data.get("tables", [])]
-        ensembles = [Ensemble(str(item["name"]), tuple(str(m) for m in item["members"]))
+        ensembles = [Ensemble(_file_name(item["id"]), str(item["name"]), tuple(str(m) for m in item["members"]))
                      for item in data.get("ensembles", []) or []]
+        if len({item.id for item in ensembles}) != len(ensembles) or {item.id for item in ensembles} & set(
+                row.system for table in tables for row in table.rows):
+            raise ValueError("ensemble ids must differ from each other and from the systems' names")
         demo = data.get("demo_scale", {}) or {}
         return Grid(path.parent, tables, ensembles, dict(demo.get("stand_ins", {}) or {}),
                     {section: dict(values) for section, values in (demo.get("overrides", {}) or {}).items()})
     except (KeyError, TypeError, ValueError, AttributeError) as error:
         raise SertoolError(f"--grid {path}: malformed grid ({type(error).__name__}: {error}); "
                            "see configs/paper/grid.yaml for the layout") from None
+
+
+def _file_name(value: Any) -> str:
+    text = str(value)
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", text):
+        raise ValueError(f"ensemble id {text!r} must be letters, digits, '-' and '_' (it names files)")
+    return text
 
 
 def _four(values: Any) -> tuple[float, float, float, float] | None:

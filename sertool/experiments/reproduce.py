@@ -1,24 +1,36 @@
 """`make reproduce`: train, evaluate and ensemble the paper's grid; write tables laid out like the paper's.
 
-Resumable: a system whose scores are recorded (for the same config) is skipped, a run folder with a
+Every system is trained ``seeds`` times (seeds ``s, s + 1, ...`` from its config's seed ``s``); a table cell is
+the mean ± sample standard deviation of its CCC over the seeds, and an ensemble is scored per seed (the
+ensemble of the seed-k members) before the same mean ± sd. Every number is computed on utterances its
+system never trained on: `evaluate` leaves out the utterances a checkpoint records as its training data
+(Development's O/X for ``--dev-ox-to-train`` systems), and an ensemble is scored on the intersection of its
+members' held-out sets. Rows whose evaluation set differs say so: each row names its utterance count.
+
+Resumable: a (system, seed) whose scores are recorded for the same config is skipped, a run folder with a
 ``last.pt`` but no ``summary.json`` (an interrupted training) is resumed, and a finished run is only
 evaluated. A system that fails (e.g. a model that cannot be loaded) is reported in its row and the grid goes
 on.
+
+Layout of ``out_dir``: ``runs/<system>/seed<k>/``, ``predictions/<system or ensemble id>/seed<k>-<split>.csv``,
+``scores/<system>/seed<k>.json`` and ``tables.md``.
 """
 from __future__ import annotations
 
 import json
+import statistics
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from sertool.checkpoint import LAST_NAME
 from sertool.data.corpus import open_corpus
-from sertool.data.records import ATTRIBUTES
+from sertool.data.records import ATTRIBUTES, Utterance
 from sertool.errors import SertoolError
-from sertool.experiments.grid import SCALES, Grid, read_grid
+from sertool.experiments.grid import SCALES, Ensemble, Grid, read_grid
+from sertool.inference.predictions import read_predictions, write_predictions
 from sertool.inference.predictor import InferenceOptions
-from sertool.inference.workflows import ensemble, evaluate
+from sertool.inference.workflows import Scores, ensemble, evaluate
 from sertool.io import atomic_write
 from sertool.training.loop import Reporter, train
 
@@ -26,7 +38,7 @@ EVAL_SPLITS = ("Development", "Test1")
 COLUMNS = (*ATTRIBUTES, "average")
 
 
-def reproduce(grid_path: str | Path, *, corpus: str | Path, scale: str, out_dir: str | Path,
+def reproduce(grid_path: str | Path, *, corpus: str | Path, scale: str, out_dir: str | Path, seeds: int = 1,
               model_locations: dict[str, str] | None = None, only: Sequence[str] | None = None,
               device: str = "auto", reporter_factory: Callable[[], Reporter] | None = None,
               say: Callable[[str], None] = lambda text: None) -> Path:
@@ -37,12 +49,18 @@ def reproduce(grid_path: str | Path, *, corpus: str | Path, scale: str, out_dir:
         corpus: the corpus every system trains and is evaluated on.
         scale: ``"demo"`` (stand-ins, demo overrides) or ``"real"`` (the configs as they are).
         out_dir: ``runs/``, ``predictions/``, ``scores/`` and ``tables.md`` go here.
+        seeds: trainings of every system, with consecutive seeds; the tables show mean ± sd over them.
         model_locations: real scale: hub id → local folder.
         only: run only these systems (and the ensembles all of whose members are among them).
-        say: progress lines ("training mmwavlm", "skipping wavlm: done").
+        say: progress lines ("mmwavlm seed 1: training", "wavlm seed 0: done earlier, skipped").
+
+    Raises:
+        SertoolError: an unknown scale or system, or fewer than one seed.
     """
     if scale not in SCALES:
         raise SertoolError(f"--scale {scale!r}: choose one of {', '.join(SCALES)}")
+    if seeds < 1:
+        raise SertoolError(f"--seeds {seeds}: train every system at least once")
     grid = read_grid(grid_path)
     out_dir = Path(out_dir)
     systems = [system for system in grid.systems if only is None or system in only]
@@ -53,59 +71,78 @@ def reproduce(grid_path: str | Path, *, corpus: str | Path, scale: str, out_dir:
     options = InferenceOptions(device=device)
     results: dict[str, dict[str, Any]] = {}
     for system in systems:
-        results[system] = _run_system(grid, system, corpus=str(corpus), scale=scale, out_dir=out_dir,
+        results[system] = _run_system(grid, system, seeds=seeds, corpus=str(corpus), scale=scale, out_dir=out_dir,
                                       model_locations=model_locations, splits=splits, options=options,
                                       device=device, reporter_factory=reporter_factory, say=say)
-    ensembles = {}
-    for item in grid.ensembles:
-        if all(results.get(member, {}).get("scores") for member in item.members):
-            ensembles[item.name] = _run_ensemble(item.members, out_dir, splits, options)
+    ensembles = {item.id: _run_ensemble(item, results, out_dir, splits, options) for item in grid.ensembles
+                 if all(results.get(member, {}).get("seeds") for member in item.members)}
     path = out_dir / "tables.md"
     with atomic_write(path) as handle:
-        handle.write(render_tables(grid, results, ensembles, scale=scale, corpus=str(corpus)))
+        handle.write(render_tables(grid, results, ensembles, scale=scale, corpus=str(corpus), seeds=seeds))
     return path
 
 
-def _split_or_none(corpus: str | Path, split: str):
+def _split_or_none(corpus: str | Path, split: str) -> list[Utterance] | None:
     utterances = [utt for utt in open_corpus(corpus).utterances if utt.split == split]
     return utterances if utterances and all(utt.has_labels for utt in utterances) else None
 
 
-def _run_system(grid: Grid, system: str, *, corpus: str, scale: str, out_dir: Path, model_locations, splits,
-                options: InferenceOptions, device: str, reporter_factory, say) -> dict[str, Any]:
-    run_dir = out_dir / "runs" / system
-    scores_path = out_dir / "scores" / f"{system}.json"
+def _run_system(grid: Grid, system: str, *, seeds: int, corpus: str, scale: str, out_dir: Path, model_locations,
+                splits, options: InferenceOptions, device: str, reporter_factory, say) -> dict[str, Any]:
+    """Every seed of one system: ``{"seeds": {seed: record}}``, or ``{"error": ...}`` if one failed."""
     try:
         # As train stores it (absolute paths), so that a finished or interrupted run is recognised.
-        config = grid.config(system, scale=scale, corpus=corpus, model_locations=model_locations).with_absolute_paths()
-        if scores_path.is_file():
-            recorded = json.loads(scores_path.read_text(encoding="utf-8"))
-            if recorded.get("config") == config.to_dict():
-                say(f"{system}: done earlier, skipped")
-                return recorded
-        reporter = reporter_factory() if reporter_factory else None
-        if (run_dir / "summary.json").is_file() and _same_config(run_dir, config):
-            say(f"{system}: trained earlier; evaluating")
-        elif (run_dir / LAST_NAME).is_file() and _same_config(run_dir, config):
-            say(f"{system}: resuming the interrupted training")
-            train(config, run_dir, resume=True, device=device, reporter=reporter)
-        else:
-            say(f"{system}: training")
-            train(config, run_dir, force=True, device=device, reporter=reporter)
-        scores = {}
-        for split, utterances in splits.items():
-            if utterances is None:
-                continue
-            result = evaluate(run_dir, utterances, split=split, options=options,
-                              out=out_dir / "predictions" / f"{system}-{split}.csv", force=True)
-            scores[split] = result.scores.ccc
-        record = {"config": config.to_dict(), "scores": scores}
+        base = grid.config(system, scale=scale, corpus=corpus, model_locations=model_locations).with_absolute_paths()
+        records = {}
+        for seed in range(base.seed, base.seed + seeds):
+            base.seed = seed
+            records[seed] = _run_seed(base, system, seed=seed, out_dir=out_dir, splits=splits, options=options,
+                                      device=device, reporter_factory=reporter_factory, say=say)
+        return {"seeds": records}
     except SertoolError as error:
         say(f"{system}: failed: {error}")
         return {"error": str(error)}
+
+
+def _run_seed(config, system: str, *, seed: int, out_dir: Path, splits, options: InferenceOptions, device: str,
+              reporter_factory, say) -> dict[str, Any]:
+    """Train (or resume, or skip) one seed of a system and score it on every labelled split."""
+    name = f"{system} seed {seed}"
+    run_dir = out_dir / "runs" / system / f"seed{seed}"
+    scores_path = out_dir / "scores" / system / f"seed{seed}.json"
+    if scores_path.is_file():
+        recorded = json.loads(scores_path.read_text(encoding="utf-8"))
+        if recorded.get("config") == config.to_dict():
+            say(f"{name}: done earlier, skipped")
+            return recorded
+    reporter = reporter_factory() if reporter_factory else None
+    if (run_dir / "summary.json").is_file() and _same_config(run_dir, config):
+        say(f"{name}: trained earlier; evaluating")
+    elif (run_dir / LAST_NAME).is_file() and _same_config(run_dir, config):
+        say(f"{name}: resuming the interrupted training")
+        train(config, run_dir, resume=True, device=device, reporter=reporter)
+    else:
+        say(f"{name}: training")
+        train(config, run_dir, force=True, device=device, reporter=reporter)
+    scores = {}
+    for split, utterances in splits.items():
+        if utterances is not None:
+            # evaluate leaves out what the run trained on, and writes only the scored rows.
+            result = evaluate(run_dir, utterances, split=split, options=options,
+                              out=_predictions_path(out_dir, system, seed, split), force=True)
+            scores[split] = _score_record(result.scores)
+    record = {"config": config.to_dict(), "scores": scores}
     with atomic_write(scores_path) as handle:
         json.dump(record, handle, indent=2)
     return record
+
+
+def _predictions_path(out_dir: Path, name: str, seed: int, split: str) -> Path:
+    return out_dir / "predictions" / name / f"seed{seed}-{split}.csv"
+
+
+def _score_record(scores: Scores) -> dict[str, Any]:
+    return {**scores.ccc, "utterances": scores.num_utterances, "trained_on_left_out": scores.excluded_trained_on}
 
 
 def _same_config(run_dir: Path, config) -> bool:
@@ -115,41 +152,65 @@ def _same_config(run_dir: Path, config) -> bool:
     return path.is_file() and yaml.safe_load(path.read_text(encoding="utf-8")) == config.to_dict()
 
 
-def _run_ensemble(members: Sequence[str], out_dir: Path, splits, options: InferenceOptions) -> dict[str, Any]:
-    scores = {}
-    for split, utterances in splits.items():
-        if utterances is None:
-            continue
-        csvs = [out_dir / "predictions" / f"{member}-{split}.csv" for member in members]
-        result = ensemble(csvs, utterances, split=split, options=options)
-        scores[split] = result.ensemble_scores.ccc if result.ensemble_scores else None
-    return {"members": list(members), "scores": scores}
+def _run_ensemble(item: Ensemble, results: dict[str, dict[str, Any]], out_dir: Path, splits,
+                  options: InferenceOptions) -> dict[str, Any]:
+    """Per seed k, the mean of the members' seed-k predictions, scored on the utterances every member held out.
+
+    Returns ``{"seeds": {k: {"scores": {split: record}}}}`` over the seeds every member has.
+    """
+    common = set.intersection(*(set(results[member]["seeds"]) for member in item.members))
+    records = {}
+    for seed in sorted(common):
+        scores = {}
+        for split, utterances in splits.items():
+            if utterances is None:
+                continue
+            members = [_predictions_path(out_dir, member, seed, split) for member in item.members]
+            # Each member's file holds the utterances it was scored on, i.e. those it never trained on.
+            held_out = set.intersection(*(set(read_predictions(path).ids) for path in members))
+            kept = [utt for utt in utterances if utt.id in held_out]
+            if not kept:
+                continue  # the members trained on all of it between them: nothing to score ("—")
+            result = ensemble(members, kept, split=split, options=options)
+            write_predictions(result.predictions, _predictions_path(out_dir, item.id, seed, split))
+            scores[split] = {**_score_record(result.ensemble_scores),
+                             "trained_on_left_out": len(utterances) - len(kept)}
+        records[seed] = {"scores": scores}
+    return {"members": list(item.members), "seeds": records}
 
 
 def render_tables(grid: Grid, results: dict[str, dict[str, Any]], ensembles: dict[str, dict[str, Any]], *,
-                  scale: str, corpus: str) -> str:
-    """Markdown tables like the paper's: Development CCC per system, with the paper's figure beside ours."""
+                  scale: str, corpus: str, seeds: int = 1) -> str:
+    """Markdown tables like the paper's: Development CCC per system, with the paper's figure beside ours.
+
+    With several seeds every cell is ``mean ± sd`` (sample standard deviation over the seeds); the column
+    ``n`` is the number of utterances scored (fewer where a system trained on some of the split).
+    """
     lines = [f"# Reproduction of Lertpetchpun et al. (Interspeech 2025) — {scale} scale", ""]
     if scale == "demo":
         lines += ["> **Demo scale.** Synthetic demo corpus, and CPU stand-ins for the pretrained models "
-                  f"({', '.join(f'{k} → {v}' for k, v in grid.demo_stand_ins.items())}). The numbers show that "
-                  "every step runs and how the comparisons come out on this corpus; they are not comparable to "
-                  "the paper's, which are shown beside them for orientation.", ""]
-    lines += [f"Corpus: `{corpus}`. Cells: CCC on Development, ours / the paper's.", ""]
+                  f"({', '.join(f'{k} → {v}' for k, v in grid.demo_stand_ins.items())}), trained briefly. The "
+                  "numbers show that every step runs and how the comparisons come out on this corpus; they are not "
+                  "comparable to the paper's, which are shown beside them for orientation.", ""]
+    spread = (f"mean ± sd over N = {seeds} seeds (each system trained {seeds} times; sd: sample standard "
+              "deviation)") if seeds > 1 else "one seed (N = 1: no error bars; `--seeds 3` gives them)"
+    lines += [f"Corpus: `{corpus}`. Cells: CCC on Development, {spread}; ours / the paper's. "
+              "n: utterances scored — every system is scored only on utterances it did not train on, so systems "
+              "that move Development's O/X into training (`dev-ox`) are scored on fewer.", ""]
     for table in grid.tables:
-        lines += [f"## {table.title}", "", "| system | A | V | D | average |", "|---|---|---|---|---|"]
+        lines += [f"## {table.title}", "", "| system | n | A | V | D | average |", "|---|---|---|---|---|---|"]
         for row in table.rows:
-            result = results.get(row.system, {})
-            lines.append(f"| {row.system} | " + _cells(result, "Development", row.paper) + " |")
+            lines.append(f"| {row.system} | " + _cells(results.get(row.system, {}), "Development", row.paper) + " |")
         lines.append("")
     if grid.ensembles:
-        lines += ["## Ensembles (mean of the members' predictions)", "",
-                  "| ensemble | split | A | V | D | average |", "|---|---|---|---|---|---|"]
+        lines += ["## Ensembles (mean of the members' predictions, per seed)", "",
+                  "Each seed's ensemble averages that seed's members; it is scored on the utterances none of its "
+                  "members trained on (n).", "",
+                  "| ensemble | split | n | A | V | D | average |", "|---|---|---|---|---|---|---|"]
         for item in grid.ensembles:
-            scored = ensembles.get(item.name)
             for split in EVAL_SPLITS:
-                cells = " | ".join("not run" for _ in COLUMNS) if scored is None else \
-                    _cells({"scores": scored["scores"]}, split, None)
+                scored = ensembles.get(item.id)
+                cells = " | ".join(["not run"] * (len(COLUMNS) + 1)) if scored is None else _cells(scored, split, None)
                 lines.append(f"| {item.name} | {split} | {cells} |")
         lines.append("")
     failed = {system: result["error"] for system, result in results.items() if "error" in result}
@@ -159,9 +220,18 @@ def render_tables(grid: Grid, results: dict[str, dict[str, Any]], ensembles: dic
 
 
 def _cells(result: dict[str, Any], split: str, paper) -> str:
-    scores = (result.get("scores") or {}).get(split)
-    cells = []
+    """``n`` and one cell per column: ``mean ± sd`` over the seeds (or the one value), ``/ paper`` beside."""
+    if "error" in result:
+        return " | ".join(["failed"] * (len(COLUMNS) + 1))
+    per_seed = [record["scores"][split] for record in (result.get("seeds") or {}).values()
+                if split in record.get("scores", {})]
+    if not per_seed:
+        return " | ".join(["—"] * (len(COLUMNS) + 1))
+    counts = sorted({record["utterances"] for record in per_seed})
+    cells = [str(counts[0]) if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"]
     for index, name in enumerate(COLUMNS):
-        ours = "failed" if "error" in result else ("—" if scores is None else f"{scores[name]:.4f}")
+        values = [record[name] for record in per_seed]
+        ours = f"{values[0]:.4f}" if len(values) == 1 else \
+            f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
         cells.append(ours if paper is None else f"{ours} / {paper[index]:.4f}")
     return " | ".join(cells)

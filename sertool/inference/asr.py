@@ -30,9 +30,11 @@ import torch
 from torch import Tensor
 
 from sertool.data.audio import SAMPLE_RATE, load_audio
+from sertool.data.dataset import load_utterance_audio
 from sertool.data.records import Utterance
 from sertool.config import DEFAULT_ASR_MODEL_ID
 from sertool.errors import SertoolError
+from sertool.io import write_cache_file
 from sertool.models.hub import load_pretrained
 from sertool.models.text import model_revision
 
@@ -43,7 +45,8 @@ DEFAULT_ASR_BATCH_SIZE = 8  # windows per generate call
 _ROWS_PER_FILE = 256  # transcripts per cache file: a crash loses at most this much work
 _READ_BLOCK_BYTES = 1 << 20
 
-AudioInput = str | os.PathLike | Tensor  # an audio file, or a 1-D waveform at SAMPLE_RATE
+# An audio file, a 1-D waveform at SAMPLE_RATE, or an utterance (its whole file, or its window of one).
+AudioInput = str | os.PathLike | Tensor | Utterance
 
 
 class Transcriber:
@@ -202,10 +205,12 @@ class Transcriber:
 class TranscriptCache:
     """Transcripts of one ``Transcriber`` setup, made once and kept on disk.
 
-    Keys are the SHA-256 of the audio: of the file's bytes for a path (cheap, no decoding, and verifiable
-    with ``sha256sum``), of the float32 samples for a waveform. The two never match each other, so pass
-    paths when you can. A transcript depends only on the audio and ``transcriber.cache_key`` (model,
-    revision, language, decoding), so renamed or moved files still hit.
+    Keys are the SHA-256 of the audio: of the file's bytes for a path or a whole-file utterance (cheap, no
+    decoding, and verifiable with ``sha256sum``), of the file's digest and the span for a window of a file
+    (`predict`'s windows of long audio: each transcribed alone, reading only its span), of the float32
+    samples for a waveform. A waveform never matches the others, so pass files when you can. A transcript
+    depends only on the audio and ``transcriber.cache_key`` (model, revision, language, decoding), so
+    renamed or moved files still hit.
 
     Layout: ``<cache_dir>/<transcriber.cache_key>/*.jsonl``, immutable JSON-lines files of
     ``{"sha256": hex, "text": str}`` (plain text: readable, never executed). New transcripts go to a new
@@ -222,7 +227,8 @@ class TranscriptCache:
         self._loaded_files: set[str] = set()
 
     def get(self, audio: Sequence[AudioInput]) -> list[str]:
-        """Transcripts of ``audio`` (file paths or 1-D 16 kHz waveforms), in order; transcribes only misses.
+        """Transcripts of ``audio`` (file paths, utterances or 1-D 16 kHz waveforms), in order; transcribes
+        only misses.
 
         Each distinct audio content is transcribed once, even when repeated in ``audio``. Audio files
         are decoded only when they miss, ``_ROWS_PER_FILE`` at a time, and each such group is saved as
@@ -231,7 +237,8 @@ class TranscriptCache:
         Raises:
             SertoolError: an audio file or a cache file cannot be read (the message names it).
         """
-        digests = [_audio_digest(item) for item in audio]
+        file_digests: dict[Path, str] = {}  # the windows of one long file hash the file once
+        digests = [_audio_digest(item, file_digests) for item in audio]
         if any(digest not in self._texts for digest in digests):
             self._load_new_files()  # another process may have filled them in
         missing = {digest: item for digest, item in zip(digests, audio) if digest not in self._texts}
@@ -243,7 +250,7 @@ class TranscriptCache:
             log.info("transcribing %d audio items with %s", len(pending), self.transcriber.model_name_or_path)
         for start in range(0, len(pending), _ROWS_PER_FILE):
             group = pending[start : start + _ROWS_PER_FILE]
-            waveforms = [item if isinstance(item, Tensor) else load_audio(item) for _, item in group]
+            waveforms = [_waveform(item) for _, item in group]
             texts = self.transcriber.transcribe(waveforms)
             rows = {digest: text for (digest, _), text in zip(group, texts)}
             self._write(rows)
@@ -262,14 +269,11 @@ class TranscriptCache:
             self._loaded_files.add(path.name)
 
     def _write(self, rows: dict[str, str]) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
         name = f"{uuid.uuid4().hex}.jsonl"
-        temporary = self.folder / f".{name}.tmp"
-        with open(temporary, "w", encoding="utf-8") as handle:
-            for digest, text in rows.items():
-                handle.write(json.dumps({"sha256": digest, "text": text}, ensure_ascii=False) + "\n")
-        os.replace(temporary, self.folder / name)
-        self._loaded_files.add(name)
+        lines = "".join(json.dumps({"sha256": digest, "text": text}, ensure_ascii=False) + "\n"
+                        for digest, text in rows.items())
+        if write_cache_file(self.folder / name, lines.encode("utf-8")):
+            self._loaded_files.add(name)
 
 
 def fill_transcripts(
@@ -302,7 +306,7 @@ def fill_transcripts(
         return filled
     transcriber = asr if isinstance(asr, Transcriber) else Transcriber(asr, device=device)
     cache = TranscriptCache(Path(cache_dir) / TRANSCRIPT_CACHE_SUBDIR, transcriber)
-    texts = cache.get([utterances[index].audio_path for index in missing])
+    texts = cache.get([utterances[index] for index in missing])
     for index, text in zip(missing, texts):
         filled[index] = dataclasses.replace(utterances[index], transcript=text)
     log.info("transcripts from ASR: %d cached, %d transcribed", cache.hits, cache.misses)
@@ -336,19 +340,36 @@ def _check_language(name: str, language: str, generation_config: Any, *, multili
         )
 
 
-def _audio_digest(item: AudioInput) -> str:
-    """SHA-256 (hex) of a file's bytes, or of a waveform's float32 samples."""
-    digest = hashlib.sha256()
+def _audio_digest(item: AudioInput, file_digests: dict[Path, str]) -> str:
+    """SHA-256 (hex) of a waveform's float32 samples, of a file's bytes (``file_digests`` keeps those of
+    the files seen), or, for a window of a file, of the file's digest and the window's span."""
     if isinstance(item, Tensor):
-        digest.update(item.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-        return digest.hexdigest()
+        return hashlib.sha256(item.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()).hexdigest()
+    path = Path(item.audio_path if isinstance(item, Utterance) else item)
+    if path not in file_digests:
+        file_digests[path] = _file_digest(path)
+    if not isinstance(item, Utterance) or item.span_s is None:
+        return file_digests[path]
+    start, end = (round(seconds * SAMPLE_RATE) for seconds in item.span_s)
+    return hashlib.sha256(f"{file_digests[path]}@{start}-{end}".encode()).hexdigest()
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
     try:
-        with open(item, "rb") as handle:
+        with open(path, "rb") as handle:
             while block := handle.read(_READ_BLOCK_BYTES):
                 digest.update(block)
     except OSError as error:
-        raise SertoolError(f"{item}: audio file cannot be read ({error.strerror or error})") from None
+        raise SertoolError(f"{path}: audio file cannot be read ({error.strerror or error})") from None
     return digest.hexdigest()
+
+
+def _waveform(item: AudioInput) -> Tensor:
+    """The 16 kHz waveform of an item: reading only a window's span of its file."""
+    if isinstance(item, Tensor):
+        return item
+    return load_utterance_audio(item) if isinstance(item, Utterance) else load_audio(item)
 
 
 def _read_rows(path: Path) -> list[tuple[str, str]]:

@@ -20,7 +20,7 @@ import numpy as np
 
 from sertool.data.records import ATTRIBUTES
 from sertool.errors import SertoolError
-from sertool.inference.predictions import Predictions, Segment, align
+from sertool.inference.predictions import Predictions, Segment, align, check_rating_scale
 from sertool.io import atomic_write, load_json
 from sertool.models.ccc import ccc_scores
 
@@ -134,8 +134,9 @@ def mean_plan(names: Sequence[str], weights: Sequence[float] | None = None) -> E
     try:
         return EnsemblePlan(members=tuple(names), weights={name: pairs for name in ATTRIBUTES},
                             kind="mean" if weights is None else "weighted")
-    except ValueError as error:
-        raise SertoolError(f"ensemble weights: {error}") from None
+    except ValueError:  # the same weights for every attribute: the message need not name one
+        raise SertoolError(f"--weights {','.join(f'{w:g}' for w in weights or ())}: weights must be finite, "
+                           "non-negative and not all 0") from None
 
 
 def average(members: Sequence[Predictions], weights: Sequence[float] | None = None, *,
@@ -222,12 +223,14 @@ def apply_plan(plan: EnsemblePlan, members: Sequence[Predictions]) -> Prediction
         Predictions in ``members[0]``'s id order.
 
     Raises:
-        SertoolError: the number of members differs from the plan's, they cover different files, or
-            some have segments the others lack.
+        SertoolError: the number of members differs from the plan's, a member is not on the 1..7 scale
+            (``check_rating_scale``), they cover different files, or some have segments the others lack.
     """
     if len(members) != len(plan.members):
         raise SertoolError(f"the ensemble plan has {len(plan.members)} members ({', '.join(plan.members)}) "
                            f"but {len(members)} prediction sets were given; give one per plan member, in order")
+    for name, member in zip(plan.members, members):  # averaging a 0..1 member with 1..7 ones means nothing
+        check_rating_scale(member, source=f"ensemble member {name}")
     aligned = align(members, names=plan.members)
     values, spread = _combine(plan, np.stack([member.values for member in aligned]))
     return Predictions(ids=aligned[0].ids, values=values, spread=spread, segments=_combine_segments(plan, aligned))
@@ -299,7 +302,11 @@ def _normalised(pairs: Sequence[tuple[int, float]], num_members: int, attribute:
         raise ValueError(f"{attribute}: no members chosen")
     if any(not 0 <= index < num_members for index in indices) or len(set(indices)) != len(indices):
         raise ValueError(f"{attribute}: member indices {indices} must be distinct and in 0..{num_members - 1}")
-    if any(not math.isfinite(weight) or weight < 0 for weight in weights) or sum(weights) <= 0:
+    if any(not math.isfinite(weight) or weight < 0 for weight in weights) or max(weights) <= 0:
         raise ValueError(f"{attribute}: weights {weights} must be finite, non-negative and not all 0")
-    total = sum(weights)
-    return tuple((index, weight / total) for index, weight in pairs)
+    # Scale by the largest first: the sum of finite weights can overflow (1e308 + 1e308 = inf, and every
+    # weight / inf = 0), the sum of weights <= 1 cannot.
+    largest = max(weights)
+    scaled = [weight / largest for weight in weights]
+    total = sum(scaled)
+    return tuple((index, weight / total) for index, weight in zip(indices, scaled))

@@ -1,9 +1,9 @@
 """What `predict` reads: audio files, folders, manifests, corpus splits; transcripts; long-audio windows."""
 from __future__ import annotations
 
-import csv
 import dataclasses
-from collections.abc import Sequence
+import os
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -13,11 +13,13 @@ from sertool.data.corpus import open_corpus
 from sertool.data.records import Utterance
 from sertool.data.report import LoadReport
 from sertool.errors import SertoolError
+from sertool.io import printable, read_csv_records
 from sertool.inference.predictions import Predictions
 from sertool.inference.windows import combine_windows, window_segments, window_spans
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
 PREDICT_SPLIT = "predict"  # split name of utterances read from loose files
+TRANSCRIPT_ID_COLUMNS = ("FileName", "id", "path")  # a --transcripts CSV names its files in one of these
 
 
 def collect_inputs(paths: Sequence[str | Path]) -> tuple[list[Utterance], LoadReport]:
@@ -25,30 +27,33 @@ def collect_inputs(paths: Sequence[str | Path]) -> tuple[list[Utterance], LoadRe
     the manifests dropped.
 
     A loose file's id is its name; a file found in a folder is named by its path below that folder, so
-    that ``a/x.wav`` and ``b/x.wav`` stay apart. Durations come from the headers.
+    that ``a/x.wav`` and ``b/x.wav`` stay apart. A name that is not valid UTF-8 keeps its bytes as
+    ``\\xNN`` escapes in the id (``printable``). Durations come from the headers.
 
     Raises:
-        SertoolError: a path that does not exist, a folder without audio, unreadable audio, or two inputs
-            with the same id.
+        SertoolError: a path that does not exist, a folder without audio, unreadable audio, a link to
+            nowhere, or two inputs with the same id.
     """
     utterances: list[Utterance] = []
     report = LoadReport()
     for raw in paths:
         path = Path(raw).expanduser()
         if not path.exists():
-            raise SertoolError(f"{path}: no such file or folder")
+            raise SertoolError(f"{printable(str(path))}: no such file or folder")
         if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
+            files = audio_files(path)
             if not files:
-                raise SertoolError(f"{path}: no audio files ({', '.join(AUDIO_SUFFIXES)}) in this folder")
-            utterances.extend(audio_file_utterance(file, file.relative_to(path).as_posix()) for file in files)
+                raise SertoolError(f"{printable(str(path))}: no audio files ({', '.join(AUDIO_SUFFIXES)}) "
+                                   "in this folder")
+            utterances.extend(audio_file_utterance(file, printable(file.relative_to(path).as_posix()))
+                              for file in files)
         elif path.suffix.lower() == ".csv":
             manifest = open_corpus(path)
             utterances.extend(manifest.utterances)
             report.dropped.extend(manifest.report.dropped)
             report.warnings.extend(manifest.report.warnings)
         else:
-            utterances.append(audio_file_utterance(path, path.name))
+            utterances.append(audio_file_utterance(path, printable(path.name)))
     seen: dict[str, Path] = {}
     for utt in utterances:
         if utt.id in seen:
@@ -56,6 +61,37 @@ def collect_inputs(paths: Sequence[str | Path]) -> tuple[list[Utterance], LoadRe
                                "predict them separately or give them distinct names")
         seen[utt.id] = utt.audio_path
     return utterances, report
+
+
+def audio_files(folder: Path) -> list[Path]:
+    """The audio files (by suffix) in ``folder`` and below, sorted by their path below it.
+
+    Linked folders are followed, each real folder once (a link loop ends); a folder named like an audio
+    file is searched like any other.
+
+    Raises:
+        SertoolError: a folder that cannot be listed, or a link with an audio suffix that points to nothing,
+            naming it.
+    """
+    def unreadable(error: OSError) -> None:
+        raise SertoolError(f"{printable(str(error.filename))}: cannot list the folder ({error.strerror})")
+
+    found, seen = [], set()
+    for root, folders, names in os.walk(folder, onerror=unreadable, followlinks=True):
+        identity = os.stat(root)
+        if (identity.st_dev, identity.st_ino) in seen:
+            folders[:] = []
+            continue
+        seen.add((identity.st_dev, identity.st_ino))
+        for name in names:
+            file = Path(root) / name
+            if file.suffix.lower() not in AUDIO_SUFFIXES:
+                continue
+            if not file.exists():
+                raise SertoolError(f"{printable(str(file))}: a link to a file that does not exist "
+                                   f"({printable(os.readlink(file))}); remove it or point it at the audio")
+            found.append(file)
+    return sorted(found, key=lambda file: file.relative_to(folder).as_posix())
 
 
 def corpus_split(corpus: str | Path, split: str) -> tuple[list[Utterance], LoadReport]:
@@ -95,7 +131,7 @@ def attach_transcripts(utterances: Sequence[Utterance], source: str | Path) -> l
     ``transcript`` columns; utterances without one keep what they had.
 
     Raises:
-        SertoolError: the source is missing or the CSV lacks the columns.
+        SertoolError: the source is missing, or the CSV lacks the columns or has a damaged line.
     """
     source = Path(source).expanduser()
     if source.is_dir():
@@ -105,60 +141,105 @@ def attach_transcripts(utterances: Sequence[Utterance], source: str | Path) -> l
             if file.is_file():
                 texts[utt.id] = " ".join(file.read_text(encoding="utf-8", errors="replace").split())
     elif source.is_file():
-        with open(source, newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            header = reader.fieldnames or []
-            id_column = next((c for c in ("FileName", "id", "path") if c in header), None)
-            if id_column is None or "transcript" not in header:
-                raise SertoolError(f"--transcripts {source}: needs a FileName (or id) column and a transcript column")
-            texts = {Path(row[id_column]).name: " ".join((row["transcript"] or "").split()) for row in reader}
-            texts = {key: value for key, value in texts.items() if value}
+        texts = {}
+        for _, row in read_csv_records(source, [TRANSCRIPT_ID_COLUMNS, "transcript"], what="--transcripts CSV"):
+            file_id = next(row[column] for column in TRANSCRIPT_ID_COLUMNS if column in row)
+            text = " ".join(row["transcript"].split())
+            if text:
+                texts[Path(file_id.strip()).name] = text
     else:
         raise SertoolError(f"--transcripts {source}: no such folder or CSV file")
     return [dataclasses.replace(utt, transcript=texts.get(utt.id, texts.get(Path(utt.id).name, utt.transcript)))
             for utt in utterances]
 
 
-@dataclasses.dataclass
-class Windowing:
-    """How long files were cut: ``spans[file id]`` in samples at 16 kHz, for files of several windows."""
+@dataclasses.dataclass(frozen=True)
+class Piece:
+    """What `predict` runs the model on: a whole file, or one window of a long file.
 
-    spans: dict[str, list[tuple[int, int]]]
+    Attributes:
+        file_id: the file's id (its row in the output).
+        span: the window's ``(start, end)`` in samples at 16 kHz, or None for the whole file.
+        utterance: the record the model reads (for a window, an utterance of its own with that span).
+    """
 
-    def merge(self, utterances: Sequence[Utterance], windowed: Predictions) -> Predictions:
-        """One row per file (the duration-weighted mean of its windows) plus a segment per window."""
+    file_id: str
+    span: tuple[int, int] | None
+    utterance: Utterance
+
+
+def check_windows(utterances: Sequence[Utterance], *, window_s: float, hop_s: float) -> None:
+    """Refuse, before any work, a window/hop pair or a file that `windowed_pieces` would refuse later.
+
+    Raises:
+        SertoolError: a bad window or hop, or a file shorter than a prediction needs (naming it).
+    """
+    for utt in utterances:
+        _spans(utt, window_s, hop_s)
+
+
+def windowed_pieces(utterances: Sequence[Utterance], *, window_s: float, hop_s: float) -> Iterator[Piece]:
+    """Each utterance as one piece or, when longer than ``window_s``, as one piece per window (``window_s``
+    long, ``hop_s`` apart; see ``window_spans``), made lazily: the windows of a long file never exist all at
+    once unless the caller keeps them.
+
+    Raises:
+        SertoolError: as ``check_windows``.
+    """
+    for utt in utterances:
+        spans = _spans(utt, window_s, hop_s)
+        if len(spans) == 1:
+            yield Piece(utt.id, None, utt)
+            continue
+        for span in spans:
+            window = utt.window(span[0] / SAMPLE_RATE, span[1] / SAMPLE_RATE, id=window_id(utt.id, span))
+            yield Piece(utt.id, span, window)
+
+
+class WindowMerger:
+    """Collects the predictions of pieces, chunk by chunk, into one row per file plus a segment per window.
+
+    A file's row is the duration-weighted mean of its windows (``combine_windows``); it is computed once
+    every chunk has been added, from three numbers per window.
+    """
+
+    def __init__(self) -> None:
+        self._rows: dict[str, np.ndarray] = {}
+        self._windows: dict[str, list[tuple[tuple[int, int], np.ndarray]]] = {}
+
+    def add(self, pieces: Sequence[Piece], predictions: Predictions) -> None:
+        """Record the predictions of ``pieces`` (``predictions`` holds a row for each piece's utterance id)."""
+        values = predictions.take([piece.utterance.id for piece in pieces]).values
+        for piece, row in zip(pieces, values):
+            if piece.span is None:
+                self._rows[piece.file_id] = row
+            else:
+                self._windows.setdefault(piece.file_id, []).append((piece.span, row))
+
+    def result(self, utterances: Sequence[Utterance]) -> Predictions:
+        """One row per utterance, in their order, with the segments of windowed files.
+
+        Raises:
+            KeyError: an utterance none of whose pieces was added (a programming error).
+        """
         rows, segments = [], []
         for utt in utterances:
-            spans = self.spans.get(utt.id)
-            if spans is None:
-                rows.append(windowed.take([utt.id]).values[0])
+            windows = self._windows.get(utt.id)
+            if windows is None:
+                rows.append(self._rows[utt.id])
                 continue
-            values = windowed.take([window_id(utt.id, span) for span in spans]).values
+            spans = [span for span, _ in windows]
+            values = np.array([row for _, row in windows])
             rows.append(combine_windows(spans, values))
             segments.extend(window_segments(utt.id, spans, values, sample_rate=SAMPLE_RATE))
         return Predictions([utt.id for utt in utterances], np.array(rows).reshape(-1, 3), segments=segments)
 
 
-def split_windows(utterances: Sequence[Utterance], *, window_s: float, hop_s: float) -> tuple[list[Utterance], Windowing]:
-    """Cut utterances longer than ``window_s`` into windows (``offset_s`` / ``duration_s`` records).
-
-    Raises:
-        SertoolError: an utterance shorter than the minimum a prediction needs, or a bad window/hop.
-    """
-    pieces, spans_of = [], {}
-    for utt in utterances:
-        num_samples = int(round(utt.duration_s * SAMPLE_RATE))
-        spans = window_spans(num_samples, SAMPLE_RATE, window_s, hop_s, source=str(utt.audio_path))
-        if len(spans) == 1:
-            pieces.append(utt)
-            continue
-        spans_of[utt.id] = spans
-        pieces.extend(dataclasses.replace(utt, id=window_id(utt.id, span), offset_s=span[0] / SAMPLE_RATE,
-                                          duration_s=(span[1] - span[0]) / SAMPLE_RATE, segment=True)
-                      for span in spans)
-    return pieces, Windowing(spans_of)
+def _spans(utt: Utterance, window_s: float, hop_s: float) -> list[tuple[int, int]]:
+    num_samples = int(round(utt.duration_s * SAMPLE_RATE))
+    return window_spans(num_samples, SAMPLE_RATE, window_s, hop_s, source=str(utt.audio_path))
 
 
 def window_id(file_id: str, span: tuple[int, int]) -> str:
-    """The id of one window of a file, e.g. ``talk.wav@12.000``."""
-    return f"{file_id}@{span[0] / SAMPLE_RATE:.3f}"
+    """The id of one window of a file, e.g. ``talk.wav@192000`` (its first sample at 16 kHz)."""
+    return f"{file_id}@{span[0]}"

@@ -22,16 +22,16 @@ from __future__ import annotations
 import csv
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
 import numpy as np
 
-from sertool.data.records import ATTRIBUTE_COLUMNS, ATTRIBUTES
+from sertool.data.records import ATTRIBUTE_COLUMNS, ATTRIBUTES, LABEL_MAX, LABEL_MIN
 from sertool.errors import SertoolError
-from sertool.io import atomic_write
+from sertool.io import atomic_write, read_csv_records
 
 ID_COLUMN = "FileName"
 VALUE_COLUMNS: tuple[str, ...] = tuple(ATTRIBUTE_COLUMNS[name] for name in ATTRIBUTES)  # EmoAct, EmoVal, EmoDom
@@ -169,10 +169,11 @@ def write_predictions(predictions: Predictions, destination: str | Path | TextIO
         labels: ``[N, 3]`` rater means in ``predictions.ids`` order, written as ``EmoAct_true``, ...
 
     Raises:
-        SertoolError: the file cannot be written.
+        SertoolError: a value is not finite, or the file cannot be written.
     """
     if labels is not None:
         labels = _as_rows(labels, len(predictions), "labels")
+    check_finite(predictions, destination)
     if isinstance(destination, (str, Path)):
         with atomic_write(destination, newline="") as handle:
             _write_csv_rows(handle, predictions, labels)
@@ -197,13 +198,48 @@ def read_predictions_and_labels(path: str | Path) -> tuple[Predictions, np.ndarr
         SertoolError: as ``read_predictions``; also when only some ``*_true`` columns are present.
     """
     path = Path(path)
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as handle:
-            return _parse_csv(csv.DictReader(handle), path)
-    except FileNotFoundError:
-        raise SertoolError(f"{path}: predictions file not found") from None
-    except (OSError, UnicodeDecodeError, csv.Error) as error:
-        raise SertoolError(f"{path}: cannot read the predictions file ({error})") from None
+    hint = f"a predictions file needs the header {','.join((ID_COLUMN, *VALUE_COLUMNS))}"
+    return _parse_csv(read_csv_records(path, (ID_COLUMN, *VALUE_COLUMNS), what="predictions file", hint=hint), path)
+
+
+def check_rating_scale(predictions: Predictions, *, source: str) -> None:
+    """Refuse predictions that are not on the 1..7 rater scale, e.g. a file on 0..1, -1..1 or 0..100.
+
+    Models overshoot the scale a little (a linear head), so single values outside 1..7 are fine; what no
+    1..7 predictor gives is a median outside 1..7, half its values off the scale (0..1 values have a median
+    near 0.5, 0..100 values near 50). A file on another scale inside 1..7 (1..5) cannot be told apart.
+
+    Raises:
+        SertoolError: naming ``source``, the attribute, and its median and range.
+    """
+    for column, name in enumerate(ATTRIBUTES):
+        values = predictions.values[:, column]
+        median = float(np.median(values)) if len(values) else LABEL_MIN
+        if not LABEL_MIN <= median <= LABEL_MAX:
+            raise SertoolError(
+                f"{source}: its {name} values (median {median:.3g}, range {values.min():.3g} to {values.max():.3g}) "
+                f"are not on the {LABEL_MIN:g}..{LABEL_MAX:g} rater scale of sertool's predictions; map a file on "
+                f"0..1 onto it first ({LABEL_MIN:g} + {LABEL_MAX - LABEL_MIN:g}x)"
+            )
+
+
+def check_finite(predictions: Predictions, destination: str | Path | TextIO) -> None:
+    """Refuse to write predictions whose values, spread or segments are not all finite: no file or stream
+    sertool writes holds NaN or infinity.
+
+    Raises:
+        SertoolError: naming the destination and a few of the files concerned.
+    """
+    rows = ~np.isfinite(predictions.values).all(axis=1)
+    if predictions.spread is not None:
+        rows |= ~np.isfinite(predictions.spread).all(axis=1)
+    bad = [file_id for file_id, row_bad in zip(predictions.ids, rows) if row_bad]
+    bad_segments = {segment.id for segment in predictions.segments if not np.all(np.isfinite(segment.values))}
+    bad += sorted(bad_segments - set(bad))
+    if bad:
+        name = destination if isinstance(destination, (str, Path)) else getattr(destination, "name", "output")
+        raise SertoolError(f"{name}: predictions for {len(bad)} file(s) are not finite numbers ({preview_ids(bad)}); "
+                           "nothing was written")
 
 
 def preview_ids(ids: Sequence[str], limit: int = IDS_IN_MESSAGES) -> str:
@@ -255,23 +291,17 @@ def _write_csv_rows(handle: TextIO, predictions: Predictions, labels: np.ndarray
                              format_value(segment.start_s), format_value(segment.end_s)])
 
 
-def _parse_csv(reader: csv.DictReader, path: Path) -> tuple[Predictions, np.ndarray | None]:
-    columns = reader.fieldnames or []
-    missing = [column for column in (ID_COLUMN, *VALUE_COLUMNS) if column not in columns]
-    if missing:
-        raise SertoolError(
-            f"{path}: missing column(s) {', '.join(missing)}; a predictions file needs the header "
-            f"{','.join((ID_COLUMN, *VALUE_COLUMNS))}"
-        )
-    has_spread = _optional_group(columns, SPREAD_COLUMNS, path)
-    has_labels = _optional_group(columns, TRUE_COLUMNS, path)
-    has_segments = _optional_group(columns, SEGMENT_COLUMNS, path)
-
+def _parse_csv(records: Iterator[tuple[int, dict[str, str]]], path: Path) -> tuple[Predictions, np.ndarray | None]:
+    has_spread = has_labels = has_segments = None
     ids: list[str] = []
     first_line: dict[str, int] = {}
     values, spread, labels, segments = [], [], [], []
-    for record in reader:
-        where = f"{path}:{reader.line_num}"
+    for line, record in records:
+        where = f"{path}:{line}"
+        if has_spread is None:  # the first row tells which optional column groups the header has
+            has_spread = _optional_group(record, SPREAD_COLUMNS, path)
+            has_labels = _optional_group(record, TRUE_COLUMNS, path)
+            has_segments = _optional_group(record, SEGMENT_COLUMNS, path)
         name = (record.get(ID_COLUMN) or "").strip()
         if not name:
             raise SertoolError(f"{where}: {ID_COLUMN} is empty")
@@ -286,7 +316,7 @@ def _parse_csv(reader: csv.DictReader, path: Path) -> tuple[Predictions, np.ndar
         if name in first_line:
             raise SertoolError(f"{where}: {ID_COLUMN} {name} repeats line {first_line[name]}; "
                                "keep one row per file")
-        first_line[name] = reader.line_num
+        first_line[name] = line
         ids.append(name)
         values.append(row_values)
         if has_spread:

@@ -18,7 +18,7 @@ from sertool.config import DEFAULT_ASR_MODEL_ID, Config
 from sertool.data.records import Utterance
 from sertool.errors import SertoolError
 from sertool.inference.ensemble import apply_plan, read_plan
-from sertool.inference.predictions import Predictions, read_predictions
+from sertool.inference.predictions import Predictions, check_rating_scale, read_predictions
 from sertool.inference.runner import DEFAULT_EVAL_BATCH_S, run_model
 from sertool.model_folder import load_model
 from sertool.models.hub import is_repo_id
@@ -59,6 +59,8 @@ class PredictorOutput:
 
 class Predictor(Protocol):
     name: str
+    # Ids of the utterances the model trained on (scores leave them out); None where unknown (a CSV).
+    training_ids: frozenset[str] | None
 
     def predict(self, utterances: Sequence[Utterance]) -> PredictorOutput: ...
 
@@ -70,6 +72,11 @@ class CheckpointPredictor:
         self.name = str(path)
         self.options = options
         self.payload = load_model(path)
+        damaged = [key for key in ("config", "model_state") if not isinstance(self.payload.get(key), dict)]
+        if damaged:
+            raise SertoolError(f"{path}: a damaged sertool checkpoint: it has no {' and no '.join(damaged)}")
+        recorded = self.payload.get("training_ids")  # absent from older checkpoints and the authors' releases
+        self.training_ids = frozenset(recorded) if recorded is not None else None
         self.config = Config.from_dict(self.payload["config"], source=f"{path} (its config)")
         overrides = {key: getattr(options, key) for key in ("text_model", "speaker_embedding")
                      if getattr(options, key) is not None}
@@ -77,6 +84,10 @@ class CheckpointPredictor:
             overrides["backbone_path"] = options.backbone_path
         self.config.model = dataclasses.replace(self.config.model, **overrides)
         self._model = None
+        # Kept across `predict` calls (`predict` streams long inputs in chunks): each reads its cache files
+        # and loads the ASR weights once, not once per chunk.
+        self._text_cache = None
+        self._transcriber = None
 
     @property
     def model(self):
@@ -91,15 +102,17 @@ class CheckpointPredictor:
         return self._model
 
     def predict(self, utterances: Sequence[Utterance]) -> PredictorOutput:
-        from sertool.models.text_features import transcript_embeddings
+        from sertool.models.text_features import text_embedding_cache, transcript_embeddings
         from sertool.training.loop import resolve_amp
 
         model = self.model
         if self.config.model.text:
             utterances = self._with_transcripts(utterances)
+            if self._text_cache is None:
+                self._text_cache = text_embedding_cache(model, self.options.cache_dir)
         device = self.options.torch_device()
         raw = run_model(model, utterances, device=device,
-                        text_embeddings=transcript_embeddings(model, utterances, self.options.cache_dir),
+                        text_embeddings=transcript_embeddings(model, utterances, cache=self._text_cache),
                         max_batch_s=self.options.max_batch_s, num_workers=self.options.num_workers,
                         amp_dtype=resolve_amp(self.options.amp, device))
         values = model.label_scaling.from_unit(raw.emotion_unit.astype(np.float64))
@@ -109,19 +122,26 @@ class CheckpointPredictor:
         """MM models need text: missing transcripts come from ASR (``options.asr``), cached."""
         if all(utt.transcript is not None for utt in utterances):
             return list(utterances)
-        from sertool.inference.asr import fill_transcripts
+        from sertool.inference.asr import Transcriber, fill_transcripts
         from sertool.models.text_features import default_cache_dir
 
-        return fill_transcripts(utterances, self.options.asr, cache_dir=self.options.cache_dir or default_cache_dir(),
-                                device=self.options.torch_device())
+        if self._transcriber is None:
+            self._transcriber = Transcriber(self.options.asr, device=self.options.torch_device())
+        return fill_transcripts(utterances, self._transcriber, cache_dir=self.options.cache_dir or default_cache_dir())
 
 
 class CsvPredictor:
     """Predictions computed earlier (evaluate/predict output): looked up by id, never recomputed."""
 
     def __init__(self, path: str | Path) -> None:
+        """
+        Raises:
+            SertoolError: the file is unreadable or its values are not on the 1..7 scale.
+        """
         self.name = str(path)
         self.table = read_predictions(path)
+        self.training_ids = None  # a CSV does not say what made it
+        check_rating_scale(self.table, source=self.name)
 
     def predict(self, utterances: Sequence[Utterance]) -> PredictorOutput:
         return PredictorOutput(self.table.take([utt.id for utt in utterances], source=self.name))
@@ -130,20 +150,46 @@ class CsvPredictor:
 class EnsemblePredictor:
     """Members combined by an ``EnsemblePlan`` (``sertool ensemble --save``)."""
 
-    def __init__(self, path: str | Path, options: InferenceOptions) -> None:
+    def __init__(self, path: str | Path, options: InferenceOptions, *, within: tuple[Path, ...] = ()) -> None:
+        """
+        Args:
+            within: the ensemble files that include this one, outermost first (a plan may name other plans).
+
+        Raises:
+            SertoolError: the plan is unreadable, a member cannot be opened, or the plan includes itself,
+                directly or through others (naming the chain).
+        """
         self.name = str(path)
+        resolved = Path(path).resolve()
+        if resolved in within:
+            chain = [*within[within.index(resolved):], resolved]
+            raise SertoolError(f"{path}: an ensemble that includes itself ({' → '.join(str(p) for p in chain)}); "
+                               "an ensemble's members must be checkpoints, predictions or other ensembles")
         self.plan = read_plan(path)
         base = Path(path).parent
-        self.members = [open_predictor(_relative_to(member, base), options) for member in self.plan.members]
+        self.members = [open_predictor(_relative_to(member, base), options, within=(*within, resolved))
+                        for member in self.plan.members]
+        self.training_ids = union_of_training_ids(self.members)
 
     def predict(self, utterances: Sequence[Utterance]) -> PredictorOutput:
         outputs = [member.predict(utterances).predictions for member in self.members]
         return PredictorOutput(apply_plan(self.plan, outputs))
 
 
-def open_predictor(path: str | Path, options: InferenceOptions | None = None) -> Predictor:
+def union_of_training_ids(predictors: Sequence[Predictor]) -> frozenset[str] | None:
+    """What any of ``predictors`` trained on (an ensemble is scored off all of it); None if one is unknown."""
+    if any(predictor.training_ids is None for predictor in predictors):
+        return None
+    return frozenset().union(*(predictor.training_ids for predictor in predictors))
+
+
+def open_predictor(path: str | Path, options: InferenceOptions | None = None, *,
+                   within: tuple[Path, ...] = ()) -> Predictor:
     """A predictor for ``path``: ``.csv`` predictions, a ``.json`` ensemble, or a checkpoint / run folder /
     model folder; a hub id (``owner/name``) that is no local path names a model folder on the hub.
+
+    Args:
+        within: for a member of an ensemble file, the ensemble files that include it (cycle detection).
 
     Raises:
         SertoolError: the path is missing or not one of these.
@@ -158,7 +204,7 @@ def open_predictor(path: str | Path, options: InferenceOptions | None = None) ->
     if path.suffix.lower() == ".csv":
         return CsvPredictor(path)
     if path.suffix.lower() == ".json":
-        return EnsemblePredictor(path, options)
+        return EnsemblePredictor(path, options, within=within)
     return CheckpointPredictor(path, options)
 
 

@@ -43,8 +43,12 @@ def run_model(
     amp_dtype: torch.dtype | None = None,
     context: Distributed | None = None,
     progress: Callable[[int, int], None] | None = None,
+    finite_only: bool = True,
 ) -> ModelPredictions:
     """Predict every utterance (whole, never cropped) and return the outputs in input order.
+
+    Every output is checked (``require_finite``): a NaN or infinite prediction stops the run, naming its
+    utterance, instead of reaching a score or a file.
 
     Args:
         model: an ``SERModel`` (or its DDP wrapper); switched to eval mode and back.
@@ -56,6 +60,8 @@ def run_model(
         amp_dtype: autocast dtype (None: full precision).
         context: under DDP, each rank predicts a share and every rank gets the whole result.
         progress: ``(done, total)`` callback, in batches of this rank.
+        finite_only: False returns NaN or infinite outputs as they are, for a caller with its own policy
+            (validation during training records them and never counts them as an improvement).
     """
     context = context or Distributed()
     dataset = UtteranceDataset(utterances, to_unit=float, text_embeddings=text_embeddings)
@@ -79,8 +85,12 @@ def run_model(
                               texts=batch.texts if core.needs_texts else None)
             ids.extend(batch.ids)
             emotion.append(output.emotion.float().cpu().numpy())
+            if finite_only:
+                require_finite(batch.ids, emotion[-1], utterances)
             if output.gender_logits is not None:
                 gender.append(output.gender_logits.float().softmax(-1).cpu().numpy())
+                if finite_only:
+                    require_finite(batch.ids, gender[-1], utterances)
             if progress is not None:
                 progress(done, len(mine))
     finally:
@@ -99,3 +109,21 @@ def run_model(
         emotion_unit=np.concatenate(all_emotion)[order],
         gender_probabilities=np.concatenate(all_gender)[order] if all_gender else None,
     )
+
+
+def require_finite(ids: Sequence[str], outputs: np.ndarray, utterances: Sequence[Utterance]) -> None:
+    """Refuse model outputs (one row per id) that are not all finite.
+
+    Raises:
+        SertoolError: naming the first utterance (its file, and its span for a window of a long file).
+    """
+    bad = ~np.isfinite(outputs).reshape(len(ids), -1).all(axis=1)
+    if bad.any():
+        utt_id = ids[int(np.argmax(bad))]
+        utt = next(utt for utt in utterances if utt.id == utt_id)
+        where = f"{utt.audio_path}" + (f" [{utt.span_s[0]:.2f}–{utt.span_s[1]:.2f} s]" if utt.span_s else "")
+        raise SertoolError(
+            f"{where}: the model's prediction for {utt_id} is not finite ({outputs[int(np.argmax(bad))]}): the "
+            "model's weights are not finite (a training that diverged) or this input is degenerate "
+            f"({int(bad.sum())} of the {len(ids)} utterances of its batch are affected)"
+        )

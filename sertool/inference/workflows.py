@@ -1,6 +1,7 @@
 """The work behind `evaluate`, `predict` and `ensemble`; the CLI only parses flags and prints results."""
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -8,15 +9,23 @@ from pathlib import Path
 import numpy as np
 
 from sertool.data.records import GENDERS, Utterance
+from sertool.data.selection import HeldOut, held_out
 from sertool.errors import SertoolError
 from sertool.io import check_writable
 from sertool.inference.ensemble import EnsemblePlan, apply_plan, mean_plan, select_per_attribute, write_plan
-from sertool.inference.inputs import split_windows
+from sertool.inference.inputs import WindowMerger, check_windows, windowed_pieces
 from sertool.inference.predictions import Predictions
-from sertool.inference.predictor import InferenceOptions, Predictor, PredictorOutput, open_predictor
+from sertool.inference.predictor import (InferenceOptions, Predictor, PredictorOutput, open_predictor,
+                                        union_of_training_ids)
 from sertool.inference.writers import WRITERS, format_of, write_submission
+from sertool.models.bootstrap import BootstrapResult, Interval, bootstrap_ccc
 from sertool.models.ccc import ccc_scores, collapsed_attributes
 from sertool.models.hub import is_repo_id
+
+# Files or windows `predict` holds at a time: 256 ten-second windows are ~43 minutes of audio, ~21
+# length-sorted batches of the default 120 padded seconds, while the records and ASR audio in flight stay
+# a few MB.
+PREDICT_CHUNK_PIECES = 256
 
 
 @dataclass
@@ -28,6 +37,12 @@ class Scores:
     num_utterances: int
     gender_accuracy: float | None = None
     gender_uar: float | None = None  # unweighted average recall over Male / Female
+    # Utterances of the split left out because the system trained on them, and whether its training data
+    # was known at all (a predictions CSV does not say what made it).
+    excluded_trained_on: int = 0
+    training_data_known: bool = True
+    # Bootstrap confidence interval of each CCC (and "average"), with ``evaluate --bootstrap B``.
+    ci: dict[str, Interval] | None = None
     collapsed: list[str] = field(default_factory=list)  # attributes with near-constant predictions
 
 
@@ -51,11 +66,17 @@ def labelled(utterances: Sequence[Utterance], split: str) -> np.ndarray:
     return np.array([utt.labels() for utt in utterances], dtype=np.float64)
 
 
-def score(name: str, output: PredictorOutput, utterances: Sequence[Utterance], labels: np.ndarray) -> Scores:
+def score(name: str, output: PredictorOutput, utterances: Sequence[Utterance], labels: np.ndarray, *,
+          held_out: HeldOut | None = None) -> Scores:
     """CCC over the whole split (never per batch), the attributes whose predictions collapsed to a
-    near-constant, and gender accuracy / UAR where the model predicts it."""
+    near-constant, and gender accuracy / UAR where the model predicts it.
+
+    ``held_out`` (from ``selection.held_out``) records what was left out of ``utterances`` beforehand.
+    """
     values = output.predictions.values
-    scores = Scores(name, ccc_scores(values, labels), len(utterances), collapsed=collapsed_attributes(values, labels))
+    scores = Scores(name, ccc_scores(values, labels), len(utterances), collapsed=collapsed_attributes(values, labels),
+                    excluded_trained_on=held_out.excluded if held_out else 0,
+                    training_data_known=held_out.known if held_out else True)
     if output.gender_probabilities is not None:
         known = np.array([utt.gender in GENDERS for utt in utterances])
         if known.any():
@@ -67,6 +88,15 @@ def score(name: str, output: PredictorOutput, utterances: Sequence[Utterance], l
     return scores
 
 
+def _held_out(utterances: Sequence[Utterance], training_ids: frozenset[str] | None, *, split: str, name: str) -> HeldOut:
+    """``selection.held_out``, refusing a split the system trained on entirely."""
+    kept = held_out(utterances, training_ids)
+    if utterances and not kept.utterances:
+        raise SertoolError(f"--split {split}: {name} trained on all {len(utterances)} of its utterances; a score on "
+                           "them would say nothing about unseen data. Evaluate a held-out split")
+    return kept
+
+
 def check_outputs(*, out: Path | None, file_format: str | None, submission: Path | None, force: bool) -> None:
     """Before any work: the outputs may be written, and ``out``'s format is known."""
     check_writable([out, submission], force=force)
@@ -75,16 +105,30 @@ def check_outputs(*, out: Path | None, file_format: str | None, submission: Path
 
 
 def evaluate(model_path: str | Path, utterances: Sequence[Utterance], *, split: str, options: InferenceOptions,
-             out: Path | None = None, plot: Path | None = None, force: bool = False) -> EvaluationResult:
+             out: Path | None = None, plot: Path | None = None, force: bool = False, bootstrap: int = 0,
+             bootstrap_seed: int = 0) -> EvaluationResult:
     """Predict a labelled split with a checkpoint / run folder / CSV / ensemble and score it.
 
+    Utterances the model trained on (recorded in its checkpoint, e.g. Development's O/X of a
+    ``--dev-ox-to-train`` run) are left out of the score, the predictions file and the plot; the
+    ``Scores`` say how many.
+
     Writes the predictions CSV (labels beside them) to ``out`` and the plot to ``plot`` when given.
+    ``bootstrap`` > 0 adds a bootstrap confidence interval of each CCC (``sertool.models.bootstrap``,
+    ``bootstrap`` resamples of the scored utterances, seeded by ``bootstrap_seed``).
+
+    Raises:
+        SertoolError: unlabelled utterances, or every utterance of the split was trained on.
     """
     check_writable([out, plot], force=force)
-    labels = labelled(utterances, split)
     predictor = open_predictor(model_path, options)
+    kept = _held_out(utterances, predictor.training_ids, split=split, name=predictor.name)
+    utterances = kept.utterances
+    labels = labelled(utterances, split)
     output = predictor.predict(utterances)
-    result = EvaluationResult(score(predictor.name, output, utterances, labels), output.predictions)
+    result = EvaluationResult(score(predictor.name, output, utterances, labels, held_out=kept), output.predictions)
+    if bootstrap:
+        result.scores.ci = _resampled([output.predictions.values], labels, bootstrap, bootstrap_seed).interval(0)
     if out is not None:
         WRITERS[format_of(out)](output.predictions, out, labels=labels)
         result.written.append(out)
@@ -106,10 +150,22 @@ def predict_with(predictor: Predictor, utterances: Sequence[Utterance], *, windo
                  hop_s: float) -> Predictions:
     """Predict every utterance with an open predictor (`sertool predict` and ``sertool.load`` alike);
     files longer than ``window_s`` are cut into windows (``hop_s`` apart), each window becomes a segment
-    row and the file's row is their duration-weighted mean."""
-    pieces, windowing = split_windows(utterances, window_s=window_s, hop_s=hop_s)
-    output = predictor.predict(pieces)
-    return windowing.merge(utterances, output.predictions)
+    row and the file's row is their duration-weighted mean.
+
+    The input streams through the model ``PREDICT_CHUNK_PIECES`` pieces (files or windows) at a time, and
+    each window reads only its own span, so memory is bounded by the chunk and batch sizes, whatever the
+    length and number of the files; what grows with them is the output (a few numbers per window).
+
+    Raises:
+        SertoolError: a file too short to predict (before any work), unreadable audio, or a prediction
+            that is not finite (naming the file or window).
+    """
+    check_windows(utterances, window_s=window_s, hop_s=hop_s)
+    merger = WindowMerger()
+    pieces = windowed_pieces(utterances, window_s=window_s, hop_s=hop_s)
+    while chunk := list(itertools.islice(pieces, PREDICT_CHUNK_PIECES)):
+        merger.add(chunk, predictor.predict([piece.utterance for piece in chunk]).predictions)
+    return merger.result(utterances)
 
 
 def write_outputs(predictions: Predictions, *, out: Path | None, file_format: str | None, submission: Path | None,
@@ -135,12 +191,32 @@ class EnsembleResult:
     ensemble_scores: Scores | None
     plan: EnsemblePlan
     predictions: Predictions
+    # With ``bootstrap``: the ensemble's CCC minus each member's, with a paired bootstrap interval.
+    differences: list[Difference] = field(default_factory=list)
+
+
+@dataclass
+class Difference:
+    """``CCC(system) − CCC(reference)`` per score on the same utterances, with its paired bootstrap CI."""
+
+    system: str
+    reference: str
+    value: dict[str, float]
+    ci: dict[str, Interval]
+
+
+def difference(scores: Sequence[Scores], resampled: BootstrapResult, *, system: int, reference: int) -> Difference:
+    """``scores[system]`` minus ``scores[reference]``; the indices are also the bootstrap's systems."""
+    return Difference(scores[system].name, scores[reference].name,
+                      {name: scores[system].ccc[name] - scores[reference].ccc[name] for name in scores[system].ccc},
+                      resampled.difference(system, reference))
 
 
 def ensemble(member_paths: Sequence[str | Path], utterances: Sequence[Utterance], *, split: str,
              options: InferenceOptions, weights: Sequence[float] | None = None, per_attribute: bool = False,
              selection_utterances: Sequence[Utterance] | None = None, selection_split: str = "Development",
-             save: Path | None = None, force: bool = False) -> EnsembleResult:
+             save: Path | None = None, force: bool = False, bootstrap: int = 0,
+             bootstrap_seed: int = 0) -> EnsembleResult:
     """Combine members (checkpoints, run folders, predictions CSVs, saved ensembles) on ``utterances``.
 
     Args:
@@ -150,6 +226,13 @@ def ensemble(member_paths: Sequence[str | Path], utterances: Sequence[Utterance]
             ``utterances``, which must then be labelled).
         save: write the plan as JSON, with members named relative to its folder; evaluate and predict take
             it in place of a checkpoint.
+        bootstrap: resamples of a bootstrap CI of every CCC, and of the ensemble's gain over each member
+            (paired: the same resamples for all); 0: none.
+        bootstrap_seed: the resamples' seed.
+
+    Scores (and the per-attribute choice) leave out every utterance any member trained on: the members
+    and the ensemble are scored on the same utterances, the intersection of the members' held-out sets.
+    The predictions cover every utterance.
     """
     check_writable([save], force=force)
     if len(member_paths) < 2:
@@ -160,11 +243,14 @@ def ensemble(member_paths: Sequence[str | Path], utterances: Sequence[Utterance]
         raise SertoolError("--weights and --per-attribute best exclude each other")
     predictors = [open_predictor(path, options) for path in member_paths]
     names = [_member_name(path, save) for path in member_paths]
+    trained_on = union_of_training_ids(predictors)
     outputs = [predictor.predict(utterances) for predictor in predictors]
     members = [output.predictions for output in outputs]
     if per_attribute:
-        chosen_on = selection_utterances if selection_utterances is not None else utterances
-        chosen_members = members if selection_utterances is None else \
+        chosen_on = _held_out(selection_utterances if selection_utterances is not None else utterances, trained_on,
+                              split=selection_split, name="the ensemble's members").utterances
+        chosen_ids = [utt.id for utt in chosen_on]
+        chosen_members = [member.take(chosen_ids) for member in members] if selection_utterances is None else \
             [predictor.predict(chosen_on).predictions for predictor in predictors]
         plan = select_per_attribute(chosen_members, labelled(chosen_on, selection_split), names=names)
     else:
@@ -173,12 +259,41 @@ def ensemble(member_paths: Sequence[str | Path], utterances: Sequence[Utterance]
     has_labels = all(utt.has_labels for utt in utterances)
     member_scores, ensemble_scores = [], None
     if has_labels:
-        labels = labelled(utterances, split)
-        member_scores = [score(predictor.name, output, utterances, labels) for predictor, output in zip(predictors, outputs)]
-        ensemble_scores = score("ensemble", PredictorOutput(combined), utterances, labels)
+        kept = _held_out(utterances, trained_on, split=split, name="the ensemble's members")
+        labels = labelled(kept.utterances, split)
+        scored = [_rows(output, kept.utterances) for output in [*outputs, PredictorOutput(combined)]]
+        names = [predictor.name for predictor in predictors] + ["ensemble"]
+        *member_scores, ensemble_scores = [score(name, output, kept.utterances, labels, held_out=kept)
+                                           for name, output in zip(names, scored)]
+    result = EnsembleResult(member_scores, ensemble_scores, plan, combined)
+    if bootstrap and has_labels:
+        resampled = _resampled([output.predictions.values for output in scored], labels, bootstrap, bootstrap_seed)
+        rows = [*member_scores, ensemble_scores]
+        for index, row in enumerate(rows):
+            row.ci = resampled.interval(index)
+        result.differences = [difference(rows, resampled, system=len(predictors), reference=index)
+                              for index in range(len(predictors))]
     if save is not None:
         write_plan(plan, save)
-    return EnsembleResult(member_scores, ensemble_scores, plan, combined)
+    return result
+
+
+def _resampled(predictions: list[np.ndarray], labels: np.ndarray, num_resamples: int, seed: int) -> BootstrapResult:
+    """``bootstrap_ccc``, refusing what cannot be resampled with a message that names the flag."""
+    if len(labels) < 2:
+        raise SertoolError(f"--bootstrap: {len(labels)} scored utterance(s); resampling needs at least 2")
+    return bootstrap_ccc(predictions, labels, num_resamples=num_resamples, seed=seed)
+
+
+def _rows(output: PredictorOutput, utterances: Sequence[Utterance]) -> PredictorOutput:
+    """The rows of ``output`` for ``utterances``, in their order."""
+    ids = [utt.id for utt in utterances]
+    if ids == output.predictions.ids:
+        return output
+    row_of = {file_id: row for row, file_id in enumerate(output.predictions.ids)}
+    rows = [row_of[file_id] for file_id in ids]
+    gender = None if output.gender_probabilities is None else output.gender_probabilities[rows]
+    return PredictorOutput(output.predictions.take(ids), gender)
 
 
 def _member_name(path: str | Path, save: Path | None) -> str:

@@ -31,6 +31,7 @@ from sertool.inference.predictions import (
     VALUE_COLUMNS,
     Predictions,
     Segment,
+    check_finite,
     format_value,
     preview_ids,
     read_predictions,
@@ -52,10 +53,11 @@ def write_json(predictions: Predictions, destination: str | Path | TextIO, *,
         labels: ``[N, 3]`` rater means in ``predictions.ids`` order, written under ``"true"``.
 
     Raises:
-        SertoolError: the file cannot be written.
+        SertoolError: a value is not finite, or the file cannot be written.
     """
     if labels is not None and np.shape(labels) != predictions.values.shape:
         raise ValueError(f"write_json: labels of shape {np.shape(labels)} for {len(predictions)} predictions")
+    check_finite(predictions, destination)
     segments_of = segments_by_id(predictions.segments)
     entries = []
     for row, file_id in enumerate(predictions.ids):
@@ -149,10 +151,7 @@ def write_submission(predictions: Predictions, path: str | Path, *,
         SertoolError: a value is not finite, or files are missing or extra relative to ``expected_ids``
             (listing a few of each).
     """
-    not_finite = [file_id for file_id, row in zip(predictions.ids, predictions.values) if not np.all(np.isfinite(row))]
-    if not_finite:
-        raise SertoolError(f"{path}: predictions for {len(not_finite)} file(s) are not finite numbers "
-                           f"({preview_ids(not_finite)}); the model diverged or its input was empty")
+    check_finite(predictions, path)
     if expected_ids is not None:
         present, expected = set(predictions.ids), set(expected_ids)
         missing = sorted(expected - present)

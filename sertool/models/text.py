@@ -19,10 +19,11 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import Tensor, nn
 
 from sertool.errors import SertoolError
+from sertool.io import write_cache_file
 from sertool.models.hub import load_pretrained
 from sertool.models.lora import apply_lora
 from sertool.models.pooling import masked_mean
@@ -208,14 +209,12 @@ class TextEmbeddingCache:
             self._loaded_files.add(path.name)
 
     def _write(self, digests: list[bytes], embeddings: Tensor) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
         name = f"{uuid.uuid4().hex}.safetensors"
-        temporary = self.folder / f".{name}.tmp"
         digest_tensor = torch.frombuffer(bytearray(b"".join(digests)), dtype=torch.uint8).view(-1, _DIGEST_BYTES)
         metadata = {"model": self.encoder.model_name_or_path, "revision": self.encoder.revision}
-        save_file({"sha256": digest_tensor, "embeddings": embeddings.contiguous()}, temporary, metadata=metadata)
-        os.replace(temporary, self.folder / name)
-        self._loaded_files.add(name)
+        data = save({"sha256": digest_tensor, "embeddings": embeddings.contiguous()}, metadata=metadata)
+        if write_cache_file(self.folder / name, data):
+            self._loaded_files.add(name)
 
 
 def model_revision(model_name_or_path: str, config_json: str) -> str:

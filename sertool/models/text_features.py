@@ -17,19 +17,30 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("SERTOOL_CACHE") or Path.home() / ".cache" / "sertool")
 
 
+def text_embedding_cache(model: SERModel, cache_dir: str | Path | None = None) -> TextEmbeddingCache | None:
+    """The cache of ``model``'s frozen text encoder (``text_embeddings/`` under ``cache_dir``), or None when
+    the model has no text branch or trains its text encoder (LoRA: embeddings change every step, so the
+    model computes them itself). Keep it across calls: it holds what it read in memory."""
+    if model.text_encoder is None or model.needs_texts:
+        return None
+    return TextEmbeddingCache(Path(cache_dir or default_cache_dir()) / "text_embeddings", model.text_encoder)
+
+
 def transcript_embeddings(
-    model: SERModel, utterances: Sequence[Utterance], cache_dir: str | Path | None = None
+    model: SERModel, utterances: Sequence[Utterance], cache_dir: str | Path | None = None, *,
+    cache: TextEmbeddingCache | None = None,
 ) -> dict[str, torch.Tensor] | None:
     """Utterance id → embedding of its transcript, for models whose text encoder is frozen.
 
-    Returns None when the model has no text branch or trains its text encoder (LoRA: embeddings change
-    every step, so the model computes them itself). Utterances without a transcript are left out; the
-    caller decides what that means. Each distinct text is encoded once, ever: later runs, epochs and
-    commands read the cache (``text_embeddings/`` under ``cache_dir``).
+    Returns None when the model has no text branch or trains its text encoder. Utterances without a
+    transcript are left out; the caller decides what that means. Each distinct text is encoded once, ever:
+    later runs, epochs and commands read the cache (``cache``, else ``text_embedding_cache(model,
+    cache_dir)``).
     """
-    if model.text_encoder is None or model.needs_texts:
+    if cache is None:
+        cache = text_embedding_cache(model, cache_dir)
+    if cache is None:
         return None
-    cache = TextEmbeddingCache(Path(cache_dir or default_cache_dir()) / "text_embeddings", model.text_encoder)
     with_text = [utt for utt in utterances if utt.transcript is not None]
     embeddings = cache.get([utt.transcript for utt in with_text])  # type: ignore[misc]
     return {utt.id: embedding for utt, embedding in zip(with_text, embeddings)}

@@ -42,7 +42,7 @@ from sertool.checkpoint import (BEST_NAME, LAST_NAME, load_checkpoint, load_stor
 from sertool.config import DEFAULT_BACKBONE_IDS, Config, apply_value
 from sertool.data.corpus import open_corpus
 from sertool.data.dataset import Batch, UtteranceDataset, collate
-from sertool.data.records import ATTRIBUTES, Utterance
+from sertool.data.records import ATTRIBUTES, NO_CLASS_CODES, Utterance
 from sertool.data.selection import select
 from sertool.errors import SertoolError
 from sertool.inference.runner import run_model
@@ -138,6 +138,8 @@ def train(
         config.check()
         if config.data.corpus is None:
             raise SertoolError("no corpus given: pass --corpus ROOT")
+        if not (config.train.epochs or config.train.max_steps):
+            raise SertoolError("--epochs 0 and --max-steps 0: no end of training; give --epochs N or --max-steps N")
     context = distributed.setup(device)
     run_dir = Path(run_dir)
     reporter = reporter if reporter is not None and context.is_main else Reporter()
@@ -245,8 +247,10 @@ class _Run:
         corpus = open_corpus(config.data.corpus)
         self.load_report = corpus.report
         selection = select(corpus.utterances, train_split=config.data.train_split, valid_split=config.data.valid_split,
-                           train_ox=config.data.train_ox, dev_ox_to_train=config.data.dev_ox_to_train)
+                           train_ox=config.data.train_ox, dev_ox_to_train=config.data.dev_ox_to_train,
+                           seed=config.seed)
         self.train_set, self.valid_set = selection.train, selection.valid
+        self.training_ids = sorted(utt.id for utt in self.train_set)
         self.selection_summary = selection.describe()
         bad_audio = [problem for problem in corpus.report.dropped if problem.reason in AUDIO_PROBLEMS]
         if config.data.on_bad_audio == "fail" and bad_audio:
@@ -289,7 +293,10 @@ class _Run:
             self.train_set, max_duration_s=crop_s, sampling=train_config.sampling,
             # The cap is an undersampling option; a config (e.g. a grid's shared overrides) may hold it for all.
             max_per_class=(train_config.max_per_class or None) if train_config.sampling == "undersample" else None,
+            whole_classes=NO_CLASS_CODES if train_config.ox_outside_balance else frozenset(),
             max_batch_s=None if train_config.batch_size else train_config.max_batch_s,
+            # Like the cap: a bound of duration batching, which a --batch-size run does not use.
+            min_batch_items=1 if train_config.batch_size else (train_config.min_batch_items or 1),
             batch_size=train_config.batch_size or None, num_buckets=train_config.num_buckets, seed=config.seed,
             rank=context.rank, world_size=context.world_size)
         self.dataset = UtteranceDataset(
@@ -306,10 +313,7 @@ class _Run:
 
         # Optimisation.
         self.optimizer = build_optimizer(self.model.parameter_groups(), train_config)
-        # Epochs differ in length (undersampling draws new subsets, buckets fill differently): count them all.
-        total_steps = sum(math.ceil(len(self.sampler.plan(epoch)) / train_config.accum_steps)
-                          for epoch in range(train_config.epochs))
-        self.schedule = LRSchedule(train_config, total_steps=total_steps)
+        self.schedule = LRSchedule(train_config, total_steps=self._planned_steps())
         self.scaler = torch.amp.GradScaler(context.device.type, enabled=self.amp_dtype == torch.float16)
         self.trainable = [p for group in self.optimizer.param_groups for p in group["params"]]
         self.ddp_model = self._wrap_ddp()
@@ -347,6 +351,7 @@ class _Run:
             "device": str(self.context.device), "world_size": self.context.world_size,
             "amp": str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "off",
             "parameters": sum(p.numel() for p in self.trainable), "epochs": config.epochs,
+            "max_steps": config.max_steps,
             "batches_per_epoch": len(self.sampler), "accum_steps": config.accum_steps, "resumed_at_step": self.step,
             "data": self.load_report, "classes": class_counts([utt.emo_class for utt in self.train_set])})
         if self.stopped is not None:
@@ -389,7 +394,7 @@ class _Run:
             self.batches_in_epoch = position + len(group)
             stats.update(step=self.step, epoch=epoch, batch=self.batches_in_epoch, batches=total,
                          seconds=time.perf_counter() - started)
-            if self.step % config.log_every_steps == 0 or self.batches_in_epoch == total:
+            if self.step % config.log_every_steps == 0 or self.batches_in_epoch == total or self._budget_spent():
                 self._log({"type": "train", **stats})
             self._finish_step()
             self.reporter.step(stats)
@@ -409,7 +414,7 @@ class _Run:
         validated = self._validation_due()
         if validated:
             self._validate()
-        if self.stopped is None and self.epoch == config.epochs:
+        if self.stopped is None and self._end_reached():
             self.stopped = "finished"
         every = config.checkpoint_every_steps
         if epoch_ended or validated or self.stopped is not None or (every and self.step % every == 0):
@@ -425,8 +430,31 @@ class _Run:
         if self.step == 0 or (self.history and self.history[-1]["step"] == self.step):
             return False
         if config.eval_every_steps:
-            return self.step % config.eval_every_steps == 0 or self.epoch == config.epochs  # and after the last step
-        return self.batches_in_epoch == 0  # the step ended an epoch
+            return self.step % config.eval_every_steps == 0 or self._end_reached()  # and after the last step
+        # The step ended an epoch, or a step budget ended the run inside one.
+        return self.batches_in_epoch == 0 or self._budget_spent()
+
+    def _budget_spent(self) -> bool:
+        """Whether ``--max-steps`` optimiser steps are done."""
+        return bool(self.config.train.max_steps) and self.step >= self.config.train.max_steps
+
+    def _end_reached(self) -> bool:
+        """Whether the run is over: ``--epochs`` epochs done, or ``--max-steps`` steps (whichever first)."""
+        epochs = self.config.train.epochs
+        return bool(epochs) and self.epoch >= epochs or self._budget_spent()
+
+    def _planned_steps(self) -> int:
+        """Optimiser steps of the whole run, for the LR schedule: ``--max-steps``, or the steps of ``--epochs``
+        epochs if those end first. Epochs differ in length (undersampling draws new subsets, buckets fill
+        differently), so each planned epoch is counted."""
+        config = self.config.train
+        budget = config.max_steps or math.inf
+        total = 0
+        for epoch in itertools.count():
+            if total >= budget or (config.epochs and epoch >= config.epochs):
+                break
+            total += math.ceil(len(self.sampler.plan(epoch)) / config.accum_steps)
+        return int(min(total, budget))
 
     def _optimizer_step(self, group: list[Batch]) -> dict[str, Any]:
         """Accumulate gradients over ``group`` and take one optimiser step (unless a loss is not finite)."""
@@ -501,7 +529,7 @@ class _Run:
             with self.stops.at_once(), torch.random.fork_rng(devices=[]):
                 predictions = run_model(self.model, self.valid_set, device=self.context.device,
                                         text_embeddings=self.text_embeddings, num_workers=self.config.data.num_workers,
-                                        amp_dtype=self.amp_dtype, context=self.context)
+                                        amp_dtype=self.amp_dtype, context=self.context, finite_only=False)
         except Interrupted:
             self._save_last()  # validation has changed nothing yet: this is the state the step left
             raise
@@ -566,6 +594,8 @@ class _Run:
                            "text_model": model_config.text_model if model_config.text else None,
                            "speaker_embedding": model_config.speaker_embedding},
             "speakers": self.speakers,
+            # What the model saw: `evaluate` and `reproduce` score it only on other utterances.
+            "training_ids": self.training_ids,
             "backbone_weights": self.backbone_weights,
             # What the model learnt from and what its metrics were measured on (model cards quote it).
             "data": {"corpus": str(self.config.data.corpus), "train_split": self.config.data.train_split,

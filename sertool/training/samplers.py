@@ -6,7 +6,8 @@ Small pieces, each a pure function of its inputs and ``(seed, epoch)``, composed
    class-balanced subset every epoch), ``whole`` (every item once) or ``weighted`` (inverse class frequency,
    with replacement). ``epoch_strategy`` looks one up by name and binds its options.
 2. A batcher groups them: ``duration_batches`` bounds each batch's *padded* seconds (batch size × longest
-   item ≤ ``max_batch_s``) with items drawn from equal-mass duration buckets (``bucket_edges``), or
+   item ≤ ``max_batch_s``, at least ``min_batch_items`` items) with items drawn from equal-mass duration
+   buckets (``bucket_edges``), or
    ``fixed_batches`` makes random batches of N items (the reference for benchmarks).
 3. ``shard_batches`` gives each DDP rank a disjoint share of the same plan, with the same number of batches
    on every rank.
@@ -31,6 +32,9 @@ from sertool.errors import SertoolError
 # an epoch selects, and vice versa.
 _SELECTION_STREAM = 0
 _BATCHING_STREAM = 1
+
+# Sampler settings added after the first checkpoints were written, with the value those checkpoints used.
+_SETTINGS_BEFORE_THEY_WERE_SAVED: dict[str, Any] = {"min_batch_items": 1, "whole_classes": []}
 
 # A strategy maps (class codes, epoch, seed) to the indices one epoch uses.
 EpochStrategy = Callable[..., np.ndarray]
@@ -58,13 +62,16 @@ def _class_groups(class_codes: Sequence[str | None]) -> dict[str | None, np.ndar
 
 
 def undersample(
-    class_codes: Sequence[str | None], *, epoch: int, seed: int, max_per_class: int | None = None
+    class_codes: Sequence[str | None], *, epoch: int, seed: int, max_per_class: int | None = None,
+    whole_classes: frozenset[str] = frozenset(),
 ) -> np.ndarray:
     """A fresh class-balanced subset: every class cut to the size of the smallest one.
 
     Each epoch draws a different random subset of the larger classes, reproducible from ``(seed, epoch)``,
     so over many epochs most of the data is seen while every epoch is balanced (and short). Every distinct
-    code is a class, O and X included; items without a code (``None``) form one more class.
+    code is a class, O and X included; items without a code (``None``) form one more class. O and X are
+    therefore cut like the others: more O/X utterances in the pool (e.g. Development's, moved into
+    training) change which ones an epoch draws, not how many.
 
     Args:
         class_codes: the EmoClass code of each item (index i is item i).
@@ -73,6 +80,8 @@ def undersample(
         max_per_class: instead of the smallest class's size, keep ``min(count, max_per_class)`` items of
             each class. Classes smaller than the cap keep all their items, so they are then NOT equal: the
             cap limits the majority classes without throwing away most of the data.
+        whole_classes: codes kept whole in every epoch, outside the balance (e.g. ``{"O", "X"}``): they
+            neither are cut nor set the size the other classes are cut to.
 
     Returns:
         Indices into ``class_codes``, ascending (order carries no meaning: batching shuffles).
@@ -83,11 +92,13 @@ def undersample(
     if max_per_class is not None and max_per_class < 1:
         raise SertoolError(f"max_per_class must be a positive number of items per class, got {max_per_class}")
     groups = _class_groups(class_codes)
-    if not groups:
-        return np.empty(0, dtype=np.int64)
-    size = min(len(indices) for indices in groups.values()) if max_per_class is None else max_per_class
+    balanced = [indices for code, indices in groups.items() if code not in whole_classes]
+    if not balanced:
+        return np.arange(len(class_codes), dtype=np.int64)
+    size = min(len(indices) for indices in balanced) if max_per_class is None else max_per_class
     rng = _rng(seed, epoch, _SELECTION_STREAM)
-    chosen = [rng.choice(indices, size=min(len(indices), size), replace=False) for indices in groups.values()]
+    chosen = [indices if code in whole_classes else rng.choice(indices, size=min(len(indices), size), replace=False)
+              for code, indices in groups.items()]
     return np.sort(np.concatenate(chosen))
 
 
@@ -133,7 +144,8 @@ def weighted(
 STRATEGIES: dict[str, EpochStrategy] = {"undersample": undersample, "whole": whole, "weighted": weighted}
 
 
-def epoch_strategy(name: str, *, max_per_class: int | None = None, num_samples: int | None = None) -> EpochStrategy:
+def epoch_strategy(name: str, *, max_per_class: int | None = None, num_samples: int | None = None,
+                   whole_classes: frozenset[str] = frozenset()) -> EpochStrategy:
     """The strategy called ``name`` with its options bound: call it as ``strategy(codes, epoch=, seed=)``.
 
     Raises:
@@ -146,7 +158,11 @@ def epoch_strategy(name: str, *, max_per_class: int | None = None, num_samples: 
         raise SertoolError(f"max_per_class (--max-per-class) applies to --sampling undersample only, not '{name}'")
     if num_samples is not None and name != "weighted":
         raise SertoolError(f"num_samples (--num-samples) applies to --sampling weighted only, not '{name}'")
-    options = {"undersample": {"max_per_class": max_per_class}, "weighted": {"num_samples": num_samples}}
+    if whole_classes and name != "undersample":
+        raise SertoolError(f"classes outside the balance (--ox-outside-balance) apply to --sampling undersample only, "
+                           f"not '{name}'")
+    options = {"undersample": {"max_per_class": max_per_class, "whole_classes": frozenset(whole_classes)},
+               "weighted": {"num_samples": num_samples}}
     return functools.partial(STRATEGIES[name], **options.get(name, {}))
 
 
@@ -195,6 +211,7 @@ def duration_batches(
     max_batch_s: float,
     edges: np.ndarray,
     rng: np.random.Generator,
+    min_batch_items: int = 1,
 ) -> list[list[int]]:
     """Batches whose padded seconds (size × longest item) stay within ``max_batch_s``.
 
@@ -205,12 +222,18 @@ def duration_batches(
     epoch has one partial batch rather than one per bucket. A single item longer than ``max_batch_s``
     forms a batch of its own (it cannot be split).
 
+    ``min_batch_items`` is a lower bound that wins over ``max_batch_s``: a batch closes only once it holds
+    that many items, even if it then exceeds the seconds bound (long clips), and an epoch's last batch, if
+    it would be smaller, joins the batch before it. Only an epoch with fewer items than the bound has a
+    smaller batch. The CCC loss is a statistic of the batch: with too few items it is mostly noise.
+
     Args:
         indices: the items of the epoch (repeats allowed).
         durations_s: duration of every item of the dataset, indexed by item.
         max_batch_s: bound on padded seconds per batch.
         edges: bucket boundaries from ``bucket_edges``.
         rng: the epoch's batching generator.
+        min_batch_items: fewest items per batch (1: no lower bound).
 
     Returns:
         Lists of item indices.
@@ -220,24 +243,32 @@ def duration_batches(
     batches: list[list[int]] = []
     leftovers: list[int] = []
     for bucket in np.unique(bucket_of):
-        filled = _fill(rng.permutation(indices[bucket_of == bucket]), durations_s, max_batch_s)
+        filled = _fill(rng.permutation(indices[bucket_of == bucket]), durations_s, max_batch_s, min_batch_items)
         batches.extend(filled[:-1])
         leftovers.extend(filled[-1])
     # Each bucket's last batch is usually partial. Re-batching those items, gathered in bucket order (so
     # neighbours have similar lengths and pad little), leaves one small batch per epoch instead of one per
     # bucket: tiny batches make a noisy CCC loss, which is a batch statistic.
-    batches.extend(_fill(np.asarray(leftovers, dtype=np.int64), durations_s, max_batch_s))
+    last = _fill(np.asarray(leftovers, dtype=np.int64), durations_s, max_batch_s, min_batch_items)
+    if len(last[-1]) < min_batch_items and len(batches) + len(last) > 1:
+        tail = last.pop()
+        # Into its neighbour in bucket order, or else the batch of the most similar lengths: least padding.
+        host = last[-1] if last else min(batches, key=lambda batch: abs(durations_s[batch].max() - durations_s[tail].max()))
+        host.extend(tail)
+    batches.extend(last)
     return [batches[position] for position in rng.permutation(len(batches))]
 
 
-def _fill(members: np.ndarray, durations_s: np.ndarray, max_batch_s: float) -> list[list[int]]:
-    """Greedy: close the batch when the next item would push size × longest past the bound."""
+def _fill(members: np.ndarray, durations_s: np.ndarray, max_batch_s: float,
+          min_batch_items: int = 1) -> list[list[int]]:
+    """Greedy: close the batch when it holds ``min_batch_items`` and the next item would push
+    size × longest past the bound."""
     batches: list[list[int]] = []
     batch: list[int] = []
     longest_s = 0.0
     for index in members.tolist():
         duration_s = float(durations_s[index])
-        if batch and (len(batch) + 1) * max(longest_s, duration_s) > max_batch_s:
+        if len(batch) >= max(1, min_batch_items) and (len(batch) + 1) * max(longest_s, duration_s) > max_batch_s:
             batches.append(batch)
             batch, longest_s = [], 0.0
         batch.append(index)
@@ -313,7 +344,9 @@ class EpochBatchSampler(Sampler[list[int]]):
       ``num_samples`` items per epoch.
     - ``max_batch_s``: batches bounded by padded seconds from ``num_buckets`` duration buckets; memory is
       bounded exactly and padding stays low. ``batch_size``: random batches of N items instead (padding is
-      then high on a mix of 3 to 11 s clips). Exactly one of the two.
+      then high on a mix of 3 to 11 s clips). Exactly one of the two. ``min_batch_items`` puts a lower
+      bound on the items of a ``max_batch_s`` batch that wins over the seconds bound (the CCC loss needs
+      enough items to mean something).
     - DDP: ``rank`` / ``world_size`` from the trainer; every rank computes the same plan from the same seed
       and takes a disjoint share, with the same number of batches (see ``shard_batches`` for
       ``drop_remainder``). No communication.
@@ -329,8 +362,10 @@ class EpochBatchSampler(Sampler[list[int]]):
         sampling: str = "undersample",
         max_per_class: int | None = None,
         num_samples: int | None = None,
+        whole_classes: frozenset[str] = frozenset(),
         max_batch_s: float | None = None,
         batch_size: int | None = None,
+        min_batch_items: int = 1,
         num_buckets: int = 20,
         seed: int = 0,
         rank: int = 0,
@@ -346,8 +381,11 @@ class EpochBatchSampler(Sampler[list[int]]):
             sampling: ``"undersample"``, ``"whole"`` or ``"weighted"``.
             max_per_class: undersampling cap per class (None: the smallest class's size).
             num_samples: items per epoch of ``"weighted"`` (None: the number of items).
+            whole_classes: ``"undersample"``: class codes kept whole in every epoch, outside the balance.
             max_batch_s: bound on batch size × longest item, in seconds.
             batch_size: fixed number of items per batch instead of ``max_batch_s``.
+            min_batch_items: ``max_batch_s`` batching: fewest items per batch, even where that exceeds
+                ``max_batch_s`` (see ``duration_batches``); 1: no lower bound.
             num_buckets: duration buckets of ``max_batch_s`` batching.
             seed: run seed; the same on every rank.
             rank: this process's rank.
@@ -368,13 +406,20 @@ class EpochBatchSampler(Sampler[list[int]]):
             raise SertoolError(f"max_batch_s (--max-batch-s) must be positive seconds, got {max_batch_s}")
         if batch_size is not None and batch_size < 1:
             raise SertoolError(f"batch_size (--batch-size) must be at least 1, got {batch_size}")
+        if min_batch_items < 1:
+            raise SertoolError(f"min_batch_items (--min-batch-items) must be at least 1, got {min_batch_items}")
+        if min_batch_items > 1 and batch_size is not None:
+            raise SertoolError("min_batch_items (--min-batch-items) applies to max_batch_s (--max-batch-s) batching, "
+                               "not to fixed --batch-size batches")
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
         self.class_codes = list(class_codes)
         self.durations_s = np.asarray(durations_s, dtype=np.float64)
-        self.strategy = epoch_strategy(sampling, max_per_class=max_per_class, num_samples=num_samples)
+        self.strategy = epoch_strategy(sampling, max_per_class=max_per_class, num_samples=num_samples,
+                                       whole_classes=whole_classes)
         self.max_batch_s = max_batch_s
         self.batch_size = batch_size
+        self.min_batch_items = min_batch_items
         # Edges come from every item, not from an epoch's subset, so buckets stay the same across epochs.
         self.edges = bucket_edges(self.durations_s, num_buckets=num_buckets) if max_batch_s is not None else np.empty(0)
         self.seed = seed
@@ -385,7 +430,9 @@ class EpochBatchSampler(Sampler[list[int]]):
         # the same state, and all ranks are at the same step).
         self.settings: dict[str, Any] = {
             "sampling": sampling, "max_per_class": max_per_class, "num_samples": num_samples,
-            "max_batch_s": max_batch_s, "batch_size": batch_size, "num_buckets": num_buckets, "seed": seed,
+            "whole_classes": sorted(whole_classes),
+            "max_batch_s": max_batch_s, "batch_size": batch_size, "min_batch_items": min_batch_items,
+            "num_buckets": num_buckets, "seed": seed,
             "world_size": world_size, "drop_remainder": drop_remainder, "num_items": len(self.class_codes),
             # Catches another corpus or another training crop with the same number of items.
             "total_duration_s": round(float(self.durations_s.sum()), 3),
@@ -414,7 +461,8 @@ class EpochBatchSampler(Sampler[list[int]]):
         indices = self.strategy(self.class_codes, epoch=epoch, seed=self.seed)
         rng = _rng(self.seed, epoch, _BATCHING_STREAM)
         if self.max_batch_s is not None:
-            return duration_batches(indices, self.durations_s, max_batch_s=self.max_batch_s, edges=self.edges, rng=rng)
+            return duration_batches(indices, self.durations_s, max_batch_s=self.max_batch_s, edges=self.edges, rng=rng,
+                                    min_batch_items=self.min_batch_items)
         return fixed_batches(indices, batch_size=self.batch_size, rng=rng)  # type: ignore[arg-type]
 
     def plan(self, epoch: int | None = None) -> list[list[int]]:
@@ -491,11 +539,9 @@ class EpochBatchSampler(Sampler[list[int]]):
         Raises:
             SertoolError: the sampler settings differ from the checkpoint's, so the plan would differ.
         """
-        changed = [
-            f"{key} {state['settings'].get(key)!r} → {value!r}"
-            for key, value in self.settings.items()
-            if state["settings"].get(key) != value
-        ]
+        saved = {**_SETTINGS_BEFORE_THEY_WERE_SAVED, **state["settings"]}
+        changed = [f"{key} {saved.get(key)!r} → {value!r}" for key, value in self.settings.items()
+                   if saved.get(key) != value]
         if changed:
             raise SertoolError(
                 "cannot resume mid-epoch: sampler settings differ from the checkpoint's "

@@ -214,9 +214,10 @@ _AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
 def table(args) -> None:
     """Markdown: per corpus and variant, mean ± sd over seeds, and the margin over the floor on that corpus."""
     rows = [json.loads(line) for line in (Path(args.out) / "results.jsonl").read_text().splitlines()]
+    shown = {row["corpus"] for row in rows if not args.variant or row["variant"] in args.variant}
     groups: dict[tuple, list] = {}
     for row in rows:
-        if not args.variant or row["variant"] in args.variant or row["variant"] == "baseline":
+        if row["corpus"] in shown and (not args.variant or row["variant"] in (*args.variant, "baseline")):
             groups.setdefault((row["corpus"], row["variant"]), []).append(row)
     columns = [*ATTRIBUTES, "average"]
     print(f"| corpus | system | seeds | steps | {args.split} utterances | " + " | ".join(columns)

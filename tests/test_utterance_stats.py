@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-from sertool.baseline.features import utterance_statistics
 from sertool.checkpoint import load_checkpoint, load_stored_state, stored_state
 from sertool.config import Config, ModelConfig
 from sertool.data.corpus import open_corpus
@@ -17,7 +16,7 @@ from sertool.inference.predictor import open_predictor
 from sertool.models.backbones.fbank import N_FFT, mel_filter_bank, raw_log_mel
 from sertool.models.ser_model import SERModel
 from sertool.models.utterance_stats import (NUM_FEATURES, Standardizer, UtteranceStatistics, feature_names,
-                                            log_mel_statistics)
+                                            log_mel_statistics, utterance_statistics)
 from sertool.training import loop
 from sertool.training.loop import train
 from tests.corpus_files import write_learnable_corpus

@@ -1,8 +1,10 @@
 """Utterance-level statistics of the raw log-mel spectrum: what the ridge floor reads, and the "wide" path.
 
-One batched, masked computation serves two users:
+One batched, masked computation (``log_mel_statistics``) serves two users:
 
-- ``sertool baseline`` regresses on them (``sertool.baseline.features``);
+- ``sertool baseline`` regresses on them, computed for whole utterances read from disk, in float64,
+  without any normalisation (``utterance_statistics``; the ridge standardises each feature on the
+  training split);
 - ``--utterance-stats`` (``UtteranceStatistics``) concatenates them, standardised, to the pooled
   representation the heads read: a linear view of level and spectral balance beside the encoder.
 
@@ -27,10 +29,14 @@ encoder stays gain-invariant and the heads learn from the training data how far 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
+from sertool.data.dataset import load_utterance_audio
+from sertool.data.records import Utterance
 from sertool.models.backbones.base import lengths_to_mask
 from sertool.models.backbones.fbank import N_FFT, NUM_MEL_BINS, mel_filter_bank, raw_log_mel
 
@@ -170,3 +176,56 @@ class UtteranceStatistics(nn.Module):
             keep = torch.rand(standardised.shape[0], 1, device=standardised.device) >= self.dropout
             standardised = standardised * keep.to(standardised.dtype)
         return standardised
+
+
+class StatisticsExtractor:
+    """Computes one waveform's statistics with the filters and window built once."""
+
+    def __init__(self) -> None:
+        self.mel_filters = mel_filter_bank()
+        self.window = torch.hann_window(N_FFT)
+
+    def __call__(self, waveform: torch.Tensor) -> np.ndarray:
+        """The statistics vector (``NUM_FEATURES`` float64 values) of one 16 kHz mono waveform."""
+        with torch.no_grad():
+            log_mel, lengths = raw_log_mel(waveform[None].float(), torch.ones(1, len(waveform), dtype=torch.bool),
+                                           self.mel_filters, self.window)
+            return log_mel_statistics(log_mel.double(), lengths)[0].numpy()
+
+
+def utterance_statistics(utterances: Sequence[Utterance], *,
+                         progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+    """``[N, NUM_FEATURES]`` statistics of whole utterances (read at 16 kHz, mono).
+
+    Args:
+        utterances: the utterances, read whole (a window, ``span_s``, exactly its span).
+        progress: called as ``progress(done, total)`` after each utterance.
+
+    Raises:
+        SertoolError: an audio file cannot be read (naming it).
+    """
+    extract = StatisticsExtractor()
+    rows = []
+    for done, utt in enumerate(utterances, start=1):
+        waveform = load_utterance_audio(utt)
+        rows.append(extract(waveform))
+        if progress is not None:
+            progress(done, len(utterances))
+    return np.array(rows, dtype=np.float64).reshape(len(rows), NUM_FEATURES)
+
+
+def fit_utterance_statistics(model: torch.nn.Module, utterances: Sequence[Utterance], *,
+                             progress: Callable[[int, int], None] | None = None) -> None:
+    """Fit the wide path's standardiser (``--utterance-stats``) on whole training clips; no-op without it.
+
+    The moments are those the ridge floor standardises its features by: the statistics of each clip of
+    ``utterances`` read whole, whatever crop training then uses.
+
+    Args:
+        model: a ``SERModel``.
+        utterances: the training split (never a validation or test clip).
+        progress: as for ``utterance_statistics``.
+    """
+    wide = getattr(model, "utterance_stats", None)
+    if wide is not None:
+        wide.standardizer.fit(torch.from_numpy(utterance_statistics(utterances, progress=progress)))

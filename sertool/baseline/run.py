@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sertool.baseline.features import FEATURE_GROUPS, feature_names, utterance_statistics
+from sertool.models.utterance_stats import FEATURE_GROUPS, feature_names, utterance_statistics
 from sertool.baseline.ridge import ALPHAS, fit_ridge
 from sertool.data.corpus import open_corpus
 from sertool.data.records import ATTRIBUTES

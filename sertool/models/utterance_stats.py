@@ -83,7 +83,7 @@ def log_mel_statistics(log_mel: Tensor, lengths: Tensor) -> Tensor:
     energy = torch.logsumexp(log_mel, dim=-1)  # [B, F]: frame log power summed over the bands
     quantiles = torch.tensor(_PERCENTILES, dtype=log_mel.dtype, device=log_mel.device)
     energy_rows = []
-    for row, length in zip(energy, lengths.tolist()):
+    for row, length in zip(energy, lengths.tolist(), strict=True):
         real = row[:length]
         active = real >= real.max() - ACTIVE_RANGE_DB * _LOG_POWER_PER_DB
         energy_rows.append(torch.cat([real.mean()[None], real.std(correction=0)[None],
@@ -101,6 +101,11 @@ class Standardizer(nn.Module):
     a loaded model uses them as they were. A feature that did not vary over the training clips keeps
     scale 1. Using it before ``fit`` is an error: unstandardised log-mel statistics would be silently wrong.
     """
+
+    # Buffers (register_buffer), declared so that their type is known.
+    count: Tensor
+    mean: Tensor
+    scale: Tensor
 
     def __init__(self, dim: int) -> None:
         super().__init__()
@@ -152,6 +157,10 @@ class UtteranceStatistics(nn.Module):
     Args:
         dropout: probability of dropping a training clip's statistics (0: never).
     """
+
+    # Buffers (register_buffer), declared so that their type is known.
+    mel_filters: Tensor
+    window: Tensor
 
     def __init__(self, *, dropout: float = 0.0) -> None:
         super().__init__()

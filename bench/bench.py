@@ -121,6 +121,15 @@ def _startup(context: Context) -> list[Figure]:
     return startup(context.folder / "startup", rounds=3, cache_dir=context.cache_dir)
 
 
+def _msp_startup(context: Context) -> list[Figure]:
+    from msp_scale import MSP_FILES, msp_scale_startup
+    from process_bench import tiny_checkpoint
+
+    checkpoint = tiny_checkpoint(context.folder / "msp-startup-model", cache_dir=context.cache_dir)
+    return msp_scale_startup(context.folder / "msp-startup", files=MSP_FILES, checkpoint=checkpoint,
+                             cache_dir=context.cache_dir)
+
+
 def _gpu(context: Context) -> list[Figure]:
     from gpu_bench import gpu_benchmarks
 
@@ -129,7 +138,8 @@ def _gpu(context: Context) -> list[Figure]:
 
 BENCHMARKS: dict[str, Callable[[Context], list[Figure]]] = {
     "training": _training, "padding": _padding, "text": _text, "whisper": _whisper, "inference": _inference,
-    "memory": _memory, "long_audio": _long_audio, "loader": _loader, "startup": _startup, "gpu": _gpu,
+    "memory": _memory, "long_audio": _long_audio, "loader": _loader, "startup": _startup,
+    "msp_startup": _msp_startup, "gpu": _gpu,
 }
 
 
@@ -159,6 +169,8 @@ def machine_info() -> dict[str, Any]:
 
 
 def format_value(figure: Figure) -> str:
+    if figure.unit == "s":
+        return f"{figure.value:.1f} s"
     return f"{figure.value:.2f}×" if figure.unit == "×" else f"{figure.value:.3f}"
 
 

@@ -160,8 +160,9 @@ class DataConfig:
     num_workers: int = option(2, "Data-loader processes.", bounds=NON_NEGATIVE, resumable=True)
     asr: str = option(DEFAULT_ASR_MODEL_ID, "Whisper model (hub id or folder) that transcribes utterances without a "
                       "transcript, for MM (--text) systems.", path="path or hub id")
-    cache_dir: str | None = option(None, "Cache of text embeddings and ASR transcripts (default: $SERTOOL_CACHE "
-                                   "or ~/.cache/sertool).", path="path", resumable=True)
+    cache_dir: str | None = option(None, "Cache of corpus scans (durations, transcripts), text embeddings and ASR "
+                                   "transcripts (default: $SERTOOL_CACHE or ~/.cache/sertool).", path="path",
+                                   resumable=True)
 
 
 @dataclass

@@ -1,20 +1,22 @@
 """Opening a corpus: an MSP-Podcast root or a sertool manifest, detected from what the path holds."""
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+import json
+import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from sertool.data.audio import audio_info
 from sertool.data.records import SPLITS, Utterance
-from sertool.data.report import LoadReport
+from sertool.data.report import LoadReport, Problem
+from sertool.data.scan_cache import ScanCache
 from sertool.errors import SertoolError
 
 MSP_LABELS = Path("Labels") / "labels_consensus.csv"
 MANIFEST_NAME = "manifest.csv"
 # Header reads are I/O-bound (often on network storage); threads overlap the waits.
-_HEADER_READ_THREADS = 8
+HEADER_READ_THREADS = 8
 
 Progress = Callable[[int, int], None]
 
@@ -46,32 +48,47 @@ class Corpus:
         return [name for name in SPLITS if name in present] + [name for name in present if name not in SPLITS]
 
 
-def open_corpus(path: str | Path, *, progress: Progress | None = None) -> Corpus:
+def open_corpus(path: str | Path, *, progress: Progress | None = None,
+                cache_dir: str | os.PathLike[str] | None = None) -> Corpus:
     """Read the corpus at ``path``.
 
     ``path`` may be an MSP-Podcast root (holding ``Labels/labels_consensus.csv``), a manifest CSV file, or
     a folder holding ``manifest.csv``. Bad rows are dropped and recorded in ``Corpus.report``; they never
-    raise. Audio durations come from file headers only.
+    raise. Audio durations come from file headers only, read once and then kept in the scan cache under
+    ``cache_dir`` (None: ``$SERTOOL_CACHE`` or ``~/.cache/sertool``) until the file changes.
 
     Raises:
         SertoolError: the path is missing or holds neither layout, or a label/manifest file is unusable
             as a whole (unreadable, wrong header).
     """
     from sertool.data import manifest, msp  # the readers import this module for Corpus
+    from sertool.data.corpus_snapshot import load_snapshot, save_snapshot
 
     path = Path(path).expanduser()
     if not path.exists():
         raise SertoolError(f"--corpus {path}: no such file or folder")
     if path.is_file():
-        return manifest.read_manifest(path, progress=progress)
-    if (path / MSP_LABELS).is_file():
-        return msp.read_msp_podcast(path, progress=progress)
-    if (path / MANIFEST_NAME).is_file():
-        return manifest.read_manifest(path / MANIFEST_NAME, progress=progress)
-    raise SertoolError(
-        f"--corpus {path}: neither an MSP-Podcast root (no {MSP_LABELS}) nor a sertool manifest "
-        f"(no {MANIFEST_NAME}); see `sertool data manifest --help` to make one from a folder and a CSV"
-    )
+        kind, read = "manifest", lambda scan: manifest.read_manifest(path, progress=progress, scan=scan)
+    elif (path / MSP_LABELS).is_file():
+        kind, read = "msp-podcast", lambda scan: msp.read_msp_podcast(path, progress=progress, scan=scan)
+    elif (path / MANIFEST_NAME).is_file():
+        kind, read = "manifest", lambda scan: manifest.read_manifest(path / MANIFEST_NAME, progress=progress, scan=scan)
+    else:
+        raise SertoolError(
+            f"--corpus {path}: neither an MSP-Podcast root (no {MSP_LABELS}) nor a sertool manifest "
+            f"(no {MANIFEST_NAME}); see `sertool data manifest --help` to make one from a folder and a CSV"
+        )
+    scan = ScanCache(cache_dir)
+    snapshot = load_snapshot(scan, str(path), kind)
+    if snapshot is not None:
+        utterances, report = snapshot
+        if progress is not None:
+            progress(len(utterances), len(utterances))
+        root = path / MANIFEST_NAME if kind == "manifest" and path.is_dir() else path
+        return Corpus(root=root, kind=kind, utterances=utterances, report=report)
+    corpus = read(scan)
+    save_snapshot(scan, str(path), kind, corpus.utterances, corpus.report)
+    return corpus
 
 
 @dataclass
@@ -84,9 +101,49 @@ class Row:
     fields: dict  # the remaining Utterance fields (split, labels, class, speaker, gender, transcript)
 
 
-def build_utterances(rows: Sequence[Row], report: LoadReport, *, progress: Progress | None = None) -> list[Utterance]:
+def read_rows(table: Path, parse: Callable[[Path, LoadReport], list[Row]], report: LoadReport, *,
+              scan: ScanCache) -> list[Row]:
+    """The rows of a labels file or manifest, ``parse(table, report)``, parsed once and then taken from
+    the scan cache while the file is unchanged (parsing MSP-Podcast's labels takes seconds, more than the
+    rest of a warm start); the rows it dropped are added to ``report`` either way.
+
+    Raises:
+        SertoolError: whatever ``parse`` raises for an unusable file.
+    """
+    def parse_into_new_report(path: str) -> tuple[list[Row], list[Problem]]:
+        own = LoadReport()
+        return parse(table, own), own.dropped
+
+    given = str(table)  # messages name the file as the user did; another spelling is another entry
+    (result,) = scan.read([table], parse_into_new_report, errors=(), kind="tables", columns=(str,),
+                          encode=lambda value: (json.dumps(_encode_rows(given, *value)),),
+                          decode=lambda entry: _decode_rows(given, json.loads(entry[0])))
+    rows, dropped = result
+    report.dropped.extend(dropped)
+    return rows
+
+
+def _encode_rows(given: str, rows: list[Row], dropped: list[Problem]) -> list:
+    names = list(rows[0].fields) if rows else []
+    return [given, names, [[row.where, row.id, os.fspath(row.audio_path), *(row.fields[name] for name in names)]
+                           for row in rows],
+            [[problem.where, problem.reason, problem.detail, problem.split] for problem in dropped]]
+
+
+def _decode_rows(given: str, entry: list) -> tuple[list[Row], list[Problem]]:
+    if len(entry) != 4 or entry[0] != given:
+        raise ValueError("rows of another spelling of the path")
+    names = entry[1]
+    rows = [Row(where=row[0], id=row[1], audio_path=Path(row[2]), fields=dict(zip(names, row[3:])))
+            for row in entry[2]]
+    return rows, [Problem(*problem) for problem in entry[3]]
+
+
+def build_utterances(rows: Sequence[Row], report: LoadReport, *, scan: ScanCache | None = None,
+                     progress: Progress | None = None) -> list[Utterance]:
     """Turn parsed rows into utterances: drop repeated ids and rows whose audio is missing, unreadable or
-    empty (each recorded in ``report``); durations come from the file headers, read in parallel."""
+    empty (each recorded in ``report``); durations come from the file headers (``read_headers``, through
+    ``scan``; None: the default cache folder's)."""
     seen: dict[str, str] = {}
     unique = []
     for row in rows:
@@ -97,7 +154,8 @@ def build_utterances(rows: Sequence[Row], report: LoadReport, *, progress: Progr
             unique.append(row)
 
     utterances = []
-    for row, header in zip(unique, _read_headers([row.audio_path for row in unique], progress)):
+    headers = read_headers([row.audio_path for row in unique], scan=scan, progress=progress)
+    for row, header in zip(unique, headers):
         if isinstance(header, SertoolError):
             reason = "missing audio" if not row.audio_path.exists() else "unreadable audio"
             report.drop(row.where, reason, str(header), split=row.fields["split"])
@@ -110,17 +168,20 @@ def build_utterances(rows: Sequence[Row], report: LoadReport, *, progress: Progr
     return utterances
 
 
-def _read_headers(paths: Sequence[Path], progress: Progress | None) -> Iterable[tuple[int, int, int] | SertoolError]:
-    """``audio_info`` of each path, or the error it raised, in order."""
+def read_headers(paths: Sequence[str | os.PathLike[str]], *, scan: ScanCache | None = None,
+                 progress: Progress | None = None) -> list[tuple[int, int, int] | SertoolError]:
+    """``audio_info`` of each path, or the ``SertoolError`` it raised, in order.
 
-    def probe(path: Path) -> tuple[int, int, int] | SertoolError:
-        try:
-            return audio_info(path)
-        except SertoolError as error:
-            return error
+    Headers of unchanged files come from the scan cache (``scan``; None: the default cache folder's); the
+    others are read in parallel threads and recorded there.
+    """
+    return (scan or ScanCache()).read(
+        paths, audio_info, errors=(SertoolError,), kind="audio-headers", columns=(int, int, int),
+        decode=_decode_header, threads=HEADER_READ_THREADS, progress=progress)
 
-    with ThreadPoolExecutor(_HEADER_READ_THREADS) as pool:
-        for done, result in enumerate(pool.map(probe, paths), start=1):
-            if progress is not None:
-                progress(done, len(paths))
-            yield result
+
+def _decode_header(entry: tuple) -> tuple[int, int, int]:
+    sample_rate, num_frames, num_channels = entry
+    if not (sample_rate > 0 and num_frames >= 0 and num_channels > 0):
+        raise ValueError(f"not an audio header: {entry!r}")
+    return entry

@@ -35,15 +35,16 @@ def summarize(corpus: Corpus) -> list[SplitSummary]:
     total = SplitSummary("all")
     speakers: dict[str, set[str]] = {name: set() for name in [*summaries, "all"]}
     for utt in corpus.utterances:
+        duration_s, labelled, gender, emo_class = utt.duration_s, utt.has_labels, utt.gender or "unknown", utt.emo_class or "?"
         for summary in (summaries[utt.split], total):
             summary.utterances += 1
-            summary.hours += utt.duration_s / 3600
-            summary.min_duration_s = utt.duration_s if summary.utterances == 1 else min(summary.min_duration_s, utt.duration_s)
-            summary.max_duration_s = max(summary.max_duration_s, utt.duration_s)
-            summary.labelled += utt.has_labels
+            summary.hours += duration_s / 3600
+            summary.min_duration_s = duration_s if summary.utterances == 1 else min(summary.min_duration_s, duration_s)
+            summary.max_duration_s = max(summary.max_duration_s, duration_s)
+            summary.labelled += labelled
             summary.with_transcript += utt.transcript is not None
-            summary.genders[utt.gender or "unknown"] += 1
-            summary.classes[utt.emo_class or "?"] += 1
+            summary.genders[gender] += 1
+            summary.classes[emo_class] += 1
             if utt.speaker is not None:
                 speakers[summary.name].add(utt.speaker)
     for summary in [*summaries.values(), total]:

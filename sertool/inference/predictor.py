@@ -123,7 +123,7 @@ class CheckpointPredictor:
         if all(utt.transcript is not None for utt in utterances):
             return list(utterances)
         from sertool.inference.asr import Transcriber, fill_transcripts
-        from sertool.models.text_features import default_cache_dir
+        from sertool.io import default_cache_dir
 
         if self._transcriber is None:
             self._transcriber = Transcriber(self.options.asr, device=self.options.torch_device())

@@ -1,20 +1,15 @@
 """Transcript embeddings of a run's utterances, from the on-disk cache of a frozen text encoder."""
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
 from sertool.data.records import Utterance
+from sertool.io import default_cache_dir
 from sertool.models.ser_model import SERModel
 from sertool.models.text import TextEmbeddingCache
-
-
-def default_cache_dir() -> Path:
-    """``$SERTOOL_CACHE``, else ``~/.cache/sertool``."""
-    return Path(os.environ.get("SERTOOL_CACHE") or Path.home() / ".cache" / "sertool")
 
 
 def text_embedding_cache(model: SERModel, cache_dir: str | Path | None = None) -> TextEmbeddingCache | None:

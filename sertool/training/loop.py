@@ -243,7 +243,7 @@ class _Run:
             torch.use_deterministic_algorithms(True, warn_only=True)
 
         # Data.
-        corpus = open_corpus(config.data.corpus)
+        corpus = open_corpus(config.data.corpus, cache_dir=config.data.cache_dir)
         self.load_report = corpus.report
         selection = select(corpus.utterances, train_split=config.data.train_split, valid_split=config.data.valid_split,
                            train_ox=config.data.train_ox, dev_ox_to_train=config.data.dev_ox_to_train,
@@ -685,7 +685,7 @@ class _Run:
         if not missing:
             return utterances
         from sertool.inference.asr import fill_transcripts
-        from sertool.models.text_features import default_cache_dir
+        from sertool.io import default_cache_dir
 
         self.load_report.warn(str(self.config.data.corpus), "transcripts from ASR",
                               f"{missing} utterances had no transcript; transcribed with {self.config.data.asr}")

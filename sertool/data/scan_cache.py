@@ -1,0 +1,297 @@
+"""What a corpus scan learns about each file (audio headers, transcripts), kept on disk between runs.
+
+Opening MSP-Podcast reads 150,000 audio headers and as many transcripts: about half a minute, paid by
+every command (``data info``, ``train``, ``evaluate``, ``predict``) before it does anything. What a file
+holds cannot change without its ``stat`` changing, so the second scan only stats each file and takes
+what the first one read from the cache.
+
+Layout: ``<cache_dir>/scans/<kind>/<hash of the folder>.npz``, one shard per folder of files (a corpus's
+``Audios/`` is one shard), mapping each file name to its stat key and what was read from it. A value is
+reused only when the file's size, modification time, status-change time and inode all equal those
+recorded, so replacing, rewriting or touching a file (``cp``, ``sox``, an editor, ``touch``) reads it
+again. Three rules keep a cached value from ever being wrong:
+
+- the file is stat-ed *before* it is read, so a change during the read leaves a key that no longer
+  matches;
+- a file modified in the last ``RACY_S`` seconds before the scan is not recorded: on file systems with
+  coarse timestamps, a second write in the same tick would leave its stat unchanged;
+- shards are replaced whole (``atomic_write``), so readers see a complete old or new shard; two processes
+  that write one at once each merge what is on disk first, and at worst one's new entries are lost
+  (read again next time), never mixed up.
+
+A shard that cannot be parsed is ignored (with one warning) and rewritten; a cache folder that cannot be
+written is a warning, never an error: the scan still returns what it read.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import stat
+import time
+import zipfile
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+from sertool.io import default_cache_dir, write_cache_file
+
+log = logging.getLogger(__name__)
+
+SCAN_CACHE_SUBDIR = "scans"
+FORMAT_VERSION = 1
+# A file whose modification time is this close to the scan (or later) is read but not recorded: a write in
+# the same timestamp tick (1 s on ext3 or HFS+, 2 s on FAT) would not change its stat.
+RACY_S = 2.0
+# Files read per task of the thread pool: one task per file costs more in the pool than the read itself.
+_CHUNK = 256
+
+Value = TypeVar("Value")
+Progress = Callable[[int, int], None]
+
+
+class ScanCache:
+    """The scan cache of one corpus scan: values read from files (``read``), and every file and folder the
+    scan depended on with its stat key (``dependencies``), which a snapshot of the whole result keeps.
+
+    Args:
+        cache_dir: sertool's cache folder (None: ``$SERTOOL_CACHE`` or ``~/.cache/sertool``).
+    """
+
+    def __init__(self, cache_dir: str | os.PathLike[str] | None = None) -> None:
+        self.folder = (Path(cache_dir).expanduser() if cache_dir else default_cache_dir()) / SCAN_CACHE_SUBDIR
+        self.recent_ns = time.time_ns() - int(RACY_S * 1e9)  # stat keys after this may not tell a change
+        self.dependency_paths: list[str] = []
+        self.dependency_keys: list[tuple[int, int, int, int]] = []
+
+    @property
+    def settled(self) -> bool:
+        """Whether every dependency so far was last modified before ``RACY_S`` ahead of the scan, so that
+        its stat key tells any later change."""
+        return all(key[1] <= self.recent_ns for key in self.dependency_keys)
+
+    def depend_on(self, paths: Sequence[str], keys: Sequence[tuple[int, int, int, int]] | None = None) -> None:
+        """Record that the scan's result depends on ``paths`` (files or folders) as they are now (``keys``:
+        their stat keys, taken before they were read; None: stat them now)."""
+        self.dependency_paths.extend(paths)
+        self.dependency_keys.extend(keys if keys is not None else [stat_key(path) for path in paths])
+
+    def read(
+        self,
+        paths: Sequence[str | os.PathLike[str]],
+        read: Callable[[str], Value],
+        *,
+        errors: tuple[type[Exception], ...],
+        kind: str,
+        columns: Sequence[type],
+        encode: Callable[[Value], tuple] = tuple,
+        decode: Callable[[tuple], Value] = tuple,
+        threads: int = 1,
+        progress: Progress | None = None,
+    ) -> list[Value | Exception]:
+        """``read(path)`` of every path, from the cache where the file is unchanged since it was cached.
+
+        Args:
+            paths: the files; their folders are the shards.
+            read: reads what is wanted from one file.
+            errors: what ``read`` raises for a bad file (missing, unreadable): returned in place of a value,
+                never cached (a missing file is stat-ed again next time and costs no more than a stat). Other
+                exceptions propagate.
+            kind: the cache's name (``"audio-headers"``): one kind of value per folder.
+            columns: the types of a stored value's fields, ``int`` (64-bit) or ``str``.
+            encode, decode: a value to a tuple of ``columns`` and back; ``decode`` raises ``ValueError`` on
+                a tuple it cannot have written (the file is then read again).
+            threads: reads of uncached files run in this many threads (file reads wait on the disk).
+            progress: ``(done, total)`` as files are looked up and read.
+
+        Returns:
+            Per path, in order: the value, or the ``errors`` exception ``read`` raised.
+        """
+        folder = self.folder / kind
+        texts = [os.fspath(path) for path in paths]
+        # The warm path, kept to a stat and a lookup per file in Python; the comparisons run in numpy.
+        shards: dict[str, _Shard] = {}  # by the folder as given; the file is named by its absolute path
+        places, shard_numbers, rows, keys = [], [], [], []
+        for path in texts:
+            parent, _, name = path.rpartition(os.sep)  # os.path.split costs 5× more, and this loop runs per file
+            if not parent and path.startswith(os.sep):
+                parent = os.sep
+            shard = shards.get(parent)
+            if shard is None:
+                shard = shards[parent] = _Shard(folder, os.path.abspath(parent), columns)
+                shard.number = len(shards) - 1
+            places.append((shard, name))
+            shard_numbers.append(shard.number)
+            rows.append(shard.index.get(name, -1))
+            try:
+                status = os.stat(path)
+            except OSError:
+                keys.append(_NO_FILE)  # ``read`` says what is wrong with it
+                continue
+            keys.append((status.st_size, status.st_mtime_ns, status.st_ctime_ns, status.st_ino)
+                        if stat.S_ISREG(status.st_mode) else _NO_FILE)
+        results: list[Any] = [None] * len(texts)
+        misses = []
+        key_array = np.array(keys, dtype=np.int64).reshape(len(keys), 4)
+        row_array = np.array(rows, dtype=np.int64)
+        by_shard = np.argsort(np.array(shard_numbers, dtype=np.int64), kind="stable")
+        counts = np.bincount(np.array(shard_numbers, dtype=np.int64), minlength=len(shards))
+        for shard, mine in zip(shards.values(), np.split(by_shard, np.cumsum(counts)[:-1])):
+            known = mine[row_array[mine] >= 0]
+            matched = known[(shard.keys[row_array[known]] == key_array[known]).all(axis=1)]
+            for index, value in zip(matched.tolist(), shard.values(row_array[matched])):
+                try:
+                    results[index] = decode(value)
+                except ValueError:  # an entry this code cannot have written: read the file again
+                    misses.append(index)
+            hit = np.zeros(len(texts), dtype=bool)
+            hit[matched] = True
+            misses.extend(int(index) for index in mine[~hit[mine]])
+        misses.sort()
+        self.depend_on(texts, keys)
+        if progress is not None:
+            progress(len(texts) - len(misses), len(texts))
+
+        def read_chunk(chunk: Sequence[int]) -> None:
+            for index in chunk:
+                try:
+                    results[index] = read(texts[index])
+                except errors as error:
+                    results[index] = error
+
+        chunks = [misses[start:start + _CHUNK] for start in range(0, len(misses), _CHUNK)]
+        done = len(texts) - len(misses)
+        with ThreadPoolExecutor(max(1, threads)) as pool:
+            for chunk, _ in zip(chunks, pool.map(read_chunk, chunks)):
+                done += len(chunk)
+                if progress is not None:
+                    progress(done, len(texts))
+
+        for index in misses:
+            key, value = keys[index], results[index]
+            if key is _NO_FILE or isinstance(value, Exception) or key[1] > self.recent_ns:
+                continue
+            shard, name = places[index]
+            shard.new[name] = (key, encode(value))
+        for shard in shards.values():
+            shard.save()
+        return results
+
+
+
+
+def stat_key(path: str) -> tuple[int, int, int, int]:
+    """Size, modification and status-change times (ns) and inode of ``path``; ``_NO_FILE`` where it is missing."""
+    try:
+        status = os.stat(path)
+    except OSError:
+        return _NO_FILE
+    return status.st_size, status.st_mtime_ns, status.st_ctime_ns, status.st_ino
+
+
+_NO_FILE = (-1, -1, -1, -1)  # the stat key of a path that is no regular file: matches no entry
+
+
+class _Shard:
+    """The cache file of one folder: an ``.npz`` of the file names, their stat keys (``[n, 4]`` int64:
+    size, mtime ns, ctime ns, inode) and one array per value column (int64, or UTF-8 bytes + offsets)."""
+
+    def __init__(self, kind_folder: Path, folder: str, columns: Sequence[type]) -> None:
+        self.folder = folder
+        self.columns = tuple(columns)
+        digest = hashlib.sha256(os.fsencode(folder)).hexdigest()[:32]
+        self.path = kind_folder / f"{digest}.npz"
+        self.names, self.keys, self._columns = self._load()
+        self.index = {name: row for row, name in enumerate(self.names)}
+        self.new: dict[str, tuple[tuple, tuple]] = {}
+        self.number = 0  # its place among the shards of one scan
+
+    def values(self, rows: np.ndarray) -> Iterator[tuple]:
+        """The stored values of ``rows``, as tuples of the columns' types."""
+        return zip(*(column(rows) for column in self._columns)) if self._columns else iter(())
+
+    def save(self) -> None:
+        """Write the shard with the new entries, over what another process may have written since."""
+        if not self.new:
+            return
+        names, keys, columns = self._load(quiet=True)  # ours are the freshest for the files this scan read
+        everything = {name: (tuple(key), value) for name, key, value in
+                      zip(names, keys.tolist(), self.values_of(columns, len(names)))}
+        everything.update(self.new)
+        names = list(everything)
+        arrays = {"format": np.array([FORMAT_VERSION]), "folder": _strings([self.folder])[0],
+                  "names": _strings(names)[0], "name_offsets": _strings(names)[1],
+                  "keys": np.array([key for key, _ in everything.values()], dtype=np.int64).reshape(-1, 4)}
+        for number, kind in enumerate(self.columns):
+            field = [value[number] for _, value in everything.values()]
+            if kind is int:
+                arrays[f"column{number}"] = np.array(field, dtype=np.int64)
+            else:
+                arrays[f"column{number}"], arrays[f"offsets{number}"] = _strings(field)
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        write_cache_file(self.path, buffer.getvalue())
+
+    @staticmethod
+    def values_of(columns: list[Callable[[np.ndarray], list]], count: int) -> Iterator[tuple]:
+        rows = np.arange(count)
+        return zip(*(column(rows) for column in columns)) if columns else iter(())
+
+    def _load(self, *, quiet: bool = False) -> tuple[list[str], np.ndarray, list[Callable[[np.ndarray], list]]]:
+        """Names, stat keys and column readers on disk; none where the file is missing or damaged."""
+        empty = ([], np.zeros((0, 4), dtype=np.int64), [])
+        try:
+            with np.load(self.path, allow_pickle=False) as stored:
+                arrays = {name: stored[name] for name in stored.files}
+        except FileNotFoundError:
+            return empty
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:  # unreadable, not an npz
+            return empty if quiet else self._damaged(str(error), empty)
+        try:
+            if int(arrays["format"][0]) != FORMAT_VERSION or _unstrings(arrays["folder"], None) != [self.folder]:
+                return empty if quiet else self._damaged("another version or folder", empty)
+            names = _unstrings(arrays["names"], arrays["name_offsets"])
+            keys = arrays["keys"].astype(np.int64).reshape(len(names), 4)
+            columns = []
+            for number, kind in enumerate(self.columns):
+                data = arrays[f"column{number}"]
+                if kind is int:
+                    if data.shape != (len(names),):
+                        raise ValueError(f"column {number} holds {data.shape} values for {len(names)} files")
+                    columns.append(lambda rows, data=data.astype(np.int64): data[rows].tolist())
+                else:
+                    texts = _unstrings(data, arrays[f"offsets{number}"])
+                    if len(texts) != len(names):
+                        raise ValueError(f"column {number} holds {len(texts)} texts for {len(names)} files")
+                    columns.append(lambda rows, texts=texts: [texts[row] for row in rows.tolist()])
+        except (KeyError, ValueError, IndexError, TypeError, UnicodeDecodeError) as error:
+            return empty if quiet else self._damaged(str(error), empty)
+        return names, keys, columns
+
+    def _damaged(self, why: str, empty):
+        log.warning("warning: ignoring the scan cache file %s (%s); the files it described are read again",
+                    self.path, why)
+        return empty
+
+
+def _strings(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Texts as one UTF-8 byte array and the end offset of each (file names keep their raw bytes)."""
+    encoded = [text.encode("utf-8", "surrogateescape") for text in texts]
+    return (np.frombuffer(b"".join(encoded), dtype=np.uint8).copy(),
+            np.cumsum([len(item) for item in encoded], dtype=np.int64))
+
+
+def _unstrings(data: np.ndarray, offsets: np.ndarray | None) -> list[str]:
+    """Inverse of ``_strings`` (``offsets`` None: the whole array is one text)."""
+    blob = data.astype(np.uint8).tobytes()
+    if offsets is None:
+        return [blob.decode("utf-8", "surrogateescape")]
+    ends = offsets.astype(np.int64)
+    if len(ends) and (ends[-1] != len(blob) or ends[0] < 0 or (np.diff(ends) < 0).any()):
+        raise ValueError("string offsets do not fit the data")
+    ends = ends.tolist()
+    return [blob[start:end].decode("utf-8", "surrogateescape") for start, end in zip([0, *ends], ends)]

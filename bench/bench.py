@@ -46,6 +46,8 @@ MM_EPOCH_UTTERANCES = 48  # benchmark 2's whole epochs (three variants, one of t
 ROUNDS = 5  # interleaved rounds per timed comparison
 MEMORY_SMALL_TRAIN = 100  # benchmark 5: training utterances of the small corpus (the large one has 10×)
 LONG_AUDIO_S, SHORT_AUDIO_S = 3 * 3600.0, 180.0  # benchmark 8: a 3-hour file vs a 3-minute one
+QUANTIZE_TINY_UTTERANCES, QUANTIZE_BASE_UTTERANCES = 48, 12  # benchmark 10: clips run per variant and round
+QUANTIZE_BASE_ROUNDS = 3  # a WavLM-Base-sized pass over 12 clips takes seconds on 2 cores
 
 
 class Context:
@@ -95,6 +97,17 @@ def _inference(context: Context) -> list[Figure]:
                                rounds=ROUNDS)]
 
 
+def _quantize(context: Context) -> list[Figure]:
+    from infer_bench import quantized_inference, save_base_sized_wavlm
+    from train_bench import wavlm_config
+
+    base_dir = save_base_sized_wavlm(context.folder / "wavlm-base-sized")
+    return [*quantized_inference(context.corpus[:QUANTIZE_TINY_UTTERANCES], wavlm_config(context.wavlm_dir),
+                                 name="tiny WavLM", rounds=ROUNDS, target=None),
+            *quantized_inference(context.corpus[:QUANTIZE_BASE_UTTERANCES], wavlm_config(base_dir),
+                                 name="WavLM-Base-sized", rounds=QUANTIZE_BASE_ROUNDS, target=1.8)]
+
+
 def _memory(context: Context) -> list[Figure]:
     from process_bench import memory_scaling
 
@@ -138,6 +151,7 @@ def _gpu(context: Context) -> list[Figure]:
 
 BENCHMARKS: dict[str, Callable[[Context], list[Figure]]] = {
     "training": _training, "padding": _padding, "text": _text, "whisper": _whisper, "inference": _inference,
+    "quantize": _quantize,
     "memory": _memory, "long_audio": _long_audio, "loader": _loader, "startup": _startup,
     "msp_startup": _msp_startup, "gpu": _gpu,
 }

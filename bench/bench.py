@@ -37,7 +37,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
-from measure import Figure, make_utterances, msp_like_durations  # noqa: E402
+from measure import Figure, cpu_ceiling_share, make_utterances, msp_like_durations  # noqa: E402
 
 # Sizes, chosen so that the whole run takes about 4 minutes on 2 CPU cores (`make bench` must stay under 10).
 CORPUS_UTTERANCES = 96  # the shared benchmark corpus: about 11 minutes of audio
@@ -65,9 +65,14 @@ class Context:
 def _training(context: Context) -> list[Figure]:
     from train_bench import bucketing_throughput, fbank_config, wavlm_config
 
-    return [bucketing_throughput(context.corpus, fbank_config(), name="fbank", rounds=ROUNDS),
-            bucketing_throughput(context.corpus[:WAVLM_UTTERANCES], wavlm_config(context.wavlm_dir), name="tiny WavLM",
-                                 rounds=ROUNDS)]
+    figures = [bucketing_throughput(context.corpus, fbank_config(), name="fbank", rounds=ROUNDS),
+               bucketing_throughput(context.corpus[:WAVLM_UTTERANCES], wavlm_config(context.wavlm_dir),
+                                    name="tiny WavLM", rounds=ROUNDS)]
+    return [*figures, *(cpu_ceiling_share(figure, efficiency=figure.details["padding_efficiency"]["bucketed"],
+                                          reference_efficiency=figure.details["padding_efficiency"]["fixed"],
+                                          key=f"{figure.key}_cpu_ceiling_share",
+                                          benchmark=f"{figure.benchmark}: share of its CPU ceiling")
+                        for figure in figures)]
 
 
 def _padding(context: Context) -> list[Figure]:
@@ -92,9 +97,14 @@ def _inference(context: Context) -> list[Figure]:
     from infer_bench import inference_batching
     from train_bench import fbank_config, wavlm_config
 
-    return [inference_batching(context.corpus, fbank_config(), name="fbank", rounds=ROUNDS),
-            inference_batching(context.corpus[:WAVLM_UTTERANCES], wavlm_config(context.wavlm_dir), name="tiny WavLM",
-                               rounds=ROUNDS)]
+    figures = [inference_batching(context.corpus, fbank_config(), name="fbank", rounds=ROUNDS),
+               inference_batching(context.corpus[:WAVLM_UTTERANCES], wavlm_config(context.wavlm_dir),
+                                  name="tiny WavLM", rounds=ROUNDS)]
+    return [*figures, *(cpu_ceiling_share(figure, efficiency=figure.details["padding_efficiency"]["batched"],
+                                          reference_efficiency=figure.details["padding_efficiency"]["one_at_a_time"],
+                                          key=f"{figure.key}_cpu_ceiling_share",
+                                          benchmark=f"{figure.benchmark}: share of its CPU ceiling")
+                        for figure in figures)]
 
 
 def _quantize(context: Context) -> list[Figure]:

@@ -95,11 +95,23 @@ class RichTrainReporter(Reporter):
     def __init__(self) -> None:
         self._progress: Progress | None = None
         self._task = None
+        self._task_name: str | None = None  # the set-up step the bar shows (``progress``), None for an epoch
         self._started = 0.0
+
+    def progress(self, task: str, done: int, total: int) -> None:
+        if self._progress is None or self._task_name != task:
+            self.close()
+            self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                                      console=err, transient=True, disable=not err.is_terminal)
+            self._progress.start()
+            self._task = self._progress.add_task(task, total=total)
+            self._task_name = task
+        self._progress.update(self._task, completed=done, total=total)
 
     def start(self, summary: dict) -> None:
         import time
 
+        self.close()
         self._started = time.perf_counter()
         resumed = f", resumed at step {summary['resumed_at_step']}" if summary["resumed_at_step"] else ""
         err.print(f"[bold]train:[/] {summary['train']:,} training and {summary['valid']:,} validation utterances; "
@@ -163,6 +175,7 @@ class RichTrainReporter(Reporter):
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
+        self._task_name = None
 
 
 def _length(summary: dict) -> str:

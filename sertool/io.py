@@ -53,11 +53,6 @@ def atomic_write(path: str | Path, mode: str = "w", **open_kwargs) -> Iterator[I
         raise
 
 
-def default_cache_dir() -> Path:
-    """sertool's cache folder: ``$SERTOOL_CACHE``, else ``~/.cache/sertool``."""
-    return Path(os.environ.get("SERTOOL_CACHE") or Path.home() / ".cache" / "sertool")
-
-
 def write_cache_file(path: str | Path, data: bytes) -> bool:
     """Write one file of an on-disk cache atomically; a cache that cannot be written is only a warning.
 

@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-import sertool.data.corpus as corpus_module
+import sertool.data.rows as rows_module
 import sertool.data.msp as msp_module
-from sertool.data.corpus import open_corpus, read_headers
+from sertool.data.corpus import open_corpus
+from sertool.data.rows import read_headers
 from sertool.data.scan_cache import RACY_S, ScanCache
 from sertool.errors import SertoolError
 from tests.corpus_files import write_tone
@@ -41,7 +42,7 @@ def no_reading(monkeypatch: pytest.MonkeyPatch) -> None:
             return read(path)
         return refuse
 
-    monkeypatch.setattr(corpus_module, "audio_info", refusing(corpus_module.audio_info))
+    monkeypatch.setattr(rows_module, "audio_info", refusing(rows_module.audio_info))
     monkeypatch.setattr(msp_module, "_read_transcript", refusing(msp_module._read_transcript))
 
 
@@ -124,8 +125,8 @@ def test_a_file_written_just_now_is_not_trusted_to_the_cache(tmp_path, monkeypat
     assert time.time() - os.stat(fresh).st_mtime < RACY_S
     assert read_headers([fresh], scan=ScanCache(tmp_path / "cache")) == [(16_000, 8_000, 1)]
     calls = []
-    real = corpus_module.audio_info
-    monkeypatch.setattr(corpus_module, "audio_info", lambda path: calls.append(path) or real(path))
+    real = rows_module.audio_info
+    monkeypatch.setattr(rows_module, "audio_info", lambda path: calls.append(path) or real(path))
     assert read_headers([fresh], scan=ScanCache(tmp_path / "cache")) == [(16_000, 8_000, 1)]
     assert calls == [os.fspath(fresh)]
 

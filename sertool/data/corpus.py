@@ -1,51 +1,15 @@
 """Opening a corpus: an MSP-Podcast root or a sertool manifest, detected from what the path holds."""
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from sertool.data.audio import audio_info
-from sertool.data.records import SPLITS, Utterance
-from sertool.data.report import LoadReport, Problem
+from sertool.data.corpus_snapshot import load_snapshot, save_snapshot
+from sertool.data.manifest import MANIFEST_NAME, read_manifest
+from sertool.data.msp import MSP_LABELS, read_msp_podcast
+from sertool.data.rows import Corpus, Progress
 from sertool.data.scan_cache import ScanCache
 from sertool.errors import SertoolError
-
-MSP_LABELS = Path("Labels") / "labels_consensus.csv"
-MANIFEST_NAME = "manifest.csv"
-# Header reads are I/O-bound (often on network storage); threads overlap the waits.
-HEADER_READ_THREADS = 8
-
-Progress = Callable[[int, int], None]
-
-
-@dataclass
-class Corpus:
-    """Utterances of one corpus plus what reading it dropped or warned about."""
-
-    root: Path
-    kind: str  # "msp-podcast" or "manifest"
-    utterances: list[Utterance]
-    report: LoadReport = field(default_factory=LoadReport)
-
-    def split(self, name: str) -> list[Utterance]:
-        """The utterances of split ``name``.
-
-        Raises:
-            SertoolError: the corpus has no such split (the message lists those it has).
-        """
-        chosen = [utt for utt in self.utterances if utt.split == name]
-        if not chosen:
-            raise SertoolError(f"--split {name}: {self.root} has no utterances in that split; "
-                               f"it has {', '.join(self.split_names()) or 'none'}")
-        return chosen
-
-    def split_names(self) -> list[str]:
-        """Split names: MSP-Podcast's in their order, then any others in order of appearance."""
-        present = dict.fromkeys(utt.split for utt in self.utterances)
-        return [name for name in SPLITS if name in present] + [name for name in present if name not in SPLITS]
 
 
 def open_corpus(path: str | Path, *, progress: Progress | None = None,
@@ -61,18 +25,15 @@ def open_corpus(path: str | Path, *, progress: Progress | None = None,
         SertoolError: the path is missing or holds neither layout, or a label/manifest file is unusable
             as a whole (unreadable, wrong header).
     """
-    from sertool.data import manifest, msp  # the readers import this module for Corpus
-    from sertool.data.corpus_snapshot import load_snapshot, save_snapshot
-
     path = Path(path).expanduser()
     if not path.exists():
         raise SertoolError(f"--corpus {path}: no such file or folder")
     if path.is_file():
-        kind, read = "manifest", lambda scan: manifest.read_manifest(path, progress=progress, scan=scan)
+        kind, read = "manifest", lambda scan: read_manifest(path, progress=progress, scan=scan)
     elif (path / MSP_LABELS).is_file():
-        kind, read = "msp-podcast", lambda scan: msp.read_msp_podcast(path, progress=progress, scan=scan)
+        kind, read = "msp-podcast", lambda scan: read_msp_podcast(path, progress=progress, scan=scan)
     elif (path / MANIFEST_NAME).is_file():
-        kind, read = "manifest", lambda scan: manifest.read_manifest(path / MANIFEST_NAME, progress=progress, scan=scan)
+        kind, read = "manifest", lambda scan: read_manifest(path / MANIFEST_NAME, progress=progress, scan=scan)
     else:
         raise SertoolError(
             f"--corpus {path}: neither an MSP-Podcast root (no {MSP_LABELS}) nor a sertool manifest "
@@ -89,99 +50,3 @@ def open_corpus(path: str | Path, *, progress: Progress | None = None,
     corpus = read(scan)
     save_snapshot(scan, str(path), kind, corpus.utterances, corpus.report)
     return corpus
-
-
-@dataclass
-class Row:
-    """A parsed row before its audio is checked: ``where`` names the file and line for messages."""
-
-    where: str
-    id: str
-    audio_path: Path
-    fields: dict  # the remaining Utterance fields (split, labels, class, speaker, gender, transcript)
-
-
-def read_rows(table: Path, parse: Callable[[Path, LoadReport], list[Row]], report: LoadReport, *,
-              scan: ScanCache) -> list[Row]:
-    """The rows of a labels file or manifest, ``parse(table, report)``, parsed once and then taken from
-    the scan cache while the file is unchanged (parsing MSP-Podcast's labels takes seconds, more than the
-    rest of a warm start); the rows it dropped are added to ``report`` either way.
-
-    Raises:
-        SertoolError: whatever ``parse`` raises for an unusable file.
-    """
-    def parse_into_new_report(path: str) -> tuple[list[Row], list[Problem]]:
-        own = LoadReport()
-        return parse(table, own), own.dropped
-
-    given = str(table)  # messages name the file as the user did; another spelling is another entry
-    (result,) = scan.read([table], parse_into_new_report, errors=(), kind="tables", columns=(str,),
-                          encode=lambda value: (json.dumps(_encode_rows(given, *value)),),
-                          decode=lambda entry: _decode_rows(given, json.loads(entry[0])))
-    rows, dropped = result
-    report.dropped.extend(dropped)
-    return rows
-
-
-def _encode_rows(given: str, rows: list[Row], dropped: list[Problem]) -> list:
-    names = list(rows[0].fields) if rows else []
-    return [given, names, [[row.where, row.id, os.fspath(row.audio_path), *(row.fields[name] for name in names)]
-                           for row in rows],
-            [[problem.where, problem.reason, problem.detail, problem.split] for problem in dropped]]
-
-
-def _decode_rows(given: str, entry: list) -> tuple[list[Row], list[Problem]]:
-    if len(entry) != 4 or entry[0] != given:
-        raise ValueError("rows of another spelling of the path")
-    names = entry[1]
-    rows = [Row(where=row[0], id=row[1], audio_path=Path(row[2]), fields=dict(zip(names, row[3:])))
-            for row in entry[2]]
-    return rows, [Problem(*problem) for problem in entry[3]]
-
-
-def build_utterances(rows: Sequence[Row], report: LoadReport, *, scan: ScanCache | None = None,
-                     progress: Progress | None = None) -> list[Utterance]:
-    """Turn parsed rows into utterances: drop repeated ids and rows whose audio is missing, unreadable or
-    empty (each recorded in ``report``); durations come from the file headers (``read_headers``, through
-    ``scan``; None: the default cache folder's)."""
-    seen: dict[str, str] = {}
-    unique = []
-    for row in rows:
-        if row.id in seen:
-            report.drop(row.where, "duplicate id", f"{row.id} already appears at {seen[row.id]}", split=row.fields["split"])
-        else:
-            seen[row.id] = row.where
-            unique.append(row)
-
-    utterances = []
-    headers = read_headers([row.audio_path for row in unique], scan=scan, progress=progress)
-    for row, header in zip(unique, headers):
-        if isinstance(header, SertoolError):
-            reason = "missing audio" if not row.audio_path.exists() else "unreadable audio"
-            report.drop(row.where, reason, str(header), split=row.fields["split"])
-            continue
-        sample_rate, num_frames, _ = header
-        if num_frames == 0:
-            report.drop(row.where, "empty audio", f"{row.audio_path} has no samples", split=row.fields["split"])
-            continue
-        utterances.append(Utterance(id=row.id, audio_path=row.audio_path, duration_s=num_frames / sample_rate, **row.fields))
-    return utterances
-
-
-def read_headers(paths: Sequence[str | os.PathLike[str]], *, scan: ScanCache | None = None,
-                 progress: Progress | None = None) -> list[tuple[int, int, int] | SertoolError]:
-    """``audio_info`` of each path, or the ``SertoolError`` it raised, in order.
-
-    Headers of unchanged files come from the scan cache (``scan``; None: the default cache folder's); the
-    others are read in parallel threads and recorded there.
-    """
-    return (scan or ScanCache()).read(
-        paths, audio_info, errors=(SertoolError,), kind="audio-headers", columns=(int, int, int),
-        decode=_decode_header, threads=HEADER_READ_THREADS, progress=progress)
-
-
-def _decode_header(entry: tuple) -> tuple[int, int, int]:
-    sample_rate, num_frames, num_channels = entry
-    if not (sample_rate > 0 and num_frames >= 0 and num_channels > 0):
-        raise ValueError(f"not an audio header: {entry!r}")
-    return entry

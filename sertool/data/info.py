@@ -4,8 +4,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from sertool.data.corpus import Corpus
 from sertool.data.records import EMO_CLASSES, NO_CLASS_CODES
+from sertool.data.rows import Corpus
 
 
 @dataclass

@@ -22,19 +22,22 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from sertool.data.corpus import Corpus, Progress, Row, build_utterances, read_rows
 from sertool.data.fields import BadValue, parse_class, parse_gender, parse_label, parse_speaker
 from sertool.data.records import ATTRIBUTES, Utterance
 from sertool.data.report import LoadReport
+from sertool.data.rows import Corpus, Progress, Row, build_utterances, read_rows
 from sertool.data.scan_cache import ScanCache
 from sertool.io import DAMAGED_ROW, atomic_write, read_csv_records
 
+MANIFEST_NAME = "manifest.csv"  # what a folder given as --corpus holds when it is a manifest corpus
 MANIFEST_COLUMNS: tuple[str, ...] = ("id", "path", "split", *ATTRIBUTES, "emo_class", "speaker", "gender", "transcript")
 REQUIRED_COLUMNS: tuple[str, ...] = ("path", "split")
 
 
 def read_manifest(path: str | Path, *, progress: Progress | None = None, scan: ScanCache | None = None) -> Corpus:
-    """Read a manifest CSV; bad rows are dropped and recorded with their line number.
+    """Read a manifest CSV; bad rows are dropped and recorded with their line number. The parsed rows and
+    the audio headers of unchanged files come from the scan cache (``scan``; None: the default cache
+    folder's; see ``sertool.data.scan_cache``).
 
     Raises:
         SertoolError: the file is unreadable or lacks a required column.

@@ -9,17 +9,15 @@ import os
 import re
 from pathlib import Path
 
-from sertool.data.corpus import (HEADER_READ_THREADS, MSP_LABELS, Corpus, Progress, Row, build_utterances,
-                                 read_rows)
 from sertool.data.fields import BadValue, parse_class, parse_gender, parse_label, parse_speaker
-from sertool.data.records import ATTRIBUTE_COLUMNS, SPLITS
+from sertool.data.records import ATTRIBUTE_COLUMNS, MSP_LABELS_HEADER, SPLITS, UNLABELLED_SPLIT
 from sertool.data.report import LoadReport
+from sertool.data.rows import HEADER_READ_THREADS, Corpus, Progress, Row, build_utterances, read_rows
 from sertool.data.scan_cache import ScanCache
 from sertool.errors import SertoolError
 from sertool.io import DAMAGED_ROW, read_csv_records
 
-LABEL_HEADER: tuple[str, ...] = ("FileName", "EmoClass", "EmoAct", "EmoVal", "EmoDom", "SpkrID", "Gender", "Split_Set")
-UNLABELLED_SPLIT = "Test3"  # the challenge withholds Test3 labels; its audio may have no labels row at all
+MSP_LABELS = Path("Labels") / "labels_consensus.csv"  # under the root; its presence marks the layout
 _TEST3_FILE = re.compile(r"test3", re.IGNORECASE)
 
 
@@ -28,8 +26,9 @@ def read_msp_podcast(root: str | Path, *, progress: Progress | None = None, scan
 
     Rows with bad values are dropped and recorded in the report with their line number; a missing
     transcript is a warning. Audio files named like ``MSP-PODCAST_test3_0001.wav`` that have no labels
-    row become unlabelled ``Test3`` utterances. Audio headers and transcripts of unchanged files come from
-    the scan cache (``scan``; None: the default cache folder's; see ``sertool.data.scan_cache``).
+    row become unlabelled ``Test3`` utterances. Audio headers, transcripts and the parsed labels of
+    unchanged files come from the scan cache (``scan``; None: the default cache folder's; see
+    ``sertool.data.scan_cache``).
 
     Raises:
         SertoolError: the labels file is unreadable or lacks a required column, or ``Audios/`` is missing.
@@ -72,7 +71,7 @@ def _parse_labels(labels_path: Path, report: LoadReport) -> list[Row]:
     audio_dir = labels_path.parent.parent / "Audios"
     rows = []
     for line, record in read_csv_records(
-        labels_path, LABEL_HEADER, what="labels file", hint=f"the header must be {','.join(LABEL_HEADER)}",
+        labels_path, MSP_LABELS_HEADER, what="labels file", hint=f"the header must be {','.join(MSP_LABELS_HEADER)}",
         on_damage=lambda line, detail: report.drop(f"{labels_path}:{line}", DAMAGED_ROW, detail),
     ):
         where = f"{labels_path}:{line}"

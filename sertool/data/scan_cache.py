@@ -38,7 +38,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from sertool.io import default_cache_dir, write_cache_file
+from sertool.data.cache import default_cache_dir
+from sertool.io import write_cache_file
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from sertool.data.audio import SAMPLE_RATE, audio_info
-from sertool.data.corpus import open_corpus, read_headers
+from sertool.data.corpus import open_corpus
+from sertool.data.rows import read_headers
 from sertool.data.records import Utterance
 from sertool.data.report import LoadReport
 from sertool.data.scan_cache import ScanCache

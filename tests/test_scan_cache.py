@@ -201,3 +201,19 @@ def test_an_unwritable_cache_is_a_warning(aged_msp, tmp_path, caplog):
     corpus = open_corpus(aged_msp, cache_dir=blocker)
     assert len(corpus.utterances) == 7
     assert "going on without caching" in caplog.text
+
+
+def test_two_processes_scanning_at_once_share_the_cache(aged_msp, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    script = ("import sys, json; from sertool.data.corpus import open_corpus; "
+              "corpus = open_corpus(sys.argv[1], cache_dir=sys.argv[2]); "
+              "print(json.dumps([[u.id, u.duration_s, u.transcript] for u in corpus.utterances]))")
+    children = [subprocess.Popen([sys.executable, "-c", script, str(aged_msp), str(cache)], stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [child.communicate() for child in children]
+    assert [child.returncode for child in children] == [0, 0], [error for _, error in outputs]
+    assert outputs[0][0] == outputs[1][0]
+    assert not any("Traceback" in error or "ignoring" in error for _, error in outputs)
+    expected = open_corpus(aged_msp, cache_dir=tmp_path / "fresh")
+    no_reading(monkeypatch)
+    assert open_corpus(aged_msp, cache_dir=cache).utterances == expected.utterances

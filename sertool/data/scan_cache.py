@@ -141,6 +141,7 @@ class ScanCache:
         row_array = np.array(rows, dtype=np.int64)
         by_shard = np.argsort(np.array(shard_numbers, dtype=np.int64), kind="stable")
         counts = np.bincount(np.array(shard_numbers, dtype=np.int64), minlength=len(shards))
+        hit = np.zeros(len(texts), dtype=bool)
         for shard, mine in zip(shards.values(), np.split(by_shard, np.cumsum(counts)[:-1])):
             known = mine[row_array[mine] >= 0]
             matched = known[(shard.keys[row_array[known]] == key_array[known]).all(axis=1)]
@@ -149,7 +150,6 @@ class ScanCache:
                     results[index] = decode(value)
                 except ValueError:  # an entry this code cannot have written: read the file again
                     misses.append(index)
-            hit = np.zeros(len(texts), dtype=bool)
             hit[matched] = True
             misses.extend(int(index) for index in mine[~hit[mine]])
         misses.sort()
@@ -181,8 +181,6 @@ class ScanCache:
         for shard in shards.values():
             shard.save()
         return results
-
-
 
 
 def stat_key(path: str) -> tuple[int, int, int, int]:

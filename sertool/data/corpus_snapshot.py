@@ -31,7 +31,7 @@ from sertool.io import write_cache_file
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: NUL-separated texts (scan_cache._strings)
 _OPTIONAL_TEXTS = ("emo_class", "speaker", "gender", "transcript")
 _NUMBERS = ("duration_s", "arousal", "valence", "dominance")  # float64; NaN where None
 

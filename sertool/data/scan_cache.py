@@ -44,7 +44,7 @@ from sertool.io import write_cache_file
 log = logging.getLogger(__name__)
 
 SCAN_CACHE_SUBDIR = "scans"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: NUL-separated texts
 # A file whose modification time is this close to the scan (or later) is read but not recorded: a write in
 # the same timestamp tick (1 s on ext3 or HFS+, 2 s on FAT) would not change its stat.
 RACY_S = 2.0
@@ -252,7 +252,7 @@ class _Shard:
             return empty if quiet else self._damaged(str(error), empty)
         try:
             if int(arrays["format"][0]) != FORMAT_VERSION or _unstrings(arrays["folder"], None) != [self.folder]:
-                return empty if quiet else self._damaged("another version or folder", empty)
+                return empty  # written by another version of sertool (or for another folder): replaced quietly
             names = _unstrings(arrays["names"], arrays["name_offsets"])
             keys = arrays["keys"].astype(np.int64).reshape(len(names), 4)
             columns = []
@@ -278,19 +278,27 @@ class _Shard:
 
 
 def _strings(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Texts as one UTF-8 byte array and the end offset of each (file names keep their raw bytes)."""
+    """Texts as one UTF-8 byte array, NUL-separated, and where each ends in it (file names keep their raw
+    bytes). The separator lets ``_unstrings`` split 150,000 texts in one call."""
     encoded = [text.encode("utf-8", "surrogateescape") for text in texts]
-    return (np.frombuffer(b"".join(encoded), dtype=np.uint8).copy(),
-            np.cumsum([len(item) for item in encoded], dtype=np.int64))
+    lengths = np.array([len(item) for item in encoded], dtype=np.int64)
+    ends = np.cumsum(lengths + 1) - 1  # each text's end; a separator follows every one but the last
+    return np.frombuffer(b"\0".join(encoded), dtype=np.uint8).copy(), ends
 
 
 def _unstrings(data: np.ndarray, offsets: np.ndarray | None) -> list[str]:
     """Inverse of ``_strings`` (``offsets`` None: the whole array is one text)."""
-    blob = data.astype(np.uint8).tobytes()
+    text = data.astype(np.uint8).tobytes().decode("utf-8", "surrogateescape")
     if offsets is None:
-        return [blob.decode("utf-8", "surrogateescape")]
+        return [text]
     ends = offsets.astype(np.int64)
-    if len(ends) and (ends[-1] != len(blob) or ends[0] < 0 or (np.diff(ends) < 0).any()):
+    if not len(ends):
+        return []
+    if ends[-1] != data.size or ends[0] < 0 or (np.diff(ends) < 1).any():
         raise ValueError("string offsets do not fit the data")
-    ends = ends.tolist()
-    return [blob[start:end].decode("utf-8", "surrogateescape") for start, end in zip([0, *ends], ends)]
+    parts = text.split("\0")
+    if len(parts) == len(ends):  # no text holds a NUL itself: the split is exact
+        return parts
+    blob = data.astype(np.uint8).tobytes()
+    starts = [0, *(end + 1 for end in ends[:-1].tolist())]
+    return [blob[start:end].decode("utf-8", "surrogateescape") for start, end in zip(starts, ends.tolist())]

@@ -14,7 +14,8 @@ from sertool.data.records import Utterance
 from sertool.runtime.runner import run_model
 from sertool.models.backbones.whisper import HOP_LENGTH, WhisperBackbone
 from sertool.models.ser_model import SERModel
-from sertool.training.samplers import length_sorted_batches, padding_efficiency
+from sertool.runtime.batching import length_sorted_batches
+from sertool.training.samplers import padding_efficiency
 
 # A Whisper small enough for a CPU, large enough that the encoder's compute dominates (not Python).
 WHISPER_SIZES = dict(d_model=256, encoder_layers=4, encoder_attention_heads=4, encoder_ffn_dim=1024, num_mel_bins=80)

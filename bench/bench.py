@@ -39,7 +39,7 @@ import torch  # noqa: E402
 
 from measure import Figure, cpu_ceiling_share, make_utterances, msp_like_durations  # noqa: E402
 
-# Sizes, chosen so that the whole run takes about 4 minutes on 2 CPU cores (`make bench` must stay under 10).
+# Sizes, chosen so that the whole run takes about 10 minutes on 2 idle CPU cores (benchmarks 9 and 10 take half).
 CORPUS_UTTERANCES = 96  # the shared benchmark corpus: about 11 minutes of audio
 WAVLM_UTTERANCES = 48  # the tiny WavLM is slower per second of audio than fbank
 MM_EPOCH_UTTERANCES = 48  # benchmark 2's whole epochs (three variants, one of them back-propagates through MiniLM)

@@ -20,7 +20,9 @@ import logging
 import math
 import os
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -51,7 +53,8 @@ def load_snapshot(scan: ScanCache, given: str, kind: str) -> tuple[list[Utteranc
     except FileNotFoundError:
         return None
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
-        return _damaged(path, str(error))
+        _damaged(path, str(error))
+        return None
     try:
         header = json.loads(_unstrings(arrays["header"], None)[0])
         if header["format"] != FORMAT_VERSION or header["given"] != given or header["kind"] != kind:
@@ -69,8 +72,8 @@ def load_snapshot(scan: ScanCache, given: str, kind: str) -> tuple[list[Utteranc
         texts = {}
         for name in _OPTIONAL_TEXTS:
             values, present = _unstrings(arrays[name], arrays[f"{name}_offsets"]), arrays[f"{name}_present"].tolist()
-            texts[name] = [value if here else None for value, here in zip(values, present)]
-        columns = [ids, audio, splits, *numbers.values(), *texts.values()]
+            texts[name] = [value if here else None for value, here in zip(values, present, strict=True)]
+        columns: list[list[Any]] = [ids, audio, splits, *numbers.values(), *texts.values()]
         if len({len(column) for column in columns}) != 1:
             raise ValueError("columns of different lengths")
         paths = _paths(audio)
@@ -79,11 +82,12 @@ def load_snapshot(scan: ScanCache, given: str, kind: str) -> tuple[list[Utteranc
                       valence=valence, dominance=dominance, emo_class=emo_class, speaker=speaker, gender=gender,
                       transcript=transcript)
             for utt_id, audio_path, split, duration_s, arousal, valence, dominance, emo_class, speaker, gender,
-            transcript in zip(ids, paths, splits, *numbers.values(), *texts.values())]
+            transcript in zip(ids, paths, splits, *numbers.values(), *texts.values(), strict=True)]
         report = LoadReport(dropped=[Problem(*problem) for problem in header["dropped"]],
                             warnings=[Problem(*problem) for problem in header["warnings"]])
     except (KeyError, ValueError, TypeError, IndexError, UnicodeDecodeError) as error:
-        return _damaged(path, str(error))
+        _damaged(path, str(error))
+        return None
     return utterances, report
 
 
@@ -95,7 +99,7 @@ def save_snapshot(scan: ScanCache, given: str, kind: str, utterances: list[Utter
     header = {"format": FORMAT_VERSION, "given": given, "kind": kind,
               "dropped": [[p.where, p.reason, p.detail, p.split] for p in report.dropped],
               "warnings": [[p.where, p.reason, p.detail, p.split] for p in report.warnings]}
-    arrays = {"header": _strings([json.dumps(header)])[0],
+    arrays: dict[str, Any] = {"header": _strings([json.dumps(header)])[0],
               "dependency_keys": np.array(scan.dependency_keys, dtype=np.int64).reshape(-1, 4)}
     arrays["dependencies"], arrays["dependency_offsets"] = _strings(scan.dependency_paths)
     for name, values in (("id", [utt.id for utt in utterances]),
@@ -121,7 +125,7 @@ def _paths(texts: list[str]) -> list[Path]:
     needs no parsing. CPython's pathlib has no public way to make one (``joinpath`` parses its argument),
     so its internal one is used where it exists and gives the same path as parsing, else ``Path``.
     """
-    parents: dict[str, object] = {}
+    parents: dict[str, Callable[[str], Path]] = {}
     paths = []
     for text in texts:
         parent, _, name = text.rpartition(os.sep)
@@ -138,4 +142,3 @@ def _paths(texts: list[str]) -> list[Path]:
 
 def _damaged(path: Path, why: str) -> None:
     log.warning("warning: ignoring the corpus snapshot %s (%s); the corpus is scanned again", path, why)
-    return None

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import csv
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from sertool.data.fields import BadValue, parse_class, parse_gender, parse_label, parse_speaker
@@ -68,7 +68,7 @@ def _parse_manifest(path: Path, report: LoadReport) -> list[Row]:
     return rows
 
 
-def parse_manifest_row(record: dict[str, str | None], base: Path, where: str) -> Row:
+def parse_manifest_row(record: Mapping[str, str | None], base: Path, where: str) -> Row:
     """Parse one manifest row (column name → text); relative paths are taken from ``base``.
 
     Raises:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 from sertool.data.fields import BadValue, parse_class, parse_gender, parse_label, parse_speaker
@@ -60,7 +61,7 @@ def read_msp_podcast(root: str | Path, *, progress: Progress | None = None, scan
         paths = [os.path.join(folder, os.path.splitext(row.id)[0] + ".txt") for row in rows]
         texts = scan.read(paths, _read_transcript, errors=(OSError,), kind="transcripts", columns=(str,),
                           encode=lambda text: (text,), decode=lambda entry: entry[0], threads=HEADER_READ_THREADS)
-        for row, path, text in zip(rows, paths, texts):
+        for row, path, text in zip(rows, paths, texts, strict=True):
             row.fields["transcript"] = _transcript_or_warning(path, text, report)
     utterances = build_utterances(rows, report, scan=scan, progress=progress)
     return Corpus(root=root, kind="msp-podcast", utterances=utterances, report=report)
@@ -82,7 +83,7 @@ def _parse_labels(labels_path: Path, report: LoadReport) -> list[Row]:
     return rows
 
 
-def _parse_row(record: dict[str, str | None], where: str, audio_dir: Path) -> Row:
+def _parse_row(record: Mapping[str, str | None], where: str, audio_dir: Path) -> Row:
     name = (record["FileName"] or "").strip()
     if not name:
         raise BadValue("missing file name", "FileName is empty")
@@ -90,7 +91,7 @@ def _parse_row(record: dict[str, str | None], where: str, audio_dir: Path) -> Ro
     if split not in SPLITS:
         raise BadValue("unknown split", f"Split_Set {split!r} is not one of {', '.join(SPLITS)}")
     required = split != UNLABELLED_SPLIT
-    fields = {
+    fields: dict[str, object] = {
         attribute: parse_label(record[column], column, required=required)
         for attribute, column in ATTRIBUTE_COLUMNS.items()
     }
@@ -121,12 +122,12 @@ def _read_transcript(path: str) -> str:
         return " ".join(handle.read().split())
 
 
-def _transcript_or_warning(path: str, text: str | OSError, report: LoadReport) -> str | None:
+def _transcript_or_warning(path: str, text: str | Exception, report: LoadReport) -> str | None:
     """The transcript, or None with a warning in ``report`` where the file is missing, unreadable or empty."""
     if isinstance(text, FileNotFoundError):
         report.warn(path, "missing transcript", "no transcript file")
-    elif isinstance(text, OSError):
-        report.warn(path, "unreadable transcript", text.strerror or str(text))
+    elif isinstance(text, Exception):  # an OSError: the read lets no other through
+        report.warn(path, "unreadable transcript", getattr(text, "strerror", None) or str(text))
     elif not text:
         report.warn(path, "empty transcript", "the file is empty")
     else:

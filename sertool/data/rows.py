@@ -80,6 +80,7 @@ def read_rows(table: Path, parse: Callable[[Path, LoadReport], list[Row]], repor
     (result,) = scan.read([table], parse_into_new_report, errors=(), kind="tables", columns=(str,),
                           encode=lambda value: (json.dumps(_encode_rows(given, *value)),),
                           decode=lambda entry: _decode_rows(given, json.loads(entry[0])))
+    assert not isinstance(result, Exception), "read_rows lets parse errors propagate (errors=())"
     rows, dropped = result
     report.dropped.extend(dropped)
     return rows
@@ -96,7 +97,7 @@ def _decode_rows(given: str, entry: list) -> tuple[list[Row], list[Problem]]:
     if len(entry) != 4 or entry[0] != given:
         raise ValueError("rows of another spelling of the path")
     names = entry[1]
-    rows = [Row(where=row[0], id=row[1], audio_path=Path(row[2]), fields=dict(zip(names, row[3:])))
+    rows = [Row(where=row[0], id=row[1], audio_path=Path(row[2]), fields=dict(zip(names, row[3:], strict=True)))
             for row in entry[2]]
     return rows, [Problem(*problem) for problem in entry[3]]
 
@@ -117,8 +118,8 @@ def build_utterances(rows: Sequence[Row], report: LoadReport, *, scan: ScanCache
 
     utterances = []
     headers = read_headers([row.audio_path for row in unique], scan=scan, progress=progress)
-    for row, header in zip(unique, headers):
-        if isinstance(header, SertoolError):
+    for row, header in zip(unique, headers, strict=True):
+        if isinstance(header, Exception):  # a SertoolError: read_headers returns no other
             reason = MISSING_AUDIO if not row.audio_path.exists() else UNREADABLE_AUDIO
             report.drop(row.where, reason, str(header), split=row.fields["split"])
             continue
@@ -131,7 +132,7 @@ def build_utterances(rows: Sequence[Row], report: LoadReport, *, scan: ScanCache
 
 
 def read_headers(paths: Sequence[str | os.PathLike[str]], *, scan: ScanCache | None = None,
-                 progress: Progress | None = None) -> list[tuple[int, int, int] | SertoolError]:
+                 progress: Progress | None = None) -> list[tuple[int, int, int] | Exception]:
     """``audio_info`` of each path, or the ``SertoolError`` it raised, in order.
 
     Headers of unchanged files come from the scan cache (``scan``; None: the default cache folder's); the

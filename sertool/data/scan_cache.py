@@ -89,8 +89,8 @@ class ScanCache:
         errors: tuple[type[Exception], ...],
         kind: str,
         columns: Sequence[type],
-        encode: Callable[[Value], tuple] = tuple,
-        decode: Callable[[tuple], Value] = tuple,
+        encode: Callable[[Any], tuple] = tuple,
+        decode: Callable[[tuple], Any] = tuple,
         threads: int = 1,
         progress: Progress | None = None,
     ) -> list[Value | Exception]:
@@ -112,9 +112,30 @@ class ScanCache:
         Returns:
             Per path, in order: the value, or the ``errors`` exception ``read`` raised.
         """
-        folder = self.folder / kind
         texts = [os.fspath(path) for path in paths]
-        # The warm path, kept to a stat and a lookup per file in Python; the comparisons run in numpy.
+        shards, places, keys, results, misses = self._look_up(texts, kind=kind, columns=columns, decode=decode)
+        self.depend_on(texts, keys)
+        if progress is not None:
+            progress(len(texts) - len(misses), len(texts))
+        _read_in_chunks(texts, misses, read, errors=errors, results=results, threads=threads, progress=progress)
+        for index in misses:
+            key, value = keys[index], results[index]
+            if key is _NO_FILE or isinstance(value, Exception) or key[1] > self.recent_ns:
+                continue
+            shard, name = places[index]
+            shard.new[name] = (key, encode(value))
+        for shard in shards:
+            shard.save()
+        return results
+
+    def _look_up(self, texts: list[str], *, kind: str, columns: Sequence[type], decode: Callable[[tuple], Any],
+                 ) -> tuple[list[_Shard], list[tuple[_Shard, str]], list[tuple[int, int, int, int]], list[Any], list[int]]:
+        """The warm path, kept to a stat and a lookup per file in Python; the comparisons run in numpy.
+
+        Returns:
+            The shards, each path's shard and name, its stat key, the values found (None elsewhere), and
+            the positions of the paths to read.
+        """
         shards: dict[str, _Shard] = {}  # by the folder as given; the file is named by its absolute path
         places, shard_numbers, rows, keys = [], [], [], []
         for path in texts:
@@ -123,64 +144,63 @@ class ScanCache:
                 parent = os.sep
             shard = shards.get(parent)
             if shard is None:
-                shard = shards[parent] = _Shard(folder, os.path.abspath(parent), columns)
+                shard = shards[parent] = _Shard(self.folder / kind, os.path.abspath(parent), columns)
                 shard.number = len(shards) - 1
             places.append((shard, name))
             shard_numbers.append(shard.number)
             rows.append(shard.index.get(name, -1))
-            try:
-                status = os.stat(path)
-            except OSError:
-                keys.append(_NO_FILE)  # ``read`` says what is wrong with it
-                continue
-            keys.append((status.st_size, status.st_mtime_ns, status.st_ctime_ns, status.st_ino)
-                        if stat.S_ISREG(status.st_mode) else _NO_FILE)
+            keys.append(_file_key(path))
         results: list[Any] = [None] * len(texts)
-        misses = []
+        misses: list[int] = []
         key_array = np.array(keys, dtype=np.int64).reshape(len(keys), 4)
         row_array = np.array(rows, dtype=np.int64)
-        by_shard = np.argsort(np.array(shard_numbers, dtype=np.int64), kind="stable")
-        counts = np.bincount(np.array(shard_numbers, dtype=np.int64), minlength=len(shards))
+        numbers = np.array(shard_numbers, dtype=np.int64)
+        groups = np.split(np.argsort(numbers, kind="stable"), np.cumsum(np.bincount(numbers, minlength=len(shards)))[:-1])
         hit = np.zeros(len(texts), dtype=bool)
-        for shard, mine in zip(shards.values(), np.split(by_shard, np.cumsum(counts)[:-1])):
+        for shard, mine in zip(shards.values(), groups, strict=True):
             known = mine[row_array[mine] >= 0]
             matched = known[(shard.keys[row_array[known]] == key_array[known]).all(axis=1)]
-            for index, value in zip(matched.tolist(), shard.values(row_array[matched])):
+            for index, value in zip(matched.tolist(), shard.values(row_array[matched]), strict=True):
                 try:
                     results[index] = decode(value)
                 except ValueError:  # an entry this code cannot have written: read the file again
                     misses.append(index)
             hit[matched] = True
-            misses.extend(int(index) for index in mine[~hit[mine]])
+        misses.extend(np.flatnonzero(~hit).tolist())
         misses.sort()
-        self.depend_on(texts, keys)
-        if progress is not None:
-            progress(len(texts) - len(misses), len(texts))
+        return list(shards.values()), places, keys, results, misses
 
-        def read_chunk(chunk: Sequence[int]) -> None:
-            for index in chunk:
-                try:
-                    results[index] = read(texts[index])
-                except errors as error:
-                    results[index] = error
 
-        chunks = [misses[start:start + _CHUNK] for start in range(0, len(misses), _CHUNK)]
-        done = len(texts) - len(misses)
-        with ThreadPoolExecutor(max(1, threads)) as pool:
-            for chunk, _ in zip(chunks, pool.map(read_chunk, chunks)):
-                done += len(chunk)
-                if progress is not None:
-                    progress(done, len(texts))
+def _file_key(path: str) -> tuple[int, int, int, int]:
+    """The stat key of a regular file; ``_NO_FILE`` for anything else (``read`` says what is wrong with it)."""
+    try:
+        status = os.stat(path)
+    except OSError:
+        return _NO_FILE
+    if not stat.S_ISREG(status.st_mode):
+        return _NO_FILE
+    return status.st_size, status.st_mtime_ns, status.st_ctime_ns, status.st_ino
 
-        for index in misses:
-            key, value = keys[index], results[index]
-            if key is _NO_FILE or isinstance(value, Exception) or key[1] > self.recent_ns:
-                continue
-            shard, name = places[index]
-            shard.new[name] = (key, encode(value))
-        for shard in shards.values():
-            shard.save()
-        return results
+
+def _read_in_chunks(texts: list[str], misses: list[int], read: Callable[[str], Any], *,
+                    errors: tuple[type[Exception], ...], results: list[Any], threads: int,
+                    progress: Progress | None) -> None:
+    """``read`` each path of ``misses`` into ``results`` (or the ``errors`` it raised), in tasks of ``_CHUNK``
+    files: one thread-pool task per file costs more than the read itself."""
+    def read_chunk(chunk: Sequence[int]) -> None:
+        for index in chunk:
+            try:
+                results[index] = read(texts[index])
+            except errors as error:
+                results[index] = error
+
+    chunks = [misses[start:start + _CHUNK] for start in range(0, len(misses), _CHUNK)]
+    done = len(texts) - len(misses)
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        for chunk, _ in zip(chunks, pool.map(read_chunk, chunks), strict=True):
+            done += len(chunk)
+            if progress is not None:
+                progress(done, len(texts))
 
 
 def stat_key(path: str) -> tuple[int, int, int, int]:
@@ -211,7 +231,7 @@ class _Shard:
 
     def values(self, rows: np.ndarray) -> Iterator[tuple]:
         """The stored values of ``rows``, as tuples of the columns' types."""
-        return zip(*(column(rows) for column in self._columns)) if self._columns else iter(())
+        return zip(*(column(rows) for column in self._columns), strict=True) if self._columns else iter(())
 
     def save(self) -> None:
         """Write the shard with the new entries, over what another process may have written since."""
@@ -219,10 +239,10 @@ class _Shard:
             return
         names, keys, columns = self._load(quiet=True)  # ours are the freshest for the files this scan read
         everything = {name: (tuple(key), value) for name, key, value in
-                      zip(names, keys.tolist(), self.values_of(columns, len(names)))}
+                      zip(names, keys.tolist(), self.values_of(columns, len(names)), strict=True)}
         everything.update(self.new)
         names = list(everything)
-        arrays = {"format": np.array([FORMAT_VERSION]), "folder": _strings([self.folder])[0],
+        arrays: dict[str, Any] = {"format": np.array([FORMAT_VERSION]), "folder": _strings([self.folder])[0],
                   "names": _strings(names)[0], "name_offsets": _strings(names)[1],
                   "keys": np.array([key for key, _ in everything.values()], dtype=np.int64).reshape(-1, 4)}
         for number, kind in enumerate(self.columns):
@@ -238,11 +258,12 @@ class _Shard:
     @staticmethod
     def values_of(columns: list[Callable[[np.ndarray], list]], count: int) -> Iterator[tuple]:
         rows = np.arange(count)
-        return zip(*(column(rows) for column in columns)) if columns else iter(())
+        return zip(*(column(rows) for column in columns), strict=True) if columns else iter(())
 
     def _load(self, *, quiet: bool = False) -> tuple[list[str], np.ndarray, list[Callable[[np.ndarray], list]]]:
         """Names, stat keys and column readers on disk; none where the file is missing or damaged."""
-        empty = ([], np.zeros((0, 4), dtype=np.int64), [])
+        empty: tuple[list[str], np.ndarray, list[Callable[[np.ndarray], list]]] = (
+            [], np.zeros((0, 4), dtype=np.int64), [])
         try:
             with np.load(self.path, allow_pickle=False) as stored:
                 arrays = {name: stored[name] for name in stored.files}
@@ -261,12 +282,12 @@ class _Shard:
                 if kind is int:
                     if data.shape != (len(names),):
                         raise ValueError(f"column {number} holds {data.shape} values for {len(names)} files")
-                    columns.append(lambda rows, data=data.astype(np.int64): data[rows].tolist())
+                    columns.append(_int_column(data.astype(np.int64)))
                 else:
                     texts = _unstrings(data, arrays[f"offsets{number}"])
                     if len(texts) != len(names):
                         raise ValueError(f"column {number} holds {len(texts)} texts for {len(names)} files")
-                    columns.append(lambda rows, texts=texts: [texts[row] for row in rows.tolist()])
+                    columns.append(_text_column(texts))
         except (KeyError, ValueError, IndexError, TypeError, UnicodeDecodeError) as error:
             return empty if quiet else self._damaged(str(error), empty)
         return names, keys, columns
@@ -275,6 +296,14 @@ class _Shard:
         log.warning("warning: ignoring the scan cache file %s (%s); the files it described are read again",
                     self.path, why)
         return empty
+
+
+def _int_column(data: np.ndarray) -> Callable[[np.ndarray], list]:
+    return lambda rows: data[rows].tolist()
+
+
+def _text_column(texts: list[str]) -> Callable[[np.ndarray], list]:
+    return lambda rows: [texts[row] for row in rows.tolist()]
 
 
 def _strings(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -301,4 +330,4 @@ def _unstrings(data: np.ndarray, offsets: np.ndarray | None) -> list[str]:
         return parts
     blob = data.astype(np.uint8).tobytes()
     starts = [0, *(end + 1 for end in ends[:-1].tolist())]
-    return [blob[start:end].decode("utf-8", "surrogateescape") for start, end in zip(starts, ends.tolist())]
+    return [blob[start:end].decode("utf-8", "surrogateescape") for start, end in zip(starts, ends.tolist(), strict=True)]

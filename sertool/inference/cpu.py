@@ -35,7 +35,7 @@ def quantize_linear_int8(model: nn.Module) -> nn.Module:
             # transformers' WavLM attention hands its projections' weight tensors to
             # F.multi_head_attention_forward instead of calling the layers, which a quantised layer (whose
             # weights are packed int8) cannot serve: give it an attention that calls them.
-            module.torch_multi_head_self_attention = types.MethodType(_wavlm_attention_calling_layers, module)
+            vars(module)["torch_multi_head_self_attention"] = types.MethodType(_wavlm_attention_calling_layers, module)
     with warnings.catch_warnings():
         # torch.ao.quantization is deprecated in favour of the separate torchao package, but still ships
         # with torch and is what runs here; the warnings say nothing a user can act on.

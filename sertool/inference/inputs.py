@@ -10,14 +10,14 @@ import numpy as np
 
 from sertool.data.audio import SAMPLE_RATE, audio_info
 from sertool.data.corpus import open_corpus
-from sertool.data.rows import read_headers
 from sertool.data.records import Utterance
 from sertool.data.report import LoadReport
+from sertool.data.rows import read_headers
 from sertool.data.scan_cache import ScanCache
 from sertool.errors import SertoolError
-from sertool.io import printable, read_csv_records
 from sertool.inference.predictions import Predictions
 from sertool.inference.windows import combine_windows, window_segments, window_spans
+from sertool.io import printable, read_csv_records
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
 PREDICT_SPLIT = "predict"  # split name of utterances read from loose files
@@ -49,8 +49,8 @@ def collect_inputs(paths: Sequence[str | Path], *, cache_dir: str | os.PathLike[
             if not files:
                 raise SertoolError(f"{printable(str(path))}: no audio files ({', '.join(AUDIO_SUFFIXES)}) "
                                    "in this folder")
-            for file, header in zip(files, read_headers(files, scan=ScanCache(cache_dir))):
-                if isinstance(header, SertoolError):
+            for file, header in zip(files, read_headers(files, scan=ScanCache(cache_dir)), strict=True):
+                if isinstance(header, Exception):
                     raise header
                 sample_rate, num_frames, _ = header
                 utterances.append(Utterance(id=printable(file.relative_to(path).as_posix()), audio_path=file,
@@ -220,7 +220,7 @@ class WindowMerger:
     def add(self, pieces: Sequence[Piece], predictions: Predictions) -> None:
         """Record the predictions of ``pieces`` (``predictions`` holds a row for each piece's utterance id)."""
         values = predictions.take([piece.utterance.id for piece in pieces]).values
-        for piece, row in zip(pieces, values):
+        for piece, row in zip(pieces, values, strict=True):
             if piece.span is None:
                 self._rows[piece.file_id] = row
             else:

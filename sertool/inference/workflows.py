@@ -11,16 +11,21 @@ import numpy as np
 from sertool.data.records import GENDERS, Utterance
 from sertool.data.selection import HeldOut, held_out
 from sertool.errors import SertoolError
-from sertool.io import check_writable
+from sertool.hub import is_repo_id
 from sertool.inference.ensemble import EnsemblePlan, apply_plan, mean_plan, select_per_attribute, write_plan
 from sertool.inference.inputs import WindowMerger, check_windows, windowed_pieces
 from sertool.inference.predictions import Predictions
-from sertool.inference.predictor import (InferenceOptions, Predictor, PredictorOutput, open_predictor,
-                                        union_of_training_ids)
+from sertool.inference.predictor import (
+    InferenceOptions,
+    Predictor,
+    PredictorOutput,
+    open_predictor,
+    union_of_training_ids,
+)
 from sertool.inference.writers import WRITERS, format_of, write_submission
+from sertool.io import check_writable
 from sertool.models.bootstrap import BootstrapResult, Interval, bootstrap_ccc
 from sertool.models.ccc import ccc_scores, collapsed_attributes
-from sertool.hub import is_repo_id
 
 # Files or windows `predict` holds at a time: 256 ten-second windows are ~43 minutes of audio, ~21
 # length-sorted batches of the default 120 padded seconds, while the records and ASR audio in flight stay
@@ -257,22 +262,21 @@ def ensemble(member_paths: Sequence[str | Path], utterances: Sequence[Utterance]
         plan = mean_plan(names, weights)
     combined = apply_plan(plan, members)
     has_labels = all(utt.has_labels for utt in utterances)
-    member_scores, ensemble_scores = [], None
+    result = EnsembleResult([], None, plan, combined)
     if has_labels:
         kept = _held_out(utterances, trained_on, split=split, name="the ensemble's members")
         labels = labelled(kept.utterances, split)
         scored = [_rows(output, kept.utterances) for output in [*outputs, PredictorOutput(combined)]]
         names = [predictor.name for predictor in predictors] + ["ensemble"]
-        *member_scores, ensemble_scores = [score(name, output, kept.utterances, labels, held_out=kept)
-                                           for name, output in zip(names, scored)]
-    result = EnsembleResult(member_scores, ensemble_scores, plan, combined)
-    if bootstrap and has_labels:
-        resampled = _resampled([output.predictions.values for output in scored], labels, bootstrap, bootstrap_seed)
-        rows = [*member_scores, ensemble_scores]
-        for index, row in enumerate(rows):
-            row.ci = resampled.interval(index)
-        result.differences = [difference(rows, resampled, system=len(predictors), reference=index)
-                              for index in range(len(predictors))]
+        rows = [score(name, output, kept.utterances, labels, held_out=kept)
+                for name, output in zip(names, scored, strict=True)]
+        result.member_scores, result.ensemble_scores = rows[:-1], rows[-1]
+        if bootstrap:
+            resampled = _resampled([output.predictions.values for output in scored], labels, bootstrap, bootstrap_seed)
+            for index, row in enumerate(rows):
+                row.ci = resampled.interval(index)
+            result.differences = [difference(rows, resampled, system=len(predictors), reference=index)
+                                  for index in range(len(predictors))]
     if save is not None:
         write_plan(plan, save)
     return result

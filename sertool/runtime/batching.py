@@ -26,7 +26,8 @@ def fill_batches(members: np.ndarray, durations_s: np.ndarray, max_batch_s: floa
     fewest = max(1, min_batch_items)
     # Plain floats and comparisons, not numpy scalars and max(): `train` plans every epoch of the run at its
     # start (the LR schedule's length), 1.7 million items for 20 epochs of MSP-Podcast's Train.
-    for index, duration_s in zip(members.tolist(), np.asarray(durations_s, dtype=np.float64)[members].tolist()):
+    lengths_s = np.asarray(durations_s, dtype=np.float64)[members].tolist()
+    for index, duration_s in zip(members.tolist(), lengths_s, strict=True):
         longest_s_with = duration_s if duration_s > longest_s else longest_s
         if len(batch) >= fewest and (len(batch) + 1) * longest_s_with > max_batch_s:
             batches.append(batch)

@@ -56,6 +56,7 @@ RECIPES: dict[str, dict[str, Any]] = {
 BACKBONE_RECIPES: dict[str, str] = {"fbank": "small-cpu"}
 DEFAULT_TEXT_MODEL_ID = "FacebookAI/roberta-large"
 DEFAULT_ASR_MODEL_ID = "openai/whisper-large-v3"  # transcribes utterances without a transcript (MM systems)
+QUANTIZE_CHOICES = ("off", "int8")  # inference's --quantize (sertool.inference.cpu)
 # The shortest audio a model is given: WavLM's CNN front end makes one frame per 20 ms, so 0.25 s gives about
 # 12 frames, the fewest over which a pooled mean and standard deviation still describe the speech.
 MIN_DURATION_S = 0.25
@@ -174,8 +175,9 @@ class DataConfig:
     num_workers: int = option(2, "Data-loader processes.", bounds=NON_NEGATIVE, resumable=True)
     asr: str = option(DEFAULT_ASR_MODEL_ID, "Whisper model (hub id or folder) that transcribes utterances without a "
                       "transcript, for MM (--text) systems.", path="path or hub id")
-    cache_dir: str | None = option(None, "Cache of text embeddings and ASR transcripts (default: $SERTOOL_CACHE "
-                                   "or ~/.cache/sertool).", path="path", resumable=True)
+    cache_dir: str | None = option(None, "Cache of corpus scans (durations, transcripts), text embeddings and ASR "
+                                   "transcripts (default: $SERTOOL_CACHE or ~/.cache/sertool).", path="path",
+                                   resumable=True)
 
 
 @dataclass

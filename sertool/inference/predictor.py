@@ -20,6 +20,7 @@ from sertool.data.transcripts import Transcriber, fill_transcripts
 from sertool.devices import select_device
 from sertool.errors import SertoolError
 from sertool.hub import is_repo_id
+from sertool.inference.cpu import check_quantize, quantize_linear_int8, set_threads
 from sertool.inference.ensemble import apply_plan, read_plan
 from sertool.inference.predictions import Predictions, check_rating_scale, read_predictions
 from sertool.model_folder import load_model
@@ -36,7 +37,8 @@ class InferenceOptions:
 
     ``backbone_path`` / ``text_model`` / ``speaker_embedding`` replace the pretrained model locations a
     checkpoint recorded (e.g. a hub id on an offline machine, or a folder on another machine): frozen
-    pretrained weights are not stored in checkpoints, they are loaded from there.
+    pretrained weights are not stored in checkpoints, they are loaded from there. ``quantize`` and
+    ``threads`` are for the CPU (``sertool.inference.cpu``).
     """
 
     device: str = "auto"
@@ -48,6 +50,8 @@ class InferenceOptions:
     text_model: str | None = None
     speaker_embedding: str | None = None
     asr: str = DEFAULT_ASR_MODEL_ID
+    quantize: str = "off"  # "int8": dynamic int8 quantisation of the linear layers (CPU only; sertool.inference.cpu)
+    threads: int = 0  # torch's CPU threads for this process (0: torch's default, one per core)
 
     def torch_device(self) -> torch.device:
         return select_device(self.device)
@@ -102,7 +106,10 @@ class CheckpointPredictor:
             model = SERModel(self.config.model, num_speakers=len(self.payload.get("speakers", [])),
                              backbone_weights=self.payload.get("backbone_weights", "published"))
             load_stored_state(model, self.payload["model_state"], source=self.name)
-            self._model = model.to(self.options.torch_device()).eval()
+            model = model.to(self.options.torch_device()).eval()
+            if self.options.quantize == "int8":
+                model = quantize_linear_int8(model)  # in memory only: the checkpoint is not touched
+            self._model = model
         return self._model
 
     def predict(self, utterances: Sequence[Utterance]) -> PredictorOutput:
@@ -198,6 +205,8 @@ def open_predictor(path: str | Path, options: InferenceOptions | None = None, *,
         SertoolError: the path is missing or not one of these.
     """
     options = options or InferenceOptions()
+    check_quantize(options.quantize, options.torch_device())
+    set_threads(options.threads)
     text = str(path)
     path = Path(text).expanduser()
     if not path.exists():

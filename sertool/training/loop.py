@@ -278,7 +278,8 @@ class _Run:
         """Corpus, selection, transcripts: ``train_set``, ``valid_set``, ``speakers`` and what they are."""
         config = self.config
         assert config.data.corpus is not None, "train() refuses a config without a corpus before any set-up"
-        corpus = open_corpus(config.data.corpus, progress=self._progress("reading audio headers"))
+        corpus = open_corpus(config.data.corpus, progress=self._progress("reading audio headers"),
+                             cache_dir=config.data.cache_dir)
         self.load_report = corpus.report
         selection = select(corpus.utterances, train_split=config.data.train_split, valid_split=config.data.valid_split,
                            train_ox=config.data.train_ox, dev_ox_to_train=config.data.dev_ox_to_train,

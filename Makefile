@@ -62,7 +62,7 @@ $(DEMO_LABELS): | install
 	$(SERTOOL) data demo $(DEMO_CORPUS) --force
 	$(SERTOOL) data info $(DEMO_CORPUS)
 
-$(DEMO)/runs/%/best.pt: configs/demo/%.yaml $(DEMO_LABELS)
+$(DEMO)/runs/%/best.pt: sertool/configs/demo/%.yaml $(DEMO_LABELS)
 	$(SERTOOL) train --config $< --corpus $(DEMO_CORPUS) --out $(DEMO)/runs/$* --force
 
 $(DEMO)/predictions/%.csv: $(DEMO)/runs/%/best.pt

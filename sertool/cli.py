@@ -473,7 +473,7 @@ def ensemble_command(members: tuple[str, ...], corpus: str, split: str, weights:
 @click.option("--out", required=True, metavar="DIR", help="The model folder to write: config.json, model.safetensors "
               "(weights, no pickle), README.md (the model card).")
 @click.option("--push-to-hub", metavar="REPO", help="Also upload the folder to the model hub as REPO (owner/name); "
-              "needs a token (huggingface-cli login).")
+              "needs a token (hf auth login).")
 @click.option("--force", is_flag=True, help="Overwrite the model files of an earlier export in --out.")
 def export_command(model: str, out: str, push_to_hub: str | None, force: bool) -> None:
     """Write RUN (a run folder, checkpoint, model folder or hub id) as a self-contained model folder.
@@ -532,7 +532,8 @@ def baseline_command(corpus: str, out: str, train_split: str, valid_split: str, 
 
 @cli.command("reproduce")
 @click.option("--corpus", required=True, metavar="ROOT", help="The corpus every system trains and is evaluated on.")
-@click.option("--grid", default="configs/paper/grid.yaml", show_default=True, help="The experiment grid.")
+@click.option("--grid", metavar="FILE", help="The experiment grid (default: the paper's, shipped with sertool: "
+              "sertool/configs/paper/grid.yaml).")
 @click.option("--scale", type=click.Choice(["demo", "real"]), default="demo", show_default=True,
               help="demo: CPU stand-ins for the pretrained models; real: the paper's models.")
 @click.option("--out", default="results/demo", show_default=True, metavar="DIR",
@@ -543,7 +544,7 @@ def baseline_command(corpus: str, out: str, train_split: str, valid_split: str, 
 @click.option("--model", "models", multiple=True, metavar="ID=DIR",
               help="Real scale without hub access: load hub id ID from folder DIR (repeatable).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-def reproduce_command(corpus: str, grid: str, scale: str, out: str, seeds: int, systems: str | None,
+def reproduce_command(corpus: str, grid: str | None, scale: str, out: str, seeds: int, systems: str | None,
                       models: tuple[str, ...], device: str) -> None:
     """Run the paper's experiment grid and write tables laid out like the paper's (make reproduce).
 

@@ -36,7 +36,7 @@ from typing import Callable, Iterator, NamedTuple, Sequence
 import numpy as np
 
 from sertool.data.records import GENDERS, LABEL_MAX, LABEL_MIN
-from sertool.errors import SertoolError
+from sertool.errors import SertoolError, missing_package
 
 # ---------------------------------------------------------------------------------------------------------
 # Corpus layout and size
@@ -369,10 +369,7 @@ def _require_espeak() -> ModuleType:
     try:
         import espeakng_loader
     except ImportError:
-        raise SertoolError(
-            "the demo corpus needs eSpeak NG: install it with `pip install espeakng-loader` "
-            "(or `pip install 'sertool[demo]'`)"
-        ) from None
+        raise missing_package("espeakng-loader", needed_for="the demo corpus (eSpeak NG speech)") from None
     return espeakng_loader
 
 

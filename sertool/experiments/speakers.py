@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from sertool.data.records import Utterance
-from sertool.errors import SertoolError
+from sertool.errors import SertoolError, missing_package
 from sertool.inference.runner import DEFAULT_EVAL_BATCH_S
 
 
@@ -120,7 +120,7 @@ def plot_speaker_map(result: SpeakerMap, path: str | Path, *, title: str) -> Non
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
-        raise SertoolError("plots need matplotlib: pip install 'sertool[plot]'") from None
+        raise missing_package("matplotlib", needed_for="plotting") from None
     from sertool.io import atomic_write
 
     figure = Figure(figsize=(6.5, 5.5), dpi=100)

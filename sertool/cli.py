@@ -91,21 +91,25 @@ def _path_argument(positional: str | None, option: str | None, *, name: str, fla
 @data.command("info")
 @click.argument("root", required=False, metavar="ROOT")
 @click.option("--corpus", "corpus_option", metavar="ROOT", help="The corpus (same as the ROOT argument).")
-def data_info(root: str | None, corpus_option: str | None) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the numbers as JSON on stdout instead of the tables.")
+def data_info(root: str | None, corpus_option: str | None, as_json: bool) -> None:
     """Utterances and hours per split, classes with the O/X share, gender, speakers, transcripts.
 
     ROOT is an MSP-Podcast root (Audios/, Labels/labels_consensus.csv, Transcripts/), a manifest CSV,
     or a folder holding manifest.csv.
     """
-    from sertool.console import print_corpus_summary, print_load_report, progress_bar
+    from sertool.console import print_corpus_summary, print_json, print_load_report, progress_bar
     from sertool.data.corpus import open_corpus
-    from sertool.data.info import summarize
+    from sertool.data.info import summarize, summary_document
 
     path = _path_argument(root, corpus_option, name="ROOT", flag="--corpus")
     with progress_bar("reading audio headers") as progress:
         corpus = open_corpus(path, progress=progress)
     print_load_report(corpus.report)
-    print_corpus_summary(f"{path} ({corpus.kind})", summarize(corpus))
+    if as_json:
+        print_json(summary_document(corpus, summarize(corpus)))
+    else:
+        print_corpus_summary(f"{path} ({corpus.kind})", summarize(corpus))
 
 
 @data.command("demo")
@@ -318,6 +322,14 @@ def _bootstrap_options(command):
                              "(e.g. 1000; 0: none).")(command)
 
 
+def _score_options(command):
+    """``--scores FILE`` and ``--json`` (evaluate, ensemble): the score table as data."""
+    command = click.option("--json", "as_json", is_flag=True, help="Print the scores as JSON on stdout instead of the "
+                           "table (messages go to stderr).")(command)
+    return click.option("--scores", "scores_path", metavar="JSON",
+                        help="Also write the scores as JSON: split, utterances and CCC per system.")(command)
+
+
 def _options(flags: dict):
     from sertool.inference.predictor import InferenceOptions
 
@@ -336,28 +348,32 @@ def _out_path(value: str | None) -> Path | None:
 @click.option("--split", default="Development", show_default=True, help="A labelled split.")
 @click.option("--out", metavar="CSV", help="Write the predictions (labels beside them) here (.csv or .json).")
 @click.option("--plot", metavar="PNG", help="Write predicted-vs-true and by-class plots here.")
-@click.option("--force", is_flag=True, help="Overwrite --out / --plot.")
+@click.option("--force", is_flag=True, help="Overwrite --out / --plot / --scores.")
+@_score_options
 @_bootstrap_options
 @_inference_options
 def evaluate_command(model: str, corpus: str, split: str, out: str | None, plot: str | None, force: bool,
-                     bootstrap: int, bootstrap_seed: int, **flags) -> None:
+                     scores_path: str | None, as_json: bool, bootstrap: int, bootstrap_seed: int, **flags) -> None:
     """CCC per attribute and average of CKPT on a split (whole utterances, batched by length).
 
     CKPT is a checkpoint, a run folder (its best.pt), a model folder (sertool export, or the authors'
     released models) or its hub id, a predictions CSV, or an ensemble JSON.
     """
-    from sertool.console import out as console
-    from sertool.console import print_load_report, print_scores
+    from sertool.console import print_collapse_warnings, print_json, print_load_report, print_scores, print_written
     from sertool.inference.inputs import corpus_split
     from sertool.inference.workflows import evaluate
 
     utterances, report = corpus_split(corpus, split)
     print_load_report(report)
     result = evaluate(model, utterances, split=split, options=_options(flags), out=_out_path(out),
-                      plot=_out_path(plot), force=force, bootstrap=bootstrap, bootstrap_seed=bootstrap_seed)
-    print_scores(f"{split} of {corpus}", [result.scores])
-    for path in result.written:
-        console.print(f"wrote {path}")
+                      plot=_out_path(plot), scores=_out_path(scores_path), corpus=corpus, force=force,
+                      bootstrap=bootstrap, bootstrap_seed=bootstrap_seed)
+    if as_json:
+        print_json(result.document)
+        print_collapse_warnings([result.scores])
+    else:
+        print_scores(f"{split} of {corpus}", [result.scores])
+    print_written(result.written, as_json=as_json)
 
 
 @cli.command("predict")
@@ -424,12 +440,14 @@ def predict_command(model: str, paths: tuple[str, ...], corpus: str | None, spli
 @click.option("--out", metavar="FILE", help="Write the ensemble's predictions (with the members' spread) here.")
 @click.option("--submission", metavar="CSV", help="Write the challenge submission of the ensemble here.")
 @click.option("--save", metavar="JSON", help="Keep the ensemble: evaluate and predict accept it as a checkpoint.")
-@click.option("--force", is_flag=True, help="Overwrite --out / --submission / --save.")
+@click.option("--force", is_flag=True, help="Overwrite --out / --submission / --save / --scores.")
+@_score_options
 @_bootstrap_options
 @_inference_options
 def ensemble_command(members: tuple[str, ...], corpus: str, split: str, weights: list[float] | None,
                      per_attribute: str | None, select_split: str, out: str | None, submission: str | None,
-                     save: str | None, force: bool, bootstrap: int, bootstrap_seed: int, **flags) -> None:
+                     save: str | None, force: bool, scores_path: str | None, as_json: bool, bootstrap: int,
+                     bootstrap_seed: int, **flags) -> None:
     """Average the A/V/D predictions of MEMBERs: checkpoints, run folders, model folders or hub ids,
     predictions CSVs or ensembles.
 
@@ -437,14 +455,16 @@ def ensemble_command(members: tuple[str, ...], corpus: str, split: str, weights:
       sertool ensemble runs/wavlm runs/mmwhisper --corpus MSP-Podcast --split Development --save ens.json
       sertool ensemble a.csv b.csv --corpus MSP-Podcast --split Development --per-attribute best
     """
+    from sertool.console import err
     from sertool.console import out as console
-    from sertool.console import print_differences, print_load_report, print_scores
+    from sertool.console import (print_collapse_warnings, print_differences, print_json, print_load_report, print_scores,
+                                 print_written)
     from sertool.inference.inputs import corpus_split, require_complete
     from sertool.inference.workflows import check_outputs, ensemble, write_outputs
     from sertool.io import check_writable
 
     check_outputs(out=_out_path(out), file_format=None, submission=_out_path(submission), force=force)
-    check_writable([_out_path(save)], force=force)
+    check_writable([_out_path(save), _out_path(scores_path)], force=force)
     utterances, report = corpus_split(corpus, split)
     print_load_report(report)
     if submission:
@@ -452,20 +472,24 @@ def ensemble_command(members: tuple[str, ...], corpus: str, split: str, weights:
     selection = corpus_split(corpus, select_split)[0] if per_attribute and select_split != split else None
     result = ensemble(members, utterances, split=split, options=_options(flags), weights=weights,
                       per_attribute=per_attribute == "best", selection_utterances=selection,
-                      selection_split=select_split, save=_out_path(save), force=force, bootstrap=bootstrap,
-                      bootstrap_seed=bootstrap_seed)
-    if result.ensemble_scores is not None:
-        print_scores(f"{split} of {corpus}", [*result.member_scores, result.ensemble_scores], highlight="ensemble")
-    if result.differences:
+                      selection_split=select_split, save=_out_path(save), scores=_out_path(scores_path), corpus=corpus,
+                      require_scores=as_json, force=force, bootstrap=bootstrap, bootstrap_seed=bootstrap_seed)
+    rows = [*result.member_scores, result.ensemble_scores] if result.ensemble_scores is not None else []
+    if as_json:
+        print_json(result.document)
+        print_collapse_warnings(rows)
+    elif rows:
+        print_scores(f"{split} of {corpus}", rows, highlight="ensemble")
+    if result.differences and not as_json:
         print_differences(f"the ensemble's gain over each member, {split}", result.differences)
     if per_attribute:
         for name, chosen in result.plan.weights.items():
-            console.print(f"{name}: " + " + ".join(result.plan.members[index] for index, _ in chosen))
+            (err if as_json else console).print(f"{name}: " + " + ".join(result.plan.members[index]
+                                                                         for index, _ in chosen))
     written = write_outputs(result.predictions, out=_out_path(out), file_format=None, submission=_out_path(submission),
                             expected_ids=[utt.id for utt in utterances], stream=None, force=True) \
         if out or submission else []
-    for path in [*written, *([Path(save)] if save else [])]:
-        console.print(f"wrote {path}")
+    print_written([*written, *result.written], as_json=as_json)
 
 
 @cli.command("export")

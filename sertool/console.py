@@ -32,6 +32,19 @@ def progress_bar(description: str) -> Iterator[Callable[[int, int], None]]:
         yield lambda done, total: bar.update(task, completed=done, total=total)
 
 
+def print_json(document) -> None:
+    """A JSON document on stdout (``--json``): nothing else goes to stdout, so a pipe gets valid JSON."""
+    from sertool.io import write_json_document
+
+    write_json_document(document, sys.stdout)
+
+
+def print_written(paths, *, as_json: bool = False) -> None:
+    """One "wrote PATH" line per file; on stderr when stdout carries ``--json`` output."""
+    for path in paths:
+        (err if as_json else out).print(f"wrote {path}", markup=False)
+
+
 def print_load_report(report: LoadReport) -> None:
     """The dropped rows and warnings of a corpus read: counts by reason and the first few items."""
     if not report.dropped and not report.warnings:
@@ -228,6 +241,11 @@ def print_scores(title: str, rows: list, *, highlight: str | None = None) -> Non
         if not row.training_data_known:
             out.print(f"{row.name}: what it trained on is unknown (a predictions file, or a checkpoint of an older "
                       "sertool): cannot tell whether these utterances were held out", markup=False, highlight=False)
+    print_collapse_warnings(rows)
+
+
+def print_collapse_warnings(rows: list) -> None:
+    """On stderr, one warning per score row whose heads collapsed (also shown with ``--json``)."""
     for row in rows:
         if row.collapsed:
             err.print(f"[yellow]warning:[/] {row.name}: {collapse_text(row.collapsed)}")

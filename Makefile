@@ -53,6 +53,7 @@ demo: install $(DEMO)/submission.csv
 	@echo
 	@echo "demo finished — look at:"
 	@echo "  plots:       $(DEMO)/plots/fbank-gender.png  $(DEMO)/plots/mm-fbank.png"
+	@echo "  curves:      $(AUDIO_RUN)/curves.png  $(TEXT_RUN)/curves.png  (training loss, validation CCC)"
 	@echo "  predictions: $(DEMO)/predictions/   (Development, with labels beside them)"
 	@echo "  ensemble:    $(DEMO)/ensemble.json  (evaluate/predict accept it as a checkpoint)"
 	@echo "  floor:       $(DEMO)/baseline/      (sertool baseline: ridge on acoustic statistics)"

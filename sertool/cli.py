@@ -266,9 +266,11 @@ def _config_flags(command):
 @click.option("--force", is_flag=True, help="Start over in an --out folder that already holds files.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="Where to train; under torchrun each process takes its LOCAL_RANK GPU.")
+@click.option("--tensorboard", is_flag=True, help="Also write TensorBoard scalars to RUN_DIR/tensorboard/ "
+              "(needs the tensorboard package).")
 @_config_flags
 def train_command(config_file: str | None, out: str | None, resume: str | None, force: bool, device: str,
-                  **flags) -> None:
+                  tensorboard: bool, **flags) -> None:
     """Train one system and write its run folder.
 
     Fields set neither by --config nor by a flag take the backbone's recipe: the paper's defaults below,
@@ -279,13 +281,13 @@ def train_command(config_file: str | None, out: str | None, resume: str | None, 
       sertool train --corpus demo/corpus --backbone fbank --aux gender --out runs/fbank
       torchrun --nproc-per-node 4 -m sertool train --config wavlm.yaml --out runs/wavlm
     """
-    from sertool.console import RichTrainReporter
+    from sertool.console import train_reporter
     from sertool.training.loop import train
     from sertool.training.setup import resolve_train_config
 
     config, run_dir, relocated = resolve_train_config(config_file, flags, out=out, resume=resume)
     train(config, run_dir, resume=resume is not None, relocated=relocated, force=force, argv=sys.argv, device=device,
-          reporter=RichTrainReporter())
+          reporter=train_reporter(run_dir, tensorboard=tensorboard))
 
 
 def _inference_options(command):
@@ -552,6 +554,23 @@ def baseline_command(corpus: str, out: str, train_split: str, valid_split: str, 
         print_scores(f"{split} of {corpus}{role}", [scores])
     for path in result.written:
         console.print(f"wrote {path}")
+
+
+@cli.command("plot")
+@click.argument("runs", nargs=-1, required=True, metavar="RUN_DIR...")
+@click.option("--out", required=True, metavar="PNG", help="The figure to write.")
+@click.option("--force", is_flag=True, help="Overwrite --out.")
+def plot_command(runs: tuple[str, ...], out: str, force: bool) -> None:
+    """Training curves of one or more runs, overlaid: training loss and validation CCC per attribute over
+    optimiser steps (what every run folder's curves.png shows for its own run).
+
+    \b
+      sertool plot runs/wavlm runs/mmwavlm --out curves.png
+    """
+    from sertool.console import print_written
+    from sertool.training.curves import plot_runs
+
+    print_written([plot_runs(runs, out, force=force)])
 
 
 @cli.command("reproduce")

@@ -101,6 +101,16 @@ def print_corpus_summary(title: str, summaries: list[SplitSummary]) -> None:
     out.print(classes)
 
 
+def train_reporter(run_dir, *, tensorboard: bool) -> Reporter:
+    """The terminal's reporter, and TensorBoard's beside it with ``--tensorboard`` (checked installed now)."""
+    if not tensorboard:
+        return RichTrainReporter()
+    from sertool.training.reporter import Reporters
+    from sertool.training.tensorboard import TensorBoardReporter
+
+    return Reporters(RichTrainReporter(), TensorBoardReporter(run_dir))
+
+
 class RichTrainReporter(Reporter):
     """Training progress on the terminal: a bar per epoch with loss, lr, utterances/s and ETA, a line per
     validation, and a summary table at the end (the loop's ``Reporter``)."""
@@ -146,7 +156,8 @@ class RichTrainReporter(Reporter):
         marker = " [green]★ best[/]" if metrics["improved"] else ""
         line = "  ".join(f"{name[0].upper()} {_ccc(metrics[f'ccc_{name}'])}" for name in ("arousal", "valence", "dominance"))
         console = self._progress.console if self._progress else err
-        console.print(f"validation after step {metrics['step']}: CCC {line}  "
+        console.print(f"validation on {metrics['split']} ({metrics['utterances']:,} utterances) after step "
+                      f"{metrics['step']}: CCC {line}  "
                       f"avg {_ccc(metrics['ccc_average'])}{marker}")
         if metrics.get("collapsed"):
             console.print(f"[yellow]warning:[/] {collapse_text(metrics['collapsed'])}")
@@ -158,8 +169,10 @@ class RichTrainReporter(Reporter):
         import time
 
         self.close()
+        validated = next((f"; CCC on {record['split']} ({record['utterances']:,} utterances)"
+                          for record in reversed(result.history) if "split" in record), "")
         table = Table(title=f"sertool train: {result.stopped} after {result.steps} steps "
-                            f"({time.perf_counter() - self._started:.0f} s)", title_justify="left")
+                            f"({time.perf_counter() - self._started:.0f} s){validated}", title_justify="left")
         for column in ("checkpoint", "step", "arousal", "valence", "dominance", "average"):
             table.add_column(column, justify="left" if column == "checkpoint" else "right")
         if result.best:

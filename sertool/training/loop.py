@@ -59,6 +59,7 @@ from sertool.training.optim import LRSchedule, build_optimizer
 from sertool.training.run_folder import (add_command_line, data_fingerprint, locked_run_folder, prepare_run_folder,
                                         reconcile_config_file, remove_run_outputs, remove_stale_temporaries,
                                         truncate_metrics, write_config_file, write_environment)
+from sertool.training.curves import CURVES_NAME, plot_curves, read_curves
 from sertool.training.reporter import Reporter
 from sertool.training.samplers import EpochBatchSampler, class_counts
 
@@ -368,6 +369,7 @@ class _Run:
                 json.dump({"best": self.best, "best_step": self.best_step, "steps": self.step, "stopped": self.stopped,
                            "collapsed": collapsed, "skipped_steps": self.skipped_steps,
                            "skipped_audio": self.skipped_audio}, handle, indent=2)
+            self._plot_curves()
         self.reporter.finish(result)
         return result
 
@@ -387,7 +389,8 @@ class _Run:
             stats = self._optimizer_step(group)
             self.step += 1
             self.batches_in_epoch = position + len(group)
-            stats.update(step=self.step, epoch=epoch, batch=self.batches_in_epoch, batches=total,
+            # metrics.jsonl counts epochs from 1 in every record: the epoch this step trained in.
+            stats.update(step=self.step, epoch=epoch + 1, batch=self.batches_in_epoch, batches=total,
                          seconds=time.perf_counter() - started)
             if self.step % config.log_every_steps == 0 or self.batches_in_epoch == total or self._budget_spent():
                 self._log({"type": "train", **stats})
@@ -536,7 +539,11 @@ class _Run:
         finite = not nonfinite and all(math.isfinite(value) for value in scores.values())
         improved = finite and scores["average"] > self.best.get("average", -math.inf)
         self.schedule.on_validation(improved)
-        record = {"type": "valid", "step": self.step, "epoch": self.epoch, **{f"ccc_{k}": v for k, v in scores.items()},
+        # The epoch (from 1) the validated step trained in: when that step ended an epoch, ``self.epoch``
+        # already counts it.
+        epoch = self.epoch if self.batches_in_epoch == 0 else self.epoch + 1
+        record = {"type": "valid", "step": self.step, "epoch": epoch, "split": self.config.data.valid_split,
+                  "utterances": len(self.valid_set), **{f"ccc_{k}": v for k, v in scores.items()},
                   "improved": improved, "collapsed": collapsed_attributes(values, labels)}
         if nonfinite:
             record.update(nonfinite_predictions=len(nonfinite), first_nonfinite=nonfinite[0])
@@ -691,6 +698,13 @@ class _Run:
                               f"{missing} utterances had no transcript; transcribed with {self.config.data.asr}")
         return fill_transcripts(utterances, self.config.data.asr,
                                 cache_dir=self.config.data.cache_dir or default_cache_dir(), device=self.context.device)
+
+    def _plot_curves(self) -> None:
+        """``curves.png`` beside metrics.jsonl; without matplotlib, a message instead (the run has succeeded)."""
+        try:
+            plot_curves([read_curves(self.run_dir)], self.run_dir / CURVES_NAME, title=str(self.run_dir))
+        except SertoolError as error:
+            self.reporter.message(f"no {CURVES_NAME}: {error}")
 
     def _log(self, record: dict[str, Any]) -> None:
         if self.context.is_main:

@@ -14,6 +14,7 @@ from sertool import __version__
 from sertool.config import (AT_LEAST_ONE, DEFAULT_ASR_MODEL_ID, DEFAULT_HOP_S, DEFAULT_WINDOW_S, MIN_DURATION_S,
                             NON_NEGATIVE, POSITIVE, PROBABILITY, SEED, Bounds)
 from sertool.errors import SertoolError
+from sertool.progress import task
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell's convention for Ctrl-C
@@ -22,9 +23,23 @@ SPEAKER_CHOICE_NAMES = ("random", "most-frequent")  # sertool.experiments.speake
 _AT_LEAST_TWO = Bounds(at_least=2)
 
 
+def _show_progress(ctx: click.Context, param: click.Parameter, quiet: bool) -> None:
+    from sertool.console import show_progress
+
+    show_progress(quiet=quiet)
+
+
 class _Group(click.Group):
     """A click group that turns ``SertoolError`` into a one-line message instead of a traceback, and a stop
-    (Ctrl-C, SIGTERM) into its message and the shell's exit status (130, 143)."""
+    (Ctrl-C, SIGTERM) into its message and the shell's exit status (130, 143); every command it holds gets
+    ``--quiet`` and draws the progress of its long steps on a terminal (``sertool.progress``)."""
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        if not isinstance(cmd, click.Group):
+            cmd.params.append(click.Option(["-q", "--quiet"], is_flag=True, expose_value=False, is_eager=True,
+                                           callback=_show_progress,
+                                           help="No progress bars (they are drawn only on a terminal anyway)."))
+        super().add_command(cmd, name)
 
     def invoke(self, ctx: click.Context):
         try:
@@ -98,13 +113,12 @@ def data_info(root: str | None, corpus_option: str | None, as_json: bool) -> Non
     ROOT is an MSP-Podcast root (Audios/, Labels/labels_consensus.csv, Transcripts/), a manifest CSV,
     or a folder holding manifest.csv.
     """
-    from sertool.console import print_corpus_summary, print_json, print_load_report, progress_bar
+    from sertool.console import print_corpus_summary, print_json, print_load_report
     from sertool.data.corpus import open_corpus
     from sertool.data.info import summarize, summary_document
 
     path = _path_argument(root, corpus_option, name="ROOT", flag="--corpus")
-    with progress_bar("reading audio headers") as progress:
-        corpus = open_corpus(path, progress=progress)
+    corpus = open_corpus(path)
     print_load_report(corpus.report)
     if as_json:
         print_json(summary_document(corpus, summarize(corpus)))
@@ -127,11 +141,10 @@ def data_demo(out: str | None, out_option: str | None, size: str, seed: int, for
     challenge. Arousal and dominance drive the prosody; valence lives mostly in the words (docs/data.md).
     """
     from sertool.console import out as console
-    from sertool.console import progress_bar
     from sertool.data.demo import DEMO_SIZES, generate_demo_corpus
 
     path = _path_argument(out, out_option, name="OUT", flag="--out")
-    with progress_bar("synthesising") as progress:
+    with task("synthesising") as progress:
         summary = generate_demo_corpus(path, seed=seed, force=force, progress=progress, **DEMO_SIZES[size])
     splits = ", ".join(f"{split} {count:,}" for split, count in summary.utterances.items())
     console.print(f"wrote {summary.num_utterances:,} utterances ({summary.duration_s / 3600:.2f} h: {splits}) to {path}")
@@ -170,8 +183,8 @@ def data_speakers(corpus: str, split: str, speaker_model: str, num_speakers: int
                                    per_speaker=per_speaker, seed=seed, speakers=speaker_choice)
     result = speaker_map(utterances, speaker_model)
     plot_speaker_map(result, out, title=f"{speaker_model} on {len(utterances)} utterances of {split}")
-    console.print(f"Fisher ratio {result.fisher_ratio:.2f} (between-/within-speaker variance of the 2-D points); "
-                  f"wrote {out}")
+    console.print(f"Fisher ratio {result.fisher_ratio:.2f} (between-/within-speaker variance of the 2-D points) "
+                  f"on {len(utterances):,} {split} utterances of {num_speakers} speakers; wrote {out}")
 
 
 def _column_options(command):
@@ -211,7 +224,7 @@ def data_manifest(folder: str, metadata: str, out: str, label_range: tuple[float
         --dominance-column nrc_dominance --label-range 0 1
     """
     from sertool.console import out as console
-    from sertool.console import print_corpus_summary, print_load_report, progress_bar
+    from sertool.console import print_corpus_summary, print_load_report
     from sertool.data.corpus import Corpus
     from sertool.data.columns import ColumnMap
     from sertool.data.importer import import_metadata
@@ -221,16 +234,41 @@ def data_manifest(folder: str, metadata: str, out: str, label_range: tuple[float
 
     target = Path(out)
     check_writable([target], force=force)
-    with progress_bar("reading audio headers") as progress:
-        utterances, report = import_metadata(folder, metadata, columns=ColumnMap(**columns), label_range=label_range,
-                                             held_out_fractions=(dev_fraction, test_fraction), seed=seed,
-                                             progress=progress)
+    utterances, report = import_metadata(folder, metadata, columns=ColumnMap(**columns), label_range=label_range,
+                                         held_out_fractions=(dev_fraction, test_fraction), seed=seed)
     print_load_report(report)
     if not utterances:
         raise SertoolError(f"{metadata}: no usable rows; nothing written")
     write_manifest(utterances, target)
     print_corpus_summary(f"{target} (manifest)", summarize(Corpus(target, "manifest", utterances, report)))
     console.print(f"wrote {len(utterances):,} utterances to {target}")
+
+
+class _SectionedCommand(click.Command):
+    """A command whose ``--help`` lists its options in groups, as docs/training.md and docs/models.md do: the
+    config's ``data``, ``model`` and ``train`` sections (flags from ``_config_flags``), then the rest."""
+
+    SECTIONS = (("data", "Data (the config's data section)"), ("model", "Model (the config's model section)"),
+                ("train", "Training (the config's train section, and the seed)"))
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        groups: dict[str, list[tuple[str, str]]] = {}
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is not None:
+                groups.setdefault(self._section(param.name or ""), []).append(record)
+        for key, title in (("run", "Run and output"), *self.SECTIONS):
+            if groups.get(key):
+                with formatter.section(title):
+                    formatter.write_dl(groups[key])
+
+    def _section(self, name: str) -> str:
+        section, separator, _ = name.partition("__")
+        if separator:
+            return section
+        from sertool.config import config_options  # a top-level config field (the seed) trains
+
+        return "train" if any(spec.name == name and not spec.section for spec in config_options()) else "run"
 
 
 def _config_flags(command):
@@ -257,7 +295,7 @@ def _config_flags(command):
     return command
 
 
-@cli.command("train")
+@cli.command("train", cls=_SectionedCommand)
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), metavar="FILE",
               help="YAML config (a run folder's config.yaml is one); flags override it.")
 @click.option("--out", metavar="RUN_DIR", help="Run folder to create: best.pt, last.pt, config, logs.")
@@ -540,9 +578,9 @@ def baseline_command(corpus: str, out: str, train_split: str, valid_split: str, 
     """
     from sertool.baseline.run import run_baseline
     from sertool.console import out as console
-    from sertool.console import print_load_report, print_scores, progress_bar
+    from sertool.console import print_load_report, print_scores
 
-    with progress_bar("acoustic statistics") as progress:
+    with task("acoustic statistics") as progress:
         result = run_baseline(corpus, out, train_split=train_split, valid_split=valid_split, force=force,
                               progress=progress)
     print_load_report(result.load_report)

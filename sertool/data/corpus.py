@@ -1,6 +1,7 @@
 """Opening a corpus: an MSP-Podcast root or a sertool manifest, detected from what the path holds."""
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -10,6 +11,7 @@ from sertool.data.audio import audio_info
 from sertool.data.records import SPLITS, Utterance
 from sertool.data.report import LoadReport
 from sertool.errors import SertoolError
+from sertool.progress import task
 
 MSP_LABELS = Path("Labels") / "labels_consensus.csv"
 MANIFEST_NAME = "manifest.csv"
@@ -119,8 +121,8 @@ def _read_headers(paths: Sequence[Path], progress: Progress | None) -> Iterable[
         except SertoolError as error:
             return error
 
-    with ThreadPoolExecutor(_HEADER_READ_THREADS) as pool:
+    with ThreadPoolExecutor(_HEADER_READ_THREADS) as pool, \
+            (contextlib.nullcontext(progress) if progress else task(f"reading {len(paths):,} audio headers")) as update:
         for done, result in enumerate(pool.map(probe, paths), start=1):
-            if progress is not None:
-                progress(done, len(paths))
+            update(done, len(paths))
             yield result

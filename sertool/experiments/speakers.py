@@ -17,6 +17,7 @@ import torch
 from sertool.data.records import Utterance
 from sertool.errors import SertoolError, missing_package
 from sertool.inference.runner import DEFAULT_EVAL_BATCH_S
+from sertool.progress import task
 
 
 @dataclass
@@ -81,14 +82,16 @@ def speaker_map(utterances: Sequence[Utterance], speaker_model: str, *, device: 
     embedder = build_speaker_embedder(speaker_model, flag="--speaker-model").to(device).eval()
     dataset = UtteranceDataset(utterances, to_unit=float)
     embeddings = [None] * len(utterances)
-    with torch.no_grad():
-        for batch_indices in length_sorted_batches([u.duration_s for u in utterances], max_batch_s=DEFAULT_EVAL_BATCH_S):
+    batches = length_sorted_batches([u.duration_s for u in utterances], max_batch_s=DEFAULT_EVAL_BATCH_S)
+    with torch.no_grad(), task(f"speaker embeddings ({len(utterances):,} utterances)") as progress:
+        for done, batch_indices in enumerate(batches, start=1):
             batch = collate([dataset[index] for index in batch_indices])
             if batch.skipped:
                 raise SertoolError(f"cannot read {batch.skipped[0]}")
             vectors = embedder(batch.waveforms.to(device), batch.sample_mask.to(device)).float().cpu().numpy()
             for index, vector in zip(batch_indices, vectors):
                 embeddings[index] = vector
+            progress(done, len(batches))
     matrix = np.stack(embeddings).astype(np.float64)
     speakers = [utt.speaker for utt in utterances]
     points, explained = _pca_2d(matrix)

@@ -13,6 +13,7 @@ MSP-Podcast utterances (at most about 11 s) are never cut.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import hashlib
@@ -37,6 +38,7 @@ from sertool.errors import SertoolError
 from sertool.io import write_cache_file
 from sertool.models.hub import load_pretrained
 from sertool.models.text import model_revision
+from sertool.progress import task
 
 log = logging.getLogger(__name__)
 
@@ -248,14 +250,17 @@ class TranscriptCache:
         pending = list(missing.items())
         if pending:
             log.info("transcribing %d audio items with %s", len(pending), self.transcriber.model_name_or_path)
-        for start in range(0, len(pending), _ROWS_PER_FILE):
-            group = pending[start : start + _ROWS_PER_FILE]
-            waveforms = [_waveform(item) for _, item in group]
-            texts = self.transcriber.transcribe(waveforms)
-            rows = {digest: text for (digest, _), text in zip(group, texts)}
-            self._write(rows)
-            self._texts.update(rows)
-            log.info("transcribed %d of %d", start + len(group), len(pending))
+        transcribing = task(f"transcribing {len(pending):,} utterances (ASR)") if pending else contextlib.nullcontext()
+        with transcribing as progress:
+            for start in range(0, len(pending), _ROWS_PER_FILE):
+                group = pending[start : start + _ROWS_PER_FILE]
+                waveforms = [_waveform(item) for _, item in group]
+                texts = self.transcriber.transcribe(waveforms)
+                rows = {digest: text for (digest, _), text in zip(group, texts)}
+                self._write(rows)
+                self._texts.update(rows)
+                log.info("transcribed %d of %d", start + len(group), len(pending))
+                progress(start + len(group), len(pending))
         return [self._texts[digest] for digest in digests]
 
     def _load_new_files(self) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlparse
 
+from sertool import progress
 from sertool.errors import SertoolError
 
 T = TypeVar("T")
@@ -90,6 +91,7 @@ def download_snapshot(repo_id: str, *, files: Sequence[str]) -> Path:
     """
     from huggingface_hub import snapshot_download
 
+    _quiet_transformers()
     try:
         return Path(snapshot_download(repo_id, allow_patterns=list(files), local_files_only=True))
     except (OSError, ValueError):
@@ -124,10 +126,15 @@ def offline_copy(hub_id: str) -> Path | None:
 
 
 def _quiet_transformers() -> None:
-    """transformers draws a progress bar for every model it loads; sertool has its own progress output."""
+    """No bar for every model transformers loads from disk (sertool draws its own progress), but the hub's
+    download bars wherever sertool's progress is drawn (a terminal, no ``--quiet``): a multi-GB download
+    shows how far it got. Where nothing is drawn (a pipe, ``--quiet``) the hub prints nothing either."""
+    import huggingface_hub.utils
     from transformers.utils import logging as transformers_logging
 
-    transformers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()  # switches the hub's bars off too
+    if progress.drawing():
+        huggingface_hub.utils.enable_progress_bars()
 
 
 def _hub_usable() -> bool:

@@ -13,7 +13,7 @@ import logging
 import os
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -27,6 +27,7 @@ from sertool.io import write_cache_file
 from sertool.models.hub import load_pretrained
 from sertool.models.lora import apply_lora
 from sertool.models.pooling import masked_mean
+from sertool.progress import task
 
 log = logging.getLogger(__name__)
 
@@ -109,11 +110,12 @@ class TextEncoder(nn.Module):
             self.encoder.eval()
         return self
 
-    def embed(self, texts: Sequence[str], *, batch_size: int = 64) -> Tensor:
+    def embed(self, texts: Sequence[str], *, batch_size: int = 64,
+              progress: Callable[[int, int], None] | None = None) -> Tensor:
         """Embeddings of ``texts``, ``[N, output_dim]`` float32 on the encoder's device.
 
         Texts are encoded in batches of similar length (less padding); the result keeps the input order.
-        Gradients flow only when the encoder is trainable.
+        Gradients flow only when the encoder is trainable. ``progress(done, total)`` counts texts encoded.
         """
         device = next(self.encoder.parameters()).device
         order = sorted(range(len(texts)), key=lambda index: len(texts[index]))
@@ -126,6 +128,8 @@ class TextEncoder(nn.Module):
                 ).to(device)
                 hidden = self.encoder(**tokens).last_hidden_state
                 chunks.append(masked_mean(hidden, tokens["attention_mask"]).float())
+                if progress is not None:
+                    progress(min(start + batch_size, len(order)), len(order))
         if not chunks:
             return torch.empty(0, self.output_dim, device=device)
         sorted_embeddings = torch.cat(chunks)
@@ -179,7 +183,9 @@ class TextEmbeddingCache:
         self.hits += len(digests) - missed
         if missing:
             log.info("encoding %d transcripts with %s", len(missing), self.encoder.model_name_or_path)
-            embeddings = self.encoder.embed(list(missing.values())).detach().to("cpu", torch.float32)
+            with task(f"encoding {len(missing):,} transcripts") as progress:
+                embeddings = self.encoder.embed(list(missing.values()), progress=progress)
+            embeddings = embeddings.detach().to("cpu", torch.float32)
             self._write(list(missing), embeddings)
             self._rows.update(zip(missing, embeddings))
         if not digests:

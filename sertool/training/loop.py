@@ -52,6 +52,7 @@ from sertool.models.losses import SERLoss
 from sertool.models.ser_model import SERModel
 from sertool.model_folder import load_model
 from sertool.models.text_features import transcript_embeddings
+from sertool.progress import set_display
 from sertool.training import distributed
 from sertool.training.distributed import Distributed
 from sertool.training.init_from import load_initial_weights
@@ -143,6 +144,8 @@ def train(
     context = distributed.setup(device)
     run_dir = Path(run_dir)
     reporter = reporter if reporter is not None and context.is_main else Reporter()
+    if not context.is_main:
+        set_display(None)  # under torchrun the ranks share a terminal: only rank 0 draws
     run = None
     try:
         holding = (locked_run_folder(run_dir, create=not resume, warn=reporter.message) if context.is_main
@@ -526,6 +529,7 @@ class _Run:
             # more or less often, or resumed from the checkpoint of the step before a validation, trains alike.
             with self.stops.at_once(), torch.random.fork_rng(devices=[]):
                 predictions = run_model(self.model, self.valid_set, device=self.context.device,
+                                        description=f"validating on {self.config.data.valid_split}",
                                         text_embeddings=self.text_embeddings, num_workers=self.config.data.num_workers,
                                         amp_dtype=self.amp_dtype, context=self.context, finite_only=False)
         except Interrupted:

@@ -16,13 +16,13 @@ from typing import Any
 import torch
 
 from measure import Figure, msp_like_durations
-from sertool.config import ModelConfig, TrainConfig
+from sertool.config import DEFAULT_EVAL_BATCH_S, ModelConfig, TrainConfig
 from sertool.data.audio import SAMPLE_RATE
-from sertool.inference.runner import DEFAULT_EVAL_BATCH_S
 from sertool.models.losses import SERLoss
 from sertool.models.ser_model import SERModel
 from sertool.training.optim import build_optimizer
-from sertool.training.samplers import EpochBatchSampler, length_sorted_batches
+from sertool.runtime.batching import length_sorted_batches
+from sertool.training.samplers import EpochBatchSampler
 from tests.tiny_speech import save_tiny_wavlm
 
 LARGE_WAVLM: dict[str, Any] = dict(

@@ -7,10 +7,10 @@ import numpy as np
 import torch
 
 from measure import Figure, Target, interleaved, median, ratio_of_rounds, timed
-from sertool.config import ModelConfig
+from sertool.config import DEFAULT_EVAL_BATCH_S, ModelConfig
 from sertool.data.audio import SAMPLE_RATE
 from sertool.data.records import Utterance
-from sertool.inference.runner import DEFAULT_EVAL_BATCH_S, run_model
+from sertool.runtime.runner import run_model
 from sertool.models.backbones.whisper import HOP_LENGTH, WhisperBackbone
 from sertool.models.ser_model import SERModel
 

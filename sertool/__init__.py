@@ -8,7 +8,8 @@
 (and the command line's start-up) does not load torch.
 """
 
-__version__ = "0.1.0"
+from sertool.version import __version__
+
 __all__ = ["Model", "__version__", "load"]
 _API = ("Model", "load")
 

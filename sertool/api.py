@@ -26,12 +26,11 @@ from typing import Any, Union
 
 import numpy as np
 
-from sertool.config import DEFAULT_ASR_MODEL_ID, DEFAULT_HOP_S, DEFAULT_WINDOW_S
+from sertool.config import DEFAULT_ASR_MODEL_ID, DEFAULT_EVAL_BATCH_S, DEFAULT_HOP_S, DEFAULT_WINDOW_S
 from sertool.data.records import ATTRIBUTES, Utterance
 from sertool.errors import SertoolError
 from sertool.inference.predictions import Predictions
 from sertool.inference.predictor import InferenceOptions, Predictor, open_predictor
-from sertool.inference.runner import DEFAULT_EVAL_BATCH_S
 
 # One input: a path to an audio file, or a waveform (a numpy array or a torch tensor) with sample_rate.
 Audio = Union[str, os.PathLike, np.ndarray, Any]

@@ -24,9 +24,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from sertool import __version__
 from sertool.errors import SertoolError
 from sertool.io import atomic_write
+from sertool.version import __version__
 
 FORMAT = "sertool-checkpoint"
 FORMAT_VERSION = 1

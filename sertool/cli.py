@@ -10,16 +10,20 @@ from pathlib import Path
 
 import click
 
-from sertool import __version__
-from sertool.config import (AT_LEAST_ONE, DEFAULT_ASR_MODEL_ID, DEFAULT_HOP_S, DEFAULT_WINDOW_S, MIN_DURATION_S,
-                            NON_NEGATIVE, POSITIVE, PROBABILITY, SEED, Bounds)
+from sertool.config import (AMP_CHOICES, AT_LEAST_ONE, DEFAULT_ASR_MODEL_ID, DEFAULT_EVAL_BATCH_S, DEFAULT_HOP_S,
+                            DEFAULT_WINDOW_S, DEVICE_CHOICES, MIN_DURATION_S, NON_NEGATIVE, POSITIVE, PROBABILITY,
+                            SEED, Bounds)
+from sertool.data.demo import DEMO_SIZES
+from sertool.data.selection import SPEAKER_CHOICES
 from sertool.errors import SertoolError
+from sertool.experiments.grid import SCALES
+from sertool.inference.writers import WRITERS
 from sertool.progress import task
+from sertool.version import __version__
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell's convention for Ctrl-C
-DEMO_SIZE_NAMES = ("tiny", "small", "default", "large")  # sertool.data.demo.DEMO_SIZES, without importing it
-SPEAKER_CHOICE_NAMES = ("random", "most-frequent")  # sertool.experiments.speakers.SPEAKER_CHOICES, likewise
+DEMO_SIZE_NAMES = tuple(DEMO_SIZES)
 _AT_LEAST_TWO = Bounds(at_least=2)
 
 
@@ -141,7 +145,7 @@ def data_demo(out: str | None, out_option: str | None, size: str, seed: int, for
     challenge. Arousal and dominance drive the prosody; valence lives mostly in the words (docs/data.md).
     """
     from sertool.console import out as console
-    from sertool.data.demo import DEMO_SIZES, generate_demo_corpus
+    from sertool.data.demo import generate_demo_corpus
 
     path = _path_argument(out, out_option, name="OUT", flag="--out")
     with task("synthesising") as progress:
@@ -157,7 +161,7 @@ def data_demo(out: str | None, out_option: str | None, size: str, seed: int, for
               help="Hub id or folder of an x-vector model, or log-mel-stats (no download).")
 @click.option("--num-speakers", type=_Number(int, _AT_LEAST_TWO), default=10, show_default=True,
               help="Speakers to plot (at least 2).")
-@click.option("--speakers", "speaker_choice", type=click.Choice(SPEAKER_CHOICE_NAMES), default="random",
+@click.option("--speakers", "speaker_choice", type=click.Choice(SPEAKER_CHOICES), default="random",
               show_default=True, help="A seeded random draw of speakers (the paper's), or those with the most "
                                       "utterances.")
 @click.option("--per-speaker", type=_Number(int, _AT_LEAST_TWO), default=10, show_default=True,
@@ -175,7 +179,8 @@ def data_speakers(corpus: str, split: str, speaker_model: str, num_speakers: int
     """
     from sertool.console import out as console
     from sertool.data.corpus import open_corpus
-    from sertool.experiments.speakers import choose_utterances, plot_speaker_map, speaker_map
+    from sertool.data.selection import choose_utterances
+    from sertool.experiments.speakers import plot_speaker_map, speaker_map
     from sertool.io import check_writable
 
     check_writable([Path(out)], force=force)
@@ -225,11 +230,11 @@ def data_manifest(folder: str, metadata: str, out: str, label_range: tuple[float
     """
     from sertool.console import out as console
     from sertool.console import print_corpus_summary, print_load_report
-    from sertool.data.corpus import Corpus
     from sertool.data.columns import ColumnMap
     from sertool.data.importer import import_metadata
     from sertool.data.info import summarize
     from sertool.data.manifest import write_manifest
+    from sertool.data.rows import Corpus
     from sertool.io import check_writable
 
     target = Path(out)
@@ -302,7 +307,7 @@ def _config_flags(command):
 @click.option("--resume", metavar="RUN_DIR", help="Continue the interrupted run in RUN_DIR exactly where it stopped "
               "(--corpus, --cache-dir and --num-workers may point elsewhere).")
 @click.option("--force", is_flag=True, help="Start over in an --out folder that already holds files.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+@click.option("--device", type=click.Choice(DEVICE_CHOICES), default="auto", show_default=True,
               help="Where to train; under torchrun each process takes its LOCAL_RANK GPU.")
 @click.option("--tensorboard", is_flag=True, help="Also write TensorBoard scalars to RUN_DIR/tensorboard/ "
               "(needs the tensorboard package).")
@@ -331,13 +336,13 @@ def train_command(config_file: str | None, out: str | None, resume: str | None, 
 def _inference_options(command):
     """Flags every inference command shares; they fill ``InferenceOptions``."""
     options = [
-        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+        click.option("--device", type=click.Choice(DEVICE_CHOICES), default="auto", show_default=True,
                      help="Where to run the model."),
-        click.option("--batch-s", "max_batch_s", type=_Number(float, POSITIVE), default=120.0, show_default=True,
+        click.option("--batch-s", "max_batch_s", type=_Number(float, POSITIVE), default=DEFAULT_EVAL_BATCH_S, show_default=True,
                      help="Inference batch bound: utterances × longest clip ≤ this many seconds."),
         click.option("--num-workers", type=_Number(int, NON_NEGATIVE), default=0, show_default=True,
                      help="Data-loader processes."),
-        click.option("--amp", type=click.Choice(["auto", "bf16", "fp16", "off"]), default="auto", show_default=True,
+        click.option("--amp", type=click.Choice(AMP_CHOICES), default="auto", show_default=True,
                      help="Mixed precision (auto: bf16/fp16 on GPUs, off on the CPU)."),
         click.option("--cache-dir", help="Cache of text embeddings and ASR transcripts "
                                          "(default: $SERTOOL_CACHE or ~/.cache/sertool)."),
@@ -421,7 +426,7 @@ def evaluate_command(model: str, corpus: str, split: str, out: str | None, plot:
 @click.argument("paths", nargs=-1, metavar="[PATHS]...")
 @click.option("--corpus", metavar="ROOT", help="Predict a split of this corpus (with --split) instead of PATHS.")
 @click.option("--split", default="Test3", show_default=True, help="The split of --corpus to predict.")
-@click.option("--format", "file_format", type=click.Choice(["csv", "json"]), help="Output format "
+@click.option("--format", "file_format", type=click.Choice(tuple(WRITERS)), help="Output format "
               "(default: from --out's suffix, else csv).")
 @click.option("--out", metavar="FILE", help="Write predictions here (default: standard output).")
 @click.option("--submission", metavar="CSV", help="Also write the challenge submission: FileName,EmoAct,EmoVal,EmoDom, "
@@ -615,7 +620,7 @@ def plot_command(runs: tuple[str, ...], out: str, force: bool) -> None:
 @click.option("--corpus", required=True, metavar="ROOT", help="The corpus every system trains and is evaluated on.")
 @click.option("--grid", metavar="FILE", help="The experiment grid (default: the paper's, shipped with sertool: "
               "sertool/configs/paper/grid.yaml).")
-@click.option("--scale", type=click.Choice(["demo", "real"]), default="demo", show_default=True,
+@click.option("--scale", type=click.Choice(SCALES), default="demo", show_default=True,
               help="demo: CPU stand-ins for the pretrained models; real: the paper's models.")
 @click.option("--out", default="results/demo", show_default=True, metavar="DIR",
               help="runs/, predictions/, scores/ and tables.md go here.")
@@ -624,7 +629,7 @@ def plot_command(runs: tuple[str, ...], out: str, force: bool) -> None:
 @click.option("--systems", metavar="A,B,...", help="Only these systems (and ensembles made of them).")
 @click.option("--model", "models", multiple=True, metavar="ID=DIR",
               help="Real scale without hub access: load hub id ID from folder DIR (repeatable).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--device", type=click.Choice(DEVICE_CHOICES), default="auto", show_default=True)
 def reproduce_command(corpus: str, grid: str | None, scale: str, out: str, seeds: int, systems: str | None,
                       models: tuple[str, ...], device: str) -> None:
     """Run the paper's experiment grid and write tables laid out like the paper's (make reproduce).

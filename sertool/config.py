@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sertool.data.selection import TRAIN_OX_CHOICES
 from sertool.errors import SertoolError
 
 # Default model id of each named backbone: a transformers hub id or a local folder may replace it
@@ -61,6 +60,15 @@ MIN_DURATION_S = 0.25
 # training utterances, half overlapping.
 DEFAULT_WINDOW_S = 10.0
 DEFAULT_HOP_S = 5.0
+# Choice lists that more than one place offers (a Config field and an inference flag, or a check elsewhere).
+DEFAULT_EVAL_BATCH_S = 120.0  # padded seconds per inference batch; no gradients, so larger than training's
+DEVICE_CHOICES = ("auto", "cpu", "cuda")  # auto: this process's GPU when CUDA is available, else the CPU
+AMP_CHOICES = ("auto", "bf16", "fp16", "off")  # sertool.runtime.precision.resolve_amp gives their dtypes
+SCHEDULES = ("cosine", "plateau", "constant")  # sertool.training.optim.LRSchedule implements them
+BAD_AUDIO_POLICIES = ("skip", "fail")
+# Values of `train_ox` (--train-ox): what happens to the training split's utterances, O/X or not
+# (sertool.data.selection.select applies them).
+TRAIN_OX_CHOICES = ("keep", "drop", "only", "drop-as-many-non-ox")
 
 
 @dataclass(frozen=True)
@@ -156,7 +164,7 @@ class DataConfig:
     dev_ox_to_train: bool = option(False, "Add the O/X samples of the validation split to training; they then "
                                    "leave validation.")
     on_bad_audio: str = option("skip", "Unreadable training audio: skip it (and count it) or fail before training.",
-                               choices=("skip", "fail"))
+                               choices=BAD_AUDIO_POLICIES)
     num_workers: int = option(2, "Data-loader processes.", bounds=NON_NEGATIVE, resumable=True)
     asr: str = option(DEFAULT_ASR_MODEL_ID, "Whisper model (hub id or folder) that transcribes utterances without a "
                       "transcript, for MM (--text) systems.", path="path or hub id")
@@ -247,11 +255,11 @@ class TrainConfig:
                              "weights, the fbank encoder).", bounds=NON_NEGATIVE)
     weight_decay: float = option(1e-4, "AdamW weight decay.", bounds=NON_NEGATIVE)
     schedule: str = option("cosine", "After warm-up: cosine decay, halve on a plateau, or constant.",
-                           choices=("cosine", "plateau", "constant"))
+                           choices=SCHEDULES)
     warmup_fraction: float = option(0.05, "Share of optimiser steps spent warming up linearly.", bounds=PROBABILITY)
     grad_clip_norm: float = option(1.0, "Clip the gradient norm to this (0: off).", bounds=NON_NEGATIVE)
     amp: str = option("auto", "Mixed precision: auto (bf16, or fp16 on older GPUs; off on the CPU), bf16, fp16, off.",
-                      choices=("auto", "bf16", "fp16", "off"))
+                      choices=AMP_CHOICES)
     gradient_checkpointing: bool = option(False, "Recompute backbone activations in backward: less memory, "
                                           "~30 % slower.")
     eval_every_steps: int = option(0, "Validate every N optimiser steps (0: once per epoch).", bounds=NON_NEGATIVE)

@@ -172,11 +172,21 @@ class RichTrainReporter(Reporter):
     def __init__(self) -> None:
         self._bar: contextlib.ExitStack | None = None
         self._update: Callable[..., None] | None = None
+        self._task_name: str | None = None  # the set-up step the bar shows (``progress``), None for an epoch
         self._started = 0.0
+
+    def progress(self, task: str, done: int, total: int) -> None:
+        if self._update is None or self._task_name != task:
+            self.close()
+            self._bar = contextlib.ExitStack()
+            self._update = self._bar.enter_context(BARS.bar(task, total=total))
+            self._task_name = task
+        self._update(completed=done, total=total)
 
     def start(self, summary: dict) -> None:
         import time
 
+        self.close()
         self._started = time.perf_counter()
         resumed = f", resumed at step {summary['resumed_at_step']}" if summary["resumed_at_step"] else ""
         err.print(f"[bold]train:[/] {summary['train']:,} training and {summary['valid']:,} validation utterances; "
@@ -239,6 +249,7 @@ class RichTrainReporter(Reporter):
         if self._bar is not None:
             self._bar.close()
             self._bar, self._update = None, None
+        self._task_name = None
 
 
 def _length(summary: dict) -> str:

@@ -24,7 +24,7 @@ from typing import Any, Iterator
 from sertool.checkpoint import BEST_NAME, load_checkpoint
 from sertool.errors import SertoolError
 from sertool.io import atomic_write, load_json
-from sertool.models.hub import download_snapshot, is_repo_id
+from sertool.hub import download_snapshot, is_repo_id
 
 FOLDER_FORMAT = "sertool-model"
 FOLDER_FORMAT_VERSION = 1

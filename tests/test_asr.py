@@ -13,7 +13,7 @@ import torch
 from sertool.data.audio import load_audio
 from sertool.data.records import Utterance
 from sertool.errors import SertoolError
-from sertool.inference.asr import (
+from sertool.data.transcripts import (
     DEFAULT_ASR_MODEL_ID,
     TRANSCRIPT_CACHE_SUBDIR,
     Transcriber,

@@ -383,7 +383,7 @@ def mm_run(tmp_path_factory) -> Path:
 
 def test_an_unwritable_cache_is_a_warning_and_predictions_are_unchanged(mm_run, tmp_path, monkeypatch, caplog):
     from sertool.data.audio import load_audio
-    from sertool.inference.asr import Transcriber, TranscriptCache
+    from sertool.data.transcripts import Transcriber, TranscriptCache
 
     write_tone(tmp_path / "clip.wav", duration_s=1.0)
     (tmp_path / "texts").mkdir()
@@ -406,7 +406,8 @@ def test_an_unwritable_cache_is_a_warning_and_predictions_are_unchanged(mm_run, 
 
 
 def test_a_streamed_mm_prediction_loads_asr_once_and_keeps_its_caches(mm_run, tmp_path, monkeypatch):
-    from sertool.inference import asr, workflows
+    from sertool.data import transcripts as asr
+    from sertool.inference import workflows
     from sertool.inference.inputs import collect_inputs
     from sertool.inference.predictor import InferenceOptions
     from sertool.models import text

@@ -15,10 +15,10 @@ import pytest
 from sertool import progress
 from sertool.cli import cli
 from sertool.data.corpus import open_corpus
-from sertool.inference.asr import TranscriptCache, Transcriber
+from sertool.data.transcripts import TranscriptCache, Transcriber
 from sertool.inference.predictor import InferenceOptions
 from sertool.inference.workflows import evaluate
-from sertool.models import hub
+from sertool import hub
 from sertool.models.text import TextEmbeddingCache, TextEncoder
 from sertool.training.loop import train
 from tests.corpus_files import write_learnable_corpus, write_tone

@@ -6,10 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from sertool.cli import SPEAKER_CHOICE_NAMES
 from sertool.data.records import Utterance
 from sertool.errors import SertoolError
-from sertool.experiments.speakers import SPEAKER_CHOICES, choose_utterances
+from sertool.data.selection import SPEAKER_CHOICES, choose_utterances
 
 # 30 speakers; speaker k has 3 + k utterances, so the most frequent are s29, s28, ...
 UTTERANCES = [Utterance(id=f"s{k}_{i}", audio_path=Path(f"/c/s{k}_{i}.wav"), split="Train", duration_s=3.0,
@@ -38,7 +37,10 @@ def test_most_frequent_speakers_remain_an_option_and_each_gets_distinct_utteranc
     chosen = choose_utterances(UTTERANCES, num_speakers=4, per_speaker=6, seed=3, speakers="most-frequent")
     assert _speakers(chosen) == {"s29", "s28", "s27", "s26"}
     assert set(Counter(utt.speaker for utt in chosen).values()) == {6} and len({u.id for u in chosen}) == 24
-    assert SPEAKER_CHOICE_NAMES == SPEAKER_CHOICES
+    # The command line offers exactly these two draws (the flag's choices, as a user sees them).
+    from sertool.cli import cli
+    flag = next(param for param in cli.commands["data"].commands["speakers"].params if param.name == "speaker_choice")
+    assert tuple(flag.type.choices) == SPEAKER_CHOICES == ("random", "most-frequent")
     with pytest.raises(SertoolError, match="--speakers 'loudest'"):
         choose_utterances(UTTERANCES, num_speakers=4, per_speaker=6, speakers="loudest")
     with pytest.raises(SertoolError, match="fewer than two speakers have 40 utterances"):

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from sertool.errors import SertoolError
-from sertool.models.hub import offline_copy
+from sertool.hub import offline_copy
 from sertool.models.lora import LoRALinear
 from sertool.models.text import TextEmbeddingCache, TextEncoder
 from tests.tiny_text import save_tiny_text_encoder

@@ -266,3 +266,36 @@ def test_resume_removes_temporaries_a_killed_write_left(corpus, tmp_path):
     stale.write_bytes(b"half a checkpoint")
     train(Config(), tmp_path / "run", resume=True)
     assert not stale.exists() and (tmp_path / "run" / "last.pt").is_file()
+
+
+def test_an_mm_run_without_transcripts_reports_asr_progress_before_training(tmp_path):
+    """A long ASR pass in `train` shows progress: the reporter hears about it as it happens."""
+    import shutil
+
+    from sertool.training.reporter import Reporter
+    from tests.tiny_asr import save_tiny_asr
+    from tests.tiny_text import save_tiny_text_encoder
+
+    corpus = write_learnable_corpus(tmp_path / "c", per_split={"Train": 8, "Development": 4})
+    shutil.rmtree(corpus / "Transcripts")
+    config = small_config(corpus, epochs=1)
+    config.model.text = True
+    config.model.text_model = str(save_tiny_text_encoder(tmp_path / "text"))
+    config.data.asr = str(save_tiny_asr(tmp_path / "asr"))
+    config.data.cache_dir = str(tmp_path / "cache")
+
+    class Recorder(Reporter):
+        def __init__(self) -> None:
+            self.events: list[tuple] = []
+
+        def progress(self, task: str, done: int, total: int) -> None:
+            self.events.append(("progress", task, done, total))
+
+        def start(self, summary) -> None:
+            self.events.append(("start",))
+
+    recorder = Recorder()
+    train(config, tmp_path / "run", reporter=recorder)
+    asr = [event for event in recorder.events if event[0] == "progress" and "ASR" in event[1]]
+    assert asr and asr[-1][2:] == (12, 12)  # every missing transcript (8 + 4), done
+    assert recorder.events.index(asr[-1]) < recorder.events.index(("start",))

@@ -35,18 +35,14 @@ from typing import Callable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 
-from sertool.data.records import GENDERS, LABEL_MAX, LABEL_MIN
+from sertool.data.records import GENDERS, LABEL_MAX, LABEL_MIN, MSP_LABELS_HEADER, UNLABELLED_SPLIT
 from sertool.errors import SertoolError, missing_package
 
 # ---------------------------------------------------------------------------------------------------------
 # Corpus layout and size
 # ---------------------------------------------------------------------------------------------------------
 
-LABELS_HEADER: tuple[str, ...] = (
-    "FileName", "EmoClass", "EmoAct", "EmoVal", "EmoDom", "SpkrID", "Gender", "Split_Set",
-)
 LABELLED_SPLITS: tuple[str, ...] = ("Train", "Development", "Test1")
-TEST3_SPLIT = "Test3"
 # Share of each gender's labelled speakers that goes to Development and to Test1 (the rest is Train), at
 # least one speaker of each gender per split. Splits are speaker-disjoint, as in MSP-Podcast.
 _HELD_OUT_SPEAKER_SHARE = 0.2
@@ -612,7 +608,7 @@ def generate_demo_corpus(
             if progress is not None:
                 progress(start + offset, len(plan))
 
-    _write_labels(label_dir / "labels_consensus.csv", [item for item in plan if item.speaker.split != TEST3_SPLIT])
+    _write_labels(label_dir / "labels_consensus.csv", [item for item in plan if item.speaker.split != UNLABELLED_SPLIT])
     return _summarise(out_dir, seed, plan, total_samples / SAMPLE_RATE)
 
 
@@ -680,8 +676,8 @@ def _plan_corpus(
 ) -> list[_Planned]:
     """Draw every random choice of the corpus, in a fixed order, from ``rng``."""
     speakers = _draw_speakers(rng, num_speakers=num_speakers, test3_utterances=test3_utterances)
-    labelled = [speaker for speaker in speakers if speaker.split != TEST3_SPLIT]
-    test3 = [speaker for speaker in speakers if speaker.split == TEST3_SPLIT]
+    labelled = [speaker for speaker in speakers if speaker.split != UNLABELLED_SPLIT]
+    test3 = [speaker for speaker in speakers if speaker.split == UNLABELLED_SPLIT]
 
     counts = {speaker.speaker_id: utterances_per_speaker for speaker in labelled}
     for index, speaker in enumerate(test3):  # spread the Test3 clips evenly over its speakers
@@ -708,7 +704,7 @@ def _draw_speakers(rng: np.random.Generator, *, num_speakers: int, test3_utteran
         held_out = max(1, round(_HELD_OUT_SPEAKER_SHARE * count))
         splits_by_gender[gender] = (
             ["Train"] * (count - 2 * held_out) + ["Development"] * held_out + ["Test1"] * held_out
-            + [TEST3_SPLIT] * (num_test3 // 2)
+            + [UNLABELLED_SPLIT] * (num_test3 // 2)
         )
     total = sum(len(splits) for splits in splits_by_gender.values())
     speaker_ids = rng.choice(np.arange(1, max(3000, 2 * total)), size=total, replace=False)
@@ -764,18 +760,18 @@ def _file_names(rng: np.random.Generator, speakers: Sequence[_Speaker]) -> list[
     Each labelled speaker's clips fill episodes of up to ``_SEGMENTS_PER_EPISODE`` segments; episode and
     Test3 numbers are shuffled so that neither reveals the speaker or the split.
     """
-    per_speaker = Counter(speaker.speaker_id for speaker in speakers if speaker.split != TEST3_SPLIT)
+    per_speaker = Counter(speaker.speaker_id for speaker in speakers if speaker.split != UNLABELLED_SPLIT)
     episodes = {speaker_id: math.ceil(count / _SEGMENTS_PER_EPISODE) for speaker_id, count in per_speaker.items()}
     episode_numbers = iter(rng.permutation(sum(episodes.values())) + 1)
     episode_ids = {
         speaker_id: [int(next(episode_numbers)) for _ in range(count)] for speaker_id, count in episodes.items()
     }
-    test3_numbers = iter(rng.permutation(sum(speaker.split == TEST3_SPLIT for speaker in speakers)) + 1)
+    test3_numbers = iter(rng.permutation(sum(speaker.split == UNLABELLED_SPLIT for speaker in speakers)) + 1)
 
     seen: Counter[int] = Counter()
     names = []
     for speaker in speakers:
-        if speaker.split == TEST3_SPLIT:
+        if speaker.split == UNLABELLED_SPLIT:
             names.append(f"MSP-PODCAST_test3_{int(next(test3_numbers)):04d}.wav")
             continue
         episode, segment = divmod(seen[speaker.speaker_id], _SEGMENTS_PER_EPISODE)
@@ -789,7 +785,7 @@ def _write_labels(path: Path, items: Sequence[_Planned]) -> None:
     temporary = path.with_name(path.name + ".tmp")
     with temporary.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(LABELS_HEADER)
+        writer.writerow(MSP_LABELS_HEADER)
         for item in sorted(items, key=lambda item: item.file_name):
             writer.writerow([
                 item.file_name, item.emo_class, f"{item.arousal:.1f}", f"{item.valence:.1f}",
@@ -799,8 +795,8 @@ def _write_labels(path: Path, items: Sequence[_Planned]) -> None:
 
 
 def _summarise(out_dir: Path, seed: int, plan: Sequence[_Planned], duration_s: float) -> DemoSummary:
-    splits = (*LABELLED_SPLITS, TEST3_SPLIT)
-    labelled = [item for item in plan if item.speaker.split != TEST3_SPLIT]
+    splits = (*LABELLED_SPLITS, UNLABELLED_SPLIT)
+    labelled = [item for item in plan if item.speaker.split != UNLABELLED_SPLIT]
     return DemoSummary(
         out_dir=out_dir,
         seed=seed,

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 
 from sertool.data.columns import ColumnMap
-from sertool.data.corpus import Progress, build_utterances
 from sertool.data.fields import BadValue
 from sertool.data.manifest import parse_manifest_row
 from sertool.data.records import ATTRIBUTES, LABEL_MAX, LABEL_MIN, Utterance
 from sertool.data.report import LoadReport
+from sertool.data.rows import Progress, build_utterances
 from sertool.errors import SertoolError
 from sertool.io import DAMAGED_ROW, read_csv_records
 

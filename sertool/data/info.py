@@ -5,8 +5,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from sertool.data.corpus import Corpus
 from sertool.data.records import EMO_CLASSES, NO_CLASS_CODES
+from sertool.data.rows import Corpus
 
 
 @dataclass

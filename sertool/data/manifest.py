@@ -22,12 +22,13 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from sertool.data.corpus import Corpus, Progress, Row, build_utterances
 from sertool.data.fields import BadValue, parse_class, parse_gender, parse_label, parse_speaker
 from sertool.data.records import ATTRIBUTES, Utterance
 from sertool.data.report import LoadReport
+from sertool.data.rows import Corpus, Progress, Row, build_utterances
 from sertool.io import DAMAGED_ROW, atomic_write, read_csv_records
 
+MANIFEST_NAME = "manifest.csv"  # what a folder given as --corpus holds when it is a manifest corpus
 MANIFEST_COLUMNS: tuple[str, ...] = ("id", "path", "split", *ATTRIBUTES, "emo_class", "speaker", "gender", "transcript")
 REQUIRED_COLUMNS: tuple[str, ...] = ("path", "split")
 

@@ -9,15 +9,14 @@ import os
 import re
 from pathlib import Path
 
-from sertool.data.corpus import MSP_LABELS, Corpus, Progress, Row, build_utterances
 from sertool.data.fields import BadValue, parse_class, parse_gender, parse_label, parse_speaker
-from sertool.data.records import ATTRIBUTE_COLUMNS, SPLITS
+from sertool.data.records import ATTRIBUTE_COLUMNS, MSP_LABELS_HEADER, SPLITS, UNLABELLED_SPLIT
 from sertool.data.report import LoadReport
+from sertool.data.rows import Corpus, Progress, Row, build_utterances
 from sertool.errors import SertoolError
 from sertool.io import DAMAGED_ROW, read_csv_records
 
-LABEL_HEADER: tuple[str, ...] = ("FileName", "EmoClass", "EmoAct", "EmoVal", "EmoDom", "SpkrID", "Gender", "Split_Set")
-UNLABELLED_SPLIT = "Test3"  # the challenge withholds Test3 labels; its audio may have no labels row at all
+MSP_LABELS = Path("Labels") / "labels_consensus.csv"  # under the root; its presence marks the layout
 _TEST3_FILE = re.compile(r"test3", re.IGNORECASE)
 
 
@@ -43,7 +42,7 @@ def read_msp_podcast(root: str | Path, *, progress: Progress | None = None) -> C
 
     rows = []
     for line, record in read_csv_records(
-        labels_path, LABEL_HEADER, what="labels file", hint=f"the header must be {','.join(LABEL_HEADER)}",
+        labels_path, MSP_LABELS_HEADER, what="labels file", hint=f"the header must be {','.join(MSP_LABELS_HEADER)}",
         on_damage=lambda line, detail: report.drop(f"{labels_path}:{line}", DAMAGED_ROW, detail),
     ):
         where = f"{labels_path}:{line}"

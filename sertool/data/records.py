@@ -19,6 +19,10 @@ EMO_CLASSES: dict[str, str] = {
 }
 NO_CLASS_CODES = frozenset({"O", "X"})
 SPLITS: tuple[str, ...] = ("Train", "Development", "Test1", "Test2", "Test3")
+UNLABELLED_SPLIT = "Test3"  # the challenge withholds Test3 labels; its audio may have no labels row at all
+# The header of MSP-Podcast's Labels/labels_consensus.csv (read by data.msp, written by data.demo).
+MSP_LABELS_HEADER: tuple[str, ...] = ("FileName", "EmoClass", "EmoAct", "EmoVal", "EmoDom", "SpkrID", "Gender",
+                                      "Split_Set")
 GENDERS: tuple[str, ...] = ("Male", "Female")
 
 

@@ -1,4 +1,5 @@
-"""Which utterances train and which validate: the data options of the paper's Table 5.
+"""Which utterances train and which validate (the data options of the paper's Table 5), and which are
+drawn for the speaker figure (``choose_utterances``).
 
 O ("other") and X ("no agreement") utterances have A/V/D labels but no emotion class. They are usually
 dropped; the paper finds they help, and studies: dropping the O/X of Train, dropping the non-O/X of Train,
@@ -12,16 +13,16 @@ set of non-O/X utterances as large as the O/X set, so the training set is exactl
 """
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from sertool.config import TRAIN_OX_CHOICES
 from sertool.data.records import NO_CLASS_CODES, Utterance
 from sertool.errors import SertoolError
 
-# Values of `train_ox` (CLI: --train-ox): what happens to the training split's utterances, O/X or not.
-TRAIN_OX_CHOICES: tuple[str, ...] = ("keep", "drop", "only", "drop-as-many-non-ox")
 
 
 @dataclass(frozen=True)
@@ -195,3 +196,46 @@ def _labeled(records: Sequence[Utterance], split: str, flag: str, splits_present
             "choose a labelled split"
         )
     return labeled
+
+
+# How the speakers of `sertool data speakers`' figure are chosen (CLI: --speakers).
+SPEAKER_CHOICES: tuple[str, ...] = ("random", "most-frequent")
+
+
+def choose_utterances(utterances: Sequence[Utterance], *, num_speakers: int, per_speaker: int,
+                      seed: int = 0, speakers: str = "random") -> list[Utterance]:
+    """``per_speaker`` utterances of each of ``num_speakers`` speakers.
+
+    Args:
+        utterances: where to choose from (one split).
+        num_speakers: how many speakers.
+        per_speaker: utterances per speaker; only speakers with at least that many take part.
+        seed: the random draw of speakers (``"random"``) and of each speaker's utterances.
+        speakers: ``"random"``, a seeded draw among the speakers with enough utterances (the paper's 10
+            random speakers), or ``"most-frequent"``, those with the most utterances (ties by name).
+
+    Raises:
+        SertoolError: an unknown ``speakers``, or fewer than two speakers have enough utterances.
+    """
+    if speakers not in SPEAKER_CHOICES:
+        raise SertoolError(f"--speakers {speakers!r}: choose one of {', '.join(SPEAKER_CHOICES)}")
+    by_speaker: dict[str, list[Utterance]] = defaultdict(list)
+    for utt in utterances:
+        if utt.speaker is not None:
+            by_speaker[utt.speaker].append(utt)
+    eligible = sorted((s for s, items in by_speaker.items() if len(items) >= per_speaker),
+                      key=lambda s: (-len(by_speaker[s]), s))
+    if len(eligible) < 2:
+        raise SertoolError(f"fewer than two speakers have {per_speaker} utterances; lower --per-speaker")
+    rng = np.random.default_rng(seed)
+    if speakers == "random":
+        # Sorted first so the draw depends on the seed, not on the corpus's row order.
+        eligible = [eligible[index] for index in sorted(rng.choice(len(eligible), min(num_speakers, len(eligible)),
+                                                                   replace=False))]
+    else:
+        eligible = eligible[:num_speakers]
+    chosen = []
+    for speaker in eligible:
+        items = by_speaker[speaker]
+        chosen.extend(items[index] for index in sorted(rng.choice(len(items), per_speaker, replace=False)))
+    return chosen

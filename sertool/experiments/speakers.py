@@ -6,7 +6,6 @@ and plotted by speaker. The separation is also given as a number, the Fisher rat
 """
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sertool.config import DEFAULT_EVAL_BATCH_S
 from sertool.data.records import Utterance
 from sertool.errors import SertoolError, missing_package
-from sertool.inference.runner import DEFAULT_EVAL_BATCH_S
 from sertool.progress import task
 
 
@@ -30,54 +29,11 @@ class SpeakerMap:
     explained_variance: float  # share of the embeddings' variance the two components keep
 
 
-# How the speakers of the figure are chosen (CLI: --speakers).
-SPEAKER_CHOICES: tuple[str, ...] = ("random", "most-frequent")
-
-
-def choose_utterances(utterances: Sequence[Utterance], *, num_speakers: int, per_speaker: int,
-                      seed: int = 0, speakers: str = "random") -> list[Utterance]:
-    """``per_speaker`` utterances of each of ``num_speakers`` speakers.
-
-    Args:
-        utterances: where to choose from (one split).
-        num_speakers: how many speakers.
-        per_speaker: utterances per speaker; only speakers with at least that many take part.
-        seed: the random draw of speakers (``"random"``) and of each speaker's utterances.
-        speakers: ``"random"``, a seeded draw among the speakers with enough utterances (the paper's 10
-            random speakers), or ``"most-frequent"``, those with the most utterances (ties by name).
-
-    Raises:
-        SertoolError: an unknown ``speakers``, or fewer than two speakers have enough utterances.
-    """
-    if speakers not in SPEAKER_CHOICES:
-        raise SertoolError(f"--speakers {speakers!r}: choose one of {', '.join(SPEAKER_CHOICES)}")
-    by_speaker: dict[str, list[Utterance]] = defaultdict(list)
-    for utt in utterances:
-        if utt.speaker is not None:
-            by_speaker[utt.speaker].append(utt)
-    eligible = sorted((s for s, items in by_speaker.items() if len(items) >= per_speaker),
-                      key=lambda s: (-len(by_speaker[s]), s))
-    if len(eligible) < 2:
-        raise SertoolError(f"fewer than two speakers have {per_speaker} utterances; lower --per-speaker")
-    rng = np.random.default_rng(seed)
-    if speakers == "random":
-        # Sorted first so the draw depends on the seed, not on the corpus's row order.
-        eligible = [eligible[index] for index in sorted(rng.choice(len(eligible), min(num_speakers, len(eligible)),
-                                                                   replace=False))]
-    else:
-        eligible = eligible[:num_speakers]
-    chosen = []
-    for speaker in eligible:
-        items = by_speaker[speaker]
-        chosen.extend(items[index] for index in sorted(rng.choice(len(items), per_speaker, replace=False)))
-    return chosen
-
-
 def speaker_map(utterances: Sequence[Utterance], speaker_model: str, *, device: str = "cpu") -> SpeakerMap:
     """Embed ``utterances`` with ``speaker_model`` (hub id, folder, or ``log-mel-stats``) and project to 2-D."""
     from sertool.data.dataset import UtteranceDataset, collate
     from sertool.models.speaker_embedding import build_speaker_embedder
-    from sertool.training.samplers import length_sorted_batches
+    from sertool.runtime.batching import length_sorted_batches
 
     embedder = build_speaker_embedder(speaker_model, flag="--speaker-model").to(device).eval()
     dataset = UtteranceDataset(utterances, to_unit=float)

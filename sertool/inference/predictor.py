@@ -14,14 +14,17 @@ import numpy as np
 import torch
 
 from sertool.checkpoint import load_stored_state
-from sertool.config import DEFAULT_ASR_MODEL_ID, Config
+from sertool.config import DEFAULT_ASR_MODEL_ID, DEFAULT_EVAL_BATCH_S, Config
 from sertool.data.records import Utterance
+from sertool.data.transcripts import Transcriber, fill_transcripts
+from sertool.devices import select_device
 from sertool.errors import SertoolError
+from sertool.hub import is_repo_id
 from sertool.inference.ensemble import apply_plan, read_plan
 from sertool.inference.predictions import Predictions, check_rating_scale, read_predictions
-from sertool.inference.runner import DEFAULT_EVAL_BATCH_S, run_model
 from sertool.model_folder import load_model
-from sertool.models.hub import is_repo_id
+from sertool.runtime.precision import resolve_amp
+from sertool.runtime.runner import run_model
 
 
 @dataclass
@@ -44,9 +47,7 @@ class InferenceOptions:
     asr: str = DEFAULT_ASR_MODEL_ID
 
     def torch_device(self) -> torch.device:
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(self.device)
+        return select_device(self.device)
 
 
 @dataclass
@@ -103,7 +104,6 @@ class CheckpointPredictor:
 
     def predict(self, utterances: Sequence[Utterance]) -> PredictorOutput:
         from sertool.models.text_features import text_embedding_cache, transcript_embeddings
-        from sertool.training.loop import resolve_amp
 
         model = self.model
         if self.config.model.text:
@@ -122,12 +122,9 @@ class CheckpointPredictor:
         """MM models need text: missing transcripts come from ASR (``options.asr``), cached."""
         if all(utt.transcript is not None for utt in utterances):
             return list(utterances)
-        from sertool.inference.asr import Transcriber, fill_transcripts
-        from sertool.models.text_features import default_cache_dir
-
         if self._transcriber is None:
             self._transcriber = Transcriber(self.options.asr, device=self.options.torch_device())
-        return fill_transcripts(utterances, self._transcriber, cache_dir=self.options.cache_dir or default_cache_dir())
+        return fill_transcripts(utterances, self._transcriber, cache_dir=self.options.cache_dir)
 
 
 class CsvPredictor:

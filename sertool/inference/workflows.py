@@ -21,7 +21,7 @@ from sertool.inference.predictor import (InferenceOptions, Predictor, PredictorO
 from sertool.inference.writers import WRITERS, format_of, write_submission
 from sertool.models.bootstrap import BootstrapResult, Interval, bootstrap_ccc
 from sertool.models.ccc import ccc_scores, collapsed_attributes
-from sertool.models.hub import is_repo_id
+from sertool.hub import is_repo_id
 
 # Files or windows `predict` holds at a time: 256 ten-second windows are ~43 minutes of audio, ~21
 # length-sorted batches of the default 120 padded seconds, while the records and ASR audio in flight stay

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from sertool.errors import SertoolError
 from sertool.models.backbones import normalize_per_utterance
 from sertool.models.backbones.base import pad_to_min_length
-from sertool.models.hub import load_pretrained
+from sertool.hub import load_pretrained
 
 log = logging.getLogger(__name__)
 

@@ -7,13 +7,9 @@ its forward pass instead.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
-import re
-import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -22,12 +18,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 from torch import Tensor, nn
 
+from sertool.data.cache import ContentCache, setup_key, text_digest
 from sertool.errors import SertoolError
-from sertool.io import write_cache_file
-from sertool.models.hub import load_pretrained
+from sertool.hub import load_pretrained, model_identity, model_revision
 from sertool.models.lora import apply_lora
 from sertool.models.pooling import masked_mean
-from sertool.progress import task
 
 log = logging.getLogger(__name__)
 
@@ -92,16 +87,13 @@ class TextEncoder(nn.Module):
     @property
     def cache_key(self) -> str:
         """Names everything an embedding depends on: model, its revision, truncation and pooling."""
-        model = _model_identity(self.model_name_or_path)
-        identity = {
+        model = model_identity(self.model_name_or_path)
+        return setup_key(model, {
             "model": model,
             "revision": self.revision,
             "max_tokens": self.max_tokens,
             "pooling": "masked-mean-last-hidden-state",
-        }
-        digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
-        readable = re.sub(r"[^\w.-]+", "--", Path(model).name if Path(model).is_absolute() else model)
-        return f"{readable}-{digest}"
+        })
 
     def train(self, mode: bool = True) -> "TextEncoder":
         """A frozen encoder stays in eval mode (no dropout), so its embeddings are deterministic."""
@@ -110,12 +102,11 @@ class TextEncoder(nn.Module):
             self.encoder.eval()
         return self
 
-    def embed(self, texts: Sequence[str], *, batch_size: int = 64,
-              progress: Callable[[int, int], None] | None = None) -> Tensor:
+    def embed(self, texts: Sequence[str], *, batch_size: int = 64) -> Tensor:
         """Embeddings of ``texts``, ``[N, output_dim]`` float32 on the encoder's device.
 
         Texts are encoded in batches of similar length (less padding); the result keeps the input order.
-        Gradients flow only when the encoder is trainable. ``progress(done, total)`` counts texts encoded.
+        Gradients flow only when the encoder is trainable.
         """
         device = next(self.encoder.parameters()).device
         order = sorted(range(len(texts)), key=lambda index: len(texts[index]))
@@ -128,8 +119,6 @@ class TextEncoder(nn.Module):
                 ).to(device)
                 hidden = self.encoder(**tokens).last_hidden_state
                 chunks.append(masked_mean(hidden, tokens["attention_mask"]).float())
-                if progress is not None:
-                    progress(min(start + batch_size, len(order)), len(order))
         if not chunks:
             return torch.empty(0, self.output_dim, device=device)
         sorted_embeddings = torch.cat(chunks)
@@ -142,14 +131,13 @@ class TextEncoder(nn.Module):
 
 
 class TextEmbeddingCache:
-    """Transcript embeddings of one frozen ``TextEncoder``, computed once and kept on disk.
+    """Transcript embeddings of one frozen ``TextEncoder``, computed once and kept on disk (a ``ContentCache``).
 
     Layout: ``<cache_dir>/<encoder.cache_key>/`` holds immutable safetensors files, each with a
     ``sha256`` tensor (``[n, 32]`` uint8, the digest of each text's UTF-8 bytes) and an ``embeddings``
-    tensor (``[n, E]`` float32). Every ``get`` that meets new texts writes one new file, to a temporary
-    name first and then renamed, so readers never see a partial file and concurrent writers never
-    overwrite each other (at worst both compute the same embeddings). Call ``get`` with all the texts of
-    a split at once to keep the file count small.
+    tensor (``[n, E]`` float32), written as ``sertool.data.cache`` describes. Every ``get`` that meets
+    new texts writes one new file: call it with all the texts of a split at once to keep the file count
+    small.
     """
 
     def __init__(self, cache_dir: str | os.PathLike[str], encoder: TextEncoder) -> None:
@@ -162,11 +150,19 @@ class TextEmbeddingCache:
                 "a text encoder with LoRA adapters changes while training: compute its embeddings in forward"
             )
         self.encoder = encoder
-        self.folder = Path(cache_dir).expanduser() / encoder.cache_key
-        self.hits = 0  # requested texts found in the cache
-        self.misses = 0  # requested texts that had to be encoded
-        self._rows: dict[bytes, Tensor] = {}
-        self._loaded_files: set[str] = set()
+        self._cache: ContentCache[Tensor] = ContentCache(Path(cache_dir).expanduser() / encoder.cache_key,
+                                                         _EmbeddingCodec(encoder))
+        self.folder = self._cache.folder
+
+    @property
+    def hits(self) -> int:
+        """Requested texts found in the cache."""
+        return self._cache.hits
+
+    @property
+    def misses(self) -> int:
+        """Requested texts that had to be encoded."""
+        return self._cache.misses
 
     def get(self, texts: Sequence[str]) -> Tensor:
         """Embeddings of ``texts``, ``[N, E]`` float32 on the CPU; encodes only texts not cached yet.
@@ -174,78 +170,44 @@ class TextEmbeddingCache:
         Raises:
             SertoolError: a cache file cannot be read (the message names it).
         """
-        digests = [hashlib.sha256(text.encode("utf-8")).digest() for text in texts]
-        if any(digest not in self._rows for digest in digests):
-            self._load_new_files()  # another process may have filled them in
-        missing = {digest: text for digest, text in zip(digests, texts) if digest not in self._rows}
-        missed = sum(digest in missing for digest in digests)
-        self.misses += missed
-        self.hits += len(digests) - missed
-        if missing:
-            log.info("encoding %d transcripts with %s", len(missing), self.encoder.model_name_or_path)
-            with task(f"encoding {len(missing):,} transcripts") as progress:
-                embeddings = self.encoder.embed(list(missing.values()), progress=progress)
-            embeddings = embeddings.detach().to("cpu", torch.float32)
-            self._write(list(missing), embeddings)
-            self._rows.update(zip(missing, embeddings))
-        if not digests:
-            return torch.empty(0, self.encoder.output_dim)
-        return torch.stack([self._rows[digest] for digest in digests])
+        def encode(positions: list[int]) -> list[Tensor]:
+            log.info("encoding %d transcripts with %s", len(positions), self.encoder.model_name_or_path)
+            embeddings = self.encoder.embed([texts[position] for position in positions])
+            return list(embeddings.detach().to("cpu", torch.float32))
 
-    def _load_new_files(self) -> None:
-        if not self.folder.is_dir():
-            return
-        for path in sorted(self.folder.glob("*.safetensors")):
-            if path.name in self._loaded_files:
-                continue
-            try:
-                tensors = load_file(path)
-                digests, embeddings = tensors["sha256"], tensors["embeddings"]
-            except (SafetensorError, KeyError, OSError) as error:
-                raise SertoolError(
-                    f"text embedding cache file {path} is unreadable ({error}); delete it to recompute"
-                ) from None
-            if embeddings.shape[1] != self.encoder.output_dim:
-                raise SertoolError(
-                    f"text embedding cache file {path} holds {embeddings.shape[1]}-dim embeddings, the encoder "
-                    f"gives {self.encoder.output_dim}; delete {self.folder} to recompute"
-                )
-            for digest, embedding in zip(digests, embeddings):
-                self._rows.setdefault(bytes(digest.tolist()), embedding)
-            self._loaded_files.add(path.name)
+        rows = self._cache.get([text_digest(text) for text in texts], encode, label="encoding {:,} transcripts")
+        return torch.stack(rows) if rows else torch.empty(0, self.encoder.output_dim)
 
-    def _write(self, digests: list[bytes], embeddings: Tensor) -> None:
-        name = f"{uuid.uuid4().hex}.safetensors"
-        digest_tensor = torch.frombuffer(bytearray(b"".join(digests)), dtype=torch.uint8).view(-1, _DIGEST_BYTES)
+
+class _EmbeddingCodec:
+    """safetensors files of ``sha256`` (``[n, 32]`` uint8) and ``embeddings`` (``[n, E]`` float32)."""
+
+    suffix = ".safetensors"
+
+    def __init__(self, encoder: TextEncoder) -> None:
+        self.encoder = encoder
+
+    def encode(self, rows: Mapping[str, Tensor]) -> bytes:
+        digests = torch.frombuffer(bytearray(b"".join(bytes.fromhex(key) for key in rows)), dtype=torch.uint8)
         metadata = {"model": self.encoder.model_name_or_path, "revision": self.encoder.revision}
-        data = save({"sha256": digest_tensor, "embeddings": embeddings.contiguous()}, metadata=metadata)
-        if write_cache_file(self.folder / name, data):
-            self._loaded_files.add(name)
+        return save({"sha256": digests.view(-1, _DIGEST_BYTES), "embeddings": torch.stack(list(rows.values()))},
+                    metadata=metadata)
 
-
-def model_revision(model_name_or_path: str, config_json: str) -> str:
-    """A string that changes when the model's weights may have changed.
-
-    A local folder: a hash of its files' names, sizes and modification times (copying a folder without
-    keeping times gives a new revision: a needless recomputation, never a stale embedding). A hub id:
-    the commit of the cached snapshot. Otherwise a hash of the model config.
-    """
-    path = Path(model_name_or_path).expanduser()
-    if path.is_dir():
-        files = sorted(item for item in path.iterdir() if item.is_file())
-        stamp = [(item.name, item.stat().st_size, item.stat().st_mtime_ns) for item in files]
-        return "files-" + hashlib.sha256(json.dumps(stamp).encode()).hexdigest()[:16]
-    from huggingface_hub import try_to_load_from_cache
-
-    cached = try_to_load_from_cache(model_name_or_path, "config.json")
-    if isinstance(cached, str) and Path(cached).parent.parent.name == "snapshots":
-        return "commit-" + Path(cached).parent.name
-    return "config-" + hashlib.sha256(config_json.encode()).hexdigest()[:16]
-
-
-def _model_identity(model_name_or_path: str) -> str:
-    path = Path(model_name_or_path).expanduser()
-    return str(path.resolve()) if path.exists() else model_name_or_path
+    def decode(self, path: Path) -> dict[str, Tensor]:
+        try:
+            tensors = load_file(path)
+            digests, embeddings = tensors["sha256"], tensors["embeddings"]
+        except (SafetensorError, KeyError, OSError) as error:
+            raise SertoolError(f"text embedding cache file {path} is unreadable ({error}); delete it to recompute") from None
+        if embeddings.shape[1] != self.encoder.output_dim:
+            raise SertoolError(
+                f"text embedding cache file {path} holds {embeddings.shape[1]}-dim embeddings, the encoder "
+                f"gives {self.encoder.output_dim}; delete {path.parent} to recompute"
+            )
+        rows: dict[str, Tensor] = {}
+        for digest, embedding in zip(digests, embeddings):
+            rows.setdefault(bytes(digest.tolist()).hex(), embedding)
+        return rows
 
 
 def _lora_targets(encoder: nn.Module, flag: str) -> tuple[str, str]:

@@ -1,20 +1,17 @@
 """Transcript embeddings of a run's utterances, from the on-disk cache of a frozen text encoder."""
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
+from sertool.data.cache import default_cache_dir
 from sertool.data.records import Utterance
 from sertool.models.ser_model import SERModel
 from sertool.models.text import TextEmbeddingCache
 
-
-def default_cache_dir() -> Path:
-    """``$SERTOOL_CACHE``, else ``~/.cache/sertool``."""
-    return Path(os.environ.get("SERTOOL_CACHE") or Path.home() / ".cache" / "sertool")
+TEXT_EMBEDDING_CACHE_SUBDIR = "text_embeddings"  # under sertool's cache folder, beside transcripts/
 
 
 def text_embedding_cache(model: SERModel, cache_dir: str | Path | None = None) -> TextEmbeddingCache | None:
@@ -23,7 +20,7 @@ def text_embedding_cache(model: SERModel, cache_dir: str | Path | None = None) -
     model computes them itself). Keep it across calls: it holds what it read in memory."""
     if model.text_encoder is None or model.needs_texts:
         return None
-    return TextEmbeddingCache(Path(cache_dir or default_cache_dir()) / "text_embeddings", model.text_encoder)
+    return TextEmbeddingCache(Path(cache_dir or default_cache_dir()) / TEXT_EMBEDDING_CACHE_SUBDIR, model.text_encoder)
 
 
 def transcript_embeddings(

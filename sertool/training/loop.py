@@ -28,8 +28,9 @@ import json
 import math
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -42,9 +43,10 @@ from sertool.config import DEFAULT_BACKBONE_IDS, Config, apply_value
 from sertool.data.corpus import open_corpus
 from sertool.data.dataset import Batch, UtteranceDataset, collate
 from sertool.data.records import ATTRIBUTES, NO_CLASS_CODES, Utterance
+from sertool.data.rows import AUDIO_PROBLEMS
 from sertool.data.selection import select
+from sertool.data.transcripts import fill_transcripts
 from sertool.errors import SertoolError
-from sertool.inference.runner import run_model
 from sertool.interrupts import Interrupted, StopRequests, quiet_worker, signal_name
 from sertool.io import atomic_write
 from sertool.models.ccc import ccc_scores, collapsed_attributes
@@ -53,8 +55,10 @@ from sertool.models.ser_model import SERModel
 from sertool.model_folder import load_model
 from sertool.models.text_features import transcript_embeddings
 from sertool.progress import set_display
-from sertool.training import distributed
-from sertool.training.distributed import Distributed
+from sertool.runtime import distributed
+from sertool.runtime.distributed import Distributed
+from sertool.runtime.precision import resolve_amp
+from sertool.runtime.runner import run_model
 from sertool.training.init_from import load_initial_weights
 from sertool.training.optim import LRSchedule, build_optimizer
 from sertool.training.run_folder import (add_command_line, data_fingerprint, locked_run_folder, prepare_run_folder,
@@ -64,8 +68,16 @@ from sertool.training.curves import CURVES_NAME, plot_curves, read_curves
 from sertool.training.reporter import Reporter
 from sertool.training.samplers import EpochBatchSampler, class_counts
 
-AMP_CHOICES = ("auto", "bf16", "fp16", "off")
-AUDIO_PROBLEMS = frozenset({"missing audio", "unreadable audio", "empty audio"})  # LoadReport reasons
+
+
+class Stop(str, Enum):
+    """Why a run ended (a str, so that summary.json and checkpoints hold its plain value)."""
+
+    FINISHED = "finished"  # --epochs or --max-steps reached
+    EARLY_STOPPING = "early stopping"  # --patience validations without improvement
+
+    def __str__(self) -> str:
+        return self.value
 
 
 @dataclass
@@ -76,28 +88,11 @@ class TrainResult:
     best: dict[str, float]  # CCC per attribute and "average" of best.pt, on the validation split
     best_step: int
     steps: int
-    stopped: str  # "finished", "early stopping"
+    stopped: Stop
     skipped_steps: int = 0  # non-finite losses
     skipped_audio: list[str] = field(default_factory=list)
     history: list[dict[str, Any]] = field(default_factory=list)  # every validation
     collapsed: list[str] = field(default_factory=list)  # attributes near-constant at best.pt's validation
-
-
-def resolve_amp(choice: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``--amp``: None means full precision.
-
-    "auto" is bf16 on GPUs that support it, fp16 on older GPUs, and off on the CPU (CPU autocast is slow
-    for convolutions and rarely what a user wants unless asked).
-    """
-    if choice not in AMP_CHOICES:
-        raise SertoolError(f"--amp {choice!r}: choose one of {', '.join(AMP_CHOICES)}")
-    if choice == "off" or (choice == "auto" and device.type != "cuda"):
-        return None
-    if choice == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if choice == "fp16" and device.type != "cuda":
-        raise SertoolError("--amp fp16 needs a CUDA GPU; use --amp bf16 on the CPU")
-    return torch.bfloat16 if choice == "bf16" else torch.float16
 
 
 def train(
@@ -179,7 +174,21 @@ def _interrupted_message(run_dir: Path, signal_number: int, *, saved_step: int |
 
 
 class _Run:
-    """The state of one training run; ``run`` is the loop."""
+    """The state of one training run; ``run`` is the loop.
+
+    Set-up, in the order ``__init__`` takes the steps (the reporter is live from the first: each long step
+    reports its progress through ``Reporter.progress``):
+
+    1. ``_setup_folder``: a resumed run's config and ``last.pt``, or a new run folder with its config.yaml
+       and argv.txt (first of all, so that a run stopped while loading can resume).
+    2. ``_setup_data``: the corpus, the data selection, the bad-audio policy, the data fingerprint,
+       missing transcripts from ASR (MM), the speaker list, the Whisper window check.
+    3. ``_setup_model``: ``SERModel`` from ``last.pt``, ``--init-from`` or the pretrained weights; cached
+       transcript embeddings; the objective; AMP.
+    4. ``_setup_batches``: the epoch sampler, the dataset and the loader.
+    5. ``_setup_optimisation``: AdamW, the schedule, the GradScaler, DDP.
+    6. ``_setup_state``: the progress counters, restored from ``last.pt`` or recorded in environment.json.
+    """
 
     def __init__(self, config: Config, run_dir: Path, *, resume: bool, force: bool, argv: Sequence[str],
                  context: Distributed, reporter: Reporter, relocated: dict[str, Any] | None = None,
@@ -189,21 +198,35 @@ class _Run:
         self.run_dir = run_dir
         self.stops = stops = stops or StopRequests()
         with stops.at_once():  # reading data and building the model save nothing: stop at once
-            checkpoint = recorded = None
-            if resume:
-                config, checkpoint, recorded = self._resumed_config(relocated or {})
-            elif context.is_main:
-                prepare_run_folder(run_dir, force=force)
-            self.config = config
-            if context.is_main and checkpoint is None:
-                write_config_file(run_dir, config)  # first of all: a run stopped while loading can resume
-                add_command_line(run_dir, argv)
-            self._build(checkpoint)
+            checkpoint, recorded = self._setup_folder(config, resume=resume, force=force, argv=argv,
+                                                      relocated=relocated or {})
+            torch.manual_seed(self.config.seed)
+            if context.device.type == "cpu":
+                torch.use_deterministic_algorithms(True, warn_only=True)
+            self._setup_data(checkpoint)
+            self._setup_model(checkpoint)
+            self._setup_batches()
+            self._setup_optimisation()
+            self._setup_state(checkpoint)
             if context.is_main and checkpoint is not None:  # a resume that checks out: record it
-                warning = reconcile_config_file(run_dir, recorded=recorded, config=config)
+                warning = reconcile_config_file(run_dir, recorded=recorded, config=self.config)
                 if warning:
                     reporter.message(f"warning: {warning}")
                 add_command_line(run_dir, argv)
+
+    def _setup_folder(self, config: Config, *, resume: bool, force: bool, argv: Sequence[str],
+                      relocated: dict[str, Any]) -> tuple[dict[str, Any] | None, Config | None]:
+        """The run's config (``self.config``); returns ``last.pt`` and the config it recorded when resuming."""
+        checkpoint = recorded = None
+        if resume:
+            config, checkpoint, recorded = self._resumed_config(relocated)
+        elif self.context.is_main:
+            prepare_run_folder(self.run_dir, force=force)
+        self.config = config
+        if self.context.is_main and checkpoint is None:
+            write_config_file(self.run_dir, config)  # first of all: a run stopped while loading can resume
+            add_command_line(self.run_dir, argv)
+        return checkpoint, recorded
 
     def _resumed_config(self, relocated: dict[str, Any]) -> tuple[Config, dict[str, Any] | None, Config]:
         """The config ``--resume`` continues with, ``last.pt`` (None: the run stopped before it), and the
@@ -238,16 +261,10 @@ class _Run:
                                "--corpus ROOT as well to point at the same data where it is now")
         return config, checkpoint, recorded
 
-    def _build(self, checkpoint: dict[str, Any] | None) -> None:
-        """Data, model, sampler, loader, optimiser, schedule; the training state from ``checkpoint``."""
-        config, context = self.config, self.context
-        train_config = config.train
-        torch.manual_seed(config.seed)
-        if context.device.type == "cpu":
-            torch.use_deterministic_algorithms(True, warn_only=True)
-
-        # Data.
-        corpus = open_corpus(config.data.corpus)
+    def _setup_data(self, checkpoint: dict[str, Any] | None) -> None:
+        """Corpus, selection, transcripts: ``train_set``, ``valid_set``, ``speakers`` and what they are."""
+        config = self.config
+        corpus = open_corpus(config.data.corpus, progress=self._progress("reading audio headers"))
         self.load_report = corpus.report
         selection = select(corpus.utterances, train_split=config.data.train_split, valid_split=config.data.valid_split,
                            train_ox=config.data.train_ox, dev_ox_to_train=config.data.dev_ox_to_train,
@@ -263,14 +280,14 @@ class _Run:
         if checkpoint is not None:
             self._check_same_data(checkpoint["training"])
         if config.model.text:
-            self.train_set = self._with_transcripts(self.train_set)
-            self.valid_set = self._with_transcripts(self.valid_set)
+            self.train_set, self.valid_set = self._with_transcripts(self.train_set, self.valid_set)
         self.speakers = sorted({utt.speaker for utt in self.train_set if utt.speaker is not None}) \
             if "speaker" in config.model.aux else []
-
         _check_window(config, self.train_set, self.valid_set)
 
-        # Model (from --init-from's weights, or a resumed run's), text embeddings, objective.
+    def _setup_model(self, checkpoint: dict[str, Any] | None) -> None:
+        """The model (from a resumed run's weights, or --init-from's), text embeddings, objective, AMP."""
+        config, train_config = self.config, self.config.train
         initial = load_model(train_config.init_from) if checkpoint is None and train_config.init_from else None
         # Where the backbone's weights come from passes on from the model the run started from.
         self.backbone_weights = (checkpoint or initial or {}).get("backbone_weights", "published")
@@ -282,12 +299,14 @@ class _Run:
         elif initial is not None:
             for note in load_initial_weights(self.model, initial, source=train_config.init_from):
                 self.reporter.message(note)
-        self.model.to(context.device)
+        self.model.to(self.context.device)
         self.text_embeddings = transcript_embeddings(self.model, [*self.train_set, *self.valid_set], config.data.cache_dir)
         self.loss_fn = SERLoss(config.model)
-        self.amp_dtype = resolve_amp(train_config.amp, context.device)
+        self.amp_dtype = resolve_amp(train_config.amp, self.context.device)
 
-        # Batches: the sampler decides which utterances each epoch uses and how they are grouped.
+    def _setup_batches(self) -> None:
+        """The sampler decides which utterances each epoch uses and how they are grouped; the loader reads them."""
+        config, train_config, context = self.config, self.config.train, self.context
         crop_s = config.data.max_duration_s or None
         self.sampler = EpochBatchSampler.from_records(
             self.train_set, max_duration_s=crop_s, sampling=train_config.sampling,
@@ -310,18 +329,21 @@ class _Run:
             # or a resumed run would get different dropout masks than the uninterrupted one.
             generator=torch.Generator().manual_seed(config.seed))
 
-        # Optimisation.
+    def _setup_optimisation(self) -> None:
+        """AdamW with two learning rates, the schedule over the planned steps, the fp16 GradScaler, DDP."""
+        train_config = self.config.train
         self.optimizer = build_optimizer(self.model.parameter_groups(), train_config)
         self.schedule = LRSchedule(train_config, total_steps=self._planned_steps())
-        self.scaler = torch.amp.GradScaler(context.device.type, enabled=self.amp_dtype == torch.float16)
+        self.scaler = torch.amp.GradScaler(self.context.device.type, enabled=self.amp_dtype == torch.float16)
         self.trainable = [p for group in self.optimizer.param_groups for p in group["params"]]
         self.ddp_model = self._wrap_ddp()
 
-        # Progress, restored when resuming.
+    def _setup_state(self, checkpoint: dict[str, Any] | None) -> None:
+        """The progress of the run: restored from ``last.pt``, or a new run's, recorded in environment.json."""
         self.step = 0
         self.epoch = 0
         self.batches_in_epoch = 0  # batches of the current epoch trained on (the sampler's workers run ahead)
-        self.stopped: str | None = None  # "finished" or "early stopping" once the run is over
+        self.stopped: Stop | None = None  # set once the run is over
         self.best: dict[str, float] = {}
         self.best_step = -1
         self.best_per_attribute: dict[str, float] = {}
@@ -334,12 +356,17 @@ class _Run:
         self._saved_state: tuple | None = None  # what last.pt holds, to write each state only once
         if checkpoint is not None:
             self._restore(checkpoint["training"])
-        elif context.is_main:
+        elif self.context.is_main:
+            config = self.config
             write_environment(self.run_dir, config, data_summary={
-                "corpus": str(config.data.corpus), "load_report": corpus.report.summary(),
-                "selection": selection.describe(), "train_utterances": len(self.train_set),
+                "corpus": str(config.data.corpus), "load_report": self.load_report.summary(),
+                "selection": self.selection_summary, "train_utterances": len(self.train_set),
                 "valid_utterances": len(self.valid_set), "fingerprint": self.data_fingerprint},
                 load_report=self.load_report)
+
+    def _progress(self, task: str) -> Callable[[int, int], None]:
+        """A ``(done, total)`` callback that reports the progress of ``task`` to the reporter."""
+        return lambda done, total: self.reporter.progress(task, done, total)
 
     # ----------------------------------------------------------------------------------------------
     def run(self) -> TrainResult:
@@ -369,8 +396,8 @@ class _Run:
                              history=self.history, collapsed=collapsed)
         if self.context.is_main:
             with atomic_write(self.run_dir / "summary.json") as handle:
-                json.dump({"best": self.best, "best_step": self.best_step, "steps": self.step, "stopped": self.stopped,
-                           "collapsed": collapsed, "skipped_steps": self.skipped_steps,
+                json.dump({"best": self.best, "best_step": self.best_step, "steps": self.step,
+                           "stopped": _plain(self.stopped), "collapsed": collapsed, "skipped_steps": self.skipped_steps,
                            "skipped_audio": self.skipped_audio}, handle, indent=2)
             self._plot_curves()
         self.reporter.finish(result)
@@ -416,7 +443,7 @@ class _Run:
         if validated:
             self._validate()
         if self.stopped is None and self._end_reached():
-            self.stopped = "finished"
+            self.stopped = Stop.FINISHED
         every = config.checkpoint_every_steps
         if epoch_ended or validated or self.stopped is not None or (every and self.step % every == 0):
             self._save_last()
@@ -570,7 +597,7 @@ class _Run:
                     self._save(f"best_{name}.pt", scores)
         patience = self.config.train.patience
         if patience > 0 and self.validations_without_improvement >= patience:
-            self.stopped = "early stopping"
+            self.stopped = Stop.EARLY_STOPPING
 
     def _no_finite_validation(self) -> str:
         """The error of a run whose every validation score was NaN or infinite, with its likely cause."""
@@ -635,7 +662,7 @@ class _Run:
                             if self.sampler.epoch == self.epoch else None),
                 "rng": {"torch": torch.get_rng_state(),
                         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
-                "progress": {"step": self.step, "epoch": self.epoch, "stopped": self.stopped, "best": self.best,
+                "progress": {"step": self.step, "epoch": self.epoch, "stopped": _plain(self.stopped), "best": self.best,
                              "best_step": self.best_step, "best_per_attribute": self.best_per_attribute,
                              "validations_without_improvement": self.validations_without_improvement,
                              "nonfinite_in_a_row": self.nonfinite_in_a_row, "skipped_steps": self.skipped_steps,
@@ -655,7 +682,7 @@ class _Run:
             for name in ("step", "epoch", "best", "best_step", "best_per_attribute", "validations_without_improvement",
                          "nonfinite_in_a_row", "skipped_steps", "skipped_audio", "history"):
                 setattr(self, name, progress[name])
-            self.stopped = progress.get("stopped")
+            self.stopped = Stop(progress["stopped"]) if progress.get("stopped") else None
             sampler_state = state["sampler"]
             if sampler_state is not None and sampler_state["epoch"] == self.epoch:
                 self.sampler.load_state_dict(sampler_state)
@@ -690,18 +717,18 @@ class _Run:
         return torch.nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids,
                                                          find_unused_parameters=bool(self.config.model.aux))
 
-    def _with_transcripts(self, utterances: list[Utterance]) -> list[Utterance]:
-        """MM systems need every transcript: missing ones come from ASR (``--asr``), cached on disk."""
-        missing = sum(utt.transcript is None for utt in utterances)
-        if not missing:
-            return utterances
-        from sertool.inference.asr import fill_transcripts
-        from sertool.models.text_features import default_cache_dir
-
-        self.load_report.warn(str(self.config.data.corpus), "transcripts from ASR",
-                              f"{missing} utterances had no transcript; transcribed with {self.config.data.asr}")
-        return fill_transcripts(utterances, self.config.data.asr,
-                                cache_dir=self.config.data.cache_dir or default_cache_dir(), device=self.context.device)
+    def _with_transcripts(self, *splits: list[Utterance]) -> tuple[list[Utterance], ...]:
+        """MM systems need every transcript: missing ones come from ASR (``--asr``), cached on disk, in one
+        pass over all ``splits`` (one ASR model, one progress bar); each split's count goes to the report."""
+        for utterances in splits:
+            missing = sum(utt.transcript is None for utt in utterances)
+            if missing:
+                self.load_report.warn(str(self.config.data.corpus), "transcripts from ASR",
+                                      f"{missing} utterances had no transcript; transcribed with {self.config.data.asr}")
+        filled = iter(fill_transcripts([utt for utterances in splits for utt in utterances], self.config.data.asr,
+                                       cache_dir=self.config.data.cache_dir, device=self.context.device,
+                                       progress=self._progress("transcripts from ASR")))
+        return tuple([next(filled) for _ in utterances] for utterances in splits)
 
     def _plot_curves(self) -> None:
         """``curves.png`` beside metrics.jsonl; without matplotlib, a message instead (the run has succeeded)."""
@@ -718,6 +745,11 @@ class _Run:
             with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(plain) + "\n")
 
+
+
+def _plain(stopped: Stop | None) -> str | None:
+    """What a checkpoint holds of ``stopped``: its plain string (``weights_only`` loads no Enum)."""
+    return stopped.value if stopped is not None else None
 
 
 def _check_window(config: Config, train_set: Sequence[Utterance], valid_set: Sequence[Utterance]) -> None:

@@ -6,10 +6,9 @@ from typing import Any
 
 import torch
 
-from sertool.config import TrainConfig
+from sertool.config import SCHEDULES, TrainConfig
 from sertool.errors import SertoolError
 
-SCHEDULES = ("cosine", "plateau", "constant")
 PLATEAU_FACTOR = 0.5  # "plateau" halves the learning rate after a validation without improvement
 
 

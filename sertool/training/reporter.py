@@ -8,6 +8,10 @@ class Reporter:
     """Where the loop reports progress. This base says nothing (tests, library use); the CLI passes
     ``sertool.console.RichTrainReporter``, which overrides each method."""
 
+    def progress(self, task: str, done: int, total: int) -> None:
+        """While a long set-up step runs (reading audio headers, transcripts from ASR), before ``start``:
+        ``done`` of ``total`` items of ``task``."""
+
     def start(self, summary: dict[str, Any]) -> None:
         """Once, before the first step: sizes, device, data report, class counts."""
 

@@ -27,6 +27,7 @@ from torch.utils.data import Sampler
 
 from sertool.data.records import Utterance
 from sertool.errors import SertoolError
+from sertool.runtime.batching import fill_batches
 
 # Independent random streams of one epoch: changing how batches are formed must not change which items
 # an epoch selects, and vice versa.
@@ -243,13 +244,13 @@ def duration_batches(
     batches: list[list[int]] = []
     leftovers: list[int] = []
     for bucket in np.unique(bucket_of):
-        filled = _fill(rng.permutation(indices[bucket_of == bucket]), durations_s, max_batch_s, min_batch_items)
+        filled = fill_batches(rng.permutation(indices[bucket_of == bucket]), durations_s, max_batch_s, min_batch_items)
         batches.extend(filled[:-1])
         leftovers.extend(filled[-1])
     # Each bucket's last batch is usually partial. Re-batching those items, gathered in bucket order (so
     # neighbours have similar lengths and pad little), leaves one small batch per epoch instead of one per
     # bucket: tiny batches make a noisy CCC loss, which is a batch statistic.
-    last = _fill(np.asarray(leftovers, dtype=np.int64), durations_s, max_batch_s, min_batch_items)
+    last = fill_batches(np.asarray(leftovers, dtype=np.int64), durations_s, max_batch_s, min_batch_items)
     if len(last[-1]) < min_batch_items and len(batches) + len(last) > 1:
         tail = last.pop()
         # Into its neighbour in bucket order, or else the batch of the most similar lengths: least padding.
@@ -257,35 +258,6 @@ def duration_batches(
         host.extend(tail)
     batches.extend(last)
     return [batches[position] for position in rng.permutation(len(batches))]
-
-
-def _fill(members: np.ndarray, durations_s: np.ndarray, max_batch_s: float,
-          min_batch_items: int = 1) -> list[list[int]]:
-    """Greedy: close the batch when it holds ``min_batch_items`` and the next item would push
-    size × longest past the bound."""
-    batches: list[list[int]] = []
-    batch: list[int] = []
-    longest_s = 0.0
-    for index in members.tolist():
-        duration_s = float(durations_s[index])
-        if len(batch) >= max(1, min_batch_items) and (len(batch) + 1) * max(longest_s, duration_s) > max_batch_s:
-            batches.append(batch)
-            batch, longest_s = [], 0.0
-        batch.append(index)
-        longest_s = max(longest_s, duration_s)
-    if batch:
-        batches.append(batch)
-    return batches
-
-
-def length_sorted_batches(durations_s: Sequence[float] | np.ndarray, *, max_batch_s: float) -> list[list[int]]:
-    """Deterministic inference batches: every item once, longest first, padded seconds ≤ ``max_batch_s``.
-
-    Sorting by length leaves almost no padding, and longest-first puts the peak memory at the start, so an
-    out-of-memory error comes at once rather than at the end of a long evaluation.
-    """
-    durations = np.asarray(durations_s, dtype=np.float64)
-    return _fill(np.argsort(-durations, kind="stable"), durations, max_batch_s)
 
 
 def fixed_batches(indices: np.ndarray, *, batch_size: int, rng: np.random.Generator) -> list[list[int]]:

@@ -29,7 +29,7 @@ from sertool.models.backbones.base import (
     make_layer_weighting,
     pad_to_min_length,
 )
-from sertool.models.hub import load_pretrained
+from sertool.hub import load_pretrained
 
 NORMALIZATION_EPS = 1e-7  # the variance floor of transformers' Wav2Vec2FeatureExtractor
 _MAX_RECEPTIVE_FIELD_SAMPLES = 16_000  # search bound for the shortest input that yields one frame

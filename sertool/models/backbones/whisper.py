@@ -27,7 +27,7 @@ from torch.utils.checkpoint import checkpoint
 
 from sertool.errors import SertoolError
 from sertool.models.backbones.base import SpeechBackbone, grad_context, lengths_to_mask, make_layer_weighting
-from sertool.models.hub import load_pretrained
+from sertool.hub import load_pretrained
 from sertool.models.lora import apply_lora
 
 SAMPLE_RATE = 16_000  # Hz

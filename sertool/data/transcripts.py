@@ -13,7 +13,6 @@ MSP-Podcast utterances (at most about 11 s) are never cut.
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import hashlib
@@ -21,31 +20,27 @@ import json
 import logging
 import math
 import os
-import re
-import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from sertool.config import DEFAULT_ASR_MODEL_ID
 from sertool.data.audio import SAMPLE_RATE, load_audio
+from sertool.data.cache import ContentCache, default_cache_dir, file_digest, setup_key
 from sertool.data.dataset import load_utterance_audio
 from sertool.data.records import Utterance
-from sertool.config import DEFAULT_ASR_MODEL_ID
+from sertool.devices import select_device
 from sertool.errors import SertoolError
-from sertool.io import write_cache_file
-from sertool.models.hub import load_pretrained
-from sertool.models.text import model_revision
-from sertool.progress import task
+from sertool.hub import load_pretrained, model_identity, model_revision
 
 log = logging.getLogger(__name__)
 
 TRANSCRIPT_CACHE_SUBDIR = "transcripts"  # under sertool's cache folder, beside text_embeddings/
 DEFAULT_ASR_BATCH_SIZE = 8  # windows per generate call
 _ROWS_PER_FILE = 256  # transcripts per cache file: a crash loses at most this much work
-_READ_BLOCK_BYTES = 1 << 20
 
 # An audio file, a 1-D waveform at SAMPLE_RATE, or an utterance (its whole file, or its window of one).
 AudioInput = str | os.PathLike | Tensor | Utterance
@@ -98,7 +93,7 @@ class Transcriber:
                 f"(e.g. {DEFAULT_ASR_MODEL_ID}) or a folder holding one"
             )
         self.model_name_or_path = model_name_or_path
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = select_device(device or "auto")
         self.language = language.lower() if language else None
         self.max_new_tokens = max_new_tokens or int(config.max_target_positions) // 2
         self.batch_size = batch_size
@@ -111,19 +106,15 @@ class Transcriber:
     @property
     def cache_key(self) -> str:
         """Names everything a transcript depends on: model, revision, language and decoding."""
-        path = Path(self.model_name_or_path).expanduser()
-        model = str(path.resolve()) if path.exists() else self.model_name_or_path
-        identity = {
+        model = model_identity(self.model_name_or_path)
+        return setup_key(model, {
             "model": model,
             "revision": self.revision,
             "language": self.language,
             "max_new_tokens": self.max_new_tokens,
             "decoding": "greedy",
             "long_audio": "equal-chunks-of-one-window-joined-by-space",
-        }
-        digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
-        readable = re.sub(r"[^\w.-]+", "--", path.name if path.is_absolute() else model)
-        return f"{readable}-{digest}"
+        })
 
     @property
     def loaded(self) -> bool:
@@ -205,7 +196,7 @@ class Transcriber:
 
 
 class TranscriptCache:
-    """Transcripts of one ``Transcriber`` setup, made once and kept on disk.
+    """Transcripts of one ``Transcriber`` setup, made once and kept on disk (a ``ContentCache``).
 
     Keys are the SHA-256 of the audio: of the file's bytes for a path or a whole-file utterance (cheap, no
     decoding, and verifiable with ``sha256sum``), of the file's digest and the span for a window of a file
@@ -215,20 +206,27 @@ class TranscriptCache:
     renamed or moved files still hit.
 
     Layout: ``<cache_dir>/<transcriber.cache_key>/*.jsonl``, immutable JSON-lines files of
-    ``{"sha256": hex, "text": str}`` (plain text: readable, never executed). New transcripts go to a new
-    file, written under a temporary name and then renamed, so readers never see a partial file and
-    concurrent writers never overwrite each other (at worst both transcribe the same audio).
+    ``{"sha256": hex, "text": str}`` (plain text: readable, never executed), written as
+    ``sertool.data.cache`` describes.
     """
 
     def __init__(self, cache_dir: str | os.PathLike[str], transcriber: Transcriber) -> None:
         self.transcriber = transcriber
-        self.folder = Path(cache_dir).expanduser() / transcriber.cache_key
-        self.hits = 0  # requested items found in the cache
-        self.misses = 0  # requested items that had to be transcribed
-        self._texts: dict[str, str] = {}
-        self._loaded_files: set[str] = set()
+        self._cache: ContentCache[str] = ContentCache(Path(cache_dir).expanduser() / transcriber.cache_key,
+                                                      _TranscriptCodec())
+        self.folder = self._cache.folder
 
-    def get(self, audio: Sequence[AudioInput]) -> list[str]:
+    @property
+    def hits(self) -> int:
+        """Requested items found in the cache."""
+        return self._cache.hits
+
+    @property
+    def misses(self) -> int:
+        """Requested items that had to be transcribed."""
+        return self._cache.misses
+
+    def get(self, audio: Sequence[AudioInput], *, progress: Callable[[int, int], None] | None = None) -> list[str]:
         """Transcripts of ``audio`` (file paths, utterances or 1-D 16 kHz waveforms), in order; transcribes
         only misses.
 
@@ -236,57 +234,55 @@ class TranscriptCache:
         are decoded only when they miss, ``_ROWS_PER_FILE`` at a time, and each such group is saved as
         soon as it is done.
 
+        Args:
+            progress: ``(done, total)`` over the audio items that miss, as they are transcribed.
+
         Raises:
             SertoolError: an audio file or a cache file cannot be read (the message names it).
         """
         file_digests: dict[Path, str] = {}  # the windows of one long file hash the file once
         digests = [_audio_digest(item, file_digests) for item in audio]
-        if any(digest not in self._texts for digest in digests):
-            self._load_new_files()  # another process may have filled them in
-        missing = {digest: item for digest, item in zip(digests, audio) if digest not in self._texts}
-        missed = sum(digest in missing for digest in digests)
-        self.misses += missed
-        self.hits += len(digests) - missed
-        pending = list(missing.items())
-        if pending:
-            log.info("transcribing %d audio items with %s", len(pending), self.transcriber.model_name_or_path)
-        transcribing = task(f"transcribing {len(pending):,} utterances (ASR)") if pending else contextlib.nullcontext()
-        with transcribing as progress:
-            for start in range(0, len(pending), _ROWS_PER_FILE):
-                group = pending[start : start + _ROWS_PER_FILE]
-                waveforms = [_waveform(item) for _, item in group]
-                texts = self.transcriber.transcribe(waveforms)
-                rows = {digest: text for (digest, _), text in zip(group, texts)}
-                self._write(rows)
-                self._texts.update(rows)
-                log.info("transcribed %d of %d", start + len(group), len(pending))
-                progress(start + len(group), len(pending))
-        return [self._texts[digest] for digest in digests]
 
-    def _load_new_files(self) -> None:
-        if not self.folder.is_dir():
-            return
-        for path in sorted(self.folder.glob("*.jsonl")):
-            if path.name in self._loaded_files:
-                continue
-            for digest, text in _read_rows(path):
-                self._texts.setdefault(digest, text)
-            self._loaded_files.add(path.name)
+        def transcribe(positions: list[int]) -> list[str]:
+            log.info("transcribing %d audio items with %s", len(positions), self.transcriber.model_name_or_path)
+            return self.transcriber.transcribe([_waveform(audio[position]) for position in positions])
 
-    def _write(self, rows: dict[str, str]) -> None:
-        name = f"{uuid.uuid4().hex}.jsonl"
-        lines = "".join(json.dumps({"sha256": digest, "text": text}, ensure_ascii=False) + "\n"
-                        for digest, text in rows.items())
-        if write_cache_file(self.folder / name, lines.encode("utf-8")):
-            self._loaded_files.add(name)
+        return self._cache.get(digests, transcribe, group_size=_ROWS_PER_FILE, progress=progress,
+                               label="transcribing {:,} utterances (ASR)")
+
+
+class _TranscriptCodec:
+    """JSON lines of ``{"sha256": hex, "text": str}``."""
+
+    suffix = ".jsonl"
+
+    def encode(self, rows: Mapping[str, str]) -> bytes:
+        return "".join(json.dumps({"sha256": digest, "text": text}, ensure_ascii=False) + "\n"
+                       for digest, text in rows.items()).encode("utf-8")
+
+    def decode(self, path: Path) -> dict[str, str]:
+        rows = {}
+        try:
+            with open(path, encoding="utf-8") as handle:
+                for line_number, line in enumerate(handle, start=1):
+                    row = json.loads(line)
+                    if not isinstance(row, dict) or not all(isinstance(row.get(key), str) for key in ("sha256", "text")):
+                        raise ValueError(f"line {line_number} is not a {{'sha256', 'text'}} object")
+                    rows.setdefault(row["sha256"], row["text"])
+        except (OSError, UnicodeDecodeError, ValueError) as error:  # json.JSONDecodeError is a ValueError
+            raise SertoolError(
+                f"transcript cache file {path} is unreadable ({error}); delete it to transcribe again"
+            ) from None
+        return rows
 
 
 def fill_transcripts(
     utterances: Sequence[Utterance],
     asr: str | Transcriber,
     *,
-    cache_dir: str | os.PathLike[str],
+    cache_dir: str | os.PathLike[str] | None = None,
     device: str | torch.device | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> list[Utterance]:
     """``utterances`` with every missing transcript (None) made by ASR; existing ones are kept as they are.
 
@@ -295,9 +291,11 @@ def fill_transcripts(
             files, through the cache).
         asr: the ``--asr`` model (hub id or folder), or a ready ``Transcriber``. A name becomes a
             ``Transcriber`` only when some transcript is missing; its weights load only on a cache miss.
-        cache_dir: sertool's cache folder; transcripts live in its ``transcripts/`` subfolder.
+        cache_dir: sertool's cache folder (None: ``default_cache_dir()``); transcripts live in its
+            ``transcripts/`` subfolder.
         device: where a ``Transcriber`` made from a name runs (None: CUDA when available); unused when
             ``asr`` is a ``Transcriber``.
+        progress: ``(done, total)`` over the utterances that are transcribed (cache misses).
 
     Returns:
         New list in the same order; filled utterances are copies with ``transcript`` set.
@@ -310,8 +308,8 @@ def fill_transcripts(
     if not missing:
         return filled
     transcriber = asr if isinstance(asr, Transcriber) else Transcriber(asr, device=device)
-    cache = TranscriptCache(Path(cache_dir) / TRANSCRIPT_CACHE_SUBDIR, transcriber)
-    texts = cache.get([utterances[index] for index in missing])
+    cache = TranscriptCache(Path(cache_dir or default_cache_dir()) / TRANSCRIPT_CACHE_SUBDIR, transcriber)
+    texts = cache.get([utterances[index] for index in missing], progress=progress)
     for index, text in zip(missing, texts):
         filled[index] = dataclasses.replace(utterances[index], transcript=text)
     log.info("transcripts from ASR: %d cached, %d transcribed", cache.hits, cache.misses)
@@ -352,22 +350,11 @@ def _audio_digest(item: AudioInput, file_digests: dict[Path, str]) -> str:
         return hashlib.sha256(item.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()).hexdigest()
     path = Path(item.audio_path if isinstance(item, Utterance) else item)
     if path not in file_digests:
-        file_digests[path] = _file_digest(path)
+        file_digests[path] = file_digest(path)
     if not isinstance(item, Utterance) or item.span_s is None:
         return file_digests[path]
     start, end = (round(seconds * SAMPLE_RATE) for seconds in item.span_s)
     return hashlib.sha256(f"{file_digests[path]}@{start}-{end}".encode()).hexdigest()
-
-
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    try:
-        with open(path, "rb") as handle:
-            while block := handle.read(_READ_BLOCK_BYTES):
-                digest.update(block)
-    except OSError as error:
-        raise SertoolError(f"{path}: audio file cannot be read ({error.strerror or error})") from None
-    return digest.hexdigest()
 
 
 def _waveform(item: AudioInput) -> Tensor:
@@ -375,20 +362,3 @@ def _waveform(item: AudioInput) -> Tensor:
     if isinstance(item, Tensor):
         return item
     return load_utterance_audio(item) if isinstance(item, Utterance) else load_audio(item)
-
-
-def _read_rows(path: Path) -> list[tuple[str, str]]:
-    """The (sha256, text) rows of one cache file, checked."""
-    rows = []
-    try:
-        with open(path, encoding="utf-8") as handle:
-            for line_number, line in enumerate(handle, start=1):
-                row = json.loads(line)
-                if not isinstance(row, dict) or not all(isinstance(row.get(key), str) for key in ("sha256", "text")):
-                    raise ValueError(f"line {line_number} is not a {{'sha256', 'text'}} object")
-                rows.append((row["sha256"], row["text"]))
-    except (OSError, UnicodeDecodeError, ValueError) as error:  # json.JSONDecodeError is a ValueError
-        raise SertoolError(
-            f"transcript cache file {path} is unreadable ({error}); delete it to transcribe again"
-        ) from None
-    return rows

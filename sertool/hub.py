@@ -1,7 +1,9 @@
 """Loading transformers models from a hub id or a local folder, with an error that says what to do."""
 from __future__ import annotations
 
+import hashlib
 import importlib
+import json
 import os
 import re
 import socket
@@ -155,3 +157,29 @@ def _hub_reachable() -> bool:
 def _first_line(error: BaseException) -> str:
     lines = [line for line in str(error).splitlines() if line.strip()]
     return lines[0][:200] if lines else type(error).__name__
+
+
+def model_revision(model_name_or_path: str, config_json: str) -> str:
+    """A string that changes when the model's weights may have changed.
+
+    A local folder: a hash of its files' names, sizes and modification times (copying a folder without
+    keeping times gives a new revision: a needless recomputation, never a stale embedding). A hub id:
+    the commit of the cached snapshot. Otherwise a hash of the model config.
+    """
+    path = Path(model_name_or_path).expanduser()
+    if path.is_dir():
+        files = sorted(item for item in path.iterdir() if item.is_file())
+        stamp = [(item.name, item.stat().st_size, item.stat().st_mtime_ns) for item in files]
+        return "files-" + hashlib.sha256(json.dumps(stamp).encode()).hexdigest()[:16]
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(model_name_or_path, "config.json")
+    if isinstance(cached, str) and Path(cached).parent.parent.name == "snapshots":
+        return "commit-" + Path(cached).parent.name
+    return "config-" + hashlib.sha256(config_json.encode()).hexdigest()[:16]
+
+
+def model_identity(model_name_or_path: str) -> str:
+    """What a model location names, for cache keys: an existing folder's absolute path, else the hub id."""
+    path = Path(model_name_or_path).expanduser()
+    return str(path.resolve()) if path.exists() else model_name_or_path

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from sertool.devices import select_device
+
 
 @dataclass(frozen=True)
 class Distributed:
@@ -40,8 +42,8 @@ def setup(device: str = "auto") -> Distributed:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
-    chosen = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    chosen = select_device(device, local_rank=local_rank)
+    use_cuda = chosen.type == "cuda"
     if use_cuda:
         torch.cuda.set_device(chosen)
     if world_size > 1 and not dist.is_initialized():

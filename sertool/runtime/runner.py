@@ -12,15 +12,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from sertool.config import DEFAULT_EVAL_BATCH_S
 from sertool.data.dataset import UtteranceDataset, collate
 from sertool.data.records import Utterance
 from sertool.errors import SertoolError
 from sertool.interrupts import quiet_worker
 from sertool.progress import task
-from sertool.training.distributed import Distributed, all_gather_objects
-from sertool.training.samplers import length_sorted_batches
+from sertool.runtime.batching import length_sorted_batches
+from sertool.runtime.distributed import Distributed, all_gather_objects
 
-DEFAULT_EVAL_BATCH_S = 120.0  # padded seconds per inference batch; no gradients, so larger than training's
 
 
 @dataclass

@@ -1,0 +1,167 @@
+"""One content-keyed disk cache for everything sertool derives from data and may reuse: ASR transcripts,
+text embeddings, and any other per-item result of a fixed computation (e.g. frozen-encoder features).
+
+A value depends only on its input's content and on the computation's setup, so each cache folder is
+named by the setup (``setup_key``: model, revision, options) and each value by the SHA-256 of its input
+(``text_digest``, ``file_digest``, ...). Renamed or moved inputs still hit; a changed setup misses.
+
+Layout: ``<cache_dir>/<kind>/<setup_key>/`` holds immutable files in the format of a ``Codec``. Every
+``ContentCache.get`` that meets new inputs writes new files through ``sertool.io.write_cache_file``
+(``atomic_write``: a temporary name, then a rename), so readers never see a partial file and concurrent
+writers never overwrite each other (at worst both compute the same values). A cache that cannot be written
+is a warning: the values computed are still returned.
+
+Using it for a new kind of value takes a ``Codec`` (how a group of values becomes one file and back) and a
+digest of each input::
+
+    cache = ContentCache(default_cache_dir() / "my_kind" / setup_key(name, identity), MyCodec())
+    values = cache.get([file_digest(path) for path in paths], lambda positions: compute(positions))
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Generic, Protocol, TypeVar
+
+from sertool.errors import SertoolError
+from sertool.io import write_cache_file
+from sertool.progress import task
+
+V = TypeVar("V")
+_READ_BLOCK_BYTES = 1 << 20
+
+
+def default_cache_dir() -> Path:
+    """``$SERTOOL_CACHE``, else ``~/.cache/sertool``: where every command caches unless ``--cache-dir``."""
+    return Path(os.environ.get("SERTOOL_CACHE") or Path.home() / ".cache" / "sertool")
+
+
+def setup_key(name: str, identity: Mapping[str, object]) -> str:
+    """A folder name for one computation setup: readable ``name`` plus a digest of everything in ``identity``.
+
+    Args:
+        name: a hub id or a local path (only its last part is kept) of the model that computes the values.
+        identity: every setting a value depends on (model, revision, options); JSON-serialisable.
+    """
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    readable = re.sub(r"[^\w.-]+", "--", Path(name).name if Path(name).is_absolute() else name)
+    return f"{readable}-{digest}"
+
+
+def text_digest(text: str) -> str:
+    """The key of a text: SHA-256 (hex) of its UTF-8 bytes."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def file_digest(path: str | os.PathLike[str]) -> str:
+    """The key of a file: SHA-256 (hex) of its bytes (the same as ``sha256sum``).
+
+    Raises:
+        SertoolError: the file cannot be read.
+    """
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as handle:
+            while block := handle.read(_READ_BLOCK_BYTES):
+                digest.update(block)
+    except OSError as error:
+        raise SertoolError(f"{path}: audio file cannot be read ({error.strerror or error})") from None
+    return digest.hexdigest()
+
+
+class Codec(Protocol[V]):
+    """How a group of cached values is stored as one file (``suffix``) and read back."""
+
+    suffix: str
+
+    def encode(self, rows: Mapping[str, V]) -> bytes:
+        """One file's bytes for ``rows`` (key → value)."""
+        ...
+
+    def decode(self, path: Path) -> dict[str, V]:
+        """The rows of one file.
+
+        Raises:
+            SertoolError: the file is unreadable or does not hold what this codec writes (naming it).
+        """
+        ...
+
+
+class ContentCache(Generic[V]):
+    """Values keyed by the content of their input, made once and kept in ``folder``.
+
+    Attributes:
+        folder: this setup's folder (``<cache_dir>/<kind>/<setup_key>``).
+        hits: requested items found in the cache, over every ``get``.
+        misses: requested items that had to be computed.
+    """
+
+    def __init__(self, folder: str | os.PathLike[str], codec: Codec[V]) -> None:
+        self.folder = Path(folder).expanduser()
+        self.codec = codec
+        self.hits = 0
+        self.misses = 0
+        self._rows: dict[str, V] = {}
+        self._loaded_files: set[str] = set()
+
+    def get(self, keys: Sequence[str], compute: Callable[[list[int]], Sequence[V]], *, group_size: int = 0,
+            progress: Callable[[int, int], None] | None = None, label: str = "computing {:,} items") -> list[V]:
+        """The values of ``keys``, in order; computes only those not cached yet.
+
+        Each distinct key is computed once, even when repeated in ``keys``.
+
+        Args:
+            keys: the content digest of each input.
+            compute: given positions in ``keys`` (one per distinct missing key), their values in that order.
+            group_size: compute and save at most this many at a time, so that a crash loses at most one
+                group's work (0: all at once, one file).
+            progress: ``(done, total)`` over the missing items, before the first group and after each; by
+                default a ``sertool.progress`` task named ``label`` (formatted with the number of misses).
+
+        Raises:
+            SertoolError: a cache file cannot be read (the message names it).
+        """
+        if any(key not in self._rows for key in keys):
+            self._load_new_files()  # another process may have filled them in
+        first_position: dict[str, int] = {}
+        for position, key in enumerate(keys):
+            if key not in self._rows:
+                first_position.setdefault(key, position)
+        missed = sum(key in first_position for key in keys)
+        self.misses += missed
+        self.hits += len(keys) - missed
+        pending = list(first_position.items())
+        step = group_size or max(len(pending), 1)
+        if not pending:
+            return [self._rows[key] for key in keys]
+        with contextlib.nullcontext(progress) if progress is not None else task(label.format(len(pending))) as update:
+            update(0, len(pending))
+            for start in range(0, len(pending), step):
+                group = pending[start:start + step]
+                values = compute([position for _, position in group])
+                rows = {key: value for (key, _), value in zip(group, values)}
+                self._write(rows)
+                self._rows.update(rows)
+                update(start + len(group), len(pending))
+        return [self._rows[key] for key in keys]
+
+    def _load_new_files(self) -> None:
+        if not self.folder.is_dir():
+            return
+        for path in sorted(self.folder.glob(f"*{self.codec.suffix}")):
+            if path.name in self._loaded_files:
+                continue
+            for key, value in self.codec.decode(path).items():
+                self._rows.setdefault(key, value)
+            self._loaded_files.add(path.name)
+
+    def _write(self, rows: Mapping[str, V]) -> None:
+        name = f"{uuid.uuid4().hex}{self.codec.suffix}"
+        if write_cache_file(self.folder / name, self.codec.encode(rows)):
+            self._loaded_files.add(name)

@@ -1,0 +1,17 @@
+"""``--device`` → a ``torch.device``: the one rule every command and the ASR model use."""
+from __future__ import annotations
+
+import torch
+
+
+def select_device(device: str | torch.device = "auto", *, local_rank: int = 0) -> torch.device:
+    """The ``torch.device`` for ``--device``: "auto" is this rank's GPU when CUDA is available, else the CPU.
+
+    Args:
+        device: one of ``sertool.config.DEVICE_CHOICES`` ("auto", "cpu", "cuda"), or an explicit torch
+            device ("cuda:1").
+        local_rank: the GPU of this process under torchrun (0 in a single process).
+    """
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device("cuda", local_rank) if device == "cuda" else torch.device(device)

@@ -1,6 +1,7 @@
 # sertool — every target installs what it needs by itself (scripts/install.sh).
 #   make demo   the whole story on the built-in demo corpus: data, two systems, evaluation, ensemble, submission
 #   make test   the test suite (what CI runs)
+#   make lint   ruff (ruff.toml) and mypy (setup.cfg [mypy]) on sertool/ (CI runs it after the tests)
 #   make bench  the performance benchmarks (docs/performance.md)
 #   make reproduce   the paper's experiment grid (docs/reproduce.md)
 VENV ?= .venv
@@ -9,7 +10,7 @@ SERTOOL := $(VENV)/bin/sertool
 DEMO ?= demo
 STAMP := $(VENV)/.sertool-installed
 
-.PHONY: install test demo bench reproduce clean
+.PHONY: install test lint demo bench reproduce clean
 
 install: $(STAMP)
 
@@ -20,6 +21,10 @@ $(STAMP): setup.cfg setup.py scripts/install.sh
 
 test: install
 	$(PY) -m pytest -q
+
+lint: install
+	$(PY) -m ruff check sertool
+	$(PY) -m mypy
 
 # The paper's grid, 3 seeds per system (docs/reproduce.md). Default: demo scale on the demo corpus (CPU, ≤ 30 min);
 # with MSP_ROOT=/path/to/MSP-Podcast: the real systems (GPUs). Re-running skips finished systems.

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create (or update) the virtual environment VENV with sertool and its test and demo extras.
+# Create (or update) the virtual environment VENV with sertool and its test, lint and demo extras.
 #
 # Why this is more than `pip install -e .`:
 #  * An unpinned `torch` from PyPI is a multi-GB CUDA build. On a machine without an NVIDIA GPU we ask
@@ -45,7 +45,7 @@ if ! "$VENV/bin/python" -c "import torchaudio" 2>/dev/null; then
     }
 fi
 
-"${PIP[@]}" install -e ".[test,demo,plot]"
+"${PIP[@]}" install -e ".[test,lint,demo,plot]"
 SHELF="$VENV/share/sertool/models/sentence-transformers/all-MiniLM-L6-v2"
 if [ ! -f "$SHELF/config.json" ]; then
     unpack=$(mktemp -d)

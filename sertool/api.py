@@ -160,7 +160,7 @@ class Model:
             [(0.0, 10.0), (5.0, 15.0), (10.0, 20.0), (15.0, 25.0)]
         """
         single = not isinstance(audio, (list, tuple))
-        items = [audio] if single else list(audio)
+        items = list(audio) if isinstance(audio, (list, tuple)) else [audio]
         if not items:
             raise SertoolError("predict: no audio given")
         texts = _per_input(transcripts, len(items), single=single)
@@ -169,13 +169,13 @@ class Model:
                           for index, item in enumerate(items)]
             _check_distinct(utterances)
             utterances = [replace(utt, transcript=text) if text is not None else utt
-                          for utt, text in zip(utterances, texts)]
+                          for utt, text in zip(utterances, texts, strict=True)]
             from sertool.inference.workflows import predict_with
 
             predictions = predict_with(self._predictor, utterances, window_s=window_s, hop_s=hop_s)
         if table:
             return predictions
-        rows = [{name: float(value) for name, value in zip(ATTRIBUTES, row)} for row in predictions.values]
+        rows = [{name: float(value) for name, value in zip(ATTRIBUTES, row, strict=True)} for row in predictions.values]
         return rows[0] if single else rows
 
 

@@ -7,12 +7,25 @@ from __future__ import annotations
 import dataclasses
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
-from sertool.config import (AMP_CHOICES, AT_LEAST_ONE, DEFAULT_ASR_MODEL_ID, DEFAULT_EVAL_BATCH_S, DEFAULT_HOP_S,
-                            DEFAULT_WINDOW_S, DEVICE_CHOICES, MIN_DURATION_S, NON_NEGATIVE, POSITIVE, PROBABILITY,
-                            SEED, Bounds)
+from sertool.config import (
+    AMP_CHOICES,
+    AT_LEAST_ONE,
+    DEFAULT_ASR_MODEL_ID,
+    DEFAULT_EVAL_BATCH_S,
+    DEFAULT_HOP_S,
+    DEFAULT_WINDOW_S,
+    DEVICE_CHOICES,
+    MIN_DURATION_S,
+    NON_NEGATIVE,
+    POSITIVE,
+    PROBABILITY,
+    SEED,
+    Bounds,
+)
 from sertool.data.demo import DEMO_SIZES
 from sertool.data.selection import SPEAKER_CHOICES
 from sertool.errors import SertoolError
@@ -102,9 +115,10 @@ def _path_argument(positional: str | None, option: str | None, *, name: str, fla
     """A path given either as the argument ``name`` or as ``flag`` (the convention of every command)."""
     if positional and option and Path(positional) != Path(option):
         raise SertoolError(f"two paths given ({positional} and {flag} {option}); pass one")
-    if not (positional or option):
+    path = positional or option
+    if not path:
         raise SertoolError(f"no path given: pass {name} or {flag} {name}")
-    return Path(positional or option)  # type: ignore[arg-type]
+    return Path(path)
 
 
 @data.command("info")
@@ -216,7 +230,7 @@ def _column_options(command):
 @click.option("--seed", type=_Number(int, SEED), default=0, show_default=True, help="Seed of the speaker assignment.")
 @click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
 def data_manifest(folder: str, metadata: str, out: str, label_range: tuple[float, float], dev_fraction: float,
-                  test_fraction: float, seed: int, force: bool, **columns: str | None) -> None:
+                  test_fraction: float, seed: int, force: bool, **columns: Any) -> None:
     """Turn FOLDER of audio plus a METADATA CSV into a sertool manifest.
 
     Without --split-column, speakers are assigned to Train / Development / Test1 so that no speaker is in
@@ -500,10 +514,16 @@ def ensemble_command(members: tuple[str, ...], corpus: str, split: str, weights:
       sertool ensemble runs/wavlm runs/mmwhisper --corpus MSP-Podcast --split Development --save ens.json
       sertool ensemble a.csv b.csv --corpus MSP-Podcast --split Development --per-attribute best
     """
-    from sertool.console import err
+    from sertool.console import (
+        err,
+        print_collapse_warnings,
+        print_differences,
+        print_json,
+        print_load_report,
+        print_scores,
+        print_written,
+    )
     from sertool.console import out as console
-    from sertool.console import (print_collapse_warnings, print_differences, print_json, print_load_report, print_scores,
-                                 print_written)
     from sertool.inference.inputs import corpus_split, require_complete
     from sertool.inference.workflows import check_outputs, ensemble, write_outputs
     from sertool.io import check_writable

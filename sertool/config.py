@@ -427,7 +427,7 @@ def config_options() -> list[ConfigOption]:
             owner, section = _SECTIONS[section_field.name], section_field.name
             fields = dataclasses.fields(owner)
         else:
-            owner, section, fields = Config, None, [section_field]
+            owner, section, fields = Config, None, (section_field,)
         hints = typing.get_type_hints(owner)
         for spec in fields:
             kind, optional = _base_type(hints[spec.name])
@@ -455,31 +455,40 @@ def apply_value(config: Config, section: str | None, key: str, value: Any, *, so
 
 
 def _coerce(option_: ConfigOption, value: Any, where: str) -> Any:
+    """A value read from YAML or a flag → the option's type, or a SertoolError naming ``where``."""
     if value is None:
         if option_.optional:
             return None
         raise SertoolError(f"{where} cannot be empty")
-    if option_.type is tuple:
-        items = (value,) if isinstance(value, str) else value
-        if not isinstance(items, (list, tuple)) or not all(isinstance(item, str) for item in items):
-            raise SertoolError(f"{where} must be a list of names, got {value!r}")
-        value = tuple(items)
-        bad = [item for item in value if option_.choices and item not in option_.choices]
-    else:
-        if option_.type is bool and not isinstance(value, bool):
-            raise SertoolError(f"{where} must be true or false, got {value!r}")
-        if option_.type is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if not isinstance(value, option_.type) or (option_.type is int and isinstance(value, bool)):
-            raise SertoolError(f"{where} must be {option_.type.__name__}, got {value!r}")
-        problem = option_.bounds.problem(value) if option_.bounds is not None and option_.type is not bool else None
-        if problem:
-            raise SertoolError(f"{where} {problem}, got {value!r}")
-        bad = [value] if option_.choices and value not in option_.choices else []
+    value = _coerce_names(value, where) if option_.type is tuple else _coerce_scalar(option_, value, where)
     if option_.path == "path or hub id":
         _check_model_location(value, where)
+    bad = [item for item in (value if option_.type is tuple else (value,))
+           if option_.choices and item not in option_.choices]
     if bad:
         raise SertoolError(f"{where}: {', '.join(map(str, bad))} is not one of {', '.join(option_.choices or ())}")
+    return value
+
+
+def _coerce_names(value: Any, where: str) -> tuple[str, ...]:
+    """A list option: one name or a list of names."""
+    items = (value,) if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not all(isinstance(item, str) for item in items):
+        raise SertoolError(f"{where} must be a list of names, got {value!r}")
+    return tuple(items)
+
+
+def _coerce_scalar(option_: ConfigOption, value: Any, where: str) -> Any:
+    """A bool, int, float or str option: its exact type (an int where a float is asked is widened), in bounds."""
+    if option_.type is bool and not isinstance(value, bool):
+        raise SertoolError(f"{where} must be true or false, got {value!r}")
+    if option_.type is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, option_.type) or (option_.type is int and isinstance(value, bool)):
+        raise SertoolError(f"{where} must be {option_.type.__name__}, got {value!r}")
+    problem = option_.bounds.problem(value) if option_.bounds is not None and option_.type is not bool else None
+    if problem:
+        raise SertoolError(f"{where} {problem}, got {value!r}")
     return value
 
 

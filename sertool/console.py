@@ -10,7 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from sertool.data.info import SplitSummary, class_order
-from sertool.data.records import EMO_CLASSES
+from sertool.data.records import ATTRIBUTES, EMO_CLASSES
 from sertool.data.report import LoadReport
 from sertool.training.reporter import Reporter
 
@@ -277,36 +277,51 @@ def print_differences(title: str, differences: list) -> None:
               "for both systems", markup=False, highlight=False)
 
 
+_SCORE_NAMES = (*ATTRIBUTES, "average")
+
+
 def print_scores(title: str, rows: list, *, highlight: str | None = None) -> None:
     """CCC per attribute and average (and gender accuracy / UAR where present), one row per system; then a
-    table of bootstrap confidence intervals where the rows have them."""
+    table of bootstrap confidence intervals where the rows have them, and what the scores leave out."""
+    out.print(_scores_table(title, rows, highlight))
+    if any(row.ci for row in rows):
+        out.print(_intervals_table(rows, highlight))
+    _print_score_notes(rows)
+
+
+def _scores_table(title: str, rows: list, highlight: str | None) -> Table:
     table = Table(title=title, title_justify="left")
     table.add_column("system", overflow="fold")
-    for column in ("utterances", "arousal", "valence", "dominance", "average"):
+    for column in ("utterances", *_SCORE_NAMES):
         table.add_column(column, justify="right", no_wrap=True)
     with_gender = any(row.gender_accuracy is not None for row in rows)
     if with_gender:
         table.add_column("gender acc", justify="right", no_wrap=True)
         table.add_column("gender UAR", justify="right", no_wrap=True)
-    names = ("arousal", "valence", "dominance", "average")
     for row in rows:
-        cells = [row.name, f"{row.num_utterances:,}", *(f"{row.ccc[name]:.4f}" for name in names)]
+        cells = [row.name, f"{row.num_utterances:,}", *(f"{row.ccc[name]:.4f}" for name in _SCORE_NAMES)]
         if with_gender:
             cells += ["–" if row.gender_accuracy is None else f"{row.gender_accuracy:.3f}",
                       "–" if row.gender_uar is None else f"{row.gender_uar:.3f}"]
         table.add_row(*cells, style="bold" if row.name == highlight else None)
-    out.print(table)
-    if any(row.ci for row in rows):
-        intervals = Table(title="95 % confidence intervals (bootstrap: utterances resampled with replacement)",
-                          title_justify="left")
-        intervals.add_column("system", overflow="fold")
-        for name in names:
-            intervals.add_column(name, justify="right", no_wrap=True)
-        for row in rows:
-            if row.ci:
-                intervals.add_row(row.name, *(f"[{row.ci[name].low:.3f}, {row.ci[name].high:.3f}]" for name in names),
-                                  style="bold" if row.name == highlight else None)
-        out.print(intervals)
+    return table
+
+
+def _intervals_table(rows: list, highlight: str | None) -> Table:
+    intervals = Table(title="95 % confidence intervals (bootstrap: utterances resampled with replacement)",
+                      title_justify="left")
+    intervals.add_column("system", overflow="fold")
+    for name in _SCORE_NAMES:
+        intervals.add_column(name, justify="right", no_wrap=True)
+    for row in rows:
+        if row.ci:
+            cells = (f"[{row.ci[name].low:.3f}, {row.ci[name].high:.3f}]" for name in _SCORE_NAMES)
+            intervals.add_row(row.name, *cells, style="bold" if row.name == highlight else None)
+    return intervals
+
+
+def _print_score_notes(rows: list) -> None:
+    """What the scores leave out (trained-on utterances), cannot tell (unknown training data) or warn about."""
     excluded = max(row.excluded_trained_on for row in rows) if rows else 0
     if excluded:
         out.print(f"{excluded:,} utterances of the split are left out of these scores: trained on (the checkpoints "

@@ -171,16 +171,13 @@ def read_csv_records(
             for number, text in lines:
                 if not text.strip():
                     continue
-                fields = _split_csv_line(text)
-                if isinstance(fields, list) and len(fields) != len(header):
-                    fields = (f"has {len(fields)} field{'s' if len(fields) != 1 else ''} where the header has "
-                              f"{len(header)} (an unquoted comma, or a missing one?)")
+                fields = _split_row(text, len(header))
                 if isinstance(fields, str):
                     if on_damage is None:
                         raise SertoolError(f"{path}:{number}: the row {fields}")
                     on_damage(number, fields)
                     continue
-                yield number, dict(zip(header, fields))
+                yield number, dict(zip(header, fields, strict=True))
     except FileNotFoundError:
         raise SertoolError(f"{path}: {what} not found") from None
     except UnicodeDecodeError as error:
@@ -206,6 +203,15 @@ def _split_csv_line(text: str) -> list[str] | str:
     if unclosed is not None:
         return (f'opens a quote (") in field {unclosed + 1} that is never closed on its line (a stray quote?); '
                 "remove it, or close it")
+    return fields
+
+
+def _split_row(text: str, num_columns: int) -> list[str] | str:
+    """The fields of one data line, one per header column, or what is wrong with the line."""
+    fields = _split_csv_line(text)
+    if isinstance(fields, list) and len(fields) != num_columns:
+        return (f"has {len(fields)} field{'s' if len(fields) != 1 else ''} where the header has "
+                f"{num_columns} (an unquoted comma, or a missing one?)")
     return fields
 
 

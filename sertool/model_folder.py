@@ -19,12 +19,15 @@ import json
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from sertool.checkpoint import BEST_NAME, load_checkpoint
 from sertool.errors import SertoolError
-from sertool.io import atomic_write, load_json
 from sertool.hub import download_snapshot, is_repo_id
+from sertool.io import atomic_write, load_json
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 FOLDER_FORMAT = "sertool-model"
 FOLDER_FORMAT_VERSION = 1
@@ -155,7 +158,8 @@ def _released_payload(data: dict[str, Any], weights: Path | None, *, source: str
     from sertool.models.released import convert_released_state, released_arguments, released_model_config
 
     arguments = released_arguments(data, source=source)
-    state, unused = {}, []
+    state: dict[str, Tensor] = {}
+    unused: list[str] = []
     if weights is not None:
         with _open_safetensors(weights) as handle:
             state, unused = convert_released_state(arguments, handle.keys(), handle.get_tensor, source=source)

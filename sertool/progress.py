@@ -18,7 +18,9 @@ Update = Callable[[int, int], None]  # (done, total)
 class Display(Protocol):
     """What draws the tasks: a context manager per task yielding its ``(done, total)`` callback."""
 
-    drawing: bool  # whether anything is shown (then model downloads show their progress too)
+    @property
+    def drawing(self) -> bool:
+        """Whether anything is shown (then model downloads show their progress too)."""
 
     def __call__(self, description: str) -> ContextManager[Update]: ...
 

@@ -82,7 +82,7 @@ def run_baseline(corpus: str | Path, out_dir: str | Path, *, train_split: str = 
 
     # Every utterance's statistics in one pass (the same clip is read once even if it is in two lists).
     everything = {utt.id: utt for group in [selection.train, selection.valid, *held_out.values()] for utt in group}
-    table = dict(zip(everything, utterance_statistics(list(everything.values()), progress=progress)))
+    table = dict(zip(everything, utterance_statistics(list(everything.values()), progress=progress), strict=True))
 
     def features(utterances):
         return np.array([table[utt.id] for utt in utterances]).reshape(len(utterances), -1)
@@ -92,7 +92,7 @@ def run_baseline(corpus: str | Path, out_dir: str | Path, *, train_split: str = 
 
     model, curve = fit_ridge(features(selection.train), labels(selection.train), features(selection.valid),
                              labels(selection.valid))
-    result = BaselineResult(dict(zip(ATTRIBUTES, map(float, model.alphas))), {}, len(selection.train), opened.report)
+    result = BaselineResult(dict(zip(ATTRIBUTES, map(float, model.alphas), strict=True)), {}, len(selection.train), opened.report)
     for name, utterances in held_out.items():
         predictions = Predictions([utt.id for utt in utterances], model.predict(features(utterances)))
         labelled = bool(utterances) and all(utt.has_labels for utt in utterances)

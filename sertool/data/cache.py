@@ -145,7 +145,7 @@ class ContentCache(Generic[V]):
             for start in range(0, len(pending), step):
                 group = pending[start:start + step]
                 values = compute([position for _, position in group])
-                rows = {key: value for (key, _), value in zip(group, values)}
+                rows = {key: value for (key, _), value in zip(group, values, strict=True)}
                 self._write(rows)
                 self._rows.update(rows)
                 update(start + len(group), len(pending))

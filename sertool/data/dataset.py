@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,7 +38,7 @@ class Batch:
 
     def to(self, device: torch.device) -> "Batch":
         """The tensors moved to ``device`` (non-blocking where the memory is pinned)."""
-        moved = {
+        moved: dict[str, Any] = {
             name: value.to(device, non_blocking=True) if isinstance(value, torch.Tensor) else value
             for name, value in vars(self).items()
         }
@@ -90,9 +91,10 @@ class UtteranceDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict:
         utt = self.utterances[index]
         try:
-            crop = self.max_duration_s is not None and utt.duration_s > self.max_duration_s
-            waveform = load_utterance_audio(utt, sample_rate=self.sample_rate,
-                                            crop=(self._crop_offset_s(index), self.max_duration_s) if crop else None)
+            crop = None
+            if self.max_duration_s is not None and utt.duration_s > self.max_duration_s:
+                crop = (self._crop_offset_s(index), self.max_duration_s)
+            waveform = load_utterance_audio(utt, sample_rate=self.sample_rate, crop=crop)
         except SertoolError as error:
             return {"skipped": f"{utt.id}: {error}"}
         targets = [self.to_unit(getattr(utt, name)) if getattr(utt, name) is not None else float("nan") for name in ATTRIBUTES]

@@ -452,6 +452,9 @@ def _synthesise_in_order(speeches: Sequence[_Speech]) -> Iterator[np.ndarray]:
         with log_path.open("wb") as log, subprocess.Popen(
             command, stdout=subprocess.PIPE, stderr=log, env={**os.environ, "PYTHONPATH": python_path}
         ) as worker:
+            stdout = worker.stdout
+            assert stdout is not None, "Popen(stdout=PIPE) always gives a pipe"
+
             def failure(done: int) -> RuntimeError:
                 worker.wait()
                 return RuntimeError(
@@ -461,11 +464,11 @@ def _synthesise_in_order(speeches: Sequence[_Speech]) -> Iterator[np.ndarray]:
 
             try:
                 for done in range(len(speeches)):
-                    header = worker.stdout.read(_HEADER.size)
+                    header = stdout.read(_HEADER.size)
                     if len(header) < _HEADER.size:
                         raise failure(done)
                     (num_samples,) = _HEADER.unpack(header)
-                    data = worker.stdout.read(2 * num_samples)
+                    data = stdout.read(2 * num_samples)
                     if len(data) < 2 * num_samples:
                         raise failure(done)
                     yield np.frombuffer(data, dtype="<i2")
@@ -599,7 +602,7 @@ def generate_demo_corpus(
     for start in range(0, len(plan), _RESAMPLE_BATCH):
         batch = plan[start:start + _RESAMPLE_BATCH]
         speech_16k = _resample_batch([next(synthesised) for _ in batch], SAMPLE_RATE)
-        for offset, (item, speech) in enumerate(zip(batch, speech_16k), start=1):
+        for offset, (item, speech) in enumerate(zip(batch, speech_16k, strict=True), start=1):
             clip = _record(speech, item.recording, SAMPLE_RATE)
             write_audio(audio_dir / item.file_name, clip, SAMPLE_RATE)
             transcript = transcript_dir / f"{Path(item.file_name).stem}.txt"
@@ -627,7 +630,7 @@ def _resample_batch(waveforms: Sequence[np.ndarray], sample_rate: int) -> list[n
     from sertool.data.audio import resample
 
     batch = np.zeros((len(waveforms), max(waveform.size for waveform in waveforms)), dtype=np.float32)
-    for row, waveform in zip(batch, waveforms):
+    for row, waveform in zip(batch, waveforms, strict=True):
         row[:waveform.size] = waveform / 32768.0
     resampled = resample(torch.from_numpy(batch), ESPEAK_SAMPLE_RATE, sample_rate).numpy().astype(np.float64)
     return [
@@ -691,7 +694,7 @@ def _plan_corpus(
     names = _file_names(rng, [speaker for speaker, *_ in utterances])
     return [
         _Planned(name, speaker, emo_class, *attributes, speech, recording)
-        for name, (speaker, emo_class, attributes, speech, recording) in zip(names, utterances)
+        for name, (speaker, emo_class, attributes, speech, recording) in zip(names, utterances, strict=True)
     ]
 
 
@@ -708,7 +711,7 @@ def _draw_speakers(rng: np.random.Generator, *, num_speakers: int, test3_utteran
         )
     total = sum(len(splits) for splits in splits_by_gender.values())
     speaker_ids = rng.choice(np.arange(1, max(3000, 2 * total)), size=total, replace=False)
-    speakers = []
+    speakers: list[_Speaker] = []
     for gender in GENDERS:
         variants = [VOICE_VARIANTS[gender][index] for index in rng.permutation(len(VOICE_VARIANTS[gender]))]
         for index, split in enumerate(splits_by_gender[gender]):

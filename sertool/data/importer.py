@@ -63,7 +63,8 @@ def import_metadata(
         on_damage=lambda line, detail: report.drop(f"{metadata}:{line}", DAMAGED_ROW, detail),
     ):
         where = f"{metadata}:{line}"
-        fields = {name: record[column] for name, column in dataclasses.asdict(columns).items() if column}
+        fields: dict[str, str | None] = {name: record[column] for name, column in dataclasses.asdict(columns).items()
+                                         if column}
         fields.setdefault("split", HELD_OUT_SPLITS[0])  # placeholder until the speaker split below
         try:
             for name in ATTRIBUTES:
@@ -120,7 +121,7 @@ def speaker_disjoint_split(
         queue = sorted(by_gender[gender])
         rng.shuffle(queue)
         total = sum(len(by_speaker[speaker]) for speaker in queue)
-        for split, fraction in zip(HELD_OUT_SPLITS, held_out_fractions):
+        for split, fraction in zip(HELD_OUT_SPLITS, held_out_fractions, strict=True):
             chosen = _fill(queue, {speaker: len(by_speaker[speaker]) for speaker in queue}, fraction * total)
             split_of.update(dict.fromkeys(chosen, split))
             queue = [speaker for speaker in queue if speaker not in chosen]

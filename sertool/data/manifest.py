@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import csv
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from sertool.data.fields import BadValue, parse_class, parse_gender, parse_label, parse_speaker
@@ -57,7 +57,7 @@ def read_manifest(path: str | Path, *, progress: Progress | None = None) -> Corp
     return Corpus(root=path, kind="manifest", utterances=build_utterances(rows, report, progress=progress), report=report)
 
 
-def parse_manifest_row(record: dict[str, str | None], base: Path, where: str) -> Row:
+def parse_manifest_row(record: Mapping[str, str | None], base: Path, where: str) -> Row:
     """Parse one manifest row (column name → text); relative paths are taken from ``base``.
 
     Raises:

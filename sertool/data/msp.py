@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 from sertool.data.fields import BadValue, parse_class, parse_gender, parse_label, parse_speaker
@@ -63,7 +64,7 @@ def read_msp_podcast(root: str | Path, *, progress: Progress | None = None) -> C
     return Corpus(root=root, kind="msp-podcast", utterances=build_utterances(rows, report, progress=progress), report=report)
 
 
-def _parse_row(record: dict[str, str | None], where: str, audio_dir: Path) -> Row:
+def _parse_row(record: Mapping[str, str | None], where: str, audio_dir: Path) -> Row:
     name = (record["FileName"] or "").strip()
     if not name:
         raise BadValue("missing file name", "FileName is empty")
@@ -71,7 +72,7 @@ def _parse_row(record: dict[str, str | None], where: str, audio_dir: Path) -> Ro
     if split not in SPLITS:
         raise BadValue("unknown split", f"Split_Set {split!r} is not one of {', '.join(SPLITS)}")
     required = split != UNLABELLED_SPLIT
-    fields = {
+    fields: dict[str, object] = {
         attribute: parse_label(record[column], column, required=required)
         for attribute, column in ATTRIBUTE_COLUMNS.items()
     }

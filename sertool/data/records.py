@@ -73,4 +73,5 @@ class Utterance:
         """The attributes in ``ATTRIBUTES`` order; raises ``ValueError`` where withheld."""
         if not self.has_labels:
             raise ValueError(f"{self.id} has no A/V/D labels (split {self.split})")
+        # The ignore below: has_labels just checked that none of the three is None.
         return (self.arousal, self.valence, self.dominance)  # type: ignore[return-value]

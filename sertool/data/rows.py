@@ -76,7 +76,7 @@ def build_utterances(rows: Sequence[Row], report: LoadReport, *, progress: Progr
             unique.append(row)
 
     utterances = []
-    for row, header in zip(unique, _read_headers([row.audio_path for row in unique], progress)):
+    for row, header in zip(unique, _read_headers([row.audio_path for row in unique], progress), strict=True):
         if isinstance(header, SertoolError):
             reason = MISSING_AUDIO if not row.audio_path.exists() else UNREADABLE_AUDIO
             report.drop(row.where, reason, str(header), split=row.fields["split"])

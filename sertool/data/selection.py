@@ -24,7 +24,6 @@ from sertool.data.records import NO_CLASS_CODES, Utterance
 from sertool.errors import SertoolError
 
 
-
 @dataclass(frozen=True)
 class Selection:
     """The training and validation utterances, with what was left out or moved, for the log.
@@ -234,7 +233,7 @@ def choose_utterances(utterances: Sequence[Utterance], *, num_speakers: int, per
                                                                    replace=False))]
     else:
         eligible = eligible[:num_speakers]
-    chosen = []
+    chosen: list[Utterance] = []
     for speaker in eligible:
         items = by_speaker[speaker]
         chosen.extend(items[index] for index in sorted(rng.choice(len(items), per_speaker, replace=False)))

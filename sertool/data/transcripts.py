@@ -144,7 +144,7 @@ class Transcriber:
         texts: list[list[str]] = [[] for _ in waveforms]
         for start in range(0, len(windows), self.batch_size):
             batch_texts = self._transcribe_windows(windows[start : start + self.batch_size])
-            for owner, text in zip(owners[start : start + self.batch_size], batch_texts):
+            for owner, text in zip(owners[start : start + self.batch_size], batch_texts, strict=True):
                 texts[owner].append(text)
         # One line per waveform: every run of whitespace (newlines included) becomes one space.
         return [" ".join(word for part in parts for word in part.split()) for parts in texts]
@@ -192,7 +192,8 @@ class Transcriber:
         self._task = "transcribe" if multilingual else None
         self._generation_config = generation_config
         self._processor = processor
-        self._model = model.to(self.device).eval()
+        # transformers annotates PreTrainedModel.to through a decorator whose type hides the device argument.
+        self._model = model.to(self.device).eval()  # type: ignore[arg-type]
 
 
 class TranscriptCache:
@@ -261,7 +262,7 @@ class _TranscriptCodec:
                        for digest, text in rows.items()).encode("utf-8")
 
     def decode(self, path: Path) -> dict[str, str]:
-        rows = {}
+        rows: dict[str, str] = {}
         try:
             with open(path, encoding="utf-8") as handle:
                 for line_number, line in enumerate(handle, start=1):
@@ -310,7 +311,7 @@ def fill_transcripts(
     transcriber = asr if isinstance(asr, Transcriber) else Transcriber(asr, device=device)
     cache = TranscriptCache(Path(cache_dir or default_cache_dir()) / TRANSCRIPT_CACHE_SUBDIR, transcriber)
     texts = cache.get([utterances[index] for index in missing], progress=progress)
-    for index, text in zip(missing, texts):
+    for index, text in zip(missing, texts, strict=True):
         filled[index] = dataclasses.replace(utterances[index], transcript=text)
     log.info("transcripts from ASR: %d cached, %d transcribed", cache.hits, cache.misses)
     return filled
@@ -361,4 +362,4 @@ def _waveform(item: AudioInput) -> Tensor:
     """The 16 kHz waveform of an item: reading only a window's span of its file."""
     if isinstance(item, Tensor):
         return item
-    return load_utterance_audio(item) if isinstance(item, Utterance) else load_audio(item)
+    return load_utterance_audio(item) if isinstance(item, Utterance) else load_audio(Path(item))

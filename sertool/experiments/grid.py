@@ -88,7 +88,7 @@ class Grid:
             model = config.model
             backbone_id = model.backbone_path or DEFAULT_BACKBONE_IDS[model.backbone]
             config.model = dataclasses.replace(
-                model, backbone_path=model_locations.get(backbone_id, model.backbone_path),
+                model, backbone_path=model_locations.get(backbone_id, model.backbone_path) if backbone_id else model.backbone_path,
                 text_model=model_locations.get(model.text_model, model.text_model),
                 speaker_embedding=model_locations.get(model.speaker_embedding, model.speaker_embedding)
                 if model.speaker_embedding else None)
@@ -136,4 +136,4 @@ def _four(values: Any) -> tuple[float, float, float, float] | None:
     numbers = tuple(float(value) for value in values)
     if len(numbers) != 4:
         raise ValueError(f"paper figures must be [A, V, D, average], got {values}")
-    return numbers  # type: ignore[return-value]
+    return numbers

@@ -174,6 +174,7 @@ def _run_ensemble(item: Ensemble, results: dict[str, dict[str, Any]], out_dir: P
                 continue  # the members trained on all of it between them: nothing to score ("—")
             result = ensemble(members, kept, split=split, options=options)
             write_predictions(result.predictions, _predictions_path(out_dir, item.id, seed, split))
+            assert result.ensemble_scores is not None, "the splits hold labelled utterances only (_split_or_none)"
             scores[split] = {**_score_record(result.ensemble_scores),
                              "trained_on_left_out": len(utterances) - len(kept)}
         records[seed] = {"scores": scores}

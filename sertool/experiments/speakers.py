@@ -37,7 +37,7 @@ def speaker_map(utterances: Sequence[Utterance], speaker_model: str, *, device: 
 
     embedder = build_speaker_embedder(speaker_model, flag="--speaker-model").to(device).eval()
     dataset = UtteranceDataset(utterances, to_unit=float)
-    embeddings = [None] * len(utterances)
+    matrix = np.zeros((len(utterances), embedder.output_dim))
     batches = length_sorted_batches([u.duration_s for u in utterances], max_batch_s=DEFAULT_EVAL_BATCH_S)
     with torch.no_grad(), task(f"speaker embeddings ({len(utterances):,} utterances)") as progress:
         for done, batch_indices in enumerate(batches, start=1):
@@ -45,12 +45,12 @@ def speaker_map(utterances: Sequence[Utterance], speaker_model: str, *, device: 
             if batch.skipped:
                 raise SertoolError(f"cannot read {batch.skipped[0]}")
             vectors = embedder(batch.waveforms.to(device), batch.sample_mask.to(device)).float().cpu().numpy()
-            for index, vector in zip(batch_indices, vectors):
-                embeddings[index] = vector
+            for index, vector in zip(batch_indices, vectors, strict=True):
+                matrix[index] = vector
             progress(done, len(batches))
-    matrix = np.stack(embeddings).astype(np.float64)
     speakers = [utt.speaker for utt in utterances]
     points, explained = _pca_2d(matrix)
+    # The ignore below: the figure's utterances come from choose_utterances, which keeps those with a speaker.
     return SpeakerMap(points, speakers, _fisher_ratio(points, speakers), explained)  # type: ignore[arg-type]
 
 

@@ -98,9 +98,10 @@ class EnsemblePlan:
             raise SertoolError(f"{source}: \"members\" must be a non-empty list of names")
         if not isinstance(attributes, dict):
             raise SertoolError(f"{source}: \"attributes\" must be an object keyed by attribute name")
-        weights, development_ccc = {}, {}
+        weights: dict[str, tuple[tuple[int, float], ...]] = {}
+        development_ccc: dict[str, float] = {}
         for name in ATTRIBUTES:
-            entry = attributes.get(name)
+            entry = attributes.get(name, {})
             try:
                 weights[name] = tuple((_index(item["member"]), float(item["weight"])) for item in entry["members"])
                 if "development_ccc" in entry:
@@ -229,7 +230,7 @@ def apply_plan(plan: EnsemblePlan, members: Sequence[Predictions]) -> Prediction
     if len(members) != len(plan.members):
         raise SertoolError(f"the ensemble plan has {len(plan.members)} members ({', '.join(plan.members)}) "
                            f"but {len(members)} prediction sets were given; give one per plan member, in order")
-    for name, member in zip(plan.members, members):  # averaging a 0..1 member with 1..7 ones means nothing
+    for name, member in zip(plan.members, members, strict=True):  # averaging a 0..1 member with 1..7 ones means nothing
         check_rating_scale(member, source=f"ensemble member {name}")
     aligned = align(members, names=plan.members)
     values, spread = _combine(plan, np.stack([member.values for member in aligned]))
@@ -277,7 +278,7 @@ def _combine_segments(plan: EnsemblePlan, aligned: Sequence[Predictions]) -> lis
         )
     values, _ = _combine(plan, np.array([[member_segments[key] for key in keys] for member_segments in keyed]))
     return [Segment(file_id, start_s, end_s, tuple(float(v) for v in row))
-            for (file_id, start_s, end_s), row in zip(keys, values)]
+            for (file_id, start_s, end_s), row in zip(keys, values, strict=True)]
 
 
 def _index(value: Any) -> int:
@@ -309,4 +310,4 @@ def _normalised(pairs: Sequence[tuple[int, float]], num_members: int, attribute:
     largest = max(weights)
     scaled = [weight / largest for weight in weights]
     total = sum(scaled)
-    return tuple((index, weight / total) for index, weight in zip(indices, scaled))
+    return tuple((index, weight / total) for index, weight in zip(indices, scaled, strict=True))

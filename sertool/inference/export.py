@@ -13,9 +13,9 @@ from typing import Any
 
 from sertool.data.records import ATTRIBUTES
 from sertool.errors import SertoolError
+from sertool.hub import is_repo_id
 from sertool.io import check_writable
 from sertool.model_folder import FOLDER_FILES, load_model, write_model_folder
-from sertool.hub import is_repo_id
 
 
 @dataclass

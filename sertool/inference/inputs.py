@@ -13,9 +13,9 @@ from sertool.data.corpus import open_corpus
 from sertool.data.records import Utterance
 from sertool.data.report import LoadReport
 from sertool.errors import SertoolError
-from sertool.io import printable, read_csv_records
 from sertool.inference.predictions import Predictions
 from sertool.inference.windows import combine_windows, window_segments, window_spans
+from sertool.io import printable, read_csv_records
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
 PREDICT_SPLIT = "predict"  # split name of utterances read from loose files
@@ -210,7 +210,7 @@ class WindowMerger:
     def add(self, pieces: Sequence[Piece], predictions: Predictions) -> None:
         """Record the predictions of ``pieces`` (``predictions`` holds a row for each piece's utterance id)."""
         values = predictions.take([piece.utterance.id for piece in pieces]).values
-        for piece, row in zip(pieces, values):
+        for piece, row in zip(pieces, values, strict=True):
             if piece.span is None:
                 self._rows[piece.file_id] = row
             else:

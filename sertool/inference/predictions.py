@@ -22,10 +22,10 @@ from __future__ import annotations
 import csv
 import math
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import IO, TextIO
 
 import numpy as np
 
@@ -57,7 +57,7 @@ class Segment:
     id: str
     start_s: float
     end_s: float
-    values: tuple[float, float, float]
+    values: tuple[float, ...]  # A, V, D
 
 
 @dataclass(frozen=True, eq=False)
@@ -143,7 +143,7 @@ def align(members: Sequence[Predictions], *, names: Sequence[str] | None = None)
     reference_ids = members[0].ids
     reference = set(reference_ids)
     problems = []
-    for name, member in zip(names[1:], members[1:]):
+    for name, member in zip(names[1:], members[1:], strict=True):
         present = set(member.ids)
         missing = [file_id for file_id in reference_ids if file_id not in present]
         extra = [file_id for file_id in member.ids if file_id not in reference]
@@ -233,7 +233,7 @@ def check_finite(predictions: Predictions, destination: str | Path | TextIO) -> 
     rows = ~np.isfinite(predictions.values).all(axis=1)
     if predictions.spread is not None:
         rows |= ~np.isfinite(predictions.spread).all(axis=1)
-    bad = [file_id for file_id, row_bad in zip(predictions.ids, rows) if row_bad]
+    bad = [file_id for file_id, row_bad in zip(predictions.ids, rows, strict=True) if row_bad]
     bad_segments = {segment.id for segment in predictions.segments if not np.all(np.isfinite(segment.values))}
     bad += sorted(bad_segments - set(bad))
     if bad:
@@ -263,7 +263,7 @@ def segments_by_id(segments: Sequence[Segment]) -> dict[str, list[Segment]]:
     return grouped
 
 
-def _write_csv_rows(handle: TextIO, predictions: Predictions, labels: np.ndarray | None) -> None:
+def _write_csv_rows(handle: IO[str], predictions: Predictions, labels: np.ndarray | None) -> None:
     has_segments = bool(predictions.segments)
     header = [ID_COLUMN, *VALUE_COLUMNS]
     if predictions.spread is not None:
@@ -299,19 +299,12 @@ def _parse_csv(records: Iterator[tuple[int, dict[str, str]]], path: Path) -> tup
     for line, record in records:
         where = f"{path}:{line}"
         if has_spread is None:  # the first row tells which optional column groups the header has
-            has_spread = _optional_group(record, SPREAD_COLUMNS, path)
-            has_labels = _optional_group(record, TRUE_COLUMNS, path)
-            has_segments = _optional_group(record, SEGMENT_COLUMNS, path)
-        name = (record.get(ID_COLUMN) or "").strip()
-        if not name:
-            raise SertoolError(f"{where}: {ID_COLUMN} is empty")
+            has_spread, has_labels, has_segments = (_optional_group(record, group, path)
+                                                    for group in (SPREAD_COLUMNS, TRUE_COLUMNS, SEGMENT_COLUMNS))
+        name = _row_id(record, where)
         row_values = _numbers(record, VALUE_COLUMNS, where)
         if has_segments and any((record.get(column) or "").strip() for column in SEGMENT_COLUMNS):
-            start_s, end_s = _numbers(record, SEGMENT_COLUMNS, where)
-            if not 0 <= start_s < end_s:
-                raise SertoolError(f"{where}: segment start_s={start_s:g}, end_s={end_s:g} is not a span "
-                                   "(need 0 <= start_s < end_s)")
-            segments.append((Segment(name, start_s, end_s, tuple(row_values)), where))
+            segments.append((_segment(record, name, row_values, where), where))
             continue
         if name in first_line:
             raise SertoolError(f"{where}: {ID_COLUMN} {name} repeats line {first_line[name]}; "
@@ -337,7 +330,23 @@ def _parse_csv(records: Iterator[tuple[int, dict[str, str]]], path: Path) -> tup
     return predictions, (np.array(labels) if has_labels else None)
 
 
-def _optional_group(columns: Sequence[str], group: Sequence[str], path: Path) -> bool:
+def _row_id(record: dict[str, str], where: str) -> str:
+    name = (record.get(ID_COLUMN) or "").strip()
+    if not name:
+        raise SertoolError(f"{where}: {ID_COLUMN} is empty")
+    return name
+
+
+def _segment(record: dict[str, str], name: str, values: list[float], where: str) -> Segment:
+    """A segment row: its span (0 <= start_s < end_s) and values."""
+    start_s, end_s = _numbers(record, SEGMENT_COLUMNS, where)
+    if not 0 <= start_s < end_s:
+        raise SertoolError(f"{where}: segment start_s={start_s:g}, end_s={end_s:g} is not a span "
+                           "(need 0 <= start_s < end_s)")
+    return Segment(name, start_s, end_s, tuple(values))
+
+
+def _optional_group(columns: Collection[str], group: Sequence[str], path: Path) -> bool:
     """Whether the file has a column group; a partial group is an error rather than silently ignored."""
     present = [column for column in group if column in columns]
     if present and len(present) != len(group):
@@ -347,7 +356,7 @@ def _optional_group(columns: Sequence[str], group: Sequence[str], path: Path) ->
     return bool(present)
 
 
-def _numbers(record: dict[str, str | None], columns: Sequence[str], where: str) -> list[float]:
+def _numbers(record: Mapping[str, str | None], columns: Sequence[str], where: str) -> list[float]:
     numbers = []
     for column in columns:
         text = (record.get(column) or "").strip()

@@ -8,7 +8,7 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import torch
@@ -25,6 +25,9 @@ from sertool.inference.predictions import Predictions, check_rating_scale, read_
 from sertool.model_folder import load_model
 from sertool.runtime.precision import resolve_amp
 from sertool.runtime.runner import run_model
+
+if TYPE_CHECKING:
+    from sertool.models.text import TextEmbeddingCache
 
 
 @dataclass
@@ -87,8 +90,8 @@ class CheckpointPredictor:
         self._model = None
         # Kept across `predict` calls (`predict` streams long inputs in chunks): each reads its cache files
         # and loads the ASR weights once, not once per chunk.
-        self._text_cache = None
-        self._transcriber = None
+        self._text_cache: TextEmbeddingCache | None = None
+        self._transcriber: Transcriber | None = None
 
     @property
     def model(self):
@@ -137,7 +140,7 @@ class CsvPredictor:
         """
         self.name = str(path)
         self.table = read_predictions(path)
-        self.training_ids = None  # a CSV does not say what made it
+        self.training_ids: frozenset[str] | None = None  # a CSV does not say what made it
         check_rating_scale(self.table, source=self.name)
 
     def predict(self, utterances: Sequence[Utterance]) -> PredictorOutput:
@@ -175,9 +178,12 @@ class EnsemblePredictor:
 
 def union_of_training_ids(predictors: Sequence[Predictor]) -> frozenset[str] | None:
     """What any of ``predictors`` trained on (an ensemble is scored off all of it); None if one is unknown."""
-    if any(predictor.training_ids is None for predictor in predictors):
-        return None
-    return frozenset().union(*(predictor.training_ids for predictor in predictors))
+    union: frozenset[str] = frozenset()
+    for predictor in predictors:
+        if predictor.training_ids is None:
+            return None
+        union |= predictor.training_ids
+    return union
 
 
 def open_predictor(path: str | Path, options: InferenceOptions | None = None, *,

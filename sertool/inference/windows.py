@@ -120,5 +120,5 @@ def window_segments(file_id: str, spans: Sequence[tuple[int, int]], values: np.n
         raise ValueError(f"window_segments: {len(spans)} spans and {len(values)} value rows")
     return [
         Segment(file_id, start / sample_rate, end / sample_rate, tuple(float(v) for v in row))
-        for (start, end), row in zip(spans, values)
+        for (start, end), row in zip(spans, values, strict=True)
     ]

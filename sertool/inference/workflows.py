@@ -12,16 +12,21 @@ import numpy as np
 from sertool.data.records import GENDERS, Utterance
 from sertool.data.selection import HeldOut, held_out
 from sertool.errors import SertoolError
-from sertool.io import check_writable, write_json_document
+from sertool.hub import is_repo_id
 from sertool.inference.ensemble import EnsemblePlan, apply_plan, mean_plan, select_per_attribute, write_plan
 from sertool.inference.inputs import WindowMerger, check_windows, windowed_pieces
 from sertool.inference.predictions import Predictions
-from sertool.inference.predictor import (InferenceOptions, Predictor, PredictorOutput, open_predictor,
-                                        union_of_training_ids)
+from sertool.inference.predictor import (
+    InferenceOptions,
+    Predictor,
+    PredictorOutput,
+    open_predictor,
+    union_of_training_ids,
+)
 from sertool.inference.writers import WRITERS, format_of, write_submission
+from sertool.io import check_writable, write_json_document
 from sertool.models.bootstrap import BootstrapResult, Interval, bootstrap_ccc
 from sertool.models.ccc import ccc_scores, collapsed_attributes
-from sertool.hub import is_repo_id
 
 # Files or windows `predict` holds at a time: 256 ten-second windows are ~43 minutes of audio, ~21
 # length-sorted batches of the default 120 padded seconds, while the records and ASR audio in flight stay
@@ -270,15 +275,8 @@ def ensemble(member_paths: Sequence[str | Path], utterances: Sequence[Utterance]
     """
     check_writable([save, scores], force=force)
     has_labels = all(utt.has_labels for utt in utterances)
-    if (scores is not None or require_scores) and not has_labels:
-        raise SertoolError(f"--split {split} has no A/V/D labels: there are no scores for --scores or --json; "
-                           "drop them, or choose a labelled split")
-    if len(member_paths) < 2:
-        raise SertoolError("an ensemble needs at least two members")
-    if weights and len(weights) != len(member_paths):
-        raise SertoolError(f"--weights: {len(weights)} weights for {len(member_paths)} members")
-    if weights and per_attribute:
-        raise SertoolError("--weights and --per-attribute best exclude each other")
+    _check_ensemble_request(len(member_paths), split=split, weights=weights, per_attribute=per_attribute,
+                            scores_needed=(scores is not None or require_scores) and not has_labels)
     predictors = [open_predictor(path, options) for path in member_paths]
     names = [_member_name(path, save) for path in member_paths]
     trained_on = union_of_training_ids(predictors)
@@ -294,25 +292,22 @@ def ensemble(member_paths: Sequence[str | Path], utterances: Sequence[Utterance]
     else:
         plan = mean_plan(names, weights)
     combined = apply_plan(plan, members)
-    member_scores, ensemble_scores = [], None
+    result = EnsembleResult([], None, plan, combined)
     if has_labels:
         kept = _held_out(utterances, trained_on, split=split, name="the ensemble's members")
         labels = labelled(kept.utterances, split)
         scored = [_rows(output, kept.utterances) for output in [*outputs, PredictorOutput(combined)]]
         names = [predictor.name for predictor in predictors] + ["ensemble"]
-        *member_scores, ensemble_scores = [score(name, output, kept.utterances, labels, held_out=kept)
-                                           for name, output in zip(names, scored)]
-    result = EnsembleResult(member_scores, ensemble_scores, plan, combined)
-    if bootstrap and has_labels:
-        resampled = _resampled([output.predictions.values for output in scored], labels, bootstrap, bootstrap_seed)
-        rows = [*member_scores, ensemble_scores]
-        for index, row in enumerate(rows):
-            row.ci = resampled.interval(index)
-        result.differences = [difference(rows, resampled, system=len(predictors), reference=index)
-                              for index in range(len(predictors))]
-    if has_labels:
-        result.document = scores_document([*member_scores, ensemble_scores], split=split, corpus=corpus,
-                                          differences=result.differences)
+        rows = [score(name, output, kept.utterances, labels, held_out=kept)
+                for name, output in zip(names, scored, strict=True)]
+        result.member_scores, result.ensemble_scores = rows[:-1], rows[-1]
+        if bootstrap:
+            resampled = _resampled([output.predictions.values for output in scored], labels, bootstrap, bootstrap_seed)
+            for index, row in enumerate(rows):
+                row.ci = resampled.interval(index)
+            result.differences = [difference(rows, resampled, system=len(predictors), reference=index)
+                                  for index in range(len(predictors))]
+        result.document = scores_document(rows, split=split, corpus=corpus, differences=result.differences)
     if save is not None:
         write_plan(plan, save)
         result.written.append(save)
@@ -320,6 +315,24 @@ def ensemble(member_paths: Sequence[str | Path], utterances: Sequence[Utterance]
         write_json_document(result.document, scores)
         result.written.append(scores)
     return result
+
+
+def _check_ensemble_request(num_members: int, *, split: str, weights: Sequence[float] | None, per_attribute: bool,
+                            scores_needed: bool) -> None:
+    """Before any work: an ensemble's flags fit together (``scores_needed``: scores asked of an unlabelled split).
+
+    Raises:
+        SertoolError: naming the flags that conflict.
+    """
+    if scores_needed:
+        raise SertoolError(f"--split {split} has no A/V/D labels: there are no scores for --scores or --json; "
+                           "drop them, or choose a labelled split")
+    if num_members < 2:
+        raise SertoolError("an ensemble needs at least two members")
+    if weights and len(weights) != num_members:
+        raise SertoolError(f"--weights: {len(weights)} weights for {num_members} members")
+    if weights and per_attribute:
+        raise SertoolError("--weights and --per-attribute best exclude each other")
 
 
 def _resampled(predictions: list[np.ndarray], labels: np.ndarray, num_resamples: int, seed: int) -> BootstrapResult:

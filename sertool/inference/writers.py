@@ -174,7 +174,7 @@ def write_submission(predictions: Predictions, path: str | Path, *,
 
 
 def _by_attribute(row: Sequence[float]) -> dict[str, float]:
-    return {name: float(value) for name, value in zip(ATTRIBUTES, row)}
+    return {name: float(value) for name, value in zip(ATTRIBUTES, row, strict=True)}
 
 
 def _attribute_values(item: Any, where: str) -> list[float]:

@@ -117,7 +117,7 @@ def bootstrap_ccc(predictions: Sequence[np.ndarray], labels: np.ndarray, *, num_
     offsets = [p.mean(axis=0) for p in systems]
     y = labels - label_offset
     columns = [y, y * y]
-    for p, offset in zip(systems, offsets):
+    for p, offset in zip(systems, offsets, strict=True):
         centred = p - offset
         columns += [centred, centred * centred, centred * y]
     features = np.concatenate(columns, axis=1)  # [N, 6 + 9·S]

@@ -87,7 +87,7 @@ def ccc_scores(predictions: np.ndarray | Tensor, targets: np.ndarray | Tensor) -
             f"{tuple(pred.shape)} and {tuple(target.shape)}"
         )
     values = ccc(pred, target, dim=0).tolist()
-    scores = dict(zip(ATTRIBUTES, values))
+    scores = dict(zip(ATTRIBUTES, values, strict=True))
     scores["average"] = float(np.mean(values))
     return scores
 
@@ -116,4 +116,4 @@ def collapsed_attributes(predictions: np.ndarray | Tensor, targets: np.ndarray |
     pred, target = _as_float64(predictions), _as_float64(targets)
     pred_spread, target_spread = pred.std(dim=0, unbiased=False), target.std(dim=0, unbiased=False)
     collapsed = (pred_spread == 0) | (pred_spread <= COLLAPSE_SPREAD_RATIO * target_spread)
-    return [name for name, flag in zip(ATTRIBUTES, collapsed.tolist()) if flag]
+    return [name for name, flag in zip(ATTRIBUTES, collapsed.tolist(), strict=True) if flag]

@@ -25,15 +25,16 @@ class LabelScaling:
 
     def to_unit(self, values: ArrayT) -> ArrayT:
         """Ratings -> unit scale."""
-        return (values - self.minimum) / (self.maximum - self.minimum)  # type: ignore[operator]
+        scaled: Any = values  # a float, an array or a Tensor: the same arithmetic keeps the input's type
+        return (scaled - self.minimum) / (self.maximum - self.minimum)
 
     def from_unit(self, values: ArrayT, *, clip: bool = False) -> ArrayT:
         """Unit scale -> ratings; ``clip`` limits them to ``[minimum, maximum]`` (as submissions require)."""
-        ratings = values * (self.maximum - self.minimum) + self.minimum  # type: ignore[operator]
-        if clip and isinstance(ratings, float):
-            return min(max(ratings, self.minimum), self.maximum)  # type: ignore[return-value]
-        if clip:
-            ratings = ratings.clip(self.minimum, self.maximum)  # Tensor.clip and ndarray.clip alike
+        scaled: Any = values  # a float, an array or a Tensor: the same arithmetic keeps the input's type
+        ratings = scaled * (self.maximum - self.minimum) + self.minimum
+        if clip:  # Tensor.clip and ndarray.clip alike; a float has none
+            ratings = (min(max(ratings, self.minimum), self.maximum) if isinstance(ratings, float)
+                       else ratings.clip(self.minimum, self.maximum))
         return ratings
 
     def to_dict(self) -> dict[str, float]:

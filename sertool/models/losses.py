@@ -77,4 +77,4 @@ class SERLoss:
         parts["total"] = total
         # One host sync for all the logged values instead of one per value.
         values = torch.stack([part.detach().float() for part in parts.values()]).tolist()
-        return total, dict(zip(parts, values))
+        return total, dict(zip(parts, values, strict=True))

@@ -40,7 +40,7 @@ class MeanPooling(nn.Module):
 
     def __init__(self, input_dim: int) -> None:
         super().__init__()
-        self.output_dim = input_dim
+        self.output_dim: int = input_dim
 
     def forward(self, frames: Tensor, frame_mask: Tensor) -> Tensor:
         return masked_mean(frames, frame_mask)
@@ -64,7 +64,7 @@ class AttentiveStatisticsPooling(nn.Module):
         attention_dim = attention_dim or input_dim
         self.projection = nn.Linear(input_dim, attention_dim)
         self.score = nn.Linear(attention_dim, 1, bias=False)  # a bias would cancel in the softmax
-        self.output_dim = 2 * input_dim
+        self.output_dim: int = 2 * input_dim
 
     def forward(self, frames: Tensor, frame_mask: Tensor) -> Tensor:
         """``[B, T, D]`` frames and ``[B, T]`` mask -> ``[B, 2·D]``."""
@@ -79,10 +79,10 @@ class AttentiveStatisticsPooling(nn.Module):
         return torch.cat([mean, std], dim=-1)
 
 
-POOLINGS: dict[str, type[nn.Module]] = {"attentive": AttentiveStatisticsPooling, "mean": MeanPooling}
+POOLINGS: dict[str, type[AttentiveStatisticsPooling] | type[MeanPooling]] = {"attentive": AttentiveStatisticsPooling, "mean": MeanPooling}
 
 
-def build_pooling(name: str, input_dim: int) -> nn.Module:
+def build_pooling(name: str, input_dim: int) -> MeanPooling | AttentiveStatisticsPooling:
     """The pooling named by ``ModelConfig.pooling``; its ``output_dim`` sizes the heads.
 
     Raises:

@@ -198,15 +198,25 @@ def _sertool_name(name: str, backbone: str, whisper_table: str) -> str | None:
     if module in _HEAD_NAMES and leaf in ("weight", "bias"):
         return f"{_HEAD_NAMES[module]}.{leaf}"
     if backbone == "wavlm":
-        if name == "weights":
-            return "backbone.layer_weights.logits"
-        if name.startswith("backbone_model."):
-            renamed = name.removeprefix("backbone_model.")
-            for old, new in _LEGACY_WEIGHT_NORM.items():
-                if renamed.endswith(old):
-                    renamed = renamed.removesuffix(old) + new
-            return "backbone.model." + renamed
+        return _wavlm_name(name)
+    return _whisper_name(name, whisper_table)
+
+
+def _wavlm_name(name: str) -> str:
+    """A name of their WavLM backbone → sertool's ("" outside their layout)."""
+    if name == "weights":
+        return "backbone.layer_weights.logits"
+    if not name.startswith("backbone_model."):
         return ""
+    renamed = name.removeprefix("backbone_model.")
+    for old, new in _LEGACY_WEIGHT_NORM.items():
+        if renamed.endswith(old):
+            renamed = renamed.removesuffix(old) + new
+    return "backbone.model." + renamed
+
+
+def _whisper_name(name: str, whisper_table: str) -> str | None:
+    """A name of their Whisper backbone → sertool's (None: an unused part, "": outside their layout)."""
     if name == whisper_table:
         return "backbone.encoder.embed_positions.weight"
     if name in ("embed_positions", "backbone_model.encoder.embed_positions.weight"):
@@ -245,7 +255,7 @@ def _merge_lora(state: dict[str, Tensor], module: str, backbone: str, read: Call
     lora_a, lora_b = read(f"{module}.lora_A").float(), read(f"{module}.lora_B").float()
     ours = _sertool_name(f"{module}.weight", backbone, "")
     weight = state.get(ours) if ours else None
-    if weight is None or lora_a.shape[0] != rank or lora_b.shape[1] != rank \
+    if not ours or weight is None or lora_a.shape[0] != rank or lora_b.shape[1] != rank \
             or (lora_b.shape[0], lora_a.shape[1]) != tuple(weight.shape):
         raise SertoolError(
             f"{source}: LoRA weights of {module} do not fit its weight (rank {rank} from config.json; A "

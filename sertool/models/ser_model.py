@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -108,7 +109,8 @@ class SERModel(nn.Module):
         self.representation_dim = self.pooling.output_dim + sum(
             part.output_dim for part in (self.text_encoder, self.speaker_embedder) if part is not None
         )
-        head_sizes = dict(hidden_dim=config.head_hidden_dim, dropout=config.head_dropout, norm=config.head_norm)
+        head_sizes: dict[str, Any] = dict(hidden_dim=config.head_hidden_dim, dropout=config.head_dropout,
+                                          norm=config.head_norm)
         self.emotion_heads = EmotionHeads(self.representation_dim, output=config.head_output, **head_sizes)
         self.gender_head = GenderHead(self.representation_dim, **head_sizes) if "gender" in config.aux else None
         self.speaker_head = (

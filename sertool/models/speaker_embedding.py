@@ -9,14 +9,15 @@ demo scale, where no pretrained speaker model can be downloaded.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from sertool.errors import SertoolError
+from sertool.hub import load_pretrained
 from sertool.models.backbones import normalize_per_utterance
 from sertool.models.backbones.base import pad_to_min_length
-from sertool.hub import load_pretrained
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,8 @@ class SpeakerEmbedder(nn.Module):
             waveforms = normalize_per_utterance(waveforms, mask)
         lengths = mask.sum(dim=1).clamp(min=self.min_samples).tolist()
         waveforms = pad_to_min_length(waveforms, self.min_samples)
-        embeddings = [self.model(input_values=row[None, :length]).embeddings for row, length in zip(waveforms, lengths)]
+        embeddings = [self.model(input_values=row[None, :length]).embeddings
+                      for row, length in zip(waveforms, lengths, strict=True)]
         return torch.cat(embeddings)
 
 
@@ -91,13 +93,17 @@ class LogMelStatistics(nn.Module):
     long-term spectrum), used where a pretrained x-vector model is out of reach.
     """
 
+    # Buffers (register_buffer), declared so that their type is known.
+    mel_filters: Tensor
+    window: Tensor
+
     def __init__(self) -> None:
         super().__init__()
         from sertool.models.backbones.fbank import N_FFT, NUM_MEL_BINS, mel_filter_bank
 
         self.register_buffer("mel_filters", mel_filter_bank(), persistent=False)
         self.register_buffer("window", torch.hann_window(N_FFT), persistent=False)
-        self.output_dim = 2 * NUM_MEL_BINS
+        self.output_dim: int = 2 * NUM_MEL_BINS
 
     @torch.no_grad()
     def forward(self, waveforms: Tensor, sample_mask: Tensor) -> Tensor:
@@ -112,18 +118,19 @@ class LogMelStatistics(nn.Module):
         return torch.cat([mean, variance.sqrt()], dim=-1)
 
 
-def build_speaker_embedder(name: str, *, flag: str = "--speaker-embedding") -> nn.Module:
+def build_speaker_embedder(name: str, *, flag: str = "--speaker-embedding") -> LogMelStatistics | SpeakerEmbedder:
     """``LogMelStatistics`` for ``log-mel-stats``, else a pretrained ``SpeakerEmbedder``."""
     return LogMelStatistics() if name == LOG_MEL_STATS else SpeakerEmbedder(name, flag=flag)
 
 
-def _min_samples(model: nn.Module) -> int:
+def _min_samples(model: Any) -> int:  # duck-typed: a transformers x-vector model
     """The shortest input whose TDNN output has two frames (the x-vector's std needs two).
 
     TDNN layer ``i`` shortens the sequence by ``(kernel_i − 1) · dilation_i`` frames.
     """
     config = model.config
-    frames_lost = sum((kernel - 1) * dilation for kernel, dilation in zip(config.tdnn_kernel, config.tdnn_dilation))
+    frames_lost = sum((kernel - 1) * dilation
+                      for kernel, dilation in zip(config.tdnn_kernel, config.tdnn_dilation, strict=True))
     candidates = torch.arange(1, _MAX_SEARCH_SAMPLES + 1)
     enough = model._get_feat_extract_output_lengths(candidates) - frames_lost >= 2
     if not enough.any():

@@ -205,7 +205,7 @@ class _EmbeddingCodec:
                 f"gives {self.encoder.output_dim}; delete {path.parent} to recompute"
             )
         rows: dict[str, Tensor] = {}
-        for digest, embedding in zip(digests, embeddings):
+        for digest, embedding in zip(digests, embeddings, strict=True):
             rows.setdefault(bytes(digest.tolist()).hex(), embedding)
         return rows
 

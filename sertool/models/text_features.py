@@ -39,5 +39,6 @@ def transcript_embeddings(
     if cache is None:
         return None
     with_text = [utt for utt in utterances if utt.transcript is not None]
+    # The ignore below: with_text holds only utterances whose transcript is a str, which mypy cannot follow.
     embeddings = cache.get([utt.transcript for utt in with_text])  # type: ignore[misc]
-    return {utt.id: embedding for utt, embedding in zip(with_text, embeddings)}
+    return {utt.id: embedding for utt, embedding in zip(with_text, embeddings, strict=True)}

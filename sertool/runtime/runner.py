@@ -22,7 +22,6 @@ from sertool.runtime.batching import length_sorted_batches
 from sertool.runtime.distributed import Distributed, all_gather_objects
 
 
-
 @dataclass
 class ModelPredictions:
     """Raw model outputs in the order of the utterances they were asked for."""

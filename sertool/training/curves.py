@@ -92,11 +92,11 @@ def plot_curves(runs: Sequence[Curves], path: str | Path, *, title: str | None =
         colour = f"C{index % 10}"
         label = run.name if shared is not None else f"{run.name} ({_validation_set(run)})"
         axes[0].plot(run.train_steps, _nan(run.train_loss), color=colour, label=label, linewidth=1.2)
-        for axis, score in zip(axes[1:], SCORES):
+        for axis, score in zip(axes[1:5], SCORES, strict=True):
             axis.plot(run.valid_steps, _nan(run.valid_ccc[score]), color=colour, marker="o", markersize=3,
                       label=label)
     axes[0].set_title("training loss (total, per optimiser step)")
-    for axis, score in zip(axes[1:], SCORES):
+    for axis, score in zip(axes[1:5], SCORES, strict=True):
         axis.set_title(f"validation CCC, {score}" + (f" — {shared}" if shared else ""))
     for axis in axes[:5]:
         axis.set_xlabel("optimiser step")

@@ -36,9 +36,17 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
-from sertool.checkpoint import (BEST_NAME, LAST_NAME, load_checkpoint, load_stored_state, provenance, save_checkpoint,
-                                stored_state)
+from sertool.checkpoint import (
+    BEST_NAME,
+    LAST_NAME,
+    load_checkpoint,
+    load_stored_state,
+    provenance,
+    save_checkpoint,
+    stored_state,
+)
 from sertool.config import DEFAULT_BACKBONE_IDS, Config, apply_value
 from sertool.data.corpus import open_corpus
 from sertool.data.dataset import Batch, UtteranceDataset, collate
@@ -49,25 +57,33 @@ from sertool.data.transcripts import fill_transcripts
 from sertool.errors import SertoolError
 from sertool.interrupts import Interrupted, StopRequests, quiet_worker, signal_name
 from sertool.io import atomic_write
+from sertool.model_folder import load_model
 from sertool.models.ccc import ccc_scores, collapsed_attributes
 from sertool.models.losses import SERLoss
 from sertool.models.ser_model import SERModel
-from sertool.model_folder import load_model
 from sertool.models.text_features import transcript_embeddings
 from sertool.progress import set_display
 from sertool.runtime import distributed
 from sertool.runtime.distributed import Distributed
 from sertool.runtime.precision import resolve_amp
 from sertool.runtime.runner import run_model
+from sertool.training.curves import CURVES_NAME, plot_curves, read_curves
 from sertool.training.init_from import load_initial_weights
 from sertool.training.optim import LRSchedule, build_optimizer
-from sertool.training.run_folder import (add_command_line, data_fingerprint, locked_run_folder, prepare_run_folder,
-                                        reconcile_config_file, remove_run_outputs, remove_stale_temporaries,
-                                        truncate_metrics, write_config_file, write_environment)
-from sertool.training.curves import CURVES_NAME, plot_curves, read_curves
 from sertool.training.reporter import Reporter
+from sertool.training.run_folder import (
+    add_command_line,
+    data_fingerprint,
+    locked_run_folder,
+    prepare_run_folder,
+    reconcile_config_file,
+    remove_run_outputs,
+    remove_stale_temporaries,
+    truncate_metrics,
+    write_config_file,
+    write_environment,
+)
 from sertool.training.samplers import EpochBatchSampler, class_counts
-
 
 
 class Stop(str, Enum):
@@ -208,7 +224,7 @@ class _Run:
             self._setup_batches()
             self._setup_optimisation()
             self._setup_state(checkpoint)
-            if context.is_main and checkpoint is not None:  # a resume that checks out: record it
+            if context.is_main and checkpoint is not None and recorded is not None:  # a resume that checks out
                 warning = reconcile_config_file(run_dir, recorded=recorded, config=self.config)
                 if warning:
                     reporter.message(f"warning: {warning}")
@@ -264,6 +280,7 @@ class _Run:
     def _setup_data(self, checkpoint: dict[str, Any] | None) -> None:
         """Corpus, selection, transcripts: ``train_set``, ``valid_set``, ``speakers`` and what they are."""
         config = self.config
+        assert config.data.corpus is not None, "train() refuses a config without a corpus before any set-up"
         corpus = open_corpus(config.data.corpus, progress=self._progress("reading audio headers"))
         self.load_report = corpus.report
         selection = select(corpus.utterances, train_split=config.data.train_split, valid_split=config.data.valid_split,
@@ -296,7 +313,7 @@ class _Run:
                               backbone_weights=self.backbone_weights)
         if checkpoint is not None:
             load_stored_state(self.model, checkpoint["model_state"], source=str(self.run_dir / LAST_NAME))
-        elif initial is not None:
+        elif initial is not None and train_config.init_from:
             for note in load_initial_weights(self.model, initial, source=train_config.init_from):
                 self.reporter.message(note)
         self.model.to(self.context.device)
@@ -390,7 +407,7 @@ class _Run:
         if not self.best:
             raise SertoolError(self._no_finite_validation())
         # The validation that made best.pt (the last improving one): were any of its heads near-constant?
-        collapsed = next((record.get("collapsed", []) for record in reversed(self.history) if record["improved"]), [])
+        collapsed: list[str] = next((record.get("collapsed", []) for record in reversed(self.history) if record["improved"]), [])
         result = TrainResult(self.run_dir, best=self.best, best_step=self.best_step, steps=self.step,
                              stopped=self.stopped, skipped_steps=self.skipped_steps, skipped_audio=self.skipped_audio,
                              history=self.history, collapsed=collapsed)
@@ -501,7 +518,8 @@ class _Run:
             batch = batch.to(self.context.device)
             last = index == len(usable) - 1
             # Under DDP, gradients are averaged across ranks only on the last micro-batch of a step.
-            sync = contextlib.nullcontext() if last or not self.context.enabled else self.ddp_model.no_sync()
+            sync = (self.ddp_model.no_sync() if isinstance(self.ddp_model, DistributedDataParallel) and not last
+                    else contextlib.nullcontext())
             with sync:
                 with autocast:
                     output = self.ddp_model(batch.waveforms, batch.sample_mask, text_embeddings=batch.text_embeddings,
@@ -565,7 +583,7 @@ class _Run:
         labels = np.array([utt.labels() for utt in self.valid_set])
         values = self.model.label_scaling.from_unit(predictions.emotion_unit)
         scores = ccc_scores(values, labels)
-        nonfinite = [utt_id for utt_id, row in zip(predictions.ids, predictions.emotion_unit)
+        nonfinite = [utt_id for utt_id, row in zip(predictions.ids, predictions.emotion_unit, strict=True)
                      if not np.isfinite(row).all()]
         finite = not nonfinite and all(math.isfinite(value) for value in scores.values())
         improved = finite and scores["average"] > self.best.get("average", -math.inf)
@@ -709,12 +727,12 @@ class _Run:
                 f"training and {len(self.valid_set)} validation utterances here, but their ids, durations or labels "
                 f"differ from those recorded in {self.run_dir / LAST_NAME}); resume with the run's own corpus")
 
-    def _wrap_ddp(self) -> torch.nn.Module:
+    def _wrap_ddp(self) -> SERModel | DistributedDataParallel:
         if not self.context.enabled:
             return self.model
         device_ids = [self.context.local_rank] if self.context.device.type == "cuda" else None
         # Auxiliary heads may see a batch without any known label; their parameters then get no gradient.
-        return torch.nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids,
+        return DistributedDataParallel(self.model, device_ids=device_ids,
                                                          find_unused_parameters=bool(self.config.model.aux))
 
     def _with_transcripts(self, *splits: list[Utterance]) -> tuple[list[Utterance], ...]:

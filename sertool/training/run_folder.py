@@ -125,7 +125,7 @@ def add_command_line(run_dir: Path, argv: Sequence[str]) -> None:
 def write_environment(run_dir: Path, config: Config, *, data_summary: dict[str, Any], load_report: LoadReport) -> None:
     """``environment.json`` (versions, code revision, seed, machine, data summary) and ``data_report.json``
     (every dropped row and warning of the corpus read, naming its file and line)."""
-    versions = {}
+    versions: dict[str, str | None] = {}
     for package in _RECORDED_PACKAGES:
         try:
             versions[package] = metadata.version(package)

@@ -162,7 +162,7 @@ def epoch_strategy(name: str, *, max_per_class: int | None = None, num_samples: 
     if whole_classes and name != "undersample":
         raise SertoolError(f"classes outside the balance (--ox-outside-balance) apply to --sampling undersample only, "
                            f"not '{name}'")
-    options = {"undersample": {"max_per_class": max_per_class, "whole_classes": frozenset(whole_classes)},
+    options: dict[str, dict[str, Any]] = {"undersample": {"max_per_class": max_per_class, "whole_classes": frozenset(whole_classes)},
                "weighted": {"num_samples": num_samples}}
     return functools.partial(STRATEGIES[name], **options.get(name, {}))
 
@@ -435,6 +435,7 @@ class EpochBatchSampler(Sampler[list[int]]):
         if self.max_batch_s is not None:
             return duration_batches(indices, self.durations_s, max_batch_s=self.max_batch_s, edges=self.edges, rng=rng,
                                     min_batch_items=self.min_batch_items)
+        # The ignore below: batch_size is an int whenever max_batch_s is None (the constructor requires one).
         return fixed_batches(indices, batch_size=self.batch_size, rng=rng)  # type: ignore[arg-type]
 
     def plan(self, epoch: int | None = None) -> list[list[int]]:

@@ -33,7 +33,7 @@ class TensorBoardReporter(Reporter):
             raise missing_package("tensorboard", needed_for="--tensorboard") from None
         self._writer_class = SummaryWriter
         self.log_dir = Path(run_dir) / TENSORBOARD_DIR
-        self._writer = None
+        self._writer: Any = None  # a SummaryWriter once the run starts
 
     def start(self, summary: dict[str, Any]) -> None:
         self._writer = self._writer_class(log_dir=str(self.log_dir))

@@ -72,6 +72,10 @@ class FbankBackbone(SpeechBackbone):
         spec_augment: mask bands and spans of the log-mel input while training.
     """
 
+    # Buffers (register_buffer), declared so that their type is known.
+    mel_filters: Tensor
+    window: Tensor
+
     def __init__(self, dim: int = 256, *, layer_weighting: str = "weighted", num_blocks: int = NUM_BLOCKS,
                  spec_augment: bool = False) -> None:
         super().__init__()

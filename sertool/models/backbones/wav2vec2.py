@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from sertool.errors import SertoolError
+from sertool.hub import load_pretrained
 from sertool.models.backbones.base import (
     SpeechBackbone,
     grad_context,
@@ -29,7 +30,6 @@ from sertool.models.backbones.base import (
     make_layer_weighting,
     pad_to_min_length,
 )
-from sertool.hub import load_pretrained
 
 NORMALIZATION_EPS = 1e-7  # the variance floor of transformers' Wav2Vec2FeatureExtractor
 _MAX_RECEPTIVE_FIELD_SAMPLES = 16_000  # search bound for the shortest input that yields one frame
@@ -51,7 +51,7 @@ class Wav2Vec2FamilyBackbone(SpeechBackbone):
 
     def __init__(
         self,
-        model: nn.Module,
+        model: Any,  # duck-typed: any transformers model of the family (config, feature_extractor, lengths)
         *,
         normalize_input: bool,
         layer_weighting: str,
@@ -186,13 +186,14 @@ def _freeze_cnn(feature_encoder: nn.Module) -> None:
     """Freeze the CNN front end the way transformers does (``freeze_feature_encoder``, which HuBERT
     lacks): its ``_freeze_parameters`` also stops it from forcing gradients onto its output, which would
     keep the CNN's activations alive for nothing."""
-    if hasattr(feature_encoder, "_freeze_parameters"):
-        feature_encoder._freeze_parameters()
+    freeze = getattr(feature_encoder, "_freeze_parameters", None)
+    if freeze is not None:
+        freeze()
     else:
         feature_encoder.requires_grad_(False)
 
 
-def _min_samples_for_one_frame(model: nn.Module) -> int:
+def _min_samples_for_one_frame(model: Any) -> int:
     """The shortest input (in samples) for which the model's own length arithmetic gives one frame."""
     candidates = torch.arange(1, _MAX_RECEPTIVE_FIELD_SAMPLES + 1)
     produces_frame = model._get_feat_extract_output_lengths(candidates) >= 1

@@ -20,15 +20,19 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from sertool.errors import SertoolError
-from sertool.models.backbones.base import SpeechBackbone, grad_context, lengths_to_mask, make_layer_weighting
 from sertool.hub import load_pretrained
+from sertool.models.backbones.base import SpeechBackbone, grad_context, lengths_to_mask, make_layer_weighting
 from sertool.models.lora import apply_lora
+
+if TYPE_CHECKING:
+    from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 SAMPLE_RATE = 16_000  # Hz
 N_FFT = 400  # 25 ms analysis window
@@ -59,9 +63,13 @@ class WhisperBackbone(SpeechBackbone):
             the position embeddings.
     """
 
+    # Buffers (register_buffer), declared so that their type is known.
+    mel_filters: Tensor
+    window: Tensor
+
     def __init__(
         self,
-        encoder: nn.Module,
+        encoder: WhisperEncoder,
         *,
         layer_weighting: str,
         frozen: bool,
@@ -120,7 +128,7 @@ class WhisperBackbone(SpeechBackbone):
             ``mel`` ``[B, num_mel_bins, F]`` (zero beyond each row's length) and ``mel_lengths`` ``[B]``.
         """
         spectra = []
-        for waveform, length in zip(waveforms, sample_lengths.tolist()):
+        for waveform, length in zip(waveforms, sample_lengths.tolist(), strict=True):
             waveform = nn.functional.pad(waveform[:length], (0, max(0, N_FFT - length)))
             stft = torch.stft(waveform, N_FFT, HOP_LENGTH, window=self.window, return_complex=True)
             power = stft[:, :-1].abs() ** 2  # drop the last frame, as the feature extractor does
@@ -255,14 +263,15 @@ def load_whisper(
                                freeze_feature_encoder=freeze_feature_encoder, lora_rank=lora_rank,
                                lora_alpha=lora_alpha, window_s=window_s, gradient_checkpointing=gradient_checkpointing)
     with _quiet_transformers():  # its load report would list every skipped decoder tensor
-        model, loading_info = load_pretrained(
+        # output_loading_info=True makes from_pretrained return (model, info), which its annotation does not say.
+        model, loading_info = cast(tuple[WhisperForAudioClassification, dict[str, Any]], load_pretrained(
             WhisperForAudioClassification.from_pretrained,
             name_or_path,
             flag="--backbone-path",
             config=config,
             dtype=torch.float32,
             output_loading_info=True,
-        )
+        ))
     missing = sorted(key for key in loading_info["missing_keys"] if key.startswith("encoder."))
     if missing:
         raise SertoolError(f"--backbone-path {name_or_path}: holds no Whisper encoder weights (e.g. {missing[0]})")

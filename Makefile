@@ -58,6 +58,7 @@ demo: install $(DEMO)/submission.csv
 	@echo
 	@echo "demo finished — look at:"
 	@echo "  plots:       $(DEMO)/plots/fbank-gender.png  $(DEMO)/plots/mm-fbank.png"
+	@echo "  curves:      $(AUDIO_RUN)/curves.png  $(TEXT_RUN)/curves.png  (training loss, validation CCC)"
 	@echo "  predictions: $(DEMO)/predictions/   (Development, with labels beside them)"
 	@echo "  ensemble:    $(DEMO)/ensemble.json  (evaluate/predict accept it as a checkpoint)"
 	@echo "  floor:       $(DEMO)/baseline/      (sertool baseline: ridge on acoustic statistics)"
@@ -67,7 +68,7 @@ $(DEMO_LABELS): | install
 	$(SERTOOL) data demo $(DEMO_CORPUS) --force
 	$(SERTOOL) data info $(DEMO_CORPUS)
 
-$(DEMO)/runs/%/best.pt: configs/demo/%.yaml $(DEMO_LABELS)
+$(DEMO)/runs/%/best.pt: sertool/configs/demo/%.yaml $(DEMO_LABELS)
 	$(SERTOOL) train --config $< --corpus $(DEMO_CORPUS) --out $(DEMO)/runs/$* --force
 
 $(DEMO)/predictions/%.csv: $(DEMO)/runs/%/best.pt

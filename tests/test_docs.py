@@ -29,7 +29,7 @@ def test_every_numeric_option_documents_its_allowed_values():
 def test_every_command_has_a_worked_example():
     text = (DOCS / "cli.md").read_text()
     for command in ("data demo", "data info", "data manifest", "data speakers", "train", "evaluate", "predict",
-                    "ensemble", "export", "baseline", "reproduce"):
+                    "ensemble", "export", "baseline", "reproduce", "plot"):
         assert f"sertool {command}" in text, command
 
 

@@ -142,7 +142,7 @@ def test_push_to_hub_needs_a_token_before_any_work(run_dir, tmp_path, monkeypatc
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
     result = run("export", run_dir, "--out", tmp_path / "model", "--push-to-hub", "me/model")
-    assert result.exit_code == 2 and "huggingface-cli login" in result.output
+    assert result.exit_code == 2 and "hf auth login" in result.output
     assert not (tmp_path / "model").exists()
     with pytest.raises(SertoolError, match="owner/name"):
         export_model(run_dir, tmp_path / "model", push_to_hub="no-owner")
@@ -177,7 +177,7 @@ def test_a_hub_id_loads_the_cached_folder_offline(run_dir, audio, tmp_path, monk
     assert missing.exit_code == 2
     assert missing.output.strip().splitlines() == [
         "error: me/other: no such file or folder here, not in the local model-hub cache, and the model hub cannot be "
-        "reached. Download it on a machine with network access (`huggingface-cli download me/other config.json "
+        "reached. Download it on a machine with network access (`hf download me/other config.json "
         "model.safetensors README.md --local-dir DIR`), copy DIR here and pass DIR instead of the id."]
 
 

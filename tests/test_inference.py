@@ -165,6 +165,37 @@ def test_ensemble_bootstrap_gives_the_gain_over_each_member_a_paired_interval(co
         assert f"[{low:+.3f}, {high:+.3f}]" in ci_lines[index]
 
 
+def _score_rows(output: str) -> list[list[str]]:
+    """The cells after the system name of every row of the score table (names may fold, numbers never do)."""
+    rows = []
+    for line in output.splitlines():
+        cells = [cell.strip() for cell in line.split("│")[1:-1]]
+        if len(cells) >= 6 and cells[1].replace(",", "").isdigit():
+            rows.append(cells[1:6])
+    return rows
+
+
+def _as_printed(system: dict) -> list[str]:
+    return [f"{system['utterances']:,}", *(f"{system['ccc'][name]:.4f}"
+                                           for name in ("arousal", "valence", "dominance", "average"))]
+
+
+def test_scores_json_holds_the_numbers_of_the_printed_table(corpus, runs, tmp_path):
+    for command in (["evaluate", runs["ox"]], ["ensemble", runs["a"], runs["ox"]]):
+        table = run(*command, "--corpus", corpus, "--split", "Development", "--scores", tmp_path / "s.json", "--force")
+        assert table.exit_code == 0, table.output
+        document = json.loads((tmp_path / "s.json").read_text())
+        assert document["split"] == "Development" and document["corpus"] == str(corpus)
+        assert _score_rows(table.output) == [_as_printed(system) for system in document["systems"]]
+        assert all(system["utterances"] == 6 and system["excluded_trained_on"] == 2 for system in document["systems"])
+        printed = CliRunner().invoke(cli, [str(arg) for arg in command] + ["--corpus", str(corpus), "--json"])
+        assert printed.exit_code == 0, printed.output
+        assert json.loads(printed.stdout) == document  # stdout holds the JSON alone, the same numbers
+    assert document["systems"][-1]["system"] == "ensemble" and len(document["systems"]) == 3
+    refused = run("ensemble", runs["a"], runs["b"], "--corpus", corpus, "--split", "Test3", "--json")
+    assert refused.exit_code == 2 and "--split Test3 has no A/V/D labels" in refused.output
+
+
 def test_batched_evaluation_equals_one_at_a_time(corpus, runs):
     utterances = open_corpus(corpus).split("Development")
     batched = open_predictor(runs["a"], InferenceOptions(max_batch_s=1000.0)).predict(utterances)

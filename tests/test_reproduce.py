@@ -20,7 +20,7 @@ from sertool.experiments.grid import read_grid
 from sertool.experiments.reproduce import reproduce
 from tests.corpus_files import write_learnable_corpus
 
-PAPER_GRID = Path(__file__).resolve().parent.parent / "configs" / "paper" / "grid.yaml"
+PAPER_GRID = Path(__file__).resolve().parent.parent / "sertool" / "configs" / "paper" / "grid.yaml"
 
 
 def _grid(folder: Path, systems=("wavlm", "mmwavlm-gender")) -> Path:

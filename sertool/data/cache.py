@@ -19,6 +19,7 @@ digest of each input::
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -30,6 +31,7 @@ from typing import Generic, Protocol, TypeVar
 
 from sertool.errors import SertoolError
 from sertool.io import write_cache_file
+from sertool.progress import task
 
 V = TypeVar("V")
 _READ_BLOCK_BYTES = 1 << 20
@@ -109,7 +111,7 @@ class ContentCache(Generic[V]):
         self._loaded_files: set[str] = set()
 
     def get(self, keys: Sequence[str], compute: Callable[[list[int]], Sequence[V]], *, group_size: int = 0,
-            progress: Callable[[int, int], None] | None = None) -> list[V]:
+            progress: Callable[[int, int], None] | None = None, label: str = "computing {:,} items") -> list[V]:
         """The values of ``keys``, in order; computes only those not cached yet.
 
         Each distinct key is computed once, even when repeated in ``keys``.
@@ -119,7 +121,8 @@ class ContentCache(Generic[V]):
             compute: given positions in ``keys`` (one per distinct missing key), their values in that order.
             group_size: compute and save at most this many at a time, so that a crash loses at most one
                 group's work (0: all at once, one file).
-            progress: ``(done, total)`` over the missing items, before the first group and after each.
+            progress: ``(done, total)`` over the missing items, before the first group and after each; by
+                default a ``sertool.progress`` task named ``label`` (formatted with the number of misses).
 
         Raises:
             SertoolError: a cache file cannot be read (the message names it).
@@ -135,16 +138,17 @@ class ContentCache(Generic[V]):
         self.hits += len(keys) - missed
         pending = list(first_position.items())
         step = group_size or max(len(pending), 1)
-        if pending and progress is not None:
-            progress(0, len(pending))
-        for start in range(0, len(pending), step):
-            group = pending[start:start + step]
-            values = compute([position for _, position in group])
-            rows = {key: value for (key, _), value in zip(group, values, strict=True)}
-            self._write(rows)
-            self._rows.update(rows)
-            if progress is not None:
-                progress(start + len(group), len(pending))
+        if not pending:
+            return [self._rows[key] for key in keys]
+        with contextlib.nullcontext(progress) if progress is not None else task(label.format(len(pending))) as update:
+            update(0, len(pending))
+            for start in range(0, len(pending), step):
+                group = pending[start:start + step]
+                values = compute([position for _, position in group])
+                rows = {key: value for (key, _), value in zip(group, values, strict=True)}
+                self._write(rows)
+                self._rows.update(rows)
+                update(start + len(group), len(pending))
         return [self._rows[key] for key in keys]
 
     def _load_new_files(self) -> None:

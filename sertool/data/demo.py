@@ -36,7 +36,7 @@ from typing import Callable, Iterator, NamedTuple, Sequence
 import numpy as np
 
 from sertool.data.records import GENDERS, LABEL_MAX, LABEL_MIN, MSP_LABELS_HEADER
-from sertool.errors import SertoolError
+from sertool.errors import SertoolError, missing_package
 from sertool.splits import DEVELOPMENT, HELD_OUT_SPLITS, TEST1, TRAIN, UNLABELLED_SPLIT
 
 # ---------------------------------------------------------------------------------------------------------
@@ -366,10 +366,7 @@ def _require_espeak() -> ModuleType:
     try:
         import espeakng_loader
     except ImportError:
-        raise SertoolError(
-            "the demo corpus needs eSpeak NG: install it with `pip install espeakng-loader` "
-            "(or `pip install 'sertool[demo]'`)"
-        ) from None
+        raise missing_package("espeakng-loader", needed_for="the demo corpus (eSpeak NG speech)") from None
     return espeakng_loader
 
 

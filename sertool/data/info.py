@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 from sertool.data.records import EMO_CLASSES, NO_CLASS_CODES, Utterance
 from sertool.data.rows import Corpus
@@ -48,6 +49,20 @@ def _summary(name: str, utterances: list[Utterance]) -> SplitSummary:
         min_duration_s=min(durations_s, default=0.0), max_duration_s=max(durations_s, default=0.0),
         genders=Counter(utt.gender or "unknown" for utt in utterances),
         classes=Counter(utt.emo_class or "?" for utt in utterances))
+
+
+def summary_document(corpus: Corpus, summaries: list[SplitSummary]) -> dict[str, Any]:
+    """What ``sertool data info --json`` prints: the numbers of its tables, unrounded, per split (and ``all``),
+    with the rows the read dropped."""
+    splits = [{"split": summary.name, "utterances": summary.utterances, "hours": summary.hours,
+               "min_duration_s": summary.min_duration_s, "max_duration_s": summary.max_duration_s,
+               "speakers": summary.speakers, "labelled": summary.labelled, "with_transcript": summary.with_transcript,
+               "genders": {key: summary.genders[key] for key in ("Male", "Female", "unknown")},
+               "classes": {code: summary.classes[code] for code in class_order(summaries) if summary.classes[code]},
+               "no_class_share": summary.no_class_share}
+              for summary in summaries]
+    return {"corpus": str(corpus.root), "kind": corpus.kind, "dropped_rows": len(corpus.report.dropped),
+            "splits": splits}
 
 
 def class_order(summaries: list[SplitSummary]) -> list[str]:

@@ -5,6 +5,7 @@ so none of them imports another reader's module.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -16,6 +17,7 @@ from sertool.data.records import Utterance
 from sertool.data.report import LoadReport, Problem
 from sertool.data.scan_cache import ScanCache
 from sertool.errors import SertoolError
+from sertool.progress import task
 from sertool.splits import SPLITS
 
 # Header reads are I/O-bound (often on network storage); threads overlap the waits.
@@ -137,11 +139,13 @@ def read_headers(paths: Sequence[str | os.PathLike[str]], *, scan: ScanCache | N
     """``audio_info`` of each path, or the ``SertoolError`` it raised, in order.
 
     Headers of unchanged files come from the scan cache (``scan``; None: the default cache folder's); the
-    others are read in parallel threads and recorded there.
+    others are read in parallel threads and recorded there. Without ``progress``, the scan is a progress
+    task of its own (drawn where the command draws bars).
     """
-    return (scan or ScanCache()).read(
-        paths, audio_info, errors=(SertoolError,), kind="audio-headers", columns=(int, int, int),
-        decode=_decode_header, threads=HEADER_READ_THREADS, progress=progress)
+    with (contextlib.nullcontext(progress) if progress else task(f"reading {len(paths):,} audio headers")) as update:
+        return (scan or ScanCache()).read(
+            paths, audio_info, errors=(SertoolError,), kind="audio-headers", columns=(int, int, int),
+            decode=_decode_header, threads=HEADER_READ_THREADS, progress=update)
 
 
 def _decode_header(entry: tuple) -> tuple[int, int, int]:

@@ -248,7 +248,8 @@ class TranscriptCache:
             log.info("transcribing %d audio items with %s", len(positions), self.transcriber.model_name_or_path)
             return self.transcriber.transcribe([_waveform(audio[position]) for position in positions])
 
-        return self._cache.get(digests, transcribe, group_size=_ROWS_PER_FILE, progress=progress)
+        return self._cache.get(digests, transcribe, group_size=_ROWS_PER_FILE, progress=progress,
+                               label="transcribing {:,} utterances (ASR)")
 
 
 class _TranscriptCodec:

@@ -1,6 +1,6 @@
 """The paper's experiment grid: which systems, how they are laid out in tables, how they are scaled.
 
-The grid file (``configs/paper/grid.yaml``) names systems by their config file in the same folder, groups
+The grid file (``sertool/configs/paper/grid.yaml``) names systems by their config file in the same folder, groups
 them into tables with the paper's Development CCC beside each, and lists ensembles of systems. At demo scale
 each system's pretrained models are replaced by stand-ins and a few training settings are overridden, so
 that the whole grid runs on a CPU in minutes; at real scale the configs run as they are, with model
@@ -20,6 +20,9 @@ from sertool.config import Config, apply_value
 from sertool.errors import SertoolError
 
 SCALES = ("demo", "real")
+# The paper's grid and its configs are package data (setup.cfg), so an installed sertool finds them wherever
+# it runs; in a checkout they are the same files.
+PAPER_GRID = Path(__file__).resolve().parent.parent / "configs" / "paper" / "grid.yaml"
 
 
 @dataclass(frozen=True)
@@ -117,7 +120,7 @@ def read_grid(path: str | Path) -> Grid:
                     {section: dict(values) for section, values in (demo.get("overrides", {}) or {}).items()})
     except (KeyError, TypeError, ValueError, AttributeError) as error:
         raise SertoolError(f"--grid {path}: malformed grid ({type(error).__name__}: {error}); "
-                           "see configs/paper/grid.yaml for the layout") from None
+                           "see sertool/configs/paper/grid.yaml for the layout") from None
 
 
 def _file_name(value: Any) -> str:

@@ -27,7 +27,7 @@ from sertool.checkpoint import LAST_NAME
 from sertool.data.corpus import open_corpus
 from sertool.data.records import ATTRIBUTES, Utterance
 from sertool.errors import SertoolError
-from sertool.experiments.grid import SCALES, Ensemble, Grid, read_grid
+from sertool.experiments.grid import PAPER_GRID, SCALES, Ensemble, Grid, read_grid
 from sertool.inference.predictions import read_predictions, write_predictions
 from sertool.inference.predictor import InferenceOptions
 from sertool.inference.workflows import Scores, ensemble, evaluate
@@ -39,14 +39,14 @@ EVAL_SPLITS = HELD_OUT_SPLITS
 COLUMNS = (*ATTRIBUTES, "average")
 
 
-def reproduce(grid_path: str | Path, *, corpus: str | Path, scale: str, out_dir: str | Path, seeds: int = 1,
+def reproduce(grid_path: str | Path | None = None, *, corpus: str | Path, scale: str, out_dir: str | Path, seeds: int = 1,
               model_locations: dict[str, str] | None = None, only: Sequence[str] | None = None,
               device: str = "auto", reporter_factory: Callable[[], Reporter] | None = None,
               say: Callable[[str], None] = lambda text: None) -> Path:
     """Run the grid; returns the path of the written tables (``<out_dir>/tables.md``).
 
     Args:
-        grid_path: e.g. ``configs/paper/grid.yaml``.
+        grid_path: a grid file; default: the paper's (``PAPER_GRID``, shipped with sertool).
         corpus: the corpus every system trains and is evaluated on.
         scale: ``"demo"`` (stand-ins, demo overrides) or ``"real"`` (the configs as they are).
         out_dir: ``runs/``, ``predictions/``, ``scores/`` and ``tables.md`` go here.
@@ -62,6 +62,7 @@ def reproduce(grid_path: str | Path, *, corpus: str | Path, scale: str, out_dir:
         raise SertoolError(f"--scale {scale!r}: choose one of {', '.join(SCALES)}")
     if seeds < 1:
         raise SertoolError(f"--seeds {seeds}: train every system at least once")
+    grid_path = PAPER_GRID if grid_path is None else grid_path
     grid = read_grid(grid_path)
     out_dir = Path(out_dir)
     systems = [system for system in grid.systems if only is None or system in only]

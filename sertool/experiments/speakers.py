@@ -15,7 +15,8 @@ import torch
 
 from sertool.config import DEFAULT_EVAL_BATCH_S
 from sertool.data.records import Utterance
-from sertool.errors import SertoolError
+from sertool.errors import SertoolError, missing_package
+from sertool.progress import task
 
 
 @dataclass
@@ -37,14 +38,16 @@ def speaker_map(utterances: Sequence[Utterance], speaker_model: str, *, device: 
     embedder = build_speaker_embedder(speaker_model, flag="--speaker-model").to(device).eval()
     dataset = UtteranceDataset(utterances, to_unit=float)
     matrix = np.zeros((len(utterances), embedder.output_dim))
-    with torch.no_grad():
-        for batch_indices in length_sorted_batches([u.duration_s for u in utterances], max_batch_s=DEFAULT_EVAL_BATCH_S):
+    batches = length_sorted_batches([u.duration_s for u in utterances], max_batch_s=DEFAULT_EVAL_BATCH_S)
+    with torch.no_grad(), task(f"speaker embeddings ({len(utterances):,} utterances)") as progress:
+        for done, batch_indices in enumerate(batches, start=1):
             batch = collate([dataset[index] for index in batch_indices])
             if batch.skipped:
                 raise SertoolError(f"cannot read {batch.skipped[0]}")
             vectors = embedder(batch.waveforms.to(device), batch.sample_mask.to(device)).float().cpu().numpy()
             for index, vector in zip(batch_indices, vectors, strict=True):
                 matrix[index] = vector
+            progress(done, len(batches))
     speakers = [utt.speaker for utt in utterances]
     points, explained = _pca_2d(matrix)
     # The ignore below: the figure's utterances come from choose_utterances, which keeps those with a speaker.
@@ -76,7 +79,7 @@ def plot_speaker_map(result: SpeakerMap, path: str | Path, *, title: str) -> Non
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
-        raise SertoolError("plots need matplotlib: pip install 'sertool[plot]'") from None
+        raise missing_package("matplotlib", needed_for="plotting") from None
     from sertool.io import atomic_write
 
     figure = Figure(figsize=(6.5, 5.5), dpi=100)

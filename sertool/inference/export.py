@@ -214,7 +214,7 @@ def _check_can_push(repo_id: str) -> None:
     if not is_repo_id(repo_id):
         raise SertoolError(f"--push-to-hub {repo_id}: give a model repository id, owner/name")
     if get_token() is None:
-        raise SertoolError("--push-to-hub: no model-hub token on this machine; run `huggingface-cli login` (or set "
+        raise SertoolError("--push-to-hub: no model-hub token on this machine; run `hf auth login` (or set "
                            "HF_TOKEN) and export again")
 
 
@@ -230,6 +230,6 @@ def _push(folder: Path, repo_id: str) -> str:
     except (OSError, ValueError) as error:
         first = next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)
         raise SertoolError(f"--push-to-hub {repo_id}: upload failed ({first[:200]}); {folder} is complete: upload it "
-                           f"later with `huggingface-cli upload {repo_id} {folder}`") from None
+                           f"later with `hf upload {repo_id} {folder}`") from None
     return str(url)
 

@@ -1,6 +1,6 @@
 """The evaluation figure: what a researcher looks at first after a run.
 
-matplotlib is an optional dependency (``pip install 'sertool[plot]'``), imported only when a figure is
+matplotlib is an optional dependency (setup.cfg's extra ``plot``), imported only when a figure is
 drawn. The figure is drawn on an Agg canvas of its own rather than through ``pyplot``, so no global
 backend is switched and no window opens, on a headless server or inside a notebook alike.
 """
@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from sertool.data.records import ATTRIBUTES, EMO_CLASSES, LABEL_MAX, LABEL_MIN
-from sertool.errors import SertoolError
+from sertool.errors import missing_package
 from sertool.inference.predictions import Predictions
 from sertool.io import atomic_write
 from sertool.models.ccc import ccc_scores
@@ -52,7 +52,7 @@ def plot_evaluation(predictions: Predictions, labels: np.ndarray, classes: Seque
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
-        raise SertoolError("plotting needs matplotlib: pip install 'sertool[plot]'") from None
+        raise missing_package("matplotlib", needed_for="plotting") from None
     labels = np.asarray(labels, dtype=np.float64)
     if labels.shape != predictions.values.shape:
         raise ValueError(f"plot_evaluation: labels of shape {labels.shape} for predictions {predictions.values.shape}")

@@ -121,7 +121,7 @@ class CheckpointPredictor:
             if self._text_cache is None:
                 self._text_cache = text_embedding_cache(model, self.options.cache_dir)
         device = self.options.torch_device()
-        raw = run_model(model, utterances, device=device,
+        raw = run_model(model, utterances, device=device, description=f"predicting with {self.name}",
                         text_embeddings=transcript_embeddings(model, utterances, cache=self._text_cache),
                         max_batch_s=self.options.max_batch_s, num_workers=self.options.num_workers,
                         amp_dtype=resolve_amp(self.options.amp, device))

@@ -5,6 +5,7 @@ import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -23,7 +24,7 @@ from sertool.inference.predictor import (
     union_of_training_ids,
 )
 from sertool.inference.writers import WRITERS, format_of, write_submission
-from sertool.io import check_writable
+from sertool.io import check_writable, write_json_document
 from sertool.models.bootstrap import BootstrapResult, Interval, bootstrap_ccc
 from sertool.models.ccc import ccc_scores, collapsed_attributes
 from sertool.splits import DEVELOPMENT
@@ -51,12 +52,32 @@ class Scores:
     ci: dict[str, Interval] | None = None
     collapsed: list[str] = field(default_factory=list)  # attributes with near-constant predictions
 
+    def to_json(self) -> dict[str, Any]:
+        """The row as JSON-ready data: the same numbers ``print_scores`` shows, unrounded."""
+        return {"system": self.name, "utterances": self.num_utterances, "ccc": dict(self.ccc),
+                "ci": None if self.ci is None else {name: [ci.low, ci.high] for name, ci in self.ci.items()},
+                "gender_accuracy": self.gender_accuracy, "gender_uar": self.gender_uar,
+                "excluded_trained_on": self.excluded_trained_on, "training_data_known": self.training_data_known,
+                "collapsed": list(self.collapsed)}
+
+
+def scores_document(rows: Sequence[Scores], *, split: str, corpus: str | Path | None,
+                    differences: Sequence[Difference] = ()) -> dict[str, Any]:
+    """What ``evaluate --scores`` / ``ensemble --scores`` write (and ``--json`` prints): the split, each
+    system's CCC per attribute and average with its utterance count, and the ensemble's gains."""
+    return {"split": split, "corpus": None if corpus is None else str(corpus),
+            "systems": [row.to_json() for row in rows],
+            "differences": [{"system": item.system, "reference": item.reference, "ccc": dict(item.value),
+                             "ci": {name: [ci.low, ci.high] for name, ci in item.ci.items()}}
+                            for item in differences]}
+
 
 @dataclass
 class EvaluationResult:
     scores: Scores
     predictions: Predictions
     written: list[Path] = field(default_factory=list)
+    document: dict[str, Any] = field(default_factory=dict)  # scores_document: what --scores writes
 
 
 def labelled(utterances: Sequence[Utterance], split: str) -> np.ndarray:
@@ -111,7 +132,8 @@ def check_outputs(*, out: Path | None, file_format: str | None, submission: Path
 
 
 def evaluate(model_path: str | Path, utterances: Sequence[Utterance], *, split: str, options: InferenceOptions,
-             out: Path | None = None, plot: Path | None = None, force: bool = False, bootstrap: int = 0,
+             out: Path | None = None, plot: Path | None = None, scores: Path | None = None,
+             corpus: str | Path | None = None, force: bool = False, bootstrap: int = 0,
              bootstrap_seed: int = 0) -> EvaluationResult:
     """Predict a labelled split with a checkpoint / run folder / CSV / ensemble and score it.
 
@@ -119,14 +141,15 @@ def evaluate(model_path: str | Path, utterances: Sequence[Utterance], *, split: 
     ``--dev-ox-to-train`` run) are left out of the score, the predictions file and the plot; the
     ``Scores`` say how many.
 
-    Writes the predictions CSV (labels beside them) to ``out`` and the plot to ``plot`` when given.
+    Writes the predictions CSV (labels beside them) to ``out``, the plot to ``plot`` and the scores as JSON
+    (``scores_document``; ``corpus`` names where the split came from) to ``scores`` when given.
     ``bootstrap`` > 0 adds a bootstrap confidence interval of each CCC (``sertool.models.bootstrap``,
     ``bootstrap`` resamples of the scored utterances, seeded by ``bootstrap_seed``).
 
     Raises:
         SertoolError: unlabelled utterances, or every utterance of the split was trained on.
     """
-    check_writable([out, plot], force=force)
+    check_writable([out, plot, scores], force=force)
     predictor = open_predictor(model_path, options)
     kept = _held_out(utterances, predictor.training_ids, split=split, name=predictor.name)
     utterances = kept.utterances
@@ -135,6 +158,7 @@ def evaluate(model_path: str | Path, utterances: Sequence[Utterance], *, split: 
     result = EvaluationResult(score(predictor.name, output, utterances, labels, held_out=kept), output.predictions)
     if bootstrap:
         result.scores.ci = _resampled([output.predictions.values], labels, bootstrap, bootstrap_seed).interval(0)
+    result.document = scores_document([result.scores], split=split, corpus=corpus)
     if out is not None:
         WRITERS[format_of(out)](output.predictions, out, labels=labels)
         result.written.append(out)
@@ -143,6 +167,9 @@ def evaluate(model_path: str | Path, utterances: Sequence[Utterance], *, split: 
 
         plot_evaluation(output.predictions, labels, [utt.emo_class for utt in utterances], plot)
         result.written.append(plot)
+    if scores is not None:
+        write_json_document(result.document, scores)
+        result.written.append(scores)
     return result
 
 
@@ -199,6 +226,8 @@ class EnsembleResult:
     predictions: Predictions
     # With ``bootstrap``: the ensemble's CCC minus each member's, with a paired bootstrap interval.
     differences: list[Difference] = field(default_factory=list)
+    document: dict[str, Any] | None = None  # scores_document (None on an unlabelled split): what --scores writes
+    written: list[Path] = field(default_factory=list)
 
 
 @dataclass
@@ -221,7 +250,8 @@ def difference(scores: Sequence[Scores], resampled: BootstrapResult, *, system: 
 def ensemble(member_paths: Sequence[str | Path], utterances: Sequence[Utterance], *, split: str,
              options: InferenceOptions, weights: Sequence[float] | None = None, per_attribute: bool = False,
              selection_utterances: Sequence[Utterance] | None = None, selection_split: str = DEVELOPMENT,
-             save: Path | None = None, force: bool = False, bootstrap: int = 0,
+             save: Path | None = None, scores: Path | None = None, corpus: str | Path | None = None,
+             require_scores: bool = False, force: bool = False, bootstrap: int = 0,
              bootstrap_seed: int = 0) -> EnsembleResult:
     """Combine members (checkpoints, run folders, predictions CSVs, saved ensembles) on ``utterances``.
 
@@ -235,18 +265,19 @@ def ensemble(member_paths: Sequence[str | Path], utterances: Sequence[Utterance]
         bootstrap: resamples of a bootstrap CI of every CCC, and of the ensemble's gain over each member
             (paired: the same resamples for all); 0: none.
         bootstrap_seed: the resamples' seed.
+        scores: write the members' and the ensemble's scores (and gains) here as JSON (``scores_document``;
+            ``corpus`` names where the split came from); the split must be labelled.
+        require_scores: the caller needs ``EnsembleResult.document`` (``--json``): refuse an unlabelled split
+            before any work, as ``scores`` does.
 
     Scores (and the per-attribute choice) leave out every utterance any member trained on: the members
     and the ensemble are scored on the same utterances, the intersection of the members' held-out sets.
     The predictions cover every utterance.
     """
-    check_writable([save], force=force)
-    if len(member_paths) < 2:
-        raise SertoolError("an ensemble needs at least two members")
-    if weights and len(weights) != len(member_paths):
-        raise SertoolError(f"--weights: {len(weights)} weights for {len(member_paths)} members")
-    if weights and per_attribute:
-        raise SertoolError("--weights and --per-attribute best exclude each other")
+    check_writable([save, scores], force=force)
+    has_labels = all(utt.has_labels for utt in utterances)
+    _check_ensemble_request(len(member_paths), split=split, weights=weights, per_attribute=per_attribute,
+                            scores_needed=(scores is not None or require_scores) and not has_labels)
     predictors = [open_predictor(path, options) for path in member_paths]
     names = [_member_name(path, save) for path in member_paths]
     trained_on = union_of_training_ids(predictors)
@@ -262,7 +293,6 @@ def ensemble(member_paths: Sequence[str | Path], utterances: Sequence[Utterance]
     else:
         plan = mean_plan(names, weights)
     combined = apply_plan(plan, members)
-    has_labels = all(utt.has_labels for utt in utterances)
     result = EnsembleResult([], None, plan, combined)
     if has_labels:
         kept = _held_out(utterances, trained_on, split=split, name="the ensemble's members")
@@ -278,9 +308,32 @@ def ensemble(member_paths: Sequence[str | Path], utterances: Sequence[Utterance]
                 row.ci = resampled.interval(index)
             result.differences = [difference(rows, resampled, system=len(predictors), reference=index)
                                   for index in range(len(predictors))]
+        result.document = scores_document(rows, split=split, corpus=corpus, differences=result.differences)
     if save is not None:
         write_plan(plan, save)
+        result.written.append(save)
+    if scores is not None:
+        write_json_document(result.document, scores)
+        result.written.append(scores)
     return result
+
+
+def _check_ensemble_request(num_members: int, *, split: str, weights: Sequence[float] | None, per_attribute: bool,
+                            scores_needed: bool) -> None:
+    """Before any work: an ensemble's flags fit together (``scores_needed``: scores asked of an unlabelled split).
+
+    Raises:
+        SertoolError: naming the flags that conflict.
+    """
+    if scores_needed:
+        raise SertoolError(f"--split {split} has no A/V/D labels: there are no scores for --scores or --json; "
+                           "drop them, or choose a labelled split")
+    if num_members < 2:
+        raise SertoolError("an ensemble needs at least two members")
+    if weights and len(weights) != num_members:
+        raise SertoolError(f"--weights: {len(weights)} weights for {num_members} members")
+    if weights and per_attribute:
+        raise SertoolError("--weights and --per-attribute best exclude each other")
 
 
 def _resampled(predictions: list[np.ndarray], labels: np.ndarray, num_resamples: int, seed: int) -> BootstrapResult:

@@ -175,7 +175,7 @@ class TextEmbeddingCache:
             embeddings = self.encoder.embed([texts[position] for position in positions])
             return list(embeddings.detach().to("cpu", torch.float32))
 
-        rows = self._cache.get([text_digest(text) for text in texts], encode)
+        rows = self._cache.get([text_digest(text) for text in texts], encode, label="encoding {:,} transcripts")
         return torch.stack(rows) if rows else torch.empty(0, self.encoder.output_dim)
 
 

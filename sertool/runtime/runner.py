@@ -6,7 +6,7 @@ prediction: masks make a padded batch equal to one item at a time (tested per ba
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,6 +17,7 @@ from sertool.data.dataset import UtteranceDataset, collate
 from sertool.data.records import Utterance
 from sertool.errors import SertoolError
 from sertool.interrupts import quiet_worker
+from sertool.progress import task
 from sertool.runtime.batching import length_sorted_batches
 from sertool.runtime.distributed import Distributed, all_gather_objects
 
@@ -41,7 +42,7 @@ def run_model(
     num_workers: int = 0,
     amp_dtype: torch.dtype | None = None,
     context: Distributed | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    description: str = "predicting",
     finite_only: bool = True,
 ) -> ModelPredictions:
     """Predict every utterance (whole, never cropped) and return the outputs in input order.
@@ -58,7 +59,8 @@ def run_model(
         num_workers: data-loader processes.
         amp_dtype: autocast dtype (None: full precision).
         context: under DDP, each rank predicts a share and every rank gets the whole result.
-        progress: ``(done, total)`` callback, in batches of this rank.
+        description: what the pass is for, as its progress bar names it (``sertool.progress.task``, with the
+            utterance count added); the bar counts this rank's batches.
         finite_only: False returns NaN or infinite outputs as they are, for a caller with its own policy
             (validation during training records them and never counts them as an improvement).
     """
@@ -74,26 +76,26 @@ def run_model(
     autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
     ids: list[str] = []
     emotion, gender = [], []
-    try:
-        for done, batch in enumerate(loader, start=1):
-            if batch.skipped:
-                raise SertoolError(f"cannot predict {batch.skipped[0]}")
-            batch = batch.to(device)
-            with autocast:
-                output = core(batch.waveforms, batch.sample_mask, text_embeddings=batch.text_embeddings,
-                              texts=batch.texts if core.needs_texts else None)
-            ids.extend(batch.ids)
-            emotion.append(output.emotion.float().cpu().numpy())
-            if finite_only:
-                require_finite(batch.ids, emotion[-1], utterances)
-            if output.gender_logits is not None:
-                gender.append(output.gender_logits.float().softmax(-1).cpu().numpy())
+    with task(f"{description} ({len(utterances):,} utterances)") as progress:
+        try:
+            for done, batch in enumerate(loader, start=1):
+                if batch.skipped:
+                    raise SertoolError(f"cannot predict {batch.skipped[0]}")
+                batch = batch.to(device)
+                with autocast:
+                    output = core(batch.waveforms, batch.sample_mask, text_embeddings=batch.text_embeddings,
+                                  texts=batch.texts if core.needs_texts else None)
+                ids.extend(batch.ids)
+                emotion.append(output.emotion.float().cpu().numpy())
                 if finite_only:
-                    require_finite(batch.ids, gender[-1], utterances)
-            if progress is not None:
+                    require_finite(batch.ids, emotion[-1], utterances)
+                if output.gender_logits is not None:
+                    gender.append(output.gender_logits.float().softmax(-1).cpu().numpy())
+                    if finite_only:
+                        require_finite(batch.ids, gender[-1], utterances)
                 progress(done, len(mine))
-    finally:
-        core.train(was_training)
+        finally:
+            core.train(was_training)
     local = (ids, np.concatenate(emotion) if emotion else np.zeros((0, 3)), np.concatenate(gender) if gender else None)
     position = {utt.id: index for index, utt in enumerate(utterances)}
     all_ids, all_emotion, all_gender = [], [], []

@@ -63,10 +63,12 @@ from sertool.models.losses import SERLoss
 from sertool.models.ser_model import SERModel
 from sertool.models.text_features import transcript_embeddings
 from sertool.models.utterance_stats import fit_utterance_statistics
+from sertool.progress import set_display
 from sertool.runtime import distributed
 from sertool.runtime.distributed import Distributed
 from sertool.runtime.precision import resolve_amp
 from sertool.runtime.runner import run_model
+from sertool.training.curves import CURVES_NAME, plot_curves, read_curves
 from sertool.training.init_from import load_initial_weights
 from sertool.training.optim import LRSchedule, build_optimizer
 from sertool.training.reporter import Reporter
@@ -154,6 +156,8 @@ def train(
     context = distributed.setup(device)
     run_dir = Path(run_dir)
     reporter = reporter if reporter is not None and context.is_main else Reporter()
+    if not context.is_main:
+        set_display(None)  # under torchrun the ranks share a terminal: only rank 0 draws
     run = None
     try:
         holding = (locked_run_folder(run_dir, create=not resume, warn=reporter.message) if context.is_main
@@ -418,6 +422,7 @@ class _Run:
                 json.dump({"best": self.best, "best_step": self.best_step, "steps": self.step,
                            "stopped": _plain(self.stopped), "collapsed": collapsed, "skipped_steps": self.skipped_steps,
                            "skipped_audio": self.skipped_audio}, handle, indent=2)
+            self._plot_curves()
         self.reporter.finish(result)
         return result
 
@@ -437,7 +442,8 @@ class _Run:
             stats = self._optimizer_step(group)
             self.step += 1
             self.batches_in_epoch = position + len(group)
-            stats.update(step=self.step, epoch=epoch, batch=self.batches_in_epoch, batches=total,
+            # metrics.jsonl counts epochs from 1 in every record: the epoch this step trained in.
+            stats.update(step=self.step, epoch=epoch + 1, batch=self.batches_in_epoch, batches=total,
                          seconds=time.perf_counter() - started)
             if self.step % config.log_every_steps == 0 or self.batches_in_epoch == total or self._budget_spent():
                 self._log({"type": "train", **stats})
@@ -574,6 +580,7 @@ class _Run:
             # more or less often, or resumed from the checkpoint of the step before a validation, trains alike.
             with self.stops.at_once(), torch.random.fork_rng(devices=[]):
                 predictions = run_model(self.model, self.valid_set, device=self.context.device,
+                                        description=f"validating on {self.config.data.valid_split}",
                                         text_embeddings=self.text_embeddings, num_workers=self.config.data.num_workers,
                                         amp_dtype=self.amp_dtype, context=self.context, finite_only=False)
         except Interrupted:
@@ -587,7 +594,11 @@ class _Run:
         finite = not nonfinite and all(math.isfinite(value) for value in scores.values())
         improved = finite and scores["average"] > self.best.get("average", -math.inf)
         self.schedule.on_validation(improved)
-        record = {"type": "valid", "step": self.step, "epoch": self.epoch, **{f"ccc_{k}": v for k, v in scores.items()},
+        # The epoch (from 1) the validated step trained in: when that step ended an epoch, ``self.epoch``
+        # already counts it.
+        epoch = self.epoch if self.batches_in_epoch == 0 else self.epoch + 1
+        record = {"type": "valid", "step": self.step, "epoch": epoch, "split": self.config.data.valid_split,
+                  "utterances": len(self.valid_set), **{f"ccc_{k}": v for k, v in scores.items()},
                   "improved": improved, "collapsed": collapsed_attributes(values, labels)}
         if nonfinite:
             record.update(nonfinite_predictions=len(nonfinite), first_nonfinite=nonfinite[0])
@@ -742,6 +753,13 @@ class _Run:
                                        cache_dir=self.config.data.cache_dir, device=self.context.device,
                                        progress=self._progress("transcripts from ASR")))
         return tuple([next(filled) for _ in utterances] for utterances in splits)
+
+    def _plot_curves(self) -> None:
+        """``curves.png`` beside metrics.jsonl; without matplotlib, a message instead (the run has succeeded)."""
+        try:
+            plot_curves([read_curves(self.run_dir)], self.run_dir / CURVES_NAME, title=str(self.run_dir))
+        except SertoolError as error:
+            self.reporter.message(f"no {CURVES_NAME}: {error}")
 
     def _log(self, record: dict[str, Any]) -> None:
         if self.context.is_main:

@@ -32,3 +32,39 @@ class Reporter:
 
     def close(self) -> None:
         """When the run ends, however it ends (an error, a stop): end anything still on screen."""
+
+
+class Reporters(Reporter):
+    """Several reporters as one: each hook is passed on to every reporter, in order (e.g. the terminal's
+    and ``--tensorboard``'s)."""
+
+    def __init__(self, *reporters: Reporter) -> None:
+        self.reporters = reporters
+
+    def start(self, summary: dict[str, Any]) -> None:
+        for reporter in self.reporters:
+            reporter.start(summary)
+
+    def epoch(self, epoch: int, total_batches: int, done_batches: int) -> None:
+        for reporter in self.reporters:
+            reporter.epoch(epoch, total_batches, done_batches)
+
+    def step(self, stats: dict[str, Any]) -> None:
+        for reporter in self.reporters:
+            reporter.step(stats)
+
+    def validation(self, metrics: dict[str, Any]) -> None:
+        for reporter in self.reporters:
+            reporter.validation(metrics)
+
+    def message(self, text: str) -> None:
+        for reporter in self.reporters:
+            reporter.message(text)
+
+    def finish(self, result: Any) -> None:
+        for reporter in self.reporters:
+            reporter.finish(result)
+
+    def close(self) -> None:
+        for reporter in self.reporters:
+            reporter.close()

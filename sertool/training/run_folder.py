@@ -29,7 +29,7 @@ LOCK_NAME = ".lock"
 # What a run writes into its folder. `--force` removes these before a new run starts in the folder, so that
 # it never holds files of two runs (an old best.pt beside a new config.yaml); any other file is the user's.
 RUN_FILES = ("config.yaml", "argv.txt", "environment.json", "data_report.json", "metrics.jsonl", "summary.json",
-             LAST_NAME, BEST_NAME, "best_*.pt")
+             LAST_NAME, BEST_NAME, "best_*.pt", "curves.png", "tensorboard/events.out.tfevents.*")
 _SHOWN_DIFFERENCES = 4  # keys named in the warning about an edited config.yaml
 
 

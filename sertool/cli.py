@@ -32,8 +32,8 @@ from sertool.data.selection import SPEAKER_CHOICES
 from sertool.errors import SertoolError
 from sertool.experiments.grid import SCALES
 from sertool.inference.writers import WRITERS
-from sertool.splits import DEVELOPMENT, TEST3, TRAIN
 from sertool.progress import task
+from sertool.splits import DEVELOPMENT, TEST3, TRAIN
 from sertool.version import __version__
 
 EXIT_USER_ERROR = 2

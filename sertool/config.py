@@ -127,7 +127,8 @@ SEED = Bounds(at_least=0, at_most=2**63 - 1)  # numpy needs a non-negative seed;
 
 
 def option(default: Any, help: str, *, choices: tuple[str, ...] | None = None, flag: str | None = None,
-           bounds: Bounds | None = None, path: str | None = None, resumable: bool = False) -> Any:
+           bounds: Bounds | None = None, path: str | None = None, resumable: bool = False,
+           metavar: str | None = None, required: bool = False, many: bool = False) -> Any:
     """A config field with its command-line help.
 
     Args:
@@ -140,9 +141,12 @@ def option(default: Any, help: str, *, choices: tuple[str, ...] | None = None, f
             hub id: a relative path is stored absolute, so that a run resumes from any working directory.
         resumable: ``train --resume`` may set it again (where the data is, or how it is read; never what
             is trained).
+        metavar: how ``--help`` names the value (e.g. ``CSV``); inference options only.
+        required: the flag must be given (inference options only; a config field always has a default).
+        many: a comma-separated list of numbers (``--weights 0.6,0.4``); inference options only.
     """
     metadata = {"help": help, "choices": choices, "flag": flag, "bounds": bounds, "path": path,
-                "resumable": resumable}
+                "resumable": resumable, "metavar": metavar, "required": required, "many": many}
     if isinstance(default, (list, tuple)):
         return field(default_factory=lambda: tuple(default), metadata=metadata)
     return field(default=default, metadata=metadata)

@@ -39,6 +39,21 @@ EVAL_SPLITS = HELD_OUT_SPLITS
 COLUMNS = (*ATTRIBUTES, "average")
 
 
+def parse_model_locations(items: Sequence[str]) -> dict[str, str]:
+    """``--model HUB_ID=FOLDER`` values → ``{hub id: folder}`` (``reproduce``'s ``model_locations``).
+
+    Raises:
+        SertoolError: a value without ``=``.
+    """
+    locations = {}
+    for item in items:
+        hub_id, separator, folder = item.partition("=")
+        if not separator:
+            raise SertoolError(f"--model {item}: write it as HUB_ID=FOLDER, e.g. microsoft/wavlm-large=/models/wavlm")
+        locations[hub_id] = folder
+    return locations
+
+
 def reproduce(grid_path: str | Path, *, corpus: str | Path, scale: str, out_dir: str | Path, seeds: int = 1,
               model_locations: dict[str, str] | None = None, only: Sequence[str] | None = None,
               device: str = "auto", reporter_factory: Callable[[], Reporter] | None = None,

@@ -14,6 +14,7 @@ import click
 
 from sertool.config import (
     AT_LEAST_ONE,
+    DEFAULT_DEVICE,
     DEVICE_CHOICES,
     PROBABILITY,
     SEED,
@@ -273,7 +274,7 @@ def _config_flags(command):
 @click.option("--resume", metavar="RUN_DIR", help="Continue the interrupted run in RUN_DIR exactly where it stopped "
               "(--corpus, --cache-dir and --num-workers may point elsewhere).")
 @click.option("--force", is_flag=True, help="Start over in an --out folder that already holds files.")
-@click.option("--device", type=click.Choice(DEVICE_CHOICES), default="auto", show_default=True,
+@click.option("--device", type=click.Choice(DEVICE_CHOICES), default=DEFAULT_DEVICE, show_default=True,
               help="Where to train; under torchrun each process takes its LOCAL_RANK GPU.")
 @_config_flags
 def train_command(config_file: str | None, out: str | None, resume: str | None, force: bool, device: str,
@@ -483,7 +484,7 @@ def baseline_command(corpus: str, out: str, train_split: str, valid_split: str, 
 @click.option("--systems", metavar="A,B,...", help="Only these systems (and ensembles made of them).")
 @click.option("--model", "models", multiple=True, metavar="ID=DIR",
               help="Real scale without hub access: load hub id ID from folder DIR (repeatable).")
-@click.option("--device", type=click.Choice(DEVICE_CHOICES), default="auto", show_default=True)
+@click.option("--device", type=click.Choice(DEVICE_CHOICES), default=DEFAULT_DEVICE, show_default=True)
 def reproduce_command(corpus: str, grid: str, scale: str, out: str, seeds: int, systems: str | None,
                       models: tuple[str, ...], device: str) -> None:
     """Run the paper's experiment grid and write tables laid out like the paper's (make reproduce).

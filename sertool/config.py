@@ -63,8 +63,10 @@ DEFAULT_WINDOW_S = 10.0
 DEFAULT_HOP_S = 5.0
 # Choice lists that more than one place offers (a Config field and an inference flag, or a check elsewhere).
 DEFAULT_EVAL_BATCH_S = 120.0  # padded seconds per inference batch; no gradients, so larger than training's
-DEVICE_CHOICES = ("auto", "cpu", "cuda")  # auto: this process's GPU when CUDA is available, else the CPU
-AMP_CHOICES = ("auto", "bf16", "fp16", "off")  # sertool.runtime.precision.resolve_amp gives their dtypes
+DEFAULT_DEVICE = "auto"  # this process's GPU when CUDA is available, else the CPU
+DEVICE_CHOICES = (DEFAULT_DEVICE, "cpu", "cuda")
+DEFAULT_AMP = "auto"  # bf16, or fp16 on older GPUs; off on the CPU
+AMP_CHOICES = (DEFAULT_AMP, "bf16", "fp16", "off")  # sertool.runtime.precision.resolve_amp gives their dtypes
 SCHEDULES = ("cosine", "plateau", "constant")  # sertool.training.optim.LRSchedule implements them
 BAD_AUDIO_POLICIES = ("skip", "fail")
 # Values of `train_ox` (--train-ox): what happens to the training split's utterances, O/X or not
@@ -263,7 +265,7 @@ class TrainConfig:
                            choices=SCHEDULES)
     warmup_fraction: float = option(0.05, "Share of optimiser steps spent warming up linearly.", bounds=PROBABILITY)
     grad_clip_norm: float = option(1.0, "Clip the gradient norm to this (0: off).", bounds=NON_NEGATIVE)
-    amp: str = option("auto", "Mixed precision: auto (bf16, or fp16 on older GPUs; off on the CPU), bf16, fp16, off.",
+    amp: str = option(DEFAULT_AMP, "Mixed precision: auto (bf16, or fp16 on older GPUs; off on the CPU), bf16, fp16, off.",
                       choices=AMP_CHOICES)
     gradient_checkpointing: bool = option(False, "Recompute backbone activations in backward: less memory, "
                                           "~30 % slower.")

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from sertool.checkpoint import LAST_NAME
+from sertool.config import DEFAULT_DEVICE
 from sertool.data.corpus import open_corpus
 from sertool.data.records import ATTRIBUTES, Utterance
 from sertool.errors import SertoolError
@@ -56,7 +57,7 @@ def parse_model_locations(items: Sequence[str]) -> dict[str, str]:
 
 def reproduce(grid_path: str | Path, *, corpus: str | Path, scale: str, out_dir: str | Path, seeds: int = 1,
               model_locations: dict[str, str] | None = None, only: Sequence[str] | None = None,
-              device: str = "auto", reporter_factory: Callable[[], Reporter] | None = None,
+              device: str = DEFAULT_DEVICE, reporter_factory: Callable[[], Reporter] | None = None,
               say: Callable[[str], None] = lambda text: None) -> Path:
     """Run the grid; returns the path of the written tables (``<out_dir>/tables.md``).
 

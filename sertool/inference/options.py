@@ -11,7 +11,9 @@ from typing import TYPE_CHECKING
 
 from sertool.config import (
     AMP_CHOICES,
+    DEFAULT_AMP,
     DEFAULT_ASR_MODEL_ID,
+    DEFAULT_DEVICE,
     DEFAULT_EVAL_BATCH_S,
     DEFAULT_HOP_S,
     DEFAULT_WINDOW_S,
@@ -41,11 +43,11 @@ class InferenceOptions:
     pretrained weights are not stored in checkpoints, they are loaded from there.
     """
 
-    device: str = option("auto", "Where to run the model.", choices=DEVICE_CHOICES)
+    device: str = option(DEFAULT_DEVICE, "Where to run the model.", choices=DEVICE_CHOICES)
     max_batch_s: float = option(DEFAULT_EVAL_BATCH_S, "Inference batch bound: utterances × longest clip ≤ this many "
                                 "seconds.", flag="--batch-s", bounds=POSITIVE)
     num_workers: int = option(0, "Data-loader processes.", bounds=NON_NEGATIVE)
-    amp: str = option("auto", "Mixed precision (auto: bf16/fp16 on GPUs, off on the CPU).", choices=AMP_CHOICES)
+    amp: str = option(DEFAULT_AMP, "Mixed precision (auto: bf16/fp16 on GPUs, off on the CPU).", choices=AMP_CHOICES)
     cache_dir: str | None = option(None, "Cache of text embeddings and ASR transcripts (default: $SERTOOL_CACHE or "
                                    "~/.cache/sertool).")
     backbone_path: str | None = option(None, "Where the checkpoint's speech backbone lives here (hub id or folder), "

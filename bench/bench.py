@@ -37,15 +37,17 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
-from measure import Figure, make_utterances, msp_like_durations  # noqa: E402
+from measure import Figure, cpu_ceiling_share, make_utterances, msp_like_durations  # noqa: E402
 
-# Sizes, chosen so that the whole run takes about 4 minutes on 2 CPU cores (`make bench` must stay under 10).
+# Sizes, chosen so that the whole run takes about 10 minutes on 2 idle CPU cores (benchmarks 9 and 10 take half).
 CORPUS_UTTERANCES = 96  # the shared benchmark corpus: about 11 minutes of audio
 WAVLM_UTTERANCES = 48  # the tiny WavLM is slower per second of audio than fbank
 MM_EPOCH_UTTERANCES = 48  # benchmark 2's whole epochs (three variants, one of them back-propagates through MiniLM)
 ROUNDS = 5  # interleaved rounds per timed comparison
 MEMORY_SMALL_TRAIN = 100  # benchmark 5: training utterances of the small corpus (the large one has 10×)
 LONG_AUDIO_S, SHORT_AUDIO_S = 3 * 3600.0, 180.0  # benchmark 8: a 3-hour file vs a 3-minute one
+QUANTIZE_TINY_UTTERANCES, QUANTIZE_BASE_UTTERANCES = 48, 8  # benchmark 10: clips run per variant and round
+QUANTIZE_BASE_ROUNDS = 5  # a WavLM-Base-sized pass over 8 clips takes about 10 s on 2 cores
 
 
 class Context:
@@ -63,9 +65,14 @@ class Context:
 def _training(context: Context) -> list[Figure]:
     from train_bench import bucketing_throughput, fbank_config, wavlm_config
 
-    return [bucketing_throughput(context.corpus, fbank_config(), name="fbank", rounds=ROUNDS),
-            bucketing_throughput(context.corpus[:WAVLM_UTTERANCES], wavlm_config(context.wavlm_dir), name="tiny WavLM",
-                                 rounds=ROUNDS)]
+    figures = [bucketing_throughput(context.corpus, fbank_config(), name="fbank", rounds=ROUNDS),
+               bucketing_throughput(context.corpus[:WAVLM_UTTERANCES], wavlm_config(context.wavlm_dir),
+                                    name="tiny WavLM", rounds=ROUNDS)]
+    return [*figures, *(cpu_ceiling_share(figure, efficiency=figure.details["padding_efficiency"]["bucketed"],
+                                          reference_efficiency=figure.details["padding_efficiency"]["fixed"],
+                                          key=f"{figure.key}_cpu_ceiling_share",
+                                          benchmark=f"{figure.benchmark}: share of its CPU ceiling")
+                        for figure in figures)]
 
 
 def _padding(context: Context) -> list[Figure]:
@@ -90,9 +97,25 @@ def _inference(context: Context) -> list[Figure]:
     from infer_bench import inference_batching
     from train_bench import fbank_config, wavlm_config
 
-    return [inference_batching(context.corpus, fbank_config(), name="fbank", rounds=ROUNDS),
-            inference_batching(context.corpus[:WAVLM_UTTERANCES], wavlm_config(context.wavlm_dir), name="tiny WavLM",
-                               rounds=ROUNDS)]
+    figures = [inference_batching(context.corpus, fbank_config(), name="fbank", rounds=ROUNDS),
+               inference_batching(context.corpus[:WAVLM_UTTERANCES], wavlm_config(context.wavlm_dir),
+                                  name="tiny WavLM", rounds=ROUNDS)]
+    return [*figures, *(cpu_ceiling_share(figure, efficiency=figure.details["padding_efficiency"]["batched"],
+                                          reference_efficiency=figure.details["padding_efficiency"]["one_at_a_time"],
+                                          key=f"{figure.key}_cpu_ceiling_share",
+                                          benchmark=f"{figure.benchmark}: share of its CPU ceiling")
+                        for figure in figures)]
+
+
+def _quantize(context: Context) -> list[Figure]:
+    from infer_bench import quantized_inference, save_base_sized_wavlm
+    from train_bench import wavlm_config
+
+    base_dir = save_base_sized_wavlm(context.folder / "wavlm-base-sized")
+    return [*quantized_inference(context.corpus[:QUANTIZE_TINY_UTTERANCES], wavlm_config(context.wavlm_dir),
+                                 name="tiny WavLM", rounds=ROUNDS, target=None),
+            *quantized_inference(context.corpus[:QUANTIZE_BASE_UTTERANCES], wavlm_config(base_dir),
+                                 name="WavLM-Base-sized", rounds=QUANTIZE_BASE_ROUNDS, target=1.8)]
 
 
 def _memory(context: Context) -> list[Figure]:
@@ -121,6 +144,15 @@ def _startup(context: Context) -> list[Figure]:
     return startup(context.folder / "startup", rounds=3, cache_dir=context.cache_dir)
 
 
+def _msp_startup(context: Context) -> list[Figure]:
+    from msp_scale import MSP_FILES, msp_scale_startup
+    from process_bench import tiny_checkpoint
+
+    checkpoint = tiny_checkpoint(context.folder / "msp-startup-model", cache_dir=context.cache_dir)
+    return msp_scale_startup(context.folder / "msp-startup", files=MSP_FILES, checkpoint=checkpoint,
+                             cache_dir=context.cache_dir)
+
+
 def _gpu(context: Context) -> list[Figure]:
     from gpu_bench import gpu_benchmarks
 
@@ -129,7 +161,9 @@ def _gpu(context: Context) -> list[Figure]:
 
 BENCHMARKS: dict[str, Callable[[Context], list[Figure]]] = {
     "training": _training, "padding": _padding, "text": _text, "whisper": _whisper, "inference": _inference,
-    "memory": _memory, "long_audio": _long_audio, "loader": _loader, "startup": _startup, "gpu": _gpu,
+    "quantize": _quantize,
+    "memory": _memory, "long_audio": _long_audio, "loader": _loader, "startup": _startup,
+    "msp_startup": _msp_startup, "gpu": _gpu,
 }
 
 
@@ -159,6 +193,8 @@ def machine_info() -> dict[str, Any]:
 
 
 def format_value(figure: Figure) -> str:
+    if figure.unit == "s":
+        return f"{figure.value:.1f} s"
     return f"{figure.value:.2f}×" if figure.unit == "×" else f"{figure.value:.3f}"
 
 

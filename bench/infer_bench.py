@@ -1,7 +1,8 @@
-"""Benchmarks 3 and 4: Whisper at real length, and length-sorted inference batches."""
+"""Benchmarks 3, 4 and 10: Whisper at real length, length-sorted inference batches, int8 CPU inference."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -13,6 +14,8 @@ from sertool.data.records import Utterance
 from sertool.runtime.runner import run_model
 from sertool.models.backbones.whisper import HOP_LENGTH, WhisperBackbone
 from sertool.models.ser_model import SERModel
+from sertool.runtime.batching import length_sorted_batches
+from sertool.training.samplers import padding_efficiency
 
 # A Whisper small enough for a CPU, large enough that the encoder's compute dominates (not Python).
 WHISPER_SIZES = dict(d_model=256, encoder_layers=4, encoder_attention_heads=4, encoder_ffn_dim=1024, num_mel_bins=80)
@@ -90,6 +93,7 @@ def inference_batching(utterances: Sequence[Utterance], config: ModelConfig, *, 
             return seconds
         return measure
 
+    durations_s = np.array([utt.duration_s for utt in utterances])
     seconds = interleaved({"one_at_a_time": run(ONE_AT_A_TIME_S, "one_at_a_time"),
                            "batched": run(DEFAULT_EVAL_BATCH_S, "batched")}, rounds=rounds)
     ratio, per_round = ratio_of_rounds(seconds["one_at_a_time"], seconds["batched"])
@@ -103,5 +107,80 @@ def inference_batching(utterances: Sequence[Utterance], config: ModelConfig, *, 
                   f"batches of ≤ {DEFAULT_EVAL_BATCH_S:g} padded s"),
         details={"seconds": {k: [round(s, 3) for s in v] for k, v in seconds.items()}, "per_round_ratio": per_round,
                  "utterances_per_s": {k: round(len(utterances) / median(v), 2) for k, v in seconds.items()},
-                 "max_abs_prediction_difference": difference},
+                 "max_abs_prediction_difference": difference,
+                 # One clip per batch pads nothing (1.0); the length-sorted batches pad a little.
+                 "padding_efficiency": {"batched": round(padding_efficiency(
+                     length_sorted_batches(durations_s, max_batch_s=DEFAULT_EVAL_BATCH_S), durations_s), 4),
+                     "one_at_a_time": 1.0}},
     )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 10. CPU inference: int8 dynamic quantisation of the linear layers vs float32.
+
+QUANTIZE_SPEEDUP_TARGET = 1.8  # on the WavLM-Base-sized model
+QUANTIZE_CCC_TARGET = 0.99  # agreement of the quantised predictions with the float32 ones
+
+
+def save_base_sized_wavlm(folder: Path) -> Path:
+    """A random WavLM the size of WavLM-Base (transformers' default config: 12 layers of 768, 3072-wide
+    feed-forward, 12 heads, the 512-channel convolutional encoder; 94 M parameters), saved to ``folder``.
+    Nothing is downloaded."""
+    from transformers import Wav2Vec2FeatureExtractor, WavLMConfig, WavLMModel
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        WavLMModel(WavLMConfig()).save_pretrained(folder)
+    Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=SAMPLE_RATE, padding_value=0.0, do_normalize=False,
+                             return_attention_mask=True).save_pretrained(folder)
+    return folder
+
+
+def quantized_inference(utterances: Sequence[Utterance], config: ModelConfig, *, name: str, rounds: int,
+                        target: float | None) -> list[Figure]:
+    """Utterances/s of ``run_model`` on the CPU with the float32 model vs its int8-quantised copy
+    (``sertool.inference.cpu.quantize_linear_int8``, what ``--quantize int8`` runs), and how far the
+    predictions moved: max absolute difference on the 1–7 scale and the CCC of the quantised predictions
+    against the float32 ones (lowest of the three attributes)."""
+    import copy
+
+    from sertool.inference.cpu import quantize_linear_int8
+    from sertool.models.ccc import ccc_scores
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = SERModel(config).eval()
+    models = {"float32": model, "int8": quantize_linear_int8(copy.deepcopy(model))}
+    device = torch.device("cpu")
+    values = {}
+    for label, variant in models.items():  # warm-up, and the predictions compared
+        raw = run_model(variant, utterances, device=device)
+        values[label] = variant.label_scaling.from_unit(raw.emotion_unit.astype(np.float64))
+
+    def run(label: str):
+        return lambda _: timed(lambda: run_model(models[label], utterances, device=device))[0]
+
+    seconds = interleaved({label: run(label) for label in models}, rounds=rounds)
+    ratio, per_round = ratio_of_rounds(seconds["float32"], seconds["int8"])
+    difference = float(np.abs(values["int8"] - values["float32"]).max())
+    scores = ccc_scores(values["int8"], values["float32"])
+    agreement = min(value for key, value in scores.items() if key != "average")
+    audio_s = sum(utt.duration_s for utt in utterances)
+    details = {"seconds": {k: [round(s, 3) for s in v] for k, v in seconds.items()}, "per_round_ratio": per_round,
+               "utterances_per_s": {k: round(len(utterances) / median(v), 2) for k, v in seconds.items()},
+               "max_abs_difference_1_to_7": round(difference, 4), "ccc_int8_vs_float32": scores,
+               "prediction_spread_1_to_7": [round(float(x), 4) for x in values["float32"].std(axis=0)],
+               "torch_threads": torch.get_num_threads(), "quantized_engine": torch.backends.quantized.engine}
+    return [
+        Figure(key=f"quantize_speed_{name.replace(' ', '_')}", benchmark=f"10. CPU inference int8, {name}",
+               value=ratio, unit="×", target=Target(">=", target) if target else None,
+               compared=(f"utterances/s of run_model on the CPU, {len(utterances)} clips ({audio_s:.0f} s of audio): "
+                         f"--quantize int8 vs float32; predictions differ by ≤ {difference:.3f} on the 1–7 scale"),
+               details=details),
+        Figure(key=f"quantize_agreement_{name.replace(' ', '_')}",
+               benchmark=f"10. int8 vs float32 predictions, {name}", value=agreement, unit="",
+               target=Target(">=", QUANTIZE_CCC_TARGET),
+               compared=(f"CCC of the int8 predictions against the float32 ones, lowest of A/V/D, {len(utterances)} "
+                         f"clips; max absolute difference {difference:.3f} on the 1–7 scale"),
+               details=details),
+    ]

@@ -63,7 +63,7 @@ class Figure:
         key: stable identifier in results.json, e.g. ``"train_throughput_fbank"``.
         benchmark: the row's title in the table.
         value: the measured ratio.
-        unit: how ``value`` reads: ``"×"`` (a speed or size ratio) or ``""`` (a fraction).
+        unit: how ``value`` reads: ``"×"`` (a speed or size ratio), ``"s"`` (seconds) or ``""`` (a fraction).
         target: the issue's bound, or None for an informational figure.
         compared: what was divided by what, in words.
         details: raw measurements (seconds, counts, per-round ratios) behind ``value``.
@@ -137,6 +137,25 @@ def ratio_of_rounds(slow: Sequence[float], fast: Sequence[float]) -> tuple[float
     """Median of per-round ratios ``slow / fast`` (both measured in the same round), and the ratios."""
     ratios = [s / f for s, f in zip(slow, fast)]
     return median(ratios), [round(r, 3) for r in ratios]
+
+
+# A CPU's cost is proportional to the padded seconds it computes, so a batching speed-up measured on one is
+# bounded by the ratio of padding efficiencies; a figure at this share of that ceiling or above is all the
+# CPU can show of it (the GPU section measures the rest).
+CPU_CEILING_SHARE_TARGET = 0.9
+
+
+def cpu_ceiling_share(figure: Figure, *, efficiency: float, reference_efficiency: float, key: str,
+                      benchmark: str) -> Figure:
+    """``figure``'s speed-up as a share of its CPU ceiling: speed-up ÷ (``efficiency`` ÷
+    ``reference_efficiency``), the padding efficiencies of the faster variant and of its reference."""
+    ceiling = efficiency / reference_efficiency
+    return Figure(
+        key=key, benchmark=benchmark, value=figure.value / ceiling, unit="", target=Target(">=", CPU_CEILING_SHARE_TARGET),
+        compared=(f"the {figure.value:.2f}× of \"{figure.benchmark}\" ÷ its CPU ceiling {ceiling:.3f} (padding "
+                  f"efficiency {efficiency:.3f} vs {reference_efficiency:.3f}: on a CPU a step costs its padded seconds)"),
+        details={"speed_up": round(figure.value, 4), "ceiling": round(ceiling, 4),
+                 "padding_efficiency": {"measured": efficiency, "reference": reference_efficiency}})
 
 
 def msp_like_durations(count: int, *, seed: int) -> np.ndarray:

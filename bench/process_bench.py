@@ -28,8 +28,11 @@ def _run(command: list[str], *, env: dict[str, str]) -> subprocess.CompletedProc
 
 
 def child_env(cache_dir: Path) -> dict[str, str]:
-    """The environment of every child: offline, its caches inside the benchmark's temp folder."""
-    return {**os.environ, "SERTOOL_CACHE": str(cache_dir), "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+    """The environment of every child: offline, its caches inside the benchmark's temp folder, and the
+    sertool of this checkout first on the path (the interpreter's own may be installed from another one)."""
+    path = os.pathsep.join(filter(None, [str(BENCH_DIR.parent), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "SERTOOL_CACHE": str(cache_dir), "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore",
+            "PYTHONPATH": path}
 
 
 # ---------------------------------------------------------------------------------------------------------

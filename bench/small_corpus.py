@@ -9,7 +9,9 @@ Usage::
 
     python bench/small_corpus.py run --corpus urdu=urdu.csv --corpus demo=demo/corpus \\
         --variant defaults --variant recipe --seeds 0,1,2 --out bench/small
+    python bench/small_corpus.py ensemble --corpus urdu=urdu.csv --variant recipe --seeds 0,1,2 --out bench/small
     python bench/small_corpus.py table --out bench/small            # markdown, mean ± sd over seeds
+    python bench/small_corpus.py resample ../shared/data/urdu /tmp/urdu16k   # read 16 kHz once, not every epoch
 
 A variant is a name in VARIANTS: config overrides applied on top of `sertool train --backbone fbank
 --aux gender` (the defaults a user gets without a config). Runs use one torch thread (``--threads``):
@@ -48,6 +50,12 @@ VARIANTS: dict[str, dict] = {
     "weighted-e20": {**_DEMO_CONFIG, "train.epochs": 20, "train.sampling": "weighted"},
     "b300-crop1.5": {**_RECIPE_AT_300, "data.max_duration_s": 1.5},
     "b300-specaug": {**_RECIPE_AT_300, "model.spec_augment": True},
+    "recipe-lmstats": {"model.speaker_embedding": "log-mel-stats"},  # raw log-mel mean ⊕ std beside the pooled frames
+    "recipe-d128": {"model.fbank_dim": 128},
+    "recipe-speed10": {"data.speed_perturbation": 0.1},  # 3-way speed perturbation: 0.9, 1.0, 1.1
+    "recipe-wide": {"model.utterance_stats": True},  # the baseline's statistics, standardised, beside the pooled frames
+    "recipe-wide-drop50": {"model.utterance_stats": True, "model.utterance_stats_dropout": 0.5},
+    "recipe-wide-d128": {"model.utterance_stats": True, "model.fbank_dim": 128},
     # "recipe-b300-level" (the per-utterance normalisation's mean and std fed back to the encoder as two
     # input channels) ran on a prototype encoder option that was not kept: see docs/training.md.
 }
@@ -84,16 +92,24 @@ def _steps_per_epoch(config: Config) -> float:
     return len(sampler.plan(0)) / train_config.accum_steps
 
 
-def _scores(run_dir: Path, corpus: str, split: str) -> dict:
+def _predictions(run_dir: Path, corpus: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """``[N, 3]`` predictions of a run's best.pt on a split, and the labels."""
     from sertool.inference.inputs import corpus_split
     from sertool.inference.predictor import InferenceOptions, open_predictor
-    from sertool.models.ccc import ccc_scores
 
     utterances, _ = corpus_split(corpus, split)
     predictions = open_predictor(run_dir, InferenceOptions(device="cpu")).predict(utterances).predictions
-    labels = np.array([utt.labels() for utt in utterances])
-    return {"utterances": len(utterances), "spread": predictions.values.std(axis=0).tolist(),
-            **ccc_scores(predictions.values, labels)}
+    return predictions.values, np.array([utt.labels() for utt in utterances])
+
+
+def _score(values: np.ndarray, labels: np.ndarray) -> dict:
+    from sertool.models.ccc import ccc_scores
+
+    return {"utterances": len(labels), "spread": values.std(axis=0).tolist(), **ccc_scores(values, labels)}
+
+
+def _scores(run_dir: Path, corpus: str, split: str) -> dict:
+    return _score(*_predictions(run_dir, corpus, split))
 
 
 def _done(results: Path) -> set[tuple]:
@@ -139,22 +155,93 @@ def run(args) -> None:
                       flush=True)
 
 
+def ensemble(args) -> None:
+    """For each corpus and variant with every seed of ``--seeds`` run: the mean of those runs' predictions
+    (what ``sertool ensemble RUN...`` computes), scored on Development and Test1, appended to RESULTS as
+    variant ``<variant>+ens``."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    results = out / "results.jsonl"
+    rows = [json.loads(line) for line in results.read_text().splitlines()]
+    seeds = [int(seed) for seed in args.seeds.split(",")]
+    corpora = dict(item.partition("=")[::2] for item in args.corpus)
+    for name, corpus in corpora.items():
+        for variant in args.variant:
+            runs = {row["seed"]: row for row in rows if row["corpus"] == name and row["variant"] == variant}
+            if not set(seeds) <= set(runs) or any(row["variant"] == f"{variant}+ens" and row["corpus"] == name
+                                                  for row in rows):
+                continue
+            record = {"corpus": name, "variant": f"{variant}+ens", "seed": args.seeds,
+                      "steps": float(np.mean([runs[seed]["steps"] for seed in seeds]))}
+            for split in ("Development", "Test1"):
+                members = [_predictions(out / "runs" / name / variant / f"s{seed}", corpus, split) for seed in seeds]
+                record[split] = _score(np.mean([values for values, _ in members], axis=0), members[0][1])
+            with open(results, "a") as handle:
+                handle.write(json.dumps(record) + "\n")
+            print(f"{name} {variant}+ens: Dev {record['Development']['average']:.3f} "
+                  f"Test1 {record['Test1']['average']:.3f}", flush=True)
+
+
+def resample(args) -> None:
+    """A 16 kHz mono copy of a folder's audio (float WAV, the same relative paths) and its other files.
+
+    ``load_audio`` resamples 44.1 kHz corpora (URDU) on every read; the copy holds exactly the waveforms
+    it would return, so runs on it equal runs on the original, only faster.
+    """
+    import shutil
+
+    import soundfile as sf
+
+    from sertool.data.audio import SAMPLE_RATE, load_audio
+
+    source, target = Path(args.source), Path(args.target)
+    for path in sorted(source.rglob("*")):
+        if not path.is_file():
+            continue
+        copy = target / path.relative_to(source)
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        if path.suffix.lower() in _AUDIO_SUFFIXES:
+            sf.write(str(copy), load_audio(path).numpy(), SAMPLE_RATE, subtype="FLOAT")
+        else:
+            shutil.copyfile(path, copy)
+
+
+_AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
+
+
 def table(args) -> None:
+    """Markdown: per corpus and variant, mean ± sd over seeds, and the margin over the floor on that corpus."""
     rows = [json.loads(line) for line in (Path(args.out) / "results.jsonl").read_text().splitlines()]
+    shown = {row["corpus"] for row in rows if not args.variant or row["variant"] in args.variant}
     groups: dict[tuple, list] = {}
     for row in rows:
-        groups.setdefault((row["corpus"], row["variant"]), []).append(row)
+        if row["corpus"] in shown and (not args.variant or row["variant"] in (*args.variant, "baseline")):
+            groups.setdefault((row["corpus"], row["variant"]), []).append(row)
     columns = [*ATTRIBUTES, "average"]
     print(f"| corpus | system | seeds | steps | {args.split} utterances | " + " | ".join(columns)
-          + " | Development average |")
-    print("|---|---|---|---|---|" + "---|" * (len(columns) + 1))
+          + " | Development average | average − floor | below the floor |")
+    print("|---|---|---|---|---|" + "---|" * (len(columns) + 3))
     for (corpus, variant), runs in sorted(groups.items()):
+        def mean(split, column, runs=runs):
+            return float(np.mean([run[split][column] for run in runs]))
+
         def cell(split, column):
             values = [run[split][column] for run in runs]
             return f"{np.mean(values):.3f}" + (f" ± {np.std(values, ddof=1):.3f}" if len(values) > 1 else "")
+        floor = groups.get((corpus, "baseline"))
+        if variant == "baseline" or floor is None:
+            margin, below = "–", "–"
+        else:
+            margin = f"{mean(args.split, 'average') - mean(args.split, 'average', floor):+.3f}"
+            below = ", ".join(column for column in ATTRIBUTES
+                              if mean(args.split, column) < mean(args.split, column, floor)) or "none"
         steps = "–" if variant == "baseline" else f"{np.mean([run['steps'] for run in runs]):.0f}"
-        print(f"| {corpus} | {variant} | {len(runs)} | {steps} | {runs[0][args.split]['utterances']} | "
-              + " | ".join(cell(args.split, column) for column in columns) + f" | {cell('Development', 'average')} |")
+        seeds = runs[0]["seed"] if variant.endswith("+ens") else len(runs)  # an ensemble row: its members
+        print(f"| {corpus} | {variant} | {seeds} | {steps} | {runs[0][args.split]['utterances']} | "
+              + " | ".join(cell(args.split, column) for column in columns)
+              + f" | {cell('Development', 'average')} | {margin} | {below} |")
 
 
 def main() -> None:
@@ -169,8 +256,18 @@ def main() -> None:
     tabler = commands.add_parser("table")
     tabler.add_argument("--out", required=True)
     tabler.add_argument("--split", default="Test1")
+    tabler.add_argument("--variant", action="append", help="only these (and the floor); default: all")
+    ensembler = commands.add_parser("ensemble", help="score the mean of each variant's seeds")
+    ensembler.add_argument("--corpus", action="append", required=True, help="NAME=PATH, as for run")
+    ensembler.add_argument("--variant", action="append", required=True)
+    ensembler.add_argument("--seeds", default="0,1,2")
+    ensembler.add_argument("--out", required=True)
+    ensembler.add_argument("--threads", type=int, default=1)
+    resampler = commands.add_parser("resample")
+    resampler.add_argument("source", help="a corpus folder (audio at any rate, metadata beside it)")
+    resampler.add_argument("target", help="where the 16 kHz copy goes")
     args = parser.parse_args()
-    {"run": run, "table": table}[args.command](args)
+    {"run": run, "ensemble": ensemble, "table": table, "resample": resample}[args.command](args)
 
 
 if __name__ == "__main__":

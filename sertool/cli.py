@@ -104,7 +104,9 @@ def _path_argument(positional: str | None, option: str | None, *, name: str, fla
 @data.command("info")
 @click.argument("root", required=False, metavar="ROOT")
 @click.option("--corpus", "corpus_option", metavar="ROOT", help="The corpus (same as the ROOT argument).")
-def data_info(root: str | None, corpus_option: str | None) -> None:
+@click.option("--cache-dir", help="Where what the scan read (durations, transcripts) is kept for the next command "
+                                  "(default: $SERTOOL_CACHE or ~/.cache/sertool).")
+def data_info(root: str | None, corpus_option: str | None, cache_dir: str | None) -> None:
     """Utterances and hours per split, classes with the O/X share, gender, speakers, transcripts.
 
     ROOT is an MSP-Podcast root (Audios/, Labels/labels_consensus.csv, Transcripts/), a manifest CSV,
@@ -116,7 +118,7 @@ def data_info(root: str | None, corpus_option: str | None) -> None:
 
     path = _path_argument(root, corpus_option, name="ROOT", flag="--corpus")
     with progress_bar("reading audio headers") as progress:
-        corpus = open_corpus(path, progress=progress)
+        corpus = open_corpus(path, progress=progress, cache_dir=cache_dir)
     print_load_report(corpus.report)
     print_corpus_summary(f"{path} ({corpus.kind})", summarize(corpus))
 

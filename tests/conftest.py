@@ -8,6 +8,13 @@ import pytest
 from tests.corpus_files import write_msp_corpus, write_tone
 
 
+@pytest.fixture(autouse=True)
+def _cache_in_temp(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test (and the commands it runs in subprocesses) caches in a fresh temp folder, never in the
+    user's ~/.cache/sertool: corpus scans record what they read there."""
+    monkeypatch.setenv("SERTOOL_CACHE", str(tmp_path_factory.mktemp("sertool-cache")))
+
+
 @pytest.fixture
 def tiny_msp(tmp_path: Path) -> Path:
     """Six utterances of three speakers over Train / Development / Test1, plus one Test3 file."""

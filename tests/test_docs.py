@@ -50,7 +50,8 @@ DOC_FILES = [*sorted(DOCS.glob("*.md")), ROOT / "README.md"]
 # Flags the docs show for other programs: torchrun, pip, huggingface-cli, kill, bench/bench.py; and
 # ``--help`` / ``--version`` (click's own). A prefix such as ``--no-`` or ``--lr-`` names a family of flags.
 FOREIGN_FLAGS = {"--nproc-per-node", "--nnodes", "--rdzv-backend", "--rdzv-endpoint", "--no-deps", "--local-dir",
-                 "--signal", "--from-json", "--markdown", "--only", "--help", "--version", "--no-", "--lr-"}
+                 "--signal", "--from-json", "--markdown", "--only", "--help", "--version", "--no-", "--lr-",
+                 "--variant"}  # --variant: bench/small_corpus.py
 
 
 def _sertool_flags() -> set[str]:

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 
-from sertool.baseline.features import FEATURE_GROUPS, feature_names, utterance_statistics
 from sertool.baseline.ridge import ALPHAS, fit_ridge
 from sertool.data.corpus import open_corpus
 from sertool.data.records import ATTRIBUTES
@@ -25,6 +24,7 @@ from sertool.inference.predictions import Predictions, write_predictions
 from sertool.inference.predictor import PredictorOutput
 from sertool.inference.workflows import Scores, score
 from sertool.io import atomic_write, check_writable
+from sertool.models.utterance_stats import FEATURE_GROUPS, feature_names, utterance_statistics
 from sertool.splits import DEVELOPMENT, TRAIN
 
 SYSTEM_NAME = "ridge baseline"

@@ -1,20 +1,25 @@
 """Opening a corpus: an MSP-Podcast root or a sertool manifest, detected from what the path holds."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+from sertool.data.corpus_snapshot import load_snapshot, save_snapshot
 from sertool.data.manifest import MANIFEST_NAME, read_manifest
 from sertool.data.msp import MSP_LABELS, read_msp_podcast
 from sertool.data.rows import Corpus, Progress
+from sertool.data.scan_cache import ScanCache
 from sertool.errors import SertoolError
 
 
-def open_corpus(path: str | Path, *, progress: Progress | None = None) -> Corpus:
+def open_corpus(path: str | Path, *, progress: Progress | None = None,
+                cache_dir: str | os.PathLike[str] | None = None) -> Corpus:
     """Read the corpus at ``path``.
 
     ``path`` may be an MSP-Podcast root (holding ``Labels/labels_consensus.csv``), a manifest CSV file, or
     a folder holding ``manifest.csv``. Bad rows are dropped and recorded in ``Corpus.report``; they never
-    raise. Audio durations come from file headers only.
+    raise. Audio durations come from file headers only, read once and then kept in the scan cache under
+    ``cache_dir`` (None: ``$SERTOOL_CACHE`` or ``~/.cache/sertool``) until the file changes.
 
     Raises:
         SertoolError: the path is missing or holds neither layout, or a label/manifest file is unusable
@@ -24,12 +29,24 @@ def open_corpus(path: str | Path, *, progress: Progress | None = None) -> Corpus
     if not path.exists():
         raise SertoolError(f"--corpus {path}: no such file or folder")
     if path.is_file():
-        return read_manifest(path, progress=progress)
-    if (path / MSP_LABELS).is_file():
-        return read_msp_podcast(path, progress=progress)
-    if (path / MANIFEST_NAME).is_file():
-        return read_manifest(path / MANIFEST_NAME, progress=progress)
-    raise SertoolError(
-        f"--corpus {path}: neither an MSP-Podcast root (no {MSP_LABELS}) nor a sertool manifest "
-        f"(no {MANIFEST_NAME}); see `sertool data manifest --help` to make one from a folder and a CSV"
-    )
+        kind, read = "manifest", lambda scan: read_manifest(path, progress=progress, scan=scan)
+    elif (path / MSP_LABELS).is_file():
+        kind, read = "msp-podcast", lambda scan: read_msp_podcast(path, progress=progress, scan=scan)
+    elif (path / MANIFEST_NAME).is_file():
+        kind, read = "manifest", lambda scan: read_manifest(path / MANIFEST_NAME, progress=progress, scan=scan)
+    else:
+        raise SertoolError(
+            f"--corpus {path}: neither an MSP-Podcast root (no {MSP_LABELS}) nor a sertool manifest "
+            f"(no {MANIFEST_NAME}); see `sertool data manifest --help` to make one from a folder and a CSV"
+        )
+    scan = ScanCache(cache_dir)
+    snapshot = load_snapshot(scan, str(path), kind)
+    if snapshot is not None:
+        utterances, report = snapshot
+        if progress is not None:
+            progress(len(utterances), len(utterances))
+        root = path / MANIFEST_NAME if kind == "manifest" and path.is_dir() else path
+        return Corpus(root=root, kind=kind, utterances=utterances, report=report)
+    corpus = read(scan)
+    save_snapshot(scan, str(path), kind, corpus.utterances, corpus.report)
+    return corpus

@@ -1,7 +1,8 @@
 """Utterances as tensors: a map-style dataset and the collate function that pads a batch.
 
-Training crops long clips at random (``max_duration_s``), reproducibly from ``(seed, epoch, index)`` so
-a resumed run reads the same crops; evaluation always reads whole utterances.
+Training crops long clips at random (``max_duration_s``) and may change their speed
+(``speed_perturbation``), reproducibly from ``(seed, epoch, index)`` so a resumed run reads the same
+clips; evaluation always reads whole utterances as they are.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sertool.data.audio import SAMPLE_RATE, load_audio
+from sertool.data.audio import SAMPLE_RATE, load_audio, resample
 from sertool.data.records import ATTRIBUTES, GENDERS, Utterance
 from sertool.errors import SertoolError
 
@@ -54,7 +55,10 @@ class UtteranceDataset(torch.utils.data.Dataset):
         speakers: speaker label → class index for the speaker task (unknown speakers are ignored).
         text_embeddings: utterance id → cached transcript embedding (frozen text encoder).
         max_duration_s: training crop length; None reads the whole utterance.
-        seed: seed of the crops.
+        speed_perturbation: x > 0 plays each item at speed 1 - x, 1 or 1 + x (one of the three at random,
+            per epoch): resampled from ``sample_rate`` × speed to ``sample_rate``, so pitch and tempo change
+            together and the length by 1 / speed (after the crop). 0: as recorded.
+        seed: seed of the crops and speeds.
 
     Audio that fails to load does not raise here (an exception in a loader worker arrives wrapped in a
     traceback): the item becomes ``{"skipped": "<id>: <reason>"}``, ``collate`` lists it in
@@ -69,6 +73,7 @@ class UtteranceDataset(torch.utils.data.Dataset):
         speakers: Mapping[str, int] | None = None,
         text_embeddings: Mapping[str, torch.Tensor] | None = None,
         max_duration_s: float | None = None,
+        speed_perturbation: float = 0.0,
         sample_rate: int = SAMPLE_RATE,
         seed: int = 0,
     ) -> None:
@@ -77,6 +82,7 @@ class UtteranceDataset(torch.utils.data.Dataset):
         self.speakers = dict(speakers or {})
         self.text_embeddings = text_embeddings
         self.max_duration_s = max_duration_s
+        self.speed_perturbation = speed_perturbation
         self.sample_rate = sample_rate
         self.seed = seed
         self.epoch = 0
@@ -97,6 +103,9 @@ class UtteranceDataset(torch.utils.data.Dataset):
             waveform = load_utterance_audio(utt, sample_rate=self.sample_rate, crop=crop)
         except SertoolError as error:
             return {"skipped": f"{utt.id}: {error}"}
+        speed = self.speed(index)
+        if speed != 1.0:
+            waveform = resample(waveform, round(self.sample_rate * speed), self.sample_rate)
         targets = [self.to_unit(getattr(utt, name)) if getattr(utt, name) is not None else float("nan") for name in ATTRIBUTES]
         item = {
             "id": utt.id,
@@ -109,6 +118,14 @@ class UtteranceDataset(torch.utils.data.Dataset):
         if self.text_embeddings is not None:
             item["text_embedding"] = self.text_embeddings[utt.id]
         return item
+
+    def speed(self, index: int) -> float:
+        """The speed item ``index`` plays at this epoch: 1 - x, 1 or 1 + x (always 1 without perturbation)."""
+        if not self.speed_perturbation:
+            return 1.0
+        # A stream of its own (the trailing 1): the crops stay those of a run without perturbation.
+        choice = np.random.default_rng([self.seed, self.epoch, index, 1]).integers(3)
+        return 1.0 + (int(choice) - 1) * self.speed_perturbation
 
     def _crop_offset_s(self, index: int) -> float:
         """Start of a random ``max_duration_s`` window inside the utterance (0 when it fits whole)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from sertool.data.records import EMO_CLASSES, NO_CLASS_CODES
+from sertool.data.records import EMO_CLASSES, NO_CLASS_CODES, Utterance
 from sertool.data.rows import Corpus
 
 
@@ -31,24 +31,23 @@ class SplitSummary:
 
 def summarize(corpus: Corpus) -> list[SplitSummary]:
     """One summary per split (in corpus order) followed by one named ``all``."""
-    summaries = {name: SplitSummary(name) for name in corpus.split_names()}
-    total = SplitSummary("all")
-    speakers: dict[str, set[str]] = {name: set() for name in [*summaries, "all"]}
+    by_split: dict[str, list[Utterance]] = {name: [] for name in corpus.split_names()}
     for utt in corpus.utterances:
-        for summary in (summaries[utt.split], total):
-            summary.utterances += 1
-            summary.hours += utt.duration_s / 3600
-            summary.min_duration_s = utt.duration_s if summary.utterances == 1 else min(summary.min_duration_s, utt.duration_s)
-            summary.max_duration_s = max(summary.max_duration_s, utt.duration_s)
-            summary.labelled += utt.has_labels
-            summary.with_transcript += utt.transcript is not None
-            summary.genders[utt.gender or "unknown"] += 1
-            summary.classes[utt.emo_class or "?"] += 1
-            if utt.speaker is not None:
-                speakers[summary.name].add(utt.speaker)
-    for summary in [*summaries.values(), total]:
-        summary.speakers = len(speakers[summary.name])
-    return [*summaries.values(), total]
+        by_split[utt.split].append(utt)
+    # Per split with builtins over lists, not one update per utterance and summary: MSP-Podcast has 150,000.
+    return [_summary(name, utterances) for name, utterances in [*by_split.items(), ("all", corpus.utterances)]]
+
+
+def _summary(name: str, utterances: list[Utterance]) -> SplitSummary:
+    durations_s = [utt.duration_s for utt in utterances]
+    return SplitSummary(
+        name, utterances=len(utterances), hours=sum(duration_s / 3600 for duration_s in durations_s),
+        speakers=len({utt.speaker for utt in utterances if utt.speaker is not None}),
+        labelled=sum(utt.has_labels for utt in utterances),
+        with_transcript=sum(utt.transcript is not None for utt in utterances),
+        min_duration_s=min(durations_s, default=0.0), max_duration_s=max(durations_s, default=0.0),
+        genders=Counter(utt.gender or "unknown" for utt in utterances),
+        classes=Counter(utt.emo_class or "?" for utt in utterances))
 
 
 def class_order(summaries: list[SplitSummary]) -> list[str]:

@@ -25,7 +25,8 @@ from pathlib import Path
 from sertool.data.fields import BadValue, parse_class, parse_gender, parse_label, parse_speaker
 from sertool.data.records import ATTRIBUTES, Utterance
 from sertool.data.report import LoadReport
-from sertool.data.rows import Corpus, Progress, Row, build_utterances
+from sertool.data.rows import Corpus, Progress, Row, build_utterances, read_rows
+from sertool.data.scan_cache import ScanCache
 from sertool.io import DAMAGED_ROW, atomic_write, read_csv_records
 
 MANIFEST_NAME = "manifest.csv"  # what a folder given as --corpus holds when it is a manifest corpus
@@ -33,15 +34,25 @@ MANIFEST_COLUMNS: tuple[str, ...] = ("id", "path", "split", *ATTRIBUTES, "emo_cl
 REQUIRED_COLUMNS: tuple[str, ...] = ("path", "split")
 
 
-def read_manifest(path: str | Path, *, progress: Progress | None = None) -> Corpus:
-    """Read a manifest CSV; bad rows are dropped and recorded with their line number.
+def read_manifest(path: str | Path, *, progress: Progress | None = None, scan: ScanCache | None = None) -> Corpus:
+    """Read a manifest CSV; bad rows are dropped and recorded with their line number. The parsed rows and
+    the audio headers of unchanged files come from the scan cache (``scan``; None: the default cache
+    folder's; see ``sertool.data.scan_cache``).
 
     Raises:
         SertoolError: the file is unreadable or lacks a required column.
     """
     path = Path(path)
-    base = path.parent
     report = LoadReport()
+    scan = scan or ScanCache()
+    rows = read_rows(path, _parse_manifest, report, scan=scan)
+    utterances = build_utterances(rows, report, scan=scan, progress=progress)
+    return Corpus(root=path, kind="manifest", utterances=utterances, report=report)
+
+
+def _parse_manifest(path: Path, report: LoadReport) -> list[Row]:
+    """The rows of the manifest ``path``; bad ones are dropped into ``report``."""
+    base = path.parent
     rows = []
     hint = (f"a manifest needs {', '.join(REQUIRED_COLUMNS)} and may have "
             f"{', '.join(c for c in MANIFEST_COLUMNS if c not in REQUIRED_COLUMNS)}")
@@ -54,7 +65,7 @@ def read_manifest(path: str | Path, *, progress: Progress | None = None) -> Corp
             rows.append(parse_manifest_row(record, base, where))
         except BadValue as error:
             report.drop(where, error.reason, error.detail, split=(record.get("split") or "").strip() or None)
-    return Corpus(root=path, kind="manifest", utterances=build_utterances(rows, report, progress=progress), report=report)
+    return rows
 
 
 def parse_manifest_row(record: Mapping[str, str | None], base: Path, where: str) -> Row:

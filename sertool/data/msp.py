@@ -13,7 +13,8 @@ from pathlib import Path
 from sertool.data.fields import BadValue, parse_class, parse_gender, parse_label, parse_speaker
 from sertool.data.records import ATTRIBUTE_COLUMNS, MSP_LABELS_HEADER
 from sertool.data.report import LoadReport
-from sertool.data.rows import Corpus, Progress, Row, build_utterances
+from sertool.data.rows import HEADER_READ_THREADS, Corpus, Progress, Row, build_utterances, read_rows
+from sertool.data.scan_cache import ScanCache
 from sertool.errors import SertoolError
 from sertool.io import DAMAGED_ROW, read_csv_records
 from sertool.splits import SPLITS, UNLABELLED_SPLIT
@@ -22,12 +23,14 @@ MSP_LABELS = Path("Labels") / "labels_consensus.csv"  # under the root; its pres
 _TEST3_FILE = re.compile(r"test3", re.IGNORECASE)
 
 
-def read_msp_podcast(root: str | Path, *, progress: Progress | None = None) -> Corpus:
+def read_msp_podcast(root: str | Path, *, progress: Progress | None = None, scan: ScanCache | None = None) -> Corpus:
     """Read an MSP-Podcast root.
 
     Rows with bad values are dropped and recorded in the report with their line number; a missing
     transcript is a warning. Audio files named like ``MSP-PODCAST_test3_0001.wav`` that have no labels
-    row become unlabelled ``Test3`` utterances.
+    row become unlabelled ``Test3`` utterances. Audio headers, transcripts and the parsed labels of
+    unchanged files come from the scan cache (``scan``; None: the default cache folder's; see
+    ``sertool.data.scan_cache``).
 
     Raises:
         SertoolError: the labels file is unreadable or lacks a required column, or ``Audios/`` is missing.
@@ -42,6 +45,32 @@ def read_msp_podcast(root: str | Path, *, progress: Progress | None = None) -> C
     if not transcript_dir.is_dir():
         report.warn(str(transcript_dir), "no transcripts", "folder missing: text-based (MM) systems will need ASR")
 
+    scan = scan or ScanCache()
+    # The listings of Audios/ (unlabelled Test3 files) and Transcripts/ (which transcripts exist) are part of
+    # the result: a file added or removed there changes the folder's stat.
+    scan.depend_on([os.fspath(audio_dir), os.fspath(transcript_dir)])
+    rows = read_rows(labels_path, _parse_labels, report, scan=scan)
+    listed = {row.id for row in rows}
+    for name in sorted(_list_audio(audio_dir)):
+        if name not in listed and _TEST3_FILE.search(name):
+            rows.append(Row(where=str(audio_dir / name), id=name, audio_path=audio_dir / name,
+                            fields={"split": UNLABELLED_SPLIT}))
+
+    if transcript_dir.is_dir():
+        # Strings, not Paths: building 150,000 Path objects costs more than reading the cached transcripts.
+        folder = os.fspath(transcript_dir)
+        paths = [os.path.join(folder, os.path.splitext(row.id)[0] + ".txt") for row in rows]
+        texts = scan.read(paths, _read_transcript, errors=(OSError,), kind="transcripts", columns=(str,),
+                          encode=lambda text: (text,), decode=lambda entry: entry[0], threads=HEADER_READ_THREADS)
+        for row, path, text in zip(rows, paths, texts, strict=True):
+            row.fields["transcript"] = _transcript_or_warning(path, text, report)
+    utterances = build_utterances(rows, report, scan=scan, progress=progress)
+    return Corpus(root=root, kind="msp-podcast", utterances=utterances, report=report)
+
+
+def _parse_labels(labels_path: Path, report: LoadReport) -> list[Row]:
+    """The rows of ``Labels/labels_consensus.csv``; bad ones are dropped into ``report``."""
+    audio_dir = labels_path.parent.parent / "Audios"
     rows = []
     for line, record in read_csv_records(
         labels_path, MSP_LABELS_HEADER, what="labels file", hint=f"the header must be {','.join(MSP_LABELS_HEADER)}",
@@ -52,17 +81,7 @@ def read_msp_podcast(root: str | Path, *, progress: Progress | None = None) -> C
             rows.append(_parse_row(record, where, audio_dir))
         except BadValue as error:
             report.drop(where, error.reason, error.detail, split=(record.get("Split_Set") or "").strip() or None)
-
-    listed = {row.id for row in rows}
-    for name in sorted(_list_audio(audio_dir)):
-        if name not in listed and _TEST3_FILE.search(name):
-            rows.append(Row(where=str(audio_dir / name), id=name, audio_path=audio_dir / name,
-                            fields={"split": UNLABELLED_SPLIT}))
-
-    if transcript_dir.is_dir():
-        for row in rows:
-            row.fields["transcript"] = _read_transcript(transcript_dir / f"{Path(row.id).stem}.txt", report)
-    return Corpus(root=root, kind="msp-podcast", utterances=build_utterances(rows, report, progress=progress), report=report)
+    return rows
 
 
 def _parse_row(record: Mapping[str, str | None], where: str, audio_dir: Path) -> Row:
@@ -94,16 +113,24 @@ def _list_audio(audio_dir: Path) -> list[str]:
         raise SertoolError(f"{audio_dir}: cannot list the folder ({error.strerror})") from None
 
 
-def _read_transcript(path: Path, report: LoadReport) -> str | None:
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace").strip()
-    except FileNotFoundError:
-        report.warn(str(path), "missing transcript", "no transcript file")
-        return None
-    except OSError as error:
-        report.warn(str(path), "unreadable transcript", error.strerror or str(error))
-        return None
-    if not text:
-        report.warn(str(path), "empty transcript", "the file is empty")
-        return None
-    return " ".join(text.split())  # one line of text, whatever the file's line breaks
+def _read_transcript(path: str) -> str:
+    """The transcript in ``path`` as one line of text ("" for an empty file), whatever its line breaks.
+
+    Raises:
+        OSError: the file is missing or unreadable.
+    """
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        return " ".join(handle.read().split())
+
+
+def _transcript_or_warning(path: str, text: str | Exception, report: LoadReport) -> str | None:
+    """The transcript, or None with a warning in ``report`` where the file is missing, unreadable or empty."""
+    if isinstance(text, FileNotFoundError):
+        report.warn(path, "missing transcript", "no transcript file")
+    elif isinstance(text, Exception):  # an OSError: the read lets no other through
+        report.warn(path, "unreadable transcript", getattr(text, "strerror", None) or str(text))
+    elif not text:
+        report.warn(path, "empty transcript", "the file is empty")
+    else:
+        return text
+    return None

@@ -5,19 +5,21 @@ so none of them imports another reader's module.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+import json
+import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from sertool.data.audio import audio_info
 from sertool.data.records import Utterance
-from sertool.data.report import LoadReport
+from sertool.data.report import LoadReport, Problem
+from sertool.data.scan_cache import ScanCache
 from sertool.errors import SertoolError
 from sertool.splits import SPLITS
 
 # Header reads are I/O-bound (often on network storage); threads overlap the waits.
-_HEADER_READ_THREADS = 8
+HEADER_READ_THREADS = 8
 
 Progress = Callable[[int, int], None]
 # The LoadReport reasons of a row whose audio cannot be used (what `--on-bad-audio fail` refuses).
@@ -62,9 +64,50 @@ class Row:
     fields: dict  # the remaining Utterance fields (split, labels, class, speaker, gender, transcript)
 
 
-def build_utterances(rows: Sequence[Row], report: LoadReport, *, progress: Progress | None = None) -> list[Utterance]:
+def read_rows(table: Path, parse: Callable[[Path, LoadReport], list[Row]], report: LoadReport, *,
+              scan: ScanCache) -> list[Row]:
+    """The rows of a labels file or manifest, ``parse(table, report)``, parsed once and then taken from
+    the scan cache while the file is unchanged (parsing MSP-Podcast's labels takes seconds, more than the
+    rest of a warm start); the rows it dropped are added to ``report`` either way.
+
+    Raises:
+        SertoolError: whatever ``parse`` raises for an unusable file.
+    """
+    def parse_into_new_report(path: str) -> tuple[list[Row], list[Problem]]:
+        own = LoadReport()
+        return parse(table, own), own.dropped
+
+    given = str(table)  # messages name the file as the user did; another spelling is another entry
+    (result,) = scan.read([table], parse_into_new_report, errors=(), kind="tables", columns=(str,),
+                          encode=lambda value: (json.dumps(_encode_rows(given, *value)),),
+                          decode=lambda entry: _decode_rows(given, json.loads(entry[0])))
+    assert not isinstance(result, Exception), "read_rows lets parse errors propagate (errors=())"
+    rows, dropped = result
+    report.dropped.extend(dropped)
+    return rows
+
+
+def _encode_rows(given: str, rows: list[Row], dropped: list[Problem]) -> list:
+    names = list(rows[0].fields) if rows else []
+    return [given, names, [[row.where, row.id, os.fspath(row.audio_path), *(row.fields[name] for name in names)]
+                           for row in rows],
+            [[problem.where, problem.reason, problem.detail, problem.split] for problem in dropped]]
+
+
+def _decode_rows(given: str, entry: list) -> tuple[list[Row], list[Problem]]:
+    if len(entry) != 4 or entry[0] != given:
+        raise ValueError("rows of another spelling of the path")
+    names = entry[1]
+    rows = [Row(where=row[0], id=row[1], audio_path=Path(row[2]), fields=dict(zip(names, row[3:], strict=True)))
+            for row in entry[2]]
+    return rows, [Problem(*problem) for problem in entry[3]]
+
+
+def build_utterances(rows: Sequence[Row], report: LoadReport, *, scan: ScanCache | None = None,
+                     progress: Progress | None = None) -> list[Utterance]:
     """Turn parsed rows into utterances: drop repeated ids and rows whose audio is missing, unreadable or
-    empty (each recorded in ``report``); durations come from the file headers, read in parallel."""
+    empty (each recorded in ``report``); durations come from the file headers (``read_headers``, through
+    ``scan``; None: the default cache folder's)."""
     seen: dict[str, str] = {}
     unique = []
     for row in rows:
@@ -75,8 +118,9 @@ def build_utterances(rows: Sequence[Row], report: LoadReport, *, progress: Progr
             unique.append(row)
 
     utterances = []
-    for row, header in zip(unique, _read_headers([row.audio_path for row in unique], progress), strict=True):
-        if isinstance(header, SertoolError):
+    headers = read_headers([row.audio_path for row in unique], scan=scan, progress=progress)
+    for row, header in zip(unique, headers, strict=True):
+        if isinstance(header, Exception):  # a SertoolError: read_headers returns no other
             reason = MISSING_AUDIO if not row.audio_path.exists() else UNREADABLE_AUDIO
             report.drop(row.where, reason, str(header), split=row.fields["split"])
             continue
@@ -88,17 +132,20 @@ def build_utterances(rows: Sequence[Row], report: LoadReport, *, progress: Progr
     return utterances
 
 
-def _read_headers(paths: Sequence[Path], progress: Progress | None) -> Iterable[tuple[int, int, int] | SertoolError]:
-    """``audio_info`` of each path, or the error it raised, in order."""
+def read_headers(paths: Sequence[str | os.PathLike[str]], *, scan: ScanCache | None = None,
+                 progress: Progress | None = None) -> list[tuple[int, int, int] | Exception]:
+    """``audio_info`` of each path, or the ``SertoolError`` it raised, in order.
 
-    def probe(path: Path) -> tuple[int, int, int] | SertoolError:
-        try:
-            return audio_info(path)
-        except SertoolError as error:
-            return error
+    Headers of unchanged files come from the scan cache (``scan``; None: the default cache folder's); the
+    others are read in parallel threads and recorded there.
+    """
+    return (scan or ScanCache()).read(
+        paths, audio_info, errors=(SertoolError,), kind="audio-headers", columns=(int, int, int),
+        decode=_decode_header, threads=HEADER_READ_THREADS, progress=progress)
 
-    with ThreadPoolExecutor(_HEADER_READ_THREADS) as pool:
-        for done, result in enumerate(pool.map(probe, paths), start=1):
-            if progress is not None:
-                progress(done, len(paths))
-            yield result
+
+def _decode_header(entry: tuple) -> tuple[int, int, int]:
+    sample_rate, num_frames, num_channels = entry
+    if not (sample_rate > 0 and num_frames >= 0 and num_channels > 0):
+        raise ValueError(f"not an audio header: {entry!r}")
+    return entry

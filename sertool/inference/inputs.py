@@ -12,6 +12,8 @@ from sertool.data.audio import SAMPLE_RATE, audio_info
 from sertool.data.corpus import open_corpus
 from sertool.data.records import Utterance
 from sertool.data.report import LoadReport
+from sertool.data.rows import read_headers
+from sertool.data.scan_cache import ScanCache
 from sertool.errors import SertoolError
 from sertool.inference.predictions import Predictions
 from sertool.inference.windows import combine_windows, window_segments, window_spans
@@ -22,13 +24,15 @@ PREDICT_SPLIT = "predict"  # split name of utterances read from loose files
 TRANSCRIPT_ID_COLUMNS = ("FileName", "id", "path")  # a --transcripts CSV names its files in one of these
 
 
-def collect_inputs(paths: Sequence[str | Path]) -> tuple[list[Utterance], LoadReport]:
+def collect_inputs(paths: Sequence[str | Path], *, cache_dir: str | os.PathLike[str] | None = None,
+                   ) -> tuple[list[Utterance], LoadReport]:
     """Utterances from files, folders (searched recursively for audio) and manifest CSVs, and the rows
     the manifests dropped.
 
     A loose file's id is its name; a file found in a folder is named by its path below that folder, so
     that ``a/x.wav`` and ``b/x.wav`` stay apart. A name that is not valid UTF-8 keeps its bytes as
-    ``\\xNN`` escapes in the id (``printable``). Durations come from the headers.
+    ``\\xNN`` escapes in the id (``printable``). Durations come from the headers, kept in the scan cache
+    under ``cache_dir`` (None: the default) for folders and manifests.
 
     Raises:
         SertoolError: a path that does not exist, a folder without audio, unreadable audio, a link to
@@ -45,10 +49,14 @@ def collect_inputs(paths: Sequence[str | Path]) -> tuple[list[Utterance], LoadRe
             if not files:
                 raise SertoolError(f"{printable(str(path))}: no audio files ({', '.join(AUDIO_SUFFIXES)}) "
                                    "in this folder")
-            utterances.extend(audio_file_utterance(file, printable(file.relative_to(path).as_posix()))
-                              for file in files)
+            for file, header in zip(files, read_headers(files, scan=ScanCache(cache_dir)), strict=True):
+                if isinstance(header, Exception):
+                    raise header
+                sample_rate, num_frames, _ = header
+                utterances.append(Utterance(id=printable(file.relative_to(path).as_posix()), audio_path=file,
+                                            split=PREDICT_SPLIT, duration_s=num_frames / sample_rate))
         elif path.suffix.lower() == ".csv":
-            manifest = open_corpus(path)
+            manifest = open_corpus(path, cache_dir=cache_dir)
             utterances.extend(manifest.utterances)
             report.dropped.extend(manifest.report.dropped)
             report.warnings.extend(manifest.report.warnings)
@@ -94,10 +102,12 @@ def audio_files(folder: Path) -> list[Path]:
     return sorted(found, key=lambda file: file.relative_to(folder).as_posix())
 
 
-def corpus_split(corpus: str | Path, split: str) -> tuple[list[Utterance], LoadReport]:
+def corpus_split(corpus: str | Path, split: str, *, cache_dir: str | os.PathLike[str] | None = None,
+                 ) -> tuple[list[Utterance], LoadReport]:
     """The utterances of one split of a corpus (MSP-Podcast root or manifest), and what reading the
-    corpus dropped (rows whose split is unknown until they parse, so the report covers the whole corpus)."""
-    opened = open_corpus(corpus)
+    corpus dropped (rows whose split is unknown until they parse, so the report covers the whole corpus).
+    The scan's findings are kept under ``cache_dir`` (None: the default; see ``open_corpus``)."""
+    opened = open_corpus(corpus, cache_dir=cache_dir)
     return opened.split(split), opened.report
 
 

@@ -18,6 +18,7 @@ from sertool.data.records import Utterance
 from sertool.data.transcripts import Transcriber, fill_transcripts
 from sertool.errors import SertoolError
 from sertool.hub import is_repo_id
+from sertool.inference.cpu import check_quantize, quantize_linear_int8, set_threads
 from sertool.inference.ensemble import apply_plan, read_plan
 from sertool.inference.options import InferenceOptions
 from sertool.inference.predictions import Predictions, check_rating_scale, read_predictions
@@ -78,7 +79,10 @@ class CheckpointPredictor:
             model = SERModel(self.config.model, num_speakers=len(self.payload.get("speakers", [])),
                              backbone_weights=self.payload.get("backbone_weights", "published"))
             load_stored_state(model, self.payload["model_state"], source=self.name)
-            self._model = model.to(self.options.torch_device()).eval()
+            model = model.to(self.options.torch_device()).eval()
+            if self.options.quantize == "int8":
+                model = quantize_linear_int8(model)  # in memory only: the checkpoint is not touched
+            self._model = model
         return self._model
 
     def predict(self, utterances: Sequence[Utterance]) -> PredictorOutput:
@@ -174,6 +178,8 @@ def open_predictor(path: str | Path, options: InferenceOptions | None = None, *,
         SertoolError: the path is missing or not one of these.
     """
     options = options or InferenceOptions()
+    check_quantize(options.quantize, options.torch_device())
+    set_threads(options.threads)
     text = str(path)
     path = Path(text).expanduser()
     if not path.exists():

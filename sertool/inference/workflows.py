@@ -341,7 +341,7 @@ def run_evaluate(model: str | Path, options: EvaluateOptions, *, on_load_report:
     Raises:
         SertoolError: as ``corpus_split`` and ``evaluate``.
     """
-    utterances, report = corpus_split(options.corpus, options.split)
+    utterances, report = corpus_split(options.corpus, options.split, cache_dir=options.inference.cache_dir)
     on_load_report(report)
     return evaluate(model, utterances, split=options.split, options=options.inference, out=_path(options.out),
                     plot=_path(options.plot), force=options.force, bootstrap=options.bootstrap.bootstrap,
@@ -369,7 +369,9 @@ def run_predict(model: str | Path, paths: Sequence[str], options: PredictOptions
         raise SertoolError("give audio PATHS or --corpus ROOT (with --split), not both or neither")
     out, submission = _path(options.out), _path(options.submission)
     check_outputs(out=out, file_format=options.file_format, submission=submission, force=options.force)
-    utterances, report = corpus_split(options.corpus, options.split) if options.corpus else collect_inputs(paths)
+    cache_dir = options.inference.cache_dir
+    utterances, report = (corpus_split(options.corpus, options.split, cache_dir=cache_dir) if options.corpus
+                          else collect_inputs(paths, cache_dir=cache_dir))
     on_load_report(report)
     if submission is not None:
         require_complete(report, options.split if options.corpus else None, purpose=f"--submission {submission}")
@@ -394,12 +396,13 @@ def run_ensemble(members: Sequence[str | Path], options: EnsembleOptions, *,
     out, submission, save = _path(options.out), _path(options.submission), _path(options.save)
     check_outputs(out=out, file_format=None, submission=submission, force=options.force)
     check_writable([save], force=options.force)
-    utterances, report = corpus_split(options.corpus, options.split)
+    cache_dir = options.inference.cache_dir
+    utterances, report = corpus_split(options.corpus, options.split, cache_dir=cache_dir)
     on_load_report(report)
     if submission is not None:
         require_complete(report, options.split, purpose=f"--submission {submission}")
     per_attribute = options.per_attribute is not None  # its one choice: best
-    selection = (corpus_split(options.corpus, options.select_split)[0]
+    selection = (corpus_split(options.corpus, options.select_split, cache_dir=cache_dir)[0]
                  if per_attribute and options.select_split != options.split else None)
     result = ensemble(members, utterances, split=options.split, options=options.inference, weights=options.weights,
                       per_attribute=per_attribute, selection_utterances=selection,

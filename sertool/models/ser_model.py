@@ -20,6 +20,7 @@ from sertool.models.pooling import build_pooling
 from sertool.models.projection import FrameProjection
 from sertool.models.speaker_embedding import build_speaker_embedder
 from sertool.models.text import TextEncoder
+from sertool.models.utterance_stats import UtteranceStatistics
 
 AUX_TASKS: tuple[str, ...] = ("gender", "speaker")
 # Submodules holding pretrained encoders: their trainable parameters form the "backbone" group.
@@ -58,6 +59,7 @@ class SERModel(nn.Module):
     - ``text``: concatenates the mean-pooled ``text_model`` embedding of the transcript ("MM" systems);
       embeddings come precomputed (``TextEmbeddingCache``) or, with ``lora_rank > 0``, from ``texts``;
     - ``speaker_embedding``: concatenates a frozen x-vector ("+ S Emb");
+    - ``utterance_stats``: concatenates the utterance's standardised log-mel statistics (the wide path);
     - three two-layer heads (``head_hidden_dim``, ``head_dropout``, ``head_norm``), one per attribute;
     - ``aux``: ``"gender"`` head (cross-entropy) and ``"speaker"`` head (AAM-softmax, needs
       ``num_speakers``).
@@ -106,8 +108,11 @@ class SERModel(nn.Module):
             else None
         )
         self.speaker_embedder = build_speaker_embedder(config.speaker_embedding) if config.speaker_embedding else None
+        self.utterance_stats = (UtteranceStatistics(dropout=config.utterance_stats_dropout)
+                                if config.utterance_stats else None)
         self.representation_dim = self.pooling.output_dim + sum(
-            part.output_dim for part in (self.text_encoder, self.speaker_embedder) if part is not None
+            part.output_dim for part in (self.text_encoder, self.speaker_embedder, self.utterance_stats)
+            if part is not None
         )
         head_sizes: dict[str, Any] = dict(hidden_dim=config.head_hidden_dim, dropout=config.head_dropout,
                                           norm=config.head_norm)
@@ -156,6 +161,8 @@ class SERModel(nn.Module):
             raise ValueError("texts given to a model built without a text branch (ModelConfig.text is False)")
         if self.speaker_embedder is not None:
             parts.append(self.speaker_embedder(waveforms, sample_mask).to(pooled.dtype))
+        if self.utterance_stats is not None:
+            parts.append(self.utterance_stats(waveforms, sample_mask).to(pooled.dtype))
         representation = torch.cat(parts, dim=-1)
         output = ModelOutput(emotion=self.emotion_heads(representation))
         if self.gender_head is not None:

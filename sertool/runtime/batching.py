@@ -23,13 +23,17 @@ def fill_batches(members: np.ndarray, durations_s: np.ndarray, max_batch_s: floa
     batches: list[list[int]] = []
     batch: list[int] = []
     longest_s = 0.0
-    for index in members.tolist():
-        duration_s = float(durations_s[index])
-        if len(batch) >= max(1, min_batch_items) and (len(batch) + 1) * max(longest_s, duration_s) > max_batch_s:
+    fewest = max(1, min_batch_items)
+    # Plain floats and comparisons, not numpy scalars and max(): `train` plans every epoch of the run at its
+    # start (the LR schedule's length), 1.7 million items for 20 epochs of MSP-Podcast's Train.
+    lengths_s = np.asarray(durations_s, dtype=np.float64)[members].tolist()
+    for index, duration_s in zip(members.tolist(), lengths_s, strict=True):
+        longest_s_with = duration_s if duration_s > longest_s else longest_s
+        if len(batch) >= fewest and (len(batch) + 1) * longest_s_with > max_batch_s:
             batches.append(batch)
-            batch, longest_s = [], 0.0
+            batch, longest_s_with = [], duration_s
         batch.append(index)
-        longest_s = max(longest_s, duration_s)
+        longest_s = longest_s_with
     if batch:
         batches.append(batch)
     return batches

@@ -62,6 +62,7 @@ from sertool.models.ccc import ccc_scores, collapsed_attributes
 from sertool.models.losses import SERLoss
 from sertool.models.ser_model import SERModel
 from sertool.models.text_features import transcript_embeddings
+from sertool.models.utterance_stats import fit_utterance_statistics
 from sertool.runtime import distributed
 from sertool.runtime.distributed import Distributed
 from sertool.runtime.precision import resolve_amp
@@ -277,7 +278,8 @@ class _Run:
         """Corpus, selection, transcripts: ``train_set``, ``valid_set``, ``speakers`` and what they are."""
         config = self.config
         assert config.data.corpus is not None, "train() refuses a config without a corpus before any set-up"
-        corpus = open_corpus(config.data.corpus, progress=self._progress("reading audio headers"))
+        corpus = open_corpus(config.data.corpus, progress=self._progress("reading audio headers"),
+                             cache_dir=config.data.cache_dir)
         self.load_report = corpus.report
         selection = select(corpus.utterances, train_split=config.data.train_split, valid_split=config.data.valid_split,
                            train_ox=config.data.train_ox, dev_ox_to_train=config.data.dev_ox_to_train,
@@ -312,6 +314,9 @@ class _Run:
         elif initial is not None and train_config.init_from:
             for note in load_initial_weights(self.model, initial, source=train_config.init_from):
                 self.reporter.message(note)
+        if self.model.utterance_stats is not None and not self.model.utterance_stats.standardizer.fitted:
+            # A fresh run (a resumed one, or --init-from a wide model, keeps the moments it was trained with).
+            fit_utterance_statistics(self.model, self.train_set)
         self.model.to(self.context.device)
         self.text_embeddings = transcript_embeddings(self.model, [*self.train_set, *self.valid_set], config.data.cache_dir)
         self.loss_fn = SERLoss(config.model)
@@ -334,7 +339,8 @@ class _Run:
         self.dataset = UtteranceDataset(
             self.train_set, to_unit=self.model.label_scaling.to_unit,
             speakers={speaker: index for index, speaker in enumerate(self.speakers)},
-            text_embeddings=self.text_embeddings, max_duration_s=crop_s, seed=config.seed)
+            text_embeddings=self.text_embeddings, max_duration_s=crop_s,
+            speed_perturbation=config.data.speed_perturbation, seed=config.seed)
         self.loader = torch.utils.data.DataLoader(
             self.dataset, batch_sampler=self.sampler, collate_fn=collate, num_workers=config.data.num_workers,
             pin_memory=context.device.type == "cuda", worker_init_fn=quiet_worker,

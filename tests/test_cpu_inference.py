@@ -1,0 +1,86 @@
+"""CPU inference: --quantize int8 (dynamic quantisation of the linear layers) and --threads."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from torch.ao.nn.quantized.dynamic import Linear as QuantizedLinear
+
+import sertool
+from sertool.cli import cli
+from sertool.errors import SertoolError
+from sertool.inference.inputs import corpus_split
+from sertool.models.ccc import ccc_scores
+from sertool.training.loop import train
+from tests.corpus_files import write_learnable_corpus
+from tests.systems import small_config
+from tests.tiny_speech import save_tiny_wavlm
+
+
+@pytest.fixture(scope="module")
+def wavlm_run(tmp_path_factory) -> tuple[Path, Path]:
+    """A tiny WavLM system trained for a few steps, and its corpus."""
+    folder = tmp_path_factory.mktemp("quantize")
+    corpus = write_learnable_corpus(folder / "corpus", per_split={"Train": 8, "Development": 12})
+    config = small_config(corpus, epochs=1)
+    config.model.backbone = "wavlm"
+    config.model.backbone_path = str(save_tiny_wavlm(folder / "tiny-wavlm"))
+    train(config, folder / "run", device="cpu")
+    return folder / "run", corpus
+
+
+def digests(folder: Path) -> dict[str, str]:
+    return {path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in sorted(folder.iterdir()) if path.is_file()}
+
+
+def test_int8_predictions_are_close_to_float32_and_nothing_on_disk_changes(wavlm_run):
+    run_dir, corpus = wavlm_run
+    utterances, _ = corpus_split(corpus, "Development")
+    before = digests(run_dir)
+    float32 = sertool.load(run_dir, device="cpu")
+    int8 = sertool.load(run_dir, device="cpu", quantize="int8")
+    expected = float32.predict([utt.audio_path for utt in utterances], table=True).values
+    quantised = int8.predict([utt.audio_path for utt in utterances], table=True).values
+    assert digests(run_dir) == before
+    modules = list(int8._predictor.model.modules())
+    assert any(isinstance(module, QuantizedLinear) for module in modules)
+    assert not any(isinstance(module, torch.nn.Linear) for module in modules)
+    difference = np.abs(quantised - expected)
+    assert 0 < difference.max() < 0.05  # on the 1–7 scale: quantised, and close
+    assert min(ccc_scores(quantised, expected).values()) > 0.99
+
+
+def test_quantize_through_the_cli_writes_close_predictions(wavlm_run, tmp_path):
+    run_dir, corpus = wavlm_run
+    outputs = {}
+    for quantize in ("off", "int8"):
+        out = tmp_path / f"{quantize}.csv"
+        result = CliRunner().invoke(cli, ["predict", str(run_dir), "--corpus", str(corpus), "--split", "Development",
+                                          "--device", "cpu", "--quantize", quantize, "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        outputs[quantize] = np.loadtxt(out, delimiter=",", skiprows=1, usecols=(1, 2, 3))
+    assert np.abs(outputs["int8"] - outputs["off"]).max() < 0.05
+
+
+def test_int8_on_a_gpu_is_refused_in_one_line(wavlm_run):
+    run_dir, corpus = wavlm_run
+    result = CliRunner().invoke(cli, ["evaluate", str(run_dir), "--corpus", str(corpus), "--device", "cuda",
+                                      "--quantize", "int8"])
+    assert result.exit_code != 0
+    assert "--quantize int8 runs on the CPU only" in result.output and "Traceback" not in result.output
+
+
+def test_threads_sets_torch_s_thread_count(wavlm_run, monkeypatch):
+    run_dir, corpus = wavlm_run
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    result = CliRunner().invoke(cli, ["evaluate", str(run_dir), "--corpus", str(corpus), "--device", "cpu",
+                                      "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    assert calls == [1]
+    with pytest.raises(SertoolError, match="--threads -1"):
+        sertool.load(run_dir, device="cpu", threads=-1)

@@ -26,7 +26,15 @@ from typing import Any, Union
 
 import numpy as np
 
-from sertool.config import DEFAULT_ASR_MODEL_ID, DEFAULT_EVAL_BATCH_S, DEFAULT_HOP_S, DEFAULT_WINDOW_S
+from sertool.config import (
+    DEFAULT_AMP,
+    DEFAULT_ASR_MODEL_ID,
+    DEFAULT_DEVICE,
+    DEFAULT_EVAL_BATCH_S,
+    DEFAULT_HOP_S,
+    DEFAULT_QUANTIZE,
+    DEFAULT_WINDOW_S,
+)
 from sertool.data.records import ATTRIBUTES, Utterance
 from sertool.errors import SertoolError
 from sertool.inference.predictions import Predictions
@@ -39,15 +47,15 @@ Audio = Union[str, os.PathLike, np.ndarray, Any]
 def load(
     model: str | os.PathLike,
     *,
-    device: str = "auto",
+    device: str = DEFAULT_DEVICE,
     backbone_path: str | None = None,
     text_model: str | None = None,
     speaker_embedding: str | None = None,
     asr: str = DEFAULT_ASR_MODEL_ID,
     cache_dir: str | None = None,
     max_batch_s: float = DEFAULT_EVAL_BATCH_S,
-    amp: str = "auto",
-    quantize: str = "off",
+    amp: str = DEFAULT_AMP,
+    quantize: str = DEFAULT_QUANTIZE,
     threads: int = 0,
 ) -> Model:
     """Open a model for prediction.

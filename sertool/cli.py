@@ -6,24 +6,17 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import typing
 from pathlib import Path
 from typing import Any
 
 import click
 
 from sertool.config import (
-    AMP_CHOICES,
     AT_LEAST_ONE,
-    DEFAULT_ASR_MODEL_ID,
-    DEFAULT_EVAL_BATCH_S,
-    DEFAULT_HOP_S,
-    DEFAULT_WINDOW_S,
+    DEFAULT_DEVICE,
     DEVICE_CHOICES,
-    MIN_DURATION_S,
-    NON_NEGATIVE,
-    POSITIVE,
     PROBABILITY,
-    QUANTIZE_CHOICES,
     SEED,
     Bounds,
 )
@@ -31,9 +24,9 @@ from sertool.data.demo import DEMO_SIZES
 from sertool.data.selection import SPEAKER_CHOICES
 from sertool.errors import SertoolError
 from sertool.experiments.grid import SCALES
-from sertool.inference.writers import WRITERS
+from sertool.inference.options import EnsembleOptions, EvaluateOptions, PredictOptions
 from sertool.progress import task
-from sertool.splits import DEVELOPMENT, TEST3, TRAIN
+from sertool.splits import DEVELOPMENT, TRAIN
 from sertool.version import __version__
 
 EXIT_USER_ERROR = 2
@@ -325,7 +318,7 @@ def _config_flags(command):
 @click.option("--resume", metavar="RUN_DIR", help="Continue the interrupted run in RUN_DIR exactly where it stopped "
               "(--corpus, --cache-dir and --num-workers may point elsewhere).")
 @click.option("--force", is_flag=True, help="Start over in an --out folder that already holds files.")
-@click.option("--device", type=click.Choice(DEVICE_CHOICES), default="auto", show_default=True,
+@click.option("--device", type=click.Choice(DEVICE_CHOICES), default=DEFAULT_DEVICE, show_default=True,
               help="Where to train; under torchrun each process takes its LOCAL_RANK GPU.")
 @click.option("--tensorboard", is_flag=True, help="Also write TensorBoard scalars to RUN_DIR/tensorboard/ "
               "(needs the tensorboard package).")
@@ -351,120 +344,71 @@ def train_command(config_file: str | None, out: str | None, resume: str | None, 
           reporter=train_reporter(run_dir, tensorboard=tensorboard))
 
 
-def _inference_options(command):
-    """Flags every inference command shares; they fill ``InferenceOptions``."""
-    options = [
-        click.option("--device", type=click.Choice(DEVICE_CHOICES), default="auto", show_default=True,
-                     help="Where to run the model."),
-        click.option("--batch-s", "max_batch_s", type=_Number(float, POSITIVE), default=DEFAULT_EVAL_BATCH_S, show_default=True,
-                     help="Inference batch bound: utterances × longest clip ≤ this many seconds."),
-        click.option("--num-workers", type=_Number(int, NON_NEGATIVE), default=0, show_default=True,
-                     help="Data-loader processes."),
-        click.option("--amp", type=click.Choice(AMP_CHOICES), default="auto", show_default=True,
-                     help="Mixed precision (auto: bf16/fp16 on GPUs, off on the CPU)."),
-        click.option("--cache-dir", help="Cache of corpus scans (durations, transcripts), text embeddings and ASR "
-                                         "transcripts (default: $SERTOOL_CACHE or ~/.cache/sertool)."),
-        click.option("--backbone-path", help="Where the checkpoint's speech backbone lives here (hub id or folder), "
-                                             "if not where it was trained."),
-        click.option("--text-model", help="Where an MM checkpoint's text encoder lives here (hub id or folder)."),
-        click.option("--speaker-embedding", help="Where a +S Emb checkpoint's speaker model lives here."),
-        click.option("--asr", default=DEFAULT_ASR_MODEL_ID, show_default=True,
-                     help="Whisper model (hub id or folder) that transcribes audio without a transcript (MM models)."),
-        click.option("--quantize", type=click.Choice(QUANTIZE_CHOICES), default="off", show_default=True,
-                     help="int8: dynamic int8 quantisation of the linear layers, about 2× faster on a CPU; "
-                          "predictions move by a few hundredths (CPU only)."),
-        click.option("--threads", type=_Number(int, NON_NEGATIVE), default=0, show_default=True,
-                     help="CPU threads for torch (0: one per core). Fewer suit a machine shared with other work."),
-    ]
-    for decorate in reversed(options):
-        command = decorate(command)
-    return command
+def _option_flags(options_class):
+    """One flag per field of an options dataclass (``sertool.inference.options``), nested option dataclasses
+    (bootstrap, inference) flattened in place: the field's default, choices, bounds and help are the flag's."""
+    def decorate(command):
+        for spec, kind in reversed(_flag_fields(options_class)):
+            meta = spec.metadata
+            flag = meta["flag"] or "--" + spec.name.replace("_", "-")
+            if kind is bool:
+                command = click.option(flag, spec.name, is_flag=True, help=meta["help"])(command)
+                continue
+            value_type = (click.Choice(meta["choices"]) if meta["choices"] else
+                          _Number(kind, meta["bounds"], many=meta["many"]) if meta["bounds"] else None)
+            command = click.option(flag, spec.name, type=value_type, default=spec.default, show_default=True,
+                                   required=meta["required"], metavar=meta["metavar"], help=meta["help"])(command)
+        return command
+    return decorate
 
 
-def _bootstrap_options(command):
-    """``--bootstrap B`` and its seed (evaluate, ensemble)."""
-    command = click.option("--bootstrap-seed", type=_Number(int, SEED), default=0, show_default=True,
-                           help="Seed of the bootstrap resamples.")(command)
-    return click.option("--bootstrap", type=_Number(int, NON_NEGATIVE), default=0, show_default=True, metavar="B",
-                        help="Bootstrap 95 % confidence intervals of each CCC from B resamples of the utterances "
-                             "(e.g. 1000; 0: none).")(command)
+def _flag_fields(options_class) -> list[tuple[dataclasses.Field, type]]:
+    """The flag fields of ``options_class`` in declaration order, each with its value's type (a list's item's)."""
+    hints = typing.get_type_hints(options_class)
+    fields = []
+    for spec in dataclasses.fields(options_class):
+        if "help" not in spec.metadata:  # a nested options dataclass
+            fields.extend(_flag_fields(spec.default_factory))
+            continue
+        kind = next(arg for arg in typing.get_args(hints[spec.name]) or (hints[spec.name],) if arg is not type(None))
+        fields.append((spec, typing.get_args(kind)[0] if spec.metadata["many"] else kind))
+    return fields
 
 
-def _score_options(command):
-    """``--scores FILE`` and ``--json`` (evaluate, ensemble): the score table as data."""
-    command = click.option("--json", "as_json", is_flag=True, help="Print the scores as JSON on stdout instead of the "
-                           "table (messages go to stderr).")(command)
-    return click.option("--scores", "scores_path", metavar="JSON",
-                        help="Also write the scores as JSON: split, utterances and CCC per system.")(command)
-
-
-def _options(flags: dict):
-    from sertool.inference.predictor import InferenceOptions
-
-    names = ("device", "max_batch_s", "num_workers", "amp", "cache_dir", "backbone_path", "text_model",
-             "speaker_embedding", "asr", "quantize", "threads")
-    return InferenceOptions(**{name: flags.pop(name) for name in names})
-
-
-def _out_path(value: str | None) -> Path | None:
-    return Path(value) if value else None
+def _options_from(options_class, flags: dict):
+    """The options dataclass filled from click's values (the inverse of ``_option_flags``)."""
+    return options_class(**{spec.name: flags.pop(spec.name) if "help" in spec.metadata
+                            else _options_from(spec.default_factory, flags)
+                            for spec in dataclasses.fields(options_class)})
 
 
 @cli.command("evaluate")
 @click.argument("model", metavar="CKPT")
-@click.option("--corpus", required=True, metavar="ROOT", help="MSP-Podcast root or manifest.")
-@click.option("--split", default=DEVELOPMENT, show_default=True, help="A labelled split.")
-@click.option("--out", metavar="CSV", help="Write the predictions (labels beside them) here (.csv or .json).")
-@click.option("--plot", metavar="PNG", help="Write predicted-vs-true and by-class plots here.")
-@click.option("--force", is_flag=True, help="Overwrite --out / --plot / --scores.")
-@_score_options
-@_bootstrap_options
-@_inference_options
-def evaluate_command(model: str, corpus: str, split: str, out: str | None, plot: str | None, force: bool,
-                     scores_path: str | None, as_json: bool, bootstrap: int, bootstrap_seed: int, **flags) -> None:
+@_option_flags(EvaluateOptions)
+def evaluate_command(model: str, **flags) -> None:
     """CCC per attribute and average of CKPT on a split (whole utterances, batched by length).
 
     CKPT is a checkpoint, a run folder (its best.pt), a model folder (sertool export, or the authors'
     released models) or its hub id, a predictions CSV, or an ensemble JSON.
     """
     from sertool.console import print_collapse_warnings, print_json, print_load_report, print_scores, print_written
-    from sertool.inference.inputs import corpus_split
-    from sertool.inference.workflows import evaluate
+    from sertool.inference.workflows import run_evaluate
 
-    utterances, report = corpus_split(corpus, split, cache_dir=flags["cache_dir"])
-    print_load_report(report)
-    result = evaluate(model, utterances, split=split, options=_options(flags), out=_out_path(out),
-                      plot=_out_path(plot), scores=_out_path(scores_path), corpus=corpus, force=force,
-                      bootstrap=bootstrap, bootstrap_seed=bootstrap_seed)
-    if as_json:
+    options = _options_from(EvaluateOptions, flags)
+    result = run_evaluate(model, options, on_load_report=print_load_report)
+    if options.as_json:
         print_json(result.document)
         print_collapse_warnings([result.scores])
     else:
-        print_scores(f"{split} of {corpus}", [result.scores])
-    print_written(result.written, as_json=as_json)
+        print_scores(f"{options.split} of {options.corpus}", [result.scores])
+    print_written(result.written, as_json=options.as_json)
 
 
 @cli.command("predict")
 @click.argument("model", metavar="CKPT")
 @click.argument("paths", nargs=-1, metavar="[PATHS]...")
-@click.option("--corpus", metavar="ROOT", help="Predict a split of this corpus (with --split) instead of PATHS.")
-@click.option("--split", default=TEST3, show_default=True, help="The split of --corpus to predict.")
-@click.option("--format", "file_format", type=click.Choice(tuple(WRITERS)), help="Output format "
-              "(default: from --out's suffix, else csv).")
-@click.option("--out", metavar="FILE", help="Write predictions here (default: standard output).")
-@click.option("--submission", metavar="CSV", help="Also write the challenge submission: FileName,EmoAct,EmoVal,EmoDom, "
-              "1–7, clipped, every file once.")
-@click.option("--transcripts", metavar="DIR|CSV", help="Transcripts for MM models: a folder of <stem>.txt or a CSV "
-              "with FileName and transcript columns (otherwise ASR).")
-@click.option("--window-s", type=_Number(float, Bounds(at_least=MIN_DURATION_S)), default=DEFAULT_WINDOW_S, show_default=True,
-              help=f"Files longer than this are cut into windows (at least {MIN_DURATION_S:g} s).")
-@click.option("--hop-s", type=_Number(float, POSITIVE), default=DEFAULT_HOP_S, show_default=True,
-              help="Seconds between window starts.")
-@click.option("--force", is_flag=True, help="Overwrite --out / --submission.")
-@_inference_options
-def predict_command(model: str, paths: tuple[str, ...], corpus: str | None, split: str, file_format: str | None,
-                    out: str | None, submission: str | None, transcripts: str | None, window_s: float, hop_s: float,
-                    force: bool, **flags) -> None:
+@_option_flags(PredictOptions)
+def predict_command(model: str, paths: tuple[str, ...], **flags) -> None:
     """Predict A/V/D (1–7 scale) for audio files, folders, a manifest, or a corpus split.
 
     CKPT is anything evaluate takes, e.g. a run folder or a model hub id.
@@ -476,47 +420,19 @@ def predict_command(model: str, paths: tuple[str, ...], corpus: str | None, spli
     """
     from sertool.console import out as console
     from sertool.console import print_load_report
-    from sertool.inference.inputs import attach_transcripts, collect_inputs, corpus_split, require_complete
-    from sertool.inference.workflows import check_outputs, predict, write_outputs
+    from sertool.inference.workflows import run_predict
 
-    if bool(paths) == bool(corpus):
-        raise SertoolError("give audio PATHS or --corpus ROOT (with --split), not both or neither")
-    check_outputs(out=_out_path(out), file_format=file_format, submission=_out_path(submission), force=force)
-    utterances, report = (corpus_split(corpus, split, cache_dir=flags["cache_dir"]) if corpus
-                          else collect_inputs(paths, cache_dir=flags["cache_dir"]))
-    print_load_report(report)
-    if submission:
-        require_complete(report, split if corpus else None, purpose=f"--submission {submission}")
-    if transcripts:
-        utterances = attach_transcripts(utterances, transcripts)
-    predictions = predict(model, utterances, options=_options(flags), window_s=window_s, hop_s=hop_s)
-    written = write_outputs(predictions, out=_out_path(out), file_format=file_format, submission=_out_path(submission),
-                            expected_ids=[utt.id for utt in utterances], stream=sys.stdout, force=force)
-    for path in written:
-        console.print(f"wrote {path} ({len(predictions):,} file{'s' if len(predictions) != 1 else ''})")
+    result = run_predict(model, paths, _options_from(PredictOptions, flags), on_load_report=print_load_report,
+                         stream=sys.stdout)
+    count = len(result.predictions)
+    for path in result.written:
+        console.print(f"wrote {path} ({count:,} file{'s' if count != 1 else ''})")
 
 
 @cli.command("ensemble")
 @click.argument("members", nargs=-1, required=True, metavar="MEMBER...")
-@click.option("--corpus", required=True, metavar="ROOT", help="MSP-Podcast root or manifest.")
-@click.option("--split", default=DEVELOPMENT, show_default=True, help="The split to combine (and score, if labelled).")
-@click.option("--weights", type=_Number(float, NON_NEGATIVE, many=True), metavar="W,W,...",
-              help="Weighted mean instead of the plain mean: one weight (≥ 0) per member.")
-@click.option("--per-attribute", type=click.Choice(["best"]), help="Per attribute, the member subset that is best on "
-              "--select-split (the paper's future work).")
-@click.option("--select-split", default=DEVELOPMENT, show_default=True,
-              help="Labelled split the per-attribute choice is made on.")
-@click.option("--out", metavar="FILE", help="Write the ensemble's predictions (with the members' spread) here.")
-@click.option("--submission", metavar="CSV", help="Write the challenge submission of the ensemble here.")
-@click.option("--save", metavar="JSON", help="Keep the ensemble: evaluate and predict accept it as a checkpoint.")
-@click.option("--force", is_flag=True, help="Overwrite --out / --submission / --save / --scores.")
-@_score_options
-@_bootstrap_options
-@_inference_options
-def ensemble_command(members: tuple[str, ...], corpus: str, split: str, weights: list[float] | None,
-                     per_attribute: str | None, select_split: str, out: str | None, submission: str | None,
-                     save: str | None, force: bool, scores_path: str | None, as_json: bool, bootstrap: int,
-                     bootstrap_seed: int, **flags) -> None:
+@_option_flags(EnsembleOptions)
+def ensemble_command(members: tuple[str, ...], **flags) -> None:
     """Average the A/V/D predictions of MEMBERs: checkpoints, run folders, model folders or hub ids,
     predictions CSVs or ensembles.
 
@@ -534,38 +450,24 @@ def ensemble_command(members: tuple[str, ...], corpus: str, split: str, weights:
         print_written,
     )
     from sertool.console import out as console
-    from sertool.inference.inputs import corpus_split, require_complete
-    from sertool.inference.workflows import check_outputs, ensemble, write_outputs
-    from sertool.io import check_writable
+    from sertool.inference.workflows import run_ensemble
 
-    check_outputs(out=_out_path(out), file_format=None, submission=_out_path(submission), force=force)
-    check_writable([_out_path(save), _out_path(scores_path)], force=force)
-    utterances, report = corpus_split(corpus, split, cache_dir=flags["cache_dir"])
-    print_load_report(report)
-    if submission:
-        require_complete(report, split, purpose=f"--submission {submission}")
-    selection = corpus_split(corpus, select_split, cache_dir=flags["cache_dir"])[0] \
-        if per_attribute and select_split != split else None
-    result = ensemble(members, utterances, split=split, options=_options(flags), weights=weights,
-                      per_attribute=per_attribute == "best", selection_utterances=selection,
-                      selection_split=select_split, save=_out_path(save), scores=_out_path(scores_path), corpus=corpus,
-                      require_scores=as_json, force=force, bootstrap=bootstrap, bootstrap_seed=bootstrap_seed)
+    options = _options_from(EnsembleOptions, flags)
+    as_json = options.as_json
+    result = run_ensemble(members, options, on_load_report=print_load_report)
     rows = [*result.member_scores, result.ensemble_scores] if result.ensemble_scores is not None else []
     if as_json:
         print_json(result.document)
         print_collapse_warnings(rows)
     elif rows:
-        print_scores(f"{split} of {corpus}", rows, highlight="ensemble")
+        print_scores(f"{options.split} of {options.corpus}", rows, highlight="ensemble")
     if result.differences and not as_json:
-        print_differences(f"the ensemble's gain over each member, {split}", result.differences)
-    if per_attribute:
+        print_differences(f"the ensemble's gain over each member, {options.split}", result.differences)
+    if options.per_attribute:
         for name, chosen in result.plan.weights.items():
             (err if as_json else console).print(f"{name}: " + " + ".join(result.plan.members[index]
                                                                          for index, _ in chosen))
-    written = write_outputs(result.predictions, out=_out_path(out), file_format=None, submission=_out_path(submission),
-                            expected_ids=[utt.id for utt in utterances], stream=None, force=True) \
-        if out or submission else []
-    print_written([*written, *result.written], as_json=as_json)
+    print_written(result.written, as_json=as_json)
 
 
 @cli.command("export")
@@ -660,7 +562,7 @@ def plot_command(runs: tuple[str, ...], out: str, force: bool) -> None:
 @click.option("--systems", metavar="A,B,...", help="Only these systems (and ensembles made of them).")
 @click.option("--model", "models", multiple=True, metavar="ID=DIR",
               help="Real scale without hub access: load hub id ID from folder DIR (repeatable).")
-@click.option("--device", type=click.Choice(DEVICE_CHOICES), default="auto", show_default=True)
+@click.option("--device", type=click.Choice(DEVICE_CHOICES), default=DEFAULT_DEVICE, show_default=True)
 def reproduce_command(corpus: str, grid: str | None, scale: str, out: str, seeds: int, systems: str | None,
                       models: tuple[str, ...], device: str) -> None:
     """Run the paper's experiment grid and write tables laid out like the paper's (make reproduce).
@@ -669,15 +571,10 @@ def reproduce_command(corpus: str, grid: str | None, scale: str, out: str, seeds
     """
     from sertool.console import RichTrainReporter, err
     from sertool.console import out as console
-    from sertool.experiments.reproduce import reproduce
+    from sertool.experiments.reproduce import parse_model_locations, reproduce
 
-    locations = {}
-    for item in models:
-        hub_id, separator, folder = item.partition("=")
-        if not separator:
-            raise SertoolError(f"--model {item}: write it as HUB_ID=FOLDER, e.g. microsoft/wavlm-large=/models/wavlm")
-        locations[hub_id] = folder
-    path = reproduce(grid, corpus=corpus, scale=scale, out_dir=out, seeds=seeds, model_locations=locations,
+    path = reproduce(grid, corpus=corpus, scale=scale, out_dir=out, seeds=seeds,
+                     model_locations=parse_model_locations(models),
                      only=systems.split(",") if systems else None, device=device, reporter_factory=RichTrainReporter,
                      say=lambda text: err.print(f"[bold]reproduce:[/] {text}"))
     console.print(path.read_text(encoding="utf-8"), markup=False, highlight=False)

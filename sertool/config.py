@@ -56,7 +56,8 @@ RECIPES: dict[str, dict[str, Any]] = {
 BACKBONE_RECIPES: dict[str, str] = {"fbank": "small-cpu"}
 DEFAULT_TEXT_MODEL_ID = "FacebookAI/roberta-large"
 DEFAULT_ASR_MODEL_ID = "openai/whisper-large-v3"  # transcribes utterances without a transcript (MM systems)
-QUANTIZE_CHOICES = ("off", "int8")  # inference's --quantize (sertool.inference.cpu)
+DEFAULT_QUANTIZE = "off"
+QUANTIZE_CHOICES = (DEFAULT_QUANTIZE, "int8")  # inference's --quantize (sertool.inference.cpu)
 # The shortest audio a model is given: WavLM's CNN front end makes one frame per 20 ms, so 0.25 s gives about
 # 12 frames, the fewest over which a pooled mean and standard deviation still describe the speech.
 MIN_DURATION_S = 0.25
@@ -66,8 +67,10 @@ DEFAULT_WINDOW_S = 10.0
 DEFAULT_HOP_S = 5.0
 # Choice lists that more than one place offers (a Config field and an inference flag, or a check elsewhere).
 DEFAULT_EVAL_BATCH_S = 120.0  # padded seconds per inference batch; no gradients, so larger than training's
-DEVICE_CHOICES = ("auto", "cpu", "cuda")  # auto: this process's GPU when CUDA is available, else the CPU
-AMP_CHOICES = ("auto", "bf16", "fp16", "off")  # sertool.runtime.precision.resolve_amp gives their dtypes
+DEFAULT_DEVICE = "auto"  # this process's GPU when CUDA is available, else the CPU
+DEVICE_CHOICES = (DEFAULT_DEVICE, "cpu", "cuda")
+DEFAULT_AMP = "auto"  # bf16, or fp16 on older GPUs; off on the CPU
+AMP_CHOICES = (DEFAULT_AMP, "bf16", "fp16", "off")  # sertool.runtime.precision.resolve_amp gives their dtypes
 SCHEDULES = ("cosine", "plateau", "constant")  # sertool.training.optim.LRSchedule implements them
 BAD_AUDIO_POLICIES = ("skip", "fail")
 # Values of `train_ox` (--train-ox): what happens to the training split's utterances, O/X or not
@@ -130,7 +133,8 @@ SEED = Bounds(at_least=0, at_most=2**63 - 1)  # numpy needs a non-negative seed;
 
 
 def option(default: Any, help: str, *, choices: tuple[str, ...] | None = None, flag: str | None = None,
-           bounds: Bounds | None = None, path: str | None = None, resumable: bool = False) -> Any:
+           bounds: Bounds | None = None, path: str | None = None, resumable: bool = False,
+           metavar: str | None = None, required: bool = False, many: bool = False) -> Any:
     """A config field with its command-line help.
 
     Args:
@@ -143,9 +147,12 @@ def option(default: Any, help: str, *, choices: tuple[str, ...] | None = None, f
             hub id: a relative path is stored absolute, so that a run resumes from any working directory.
         resumable: ``train --resume`` may set it again (where the data is, or how it is read; never what
             is trained).
+        metavar: how ``--help`` names the value (e.g. ``CSV``); inference options only.
+        required: the flag must be given (inference options only; a config field always has a default).
+        many: a comma-separated list of numbers (``--weights 0.6,0.4``); inference options only.
     """
     metadata = {"help": help, "choices": choices, "flag": flag, "bounds": bounds, "path": path,
-                "resumable": resumable}
+                "resumable": resumable, "metavar": metavar, "required": required, "many": many}
     if isinstance(default, (list, tuple)):
         return field(default_factory=lambda: tuple(default), metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -272,7 +279,7 @@ class TrainConfig:
                            choices=SCHEDULES)
     warmup_fraction: float = option(0.05, "Share of optimiser steps spent warming up linearly.", bounds=PROBABILITY)
     grad_clip_norm: float = option(1.0, "Clip the gradient norm to this (0: off).", bounds=NON_NEGATIVE)
-    amp: str = option("auto", "Mixed precision: auto (bf16, or fp16 on older GPUs; off on the CPU), bf16, fp16, off.",
+    amp: str = option(DEFAULT_AMP, "Mixed precision: auto (bf16, or fp16 on older GPUs; off on the CPU), bf16, fp16, off.",
                       choices=AMP_CHOICES)
     gradient_checkpointing: bool = option(False, "Recompute backbone activations in backward: less memory, "
                                           "~30 % slower.")

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from sertool.config import DEFAULT_ASR_MODEL_ID
+from sertool.config import DEFAULT_ASR_MODEL_ID, DEFAULT_DEVICE
 from sertool.data.audio import SAMPLE_RATE, load_audio
 from sertool.data.cache import ContentCache, default_cache_dir, file_digest, setup_key
 from sertool.data.dataset import load_utterance_audio
@@ -93,7 +93,7 @@ class Transcriber:
                 f"(e.g. {DEFAULT_ASR_MODEL_ID}) or a folder holding one"
             )
         self.model_name_or_path = model_name_or_path
-        self.device = select_device(device or "auto")
+        self.device = select_device(device or DEFAULT_DEVICE)
         self.language = language.lower() if language else None
         self.max_new_tokens = max_new_tokens or int(config.max_target_positions) // 2
         self.batch_size = batch_size

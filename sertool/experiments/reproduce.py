@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from sertool.checkpoint import LAST_NAME
+from sertool.config import DEFAULT_DEVICE
 from sertool.data.corpus import open_corpus
 from sertool.data.records import ATTRIBUTES, Utterance
 from sertool.errors import SertoolError
@@ -39,9 +40,24 @@ EVAL_SPLITS = HELD_OUT_SPLITS
 COLUMNS = (*ATTRIBUTES, "average")
 
 
+def parse_model_locations(items: Sequence[str]) -> dict[str, str]:
+    """``--model HUB_ID=FOLDER`` values → ``{hub id: folder}`` (``reproduce``'s ``model_locations``).
+
+    Raises:
+        SertoolError: a value without ``=``.
+    """
+    locations = {}
+    for item in items:
+        hub_id, separator, folder = item.partition("=")
+        if not separator:
+            raise SertoolError(f"--model {item}: write it as HUB_ID=FOLDER, e.g. microsoft/wavlm-large=/models/wavlm")
+        locations[hub_id] = folder
+    return locations
+
+
 def reproduce(grid_path: str | Path | None = None, *, corpus: str | Path, scale: str, out_dir: str | Path, seeds: int = 1,
               model_locations: dict[str, str] | None = None, only: Sequence[str] | None = None,
-              device: str = "auto", reporter_factory: Callable[[], Reporter] | None = None,
+              device: str = DEFAULT_DEVICE, reporter_factory: Callable[[], Reporter] | None = None,
               say: Callable[[str], None] = lambda text: None) -> Path:
     """Run the grid; returns the path of the written tables (``<out_dir>/tables.md``).
 

@@ -11,17 +11,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
-import torch
 
 from sertool.checkpoint import load_stored_state
-from sertool.config import DEFAULT_ASR_MODEL_ID, DEFAULT_EVAL_BATCH_S, Config
+from sertool.config import Config
 from sertool.data.records import Utterance
 from sertool.data.transcripts import Transcriber, fill_transcripts
-from sertool.devices import select_device
 from sertool.errors import SertoolError
 from sertool.hub import is_repo_id
 from sertool.inference.cpu import check_quantize, quantize_linear_int8, set_threads
 from sertool.inference.ensemble import apply_plan, read_plan
+from sertool.inference.options import InferenceOptions
 from sertool.inference.predictions import Predictions, check_rating_scale, read_predictions
 from sertool.model_folder import load_model
 from sertool.runtime.precision import resolve_amp
@@ -29,32 +28,6 @@ from sertool.runtime.runner import run_model
 
 if TYPE_CHECKING:
     from sertool.models.text import TextEmbeddingCache
-
-
-@dataclass
-class InferenceOptions:
-    """How checkpoints are run; shared by every inference command.
-
-    ``backbone_path`` / ``text_model`` / ``speaker_embedding`` replace the pretrained model locations a
-    checkpoint recorded (e.g. a hub id on an offline machine, or a folder on another machine): frozen
-    pretrained weights are not stored in checkpoints, they are loaded from there. ``quantize`` and
-    ``threads`` are for the CPU (``sertool.inference.cpu``).
-    """
-
-    device: str = "auto"
-    max_batch_s: float = DEFAULT_EVAL_BATCH_S
-    num_workers: int = 0
-    amp: str = "auto"
-    cache_dir: str | None = None
-    backbone_path: str | None = None
-    text_model: str | None = None
-    speaker_embedding: str | None = None
-    asr: str = DEFAULT_ASR_MODEL_ID
-    quantize: str = "off"  # "int8": dynamic int8 quantisation of the linear layers (CPU only; sertool.inference.cpu)
-    threads: int = 0  # torch's CPU threads for this process (0: torch's default, one per core)
-
-    def torch_device(self) -> torch.device:
-        return select_device(self.device)
 
 
 @dataclass

@@ -2,19 +2,29 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 
 from sertool.data.records import GENDERS, Utterance
+from sertool.data.report import LoadReport
 from sertool.data.selection import HeldOut, held_out
 from sertool.errors import SertoolError
 from sertool.hub import is_repo_id
 from sertool.inference.ensemble import EnsemblePlan, apply_plan, mean_plan, select_per_attribute, write_plan
-from sertool.inference.inputs import WindowMerger, check_windows, windowed_pieces
+from sertool.inference.inputs import (
+    WindowMerger,
+    attach_transcripts,
+    check_windows,
+    collect_inputs,
+    corpus_split,
+    require_complete,
+    windowed_pieces,
+)
+from sertool.inference.options import EnsembleOptions, EvaluateOptions, PredictOptions
 from sertool.inference.predictions import Predictions
 from sertool.inference.predictor import (
     InferenceOptions,
@@ -367,3 +377,91 @@ def _member_name(path: str | Path, save: Path | None) -> str:
     except ValueError:
         return str(path)
 
+
+# ---- the commands: each takes its options dataclass (sertool.inference.options) and does the whole command ----
+LoadReportHook = Callable[[LoadReport], None]  # shows what reading the input dropped, before the model runs
+
+
+def _path(value: str | None) -> Path | None:
+    return Path(value) if value else None
+
+
+def run_evaluate(model: str | Path, options: EvaluateOptions, *, on_load_report: LoadReportHook) -> EvaluationResult:
+    """`sertool evaluate`: ``options.split`` of ``options.corpus``, scored with ``model`` (see ``evaluate``).
+
+    Raises:
+        SertoolError: as ``corpus_split`` and ``evaluate``.
+    """
+    utterances, report = corpus_split(options.corpus, options.split, cache_dir=options.inference.cache_dir)
+    on_load_report(report)
+    return evaluate(model, utterances, split=options.split, options=options.inference, out=_path(options.out),
+                    plot=_path(options.plot), scores=_path(options.scores), corpus=options.corpus,
+                    force=options.force, bootstrap=options.bootstrap.bootstrap,
+                    bootstrap_seed=options.bootstrap.bootstrap_seed)
+
+
+@dataclass
+class PredictResult:
+    predictions: Predictions
+    written: list[Path]
+
+
+def run_predict(model: str | Path, paths: Sequence[str], options: PredictOptions, *, on_load_report: LoadReportHook,
+                stream: TextIO) -> PredictResult:
+    """`sertool predict`: the audio ``paths`` or a split of ``options.corpus`` (one of the two), their
+    transcripts attached, predicted, and written to ``options.out`` (else ``stream``) and the submission.
+
+    The outputs are checked before any work; a submission refuses input that dropped rows of its split.
+
+    Raises:
+        SertoolError: both or neither of ``paths`` and a corpus, an output that may not be written, an
+            incomplete submission, or as ``predict``.
+    """
+    if bool(paths) == bool(options.corpus):
+        raise SertoolError("give audio PATHS or --corpus ROOT (with --split), not both or neither")
+    out, submission = _path(options.out), _path(options.submission)
+    check_outputs(out=out, file_format=options.file_format, submission=submission, force=options.force)
+    cache_dir = options.inference.cache_dir
+    utterances, report = (corpus_split(options.corpus, options.split, cache_dir=cache_dir) if options.corpus
+                          else collect_inputs(paths, cache_dir=cache_dir))
+    on_load_report(report)
+    if submission is not None:
+        require_complete(report, options.split if options.corpus else None, purpose=f"--submission {submission}")
+    if options.transcripts:
+        utterances = attach_transcripts(utterances, options.transcripts)
+    predictions = predict(model, utterances, options=options.inference, window_s=options.window_s,
+                          hop_s=options.hop_s)
+    written = write_outputs(predictions, out=out, file_format=options.file_format, submission=submission,
+                            expected_ids=[utt.id for utt in utterances], stream=stream, force=options.force)
+    return PredictResult(predictions, written)
+
+
+def run_ensemble(members: Sequence[str | Path], options: EnsembleOptions, *,
+                 on_load_report: LoadReportHook) -> EnsembleResult:
+    """`sertool ensemble`: ``members`` combined on ``options.split`` (see ``ensemble``), the per-attribute
+    choice made on ``options.select_split``, then the predictions, submission and plan written.
+
+    Raises:
+        SertoolError: an output that may not be written (checked before any work), an incomplete
+            submission, or as ``ensemble``.
+    """
+    out, submission, save = _path(options.out), _path(options.submission), _path(options.save)
+    check_outputs(out=out, file_format=None, submission=submission, force=options.force)
+    check_writable([save, _path(options.scores)], force=options.force)
+    cache_dir = options.inference.cache_dir
+    utterances, report = corpus_split(options.corpus, options.split, cache_dir=cache_dir)
+    on_load_report(report)
+    if submission is not None:
+        require_complete(report, options.split, purpose=f"--submission {submission}")
+    per_attribute = options.per_attribute is not None  # its one choice: best
+    selection = (corpus_split(options.corpus, options.select_split, cache_dir=cache_dir)[0]
+                 if per_attribute and options.select_split != options.split else None)
+    result = ensemble(members, utterances, split=options.split, options=options.inference, weights=options.weights,
+                      per_attribute=per_attribute, selection_utterances=selection,
+                      selection_split=options.select_split, save=save, scores=_path(options.scores),
+                      corpus=options.corpus, require_scores=options.as_json, force=options.force,
+                      bootstrap=options.bootstrap.bootstrap, bootstrap_seed=options.bootstrap.bootstrap_seed)
+    if out is not None or submission is not None:  # checked above: overwriting is no longer a question
+        result.written[:0] = write_outputs(result.predictions, out=out, file_format=None, submission=submission,
+                                           expected_ids=[utt.id for utt in utterances], stream=None, force=True)
+    return result

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from sertool.config import DEFAULT_DEVICE
 from sertool.devices import select_device
 
 
@@ -33,7 +34,7 @@ class Distributed:
         return self.rank == 0
 
 
-def setup(device: str = "auto") -> Distributed:
+def setup(device: str = DEFAULT_DEVICE) -> Distributed:
     """Join the process group torchrun describes (if any) and pick this process's device.
 
     Args:

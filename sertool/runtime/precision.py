@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from sertool.config import AMP_CHOICES
+from sertool.config import AMP_CHOICES, DEFAULT_AMP
 from sertool.errors import SertoolError
 
 
@@ -18,9 +18,9 @@ def resolve_amp(choice: str, device: torch.device) -> torch.dtype | None:
     """
     if choice not in AMP_CHOICES:
         raise SertoolError(f"--amp {choice!r}: choose one of {', '.join(AMP_CHOICES)}")
-    if choice == "off" or (choice == "auto" and device.type != "cuda"):
+    if choice == "off" or (choice == DEFAULT_AMP and device.type != "cuda"):
         return None
-    if choice == "auto":
+    if choice == DEFAULT_AMP:
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if choice == "fp16" and device.type != "cuda":
         raise SertoolError("--amp fp16 needs a CUDA GPU; use --amp bf16 on the CPU")

@@ -47,7 +47,7 @@ from sertool.checkpoint import (
     save_checkpoint,
     stored_state,
 )
-from sertool.config import DEFAULT_BACKBONE_IDS, Config, apply_value
+from sertool.config import DEFAULT_BACKBONE_IDS, DEFAULT_DEVICE, Config, apply_value
 from sertool.data.corpus import open_corpus
 from sertool.data.dataset import Batch, UtteranceDataset, collate
 from sertool.data.records import ATTRIBUTES, NO_CLASS_CODES, Utterance
@@ -120,7 +120,7 @@ def train(
     relocated: dict[str, Any] | None = None,
     force: bool = False,
     argv: Sequence[str] = (),
-    device: str = "auto",
+    device: str = DEFAULT_DEVICE,
     reporter: Reporter | None = None,
 ) -> TrainResult:
     """Train one system and write its run folder (see the module docstring for the steps).

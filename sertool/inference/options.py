@@ -1,0 +1,141 @@
+"""What evaluate, predict and ensemble take: one options dataclass per command, each field its flag.
+
+Every field is declared with ``sertool.config.option`` (help, choices, bounds, flag name), as ``Config``'s
+fields are, and ``sertool.cli`` turns the fields into the commands' flags: each default and choice list has
+this one home. The module imports no torch, so the CLI can read it at start-up.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from sertool.config import (
+    AMP_CHOICES,
+    DEFAULT_AMP,
+    DEFAULT_ASR_MODEL_ID,
+    DEFAULT_DEVICE,
+    DEFAULT_EVAL_BATCH_S,
+    DEFAULT_HOP_S,
+    DEFAULT_QUANTIZE,
+    DEFAULT_WINDOW_S,
+    DEVICE_CHOICES,
+    MIN_DURATION_S,
+    NON_NEGATIVE,
+    POSITIVE,
+    QUANTIZE_CHOICES,
+    SEED,
+    Bounds,
+    option,
+)
+from sertool.inference.writers import WRITERS
+from sertool.splits import DEVELOPMENT, TEST3
+
+if TYPE_CHECKING:
+    import torch
+
+PER_ATTRIBUTE_CHOICES = ("best",)  # ensemble --per-attribute: the member subset that is best per attribute
+
+
+@dataclass
+class InferenceOptions:
+    """How checkpoints are run; shared by every inference command.
+
+    ``backbone_path`` / ``text_model`` / ``speaker_embedding`` replace the pretrained model locations a
+    checkpoint recorded (e.g. a hub id on an offline machine, or a folder on another machine): frozen
+    pretrained weights are not stored in checkpoints, they are loaded from there. ``quantize`` and
+    ``threads`` are for the CPU (``sertool.inference.cpu``).
+    """
+
+    device: str = option(DEFAULT_DEVICE, "Where to run the model.", choices=DEVICE_CHOICES)
+    max_batch_s: float = option(DEFAULT_EVAL_BATCH_S, "Inference batch bound: utterances × longest clip ≤ this many "
+                                "seconds.", flag="--batch-s", bounds=POSITIVE)
+    num_workers: int = option(0, "Data-loader processes.", bounds=NON_NEGATIVE)
+    amp: str = option(DEFAULT_AMP, "Mixed precision (auto: bf16/fp16 on GPUs, off on the CPU).", choices=AMP_CHOICES)
+    cache_dir: str | None = option(None, "Cache of corpus scans (durations, transcripts), text embeddings and ASR "
+                                   "transcripts (default: $SERTOOL_CACHE or ~/.cache/sertool).")
+    backbone_path: str | None = option(None, "Where the checkpoint's speech backbone lives here (hub id or folder), "
+                                       "if not where it was trained.")
+    text_model: str | None = option(None, "Where an MM checkpoint's text encoder lives here (hub id or folder).")
+    speaker_embedding: str | None = option(None, "Where a +S Emb checkpoint's speaker model lives here.")
+    asr: str = option(DEFAULT_ASR_MODEL_ID, "Whisper model (hub id or folder) that transcribes audio without a "
+                      "transcript (MM models).")
+    quantize: str = option(DEFAULT_QUANTIZE, "int8: dynamic int8 quantisation of the linear layers, about 2× faster "
+                           "on a CPU; predictions move by a few hundredths (CPU only).", choices=QUANTIZE_CHOICES)
+    threads: int = option(0, "CPU threads for torch (0: one per core). Fewer suit a machine shared with other work.",
+                          bounds=NON_NEGATIVE)
+
+    def torch_device(self) -> torch.device:
+        from sertool.devices import select_device
+
+        return select_device(self.device)
+
+
+@dataclass
+class BootstrapOptions:
+    """``--bootstrap B`` and its seed (evaluate, ensemble)."""
+
+    bootstrap: int = option(0, "Bootstrap 95 % confidence intervals of each CCC from B resamples of the utterances "
+                            "(e.g. 1000; 0: none).", bounds=NON_NEGATIVE, metavar="B")
+    bootstrap_seed: int = option(0, "Seed of the bootstrap resamples.", bounds=SEED)
+
+
+@dataclass
+class EvaluateOptions:
+    """`sertool evaluate`: score a model on a labelled split."""
+
+    corpus: str = option(None, "MSP-Podcast root or manifest.", metavar="ROOT", required=True)
+    split: str = option(DEVELOPMENT, "A labelled split.")
+    out: str | None = option(None, "Write the predictions (labels beside them) here (.csv or .json).", metavar="CSV")
+    plot: str | None = option(None, "Write predicted-vs-true and by-class plots here.", metavar="PNG")
+    force: bool = option(False, "Overwrite --out / --plot / --scores.")
+    scores: str | None = option(None, "Also write the scores as JSON: split, utterances and CCC per system.",
+                                metavar="JSON")
+    as_json: bool = option(False, "Print the scores as JSON on stdout instead of the table (messages go to stderr).",
+                           flag="--json")
+    bootstrap: BootstrapOptions = field(default_factory=BootstrapOptions)
+    inference: InferenceOptions = field(default_factory=InferenceOptions)
+
+
+@dataclass
+class PredictOptions:
+    """`sertool predict`: A/V/D of audio files, folders, manifests, or a corpus split."""
+
+    corpus: str | None = option(None, "Predict a split of this corpus (with --split) instead of PATHS.",
+                                metavar="ROOT")
+    split: str = option(TEST3, "The split of --corpus to predict.")
+    file_format: str | None = option(None, "Output format (default: from --out's suffix, else csv).",
+                                     choices=tuple(WRITERS), flag="--format")
+    out: str | None = option(None, "Write predictions here (default: standard output).", metavar="FILE")
+    submission: str | None = option(None, "Also write the challenge submission: FileName,EmoAct,EmoVal,EmoDom, 1–7, "
+                                    "clipped, every file once.", metavar="CSV")
+    transcripts: str | None = option(None, "Transcripts for MM models: a folder of <stem>.txt or a CSV with FileName "
+                                     "and transcript columns (otherwise ASR).", metavar="DIR|CSV")
+    window_s: float = option(DEFAULT_WINDOW_S, f"Files longer than this are cut into windows (at least "
+                             f"{MIN_DURATION_S:g} s).", bounds=Bounds(at_least=MIN_DURATION_S))
+    hop_s: float = option(DEFAULT_HOP_S, "Seconds between window starts.", bounds=POSITIVE)
+    force: bool = option(False, "Overwrite --out / --submission.")
+    inference: InferenceOptions = field(default_factory=InferenceOptions)
+
+
+@dataclass
+class EnsembleOptions:
+    """`sertool ensemble`: combine members' predictions of a split, and score them where it is labelled."""
+
+    corpus: str = option(None, "MSP-Podcast root or manifest.", metavar="ROOT", required=True)
+    split: str = option(DEVELOPMENT, "The split to combine (and score, if labelled).")
+    weights: list[float] | None = option(None, "Weighted mean instead of the plain mean: one weight (≥ 0) per member.",
+                                         bounds=NON_NEGATIVE, many=True, metavar="W,W,...")
+    per_attribute: str | None = option(None, "Per attribute, the member subset that is best on --select-split (the "
+                                       "paper's future work).", choices=PER_ATTRIBUTE_CHOICES)
+    select_split: str = option(DEVELOPMENT, "Labelled split the per-attribute choice is made on.")
+    out: str | None = option(None, "Write the ensemble's predictions (with the members' spread) here.", metavar="FILE")
+    submission: str | None = option(None, "Write the challenge submission of the ensemble here.", metavar="CSV")
+    save: str | None = option(None, "Keep the ensemble: evaluate and predict accept it as a checkpoint.",
+                              metavar="JSON")
+    force: bool = option(False, "Overwrite --out / --submission / --save / --scores.")
+    scores: str | None = option(None, "Also write the scores as JSON: split, utterances and CCC per system.",
+                                metavar="JSON")
+    as_json: bool = option(False, "Print the scores as JSON on stdout instead of the table (messages go to stderr).",
+                           flag="--json")
+    bootstrap: BootstrapOptions = field(default_factory=BootstrapOptions)
+    inference: InferenceOptions = field(default_factory=InferenceOptions)

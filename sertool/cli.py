@@ -396,12 +396,12 @@ def evaluate_command(model: str, **flags) -> None:
 
     options = _options_from(EvaluateOptions, flags)
     result = run_evaluate(model, options, on_load_report=print_load_report)
-    if options.as_json:
+    if options.output.as_json:
         print_json(result.document)
         print_collapse_warnings([result.scores])
     else:
         print_scores(f"{options.split} of {options.corpus}", [result.scores])
-    print_written(result.written, as_json=options.as_json)
+    print_written(result.written, as_json=options.output.as_json)
 
 
 @cli.command("predict")
@@ -453,7 +453,7 @@ def ensemble_command(members: tuple[str, ...], **flags) -> None:
     from sertool.inference.workflows import run_ensemble
 
     options = _options_from(EnsembleOptions, flags)
-    as_json = options.as_json
+    as_json = options.output.as_json
     result = run_ensemble(members, options, on_load_report=print_load_report)
     rows = [*result.member_scores, result.ensemble_scores] if result.ensemble_scores is not None else []
     if as_json:

@@ -80,6 +80,16 @@ class BootstrapOptions:
 
 
 @dataclass
+class ScoreOutputOptions:
+    """``--scores FILE`` and ``--json`` (evaluate, ensemble): the score table as data."""
+
+    scores: str | None = option(None, "Also write the scores as JSON: split, utterances and CCC per system.",
+                                metavar="JSON")
+    as_json: bool = option(False, "Print the scores as JSON on stdout instead of the table (messages go to stderr).",
+                           flag="--json")
+
+
+@dataclass
 class EvaluateOptions:
     """`sertool evaluate`: score a model on a labelled split."""
 
@@ -88,10 +98,7 @@ class EvaluateOptions:
     out: str | None = option(None, "Write the predictions (labels beside them) here (.csv or .json).", metavar="CSV")
     plot: str | None = option(None, "Write predicted-vs-true and by-class plots here.", metavar="PNG")
     force: bool = option(False, "Overwrite --out / --plot / --scores.")
-    scores: str | None = option(None, "Also write the scores as JSON: split, utterances and CCC per system.",
-                                metavar="JSON")
-    as_json: bool = option(False, "Print the scores as JSON on stdout instead of the table (messages go to stderr).",
-                           flag="--json")
+    output: ScoreOutputOptions = field(default_factory=ScoreOutputOptions)
     bootstrap: BootstrapOptions = field(default_factory=BootstrapOptions)
     inference: InferenceOptions = field(default_factory=InferenceOptions)
 
@@ -133,9 +140,6 @@ class EnsembleOptions:
     save: str | None = option(None, "Keep the ensemble: evaluate and predict accept it as a checkpoint.",
                               metavar="JSON")
     force: bool = option(False, "Overwrite --out / --submission / --save / --scores.")
-    scores: str | None = option(None, "Also write the scores as JSON: split, utterances and CCC per system.",
-                                metavar="JSON")
-    as_json: bool = option(False, "Print the scores as JSON on stdout instead of the table (messages go to stderr).",
-                           flag="--json")
+    output: ScoreOutputOptions = field(default_factory=ScoreOutputOptions)
     bootstrap: BootstrapOptions = field(default_factory=BootstrapOptions)
     inference: InferenceOptions = field(default_factory=InferenceOptions)

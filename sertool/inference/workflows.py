@@ -395,7 +395,7 @@ def run_evaluate(model: str | Path, options: EvaluateOptions, *, on_load_report:
     utterances, report = corpus_split(options.corpus, options.split, cache_dir=options.inference.cache_dir)
     on_load_report(report)
     return evaluate(model, utterances, split=options.split, options=options.inference, out=_path(options.out),
-                    plot=_path(options.plot), scores=_path(options.scores), corpus=options.corpus,
+                    plot=_path(options.plot), scores=_path(options.output.scores), corpus=options.corpus,
                     force=options.force, bootstrap=options.bootstrap.bootstrap,
                     bootstrap_seed=options.bootstrap.bootstrap_seed)
 
@@ -447,7 +447,7 @@ def run_ensemble(members: Sequence[str | Path], options: EnsembleOptions, *,
     """
     out, submission, save = _path(options.out), _path(options.submission), _path(options.save)
     check_outputs(out=out, file_format=None, submission=submission, force=options.force)
-    check_writable([save, _path(options.scores)], force=options.force)
+    check_writable([save, _path(options.output.scores)], force=options.force)
     cache_dir = options.inference.cache_dir
     utterances, report = corpus_split(options.corpus, options.split, cache_dir=cache_dir)
     on_load_report(report)
@@ -458,8 +458,8 @@ def run_ensemble(members: Sequence[str | Path], options: EnsembleOptions, *,
                  if per_attribute and options.select_split != options.split else None)
     result = ensemble(members, utterances, split=options.split, options=options.inference, weights=options.weights,
                       per_attribute=per_attribute, selection_utterances=selection,
-                      selection_split=options.select_split, save=save, scores=_path(options.scores),
-                      corpus=options.corpus, require_scores=options.as_json, force=options.force,
+                      selection_split=options.select_split, save=save, scores=_path(options.output.scores),
+                      corpus=options.corpus, require_scores=options.output.as_json, force=options.force,
                       bootstrap=options.bootstrap.bootstrap, bootstrap_seed=options.bootstrap.bootstrap_seed)
     if out is not None or submission is not None:  # checked above: overwriting is no longer a question
         result.written[:0] = write_outputs(result.predictions, out=out, file_format=None, submission=submission,

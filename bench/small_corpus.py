@@ -56,8 +56,13 @@ VARIANTS: dict[str, dict] = {
     "recipe-wide": {"model.utterance_stats": True},  # the baseline's statistics, standardised, beside the pooled frames
     "recipe-wide-drop50": {"model.utterance_stats": True, "model.utterance_stats_dropout": 0.5},
     "recipe-wide-d128": {"model.utterance_stats": True, "model.fbank_dim": 128},
+    # The network blended with the floor (`sertool baseline`'s ridge inside the model), weights chosen on Development.
+    "recipe-blend": {"model.floor_blend": True},
     # "recipe-b300-level" (the per-utterance normalisation's mean and std fed back to the encoder as two
-    # input channels) ran on a prototype encoder option that was not kept: see docs/training.md.
+    # input channels) ran on a prototype encoder option that was not kept: see docs/training.md. So did
+    # "recipe-floor-insample" (the floor inside the model, frozen, plus heads whose last layers start at 0:
+    # step 0 predicts the floor and training learns a correction) and "recipe-floor" (the same, the heads
+    # correcting the floor's cross-fitted predictions on the training clips: folds of speakers).
 }
 
 

@@ -237,6 +237,10 @@ class ModelConfig:
     utterance_stats_dropout: float = option(0.0, "With utterance_stats: the probability that a training clip's "
                                             "statistics are replaced by the training mean (the heads must also "
                                             "learn from the encoder).", bounds=PROBABILITY)
+    floor_blend: bool = option(False, "Blend the network with the floor: fit `sertool baseline`'s ridge before the "
+                               "first step (alpha chosen on the validation split) and predict, per attribute, "
+                               "w · network + (1 − w) · ridge, w chosen on the validation split at every validation "
+                               "(stored in the checkpoint); the heads train alone.")
     fbank_dim: int = option(256, "Width of the built-in fbank encoder.", bounds=AT_LEAST_ONE)
     spec_augment: bool = option(False, "fbank only: while training, SpecAugment masks on the log-mel input (2 bands "
                                 "of up to 8 mel bins and 2 spans of up to 10 % of the frames, per clip).")

@@ -219,6 +219,9 @@ class RichTrainReporter(Reporter):
         line = "  ".join(f"{name[0].upper()} {_ccc(metrics[f'ccc_{name}'])}" for name in ("arousal", "valence", "dominance"))
         BARS.print(f"validation on {metrics['split']} ({metrics['utterances']:,} utterances) after step "
                    f"{metrics['step']}: CCC {line}  avg {_ccc(metrics['ccc_average'])}{marker}")
+        if metrics.get("floor_blend"):  # --floor-blend: the network's weight against the floor, per attribute
+            weights = "  ".join(f"{name[0].upper()} {weight:.2f}" for name, weight in metrics["floor_blend"].items())
+            BARS.print(f"  network weight in the blend with the floor: {weights}")
         if metrics.get("collapsed"):
             BARS.print(f"[yellow]warning:[/] {collapse_text(metrics['collapsed'])}")
 

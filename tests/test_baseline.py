@@ -11,15 +11,17 @@ import pytest
 import torch
 
 from sertool.models.utterance_stats import FEATURE_GROUPS, StatisticsExtractor, feature_names
-from sertool.baseline.ridge import ALPHAS, fit_ridge, ridge_path
+from sertool.models.ridge import ALPHAS, fit_ridge, ridge_path
 from sertool.models.backbones.fbank import NUM_MEL_BINS
 from tests.corpus_files import write_learnable_corpus
 
 
 def _lstsq_ridge(features, targets, alpha):
     """min ‖y − b − X̃w‖² + α‖w‖² with an unpenalised intercept b, as one least-squares problem on the
-    augmented system [[1, X̃], [0, √α·I]] · [b; w] ≈ [y; 0] (X̃: features standardised with numpy)."""
+    augmented system [[1, X̃], [0, √α·I]] · [b; w] ≈ [y; 0] (X̃: features standardised with numpy; a feature
+    constant over the rows keeps scale 1, so it becomes 0)."""
     mean, std = features.mean(axis=0), features.std(axis=0)
+    std = np.where(std > 0, std, 1.0)
     standardized = (features - mean) / std
     n, p = standardized.shape
     design = np.block([[np.ones((n, 1)), standardized], [np.zeros((p, 1)), np.sqrt(alpha) * np.eye(p)]])

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 
-from sertool.baseline.ridge import ALPHAS, fit_ridge
 from sertool.data.corpus import open_corpus
 from sertool.data.records import ATTRIBUTES
 from sertool.data.report import LoadReport
@@ -24,6 +23,7 @@ from sertool.inference.predictions import Predictions, write_predictions
 from sertool.inference.predictor import PredictorOutput
 from sertool.inference.workflows import Scores, score
 from sertool.io import atomic_write, check_writable
+from sertool.models.ridge import ALPHAS, fit_ridge
 from sertool.models.utterance_stats import FEATURE_GROUPS, feature_names, utterance_statistics
 from sertool.splits import DEVELOPMENT, TRAIN
 

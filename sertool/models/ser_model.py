@@ -20,7 +20,7 @@ from sertool.models.pooling import build_pooling
 from sertool.models.projection import FrameProjection
 from sertool.models.speaker_embedding import build_speaker_embedder
 from sertool.models.text import TextEncoder
-from sertool.models.utterance_stats import UtteranceStatistics
+from sertool.models.utterance_stats import FloorBlend, UtteranceStatistics
 
 AUX_TASKS: tuple[str, ...] = ("gender", "speaker")
 # Submodules holding pretrained encoders: their trainable parameters form the "backbone" group.
@@ -60,6 +60,8 @@ class SERModel(nn.Module):
       embeddings come precomputed (``TextEmbeddingCache``) or, with ``lora_rank > 0``, from ``texts``;
     - ``speaker_embedding``: concatenates a frozen x-vector ("+ S Emb");
     - ``utterance_stats``: concatenates the utterance's standardised log-mel statistics (the wide path);
+    - ``floor_blend``: outside training, blends the heads' prediction with the floor's (a fixed ridge on
+      those statistics, ``FloorBlend``) at per-attribute weights chosen on the validation split;
     - three two-layer heads (``head_hidden_dim``, ``head_dropout``, ``head_norm``), one per attribute;
     - ``aux``: ``"gender"`` head (cross-entropy) and ``"speaker"`` head (AAM-softmax, needs
       ``num_speakers``).
@@ -108,10 +110,13 @@ class SERModel(nn.Module):
             else None
         )
         self.speaker_embedder = build_speaker_embedder(config.speaker_embedding) if config.speaker_embedding else None
+        # The statistics feed the heads (utterance_stats), the floor (floor_blend), or both.
         self.utterance_stats = (UtteranceStatistics(dropout=config.utterance_stats_dropout)
-                                if config.utterance_stats else None)
+                                if config.utterance_stats or config.floor_blend else None)
+        self.floor_blend = FloorBlend() if config.floor_blend else None
         self.representation_dim = self.pooling.output_dim + sum(
-            part.output_dim for part in (self.text_encoder, self.speaker_embedder, self.utterance_stats)
+            part.output_dim for part in (self.text_encoder, self.speaker_embedder,
+                                         self.utterance_stats if config.utterance_stats else None)
             if part is not None
         )
         head_sizes: dict[str, Any] = dict(hidden_dim=config.head_hidden_dim, dropout=config.head_dropout,
@@ -161,10 +166,14 @@ class SERModel(nn.Module):
             raise ValueError("texts given to a model built without a text branch (ModelConfig.text is False)")
         if self.speaker_embedder is not None:
             parts.append(self.speaker_embedder(waveforms, sample_mask).to(pooled.dtype))
-        if self.utterance_stats is not None:
+        if self.utterance_stats is not None and self.config.utterance_stats:
             parts.append(self.utterance_stats(waveforms, sample_mask).to(pooled.dtype))
         representation = torch.cat(parts, dim=-1)
-        output = ModelOutput(emotion=self.emotion_heads(representation))
+        emotion = self.emotion_heads(representation)
+        if self.floor_blend is not None and self.utterance_stats is not None and not self.training:
+            # Training leaves the floor out: the heads learn alone, the blend is chosen on validation.
+            emotion = self.floor_blend(emotion, self.utterance_stats.standardised(waveforms, sample_mask))
+        output = ModelOutput(emotion=emotion)
         if self.gender_head is not None:
             output.gender_logits = self.gender_head(representation)
         if self.speaker_head is not None:

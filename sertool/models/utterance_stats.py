@@ -1,12 +1,14 @@
 """Utterance-level statistics of the raw log-mel spectrum: what the ridge floor reads, and the "wide" path.
 
-One batched, masked computation (``log_mel_statistics``) serves two users:
+One batched, masked computation (``log_mel_statistics``) serves three users:
 
 - ``sertool baseline`` regresses on them, computed for whole utterances read from disk, in float64,
   without any normalisation (``utterance_statistics``; the ridge standardises each feature on the
   training split);
 - ``--utterance-stats`` (``UtteranceStatistics``) concatenates them, standardised, to the pooled
-  representation the heads read: a linear view of level and spectral balance beside the encoder.
+  representation the heads read: a linear view of level and spectral balance beside the encoder;
+- ``--floor-blend`` (``FloorBlend``) carries the ridge floor itself inside a trained model, and blends the
+  network's prediction with it at a weight chosen on the validation split.
 
 The log-mel front end is the fbank encoder's (80 HTK mel bands, 25 ms windows, 10 ms hop;
 ``sertool.models.backbones.fbank.raw_log_mel``), without any normalisation. Groups
@@ -29,16 +31,20 @@ encoder stays gain-invariant and the heads learn from the training data how far 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from sertool.data.dataset import load_utterance_audio
-from sertool.data.records import Utterance
+from sertool.data.records import ATTRIBUTES, Utterance
 from sertool.models.backbones.base import lengths_to_mask
 from sertool.models.backbones.fbank import N_FFT, NUM_MEL_BINS, mel_filter_bank, raw_log_mel
+from sertool.models.ccc import ccc_scores
+from sertool.models.heads import LabelScaling
+from sertool.models.ridge import RidgeModel, fit_ridge
 
 FEATURE_GROUPS: tuple[str, ...] = ("mel_mean", "mel_std", "delta_std", "energy")
 ENERGY_STATISTICS: tuple[str, ...] = ("mean", "std", "p10", "p50", "p90", "active_share")
@@ -178,13 +184,104 @@ class UtteranceStatistics(nn.Module):
                                            self.window)
             return log_mel_statistics(log_mel, lengths)
 
+    def standardised(self, waveforms: Tensor, sample_mask: Tensor) -> Tensor:
+        """Standardised float64 statistics of right-padded ``[B, S]`` waveforms with ``[B, S]`` bool
+        ``sample_mask``, never dropped (what the floor reads: ``FloorBlend``)."""
+        return self.standardizer(self.statistics(waveforms, sample_mask).double())
+
     def forward(self, waveforms: Tensor, sample_mask: Tensor) -> Tensor:
-        """Standardised statistics of right-padded ``[B, S]`` waveforms with ``[B, S]`` bool ``sample_mask``."""
-        standardised = self.standardizer(self.statistics(waveforms, sample_mask))
+        """Standardised float32 statistics (``standardised``), with the training-time ``dropout``."""
+        standardised = self.standardised(waveforms, sample_mask).float()
         if self.training and self.dropout > 0:
             keep = torch.rand(standardised.shape[0], 1, device=standardised.device) >= self.dropout
             standardised = standardised * keep.to(standardised.dtype)
         return standardised
+
+
+class FloorBlend(nn.Module):
+    """The floor inside the model (``--floor-blend``), and the weight that blends the network's prediction with it.
+
+    The floor is the ridge that ``sertool baseline`` fits (``sertool.models.ridge.fit_ridge``: features
+    standardised on the training split, alpha chosen per attribute by validation CCC), written on the
+    model's unit scale (``LabelScaling.to_unit`` is linear, so it stays linear): ``intercept +
+    standardised statistics @ weights``, read from ``UtteranceStatistics.standardised`` (whose moments are
+    the ridge's own) in float64. The model predicts ``blend · network + (1 − blend) · floor`` per attribute,
+    where ``blend`` is chosen on the validation split at every validation (``choose_blend``). Everything
+    here is a buffer: nothing trains by gradient, and every checkpoint stores the floor and the weights its
+    predictions were chosen with. Using it before ``fit`` is an error, as for the standardiser.
+    """
+
+    # Buffers (register_buffer), declared so that their type is known.
+    weights: Tensor
+    intercept: Tensor
+    alphas: Tensor
+    blend: Tensor
+
+    def __init__(self, num_features: int = NUM_FEATURES) -> None:
+        super().__init__()
+        self.register_buffer("weights", torch.zeros(num_features, len(ATTRIBUTES), dtype=torch.float64))
+        self.register_buffer("intercept", torch.zeros(len(ATTRIBUTES), dtype=torch.float64))
+        self.register_buffer("alphas", torch.zeros(len(ATTRIBUTES), dtype=torch.float64))  # 0: not fitted
+        # The network's weight per attribute; the floor gets the rest (1: the network alone).
+        self.register_buffer("blend", torch.ones(len(ATTRIBUTES), dtype=torch.float64))
+
+    @torch.no_grad()
+    def fit(self, ridge: RidgeModel, label_scaling: LabelScaling) -> None:
+        """Take ``ridge`` (fitted on ratings) onto the unit scale the model predicts on."""
+        span = label_scaling.maximum - label_scaling.minimum
+        self.weights.copy_(torch.from_numpy(ridge.weights / span))
+        self.intercept.copy_(torch.from_numpy(np.asarray(label_scaling.to_unit(ridge.intercept))))
+        self.alphas.copy_(torch.from_numpy(ridge.alphas))
+
+    @property
+    def fitted(self) -> bool:
+        """Whether ``fit`` has set the floor (a chosen alpha is always positive)."""
+        return bool((self.alphas > 0).all())
+
+    @contextmanager
+    def blended(self, blend: float) -> Iterator[None]:
+        """Predict with every attribute's weight set to ``blend`` (1: the network alone, 0: the floor alone)
+        inside the block; the stored weights come back after it."""
+        stored = self.blend.clone()
+        self.blend.fill_(blend)
+        try:
+            yield
+        finally:
+            self.blend.copy_(stored)
+
+    def forward(self, network: Tensor, standardised: Tensor) -> Tensor:
+        """The blend of ``[B, 3]`` unit-scale ``network`` predictions with the floor's prediction from ``[B,
+        NUM_FEATURES]`` standardised float64 statistics, in ``network``'s dtype.
+
+        Raises:
+            RuntimeError: ``fit`` was never called.
+        """
+        if not self.fitted:
+            raise RuntimeError("the floor was never fitted: call fit_utterance_statistics(model, training clips, "
+                               "validation clips) before using the model")
+        floor = self.intercept + standardised @ self.weights
+        return (self.blend * network.double() + (1 - self.blend) * floor).to(network.dtype)
+
+
+BLEND_GRID: tuple[float, ...] = tuple(step / 20 for step in range(21))  # the network's weight: 0, 0.05, ..., 1
+
+
+def choose_blend(network: np.ndarray, floor: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per attribute, the network's weight in ``BLEND_GRID`` whose blend with the floor has the best CCC.
+
+    Ties go to the larger weight (more of the network).
+
+    Args:
+        network, floor, labels: ``[N, 3]`` on one scale (A, V, D): the two systems' predictions and the
+            labels of the split that chooses (the validation split).
+
+    Returns:
+        ``[3]`` weights of the network.
+    """
+    scores = np.array([[ccc_scores(weight * network + (1 - weight) * floor, labels)[name] for name in ATTRIBUTES]
+                       for weight in BLEND_GRID])  # [G, 3]
+    best = len(BLEND_GRID) - 1 - np.argmax(scores[::-1], axis=0)
+    return np.asarray(BLEND_GRID)[best]
 
 
 class StatisticsExtractor:
@@ -223,18 +320,40 @@ def utterance_statistics(utterances: Sequence[Utterance], *,
     return np.array(rows, dtype=np.float64).reshape(len(rows), NUM_FEATURES)
 
 
-def fit_utterance_statistics(model: torch.nn.Module, utterances: Sequence[Utterance], *,
+def fit_utterance_statistics(model: torch.nn.Module, utterances: Sequence[Utterance],
+                             valid_utterances: Sequence[Utterance] = (), *,
                              progress: Callable[[int, int], None] | None = None) -> None:
-    """Fit the wide path's standardiser (``--utterance-stats``) on whole training clips; no-op without it.
+    """Fit the statistics' standardiser (``--utterance-stats``, ``--floor-blend``) on whole training clips,
+    and the floor as ``sertool baseline`` fits its ridge; a no-op for a model without either.
 
     The moments are those the ridge floor standardises its features by: the statistics of each clip of
-    ``utterances`` read whole, whatever crop training then uses.
+    ``utterances`` read whole, whatever crop training then uses. The floor is that ridge: fitted on
+    ``utterances``, its alpha chosen per attribute on ``valid_utterances`` (which only choose, as they only
+    choose a trained system's checkpoint).
 
     Args:
         model: a ``SERModel``.
-        utterances: the training split (never a validation or test clip).
-        progress: as for ``utterance_statistics``.
+        utterances: the training split (never a validation or test clip), labelled.
+        valid_utterances: the validation split, labelled; needed with a floor only.
+        progress: as for ``utterance_statistics`` (over both splits).
+
+    Raises:
+        ValueError: a floor and no validation utterances.
     """
     wide = getattr(model, "utterance_stats", None)
-    if wide is not None:
-        wide.standardizer.fit(torch.from_numpy(utterance_statistics(utterances, progress=progress)))
+    floor = getattr(model, "floor_blend", None)
+    if wide is None:
+        return
+    if floor is not None and not valid_utterances:
+        raise ValueError("fitting the floor needs the validation utterances (they choose its alpha)")
+    clips = [*utterances, *valid_utterances] if floor is not None else list(utterances)
+    rows = utterance_statistics(clips, progress=progress)
+    train_rows, valid_rows = rows[:len(utterances)], rows[len(utterances):]
+    wide.standardizer.fit(torch.from_numpy(train_rows))
+    if floor is not None:
+        ridge, _ = fit_ridge(train_rows, _ratings(utterances), valid_rows, _ratings(valid_utterances))
+        floor.fit(ridge, model.label_scaling)
+
+
+def _ratings(utterances: Sequence[Utterance]) -> np.ndarray:
+    return np.array([utt.labels() for utt in utterances], dtype=np.float64).reshape(len(utterances), len(ATTRIBUTES))

@@ -15,6 +15,8 @@ What happens, top to bottom (``train``):
    when due (CCC per attribute over the split, never per batch), ``best.pt`` by average CCC (and
    ``best_<attribute>.pt`` with ``select_best="per-attribute"``), early stopping after ``patience``
    validations without improvement, ``last.pt`` for resuming, and a stop asked for by SIGINT or SIGTERM.
+   A model blended with the floor (``--floor-blend``) is validated before its first step too, and each
+   validation chooses its blend.
 
 Only rank 0 writes files; every checkpoint is written atomically. ``last.pt`` is written only at a step
 boundary and ``_finish_step`` looks only at the state, so a run killed at any point resumes to the same
@@ -62,12 +64,12 @@ from sertool.models.ccc import ccc_scores, collapsed_attributes
 from sertool.models.losses import SERLoss
 from sertool.models.ser_model import SERModel
 from sertool.models.text_features import transcript_embeddings
-from sertool.models.utterance_stats import fit_utterance_statistics
+from sertool.models.utterance_stats import choose_blend, fit_utterance_statistics
 from sertool.progress import set_display
 from sertool.runtime import distributed
 from sertool.runtime.distributed import Distributed
 from sertool.runtime.precision import resolve_amp
-from sertool.runtime.runner import run_model
+from sertool.runtime.runner import ModelPredictions, run_model
 from sertool.training.curves import CURVES_NAME, plot_curves, read_curves
 from sertool.training.init_from import load_initial_weights
 from sertool.training.optim import LRSchedule, build_optimizer
@@ -319,12 +321,16 @@ class _Run:
             for note in load_initial_weights(self.model, initial, source=train_config.init_from):
                 self.reporter.message(note)
         if self.model.utterance_stats is not None and not self.model.utterance_stats.standardizer.fitted:
-            # A fresh run (a resumed one, or --init-from a wide model, keeps the moments it was trained with).
-            fit_utterance_statistics(self.model, self.train_set)
+            # A fresh run (a resumed one, or --init-from a wide model, keeps the moments and the floor it was
+            # trained with). The floor's alpha is chosen on the validation split, as `sertool baseline` does.
+            fit_utterance_statistics(self.model, self.train_set, self.valid_set,
+                                     progress=self._progress("utterance statistics"))
         self.model.to(self.context.device)
         self.text_embeddings = transcript_embeddings(self.model, [*self.train_set, *self.valid_set], config.data.cache_dir)
         self.loss_fn = SERLoss(config.model)
         self.amp_dtype = resolve_amp(train_config.amp, self.context.device)
+        # The floor's validation predictions (fixed), which every validation blends the network's with.
+        self.valid_floor = self._predict_valid(blend=0.0) if self.model.floor_blend is not None else None
 
     def _setup_batches(self) -> None:
         """The sampler decides which utterances each epoch uses and how they are grouped; the loader reads them."""
@@ -408,6 +414,10 @@ class _Run:
                                   "steps); nothing to train")
         elif self.step > 0:
             self._finish_step()  # what the step that last.pt holds may still owe (a validation, the epoch's end)
+        elif self.model.floor_blend is not None and not self.history:
+            # The untrained network blended with the floor (the floor, unless noise helps it): validated, it
+            # can become best.pt, so that best.pt is never worse than the floor on the validation split.
+            self._validate()
         while self.stopped is None:
             self._run_epoch()
         if not self.best:
@@ -576,21 +586,23 @@ class _Run:
         A validation score that is not finite (NaN predictions) never counts as an improvement.
         """
         try:
-            # Validation draws no training random numbers (the loader's seed would), so that a run validated
-            # more or less often, or resumed from the checkpoint of the step before a validation, trains alike.
-            with self.stops.at_once(), torch.random.fork_rng(devices=[]):
-                predictions = run_model(self.model, self.valid_set, device=self.context.device,
-                                        description=f"validating on {self.config.data.valid_split}",
-                                        text_embeddings=self.text_embeddings, num_workers=self.config.data.num_workers,
-                                        amp_dtype=self.amp_dtype, context=self.context, finite_only=False)
+            # With a floor, the network alone: its blend with the floor is chosen below.
+            predictions = self._predict_valid(blend=1.0)
         except Interrupted:
             self._save_last()  # validation has changed nothing yet: this is the state the step left
             raise
         labels = np.array([utt.labels() for utt in self.valid_set])
         values = self.model.label_scaling.from_unit(predictions.emotion_unit)
-        scores = ccc_scores(values, labels)
         nonfinite = [utt_id for utt_id, row in zip(predictions.ids, predictions.emotion_unit, strict=True)
                      if not np.isfinite(row).all()]
+        blend = None
+        if self.model.floor_blend is not None and self.valid_floor is not None and not nonfinite:
+            # The weights the model predicts with from now on (best.pt keeps those of its validation).
+            floor = self.model.label_scaling.from_unit(self.valid_floor.emotion_unit)
+            blend = choose_blend(values, floor, labels)
+            self.model.floor_blend.blend.copy_(torch.from_numpy(blend))
+            values = blend * values + (1 - blend) * floor
+        scores = ccc_scores(values, labels)
         finite = not nonfinite and all(math.isfinite(value) for value in scores.values())
         improved = finite and scores["average"] > self.best.get("average", -math.inf)
         self.schedule.on_validation(improved)
@@ -600,6 +612,8 @@ class _Run:
         record = {"type": "valid", "step": self.step, "epoch": epoch, "split": self.config.data.valid_split,
                   "utterances": len(self.valid_set), **{f"ccc_{k}": v for k, v in scores.items()},
                   "improved": improved, "collapsed": collapsed_attributes(values, labels)}
+        if blend is not None:
+            record["floor_blend"] = dict(zip(ATTRIBUTES, blend.tolist(), strict=True))
         if nonfinite:
             record.update(nonfinite_predictions=len(nonfinite), first_nonfinite=nonfinite[0])
             self.reporter.message(f"warning: validation after step {self.step}: {len(nonfinite)} of "
@@ -622,6 +636,20 @@ class _Run:
         patience = self.config.train.patience
         if patience > 0 and self.validations_without_improvement >= patience:
             self.stopped = Stop.EARLY_STOPPING
+
+    def _predict_valid(self, *, blend: float) -> ModelPredictions:
+        """The model's predictions of the validation split; with a floor, at network weight ``blend``.
+
+        Validation draws no training random numbers (the loader's seed would), so that a run validated more
+        or less often, or resumed from the checkpoint of the step before a validation, trains alike.
+        """
+        floor = self.model.floor_blend
+        with (self.stops.at_once(), torch.random.fork_rng(devices=[]),
+              floor.blended(blend) if floor is not None else contextlib.nullcontext()):
+            return run_model(self.model, self.valid_set, device=self.context.device,
+                             description=f"validating on {self.config.data.valid_split}",
+                             text_embeddings=self.text_embeddings, num_workers=self.config.data.num_workers,
+                             amp_dtype=self.amp_dtype, context=self.context, finite_only=False)
 
     def _no_finite_validation(self) -> str:
         """The error of a run whose every validation score was NaN or infinite, with its likely cause."""

@@ -106,3 +106,4 @@ def fit_ridge(train_features: np.ndarray, train_targets: np.ndarray, valid_featu
     best = len(alphas) - 1 - np.argmax(curve[::-1], axis=0)
     chosen = np.stack([weights[best[k], :, k] for k in range(len(ATTRIBUTES))], axis=1)
     return RidgeModel(standardizer, chosen, intercept, np.asarray(alphas)[best]), curve
+

@@ -1,0 +1,170 @@
+"""The floor inside the model (model.floor_blend): the floor it carries predicts what `sertool baseline` wrote
+(the baseline's own output is the reference); the blend weight is chosen on the validation split by CCC; the
+heads train alone; step 0 is validated so that best.pt is never worse than the floor on Development; the
+floor and the chosen weights travel with every checkpoint and exported folder."""
+from __future__ import annotations
+
+import contextlib
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from sertool.api import load
+from sertool.baseline.run import run_baseline
+from sertool.checkpoint import load_checkpoint
+from sertool.config import Config
+from sertool.data.corpus import open_corpus
+from sertool.inference.export import export_model
+from sertool.inference.inputs import corpus_split
+from sertool.inference.predictions import read_predictions
+from sertool.inference.predictor import open_predictor
+from sertool.models.ccc import ccc_scores
+from sertool.models.ser_model import SERModel
+from sertool.models.utterance_stats import BLEND_GRID, NUM_FEATURES, choose_blend, fit_utterance_statistics
+from sertool.runtime.runner import run_model
+from sertool.training.loop import train
+from tests.corpus_files import write_learnable_corpus
+from tests.systems import small_config
+
+ATTRIBUTES = ("arousal", "valence", "dominance")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return write_learnable_corpus(tmp_path_factory.mktemp("corpus") / "c",
+                                  per_split={"Train": 16, "Development": 8, "Test1": 8})
+
+
+@pytest.fixture(scope="module")
+def floor(corpus, tmp_path_factory):
+    """What `sertool baseline` writes for the corpus: the reference."""
+    out = tmp_path_factory.mktemp("baseline")
+    run_baseline(str(corpus), out)
+    return out
+
+
+def _blend_config(corpus, **train_overrides) -> Config:
+    config = small_config(corpus, **train_overrides)
+    config.model.floor_blend = True
+    return config
+
+
+def _splits(corpus):
+    utterances = open_corpus(str(corpus)).utterances
+    return {name: [utt for utt in utterances if utt.split == name] for name in ("Train", "Development", "Test1")}
+
+
+def _fitted_model(corpus) -> SERModel:
+    torch.manual_seed(0)
+    model = SERModel(_blend_config(corpus).model)
+    splits = _splits(corpus)
+    fit_utterance_statistics(model, splits["Train"], splits["Development"])
+    return model
+
+
+def _ratings(model, utterances, *, blend):
+    """Ids and predictions (1..7) at network weight ``blend`` (None: the model's stored weights)."""
+    with model.floor_blend.blended(blend) if blend is not None else contextlib.nullcontext():
+        outputs = run_model(model, utterances, device=torch.device("cpu"))
+    return outputs.ids, model.label_scaling.from_unit(outputs.emotion_unit)
+
+
+def test_the_floor_in_the_model_predicts_what_the_baseline_wrote(corpus, floor):
+    model = _fitted_model(corpus)
+    ids, ours = _ratings(model, _splits(corpus)["Test1"], blend=0.0)
+    reference = read_predictions(floor / "Test1.csv")
+    expected = reference.values[[reference.ids.index(utt_id) for utt_id in ids]]
+    assert expected.std(axis=0).min() > 0.1, "the floor should predict something here"
+    # float32 statistics in the model, float64 in the baseline: the same predictions to a thousandth of a point
+    np.testing.assert_allclose(ours, expected, rtol=0, atol=1e-3)
+    chosen = json.loads((floor / "summary.json").read_text())["alphas"]
+    assert model.floor_blend.alphas.tolist() == [chosen[name] for name in ATTRIBUTES]
+
+
+def test_the_blend_mixes_network_and_floor_per_attribute_and_training_sees_the_network_alone(corpus):
+    model = _fitted_model(corpus)
+    clips = _splits(corpus)["Development"]
+    _, network = _ratings(model, clips, blend=1.0)
+    _, alone = _ratings(model, clips, blend=0.0)
+    weights = torch.tensor([0.25, 1.0, 0.0], dtype=torch.float64)
+    model.floor_blend.blend.copy_(weights)
+    outputs = run_model(model, clips, device=torch.device("cpu"))
+    blended = model.label_scaling.from_unit(outputs.emotion_unit)
+    np.testing.assert_allclose(blended, weights.numpy() * network + (1 - weights.numpy()) * alone, atol=1e-5)
+    assert torch.equal(model.floor_blend.blend, weights), "blended() puts the stored weights back"
+    batch_waveforms = torch.randn(2, 16_000) * 0.1
+    mask = torch.ones(2, 16_000, dtype=torch.bool)
+    model.train()
+    with torch.no_grad():
+        trained = model(batch_waveforms, mask).emotion
+        heads = model.emotion_heads(model.pooling(*model.backbone(batch_waveforms, mask)))
+    torch.testing.assert_close(trained, heads, rtol=0, atol=0)
+
+
+def test_choose_blend_takes_the_best_ccc_of_the_grid_per_attribute():
+    rng = np.random.default_rng(0)
+    labels = rng.normal(4, 1, size=(40, 3))
+    network = labels + rng.normal(0, [0.3, 3.0, 1.0], size=(40, 3))  # good, useless, middling
+    floor = labels + rng.normal(0, [3.0, 0.3, 1.0], size=(40, 3))
+    chosen = choose_blend(network, floor, labels)
+
+    def ccc(pred, true):  # the textbook formula, independent of sertool.models.ccc
+        cov = np.mean((pred - pred.mean()) * (true - true.mean()))
+        return 2 * cov / (pred.var() + true.var() + (pred.mean() - true.mean()) ** 2)
+    for k in range(3):
+        scores = [ccc(w * network[:, k] + (1 - w) * floor[:, k], labels[:, k]) for w in BLEND_GRID]
+        assert chosen[k] == BLEND_GRID[int(np.argmax(scores))]
+    assert chosen[0] > 0.8 and chosen[1] < 0.2 and 0.2 < chosen[2] < 0.8
+    constant = np.full((40, 3), 4.0)
+    assert choose_blend(constant, constant, labels).tolist() == [1.0, 1.0, 1.0], "a tie goes to the network"
+
+
+def test_an_unfitted_floor_refuses_to_predict(corpus):
+    model = SERModel(_blend_config(corpus).model)
+    assert model.representation_dim == 2 * 32, "the statistics feed the floor, not the heads"
+    with pytest.raises(RuntimeError, match="never fitted"):
+        model.floor_blend(torch.zeros(2, 3), torch.zeros(2, NUM_FEATURES, dtype=torch.float64))
+
+
+def test_training_validates_the_floor_first_and_keeps_the_weights_it_chose(corpus, floor, tmp_path):
+    # A learning rate that wrecks the heads: best.pt must still be no worse than the floor on Development.
+    result = train(_blend_config(corpus, epochs=2, lr_heads=0.5), tmp_path / "run")
+    floor_dev = json.loads((floor / "summary.json").read_text())["scores"]["Development"]["ccc"]
+    first = result.history[0]
+    assert first["step"] == 0 and first["improved"] and len(result.history) == 3  # step 0, each epoch's end
+    assert first["ccc_average"] >= floor_dev["average"] - 2e-3
+    assert result.best["average"] >= first["ccc_average"]
+    reference = _fitted_model(corpus)
+    clips = _splits(corpus)["Development"]
+    labels = np.array([utt.labels() for utt in clips])
+    for name in ("best.pt", "last.pt"):
+        checkpoint = load_checkpoint(tmp_path / "run", name=name)
+        state = checkpoint["model_state"]
+        for key in ("weights", "intercept", "alphas"):
+            torch.testing.assert_close(state[f"floor_blend.{key}"], getattr(reference.floor_blend, key),
+                                       rtol=0, atol=0, msg=key)
+        # The stored weights are those its validation chose, and its predictions are that blend's.
+        record = next(r for r in result.history if r["step"] == checkpoint["step"])
+        assert state["floor_blend.blend"].tolist() == [record["floor_blend"][name] for name in ATTRIBUTES]
+        model = SERModel(_blend_config(corpus).model)
+        model.load_state_dict(state)
+        _, network = _ratings(model, clips, blend=1.0)
+        _, alone = _ratings(model, clips, blend=0.0)
+        assert state["floor_blend.blend"].numpy().tolist() == choose_blend(network, alone, labels).tolist()
+        if name == "best.pt":  # what it predicts is the blend its validation scored
+            _, blended = _ratings(model, clips, blend=None)
+            assert ccc_scores(blended, labels)["average"] == pytest.approx(result.best["average"], abs=1e-6)
+
+
+def test_an_exported_blend_model_predicts_exactly_like_its_run(corpus, tmp_path):
+    train(_blend_config(corpus), tmp_path / "run")
+    export_model(tmp_path / "run", tmp_path / "folder")
+    clips, _ = corpus_split(str(corpus), "Test1")
+    run = open_predictor(tmp_path / "run").predict(clips).predictions.values
+    folder = open_predictor(tmp_path / "folder").predict(clips).predictions.values
+    assert np.isfinite(run).all() and run.std(axis=0).min() > 0
+    np.testing.assert_array_equal(run, folder)
+    loaded = load(tmp_path / "folder").predict([str(utt.audio_path) for utt in clips], table=True)
+    np.testing.assert_array_equal(loaded.values, run)

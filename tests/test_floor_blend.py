@@ -5,6 +5,7 @@ floor and the chosen weights travel with every checkpoint and exported folder.""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 
 import numpy as np
@@ -193,3 +194,19 @@ def test_a_resumed_blend_run_equals_an_uninterrupted_one(corpus, tmp_path):
         assert a.keys() == b.keys()
         for key in a:
             torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+
+
+def test_the_blend_leaves_the_networks_training_unchanged(corpus, tmp_path):
+    """Same seed, with and without the floor: the same network weights after every step (only what best.pt
+    holds and how it predicts differ)."""
+    config = small_config(corpus, epochs=2)
+    config.model.head_dropout = 0.3  # dropout draws from the RNG the floor's set-up and validations must not touch
+    alone = train(config, tmp_path / "alone")
+    blended = train(dataclasses.replace(config, model=dataclasses.replace(config.model, floor_blend=True)),
+                    tmp_path / "blend")
+    assert blended.steps == alone.steps
+    a = load_checkpoint(tmp_path / "alone", name="last.pt")["model_state"]
+    b = load_checkpoint(tmp_path / "blend", name="last.pt")["model_state"]
+    assert set(a) < set(b)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)

@@ -261,3 +261,13 @@ def test_cached_frames_go_with_the_audio_for_a_model_that_reads_it(corpus, whisp
     assert isinstance(cached, CachedFrames) and cached.read_waveforms
     np.testing.assert_allclose(run_model(model, utts, device=CPU, frames=cached).emotion_unit,
                                run_model(model, utts, device=CPU).emotion_unit, rtol=0, atol=1e-3)
+
+
+def test_a_floor_blend_run_validates_from_the_cache_as_from_the_audio(corpus, whisper_dir, tmp_path):
+    """--floor-blend reads the audio beside the cached frames: its floor, and so every blend, are the same."""
+    recomputed = train(whisper_config(corpus, whisper_dir, None, floor_blend=True), tmp_path / "recomputed")
+    cached = train(whisper_config(corpus, whisper_dir, tmp_path / "features", floor_blend=True), tmp_path / "cached")
+    assert [record["step"] for record in cached.history] == [0, 2, 4]  # step 0: the floor's validation
+    for ours, theirs in zip(cached.history, recomputed.history, strict=True):
+        assert ours["ccc_average"] == pytest.approx(theirs["ccc_average"], abs=1e-3)
+    assert all("floor_blend" in record for record in cached.history)

@@ -210,9 +210,10 @@ class _Run:
        transcript embeddings; the objective; AMP.
     4. ``_setup_frames``: with ``--feature-cache``, the frozen Whisper encoder's frames of every training and
        validation utterance, computed where the cache lacks them (or one line saying why this run recomputes).
-    5. ``_setup_batches``: the epoch sampler, the dataset and the loader.
-    6. ``_setup_optimisation``: AdamW, the schedule, the GradScaler, DDP.
-    7. ``_setup_state``: the progress counters, restored from ``last.pt`` or recorded in environment.json.
+    5. ``_setup_floor``: with ``--floor-blend``, the floor's predictions of the validation split.
+    6. ``_setup_batches``: the epoch sampler, the dataset and the loader.
+    7. ``_setup_optimisation``: AdamW, the schedule, the GradScaler, DDP.
+    8. ``_setup_state``: the progress counters, restored from ``last.pt`` or recorded in environment.json.
     """
 
     def __init__(self, config: Config, run_dir: Path, *, resume: bool, force: bool, argv: Sequence[str],
@@ -231,6 +232,7 @@ class _Run:
             self._setup_data(checkpoint)
             self._setup_model(checkpoint)
             self._setup_frames()
+            self._setup_floor()
             self._setup_batches()
             self._setup_optimisation()
             self._setup_state(checkpoint)
@@ -340,8 +342,6 @@ class _Run:
         self.text_embeddings = transcript_embeddings(self.model, [*self.train_set, *self.valid_set], config.data.cache_dir)
         self.loss_fn = SERLoss(config.model)
         self.amp_dtype = resolve_amp(train_config.amp, self.context.device)
-        # The floor's validation predictions (fixed), which every validation blends the network's with.
-        self.valid_floor = self._predict_valid(blend=0.0) if self.model.floor_blend is not None else None
 
     def _setup_frames(self) -> None:
         """``cached_frames``: with ``--feature-cache``, every training and validation utterance's frames from the
@@ -363,6 +363,11 @@ class _Run:
             progress=self._progress("feature cache"))
         self.reporter.message(f"feature cache {cache.folder}: {len(utterances) - cache.misses:,} of "
                               f"{len(utterances):,} utterances' frames were cached, the others computed")
+
+    def _setup_floor(self) -> None:
+        """``valid_floor``: with ``--floor-blend``, the floor's predictions of the validation split (they never
+        change), which every validation blends the network's with; else None."""
+        self.valid_floor = self._predict_valid(blend=0.0) if self.model.floor_blend is not None else None
 
     def _setup_batches(self) -> None:
         """The sampler decides which utterances each epoch uses and how they are grouped; the loader reads them."""

@@ -123,6 +123,16 @@ def test_choose_blend_takes_the_best_ccc_of_the_grid_per_attribute():
     assert choose_blend(constant, constant, labels).tolist() == [1.0, 1.0, 1.0], "a tie goes to the network"
 
 
+def test_a_weight_of_zero_is_the_floor_even_when_the_network_is_not_finite(corpus):
+    model = _fitted_model(corpus)
+    standardised = torch.randn(4, NUM_FEATURES, dtype=torch.float64)
+    model.floor_blend.blend.copy_(torch.tensor([0.0, 0.5, 1.0]))
+    out = model.floor_blend(torch.full((4, 3), float("nan")), standardised)
+    floor = model.floor_blend.intercept + standardised @ model.floor_blend.weights
+    torch.testing.assert_close(out[:, 0], floor[:, 0].float(), rtol=0, atol=0)
+    assert out[:, 1:].isnan().all()
+
+
 def test_an_unfitted_floor_refuses_to_predict(corpus):
     model = SERModel(_blend_config(corpus).model)
     assert model.representation_dim == 2 * 32, "the statistics feed the floor, not the heads"

@@ -260,7 +260,9 @@ class FloorBlend(nn.Module):
             raise RuntimeError("the floor was never fitted: call fit_utterance_statistics(model, training clips, "
                                "validation clips) before using the model")
         floor = self.intercept + standardised @ self.weights
-        return (self.blend * network.double() + (1 - self.blend) * floor).to(network.dtype)
+        blended = self.blend * network.double() + (1 - self.blend) * floor
+        # A weight of 0 is the floor alone, even where the network's output is not finite (0 · NaN is NaN).
+        return torch.where(self.blend > 0, blended, floor).to(network.dtype)
 
 
 BLEND_GRID: tuple[float, ...] = tuple(step / 20 for step in range(21))  # the network's weight: 0, 0.05, ..., 1

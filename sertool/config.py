@@ -48,8 +48,10 @@ RECIPES: dict[str, dict[str, Any]] = {
         "train.accum_steps": 1,           # every micro-batch a step: a few hundred clips give ~15 steps an epoch
         "train.lr_heads": 1e-3,           # everything trains from scratch
         "train.patience": 0,              # best.pt is still chosen on validation; see the evidence for why not stop
+        "model.floor_blend": True,        # never below the floor on validation; above it on every corpus screened
         # Screened and left off (they lowered Development on some corpus): model.utterance_stats (with or
-        # without its dropout), data.speed_perturbation, model.spec_augment, model.fbank_dim 128.
+        # without its dropout), data.speed_perturbation, model.spec_augment, model.fbank_dim 128, and two
+        # prototypes that started the network at the floor (a correction of it) instead of blending.
     },
 }
 # The recipe a backbone gets when --recipe is not given; every backbone not listed gets "paper".

@@ -261,7 +261,7 @@ class _TranscriptCodec:
             with open(path, encoding="utf-8") as handle:
                 for line_number, line in enumerate(handle, start=1):
                     row = json.loads(line)
-                    if not isinstance(row, dict) or not all(isinstance(row.get(key), str) for key in ("sha256", "text")):
+                    if not (isinstance(row, dict) and all(isinstance(row.get(key), str) for key in ("sha256", "text"))):
                         raise ValueError(f"line {line_number} is not a {{'sha256', 'text'}} object")
                     rows.setdefault(row["sha256"], row["text"])
         except (OSError, UnicodeDecodeError, ValueError) as error:  # json.JSONDecodeError is a ValueError

@@ -190,7 +190,8 @@ class _EmbeddingCodec:
             tensors = load_file(path)
             digests, embeddings = tensors["sha256"], tensors["embeddings"]
         except (SafetensorError, KeyError, OSError) as error:
-            raise SertoolError(f"text embedding cache file {path} is unreadable ({error}); delete it to recompute") from None
+            raise SertoolError(f"text embedding cache file {path} is unreadable ({error}); delete it to "
+                               "recompute") from None
         if embeddings.shape[1] != self.encoder.output_dim:
             raise SertoolError(
                 f"text embedding cache file {path} holds {embeddings.shape[1]}-dim embeddings, the encoder "

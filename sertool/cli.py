@@ -71,7 +71,7 @@ class _Number(click.ParamType):
     alike; with ``many``, the value is a comma-separated list (``--weights 0.6,0.4``).
     """
 
-    def __init__(self, kind: type, bounds: Bounds | None = None, *, many: bool = False) -> None:
+    def __init__(self, kind: type[int] | type[float], bounds: Bounds | None = None, *, many: bool = False) -> None:
         self.kind, self.bounds, self.many = kind, bounds or Bounds(), many
         self.name = "integer" if kind is int else "float"
 

@@ -15,8 +15,16 @@ from time import perf_counter
 import numpy as np
 import torch
 
-from measure import (MSP_TRAIN_UTTERANCES, Figure, Target, interleaved, median, msp_like_durations, ratio_of_rounds,
-                     timed)
+from measure import (
+    MSP_TRAIN_UTTERANCES,
+    Figure,
+    Target,
+    interleaved,
+    median,
+    msp_like_durations,
+    ratio_of_rounds,
+    timed,
+)
 from sertool.config import ModelConfig, TrainConfig
 from sertool.data.dataset import Batch, UtteranceDataset, collate
 from sertool.data.frame_cache import CachedFrames

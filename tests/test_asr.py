@@ -12,7 +12,6 @@ import torch
 
 from sertool.data.audio import load_audio
 from sertool.data.records import Utterance
-from sertool.errors import SertoolError
 from sertool.data.transcripts import (
     DEFAULT_ASR_MODEL_ID,
     TRANSCRIPT_CACHE_SUBDIR,
@@ -20,6 +19,7 @@ from sertool.data.transcripts import (
     TranscriptCache,
     fill_transcripts,
 )
+from sertool.errors import SertoolError
 from tests.corpus_files import write_tone
 from tests.tiny_asr import save_tiny_asr
 from tests.tiny_speech import save_tiny_wavlm, save_tiny_whisper

@@ -21,11 +21,18 @@ from sertool.inference.predictions import read_predictions
 from sertool.inference.predictor import InferenceOptions, open_predictor
 from sertool.inference.windows import combine_windows, window_spans
 from sertool.model_folder import read_model_folder
-from sertool.models.released import RELEASED_MODEL_IDS, convert_released_state, released_arguments as checked_arguments
+from sertool.models.released import RELEASED_MODEL_IDS, convert_released_state
+from sertool.models.released import released_arguments as checked_arguments
 from tests.corpus_files import write_learnable_corpus
 from tests.hub_cache import cache_as_hub_id
-from tests.released_layout import (reference_predictions, released_arguments, released_state, save_backbone_config,
-                                   save_released, speech_like)
+from tests.released_layout import (
+    reference_predictions,
+    released_arguments,
+    released_state,
+    save_backbone_config,
+    save_released,
+    speech_like,
+)
 
 # transformers' WavLM attention passes torch a bool padding mask with a float position bias.
 pytestmark = pytest.mark.filterwarnings("ignore:Support for mismatched key_padding_mask:UserWarning")

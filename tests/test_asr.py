@@ -152,7 +152,7 @@ def test_cache_files_are_json_lines_keyed_by_audio_sha256(
     rows = [json.loads(line) for line in raw.decode("utf-8").splitlines()]
     expected_digests = [hashlib.sha256(path.read_bytes()).hexdigest() for path in audio_files[:2]]
     expected_digests.append(hashlib.sha256(waveform.numpy().astype("<f4").tobytes()).hexdigest())
-    assert rows == [{"sha256": digest, "text": text} for digest, text in zip(expected_digests, texts)]
+    assert rows == [{"sha256": digest, "text": text} for digest, text in zip(expected_digests, texts, strict=True)]
 
 
 def test_another_model_or_decoding_option_misses(

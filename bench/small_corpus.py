@@ -236,7 +236,7 @@ def table(args) -> None:
         def mean(split, column, runs=runs):
             return float(np.mean([run[split][column] for run in runs]))
 
-        def cell(split, column):
+        def cell(split, column, runs=runs):
             values = [run[split][column] for run in runs]
             return f"{np.mean(values):.3f}" + (f" ± {np.std(values, ddof=1):.3f}" if len(values) > 1 else "")
         floor = groups.get((corpus, "baseline"))

@@ -93,7 +93,8 @@ def run_baseline(corpus: str | Path, out_dir: str | Path, *, train_split: str = 
 
     model, curve = fit_ridge(features(selection.train), labels(selection.train), features(selection.valid),
                              labels(selection.valid))
-    result = BaselineResult(dict(zip(ATTRIBUTES, map(float, model.alphas), strict=True)), {}, len(selection.train), opened.report)
+    alphas = dict(zip(ATTRIBUTES, map(float, model.alphas), strict=True))
+    result = BaselineResult(alphas, {}, len(selection.train), opened.report)
     for name, utterances in held_out.items():
         predictions = Predictions([utt.id for utt in utterances], model.predict(features(utterances)))
         labelled = bool(utterances) and all(utt.has_labels for utt in utterances)

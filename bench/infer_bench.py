@@ -139,18 +139,18 @@ def save_base_sized_wavlm(folder: Path) -> Path:
 def quantized_inference(utterances: Sequence[Utterance], config: ModelConfig, *, name: str, rounds: int,
                         target: float | None) -> list[Figure]:
     """Utterances/s of ``run_model`` on the CPU with the float32 model vs its int8-quantised copy
-    (``sertool.inference.cpu.quantize_linear_int8``, what ``--quantize int8`` runs), and how far the
+    (``sertool.inference.cpu.quantize_int8``, what ``--quantize int8`` runs), and how far the
     predictions moved: max absolute difference on the 1–7 scale and the CCC of the quantised predictions
     against the float32 ones (lowest of the three attributes)."""
     import copy
 
-    from sertool.inference.cpu import quantize_linear_int8
+    from sertool.inference.cpu import quantize_int8
     from sertool.models.ccc import ccc_scores
 
     with torch.random.fork_rng():
         torch.manual_seed(0)
         model = SERModel(config).eval()
-    models = {"float32": model, "int8": quantize_linear_int8(copy.deepcopy(model))}
+    models = {"float32": model, "int8": quantize_int8(copy.deepcopy(model))}
     device = torch.device("cpu")
     values = {}
     for label, variant in models.items():  # warm-up, and the predictions compared

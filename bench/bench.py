@@ -48,6 +48,7 @@ MEMORY_SMALL_TRAIN = 100  # benchmark 5: training utterances of the small corpus
 LONG_AUDIO_S, SHORT_AUDIO_S = 3 * 3600.0, 180.0  # benchmark 8: a 3-hour file vs a 3-minute one
 QUANTIZE_TINY_UTTERANCES, QUANTIZE_BASE_UTTERANCES = 48, 8  # benchmark 10: clips run per variant and round
 QUANTIZE_BASE_ROUNDS = 5  # a WavLM-Base-sized pass over 8 clips takes about 10 s on 2 cores
+FEATURE_CACHE_UTTERANCES = 32  # benchmark 11: a recomputed epoch of them takes ~5 s on 2 cores
 
 
 class Context:
@@ -118,6 +119,13 @@ def _quantize(context: Context) -> list[Figure]:
                                  name="WavLM-Base-sized", rounds=QUANTIZE_BASE_ROUNDS, target=1.8)]
 
 
+def _feature_cache(context: Context) -> list[Figure]:
+    from train_bench import whisper_feature_cache
+
+    return whisper_feature_cache(context.corpus[:FEATURE_CACHE_UTTERANCES], folder=context.folder / "feature-cache",
+                                 rounds=ROUNDS)
+
+
 def _memory(context: Context) -> list[Figure]:
     from process_bench import memory_scaling
 
@@ -163,7 +171,7 @@ BENCHMARKS: dict[str, Callable[[Context], list[Figure]]] = {
     "training": _training, "padding": _padding, "text": _text, "whisper": _whisper, "inference": _inference,
     "quantize": _quantize,
     "memory": _memory, "long_audio": _long_audio, "loader": _loader, "startup": _startup,
-    "msp_startup": _msp_startup, "gpu": _gpu,
+    "msp_startup": _msp_startup, "feature_cache": _feature_cache, "gpu": _gpu,
 }
 
 
@@ -193,8 +201,8 @@ def machine_info() -> dict[str, Any]:
 
 
 def format_value(figure: Figure) -> str:
-    if figure.unit == "s":
-        return f"{figure.value:.1f} s"
+    if figure.unit in ("s", "GB"):
+        return f"{figure.value:.1f} {figure.unit}"
     return f"{figure.value:.2f}×" if figure.unit == "×" else f"{figure.value:.3f}"
 
 

@@ -63,7 +63,8 @@ class Figure:
         key: stable identifier in results.json, e.g. ``"train_throughput_fbank"``.
         benchmark: the row's title in the table.
         value: the measured ratio.
-        unit: how ``value`` reads: ``"×"`` (a speed or size ratio), ``"s"`` (seconds) or ``""`` (a fraction).
+        unit: how ``value`` reads: ``"×"`` (a speed or size ratio), ``"s"`` (seconds), ``"GB"`` (a size) or ``""``
+            (a fraction).
         target: the issue's bound, or None for an informational figure.
         compared: what was divided by what, in words.
         details: raw measurements (seconds, counts, per-round ratios) behind ``value``.

@@ -19,6 +19,7 @@ from measure import (MSP_TRAIN_UTTERANCES, Figure, Target, interleaved, median, 
                      timed)
 from sertool.config import ModelConfig, TrainConfig
 from sertool.data.dataset import Batch, UtteranceDataset, collate
+from sertool.data.frame_cache import CachedFrames
 from sertool.data.records import Utterance
 from sertool.models.losses import SERLoss
 from sertool.models.ser_model import SERModel
@@ -62,9 +63,11 @@ class Trainer:
         self.trainable = [p for group in self.optimizer.param_groups for p in group["params"]]
 
     def loader(self, utterances: Sequence[Utterance], batch_sampler, *, num_workers: int = 0,
-               text_embeddings: Mapping[str, torch.Tensor] | None = None) -> torch.utils.data.DataLoader:
+               text_embeddings: Mapping[str, torch.Tensor] | None = None,
+               frames: CachedFrames | None = None) -> torch.utils.data.DataLoader:
         """A training loader as the loop builds it (whole clips: the benchmark corpus has no crops)."""
-        dataset = UtteranceDataset(utterances, to_unit=self.model.label_scaling.to_unit, text_embeddings=text_embeddings)
+        dataset = UtteranceDataset(utterances, to_unit=self.model.label_scaling.to_unit, text_embeddings=text_embeddings,
+                                   frames=frames)
         return torch.utils.data.DataLoader(dataset, batch_sampler=batch_sampler, collate_fn=collate,
                                            num_workers=num_workers)
 
@@ -76,8 +79,8 @@ class Trainer:
             texts_in_forward: hand the transcripts to the model, which then encodes them itself (the
                 uncached text path), instead of cached embeddings.
         """
-        output = self.model(batch.waveforms, batch.sample_mask, text_embeddings=batch.text_embeddings,
-                            texts=batch.texts if texts_in_forward else None)
+        output = self.model(batch.waveforms, batch.sample_mask, frames=batch.frames, frame_mask=batch.frame_mask,
+                            text_embeddings=batch.text_embeddings, texts=batch.texts if texts_in_forward else None)
         loss, _ = self.loss_fn(output, batch.targets, gender_ids=batch.gender_ids, speaker_ids=batch.speaker_ids)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -308,6 +311,104 @@ def text_cache(utterances: Sequence[Utterance], *, cache_dir: Path, rounds: int,
                compared=(f"same epoch with LoRA rank {lora_rank} on the text encoder (encodes and back-propagates "
                          "every batch; cannot be cached) vs cached embeddings"),
                details={**details, "per_round_ratio": lora_rounds}),
+    ]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 11. The frozen Whisper's frames read from the feature cache vs computed every epoch.
+
+# Sized so that the encoder dominates a frozen-Whisper training step, as large-v3's 32 × 1280 layers do on a GPU.
+CACHE_WHISPER_SIZES = dict(d_model=384, encoder_layers=4, encoder_attention_heads=6, encoder_ffn_dim=1536,
+                           num_mel_bins=80)
+LARGE_V3_WIDTH = 1280  # openai/whisper-large-v3's d_model: the width of its cached frames
+WHISPER_FRAME_RATE = 50  # frames per second after the conv stem (one per 20 ms)
+FLOAT16_BYTES = 2
+# MSP-Podcast v1.11 as its makers describe it (https://ecs.utdallas.edu/research/researchlabs/msp-lab/MSP-Podcast.html):
+# 151,654 speaking turns, 237 h 56 min in all; Train holds 84,030 of them. Train's hours are not given
+# separately, so Train is projected at the corpus' mean turn length.
+MSP_V1_11_TURNS = 151_654
+MSP_V1_11_SECONDS = (237 * 60 + 56) * 60
+MSP_V1_11_TRAIN_TURNS = 84_030
+
+
+def save_cache_whisper(folder: Path) -> Path:
+    """A random Whisper of ``CACHE_WHISPER_SIZES`` (30-s window) saved as a model folder."""
+    from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration
+
+    from tests.tiny_speech import tiny_whisper_config
+
+    config = tiny_whisper_config(**{**CACHE_WHISPER_SIZES, "decoder_layers": 1, "suppress_tokens": [],
+                                    "begin_suppress_tokens": []})
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = WhisperForConditionalGeneration(config)
+    model.save_pretrained(folder)
+    WhisperFeatureExtractor(feature_size=config.num_mel_bins).save_pretrained(folder)
+    return folder
+
+
+def whisper_feature_cache(utterances: Sequence[Utterance], *, folder: Path, rounds: int) -> list[Figure]:
+    """Training epochs of a frozen Whisper (last layer) reading cached frames vs running the encoder; the
+    fill's cost; the cache's size for MSP-Podcast's Train.
+
+    Both variants train the same model on the same batches (``max_batch_s`` 64, whole clips), through
+    ``UtteranceDataset`` + ``collate`` + ``SERModel``: one with the cache's ``CachedFrames`` (memory-mapped
+    float16 shards, read per item), one reading the audio and running the encoder in forward.
+    """
+    from sertool.models.backbones.whisper import FRAME_RATE
+    from sertool.models.frame_features import frame_cache
+    from sertool.runtime.frames import fill_frame_cache
+
+    config = ModelConfig(backbone="whisper", backbone_path=str(save_cache_whisper(folder / "whisper")),
+                         layer_weighting="last")
+    trainer = Trainer(config)
+    cache = frame_cache(trainer.model, folder / "features", amp_dtype=None)
+    fill_s, frames = timed(lambda: fill_frame_cache(trainer.model.backbone, utterances, cache, frame_rate=FRAME_RATE,
+                                                    device=torch.device("cpu")))
+    sampler = EpochBatchSampler.from_records(utterances, sampling="whole", max_batch_s=MAX_BATCH_S)
+    first = sampler.plan(0)[0]
+    trainer.warm_up(utterances, first)
+    trainer.warm_up(utterances, first, frames=frames)
+
+    def variants(round_index: int) -> dict[str, Variant]:
+        sampler.set_epoch(round_index)
+        plan = sampler.plan()
+        return {"recomputed": Variant(trainer, trainer.loader(utterances, plan)),
+                "cached": Variant(trainer, trainer.loader(utterances, plan, frames=frames))}
+
+    seconds = _seconds(interleaved_rounds(variants, rounds=rounds))
+    ratio, per_round = ratio_of_rounds(seconds["recomputed"], seconds["cached"])
+    sizes = ", ".join(f"{key} {value}" for key, value in CACHE_WHISPER_SIZES.items())
+    audio_s = sum(utt.duration_s for utt in utterances)
+    on_disk = sum(path.stat().st_size for path in cache.folder.glob("*.npy"))
+    width = CACHE_WHISPER_SIZES["d_model"]
+    projected_here = audio_s * WHISPER_FRAME_RATE * width * FLOAT16_BYTES
+    train_s = MSP_V1_11_TRAIN_TURNS * MSP_V1_11_SECONDS / MSP_V1_11_TURNS
+    large_gb = train_s * WHISPER_FRAME_RATE * LARGE_V3_WIDTH * FLOAT16_BYTES / 1e9
+    tiny_gb = train_s * WHISPER_FRAME_RATE * width * FLOAT16_BYTES / 1e9
+    recomputed_epoch_s = median(seconds["recomputed"])
+    return [
+        Figure(key="whisper_feature_cache_epoch", benchmark="11. frozen Whisper feature cache (training epoch)",
+               value=ratio, unit="×", target=Target(">=", 5.0),
+               compared=(f"utterances/s of a training epoch of {len(utterances)} utterances (2.75–11 s, max_batch_s "
+                         f"{MAX_BATCH_S:g}), random frozen Whisper ({sizes}), last layer: cached float16 frames "
+                         "(--feature-cache, memory-mapped) vs the encoder run in every step"),
+               details={"seconds": {k: [round(s, 3) for s in v] for k, v in seconds.items()}, "per_round_ratio": per_round,
+                        "utterances_per_s": {k: round(len(utterances) / median(v), 3) for k, v in seconds.items()}}),
+        Figure(key="whisper_feature_cache_fill", benchmark="11. feature cache fill (once)",
+               value=fill_s / recomputed_epoch_s, unit="×", target=None,
+               compared=(f"filling the cache for the {len(utterances)} utterances ({fill_s:.1f} s: the encoder once "
+                         f"over {audio_s / 60:.1f} min of audio, without gradients) ÷ one recomputed epoch "
+                         f"({recomputed_epoch_s:.1f} s)"),
+               details={"fill_s": round(fill_s, 3), "recomputed_epoch_s": round(recomputed_epoch_s, 3)}),
+        Figure(key="whisper_feature_cache_disk_gb", benchmark="11. feature cache size, MSP-Podcast Train, large-v3",
+               value=large_gb, unit="GB", target=None,
+               compared=(f"{WHISPER_FRAME_RATE} frames/s × {LARGE_V3_WIDTH} (large-v3's width) × {FLOAT16_BYTES} bytes × "
+                         f"{train_s / 3600:.0f} h (84,030 Train turns at v1.11's mean of {MSP_V1_11_SECONDS / MSP_V1_11_TURNS:.2f} "
+                         f"s); this benchmark's d_model {width}: {tiny_gb:.1f} GB; its cache on disk: "
+                         f"{on_disk / 1e6:.1f} MB for {audio_s:.0f} s of audio, projected {projected_here / 1e6:.1f} MB"),
+               details={"train_seconds": round(train_s), "tiny_model_gb": round(tiny_gb, 2), "bench_on_disk_bytes": on_disk,
+                        "bench_projected_bytes": round(projected_here), "bench_audio_s": round(audio_s, 1)}),
     ]
 
 

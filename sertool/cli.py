@@ -316,7 +316,7 @@ def _config_flags(command):
               help="YAML config (a run folder's config.yaml is one); flags override it.")
 @click.option("--out", metavar="RUN_DIR", help="Run folder to create: best.pt, last.pt, config, logs.")
 @click.option("--resume", metavar="RUN_DIR", help="Continue the interrupted run in RUN_DIR exactly where it stopped "
-              "(--corpus, --cache-dir and --num-workers may point elsewhere).")
+              "(--corpus, --cache-dir, --feature-cache and --num-workers may point elsewhere).")
 @click.option("--force", is_flag=True, help="Start over in an --out folder that already holds files.")
 @click.option("--device", type=click.Choice(DEVICE_CHOICES), default=DEFAULT_DEVICE, show_default=True,
               help="Where to train; under torchrun each process takes its LOCAL_RANK GPU.")

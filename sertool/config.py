@@ -185,6 +185,11 @@ class DataConfig:
     cache_dir: str | None = option(None, "Cache of corpus scans (durations, transcripts), text embeddings and ASR "
                                    "transcripts (default: $SERTOOL_CACHE or ~/.cache/sertool).", path="path",
                                    resumable=True)
+    feature_cache: str | None = option(None, "Folder of cached frozen-Whisper frames (--backbone whisper, frozen, "
+                                       "--layer-weighting last): computed once per audio file before the first "
+                                       "epoch, then read instead of running the encoder (~61 GB for MSP-Podcast's "
+                                       "Train). Other systems say so and recompute. Default: off.", path="path",
+                                       resumable=True)
 
 
 @dataclass

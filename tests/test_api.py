@@ -114,3 +114,19 @@ def test_import_is_light_and_three_lines_predict_with_a_run_an_export_and_an_ens
     printed = [ast.literal_eval(line) for line in result.stdout.splitlines()]
     assert len(printed) == 3 and printed[0] == printed[1]
     assert printed[2] == pytest.approx(printed[0], abs=1e-12)  # the mean of two identical members
+
+
+def test_load_offers_every_inference_option_with_the_cli_s_default():
+    """``sertool.load`` spells its options out (for help() and editors); they must stay those of
+    ``InferenceOptions`` — the flags of `predict`, `evaluate` and `ensemble` — with the same defaults."""
+    import dataclasses
+    import inspect
+
+    from sertool.api import load
+    from sertool.inference.predictor import InferenceOptions
+
+    offered = {name: parameter.default for name, parameter in inspect.signature(load).parameters.items()
+               if parameter.kind is inspect.Parameter.KEYWORD_ONLY}
+    # num_workers: data-loader processes of a corpus run; the API predicts what it is handed, in-process.
+    expected = {field.name: field.default for field in dataclasses.fields(InferenceOptions) if field.name != "num_workers"}
+    assert offered == expected

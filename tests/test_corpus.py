@@ -188,3 +188,27 @@ def test_speaker_split_fills_shares_without_overshoot():
     assert counts == {"Development": 20, "Test1": 10, "Train": 70}
     with pytest.raises(SertoolError):
         speaker_disjoint_split(utterances, (0.6, 0.5))
+
+
+def test_utterances_built_from_columns_equal_those_built_one_by_one():
+    """``Utterance.many`` (the warm start's bulk build) against the dataclass' own ``__init__``, row by row:
+    equal, equally hashed, frozen, defaults filled, every field in its place."""
+    import dataclasses
+
+    columns = {"id": ["a.wav", "b.wav"], "audio_path": [Path("/x/a.wav"), Path("/x/b.wav")], "split": ["Train", "Test1"],
+               "duration_s": [1.5, 2.25], "arousal": [3.0, None], "valence": [4.5, None], "dominance": [2.0, None],
+               "speaker": ["7", None], "transcript": [None, "hello"]}
+    built = Utterance.many(**columns)
+    expected = [Utterance(**{name: values[row] for name, values in columns.items()}) for row in range(2)]
+    assert built == expected
+    assert [hash(utt) for utt in built] == [hash(utt) for utt in expected]
+    assert [dataclasses.asdict(utt) for utt in built] == [dataclasses.asdict(utt) for utt in expected]
+    assert built[1].emo_class is None and built[1].span_s is None and not built[1].has_labels
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        built[0].split = "Development"  # type: ignore[misc]
+    with pytest.raises(ValueError, match="missing columns \\['split'\\]"):
+        Utterance.many(id=["a"], audio_path=[Path("a")], duration_s=[1.0])
+    with pytest.raises(ValueError, match="unknown columns \\['valance'\\]"):
+        Utterance.many(**columns, valance=[1.0, 2.0])
+    with pytest.raises(ValueError, match="different lengths"):
+        Utterance.many(**{**columns, "split": ["Train"]})

@@ -11,6 +11,10 @@ Layout: ``<cache_dir>/<kind>/<setup_key>/`` holds immutable files in the format 
 writers never overwrite each other (at worst both compute the same values). A cache that cannot be written
 is a warning: the values computed are still returned.
 
+Values too large to hold in memory (frozen-encoder frame features: ~74 GB for MSP-Podcast) use
+``on_disk=True``: each group is read back from its file once written (the codec may memory-map it), the
+computed values are dropped, and a write that fails is an error, since there is nowhere else to keep them.
+
 Using it for a new kind of value takes a ``Codec`` (how a group of values becomes one file and back) and a
 digest of each input::
 
@@ -30,7 +34,7 @@ from pathlib import Path
 from typing import Generic, Protocol, TypeVar
 
 from sertool.errors import SertoolError
-from sertool.io import write_cache_file
+from sertool.io import atomic_write, write_cache_file
 from sertool.progress import task
 
 V = TypeVar("V")
@@ -75,6 +79,13 @@ def file_digest(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
+def span_digest(file_sha256: str, span_s: tuple[float, float], *, sample_rate: int) -> str:
+    """The key of a window of a file (``Utterance.span_s``): SHA-256 of the file's digest and the window's
+    first and end sample at ``sample_rate``."""
+    start, end = (round(seconds * sample_rate) for seconds in span_s)
+    return hashlib.sha256(f"{file_sha256}@{start}-{end}".encode()).hexdigest()
+
+
 class Codec(Protocol[V]):
     """How a group of cached values is stored as one file (``suffix``) and read back."""
 
@@ -96,15 +107,23 @@ class Codec(Protocol[V]):
 class ContentCache(Generic[V]):
     """Values keyed by the content of their input, made once and kept in ``folder``.
 
+    Args:
+        folder: this setup's folder.
+        codec: how a group of values becomes one file and back.
+        on_disk: values live in their files (``codec.decode`` reads them lazily, e.g. memory-mapped): each
+            group computed is written, then taken back from its file, so memory holds one group at a time.
+            A write that fails then raises instead of keeping the values in memory.
+
     Attributes:
         folder: this setup's folder (``<cache_dir>/<kind>/<setup_key>``).
         hits: requested items found in the cache, over every ``get``.
         misses: requested items that had to be computed.
     """
 
-    def __init__(self, folder: str | os.PathLike[str], codec: Codec[V]) -> None:
+    def __init__(self, folder: str | os.PathLike[str], codec: Codec[V], *, on_disk: bool = False) -> None:
         self.folder = Path(folder).expanduser()
         self.codec = codec
+        self.on_disk = on_disk
         self.hits = 0
         self.misses = 0
         self._rows: dict[str, V] = {}
@@ -125,7 +144,8 @@ class ContentCache(Generic[V]):
                 default a ``sertool.progress`` task named ``label`` (formatted with the number of misses).
 
         Raises:
-            SertoolError: a cache file cannot be read (the message names it).
+            SertoolError: a cache file cannot be read (the message names it), or, ``on_disk``, written (the
+                groups written before stay: the next call resumes from them).
         """
         if any(key not in self._rows for key in keys):
             self._load_new_files()  # another process may have filled them in
@@ -146,8 +166,7 @@ class ContentCache(Generic[V]):
                 group = pending[start:start + step]
                 values = compute([position for _, position in group])
                 rows = {key: value for (key, _), value in zip(group, values, strict=True)}
-                self._write(rows)
-                self._rows.update(rows)
+                self._rows.update(self._write(rows))
                 update(start + len(group), len(pending))
         return [self._rows[key] for key in keys]
 
@@ -161,7 +180,19 @@ class ContentCache(Generic[V]):
                 self._rows.setdefault(key, value)
             self._loaded_files.add(path.name)
 
-    def _write(self, rows: Mapping[str, V]) -> None:
+    def _write(self, rows: Mapping[str, V]) -> Mapping[str, V]:
+        """Save one group as a new file; returns the values to keep (read back from the file when ``on_disk``)."""
         name = f"{uuid.uuid4().hex}{self.codec.suffix}"
-        if write_cache_file(self.folder / name, self.codec.encode(rows)):
-            self._loaded_files.add(name)
+        path = self.folder / name
+        if not self.on_disk:
+            if write_cache_file(path, self.codec.encode(rows)):
+                self._loaded_files.add(name)
+            return rows
+        try:
+            with atomic_write(path, "wb") as handle:
+                handle.write(self.codec.encode(rows))
+        except SertoolError as error:
+            raise SertoolError(f"{error}; the cache keeps what was written before, and the next run goes on "
+                               "from there") from None
+        self._loaded_files.add(name)
+        return self.codec.decode(path)

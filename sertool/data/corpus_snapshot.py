@@ -73,16 +73,7 @@ def load_snapshot(scan: ScanCache, given: str, kind: str) -> tuple[list[Utteranc
         for name in _OPTIONAL_TEXTS:
             values, present = _unstrings(arrays[name], arrays[f"{name}_offsets"]), arrays[f"{name}_present"].tolist()
             texts[name] = [value if here else None for value, here in zip(values, present, strict=True)]
-        columns: list[list[Any]] = [ids, audio, splits, *numbers.values(), *texts.values()]
-        if len({len(column) for column in columns}) != 1:
-            raise ValueError("columns of different lengths")
-        paths = _paths(audio)
-        utterances = [
-            Utterance(id=utt_id, audio_path=audio_path, split=split, duration_s=duration_s, arousal=arousal,
-                      valence=valence, dominance=dominance, emo_class=emo_class, speaker=speaker, gender=gender,
-                      transcript=transcript)
-            for utt_id, audio_path, split, duration_s, arousal, valence, dominance, emo_class, speaker, gender,
-            transcript in zip(ids, paths, splits, *numbers.values(), *texts.values(), strict=True)]
+        utterances = Utterance.many(id=ids, audio_path=_paths(audio), split=splits, **numbers, **texts)
         report = LoadReport(dropped=[Problem(*problem) for problem in header["dropped"]],
                             warnings=[Problem(*problem) for problem in header["warnings"]])
     except (KeyError, ValueError, TypeError, IndexError, UnicodeDecodeError) as error:

@@ -3,6 +3,10 @@
 Training crops long clips at random (``max_duration_s``) and may change their speed
 (``speed_perturbation``), reproducibly from ``(seed, epoch, index)`` so a resumed run reads the same
 clips; evaluation always reads whole utterances as they are.
+
+With cached encoder frames (``frames``: a frozen Whisper's, ``sertool.data.frame_cache``) an item carries
+its frames instead of (or, for a model that also reads the audio, beside) its waveform: the frames of the
+whole utterance, or of the crop, cut from the whole utterance's frames at the frame rate.
 """
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ import numpy as np
 import torch
 
 from sertool.data.audio import SAMPLE_RATE, load_audio, resample
+from sertool.data.frame_cache import CachedFrames, Frames
 from sertool.data.records import ATTRIBUTES, GENDERS, Utterance
 from sertool.errors import SertoolError
 
@@ -25,13 +30,15 @@ class Batch:
     """A padded batch. ``targets`` are on the unit scale (NaN where a label is withheld)."""
 
     ids: list[str]
-    waveforms: torch.Tensor  # [B, S] float32, zero-padded on the right
+    waveforms: torch.Tensor  # [B, S] float32, zero-padded on the right ([B, 0] when only frames are read)
     sample_mask: torch.Tensor  # [B, S] bool, True on real samples
     targets: torch.Tensor  # [B, 3] float32, A, V, D
     gender_ids: torch.Tensor  # [B] long, index into GENDERS or IGNORE_INDEX
     speaker_ids: torch.Tensor  # [B] long, index into the run's speaker list or IGNORE_INDEX
     texts: list[str | None]
     text_embeddings: torch.Tensor | None = None  # [B, E] when the run caches a frozen text encoder
+    frames: torch.Tensor | None = None  # [B, T, D] float32 cached encoder frames, zero-padded on the right
+    frame_mask: torch.Tensor | None = None  # [B, T] bool, True on real frames
     skipped: list[str] = field(default_factory=list)  # "<id>: <reason>" of items whose audio failed
 
     def __len__(self) -> int:
@@ -59,6 +66,9 @@ class UtteranceDataset(torch.utils.data.Dataset):
             per epoch): resampled from ``sample_rate`` × speed to ``sample_rate``, so pitch and tempo change
             together and the length by 1 / speed (after the crop). 0: as recorded.
         seed: seed of the crops and speeds.
+        frames: cached encoder frames of the utterances (whole utterances'); items then carry ``frames``
+            (their crop's: start and length rounded to whole frames), and their waveform only when
+            ``frames.read_waveforms``.
 
     Audio that fails to load does not raise here (an exception in a loader worker arrives wrapped in a
     traceback): the item becomes ``{"skipped": "<id>: <reason>"}``, ``collate`` lists it in
@@ -76,7 +86,10 @@ class UtteranceDataset(torch.utils.data.Dataset):
         speed_perturbation: float = 0.0,
         sample_rate: int = SAMPLE_RATE,
         seed: int = 0,
+        frames: CachedFrames | None = None,
     ) -> None:
+        if frames is not None and speed_perturbation:
+            raise ValueError("cached frames cannot follow a speed change")
         self.utterances = list(utterances)
         self.to_unit = to_unit
         self.speakers = dict(speakers or {})
@@ -85,6 +98,8 @@ class UtteranceDataset(torch.utils.data.Dataset):
         self.speed_perturbation = speed_perturbation
         self.sample_rate = sample_rate
         self.seed = seed
+        self.frames = frames
+        self.read_waveforms = frames is None or frames.read_waveforms
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -96,25 +111,29 @@ class UtteranceDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict:
         utt = self.utterances[index]
+        crop = None
+        if self.max_duration_s is not None and utt.duration_s > self.max_duration_s:
+            crop = (self._crop_offset_s(index), self.max_duration_s)
+        item: dict[str, Any] = {}
         try:
-            crop = None
-            if self.max_duration_s is not None and utt.duration_s > self.max_duration_s:
-                crop = (self._crop_offset_s(index), self.max_duration_s)
-            waveform = load_utterance_audio(utt, sample_rate=self.sample_rate, crop=crop)
+            if self.frames is not None:
+                item["frames"] = torch.from_numpy(crop_frames(self.frames.by_id[utt.id], crop,
+                                                              frame_rate=self.frames.frame_rate))
+            if self.read_waveforms:
+                item["waveform"] = load_utterance_audio(utt, sample_rate=self.sample_rate, crop=crop)
         except SertoolError as error:
             return {"skipped": f"{utt.id}: {error}"}
         speed = self.speed(index)
         if speed != 1.0:
-            waveform = resample(waveform, round(self.sample_rate * speed), self.sample_rate)
+            item["waveform"] = resample(item["waveform"], round(self.sample_rate * speed), self.sample_rate)
         targets = [self.to_unit(getattr(utt, name)) if getattr(utt, name) is not None else float("nan") for name in ATTRIBUTES]
-        item = {
+        item.update({
             "id": utt.id,
-            "waveform": waveform,
             "targets": torch.tensor(targets, dtype=torch.float32),
             "gender_id": GENDERS.index(utt.gender) if utt.gender in GENDERS else IGNORE_INDEX,
             "speaker_id": self.speakers.get(utt.speaker, IGNORE_INDEX) if utt.speaker is not None else IGNORE_INDEX,
             "text": utt.transcript,
-        }
+        })
         if self.text_embeddings is not None:
             item["text_embedding"] = self.text_embeddings[utt.id]
         return item
@@ -155,24 +174,54 @@ def load_utterance_audio(utt: Utterance, *, sample_rate: int = SAMPLE_RATE,
     return load_audio(utt.audio_path, sample_rate=sample_rate, offset_s=start_s, max_duration_s=length_s)
 
 
+def crop_frames(frames: Frames, crop: tuple[float, float] | None, *, frame_rate: float) -> np.ndarray:
+    """The frames of an utterance's crop, cut from its whole-utterance frames.
+
+    Args:
+        frames: the whole utterance's frames.
+        crop: ``(offset_s, duration_s)`` inside the utterance (None: all frames).
+        frame_rate: frames per second.
+
+    Returns:
+        ``round(duration_s × frame_rate)`` rows (at least 1, at most all) from ``round(offset_s × frame_rate)``,
+        moved back where the crop's last frame would pass the utterance's end; float16.
+    """
+    if crop is None:
+        return frames.read()
+    count = min(frames.num_frames, max(1, round(crop[1] * frame_rate)))
+    start = min(round(crop[0] * frame_rate), frames.num_frames - count)
+    return frames.read(start, start + count)
+
+
+def _padded(rows: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of different lengths (dim 0) stacked with zeros after each one's end, and the mask of real rows."""
+    lengths = torch.tensor([len(row) for row in rows], dtype=torch.long)
+    longest = int(lengths.max()) if len(rows) else 0
+    padded = torch.zeros(len(rows), longest, *(rows[0].shape[1:] if len(rows) else ()))
+    for index, row in enumerate(rows):
+        padded[index, : len(row)] = row
+    return padded, torch.arange(longest)[None, :] < lengths[:, None]
+
+
 def collate(items: Sequence[dict]) -> Batch:
-    """Pad waveforms to the longest item; items whose audio failed are listed in ``Batch.skipped``."""
+    """Pad waveforms (and cached frames) to the longest item; items whose audio failed are listed in
+    ``Batch.skipped``."""
     skipped = [item["skipped"] for item in items if "skipped" in item]
     items = [item for item in items if "skipped" not in item]
-    lengths = torch.tensor([len(item["waveform"]) for item in items], dtype=torch.long)
-    longest = int(lengths.max()) if len(items) else 0
-    waveforms = torch.zeros(len(items), longest)
-    for row, item in enumerate(items):
-        waveforms[row, : len(item["waveform"])] = item["waveform"]
+    waveforms, sample_mask = _padded([item.get("waveform", torch.zeros(0)) for item in items])
+    frames, frame_mask = (_padded([item["frames"] for item in items]) if items and "frames" in items[0]
+                          else (None, None))
     embeddings = [item["text_embedding"] for item in items if "text_embedding" in item]
     return Batch(
         ids=[item["id"] for item in items],
         waveforms=waveforms,
-        sample_mask=torch.arange(longest)[None, :] < lengths[:, None],
+        sample_mask=sample_mask,
         targets=torch.stack([item["targets"] for item in items]) if items else torch.zeros(0, len(ATTRIBUTES)),
         gender_ids=torch.tensor([item["gender_id"] for item in items], dtype=torch.long),
         speaker_ids=torch.tensor([item["speaker_id"] for item in items], dtype=torch.long),
         texts=[item["text"] for item in items],
         text_embeddings=torch.stack(embeddings) if embeddings and len(embeddings) == len(items) else None,
+        frames=frames,
+        frame_mask=frame_mask,
         skipped=skipped,
     )

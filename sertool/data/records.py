@@ -1,8 +1,12 @@
 """The typed record of one utterance, shared by every reader and command."""
 from __future__ import annotations
 
+import dataclasses
+import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 # The attribute order is A, V, D everywhere in sertool, and always addressed by name. The official
 # baseline's internal order is [A, D, V]; positional guesswork between the two is a classic silent bug.
@@ -55,6 +59,36 @@ class Utterance:
     gender: str | None = None
     transcript: str | None = None
     span_s: tuple[float, float] | None = None
+
+    @classmethod
+    def many(cls, **columns: Sequence[Any]) -> list[Utterance]:
+        """The utterances whose fields are given as equal-length columns (a field left out takes its default),
+        the same as calling ``Utterance(...)`` once per row, without the frozen dataclass' ``__init__``
+        (a call per field): a warm start on MSP-Podcast builds 150,000 from a corpus snapshot, where that
+        ``__init__`` costs a third more than filling each instance's attributes in one update.
+
+        Raises:
+            ValueError: a column names no field, a field without a default is missing, or the columns differ
+                in length.
+        """
+        fields = {field.name: field for field in dataclasses.fields(cls)}
+        unknown = set(columns) - set(fields)
+        missing = [name for name, field in fields.items()
+                   if name not in columns and field.default is dataclasses.MISSING]
+        if unknown or missing:
+            raise ValueError(f"Utterance.many: unknown columns {sorted(unknown)}, missing columns {missing}")
+        if len({len(column) for column in columns.values()}) > 1:
+            raise ValueError("Utterance.many: columns of different lengths")
+        names = list(fields)
+        rows = zip(*(columns[name] if name in columns else itertools.repeat(fields[name].default) for name in names),
+                   strict=False)  # the defaults repeat; the columns' lengths were checked above
+        new = object.__new__
+        utterances = []
+        for row in rows:
+            utterance = new(cls)
+            utterance.__dict__.update(zip(names, row, strict=True))
+            utterances.append(utterance)
+        return utterances
 
     @property
     def has_labels(self) -> bool:

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from sertool.config import DEFAULT_ASR_MODEL_ID, DEFAULT_DEVICE
 from sertool.data.audio import SAMPLE_RATE, load_audio
-from sertool.data.cache import ContentCache, default_cache_dir, file_digest, setup_key
+from sertool.data.cache import ContentCache, default_cache_dir, file_digest, setup_key, span_digest
 from sertool.data.dataset import load_utterance_audio
 from sertool.data.records import Utterance
 from sertool.devices import select_device
@@ -354,8 +354,7 @@ def _audio_digest(item: AudioInput, file_digests: dict[Path, str]) -> str:
         file_digests[path] = file_digest(path)
     if not isinstance(item, Utterance) or item.span_s is None:
         return file_digests[path]
-    start, end = (round(seconds * SAMPLE_RATE) for seconds in item.span_s)
-    return hashlib.sha256(f"{file_digests[path]}@{start}-{end}".encode()).hexdigest()
+    return span_digest(file_digests[path], item.span_s, sample_rate=SAMPLE_RATE)
 
 
 def _waveform(item: AudioInput) -> Tensor:

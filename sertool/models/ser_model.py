@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from sertool.config import ModelConfig
 from sertool.errors import SertoolError
 from sertool.models.auxiliary import GenderHead, SpeakerHead
-from sertool.models.backbones import FbankBackbone, LayerWeighting, build_backbone
+from sertool.models.backbones import FbankBackbone, LayerWeighting, WhisperBackbone, build_backbone
 from sertool.models.heads import EmotionHeads, LabelScaling
 from sertool.models.pooling import build_pooling
 from sertool.models.projection import FrameProjection
@@ -129,28 +129,52 @@ class SERModel(nn.Module):
         """True when the text encoder trains (LoRA): forward must get ``texts``, not cached embeddings."""
         return self.text_encoder is not None and self.text_encoder.trainable
 
+    @property
+    def backbone_frames_fixed(self) -> bool:
+        """Whether the speech backbone's frames are a fixed function of the audio: a frozen Whisper encoder
+        whose last layer is used as it is (no layer weights, no LoRA). Only then may ``forward`` take
+        precomputed frames (``sertool.models.frame_features``)."""
+        backbone = self.backbone
+        return (isinstance(backbone, WhisperBackbone) and backbone.layer_weights is None
+                and not any(parameter.requires_grad for parameter in backbone.parameters()))
+
+    @property
+    def reads_audio_beside_frames(self) -> bool:
+        """Whether a part besides the backbone reads the waveform (a speaker embedding, utterance
+        statistics): a batch of precomputed frames then needs its audio as well."""
+        return self.speaker_embedder is not None or self.utterance_stats is not None
+
     def forward(
         self,
         waveforms: Tensor,
         sample_mask: Tensor,
         *,
+        frames: Tensor | None = None,
+        frame_mask: Tensor | None = None,
         text_embeddings: Tensor | None = None,
         texts: Sequence[str] | None = None,
     ) -> ModelOutput:
         """Predict a batch.
 
         Args:
-            waveforms: ``[B, S]`` 16 kHz, zero-padded on the right.
+            waveforms: ``[B, S]`` 16 kHz, zero-padded on the right (``[B, 0]`` with ``frames``, unless the
+                model also reads the audio: a speaker embedding, utterance statistics).
             sample_mask: ``[B, S]`` bool, True on real samples.
+            frames: ``[B, T, D]`` the backbone's frames, precomputed (cached): the backbone is skipped.
+                Only for a backbone whose frames are fixed (``backbone_frames_fixed``).
+            frame_mask: ``[B, T]`` bool, True on real frames; required with ``frames``.
             text_embeddings: ``[B, E]`` precomputed transcript embeddings (frozen text encoder).
             texts: the B transcripts, embedded here (required with a LoRA text encoder).
 
         Raises:
             SertoolError: a text model without transcripts.
             ValueError: text inputs that do not fit the model (wrong shape, or embeddings for a model
-                whose text encoder trains).
+                whose text encoder trains), or frames given to a backbone that would compute others.
         """
-        frames, frame_mask = self.backbone(waveforms, sample_mask)
+        if frames is None:
+            frames, frame_mask = self.backbone(waveforms, sample_mask)
+        else:
+            frame_mask = self._check_frames(frames, frame_mask)
         if self.projection is not None:
             frames = self.projection(frames)
         pooled = self.pooling(frames, frame_mask)
@@ -170,6 +194,18 @@ class SERModel(nn.Module):
         if self.speaker_head is not None:
             output.speaker_embedding, output.speaker_cosine = self.speaker_head(representation)
         return output
+
+    def _check_frames(self, frames: Tensor, frame_mask: Tensor | None) -> Tensor:
+        """The mask of precomputed ``frames``, after checking they can stand for the backbone's output."""
+        if not self.backbone_frames_fixed:
+            raise ValueError("precomputed frames given to a model whose backbone trains or weights its layers: "
+                             "its frames change while it trains")
+        if frame_mask is None or frames.dim() != 3 or frames.shape[-1] != self.backbone.output_dim \
+                or tuple(frame_mask.shape) != tuple(frames.shape[:2]):
+            raise ValueError(f"frames of shape {tuple(frames.shape)} with mask "
+                             f"{None if frame_mask is None else tuple(frame_mask.shape)}: expected [B, T, "
+                             f"{self.backbone.output_dim}] and [B, T]")
+        return frame_mask
 
     def _text_part(self, pooled: Tensor, *, text_embeddings: Tensor | None, texts: Sequence[str] | None) -> Tensor:
         assert self.text_encoder is not None

@@ -14,6 +14,7 @@ import torch
 
 from sertool.config import DEFAULT_EVAL_BATCH_S
 from sertool.data.dataset import UtteranceDataset, collate
+from sertool.data.frame_cache import CachedFrames
 from sertool.data.records import Utterance
 from sertool.errors import SertoolError
 from sertool.interrupts import quiet_worker
@@ -38,6 +39,7 @@ def run_model(
     *,
     device: torch.device,
     text_embeddings: Mapping[str, torch.Tensor] | None = None,
+    frames: CachedFrames | None = None,
     max_batch_s: float = DEFAULT_EVAL_BATCH_S,
     num_workers: int = 0,
     amp_dtype: torch.dtype | None = None,
@@ -55,6 +57,8 @@ def run_model(
         utterances: what to predict.
         device: where the model is.
         text_embeddings: id → cached transcript embedding, for MM models with a frozen text encoder.
+        frames: the backbone's cached frames of every utterance (``sertool.runtime.frames``): read instead of
+            running the backbone.
         max_batch_s: bound on batch size × longest clip in seconds.
         num_workers: data-loader processes.
         amp_dtype: autocast dtype (None: full precision).
@@ -65,7 +69,7 @@ def run_model(
             (validation during training records them and never counts them as an improvement).
     """
     context = context or Distributed()
-    dataset = UtteranceDataset(utterances, to_unit=float, text_embeddings=text_embeddings)
+    dataset = UtteranceDataset(utterances, to_unit=float, text_embeddings=text_embeddings, frames=frames)
     batches = length_sorted_batches([utt.duration_s for utt in utterances], max_batch_s=max_batch_s)
     mine = batches[context.rank::context.world_size]
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=mine, collate_fn=collate, num_workers=num_workers,
@@ -83,8 +87,8 @@ def run_model(
                     raise SertoolError(f"cannot predict {batch.skipped[0]}")
                 batch = batch.to(device)
                 with autocast:
-                    output = core(batch.waveforms, batch.sample_mask, text_embeddings=batch.text_embeddings,
-                                  texts=batch.texts if core.needs_texts else None)
+                    output = core(batch.waveforms, batch.sample_mask, frames=batch.frames, frame_mask=batch.frame_mask,
+                                  text_embeddings=batch.text_embeddings, texts=batch.texts if core.needs_texts else None)
                 ids.extend(batch.ids)
                 emotion.append(output.emotion.float().cpu().numpy())
                 if finite_only:

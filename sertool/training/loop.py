@@ -50,6 +50,7 @@ from sertool.checkpoint import (
 from sertool.config import DEFAULT_BACKBONE_IDS, DEFAULT_DEVICE, Config, apply_value
 from sertool.data.corpus import open_corpus
 from sertool.data.dataset import Batch, UtteranceDataset, collate
+from sertool.data.frame_cache import CachedFrames
 from sertool.data.records import ATTRIBUTES, NO_CLASS_CODES, Utterance
 from sertool.data.rows import AUDIO_PROBLEMS
 from sertool.data.selection import select
@@ -58,7 +59,9 @@ from sertool.errors import SertoolError
 from sertool.interrupts import Interrupted, StopRequests, quiet_worker, signal_name
 from sertool.io import atomic_write
 from sertool.model_folder import load_model
+from sertool.models.backbones.whisper import FRAME_RATE
 from sertool.models.ccc import ccc_scores, collapsed_attributes
+from sertool.models.frame_features import frame_cache, frame_cache_refusal
 from sertool.models.losses import SERLoss
 from sertool.models.ser_model import SERModel
 from sertool.models.text_features import transcript_embeddings
@@ -66,6 +69,7 @@ from sertool.models.utterance_stats import fit_utterance_statistics
 from sertool.progress import set_display
 from sertool.runtime import distributed
 from sertool.runtime.distributed import Distributed
+from sertool.runtime.frames import fill_frame_cache
 from sertool.runtime.precision import resolve_amp
 from sertool.runtime.runner import run_model
 from sertool.training.curves import CURVES_NAME, plot_curves, read_curves
@@ -202,9 +206,11 @@ class _Run:
        missing transcripts from ASR (MM), the speaker list, the Whisper window check.
     3. ``_setup_model``: ``SERModel`` from ``last.pt``, ``--init-from`` or the pretrained weights; cached
        transcript embeddings; the objective; AMP.
-    4. ``_setup_batches``: the epoch sampler, the dataset and the loader.
-    5. ``_setup_optimisation``: AdamW, the schedule, the GradScaler, DDP.
-    6. ``_setup_state``: the progress counters, restored from ``last.pt`` or recorded in environment.json.
+    4. ``_setup_frames``: with ``--feature-cache``, the frozen Whisper encoder's frames of every training and
+       validation utterance, computed where the cache lacks them (or one line saying why this run recomputes).
+    5. ``_setup_batches``: the epoch sampler, the dataset and the loader.
+    6. ``_setup_optimisation``: AdamW, the schedule, the GradScaler, DDP.
+    7. ``_setup_state``: the progress counters, restored from ``last.pt`` or recorded in environment.json.
     """
 
     def __init__(self, config: Config, run_dir: Path, *, resume: bool, force: bool, argv: Sequence[str],
@@ -222,6 +228,7 @@ class _Run:
                 torch.use_deterministic_algorithms(True, warn_only=True)
             self._setup_data(checkpoint)
             self._setup_model(checkpoint)
+            self._setup_frames()
             self._setup_batches()
             self._setup_optimisation()
             self._setup_state(checkpoint)
@@ -268,6 +275,10 @@ class _Run:
                                   "checkpoint): starting it again from step 0 with its config.yaml")
             if self.context.is_main:
                 remove_run_outputs(self.run_dir, keep=("config.yaml", "argv.txt"))
+        if relocated.get("data.feature_cache") is not None and recorded.data.feature_cache is None:
+            raise SertoolError(f"--feature-cache with --resume moves a run's feature cache; {self.run_dir} trained "
+                               "without one (its frames are recomputed, and cached ones would round them to float16): "
+                               "resume without --feature-cache, or start a new run with it")
         config = Config.from_dict(recorded.to_dict())
         for key, value in relocated.items():
             section, _, name = key.rpartition(".")
@@ -326,6 +337,27 @@ class _Run:
         self.loss_fn = SERLoss(config.model)
         self.amp_dtype = resolve_amp(train_config.amp, self.context.device)
 
+    def _setup_frames(self) -> None:
+        """``cached_frames``: with ``--feature-cache``, every training and validation utterance's frames from the
+        cache (filled first where it lacks them), read instead of running the encoder; else None."""
+        self.cached_frames: CachedFrames | None = None
+        folder = self.config.data.feature_cache
+        if folder is None:
+            return
+        refusal = frame_cache_refusal(self.config)
+        if refusal is not None:
+            self.reporter.message(refusal)
+            return
+        cache = frame_cache(self.model, folder, amp_dtype=self.amp_dtype, scan_cache_dir=self.config.data.cache_dir)
+        utterances = [*self.train_set, *self.valid_set]
+        self.cached_frames = fill_frame_cache(
+            self.model.backbone, utterances, cache, frame_rate=FRAME_RATE, device=self.context.device,
+            amp_dtype=self.amp_dtype, num_workers=self.config.data.num_workers,
+            read_waveforms=self.model.reads_audio_beside_frames, context=self.context,
+            progress=self._progress("feature cache"))
+        self.reporter.message(f"feature cache {cache.folder}: {len(utterances) - cache.misses:,} of "
+                              f"{len(utterances):,} utterances' frames were cached, the others computed")
+
     def _setup_batches(self) -> None:
         """The sampler decides which utterances each epoch uses and how they are grouped; the loader reads them."""
         config, train_config, context = self.config, self.config.train, self.context
@@ -344,7 +376,7 @@ class _Run:
             self.train_set, to_unit=self.model.label_scaling.to_unit,
             speakers={speaker: index for index, speaker in enumerate(self.speakers)},
             text_embeddings=self.text_embeddings, max_duration_s=crop_s,
-            speed_perturbation=config.data.speed_perturbation, seed=config.seed)
+            speed_perturbation=config.data.speed_perturbation, seed=config.seed, frames=self.cached_frames)
         self.loader = torch.utils.data.DataLoader(
             self.dataset, batch_sampler=self.sampler, collate_fn=collate, num_workers=config.data.num_workers,
             pin_memory=context.device.type == "cuda", worker_init_fn=quiet_worker,
@@ -528,7 +560,8 @@ class _Run:
                     else contextlib.nullcontext())
             with sync:
                 with autocast:
-                    output = self.ddp_model(batch.waveforms, batch.sample_mask, text_embeddings=batch.text_embeddings,
+                    output = self.ddp_model(batch.waveforms, batch.sample_mask, frames=batch.frames,
+                                            frame_mask=batch.frame_mask, text_embeddings=batch.text_embeddings,
                                             texts=batch.texts if self.model.needs_texts else None)
                 loss, parts = self.loss_fn(output, batch.targets, gender_ids=batch.gender_ids,
                                            speaker_ids=batch.speaker_ids)
@@ -581,7 +614,8 @@ class _Run:
             with self.stops.at_once(), torch.random.fork_rng(devices=[]):
                 predictions = run_model(self.model, self.valid_set, device=self.context.device,
                                         description=f"validating on {self.config.data.valid_split}",
-                                        text_embeddings=self.text_embeddings, num_workers=self.config.data.num_workers,
+                                        text_embeddings=self.text_embeddings, frames=self.cached_frames,
+                                        num_workers=self.config.data.num_workers,
                                         amp_dtype=self.amp_dtype, context=self.context, finite_only=False)
         except Interrupted:
             self._save_last()  # validation has changed nothing yet: this is the state the step left

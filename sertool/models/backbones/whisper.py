@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 SAMPLE_RATE = 16_000  # Hz
 N_FFT = 400  # 25 ms analysis window
 HOP_LENGTH = 160  # 10 ms between mel frames; the conv stem halves the rate to 20 ms per output frame
+FRAME_RATE = SAMPLE_RATE / HOP_LENGTH / 2  # 50 encoder frames per second
 LOG_MEL_DYNAMIC_RANGE = 8.0  # log10 units kept below each utterance's maximum (80 dB)
 LORA_TARGET_MODULES = ("q_proj", "v_proj")  # attention projections adapted, as in Hu et al. (2021)
 
@@ -115,6 +116,14 @@ class WhisperBackbone(SpeechBackbone):
             encoder.conv1.requires_grad_(False)
             encoder.conv2.requires_grad_(False)
         self.train(self.training)
+
+    def front_end_settings(self) -> dict[str, object]:
+        """Everything besides the weights that decides this encoder's frames for a given audio: what a
+        cache of its frames is keyed on (with a digest of the weights; ``sertool.models.frame_features``)."""
+        return {"sample_rate": SAMPLE_RATE, "n_fft": N_FFT, "hop_length": HOP_LENGTH,
+                "num_mel_bins": int(self.encoder.config.num_mel_bins), "log_mel_dynamic_range": LOG_MEL_DYNAMIC_RANGE,
+                "window_s": self.window_samples / SAMPLE_RATE, "length": "real, key padding masked",
+                "layer": "last" if self.layer_weights is None else "weighted"}
 
     def log_mel(self, waveforms: Tensor, sample_lengths: Tensor) -> tuple[Tensor, Tensor]:
         """Whisper's log-mel spectrogram of each utterance at its real length.

@@ -1,0 +1,229 @@
+"""Frame features of a frozen encoder, computed once per audio file and read back memory-mapped.
+
+A frozen encoder whose output is used as it is (Whisper with ``--layer-weighting last``) gives the same
+frames for the same audio in every epoch, so a run can compute them once and read them from disk. This
+module stores them; what computes them, and when they apply, is decided above it
+(``sertool.models.frame_features``, ``sertool.runtime.frames``).
+
+Storage is a ``sertool.data.cache.ContentCache`` in ``on_disk`` mode:
+``<feature_cache>/frames/<setup_key>/<uuid>.npy``, one shard per group of utterances written. A shard is a
+standard ``.npy`` file (float16 ``[total_frames, D]``, the utterances' frames one after the other, readable
+by any numpy) followed by an index (JSON: the SHA-256 of each utterance's audio and where its rows start),
+the index's length and a magic tag. Each shard is written whole under a temporary name and renamed, so a
+fill killed at any point leaves only complete shards (a temporary ``.*.tmp`` is never read as one) and the
+next fill computes only what is missing; two runs filling one folder at once at worst compute an
+utterance twice. Entries are read lazily: ``ShardFrames.read`` maps the shard and copies only the rows
+asked for (a training crop reads its frames, not the whole file's).
+
+Keys: the audio file's SHA-256 (``file_digest``; a window of a file, ``span_digest``), memoised per file
+under its stat key in the scan cache, so a second run hashes no audio; a rewritten file changes its stat,
+is hashed again, and misses. The setup key (model weights, layer, front-end settings) names the folder, so
+another model never reads these frames.
+"""
+from __future__ import annotations
+
+import functools
+import io
+import json
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from sertool.data.audio import SAMPLE_RATE
+from sertool.data.cache import ContentCache, file_digest, span_digest
+from sertool.data.records import Utterance
+from sertool.data.rows import HEADER_READ_THREADS
+from sertool.data.scan_cache import ScanCache
+from sertool.errors import SertoolError
+from sertool.progress import task
+
+FRAME_CACHE_SUBDIR = "frames"  # under the --feature-cache folder: <kind>/<setup_key>/ as every ContentCache
+STORED_DTYPE = np.float16  # 2 bytes a value: half of float32, and within its rounding of the encoder's output
+GROUP_UTTERANCES = 128  # utterances per shard: a killed fill loses at most one group (~110 MB for large-v3)
+_MAGIC = b"SERFRM01"  # the shard's last 8 bytes; the 8 before them: the index's length (little-endian)
+_TRAILER_BYTES = 16
+_OPEN_SHARDS = 64  # memory maps kept open per process (each holds a file descriptor)
+
+
+class Frames:
+    """The frames ``[T, D]`` of one utterance, in memory or in a shard."""
+
+    num_frames: int
+
+    def read(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Rows ``start:stop`` as a new float16 array (in memory, independent of the shard)."""
+        raise NotImplementedError
+
+
+class ArrayFrames(Frames):
+    """Frames held in memory: what a fill computed, before it is written."""
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array = array
+        self.num_frames = int(array.shape[0])
+
+    def read(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        return np.array(self.array[start:stop], dtype=STORED_DTYPE)
+
+
+class ShardFrames(Frames):
+    """Rows ``first:first + num_frames`` of a shard file, read on demand (memory-mapped)."""
+
+    def __init__(self, path: str, first: int, num_frames: int) -> None:
+        self.path = path
+        self.first = first
+        self.num_frames = num_frames
+
+    def read(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        start, stop, _ = slice(start, stop).indices(self.num_frames)
+        try:
+            return np.array(_open_shard(self.path)[self.first + start:self.first + max(start, stop)])
+        except (OSError, ValueError) as error:
+            raise SertoolError(f"feature cache file {self.path} cannot be read ({error}); delete it and run "
+                               "again to recompute its entries") from None
+
+
+@dataclass(frozen=True)
+class CachedFrames:
+    """The cached frames of a run's utterances, as datasets read them.
+
+    Attributes:
+        by_id: utterance id → its whole utterance's frames.
+        frame_rate: frames per second (Whisper: 50, one per 20 ms).
+        read_waveforms: the model also reads the audio beside the frames (a speaker embedding, utterance
+            statistics), so items carry both.
+    """
+
+    by_id: Mapping[str, Frames]
+    frame_rate: float
+    read_waveforms: bool = False
+
+
+@functools.lru_cache(maxsize=_OPEN_SHARDS)
+def _open_shard(path: str) -> np.ndarray:
+    return np.load(path, mmap_mode="r")
+
+
+class FrameCache:
+    """The frames of one encoder setup, kept on disk in ``<root>/frames/<setup_key>/``.
+
+    Args:
+        root: the ``--feature-cache`` folder.
+        setup_key: names everything the frames depend on (``sertool.data.cache.setup_key``).
+        dim: the frames' width D.
+        scan_cache_dir: where file digests are memoised by stat (sertool's cache folder; None: the default).
+    """
+
+    def __init__(self, root: str | os.PathLike[str], setup_key: str, *, dim: int,
+                 scan_cache_dir: str | os.PathLike[str] | None = None) -> None:
+        self.dim = dim
+        self.scan_cache_dir = scan_cache_dir
+        self._cache: ContentCache[Frames] = ContentCache(Path(root).expanduser() / FRAME_CACHE_SUBDIR / setup_key,
+                                                         _ShardCodec(dim), on_disk=True)
+        self.folder = self._cache.folder
+
+    @property
+    def hits(self) -> int:
+        """Requested utterances found in the cache."""
+        return self._cache.hits
+
+    @property
+    def misses(self) -> int:
+        """Requested utterances whose frames had to be computed."""
+        return self._cache.misses
+
+    def keys(self, utterances: Sequence[Utterance]) -> list[str]:
+        """The content key of each utterance: its file's SHA-256 (of the file and span, for a window).
+
+        Raises:
+            SertoolError: an audio file cannot be read (naming it).
+        """
+        paths = sorted({os.fspath(utt.audio_path) for utt in utterances})
+        with task(f"hashing {len(paths):,} audio files (feature cache keys)") as update:
+            # Threads: hashlib releases the GIL on large blocks, and the reads wait on the disk.
+            found = ScanCache(self.scan_cache_dir).read(
+                paths, file_digest, errors=(SertoolError,), kind="sha256", columns=(str,),
+                encode=lambda digest: (digest,), decode=_decode_digest, threads=HEADER_READ_THREADS, progress=update)
+        digests: dict[str, str] = {}
+        for path, digest in zip(paths, found, strict=True):
+            if isinstance(digest, Exception):
+                raise digest
+            digests[path] = digest
+        return [digests[os.fspath(utt.audio_path)] if utt.span_s is None
+                else span_digest(digests[os.fspath(utt.audio_path)], utt.span_s, sample_rate=SAMPLE_RATE)
+                for utt in utterances]
+
+    def get(self, utterances: Sequence[Utterance], compute: Callable[[list[Utterance]], Sequence[np.ndarray]], *,
+            progress: Callable[[int, int], None] | None = None) -> list[Frames]:
+        """The frames of ``utterances``, in order; computes (``compute``) and writes only those missing.
+
+        Args:
+            utterances: any utterances; those with the same audio share one entry.
+            compute: given utterances, their frames ``[T, D]`` in that order (any float dtype).
+            progress: ``(done, total)`` over the utterances computed.
+
+        Raises:
+            SertoolError: an audio file or a shard cannot be read, or a shard cannot be written (the shards
+                written before stay, and the next call resumes from them).
+        """
+        def computed(positions: list[int]) -> list[Frames]:
+            arrays = compute([utterances[position] for position in positions])
+            return [ArrayFrames(np.asarray(array)) for array in arrays]
+
+        return self._cache.get(self.keys(utterances), computed, group_size=GROUP_UTTERANCES, progress=progress,
+                               label="computing the frames of {:,} utterances (feature cache)")
+
+
+def _decode_digest(entry: tuple) -> str:
+    (digest,) = entry
+    if len(digest) != 64:
+        raise ValueError(f"not a SHA-256: {digest!r}")
+    return digest
+
+
+class _ShardCodec:
+    """A ``.npy`` of float16 ``[total_frames, D]`` followed by the JSON index ``{"sha256": [...], "offsets":
+    [...]}`` (``offsets``: n + 1 row numbers), its length in 8 bytes and ``_MAGIC``."""
+
+    suffix = ".npy"
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+
+    def encode(self, rows: Mapping[str, Frames]) -> bytes:
+        arrays = [frames.read() for frames in rows.values()]
+        for array in arrays:
+            if array.ndim != 2 or array.shape[1] != self.dim:
+                raise ValueError(f"frames of shape {array.shape}, expected [T, {self.dim}]")
+        offsets = np.cumsum([0, *(len(array) for array in arrays)]).tolist()
+        buffer = io.BytesIO()
+        data = np.concatenate(arrays) if arrays else np.zeros((0, self.dim), STORED_DTYPE)
+        np.lib.format.write_array(buffer, np.ascontiguousarray(data, dtype=STORED_DTYPE), allow_pickle=False)
+        index = json.dumps({"sha256": list(rows), "offsets": offsets}).encode()
+        buffer.write(index)
+        buffer.write(len(index).to_bytes(8, "little"))
+        buffer.write(_MAGIC)
+        return buffer.getvalue()
+
+    def decode(self, path: Path) -> dict[str, Frames]:
+        try:
+            with open(path, "rb") as handle:
+                handle.seek(-_TRAILER_BYTES, os.SEEK_END)
+                trailer = handle.read(_TRAILER_BYTES)
+                if trailer[8:] != _MAGIC:
+                    raise ValueError("no feature-cache index at its end")
+                index_bytes = int.from_bytes(trailer[:8], "little")
+                handle.seek(-_TRAILER_BYTES - index_bytes, os.SEEK_END)
+                index = json.loads(handle.read(index_bytes))
+            keys, offsets = index["sha256"], index["offsets"]
+            shape = np.load(path, mmap_mode="r").shape
+            if len(offsets) != len(keys) + 1 or shape != (offsets[-1], self.dim):
+                raise ValueError(f"its index ({len(keys)} entries, {offsets[-1]} rows of {self.dim}) does not fit "
+                                 f"its array {shape}")
+        except (OSError, ValueError, KeyError, TypeError) as error:  # json.JSONDecodeError is a ValueError
+            raise SertoolError(f"feature cache file {path} is unreadable ({error}); delete it to recompute") from None
+        return {key: ShardFrames(os.fspath(path), start, stop - start)
+                for key, start, stop in zip(keys, offsets[:-1], offsets[1:], strict=True)}

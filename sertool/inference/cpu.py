@@ -5,13 +5,13 @@ wide (attention projections, feed-forward layers) as int8, one scale per output 
 their inputs on the fly (one scale per call, from the call's whole input); the products run in int8 with
 int32 accumulation, in oneDNN's kernels on CPUs with AVX-512 VNNI. Everything else stays float32: the
 convolutional front end (quantised, its six channel-mixing layers compound 8-bit rounding with no residual
-path to dilute it: five times the prediction change for about a quarter more speed, docs/performance.md),
+path to dilute it: five times the prediction change for about an eighth more speed, docs/performance.md),
 the positional convolution, norms, activations and attention products, and whatever reads one vector per
 clip or is shared (pooling, heads, the text and speaker encoders; the text encoder's embeddings are cached
 on disk and read by float32 runs).
 
 For a WavLM-Base-sized model the linear layers are about 40 % of a float32 forward pass and run 4-5× as
-fast, so the whole pass runs about 1.5× as fast (not the 2× of the linear layers alone), and predictions
+fast, so the whole pass runs about 1.4× as fast (not the 4× of the linear layers alone), and predictions
 move by a few hundredths on the 1–7 scale (docs/performance.md, benchmark 10). Because each call's scale
 comes from its whole input, a clip's int8 prediction also moves slightly with the clips batched with it.
 Quantised models run on the CPU only, and only in memory: nothing on disk changes.

@@ -1,7 +1,7 @@
 # sertool — every target installs what it needs by itself (scripts/install.sh).
 #   make demo   the whole story on the built-in demo corpus: data, two systems, evaluation, ensemble, submission
 #   make test   the test suite (what CI runs)
-#   make lint   ruff (ruff.toml) and mypy (setup.cfg [mypy]) on sertool/ (CI runs it after the tests)
+#   make lint   ruff (ruff.toml) on sertool/, tests/ and bench/, mypy (setup.cfg [mypy]) on sertool/ (CI runs it after the tests)
 #   make bench  the performance benchmarks (docs/performance.md)
 #   make reproduce   the paper's experiment grid (docs/reproduce.md)
 VENV ?= .venv
@@ -23,7 +23,7 @@ test: install
 	$(PY) -m pytest -q
 
 lint: install
-	$(PY) -m ruff check sertool
+	$(PY) -m ruff check sertool tests bench
 	$(PY) -m mypy
 
 # The paper's grid, 3 seeds per system (docs/reproduce.md). Default: demo scale on the demo corpus (CPU, ≤ 30 min);

@@ -67,17 +67,31 @@ class Context:
         self.wavlm_dir = save_tiny_wavlm(folder / "tiny-wavlm")
 
 
-def _training(context: Context) -> list[Figure]:
-    from train_bench import bucketing_throughput, fbank_config, wavlm_config
+def _fbank_and_tiny_wavlm(context: Context, measure: Callable[..., Figure]) -> list[Figure]:
+    """``measure`` of the fbank system on the benchmark corpus and of the tiny WavLM on its first
+    ``WAVLM_UTTERANCES``."""
+    from train_bench import fbank_config, wavlm_config
 
-    figures = [bucketing_throughput(context.corpus, fbank_config(), name="fbank", rounds=ROUNDS),
-               bucketing_throughput(context.corpus[:WAVLM_UTTERANCES], wavlm_config(context.wavlm_dir),
-                                    name="tiny WavLM", rounds=ROUNDS)]
-    return [*figures, *(cpu_ceiling_share(figure, efficiency=figure.details["padding_efficiency"]["bucketed"],
-                                          reference_efficiency=figure.details["padding_efficiency"]["fixed"],
+    return [measure(context.corpus, fbank_config(), name="fbank", rounds=ROUNDS),
+            measure(context.corpus[:WAVLM_UTTERANCES], wavlm_config(context.wavlm_dir), name="tiny WavLM",
+                    rounds=ROUNDS)]
+
+
+def _with_cpu_ceiling_shares(figures: list[Figure], *, faster: str, reference: str) -> list[Figure]:
+    """``figures``, then each one's speed-up as a share of its CPU ceiling (the padding efficiency of its
+    ``faster`` variant over that of its ``reference``)."""
+    return [*figures, *(cpu_ceiling_share(figure, efficiency=figure.details["padding_efficiency"][faster],
+                                          reference_efficiency=figure.details["padding_efficiency"][reference],
                                           key=f"{figure.key}_cpu_ceiling_share",
                                           benchmark=f"{figure.benchmark}: share of its CPU ceiling")
                         for figure in figures)]
+
+
+def _training(context: Context) -> list[Figure]:
+    from train_bench import bucketing_throughput
+
+    return _with_cpu_ceiling_shares(_fbank_and_tiny_wavlm(context, bucketing_throughput), faster="bucketed",
+                                    reference="fixed")
 
 
 def _padding(context: Context) -> list[Figure]:
@@ -100,16 +114,9 @@ def _whisper(context: Context) -> list[Figure]:
 
 def _inference(context: Context) -> list[Figure]:
     from infer_bench import inference_batching
-    from train_bench import fbank_config, wavlm_config
 
-    figures = [inference_batching(context.corpus, fbank_config(), name="fbank", rounds=ROUNDS),
-               inference_batching(context.corpus[:WAVLM_UTTERANCES], wavlm_config(context.wavlm_dir),
-                                  name="tiny WavLM", rounds=ROUNDS)]
-    return [*figures, *(cpu_ceiling_share(figure, efficiency=figure.details["padding_efficiency"]["batched"],
-                                          reference_efficiency=figure.details["padding_efficiency"]["one_at_a_time"],
-                                          key=f"{figure.key}_cpu_ceiling_share",
-                                          benchmark=f"{figure.benchmark}: share of its CPU ceiling")
-                        for figure in figures)]
+    return _with_cpu_ceiling_shares(_fbank_and_tiny_wavlm(context, inference_batching), faster="batched",
+                                    reference="one_at_a_time")
 
 
 def _quantize(context: Context) -> list[Figure]:
@@ -226,6 +233,14 @@ def result_text(figure: Figure) -> str:
     return {True: "PASS", False: "FAIL", None: "info"}[figure.passed]
 
 
+def table_rows(figures: list[Figure], errors: dict[str, str]) -> list[tuple[str, str, str, str, str]]:
+    """Benchmark, measured, target, result (PASS, FAIL, info or ERROR) and what was compared: a row per
+    figure, then one per benchmark that could not run (``errors``: its name → the error)."""
+    rows = [(figure.benchmark, format_value(figure), str(figure.target or "—"), result_text(figure), figure.compared)
+            for figure in figures]
+    return rows + [(name, "—", "—", "ERROR", message) for name, message in errors.items()]
+
+
 def print_table(figures: list[Figure], errors: dict[str, str]) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -234,23 +249,17 @@ def print_table(figures: list[Figure], errors: dict[str, str]) -> None:
     for column, options in (("benchmark", {}), ("measured", {"justify": "right"}), ("target", {"justify": "right"}),
                             ("result", {}), ("what was compared", {"ratio": 1})):
         table.add_column(column, **options)
-    colours = {"PASS": "green", "FAIL": "red", "info": "cyan"}
-    for figure in figures:
-        result = result_text(figure)
-        table.add_row(figure.benchmark, format_value(figure), str(figure.target or "—"),
-                      f"[{colours[result]}]{result}[/]", figure.compared)
-    for name, message in errors.items():
-        table.add_row(name, "—", "—", "[red]ERROR[/]", message)
+    colours = {"PASS": "green", "FAIL": "red", "info": "cyan", "ERROR": "red"}
+    for benchmark, measured, target, result, compared in table_rows(figures, errors):
+        table.add_row(benchmark, measured, target, f"[{colours[result]}]{result}[/]", compared)
     Console(width=max(140, Console().width)).print(table)
 
 
 def markdown_table(figures: list[Figure], errors: dict[str, str]) -> str:
     """The table as Markdown, for docs/performance.md."""
     lines = ["| benchmark | measured | target | result | what was compared |", "|---|---:|---:|---|---|"]
-    for figure in figures:
-        lines.append(f"| {figure.benchmark} | {format_value(figure)} | {figure.target or '—'} | {result_text(figure)} | "
-                     f"{figure.compared.replace('|', '/')} |")
-    lines += [f"| {name} | — | — | ERROR | {message} |" for name, message in errors.items()]
+    for *cells, compared in table_rows(figures, errors):
+        lines.append(f"| {' | '.join(cells)} | {compared.replace('|', '/')} |")
     return "\n".join(lines) + "\n"
 
 

@@ -20,8 +20,8 @@ from sertool.config import DEFAULT_EVAL_BATCH_S, ModelConfig, TrainConfig
 from sertool.data.audio import SAMPLE_RATE
 from sertool.models.losses import SERLoss
 from sertool.models.ser_model import SERModel
-from sertool.training.optim import build_optimizer
 from sertool.runtime.batching import length_sorted_batches
+from sertool.training.optim import build_optimizer
 from sertool.training.samplers import EpochBatchSampler
 from tests.tiny_speech import save_tiny_wavlm
 

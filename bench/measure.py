@@ -136,7 +136,7 @@ def interleaved(variants: dict[str, Callable[[int], float]], *, rounds: int, bes
 
 def ratio_of_rounds(slow: Sequence[float], fast: Sequence[float]) -> tuple[float, list[float]]:
     """Median of per-round ratios ``slow / fast`` (both measured in the same round), and the ratios."""
-    ratios = [s / f for s, f in zip(slow, fast)]
+    ratios = [s / f for s, f in zip(slow, fast, strict=True)]
     return median(ratios), [round(r, 3) for r in ratios]
 
 

@@ -10,8 +10,18 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from measure import (MSP_TRAIN_UTTERANCES, Figure, Target, interleaved, make_utterances, median, ratio_of_rounds, timed,
-                     write_long_speechlike, write_manifest)
+from measure import (
+    MSP_TRAIN_UTTERANCES,
+    Figure,
+    Target,
+    interleaved,
+    make_utterances,
+    median,
+    ratio_of_rounds,
+    timed,
+    write_long_speechlike,
+    write_manifest,
+)
 from sertool.config import Config
 from sertool.inference.predictions import read_predictions
 

@@ -7,6 +7,7 @@ wait for the loader and the step itself.
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,8 +16,16 @@ from time import perf_counter
 import numpy as np
 import torch
 
-from measure import (MSP_TRAIN_UTTERANCES, Figure, Target, interleaved, median, msp_like_durations, ratio_of_rounds,
-                     timed)
+from measure import (
+    MSP_TRAIN_UTTERANCES,
+    Figure,
+    Target,
+    interleaved,
+    median,
+    msp_like_durations,
+    ratio_of_rounds,
+    timed,
+)
 from sertool.config import ModelConfig, TrainConfig
 from sertool.data.dataset import Batch, UtteranceDataset, collate
 from sertool.data.frame_cache import CachedFrames
@@ -255,7 +264,8 @@ def text_cache(utterances: Sequence[Utterance], *, cache_dir: Path, rounds: int,
         # What the model does in forward when it gets texts instead of embeddings: encode each batch.
         seconds = 0.0
         for batch in sampler.plan(round_index):
-            seconds += timed(lambda: model.text_encoder.embed([transcripts[i] for i in batch]))[0]
+            texts = [transcripts[i] for i in batch]
+            seconds += timed(functools.partial(model.text_encoder.embed, texts))[0]
         return seconds
 
     def text_cached(round_index: int) -> float:

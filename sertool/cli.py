@@ -71,7 +71,7 @@ class _Number(click.ParamType):
     alike; with ``many``, the value is a comma-separated list (``--weights 0.6,0.4``).
     """
 
-    def __init__(self, kind: type, bounds: Bounds | None = None, *, many: bool = False) -> None:
+    def __init__(self, kind: type[int] | type[float], bounds: Bounds | None = None, *, many: bool = False) -> None:
         self.kind, self.bounds, self.many = kind, bounds or Bounds(), many
         self.name = "integer" if kind is int else "float"
 
@@ -162,7 +162,8 @@ def data_demo(out: str | None, out_option: str | None, size: str, seed: int, for
     with task("synthesising") as progress:
         summary = generate_demo_corpus(path, seed=seed, force=force, progress=progress, **DEMO_SIZES[size])
     splits = ", ".join(f"{split} {count:,}" for split, count in summary.utterances.items())
-    console.print(f"wrote {summary.num_utterances:,} utterances ({summary.duration_s / 3600:.2f} h: {splits}) to {path}")
+    hours = summary.duration_s / 3600
+    console.print(f"wrote {summary.num_utterances:,} utterances ({hours:.2f} h: {splits}) to {path}")
 
 
 @data.command("speakers")
@@ -208,8 +209,9 @@ def _column_options(command):
     from sertool.data.columns import ColumnMap
 
     for spec in reversed(dataclasses.fields(ColumnMap)):
-        command = click.option(spec.metadata["flag"], spec.name, default=spec.default, show_default=spec.default is not None,
-                               metavar="NAME", help=f"Column with {spec.metadata['help']}.")(command)
+        command = click.option(spec.metadata["flag"], spec.name, default=spec.default,
+                               show_default=spec.default is not None, metavar="NAME",
+                               help=f"Column with {spec.metadata['help']}.")(command)
     return command
 
 

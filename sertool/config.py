@@ -255,7 +255,8 @@ class TrainConfig:
                                    "or hub id (e.g. an authors' released model). Its model section replaces the "
                                    "defaults; --config and model flags still apply on top.", path="path or hub id")
     epochs: int = option(20, "Epochs (with undersampling, each is a fresh class-balanced subset); 0: no epoch "
-                         "limit (then --max-steps sets the length).", bounds=Bounds(at_least=1, at_most=10_000, zero=True))
+                         "limit (then --max-steps sets the length).",
+                         bounds=Bounds(at_least=1, at_most=10_000, zero=True))
     max_steps: int = option(0, "Budget in optimiser steps: stop after this many, whichever of --epochs and this "
                             "comes first; the LR schedule spans the budget (0: epochs only).", bounds=NON_NEGATIVE)
     sampling: str = option("undersample", "undersample: a fresh class-balanced subset every epoch (the paper); "
@@ -284,8 +285,8 @@ class TrainConfig:
                            choices=SCHEDULES)
     warmup_fraction: float = option(0.05, "Share of optimiser steps spent warming up linearly.", bounds=PROBABILITY)
     grad_clip_norm: float = option(1.0, "Clip the gradient norm to this (0: off).", bounds=NON_NEGATIVE)
-    amp: str = option(DEFAULT_AMP, "Mixed precision: auto (bf16, or fp16 on older GPUs; off on the CPU), bf16, fp16, off.",
-                      choices=AMP_CHOICES)
+    amp: str = option(DEFAULT_AMP, "Mixed precision: auto (bf16, or fp16 on older GPUs; off on the CPU), bf16, "
+                      "fp16, off.", choices=AMP_CHOICES)
     gradient_checkpointing: bool = option(False, "Recompute backbone activations in backward: less memory, "
                                           "~30 % slower.")
     eval_every_steps: int = option(0, "Validate every N optimiser steps (0: once per epoch).", bounds=NON_NEGATIVE)

@@ -148,7 +148,8 @@ def print_corpus_summary(title: str, summaries: list[SplitSummary]) -> None:
     for code in class_order(summaries):
         name = EMO_CLASSES.get(code, "unknown")
         cells = [
-            f"{summary.classes[code]:,} ({summary.classes[code] / summary.utterances:.1%})" if summary.utterances else "0"
+            f"{summary.classes[code]:,} ({summary.classes[code] / summary.utterances:.1%})"
+            if summary.utterances else "0"
             for summary in summaries
         ]
         classes.add_row(f"{code} {name}", *cells)
@@ -195,7 +196,8 @@ class RichTrainReporter(Reporter):
                   f"{summary['accum_steps']} per step{resumed}")
         print_load_report(summary["data"])
         counts = summary["classes"]
-        order = sorted(counts, key=lambda code: list(EMO_CLASSES).index(code) if code in EMO_CLASSES else len(EMO_CLASSES))
+        known = list(EMO_CLASSES)
+        order = sorted(counts, key=lambda code: known.index(code) if code in known else len(known))
         classes = " · ".join(f"{code or '?'} {counts[code]:,}" for code in order)
         err.print(f"training classes: {classes}")
         err.print(f"run folder: {summary['run_dir']}")
@@ -216,7 +218,8 @@ class RichTrainReporter(Reporter):
 
     def validation(self, metrics: dict) -> None:
         marker = " [green]★ best[/]" if metrics["improved"] else ""
-        line = "  ".join(f"{name[0].upper()} {_ccc(metrics[f'ccc_{name}'])}" for name in ("arousal", "valence", "dominance"))
+        line = "  ".join(f"{name[0].upper()} {_ccc(metrics[f'ccc_{name}'])}"
+                         for name in ("arousal", "valence", "dominance"))
         BARS.print(f"validation on {metrics['split']} ({metrics['utterances']:,} utterances) after step "
                    f"{metrics['step']}: CCC {line}  avg {_ccc(metrics['ccc_average'])}{marker}")
         if metrics.get("collapsed"):

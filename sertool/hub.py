@@ -73,7 +73,8 @@ def load_pretrained(load: Callable[..., T], name_or_path: str, *, flag: str, **k
     try:
         return load(name_or_path, **kwargs)
     except (OSError, ValueError) as error:
-        raise SertoolError(f"{flag} {name_or_path}: could not load it from the model hub ({_first_line(error)})") from None
+        raise SertoolError(f"{flag} {name_or_path}: could not load it from the model hub "
+                           f"({_first_line(error)})") from None
 
 
 def is_repo_id(text: str) -> bool:

@@ -47,7 +47,8 @@ def atomic_write(path: str | Path, mode: str = "w", **open_kwargs) -> Iterator[I
         os.replace(temp_name, path)
     except OSError as error:
         _remove_quietly(temp_name)
-        raise SertoolError(f"{path}: write failed ({error.strerror or error}); the previous file, if any, is unchanged") from None
+        raise SertoolError(f"{path}: write failed ({error.strerror or error}); the previous file, if any, is "
+                           "unchanged") from None
     except BaseException:
         _remove_quietly(temp_name)
         raise

@@ -17,10 +17,12 @@ Points are patched into ``sertool.training.loop`` only; nothing of sertool is ch
 """
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 SETTLE_S = 0.2  # after sending a catchable signal: let it arrive before the code goes on
@@ -32,62 +34,91 @@ def _fire(name: str) -> None:
 
 
 def install(signal_name: str, point: str, count: int) -> None:
-    from sertool import io
-    from sertool.training import loop
-
+    if point not in _POINTS:
+        raise SystemExit(f"unknown point {point}")
     seen = {"n": 0}
 
     def reached() -> bool:
         seen["n"] += 1
         return seen["n"] == count
 
-    if point == "loading":
-        real_open = loop.open_corpus
+    _POINTS[point](functools.partial(_fire, signal_name), count, reached)
 
-        def open_corpus(*args, **kwargs):
-            _fire(signal_name)
-            return real_open(*args, **kwargs)
 
-        loop.open_corpus = open_corpus
-    elif point == "step":
-        real_step = loop._Run._optimizer_step
+def _at_loading(fire: Callable[[], None], count: int, reached: Callable[[], bool]) -> None:
+    from sertool.training import loop
 
-        def optimizer_step(self, group):
-            stats = real_step(self, group)
-            if self.step + 1 == count:
-                _fire(signal_name)
-            return stats
+    real_open = loop.open_corpus
 
-        loop._Run._optimizer_step = optimizer_step
-    elif point == "saved":
-        real_save = loop.save_checkpoint
+    def open_corpus(*args, **kwargs):
+        fire()
+        return real_open(*args, **kwargs)
 
-        def save_checkpoint(payload, path):
-            real_save(payload, path)
-            if Path(path).name == "last.pt" and payload["step"] == count:
-                _fire(signal_name)
+    loop.open_corpus = open_corpus
 
-        loop.save_checkpoint = save_checkpoint
-    elif point == "validation":
-        real_run_model = loop.run_model
 
-        def run_model(*args, **kwargs):
-            if reached():
-                _fire(signal_name)
-            return real_run_model(*args, **kwargs)
+def _at_step(fire: Callable[[], None], count: int, reached: Callable[[], bool]) -> None:
+    from sertool.training import loop
 
-        loop.run_model = run_model
-    elif point == "checkpoint-write":
-        real_fsync = io.os.fsync
+    real_step = loop._Run._optimizer_step
 
-        def fsync(descriptor):
-            real_fsync(descriptor)
-            if Path(os.readlink(f"/proc/self/fd/{descriptor}")).name.startswith(".last.pt.") and reached():
-                _fire(signal_name)
+    def optimizer_step(self, group):
+        stats = real_step(self, group)
+        if self.step + 1 == count:
+            fire()
+        return stats
 
-        io.os.fsync = fsync
-    else:
-        raise SystemExit(f"unknown point {point}")
+    loop._Run._optimizer_step = optimizer_step
+
+
+def _at_saved(fire: Callable[[], None], count: int, reached: Callable[[], bool]) -> None:
+    from sertool.training import loop
+
+    real_save = loop.save_checkpoint
+
+    def save_checkpoint(payload, path):
+        real_save(payload, path)
+        if Path(path).name == "last.pt" and payload["step"] == count:
+            fire()
+
+    loop.save_checkpoint = save_checkpoint
+
+
+def _at_validation(fire: Callable[[], None], count: int, reached: Callable[[], bool]) -> None:
+    from sertool.training import loop
+
+    real_run_model = loop.run_model
+
+    def run_model(*args, **kwargs):
+        if reached():
+            fire()
+        return real_run_model(*args, **kwargs)
+
+    loop.run_model = run_model
+
+
+def _at_checkpoint_write(fire: Callable[[], None], count: int, reached: Callable[[], bool]) -> None:
+    from sertool import io
+
+    real_fsync = io.os.fsync
+
+    def fsync(descriptor):
+        real_fsync(descriptor)
+        if Path(os.readlink(f"/proc/self/fd/{descriptor}")).name.startswith(".last.pt.") and reached():
+            fire()
+
+    io.os.fsync = fsync
+
+
+# Each point patches one function of sertool: given how to fire the fault, N, and a counter that says
+# whether this call is the N-th.
+_POINTS: dict[str, Callable[[Callable[[], None], int, Callable[[], bool]], None]] = {
+    "loading": _at_loading,
+    "step": _at_step,
+    "saved": _at_saved,
+    "validation": _at_validation,
+    "checkpoint-write": _at_checkpoint_write,
+}
 
 
 def main() -> None:

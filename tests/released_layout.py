@@ -25,6 +25,7 @@ operations for everything they add.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,23 @@ def released_arguments(kind: str, **overrides: Any) -> dict[str, Any]:
     return {**arguments, **overrides}
 
 
+def _backbone(kind: str) -> tuple[torch.nn.Module, int]:
+    """A freshly initialised tiny backbone of ``kind`` (their ``backbone_model``) and its width."""
+    if kind == "wavlm":
+        from transformers import WavLMConfig, WavLMModel
+
+        from tests.tiny_speech import _WAV2VEC2_FAMILY_SIZES
+
+        config = WavLMConfig(**{**_WAV2VEC2_FAMILY_SIZES, "num_hidden_layers": NUM_LAYERS, "num_buckets": 32,
+                                "max_bucket_distance": 64})
+        return WavLMModel(config), config.hidden_size
+    from transformers import WhisperModel
+
+    config = tiny_whisper_config(num_mel_bins=NUM_MEL_BINS, encoder_layers=NUM_LAYERS,
+                                 max_source_positions=WHISPER_POSITIONS)
+    return WhisperModel(config), config.d_model
+
+
 def released_state(kind: str, arguments: dict[str, Any], *, seed: int = 5) -> dict[str, torch.Tensor]:
     """Their state dict with random values (LoRA B non-zero, as after training)."""
     generator = torch.Generator().manual_seed(seed)
@@ -72,40 +90,13 @@ def released_state(kind: str, arguments: dict[str, Any], *, seed: int = 5) -> di
 
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        if kind == "wavlm":
-            from transformers import WavLMConfig, WavLMModel
-
-            from tests.tiny_speech import _WAV2VEC2_FAMILY_SIZES
-
-            config = WavLMConfig(**{**_WAV2VEC2_FAMILY_SIZES, "num_hidden_layers": NUM_LAYERS, "num_buckets": 32,
-                                    "max_bucket_distance": 64})
-            backbone = WavLMModel(config)
-            lora_targets = ("feed_forward.intermediate_dense", "feed_forward.output_dense")
-            lora_on = arguments["finetune_method"] in ("lora", "combined")
-            width = config.hidden_size
-        else:
-            from transformers import WhisperModel
-
-            config = tiny_whisper_config(num_mel_bins=NUM_MEL_BINS, encoder_layers=NUM_LAYERS,
-                                         max_source_positions=WHISPER_POSITIONS)
-            backbone = WhisperModel(config)
-            lora_targets = ("fc1", "fc2")
-            lora_on = arguments["finetune_method"] == "lora"
-            width = config.d_model
+        backbone, width = _backbone(kind)
     # Every backbone tensor moved off its initial value (LayerNorms start at exactly 1 and 0): a weight that
     # sertool failed to load would then change the outputs.
     state = {f"backbone_model.{key}": value + random(*value.shape, scale=0.05)
              for key, value in backbone.state_dict().items()}
-    rank, hidden = arguments["lora_rank"], arguments["hidden_dim"]
-    if lora_on:
-        for index in range(NUM_LAYERS):
-            if index <= NUM_LAYERS // 2:
-                continue
-            for target in lora_targets:
-                weight = state[f"backbone_model.encoder.layers.{index}.{target}.weight"]
-                out_features, in_features = weight.shape
-                state[f"backbone_model.encoder.layers.{index}.{target}.lora_A"] = random(rank, in_features)
-                state[f"backbone_model.encoder.layers.{index}.{target}.lora_B"] = random(out_features, rank)
+    _add_lora(state, kind, arguments, random)
+    hidden = arguments["hidden_dim"]
     state["weights"] = random(NUM_LAYERS + 1, scale=1.0)
     state["model_seq.0.weight"], state["model_seq.0.bias"] = random(hidden, width, 1), random(hidden)
     for index in (3, 6):
@@ -124,6 +115,25 @@ def released_state(kind: str, arguments: dict[str, Any], *, seed: int = 5) -> di
         state[f"{head}.0.weight"], state[f"{head}.0.bias"] = random(hidden, hidden), random(hidden)
         state[f"{head}.2.weight"], state[f"{head}.2.bias"] = random(sizes[head], hidden, scale=1.0), random(sizes[head])
     return state
+
+
+def _add_lora(state: dict[str, torch.Tensor], kind: str, arguments: dict[str, Any],
+              random: Callable[..., torch.Tensor]) -> None:
+    """Their LoRA adapters (A and B) on the upper half of the encoder's layers, when ``arguments`` use LoRA."""
+    if kind == "wavlm":
+        lora_targets = ("feed_forward.intermediate_dense", "feed_forward.output_dense")
+        lora_on = arguments["finetune_method"] in ("lora", "combined")
+    else:
+        lora_targets = ("fc1", "fc2")
+        lora_on = arguments["finetune_method"] == "lora"
+    if not lora_on:
+        return
+    rank = arguments["lora_rank"]
+    for index in range(NUM_LAYERS // 2 + 1, NUM_LAYERS):
+        for target in lora_targets:
+            out_features, in_features = state[f"backbone_model.encoder.layers.{index}.{target}.weight"].shape
+            state[f"backbone_model.encoder.layers.{index}.{target}.lora_A"] = random(rank, in_features)
+            state[f"backbone_model.encoder.layers.{index}.{target}.lora_B"] = random(out_features, rank)
 
 
 def save_released(folder: Path, arguments: dict[str, Any], state: dict[str, torch.Tensor]) -> Path:

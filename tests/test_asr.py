@@ -12,7 +12,6 @@ import torch
 
 from sertool.data.audio import load_audio
 from sertool.data.records import Utterance
-from sertool.errors import SertoolError
 from sertool.data.transcripts import (
     DEFAULT_ASR_MODEL_ID,
     TRANSCRIPT_CACHE_SUBDIR,
@@ -20,6 +19,7 @@ from sertool.data.transcripts import (
     TranscriptCache,
     fill_transcripts,
 )
+from sertool.errors import SertoolError
 from tests.corpus_files import write_tone
 from tests.tiny_asr import save_tiny_asr
 from tests.tiny_speech import save_tiny_wavlm, save_tiny_whisper
@@ -152,7 +152,7 @@ def test_cache_files_are_json_lines_keyed_by_audio_sha256(
     rows = [json.loads(line) for line in raw.decode("utf-8").splitlines()]
     expected_digests = [hashlib.sha256(path.read_bytes()).hexdigest() for path in audio_files[:2]]
     expected_digests.append(hashlib.sha256(waveform.numpy().astype("<f4").tobytes()).hexdigest())
-    assert rows == [{"sha256": digest, "text": text} for digest, text in zip(expected_digests, texts)]
+    assert rows == [{"sha256": digest, "text": text} for digest, text in zip(expected_digests, texts, strict=True)]
 
 
 def test_another_model_or_decoding_option_misses(

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from sertool.models.utterance_stats import FEATURE_GROUPS, StatisticsExtractor, feature_names
 from sertool.baseline.ridge import ALPHAS, fit_ridge, ridge_path
 from sertool.models.backbones.fbank import NUM_MEL_BINS
+from sertool.models.utterance_stats import FEATURE_GROUPS, StatisticsExtractor, feature_names
 from tests.corpus_files import write_learnable_corpus
 
 

@@ -8,8 +8,8 @@ import sys
 
 from click.testing import CliRunner
 
-from tests.corpus_files import write_tone
 from sertool.cli import cli
+from tests.corpus_files import write_tone
 
 
 def run(*args: str):

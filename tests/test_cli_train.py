@@ -110,7 +110,8 @@ def test_train_help_groups_the_options_by_config_section():
               "Training (the config's train section, and the seed):"]
     starts = [text.index(title) for title in titles]
     assert starts == sorted(starts)
-    bounds = dict(zip(["run", "data", "model", "train"], zip(starts, [*starts[1:], len(text)])))
+    ends = [*starts[1:], len(text)]
+    bounds = dict(zip(["run", "data", "model", "train"], zip(starts, ends, strict=True), strict=True))
     for spec in config_options():
         start, end = bounds[spec.section or "train"]
         assert f"  {spec.flag}" in text[start:end], spec.flag

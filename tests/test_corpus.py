@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.corpus_files import write_msp_corpus, write_tone
-from sertool.data.corpus import open_corpus
 from sertool.data.columns import ColumnMap
+from sertool.data.corpus import open_corpus
 from sertool.data.importer import import_metadata, speaker_disjoint_split
 from sertool.data.manifest import read_manifest, write_manifest
 from sertool.data.records import Utterance
 from sertool.errors import SertoolError
+from tests.corpus_files import write_msp_corpus, write_tone
 
 GOOD = ["MSP-PODCAST_0001_0001.wav", "N", "2.2", "4.0", "2.6", "30", "Male", "Train"]
 

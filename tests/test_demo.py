@@ -262,7 +262,7 @@ def test_coloured_noise_has_unit_rms_and_the_requested_spectral_slope():
 def test_batched_resampling_equals_one_clip_at_a_time():
     rng = np.random.default_rng(0)
     clips = [rng.integers(-20_000, 20_000, size).astype(np.int16) for size in (22_050, 5_003, 30_011)]
-    for clip, batched in zip(clips, demo._resample_batch(clips, 16_000)):
+    for clip, batched in zip(clips, demo._resample_batch(clips, 16_000), strict=True):
         alone = resample(torch.from_numpy(clip.astype(np.float32) / 32768.0), demo.ESPEAK_SAMPLE_RATE, 16_000)
         assert batched.shape == tuple(alone.shape)
         np.testing.assert_allclose(batched, alone.numpy(), atol=1e-6)
@@ -280,7 +280,7 @@ def test_every_voice_speaks_reproducibly():
     first = list(demo._synthesise_in_order(speeches))
     time.sleep(1.1)  # into another second of the clock
     second = list(demo._synthesise_in_order(speeches))
-    assert [speech.voice for speech, a, b in zip(speeches, first, second) if not np.array_equal(a, b)] == []
+    assert [speech.voice for speech, a, b in zip(speeches, first, second, strict=True) if not np.array_equal(a, b)] == []
     assert all(0.5 < clip.size / demo.ESPEAK_SAMPLE_RATE < 3.0 for clip in first)
 
 

@@ -106,7 +106,7 @@ def test_selection_is_the_best_of_all_subsets() -> None:
     members, labels = development_case()
     plan = select_per_attribute(members, labels)
     stacked = np.stack([member.values for member in members])
-    for column, name in enumerate(("arousal", "valence", "dominance")):
+    for name in ("arousal", "valence", "dominance"):
         every_subset = [ccc_scores(stacked[list(subset)].mean(axis=0), labels)[name]
                         for size in (1, 2, 3) for subset in combinations(range(3), size)]
         assert plan.development_ccc[name] == pytest.approx(max(every_subset))

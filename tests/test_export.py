@@ -85,7 +85,7 @@ def test_the_folder_holds_no_pickle_and_loading_it_runs_no_code(run_dir, tmp_pat
     monkeypatch.setattr(pickle, "load", refuse)
     monkeypatch.setattr(pickle, "loads", refuse)
     payload = load_model(folder)
-    open_predictor(folder).model  # builds the model from it
+    _ = open_predictor(folder).model  # builds the model from it
     assert not marker.exists()
     assert payload["model_state"].keys() == reference["model_state"].keys()
     assert all(torch.equal(payload["model_state"][key], value) for key, value in reference["model_state"].items())

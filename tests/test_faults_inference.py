@@ -439,7 +439,7 @@ def test_a_member_on_another_scale_is_refused_naming_it(labelled_corpus, tmp_pat
     values = np.random.default_rng(0).uniform(1.5, 6.5, size=(len(ids), 3))
     overshoot = values.copy()
     overshoot[0] = (0.6, 7.4, 4.0)  # a linear head overshoots the scale a little: fine
-    tables = [[(i, *row) for i, row in zip(ids, table)] for table in (values, (values - 1) / 6, values * 14, overshoot)]
+    tables = [[(i, *row) for i, row in zip(ids, table, strict=True)] for table in (values, (values - 1) / 6, values * 14, overshoot)]
     good, unit, percent, over = _member_csvs(tmp_path, *tables)
     for member in (unit, percent):  # the same predictions on 0..1 and on 0..100
         line = one_line_error(run("ensemble", good, member, "--corpus", labelled_corpus))
@@ -493,7 +493,7 @@ def _predict_folder(run_dir: Path, folder: Path, out: Path, *extra) -> dict[str,
     assert result.exit_code == 0, result.output
     table = read_predictions(out)
     assert np.isfinite(table.values).all()
-    return dict(zip(table.ids, table.values))
+    return dict(zip(table.ids, table.values, strict=True))
 
 
 def test_exotic_encodings_predict_like_plain_pcm(run_dir, tmp_path):
@@ -627,7 +627,7 @@ def test_duplicated_ids_in_a_manifest_predict_once_and_block_a_submission(run_di
 def test_predictions_csvs_with_missing_or_extra_ids_as_a_model(labelled_corpus, tmp_path):
     ids = _ids(labelled_corpus)
     values = np.random.default_rng(1).uniform(1.5, 6.5, size=(len(ids) + 2, 3))
-    rows = [(i, *row) for i, row in zip([*ids, "extra_1.wav", "extra_2.wav"], values)]
+    rows = [(i, *row) for i, row in zip([*ids, "extra_1.wav", "extra_2.wav"], values, strict=True)]
     missing, extra = _member_csvs(tmp_path, rows[1:len(ids)], rows[::-1])
     line = one_line_error(run("evaluate", missing, "--corpus", labelled_corpus))
     assert f"{missing}: no prediction for 1 of {len(ids)} files: {ids[0]}" in line

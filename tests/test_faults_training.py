@@ -486,7 +486,7 @@ def test_training_labels_nan_inf_and_huge_are_dropped_not_trained_on(corpus, tmp
     shutil.copytree(corpus, data)
     labels = data / "Labels" / "labels_consensus.csv"
     lines = labels.read_text().splitlines()
-    for row, value in zip((1, 2, 3), ("nan", "inf", "1e308")):
+    for row, value in zip((1, 2, 3), ("nan", "inf", "1e308"), strict=True):
         fields = lines[row].split(",")
         fields[2] = value
         lines[row] = ",".join(fields)

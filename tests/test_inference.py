@@ -90,7 +90,7 @@ def test_ensembles_are_scored_on_the_intersection_of_held_out_sets(corpus, runs,
     result = ensemble([runs["a"], runs["ox"]], development, split="Development", options=InferenceOptions())
     labels = np.array([utt.labels() for utt in held_out])
     ids = [utt.id for utt in held_out]
-    for scores, path in zip(result.member_scores, (runs["a"], runs["ox"])):
+    for scores, path in zip(result.member_scores, (runs["a"], runs["ox"]), strict=True):
         alone = open_predictor(path).predict(held_out).predictions.values
         assert scores.ccc == pytest.approx(ccc_scores(alone, labels))  # the members on the same utterances
         assert (scores.num_utterances, scores.excluded_trained_on) == (len(held_out), 2)

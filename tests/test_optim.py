@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from itertools import pairwise
 
 import pytest
 import torch
@@ -19,7 +20,7 @@ def test_warmup_then_cosine_to_zero():
     assert schedule.multiplier(55) == pytest.approx(0.5)  # half way through the decay
     assert schedule.multiplier(100) == pytest.approx(0.0, abs=1e-12)
     values = [schedule.multiplier(step) for step in range(10, 101)]
-    assert all(a >= b for a, b in zip(values, values[1:]))  # monotone decay
+    assert all(a >= b for a, b in pairwise(values))  # monotone decay
 
 
 def test_plateau_halves_after_a_validation_without_improvement_and_resumes_exactly():

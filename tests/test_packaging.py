@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from sertool import hub
 from sertool.errors import SertoolError, missing_package
 from sertool.experiments.grid import PAPER_GRID, read_grid
-from sertool import hub
 from tests.tiny_text import HIDDEN_SIZE, save_tiny_text_encoder
 
 ROOT = Path(__file__).resolve().parent.parent

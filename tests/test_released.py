@@ -21,11 +21,18 @@ from sertool.inference.predictions import read_predictions
 from sertool.inference.predictor import InferenceOptions, open_predictor
 from sertool.inference.windows import combine_windows, window_spans
 from sertool.model_folder import read_model_folder
-from sertool.models.released import RELEASED_MODEL_IDS, convert_released_state, released_arguments as checked_arguments
+from sertool.models.released import RELEASED_MODEL_IDS, convert_released_state
+from sertool.models.released import released_arguments as checked_arguments
 from tests.corpus_files import write_learnable_corpus
 from tests.hub_cache import cache_as_hub_id
-from tests.released_layout import (reference_predictions, released_arguments, released_state, save_backbone_config,
-                                   save_released, speech_like)
+from tests.released_layout import (
+    reference_predictions,
+    released_arguments,
+    released_state,
+    save_backbone_config,
+    save_released,
+    speech_like,
+)
 
 # transformers' WavLM attention passes torch a bool padding mask with a float position bias.
 pytestmark = pytest.mark.filterwarnings("ignore:Support for mismatched key_padding_mask:UserWarning")
@@ -122,7 +129,7 @@ def test_folders_outside_their_layout_are_refused_in_one_line(mutation, backbone
     change(state)
     folder = save_released(tmp_path / "model", arguments, state)
     with pytest.raises(SertoolError) as error:
-        open_predictor(folder, options(backbones, "wavlm")).model
+        _ = open_predictor(folder, options(backbones, "wavlm")).model  # the model is built on first use
     assert message in str(error.value) and str(folder) in str(error.value) and "\n" not in str(error.value)
 
 
@@ -207,7 +214,7 @@ def test_the_papers_audio_only_ensemble_of_both_released_models_from_the_cli(bac
         cache_as_hub_id(hf_cache, backbone_id, backbones[kind])
         values, _ = reference_predictions(kind, arguments, state, backbones[kind],
                                           [sf.read(utt.audio_path, dtype="float32")[0] for utt in development])
-        expected_members.append(dict(zip([utt.id for utt in development], values)))
+        expected_members.append(dict(zip([utt.id for utt in development], values, strict=True)))
     result = CliRunner().invoke(cli, ["ensemble", *RELEASED_MODEL_IDS, "--corpus", str(corpus), "--split", "Development",
                                       "--out", str(tmp_path / "ens.csv"), "--save", str(tmp_path / "ens.json")])
     assert result.exit_code == 0, result.output

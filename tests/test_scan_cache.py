@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-import sertool.data.rows as rows_module
 import sertool.data.msp as msp_module
+import sertool.data.rows as rows_module
 from sertool.data.corpus import open_corpus
 from sertool.data.rows import read_headers
 from sertool.data.scan_cache import RACY_S, ScanCache

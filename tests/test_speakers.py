@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from sertool.data.records import Utterance
-from sertool.errors import SertoolError
 from sertool.data.selection import SPEAKER_CHOICES, choose_utterances
+from sertool.errors import SertoolError
 
 # 30 speakers; speaker k has 3 + k utterances, so the most frequent are s29, s28, ...
 UTTERANCES = [Utterance(id=f"s{k}_{i}", audio_path=Path(f"/c/s{k}_{i}.wav"), split="Train", duration_s=3.0,

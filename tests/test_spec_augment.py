@@ -7,8 +7,14 @@ import torch
 from sertool.config import ModelConfig
 from sertool.errors import SertoolError
 from sertool.models.backbones import build_backbone
-from sertool.models.backbones.fbank import (FREQ_MASK_BINS, FREQ_MASKS, TIME_MASK_SHARE, TIME_MASKS, FbankBackbone,
-                                            spec_augment)
+from sertool.models.backbones.fbank import (
+    FREQ_MASK_BINS,
+    FREQ_MASKS,
+    TIME_MASK_SHARE,
+    TIME_MASKS,
+    FbankBackbone,
+    spec_augment,
+)
 
 
 def _features(lengths=(300, 180)):

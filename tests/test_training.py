@@ -77,11 +77,12 @@ def test_accumulated_micro_batches_equal_one_large_batch_for_a_decomposable_loss
     items = [runs[0].dataset[index] for index in range(8)]
     runs[0]._optimizer_step([collate(items[:4]), collate(items[4:])])
     runs[1]._optimizer_step([collate(items)])
-    for (name, a), b in zip(runs[0].model.named_parameters(), runs[1].model.parameters()):
+    for (name, a), b in zip(runs[0].model.named_parameters(), runs[1].model.parameters(), strict=True):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5, msg=name)
-    changed = any(not torch.equal(a, b) for a, b in zip(runs[0].model.parameters(), _Run(
-        small_config(corpus), tmp_path / "fresh", resume=False, force=False, argv=(), context=loop.Distributed(),
-        reporter=loop.Reporter()).model.parameters()))
+    fresh = _Run(small_config(corpus), tmp_path / "fresh", resume=False, force=False, argv=(),
+                 context=loop.Distributed(), reporter=loop.Reporter())
+    changed = any(not torch.equal(a, b)
+                  for a, b in zip(runs[0].model.parameters(), fresh.model.parameters(), strict=True))
     assert changed  # the step did something
 
 

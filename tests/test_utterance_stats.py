@@ -15,8 +15,14 @@ from sertool.inference.inputs import corpus_split
 from sertool.inference.predictor import open_predictor
 from sertool.models.backbones.fbank import N_FFT, mel_filter_bank, raw_log_mel
 from sertool.models.ser_model import SERModel
-from sertool.models.utterance_stats import (NUM_FEATURES, Standardizer, UtteranceStatistics, feature_names,
-                                            log_mel_statistics, utterance_statistics)
+from sertool.models.utterance_stats import (
+    NUM_FEATURES,
+    Standardizer,
+    UtteranceStatistics,
+    feature_names,
+    log_mel_statistics,
+    utterance_statistics,
+)
 from sertool.training import loop
 from sertool.training.loop import train
 from tests.corpus_files import write_learnable_corpus

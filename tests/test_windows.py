@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from itertools import pairwise
 
 import numpy as np
 import pytest
@@ -15,8 +16,8 @@ SAMPLE_RATE = 100  # a small rate keeps the exhaustive length loop fast; the ari
 def check_spans(spans: list[tuple[int, int]], num_samples: int, window: int, hop: int) -> None:
     starts = [start for start, _ in spans]
     assert spans[0][0] == 0 and spans[-1][1] == num_samples
-    assert all(later > earlier for earlier, later in zip(starts, starts[1:]))  # strictly increasing
-    assert all(later - earlier <= hop for earlier, later in zip(starts, starts[1:]))
+    assert all(later > earlier for earlier, later in pairwise(starts))  # strictly increasing
+    assert all(later - earlier <= hop for earlier, later in pairwise(starts))
     assert all(0 <= start < end <= num_samples for start, end in spans)
     # Every window has the full length (the last is end-aligned), unless the file is shorter than one.
     assert all(end - start == min(window, num_samples) for start, end in spans)
@@ -71,7 +72,7 @@ def per_sample_reference(spans: list[tuple[int, int]], values: np.ndarray) -> np
     num_samples = max(end for _, end in spans)
     total = np.zeros((num_samples, values.shape[1]))
     count = np.zeros(num_samples)
-    for (start, end), row in zip(spans, values):
+    for (start, end), row in zip(spans, values, strict=True):
         total[start:end] += row
         count[start:end] += 1
     covered = count > 0

@@ -54,7 +54,12 @@ def save_tiny_asr(folder: str | Path, *, seed: int = 0, window_s: int = 2, init_
     Returns:
         ``folder`` as a ``Path``.
     """
-    from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration, WhisperProcessor, WhisperTokenizer
+    from transformers import (
+        WhisperFeatureExtractor,
+        WhisperForConditionalGeneration,
+        WhisperProcessor,
+        WhisperTokenizer,
+    )
 
     config = tiny_whisper_config(
         vocab_size=VOCAB_SIZE,

@@ -20,6 +20,10 @@ digest of each input::
 
     cache = ContentCache(default_cache_dir() / "my_kind" / setup_key(name, identity), MyCodec())
     values = cache.get([file_digest(path) for path in paths], lambda positions: compute(positions))
+
+A cache of one kind of input (``TranscriptCache``, ``TextEmbeddingCache``, ``FrameCache``) subclasses
+``ItemCache``, which holds the ``ContentCache`` and its counters: the subclass names its folder and codec,
+keys its items (``keys``) and computes the missing ones from the items themselves.
 """
 from __future__ import annotations
 
@@ -38,6 +42,7 @@ from sertool.io import atomic_write, write_cache_file
 from sertool.progress import task
 
 V = TypeVar("V")
+Item = TypeVar("Item")
 _READ_BLOCK_BYTES = 1 << 20
 
 
@@ -196,3 +201,55 @@ class ContentCache(Generic[V]):
                                "from there") from None
         self._loaded_files.add(name)
         return self.codec.decode(path)
+
+
+class ItemCache(Generic[Item, V]):
+    """A ``ContentCache`` of values computed from items of one kind (audio, texts, utterances).
+
+    A subclass says what differs: its folder and codec (given here), how an item is keyed (``keys``) and
+    how the missing items are computed (the ``compute`` it passes to ``_get``).
+
+    Args:
+        folder: this setup's folder (``<cache_dir>/<kind>/<setup_key>``).
+        codec: how a group of values becomes one file and back.
+        on_disk: values live in their files (``ContentCache``'s ``on_disk``).
+        group_size: items computed and saved at a time (0: all the missing ones, one file).
+        label: the progress task's name, formatted with the number of items computed.
+
+    Attributes:
+        folder: this setup's folder.
+    """
+
+    def __init__(self, folder: str | os.PathLike[str], codec: Codec[V], *, on_disk: bool = False,
+                 group_size: int = 0, label: str = "computing {:,} items") -> None:
+        self._cache: ContentCache[V] = ContentCache(folder, codec, on_disk=on_disk)
+        self._group_size = group_size
+        self._label = label
+        self.folder = self._cache.folder
+
+    @property
+    def hits(self) -> int:
+        """Requested items found in the cache, over every ``get``."""
+        return self._cache.hits
+
+    @property
+    def misses(self) -> int:
+        """Requested items that had to be computed."""
+        return self._cache.misses
+
+    def keys(self, items: Sequence[Item]) -> list[str]:
+        """The content key (a SHA-256, hex) of each item."""
+        raise NotImplementedError
+
+    def _get(self, items: Sequence[Item], compute: Callable[[list[Item]], Sequence[V]], *,
+             progress: Callable[[int, int], None] | None = None) -> list[V]:
+        """The values of ``items``, in order; ``compute`` is given the missing ones (each distinct key once).
+
+        Raises:
+            SertoolError: as ``ContentCache.get``.
+        """
+        def compute_positions(positions: list[int]) -> Sequence[V]:
+            return compute([items[position] for position in positions])
+
+        return self._cache.get(self.keys(items), compute_positions, group_size=self._group_size, progress=progress,
+                               label=self._label)

@@ -2,6 +2,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
+
+
+def _column(flag: str, help_text: str, *, default: str | None = None) -> Any:
+    """A ``ColumnMap`` field: its default column, the CLI flag that sets it and the flag's help."""
+    return field(default=default, metadata={"flag": flag, "help": help_text})
 
 
 @dataclass
@@ -11,13 +17,13 @@ class ColumnMap:
     Each field's ``flag`` metadata is the CLI option that sets it (used by the CLI and in messages).
     """
 
-    path: str = field(default="path", metadata={"flag": "--path-column", "help": "audio paths relative to FOLDER"})
-    id: str | None = field(default=None, metadata={"flag": "--id-column", "help": "utterance ids (default: the file name)"})
-    split: str | None = field(default=None, metadata={"flag": "--split-column", "help": "split names (default: a speaker-disjoint split is made)"})
-    arousal: str | None = field(default=None, metadata={"flag": "--arousal-column", "help": "arousal values"})
-    valence: str | None = field(default=None, metadata={"flag": "--valence-column", "help": "valence values"})
-    dominance: str | None = field(default=None, metadata={"flag": "--dominance-column", "help": "dominance values"})
-    emo_class: str | None = field(default=None, metadata={"flag": "--class-column", "help": "emotion classes (codes like N or names like neutral)"})
-    speaker: str | None = field(default=None, metadata={"flag": "--speaker-column", "help": "speaker labels"})
-    gender: str | None = field(default=None, metadata={"flag": "--gender-column", "help": "gender (male/female/m/f)"})
-    transcript: str | None = field(default=None, metadata={"flag": "--transcript-column", "help": "transcripts"})
+    path: str = _column("--path-column", "audio paths relative to FOLDER", default="path")
+    id: str | None = _column("--id-column", "utterance ids (default: the file name)")
+    split: str | None = _column("--split-column", "split names (default: a speaker-disjoint split is made)")
+    arousal: str | None = _column("--arousal-column", "arousal values")
+    valence: str | None = _column("--valence-column", "valence values")
+    dominance: str | None = _column("--dominance-column", "dominance values")
+    emo_class: str | None = _column("--class-column", "emotion classes (codes like N or names like neutral)")
+    speaker: str | None = _column("--speaker-column", "speaker labels")
+    gender: str | None = _column("--gender-column", "gender (male/female/m/f)")
+    transcript: str | None = _column("--transcript-column", "transcripts")

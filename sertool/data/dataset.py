@@ -126,7 +126,8 @@ class UtteranceDataset(torch.utils.data.Dataset):
         speed = self.speed(index)
         if speed != 1.0:
             item["waveform"] = resample(item["waveform"], round(self.sample_rate * speed), self.sample_rate)
-        targets = [self.to_unit(getattr(utt, name)) if getattr(utt, name) is not None else float("nan") for name in ATTRIBUTES]
+        values = [getattr(utt, name) for name in ATTRIBUTES]
+        targets = [self.to_unit(value) if value is not None else float("nan") for value in values]
         item.update({
             "id": utt.id,
             "targets": torch.tensor(targets, dtype=torch.float32),

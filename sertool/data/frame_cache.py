@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from sertool.data.audio import SAMPLE_RATE
-from sertool.data.cache import ContentCache, file_digest, span_digest
+from sertool.data.cache import ItemCache, file_digest, span_digest
 from sertool.data.records import Utterance
 from sertool.data.rows import HEADER_READ_THREADS
 from sertool.data.scan_cache import ScanCache
@@ -107,7 +107,7 @@ def _open_shard(path: str) -> np.ndarray:
     return np.load(path, mmap_mode="r")
 
 
-class FrameCache:
+class FrameCache(ItemCache[Utterance, Frames]):
     """The frames of one encoder setup, kept on disk in ``<root>/frames/<setup_key>/``.
 
     Args:
@@ -119,21 +119,10 @@ class FrameCache:
 
     def __init__(self, root: str | os.PathLike[str], setup_key: str, *, dim: int,
                  scan_cache_dir: str | os.PathLike[str] | None = None) -> None:
+        super().__init__(Path(root) / FRAME_CACHE_SUBDIR / setup_key, _ShardCodec(dim), on_disk=True,
+                         group_size=GROUP_UTTERANCES, label="computing the frames of {:,} utterances (feature cache)")
         self.dim = dim
         self.scan_cache_dir = scan_cache_dir
-        self._cache: ContentCache[Frames] = ContentCache(Path(root).expanduser() / FRAME_CACHE_SUBDIR / setup_key,
-                                                         _ShardCodec(dim), on_disk=True)
-        self.folder = self._cache.folder
-
-    @property
-    def hits(self) -> int:
-        """Requested utterances found in the cache."""
-        return self._cache.hits
-
-    @property
-    def misses(self) -> int:
-        """Requested utterances whose frames had to be computed."""
-        return self._cache.misses
 
     def keys(self, utterances: Sequence[Utterance]) -> list[str]:
         """The content key of each utterance: its file's SHA-256 (of the file and span, for a window).
@@ -169,12 +158,10 @@ class FrameCache:
             SertoolError: an audio file or a shard cannot be read, or a shard cannot be written (the shards
                 written before stay, and the next call resumes from them).
         """
-        def computed(positions: list[int]) -> list[Frames]:
-            arrays = compute([utterances[position] for position in positions])
-            return [ArrayFrames(np.asarray(array)) for array in arrays]
+        def computed(missing: list[Utterance]) -> list[Frames]:
+            return [ArrayFrames(np.asarray(array)) for array in compute(missing)]
 
-        return self._cache.get(self.keys(utterances), computed, group_size=GROUP_UTTERANCES, progress=progress,
-                               label="computing the frames of {:,} utterances (feature cache)")
+        return self._get(utterances, computed, progress=progress)
 
 
 def _decode_digest(entry: tuple) -> str:

@@ -90,7 +90,8 @@ def parse_manifest_row(record: Mapping[str, str | None], base: Path, where: str)
     fields = dict(labels, split=split, emo_class=parse_class(record.get("emo_class")),
                   speaker=parse_speaker(record.get("speaker")), gender=parse_gender(record.get("gender")),
                   transcript=transcript)
-    return Row(where=where, id=(record.get("id") or "").strip() or audio_path.name, audio_path=audio_path, fields=fields)
+    utterance_id = (record.get("id") or "").strip() or audio_path.name
+    return Row(where=where, id=utterance_id, audio_path=audio_path, fields=fields)
 
 
 def write_manifest(utterances: Sequence[Utterance], path: str | Path) -> None:

@@ -114,7 +114,8 @@ def build_utterances(rows: Sequence[Row], report: LoadReport, *, scan: ScanCache
     unique = []
     for row in rows:
         if row.id in seen:
-            report.drop(row.where, "duplicate id", f"{row.id} already appears at {seen[row.id]}", split=row.fields["split"])
+            report.drop(row.where, "duplicate id", f"{row.id} already appears at {seen[row.id]}",
+                        split=row.fields["split"])
         else:
             seen[row.id] = row.where
             unique.append(row)
@@ -130,7 +131,8 @@ def build_utterances(rows: Sequence[Row], report: LoadReport, *, scan: ScanCache
         if num_frames == 0:
             report.drop(row.where, EMPTY_AUDIO, f"{row.audio_path} has no samples", split=row.fields["split"])
             continue
-        utterances.append(Utterance(id=row.id, audio_path=row.audio_path, duration_s=num_frames / sample_rate, **row.fields))
+        utterances.append(Utterance(id=row.id, audio_path=row.audio_path, duration_s=num_frames / sample_rate,
+                                    **row.fields))
     return utterances
 
 

@@ -128,8 +128,9 @@ class ScanCache:
             shard.save()
         return results
 
-    def _look_up(self, texts: list[str], *, kind: str, columns: Sequence[type], decode: Callable[[tuple], Any],
-                 ) -> tuple[list[_Shard], list[tuple[_Shard, str]], list[tuple[int, int, int, int]], list[Any], list[int]]:
+    def _look_up(
+        self, texts: list[str], *, kind: str, columns: Sequence[type], decode: Callable[[tuple], Any],
+    ) -> tuple[list[_Shard], list[tuple[_Shard, str]], list[tuple[int, int, int, int]], list[Any], list[int]]:
         """The warm path, kept to a stat and a lookup per file in Python; the comparisons run in numpy.
 
         Returns:
@@ -155,7 +156,8 @@ class ScanCache:
         key_array = np.array(keys, dtype=np.int64).reshape(len(keys), 4)
         row_array = np.array(rows, dtype=np.int64)
         numbers = np.array(shard_numbers, dtype=np.int64)
-        groups = np.split(np.argsort(numbers, kind="stable"), np.cumsum(np.bincount(numbers, minlength=len(shards)))[:-1])
+        group_ends = np.cumsum(np.bincount(numbers, minlength=len(shards)))[:-1]
+        groups = np.split(np.argsort(numbers, kind="stable"), group_ends)
         hit = np.zeros(len(texts), dtype=bool)
         for shard, mine in zip(shards.values(), groups, strict=True):
             known = mine[row_array[mine] >= 0]
@@ -330,4 +332,5 @@ def _unstrings(data: np.ndarray, offsets: np.ndarray | None) -> list[str]:
         return parts
     blob = data.astype(np.uint8).tobytes()
     starts = [0, *(end + 1 for end in ends[:-1].tolist())]
-    return [blob[start:end].decode("utf-8", "surrogateescape") for start, end in zip(starts, ends.tolist(), strict=True)]
+    return [blob[start:end].decode("utf-8", "surrogateescape")
+            for start, end in zip(starts, ends.tolist(), strict=True)]

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from sertool.config import DEFAULT_ASR_MODEL_ID, DEFAULT_DEVICE
 from sertool.data.audio import SAMPLE_RATE, load_audio
-from sertool.data.cache import ContentCache, default_cache_dir, file_digest, setup_key, span_digest
+from sertool.data.cache import ItemCache, default_cache_dir, file_digest, setup_key, span_digest
 from sertool.data.dataset import load_utterance_audio
 from sertool.data.records import Utterance
 from sertool.devices import select_device
@@ -196,8 +196,8 @@ class Transcriber:
         self._model = model.to(self.device).eval()  # type: ignore[arg-type]
 
 
-class TranscriptCache:
-    """Transcripts of one ``Transcriber`` setup, made once and kept on disk (a ``ContentCache``).
+class TranscriptCache(ItemCache[AudioInput, str]):
+    """Transcripts of one ``Transcriber`` setup, made once and kept on disk (an ``ItemCache``).
 
     Keys are the SHA-256 of the audio: of the file's bytes for a path or a whole-file utterance (cheap, no
     decoding, and verifiable with ``sha256sum``), of the file's digest and the span for a window of a file
@@ -212,20 +212,18 @@ class TranscriptCache:
     """
 
     def __init__(self, cache_dir: str | os.PathLike[str], transcriber: Transcriber) -> None:
+        super().__init__(Path(cache_dir) / transcriber.cache_key, _TranscriptCodec(), group_size=_ROWS_PER_FILE,
+                         label="transcribing {:,} utterances (ASR)")
         self.transcriber = transcriber
-        self._cache: ContentCache[str] = ContentCache(Path(cache_dir).expanduser() / transcriber.cache_key,
-                                                      _TranscriptCodec())
-        self.folder = self._cache.folder
 
-    @property
-    def hits(self) -> int:
-        """Requested items found in the cache."""
-        return self._cache.hits
+    def keys(self, items: Sequence[AudioInput]) -> list[str]:
+        """The SHA-256 of each item's audio (each file hashed once, however many of its windows are items).
 
-    @property
-    def misses(self) -> int:
-        """Requested items that had to be transcribed."""
-        return self._cache.misses
+        Raises:
+            SertoolError: an audio file cannot be read (naming it).
+        """
+        file_digests: dict[Path, str] = {}
+        return [_audio_digest(item, file_digests) for item in items]
 
     def get(self, audio: Sequence[AudioInput], *, progress: Callable[[int, int], None] | None = None) -> list[str]:
         """Transcripts of ``audio`` (file paths, utterances or 1-D 16 kHz waveforms), in order; transcribes
@@ -241,15 +239,11 @@ class TranscriptCache:
         Raises:
             SertoolError: an audio file or a cache file cannot be read (the message names it).
         """
-        file_digests: dict[Path, str] = {}  # the windows of one long file hash the file once
-        digests = [_audio_digest(item, file_digests) for item in audio]
+        return self._get(audio, self._transcribe, progress=progress)
 
-        def transcribe(positions: list[int]) -> list[str]:
-            log.info("transcribing %d audio items with %s", len(positions), self.transcriber.model_name_or_path)
-            return self.transcriber.transcribe([_waveform(audio[position]) for position in positions])
-
-        return self._cache.get(digests, transcribe, group_size=_ROWS_PER_FILE, progress=progress,
-                               label="transcribing {:,} utterances (ASR)")
+    def _transcribe(self, missing: list[AudioInput]) -> list[str]:
+        log.info("transcribing %d audio items with %s", len(missing), self.transcriber.model_name_or_path)
+        return self.transcriber.transcribe([_waveform(item) for item in missing])
 
 
 class _TranscriptCodec:
@@ -267,7 +261,7 @@ class _TranscriptCodec:
             with open(path, encoding="utf-8") as handle:
                 for line_number, line in enumerate(handle, start=1):
                     row = json.loads(line)
-                    if not isinstance(row, dict) or not all(isinstance(row.get(key), str) for key in ("sha256", "text")):
+                    if not (isinstance(row, dict) and all(isinstance(row.get(key), str) for key in ("sha256", "text"))):
                         raise ValueError(f"line {line_number} is not a {{'sha256', 'text'}} object")
                     rows.setdefault(row["sha256"], row["text"])
         except (OSError, UnicodeDecodeError, ValueError) as error:  # json.JSONDecodeError is a ValueError

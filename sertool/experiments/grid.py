@@ -87,8 +87,10 @@ class Grid:
 
             model = config.model
             backbone_id = model.backbone_path or DEFAULT_BACKBONE_IDS[model.backbone]
+            backbone_path = (model_locations.get(backbone_id, model.backbone_path) if backbone_id
+                             else model.backbone_path)
             config.model = dataclasses.replace(
-                model, backbone_path=model_locations.get(backbone_id, model.backbone_path) if backbone_id else model.backbone_path,
+                model, backbone_path=backbone_path,
                 text_model=model_locations.get(model.text_model, model.text_model),
                 speaker_embedding=model_locations.get(model.speaker_embedding, model.speaker_embedding)
                 if model.speaker_embedding else None)

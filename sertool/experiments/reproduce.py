@@ -55,8 +55,8 @@ def parse_model_locations(items: Sequence[str]) -> dict[str, str]:
     return locations
 
 
-def reproduce(grid_path: str | Path | None = None, *, corpus: str | Path, scale: str, out_dir: str | Path, seeds: int = 1,
-              model_locations: dict[str, str] | None = None, only: Sequence[str] | None = None,
+def reproduce(grid_path: str | Path | None = None, *, corpus: str | Path, scale: str, out_dir: str | Path,
+              seeds: int = 1, model_locations: dict[str, str] | None = None, only: Sequence[str] | None = None,
               device: str = DEFAULT_DEVICE, reporter_factory: Callable[[], Reporter] | None = None,
               say: Callable[[str], None] = lambda text: None) -> Path:
     """Run the grid; returns the path of the written tables (``<out_dir>/tables.md``).

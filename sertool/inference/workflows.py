@@ -98,8 +98,9 @@ def labelled(utterances: Sequence[Utterance], split: str) -> np.ndarray:
     """
     unlabelled = [utt.id for utt in utterances if not utt.has_labels]
     if unlabelled:
-        raise SertoolError(f"--split {split}: {len(unlabelled)} utterances have no A/V/D labels (e.g. {unlabelled[0]}); "
-                           "evaluate needs labels — use `sertool predict` for unlabelled audio")
+        raise SertoolError(f"--split {split}: {len(unlabelled)} utterances have no A/V/D labels "
+                           f"(e.g. {unlabelled[0]}); evaluate needs labels — use `sertool predict` for "
+                           "unlabelled audio")
     return np.array([utt.labels() for utt in utterances], dtype=np.float64)
 
 
@@ -125,7 +126,8 @@ def score(name: str, output: PredictorOutput, utterances: Sequence[Utterance], l
     return scores
 
 
-def _held_out(utterances: Sequence[Utterance], training_ids: frozenset[str] | None, *, split: str, name: str) -> HeldOut:
+def _held_out(utterances: Sequence[Utterance], training_ids: frozenset[str] | None, *, split: str,
+              name: str) -> HeldOut:
     """``selection.held_out``, refusing a split the system trained on entirely."""
     kept = held_out(utterances, training_ids)
     if utterances and not kept.utterances:

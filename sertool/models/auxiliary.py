@@ -49,7 +49,8 @@ class SpeakerHead(nn.Module):
     turns into a loss.
     """
 
-    def __init__(self, input_dim: int, *, num_speakers: int, hidden_dim: int, dropout: float, norm: bool = True) -> None:
+    def __init__(self, input_dim: int, *, num_speakers: int, hidden_dim: int, dropout: float,
+                 norm: bool = True) -> None:
         super().__init__()
         if num_speakers <= 0:
             raise ValueError(f"SpeakerHead needs at least one speaker, got {num_speakers}")

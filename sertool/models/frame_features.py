@@ -33,7 +33,8 @@ def frame_cache_refusal(config: Config) -> str | None:
                 "encoder every step, as without the cache")
     frozen = FROZEN_BY_DEFAULT["whisper"] if model.freeze_backbone is None else model.freeze_backbone
     if not frozen:
-        return f"{prefix}: the Whisper encoder is fine-tuned (--no-freeze-backbone): its frames change every step, so they are recomputed"
+        return (f"{prefix}: the Whisper encoder is fine-tuned (--no-freeze-backbone): its frames change every step, "
+                "so they are recomputed")
     if model.lora_rank:
         return (f"{prefix}: LoRA adapters (--lora-rank {model.lora_rank}) train inside the Whisper encoder: its frames "
                 "change every step, so they are recomputed")

@@ -57,7 +57,8 @@ def hidden_layer(input_dim: int, hidden_dim: int, *, dropout: float, norm: bool 
     )
 
 
-def two_layer_mlp(input_dim: int, hidden_dim: int, output_dim: int, *, dropout: float, norm: bool = True) -> nn.Sequential:
+def two_layer_mlp(input_dim: int, hidden_dim: int, output_dim: int, *, dropout: float,
+                  norm: bool = True) -> nn.Sequential:
     """``hidden_layer`` → Linear: the challenge baseline's head, shared by the emotion and gender heads."""
     return nn.Sequential(*hidden_layer(input_dim, hidden_dim, dropout=dropout, norm=norm),
                          nn.Linear(hidden_dim, output_dim))

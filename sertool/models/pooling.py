@@ -79,7 +79,10 @@ class AttentiveStatisticsPooling(nn.Module):
         return torch.cat([mean, std], dim=-1)
 
 
-POOLINGS: dict[str, type[AttentiveStatisticsPooling] | type[MeanPooling]] = {"attentive": AttentiveStatisticsPooling, "mean": MeanPooling}
+POOLINGS: dict[str, type[AttentiveStatisticsPooling] | type[MeanPooling]] = {
+    "attentive": AttentiveStatisticsPooling,
+    "mean": MeanPooling,
+}
 
 
 def build_pooling(name: str, input_dim: int) -> MeanPooling | AttentiveStatisticsPooling:

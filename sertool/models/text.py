@@ -18,7 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 from torch import Tensor, nn
 
-from sertool.data.cache import ContentCache, setup_key, text_digest
+from sertool.data.cache import ItemCache, setup_key, text_digest
 from sertool.errors import SertoolError
 from sertool.hub import load_pretrained, model_identity, model_revision
 from sertool.models.lora import apply_lora
@@ -130,8 +130,8 @@ class TextEncoder(nn.Module):
         return self.embed(texts)
 
 
-class TextEmbeddingCache:
-    """Transcript embeddings of one frozen ``TextEncoder``, computed once and kept on disk (a ``ContentCache``).
+class TextEmbeddingCache(ItemCache[str, Tensor]):
+    """Transcript embeddings of one frozen ``TextEncoder``, computed once and kept on disk (an ``ItemCache``).
 
     Layout: ``<cache_dir>/<encoder.cache_key>/`` holds immutable safetensors files, each with a
     ``sha256`` tensor (``[n, 32]`` uint8, the digest of each text's UTF-8 bytes) and an ``embeddings``
@@ -149,20 +149,13 @@ class TextEmbeddingCache:
             raise ValueError(
                 "a text encoder with LoRA adapters changes while training: compute its embeddings in forward"
             )
+        super().__init__(Path(cache_dir) / encoder.cache_key, _EmbeddingCodec(encoder),
+                         label="encoding {:,} transcripts")
         self.encoder = encoder
-        self._cache: ContentCache[Tensor] = ContentCache(Path(cache_dir).expanduser() / encoder.cache_key,
-                                                         _EmbeddingCodec(encoder))
-        self.folder = self._cache.folder
 
-    @property
-    def hits(self) -> int:
-        """Requested texts found in the cache."""
-        return self._cache.hits
-
-    @property
-    def misses(self) -> int:
-        """Requested texts that had to be encoded."""
-        return self._cache.misses
+    def keys(self, items: Sequence[str]) -> list[str]:
+        """The SHA-256 of each text's UTF-8 bytes."""
+        return [text_digest(text) for text in items]
 
     def get(self, texts: Sequence[str]) -> Tensor:
         """Embeddings of ``texts``, ``[N, E]`` float32 on the CPU; encodes only texts not cached yet.
@@ -170,13 +163,12 @@ class TextEmbeddingCache:
         Raises:
             SertoolError: a cache file cannot be read (the message names it).
         """
-        def encode(positions: list[int]) -> list[Tensor]:
-            log.info("encoding %d transcripts with %s", len(positions), self.encoder.model_name_or_path)
-            embeddings = self.encoder.embed([texts[position] for position in positions])
-            return list(embeddings.detach().to("cpu", torch.float32))
-
-        rows = self._cache.get([text_digest(text) for text in texts], encode, label="encoding {:,} transcripts")
+        rows = self._get(texts, self._encode)
         return torch.stack(rows) if rows else torch.empty(0, self.encoder.output_dim)
+
+    def _encode(self, missing: list[str]) -> list[Tensor]:
+        log.info("encoding %d transcripts with %s", len(missing), self.encoder.model_name_or_path)
+        return list(self.encoder.embed(missing).detach().to("cpu", torch.float32))
 
 
 class _EmbeddingCodec:
@@ -198,7 +190,8 @@ class _EmbeddingCodec:
             tensors = load_file(path)
             digests, embeddings = tensors["sha256"], tensors["embeddings"]
         except (SafetensorError, KeyError, OSError) as error:
-            raise SertoolError(f"text embedding cache file {path} is unreadable ({error}); delete it to recompute") from None
+            raise SertoolError(f"text embedding cache file {path} is unreadable ({error}); delete it to "
+                               "recompute") from None
         if embeddings.shape[1] != self.encoder.output_dim:
             raise SertoolError(
                 f"text embedding cache file {path} holds {embeddings.shape[1]}-dim embeddings, the encoder "

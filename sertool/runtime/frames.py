@@ -63,8 +63,9 @@ def fill_frame_cache(
     def compute(batch_utterances: list[Utterance]) -> list[np.ndarray]:
         dataset = UtteranceDataset(batch_utterances, to_unit=float)
         batches = length_sorted_batches([utt.duration_s for utt in batch_utterances], max_batch_s=max_batch_s)
-        loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, collate_fn=collate, num_workers=num_workers,
-                                             pin_memory=device.type == "cuda", worker_init_fn=quiet_worker)
+        loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, collate_fn=collate,
+                                             num_workers=num_workers, pin_memory=device.type == "cuda",
+                                             worker_init_fn=quiet_worker)
         computed: list[np.ndarray] = [np.zeros(0)] * len(batch_utterances)
         for positions, batch in zip(batches, loader, strict=True):
             if batch.skipped:

@@ -87,8 +87,9 @@ def run_model(
                     raise SertoolError(f"cannot predict {batch.skipped[0]}")
                 batch = batch.to(device)
                 with autocast:
-                    output = core(batch.waveforms, batch.sample_mask, frames=batch.frames, frame_mask=batch.frame_mask,
-                                  text_embeddings=batch.text_embeddings, texts=batch.texts if core.needs_texts else None)
+                    output = core(batch.waveforms, batch.sample_mask, frames=batch.frames,
+                                  frame_mask=batch.frame_mask, text_embeddings=batch.text_embeddings,
+                                  texts=batch.texts if core.needs_texts else None)
                 ids.extend(batch.ids)
                 emotion.append(output.emotion.float().cpu().numpy())
                 if finite_only:

@@ -333,7 +333,8 @@ class _Run:
             # A fresh run (a resumed one, or --init-from a wide model, keeps the moments it was trained with).
             fit_utterance_statistics(self.model, self.train_set)
         self.model.to(self.context.device)
-        self.text_embeddings = transcript_embeddings(self.model, [*self.train_set, *self.valid_set], config.data.cache_dir)
+        self.text_embeddings = transcript_embeddings(self.model, [*self.train_set, *self.valid_set],
+                                                     config.data.cache_dir)
         self.loss_fn = SERLoss(config.model)
         self.amp_dtype = resolve_amp(train_config.amp, self.context.device)
 
@@ -445,7 +446,8 @@ class _Run:
         if not self.best:
             raise SertoolError(self._no_finite_validation())
         # The validation that made best.pt (the last improving one): were any of its heads near-constant?
-        collapsed: list[str] = next((record.get("collapsed", []) for record in reversed(self.history) if record["improved"]), [])
+        collapsed: list[str] = next((record.get("collapsed", []) for record in reversed(self.history)
+                                     if record["improved"]), [])
         result = TrainResult(self.run_dir, best=self.best, best_step=self.best_step, steps=self.step,
                              stopped=self.stopped, skipped_steps=self.skipped_steps, skipped_audio=self.skipped_audio,
                              history=self.history, collapsed=collapsed)
@@ -587,7 +589,8 @@ class _Run:
             return {"skipped": True, "lr": lr_factor * self.config.train.lr_heads, "utterances": utterances}
         self.nonfinite_in_a_row = 0
         self.scaler.unscale_(self.optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, config.grad_clip_norm if config.grad_clip_norm > 0 else math.inf)
+        max_norm = config.grad_clip_norm if config.grad_clip_norm > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, max_norm)
         self.scaler.step(self.optimizer)  # skips the update by itself when fp16 gradients overflowed
         self.scaler.update()
         return {**{f"loss_{k}" if not k.startswith("ccc") else k: v for k, v in parts_sum.items()},
@@ -782,7 +785,8 @@ class _Run:
             missing = sum(utt.transcript is None for utt in utterances)
             if missing:
                 self.load_report.warn(str(self.config.data.corpus), "transcripts from ASR",
-                                      f"{missing} utterances had no transcript; transcribed with {self.config.data.asr}")
+                                      f"{missing} utterances had no transcript; transcribed with "
+                                      f"{self.config.data.asr}")
         filled = iter(fill_transcripts([utt for utterances in splits for utt in utterances], self.config.data.asr,
                                        cache_dir=self.config.data.cache_dir, device=self.context.device,
                                        progress=self._progress("transcripts from ASR")))
@@ -820,7 +824,8 @@ def _check_window(config: Config, train_set: Sequence[Utterance], valid_set: Seq
     if not window_s:
         return
     crop_s = config.data.max_duration_s
-    for split, utterances, cropped in (("training", train_set, 0 < crop_s <= window_s), ("validation", valid_set, False)):
+    splits = (("training", train_set, 0 < crop_s <= window_s), ("validation", valid_set, False))
+    for split, utterances, cropped in splits:
         longest = max(utterances, key=lambda utt: utt.duration_s, default=None)
         if longest is not None and not cropped and longest.duration_s > window_s:
             raise SertoolError(

@@ -162,8 +162,10 @@ def epoch_strategy(name: str, *, max_per_class: int | None = None, num_samples: 
     if whole_classes and name != "undersample":
         raise SertoolError(f"classes outside the balance (--ox-outside-balance) apply to --sampling undersample only, "
                            f"not '{name}'")
-    options: dict[str, dict[str, Any]] = {"undersample": {"max_per_class": max_per_class, "whole_classes": frozenset(whole_classes)},
-               "weighted": {"num_samples": num_samples}}
+    options: dict[str, dict[str, Any]] = {
+        "undersample": {"max_per_class": max_per_class, "whole_classes": frozenset(whole_classes)},
+        "weighted": {"num_samples": num_samples},
+    }
     return functools.partial(STRATEGIES[name], **options.get(name, {}))
 
 
@@ -254,7 +256,8 @@ def duration_batches(
     if len(last[-1]) < min_batch_items and len(batches) + len(last) > 1:
         tail = last.pop()
         # Into its neighbour in bucket order, or else the batch of the most similar lengths: least padding.
-        host = last[-1] if last else min(batches, key=lambda batch: abs(durations_s[batch].max() - durations_s[tail].max()))
+        tail_s = durations_s[tail].max()
+        host = last[-1] if last else min(batches, key=lambda batch: abs(durations_s[batch].max() - tail_s))
         host.extend(tail)
     batches.extend(last)
     return [batches[position] for position in rng.permutation(len(batches))]

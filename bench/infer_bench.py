@@ -11,10 +11,10 @@ from measure import Figure, Target, interleaved, median, ratio_of_rounds, timed
 from sertool.config import DEFAULT_EVAL_BATCH_S, ModelConfig
 from sertool.data.audio import SAMPLE_RATE
 from sertool.data.records import Utterance
-from sertool.runtime.runner import run_model
 from sertool.models.backbones.whisper import HOP_LENGTH, WhisperBackbone
 from sertool.models.ser_model import SERModel
 from sertool.runtime.batching import length_sorted_batches
+from sertool.runtime.runner import run_model
 from sertool.training.samplers import padding_efficiency
 
 # A Whisper small enough for a CPU, large enough that the encoder's compute dominates (not Python).

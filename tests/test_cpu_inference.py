@@ -1,4 +1,4 @@
-"""CPU inference: --quantize int8 (dynamic quantisation of the linear layers) and --threads."""
+"""CPU inference: --quantize int8 (dynamic int8 quantisation of the speech backbone) and --threads."""
 from __future__ import annotations
 
 import hashlib
@@ -12,24 +12,33 @@ from torch.ao.nn.quantized.dynamic import Linear as QuantizedLinear
 
 import sertool
 from sertool.cli import cli
+from sertool.config import ModelConfig
 from sertool.errors import SertoolError
+from sertool.inference.cpu import MIN_INT8_FEATURES, quantize_int8
 from sertool.inference.inputs import corpus_split
+from sertool.models.ser_model import SERModel
 from sertool.training.loop import train
 from tests.corpus_files import write_learnable_corpus
 from tests.systems import small_config
-from tests.tiny_speech import save_tiny_wavlm
+from tests.tiny_speech import save_tiny_wavlm, save_tiny_whisper
+
+
+def trained_run(folder: Path, backbone: str) -> tuple[Path, Path]:
+    """A tiny ``backbone`` system trained for one epoch on a small learnable corpus, and that corpus."""
+    corpus = write_learnable_corpus(folder / "corpus", per_split={"Train": 8, "Development": 12})
+    config = small_config(corpus, epochs=1)
+    config.model.backbone = backbone
+    if backbone != "fbank":
+        save = {"wavlm": save_tiny_wavlm, "whisper": save_tiny_whisper}[backbone]
+        config.model.backbone_path = str(save(folder / f"tiny-{backbone}"))
+    train(config, folder / "run", device="cpu")
+    return folder / "run", corpus
 
 
 @pytest.fixture(scope="module")
 def wavlm_run(tmp_path_factory) -> tuple[Path, Path]:
     """A tiny WavLM system trained for a few steps, and its corpus."""
-    folder = tmp_path_factory.mktemp("quantize")
-    corpus = write_learnable_corpus(folder / "corpus", per_split={"Train": 8, "Development": 12})
-    config = small_config(corpus, epochs=1)
-    config.model.backbone = "wavlm"
-    config.model.backbone_path = str(save_tiny_wavlm(folder / "tiny-wavlm"))
-    train(config, folder / "run", device="cpu")
-    return folder / "run", corpus
+    return trained_run(tmp_path_factory.mktemp("quantize"), "wavlm")
 
 
 def digests(folder: Path) -> dict[str, str]:
@@ -45,9 +54,14 @@ def test_int8_predictions_are_close_to_float32_and_nothing_on_disk_changes(wavlm
     expected = float32.predict([utt.audio_path for utt in utterances], table=True).values
     quantised = int8.predict([utt.audio_path for utt in utterances], table=True).values
     assert digests(run_dir) == before
-    modules = list(int8._predictor.model.modules())
-    assert any(isinstance(module, QuantizedLinear) for module in modules)
-    assert not any(isinstance(module, torch.nn.Linear) for module in modules)
+    model = int8._predictor.model
+    backbone = list(model.backbone.modules())
+    assert any(isinstance(module, QuantizedLinear) for module in backbone)
+    # every float linear left in the backbone is one too narrow for int8 (WavLM's position-bias gate) ...
+    assert all(min(module.in_features, module.out_features) < MIN_INT8_FEATURES
+               for module in backbone if type(module) is torch.nn.Linear)
+    # the heads read one vector per clip: they stay float32
+    assert not any(isinstance(module, QuantizedLinear) for module in model.emotion_heads.modules())
     difference = np.abs(quantised - expected)
     assert 0 < difference.max() < 0.05  # on the 1–7 scale: quantised, and close
     # Small beside how much the predictions vary across clips: a broken quantisation (wrong scales, a layer
@@ -87,3 +101,37 @@ def test_threads_sets_torch_s_thread_count(wavlm_run, monkeypatch):
     assert calls == [1]
     with pytest.raises(SertoolError, match="--threads -1"):
         sertool.load(run_dir, device="cpu", threads=-1)
+
+
+@pytest.mark.parametrize("backbone", ["fbank", "whisper"])
+def test_quantize_through_the_cli_on_the_other_backbones(backbone, tmp_path):
+    # Their linear layers are quantised too; the predictions stay close to float32's.
+    run_dir, corpus = trained_run(tmp_path, backbone)
+    outputs = {}
+    for quantize in ("off", "int8"):
+        out = tmp_path / f"{quantize}.csv"
+        result = CliRunner().invoke(cli, ["predict", str(run_dir), "--corpus", str(corpus), "--split", "Development",
+                                          "--device", "cpu", "--quantize", quantize, "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        outputs[quantize] = np.loadtxt(out, delimiter=",", skiprows=1, usecols=(1, 2, 3))
+    difference = np.abs(outputs["int8"] - outputs["off"])
+    assert np.isfinite(outputs["int8"]).all() and 0 < difference.max() < 0.05
+    model = sertool.load(run_dir, device="cpu", quantize="int8")._predictor.model
+    assert any(isinstance(module, QuantizedLinear) for module in model.backbone.modules())
+
+
+def test_int8_leaves_what_reads_one_vector_per_clip_and_the_text_encoder_in_float32(tmp_path):
+    from tests.tiny_text import save_tiny_text_encoder
+
+    config = ModelConfig(backbone="fbank", fbank_dim=32, head_hidden_dim=16, text=True,
+                         text_model=str(save_tiny_text_encoder(tmp_path / "text")))
+    model = SERModel(config).eval()
+    texts = ["a calm voice", "an angry shout"]
+    expected = model.text_encoder.embed(texts)
+    quantize_int8(model)
+    assert any(isinstance(module, QuantizedLinear) for module in model.backbone.modules())
+    # The text encoder's embeddings go to an on-disk cache that float32 runs read: they must not change.
+    assert torch.equal(model.text_encoder.embed(texts), expected)
+    outside = [name for name, module in model.named_modules()
+               if isinstance(module, QuantizedLinear) and not name.startswith("backbone.")]
+    assert outside == []

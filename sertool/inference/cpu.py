@@ -1,10 +1,19 @@
-"""Running a model on the CPU: int8 dynamic quantisation of its linear layers, and torch's thread count.
+"""Running a model on the CPU: int8 dynamic quantisation of its speech backbone, and torch's thread count.
 
-Dynamic quantisation stores each ``nn.Linear``'s weights as int8 (one scale per layer) and quantises its
-input on the fly; the matrix products run in int8 with int32 accumulation. The transformer layers of the
-speech backbones are almost all linear layers (attention projections, feed-forward), so a CPU forward pass
-runs about twice as fast (docs/performance.md, benchmark 10); the convolutional feature encoder, the
-attention products and the pooling stay float32. Predictions move by a few hundredths on the 1–7 scale.
+``--quantize int8`` stores the weights of the speech backbone's linear layers at least ``MIN_INT8_FEATURES``
+wide (attention projections, feed-forward layers) as int8, one scale per output channel, and quantises
+their inputs on the fly (one scale per call, from the call's whole input); the products run in int8 with
+int32 accumulation, in oneDNN's kernels on CPUs with AVX-512 VNNI. Everything else stays float32: the
+convolutional front end (quantised, its six channel-mixing layers compound 8-bit rounding with no residual
+path to dilute it: five times the prediction change for about an eighth more speed, docs/performance.md),
+the positional convolution, norms, activations and attention products, and whatever reads one vector per
+clip or is shared (pooling, heads, the text and speaker encoders; the text encoder's embeddings are cached
+on disk and read by float32 runs).
+
+For a WavLM-Base-sized model the linear layers are about 40 % of a float32 forward pass and run 4-5× as
+fast, so the whole pass runs about 1.4× as fast (not the 4× of the linear layers alone), and predictions
+move by a few hundredths on the 1–7 scale (docs/performance.md, benchmark 10). Because each call's scale
+comes from its whole input, a clip's int8 prediction also moves slightly with the clips batched with it.
 Quantised models run on the CPU only, and only in memory: nothing on disk changes.
 """
 from __future__ import annotations
@@ -13,14 +22,20 @@ import types
 import warnings
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from sertool.config import QUANTIZE_CHOICES
 from sertool.errors import SertoolError
 
+# Linear layers with fewer input or output features stay float32: quantising their input costs more than
+# the int8 product saves (WavLM's 64 → 8 position-bias gate ran slower in int8 than in float32).
+MIN_INT8_FEATURES = 16
 
-def quantize_linear_int8(model: nn.Module) -> nn.Module:
-    """Replace every ``nn.Linear`` of ``model`` (in place) by its dynamically quantised int8 version.
+
+def quantize_int8(model: nn.Module) -> nn.Module:
+    """Quantise the linear layers of ``model.backbone`` (a ``SERModel``'s speech backbone) to int8 in place,
+    as the module docstring describes.
 
     Returns:
         ``model``, for chaining.
@@ -30,7 +45,8 @@ def quantize_linear_int8(model: nn.Module) -> nn.Module:
     """
     if not torch.backends.quantized.supported_engines or torch.backends.quantized.supported_engines == ["none"]:
         raise SertoolError("--quantize int8: this torch build has no quantised CPU kernels; use --quantize off")
-    for module in model.modules():
+    backbone = model.get_submodule("backbone")
+    for module in backbone.modules():
         if type(module).__name__ == "WavLMAttention":
             # transformers' WavLM attention hands its projections' weight tensors to
             # F.multi_head_attention_forward instead of calling the layers, which a quantised layer (whose
@@ -41,9 +57,32 @@ def quantize_linear_int8(model: nn.Module) -> nn.Module:
         # with torch and is what runs here; the warnings say nothing a user can act on.
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", UserWarning)
-        from torch.ao.quantization import quantize_dynamic
+        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
-        return quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8, inplace=True)
+        wide = {name: per_channel_dynamic_qconfig for name, module in backbone.named_modules()
+                if isinstance(module, nn.Linear) and min(module.in_features, module.out_features) >= MIN_INT8_FEATURES}
+        # Each layer packs its weights for the engine current when it is quantised, and keeps that engine's
+        # kernels whatever the engine is later: the global setting is restored.
+        previous = torch.backends.quantized.engine
+        torch.backends.quantized.engine = _int8_engine()
+        try:
+            quantize_dynamic(backbone, wide, dtype=torch.qint8, inplace=True)
+        finally:
+            torch.backends.quantized.engine = previous
+    return model
+
+
+def _int8_engine() -> str:
+    """oneDNN on CPUs with AVX-512 VNNI, torch's default engine (fbgemm, as "x86") elsewhere.
+
+    Measured on a Xeon with AVX-512 VNNI and AMX, one thread, WavLM-Base's feed-forward on 499 frames:
+    oneDNN 10.6 ms, fbgemm 17.4 ms (float32 41.8 ms); with oneDNN held to AVX2 (``ONEDNN_MAX_CPU_ISA``) it
+    took 36.8 ms, so it is chosen only where VNNI is there (docs/performance.md, benchmark 10).
+    """
+    has_vnni = getattr(torch.cpu, "_is_vnni_supported", lambda: False)()  # private, hence the fallback
+    if has_vnni and "onednn" in torch.backends.quantized.supported_engines:
+        return "onednn"
+    return torch.backends.quantized.engine
 
 
 def check_quantize(quantize: str, device: torch.device) -> None:
@@ -76,20 +115,17 @@ def _wavlm_attention_calling_layers(self, hidden_states: torch.Tensor, attention
                                     gated_position_bias: torch.Tensor) -> tuple[torch.Tensor, None]:
     """What ``F.multi_head_attention_forward`` computes for WavLM's self-attention in eval mode (scaled
     queries, the gated position bias added to the scores, padded keys masked, softmax, output projection),
-    with the projections called as layers. No attention weights are returned: sertool never asks for them.
+    with the projections called as layers and torch's fused attention kernel. No attention weights are
+    returned: sertool never asks for them.
     """
     batch, length, width = hidden_states.shape
-    head_dim = width // self.num_heads
 
-    def heads(projected: torch.Tensor) -> torch.Tensor:  # [B, T, W] -> [B * H, T, W / H]
-        return projected.view(batch, length, self.num_heads, head_dim).transpose(1, 2).reshape(-1, length, head_dim)
+    def heads(projected: torch.Tensor) -> torch.Tensor:  # [B, T, W] -> [B, H, T, W / H]
+        return projected.view(batch, length, self.num_heads, -1).transpose(1, 2)
 
-    query = heads(self.q_proj(hidden_states) * head_dim ** -0.5)
-    key, value = heads(self.k_proj(hidden_states)), heads(self.v_proj(hidden_states))
-    bias = gated_position_bias.to(query.dtype)
+    bias = gated_position_bias.view(batch, self.num_heads, length, length).to(hidden_states.dtype)
     if attention_mask is not None:
-        padded = attention_mask.ne(1).view(batch, 1, 1, length).expand(-1, self.num_heads, -1, -1)
-        bias = bias.masked_fill(padded.reshape(batch * self.num_heads, 1, length), float("-inf"))
-    weights = torch.softmax(torch.baddbmm(bias, query, key.transpose(1, 2)), dim=-1)
-    context = torch.bmm(weights, value).view(batch, self.num_heads, length, head_dim).transpose(1, 2)
-    return self.out_proj(context.reshape(batch, length, width)), None
+        bias = bias.masked_fill(attention_mask.ne(1).view(batch, 1, 1, length), float("-inf"))
+    context = F.scaled_dot_product_attention(heads(self.q_proj(hidden_states)), heads(self.k_proj(hidden_states)),
+                                             heads(self.v_proj(hidden_states)), attn_mask=bias)
+    return self.out_proj(context.transpose(1, 2).reshape(batch, length, width)), None

@@ -18,7 +18,7 @@ from sertool.data.records import Utterance
 from sertool.data.transcripts import Transcriber, fill_transcripts
 from sertool.errors import SertoolError
 from sertool.hub import is_repo_id
-from sertool.inference.cpu import check_quantize, quantize_linear_int8, set_threads
+from sertool.inference.cpu import check_quantize, quantize_int8, set_threads
 from sertool.inference.ensemble import apply_plan, read_plan
 from sertool.inference.options import InferenceOptions
 from sertool.inference.predictions import Predictions, check_rating_scale, read_predictions
@@ -81,7 +81,7 @@ class CheckpointPredictor:
             load_stored_state(model, self.payload["model_state"], source=self.name)
             model = model.to(self.options.torch_device()).eval()
             if self.options.quantize == "int8":
-                model = quantize_linear_int8(model)  # in memory only: the checkpoint is not touched
+                model = quantize_int8(model)  # in memory only: the checkpoint is not touched
             self._model = model
         return self._model
 

@@ -59,7 +59,8 @@ BACKBONE_RECIPES: dict[str, str] = {"fbank": "small-cpu"}
 DEFAULT_TEXT_MODEL_ID = "FacebookAI/roberta-large"
 DEFAULT_ASR_MODEL_ID = "openai/whisper-large-v3"  # transcribes utterances without a transcript (MM systems)
 DEFAULT_QUANTIZE = "off"
-QUANTIZE_CHOICES = (DEFAULT_QUANTIZE, "int8")  # inference's --quantize (sertool.inference.cpu)
+QUANTIZE_INT8 = "int8"  # dynamic int8 quantisation of the speech backbone (sertool.inference.cpu)
+QUANTIZE_CHOICES = (DEFAULT_QUANTIZE, QUANTIZE_INT8)  # inference's --quantize
 # The shortest audio a model is given: WavLM's CNN front end makes one frame per 20 ms, so 0.25 s gives about
 # 12 frames, the fewest over which a pooled mean and standard deviation still describe the speech.
 MIN_DURATION_S = 0.25

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sertool.config import QUANTIZE_CHOICES
+from sertool.config import QUANTIZE_CHOICES, QUANTIZE_INT8
 from sertool.errors import SertoolError
 
 # Linear layers with fewer input or output features stay float32: quantising their input costs more than
@@ -93,7 +93,7 @@ def check_quantize(quantize: str, device: torch.device) -> None:
     """
     if quantize not in QUANTIZE_CHOICES:
         raise SertoolError(f"--quantize {quantize}: choose one of {', '.join(QUANTIZE_CHOICES)}")
-    if quantize == "int8" and device.type != "cpu":
+    if quantize == QUANTIZE_INT8 and device.type != "cpu":
         raise SertoolError(f"--quantize int8 runs on the CPU only; pass --device cpu (the device is {device.type}), "
                            "or --quantize off on a GPU")
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from sertool.checkpoint import load_stored_state
-from sertool.config import Config
+from sertool.config import QUANTIZE_INT8, Config
 from sertool.data.records import Utterance
 from sertool.data.transcripts import Transcriber, fill_transcripts
 from sertool.errors import SertoolError
@@ -27,6 +27,7 @@ from sertool.runtime.precision import resolve_amp
 from sertool.runtime.runner import run_model
 
 if TYPE_CHECKING:
+    from sertool.models.ser_model import SERModel
     from sertool.models.text import TextEmbeddingCache
 
 
@@ -64,14 +65,14 @@ class CheckpointPredictor:
         if options.backbone_path is not None:
             overrides["backbone_path"] = options.backbone_path
         self.config.model = dataclasses.replace(self.config.model, **overrides)
-        self._model = None
+        self._model: SERModel | None = None
         # Kept across `predict` calls (`predict` streams long inputs in chunks): each reads its cache files
         # and loads the ASR weights once, not once per chunk.
         self._text_cache: TextEmbeddingCache | None = None
         self._transcriber: Transcriber | None = None
 
     @property
-    def model(self):
+    def model(self) -> SERModel:
         """The ``SERModel`` with the checkpoint's weights, in eval mode on the chosen device."""
         if self._model is None:
             from sertool.models.ser_model import SERModel
@@ -80,8 +81,8 @@ class CheckpointPredictor:
                              backbone_weights=self.payload.get("backbone_weights", "published"))
             load_stored_state(model, self.payload["model_state"], source=self.name)
             model = model.to(self.options.torch_device()).eval()
-            if self.options.quantize == "int8":
-                model = quantize_int8(model)  # in memory only: the checkpoint is not touched
+            if self.options.quantize == QUANTIZE_INT8:
+                quantize_int8(model)  # in place, in memory only: the checkpoint is not touched
             self._model = model
         return self._model
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from sertool.config import Config
+from sertool.training.reporter import Reporter
 
 
 def small_config(corpus: Path, **train_overrides) -> Config:
@@ -26,3 +27,14 @@ def small_config(corpus: Path, **train_overrides) -> Config:
     for key, value in train_overrides.items():
         setattr(config.train, key, value)
     return config
+
+
+class InterruptAt(Reporter):
+    """A reporter that interrupts a run (as Ctrl-C would) when it reports optimiser step ``step``."""
+
+    def __init__(self, step: int) -> None:
+        self.stop_step = step
+
+    def step(self, stats):
+        if stats["step"] == self.stop_step:
+            raise KeyboardInterrupt

@@ -73,13 +73,7 @@ def test_int8_predictions_are_close_to_float32_and_nothing_on_disk_changes(wavlm
 
 def test_quantize_through_the_cli_writes_close_predictions(wavlm_run, tmp_path):
     run_dir, corpus = wavlm_run
-    outputs = {}
-    for quantize in ("off", "int8"):
-        out = tmp_path / f"{quantize}.csv"
-        result = CliRunner().invoke(cli, ["predict", str(run_dir), "--corpus", str(corpus), "--split", "Development",
-                                          "--device", "cpu", "--quantize", quantize, "--out", str(out)])
-        assert result.exit_code == 0, result.output
-        outputs[quantize] = np.loadtxt(out, delimiter=",", skiprows=1, usecols=(1, 2, 3))
+    outputs = _predict_off_and_int8(run_dir, corpus, tmp_path)
     assert np.abs(outputs["int8"] - outputs["off"]).max() < 0.05
 
 
@@ -107,13 +101,7 @@ def test_threads_sets_torch_s_thread_count(wavlm_run, monkeypatch):
 def test_quantize_through_the_cli_on_the_other_backbones(backbone, tmp_path):
     # Their linear layers are quantised too; the predictions stay close to float32's.
     run_dir, corpus = trained_run(tmp_path, backbone)
-    outputs = {}
-    for quantize in ("off", "int8"):
-        out = tmp_path / f"{quantize}.csv"
-        result = CliRunner().invoke(cli, ["predict", str(run_dir), "--corpus", str(corpus), "--split", "Development",
-                                          "--device", "cpu", "--quantize", quantize, "--out", str(out)])
-        assert result.exit_code == 0, result.output
-        outputs[quantize] = np.loadtxt(out, delimiter=",", skiprows=1, usecols=(1, 2, 3))
+    outputs = _predict_off_and_int8(run_dir, corpus, tmp_path)
     difference = np.abs(outputs["int8"] - outputs["off"])
     assert np.isfinite(outputs["int8"]).all() and 0 < difference.max() < 0.05
     model = sertool.load(run_dir, device="cpu", quantize="int8")._predictor.model
@@ -135,3 +123,15 @@ def test_int8_leaves_what_reads_one_vector_per_clip_and_the_text_encoder_in_floa
     outside = [name for name, module in model.named_modules()
                if isinstance(module, QuantizedLinear) and not name.startswith("backbone.")]
     assert outside == []
+
+
+def _predict_off_and_int8(run_dir, corpus, tmp_path) -> dict[str, np.ndarray]:
+    """`sertool predict` of the Development split with --quantize off and int8: each one's A/V/D rows."""
+    outputs = {}
+    for quantize in ("off", "int8"):
+        out = tmp_path / f"{quantize}.csv"
+        result = CliRunner().invoke(cli, ["predict", str(run_dir), "--corpus", str(corpus), "--split", "Development",
+                                          "--device", "cpu", "--quantize", quantize, "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        outputs[quantize] = np.loadtxt(out, delimiter=",", skiprows=1, usecols=(1, 2, 3))
+    return outputs

@@ -26,9 +26,8 @@ from sertool.models.ser_model import SERModel
 from sertool.models.utterance_stats import BLEND_GRID, NUM_FEATURES, choose_blend, fit_utterance_statistics
 from sertool.runtime.runner import run_model
 from sertool.training.loop import train
-from sertool.training.reporter import Reporter
 from tests.corpus_files import write_learnable_corpus
-from tests.systems import small_config
+from tests.systems import InterruptAt, small_config
 
 ATTRIBUTES = ("arousal", "valence", "dominance")
 
@@ -182,20 +181,11 @@ def test_an_exported_blend_model_predicts_exactly_like_its_run(corpus, tmp_path)
     np.testing.assert_array_equal(loaded.values, run)
 
 
-class _InterruptAt(Reporter):
-    def __init__(self, step: int) -> None:
-        self.stop_step = step
-
-    def step(self, stats):
-        if stats["step"] == self.stop_step:
-            raise KeyboardInterrupt
-
-
 def test_a_resumed_blend_run_equals_an_uninterrupted_one(corpus, tmp_path):
     config = _blend_config(corpus, epochs=3, checkpoint_every_steps=1)
     straight = train(config, tmp_path / "straight")
     with pytest.raises(KeyboardInterrupt):
-        train(config, tmp_path / "resumed", reporter=_InterruptAt(3))
+        train(config, tmp_path / "resumed", reporter=InterruptAt(3))
     resumed = train(Config(), tmp_path / "resumed", resume=True)
     assert resumed.history == straight.history and "floor_blend" in resumed.history[-1]
     for name in ("best.pt", "last.pt"):

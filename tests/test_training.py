@@ -16,7 +16,7 @@ from sertool.errors import SertoolError
 from sertool.training import loop
 from sertool.training.loop import _Run, train
 from tests.corpus_files import write_learnable_corpus
-from tests.systems import small_config
+from tests.systems import InterruptAt, small_config
 
 
 @pytest.fixture(scope="module")
@@ -120,22 +120,13 @@ def test_ox_options_reach_the_selection_and_the_sampler(corpus, tmp_path):
     assert sum(len(batch) for batch in outside.sampler.plan(0)) > sum(len(batch) for batch in balanced.sampler.plan(0))
 
 
-class _InterruptAt(loop.Reporter):
-    def __init__(self, step: int) -> None:
-        self.stop_step = step
-
-    def step(self, stats):
-        if stats["step"] == self.stop_step:
-            raise KeyboardInterrupt
-
-
 @pytest.mark.parametrize("stop_step", [3, 4])  # mid-epoch, and exactly at the end of epoch 1
 def test_resume_equals_an_uninterrupted_run(corpus, tmp_path, stop_step):
     config = small_config(corpus, epochs=3, checkpoint_every_steps=1)
     config.model.head_dropout = 0.3  # resuming must restore the RNG, or dropout masks would differ
     straight = train(config, tmp_path / "straight")
     with pytest.raises(KeyboardInterrupt):
-        train(config, tmp_path / "resumed", reporter=_InterruptAt(stop_step))
+        train(config, tmp_path / "resumed", reporter=InterruptAt(stop_step))
     assert load_checkpoint(tmp_path / "resumed", name="last.pt")["step"] == stop_step
     resumed = train(Config(), tmp_path / "resumed", resume=True)
     assert resumed.steps == straight.steps
@@ -166,7 +157,7 @@ def test_resume_within_a_step_budget_equals_an_uninterrupted_run(corpus, tmp_pat
     config.model.head_dropout = 0.3
     straight = train(config, tmp_path / "straight")
     with pytest.raises(KeyboardInterrupt):
-        train(config, tmp_path / "resumed", reporter=_InterruptAt(stop_step))
+        train(config, tmp_path / "resumed", reporter=InterruptAt(stop_step))
     resumed = train(Config(), tmp_path / "resumed", resume=True)
     assert (resumed.steps, resumed.history) == (straight.steps, straight.history)
     assert_same_state(model_state(tmp_path / "resumed"), model_state(tmp_path / "straight"))

@@ -23,10 +23,9 @@ from sertool.models.utterance_stats import (
     log_mel_statistics,
     utterance_statistics,
 )
-from sertool.training import loop
 from sertool.training.loop import train
 from tests.corpus_files import write_learnable_corpus
-from tests.systems import small_config
+from tests.systems import InterruptAt, small_config
 
 LENGTHS = [12_000, 400, 560, 7_777]  # 0.75 s; one frame; two frames; an odd length
 
@@ -144,21 +143,12 @@ def test_training_fits_the_standardiser_on_whole_training_clips_only(corpus, tmp
                                    np.where(scale > 0, scale, 1.0), rtol=1e-12, atol=1e-12)
 
 
-class _InterruptAt(loop.Reporter):
-    def __init__(self, step: int) -> None:
-        self.stop_step = step
-
-    def step(self, stats):
-        if stats["step"] == self.stop_step:
-            raise KeyboardInterrupt
-
-
 def test_resume_keeps_the_moments_and_equals_an_uninterrupted_run(corpus, tmp_path):
     config = _wide_config(corpus, epochs=3, checkpoint_every_steps=1)
     config.model.utterance_stats_dropout = 0.5  # its masks come from the RNG a resume must restore
     straight = train(config, tmp_path / "straight")
     with pytest.raises(KeyboardInterrupt):
-        train(config, tmp_path / "resumed", reporter=_InterruptAt(3))
+        train(config, tmp_path / "resumed", reporter=InterruptAt(3))
     resumed = train(Config(), tmp_path / "resumed", resume=True)
     assert resumed.history == straight.history
     a = load_checkpoint(tmp_path / "resumed", name="best.pt")["model_state"]

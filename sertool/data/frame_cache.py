@@ -15,10 +15,10 @@ next fill computes only what is missing; two runs filling one folder at once at 
 utterance twice. Entries are read lazily: ``ShardFrames.read`` maps the shard and copies only the rows
 asked for (a training crop reads its frames, not the whole file's).
 
-Keys: the audio file's SHA-256 (``file_digest``; a window of a file, ``span_digest``), memoised per file
-under its stat key in the scan cache, so a second run hashes no audio; a rewritten file changes its stat,
-is hashed again, and misses. The setup key (model weights, layer, front-end settings) names the folder, so
-another model never reads these frames.
+Keys: the audio's SHA-256 (``sertool.data.audio_digests``: memoised per file under its stat key in the scan
+cache, so a second run hashes no audio; a rewritten file changes its stat, is hashed again, and misses).
+The setup key (model weights, layer, front-end settings) names the folder, so another model never reads
+these frames.
 """
 from __future__ import annotations
 
@@ -32,13 +32,10 @@ from pathlib import Path
 
 import numpy as np
 
-from sertool.data.audio import SAMPLE_RATE
-from sertool.data.cache import ItemCache, file_digest, span_digest
+from sertool.data.audio_digests import audio_digests
+from sertool.data.cache import ItemCache
 from sertool.data.records import Utterance
-from sertool.data.rows import HEADER_READ_THREADS
-from sertool.data.scan_cache import ScanCache
 from sertool.errors import SertoolError
-from sertool.progress import task
 
 FRAME_CACHE_SUBDIR = "frames"  # under the --feature-cache folder: <kind>/<setup_key>/ as every ContentCache
 STORED_DTYPE = np.float16  # 2 bytes a value: half of float32, and within its rounding of the encoder's output
@@ -125,25 +122,12 @@ class FrameCache(ItemCache[Utterance, Frames]):
         self.scan_cache_dir = scan_cache_dir
 
     def keys(self, utterances: Sequence[Utterance]) -> list[str]:
-        """The content key of each utterance: its file's SHA-256 (of the file and span, for a window).
+        """The content key of each utterance (``sertool.data.audio_digests``).
 
         Raises:
             SertoolError: an audio file cannot be read (naming it).
         """
-        paths = sorted({os.fspath(utt.audio_path) for utt in utterances})
-        with task(f"hashing {len(paths):,} audio files (feature cache keys)") as update:
-            # Threads: hashlib releases the GIL on large blocks, and the reads wait on the disk.
-            found = ScanCache(self.scan_cache_dir).read(
-                paths, file_digest, errors=(SertoolError,), kind="sha256", columns=(str,),
-                encode=lambda digest: (digest,), decode=_decode_digest, threads=HEADER_READ_THREADS, progress=update)
-        digests: dict[str, str] = {}
-        for path, digest in zip(paths, found, strict=True):
-            if isinstance(digest, Exception):
-                raise digest
-            digests[path] = digest
-        return [digests[os.fspath(utt.audio_path)] if utt.span_s is None
-                else span_digest(digests[os.fspath(utt.audio_path)], utt.span_s, sample_rate=SAMPLE_RATE)
-                for utt in utterances]
+        return audio_digests(utterances, scan_cache_dir=self.scan_cache_dir)
 
     def get(self, utterances: Sequence[Utterance], compute: Callable[[list[Utterance]], Sequence[np.ndarray]], *,
             progress: Callable[[int, int], None] | None = None) -> list[Frames]:
@@ -162,13 +146,6 @@ class FrameCache(ItemCache[Utterance, Frames]):
             return [ArrayFrames(np.asarray(array)) for array in compute(missing)]
 
         return self._get(utterances, computed, progress=progress)
-
-
-def _decode_digest(entry: tuple) -> str:
-    (digest,) = entry
-    if len(digest) != 64:
-        raise ValueError(f"not a SHA-256: {digest!r}")
-    return digest
 
 
 class _ShardCodec:

@@ -29,7 +29,8 @@ from torch import Tensor
 
 from sertool.config import DEFAULT_ASR_MODEL_ID, DEFAULT_DEVICE
 from sertool.data.audio import SAMPLE_RATE, load_audio
-from sertool.data.cache import ItemCache, default_cache_dir, file_digest, setup_key, span_digest
+from sertool.data.audio_digests import audio_digests
+from sertool.data.cache import ItemCache, default_cache_dir, setup_key
 from sertool.data.dataset import load_utterance_audio
 from sertool.data.records import Utterance
 from sertool.devices import select_device
@@ -211,19 +212,30 @@ class TranscriptCache(ItemCache[AudioInput, str]):
     ``sertool.data.cache`` describes.
     """
 
-    def __init__(self, cache_dir: str | os.PathLike[str], transcriber: Transcriber) -> None:
+    def __init__(self, cache_dir: str | os.PathLike[str], transcriber: Transcriber, *,
+                 scan_cache_dir: str | os.PathLike[str] | None = None) -> None:
+        """
+        Args:
+            cache_dir: the transcripts' folder (one subfolder per ASR setup).
+            transcriber: the ASR setup.
+            scan_cache_dir: sertool's cache folder, where file digests are memoised (None: the default).
+        """
         super().__init__(Path(cache_dir) / transcriber.cache_key, _TranscriptCodec(), group_size=_ROWS_PER_FILE,
                          label="transcribing {:,} utterances (ASR)")
         self.transcriber = transcriber
+        self.scan_cache_dir = scan_cache_dir
 
     def keys(self, items: Sequence[AudioInput]) -> list[str]:
-        """The SHA-256 of each item's audio (each file hashed once, however many of its windows are items).
+        """The SHA-256 of each item's audio: a waveform's float32 samples, else as
+        ``sertool.data.audio_digests`` keys files and windows (each file hashed once, memoised by its stat).
 
         Raises:
             SertoolError: an audio file cannot be read (naming it).
         """
-        file_digests: dict[Path, str] = {}
-        return [_audio_digest(item, file_digests) for item in items]
+        file_keys = iter(audio_digests([item for item in items if not isinstance(item, Tensor)],
+                                       scan_cache_dir=self.scan_cache_dir))
+        return [hashlib.sha256(item.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()).hexdigest()
+                if isinstance(item, Tensor) else next(file_keys) for item in items]
 
     def get(self, audio: Sequence[AudioInput], *, progress: Callable[[int, int], None] | None = None) -> list[str]:
         """Transcripts of ``audio`` (file paths, utterances or 1-D 16 kHz waveforms), in order; transcribes
@@ -303,7 +315,8 @@ def fill_transcripts(
     if not missing:
         return filled
     transcriber = asr if isinstance(asr, Transcriber) else Transcriber(asr, device=device)
-    cache = TranscriptCache(Path(cache_dir or default_cache_dir()) / TRANSCRIPT_CACHE_SUBDIR, transcriber)
+    cache = TranscriptCache(Path(cache_dir or default_cache_dir()) / TRANSCRIPT_CACHE_SUBDIR, transcriber,
+                            scan_cache_dir=cache_dir)
     texts = cache.get([utterances[index] for index in missing], progress=progress)
     for index, text in zip(missing, texts, strict=True):
         filled[index] = dataclasses.replace(utterances[index], transcript=text)
@@ -336,19 +349,6 @@ def _check_language(name: str, language: str, generation_config: Any, *, multili
         raise SertoolError(
             f"--asr {name}: does not know language {language!r}; use a code such as 'en' or a name such as 'english'"
         )
-
-
-def _audio_digest(item: AudioInput, file_digests: dict[Path, str]) -> str:
-    """SHA-256 (hex) of a waveform's float32 samples, of a file's bytes (``file_digests`` keeps those of
-    the files seen), or, for a window of a file, of the file's digest and the window's span."""
-    if isinstance(item, Tensor):
-        return hashlib.sha256(item.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()).hexdigest()
-    path = Path(item.audio_path if isinstance(item, Utterance) else item)
-    if path not in file_digests:
-        file_digests[path] = file_digest(path)
-    if not isinstance(item, Utterance) or item.span_s is None:
-        return file_digests[path]
-    return span_digest(file_digests[path], item.span_s, sample_rate=SAMPLE_RATE)
 
 
 def _waveform(item: AudioInput) -> Tensor:

@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save
 from torch import Tensor, nn
 
 from sertool.data.cache import ItemCache, setup_key, text_digest
+from sertool.data.vector_codec import VectorCodec
 from sertool.errors import SertoolError
 from sertool.hub import load_pretrained, model_identity, model_revision
 from sertool.models.lora import apply_lora
@@ -32,7 +31,6 @@ LORA_TARGET_CANDIDATES: tuple[tuple[str, str], ...] = (
     ("q_proj", "v_proj"),  # BART-style encoders, ModernBERT-style and most recent models
     ("q_lin", "v_lin"),  # DistilBERT
 )
-_DIGEST_BYTES = 32  # sha256
 
 
 class TextEncoder(nn.Module):
@@ -149,8 +147,9 @@ class TextEmbeddingCache(ItemCache[str, Tensor]):
             raise ValueError(
                 "a text encoder with LoRA adapters changes while training: compute its embeddings in forward"
             )
-        super().__init__(Path(cache_dir) / encoder.cache_key, _EmbeddingCodec(encoder),
-                         label="encoding {:,} transcripts")
+        codec = VectorCodec(tensor="embeddings", dim=encoder.output_dim, what="text embedding",
+                            metadata={"model": encoder.model_name_or_path, "revision": encoder.revision})
+        super().__init__(Path(cache_dir) / encoder.cache_key, codec, label="encoding {:,} transcripts")
         self.encoder = encoder
 
     def keys(self, items: Sequence[str]) -> list[str]:
@@ -169,38 +168,6 @@ class TextEmbeddingCache(ItemCache[str, Tensor]):
     def _encode(self, missing: list[str]) -> list[Tensor]:
         log.info("encoding %d transcripts with %s", len(missing), self.encoder.model_name_or_path)
         return list(self.encoder.embed(missing).detach().to("cpu", torch.float32))
-
-
-class _EmbeddingCodec:
-    """safetensors files of ``sha256`` (``[n, 32]`` uint8) and ``embeddings`` (``[n, E]`` float32)."""
-
-    suffix = ".safetensors"
-
-    def __init__(self, encoder: TextEncoder) -> None:
-        self.encoder = encoder
-
-    def encode(self, rows: Mapping[str, Tensor]) -> bytes:
-        digests = torch.frombuffer(bytearray(b"".join(bytes.fromhex(key) for key in rows)), dtype=torch.uint8)
-        metadata = {"model": self.encoder.model_name_or_path, "revision": self.encoder.revision}
-        return save({"sha256": digests.view(-1, _DIGEST_BYTES), "embeddings": torch.stack(list(rows.values()))},
-                    metadata=metadata)
-
-    def decode(self, path: Path) -> dict[str, Tensor]:
-        try:
-            tensors = load_file(path)
-            digests, embeddings = tensors["sha256"], tensors["embeddings"]
-        except (SafetensorError, KeyError, OSError) as error:
-            raise SertoolError(f"text embedding cache file {path} is unreadable ({error}); delete it to "
-                               "recompute") from None
-        if embeddings.shape[1] != self.encoder.output_dim:
-            raise SertoolError(
-                f"text embedding cache file {path} holds {embeddings.shape[1]}-dim embeddings, the encoder "
-                f"gives {self.encoder.output_dim}; delete {path.parent} to recompute"
-            )
-        rows: dict[str, Tensor] = {}
-        for digest, embedding in zip(digests, embeddings, strict=True):
-            rows.setdefault(bytes(digest.tolist()).hex(), embedding)
-        return rows
 
 
 def _lora_targets(encoder: nn.Module, flag: str) -> tuple[str, str]:

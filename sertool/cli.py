@@ -506,7 +506,12 @@ def export_command(model: str, out: str, push_to_hub: str | None, force: bool) -
 @click.option("--valid-split", default=DEVELOPMENT, show_default=True,
               help="The split that chooses the regularisation strength (by CCC, per attribute).")
 @click.option("--force", is_flag=True, help="Overwrite earlier outputs in --out.")
-def baseline_command(corpus: str, out: str, train_split: str, valid_split: str, force: bool) -> None:
+@click.option("--cache-dir", help="Where the corpus scan and each clip's statistics are kept for the next command "
+                                  "(default: $SERTOOL_CACHE or ~/.cache/sertool).")
+@click.option("--num-workers", default=2, show_default=True, type=click.IntRange(min=0),
+              help="Processes that compute the statistics of clips not cached yet (0: this one).")
+def baseline_command(corpus: str, out: str, train_split: str, valid_split: str, force: bool, cache_dir: str | None,
+                     num_workers: int) -> None:
     """The floor: ridge regression on utterance-level acoustic statistics (log-mel mean/std per band, ...).
 
     Fitted on --train-split, alpha chosen on --valid-split; every other split is predicted into
@@ -522,7 +527,7 @@ def baseline_command(corpus: str, out: str, train_split: str, valid_split: str, 
 
     with task("acoustic statistics") as progress:
         result = run_baseline(corpus, out, train_split=train_split, valid_split=valid_split, force=force,
-                              progress=progress)
+                              cache_dir=cache_dir, num_workers=num_workers, progress=progress)
     print_load_report(result.load_report)
     alphas = ", ".join(f"{name} {alpha:g}" for name, alpha in result.alphas.items())
     console.print(f"fitted on {result.train_utterances:,} {train_split} utterances; alpha chosen on {valid_split}: "

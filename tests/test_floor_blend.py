@@ -23,7 +23,13 @@ from sertool.inference.predictions import read_predictions
 from sertool.inference.predictor import open_predictor
 from sertool.models.ccc import ccc_scores
 from sertool.models.ser_model import SERModel
-from sertool.models.utterance_stats import BLEND_GRID, NUM_FEATURES, choose_blend, fit_utterance_statistics
+from sertool.models.utterance_stats import (
+    BLEND_GRID,
+    NUM_FEATURES,
+    UtteranceStatistics,
+    choose_blend,
+    fit_utterance_statistics,
+)
 from sertool.runtime.runner import run_model
 from sertool.training.loop import train
 from tests.corpus_files import write_learnable_corpus
@@ -65,9 +71,20 @@ def _fitted_model(corpus) -> SERModel:
     return model
 
 
+@contextlib.contextmanager
+def _weight(model, blend):
+    """The network's weight in the blend set to ``blend`` for every attribute inside the block."""
+    stored = model.floor_blend.blend.clone()
+    model.floor_blend.blend.fill_(blend)
+    try:
+        yield
+    finally:
+        model.floor_blend.blend.copy_(stored)
+
+
 def _ratings(model, utterances, *, blend):
     """Ids and predictions (1..7) at network weight ``blend`` (None: the model's stored weights)."""
-    with model.floor_blend.blended(blend) if blend is not None else contextlib.nullcontext():
+    with _weight(model, blend) if blend is not None else contextlib.nullcontext():
         outputs = run_model(model, utterances, device=torch.device("cpu"))
     return outputs.ids, model.label_scaling.from_unit(outputs.emotion_unit)
 
@@ -210,3 +227,20 @@ def test_the_blend_leaves_the_networks_training_unchanged(corpus, tmp_path):
     assert set(a) < set(b)
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+
+
+def test_training_never_computes_statistics_inside_the_model(corpus, tmp_path, monkeypatch):
+    """The floor's Development predictions are computed once, from the clips' cached statistics, and the
+    validations run the network alone: neither runs the statistics inside the model."""
+    calls = []
+    original = UtteranceStatistics.statistics
+
+    def counting(self, waveforms, sample_mask):
+        calls.append(len(waveforms))
+        return original(self, waveforms, sample_mask)
+
+    monkeypatch.setattr(UtteranceStatistics, "statistics", counting)
+    result = train(_blend_config(corpus, epochs=1), tmp_path / "run")
+    assert calls == []
+    assert [record["step"] for record in result.history] == [0, result.steps]
+    assert all("floor_blend" in record for record in result.history)

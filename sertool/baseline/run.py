@@ -8,6 +8,7 @@ other split is held out. Every split except the training split gets a prediction
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +53,7 @@ class BaselineResult:
 
 def run_baseline(corpus: str | Path, out_dir: str | Path, *, train_split: str = TRAIN,
                  valid_split: str = DEVELOPMENT, force: bool = False,
+                 cache_dir: str | os.PathLike[str] | None = None, num_workers: int = 0,
                  progress: Callable[[int, int], None] | None = None) -> BaselineResult:
     """Fit the ridge floor and write ``OUT_DIR/<split>.csv`` for every split but the training split,
     and ``OUT_DIR/summary.json`` (features, alpha grid, validation curve, chosen alphas, scores).
@@ -62,6 +64,8 @@ def run_baseline(corpus: str | Path, out_dir: str | Path, *, train_split: str = 
         train_split: the split the ridge is fitted on.
         valid_split: the split that chooses alpha per attribute (by CCC).
         force: overwrite earlier outputs in ``out_dir``.
+        cache_dir: sertool's cache folder, for the corpus scan and the statistics (None: the default).
+        num_workers: processes that compute the statistics not cached yet (0: this one).
         progress: ``progress(done, total)`` while the features are computed.
 
     Raises:
@@ -69,7 +73,7 @@ def run_baseline(corpus: str | Path, out_dir: str | Path, *, train_split: str = 
             ``out_dir``.
     """
     out_dir = Path(out_dir)
-    opened = open_corpus(corpus)
+    opened = open_corpus(corpus, cache_dir=cache_dir)
     selection = select(opened.utterances, train_split=train_split, valid_split=valid_split)
     if len(selection.train) < 2:
         raise SertoolError(f"--train-split {train_split}: {len(selection.train)} labelled utterance(s); "
@@ -83,7 +87,9 @@ def run_baseline(corpus: str | Path, out_dir: str | Path, *, train_split: str = 
 
     # Every utterance's statistics in one pass (the same clip is read once even if it is in two lists).
     everything = {utt.id: utt for group in [selection.train, selection.valid, *held_out.values()] for utt in group}
-    table = dict(zip(everything, utterance_statistics(list(everything.values()), progress=progress), strict=True))
+    rows = utterance_statistics(list(everything.values()), cache_dir=cache_dir, num_workers=num_workers,
+                                progress=progress)
+    table = dict(zip(everything, rows, strict=True))
 
     def features(utterances):
         return np.array([table[utt.id] for utt in utterances]).reshape(len(utterances), -1)

@@ -194,7 +194,8 @@ class SERModel(nn.Module):
             parts.append(self.utterance_stats(waveforms, sample_mask).to(pooled.dtype))
         representation = torch.cat(parts, dim=-1)
         emotion = self.emotion_heads(representation)
-        if self.floor_blend is not None and self.utterance_stats is not None and not self.training:
+        if (self.floor_blend is not None and self.floor_blend.in_use and self.utterance_stats is not None
+                and not self.training):
             # Training leaves the floor out: the heads learn alone, the blend is chosen on validation.
             emotion = self.floor_blend(emotion, self.utterance_stats.standardised(waveforms, sample_mask))
         output = ModelOutput(emotion=emotion)

@@ -31,17 +31,32 @@ encoder stays gain-invariant and the heads learn from the training data how far 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from sertool.data.audio_digests import audio_digests
+from sertool.data.cache import ItemCache, default_cache_dir, setup_key
 from sertool.data.dataset import load_utterance_audio
 from sertool.data.records import ATTRIBUTES, Utterance
+from sertool.data.vector_codec import VectorCodec
+from sertool.errors import SertoolError
+from sertool.interrupts import quiet_worker
 from sertool.models.backbones.base import lengths_to_mask
-from sertool.models.backbones.fbank import N_FFT, NUM_MEL_BINS, mel_filter_bank, raw_log_mel
+from sertool.models.backbones.fbank import (
+    HOP_LENGTH,
+    LOG_FLOOR,
+    N_FFT,
+    NUM_MEL_BINS,
+    SAMPLE_RATE,
+    mel_filter_bank,
+    raw_log_mel,
+)
 from sertool.models.ccc import ccc_scores
 from sertool.models.heads import LabelScaling
 from sertool.models.ridge import RidgeModel, fit_ridge
@@ -51,6 +66,8 @@ ENERGY_STATISTICS: tuple[str, ...] = ("mean", "std", "p10", "p50", "p90", "activ
 ACTIVE_RANGE_DB = 30.0  # a frame within this many dB of the utterance's loudest counts as speech
 _LOG_POWER_PER_DB = math.log(10.0) / 10.0  # natural-log power units per decibel
 _PERCENTILES = (0.1, 0.5, 0.9)
+STATISTICS_CACHE_SUBDIR = "utterance-stats"  # under sertool's cache folder
+STATISTICS_VERSION = 1  # raise it whenever the code changes what a statistics vector holds
 
 
 def feature_names() -> list[str]:
@@ -224,6 +241,7 @@ class FloorBlend(nn.Module):
         self.register_buffer("alphas", torch.zeros(len(ATTRIBUTES), dtype=torch.float64))  # 0: not fitted
         # The network's weight per attribute; the floor gets the rest (1: the network alone).
         self.register_buffer("blend", torch.ones(len(ATTRIBUTES), dtype=torch.float64))
+        self.in_use = True  # False inside ``left_out``: the model predicts with its network alone
 
     @torch.no_grad()
     def fit(self, ridge: RidgeModel, label_scaling: LabelScaling) -> None:
@@ -239,15 +257,25 @@ class FloorBlend(nn.Module):
         return bool((self.alphas > 0).all())
 
     @contextmanager
-    def blended(self, blend: float) -> Iterator[None]:
-        """Predict with every attribute's weight set to ``blend`` (1: the network alone, 0: the floor alone)
-        inside the block; the stored weights come back after it."""
-        stored = self.blend.clone()
-        self.blend.fill_(blend)
+    def left_out(self) -> Iterator[None]:
+        """Inside the block the model predicts with its network alone and never computes the floor (training's
+        validations score the network, then blend it with the floor's predictions, computed once)."""
+        self.in_use = False
         try:
             yield
         finally:
-            self.blend.copy_(stored)
+            self.in_use = True
+
+    def floor(self, standardised: Tensor) -> Tensor:
+        """The floor's ``[B, 3]`` float64 unit-scale prediction from ``[B, NUM_FEATURES]`` standardised statistics.
+
+        Raises:
+            RuntimeError: ``fit`` was never called.
+        """
+        if not self.fitted:
+            raise RuntimeError("the floor was never fitted: call fit_utterance_statistics(model, training clips, "
+                               "validation clips) before using the model")
+        return self.intercept + standardised @ self.weights
 
     def forward(self, network: Tensor, standardised: Tensor) -> Tensor:
         """The blend of ``[B, 3]`` unit-scale ``network`` predictions with the floor's prediction from ``[B,
@@ -256,10 +284,7 @@ class FloorBlend(nn.Module):
         Raises:
             RuntimeError: ``fit`` was never called.
         """
-        if not self.fitted:
-            raise RuntimeError("the floor was never fitted: call fit_utterance_statistics(model, training clips, "
-                               "validation clips) before using the model")
-        floor = self.intercept + standardised @ self.weights
+        floor = self.floor(standardised)
         blended = self.blend * network.double() + (1 - self.blend) * floor
         # A weight of 0 is the floor alone, even where the network's output is not finite (0 · NaN is NaN).
         return torch.where(self.blend > 0, blended, floor).to(network.dtype)
@@ -301,29 +326,127 @@ class StatisticsExtractor:
             return log_mel_statistics(log_mel.double(), lengths)[0].numpy()
 
 
-def utterance_statistics(utterances: Sequence[Utterance], *,
-                         progress: Callable[[int, int], None] | None = None) -> np.ndarray:
-    """``[N, NUM_FEATURES]`` statistics of whole utterances (read at 16 kHz, mono).
+class StatisticsCache(ItemCache[Utterance, Tensor]):
+    """The statistics of whole utterances, computed once per audio content and kept on disk (an ``ItemCache``).
+
+    ``sertool baseline`` and every ``--floor-blend`` or ``--utterance-stats`` run read the statistics of every
+    training and validation clip before they start: on MSP-Podcast, 115,000 files. Keys are the audio's
+    SHA-256 (``sertool.data.audio_digests``, memoised by each file's stat), so a second run, or a run after
+    the baseline, reads them instead; a changed file misses. The setup key names every constant of the
+    computation, and ``STATISTICS_VERSION`` its code. Values are stored in float64, exactly as computed.
+
+    Layout: ``<cache_dir>/utterance-stats/<setup_key>/*.safetensors`` (``VectorCodec``), one file per
+    ``GROUP_UTTERANCES`` computed.
 
     Args:
-        utterances: the utterances, read whole (a window, ``span_s``, exactly its span).
-        progress: called as ``progress(done, total)`` after each utterance.
+        cache_dir: sertool's cache folder (None: ``$SERTOOL_CACHE`` or ``~/.cache/sertool``).
+    """
+
+    GROUP_UTTERANCES = 2048  # a killed pass loses at most one group (~4 MB of rows)
+
+    def __init__(self, cache_dir: str | os.PathLike[str] | None = None) -> None:
+        root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+        identity = {"version": STATISTICS_VERSION, "sample_rate": SAMPLE_RATE, "n_fft": N_FFT,
+                    "hop_length": HOP_LENGTH, "mel_bins": NUM_MEL_BINS, "log_floor": LOG_FLOOR,
+                    "active_range_db": ACTIVE_RANGE_DB, "percentiles": list(_PERCENTILES),
+                    "features": feature_names()}
+        codec = VectorCodec(tensor="statistics", dim=NUM_FEATURES, what="utterance statistics",
+                            metadata={"feature_groups": ",".join(FEATURE_GROUPS)})
+        super().__init__(root / STATISTICS_CACHE_SUBDIR / setup_key("log-mel-statistics", identity), codec,
+                         group_size=self.GROUP_UTTERANCES, label="log-mel statistics of {:,} utterances")
+        self.scan_cache_dir = cache_dir
+
+    def keys(self, items: Sequence[Utterance]) -> list[str]:
+        """The content key of each utterance's audio (a window of a file: of the file and the span)."""
+        return audio_digests(items, scan_cache_dir=self.scan_cache_dir)
+
+    def get(self, utterances: Sequence[Utterance], *, num_workers: int = 0,
+            progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+        """``[N, NUM_FEATURES]`` float64 statistics of ``utterances``; computes (``num_workers`` processes,
+        0: this one) and saves only those not cached.
+
+        Raises:
+            SertoolError: an audio file or a cache file cannot be read (naming it).
+        """
+        def compute(missing: list[Utterance]) -> list[Tensor]:
+            return [torch.from_numpy(row) for row in _compute_statistics(missing, num_workers=num_workers)]
+
+        rows = self._get(utterances, compute, progress=progress)
+        return (torch.stack(rows).numpy() if rows else np.zeros((0, NUM_FEATURES))).astype(np.float64, copy=False)
+
+
+class _StatisticsDataset(torch.utils.data.Dataset):
+    """Each item: an utterance's statistics, or the message of the ``SertoolError`` reading its audio raised
+    (an exception raised in a loader's worker reaches the main process wrapped in a traceback)."""
+
+    def __init__(self, utterances: Sequence[Utterance]) -> None:
+        self.utterances = utterances
+        self.extract = StatisticsExtractor()
+
+    def __len__(self) -> int:
+        return len(self.utterances)
+
+    def __getitem__(self, index: int) -> np.ndarray | str:
+        try:
+            waveform = load_utterance_audio(self.utterances[index])
+        except SertoolError as error:
+            return str(error)
+        return self.extract(waveform)
+
+
+def _compute_statistics(utterances: Sequence[Utterance], *, num_workers: int) -> list[np.ndarray]:
+    """The statistics of each utterance, in order, one torch thread per process.
+
+    One thread: the ops of one clip are too small to share between threads, and torch's hand-offs made a
+    2-thread pass many times slower than a 1-thread one (docs/performance.md, benchmark 9); processes
+    (``num_workers``) are what scale.
 
     Raises:
         SertoolError: an audio file cannot be read (naming it).
     """
-    extract = StatisticsExtractor()
+    # Workers run one torch thread each. A generator of the loader's own: making its iterator must not draw
+    # from the global RNG, or a run's initialisation and dropout would depend on whether it computed these.
+    loader = torch.utils.data.DataLoader(_StatisticsDataset(utterances), batch_size=None, num_workers=num_workers,
+                                         worker_init_fn=quiet_worker, generator=torch.Generator())
     rows = []
-    for done, utt in enumerate(utterances, start=1):
-        waveform = load_utterance_audio(utt)
-        rows.append(extract(waveform))
-        if progress is not None:
-            progress(done, len(utterances))
-    return np.array(rows, dtype=np.float64).reshape(len(rows), NUM_FEATURES)
+    with _torch_threads(1):
+        for row in loader:
+            if isinstance(row, str):
+                raise SertoolError(row)
+            rows.append(np.asarray(row, dtype=np.float64))
+    return rows
+
+
+@contextmanager
+def _torch_threads(count: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def utterance_statistics(utterances: Sequence[Utterance], *, cache_dir: str | os.PathLike[str] | None = None,
+                         num_workers: int = 0, progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+    """``[N, NUM_FEATURES]`` statistics of whole utterances (read at 16 kHz, mono), from the
+    ``StatisticsCache`` where it has them.
+
+    Args:
+        utterances: the utterances, read whole (a window, ``span_s``, exactly its span).
+        cache_dir: sertool's cache folder (None: ``$SERTOOL_CACHE`` or ``~/.cache/sertool``).
+        num_workers: processes that read and compute the missing ones (0: this one).
+        progress: called as ``progress(done, total)`` over the utterances computed.
+
+    Raises:
+        SertoolError: an audio file cannot be read (naming it).
+    """
+    return StatisticsCache(cache_dir).get(utterances, num_workers=num_workers, progress=progress)
 
 
 def fit_utterance_statistics(model: torch.nn.Module, utterances: Sequence[Utterance],
                              valid_utterances: Sequence[Utterance] = (), *,
+                             cache_dir: str | os.PathLike[str] | None = None, num_workers: int = 0,
                              progress: Callable[[int, int], None] | None = None) -> None:
     """Fit the statistics' standardiser (``--utterance-stats``, ``--floor-blend``) on whole training clips,
     and the floor as ``sertool baseline`` fits its ridge; a no-op for a model without either.
@@ -337,7 +460,7 @@ def fit_utterance_statistics(model: torch.nn.Module, utterances: Sequence[Uttera
         model: a ``SERModel``.
         utterances: the training split (never a validation or test clip), labelled.
         valid_utterances: the validation split, labelled; needed with a floor only.
-        progress: as for ``utterance_statistics`` (over both splits).
+        cache_dir, num_workers, progress: as for ``utterance_statistics`` (over both splits).
 
     Raises:
         ValueError: a floor and no validation utterances.
@@ -349,7 +472,7 @@ def fit_utterance_statistics(model: torch.nn.Module, utterances: Sequence[Uttera
     if floor is not None and not valid_utterances:
         raise ValueError("fitting the floor needs the validation utterances (they choose its alpha)")
     clips = [*utterances, *valid_utterances] if floor is not None else list(utterances)
-    rows = utterance_statistics(clips, progress=progress)
+    rows = utterance_statistics(clips, cache_dir=cache_dir, num_workers=num_workers, progress=progress)
     train_rows, valid_rows = rows[:len(utterances)], rows[len(utterances):]
     wide.standardizer.fit(torch.from_numpy(train_rows))
     if floor is not None:

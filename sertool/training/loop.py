@@ -67,7 +67,7 @@ from sertool.models.frame_features import frame_cache, frame_cache_refusal
 from sertool.models.losses import SERLoss
 from sertool.models.ser_model import SERModel
 from sertool.models.text_features import transcript_embeddings
-from sertool.models.utterance_stats import choose_blend, fit_utterance_statistics
+from sertool.models.utterance_stats import choose_blend, fit_utterance_statistics, utterance_statistics
 from sertool.progress import set_display
 from sertool.runtime import distributed
 from sertool.runtime.distributed import Distributed
@@ -336,7 +336,8 @@ class _Run:
         if self.model.utterance_stats is not None and not self.model.utterance_stats.standardizer.fitted:
             # A fresh run (a resumed one, or --init-from a wide model, keeps the moments and the floor it was
             # trained with). The floor's alpha is chosen on the validation split, as `sertool baseline` does.
-            fit_utterance_statistics(self.model, self.train_set, self.valid_set,
+            fit_utterance_statistics(self.model, self.train_set, self.valid_set, cache_dir=config.data.cache_dir,
+                                     num_workers=config.data.num_workers,
                                      progress=self._progress("utterance statistics"))
         self.model.to(self.context.device)
         self.text_embeddings = transcript_embeddings(self.model, [*self.train_set, *self.valid_set],
@@ -366,9 +367,23 @@ class _Run:
                               f"{len(utterances):,} utterances' frames were cached, the others computed")
 
     def _setup_floor(self) -> None:
-        """``valid_floor``: with ``--floor-blend``, the floor's predictions of the validation split (they never
-        change), which every validation blends the network's with; else None."""
-        self.valid_floor = self._predict_valid(blend=0.0) if self.model.floor_blend is not None else None
+        """``valid_floor``: with ``--floor-blend``, the floor's ``[N, 3]`` predictions of the validation split
+        (1–7), which every validation blends the network's with; else None.
+
+        They never change, so they are computed once, from each clip's statistics (``utterance_statistics``,
+        cached by audio content: the ones ``fit_utterance_statistics`` has just read) rather than by running
+        the model: the floor as ``sertool baseline`` predicts it, in float64.
+        """
+        floor, wide = self.model.floor_blend, self.model.utterance_stats
+        self.valid_floor: np.ndarray | None = None
+        if floor is None or wide is None:
+            return
+        rows = utterance_statistics(self.valid_set, cache_dir=self.config.data.cache_dir,
+                                    num_workers=self.config.data.num_workers,
+                                    progress=self._progress("utterance statistics"))
+        with torch.no_grad():
+            unit = floor.floor(wide.standardizer(torch.from_numpy(rows).to(self.context.device)))
+        self.valid_floor = self.model.label_scaling.from_unit(unit.cpu().numpy())
 
     def _setup_batches(self) -> None:
         """The sampler decides which utterances each epoch uses and how they are grouped; the loader reads them."""
@@ -628,7 +643,7 @@ class _Run:
         """
         try:
             # With a floor, the network alone: its blend with the floor is chosen below.
-            predictions = self._predict_valid(blend=1.0)
+            predictions = self._predict_valid()
         except Interrupted:
             self._save_last()  # validation has changed nothing yet: this is the state the step left
             raise
@@ -639,10 +654,9 @@ class _Run:
         blend = None
         if self.model.floor_blend is not None and self.valid_floor is not None and not nonfinite:
             # The weights the model predicts with from now on (best.pt keeps those of its validation).
-            floor = self.model.label_scaling.from_unit(self.valid_floor.emotion_unit)
-            blend = choose_blend(values, floor, labels)
+            blend = choose_blend(values, self.valid_floor, labels)
             self.model.floor_blend.blend.copy_(torch.from_numpy(blend))
-            values = blend * values + (1 - blend) * floor
+            values = blend * values + (1 - blend) * self.valid_floor
         scores = ccc_scores(values, labels)
         finite = not nonfinite and all(math.isfinite(value) for value in scores.values())
         improved = finite and scores["average"] > self.best.get("average", -math.inf)
@@ -678,15 +692,15 @@ class _Run:
         if patience > 0 and self.validations_without_improvement >= patience:
             self.stopped = Stop.EARLY_STOPPING
 
-    def _predict_valid(self, *, blend: float) -> ModelPredictions:
-        """The model's predictions of the validation split; with a floor, at network weight ``blend``.
+    def _predict_valid(self) -> ModelPredictions:
+        """The network's predictions of the validation split (with a floor: without it).
 
         Validation draws no training random numbers (the loader's seed would), so that a run validated more
         or less often, or resumed from the checkpoint of the step before a validation, trains alike.
         """
         floor = self.model.floor_blend
         with (self.stops.at_once(), torch.random.fork_rng(devices=[]),
-              floor.blended(blend) if floor is not None else contextlib.nullcontext()):
+              floor.left_out() if floor is not None else contextlib.nullcontext()):
             return run_model(self.model, self.valid_set, device=self.context.device,
                              description=f"validating on {self.config.data.valid_split}",
                              text_embeddings=self.text_embeddings, frames=self.cached_frames,

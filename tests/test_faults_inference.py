@@ -409,18 +409,18 @@ def test_a_streamed_mm_prediction_loads_asr_once_and_keeps_its_caches(mm_run, tm
     from sertool.data import transcripts as asr
     from sertool.inference import workflows
     from sertool.inference.inputs import collect_inputs
+    from sertool.data import vector_codec
     from sertool.inference.predictor import InferenceOptions
-    from sertool.models import text
 
     _varying(tmp_path / "talk.wav", duration_s=8.0)
     utterances, _ = collect_inputs([tmp_path / "talk.wav"])
     options = InferenceOptions(device="cpu", asr=str(mm_run.parent / "asr"), cache_dir=str(tmp_path / "cache"))
     made, loads, reads = [], [], []
-    real_init, real_load, real_read = asr.Transcriber.__init__, asr.Transcriber._load, text.load_file
+    real_init, real_load, real_read = asr.Transcriber.__init__, asr.Transcriber._load, vector_codec.load_file
     monkeypatch.setattr(asr.Transcriber, "__init__", lambda self, *a, **k: made.append(1) or real_init(self, *a, **k))
     monkeypatch.setattr(asr.Transcriber, "_load",  # counts the loads of weights, not the calls
                         lambda self: (self._model is None and loads.append(1)) or real_load(self))
-    monkeypatch.setattr(text, "load_file", lambda path: reads.append(path) or real_read(path))
+    monkeypatch.setattr(vector_codec, "load_file", lambda path: reads.append(path) or real_read(path))
     monkeypatch.setattr(workflows, "PREDICT_CHUNK_PIECES", 1)
     streamed = workflows.predict(mm_run, utterances, options=options, window_s=2.0, hop_s=2.0)
     assert len(streamed.segments) == 4  # four chunks of one window each

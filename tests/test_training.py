@@ -217,10 +217,14 @@ def _ddp_worker(rank: int, world_size: int, port: int, config_dict: dict, run_di
 
 
 def test_two_process_ddp_equals_one_process_with_the_same_effective_batch(corpus, tmp_path):
-    """2 ranks × 1 micro-batch per step == 1 process × 2 accumulated micro-batches (gloo on CPU)."""
+    """2 ranks × 1 micro-batch per step == 1 process × 2 accumulated micro-batches (gloo on CPU); with the
+    floor blend, whose statistics the main rank computes while the other waits, then reads from the cache."""
     single = small_config(corpus, accum_steps=2)
+    single.model.floor_blend = True
     train(single, tmp_path / "single")
     ddp = small_config(corpus, accum_steps=1)
+    ddp.model.floor_blend = True
+    ddp.data.cache_dir = str(tmp_path / "ddp-cache")  # empty: the statistics are computed in this run
     try:
         mp.start_processes(_ddp_worker, args=(2, _free_port(), ddp.to_dict(), str(tmp_path / "ddp")), nprocs=2,
                            start_method="spawn")

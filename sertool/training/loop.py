@@ -336,9 +336,14 @@ class _Run:
         if self.model.utterance_stats is not None and not self.model.utterance_stats.standardizer.fitted:
             # A fresh run (a resumed one, or --init-from a wide model, keeps the moments and the floor it was
             # trained with). The floor's alpha is chosen on the validation split, as `sertool baseline` does.
+            # Under DDP the main rank computes the statistics the cache lacks; the others then read them there.
+            if not self.context.is_main:
+                distributed.barrier(self.context)
             fit_utterance_statistics(self.model, self.train_set, self.valid_set, cache_dir=config.data.cache_dir,
                                      num_workers=config.data.num_workers,
                                      progress=self._progress("utterance statistics"))
+            if self.context.is_main:
+                distributed.barrier(self.context)
         self.model.to(self.context.device)
         self.text_embeddings = transcript_embeddings(self.model, [*self.train_set, *self.valid_set],
                                                      config.data.cache_dir)

@@ -77,11 +77,12 @@ FIRST_RUN_TARGET_S = 60.0  # the first start, at most this many seconds (2 cores
 
 
 def msp_scale_startup(folder: Path, *, files: int, checkpoint: Path, cache_dir: Path) -> list[Figure]:
-    """Wall seconds of three commands on a synthetic corpus of ``files`` files, each run twice: first with
-    an empty scan cache, then again with the cache the first run left.
+    """Wall seconds of four commands on a synthetic corpus of ``files`` files, each run twice: first with
+    an empty cache, then again with the cache the first run left.
 
     - ``data info`` (to its end);
-    - ``train`` (fbank, ``--num-workers 0``) to its first optimiser step;
+    - ``train`` (fbank with the paper's recipe, ``--num-workers 0``) to its first optimiser step;
+    - ``train`` with the fbank default (small-cpu: the floor blend), to its first step (informational);
     - ``evaluate`` (the tiny ``checkpoint``) on Test1 to the model's first forward pass.
 
     ``startup_child.py`` runs ``train`` and ``evaluate`` and exits at their milestone. Each command gets a
@@ -107,6 +108,12 @@ def msp_scale_startup(folder: Path, *, files: int, checkpoint: Path, cache_dir: 
             # Development clip before the first step (the floor blend's statistics), which is not a scan.
             *child, "first-step", "train", "--corpus", root, "--backbone", "fbank", "--recipe", "paper", "--out",
             str(folder / "run"), "--force", "--num-workers", "0", "--device", "cpu", "--cache-dir", cache],
+        # The fbank default as it is (small-cpu): before its first step the floor blend reads the statistics
+        # of every Train and Development clip and validates once. Informational: that is training work, not
+        # a scan; the statistics are cached, the validation is not.
+        "train with the fbank default (floor blend) to its first step": lambda cache: [
+            *child, "first-step", "train", "--corpus", root, "--backbone", "fbank", "--out", str(folder / "run-blend"),
+            "--force", "--num-workers", "2", "--device", "cpu", "--cache-dir", cache],
         "evaluate to its first batch": lambda cache: [
             *child, "first-forward", "evaluate", str(checkpoint), "--corpus", root, "--split", "Test1", "--device",
             "cpu", "--cache-dir", cache],
@@ -120,15 +127,17 @@ def msp_scale_startup(folder: Path, *, files: int, checkpoint: Path, cache_dir: 
     cache_mb = sum(path.stat().st_size for path in folder.glob("cache-0/scans/**/*") if path.is_file()) / 2**20
     details = {"files": files, "files_per_split": counts, "corpus_written_s": round(written_s, 1),
                "seconds": seconds, "scan_cache_mb": round(cache_mb, 1)}
+    keys = {"data info": "data", "train to its first step": "train", "evaluate to its first batch": "evaluate",
+            "train with the fbank default (floor blend) to its first step": "train_floor_blend"}
     figures = [
-        Figure(key=f"msp_startup_{name.split()[0]}",
+        Figure(key=f"msp_startup_{keys[name]}",
                benchmark=f"9. MSP-scale start-up: {name}", value=times["second"] / times["first"], unit="×",
-               target=Target("<=", STARTUP_TARGET),
+               target=None if keys[name] == "train_floor_blend" else Target("<=", STARTUP_TARGET),
                compared=(f"second run ({times['second']:.1f} s) / first run with an empty scan cache "
                          f"({times['first']:.1f} s), {files:,} files in MSP-Podcast layout"),
                details=details)
         for name, times in seconds.items()]
-    slowest = max(seconds, key=lambda name: seconds[name]["first"])
+    slowest = max((name for name in seconds if keys[name] != "train_floor_blend"), key=lambda name: seconds[name]["first"])
     figures.append(Figure(
         key="msp_startup_first_run_s", benchmark="9. MSP-scale start-up: slowest first run",
         value=seconds[slowest]["first"], unit="s", target=Target("<=", FIRST_RUN_TARGET_S),

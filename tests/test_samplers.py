@@ -13,6 +13,7 @@ from sertool.data.records import Utterance
 from sertool.errors import SertoolError
 from sertool.training.samplers import (
     EpochBatchSampler,
+    _class_groups,
     bucket_edges,
     class_counts,
     duration_batches,
@@ -77,6 +78,21 @@ def test_undersample_none_codes_form_their_own_class():
     chosen = undersample(codes, epoch=0, seed=0)
     assert Counter(codes[i] for i in chosen) == {"N": 4, None: 4, "H": 4}
     assert class_counts(codes) == {"H": 6, "N": 10, None: 4}
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_class_groups_are_each_codes_ascending_indices(seed):
+    """Reference: a dict of lists filled item by item, codes sorted with None last."""
+    rng = np.random.default_rng(seed)
+    codes = [None if code == "-" else code
+             for code in rng.choice(list("NHSAOX-") + ["", "Z9"], size=int(rng.integers(0, 3000))).tolist()]
+    expected: dict = {}
+    for index, code in enumerate(codes):
+        expected.setdefault(code, []).append(index)
+    groups = _class_groups(codes)
+    assert list(groups) == sorted(expected, key=lambda code: (code is None, code or ""))
+    for code, indices in groups.items():
+        assert indices.dtype == np.int64 and indices.tolist() == expected[code]
 
 
 def test_undersample_cap_per_class(corpus):

@@ -217,3 +217,45 @@ def test_two_processes_scanning_at_once_share_the_cache(aged_msp, tmp_path, monk
     expected = open_corpus(aged_msp, cache_dir=tmp_path / "fresh")
     no_reading(monkeypatch)
     assert open_corpus(aged_msp, cache_dir=cache).utterances == expected.utterances
+
+
+def test_the_cycle_collector_is_paused_while_a_corpus_is_built_and_restored_after(aged_msp, tmp_path, monkeypatch):
+    """Building 150,000 records with the collector on cost a third of a warm open (docs/performance.md, 9)."""
+    import gc
+
+    import sertool.data.corpus as corpus_module
+
+    collecting: dict[str, bool] = {}
+
+    def watching(name, function):
+        def watched(*args, **kwargs):
+            collecting[name] = gc.isenabled()
+            return function(*args, **kwargs)
+        monkeypatch.setattr(corpus_module, name, watched)
+
+    for name in ("load_snapshot", "read_msp_podcast", "save_snapshot"):
+        watching(name, getattr(corpus_module, name))
+    assert gc.isenabled()
+    cache = tmp_path / "cache"
+    first = open_corpus(aged_msp, cache_dir=cache)  # a scan, then its snapshot written
+    assert collecting == {"load_snapshot": False, "read_msp_podcast": False, "save_snapshot": False}
+    assert gc.isenabled()
+    collecting.clear()
+    assert open_corpus(aged_msp, cache_dir=cache).utterances == first.utterances  # from the snapshot
+    assert collecting == {"load_snapshot": False} and gc.isenabled()
+
+    # An error on the way out leaves the collector as it found it: on, or off where the caller had it off.
+    def failing(*args, **kwargs):
+        raise SertoolError("unreadable")
+
+    monkeypatch.setattr(corpus_module, "load_snapshot", failing)
+    with pytest.raises(SertoolError):
+        open_corpus(aged_msp, cache_dir=cache)
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with pytest.raises(SertoolError):
+            open_corpus(aged_msp, cache_dir=cache)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

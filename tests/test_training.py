@@ -295,3 +295,47 @@ def test_an_mm_run_without_transcripts_reports_asr_progress_before_training(tmp_
     asr = [event for event in recorder.events if event[0] == "progress" and "ASR" in event[1]]
     assert asr and asr[-1][2:] == (12, 12)  # every missing transcript (8 + 4), done
     assert recorder.events.index(asr[-1]) < recorder.events.index(("start",))
+
+
+def _fingerprint_line_by_line(train_set, valid_set) -> str:
+    """Reference: the fingerprint as run folders recorded it until now, one ``json.dumps`` per utterance."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for role, utterances in (("train", train_set), ("valid", valid_set)):
+        for utt in sorted(utterances, key=lambda item: item.id):
+            digest.update(json.dumps([role, utt.id, round(utt.duration_s, 3), utt.arousal, utt.valence, utt.dominance,
+                                      utt.emo_class, utt.speaker, utt.gender]).encode())
+    return digest.hexdigest()
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_data_fingerprint_is_byte_compatible_with_existing_run_folders(seed):
+    """``--resume`` compares the fingerprint with the one a run recorded, so it must not change: awkward ids,
+    speakers and numbers (None, NaN, infinities, -0.0, tiny and huge floats, numpy floats, whole numbers),
+    and text that looks like the JSON around it (quotes, backslashes, brackets, "], [", non-ASCII)."""
+    import numpy as np
+
+    from sertool.data.records import Utterance
+    from sertool.training.run_folder import data_fingerprint
+
+    rng = np.random.default_rng(seed)
+    texts = ["MSP-PODCAST_0001_0002.wav", 'a"b', "back\\slash\\", '], ["train", ', '"], ["valid", "', "ünïcödé",
+             "雪", "emoji 🎙", "tab\there", "new\nline", "", "[", "]", "null", "NaN"]
+    numbers = [None, 1.0, 3.5, 6.999, 0.1 + 0.2, float("nan"), float("inf"), -float("inf"), -0.0, 1e-7, 1e300,
+               np.float64(2.25), 4, 2.0004999]
+
+    def pick(values):
+        return values[int(rng.integers(len(values)))]
+
+    def utterances(count, split):
+        return [Utterance(id=f"{pick(texts)}{index}", audio_path=Path("/corpus") / f"{index}.wav", split=split,
+                          duration_s=pick([0.5, 2.0005, 11.123456, 3, np.float64(7.77777), 1e-4]),
+                          arousal=pick(numbers), valence=pick(numbers), dominance=pick(numbers),
+                          emo_class=pick([None, "A", "N", "X", 'q"']), speaker=pick([None, "12", *texts]),
+                          gender=pick([None, "Male", "Female", *texts]))
+                for index in range(count)]
+
+    train_set, valid_set = utterances(int(rng.integers(0, 60)), "Train"), utterances(int(rng.integers(0, 30)), "Dev")
+    assert data_fingerprint(train_set, valid_set) == _fingerprint_line_by_line(train_set, valid_set)
+    assert data_fingerprint([], []) == _fingerprint_line_by_line([], [])

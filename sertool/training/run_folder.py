@@ -178,12 +178,15 @@ def data_fingerprint(train: Sequence[Utterance], valid: Sequence[Utterance]) -> 
     """A hash of what a run trains and validates on: every utterance's id, duration (ms), labels, class,
     speaker and gender, per split. ``--resume`` compares it, so a corpus that moved (``--corpus`` again) or
     changed under the same path is caught before a run continues on other data."""
-    digest = hashlib.sha256()
-    for role, utterances in (("train", train), ("valid", valid)):
-        for utt in sorted(utterances, key=lambda item: item.id):
-            digest.update(json.dumps([role, utt.id, round(utt.duration_s, 3), utt.arousal, utt.valence, utt.dominance,
-                                      utt.emo_class, utt.speaker, utt.gender]).encode())
-    return digest.hexdigest()
+    # The hash of every utterance's JSON line ``[role, id, ...]``, one after another. Encoded as one JSON list
+    # of those lines (one call, not 115,000 on MSP-Podcast), whose text is theirs joined by ", " in "[...]":
+    # ``], ["`` is a boundary between two lines and nothing else, since a line holds no "[" outside its
+    # strings and a string holds no unescaped '"'.
+    rows = [[role, utt.id, round(utt.duration_s, 3), utt.arousal, utt.valence, utt.dominance, utt.emo_class,
+             utt.speaker, utt.gender]
+            for role, utterances in (("train", train), ("valid", valid))
+            for utt in sorted(utterances, key=lambda item: item.id)]
+    return hashlib.sha256(json.dumps(rows)[1:-1].replace('], ["', ']["').encode()).hexdigest()
 
 
 def remove_stale_temporaries(run_dir: Path) -> None:

@@ -55,11 +55,16 @@ def class_counts(class_codes: Sequence[str | None]) -> dict[str | None, int]:
 
 
 def _class_groups(class_codes: Sequence[str | None]) -> dict[str | None, np.ndarray]:
-    groups: dict[str | None, list[int]] = {}
-    for index, code in enumerate(class_codes):
-        groups.setdefault(code, []).append(index)
-    order = sorted(groups, key=lambda code: (code is None, code or ""))
-    return {code: np.asarray(groups[code], dtype=np.int64) for code in order}
+    """The ascending indices of each code's items, codes sorted, ``None`` last. In numpy, not a loop of
+    appends: every epoch asks (84,000 codes an epoch on MSP-Podcast, every epoch planned at start)."""
+    order = sorted(dict.fromkeys(class_codes), key=lambda code: (code is None, code or ""))
+    if not order:
+        return {}
+    number = {code: position for position, code in enumerate(order)}
+    numbers = np.fromiter(map(number.__getitem__, class_codes), dtype=np.int64, count=len(class_codes))
+    by_number = np.argsort(numbers, kind="stable")  # stable: each group's indices stay ascending
+    ends = np.cumsum(np.bincount(numbers, minlength=len(order)))
+    return dict(zip(order, np.split(by_number, ends[:-1]), strict=True))
 
 
 def undersample(

@@ -285,6 +285,8 @@ def _agreement_figure(values: dict[str, np.ndarray], *, key: str, name: str, wha
 
 
 def _int8_setting() -> dict[str, object]:
+    from sertool.inference.bf16_front_end import has_amx_bf16
     from sertool.inference.cpu import _int8_engine
 
-    return {"torch_threads": torch.get_num_threads(), "quantized_engine": _int8_engine()}
+    return {"torch_threads": torch.get_num_threads(), "quantized_engine": _int8_engine(),
+            "bf16_front_end": has_amx_bf16()}

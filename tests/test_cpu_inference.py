@@ -1,4 +1,5 @@
-"""CPU inference: --quantize int8 (dynamic int8 quantisation of the speech backbone) and --threads."""
+"""CPU inference: --quantize int8 (dynamic int8 quantisation of the speech backbone's linear layers, its
+convolutional front end in bf16 on CPUs with AMX) and --threads."""
 from __future__ import annotations
 
 import hashlib
@@ -14,6 +15,8 @@ import sertool
 from sertool.cli import cli
 from sertool.config import ModelConfig
 from sertool.errors import SertoolError
+from sertool.inference import cpu
+from sertool.inference.bf16_front_end import Bf16FeatureEncoder, bf16_front_end
 from sertool.inference.cpu import MIN_INT8_FEATURES, quantize_int8
 from sertool.inference.inputs import corpus_split
 from sertool.models.ser_model import SERModel
@@ -45,7 +48,10 @@ def digests(folder: Path) -> dict[str, str]:
     return {path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in sorted(folder.iterdir()) if path.is_file()}
 
 
-def test_int8_predictions_are_close_to_float32_and_nothing_on_disk_changes(wavlm_run):
+@pytest.mark.parametrize("amx", [True, False], ids=["amx-cpu", "no-amx-cpu"])
+def test_int8_predictions_are_close_to_float32_and_nothing_on_disk_changes(wavlm_run, amx, monkeypatch):
+    # both kinds of CPU, whichever this one is: with AMX the front end runs in bf16, without it stays float32
+    monkeypatch.setattr(cpu, "has_amx_bf16", lambda: amx)
     run_dir, corpus = wavlm_run
     utterances, _ = corpus_split(corpus, "Development")
     before = digests(run_dir)
@@ -62,6 +68,7 @@ def test_int8_predictions_are_close_to_float32_and_nothing_on_disk_changes(wavlm
                for module in backbone if type(module) is torch.nn.Linear)
     # the heads read one vector per clip: they stay float32
     assert not any(isinstance(module, QuantizedLinear) for module in model.emotion_heads.modules())
+    assert isinstance(model.backbone.model.feature_extractor, Bf16FeatureEncoder) == amx
     difference = np.abs(quantised - expected)
     assert 0 < difference.max() < 0.05  # on the 1–7 scale: quantised, and close
     # Small beside how much the predictions vary across clips: a broken quantisation (wrong scales, a layer
@@ -123,6 +130,71 @@ def test_int8_leaves_what_reads_one_vector_per_clip_and_the_text_encoder_in_floa
     outside = [name for name, module in model.named_modules()
                if isinstance(module, QuantizedLinear) and not name.startswith("backbone.")]
     assert outside == []
+
+
+def _speechlike_batch(*, seconds: float = 2.0, seed: int = 0) -> torch.Tensor:
+    """Two clips of loud and very quiet stretches (a 1000× range, as speech and pauses), the second shorter
+    and zero-padded: what a per-call int8 scale gets wrong (quiet frames share the loud frames' scale)."""
+    generator = torch.Generator().manual_seed(seed)
+    samples = int(16_000 * seconds)
+    loudness = torch.where(torch.rand(samples // 1600, generator=generator) < 0.5, 1.0, 1e-3)
+    waveforms = torch.randn(2, samples, generator=generator) * loudness.repeat_interleave(1600)[:samples]
+    waveforms[1, samples * 2 // 3:] = 0.0
+    return waveforms
+
+
+@pytest.mark.parametrize("norm", ["group", "layer"])
+def test_the_bf16_front_end_computes_the_float32_one_to_bf16_precision_in_every_frame(norm, tmp_path):
+    # "group": WavLM-Base's front end (a per-channel group norm on the first layer, folded into its weights);
+    # "layer": the Large models' (a layer norm after every convolution), here with convolution biases
+    from transformers import WavLMModel
+
+    folder = save_tiny_wavlm(tmp_path / "wavlm", feat_extract_norm=norm, conv_bias=norm == "layer")
+    encoder = WavLMModel.from_pretrained(folder).eval().feature_extractor
+    front_end = bf16_front_end(encoder)
+    assert front_end is not None
+    waveforms = _speechlike_batch()
+    with torch.inference_mode():
+        expected, computed = encoder(waveforms), front_end(waveforms)
+    assert computed.dtype == torch.float32 and computed.shape == expected.shape
+    # relative to each frame's own size, quiet frames included: bf16 keeps 8 significant bits per value
+    # (here 1.3-3 % at most after seven layers, 32 channels wide); a wrong window, chunk or norm statistic
+    # is off by tens of per cent (a variance off by half: 50 %)
+    per_frame = (computed - expected).norm(dim=1) / expected.norm(dim=1)
+    assert 0 < per_frame.max() < 0.08, per_frame.max()
+
+
+def test_a_front_end_of_another_shape_stays_float32(tmp_path):
+    from transformers import WavLMModel
+
+    encoder = WavLMModel.from_pretrained(save_tiny_wavlm(tmp_path / "wavlm")).eval().feature_extractor
+    encoder.conv_layers[1].conv.padding = (1,)
+    assert bf16_front_end(encoder) is None
+
+
+@pytest.mark.parametrize("amx", [True, False], ids=["amx-cpu", "no-amx-cpu"])
+def test_int8_changes_only_the_backbone_s_linear_layers_and_front_end(amx, monkeypatch, tmp_path):
+    monkeypatch.setattr(cpu, "has_amx_bf16", lambda: amx)
+    config = ModelConfig(backbone="wavlm", backbone_path=str(save_tiny_wavlm(tmp_path / "wavlm", feat_extract_norm="group")),
+                         head_hidden_dim=16)
+    model = SERModel(config).eval()
+    waveforms = _speechlike_batch()
+    mask = waveforms != 0
+    with torch.inference_mode():
+        expected = model(waveforms, mask)
+    original_front_end = model.backbone.model.feature_extractor
+    quantize_int8(model)
+    wavlm = model.backbone.model
+    assert (wavlm.feature_extractor is not original_front_end) == amx
+    assert isinstance(wavlm.feature_extractor, Bf16FeatureEncoder) == amx
+    # every weight left is float32: norms, the positional convolution, pooling, heads (and the float32 front
+    # end's convolutions without AMX); bf16 exists only inside the front end's products
+    assert all(parameter.dtype == torch.float32 for parameter in model.parameters())
+    assert isinstance(wavlm.encoder.pos_conv_embed.conv, torch.nn.Conv1d)
+    with torch.inference_mode():
+        quantised = model(waveforms, mask)
+    assert torch.isfinite(quantised.emotion).all()
+    assert torch.allclose(quantised.emotion, expected.emotion, atol=0.01)  # unit scale: 0.06 on the 1–7 scale
 
 
 def _predict_off_and_int8(run_dir, corpus, tmp_path) -> dict[str, np.ndarray]:

@@ -1,18 +1,26 @@
-"""Running a model on the CPU: int8 dynamic quantisation of its speech backbone, and torch's thread count.
+"""Running a model on the CPU: reduced-precision inference of its speech backbone (``--quantize int8``),
+and torch's thread count.
 
-``--quantize int8`` stores the weights of the speech backbone's linear layers at least ``MIN_INT8_FEATURES``
-wide (attention projections, feed-forward layers) as int8, one scale per output channel, and quantises
-their inputs on the fly (one scale per call, from the call's whole input); the products run in int8 with
-int32 accumulation, in oneDNN's kernels on CPUs with AVX-512 VNNI. Everything else stays float32: the
-convolutional front end (quantised, its six channel-mixing layers compound 8-bit rounding with no residual
-path to dilute it: five times the prediction change for about an eighth more speed, docs/performance.md),
-the positional convolution, norms, activations and attention products, and whatever reads one vector per
-clip or is shared (pooling, heads, the text and speaker encoders; the text encoder's embeddings are cached
-on disk and read by float32 runs).
+``--quantize int8`` changes two things in the speech backbone, nothing else:
 
-For a WavLM-Base-sized model the linear layers are about 40 % of a float32 forward pass and run 4-5× as
-fast, so the whole pass runs about 1.4× as fast (not the 4× of the linear layers alone), and predictions
-move by a few hundredths on the 1–7 scale (docs/performance.md, benchmark 10). Because each call's scale
+- its linear layers at least ``MIN_INT8_FEATURES`` wide (attention projections, feed-forward layers) store
+  their weights as int8, one scale per output channel, and quantise their inputs on the fly (one scale per
+  call, from the call's whole input); the products run in int8 with int32 accumulation, in oneDNN's kernels
+  on CPUs with AVX-512 VNNI;
+- on CPUs with AMX (Intel Xeon from Sapphire Rapids on), a wav2vec2-family model's convolutional front end
+  runs in bf16 with float32 accumulation (``sertool.inference.bf16_front_end``). Not int8: its seven
+  chained layers compound int8's per-call scale, which quiet frames share with loud ones (five times the
+  prediction change, docs/performance.md); bf16 keeps an exponent per value. On other CPUs it stays
+  float32 (held to AVX512-BF16 without AMX, the bf16 front end ran slower than float32).
+
+Everything else stays float32: after the front end, the positional convolution, the transformer's norms,
+activations and attention products, and whatever reads one vector per clip or is shared (pooling, heads,
+the text and speaker encoders; the text encoder's embeddings are cached on disk and read by float32 runs).
+
+For a WavLM-Base-sized model on a Xeon with AMX, the linear layers and the front end are about three
+quarters of a float32 forward pass and run about 5× as fast, so the whole pass runs about 2.5× as fast, and
+predictions move by a few hundredths on the 1–7 scale (docs/performance.md, benchmark 10); without AMX the
+front end stays float32 and the pass runs 1.4-1.6× as fast. Because each int8 call's scale
 comes from its whole input, a clip's int8 prediction also moves slightly with the clips batched with it.
 Quantised models run on the CPU only, and only in memory: nothing on disk changes.
 """
@@ -27,6 +35,8 @@ from torch import nn
 
 from sertool.config import QUANTIZE_CHOICES, QUANTIZE_INT8
 from sertool.errors import SertoolError
+from sertool.inference.bf16_front_end import bf16_front_end, has_amx_bf16
+from sertool.models.backbones.wav2vec2 import Wav2Vec2FamilyBackbone
 
 # Linear layers with fewer input or output features stay float32: quantising their input costs more than
 # the int8 product saves (WavLM's 64 → 8 position-bias gate ran slower in int8 than in float32).
@@ -35,7 +45,7 @@ MIN_INT8_FEATURES = 16
 
 def quantize_int8(model: nn.Module) -> nn.Module:
     """Quantise the linear layers of ``model.backbone`` (a ``SERModel``'s speech backbone) to int8 in place,
-    as the module docstring describes.
+    and run a wav2vec2-family front end in bf16 on CPUs with AMX, as the module docstring describes.
 
     Returns:
         ``model``, for chaining.
@@ -69,6 +79,10 @@ def quantize_int8(model: nn.Module) -> nn.Module:
             quantize_dynamic(backbone, wide, dtype=torch.qint8, inplace=True)
         finally:
             torch.backends.quantized.engine = previous
+    if isinstance(backbone, Wav2Vec2FamilyBackbone) and has_amx_bf16():
+        front_end = bf16_front_end(backbone.model.feature_extractor)
+        if front_end is not None:
+            backbone.model.feature_extractor = front_end
     return model
 
 

@@ -407,9 +407,9 @@ def test_an_unwritable_cache_is_a_warning_and_predictions_are_unchanged(mm_run, 
 
 def test_a_streamed_mm_prediction_loads_asr_once_and_keeps_its_caches(mm_run, tmp_path, monkeypatch):
     from sertool.data import transcripts as asr
+    from sertool.data import vector_codec
     from sertool.inference import workflows
     from sertool.inference.inputs import collect_inputs
-    from sertool.data import vector_codec
     from sertool.inference.predictor import InferenceOptions
 
     _varying(tmp_path / "talk.wav", duration_s=8.0)

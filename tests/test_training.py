@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
+from safetensors.torch import load_file
 
 from sertool.checkpoint import load_checkpoint
 from sertool.config import Config
+from sertool.data.corpus import open_corpus
 from sertool.errors import SertoolError
 from sertool.training import loop
 from sertool.training.loop import _Run, train
@@ -218,7 +220,8 @@ def _ddp_worker(rank: int, world_size: int, port: int, config_dict: dict, run_di
 
 def test_two_process_ddp_equals_one_process_with_the_same_effective_batch(corpus, tmp_path):
     """2 ranks × 1 micro-batch per step == 1 process × 2 accumulated micro-batches (gloo on CPU); with the
-    floor blend, whose statistics the main rank computes while the other waits, then reads from the cache."""
+    floor blend, whose statistics each rank computes a share of (each clip once in the job), then reads all
+    of from the cache."""
     single = small_config(corpus, accum_steps=2)
     single.model.floor_blend = True
     train(single, tmp_path / "single")
@@ -232,6 +235,9 @@ def test_two_process_ddp_equals_one_process_with_the_same_effective_batch(corpus
         errors = [path.read_text() for path in sorted(tmp_path.glob("ddp.rank*.error"))]
         pytest.fail("a DDP rank died:\n" + "\n".join(errors or ["(no Python error: see the captured stderr)"]))
     assert_same_state(model_state(tmp_path / "ddp"), model_state(tmp_path / "single"), atol=1e-5)
+    shares = [load_file(path)["statistics"] for path in (tmp_path / "ddp-cache" / "utterance-stats").glob("*/*")]
+    clips = [utt for utt in open_corpus(str(corpus)).utterances if utt.split in ("Train", "Development")]
+    assert len(shares) == 2 and sorted(map(len, shares)) == [len(clips) // 2, len(clips) - len(clips) // 2]
     assert load_checkpoint(tmp_path / "ddp")["metrics"]["average"] == pytest.approx(
         load_checkpoint(tmp_path / "single")["metrics"]["average"], abs=1e-5)
 

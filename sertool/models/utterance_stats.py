@@ -446,8 +446,7 @@ def utterance_statistics(utterances: Sequence[Utterance], *, cache_dir: str | os
 
 def fit_utterance_statistics(model: torch.nn.Module, utterances: Sequence[Utterance],
                              valid_utterances: Sequence[Utterance] = (), *,
-                             cache_dir: str | os.PathLike[str] | None = None, num_workers: int = 0,
-                             progress: Callable[[int, int], None] | None = None) -> None:
+                             statistics: Callable[[Sequence[Utterance]], np.ndarray] = utterance_statistics) -> None:
     """Fit the statistics' standardiser (``--utterance-stats``, ``--floor-blend``) on whole training clips,
     and the floor as ``sertool baseline`` fits its ridge; a no-op for a model without either.
 
@@ -460,7 +459,8 @@ def fit_utterance_statistics(model: torch.nn.Module, utterances: Sequence[Uttera
         model: a ``SERModel``.
         utterances: the training split (never a validation or test clip), labelled.
         valid_utterances: the validation split, labelled; needed with a floor only.
-        cache_dir, num_workers, progress: as for ``utterance_statistics`` (over both splits).
+        statistics: computes the ``[N, NUM_FEATURES]`` statistics of clips (``utterance_statistics`` with the
+            run's cache folder, workers and progress).
 
     Raises:
         ValueError: a floor and no validation utterances.
@@ -472,7 +472,7 @@ def fit_utterance_statistics(model: torch.nn.Module, utterances: Sequence[Uttera
     if floor is not None and not valid_utterances:
         raise ValueError("fitting the floor needs the validation utterances (they choose its alpha)")
     clips = [*utterances, *valid_utterances] if floor is not None else list(utterances)
-    rows = utterance_statistics(clips, cache_dir=cache_dir, num_workers=num_workers, progress=progress)
+    rows = statistics(clips)
     train_rows, valid_rows = rows[:len(utterances)], rows[len(utterances):]
     wide.standardizer.fit(torch.from_numpy(train_rows))
     if floor is not None:

@@ -6,13 +6,17 @@ the run is a single process. The gloo backend serves CPUs (and the tests), nccl 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 
 from sertool.config import DEFAULT_DEVICE
 from sertool.devices import select_device
+
+Item = TypeVar("Item")
 
 
 @dataclass(frozen=True)
@@ -82,3 +86,14 @@ def any_rank(flag: bool, context: Distributed) -> bool:
     tensor = torch.tensor([float(flag)], device=context.device)
     dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
     return bool(tensor.item())
+
+
+def fill_in_shares(fill: Callable[[Sequence[Item]], object], items: Sequence[Item], context: Distributed) -> None:
+    """Under DDP, split the filling of a disk cache across the ranks: each rank calls ``fill`` (which computes
+    and writes only what the cache lacks) on its share, every ``world_size``-th item, so that each item is
+    computed once in the job; returns when every rank's share is on disk. The caller then reads all of
+    ``items`` (a share another rank could not write is computed then). One process: nothing to do.
+    """
+    if context.enabled:
+        fill(list(items)[context.rank::context.world_size])
+        barrier(context)

@@ -80,10 +80,8 @@ def fill_frame_cache(
     was_training = backbone.training
     backbone.eval()
     try:
-        cache.get(list(utterances)[context.rank::context.world_size], compute, progress=progress)
-        distributed.barrier(context)
-        # Every rank's share is on disk now; a share another rank could not write is computed here.
-        frames = cache.get(utterances, compute)
+        distributed.fill_in_shares(lambda share: cache.get(share, compute, progress=progress), utterances, context)
+        frames = cache.get(utterances, compute, progress=progress)
     finally:
         backbone.train(was_training)
     return CachedFrames({utt.id: entry for utt, entry in zip(utterances, frames, strict=True)},

@@ -25,6 +25,7 @@ weights as a run never interrupted.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import json
 import math
@@ -336,17 +337,15 @@ class _Run:
         if self.model.utterance_stats is not None and not self.model.utterance_stats.standardizer.fitted:
             # A fresh run (a resumed one, or --init-from a wide model, keeps the moments and the floor it was
             # trained with). The floor's alpha is chosen on the validation split, as `sertool baseline` does.
-            # Under DDP the main rank computes the statistics the cache lacks; the others then read them there.
-            if not self.context.is_main:
-                distributed.barrier(self.context)
-            fit_utterance_statistics(self.model, self.train_set, self.valid_set, cache_dir=config.data.cache_dir,
-                                     num_workers=config.data.num_workers,
-                                     progress=self._progress("utterance statistics"))
-            if self.context.is_main:
-                distributed.barrier(self.context)
+            statistics = functools.partial(utterance_statistics, cache_dir=config.data.cache_dir,
+                                           num_workers=config.data.num_workers,
+                                           progress=self._progress("utterance statistics"))
+            distributed.fill_in_shares(statistics, [*self.train_set, *self.valid_set], self.context)
+            fit_utterance_statistics(self.model, self.train_set, self.valid_set, statistics=statistics)
         self.model.to(self.context.device)
-        self.text_embeddings = transcript_embeddings(self.model, [*self.train_set, *self.valid_set],
-                                                     config.data.cache_dir)
+        embeddings = functools.partial(transcript_embeddings, self.model, cache_dir=config.data.cache_dir)
+        distributed.fill_in_shares(embeddings, [*self.train_set, *self.valid_set], self.context)
+        self.text_embeddings = embeddings([*self.train_set, *self.valid_set])
         self.loss_fn = SERLoss(config.model)
         self.amp_dtype = resolve_amp(train_config.amp, self.context.device)
 
@@ -839,9 +838,11 @@ class _Run:
                 self.load_report.warn(str(self.config.data.corpus), "transcripts from ASR",
                                       f"{missing} utterances had no transcript; transcribed with "
                                       f"{self.config.data.asr}")
-        filled = iter(fill_transcripts([utt for utterances in splits for utt in utterances], self.config.data.asr,
-                                       cache_dir=self.config.data.cache_dir, device=self.context.device,
-                                       progress=self._progress("transcripts from ASR")))
+        transcribe = functools.partial(fill_transcripts, asr=self.config.data.asr, cache_dir=self.config.data.cache_dir,
+                                       device=self.context.device, progress=self._progress("transcripts from ASR"))
+        everything = [utt for utterances in splits for utt in utterances]
+        distributed.fill_in_shares(transcribe, everything, self.context)
+        filled = iter(transcribe(everything))
         return tuple([next(filled) for _ in utterances] for utterances in splits)
 
     def _plot_curves(self) -> None:

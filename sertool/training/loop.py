@@ -68,7 +68,7 @@ from sertool.models.frame_features import frame_cache, frame_cache_refusal
 from sertool.models.losses import SERLoss
 from sertool.models.ser_model import SERModel
 from sertool.models.text_features import transcript_embeddings
-from sertool.models.utterance_stats import choose_blend, fit_utterance_statistics, utterance_statistics
+from sertool.models.utterance_stats import StatisticsCache, choose_blend, fit_utterance_statistics
 from sertool.progress import set_display
 from sertool.runtime import distributed
 from sertool.runtime.distributed import Distributed
@@ -231,9 +231,14 @@ class _Run:
             if context.device.type == "cpu":
                 torch.use_deterministic_algorithms(True, warn_only=True)
             self._setup_data(checkpoint)
-            self._setup_model(checkpoint)
+            # One statistics cache for the set-up: what the floor's fit reads stays in memory for the floor's
+            # validation predictions, and is let go with it once the run is set up.
+            statistics = functools.partial(StatisticsCache(self.config.data.cache_dir).get,
+                                           num_workers=self.config.data.num_workers,
+                                           progress=self._progress("utterance statistics"))
+            self._setup_model(checkpoint, statistics)
             self._setup_frames()
-            self._setup_floor()
+            self._setup_floor(statistics)
             self._setup_batches()
             self._setup_optimisation()
             self._setup_state(checkpoint)
@@ -320,7 +325,8 @@ class _Run:
             if "speaker" in config.model.aux else []
         _check_window(config, self.train_set, self.valid_set)
 
-    def _setup_model(self, checkpoint: dict[str, Any] | None) -> None:
+    def _setup_model(self, checkpoint: dict[str, Any] | None,
+                     statistics: Callable[[Sequence[Utterance]], np.ndarray]) -> None:
         """The model (from a resumed run's weights, or --init-from's), text embeddings, objective, AMP."""
         config, train_config = self.config, self.config.train
         initial = load_model(train_config.init_from) if checkpoint is None and train_config.init_from else None
@@ -337,9 +343,6 @@ class _Run:
         if self.model.utterance_stats is not None and not self.model.utterance_stats.standardizer.fitted:
             # A fresh run (a resumed one, or --init-from a wide model, keeps the moments and the floor it was
             # trained with). The floor's alpha is chosen on the validation split, as `sertool baseline` does.
-            statistics = functools.partial(utterance_statistics, cache_dir=config.data.cache_dir,
-                                           num_workers=config.data.num_workers,
-                                           progress=self._progress("utterance statistics"))
             distributed.fill_in_shares(statistics, [*self.train_set, *self.valid_set], self.context)
             fit_utterance_statistics(self.model, self.train_set, self.valid_set, statistics=statistics)
         self.model.to(self.context.device)
@@ -370,21 +373,19 @@ class _Run:
         self.reporter.message(f"feature cache {cache.folder}: {len(utterances) - cache.misses:,} of "
                               f"{len(utterances):,} utterances' frames were cached, the others computed")
 
-    def _setup_floor(self) -> None:
+    def _setup_floor(self, statistics: Callable[[Sequence[Utterance]], np.ndarray]) -> None:
         """``valid_floor``: with ``--floor-blend``, the floor's ``[N, 3]`` predictions of the validation split
         (1–7), which every validation blends the network's with; else None.
 
-        They never change, so they are computed once, from each clip's statistics (``utterance_statistics``,
-        cached by audio content: the ones ``fit_utterance_statistics`` has just read) rather than by running
-        the model: the floor as ``sertool baseline`` predicts it, in float64.
+        They never change, so they are computed once, from each clip's statistics (``statistics``: cached by
+        audio content, and in memory where ``fit_utterance_statistics`` has just read them) rather than by
+        running the model: the floor as ``sertool baseline`` predicts it, in float64.
         """
         floor, wide = self.model.floor_blend, self.model.utterance_stats
         self.valid_floor: np.ndarray | None = None
         if floor is None or wide is None:
             return
-        rows = utterance_statistics(self.valid_set, cache_dir=self.config.data.cache_dir,
-                                    num_workers=self.config.data.num_workers,
-                                    progress=self._progress("utterance statistics"))
+        rows = statistics(self.valid_set)
         with torch.no_grad():
             unit = floor.floor(wide.standardizer(torch.from_numpy(rows).to(self.context.device)))
         self.valid_floor = self.model.label_scaling.from_unit(unit.cpu().numpy())

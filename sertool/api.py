@@ -16,13 +16,14 @@ the numbers are the CLI's. ``import sertool`` stays light: this module (and torc
 """
 from __future__ import annotations
 
+import functools
 import numbers
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, TypeVar, Union
 
 import numpy as np
 
@@ -34,16 +35,39 @@ from sertool.config import (
     DEFAULT_HOP_S,
     DEFAULT_QUANTIZE,
     DEFAULT_WINDOW_S,
+    check_options,
+    check_value,
 )
 from sertool.data.records import ATTRIBUTES, Utterance
 from sertool.errors import SertoolError
+from sertool.guards.surface import as_sertool_error
+from sertool.inference.options import PredictOptions
 from sertool.inference.predictions import Predictions
 from sertool.inference.predictor import InferenceOptions, Predictor, open_predictor
 
 # One input: a path to an audio file, or a waveform (a numpy array or a torch tensor) with sample_rate.
 Audio = Union[str, os.PathLike, np.ndarray, Any]
+Function = TypeVar("Function", bound=Callable[..., Any])
 
 
+def _surfaced(function: Function) -> Function:
+    """Raise the failures a caller can act on (no memory, a full disk, no CUDA, ...) as ``SertoolError`` with
+    the CLI's one-line message (``guards.surface``), the original chained; anything else as it is."""
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except SertoolError:
+            raise
+        except Exception as error:  # noqa: BLE001 - re-raised: converted when known, else unchanged
+            known = as_sertool_error(error)
+            if known is None:
+                raise
+            raise known from error
+    return wrapper  # type: ignore[return-value]
+
+
+@_surfaced
 def load(
     model: str | os.PathLike,
     *,
@@ -86,7 +110,9 @@ def load(
         A ``Model``.
 
     Raises:
-        SertoolError: nothing loadable at ``model`` (the message names it and what to do).
+        SertoolError: an option outside the values the CLI's flag allows (naming it), or nothing loadable at
+            ``model`` (the message names it and what to do); a known failure (no memory, no CUDA, ...) as
+            one line.
 
     Examples:
         >>> model = sertool.load("runs/demo")
@@ -97,10 +123,18 @@ def load(
         ...
         sertool.errors.SertoolError: missing.pt: no such checkpoint, run folder, model folder, ...
     """
-    options = InferenceOptions(device=device, max_batch_s=max_batch_s, amp=amp, cache_dir=cache_dir,
-                               backbone_path=backbone_path, text_model=text_model,
-                               speaker_embedding=speaker_embedding, asr=asr, quantize=quantize, threads=threads)
+    options = InferenceOptions(device=device, max_batch_s=max_batch_s, amp=amp, cache_dir=_text(cache_dir),
+                               backbone_path=_text(backbone_path), text_model=_text(text_model),
+                               speaker_embedding=_text(speaker_embedding), asr=_text(asr), quantize=quantize,
+                               threads=threads)
+    check_options(options, source="sertool.load")  # the declarations the CLI's flags are built from
+    options.torch_device()  # a device that is not there is refused now, not at the first prediction
     return Model(open_predictor(os.fspath(model), options))
+
+
+def _text(location: Any) -> Any:
+    """A folder given as a ``Path`` as the string the options declare; anything else as it is (then checked)."""
+    return os.fspath(location) if isinstance(location, os.PathLike) else location
 
 
 class Model:
@@ -117,6 +151,7 @@ class Model:
     def __repr__(self) -> str:
         return f"sertool.Model({self.name!r})"
 
+    @_surfaced
     def predict(
         self,
         audio: Audio | Sequence[Audio],
@@ -150,7 +185,9 @@ class Model:
 
         Raises:
             SertoolError: a missing or unreadable file, a folder, a waveform without ``sample_rate`` (or
-                a file with one), an empty, non-finite, non-float or too short waveform, the same file twice.
+                a file with one), an empty, non-finite, non-float or too short waveform, the same file twice,
+                a ``window_s`` or ``hop_s`` outside what `sertool predict` allows; a known failure (no
+                memory, ...) as one line.
 
         Examples:
             >>> model = sertool.load("runs/demo")
@@ -173,6 +210,8 @@ class Model:
             >>> [(segment.start_s, segment.end_s) for segment in table.segments]
             [(0.0, 10.0), (5.0, 15.0), (10.0, 20.0), (15.0, 25.0)]
         """
+        window_s = check_value(PredictOptions, "window_s", window_s, source="predict")
+        hop_s = check_value(PredictOptions, "hop_s", hop_s, source="predict")
         single = not isinstance(audio, (list, tuple))
         items = list(audio) if isinstance(audio, (list, tuple)) else [audio]
         if not items:

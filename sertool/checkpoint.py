@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import functools
 import io
+import os
 import pickle
 import re
 import subprocess
+import uuid
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -25,11 +27,13 @@ import torch
 from torch import nn
 
 from sertool.errors import SertoolError
-from sertool.io import atomic_write
+from sertool.guards.outputs import atomic_write
+from sertool.guards.reads import MAX_CHECKPOINT_BYTES, check_user_file, open_user_file
 from sertool.version import __version__
 
 FORMAT = "sertool-checkpoint"
 FORMAT_VERSION = 1
+CHECKPOINT_ID = "checkpoint_id"  # a random id per saved checkpoint; an export records the one it came from
 BEST_NAME = "best.pt"
 LAST_NAME = "last.pt"
 # Top-level modules of SERModel holding pretrained encoders whose frozen weights are not stored.
@@ -40,24 +44,25 @@ def resolve_checkpoint(path: str | Path, *, name: str = BEST_NAME) -> Path:
     """A checkpoint file, or ``path/name`` when ``path`` is a run folder.
 
     Raises:
-        SertoolError: neither exists.
+        SertoolError: neither exists, or it is not a regular file of a checkpoint's size (a pipe, a device).
     """
     path = Path(path).expanduser()
     if path.is_dir():
-        candidate = path / name
-        if not candidate.is_file():
+        if not os.path.lexists(path / name):
             raise SertoolError(f"{path}: a folder without {name}; is it a finished run folder of `sertool train`?")
-        return candidate
-    if not path.is_file():
+        path = path / name
+    elif not os.path.lexists(path):
         raise SertoolError(f"{path}: no such checkpoint file or run folder")
-    return path
+    return check_user_file(path, what="checkpoint", max_bytes=MAX_CHECKPOINT_BYTES)
 
 
 def save_checkpoint(payload: dict[str, Any], path: str | Path) -> None:
-    """Write ``payload`` atomically (temp file + rename): a crash never leaves a half-written checkpoint."""
+    """Write ``payload`` into its run folder atomically (temp file + rename), replacing the previous one of that
+    name: a crash never leaves a half-written checkpoint."""
     buffer = io.BytesIO()
-    torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, **payload}, buffer)
-    with atomic_write(path, "wb") as handle:
+    torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, **payload, CHECKPOINT_ID: uuid.uuid4().hex},
+               buffer)
+    with atomic_write(path, "wb", replace=True) as handle:
         handle.write(buffer.getbuffer())
 
 
@@ -96,7 +101,7 @@ def load_checkpoint(path: str | Path, *, name: str = BEST_NAME) -> dict[str, Any
 
 def _describe(path: Path) -> str:
     """What a file that is not a zip archive looks like, for the error message."""
-    with open(path, "rb") as handle:
+    with open_user_file(path, "rb", what="checkpoint", max_bytes=MAX_CHECKPOINT_BYTES) as handle:
         head = handle.read(4096)
     if not head:
         return "an empty file"

@@ -5,6 +5,7 @@ Heavy modules (torch, transformers) are imported inside each command, so `sertoo
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 import typing
 from pathlib import Path
@@ -24,12 +25,14 @@ from sertool.data.demo import DEMO_SIZES
 from sertool.data.selection import SPEAKER_CHOICES
 from sertool.errors import SertoolError
 from sertool.experiments.grid import SCALES
+from sertool.guards.surface import DEBUG_VARIABLE
 from sertool.inference.options import EnsembleOptions, EvaluateOptions, PredictOptions
 from sertool.progress import task
 from sertool.splits import DEVELOPMENT, TRAIN
 from sertool.version import __version__
 
 EXIT_USER_ERROR = 2
+EXIT_BUG = 1  # an unexpected exception: Python's own status for an uncaught one
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell's convention for Ctrl-C
 DEMO_SIZE_NAMES = tuple(DEMO_SIZES)
 _AT_LEAST_TWO = Bounds(at_least=2)
@@ -41,27 +44,52 @@ def _show_progress(ctx: click.Context, param: click.Parameter, quiet: bool) -> N
     show_progress(quiet=quiet)
 
 
+def _ask_for_tracebacks(ctx: click.Context, param: click.Parameter, debug: bool) -> None:
+    if debug:
+        os.environ[DEBUG_VARIABLE] = "1"  # subprocesses (torchrun ranks, loader workers) see it too
+
+
 class _Group(click.Group):
-    """A click group that turns ``SertoolError`` into a one-line message instead of a traceback, and a stop
-    (Ctrl-C, SIGTERM) into its message and the shell's exit status (130, 143); every command it holds gets
-    ``--quiet`` and draws the progress of its long steps on a terminal (``sertool.progress``)."""
+    """A click group whose commands all fail the same way (``_fail``), stop on Ctrl-C or SIGTERM with its
+    message and the shell's exit status (130, 143), take ``--quiet`` and ``--debug``, and draw the progress of
+    their long steps on a terminal (``sertool.progress``)."""
 
     def add_command(self, cmd: click.Command, name: str | None = None) -> None:
         if not isinstance(cmd, click.Group):
             cmd.params.append(click.Option(["-q", "--quiet"], is_flag=True, expose_value=False, is_eager=True,
                                            callback=_show_progress,
                                            help="No progress bars (they are drawn only on a terminal anyway)."))
+            cmd.params.append(click.Option(["--debug"], is_flag=True, expose_value=False, is_eager=True,
+                                           callback=_ask_for_tracebacks,
+                                           help=f"Show the traceback of an error instead of one line (also: "
+                                                f"{DEBUG_VARIABLE}=1)."))
         super().add_command(cmd, name)
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except SertoolError as error:
-            click.secho(f"error: {error}", fg="red", err=True)
-            sys.exit(EXIT_USER_ERROR)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise  # usage errors and --help: click's own one-line handling
         except KeyboardInterrupt as stop:
             click.secho(str(stop) or "interrupted", fg="yellow", err=True)
             sys.exit(getattr(stop, "exit_status", EXIT_INTERRUPTED))
+        except Exception as error:  # noqa: BLE001 - the one error surface: every failure ends as one line
+            _fail(error)
+
+
+def _fail(error: Exception) -> typing.NoReturn:
+    """End the command on ``error``: a failure the user can act on is one line (exit 2); anything else is a bug,
+    one line naming the file its traceback was saved to (exit 1), or the traceback itself with ``--debug``."""
+    from sertool.guards.surface import debug_requested, known_failure, report_bug
+
+    message = known_failure(error)
+    if debug_requested() and not isinstance(error, SertoolError):
+        raise error
+    if message is None:
+        click.secho(f"error: {report_bug(error, command=' '.join(sys.argv))}", fg="red", err=True)
+        sys.exit(EXIT_BUG)
+    click.secho(f"error: {message}", fg="red", err=True)
+    sys.exit(EXIT_USER_ERROR)
 
 
 class _Number(click.ParamType):
@@ -190,18 +218,12 @@ def data_speakers(corpus: str, split: str, speaker_model: str, num_speakers: int
     speaker embeddings did not help), with the Fisher ratio of the projection as a number.
     """
     from sertool.console import out as console
-    from sertool.data.corpus import open_corpus
-    from sertool.data.selection import choose_utterances
-    from sertool.experiments.speakers import plot_speaker_map, speaker_map
-    from sertool.io import check_writable
+    from sertool.experiments.speakers import speaker_figure
 
-    check_writable([Path(out)], force=force)
-    utterances = choose_utterances(open_corpus(corpus).split(split), num_speakers=num_speakers,
-                                   per_speaker=per_speaker, seed=seed, speakers=speaker_choice)
-    result = speaker_map(utterances, speaker_model)
-    plot_speaker_map(result, out, title=f"{speaker_model} on {len(utterances)} utterances of {split}")
-    console.print(f"Fisher ratio {result.fisher_ratio:.2f} (between-/within-speaker variance of the 2-D points) "
-                  f"on {len(utterances):,} {split} utterances of {num_speakers} speakers; wrote {out}")
+    figure = speaker_figure(corpus, out, split=split, speaker_model=speaker_model, num_speakers=num_speakers,
+                            per_speaker=per_speaker, speakers=speaker_choice, seed=seed, force=force)
+    console.print(f"Fisher ratio {figure.map.fisher_ratio:.2f} (between-/within-speaker variance of the 2-D points) "
+                  f"on {figure.num_utterances:,} {split} utterances of {num_speakers} speakers; wrote {out}")
 
 
 def _column_options(command):
@@ -244,22 +266,14 @@ def data_manifest(folder: str, metadata: str, out: str, label_range: tuple[float
     from sertool.console import out as console
     from sertool.console import print_corpus_summary, print_load_report
     from sertool.data.columns import ColumnMap
-    from sertool.data.importer import import_metadata
+    from sertool.data.importer import make_manifest
     from sertool.data.info import summarize
-    from sertool.data.manifest import write_manifest
-    from sertool.data.rows import Corpus
-    from sertool.io import check_writable
 
-    target = Path(out)
-    check_writable([target], force=force)
-    utterances, report = import_metadata(folder, metadata, columns=ColumnMap(**columns), label_range=label_range,
-                                         held_out_fractions=(dev_fraction, test_fraction), seed=seed)
-    print_load_report(report)
-    if not utterances:
-        raise SertoolError(f"{metadata}: no usable rows; nothing written")
-    write_manifest(utterances, target)
-    print_corpus_summary(f"{target} (manifest)", summarize(Corpus(target, "manifest", utterances, report)))
-    console.print(f"wrote {len(utterances):,} utterances to {target}")
+    manifest = make_manifest(folder, metadata, out, columns=ColumnMap(**columns), label_range=label_range,
+                             held_out_fractions=(dev_fraction, test_fraction), seed=seed, force=force)
+    print_load_report(manifest.report)
+    print_corpus_summary(f"{out} (manifest)", summarize(manifest))
+    console.print(f"wrote {len(manifest.utterances):,} utterances to {out}")
 
 
 class _SectionedCommand(click.Command):
@@ -579,12 +593,13 @@ def reproduce_command(corpus: str, grid: str | None, scale: str, out: str, seeds
     from sertool.console import RichTrainReporter, err
     from sertool.console import out as console
     from sertool.experiments.reproduce import parse_model_locations, reproduce
+    from sertool.guards.reads import MAX_TABLE_BYTES, read_user_text
 
     path = reproduce(grid, corpus=corpus, scale=scale, out_dir=out, seeds=seeds,
                      model_locations=parse_model_locations(models),
                      only=systems.split(",") if systems else None, device=device, reporter_factory=RichTrainReporter,
                      say=lambda text: err.print(f"[bold]reproduce:[/] {text}"))
-    console.print(path.read_text(encoding="utf-8"), markup=False, highlight=False)
+    console.print(read_user_text(path, what="tables", max_bytes=MAX_TABLE_BYTES), markup=False, highlight=False)
     console.print(f"wrote {path}")
 
 

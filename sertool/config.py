@@ -393,11 +393,12 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     """
     import yaml
 
+    from sertool.guards.reads import MAX_CONFIG_BYTES, read_user_bytes
+
+    # Bytes, not text: PyYAML then decodes by the byte-order mark itself.
+    raw = read_user_bytes(path, what="config file (--config)", max_bytes=MAX_CONFIG_BYTES)
     try:
-        # Bytes, not text: PyYAML then decodes by the byte-order mark itself.
-        data = yaml.safe_load(Path(path).read_bytes()) or {}
-    except OSError as error:
-        raise SertoolError(f"--config {path}: cannot read it ({error.strerror})") from None
+        data = yaml.safe_load(raw) or {}
     except yaml.YAMLError as error:
         raise SertoolError(f"--config {path}: not valid YAML ({str(error).splitlines()[0]})") from None
     if not isinstance(data, dict):
@@ -451,6 +452,56 @@ class ConfigOption:
     def key(self) -> str:
         """The YAML key with its section: ``train.lr_heads``."""
         return f"{self.section}.{self.name}" if self.section else self.name
+
+
+def check_options(options: Any, *, source: str) -> None:
+    """Check every field of an options dataclass built in code (``InferenceOptions``, ``PredictOptions``, ...; a
+    ``Config`` checks itself with ``Config.check``) against its declaration: type, choices and bounds, the
+    declaration the command-line flags are built from, so the Python API and the CLI accept the same values.
+
+    Args:
+        options: the dataclass; nested options dataclasses are checked too.
+        source: how the message names where the values came from ("sertool.load").
+
+    Raises:
+        SertoolError: naming ``source``, the first bad field and the values it allows.
+    """
+    for spec in dataclasses.fields(options):
+        value = getattr(options, spec.name)
+        if "help" not in spec.metadata:  # a nested options dataclass
+            check_options(value, source=source)
+        else:
+            check_value(type(options), spec.name, value, source=source)
+
+
+def check_value(owner: type, name: str, value: Any, *, source: str) -> Any:
+    """``value`` checked against the declaration of field ``name`` of the options dataclass ``owner``, and
+    returned (an int where a float is declared is widened).
+
+    Raises:
+        SertoolError: naming ``source`` and ``name``, and the values the field allows.
+    """
+    option_ = _field_option(owner, name)
+    where = f"{source}: {name}"
+    if option_.type is list:  # a list of numbers (ensemble --weights)
+        if value is None and option_.optional:
+            return None
+        if not isinstance(value, (list, tuple)):
+            raise SertoolError(f"{where} must be a list of numbers, got {value!r}")
+        item = dataclasses.replace(option_, type=float, optional=False)
+        return [_coerce(item, entry, f"{where}[{index}]") for index, entry in enumerate(value)]
+    return _coerce(option_, value, where)
+
+
+@functools.lru_cache(maxsize=None)
+def _field_option(owner: type, name: str) -> ConfigOption:
+    """Field ``name`` of the dataclass ``owner`` as a ``ConfigOption`` (what ``_coerce`` checks against)."""
+    spec = next(spec for spec in dataclasses.fields(owner) if spec.name == name)
+    kind, optional = _base_type(typing.get_type_hints(owner)[name])
+    metadata = spec.metadata
+    return ConfigOption(None, name, metadata.get("flag") or "--" + name.replace("_", "-"), kind, spec.default,
+                        metadata["help"], metadata.get("choices"), optional, metadata.get("bounds"),
+                        metadata.get("path"), metadata.get("resumable", False))
 
 
 def config_options() -> list[ConfigOption]:
@@ -558,6 +609,8 @@ def _base_type(hint: Any) -> tuple[Any, bool]:
     optional = type(None) in typing.get_args(hint)
     if typing.get_origin(hint) is tuple:
         return tuple, optional
+    if typing.get_origin(args[0] if optional else hint) is list:
+        return list, optional
     return (args[0] if optional else hint), optional
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from sertool.config import DEFAULT_DEVICE
+from sertool.errors import SertoolError
 
 
 def select_device(device: str | torch.device = DEFAULT_DEVICE, *, local_rank: int = 0) -> torch.device:
@@ -13,7 +14,26 @@ def select_device(device: str | torch.device = DEFAULT_DEVICE, *, local_rank: in
         device: one of ``sertool.config.DEVICE_CHOICES`` ("auto", "cpu", "cuda"), or an explicit torch
             device ("cuda:1").
         local_rank: the GPU of this process under torchrun (0 in a single process).
+
+    Raises:
+        SertoolError: a CUDA device is asked for where there is none (or not that many), or ``device`` names
+            no device torch knows.
     """
     if device == DEFAULT_DEVICE:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device("cuda", local_rank) if device == "cuda" else torch.device(device)
+    try:
+        chosen = torch.device("cuda", local_rank) if device == "cuda" else torch.device(device)
+    except (RuntimeError, ValueError):
+        raise SertoolError(f"--device {device}: not a device; use auto, cpu or cuda") from None
+    if chosen.type == "cuda":
+        available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if not available:
+            raise SertoolError(f"--device {device}: this machine has no usable CUDA device (or this torch is built "
+                               "without CUDA); use --device cpu, or --device auto to take a GPU only where there is "
+                               "one")
+        if (chosen.index or 0) >= available:
+            raise SertoolError(f"--device {device}: GPU {chosen.index} asked for, and {available} visible; under "
+                               "torchrun, give at most one process per visible GPU")
+    elif chosen.type != "cpu":
+        raise SertoolError(f"--device {device}: sertool runs on cpu or cuda")
+    return chosen

@@ -1,96 +1,26 @@
-"""File writing that never leaves a half-written file behind."""
+"""The text formats every command shares: strict JSON, and CSV files read one row per line.
+
+Files are opened through the read guard (``sertool.guards.reads``) and written through the output guard
+(``sertool.guards.outputs``); this module only parses and formats.
+"""
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
-import logging
-import os
-import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any, TextIO
+from typing import IO, Any
 
 from sertool.errors import SertoolError
-
-log = logging.getLogger(__name__)
-# Cache folders a warning was printed for: one line per folder and process, not one per write.
-_UNWRITABLE_CACHES: set[Path] = set()
+from sertool.guards.reads import MAX_JSON_BYTES, MAX_TABLE_BYTES, open_user_file, read_user_text
 
 
-@contextlib.contextmanager
-def atomic_write(path: str | Path, mode: str = "w", **open_kwargs) -> Iterator[IO]:
-    """Open a temporary file beside ``path``; on success rename it over ``path``, on error remove it.
-
-    The rename is atomic on POSIX file systems, so readers see either the old file or the complete new
-    one, never a partial write (a crash or a full disk leaves the old file as it was).
-
-    Raises:
-        SertoolError: the folder is not writable or the disk is full (naming the path).
-    """
-    path = Path(path)
-    if "b" not in mode:
-        open_kwargs.setdefault("encoding", "utf-8")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        descriptor, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as error:
-        raise SertoolError(f"{path}: cannot write here ({error.strerror or error})") from None
-    try:
-        # mkstemp creates 0600 files; give the result the permissions any new file would get (umask).
-        os.fchmod(descriptor, 0o666 & ~_umask())
-        with os.fdopen(descriptor, mode, **open_kwargs) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp_name, path)
-    except OSError as error:
-        _remove_quietly(temp_name)
-        raise SertoolError(f"{path}: write failed ({error.strerror or error}); the previous file, if any, is "
-                           "unchanged") from None
-    except BaseException:
-        _remove_quietly(temp_name)
-        raise
-
-
-def write_cache_file(path: str | Path, data: bytes) -> bool:
-    """Write one file of an on-disk cache atomically; a cache that cannot be written is only a warning.
-
-    Caches (text embeddings, ASR transcripts) save work, they never change a result: when the folder
-    cannot be written (a read-only ``HOME``, a ``--cache-dir`` that is a file, a full disk) the caller
-    keeps what it computed in memory, and one warning per folder says so and how to fix it.
-
-    Returns:
-        Whether the file was written.
-    """
-    path = Path(path)
-    try:
-        with atomic_write(path, "wb") as handle:
-            handle.write(data)
-        return True
-    except SertoolError as error:
-        if path.parent not in _UNWRITABLE_CACHES:
-            _UNWRITABLE_CACHES.add(path.parent)
-            log.warning("warning: %s; going on without caching (pass --cache-dir or set SERTOOL_CACHE to a "
-                        "writable folder)", error)
-        return False
-
-
-def write_json_document(document: Any, destination: str | Path | TextIO) -> None:
-    """Write ``document`` as strict JSON (a non-finite number becomes ``null``) to a path (atomically) or a
-    text stream such as ``sys.stdout``; indented, one trailing newline.
-
-    Raises:
-        SertoolError: the file cannot be written.
-    """
-    text = json.dumps(_strict(document), indent=2, ensure_ascii=False) + "\n"
-    if isinstance(destination, (str, Path)):
-        with atomic_write(destination) as handle:
-            handle.write(text)
-    else:
-        destination.write(text)
-        destination.flush()
+def write_json_document(document: Any, handle: IO[str]) -> None:
+    """Write ``document`` as strict JSON (a non-finite number becomes ``null``) to a text stream (a file being
+    committed through ``OutputPlan.writing``, or ``sys.stdout``); indented, one trailing newline."""
+    handle.write(json.dumps(_strict(document), indent=2, ensure_ascii=False) + "\n")
+    handle.flush()
 
 
 def _strict(value: Any) -> Any:
@@ -111,11 +41,10 @@ def load_json(path: str | Path, *, what: str):
         SertoolError: missing, unreadable or not JSON.
     """
     path = Path(path)
+    text = read_user_text(path, what=what, max_bytes=MAX_JSON_BYTES)  # a byte-order mark (some editors) is fine
     try:
-        return json.loads(path.read_text(encoding="utf-8-sig"))  # a byte-order mark (some editors) is fine
-    except FileNotFoundError:
-        raise SertoolError(f"{path}: {what} not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
         raise SertoolError(f"{path}: not a readable JSON {what} ({error})") from None
 
 
@@ -159,7 +88,7 @@ def read_csv_records(
     """
     path = Path(path)
     try:
-        with open(path, newline="", encoding="utf-8-sig") as handle:
+        with open_user_file(path, newline="", encoding="utf-8-sig", what=what, max_bytes=MAX_TABLE_BYTES) as handle:
             lines = enumerate(handle, start=1)
             number, text = next(((number, text) for number, text in lines if text.strip()), (0, ""))
             if not number:
@@ -179,8 +108,6 @@ def read_csv_records(
                     on_damage(number, fields)
                     continue
                 yield number, dict(zip(header, fields, strict=True))
-    except FileNotFoundError:
-        raise SertoolError(f"{path}: {what} not found") from None
     except UnicodeDecodeError as error:
         raise SertoolError(f"{path}: the {what} is not UTF-8 text ({error.reason} at byte "
                            f"{error.start}); save it as UTF-8") from None
@@ -240,27 +167,3 @@ def printable(text: str) -> str:
     no UTF-8 file or terminal accepts; ids and messages use this form instead (``caf\\xe9``).
     """
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-
-
-def check_writable(paths, *, force: bool) -> None:
-    """Refuse to overwrite any existing path of ``paths`` (None entries are skipped) unless ``force``.
-
-    Commands call this before any work, so a refused run costs nothing and loses nothing.
-
-    Raises:
-        SertoolError: naming the first existing path and ``--force``.
-    """
-    for path in paths:
-        if path is not None and Path(path).exists() and not force:
-            raise SertoolError(f"{path} exists; pass --force to overwrite it")
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _remove_quietly(name: str) -> None:
-    with contextlib.suppress(OSError):
-        os.remove(name)

@@ -16,15 +16,18 @@ safetensors (tensors only, no pickle), and any other file in the folder is ignor
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
-from sertool.checkpoint import BEST_NAME, load_checkpoint
+from sertool.checkpoint import BEST_NAME, CHECKPOINT_ID, load_checkpoint
 from sertool.errors import SertoolError
+from sertool.guards.outputs import OutputPlan
+from sertool.guards.reads import MAX_CHECKPOINT_BYTES, check_user_file
 from sertool.hub import download_snapshot, is_repo_id
-from sertool.io import atomic_write, load_json
+from sertool.io import load_json
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -41,6 +44,7 @@ _NOT_IN_CONFIG = ("model_state", "training", "format", "format_version")
 # Written into both config.json and the safetensors metadata: a folder whose two files come from different
 # exports (e.g. a crash while overwriting one with --force) is refused instead of silently mixed.
 _EXPORT_ID = "export_id"
+log = logging.getLogger(__name__)
 
 
 def is_model_folder(path: str | Path) -> bool:
@@ -51,6 +55,10 @@ def is_model_folder(path: str | Path) -> bool:
 
 def load_model(name_or_path: str | Path, *, name: str = BEST_NAME, weights: bool = True) -> dict[str, Any]:
     """The payload of any model source, as ``sertool.checkpoint.load_checkpoint`` returns it.
+
+    A folder that holds a run's checkpoint ``name`` is a run folder and means that checkpoint, even where an
+    export was written into it too; an export there that is not of that checkpoint (a later ``train
+    --force`` replaced it) is named in a warning as stale.
 
     Args:
         name_or_path: a checkpoint file, a run folder (its ``name``), a model folder (sertool's or the
@@ -69,11 +77,30 @@ def load_model(name_or_path: str | Path, *, name: str = BEST_NAME, weights: bool
     """
     text = str(name_or_path)
     path = Path(text).expanduser()
+    if path.is_dir() and (path / name).is_file():
+        payload = load_checkpoint(path / name)
+        if is_model_folder(path):
+            _warn_if_stale_export(path, payload, name=name)
+        return payload
     if is_model_folder(path):
         return read_model_folder(path, weights=weights)
     if path.exists() or not is_repo_id(text):
         return load_checkpoint(path, name=name)
     return read_model_folder(download_snapshot(text, files=FOLDER_FILES), source=text, weights=weights)
+
+
+def _warn_if_stale_export(folder: Path, payload: dict[str, Any], *, name: str) -> None:
+    """One warning when ``folder`` holds an export (``config.json``) of another checkpoint than its ``name``."""
+    try:
+        exported = load_json(folder / CONFIG_NAME, what="model config")
+    except SertoolError:
+        exported = None
+    recorded = exported.get(CHECKPOINT_ID) if isinstance(exported, dict) else None
+    if recorded is None or recorded != payload.get(CHECKPOINT_ID):
+        log.warning("warning: %s holds a run's %s and, beside it, an exported model (%s, %s) that is not an export of "
+                    "that %s (stale: the run was trained again after the export); using %s. Export the run again, "
+                    "or move the old export to a folder of its own", folder, name, CONFIG_NAME, WEIGHTS_NAME, name,
+                    folder / name)
 
 
 def read_model_folder(folder: str | Path, *, source: str | None = None, weights: bool = True) -> dict[str, Any]:
@@ -113,14 +140,16 @@ def read_model_folder(folder: str | Path, *, source: str | None = None, weights:
     return payload
 
 
-def write_model_folder(payload: dict[str, Any], folder: str | Path, *, card: str) -> list[Path]:
+def write_model_folder(payload: dict[str, Any], outputs: OutputPlan, folder: Path, *, card: str) -> list[Path]:
     """Write ``payload`` (a checkpoint's) as a sertool model folder; other files in ``folder`` stay.
 
-    Each file is written atomically; ``config.json`` and the weights share an export id, so a folder left
+    Each file is committed through ``outputs`` (atomically, exclusively unless ``--force``) while the folder is
+    held (``OutputPlan.holding``); ``config.json`` and the weights share an export id, so a folder left
     half-overwritten by a crash is refused on loading rather than read with mismatched files.
 
     Args:
         payload: what ``load_model`` returned (weights in ``model_state``).
+        outputs: the command's outputs, in which ``folder`` is declared.
         folder: created if missing.
         card: the README.md text (the model card).
 
@@ -132,20 +161,19 @@ def write_model_folder(payload: dict[str, Any], folder: str | Path, *, card: str
     """
     from safetensors.torch import save as save_safetensors
 
-    folder = Path(folder).expanduser()
     export_id = uuid.uuid4().hex
     config = {"format": FOLDER_FORMAT, "format_version": FOLDER_FORMAT_VERSION, _EXPORT_ID: export_id,
               **{key: value for key, value in payload.items() if key not in _NOT_IN_CONFIG}}
     # safetensors stores each tensor alone: contiguous copies, so views and shared storage cannot clash.
     tensors = {name: value.detach().cpu().contiguous().clone() for name, value in payload["model_state"].items()}
     written = [folder / WEIGHTS_NAME, folder / CARD_NAME, folder / CONFIG_NAME]
-    with atomic_write(written[0], "wb") as handle:
-        handle.write(save_safetensors(tensors, metadata={_EXPORT_ID: export_id, "format": "pt"}))
-    with atomic_write(written[1]) as handle:
-        handle.write(card)
-    with atomic_write(written[2]) as handle:
-        json.dump(config, handle, indent=2)
-        handle.write("\n")
+    with outputs.holding(folder, flag="--out"):
+        outputs.write_data(written[0], save_safetensors(tensors, metadata={_EXPORT_ID: export_id, "format": "pt"}))
+        with outputs.writing(written[1]) as handle:
+            handle.write(card)
+        with outputs.writing(written[2]) as handle:
+            json.dump(config, handle, indent=2)
+            handle.write("\n")
     return written
 
 
@@ -183,6 +211,7 @@ def _open_safetensors(path: Path) -> Iterator[Any]:
     """``safetensors.safe_open`` with a one-line error for a damaged file (tensors are read lazily)."""
     from safetensors import SafetensorError, safe_open
 
+    check_user_file(path, what="safetensors file", max_bytes=MAX_CHECKPOINT_BYTES)
     try:
         with safe_open(str(path), framework="pt") as handle:
             yield handle

@@ -2,12 +2,26 @@
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
 from pathlib import Path
+from typing import IO, Any
 
 import numpy as np
 import soundfile as sf
 
+from sertool.guards.outputs import OutputPlan
+
 MSP_HEADER = ["FileName", "EmoClass", "EmoAct", "EmoVal", "EmoDom", "SpkrID", "Gender", "Split_Set"]
+
+
+def commit(path: Path, write: Callable[[IO[Any]], Any], *, mode: str = "w") -> Any:
+    """Write ``path`` with one of sertool's stream writers (``write(handle)``), committed as a command commits
+    its outputs (``OutputPlan``, replacing what is there); returns what ``write`` returned."""
+    outputs = OutputPlan(force=True)
+    target = outputs.file(path, flag="test")
+    assert target is not None
+    with outputs.writing(target, mode, **({} if "b" in mode else {"newline": ""})) as handle:
+        return write(handle)
 
 
 def write_tone(path: Path, *, duration_s: float, sample_rate: int = 16_000, channels: int = 1,

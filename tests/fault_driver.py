@@ -98,16 +98,16 @@ def _at_validation(fire: Callable[[], None], count: int, reached: Callable[[], b
 
 
 def _at_checkpoint_write(fire: Callable[[], None], count: int, reached: Callable[[], bool]) -> None:
-    from sertool import io
+    from sertool.guards import outputs
 
-    real_fsync = io.os.fsync
+    real_fsync = outputs.os.fsync
 
     def fsync(descriptor):
         real_fsync(descriptor)
         if Path(os.readlink(f"/proc/self/fd/{descriptor}")).name.startswith(".last.pt.") and reached():
             fire()
 
-    io.os.fsync = fsync
+    outputs.os.fsync = fsync
 
 
 # Each point patches one function of sertool: given how to fire the fault, N, and a counter that says

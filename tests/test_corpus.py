@@ -12,7 +12,7 @@ from sertool.data.importer import import_metadata, speaker_disjoint_split
 from sertool.data.manifest import read_manifest, write_manifest
 from sertool.data.records import Utterance
 from sertool.errors import SertoolError
-from tests.corpus_files import write_msp_corpus, write_tone
+from tests.corpus_files import commit, write_msp_corpus, write_tone
 
 GOOD = ["MSP-PODCAST_0001_0001.wav", "N", "2.2", "4.0", "2.6", "30", "Male", "Train"]
 
@@ -108,7 +108,7 @@ def test_test3_rows_may_lack_labels_other_splits_may_not(tmp_path):
 def test_manifest_round_trip(tiny_msp, tmp_path):
     corpus = open_corpus(tiny_msp)
     path = tmp_path / "elsewhere" / "manifest.csv"
-    write_manifest(corpus.utterances, path)
+    commit(path, lambda handle: write_manifest(corpus.utterances, handle, folder=path.parent))
     again = open_corpus(path.parent)  # a folder holding manifest.csv
     assert again.kind == "manifest"
     assert [(u.id, u.split, u.arousal, u.valence, u.dominance, u.emo_class, u.speaker, u.gender, u.transcript)

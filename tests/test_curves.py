@@ -72,7 +72,7 @@ def test_curves_read_older_metrics_files_and_skip_torn_lines(tmp_path):
     assert (curves.train_steps, curves.train_loss, curves.valid_steps) == ([1], [1.5], [2])
     assert curves.valid_ccc["valence"] == [None] and curves.valid_split is None
     (tmp_path / "empty").mkdir()
-    with pytest.raises(SertoolError, match="metrics.jsonl: cannot read it"):
+    with pytest.raises(SertoolError, match="metrics.jsonl: training log not found; is .* a run folder"):
         read_curves(tmp_path / "empty")
 
 
@@ -85,7 +85,7 @@ def test_plot_overlays_runs_and_refuses_to_overwrite(runs, tmp_path):
     again = CliRunner().invoke(cli, args)
     assert again.exit_code == 2 and "--force" in again.output
     missing = CliRunner().invoke(cli, ["plot", str(tmp_path), "--out", str(tmp_path / "x.png")])
-    assert missing.exit_code == 2 and "metrics.jsonl: cannot read it" in missing.output
+    assert missing.exit_code == 2 and "metrics.jsonl: training log not found" in missing.output
 
 
 def test_tensorboard_without_the_package_names_what_to_install(corpus, tmp_path, monkeypatch):

@@ -33,6 +33,18 @@ def test_every_command_has_a_worked_example():
         assert f"sertool {command}" in text, command
 
 
+def test_reliability_tables_are_generated_from_the_tests_current():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("reliability_table", DOCS.parent / "scripts" / "reliability_table.py")
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    current = (DOCS / "reliability.md").read_text()
+    assert script.updated(current, script.render(script.collect())) == current, \
+        "docs/reliability.md's tables are not current: run python scripts/reliability_table.py"
+
+
 def test_reliability_table_lists_every_reliability_test():
     import ast
 

@@ -1,6 +1,7 @@
 """Ensembles: means against hand computations, per-attribute subset selection, plans as JSON, CSV members."""
 from __future__ import annotations
 
+import functools
 import json
 from itertools import combinations
 from pathlib import Path
@@ -21,6 +22,7 @@ from sertool.inference.ensemble import (
 )
 from sertool.inference.predictions import Predictions, Segment, read_predictions, write_predictions
 from sertool.models.ccc import ccc_scores
+from tests.corpus_files import commit
 
 IDS = ["a.wav", "b.wav"]
 
@@ -133,7 +135,7 @@ def test_plan_json_round_trip(tmp_path: Path) -> None:
     members, labels = development_case()
     plan = select_per_attribute(members, labels, names=["m0.csv", "m1.csv", "m2.csv"])
     path = tmp_path / "ens.json"
-    write_plan(plan, path)
+    commit(path, lambda handle: write_plan(plan, handle))
     loaded = read_plan(path)
     assert loaded.to_dict() == plan.to_dict()
     np.testing.assert_array_equal(apply_plan(loaded, members).values, apply_plan(plan, members).values)
@@ -172,7 +174,8 @@ def test_csv_members_give_the_in_memory_ensemble(tmp_path: Path) -> None:
     for index, member in enumerate(members):
         paths.append(tmp_path / f"m{index}.csv")
         # Rows in a different order per file, as files from different runs may be.
-        write_predictions(member.take(list(np.random.default_rng(index).permutation(member.ids))), paths[-1])
+        shuffled = member.take(list(np.random.default_rng(index).permutation(member.ids)))
+        commit(paths[-1], functools.partial(write_predictions, shuffled))
     loaded = [read_predictions(path) for path in paths]
     from_files = average(loaded, names=[str(path) for path in paths]).take(members[0].ids)
     in_memory = average(members)

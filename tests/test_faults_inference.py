@@ -282,23 +282,29 @@ def test_huge_ensemble_weights_give_the_weighted_mean(labelled_corpus, tmp_path)
 def test_no_predictions_file_or_stream_holds_a_non_finite_value(tmp_path):
     import io
 
+    from sertool.guards.outputs import OutputPlan
     from sertool.inference.predictions import Predictions, Segment, write_predictions
-    from sertool.inference.writers import write_json, write_submission
+    from sertool.inference.writers import write_predictions_file, write_submission
 
     spread_nan = Predictions(["a.wav", "b.wav"], [[3, 4, 5], [3, 4, 5]], spread=[[0, 0, 0], [np.nan, 0, 0]])
     segment_inf = Predictions(["a.wav"], [[3, 4, 5]], segments=[Segment("a.wav", 0.0, 1.0, (3, np.inf, 5))])
     for predictions, bad in ((spread_nan, "b.wav"), (segment_inf, "a.wav")):
-        for writer, name in ((write_predictions, "p.csv"), (write_json, "p.json")):
+        for name in ("p.csv", "p.json"):
+            outputs = OutputPlan()
+            path = outputs.file(tmp_path / name, flag="--out")
             with pytest.raises(SertoolError, match=f"p.(csv|json): predictions for 1 file\\(s\\) are not finite "
                                                    f"numbers \\({bad}\\)"):
-                writer(predictions, tmp_path / name)
-            assert not (tmp_path / name).exists()
+                write_predictions_file(outputs, path, predictions)
+            assert sorted(tmp_path.iterdir()) == []  # neither the file nor a temporary
         stream = io.StringIO()
         with pytest.raises(SertoolError, match="not finite"):
             write_predictions(predictions, stream)
         assert stream.getvalue() == ""
-    with pytest.raises(SertoolError, match="not finite"):
-        write_submission(Predictions(["a.wav"], [[np.nan, 4, 5]]), tmp_path / "s.csv")
+    outputs = OutputPlan()
+    path = outputs.file(tmp_path / "s.csv", flag="--submission")
+    with pytest.raises(SertoolError, match="s.csv: predictions for 1 file"):
+        write_submission(outputs, path, Predictions(["a.wav"], [[np.nan, 4, 5]]))
+    assert sorted(tmp_path.iterdir()) == []
 
 
 # ---------------------------------------------------------------------------------------------------------

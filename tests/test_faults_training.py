@@ -27,6 +27,7 @@ from sertool.cli import cli
 from sertool.config import Config
 from sertool.training import loop
 from sertool.training.loop import train
+from tests.cases import case
 from tests.corpus_files import write_learnable_corpus
 
 # 8 training utterances in batches of 2: 4 optimiser steps per epoch, 2 epochs, last.pt after every step.
@@ -226,12 +227,32 @@ def _stopped(pid: int) -> bool:
         return False
 
 
-def test_training_force_removes_the_previous_runs_files_first(corpus, straight, tmp_path, monkeypatch):
-    """--force starts over: a new run stopped before its first checkpoint leaves no last.pt or best.pt of the
-    old run beside its own config.yaml (a --resume would otherwise continue the old run)."""
+@case("training", "`train --force` into a finished run, stopped once its set-up is done, before its first checkpoint",
+      "the old run's last.pt, best.pt and logs are gone, the user's own files stay (a --resume cannot continue the "
+      "old run)")
+def test_training_force_removes_the_previous_runs_files_once_set_up(corpus, straight, tmp_path, monkeypatch):
     run_dir = tmp_path / "again"
     shutil.copytree(straight, run_dir)
     (run_dir / "notes.txt").write_text("mine")
+    real_setup_state = loop._Run._setup_state
+
+    def interrupted_after_set_up(self, *args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        return real_setup_state(self, *args, **kwargs)
+
+    monkeypatch.setattr(loop._Run, "_setup_state", interrupted_after_set_up)
+    result = run("train", "--corpus", corpus, "--out", run_dir, "--force", "--num-workers", "0", *TINY, "--seed", "7")
+    assert result.exit_code == 130 and "starts again from step 0" in result.output
+    assert sorted(path.name for path in run_dir.iterdir()) == [".lock", "argv.txt", "config.yaml", "notes.txt"]
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["seed"] == 7
+
+
+@case("training", "`train --force` into a finished run, stopped while it reads its data",
+      "exit 130, 'still holds its previous run, unchanged'; every file of the previous run as it was")
+def test_training_force_keeps_the_previous_run_until_set_up_is_done(corpus, straight, tmp_path, monkeypatch):
+    run_dir = tmp_path / "again"
+    shutil.copytree(straight, run_dir)
+    before = _snapshot(run_dir)
     real_open = loop.open_corpus
 
     def interrupted_while_loading(*args, **kwargs):
@@ -240,9 +261,39 @@ def test_training_force_removes_the_previous_runs_files_first(corpus, straight, 
 
     monkeypatch.setattr(loop, "open_corpus", interrupted_while_loading)
     result = run("train", "--corpus", corpus, "--out", run_dir, "--force", "--num-workers", "0", *TINY, "--seed", "7")
-    assert result.exit_code == 130 and "starts again from step 0" in result.output
-    assert sorted(path.name for path in run_dir.iterdir()) == [".lock", "argv.txt", "config.yaml", "notes.txt"]
-    assert yaml.safe_load((run_dir / "config.yaml").read_text())["seed"] == 7
+    assert result.exit_code == 130 and "still holds its previous run, unchanged" in result.output
+    assert _snapshot(run_dir) == before
+
+
+@case("training", "`train --out RUN --force --valid-split Dev` (a typo) on a finished run",
+      "one line listing the splits there are; best.pt, last.pt and the logs of RUN untouched")
+def test_training_force_with_a_bad_input_leaves_the_previous_run_whole(corpus, straight, tmp_path):
+    run_dir = tmp_path / "again"
+    shutil.copytree(straight, run_dir)
+    before = _snapshot(run_dir)
+    result = run("train", "--corpus", corpus, "--out", run_dir, "--force", "--num-workers", "0", *TINY,
+                 "--valid-split", "Dev")
+    assert result.exit_code == 2 and "splits present" in result.output and "Traceback" not in result.output
+    assert _snapshot(run_dir) == before
+
+
+@case("training", "`train --init-from RUN --out RUN --force`",
+      "refused before any work: RUN/best.pt is what --force would delete; it says to export it first")
+def test_training_force_never_deletes_the_weights_it_starts_from(corpus, straight, tmp_path):
+    run_dir = tmp_path / "again"
+    shutil.copytree(straight, run_dir)
+    before = _snapshot(run_dir)
+    for start in (run_dir, run_dir / "best.pt"):
+        result = run("train", "--corpus", corpus, "--out", run_dir, "--force", "--num-workers", "0", *TINY,
+                     "--init-from", start)
+        assert result.exit_code == 2 and "sertool export" in result.output and "Traceback" not in result.output
+        assert _snapshot(run_dir) == before
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` (but the lock, which each train rewrites) and its bytes."""
+    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*"))
+            if path.is_file() and path.name != ".lock"}
 
 
 # ---- damaged run folders --------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "sertool"
 
 # Each part of sertool, by the modules (or packages) it holds. A module belongs to the longest prefix listed.
 PARTS: dict[str, tuple[str, ...]] = {
-    "base": ("sertool.version", "sertool.errors", "sertool.io", "sertool.interrupts", "sertool.config",
+    "base": ("sertool.version", "sertool.errors", "sertool.guards", "sertool.io", "sertool.interrupts", "sertool.config",
              "sertool.hub", "sertool.devices", "sertool.splits", "sertool.progress"),
     "data": ("sertool.data",),
     "runtime": ("sertool.runtime",),

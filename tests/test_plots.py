@@ -1,6 +1,8 @@
 """The evaluation figure: a valid PNG of the intended size, with or without classes; an install hint otherwise."""
 from __future__ import annotations
 
+import functools
+import io
 import struct
 import sys
 from pathlib import Path
@@ -12,6 +14,7 @@ from sertool.errors import SertoolError
 from sertool.inference.plots import DPI, PANEL_SIZE_IN, plot_evaluation
 from sertool.inference.predictions import Predictions
 from sertool.models.ccc import ccc_scores
+from tests.corpus_files import commit
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -37,7 +40,7 @@ def evaluation_case(num_files: int = 300) -> tuple[Predictions, np.ndarray, list
 def test_figure_with_classes(tmp_path: Path) -> None:
     predictions, labels, classes = evaluation_case()
     path = tmp_path / "eval.png"
-    figure = plot_evaluation(predictions, labels, classes, path)
+    figure = commit(path, lambda handle: plot_evaluation(predictions, labels, classes, handle), mode="wb")
     assert png_size(path) == (round(3 * PANEL_SIZE_IN[0] * DPI), round(2 * PANEL_SIZE_IN[1] * DPI))
     scores = ccc_scores(predictions.values, labels)
     titles = [axis.get_title() for axis in figure.axes]
@@ -51,7 +54,7 @@ def test_figure_without_classes(tmp_path: Path) -> None:
     predictions, labels, _ = evaluation_case(40)
     for classes in (None, [None] * 40):
         path = tmp_path / "eval.png"
-        figure = plot_evaluation(predictions, labels, classes, path)
+        figure = commit(path, functools.partial(plot_evaluation, predictions, labels, classes), mode="wb")
         assert png_size(path) == (round(3 * PANEL_SIZE_IN[0] * DPI), round(PANEL_SIZE_IN[1] * DPI))
         assert len(figure.axes) == 3
 
@@ -59,9 +62,9 @@ def test_figure_without_classes(tmp_path: Path) -> None:
 def test_mismatched_inputs(tmp_path: Path) -> None:
     predictions, labels, classes = evaluation_case(40)
     with pytest.raises(ValueError):
-        plot_evaluation(predictions, labels[:10], None, tmp_path / "x.png")
+        plot_evaluation(predictions, labels[:10], None, io.BytesIO())
     with pytest.raises(ValueError):
-        plot_evaluation(predictions, labels, classes[:10], tmp_path / "x.png")
+        plot_evaluation(predictions, labels, classes[:10], io.BytesIO())
 
 
 def test_missing_matplotlib_says_what_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -71,5 +74,5 @@ def test_missing_matplotlib_says_what_to_install(tmp_path: Path, monkeypatch: py
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     predictions, labels, _ = evaluation_case(10)
     with pytest.raises(SertoolError, match=r"plotting needs matplotlib, which is not installed: pip install 'matplotlib(>=[\d.]+)?'"):
-        plot_evaluation(predictions, labels, None, tmp_path / "x.png")
-    assert not (tmp_path / "x.png").exists()
+        commit(tmp_path / "x.png", lambda handle: plot_evaluation(predictions, labels, None, handle), mode="wb")
+    assert sorted(tmp_path.iterdir()) == []

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import io
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from sertool.inference.predictions import (
     read_predictions_and_labels,
     write_predictions,
 )
+from tests.corpus_files import commit
 
 IDS = ["MSP-PODCAST_0001_0001.wav", "MSP-PODCAST_0001_0002.wav", "MSP-PODCAST_0002_0001.wav"]
 
@@ -41,7 +43,7 @@ def test_csv_round_trip_with_spread_labels_and_segments(tmp_path: Path) -> None:
     predictions = make_predictions(spread=True, segments=True)
     labels = np.random.default_rng(9).uniform(1, 7, size=(len(IDS), 3))
     path = tmp_path / "predictions.csv"
-    write_predictions(predictions, path, labels=labels)
+    commit(path, functools.partial(write_predictions, predictions, labels=labels))
     with open(path, newline="") as handle:
         rows = list(csv.reader(handle))
     assert rows[0] == ["FileName", "EmoAct", "EmoVal", "EmoDom", "EmoAct_spread", "EmoVal_spread", "EmoDom_spread",
@@ -61,7 +63,7 @@ def test_csv_round_trip_with_spread_labels_and_segments(tmp_path: Path) -> None:
 
 def test_plain_file_has_only_submission_columns_and_no_labels(tmp_path: Path) -> None:
     path = tmp_path / "p.csv"
-    write_predictions(make_predictions(), path)
+    commit(path, functools.partial(write_predictions, make_predictions()))
     assert path.read_text().splitlines()[0] == "FileName,EmoAct,EmoVal,EmoDom"
     loaded, labels = read_predictions_and_labels(path)
     assert labels is None and loaded.spread is None and loaded.segments == []

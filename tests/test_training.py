@@ -70,7 +70,7 @@ def test_accumulated_micro_batches_equal_one_large_batch_for_a_decomposable_loss
 
     runs = []
     for name in ("accumulated", "single"):
-        run = _Run(small_config(corpus), tmp_path / name, resume=False, force=False, argv=(),
+        run = _Run(small_config(corpus), tmp_path / name, resume=False, argv=(),
                    context=loop.Distributed(), reporter=loop.Reporter())
         run.loss_fn = mse_loss
         runs.append(run)
@@ -81,7 +81,7 @@ def test_accumulated_micro_batches_equal_one_large_batch_for_a_decomposable_loss
     runs[1]._optimizer_step([collate(items)])
     for (name, a), b in zip(runs[0].model.named_parameters(), runs[1].model.parameters(), strict=True):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5, msg=name)
-    fresh = _Run(small_config(corpus), tmp_path / "fresh", resume=False, force=False, argv=(),
+    fresh = _Run(small_config(corpus), tmp_path / "fresh", resume=False, argv=(),
                  context=loop.Distributed(), reporter=loop.Reporter())
     changed = any(not torch.equal(a, b)
                   for a, b in zip(runs[0].model.parameters(), fresh.model.parameters(), strict=True))
@@ -91,11 +91,11 @@ def test_accumulated_micro_batches_equal_one_large_batch_for_a_decomposable_loss
 def test_min_batch_items_reaches_the_sampler_of_duration_batching(corpus, tmp_path):
     # A 2 s bound holds one 0.6-1.6 s clip; the lower bound of 6 wins.
     config = small_config(corpus, batch_size=0, max_batch_s=2.0, min_batch_items=6)
-    run = _Run(config, tmp_path / "run", resume=False, force=False, argv=(), context=loop.Distributed(),
+    run = _Run(config, tmp_path / "run", resume=False, argv=(), context=loop.Distributed(),
                reporter=loop.Reporter())
     sizes = [len(batch) for epoch in range(2) for batch in run.sampler.plan(epoch)]
     assert min(sizes) >= 6 and sum(sizes) == 2 * len(run.train_set)
-    fixed = _Run(small_config(corpus, min_batch_items=6), tmp_path / "fixed", resume=False, force=False, argv=(),
+    fixed = _Run(small_config(corpus, min_batch_items=6), tmp_path / "fixed", resume=False, argv=(),
                  context=loop.Distributed(), reporter=loop.Reporter())
     assert {len(batch) for batch in fixed.sampler.plan(0)} == {4}  # --batch-size batches are not bounded
 
@@ -105,7 +105,7 @@ def test_ox_options_reach_the_selection_and_the_sampler(corpus, tmp_path):
         config = small_config(corpus, sampling="undersample", **options)
         config.data.train_ox = train_ox
         config.seed = 3
-        return _Run(config, tmp_path / name, resume=False, force=False, argv=(), context=loop.Distributed(),
+        return _Run(config, tmp_path / name, resume=False, argv=(), context=loop.Distributed(),
                     reporter=loop.Reporter())
 
     from sertool.data.corpus import open_corpus
@@ -143,7 +143,7 @@ def test_resume_equals_an_uninterrupted_run(corpus, tmp_path, stop_step):
 ])
 def test_step_budget_ends_the_run_and_spans_the_schedule(corpus, tmp_path, epochs, max_steps, steps, validated_at):
     config = small_config(corpus, epochs=epochs, max_steps=max_steps)  # 16 utterances, 4 per step: 4 steps an epoch
-    run = _Run(config, tmp_path / "plan", resume=False, force=False, argv=(), context=loop.Distributed(),
+    run = _Run(config, tmp_path / "plan", resume=False, argv=(), context=loop.Distributed(),
                reporter=loop.Reporter())
     assert run.schedule.total_steps == steps
     result = train(config, tmp_path / "run")

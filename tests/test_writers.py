@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 from pathlib import Path
@@ -10,10 +11,20 @@ import numpy as np
 import pytest
 
 from sertool.errors import SertoolError
+from sertool.guards.outputs import OutputPlan
 from sertool.inference.predictions import Predictions, Segment
 from sertool.inference.writers import READERS, WRITERS, format_of, read_json, write_json, write_submission
+from tests.corpus_files import commit
 
 TEST3 = [f"MSP-PODCAST_test3_{number:04d}.wav" for number in (3, 1, 2)]
+
+
+def submit(predictions: Predictions, path: Path, **kwargs) -> None:
+    """``write_submission`` of ``predictions`` to ``path`` (declared as --submission, replacing a file there)."""
+    outputs = OutputPlan(force=True)
+    target = outputs.file(path, flag="--submission")
+    assert target is not None
+    write_submission(outputs, target, predictions, **kwargs)
 
 
 def make_predictions(*, spread: bool = True, segments: bool = True) -> Predictions:
@@ -32,7 +43,7 @@ def test_every_format_round_trips(tmp_path: Path, name: str) -> None:
     predictions = make_predictions()
     path = tmp_path / f"out.{name}"
     assert format_of(path) == name
-    WRITERS[name](predictions, path)
+    commit(path, functools.partial(WRITERS[name], predictions))
     loaded = READERS[name](path)
     assert loaded.ids == predictions.ids
     np.testing.assert_allclose(loaded.values, predictions.values, atol=5e-7)
@@ -44,7 +55,7 @@ def test_json_is_keyed_by_attribute_name_and_exact(tmp_path: Path) -> None:
     predictions = make_predictions()
     labels = np.full((3, 3), 4.0)
     path = tmp_path / "out.json"
-    write_json(predictions, path, labels=labels)
+    commit(path, functools.partial(write_json, predictions, labels=labels))
     document = json.loads(path.read_text())
     assert document["attributes"] == ["arousal", "valence", "dominance"]
     first = document["predictions"][0]
@@ -69,7 +80,7 @@ def test_writers_write_to_a_stream() -> None:
 
 def test_csv_segment_rows_carry_start_and_end(tmp_path: Path) -> None:
     path = tmp_path / "out.csv"
-    WRITERS["csv"](make_predictions(spread=False), path)
+    commit(path, functools.partial(WRITERS["csv"], make_predictions(spread=False)))
     with open(path, newline="") as handle:
         rows = list(csv.DictReader(handle))
     segment_rows = [row for row in rows if row["start_s"]]
@@ -105,7 +116,7 @@ def test_submission_is_exactly_the_challenge_format(tmp_path: Path) -> None:
                                                                 [9.0, -1.0, 6.9999999]]),
                               spread=np.ones((3, 3)), segments=[Segment(TEST3[0], 0.0, 8.0, (1.0, 2.0, 3.0))])
     path = tmp_path / "submission.csv"
-    write_submission(predictions, path, expected_ids=sorted(TEST3))
+    submit(predictions, path, expected_ids=sorted(TEST3))
     assert path.read_text() == (
         "FileName,EmoAct,EmoVal,EmoDom\n"
         "MSP-PODCAST_test3_0001.wav,3.000000,2.123457,1.000000\n"
@@ -119,7 +130,7 @@ def test_submission_header_order_clipping_on_a_larger_set(tmp_path: Path) -> Non
     ids = [f"MSP-PODCAST_test3_{number:04d}.wav" for number in rng.permutation(200)]
     values = rng.normal(4, 3, size=(200, 3))  # many values outside 1..7
     path = tmp_path / "submission.csv"
-    write_submission(Predictions(ids=ids, values=values), path, expected_ids=ids)
+    submit(Predictions(ids=ids, values=values), path, expected_ids=ids)
     with open(path, newline="") as handle:
         rows = list(csv.reader(handle))
     assert rows[0] == ["FileName", "EmoAct", "EmoVal", "EmoDom"]
@@ -135,7 +146,7 @@ def test_submission_missing_or_extra_files(tmp_path: Path) -> None:
     predictions = Predictions(ids=TEST3[:2] + ["MSP-PODCAST_0001_0001.wav"], values=np.full((3, 3), 4.0))
     path = tmp_path / "submission.csv"
     with pytest.raises(SertoolError) as error:
-        write_submission(predictions, path, expected_ids=TEST3)
+        submit(predictions, path, expected_ids=TEST3)
     message = str(error.value)
     assert f"1 expected file(s) have no prediction: {TEST3[2]}" in message
     assert "1 predicted file(s) are not expected: MSP-PODCAST_0001_0001.wav" in message
@@ -146,4 +157,4 @@ def test_submission_refuses_non_finite_values(tmp_path: Path) -> None:
     values = np.full((3, 3), 4.0)
     values[1, 2] = np.nan
     with pytest.raises(SertoolError, match=f"not finite numbers \\({TEST3[1]}\\)"):
-        write_submission(Predictions(ids=TEST3, values=values), tmp_path / "s.csv")
+        submit(Predictions(ids=TEST3, values=values), tmp_path / "s.csv")

@@ -20,10 +20,11 @@ from sertool.data.records import ATTRIBUTES
 from sertool.data.report import LoadReport
 from sertool.data.selection import select
 from sertool.errors import SertoolError
-from sertool.inference.predictions import Predictions, write_predictions
+from sertool.guards.outputs import OutputPlan
+from sertool.inference.predictions import Predictions
 from sertool.inference.predictor import PredictorOutput
 from sertool.inference.workflows import Scores, score
-from sertool.io import atomic_write, check_writable
+from sertool.inference.writers import write_predictions_file
 from sertool.models.ridge import ALPHAS, fit_ridge
 from sertool.models.utterance_stats import FEATURE_GROUPS, feature_names, utterance_statistics
 from sertool.splits import DEVELOPMENT, TRAIN
@@ -72,18 +73,18 @@ def run_baseline(corpus: str | Path, out_dir: str | Path, *, train_split: str = 
         SertoolError: bad splits (see ``data.selection.select``), unreadable audio, or an unusable
             ``out_dir``.
     """
-    out_dir = Path(out_dir)
+    outputs = OutputPlan(force=force)
+    out_dir = outputs.folder(out_dir, flag="--out")
     opened = open_corpus(corpus, cache_dir=cache_dir)
     selection = select(opened.utterances, train_split=train_split, valid_split=valid_split)
     if len(selection.train) < 2:
         raise SertoolError(f"--train-split {train_split}: {len(selection.train)} labelled utterance(s); "
                            "the ridge needs at least two")
     held_out = {name: opened.split(name) for name in opened.split_names() if name != train_split}
-    check_writable([out_dir / f"{name}.csv" for name in held_out] + [out_dir / SUMMARY_NAME], force=force)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise SertoolError(f"--out {out_dir}: cannot create the folder ({error.strerror})") from None
+    # Split names come from the data: each becomes a plain file name inside --out (OutputPlan.in_folder).
+    targets = {name: outputs.in_folder(out_dir, f"{name}.csv", flag="--out") for name in held_out}
+    summary_path = outputs.file(out_dir / SUMMARY_NAME, flag="--out")
+    assert summary_path is not None
 
     # Every utterance's statistics in one pass (the same clip is read once even if it is in two lists).
     everything = {utt.id: utt for group in [selection.train, selection.valid, *held_out.values()] for utt in group}
@@ -104,13 +105,12 @@ def run_baseline(corpus: str | Path, out_dir: str | Path, *, train_split: str = 
     for name, utterances in held_out.items():
         predictions = Predictions([utt.id for utt in utterances], model.predict(features(utterances)))
         labelled = bool(utterances) and all(utt.has_labels for utt in utterances)
-        target = out_dir / f"{name}.csv"
-        write_predictions(predictions, target, labels=labels(utterances) if labelled else None)
-        result.written.append(target)
+        write_predictions_file(outputs, targets[name], predictions, labels=labels(utterances) if labelled else None)
+        result.written.append(targets[name])
         if labelled:
             result.scores[name] = score(SYSTEM_NAME, PredictorOutput(predictions), utterances, labels(utterances))
 
-    with atomic_write(out_dir / SUMMARY_NAME) as handle:
+    with outputs.writing(summary_path) as handle:
         json.dump({
             "system": SYSTEM_NAME, "corpus": str(corpus), "train_split": train_split, "valid_split": valid_split,
             "train_utterances": len(selection.train), "valid_utterances": len(selection.valid),
@@ -121,5 +121,5 @@ def run_baseline(corpus: str | Path, out_dir: str | Path, *, train_split: str = 
                               "role": "chose alpha" if name == valid_split else "held out"}
                        for name, s in result.scores.items()},
         }, handle, indent=2)
-    result.written.append(out_dir / SUMMARY_NAME)
+    result.written.append(summary_path)
     return result

@@ -5,6 +5,7 @@ soundfile and uses torchaudio only for resampling.
 """
 from __future__ import annotations
 
+import io
 import math
 import os
 from pathlib import Path
@@ -113,10 +114,13 @@ def resample(waveform: torch.Tensor, orig_rate: int, new_rate: int) -> torch.Ten
     return torchaudio.functional.resample(waveform, orig_rate, new_rate)
 
 
-def write_audio(path: str | Path, waveform: torch.Tensor | np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
-    """Write a mono waveform as 16-bit PCM WAV."""
+def encode_wav(waveform: torch.Tensor | np.ndarray, sample_rate: int = SAMPLE_RATE) -> bytes:
+    """A mono waveform as the bytes of a 16-bit PCM WAV file (committed by the caller through the output
+    guard, ``OutputPlan.write_data``, so that no partial file ever carries the final name)."""
     data = waveform.detach().cpu().numpy() if hasattr(waveform, "detach") else np.asarray(waveform)
-    sf.write(str(path), data.astype(np.float32), sample_rate, subtype="PCM_16")
+    buffer = io.BytesIO()
+    sf.write(buffer, data.astype(np.float32), sample_rate, subtype="PCM_16", format="WAV")
+    return buffer.getvalue()
 
 
 def _short(error: BaseException) -> str:

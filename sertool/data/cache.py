@@ -6,7 +6,7 @@ named by the setup (``setup_key``: model, revision, options) and each value by t
 (``text_digest``, ``file_digest``, ...). Renamed or moved inputs still hit; a changed setup misses.
 
 Layout: ``<cache_dir>/<kind>/<setup_key>/`` holds immutable files in the format of a ``Codec``. Every
-``ContentCache.get`` that meets new inputs writes new files through ``sertool.io.write_cache_file``
+``ContentCache.get`` that meets new inputs writes new files through ``guards.outputs.write_cache_file``
 (``atomic_write``: a temporary name, then a rename), so readers never see a partial file and concurrent
 writers never overwrite each other (at worst both compute the same values). A cache that cannot be written
 is a warning: the values computed are still returned.
@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Generic, Protocol, TypeVar
 
 from sertool.errors import SertoolError
-from sertool.io import atomic_write, write_cache_file
+from sertool.guards.outputs import atomic_write, write_cache_file
 from sertool.progress import task
 
 V = TypeVar("V")
@@ -194,7 +194,7 @@ class ContentCache(Generic[V]):
                 self._loaded_files.add(name)
             return rows
         try:
-            with atomic_write(path, "wb") as handle:
+            with atomic_write(path, "wb", replace=True) as handle:
                 handle.write(self.codec.encode(rows))
         except SertoolError as error:
             raise SertoolError(f"{error}; the cache keeps what was written before, and the next run goes on "

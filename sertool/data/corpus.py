@@ -31,11 +31,13 @@ def open_corpus(path: str | Path, *, progress: Progress | None = None,
     path = Path(path).expanduser()
     if not path.exists():
         raise SertoolError(f"--corpus {path}: no such file or folder")
-    if path.is_file():
+    # exists(), not is_file(): a labels file or manifest that is a pipe or a device is the reader's to refuse,
+    # by name (sertool.guards.reads), not a reason to call the folder something else.
+    if not path.is_dir():
         kind, read = "manifest", lambda scan: read_manifest(path, progress=progress, scan=scan)
-    elif (path / MSP_LABELS).is_file():
+    elif (path / MSP_LABELS).exists():
         kind, read = "msp-podcast", lambda scan: read_msp_podcast(path, progress=progress, scan=scan)
-    elif (path / MANIFEST_NAME).is_file():
+    elif (path / MANIFEST_NAME).exists():
         kind, read = "manifest", lambda scan: read_manifest(path / MANIFEST_NAME, progress=progress, scan=scan)
     else:
         raise SertoolError(

@@ -29,7 +29,7 @@ import numpy as np
 from sertool.data.records import Utterance
 from sertool.data.report import LoadReport, Problem
 from sertool.data.scan_cache import ScanCache, _strings, _unstrings, stat_key
-from sertool.io import write_cache_file
+from sertool.guards.outputs import write_cache_file
 
 log = logging.getLogger(__name__)
 

@@ -31,12 +31,13 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Callable, Iterator, NamedTuple, Sequence
+from typing import IO, Callable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 
 from sertool.data.records import GENDERS, LABEL_MAX, LABEL_MIN, MSP_LABELS_HEADER
 from sertool.errors import SertoolError, missing_package
+from sertool.guards.outputs import OutputPlan, remove_files
 from sertool.splits import DEVELOPMENT, HELD_OUT_SPLITS, TEST1, TRAIN, UNLABELLED_SPLIT
 
 # ---------------------------------------------------------------------------------------------------------
@@ -579,9 +580,10 @@ def generate_demo_corpus(
         SertoolError: ``out_dir`` is a file, or is not empty and ``force`` is not set; a size is out of
             range; eSpeak NG (espeakng-loader) is not installed.
     """
-    from sertool.data.audio import SAMPLE_RATE, write_audio  # deferred: see the module docstring
+    from sertool.data.audio import SAMPLE_RATE, encode_wav  # deferred: see the module docstring
 
-    out_dir = Path(out_dir)
+    outputs = OutputPlan(force=force)
+    out_dir = outputs.folder(out_dir, flag="OUT")
     _check_sizes(num_speakers, utterances_per_speaker, test3_utterances)
     _require_espeak()
     _prepare_folder(out_dir, force=force)
@@ -593,26 +595,26 @@ def generate_demo_corpus(
         test3_utterances=test3_utterances,
     )
     audio_dir, transcript_dir, label_dir = (out_dir / name for name in ("Audios", "Transcripts", "Labels"))
-    for folder in (audio_dir, transcript_dir, label_dir):
-        folder.mkdir(parents=True, exist_ok=True)
-    if force:
-        _remove_previous_corpus(out_dir, keep={item.file_name for item in plan})
-
     total_samples = 0
-    synthesised = _synthesise_in_order([item.speech for item in plan])
-    for start in range(0, len(plan), _RESAMPLE_BATCH):
-        batch = plan[start:start + _RESAMPLE_BATCH]
-        speech_16k = _resample_batch([next(synthesised) for _ in batch], SAMPLE_RATE)
-        for offset, (item, speech) in enumerate(zip(batch, speech_16k, strict=True), start=1):
-            clip = _record(speech, item.recording, SAMPLE_RATE)
-            write_audio(audio_dir / item.file_name, clip, SAMPLE_RATE)
-            transcript = transcript_dir / f"{Path(item.file_name).stem}.txt"
-            transcript.write_text(item.speech.text + "\n", encoding="utf-8")
-            total_samples += clip.size
-            if progress is not None:
-                progress(start + offset, len(plan))
-
-    _write_labels(label_dir / "labels_consensus.csv", [item for item in plan if item.speaker.split != UNLABELLED_SPLIT])
+    # The folder is held while the corpus is written: a second `data demo` into it is refused at once.
+    with outputs.holding(out_dir, flag="OUT"):
+        if force:
+            _remove_previous_corpus(out_dir, keep={item.file_name for item in plan})
+        synthesised = _synthesise_in_order([item.speech for item in plan])
+        for start in range(0, len(plan), _RESAMPLE_BATCH):
+            batch = plan[start:start + _RESAMPLE_BATCH]
+            speech_16k = _resample_batch([next(synthesised) for _ in batch], SAMPLE_RATE)
+            for offset, (item, speech) in enumerate(zip(batch, speech_16k, strict=True), start=1):
+                clip = _record(speech, item.recording, SAMPLE_RATE)
+                outputs.write_data(audio_dir / item.file_name, encode_wav(clip, SAMPLE_RATE))
+                with outputs.writing(transcript_dir / f"{Path(item.file_name).stem}.txt") as handle:
+                    handle.write(item.speech.text + "\n")
+                total_samples += clip.size
+                if progress is not None:
+                    progress(start + offset, len(plan))
+        # The labels last: a folder without them is visibly unfinished, and is not read as a corpus.
+        with outputs.writing(label_dir / "labels_consensus.csv", newline="") as handle:
+            _write_labels(handle, [item for item in plan if item.speaker.split != UNLABELLED_SPLIT])
     return _summarise(out_dir, seed, plan, total_samples / SAMPLE_RATE)
 
 
@@ -653,26 +655,21 @@ def _check_sizes(num_speakers: int, utterances_per_speaker: int, test3_utterance
 
 
 def _prepare_folder(out_dir: Path, *, force: bool) -> None:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise SertoolError(f"{out_dir} is a file; give a folder for the demo corpus")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
         raise SertoolError(
             f"{out_dir} is not empty; choose an empty or new folder, or pass --force to write the demo corpus "
             "into it (replacing its MSP-PODCAST_* clips, transcripts and labels_consensus.csv)"
         )
-    out_dir.mkdir(parents=True, exist_ok=True)
 
 
 def _remove_previous_corpus(out_dir: Path, *, keep: set[str]) -> None:
     """Remove the label file first (a folder without one is visibly unfinished), then the clips and
     transcripts of this layout that the new corpus will not overwrite (stale Test3 clips would otherwise
     join the new Test3)."""
-    (out_dir / "Labels" / "labels_consensus.csv").unlink(missing_ok=True)
+    remove_files([out_dir / "Labels" / "labels_consensus.csv"])
     keep_stems = {Path(name).stem for name in keep}
     for folder, suffix in (("Audios", ".wav"), ("Transcripts", ".txt")):
-        for path in (out_dir / folder).glob(f"MSP-PODCAST_*{suffix}"):
-            if path.stem not in keep_stems:
-                path.unlink()
+        remove_files(path for path in (out_dir / folder).glob(f"MSP-PODCAST_*{suffix}") if path.stem not in keep_stems)
 
 
 def _plan_corpus(
@@ -784,18 +781,15 @@ def _file_names(rng: np.random.Generator, speakers: Sequence[_Speaker]) -> list[
     return names
 
 
-def _write_labels(path: Path, items: Sequence[_Planned]) -> None:
-    """Write labels_consensus.csv sorted by file name, through a temporary file renamed into place."""
-    temporary = path.with_name(path.name + ".tmp")
-    with temporary.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(MSP_LABELS_HEADER)
-        for item in sorted(items, key=lambda item: item.file_name):
-            writer.writerow([
-                item.file_name, item.emo_class, f"{item.arousal:.1f}", f"{item.valence:.1f}",
-                f"{item.dominance:.1f}", item.speaker.speaker_id, item.speaker.gender, item.speaker.split,
-            ])
-    os.replace(temporary, path)
+def _write_labels(handle: IO[str], items: Sequence[_Planned]) -> None:
+    """Write labels_consensus.csv, sorted by file name, to ``handle``."""
+    writer = csv.writer(handle, lineterminator="\n")
+    writer.writerow(MSP_LABELS_HEADER)
+    for item in sorted(items, key=lambda item: item.file_name):
+        writer.writerow([
+            item.file_name, item.emo_class, f"{item.arousal:.1f}", f"{item.valence:.1f}",
+            f"{item.dominance:.1f}", item.speaker.speaker_id, item.speaker.gender, item.speaker.split,
+        ])
 
 
 def _summarise(out_dir: Path, seed: int, plan: Sequence[_Planned], duration_s: float) -> DemoSummary:

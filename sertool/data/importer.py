@@ -10,13 +10,39 @@ import numpy as np
 
 from sertool.data.columns import ColumnMap
 from sertool.data.fields import BadValue
-from sertool.data.manifest import parse_manifest_row
+from sertool.data.manifest import parse_manifest_row, write_manifest
 from sertool.data.records import ATTRIBUTES, LABEL_MAX, LABEL_MIN, Utterance
 from sertool.data.report import LoadReport
-from sertool.data.rows import Progress, build_utterances
+from sertool.data.rows import Corpus, Progress, build_utterances
 from sertool.errors import SertoolError
+from sertool.guards.outputs import OutputPlan
 from sertool.io import DAMAGED_ROW, read_csv_records
 from sertool.splits import HELD_OUT_SPLITS, TRAIN
+
+
+def make_manifest(folder: str | Path, metadata: str | Path, out: str | Path, *, columns: ColumnMap,
+                  label_range: tuple[float, float] = (LABEL_MIN, LABEL_MAX),
+                  held_out_fractions: Sequence[float] = (0.15, 0.15), seed: int = 0,
+                  force: bool = False) -> Corpus:
+    """`sertool data manifest`: ``metadata`` read (``import_metadata``) and written as the manifest ``out``,
+    whose declaration is checked before anything is read.
+
+    Returns:
+        The manifest's corpus: its path, its utterances and the report of the rows dropped.
+
+    Raises:
+        SertoolError: ``out`` may not be written (``OutputPlan``), or as ``import_metadata``; no usable row.
+    """
+    outputs = OutputPlan(force=force)
+    target = outputs.file(out, flag="--out")
+    assert target is not None, "--out is required"
+    utterances, report = import_metadata(folder, metadata, columns=columns, label_range=label_range,
+                                         held_out_fractions=held_out_fractions, seed=seed)
+    if not utterances:
+        raise SertoolError(f"{metadata}: no usable rows ({report.summary()}); nothing written")
+    with outputs.writing(target, newline="") as handle:
+        write_manifest(utterances, handle, folder=target.parent)
+    return Corpus(target, "manifest", utterances, report)
 
 
 def import_metadata(

@@ -21,13 +21,14 @@ import csv
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import IO
 
 from sertool.data.fields import BadValue, parse_class, parse_gender, parse_label, parse_speaker
 from sertool.data.records import ATTRIBUTES, Utterance
 from sertool.data.report import LoadReport
 from sertool.data.rows import Corpus, Progress, Row, build_utterances, read_rows
 from sertool.data.scan_cache import ScanCache
-from sertool.io import DAMAGED_ROW, atomic_write, read_csv_records
+from sertool.io import DAMAGED_ROW, read_csv_records
 
 MANIFEST_NAME = "manifest.csv"  # what a folder given as --corpus holds when it is a manifest corpus
 MANIFEST_COLUMNS: tuple[str, ...] = ("id", "path", "split", *ATTRIBUTES, "emo_class", "speaker", "gender", "transcript")
@@ -94,14 +95,13 @@ def parse_manifest_row(record: Mapping[str, str | None], base: Path, where: str)
     return Row(where=where, id=utterance_id, audio_path=audio_path, fields=fields)
 
 
-def write_manifest(utterances: Sequence[Utterance], path: str | Path) -> None:
-    """Write ``utterances`` as a manifest at ``path`` (atomically), audio paths relative to its folder."""
-    path = Path(path)
-    base = path.parent.resolve()
-    with atomic_write(path, newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        for utt in utterances:
-            row = {name: getattr(utt, name) for name in MANIFEST_COLUMNS if name != "path"}
-            row["path"] = os.path.relpath(Path(utt.audio_path).resolve(), base)
-            writer.writerow({name: "" if value is None else value for name, value in row.items()})
+def write_manifest(utterances: Sequence[Utterance], handle: IO[str], *, folder: Path) -> None:
+    """Write ``utterances`` as a manifest to ``handle`` (a file being committed through ``OutputPlan.writing``),
+    audio paths relative to ``folder``, the folder the manifest goes to."""
+    base = folder.resolve()
+    writer = csv.DictWriter(handle, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for utt in utterances:
+        row = {name: getattr(utt, name) for name in MANIFEST_COLUMNS if name != "path"}
+        row["path"] = os.path.relpath(Path(utt.audio_path).resolve(), base)
+        writer.writerow({name: "" if value is None else value for name, value in row.items()})

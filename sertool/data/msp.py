@@ -16,6 +16,7 @@ from sertool.data.report import LoadReport
 from sertool.data.rows import HEADER_READ_THREADS, Corpus, Progress, Row, build_utterances, read_rows
 from sertool.data.scan_cache import ScanCache
 from sertool.errors import SertoolError
+from sertool.guards.reads import MAX_TRANSCRIPT_BYTES, inside, read_user_bytes
 from sertool.io import DAMAGED_ROW, read_csv_records
 from sertool.splits import SPLITS, UNLABELLED_SPLIT
 
@@ -88,6 +89,10 @@ def _parse_row(record: Mapping[str, str | None], where: str, audio_dir: Path) ->
     name = (record["FileName"] or "").strip()
     if not name:
         raise BadValue("missing file name", "FileName is empty")
+    try:  # the labels file names files inside Audios/ (and Transcripts/), never anywhere else
+        audio_path = inside(audio_dir, name, what="FileName")
+    except SertoolError as error:
+        raise BadValue("file name outside the corpus", str(error)) from None
     split = (record["Split_Set"] or "").strip()
     if split not in SPLITS:
         raise BadValue("unknown split", f"Split_Set {split!r} is not one of {', '.join(SPLITS)}")
@@ -102,7 +107,7 @@ def _parse_row(record: Mapping[str, str | None], where: str, audio_dir: Path) ->
         speaker=parse_speaker(record["SpkrID"]),
         gender=parse_gender(record["Gender"]),
     )
-    return Row(where=where, id=name, audio_path=audio_dir / name, fields=fields)
+    return Row(where=where, id=name, audio_path=audio_path, fields=fields)
 
 
 def _list_audio(audio_dir: Path) -> list[str]:
@@ -119,8 +124,13 @@ def _read_transcript(path: str) -> str:
     Raises:
         OSError: the file is missing or unreadable.
     """
-    with open(path, encoding="utf-8", errors="replace") as handle:
-        return " ".join(handle.read().split())
+    try:
+        raw = read_user_bytes(path, what="transcript", max_bytes=MAX_TRANSCRIPT_BYTES)
+    except SertoolError as error:  # missing (a warning of its own), or a folder, a pipe, an oversized file
+        if not os.path.lexists(path):
+            raise FileNotFoundError(path) from None
+        raise OSError(str(error)) from None
+    return " ".join(raw.decode("utf-8", errors="replace").split())
 
 
 def _transcript_or_warning(path: str, text: str | Exception, report: LoadReport) -> str | None:

@@ -39,7 +39,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from sertool.data.cache import default_cache_dir
-from sertool.io import write_cache_file
+from sertool.guards.outputs import write_cache_file
 
 log = logging.getLogger(__name__)
 

@@ -18,6 +18,7 @@ import yaml
 
 from sertool.config import Config, apply_value
 from sertool.errors import SertoolError
+from sertool.guards.reads import MAX_CONFIG_BYTES, read_user_text
 
 SCALES = ("demo", "real")
 # The paper's grid and its configs are package data (setup.cfg), so an installed sertool finds them wherever
@@ -105,11 +106,11 @@ def read_grid(path: str | Path) -> Grid:
     """
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as error:
+        data = yaml.safe_load(read_user_text(path, what="grid", max_bytes=MAX_CONFIG_BYTES))
+    except yaml.YAMLError as error:
         raise SertoolError(f"--grid {path}: cannot read it ({str(error).splitlines()[0]})") from None
     try:
-        tables = [Table(str(table["title"]), tuple(Row(str(row["system"]), _four(row.get("paper")))
+        tables = [Table(str(table["title"]), tuple(Row(_file_name(row["system"]), _four(row.get("paper")))
                                                    for row in table["rows"]))
                   for table in data.get("tables", [])]
         ensembles = [Ensemble(_file_name(item["id"]), str(item["name"]), tuple(str(m) for m in item["members"]))
@@ -128,7 +129,7 @@ def read_grid(path: str | Path) -> Grid:
 def _file_name(value: Any) -> str:
     text = str(value)
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", text):
-        raise ValueError(f"ensemble id {text!r} must be letters, digits, '-' and '_' (it names files)")
+        raise ValueError(f"system or ensemble id {text!r} must be letters, digits, '-' and '_' (it names files)")
     return text
 
 

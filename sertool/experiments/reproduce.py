@@ -29,10 +29,12 @@ from sertool.data.corpus import open_corpus
 from sertool.data.records import ATTRIBUTES, Utterance
 from sertool.errors import SertoolError
 from sertool.experiments.grid import PAPER_GRID, SCALES, Ensemble, Grid, read_grid
-from sertool.inference.predictions import read_predictions, write_predictions
+from sertool.guards.outputs import OutputPlan
+from sertool.inference.predictions import read_predictions
 from sertool.inference.predictor import InferenceOptions
 from sertool.inference.workflows import Scores, ensemble, evaluate
-from sertool.io import atomic_write
+from sertool.inference.writers import write_predictions_file
+from sertool.io import load_json
 from sertool.splits import DEVELOPMENT, HELD_OUT_SPLITS
 from sertool.training.loop import Reporter, train
 
@@ -78,9 +80,11 @@ def reproduce(grid_path: str | Path | None = None, *, corpus: str | Path, scale:
         raise SertoolError(f"--scale {scale!r}: choose one of {', '.join(SCALES)}")
     if seeds < 1:
         raise SertoolError(f"--seeds {seeds}: train every system at least once")
+    # The folder is the grid's own: re-running replaces what it wrote (finished systems are skipped first).
+    outputs = OutputPlan(force=True)
+    out_dir = outputs.folder(out_dir, flag="--out")
     grid_path = PAPER_GRID if grid_path is None else grid_path
     grid = read_grid(grid_path)
-    out_dir = Path(out_dir)
     systems = [system for system in grid.systems if only is None or system in only]
     unknown = sorted(set(only or ()) - set(grid.systems))
     if unknown:
@@ -89,13 +93,13 @@ def reproduce(grid_path: str | Path | None = None, *, corpus: str | Path, scale:
     options = InferenceOptions(device=device)
     results: dict[str, dict[str, Any]] = {}
     for system in systems:
-        results[system] = _run_system(grid, system, seeds=seeds, corpus=str(corpus), scale=scale, out_dir=out_dir,
-                                      model_locations=model_locations, splits=splits, options=options,
-                                      device=device, reporter_factory=reporter_factory, say=say)
-    ensembles = {item.id: _run_ensemble(item, results, out_dir, splits, options) for item in grid.ensembles
+        results[system] = _run_system(grid, system, seeds=seeds, corpus=str(corpus), scale=scale, outputs=outputs,
+                                      out_dir=out_dir, model_locations=model_locations, splits=splits,
+                                      options=options, device=device, reporter_factory=reporter_factory, say=say)
+    ensembles = {item.id: _run_ensemble(item, results, outputs, out_dir, splits, options) for item in grid.ensembles
                  if all(results.get(member, {}).get("seeds") for member in item.members)}
     path = out_dir / "tables.md"
-    with atomic_write(path) as handle:
+    with outputs.writing(path) as handle:
         handle.write(render_tables(grid, results, ensembles, scale=scale, corpus=str(corpus), seeds=seeds))
     return path
 
@@ -105,8 +109,9 @@ def _split_or_none(corpus: str | Path, split: str) -> list[Utterance] | None:
     return utterances if utterances and all(utt.has_labels for utt in utterances) else None
 
 
-def _run_system(grid: Grid, system: str, *, seeds: int, corpus: str, scale: str, out_dir: Path, model_locations,
-                splits, options: InferenceOptions, device: str, reporter_factory, say) -> dict[str, Any]:
+def _run_system(grid: Grid, system: str, *, seeds: int, corpus: str, scale: str, outputs: OutputPlan, out_dir: Path,
+                model_locations, splits, options: InferenceOptions, device: str, reporter_factory,
+                say) -> dict[str, Any]:
     """Every seed of one system: ``{"seeds": {seed: record}}``, or ``{"error": ...}`` if one failed."""
     try:
         # As train stores it (absolute paths), so that a finished or interrupted run is recognised.
@@ -114,23 +119,23 @@ def _run_system(grid: Grid, system: str, *, seeds: int, corpus: str, scale: str,
         records = {}
         for seed in range(base.seed, base.seed + seeds):
             base.seed = seed
-            records[seed] = _run_seed(base, system, seed=seed, out_dir=out_dir, splits=splits, options=options,
-                                      device=device, reporter_factory=reporter_factory, say=say)
+            records[seed] = _run_seed(base, system, seed=seed, outputs=outputs, out_dir=out_dir, splits=splits,
+                                      options=options, device=device, reporter_factory=reporter_factory, say=say)
         return {"seeds": records}
     except SertoolError as error:
         say(f"{system}: failed: {error}")
         return {"error": str(error)}
 
 
-def _run_seed(config, system: str, *, seed: int, out_dir: Path, splits, options: InferenceOptions, device: str,
-              reporter_factory, say) -> dict[str, Any]:
+def _run_seed(config, system: str, *, seed: int, outputs: OutputPlan, out_dir: Path, splits, options: InferenceOptions,
+              device: str, reporter_factory, say) -> dict[str, Any]:
     """Train (or resume, or skip) one seed of a system and score it on every labelled split."""
     name = f"{system} seed {seed}"
     run_dir = out_dir / "runs" / system / f"seed{seed}"
     scores_path = out_dir / "scores" / system / f"seed{seed}.json"
     if scores_path.is_file():
-        recorded = json.loads(scores_path.read_text(encoding="utf-8"))
-        if recorded.get("config") == config.to_dict():
+        recorded = load_json(scores_path, what="scores record")
+        if isinstance(recorded, dict) and recorded.get("config") == config.to_dict():
             say(f"{name}: done earlier, skipped")
             return recorded
     reporter = reporter_factory() if reporter_factory else None
@@ -146,11 +151,11 @@ def _run_seed(config, system: str, *, seed: int, out_dir: Path, splits, options:
     for split, utterances in splits.items():
         if utterances is not None:
             # evaluate leaves out what the run trained on, and writes only the scored rows.
-            result = evaluate(run_dir, utterances, split=split, options=options,
-                              out=_predictions_path(out_dir, system, seed, split), force=True)
+            result = evaluate(run_dir, utterances, split=split, options=options, outputs=outputs,
+                              out=_predictions_path(out_dir, system, seed, split))
             scores[split] = _score_record(result.scores)
     record = {"config": config.to_dict(), "scores": scores}
-    with atomic_write(scores_path) as handle:
+    with outputs.writing(scores_path) as handle:
         json.dump(record, handle, indent=2)
     return record
 
@@ -164,13 +169,16 @@ def _score_record(scores: Scores) -> dict[str, Any]:
 
 
 def _same_config(run_dir: Path, config) -> bool:
-    import yaml
+    from sertool.config import read_config_file
 
     path = run_dir / "config.yaml"
-    return path.is_file() and yaml.safe_load(path.read_text(encoding="utf-8")) == config.to_dict()
+    try:
+        return path.is_file() and read_config_file(path) == config.to_dict()
+    except SertoolError:  # a damaged config.yaml: not this config, so the run starts over
+        return False
 
 
-def _run_ensemble(item: Ensemble, results: dict[str, dict[str, Any]], out_dir: Path, splits,
+def _run_ensemble(item: Ensemble, results: dict[str, dict[str, Any]], outputs: OutputPlan, out_dir: Path, splits,
                   options: InferenceOptions) -> dict[str, Any]:
     """Per seed k, the mean of the members' seed-k predictions, scored on the utterances every member held out.
 
@@ -190,7 +198,7 @@ def _run_ensemble(item: Ensemble, results: dict[str, dict[str, Any]], out_dir: P
             if not kept:
                 continue  # the members trained on all of it between them: nothing to score ("—")
             result = ensemble(members, kept, split=split, options=options)
-            write_predictions(result.predictions, _predictions_path(out_dir, item.id, seed, split))
+            write_predictions_file(outputs, _predictions_path(out_dir, item.id, seed, split), result.predictions)
             assert result.ensemble_scores is not None, "the splits hold labelled utterances only (_split_or_none)"
             scores[split] = {**_score_record(result.ensemble_scores),
                              "trained_on_left_out": len(utterances) - len(kept)}

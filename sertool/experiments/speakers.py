@@ -9,14 +9,47 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import torch
 
 from sertool.config import DEFAULT_EVAL_BATCH_S
+from sertool.data.corpus import open_corpus
 from sertool.data.records import Utterance
+from sertool.data.selection import choose_utterances
 from sertool.errors import SertoolError, missing_package
+from sertool.guards.outputs import OutputPlan
 from sertool.progress import task
+
+
+@dataclass
+class SpeakerFigure:
+    """What `sertool data speakers` drew: the map, from how many utterances, and where it went."""
+
+    map: SpeakerMap
+    num_utterances: int
+    path: Path
+
+
+def speaker_figure(corpus: str | Path, out: str | Path, *, split: str, speaker_model: str, num_speakers: int,
+                   per_speaker: int, speakers: str, seed: int, force: bool = False) -> SpeakerFigure:
+    """`sertool data speakers`: draw ``per_speaker`` utterances of ``num_speakers`` speakers of ``split``
+    (``choose_utterances``), map them (``speaker_map``) and write the figure to ``out``, which is declared
+    before any of that.
+
+    Raises:
+        SertoolError: ``out`` may not be written, too few speakers or utterances, or an unloadable model.
+    """
+    outputs = OutputPlan(force=force)
+    path = outputs.file(out, flag="--out")
+    assert path is not None, "--out is required"
+    utterances = choose_utterances(open_corpus(corpus).split(split), num_speakers=num_speakers,
+                                   per_speaker=per_speaker, seed=seed, speakers=speakers)
+    result = speaker_map(utterances, speaker_model)
+    with outputs.writing(path, "wb") as handle:
+        plot_speaker_map(result, handle, title=f"{speaker_model} on {len(utterances)} utterances of {split}")
+    return SpeakerFigure(result, len(utterances), path)
 
 
 @dataclass
@@ -73,15 +106,13 @@ def _fisher_ratio(points: np.ndarray, speakers: Sequence[str]) -> float:
     return between / within if within > 0 else float("inf")
 
 
-def plot_speaker_map(result: SpeakerMap, path: str | Path, *, title: str) -> None:
-    """Scatter of the 2-D points, one colour per speaker (PNG)."""
+def plot_speaker_map(result: SpeakerMap, handle: IO[bytes], *, title: str) -> None:
+    """Scatter of the 2-D points, one colour per speaker, as a PNG written to ``handle``."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
         raise missing_package("matplotlib", needed_for="plotting") from None
-    from sertool.io import atomic_write
-
     figure = Figure(figsize=(6.5, 5.5), dpi=100)
     FigureCanvasAgg(figure)
     axis = figure.add_subplot()
@@ -95,5 +126,4 @@ def plot_speaker_map(result: SpeakerMap, path: str | Path, *, title: str) -> Non
     axis.set_ylabel("PC 2")
     axis.legend(fontsize=7, loc="best", ncol=2)
     figure.tight_layout()
-    with atomic_write(path, "wb") as handle:
-        figure.savefig(handle, format="png")
+    figure.savefig(handle, format="png")

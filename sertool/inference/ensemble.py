@@ -14,14 +14,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
 from sertool.data.records import ATTRIBUTES
 from sertool.errors import SertoolError
 from sertool.inference.predictions import Predictions, Segment, align, check_rating_scale
-from sertool.io import atomic_write, load_json
+from sertool.io import load_json
 from sertool.models.ccc import ccc_scores
 
 PLAN_FORMAT = "sertool-ensemble"
@@ -237,11 +237,10 @@ def apply_plan(plan: EnsemblePlan, members: Sequence[Predictions]) -> Prediction
     return Predictions(ids=aligned[0].ids, values=values, spread=spread, segments=_combine_segments(plan, aligned))
 
 
-def write_plan(plan: EnsemblePlan, path: str | Path) -> None:
-    """Save a plan as JSON (atomically), e.g. for ``--save ens.json``."""
-    with atomic_write(path) as handle:
-        json.dump(plan.to_dict(), handle, indent=1)
-        handle.write("\n")
+def write_plan(plan: EnsemblePlan, handle: IO[str]) -> None:
+    """Save a plan as JSON to an open text stream (``--save ens.json``, committed through ``OutputPlan.writing``)."""
+    json.dump(plan.to_dict(), handle, indent=1)
+    handle.write("\n")
 
 
 def read_plan(path: str | Path) -> EnsemblePlan:

@@ -13,8 +13,8 @@ from typing import Any
 
 from sertool.data.records import ATTRIBUTES
 from sertool.errors import SertoolError
+from sertool.guards.outputs import OutputPlan
 from sertool.hub import is_repo_id
-from sertool.io import check_writable
 from sertool.model_folder import FOLDER_FILES, load_model, write_model_folder
 
 
@@ -45,15 +45,15 @@ def export_model(source: str | Path, out: str | Path, *, force: bool = False,
             no hub token for ``push_to_hub`` (checked before anything is written), or a failed upload
             (the folder is complete then; the message says how to upload it later).
     """
-    out = Path(out).expanduser()
-    if out.exists() and not out.is_dir():
-        raise SertoolError(f"--out {out}: a file, not a folder")
-    check_writable([out / name for name in FOLDER_FILES], force=force)
+    outputs = OutputPlan(force=force)
+    out = outputs.folder(out, flag="--out")
+    for name in FOLDER_FILES:
+        outputs.file(out / name, flag="--out")
     if push_to_hub is not None:
         _check_can_push(push_to_hub)
     payload = load_model(source)
     payload["exported_from"] = str(source)
-    result = ExportResult(out, write_model_folder(payload, out, card=model_card(payload, name=out.name)))
+    result = ExportResult(out, write_model_folder(payload, outputs, out, card=model_card(payload, name=out.name)))
     if push_to_hub is not None:
         result.url = _push(out, push_to_hub)
     return result

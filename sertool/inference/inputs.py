@@ -15,6 +15,7 @@ from sertool.data.report import LoadReport
 from sertool.data.rows import read_headers
 from sertool.data.scan_cache import ScanCache
 from sertool.errors import SertoolError
+from sertool.guards.reads import MAX_TRANSCRIPT_BYTES, read_user_bytes
 from sertool.inference.predictions import Predictions
 from sertool.inference.windows import combine_windows, window_segments, window_spans
 from sertool.io import printable, read_csv_records
@@ -149,8 +150,9 @@ def attach_transcripts(utterances: Sequence[Utterance], source: str | Path) -> l
         for utt in utterances:
             file = source / f"{Path(utt.id).stem}.txt"
             if file.is_file():
-                texts[utt.id] = " ".join(file.read_text(encoding="utf-8", errors="replace").split())
-    elif source.is_file():
+                raw = read_user_bytes(file, what="transcript", max_bytes=MAX_TRANSCRIPT_BYTES)
+                texts[utt.id] = " ".join(raw.decode("utf-8", errors="replace").split())
+    elif source.exists():  # a CSV; the reader refuses anything but a regular file of bounded size
         texts = {}
         for _, row in read_csv_records(source, [TRANSCRIPT_ID_COLUMNS, "transcript"], what="--transcripts CSV"):
             file_id = next(row[column] for column in TRANSCRIPT_ID_COLUMNS if column in row)

@@ -7,15 +7,13 @@ backend is switched and no window opens, on a headless server or inside a notebo
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 
 import numpy as np
 
 from sertool.data.records import ATTRIBUTES, EMO_CLASSES, LABEL_MAX, LABEL_MIN
 from sertool.errors import missing_package
 from sertool.inference.predictions import Predictions
-from sertool.io import atomic_write
 from sertool.models.ccc import ccc_scores
 
 if TYPE_CHECKING:
@@ -26,8 +24,9 @@ DPI = 100  # 100 dots per inch: a 3 x 2 panel figure is 1500 x 900 pixels
 
 
 def plot_evaluation(predictions: Predictions, labels: np.ndarray, classes: Sequence[str | None] | None,
-                    path: str | Path) -> Figure:
-    """Save one PNG: per attribute, predicted vs true, and predictions by emotion class.
+                    handle: IO[bytes]) -> Figure:
+    """Write one PNG to ``handle`` (a file being committed through ``OutputPlan.writing``): per attribute,
+    predicted vs true, and predictions by emotion class.
 
     Top row, one panel per attribute: a scatter of predicted against true values with the identity line
     and the split's CCC in the title. Bottom row (when classes are known): box plots of the predictions
@@ -39,13 +38,13 @@ def plot_evaluation(predictions: Predictions, labels: np.ndarray, classes: Seque
         labels: ``[N, 3]`` rater means in ``predictions.ids`` order.
         classes: EmoClass code per row (None where unknown), or None; without any known class the
             bottom row is left out.
-        path: the PNG to write (atomically).
+        handle: the binary stream the PNG goes to.
 
     Returns:
         The saved matplotlib ``Figure``, for callers who want to show it.
 
     Raises:
-        SertoolError: matplotlib is not installed, or the file cannot be written.
+        SertoolError: matplotlib is not installed.
         ValueError: ``labels`` or ``classes`` do not match the predictions in length.
     """
     try:
@@ -76,8 +75,7 @@ def plot_evaluation(predictions: Predictions, labels: np.ndarray, classes: Seque
     if groups:
         axes[1, 0].legend(loc="upper right", fontsize="small")
     figure.suptitle(f"{len(predictions)} files, average CCC {scores['average']:.3f}")
-    with atomic_write(path, "wb") as handle:
-        figure.savefig(handle, format="png", dpi=DPI)
+    figure.savefig(handle, format="png", dpi=DPI)
     return figure
 
 

@@ -31,7 +31,7 @@ import numpy as np
 
 from sertool.data.records import ATTRIBUTE_COLUMNS, ATTRIBUTES, LABEL_MAX, LABEL_MIN
 from sertool.errors import SertoolError
-from sertool.io import atomic_write, read_csv_records
+from sertool.io import read_csv_records
 
 ID_COLUMN = "FileName"
 VALUE_COLUMNS: tuple[str, ...] = tuple(ATTRIBUTE_COLUMNS[name] for name in ATTRIBUTES)  # EmoAct, EmoVal, EmoDom
@@ -159,26 +159,24 @@ def align(members: Sequence[Predictions], *, names: Sequence[str] | None = None)
     return [members[0]] + [member.take(reference_ids) for member in members[1:]]
 
 
-def write_predictions(predictions: Predictions, destination: str | Path | TextIO, *,
-                      labels: np.ndarray | None = None) -> None:
-    """Write the predictions CSV (format in the module docstring) to a path or an open text stream.
+def write_predictions(predictions: Predictions, handle: TextIO, *, labels: np.ndarray | None = None,
+                      where: str = "standard output") -> None:
+    """Write the predictions CSV (format in the module docstring) to an open text stream: a file being
+    committed (``OutputPlan.writing``, ``writers.write_predictions_file``) or ``sys.stdout``.
 
     Args:
         predictions: what to write; rows keep its order.
-        destination: a file path (written atomically) or a text stream such as ``sys.stdout``.
+        handle: the stream.
         labels: ``[N, 3]`` rater means in ``predictions.ids`` order, written as ``EmoAct_true``, ...
+        where: how an error names the destination (the file's path).
 
     Raises:
-        SertoolError: a value is not finite, or the file cannot be written.
+        SertoolError: a value is not finite (before anything is written).
     """
     if labels is not None:
         labels = _as_rows(labels, len(predictions), "labels")
-    check_finite(predictions, destination)
-    if isinstance(destination, (str, Path)):
-        with atomic_write(destination, newline="") as handle:
-            _write_csv_rows(handle, predictions, labels)
-    else:
-        _write_csv_rows(destination, predictions, labels)
+    check_finite(predictions, where)
+    _write_csv_rows(handle, predictions, labels)
 
 
 def read_predictions(path: str | Path) -> Predictions:
@@ -223,12 +221,12 @@ def check_rating_scale(predictions: Predictions, *, source: str) -> None:
             )
 
 
-def check_finite(predictions: Predictions, destination: str | Path | TextIO) -> None:
+def check_finite(predictions: Predictions, where: str | Path) -> None:
     """Refuse to write predictions whose values, spread or segments are not all finite: no file or stream
     sertool writes holds NaN or infinity.
 
     Raises:
-        SertoolError: naming the destination and a few of the files concerned.
+        SertoolError: naming ``where`` (the destination) and a few of the files concerned.
     """
     rows = ~np.isfinite(predictions.values).all(axis=1)
     if predictions.spread is not None:
@@ -237,8 +235,7 @@ def check_finite(predictions: Predictions, destination: str | Path | TextIO) -> 
     bad_segments = {segment.id for segment in predictions.segments if not np.all(np.isfinite(segment.values))}
     bad += sorted(bad_segments - set(bad))
     if bad:
-        name = destination if isinstance(destination, (str, Path)) else getattr(destination, "name", "output")
-        raise SertoolError(f"{name}: predictions for {len(bad)} file(s) are not finite numbers ({preview_ids(bad)}); "
+        raise SertoolError(f"{where}: predictions for {len(bad)} file(s) are not finite numbers ({preview_ids(bad)}); "
                            "nothing was written")
 
 

@@ -13,6 +13,7 @@ from sertool.data.records import GENDERS, Utterance
 from sertool.data.report import LoadReport
 from sertool.data.selection import HeldOut, held_out
 from sertool.errors import SertoolError
+from sertool.guards.outputs import OutputPlan
 from sertool.hub import is_repo_id
 from sertool.inference.ensemble import EnsemblePlan, apply_plan, mean_plan, select_per_attribute, write_plan
 from sertool.inference.inputs import (
@@ -33,8 +34,8 @@ from sertool.inference.predictor import (
     open_predictor,
     union_of_training_ids,
 )
-from sertool.inference.writers import WRITERS, format_of, write_submission
-from sertool.io import check_writable, write_json_document
+from sertool.inference.writers import WRITERS, format_of, write_predictions_file, write_submission
+from sertool.io import write_json_document
 from sertool.models.bootstrap import BootstrapResult, Interval, bootstrap_ccc
 from sertool.models.ccc import ccc_scores, collapsed_attributes
 from sertool.splits import DEVELOPMENT
@@ -136,16 +137,22 @@ def _held_out(utterances: Sequence[Utterance], training_ids: frozenset[str] | No
     return kept
 
 
-def check_outputs(*, out: Path | None, file_format: str | None, submission: Path | None, force: bool) -> None:
-    """Before any work: the outputs may be written, and ``out``'s format is known."""
-    check_writable([out, submission], force=force)
-    if out is not None and file_format is None:
-        format_of(out)
+def declare_outputs(outputs: OutputPlan, *, out: str | None, file_format: str | None,
+                    submission: str | None) -> tuple[Path | None, Path | None]:
+    """Before any work: declare ``--out`` and ``--submission`` in ``outputs``, and check ``out``'s format is known.
+
+    Returns:
+        Both as absolute paths (None where not given).
+    """
+    out_path = outputs.file(out, flag="--out")
+    if out_path is not None and file_format is None:
+        format_of(out_path)
+    return out_path, outputs.file(submission, flag="--submission")
 
 
 def evaluate(model_path: str | Path, utterances: Sequence[Utterance], *, split: str, options: InferenceOptions,
-             out: Path | None = None, plot: Path | None = None, scores: Path | None = None,
-             corpus: str | Path | None = None, force: bool = False, bootstrap: int = 0,
+             outputs: OutputPlan | None = None, out: Path | None = None, plot: Path | None = None,
+             scores: Path | None = None, corpus: str | Path | None = None, bootstrap: int = 0,
              bootstrap_seed: int = 0) -> EvaluationResult:
     """Predict a labelled split with a checkpoint / run folder / CSV / ensemble and score it.
 
@@ -153,15 +160,16 @@ def evaluate(model_path: str | Path, utterances: Sequence[Utterance], *, split: 
     ``--dev-ox-to-train`` run) are left out of the score, the predictions file and the plot; the
     ``Scores`` say how many.
 
-    Writes the predictions CSV (labels beside them) to ``out``, the plot to ``plot`` and the scores as JSON
-    (``scores_document``; ``corpus`` names where the split came from) to ``scores`` when given.
+    Writes the predictions (labels beside them) to ``out``, the plot to ``plot`` and the scores as JSON
+    (``scores_document``; ``corpus`` names where the split came from) to ``scores`` when given, each
+    declared beforehand in ``outputs``.
     ``bootstrap`` > 0 adds a bootstrap confidence interval of each CCC (``sertool.models.bootstrap``,
     ``bootstrap`` resamples of the scored utterances, seeded by ``bootstrap_seed``).
 
     Raises:
         SertoolError: unlabelled utterances, or every utterance of the split was trained on.
     """
-    check_writable([out, plot, scores], force=force)
+    outputs = outputs or OutputPlan()
     predictor = open_predictor(model_path, options)
     kept = _held_out(utterances, predictor.training_ids, split=split, name=predictor.name)
     utterances = kept.utterances
@@ -172,15 +180,17 @@ def evaluate(model_path: str | Path, utterances: Sequence[Utterance], *, split: 
         result.scores.ci = _resampled([output.predictions.values], labels, bootstrap, bootstrap_seed).interval(0)
     result.document = scores_document([result.scores], split=split, corpus=corpus)
     if out is not None:
-        WRITERS[format_of(out)](output.predictions, out, labels=labels)
+        write_predictions_file(outputs, out, output.predictions, labels=labels)
         result.written.append(out)
     if plot is not None:
         from sertool.inference.plots import plot_evaluation
 
-        plot_evaluation(output.predictions, labels, [utt.emo_class for utt in utterances], plot)
+        with outputs.writing(plot, "wb") as handle:
+            plot_evaluation(output.predictions, labels, [utt.emo_class for utt in utterances], handle)
         result.written.append(plot)
     if scores is not None:
-        write_json_document(result.document, scores)
+        with outputs.writing(scores) as handle:
+            write_json_document(result.document, handle)
         result.written.append(scores)
     return result
 
@@ -213,19 +223,18 @@ def predict_with(predictor: Predictor, utterances: Sequence[Utterance], *, windo
     return merger.result(utterances)
 
 
-def write_outputs(predictions: Predictions, *, out: Path | None, file_format: str | None, submission: Path | None,
-                  expected_ids: Sequence[str] | None, stream, force: bool) -> list[Path]:
+def write_outputs(predictions: Predictions, *, outputs: OutputPlan, out: Path | None, file_format: str | None,
+                  submission: Path | None, expected_ids: Sequence[str] | None, stream: TextIO | None) -> list[Path]:
     """Predictions to ``out`` (format from ``file_format`` or the suffix) or ``stream``; a challenge
-    submission to ``submission``. Returns the files written."""
-    check_writable([out, submission], force=force)
+    submission to ``submission`` (both declared in ``outputs``). Returns the files written."""
     written = []
     if submission is not None:
-        write_submission(predictions, submission, expected_ids=expected_ids)
+        write_submission(outputs, submission, predictions, expected_ids=expected_ids)
         written.append(submission)
     if out is not None:
-        WRITERS[file_format or format_of(out)](predictions, out)
+        write_predictions_file(outputs, out, predictions, file_format=file_format)
         written.append(out)
-    elif submission is None:
+    elif submission is None and stream is not None:
         WRITERS[file_format or "csv"](predictions, stream)
     return written
 
@@ -262,8 +271,8 @@ def difference(scores: Sequence[Scores], resampled: BootstrapResult, *, system: 
 def ensemble(member_paths: Sequence[str | Path], utterances: Sequence[Utterance], *, split: str,
              options: InferenceOptions, weights: Sequence[float] | None = None, per_attribute: bool = False,
              selection_utterances: Sequence[Utterance] | None = None, selection_split: str = DEVELOPMENT,
-             save: Path | None = None, scores: Path | None = None, corpus: str | Path | None = None,
-             require_scores: bool = False, force: bool = False, bootstrap: int = 0,
+             outputs: OutputPlan | None = None, save: Path | None = None, scores: Path | None = None,
+             corpus: str | Path | None = None, require_scores: bool = False, bootstrap: int = 0,
              bootstrap_seed: int = 0) -> EnsembleResult:
     """Combine members (checkpoints, run folders, predictions CSVs, saved ensembles) on ``utterances``.
 
@@ -272,6 +281,7 @@ def ensemble(member_paths: Sequence[str | Path], utterances: Sequence[Utterance]
         per_attribute: for each attribute, use the member subset that is best on the selection split.
         selection_utterances: the labelled split the per-attribute choice is made on (default:
             ``utterances``, which must then be labelled).
+        outputs: the command's outputs, in which ``save`` and ``scores`` are declared.
         save: write the plan as JSON, with members named relative to its folder; evaluate and predict take
             it in place of a checkpoint.
         bootstrap: resamples of a bootstrap CI of every CCC, and of the ensemble's gain over each member
@@ -286,15 +296,15 @@ def ensemble(member_paths: Sequence[str | Path], utterances: Sequence[Utterance]
     and the ensemble are scored on the same utterances, the intersection of the members' held-out sets.
     The predictions cover every utterance.
     """
-    check_writable([save, scores], force=force)
+    outputs = outputs or OutputPlan()
     has_labels = all(utt.has_labels for utt in utterances)
     _check_ensemble_request(len(member_paths), split=split, weights=weights, per_attribute=per_attribute,
                             scores_needed=(scores is not None or require_scores) and not has_labels)
     predictors = [open_predictor(path, options) for path in member_paths]
     names = [_member_name(path, save) for path in member_paths]
     trained_on = union_of_training_ids(predictors)
-    outputs = [predictor.predict(utterances) for predictor in predictors]
-    members = [output.predictions for output in outputs]
+    member_outputs = [predictor.predict(utterances) for predictor in predictors]
+    members = [output.predictions for output in member_outputs]
     if per_attribute:
         chosen_on = _held_out(selection_utterances if selection_utterances is not None else utterances, trained_on,
                               split=selection_split, name="the ensemble's members").utterances
@@ -309,7 +319,7 @@ def ensemble(member_paths: Sequence[str | Path], utterances: Sequence[Utterance]
     if has_labels:
         kept = _held_out(utterances, trained_on, split=split, name="the ensemble's members")
         labels = labelled(kept.utterances, split)
-        scored = [_rows(output, kept.utterances) for output in [*outputs, PredictorOutput(combined)]]
+        scored = [_rows(output, kept.utterances) for output in [*member_outputs, PredictorOutput(combined)]]
         names = [predictor.name for predictor in predictors] + ["ensemble"]
         rows = [score(name, output, kept.utterances, labels, held_out=kept)
                 for name, output in zip(names, scored, strict=True)]
@@ -322,10 +332,12 @@ def ensemble(member_paths: Sequence[str | Path], utterances: Sequence[Utterance]
                                   for index in range(len(predictors))]
         result.document = scores_document(rows, split=split, corpus=corpus, differences=result.differences)
     if save is not None:
-        write_plan(plan, save)
+        with outputs.writing(save) as handle:
+            write_plan(plan, handle)
         result.written.append(save)
     if scores is not None:
-        write_json_document(result.document, scores)
+        with outputs.writing(scores) as handle:
+            write_json_document(result.document, handle)
         result.written.append(scores)
     return result
 
@@ -384,21 +396,20 @@ def _member_name(path: str | Path, save: Path | None) -> str:
 LoadReportHook = Callable[[LoadReport], None]  # shows what reading the input dropped, before the model runs
 
 
-def _path(value: str | None) -> Path | None:
-    return Path(value) if value else None
-
-
 def run_evaluate(model: str | Path, options: EvaluateOptions, *, on_load_report: LoadReportHook) -> EvaluationResult:
     """`sertool evaluate`: ``options.split`` of ``options.corpus``, scored with ``model`` (see ``evaluate``).
 
     Raises:
         SertoolError: as ``corpus_split`` and ``evaluate``.
     """
+    outputs = OutputPlan(force=options.force)
+    out, _ = declare_outputs(outputs, out=options.out, file_format=None, submission=None)
+    plot = outputs.file(options.plot, flag="--plot")
+    scores = outputs.file(options.output.scores, flag="--scores")
     utterances, report = corpus_split(options.corpus, options.split, cache_dir=options.inference.cache_dir)
     on_load_report(report)
-    return evaluate(model, utterances, split=options.split, options=options.inference, out=_path(options.out),
-                    plot=_path(options.plot), scores=_path(options.output.scores), corpus=options.corpus,
-                    force=options.force, bootstrap=options.bootstrap.bootstrap,
+    return evaluate(model, utterances, split=options.split, options=options.inference, outputs=outputs, out=out,
+                    plot=plot, scores=scores, corpus=options.corpus, bootstrap=options.bootstrap.bootstrap,
                     bootstrap_seed=options.bootstrap.bootstrap_seed)
 
 
@@ -421,8 +432,9 @@ def run_predict(model: str | Path, paths: Sequence[str], options: PredictOptions
     """
     if bool(paths) == bool(options.corpus):
         raise SertoolError("give audio PATHS or --corpus ROOT (with --split), not both or neither")
-    out, submission = _path(options.out), _path(options.submission)
-    check_outputs(out=out, file_format=options.file_format, submission=submission, force=options.force)
+    outputs = OutputPlan(force=options.force)
+    out, submission = declare_outputs(outputs, out=options.out, file_format=options.file_format,
+                                      submission=options.submission)
     cache_dir = options.inference.cache_dir
     utterances, report = (corpus_split(options.corpus, options.split, cache_dir=cache_dir) if options.corpus
                           else collect_inputs(paths, cache_dir=cache_dir))
@@ -433,8 +445,8 @@ def run_predict(model: str | Path, paths: Sequence[str], options: PredictOptions
         utterances = attach_transcripts(utterances, options.transcripts)
     predictions = predict(model, utterances, options=options.inference, window_s=options.window_s,
                           hop_s=options.hop_s)
-    written = write_outputs(predictions, out=out, file_format=options.file_format, submission=submission,
-                            expected_ids=[utt.id for utt in utterances], stream=stream, force=options.force)
+    written = write_outputs(predictions, outputs=outputs, out=out, file_format=options.file_format,
+                            submission=submission, expected_ids=[utt.id for utt in utterances], stream=stream)
     return PredictResult(predictions, written)
 
 
@@ -447,9 +459,10 @@ def run_ensemble(members: Sequence[str | Path], options: EnsembleOptions, *,
         SertoolError: an output that may not be written (checked before any work), an incomplete
             submission, or as ``ensemble``.
     """
-    out, submission, save = _path(options.out), _path(options.submission), _path(options.save)
-    check_outputs(out=out, file_format=None, submission=submission, force=options.force)
-    check_writable([save, _path(options.output.scores)], force=options.force)
+    outputs = OutputPlan(force=options.force)
+    out, submission = declare_outputs(outputs, out=options.out, file_format=None, submission=options.submission)
+    save = outputs.file(options.save, flag="--save")
+    scores = outputs.file(options.output.scores, flag="--scores")
     cache_dir = options.inference.cache_dir
     utterances, report = corpus_split(options.corpus, options.split, cache_dir=cache_dir)
     on_load_report(report)
@@ -460,10 +473,10 @@ def run_ensemble(members: Sequence[str | Path], options: EnsembleOptions, *,
                  if per_attribute and options.select_split != options.split else None)
     result = ensemble(members, utterances, split=options.split, options=options.inference, weights=options.weights,
                       per_attribute=per_attribute, selection_utterances=selection,
-                      selection_split=options.select_split, save=save, scores=_path(options.output.scores),
-                      corpus=options.corpus, require_scores=options.output.as_json, force=options.force,
+                      selection_split=options.select_split, outputs=outputs, save=save, scores=scores,
+                      corpus=options.corpus, require_scores=options.output.as_json,
                       bootstrap=options.bootstrap.bootstrap, bootstrap_seed=options.bootstrap.bootstrap_seed)
-    if out is not None or submission is not None:  # checked above: overwriting is no longer a question
-        result.written[:0] = write_outputs(result.predictions, out=out, file_format=None, submission=submission,
-                                           expected_ids=[utt.id for utt in utterances], stream=None, force=True)
+    result.written[:0] = write_outputs(result.predictions, outputs=outputs, out=out, file_format=None,
+                                       submission=submission, expected_ids=[utt.id for utt in utterances],
+                                       stream=None)
     return result

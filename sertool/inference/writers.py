@@ -1,7 +1,8 @@
 """Output formats for predictions, a registry keyed by name, and the challenge's submission file.
 
-``WRITERS[name](predictions, destination, labels=...)`` writes to a path (atomically) or a text stream
-such as ``sys.stdout``; ``READERS[name](path)`` reads the same format back. The CSV format is described in
+``WRITERS[name](predictions, handle, labels=..., where=...)`` writes to an open text stream;
+``write_predictions_file`` writes a command's declared output file (``OutputPlan``) in the format its
+suffix names, and ``READERS[name](path)`` reads the same format back. The CSV format is described in
 ``sertool.inference.predictions``. The JSON format, keyed by attribute name so that no reader has to know
 an order::
 
@@ -26,6 +27,7 @@ import numpy as np
 
 from sertool.data.records import ATTRIBUTES, LABEL_MAX, LABEL_MIN
 from sertool.errors import SertoolError
+from sertool.guards.outputs import OutputPlan
 from sertool.inference.predictions import (
     ID_COLUMN,
     VALUE_COLUMNS,
@@ -38,26 +40,27 @@ from sertool.inference.predictions import (
     segments_by_id,
     write_predictions,
 )
-from sertool.io import atomic_write, load_json
+from sertool.io import load_json
 
 Writer = Callable[..., None]
 
 
-def write_json(predictions: Predictions, destination: str | Path | TextIO, *,
-               labels: np.ndarray | None = None) -> None:
-    """Write the JSON format (module docstring) to a path (atomically) or a text stream.
+def write_json(predictions: Predictions, handle: TextIO, *, labels: np.ndarray | None = None,
+               where: str = "standard output") -> None:
+    """Write the JSON format (module docstring) to an open text stream.
 
     Args:
         predictions: what to write; entries keep its order. Floats are written exactly (no rounding).
-        destination: a file path or a text stream.
+        handle: the stream (a file being committed, or ``sys.stdout``).
         labels: ``[N, 3]`` rater means in ``predictions.ids`` order, written under ``"true"``.
+        where: how an error names the destination.
 
     Raises:
-        SertoolError: a value is not finite, or the file cannot be written.
+        SertoolError: a value is not finite (before anything is written).
     """
     if labels is not None and np.shape(labels) != predictions.values.shape:
         raise ValueError(f"write_json: labels of shape {np.shape(labels)} for {len(predictions)} predictions")
-    check_finite(predictions, destination)
+    check_finite(predictions, where)
     segments_of = segments_by_id(predictions.segments)
     entries = []
     for row, file_id in enumerate(predictions.ids):
@@ -71,13 +74,8 @@ def write_json(predictions: Predictions, destination: str | Path | TextIO, *,
                                  for segment in segments_of[file_id]]
         entries.append(entry)
     document = {"attributes": list(ATTRIBUTES), "scale": [LABEL_MIN, LABEL_MAX], "predictions": entries}
-    if isinstance(destination, (str, Path)):
-        with atomic_write(destination) as handle:
-            json.dump(document, handle, indent=1)
-            handle.write("\n")
-    else:
-        json.dump(document, destination, indent=1)
-        destination.write("\n")
+    json.dump(document, handle, indent=1)
+    handle.write("\n")
 
 
 def read_json(path: str | Path) -> Predictions:
@@ -119,6 +117,19 @@ def read_json(path: str | Path) -> Predictions:
 
 
 WRITERS: dict[str, Writer] = {"csv": write_predictions, "json": write_json}
+
+
+def write_predictions_file(outputs: OutputPlan, path: Path, predictions: Predictions, *,
+                           file_format: str | None = None, labels: np.ndarray | None = None) -> None:
+    """Write ``predictions`` as the declared output ``path`` of ``outputs``, in ``file_format`` (default: the
+    format ``path``'s suffix names).
+
+    Raises:
+        SertoolError: an unknown format, a value that is not finite (nothing written), or the commit fails.
+    """
+    writer = WRITERS[file_format or format_of(path)]
+    with outputs.writing(path, newline="") as handle:
+        writer(predictions, handle, labels=labels, where=str(path))
 READERS: dict[str, Callable[[str | Path], Predictions]] = {"csv": read_predictions, "json": read_json}
 
 
@@ -134,7 +145,7 @@ def format_of(path: str | Path) -> str:
     return name
 
 
-def write_submission(predictions: Predictions, path: str | Path, *,
+def write_submission(outputs: OutputPlan, path: Path, predictions: Predictions, *,
                      expected_ids: Sequence[str] | None = None) -> None:
     """Write exactly the challenge's submission file.
 
@@ -143,7 +154,8 @@ def write_submission(predictions: Predictions, path: str | Path, *,
 
     Args:
         predictions: whole-file predictions on the 1..7 scale (segments are not part of a submission).
-        path: the CSV to write (atomically).
+        outputs: the command's outputs, in which ``path`` is declared.
+        path: the CSV to write.
         expected_ids: every file the submission must cover, e.g. every Test3 file; None: whatever
             ``predictions`` holds.
 
@@ -166,7 +178,7 @@ def write_submission(predictions: Predictions, path: str | Path, *,
                                + "; ".join(problems))
     order = sorted(range(len(predictions)), key=lambda row: predictions.ids[row])
     clipped = np.clip(predictions.values, LABEL_MIN, LABEL_MAX)
-    with atomic_write(path, newline="") as handle:
+    with outputs.writing(path, newline="") as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow((ID_COLUMN, *VALUE_COLUMNS))
         for row in order:

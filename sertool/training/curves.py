@@ -11,10 +11,12 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 from sertool.data.records import ATTRIBUTES
 from sertool.errors import SertoolError, missing_package
-from sertool.io import atomic_write
+from sertool.guards.outputs import OutputPlan
+from sertool.guards.reads import MAX_TABLE_BYTES, read_user_text
 
 CURVES_NAME = "curves.png"
 METRICS_NAME = "metrics.jsonl"
@@ -45,9 +47,9 @@ def read_curves(run_dir: str | Path, *, name: str | None = None) -> Curves:
     run_dir = Path(run_dir)
     path = run_dir / METRICS_NAME
     try:
-        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    except OSError as error:
-        raise SertoolError(f"{path}: cannot read it ({error.strerror or error}); is {run_dir} a run folder?") from None
+        lines = read_user_text(path, what="training log", max_bytes=MAX_TABLE_BYTES, errors="replace").splitlines()
+    except SertoolError as error:
+        raise SertoolError(f"{error}; is {run_dir} a run folder?") from None
     curves = Curves(name or run_dir.name)
     for line in lines:
         try:
@@ -70,14 +72,15 @@ def read_curves(run_dir: str | Path, *, name: str | None = None) -> Curves:
     return curves
 
 
-def plot_curves(runs: Sequence[Curves], path: str | Path, *, title: str | None = None) -> Path:
-    """Draw ``runs`` into one PNG: training loss and validation CCC per score over optimiser steps.
+def plot_curves(runs: Sequence[Curves], handle: IO[bytes], *, title: str | None = None) -> None:
+    """Draw ``runs`` into one PNG written to ``handle``: training loss and validation CCC per score over
+    optimiser steps.
 
     Each validation panel names its split and utterance count where the records say them (the same for
     every run; otherwise each run's legend entry says its own).
 
     Raises:
-        SertoolError: matplotlib is not installed, or the file cannot be written.
+        SertoolError: matplotlib is not installed.
     """
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -108,10 +111,7 @@ def plot_curves(runs: Sequence[Curves], path: str | Path, *, title: str | None =
     axes[5].legend(handles, labels, loc="center", frameon=False)
     if title:
         figure.suptitle(title)
-    path = Path(path)
-    with atomic_write(path, "wb") as handle:
-        FigureCanvasAgg(figure).print_png(handle)
-    return path
+    FigureCanvasAgg(figure).print_png(handle)
 
 
 def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, *, force: bool = False) -> Path:
@@ -122,10 +122,13 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, *, force: bool = 
         SertoolError: ``out`` exists and ``force`` is not set, a folder has no readable metrics.jsonl, or
             matplotlib is not installed.
     """
-    from sertool.io import check_writable
-
-    check_writable([Path(out)], force=force)
-    return plot_curves([read_curves(run_dir, name=str(run_dir)) for run_dir in run_dirs], out)
+    outputs = OutputPlan(force=force)
+    path = outputs.file(out, flag="--out")
+    assert path is not None, "--out is required"
+    runs = [read_curves(run_dir, name=str(run_dir)) for run_dir in run_dirs]
+    with outputs.writing(path, "wb") as handle:
+        plot_curves(runs, handle)
+    return path
 
 
 def _validation_set(run: Curves) -> str:

@@ -59,8 +59,8 @@ from sertool.data.rows import AUDIO_PROBLEMS
 from sertool.data.selection import select
 from sertool.data.transcripts import fill_transcripts
 from sertool.errors import SertoolError
+from sertool.guards.outputs import OutputPlan, append_text, atomic_write
 from sertool.interrupts import Interrupted, StopRequests, quiet_worker, signal_name
-from sertool.io import atomic_write
 from sertool.model_folder import load_model
 from sertool.models.backbones.whisper import FRAME_RATE
 from sertool.models.ccc import ccc_scores, collapsed_attributes
@@ -87,6 +87,7 @@ from sertool.training.run_folder import (
     reconcile_config_file,
     remove_run_outputs,
     remove_stale_temporaries,
+    replace_previous_run,
     truncate_metrics,
     write_config_file,
     write_environment,
@@ -160,6 +161,8 @@ def train(
             raise SertoolError("no corpus given: pass --corpus ROOT")
         if not (config.train.epochs or config.train.max_steps):
             raise SertoolError("--epochs 0 and --max-steps 0: no end of training; give --epochs N or --max-steps N")
+    if not resume:  # before anything else: a folder that cannot be made costs nothing
+        OutputPlan(force=force).folder(run_dir, flag="--out")
     context = distributed.setup(device)
     run_dir = Path(run_dir)
     reporter = reporter if reporter is not None and context.is_main else Reporter()
@@ -170,13 +173,17 @@ def train(
         holding = (locked_run_folder(run_dir, create=not resume, warn=reporter.message) if context.is_main
                    else contextlib.nullcontext())
         with StopRequests() as stops, holding:
+            previous = _PreviousRun()
             try:
-                run = _Run(config, run_dir, resume=resume, force=force, argv=argv, context=context, reporter=reporter,
-                           relocated=relocated, stops=stops)
+                if not resume and context.is_main:
+                    previous.held = prepare_run_folder(run_dir, force=force, init_from=config.train.init_from)
+                run = _Run(config, run_dir, resume=resume, previous=previous, argv=argv, context=context,
+                           reporter=reporter, relocated=relocated, stops=stops)
                 result = run.run()
             except Interrupted as stop:
                 raise Interrupted(stop.signal_number, _interrupted_message(
-                    run_dir, stop.signal_number, saved_step=run.saved_step if run is not None else None)) from None
+                    run_dir, stop.signal_number, saved_step=run.saved_step if run is not None else None,
+                    previous_run_kept=previous.held and not previous.replaced)) from None
         distributed.barrier(context)
         return result
     finally:
@@ -184,9 +191,22 @@ def train(
         distributed.teardown()
 
 
-def _interrupted_message(run_dir: Path, signal_number: int, *, saved_step: int | None) -> str:
+@dataclass
+class _PreviousRun:
+    """A previous run in the folder of a new one (``--force``): ``held`` there, and ``replaced`` once the new
+    run's set-up has checked every input (``run_folder.replace_previous_run``)."""
+
+    held: bool = False
+    replaced: bool = False
+
+
+def _interrupted_message(run_dir: Path, signal_number: int, *, saved_step: int | None,
+                         previous_run_kept: bool = False) -> str:
     """One line: what was kept, and the command that continues the run."""
     stopped = f"interrupted ({signal_name(signal_number)})"
+    if previous_run_kept:
+        return (f"{stopped} while the new run was set up; {run_dir} still holds its previous run, unchanged. Run the "
+                "same command again to replace it")
     resume = f"Continue with: sertool train --resume {run_dir}"
     if saved_step is not None:
         return f"{stopped}; {run_dir / LAST_NAME} holds step {saved_step}. {resume}"
@@ -217,15 +237,16 @@ class _Run:
     8. ``_setup_state``: the progress counters, restored from ``last.pt`` or recorded in environment.json.
     """
 
-    def __init__(self, config: Config, run_dir: Path, *, resume: bool, force: bool, argv: Sequence[str],
-                 context: Distributed, reporter: Reporter, relocated: dict[str, Any] | None = None,
+    def __init__(self, config: Config, run_dir: Path, *, resume: bool, argv: Sequence[str], context: Distributed,
+                 reporter: Reporter, previous: _PreviousRun | None = None, relocated: dict[str, Any] | None = None,
                  stops: StopRequests | None = None) -> None:
         self.context = context
         self.reporter = reporter
         self.run_dir = run_dir
         self.stops = stops = stops or StopRequests()
+        previous = previous or _PreviousRun()
         with stops.at_once():  # reading data and building the model save nothing: stop at once
-            checkpoint, recorded = self._setup_folder(config, resume=resume, force=force, argv=argv,
+            checkpoint, recorded = self._setup_folder(config, resume=resume, replaces=previous.held, argv=argv,
                                                       relocated=relocated or {})
             torch.manual_seed(self.config.seed)
             if context.device.type == "cpu":
@@ -241,6 +262,9 @@ class _Run:
             self._setup_floor(statistics)
             self._setup_batches()
             self._setup_optimisation()
+            if previous.held:  # every input has been read and checked: the old run may go now
+                replace_previous_run(run_dir, self.config, argv)
+                previous.replaced = True
             self._setup_state(checkpoint)
             if context.is_main and checkpoint is not None and recorded is not None:  # a resume that checks out
                 warning = reconcile_config_file(run_dir, recorded=recorded, config=self.config)
@@ -248,16 +272,14 @@ class _Run:
                     reporter.message(f"warning: {warning}")
                 add_command_line(run_dir, argv)
 
-    def _setup_folder(self, config: Config, *, resume: bool, force: bool, argv: Sequence[str],
+    def _setup_folder(self, config: Config, *, resume: bool, replaces: bool, argv: Sequence[str],
                       relocated: dict[str, Any]) -> tuple[dict[str, Any] | None, Config | None]:
         """The run's config (``self.config``); returns ``last.pt`` and the config it recorded when resuming."""
         checkpoint = recorded = None
         if resume:
             config, checkpoint, recorded = self._resumed_config(relocated)
-        elif self.context.is_main:
-            prepare_run_folder(self.run_dir, force=force)
         self.config = config
-        if self.context.is_main and checkpoint is None:
+        if self.context.is_main and checkpoint is None and not replaces:
             write_config_file(self.run_dir, config)  # first of all: a run stopped while loading can resume
             add_command_line(self.run_dir, argv)
         return checkpoint, recorded
@@ -487,7 +509,7 @@ class _Run:
                              stopped=self.stopped, skipped_steps=self.skipped_steps, skipped_audio=self.skipped_audio,
                              history=self.history, collapsed=collapsed)
         if self.context.is_main:
-            with atomic_write(self.run_dir / "summary.json") as handle:
+            with atomic_write(self.run_dir / "summary.json", replace=True) as handle:
                 json.dump({"best": self.best, "best_step": self.best_step, "steps": self.step,
                            "stopped": _plain(self.stopped), "collapsed": collapsed, "skipped_steps": self.skipped_steps,
                            "skipped_audio": self.skipped_audio}, handle, indent=2)
@@ -849,7 +871,9 @@ class _Run:
     def _plot_curves(self) -> None:
         """``curves.png`` beside metrics.jsonl; without matplotlib, a message instead (the run has succeeded)."""
         try:
-            plot_curves([read_curves(self.run_dir)], self.run_dir / CURVES_NAME, title=str(self.run_dir))
+            curves = [read_curves(self.run_dir)]
+            with atomic_write(self.run_dir / CURVES_NAME, "wb", replace=True) as handle:
+                plot_curves(curves, handle, title=str(self.run_dir))
         except SertoolError as error:
             self.reporter.message(f"no {CURVES_NAME}: {error}")
 
@@ -858,8 +882,7 @@ class _Run:
             # Strict JSON (null, not NaN), so that any JSON reader takes the file.
             plain = {key: None if isinstance(value, float) and not math.isfinite(value) else value
                      for key, value in record.items()}
-            with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
-                handle.write(json.dumps(plain) + "\n")
+            append_text(self.run_dir / "metrics.jsonl", json.dumps(plain) + "\n")
 
 
 

@@ -21,7 +21,8 @@ from sertool.config import Config, differences
 from sertool.data.records import Utterance
 from sertool.data.report import LoadReport
 from sertool.errors import SertoolError
-from sertool.io import atomic_write
+from sertool.guards.outputs import atomic_write, remove_files
+from sertool.guards.reads import MAX_CONFIG_BYTES, MAX_TABLE_BYTES, read_user_text
 
 # Packages whose versions decide whether a result can be reproduced.
 _RECORDED_PACKAGES = ("torch", "torchaudio", "transformers", "numpy", "soundfile", "safetensors")
@@ -81,44 +82,72 @@ def locked_run_folder(run_dir: Path, *, create: bool, warn: Callable[[str], None
         handle.close()
 
 
-def prepare_run_folder(run_dir: Path, *, force: bool) -> None:
-    """Create the folder of a new run, or check that the existing one holds no other run; with ``force``,
-    remove the files of the run it holds (``RUN_FILES``, and temporaries of unfinished writes).
+def prepare_run_folder(run_dir: Path, *, force: bool, init_from: str | None = None) -> bool:
+    """Check the (locked) folder of a new run: it must hold no other run, unless ``force``.
+
+    Nothing is removed here. A run started with ``force`` in a folder holding a previous run replaces it
+    only once its own set-up has checked every input (``replace_previous_run``): a typo in a flag, a
+    missing split or a model that does not load leaves the previous run whole.
+
+    Args:
+        run_dir: the run folder (it exists: ``locked_run_folder`` made it).
+        force: ``--force``.
+        init_from: ``--init-from``; it may not be a file that replacing the previous run would remove.
+
+    Returns:
+        Whether the folder holds files of a previous run, which this run is to replace.
 
     Raises:
-        SertoolError: the folder holds files (naming ``--force`` and ``--resume``), or cannot be created.
+        SertoolError: the folder holds files and ``force`` is not set (naming ``--force`` and ``--resume``), or
+            ``init_from`` is among the files ``force`` would remove.
     """
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise SertoolError(f"--out {run_dir}: cannot create the folder ({error.strerror or error})") from None
-    if any(path.name != LOCK_NAME for path in run_dir.iterdir()) and not force:
+    if not any(path.name != LOCK_NAME for path in run_dir.iterdir()):
+        return False
+    if not force:
         raise SertoolError(f"--out {run_dir}: the folder already holds a run; pass --resume {run_dir} to continue it, "
                            "--force to start over in it, or choose another --out")
-    if force:
-        remove_run_outputs(run_dir)
+    if init_from is not None:
+        start = Path(init_from).expanduser()
+        start = start / BEST_NAME if start.is_dir() and (start / BEST_NAME).is_file() else start
+        if os.path.realpath(start) in {os.path.realpath(path) for path in run_outputs(run_dir)}:
+            raise SertoolError(f"--init-from {init_from}: {start} belongs to the run in --out {run_dir}, which --force "
+                               "replaces, so the weights this run starts from would be deleted; export them first "
+                               f"(sertool export {init_from} --out DIR) and pass --init-from DIR, or choose another "
+                               "--out")
+    return True
+
+
+def replace_previous_run(run_dir: Path, config: Config, argv: Sequence[str]) -> None:
+    """Remove the previous run's files (``remove_run_outputs``) and start the new run's record: ``config.yaml``
+    and ``argv.txt``. Called once the new run's set-up has succeeded."""
+    remove_run_outputs(run_dir)
+    write_config_file(run_dir, config)
+    add_command_line(run_dir, argv)
+
+
+def run_outputs(run_dir: Path, *, keep: Sequence[str] = ()) -> list[Path]:
+    """The files a run wrote into ``run_dir`` (``RUN_FILES``), but those named in ``keep``."""
+    return [path for pattern in RUN_FILES for path in run_dir.glob(pattern) if path.name not in keep]
 
 
 def remove_run_outputs(run_dir: Path, *, keep: Sequence[str] = ()) -> None:
-    """Remove the files a run wrote into ``run_dir`` (``RUN_FILES`` but ``keep``, and unfinished writes)."""
-    for pattern in RUN_FILES:
-        for stale in run_dir.glob(pattern):
-            if stale.name not in keep:
-                stale.unlink(missing_ok=True)
+    """Remove the files a run wrote into ``run_dir`` (``run_outputs``, and unfinished writes)."""
+    remove_files(run_outputs(run_dir, keep=keep))
     remove_stale_temporaries(run_dir)
 
 
 def write_config_file(run_dir: Path, config: Config) -> None:
     """``config.yaml``: the resolved config (`sertool train --config` takes it back)."""
-    with atomic_write(run_dir / "config.yaml") as handle:
+    with atomic_write(run_dir / "config.yaml", replace=True) as handle:
         yaml.safe_dump(config.to_dict(), handle, sort_keys=False)
 
 
 def add_command_line(run_dir: Path, argv: Sequence[str]) -> None:
     """Add ``argv`` to ``argv.txt``: the command that started the run, then one line per ``--resume``."""
     path = run_dir / "argv.txt"
-    previous = path.read_text(encoding="utf-8", errors="replace") if path.is_file() else ""
-    with atomic_write(path) as handle:
+    previous = read_user_text(path, what="command log", max_bytes=MAX_CONFIG_BYTES, errors="replace") \
+        if path.is_file() else ""
+    with atomic_write(path, replace=True) as handle:
         handle.write(previous + " ".join(argv) + "\n")
 
 
@@ -133,9 +162,9 @@ def write_environment(run_dir: Path, config: Config, *, data_summary: dict[str, 
             versions[package] = None
     environment = {**provenance(), "python": sys.version.split()[0], "platform": platform.platform(),
                    "packages": versions, "seed": config.seed, "data": data_summary}
-    with atomic_write(run_dir / "environment.json") as handle:
+    with atomic_write(run_dir / "environment.json", replace=True) as handle:
         json.dump(environment, handle, indent=2)
-    with atomic_write(run_dir / "data_report.json") as handle:
+    with atomic_write(run_dir / "data_report.json", replace=True) as handle:
         json.dump({"summary": load_report.summary(),
                    "dropped": [vars(problem) for problem in load_report.dropped],
                    "warnings": [vars(problem) for problem in load_report.warnings]}, handle, indent=2)
@@ -192,8 +221,7 @@ def data_fingerprint(train: Sequence[Utterance], valid: Sequence[Utterance]) -> 
 def remove_stale_temporaries(run_dir: Path) -> None:
     """Delete the temporary files of writes a killed run never finished (``atomic_write`` names them
     ``.<name>.<random>.tmp``); the files they were meant to replace are whole."""
-    for stale in run_dir.glob(".*.tmp"):
-        stale.unlink(missing_ok=True)
+    remove_files(run_dir.glob(".*.tmp"))
 
 
 def truncate_metrics(run_dir: Path, *, step: int, validations: int) -> None:
@@ -204,7 +232,7 @@ def truncate_metrics(run_dir: Path, *, step: int, validations: int) -> None:
     if not path.is_file():
         return
     kept = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+    for line in read_user_text(path, what="training log", max_bytes=MAX_TABLE_BYTES, errors="replace").splitlines():
         try:
             record = json.loads(line)
         except ValueError:
@@ -217,5 +245,5 @@ def truncate_metrics(run_dir: Path, *, step: int, validations: int) -> None:
                 validations -= 1
         elif record.get("step", 0) <= step:
             kept.append(line)
-    with atomic_write(path) as handle:
+    with atomic_write(path, replace=True) as handle:
         handle.write("".join(line + "\n" for line in kept))

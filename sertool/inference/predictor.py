@@ -99,7 +99,7 @@ class CheckpointPredictor:
                         text_embeddings=transcript_embeddings(model, utterances, cache=self._text_cache),
                         max_batch_s=self.options.max_batch_s, num_workers=self.options.num_workers,
                         amp_dtype=resolve_amp(self.options.amp, device))
-        values = model.label_scaling.from_unit(raw.emotion_unit.astype(np.float64))
+        values = model.label_scaling.ratings(raw.emotion_unit)
         return PredictorOutput(Predictions(raw.ids, values), raw.gender_probabilities)
 
     def _with_transcripts(self, utterances: Sequence[Utterance]) -> list[Utterance]:

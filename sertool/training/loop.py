@@ -374,21 +374,21 @@ class _Run:
                               f"{len(utterances):,} utterances' frames were cached, the others computed")
 
     def _setup_floor(self, statistics: Callable[[Sequence[Utterance]], np.ndarray]) -> None:
-        """``valid_floor``: with ``--floor-blend``, the floor's ``[N, 3]`` predictions of the validation split
-        (1–7), which every validation blends the network's with; else None.
+        """``valid_floor_unit``: with ``--floor-blend``, the floor's ``[N, 3]`` unit-scale predictions of the
+        validation split, which every validation blends the network's with; else None.
 
         They never change, so they are computed once, from each clip's statistics (``statistics``: cached by
         audio content, and in memory where ``fit_utterance_statistics`` has just read them) rather than by
-        running the model: the floor as ``sertool baseline`` predicts it, in float64.
+        running the model: the model's own floor (``FloorBlend.floor``), in float64.
         """
         floor, wide = self.model.floor_blend, self.model.utterance_stats
-        self.valid_floor: np.ndarray | None = None
+        self.valid_floor_unit: np.ndarray | None = None
         if floor is None or wide is None:
             return
         rows = statistics(self.valid_set)
         with torch.no_grad():
             unit = floor.floor(wide.standardizer(torch.from_numpy(rows).to(self.context.device)))
-        self.valid_floor = self.model.label_scaling.from_unit(unit.cpu().numpy())
+        self.valid_floor_unit = unit.cpu().numpy()
 
     def _setup_batches(self) -> None:
         """The sampler decides which utterances each epoch uses and how they are grouped; the loader reads them."""
@@ -696,12 +696,15 @@ class _Run:
         """The CCC of the validation's finite ``predictions``, their collapsed attributes, and with a floor the
         blend it chose, which the model predicts with from now on (best.pt keeps those of its validation)."""
         labels = np.array([utt.labels() for utt in self.valid_set])
-        values = self.model.label_scaling.from_unit(predictions.emotion_unit)
+        scaling = self.model.label_scaling
+        unit = predictions.emotion_unit.astype(np.float64)
         blend = None
-        if self.model.floor_blend is not None and self.valid_floor is not None:
-            blend = choose_blend(values, self.valid_floor, labels)
+        if self.model.floor_blend is not None and self.valid_floor_unit is not None:
+            blend = choose_blend(unit, self.valid_floor_unit, labels, scaling)
             self.model.floor_blend.blend.copy_(torch.from_numpy(blend))
-            values = blend * values + (1 - blend) * self.valid_floor
+            unit = blend * unit + (1 - blend) * self.valid_floor_unit
+        # Scored as inference will output them (clipped ratings), so best.pt is chosen on what it predicts.
+        values = scaling.ratings(unit)
         return ccc_scores(values, labels), collapsed_attributes(values, labels), blend
 
     def _predict_valid(self) -> ModelPredictions:

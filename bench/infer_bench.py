@@ -154,7 +154,7 @@ def quantized_inference(utterances: Sequence[Utterance], config: ModelConfig, *,
     values = {}
     for label, variant in models.items():  # warm-up, and the predictions compared
         raw = run_model(variant, utterances, device=device)
-        values[label] = variant.label_scaling.from_unit(raw.emotion_unit.astype(np.float64))
+        values[label] = variant.label_scaling.ratings(raw.emotion_unit)
 
     def run(label: str):
         return lambda _: timed(lambda: run_model(models[label], utterances, device=device))[0]

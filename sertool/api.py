@@ -5,7 +5,7 @@
     >>> prediction = model.predict("talk.wav")
     >>> sorted(prediction)
     ['arousal', 'dominance', 'valence']
-    >>> all(1 < value < 7 for value in prediction.values())  # MSP-Podcast's 1-7 rater scale
+    >>> all(1 <= value <= 7 for value in prediction.values())  # MSP-Podcast's 1-7 rater scale, always
     True
 
 ``load`` opens a model through the same function every command uses (``open_predictor``) and

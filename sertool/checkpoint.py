@@ -38,6 +38,9 @@ BEST_NAME = "best.pt"
 LAST_NAME = "last.pt"
 # Top-level modules of SERModel holding pretrained encoders whose frozen weights are not stored.
 PRETRAINED_MODULES: tuple[str, ...] = ("backbone", "text_encoder", "speaker_embedder")
+# The payload key that names the file the weights were read from (set on loading, never saved): what
+# messages about the weights name.
+WEIGHTS_FILE = "weights_file"
 
 
 def resolve_checkpoint(path: str | Path, *, name: str = BEST_NAME) -> Path:
@@ -96,6 +99,7 @@ def load_checkpoint(path: str | Path, *, name: str = BEST_NAME) -> dict[str, Any
         raise SertoolError(f"{path}: not a sertool checkpoint")
     if payload.get("format_version", 0) > FORMAT_VERSION:
         raise SertoolError(f"{path}: written by a newer sertool (format {payload['format_version']}); upgrade sertool")
+    payload[WEIGHTS_FILE] = str(path)
     return payload
 
 
@@ -123,21 +127,84 @@ def stored_state(model: nn.Module) -> dict[str, torch.Tensor]:
 def load_stored_state(model: nn.Module, state: dict[str, torch.Tensor], *, source: str) -> None:
     """Load a ``stored_state`` into a freshly built model; exactly the frozen pretrained keys may be absent.
 
+    Every path that loads stored weights into a model comes here (a checkpoint, a model folder, a resumed
+    run; ``--init-from`` shares the checks): each tensor must have the dtype and shape of the model's own
+    (``check_stored_tensors``), and what the model fits before training must be fitted (``check_fitted``).
+
+    Args:
+        source: the file the weights come from, as messages name it.
+
     Raises:
-        SertoolError: the checkpoint does not fit the model (another architecture or config).
+        SertoolError: the checkpoint does not fit the model (another architecture or config, a tensor of
+            another dtype or shape), or leaves a fitted part unfitted; one line naming the first offender.
     """
-    try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-    except RuntimeError as error:  # tensors of the wrong shape
-        detail = next((line.strip() for line in str(error).splitlines() if "size mismatch" in line), str(error))
-        raise SertoolError(
-            f"{source}: the weights do not fit the model its config describes ({detail[:200]})") from None
-    really_missing = sorted(set(missing) - frozen_pretrained_keys(model))
-    if really_missing or unexpected:
-        details = [f"missing {', '.join(really_missing[:3])}" if really_missing else "",
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state) - frozen_pretrained_keys(model))
+    unexpected = [key for key in state if key not in expected]
+    if missing or unexpected:
+        details = [f"missing {', '.join(missing[:3])}" if missing else "",
                    f"unexpected {', '.join(unexpected[:3])}" if unexpected else ""]
         raise SertoolError(f"{source}: the weights do not fit the model its config describes "
                            f"({'; '.join(d for d in details if d)})")
+    check_stored_tensors(state, expected, source=source)
+    model.load_state_dict(state, strict=False)
+    check_fitted(model, source=source)
+
+
+def check_stored_tensors(state: dict[str, Any], expected: dict[str, torch.Tensor], *, source: str,
+                         shapes: bool = True) -> None:
+    """Refuse stored weights unless each of them that the model has is a tensor of the model's dtype (and,
+    with ``shapes``, shape).
+
+    ``load_state_dict`` would copy a float16 tensor into a float32 weight, or a float64 one into float16,
+    without a word: weights that went through another dtype are not the ones that were trained and scored.
+    A stored file never holds another dtype than the model it was written from; one that does was changed.
+
+    Args:
+        state: the stored weights by name.
+        expected: the freshly built model's ``state_dict()``.
+        source: the file the weights come from, as messages name it.
+        shapes: False leaves shapes to the caller (``--init-from`` names the flags that change them).
+
+    Raises:
+        SertoolError: naming ``source`` and the first tensor that does not fit, e.g. "m/model.safetensors:
+            tensor floor_blend.weights is float16 where the model needs float64 [246, 3]; ...".
+    """
+    for key, value in state.items():
+        if key not in expected:
+            continue
+        needed = expected[key]
+        needs = f"{_dtype_name(needed.dtype)} {list(needed.shape)}"
+        if not isinstance(value, torch.Tensor):
+            problem = f"{key} is a {type(value).__name__}, not a tensor, where the model needs {needs}"
+        elif value.dtype != needed.dtype:
+            problem = f"tensor {key} is {_dtype_name(value.dtype)} where the model needs {needs}"
+        elif shapes and value.shape != needed.shape:
+            problem = f"tensor {key} has shape {list(value.shape)} where the model needs {needs}"
+        else:
+            continue
+        raise SertoolError(f"{source}: {problem}; the file was changed or damaged since it was written: export the "
+                           "model again (sertool export), or fetch it again")
+
+
+def check_fitted(model: nn.Module, *, source: str) -> None:
+    """Refuse a loaded model one of whose fitted parts was never fitted.
+
+    Parts fitted before training, not by gradient (the utterance statistics' standardiser, the floor:
+    modules with a ``fitted`` property), are set in every checkpoint ``sertool train`` writes; stored
+    unfitted, they would fail at the first prediction.
+
+    Raises:
+        SertoolError: naming ``source`` and the first such part.
+    """
+    unfitted = [name for name, module in model.named_modules() if getattr(module, "fitted", True) is False]
+    if unfitted:
+        raise SertoolError(f"{source}: its {unfitted[0]} was never fitted (the state of a model before `sertool "
+                           "train` set it up); export the model again from a run's checkpoint")
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 def frozen_pretrained_keys(model: nn.Module) -> set[str]:

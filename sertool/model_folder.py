@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
-from sertool.checkpoint import BEST_NAME, CHECKPOINT_ID, load_checkpoint
+from sertool.checkpoint import BEST_NAME, CHECKPOINT_ID, WEIGHTS_FILE, load_checkpoint
 from sertool.errors import SertoolError
 from sertool.guards.outputs import OutputPlan
 from sertool.guards.reads import MAX_CHECKPOINT_BYTES, check_user_file
@@ -38,9 +38,10 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "README.md"
 FOLDER_FILES: tuple[str, ...] = (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME)
-# Checkpoint keys that stay out of config.json: the weights go to model.safetensors, and the training
-# state (optimiser, sampler, RNG) of last.pt is of no use to a model shared for inference.
-_NOT_IN_CONFIG = ("model_state", "training", "format", "format_version")
+# Checkpoint keys that stay out of config.json: the weights go to model.safetensors, the training state
+# (optimiser, sampler, RNG) of last.pt is of no use to a model shared for inference, and where the weights
+# were read from is the loader's note.
+_NOT_IN_CONFIG = ("model_state", "training", "format", "format_version", WEIGHTS_FILE)
 # Written into both config.json and the safetensors metadata: a folder whose two files come from different
 # exports (e.g. a crash while overwriting one with --force) is refused instead of silently mixed.
 _EXPORT_ID = "export_id"
@@ -69,8 +70,9 @@ def load_model(name_or_path: str | Path, *, name: str = BEST_NAME, weights: bool
             that need its config only.
 
     Returns:
-        ``config``, ``label_scaling``, ``pretrained``, ``speakers``, ``model_state``, ``metrics``, ... and
-        ``backbone_weights`` (``"published"`` when absent: see ``SERModel``).
+        ``config``, ``label_scaling``, ``pretrained``, ``speakers``, ``model_state``, ``metrics``, ...,
+        ``backbone_weights`` (``"published"`` when absent: see ``SERModel``) and ``weights_file`` (the file
+        the weights were read from, as messages name it).
 
     Raises:
         SertoolError: nothing loadable there (naming the path or id and what to do).
@@ -124,7 +126,8 @@ def read_model_folder(folder: str | Path, *, source: str | None = None, weights:
     from sertool.models.released import is_released_config
 
     if is_released_config(data):
-        return _released_payload(data, weights_file if weights else None, source=source)
+        return {**_released_payload(data, weights_file if weights else None, source=source),
+                WEIGHTS_FILE: f"{source}/{WEIGHTS_NAME}"}
     if not isinstance(data, dict) or data.get("format") != FOLDER_FORMAT:
         raise SertoolError(f"{folder / CONFIG_NAME}: neither a sertool model folder (sertool export) nor one of the "
                            "authors' released models")
@@ -137,6 +140,7 @@ def read_model_folder(folder: str | Path, *, source: str | None = None, weights:
         state = {name: handle.get_tensor(name) for name in handle.keys()} if weights else {}
     payload = {key: value for key, value in data.items() if key != _EXPORT_ID}
     payload["model_state"] = state
+    payload[WEIGHTS_FILE] = f"{source}/{WEIGHTS_NAME}"
     return payload
 
 

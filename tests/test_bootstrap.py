@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from sertool.errors import SertoolError
 from sertool.models import bootstrap as module
 from sertool.models.bootstrap import SCORES, bootstrap_ccc, resample_indices
 from sertool.models.ccc import ccc_scores
@@ -76,7 +77,7 @@ def test_a_constant_prediction_scores_zero_in_every_resample_and_bad_input_is_re
     assert np.all(bootstrap_ccc([constant], labels, num_resamples=20).replicates == 0.0)
     with pytest.raises(ValueError, match="shape"):
         bootstrap_ccc([good[:10]], labels, num_resamples=5)
-    with pytest.raises(ValueError, match="finite"):
+    with pytest.raises(SertoolError, match="predictions of system 0 are not finite"):
         bootstrap_ccc([np.where(good > 6, np.nan, good)], labels, num_resamples=5)
     with pytest.raises(ValueError, match="num_resamples"):
         bootstrap_ccc([good], labels, num_resamples=0)

@@ -22,6 +22,7 @@ from sertool.inference.ensemble import (
 )
 from sertool.inference.predictions import Predictions, Segment, read_predictions, write_predictions
 from sertool.models.ccc import ccc_scores
+from tests.cases import case
 from tests.corpus_files import commit
 
 IDS = ["a.wav", "b.wav"]
@@ -58,6 +59,28 @@ def test_equal_weight_spread_is_the_population_std() -> None:
     ensemble = average(members)
     np.testing.assert_allclose(ensemble.values, stacked.mean(axis=0))
     np.testing.assert_allclose(ensemble.spread, stacked.std(axis=0))
+
+
+@case("values", "ensemble members holding values of ±1e300 (a CSV member far off the scale), any weights",
+      "the weighted mean and spread of those values, never an overflow to infinity or NaN")
+@pytest.mark.parametrize("weights", [None, [1.0, 3.0, 1e-300], [1e308, 1e308, 1e308]])
+def test_weighted_mean_and_spread_of_huge_values_are_those_of_the_values(weights: list[float] | None) -> None:
+    rng = np.random.default_rng(1)
+    ids = [f"{i}.wav" for i in range(20)]
+    unit = rng.uniform(-1, 1, size=(3, 20, 3))
+    members = [Predictions(ids=ids, values=np.where(np.arange(20)[:, None] < 2, 1e300 * v, 4 + v)) for v in unit]
+    stacked = np.stack([member.values for member in members])
+    share = np.full(3, 1 / 3) if weights is None else np.array(weights) / max(weights)
+    share = share / share.sum()
+    ensemble = average(members, weights=weights)
+    # The reference: the same mean and population std, computed in units of 1e300 on the huge rows.
+    unit_rows = np.where(np.arange(20)[:, None] < 2, 1e300, 1.0)
+    in_units = stacked / unit_rows
+    mean = np.einsum("m,mrk->rk", share, in_units)
+    std = np.sqrt(np.einsum("m,mrk->rk", share, (in_units - mean) ** 2))
+    assert np.isfinite(ensemble.spread).all()
+    np.testing.assert_allclose(ensemble.values / unit_rows, mean, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(ensemble.spread / unit_rows, std, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("weights", [[1.0], [1.0, -1.0], [0.0, 0.0], [1.0, float("nan")]])

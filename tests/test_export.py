@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 from pathlib import Path
 
 import numpy as np
@@ -10,16 +11,19 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from sertool.checkpoint import load_checkpoint
+from sertool.checkpoint import load_checkpoint, save_checkpoint
 from sertool.cli import cli
 from sertool.errors import SertoolError
 from sertool.inference.export import export_model
 from sertool.inference.predictor import open_predictor
 from sertool.model_folder import FOLDER_FILES, load_model
 from sertool.training.loop import train
+from tests.cases import case
 from tests.corpus_files import write_learnable_corpus, write_tone
 from tests.hub_cache import cache_as_hub_id
+from tests.model_files import cast_floating, rewrite_weights
 from tests.systems import small_config
+from tests.test_reliability import one_line_error
 
 
 @pytest.fixture(scope="module")
@@ -196,3 +200,74 @@ def test_export_of_a_released_model_predicts_like_the_released_folder(tmp_path):
     options = InferenceOptions(backbone_path=str(backbone))
     values = [open_predictor(model, options).predict(utterances).predictions.values for model in (released, folder)]
     np.testing.assert_array_equal(values[0], values[1])
+
+
+@pytest.fixture(scope="module")
+def blend_run_dir(corpus, tmp_path_factory) -> Path:
+    """A run whose model carries the floor (``--floor-blend``, float64 buffers beside float32 weights)."""
+    folder = tmp_path_factory.mktemp("runs") / "blend"
+    config = small_config(corpus, epochs=1)
+    config.model.floor_blend = True
+    train(config, folder)
+    return folder
+
+
+@case("checkpoints", "a model folder whose tensors were all cast to float16 or float64 (safetensors rewritten, "
+      "metadata kept), a floor-blend or a network-only model",
+      "one line naming model.safetensors, the first tensor, its dtype and the model's; nothing predicted")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float64])
+@pytest.mark.parametrize("which", ["blend", "network"])
+def test_a_folder_of_recast_tensors_is_refused_naming_the_tensor(which, dtype, run_dir, blend_run_dir, audio,
+                                                                  tmp_path):
+    source = blend_run_dir if which == "blend" else run_dir
+    folder = export_model(source, tmp_path / "model").folder
+    trained = load_checkpoint(source)["model_state"]  # the dtypes and shapes the model was trained with
+    rewrite_weights(folder, cast_floating(dtype))
+    result = run("predict", folder, audio[1])
+    line = one_line_error(result)
+    assert "EmoAct" not in result.output  # nothing predicted
+    name = re.search(r"tensor (\S+) is ", line).group(1)
+    needed = trained[name]
+    dtype_name = str(dtype).removeprefix("torch.")
+    assert line.startswith(f"error: {folder / 'model.safetensors'}: tensor {name} is {dtype_name} where the model "
+                           f"needs {str(needed.dtype).removeprefix('torch.')} {list(needed.shape)}; ")
+    assert needed.dtype != dtype and "export the model again" in line
+
+
+@case("checkpoints", "a model folder with one tensor cast, or of the wrong shape (floor_blend.weights)",
+      "one line naming the tensor, its dtype or shape and what the model needs")
+@pytest.mark.parametrize("change, problem", [
+    (lambda tensors: tensors.__setitem__("floor_blend.weights", tensors["floor_blend.weights"].half()),
+     "is float16 where the model needs float64 [246, 3]"),
+    (lambda tensors: tensors.__setitem__("floor_blend.weights", tensors["floor_blend.weights"][:-1].clone()),
+     "has shape [245, 3] where the model needs float64 [246, 3]"),
+], ids=["dtype", "shape"])
+def test_one_changed_tensor_of_a_folder_is_named(change, problem, blend_run_dir, audio, tmp_path):
+    folder = export_model(blend_run_dir, tmp_path / "model").folder
+    rewrite_weights(folder, change)
+    line = one_line_error(run("predict", folder, audio[1]))
+    assert f"{folder / 'model.safetensors'}: tensor floor_blend.weights {problem}; " in line
+
+
+@case("checkpoints", "a checkpoint (best.pt) holding a tensor cast to another dtype",
+      "one line naming best.pt and the tensor; nothing predicted")
+def test_a_checkpoint_with_a_recast_tensor_is_refused(blend_run_dir, audio, tmp_path):
+    checkpoint = load_checkpoint(blend_run_dir)
+    checkpoint["model_state"]["floor_blend.intercept"] = checkpoint["model_state"]["floor_blend.intercept"].float()
+    save_checkpoint({key: value for key, value in checkpoint.items() if key not in ("format", "format_version")},
+                    tmp_path / "best.pt")
+    line = one_line_error(run("predict", tmp_path / "best.pt", audio[1]))
+    assert f"{tmp_path / 'best.pt'}: tensor floor_blend.intercept is float32 where the model needs float64 [3]" in line
+
+
+@case("checkpoints", "a model folder whose floor or statistics' standardiser is stored unfitted (alphas or count 0)",
+      "one line naming the file and the unfitted part; never the floor's 'never fitted' RuntimeError")
+@pytest.mark.parametrize("tensor, part", [("floor_blend.alphas", "floor_blend"),
+                                          ("utterance_stats.standardizer.count", "utterance_stats.standardizer")])
+def test_a_folder_with_an_unfitted_floor_is_refused_on_loading(tensor, part, blend_run_dir, audio, tmp_path):
+    folder = export_model(blend_run_dir, tmp_path / "model").folder
+    rewrite_weights(folder, lambda tensors: tensors[tensor].zero_())
+    line = one_line_error(run("predict", folder, audio[1]))
+    assert f"{folder / 'model.safetensors'}: its {part} was never fitted" in line
+    with pytest.raises(SertoolError, match=f"its {part} was never fitted"):
+        _ = open_predictor(folder).model

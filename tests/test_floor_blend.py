@@ -22,6 +22,7 @@ from sertool.inference.inputs import corpus_split
 from sertool.inference.predictions import read_predictions
 from sertool.inference.predictor import open_predictor
 from sertool.models.ccc import ccc_scores
+from sertool.models.heads import LabelScaling
 from sertool.models.ser_model import SERModel
 from sertool.models.utterance_stats import (
     BLEND_GRID,
@@ -32,6 +33,7 @@ from sertool.models.utterance_stats import (
 )
 from sertool.runtime.runner import run_model
 from sertool.training.loop import train
+from tests.cases import case
 from tests.corpus_files import write_learnable_corpus
 from tests.systems import InterruptAt, small_config
 
@@ -82,11 +84,17 @@ def _weight(model, blend):
         model.floor_blend.blend.copy_(stored)
 
 
-def _ratings(model, utterances, *, blend):
-    """Ids and predictions (1..7) at network weight ``blend`` (None: the model's stored weights)."""
+def _unit(model, utterances, *, blend):
+    """Ids and unit-scale outputs at network weight ``blend`` (None: the model's stored weights)."""
     with _weight(model, blend) if blend is not None else contextlib.nullcontext():
         outputs = run_model(model, utterances, device=torch.device("cpu"))
-    return outputs.ids, model.label_scaling.from_unit(outputs.emotion_unit)
+    return outputs.ids, outputs.emotion_unit
+
+
+def _ratings(model, utterances, *, blend):
+    """Ids and predictions (1..7, as inference gives them) at network weight ``blend``."""
+    ids, unit = _unit(model, utterances, blend=blend)
+    return ids, model.label_scaling.ratings(unit)
 
 
 def test_the_floor_in_the_model_predicts_what_the_baseline_wrote(corpus, floor):
@@ -109,7 +117,7 @@ def test_the_blend_mixes_network_and_floor_per_attribute_and_training_sees_the_n
     weights = torch.tensor([0.25, 1.0, 0.0], dtype=torch.float64)
     model.floor_blend.blend.copy_(weights)
     outputs = run_model(model, clips, device=torch.device("cpu"))
-    blended = model.label_scaling.from_unit(outputs.emotion_unit)
+    blended = model.label_scaling.ratings(outputs.emotion_unit)
     np.testing.assert_allclose(blended, weights.numpy() * network + (1 - weights.numpy()) * alone, atol=1e-5)
     assert torch.equal(model.floor_blend.blend, weights), "blended() puts the stored weights back"
     batch_waveforms = torch.randn(2, 16_000) * 0.1
@@ -121,22 +129,29 @@ def test_the_blend_mixes_network_and_floor_per_attribute_and_training_sees_the_n
     torch.testing.assert_close(trained, heads, rtol=0, atol=0)
 
 
+@case("values", "a floor blend whose candidate blends overshoot 1..7 on the validation split",
+      "each weight scored on the clipped ratings inference will output")
 def test_choose_blend_takes_the_best_ccc_of_the_grid_per_attribute():
     rng = np.random.default_rng(0)
     labels = rng.normal(4, 1, size=(40, 3))
-    network = labels + rng.normal(0, [0.3, 3.0, 1.0], size=(40, 3))  # good, useless, middling
+    network = labels + rng.normal(0, [0.3, 3.0, 0.3], size=(40, 3))  # good, useless, good but overshooting:
+    network[:, 2] += np.where(labels[:, 2] > 5, 30.0, 0.0)  # far above 7 where the label is high
     floor = labels + rng.normal(0, [3.0, 0.3, 1.0], size=(40, 3))
-    chosen = choose_blend(network, floor, labels)
+    scaling = LabelScaling()
+    chosen = choose_blend((network - 1) / 6, (floor - 1) / 6, labels, scaling)
 
     def ccc(pred, true):  # the textbook formula, independent of sertool.models.ccc
         cov = np.mean((pred - pred.mean()) * (true - true.mean()))
         return 2 * cov / (pred.var() + true.var() + (pred.mean() - true.mean()) ** 2)
-    for k in range(3):
-        scores = [ccc(w * network[:, k] + (1 - w) * floor[:, k], labels[:, k]) for w in BLEND_GRID]
+    for k in range(3):  # what the model outputs: the blend, clipped to 1..7
+        scores = [ccc(np.clip(w * network[:, k] + (1 - w) * floor[:, k], 1, 7), labels[:, k]) for w in BLEND_GRID]
         assert chosen[k] == BLEND_GRID[int(np.argmax(scores))]
-    assert chosen[0] > 0.8 and chosen[1] < 0.2 and 0.2 < chosen[2] < 0.8
-    constant = np.full((40, 3), 4.0)
-    assert choose_blend(constant, constant, labels).tolist() == [1.0, 1.0, 1.0], "a tie goes to the network"
+    assert chosen[0] > 0.8 and chosen[1] < 0.2 and chosen[2] > 0.5
+    unclipped = [ccc(w * network[:, 2] + (1 - w) * floor[:, 2], labels[:, 2]) for w in BLEND_GRID]
+    assert BLEND_GRID[int(np.argmax(unclipped))] < 0.5, "unclipped, the overshoot would choose the floor"
+    constant = np.full((40, 3), 0.5)
+    assert choose_blend(constant, constant, labels, scaling).tolist() == [1.0, 1.0, 1.0], \
+        "a tie goes to the network"
 
 
 def test_a_weight_of_zero_is_the_floor_even_when_the_network_is_not_finite(corpus):
@@ -178,9 +193,10 @@ def test_training_validates_the_floor_first_and_keeps_the_weights_it_chose(corpu
         assert state["floor_blend.blend"].tolist() == [record["floor_blend"][name] for name in ATTRIBUTES]
         model = SERModel(_blend_config(corpus).model)
         model.load_state_dict(state)
-        _, network = _ratings(model, clips, blend=1.0)
-        _, alone = _ratings(model, clips, blend=0.0)
-        assert state["floor_blend.blend"].numpy().tolist() == choose_blend(network, alone, labels).tolist()
+        _, network = _unit(model, clips, blend=1.0)
+        _, alone = _unit(model, clips, blend=0.0)
+        assert state["floor_blend.blend"].numpy().tolist() == \
+            choose_blend(network, alone, labels, model.label_scaling).tolist()
         if name == "best.pt":  # what it predicts is the blend its validation scored
             _, blended = _ratings(model, clips, blend=None)
             assert ccc_scores(blended, labels)["average"] == pytest.approx(result.best["average"], abs=1e-6)
@@ -244,3 +260,52 @@ def test_training_never_computes_statistics_inside_the_model(corpus, tmp_path, m
     assert calls == []
     assert [record["step"] for record in result.history] == [0, result.steps]
     assert all("floor_blend" in record for record in result.history)
+
+
+def _silence_and_square_wave() -> dict[str, np.ndarray]:
+    """Inputs far outside any training clip: digital silence and a full-scale 100 Hz square wave, 1 s."""
+    time_s = np.arange(16_000) / 16_000
+    return {"silence": np.zeros(16_000, dtype=np.float32),
+            "square wave": np.where(np.sin(2 * np.pi * 100 * time_s) >= 0, 1.0, -1.0).astype(np.float32)}
+
+
+@case("values", "silence and a full-scale square wave given to a floor-blend model",
+      "predictions within 1..7 (the floor is clipped to the scale)")
+def test_inputs_far_outside_the_training_clips_are_predicted_on_the_scale(corpus, tmp_path):
+    train(_blend_config(corpus), tmp_path / "run")
+    model = load(tmp_path / "run")
+    network = open_predictor(tmp_path / "run").model
+    for name, waveform in _silence_and_square_wave().items():
+        # The ridge the floor is: a linear function of statistics far from the training clips' predicts far off
+        # the scale (what the model used to output).
+        inputs = (torch.from_numpy(waveform)[None], torch.ones(1, len(waveform), dtype=torch.bool))
+        with torch.no_grad():
+            ridge = network.floor_blend.intercept + network.utterance_stats.standardised(*inputs) @ \
+                network.floor_blend.weights
+            with network.floor_blend.left_out():
+                alone = network(*inputs).emotion.double()
+            blended = network(*inputs).emotion.double()
+        assert ((ridge < 0) | (ridge > 1)).any(), f"{name}: the ridge should leave the unit scale here"
+        # The model's own output: the sigmoid network blended with the ridge clipped to the unit scale.
+        blend = network.floor_blend.blend
+        torch.testing.assert_close(blended, blend * alone + (1 - blend) * ridge.clamp(0, 1), rtol=0, atol=1e-6)
+        assert 0.0 <= blended.min() and blended.max() <= 1.0
+        prediction = model.predict(waveform, sample_rate=16_000)
+        assert all(1.0 <= prediction[attribute] <= 7.0 for attribute in ATTRIBUTES), (name, prediction)
+
+
+@case("values", "a linear-head model whose outputs overshoot 1..7 (evaluate, and the validation that chose best.pt)",
+      "predictions clipped to 1..7; best.pt's recorded CCC is evaluate's CCC of those")
+def test_a_linear_head_predicts_on_the_scale_and_best_pt_scores_what_evaluate_gives(corpus, tmp_path):
+    config = small_config(corpus, epochs=2, lr_heads=0.05)
+    config.model.head_output = "linear"
+    result = train(config, tmp_path / "run")
+    clips, _ = corpus_split(str(corpus), "Development")
+    predictor = open_predictor(tmp_path / "run")
+    unit = run_model(predictor.model, clips, device=torch.device("cpu")).emotion_unit
+    assert ((unit < 0) | (unit > 1)).any(), "the linear head should overshoot the scale here"
+    values = predictor.predict(clips).predictions.values
+    assert values.min() >= 1.0 and values.max() <= 7.0
+    np.testing.assert_allclose(values, np.clip(1 + 6 * unit.astype(np.float64), 1, 7), rtol=0, atol=1e-12)
+    labels = np.array([utt.labels() for utt in clips])
+    assert ccc_scores(values, labels)["average"] == pytest.approx(result.best["average"], abs=1e-9)

@@ -1,6 +1,7 @@
 """`train --init-from`: fine-tuning from a sertool run, an exported folder or the authors' released model."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +19,12 @@ from sertool.errors import SertoolError
 from sertool.inference.predictor import InferenceOptions, open_predictor
 from sertool.training.loop import _check_window, train
 from sertool.training.setup import resolve_train_config
+from tests.cases import case
 from tests.corpus_files import write_learnable_corpus
+from tests.model_files import cast_floating, rewrite_weights
 from tests.released_layout import released_arguments, released_state, save_backbone_config, save_released
 from tests.systems import small_config
+from tests.test_reliability import one_line_error
 
 pytestmark = pytest.mark.filterwarnings("ignore:Support for mismatched key_padding_mask:UserWarning")
 
@@ -81,6 +85,24 @@ def test_an_architecture_flag_that_strands_the_weights_is_refused(corpus, source
                  "--out", tmp_path / "run")
     assert result.exit_code == 2
     assert "--init-from" in result.output and "has another shape in the model the run's settings describe" in result.output
+
+
+@case("checkpoints", "--init-from a model folder whose tensors were cast to float16, or whose floor is unfitted",
+      "one line naming --init-from, model.safetensors and the tensor or part; nothing trained")
+@pytest.mark.parametrize("damage", ["float16", "unfitted floor"])
+def test_init_from_a_changed_folder_is_refused_naming_the_tensor(damage, corpus, tmp_path):
+    config = small_config(corpus, epochs=1)
+    config.model.floor_blend = True
+    train(config, tmp_path / "source")
+    assert run("export", tmp_path / "source", "--out", tmp_path / "folder").exit_code == 0
+    rewrite_weights(tmp_path / "folder", cast_floating(torch.float16) if damage == "float16"
+                    else lambda tensors: tensors["floor_blend.alphas"].zero_())
+    result = run("train", "--init-from", tmp_path / "folder", "--corpus", corpus, *FROZEN_RUN, "--out", tmp_path / "run")
+    line = one_line_error(result)
+    assert line.startswith(f"error: --init-from {tmp_path / 'folder' / 'model.safetensors'}: ")
+    assert (re.search(r": tensor \S+ is float16 where the model needs float(32|64) \[", line) if damage == "float16"
+            else "its floor_blend was never fitted" in line)
+    assert not (tmp_path / "run" / "best.pt").exists()
 
 
 def test_dropping_an_auxiliary_task_is_reported_not_refused(corpus, source_run, tmp_path):

@@ -117,7 +117,8 @@ MUTATIONS = {
     "missing weight": (lambda state: state.pop("backbone_model.encoder.layers.0.attention.k_proj.weight"),
                        "missing backbone.model.encoder.layers.0.attention.k_proj.weight"),
     "LoRA elsewhere": (_move_lora, "LoRA weight backbone_model.encoder.layers.1."),
-    "wrong shape": (lambda state: state.__setitem__("weights", torch.zeros(3)), "size mismatch for backbone.layer_weights"),
+    "wrong shape": (lambda state: state.__setitem__("weights", torch.zeros(3)),
+                    "tensor backbone.layer_weights.logits has shape [3] where the model needs float32 [5]"),
 }
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -279,8 +280,11 @@ def test_label_scaling_round_trip() -> None:
     ratings = torch.tensor([1.0, 2.5, 4.0, 7.0])
     torch.testing.assert_close(scaling.to_unit(ratings), torch.tensor([0.0, 0.25, 0.5, 1.0]))
     torch.testing.assert_close(scaling.from_unit(scaling.to_unit(ratings)), ratings)
-    torch.testing.assert_close(scaling.from_unit(torch.tensor([-0.1, 1.2]), clip=True), torch.tensor([1.0, 7.0]))
-    assert scaling.from_unit(1.5, clip=True) == 7.0 and scaling.from_unit(0.5) == 4.0 and scaling.to_unit(4.0) == 0.5
+    assert scaling.from_unit(1.5) == 10.0 and scaling.from_unit(0.5) == 4.0 and scaling.to_unit(4.0) == 0.5
+    # What a model predicts: clipped to the scale, float64; a non-finite output stays non-finite for the checks.
+    predicted = scaling.ratings(np.array([-0.1, 1.2, 0.25, np.nan, np.inf, -np.inf], dtype=np.float32))
+    assert predicted.dtype == np.float64
+    np.testing.assert_array_equal(predicted, [1.0, 7.0, 2.5, np.nan, np.inf, -np.inf])
     assert scaling.to_dict() == {"minimum": 1.0, "maximum": 7.0}
     assert LabelScaling.from_dict(scaling.to_dict()) == scaling
 

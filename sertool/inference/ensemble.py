@@ -259,9 +259,13 @@ def _combine(plan: EnsemblePlan, stacked: np.ndarray) -> tuple[np.ndarray, np.nd
     for column, name in enumerate(ATTRIBUTES):
         indices = [index for index, _ in plan.weights[name]]
         weights = np.array([weight for _, weight in plan.weights[name]])
-        chosen = stacked[indices, :, column]  # [k, R]
-        values[:, column] = weights @ chosen
-        spread[:, column] = np.sqrt(weights @ np.square(chosen - values[:, column]))
+        # Each row scaled by one power of two (exact) so that the squares of values far off the scale (a CSV
+        # member may hold 1e300) cannot overflow: the spread is then that of the values, not infinity.
+        _, exponent = np.frexp(np.abs(stacked[indices, :, column]).max(axis=0))  # [R]
+        chosen = np.ldexp(stacked[indices, :, column], -exponent)  # [k, R]
+        mean = weights @ chosen
+        values[:, column] = np.ldexp(mean, exponent)
+        spread[:, column] = np.ldexp(np.sqrt(weights @ np.square(chosen - mean)), exponent)
     return values, spread
 
 

@@ -203,9 +203,10 @@ def read_predictions_and_labels(path: str | Path) -> tuple[Predictions, np.ndarr
 def check_rating_scale(predictions: Predictions, *, source: str) -> None:
     """Refuse predictions that are not on the 1..7 rater scale, e.g. a file on 0..1, -1..1 or 0..100.
 
-    Models overshoot the scale a little (a linear head), so single values outside 1..7 are fine; what no
-    1..7 predictor gives is a median outside 1..7, half its values off the scale (0..1 values have a median
-    near 0.5, 0..100 values near 50). A file on another scale inside 1..7 (1..5) cannot be told apart.
+    Predictors overshoot the scale a little (the baseline's ridge, foreign files; a sertool model's outputs
+    are clipped to it), so single values outside 1..7 are fine; what no 1..7 predictor gives is a median
+    outside 1..7, half its values off the scale (0..1 values have a median near 0.5, 0..100 values near
+    50). A file on another scale inside 1..7 (1..5) cannot be told apart.
 
     Raises:
         SertoolError: naming ``source``, the attribute, and its median and range.

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from sertool.checkpoint import load_stored_state
+from sertool.checkpoint import WEIGHTS_FILE, load_stored_state
 from sertool.config import QUANTIZE_INT8, Config
 from sertool.data.records import Utterance
 from sertool.data.transcripts import Transcriber, fill_transcripts
@@ -79,7 +79,7 @@ class CheckpointPredictor:
 
             model = SERModel(self.config.model, num_speakers=len(self.payload.get("speakers", [])),
                              backbone_weights=self.payload.get("backbone_weights", "published"))
-            load_stored_state(model, self.payload["model_state"], source=self.name)
+            load_stored_state(model, self.payload["model_state"], source=self.payload[WEIGHTS_FILE])
             model = model.to(self.options.torch_device()).eval()
             if self.options.quantize == QUANTIZE_INT8:
                 quantize_int8(model)  # in place, in memory only: the checkpoint is not touched
@@ -99,7 +99,7 @@ class CheckpointPredictor:
                         text_embeddings=transcript_embeddings(model, utterances, cache=self._text_cache),
                         max_batch_s=self.options.max_batch_s, num_workers=self.options.num_workers,
                         amp_dtype=resolve_amp(self.options.amp, device))
-        values = model.label_scaling.from_unit(raw.emotion_unit.astype(np.float64))
+        values = model.label_scaling.ratings(raw.emotion_unit)
         return PredictorOutput(Predictions(raw.ids, values), raw.gender_probabilities)
 
     def _with_transcripts(self, utterances: Sequence[Utterance]) -> list[Utterance]:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sertool.data.records import ATTRIBUTES
+from sertool.errors import SertoolError
 
 CONFIDENCE = 0.95
 SCORES: tuple[str, ...] = (*ATTRIBUTES, "average")
@@ -98,7 +99,8 @@ def bootstrap_ccc(predictions: Sequence[np.ndarray], labels: np.ndarray, *, num_
         The ``BootstrapResult``; its intervals are percentile intervals.
 
     Raises:
-        ValueError: shapes disagree, N < 2, B < 1, a non-finite value, or a confidence outside (0, 1).
+        ValueError: shapes disagree, N < 2, B < 1, or a confidence outside (0, 1).
+        SertoolError: a prediction or label is NaN or infinite (naming which).
     """
     labels = np.asarray(labels, dtype=np.float64)
     systems = [np.asarray(p, dtype=np.float64) for p in predictions]
@@ -106,10 +108,16 @@ def bootstrap_ccc(predictions: Sequence[np.ndarray], labels: np.ndarray, *, num_
         raise ValueError(f"labels must be [N, {len(ATTRIBUTES)}] with N ≥ 2, got {labels.shape}")
     if not systems or any(p.shape != labels.shape for p in systems):
         raise ValueError(f"every prediction array must have the labels' shape {labels.shape}")
-    if not all(np.all(np.isfinite(a)) for a in (labels, *systems)):
-        raise ValueError("predictions and labels must be finite")
+    for values, what in ((labels, "labels"), *((p, f"predictions of system {s}") for s, p in enumerate(systems))):
+        if not np.isfinite(values).all():
+            raise SertoolError(f"bootstrap: {int((~np.isfinite(values)).sum())} {what} are not finite numbers; "
+                               "their CCC intervals would mean nothing: check what produced them")
     if num_resamples < 1 or not 0 < confidence < 1:
         raise ValueError(f"need num_resamples ≥ 1 and 0 < confidence < 1, got {num_resamples} and {confidence}")
+    # Every array times one power of two (exact; CCC does not change when predictions and labels are scaled
+    # alike) so that the largest magnitude lies in [0.5, 1): squares of 1e200 would overflow, of 1e-170 be 0.
+    _, exponent = np.frexp(max(np.abs(values).max() for values in (labels, *systems)))
+    labels, systems = np.ldexp(labels, -exponent), [np.ldexp(p, -exponent) for p in systems]
     num_items = labels.shape[0]
     # Centre every column on its whole-sample mean: the sums of squares then lose no precision to a large
     # mean (labels and predictions sit around 4 on the 1..7 scale). The offsets come back in the mean term.

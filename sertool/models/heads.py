@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -28,14 +29,24 @@ class LabelScaling:
         scaled: Any = values  # a float, an array or a Tensor: the same arithmetic keeps the input's type
         return (scaled - self.minimum) / (self.maximum - self.minimum)
 
-    def from_unit(self, values: ArrayT, *, clip: bool = False) -> ArrayT:
-        """Unit scale -> ratings; ``clip`` limits them to ``[minimum, maximum]`` (as submissions require)."""
+    def from_unit(self, values: ArrayT) -> ArrayT:
+        """Unit scale -> ratings: the inverse of ``to_unit``, unclipped."""
         scaled: Any = values  # a float, an array or a Tensor: the same arithmetic keeps the input's type
-        ratings = scaled * (self.maximum - self.minimum) + self.minimum
-        if clip:  # Tensor.clip and ndarray.clip alike; a float has none
-            ratings = (min(max(ratings, self.minimum), self.maximum) if isinstance(ratings, float)
-                       else ratings.clip(self.minimum, self.maximum))
-        return ratings
+        return scaled * (self.maximum - self.minimum) + self.minimum
+
+    def ratings(self, unit: np.ndarray) -> np.ndarray:
+        """What a model predicts: its unit-scale outputs as float64 ratings, clipped to ``[minimum, maximum]``.
+
+        The one place where a model's output becomes a prediction: inference (``CheckpointPredictor``) and
+        training's validation (which chooses the floor blend and ``best.pt`` by the CCC of these) both call it,
+        so a model is selected on exactly what it will output. Whatever the head (a sigmoid stays inside the
+        scale, a linear head and a floor blend need not), every prediction lies on the rating scale. A NaN or
+        infinite output stays as it is, for the callers' finiteness checks to refuse (clipping would turn
+        infinity into a plausible rating). The training loss never goes through here: clipped values would
+        give a linear head no gradient.
+        """
+        ratings = self.from_unit(np.asarray(unit, dtype=np.float64))
+        return np.where(np.isfinite(ratings), ratings.clip(self.minimum, self.maximum), ratings)
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)

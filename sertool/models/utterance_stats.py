@@ -267,7 +267,14 @@ class FloorBlend(nn.Module):
             self.in_use = True
 
     def floor(self, standardised: Tensor) -> Tensor:
-        """The floor's ``[B, 3]`` float64 unit-scale prediction from ``[B, NUM_FEATURES]`` standardised statistics.
+        """The floor's ``[B, 3]`` float64 unit-scale prediction from ``[B, NUM_FEATURES]`` standardised
+        statistics, clipped to the unit scale (0..1: the rating scale's ends).
+
+        A ridge is a linear function of statistics that are unbounded: far outside the training clips
+        (digital silence sits dozens of standard deviations below any recording's level) it predicts far
+        outside the rating scale (−21 for silence). Clipped, the floor never predicts what no rater could
+        give, and its blend with a sigmoid network stays on the scale; inside the scale it is the ridge
+        ``sertool baseline`` fits.
 
         Raises:
             RuntimeError: ``fit`` was never called.
@@ -275,7 +282,7 @@ class FloorBlend(nn.Module):
         if not self.fitted:
             raise RuntimeError("the floor was never fitted: call fit_utterance_statistics(model, training clips, "
                                "validation clips) before using the model")
-        return self.intercept + standardised @ self.weights
+        return (self.intercept + standardised @ self.weights).clamp(0.0, 1.0)
 
     def forward(self, network: Tensor, standardised: Tensor) -> Tensor:
         """The blend of ``[B, 3]`` unit-scale ``network`` predictions with the floor's prediction from ``[B,
@@ -293,20 +300,23 @@ class FloorBlend(nn.Module):
 BLEND_GRID: tuple[float, ...] = tuple(step / 20 for step in range(21))  # the network's weight: 0, 0.05, ..., 1
 
 
-def choose_blend(network: np.ndarray, floor: np.ndarray, labels: np.ndarray) -> np.ndarray:
+def choose_blend(network: np.ndarray, floor: np.ndarray, labels: np.ndarray, label_scaling: LabelScaling) -> np.ndarray:
     """Per attribute, the network's weight in ``BLEND_GRID`` whose blend with the floor has the best CCC.
 
-    Ties go to the larger weight (more of the network).
+    Each blend is scored as the model would predict it: mapped to ratings and clipped
+    (``LabelScaling.ratings``). Ties go to the larger weight (more of the network).
 
     Args:
-        network, floor, labels: ``[N, 3]`` on one scale (A, V, D): the two systems' predictions and the
-            labels of the split that chooses (the validation split).
+        network, floor: ``[N, 3]`` unit-scale predictions of the two systems (A, V, D) of the split that
+            chooses (the validation split).
+        labels: ``[N, 3]`` its ratings.
+        label_scaling: the model's.
 
     Returns:
         ``[3]`` weights of the network.
     """
-    scores = np.array([[ccc_scores(weight * network + (1 - weight) * floor, labels)[name] for name in ATTRIBUTES]
-                       for weight in BLEND_GRID])  # [G, 3]
+    scores = np.array([[ccc_scores(label_scaling.ratings(weight * network + (1 - weight) * floor), labels)[name]
+                        for name in ATTRIBUTES] for weight in BLEND_GRID])  # [G, 3]
     best = len(BLEND_GRID) - 1 - np.argmax(scores[::-1], axis=0)
     return np.asarray(BLEND_GRID)[best]
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from torch import nn
 
+from sertool.checkpoint import WEIGHTS_FILE, check_fitted, check_stored_tensors
 from sertool.errors import SertoolError
 
 # Heads whose weights may start fresh (a task added by a flag) or be left behind (a task dropped, or a
@@ -40,7 +41,8 @@ def load_initial_weights(model: nn.Module, payload: dict[str, Any], *, source: s
 
     Raises:
         SertoolError: a weight of ``payload`` without a place in the model, of another shape, or a model
-            weight ``payload`` does not provide (outside the task heads), naming the first one.
+            weight ``payload`` does not provide (outside the task heads), naming the first one; a tensor of
+            another dtype than the model's, or a fitted part left unfitted (as ``load_stored_state``).
     """
     expected = model.state_dict()
     state = dict(payload["model_state"])
@@ -48,6 +50,9 @@ def load_initial_weights(model: nn.Module, payload: dict[str, Any], *, source: s
         plain = key.replace(".base.", ".")
         if ".base." in key and key not in state and plain in state:
             state[key] = state.pop(plain)
+    weights_file = f"--init-from {payload.get(WEIGHTS_FILE, source)}"
+    # Shapes are checked below: a shape that differs is a flag that changed the architecture.
+    check_stored_tensors(state, expected, source=weights_file, shapes=False)
     published = tuple(f"{name}." for name in getattr(model, "published_modules", ()))
     unfit = [key for key in state if key not in expected or state[key].shape != expected[key].shape]
     missing = [key for key in expected if key not in state and not key.startswith(published)
@@ -62,6 +67,7 @@ def load_initial_weights(model: nn.Module, payload: dict[str, Any], *, source: s
             "model flags (or --config keys) that change the architecture, or start from another model"
         )
     model.load_state_dict({key: value for key, value in state.items() if key not in unfit}, strict=False)
+    check_fitted(model, source=weights_file)
     fresh = sorted({key.split(".", 1)[0] for key in expected if key.startswith(_TASK_HEADS)
                     and (key not in state or key in unfit)})
     unused = sorted({key.split(".", 1)[0] for key in unfit})

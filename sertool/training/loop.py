@@ -396,21 +396,21 @@ class _Run:
                               f"{len(utterances):,} utterances' frames were cached, the others computed")
 
     def _setup_floor(self, statistics: Callable[[Sequence[Utterance]], np.ndarray]) -> None:
-        """``valid_floor``: with ``--floor-blend``, the floor's ``[N, 3]`` predictions of the validation split
-        (1–7), which every validation blends the network's with; else None.
+        """``valid_floor_unit``: with ``--floor-blend``, the floor's ``[N, 3]`` unit-scale predictions of the
+        validation split, which every validation blends the network's with; else None.
 
         They never change, so they are computed once, from each clip's statistics (``statistics``: cached by
         audio content, and in memory where ``fit_utterance_statistics`` has just read them) rather than by
-        running the model: the floor as ``sertool baseline`` predicts it, in float64.
+        running the model: the model's own floor (``FloorBlend.floor``), in float64.
         """
         floor, wide = self.model.floor_blend, self.model.utterance_stats
-        self.valid_floor: np.ndarray | None = None
+        self.valid_floor_unit: np.ndarray | None = None
         if floor is None or wide is None:
             return
         rows = statistics(self.valid_set)
         with torch.no_grad():
             unit = floor.floor(wide.standardizer(torch.from_numpy(rows).to(self.context.device)))
-        self.valid_floor = self.model.label_scaling.from_unit(unit.cpu().numpy())
+        self.valid_floor_unit = unit.cpu().numpy()
 
     def _setup_batches(self) -> None:
         """The sampler decides which utterances each epoch uses and how they are grouped; the loader reads them."""
@@ -674,18 +674,13 @@ class _Run:
         except Interrupted:
             self._save_last()  # validation has changed nothing yet: this is the state the step left
             raise
-        labels = np.array([utt.labels() for utt in self.valid_set])
-        values = self.model.label_scaling.from_unit(predictions.emotion_unit)
         nonfinite = [utt_id for utt_id, row in zip(predictions.ids, predictions.emotion_unit, strict=True)
                      if not np.isfinite(row).all()]
-        blend = None
-        if self.model.floor_blend is not None and self.valid_floor is not None and not nonfinite:
-            # The weights the model predicts with from now on (best.pt keeps those of its validation).
-            blend = choose_blend(values, self.valid_floor, labels)
-            self.model.floor_blend.blend.copy_(torch.from_numpy(blend))
-            values = blend * values + (1 - blend) * self.valid_floor
-        scores = ccc_scores(values, labels)
-        finite = not nonfinite and all(math.isfinite(value) for value in scores.values())
+        # No score of NaN or infinite predictions (ccc_scores refuses them): NaN here, null in metrics.jsonl.
+        scores, collapsed, blend = (self._score(predictions) if not nonfinite
+                                    else (dict.fromkeys((*ATTRIBUTES, "average"), math.nan), [], None))
+        # The CCC of finite predictions and labels is always finite (sertool.models.ccc).
+        finite = not nonfinite
         improved = finite and scores["average"] > self.best.get("average", -math.inf)
         self.schedule.on_validation(improved)
         # The epoch (from 1) the validated step trained in: when that step ended an epoch, ``self.epoch``
@@ -693,7 +688,7 @@ class _Run:
         epoch = self.epoch if self.batches_in_epoch == 0 else self.epoch + 1
         record = {"type": "valid", "step": self.step, "epoch": epoch, "split": self.config.data.valid_split,
                   "utterances": len(self.valid_set), **{f"ccc_{k}": v for k, v in scores.items()},
-                  "improved": improved, "collapsed": collapsed_attributes(values, labels)}
+                  "improved": improved, "collapsed": collapsed}
         if blend is not None:
             record["floor_blend"] = dict(zip(ATTRIBUTES, blend.tolist(), strict=True))
         if nonfinite:
@@ -719,6 +714,21 @@ class _Run:
         if patience > 0 and self.validations_without_improvement >= patience:
             self.stopped = Stop.EARLY_STOPPING
 
+    def _score(self, predictions: ModelPredictions) -> tuple[dict[str, float], list[str], np.ndarray | None]:
+        """The CCC of the validation's finite ``predictions``, their collapsed attributes, and with a floor the
+        blend it chose, which the model predicts with from now on (best.pt keeps those of its validation)."""
+        labels = np.array([utt.labels() for utt in self.valid_set])
+        scaling = self.model.label_scaling
+        unit = predictions.emotion_unit.astype(np.float64)
+        blend = None
+        if self.model.floor_blend is not None and self.valid_floor_unit is not None:
+            blend = choose_blend(unit, self.valid_floor_unit, labels, scaling)
+            self.model.floor_blend.blend.copy_(torch.from_numpy(blend))
+            unit = blend * unit + (1 - blend) * self.valid_floor_unit
+        # Scored as inference will output them (clipped ratings), so best.pt is chosen on what it predicts.
+        values = scaling.ratings(unit)
+        return ccc_scores(values, labels), collapsed_attributes(values, labels), blend
+
     def _predict_valid(self) -> ModelPredictions:
         """The network's predictions of the validation split (with a floor: without it).
 
@@ -738,15 +748,16 @@ class _Run:
         """The error of a run whose every validation score was NaN or infinite, with its likely cause."""
         split = self.config.data.valid_split
         last = self.history[-1] if self.history else {}
-        if last.get("nonfinite_predictions") == len(self.valid_set):
+        # The CCC of finite predictions is finite: only NaN or infinite predictions leave a run without best.pt.
+        if not last:
+            cause = "the run validated nothing"
+        elif last.get("nonfinite_predictions") == len(self.valid_set):
             cause = ("every prediction was NaN or infinite, so the weights are: lower --lr-heads/--lr-backbone, "
                      "try --amp off, or check the training labels and audio")
-        elif last.get("nonfinite_predictions"):
-            cause = (f"{last['nonfinite_predictions']} of {len(self.valid_set)} {split} predictions were NaN or "
-                     f"infinite (first: {last['first_nonfinite']}): check that audio (e.g. samples far outside "
-                     "[-1, 1]) or leave it out of the split")
         else:
-            cause = f"the CCC itself was not finite: check the {split} labels"
+            cause = (f"{last.get('nonfinite_predictions')} of {len(self.valid_set)} {split} predictions were NaN or "
+                     f"infinite (first: {last.get('first_nonfinite')}): check that audio (e.g. samples far outside "
+                     "[-1, 1]) or leave it out of the split")
         return (f"no validation of this run gave a finite CCC ({len(self.history)} on {len(self.valid_set)} {split} "
                 f"utterances), so there is no best.pt: {cause}. {self.run_dir / LAST_NAME} holds the last state")
 

@@ -39,6 +39,7 @@ from sertool.data.records import ATTRIBUTES, Utterance
 from sertool.errors import SertoolError
 from sertool.inference.predictions import Predictions
 from sertool.inference.predictor import InferenceOptions, Predictor, open_predictor
+from sertool.io import SeenIds
 
 # One input: a path to an audio file, or a waveform (a numpy array or a torch tensor) with sample_rate.
 Audio = Union[str, os.PathLike, np.ndarray, Any]
@@ -252,8 +253,7 @@ def _per_input(transcripts: str | Sequence[str | None] | None, count: int, *, si
 
 
 def _check_distinct(utterances: Sequence[Utterance]) -> None:
-    seen = set()
-    for utt in utterances:
-        if utt.id in seen:
-            raise SertoolError(f"{utt.id}: given twice; pass each file once")
-        seen.add(utt.id)
+    """Refuse an input given twice: its two rows of the result could not be told apart."""
+    seen = SeenIds("input")
+    for index, utt in enumerate(utterances):
+        seen.refuse_repeat(utt.id, f"audio[{index}]", fix="pass each file once")

@@ -233,6 +233,57 @@ def _check_header(path: Path, header: list[str], required: Sequence[str | tuple[
                            f"{', '.join(header) or 'none'}" + (f"; {hint}" if hint else ""))
 
 
+class SeenIds:
+    """Where each id of one input was first read: the one rule for an id read twice.
+
+    A later row never silently replaces an earlier one. An input read whole (a predictions or transcripts
+    file, an ensemble plan, the inputs of one command) refuses the repeat, naming both places
+    (``refuse_repeat``); a corpus (labels file, manifest, metadata) drops the repeat and names it in its
+    report (``repeat_of``), keeping the first.
+
+    Args:
+        what: how messages name an id, e.g. ``"FileName"`` or ``"input"``.
+    """
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self._first: dict[str, str] = {}
+
+    def repeat_of(self, item_id: str, where: str) -> str | None:
+        """Record ``item_id`` as read at ``where``; None the first time, else what a message about ``where``
+        says of the repeat (``FileName 'a.wav' already appears at line 2``). The first place is kept."""
+        first = self._first.get(item_id)
+        if first is None:
+            self._first[item_id] = where
+            return None
+        return f"{self.what} {quoted(item_id)} already appears at {_place(first, where)}"
+
+    def refuse_repeat(self, item_id: str, where: str, *, fix: str) -> None:
+        """Record ``item_id`` as read at ``where``, refusing it when it was read before.
+
+        Raises:
+            SertoolError: ``<where>: <what> '<id>' already appears at <first place>; <fix>``.
+        """
+        repeat = self.repeat_of(item_id, where)
+        if repeat is not None:
+            raise SertoolError(f"{where}: {repeat}; {fix}")
+
+
+def quoted(text: str) -> str:
+    """An id as a one-line message shows it: in single quotes, as it is (``'caf\\xe9.wav'``, not doubled
+    backslashes); one holding a line break or another unprintable character as a Python literal."""
+    return f"'{text}'" if text.isprintable() else repr(text)
+
+
+def _place(first: str, where: str) -> str:
+    """``first`` as a message about ``where`` names it: without the file both share (``line 2``,
+    ``predictions[0]``), else in full."""
+    head, separator, tail = first.rpartition(":")
+    if separator and where.rpartition(":")[0] == head:
+        return f"line {tail}" if tail.isdigit() else tail.strip()
+    return first
+
+
 def printable(text: str) -> str:
     """``text`` with the bytes of a file name that is not valid UTF-8 written as ``\\xNN`` escapes.
 

@@ -31,7 +31,7 @@ import numpy as np
 
 from sertool.data.records import ATTRIBUTE_COLUMNS, ATTRIBUTES, LABEL_MAX, LABEL_MIN
 from sertool.errors import SertoolError
-from sertool.io import atomic_write, read_csv_records
+from sertool.io import SeenIds, atomic_write, read_csv_records
 
 ID_COLUMN = "FileName"
 VALUE_COLUMNS: tuple[str, ...] = tuple(ATTRIBUTE_COLUMNS[name] for name in ATTRIBUTES)  # EmoAct, EmoVal, EmoDom
@@ -294,7 +294,7 @@ def _write_csv_rows(handle: IO[str], predictions: Predictions, labels: np.ndarra
 def _parse_csv(records: Iterator[tuple[int, dict[str, str]]], path: Path) -> tuple[Predictions, np.ndarray | None]:
     has_spread = has_labels = has_segments = None
     ids: list[str] = []
-    first_line: dict[str, int] = {}
+    seen = SeenIds(ID_COLUMN)
     values, spread, labels, segments = [], [], [], []
     for line, record in records:
         where = f"{path}:{line}"
@@ -306,10 +306,7 @@ def _parse_csv(records: Iterator[tuple[int, dict[str, str]]], path: Path) -> tup
         if has_segments and any((record.get(column) or "").strip() for column in SEGMENT_COLUMNS):
             segments.append((_segment(record, name, row_values, where), where))
             continue
-        if name in first_line:
-            raise SertoolError(f"{where}: {ID_COLUMN} {name} repeats line {first_line[name]}; "
-                               "keep one row per file")
-        first_line[name] = line
+        seen.refuse_repeat(name, where, fix="keep one row per file")
         ids.append(name)
         values.append(row_values)
         if has_spread:
@@ -318,8 +315,9 @@ def _parse_csv(records: Iterator[tuple[int, dict[str, str]]], path: Path) -> tup
             labels.append(_numbers(record, TRUE_COLUMNS, where))
     if not ids:
         raise SertoolError(f"{path}: no prediction rows below the header")
+    known = set(ids)
     for segment, where in segments:
-        if segment.id not in first_line:
+        if segment.id not in known:
             raise SertoolError(f"{where}: segment row of {segment.id}, which has no whole-file row")
     predictions = Predictions(
         ids=ids,

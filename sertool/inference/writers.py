@@ -38,7 +38,7 @@ from sertool.inference.predictions import (
     segments_by_id,
     write_predictions,
 )
-from sertool.io import atomic_write, load_json
+from sertool.io import SeenIds, atomic_write, load_json
 
 Writer = Callable[..., None]
 
@@ -92,15 +92,15 @@ def read_json(path: str | Path) -> Predictions:
     entries = document.get("predictions") if isinstance(document, dict) else None
     if not isinstance(entries, list) or not entries:
         raise SertoolError(f"{path}: expected an object with a non-empty \"predictions\" list")
-    first_index: dict[str, int] = {}
+    ids: list[str] = []
+    seen = SeenIds("id")
     values, spread, segments = [], [], []
     for index, entry in enumerate(entries):
         where = f"{path}: predictions[{index}]"
         if not isinstance(entry, dict) or not isinstance(entry.get("id"), str) or not entry["id"]:
             raise SertoolError(f"{where}: needs an \"id\" string")
-        if entry["id"] in first_index:
-            raise SertoolError(f"{where}: id {entry['id']} repeats predictions[{first_index[entry['id']]}]")
-        first_index[entry["id"]] = index
+        seen.refuse_repeat(entry["id"], where, fix="keep one entry per file")
+        ids.append(entry["id"])
         values.append(_attribute_values(entry, where))
         if "spread" in entry:
             spread.append(_attribute_values(entry["spread"], f"{where}.spread"))
@@ -111,10 +111,10 @@ def read_json(path: str | Path) -> Predictions:
                 raise SertoolError(f"{segment_where}: start_s={start_s:g}, end_s={end_s:g} is not a span "
                                    "(need 0 <= start_s < end_s)")
             segments.append(Segment(entry["id"], start_s, end_s, tuple(_attribute_values(item, segment_where))))
-    if spread and len(spread) != len(first_index):
-        raise SertoolError(f"{path}: \"spread\" is on {len(spread)} of {len(first_index)} entries; "
+    if spread and len(spread) != len(ids):
+        raise SertoolError(f"{path}: \"spread\" is on {len(spread)} of {len(ids)} entries; "
                            "give it on all or none")
-    return Predictions(ids=list(first_index), values=np.array(values), spread=np.array(spread) if spread else None,
+    return Predictions(ids=ids, values=np.array(values), spread=np.array(spread) if spread else None,
                        segments=segments)
 
 

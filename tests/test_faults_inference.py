@@ -59,7 +59,7 @@ def test_a_stray_quote_damages_only_its_own_row(corpus):
     ("MSP-PODCAST_0099_0001.wav,N,2.0,3.0,4.0,9,Male,Train,extra", "has 9 fields where the header has 8"),
     ("MSP-PODCAST_0099_0001.wav,N,2.0,3.0,4.0,9,Male", "has 7 fields where the header has 8"),
     ("MSP-PODCAST_0099_0001.wav,N,2.0,3.0,4.0,9\0,Male,Train", "NUL byte"),
-    ("MSP-PODCAST_0099_0001.wav,N,2.0,3.0,4.0,9,Male,\"" + "x" * 200_000 + "\"", "field larger than field limit"),
+    ("MSP-PODCAST_0099_0001.wav,N,2.0,3.0,4.0,9,Male,\"" + "x" * 200_000 + "\"", "a field longer than the field limit"),
 ])
 def test_damaged_lines_are_dropped_with_their_line_and_the_rest_is_kept(corpus, line, detail):
     before = _split_counts(corpus)

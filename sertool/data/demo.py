@@ -17,7 +17,6 @@ imports: the worker starts in ~0.1 s instead of ~1 s.
 """
 from __future__ import annotations
 
-import csv
 import ctypes
 import dataclasses
 import json
@@ -37,6 +36,7 @@ import numpy as np
 
 from sertool.data.records import GENDERS, LABEL_MAX, LABEL_MIN, MSP_LABELS_HEADER
 from sertool.errors import SertoolError, missing_package
+from sertool.io import csv_text
 from sertool.splits import DEVELOPMENT, HELD_OUT_SPLITS, TEST1, TRAIN, UNLABELLED_SPLIT
 
 # ---------------------------------------------------------------------------------------------------------
@@ -786,15 +786,13 @@ def _file_names(rng: np.random.Generator, speakers: Sequence[_Speaker]) -> list[
 
 def _write_labels(path: Path, items: Sequence[_Planned]) -> None:
     """Write labels_consensus.csv sorted by file name, through a temporary file renamed into place."""
+    rows = ([item.file_name, item.emo_class, f"{item.arousal:.1f}", f"{item.valence:.1f}", f"{item.dominance:.1f}",
+             str(item.speaker.speaker_id), item.speaker.gender, item.speaker.split]
+            for item in sorted(items, key=lambda item: item.file_name))
+    text = csv_text(MSP_LABELS_HEADER, rows, destination=path)
     temporary = path.with_name(path.name + ".tmp")
     with temporary.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(MSP_LABELS_HEADER)
-        for item in sorted(items, key=lambda item: item.file_name):
-            writer.writerow([
-                item.file_name, item.emo_class, f"{item.arousal:.1f}", f"{item.valence:.1f}",
-                f"{item.dominance:.1f}", item.speaker.speaker_id, item.speaker.gender, item.speaker.split,
-            ])
+        handle.write(text)
     os.replace(temporary, path)
 
 

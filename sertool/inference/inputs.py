@@ -176,7 +176,7 @@ def _csv_transcripts(utterances: Sequence[Utterance], table: Path) -> dict[str, 
     seen = SeenIds("id")
     for line, row in read_csv_records(table, [TRANSCRIPT_ID_COLUMNS, "transcript"], what="--transcripts CSV"):
         where = f"{table}:{line}"
-        file_id = next(row[column] for column in TRANSCRIPT_ID_COLUMNS if column in row).strip()
+        file_id = next(row[column] for column in TRANSCRIPT_ID_COLUMNS if column in row)
         if not file_id:
             raise SertoolError(f"{where}: the id is empty; name the file each transcript belongs to")
         seen.refuse_repeat(file_id, where, fix="keep one transcript per file")

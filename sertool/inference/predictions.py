@@ -19,19 +19,18 @@ reads it too; the other columns appear only when they carry something:
 """
 from __future__ import annotations
 
-import csv
 import math
 from collections import Counter
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TextIO
+from typing import TextIO
 
 import numpy as np
 
 from sertool.data.records import ATTRIBUTE_COLUMNS, ATTRIBUTES, LABEL_MAX, LABEL_MIN
 from sertool.errors import SertoolError
-from sertool.io import SeenIds, atomic_write, read_csv_records
+from sertool.io import SeenIds, atomic_write, csv_text, destination_name, read_csv_records
 
 ID_COLUMN = "FileName"
 VALUE_COLUMNS: tuple[str, ...] = tuple(ATTRIBUTE_COLUMNS[name] for name in ATTRIBUTES)  # EmoAct, EmoVal, EmoDom
@@ -169,16 +168,18 @@ def write_predictions(predictions: Predictions, destination: str | Path | TextIO
         labels: ``[N, 3]`` rater means in ``predictions.ids`` order, written as ``EmoAct_true``, ...
 
     Raises:
-        SertoolError: a value is not finite, or the file cannot be written.
+        SertoolError: a value is not finite, an id cannot be a CSV field (``sertool.io.csv_text``; nothing is
+            written), or the file cannot be written.
     """
     if labels is not None:
         labels = _as_rows(labels, len(predictions), "labels")
     check_finite(predictions, destination)
+    text = csv_text(*_csv_table(predictions, labels), destination=destination)
     if isinstance(destination, (str, Path)):
         with atomic_write(destination, newline="") as handle:
-            _write_csv_rows(handle, predictions, labels)
+            handle.write(text)
     else:
-        _write_csv_rows(destination, predictions, labels)
+        destination.write(text)
 
 
 def read_predictions(path: str | Path) -> Predictions:
@@ -237,9 +238,8 @@ def check_finite(predictions: Predictions, destination: str | Path | TextIO) -> 
     bad_segments = {segment.id for segment in predictions.segments if not np.all(np.isfinite(segment.values))}
     bad += sorted(bad_segments - set(bad))
     if bad:
-        name = destination if isinstance(destination, (str, Path)) else getattr(destination, "name", "output")
-        raise SertoolError(f"{name}: predictions for {len(bad)} file(s) are not finite numbers ({preview_ids(bad)}); "
-                           "nothing was written")
+        raise SertoolError(f"{destination_name(destination)}: predictions for {len(bad)} file(s) are not finite "
+                           f"numbers ({preview_ids(bad)}); nothing was written")
 
 
 def preview_ids(ids: Sequence[str], limit: int = IDS_IN_MESSAGES) -> str:
@@ -263,7 +263,8 @@ def segments_by_id(segments: Sequence[Segment]) -> dict[str, list[Segment]]:
     return grouped
 
 
-def _write_csv_rows(handle: IO[str], predictions: Predictions, labels: np.ndarray | None) -> None:
+def _csv_table(predictions: Predictions, labels: np.ndarray | None) -> tuple[list[str], list[list[str]]]:
+    """The header and rows of the predictions CSV (format in the module docstring)."""
     has_segments = bool(predictions.segments)
     header = [ID_COLUMN, *VALUE_COLUMNS]
     if predictions.spread is not None:
@@ -275,8 +276,7 @@ def _write_csv_rows(handle: IO[str], predictions: Predictions, labels: np.ndarra
     # Columns a segment row leaves empty: spread and true values belong to whole files.
     empty_per_segment = len(header) - 1 - len(VALUE_COLUMNS) - len(SEGMENT_COLUMNS)
     segments_of = segments_by_id(predictions.segments)
-    writer = csv.writer(handle, lineterminator="\n")
-    writer.writerow(header)
+    rows = []
     for row, name in enumerate(predictions.ids):
         cells = [name, *map(format_value, predictions.values[row])]
         if predictions.spread is not None:
@@ -285,10 +285,11 @@ def _write_csv_rows(handle: IO[str], predictions: Predictions, labels: np.ndarra
             cells += map(format_value, labels[row])
         if has_segments:
             cells += ["", ""]
-        writer.writerow(cells)
+        rows.append(cells)
         for segment in segments_of.get(name, []):
-            writer.writerow([name, *map(format_value, segment.values), *[""] * empty_per_segment,
-                             format_value(segment.start_s), format_value(segment.end_s)])
+            rows.append([name, *map(format_value, segment.values), *[""] * empty_per_segment,
+                         format_value(segment.start_s), format_value(segment.end_s)])
+    return header, rows
 
 
 def _parse_csv(records: Iterator[tuple[int, dict[str, str]]], path: Path) -> tuple[Predictions, np.ndarray | None]:
@@ -329,7 +330,7 @@ def _parse_csv(records: Iterator[tuple[int, dict[str, str]]], path: Path) -> tup
 
 
 def _row_id(record: dict[str, str], where: str) -> str:
-    name = (record.get(ID_COLUMN) or "").strip()
+    name = record.get(ID_COLUMN) or ""  # as read: a quoted id keeps its spaces
     if not name:
         raise SertoolError(f"{where}: {ID_COLUMN} is empty")
     return name

@@ -16,7 +16,6 @@ an order::
 """
 from __future__ import annotations
 
-import csv
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -38,7 +37,7 @@ from sertool.inference.predictions import (
     segments_by_id,
     write_predictions,
 )
-from sertool.io import SeenIds, atomic_write, load_json
+from sertool.io import SeenIds, atomic_write, csv_text, load_json
 
 Writer = Callable[..., None]
 
@@ -148,8 +147,8 @@ def write_submission(predictions: Predictions, path: str | Path, *,
             ``predictions`` holds.
 
     Raises:
-        SertoolError: a value is not finite, or files are missing or extra relative to ``expected_ids``
-            (listing a few of each).
+        SertoolError: a value is not finite, an id cannot be a CSV field (``sertool.io.csv_text``), or files
+            are missing or extra relative to ``expected_ids`` (listing a few of each).
     """
     check_finite(predictions, path)
     if expected_ids is not None:
@@ -166,11 +165,10 @@ def write_submission(predictions: Predictions, path: str | Path, *,
                                + "; ".join(problems))
     order = sorted(range(len(predictions)), key=lambda row: predictions.ids[row])
     clipped = np.clip(predictions.values, LABEL_MIN, LABEL_MAX)
+    text = csv_text((ID_COLUMN, *VALUE_COLUMNS), ([predictions.ids[row], *map(format_value, clipped[row])]
+                                                  for row in order), destination=path)
     with atomic_write(path, newline="") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow((ID_COLUMN, *VALUE_COLUMNS))
-        for row in order:
-            writer.writerow((predictions.ids[row], *map(format_value, clipped[row])))
+        handle.write(text)
 
 
 def _by_attribute(row: Sequence[float]) -> dict[str, float]:

@@ -38,12 +38,14 @@ from sertool.config import (
     check_options,
     check_value,
 )
+from sertool.data.audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
 from sertool.data.records import ATTRIBUTES, Utterance
 from sertool.errors import SertoolError
 from sertool.guards.surface import as_sertool_error
 from sertool.inference.options import PredictOptions
 from sertool.inference.predictions import Predictions
 from sertool.inference.predictor import InferenceOptions, Predictor, open_predictor
+from sertool.io import SeenIds
 
 # One input: a path to an audio file, or a waveform (a numpy array or a torch tensor) with sample_rate.
 Audio = Union[str, os.PathLike, np.ndarray, Any]
@@ -185,9 +187,10 @@ class Model:
 
         Raises:
             SertoolError: a missing or unreadable file, a folder, a waveform without ``sample_rate`` (or
-                a file with one), an empty, non-finite, non-float or too short waveform, the same file twice,
-                a ``window_s`` or ``hop_s`` outside what `sertool predict` allows; a known failure (no
-                memory, ...) as one line.
+                a file with one, or one outside 4-384 kHz), an empty, non-finite, non-float or too short
+                waveform, the same file twice, a ``window_s`` or ``hop_s`` outside what `sertool predict`
+                allows; a known failure (no memory, ...) as one line. A message about a waveform names it
+                ``waveform[i]``.
 
         Examples:
             >>> model = sertool.load("runs/demo")
@@ -218,14 +221,20 @@ class Model:
             raise SertoolError("predict: no audio given")
         texts = _per_input(transcripts, len(items), single=single)
         with tempfile.TemporaryDirectory(prefix="sertool-") as scratch:
-            utterances = [_utterance(item, index, single=single, sample_rate=sample_rate, scratch=Path(scratch))
-                          for index, item in enumerate(items)]
-            _check_distinct(utterances)
-            utterances = [replace(utt, transcript=text) if text is not None else utt
-                          for utt, text in zip(utterances, texts, strict=True)]
-            from sertool.inference.workflows import predict_with
+            # Every reader downstream names the file it reads; a waveform's file is this call's own business.
+            as_given = {str(_waveform_file(Path(scratch), index)): _waveform_name(index, single=single)
+                        for index, item in enumerate(items) if not isinstance(item, (str, os.PathLike))}
+            try:
+                utterances = [_utterance(item, index, single=single, sample_rate=sample_rate, scratch=Path(scratch))
+                              for index, item in enumerate(items)]
+                _check_distinct(utterances)
+                utterances = [replace(utt, transcript=text) if text is not None else utt
+                              for utt, text in zip(utterances, texts, strict=True)]
+                from sertool.inference.workflows import predict_with
 
-            predictions = predict_with(self._predictor, utterances, window_s=window_s, hop_s=hop_s)
+                predictions = predict_with(self._predictor, utterances, window_s=window_s, hop_s=hop_s)
+            except SertoolError as error:
+                raise SertoolError(_named_as_given(str(error), as_given)) from None
         if table:
             return predictions
         rows = [{name: float(value) for name, value in zip(ATTRIBUTES, row, strict=True)} for row in predictions.values]
@@ -244,15 +253,36 @@ def _utterance(item: Audio, index: int, *, single: bool, sample_rate: int | None
         if path.is_dir():
             raise SertoolError(f"{path}: a folder; pass its audio files, e.g. sorted(Path(folder).glob('*.wav'))")
         return audio_file_utterance(path, os.fspath(item))
-    name = "waveform" if single else f"waveform[{index}]"
+    name = _waveform_name(index, single=single)
     data = _as_frames(item, name=name)
     if isinstance(sample_rate, bool) or not isinstance(sample_rate, numbers.Integral) or sample_rate <= 0:
         raise SertoolError(f"{name}: give its rate in Hz as sample_rate= (an integer), got {sample_rate!r}")
+    if not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE:
+        raise SertoolError(f"{name}: sample_rate={sample_rate} Hz is outside the {MIN_SAMPLE_RATE:,}–"
+                           f"{MAX_SAMPLE_RATE:,} Hz of speech recordings; give the rate the samples were recorded at")
     import soundfile
 
-    path = scratch / f"{index}.wav"
+    path = _waveform_file(scratch, index)
     soundfile.write(str(path), data, int(sample_rate), subtype="FLOAT")
     return audio_file_utterance(path, name)
+
+
+def _waveform_name(index: int, *, single: bool) -> str:
+    """How ids and messages name a waveform input: ``waveform``, or ``waveform[i]`` in a list."""
+    return "waveform" if single else f"waveform[{index}]"
+
+
+def _waveform_file(scratch: Path, index: int) -> Path:
+    """The temporary file the waveform input ``index`` is written to."""
+    return scratch / f"{index}.wav"
+
+
+def _named_as_given(message: str, as_given: dict[str, str]) -> str:
+    """``message`` with each temporary waveform file replaced by the waveform's name (``waveform[1]``): the
+    user never saw the file, and it is gone when the message is read."""
+    for path, name in as_given.items():
+        message = message.replace(path, name)
+    return message
 
 
 def _as_frames(item: Any, *, name: str) -> np.ndarray:
@@ -291,8 +321,7 @@ def _per_input(transcripts: str | Sequence[str | None] | None, count: int, *, si
 
 
 def _check_distinct(utterances: Sequence[Utterance]) -> None:
-    seen = set()
-    for utt in utterances:
-        if utt.id in seen:
-            raise SertoolError(f"{utt.id}: given twice; pass each file once")
-        seen.add(utt.id)
+    """Refuse an input given twice: its two rows of the result could not be told apart."""
+    seen = SeenIds("input")
+    for index, utt in enumerate(utterances):
+        seen.refuse_repeat(utt.id, f"audio[{index}]", fix="pass each file once")

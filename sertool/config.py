@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 import functools
 import math
 import os
@@ -533,10 +534,27 @@ def apply_value(config: Config, section: str | None, key: str, value: Any, *, so
     option_ = _options_by_key().get((section, key))
     where = f"{section}.{key}" if section else key
     if option_ is None:
-        known = sorted(o.name for o in config_options() if o.section == section)
-        raise SertoolError(f"{source}: unknown key {where}; known keys here: {', '.join(known)}")
+        raise SertoolError(f"{source}: {_unknown_key(section, key)}")
     value = _coerce(option_, value, f"{source}: {where}")
     setattr(getattr(config, section) if section else config, key, value)
+
+
+def _unknown_key(section: str | None, key: Any) -> str:
+    """What to say of an unknown ``key`` in ``section`` (None: the top level): where the key belongs when it
+    is a known key of another level, else the closest known key here (a typo); then every known key here
+    (at the top level: the sections and the top-level fields)."""
+    fields = sorted(o.name for o in config_options() if o.section == section)
+    elsewhere = [o for o in config_options() if o.name == key and o.section != section]
+    close = difflib.get_close_matches(str(key), [*_SECTIONS, *fields] if section is None else fields, n=1)
+    if elsewhere:
+        hint = "; it belongs " + " or ".join(f"under {o.section}: ({o.key})" if o.section else "at the top level"
+                                             for o in elsewhere) + "."
+    else:
+        hint = f"; did you mean {close[0]}?" if close else "."
+    known = (f"the sections {', '.join(_SECTIONS)} and the fields {', '.join(fields)}" if section is None
+             else ", ".join(fields))
+    return (f"unknown key {f'{section}.{key}' if section else key}{hint} Known "
+            f"{f'in {section}' if section else 'at the top level'}: {known}")
 
 
 def _coerce(option_: ConfigOption, value: Any, where: str) -> Any:

@@ -20,6 +20,7 @@ from sertool.cli import cli
 from sertool.errors import SertoolError
 from sertool.inference.predictions import read_predictions
 from sertool.training.loop import train
+from tests.cases import case
 from tests.corpus_files import write_learnable_corpus, write_tone
 from tests.systems import small_config
 
@@ -80,7 +81,7 @@ def test_waveforms_are_read_like_the_files_they_came_from(workspace):
     (lambda model: model.predict(np.full(16_000, np.nan), sample_rate=16_000), "NaN or infinite"),
     (lambda model: model.predict(np.zeros((2, 2, 2)), sample_rate=16_000), "must be 1-D or 2-D"),
     (lambda model: model.predict(np.zeros(16_000, dtype=np.int16), sample_rate=16_000), "give float samples"),
-    (lambda model: model.predict(["a.wav", "a.wav"]), "given twice"),
+    (lambda model: model.predict(["a.wav", "a.wav"]), r"audio\[1\]: input 'a\.wav' already appears at audio\[0\]"),
     (lambda model: model.predict([0.1, 0.2]), "got float"),
     (lambda model: model.predict(np.zeros(100, dtype=np.float32), sample_rate=16_000), "shorter than"),
     (lambda model: model.predict("nothing.wav"), "audio file not found"),
@@ -91,6 +92,55 @@ def test_bad_inputs_get_one_clear_line(call, message, workspace, monkeypatch):
     with pytest.raises(SertoolError, match=message) as error:
         call(sertool.load("runs/demo"))
     assert "\n" not in str(error.value)
+
+
+def _nan_model(workspace: Path) -> Path:
+    """runs/demo with one head weight set to NaN: every prediction it makes is not finite."""
+    from sertool.checkpoint import load_checkpoint, save_checkpoint
+
+    path = workspace / "nan.pt"
+    if not path.exists():
+        payload = load_checkpoint(workspace / "runs" / "demo")
+        key = next(name for name in payload["model_state"] if name.endswith("weight") and "head" in name)
+        payload["model_state"][key] = torch.full_like(payload["model_state"][key], float("nan"))
+        save_checkpoint({k: v for k, v in payload.items() if k not in ("format", "format_version")}, path)
+    return path
+
+
+_TONE = (0.1 * np.sin(np.arange(16_000 * 12) / 10)).astype(np.float32)  # 12 s: two windows of 10 s, 5 s apart
+
+
+def _loud_from(start_s: float) -> np.ndarray:
+    loud = _TONE.copy()
+    loud[int(start_s * 16_000):] *= 1e30
+    return loud
+
+
+@case("inference", "a waveform given to sertool.load(...).predict that fails a check downstream: 0.1 s long, "
+      "samples of 1e30 (in the whole or in its second window), a model whose output is not finite",
+      "one line naming waveform[1] (and its window: waveform[1]@32000), never the deleted temporary file")
+@pytest.mark.parametrize(("second", "model", "named"), [
+    (_TONE[:1_600], "runs/demo", "waveform[1]: 0.100 s of audio is shorter than the 0.25 s"),
+    (_TONE[:32_000] * np.float32(1e30), "runs/demo", "cannot predict waveform[1]: waveform[1]: samples reach 1e+29"),
+    (_loud_from(11.0), "runs/demo", "cannot predict waveform[1]@32000: waveform[1]: samples reach 1e+29"),
+    (_TONE, "nan.pt", "waveform[1] [0.00–10.00 s]: the model's prediction for waveform[1]@0 is not finite"),
+])
+def test_a_waveform_failing_downstream_is_named_as_given(workspace, second, model, named):
+    if model == "nan.pt":
+        _nan_model(workspace)
+    with pytest.raises(SertoolError) as error:
+        sertool.load(workspace / model).predict([_TONE[:32_000], second], sample_rate=16_000)
+    message = str(error.value)
+    assert named in message and "sertool-" not in message and ".wav" not in message and "\n" not in message
+
+
+@case("inference", "sertool.load(...).predict(waveform, sample_rate=1000 or 10**12)",
+      "one line naming the waveform and the 4–384 kHz range (was: a 'damaged header' of the temporary file, or a "
+      "traceback)")
+@pytest.mark.parametrize("rate", [1_000, 10**12])
+def test_a_waveform_rate_outside_speech_rates_is_named(workspace, rate):
+    with pytest.raises(SertoolError, match=rf"^waveform: sample_rate={rate} Hz is outside the 4,000–384,000 Hz"):
+        sertool.load(workspace / "runs" / "demo").predict(_TONE[:32_000], sample_rate=rate)
 
 
 def test_import_is_light_and_three_lines_predict_with_a_run_an_export_and_an_ensemble(workspace):

@@ -3,6 +3,7 @@ statistics' invariants, and the command end to end (its CSVs go through evaluate
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -119,8 +120,9 @@ def test_baseline_command_writes_predictions_that_evaluate_and_ensemble_accept(t
                                 str(corpus), "--split", "Test1"], capture_output=True, text=True)
     assert evaluated.returncode == 0, evaluated.stderr
     assert f"{summary['scores']['Test1']['ccc']['arousal']:.4f}" in evaluated.stdout
+    shutil.copy(out / "Test1.csv", tmp_path / "copy.csv")  # a second member (one member twice is refused)
     ensembled = subprocess.run([sys.executable, "-m", "sertool", "ensemble", str(out / "Test1.csv"),
-                                str(out / "Test1.csv"), "--corpus", str(corpus), "--split", "Test1"],
+                                str(tmp_path / "copy.csv"), "--corpus", str(corpus), "--split", "Test1"],
                                capture_output=True, text=True)
     assert ensembled.returncode == 0, ensembled.stderr
 

@@ -43,7 +43,7 @@ def test_a_pickle_payload_is_refused_by_every_command_without_running(tmp_path):
     commands = [
         ["evaluate", str(path), "--corpus", str(corpus)],
         ["predict", str(path), str(clip)],
-        ["ensemble", str(path), str(path), "--corpus", str(corpus)],
+        ["ensemble", str(path), str(tmp_path / "other.pt"), "--corpus", str(corpus)],
         ["train", "--resume", str(path.parent)],
     ]
     for args in commands:

@@ -10,6 +10,7 @@ from click.testing import CliRunner
 from sertool.checkpoint import load_checkpoint
 from sertool.cli import cli
 from sertool.config import RECIPES
+from tests.cases import case
 from tests.corpus_files import write_learnable_corpus
 from tests.tiny_speech import save_tiny_wavlm
 
@@ -74,6 +75,27 @@ def test_bad_config_files_are_named(tmp_path, content, message):
     config_file.write_text(content if isinstance(content, str) else yaml.safe_dump(content))
     result = run("train", "--config", config_file, "--out", tmp_path / "r")
     assert result.exit_code == 2 and message in result.output and str(config_file) in result.output
+
+
+@case("guards", "a --config key misspelt (trian:, train: {epoch: 1}) or at the wrong level (epochs: at the top)",
+      "one line naming the closest known key or the section it belongs in, and every known key of that level")
+@pytest.mark.parametrize(("content", "message"), [
+    ("trian:\n  epochs: 1\n", "unknown key trian; did you mean train? Known at the top level: the sections data, "
+                               "model, train and the fields recipe, seed"),
+    ("train:\n  epoch: 1\n", "unknown key train.epoch; did you mean epochs? Known in train: accum_steps, "),
+    ("sed: 3\n", "unknown key sed; did you mean seed?"),
+    ("epochs: 3\n", "unknown key epochs; it belongs under train: (train.epochs). Known at the top level: "),
+    ("model:\n  lr_heads: 0.1\n", "unknown key model.lr_heads; it belongs under train: (train.lr_heads). Known in "
+                                   "model: "),
+    ("train:\n  seed: 3\n", "unknown key train.seed; it belongs at the top level. Known in train: "),
+    ("zzz: 1\n", "unknown key zzz. Known at the top level: the sections data, model, train and the fields"),
+])
+def test_an_unknown_config_key_names_the_closest_known_key_at_its_level(corpus, tmp_path, content, message):
+    config_file = tmp_path / "bad.yaml"
+    config_file.write_text(content)
+    result = run("train", "--config", config_file, "--corpus", corpus, "--out", tmp_path / "r")
+    assert result.exit_code == 2 and f"error: --config {config_file}: {message}" in result.output
+    assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "r").exists()
 
 
 def test_resume_takes_no_other_settings(tmp_path):

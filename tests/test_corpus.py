@@ -108,7 +108,7 @@ def test_test3_rows_may_lack_labels_other_splits_may_not(tmp_path):
 def test_manifest_round_trip(tiny_msp, tmp_path):
     corpus = open_corpus(tiny_msp)
     path = tmp_path / "elsewhere" / "manifest.csv"
-    commit(path, lambda handle: write_manifest(corpus.utterances, handle, folder=path.parent))
+    commit(path, lambda handle: write_manifest(corpus.utterances, handle, folder=path.parent, where=path))
     again = open_corpus(path.parent)  # a folder holding manifest.csv
     assert again.kind == "manifest"
     assert [(u.id, u.split, u.arousal, u.valence, u.dominance, u.emo_class, u.speaker, u.gender, u.transcript)

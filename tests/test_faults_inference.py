@@ -59,7 +59,7 @@ def test_a_stray_quote_damages_only_its_own_row(corpus):
     ("MSP-PODCAST_0099_0001.wav,N,2.0,3.0,4.0,9,Male,Train,extra", "has 9 fields where the header has 8"),
     ("MSP-PODCAST_0099_0001.wav,N,2.0,3.0,4.0,9,Male", "has 7 fields where the header has 8"),
     ("MSP-PODCAST_0099_0001.wav,N,2.0,3.0,4.0,9\0,Male,Train", "NUL byte"),
-    ("MSP-PODCAST_0099_0001.wav,N,2.0,3.0,4.0,9,Male,\"" + "x" * 200_000 + "\"", "field larger than field limit"),
+    ("MSP-PODCAST_0099_0001.wav,N,2.0,3.0,4.0,9,Male,\"" + "x" * 200_000 + "\"", "a field longer than the field limit"),
 ])
 def test_damaged_lines_are_dropped_with_their_line_and_the_rest_is_kept(corpus, line, detail):
     before = _split_counts(corpus)
@@ -354,7 +354,7 @@ def test_an_ensemble_that_includes_itself_is_refused_naming_the_chain(run_dir, t
     import json
 
     corpus = run_dir.parent / "c"
-    assert run("ensemble", run_dir, run_dir, "--corpus", corpus, "--save", tmp_path / "a.json").exit_code == 0
+    assert run("ensemble", run_dir, run_dir / "best.pt", "--corpus", corpus, "--save", tmp_path / "a.json").exit_code == 0
     plan = json.loads((tmp_path / "a.json").read_text())
     (tmp_path / "self.json").write_text(json.dumps({**plan, "members": ["self.json", plan["members"][1]]}))
     (tmp_path / "a.json").write_text(json.dumps({**plan, "members": ["b.json", plan["members"][1]]}))
@@ -648,7 +648,7 @@ def test_an_ensemble_plan_with_a_bom_crlf_truncation_or_a_missing_member(run_dir
 
     corpus = run_dir.parent / "c"
     plan = tmp_path / "ens.json"
-    assert run("ensemble", run_dir, run_dir, "--corpus", corpus, "--save", plan).exit_code == 0
+    assert run("ensemble", run_dir, run_dir / "best.pt", "--corpus", corpus, "--save", plan).exit_code == 0
     text = plan.read_text()
     write_tone(tmp_path / "clip.wav", duration_s=1.0)
     plan.write_bytes(b"\xef\xbb\xbf" + text.replace("\n", "\r\n").encode())

@@ -96,7 +96,7 @@ def test_reads_columns_by_name_not_position(tmp_path: Path) -> None:
     ("FileName,EmoAct,EmoVal,EmoDom\na.wav,1,,3\n", "p.csv:2: EmoVal='' is not a number"),
     ("FileName,EmoAct,EmoVal,EmoDom\na.wav,1,nan,3\n", "p.csv:2: EmoVal=nan is not finite"),
     ("FileName,EmoAct,EmoVal,EmoDom\na.wav,1,2,3\nb.wav,1,2,3\na.wav,4,5,6\n",
-     "p.csv:4: FileName a.wav repeats line 2"),
+     "p.csv:4: FileName 'a.wav' already appears at line 2"),
     ("FileName,EmoAct,EmoVal,EmoDom\n", "no prediction rows"),
     ("FileName,EmoAct,EmoVal,EmoDom,EmoAct_true\na.wav,1,2,3,4\n", "not EmoVal_true, EmoDom_true"),
     ("FileName,EmoAct,EmoVal,EmoDom,start_s,end_s\na.wav,1,2,3,,\na.wav,1,2,3,5,2\n", "p.csv:3: segment start_s=5"),

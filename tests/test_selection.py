@@ -1,13 +1,15 @@
 """Data selection (the paper's Table 5 options) on a hand-made corpus with exact expected id sets."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
 from sertool.data.records import Utterance
-from sertool.data.selection import held_out, select
+from sertool.data.selection import held_out, require_enough_labels, select
 from sertool.errors import SertoolError
+from tests.cases import case
 
 
 def _utt(id: str, split: str, emo_class: str | None, labeled: bool = True) -> Utterance:
@@ -147,3 +149,57 @@ def test_held_out_leaves_out_the_training_ids_in_order():
     assert (kept.excluded, kept.known) == (3, True)
     unknown = held_out(CORPUS, None)
     assert (_ids(unknown.utterances), unknown.excluded, unknown.known) == (_ids(CORPUS), 0, False)
+
+
+def _manifest(folder: Path, splits: dict[str, list[tuple[float, float, float] | None]]) -> Path:
+    """A manifest corpus: per split, one tone per entry, labelled with the entry (None: unlabelled)."""
+    from tests.corpus_files import write_tone
+
+    rows = ["id,path,split,arousal,valence,dominance"]
+    for split, entries in splits.items():
+        for index, labels in enumerate(entries):
+            name = f"{split}-{index}.wav"
+            write_tone(folder / name, duration_s=0.6, frequency_hz=180 + 25 * index)
+            rows.append(f"{name},{name},{split}," + (",".join(map(str, labels)) if labels else ",,"))
+    (folder / "manifest.csv").write_text("\n".join(rows) + "\n")
+    return folder / "manifest.csv"
+
+
+VARIED = [(2.0, 3.0, 4.0), (5.0, 4.0, 3.0), (3.5, 6.0, 2.5), (4.5, 2.0, 5.5)]
+
+
+@case("training", "`train` or `baseline` on a corpus whose Train split has 1 labelled clip, 0 (all unlabelled), or 2 "
+      "with identical labels, or whose Development split has 1 clip",
+      "one line naming the split, its flag and that it needs 2 labelled clips whose labels differ, before any work "
+      "(was: a ValueError traceback from the ridge fit, or a run validated on one clip)")
+@pytest.mark.parametrize("command", ["train", "baseline"])
+@pytest.mark.parametrize(("splits", "message"), [
+    ({"Train": VARIED[:1], "Development": VARIED[1:]},
+     "--train-split Train: 1 labelled clip; it needs at least 2 labelled clips whose labels differ"),
+    ({"Train": [None, None], "Development": VARIED[1:]},
+     "none of the 2 utterances of split 'Train' (train_split (--train-split)) has all three A/V/D labels; choose a "
+     "labelled split (it needs at least 2 labelled clips)"),
+    ({"Train": [(3.0, 3.0, 3.0)] * 2, "Development": VARIED[1:]},
+     "--train-split Train: 2 labelled clips, all with the A/V/D labels 3/3/3; it needs at least 2 labelled clips "
+     "whose labels differ"),
+    ({"Train": VARIED, "Development": VARIED[:1]},
+     "--valid-split Development: 1 labelled clip; it needs at least 2 labelled clips whose labels differ (a CCC over "
+     "one clip, or over identical labels, is undefined"),
+])
+def test_too_few_labelled_clips_to_train_or_validate_are_refused_before_any_work(tmp_path, command, splits, message):
+    from tests.test_reliability import one_line_error, run
+
+    manifest = _manifest(tmp_path / "corpus", splits)
+    out = tmp_path / "out"
+    flags = ["--backbone", "fbank", "--epochs", "1", "--num-workers", "0"] if command == "train" else []
+    line = one_line_error(run(command, "--corpus", manifest, "--out", out, *flags))
+    assert message in line
+    assert not [path.name for path in out.glob("*") if path.suffix in (".pt", ".csv")]
+
+
+def test_two_labelled_clips_whose_labels_differ_are_enough():
+    train = [dataclasses.replace(_utt(name, "Train", "N"), arousal=value) for name, value in (("a", 2.0), ("b", 6.0))]
+    valid = [dataclasses.replace(_utt(name, "Development", "H"), valence=value) for name, value in (("c", 3.0), ("d", 5.0))]
+    selection = select(train + valid)
+    require_enough_labels(selection)  # two clips on each side, their labels differing: enough
+    assert (len(selection.train), len(selection.valid)) == (2, 2)

@@ -95,7 +95,7 @@ def test_csv_segment_rows_carry_start_and_end(tmp_path: Path) -> None:
     ('{"predictions": [{"id": "a.wav", "arousal": 1, "valence": 2, "dominance": true}]}', "dominance must be"),
     ('{"predictions": [{"id": "a.wav", "arousal": 1, "valence": 2, "dominance": 3},'
      ' {"id": "a.wav", "arousal": 1, "valence": 2, "dominance": 3}]}',
-     "predictions[1]: id a.wav repeats predictions[0]"),
+     "predictions[1]: id 'a.wav' already appears at predictions[0]"),
     ("{not json", "not a readable JSON"),
 ])
 def test_bad_json_is_named(tmp_path: Path, text: str, message: str) -> None:

@@ -18,8 +18,7 @@ import numpy as np
 from sertool.data.corpus import open_corpus
 from sertool.data.records import ATTRIBUTES
 from sertool.data.report import LoadReport
-from sertool.data.selection import select
-from sertool.errors import SertoolError
+from sertool.data.selection import require_enough_labels, select
 from sertool.guards.outputs import OutputPlan
 from sertool.inference.predictions import Predictions
 from sertool.inference.predictor import PredictorOutput
@@ -77,9 +76,7 @@ def run_baseline(corpus: str | Path, out_dir: str | Path, *, train_split: str = 
     out_dir = outputs.folder(out_dir, flag="--out")
     opened = open_corpus(corpus, cache_dir=cache_dir)
     selection = select(opened.utterances, train_split=train_split, valid_split=valid_split)
-    if len(selection.train) < 2:
-        raise SertoolError(f"--train-split {train_split}: {len(selection.train)} labelled utterance(s); "
-                           "the ridge needs at least two")
+    require_enough_labels(selection, train_split=train_split, valid_split=valid_split)
     held_out = {name: opened.split(name) for name in opened.split_names() if name != train_split}
     # Split names come from the data: each becomes a plain file name inside --out (OutputPlan.in_folder).
     targets = {name: outputs.in_folder(out_dir, f"{name}.csv", flag="--out") for name in held_out}

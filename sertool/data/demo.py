@@ -17,7 +17,6 @@ imports: the worker starts in ~0.1 s instead of ~1 s.
 """
 from __future__ import annotations
 
-import csv
 import ctypes
 import dataclasses
 import json
@@ -38,6 +37,7 @@ import numpy as np
 from sertool.data.records import GENDERS, LABEL_MAX, LABEL_MIN, MSP_LABELS_HEADER
 from sertool.errors import SertoolError, missing_package
 from sertool.guards.outputs import OutputPlan, remove_files
+from sertool.io import csv_text
 from sertool.splits import DEVELOPMENT, HELD_OUT_SPLITS, TEST1, TRAIN, UNLABELLED_SPLIT
 
 # ---------------------------------------------------------------------------------------------------------
@@ -614,7 +614,8 @@ def generate_demo_corpus(
                     progress(start + offset, len(plan))
         # The labels last: a folder without them is visibly unfinished, and is not read as a corpus.
         with outputs.writing(label_dir / "labels_consensus.csv", newline="") as handle:
-            _write_labels(handle, [item for item in plan if item.speaker.split != UNLABELLED_SPLIT])
+            _write_labels(handle, [item for item in plan if item.speaker.split != UNLABELLED_SPLIT],
+                          where=label_dir / "labels_consensus.csv")
     return _summarise(out_dir, seed, plan, total_samples / SAMPLE_RATE)
 
 
@@ -781,15 +782,12 @@ def _file_names(rng: np.random.Generator, speakers: Sequence[_Speaker]) -> list[
     return names
 
 
-def _write_labels(handle: IO[str], items: Sequence[_Planned]) -> None:
-    """Write labels_consensus.csv, sorted by file name, to ``handle``."""
-    writer = csv.writer(handle, lineterminator="\n")
-    writer.writerow(MSP_LABELS_HEADER)
-    for item in sorted(items, key=lambda item: item.file_name):
-        writer.writerow([
-            item.file_name, item.emo_class, f"{item.arousal:.1f}", f"{item.valence:.1f}",
-            f"{item.dominance:.1f}", item.speaker.speaker_id, item.speaker.gender, item.speaker.split,
-        ])
+def _write_labels(handle: IO[str], items: Sequence[_Planned], *, where: Path) -> None:
+    """Write labels_consensus.csv, sorted by file name, to ``handle`` (``where`` names it in messages)."""
+    rows = ([item.file_name, item.emo_class, f"{item.arousal:.1f}", f"{item.valence:.1f}", f"{item.dominance:.1f}",
+             str(item.speaker.speaker_id), item.speaker.gender, item.speaker.split]
+            for item in sorted(items, key=lambda item: item.file_name))
+    handle.write(csv_text(MSP_LABELS_HEADER, rows, destination=where))
 
 
 def _summarise(out_dir: Path, seed: int, plan: Sequence[_Planned], duration_s: float) -> DemoSummary:

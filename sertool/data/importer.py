@@ -41,7 +41,7 @@ def make_manifest(folder: str | Path, metadata: str | Path, out: str | Path, *, 
     if not utterances:
         raise SertoolError(f"{metadata}: no usable rows ({report.summary()}); nothing written")
     with outputs.writing(target, newline="") as handle:
-        write_manifest(utterances, handle, folder=target.parent)
+        write_manifest(utterances, handle, folder=target.parent, where=target)
     return Corpus(target, "manifest", utterances, report)
 
 

@@ -17,7 +17,6 @@ Columns (only ``path`` and ``split`` are required; the order does not matter):
 """
 from __future__ import annotations
 
-import csv
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -28,7 +27,7 @@ from sertool.data.records import ATTRIBUTES, Utterance
 from sertool.data.report import LoadReport
 from sertool.data.rows import Corpus, Progress, Row, build_utterances, read_rows
 from sertool.data.scan_cache import ScanCache
-from sertool.io import DAMAGED_ROW, read_csv_records
+from sertool.io import DAMAGED_ROW, csv_text, read_csv_records
 
 MANIFEST_NAME = "manifest.csv"  # what a folder given as --corpus holds when it is a manifest corpus
 MANIFEST_COLUMNS: tuple[str, ...] = ("id", "path", "split", *ATTRIBUTES, "emo_class", "speaker", "gender", "transcript")
@@ -75,7 +74,7 @@ def parse_manifest_row(record: Mapping[str, str | None], base: Path, where: str)
     Raises:
         BadValue: a value that makes the row unusable.
     """
-    audio = (record.get("path") or "").strip()
+    audio = record.get("path") or ""  # as read: a quoted path keeps its spaces
     if not audio:
         raise BadValue("missing path", "path is empty")
     split = (record.get("split") or "").strip()
@@ -91,17 +90,22 @@ def parse_manifest_row(record: Mapping[str, str | None], base: Path, where: str)
     fields = dict(labels, split=split, emo_class=parse_class(record.get("emo_class")),
                   speaker=parse_speaker(record.get("speaker")), gender=parse_gender(record.get("gender")),
                   transcript=transcript)
-    utterance_id = (record.get("id") or "").strip() or audio_path.name
+    utterance_id = record.get("id") or audio_path.name
     return Row(where=where, id=utterance_id, audio_path=audio_path, fields=fields)
 
 
-def write_manifest(utterances: Sequence[Utterance], handle: IO[str], *, folder: Path) -> None:
+def write_manifest(utterances: Sequence[Utterance], handle: IO[str], *, folder: Path, where: str | Path) -> None:
     """Write ``utterances`` as a manifest to ``handle`` (a file being committed through ``OutputPlan.writing``),
-    audio paths relative to ``folder``, the folder the manifest goes to."""
+    audio paths relative to ``folder``, the folder the manifest goes to; ``where`` names it in messages.
+
+    Raises:
+        SertoolError: an id or path that cannot be a CSV field (``sertool.io.csv_text``; nothing is written).
+    """
     base = folder.resolve()
-    writer = csv.DictWriter(handle, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    for utt in utterances:
-        row = {name: getattr(utt, name) for name in MANIFEST_COLUMNS if name != "path"}
-        row["path"] = os.path.relpath(Path(utt.audio_path).resolve(), base)
-        writer.writerow({name: "" if value is None else value for name, value in row.items()})
+
+    def cells(utt: Utterance) -> list[str]:
+        values = {name: getattr(utt, name) for name in MANIFEST_COLUMNS if name != "path"}
+        values["path"] = os.path.relpath(Path(utt.audio_path).resolve(), base)
+        return ["" if values[name] is None else str(values[name]) for name in MANIFEST_COLUMNS]
+
+    handle.write(csv_text(MANIFEST_COLUMNS, map(cells, utterances), destination=where))

@@ -86,7 +86,7 @@ def _parse_labels(labels_path: Path, report: LoadReport) -> list[Row]:
 
 
 def _parse_row(record: Mapping[str, str | None], where: str, audio_dir: Path) -> Row:
-    name = (record["FileName"] or "").strip()
+    name = record["FileName"] or ""  # as read: a quoted name keeps its spaces
     if not name:
         raise BadValue("missing file name", "FileName is empty")
     try:  # the labels file names files inside Audios/ (and Transcripts/), never anywhere else

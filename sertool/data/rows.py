@@ -17,6 +17,7 @@ from sertool.data.records import Utterance
 from sertool.data.report import LoadReport, Problem
 from sertool.data.scan_cache import ScanCache
 from sertool.errors import SertoolError
+from sertool.io import SeenIds
 from sertool.progress import task
 from sertool.splits import SPLITS
 
@@ -27,6 +28,7 @@ Progress = Callable[[int, int], None]
 # The LoadReport reasons of a row whose audio cannot be used (what `--on-bad-audio fail` refuses).
 MISSING_AUDIO, UNREADABLE_AUDIO, EMPTY_AUDIO = "missing audio", "unreadable audio", "empty audio"
 AUDIO_PROBLEMS = frozenset({MISSING_AUDIO, UNREADABLE_AUDIO, EMPTY_AUDIO})
+DUPLICATE_ID = "duplicate id"  # a corpus keeps the first row of an id and drops the others (SeenIds)
 
 
 @dataclass
@@ -110,14 +112,13 @@ def build_utterances(rows: Sequence[Row], report: LoadReport, *, scan: ScanCache
     """Turn parsed rows into utterances: drop repeated ids and rows whose audio is missing, unreadable or
     empty (each recorded in ``report``); durations come from the file headers (``read_headers``, through
     ``scan``; None: the default cache folder's)."""
-    seen: dict[str, str] = {}
+    seen = SeenIds("id")
     unique = []
     for row in rows:
-        if row.id in seen:
-            report.drop(row.where, "duplicate id", f"{row.id} already appears at {seen[row.id]}",
-                        split=row.fields["split"])
+        repeat = seen.repeat_of(row.id, row.where)
+        if repeat is not None:
+            report.drop(row.where, DUPLICATE_ID, repeat, split=row.fields["split"])
         else:
-            seen[row.id] = row.where
             unique.append(row)
 
     utterances = []

@@ -156,6 +156,35 @@ def select(
     )
 
 
+# The fewest labelled clips training and validation each need, with labels that are not all the same: the
+# floor's ridge fit and the feature standardisation need two rows, and a CCC (the loss, and the validation
+# score that chooses best.pt and the ridge's alpha) is undefined over one clip or over identical labels.
+MIN_LABELLED_CLIPS = 2
+
+
+def require_enough_labels(selection: Selection, *, train_split: str = TRAIN, valid_split: str = DEVELOPMENT) -> None:
+    """Refuse, before any work, a selection that nothing can be learnt from or chosen on (`train` and
+    `baseline` alike): either side with fewer than ``MIN_LABELLED_CLIPS`` labelled clips, or with clips that
+    all share one A/V/D label.
+
+    Raises:
+        SertoolError: naming the split, its flag, how many clips it has and how many it needs.
+    """
+    for utterances, flag, split, why in (
+        (selection.train, "--train-split", train_split, "training learns from how the labels of clips differ"),
+        (selection.valid, "--valid-split", valid_split, "a CCC over one clip, or over identical labels, is "
+                                                          "undefined, so no checkpoint could be chosen on it"),
+    ):
+        labels = {utt.labels() for utt in utterances}
+        if len(utterances) >= MIN_LABELLED_CLIPS and len(labels) > 1:
+            continue
+        found = f"{len(utterances)} labelled clip{'' if len(utterances) == 1 else 's'}"
+        if len(utterances) >= MIN_LABELLED_CLIPS:
+            found += ", all with the A/V/D labels " + "/".join(f"{value:g}" for value in labels.pop())
+        raise SertoolError(f"{flag} {split}: {found}; it needs at least {MIN_LABELLED_CLIPS} labelled clips whose "
+                           f"labels differ ({why})")
+
+
 @dataclass(frozen=True)
 class HeldOut:
     """The utterances a trained system may be scored on, and what was left out.
@@ -187,13 +216,15 @@ def held_out(utterances: Sequence[Utterance], training_ids: frozenset[str] | Non
 
 def _labeled(records: Sequence[Utterance], split: str, flag: str, splits_present: list[str]) -> list[Utterance]:
     in_split = [record for record in records if record.split == split]
+    needs = f"it needs at least {MIN_LABELLED_CLIPS} labelled clips"
     if not in_split:
-        raise SertoolError(f"no utterance in split '{split}' ({flag}); splits present: {', '.join(splits_present)}")
+        raise SertoolError(f"no utterance in split '{split}' ({flag}); splits present: {', '.join(splits_present)} "
+                           f"({needs})")
     labeled = [record for record in in_split if record.has_labels]
     if not labeled:
         raise SertoolError(
             f"none of the {len(in_split)} utterances of split '{split}' ({flag}) has all three A/V/D labels; "
-            "choose a labelled split"
+            f"choose a labelled split ({needs})"
         )
     return labeled
 

@@ -21,7 +21,7 @@ import numpy as np
 from sertool.data.records import ATTRIBUTES
 from sertool.errors import SertoolError
 from sertool.inference.predictions import Predictions, Segment, align, check_rating_scale
-from sertool.io import load_json
+from sertool.io import SeenIds, load_json
 from sertool.models.ccc import ccc_scores
 
 PLAN_FORMAT = "sertool-ensemble"
@@ -98,6 +98,7 @@ class EnsemblePlan:
             raise SertoolError(f"{source}: \"members\" must be a non-empty list of names")
         if not isinstance(attributes, dict):
             raise SertoolError(f"{source}: \"attributes\" must be an object keyed by attribute name")
+        refuse_repeated_members(members, [f"{source}: members[{index}]" for index in range(len(members))])
         weights: dict[str, tuple[tuple[int, float], ...]] = {}
         development_ccc: dict[str, float] = {}
         for name in ATTRIBUTES:
@@ -114,6 +115,21 @@ class EnsemblePlan:
                        development_ccc=development_ccc if len(development_ccc) == len(ATTRIBUTES) else None)
         except ValueError as error:
             raise SertoolError(f"{source}: {error}") from None
+
+
+def refuse_repeated_members(names: Sequence[str], wheres: Sequence[str]) -> None:
+    """Refuse a member named twice: it would count twice in the mean, a weight given by accident.
+
+    Args:
+        names: the members as a plan names them.
+        wheres: how errors name each one (its place in the plan file, or the path as given).
+
+    Raises:
+        SertoolError: naming both places of the first repeat.
+    """
+    seen = SeenIds("member")
+    for name, where in zip(names, wheres, strict=True):
+        seen.refuse_repeat(name, where, fix="give each member once (--weights gives one member more say)")
 
 
 def mean_plan(names: Sequence[str], weights: Sequence[float] | None = None) -> EnsemblePlan:

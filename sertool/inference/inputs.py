@@ -18,7 +18,7 @@ from sertool.errors import SertoolError
 from sertool.guards.reads import MAX_TRANSCRIPT_BYTES, read_user_bytes
 from sertool.inference.predictions import Predictions
 from sertool.inference.windows import combine_windows, window_segments, window_spans
-from sertool.io import printable, read_csv_records
+from sertool.io import SeenIds, printable, quoted, read_csv_records
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
 PREDICT_SPLIT = "predict"  # split name of utterances read from loose files
@@ -63,12 +63,10 @@ def collect_inputs(paths: Sequence[str | Path], *, cache_dir: str | os.PathLike[
             report.warnings.extend(manifest.report.warnings)
         else:
             utterances.append(audio_file_utterance(path, printable(path.name)))
-    seen: dict[str, Path] = {}
+    seen = SeenIds("input id")
     for utt in utterances:
-        if utt.id in seen:
-            raise SertoolError(f"two inputs share the id {utt.id}: {seen[utt.id]} and {utt.audio_path}; "
-                               "predict them separately or give them distinct names")
-        seen[utt.id] = utt.audio_path
+        seen.refuse_repeat(utt.id, printable(str(utt.audio_path)),
+                           fix="predict them separately or give them distinct names")
     return utterances, report
 
 
@@ -138,31 +136,75 @@ def audio_file_utterance(path: Path, utt_id: str) -> Utterance:
 
 
 def attach_transcripts(utterances: Sequence[Utterance], source: str | Path) -> list[Utterance]:
-    """Set transcripts from a folder of ``<stem>.txt`` files or a CSV with ``FileName``/``id`` and
+    """Set transcripts from a folder of ``<stem>.txt`` files or a CSV with ``FileName``/``id``/``path`` and
     ``transcript`` columns; utterances without one keep what they had.
 
+    A CSV row belongs to the utterance with its id, else to the one utterance with its file name (a row
+    ``/data/x.wav`` to the input ``x.wav``); a folder's ``<stem>.txt`` to the utterance with that stem. A
+    transcript is never given to two utterances, nor an utterance one of several rows: the match would be
+    a guess.
+
     Raises:
-        SertoolError: the source is missing, or the CSV lacks the columns or has a damaged line.
+        SertoolError: the source is missing; the CSV lacks the columns, has a damaged line, an empty id or
+            an id read twice (naming both lines); or a match by file name is ambiguous (naming the ids).
     """
     source = Path(source).expanduser()
     if source.is_dir():
-        texts = {}
-        for utt in utterances:
-            file = source / f"{Path(utt.id).stem}.txt"
-            if file.is_file():
-                raw = read_user_bytes(file, what="transcript", max_bytes=MAX_TRANSCRIPT_BYTES)
-                texts[utt.id] = " ".join(raw.decode("utf-8", errors="replace").split())
+        texts = _folder_transcripts(utterances, source)
     elif source.exists():  # a CSV; the reader refuses anything but a regular file of bounded size
-        texts = {}
-        for _, row in read_csv_records(source, [TRANSCRIPT_ID_COLUMNS, "transcript"], what="--transcripts CSV"):
-            file_id = next(row[column] for column in TRANSCRIPT_ID_COLUMNS if column in row)
-            text = " ".join(row["transcript"].split())
-            if text:
-                texts[Path(file_id.strip()).name] = text
+        texts = _csv_transcripts(utterances, source)
     else:
         raise SertoolError(f"--transcripts {source}: no such folder or CSV file")
-    return [dataclasses.replace(utt, transcript=texts.get(utt.id, texts.get(Path(utt.id).name, utt.transcript)))
-            for utt in utterances]
+    return [dataclasses.replace(utt, transcript=texts.get(utt.id, utt.transcript)) for utt in utterances]
+
+
+def _folder_transcripts(utterances: Sequence[Utterance], folder: Path) -> dict[str, str]:
+    """Utterance id → the one-line text of ``folder/<stem>.txt``, for the utterances that have one."""
+    texts: dict[str, str] = {}
+    claimed: dict[str, str] = {}
+    for utt in utterances:
+        file = folder / f"{Path(utt.id).stem}.txt"
+        if file.is_file():
+            _claim(claimed, file.name, utt.id, folder)
+            raw = read_user_bytes(file, what="transcript", max_bytes=MAX_TRANSCRIPT_BYTES)
+            texts[utt.id] = " ".join(raw.decode("utf-8", errors="replace").split())
+    return texts
+
+
+def _csv_transcripts(utterances: Sequence[Utterance], table: Path) -> dict[str, str]:
+    """Utterance id → the one-line text of its row of the CSV ``table`` (rows with an empty text skipped)."""
+    rows: dict[str, str] = {}
+    ids_by_name: dict[str, list[str]] = {}
+    seen = SeenIds("id")
+    for line, row in read_csv_records(table, [TRANSCRIPT_ID_COLUMNS, "transcript"], what="--transcripts CSV"):
+        where = f"{table}:{line}"
+        file_id = next(row[column] for column in TRANSCRIPT_ID_COLUMNS if column in row)
+        if not file_id:
+            raise SertoolError(f"{where}: the id is empty; name the file each transcript belongs to")
+        seen.refuse_repeat(file_id, where, fix="keep one transcript per file")
+        text = " ".join(row["transcript"].split())
+        if text:
+            rows[file_id] = text
+            ids_by_name.setdefault(Path(file_id).name, []).append(file_id)
+    texts: dict[str, str] = {}
+    claimed: dict[str, str] = {}
+    for utt in utterances:
+        candidates = [utt.id] if utt.id in rows else ids_by_name.get(Path(utt.id).name, [])
+        if len(candidates) > 1:
+            raise SertoolError(f"--transcripts {table}: the rows of {', '.join(map(quoted, candidates))} all match "
+                               f"{quoted(utt.id)} by file name; give its row the id {quoted(utt.id)}")
+        if candidates:
+            _claim(claimed, candidates[0], utt.id, table)
+            texts[utt.id] = rows[candidates[0]]
+    return texts
+
+
+def _claim(claimed: dict[str, str], transcript: str, utt_id: str, source: Path) -> None:
+    """Record that ``transcript`` goes to ``utt_id``, refusing a second utterance for it."""
+    owner = claimed.setdefault(transcript, utt_id)
+    if owner != utt_id:
+        raise SertoolError(f"--transcripts {source}: {quoted(transcript)} matches both {quoted(owner)} and "
+                           f"{quoted(utt_id)}; give a --transcripts CSV with one row per id")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -19,19 +19,18 @@ reads it too; the other columns appear only when they carry something:
 """
 from __future__ import annotations
 
-import csv
 import math
 from collections import Counter
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TextIO
+from typing import TextIO
 
 import numpy as np
 
 from sertool.data.records import ATTRIBUTE_COLUMNS, ATTRIBUTES, LABEL_MAX, LABEL_MIN
 from sertool.errors import SertoolError
-from sertool.io import read_csv_records
+from sertool.io import SeenIds, csv_text, read_csv_records
 
 ID_COLUMN = "FileName"
 VALUE_COLUMNS: tuple[str, ...] = tuple(ATTRIBUTE_COLUMNS[name] for name in ATTRIBUTES)  # EmoAct, EmoVal, EmoDom
@@ -171,12 +170,13 @@ def write_predictions(predictions: Predictions, handle: TextIO, *, labels: np.nd
         where: how an error names the destination (the file's path).
 
     Raises:
-        SertoolError: a value is not finite (before anything is written).
+        SertoolError: a value is not finite, or an id cannot be a CSV field (``sertool.io.csv_text``); nothing
+            is written then.
     """
     if labels is not None:
         labels = _as_rows(labels, len(predictions), "labels")
     check_finite(predictions, where)
-    _write_csv_rows(handle, predictions, labels)
+    handle.write(csv_text(*_csv_table(predictions, labels), destination=where))
 
 
 def read_predictions(path: str | Path) -> Predictions:
@@ -261,7 +261,8 @@ def segments_by_id(segments: Sequence[Segment]) -> dict[str, list[Segment]]:
     return grouped
 
 
-def _write_csv_rows(handle: IO[str], predictions: Predictions, labels: np.ndarray | None) -> None:
+def _csv_table(predictions: Predictions, labels: np.ndarray | None) -> tuple[list[str], list[list[str]]]:
+    """The header and rows of the predictions CSV (format in the module docstring)."""
     has_segments = bool(predictions.segments)
     header = [ID_COLUMN, *VALUE_COLUMNS]
     if predictions.spread is not None:
@@ -273,8 +274,7 @@ def _write_csv_rows(handle: IO[str], predictions: Predictions, labels: np.ndarra
     # Columns a segment row leaves empty: spread and true values belong to whole files.
     empty_per_segment = len(header) - 1 - len(VALUE_COLUMNS) - len(SEGMENT_COLUMNS)
     segments_of = segments_by_id(predictions.segments)
-    writer = csv.writer(handle, lineterminator="\n")
-    writer.writerow(header)
+    rows = []
     for row, name in enumerate(predictions.ids):
         cells = [name, *map(format_value, predictions.values[row])]
         if predictions.spread is not None:
@@ -283,16 +283,17 @@ def _write_csv_rows(handle: IO[str], predictions: Predictions, labels: np.ndarra
             cells += map(format_value, labels[row])
         if has_segments:
             cells += ["", ""]
-        writer.writerow(cells)
+        rows.append(cells)
         for segment in segments_of.get(name, []):
-            writer.writerow([name, *map(format_value, segment.values), *[""] * empty_per_segment,
-                             format_value(segment.start_s), format_value(segment.end_s)])
+            rows.append([name, *map(format_value, segment.values), *[""] * empty_per_segment,
+                         format_value(segment.start_s), format_value(segment.end_s)])
+    return header, rows
 
 
 def _parse_csv(records: Iterator[tuple[int, dict[str, str]]], path: Path) -> tuple[Predictions, np.ndarray | None]:
     has_spread = has_labels = has_segments = None
     ids: list[str] = []
-    first_line: dict[str, int] = {}
+    seen = SeenIds(ID_COLUMN)
     values, spread, labels, segments = [], [], [], []
     for line, record in records:
         where = f"{path}:{line}"
@@ -304,10 +305,7 @@ def _parse_csv(records: Iterator[tuple[int, dict[str, str]]], path: Path) -> tup
         if has_segments and any((record.get(column) or "").strip() for column in SEGMENT_COLUMNS):
             segments.append((_segment(record, name, row_values, where), where))
             continue
-        if name in first_line:
-            raise SertoolError(f"{where}: {ID_COLUMN} {name} repeats line {first_line[name]}; "
-                               "keep one row per file")
-        first_line[name] = line
+        seen.refuse_repeat(name, where, fix="keep one row per file")
         ids.append(name)
         values.append(row_values)
         if has_spread:
@@ -316,8 +314,9 @@ def _parse_csv(records: Iterator[tuple[int, dict[str, str]]], path: Path) -> tup
             labels.append(_numbers(record, TRUE_COLUMNS, where))
     if not ids:
         raise SertoolError(f"{path}: no prediction rows below the header")
+    known = set(ids)
     for segment, where in segments:
-        if segment.id not in first_line:
+        if segment.id not in known:
             raise SertoolError(f"{where}: segment row of {segment.id}, which has no whole-file row")
     predictions = Predictions(
         ids=ids,
@@ -329,7 +328,7 @@ def _parse_csv(records: Iterator[tuple[int, dict[str, str]]], path: Path) -> tup
 
 
 def _row_id(record: dict[str, str], where: str) -> str:
-    name = (record.get(ID_COLUMN) or "").strip()
+    name = record.get(ID_COLUMN) or ""  # as read: a quoted id keeps its spaces
     if not name:
         raise SertoolError(f"{where}: {ID_COLUMN} is empty")
     return name

@@ -15,7 +15,14 @@ from sertool.data.selection import HeldOut, held_out
 from sertool.errors import SertoolError
 from sertool.guards.outputs import OutputPlan
 from sertool.hub import is_repo_id
-from sertool.inference.ensemble import EnsemblePlan, apply_plan, mean_plan, select_per_attribute, write_plan
+from sertool.inference.ensemble import (
+    EnsemblePlan,
+    apply_plan,
+    mean_plan,
+    refuse_repeated_members,
+    select_per_attribute,
+    write_plan,
+)
 from sertool.inference.inputs import (
     WindowMerger,
     attach_transcripts,
@@ -300,8 +307,9 @@ def ensemble(member_paths: Sequence[str | Path], utterances: Sequence[Utterance]
     has_labels = all(utt.has_labels for utt in utterances)
     _check_ensemble_request(len(member_paths), split=split, weights=weights, per_attribute=per_attribute,
                             scores_needed=(scores is not None or require_scores) and not has_labels)
-    predictors = [open_predictor(path, options) for path in member_paths]
     names = [_member_name(path, save) for path in member_paths]
+    refuse_repeated_members(names, [str(path) for path in member_paths])
+    predictors = [open_predictor(path, options) for path in member_paths]
     trained_on = union_of_training_ids(predictors)
     member_outputs = [predictor.predict(utterances) for predictor in predictors]
     members = [output.predictions for output in member_outputs]

@@ -17,7 +17,6 @@ an order::
 """
 from __future__ import annotations
 
-import csv
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -40,7 +39,7 @@ from sertool.inference.predictions import (
     segments_by_id,
     write_predictions,
 )
-from sertool.io import load_json
+from sertool.io import SeenIds, csv_text, load_json
 
 Writer = Callable[..., None]
 
@@ -90,15 +89,15 @@ def read_json(path: str | Path) -> Predictions:
     entries = document.get("predictions") if isinstance(document, dict) else None
     if not isinstance(entries, list) or not entries:
         raise SertoolError(f"{path}: expected an object with a non-empty \"predictions\" list")
-    first_index: dict[str, int] = {}
+    ids: list[str] = []
+    seen = SeenIds("id")
     values, spread, segments = [], [], []
     for index, entry in enumerate(entries):
         where = f"{path}: predictions[{index}]"
         if not isinstance(entry, dict) or not isinstance(entry.get("id"), str) or not entry["id"]:
             raise SertoolError(f"{where}: needs an \"id\" string")
-        if entry["id"] in first_index:
-            raise SertoolError(f"{where}: id {entry['id']} repeats predictions[{first_index[entry['id']]}]")
-        first_index[entry["id"]] = index
+        seen.refuse_repeat(entry["id"], where, fix="keep one entry per file")
+        ids.append(entry["id"])
         values.append(_attribute_values(entry, where))
         if "spread" in entry:
             spread.append(_attribute_values(entry["spread"], f"{where}.spread"))
@@ -109,10 +108,10 @@ def read_json(path: str | Path) -> Predictions:
                 raise SertoolError(f"{segment_where}: start_s={start_s:g}, end_s={end_s:g} is not a span "
                                    "(need 0 <= start_s < end_s)")
             segments.append(Segment(entry["id"], start_s, end_s, tuple(_attribute_values(item, segment_where))))
-    if spread and len(spread) != len(first_index):
-        raise SertoolError(f"{path}: \"spread\" is on {len(spread)} of {len(first_index)} entries; "
+    if spread and len(spread) != len(ids):
+        raise SertoolError(f"{path}: \"spread\" is on {len(spread)} of {len(ids)} entries; "
                            "give it on all or none")
-    return Predictions(ids=list(first_index), values=np.array(values), spread=np.array(spread) if spread else None,
+    return Predictions(ids=ids, values=np.array(values), spread=np.array(spread) if spread else None,
                        segments=segments)
 
 
@@ -160,8 +159,8 @@ def write_submission(outputs: OutputPlan, path: Path, predictions: Predictions, 
             ``predictions`` holds.
 
     Raises:
-        SertoolError: a value is not finite, or files are missing or extra relative to ``expected_ids``
-            (listing a few of each).
+        SertoolError: a value is not finite, an id cannot be a CSV field (``sertool.io.csv_text``), or files
+            are missing or extra relative to ``expected_ids`` (listing a few of each).
     """
     check_finite(predictions, path)
     if expected_ids is not None:
@@ -178,11 +177,10 @@ def write_submission(outputs: OutputPlan, path: Path, predictions: Predictions, 
                                + "; ".join(problems))
     order = sorted(range(len(predictions)), key=lambda row: predictions.ids[row])
     clipped = np.clip(predictions.values, LABEL_MIN, LABEL_MAX)
+    text = csv_text((ID_COLUMN, *VALUE_COLUMNS), ([predictions.ids[row], *map(format_value, clipped[row])]
+                                                  for row in order), destination=path)
     with outputs.writing(path, newline="") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow((ID_COLUMN, *VALUE_COLUMNS))
-        for row in order:
-            writer.writerow((predictions.ids[row], *map(format_value, clipped[row])))
+        handle.write(text)
 
 
 def _by_attribute(row: Sequence[float]) -> dict[str, float]:

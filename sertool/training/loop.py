@@ -56,7 +56,7 @@ from sertool.data.dataset import Batch, UtteranceDataset, collate
 from sertool.data.frame_cache import CachedFrames
 from sertool.data.records import ATTRIBUTES, NO_CLASS_CODES, Utterance
 from sertool.data.rows import AUDIO_PROBLEMS
-from sertool.data.selection import select
+from sertool.data.selection import require_enough_labels, select
 from sertool.data.transcripts import fill_transcripts
 from sertool.errors import SertoolError
 from sertool.guards.outputs import OutputPlan, append_text, atomic_write
@@ -331,6 +331,7 @@ class _Run:
         selection = select(corpus.utterances, train_split=config.data.train_split, valid_split=config.data.valid_split,
                            train_ox=config.data.train_ox, dev_ox_to_train=config.data.dev_ox_to_train,
                            seed=config.seed)
+        require_enough_labels(selection, train_split=config.data.train_split, valid_split=config.data.valid_split)
         self.train_set, self.valid_set = selection.train, selection.valid
         self.training_ids = sorted(utt.id for utt in self.train_set)
         self.selection_summary = selection.describe()

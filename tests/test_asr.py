@@ -20,6 +20,7 @@ from sertool.data.transcripts import (
     fill_transcripts,
 )
 from sertool.errors import SertoolError
+from tests.cases import case
 from tests.corpus_files import write_tone
 from tests.tiny_asr import save_tiny_asr
 from tests.tiny_speech import save_tiny_wavlm, save_tiny_whisper
@@ -199,6 +200,8 @@ def test_fill_transcripts_fills_only_missing_ones(
     assert len(list((tmp_path / TRANSCRIPT_CACHE_SUBDIR / transcriber.cache_key).glob("*.jsonl"))) == 1
 
 
+@case("inference", "an MM model predicting a long file without transcripts",
+      "ASR transcribes each window from its own span (cached per file digest and span), never the whole file")
 def test_windows_of_a_long_file_are_transcribed_each_from_its_own_span(tmp_path: Path, asr_folder: Path) -> None:
     import soundfile as sf
 

@@ -13,6 +13,7 @@ from sertool.cli import cli
 from sertool.config import ModelConfig
 from sertool.errors import SertoolError
 from sertool.models.ser_model import SERModel
+from tests.cases import case
 from tests.corpus_files import write_learnable_corpus
 from tests.tiny_speech import save_tiny_whisper
 
@@ -36,6 +37,8 @@ def _malicious_checkpoint(tmp_path: Path) -> tuple[Path, Path]:
     return path, payload.marker
 
 
+@case("checkpoints", "a `.pt` with a pickle payload given to evaluate, predict, ensemble, `train --resume`",
+      "refused, payload never runs")
 def test_a_pickle_payload_is_refused_by_every_command_without_running(tmp_path):
     path, marker = _malicious_checkpoint(tmp_path)
     corpus = write_learnable_corpus(tmp_path / "corpus", per_split={"Train": 4, "Development": 4})
@@ -56,6 +59,8 @@ def test_a_pickle_payload_is_refused_by_every_command_without_running(tmp_path):
     assert not marker.exists()
 
 
+@case("checkpoints", "a damaged or foreign `.pt`",
+      "\"not a readable checkpoint\" / \"not a sertool checkpoint\"")
 def test_garbage_and_foreign_files_are_clear_errors(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(SertoolError, match="not a readable checkpoint"):
@@ -98,6 +103,8 @@ def test_a_mismatched_checkpoint_is_refused(tmp_path):
         load_stored_state(small, stored_state(other), source="other.pt")
 
 
+@case("guards", "full disk on write",
+      "one line naming the file; the previous file unchanged, no temp file left")
 def test_a_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     path = tmp_path / "best.pt"
     save_checkpoint({"model_state": {"w": torch.ones(3)}}, path)

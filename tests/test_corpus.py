@@ -12,6 +12,7 @@ from sertool.data.importer import import_metadata, speaker_disjoint_split
 from sertool.data.manifest import read_manifest, write_manifest
 from sertool.data.records import Utterance
 from sertool.errors import SertoolError
+from tests.cases import case
 from tests.corpus_files import commit, write_msp_corpus, write_tone
 
 GOOD = ["MSP-PODCAST_0001_0001.wav", "N", "2.2", "4.0", "2.6", "30", "Male", "Train"]
@@ -44,6 +45,8 @@ def test_unknown_split_name_is_a_clear_error(tiny_msp):
         open_corpus(tiny_msp).split("Test2")
 
 
+@case("data", "missing audio file, unknown split, missing label, missing file name",
+      "row dropped, line named")
 @pytest.mark.parametrize(
     ("row", "reason"),
     [
@@ -67,6 +70,8 @@ def test_bad_rows_are_dropped_naming_file_and_line(tmp_path, row, reason):
     assert corpus.report.summary().startswith(f"dropped 1 row ({1} {reason})")
 
 
+@case("data", "empty (0-sample) file",
+      "row dropped: \"empty audio\"")
 def test_missing_unreadable_empty_audio_and_duplicates(tmp_path):
     rows = [GOOD, [*GOOD[:1], "H", *GOOD[2:]]] + [
         [f"MSP-PODCAST_0005_000{i}.wav", "N", "2.0", "4.0", "2.6", "30", "Male", "Train"] for i in range(1, 4)

@@ -62,6 +62,8 @@ def test_exported_folder_predicts_and_evaluates_exactly_like_its_run(run_dir, co
     assert (tmp_path / "run-dev.csv").read_bytes() == (tmp_path / "folder-dev.csv").read_bytes()
 
 
+@case("checkpoints", "a model folder holding a pickle payload, a `.py` file and an `auto_map`",
+      "both ignored, nothing unpickled or imported")
 def test_the_folder_holds_no_pickle_and_loading_it_runs_no_code(run_dir, tmp_path, monkeypatch):
     folder = export_model(run_dir, tmp_path / "model").folder
     reference = load_checkpoint(run_dir)
@@ -128,6 +130,8 @@ def test_existing_model_files_are_kept_without_force(run_dir, tmp_path):
     assert (folder / "model.safetensors").read_bytes() != before  # a new export id
 
 
+@case("checkpoints", "a model folder whose two files come from different exports, a damaged `model.safetensors`",
+      "refused in one line")
 def test_files_of_two_exports_are_not_mixed(run_dir, tmp_path):
     first = export_model(run_dir, tmp_path / "a").folder
     second = export_model(run_dir, tmp_path / "b").folder

@@ -2,8 +2,8 @@
 non-finite numbers, broken checkpoints and ensembles.
 
 Each case ends as one clear line naming the file, row or flag, or as correct behaviour: never a traceback,
-never exit 0 with garbage, never a lost or mixed file. docs/reliability.md ("Data and inference") lists
-every case with its test; keep the two in step.
+never exit 0 with garbage, never a lost or mixed file. Each test carries its cases as `@case` markers
+(tests/cases.py), from which docs/reliability.md's tables are generated (scripts/reliability_table.py).
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import soundfile as sf
 from sertool.data.corpus import open_corpus
 from sertool.errors import SertoolError
 from sertool.inference.predictions import read_predictions
+from tests.cases import case
 from tests.corpus_files import write_learnable_corpus, write_tone
 from tests.test_reliability import one_line_error, run
 
@@ -39,6 +40,9 @@ def corpus(tmp_path) -> Path:
     return write_learnable_corpus(tmp_path / "c", per_split={"Train": 24, "Development": 12, "Test1": 10})
 
 
+@case("data", "one stray `\"` in a labels CSV row",
+      "that row dropped as `damaged row` (\"opens a quote … never closed\"), its line named; every other row kept "
+      "(before: 46 rows merged into one field, Train 24 → 2, \"dropped 1 row\")")
 def test_a_stray_quote_damages_only_its_own_row(corpus):
     before = _split_counts(corpus)
     labels = _labels(corpus)
@@ -55,6 +59,8 @@ def test_a_stray_quote_damages_only_its_own_row(corpus):
     assert opened.report.summary() == "dropped 1 row (1 damaged row)"
 
 
+@case("data", "a CSV line with an extra or a missing field, a NUL byte, a 200 kB field",
+      "that line dropped as `damaged row`, naming the line and what is wrong; the rest kept")
 @pytest.mark.parametrize(("line", "detail"), [
     ("MSP-PODCAST_0099_0001.wav,N,2.0,3.0,4.0,9,Male,Train,extra", "has 9 fields where the header has 8"),
     ("MSP-PODCAST_0099_0001.wav,N,2.0,3.0,4.0,9,Male", "has 7 fields where the header has 8"),
@@ -72,6 +78,8 @@ def test_damaged_lines_are_dropped_with_their_line_and_the_rest_is_kept(corpus, 
     assert problem.where == f"{labels}:4" and detail in problem.detail
 
 
+@case("data", "a UTF-8 byte-order mark and CRLF line ends",
+      "read like plain lines")
 def test_bom_and_crlf_line_ends_read_like_plain_lines(corpus):
     before = _split_counts(corpus)
     labels = _labels(corpus)
@@ -80,6 +88,8 @@ def test_bom_and_crlf_line_ends_read_like_plain_lines(corpus):
     assert _split_counts(corpus) == before and not open_corpus(corpus).report.dropped
 
 
+@case("data", "a column named twice, an empty file, a damaged header",
+      "the file refused: one line naming it and the column / the header")
 @pytest.mark.parametrize(("content", "message"), [
     ("FileName,EmoClass,EmoAct,EmoVal,EmoDom,SpkrID,Gender,Split_Set,EmoAct\n", "EmoAct appear more than once"),
     ("", "is empty (no header row)"),
@@ -91,6 +101,8 @@ def test_a_damaged_header_refuses_the_file(corpus, content, message):
     assert "labels_consensus.csv" in line and message in line
 
 
+@case("data", "a UTF-16 labels file",
+      "\"is not UTF-8 text … save it as UTF-8\"")
 def test_a_utf16_labels_file_is_named_as_not_utf8(corpus):
     labels = _labels(corpus)
     labels.write_bytes(labels.read_text().encode("utf-16"))
@@ -98,6 +110,8 @@ def test_a_utf16_labels_file_is_named_as_not_utf8(corpus):
     assert "labels_consensus.csv: the labels file is not UTF-8 text" in line
 
 
+@case("data", "a stray quote in a manifest or a `data manifest` metadata CSV",
+      "only that line dropped")
 def test_manifests_and_metadata_drop_only_the_damaged_line(tmp_path):
     for name in ("a", "b", "c"):
         write_tone(tmp_path / f"{name}.wav", duration_s=0.5)
@@ -116,6 +130,8 @@ def test_manifests_and_metadata_drop_only_the_damaged_line(tmp_path):
     assert [utt.id for utt in open_corpus(tmp_path / "out.csv").utterances] == ["a.wav", "c.wav"]
 
 
+@case("data", "a stray quote in a predictions CSV or a `--transcripts` CSV",
+      "refused at that line, naming it; quoted fields with commas and `\"\"` read correctly")
 def test_predictions_and_transcripts_csvs_refuse_a_damaged_line_naming_it(tmp_path):
     predictions = tmp_path / "p.csv"
     predictions.write_text('FileName,EmoAct,EmoVal,EmoDom\na.wav,3,4,5\n"b.wav,3,4,5\nc.wav,3,4,5\n')
@@ -158,6 +174,10 @@ def _varying(path: Path, *, duration_s: float, sample_rate: int = 16_000, seed: 
     return sf.read(str(path), dtype="int16")[0]
 
 
+@case("inference", "a long file given to `predict`",
+      "every window reads only its span: each window's values equal those of its span cut out as a file of its own, "
+      "and the file's row is their duration-weighted mean (before: the first window read the whole file, so it "
+      "equalled the file's row and the file's row was wrong)")
 def test_each_window_equals_its_span_cut_out_as_its_own_file(run_dir, tmp_path):
     from tests.test_windows import per_sample_reference
 
@@ -179,6 +199,9 @@ def test_each_window_equals_its_span_cut_out_as_its_own_file(run_dir, tmp_path):
     assert np.abs(segment_values[0] - long.values[0]).max() > 1e-3  # the first window is not the whole file
 
 
+@case("inference", "memory of `predict` on long files",
+      "no read longer than a window; pieces stream through the model in chunks, with the same result as in one go; 3 h "
+      "vs 3 min peak RSS 1.17×, 482 MB (`make bench`, benchmark 8; before: 4.2 GB for 10 minutes)")
 def test_windows_read_only_their_span_and_predict_streams_in_chunks(run_dir, tmp_path, monkeypatch):
     from sertool.data import audio
     from sertool.inference import workflows
@@ -211,6 +234,9 @@ def _write_tone_scaled(path: Path, scale: float, *, duration_s: float = 1.0) -> 
     sf.write(str(path), (0.3 * np.sin(2 * np.pi * 220 * t) * scale).astype(np.float32), 16_000, subtype="FLOAT")
 
 
+@case("values", "a float WAV with samples ×1e30",
+      "refused when read, in every command (\"samples reach 3e+29, over 100× full scale … divide it by its peak\"); a "
+      "float file at 4× full scale is read (before: NaN predictions, exit 0)")
 def test_absurd_float_amplitudes_are_refused_by_the_audio_reader(run_dir, tmp_path):
     from sertool.data.audio import load_audio
 
@@ -225,6 +251,9 @@ def test_absurd_float_amplitudes_are_refused_by_the_audio_reader(run_dir, tmp_pa
     assert np.isfinite([float(v) for v in result.stdout.splitlines()[1].split(",")[1:]]).all()
 
 
+@case("values", "a checkpoint whose weights are NaN, given to `predict` or `evaluate`",
+      "stops at the first batch: \"the model's prediction for ID is not finite … a training that diverged\", naming "
+      "the file (`run_model`'s `require_finite`, shared with validation)")
 def test_a_model_with_non_finite_weights_is_refused_naming_the_input(run_dir, tmp_path):
     import torch
 
@@ -260,6 +289,10 @@ def _ids(corpus: Path, split: str = "Development") -> list[str]:
     return [utt.id for utt in open_corpus(corpus).split(split)]
 
 
+@case("values", "ensemble weights `1e308,1e308`; `inf`, `nan`, negative or all-zero weights",
+      "weights scaled by the largest before normalising: the plain mean (before: every prediction 0, a submission of "
+      "1.0s); `inf`, `nan` and negative weights refused by the flag's check, all-zero ones by the ensemble plan, each "
+      "naming `--weights`")
 def test_huge_ensemble_weights_give_the_weighted_mean(labelled_corpus, tmp_path):
     from sertool.inference.ensemble import mean_plan
 
@@ -279,6 +312,8 @@ def test_huge_ensemble_weights_give_the_weighted_mean(labelled_corpus, tmp_path)
         mean_plan(["a", "b"], [float("inf"), 1.0])  # the library checks as well as the flag
 
 
+@case("values", "NaN or infinity in a value, a spread or a segment about to be written",
+      "nothing written (CSV, JSON, stream, submission), the file and ids named")
 def test_no_predictions_file_or_stream_holds_a_non_finite_value(tmp_path):
     import io
 
@@ -310,6 +345,8 @@ def test_no_predictions_file_or_stream_holds_a_non_finite_value(tmp_path):
 # ---------------------------------------------------------------------------------------------------------
 # Hostile names and paths; things that are not checkpoints; ensembles that include themselves; caches.
 
+@case("inference", "a folder given to `predict` holding a file whose name is not valid UTF-8",
+      "every file predicted; that one under an id with `\\xNN` escapes (before: UnicodeEncodeError, nothing predicted)")
 def test_a_file_name_that_is_not_utf8_is_predicted_under_an_escaped_id(run_dir, tmp_path):
     import os
 
@@ -324,6 +361,10 @@ def test_a_file_name_that_is_not_utf8_is_predicted_under_an_escaped_id(run_dir, 
     assert submission.read_bytes().decode("utf-8").splitlines()[1].startswith("caf\\xe9.wav,")
 
 
+@case("checkpoints", "a 0-byte `.pt`, a WAV, a text file, a foreign dict, a sertool-format dict without a config, "
+      "given as a checkpoint or an ensemble member",
+      "one line naming the file and what it is (\"an empty file\", \"an audio file\", \"not a sertool checkpoint\", "
+      "\"it has no config\"; before: IndexError / KeyError)")
 @pytest.mark.parametrize("kind", ["empty", "wav", "text", "foreign dict", "no config"])
 def test_things_that_are_not_checkpoints_are_named_as_such(run_dir, tmp_path, kind):
     import torch
@@ -350,6 +391,9 @@ def test_things_that_are_not_checkpoints_are_named_as_such(run_dir, tmp_path, ki
     assert "clip.wav: not a readable checkpoint (an audio file" in line
 
 
+@case("inference", "an ensemble JSON that lists itself, or two that list each other",
+      "\"an ensemble that includes itself (a.json → b.json → a.json)\" from `predict`, `evaluate` and `ensemble` "
+      "(before: RecursionError)")
 def test_an_ensemble_that_includes_itself_is_refused_naming_the_chain(run_dir, tmp_path):
     import json
 
@@ -387,6 +431,9 @@ def mm_run(tmp_path_factory) -> Path:
     return folder / "mm"
 
 
+@case("inference", "`HOME` that cannot hold `~/.cache`, a `--cache-dir` that is a file, with an MM model; an ASR cache "
+      "there",
+      "one warning naming the folder, the same predictions, computed in memory (before: a traceback)")
 def test_an_unwritable_cache_is_a_warning_and_predictions_are_unchanged(mm_run, tmp_path, monkeypatch, caplog):
     from sertool.data.audio import load_audio
     from sertool.data.transcripts import Transcriber, TranscriptCache
@@ -411,6 +458,9 @@ def test_an_unwritable_cache_is_a_warning_and_predictions_are_unchanged(mm_run, 
     assert cache.get([tmp_path / "clip.wav"]) == transcriber.transcribe([load_audio(tmp_path / "clip.wav")])
 
 
+@case("inference", "an MM model predicting a long file streamed in chunks",
+      "the ASR model is built and its weights loaded once, and the text-embedding cache files read once, for all "
+      "chunks (without keeping them in the predictor: once per chunk, i.e. Whisper's 3 GB per chunk)")
 def test_a_streamed_mm_prediction_loads_asr_once_and_keeps_its_caches(mm_run, tmp_path, monkeypatch):
     from sertool.data import transcripts as asr
     from sertool.data import vector_codec
@@ -440,6 +490,9 @@ def test_a_streamed_mm_prediction_loads_asr_once_and_keeps_its_caches(mm_run, tm
 # ---------------------------------------------------------------------------------------------------------
 # Ensemble members on different scales.
 
+@case("values", "an ensemble member (or a predictions CSV given as `CKPT`) on 0..1 or 0..100",
+      "refused, naming the member, the attribute, its median and range (rule: a median outside 1..7); a member "
+      "overshooting to 0.6 or 7.4 is accepted (before: averaged with the 1..7 members without a word)")
 def test_a_member_on_another_scale_is_refused_naming_it(labelled_corpus, tmp_path):
     ids = _ids(labelled_corpus)
     values = np.random.default_rng(0).uniform(1.5, 6.5, size=(len(ids), 3))
@@ -459,6 +512,11 @@ def test_a_member_on_another_scale_is_refused_naming_it(labelled_corpus, tmp_pat
 # ---------------------------------------------------------------------------------------------------------
 # make demo keeps every file it announces.
 
+@case("inference", "`make demo`",
+      "every file it builds and announces is kept: `.SECONDARY:` (no target is a disposable intermediate) and the "
+      "ensemble depends on both checkpoints (before: its last line was `rm demo/runs/*/best.pt`, and "
+      "`demo/ensemble.json` then failed) (the test reads `make -n`; also shown by a real `make demo` then `sertool "
+      "predict demo/ensemble.json`)")
 def test_make_demo_deletes_nothing_it_builds_or_announces(tmp_path):
     import shutil
     import subprocess
@@ -502,6 +560,11 @@ def _predict_folder(run_dir: Path, folder: Path, out: Path, *extra) -> dict[str,
     return dict(zip(table.ids, table.values, strict=True))
 
 
+@case("data", "the same samples as 24- and 32-bit PCM, float32, float64, FLAC, 6 identical channels, FLAC data in a "
+      "`.wav`",
+      "the same predictions as 16-bit PCM (within 1e-5)")
+@case("data", "8-bit unsigned PCM, IMA and MS ADPCM, µ-law, A-law, Ogg Vorbis",
+      "decoded, finite predictions near the PCM ones")
 def test_exotic_encodings_predict_like_plain_pcm(run_dir, tmp_path):
     samples = _int16_tone()
     folder = tmp_path / "in"
@@ -521,6 +584,11 @@ def test_exotic_encodings_predict_like_plain_pcm(run_dir, tmp_path):
         assert np.abs(values[lossy] - reference).max() < 1.0, lossy  # decoded, finite, near
 
 
+@case("data", "11,025 Hz mono, 44.1 kHz stereo, 384 kHz",
+      "resampled and predicted")
+@case("data", "a header that says 1 Hz (16,000 samples made 4.4 hours to resample: `predict` ran for minutes)",
+      "\"its header gives a sample rate of 1 Hz, outside the 4,000–384,000 Hz of speech recordings\"; in a corpus the "
+      "row is dropped as unreadable audio")
 def test_odd_and_damaged_sample_rates(run_dir, tmp_path):
     folder = tmp_path / "in"
     folder.mkdir()
@@ -534,6 +602,11 @@ def test_odd_and_damaged_sample_rates(run_dir, tmp_path):
     assert "one_hz.wav: its header gives a sample rate of 1 Hz" in line
 
 
+@case("data", "a WAV header with 0 channels",
+      "\"not a readable audio file (Channel count is zero.)\" (libsndfile's own words, without the path twice as "
+      "bytes)")
+@case("data", "a WAV whose data chunk claims 1 GB",
+      "the samples that are there are read: the same prediction as the intact file")
 def test_headers_that_lie(run_dir, tmp_path):
     import struct
 
@@ -554,6 +627,8 @@ def test_headers_that_lie(run_dir, tmp_path):
     np.testing.assert_allclose(values["oversized.wav"], values["good.wav"], atol=1e-6)  # read what is there
 
 
+@case("values", "silence, a DC offset, a full-scale square wave",
+      "finite predictions")
 def test_silence_and_a_constant_signal_give_finite_predictions(run_dir, tmp_path):
     folder = tmp_path / "in"
     folder.mkdir()
@@ -564,6 +639,8 @@ def test_silence_and_a_constant_signal_give_finite_predictions(run_dir, tmp_path
                                                                             "silence.wav"]
 
 
+@case("inference", "a text file named `.wav` in a folder given to `predict`",
+      "one line naming it (\"Format not recognised\"); `--out` not written")
 def test_a_non_audio_file_in_a_folder_is_named_and_nothing_is_written(run_dir, tmp_path):
     folder = tmp_path / "in"
     write_tone(folder / "a.wav", duration_s=1.0)
@@ -574,6 +651,8 @@ def test_a_non_audio_file_in_a_folder_is_named_and_nothing_is_written(run_dir, t
     assert not out.exists()
 
 
+@case("inference", "spaces, accents and CJK in names, a folder named `dir.wav`, a linked folder, a link loop",
+      "every file predicted once under its path below the folder; the walk ends; manifests read the same names")
 def test_hostile_paths_spaces_unicode_folders_named_wav_and_link_loops(run_dir, tmp_path):
     import os
 
@@ -591,6 +670,8 @@ def test_hostile_paths_spaces_unicode_folders_named_wav_and_link_loops(run_dir, 
     assert [utt.id for utt in open_corpus(manifest).utterances] == ["a b.wav", "ünï cødé — 声.wav"]
 
 
+@case("inference", "a `.wav` link to nowhere in a folder",
+      "\"a link to a file that does not exist\", naming it (before: silently left out)")
 def test_a_dangling_audio_link_is_named(run_dir, tmp_path):
     import os
 
@@ -601,6 +682,9 @@ def test_a_dangling_audio_link_is_named(run_dir, tmp_path):
     assert "dangling.wav: a link to a file that does not exist" in line
 
 
+@case("inference", "`--split` that does not exist (`Validation`, `train`), for `predict`, `evaluate`, `ensemble`; a "
+      "split whose every clip is empty",
+      "one line listing the splits the corpus has")
 def test_a_split_that_does_not_exist_or_lost_all_its_rows(run_dir, tmp_path):
     import shutil
 
@@ -617,6 +701,8 @@ def test_a_split_that_does_not_exist_or_lost_all_its_rows(run_dir, tmp_path):
     assert "--split Development" in line and "it has Train" in line
 
 
+@case("inference", "a manifest with a repeated id, given to `predict`",
+      "the repeat dropped and named (line 3), the rest predicted; with `--submission` refused, nothing written")
 def test_duplicated_ids_in_a_manifest_predict_once_and_block_a_submission(run_dir, tmp_path):
     write_tone(tmp_path / "a.wav", duration_s=1.0)
     write_tone(tmp_path / "b.wav", duration_s=1.2)
@@ -630,6 +716,8 @@ def test_duplicated_ids_in_a_manifest_predict_once_and_block_a_submission(run_di
     assert "m.csv:3" in line and "duplicate id" in line and not (tmp_path / "s.csv").exists()
 
 
+@case("inference", "a predictions CSV used as a model that lacks a file / has extra files",
+      "\"no prediction for 1 of 4 files: ID\"; extra rows are ignored and the split's rows scored")
 def test_predictions_csvs_with_missing_or_extra_ids_as_a_model(labelled_corpus, tmp_path):
     ids = _ids(labelled_corpus)
     values = np.random.default_rng(1).uniform(1.5, 6.5, size=(len(ids) + 2, 3))
@@ -643,6 +731,9 @@ def test_predictions_csvs_with_missing_or_extra_ids_as_a_model(labelled_corpus, 
     np.testing.assert_allclose(read_predictions(out).values, values[:len(ids)], atol=1e-6)  # the split's rows only
 
 
+@case("inference", "an ensemble plan with a byte-order mark and CRLF; truncated; naming a member that is gone",
+      "read as usual (before: \"Unexpected UTF-8 BOM\"); \"not a readable JSON ensemble plan\"; \"gone-run: no such "
+      "checkpoint\"")
 def test_an_ensemble_plan_with_a_bom_crlf_truncation_or_a_missing_member(run_dir, tmp_path):
     import json
 
@@ -663,6 +754,10 @@ def test_an_ensemble_plan_with_a_bom_crlf_truncation_or_a_missing_member(run_dir
     assert "gone-run: no such checkpoint" in line
 
 
+@case("inference", "`--submission` onto an existing folder with `--force`; `--out` in folders that do not exist; "
+      "`--out p.txt`; a too-short file with `--submission`",
+      "one line, the folder untouched; folders created; \"unknown output format 'txt'\"; refused before any "
+      "prediction, no submission written")
 def test_submission_and_output_edge_cases(run_dir, tmp_path):
     write_tone(tmp_path / "clip.wav", duration_s=1.0)
     (tmp_path / "taken").mkdir()
@@ -680,6 +775,8 @@ def test_submission_and_output_edge_cases(run_dir, tmp_path):
     assert "blip.wav" in line and not (tmp_path / "s.csv").exists()  # refused before any prediction
 
 
+@case("data", "a manifest row whose `path` is a folder",
+      "row dropped, \"not a file\"")
 def test_a_manifest_row_whose_path_is_a_folder_is_dropped_and_named(tmp_path):
     write_tone(tmp_path / "a.wav", duration_s=0.5)
     (tmp_path / "folder.wav").mkdir()
@@ -691,6 +788,8 @@ def test_a_manifest_row_whose_path_is_a_folder_is_dropped_and_named(tmp_path):
     assert problem.where == f"{manifest}:3" and "folder.wav: not a file" in problem.detail
 
 
+@case("inference", "files of exactly one window, shorter, and one sample longer",
+      "no segments for the first two; two windows for the last, the second end-aligned")
 def test_files_of_exactly_one_window_or_shorter_get_no_segments(run_dir, tmp_path):
     folder = tmp_path / "in"
     write_tone(folder / "exact.wav", duration_s=3.0)

@@ -2,7 +2,8 @@
 folders, full disks, hostile paths, and NaN / infinite / absurd numbers in configs, flags and data.
 
 Each case ends as one line naming the file, row or flag, or as correct behaviour: never a traceback, never
-exit 0 with garbage, never a lost or mixed file. docs/reliability.md lists them (### Training).
+exit 0 with garbage, never a lost or mixed file. Each test carries its cases as `@case` markers, from which
+docs/reliability.md's tables are generated (scripts/reliability_table.py).
 """
 from __future__ import annotations
 
@@ -119,6 +120,28 @@ def _environment() -> dict[str, str]:
 
 
 # ---- signals and kill -9 at every phase, then --resume -------------------------------------------------
+@case("training", "SIGINT while the corpus is read (before any checkpoint)",
+      "stops at once, exit 130, \"the run starts again from step 0. Continue with: sertool train --resume RUN_DIR\"; "
+      "`--resume` restarts from `config.yaml`")
+@case("training", "SIGTERM during the first optimiser step",
+      "the step finishes, `last.pt` is written, exit 143 with the resume command")
+@case("training", "`kill -9` right after the checkpoint of an epoch's last step (was: \"epoch 0 is finished\" on every "
+      "`--resume`)",
+      "resumes")
+@case("training", "SIGINT while `last.pt` is being written",
+      "the write completes, then the run stops (exit 130)")
+@case("training", "`kill -9` while `last.pt` is being written",
+      "the previous `last.pt` stays whole; `--resume` removes the temporary")
+@case("training", "SIGINT at the end of an epoch, before its validation (was: swallowed with a worker's traceback, "
+      "exit 0)",
+      "stops before validating, exit 130; the resumed run validates first")
+@case("training", "SIGTERM during validation",
+      "stops at once, exit 143; `last.pt` keeps the state before the validation")
+@case("training", "after all of the above, with a DataLoader worker getting every signal",
+      "no traceback from any process; final weights, validation history and `metrics.jsonl` equal an uninterrupted run "
+      "bit for bit")
+@case("training", "a folder left by `kill -9`, its `.lock` file still there",
+      "`--resume` is not blocked: the lock ended with the process (the test's `kill -9` stages)")
 def test_training_stop_at_every_phase_then_resume_equals_an_uninterrupted_run(corpus, straight, tmp_path):
     """One run folder, stopped in every phase by SIGINT (Ctrl-C to the process group), SIGTERM (a cluster) or
     SIGKILL, each time resumed; the loader uses a worker process, which gets the signals too. Every stop
@@ -153,6 +176,8 @@ def test_training_stop_at_every_phase_then_resume_equals_an_uninterrupted_run(co
     assert_same_run(run_dir, straight)
 
 
+@case("training", "SIGINT / SIGTERM through the CLI in-process",
+      "exit 130 / 143, \"RUN_DIR/last.pt holds step N\", the previous signal handlers put back")
 def test_training_stop_in_process_names_the_signal_and_exits_with_its_status(corpus, tmp_path, monkeypatch):
     """The same through the CLI in this process: SIGINT → 130, SIGTERM → 143, and the run folder resumes."""
     real_step = loop._Run._optimizer_step
@@ -178,6 +203,8 @@ def test_training_stop_in_process_names_the_signal_and_exits_with_its_status(cor
 
 
 # ---- concurrent commands on one run folder -------------------------------------------------------------
+@case("training", "a second `train --out`, `--out --force` or `--resume` on a folder in use",
+      "refused with one line naming the holder's pid and host; no file touched")
 def test_training_a_run_folder_in_use_is_refused_to_every_second_command(corpus, straight, tmp_path):
     """While one `train` holds the folder, a second --out (with or without --force) and a --resume refuse
     with one line and leave every file as it was."""
@@ -196,6 +223,8 @@ def test_training_a_run_folder_in_use_is_refused_to_every_second_command(corpus,
         {name: data for name, data in before.items() if name != ".lock"}
 
 
+@case("training", "two trainings started on one `--out` (was: both \"succeeded\", a mixed folder)",
+      "the second refuses; the first ends with one run's files")
 def test_training_two_trainings_into_one_folder_at_once_one_refuses(corpus, tmp_path):
     """Two real processes started on one --out: exactly one trains, the other refuses with one line."""
     run_dir = tmp_path / "shared"
@@ -297,6 +326,9 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
 
 
 # ---- damaged run folders --------------------------------------------------------------------------------
+@case("training", "`config.yaml` edited, deleted, or replaced by undecodable bytes before `--resume` (was: silently "
+      "ignored)",
+      "one warning line naming the keys (`train.epochs 9 (last.pt: 2)`), `config.yaml` rewritten to `last.pt`'s config")
 @pytest.mark.parametrize("damage", ["edited", "deleted", "utf16-garbage"])
 def test_training_config_yaml_other_than_last_pt_is_named_and_rewritten(finished, damage):
     """last.pt's config is the one --resume continues with; a config.yaml that says otherwise is named in
@@ -320,6 +352,8 @@ def test_training_config_yaml_other_than_last_pt_is_named_and_rewritten(finished
     assert path.read_text() == original
 
 
+@case("training", "`last.pt` truncated, a copy of `best.pt`, or with a damaged training state",
+      "one line naming it and the `--config RUN_DIR/config.yaml --out RUN_DIR --force` way to start over")
 @pytest.mark.parametrize("damage", ["truncated", "best-copy", "not-a-dict-state"])
 def test_training_damaged_last_pt_is_one_line_that_says_how_to_start_over(finished, damage):
     last = finished / "last.pt"
@@ -337,6 +371,8 @@ def test_training_damaged_last_pt_is_one_line_that_says_how_to_start_over(finish
         assert f"--config {finished / 'config.yaml'} --out {finished} --force" in line
 
 
+@case("training", "`metrics.jsonl` with binary garbage, non-record JSON and a torn line",
+      "`--resume` keeps the good records; the run equals an uninterrupted one")
 def test_training_damaged_metrics_jsonl_is_cleaned_on_resume(corpus, straight, tmp_path):
     """Binary garbage, JSON that is not a record, and a torn line in metrics.jsonl: resume keeps the good
     records and the run ends equal to an uninterrupted one."""
@@ -349,6 +385,8 @@ def test_training_damaged_metrics_jsonl_is_cleaned_on_resume(corpus, straight, t
     assert_same_run(run_dir, straight)
 
 
+@case("training", "disk full while `last.pt` is written",
+      "one line naming `last.pt`; the previous one whole, no temporary left")
 def test_training_disk_full_while_writing_last_pt_keeps_the_previous_one(finished, monkeypatch):
     """A full disk at a checkpoint: one line naming last.pt; the previous last.pt is whole and resumes."""
     state = load_checkpoint(finished, name="last.pt")
@@ -369,6 +407,8 @@ def test_training_disk_full_while_writing_last_pt_keeps_the_previous_one(finishe
     assert not [path.name for path in finished.iterdir() if path.name.endswith(".tmp")]
 
 
+@case("training", "`--resume` of a run that has ended",
+      "\"the run had already ended (…); nothing to train\", exit 0, no file changed")
 def test_training_resume_of_a_finished_run_changes_nothing(finished):
     before = {name: (finished / name).read_bytes() for name in ("best.pt", "last.pt", "metrics.jsonl")}
     result = run("train", "--resume", finished)
@@ -378,6 +418,13 @@ def test_training_resume_of_a_finished_run_changes_nothing(finished):
 
 
 # ---- paths ----------------------------------------------------------------------------------------------
+@case("training", "`--resume` from another directory of a run started with a relative `--corpus` (was: the corpus was "
+      "not found)",
+      "works: paths are stored absolute")
+@case("training", "corpus moved, `--resume` without `--corpus` / with `--corpus NEW` / with other data / with "
+      "`--epochs`",
+      "\"pass --corpus ROOT as well\" / resumes, equal to an uninterrupted run / \"not the data this run trained on\" "
+      "/ \"drop --epochs\"")
 def test_training_resume_from_another_directory_and_with_a_moved_corpus(corpus, straight, tmp_path, monkeypatch):
     """A run started with a relative --corpus resumes from any directory; a moved corpus is given again with
     --corpus, and other data under that name is refused."""
@@ -399,6 +446,8 @@ def test_training_resume_from_another_directory_and_with_a_moved_corpus(corpus, 
     assert_same_run(tmp_path / "run", straight)
 
 
+@case("training", "`--out` is a file, or lies under a file; `--resume` of a missing or empty folder",
+      "one line naming the path")
 @pytest.mark.parametrize("case", ["out-is-a-file", "out-under-a-file", "resume-missing", "resume-not-a-run"])
 def test_training_hostile_run_folder_paths_are_one_line(corpus, tmp_path, case):
     (tmp_path / "file").write_text("not a folder")
@@ -412,6 +461,8 @@ def test_training_hostile_run_folder_paths_are_one_line(corpus, tmp_path, case):
     assert (tmp_path / "file").read_text() == "not a folder"
 
 
+@case("training", "run folder with spaces and non-ASCII characters",
+      "works")
 def test_training_run_folder_with_spaces_and_unicode_works(corpus, tmp_path):
     run_dir = tmp_path / "my runs" / "ünïcode run"
     result = run("train", "--corpus", corpus, "--out", run_dir, "--num-workers", "0", *TINY, "--epochs", "1")
@@ -420,6 +471,10 @@ def test_training_run_folder_with_spaces_and_unicode_works(corpus, tmp_path):
 
 
 # ---- numbers --------------------------------------------------------------------------------------------
+@case("guards", "`--lr-heads nan`, `--head-dropout 1.5`, `--fbank-dim 0`, `--num-workers -1`, `--epochs 100000`, "
+      "`--seed -1`, `--max-duration-s 0.01`, `--aux-weight 1e400`, … (was: NaN runs \"finished\", or a ValueError "
+      "traceback)",
+      "click's usage error naming the flag and the allowed values, exit 2, nothing created")
 @pytest.mark.parametrize(("flag", "value"), [
     ("--lr-heads", "nan"), ("--lr-backbone", "-inf"), ("--head-dropout", "1.5"), ("--head-dropout", "1"),
     ("--fbank-dim", "0"), ("--num-workers", "-1"), ("--epochs", "-1"), ("--epochs", "100000"), ("--seed", "-1"),
@@ -432,6 +487,8 @@ def test_training_non_finite_or_absurd_flags_are_refused_before_any_work(corpus,
     assert not (tmp_path / "run").exists()
 
 
+@case("values", "`.nan`, `.inf`, `1.0e+400`, out-of-range values in a `--config` YAML",
+      "one line naming the file, the key and the allowed values")
 @pytest.mark.parametrize(("yaml_text", "message"), [
     ("train:\n  lr_heads: .nan\n", "train.lr_heads must be a finite number, got nan"),
     ("train:\n  lr_heads: .inf\n", "train.lr_heads must be a finite number, got inf"),
@@ -448,6 +505,8 @@ def test_training_non_finite_or_absurd_yaml_values_name_file_and_key(tmp_path, y
     assert not (tmp_path / "run").exists()
 
 
+@case("values", "a `Config` built in code with NaN",
+      "`SertoolError` before the run folder is created")
 def test_training_a_config_built_in_code_is_checked_too(corpus, tmp_path):
     config = Config()
     config.data.corpus = str(corpus)
@@ -459,6 +518,8 @@ def test_training_a_config_built_in_code_is_checked_too(corpus, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@case("guards", "a `--config` in UTF-16 (bytes FF FE) or UTF-8 with a byte-order mark (was: UnicodeDecodeError)",
+      "read")
 @pytest.mark.parametrize("encoding", ["utf-16", "utf-8-sig", "utf-16-be"])
 def test_training_yaml_config_with_a_byte_order_mark_is_read(tmp_path, encoding):
     config_file = tmp_path / "c.yaml"
@@ -468,6 +529,11 @@ def test_training_yaml_config_with_a_byte_order_mark_is_read(tmp_path, encoding)
     assert config.model.backbone == "fbank" and config.train.epochs == 3
 
 
+@case("guards", "`predict --window-s nan` / `0.1`, `--hop-s 0`, `--batch-s -5`, `--num-workers -1`, `--weights 1,nan` "
+      "/ `0.5,-1` / `0.5,x`, `data speakers --per-speaker 0` / `--num-speakers 1` / `--seed -1`, `data manifest "
+      "--dev-fraction 2` / `--test-fraction nan` / `--label-range 0 inf`, `data demo --seed -1` (was: tracebacks, or a "
+      "Fisher ratio of inf)",
+      "click's usage error naming the flag")
 @pytest.mark.parametrize("args", [
     ["predict", "RUN", "x.wav", "--window-s", "nan"], ["predict", "RUN", "x.wav", "--window-s", "0.1"],
     ["predict", "RUN", "x.wav", "--hop-s", "0"], ["predict", "RUN", "x.wav", "--batch-s", "-5"],
@@ -492,6 +558,10 @@ def test_training_numeric_flags_of_every_command_share_the_check(straight, corpu
 
 
 # ---- numbers in data ------------------------------------------------------------------------------------
+@case("training", "a Development clip with samples ×1e30 (every validation NaN; was: \"finished\", exit 0, no "
+      "`best.pt`)",
+      "the audio reader refuses it (over 100× full scale, as for every command): the first validation stops with one "
+      "line naming the clip; no `summary.json`; `--resume` says the same")
 def test_training_a_development_clip_that_makes_validation_nan_is_an_error_naming_it(corpus, tmp_path):
     """A float WAV with huge finite samples (×1e30) in Development made every validation NaN; the run must
     not say "finished" with exit 0 and no best.pt, but name the clip. The audio reader refuses such samples
@@ -508,6 +578,10 @@ def test_training_a_development_clip_that_makes_validation_nan_is_an_error_namin
     assert one_line_error(run("train", "--resume", tmp_path / "run")) == line  # resuming says it again
 
 
+@case("training", "weights that diverge (every validation NaN)",
+      "a warning per validation naming the first clip, then one error line: \"no validation of this run gave a finite "
+      "CCC … every prediction was NaN\"; `metrics.jsonl` stays strict JSON; `--resume` says the same (validation takes "
+      "`run_model`'s outputs with `finite_only=False` and applies this policy itself)")
 def test_training_validations_that_are_never_finite_end_in_an_error_naming_the_cause(corpus, tmp_path, monkeypatch):
     """Weights that diverged (here: NaN weights while validating) give no best.pt; the run must not say
     "finished" with exit 0, but say why, and resuming says it again. Validation takes the NaN outputs of
@@ -537,6 +611,8 @@ def test_training_validations_that_are_never_finite_end_in_an_error_naming_the_c
     assert one_line_error(run("train", "--resume", tmp_path / "run")) == line  # resuming says it again
 
 
+@case("values", "labels `nan`, `inf`, `1e308` in training rows",
+      "rows dropped and counted; the run's scores are finite")
 def test_training_labels_nan_inf_and_huge_are_dropped_not_trained_on(corpus, tmp_path):
     data = tmp_path / "c"
     shutil.copytree(corpus, data)

@@ -23,6 +23,7 @@ from sertool.inference.windows import combine_windows, window_spans
 from sertool.model_folder import read_model_folder
 from sertool.models.released import RELEASED_MODEL_IDS, convert_released_state
 from sertool.models.released import released_arguments as checked_arguments
+from tests.cases import case
 from tests.corpus_files import write_learnable_corpus
 from tests.hub_cache import cache_as_hub_id
 from tests.released_layout import (
@@ -122,6 +123,9 @@ MUTATIONS = {
 }
 
 
+@case("checkpoints", "a folder that is not exactly the authors' released layout (renamed, foreign, missing, "
+      "misplaced-LoRA, wrongly shaped weights)",
+      "refused in one line naming the weight")
 @pytest.mark.parametrize("mutation", list(MUTATIONS))
 def test_folders_outside_their_layout_are_refused_in_one_line(mutation, backbones, tmp_path):
     arguments = released_arguments("wavlm")

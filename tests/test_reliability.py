@@ -1,6 +1,7 @@
 """Fault injection over the CLI: every bad input gets one clear line naming the item, by a stated policy.
 
-docs/reliability.md has a table of these cases; keep the two in step.
+Each test carries its cases as `@case` markers (tests/cases.py); docs/reliability.md's tables are generated
+from them (scripts/reliability_table.py).
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from click.testing import CliRunner
 from sertool.checkpoint import load_checkpoint
 from sertool.cli import cli
 from sertool.training.loop import train
+from tests.cases import case
 from tests.corpus_files import write_learnable_corpus, write_tone
 from tests.systems import small_config
 
@@ -49,6 +51,14 @@ def _train_audio(corpus: Path) -> list[Path]:
     return sorted((corpus / "Audios").glob("MSP-PODCAST_0001_*.wav")) + sorted((corpus / "Audios").glob("MSP-PODCAST_0002_*.wav"))
 
 
+@case("data", "truncated WAV (data cut short)",
+      "read up to where it ends (libsndfile)")
+@case("data", "WAV truncated inside its header, a non-audio file named `.wav`",
+      "row dropped: \"unreadable audio\", file named")
+@case("data", "empty (0-sample) file",
+      "row dropped: \"empty audio\"")
+@case("training", "`--on-bad-audio fail` with unreadable audio",
+      "stops before any training, one line")
 def test_broken_training_audio_is_dropped_and_named_in_the_summary(corpus, tmp_path):
     first, second, third, fourth = _train_audio(corpus)[:4]
     data = first.read_bytes()
@@ -69,6 +79,8 @@ def test_broken_training_audio_is_dropped_and_named_in_the_summary(corpus, tmp_p
     assert not (tmp_path / "strict" / "last.pt").exists()  # stopped before any work
 
 
+@case("training", "audio that fails to decode during training",
+      "skipped and counted per epoch, or (fail) stops naming it")
 def test_audio_failing_during_training_is_skipped_or_stops_the_run(corpus, tmp_path, monkeypatch):
     from sertool.data import dataset
 
@@ -92,6 +104,10 @@ def test_audio_failing_during_training_is_skipped_or_stops_the_run(corpus, tmp_p
         train(config, tmp_path / "fail")
 
 
+@case("data", "10-minute 8 kHz stereo file",
+      "train reads only its random crop (`--max-duration-s`); predict windows it (60 × 10 s)")
+@case("inference", "10 ms file given to predict",
+      "\"shorter than the 0.25 s a prediction needs\", file named")
 def test_long_8k_stereo_and_tiny_files(corpus, tmp_path):
     long_file = _train_audio(corpus)[0]
     write_tone(long_file, duration_s=600.0, sample_rate=8_000, channels=2)  # a 10-minute 8 kHz stereo clip
@@ -107,6 +123,8 @@ def test_long_8k_stereo_and_tiny_files(corpus, tmp_path):
     assert len(rows) == 1 + 1 + 60  # header, the file, 60 windows of 10 s
 
 
+@case("data", "NaN, out-of-range or non-numeric label; unknown class code; duplicate id",
+      "row dropped, counted by reason, line named")
 def test_bad_labels_classes_and_duplicates_are_counted(tmp_path):
     corpus = write_learnable_corpus(tmp_path / "c", per_split={"Train": 12, "Development": 6})
     labels = corpus / "Labels" / "labels_consensus.csv"
@@ -124,6 +142,8 @@ def test_bad_labels_classes_and_duplicates_are_counted(tmp_path):
         assert f"1 {reason}" in result.output
 
 
+@case("inference", "missing transcripts for an MM model",
+      "ASR fills them (`--asr`); offline without ASR: one line naming `--asr`; `--transcripts` supplies them")
 def test_mm_model_without_transcripts_or_asr_names_both_ways_out(corpus, tmp_path, monkeypatch):
     result = run("train", "--corpus", corpus, "--out", tmp_path / "mm", "--text", "--text-model",
                  "sentence-transformers/all-MiniLM-L6-v2", *FAST)
@@ -138,6 +158,8 @@ def test_mm_model_without_transcripts_or_asr_names_both_ways_out(corpus, tmp_pat
     assert result.exit_code == 0 and result.stdout.startswith("FileName,EmoAct,EmoVal,EmoDom")
 
 
+@case("data", "unreadable audio folder",
+      "one line: \"cannot list the folder (Permission denied)\"")
 def test_unreadable_audio_folder(corpus, monkeypatch):
     def denied(path):
         raise PermissionError(13, "Permission denied", str(path))
@@ -147,6 +169,8 @@ def test_unreadable_audio_folder(corpus, monkeypatch):
     assert "Audios: cannot list the folder (Permission denied)" in line
 
 
+@case("guards", "full disk on write",
+      "one line naming the file; the previous file unchanged, no temp file left")
 def test_full_disk_keeps_the_previous_output(corpus, tmp_path, monkeypatch):
     assert run("train", "--corpus", corpus, "--out", tmp_path / "run", *FAST).exit_code == 0
     out = tmp_path / "dev.csv"
@@ -162,6 +186,8 @@ def test_full_disk_keeps_the_previous_output(corpus, tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".dev.csv")) == []
 
 
+@case("guards", "existing run folder / output without `--force`",
+      "refused before any work, existing files untouched")
 def test_no_command_overwrites_without_force(corpus, tmp_path):
     assert run("train", "--corpus", corpus, "--out", tmp_path / "run", *FAST).exit_code == 0
     best = (tmp_path / "run" / "best.pt").read_bytes()
@@ -193,6 +219,8 @@ def _last_step(run_dir: Path) -> int:
         return -1
 
 
+@case("training", "`kill -9` during training at several points, then `--resume`",
+      "final weights, metrics and log equal an uninterrupted run; no temporary file left")
 def test_kill_9_at_several_points_then_resume_equals_an_uninterrupted_run(corpus, tmp_path):
     straight = _train_process(corpus, tmp_path / "straight")
     assert straight.wait(timeout=300) == 0, straight.stderr.read()

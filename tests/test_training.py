@@ -17,6 +17,7 @@ from sertool.data.corpus import open_corpus
 from sertool.errors import SertoolError
 from sertool.training import loop
 from sertool.training.loop import _Run, train
+from tests.cases import case
 from tests.corpus_files import write_learnable_corpus
 from tests.systems import InterruptAt, small_config
 
@@ -173,6 +174,8 @@ def test_a_run_needs_an_end(corpus, tmp_path):
         train(small_config(corpus, max_steps=-1), tmp_path / "run2")
 
 
+@case("training", "non-finite losses",
+      "skipped and counted; several in a row stop the run, `last.pt` kept")
 def test_nonfinite_losses_are_skipped_then_stop_the_run(corpus, tmp_path, monkeypatch):
     calls = {"n": 0}
     real_loss = loop.SERLoss.__call__
@@ -261,6 +264,8 @@ def test_per_attribute_selection_keeps_each_attributes_best_checkpoint(corpus, t
         assert kept["metrics"][name] == max(v[f"ccc_{name}"] for v in result.history)
 
 
+@case("training", "`kill -9` during training at several points, then `--resume`",
+      "final weights, metrics and log equal an uninterrupted run; no temporary file left")
 def test_resume_removes_temporaries_a_killed_write_left(corpus, tmp_path):
     config = small_config(corpus, epochs=1)
     train(config, tmp_path / "run")

@@ -259,3 +259,10 @@ def test_the_cycle_collector_is_paused_while_a_corpus_is_built_and_restored_afte
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+def test_reading_no_files_reads_nothing(tmp_path):
+    # A table whose every row was dropped gives the scan no file to look up (was: a ValueError from a zip of
+    # one empty group against no folder, found by tests/test_generated_input.py with `data manifest`).
+    assert ScanCache(tmp_path / "cache").read([], lambda path: 1, errors=(OSError,), kind="sizes", columns=(int,),
+                                               encode=lambda value: (value,), decode=lambda entry: entry[0]) == []

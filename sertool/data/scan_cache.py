@@ -38,7 +38,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from sertool.data.cache import default_cache_dir
+from sertool.data.cache import cache_root
 from sertool.guards.outputs import write_cache_file
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ class ScanCache:
     """
 
     def __init__(self, cache_dir: str | os.PathLike[str] | None = None) -> None:
-        self.folder = (Path(cache_dir).expanduser() if cache_dir else default_cache_dir()) / SCAN_CACHE_SUBDIR
+        self.folder = cache_root(cache_dir) / SCAN_CACHE_SUBDIR
         self.recent_ns = time.time_ns() - int(RACY_S * 1e9)  # stat keys after this may not tell a change
         self.dependency_paths: list[str] = []
         self.dependency_keys: list[tuple[int, int, int, int]] = []
@@ -137,6 +137,8 @@ class ScanCache:
             The shards, each path's shard and name, its stat key, the values found (None elsewhere), and
             the positions of the paths to read.
         """
+        if not texts:  # nothing to look up (every row of a table dropped): np.split would still make one group
+            return [], [], [], [], []
         shards: dict[str, _Shard] = {}  # by the folder as given; the file is named by its absolute path
         places, shard_numbers, rows, keys = [], [], [], []
         for path in texts:

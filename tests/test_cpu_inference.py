@@ -21,6 +21,7 @@ from sertool.inference.cpu import MIN_INT8_FEATURES, quantize_int8
 from sertool.inference.inputs import corpus_split
 from sertool.models.ser_model import SERModel
 from sertool.training.loop import train
+from tests.cases import case
 from tests.corpus_files import write_learnable_corpus
 from tests.systems import small_config
 from tests.tiny_speech import save_tiny_wavlm, save_tiny_whisper
@@ -84,6 +85,18 @@ def test_quantize_through_the_cli_writes_close_predictions(wavlm_run, tmp_path):
     assert np.abs(outputs["int8"] - outputs["off"]).max() < 0.05
 
 
+@case("inference", "`--quantize int8 --amp bf16` (or fp16) on the CPU",
+      "one line: int8 layers take float32 input, drop --amp (found by the generated-input sweep: was a "
+      "RuntimeError from oneDNN's qlinear_dynamic)")
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_int8_under_autocast_is_refused_in_one_line(wavlm_run, amp):
+    run_dir, corpus = wavlm_run
+    result = CliRunner().invoke(cli, ["evaluate", str(run_dir), "--corpus", str(corpus), "--quantize", "int8",
+                                      "--amp", amp])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert f"--quantize int8 --amp {amp}: int8 layers take float32 input" in result.output
+
+
 def test_int8_on_a_gpu_is_refused_in_one_line(wavlm_run, monkeypatch):
     run_dir, corpus = wavlm_run
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a machine with one GPU, as far as sertool asks
@@ -102,7 +115,7 @@ def test_threads_sets_torch_s_thread_count(wavlm_run, monkeypatch):
                                       "--threads", "1"])
     assert result.exit_code == 0, result.output
     assert calls == [1]
-    with pytest.raises(SertoolError, match="sertool.load: threads must be ≥ 0, got -1"):
+    with pytest.raises(SertoolError, match=r"sertool.load: threads must be in \[0, 1024\], got -1"):
         sertool.load(run_dir, device="cpu", threads=-1)
 
 

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sertool.config import QUANTIZE_CHOICES, QUANTIZE_INT8
+from sertool.config import DEFAULT_AMP, QUANTIZE_CHOICES, QUANTIZE_INT8
 from sertool.errors import SertoolError
 from sertool.inference.bf16_front_end import bf16_front_end, has_amx_bf16
 from sertool.models.backbones.wav2vec2 import Wav2Vec2FamilyBackbone
@@ -99,17 +99,21 @@ def _int8_engine() -> str:
     return torch.backends.quantized.engine
 
 
-def check_quantize(quantize: str, device: torch.device) -> None:
-    """Refuse int8 quantisation on a GPU (its kernels are CPU-only), naming the flags.
+def check_quantize(quantize: str, device: torch.device, amp: str = DEFAULT_AMP) -> None:
+    """Refuse int8 quantisation on a GPU (its kernels are CPU-only) or under an explicit ``--amp`` (its kernels
+    take float32 input only; ``auto`` is off on the CPU), naming the flags.
 
     Raises:
-        SertoolError: ``quantize`` is unknown, or int8 with a CUDA device.
+        SertoolError: ``quantize`` is unknown, or int8 with a CUDA device or bf16 / fp16 autocast.
     """
     if quantize not in QUANTIZE_CHOICES:
         raise SertoolError(f"--quantize {quantize}: choose one of {', '.join(QUANTIZE_CHOICES)}")
     if quantize == QUANTIZE_INT8 and device.type != "cpu":
         raise SertoolError(f"--quantize int8 runs on the CPU only; pass --device cpu (the device is {device.type}), "
                            "or --quantize off on a GPU")
+    if quantize == QUANTIZE_INT8 and amp not in (DEFAULT_AMP, "off"):
+        raise SertoolError(f"--quantize int8 --amp {amp}: int8 layers take float32 input; drop --amp (or pass --amp "
+                           f"off), or --quantize off to run in {amp}")
 
 
 def set_threads(threads: int) -> None:

@@ -179,7 +179,7 @@ def open_predictor(path: str | Path, options: InferenceOptions | None = None, *,
         SertoolError: the path is missing or not one of these.
     """
     options = options or InferenceOptions()
-    check_quantize(options.quantize, options.torch_device())
+    check_quantize(options.quantize, options.torch_device(), options.amp)
     set_threads(options.threads)
     text = str(path)
     path = Path(text).expanduser()

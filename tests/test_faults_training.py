@@ -213,7 +213,8 @@ def test_training_a_run_folder_in_use_is_refused_to_every_second_command(corpus,
     run_dir = tmp_path / "busy"
     shutil.copytree(straight, run_dir)
     before = {path.name: path.read_bytes() for path in run_dir.iterdir()}
-    with locked_run_folder(run_dir, create=False, warn=print):
+    with locked_run_folder(run_dir, create=False, warn=print) as record_holder:
+        record_holder()
         for args in (["--out", run_dir, "--corpus", corpus, "--force"], ["--out", run_dir, "--corpus", corpus],
                      ["--resume", run_dir]):
             line = one_line_error(run("train", *args, "--num-workers", "0", *TINY[:2]) if "--resume" not in args
@@ -494,7 +495,7 @@ def test_training_non_finite_or_absurd_flags_are_refused_before_any_work(corpus,
     ("train:\n  lr_heads: .inf\n", "train.lr_heads must be a finite number, got inf"),
     ("train:\n  weight_decay: 1.0e+400\n", "train.weight_decay must be a finite number, got inf"),
     ("model:\n  head_dropout: 1.5\n", "model.head_dropout must be in [0, 1), got 1.5"),
-    ("train:\n  accum_steps: 0\n", "train.accum_steps must be ≥ 1, got 0"),
+    ("train:\n  accum_steps: 0\n", "train.accum_steps must be in [1, 4096], got 0"),
     ("seed: 99999999999999999999999\n", "seed must be in [0, 9223372036854775807]"),
 ])
 def test_training_non_finite_or_absurd_yaml_values_name_file_and_key(tmp_path, yaml_text, message):

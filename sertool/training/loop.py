@@ -172,11 +172,13 @@ def train(
     try:
         holding = (locked_run_folder(run_dir, create=not resume, warn=reporter.message) if context.is_main
                    else contextlib.nullcontext())
-        with StopRequests() as stops, holding:
+        with StopRequests() as stops, holding as record_holder:
             previous = _PreviousRun()
             try:
                 if not resume and context.is_main:
                     previous.held = prepare_run_folder(run_dir, force=force, init_from=config.train.init_from)
+                if record_holder is not None:
+                    record_holder()
                 run = _Run(config, run_dir, resume=resume, previous=previous, argv=argv, context=context,
                            reporter=reporter, relocated=relocated, stops=stops)
                 result = run.run()

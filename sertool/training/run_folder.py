@@ -35,8 +35,11 @@ _SHOWN_DIFFERENCES = 4  # keys named in the warning about an edited config.yaml
 
 
 @contextlib.contextmanager
-def locked_run_folder(run_dir: Path, *, create: bool, warn: Callable[[str], None]) -> Iterator[None]:
+def locked_run_folder(run_dir: Path, *, create: bool, warn: Callable[[str], None]) -> Iterator[Callable[[], None]]:
     """Hold ``run_dir`` for the life of the run: a second `sertool train` on the same folder is refused.
+
+    Yields ``record_holder()``, which writes this process's pid and host into the lock file, for the message
+    a second command gets; called once the run is known to go ahead, so a refused command changes nothing.
 
     The lock is ``flock(2)`` on ``run_dir/.lock``. The kernel releases it when the process ends, however it
     ends, so a run killed with ``kill -9`` never blocks its own ``--resume``. The file itself stays:
@@ -62,6 +65,7 @@ def locked_run_folder(run_dir: Path, *, create: bool, warn: Callable[[str], None
         raise SertoolError(f"{run_dir}: cannot create the run folder or write in it "
                            f"({error.strerror or error})") from None
     try:
+        locked = True
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -70,14 +74,18 @@ def locked_run_folder(run_dir: Path, *, create: bool, warn: Callable[[str], None
             raise SertoolError(f"{run_dir}: in use by another `sertool train` ({owner}); wait for it to end or stop "
                                "it, or choose another --out") from None
         except OSError as error:
+            locked = False
             warn(f"{run_dir}: cannot lock the run folder ({error.strerror or error}); nothing stops a second "
                  "`sertool train` from writing into it")
-        else:
-            handle.seek(0)
-            handle.truncate()
-            handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
-            handle.flush()
-        yield
+
+        def record_holder() -> None:
+            if locked:
+                handle.seek(0)
+                handle.truncate()
+                handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+                handle.flush()
+
+        yield record_holder
     finally:
         handle.close()
 

@@ -18,7 +18,7 @@ computed values are dropped, and a write that fails is an error, since there is 
 Using it for a new kind of value takes a ``Codec`` (how a group of values becomes one file and back) and a
 digest of each input::
 
-    cache = ContentCache(default_cache_dir() / "my_kind" / setup_key(name, identity), MyCodec())
+    cache = ContentCache(cache_root() / "my_kind" / setup_key(name, identity), MyCodec())
     values = cache.get([file_digest(path) for path in paths], lambda positions: compute(positions))
 
 A cache of one kind of input (``TranscriptCache``, ``TextEmbeddingCache``, ``FrameCache``) subclasses
@@ -46,9 +46,17 @@ Item = TypeVar("Item")
 _READ_BLOCK_BYTES = 1 << 20
 
 
-def default_cache_dir() -> Path:
-    """``$SERTOOL_CACHE``, else ``~/.cache/sertool``: where every command caches unless ``--cache-dir``."""
-    return Path(os.environ.get("SERTOOL_CACHE") or Path.home() / ".cache" / "sertool")
+def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Where every command caches: ``cache_dir`` (``--cache-dir``) when given, else ``$SERTOOL_CACHE``, else
+    ``~/.cache/sertool``.
+
+    Raises:
+        SertoolError: a name no folder can have (a NUL byte).
+    """
+    chosen = os.fspath(cache_dir) if cache_dir else os.environ.get("SERTOOL_CACHE") or ""
+    if "\0" in chosen:
+        raise SertoolError(f"--cache-dir {chosen!r}: a folder name cannot hold a NUL byte")
+    return Path(chosen).expanduser() if chosen else Path.home() / ".cache" / "sertool"
 
 
 def setup_key(name: str, identity: Mapping[str, object]) -> str:

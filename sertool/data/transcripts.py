@@ -30,7 +30,7 @@ from torch import Tensor
 from sertool.config import DEFAULT_ASR_MODEL_ID, DEFAULT_DEVICE
 from sertool.data.audio import SAMPLE_RATE, load_audio
 from sertool.data.audio_digests import audio_digests
-from sertool.data.cache import ItemCache, default_cache_dir, setup_key
+from sertool.data.cache import ItemCache, cache_root, setup_key
 from sertool.data.dataset import load_utterance_audio
 from sertool.data.records import Utterance
 from sertool.devices import select_device
@@ -298,7 +298,7 @@ def fill_transcripts(
             files, through the cache).
         asr: the ``--asr`` model (hub id or folder), or a ready ``Transcriber``. A name becomes a
             ``Transcriber`` only when some transcript is missing; its weights load only on a cache miss.
-        cache_dir: sertool's cache folder (None: ``default_cache_dir()``); transcripts live in its
+        cache_dir: sertool's cache folder (None: ``cache_root()``'s default); transcripts live in its
             ``transcripts/`` subfolder.
         device: where a ``Transcriber`` made from a name runs (None: CUDA when available); unused when
             ``asr`` is a ``Transcriber``.
@@ -315,7 +315,7 @@ def fill_transcripts(
     if not missing:
         return filled
     transcriber = asr if isinstance(asr, Transcriber) else Transcriber(asr, device=device)
-    cache = TranscriptCache(Path(cache_dir or default_cache_dir()) / TRANSCRIPT_CACHE_SUBDIR, transcriber,
+    cache = TranscriptCache(cache_root(cache_dir) / TRANSCRIPT_CACHE_SUBDIR, transcriber,
                             scan_cache_dir=cache_dir)
     texts = cache.get([utterances[index] for index in missing], progress=progress)
     for index, text in zip(missing, texts, strict=True):

@@ -85,7 +85,7 @@ class OutputPlan:
         return self._file(Path(folder) / plain_name(name), flag=f"{flag} ({name})")
 
     def _file(self, path: str | os.PathLike, *, flag: str) -> Path:
-        target = _absolute(path)
+        target = _absolute(path, flag=flag)
         shown = f"{flag} {os.fspath(path)}"
         self._claim(target, flag, shown, is_folder=False)
         if os.path.lexists(target):
@@ -108,7 +108,7 @@ class OutputPlan:
             SertoolError: naming ``flag``: the path is another output's, a file, has a name too long, or
                 lies where nothing can be written.
         """
-        target = _absolute(path)
+        target = _absolute(path, flag=flag)
         shown = f"{flag} {os.fspath(path)}"
         self._claim(target, flag, shown, is_folder=True)
         if os.path.exists(target) and not os.path.isdir(target):
@@ -300,8 +300,15 @@ def _commit(temp_name: str, path: Path, *, replace: bool) -> None:
     os.remove(temp_name)
 
 
-def _absolute(path: str | os.PathLike) -> Path:
-    return Path(os.path.abspath(os.path.expanduser(os.fspath(path))))
+def _absolute(path: str | os.PathLike, *, flag: str) -> Path:
+    """``path`` made absolute, refusing what no file system names: an empty path (it would mean the current
+    folder) and a NUL byte."""
+    text = os.fspath(path)
+    if not text.strip():
+        raise SertoolError(f"{flag}: an empty path; give the path of the output")
+    if "\0" in text:
+        raise SertoolError(f"{flag} {text!r}: a path cannot hold a NUL byte")
+    return Path(os.path.abspath(os.path.expanduser(text)))
 
 
 def _identity(path: Path) -> str:

@@ -39,7 +39,7 @@ def check_user_file(path: str | os.PathLike, *, what: str, max_bytes: int) -> Pa
         SertoolError: naming ``path`` and ``what``: missing, a folder, a pipe, device or socket, too large,
             or not readable.
     """
-    path = Path(path)
+    path = _named(path, what)
     try:
         info = os.stat(path)
     except FileNotFoundError:
@@ -61,7 +61,7 @@ def open_user_file(path: str | os.PathLike, mode: str = "r", *, what: str, max_b
     Raises:
         SertoolError: as ``check_user_file``.
     """
-    path = Path(path)
+    path = _named(path, what)
     if "r" not in mode or any(flag in mode for flag in "wax+"):
         raise ValueError(f"open_user_file reads; got mode {mode!r}")
     try:
@@ -119,6 +119,16 @@ def inside(root: str | os.PathLike, name: str, *, what: str) -> Path:
     if not name or os.path.isabs(name) or "\0" in name or ".." in Path(name).parts:
         raise SertoolError(f"{what} {name!r} points outside {root}; it must name a file inside it")
     return Path(root) / name
+
+
+def _named(path: str | os.PathLike, what: str) -> Path:
+    """``path`` as a ``Path``, refusing an empty one (it would mean the current folder) and a NUL byte."""
+    text = os.fspath(path)
+    if not text.strip():
+        raise SertoolError(f"an empty path given for the {what}")
+    if "\0" in text:
+        raise SertoolError(f"{text!r}: a path cannot hold a NUL byte, so it names no {what}")
+    return Path(text)
 
 
 def _check_stat(path: Path, info: os.stat_result, *, what: str, max_bytes: int) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from sertool.data.cache import default_cache_dir
+from sertool.data.cache import cache_root
 from sertool.data.records import Utterance
 from sertool.models.ser_model import SERModel
 from sertool.models.text import TextEmbeddingCache
@@ -20,7 +20,7 @@ def text_embedding_cache(model: SERModel, cache_dir: str | Path | None = None) -
     model computes them itself). Keep it across calls: it holds what it read in memory."""
     if model.text_encoder is None or model.needs_texts:
         return None
-    return TextEmbeddingCache(Path(cache_dir or default_cache_dir()) / TEXT_EMBEDDING_CACHE_SUBDIR, model.text_encoder)
+    return TextEmbeddingCache(cache_root(cache_dir) / TEXT_EMBEDDING_CACHE_SUBDIR, model.text_encoder)
 
 
 def transcript_embeddings(

@@ -34,14 +34,13 @@ import math
 import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from sertool.data.audio_digests import audio_digests
-from sertool.data.cache import ItemCache, default_cache_dir, setup_key
+from sertool.data.cache import ItemCache, cache_root, setup_key
 from sertool.data.dataset import load_utterance_audio
 from sertool.data.records import ATTRIBUTES, Utterance
 from sertool.data.vector_codec import VectorCodec
@@ -355,7 +354,7 @@ class StatisticsCache(ItemCache[Utterance, Tensor]):
     GROUP_UTTERANCES = 2048  # a killed pass loses at most one group (~4 MB of rows)
 
     def __init__(self, cache_dir: str | os.PathLike[str] | None = None) -> None:
-        root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+        root = cache_root(cache_dir)
         identity = {"version": STATISTICS_VERSION, "sample_rate": SAMPLE_RATE, "n_fft": N_FFT,
                     "hop_length": HOP_LENGTH, "mel_bins": NUM_MEL_BINS, "log_floor": LOG_FLOOR,
                     "active_range_db": ACTIVE_RANGE_DB, "percentiles": list(_PERCENTILES),

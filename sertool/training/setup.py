@@ -32,6 +32,9 @@ def resolve_train_config(config_file: str | None, flags: dict[str, Any], *, out:
     Raises:
         SertoolError: a missing or conflicting ``--out`` / ``--resume``, or a bad config value.
     """
+    for flag, value in (("--out", out), ("--resume", resume)):
+        if value is not None and not value.strip():  # Path("") would be the current folder
+            raise SertoolError(f"{flag}: an empty path; give the run folder")
     given = {name: value for name, value in flags.items() if value is not None and value != ()}
     # A repeatable option (--aux) is reset to nothing with the single value "none".
     given = {name: () if value == ("none",) else value for name, value in given.items()}

@@ -14,12 +14,13 @@ from typing import Any
 import click
 
 from sertool.config import (
-    AT_LEAST_ONE,
     DEFAULT_DEVICE,
     DEVICE_CHOICES,
     PROBABILITY,
     SEED,
+    WORKERS,
     Bounds,
+    check_options,
 )
 from sertool.data.demo import DEMO_SIZES
 from sertool.data.selection import SPEAKER_CHOICES
@@ -392,9 +393,16 @@ def _flag_fields(options_class) -> list[tuple[dataclasses.Field, type]]:
 
 
 def _options_from(options_class, flags: dict):
-    """The options dataclass filled from click's values (the inverse of ``_option_flags``)."""
+    """The options dataclass filled from click's values (the inverse of ``_option_flags``), checked against its
+    declarations as ``sertool.load`` checks the API's (``config.check_options``)."""
+    options = _filled(options_class, flags)
+    check_options(options, source=None)
+    return options
+
+
+def _filled(options_class, flags: dict):
     return options_class(**{spec.name: flags.pop(spec.name) if "help" in spec.metadata
-                            else _options_from(spec.default_factory, flags)
+                            else _filled(spec.default_factory, flags)
                             for spec in dataclasses.fields(options_class)})
 
 
@@ -506,7 +514,7 @@ def export_command(model: str, out: str, push_to_hub: str | None, force: bool) -
     from sertool.console import out as console
     from sertool.inference.export import export_model
 
-    result = export_model(model, Path(out), force=force, push_to_hub=push_to_hub)
+    result = export_model(model, out, force=force, push_to_hub=push_to_hub)
     for path in result.written:
         console.print(f"wrote {path}")
     if result.url:
@@ -522,7 +530,7 @@ def export_command(model: str, out: str, push_to_hub: str | None, force: bool) -
 @click.option("--force", is_flag=True, help="Overwrite earlier outputs in --out.")
 @click.option("--cache-dir", help="Where the corpus scan and each clip's statistics are kept for the next command "
                                   "(default: $SERTOOL_CACHE or ~/.cache/sertool).")
-@click.option("--num-workers", default=2, show_default=True, type=click.IntRange(min=0),
+@click.option("--num-workers", default=2, show_default=True, type=_Number(int, WORKERS),
               help="Processes that compute the statistics of clips not cached yet (0: this one).")
 def baseline_command(corpus: str, out: str, train_split: str, valid_split: str, force: bool, cache_dir: str | None,
                      num_workers: int) -> None:
@@ -578,7 +586,7 @@ def plot_command(runs: tuple[str, ...], out: str, force: bool) -> None:
               help="demo: CPU stand-ins for the pretrained models; real: the paper's models.")
 @click.option("--out", default="results/demo", show_default=True, metavar="DIR",
               help="runs/, predictions/, scores/ and tables.md go here.")
-@click.option("--seeds", type=_Number(int, AT_LEAST_ONE), default=1, show_default=True, metavar="N",
+@click.option("--seeds", type=_Number(int, Bounds(at_least=1, at_most=100)), default=1, show_default=True, metavar="N",
               help="Train every system N times (seeds s … s+N−1); the tables show mean ± sd over them.")
 @click.option("--systems", metavar="A,B,...", help="Only these systems (and ensembles made of them).")
 @click.option("--model", "models", multiple=True, metavar="ID=DIR",

@@ -134,6 +134,11 @@ NON_NEGATIVE = Bounds(at_least=0)  # counts and sizes where 0 means "off"
 AT_LEAST_ONE = Bounds(at_least=1)
 PROBABILITY = Bounds(at_least=0, below=1)  # dropout and shares: 1 would drop or spend everything
 SEED = Bounds(at_least=0, at_most=2**63 - 1)  # numpy needs a non-negative seed; torch takes 64 bits
+# Upper limits where a value past them is never meant and would do harm before any check could: a process per
+# loader worker (a fork bomb), a thread per CPU thread, a layer width whose weights fill the memory.
+WORKERS = Bounds(at_least=0, at_most=256)
+THREADS = Bounds(at_least=0, at_most=1024)
+WIDTH = Bounds(at_least=1, at_most=16_384)  # one 16,384 × 16,384 float32 layer is 1 GiB already
 
 
 def option(default: Any, help: str, *, choices: tuple[str, ...] | None = None, flag: str | None = None,
@@ -183,7 +188,7 @@ class DataConfig:
                                    "leave validation.")
     on_bad_audio: str = option("skip", "Unreadable training audio: skip it (and count it) or fail before training.",
                                choices=BAD_AUDIO_POLICIES)
-    num_workers: int = option(2, "Data-loader processes.", bounds=NON_NEGATIVE, resumable=True)
+    num_workers: int = option(2, "Data-loader processes.", bounds=WORKERS, resumable=True)
     asr: str = option(DEFAULT_ASR_MODEL_ID, "Whisper model (hub id or folder) that transcribes utterances without a "
                       "transcript, for MM (--text) systems.", path="path or hub id")
     cache_dir: str | None = option(None, "Cache of corpus scans (durations, transcripts), text embeddings and ASR "
@@ -209,7 +214,7 @@ class ModelConfig:
                                           "fine-tuned, Whisper frozen).")
     freeze_feature_encoder: bool = option(True, "Keep the CNN front end of wav2vec2-family models frozen.")
     lora_rank: int = option(0, "LoRA adapters of this rank on the frozen Whisper and text encoder (0: none).",
-                            bounds=NON_NEGATIVE)
+                            bounds=Bounds(at_least=0, at_most=WIDTH.at_most))
     lora_alpha: float = option(16.0, "LoRA scale numerator (the update is scaled by alpha / rank).",
                                bounds=POSITIVE)
     whisper_window_s: float = option(0.0, "Whisper only: pad every clip to this many seconds and let its frames attend "
@@ -222,8 +227,8 @@ class ModelConfig:
                           choices=("attentive", "mean"))
     projection_dim: int = option(0, "Pointwise projection of the frames before pooling: three 1x1 convolutions to "
                                  "this width with ReLU between, as the authors' released models (256); 0: none.",
-                                 bounds=NON_NEGATIVE)
-    head_hidden_dim: int = option(1024, "Hidden width of every head.", bounds=AT_LEAST_ONE)
+                                 bounds=Bounds(at_least=0, at_most=WIDTH.at_most))
+    head_hidden_dim: int = option(1024, "Hidden width of every head.", bounds=WIDTH)
     head_dropout: float = option(0.5, "Dropout in every head.", bounds=PROBABILITY)
     head_norm: bool = option(True, "LayerNorm after each head's hidden layer (the challenge baseline's heads); "
                              "--no-head-norm: Linear, ReLU, Linear, as the authors' released models.")
@@ -250,7 +255,7 @@ class ModelConfig:
                                "first step (alpha chosen on the validation split) and predict, per attribute, "
                                "w · network + (1 − w) · ridge, w chosen on the validation split at every validation "
                                "(stored in the checkpoint); the heads train alone.")
-    fbank_dim: int = option(256, "Width of the built-in fbank encoder.", bounds=AT_LEAST_ONE)
+    fbank_dim: int = option(256, "Width of the built-in fbank encoder.", bounds=WIDTH)
     spec_augment: bool = option(False, "fbank only: while training, SpecAugment masks on the log-mel input (2 bands "
                                 "of up to 8 mel bins and 2 spans of up to 10 % of the frames, per clip).")
 
@@ -282,8 +287,10 @@ class TrainConfig:
                                   bounds=NON_NEGATIVE)
     batch_size: int = option(0, "Fixed-size random micro-batches instead of --max-batch-s (0: off).",
                              bounds=NON_NEGATIVE)
-    num_buckets: int = option(20, "Equal-mass duration buckets of --max-batch-s batching.", bounds=AT_LEAST_ONE)
-    accum_steps: int = option(4, "Micro-batches per optimiser step (gradient accumulation).", bounds=AT_LEAST_ONE)
+    num_buckets: int = option(20, "Equal-mass duration buckets of --max-batch-s batching.",
+                              bounds=Bounds(at_least=1, at_most=10_000))
+    accum_steps: int = option(4, "Micro-batches per optimiser step (gradient accumulation).",
+                              bounds=Bounds(at_least=1, at_most=4096))
     lr_backbone: float = option(1e-5, "AdamW learning rate of pretrained encoders (the challenge baseline's).",
                                 bounds=NON_NEGATIVE)
     lr_heads: float = option(2e-4, "AdamW learning rate of what trains from scratch (heads, pooling, layer "
@@ -455,14 +462,15 @@ class ConfigOption:
         return f"{self.section}.{self.name}" if self.section else self.name
 
 
-def check_options(options: Any, *, source: str) -> None:
+def check_options(options: Any, *, source: str | None) -> None:
     """Check every field of an options dataclass built in code (``InferenceOptions``, ``PredictOptions``, ...; a
     ``Config`` checks itself with ``Config.check``) against its declaration: type, choices and bounds, the
     declaration the command-line flags are built from, so the Python API and the CLI accept the same values.
 
     Args:
         options: the dataclass; nested options dataclasses are checked too.
-        source: how the message names where the values came from ("sertool.load").
+        source: how the message names where the values came from ("sertool.load"); None: name each field by
+            its flag (the command line).
 
     Raises:
         SertoolError: naming ``source``, the first bad field and the values it allows.
@@ -475,7 +483,7 @@ def check_options(options: Any, *, source: str) -> None:
             check_value(type(options), spec.name, value, source=source)
 
 
-def check_value(owner: type, name: str, value: Any, *, source: str) -> Any:
+def check_value(owner: type, name: str, value: Any, *, source: str | None) -> Any:
     """``value`` checked against the declaration of field ``name`` of the options dataclass ``owner``, and
     returned (an int where a float is declared is widened).
 
@@ -483,7 +491,7 @@ def check_value(owner: type, name: str, value: Any, *, source: str) -> Any:
         SertoolError: naming ``source`` and ``name``, and the values the field allows.
     """
     option_ = _field_option(owner, name)
-    where = f"{source}: {name}"
+    where = f"{source}: {name}" if source is not None else option_.flag
     if option_.type is list:  # a list of numbers (ensemble --weights)
         if value is None and option_.optional:
             return None
@@ -578,6 +586,8 @@ def _coerce_names(value: Any, where: str) -> tuple[str, ...]:
     items = (value,) if isinstance(value, str) else value
     if not isinstance(items, (list, tuple)) or not all(isinstance(item, str) for item in items):
         raise SertoolError(f"{where} must be a list of names, got {value!r}")
+    for item in items:
+        _check_text(item, where)
     return tuple(items)
 
 
@@ -592,7 +602,15 @@ def _coerce_scalar(option_: ConfigOption, value: Any, where: str) -> Any:
     problem = option_.bounds.problem(value) if option_.bounds is not None and option_.type is not bool else None
     if problem:
         raise SertoolError(f"{where} {problem}, got {value!r}")
+    if isinstance(value, str):
+        _check_text(value, where)
     return value
+
+
+def _check_text(value: str, where: str) -> None:
+    """No option's text may hold a NUL byte: no file, split or model is named with one (and the OS refuses it)."""
+    if "\0" in value:
+        raise SertoolError(f"{where} {value!r}: cannot hold a NUL byte")
 
 
 def _check_model_location(value: str, where: str) -> None:

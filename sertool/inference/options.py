@@ -24,6 +24,8 @@ from sertool.config import (
     POSITIVE,
     QUANTIZE_CHOICES,
     SEED,
+    THREADS,
+    WORKERS,
     Bounds,
     option,
 )
@@ -33,7 +35,11 @@ from sertool.splits import DEVELOPMENT, TEST3
 if TYPE_CHECKING:
     import torch
 
-PER_ATTRIBUTE_CHOICES = ("best",)  # ensemble --per-attribute: the member subset that is best per attribute
+PER_ATTRIBUTE_CHOICES = ("best",)
+# predict's windows: one window is at most an hour of audio in one forward pass; a hop of 50 ms already gives
+# 72,000 windows per hour, so a shorter one is a typo, not time resolution.
+MAX_WINDOW_S = 3600.0
+MIN_HOP_S = 0.05  # ensemble --per-attribute: the member subset that is best per attribute
 
 
 @dataclass
@@ -49,7 +55,7 @@ class InferenceOptions:
     device: str = option(DEFAULT_DEVICE, "Where to run the model.", choices=DEVICE_CHOICES)
     max_batch_s: float = option(DEFAULT_EVAL_BATCH_S, "Inference batch bound: utterances × longest clip ≤ this many "
                                 "seconds.", flag="--batch-s", bounds=POSITIVE)
-    num_workers: int = option(0, "Data-loader processes.", bounds=NON_NEGATIVE)
+    num_workers: int = option(0, "Data-loader processes.", bounds=WORKERS)
     amp: str = option(DEFAULT_AMP, "Mixed precision (auto: bf16/fp16 on GPUs, off on the CPU).", choices=AMP_CHOICES)
     cache_dir: str | None = option(None, "Cache of corpus scans (durations, transcripts), text embeddings and ASR "
                                    "transcripts (default: $SERTOOL_CACHE or ~/.cache/sertool).")
@@ -64,7 +70,7 @@ class InferenceOptions:
                            "predictions move by a few hundredths (CPU only).",
                            choices=QUANTIZE_CHOICES)
     threads: int = option(0, "CPU threads for torch (0: one per core). Fewer suit a machine shared with other work.",
-                          bounds=NON_NEGATIVE)
+                          bounds=THREADS)
 
     def torch_device(self) -> torch.device:
         from sertool.devices import select_device
@@ -77,7 +83,7 @@ class BootstrapOptions:
     """``--bootstrap B`` and its seed (evaluate, ensemble)."""
 
     bootstrap: int = option(0, "Bootstrap 95 % confidence intervals of each CCC from B resamples of the utterances "
-                            "(e.g. 1000; 0: none).", bounds=NON_NEGATIVE, metavar="B")
+                            "(e.g. 1000; 0: none).", bounds=Bounds(at_least=0, at_most=100_000), metavar="B")
     bootstrap_seed: int = option(0, "Seed of the bootstrap resamples.", bounds=SEED)
 
 
@@ -120,8 +126,10 @@ class PredictOptions:
     transcripts: str | None = option(None, "Transcripts for MM models: a folder of <stem>.txt or a CSV with FileName "
                                      "and transcript columns (otherwise ASR).", metavar="DIR|CSV")
     window_s: float = option(DEFAULT_WINDOW_S, f"Files longer than this are cut into windows (at least "
-                             f"{MIN_DURATION_S:g} s).", bounds=Bounds(at_least=MIN_DURATION_S))
-    hop_s: float = option(DEFAULT_HOP_S, "Seconds between window starts.", bounds=POSITIVE)
+                             f"{MIN_DURATION_S:g} s, at most an hour).",
+                             bounds=Bounds(at_least=MIN_DURATION_S, at_most=MAX_WINDOW_S))
+    hop_s: float = option(DEFAULT_HOP_S, "Seconds between window starts (at least 0.05: 20 windows a second).",
+                          bounds=Bounds(at_least=MIN_HOP_S, at_most=MAX_WINDOW_S))
     force: bool = option(False, "Overwrite --out / --submission.")
     inference: InferenceOptions = field(default_factory=InferenceOptions)
 

@@ -3,6 +3,7 @@
 #   make test   the test suite (what CI runs)
 #   make lint   ruff (ruff.toml) on sertool/, tests/ and bench/, mypy (setup.cfg [mypy]) on sertool/ (CI runs it after the tests)
 #   make bench  the performance benchmarks (docs/performance.md)
+#   make sweep  the generated-input tests with many more examples than make test runs (docs/reliability.md)
 #   make reproduce   the paper's experiment grid (docs/reproduce.md)
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -10,7 +11,7 @@ SERTOOL := $(VENV)/bin/sertool
 DEMO ?= demo
 STAMP := $(VENV)/.sertool-installed
 
-.PHONY: install test lint demo bench reproduce clean
+.PHONY: install test lint demo bench reproduce sweep clean
 
 install: $(STAMP)
 
@@ -21,6 +22,12 @@ $(STAMP): setup.cfg setup.py scripts/install.sh
 
 test: install
 	$(PY) -m pytest -q
+
+# Every command and the Python API given drawn option values and hostile paths (tests/test_generated_input.py):
+# make test runs a few examples per command; this runs SWEEP_EXAMPLES each (about 10 min for 300 on 2 cores).
+SWEEP_EXAMPLES ?= 300
+sweep: install
+	SERTOOL_SWEEP_EXAMPLES=$(SWEEP_EXAMPLES) $(PY) -m pytest -q tests/test_generated_input.py
 
 lint: install
 	$(PY) -m ruff check sertool tests bench

@@ -336,3 +336,144 @@ def test_the_api_gives_ratings_or_a_sertool_error(workspace):
     run_one()
 
 
+
+
+# ---- file contents ---------------------------------------------------------------------------------------------
+
+_CELLS = st.one_of(st.sampled_from(["", " ", '"', '""', ",", "nan", "inf", "-1e400", "1e308", "7.0000001", "0.999",
+                                    "Train", "Development", "Test3", "X", "O", "Male", "Unknown", "../x.wav",
+                                    "/etc/passwd", "MSP-PODCAST_0001_0001.wav", "\ufeff", "é", "\x00", "\t"]),
+                   st.text(max_size=12))
+_LINES = st.one_of(st.lists(_CELLS, min_size=0, max_size=10).map(",".join),
+                   st.binary(max_size=40).map(lambda data: data.decode("latin-1")))
+
+
+def _expect_output_or_one_line(result, what: str) -> None:
+    assert result.exit_code in (0, 2), f"{what}: exit {result.exit_code}\n{result.output}\n{result.exception!r}"
+    assert "Traceback" not in result.output and "internal error" not in result.output, f"{what}:\n{result.output}"
+    if result.exit_code == 2:
+        errors = [line for line in result.output.splitlines() if line.startswith(("error: ", "Error: "))]
+        assert len(errors) == 1, f"{what}: not one error line:\n{result.output}"
+
+
+@case("guards", "labels files, manifests, predictions CSVs and --transcripts CSVs of drawn lines: cells with quotes, "
+      "commas, NaN, 1e400, paths that climb out, a byte-order mark, NUL bytes, and lines of raw bytes",
+      "a corpus with the bad rows dropped and named, or one line; never a traceback (hypothesis)")
+@pytest.mark.parametrize("table", ["labels", "manifest", "predictions", "transcripts"])
+def test_any_table_gives_rows_or_one_line(workspace, table):
+    labels = workspace / "corpus" / "Labels" / "labels_consensus.csv"
+    original = labels.read_bytes()
+    header = {"labels": original.decode().splitlines()[0], "manifest": "path,split,arousal,valence,dominance,speaker",
+              "predictions": "FileName,EmoAct,EmoVal,EmoDom", "transcripts": "FileName,transcript"}[table]
+
+    @examples(25)
+    @given(lines=st.lists(_LINES, max_size=8), keep_header=st.booleans(), keep_rows=st.booleans())
+    def run_one(lines, keep_header, keep_rows):
+        rows = original.decode().splitlines()[1:] if keep_rows and table == "labels" else []
+        text = "\n".join(([header] if keep_header else []) + rows + lines) + "\n"
+        target = {"labels": labels, "manifest": workspace / "m.csv", "predictions": workspace / "p.csv",
+                  "transcripts": workspace / "t.csv"}[table]
+        target.write_bytes(text.encode("utf-8", "surrogateescape"))
+        command = {"labels": ["data", "info", "corpus"], "manifest": ["data", "info", "m.csv"],
+                   "predictions": ["evaluate", "p.csv", "--corpus", "corpus", "--split", "Test1"],
+                   "transcripts": ["predict", "run", "--corpus", "corpus", "--split", "Test1", "--transcripts",
+                                   "t.csv"]}[table]
+        _expect_output_or_one_line(CliRunner().invoke(cli, command), f"{table}: {text!r}")
+
+    try:
+        run_one()
+    finally:
+        labels.write_bytes(original)
+
+
+_YAML_VALUES = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(), st.text(max_size=8),
+              st.sampled_from(["fbank", "wavlm", "gender", "Train", "corpus", "", "none"])),
+    lambda children: st.one_of(st.lists(children, max_size=3), st.dictionaries(st.text(max_size=6), children,
+                                                                                max_size=3)),
+    max_leaves=6)
+_CONFIG_KEYS = st.sampled_from(["data", "model", "train", "seed", "recipe", "trian", "epochs"])
+_SECTION_KEYS = st.sampled_from(["backbone", "fbank_dim", "head_hidden_dim", "epochs", "max_steps", "lr_heads",
+                                 "aux", "corpus", "num_workers", "head_dropout", "amp", "sampling", "batch_size", "x"])
+
+
+@case("guards", "a --config YAML drawn from nested mappings, lists, huge integers, NaN, unknown and misplaced keys",
+      "the run trains, or one line naming the file and the key; never a traceback (hypothesis)")
+def test_any_config_file_trains_or_gives_one_line(workspace):
+    @examples(25)
+    @given(document=st.dictionaries(_CONFIG_KEYS, st.one_of(_YAML_VALUES, st.dictionaries(_SECTION_KEYS, _YAML_VALUES,
+                                                                                          max_size=4)), max_size=4))
+    def run_one(document):
+        import yaml
+
+        (workspace / "drawn.yaml").write_text(yaml.safe_dump(document, allow_unicode=True))
+        result = CliRunner().invoke(cli, ["train", "--config", "drawn.yaml", "--corpus", "corpus", "--backbone", "fbank",
+                                          "--fbank-dim", "16", "--head-hidden-dim", "8", "--epochs", "1",
+                                          "--max-steps", "1", "--num-workers", "0", "--out", "cfgrun", "--force"])
+        _expect_output_or_one_line(result, f"config {document!r}")
+
+    run_one()
+
+
+@case("checkpoints", "a checkpoint cut at a drawn byte, with drawn bytes overwritten, or replaced by drawn bytes, "
+      "given to evaluate", "scores, or one line naming the file; never a traceback (hypothesis)")
+def test_any_damaged_checkpoint_gives_scores_or_one_line(workspace):
+    original = (workspace / "run" / "best.pt").read_bytes()
+
+    @examples(25)
+    @given(cut=st.integers(0, len(original)), at=st.integers(0, len(original) - 1), noise=st.binary(min_size=1,
+                                                                                                     max_size=64),
+           kind=st.sampled_from(["cut", "overwrite", "noise"]))
+    def run_one(cut, at, noise, kind):
+        data = {"cut": original[:cut], "overwrite": original[:at] + noise + original[at + len(noise):],
+                "noise": noise}[kind]
+        (workspace / "damaged.pt").write_bytes(data)
+        result = CliRunner().invoke(cli, ["evaluate", "damaged.pt", "--corpus", "corpus"])
+        _expect_output_or_one_line(result, f"{kind} at {cut}/{at}")
+
+    run_one()
+
+
+@case("data", "a WAV cut at a drawn byte or with drawn bytes overwritten (header included), given to predict",
+      "predictions, or one line naming the file; never a traceback (hypothesis)")
+def test_any_damaged_audio_gives_predictions_or_one_line(workspace):
+    original = sorted((workspace / "corpus" / "Audios").glob("*.wav"))[0].read_bytes()
+
+    @examples(30)
+    @given(cut=st.integers(0, len(original)), at=st.integers(0, 64), noise=st.binary(min_size=1, max_size=16),
+           kind=st.sampled_from(["cut", "overwrite"]))
+    def run_one(cut, at, noise, kind):
+        data = original[:cut] if kind == "cut" else original[:at] + noise + original[at + len(noise):]
+        (workspace / "damaged.wav").write_bytes(data)
+        result = CliRunner().invoke(cli, ["predict", "run", "damaged.wav"])
+        _expect_output_or_one_line(result, f"{kind} at {cut}/{at} {noise!r}")
+
+    run_one()
+
+
+@case("inference", "an ensemble plan of drawn JSON (members that are missing, itself, numbers, nested lists; "
+      "weights of any value)", "predictions, or one line naming the plan; never a traceback (hypothesis)")
+def test_any_ensemble_plan_gives_predictions_or_one_line(workspace):
+    import json
+
+    members = st.lists(st.sampled_from(["run", "run/best.pt", "plan.json", "missing", "", "corpus", "notes.txt"]),
+                       max_size=3)
+    choices = st.lists(st.fixed_dictionaries({"member": st.one_of(st.integers(-1, 3), st.text(max_size=2)),
+                                              "weight": st.one_of(st.floats(), st.integers(-2, 2**70))}), max_size=3)
+    attributes = st.one_of(st.dictionaries(st.sampled_from(["arousal", "valence", "dominance", "x"]),
+                                           st.fixed_dictionaries({"members": choices}), max_size=3), _YAML_VALUES)
+    plans = st.one_of(
+        st.fixed_dictionaries({"format": st.sampled_from(["sertool-ensemble", "x"]), "members": members},
+                              optional={"version": st.one_of(st.integers(-1, 3), st.text(max_size=2)),
+                                        "kind": st.sampled_from(["mean", "per-attribute", "x"]),
+                                        "attributes": attributes}),
+        _YAML_VALUES)
+
+    @examples(25)
+    @given(plan=plans)
+    def run_one(plan):
+        (workspace / "plan.json").write_text(json.dumps(plan, allow_nan=True))
+        result = CliRunner().invoke(cli, ["predict", "plan.json", "--corpus", "corpus", "--split", "Test1"])
+        _expect_output_or_one_line(result, f"plan {plan!r}")
+
+    run_one()

@@ -46,10 +46,9 @@ from sertool.data.records import ATTRIBUTES, Utterance
 from sertool.data.vector_codec import VectorCodec
 from sertool.errors import SertoolError
 from sertool.interrupts import quiet_worker
-from sertool.models.backbones.base import lengths_to_mask
+from sertool.models.backbones.base import LOG_FLOOR, lengths_to_mask
 from sertool.models.backbones.fbank import (
     HOP_LENGTH,
-    LOG_FLOOR,
     N_FFT,
     NUM_MEL_BINS,
     SAMPLE_RATE,

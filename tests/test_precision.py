@@ -1,0 +1,66 @@
+"""Mixed precision (``--amp``): what runs in float32 whatever the autocast, and what half precision changes.
+
+There is no GPU here: fp16 and bf16 are exercised with CPU autocast (``torch.autocast("cpu", dtype=...)``),
+which casts the same kinds of operation (matrix products, convolutions) to half precision as CUDA's does.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from sertool.config import ModelConfig
+from sertool.models.backbones import FbankBackbone, WhisperBackbone, build_backbone
+from sertool.models.speaker_embedding import LogMelStatistics
+from tests.cases import case
+from tests.tiny_speech import save_tiny_wavlm, save_tiny_whisper
+
+# transformers' WavLM attention passes torch a bool padding mask with a float position bias.
+pytestmark = pytest.mark.filterwarnings("ignore:Support for mismatched key_padding_mask:UserWarning")
+
+SAMPLE_RATE = 16_000
+HALF_DTYPES = [torch.float16, torch.bfloat16]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("tiny_precision")
+    return {"wavlm": save_tiny_wavlm(root / "wavlm"), "whisper": save_tiny_whisper(root / "whisper")}
+
+
+def _batch() -> tuple[torch.Tensor, torch.Tensor]:
+    """Speech-like noise of 1.5, 0.55 and 1 s, zero-padded, and a 0.25-s clip of digital silence."""
+    lengths = [24_000, 8_800, 16_000, 4_000]
+    generator = torch.Generator().manual_seed(0)
+    time_s = torch.arange(max(lengths)) / SAMPLE_RATE
+    envelope = 0.1 * (1 + torch.sin(2 * torch.pi * 3.0 * time_s))
+    sample_mask = torch.arange(max(lengths)) < torch.tensor(lengths).unsqueeze(1)
+    waveforms = envelope * torch.randn(len(lengths), max(lengths), generator=generator) * sample_mask
+    waveforms[-1] = 0.0
+    return waveforms, sample_mask
+
+
+@case("values", "--amp fp16 or bf16 (autocast) over a zero-padded batch with an all-silent clip, into each log-mel "
+      "front end (fbank encoder, log-mel-stats speaker statistics, Whisper)",
+      "the log-mel is computed in float32 with autocast off: the very features of float32, finite (fp16 rounded "
+      "the 1e-10 power floor to 0: log 0 = −inf, NaN after the mask, every step skipped)")
+@pytest.mark.parametrize("dtype", HALF_DTYPES)
+def test_log_mel_front_ends_compute_in_float32_under_autocast(tiny, dtype: torch.dtype) -> None:
+    waveforms, sample_mask = _batch()
+    fbank = FbankBackbone(32, num_blocks=1).eval()
+    whisper = build_backbone(ModelConfig(backbone="whisper", backbone_path=str(tiny["whisper"]))).eval()
+    assert isinstance(whisper, WhisperBackbone)
+    front_ends = {
+        "fbank": lambda: fbank.log_mel(waveforms, sample_mask)[0],
+        "log-mel-stats": lambda: LogMelStatistics()(waveforms, sample_mask),
+        "whisper": lambda: whisper.log_mel(waveforms, sample_mask.sum(dim=-1))[0],
+    }
+    with torch.no_grad():
+        expected = {name: compute() for name, compute in front_ends.items()}
+        with torch.autocast("cpu", dtype=dtype):
+            features = {name: compute() for name, compute in front_ends.items()}
+            encoded = {"fbank": fbank(waveforms, sample_mask)[0], "whisper": whisper(waveforms, sample_mask)[0]}
+    assert [name for name, frames in encoded.items() if not torch.isfinite(frames).all()] == []
+    assert [name for name, value in features.items()
+            if value.dtype != torch.float32 or not torch.equal(value, expected[name])] == []

@@ -11,8 +11,12 @@ import pytest
 import torch
 
 from sertool.config import ModelConfig
+from sertool.data.records import ATTRIBUTES
 from sertool.models.backbones import FbankBackbone, WhisperBackbone, build_backbone
+from sertool.models.heads import EmotionHeads
+from sertool.models.pooling import masked_mean
 from sertool.models.speaker_embedding import LogMelStatistics
+from sertool.models.utterance_stats import FloorBlend
 from tests.cases import case
 from tests.tiny_speech import save_tiny_wavlm, save_tiny_whisper
 
@@ -64,3 +68,49 @@ def test_log_mel_front_ends_compute_in_float32_under_autocast(tiny, dtype: torch
     assert [name for name, frames in encoded.items() if not torch.isfinite(frames).all()] == []
     assert [name for name, value in features.items()
             if value.dtype != torch.float32 or not torch.equal(value, expected[name])] == []
+
+
+@case("values", "bf16 autocast (--amp bf16/auto) through the emotion heads",
+      "each head's output layer and the sigmoid run in float32: predictions are no longer rounded to bf16's "
+      "steps of 0.002–0.004 on the unit scale (0.012–0.023 on 1..7) before the CCC")
+def test_emotion_heads_output_layer_and_sigmoid_run_in_float32_under_autocast() -> None:
+    torch.manual_seed(0)
+    heads = EmotionHeads(32, hidden_dim=16, dropout=0.0).eval()
+    representation = torch.randn(64, 32)
+    with torch.no_grad():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            predictions = heads(representation)
+            hidden = [heads.heads[name][:-1](representation) for name in ATTRIBUTES]  # bf16, as autocast gives
+        logits = torch.cat([heads.heads[name][-1](rows.float()) for name, rows in zip(ATTRIBUTES, hidden, strict=True)],
+                           dim=-1)
+    assert predictions.dtype == torch.float32
+    torch.testing.assert_close(predictions, torch.sigmoid(logits), rtol=0, atol=1e-6)
+
+
+@case("values", "a 550-frame utterance's bf16 frames mean-pooled",
+      "summed and counted in float32: the mean divides by 550 (a bf16 count was 552) and is returned in float32")
+def test_masked_mean_sums_and_counts_in_float32() -> None:
+    generator = torch.Generator().manual_seed(0)
+    frames = (1.0 + torch.rand(2, 600, 8, generator=generator)).bfloat16()
+    frame_mask = torch.arange(600) < torch.tensor([[550], [600]])
+    expected = (frames.double() * frame_mask[..., None]).sum(dim=1) / frame_mask.sum(dim=1, keepdim=True)
+    pooled = masked_mean(frames, frame_mask)
+    assert pooled.dtype == torch.float32
+    torch.testing.assert_close(pooled.double(), expected, rtol=1e-6, atol=0)
+
+
+@case("values", "a floor-blend model's network predictions in bf16 (autocast)",
+      "the blend with the float64 floor is returned in float32, not rounded back to bf16")
+def test_floor_blend_returns_float32_for_half_precision_network_outputs() -> None:
+    generator = torch.Generator().manual_seed(0)
+    blend = FloorBlend(num_features=4)
+    blend.weights.copy_(0.05 * torch.randn(4, 3, generator=generator, dtype=torch.float64))
+    blend.intercept.fill_(0.5)
+    blend.alphas.fill_(1.0)
+    blend.blend.copy_(torch.tensor([0.3, 0.55, 1.0], dtype=torch.float64))
+    network = torch.rand(16, 3, generator=generator).bfloat16()
+    standardised = torch.randn(16, 4, generator=generator, dtype=torch.float64)
+    expected = blend.blend * network.double() + (1 - blend.blend) * blend.floor(standardised)
+    blended = blend(network, standardised)
+    assert blended.dtype == torch.float32
+    torch.testing.assert_close(blended.double(), expected, rtol=0, atol=1e-7)

@@ -12,12 +12,14 @@ import torch
 
 from sertool.config import ModelConfig
 from sertool.data.records import ATTRIBUTES
+from sertool.data.transcripts import Transcriber
 from sertool.models.backbones import FbankBackbone, WhisperBackbone, build_backbone
 from sertool.models.heads import EmotionHeads
 from sertool.models.pooling import masked_mean
 from sertool.models.speaker_embedding import LogMelStatistics
 from sertool.models.utterance_stats import FloorBlend
 from tests.cases import case
+from tests.tiny_asr import save_tiny_asr
 from tests.tiny_speech import save_tiny_wavlm, save_tiny_whisper
 
 # transformers' WavLM attention passes torch a bool padding mask with a float position bias.
@@ -114,3 +116,36 @@ def test_floor_blend_returns_float32_for_half_precision_network_outputs() -> Non
     blended = blend(network, standardised)
     assert blended.dtype == torch.float32
     torch.testing.assert_close(blended.double(), expected, rtol=0, atol=1e-7)
+
+
+@pytest.fixture(scope="module")
+def asr_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_asr(tmp_path_factory.mktemp("asr"), window_s=2)
+
+
+def _mock_cuda(monkeypatch: pytest.MonkeyPatch, *, bf16: bool) -> None:
+    """Make this CPU-only torch report one CUDA GPU, with or without bf16 support."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: bf16)
+
+
+@case("values", "ASR transcription (--asr) on a CUDA GPU (mocked), with and without bf16 support, and on the CPU",
+      "the Whisper ASR model is loaded in bf16 on the GPU, fp16 on a GPU without bf16 (--amp auto's rule), float32 on "
+      "the CPU (it was float32 everywhere); a half-precision transcript is cached under a key of its own")
+@pytest.mark.parametrize(("bf16", "expected"), [(True, torch.bfloat16), (False, torch.float16)])
+def test_asr_runs_in_half_precision_on_a_gpu_and_in_float32_on_the_cpu(
+    monkeypatch: pytest.MonkeyPatch, asr_folder: Path, bf16: bool, expected: torch.dtype
+) -> None:
+    _mock_cuda(monkeypatch, bf16=bf16)
+    on_gpu = Transcriber(str(asr_folder), device="cuda")
+    on_cpu = Transcriber(str(asr_folder), device="cpu")
+    assert on_gpu.device.type == "cuda"
+    assert on_gpu.cache_key != on_cpu.cache_key
+    # The weights load in that precision: the mocked GPU's transcriber, moved to the CPU, transcribes there.
+    on_gpu.device = torch.device("cpu")
+    waveform = 0.1 * torch.randn(SAMPLE_RATE, generator=torch.Generator().manual_seed(0))
+    assert len(on_gpu.transcribe([waveform])) == 1
+    on_cpu.transcribe([waveform])
+    assert (on_gpu._model.dtype, on_cpu._model.dtype) == (expected, torch.float32)
+    assert (on_gpu.dtype, on_cpu.dtype) == (expected, torch.float32)

@@ -5,20 +5,30 @@ which casts the same kinds of operation (matrix products, convolutions) to half 
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import torch
 
+from sertool.api import load
 from sertool.config import ModelConfig
 from sertool.data.records import ATTRIBUTES
 from sertool.data.transcripts import Transcriber
+from sertool.inference import predictor
 from sertool.models.backbones import FbankBackbone, WhisperBackbone, build_backbone
 from sertool.models.heads import EmotionHeads
 from sertool.models.pooling import masked_mean
+from sertool.models.ser_model import SERModel
 from sertool.models.speaker_embedding import LogMelStatistics
 from sertool.models.utterance_stats import FloorBlend
+from sertool.runtime.precision import ieee_float32
+from sertool.training import loop
+from sertool.training.loop import train
 from tests.cases import case
+from tests.corpus_files import write_learnable_corpus
+from tests.systems import small_config
 from tests.tiny_asr import save_tiny_asr
 from tests.tiny_speech import save_tiny_wavlm, save_tiny_whisper
 
@@ -149,3 +159,58 @@ def test_asr_runs_in_half_precision_on_a_gpu_and_in_float32_on_the_cpu(
     on_cpu.transcribe([waveform])
     assert (on_gpu._model.dtype, on_cpu._model.dtype) == (expected, torch.float32)
     assert (on_gpu.dtype, on_cpu.dtype) == (expected, torch.float32)
+
+
+def _tf32_switches() -> tuple[bool, bool]:
+    return torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+
+
+@case("values", "--amp off (or any --amp) on a CUDA GPU (mocked) where torch allows TF32 matmuls and cuDNN convolutions",
+      "sertool trains and predicts with TF32 off: float32 is IEEE float32 (cuDNN convolutions were TF32 by default); "
+      "the process's own settings come back afterwards, and nothing changes on the CPU")
+def test_float32_is_ieee_on_a_gpu_while_sertool_computes() -> None:
+    before = _tf32_switches()  # torch's switches are plain settings, set (and set back) on a CPU-only build too
+    try:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = True, True
+        with ieee_float32(torch.device("cpu")):
+            assert _tf32_switches() == (True, True)
+        with ieee_float32(torch.device("cuda", 0)):
+            assert _tf32_switches() == (False, False)
+        assert _tf32_switches() == (True, True)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+
+
+def test_training_and_prediction_compute_inside_ieee_float32(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The wiring: ``train`` and every prediction (``sertool.load``, evaluate, predict, ensemble) run inside
+    ``ieee_float32`` on their device, the model's every forward and backward included."""
+    entered: list[torch.device] = []
+    forwards_inside: list[bool] = []
+    inside = False
+
+    @contextmanager
+    def recording(device: torch.device) -> Iterator[None]:
+        nonlocal inside
+        entered.append(device)
+        inside = True
+        try:
+            with ieee_float32(device):
+                yield
+        finally:
+            inside = False
+
+    forward = SERModel.forward
+
+    def recorded_forward(self, *args, **kwargs):
+        forwards_inside.append(inside)
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "ieee_float32", recording)
+    monkeypatch.setattr(predictor, "ieee_float32", recording)
+    monkeypatch.setattr(SERModel, "forward", recorded_forward)
+    corpus = write_learnable_corpus(tmp_path / "corpus", per_split={"Train": 8, "Development": 4})
+    train(small_config(corpus, epochs=1, max_steps=1), tmp_path / "run")
+    assert entered == [torch.device("cpu")]
+    load(tmp_path / "run", device="cpu").predict(torch.zeros(SAMPLE_RATE), sample_rate=SAMPLE_RATE)
+    assert entered == [torch.device("cpu")] * 2
+    assert forwards_inside and all(forwards_inside)

@@ -1,5 +1,8 @@
-"""Mixed precision (``--amp``) for training and inference alike."""
+"""Mixed precision (``--amp``) for training and inference alike, and float32 that is IEEE float32 on a GPU."""
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -26,3 +29,32 @@ def resolve_amp(choice: str, device: torch.device) -> torch.dtype | None:
     if choice == "fp16" and device.type != "cuda":
         raise SertoolError("--amp fp16 needs a CUDA GPU; use --amp bf16 on the CPU")
     return torch.bfloat16 if choice == "bf16" else torch.float16
+
+
+@contextmanager
+def ieee_float32(device: torch.device) -> Iterator[None]:
+    """Within the block, float32 products on ``device`` are IEEE float32, never TF32; restored after.
+
+    On Ampere and later GPUs torch may compute float32 matrix products (``torch.backends.cuda.matmul.allow_tf32``)
+    and cuDNN convolutions (``torch.backends.cudnn.allow_tf32``, on by default) in TF32, which keeps 10
+    mantissa bits of each input, as fp16. sertool trains and predicts with both off, whatever
+    ``--amp``: ``--amp off`` is then float32 throughout (the reference a half-precision run is compared with),
+    and under ``--amp`` the parts kept in float32 on purpose (the log-mel front ends, the heads' output layers)
+    are float32 too. That costs speed only under ``--amp off``: with autocast the large products run in half
+    precision anyway. The CPU has no TF32: nothing changes there.
+
+    Args:
+        device: where sertool computes.
+    """
+    if device.type != "cuda":
+        yield
+        return
+    # allow_tf32: the switches every torch sertool supports (>= 2.1) has; newer torch maps them onto its
+    # per-operator fp32_precision settings.
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn

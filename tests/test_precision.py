@@ -214,3 +214,31 @@ def test_training_and_prediction_compute_inside_ieee_float32(monkeypatch: pytest
     load(tmp_path / "run", device="cpu").predict(torch.zeros(SAMPLE_RATE), sample_rate=SAMPLE_RATE)
     assert entered == [torch.device("cpu")] * 2
     assert forwards_inside and all(forwards_inside)
+
+
+# How far half-precision predictions may lie from float32 ones on the 1..7 scale (docs/training.md, "Mixed
+# precision", says why): bf16 keeps 8 significant bits, fp16 11, 8 times finer.
+TOLERANCE = {torch.bfloat16: 0.05, torch.float16: 0.01}
+
+
+@case("values", "the same batch (padding, an all-silent clip) predicted in float32 and under fp16 or bf16 autocast, "
+      "by a fbank, a tiny WavLM (layer-norm front end) and a tiny Whisper model",
+      "float32 predictions; fp16 within 0.01 and bf16 within 0.05 of float32 on the 1..7 scale (fp16 gave NaN for "
+      "fbank and Whisper)")
+@pytest.mark.parametrize("dtype", HALF_DTYPES)
+@pytest.mark.parametrize("backbone", ["fbank", "wavlm", "whisper"])
+def test_half_precision_predictions_agree_with_float32(tiny, backbone: str, dtype: torch.dtype) -> None:
+    torch.manual_seed(0)
+    config = ModelConfig(backbone=backbone, backbone_path=str(tiny[backbone]) if backbone in tiny else None,
+                         fbank_dim=32, head_hidden_dim=16)
+    model = SERModel(config).eval()
+    waveforms, sample_mask = _batch()
+    with torch.no_grad():
+        expected = model(waveforms, sample_mask).emotion
+        with torch.autocast("cpu", dtype=dtype):
+            emotion = model(waveforms, sample_mask).emotion
+    assert emotion.dtype == torch.float32
+    ratings = model.label_scaling.from_unit(emotion.double())
+    difference = (ratings - model.label_scaling.from_unit(expected.double())).abs()
+    assert torch.isfinite(ratings).all()
+    assert difference.max().item() <= TOLERANCE[dtype]

@@ -1,4 +1,5 @@
-"""``--device`` → a ``torch.device``: the one rule every command and the ASR model use."""
+"""``--device`` → a ``torch.device``, and the half precision it computes in: the rules every command and the ASR
+model use."""
 from __future__ import annotations
 
 import torch
@@ -37,3 +38,12 @@ def select_device(device: str | torch.device = DEFAULT_DEVICE, *, local_rank: in
     elif chosen.type != "cpu":
         raise SertoolError(f"--device {device}: sertool runs on cpu or cuda")
     return chosen
+
+
+def half_precision(device: torch.device) -> torch.dtype | None:
+    """The half precision ``device`` computes in fastest (``--amp auto``'s rule, and the ASR model's): bf16 on
+    a GPU that supports it, fp16 on an older GPU, None (float32) on the CPU, where half precision is slow for
+    convolutions and rarely what a user wants unless asked."""
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

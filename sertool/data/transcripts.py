@@ -6,7 +6,9 @@ missing, or for new audio, ``fill_transcripts`` makes it with Whisper (``openai/
 ``TranscriptCache`` keyed by the ASR setup and the audio content: nothing is transcribed twice, and a run
 whose transcripts are all cached never loads the ASR weights.
 
-Decoding is greedy (deterministic). Whisper hears at most one window (30 s for every released model) at a
+The model runs in half precision on a GPU (bf16 where the GPU supports it, else fp16: ``--amp auto``'s rule,
+``sertool.devices.half_precision``), as Whisper is usually run there, and in float32 on the CPU. Decoding is
+greedy (deterministic). Whisper hears at most one window (30 s for every released model) at a
 time: longer audio is cut into the fewest equal chunks that each fit in one window, each chunk is
 transcribed alone and the texts are joined with a space. A word that straddles a cut may be garbled;
 MSP-Podcast utterances (at most about 11 s) are never cut.
@@ -33,7 +35,7 @@ from sertool.data.audio_digests import audio_digests
 from sertool.data.cache import ItemCache, cache_root, setup_key
 from sertool.data.dataset import load_utterance_audio
 from sertool.data.records import Utterance
-from sertool.devices import select_device
+from sertool.devices import half_precision, select_device
 from sertool.errors import SertoolError
 from sertool.hub import load_pretrained, model_identity, model_revision
 
@@ -73,7 +75,8 @@ class Transcriber:
         Args:
             model_name_or_path: hub id or local folder of a ``WhisperForConditionalGeneration`` with its
                 processor (feature extractor and tokenizer).
-            device: where the model runs; None: CUDA when available, else the CPU.
+            device: where the model runs; None: CUDA when available, else the CPU. It runs in ``dtype``: bf16
+                on a GPU that supports it, else fp16 (``--amp auto``'s rule), float32 on the CPU.
             language: spoken language (``"en"`` or ``"english"``) of a multilingual model; None lets the
                 model detect it for every window.
             max_new_tokens: tokens generated per window at most; None: half the decoder's context (224 for
@@ -95,6 +98,7 @@ class Transcriber:
             )
         self.model_name_or_path = model_name_or_path
         self.device = select_device(device or DEFAULT_DEVICE)
+        self.dtype = half_precision(self.device) or torch.float32  # what the weights are loaded in
         self.language = language.lower() if language else None
         self.max_new_tokens = max_new_tokens or int(config.max_target_positions) // 2
         self.batch_size = batch_size
@@ -108,14 +112,19 @@ class Transcriber:
     def cache_key(self) -> str:
         """Names everything a transcript depends on: model, revision, language and decoding."""
         model = model_identity(self.model_name_or_path)
-        return setup_key(model, {
+        settings: dict[str, object] = {
             "model": model,
             "revision": self.revision,
             "language": self.language,
             "max_new_tokens": self.max_new_tokens,
             "decoding": "greedy",
             "long_audio": "equal-chunks-of-one-window-joined-by-space",
-        })
+        }
+        if self.dtype != torch.float32:
+            # Half precision may change a word. Float32 transcripts keep the keys they had before the
+            # precision was part of the key (every transcript was made in float32 then).
+            settings["computed_in"] = str(self.dtype).removeprefix("torch.")
+        return setup_key(model, settings)
 
     @property
     def loaded(self) -> bool:
@@ -177,7 +186,7 @@ class Transcriber:
                 "cannot be read; copy the model's tokenizer files into it"
             )
         model = load_pretrained(
-            WhisperForConditionalGeneration.from_pretrained, name, flag="--asr", dtype=torch.float32
+            WhisperForConditionalGeneration.from_pretrained, name, flag="--asr", dtype=self.dtype
         )
         generation_config = copy.deepcopy(model.generation_config)
         generation_config.do_sample = False

@@ -23,7 +23,7 @@ from sertool.inference.ensemble import apply_plan, read_plan
 from sertool.inference.options import InferenceOptions
 from sertool.inference.predictions import Predictions, check_rating_scale, read_predictions
 from sertool.model_folder import load_model
-from sertool.runtime.precision import resolve_amp
+from sertool.runtime.precision import ieee_float32, resolve_amp
 from sertool.runtime.runner import run_model
 
 if TYPE_CHECKING:
@@ -95,10 +95,11 @@ class CheckpointPredictor:
             if self._text_cache is None:
                 self._text_cache = text_embedding_cache(model, self.options.cache_dir)
         device = self.options.torch_device()
-        raw = run_model(model, utterances, device=device, description=f"predicting with {self.name}",
-                        text_embeddings=transcript_embeddings(model, utterances, cache=self._text_cache),
-                        max_batch_s=self.options.max_batch_s, num_workers=self.options.num_workers,
-                        amp_dtype=resolve_amp(self.options.amp, device))
+        with ieee_float32(device):
+            raw = run_model(model, utterances, device=device, description=f"predicting with {self.name}",
+                            text_embeddings=transcript_embeddings(model, utterances, cache=self._text_cache),
+                            max_batch_s=self.options.max_batch_s, num_workers=self.options.num_workers,
+                            amp_dtype=resolve_amp(self.options.amp, device))
         values = model.label_scaling.ratings(raw.emotion_unit)
         return PredictorOutput(Predictions(raw.ids, values), raw.gender_probabilities)
 

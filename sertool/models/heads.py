@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import numpy as np
 import torch
@@ -101,6 +101,20 @@ class EmotionHeads(nn.Module):
         )
 
     def forward(self, representation: Tensor) -> Tensor:
-        """``[B, input_dim]`` -> ``[B, 3]`` in unit scale, A, V, D."""
-        stacked = torch.cat([self.heads[name](representation) for name in ATTRIBUTES], dim=-1)
-        return torch.sigmoid(stacked) if self.output == "sigmoid" else stacked
+        """``[B, input_dim]`` -> ``[B, 3]`` in unit scale, A, V, D, in float32 (or the heads' own wider dtype)
+        whatever the autocast.
+
+        The hidden layers run in the autocast dtype; each head's output layer and the sigmoid do not. In bf16
+        an output keeps 8 significant bits: sigmoid outputs in steps of 0.002–0.004 (0.012–0.023 on 1..7),
+        which the CCC, the loss and the floor blend would all see. Three ``hidden_dim``-wide dot products per
+        utterance cost nothing in float32.
+        """
+        columns = []
+        for name in ATTRIBUTES:
+            head = cast(nn.Sequential, self.heads[name])  # two_layer_mlp: hidden layers, then the output Linear
+            hidden = head[:-1](representation)
+            output_layer = cast(nn.Linear, head[-1])
+            with torch.autocast(representation.device.type, enabled=False):
+                columns.append(output_layer(hidden.to(output_layer.weight.dtype)))
+        stacked = torch.cat(columns, dim=-1)
+        return torch.sigmoid(stacked) if self.output == "sigmoid" else stacked  # autocast never lowers a sigmoid

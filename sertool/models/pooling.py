@@ -24,15 +24,17 @@ def masked_mean(frames: Tensor, frame_mask: Tensor) -> Tensor:
         frame_mask: ``[B, T]`` bool (or 0/1), True where a frame is real.
 
     Returns:
-        ``[B, D]``.
+        ``[B, D]`` in float32 at least (``frames``' dtype when wider). Sum and count are float32 too: a bf16
+        count keeps 8 significant bits (550 frames count as 552), and a mean over hundreds of bf16 frames is
+        more precise than bf16 could hold.
 
     Raises:
         ValueError: an utterance has no valid frame.
     """
     mask = _checked_mask(frames, frame_mask)
-    weights = mask.to(frames.dtype).unsqueeze(-1)
-    total = torch.where(mask.unsqueeze(-1), frames, torch.zeros_like(frames)).sum(dim=1)
-    return total / weights.sum(dim=1)
+    dtype = torch.promote_types(frames.dtype, torch.float32)
+    total = torch.where(mask.unsqueeze(-1), frames, torch.zeros_like(frames)).sum(dim=1, dtype=dtype)
+    return total / mask.sum(dim=1, keepdim=True).to(dtype)
 
 
 class MeanPooling(nn.Module):

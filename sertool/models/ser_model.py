@@ -36,7 +36,8 @@ class ModelOutput:
     """What ``SERModel.forward`` returns.
 
     Attributes:
-        emotion: ``[B, 3]`` in unit scale (``LabelScaling.to_unit``), columns A, V, D.
+        emotion: ``[B, 3]`` in unit scale (``LabelScaling.to_unit``), columns A, V, D; float32 under any
+            autocast (``EmotionHeads``, ``FloorBlend``), never rounded to half precision.
         gender_logits: ``[B, 2]`` over ``GENDERS``, or None without the gender task.
         speaker_embedding: ``[B, head_hidden_dim]``, or None without the speaker task.
         speaker_cosine: ``[B, num_speakers]`` cosines for ``aam_softmax_loss``, or None.

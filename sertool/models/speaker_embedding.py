@@ -107,6 +107,8 @@ class LogMelStatistics(nn.Module):
 
     @torch.no_grad()
     def forward(self, waveforms: Tensor, sample_mask: Tensor) -> Tensor:
+        """``[B, 160]`` float32 statistics of right-padded ``[B, S]`` waveforms with ``[B, S]`` bool ``sample_mask``,
+        whatever the autocast: the log-mel is float32 (``raw_log_mel``), and so is all that follows it."""
         from sertool.models.backbones.base import lengths_to_mask
         from sertool.models.backbones.fbank import raw_log_mel
 

@@ -46,10 +46,9 @@ from sertool.data.records import ATTRIBUTES, Utterance
 from sertool.data.vector_codec import VectorCodec
 from sertool.errors import SertoolError
 from sertool.interrupts import quiet_worker
-from sertool.models.backbones.base import lengths_to_mask
+from sertool.models.backbones.base import LOG_FLOOR, lengths_to_mask
 from sertool.models.backbones.fbank import (
     HOP_LENGTH,
-    LOG_FLOOR,
     N_FFT,
     NUM_MEL_BINS,
     SAMPLE_RATE,
@@ -285,7 +284,8 @@ class FloorBlend(nn.Module):
 
     def forward(self, network: Tensor, standardised: Tensor) -> Tensor:
         """The blend of ``[B, 3]`` unit-scale ``network`` predictions with the floor's prediction from ``[B,
-        NUM_FEATURES]`` standardised float64 statistics, in ``network``'s dtype.
+        NUM_FEATURES]`` standardised float64 statistics, in float32 (``network``'s dtype when wider): a
+        prediction, never rounded to an autocast's half precision.
 
         Raises:
             RuntimeError: ``fit`` was never called.
@@ -293,7 +293,7 @@ class FloorBlend(nn.Module):
         floor = self.floor(standardised)
         blended = self.blend * network.double() + (1 - self.blend) * floor
         # A weight of 0 is the floor alone, even where the network's output is not finite (0 · NaN is NaN).
-        return torch.where(self.blend > 0, blended, floor).to(network.dtype)
+        return torch.where(self.blend > 0, blended, floor).to(torch.promote_types(network.dtype, torch.float32))
 
 
 BLEND_GRID: tuple[float, ...] = tuple(step / 20 for step in range(21))  # the network's weight: 0, 0.05, ..., 1

@@ -73,7 +73,7 @@ from sertool.progress import set_display
 from sertool.runtime import distributed
 from sertool.runtime.distributed import Distributed
 from sertool.runtime.frames import fill_frame_cache
-from sertool.runtime.precision import resolve_amp
+from sertool.runtime.precision import ieee_float32, resolve_amp
 from sertool.runtime.runner import ModelPredictions, run_model
 from sertool.training.curves import CURVES_NAME, plot_curves, read_curves
 from sertool.training.init_from import load_initial_weights
@@ -172,7 +172,7 @@ def train(
     try:
         holding = (locked_run_folder(run_dir, create=not resume, warn=reporter.message) if context.is_main
                    else contextlib.nullcontext())
-        with StopRequests() as stops, holding as record_holder:
+        with StopRequests() as stops, holding as record_holder, ieee_float32(context.device):
             previous = _PreviousRun()
             try:
                 if not resume and context.is_main:

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from sertool.errors import SertoolError
 
 LAYER_WEIGHTINGS = ("weighted", "last")
+LOG_FLOOR = 1e-10  # mel power floor before the log: digital silence and zero padding
 
 
 class SpeechBackbone(nn.Module):
@@ -89,6 +90,34 @@ def pad_to_min_length(waveforms: Tensor, min_samples: int) -> Tensor:
     """Zero-pad ``[B, S]`` on the right to at least ``min_samples`` samples."""
     missing = min_samples - waveforms.shape[-1]
     return nn.functional.pad(waveforms, (0, missing)) if missing > 0 else waveforms
+
+
+def log_mel_power(waveforms: Tensor, mel_filters: Tensor, window: Tensor, *, hop_length: int,
+                  center: bool) -> Tensor:
+    """Natural-log mel power ``[B, mels, F]`` of ``[B, S]`` waveforms, in float32 whatever the autocast.
+
+    The one computation of every log-mel front end (the fbank encoder's, the log-mel speaker statistics, the
+    utterance statistics, Whisper's): power spectrum (``torch.stft``, FFT size ``len(window)``), projected on
+    ``mel_filters`` ``[mels, freqs]``, floored at ``LOG_FLOOR``, natural log.
+
+    Why autocast is off: the mel projection is a matrix product, which autocast runs in half precision. In
+    fp16 the floor 1e-10 rounds to 0 (the smallest fp16 number is 6e-8), so silence and zero padding give
+    log 0 = −inf, and NaN once a mask multiplies it by 0; in bf16 the power keeps 8 significant bits, so a
+    GPU trained under ``--amp`` would see other features than a CPU evaluating in float32. These front ends
+    have no weights and are a small part of the compute, so float32 costs little.
+
+    Args:
+        waveforms: ``[B, S]`` samples (any float dtype; computed in float32).
+        mel_filters: ``[mels, len(window) // 2 + 1]`` filter bank.
+        window: the analysis window; its length is the FFT size.
+        hop_length: samples between frames.
+        center: ``torch.stft``'s: pad each end by half a window (reflected) so frame ``t`` centres on sample
+            ``t · hop_length``; False keeps every frame inside the signal.
+    """
+    with torch.autocast(waveforms.device.type, enabled=False):
+        stft = torch.stft(waveforms.float(), window.numel(), hop_length, window=window.float(), center=center,
+                          return_complex=True)
+        return torch.clamp(mel_filters.float() @ (stft.abs() ** 2), min=LOG_FLOOR).log()
 
 
 def grad_context(module: nn.Module) -> AbstractContextManager:

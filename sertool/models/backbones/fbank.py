@@ -7,7 +7,8 @@ It exists so that CPU users and the demo can train a real model in minutes. Desi
   and bands. That removes the recording gain (as WavLM's waveform normalisation does) but keeps the
   spectral envelope — spectral tilt is a cue of vocal effort, formants and pitch of speaker and gender.
   Normalising each band separately would remove the envelope: on the small demo corpus it cost 0.25
-  dominance CCC and most of the gender head's accuracy;
+  dominance CCC and most of the gender head's accuracy. The front end computes in float32 under any
+  ``--amp`` (``log_mel_power``); the convolutions after it run in the autocast dtype;
 - two stride-2 convolutions subsample ×4 to 40 ms frames, then ConvNeXt-style residual blocks (depthwise
   temporal conv → LayerNorm → pointwise MLP), width ``fbank_dim``;
 - no BatchNorm (it would make an utterance's features depend on its batch); padded positions are zeroed
@@ -23,13 +24,18 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from sertool.models.backbones.base import SpeechBackbone, lengths_to_mask, make_layer_weighting, pad_to_min_length
+from sertool.models.backbones.base import (
+    SpeechBackbone,
+    lengths_to_mask,
+    log_mel_power,
+    make_layer_weighting,
+    pad_to_min_length,
+)
 
 SAMPLE_RATE = 16_000  # Hz
 N_FFT = 400  # 25 ms window
 HOP_LENGTH = 160  # 10 ms hop
 NUM_MEL_BINS = 80
-LOG_FLOOR = 1e-10  # power floor before the log (silence)
 NORMALIZATION_EPS = 1e-5
 NUM_BLOCKS = 4
 DEPTHWISE_KERNEL = 7  # frames of 40 ms: a 280 ms receptive field per block
@@ -49,12 +55,11 @@ def mel_filter_bank() -> Tensor:
 
 
 def raw_log_mel(waveforms: Tensor, sample_mask: Tensor, mel_filters: Tensor, window: Tensor) -> tuple[Tensor, Tensor]:
-    """Log-mel power ``[B, F, 80]`` of right-padded waveforms, and the frames wholly inside each utterance."""
+    """Log-mel power ``[B, F, 80]`` (float32 whatever the autocast: ``log_mel_power``) of right-padded
+    waveforms, and the frames wholly inside each utterance."""
     sample_lengths = sample_mask.sum(dim=-1)
     waveforms = pad_to_min_length(waveforms * sample_mask, N_FFT)
-    stft = torch.stft(waveforms, N_FFT, HOP_LENGTH, window=window, center=False, return_complex=True)
-    power = stft.abs() ** 2  # [B, freqs, F]
-    log_mel = torch.clamp(mel_filters @ power, min=LOG_FLOOR).log().transpose(1, 2)  # [B, F, mels]
+    log_mel = log_mel_power(waveforms, mel_filters, window, hop_length=HOP_LENGTH, center=False).transpose(1, 2)
     mel_lengths = (sample_lengths.clamp(min=N_FFT) - N_FFT) // HOP_LENGTH + 1
     return log_mel, mel_lengths
 
@@ -97,7 +102,7 @@ class FbankBackbone(SpeechBackbone):
         """Log-mel features normalised per utterance (one mean and variance over its real frames and bands).
 
         Returns:
-            ``features`` ``[B, F, 80]`` (zero on padded frames) and ``mel_lengths`` ``[B]``: the frames
+            ``features`` ``[B, F, 80]`` in float32 (zero on padded frames) and ``mel_lengths`` ``[B]``: the frames
             that lie wholly inside each utterance (one for an utterance shorter than 25 ms).
         """
         log_mel, mel_lengths = raw_log_mel(waveforms, sample_mask, self.mel_filters, self.window)

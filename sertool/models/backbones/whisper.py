@@ -18,6 +18,7 @@ Only the encoder's weights are read: the checkpoint is loaded as ``WhisperForAud
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, cast
@@ -28,7 +29,13 @@ from torch.utils.checkpoint import checkpoint
 
 from sertool.errors import SertoolError
 from sertool.hub import load_pretrained
-from sertool.models.backbones.base import SpeechBackbone, grad_context, lengths_to_mask, make_layer_weighting
+from sertool.models.backbones.base import (
+    SpeechBackbone,
+    grad_context,
+    lengths_to_mask,
+    log_mel_power,
+    make_layer_weighting,
+)
 from sertool.models.lora import apply_lora
 
 if TYPE_CHECKING:
@@ -123,7 +130,9 @@ class WhisperBackbone(SpeechBackbone):
         return {"sample_rate": SAMPLE_RATE, "n_fft": N_FFT, "hop_length": HOP_LENGTH,
                 "num_mel_bins": int(self.encoder.config.num_mel_bins), "log_mel_dynamic_range": LOG_MEL_DYNAMIC_RANGE,
                 "window_s": self.window_samples / SAMPLE_RATE, "length": "real, key padding masked",
-                "layer": "last" if self.layer_weights is None else "weighted"}
+                "layer": "last" if self.layer_weights is None else "weighted",
+                # Under --amp the log-mel was once computed in the autocast dtype: frames cached then differ.
+                "log_mel_precision": "float32"}
 
     def log_mel(self, waveforms: Tensor, sample_lengths: Tensor) -> tuple[Tensor, Tensor]:
         """Whisper's log-mel spectrogram of each utterance at its real length.
@@ -131,17 +140,18 @@ class WhisperBackbone(SpeechBackbone):
         Each row is processed alone (centred STFT with reflect padding at its own end, maximum over its
         own frames), exactly as ``WhisperFeatureExtractor`` processes one unpadded utterance, so a batch
         gives the same features as one item at a time. A row shorter than ``N_FFT`` samples is
-        zero-padded to it.
+        zero-padded to it. Computed in float32 whatever the autocast (``log_mel_power``): in fp16 an all-silent
+        clip's floor would round to 0 and its log to −inf.
 
         Returns:
-            ``mel`` ``[B, num_mel_bins, F]`` (zero beyond each row's length) and ``mel_lengths`` ``[B]``.
+            ``mel`` ``[B, num_mel_bins, F]`` float32 (zero beyond each row's length) and ``mel_lengths`` ``[B]``.
         """
         spectra = []
         for waveform, length in zip(waveforms, sample_lengths.tolist(), strict=True):
             waveform = nn.functional.pad(waveform[:length], (0, max(0, N_FFT - length)))
-            stft = torch.stft(waveform, N_FFT, HOP_LENGTH, window=self.window, return_complex=True)
-            power = stft[:, :-1].abs() ** 2  # drop the last frame, as the feature extractor does
-            log_spec = torch.clamp(self.mel_filters @ power, min=1e-10).log10()
+            log_power = log_mel_power(waveform[None], self.mel_filters, self.window, hop_length=HOP_LENGTH,
+                                      center=True)[0, :, :-1]  # drop the last frame, as the feature extractor does
+            log_spec = log_power / math.log(10.0)  # log10, as the feature extractor
             log_spec = torch.maximum(log_spec, log_spec.max() - LOG_MEL_DYNAMIC_RANGE)
             spectra.append((log_spec + 4.0) / 4.0)
         mel_lengths = torch.tensor([spectrum.shape[-1] for spectrum in spectra], device=waveforms.device)

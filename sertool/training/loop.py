@@ -862,9 +862,12 @@ class _Run:
         if not self.context.enabled:
             return self.model
         device_ids = [self.context.local_rank] if self.context.device.type == "cuda" else None
-        # Auxiliary heads may see a batch without any known label; their parameters then get no gradient.
+        # A parameter without a gradient in a step (a layer LayerDrop skipped, an auxiliary head a batch
+        # without its labels skipped) must be found, or DDP waits for it and fails at the next step. Each rank
+        # draws its own skips: the all-reduce averages such a gradient with zeros from the ranks that skipped,
+        # as for any parameter a rank's loss does not depend on (tests/test_ddp.py checks the average).
         return DistributedDataParallel(self.model, device_ids=device_ids,
-                                                         find_unused_parameters=bool(self.config.model.aux))
+                                       find_unused_parameters=self.model.may_leave_parameters_unused)
 
     def _with_transcripts(self, *splits: list[Utterance]) -> tuple[list[Utterance], ...]:
         """MM systems need every transcript: missing ones come from ASR (``--asr``), cached on disk, in one

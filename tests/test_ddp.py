@@ -1,0 +1,91 @@
+"""DDP on 2 gloo ranks (CPU) where the ranks' steps could part ways: parameters some rank leaves without a
+gradient, a rank without readable data, a NaN gradient on one rank, validations the ranks would judge
+apart. Every rank must take the same path, or the job hangs in a collective one rank never enters."""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from sertool.training import loop
+from tests.cases import case
+from tests.corpus_files import write_learnable_corpus
+from tests.ddp_ranks import WORLD_SIZE, assert_ranks_agree, run_ranks
+from tests.systems import small_config
+from tests.tiny_speech import save_tiny_wavlm
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    return write_learnable_corpus(tmp_path_factory.mktemp("corpus") / "c")
+
+
+def _watch_layers_and_gradients(records: Path, rank: int) -> None:
+    """In a rank: record which encoder layers each training forward ran, and at each optimiser step (when
+    the step clips its gradients, after DDP's all-reduce) how far any gradient is from the mean of the
+    ranks' own gradients (a rank that did not use a parameter contributes zeros)."""
+    layers_run: list[list[int]] = []
+    deviations: list[float] = []
+    own: dict[str, torch.Tensor] = {}
+    real_wrap, real_clip = loop._Run._wrap_ddp, torch.nn.utils.clip_grad_norm_
+
+    def keep_own(name: str, gradient: torch.Tensor) -> None:
+        own[name] = own[name] + gradient if name in own else gradient.detach().clone()
+
+    def wrap(self: loop._Run):
+        model = self.model
+        model.register_forward_pre_hook(lambda module, args: layers_run.append([]) if module.training else None)
+        for index, layer in enumerate(model.backbone.model.encoder.layers):
+            layer.register_forward_pre_hook(
+                lambda module, args, index=index: layers_run[-1].append(index) if module.training else None)
+        trainable = [(name, parameter) for name, parameter in model.named_parameters() if parameter.requires_grad]
+        for name, parameter in trainable:
+            parameter.register_hook(functools.partial(keep_own, name))
+
+        def clip(parameters, max_norm, *args, **kwargs):
+            everyone: list = [None] * WORLD_SIZE
+            dist.all_gather_object(everyone, own)
+            worst = 0.0
+            for name, parameter in trainable:
+                shares = [ranks_own[name] for ranks_own in everyone if name in ranks_own]
+                if not shares:  # no rank used it: no gradient anywhere
+                    worst = max(worst, 0.0 if parameter.grad is None else float("inf"))
+                    continue
+                mean = sum(shares) / WORLD_SIZE
+                got = parameter.grad if parameter.grad is not None else torch.zeros_like(mean)
+                worst = max(worst, float((got - mean).abs().max()))
+            deviations.append(worst)
+            own.clear()
+            torch.save({"layers_run": layers_run, "deviations": deviations}, records / f"rank{rank}.pt")
+            return real_clip(parameters, max_norm, *args, **kwargs)
+
+        torch.nn.utils.clip_grad_norm_ = clip
+        return real_wrap(self)
+
+    loop._Run._wrap_ddp = wrap  # type: ignore[method-assign]
+
+
+@case("training", "DDP with LayerDrop on (a fine-tuned WavLM/HuBERT/wav2vec2 with `layer_weighting: last`, no "
+      "auxiliary head; was: the second step failed, \"Expected to have finished reduction\")",
+      "trains; each rank skips its own layers, every gradient is the mean of the ranks' own (zeros where a "
+      "rank skipped), the ranks' weights stay equal")
+def test_ddp_trains_a_backbone_that_drops_layers_at_random(corpus, tmp_path):
+    config = small_config(corpus, batch_size=2, accum_steps=2)  # 8 utterances a step: 4 steps in 2 epochs
+    config.model.backbone = "wavlm"
+    config.model.backbone_path = str(save_tiny_wavlm(tmp_path / "wavlm", layerdrop=0.5))
+    config.model.layer_weighting = "last"  # keeps the model's LayerDrop
+    config.model.aux = ()  # no auxiliary head, which made DDP look for unused parameters before
+    records = tmp_path / "records"
+    records.mkdir()
+    ends = run_ranks(config, tmp_path / "run", prepare=functools.partial(_watch_layers_and_gradients, records))
+    assert_ranks_agree(ends)
+    assert ends[0]["steps"] == 4 and ends[0]["skipped_steps"] == 0
+    watched = [torch.load(records / f"rank{rank}.pt") for rank in range(WORLD_SIZE)]
+    forwards = [rank["layers_run"] for rank in watched]
+    assert len(forwards[0]) == len(forwards[1]) == 4 * 2  # 2 micro-batches a step
+    assert forwards[0] != forwards[1], "the ranks skipped the same layers: the case is not tested"
+    assert any(layers == [0] for rank in forwards for layers in rank), "no layer was skipped"
+    assert all(len(rank["deviations"]) == 4 and max(rank["deviations"]) < 1e-6 for rank in watched)

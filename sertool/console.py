@@ -212,7 +212,7 @@ class RichTrainReporter(Reporter):
         if self._update is None:
             return
         speed = stats["utterances"] / stats["seconds"] if stats.get("seconds") else 0.0
-        text = "skipped (non-finite loss)" if stats.get("skipped") else \
+        text = f"skipped ({stats['skipped']})" if stats.get("skipped") else \
             f"loss {stats.get('loss_total', float('nan')):.3f}  lr {stats['lr']:.2e}  {speed:.1f} utt/s"
         self._update(completed=stats["batch"], stats=text)
 

@@ -4,6 +4,7 @@ apart. Every rank must take the same path, or the job hangs in a collective one 
 from __future__ import annotations
 
 import functools
+import json
 from pathlib import Path
 
 import pytest
@@ -89,3 +90,42 @@ def test_ddp_trains_a_backbone_that_drops_layers_at_random(corpus, tmp_path):
     assert forwards[0] != forwards[1], "the ranks skipped the same layers: the case is not tested"
     assert any(layers == [0] for rank in forwards for layers in rank), "no layer was skipped"
     assert all(len(rank["deviations"]) == 4 and max(rank["deviations"]) < 1e-6 for rank in watched)
+
+
+def _rank_1_reads_nothing_in_step_2(rank: int) -> None:
+    """In a rank: on rank 1, every training clip of the second step (1 micro-batch of 4) fails to decode."""
+    if rank != 1:
+        return
+
+    class FailingInStep2(loop.UtteranceDataset):
+        reads = 0
+
+        def __getitem__(self, index: int) -> dict:
+            FailingInStep2.reads += 1
+            if 4 < FailingInStep2.reads <= 8:
+                return {"skipped": f"{self.utterances[index].id}: audio could not be decoded (simulated)"}
+            return super().__getitem__(index)
+
+    loop.UtteranceDataset = FailingInStep2  # type: ignore[misc]  # the training loader's only: not validation's
+
+
+@case("training", "DDP: every clip of one rank's step fails to decode (was: that rank skipped its backward pass "
+      "and the job hung in the gradient all-reduce)",
+      "every rank skips that step (not counted as non-finite) and trains on; the clips are in `skipped_audio` "
+      "whichever rank read them; with `--on-bad-audio fail` every rank stops with the same line")
+@pytest.mark.parametrize("on_bad_audio", ["skip", "fail"])
+def test_ddp_a_rank_without_readable_audio_skips_the_step_on_every_rank(corpus, tmp_path, on_bad_audio):
+    config = small_config(corpus)  # 4 clips a micro-batch, 1 a step per rank: 2 steps an epoch, 2 epochs
+    config.data.on_bad_audio = on_bad_audio
+    ends = run_ranks(config, tmp_path / "run", prepare=_rank_1_reads_nothing_in_step_2)
+    assert_ranks_agree(ends)
+    if on_bad_audio == "fail":
+        assert ends[0]["error"].startswith("--on-bad-audio fail: cannot read ") and "(simulated)" in ends[0]["error"]
+        return
+    assert ends[0]["steps"] == 4 and ends[0]["skipped_steps"] == 0
+    assert len(ends[0]["skipped_audio"]) == 4 and all("(simulated)" in item for item in ends[0]["skipped_audio"])
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["skipped_audio"] == ends[0]["skipped_audio"]  # written by rank 0, which read them all
+    train_records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+                     if json.loads(line)["type"] == "train"]
+    assert [record["step"] for record in train_records if record.get("skipped")] == [2]

@@ -81,11 +81,16 @@ def all_gather_objects(value, context: Distributed) -> list:
 
 def any_rank(flag: bool, context: Distributed) -> bool:
     """True if ``flag`` is True on any rank, so that every rank takes the same branch."""
+    return any_rank_each([flag], context)[0]
+
+
+def any_rank_each(flags: Sequence[bool], context: Distributed) -> list[bool]:
+    """For each of ``flags``, whether it is True on any rank: several decisions in one all-reduce."""
     if not context.enabled:
-        return flag
-    tensor = torch.tensor([float(flag)], device=context.device)
+        return list(flags)
+    tensor = torch.tensor([float(flag) for flag in flags], device=context.device)
     dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-    return bool(tensor.item())
+    return [bool(value) for value in tensor.tolist()]
 
 
 def fill_in_shares(fill: Callable[[Sequence[Item]], object], items: Sequence[Item], context: Distributed) -> None:

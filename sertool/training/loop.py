@@ -602,15 +602,16 @@ class _Run:
         return int(min(total, budget))
 
     def _optimizer_step(self, group: list[Batch]) -> dict[str, Any]:
-        """Accumulate gradients over ``group`` and take one optimiser step (unless a loss is not finite)."""
+        """Accumulate gradients over ``group`` and take one optimiser step (unless a loss is not finite, or
+        some rank has no readable micro-batch)."""
         config = self.config.train
         lr_factor = self.schedule.apply(self.optimizer, self.step)
         autocast = (torch.autocast(self.context.device.type, dtype=self.amp_dtype) if self.amp_dtype is not None
                     else contextlib.nullcontext())
         self.optimizer.zero_grad(set_to_none=True)
-        usable = [batch for batch in group if len(batch)]
-        for batch in group:
-            self._note_skipped(batch)
+        usable = self._usable_batches(group)
+        if usable is None:
+            return {"skipped": "unreadable audio", "lr": lr_factor * self.config.train.lr_heads, "utterances": 0}
         parts_sum: dict[str, float] = {}
         finite = True
         utterances = 0
@@ -635,18 +636,18 @@ class _Run:
                 parts_sum[name] = parts_sum.get(name, 0.0) + value / len(usable)
             utterances += len(batch)
         # Every rank must take the same decision, or the ranks' weights drift apart.
-        if distributed.any_rank(not finite or not usable, self.context):
+        if distributed.any_rank(not finite, self.context):
             self.optimizer.zero_grad(set_to_none=True)
-            if usable:
-                self.skipped_steps += 1
-                self.nonfinite_in_a_row += 1
-                if self.nonfinite_in_a_row >= config.max_nonfinite_steps:
-                    self._save_last()
-                    raise SertoolError(
-                        f"stopped: {self.nonfinite_in_a_row} optimiser steps in a row had a non-finite loss (step "
-                        f"{self.step}). Lower --lr-heads/--lr-backbone, try --amp bf16 or off, or check the labels; "
-                        f"{self.run_dir / LAST_NAME} holds the state before the failure")
-            return {"skipped": True, "lr": lr_factor * self.config.train.lr_heads, "utterances": utterances}
+            self.skipped_steps += 1
+            self.nonfinite_in_a_row += 1
+            if self.nonfinite_in_a_row >= config.max_nonfinite_steps:
+                self._save_last()
+                raise SertoolError(
+                    f"stopped: {self.nonfinite_in_a_row} optimiser steps in a row had a non-finite loss (step "
+                    f"{self.step}). Lower --lr-heads/--lr-backbone, try --amp bf16 or off, or check the labels; "
+                    f"{self.run_dir / LAST_NAME} holds the state before the failure")
+            return {"skipped": "non-finite loss", "lr": lr_factor * self.config.train.lr_heads,
+                    "utterances": utterances}
         self.nonfinite_in_a_row = 0
         self.scaler.unscale_(self.optimizer)
         max_norm = config.grad_clip_norm if config.grad_clip_norm > 0 else math.inf
@@ -656,13 +657,28 @@ class _Run:
         return {**{f"loss_{k}" if not k.startswith("ccc") else k: v for k, v in parts_sum.items()},
                 "grad_norm": float(grad_norm), "lr": lr_factor * self.config.train.lr_heads, "utterances": utterances}
 
-    def _note_skipped(self, batch: Batch) -> None:
-        if not batch.skipped:
-            return
+    def _usable_batches(self, group: list[Batch]) -> list[Batch] | None:
+        """The micro-batches of ``group`` that hold audio to train on, or None when some rank has none.
+
+        Under DDP the ranks agree first (one all-reduce): a rank without a micro-batch has no backward pass,
+        so it could not join the others' gradient all-reduce, and they would wait for it forever; every rank
+        skips the step instead. Audio that failed to load on any rank is made known to every rank, so that
+        all of them count it, or all stop on it (``--on-bad-audio fail``).
+        """
+        usable = [batch for batch in group if len(batch)]
+        failed = [item for batch in group for item in batch.skipped]
+        none_usable, any_failed = distributed.any_rank_each([not usable, bool(failed)], self.context)
+        if any_failed:
+            self._note_skipped([item for share in distributed.all_gather_objects(failed, self.context)
+                                for item in share])
+        return None if none_usable else usable
+
+    def _note_skipped(self, items: list[str]) -> None:
+        """Audio that failed to load (``"<id>: <reason>"``): stop (``--on-bad-audio fail``), or report and count it."""
         if self.config.data.on_bad_audio == "fail":
-            raise SertoolError(f"--on-bad-audio fail: cannot read {batch.skipped[0]}")
-        self.skipped_audio.extend(batch.skipped)
-        for item in batch.skipped:
+            raise SertoolError(f"--on-bad-audio fail: cannot read {items[0]}")
+        self.skipped_audio.extend(items)
+        for item in items:
             self.reporter.message(f"skipped unreadable audio {item}")
 
     # ----------------------------------------------------------------------------------------------

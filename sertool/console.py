@@ -248,7 +248,7 @@ class RichTrainReporter(Reporter):
         if result.collapsed:
             err.print(f"[yellow]warning:[/] best.pt: {collapse_text(result.collapsed)}")
         if result.skipped_steps or result.skipped_audio:
-            err.print(f"skipped {result.skipped_steps} step(s) with a non-finite loss and "
+            err.print(f"skipped {result.skipped_steps} step(s) with a non-finite loss or gradient and "
                       f"{len(result.skipped_audio)} unreadable clip(s); see {result.run_dir / 'summary.json'}")
 
     def close(self) -> None:

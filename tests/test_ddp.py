@@ -15,7 +15,7 @@ from sertool.training import loop
 from tests.cases import case
 from tests.corpus_files import write_learnable_corpus
 from tests.ddp_ranks import WORLD_SIZE, assert_ranks_agree, run_ranks
-from tests.systems import small_config
+from tests.systems import nan_gradient_loss, small_config
 from tests.tiny_speech import save_tiny_wavlm
 
 
@@ -129,3 +129,18 @@ def test_ddp_a_rank_without_readable_audio_skips_the_step_on_every_rank(corpus, 
     train_records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
                      if json.loads(line)["type"] == "train"]
     assert [record["step"] for record in train_records if record.get("skipped")] == [2]
+
+
+def _nan_gradient_on_rank_1_in_step_2(rank: int) -> None:
+    """In a rank: on rank 1, the second step's gradient is NaN while its loss stays finite."""
+    if rank == 1:
+        loop.SERLoss.__call__ = nan_gradient_loss({2})  # type: ignore[method-assign]
+
+
+@case("training", "DDP: a NaN gradient under a finite loss on one rank only",
+      "every rank skips the step and counts it; the ranks' weights stay equal and finite")
+def test_ddp_a_nan_gradient_on_one_rank_skips_the_step_on_every_rank(corpus, tmp_path):
+    ends = run_ranks(small_config(corpus), tmp_path / "run", prepare=_nan_gradient_on_rank_1_in_step_2)
+    assert all(torch.isfinite(value).all() for end in ends for value in end["state"].values())
+    assert_ranks_agree(ends)
+    assert "error" not in ends[0] and ends[0]["steps"] == 4 and ends[0]["skipped_steps"] == 1

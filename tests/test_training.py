@@ -17,7 +17,7 @@ from sertool.training.loop import _Run, train
 from tests.cases import case
 from tests.corpus_files import write_learnable_corpus
 from tests.ddp_ranks import assert_ranks_agree, run_ranks
-from tests.systems import InterruptAt, small_config
+from tests.systems import InterruptAt, nan_gradient_loss, small_config
 
 
 @pytest.fixture(scope="module")
@@ -197,6 +197,25 @@ def test_nonfinite_losses_are_skipped_then_stop_the_run(corpus, tmp_path, monkey
     with pytest.raises(SertoolError, match="3 optimiser steps in a row had a non-finite loss"):
         train(small_config(corpus, max_nonfinite_steps=3), tmp_path / "many")
     assert (tmp_path / "many" / "last.pt").is_file()
+
+
+@case("training", "a NaN gradient under a finite loss (bf16 or fp32: no GradScaler; was: clipped into the weights, "
+      "and `last.pt` overwritten with NaN weights)",
+      "skipped and counted like a non-finite loss; several in a row stop the run, `last.pt` finite")
+def test_nan_gradients_of_a_finite_loss_are_skipped_then_stop_the_run(corpus, tmp_path, monkeypatch):
+    monkeypatch.setattr(loop.SERLoss, "__call__", nan_gradient_loss({2}))  # step 2's only micro-batch
+    result = train(small_config(corpus, log_every_steps=1), tmp_path / "one")
+    assert result.skipped_steps == 1 and result.steps == 8
+    assert all(torch.isfinite(value).all() for value in model_state(tmp_path / "one").values())
+    skipped = [json.loads(line) for line in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()
+               if json.loads(line).get("skipped")]
+    assert [(line["step"], line["skipped"]) for line in skipped] == [(2, "non-finite gradient")]
+
+    monkeypatch.setattr(loop.SERLoss, "__call__", nan_gradient_loss(range(1, 1000)))
+    with pytest.raises(SertoolError, match="3 optimiser steps in a row had a non-finite loss or gradient "
+                                           r"\(step 3: its gradient\)"):
+        train(small_config(corpus, max_nonfinite_steps=3, checkpoint_every_steps=1), tmp_path / "many")
+    assert all(torch.isfinite(value).all() for value in model_state(tmp_path / "many").values())
 
 
 def test_two_process_ddp_equals_one_process_with_the_same_effective_batch(corpus, tmp_path):

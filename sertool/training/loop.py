@@ -10,7 +10,7 @@ What happens, top to bottom (``train``):
 3. Model, AdamW with two learning rates, warm-up + cosine/plateau schedule, AMP (bf16, or fp16 with a
    GradScaler), DistributedDataParallel under torchrun.
 4. The loop: ``accum_steps`` micro-batches per optimiser step, gradient clipping, a guard that skips
-   steps with a non-finite loss and stops after ``max_nonfinite_steps`` in a row.
+   steps with a non-finite loss or gradient and stops after ``max_nonfinite_steps`` in a row.
 5. After each step (``_finish_step``): the end of an epoch, validation on the whole Development split
    when due (CCC per attribute over the split, never per batch), ``best.pt`` by average CCC (and
    ``best_<attribute>.pt`` with ``select_best="per-attribute"``), early stopping after ``patience``
@@ -114,7 +114,7 @@ class TrainResult:
     best_step: int
     steps: int
     stopped: Stop
-    skipped_steps: int = 0  # non-finite losses
+    skipped_steps: int = 0  # non-finite losses or gradients
     skipped_audio: list[str] = field(default_factory=list)
     history: list[dict[str, Any]] = field(default_factory=list)  # every validation
     collapsed: list[str] = field(default_factory=list)  # attributes near-constant at best.pt's validation
@@ -151,7 +151,7 @@ def train(
 
     Raises:
         SertoolError: bad config, data or run folder, a folder another ``train`` is using, a run stopped by
-            non-finite losses, or a run that never produced a finite validation score.
+            non-finite losses or gradients, or a run that never produced a finite validation score.
         Interrupted: a stop signal.
     """
     if not resume:
@@ -602,8 +602,8 @@ class _Run:
         return int(min(total, budget))
 
     def _optimizer_step(self, group: list[Batch]) -> dict[str, Any]:
-        """Accumulate gradients over ``group`` and take one optimiser step (unless a loss is not finite, or
-        some rank has no readable micro-batch)."""
+        """Accumulate gradients over ``group`` and take one optimiser step, unless some rank has no readable
+        micro-batch, or a loss or the gradient is not finite: every rank then skips it alike."""
         config = self.config.train
         lr_factor = self.schedule.apply(self.optimizer, self.step)
         autocast = (torch.autocast(self.context.device.type, dtype=self.amp_dtype) if self.amp_dtype is not None
@@ -635,27 +635,37 @@ class _Run:
             for name, value in parts.items():
                 parts_sum[name] = parts_sum.get(name, 0.0) + value / len(usable)
             utterances += len(batch)
+        skipped = {"lr": lr_factor * self.config.train.lr_heads, "utterances": utterances}
         # Every rank must take the same decision, or the ranks' weights drift apart.
         if distributed.any_rank(not finite, self.context):
-            self.optimizer.zero_grad(set_to_none=True)
-            self.skipped_steps += 1
-            self.nonfinite_in_a_row += 1
-            if self.nonfinite_in_a_row >= config.max_nonfinite_steps:
-                self._save_last()
-                raise SertoolError(
-                    f"stopped: {self.nonfinite_in_a_row} optimiser steps in a row had a non-finite loss (step "
-                    f"{self.step}). Lower --lr-heads/--lr-backbone, try --amp bf16 or off, or check the labels; "
-                    f"{self.run_dir / LAST_NAME} holds the state before the failure")
-            return {"skipped": "non-finite loss", "lr": lr_factor * self.config.train.lr_heads,
-                    "utterances": utterances}
-        self.nonfinite_in_a_row = 0
+            return self._skip_nonfinite_step("loss", skipped)
         self.scaler.unscale_(self.optimizer)
         max_norm = config.grad_clip_norm if config.grad_clip_norm > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, max_norm)
+        # fp16's GradScaler skips a step whose gradients overflowed (and lowers its scale). Without one (bf16,
+        # fp32) nothing else keeps a NaN gradient of a finite loss out of the weights, and then out of last.pt.
+        if not self.scaler.is_enabled() and distributed.any_rank(not math.isfinite(grad_norm), self.context):
+            return self._skip_nonfinite_step("gradient", skipped)
+        self.nonfinite_in_a_row = 0
         self.scaler.step(self.optimizer)  # skips the update by itself when fp16 gradients overflowed
         self.scaler.update()
         return {**{f"loss_{k}" if not k.startswith("ccc") else k: v for k, v in parts_sum.items()},
                 "grad_norm": float(grad_norm), "lr": lr_factor * self.config.train.lr_heads, "utterances": utterances}
+
+    def _skip_nonfinite_step(self, what: str, stats: dict[str, Any]) -> dict[str, Any]:
+        """Drop the step's gradients and count the step (its non-finite ``what``: "loss" or "gradient");
+        ``max_nonfinite_steps`` in a row stop the run, with ``last.pt`` written first. Returns ``stats``
+        marked as skipped."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.skipped_steps += 1
+        self.nonfinite_in_a_row += 1
+        if self.nonfinite_in_a_row >= self.config.train.max_nonfinite_steps:
+            self._save_last()
+            raise SertoolError(  # the step counted from 1, as metrics.jsonl counts it
+                f"stopped: {self.nonfinite_in_a_row} optimiser steps in a row had a non-finite loss or gradient "
+                f"(step {self.step + 1}: its {what}). Lower --lr-heads/--lr-backbone, try --amp bf16 or off, or "
+                f"check the labels; {self.run_dir / LAST_NAME} holds the state before the failure")
+        return {"skipped": f"non-finite {what}", **stats}
 
     def _usable_batches(self, group: list[Batch]) -> list[Batch] | None:
         """The micro-batches of ``group`` that hold audio to train on, or None when some rank has none.

@@ -3,14 +3,18 @@ gradient, a rank without readable data, a NaN gradient on one rank, validations 
 apart. Every rank must take the same path, or the job hangs in a collective one rank never enters."""
 from __future__ import annotations
 
+import dataclasses
 import functools
+import itertools
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
 
+from sertool.runtime.runner import ModelPredictions
 from sertool.training import loop
 from tests.cases import case
 from tests.corpus_files import write_learnable_corpus
@@ -144,3 +148,38 @@ def test_ddp_a_nan_gradient_on_one_rank_skips_the_step_on_every_rank(corpus, tmp
     assert all(torch.isfinite(value).all() for end in ends for value in end["state"].values())
     assert_ranks_agree(ends)
     assert "error" not in ends[0] and ends[0]["steps"] == 4 and ends[0]["skipped_steps"] == 1
+
+
+def _validations_that_differ_per_rank(rank: int) -> None:
+    """In a rank: validation predictions that differ between the ranks. Rank 0's are the labels plus noise
+    that shrinks at the second validation and then stays (better, then equal: patience 1 stops at the
+    third); rank 1's noise grows at every validation (alone, it would stop at the second)."""
+    real_predict = loop._Run._predict_valid
+    validations = itertools.count(1)
+
+    def predict(self: loop._Run) -> ModelPredictions:
+        predictions = real_predict(self)
+        count = next(validations)
+        draw = min(count, 2) if rank == 0 else count
+        noise = np.random.default_rng(draw).normal(size=predictions.emotion_unit.shape)
+        labels = self.model.label_scaling.to_unit(np.array([utt.labels() for utt in self.valid_set]))
+        spread = 0.2 / draw if rank == 0 else 0.2 * draw
+        return dataclasses.replace(predictions, emotion_unit=labels + spread * noise)
+
+    loop._Run._predict_valid = predict  # type: ignore[method-assign]
+
+
+@case("training", "DDP: validations the ranks would judge apart (was: each rank chose its own floor blend and "
+      "early-stopping decision; a rank that stopped early left the others waiting)",
+      "rank 0 judges (scores, blend, improved) and every rank takes its verdict: equal blends and weights, "
+      "the same stop at the same step")
+def test_ddp_ranks_take_rank_0s_validation_verdict(corpus, tmp_path):
+    config = small_config(corpus, epochs=3, patience=1)  # 2 steps an epoch; validated at steps 0, 2, 4 (and 6)
+    config.model.floor_blend = True
+    config.data.cache_dir = str(tmp_path / "cache")
+    ends = run_ranks(config, tmp_path / "run", prepare=_validations_that_differ_per_rank)
+    assert_ranks_agree(ends)
+    assert (ends[0]["stopped"], ends[0]["steps"]) == ("early stopping", 4)
+    assert [record["improved"] for record in ends[0]["history"]] == [True, True, False]
+    blend = ends[0]["state"]["floor_blend.blend"].tolist()
+    assert blend == list(ends[0]["history"][-1]["floor_blend"].values())

@@ -93,6 +93,16 @@ def any_rank_each(flags: Sequence[bool], context: Distributed) -> list[bool]:
     return [bool(value) for value in tensor.tolist()]
 
 
+def from_main(decide: Callable[[], Item], context: Distributed) -> Item:
+    """What ``decide()`` returns on rank 0, on every rank (only rank 0 calls it): for a decision that every
+    rank must take alike, made once rather than on each rank from data or arithmetic that may differ."""
+    if not context.enabled:
+        return decide()
+    box: list = [decide() if context.is_main else None]
+    dist.broadcast_object_list(box, src=0, device=context.device)
+    return box[0]
+
+
 def fill_in_shares(fill: Callable[[Sequence[Item]], object], items: Sequence[Item], context: Distributed) -> None:
     """Under DDP, split the filling of a disk cache across the ranks: each rank calls ``fill`` (which computes
     and writes only what the cache lacks) on its share, every ``world_size``-th item, so that each item is

@@ -194,6 +194,17 @@ def train(
 
 
 @dataclass
+class _Verdict:
+    """What a validation decides: judged on rank 0 (``_Run._judge``), taken by every rank."""
+
+    scores: dict[str, float]  # CCC per attribute and "average"; NaN with non-finite predictions
+    collapsed: list[str]  # attributes whose predictions were near-constant
+    blend: np.ndarray | None  # with a floor: the network's weight against it per attribute, chosen here
+    nonfinite: list[str]  # ids of the utterances whose predictions were not finite
+    improved: bool  # a better average than every earlier validation: best.pt, patience, plateau schedule
+
+
+@dataclass
 class _PreviousRun:
     """A previous run in the folder of a new one (``--force``): ``held`` there, and ``replaced`` once the new
     run's set-up has checked every input (``run_folder.replace_previous_run``)."""
@@ -703,14 +714,14 @@ class _Run:
         except Interrupted:
             self._save_last()  # validation has changed nothing yet: this is the state the step left
             raise
-        nonfinite = [utt_id for utt_id, row in zip(predictions.ids, predictions.emotion_unit, strict=True)
-                     if not np.isfinite(row).all()]
-        # No score of NaN or infinite predictions (ccc_scores refuses them): NaN here, null in metrics.jsonl.
-        scores, collapsed, blend = (self._score(predictions) if not nonfinite
-                                    else (dict.fromkeys((*ATTRIBUTES, "average"), math.nan), [], None))
-        # The CCC of finite predictions and labels is always finite (sertool.models.ccc).
-        finite = not nonfinite
-        improved = finite and scores["average"] > self.best.get("average", -math.inf)
+        # Rank 0 judges and every rank takes its verdict: ranks that judged apart could blend with other
+        # weights, or one could stop early and leave the others waiting for it in the next step's all-reduce.
+        verdict = distributed.from_main(functools.partial(self._judge, predictions), self.context)
+        scores, collapsed, blend, nonfinite = verdict.scores, verdict.collapsed, verdict.blend, verdict.nonfinite
+        finite, improved = not nonfinite, verdict.improved
+        if blend is not None and self.model.floor_blend is not None:
+            # The model predicts with this blend from now on (best.pt keeps that of its validation).
+            self.model.floor_blend.blend.copy_(torch.from_numpy(blend))
         self.schedule.on_validation(improved)
         # The epoch (from 1) the validated step trained in: when that step ended an epoch, ``self.epoch``
         # already counts it.
@@ -743,16 +754,26 @@ class _Run:
         if patience > 0 and self.validations_without_improvement >= patience:
             self.stopped = Stop.EARLY_STOPPING
 
+    def _judge(self, predictions: ModelPredictions) -> _Verdict:
+        """What the validation of ``predictions`` decides (see ``_Verdict``)."""
+        nonfinite = [utt_id for utt_id, row in zip(predictions.ids, predictions.emotion_unit, strict=True)
+                     if not np.isfinite(row).all()]
+        # No score of NaN or infinite predictions (ccc_scores refuses them): NaN here, null in metrics.jsonl.
+        scores, collapsed, blend = (self._score(predictions) if not nonfinite
+                                    else (dict.fromkeys((*ATTRIBUTES, "average"), math.nan), [], None))
+        # The CCC of finite predictions and labels is always finite (sertool.models.ccc).
+        improved = not nonfinite and scores["average"] > self.best.get("average", -math.inf)
+        return _Verdict(scores=scores, collapsed=collapsed, blend=blend, nonfinite=nonfinite, improved=improved)
+
     def _score(self, predictions: ModelPredictions) -> tuple[dict[str, float], list[str], np.ndarray | None]:
         """The CCC of the validation's finite ``predictions``, their collapsed attributes, and with a floor the
-        blend it chose, which the model predicts with from now on (best.pt keeps those of its validation)."""
+        blend it chose (the network's weight per attribute)."""
         labels = np.array([utt.labels() for utt in self.valid_set])
         scaling = self.model.label_scaling
         unit = predictions.emotion_unit.astype(np.float64)
         blend = None
         if self.model.floor_blend is not None and self.valid_floor_unit is not None:
             blend = choose_blend(unit, self.valid_floor_unit, labels, scaling)
-            self.model.floor_blend.blend.copy_(torch.from_numpy(blend))
             unit = blend * unit + (1 - blend) * self.valid_floor_unit
         # Scored as inference will output them (clipped ratings), so best.pt is chosen on what it predicts.
         values = scaling.ratings(unit)

@@ -309,8 +309,8 @@ class TrainConfig:
                            bounds=NON_NEGATIVE)
     select_best: str = option("average", "Keep best.pt by average CCC; per-attribute also keeps best_<attribute>.pt.",
                               choices=("average", "per-attribute"))
-    max_nonfinite_steps: int = option(5, "Stop after this many optimiser steps in a row with a non-finite loss.",
-                                      bounds=AT_LEAST_ONE)
+    max_nonfinite_steps: int = option(5, "Stop after this many optimiser steps in a row with a non-finite loss or "
+                                      "gradient.", bounds=AT_LEAST_ONE)
     checkpoint_every_steps: int = option(0, "Also write last.pt every N optimiser steps (0: at validations).",
                                          bounds=NON_NEGATIVE)
     log_every_steps: int = option(10, "Write a metrics.jsonl line every N optimiser steps.", bounds=AT_LEAST_ONE)

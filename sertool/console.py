@@ -212,7 +212,7 @@ class RichTrainReporter(Reporter):
         if self._update is None:
             return
         speed = stats["utterances"] / stats["seconds"] if stats.get("seconds") else 0.0
-        text = "skipped (non-finite loss)" if stats.get("skipped") else \
+        text = f"skipped ({stats['skipped']})" if stats.get("skipped") else \
             f"loss {stats.get('loss_total', float('nan')):.3f}  lr {stats['lr']:.2e}  {speed:.1f} utt/s"
         self._update(completed=stats["batch"], stats=text)
 
@@ -248,7 +248,7 @@ class RichTrainReporter(Reporter):
         if result.collapsed:
             err.print(f"[yellow]warning:[/] best.pt: {collapse_text(result.collapsed)}")
         if result.skipped_steps or result.skipped_audio:
-            err.print(f"skipped {result.skipped_steps} step(s) with a non-finite loss and "
+            err.print(f"skipped {result.skipped_steps} step(s) with a non-finite loss or gradient and "
                       f"{len(result.skipped_audio)} unreadable clip(s); see {result.run_dir / 'summary.json'}")
 
     def close(self) -> None:

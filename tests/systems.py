@@ -1,9 +1,18 @@
 """Tiny trainable systems for tests: seconds to train on the learnable tone corpus."""
 from __future__ import annotations
 
+import itertools
+import math
+from collections.abc import Callable, Container
 from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
 
 from sertool.config import Config
+from sertool.models.losses import SERLoss
+from sertool.models.ser_model import ModelOutput
 from sertool.training.reporter import Reporter
 
 
@@ -38,3 +47,18 @@ class InterruptAt(Reporter):
     def step(self, stats):
         if stats["step"] == self.stop_step:
             raise KeyboardInterrupt
+
+
+def nan_gradient_loss(calls: Container[int]) -> Callable[..., tuple[Tensor, dict]]:
+    """A ``SERLoss.__call__`` whose value stays finite but whose gradient is NaN at its calls numbered in
+    ``calls`` (from 1, one call per micro-batch): patch it in to poison an exact step's gradients."""
+    real_loss = SERLoss.__call__
+    seen = itertools.count(1)
+
+    def loss_with_nan_gradient(self: SERLoss, output: ModelOutput, targets: Tensor,
+                               **kwargs: Any) -> tuple[Tensor, dict]:
+        if next(seen) in calls:
+            output.emotion.register_hook(lambda gradient: torch.full_like(gradient, math.nan))
+        return real_loss(self, output, targets, **kwargs)
+
+    return loss_with_nan_gradient

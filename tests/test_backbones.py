@@ -205,8 +205,11 @@ def test_frozen_wavlm_trains_only_its_layer_weights(tiny_models):
 
 def test_weighted_layers_turn_off_layerdrop_so_every_layer_has_a_state(tiny_models):
     weighted = _build(tiny_models, "wavlm").train()
-    assert weighted.model.config.layerdrop == 0.0
-    assert _build(tiny_models, "wavlm", layer_weighting="last").model.config.layerdrop == 0.1  # WavLMConfig default
+    assert weighted.model.config.layerdrop == 0.0 and not weighted.drops_layers
+    last = _build(tiny_models, "wavlm", layer_weighting="last")
+    assert last.model.config.layerdrop == 0.1 and last.drops_layers  # WavLMConfig default: DDP must know
+    assert not _build(tiny_models, "wavlm", layer_weighting="last", freeze_backbone=True).drops_layers  # eval mode
+    assert not _build(tiny_models, "whisper").drops_layers
     torch.manual_seed(0)
     for _ in range(4):  # each would fail on a missing hidden state
         _backward(weighted)

@@ -2,13 +2,10 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
 from pathlib import Path
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
 from sertool.checkpoint import load_checkpoint
@@ -19,7 +16,8 @@ from sertool.training import loop
 from sertool.training.loop import _Run, train
 from tests.cases import case
 from tests.corpus_files import write_learnable_corpus
-from tests.systems import InterruptAt, small_config
+from tests.ddp_ranks import assert_ranks_agree, run_ranks
+from tests.systems import InterruptAt, nan_gradient_loss, small_config
 
 
 @pytest.fixture(scope="module")
@@ -201,24 +199,23 @@ def test_nonfinite_losses_are_skipped_then_stop_the_run(corpus, tmp_path, monkey
     assert (tmp_path / "many" / "last.pt").is_file()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+@case("training", "a NaN gradient under a finite loss (bf16 or fp32: no GradScaler; was: clipped into the weights, "
+      "and `last.pt` overwritten with NaN weights)",
+      "skipped and counted like a non-finite loss; several in a row stop the run, `last.pt` finite")
+def test_nan_gradients_of_a_finite_loss_are_skipped_then_stop_the_run(corpus, tmp_path, monkeypatch):
+    monkeypatch.setattr(loop.SERLoss, "__call__", nan_gradient_loss({2}))  # step 2's only micro-batch
+    result = train(small_config(corpus, log_every_steps=1), tmp_path / "one")
+    assert result.skipped_steps == 1 and result.steps == 8
+    assert all(torch.isfinite(value).all() for value in model_state(tmp_path / "one").values())
+    skipped = [json.loads(line) for line in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()
+               if json.loads(line).get("skipped")]
+    assert [(line["step"], line["skipped"]) for line in skipped] == [(2, "non-finite gradient")]
 
-
-def _ddp_worker(rank: int, world_size: int, port: int, config_dict: dict, run_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size),
-                      LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
-    try:
-        train(Config.from_dict(config_dict), run_dir, device="cpu")
-    except BaseException:
-        # A rank that dies takes its peer down with it (gloo aborts): keep the first cause for the report.
-        import traceback
-
-        Path(f"{run_dir}.rank{rank}.error").write_text(traceback.format_exc())
-        raise
+    monkeypatch.setattr(loop.SERLoss, "__call__", nan_gradient_loss(range(1, 1000)))
+    with pytest.raises(SertoolError, match="3 optimiser steps in a row had a non-finite loss or gradient "
+                                           r"\(step 3: its gradient\)"):
+        train(small_config(corpus, max_nonfinite_steps=3, checkpoint_every_steps=1), tmp_path / "many")
+    assert all(torch.isfinite(value).all() for value in model_state(tmp_path / "many").values())
 
 
 def test_two_process_ddp_equals_one_process_with_the_same_effective_batch(corpus, tmp_path):
@@ -231,12 +228,7 @@ def test_two_process_ddp_equals_one_process_with_the_same_effective_batch(corpus
     ddp = small_config(corpus, accum_steps=1)
     ddp.model.floor_blend = True
     ddp.data.cache_dir = str(tmp_path / "ddp-cache")  # empty: the statistics are computed in this run
-    try:
-        mp.start_processes(_ddp_worker, args=(2, _free_port(), ddp.to_dict(), str(tmp_path / "ddp")), nprocs=2,
-                           start_method="spawn")
-    except (mp.ProcessExitedException, mp.ProcessRaisedException):
-        errors = [path.read_text() for path in sorted(tmp_path.glob("ddp.rank*.error"))]
-        pytest.fail("a DDP rank died:\n" + "\n".join(errors or ["(no Python error: see the captured stderr)"]))
+    assert_ranks_agree(run_ranks(ddp, tmp_path / "ddp"))
     assert_same_state(model_state(tmp_path / "ddp"), model_state(tmp_path / "single"), atol=1e-5)
     shares = [load_file(path)["statistics"] for path in (tmp_path / "ddp-cache" / "utterance-stats").glob("*/*")]
     clips = [utt for utt in open_corpus(str(corpus)).utterances if utt.split in ("Train", "Development")]

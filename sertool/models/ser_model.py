@@ -150,6 +150,13 @@ class SERModel(nn.Module):
         statistics): a batch of precomputed frames then needs its audio as well."""
         return self.speaker_embedder is not None or self.utterance_stats is not None
 
+    @property
+    def may_leave_parameters_unused(self) -> bool:
+        """Whether a training step may give some trainable parameter no gradient: the backbone skips layers
+        at random (LayerDrop), or an auxiliary head sees a batch without any known gender or speaker label.
+        Under DDP such a parameter must be looked for every step (``find_unused_parameters``)."""
+        return self.backbone.drops_layers or self.gender_head is not None or self.speaker_head is not None
+
     def forward(
         self,
         waveforms: Tensor,

@@ -81,11 +81,26 @@ def all_gather_objects(value, context: Distributed) -> list:
 
 def any_rank(flag: bool, context: Distributed) -> bool:
     """True if ``flag`` is True on any rank, so that every rank takes the same branch."""
+    return any_rank_each([flag], context)[0]
+
+
+def any_rank_each(flags: Sequence[bool], context: Distributed) -> list[bool]:
+    """For each of ``flags``, whether it is True on any rank: several decisions in one all-reduce."""
     if not context.enabled:
-        return flag
-    tensor = torch.tensor([float(flag)], device=context.device)
+        return list(flags)
+    tensor = torch.tensor([float(flag) for flag in flags], device=context.device)
     dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-    return bool(tensor.item())
+    return [bool(value) for value in tensor.tolist()]
+
+
+def from_main(decide: Callable[[], Item], context: Distributed) -> Item:
+    """What ``decide()`` returns on rank 0, on every rank (only rank 0 calls it): for a decision that every
+    rank must take alike, made once rather than on each rank from data or arithmetic that may differ."""
+    if not context.enabled:
+        return decide()
+    box: list = [decide() if context.is_main else None]
+    dist.broadcast_object_list(box, src=0, device=context.device)
+    return box[0]
 
 
 def fill_in_shares(fill: Callable[[Sequence[Item]], object], items: Sequence[Item], context: Distributed) -> None:

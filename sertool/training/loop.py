@@ -10,7 +10,7 @@ What happens, top to bottom (``train``):
 3. Model, AdamW with two learning rates, warm-up + cosine/plateau schedule, AMP (bf16, or fp16 with a
    GradScaler), DistributedDataParallel under torchrun.
 4. The loop: ``accum_steps`` micro-batches per optimiser step, gradient clipping, a guard that skips
-   steps with a non-finite loss and stops after ``max_nonfinite_steps`` in a row.
+   steps with a non-finite loss or gradient and stops after ``max_nonfinite_steps`` in a row.
 5. After each step (``_finish_step``): the end of an epoch, validation on the whole Development split
    when due (CCC per attribute over the split, never per batch), ``best.pt`` by average CCC (and
    ``best_<attribute>.pt`` with ``select_best="per-attribute"``), early stopping after ``patience``
@@ -114,7 +114,7 @@ class TrainResult:
     best_step: int
     steps: int
     stopped: Stop
-    skipped_steps: int = 0  # non-finite losses
+    skipped_steps: int = 0  # non-finite losses or gradients
     skipped_audio: list[str] = field(default_factory=list)
     history: list[dict[str, Any]] = field(default_factory=list)  # every validation
     collapsed: list[str] = field(default_factory=list)  # attributes near-constant at best.pt's validation
@@ -151,7 +151,7 @@ def train(
 
     Raises:
         SertoolError: bad config, data or run folder, a folder another ``train`` is using, a run stopped by
-            non-finite losses, or a run that never produced a finite validation score.
+            non-finite losses or gradients, or a run that never produced a finite validation score.
         Interrupted: a stop signal.
     """
     if not resume:
@@ -191,6 +191,17 @@ def train(
     finally:
         reporter.close()
         distributed.teardown()
+
+
+@dataclass
+class _Verdict:
+    """What a validation decides: judged on rank 0 (``_Run._judge``), taken by every rank."""
+
+    scores: dict[str, float]  # CCC per attribute and "average"; NaN with non-finite predictions
+    collapsed: list[str]  # attributes whose predictions were near-constant
+    blend: np.ndarray | None  # with a floor: the network's weight against it per attribute, chosen here
+    nonfinite: list[str]  # ids of the utterances whose predictions were not finite
+    improved: bool  # a better average than every earlier validation: best.pt, patience, plateau schedule
 
 
 @dataclass
@@ -602,15 +613,16 @@ class _Run:
         return int(min(total, budget))
 
     def _optimizer_step(self, group: list[Batch]) -> dict[str, Any]:
-        """Accumulate gradients over ``group`` and take one optimiser step (unless a loss is not finite)."""
+        """Accumulate gradients over ``group`` and take one optimiser step, unless some rank has no readable
+        micro-batch, or a loss or the gradient is not finite: every rank then skips it alike."""
         config = self.config.train
         lr_factor = self.schedule.apply(self.optimizer, self.step)
         autocast = (torch.autocast(self.context.device.type, dtype=self.amp_dtype) if self.amp_dtype is not None
                     else contextlib.nullcontext())
         self.optimizer.zero_grad(set_to_none=True)
-        usable = [batch for batch in group if len(batch)]
-        for batch in group:
-            self._note_skipped(batch)
+        usable = self._usable_batches(group)
+        if usable is None:
+            return {"skipped": "unreadable audio", "lr": lr_factor * self.config.train.lr_heads, "utterances": 0}
         parts_sum: dict[str, float] = {}
         finite = True
         utterances = 0
@@ -634,35 +646,60 @@ class _Run:
             for name, value in parts.items():
                 parts_sum[name] = parts_sum.get(name, 0.0) + value / len(usable)
             utterances += len(batch)
+        skipped = {"lr": lr_factor * self.config.train.lr_heads, "utterances": utterances}
         # Every rank must take the same decision, or the ranks' weights drift apart.
-        if distributed.any_rank(not finite or not usable, self.context):
-            self.optimizer.zero_grad(set_to_none=True)
-            if usable:
-                self.skipped_steps += 1
-                self.nonfinite_in_a_row += 1
-                if self.nonfinite_in_a_row >= config.max_nonfinite_steps:
-                    self._save_last()
-                    raise SertoolError(
-                        f"stopped: {self.nonfinite_in_a_row} optimiser steps in a row had a non-finite loss (step "
-                        f"{self.step}). Lower --lr-heads/--lr-backbone, try --amp bf16 or off, or check the labels; "
-                        f"{self.run_dir / LAST_NAME} holds the state before the failure")
-            return {"skipped": True, "lr": lr_factor * self.config.train.lr_heads, "utterances": utterances}
-        self.nonfinite_in_a_row = 0
+        if distributed.any_rank(not finite, self.context):
+            return self._skip_nonfinite_step("loss", skipped)
         self.scaler.unscale_(self.optimizer)
         max_norm = config.grad_clip_norm if config.grad_clip_norm > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, max_norm)
+        # fp16's GradScaler skips a step whose gradients overflowed (and lowers its scale). Without one (bf16,
+        # fp32) nothing else keeps a NaN gradient of a finite loss out of the weights, and then out of last.pt.
+        if not self.scaler.is_enabled() and distributed.any_rank(not math.isfinite(grad_norm), self.context):
+            return self._skip_nonfinite_step("gradient", skipped)
+        self.nonfinite_in_a_row = 0
         self.scaler.step(self.optimizer)  # skips the update by itself when fp16 gradients overflowed
         self.scaler.update()
         return {**{f"loss_{k}" if not k.startswith("ccc") else k: v for k, v in parts_sum.items()},
                 "grad_norm": float(grad_norm), "lr": lr_factor * self.config.train.lr_heads, "utterances": utterances}
 
-    def _note_skipped(self, batch: Batch) -> None:
-        if not batch.skipped:
-            return
+    def _skip_nonfinite_step(self, what: str, stats: dict[str, Any]) -> dict[str, Any]:
+        """Drop the step's gradients and count the step (its non-finite ``what``: "loss" or "gradient");
+        ``max_nonfinite_steps`` in a row stop the run, with ``last.pt`` written first. Returns ``stats``
+        marked as skipped."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.skipped_steps += 1
+        self.nonfinite_in_a_row += 1
+        if self.nonfinite_in_a_row >= self.config.train.max_nonfinite_steps:
+            self._save_last()
+            raise SertoolError(  # the step counted from 1, as metrics.jsonl counts it
+                f"stopped: {self.nonfinite_in_a_row} optimiser steps in a row had a non-finite loss or gradient "
+                f"(step {self.step + 1}: its {what}). Lower --lr-heads/--lr-backbone, try --amp bf16 or off, or "
+                f"check the labels; {self.run_dir / LAST_NAME} holds the state before the failure")
+        return {"skipped": f"non-finite {what}", **stats}
+
+    def _usable_batches(self, group: list[Batch]) -> list[Batch] | None:
+        """The micro-batches of ``group`` that hold audio to train on, or None when some rank has none.
+
+        Under DDP the ranks agree first (one all-reduce): a rank without a micro-batch has no backward pass,
+        so it could not join the others' gradient all-reduce, and they would wait for it forever; every rank
+        skips the step instead. Audio that failed to load on any rank is made known to every rank, so that
+        all of them count it, or all stop on it (``--on-bad-audio fail``).
+        """
+        usable = [batch for batch in group if len(batch)]
+        failed = [item for batch in group for item in batch.skipped]
+        none_usable, any_failed = distributed.any_rank_each([not usable, bool(failed)], self.context)
+        if any_failed:
+            self._note_skipped([item for share in distributed.all_gather_objects(failed, self.context)
+                                for item in share])
+        return None if none_usable else usable
+
+    def _note_skipped(self, items: list[str]) -> None:
+        """Audio that failed to load (``"<id>: <reason>"``): stop (``--on-bad-audio fail``), or report and count it."""
         if self.config.data.on_bad_audio == "fail":
-            raise SertoolError(f"--on-bad-audio fail: cannot read {batch.skipped[0]}")
-        self.skipped_audio.extend(batch.skipped)
-        for item in batch.skipped:
+            raise SertoolError(f"--on-bad-audio fail: cannot read {items[0]}")
+        self.skipped_audio.extend(items)
+        for item in items:
             self.reporter.message(f"skipped unreadable audio {item}")
 
     # ----------------------------------------------------------------------------------------------
@@ -677,14 +714,14 @@ class _Run:
         except Interrupted:
             self._save_last()  # validation has changed nothing yet: this is the state the step left
             raise
-        nonfinite = [utt_id for utt_id, row in zip(predictions.ids, predictions.emotion_unit, strict=True)
-                     if not np.isfinite(row).all()]
-        # No score of NaN or infinite predictions (ccc_scores refuses them): NaN here, null in metrics.jsonl.
-        scores, collapsed, blend = (self._score(predictions) if not nonfinite
-                                    else (dict.fromkeys((*ATTRIBUTES, "average"), math.nan), [], None))
-        # The CCC of finite predictions and labels is always finite (sertool.models.ccc).
-        finite = not nonfinite
-        improved = finite and scores["average"] > self.best.get("average", -math.inf)
+        # Rank 0 judges and every rank takes its verdict: ranks that judged apart could blend with other
+        # weights, or one could stop early and leave the others waiting for it in the next step's all-reduce.
+        verdict = distributed.from_main(functools.partial(self._judge, predictions), self.context)
+        scores, collapsed, blend, nonfinite = verdict.scores, verdict.collapsed, verdict.blend, verdict.nonfinite
+        finite, improved = not nonfinite, verdict.improved
+        if blend is not None and self.model.floor_blend is not None:
+            # The model predicts with this blend from now on (best.pt keeps that of its validation).
+            self.model.floor_blend.blend.copy_(torch.from_numpy(blend))
         self.schedule.on_validation(improved)
         # The epoch (from 1) the validated step trained in: when that step ended an epoch, ``self.epoch``
         # already counts it.
@@ -717,16 +754,26 @@ class _Run:
         if patience > 0 and self.validations_without_improvement >= patience:
             self.stopped = Stop.EARLY_STOPPING
 
+    def _judge(self, predictions: ModelPredictions) -> _Verdict:
+        """What the validation of ``predictions`` decides (see ``_Verdict``)."""
+        nonfinite = [utt_id for utt_id, row in zip(predictions.ids, predictions.emotion_unit, strict=True)
+                     if not np.isfinite(row).all()]
+        # No score of NaN or infinite predictions (ccc_scores refuses them): NaN here, null in metrics.jsonl.
+        scores, collapsed, blend = (self._score(predictions) if not nonfinite
+                                    else (dict.fromkeys((*ATTRIBUTES, "average"), math.nan), [], None))
+        # The CCC of finite predictions and labels is always finite (sertool.models.ccc).
+        improved = not nonfinite and scores["average"] > self.best.get("average", -math.inf)
+        return _Verdict(scores=scores, collapsed=collapsed, blend=blend, nonfinite=nonfinite, improved=improved)
+
     def _score(self, predictions: ModelPredictions) -> tuple[dict[str, float], list[str], np.ndarray | None]:
         """The CCC of the validation's finite ``predictions``, their collapsed attributes, and with a floor the
-        blend it chose, which the model predicts with from now on (best.pt keeps those of its validation)."""
+        blend it chose (the network's weight per attribute)."""
         labels = np.array([utt.labels() for utt in self.valid_set])
         scaling = self.model.label_scaling
         unit = predictions.emotion_unit.astype(np.float64)
         blend = None
         if self.model.floor_blend is not None and self.valid_floor_unit is not None:
             blend = choose_blend(unit, self.valid_floor_unit, labels, scaling)
-            self.model.floor_blend.blend.copy_(torch.from_numpy(blend))
             unit = blend * unit + (1 - blend) * self.valid_floor_unit
         # Scored as inference will output them (clipped ratings), so best.pt is chosen on what it predicts.
         values = scaling.ratings(unit)
@@ -862,9 +909,12 @@ class _Run:
         if not self.context.enabled:
             return self.model
         device_ids = [self.context.local_rank] if self.context.device.type == "cuda" else None
-        # Auxiliary heads may see a batch without any known label; their parameters then get no gradient.
+        # A parameter without a gradient in a step (a layer LayerDrop skipped, an auxiliary head a batch
+        # without its labels skipped) must be found, or DDP waits for it and fails at the next step. Each rank
+        # draws its own skips: the all-reduce averages such a gradient with zeros from the ranks that skipped,
+        # as for any parameter a rank's loss does not depend on (tests/test_ddp.py checks the average).
         return DistributedDataParallel(self.model, device_ids=device_ids,
-                                                         find_unused_parameters=bool(self.config.model.aux))
+                                       find_unused_parameters=self.model.may_leave_parameters_unused)
 
     def _with_transcripts(self, *splits: list[Utterance]) -> tuple[list[Utterance], ...]:
         """MM systems need every transcript: missing ones come from ASR (``--asr``), cached on disk, in one

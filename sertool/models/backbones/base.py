@@ -43,6 +43,12 @@ class SpeechBackbone(nn.Module):
         """
         raise NotImplementedError
 
+    @property
+    def drops_layers(self) -> bool:
+        """Whether a training forward may skip trainable layers at random (LayerDrop): their parameters then
+        get no gradient from that forward."""
+        return False
+
     def train(self, mode: bool = True) -> SpeechBackbone:
         super().train(mode)
         for name in self._eval_only:

@@ -80,6 +80,12 @@ class Wav2Vec2FamilyBackbone(SpeechBackbone):
             enable({"use_reentrant": False})
         self.train(self.training)
 
+    @property
+    def drops_layers(self) -> bool:
+        """See ``SpeechBackbone.drops_layers``: the model's LayerDrop (0.1 in the Large configs), kept with
+        ``layer_weighting="last"``; a frozen encoder stays in eval mode, where nothing is skipped."""
+        return getattr(self.model.config, "layerdrop", 0.0) > 0.0 and "model" not in self._eval_only
+
     def forward(self, waveforms: Tensor, sample_mask: Tensor) -> tuple[Tensor, Tensor]:
         """See ``SpeechBackbone.forward``. An utterance shorter than the CNN's receptive field (400 samples
         for the usual front end) is zero-padded to it and yields one frame."""

@@ -1,0 +1,107 @@
+"""Train on 2 DDP ranks in 2 processes (gloo on the CPU), with a fault put into either rank, and see how
+each rank ended.
+
+``run_ranks(config, run_dir, prepare=...)`` spawns the ranks; ``prepare(rank)`` (a module-level function,
+so that it reaches the spawned process) runs in each before ``train``, to patch what that rank sees. The
+result is each rank's end: its model state, steps, history, and its ``SertoolError`` line if the run
+stopped with one. A rank that crashes, or ranks that wait for each other past ``timeout_s`` (a collective
+one rank never enters), fail the test with what each rank printed.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from sertool.config import Config
+from sertool.errors import SertoolError
+from sertool.training import loop
+from sertool.training.loop import train
+
+WORLD_SIZE = 2
+TIMEOUT_S = 240  # a tiny run takes well under a minute a rank, start-up included, on 2 shared cores
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _end_file(run_dir: str, rank: int) -> Path:
+    return Path(f"{run_dir}.rank{rank}.end.pt")
+
+
+def _worker(rank: int, port: int, config_dict: dict, run_dir: str,
+            prepare: Callable[[int], None] | None) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD_SIZE),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    if prepare is not None:
+        prepare(rank)
+    end: dict[str, Any] = {}
+    real_run = loop._Run.run
+
+    def run_and_keep(self: loop._Run) -> loop.TrainResult:
+        end["run"] = self
+        return real_run(self)
+
+    loop._Run.run = run_and_keep  # type: ignore[method-assign]
+    try:
+        result = train(Config.from_dict(config_dict), run_dir, device="cpu")
+        end.update(steps=result.steps, stopped=str(result.stopped), history=result.history,
+                   skipped_steps=result.skipped_steps, skipped_audio=result.skipped_audio)
+    except SertoolError as error:  # the user's one line: the test checks that every rank says it
+        end["error"] = str(error)
+    except BaseException:
+        # A rank that dies takes its peer down with it (gloo aborts): keep the first cause for the report.
+        import traceback
+
+        Path(f"{run_dir}.rank{rank}.error").write_text(traceback.format_exc())
+        raise
+    run = end.pop("run", None)
+    if run is not None:
+        end["state"] = {name: value.detach().clone() for name, value in run.model.state_dict().items()}
+    torch.save(end, _end_file(run_dir, rank))
+
+
+def run_ranks(config: Config, run_dir: Path, *, prepare: Callable[[int], None] | None = None,
+              timeout_s: float = TIMEOUT_S) -> list[dict[str, Any]]:
+    """Train ``config`` into ``run_dir`` on 2 gloo ranks; each rank's end, in rank order.
+
+    Each end holds ``state`` (the rank's model state dict, buffers included) and either ``steps``,
+    ``stopped``, ``history``, ``skipped_steps`` and ``skipped_audio``, or ``error`` (the ``SertoolError``
+    line the rank stopped with).
+    """
+    context = mp.start_processes(_worker, args=(_free_port(), config.to_dict(), str(run_dir), prepare),
+                                 nprocs=WORLD_SIZE, join=False, start_method="spawn")
+    deadline = time.monotonic() + timeout_s
+    try:
+        while not context.join(timeout=max(deadline - time.monotonic(), 0.0)):
+            if time.monotonic() >= deadline:
+                for process in context.processes:
+                    if process.is_alive():
+                        process.kill()
+                pytest.fail(f"the DDP ranks did not finish in {timeout_s:.0f} s: they wait for each other")
+    except (mp.ProcessExitedException, mp.ProcessRaisedException):
+        errors = [path.read_text() for path in sorted(run_dir.parent.glob(f"{run_dir.name}.rank*.error"))]
+        pytest.fail("a DDP rank died:\n" + "\n".join(errors or ["(no Python error: see the captured stderr)"]))
+    return [torch.load(_end_file(str(run_dir), rank), weights_only=False) for rank in range(WORLD_SIZE)]
+
+
+def assert_ranks_agree(ends: list[dict[str, Any]]) -> None:
+    """Every rank ended alike: the same weights and buffers (bit for bit), steps, history and error."""
+    first, *others = ends
+    for other in others:
+        assert {key: value for key, value in other.items() if key != "state"} == \
+            {key: value for key, value in first.items() if key != "state"}
+        assert other["state"].keys() == first["state"].keys()
+        for name, value in first["state"].items():
+            assert torch.equal(other["state"][name], value), f"{name} differs between the ranks"

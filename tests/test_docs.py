@@ -63,7 +63,7 @@ DOC_FILES = [*sorted(DOCS.glob("*.md")), ROOT / "README.md"]
 # ``--help`` / ``--version`` (click's own). A prefix such as ``--no-`` or ``--lr-`` names a family of flags.
 FOREIGN_FLAGS = {"--nproc-per-node", "--nnodes", "--rdzv-backend", "--rdzv-endpoint", "--no-deps", "--local-dir",
                  "--signal", "--from-json", "--markdown", "--only", "--help", "--version", "--no-", "--lr-",
-                 "--variant"}  # --variant: bench/small_corpus.py
+                 "--variant", "--budget-s", "--tiny", "--steps"}  # --variant: bench/small_corpus.py; then gpu_check.py
 
 
 def _sertool_flags() -> set[str]:

@@ -47,3 +47,32 @@ def test_amp_auto_follows_the_compute_capability(mock_gpu, name, capability, exp
     assert resolve_amp("auto", torch.device("cuda", 0)) == expected
     assert resolve_amp("bf16", torch.device("cuda", 0)) == torch.bfloat16  # asked for: as asked
     assert resolve_amp("auto", torch.device("cpu")) is None
+
+
+@case("training", "`pin_memory` of the training and validation loaders (was: sertool's `Batch` has no `pin_memory()`, "
+      "so nothing was pinned and every non-blocking copy to the GPU waited for its transfer)",
+      "`Batch.pin_memory` pins every tensor of the batch, which the loader's pinning thread calls")
+def test_a_batch_is_pinned_by_the_loaders_pinning(monkeypatch):
+    from torch.utils.data._utils.pin_memory import pin_memory as pin_as_the_loader_does
+
+    from sertool.data.dataset import collate
+
+    items = [{"id": f"u{index}", "waveform": torch.randn(1600 + 160 * index), "targets": torch.rand(3),
+              "gender_id": 0, "speaker_id": -100, "text": None, "text_embedding": torch.randn(4)} for index in range(3)]
+    batch = collate(items)
+    pinned: list[torch.Tensor] = []
+
+    def pin(tensor: torch.Tensor) -> torch.Tensor:  # a CPU-only build cannot pin: record what would be pinned
+        copy = tensor.clone()
+        pinned.append(copy)
+        return copy
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", pin)
+    result = pin_as_the_loader_does(batch)
+    assert type(result) is type(batch) and result.ids == batch.ids and result.texts == batch.texts
+    tensors = {name: value for name, value in vars(batch).items() if isinstance(value, torch.Tensor)}
+    assert {"waveforms", "sample_mask", "targets", "gender_ids", "speaker_ids", "text_embeddings"} <= tensors.keys()
+    for name, tensor in tensors.items():
+        assert any(getattr(result, name) is copy for copy in pinned), name
+        assert torch.equal(getattr(result, name), tensor), name
+    assert len(pinned) == len(tensors)

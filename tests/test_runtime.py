@@ -2,13 +2,20 @@
 pinned memory, host syncs, random states per process."""
 from __future__ import annotations
 
+import collections
+import sys
 import types
+from pathlib import Path
 
 import pytest
 import torch
 
+import sertool
 from sertool.runtime.precision import resolve_amp
+from sertool.training import loop
 from tests.cases import case
+from tests.corpus_files import write_learnable_corpus
+from tests.systems import small_config
 
 # (name, compute capability, what --amp auto must pick); every one of them "supports" bf16 by
 # torch.cuda.is_bf16_supported(), which counts emulation.
@@ -76,3 +83,50 @@ def test_a_batch_is_pinned_by_the_loaders_pinning(monkeypatch):
         assert any(getattr(result, name) is copy for copy in pinned), name
         assert torch.equal(getattr(result, name), tensor), name
     assert len(pinned) == len(tensors)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    return write_learnable_corpus(tmp_path_factory.mktemp("runtime") / "c", per_split={"Train": 16, "Development": 4})
+
+
+HOST_READS = ("item", "tolist", "__float__")  # each waits for the GPU when its tensor is on one
+
+
+@case("training", "reading the loss on the host (was: once per micro-batch, each read stalling the GPU)",
+      "one read of the step's loss parts and one of its gradient norm per optimiser step, whatever `--accum-steps`")
+def test_the_loop_reads_values_from_the_device_once_per_optimiser_step(corpus, tmp_path, monkeypatch):
+    """Counts the reads of tensor values that sertool's own code makes during optimiser steps (the optimiser's
+    reads of its CPU step counters are not host syncs): accumulating 4 micro-batches reads as often as 1."""
+    package = str(Path(sertool.__file__).parent)
+    reads: collections.Counter[str] = collections.Counter()
+    stepping = {"now": False, "steps": 0}
+    for name in HOST_READS:
+        real = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _real=real, _name=name, **kwargs):
+            caller = sys._getframe(1).f_code.co_filename
+            if stepping["now"] and caller.startswith(package):
+                reads[f"{_name} in {Path(caller).name}"] += 1
+            return _real(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    real_step = loop._Run._optimizer_step
+
+    def optimizer_step(self, group):
+        stepping["now"] = True
+        try:
+            return real_step(self, group)
+        finally:
+            stepping["now"] = False
+            stepping["steps"] += 1
+
+    monkeypatch.setattr(loop._Run, "_optimizer_step", optimizer_step)
+    per_step = {}
+    for accum_steps in (1, 4):
+        reads.clear()
+        stepping["steps"] = 0
+        loop.train(small_config(corpus, accum_steps=accum_steps, batch_size=2, epochs=1), tmp_path / str(accum_steps))
+        per_step[accum_steps] = {where: count / stepping["steps"] for where, count in reads.items()}
+    assert per_step[4] == per_step[1], per_step
+    assert sum(per_step[4].values()) <= 2, per_step

@@ -67,7 +67,7 @@ def test_accumulated_micro_batches_equal_one_large_batch_for_a_decomposable_loss
 
     def mse_loss(output, targets, **_):
         loss = ((output.emotion - targets) ** 2).mean()
-        return loss, {"total": loss.item()}
+        return loss, {"total": loss.detach()}
 
     runs = []
     for name in ("accumulated", "single"):
@@ -184,7 +184,7 @@ def test_nonfinite_losses_are_skipped_then_stop_the_run(corpus, tmp_path, monkey
         calls["n"] += 1
         loss, parts = real_loss(self, output, targets, **kwargs)
         if calls["n"] == 2:  # one bad step, then recovery
-            return loss * float("nan"), {**parts, "total": float("nan")}
+            return loss * float("nan"), {**parts, "total": parts["total"] * float("nan")}
         return loss, parts
 
     monkeypatch.setattr(loop.SERLoss, "__call__", sometimes_nan)
@@ -193,7 +193,7 @@ def test_nonfinite_losses_are_skipped_then_stop_the_run(corpus, tmp_path, monkey
 
     def always_nan(self, output, targets, **kwargs):
         loss, parts = real_loss(self, output, targets, **kwargs)
-        return loss * float("nan"), {**parts, "total": float("nan")}
+        return loss * float("nan"), {**parts, "total": parts["total"] * float("nan")}
 
     monkeypatch.setattr(loop.SERLoss, "__call__", always_nan)
     with pytest.raises(SertoolError, match="3 optimiser steps in a row had a non-finite loss"):

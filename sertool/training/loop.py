@@ -611,8 +611,7 @@ class _Run:
         usable = [batch for batch in group if len(batch)]
         for batch in group:
             self._note_skipped(batch)
-        parts_sum: dict[str, float] = {}
-        finite = True
+        parts_sum: dict[str, torch.Tensor] = {}  # on the device: read once, after the last micro-batch
         utterances = 0
         for index, batch in enumerate(usable):
             batch = batch.to(self.context.device)
@@ -627,13 +626,16 @@ class _Run:
                                             texts=batch.texts if self.model.needs_texts else None)
                 loss, parts = self.loss_fn(output, batch.targets, gender_ids=batch.gender_ids,
                                            speaker_ids=batch.speaker_ids)
-                finite = finite and math.isfinite(parts["total"])
                 # Dividing by the group size makes k micro-batches of b the same step as one batch of k·b
                 # for a loss that is a mean over items (CCC itself is a batch statistic; see docs).
                 self.scaler.scale(loss / len(usable)).backward()
             for name, value in parts.items():
                 parts_sum[name] = parts_sum.get(name, 0.0) + value / len(usable)
             utterances += len(batch)
+        # One host sync for the whole step (each read waits for the GPU): the mean total is finite only if
+        # every micro-batch's was.
+        means = dict(zip(parts_sum, torch.stack(list(parts_sum.values())).tolist(), strict=True)) if usable else {}
+        finite = math.isfinite(means.get("total", 0.0))
         # Every rank must take the same decision, or the ranks' weights drift apart.
         if distributed.any_rank(not finite or not usable, self.context):
             self.optimizer.zero_grad(set_to_none=True)
@@ -653,7 +655,7 @@ class _Run:
         grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, max_norm)
         self.scaler.step(self.optimizer)  # skips the update by itself when fp16 gradients overflowed
         self.scaler.update()
-        return {**{f"loss_{k}" if not k.startswith("ccc") else k: v for k, v in parts_sum.items()},
+        return {**{f"loss_{k}" if not k.startswith("ccc") else k: v for k, v in means.items()},
                 "grad_norm": float(grad_norm), "lr": lr_factor * self.config.train.lr_heads, "utterances": utterances}
 
     def _note_skipped(self, batch: Batch) -> None:

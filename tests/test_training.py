@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -207,10 +208,22 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _ddp_worker(rank: int, world_size: int, port: int, config_dict: dict, run_dir: str) -> None:
+def _ddp_worker(rank: int, world_size: int, port: int, config_dict: dict, run_dir: str,
+                slow_best_s: float = 0.0) -> None:
+    """One rank of a gloo job; with ``slow_best_s``, rank 0 takes that long more to write best.pt (a large
+    checkpoint on slow storage) while the others go on to the next collective."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
+    if rank == 0 and slow_best_s:
+        real_save = loop.save_checkpoint
+
+        def slow_save(payload, path):
+            if Path(path).name == "best.pt":
+                time.sleep(slow_best_s)
+            real_save(payload, path)
+
+        loop.save_checkpoint = slow_save
     try:
         train(Config.from_dict(config_dict), run_dir, device="cpu")
     except BaseException:
@@ -243,6 +256,34 @@ def test_two_process_ddp_equals_one_process_with_the_same_effective_batch(corpus
     assert len(shares) == 2 and sorted(map(len, shares)) == [len(clips) // 2, len(clips) - len(clips) // 2]
     assert load_checkpoint(tmp_path / "ddp")["metrics"]["average"] == pytest.approx(
         load_checkpoint(tmp_path / "single")["metrics"]["average"], abs=1e-5)
+
+
+def _run_ddp(config: Config, run_dir: Path, slow_best_s: float = 0.0) -> dict[int, str]:
+    """Train ``config`` on 2 gloo ranks; the last line of each failed rank's traceback, by rank."""
+    try:
+        mp.start_processes(_ddp_worker, args=(2, _free_port(), config.to_dict(), str(run_dir), slow_best_s), nprocs=2,
+                           start_method="spawn")
+    except (mp.ProcessExitedException, mp.ProcessRaisedException):
+        pass
+    return {int(path.name[-7]): path.read_text().strip().splitlines()[-1]
+            for path in run_dir.parent.glob(f"{run_dir.name}.rank*.error")}
+
+
+@case("training", "under torchrun, the other ranks waiting while rank 0 writes a large checkpoint (was: no limit "
+      "given, so NCCL's 10 minutes, which a checkpoint of several GB on slow storage can pass)",
+      "they wait up to `--ddp-timeout-s` (default 2 hours); past it, one line naming the option. The set-up's waits "
+      "(cache fills) have no limit")
+def test_a_rank_waits_for_the_others_up_to_the_ddp_timeout(corpus, tmp_path):
+    """Rank 0 takes 6 s more to write best.pt: with --ddp-timeout-s 2 rank 1 gives up with one line naming the
+    option; with 60 the run ends well."""
+    config = small_config(corpus, epochs=1)
+    config.train.ddp_timeout_s = 2
+    errors = _run_ddp(config, tmp_path / "short", slow_best_s=6.0)
+    assert 1 in errors, errors
+    assert errors[1].startswith("sertool.errors.SertoolError: a rank waited longer than --ddp-timeout-s 2 s"), errors
+    config.train.ddp_timeout_s = 60
+    assert _run_ddp(config, tmp_path / "long", slow_best_s=6.0) == {}
+    assert (tmp_path / "long" / "best.pt").is_file()
 
 
 def test_resume_drops_log_lines_the_checkpoint_does_not_hold(tmp_path):

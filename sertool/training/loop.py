@@ -151,7 +151,8 @@ def train(
 
     Raises:
         SertoolError: bad config, data or run folder, a folder another ``train`` is using, a run stopped by
-            non-finite losses, or a run that never produced a finite validation score.
+            non-finite losses, a run that never produced a finite validation score, or under DDP a rank that
+            waited longer than ``--ddp-timeout-s`` for the others (or lost one).
         Interrupted: a stop signal.
     """
     if not resume:
@@ -188,6 +189,8 @@ def train(
                     previous_run_kept=previous.held and not previous.replaced)) from None
         distributed.barrier(context)
         return result
+    except RuntimeError as error:  # e.g. a collective that another rank left waiting
+        raise distributed.explained(error) from None
     finally:
         reporter.close()
         distributed.teardown()
@@ -250,6 +253,7 @@ class _Run:
         with stops.at_once():  # reading data and building the model save nothing: stop at once
             checkpoint, recorded = self._setup_folder(config, resume=resume, replaces=previous.held, argv=argv,
                                                       relocated=relocated or {})
+            distributed.join(context, timeout_s=self.config.train.ddp_timeout_s)  # the run's own, when resuming
             torch.manual_seed(self.config.seed)
             if context.device.type == "cpu":
                 torch.use_deterministic_algorithms(True, warn_only=True)
@@ -863,6 +867,9 @@ class _Run:
     def _wrap_ddp(self) -> SERModel | DistributedDataParallel:
         if not self.context.enabled:
             return self.model
+        # The ranks leave the set-up apart (a share of a cache another rank could not write is computed again),
+        # and DDP's first broadcast waits only --ddp-timeout-s.
+        distributed.wait_for_every_rank(self.context)
         device_ids = [self.context.local_rank] if self.context.device.type == "cuda" else None
         # Auxiliary heads may see a batch without any known label; their parameters then get no gradient.
         return DistributedDataParallel(self.model, device_ids=device_ids,

@@ -3,14 +3,17 @@ pinned memory, host syncs, random states per process."""
 from __future__ import annotations
 
 import collections
+import random
 import sys
 import types
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 import sertool
+from sertool.runtime import random_state
 from sertool.runtime.precision import resolve_amp
 from sertool.training import loop
 from tests.cases import case
@@ -130,3 +133,24 @@ def test_the_loop_reads_values_from_the_device_once_per_optimiser_step(corpus, t
         per_step[accum_steps] = {where: count / stepping["steps"] for where, count in reads.items()}
     assert per_step[4] == per_step[1], per_step
     assert sum(per_step[4].values()) <= 2, per_step
+
+
+def _draws() -> tuple:
+    """One draw from each global generator a training process uses."""
+    return torch.rand(4).tolist(), np.random.rand(4).tolist(), random.random()
+
+
+def test_each_rank_restores_its_own_random_states_and_another_world_size_reseeds():
+    cpu = torch.device("cpu")
+    random_state.seed_process(7, rank=0)
+    rank_0 = _draws()
+    random_state.seed_process(7, rank=1)
+    assert _draws() != rank_0  # seed + rank: the ranks' dropout and augmentation differ
+    saved = {"world_size": 2, "ranks": [None, random_state.process_state(cpu)]}
+    expected = _draws()
+    random_state.seed_process(7, rank=0)
+    assert random_state.restore_process_state(saved, rank=1, world_size=2, device=cpu, seed=7) is None
+    assert _draws() == expected
+    warning = random_state.restore_process_state(saved, rank=0, world_size=1, device=cpu, seed=7)
+    assert warning is not None and "2 processes and this run has 1" in warning and "seed + rank" in warning
+    assert _draws() == rank_0

@@ -167,6 +167,48 @@ def test_resume_within_a_step_budget_equals_an_uninterrupted_run(corpus, tmp_pat
     assert_same_state(model_state(tmp_path / "resumed"), model_state(tmp_path / "straight"))
 
 
+class _FakeCudaGenerator:
+    """The generator of one GPU, where the CPU machine has none."""
+
+    def __init__(self) -> None:
+        self.state = torch.zeros(16, dtype=torch.uint8)
+
+    def get_state(self) -> torch.Tensor:
+        return self.state
+
+    def set_state(self, state: torch.Tensor) -> None:
+        self.state = state
+
+
+@case("checkpoints", "`--resume` of a `last.pt` that holds the random states of 2 GPUs, with one GPU visible or none "
+      "(was: an IndexError from torch.cuda.set_rng_state_all)",
+      "resumes: each process restores its own generators only (a GPU's on that GPU); the result equals the "
+      "uninterrupted run")
+@pytest.mark.parametrize("visible_gpus", [0, 1])
+def test_resume_of_a_checkpoint_with_more_gpu_states_than_visible_gpus(corpus, tmp_path, monkeypatch, visible_gpus):
+    """last.pt as sertool wrote it on a machine with 2 GPUs (one CUDA state per visible GPU), resumed on the CPU
+    where torch sees no GPU, or one (mocked: torch.cuda's own code runs, on one fake generator)."""
+    from sertool.checkpoint import save_checkpoint
+
+    config = small_config(corpus, checkpoint_every_steps=1)
+    config.model.head_dropout = 0.3
+    train(config, tmp_path / "straight")
+    with pytest.raises(KeyboardInterrupt):
+        train(config, tmp_path / "resumed", reporter=InterruptAt(3))
+    last = load_checkpoint(tmp_path / "resumed", name="last.pt")
+    cpu_state = last["training"]["rng"]["ranks"][0]["torch"]
+    last["training"]["rng"] = {"torch": cpu_state, "cuda": [torch.zeros(16, dtype=torch.uint8)] * 2}
+    save_checkpoint(last, tmp_path / "resumed" / "last.pt")
+    if visible_gpus:
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: visible_gpus)
+        monkeypatch.setattr(torch.cuda, "default_generators", tuple(_FakeCudaGenerator() for _ in range(visible_gpus)))
+        monkeypatch.setattr(torch.cuda.random, "_lazy_call", lambda callback, **_: callback())
+        monkeypatch.setattr(torch.cuda.random, "_lazy_init", lambda: None)
+    train(Config(), tmp_path / "resumed", resume=True, device="cpu")
+    assert_same_state(model_state(tmp_path / "resumed"), model_state(tmp_path / "straight"))
+
+
 def test_a_run_needs_an_end(corpus, tmp_path):
     with pytest.raises(SertoolError, match="--epochs 0 and --max-steps 0"):
         train(small_config(corpus, epochs=0), tmp_path / "run")

@@ -70,7 +70,7 @@ from sertool.models.ser_model import SERModel
 from sertool.models.text_features import transcript_embeddings
 from sertool.models.utterance_stats import StatisticsCache, choose_blend, fit_utterance_statistics
 from sertool.progress import set_display
-from sertool.runtime import distributed
+from sertool.runtime import distributed, random_state
 from sertool.runtime.distributed import Distributed
 from sertool.runtime.frames import fill_frame_cache
 from sertool.runtime.precision import resolve_amp
@@ -254,7 +254,7 @@ class _Run:
             checkpoint, recorded = self._setup_folder(config, resume=resume, replaces=previous.held, argv=argv,
                                                       relocated=relocated or {})
             distributed.join(context, timeout_s=self.config.train.ddp_timeout_s)  # the run's own, when resuming
-            torch.manual_seed(self.config.seed)
+            random_state.seed_process(self.config.seed, rank=context.rank)
             if context.device.type == "cpu":
                 torch.use_deterministic_algorithms(True, warn_only=True)
             self._setup_data(checkpoint)
@@ -681,7 +681,10 @@ class _Run:
             # With a floor, the network alone: its blend with the floor is chosen below.
             predictions = self._predict_valid()
         except Interrupted:
-            self._save_last()  # validation has changed nothing yet: this is the state the step left
+            # Validation has changed nothing yet: this is the state the step left. Under DDP the other ranks stop
+            # wherever the signal finds them, and a save gathers from every rank: last.pt stays as it is.
+            if not self.context.enabled:
+                self._save_last()
             raise
         nonfinite = [utt_id for utt_id, row in zip(predictions.ids, predictions.emotion_unit, strict=True)
                      if not np.isfinite(row).all()]
@@ -806,6 +809,8 @@ class _Run:
         """``last.pt``: a checkpoint plus the whole training state, at an optimiser-step boundary."""
         if self._progress_state() == self._saved_state:
             return
+        # Every rank's own random states (a collective: every rank saves at the same steps).
+        rng = distributed.all_gather_objects(random_state.process_state(self.context.device), self.context)
         if self.context.is_main:
             payload = self._payload(self.history[-1] if self.history else {})
             payload["training"] = {
@@ -815,8 +820,7 @@ class _Run:
                 # After the last step of an epoch the next epoch has not started: its position is 0.
                 "sampler": (self.sampler.state_dict(batches_consumed=self.batches_in_epoch)
                             if self.sampler.epoch == self.epoch else None),
-                "rng": {"torch": torch.get_rng_state(),
-                        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+                "rng": {"world_size": self.context.world_size, "ranks": rng},
                 "progress": {"step": self.step, "epoch": self.epoch, "stopped": _plain(self.stopped), "best": self.best,
                              "best_step": self.best_step, "best_per_attribute": self.best_per_attribute,
                              "validations_without_improvement": self.validations_without_improvement,
@@ -842,13 +846,15 @@ class _Run:
             if sampler_state is not None and sampler_state["epoch"] == self.epoch:
                 self.sampler.load_state_dict(sampler_state)
                 self.batches_in_epoch = self.sampler.batches_done
-            torch.set_rng_state(state["rng"]["torch"])
-            if state["rng"]["cuda"] and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+            reseeded = random_state.restore_process_state(
+                state["rng"], rank=self.context.rank, world_size=self.context.world_size, device=self.context.device,
+                seed=self.config.seed)
         except (KeyError, TypeError, ValueError, RuntimeError) as error:
             raise SertoolError(f"{last}: its training state is incomplete or damaged ({type(error).__name__}: "
                                f"{str(error)[:120]}); start the run again with `sertool train --config "
                                f"{self.run_dir / 'config.yaml'} --out {self.run_dir} --force`") from None
+        if reseeded:
+            self.reporter.message(f"warning: {reseeded}")
         if self.context.is_main:
             remove_stale_temporaries(self.run_dir)
             truncate_metrics(self.run_dir, step=int(self.step), validations=len(self.history))

@@ -251,22 +251,22 @@ def _free_port() -> int:
 
 
 def _ddp_worker(rank: int, world_size: int, port: int, config_dict: dict, run_dir: str,
-                slow_best_s: float = 0.0, slow_fill_s: float = 0.0) -> None:
-    """One rank of a gloo job. With ``slow_best_s``, rank 0 takes that long more to write best.pt (a large
-    checkpoint on slow storage) while the others go on to the next collective; with ``slow_fill_s``, rank 1
+                slow_save: tuple[str, float] | None = None, slow_fill_s: float = 0.0) -> None:
+    """One rank of a gloo job. With ``slow_save`` (a checkpoint's name, seconds), rank 0 takes that long more to
+    write that checkpoint (several GB on slow storage) while the others go on; with ``slow_fill_s``, rank 1
     takes that long more for each of its shares of the set-up's cache fills."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    if rank == 0 and slow_best_s:
+    if rank == 0 and slow_save:
         real_save = loop.save_checkpoint
 
-        def slow_save(payload, path):
-            if Path(path).name == "best.pt":
-                time.sleep(slow_best_s)
+        def slow_save_checkpoint(payload, path):
+            if Path(path).name == slow_save[0]:
+                time.sleep(slow_save[1])
             real_save(payload, path)
 
-        loop.save_checkpoint = slow_save
+        loop.save_checkpoint = slow_save_checkpoint
     if rank == 1 and slow_fill_s:
         real_fill_in_shares = loop.distributed.fill_in_shares
 
@@ -308,11 +308,12 @@ def test_two_process_ddp_equals_one_process_with_the_same_effective_batch(corpus
         load_checkpoint(tmp_path / "single")["metrics"]["average"], abs=1e-5)
 
 
-def _run_ddp(config: Config, run_dir: Path, *, slow_best_s: float = 0.0, slow_fill_s: float = 0.0) -> dict[int, str]:
+def _run_ddp(config: Config, run_dir: Path, *, slow_save: tuple[str, float] | None = None,
+             slow_fill_s: float = 0.0) -> dict[int, str]:
     """Train ``config`` on 2 gloo ranks (``_ddp_worker``); the last line of each failed rank's traceback, by rank."""
     try:
-        mp.start_processes(_ddp_worker, args=(2, _free_port(), config.to_dict(), str(run_dir), slow_best_s,
-                                              slow_fill_s), nprocs=2, start_method="spawn")
+        mp.start_processes(_ddp_worker, args=(2, _free_port(), config.to_dict(), str(run_dir), slow_save, slow_fill_s),
+                           nprocs=2, start_method="spawn")
     except (mp.ProcessExitedException, mp.ProcessRaisedException):
         pass
     return {int(path.name[-7]): path.read_text().strip().splitlines()[-1]
@@ -329,13 +330,28 @@ def test_a_rank_waits_for_the_others_up_to_the_ddp_timeout(corpus, tmp_path):
     option; with 60 the run ends well. Rank 1 taking 6 s more for each cache fill is no failure at 2."""
     config = small_config(corpus, epochs=1)
     config.train.ddp_timeout_s = 2
-    errors = _run_ddp(config, tmp_path / "short", slow_best_s=6.0)
+    errors = _run_ddp(config, tmp_path / "short", slow_save=("best.pt", 6.0))
     assert 1 in errors, errors
     assert errors[1].startswith("sertool.errors.SertoolError: a rank waited longer than --ddp-timeout-s 2 s"), errors
     assert _run_ddp(config, tmp_path / "slow-set-up", slow_fill_s=6.0) == {}
     config.train.ddp_timeout_s = 60
-    assert _run_ddp(config, tmp_path / "long", slow_best_s=6.0) == {}
+    assert _run_ddp(config, tmp_path / "long", slow_save=("best.pt", 6.0)) == {}
     assert (tmp_path / "long" / "best.pt").is_file()
+
+
+@case("training", "non-finite losses stopping a DDP run while rank 0 writes `last.pt` (was: the other ranks ended at "
+      "once; under torchrun a rank that ends has torchrun stop the others, and kill them 30 s later, mid-write)",
+      "every rank waits until `last.pt` is written, then each ends with the one-line error")
+def test_a_ddp_run_stopped_by_nonfinite_losses_ends_no_rank_before_last_pt_is_written(corpus, tmp_path):
+    """A learning rate that sends the weights to infinity in the first step: the next two steps are not finite
+    and the run stops. Rank 0 takes 3 s more to write last.pt; no rank may end before it is written."""
+    errors = _run_ddp(small_config(corpus, batch_size=2, lr_heads=1e30, max_nonfinite_steps=2), tmp_path / "run",
+                      slow_save=("last.pt", 3.0))
+    assert sorted(errors) == [0, 1], errors
+    assert all(line.startswith("sertool.errors.SertoolError: stopped: 2 optimiser steps in a row had a non-finite")
+               for line in errors.values()), errors
+    written = (tmp_path / "run" / "last.pt").stat().st_mtime
+    assert all((tmp_path / f"run.rank{rank}.error").stat().st_mtime >= written for rank in errors)
 
 
 def test_resume_drops_log_lines_the_checkpoint_does_not_hold(tmp_path):

@@ -173,7 +173,9 @@ def train(
     try:
         holding = (locked_run_folder(run_dir, create=not resume, warn=reporter.message) if context.is_main
                    else contextlib.nullcontext())
-        with StopRequests() as stops, holding as record_holder:
+        # Under DDP only the first signal counts: torchrun forwards to every rank what a scheduler may already
+        # have sent them, and a second signal stopping a rank at once would cut rank 0's last.pt short.
+        with StopRequests(repeats_stop_at_once=not context.enabled) as stops, holding as record_holder:
             previous = _PreviousRun()
             try:
                 if not resume and context.is_main:
@@ -570,7 +572,7 @@ class _Run:
             self._save_last()
         # Every rank must stop at the same step, or the others would wait forever in the next all-reduce.
         if distributed.any_rank(self.stops.requested, self.context):
-            self._save_last()
+            self._save_last_before_stopping()
             raise Interrupted(self.stops.signal_number or signal.SIGTERM)
 
     def _validation_due(self) -> bool:
@@ -647,7 +649,7 @@ class _Run:
                 self.skipped_steps += 1
                 self.nonfinite_in_a_row += 1
                 if self.nonfinite_in_a_row >= config.max_nonfinite_steps:
-                    self._save_last()
+                    self._save_last_before_stopping()
                     raise SertoolError(
                         f"stopped: {self.nonfinite_in_a_row} optimiser steps in a row had a non-finite loss (step "
                         f"{self.step}). Lower --lr-heads/--lr-backbone, try --amp bf16 or off, or check the labels; "
@@ -830,6 +832,12 @@ class _Run:
             }
             save_checkpoint(payload, self.run_dir / LAST_NAME)
         self._saved_state, self.saved_step = self._progress_state(), self.step
+
+    def _save_last_before_stopping(self) -> None:
+        """``last.pt``, then every rank waits until rank 0 has written it: under torchrun, a rank that exits
+        sooner has torchrun stop the others, and kill rank 0 30 s later, maybe in the middle of the write."""
+        self._save_last()
+        distributed.barrier(self.context)
 
     def _restore(self, state: dict[str, Any]) -> None:
         last = self.run_dir / LAST_NAME

@@ -131,8 +131,8 @@ def explained(error: RuntimeError) -> Exception:
     rank or lost one; any other error (and any error in a single process) as it is."""
     if _job is None:
         return error
-    text = str(error)
-    if "timed out" in text.lower() or "timeout" in text.lower():
+    text = str(error).lower()
+    if "timed out" in text or "timeout" in text:
         return SertoolError(f"a rank waited longer than --ddp-timeout-s {_job.timeout_s:g} s for the others (e.g. "
                             "while rank 0 wrote a checkpoint to slow storage), so the job failed: give a larger "
                             "--ddp-timeout-s (it may be given with --resume)")
@@ -142,9 +142,9 @@ def explained(error: RuntimeError) -> Exception:
 
 
 def barrier(context: Distributed) -> None:
-    """Wait for every rank. Called before leaving the process group after a run that ended well: a rank
-    that tears gloo down while another still writes its files can abort the process ("terminate called
-    without an active exception")."""
+    """Wait for every rank (at most ``--ddp-timeout-s``). Called before leaving the process group after a run
+    that ended well (a rank that tears gloo down while another still writes its files can abort the process:
+    "terminate called without an active exception"), and before a stop, until rank 0 has written last.pt."""
     if context.enabled:
         dist.barrier()
 

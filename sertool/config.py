@@ -154,8 +154,8 @@ def option(default: Any, help: str, *, choices: tuple[str, ...] | None = None, f
         bounds: the allowed values of a number (every int and float field has them).
         path: ``"path"`` for a file or folder, ``"path or hub id"`` for a model that is a local folder or a
             hub id: a relative path is stored absolute, so that a run resumes from any working directory.
-        resumable: ``train --resume`` may set it again (where the data is, or how it is read; never what
-            is trained).
+        resumable: ``train --resume`` may set it again (where the data is, how it is read, how the job waits;
+            never what is trained).
         metavar: how ``--help`` names the value (e.g. ``CSV``); inference options only.
         required: the flag must be given (inference options only; a config field always has a default).
         many: a comma-separated list of numbers (``--weights 0.6,0.4``); inference options only.
@@ -314,6 +314,10 @@ class TrainConfig:
     checkpoint_every_steps: int = option(0, "Also write last.pt every N optimiser steps (0: at validations).",
                                          bounds=NON_NEGATIVE)
     log_every_steps: int = option(10, "Write a metrics.jsonl line every N optimiser steps.", bounds=AT_LEAST_ONE)
+    ddp_timeout_s: int = option(7200, "Under torchrun: how long a rank waits for the others at a collective (e.g. "
+                                "while rank 0 writes a checkpoint) before the job fails. The set-up's waits (cache "
+                                "fills) have no limit.", bounds=Bounds(at_least=1, at_most=7 * 24 * 3600),
+                                resumable=True)
 
 
 @dataclass

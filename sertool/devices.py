@@ -40,10 +40,18 @@ def select_device(device: str | torch.device = DEFAULT_DEVICE, *, local_rank: in
     return chosen
 
 
+BF16_CAPABILITY = (8, 0)  # the first CUDA compute capability with bf16 tensor cores (Ampere)
+
+
 def half_precision(device: torch.device) -> torch.dtype | None:
-    """The half precision ``device`` computes in fastest (``--amp auto``'s rule, and the ASR model's): bf16 on
-    a GPU that supports it, fp16 on an older GPU, None (float32) on the CPU, where half precision is slow for
-    convolutions and rarely what a user wants unless asked."""
+    """The half precision ``device`` computes in fastest (``--amp auto``'s rule, and the ASR model's): bf16 on a
+    GPU that computes in it natively (compute capability 8.0 and later: A100, H100, RTX 30xx and later), fp16
+    on an older GPU (V100, T4, RTX 20xx), None (float32) on the CPU, where half precision is slow for
+    convolutions and rarely what a user wants unless asked.
+
+    Not ``torch.cuda.is_bf16_supported()``: it also counts bf16 that a GPU only emulates (V100, T4), slower than
+    fp16 there and not what the docs promise.
+    """
     if device.type != "cuda":
         return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if torch.cuda.get_device_capability(device) >= BF16_CAPABILITY else torch.float16

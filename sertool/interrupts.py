@@ -65,12 +65,15 @@ class StopRequests:
     The handler only records the signal (``stops.requested``); the training loop looks at it after each
     optimiser step and stops there, writing ``last.pt`` first. Inside ``with stops.at_once():`` (reading the
     data, building the model, validation: phases that can last minutes and that a checkpoint of the step
-    before them already covers) the signal also raises ``Interrupted`` at once. A second signal always
-    raises at once. Outside the main thread (where Python cannot install handlers) it does nothing.
+    before them already covers) the signal also raises ``Interrupted`` at once. A second signal raises at
+    once too, unless ``repeats_stop_at_once`` is False: under torchrun, a worker gets a scheduler's signal
+    and then torchrun's copy of it, and a second one means nothing more (torchrun kills the workers after
+    its own grace period). Outside the main thread (where Python cannot install handlers) it does nothing.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, repeats_stop_at_once: bool = True) -> None:
         self.signal_number: int | None = None
+        self.repeats_stop_at_once = repeats_stop_at_once
         self._at_once = False
         self._previous: dict[int, Callable[[int, FrameType | None], Any] | int | None] = {}
 
@@ -104,7 +107,7 @@ class StopRequests:
     def _handle(self, signal_number: int, frame) -> None:
         again = self.signal_number is not None
         self.signal_number = signal_number
-        if self._at_once or again:
+        if self._at_once or (again and self.repeats_stop_at_once):
             raise Interrupted(signal_number)
 
 

@@ -13,7 +13,13 @@ terminal's Ctrl-C or a cluster's scheduler does, the N-th time POINT is reached:
 - ``checkpoint-write``: the N-th ``last.pt`` is written to its temporary file but not yet renamed.
 
 Start it in a session of its own (``start_new_session=True``): the signal goes to its process group.
-Points are patched into ``sertool.training.loop`` only; nothing of sertool is changed on disk.
+Under torchrun (``torchrun ... -m tests.fault_driver ...``) every rank runs the driver, in the session
+torchrun gives each rank, so each rank signals its own group when it reaches POINT, as a scheduler signals
+every process of a job; with ``FAULT_SIGNAL_LAUNCHER=1`` in the environment, rank 0 signals torchrun's
+group too, which then forwards the signal to every rank (each rank gets it twice, as under a scheduler that
+signals every process). With ``FAULT_SLOW_LAST_PT_S=S`` every ``last.pt`` takes S seconds more to write (a
+checkpoint of several GB). Points are patched into ``sertool.training.loop`` only; nothing of sertool is
+changed on disk.
 """
 from __future__ import annotations
 
@@ -29,7 +35,10 @@ SETTLE_S = 0.2  # after sending a catchable signal: let it arrive before the cod
 
 
 def _fire(name: str) -> None:
-    os.killpg(0, getattr(signal, name))
+    number = getattr(signal, name)
+    os.killpg(0, number)
+    if os.environ.get("FAULT_SIGNAL_LAUNCHER") and os.environ.get("RANK") == "0":
+        os.killpg(os.getpgid(os.getppid()), number)
     time.sleep(SETTLE_S)
 
 
@@ -121,9 +130,25 @@ _POINTS: dict[str, Callable[[Callable[[], None], int, Callable[[], bool]], None]
 }
 
 
+def slow_last_pt(seconds: float) -> None:
+    """Every ``last.pt`` takes ``seconds`` more to write, before its file is opened."""
+    from sertool.training import loop
+
+    real_save = loop.save_checkpoint
+
+    def save_checkpoint(payload, path):
+        if Path(path).name == "last.pt":
+            time.sleep(seconds)
+        real_save(payload, path)
+
+    loop.save_checkpoint = save_checkpoint
+
+
 def main() -> None:
     signal_name, point, count, separator, *args = sys.argv[1:]
     assert separator == "--", "usage: python -m tests.fault_driver SIGNAL POINT N -- ARGS..."
+    if os.environ.get("FAULT_SLOW_LAST_PT_S"):
+        slow_last_pt(float(os.environ["FAULT_SLOW_LAST_PT_S"]))
     install(signal_name, point, int(count))
     from sertool.cli import main as sertool_main
 

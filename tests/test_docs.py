@@ -61,8 +61,8 @@ ROOT = DOCS.parent
 DOC_FILES = [*sorted(DOCS.glob("*.md")), ROOT / "README.md"]
 # Flags the docs show for other programs: torchrun, pip, huggingface-cli, kill, bench/bench.py; and
 # ``--help`` / ``--version`` (click's own). A prefix such as ``--no-`` or ``--lr-`` names a family of flags.
-FOREIGN_FLAGS = {"--nproc-per-node", "--nnodes", "--rdzv-backend", "--rdzv-endpoint", "--no-deps", "--local-dir",
-                 "--signal", "--from-json", "--markdown", "--only", "--help", "--version", "--no-", "--lr-",
+FOREIGN_FLAGS = {"--nproc-per-node", "--nnodes", "--rdzv-backend", "--rdzv-endpoint", "--shutdown-timeout", "--no-deps",
+                 "--local-dir", "--signal", "--from-json", "--markdown", "--only", "--help", "--version", "--no-", "--lr-",
                  "--variant", "--budget-s", "--tiny", "--steps"}  # --variant: bench/small_corpus.py; then gpu_check.py
 
 

@@ -202,6 +202,78 @@ def test_training_stop_in_process_names_the_signal_and_exits_with_its_status(cor
     assert run("train", "--resume", tmp_path / "SIGTERM").exit_code == 0
 
 
+# ---- under torchrun: 2 gloo ranks on the CPU ------------------------------------------------------------
+# 16 training utterances in duration-bounded batches: 3 optimiser steps per epoch, whose batches hold 2 or 3
+# utterances, not the same on both ranks at each step (so the ranks' dropout draws differ in number too).
+DDP = ["--epochs", "2", "--sampling", "whole", "--max-batch-s", "3", "--min-batch-items", "2", "--num-buckets", "4",
+       "--accum-steps", "1", "--backbone", "fbank", "--fbank-dim", "8", "--head-hidden-dim", "8", "--head-dropout",
+       "0.3", "--device", "cpu", "--num-workers", "0"]
+
+
+@pytest.fixture(scope="module")
+def ddp_corpus(tmp_path_factory) -> Path:
+    return write_learnable_corpus(tmp_path_factory.mktemp("ddp") / "c", per_split={"Train": 16, "Development": 4})
+
+
+def _torchrun(*args, **variables: str) -> subprocess.CompletedProcess:
+    """``torchrun --nproc-per-node 2 ARGS`` in a session of its own (torchrun gives each rank a session too),
+    with the fault driver's ``variables`` in the environment."""
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           "--monitor-interval", "0.1", *map(str, args)], capture_output=True, text=True, timeout=300,
+                          start_new_session=True, env={**_environment(), **variables})
+
+
+def _stop_lines(done: subprocess.CompletedProcess, start: str) -> list[str]:
+    lines = [line for line in done.stderr.splitlines() if line.startswith(start)]
+    assert len(lines) == 2, done.stderr  # one line per rank
+    return lines
+
+
+@case("training", "SIGTERM to every rank under `torchrun` while rank 0 writes `last.pt` (was: the other ranks exited at "
+      "once, torchrun signalled rank 0 again and it stopped mid-write, while every message claimed the new step)",
+      "every rank waits until `last.pt` is written; each rank's line names the step it holds; `--resume` continues "
+      "from it")
+@case("training", "a 2-process run stopped mid-epoch and resumed (was: every rank restored rank 0's random state, so "
+      "dropout after the resume differed)",
+      "each rank saves and restores its own generators (torch, CUDA, numpy, Python), seeded with seed + rank: final "
+      "weights and validations equal an uninterrupted 2-process run bit for bit")
+def test_a_ddp_run_stopped_under_torchrun_keeps_what_it_claims_and_resumes_to_the_uninterrupted_run(ddp_corpus,
+                                                                                                 tmp_path):
+    """Each rank gets SIGTERM at step 2 (mid-epoch, not a checkpoint step) and rank 0 takes 3 s more to write
+    last.pt, time enough for torchrun to see a rank that has exited and signal the others again."""
+    straight = tmp_path / "straight"
+    done = _torchrun("-m", "sertool", "train", "--corpus", ddp_corpus, "--out", straight, *DDP)
+    assert done.returncode == 0, done.stderr
+    run_dir = tmp_path / "run"
+    stopped = _torchrun("-m", "tests.fault_driver", "SIGTERM", "step", "2", "--", "train", "--corpus", ddp_corpus,
+                        "--out", run_dir, *DDP, FAULT_SLOW_LAST_PT_S="3")
+    assert stopped.returncode != 0, stopped.stderr
+    claim = f"interrupted (SIGTERM); {run_dir / 'last.pt'} holds step 2. Continue with"
+    assert all(line.startswith(claim) for line in _stop_lines(stopped, "interrupted (")), stopped.stderr
+    assert load_checkpoint(run_dir, name="last.pt")["step"] == 2
+    resumed = _torchrun("-m", "sertool", "train", "--resume", run_dir)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed at step 2" in resumed.stdout + resumed.stderr
+    a, b = load_checkpoint(run_dir, name="last.pt"), load_checkpoint(straight, name="last.pt")
+    assert a["step"] == b["step"] == 6
+    assert a["training"]["progress"]["history"] == b["training"]["progress"]["history"]
+    for key in b["model_state"]:
+        torch.testing.assert_close(a["model_state"][key], b["model_state"][key], rtol=0, atol=0, msg=key)
+
+
+@case("training", "SIGTERM to every process of a `torchrun` job, torchrun included, as a scheduler sends it (was: each "
+      "rank got it twice, from the scheduler and from torchrun, and the second stopped it at once, without `last.pt`)",
+      "under DDP only the first signal counts: the ranks stop at the step's end with `last.pt`, as from one signal")
+def test_a_ddp_run_signalled_twice_under_torchrun_stops_once_with_its_checkpoint(ddp_corpus, tmp_path):
+    run_dir = tmp_path / "run"
+    stopped = _torchrun("-m", "tests.fault_driver", "SIGTERM", "step", "2", "--", "train", "--corpus", ddp_corpus,
+                        "--out", run_dir, *DDP, FAULT_SIGNAL_LAUNCHER="1")
+    assert stopped.returncode != 0, stopped.stderr
+    claim = f"interrupted (SIGTERM); {run_dir / 'last.pt'} holds step 2. Continue with"
+    assert all(line.startswith(claim) for line in _stop_lines(stopped, "interrupted (")), stopped.stderr
+    assert load_checkpoint(run_dir, name="last.pt")["step"] == 2
+
+
 # ---- concurrent commands on one run folder -------------------------------------------------------------
 @case("training", "a second `train --out`, `--out --force` or `--resume` on a folder in use",
       "refused with one line naming the holder's pid and host; no file touched")

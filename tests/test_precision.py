@@ -134,10 +134,11 @@ def asr_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _mock_cuda(monkeypatch: pytest.MonkeyPatch, *, bf16: bool) -> None:
-    """Make this CPU-only torch report one CUDA GPU, with or without bf16 support."""
+    """Make this CPU-only torch report one CUDA GPU, with (an A100's compute capability) or without (a T4's)
+    native bf16."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: bf16)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *args, **kwargs: (8, 0) if bf16 else (7, 5))
 
 
 @case("values", "ASR transcription (--asr) on a CUDA GPU (mocked), with and without bf16 support, and on the CPU",

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -65,7 +66,7 @@ def test_accumulated_micro_batches_equal_one_large_batch_for_a_decomposable_loss
 
     def mse_loss(output, targets, **_):
         loss = ((output.emotion - targets) ** 2).mean()
-        return loss, {"total": loss.item()}
+        return loss, {"total": loss.detach()}
 
     runs = []
     for name in ("accumulated", "single"):
@@ -164,6 +165,48 @@ def test_resume_within_a_step_budget_equals_an_uninterrupted_run(corpus, tmp_pat
     assert_same_state(model_state(tmp_path / "resumed"), model_state(tmp_path / "straight"))
 
 
+class _FakeCudaGenerator:
+    """The generator of one GPU, where the CPU machine has none."""
+
+    def __init__(self) -> None:
+        self.state = torch.zeros(16, dtype=torch.uint8)
+
+    def get_state(self) -> torch.Tensor:
+        return self.state
+
+    def set_state(self, state: torch.Tensor) -> None:
+        self.state = state
+
+
+@case("checkpoints", "`--resume` of a `last.pt` that holds the random states of 2 GPUs, with one GPU visible or none "
+      "(was: an IndexError from torch.cuda.set_rng_state_all)",
+      "resumes: each process restores its own generators only (a GPU's on that GPU); the result equals the "
+      "uninterrupted run")
+@pytest.mark.parametrize("visible_gpus", [0, 1])
+def test_resume_of_a_checkpoint_with_more_gpu_states_than_visible_gpus(corpus, tmp_path, monkeypatch, visible_gpus):
+    """last.pt as sertool wrote it on a machine with 2 GPUs (one CUDA state per visible GPU), resumed on the CPU
+    where torch sees no GPU, or one (mocked: torch.cuda's own code runs, on one fake generator)."""
+    from sertool.checkpoint import save_checkpoint
+
+    config = small_config(corpus, checkpoint_every_steps=1)
+    config.model.head_dropout = 0.3
+    train(config, tmp_path / "straight")
+    with pytest.raises(KeyboardInterrupt):
+        train(config, tmp_path / "resumed", reporter=InterruptAt(3))
+    last = load_checkpoint(tmp_path / "resumed", name="last.pt")
+    cpu_state = last["training"]["rng"]["ranks"][0]["torch"]
+    last["training"]["rng"] = {"torch": cpu_state, "cuda": [torch.zeros(16, dtype=torch.uint8)] * 2}
+    save_checkpoint(last, tmp_path / "resumed" / "last.pt")
+    if visible_gpus:
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: visible_gpus)
+        monkeypatch.setattr(torch.cuda, "default_generators", tuple(_FakeCudaGenerator() for _ in range(visible_gpus)))
+        monkeypatch.setattr(torch.cuda.random, "_lazy_call", lambda callback, **_: callback())
+        monkeypatch.setattr(torch.cuda.random, "_lazy_init", lambda: None)
+    train(Config(), tmp_path / "resumed", resume=True, device="cpu")
+    assert_same_state(model_state(tmp_path / "resumed"), model_state(tmp_path / "straight"))
+
+
 def test_a_run_needs_an_end(corpus, tmp_path):
     with pytest.raises(SertoolError, match="--epochs 0 and --max-steps 0"):
         train(small_config(corpus, epochs=0), tmp_path / "run")
@@ -182,7 +225,7 @@ def test_nonfinite_losses_are_skipped_then_stop_the_run(corpus, tmp_path, monkey
         calls["n"] += 1
         loss, parts = real_loss(self, output, targets, **kwargs)
         if calls["n"] == 2:  # one bad step, then recovery
-            return loss * float("nan"), {**parts, "total": float("nan")}
+            return loss * float("nan"), {**parts, "total": parts["total"] * float("nan")}
         return loss, parts
 
     monkeypatch.setattr(loop.SERLoss, "__call__", sometimes_nan)
@@ -191,7 +234,7 @@ def test_nonfinite_losses_are_skipped_then_stop_the_run(corpus, tmp_path, monkey
 
     def always_nan(self, output, targets, **kwargs):
         loss, parts = real_loss(self, output, targets, **kwargs)
-        return loss * float("nan"), {**parts, "total": float("nan")}
+        return loss * float("nan"), {**parts, "total": parts["total"] * float("nan")}
 
     monkeypatch.setattr(loop.SERLoss, "__call__", always_nan)
     with pytest.raises(SertoolError, match="3 optimiser steps in a row had a non-finite loss"):
@@ -342,3 +385,71 @@ def test_data_fingerprint_is_byte_compatible_with_existing_run_folders(seed):
     train_set, valid_set = utterances(int(rng.integers(0, 60)), "Train"), utterances(int(rng.integers(0, 30)), "Dev")
     assert data_fingerprint(train_set, valid_set) == _fingerprint_line_by_line(train_set, valid_set)
     assert data_fingerprint([], []) == _fingerprint_line_by_line([], [])
+
+
+# ---- DDP: waiting for a slow rank ------------------------------------------------------------------------------
+
+def _slow_checkpoint_writes(rank: int, name: str, seconds: float) -> None:
+    """In rank 0: writing checkpoint ``name`` takes ``seconds`` more (several GB on slow storage)."""
+    if rank != 0:
+        return
+    real_save = loop.save_checkpoint
+
+    def slow_save_checkpoint(payload, path):
+        if Path(path).name == name:
+            time.sleep(seconds)
+        real_save(payload, path)
+
+    loop.save_checkpoint = slow_save_checkpoint
+
+
+def _slow_best_pt(rank: int) -> None:
+    _slow_checkpoint_writes(rank, "best.pt", 6.0)
+
+
+def _slow_last_pt(rank: int) -> None:
+    _slow_checkpoint_writes(rank, "last.pt", 3.0)
+
+
+def _slow_cache_fills(rank: int) -> None:
+    """In rank 1: each of its shares of the set-up's cache fills takes 6 s more."""
+    if rank != 1:
+        return
+    real_fill_in_shares = loop.distributed.fill_in_shares
+
+    def slow_fill_in_shares(fill, items, context):
+        real_fill_in_shares(lambda share: (time.sleep(6.0), fill(share)), items, context)
+
+    loop.distributed.fill_in_shares = slow_fill_in_shares
+
+
+@case("training", "under torchrun, the other ranks waiting while rank 0 writes a large checkpoint (was: no limit "
+      "given, so NCCL's 10 minutes, which a checkpoint of several GB on slow storage can pass)",
+      "they wait up to `--ddp-timeout-s` (default 2 hours); past it, one line naming the option")
+@case("training", "under torchrun, one rank's share of a cache fill taking longer than `--ddp-timeout-s` more than "
+      "another's", "the others wait for it: the set-up's waits have no limit")
+def test_a_rank_waits_for_the_others_up_to_the_ddp_timeout(corpus, tmp_path):
+    """Rank 0 takes 6 s more to write best.pt: with --ddp-timeout-s 2 rank 1 gives up with one line naming the
+    option; with 60 the run ends well. Rank 1 taking 6 s more for each cache fill is no failure at 2."""
+    config = small_config(corpus, epochs=1)
+    config.train.ddp_timeout_s = 2
+    ends = run_ranks(config, tmp_path / "short", prepare=_slow_best_pt, allow_dead=True)
+    assert ends[1].get("error", "").startswith("a rank waited longer than --ddp-timeout-s 2 s"), ends[1]
+    assert all("error" not in end for end in run_ranks(config, tmp_path / "slow-set-up", prepare=_slow_cache_fills))
+    config.train.ddp_timeout_s = 60
+    assert all("error" not in end for end in run_ranks(config, tmp_path / "long", prepare=_slow_best_pt))
+    assert (tmp_path / "long" / "best.pt").is_file()
+
+
+@case("training", "non-finite losses stopping a DDP run while rank 0 writes `last.pt` (was: the other ranks ended at "
+      "once; under torchrun a rank that ends has torchrun stop the others, and kill them 30 s later, mid-write)",
+      "every rank waits until `last.pt` is written, then each ends with the one-line error")
+def test_a_ddp_run_stopped_by_nonfinite_losses_ends_no_rank_before_last_pt_is_written(corpus, tmp_path):
+    """A learning rate that sends the weights to infinity in the first step: the next two steps are not finite
+    and the run stops. Rank 0 takes 3 s more to write last.pt; no rank may end before it is written."""
+    ends = run_ranks(small_config(corpus, batch_size=2, lr_heads=1e30, max_nonfinite_steps=2), tmp_path / "run",
+                     prepare=_slow_last_pt)
+    assert all(end.get("error", "").startswith("stopped: 2 optimiser steps in a row had a non-finite")
+               for end in ends), ends
+    written = (tmp_path / "run" / "last.pt").stat().st_mtime
+    assert all(end["ended_at"] >= written for end in ends)

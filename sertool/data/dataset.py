@@ -10,7 +10,7 @@ whole utterance, or of the crop, cut from the whole utterance's frames at the fr
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,11 +46,20 @@ class Batch:
 
     def to(self, device: torch.device) -> "Batch":
         """The tensors moved to ``device`` (non-blocking where the memory is pinned)."""
-        moved: dict[str, Any] = {
-            name: value.to(device, non_blocking=True) if isinstance(value, torch.Tensor) else value
-            for name, value in vars(self).items()
-        }
-        return Batch(**moved)
+        return self._map_tensors(lambda tensor: tensor.to(device, non_blocking=True))
+
+    def pin_memory(self) -> "Batch":
+        """The tensors in page-locked memory, so that ``to(cuda)`` copies while the GPU computes.
+
+        A DataLoader with ``pin_memory=True`` calls this on each batch (for a type it does not know, it pins
+        nothing, and every non-blocking copy then waits for its transfer).
+        """
+        return self._map_tensors(lambda tensor: tensor.pin_memory())
+
+    def _map_tensors(self, change: Callable[[torch.Tensor], torch.Tensor]) -> "Batch":
+        changed: dict[str, Any] = {name: change(value) if isinstance(value, torch.Tensor) else value
+                                   for name, value in vars(self).items()}
+        return Batch(**changed)
 
 
 class UtteranceDataset(torch.utils.data.Dataset):

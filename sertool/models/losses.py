@@ -32,7 +32,7 @@ class SERLoss:
         *,
         gender_ids: Tensor | None = None,
         speaker_ids: Tensor | None = None,
-    ) -> tuple[Tensor, dict[str, float]]:
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         """Total loss and its parts.
 
         Args:
@@ -42,8 +42,10 @@ class SERLoss:
             speaker_ids: ``[B]`` speaker classes, -100 where unknown; needed with a speaker head.
 
         Returns:
-            The differentiable total, and floats for logging: ``ccc_<attribute>`` (the batch CCC),
-            ``emotion`` (Σ 1 − CCC), ``gender`` / ``speaker`` where those heads exist, and ``total``.
+            The differentiable total, and for logging, detached float32 scalars on the outputs' device:
+            ``ccc_<attribute>`` (the batch CCC), ``emotion`` (Σ 1 − CCC), ``gender`` / ``speaker`` where those
+            heads exist, and ``total``. Reading one on the host waits for the GPU, so the training loop
+            reads them once per optimiser step, not once per micro-batch.
 
         Raises:
             ValueError: targets of the wrong shape, or a head's labels missing.
@@ -75,6 +77,4 @@ class SERLoss:
         if auxiliary:
             total = total + self.aux_weight * torch.stack(auxiliary).sum()
         parts["total"] = total
-        # One host sync for all the logged values instead of one per value.
-        values = torch.stack([part.detach().float() for part in parts.values()]).tolist()
-        return total, dict(zip(parts, values, strict=True))
+        return total, {name: part.detach().float() for name, part in parts.items()}

@@ -14,8 +14,8 @@ from sertool.errors import SertoolError
 def resolve_amp(choice: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for ``--amp``: None means full precision.
 
-    "auto" is ``sertool.devices.half_precision``: bf16 on GPUs that support it, fp16 on older GPUs, and off
-    on the CPU.
+    "auto" is ``sertool.devices.half_precision``: bf16 on GPUs that compute in it natively, fp16 on older
+    GPUs (V100, T4), and off on the CPU.
 
     Raises:
         SertoolError: ``choice`` is not one of ``AMP_CHOICES``, or fp16 was asked for on the CPU.

@@ -70,7 +70,7 @@ from sertool.models.ser_model import SERModel
 from sertool.models.text_features import transcript_embeddings
 from sertool.models.utterance_stats import StatisticsCache, choose_blend, fit_utterance_statistics
 from sertool.progress import set_display
-from sertool.runtime import distributed
+from sertool.runtime import distributed, random_state
 from sertool.runtime.distributed import Distributed
 from sertool.runtime.frames import fill_frame_cache
 from sertool.runtime.precision import ieee_float32, resolve_amp
@@ -151,7 +151,8 @@ def train(
 
     Raises:
         SertoolError: bad config, data or run folder, a folder another ``train`` is using, a run stopped by
-            non-finite losses or gradients, or a run that never produced a finite validation score.
+            non-finite losses or gradients, a run that never produced a finite validation score, or under DDP a
+            rank that waited longer than ``--ddp-timeout-s`` for the others (or lost one).
         Interrupted: a stop signal.
     """
     if not resume:
@@ -172,7 +173,10 @@ def train(
     try:
         holding = (locked_run_folder(run_dir, create=not resume, warn=reporter.message) if context.is_main
                    else contextlib.nullcontext())
-        with StopRequests() as stops, holding as record_holder, ieee_float32(context.device):
+        # Under DDP only the first signal counts: torchrun forwards to every rank what a scheduler may already
+        # have sent them, and a second signal stopping a rank at once would cut rank 0's last.pt short.
+        with StopRequests(repeats_stop_at_once=not context.enabled) as stops, holding as record_holder, \
+                ieee_float32(context.device):
             previous = _PreviousRun()
             try:
                 if not resume and context.is_main:
@@ -188,6 +192,8 @@ def train(
                     previous_run_kept=previous.held and not previous.replaced)) from None
         distributed.barrier(context)
         return result
+    except RuntimeError as error:  # e.g. a collective that another rank left waiting
+        raise distributed.explained(error) from None
     finally:
         reporter.close()
         distributed.teardown()
@@ -261,7 +267,8 @@ class _Run:
         with stops.at_once():  # reading data and building the model save nothing: stop at once
             checkpoint, recorded = self._setup_folder(config, resume=resume, replaces=previous.held, argv=argv,
                                                       relocated=relocated or {})
-            torch.manual_seed(self.config.seed)
+            distributed.join(context, timeout_s=self.config.train.ddp_timeout_s)  # the run's own, when resuming
+            random_state.seed_process(self.config.seed, rank=context.rank)
             if context.device.type == "cpu":
                 torch.use_deterministic_algorithms(True, warn_only=True)
             self._setup_data(checkpoint)
@@ -577,7 +584,7 @@ class _Run:
             self._save_last()
         # Every rank must stop at the same step, or the others would wait forever in the next all-reduce.
         if distributed.any_rank(self.stops.requested, self.context):
-            self._save_last()
+            self._save_last_before_stopping()
             raise Interrupted(self.stops.signal_number or signal.SIGTERM)
 
     def _validation_due(self) -> bool:
@@ -623,8 +630,7 @@ class _Run:
         usable = self._usable_batches(group)
         if usable is None:
             return {"skipped": "unreadable audio", "lr": lr_factor * self.config.train.lr_heads, "utterances": 0}
-        parts_sum: dict[str, float] = {}
-        finite = True
+        parts_sum: dict[str, torch.Tensor] = {}  # on the device: read once, after the last micro-batch
         utterances = 0
         for index, batch in enumerate(usable):
             batch = batch.to(self.context.device)
@@ -639,16 +645,18 @@ class _Run:
                                             texts=batch.texts if self.model.needs_texts else None)
                 loss, parts = self.loss_fn(output, batch.targets, gender_ids=batch.gender_ids,
                                            speaker_ids=batch.speaker_ids)
-                finite = finite and math.isfinite(parts["total"])
                 # Dividing by the group size makes k micro-batches of b the same step as one batch of k·b
                 # for a loss that is a mean over items (CCC itself is a batch statistic; see docs).
                 self.scaler.scale(loss / len(usable)).backward()
             for name, value in parts.items():
                 parts_sum[name] = parts_sum.get(name, 0.0) + value / len(usable)
             utterances += len(batch)
+        # One host sync for the whole step (each read waits for the GPU): the mean total is finite only if
+        # every micro-batch's was.
+        means = dict(zip(parts_sum, torch.stack(list(parts_sum.values())).tolist(), strict=True))
         skipped = {"lr": lr_factor * self.config.train.lr_heads, "utterances": utterances}
         # Every rank must take the same decision, or the ranks' weights drift apart.
-        if distributed.any_rank(not finite, self.context):
+        if distributed.any_rank(not math.isfinite(means.get("total", 0.0)), self.context):
             return self._skip_nonfinite_step("loss", skipped)
         self.scaler.unscale_(self.optimizer)
         max_norm = config.grad_clip_norm if config.grad_clip_norm > 0 else math.inf
@@ -660,7 +668,7 @@ class _Run:
         self.nonfinite_in_a_row = 0
         self.scaler.step(self.optimizer)  # skips the update by itself when fp16 gradients overflowed
         self.scaler.update()
-        return {**{f"loss_{k}" if not k.startswith("ccc") else k: v for k, v in parts_sum.items()},
+        return {**{f"loss_{k}" if not k.startswith("ccc") else k: v for k, v in means.items()},
                 "grad_norm": float(grad_norm), "lr": lr_factor * self.config.train.lr_heads, "utterances": utterances}
 
     def _skip_nonfinite_step(self, what: str, stats: dict[str, Any]) -> dict[str, Any]:
@@ -671,7 +679,7 @@ class _Run:
         self.skipped_steps += 1
         self.nonfinite_in_a_row += 1
         if self.nonfinite_in_a_row >= self.config.train.max_nonfinite_steps:
-            self._save_last()
+            self._save_last_before_stopping()
             raise SertoolError(  # the step counted from 1, as metrics.jsonl counts it
                 f"stopped: {self.nonfinite_in_a_row} optimiser steps in a row had a non-finite loss or gradient "
                 f"(step {self.step + 1}: its {what}). Lower --lr-heads/--lr-backbone, try --amp bf16 or off, or "
@@ -712,7 +720,10 @@ class _Run:
             # With a floor, the network alone: its blend with the floor is chosen below.
             predictions = self._predict_valid()
         except Interrupted:
-            self._save_last()  # validation has changed nothing yet: this is the state the step left
+            # Validation has changed nothing yet: this is the state the step left. Under DDP the other ranks stop
+            # wherever the signal finds them, and a save gathers from every rank: last.pt stays as it is.
+            if not self.context.enabled:
+                self._save_last()
             raise
         # Rank 0 judges and every rank takes its verdict: ranks that judged apart could blend with other
         # weights, or one could stop early and leave the others waiting for it in the next step's all-reduce.
@@ -739,6 +750,11 @@ class _Run:
         self.history.append(record)
         self._log(record)
         self.reporter.validation(record)
+        self._keep_best(scores, improved=improved, finite=finite)
+
+    def _keep_best(self, scores: dict[str, float], *, improved: bool, finite: bool) -> None:
+        """After a validation: ``best.pt`` on an improvement (``best_<attribute>.pt`` per attribute with
+        ``select_best="per-attribute"``), the count of validations without one, and early stopping."""
         if improved:
             self.best, self.best_step = scores, self.step
             self.validations_without_improvement = 0
@@ -847,6 +863,8 @@ class _Run:
         """``last.pt``: a checkpoint plus the whole training state, at an optimiser-step boundary."""
         if self._progress_state() == self._saved_state:
             return
+        # Every rank's own random states (a collective: every rank saves at the same steps).
+        rng = distributed.all_gather_objects(random_state.process_state(self.context.device), self.context)
         if self.context.is_main:
             payload = self._payload(self.history[-1] if self.history else {})
             payload["training"] = {
@@ -856,8 +874,7 @@ class _Run:
                 # After the last step of an epoch the next epoch has not started: its position is 0.
                 "sampler": (self.sampler.state_dict(batches_consumed=self.batches_in_epoch)
                             if self.sampler.epoch == self.epoch else None),
-                "rng": {"torch": torch.get_rng_state(),
-                        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+                "rng": {"world_size": self.context.world_size, "ranks": rng},
                 "progress": {"step": self.step, "epoch": self.epoch, "stopped": _plain(self.stopped), "best": self.best,
                              "best_step": self.best_step, "best_per_attribute": self.best_per_attribute,
                              "validations_without_improvement": self.validations_without_improvement,
@@ -867,6 +884,12 @@ class _Run:
             }
             save_checkpoint(payload, self.run_dir / LAST_NAME)
         self._saved_state, self.saved_step = self._progress_state(), self.step
+
+    def _save_last_before_stopping(self) -> None:
+        """``last.pt``, then every rank waits until rank 0 has written it: under torchrun, a rank that exits
+        sooner has torchrun stop the others, and kill rank 0 30 s later, maybe in the middle of the write."""
+        self._save_last()
+        distributed.barrier(self.context)
 
     def _restore(self, state: dict[str, Any]) -> None:
         last = self.run_dir / LAST_NAME
@@ -883,13 +906,15 @@ class _Run:
             if sampler_state is not None and sampler_state["epoch"] == self.epoch:
                 self.sampler.load_state_dict(sampler_state)
                 self.batches_in_epoch = self.sampler.batches_done
-            torch.set_rng_state(state["rng"]["torch"])
-            if state["rng"]["cuda"] and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+            reseeded = random_state.restore_process_state(
+                state["rng"], rank=self.context.rank, world_size=self.context.world_size, device=self.context.device,
+                seed=self.config.seed)
         except (KeyError, TypeError, ValueError, RuntimeError) as error:
             raise SertoolError(f"{last}: its training state is incomplete or damaged ({type(error).__name__}: "
                                f"{str(error)[:120]}); start the run again with `sertool train --config "
                                f"{self.run_dir / 'config.yaml'} --out {self.run_dir} --force`") from None
+        if reseeded:
+            self.reporter.message(f"warning: {reseeded}")
         if self.context.is_main:
             remove_stale_temporaries(self.run_dir)
             truncate_metrics(self.run_dir, step=int(self.step), validations=len(self.history))
@@ -908,6 +933,9 @@ class _Run:
     def _wrap_ddp(self) -> SERModel | DistributedDataParallel:
         if not self.context.enabled:
             return self.model
+        # The ranks leave the set-up apart (a share of a cache another rank could not write is computed again),
+        # and DDP's first broadcast waits only --ddp-timeout-s.
+        distributed.wait_for_every_rank(self.context)
         device_ids = [self.context.local_rank] if self.context.device.type == "cuda" else None
         # A parameter without a gradient in a step (a layer LayerDrop skipped, an auxiliary head a batch
         # without its labels skipped) must be found, or DDP waits for it and fails at the next step. Each rank

@@ -239,8 +239,8 @@ def _column_options(command):
 
 
 @data.command("manifest")
-@click.argument("folder", type=click.Path(file_okay=False))
-@click.argument("metadata", type=click.Path(dir_okay=False))
+@click.argument("folder")
+@click.argument("metadata")
 @click.option("--out", required=True, metavar="CSV", help="The manifest to write.")
 @_column_options
 @click.option("--label-range", nargs=2, type=_Number(float), default=(1.0, 7.0), show_default=True, metavar="LOW HIGH",
@@ -329,7 +329,7 @@ def _config_flags(command):
 
 
 @cli.command("train", cls=_SectionedCommand)
-@click.option("--config", "config_file", type=click.Path(dir_okay=False), metavar="FILE",
+@click.option("--config", "config_file", metavar="FILE",
               help="YAML config (a run folder's config.yaml is one); flags override it.")
 @click.option("--out", metavar="RUN_DIR", help="Run folder to create: best.pt, last.pt, config, logs.")
 @click.option("--resume", metavar="RUN_DIR", help="Continue the interrupted run in RUN_DIR exactly where it stopped "

@@ -1,11 +1,19 @@
 """Shared fixtures: tiny hand-made corpora written to a temp folder (tests never read ../shared)."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from tests.corpus_files import write_msp_corpus, write_tone
+
+# Property tests draw the same examples on every run of the suite (CI fails only on a change, never on a rare
+# draw); the sweep (make sweep, SERTOOL_SWEEP_EXAMPLES) draws new ones each time, to find what is still hidden.
+settings.register_profile("suite", derandomize=True, database=None)
+settings.register_profile("sweep", derandomize=False)
+settings.load_profile("sweep" if os.environ.get("SERTOOL_SWEEP_EXAMPLES") else "suite")
 
 
 @pytest.fixture(autouse=True)

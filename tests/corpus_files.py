@@ -31,7 +31,7 @@ def write_tone(path: Path, *, duration_s: float, sample_rate: int = 16_000, chan
     wave = 0.3 * np.sin(2 * np.pi * frequency_hz * t)
     data = np.stack([wave] * channels, axis=1) if channels > 1 else wave
     path.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(str(path), data, sample_rate, subtype="PCM_16")
+    sf.write(str(path), data, sample_rate, subtype="PCM_16", format="WAV")  # names like "..wav" too
 
 
 def write_msp_corpus(root: Path, rows: list[list[str]], *, durations_s: dict[str, float] | None = None,

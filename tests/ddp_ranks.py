@@ -111,9 +111,10 @@ def run_ranks(config: Config, run_dir: Path, *, prepare: Callable[[int], None] |
 def assert_ranks_agree(ends: list[dict[str, Any]]) -> None:
     """Every rank ended alike: the same weights and buffers (bit for bit), steps, history and error."""
     first, *others = ends
+    apart = ("state", "ended_at")  # compared below / a time of each rank's own
     for other in others:
-        assert {key: value for key, value in other.items() if key != "state"} == \
-            {key: value for key, value in first.items() if key != "state"}
+        assert {key: value for key, value in other.items() if key not in apart} == \
+            {key: value for key, value in first.items() if key not in apart}
         assert other["state"].keys() == first["state"].keys()
         for name, value in first["state"].items():
             assert torch.equal(other["state"][name], value), f"{name} differs between the ranks"

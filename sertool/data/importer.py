@@ -84,7 +84,7 @@ def import_metadata(
     named = {getattr(columns, spec.name): spec.metadata["flag"] for spec in dataclasses.fields(columns)
              if getattr(columns, spec.name) is not None}
     for line, record in read_csv_records(
-        metadata, list(named), what="metadata", flags=named,
+        metadata, list(named), what="metadata CSV", flags=named,
         on_damage=lambda line, detail: report.drop(f"{metadata}:{line}", DAMAGED_ROW, detail),
     ):
         where = f"{metadata}:{line}"

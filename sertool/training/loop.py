@@ -660,7 +660,7 @@ class _Run:
             return self._skip_nonfinite_step("loss", skipped)
         self.scaler.unscale_(self.optimizer)
         max_norm = config.grad_clip_norm if config.grad_clip_norm > 0 else math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, max_norm)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.trainable, max_norm))  # the step's second host read
         # fp16's GradScaler skips a step whose gradients overflowed (and lowers its scale). Without one (bf16,
         # fp32) nothing else keeps a NaN gradient of a finite loss out of the weights, and then out of last.pt.
         if not self.scaler.is_enabled() and distributed.any_rank(not math.isfinite(grad_norm), self.context):
@@ -669,7 +669,7 @@ class _Run:
         self.scaler.step(self.optimizer)  # skips the update by itself when fp16 gradients overflowed
         self.scaler.update()
         return {**{f"loss_{k}" if not k.startswith("ccc") else k: v for k, v in means.items()},
-                "grad_norm": float(grad_norm), "lr": lr_factor * self.config.train.lr_heads, "utterances": utterances}
+                "grad_norm": grad_norm, "lr": lr_factor * self.config.train.lr_heads, "utterances": utterances}
 
     def _skip_nonfinite_step(self, what: str, stats: dict[str, Any]) -> dict[str, Any]:
         """Drop the step's gradients and count the step (its non-finite ``what``: "loss" or "gradient");

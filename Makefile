@@ -1,6 +1,6 @@
 # sertool — every target installs what it needs by itself (scripts/install.sh).
 #   make demo   the whole story on the built-in demo corpus: data, two systems, evaluation, ensemble, submission
-#   make test   the test suite (what CI runs)
+#   make test   the test suite (what CI runs); make test-quick leaves out the slow corners
 #   make lint   ruff (ruff.toml) on sertool/, tests/ and bench/, mypy (setup.cfg [mypy]) on sertool/ (CI runs it after the tests)
 #   make bench  the performance benchmarks (docs/performance.md)
 #   make sweep  the generated-input tests with many more examples than make test runs (docs/reliability.md)
@@ -11,7 +11,7 @@ SERTOOL := $(VENV)/bin/sertool
 DEMO ?= demo
 STAMP := $(VENV)/.sertool-installed
 
-.PHONY: install test lint demo bench reproduce sweep clean
+.PHONY: install test test-quick lint demo bench reproduce sweep clean
 
 install: $(STAMP)
 
@@ -22,6 +22,11 @@ $(STAMP): setup.cfg setup.py scripts/install.sh
 
 test: install
 	$(PY) -m pytest -q
+
+# The suite without its slow corners (tests marked slow: DDP and resume across the invariant matrix), for a
+# quick check while developing; CI runs make test, all of it.
+test-quick: install
+	$(PY) -m pytest -q -m "not slow"
 
 # Every command and the Python API given drawn option values and hostile paths (tests/test_generated_input.py):
 # make test runs a few examples per command; this runs SWEEP_EXAMPLES each (about 10 min for 300 on 2 cores).

@@ -5,6 +5,7 @@ Heavy modules (torch, transformers) are imported inside each command, so `sertoo
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import sys
 import typing
@@ -21,6 +22,7 @@ from sertool.config import (
     WORKERS,
     Bounds,
     check_options,
+    check_text,
 )
 from sertool.data.demo import DEMO_SIZES
 from sertool.data.selection import SPEAKER_CHOICES
@@ -64,6 +66,8 @@ class _Group(click.Group):
                                            callback=_ask_for_tracebacks,
                                            help=f"Show the traceback of an error instead of one line (also: "
                                                 f"{DEBUG_VARIABLE}=1)."))
+        if cmd.callback is not None:
+            cmd.callback = _refusing_nul(cmd)
         super().add_command(cmd, name)
 
     def invoke(self, ctx: click.Context):
@@ -76,6 +80,25 @@ class _Group(click.Group):
             sys.exit(getattr(stop, "exit_status", EXIT_INTERRUPTED))
         except Exception as error:  # noqa: BLE001 - the one error surface: every failure ends as one line
             _fail(error)
+
+
+def _refusing_nul(cmd: click.Command) -> typing.Callable[..., Any]:
+    """``cmd``'s callback, refusing first any option or argument whose text holds a NUL byte: no file, split or
+    model is named with one, and the OS would refuse it deep inside the command instead."""
+    callback = cmd.callback
+    assert callback is not None
+    labels = {param.name: param.opts[0] if isinstance(param, click.Option) else (param.name or "").upper()
+              for param in cmd.params}
+
+    @functools.wraps(callback)
+    def checked(*args: Any, **values: Any) -> Any:
+        for name, value in values.items():
+            for text in value if isinstance(value, tuple | list) else (value,):
+                if isinstance(text, str):
+                    check_text(text, labels.get(name, name))
+        return callback(*args, **values)
+
+    return checked
 
 
 def _fail(error: Exception) -> typing.NoReturn:

@@ -591,7 +591,7 @@ def _coerce_names(value: Any, where: str) -> tuple[str, ...]:
     if not isinstance(items, (list, tuple)) or not all(isinstance(item, str) for item in items):
         raise SertoolError(f"{where} must be a list of names, got {value!r}")
     for item in items:
-        _check_text(item, where)
+        check_text(item, where)
     return tuple(items)
 
 
@@ -607,12 +607,13 @@ def _coerce_scalar(option_: ConfigOption, value: Any, where: str) -> Any:
     if problem:
         raise SertoolError(f"{where} {problem}, got {value!r}")
     if isinstance(value, str):
-        _check_text(value, where)
+        check_text(value, where)
     return value
 
 
-def _check_text(value: str, where: str) -> None:
-    """No option's text may hold a NUL byte: no file, split or model is named with one (and the OS refuses it)."""
+def check_text(value: str, where: str) -> None:
+    """No option's or argument's text may hold a NUL byte: no file, split or model is named with one (and the OS
+    refuses it)."""
     if "\0" in value:
         raise SertoolError(f"{where} {value!r}: cannot hold a NUL byte")
 

@@ -11,6 +11,7 @@ longer sweep is the same test with more::
 """
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import shutil
@@ -230,6 +231,27 @@ def _metadata(workspace: Path) -> None:
     (workspace / "meta.csv").write_text("\n".join(lines) + "\n")
 
 
+def _leading(command: str) -> list[str]:
+    """The positional arguments of ``BASE[command]``: its words before the first option."""
+    return list(itertools.takewhile(lambda word: not word.startswith("--"), BASE[command]))
+
+
+def _positional(data, command: str) -> list[str]:
+    """``BASE[command]``'s positional arguments, one of them (or, for a list, all of it) drawn half the time from
+    the hostile paths: the checkpoint or run a command reads, the files predict reads, a corpus root."""
+    arguments = [param for param in _command(command).params if isinstance(param, click.Argument)]
+    words, slots = _leading(command), []
+    for param in arguments:  # the base's words, as click hands them to each argument
+        taken = len(words) if param.nargs == -1 else min(1, len(words))
+        slots.append(words[:taken])
+        words = words[taken:]
+    if arguments and data.draw(st.booleans(), label="hostile argument"):
+        index = data.draw(st.integers(0, len(arguments) - 1), label="argument")
+        slots[index] = (data.draw(st.lists(HOSTILE_NAMES, max_size=3), label=arguments[index].name)
+                        if arguments[index].nargs == -1 else [data.draw(HOSTILE_NAMES, label=arguments[index].name)])
+    return [word for slot in slots for word in slot]
+
+
 def _drawn_command(data, command: str, workspace: Path) -> tuple[list[str], list[str], list[str], bool]:
     """The command line of one example: the base arguments with one to three options drawn in; the output
     paths it names; the folders it may continue (``check_outcome``); whether it has --force."""
@@ -237,7 +259,8 @@ def _drawn_command(data, command: str, workspace: Path) -> tuple[list[str], list
     params = {param.name: param for param in _command(command).params
               if isinstance(param, click.Option) and param.name not in left_out}
     chosen = data.draw(st.lists(st.sampled_from(sorted(params)), min_size=1, max_size=3, unique=True), label="options")
-    arguments = list(BASE[command])
+    positional = _positional(data, command)
+    arguments = positional + BASE[command][len(_leading(command)):]
     for name in chosen:
         param = params[name]
         value = data.draw(option_values(param), label=param.opts[0])
@@ -251,7 +274,9 @@ def _drawn_command(data, command: str, workspace: Path) -> tuple[list[str], list
             arguments += [flag, *value] if isinstance(value, tuple) else [flag, value]
     outputs = [arguments[index + 1] for index, item in enumerate(arguments[:-1])
                if item.lstrip("-").replace("-", "_") in OUTPUT_OPTIONS]
-    outputs += {"train": ["newrun"], "data demo": ["made-corpus"]}.get(command, [])
+    outputs += {"train": ["newrun"]}.get(command, [])
+    if command == "data demo":
+        outputs += positional
     if command == "data demo" and "--out" in arguments:
         outputs.append(arguments[arguments.index("--out") + 1])
     owned = [arguments[index + 1] for index, item in enumerate(arguments[:-1]) if item == "--resume"]
@@ -260,9 +285,9 @@ def _drawn_command(data, command: str, workspace: Path) -> tuple[list[str], list
     return arguments, outputs, owned, "--force" in arguments
 
 
-@case("guards", "every option of every command given drawn values: the declared edges and one step past, NaN, "
-      "infinity, 1e400, huge integers, non-numbers, unknown choices, and hostile paths (missing, a folder, a pipe, "
-      "/dev/null, 300 characters, `../`, non-ASCII, a line break, the corpus's own files)",
+@case("guards", "every option and positional argument of every command given drawn values: the declared edges and "
+      "one step past, NaN, infinity, 1e400, huge integers, non-numbers, unknown choices, and hostile paths (missing, "
+      "a folder, a pipe, /dev/null, 300 characters, `../`, non-ASCII, a line break, the corpus's own files)",
       "exit 0, or one line and exit 2; never a traceback; no file changes except the outputs the command was named; "
       "no existing file changed without --force (hypothesis, `make sweep` for a longer run)")
 @pytest.mark.parametrize("command", sorted(BASE))

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
 import numpy as np
 import pytest
 import torch
@@ -473,3 +474,40 @@ def test_empty_paths_and_nul_bytes_are_refused(system, tmp_path, monkeypatch):
     assert "NUL byte" in one_line_error(run("evaluate", run_dir, "--corpus", corpus, "--split", "Dev\0"))
     assert "NUL byte" in one_line_error(run("train", "--corpus", corpus, "--out", "r", "--valid-split", "D\0"))
     assert list(tmp_path.iterdir()) == []
+
+
+def _leaf_commands(group: click.Group, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], click.Command]]:
+    return [found for name, command in sorted(group.commands.items())
+            for found in (_leaf_commands(command, (*path, name)) if isinstance(command, click.Group)
+                          else [((*path, name), command)])]
+
+
+@case("guards", "a NUL byte in any positional argument of any command (`ensemble '' 'a\\0.pt'`, `predict 'm\\0'`)",
+      "one line naming the argument, before the command runs (before: an internal error, exit 1)")
+@pytest.mark.parametrize("path, command", [
+    pytest.param(path, command, id=" ".join(path)) for path, command in _leaf_commands(cli)
+    if any(isinstance(param, click.Argument) or param.required for param in command.params)])
+def test_a_nul_byte_in_any_argument_is_refused(path, command, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    arguments = [param for param in command.params if isinstance(param, click.Argument)]
+    required = [param for param in command.params if isinstance(param, click.Option) and param.required]
+    line = [*path, *(f"{param.name}\0" for param in arguments),
+            *(word for param in required for word in (param.opts[0], "x\0"))]
+    message = one_line_error(run(*line))
+    assert "NUL byte" in message
+    assert list(tmp_path.iterdir()) == []
+
+
+@case("guards", "`train --out '~/run'` (a quoted `~`, or one from a config): the run written where `~` leads, as "
+      "every path sertool reads or writes expands it",
+      "the run folder under the home folder (before: a folder named `~` in the current one, while --init-from, "
+      "--corpus and every output flag expanded it)")
+def test_train_expands_the_home_folder_like_every_other_path(system, tmp_path, monkeypatch):
+    corpus, _ = system
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    result = run("train", "--corpus", corpus, "--backbone", "fbank", "--fbank-dim", "16", "--head-hidden-dim", "8",
+                 "--max-steps", "1", "--num-workers", "0", "--out", "~/run")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "home" / "run" / "best.pt").is_file()
+    assert not (tmp_path / "~").exists()

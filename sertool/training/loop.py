@@ -162,10 +162,10 @@ def train(
             raise SertoolError("no corpus given: pass --corpus ROOT")
         if not (config.train.epochs or config.train.max_steps):
             raise SertoolError("--epochs 0 and --max-steps 0: no end of training; give --epochs N or --max-steps N")
+    run_dir = Path(run_dir).expanduser()  # as every path a user names, read or written (guards.outputs)
     if not resume:  # before anything else: a folder that cannot be made costs nothing
         OutputPlan(force=force).folder(run_dir, flag="--out")
     context = distributed.setup(device)
-    run_dir = Path(run_dir)
     reporter = reporter if reporter is not None and context.is_main else Reporter()
     if not context.is_main:
         set_display(None)  # under torchrun the ranks share a terminal: only rank 0 draws

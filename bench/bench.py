@@ -202,7 +202,7 @@ def machine_info() -> dict[str, Any]:
     """Where and with what the figures were measured."""
     import transformers
 
-    from sertool.checkpoint import code_revision
+    from sertool.store.checkpoints import code_revision
 
     cpu_model = None
     try:

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from measure import Figure, msp_like_durations
-from sertool.config import DEFAULT_EVAL_BATCH_S, ModelConfig, TrainConfig
+from sertool.core.config import DEFAULT_EVAL_BATCH_S, ModelConfig, TrainConfig
 from sertool.data.audio import SAMPLE_RATE
 from sertool.models.losses import SERLoss
 from sertool.models.ser_model import SERModel

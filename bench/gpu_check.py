@@ -32,7 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout's sertool and tests/
 
-from sertool.config import ModelConfig, TrainConfig  # noqa: E402
+from sertool.core.config import ModelConfig, TrainConfig  # noqa: E402
 from sertool.data.audio import SAMPLE_RATE  # noqa: E402
 from sertool.models.ccc import ccc  # noqa: E402
 from sertool.models.losses import SERLoss  # noqa: E402

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from measure import Figure, Target, interleaved, median, ratio_of_rounds, timed
-from sertool.config import DEFAULT_EVAL_BATCH_S, ModelConfig
+from sertool.core.config import DEFAULT_EVAL_BATCH_S, ModelConfig
 from sertool.data.audio import SAMPLE_RATE
 from sertool.data.records import Utterance
 from sertool.models.backbones.whisper import HOP_LENGTH, WhisperBackbone
@@ -139,12 +139,12 @@ def save_base_sized_wavlm(folder: Path) -> Path:
 def quantized_inference(utterances: Sequence[Utterance], config: ModelConfig, *, name: str, rounds: int,
                         target: float | None) -> Figure:
     """Utterances/s of ``run_model`` on the CPU with the float32 model vs its int8-quantised copy
-    (``sertool.inference.cpu.quantize_int8``, what ``--quantize int8`` runs). The row also gives how far
+    (``sertool.acceleration.cpu.quantize_int8``, what ``--quantize int8`` runs). The row also gives how far
     the predictions of these random heads moved (max absolute difference on the 1–7 scale); agreement is
     measured where predictions vary as a trained model's do (``quantized_agreement_*``)."""
     import copy
 
-    from sertool.inference.cpu import quantize_int8
+    from sertool.acceleration.cpu import quantize_int8
 
     with torch.random.fork_rng():
         torch.manual_seed(0)
@@ -216,8 +216,8 @@ def quantized_agreement_readout(fit: Sequence[Utterance], test: Sequence[Utteran
     any CCC small."""
     import copy
 
+    from sertool.acceleration.cpu import quantize_int8
     from sertool.data.audio import load_audio
-    from sertool.inference.cpu import quantize_int8
 
     with torch.random.fork_rng():
         torch.manual_seed(0)
@@ -285,8 +285,8 @@ def _agreement_figure(values: dict[str, np.ndarray], *, key: str, name: str, wha
 
 
 def _int8_setting() -> dict[str, object]:
-    from sertool.inference.bf16_front_end import has_amx_bf16
-    from sertool.inference.cpu import _int8_engine
+    from sertool.acceleration.bf16_front_end import has_amx_bf16
+    from sertool.acceleration.cpu import _int8_engine
 
     return {"torch_threads": torch.get_num_threads(), "quantized_engine": _int8_engine(),
             "bf16_front_end": has_amx_bf16()}

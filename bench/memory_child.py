@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from sertool.config import Config
+from sertool.core.config import Config
 from sertool.training.loop import train
 
 MAX_PER_CLASS = 3  # with the benchmark corpus' 4 classes: 12 utterances per epoch

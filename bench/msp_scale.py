@@ -18,8 +18,8 @@ import numpy as np
 import soundfile as sf
 
 from measure import BENCH_CLASSES, Figure, Target, timed, transcript_for
+from sertool.cache.scan import RACY_S
 from sertool.data.audio import SAMPLE_RATE
-from sertool.data.scan_cache import RACY_S
 
 MSP_FILES = 150_000  # MSP-Podcast v1.12's audio files, all splits
 # Shares of the files per split (about v1.12's); Test3 files have no labels row (its labels are withheld).

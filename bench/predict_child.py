@@ -9,7 +9,7 @@ import json
 import sys
 
 from memory_child import peak_rss_kb
-from sertool.cli import cli
+from sertool.cli.commands import cli
 
 
 def main(args: list[str]) -> None:

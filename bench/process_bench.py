@@ -22,7 +22,7 @@ from measure import (
     write_long_speechlike,
     write_manifest,
 )
-from sertool.config import Config
+from sertool.core.config import Config
 from sertool.inference.predictions import read_predictions
 
 BENCH_DIR = Path(__file__).resolve().parent

@@ -124,8 +124,8 @@ def main() -> None:
     parser.add_argument("--passes", type=int, default=5, help="timed passes per variant (the fastest is kept)")
     args = parser.parse_args()
     from measure import write_speechlike
+    from sertool.acceleration.cpu import quantize_int8
     from sertool.data.audio import load_audio
-    from sertool.inference.cpu import quantize_int8
     from sertool.models.ser_model import SERModel
 
     torch.set_num_threads(1)

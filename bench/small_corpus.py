@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 
-from sertool.config import Config, apply_recipe, apply_value  # noqa: E402
+from sertool.core.config import Config, apply_recipe, apply_value  # noqa: E402
 from sertool.data.records import ATTRIBUTES  # noqa: E402
 
 # name → {"section.key": value} on top of `--backbone fbank --aux gender`; the recipe fills what a variant

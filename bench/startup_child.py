@@ -41,7 +41,7 @@ if __name__ == "__main__":
         register_module_forward_pre_hook(_stop)
     else:
         raise SystemExit(f"unknown milestone {milestone}")
-    from sertool.cli import main
+    from sertool.cli.commands import main
 
     sys.argv = ["sertool", *arguments]
     main()

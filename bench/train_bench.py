@@ -26,9 +26,9 @@ from measure import (
     ratio_of_rounds,
     timed,
 )
-from sertool.config import ModelConfig, TrainConfig
+from sertool.cache.frames import CachedFrames
+from sertool.core.config import ModelConfig, TrainConfig
 from sertool.data.dataset import Batch, UtteranceDataset, collate
-from sertool.data.frame_cache import CachedFrames
 from sertool.data.records import Utterance
 from sertool.models.losses import SERLoss
 from sertool.models.ser_model import SERModel

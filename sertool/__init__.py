@@ -8,7 +8,7 @@
 (and the command line's start-up) does not load torch.
 """
 
-from sertool.version import __version__
+from sertool.core.version import __version__
 
 __all__ = ["Model", "__version__", "load"]
 _API = ("Model", "load")

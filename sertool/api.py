@@ -27,7 +27,7 @@ from typing import Any, TypeVar, Union
 
 import numpy as np
 
-from sertool.config import (
+from sertool.core.config import (
     DEFAULT_AMP,
     DEFAULT_ASR_MODEL_ID,
     DEFAULT_DEVICE,
@@ -38,14 +38,14 @@ from sertool.config import (
     check_options,
     check_value,
 )
+from sertool.core.errors import SertoolError
+from sertool.core.io import SeenIds
 from sertool.data.audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
 from sertool.data.records import ATTRIBUTES, Utterance
-from sertool.errors import SertoolError
 from sertool.guards.surface import as_sertool_error
 from sertool.inference.options import PredictOptions
 from sertool.inference.predictions import Predictions
 from sertool.inference.predictor import InferenceOptions, Predictor, open_predictor
-from sertool.io import SeenIds
 
 # One input: a path to an audio file, or a waveform (a numpy array or a torch tensor) with sample_rate.
 Audio = Union[str, os.PathLike, np.ndarray, Any]
@@ -123,7 +123,7 @@ def load(
         >>> sertool.load("missing.pt")
         Traceback (most recent call last):
         ...
-        sertool.errors.SertoolError: missing.pt: no such checkpoint, run folder, model folder, ...
+        sertool.core.errors.SertoolError: missing.pt: no such checkpoint, run folder, model folder, ...
     """
     options = InferenceOptions(device=device, max_batch_s=max_batch_s, amp=amp, cache_dir=_text(cache_dir),
                                backbone_path=_text(backbone_path), text_model=_text(text_model),

@@ -20,8 +20,8 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from sertool.config import Config
-from sertool.errors import SertoolError
+from sertool.core.config import Config
+from sertool.core.errors import SertoolError
 from sertool.training import loop
 from sertool.training.loop import train
 

@@ -150,7 +150,7 @@ def main() -> None:
     if os.environ.get("FAULT_SLOW_LAST_PT_S"):
         slow_last_pt(float(os.environ["FAULT_SLOW_LAST_PT_S"]))
     install(signal_name, point, int(count))
-    from sertool.cli import main as sertool_main
+    from sertool.cli.commands import main as sertool_main
 
     sys.argv = ["sertool", *args]
     sertool_main()

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from sertool.config import Config
+from sertool.core.config import Config
 from sertool.models.losses import SERLoss
 from sertool.models.ser_model import ModelOutput
 from sertool.training.reporter import Reporter

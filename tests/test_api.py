@@ -16,8 +16,8 @@ from click.testing import CliRunner
 
 import sertool
 import sertool.api
-from sertool.cli import cli
-from sertool.errors import SertoolError
+from sertool.cli.commands import cli
+from sertool.core.errors import SertoolError
 from sertool.inference.predictions import read_predictions
 from sertool.training.loop import train
 from tests.cases import case
@@ -96,7 +96,7 @@ def test_bad_inputs_get_one_clear_line(call, message, workspace, monkeypatch):
 
 def _nan_model(workspace: Path) -> Path:
     """runs/demo with one head weight set to NaN: every prediction it makes is not finite."""
-    from sertool.checkpoint import load_checkpoint, save_checkpoint
+    from sertool.store.checkpoints import load_checkpoint, save_checkpoint
 
     path = workspace / "nan.pt"
     if not path.exists():
@@ -152,7 +152,7 @@ def test_import_is_light_and_three_lines_predict_with_a_run_an_export_and_an_ens
         "import sys, sertool\n"
         "assert 'torch' not in sys.modules, 'import sertool loaded torch'\n"
         "from click.testing import CliRunner\n"
-        "from sertool.cli import cli\n"
+        "from sertool.cli.commands import cli\n"
         "assert CliRunner().invoke(cli, ['--help']).exit_code == 0\n"
         "assert 'torch' not in sys.modules, 'sertool --help loaded torch'\n"
         "for model in sys.argv[1:]:\n"

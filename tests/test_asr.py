@@ -10,16 +10,16 @@ from pathlib import Path
 import pytest
 import torch
 
+from sertool.core.errors import SertoolError
 from sertool.data.audio import load_audio
 from sertool.data.records import Utterance
-from sertool.data.transcripts import (
+from sertool.models.asr import (
     DEFAULT_ASR_MODEL_ID,
     TRANSCRIPT_CACHE_SUBDIR,
     Transcriber,
     TranscriptCache,
     fill_transcripts,
 )
-from sertool.errors import SertoolError
 from tests.cases import case
 from tests.corpus_files import write_tone
 from tests.tiny_asr import save_tiny_asr

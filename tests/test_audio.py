@@ -6,8 +6,8 @@ import pytest
 import soundfile as sf
 import torch
 
+from sertool.core.errors import SertoolError
 from sertool.data.audio import SAMPLE_RATE, audio_duration_s, encode_wav, load_audio
-from sertool.errors import SertoolError
 
 
 def _sine(frequency_hz: float, sample_rate: int, duration_s: float) -> np.ndarray:

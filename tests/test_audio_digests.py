@@ -1,4 +1,4 @@
-"""The content keys of audio (``sertool.data.audio_digests``), which every cache of values computed from audio
+"""The content keys of audio (``sertool.cache.audio_keys``), which every cache of values computed from audio
 uses: a file's key is its bytes' SHA-256 (hashlib is the reference), a window's is the file's and its span's;
 files unchanged since the last command are not read again, for any cache (the transcripts' too), and a
 rewritten file is."""
@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from sertool.cache.audio_keys import audio_digests, file_digests
+from sertool.cache.items import span_digest
 from sertool.data import audio_digests as digests_module
 from sertool.data.audio import SAMPLE_RATE
-from sertool.data.audio_digests import audio_digests, file_digests
-from sertool.data.cache import span_digest
 from sertool.data.records import Utterance
-from sertool.data.transcripts import Transcriber, TranscriptCache
+from sertool.models.asr import Transcriber, TranscriptCache
 from tests.corpus_files import write_tone
 from tests.tiny_asr import save_tiny_asr
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from sertool.config import ModelConfig
-from sertool.errors import SertoolError
+from sertool.core.config import ModelConfig
+from sertool.core.errors import SertoolError
 from sertool.models.backbones import FbankBackbone, SpeechBackbone, build_backbone, normalize_per_utterance
 from sertool.models.lora import LoRALinear
 from tests.tiny_speech import (

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sertool.errors import SertoolError
+from sertool.core.errors import SertoolError
 from sertool.models import bootstrap as module
 from sertool.models.bootstrap import SCORES, bootstrap_ccc, resample_indices
 from sertool.models.ccc import ccc_scores

@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from sertool.core.errors import SertoolError
 from sertool.data.records import ATTRIBUTES
-from sertool.errors import SertoolError
 from sertool.models.bootstrap import bootstrap_ccc
 from sertool.models.ccc import ccc, ccc_loss, ccc_scores, collapsed_attributes
 from tests.cases import case

@@ -8,11 +8,17 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from sertool.checkpoint import frozen_pretrained_keys, load_checkpoint, load_stored_state, save_checkpoint, stored_state
-from sertool.cli import cli
-from sertool.config import ModelConfig
-from sertool.errors import SertoolError
+from sertool.cli.commands import cli
+from sertool.core.config import ModelConfig
+from sertool.core.errors import SertoolError
 from sertool.models.ser_model import SERModel
+from sertool.store.checkpoints import (
+    frozen_pretrained_keys,
+    load_checkpoint,
+    load_stored_state,
+    save_checkpoint,
+    stored_state,
+)
 from tests.cases import case
 from tests.corpus_files import write_learnable_corpus
 from tests.tiny_speech import save_tiny_whisper

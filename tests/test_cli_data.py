@@ -8,7 +8,7 @@ import sys
 
 from click.testing import CliRunner
 
-from sertool.cli import cli
+from sertool.cli.commands import cli
 from tests.corpus_files import write_tone
 
 
@@ -88,7 +88,7 @@ def test_manifest_command_writes_a_readable_manifest_and_refuses_to_overwrite(tm
 
 
 def test_demo_size_names_match_the_generator():
-    from sertool.cli import DEMO_SIZE_NAMES
-    from sertool.data.demo import DEMO_SIZES
+    from sertool.cli.commands import DEMO_SIZE_NAMES
+    from sertool.demo.corpus import DEMO_SIZES
 
     assert tuple(DEMO_SIZES) == DEMO_SIZE_NAMES

@@ -7,9 +7,9 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from sertool.checkpoint import load_checkpoint
-from sertool.cli import cli
-from sertool.config import RECIPES
+from sertool.cli.commands import cli
+from sertool.core.config import RECIPES
+from sertool.store.checkpoints import load_checkpoint
 from tests.cases import case
 from tests.corpus_files import write_learnable_corpus
 from tests.tiny_speech import save_tiny_wavlm
@@ -113,7 +113,7 @@ def test_aux_none_resets_the_config_files_tasks(corpus, tmp_path):
 
 
 def test_bounds_refuse_non_finite_values_and_each_edge():
-    from sertool.config import Bounds
+    from sertool.core.config import Bounds
 
     dropout = Bounds(at_least=0, below=1)
     assert [dropout.problem(value) for value in (0.0, 0.999)] == [None, None]
@@ -125,7 +125,7 @@ def test_bounds_refuse_non_finite_values_and_each_edge():
 
 
 def test_train_help_groups_the_options_by_config_section():
-    from sertool.config import config_options
+    from sertool.core.config import config_options
 
     text = CliRunner().invoke(cli, ["train", "--help"], terminal_width=200).output
     titles = ["Run and output:", "Data (the config's data section):", "Model (the config's model section):",

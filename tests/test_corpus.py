@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
+from sertool.core.errors import SertoolError
 from sertool.data.columns import ColumnMap
 from sertool.data.corpus import open_corpus
 from sertool.data.importer import import_metadata, speaker_disjoint_split
 from sertool.data.manifest import read_manifest, write_manifest
 from sertool.data.records import Utterance
-from sertool.errors import SertoolError
 from tests.cases import case
 from tests.corpus_files import commit, write_msp_corpus, write_tone
 

@@ -20,14 +20,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sertool.data.demo import _write_labels
+from sertool.cache.scan import ScanCache
+from sertool.core.errors import SertoolError
+from sertool.core.io import MAX_CSV_FIELD_CHARS, csv_text, quoted, read_csv_records
+from sertool.core.splits import SPLITS
 from sertool.data.fields import parse_speaker
 from sertool.data.manifest import read_manifest, write_manifest
 from sertool.data.msp import _parse_labels
 from sertool.data.records import EMO_CLASSES, GENDERS, LABEL_MAX, LABEL_MIN, Utterance
 from sertool.data.report import LoadReport
-from sertool.data.scan_cache import ScanCache
-from sertool.errors import SertoolError
+from sertool.demo.corpus import _write_labels
 from sertool.guards.outputs import OutputPlan
 from sertool.inference.predictions import (
     Predictions,
@@ -38,8 +40,6 @@ from sertool.inference.predictions import (
     write_predictions,
 )
 from sertool.inference.writers import read_json, write_predictions_file, write_submission
-from sertool.io import MAX_CSV_FIELD_CHARS, csv_text, quoted, read_csv_records
-from sertool.splits import SPLITS
 from tests.cases import case
 from tests.corpus_files import commit, write_tone
 

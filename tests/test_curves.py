@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from sertool.cli import cli
-from sertool.errors import SertoolError
+from sertool.cli.commands import cli
+from sertool.core.errors import SertoolError
 from sertool.training.curves import read_curves
 from sertool.training.loop import train
 from sertool.training.tensorboard import TensorBoardReporter

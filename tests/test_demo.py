@@ -13,10 +13,10 @@ import pytest
 import soundfile as sf
 import torch
 
+from sertool.core.errors import SertoolError
 from sertool.data import demo
 from sertool.data.audio import resample
 from sertool.data.records import EMO_CLASSES
-from sertool.errors import SertoolError
 
 HEADER = "FileName,EmoClass,EmoAct,EmoVal,EmoDom,SpkrID,Gender,Split_Set"
 SMALL = {"num_speakers": 8, "utterances_per_speaker": 6, "test3_utterances": 8}

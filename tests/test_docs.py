@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sertool.config import config_options
+from sertool.core.config import config_options
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
@@ -69,7 +69,7 @@ FOREIGN_FLAGS = {"--nproc-per-node", "--nnodes", "--rdzv-backend", "--rdzv-endpo
 def _sertool_flags() -> set[str]:
     import click
 
-    from sertool.cli import cli
+    from sertool.cli.commands import cli
 
     flags: set[str] = set()
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sertool.errors import SertoolError
+from sertool.core.errors import SertoolError
 from sertool.inference.ensemble import (
     MAX_SUBSETS,
     EnsemblePlan,

@@ -11,12 +11,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from sertool.checkpoint import load_checkpoint, save_checkpoint
-from sertool.cli import cli
-from sertool.errors import SertoolError
-from sertool.inference.export import export_model
+from sertool.cli.commands import cli
+from sertool.core.errors import SertoolError
 from sertool.inference.predictor import open_predictor
-from sertool.model_folder import FOLDER_FILES, load_model
+from sertool.store.checkpoints import load_checkpoint, save_checkpoint
+from sertool.store.export import export_model
+from sertool.store.model_folder import FOLDER_FILES, load_model
 from sertool.training.loop import train
 from tests.cases import case
 from tests.corpus_files import write_learnable_corpus, write_tone

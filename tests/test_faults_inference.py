@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from sertool.core.errors import SertoolError
 from sertool.data.corpus import open_corpus
-from sertool.errors import SertoolError
 from sertool.inference.predictions import read_predictions
 from tests.cases import case
 from tests.corpus_files import write_learnable_corpus, write_tone
@@ -33,7 +33,7 @@ def _split_counts(corpus: Path) -> dict[str, int]:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# CSV files: one reader (sertool.io.read_csv_records) for labels, manifests, metadata, transcripts, predictions.
+# CSV files: one reader (sertool.core.io.read_csv_records) for labels, manifests, metadata, transcripts, predictions.
 
 @pytest.fixture
 def corpus(tmp_path) -> Path:
@@ -257,7 +257,7 @@ def test_absurd_float_amplitudes_are_refused_by_the_audio_reader(run_dir, tmp_pa
 def test_a_model_with_non_finite_weights_is_refused_naming_the_input(run_dir, tmp_path):
     import torch
 
-    from sertool.checkpoint import load_checkpoint, save_checkpoint
+    from sertool.store.checkpoints import load_checkpoint, save_checkpoint
 
     payload = load_checkpoint(run_dir)
     key = next(name for name in payload["model_state"] if name.endswith("weight") and "head" in name)
@@ -436,7 +436,7 @@ def mm_run(tmp_path_factory) -> Path:
       "one warning naming the folder, the same predictions, computed in memory (before: a traceback)")
 def test_an_unwritable_cache_is_a_warning_and_predictions_are_unchanged(mm_run, tmp_path, monkeypatch, caplog):
     from sertool.data.audio import load_audio
-    from sertool.data.transcripts import Transcriber, TranscriptCache
+    from sertool.models.asr import Transcriber, TranscriptCache
 
     write_tone(tmp_path / "clip.wav", duration_s=1.0)
     (tmp_path / "texts").mkdir()

@@ -23,9 +23,9 @@ import torch
 import yaml
 from click.testing import CliRunner
 
-from sertool.checkpoint import load_checkpoint
-from sertool.cli import cli
-from sertool.config import Config
+from sertool.cli.commands import cli
+from sertool.core.config import Config
+from sertool.store.checkpoints import load_checkpoint
 from sertool.training import loop
 from sertool.training.loop import train
 from tests.cases import case
@@ -584,7 +584,7 @@ def test_training_a_config_built_in_code_is_checked_too(corpus, tmp_path):
     config = Config()
     config.data.corpus = str(corpus)
     config.train.lr_heads = float("nan")
-    from sertool.errors import SertoolError
+    from sertool.core.errors import SertoolError
 
     with pytest.raises(SertoolError, match="train.lr_heads must be a finite number"):
         train(config, tmp_path / "run")

@@ -11,19 +11,19 @@ import pytest
 import soundfile as sf
 import torch
 
-from sertool.checkpoint import load_stored_state
-from sertool.config import Config, ModelConfig
+from sertool.cache.frames import CachedFrames, FrameCache
+from sertool.core.config import Config, ModelConfig
+from sertool.core.errors import SertoolError
 from sertool.data import frame_cache as frame_cache_module
 from sertool.data.corpus import open_corpus
 from sertool.data.dataset import UtteranceDataset, crop_frames, load_utterance_audio
-from sertool.data.frame_cache import CachedFrames, FrameCache
-from sertool.errors import SertoolError
-from sertool.model_folder import load_model
 from sertool.models.backbones.whisper import FRAME_RATE
 from sertool.models.frame_features import frame_cache, frame_cache_refusal
 from sertool.models.ser_model import SERModel
 from sertool.runtime.frames import fill_frame_cache
 from sertool.runtime.runner import run_model
+from sertool.store.checkpoints import load_stored_state
+from sertool.store.model_folder import load_model
 from sertool.training.loop import train
 from sertool.training.reporter import Reporter
 from tests.corpus_files import write_learnable_corpus

@@ -14,10 +14,8 @@ import torch
 
 from sertool.api import load
 from sertool.baseline.run import run_baseline
-from sertool.checkpoint import load_checkpoint
-from sertool.config import Config
+from sertool.core.config import Config
 from sertool.data.corpus import open_corpus
-from sertool.inference.export import export_model
 from sertool.inference.inputs import corpus_split
 from sertool.inference.predictions import read_predictions
 from sertool.inference.predictor import open_predictor
@@ -32,6 +30,8 @@ from sertool.models.utterance_stats import (
     fit_utterance_statistics,
 )
 from sertool.runtime.runner import run_model
+from sertool.store.checkpoints import load_checkpoint
+from sertool.store.export import export_model
 from sertool.training.loop import train
 from tests.cases import case
 from tests.corpus_files import write_learnable_corpus

@@ -29,9 +29,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import sertool
-from sertool.cli import cli
-from sertool.config import Bounds
-from sertool.errors import SertoolError
+from sertool.cli.commands import cli
+from sertool.core.config import Bounds
+from sertool.core.errors import SertoolError
 from tests.cases import case
 from tests.corpus_files import write_learnable_corpus
 from tests.systems import small_config

@@ -17,8 +17,8 @@ import torch
 from click.testing import CliRunner
 
 import sertool
-from sertool.cli import cli
-from sertool.errors import SertoolError
+from sertool.cli.commands import cli
+from sertool.core.errors import SertoolError
 from sertool.guards.outputs import OutputPlan, atomic_write, plain_name
 from sertool.guards.reads import MAX_CONFIG_BYTES, open_user_file
 from sertool.inference.predictions import read_predictions

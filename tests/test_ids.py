@@ -1,4 +1,4 @@
-"""One rule for an id read twice, in every reader of ids (``sertool.io.SeenIds``).
+"""One rule for an id read twice, in every reader of ids (``sertool.core.io.SeenIds``).
 
 Files read whole (predictions, transcripts, ensemble plans, the inputs of one command) refuse the repeat in
 one line naming both places; corpora (labels file, manifest, `data manifest` metadata) drop the repeat and
@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from sertool.core.errors import SertoolError
 from sertool.data.columns import ColumnMap
 from sertool.data.corpus import open_corpus
 from sertool.data.importer import import_metadata
 from sertool.data.records import Utterance
 from sertool.data.report import LoadReport
-from sertool.errors import SertoolError
 from sertool.inference.ensemble import read_plan
 from sertool.inference.inputs import attach_transcripts, collect_inputs
 from sertool.inference.predictions import read_predictions

@@ -10,13 +10,13 @@ import pytest
 import soundfile as sf
 from click.testing import CliRunner
 
-from sertool.checkpoint import load_checkpoint
-from sertool.cli import cli
+from sertool.cli.commands import cli
 from sertool.data.corpus import open_corpus
 from sertool.inference.predictions import read_predictions, read_predictions_and_labels
 from sertool.inference.predictor import InferenceOptions, open_predictor
 from sertool.models.bootstrap import resample_indices
 from sertool.models.ccc import ccc_scores
+from sertool.store.checkpoints import load_checkpoint
 from sertool.training.loop import train
 from tests.corpus_files import write_learnable_corpus, write_tone
 from tests.systems import small_config
@@ -135,7 +135,7 @@ def test_evaluate_bootstrap_prints_intervals_of_an_independent_resampling_loop(c
     again = run("evaluate", runs["a"], "--corpus", corpus, "--split", "Development", "--bootstrap", "1000",
                 "--bootstrap-seed", "4")
     assert line in again.output  # seeded: the same intervals
-    from sertool.errors import SertoolError
+    from sertool.core.errors import SertoolError
     from sertool.inference.workflows import evaluate
 
     with pytest.raises(SertoolError, match="--bootstrap: 1 scored utterance"):

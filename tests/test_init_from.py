@@ -10,13 +10,13 @@ import torch
 import yaml
 from click.testing import CliRunner
 
-from sertool.checkpoint import load_checkpoint
-from sertool.cli import cli
-from sertool.config import Config
+from sertool.cli.commands import cli
+from sertool.core.config import Config
+from sertool.core.errors import SertoolError
 from sertool.data.corpus import open_corpus
 from sertool.data.records import Utterance
-from sertool.errors import SertoolError
 from sertool.inference.predictor import InferenceOptions, open_predictor
+from sertool.store.checkpoints import load_checkpoint
 from sertool.training.loop import _check_window, train
 from sertool.training.setup import resolve_train_config
 from tests.cases import case

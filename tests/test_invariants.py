@@ -29,12 +29,12 @@ import numpy as np
 import pytest
 import torch
 
-from sertool.checkpoint import load_checkpoint
-from sertool.config import Config, ModelConfig
+from sertool.core.config import Config, ModelConfig
 from sertool.data.corpus import open_corpus
 from sertool.data.dataset import collate
 from sertool.models.ser_model import SERModel
 from sertool.runtime.runner import run_model
+from sertool.store.checkpoints import load_checkpoint
 from sertool.training import loop
 from sertool.training.loop import _Run, train
 from tests.corpus_files import write_learnable_corpus

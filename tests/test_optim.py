@@ -7,8 +7,8 @@ from itertools import pairwise
 import pytest
 import torch
 
-from sertool.config import TrainConfig
-from sertool.errors import SertoolError
+from sertool.core.config import TrainConfig
+from sertool.core.errors import SertoolError
 from sertool.training.optim import LRSchedule, build_optimizer
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from sertool import hub
-from sertool.errors import SertoolError, missing_package
+from sertool.core import hub
+from sertool.core.errors import SertoolError, missing_package
 from sertool.experiments.grid import PAPER_GRID, read_grid
 from tests.tiny_text import HIDDEN_SIZE, save_tiny_text_encoder
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sertool.errors import SertoolError
+from sertool.core.errors import SertoolError
 from sertool.inference.plots import DPI, PANEL_SIZE_IN, plot_evaluation
 from sertool.inference.predictions import Predictions
 from sertool.models.ccc import ccc_scores

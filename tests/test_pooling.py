@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sertool.errors import SertoolError
+from sertool.core.errors import SertoolError
 from sertool.models.pooling import AttentiveStatisticsPooling, MeanPooling, build_pooling, masked_mean
 
 DIM = 8

@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from sertool.api import load
-from sertool.config import ModelConfig
+from sertool.core.config import ModelConfig
 from sertool.data.records import ATTRIBUTES
-from sertool.data.transcripts import Transcriber
 from sertool.inference import predictor
+from sertool.models.asr import Transcriber
 from sertool.models.backbones import FbankBackbone, WhisperBackbone, build_backbone
 from sertool.models.heads import EmotionHeads
 from sertool.models.pooling import masked_mean

@@ -12,12 +12,12 @@ import click
 import huggingface_hub.utils
 import pytest
 
-from sertool import hub, progress
-from sertool.cli import cli
+from sertool.cli.commands import cli
+from sertool.core import hub, progress
 from sertool.data.corpus import open_corpus
-from sertool.data.transcripts import Transcriber, TranscriptCache
 from sertool.inference.predictor import InferenceOptions
 from sertool.inference.workflows import evaluate
+from sertool.models.asr import Transcriber, TranscriptCache
 from sertool.models.text import TextEmbeddingCache, TextEncoder
 from sertool.training.loop import train
 from tests.corpus_files import write_learnable_corpus, write_tone

@@ -8,9 +8,9 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from sertool.checkpoint import load_checkpoint
-from sertool.cli import cli
-from sertool.config import BACKBONE_RECIPES, RECIPES, Config
+from sertool.cli.commands import cli
+from sertool.core.config import BACKBONE_RECIPES, RECIPES, Config
+from sertool.store.checkpoints import load_checkpoint
 from sertool.training.setup import resolve_train_config
 from tests.corpus_files import write_learnable_corpus
 
@@ -107,7 +107,7 @@ def test_train_writes_the_resolved_recipe_into_config_yaml_and_checkpoints(tmp_p
 
 def test_init_from_keeps_the_initial_models_architecture_and_takes_the_training_recipe(tmp_path):
     """The weights of --init-from fix the model section: the recipe fills only the training fields."""
-    from sertool.checkpoint import load_checkpoint
+    from sertool.store.checkpoints import load_checkpoint
     from sertool.training.loop import train
     from tests.systems import small_config
 

@@ -13,16 +13,16 @@ import soundfile as sf
 import torch
 from click.testing import CliRunner
 
-from sertool.cli import cli
+from sertool.cli.commands import cli
+from sertool.core.errors import SertoolError
 from sertool.data.corpus import open_corpus
-from sertool.errors import SertoolError
 from sertool.inference.inputs import collect_inputs
 from sertool.inference.predictions import read_predictions
 from sertool.inference.predictor import InferenceOptions, open_predictor
 from sertool.inference.windows import combine_windows, window_spans
-from sertool.model_folder import read_model_folder
 from sertool.models.released import RELEASED_MODEL_IDS, convert_released_state
 from sertool.models.released import released_arguments as checked_arguments
+from sertool.store.model_folder import read_model_folder
 from tests.cases import case
 from tests.corpus_files import write_learnable_corpus
 from tests.hub_cache import cache_as_hub_id
@@ -248,7 +248,7 @@ def test_the_papers_audio_only_ensemble_of_both_released_models_from_the_cli(bac
 ])
 @pytest.mark.parametrize("backbone_weights", ["published", "stored"])
 def test_whisper_windows_are_checked(backbone, window_s, message, backbone_weights, backbones):
-    from sertool.config import ModelConfig
+    from sertool.core.config import ModelConfig
     from sertool.models.ser_model import SERModel
 
     config = ModelConfig(backbone=backbone, whisper_window_s=window_s, fbank_dim=16, head_hidden_dim=8,

@@ -19,8 +19,8 @@ import soundfile as sf
 import torch
 from click.testing import CliRunner
 
-from sertool.checkpoint import load_checkpoint
-from sertool.cli import cli
+from sertool.cli.commands import cli
+from sertool.store.checkpoints import load_checkpoint
 from sertool.training.loop import train
 from tests.cases import case
 from tests.corpus_files import write_learnable_corpus, write_tone
@@ -89,7 +89,7 @@ def test_audio_failing_during_training_is_skipped_or_stops_the_run(corpus, tmp_p
 
     def flaky(path, **kwargs):
         if Path(path).name == victim:
-            from sertool.errors import SertoolError
+            from sertool.core.errors import SertoolError
             raise SertoolError(f"{path}: audio could not be decoded (simulated)")
         return real_load(path, **kwargs)
 
@@ -99,7 +99,7 @@ def test_audio_failing_during_training_is_skipped_or_stops_the_run(corpus, tmp_p
     assert victim in (tmp_path / "skip" / "summary.json").read_text()
     config = small_config(corpus)
     config.data.on_bad_audio = "fail"
-    from sertool.errors import SertoolError
+    from sertool.core.errors import SertoolError
     with pytest.raises(SertoolError, match=f"--on-bad-audio fail: cannot read {victim}"):
         train(config, tmp_path / "fail")
 

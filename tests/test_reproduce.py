@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import yaml
 
-from sertool.checkpoint import load_checkpoint
-from sertool.config import DEFAULT_BACKBONE_IDS
+from sertool.core.config import DEFAULT_BACKBONE_IDS
 from sertool.data.corpus import open_corpus
 from sertool.experiments.grid import read_grid
 from sertool.experiments.reproduce import reproduce
 from sertool.inference.predictions import read_predictions
 from sertool.models.ccc import ccc_scores
+from sertool.store.checkpoints import load_checkpoint
 from tests.corpus_files import write_learnable_corpus
 
 PAPER_GRID = Path(__file__).resolve().parent.parent / "sertool" / "configs" / "paper" / "grid.yaml"

@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from sertool.core.errors import SertoolError
 from sertool.data.records import Utterance
-from sertool.errors import SertoolError
 from sertool.training.samplers import (
     EpochBatchSampler,
     _class_groups,

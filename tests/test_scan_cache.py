@@ -14,10 +14,10 @@ import soundfile as sf
 
 import sertool.data.msp as msp_module
 import sertool.data.rows as rows_module
+from sertool.cache.scan import RACY_S, ScanCache
+from sertool.core.errors import SertoolError
 from sertool.data.corpus import open_corpus
 from sertool.data.rows import read_headers
-from sertool.data.scan_cache import RACY_S, ScanCache
-from sertool.errors import SertoolError
 from tests.corpus_files import write_tone
 
 PAST_S = 3600.0  # files made by a test are dated this far back: older than the scan's RACY_S window

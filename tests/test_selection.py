@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from sertool.core.errors import SertoolError
 from sertool.data.records import Utterance
 from sertool.data.selection import held_out, require_enough_labels, select
-from sertool.errors import SertoolError
 from tests.cases import case
 
 

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from sertool.config import ModelConfig
+from sertool.core.config import ModelConfig
+from sertool.core.errors import SertoolError
 from sertool.data.records import ATTRIBUTES
-from sertool.errors import SertoolError
 from sertool.models.auxiliary import IGNORE_INDEX, aam_softmax_loss, masked_cross_entropy
 from sertool.models.backbones import LayerWeighting
 from sertool.models.ccc import ccc

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from sertool.core.errors import SertoolError
 from sertool.data.records import Utterance
 from sertool.data.selection import SPEAKER_CHOICES, choose_utterances
-from sertool.errors import SertoolError
 
 # 30 speakers; speaker k has 3 + k utterances, so the most frequent are s29, s28, ...
 UTTERANCES = [Utterance(id=f"s{k}_{i}", audio_path=Path(f"/c/s{k}_{i}.wav"), split="Train", duration_s=3.0,
@@ -38,7 +38,7 @@ def test_most_frequent_speakers_remain_an_option_and_each_gets_distinct_utteranc
     assert _speakers(chosen) == {"s29", "s28", "s27", "s26"}
     assert set(Counter(utt.speaker for utt in chosen).values()) == {6} and len({u.id for u in chosen}) == 24
     # The command line offers exactly these two draws (the flag's choices, as a user sees them).
-    from sertool.cli import cli
+    from sertool.cli.commands import cli
     flag = next(param for param in cli.commands["data"].commands["speakers"].params if param.name == "speaker_choice")
     assert tuple(flag.type.choices) == SPEAKER_CHOICES == ("random", "most-frequent")
     with pytest.raises(SertoolError, match="--speakers 'loudest'"):

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sertool.config import ModelConfig
-from sertool.errors import SertoolError
+from sertool.core.config import ModelConfig
+from sertool.core.errors import SertoolError
 from sertool.models.backbones import build_backbone
 from sertool.models.backbones.fbank import (
     FREQ_MASK_BINS,

@@ -13,12 +13,12 @@ import soundfile as sf
 import torch
 
 from sertool.baseline.run import run_baseline
-from sertool.checkpoint import load_checkpoint
+from sertool.core.errors import SertoolError
 from sertool.data.corpus import open_corpus
 from sertool.data.dataset import load_utterance_audio
-from sertool.errors import SertoolError
 from sertool.models import utterance_stats
 from sertool.models.utterance_stats import NUM_FEATURES, StatisticsExtractor, utterance_statistics
+from sertool.store.checkpoints import load_checkpoint
 from sertool.training.loop import train
 from tests.corpus_files import write_learnable_corpus
 from tests.systems import small_config

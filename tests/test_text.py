@@ -8,8 +8,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from sertool.errors import SertoolError
-from sertool.hub import offline_copy
+from sertool.core.errors import SertoolError
+from sertool.core.hub import offline_copy
 from sertool.models.lora import LoRALinear
 from sertool.models.text import TextEmbeddingCache, TextEncoder
 from tests.tiny_text import save_tiny_text_encoder

@@ -9,10 +9,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from sertool.checkpoint import load_checkpoint
-from sertool.config import Config
+from sertool.core.config import Config
+from sertool.core.errors import SertoolError
 from sertool.data.corpus import open_corpus
-from sertool.errors import SertoolError
+from sertool.store.checkpoints import load_checkpoint
 from sertool.training import loop
 from sertool.training.loop import _Run, train
 from tests.cases import case
@@ -186,7 +186,7 @@ class _FakeCudaGenerator:
 def test_resume_of_a_checkpoint_with_more_gpu_states_than_visible_gpus(corpus, tmp_path, monkeypatch, visible_gpus):
     """last.pt as sertool wrote it on a machine with 2 GPUs (one CUDA state per visible GPU), resumed on the CPU
     where torch sees no GPU, or one (mocked: torch.cuda's own code runs, on one fake generator)."""
-    from sertool.checkpoint import save_checkpoint
+    from sertool.store.checkpoints import save_checkpoint
 
     config = small_config(corpus, checkpoint_every_steps=1)
     config.model.head_dropout = 0.3

@@ -7,10 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from sertool.checkpoint import load_checkpoint, load_stored_state, stored_state
-from sertool.config import Config, ModelConfig
+from sertool.core.config import Config, ModelConfig
 from sertool.data.corpus import open_corpus
-from sertool.inference.export import export_model
 from sertool.inference.inputs import corpus_split
 from sertool.inference.predictor import open_predictor
 from sertool.models.backbones.fbank import N_FFT, mel_filter_bank, raw_log_mel
@@ -23,6 +21,8 @@ from sertool.models.utterance_stats import (
     log_mel_statistics,
     utterance_statistics,
 )
+from sertool.store.checkpoints import load_checkpoint, load_stored_state, stored_state
+from sertool.store.export import export_model
 from sertool.training.loop import train
 from tests.corpus_files import write_learnable_corpus
 from tests.systems import InterruptAt, small_config

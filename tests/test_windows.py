@@ -7,7 +7,7 @@ from itertools import pairwise
 import numpy as np
 import pytest
 
-from sertool.errors import SertoolError
+from sertool.core.errors import SertoolError
 from sertool.inference.windows import MIN_DURATION_S, combine_windows, window_segments, window_spans
 
 SAMPLE_RATE = 100  # a small rate keeps the exhaustive length loop fast; the arithmetic is the same

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sertool.errors import SertoolError
+from sertool.core.errors import SertoolError
 from sertool.guards.outputs import OutputPlan
 from sertool.inference.predictions import Predictions, Segment
 from sertool.inference.writers import READERS, WRITERS, format_of, read_json, write_json, write_submission

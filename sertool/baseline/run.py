@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sertool.core.splits import DEVELOPMENT, TRAIN
 from sertool.data.corpus import open_corpus
 from sertool.data.records import ATTRIBUTES
 from sertool.data.report import LoadReport
@@ -26,7 +27,6 @@ from sertool.inference.workflows import Scores, score
 from sertool.inference.writers import write_predictions_file
 from sertool.models.ridge import ALPHAS, fit_ridge
 from sertool.models.utterance_stats import FEATURE_GROUPS, feature_names, utterance_statistics
-from sertool.splits import DEVELOPMENT, TRAIN
 
 SYSTEM_NAME = "ridge baseline"
 SUMMARY_NAME = "summary.json"

@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 import soundfile as sf
 
-from sertool.errors import SertoolError
+from sertool.core.constants import SAMPLE_RATE
+from sertool.core.errors import SertoolError
 
 if TYPE_CHECKING:  # torch is imported where tensors are made: reading headers must stay light
     import torch
 
-SAMPLE_RATE = 16_000  # Hz; every speech backbone sertool supports was pre-trained at 16 kHz.
 # Decoded audio lies within ±1 (full scale). Integer formats cannot exceed it; a float file may, a little,
 # after processing. 100× full scale (+40 dBFS) is no recording at any usual level: a damaged file, or one
 # written unscaled (int16 values in a float file reach 32767). Such values would overflow the backbones'

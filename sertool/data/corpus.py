@@ -7,12 +7,12 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from sertool.data.corpus_snapshot import load_snapshot, save_snapshot
+from sertool.cache.scan import ScanCache
+from sertool.core.errors import SertoolError
 from sertool.data.manifest import MANIFEST_NAME, read_manifest
 from sertool.data.msp import MSP_LABELS, read_msp_podcast
 from sertool.data.rows import Corpus, Progress
-from sertool.data.scan_cache import ScanCache
-from sertool.errors import SertoolError
+from sertool.data.snapshot import load_snapshot, save_snapshot
 
 
 def open_corpus(path: str | Path, *, progress: Progress | None = None,

@@ -4,7 +4,7 @@ Training crops long clips at random (``max_duration_s``) and may change their sp
 (``speed_perturbation``), reproducibly from ``(seed, epoch, index)`` so a resumed run reads the same
 clips; evaluation always reads whole utterances as they are.
 
-With cached encoder frames (``frames``: a frozen Whisper's, ``sertool.data.frame_cache``) an item carries
+With cached encoder frames (``frames``: a frozen Whisper's, ``sertool.cache.frames``) an item carries
 its frames instead of (or, for a model that also reads the audio, beside) its waveform: the frames of the
 whole utterance, or of the crop, cut from the whole utterance's frames at the frame rate.
 """
@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from sertool.cache.frames import CachedFrames, Frames
+from sertool.core.errors import SertoolError
 from sertool.data.audio import SAMPLE_RATE, load_audio, resample
-from sertool.data.frame_cache import CachedFrames, Frames
 from sertool.data.records import ATTRIBUTES, GENDERS, Utterance
-from sertool.errors import SertoolError
 
 IGNORE_INDEX = -100  # class target of an unknown gender or speaker: cross-entropy ignores it
 

@@ -8,16 +8,16 @@ from pathlib import Path
 
 import numpy as np
 
+from sertool.core.errors import SertoolError
+from sertool.core.io import DAMAGED_ROW, read_csv_records
+from sertool.core.splits import HELD_OUT_SPLITS, TRAIN
 from sertool.data.columns import ColumnMap
 from sertool.data.fields import BadValue
 from sertool.data.manifest import parse_manifest_row, write_manifest
 from sertool.data.records import ATTRIBUTES, LABEL_MAX, LABEL_MIN, Utterance
 from sertool.data.report import LoadReport
 from sertool.data.rows import Corpus, Progress, build_utterances
-from sertool.errors import SertoolError
 from sertool.guards.outputs import OutputPlan
-from sertool.io import DAMAGED_ROW, read_csv_records
-from sertool.splits import HELD_OUT_SPLITS, TRAIN
 
 
 def make_manifest(folder: str | Path, metadata: str | Path, out: str | Path, *, columns: ColumnMap,

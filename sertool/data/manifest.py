@@ -22,12 +22,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
+from sertool.cache.scan import ScanCache
+from sertool.core.io import DAMAGED_ROW, csv_text, read_csv_records
 from sertool.data.fields import BadValue, parse_class, parse_gender, parse_label, parse_speaker
 from sertool.data.records import ATTRIBUTES, Utterance
 from sertool.data.report import LoadReport
 from sertool.data.rows import Corpus, Progress, Row, build_utterances, read_rows
-from sertool.data.scan_cache import ScanCache
-from sertool.io import DAMAGED_ROW, csv_text, read_csv_records
 
 MANIFEST_NAME = "manifest.csv"  # what a folder given as --corpus holds when it is a manifest corpus
 MANIFEST_COLUMNS: tuple[str, ...] = ("id", "path", "split", *ATTRIBUTES, "emo_class", "speaker", "gender", "transcript")
@@ -37,7 +37,7 @@ REQUIRED_COLUMNS: tuple[str, ...] = ("path", "split")
 def read_manifest(path: str | Path, *, progress: Progress | None = None, scan: ScanCache | None = None) -> Corpus:
     """Read a manifest CSV; bad rows are dropped and recorded with their line number. The parsed rows and
     the audio headers of unchanged files come from the scan cache (``scan``; None: the default cache
-    folder's; see ``sertool.data.scan_cache``).
+    folder's; see ``sertool.cache.scan``).
 
     Raises:
         SertoolError: the file is unreadable or lacks a required column.
@@ -99,7 +99,7 @@ def write_manifest(utterances: Sequence[Utterance], handle: IO[str], *, folder: 
     audio paths relative to ``folder``, the folder the manifest goes to; ``where`` names it in messages.
 
     Raises:
-        SertoolError: an id or path that cannot be a CSV field (``sertool.io.csv_text``; nothing is written).
+        SertoolError: an id or path that cannot be a CSV field (``sertool.core.io.csv_text``; nothing is written).
     """
     base = folder.resolve()
 

@@ -10,15 +10,15 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
+from sertool.cache.scan import READ_THREADS, ScanCache
+from sertool.core.errors import SertoolError
+from sertool.core.io import DAMAGED_ROW, read_csv_records
+from sertool.core.splits import SPLITS, UNLABELLED_SPLIT
 from sertool.data.fields import BadValue, parse_class, parse_gender, parse_label, parse_speaker
 from sertool.data.records import ATTRIBUTE_COLUMNS, MSP_LABELS_HEADER
 from sertool.data.report import LoadReport
-from sertool.data.rows import HEADER_READ_THREADS, Corpus, Progress, Row, build_utterances, read_rows
-from sertool.data.scan_cache import ScanCache
-from sertool.errors import SertoolError
+from sertool.data.rows import Corpus, Progress, Row, build_utterances, read_rows
 from sertool.guards.reads import MAX_TRANSCRIPT_BYTES, inside, read_user_bytes
-from sertool.io import DAMAGED_ROW, read_csv_records
-from sertool.splits import SPLITS, UNLABELLED_SPLIT
 
 MSP_LABELS = Path("Labels") / "labels_consensus.csv"  # under the root; its presence marks the layout
 _TEST3_FILE = re.compile(r"test3", re.IGNORECASE)
@@ -31,7 +31,7 @@ def read_msp_podcast(root: str | Path, *, progress: Progress | None = None, scan
     transcript is a warning. Audio files named like ``MSP-PODCAST_test3_0001.wav`` that have no labels
     row become unlabelled ``Test3`` utterances. Audio headers, transcripts and the parsed labels of
     unchanged files come from the scan cache (``scan``; None: the default cache folder's; see
-    ``sertool.data.scan_cache``).
+    ``sertool.cache.scan``).
 
     Raises:
         SertoolError: the labels file is unreadable or lacks a required column, or ``Audios/`` is missing.
@@ -62,7 +62,7 @@ def read_msp_podcast(root: str | Path, *, progress: Progress | None = None, scan
         folder = os.fspath(transcript_dir)
         paths = [os.path.join(folder, os.path.splitext(row.id)[0] + ".txt") for row in rows]
         texts = scan.read(paths, _read_transcript, errors=(OSError,), kind="transcripts", columns=(str,),
-                          encode=lambda text: (text,), decode=lambda entry: entry[0], threads=HEADER_READ_THREADS)
+                          encode=lambda text: (text,), decode=lambda entry: entry[0], threads=READ_THREADS)
         for row, path, text in zip(rows, paths, texts, strict=True):
             row.fields["transcript"] = _transcript_or_warning(path, text, report)
     utterances = build_utterances(rows, report, scan=scan, progress=progress)

@@ -12,17 +12,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sertool.cache.scan import READ_THREADS, ScanCache
+from sertool.core.errors import SertoolError
+from sertool.core.io import SeenIds
+from sertool.core.progress import task
+from sertool.core.splits import SPLITS
 from sertool.data.audio import audio_info
 from sertool.data.records import Utterance
 from sertool.data.report import LoadReport, Problem
-from sertool.data.scan_cache import ScanCache
-from sertool.errors import SertoolError
-from sertool.io import SeenIds
-from sertool.progress import task
-from sertool.splits import SPLITS
-
-# Header reads are I/O-bound (often on network storage); threads overlap the waits.
-HEADER_READ_THREADS = 8
 
 Progress = Callable[[int, int], None]
 # The LoadReport reasons of a row whose audio cannot be used (what `--on-bad-audio fail` refuses).
@@ -148,7 +145,7 @@ def read_headers(paths: Sequence[str | os.PathLike[str]], *, scan: ScanCache | N
     with (contextlib.nullcontext(progress) if progress else task(f"reading {len(paths):,} audio headers")) as update:
         return (scan or ScanCache()).read(
             paths, audio_info, errors=(SertoolError,), kind="audio-headers", columns=(int, int, int),
-            decode=_decode_header, threads=HEADER_READ_THREADS, progress=update)
+            decode=_decode_header, threads=READ_THREADS, progress=update)
 
 
 def _decode_header(entry: tuple) -> tuple[int, int, int]:

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sertool.config import TRAIN_OX_CHOICES
+from sertool.core.config import TRAIN_OX_CHOICES
+from sertool.core.errors import SertoolError
+from sertool.core.splits import DEVELOPMENT, TRAIN
 from sertool.data.records import NO_CLASS_CODES, Utterance
-from sertool.errors import SertoolError
-from sertool.splits import DEVELOPMENT, TRAIN
 
 
 @dataclass(frozen=True)

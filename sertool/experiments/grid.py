@@ -16,8 +16,8 @@ from typing import Any
 
 import yaml
 
-from sertool.config import Config, apply_value
-from sertool.errors import SertoolError
+from sertool.core.config import Config, apply_value
+from sertool.core.errors import SertoolError
 from sertool.guards.reads import MAX_CONFIG_BYTES, read_user_text
 
 SCALES = ("demo", "real")
@@ -84,7 +84,7 @@ class Grid:
                 for key, value in values.items():
                     apply_value(config, section, key, value, source=f"{self.folder / 'grid.yaml'} demo_scale")
         elif model_locations:
-            from sertool.config import DEFAULT_BACKBONE_IDS
+            from sertool.core.config import DEFAULT_BACKBONE_IDS
 
             model = config.model
             backbone_id = model.backbone_path or DEFAULT_BACKBONE_IDS[model.backbone]

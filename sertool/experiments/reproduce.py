@@ -23,19 +23,19 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from sertool.checkpoint import LAST_NAME
-from sertool.config import DEFAULT_DEVICE
+from sertool.core.config import DEFAULT_DEVICE
+from sertool.core.errors import SertoolError
+from sertool.core.io import load_json
+from sertool.core.splits import DEVELOPMENT, HELD_OUT_SPLITS
 from sertool.data.corpus import open_corpus
 from sertool.data.records import ATTRIBUTES, Utterance
-from sertool.errors import SertoolError
 from sertool.experiments.grid import PAPER_GRID, SCALES, Ensemble, Grid, read_grid
 from sertool.guards.outputs import OutputPlan
 from sertool.inference.predictions import read_predictions
 from sertool.inference.predictor import InferenceOptions
 from sertool.inference.workflows import Scores, ensemble, evaluate
 from sertool.inference.writers import write_predictions_file
-from sertool.io import load_json
-from sertool.splits import DEVELOPMENT, HELD_OUT_SPLITS
+from sertool.store.checkpoints import LAST_NAME
 from sertool.training.loop import Reporter, train
 
 EVAL_SPLITS = HELD_OUT_SPLITS
@@ -169,7 +169,7 @@ def _score_record(scores: Scores) -> dict[str, Any]:
 
 
 def _same_config(run_dir: Path, config) -> bool:
-    from sertool.config import read_config_file
+    from sertool.core.config import read_config_file
 
     path = run_dir / "config.yaml"
     try:

@@ -14,13 +14,13 @@ from typing import IO
 import numpy as np
 import torch
 
-from sertool.config import DEFAULT_EVAL_BATCH_S
+from sertool.core.config import DEFAULT_EVAL_BATCH_S
+from sertool.core.errors import SertoolError, missing_package
+from sertool.core.progress import task
 from sertool.data.corpus import open_corpus
 from sertool.data.records import Utterance
 from sertool.data.selection import choose_utterances
-from sertool.errors import SertoolError, missing_package
 from sertool.guards.outputs import OutputPlan
-from sertool.progress import task
 
 
 @dataclass

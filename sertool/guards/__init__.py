@@ -11,7 +11,7 @@
   permission, no memory, no CUDA, a dead loader worker) name the file or flag and what to do; anything
   else is a bug, reported as one line that says where its traceback was saved.
 
-Option values are checked against their declarations in ``sertool.config`` (``check_options``), the same
+Option values are checked against their declarations in ``sertool.core.config`` (``check_options``), the same
 declaration the command-line flags are built from.
 
 tests/test_guards_static.py checks that no module under ``sertool/`` writes a file, or opens one a user

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from sertool.errors import SertoolError
+from sertool.core.errors import SertoolError
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-from sertool.errors import SertoolError
+from sertool.core.errors import SertoolError
 
 KIB = 1024
 MIB = 1024 * KIB

@@ -17,8 +17,8 @@ import os
 import tempfile
 import traceback
 
-from sertool.errors import SertoolError
-from sertool.version import __version__
+from sertool.core.errors import SertoolError
+from sertool.core.version import __version__
 
 DEBUG_VARIABLE = "SERTOOL_DEBUG"
 

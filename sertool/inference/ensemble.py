@@ -18,10 +18,10 @@ from typing import IO, Any
 
 import numpy as np
 
+from sertool.core.errors import SertoolError
+from sertool.core.io import SeenIds, load_json
 from sertool.data.records import ATTRIBUTES
-from sertool.errors import SertoolError
 from sertool.inference.predictions import Predictions, Segment, align, check_rating_scale
-from sertool.io import SeenIds, load_json
 from sertool.models.ccc import ccc_scores
 
 PLAN_FORMAT = "sertool-ensemble"

@@ -8,17 +8,17 @@ from pathlib import Path
 
 import numpy as np
 
+from sertool.cache.scan import ScanCache
+from sertool.core.errors import SertoolError
+from sertool.core.io import SeenIds, printable, quoted, read_csv_records
 from sertool.data.audio import SAMPLE_RATE, audio_info
 from sertool.data.corpus import open_corpus
 from sertool.data.records import Utterance
 from sertool.data.report import LoadReport
 from sertool.data.rows import read_headers
-from sertool.data.scan_cache import ScanCache
-from sertool.errors import SertoolError
 from sertool.guards.reads import MAX_TRANSCRIPT_BYTES, read_user_bytes
 from sertool.inference.predictions import Predictions
 from sertool.inference.windows import combine_windows, window_segments, window_spans
-from sertool.io import SeenIds, printable, quoted, read_csv_records
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
 PREDICT_SPLIT = "predict"  # split name of utterances read from loose files

@@ -1,7 +1,7 @@
 """What evaluate, predict and ensemble take: one options dataclass per command, each field its flag.
 
-Every field is declared with ``sertool.config.option`` (help, choices, bounds, flag name), as ``Config``'s
-fields are, and ``sertool.cli`` turns the fields into the commands' flags: each default and choice list has
+Every field is declared with ``sertool.core.config.option`` (help, choices, bounds, flag name), as ``Config``'s
+fields are, and ``sertool.cli.commands`` turns the fields into the commands' flags: each default and choice list has
 this one home. The module imports no torch, so the CLI can read it at start-up.
 """
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from sertool.config import (
+from sertool.core.config import (
     AMP_CHOICES,
     DEFAULT_AMP,
     DEFAULT_ASR_MODEL_ID,
@@ -29,8 +29,8 @@ from sertool.config import (
     Bounds,
     option,
 )
+from sertool.core.splits import DEVELOPMENT, TEST3
 from sertool.inference.writers import WRITERS
-from sertool.splits import DEVELOPMENT, TEST3
 
 if TYPE_CHECKING:
     import torch
@@ -49,7 +49,7 @@ class InferenceOptions:
     ``backbone_path`` / ``text_model`` / ``speaker_embedding`` replace the pretrained model locations a
     checkpoint recorded (e.g. a hub id on an offline machine, or a folder on another machine): frozen
     pretrained weights are not stored in checkpoints, they are loaded from there. ``quantize`` and
-    ``threads`` are for the CPU (``sertool.inference.cpu``).
+    ``threads`` are for the CPU (``sertool.acceleration.cpu``).
     """
 
     device: str = option(DEFAULT_DEVICE, "Where to run the model.", choices=DEVICE_CHOICES)
@@ -73,7 +73,7 @@ class InferenceOptions:
                           bounds=THREADS)
 
     def torch_device(self) -> torch.device:
-        from sertool.devices import select_device
+        from sertool.core.devices import select_device
 
         return select_device(self.device)
 

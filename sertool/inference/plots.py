@@ -11,8 +11,8 @@ from typing import IO, TYPE_CHECKING
 
 import numpy as np
 
+from sertool.core.errors import missing_package
 from sertool.data.records import ATTRIBUTES, EMO_CLASSES, LABEL_MAX, LABEL_MIN
-from sertool.errors import missing_package
 from sertool.inference.predictions import Predictions
 from sertool.models.ccc import ccc_scores
 

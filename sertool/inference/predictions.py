@@ -28,9 +28,9 @@ from typing import TextIO
 
 import numpy as np
 
+from sertool.core.errors import SertoolError
+from sertool.core.io import SeenIds, csv_text, read_csv_records
 from sertool.data.records import ATTRIBUTE_COLUMNS, ATTRIBUTES, LABEL_MAX, LABEL_MIN
-from sertool.errors import SertoolError
-from sertool.io import SeenIds, csv_text, read_csv_records
 
 ID_COLUMN = "FileName"
 VALUE_COLUMNS: tuple[str, ...] = tuple(ATTRIBUTE_COLUMNS[name] for name in ATTRIBUTES)  # EmoAct, EmoVal, EmoDom
@@ -170,7 +170,7 @@ def write_predictions(predictions: Predictions, handle: TextIO, *, labels: np.nd
         where: how an error names the destination (the file's path).
 
     Raises:
-        SertoolError: a value is not finite, or an id cannot be a CSV field (``sertool.io.csv_text``); nothing
+        SertoolError: a value is not finite, or an id cannot be a CSV field (``sertool.core.io.csv_text``); nothing
             is written then.
     """
     if labels is not None:

@@ -12,19 +12,19 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from sertool.checkpoint import WEIGHTS_FILE, load_stored_state
-from sertool.config import QUANTIZE_INT8, Config
+from sertool.acceleration.cpu import check_quantize, quantize_int8, set_threads
+from sertool.core.config import QUANTIZE_INT8, Config
+from sertool.core.errors import SertoolError
+from sertool.core.hub import is_repo_id
 from sertool.data.records import Utterance
-from sertool.data.transcripts import Transcriber, fill_transcripts
-from sertool.errors import SertoolError
-from sertool.hub import is_repo_id
-from sertool.inference.cpu import check_quantize, quantize_int8, set_threads
 from sertool.inference.ensemble import apply_plan, read_plan
 from sertool.inference.options import InferenceOptions
 from sertool.inference.predictions import Predictions, check_rating_scale, read_predictions
-from sertool.model_folder import load_model
+from sertool.models.asr import Transcriber, fill_transcripts
 from sertool.runtime.precision import ieee_float32, resolve_amp
 from sertool.runtime.runner import run_model
+from sertool.store.checkpoints import WEIGHTS_FILE, load_stored_state
+from sertool.store.model_folder import load_model
 
 if TYPE_CHECKING:
     from sertool.models.ser_model import SERModel

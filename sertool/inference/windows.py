@@ -10,8 +10,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from sertool.config import MIN_DURATION_S  # shorter input is refused (see there why)
-from sertool.errors import SertoolError
+from sertool.core.config import MIN_DURATION_S  # shorter input is refused (see there why)
+from sertool.core.errors import SertoolError
 from sertool.inference.predictions import Segment
 
 

@@ -9,12 +9,14 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from sertool.core.errors import SertoolError
+from sertool.core.hub import is_repo_id
+from sertool.core.io import write_json_document
+from sertool.core.splits import DEVELOPMENT
 from sertool.data.records import GENDERS, Utterance
 from sertool.data.report import LoadReport
 from sertool.data.selection import HeldOut, held_out
-from sertool.errors import SertoolError
 from sertool.guards.outputs import OutputPlan
-from sertool.hub import is_repo_id
 from sertool.inference.ensemble import (
     EnsemblePlan,
     apply_plan,
@@ -42,10 +44,8 @@ from sertool.inference.predictor import (
     union_of_training_ids,
 )
 from sertool.inference.writers import WRITERS, format_of, write_predictions_file, write_submission
-from sertool.io import write_json_document
 from sertool.models.bootstrap import BootstrapResult, Interval, bootstrap_ccc
 from sertool.models.ccc import ccc_scores, collapsed_attributes
-from sertool.splits import DEVELOPMENT
 
 # Files or windows `predict` holds at a time: 256 ten-second windows are ~43 minutes of audio, ~21
 # length-sorted batches of the default 120 padded seconds, while the records and ASR audio in flight stay

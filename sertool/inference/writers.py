@@ -24,8 +24,9 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from sertool.core.errors import SertoolError
+from sertool.core.io import SeenIds, csv_text, load_json
 from sertool.data.records import ATTRIBUTES, LABEL_MAX, LABEL_MIN
-from sertool.errors import SertoolError
 from sertool.guards.outputs import OutputPlan
 from sertool.inference.predictions import (
     ID_COLUMN,
@@ -39,7 +40,6 @@ from sertool.inference.predictions import (
     segments_by_id,
     write_predictions,
 )
-from sertool.io import SeenIds, csv_text, load_json
 
 Writer = Callable[..., None]
 
@@ -159,7 +159,7 @@ def write_submission(outputs: OutputPlan, path: Path, predictions: Predictions, 
             ``predictions`` holds.
 
     Raises:
-        SertoolError: a value is not finite, an id cannot be a CSV field (``sertool.io.csv_text``), or files
+        SertoolError: a value is not finite, an id cannot be a CSV field (``sertool.core.io.csv_text``), or files
             are missing or extra relative to ``expected_ids`` (listing a few of each).
     """
     check_finite(predictions, path)

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sertool.core.errors import SertoolError
 from sertool.data.records import ATTRIBUTES
-from sertool.errors import SertoolError
 
 CONFIDENCE = 0.95
 SCORES: tuple[str, ...] = (*ATTRIBUTES, "average")

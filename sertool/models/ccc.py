@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from sertool.core.errors import SertoolError
 from sertool.data.records import ATTRIBUTES
-from sertool.errors import SertoolError
 
 # A prediction whose standard deviation is below this share of the labels' is called collapsed
 # (near-constant): with spread ratio r, CCC ≤ 2r / (1 + r²) whatever the correlation, ≈ 0.2 at r = 0.1.

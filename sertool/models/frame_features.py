@@ -4,7 +4,7 @@ from disk instead of running the encoder, and under which key they are stored.
 Only a frozen Whisper encoder whose last layer is used as it is gives frames that are a fixed function of
 the audio: LoRA adapters and learnt layer weights change what the encoder's output means every step, a
 fine-tuned encoder changes itself, and speed perturbation changes the audio. Those runs recompute, as
-without the cache. Storage is ``sertool.data.frame_cache``; the fill is ``sertool.runtime.frames``.
+without the cache. Storage is ``sertool.cache.frames``; the fill is ``sertool.runtime.frames``.
 """
 from __future__ import annotations
 
@@ -14,14 +14,14 @@ from pathlib import Path
 
 import torch
 
-from sertool.config import DEFAULT_BACKBONE_IDS, Config
-from sertool.data.cache import setup_key
-from sertool.data.frame_cache import STORED_DTYPE, FrameCache
-from sertool.hub import model_identity
+from sertool.cache.frames import STORED_DTYPE, FrameCache
+from sertool.cache.items import setup_key
+from sertool.core.config import DEFAULT_BACKBONE_IDS, Config
+from sertool.core.hub import model_identity
 from sertool.models.backbones import FROZEN_BY_DEFAULT, WhisperBackbone
 from sertool.models.ser_model import SERModel
 
-FRAME_CACHE_FORMAT = 1  # the shard layout of sertool.data.frame_cache; a new one gives new folders
+FRAME_CACHE_FORMAT = 1  # the shard layout of sertool.cache.frames; a new one gives new folders
 
 
 def frame_cache_refusal(config: Config) -> str | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from sertool.config import ModelConfig
+from sertool.core.config import ModelConfig
 from sertool.data.records import ATTRIBUTES
 from sertool.models.auxiliary import aam_softmax_loss, masked_cross_entropy
 from sertool.models.ccc import ccc_loss

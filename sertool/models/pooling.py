@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from sertool.errors import SertoolError
+from sertool.core.errors import SertoolError
 
 # Floor of the attention-weighted variance before the square root: keeps the gradient finite for a
 # feature that is constant over an utterance (a single-frame utterance, a dead channel).

@@ -43,9 +43,9 @@ from typing import Any
 
 from torch import Tensor
 
-from sertool.config import ModelConfig
+from sertool.core.config import ModelConfig
+from sertool.core.errors import SertoolError
 from sertool.data.records import ATTRIBUTES
-from sertool.errors import SertoolError
 
 RELEASED_MODEL_IDS: tuple[str, ...] = (
     "tiantiaf/wavlm-large-msp-podcast-emotion-dim",

@@ -11,8 +11,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from sertool.config import ModelConfig
-from sertool.errors import SertoolError
+from sertool.core.config import ModelConfig
+from sertool.core.errors import SertoolError
 from sertool.models.auxiliary import GenderHead, SpeakerHead
 from sertool.models.backbones import FbankBackbone, LayerWeighting, WhisperBackbone, build_backbone
 from sertool.models.heads import EmotionHeads, LabelScaling
@@ -72,7 +72,7 @@ class SERModel(nn.Module):
             checkpoints.
         representation_dim: width of the concatenated vector the heads read.
         published_modules: the pretrained submodules whose frozen weights are the published ones, and
-            are therefore left out of stored states (``sertool.checkpoint.stored_state``).
+            are therefore left out of stored states (``sertool.store.checkpoints.stored_state``).
     """
 
     def __init__(self, config: ModelConfig, *, num_speakers: int = 0, gradient_checkpointing: bool = False,

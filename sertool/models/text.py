@@ -16,10 +16,10 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from sertool.data.cache import ItemCache, setup_key, text_digest
-from sertool.data.vector_codec import VectorCodec
-from sertool.errors import SertoolError
-from sertool.hub import load_pretrained, model_identity, model_revision
+from sertool.cache.items import ItemCache, setup_key, text_digest
+from sertool.cache.vectors import VectorCodec
+from sertool.core.errors import SertoolError
+from sertool.core.hub import load_pretrained, model_identity, model_revision
 from sertool.models.lora import apply_lora
 from sertool.models.pooling import masked_mean
 
@@ -133,7 +133,7 @@ class TextEmbeddingCache(ItemCache[str, Tensor]):
 
     Layout: ``<cache_dir>/<encoder.cache_key>/`` holds immutable safetensors files, each with a
     ``sha256`` tensor (``[n, 32]`` uint8, the digest of each text's UTF-8 bytes) and an ``embeddings``
-    tensor (``[n, E]`` float32), written as ``sertool.data.cache`` describes. Every ``get`` that meets
+    tensor (``[n, E]`` float32), written as ``sertool.cache.items`` describes. Every ``get`` that meets
     new texts writes one new file: call it with all the texts of a split at once to keep the file count
     small.
     """

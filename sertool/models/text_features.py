@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from sertool.data.cache import cache_root
+from sertool.cache.items import cache_root
 from sertool.data.records import Utterance
 from sertool.models.ser_model import SERModel
 from sertool.models.text import TextEmbeddingCache

@@ -39,13 +39,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from sertool.data.audio_digests import audio_digests
-from sertool.data.cache import ItemCache, cache_root, setup_key
+from sertool.cache.audio_keys import audio_digests
+from sertool.cache.items import ItemCache, cache_root, setup_key
+from sertool.cache.vectors import VectorCodec
+from sertool.core.errors import SertoolError
+from sertool.core.interrupts import quiet_worker
 from sertool.data.dataset import load_utterance_audio
 from sertool.data.records import ATTRIBUTES, Utterance
-from sertool.data.vector_codec import VectorCodec
-from sertool.errors import SertoolError
-from sertool.interrupts import quiet_worker
 from sertool.models.backbones.base import LOG_FLOOR, lengths_to_mask
 from sertool.models.backbones.fbank import (
     HOP_LENGTH,
@@ -340,7 +340,7 @@ class StatisticsCache(ItemCache[Utterance, Tensor]):
 
     ``sertool baseline`` and every ``--floor-blend`` or ``--utterance-stats`` run read the statistics of every
     training and validation clip before they start: on MSP-Podcast, 115,000 files. Keys are the audio's
-    SHA-256 (``sertool.data.audio_digests``, memoised by each file's stat), so a second run, or a run after
+    SHA-256 (``sertool.cache.audio_keys``, memoised by each file's stat), so a second run, or a run after
     the baseline, reads them instead; a changed file misses. The setup key names every constant of the
     computation, and ``STATISTICS_VERSION`` its code. Values are stored in float64, exactly as computed.
 

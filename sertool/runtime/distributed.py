@@ -24,9 +24,9 @@ from typing import TypeVar
 import torch
 import torch.distributed as dist
 
-from sertool.config import DEFAULT_DEVICE
-from sertool.devices import select_device
-from sertool.errors import SertoolError
+from sertool.core.config import DEFAULT_DEVICE
+from sertool.core.devices import select_device
+from sertool.core.errors import SertoolError
 
 Item = TypeVar("Item")
 

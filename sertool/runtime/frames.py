@@ -13,12 +13,12 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from sertool.config import DEFAULT_EVAL_BATCH_S
+from sertool.cache.frames import CachedFrames, FrameCache
+from sertool.core.config import DEFAULT_EVAL_BATCH_S
+from sertool.core.errors import SertoolError
+from sertool.core.interrupts import quiet_worker
 from sertool.data.dataset import UtteranceDataset, collate
-from sertool.data.frame_cache import CachedFrames, FrameCache
 from sertool.data.records import Utterance
-from sertool.errors import SertoolError
-from sertool.interrupts import quiet_worker
 from sertool.runtime import distributed
 from sertool.runtime.batching import length_sorted_batches
 from sertool.runtime.distributed import Distributed

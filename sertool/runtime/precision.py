@@ -6,15 +6,15 @@ from contextlib import contextmanager
 
 import torch
 
-from sertool.config import AMP_CHOICES, DEFAULT_AMP
-from sertool.devices import half_precision
-from sertool.errors import SertoolError
+from sertool.core.config import AMP_CHOICES, DEFAULT_AMP
+from sertool.core.devices import half_precision
+from sertool.core.errors import SertoolError
 
 
 def resolve_amp(choice: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for ``--amp``: None means full precision.
 
-    "auto" is ``sertool.devices.half_precision``: bf16 on GPUs that compute in it natively, fp16 on older
+    "auto" is ``sertool.core.devices.half_precision``: bf16 on GPUs that compute in it natively, fp16 on older
     GPUs (V100, T4), and off on the CPU.
 
     Raises:

@@ -12,13 +12,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from sertool.config import DEFAULT_EVAL_BATCH_S
+from sertool.cache.frames import CachedFrames
+from sertool.core.config import DEFAULT_EVAL_BATCH_S
+from sertool.core.errors import SertoolError
+from sertool.core.interrupts import quiet_worker
+from sertool.core.progress import task
 from sertool.data.dataset import UtteranceDataset, collate
-from sertool.data.frame_cache import CachedFrames
 from sertool.data.records import Utterance
-from sertool.errors import SertoolError
-from sertool.interrupts import quiet_worker
-from sertool.progress import task
 from sertool.runtime.batching import length_sorted_batches
 from sertool.runtime.distributed import Distributed, all_gather_objects
 
@@ -63,7 +63,7 @@ def run_model(
         num_workers: data-loader processes.
         amp_dtype: autocast dtype (None: full precision).
         context: under DDP, each rank predicts a share and every rank gets the whole result.
-        description: what the pass is for, as its progress bar names it (``sertool.progress.task``, with the
+        description: what the pass is for, as its progress bar names it (``sertool.core.progress.task``, with the
             utterance count added); the bar counts this rank's batches.
         finite_only: False returns NaN or infinite outputs as they are, for a caller with its own policy
             (validation during training records them and never counts them as an improvement).

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from sertool.core.errors import SertoolError, missing_package
 from sertool.data.records import ATTRIBUTES
-from sertool.errors import SertoolError, missing_package
 from sertool.guards.outputs import OutputPlan
 from sertool.guards.reads import MAX_TABLE_BYTES, read_user_text
 

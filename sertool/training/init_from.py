@@ -1,6 +1,6 @@
 """`train --init-from MODEL`: a run that starts from the weights of another model.
 
-MODEL is anything ``sertool.model_folder.load_model`` reads: a run folder, a checkpoint, a model folder
+MODEL is anything ``sertool.store.model_folder.load_model`` reads: a run folder, a checkpoint, a model folder
 (``sertool export``, or one of the authors' released models) or a hub id. The run's model section starts
 from MODEL's (``training.setup.resolve_train_config``), so by default the architecture matches and every
 weight is taken over. Model flags may still change what does not touch the weights (freezing, dropout,
@@ -14,8 +14,8 @@ from typing import Any
 
 from torch import nn
 
-from sertool.checkpoint import WEIGHTS_FILE, check_fitted, check_stored_tensors
-from sertool.errors import SertoolError
+from sertool.core.errors import SertoolError
+from sertool.store.checkpoints import WEIGHTS_FILE, check_fitted, check_stored_tensors
 
 # Heads whose weights may start fresh (a task added by a flag) or be left behind (a task dropped, or a
 # speaker head whose classes are the speakers of another corpus).

@@ -41,7 +41,31 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from sertool.checkpoint import (
+from sertool.cache.frames import CachedFrames
+from sertool.core.config import DEFAULT_BACKBONE_IDS, DEFAULT_DEVICE, Config, apply_value
+from sertool.core.errors import SertoolError
+from sertool.core.interrupts import Interrupted, StopRequests, quiet_worker, signal_name
+from sertool.core.progress import set_display
+from sertool.data.corpus import open_corpus
+from sertool.data.dataset import Batch, UtteranceDataset, collate
+from sertool.data.records import ATTRIBUTES, NO_CLASS_CODES, Utterance
+from sertool.data.rows import AUDIO_PROBLEMS
+from sertool.data.selection import require_enough_labels, select
+from sertool.guards.outputs import OutputPlan, append_text, atomic_write
+from sertool.models.asr import fill_transcripts
+from sertool.models.backbones.whisper import FRAME_RATE
+from sertool.models.ccc import ccc_scores, collapsed_attributes
+from sertool.models.frame_features import frame_cache, frame_cache_refusal
+from sertool.models.losses import SERLoss
+from sertool.models.ser_model import SERModel
+from sertool.models.text_features import transcript_embeddings
+from sertool.models.utterance_stats import StatisticsCache, choose_blend, fit_utterance_statistics
+from sertool.runtime import distributed, random_state
+from sertool.runtime.distributed import Distributed
+from sertool.runtime.frames import fill_frame_cache
+from sertool.runtime.precision import ieee_float32, resolve_amp
+from sertool.runtime.runner import ModelPredictions, run_model
+from sertool.store.checkpoints import (
     BEST_NAME,
     LAST_NAME,
     load_checkpoint,
@@ -50,31 +74,7 @@ from sertool.checkpoint import (
     save_checkpoint,
     stored_state,
 )
-from sertool.config import DEFAULT_BACKBONE_IDS, DEFAULT_DEVICE, Config, apply_value
-from sertool.data.corpus import open_corpus
-from sertool.data.dataset import Batch, UtteranceDataset, collate
-from sertool.data.frame_cache import CachedFrames
-from sertool.data.records import ATTRIBUTES, NO_CLASS_CODES, Utterance
-from sertool.data.rows import AUDIO_PROBLEMS
-from sertool.data.selection import require_enough_labels, select
-from sertool.data.transcripts import fill_transcripts
-from sertool.errors import SertoolError
-from sertool.guards.outputs import OutputPlan, append_text, atomic_write
-from sertool.interrupts import Interrupted, StopRequests, quiet_worker, signal_name
-from sertool.model_folder import load_model
-from sertool.models.backbones.whisper import FRAME_RATE
-from sertool.models.ccc import ccc_scores, collapsed_attributes
-from sertool.models.frame_features import frame_cache, frame_cache_refusal
-from sertool.models.losses import SERLoss
-from sertool.models.ser_model import SERModel
-from sertool.models.text_features import transcript_embeddings
-from sertool.models.utterance_stats import StatisticsCache, choose_blend, fit_utterance_statistics
-from sertool.progress import set_display
-from sertool.runtime import distributed, random_state
-from sertool.runtime.distributed import Distributed
-from sertool.runtime.frames import fill_frame_cache
-from sertool.runtime.precision import ieee_float32, resolve_amp
-from sertool.runtime.runner import ModelPredictions, run_model
+from sertool.store.model_folder import load_model
 from sertool.training.curves import CURVES_NAME, plot_curves, read_curves
 from sertool.training.init_from import load_initial_weights
 from sertool.training.optim import LRSchedule, build_optimizer

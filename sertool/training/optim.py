@@ -6,8 +6,8 @@ from typing import Any
 
 import torch
 
-from sertool.config import SCHEDULES, TrainConfig
-from sertool.errors import SertoolError
+from sertool.core.config import SCHEDULES, TrainConfig
+from sertool.core.errors import SertoolError
 
 PLATEAU_FACTOR = 0.5  # "plateau" halves the learning rate after a validation without improvement
 

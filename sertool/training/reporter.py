@@ -6,7 +6,7 @@ from typing import Any
 
 class Reporter:
     """Where the loop reports progress. This base says nothing (tests, library use); the CLI passes
-    ``sertool.console.RichTrainReporter``, which overrides each method."""
+    ``sertool.cli.console.RichTrainReporter``, which overrides each method."""
 
     def progress(self, task: str, done: int, total: int) -> None:
         """While a long set-up step runs (reading audio headers, transcripts from ASR), before ``start``:

@@ -16,13 +16,13 @@ from typing import Any
 
 import yaml
 
-from sertool.checkpoint import BEST_NAME, LAST_NAME, provenance
-from sertool.config import Config, differences
+from sertool.core.config import Config, differences
+from sertool.core.errors import SertoolError
 from sertool.data.records import Utterance
 from sertool.data.report import LoadReport
-from sertool.errors import SertoolError
 from sertool.guards.outputs import atomic_write, remove_files
 from sertool.guards.reads import MAX_CONFIG_BYTES, MAX_TABLE_BYTES, read_user_text
+from sertool.store.checkpoints import BEST_NAME, LAST_NAME, provenance
 
 # Packages whose versions decide whether a result can be reproduced.
 _RECORDED_PACKAGES = ("torch", "torchaudio", "transformers", "numpy", "soundfile", "safetensors")

@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Sampler
 
+from sertool.core.errors import SertoolError
 from sertool.data.records import Utterance
-from sertool.errors import SertoolError
 from sertool.runtime.batching import fill_batches
 
 # Independent random streams of one epoch: changing how batches are formed must not change which items

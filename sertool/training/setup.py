@@ -4,8 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sertool.config import Config, apply_recipe, apply_value, config_keys, config_options, read_config_file
-from sertool.errors import SertoolError
+from sertool.core.config import Config, apply_recipe, apply_value, config_keys, config_options, read_config_file
+from sertool.core.errors import SertoolError
 
 
 def resolve_train_config(config_file: str | None, flags: dict[str, Any], *, out: str | None,
@@ -53,7 +53,7 @@ def resolve_train_config(config_file: str | None, flags: dict[str, Any], *, out:
         raise SertoolError("no run folder given: pass --out RUN_DIR")
     config, user_set = _resolve(config_file, given, base=Config())
     if config.train.init_from:
-        from sertool.model_folder import load_model
+        from sertool.store.model_folder import load_model
 
         base = Config()
         base.model = Config.from_dict(load_model(config.train.init_from, weights=False)["config"],

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sertool.errors import missing_package
+from sertool.core.errors import missing_package
 from sertool.training.reporter import Reporter
 
 TENSORBOARD_DIR = "tensorboard"

@@ -16,8 +16,8 @@ See docs/backbones.md for input normalisation, layer weighting, Whisper's real-l
 """
 from __future__ import annotations
 
-from sertool.config import DEFAULT_BACKBONE_IDS, ModelConfig
-from sertool.errors import SertoolError
+from sertool.core.config import DEFAULT_BACKBONE_IDS, ModelConfig
+from sertool.core.errors import SertoolError
 from sertool.models.backbones.base import LAYER_WEIGHTINGS, LayerWeighting, SpeechBackbone
 from sertool.models.backbones.fbank import FbankBackbone
 from sertool.models.backbones.wav2vec2 import Wav2Vec2FamilyBackbone, load_wav2vec2_family, normalize_per_utterance

@@ -7,7 +7,7 @@ from contextlib import AbstractContextManager, nullcontext
 import torch
 from torch import Tensor, nn
 
-from sertool.errors import SertoolError
+from sertool.core.errors import SertoolError
 
 LAYER_WEIGHTINGS = ("weighted", "last")
 LOG_FLOOR = 1e-10  # mel power floor before the log: digital silence and zero padding

@@ -24,6 +24,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from sertool.core.constants import SAMPLE_RATE
 from sertool.models.backbones.base import (
     SpeechBackbone,
     lengths_to_mask,
@@ -32,7 +33,6 @@ from sertool.models.backbones.base import (
     pad_to_min_length,
 )
 
-SAMPLE_RATE = 16_000  # Hz
 N_FFT = 400  # 25 ms window
 HOP_LENGTH = 160  # 10 ms hop
 NUM_MEL_BINS = 80

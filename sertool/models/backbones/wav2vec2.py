@@ -21,8 +21,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from sertool.errors import SertoolError
-from sertool.hub import load_pretrained
+from sertool.core.errors import SertoolError
+from sertool.core.hub import load_pretrained
 from sertool.models.backbones.base import (
     SpeechBackbone,
     grad_context,

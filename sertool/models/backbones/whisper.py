@@ -27,8 +27,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from sertool.errors import SertoolError
-from sertool.hub import load_pretrained
+from sertool.core.constants import SAMPLE_RATE
+from sertool.core.errors import SertoolError
+from sertool.core.hub import load_pretrained
 from sertool.models.backbones.base import (
     SpeechBackbone,
     grad_context,
@@ -41,7 +42,6 @@ from sertool.models.lora import apply_lora
 if TYPE_CHECKING:
     from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-SAMPLE_RATE = 16_000  # Hz
 N_FFT = 400  # 25 ms analysis window
 HOP_LENGTH = 160  # 10 ms between mel frames; the conv stem halves the rate to 20 ms per output frame
 FRAME_RATE = SAMPLE_RATE / HOP_LENGTH / 2  # 50 encoder frames per second

@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from sertool.config import (
+from sertool.core.config import (
     DEFAULT_DEVICE,
     DEVICE_CHOICES,
     PROBABILITY,
@@ -24,15 +24,15 @@ from sertool.config import (
     check_options,
     check_text,
 )
-from sertool.data.demo import DEMO_SIZES
+from sertool.core.errors import SertoolError
+from sertool.core.progress import task
+from sertool.core.splits import DEVELOPMENT, TRAIN
+from sertool.core.version import __version__
 from sertool.data.selection import SPEAKER_CHOICES
-from sertool.errors import SertoolError
+from sertool.demo.corpus import DEMO_SIZES
 from sertool.experiments.grid import SCALES
 from sertool.guards.surface import DEBUG_VARIABLE
 from sertool.inference.options import EnsembleOptions, EvaluateOptions, PredictOptions
-from sertool.progress import task
-from sertool.splits import DEVELOPMENT, TRAIN
-from sertool.version import __version__
 
 EXIT_USER_ERROR = 2
 EXIT_BUG = 1  # an unexpected exception: Python's own status for an uncaught one
@@ -42,7 +42,7 @@ _AT_LEAST_TWO = Bounds(at_least=2)
 
 
 def _show_progress(ctx: click.Context, param: click.Parameter, quiet: bool) -> None:
-    from sertool.console import show_progress
+    from sertool.cli.console import show_progress
 
     show_progress(quiet=quiet)
 
@@ -55,7 +55,7 @@ def _ask_for_tracebacks(ctx: click.Context, param: click.Parameter, debug: bool)
 class _Group(click.Group):
     """A click group whose commands all fail the same way (``_fail``), stop on Ctrl-C or SIGTERM with its
     message and the shell's exit status (130, 143), take ``--quiet`` and ``--debug``, and draw the progress of
-    their long steps on a terminal (``sertool.progress``)."""
+    their long steps on a terminal (``sertool.core.progress``)."""
 
     def add_command(self, cmd: click.Command, name: str | None = None) -> None:
         if not isinstance(cmd, click.Group):
@@ -180,7 +180,7 @@ def data_info(root: str | None, corpus_option: str | None, cache_dir: str | None
     ROOT is an MSP-Podcast root (Audios/, Labels/labels_consensus.csv, Transcripts/), a manifest CSV,
     or a folder holding manifest.csv.
     """
-    from sertool.console import print_corpus_summary, print_json, print_load_report
+    from sertool.cli.console import print_corpus_summary, print_json, print_load_report
     from sertool.data.corpus import open_corpus
     from sertool.data.info import summarize, summary_document
 
@@ -207,8 +207,8 @@ def data_demo(out: str | None, out_option: str | None, size: str, seed: int, for
     Speaker-disjoint Train / Development / Test1 with labels, and Test3 audio without labels, as in the
     challenge. Arousal and dominance drive the prosody; valence lives mostly in the words (docs/data.md).
     """
-    from sertool.console import out as console
-    from sertool.data.demo import generate_demo_corpus
+    from sertool.cli.console import out as console
+    from sertool.demo.corpus import generate_demo_corpus
 
     path = _path_argument(out, out_option, name="OUT", flag="--out")
     with task("synthesising") as progress:
@@ -241,7 +241,7 @@ def data_speakers(corpus: str, split: str, speaker_model: str, num_speakers: int
     Shows whether a speaker extractor separates this corpus's speakers (the paper's reason why adding
     speaker embeddings did not help), with the Fisher ratio of the projection as a number.
     """
-    from sertool.console import out as console
+    from sertool.cli.console import out as console
     from sertool.experiments.speakers import speaker_figure
 
     figure = speaker_figure(corpus, out, split=split, speaker_model=speaker_model, num_speakers=num_speakers,
@@ -287,8 +287,8 @@ def data_manifest(folder: str, metadata: str, out: str, label_range: tuple[float
         --arousal-column nrc_arousal --valence-column nrc_valence \\
         --dominance-column nrc_dominance --label-range 0 1
     """
-    from sertool.console import out as console
-    from sertool.console import print_corpus_summary, print_load_report
+    from sertool.cli.console import out as console
+    from sertool.cli.console import print_corpus_summary, print_load_report
     from sertool.data.columns import ColumnMap
     from sertool.data.importer import make_manifest
     from sertool.data.info import summarize
@@ -322,14 +322,14 @@ class _SectionedCommand(click.Command):
         section, separator, _ = name.partition("__")
         if separator:
             return section
-        from sertool.config import config_options  # a top-level config field (the seed) trains
+        from sertool.core.config import config_options  # a top-level config field (the seed) trains
 
         return "train" if any(spec.name == name and not spec.section for spec in config_options()) else "run"
 
 
 def _config_flags(command):
-    """One option per ``Config`` field (see ``sertool.config.config_options``); None means "not given"."""
-    from sertool.config import config_options
+    """One option per ``Config`` field (see ``sertool.core.config.config_options``); None means "not given"."""
+    from sertool.core.config import config_options
 
     for spec in reversed(config_options()):
         name = f"{spec.section}__{spec.name}" if spec.section else spec.name
@@ -375,7 +375,7 @@ def train_command(config_file: str | None, out: str | None, resume: str | None, 
       sertool train --corpus demo/corpus --backbone fbank --aux gender --out runs/fbank
       torchrun --nproc-per-node 4 -m sertool train --config wavlm.yaml --out runs/wavlm
     """
-    from sertool.console import train_reporter
+    from sertool.cli.console import train_reporter
     from sertool.training.loop import train
     from sertool.training.setup import resolve_train_config
 
@@ -438,7 +438,7 @@ def evaluate_command(model: str, **flags) -> None:
     CKPT is a checkpoint, a run folder (its best.pt), a model folder (sertool export, or the authors'
     released models) or its hub id, a predictions CSV, or an ensemble JSON.
     """
-    from sertool.console import print_collapse_warnings, print_json, print_load_report, print_scores, print_written
+    from sertool.cli.console import print_collapse_warnings, print_json, print_load_report, print_scores, print_written
     from sertool.inference.workflows import run_evaluate
 
     options = _options_from(EvaluateOptions, flags)
@@ -465,8 +465,8 @@ def predict_command(model: str, paths: tuple[str, ...], **flags) -> None:
       sertool predict runs/wavlm --corpus MSP-Podcast --split Test3 --submission submission.csv
       sertool predict tiantiaf/wavlm-large-msp-podcast-emotion-dim clip.wav
     """
-    from sertool.console import out as console
-    from sertool.console import print_load_report
+    from sertool.cli.console import out as console
+    from sertool.cli.console import print_load_report
     from sertool.inference.workflows import run_predict
 
     result = run_predict(model, paths, _options_from(PredictOptions, flags), on_load_report=print_load_report,
@@ -487,7 +487,7 @@ def ensemble_command(members: tuple[str, ...], **flags) -> None:
       sertool ensemble runs/wavlm runs/mmwhisper --corpus MSP-Podcast --split Development --save ens.json
       sertool ensemble a.csv b.csv --corpus MSP-Podcast --split Development --per-attribute best
     """
-    from sertool.console import (
+    from sertool.cli.console import (
         err,
         print_collapse_warnings,
         print_differences,
@@ -496,7 +496,7 @@ def ensemble_command(members: tuple[str, ...], **flags) -> None:
         print_scores,
         print_written,
     )
-    from sertool.console import out as console
+    from sertool.cli.console import out as console
     from sertool.inference.workflows import run_ensemble
 
     options = _options_from(EnsembleOptions, flags)
@@ -534,8 +534,8 @@ def export_command(model: str, out: str, push_to_hub: str | None, force: bool) -
       sertool export runs/wavlm --out models/wavlm
       sertool export runs/wavlm --out models/wavlm --push-to-hub me/wavlm-msp-podcast
     """
-    from sertool.console import out as console
-    from sertool.inference.export import export_model
+    from sertool.cli.console import out as console
+    from sertool.store.export import export_model
 
     result = export_model(model, out, force=force, push_to_hub=push_to_hub)
     for path in result.written:
@@ -567,8 +567,8 @@ def baseline_command(corpus: str, out: str, train_split: str, valid_split: str, 
       sertool ensemble runs/wavlm runs/baseline/Development.csv --corpus MSP-Podcast
     """
     from sertool.baseline.run import run_baseline
-    from sertool.console import out as console
-    from sertool.console import print_load_report, print_scores
+    from sertool.cli.console import out as console
+    from sertool.cli.console import print_load_report, print_scores
 
     with task("acoustic statistics") as progress:
         result = run_baseline(corpus, out, train_split=train_split, valid_split=valid_split, force=force,
@@ -595,7 +595,7 @@ def plot_command(runs: tuple[str, ...], out: str, force: bool) -> None:
     \b
       sertool plot runs/wavlm runs/mmwavlm --out curves.png
     """
-    from sertool.console import print_written
+    from sertool.cli.console import print_written
     from sertool.training.curves import plot_runs
 
     print_written([plot_runs(runs, out, force=force)])
@@ -621,8 +621,8 @@ def reproduce_command(corpus: str, grid: str | None, scale: str, out: str, seeds
 
     Interrupted? Run it again: finished systems are skipped and an interrupted training resumes.
     """
-    from sertool.console import RichTrainReporter, err
-    from sertool.console import out as console
+    from sertool.cli.console import RichTrainReporter, err
+    from sertool.cli.console import out as console
     from sertool.experiments.reproduce import parse_model_locations, reproduce
     from sertool.guards.reads import MAX_TABLE_BYTES, read_user_text
 
@@ -636,7 +636,7 @@ def reproduce_command(corpus: str, grid: str | None, scale: str, out: str, seeds
 
 def main() -> None:
     """Entry point of the `sertool` console script and `python -m sertool`."""
-    from sertool.interrupts import raise_on_termination
+    from sertool.core.interrupts import raise_on_termination
 
     raise_on_termination()  # SIGTERM ends like Ctrl-C: temporary files removed, a message, exit status 143
     cli(prog_name="sertool")

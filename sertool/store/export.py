@@ -1,6 +1,6 @@
 """`sertool export`: a trained model as a self-contained model folder, and its model card.
 
-The folder (``sertool.model_folder``) holds ``config.json`` (the checkpoint's self-description: config,
+The folder (``sertool.store.model_folder``) holds ``config.json`` (the checkpoint's self-description: config,
 label scaling, the backbone id it needs, metrics and the data they were measured on, provenance),
 ``model.safetensors`` (the weights, no pickle) and ``README.md`` (the model card written here). Every
 command and ``sertool.load`` read it like the run folder it came from, with the same predictions.
@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sertool.core.errors import SertoolError
+from sertool.core.hub import is_repo_id
 from sertool.data.records import ATTRIBUTES
-from sertool.errors import SertoolError
 from sertool.guards.outputs import OutputPlan
-from sertool.hub import is_repo_id
-from sertool.model_folder import FOLDER_FILES, load_model, write_model_folder
+from sertool.store.model_folder import FOLDER_FILES, load_model, write_model_folder
 
 
 @dataclass

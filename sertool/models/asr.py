@@ -7,7 +7,7 @@ missing, or for new audio, ``fill_transcripts`` makes it with Whisper (``openai/
 whose transcripts are all cached never loads the ASR weights.
 
 The model runs in half precision on a GPU (bf16 where the GPU supports it, else fp16: ``--amp auto``'s rule,
-``sertool.devices.half_precision``), as Whisper is usually run there, and in float32 on the CPU. Decoding is
+``sertool.core.devices.half_precision``), as Whisper is usually run there, and in float32 on the CPU. Decoding is
 greedy (deterministic). Whisper hears at most one window (30 s for every released model) at a
 time: longer audio is cut into the fewest equal chunks that each fit in one window, each chunk is
 transcribed alone and the texts are joined with a space. A word that straddles a cut may be garbled;
@@ -29,15 +29,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from sertool.config import DEFAULT_ASR_MODEL_ID, DEFAULT_DEVICE
+from sertool.cache.audio_keys import audio_digests
+from sertool.cache.items import ItemCache, cache_root, setup_key
+from sertool.core.config import DEFAULT_ASR_MODEL_ID, DEFAULT_DEVICE
+from sertool.core.devices import half_precision, select_device
+from sertool.core.errors import SertoolError
+from sertool.core.hub import load_pretrained, model_identity, model_revision
 from sertool.data.audio import SAMPLE_RATE, load_audio
-from sertool.data.audio_digests import audio_digests
-from sertool.data.cache import ItemCache, cache_root, setup_key
 from sertool.data.dataset import load_utterance_audio
 from sertool.data.records import Utterance
-from sertool.devices import half_precision, select_device
-from sertool.errors import SertoolError
-from sertool.hub import load_pretrained, model_identity, model_revision
 
 log = logging.getLogger(__name__)
 
@@ -218,7 +218,7 @@ class TranscriptCache(ItemCache[AudioInput, str]):
 
     Layout: ``<cache_dir>/<transcriber.cache_key>/*.jsonl``, immutable JSON-lines files of
     ``{"sha256": hex, "text": str}`` (plain text: readable, never executed), written as
-    ``sertool.data.cache`` describes.
+    ``sertool.cache.items`` describes.
     """
 
     def __init__(self, cache_dir: str | os.PathLike[str], transcriber: Transcriber, *,
@@ -236,7 +236,7 @@ class TranscriptCache(ItemCache[AudioInput, str]):
 
     def keys(self, items: Sequence[AudioInput]) -> list[str]:
         """The SHA-256 of each item's audio: a waveform's float32 samples, else as
-        ``sertool.data.audio_digests`` keys files and windows (each file hashed once, memoised by its stat).
+        ``sertool.cache.audio_keys`` keys files and windows (each file hashed once, memoised by its stat).
 
         Raises:
             SertoolError: an audio file cannot be read (naming it).

@@ -8,7 +8,7 @@ and torch's thread count.
   call, from the call's whole input); the products run in int8 with int32 accumulation, in oneDNN's kernels
   on CPUs with AVX-512 VNNI;
 - on CPUs with AMX (Intel Xeon from Sapphire Rapids on), a wav2vec2-family model's convolutional front end
-  runs in bf16 with float32 accumulation (``sertool.inference.bf16_front_end``). Not int8: its seven
+  runs in bf16 with float32 accumulation (``sertool.acceleration.bf16_front_end``). Not int8: its seven
   chained layers compound int8's per-call scale, which quiet frames share with loud ones (five times the
   prediction change, docs/performance.md); bf16 keeps an exponent per value. On other CPUs it stays
   float32 (held to AVX512-BF16 without AMX, the bf16 front end ran slower than float32).
@@ -33,9 +33,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sertool.config import DEFAULT_AMP, QUANTIZE_CHOICES, QUANTIZE_INT8
-from sertool.errors import SertoolError
-from sertool.inference.bf16_front_end import bf16_front_end, has_amx_bf16
+from sertool.acceleration.bf16_front_end import bf16_front_end, has_amx_bf16
+from sertool.core.config import DEFAULT_AMP, QUANTIZE_CHOICES, QUANTIZE_INT8
+from sertool.core.errors import SertoolError
 from sertool.models.backbones.wav2vec2 import Wav2Vec2FamilyBackbone
 
 # Linear layers with fewer input or output features stay float32: quantising their input costs more than

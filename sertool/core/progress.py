@@ -2,7 +2,7 @@
 
 Library code wraps each long step (a prediction pass, ASR, text encoding, a corpus scan) in
 ``task(description)`` and reports ``(done, total)`` through the callback it yields. By default nothing is
-drawn (library use, tests). The command line installs a display (``sertool.console``: rich bars on stderr,
+drawn (library use, tests). The command line installs a display (``sertool.cli.console``: rich bars on stderr,
 none when stderr is not a terminal or with ``--quiet``), so every command shows every long step the same way
 without a callback threaded through each layer. Import-light: no torch, no rich.
 """

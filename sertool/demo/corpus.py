@@ -34,11 +34,11 @@ from typing import IO, Callable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 
+from sertool.core.errors import SertoolError, missing_package
+from sertool.core.io import csv_text
+from sertool.core.splits import DEVELOPMENT, HELD_OUT_SPLITS, TEST1, TRAIN, UNLABELLED_SPLIT
 from sertool.data.records import GENDERS, LABEL_MAX, LABEL_MIN, MSP_LABELS_HEADER
-from sertool.errors import SertoolError, missing_package
 from sertool.guards.outputs import OutputPlan, remove_files
-from sertool.io import csv_text
-from sertool.splits import DEVELOPMENT, HELD_OUT_SPLITS, TEST1, TRAIN, UNLABELLED_SPLIT
 
 # ---------------------------------------------------------------------------------------------------------
 # Corpus layout and size

@@ -28,7 +28,7 @@ class Bars:
     steps nest: a validation inside a training epoch, an ensemble member's prediction pass).
 
     Nothing is drawn when stderr is not a terminal (a pipe or a log file gets no bar, no control codes) or
-    after ``quiet()`` (``--quiet``). Installed as ``sertool.progress``'s display by the command line.
+    after ``quiet()`` (``--quiet``). Installed as ``sertool.core.progress``'s display by the command line.
     """
 
     def __init__(self) -> None:
@@ -65,7 +65,7 @@ class Bars:
 
     @contextlib.contextmanager
     def __call__(self, description: str) -> Iterator[Callable[[int, int], None]]:
-        """``sertool.progress.Display``: a bar whose ``(done, total)`` callback moves it."""
+        """``sertool.core.progress.Display``: a bar whose ``(done, total)`` callback moves it."""
         with self.bar(description) as update:
             yield lambda done, total: update(completed=done, total=total)
 
@@ -78,9 +78,9 @@ BARS = Bars()
 
 
 def show_progress(*, quiet: bool = False) -> None:
-    """Draw every long step's progress (``sertool.progress.task``) on stderr from now on, unless ``quiet``;
+    """Draw every long step's progress (``sertool.core.progress.task``) on stderr from now on, unless ``quiet``;
     model downloads show the hub's own bars when ours are drawn."""
-    from sertool import progress
+    from sertool.core import progress
 
     BARS.silenced = quiet
     progress.set_display(BARS)
@@ -88,7 +88,7 @@ def show_progress(*, quiet: bool = False) -> None:
 
 def print_json(document) -> None:
     """A JSON document on stdout (``--json``): nothing else goes to stdout, so a pipe gets valid JSON."""
-    from sertool.io import write_json_document
+    from sertool.core.io import write_json_document
 
     write_json_document(document, sys.stdout)
 

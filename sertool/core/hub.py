@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlparse
 
-from sertool import progress
-from sertool.errors import SertoolError
+from sertool.core import progress
+from sertool.core.errors import SertoolError
 
 T = TypeVar("T")
 

@@ -5,7 +5,7 @@ frames for the same audio in every epoch, so a run can compute them once and rea
 module stores them; what computes them, and when they apply, is decided above it
 (``sertool.models.frame_features``, ``sertool.runtime.frames``).
 
-Storage is a ``sertool.data.cache.ContentCache`` in ``on_disk`` mode:
+Storage is a ``sertool.cache.items.ContentCache`` in ``on_disk`` mode:
 ``<feature_cache>/frames/<setup_key>/<uuid>.npy``, one shard per group of utterances written. A shard is a
 standard ``.npy`` file (float16 ``[total_frames, D]``, the utterances' frames one after the other, readable
 by any numpy) followed by an index (JSON: the SHA-256 of each utterance's audio and where its rows start),
@@ -15,7 +15,7 @@ next fill computes only what is missing; two runs filling one folder at once at 
 utterance twice. Entries are read lazily: ``ShardFrames.read`` maps the shard and copies only the rows
 asked for (a training crop reads its frames, not the whole file's).
 
-Keys: the audio's SHA-256 (``sertool.data.audio_digests``: memoised per file under its stat key in the scan
+Keys: the audio's SHA-256 (``sertool.cache.audio_keys``: memoised per file under its stat key in the scan
 cache, so a second run hashes no audio; a rewritten file changes its stat, is hashed again, and misses).
 The setup key (model weights, layer, front-end settings) names the folder, so another model never reads
 these frames.
@@ -29,13 +29,13 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
-from sertool.data.audio_digests import audio_digests
-from sertool.data.cache import ItemCache
-from sertool.data.records import Utterance
-from sertool.errors import SertoolError
+from sertool.cache.audio_keys import AudioWindow, audio_digests
+from sertool.cache.items import ItemCache
+from sertool.core.errors import SertoolError
 
 FRAME_CACHE_SUBDIR = "frames"  # under the --feature-cache folder: <kind>/<setup_key>/ as every ContentCache
 STORED_DTYPE = np.float16  # 2 bytes a value: half of float32, and within its rounding of the encoder's output
@@ -99,17 +99,20 @@ class CachedFrames:
     read_waveforms: bool = False
 
 
+Window = TypeVar("Window", bound=AudioWindow)  # the items a cache holds (utterances)
+
+
 @functools.lru_cache(maxsize=_OPEN_SHARDS)
 def _open_shard(path: str) -> np.ndarray:
     return np.load(path, mmap_mode="r")
 
 
-class FrameCache(ItemCache[Utterance, Frames]):
+class FrameCache(ItemCache[Window, Frames]):
     """The frames of one encoder setup, kept on disk in ``<root>/frames/<setup_key>/``.
 
     Args:
         root: the ``--feature-cache`` folder.
-        setup_key: names everything the frames depend on (``sertool.data.cache.setup_key``).
+        setup_key: names everything the frames depend on (``sertool.cache.items.setup_key``).
         dim: the frames' width D.
         scan_cache_dir: where file digests are memoised by stat (sertool's cache folder; None: the default).
     """
@@ -121,15 +124,15 @@ class FrameCache(ItemCache[Utterance, Frames]):
         self.dim = dim
         self.scan_cache_dir = scan_cache_dir
 
-    def keys(self, utterances: Sequence[Utterance]) -> list[str]:
-        """The content key of each utterance (``sertool.data.audio_digests``).
+    def keys(self, utterances: Sequence[Window]) -> list[str]:
+        """The content key of each utterance (``sertool.cache.audio_keys``).
 
         Raises:
             SertoolError: an audio file cannot be read (naming it).
         """
         return audio_digests(utterances, scan_cache_dir=self.scan_cache_dir)
 
-    def get(self, utterances: Sequence[Utterance], compute: Callable[[list[Utterance]], Sequence[np.ndarray]], *,
+    def get(self, utterances: Sequence[Window], compute: Callable[[list[Window]], Sequence[np.ndarray]], *,
             progress: Callable[[int, int], None] | None = None) -> list[Frames]:
         """The frames of ``utterances``, in order; computes (``compute``) and writes only those missing.
 
@@ -142,7 +145,7 @@ class FrameCache(ItemCache[Utterance, Frames]):
             SertoolError: an audio file or a shard cannot be read, or a shard cannot be written (the shards
                 written before stay, and the next call resumes from them).
         """
-        def computed(missing: list[Utterance]) -> list[Frames]:
+        def computed(missing: list[Window]) -> list[Frames]:
             return [ArrayFrames(np.asarray(array)) for array in compute(missing)]
 
         return self._get(utterances, computed, progress=progress)

@@ -1,6 +1,6 @@
 """A whole corpus scan kept on disk: what ``open_corpus`` returned, and every file it depended on.
 
-The per-file scan cache (``sertool.data.scan_cache``) spares a second scan the reading of each file, but
+The per-file scan cache (``sertool.cache.scan``) spares a second scan the reading of each file, but
 not the parsing of the labels file or the building of rows and intermediate records, which then cost as
 much as the reading did. A snapshot holds the finished utterances and load report in columns, with the
 stat key of every dependency: the labels file or manifest, each audio file, each transcript, and the
@@ -26,9 +26,9 @@ from typing import Any
 
 import numpy as np
 
+from sertool.cache.scan import ScanCache, _strings, _unstrings, stat_key
 from sertool.data.records import Utterance
 from sertool.data.report import LoadReport, Problem
-from sertool.data.scan_cache import ScanCache, _strings, _unstrings, stat_key
 from sertool.guards.outputs import write_cache_file
 
 log = logging.getLogger(__name__)

@@ -26,10 +26,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from sertool.errors import SertoolError
+from sertool.core.errors import SertoolError
+from sertool.core.version import __version__
 from sertool.guards.outputs import atomic_write
 from sertool.guards.reads import MAX_CHECKPOINT_BYTES, check_user_file, open_user_file
-from sertool.version import __version__
 
 FORMAT = "sertool-checkpoint"
 FORMAT_VERSION = 1

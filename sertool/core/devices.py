@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import torch
 
-from sertool.config import DEFAULT_DEVICE
-from sertool.errors import SertoolError
+from sertool.core.config import DEFAULT_DEVICE
+from sertool.core.errors import SertoolError
 
 
 def select_device(device: str | torch.device = DEFAULT_DEVICE, *, local_rank: int = 0) -> torch.device:
     """The ``torch.device`` for ``--device``: "auto" is this rank's GPU when CUDA is available, else the CPU.
 
     Args:
-        device: one of ``sertool.config.DEVICE_CHOICES`` ("auto", "cpu", "cuda"), or an explicit torch
+        device: one of ``sertool.core.config.DEVICE_CHOICES`` ("auto", "cpu", "cuda"), or an explicit torch
             device ("cuda:1").
         local_rank: the GPU of this process under torchrun (0 in a single process).
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from sertool.errors import SertoolError
+from sertool.core.errors import SertoolError
 from sertool.guards.reads import MAX_JSON_BYTES, MAX_TABLE_BYTES, open_user_file, read_user_text
 
 

@@ -38,12 +38,15 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from sertool.data.cache import cache_root
+from sertool.cache.items import cache_root
 from sertool.guards.outputs import write_cache_file
 
 log = logging.getLogger(__name__)
 
 SCAN_CACHE_SUBDIR = "scans"
+# Reads of what the cache keeps (audio headers, transcripts, digests) are I/O-bound, often on network storage:
+# threads overlap the waits.
+READ_THREADS = 8
 FORMAT_VERSION = 2  # 2: NUL-separated texts
 # A file whose modification time is this close to the scan (or later) is read but not recorded: a write in
 # the same timestamp tick (1 s on ext3 or HFS+, 2 s on FAT) would not change its stat.

@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sertool.errors import SertoolError
-from sertool.splits import DEVELOPMENT, TRAIN
+from sertool.core.errors import SertoolError
+from sertool.core.splits import DEVELOPMENT, TRAIN
 
 # Default model id of each named backbone: a transformers hub id or a local folder may replace it
 # through `backbone_path`. `fbank` is sertool's own small encoder, trained from scratch.
@@ -60,7 +60,7 @@ BACKBONE_RECIPES: dict[str, str] = {"fbank": "small-cpu"}
 DEFAULT_TEXT_MODEL_ID = "FacebookAI/roberta-large"
 DEFAULT_ASR_MODEL_ID = "openai/whisper-large-v3"  # transcribes utterances without a transcript (MM systems)
 DEFAULT_QUANTIZE = "off"
-QUANTIZE_INT8 = "int8"  # dynamic int8 quantisation of the speech backbone (sertool.inference.cpu)
+QUANTIZE_INT8 = "int8"  # dynamic int8 quantisation of the speech backbone (sertool.acceleration.cpu)
 QUANTIZE_CHOICES = (DEFAULT_QUANTIZE, QUANTIZE_INT8)  # inference's --quantize
 # The shortest audio a model is given: WavLM's CNN front end makes one frame per 20 ms, so 0.25 s gives about
 # 12 frames, the fewest over which a pooled mean and standard deviation still describe the speech.

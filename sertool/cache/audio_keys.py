@@ -11,16 +11,28 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol, runtime_checkable
 
-from sertool.data.audio import SAMPLE_RATE
-from sertool.data.cache import file_digest, span_digest
-from sertool.data.records import Utterance
-from sertool.data.rows import HEADER_READ_THREADS
-from sertool.data.scan_cache import ScanCache
-from sertool.errors import SertoolError
-from sertool.progress import task
+from sertool.cache.items import file_digest, span_digest
+from sertool.cache.scan import READ_THREADS, ScanCache
+from sertool.core.constants import SAMPLE_RATE
+from sertool.core.errors import SertoolError
+from sertool.core.progress import task
 
 _DIGEST_KIND = "sha256"  # the scan cache's name for memoised file digests
+
+
+@runtime_checkable
+class AudioWindow(Protocol):
+    """What the caches key by: an audio file and, for a window of it, the window's span (``data.records.Utterance``
+    is one; the caches never need more of it)."""
+
+    @property
+    def audio_path(self) -> Path: ...
+
+    @property
+    def span_s(self) -> tuple[float, float] | None: ...
 
 
 def file_digests(paths: Sequence[str | os.PathLike[str]], *,
@@ -42,7 +54,7 @@ def file_digests(paths: Sequence[str | os.PathLike[str]], *,
         # Threads: hashlib releases the GIL on large blocks, and the reads wait on the disk.
         found = ScanCache(scan_cache_dir).read(
             distinct, file_digest, errors=(SertoolError,), kind=_DIGEST_KIND, columns=(str,),
-            encode=lambda digest: (digest,), decode=_decode_digest, threads=HEADER_READ_THREADS, progress=update)
+            encode=lambda digest: (digest,), decode=_decode_digest, threads=READ_THREADS, progress=update)
     digests: dict[str, str] = {}
     for path, digest in zip(distinct, found, strict=True):
         if isinstance(digest, Exception):
@@ -51,7 +63,7 @@ def file_digests(paths: Sequence[str | os.PathLike[str]], *,
     return digests
 
 
-def audio_digests(items: Sequence[Utterance | str | os.PathLike[str]], *,
+def audio_digests(items: Sequence[AudioWindow | str | os.PathLike[str]], *,
                   scan_cache_dir: str | os.PathLike[str] | None = None) -> list[str]:
     """The content key of each item's audio: its file's SHA-256, or for an utterance that is a window of a
     file, the digest of the file's digest and the span.
@@ -63,10 +75,10 @@ def audio_digests(items: Sequence[Utterance | str | os.PathLike[str]], *,
     Raises:
         SertoolError: an audio file cannot be read (naming it).
     """
-    paths = [os.fspath(item.audio_path if isinstance(item, Utterance) else item) for item in items]
+    paths = [os.fspath(item.audio_path if isinstance(item, AudioWindow) else item) for item in items]
     digests = file_digests(paths, scan_cache_dir=scan_cache_dir)
     return [span_digest(digests[path], item.span_s, sample_rate=SAMPLE_RATE)
-            if isinstance(item, Utterance) and item.span_s is not None else digests[path]
+            if isinstance(item, AudioWindow) and item.span_s is not None else digests[path]
             for item, path in zip(items, paths, strict=True)]
 
 

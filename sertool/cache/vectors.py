@@ -1,9 +1,9 @@
-"""A ``sertool.data.cache.Codec`` for one fixed-width vector per key, as safetensors files.
+"""A ``sertool.cache.items.Codec`` for one fixed-width vector per key, as safetensors files.
 
 Text embeddings and utterance statistics are both a row of numbers per input. Each file holds two tensors:
 ``sha256`` (``[n, 32]`` uint8, the keys) and the values (``[n, D]``, under a name of the kind's choosing),
 plus the kind's metadata. safetensors holds tensors and text only, so a cache file from anyone can never
-run code when read. Kept apart from ``sertool.data.cache`` so that commands which never cache vectors do
+run code when read. Kept apart from ``sertool.cache.items`` so that commands which never cache vectors do
 not import torch.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 from torch import Tensor
 
-from sertool.errors import SertoolError
+from sertool.core.errors import SertoolError
 
 _DIGEST_BYTES = 32  # SHA-256
 

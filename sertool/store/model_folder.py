@@ -22,12 +22,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
-from sertool.checkpoint import BEST_NAME, CHECKPOINT_ID, WEIGHTS_FILE, load_checkpoint
-from sertool.errors import SertoolError
+from sertool.core.errors import SertoolError
+from sertool.core.hub import download_snapshot, is_repo_id
+from sertool.core.io import load_json
 from sertool.guards.outputs import OutputPlan
 from sertool.guards.reads import MAX_CHECKPOINT_BYTES, check_user_file
-from sertool.hub import download_snapshot, is_repo_id
-from sertool.io import load_json
+from sertool.store.checkpoints import BEST_NAME, CHECKPOINT_ID, WEIGHTS_FILE, load_checkpoint
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -55,7 +55,7 @@ def is_model_folder(path: str | Path) -> bool:
 
 
 def load_model(name_or_path: str | Path, *, name: str = BEST_NAME, weights: bool = True) -> dict[str, Any]:
-    """The payload of any model source, as ``sertool.checkpoint.load_checkpoint`` returns it.
+    """The payload of any model source, as ``sertool.store.checkpoints.load_checkpoint`` returns it.
 
     A folder that holds a run's checkpoint ``name`` is a run folder and means that checkpoint, even where an
     export was written into it too; an export there that is not of that checkpoint (a later ``train
@@ -184,7 +184,7 @@ def write_model_folder(payload: dict[str, Any], outputs: OutputPlan, folder: Pat
 def _released_payload(data: dict[str, Any], weights: Path | None, *, source: str) -> dict[str, Any]:
     """The authors' released model as a payload: their architecture as a sertool config, their weights
     (unless ``weights`` is None) under sertool's names, the whole backbone stored."""
-    from sertool.config import Config
+    from sertool.core.config import Config
     from sertool.data.records import ATTRIBUTES
     from sertool.models.heads import LabelScaling
     from sertool.models.released import convert_released_state, released_arguments, released_model_config

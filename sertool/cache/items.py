@@ -37,9 +37,9 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Generic, Protocol, TypeVar
 
-from sertool.errors import SertoolError
+from sertool.core.errors import SertoolError
+from sertool.core.progress import task
 from sertool.guards.outputs import atomic_write, write_cache_file
-from sertool.progress import task
 
 V = TypeVar("V")
 Item = TypeVar("Item")
@@ -154,7 +154,7 @@ class ContentCache(Generic[V]):
             group_size: compute and save at most this many at a time, so that a crash loses at most one
                 group's work (0: all at once, one file).
             progress: ``(done, total)`` over the missing items, before the first group and after each; by
-                default a ``sertool.progress`` task named ``label`` (formatted with the number of misses).
+                default a ``sertool.core.progress`` task named ``label`` (formatted with the number of misses).
 
         Raises:
             SertoolError: a cache file cannot be read (the message names it), or, ``on_disk``, written (the

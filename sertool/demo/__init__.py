@@ -1,0 +1,1 @@
+"""The built-in demo corpus: synthetic emotional speech in MSP-Podcast layout."""

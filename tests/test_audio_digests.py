@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from sertool.cache import audio_keys as digests_module
 from sertool.cache.audio_keys import audio_digests, file_digests
 from sertool.cache.items import span_digest
-from sertool.data import audio_digests as digests_module
 from sertool.data.audio import SAMPLE_RATE
 from sertool.data.records import Utterance
 from sertool.models.asr import Transcriber, TranscriptCache

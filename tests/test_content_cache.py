@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from sertool.cache import items as cache_module
 from sertool.cache.items import ContentCache
 from sertool.core.errors import SertoolError
-from sertool.data import cache as cache_module
 
 
 class FromFile:

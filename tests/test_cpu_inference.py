@@ -12,12 +12,12 @@ from click.testing import CliRunner
 from torch.ao.nn.quantized.dynamic import Linear as QuantizedLinear
 
 import sertool
+from sertool.acceleration import cpu
 from sertool.acceleration.bf16_front_end import Bf16FeatureEncoder, bf16_front_end
 from sertool.acceleration.cpu import MIN_INT8_FEATURES, quantize_int8
 from sertool.cli.commands import cli
 from sertool.core.config import ModelConfig
 from sertool.core.errors import SertoolError
-from sertool.inference import cpu
 from sertool.inference.inputs import corpus_split
 from sertool.models.ser_model import SERModel
 from sertool.training.loop import train

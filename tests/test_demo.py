@@ -14,9 +14,9 @@ import soundfile as sf
 import torch
 
 from sertool.core.errors import SertoolError
-from sertool.data import demo
 from sertool.data.audio import resample
 from sertool.data.records import EMO_CLASSES
+from sertool.demo import corpus as demo
 
 HEADER = "FileName,EmoClass,EmoAct,EmoVal,EmoDom,SpkrID,Gender,Split_Set"
 SMALL = {"num_speakers": 8, "utterances_per_speaker": 6, "test3_utterances": 8}

@@ -462,11 +462,11 @@ def test_an_unwritable_cache_is_a_warning_and_predictions_are_unchanged(mm_run, 
       "the ASR model is built and its weights loaded once, and the text-embedding cache files read once, for all "
       "chunks (without keeping them in the predictor: once per chunk, i.e. Whisper's 3 GB per chunk)")
 def test_a_streamed_mm_prediction_loads_asr_once_and_keeps_its_caches(mm_run, tmp_path, monkeypatch):
-    from sertool.data import transcripts as asr
-    from sertool.data import vector_codec
+    from sertool.cache import vectors as vector_codec
     from sertool.inference import workflows
     from sertool.inference.inputs import collect_inputs
     from sertool.inference.predictor import InferenceOptions
+    from sertool.models import asr
 
     _varying(tmp_path / "talk.wav", duration_s=8.0)
     utterances, _ = collect_inputs([tmp_path / "talk.wav"])

@@ -11,10 +11,10 @@ import pytest
 import soundfile as sf
 import torch
 
+from sertool.cache import frames as frame_cache_module
 from sertool.cache.frames import CachedFrames, FrameCache
 from sertool.core.config import Config, ModelConfig
 from sertool.core.errors import SertoolError
-from sertool.data import frame_cache as frame_cache_module
 from sertool.data.corpus import open_corpus
 from sertool.data.dataset import UtteranceDataset, crop_frames, load_utterance_audio
 from sertool.models.backbones.whisper import FRAME_RATE

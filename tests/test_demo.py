@@ -17,6 +17,7 @@ from sertool.core.errors import SertoolError
 from sertool.data.audio import resample
 from sertool.data.records import EMO_CLASSES
 from sertool.demo import corpus as demo
+from sertool.demo import emotions, espeak, recording, worker
 
 HEADER = "FileName,EmoClass,EmoAct,EmoVal,EmoDom,SpkrID,Gender,Split_Set"
 SMALL = {"num_speakers": 8, "utterances_per_speaker": 6, "test3_utterances": 8}
@@ -54,7 +55,7 @@ def _split_words(text: str) -> list[str]:
 
 def _word_balance(words: list[str]) -> int:
     """Positive minus negative words."""
-    return sum(word in demo.POSITIVE_WORDS for word in words) - sum(word in demo.NEGATIVE_WORDS for word in words)
+    return sum(word in emotions.POSITIVE_WORDS for word in words) - sum(word in emotions.NEGATIVE_WORDS for word in words)
 
 
 def _tree_digest(root: Path) -> dict[str, str]:
@@ -188,25 +189,25 @@ def test_rejects_sizes_that_cannot_fill_the_splits(tmp_path):
 
 
 def test_class_prior_is_imbalanced_like_msp_podcast():
-    draws = Counter(demo.sample_emotion_classes(np.random.default_rng(0), 50_000))
+    draws = Counter(emotions.sample_emotion_classes(np.random.default_rng(0), 50_000))
     assert set(draws) == set(EMO_CLASSES)
     assert draws.most_common(1)[0][0] == "N"
     assert 0.15 <= (draws["O"] + draws["X"]) / 50_000 <= 0.25
-    for code, probability in demo.EMOTION_PRIOR.items():
+    for code, probability in emotions.EMOTION_PRIOR.items():
         assert draws[code] / 50_000 == pytest.approx(probability, abs=0.01)
 
 
 def test_attributes_follow_the_emotion_class():
     rng = np.random.default_rng(0)
     means = {
-        code: np.mean([demo.sample_attributes(rng, code) for _ in range(2000)], axis=0)  # (A, V, D)
+        code: np.mean([emotions.sample_attributes(rng, code) for _ in range(2000)], axis=0)  # (A, V, D)
         for code in ("A", "S", "H", "N")
     }
     neutral = means["N"]
     assert means["A"][0] > neutral[0] + 1 and means["A"][1] < neutral[1] - 1 and means["A"][2] > neutral[2] + 1
     assert means["S"][0] < neutral[0] - 1 and means["S"][1] < neutral[1] - 1 and means["S"][2] < neutral[2] - 1
     assert means["H"][0] > neutral[0] + 0.5 and means["H"][1] > neutral[1] + 1
-    draws = np.array([demo.sample_attributes(rng, "X") for _ in range(2000)])
+    draws = np.array([emotions.sample_attributes(rng, "X") for _ in range(2000)])
     assert draws.min() >= 1.0 and draws.max() <= 7.0
     assert np.allclose(draws * 10, np.round(draws * 10))
 
@@ -240,17 +241,17 @@ def test_word_polarity_follows_valence():
     rng = np.random.default_rng(1)
 
     def balance(valence: float) -> float:
-        transcripts = [demo.compose_transcript(rng, valence, target_words=12) for _ in range(200)]
+        transcripts = [emotions.compose_transcript(rng, valence, target_words=12) for _ in range(200)]
         words = [word for transcript in transcripts for word in _split_words(transcript)]
         return _word_balance(words) / len(words)
 
     assert balance(6.5) > 0.2 > abs(balance(4.0)) and balance(1.5) < -0.2
-    assert not demo.POSITIVE_WORDS & demo.NEGATIVE_WORDS
+    assert not emotions.POSITIVE_WORDS & emotions.NEGATIVE_WORDS
 
 
 def test_coloured_noise_has_unit_rms_and_the_requested_spectral_slope():
     for exponent in (0.0, 1.0, 2.0):
-        noise = demo.coloured_noise(np.random.default_rng(0), 48_000, exponent)
+        noise = recording.coloured_noise(np.random.default_rng(0), 48_000, exponent)
         assert np.sqrt(np.mean(noise**2)) == pytest.approx(1.0)
         power = np.abs(np.fft.rfft(noise)) ** 2
         frequencies = np.fft.rfftfreq(noise.size)
@@ -263,7 +264,7 @@ def test_batched_resampling_equals_one_clip_at_a_time():
     rng = np.random.default_rng(0)
     clips = [rng.integers(-20_000, 20_000, size).astype(np.int16) for size in (22_050, 5_003, 30_011)]
     for clip, batched in zip(clips, demo._resample_batch(clips, 16_000), strict=True):
-        alone = resample(torch.from_numpy(clip.astype(np.float32) / 32768.0), demo.ESPEAK_SAMPLE_RATE, 16_000)
+        alone = resample(torch.from_numpy(clip.astype(np.float32) / 32768.0), espeak.ESPEAK_SAMPLE_RATE, 16_000)
         assert batched.shape == tuple(alone.shape)
         np.testing.assert_allclose(batched, alone.numpy(), atol=1e-6)
 
@@ -272,22 +273,22 @@ def test_every_voice_speaks_reproducibly():
     """eSpeak seeds its noise generators from the clock: a clip must still be a function of its request."""
     pytest.importorskip("espeakng_loader")
     speeches = [
-        demo._Speech(
+        espeak.Speech(
             "So he hated every problem.", f"en+{name}", rate_wpm=200, volume=90, pitch=50, pitch_range=50, seed=5
         )
-        for variants in demo.VOICE_VARIANTS.values() for name in variants
+        for variants in espeak.VOICE_VARIANTS.values() for name in variants
     ]
-    first = list(demo._synthesise_in_order(speeches))
+    first = list(worker.synthesise_in_order(speeches))
     time.sleep(1.1)  # into another second of the clock
-    second = list(demo._synthesise_in_order(speeches))
+    second = list(worker.synthesise_in_order(speeches))
     assert [speech.voice for speech, a, b in zip(speeches, first, second, strict=True) if not np.array_equal(a, b)] == []
-    assert all(0.5 < clip.size / demo.ESPEAK_SAMPLE_RATE < 3.0 for clip in first)
+    assert all(0.5 < clip.size / espeak.ESPEAK_SAMPLE_RATE < 3.0 for clip in first)
 
 
 def test_every_voice_variant_ships_with_espeak():
     loader = pytest.importorskip("espeakng_loader")
     variants_dir = Path(loader.get_data_path()) / "voices" / "!v"
-    for gender, variants in demo.VOICE_VARIANTS.items():
+    for gender, variants in espeak.VOICE_VARIANTS.items():
         assert gender in ("Male", "Female")
         missing = [name for name in variants if not (variants_dir / name).is_file()]
         assert not missing, missing

@@ -5,39 +5,35 @@ Every command of sertool can be tried end to end without the real corpus: ``gene
 real speech from eSpeak NG (its C library loaded through ctypes) whose prosody follows arousal and dominance
 and whose words follow valence. The generative model is documented in docs/data.md ("The demo corpus").
 
-Why a separate process does the synthesis: eSpeak keeps hidden state from one utterance to the next (the
-phase of its pitch flutter, its gain control, its cycle counters), so an utterance depends on everything
-synthesised before it in the same process. A fresh worker process per corpus, fed the utterances in a fixed
-order, makes the audio a function of the seed alone (eSpeak's noise generator, which it seeds from the clock,
-is reseeded before each utterance); the worker also overlaps synthesis with the post-processing (resampling,
-noise, writing) done here, on a second core.
+This module plans the corpus (speakers, splits, file names: every random choice, drawn in a fixed order from
+one seed) and writes it. The parts it puts together:
 
-That worker imports this module, so torch (through ``sertool.data.audio``) stays out of the module-level
-imports: the worker starts in ~0.1 s instead of ~1 s.
+- ``sertool.demo.emotions``: the generative model of labels, words and prosody;
+- ``sertool.demo.recording``: each clip's level, silence and background noise;
+- ``sertool.demo.espeak``: eSpeak NG's bindings, its voices and parameter scales;
+- ``sertool.demo.worker``: the process that speaks every utterance, in order (why a process: see there).
+
+The command line imports this module at start-up (``DEMO_SIZES``), so torch (through ``sertool.data.audio``)
+stays out of the module-level imports.
 """
 from __future__ import annotations
 
-import ctypes
-import dataclasses
-import json
 import math
-import os
-import struct
-import subprocess
-import sys
-import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
-from typing import IO, Callable, Iterator, NamedTuple, Sequence
+from typing import IO, Callable, Sequence
 
 import numpy as np
 
-from sertool.core.errors import SertoolError, missing_package
+from sertool.core.errors import SertoolError
 from sertool.core.io import csv_text
 from sertool.core.splits import DEVELOPMENT, HELD_OUT_SPLITS, TEST1, TRAIN, UNLABELLED_SPLIT
-from sertool.data.records import GENDERS, LABEL_MAX, LABEL_MIN, MSP_LABELS_HEADER
+from sertool.data.records import GENDERS, MSP_LABELS_HEADER
+from sertool.demo.emotions import Speaker, compose_transcript, draw_prosody, sample_attributes, sample_emotion_classes
+from sertool.demo.espeak import ESPEAK_SAMPLE_RATE, LANGUAGE, VOICE_VARIANTS, Speech, require_espeak
+from sertool.demo.recording import Recording, draw_recording, record
+from sertool.demo.worker import synthesise_in_order
 from sertool.guards.outputs import OutputPlan, remove_files
 
 # ---------------------------------------------------------------------------------------------------------
@@ -59,440 +55,9 @@ DEMO_SIZES: dict[str, dict[str, int]] = {
     "large": {"num_speakers": 48, "utterances_per_speaker": 80, "test3_utterances": 240},  # 4,080 clips
 }
 
-# ---------------------------------------------------------------------------------------------------------
-# Labels: class prior and class-conditional A/V/D
-# ---------------------------------------------------------------------------------------------------------
-
-# Imbalanced like MSP-Podcast's Train set: neutral dominates; O and X (A/V/D labels, no class) ~19 %.
-EMOTION_PRIOR: dict[str, float] = {
-    "N": 0.35, "H": 0.15, "A": 0.08, "S": 0.07, "C": 0.06, "U": 0.04, "D": 0.04, "F": 0.02,
-    "O": 0.07, "X": 0.12,
-}
-
-
-class AttributeProfile(NamedTuple):
-    """Class-conditional A/V/D: normal with these means (1..7 scale) and one standard deviation."""
-
-    arousal: float
-    valence: float
-    dominance: float
-    sd: float
-
-
-CLASS_PROFILES: dict[str, AttributeProfile] = {
-    "N": AttributeProfile(3.9, 4.1, 4.0, 0.55),
-    "H": AttributeProfile(4.8, 5.6, 4.5, 0.65),
-    "A": AttributeProfile(5.7, 2.2, 5.4, 0.65),
-    "S": AttributeProfile(2.6, 2.4, 2.9, 0.60),
-    "U": AttributeProfile(5.3, 4.6, 4.3, 0.70),
-    "F": AttributeProfile(4.9, 2.7, 2.9, 0.70),
-    "D": AttributeProfile(4.6, 2.5, 4.7, 0.65),
-    "C": AttributeProfile(4.2, 2.8, 4.9, 0.65),
-    # Other / no agreement: emotional content the raters could not name or agree on -> broad.
-    "O": AttributeProfile(4.2, 4.0, 4.2, 1.10),
-    "X": AttributeProfile(4.1, 3.9, 4.1, 1.20),
-}
-# Within a class, arousal and dominance still go together (they correlate strongly in MSP-Podcast).
-_AROUSAL_DOMINANCE_CORRELATION = 0.5
-
-
-def sample_emotion_classes(rng: np.random.Generator, num: int) -> list[str]:
-    """Draw ``num`` EmoClass codes from ``EMOTION_PRIOR`` (a pure function of ``rng``)."""
-    codes = list(EMOTION_PRIOR)
-    probabilities = np.array([EMOTION_PRIOR[code] for code in codes])
-    return [codes[index] for index in rng.choice(len(codes), size=num, p=probabilities / probabilities.sum())]
-
-
-def sample_attributes(rng: np.random.Generator, emo_class: str) -> tuple[float, float, float]:
-    """Draw (arousal, valence, dominance) for one utterance of ``emo_class``.
-
-    Rater-mean-like: rounded to one decimal and clipped to [1, 7]. Dominance shares part of arousal's
-    deviation from the class mean (correlation ``_AROUSAL_DOMINANCE_CORRELATION``).
-    """
-    profile = CLASS_PROFILES[emo_class]
-    z_arousal, z_valence, z_own = rng.standard_normal(3)
-    rho = _AROUSAL_DOMINANCE_CORRELATION
-    z_dominance = rho * z_arousal + math.sqrt(1.0 - rho**2) * z_own
-    arousal, valence, dominance = (
-        round(float(np.clip(mean + profile.sd * z, LABEL_MIN, LABEL_MAX)), 1)
-        for mean, z in ((profile.arousal, z_arousal), (profile.valence, z_valence), (profile.dominance, z_dominance))
-    )
-    return arousal, valence, dominance
-
-
-def _centred(value: float) -> float:
-    """Map the 1..7 scale to -1..1 (4, the scale's middle, to 0)."""
-    return (value - 4.0) / 3.0
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Words: valence lives mostly here
-# ---------------------------------------------------------------------------------------------------------
-
-# Slot fillers by part of speech and polarity. Template words and connectors are all neutral, so the
-# positive-minus-negative count of a transcript is the count over these lists.
-_LEXICON: dict[str, dict[str, tuple[str, ...]]] = {
-    "adj": {
-        "positive": ("wonderful", "great", "lovely", "brilliant", "amazing", "beautiful", "fantastic",
-                     "delightful", "cheerful", "excellent", "pleasant", "perfect"),
-        "negative": ("terrible", "awful", "horrible", "miserable", "dreadful", "painful", "ugly",
-                     "disgusting", "boring", "hopeless", "nasty", "broken"),
-        "neutral": ("ordinary", "normal", "usual", "different", "typical", "simple", "small", "long",
-                    "modern", "regular", "average", "local"),
-    },
-    "noun": {
-        "positive": ("gift", "party", "victory", "holiday", "friendship", "success", "sunshine",
-                     "celebration", "reward", "smile", "festival", "bonus"),
-        "negative": ("disaster", "accident", "failure", "mess", "problem", "injury", "funeral", "argument",
-                     "loss", "crisis", "nightmare", "debt"),
-        "neutral": ("meeting", "table", "schedule", "report", "street", "window", "train", "office",
-                    "paper", "kitchen", "station", "weekend"),
-    },
-    "verb": {
-        "positive": ("loved", "enjoyed", "admired", "celebrated", "adored", "praised", "welcomed",
-                     "appreciated"),
-        "negative": ("hated", "ruined", "lost", "feared", "wasted", "destroyed", "regretted", "despised"),
-        "neutral": ("checked", "moved", "opened", "visited", "described", "measured", "noticed", "carried"),
-    },
-    "adv": {
-        "positive": ("wonderfully", "happily", "beautifully", "gladly", "perfectly", "joyfully"),
-        "negative": ("terribly", "sadly", "badly", "painfully", "horribly", "miserably"),
-        "neutral": ("fairly", "mostly", "usually", "quite", "rather", "simply"),
-    },
-}
-POSITIVE_WORDS = frozenset(word for slot in _LEXICON.values() for word in slot["positive"])
-NEGATIVE_WORDS = frozenset(word for slot in _LEXICON.values() for word in slot["negative"])
-
-_CLAUSE_TEMPLATES: tuple[str, ...] = (
-    "the {noun} was {adj}",
-    "I {verb} the {noun}",
-    "honestly it was a {adj} {noun}",
-    "we {verb} that {adj} {noun}",
-    "my {noun} felt {adv} {adj}",
-    "they said the {noun} looked {adj}",
-    "you know the {noun} seemed {adj}",
-    "it was {adv} {adj} to see the {noun}",
-    "he {verb} every {noun}",
-    "the whole {noun} went {adv}",
-    "then the {noun} became {adj}",
-    "she {verb} the {adj} {noun} again",
-)
-_CONNECTORS: tuple[str, ...] = (", and ", ", but ", ". ", ", so ", ", ")
-_MAX_CLAUSES = 3
-_HALF_CLAUSE_WORDS = 3  # clauses hold 4-7 words
-
-
-def word_polarity_probabilities(valence: float) -> tuple[float, float, float]:
-    """Probability that one slot word is (positive, negative, neutral) for an utterance of ``valence``.
-
-    Two logistic ramps: at valence 4 a slot is neutral ~64 % of the time with equal positive and negative
-    odds; towards 7 (1) nearly all slot words are positive (negative).
-    """
-    positive = 0.85 / (1.0 + math.exp(-2.2 * (valence - 4.6)))
-    negative = 0.85 / (1.0 + math.exp(-2.2 * (3.4 - valence)))
-    return positive, negative, 1.0 - positive - negative
-
-
-def compose_transcript(rng: np.random.Generator, valence: float, *, target_words: int) -> str:
-    """Join 1-3 filled clause templates into a sentence of about ``target_words`` words.
-
-    Each slot draws its polarity from ``word_polarity_probabilities(valence)``, then a word of that
-    polarity and part of speech.
-    """
-    probabilities = word_polarity_probabilities(valence)
-    polarities = ("positive", "negative", "neutral")
-    clauses: list[str] = []
-    num_words = 0
-    # Stop once within half a clause of the target: on average the sentence then hits it.
-    while not clauses or (num_words + _HALF_CLAUSE_WORDS <= target_words and len(clauses) < _MAX_CLAUSES):
-        template = _CLAUSE_TEMPLATES[rng.integers(len(_CLAUSE_TEMPLATES))]
-        words = []
-        for token in template.split():
-            if token.startswith("{"):
-                slot = _LEXICON[token.strip("{}")][polarities[rng.choice(3, p=probabilities)]]
-                token = slot[rng.integers(len(slot))]
-            words.append(token)
-        clauses.append(" ".join(words))
-        num_words += len(words)
-    text = clauses[0]
-    for clause in clauses[1:]:
-        connector = _CONNECTORS[rng.integers(len(_CONNECTORS))]
-        text += connector + (clause[0].upper() + clause[1:] if connector == ". " else clause)
-    return text[0].upper() + text[1:] + "."
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Speakers and prosody: arousal and dominance live mostly here
-# ---------------------------------------------------------------------------------------------------------
-
-# eSpeak NG voice variants (espeak-ng-data/voices/!v/<name>) of each gender, chosen for sounding like speech.
-VOICE_VARIANTS: dict[str, tuple[str, ...]] = {
-    "Male": ("m1", "m2", "m3", "m4", "m5", "m6", "m7", "robert", "paul", "michel", "m8", "quincy"),
-    "Female": ("f1", "f2", "f3", "f4", "f5", "belinda", "linda", "steph", "Andrea", "Alicia", "aunty", "Annie"),
-}
-_LANGUAGE = "en"
-
-# eSpeak's parameter scales: rate in words per minute (80..450), volume 0..200 (100 normal; above ~130 its
-# output starts to saturate), pitch and pitch range 0..99 (50 = the voice's own; pitch 0/99 halve/double F0).
-_RATE_WPM_LIMITS = (80.0, 450.0)
-_VOLUME_LIMITS = (10.0, 200.0)
-_PITCH_LIMITS = (0.0, 99.0)
-_NEUTRAL_VOLUME = 80.0
-
-
-@dataclass(frozen=True)
-class _Speaker:
-    """A synthetic speaker: an eSpeak voice variant with its own neutral prosody and recording level."""
-
-    speaker_id: int
-    gender: str
-    split: str
-    voice: str  # eSpeak voice name, e.g. "en+m3"
-    pitch: float  # eSpeak pitch parameter of the speaker's neutral voice
-    pitch_range: float
-    rate_wpm: float
-    gain_db: float  # recording level of the speaker's podcast
-
-
-@dataclass(frozen=True)
-class _Speech:
-    """One eSpeak request: text, voice, the four prosody parameters on eSpeak's integer scales, and the seed
-    of eSpeak's random generator (breathy voices mix in noise)."""
-
-    text: str
-    voice: str
-    rate_wpm: int
-    volume: int
-    pitch: int
-    pitch_range: int
-    seed: int
-
-
-class _Prosody(NamedTuple):
-    """eSpeak prosody of one utterance, before rounding to eSpeak's integer parameters."""
-
-    rate_wpm: float
-    volume: float
-    pitch: float
-    pitch_range: float
-
-
-def _prosody(
-    speaker: _Speaker, arousal: float, valence: float, dominance: float, rng: np.random.Generator
-) -> _Prosody:
-    """eSpeak prosody for one utterance of ``speaker`` with these attributes (1..7).
-
-    With a, v, d the attributes mapped to -1..1 (4 -> 0), and small per-utterance jitter:
-    rate = speaker rate x (1 + 0.35a + 0.05d), pitch = speaker pitch + 24a + 4d + 3v,
-    range = speaker range + 24a + 6d + 4v, volume = 80 + 45a + 15d; each clipped to eSpeak's limits.
-    """
-    a, v, d = _centred(arousal), _centred(valence), _centred(dominance)
-    jitter_rate, jitter_pitch, jitter_range, jitter_volume = rng.standard_normal(4)
-    rate = speaker.rate_wpm * (1.0 + 0.35 * a + 0.05 * d) * math.exp(0.04 * jitter_rate)
-    pitch = speaker.pitch + 24.0 * a + 4.0 * d + 3.0 * v + 2.0 * jitter_pitch
-    pitch_range = speaker.pitch_range + 24.0 * a + 6.0 * d + 4.0 * v + 3.0 * jitter_range
-    volume = _NEUTRAL_VOLUME + 45.0 * a + 15.0 * d + 4.0 * jitter_volume
-    return _Prosody(
-        rate_wpm=float(np.clip(rate, *_RATE_WPM_LIMITS)),
-        volume=float(np.clip(volume, *_VOLUME_LIMITS)),
-        pitch=float(np.clip(pitch, *_PITCH_LIMITS)),
-        pitch_range=float(np.clip(pitch_range, *_PITCH_LIMITS)),
-    )
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Recording: level, silence, noise
-# ---------------------------------------------------------------------------------------------------------
-
-_SNR_DB_RANGE = (10.0, 30.0)
-_NOISE_EXPONENT_RANGE = (0.0, 2.0)  # power spectrum ~ 1/f^beta: 0 white, 1 pink, 2 brown
-_SILENCE_S_RANGE = (0.1, 0.4)  # before and after the speech
-_UTTERANCE_GAIN_DB_SD = 0.5  # level drift of one utterance around its speaker's recording level
 _TARGET_SPEECH_S_RANGE = (1.0, 4.5)  # speech only; silences bring clips to ~1.5-6 s
 # At a nominal rate of R words per minute, eSpeak says ~1.2 R of these short words per minute.
 _WORDS_PER_NOMINAL_WORD = 1.2
-
-
-class _Recording(NamedTuple):
-    gain_db: float
-    lead_s: float
-    tail_s: float
-    snr_db: float
-    noise_exponent: float
-    noise_seed: int
-
-
-def coloured_noise(rng: np.random.Generator, num_samples: int, exponent: float) -> np.ndarray:
-    """Unit-RMS noise whose power spectrum falls as 1/f^``exponent`` (0 white, 1 pink, 2 brown)."""
-    # Shaped at a power-of-two length (an FFT of a large prime length is ~10x slower), then cut.
-    fft_size = 1 << max(1, (num_samples - 1).bit_length())
-    frequencies = np.fft.rfftfreq(fft_size)
-    frequencies[0] = frequencies[1]  # no infinite gain at DC
-    spectrum = np.fft.rfft(rng.standard_normal(fft_size)) / frequencies ** (exponent / 2.0)
-    noise = np.fft.irfft(spectrum, n=fft_size)[:num_samples]
-    noise -= noise.mean()
-    return noise / max(float(np.sqrt(np.mean(noise**2))), 1e-12)
-
-
-def _record(speech_16k: np.ndarray, recording: _Recording, sample_rate: int) -> np.ndarray:
-    """Speech at its recording level, padded with silence, plus noise at the utterance's SNR."""
-    speech = speech_16k * 10.0 ** (recording.gain_db / 20.0)
-    speech_rms = float(np.sqrt(np.mean(speech**2))) if speech.size else 0.0
-    lead, tail = int(round(recording.lead_s * sample_rate)), int(round(recording.tail_s * sample_rate))
-    signal = np.concatenate([np.zeros(lead), speech, np.zeros(tail)])
-    noise = coloured_noise(np.random.default_rng(recording.noise_seed), signal.size, recording.noise_exponent)
-    signal += noise * speech_rms * 10.0 ** (-recording.snr_db / 20.0)
-    # PCM_16 cannot hold |x| >= 1; clipping the rare loud peak is what a recorder would do.
-    return np.clip(signal, -1.0, 1.0 - 2.0**-15).astype(np.float32)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# eSpeak NG through ctypes (see espeak-ng's speak_lib.h)
-# ---------------------------------------------------------------------------------------------------------
-
-ESPEAK_SAMPLE_RATE = 22_050  # Hz, eSpeak NG's native output rate
-_AUDIO_OUTPUT_SYNCHRONOUS = 2  # espeak_AUDIO_OUTPUT: synthesise into the callback, return when done
-_INITIALIZE_DONT_EXIT = 0x8000  # report a missing espeak-ng-data instead of exiting the process
-_POS_CHARACTER = 1  # espeak_POSITION_TYPE
-_CHARS_UTF8 = 1  # espeak_Synth flags
-_EE_OK = 0  # espeak_ERROR
-# espeak_PARAMETER
-_ESPEAK_RATE, _ESPEAK_VOLUME, _ESPEAK_PITCH, _ESPEAK_RANGE = 1, 2, 3, 4
-# int SynthCallback(short *wav, int numsamples, espeak_EVENT *events); events are not read here.
-_SYNTH_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
-
-
-def _require_espeak() -> ModuleType:
-    """Import ``espeakng_loader`` or tell the user how to install it."""
-    try:
-        import espeakng_loader
-    except ImportError:
-        raise missing_package("espeakng-loader", needed_for="the demo corpus (eSpeak NG speech)") from None
-    return espeakng_loader
-
-
-class _Espeak:
-    """eSpeak NG loaded into this process: synchronous synthesis into memory, 16-bit at 22.05 kHz."""
-
-    def __init__(self) -> None:
-        loader = _require_espeak()
-        lib = ctypes.CDLL(loader.get_library_path())
-        lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
-        lib.espeak_Initialize.restype = ctypes.c_int
-        lib.espeak_SetSynthCallback.argtypes = [_SYNTH_CALLBACK]
-        lib.espeak_SetSynthCallback.restype = None
-        lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
-        lib.espeak_SetVoiceByName.restype = ctypes.c_int
-        lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
-        lib.espeak_SetParameter.restype = ctypes.c_int
-        lib.espeak_Synth.argtypes = [
-            ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int, ctypes.c_uint, ctypes.c_uint,
-            ctypes.POINTER(ctypes.c_uint), ctypes.c_void_p,
-        ]
-        lib.espeak_Synth.restype = ctypes.c_int
-        # espeak_ng_STATUS espeak_ng_SetRandSeed(long seed), from espeak_ng.h. eSpeak seeds the generator
-        # behind its breath noise from the clock at start-up; it is reseeded before every utterance.
-        lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
-        lib.espeak_ng_SetRandSeed.restype = ctypes.c_int
-        # The path argument is the folder that *contains* espeak-ng-data; buffer length 0 = 60 ms chunks.
-        data_parent = str(Path(loader.get_data_path()).parent).encode()
-        sample_rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, data_parent, _INITIALIZE_DONT_EXIT)
-        if sample_rate != ESPEAK_SAMPLE_RATE:
-            raise RuntimeError(f"espeak_Initialize returned {sample_rate}, expected {ESPEAK_SAMPLE_RATE} Hz")
-        self._lib = lib
-        self._chunks: list[np.ndarray] = []
-        # Held on self: ctypes does not keep the C callback alive, and a collected one crashes eSpeak.
-        self._callback = _SYNTH_CALLBACK(self._collect)
-        lib.espeak_SetSynthCallback(self._callback)
-
-    def _collect(self, samples, num_samples: int, _events) -> int:
-        if samples and num_samples > 0:
-            self._chunks.append(np.ctypeslib.as_array(samples, shape=(num_samples,)).copy())
-        return 0  # 0 = continue synthesis
-
-    def synthesise(self, speech: _Speech) -> np.ndarray:
-        """Speak ``speech``; returns int16 samples at ``ESPEAK_SAMPLE_RATE``."""
-        self._chunks.clear()
-        self._check(self._lib.espeak_ng_SetRandSeed(speech.seed), "random seed")
-        self._check(self._lib.espeak_SetVoiceByName(speech.voice.encode()), f"voice {speech.voice}")
-        # Set after the voice: selecting a voice may reset the parameters to its defaults.
-        for parameter, value in (
-            (_ESPEAK_RATE, speech.rate_wpm), (_ESPEAK_VOLUME, speech.volume),
-            (_ESPEAK_PITCH, speech.pitch), (_ESPEAK_RANGE, speech.pitch_range),
-        ):
-            self._check(self._lib.espeak_SetParameter(parameter, value, 0), f"parameter {parameter}={value}")
-        text = speech.text.encode() + b"\0"
-        self._check(
-            self._lib.espeak_Synth(text, len(text), 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None), "synthesis"
-        )
-        return np.concatenate(self._chunks) if self._chunks else np.zeros(0, dtype=np.int16)
-
-    @staticmethod
-    def _check(status: int, what: str) -> None:
-        if status != _EE_OK:
-            raise RuntimeError(f"eSpeak NG failed ({what}): status {status}")
-
-
-_HEADER = struct.Struct("<Q")  # samples in the clip that follows on the worker's stdout
-
-
-def _synthesise_in_order(speeches: Sequence[_Speech]) -> Iterator[np.ndarray]:
-    """Yield the int16 ``ESPEAK_SAMPLE_RATE`` waveform of each of ``speeches``, in order.
-
-    The synthesis runs in one fresh Python process that sees the same sequence every time: that is what
-    makes the audio a function of the seed (see the module docstring). A plain subprocess rather than
-    multiprocessing: it needs no ``if __name__ == "__main__"`` guard in the caller's script and never
-    inherits an eSpeak already loaded here. The requests go in through a file and the audio comes back on
-    the worker's stdout, so neither side can block the other on a full pipe.
-    """
-    with tempfile.TemporaryDirectory(prefix="sertool-demo-") as scratch:
-        requests_path, log_path = Path(scratch) / "speech.json", Path(scratch) / "worker.log"
-        requests_path.write_text(json.dumps([dataclasses.asdict(speech) for speech in speeches]), encoding="utf-8")
-        command = [sys.executable, "-c", f"from {__name__} import _serve; _serve({str(requests_path)!r})"]
-        package_root = str(Path(__file__).resolve().parents[2])  # the folder that holds sertool/
-        python_path = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
-        with log_path.open("wb") as log, subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=log, env={**os.environ, "PYTHONPATH": python_path}
-        ) as worker:
-            stdout = worker.stdout
-            assert stdout is not None, "Popen(stdout=PIPE) always gives a pipe"
-
-            def failure(done: int) -> RuntimeError:
-                worker.wait()
-                return RuntimeError(
-                    f"the eSpeak NG worker stopped after {done} of {len(speeches)} utterances (exit status "
-                    f"{worker.returncode}): {log_path.read_text(errors='replace')[-2000:]}"
-                )
-
-            try:
-                for done in range(len(speeches)):
-                    header = stdout.read(_HEADER.size)
-                    if len(header) < _HEADER.size:
-                        raise failure(done)
-                    (num_samples,) = _HEADER.unpack(header)
-                    data = stdout.read(2 * num_samples)
-                    if len(data) < 2 * num_samples:
-                        raise failure(done)
-                    yield np.frombuffer(data, dtype="<i2")
-                if worker.wait() != 0:
-                    raise failure(len(speeches))
-            finally:
-                if worker.poll() is None:  # the caller gave up early (an error, Ctrl-C)
-                    worker.kill()
-
-
-def _serve(requests_path: str) -> None:
-    """Worker-process entry point: synthesise the JSON list of requests at ``requests_path``, in order,
-    onto stdout (each clip as a ``_HEADER`` sample count, then little-endian int16 samples)."""
-    channel = os.fdopen(os.dup(1), "wb")
-    os.dup2(2, 1)  # anything the C library prints goes to the log, never into the audio stream
-    engine = _Espeak()  # the one initialisation of this process
-    for request in json.loads(Path(requests_path).read_text(encoding="utf-8")):
-        samples = engine.synthesise(_Speech(**request))
-        channel.write(_HEADER.pack(samples.size))
-        channel.write(samples.astype("<i2").tobytes())
-    channel.flush()
-
 
 # ---------------------------------------------------------------------------------------------------------
 # The corpus
@@ -530,13 +95,13 @@ class _Planned:
     """One utterance, fully drawn before any audio is made."""
 
     file_name: str
-    speaker: _Speaker
+    speaker: Speaker
     emo_class: str
     arousal: float
     valence: float
     dominance: float
-    speech: _Speech
-    recording: _Recording
+    speech: Speech
+    recording: Recording
 
 
 def generate_demo_corpus(
@@ -585,7 +150,7 @@ def generate_demo_corpus(
     outputs = OutputPlan(force=force)
     out_dir = outputs.folder(out_dir, flag="OUT")
     _check_sizes(num_speakers, utterances_per_speaker, test3_utterances)
-    _require_espeak()
+    require_espeak()
     _prepare_folder(out_dir, force=force)
 
     plan = _plan_corpus(
@@ -600,12 +165,12 @@ def generate_demo_corpus(
     with outputs.holding(out_dir, flag="OUT"):
         if force:
             _remove_previous_corpus(out_dir, keep={item.file_name for item in plan})
-        synthesised = _synthesise_in_order([item.speech for item in plan])
+        synthesised = synthesise_in_order([item.speech for item in plan])
         for start in range(0, len(plan), _RESAMPLE_BATCH):
             batch = plan[start:start + _RESAMPLE_BATCH]
             speech_16k = _resample_batch([next(synthesised) for _ in batch], SAMPLE_RATE)
             for offset, (item, speech) in enumerate(zip(batch, speech_16k, strict=True), start=1):
-                clip = _record(speech, item.recording, SAMPLE_RATE)
+                clip = record(speech, item.recording, SAMPLE_RATE)
                 outputs.write_data(audio_dir / item.file_name, encode_wav(clip, SAMPLE_RATE))
                 with outputs.writing(transcript_dir / f"{Path(item.file_name).stem}.txt") as handle:
                     handle.write(item.speech.text + "\n")
@@ -685,7 +250,7 @@ def _plan_corpus(
     for index, speaker in enumerate(test3):  # spread the Test3 clips evenly over its speakers
         counts[speaker.speaker_id] = test3_utterances // len(test3) + (index < test3_utterances % len(test3))
 
-    utterances: list[tuple[_Speaker, str, tuple[float, float, float], _Speech, _Recording]] = []
+    utterances: list[tuple[Speaker, str, tuple[float, float, float], Speech, Recording]] = []
     for speaker in speakers:
         for emo_class in sample_emotion_classes(rng, counts[speaker.speaker_id]):
             utterances.append((speaker, emo_class, *_draw_utterance(rng, speaker, emo_class)))
@@ -697,7 +262,7 @@ def _plan_corpus(
     ]
 
 
-def _draw_speakers(rng: np.random.Generator, *, num_speakers: int, test3_utterances: int) -> list[_Speaker]:
+def _draw_speakers(rng: np.random.Generator, *, num_speakers: int, test3_utterances: int) -> list[Speaker]:
     """Speakers of both genders for each split; voice variants shuffled, then reused with other settings."""
     num_male = num_speakers // 2
     num_test3 = 0 if test3_utterances == 0 else 2 * max(1, round(num_speakers / 12))
@@ -710,15 +275,15 @@ def _draw_speakers(rng: np.random.Generator, *, num_speakers: int, test3_utteran
         )
     total = sum(len(splits) for splits in splits_by_gender.values())
     speaker_ids = rng.choice(np.arange(1, max(3000, 2 * total)), size=total, replace=False)
-    speakers: list[_Speaker] = []
+    speakers: list[Speaker] = []
     for gender in GENDERS:
         variants = [VOICE_VARIANTS[gender][index] for index in rng.permutation(len(VOICE_VARIANTS[gender]))]
         for index, split in enumerate(splits_by_gender[gender]):
-            speakers.append(_Speaker(
+            speakers.append(Speaker(
                 speaker_id=int(speaker_ids[len(speakers)]),
                 gender=gender,
                 split=split,
-                voice=f"{_LANGUAGE}+{variants[index % len(variants)]}",
+                voice=f"{LANGUAGE}+{variants[index % len(variants)]}",
                 pitch=float(rng.uniform(40.0, 60.0)),
                 pitch_range=float(rng.uniform(40.0, 60.0)),
                 rate_wpm=float(rng.uniform(150.0, 185.0)),
@@ -728,23 +293,16 @@ def _draw_speakers(rng: np.random.Generator, *, num_speakers: int, test3_utteran
 
 
 def _draw_utterance(
-    rng: np.random.Generator, speaker: _Speaker, emo_class: str
-) -> tuple[tuple[float, float, float], _Speech, _Recording]:
+    rng: np.random.Generator, speaker: Speaker, emo_class: str
+) -> tuple[tuple[float, float, float], Speech, Recording]:
     arousal, valence, dominance = sample_attributes(rng, emo_class)
-    prosody = _prosody(speaker, arousal, valence, dominance, rng)
+    prosody = draw_prosody(speaker, arousal, valence, dominance, rng)
     # Words are added until they fill a target time at this rate, so fast (aroused) speech says more.
     target_speech_s = rng.uniform(*_TARGET_SPEECH_S_RANGE)
     target_words = max(1, int(target_speech_s * prosody.rate_wpm / 60.0 * _WORDS_PER_NOMINAL_WORD))
     text = compose_transcript(rng, valence, target_words=target_words)
-    recording = _Recording(
-        gain_db=speaker.gain_db + _UTTERANCE_GAIN_DB_SD * float(rng.standard_normal()),
-        lead_s=float(rng.uniform(*_SILENCE_S_RANGE)),
-        tail_s=float(rng.uniform(*_SILENCE_S_RANGE)),
-        snr_db=float(rng.uniform(*_SNR_DB_RANGE)),
-        noise_exponent=float(rng.uniform(*_NOISE_EXPONENT_RANGE)),
-        noise_seed=int(rng.integers(2**63)),
-    )
-    speech = _Speech(
+    recording = draw_recording(rng, speaker.gain_db)
+    speech = Speech(
         text=text,
         voice=speaker.voice,
         rate_wpm=round(prosody.rate_wpm),
@@ -756,7 +314,7 @@ def _draw_utterance(
     return (arousal, valence, dominance), speech, recording
 
 
-def _file_names(rng: np.random.Generator, speakers: Sequence[_Speaker]) -> list[str]:
+def _file_names(rng: np.random.Generator, speakers: Sequence[Speaker]) -> list[str]:
     """MSP-Podcast names: ``MSP-PODCAST_<episode>_<segment>.wav``, ``MSP-PODCAST_test3_<n>.wav``.
 
     Each labelled speaker's clips fill episodes of up to ``_SEGMENTS_PER_EPISODE`` segments; episode and

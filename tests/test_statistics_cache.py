@@ -13,10 +13,10 @@ import soundfile as sf
 import torch
 
 from sertool.baseline.run import run_baseline
+from sertool.cache import statistics
 from sertool.core.errors import SertoolError
 from sertool.data.corpus import open_corpus
 from sertool.data.dataset import load_utterance_audio
-from sertool.models import utterance_stats
 from sertool.models.utterance_stats import NUM_FEATURES, StatisticsExtractor, utterance_statistics
 from sertool.store.checkpoints import load_checkpoint
 from sertool.training.loop import train
@@ -33,13 +33,13 @@ def corpus(tmp_path):
 def computed(monkeypatch):
     """The utterances whose statistics are computed (not read from the cache), in this process."""
     ids: list[str] = []
-    original = utterance_stats._StatisticsDataset.__getitem__
+    original = statistics._StatisticsDataset.__getitem__
 
     def counting(self, index):
         ids.append(self.utterances[index].id)
         return original(self, index)
 
-    monkeypatch.setattr(utterance_stats._StatisticsDataset, "__getitem__", counting)
+    monkeypatch.setattr(statistics._StatisticsDataset, "__getitem__", counting)
     return ids
 
 

@@ -39,11 +39,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from sertool.cache.audio_keys import audio_digests
-from sertool.cache.items import ItemCache, cache_root, setup_key
-from sertool.cache.vectors import VectorCodec
-from sertool.core.errors import SertoolError
-from sertool.core.interrupts import quiet_worker
+from sertool.cache.statistics import AudioStatisticsCache, StatisticsSetup
 from sertool.data.dataset import load_utterance_audio
 from sertool.data.records import ATTRIBUTES, Utterance
 from sertool.models.backbones.base import LOG_FLOOR, lengths_to_mask
@@ -64,7 +60,6 @@ ENERGY_STATISTICS: tuple[str, ...] = ("mean", "std", "p10", "p50", "p90", "activ
 ACTIVE_RANGE_DB = 30.0  # a frame within this many dB of the utterance's loudest counts as speech
 _LOG_POWER_PER_DB = math.log(10.0) / 10.0  # natural-log power units per decibel
 _PERCENTILES = (0.1, 0.5, 0.9)
-STATISTICS_CACHE_SUBDIR = "utterance-stats"  # under sertool's cache folder
 STATISTICS_VERSION = 1  # raise it whenever the code changes what a statistics vector holds
 
 
@@ -335,105 +330,29 @@ class StatisticsExtractor:
             return log_mel_statistics(log_mel.double(), lengths)[0].numpy()
 
 
-class StatisticsCache(ItemCache[Utterance, Tensor]):
-    """The statistics of whole utterances, computed once per audio content and kept on disk (an ``ItemCache``).
+def statistics_setup() -> StatisticsSetup[Utterance]:
+    """The log-mel statistics as ``sertool.cache.statistics`` keys, stores and computes them: the setup key
+    names every constant of the computation, and ``STATISTICS_VERSION`` its code."""
+    identity = {"version": STATISTICS_VERSION, "sample_rate": SAMPLE_RATE, "n_fft": N_FFT,
+                "hop_length": HOP_LENGTH, "mel_bins": NUM_MEL_BINS, "log_floor": LOG_FLOOR,
+                "active_range_db": ACTIVE_RANGE_DB, "percentiles": list(_PERCENTILES),
+                "features": feature_names()}
+    return StatisticsSetup(name="log-mel-statistics", identity=identity, dim=NUM_FEATURES,
+                           metadata={"feature_groups": ",".join(FEATURE_GROUPS)}, read=load_utterance_audio,
+                           extractor=StatisticsExtractor, label="log-mel statistics of {:,} utterances")
 
-    ``sertool baseline`` and every ``--floor-blend`` or ``--utterance-stats`` run read the statistics of every
-    training and validation clip before they start: on MSP-Podcast, 115,000 files. Keys are the audio's
-    SHA-256 (``sertool.cache.audio_keys``, memoised by each file's stat), so a second run, or a run after
-    the baseline, reads them instead; a changed file misses. The setup key names every constant of the
-    computation, and ``STATISTICS_VERSION`` its code. Values are stored in float64, exactly as computed.
 
-    Layout: ``<cache_dir>/utterance-stats/<setup_key>/*.safetensors`` (``VectorCodec``), one file per
-    ``GROUP_UTTERANCES`` computed.
+class StatisticsCache(AudioStatisticsCache[Utterance]):
+    """The log-mel statistics of whole utterances, computed once per audio content and kept on disk: an
+    ``AudioStatisticsCache`` (``sertool.cache.statistics``: keys, layout, worker processes) of
+    ``statistics_setup()``.
 
     Args:
         cache_dir: sertool's cache folder (None: ``$SERTOOL_CACHE`` or ``~/.cache/sertool``).
     """
 
-    GROUP_UTTERANCES = 2048  # a killed pass loses at most one group (~4 MB of rows)
-
     def __init__(self, cache_dir: str | os.PathLike[str] | None = None) -> None:
-        root = cache_root(cache_dir)
-        identity = {"version": STATISTICS_VERSION, "sample_rate": SAMPLE_RATE, "n_fft": N_FFT,
-                    "hop_length": HOP_LENGTH, "mel_bins": NUM_MEL_BINS, "log_floor": LOG_FLOOR,
-                    "active_range_db": ACTIVE_RANGE_DB, "percentiles": list(_PERCENTILES),
-                    "features": feature_names()}
-        codec = VectorCodec(tensor="statistics", dim=NUM_FEATURES, what="utterance statistics",
-                            metadata={"feature_groups": ",".join(FEATURE_GROUPS)})
-        super().__init__(root / STATISTICS_CACHE_SUBDIR / setup_key("log-mel-statistics", identity), codec,
-                         group_size=self.GROUP_UTTERANCES, label="log-mel statistics of {:,} utterances")
-        self.scan_cache_dir = cache_dir
-
-    def keys(self, items: Sequence[Utterance]) -> list[str]:
-        """The content key of each utterance's audio (a window of a file: of the file and the span)."""
-        return audio_digests(items, scan_cache_dir=self.scan_cache_dir)
-
-    def get(self, utterances: Sequence[Utterance], *, num_workers: int = 0,
-            progress: Callable[[int, int], None] | None = None) -> np.ndarray:
-        """``[N, NUM_FEATURES]`` float64 statistics of ``utterances``; computes (``num_workers`` processes,
-        0: this one) and saves only those not cached.
-
-        Raises:
-            SertoolError: an audio file or a cache file cannot be read (naming it).
-        """
-        def compute(missing: list[Utterance]) -> list[Tensor]:
-            return [torch.from_numpy(row) for row in _compute_statistics(missing, num_workers=num_workers)]
-
-        rows = self._get(utterances, compute, progress=progress)
-        return (torch.stack(rows).numpy() if rows else np.zeros((0, NUM_FEATURES))).astype(np.float64, copy=False)
-
-
-class _StatisticsDataset(torch.utils.data.Dataset):
-    """Each item: an utterance's statistics, or the message of the ``SertoolError`` reading its audio raised
-    (an exception raised in a loader's worker reaches the main process wrapped in a traceback)."""
-
-    def __init__(self, utterances: Sequence[Utterance]) -> None:
-        self.utterances = utterances
-        self.extract = StatisticsExtractor()
-
-    def __len__(self) -> int:
-        return len(self.utterances)
-
-    def __getitem__(self, index: int) -> np.ndarray | str:
-        try:
-            waveform = load_utterance_audio(self.utterances[index])
-        except SertoolError as error:
-            return str(error)
-        return self.extract(waveform)
-
-
-def _compute_statistics(utterances: Sequence[Utterance], *, num_workers: int) -> list[np.ndarray]:
-    """The statistics of each utterance, in order, one torch thread per process.
-
-    One thread: the ops of one clip are too small to share between threads, and torch's hand-offs made a
-    2-thread pass many times slower than a 1-thread one (docs/performance.md, benchmark 9); processes
-    (``num_workers``) are what scale.
-
-    Raises:
-        SertoolError: an audio file cannot be read (naming it).
-    """
-    # Workers run one torch thread each. A generator of the loader's own: making its iterator must not draw
-    # from the global RNG, or a run's initialisation and dropout would depend on whether it computed these.
-    loader = torch.utils.data.DataLoader(_StatisticsDataset(utterances), batch_size=None, num_workers=num_workers,
-                                         worker_init_fn=quiet_worker, generator=torch.Generator())
-    rows = []
-    with _torch_threads(1):
-        for row in loader:
-            if isinstance(row, str):
-                raise SertoolError(row)
-            rows.append(np.asarray(row, dtype=np.float64))
-    return rows
-
-
-@contextmanager
-def _torch_threads(count: int) -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+        super().__init__(statistics_setup(), cache_dir)
 
 
 def utterance_statistics(utterances: Sequence[Utterance], *, cache_dir: str | os.PathLike[str] | None = None,

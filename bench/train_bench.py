@@ -27,12 +27,12 @@ from measure import (
     timed,
 )
 from sertool.cache.frames import CachedFrames
+from sertool.cache.text_embeddings import TextEmbeddingCache
 from sertool.core.config import ModelConfig, TrainConfig
 from sertool.data.dataset import Batch, UtteranceDataset, collate
 from sertool.data.records import Utterance
 from sertool.models.losses import SERLoss
 from sertool.models.ser_model import SERModel
-from sertool.models.text import TextEmbeddingCache
 from sertool.models.text_features import transcript_embeddings
 from sertool.training.optim import build_optimizer
 from sertool.training.samplers import EpochBatchSampler, padding_efficiency

@@ -12,13 +12,14 @@ import click
 import huggingface_hub.utils
 import pytest
 
+from sertool.cache.text_embeddings import TextEmbeddingCache
 from sertool.cli.commands import cli
 from sertool.core import hub, progress
 from sertool.data.corpus import open_corpus
 from sertool.inference.predictor import InferenceOptions
 from sertool.inference.workflows import evaluate
 from sertool.models.asr import Transcriber, TranscriptCache
-from sertool.models.text import TextEmbeddingCache, TextEncoder
+from sertool.models.text import TextEncoder
 from sertool.training.loop import train
 from tests.corpus_files import write_learnable_corpus, write_tone
 from tests.systems import small_config

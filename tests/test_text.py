@@ -8,10 +8,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from sertool.cache.text_embeddings import TextEmbeddingCache
 from sertool.core.errors import SertoolError
 from sertool.core.hub import offline_copy
 from sertool.models.lora import LoRALinear
-from sertool.models.text import TextEmbeddingCache, TextEncoder
+from sertool.models.text import TextEncoder
 from tests.tiny_text import save_tiny_text_encoder
 
 TEXTS = ["I am very happy", "the table is wooden, said a sad man", "glad", "", "i feel glad i feel glad i feel glad"]

@@ -27,8 +27,8 @@ from sertool.store.checkpoints import WEIGHTS_FILE, load_stored_state
 from sertool.store.model_folder import load_model
 
 if TYPE_CHECKING:
+    from sertool.cache.text_embeddings import TextEmbeddingCache
     from sertool.models.ser_model import SERModel
-    from sertool.models.text import TextEmbeddingCache
 
 
 @dataclass

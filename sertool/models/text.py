@@ -1,29 +1,23 @@
 """The text branch of the "MM" systems: a transformers encoder → masked mean of its token states.
 
 The encoder is frozen (RoBERTa-Large in the paper), so a transcript's embedding never changes: it is
-computed once and cached on disk (``TextEmbeddingCache``) instead of every epoch. With LoRA adapters
+computed once and cached on disk (``sertool.cache.text_embeddings``) instead of every epoch. With LoRA adapters
 (``lora_rank > 0``) the encoder trains, its embeddings change every step, and the model computes them in
 its forward pass instead.
 """
 from __future__ import annotations
 
-import logging
-import os
 from collections.abc import Sequence
 from contextlib import nullcontext
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from sertool.cache.items import ItemCache, setup_key, text_digest
-from sertool.cache.vectors import VectorCodec
+from sertool.cache.items import setup_key
 from sertool.core.errors import SertoolError
 from sertool.core.hub import load_pretrained, model_identity, model_revision
 from sertool.models.lora import apply_lora
 from sertool.models.pooling import masked_mean
-
-log = logging.getLogger(__name__)
 
 # Attention projections that LoRA adapts, per family: the first pair an encoder has is used.
 LORA_TARGET_CANDIDATES: tuple[tuple[str, str], ...] = (
@@ -126,48 +120,6 @@ class TextEncoder(nn.Module):
 
     def forward(self, texts: Sequence[str]) -> Tensor:
         return self.embed(texts)
-
-
-class TextEmbeddingCache(ItemCache[str, Tensor]):
-    """Transcript embeddings of one frozen ``TextEncoder``, computed once and kept on disk (an ``ItemCache``).
-
-    Layout: ``<cache_dir>/<encoder.cache_key>/`` holds immutable safetensors files, each with a
-    ``sha256`` tensor (``[n, 32]`` uint8, the digest of each text's UTF-8 bytes) and an ``embeddings``
-    tensor (``[n, E]`` float32), written as ``sertool.cache.items`` describes. Every ``get`` that meets
-    new texts writes one new file: call it with all the texts of a split at once to keep the file count
-    small.
-    """
-
-    def __init__(self, cache_dir: str | os.PathLike[str], encoder: TextEncoder) -> None:
-        """
-        Raises:
-            ValueError: the encoder is trainable (LoRA), so its embeddings cannot be cached.
-        """
-        if encoder.trainable:
-            raise ValueError(
-                "a text encoder with LoRA adapters changes while training: compute its embeddings in forward"
-            )
-        codec = VectorCodec(tensor="embeddings", dim=encoder.output_dim, what="text embedding",
-                            metadata={"model": encoder.model_name_or_path, "revision": encoder.revision})
-        super().__init__(Path(cache_dir) / encoder.cache_key, codec, label="encoding {:,} transcripts")
-        self.encoder = encoder
-
-    def keys(self, items: Sequence[str]) -> list[str]:
-        """The SHA-256 of each text's UTF-8 bytes."""
-        return [text_digest(text) for text in items]
-
-    def get(self, texts: Sequence[str]) -> Tensor:
-        """Embeddings of ``texts``, ``[N, E]`` float32 on the CPU; encodes only texts not cached yet.
-
-        Raises:
-            SertoolError: a cache file cannot be read (the message names it).
-        """
-        rows = self._get(texts, self._encode)
-        return torch.stack(rows) if rows else torch.empty(0, self.encoder.output_dim)
-
-    def _encode(self, missing: list[str]) -> list[Tensor]:
-        log.info("encoding %d transcripts with %s", len(missing), self.encoder.model_name_or_path)
-        return list(self.encoder.embed(missing).detach().to("cpu", torch.float32))
 
 
 def _lora_targets(encoder: nn.Module, flag: str) -> tuple[str, str]:

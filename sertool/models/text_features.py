@@ -7,11 +7,9 @@ from pathlib import Path
 import torch
 
 from sertool.cache.items import cache_root
+from sertool.cache.text_embeddings import TEXT_EMBEDDING_CACHE_SUBDIR, TextEmbeddingCache
 from sertool.data.records import Utterance
 from sertool.models.ser_model import SERModel
-from sertool.models.text import TextEmbeddingCache
-
-TEXT_EMBEDDING_CACHE_SUBDIR = "text_embeddings"  # under sertool's cache folder, beside transcripts/
 
 
 def text_embedding_cache(model: SERModel, cache_dir: str | Path | None = None) -> TextEmbeddingCache | None:

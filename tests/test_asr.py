@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from sertool.cache.transcripts import TRANSCRIPT_CACHE_SUBDIR
 from sertool.core.errors import SertoolError
 from sertool.data.audio import load_audio
 from sertool.data.records import Utterance
 from sertool.models.asr import (
     DEFAULT_ASR_MODEL_ID,
-    TRANSCRIPT_CACHE_SUBDIR,
     Transcriber,
     TranscriptCache,
     fill_transcripts,

@@ -17,20 +17,18 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
-import json
 import logging
 import math
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from sertool.cache.audio_keys import audio_digests
-from sertool.cache.items import ItemCache, cache_root, setup_key
+from sertool.cache.items import cache_root, setup_key
+from sertool.cache.transcripts import TRANSCRIPT_CACHE_SUBDIR, AudioTranscriptCache
 from sertool.core.config import DEFAULT_ASR_MODEL_ID, DEFAULT_DEVICE
 from sertool.core.devices import half_precision, select_device
 from sertool.core.errors import SertoolError
@@ -41,9 +39,7 @@ from sertool.data.records import Utterance
 
 log = logging.getLogger(__name__)
 
-TRANSCRIPT_CACHE_SUBDIR = "transcripts"  # under sertool's cache folder, beside text_embeddings/
 DEFAULT_ASR_BATCH_SIZE = 8  # windows per generate call
-_ROWS_PER_FILE = 256  # transcripts per cache file: a crash loses at most this much work
 
 # An audio file, a 1-D waveform at SAMPLE_RATE, or an utterance (its whole file, or its window of one).
 AudioInput = str | os.PathLike | Tensor | Utterance
@@ -206,19 +202,10 @@ class Transcriber:
         self._model = model.to(self.device).eval()  # type: ignore[arg-type]
 
 
-class TranscriptCache(ItemCache[AudioInput, str]):
-    """Transcripts of one ``Transcriber`` setup, made once and kept on disk (an ``ItemCache``).
-
-    Keys are the SHA-256 of the audio: of the file's bytes for a path or a whole-file utterance (cheap, no
-    decoding, and verifiable with ``sha256sum``), of the file's digest and the span for a window of a file
-    (`predict`'s windows of long audio: each transcribed alone, reading only its span), of the float32
-    samples for a waveform. A waveform never matches the others, so pass files when you can. A transcript
-    depends only on the audio and ``transcriber.cache_key`` (model, revision, language, decoding), so
-    renamed or moved files still hit.
-
-    Layout: ``<cache_dir>/<transcriber.cache_key>/*.jsonl``, immutable JSON-lines files of
-    ``{"sha256": hex, "text": str}`` (plain text: readable, never executed), written as
-    ``sertool.cache.items`` describes.
+class TranscriptCache(AudioTranscriptCache[AudioInput]):
+    """Transcripts of one ``Transcriber`` setup, made once and kept on disk: an ``AudioTranscriptCache``
+    (``sertool.cache.transcripts``: keys, layout, format) that reads an utterance's window of its file, a
+    file whole, and takes a waveform as it is.
     """
 
     def __init__(self, cache_dir: str | os.PathLike[str], transcriber: Transcriber, *,
@@ -229,67 +216,8 @@ class TranscriptCache(ItemCache[AudioInput, str]):
             transcriber: the ASR setup.
             scan_cache_dir: sertool's cache folder, where file digests are memoised (None: the default).
         """
-        super().__init__(Path(cache_dir) / transcriber.cache_key, _TranscriptCodec(), group_size=_ROWS_PER_FILE,
-                         label="transcribing {:,} utterances (ASR)")
-        self.transcriber = transcriber
-        self.scan_cache_dir = scan_cache_dir
-
-    def keys(self, items: Sequence[AudioInput]) -> list[str]:
-        """The SHA-256 of each item's audio: a waveform's float32 samples, else as
-        ``sertool.cache.audio_keys`` keys files and windows (each file hashed once, memoised by its stat).
-
-        Raises:
-            SertoolError: an audio file cannot be read (naming it).
-        """
-        file_keys = iter(audio_digests([item for item in items if not isinstance(item, Tensor)],
-                                       scan_cache_dir=self.scan_cache_dir))
-        return [hashlib.sha256(item.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()).hexdigest()
-                if isinstance(item, Tensor) else next(file_keys) for item in items]
-
-    def get(self, audio: Sequence[AudioInput], *, progress: Callable[[int, int], None] | None = None) -> list[str]:
-        """Transcripts of ``audio`` (file paths, utterances or 1-D 16 kHz waveforms), in order; transcribes
-        only misses.
-
-        Each distinct audio content is transcribed once, even when repeated in ``audio``. Audio files
-        are decoded only when they miss, ``_ROWS_PER_FILE`` at a time, and each such group is saved as
-        soon as it is done.
-
-        Args:
-            progress: ``(done, total)`` over the audio items that miss, as they are transcribed.
-
-        Raises:
-            SertoolError: an audio file or a cache file cannot be read (the message names it).
-        """
-        return self._get(audio, self._transcribe, progress=progress)
-
-    def _transcribe(self, missing: list[AudioInput]) -> list[str]:
-        log.info("transcribing %d audio items with %s", len(missing), self.transcriber.model_name_or_path)
-        return self.transcriber.transcribe([_waveform(item) for item in missing])
-
-
-class _TranscriptCodec:
-    """JSON lines of ``{"sha256": hex, "text": str}``."""
-
-    suffix = ".jsonl"
-
-    def encode(self, rows: Mapping[str, str]) -> bytes:
-        return "".join(json.dumps({"sha256": digest, "text": text}, ensure_ascii=False) + "\n"
-                       for digest, text in rows.items()).encode("utf-8")
-
-    def decode(self, path: Path) -> dict[str, str]:
-        rows: dict[str, str] = {}
-        try:
-            with open(path, encoding="utf-8") as handle:
-                for line_number, line in enumerate(handle, start=1):
-                    row = json.loads(line)
-                    if not (isinstance(row, dict) and all(isinstance(row.get(key), str) for key in ("sha256", "text"))):
-                        raise ValueError(f"line {line_number} is not a {{'sha256', 'text'}} object")
-                    rows.setdefault(row["sha256"], row["text"])
-        except (OSError, UnicodeDecodeError, ValueError) as error:  # json.JSONDecodeError is a ValueError
-            raise SertoolError(
-                f"transcript cache file {path} is unreadable ({error}); delete it to transcribe again"
-            ) from None
-        return rows
+        super().__init__(cache_dir, transcriber, read=_waveform, scan_cache_dir=scan_cache_dir)
+        self.transcriber: Transcriber = transcriber
 
 
 def fill_transcripts(

@@ -38,6 +38,7 @@ from sertool.cache.items import ItemCache
 from sertool.core.errors import SertoolError
 
 FRAME_CACHE_SUBDIR = "frames"  # under the --feature-cache folder: <kind>/<setup_key>/ as every ContentCache
+FRAME_CACHE_FORMAT = 1  # the shard layout below (_ShardCodec): part of every setup key, so a new one gives new folders
 STORED_DTYPE = np.float16  # 2 bytes a value: half of float32, and within its rounding of the encoder's output
 GROUP_UTTERANCES = 128  # utterances per shard: a killed fill loses at most one group (~110 MB for large-v3)
 _MAGIC = b"SERFRM01"  # the shard's last 8 bytes; the 8 before them: the index's length (little-endian)

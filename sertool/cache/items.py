@@ -21,9 +21,9 @@ digest of each input::
     cache = ContentCache(cache_root() / "my_kind" / setup_key(name, identity), MyCodec())
     values = cache.get([file_digest(path) for path in paths], lambda positions: compute(positions))
 
-A cache of one kind of input (``TranscriptCache``, ``TextEmbeddingCache``, ``FrameCache``) subclasses
-``ItemCache``, which holds the ``ContentCache`` and its counters: the subclass names its folder and codec,
-keys its items (``keys``) and computes the missing ones from the items themselves.
+A cache of one kind of input (``AudioTranscriptCache``, ``TextEmbeddingCache``, ``AudioStatisticsCache``,
+``FrameCache``) subclasses ``ItemCache``, which holds the ``ContentCache`` and its counters: the subclass names
+its folder and codec, keys its items (``keys``) and computes the missing ones from the items themselves.
 """
 from __future__ import annotations
 

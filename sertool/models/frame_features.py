@@ -14,14 +14,12 @@ from pathlib import Path
 
 import torch
 
-from sertool.cache.frames import STORED_DTYPE, FrameCache
+from sertool.cache.frames import FRAME_CACHE_FORMAT, STORED_DTYPE, FrameCache
 from sertool.cache.items import setup_key
 from sertool.core.config import DEFAULT_BACKBONE_IDS, Config
 from sertool.core.hub import model_identity
 from sertool.models.backbones import FROZEN_BY_DEFAULT, WhisperBackbone
 from sertool.models.ser_model import SERModel
-
-FRAME_CACHE_FORMAT = 1  # the shard layout of sertool.cache.frames; a new one gives new folders
 
 
 def frame_cache_refusal(config: Config) -> str | None:

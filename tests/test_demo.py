@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import os
 import re
+import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -283,6 +286,15 @@ def test_every_voice_speaks_reproducibly():
     second = list(worker.synthesise_in_order(speeches))
     assert [speech.voice for speech, a, b in zip(speeches, first, second, strict=True) if not np.array_equal(a, b)] == []
     assert all(0.5 < clip.size / espeak.ESPEAK_SAMPLE_RATE < 3.0 for clip in first)
+
+
+def test_the_worker_imports_neither_torch_nor_the_data_layer():
+    """The synthesis worker starts once per corpus: it imports sertool.demo.worker and sertool.demo.espeak only."""
+    code = "import sys, sertool.demo.worker; print(sorted(m for m in sys.modules if m in ('torch', 'sertool.data')))"
+    root = str(Path(worker.__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert result.stdout.strip() == "[]"
 
 
 def test_every_voice_variant_ships_with_espeak():

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
+from sertool.core.constants import ATTRIBUTES, SUMMARY_NAME
 from sertool.core.splits import DEVELOPMENT, TRAIN
 from sertool.data.corpus import open_corpus
-from sertool.data.records import ATTRIBUTES
 from sertool.data.report import LoadReport
 from sertool.data.selection import require_enough_labels, select
 from sertool.guards.outputs import OutputPlan
@@ -29,7 +29,6 @@ from sertool.models.ridge import ALPHAS, fit_ridge
 from sertool.models.utterance_stats import FEATURE_GROUPS, feature_names, utterance_statistics
 
 SYSTEM_NAME = "ridge baseline"
-SUMMARY_NAME = "summary.json"
 
 
 @dataclass

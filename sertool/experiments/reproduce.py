@@ -24,22 +24,23 @@ from pathlib import Path
 from typing import Any
 
 from sertool.core.config import DEFAULT_DEVICE
+from sertool.core.constants import CONFIG_NAME, LAST_NAME, SCORE_NAMES, SUMMARY_NAME
 from sertool.core.errors import SertoolError
 from sertool.core.io import load_json
 from sertool.core.splits import DEVELOPMENT, HELD_OUT_SPLITS
 from sertool.data.corpus import open_corpus
-from sertool.data.records import ATTRIBUTES, Utterance
+from sertool.data.records import Utterance
 from sertool.experiments.grid import PAPER_GRID, SCALES, Ensemble, Grid, read_grid
 from sertool.guards.outputs import OutputPlan
 from sertool.inference.predictions import read_predictions
 from sertool.inference.predictor import InferenceOptions
 from sertool.inference.workflows import Scores, ensemble, evaluate
 from sertool.inference.writers import write_predictions_file
-from sertool.store.checkpoints import LAST_NAME
 from sertool.training.loop import Reporter, train
 
 EVAL_SPLITS = HELD_OUT_SPLITS
-COLUMNS = (*ATTRIBUTES, "average")
+COLUMNS = SCORE_NAMES
+TABLES_NAME = "tables.md"  # the tables laid out like the paper's, in --out
 
 
 def parse_model_locations(items: Sequence[str]) -> dict[str, str]:
@@ -98,7 +99,7 @@ def reproduce(grid_path: str | Path | None = None, *, corpus: str | Path, scale:
                                       options=options, device=device, reporter_factory=reporter_factory, say=say)
     ensembles = {item.id: _run_ensemble(item, results, outputs, out_dir, splits, options) for item in grid.ensembles
                  if all(results.get(member, {}).get("seeds") for member in item.members)}
-    path = out_dir / "tables.md"
+    path = out_dir / TABLES_NAME
     with outputs.writing(path) as handle:
         handle.write(render_tables(grid, results, ensembles, scale=scale, corpus=str(corpus), seeds=seeds))
     return path
@@ -139,7 +140,7 @@ def _run_seed(config, system: str, *, seed: int, outputs: OutputPlan, out_dir: P
             say(f"{name}: done earlier, skipped")
             return recorded
     reporter = reporter_factory() if reporter_factory else None
-    if (run_dir / "summary.json").is_file() and _same_config(run_dir, config):
+    if (run_dir / SUMMARY_NAME).is_file() and _same_config(run_dir, config):
         say(f"{name}: trained earlier; evaluating")
     elif (run_dir / LAST_NAME).is_file() and _same_config(run_dir, config):
         say(f"{name}: resuming the interrupted training")
@@ -171,7 +172,7 @@ def _score_record(scores: Scores) -> dict[str, Any]:
 def _same_config(run_dir: Path, config) -> bool:
     from sertool.core.config import read_config_file
 
-    path = run_dir / "config.yaml"
+    path = run_dir / CONFIG_NAME
     try:
         return path.is_file() and read_config_file(path) == config.to_dict()
     except SertoolError:  # a damaged config.yaml: not this config, so the run starts over

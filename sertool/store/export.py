@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sertool.core.constants import SCORE_NAMES
 from sertool.core.errors import SertoolError
 from sertool.core.hub import is_repo_id
-from sertool.data.records import ATTRIBUTES
 from sertool.guards.outputs import OutputPlan
 from sertool.store.model_folder import FOLDER_FILES, load_model, write_model_folder
 
@@ -174,17 +174,17 @@ def _data_lines(payload: dict[str, Any], data: dict[str, Any], released: dict[st
 
 def _metric_lines(payload: dict[str, Any], data: dict[str, Any]) -> list[str]:
     metrics = payload.get("metrics") or {}
-    if not all(name in metrics for name in (*ATTRIBUTES, "average")) or not data:
+    if not all(name in metrics for name in SCORE_NAMES) or not data:
         return ["No metrics recorded with this model: evaluate it on a labelled split it never saw "
                 "(`sertool evaluate`)."]
     step = payload.get("step")
     return [
         "Concordance correlation coefficient (CCC) over the whole split, on the 1–7 scale:",
         "",
-        "| split | utterances | arousal | valence | dominance | average |",
-        "|---|---|---|---|---|---|",
+        "| split | utterances | " + " | ".join(SCORE_NAMES) + " |",
+        "|---" * (len(SCORE_NAMES) + 2) + "|",
         f"| {data['valid_split']} | {data['valid_utterances']:,} | "
-        + " | ".join(f"{metrics[name]:.4f}" for name in (*ATTRIBUTES, "average")) + " |",
+        + " | ".join(f"{metrics[name]:.4f}" for name in SCORE_NAMES) + " |",
         "",
         f"Measured at step {step} on the validation split, the split this checkpoint was *selected* on (best "
         "average CCC), so it is optimistic for that split; for a number to report, evaluate on a test split "

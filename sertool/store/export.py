@@ -16,6 +16,7 @@ from sertool.core.errors import SertoolError
 from sertool.core.hub import is_repo_id
 from sertool.guards.outputs import OutputPlan
 from sertool.store.model_folder import FOLDER_FILES, load_model, write_model_folder
+from sertool.store.options import ExportOptions
 
 
 @dataclass
@@ -27,15 +28,14 @@ class ExportResult:
     url: str | None = None
 
 
-def export_model(source: str | Path, out: str | Path, *, force: bool = False,
-                 push_to_hub: str | None = None) -> ExportResult:
-    """Write ``source`` as a model folder ``out``, and upload it to the hub as ``push_to_hub``.
+def export_model(source: str | Path, options: ExportOptions) -> ExportResult:
+    """Write ``source`` as a model folder ``options.out``, and upload it to the hub as ``options.push_to_hub``.
 
     Args:
         source: a run folder (its ``best.pt``), a checkpoint, a model folder or a hub id.
-        out: the folder to write (created; other files in it are left alone).
-        force: overwrite the model files an earlier export left in ``out``.
-        push_to_hub: a model repository id (``owner/name``) to create (if needed) and upload to.
+        options: ``out``, the folder to write (created; other files in it are left alone); ``force``, overwrite
+            the model files an earlier export left there; ``push_to_hub``, a model repository id
+            (``owner/name``) to create (if needed) and upload to.
 
     Returns:
         The files written and, after an upload, the repository's URL.
@@ -45,8 +45,9 @@ def export_model(source: str | Path, out: str | Path, *, force: bool = False,
             no hub token for ``push_to_hub`` (checked before anything is written), or a failed upload
             (the folder is complete then; the message says how to upload it later).
     """
-    outputs = OutputPlan(force=force)
-    out = outputs.folder(out, flag="--out")
+    push_to_hub = options.push_to_hub
+    outputs = OutputPlan(force=options.force)
+    out = outputs.folder(options.out, flag="--out")
     for name in FOLDER_FILES:
         outputs.file(out / name, flag="--out")
     if push_to_hub is not None:

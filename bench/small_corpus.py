@@ -130,6 +130,7 @@ def _done(results: Path) -> set[tuple]:
 def run(args) -> None:
     import torch
 
+    from sertool.baseline.options import BaselineOptions
     from sertool.baseline.run import run_baseline
     from sertool.training.loop import train
 
@@ -141,7 +142,8 @@ def run(args) -> None:
     for item in args.corpus:
         name, _, corpus = item.partition("=")
         if (name, "baseline", 0) not in done:
-            baseline = run_baseline(corpus, out / "baseline" / name, force=True)
+            baseline = run_baseline(BaselineOptions(corpus=corpus, out=out / "baseline" / name, force=True,
+                                                    num_workers=0))
             with open(results, "a") as handle:
                 handle.write(json.dumps({"corpus": name, "variant": "baseline", "seed": 0, **{
                     split: {"utterances": s.num_utterances, **s.ccc} for split, s in baseline.scores.items()}}) + "\n")

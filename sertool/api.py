@@ -104,8 +104,8 @@ def load(
             never changes a prediction).
         amp: mixed precision: "auto" (bf16/fp16 on GPUs, off on the CPU), "bf16", "fp16" or "off".
         quantize: "int8": int8 linear layers in the speech backbone, and its convolutional front end in
-            bf16 on CPUs with AMX; 1.4-1.6× (2.2-2.5× with AMX) as fast on a CPU, predictions within a few
-            hundredths (CPU only; the files on disk are not changed); "off".
+            bf16 on CPUs with AMX; faster on a CPU (how much: docs/performance.md, benchmark 10), predictions
+            within a few hundredths (CPU only; the files on disk are not changed); "off".
         threads: torch's CPU threads for this process (0: torch's default, one per core).
 
     Returns:

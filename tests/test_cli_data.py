@@ -88,7 +88,7 @@ def test_manifest_command_writes_a_readable_manifest_and_refuses_to_overwrite(tm
 
 
 def test_demo_size_names_match_the_generator():
-    from sertool.cli.commands import DEMO_SIZE_NAMES
+    from sertool.cli.options import DEMO_SIZE_NAMES
     from sertool.demo.corpus import DEMO_SIZES
 
     assert tuple(DEMO_SIZES) == DEMO_SIZE_NAMES

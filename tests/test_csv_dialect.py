@@ -356,6 +356,7 @@ def test_predict_refuses_a_file_name_no_csv_line_can_hold(run_dir, tmp_path):
 @case("data", "`data manifest` metadata and `baseline` corpora whose ids hold commas, quotes, spaces, =, non-ASCII",
       "the manifest and the baseline's CSVs read back with the same ids")
 def test_data_manifest_and_baseline_keep_hostile_ids(tmp_path):
+    from sertool.baseline.options import BaselineOptions
     from sertool.baseline.run import run_baseline
     from sertool.data.corpus import open_corpus
     from tests.test_reliability import run
@@ -379,7 +380,7 @@ def test_data_manifest_and_baseline_keep_hostile_ids(tmp_path):
                  "arousal", "--valence-column", "valence", "--dominance-column", "dominance")
     assert result.exit_code == 0, result.output
     assert sorted(utt.id for utt in open_corpus(manifest).utterances) == sorted(sum(ids.values(), []))
-    written = run_baseline(manifest, tmp_path / "floor").written
+    written = run_baseline(BaselineOptions(corpus=manifest, out=tmp_path / "floor", num_workers=0)).written
     for split in ("Development", "Test1"):
         assert read_predictions(tmp_path / "floor" / f"{split}.csv").ids == ids[split]
     assert len(written) == 3

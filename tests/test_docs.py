@@ -148,3 +148,91 @@ def _is_number(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _cli_tables():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("cli_tables", ROOT / "scripts" / "cli_tables.py")
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
+def test_cli_option_tables_are_generated_from_the_commands_current():
+    script = _cli_tables()
+    current = (DOCS / "cli.md").read_text(encoding="utf-8")
+    assert script.updated(current) == current, "docs/cli.md's option tables are not current: run python scripts/cli_tables.py"
+
+
+def _option_tables() -> dict[str, list[dict[str, str]]]:
+    """docs/cli.md's option tables, read as a reader sees them: ``{key: [row as {column: cell}]}``."""
+    import re
+
+    tables: dict[str, list[dict[str, str]]] = {}
+    key, header = None, None
+    for line in (DOCS / "cli.md").read_text(encoding="utf-8").splitlines():
+        start = re.fullmatch(r"<!-- options: (.+) -->", line)
+        if start:
+            key, header = (None if start.group(1) == "end" else start.group(1)), None
+            if key is not None:
+                tables[key] = []
+            continue
+        if key is None or not line.startswith("|"):
+            continue
+        cells = [cell.strip() for cell in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
+        if header is None:
+            header = cells
+        elif not set("".join(cells)) <= set("-: "):
+            tables[key].append(dict(zip(header, cells, strict=True)))
+    return tables
+
+
+def test_every_command_has_an_option_table_that_agrees_with_its_help():
+    """Every flag of every command (its --help) is in its table in docs/cli.md, with the flag's default, and the
+    table lists no flag the command lacks. The flags every command takes and the shared inference flags have a
+    table each; `train`'s config flags are the tables of training.md and models.md (checked above)."""
+    import re
+
+    import click
+
+    from sertool.cli.commands import cli
+
+    tables = _option_tables()
+    script = _cli_tables()
+    config_flags = script.config_flag_names()
+    wrong = []
+    for path, command in script.commands().items():
+        assert path in tables, f"docs/cli.md has no option table of sertool {path}"
+        keys = [path, "every command"] + (["shared inference"] if path in ("evaluate", "predict", "ensemble") else [])
+        rows = {}
+        for key in keys:
+            for row in tables[key]:
+                for flag in re.findall(r"`(-[^` ]+)", row["flag"]):
+                    rows[flag] = row
+        ctx = script.context(path)
+        options = [param for param in command.get_params(ctx) if isinstance(param, click.Option)
+                   and not (path == "train" and param.name in config_flags)]
+        flags = {flag for param in options for flag in param.opts + param.secondary_opts}
+        if set(rows) != flags:
+            wrong.append(f"{path}: missing {sorted(flags - set(rows))}, extra {sorted(set(rows) - flags)}")
+        for param in options:
+            shown = rows.get(param.opts[0], {}).get("default")
+            if shown is not None and not _same_default(shown, param, param.get_default(ctx)):
+                wrong.append(f"{path} {param.opts[0]}: default {shown!r} in docs/cli.md, {param.get_default(ctx)!r} "
+                             "in --help")
+    assert cli.commands, "no commands"
+    assert not wrong, wrong
+
+
+def _same_default(shown: str, param, value) -> bool:
+    if param.required:
+        return shown == "required"
+    if value is None or value is False or value == ():
+        return shown == ""
+    if isinstance(value, (tuple, list)):
+        return [float(item) for item in shown.split()] == [float(item) for item in value]
+    if isinstance(value, (int, float)):
+        return _is_number(shown) and float(shown) == value
+    return shown == f"`{value}`"

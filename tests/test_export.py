@@ -17,6 +17,7 @@ from sertool.inference.predictor import open_predictor
 from sertool.store.checkpoints import load_checkpoint, save_checkpoint
 from sertool.store.export import export_model
 from sertool.store.model_folder import FOLDER_FILES, load_model
+from sertool.store.options import ExportOptions
 from sertool.training.loop import train
 from tests.cases import case
 from tests.corpus_files import write_learnable_corpus, write_tone
@@ -65,7 +66,7 @@ def test_exported_folder_predicts_and_evaluates_exactly_like_its_run(run_dir, co
 @case("checkpoints", "a model folder holding a pickle payload, a `.py` file and an `auto_map`",
       "both ignored, nothing unpickled or imported")
 def test_the_folder_holds_no_pickle_and_loading_it_runs_no_code(run_dir, tmp_path, monkeypatch):
-    folder = export_model(run_dir, tmp_path / "model").folder
+    folder = export_model(run_dir, ExportOptions(out=tmp_path / "model")).folder
     reference = load_checkpoint(run_dir)
     for path in folder.iterdir():
         head = path.read_bytes()[:8]
@@ -98,7 +99,7 @@ def test_the_folder_holds_no_pickle_and_loading_it_runs_no_code(run_dir, tmp_pat
 
 
 def test_config_json_describes_the_model_and_the_card_its_data_and_metrics(run_dir, corpus, tmp_path):
-    folder = export_model(run_dir, tmp_path / "model").folder
+    folder = export_model(run_dir, ExportOptions(out=tmp_path / "model")).folder
     config = json.loads((folder / "config.json").read_text())
     checkpoint = load_checkpoint(run_dir)
     assert config["format"] == "sertool-model" and config["config"] == checkpoint["config"]
@@ -121,11 +122,11 @@ def test_existing_model_files_are_kept_without_force(run_dir, tmp_path):
     folder = tmp_path / "model"
     folder.mkdir()
     (folder / "notes.txt").write_text("mine")
-    export_model(run_dir, folder)
+    export_model(run_dir, ExportOptions(out=folder))
     before = (folder / "model.safetensors").read_bytes()
     with pytest.raises(SertoolError, match="pass --force"):
-        export_model(run_dir, folder)
-    export_model(run_dir, folder, force=True)
+        export_model(run_dir, ExportOptions(out=folder))
+    export_model(run_dir, ExportOptions(out=folder, force=True))
     assert (folder / "notes.txt").read_text() == "mine"  # other files stay
     assert (folder / "model.safetensors").read_bytes() != before  # a new export id
 
@@ -133,8 +134,8 @@ def test_existing_model_files_are_kept_without_force(run_dir, tmp_path):
 @case("checkpoints", "a model folder whose two files come from different exports, a damaged `model.safetensors`",
       "refused in one line")
 def test_files_of_two_exports_are_not_mixed(run_dir, tmp_path):
-    first = export_model(run_dir, tmp_path / "a").folder
-    second = export_model(run_dir, tmp_path / "b").folder
+    first = export_model(run_dir, ExportOptions(out=tmp_path / "a")).folder
+    second = export_model(run_dir, ExportOptions(out=tmp_path / "b")).folder
     (first / "model.safetensors").write_bytes((second / "model.safetensors").read_bytes())
     with pytest.raises(SertoolError, match="come from different exports"):
         load_model(first)
@@ -153,7 +154,7 @@ def test_push_to_hub_needs_a_token_before_any_work(run_dir, tmp_path, monkeypatc
     assert result.exit_code == 2 and "hf auth login" in result.output
     assert not (tmp_path / "model").exists()
     with pytest.raises(SertoolError, match="owner/name"):
-        export_model(run_dir, tmp_path / "model", push_to_hub="no-owner")
+        export_model(run_dir, ExportOptions(out=tmp_path / "model", push_to_hub="no-owner"))
 
 
 def test_push_to_hub_uploads_the_model_files(run_dir, tmp_path, monkeypatch):
@@ -164,7 +165,7 @@ def test_push_to_hub_uploads_the_model_files(run_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kwargs: calls.setdefault("repo", (repo_id, kwargs))
                         and f"https://hub.example/{repo_id}")
     monkeypatch.setattr(HfApi, "upload_folder", lambda self, **kwargs: calls.setdefault("upload", kwargs))
-    result = export_model(run_dir, tmp_path / "model", push_to_hub="me/model")
+    result = export_model(run_dir, ExportOptions(out=tmp_path / "model", push_to_hub="me/model"))
     assert result.url == "https://hub.example/me/model"
     assert calls["repo"] == ("me/model", {"repo_type": "model", "exist_ok": True})
     assert calls["upload"]["folder_path"] == str(tmp_path / "model") and calls["upload"]["repo_id"] == "me/model"
@@ -176,7 +177,7 @@ def test_a_hub_id_loads_the_cached_folder_offline(run_dir, audio, tmp_path, monk
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    cache_as_hub_id(tmp_path / "hf", "me/fbank", export_model(run_dir, tmp_path / "model").folder)
+    cache_as_hub_id(tmp_path / "hf", "me/fbank", export_model(run_dir, ExportOptions(out=tmp_path / "model")).folder)
     by_id = run("predict", "me/fbank", audio[1], "--out", tmp_path / "id.csv")
     by_run = run("predict", run_dir, audio[1], "--out", tmp_path / "run.csv")
     assert by_id.exit_code == by_run.exit_code == 0, by_id.output
@@ -197,7 +198,7 @@ def test_export_of_a_released_model_predicts_like_the_released_folder(tmp_path):
     backbone = save_backbone_config("wavlm", tmp_path / "backbone")
     arguments = released_arguments("wavlm")
     released = save_released(tmp_path / "released", arguments, released_state("wavlm", arguments))
-    folder = export_model(released, tmp_path / "model").folder
+    folder = export_model(released, ExportOptions(out=tmp_path / "model")).folder
     assert "1 + 6·y: an inferred mapping" in (folder / "README.md").read_text()
     write_tone(tmp_path / "clip.wav", duration_s=1.3)
     utterances = collect_inputs([tmp_path / "clip.wav"])[0]
@@ -224,7 +225,7 @@ def blend_run_dir(corpus, tmp_path_factory) -> Path:
 def test_a_folder_of_recast_tensors_is_refused_naming_the_tensor(which, dtype, run_dir, blend_run_dir, audio,
                                                                   tmp_path):
     source = blend_run_dir if which == "blend" else run_dir
-    folder = export_model(source, tmp_path / "model").folder
+    folder = export_model(source, ExportOptions(out=tmp_path / "model")).folder
     trained = load_checkpoint(source)["model_state"]  # the dtypes and shapes the model was trained with
     rewrite_weights(folder, cast_floating(dtype))
     result = run("predict", folder, audio[1])
@@ -247,7 +248,7 @@ def test_a_folder_of_recast_tensors_is_refused_naming_the_tensor(which, dtype, r
      "has shape [245, 3] where the model needs float64 [246, 3]"),
 ], ids=["dtype", "shape"])
 def test_one_changed_tensor_of_a_folder_is_named(change, problem, blend_run_dir, audio, tmp_path):
-    folder = export_model(blend_run_dir, tmp_path / "model").folder
+    folder = export_model(blend_run_dir, ExportOptions(out=tmp_path / "model")).folder
     rewrite_weights(folder, change)
     line = one_line_error(run("predict", folder, audio[1]))
     assert f"{folder / 'model.safetensors'}: tensor floor_blend.weights {problem}; " in line
@@ -269,7 +270,7 @@ def test_a_checkpoint_with_a_recast_tensor_is_refused(blend_run_dir, audio, tmp_
 @pytest.mark.parametrize("tensor, part", [("floor_blend.alphas", "floor_blend"),
                                           ("utterance_stats.standardizer.count", "utterance_stats.standardizer")])
 def test_a_folder_with_an_unfitted_floor_is_refused_on_loading(tensor, part, blend_run_dir, audio, tmp_path):
-    folder = export_model(blend_run_dir, tmp_path / "model").folder
+    folder = export_model(blend_run_dir, ExportOptions(out=tmp_path / "model")).folder
     rewrite_weights(folder, lambda tensors: tensors[tensor].zero_())
     line = one_line_error(run("predict", folder, audio[1]))
     assert f"{folder / 'model.safetensors'}: its {part} was never fitted" in line

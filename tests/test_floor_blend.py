@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from sertool.api import load
+from sertool.baseline.options import BaselineOptions
 from sertool.baseline.run import run_baseline
 from sertool.core.config import Config
 from sertool.data.corpus import open_corpus
@@ -32,6 +33,7 @@ from sertool.models.utterance_stats import (
 from sertool.runtime.runner import run_model
 from sertool.store.checkpoints import load_checkpoint
 from sertool.store.export import export_model
+from sertool.store.options import ExportOptions
 from sertool.training.loop import train
 from tests.cases import case
 from tests.corpus_files import write_learnable_corpus
@@ -50,7 +52,7 @@ def corpus(tmp_path_factory):
 def floor(corpus, tmp_path_factory):
     """What `sertool baseline` writes for the corpus: the reference."""
     out = tmp_path_factory.mktemp("baseline")
-    run_baseline(str(corpus), out)
+    run_baseline(BaselineOptions(corpus=str(corpus), out=out, num_workers=0))
     return out
 
 
@@ -204,7 +206,7 @@ def test_training_validates_the_floor_first_and_keeps_the_weights_it_chose(corpu
 
 def test_an_exported_blend_model_predicts_exactly_like_its_run(corpus, tmp_path):
     train(_blend_config(corpus), tmp_path / "run")
-    export_model(tmp_path / "run", tmp_path / "folder")
+    export_model(tmp_path / "run", ExportOptions(out=tmp_path / "folder"))
     clips, _ = corpus_split(str(corpus), "Test1")
     run = open_predictor(tmp_path / "run").predict(clips).predictions.values
     folder = open_predictor(tmp_path / "folder").predict(clips).predictions.values

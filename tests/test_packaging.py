@@ -49,11 +49,12 @@ def test_every_system_of_the_packaged_grid_has_its_config_beside_it(wheel_files:
 
 
 def test_reproduce_finds_the_paper_grid_outside_the_checkout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sertool.experiments.options import ReproduceOptions
     from sertool.experiments.reproduce import reproduce
 
     monkeypatch.chdir(tmp_path)  # no configs/ here: the default grid must come from the package
     with pytest.raises(SertoolError, match=r"--systems nosuch: not in .*sertool/configs/paper/grid\.yaml; it has wavlm"):
-        reproduce(corpus=tmp_path, scale="demo", out_dir=tmp_path / "out", only=["nosuch"])
+        reproduce(ReproduceOptions(corpus=tmp_path, scale="demo", out=tmp_path / "out", systems="nosuch"))
 
 
 def test_missing_package_names_the_package_and_its_declared_bound() -> None:

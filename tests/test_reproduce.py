@@ -13,6 +13,7 @@ import yaml
 from sertool.core.config import DEFAULT_BACKBONE_IDS
 from sertool.data.corpus import open_corpus
 from sertool.experiments.grid import read_grid
+from sertool.experiments.options import ReproduceOptions
 from sertool.experiments.reproduce import reproduce
 from sertool.inference.predictions import read_predictions
 from sertool.models.ccc import ccc_scores
@@ -109,7 +110,7 @@ def test_a_two_row_grid_runs_end_to_end_and_skips_finished_systems(tmp_path):
     corpus = write_learnable_corpus(tmp_path / "corpus", per_split={"Train": 12, "Development": 6, "Test1": 6})
     grid = _grid(tmp_path / "grid")
     said: list[str] = []
-    tables = reproduce(grid, corpus=corpus, scale="demo", out_dir=tmp_path / "results", say=said.append)
+    tables = reproduce(ReproduceOptions(grid=grid, corpus=corpus, scale="demo", out=tmp_path / "results"), say=said.append)
     text = tables.read_text()
     assert "Demo scale" in text and "| wavlm | 6 | " in text and "/ 0.6530" in text and "N = 1" in text
     assert "| both | Development | 6 |" in text and "| both | Test1 | 6 |" in text and "not run" not in text
@@ -119,7 +120,7 @@ def test_a_two_row_grid_runs_end_to_end_and_skips_finished_systems(tmp_path):
     assert said == ["wavlm seed 0: training", "mmwavlm-gender seed 0: training"]
 
     said.clear()
-    again = reproduce(grid, corpus=corpus, scale="demo", out_dir=tmp_path / "results", say=said.append)
+    again = reproduce(ReproduceOptions(grid=grid, corpus=corpus, scale="demo", out=tmp_path / "results"), say=said.append)
     assert said == ["wavlm seed 0: done earlier, skipped", "mmwavlm-gender seed 0: done earlier, skipped"]
     assert again.read_text() == text
 
@@ -136,7 +137,7 @@ def test_no_table_cell_is_computed_on_an_utterance_its_system_trained_on(tmp_pat
     assert len(moved) == 4
     grid = _grid(tmp_path / "grid", systems=("wavlm", "wavlm-gender-dev-ox"))
     results = tmp_path / "results"
-    text = reproduce(grid, corpus=corpus, scale="demo", out_dir=results, seeds=2).read_text()
+    text = reproduce(ReproduceOptions(grid=grid, corpus=corpus, scale="demo", out=results, seeds=2)).read_text()
     predictions = results / "predictions"
     trained_on = {}
     for system in ("wavlm", "wavlm-gender-dev-ox"):
@@ -160,7 +161,7 @@ def test_seeds_give_mean_and_sd_per_cell_from_the_per_seed_scores(tmp_path):
     corpus = write_learnable_corpus(tmp_path / "corpus", per_split={"Train": 12, "Development": 6})
     grid = _grid(tmp_path / "grid")
     results = tmp_path / "results"
-    text = reproduce(grid, corpus=corpus, scale="demo", out_dir=results, seeds=3).read_text()
+    text = reproduce(ReproduceOptions(grid=grid, corpus=corpus, scale="demo", out=results, seeds=3)).read_text()
     assert "mean ± sd over N = 3 seeds" in text
     labels = {utt.id: utt.labels() for utt in open_corpus(corpus).split("Development")}
     for name in ("wavlm", "both"):
@@ -194,6 +195,6 @@ def test_an_interrupted_training_is_resumed(tmp_path, monkeypatch):
 
     monkeypatch.setattr(module, "train", interrupted_once)
     with pytest.raises(KeyboardInterrupt):
-        reproduce(grid, corpus=corpus, scale="demo", out_dir=tmp_path / "r", only=["wavlm"])
-    reproduce(grid, corpus=corpus, scale="demo", out_dir=tmp_path / "r", only=["wavlm"])
+        reproduce(ReproduceOptions(grid=grid, corpus=corpus, scale="demo", out=tmp_path / "r", systems="wavlm"))
+    reproduce(ReproduceOptions(grid=grid, corpus=corpus, scale="demo", out=tmp_path / "r", systems="wavlm"))
     assert calls == [False, True]

@@ -12,6 +12,7 @@ import pytest
 import soundfile as sf
 import torch
 
+from sertool.baseline.options import BaselineOptions
 from sertool.baseline.run import run_baseline
 from sertool.cache import statistics
 from sertool.core.errors import SertoolError
@@ -103,7 +104,8 @@ def test_training_reuses_the_baselines_statistics_and_trains_the_same(corpus, tm
     cold = train(config, tmp_path / "cold")
     assert len(computed) == 12  # Train and Development, once
     computed.clear()
-    run_baseline(str(corpus), tmp_path / "baseline", cache_dir=tmp_path / "cache")
+    run_baseline(BaselineOptions(corpus=str(corpus), out=tmp_path / "baseline", cache_dir=tmp_path / "cache",
+                                 num_workers=0))
     assert sorted(computed) == sorted(utt.id for utt in open_corpus(str(corpus)).split("Test1"))
     computed.clear()
     warm = train(config, tmp_path / "warm")

@@ -23,6 +23,7 @@ from sertool.models.utterance_stats import (
 )
 from sertool.store.checkpoints import load_checkpoint, load_stored_state, stored_state
 from sertool.store.export import export_model
+from sertool.store.options import ExportOptions
 from sertool.training.loop import train
 from tests.corpus_files import write_learnable_corpus
 from tests.systems import InterruptAt, small_config
@@ -160,7 +161,7 @@ def test_resume_keeps_the_moments_and_equals_an_uninterrupted_run(corpus, tmp_pa
 
 def test_an_exported_wide_model_predicts_exactly_like_its_run(corpus, tmp_path):
     train(_wide_config(corpus), tmp_path / "run")
-    export_model(tmp_path / "run", tmp_path / "folder")
+    export_model(tmp_path / "run", ExportOptions(out=tmp_path / "folder"))
     clips, _ = corpus_split(str(corpus), "Development")
     run = open_predictor(tmp_path / "run").predict(clips).predictions.values
     folder = open_predictor(tmp_path / "folder").predict(clips).predictions.values

@@ -18,9 +18,9 @@ activations and attention products, and whatever reads one vector per clip or is
 the text and speaker encoders; the text encoder's embeddings are cached on disk and read by float32 runs).
 
 For a WavLM-Base-sized model on a Xeon with AMX, the linear layers and the front end are about three
-quarters of a float32 forward pass and run about 5× as fast, so the whole pass runs 2.2–2.5× as fast, and
-predictions move by a few hundredths on the 1–7 scale (docs/performance.md, benchmark 10); without AMX the
-front end stays float32 and the pass runs 1.4-1.6× as fast. Because each int8 call's scale
+quarters of a float32 forward pass; how much faster they and the whole pass run, with AMX and without (the
+front end then stays float32), and how far predictions move, is measured in docs/performance.md (benchmark
+10, and the profile beside it). Because each int8 call's scale
 comes from its whole input, a clip's int8 prediction also moves slightly with the clips batched with it.
 Quantised models run on the CPU only, and only in memory: nothing on disk changes.
 """

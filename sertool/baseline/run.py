@@ -8,16 +8,15 @@ other split is held out. Every split except the training split gets a prediction
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from sertool.core.splits import DEVELOPMENT, TRAIN
+from sertool.baseline.options import BaselineOptions
+from sertool.core.constants import ATTRIBUTES, SUMMARY_NAME
 from sertool.data.corpus import open_corpus
-from sertool.data.records import ATTRIBUTES
 from sertool.data.report import LoadReport
 from sertool.data.selection import require_enough_labels, select
 from sertool.guards.outputs import OutputPlan
@@ -29,7 +28,6 @@ from sertool.models.ridge import ALPHAS, fit_ridge
 from sertool.models.utterance_stats import FEATURE_GROUPS, feature_names, utterance_statistics
 
 SYSTEM_NAME = "ridge baseline"
-SUMMARY_NAME = "summary.json"
 
 
 @dataclass
@@ -51,30 +49,25 @@ class BaselineResult:
     written: list[Path] = field(default_factory=list)
 
 
-def run_baseline(corpus: str | Path, out_dir: str | Path, *, train_split: str = TRAIN,
-                 valid_split: str = DEVELOPMENT, force: bool = False,
-                 cache_dir: str | os.PathLike[str] | None = None, num_workers: int = 0,
-                 progress: Callable[[int, int], None] | None = None) -> BaselineResult:
-    """Fit the ridge floor and write ``OUT_DIR/<split>.csv`` for every split but the training split,
-    and ``OUT_DIR/summary.json`` (features, alpha grid, validation curve, chosen alphas, scores).
+def run_baseline(options: BaselineOptions, *, progress: Callable[[int, int], None] | None = None) -> BaselineResult:
+    """Fit the ridge floor on ``options.train_split`` of ``options.corpus`` and write ``OUT/<split>.csv`` for every
+    split but the training split, and ``OUT/summary.json`` (features, alpha grid, validation curve, chosen alphas,
+    scores), into ``options.out`` (created if missing; files already there are kept unless ``options.force``).
 
     Args:
-        corpus: MSP-Podcast root or manifest.
-        out_dir: the output folder (created if missing); files already there are kept unless ``force``.
-        train_split: the split the ridge is fitted on.
-        valid_split: the split that chooses alpha per attribute (by CCC).
-        force: overwrite earlier outputs in ``out_dir``.
-        cache_dir: sertool's cache folder, for the corpus scan and the statistics (None: the default).
-        num_workers: processes that compute the statistics not cached yet (0: this one).
+        options: the corpus, the splits the ridge is fitted on and that choose alpha per attribute (by CCC), the
+            output folder, sertool's cache folder for the corpus scan and the statistics (None: the default),
+            and the processes that compute the statistics not cached yet (0: this one).
         progress: ``progress(done, total)`` while the features are computed.
 
     Raises:
         SertoolError: bad splits (see ``data.selection.select``), unreadable audio, or an unusable
-            ``out_dir``.
+            ``options.out``.
     """
-    outputs = OutputPlan(force=force)
-    out_dir = outputs.folder(out_dir, flag="--out")
-    opened = open_corpus(corpus, cache_dir=cache_dir)
+    train_split, valid_split, cache_dir = options.train_split, options.valid_split, options.cache_dir
+    outputs = OutputPlan(force=options.force)
+    out_dir = outputs.folder(options.out, flag="--out")
+    opened = open_corpus(options.corpus, cache_dir=cache_dir)
     selection = select(opened.utterances, train_split=train_split, valid_split=valid_split)
     require_enough_labels(selection, train_split=train_split, valid_split=valid_split)
     held_out = {name: opened.split(name) for name in opened.split_names() if name != train_split}
@@ -85,7 +78,7 @@ def run_baseline(corpus: str | Path, out_dir: str | Path, *, train_split: str = 
 
     # Every utterance's statistics in one pass (the same clip is read once even if it is in two lists).
     everything = {utt.id: utt for group in [selection.train, selection.valid, *held_out.values()] for utt in group}
-    rows = utterance_statistics(list(everything.values()), cache_dir=cache_dir, num_workers=num_workers,
+    rows = utterance_statistics(list(everything.values()), cache_dir=cache_dir, num_workers=options.num_workers,
                                 progress=progress)
     table = dict(zip(everything, rows, strict=True))
 
@@ -109,7 +102,8 @@ def run_baseline(corpus: str | Path, out_dir: str | Path, *, train_split: str = 
 
     with outputs.writing(summary_path) as handle:
         json.dump({
-            "system": SYSTEM_NAME, "corpus": str(corpus), "train_split": train_split, "valid_split": valid_split,
+            "system": SYSTEM_NAME, "corpus": str(options.corpus), "train_split": train_split,
+            "valid_split": valid_split,
             "train_utterances": len(selection.train), "valid_utterances": len(selection.valid),
             "feature_groups": list(FEATURE_GROUPS), "num_features": len(feature_names()),
             "alpha_grid": list(ALPHAS), "alphas": result.alphas,

@@ -9,8 +9,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from sertool.core.constants import ATTRIBUTES, BEST_NAME, SCORE_NAMES, SUMMARY_NAME
 from sertool.data.info import SplitSummary, class_order
-from sertool.data.records import ATTRIBUTES, EMO_CLASSES
+from sertool.data.records import EMO_CLASSES
 from sertool.data.report import LoadReport
 from sertool.training.reporter import Reporter
 
@@ -218,8 +219,7 @@ class RichTrainReporter(Reporter):
 
     def validation(self, metrics: dict) -> None:
         marker = " [green]★ best[/]" if metrics["improved"] else ""
-        line = "  ".join(f"{name[0].upper()} {_ccc(metrics[f'ccc_{name}'])}"
-                         for name in ("arousal", "valence", "dominance"))
+        line = "  ".join(f"{name[0].upper()} {_ccc(metrics[f'ccc_{name}'])}" for name in ATTRIBUTES)
         BARS.print(f"validation on {metrics['split']} ({metrics['utterances']:,} utterances) after step "
                    f"{metrics['step']}: CCC {line}  avg {_ccc(metrics['ccc_average'])}{marker}")
         if metrics.get("floor_blend"):  # --floor-blend: the network's weight against the floor, per attribute
@@ -239,17 +239,17 @@ class RichTrainReporter(Reporter):
                           for record in reversed(result.history) if "split" in record), "")
         table = Table(title=f"sertool train: {result.stopped} after {result.steps} steps "
                             f"({time.perf_counter() - self._started:.0f} s){validated}", title_justify="left")
-        for column in ("checkpoint", "step", "arousal", "valence", "dominance", "average"):
+        for column in ("checkpoint", "step", *SCORE_NAMES):
             table.add_column(column, justify="left" if column == "checkpoint" else "right")
         if result.best:
-            table.add_row(str(result.run_dir / "best.pt"), str(result.best_step),
-                          *(f"{result.best[name]:.4f}" for name in ("arousal", "valence", "dominance", "average")))
+            table.add_row(str(result.run_dir / BEST_NAME), str(result.best_step),
+                          *(f"{result.best[name]:.4f}" for name in SCORE_NAMES))
         out.print(table)
         if result.collapsed:
-            err.print(f"[yellow]warning:[/] best.pt: {collapse_text(result.collapsed)}")
+            err.print(f"[yellow]warning:[/] {BEST_NAME}: {collapse_text(result.collapsed)}")
         if result.skipped_steps or result.skipped_audio:
             err.print(f"skipped {result.skipped_steps} step(s) with a non-finite loss or gradient and "
-                      f"{len(result.skipped_audio)} unreadable clip(s); see {result.run_dir / 'summary.json'}")
+                      f"{len(result.skipped_audio)} unreadable clip(s); see {result.run_dir / SUMMARY_NAME}")
 
     def close(self) -> None:
         if self._bar is not None:
@@ -271,19 +271,16 @@ def print_differences(title: str, differences: list) -> None:
     """``CCC(system) − CCC(reference)`` per attribute with its paired bootstrap interval (``Difference`` rows)."""
     table = Table(title=title, title_justify="left")
     table.add_column("system − reference", overflow="fold")
-    for column in ("arousal", "valence", "dominance", "average"):
+    for column in SCORE_NAMES:
         table.add_column(column, justify="right", no_wrap=True)
-    names = ("arousal", "valence", "dominance", "average")
     for item in differences:
-        table.add_row(f"{item.system} − {item.reference}", *(f"{item.value[name]:+.4f}" for name in names))
-        table.add_row("  95 % CI", *(f"[{item.ci[name].low:+.3f}, {item.ci[name].high:+.3f}]" for name in names),
+        table.add_row(f"{item.system} − {item.reference}", *(f"{item.value[name]:+.4f}" for name in SCORE_NAMES))
+        table.add_row("  95 % CI", *(f"[{item.ci[name].low:+.3f}, {item.ci[name].high:+.3f}]" for name in SCORE_NAMES),
                       end_section=True)
     out.print(table)
     out.print("an interval that excludes 0 is a difference these utterances support; paired: the same resamples "
               "for both systems", markup=False, highlight=False)
 
-
-_SCORE_NAMES = (*ATTRIBUTES, "average")
 
 
 def print_scores(title: str, rows: list, *, highlight: str | None = None) -> None:
@@ -298,14 +295,14 @@ def print_scores(title: str, rows: list, *, highlight: str | None = None) -> Non
 def _scores_table(title: str, rows: list, highlight: str | None) -> Table:
     table = Table(title=title, title_justify="left")
     table.add_column("system", overflow="fold")
-    for column in ("utterances", *_SCORE_NAMES):
+    for column in ("utterances", *SCORE_NAMES):
         table.add_column(column, justify="right", no_wrap=True)
     with_gender = any(row.gender_accuracy is not None for row in rows)
     if with_gender:
         table.add_column("gender acc", justify="right", no_wrap=True)
         table.add_column("gender UAR", justify="right", no_wrap=True)
     for row in rows:
-        cells = [row.name, f"{row.num_utterances:,}", *(f"{row.ccc[name]:.4f}" for name in _SCORE_NAMES)]
+        cells = [row.name, f"{row.num_utterances:,}", *(f"{row.ccc[name]:.4f}" for name in SCORE_NAMES)]
         if with_gender:
             cells += ["–" if row.gender_accuracy is None else f"{row.gender_accuracy:.3f}",
                       "–" if row.gender_uar is None else f"{row.gender_uar:.3f}"]
@@ -317,11 +314,11 @@ def _intervals_table(rows: list, highlight: str | None) -> Table:
     intervals = Table(title="95 % confidence intervals (bootstrap: utterances resampled with replacement)",
                       title_justify="left")
     intervals.add_column("system", overflow="fold")
-    for name in _SCORE_NAMES:
+    for name in SCORE_NAMES:
         intervals.add_column(name, justify="right", no_wrap=True)
     for row in rows:
         if row.ci:
-            cells = (f"[{row.ci[name].low:.3f}, {row.ci[name].high:.3f}]" for name in _SCORE_NAMES)
+            cells = (f"[{row.ci[name].low:.3f}, {row.ci[name].high:.3f}]" for name in SCORE_NAMES)
             intervals.add_row(row.name, *cells, style="bold" if row.name == highlight else None)
     return intervals
 

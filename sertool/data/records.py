@@ -8,11 +8,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-# The attribute order is A, V, D everywhere in sertool, and always addressed by name. The official
-# baseline's internal order is [A, D, V]; positional guesswork between the two is a classic silent bug.
-ATTRIBUTES: tuple[str, ...] = ("arousal", "valence", "dominance")
-# MSP-Podcast's column for each attribute, in ATTRIBUTES order.
-ATTRIBUTE_COLUMNS: dict[str, str] = {"arousal": "EmoAct", "valence": "EmoVal", "dominance": "EmoDom"}
+from sertool.core.constants import ATTRIBUTES
+
+# MSP-Podcast's column for each attribute, in ATTRIBUTES order (arousal: EmoAct, valence: EmoVal, dominance: EmoDom).
+ATTRIBUTE_COLUMNS: dict[str, str] = dict(zip(ATTRIBUTES, ("EmoAct", "EmoVal", "EmoDom"), strict=True))
 # Rater means lie on a 1..7 scale.
 LABEL_MIN, LABEL_MAX = 1.0, 7.0
 
@@ -23,7 +22,7 @@ EMO_CLASSES: dict[str, str] = {
 }
 NO_CLASS_CODES = frozenset({"O", "X"})
 # The header of MSP-Podcast's Labels/labels_consensus.csv (read by data.msp, written by data.demo).
-MSP_LABELS_HEADER: tuple[str, ...] = ("FileName", "EmoClass", "EmoAct", "EmoVal", "EmoDom", "SpkrID", "Gender",
+MSP_LABELS_HEADER: tuple[str, ...] = ("FileName", "EmoClass", *ATTRIBUTE_COLUMNS.values(), "SpkrID", "Gender",
                                       "Split_Set")
 GENDERS: tuple[str, ...] = ("Male", "Female")
 

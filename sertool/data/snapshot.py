@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from sertool.cache.scan import ScanCache, _strings, _unstrings, stat_key
-from sertool.data.records import Utterance
+from sertool.data.records import ATTRIBUTES, Utterance
 from sertool.data.report import LoadReport, Problem
 from sertool.guards.outputs import write_cache_file
 
@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 2  # 2: NUL-separated texts (scan_cache._strings)
 _OPTIONAL_TEXTS = ("emo_class", "speaker", "gender", "transcript")
-_NUMBERS = ("duration_s", "arousal", "valence", "dominance")  # float64; NaN where None
+_NUMBERS = ("duration_s", *ATTRIBUTES)  # float64; NaN where None (an attribute is an Utterance field)
 
 
 def snapshot_path(scan: ScanCache, given: str) -> Path:

@@ -23,7 +23,8 @@ from sertool.guards.reads import MAX_CONFIG_BYTES, read_user_text
 SCALES = ("demo", "real")
 # The paper's grid and its configs are package data (setup.cfg), so an installed sertool finds them wherever
 # it runs; in a checkout they are the same files.
-PAPER_GRID = Path(__file__).resolve().parent.parent / "configs" / "paper" / "grid.yaml"
+GRID_NAME = "grid.yaml"  # a grid's file: the paper's, and what `reproduce --grid` names in its messages
+PAPER_GRID = Path(__file__).resolve().parent.parent / "configs" / "paper" / GRID_NAME
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,7 @@ class Grid:
         """
         path = self.folder / f"{system}.yaml"
         if not path.is_file():
-            raise SertoolError(f"grid {self.folder / 'grid.yaml'}: system {system!r} has no config {path}")
+            raise SertoolError(f"grid {self.folder / GRID_NAME}: system {system!r} has no config {path}")
         config = Config.from_yaml(path)
         config.data.corpus = corpus
         if scale == "demo":
@@ -82,7 +83,7 @@ class Grid:
                 speaker_embedding=self.demo_stand_ins.get("speaker_embedding") if model.speaker_embedding else None)
             for section, values in self.demo_overrides.items():
                 for key, value in values.items():
-                    apply_value(config, section, key, value, source=f"{self.folder / 'grid.yaml'} demo_scale")
+                    apply_value(config, section, key, value, source=f"{self.folder / GRID_NAME} demo_scale")
         elif model_locations:
             from sertool.core.config import DEFAULT_BACKBONE_IDS
 

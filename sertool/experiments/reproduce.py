@@ -23,23 +23,24 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from sertool.core.config import DEFAULT_DEVICE
+from sertool.core.constants import CONFIG_NAME, LAST_NAME, SCORE_NAMES, SUMMARY_NAME
 from sertool.core.errors import SertoolError
 from sertool.core.io import load_json
 from sertool.core.splits import DEVELOPMENT, HELD_OUT_SPLITS
 from sertool.data.corpus import open_corpus
-from sertool.data.records import ATTRIBUTES, Utterance
+from sertool.data.records import Utterance
 from sertool.experiments.grid import PAPER_GRID, SCALES, Ensemble, Grid, read_grid
+from sertool.experiments.options import ReproduceOptions
 from sertool.guards.outputs import OutputPlan
 from sertool.inference.predictions import read_predictions
 from sertool.inference.predictor import InferenceOptions
 from sertool.inference.workflows import Scores, ensemble, evaluate
 from sertool.inference.writers import write_predictions_file
-from sertool.store.checkpoints import LAST_NAME
 from sertool.training.loop import Reporter, train
 
 EVAL_SPLITS = HELD_OUT_SPLITS
-COLUMNS = (*ATTRIBUTES, "average")
+COLUMNS = SCORE_NAMES
+TABLES_NAME = "tables.md"  # the tables laid out like the paper's, in --out
 
 
 def parse_model_locations(items: Sequence[str]) -> dict[str, str]:
@@ -57,48 +58,50 @@ def parse_model_locations(items: Sequence[str]) -> dict[str, str]:
     return locations
 
 
-def reproduce(grid_path: str | Path | None = None, *, corpus: str | Path, scale: str, out_dir: str | Path,
-              seeds: int = 1, model_locations: dict[str, str] | None = None, only: Sequence[str] | None = None,
-              device: str = DEFAULT_DEVICE, reporter_factory: Callable[[], Reporter] | None = None,
+def reproduce(options: ReproduceOptions, *, reporter_factory: Callable[[], Reporter] | None = None,
               say: Callable[[str], None] = lambda text: None) -> Path:
-    """Run the grid; returns the path of the written tables (``<out_dir>/tables.md``).
+    """Run the grid; returns the path of the written tables (``<out>/tables.md``).
 
     Args:
-        grid_path: a grid file; default: the paper's (``PAPER_GRID``, shipped with sertool).
-        corpus: the corpus every system trains and is evaluated on.
-        scale: ``"demo"`` (stand-ins, demo overrides) or ``"real"`` (the configs as they are).
-        out_dir: ``runs/``, ``predictions/``, ``scores/`` and ``tables.md`` go here.
-        seeds: trainings of every system, with consecutive seeds; the tables show mean ± sd over them.
-        model_locations: real scale: hub id → local folder.
-        only: run only these systems (and the ensembles all of whose members are among them).
+        options: ``grid``, a grid file (default: the paper's, ``PAPER_GRID``, shipped with sertool); ``corpus``,
+            the corpus every system trains and is evaluated on; ``scale``, ``"demo"`` (stand-ins, demo
+            overrides) or ``"real"`` (the configs as they are); ``out``, where ``runs/``, ``predictions/``,
+            ``scores/`` and ``tables.md`` go; ``seeds``, trainings of every system, with consecutive seeds (the
+            tables show mean ± sd over them); ``systems``, run only these (comma-separated; and the ensembles
+            all of whose members are among them); ``models``, real scale: ``HUB_ID=FOLDER`` items, where a hub
+            id's model is found; ``device``.
+        reporter_factory: a training reporter per training (None: none).
         say: progress lines ("mmwavlm seed 1: training", "wavlm seed 0: done earlier, skipped").
 
     Raises:
-        SertoolError: an unknown scale or system, or fewer than one seed.
+        SertoolError: an unknown scale or system, fewer than one seed, or a ``models`` item without ``=``.
     """
+    corpus, scale, seeds, device = options.corpus, options.scale, options.seeds, options.device
     if scale not in SCALES:
         raise SertoolError(f"--scale {scale!r}: choose one of {', '.join(SCALES)}")
     if seeds < 1:
         raise SertoolError(f"--seeds {seeds}: train every system at least once")
+    model_locations = parse_model_locations(options.models)
+    only = options.systems.split(",") if options.systems else None
     # The folder is the grid's own: re-running replaces what it wrote (finished systems are skipped first).
     outputs = OutputPlan(force=True)
-    out_dir = outputs.folder(out_dir, flag="--out")
-    grid_path = PAPER_GRID if grid_path is None else grid_path
+    out_dir = outputs.folder(options.out, flag="--out")
+    grid_path = PAPER_GRID if options.grid is None else options.grid
     grid = read_grid(grid_path)
     systems = [system for system in grid.systems if only is None or system in only]
     unknown = sorted(set(only or ()) - set(grid.systems))
     if unknown:
         raise SertoolError(f"--systems {', '.join(unknown)}: not in {grid_path}; it has {', '.join(grid.systems)}")
     splits = {split: _split_or_none(corpus, split) for split in EVAL_SPLITS}
-    options = InferenceOptions(device=device)
+    inference = InferenceOptions(device=device)
     results: dict[str, dict[str, Any]] = {}
     for system in systems:
         results[system] = _run_system(grid, system, seeds=seeds, corpus=str(corpus), scale=scale, outputs=outputs,
                                       out_dir=out_dir, model_locations=model_locations, splits=splits,
-                                      options=options, device=device, reporter_factory=reporter_factory, say=say)
-    ensembles = {item.id: _run_ensemble(item, results, outputs, out_dir, splits, options) for item in grid.ensembles
+                                      options=inference, device=device, reporter_factory=reporter_factory, say=say)
+    ensembles = {item.id: _run_ensemble(item, results, outputs, out_dir, splits, inference) for item in grid.ensembles
                  if all(results.get(member, {}).get("seeds") for member in item.members)}
-    path = out_dir / "tables.md"
+    path = out_dir / TABLES_NAME
     with outputs.writing(path) as handle:
         handle.write(render_tables(grid, results, ensembles, scale=scale, corpus=str(corpus), seeds=seeds))
     return path
@@ -139,7 +142,7 @@ def _run_seed(config, system: str, *, seed: int, outputs: OutputPlan, out_dir: P
             say(f"{name}: done earlier, skipped")
             return recorded
     reporter = reporter_factory() if reporter_factory else None
-    if (run_dir / "summary.json").is_file() and _same_config(run_dir, config):
+    if (run_dir / SUMMARY_NAME).is_file() and _same_config(run_dir, config):
         say(f"{name}: trained earlier; evaluating")
     elif (run_dir / LAST_NAME).is_file() and _same_config(run_dir, config):
         say(f"{name}: resuming the interrupted training")
@@ -171,7 +174,7 @@ def _score_record(scores: Scores) -> dict[str, Any]:
 def _same_config(run_dir: Path, config) -> bool:
     from sertool.core.config import read_config_file
 
-    path = run_dir / "config.yaml"
+    path = run_dir / CONFIG_NAME
     try:
         return path.is_file() and read_config_file(path) == config.to_dict()
     except SertoolError:  # a damaged config.yaml: not this config, so the run starts over

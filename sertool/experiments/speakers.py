@@ -20,6 +20,7 @@ from sertool.core.progress import task
 from sertool.data.corpus import open_corpus
 from sertool.data.records import Utterance
 from sertool.data.selection import choose_utterances
+from sertool.experiments.options import SpeakersOptions
 from sertool.guards.outputs import OutputPlan
 
 
@@ -32,23 +33,24 @@ class SpeakerFigure:
     path: Path
 
 
-def speaker_figure(corpus: str | Path, out: str | Path, *, split: str, speaker_model: str, num_speakers: int,
-                   per_speaker: int, speakers: str, seed: int, force: bool = False) -> SpeakerFigure:
-    """`sertool data speakers`: draw ``per_speaker`` utterances of ``num_speakers`` speakers of ``split``
-    (``choose_utterances``), map them (``speaker_map``) and write the figure to ``out``, which is declared
-    before any of that.
+def speaker_figure(options: SpeakersOptions) -> SpeakerFigure:
+    """`sertool data speakers`: draw ``options.per_speaker`` utterances of ``options.num_speakers`` speakers of
+    ``options.split`` of ``options.corpus`` (``choose_utterances``, by ``options.speaker_choice`` and
+    ``options.seed``), map them with ``options.speaker_model`` (``speaker_map``) and write the figure to
+    ``options.out``, which is declared before any of that.
 
     Raises:
         SertoolError: ``out`` may not be written, too few speakers or utterances, or an unloadable model.
     """
-    outputs = OutputPlan(force=force)
-    path = outputs.file(out, flag="--out")
+    outputs = OutputPlan(force=options.force)
+    path = outputs.file(options.out, flag="--out")
     assert path is not None, "--out is required"
-    utterances = choose_utterances(open_corpus(corpus).split(split), num_speakers=num_speakers,
-                                   per_speaker=per_speaker, seed=seed, speakers=speakers)
-    result = speaker_map(utterances, speaker_model)
+    utterances = choose_utterances(open_corpus(options.corpus).split(options.split), num_speakers=options.num_speakers,
+                                   per_speaker=options.per_speaker, seed=options.seed, speakers=options.speaker_choice)
+    result = speaker_map(utterances, options.speaker_model)
     with outputs.writing(path, "wb") as handle:
-        plot_speaker_map(result, handle, title=f"{speaker_model} on {len(utterances)} utterances of {split}")
+        plot_speaker_map(result, handle, title=f"{options.speaker_model} on {len(utterances)} utterances of "
+                                               f"{options.split}")
     return SpeakerFigure(result, len(utterances), path)
 
 

@@ -66,8 +66,8 @@ class InferenceOptions:
     asr: str = option(DEFAULT_ASR_MODEL_ID, "Whisper model (hub id or folder) that transcribes audio without a "
                       "transcript (MM models).")
     quantize: str = option(DEFAULT_QUANTIZE, "int8: int8 linear layers in the speech backbone, and its convolutional "
-                           "front end in bf16 on CPUs with AMX; 1.4-1.6× (2.2-2.5× with AMX) as fast on a CPU, "
-                           "predictions move by a few hundredths (CPU only).",
+                           "front end in bf16 on CPUs with AMX; faster on a CPU (how much: docs/performance.md, "
+                           "benchmark 10), predictions move by a few hundredths (CPU only).",
                            choices=QUANTIZE_CHOICES)
     threads: int = option(0, "CPU threads for torch (0: one per core). Fewer suit a machine shared with other work.",
                           bounds=THREADS)

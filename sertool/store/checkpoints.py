@@ -26,6 +26,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from sertool.core.constants import BEST_NAME
+from sertool.core.constants import LAST_NAME as LAST_NAME  # the training loop's name for it, from here
 from sertool.core.errors import SertoolError
 from sertool.core.version import __version__
 from sertool.guards.outputs import atomic_write
@@ -34,8 +36,6 @@ from sertool.guards.reads import MAX_CHECKPOINT_BYTES, check_user_file, open_use
 FORMAT = "sertool-checkpoint"
 FORMAT_VERSION = 1
 CHECKPOINT_ID = "checkpoint_id"  # a random id per saved checkpoint; an export records the one it came from
-BEST_NAME = "best.pt"
-LAST_NAME = "last.pt"
 # Top-level modules of SERModel holding pretrained encoders whose frozen weights are not stored.
 PRETRAINED_MODULES: tuple[str, ...] = ("backbone", "text_encoder", "speaker_embedder")
 # The payload key that names the file the weights were read from (set on loading, never saved): what
@@ -168,7 +168,8 @@ def check_stored_tensors(state: dict[str, Any], expected: dict[str, torch.Tensor
 
     Raises:
         SertoolError: naming ``source`` and the first tensor that does not fit, e.g. "m/model.safetensors:
-            tensor floor_blend.weights is float16 where the model needs float64 [246, 3]; ...".
+            tensor floor_blend.weights is float16 where the model needs float64 [NUM_FEATURES, 3]; ..." (the
+            statistics' count, ``sertool.models.utterance_stats.NUM_FEATURES``, in the message itself).
     """
     for key, value in state.items():
         if key not in expected:

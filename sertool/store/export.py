@@ -11,11 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sertool.core.constants import SCORE_NAMES
 from sertool.core.errors import SertoolError
 from sertool.core.hub import is_repo_id
-from sertool.data.records import ATTRIBUTES
 from sertool.guards.outputs import OutputPlan
 from sertool.store.model_folder import FOLDER_FILES, load_model, write_model_folder
+from sertool.store.options import ExportOptions
 
 
 @dataclass
@@ -27,15 +28,14 @@ class ExportResult:
     url: str | None = None
 
 
-def export_model(source: str | Path, out: str | Path, *, force: bool = False,
-                 push_to_hub: str | None = None) -> ExportResult:
-    """Write ``source`` as a model folder ``out``, and upload it to the hub as ``push_to_hub``.
+def export_model(source: str | Path, options: ExportOptions) -> ExportResult:
+    """Write ``source`` as a model folder ``options.out``, and upload it to the hub as ``options.push_to_hub``.
 
     Args:
         source: a run folder (its ``best.pt``), a checkpoint, a model folder or a hub id.
-        out: the folder to write (created; other files in it are left alone).
-        force: overwrite the model files an earlier export left in ``out``.
-        push_to_hub: a model repository id (``owner/name``) to create (if needed) and upload to.
+        options: ``out``, the folder to write (created; other files in it are left alone); ``force``, overwrite
+            the model files an earlier export left there; ``push_to_hub``, a model repository id
+            (``owner/name``) to create (if needed) and upload to.
 
     Returns:
         The files written and, after an upload, the repository's URL.
@@ -45,8 +45,9 @@ def export_model(source: str | Path, out: str | Path, *, force: bool = False,
             no hub token for ``push_to_hub`` (checked before anything is written), or a failed upload
             (the folder is complete then; the message says how to upload it later).
     """
-    outputs = OutputPlan(force=force)
-    out = outputs.folder(out, flag="--out")
+    push_to_hub = options.push_to_hub
+    outputs = OutputPlan(force=options.force)
+    out = outputs.folder(options.out, flag="--out")
     for name in FOLDER_FILES:
         outputs.file(out / name, flag="--out")
     if push_to_hub is not None:
@@ -174,17 +175,17 @@ def _data_lines(payload: dict[str, Any], data: dict[str, Any], released: dict[st
 
 def _metric_lines(payload: dict[str, Any], data: dict[str, Any]) -> list[str]:
     metrics = payload.get("metrics") or {}
-    if not all(name in metrics for name in (*ATTRIBUTES, "average")) or not data:
+    if not all(name in metrics for name in SCORE_NAMES) or not data:
         return ["No metrics recorded with this model: evaluate it on a labelled split it never saw "
                 "(`sertool evaluate`)."]
     step = payload.get("step")
     return [
         "Concordance correlation coefficient (CCC) over the whole split, on the 1–7 scale:",
         "",
-        "| split | utterances | arousal | valence | dominance | average |",
-        "|---|---|---|---|---|---|",
+        "| split | utterances | " + " | ".join(SCORE_NAMES) + " |",
+        "|---" * (len(SCORE_NAMES) + 2) + "|",
         f"| {data['valid_split']} | {data['valid_utterances']:,} | "
-        + " | ".join(f"{metrics[name]:.4f}" for name in (*ATTRIBUTES, "average")) + " |",
+        + " | ".join(f"{metrics[name]:.4f}" for name in SCORE_NAMES) + " |",
         "",
         f"Measured at step {step} on the validation split, the split this checkpoint was *selected* on (best "
         "average CCC), so it is optimistic for that split; for a number to report, evaluate on a test split "

@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
+from sertool.core.constants import MODEL_CONFIG_NAME
 from sertool.core.errors import SertoolError
 from sertool.core.hub import download_snapshot, is_repo_id
 from sertool.core.io import load_json
@@ -34,10 +35,9 @@ if TYPE_CHECKING:
 
 FOLDER_FORMAT = "sertool-model"
 FOLDER_FORMAT_VERSION = 1
-CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "README.md"
-FOLDER_FILES: tuple[str, ...] = (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME)
+FOLDER_FILES: tuple[str, ...] = (MODEL_CONFIG_NAME, WEIGHTS_NAME, CARD_NAME)
 # Checkpoint keys that stay out of config.json: the weights go to model.safetensors, the training state
 # (optimiser, sampler, RNG) of last.pt is of no use to a model shared for inference, and where the weights
 # were read from is the loader's note.
@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 def is_model_folder(path: str | Path) -> bool:
     """Whether ``path`` is a folder holding a ``config.json`` (a model folder, not a run folder)."""
     path = Path(path).expanduser()
-    return path.is_dir() and (path / CONFIG_NAME).is_file()
+    return path.is_dir() and (path / MODEL_CONFIG_NAME).is_file()
 
 
 def load_model(name_or_path: str | Path, *, name: str = BEST_NAME, weights: bool = True) -> dict[str, Any]:
@@ -94,15 +94,15 @@ def load_model(name_or_path: str | Path, *, name: str = BEST_NAME, weights: bool
 def _warn_if_stale_export(folder: Path, payload: dict[str, Any], *, name: str) -> None:
     """One warning when ``folder`` holds an export (``config.json``) of another checkpoint than its ``name``."""
     try:
-        exported = load_json(folder / CONFIG_NAME, what="model config")
+        exported = load_json(folder / MODEL_CONFIG_NAME, what="model config")
     except SertoolError:
         exported = None
     recorded = exported.get(CHECKPOINT_ID) if isinstance(exported, dict) else None
     if recorded is None or recorded != payload.get(CHECKPOINT_ID):
         log.warning("warning: %s holds a run's %s and, beside it, an exported model (%s, %s) that is not an export of "
                     "that %s (stale: the run was trained again after the export); using %s. Export the run again, "
-                    "or move the old export to a folder of its own", folder, name, CONFIG_NAME, WEIGHTS_NAME, name,
-                    folder / name)
+                    "or move the old export to a folder of its own", folder, name, MODEL_CONFIG_NAME, WEIGHTS_NAME,
+                    name, folder / name)
 
 
 def read_model_folder(folder: str | Path, *, source: str | None = None, weights: bool = True) -> dict[str, Any]:
@@ -119,7 +119,7 @@ def read_model_folder(folder: str | Path, *, source: str | None = None, weights:
     """
     folder = Path(folder).expanduser()
     source = source or str(folder)
-    data = load_json(folder / CONFIG_NAME, what="model config")
+    data = load_json(folder / MODEL_CONFIG_NAME, what="model config")
     weights_file = folder / WEIGHTS_NAME
     if not weights_file.is_file():
         raise SertoolError(f"{source}: a model folder without {WEIGHTS_NAME}; export it again (sertool export)")
@@ -129,13 +129,13 @@ def read_model_folder(folder: str | Path, *, source: str | None = None, weights:
         return {**_released_payload(data, weights_file if weights else None, source=source),
                 WEIGHTS_FILE: f"{source}/{WEIGHTS_NAME}"}
     if not isinstance(data, dict) or data.get("format") != FOLDER_FORMAT:
-        raise SertoolError(f"{folder / CONFIG_NAME}: neither a sertool model folder (sertool export) nor one of the "
-                           "authors' released models")
+        raise SertoolError(f"{folder / MODEL_CONFIG_NAME}: neither a sertool model folder (sertool export) nor one of "
+                           "the authors' released models")
     if data.get("format_version", 0) > FOLDER_FORMAT_VERSION:
         raise SertoolError(f"{source}: written by a newer sertool (format {data['format_version']}); upgrade sertool")
     with _open_safetensors(weights_file) as handle:
         if (handle.metadata() or {}).get(_EXPORT_ID) != data.get(_EXPORT_ID):
-            raise SertoolError(f"{source}: {CONFIG_NAME} and {WEIGHTS_NAME} come from different exports (an "
+            raise SertoolError(f"{source}: {MODEL_CONFIG_NAME} and {WEIGHTS_NAME} come from different exports (an "
                                "interrupted overwrite?); export the model again")
         state = {name: handle.get_tensor(name) for name in handle.keys()} if weights else {}
     payload = {key: value for key, value in data.items() if key != _EXPORT_ID}
@@ -170,7 +170,7 @@ def write_model_folder(payload: dict[str, Any], outputs: OutputPlan, folder: Pat
               **{key: value for key, value in payload.items() if key not in _NOT_IN_CONFIG}}
     # safetensors stores each tensor alone: contiguous copies, so views and shared storage cannot clash.
     tensors = {name: value.detach().cpu().contiguous().clone() for name, value in payload["model_state"].items()}
-    written = [folder / WEIGHTS_NAME, folder / CARD_NAME, folder / CONFIG_NAME]
+    written = [folder / WEIGHTS_NAME, folder / CARD_NAME, folder / MODEL_CONFIG_NAME]
     with outputs.holding(folder, flag="--out"):
         outputs.write_data(written[0], save_safetensors(tensors, metadata={_EXPORT_ID: export_id, "format": "pt"}))
         with outputs.writing(written[1]) as handle:

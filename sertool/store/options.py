@@ -1,0 +1,18 @@
+"""What `sertool export` takes: its options dataclass, each field a flag (``sertool.core.config.option``, made into
+flags by ``sertool.cli.flags``). Imports no torch."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sertool.core.config import option
+
+
+@dataclass
+class ExportOptions:
+    """`sertool export`: the model folder to write, and where to upload it."""
+
+    out: str = option(None, "The model folder to write: config.json, model.safetensors (weights, no pickle), "
+                      "README.md (the model card).", metavar="DIR", required=True)
+    push_to_hub: str | None = option(None, "Also upload the folder to the model hub as REPO (owner/name); needs a "
+                                     "token (hf auth login).", metavar="REPO")
+    force: bool = option(False, "Overwrite the model files of an earlier export in --out.")

@@ -58,7 +58,7 @@ def test_reliability_table_lists_every_reliability_test():
 
 
 ROOT = DOCS.parent
-DOC_FILES = [*sorted(DOCS.glob("*.md")), ROOT / "README.md"]
+DOC_FILES = [*sorted(DOCS.rglob("*.md")), ROOT / "README.md"]  # notes/ included
 # Flags the docs show for other programs: torchrun, pip, huggingface-cli, kill, bench/bench.py; and
 # ``--help`` / ``--version`` (click's own). A prefix such as ``--no-`` or ``--lr-`` names a family of flags.
 FOREIGN_FLAGS = {"--nproc-per-node", "--nnodes", "--rdzv-backend", "--rdzv-endpoint", "--shutdown-timeout", "--no-deps",
@@ -220,8 +220,6 @@ def _anchors(path: Path) -> set[str]:
     return anchors
 
 
-ALL_DOC_FILES = [*sorted(DOCS.rglob("*.md")), ROOT / "README.md"]
-
 
 def test_every_link_between_the_docs_resolves():
     """Every relative link in README.md and docs/ (notes included) names a file that exists and, with a
@@ -229,7 +227,7 @@ def test_every_link_between_the_docs_resolves():
     import re
 
     broken = []
-    for path in ALL_DOC_FILES:
+    for path in DOC_FILES:
         text = re.sub(r"```.*?```", "", path.read_text(encoding="utf-8"), flags=re.DOTALL)
         for target in re.findall(r"\]\(([^)\s]+)\)", text):
             if re.match(r"[a-z]+:", target):

@@ -239,3 +239,16 @@ def test_every_link_between_the_docs_resolves():
             elif fragment and linked.suffix == ".md" and fragment not in _anchors(linked):
                 broken.append(f"{path.relative_to(ROOT)}: {target} (no such heading)")
     assert not broken, broken
+
+
+def test_the_testing_section_names_every_file_with_slow_tests():
+    """docs/architecture.md's "Testing" says what make test-quick leaves out: every test file holding a test
+    marked slow is named there."""
+    text = (DOCS / "architecture.md").read_text(encoding="utf-8")
+    section = text[text.index("## Testing"):text.index("\n## ", text.index("## Testing") + 1)]
+    import re
+
+    files = sorted(path.name for path in (ROOT / "tests").glob("test_*.py")
+                   if re.search(r"^@pytest\.mark\.slow$|marks=\[pytest\.mark\.slow\]", path.read_text(encoding="utf-8"),
+                                flags=re.MULTILINE))
+    assert files and [name for name in files if f"tests/{name}" not in section] == []

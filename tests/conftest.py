@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import os
+import socket
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -40,3 +43,52 @@ def tiny_msp(tmp_path: Path) -> Path:
     write_tone(root / "Audios" / "MSP-PODCAST_test3_0001.wav", duration_s=2.0)
     (root / "Transcripts" / "MSP-PODCAST_test3_0001.txt").write_text("a test three sentence\n")
     return root
+
+
+@dataclass
+class NetworkWaits:
+    """What a test's code did that could make it wait on a network: connections, host lookups, sleeps."""
+
+    connections: list[object] = field(default_factory=list)
+    lookups: list[object] = field(default_factory=list)
+    sleeps: list[float] = field(default_factory=list)
+
+    def none(self) -> bool:
+        return not (self.connections or self.lookups or self.sleeps)
+
+
+@pytest.fixture
+def network_waits(monkeypatch: pytest.MonkeyPatch) -> NetworkWaits:
+    """Records, in this process, every attempt to open a connection or look a host name up (each fails at
+    once with OSError, as on a machine without a network) and every ``time.sleep`` (which returns at once).
+
+    "Fails fast" without a clock: an offline failure is slow only if it waits on the network (a connection
+    or a name lookup that times out, possibly retried) or sleeps between retries; a test asserts
+    ``network_waits.none()`` instead of a wall-clock limit, which a busy shared machine can break.
+    """
+    waits = NetworkWaits()
+
+    def connect(self: socket.socket, address: object, *args: object) -> None:
+        waits.connections.append(address)
+        raise OSError(f"tests: no network (connect to {address!r})")
+
+    def getaddrinfo(host: object, *args: object, **kwargs: object) -> list:
+        waits.lookups.append(host)
+        raise socket.gaierror(f"tests: no network (lookup of {host!r})")
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket.socket, "connect_ex", connect)
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    monkeypatch.setattr(time, "sleep", waits.sleeps.append)
+    return waits
+
+
+@pytest.fixture
+def offline_hub(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The model hub switched off as for a process started with ``HF_HUB_OFFLINE=1``: huggingface_hub reads
+    the variable once, at import, so setting it in a test is not enough (the hub's first request of a
+    process, for its agent registry, would still go out, for up to 3 s)."""
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)

@@ -1,8 +1,6 @@
 """`sertool train` through the CLI: config files, flag overrides, hub ids offline, run-folder rules."""
 from __future__ import annotations
 
-import time
-
 import pytest
 import yaml
 from click.testing import CliRunner
@@ -26,13 +24,12 @@ def run(*args):
     return CliRunner().invoke(cli, [str(arg) for arg in args], catch_exceptions=False)
 
 
-def test_offline_default_hub_id_fails_fast_and_says_how_to_pass_a_folder(corpus, tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    started = time.monotonic()
+def test_offline_default_hub_id_fails_fast_and_says_how_to_pass_a_folder(corpus, tmp_path, offline_hub,
+                                                                         network_waits):
     result = run("train", "--corpus", corpus, "--backbone", "wavlm", "--aux", "gender", "--out", tmp_path / "r", *FAST)
     assert result.exit_code == 2
     assert "microsoft/wavlm-large" in result.output and "--backbone-path DIR" in result.output
-    assert time.monotonic() - started < 20
+    assert network_waits.none(), network_waits  # fast: nothing waited on a network or slept
 
 
 def test_wavlm_from_a_local_folder_trains(corpus, tmp_path):

@@ -73,6 +73,7 @@ def _watch_layers_and_gradients(records: Path, rank: int) -> None:
     loop._Run._wrap_ddp = wrap  # type: ignore[method-assign]
 
 
+@pytest.mark.slow
 @case("training", "DDP with LayerDrop on (a fine-tuned WavLM/HuBERT/wav2vec2 with `layer_weighting: last`, no "
       "auxiliary head; was: the second step failed, \"Expected to have finished reduction\")",
       "trains; each rank skips its own layers, every gradient is the mean of the ranks' own (zeros where a "
@@ -113,6 +114,7 @@ def _rank_1_reads_nothing_in_step_2(rank: int) -> None:
     loop.UtteranceDataset = FailingInStep2  # type: ignore[misc]  # the training loader's only: not validation's
 
 
+@pytest.mark.slow
 @case("training", "DDP: every clip of one rank's step fails to decode (was: that rank skipped its backward pass "
       "and the job hung in the gradient all-reduce)",
       "every rank skips that step (not counted as non-finite) and trains on; the clips are in `skipped_audio` "
@@ -141,6 +143,7 @@ def _nan_gradient_on_rank_1_in_step_2(rank: int) -> None:
         loop.SERLoss.__call__ = nan_gradient_loss({2})  # type: ignore[method-assign]
 
 
+@pytest.mark.slow
 @case("training", "DDP: a NaN gradient under a finite loss on one rank only",
       "every rank skips the step and counts it; the ranks' weights stay equal and finite")
 def test_ddp_a_nan_gradient_on_one_rank_skips_the_step_on_every_rank(corpus, tmp_path):
@@ -169,6 +172,7 @@ def _validations_that_differ_per_rank(rank: int) -> None:
     loop._Run._predict_valid = predict  # type: ignore[method-assign]
 
 
+@pytest.mark.slow
 @case("training", "DDP: validations the ranks would judge apart (was: each rank chose its own floor blend and "
       "early-stopping decision; a rank that stopped early left the others waiting)",
       "rank 0 judges (scores, blend, improved) and every rank takes its verdict: equal blends and weights, "

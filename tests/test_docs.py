@@ -58,7 +58,7 @@ def test_reliability_table_lists_every_reliability_test():
 
 
 ROOT = DOCS.parent
-DOC_FILES = [*sorted(DOCS.glob("*.md")), ROOT / "README.md"]
+DOC_FILES = [*sorted(DOCS.rglob("*.md")), ROOT / "README.md"]  # notes/ included
 # Flags the docs show for other programs: torchrun, pip, huggingface-cli, kill, bench/bench.py; and
 # ``--help`` / ``--version`` (click's own). A prefix such as ``--no-`` or ``--lr-`` names a family of flags.
 FOREIGN_FLAGS = {"--nproc-per-node", "--nnodes", "--rdzv-backend", "--rdzv-endpoint", "--shutdown-timeout", "--no-deps",
@@ -236,3 +236,107 @@ def _same_default(shown: str, param, value) -> bool:
     if isinstance(value, (int, float)):
         return _is_number(shown) and float(shown) == value
     return shown == f"`{value}`"
+
+
+def _table(text: str, header: list[str]) -> list[list[str]]:
+    """The rows of the first markdown table in ``text`` whose header row is ``header`` (cells stripped)."""
+    rows: list[list[str]] = []
+    inside = False
+    for line in text.splitlines():
+        if not line.startswith("|"):
+            if inside:
+                break
+            continue
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if not inside:
+            inside = cells == header
+        elif not set("".join(cells)) <= set("-: "):
+            rows.append(cells)
+    assert rows, f"no table with the header {header}"
+    return rows
+
+
+def _folder_name(prefix: str) -> str:
+    """A part's module prefix as docs/architecture.md names it: ``sertool.data`` → ``data/``."""
+    if prefix == "sertool":
+        return "__init__.py"
+    name = prefix.removeprefix("sertool.")
+    return f"{name}/" if (ROOT / "sertool" / name).is_dir() else f"{name}.py"
+
+
+def test_architecture_arrows_are_the_layering_tests():
+    """docs/architecture.md's table of parts is tests/test_layering.py's PARTS and ALLOWED, row for row."""
+    from tests.test_layering import ALLOWED, PARTS
+
+    rows = _table((DOCS / "architecture.md").read_text(encoding="utf-8"), ["part", "folders", "may import"])
+    documented = {part: ({cell.strip("`") for cell in folders.split(", ")},
+                         set() if arrows == "–" else set(arrows.split(", ")))
+                  for part, folders, arrows in rows}
+    assert len(documented) == len(rows), "a part is listed twice"
+    expected = {part: ({_folder_name(prefix) for prefix in PARTS[part]}, ALLOWED[part]) for part in PARTS}
+    assert documented == expected
+
+
+def test_every_package_folder_is_in_the_layouts():
+    """README.md's and docs/architecture.md's layouts name every folder of sertool/."""
+    folders = sorted(f"{path.parent.name}/" for path in (ROOT / "sertool").glob("*/__init__.py"))
+    for path in (ROOT / "README.md", DOCS / "architecture.md"):
+        text = path.read_text(encoding="utf-8")
+        layout = text[text.index("## Layout"):]
+        assert [name for name in folders if f" {name} " not in layout and f"`{name}`" not in layout] == [], path.name
+
+
+def _anchor(heading: str) -> str:
+    """GitHub's anchor of a heading: lower case, punctuation dropped (hyphens kept), each space a hyphen."""
+    import re
+
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def _anchors(path: Path) -> set[str]:
+    seen: dict[str, int] = {}
+    anchors = set()
+    fenced = False
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("```"):
+            fenced = not fenced
+        if fenced or not line.startswith("#"):
+            continue
+        anchor = _anchor(line.lstrip("#"))
+        anchors.add(f"{anchor}-{seen[anchor]}" if anchor in seen else anchor)
+        seen[anchor] = seen.get(anchor, 0) + 1
+    return anchors
+
+
+
+def test_every_link_between_the_docs_resolves():
+    """Every relative link in README.md and docs/ (notes included) names a file that exists and, with a
+    ``#fragment``, a heading of that file."""
+    import re
+
+    broken = []
+    for path in DOC_FILES:
+        text = re.sub(r"```.*?```", "", path.read_text(encoding="utf-8"), flags=re.DOTALL)
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z]+:", target):
+                continue  # https:, mailto:
+            name, _, fragment = target.partition("#")
+            linked = (path.parent / name).resolve() if name else path
+            if not linked.exists():
+                broken.append(f"{path.relative_to(ROOT)}: {target} (no such file)")
+            elif fragment and linked.suffix == ".md" and fragment not in _anchors(linked):
+                broken.append(f"{path.relative_to(ROOT)}: {target} (no such heading)")
+    assert not broken, broken
+
+
+def test_the_testing_section_names_every_file_with_slow_tests():
+    """docs/architecture.md's "Testing" says what make test-quick leaves out: every test file holding a test
+    marked slow is named there."""
+    text = (DOCS / "architecture.md").read_text(encoding="utf-8")
+    section = text[text.index("## Testing"):text.index("\n## ", text.index("## Testing") + 1)]
+    import re
+
+    files = sorted(path.name for path in (ROOT / "tests").glob("test_*.py")
+                   if re.search(r"^@pytest\.mark\.slow$|marks=\[pytest\.mark\.slow\]", path.read_text(encoding="utf-8"),
+                                flags=re.MULTILINE))
+    assert files and [name for name in files if f"tests/{name}" not in section] == []

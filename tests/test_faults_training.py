@@ -120,6 +120,7 @@ def _environment() -> dict[str, str]:
 
 
 # ---- signals and kill -9 at every phase, then --resume -------------------------------------------------
+@pytest.mark.slow
 @case("training", "SIGINT while the corpus is read (before any checkpoint)",
       "stops at once, exit 130, \"the run starts again from step 0. Continue with: sertool train --resume RUN_DIR\"; "
       "`--resume` restarts from `config.yaml`")
@@ -229,6 +230,7 @@ def _stop_lines(done: subprocess.CompletedProcess, start: str) -> list[str]:
     return lines
 
 
+@pytest.mark.slow
 @case("training", "SIGTERM to every rank under `torchrun` while rank 0 writes `last.pt` (was: the other ranks exited at "
       "once, torchrun signalled rank 0 again and it stopped mid-write, while every message claimed the new step)",
       "every rank waits until `last.pt` is written; each rank's line names the step it holds; `--resume` continues "
@@ -261,6 +263,7 @@ def test_a_ddp_run_stopped_under_torchrun_keeps_what_it_claims_and_resumes_to_th
         torch.testing.assert_close(a["model_state"][key], b["model_state"][key], rtol=0, atol=0, msg=key)
 
 
+@pytest.mark.slow
 @case("training", "SIGTERM to every process of a `torchrun` job, torchrun included, as a scheduler sends it (was: each "
       "rank got it twice, from the scheduler and from torchrun, and the second stopped it at once, without `last.pt`)",
       "under DDP only the first signal counts: the ranks stop at the step's end with `last.pt`, as from one signal")

@@ -173,6 +173,7 @@ def test_an_unfitted_floor_refuses_to_predict(corpus):
         model.floor_blend(torch.zeros(2, 3), torch.zeros(2, NUM_FEATURES, dtype=torch.float64))
 
 
+@pytest.mark.slow
 def test_training_validates_the_floor_first_and_keeps_the_weights_it_chose(corpus, floor, tmp_path):
     # A learning rate that wrecks the heads: best.pt must still be no worse than the floor on Development.
     result = train(_blend_config(corpus, epochs=2, lr_heads=0.5), tmp_path / "run")
@@ -204,6 +205,7 @@ def test_training_validates_the_floor_first_and_keeps_the_weights_it_chose(corpu
             assert ccc_scores(blended, labels)["average"] == pytest.approx(result.best["average"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_an_exported_blend_model_predicts_exactly_like_its_run(corpus, tmp_path):
     train(_blend_config(corpus), tmp_path / "run")
     export_model(tmp_path / "run", ExportOptions(out=tmp_path / "folder"))
@@ -216,6 +218,7 @@ def test_an_exported_blend_model_predicts_exactly_like_its_run(corpus, tmp_path)
     np.testing.assert_array_equal(loaded.values, run)
 
 
+@pytest.mark.slow
 def test_a_resumed_blend_run_equals_an_uninterrupted_one(corpus, tmp_path):
     config = _blend_config(corpus, epochs=3, checkpoint_every_steps=1)
     straight = train(config, tmp_path / "straight")
@@ -231,6 +234,7 @@ def test_a_resumed_blend_run_equals_an_uninterrupted_one(corpus, tmp_path):
             torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
 
 
+@pytest.mark.slow
 def test_the_blend_leaves_the_networks_training_unchanged(corpus, tmp_path):
     """Same seed, with and without the floor: the same network weights after every step (only what best.pt
     holds and how it predicts differ)."""
@@ -271,6 +275,7 @@ def _silence_and_square_wave() -> dict[str, np.ndarray]:
             "square wave": np.where(np.sin(2 * np.pi * 100 * time_s) >= 0, 1.0, -1.0).astype(np.float32)}
 
 
+@pytest.mark.slow
 @case("values", "silence and a full-scale square wave given to a floor-blend model",
       "predictions within 1..7 (the floor is clipped to the scale)")
 def test_inputs_far_outside_the_training_clips_are_predicted_on_the_scale(corpus, tmp_path):
@@ -296,6 +301,7 @@ def test_inputs_far_outside_the_training_clips_are_predicted_on_the_scale(corpus
         assert all(1.0 <= prediction[attribute] <= 7.0 for attribute in ATTRIBUTES), (name, prediction)
 
 
+@pytest.mark.slow
 @case("values", "a linear-head model whose outputs overshoot 1..7 (evaluate, and the validation that chose best.pt)",
       "predictions clipped to 1..7; best.pt's recorded CCC is evaluate's CCC of those")
 def test_a_linear_head_predicts_on_the_scale_and_best_pt_scores_what_evaluate_gives(corpus, tmp_path):

@@ -112,6 +112,7 @@ def test_an_undeclared_output_is_a_programming_error(tmp_path):
             pass
 
 
+@pytest.mark.slow
 @case("guards", "two `sertool export` runs at once into one --out",
       "exactly one succeeds; the other ends in one line (folder in use, or the file appeared meanwhile) and the "
       "folder holds one whole export (before: both exited 0, one silently replaced the other)")

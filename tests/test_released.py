@@ -201,6 +201,7 @@ def test_long_audio_is_windowed_for_the_15_s_whisper_model(backbones, tmp_path):
     np.testing.assert_allclose(read_predictions(out).values[0], combine_windows(spans, per_window), atol=1e-4)
 
 
+@pytest.mark.slow
 def test_the_papers_audio_only_ensemble_of_both_released_models_from_the_cli(backbones, tmp_path, monkeypatch):
     """Hub ids resolved offline from a hub cache: the released models and the two backbones' configs."""
     import huggingface_hub.constants

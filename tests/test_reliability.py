@@ -104,6 +104,7 @@ def test_audio_failing_during_training_is_skipped_or_stops_the_run(corpus, tmp_p
         train(config, tmp_path / "fail")
 
 
+@pytest.mark.slow
 @case("data", "10-minute 8 kHz stereo file",
       "train reads only its random crop (`--max-duration-s`); predict windows it (60 × 10 s)")
 @case("inference", "10 ms file given to predict",
@@ -219,6 +220,7 @@ def _last_step(run_dir: Path) -> int:
         return -1
 
 
+@pytest.mark.slow
 @case("training", "`kill -9` during training at several points, then `--resume`",
       "final weights, metrics and log equal an uninterrupted run; no temporary file left")
 def test_kill_9_at_several_points_then_resume_equals_an_uninterrupted_run(corpus, tmp_path):

@@ -129,6 +129,7 @@ def _ids(path: Path) -> set[str]:
     return set(read_predictions(path).ids)
 
 
+@pytest.mark.slow
 def test_no_table_cell_is_computed_on_an_utterance_its_system_trained_on(tmp_path):
     # Development holds O/X utterances (the corpus cycles through N H A S X O): the dev-ox system trains on them.
     corpus = write_learnable_corpus(tmp_path / "corpus", per_split={"Train": 12, "Development": 12, "Test1": 6})
@@ -157,6 +158,7 @@ def test_no_table_cell_is_computed_on_an_utterance_its_system_trained_on(tmp_pat
     assert "| both | Development | 8 |" in text and "| both | Test1 | 6 |" in text
 
 
+@pytest.mark.slow
 def test_seeds_give_mean_and_sd_per_cell_from_the_per_seed_scores(tmp_path):
     corpus = write_learnable_corpus(tmp_path / "corpus", per_split={"Train": 12, "Development": 6})
     grid = _grid(tmp_path / "grid")

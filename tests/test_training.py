@@ -122,6 +122,7 @@ def test_ox_options_reach_the_selection_and_the_sampler(corpus, tmp_path):
     assert sum(len(batch) for batch in outside.sampler.plan(0)) > sum(len(batch) for batch in balanced.sampler.plan(0))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stop_step", [3, 4])  # mid-epoch, and exactly at the end of epoch 1
 def test_resume_equals_an_uninterrupted_run(corpus, tmp_path, stop_step):
     config = small_config(corpus, epochs=3, checkpoint_every_steps=1)
@@ -261,6 +262,7 @@ def test_nan_gradients_of_a_finite_loss_are_skipped_then_stop_the_run(corpus, tm
     assert all(torch.isfinite(value).all() for value in model_state(tmp_path / "many").values())
 
 
+@pytest.mark.slow
 def test_two_process_ddp_equals_one_process_with_the_same_effective_batch(corpus, tmp_path):
     """2 ranks × 1 micro-batch per step == 1 process × 2 accumulated micro-batches (gloo on CPU); with the
     floor blend, whose statistics each rank computes a share of (each clip once in the job), then reads all
@@ -423,6 +425,7 @@ def _slow_cache_fills(rank: int) -> None:
     loop.distributed.fill_in_shares = slow_fill_in_shares
 
 
+@pytest.mark.slow
 @case("training", "under torchrun, the other ranks waiting while rank 0 writes a large checkpoint (was: no limit "
       "given, so NCCL's 10 minutes, which a checkpoint of several GB on slow storage can pass)",
       "they wait up to `--ddp-timeout-s` (default 2 hours); past it, one line naming the option")
@@ -441,6 +444,7 @@ def test_a_rank_waits_for_the_others_up_to_the_ddp_timeout(corpus, tmp_path):
     assert (tmp_path / "long" / "best.pt").is_file()
 
 
+@pytest.mark.slow
 @case("training", "non-finite losses stopping a DDP run while rank 0 writes `last.pt` (was: the other ranks ended at "
       "once; under torchrun a rank that ends has torchrun stop the others, and kill them 30 s later, mid-write)",
       "every rank waits until `last.pt` is written, then each ends with the one-line error")

@@ -144,6 +144,7 @@ def test_training_fits_the_standardiser_on_whole_training_clips_only(corpus, tmp
                                    np.where(scale > 0, scale, 1.0), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_resume_keeps_the_moments_and_equals_an_uninterrupted_run(corpus, tmp_path):
     config = _wide_config(corpus, epochs=3, checkpoint_every_steps=1)
     config.model.utterance_stats_dropout = 0.5  # its masks come from the RNG a resume must restore

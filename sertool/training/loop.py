@@ -75,11 +75,14 @@ from sertool.store.checkpoints import (
     stored_state,
 )
 from sertool.store.model_folder import load_model
-from sertool.training.curves import CURVES_NAME, plot_curves, read_curves
+from sertool.training.curves import CURVES_NAME, METRICS_NAME, plot_curves, read_curves
 from sertool.training.init_from import load_initial_weights
 from sertool.training.optim import LRSchedule, build_optimizer
 from sertool.training.reporter import Reporter
 from sertool.training.run_folder import (
+    ARGV_NAME,
+    CONFIG_NAME,
+    SUMMARY_NAME,
     add_command_line,
     data_fingerprint,
     locked_run_folder,
@@ -231,7 +234,7 @@ def _interrupted_message(run_dir: Path, signal_number: int, *, saved_step: int |
         return f"{stopped}; {run_dir / LAST_NAME} holds step {saved_step}. {resume}"
     if (run_dir / LAST_NAME).is_file():
         return f"{stopped}; {run_dir / LAST_NAME} holds the last checkpoint. {resume}"
-    if (run_dir / "config.yaml").is_file():
+    if (run_dir / CONFIG_NAME).is_file():
         return f"{stopped} before the first checkpoint; the run starts again from step 0. {resume}"
     return f"{stopped} before {run_dir} was set up; nothing to resume: run the same command again"
 
@@ -314,19 +317,19 @@ class _Run:
                 recorded = Config.from_dict(checkpoint["config"], source=f"{last} (its config)")
             except (SertoolError, KeyError, TypeError) as error:
                 raise SertoolError(f"cannot resume from {last}: {error}. Start the run again with `sertool train "
-                                   f"--config {self.run_dir / 'config.yaml'} --out {self.run_dir} --force`") from None
+                                   f"--config {self.run_dir / CONFIG_NAME} --out {self.run_dir} --force`") from None
             if not isinstance(checkpoint.get("training"), dict):
                 raise SertoolError(f"{last}: holds no training state (is it a copy of best.pt?); cannot resume")
         else:
-            config_file = self.run_dir / "config.yaml"
+            config_file = self.run_dir / CONFIG_NAME
             if not config_file.is_file():
-                raise SertoolError(f"--resume {self.run_dir}: neither {LAST_NAME} nor config.yaml is there; is it "
+                raise SertoolError(f"--resume {self.run_dir}: neither {LAST_NAME} nor {CONFIG_NAME} is there; is it "
                                    "a run folder of `sertool train`?")
             checkpoint, recorded = None, Config.from_yaml(config_file)
             self.reporter.message(f"{self.run_dir} has no {LAST_NAME} (the run stopped before its first "
-                                  "checkpoint): starting it again from step 0 with its config.yaml")
+                                  f"checkpoint): starting it again from step 0 with its {CONFIG_NAME}")
             if self.context.is_main:
-                remove_run_outputs(self.run_dir, keep=("config.yaml", "argv.txt"))
+                remove_run_outputs(self.run_dir, keep=(CONFIG_NAME, ARGV_NAME))
         if relocated.get("data.feature_cache") is not None and recorded.data.feature_cache is None:
             raise SertoolError(f"--feature-cache with --resume moves a run's feature cache; {self.run_dir} trained "
                                "without one (its frames are recomputed, and cached ones would round them to float16): "
@@ -530,7 +533,7 @@ class _Run:
                              stopped=self.stopped, skipped_steps=self.skipped_steps, skipped_audio=self.skipped_audio,
                              history=self.history, collapsed=collapsed)
         if self.context.is_main:
-            with atomic_write(self.run_dir / "summary.json", replace=True) as handle:
+            with atomic_write(self.run_dir / SUMMARY_NAME, replace=True) as handle:
                 json.dump({"best": self.best, "best_step": self.best_step, "steps": self.step,
                            "stopped": _plain(self.stopped), "collapsed": collapsed, "skipped_steps": self.skipped_steps,
                            "skipped_audio": self.skipped_audio}, handle, indent=2)
@@ -912,7 +915,7 @@ class _Run:
         except (KeyError, TypeError, ValueError, RuntimeError) as error:
             raise SertoolError(f"{last}: its training state is incomplete or damaged ({type(error).__name__}: "
                                f"{str(error)[:120]}); start the run again with `sertool train --config "
-                               f"{self.run_dir / 'config.yaml'} --out {self.run_dir} --force`") from None
+                               f"{self.run_dir / CONFIG_NAME} --out {self.run_dir} --force`") from None
         if reseeded:
             self.reporter.message(f"warning: {reseeded}")
         if self.context.is_main:
@@ -974,7 +977,7 @@ class _Run:
             # Strict JSON (null, not NaN), so that any JSON reader takes the file.
             plain = {key: None if isinstance(value, float) and not math.isfinite(value) else value
                      for key, value in record.items()}
-            append_text(self.run_dir / "metrics.jsonl", json.dumps(plain) + "\n")
+            append_text(self.run_dir / METRICS_NAME, json.dumps(plain) + "\n")
 
 
 

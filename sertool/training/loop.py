@@ -44,7 +44,7 @@ from torch.nn.parallel import DistributedDataParallel
 from sertool.cache.frames import CachedFrames
 from sertool.core.config import DEFAULT_BACKBONE_IDS, DEFAULT_DEVICE, Config, apply_value
 from sertool.core.errors import SertoolError
-from sertool.core.interrupts import Interrupted, StopRequests, quiet_worker, signal_name
+from sertool.core.interrupts import Interrupted, StopRequests, quiet_worker
 from sertool.core.progress import set_display
 from sertool.data.corpus import open_corpus
 from sertool.data.dataset import Batch, UtteranceDataset, collate
@@ -85,6 +85,7 @@ from sertool.training.run_folder import (
     SUMMARY_NAME,
     add_command_line,
     data_fingerprint,
+    interrupted_message,
     locked_run_folder,
     prepare_run_folder,
     reconcile_config_file,
@@ -190,7 +191,7 @@ def train(
                            reporter=reporter, relocated=relocated, stops=stops)
                 result = run.run()
             except Interrupted as stop:
-                raise Interrupted(stop.signal_number, _interrupted_message(
+                raise Interrupted(stop.signal_number, interrupted_message(
                     run_dir, stop.signal_number, saved_step=run.saved_step if run is not None else None,
                     previous_run_kept=previous.held and not previous.replaced)) from None
         distributed.barrier(context)
@@ -220,23 +221,6 @@ class _PreviousRun:
 
     held: bool = False
     replaced: bool = False
-
-
-def _interrupted_message(run_dir: Path, signal_number: int, *, saved_step: int | None,
-                         previous_run_kept: bool = False) -> str:
-    """One line: what was kept, and the command that continues the run."""
-    stopped = f"interrupted ({signal_name(signal_number)})"
-    if previous_run_kept:
-        return (f"{stopped} while the new run was set up; {run_dir} still holds its previous run, unchanged. Run the "
-                "same command again to replace it")
-    resume = f"Continue with: sertool train --resume {run_dir}"
-    if saved_step is not None:
-        return f"{stopped}; {run_dir / LAST_NAME} holds step {saved_step}. {resume}"
-    if (run_dir / LAST_NAME).is_file():
-        return f"{stopped}; {run_dir / LAST_NAME} holds the last checkpoint. {resume}"
-    if (run_dir / CONFIG_NAME).is_file():
-        return f"{stopped} before the first checkpoint; the run starts again from step 0. {resume}"
-    return f"{stopped} before {run_dir} was set up; nothing to resume: run the same command again"
 
 
 class _Run:

@@ -18,6 +18,7 @@ import yaml
 
 from sertool.core.config import Config, differences
 from sertool.core.errors import SertoolError
+from sertool.core.interrupts import signal_name
 from sertool.data.records import Utterance
 from sertool.data.report import LoadReport
 from sertool.guards.outputs import atomic_write, remove_files
@@ -137,6 +138,28 @@ def replace_previous_run(run_dir: Path, config: Config, argv: Sequence[str]) -> 
     remove_run_outputs(run_dir)
     write_config_file(run_dir, config)
     add_command_line(run_dir, argv)
+
+
+def interrupted_message(run_dir: Path, signal_number: int, *, saved_step: int | None,
+                        previous_run_kept: bool = False) -> str:
+    """One line for a run stopped by ``signal_number``: what ``run_dir`` kept, and the command that continues it.
+
+    Args:
+        saved_step: the step ``last.pt`` holds, when this run wrote it; None when it has not (yet).
+        previous_run_kept: the run was set up to replace a previous run (``--force``), which is still whole.
+    """
+    stopped = f"interrupted ({signal_name(signal_number)})"
+    if previous_run_kept:
+        return (f"{stopped} while the new run was set up; {run_dir} still holds its previous run, unchanged. Run the "
+                "same command again to replace it")
+    resume = f"Continue with: sertool train --resume {run_dir}"
+    if saved_step is not None:
+        return f"{stopped}; {run_dir / LAST_NAME} holds step {saved_step}. {resume}"
+    if (run_dir / LAST_NAME).is_file():
+        return f"{stopped}; {run_dir / LAST_NAME} holds the last checkpoint. {resume}"
+    if (run_dir / CONFIG_NAME).is_file():
+        return f"{stopped} before the first checkpoint; the run starts again from step 0. {resume}"
+    return f"{stopped} before {run_dir} was set up; nothing to resume: run the same command again"
 
 
 def run_outputs(run_dir: Path, *, keep: Sequence[str] = ()) -> list[Path]:

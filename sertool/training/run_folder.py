@@ -18,19 +18,26 @@ import yaml
 
 from sertool.core.config import Config, differences
 from sertool.core.errors import SertoolError
+from sertool.core.interrupts import signal_name
 from sertool.data.records import Utterance
 from sertool.data.report import LoadReport
 from sertool.guards.outputs import atomic_write, remove_files
 from sertool.guards.reads import MAX_CONFIG_BYTES, MAX_TABLE_BYTES, read_user_text
 from sertool.store.checkpoints import BEST_NAME, LAST_NAME, provenance
+from sertool.training.curves import CURVES_NAME, METRICS_NAME
 
 # Packages whose versions decide whether a result can be reproduced.
 _RECORDED_PACKAGES = ("torch", "torchaudio", "transformers", "numpy", "soundfile", "safetensors")
 LOCK_NAME = ".lock"
+# The files of a run folder besides its checkpoints (store.checkpoints: BEST_NAME, LAST_NAME) and its curves
+# (training.curves, which stays free of torch for `sertool plot`: METRICS_NAME, CURVES_NAME).
+CONFIG_NAME = "config.yaml"  # the resolved config; `sertool train --config` takes it back
+ARGV_NAME = "argv.txt"  # the command that started the run, then one line per --resume
+SUMMARY_NAME = "summary.json"  # how the run ended, written once it has
 # What a run writes into its folder. `--force` removes these before a new run starts in the folder, so that
 # it never holds files of two runs (an old best.pt beside a new config.yaml); any other file is the user's.
-RUN_FILES = ("config.yaml", "argv.txt", "environment.json", "data_report.json", "metrics.jsonl", "summary.json",
-             LAST_NAME, BEST_NAME, "best_*.pt", "curves.png", "tensorboard/events.out.tfevents.*")
+RUN_FILES = (CONFIG_NAME, ARGV_NAME, "environment.json", "data_report.json", METRICS_NAME, SUMMARY_NAME,
+             LAST_NAME, BEST_NAME, "best_*.pt", CURVES_NAME, "tensorboard/events.out.tfevents.*")
 _SHOWN_DIFFERENCES = 4  # keys named in the warning about an edited config.yaml
 
 
@@ -133,6 +140,28 @@ def replace_previous_run(run_dir: Path, config: Config, argv: Sequence[str]) -> 
     add_command_line(run_dir, argv)
 
 
+def interrupted_message(run_dir: Path, signal_number: int, *, saved_step: int | None,
+                        previous_run_kept: bool = False) -> str:
+    """One line for a run stopped by ``signal_number``: what ``run_dir`` kept, and the command that continues it.
+
+    Args:
+        saved_step: the step ``last.pt`` holds, when this run wrote it; None when it has not (yet).
+        previous_run_kept: the run was set up to replace a previous run (``--force``), which is still whole.
+    """
+    stopped = f"interrupted ({signal_name(signal_number)})"
+    if previous_run_kept:
+        return (f"{stopped} while the new run was set up; {run_dir} still holds its previous run, unchanged. Run the "
+                "same command again to replace it")
+    resume = f"Continue with: sertool train --resume {run_dir}"
+    if saved_step is not None:
+        return f"{stopped}; {run_dir / LAST_NAME} holds step {saved_step}. {resume}"
+    if (run_dir / LAST_NAME).is_file():
+        return f"{stopped}; {run_dir / LAST_NAME} holds the last checkpoint. {resume}"
+    if (run_dir / CONFIG_NAME).is_file():
+        return f"{stopped} before the first checkpoint; the run starts again from step 0. {resume}"
+    return f"{stopped} before {run_dir} was set up; nothing to resume: run the same command again"
+
+
 def run_outputs(run_dir: Path, *, keep: Sequence[str] = ()) -> list[Path]:
     """The files a run wrote into ``run_dir`` (``RUN_FILES``), but those named in ``keep``."""
     return [path for pattern in RUN_FILES for path in run_dir.glob(pattern) if path.name not in keep]
@@ -146,13 +175,13 @@ def remove_run_outputs(run_dir: Path, *, keep: Sequence[str] = ()) -> None:
 
 def write_config_file(run_dir: Path, config: Config) -> None:
     """``config.yaml``: the resolved config (`sertool train --config` takes it back)."""
-    with atomic_write(run_dir / "config.yaml", replace=True) as handle:
+    with atomic_write(run_dir / CONFIG_NAME, replace=True) as handle:
         yaml.safe_dump(config.to_dict(), handle, sort_keys=False)
 
 
 def add_command_line(run_dir: Path, argv: Sequence[str]) -> None:
     """Add ``argv`` to ``argv.txt``: the command that started the run, then one line per ``--resume``."""
-    path = run_dir / "argv.txt"
+    path = run_dir / ARGV_NAME
     previous = read_user_text(path, what="command log", max_bytes=MAX_CONFIG_BYTES, errors="replace") \
         if path.is_file() else ""
     with atomic_write(path, replace=True) as handle:
@@ -188,7 +217,7 @@ def reconcile_config_file(run_dir: Path, *, recorded: Config, config: Config) ->
     Returns:
         A one-line warning naming the keys the file had changed, or None when it agreed with last.pt.
     """
-    path = run_dir / "config.yaml"
+    path = run_dir / CONFIG_NAME
     warning = None
     if not path.is_file():
         warning = f"{path} was missing; restored from {LAST_NAME}"
@@ -204,7 +233,7 @@ def reconcile_config_file(run_dir: Path, *, recorded: Config, config: Config) ->
                                   for key in changed[:_SHOWN_DIFFERENCES])
                 more = f" and {len(changed) - _SHOWN_DIFFERENCES} more" if len(changed) > _SHOWN_DIFFERENCES else ""
                 warning = (f"{path} differs from the config in {LAST_NAME}: {shown}{more}. --resume continues with "
-                           f"{LAST_NAME}'s config and has rewritten config.yaml to it; to change settings, start a "
+                           f"{LAST_NAME}'s config and has rewritten {CONFIG_NAME} to it; to change settings, start a "
                            "new run with --config")
     if warning is not None or differences(recorded, config):
         write_config_file(run_dir, config)
@@ -236,7 +265,7 @@ def truncate_metrics(run_dir: Path, *, step: int, validations: int) -> None:
     """Keep only the ``metrics.jsonl`` lines that a checkpoint at ``step`` with ``validations`` validations
     in its history accounts for: a killed run may have logged steps (or a validation) after its last
     checkpoint, and the resumed run logs them again."""
-    path = run_dir / "metrics.jsonl"
+    path = run_dir / METRICS_NAME
     if not path.is_file():
         return
     kept = []

@@ -6,6 +6,7 @@ from typing import Any
 
 from sertool.core.config import Config, apply_recipe, apply_value, config_keys, config_options, read_config_file
 from sertool.core.errors import SertoolError
+from sertool.training.run_folder import CONFIG_NAME
 
 
 def resolve_train_config(config_file: str | None, flags: dict[str, Any], *, out: str | None,
@@ -47,7 +48,8 @@ def resolve_train_config(config_file: str | None, flags: dict[str, Any], *, out:
             names = ", ".join("--" + name.split("__")[-1].replace("_", "-") for name in fixed)
             allowed = ", ".join(option.flag for option in resumable.values())
             raise SertoolError(f"--resume uses the run's own config; drop {names or '--config'} (only {allowed} may "
-                               "point elsewhere; start a new run with --config RUN_DIR/config.yaml to change settings)")
+                               f"point elsewhere; start a new run with --config RUN_DIR/{CONFIG_NAME} to change "
+                               "settings)")
         return Config(), Path(resume), {resumable[name].key: value for name, value in given.items()}
     if out is None:
         raise SertoolError("no run folder given: pass --out RUN_DIR")

@@ -29,6 +29,7 @@ import numpy as np
 from sertool.core.errors import SertoolError
 from sertool.core.io import csv_text
 from sertool.core.splits import DEVELOPMENT, HELD_OUT_SPLITS, TEST1, TRAIN, UNLABELLED_SPLIT
+from sertool.data.msp import MSP_LABELS
 from sertool.data.records import GENDERS, MSP_LABELS_HEADER
 from sertool.demo.emotions import Speaker, compose_transcript, draw_prosody, sample_attributes, sample_emotion_classes
 from sertool.demo.espeak import ESPEAK_SAMPLE_RATE, LANGUAGE, VOICE_VARIANTS, Speech, require_espeak
@@ -159,7 +160,7 @@ def generate_demo_corpus(
         utterances_per_speaker=utterances_per_speaker,
         test3_utterances=test3_utterances,
     )
-    audio_dir, transcript_dir, label_dir = (out_dir / name for name in ("Audios", "Transcripts", "Labels"))
+    audio_dir, transcript_dir = out_dir / "Audios", out_dir / "Transcripts"
     total_samples = 0
     # The folder is held while the corpus is written: a second `data demo` into it is refused at once.
     with outputs.holding(out_dir, flag="OUT"):
@@ -178,9 +179,9 @@ def generate_demo_corpus(
                 if progress is not None:
                     progress(start + offset, len(plan))
         # The labels last: a folder without them is visibly unfinished, and is not read as a corpus.
-        with outputs.writing(label_dir / "labels_consensus.csv", newline="") as handle:
+        with outputs.writing(out_dir / MSP_LABELS, newline="") as handle:
             _write_labels(handle, [item for item in plan if item.speaker.split != UNLABELLED_SPLIT],
-                          where=label_dir / "labels_consensus.csv")
+                          where=out_dir / MSP_LABELS)
     return _summarise(out_dir, seed, plan, total_samples / SAMPLE_RATE)
 
 
@@ -232,7 +233,7 @@ def _remove_previous_corpus(out_dir: Path, *, keep: set[str]) -> None:
     """Remove the label file first (a folder without one is visibly unfinished), then the clips and
     transcripts of this layout that the new corpus will not overwrite (stale Test3 clips would otherwise
     join the new Test3)."""
-    remove_files([out_dir / "Labels" / "labels_consensus.csv"])
+    remove_files([out_dir / MSP_LABELS])
     keep_stems = {Path(name).stem for name in keep}
     for folder, suffix in (("Audios", ".wav"), ("Transcripts", ".txt")):
         remove_files(path for path in (out_dir / folder).glob(f"MSP-PODCAST_*{suffix}") if path.stem not in keep_stems)

@@ -13,13 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from sertool.core.constants import METRICS_NAME
 from sertool.core.errors import SertoolError, missing_package
 from sertool.data.records import ATTRIBUTES
 from sertool.guards.outputs import OutputPlan
 from sertool.guards.reads import MAX_TABLE_BYTES, read_user_text
 
 CURVES_NAME = "curves.png"
-METRICS_NAME = "metrics.jsonl"
 SCORES = (*ATTRIBUTES, "average")
 
 

@@ -17,26 +17,26 @@ from typing import Any
 import yaml
 
 from sertool.core.config import Config, differences
+from sertool.core.constants import ARGV_NAME, BEST_NAME, CONFIG_NAME, LAST_NAME, METRICS_NAME, SUMMARY_NAME
 from sertool.core.errors import SertoolError
 from sertool.core.interrupts import signal_name
 from sertool.data.records import Utterance
 from sertool.data.report import LoadReport
 from sertool.guards.outputs import atomic_write, remove_files
 from sertool.guards.reads import MAX_CONFIG_BYTES, MAX_TABLE_BYTES, read_user_text
-from sertool.store.checkpoints import BEST_NAME, LAST_NAME, provenance
-from sertool.training.curves import CURVES_NAME, METRICS_NAME
+from sertool.store.checkpoints import provenance
+from sertool.training.curves import CURVES_NAME
 
 # Packages whose versions decide whether a result can be reproduced.
 _RECORDED_PACKAGES = ("torch", "torchaudio", "transformers", "numpy", "soundfile", "safetensors")
 LOCK_NAME = ".lock"
-# The files of a run folder besides its checkpoints (store.checkpoints: BEST_NAME, LAST_NAME) and its curves
-# (training.curves, which stays free of torch for `sertool plot`: METRICS_NAME, CURVES_NAME).
-CONFIG_NAME = "config.yaml"  # the resolved config; `sertool train --config` takes it back
-ARGV_NAME = "argv.txt"  # the command that started the run, then one line per --resume
-SUMMARY_NAME = "summary.json"  # how the run ended, written once it has
+# The files of a run folder that other commands read are named in core.constants (CONFIG_NAME, ARGV_NAME,
+# METRICS_NAME, SUMMARY_NAME, BEST_NAME, LAST_NAME); these two only the run itself writes.
+ENVIRONMENT_NAME = "environment.json"  # versions, code revision, seed, machine, data summary
+DATA_REPORT_NAME = "data_report.json"  # every row the corpus reader dropped or warned about, and why
 # What a run writes into its folder. `--force` removes these before a new run starts in the folder, so that
 # it never holds files of two runs (an old best.pt beside a new config.yaml); any other file is the user's.
-RUN_FILES = (CONFIG_NAME, ARGV_NAME, "environment.json", "data_report.json", METRICS_NAME, SUMMARY_NAME,
+RUN_FILES = (CONFIG_NAME, ARGV_NAME, ENVIRONMENT_NAME, DATA_REPORT_NAME, METRICS_NAME, SUMMARY_NAME,
              LAST_NAME, BEST_NAME, "best_*.pt", CURVES_NAME, "tensorboard/events.out.tfevents.*")
 _SHOWN_DIFFERENCES = 4  # keys named in the warning about an edited config.yaml
 
@@ -199,9 +199,9 @@ def write_environment(run_dir: Path, config: Config, *, data_summary: dict[str, 
             versions[package] = None
     environment = {**provenance(), "python": sys.version.split()[0], "platform": platform.platform(),
                    "packages": versions, "seed": config.seed, "data": data_summary}
-    with atomic_write(run_dir / "environment.json", replace=True) as handle:
+    with atomic_write(run_dir / ENVIRONMENT_NAME, replace=True) as handle:
         json.dump(environment, handle, indent=2)
-    with atomic_write(run_dir / "data_report.json", replace=True) as handle:
+    with atomic_write(run_dir / DATA_REPORT_NAME, replace=True) as handle:
         json.dump({"summary": load_report.summary(),
                    "dropped": [vars(problem) for problem in load_report.dropped],
                    "warnings": [vars(problem) for problem in load_report.warnings]}, handle, indent=2)

@@ -32,9 +32,7 @@ from sertool.core.config import (
     DEFAULT_ASR_MODEL_ID,
     DEFAULT_DEVICE,
     DEFAULT_EVAL_BATCH_S,
-    DEFAULT_HOP_S,
     DEFAULT_QUANTIZE,
-    DEFAULT_WINDOW_S,
     check_options,
     check_value,
 )
@@ -159,8 +157,8 @@ class Model:
         audio: Audio | Sequence[Audio],
         *,
         sample_rate: int | None = None,
-        window_s: float = DEFAULT_WINDOW_S,
-        hop_s: float = DEFAULT_HOP_S,
+        window_s: float | None = None,
+        hop_s: float | None = None,
         transcripts: str | Sequence[str | None] | None = None,
         table: bool = False,
     ) -> dict[str, float] | list[dict[str, float]] | Predictions:
@@ -172,9 +170,11 @@ class Model:
                 channels on the shorter axis (``[channels, samples]`` or ``[samples, channels]``) — given
                 with ``sample_rate``. Everything is read as 16-kHz mono (resampled, channels averaged).
             sample_rate: the rate of waveform inputs, in Hz (files carry their own).
-            window_s: inputs longer than this are cut into windows of this length...
-            hop_s: ...starting this many seconds apart; an input's value is the duration-weighted mean of its
-                windows (as `sertool predict`).
+            window_s: inputs longer than this are cut into windows of this length (default: the clip length
+                the model was made for, its training crop, e.g. 15 s for the authors' released models; else
+                ``DEFAULT_WINDOW_S``, 10 s)...
+            hop_s: ...starting this many seconds apart (default: ``DEFAULT_HOP_S``, 5 s, or the window if
+                shorter); an input's value is the duration-weighted mean of its windows (as `sertool predict`).
             transcripts: for MM (text) models: the transcript of each input (a string for one input, a list
                 for a list; None entries are transcribed by ASR).
             table: return a ``Predictions`` table instead of dicts: ``ids`` (the paths as given, or
@@ -207,13 +207,13 @@ class Model:
 
             ``talk.wav`` lasts 25 s: four 10-s windows, 5 s apart (the last one ends with the file):
 
-            >>> table = model.predict("talk.wav", table=True)
+            >>> table = model.predict("talk.wav", window_s=10.0, table=True)
             >>> table.ids, table.values.shape
             (['talk.wav'], (1, 3))
             >>> [(segment.start_s, segment.end_s) for segment in table.segments]
             [(0.0, 10.0), (5.0, 15.0), (10.0, 20.0), (15.0, 25.0)]
         """
-        window_s = check_value(PredictOptions, "window_s", window_s, source="predict")
+        window_s = check_value(PredictOptions, "window_s", window_s, source="predict")  # None: the model's
         hop_s = check_value(PredictOptions, "hop_s", hop_s, source="predict")
         single = not isinstance(audio, (list, tuple))
         items = list(audio) if isinstance(audio, (list, tuple)) else [audio]

@@ -20,6 +20,7 @@ from sertool.inference.inputs import collect_inputs
 from sertool.inference.predictions import read_predictions
 from sertool.inference.predictor import InferenceOptions, open_predictor
 from sertool.inference.windows import combine_windows, window_spans
+from sertool.inference.workflows import predict_with
 from sertool.models.released import RELEASED_MODEL_IDS, convert_released_state
 from sertool.models.released import released_arguments as checked_arguments
 from sertool.store.model_folder import read_model_folder
@@ -194,11 +195,28 @@ def test_long_audio_is_windowed_for_the_15_s_whisper_model(backbones, tmp_path):
     result = CliRunner().invoke(cli, ["predict", str(folder), str(tmp_path / "talk.wav"), "--out", str(out),
                                       "--backbone-path", str(backbones["whisper"])])
     assert result.exit_code == 0, result.output
-    spans = window_spans(len(waveform), SAMPLE_RATE, 10.0, 5.0)  # predict's default windows
-    assert len(spans) == 3
+    spans = window_spans(len(waveform), SAMPLE_RATE, 15.0, 5.0)  # predict's default: the model's 15 s
+    assert len(spans) == 2
     per_window, _ = reference_predictions("whisper", arguments, state, backbones["whisper"],
                                           [waveform[start:end] for start, end in spans])
     np.testing.assert_allclose(read_predictions(out).values[0], combine_windows(spans, per_window), atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["wavlm", "whisper"])
+def test_predict_runs_clips_up_to_15_s_whole_by_default(kind, backbones, tmp_path):
+    """As their code and `evaluate` do: a 12-s clip is one 15-s input, not averaged over 10-s windows."""
+    arguments = released_arguments(kind, finetune_method="lora")
+    state = released_state(kind, arguments)
+    folder = save_released(tmp_path / "model", arguments, state)
+    paths, waveforms = write_clips(tmp_path, [12 * SAMPLE_RATE])
+    predictor = open_predictor(folder, options(backbones, kind))
+    assert predictor.input_s == 15.0
+    whole, _ = reference_predictions(kind, arguments, state, backbones[kind], waveforms)
+    predictions = predict_with(predictor, collect_inputs(paths)[0])
+    np.testing.assert_allclose(predictions.values, whole, atol=1e-4)
+    assert len(predictions.segments) == 0  # one window: the whole file
+    windowed = predict_with(predictor, collect_inputs(paths)[0], window_s=10.0)  # an explicit window still wins
+    assert len(windowed.segments) == 2
 
 
 @pytest.mark.slow

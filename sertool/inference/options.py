@@ -125,11 +125,13 @@ class PredictOptions:
                                     "clipped, every file once.", metavar="CSV")
     transcripts: str | None = option(None, "Transcripts for MM models: a folder of <stem>.txt or a CSV with FileName "
                                      "and transcript columns (otherwise ASR).", metavar="DIR|CSV")
-    window_s: float = option(DEFAULT_WINDOW_S, f"Files longer than this are cut into windows (at least "
-                             f"{MIN_DURATION_S:g} s, at most an hour).",
-                             bounds=Bounds(at_least=MIN_DURATION_S, at_most=MAX_WINDOW_S))
-    hop_s: float = option(DEFAULT_HOP_S, "Seconds between window starts (at least 0.05: 20 windows a second).",
-                          bounds=Bounds(at_least=MIN_HOP_S, at_most=MAX_WINDOW_S))
+    window_s: float | None = option(None, f"Files longer than this are cut into windows (default: the clip length "
+                                    f"the model was made for, its training crop, else {DEFAULT_WINDOW_S:g} s; at "
+                                    f"least {MIN_DURATION_S:g} s, at most an hour).",
+                                    bounds=Bounds(at_least=MIN_DURATION_S, at_most=MAX_WINDOW_S))
+    hop_s: float | None = option(None, f"Seconds between window starts (default: {DEFAULT_HOP_S:g}, or the window "
+                                 "if shorter; at least 0.05: 20 windows a second).",
+                                 bounds=Bounds(at_least=MIN_HOP_S, at_most=MAX_WINDOW_S))
     force: bool = option(False, "Overwrite --out / --submission.")
     inference: InferenceOptions = field(default_factory=InferenceOptions)
 

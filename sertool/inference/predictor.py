@@ -20,6 +20,7 @@ from sertool.data.records import Utterance
 from sertool.inference.ensemble import apply_plan, read_plan
 from sertool.inference.options import InferenceOptions
 from sertool.inference.predictions import Predictions, check_rating_scale, read_predictions
+from sertool.inference.windows import model_input_s, shortest_input_s
 from sertool.models.asr import Transcriber, fill_transcripts
 from sertool.runtime.precision import ieee_float32, resolve_amp
 from sertool.runtime.runner import run_model
@@ -43,6 +44,8 @@ class Predictor(Protocol):
     name: str
     # Ids of the utterances the model trained on (scores leave them out); None where unknown (a CSV).
     training_ids: frozenset[str] | None
+    # The clip length in seconds the model was made for (`predict`'s default window); None where unknown.
+    input_s: float | None
 
     def predict(self, utterances: Sequence[Utterance]) -> PredictorOutput: ...
 
@@ -60,6 +63,7 @@ class CheckpointPredictor:
         recorded = self.payload.get("training_ids")  # absent from older checkpoints and the authors' releases
         self.training_ids = frozenset(recorded) if recorded is not None else None
         self.config = Config.from_dict(self.payload["config"], source=f"{path} (its config)")
+        self.input_s = model_input_s(self.config)
         overrides = {key: getattr(options, key) for key in ("text_model", "speaker_embedding")
                      if getattr(options, key) is not None}
         if options.backbone_path is not None:
@@ -123,6 +127,7 @@ class CsvPredictor:
         self.name = str(path)
         self.table = read_predictions(path)
         self.training_ids: frozenset[str] | None = None  # a CSV does not say what made it
+        self.input_s: float | None = None
         check_rating_scale(self.table, source=self.name)
 
     def predict(self, utterances: Sequence[Utterance]) -> PredictorOutput:
@@ -152,6 +157,7 @@ class EnsemblePredictor:
         self.members = [open_predictor(_relative_to(member, base), options, within=(*within, resolved))
                         for member in self.plan.members]
         self.training_ids = union_of_training_ids(self.members)
+        self.input_s = shortest_input_s([member.input_s for member in self.members])
 
     def predict(self, utterances: Sequence[Utterance]) -> PredictorOutput:
         outputs = [member.predict(utterances).predictions for member in self.members]

@@ -10,9 +10,41 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from sertool.core.config import MIN_DURATION_S  # shorter input is refused (see there why)
+from sertool.core.config import DEFAULT_HOP_S, DEFAULT_WINDOW_S, MIN_DURATION_S, Config
 from sertool.core.errors import SertoolError
 from sertool.inference.predictions import Segment
+
+
+def model_input_s(config: Config) -> float | None:
+    """The clip length in seconds a model was made for: its training crop (``data.max_duration_s``; the
+    authors' released models record the 15 s their training clips were limited to), else the window of a
+    windowed Whisper encoder; None where neither says (a model trained on whole clips)."""
+    if config.data.max_duration_s > 0:
+        return config.data.max_duration_s
+    return config.model.whisper_window_s or None
+
+
+def shortest_input_s(lengths_s: Sequence[float | None]) -> float | None:
+    """An ensemble's input length: the shortest of its members' (so no member sees more than it was made
+    for); members that do not say (None, e.g. a predictions CSV) do not count; None if none says."""
+    known = [length for length in lengths_s if length is not None]
+    return min(known) if known else None
+
+
+def default_windows(input_s: float | None, *, window_s: float | None, hop_s: float | None) -> tuple[float, float]:
+    """``predict``'s window and hop: those given, else the model's input length (``DEFAULT_WINDOW_S`` when it
+    does not say) and ``DEFAULT_HOP_S`` (at most the window, so no audio is skipped).
+
+    Args:
+        input_s: what ``model_input_s`` (or ``shortest_input_s``) says of the model.
+        window_s: the window asked for (``--window-s``), or None.
+        hop_s: the hop asked for (``--hop-s``), or None.
+
+    Returns:
+        ``(window_s, hop_s)``.
+    """
+    window_s = window_s if window_s is not None else (input_s or DEFAULT_WINDOW_S)
+    return window_s, hop_s if hop_s is not None else min(DEFAULT_HOP_S, window_s)
 
 
 def window_spans(num_samples: int, sample_rate: int, window_s: float, hop_s: float, *,

@@ -43,6 +43,7 @@ from sertool.inference.predictor import (
     open_predictor,
     union_of_training_ids,
 )
+from sertool.inference.windows import default_windows
 from sertool.inference.writers import WRITERS, format_of, write_predictions_file, write_submission
 from sertool.models.bootstrap import BootstrapResult, Interval, bootstrap_ccc
 from sertool.models.ccc import ccc_scores, collapsed_attributes
@@ -203,16 +204,18 @@ def evaluate(model_path: str | Path, utterances: Sequence[Utterance], *, split: 
 
 
 def predict(model_path: str | Path, utterances: Sequence[Utterance], *, options: InferenceOptions,
-            window_s: float, hop_s: float) -> Predictions:
+            window_s: float | None = None, hop_s: float | None = None) -> Predictions:
     """Predict every utterance with the model at ``model_path`` (see ``predict_with``)."""
     return predict_with(open_predictor(model_path, options), utterances, window_s=window_s, hop_s=hop_s)
 
 
-def predict_with(predictor: Predictor, utterances: Sequence[Utterance], *, window_s: float,
-                 hop_s: float) -> Predictions:
+def predict_with(predictor: Predictor, utterances: Sequence[Utterance], *, window_s: float | None = None,
+                 hop_s: float | None = None) -> Predictions:
     """Predict every utterance with an open predictor (`sertool predict` and ``sertool.load`` alike);
     files longer than ``window_s`` are cut into windows (``hop_s`` apart), each window becomes a segment
-    row and the file's row is their duration-weighted mean.
+    row and the file's row is their duration-weighted mean. ``window_s`` defaults to the clip length the
+    model was made for (``predictor.input_s``), so a clip of that length runs whole as in training; see
+    ``windows.default_windows``.
 
     The input streams through the model ``PREDICT_CHUNK_PIECES`` pieces (files or windows) at a time, and
     each window reads only its own span, so memory is bounded by the chunk and batch sizes, whatever the
@@ -222,6 +225,7 @@ def predict_with(predictor: Predictor, utterances: Sequence[Utterance], *, windo
         SertoolError: a file too short to predict (before any work), unreadable audio, or a prediction
             that is not finite (naming the file or window).
     """
+    window_s, hop_s = default_windows(predictor.input_s, window_s=window_s, hop_s=hop_s)
     check_windows(utterances, window_s=window_s, hop_s=hop_s)
     merger = WindowMerger()
     pieces = windowed_pieces(utterances, window_s=window_s, hop_s=hop_s)

@@ -64,6 +64,9 @@ BACKBONES: dict[str, tuple[str, str]] = {
     "whisper_large": ("whisper", "openai/whisper-large-v3"),
 }
 WHISPER_WINDOW_S = 15.0  # their Whisper wrapper pads every clip to 15 s and keeps 750 positions (20 ms each)
+# The longest clips their training data kept (their model cards: at most 15 s): what the models were made for,
+# recorded as the payload's training crop (``data.max_duration_s``) so that `predict` runs such clips whole.
+RELEASED_INPUT_S = 15.0
 LORA_ALPHA = 1.0  # loralib's default, which they keep: the LoRA update is B·A·(1 / rank)
 # Which finetune_method values give LoRA layers: their WavLM wrapper adds them for both, their Whisper
 # wrapper rebuilds its layers (and so adds LoRA) for "lora" only.

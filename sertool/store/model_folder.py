@@ -187,7 +187,12 @@ def _released_payload(data: dict[str, Any], weights: Path | None, *, source: str
     from sertool.core.config import Config
     from sertool.data.records import ATTRIBUTES
     from sertool.models.heads import LabelScaling
-    from sertool.models.released import convert_released_state, released_arguments, released_model_config
+    from sertool.models.released import (
+        RELEASED_INPUT_S,
+        convert_released_state,
+        released_arguments,
+        released_model_config,
+    )
 
     arguments = released_arguments(data, source=source)
     state: dict[str, Tensor] = {}
@@ -197,6 +202,7 @@ def _released_payload(data: dict[str, Any], weights: Path | None, *, source: str
             state, unused = convert_released_state(arguments, handle.keys(), handle.get_tensor, source=source)
     config = Config()
     config.model = released_model_config(arguments)
+    config.data.max_duration_s = RELEASED_INPUT_S  # the clip length they were made for (predict's window)
     return {
         "config": config.to_dict(),
         "label_scaling": LabelScaling().to_dict(),

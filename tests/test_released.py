@@ -5,6 +5,8 @@ and loaded by sertool; outputs are checked against their forward computed indepe
 """
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -219,8 +221,38 @@ def test_predict_runs_clips_up_to_15_s_whole_by_default(kind, backbones, tmp_pat
     assert len(windowed.segments) == 2
 
 
+def test_the_pair_ensembles_offline_with_a_backbone_folder_per_member(backbones, tmp_path):
+    """WavLM and Whisper members, each with its own backbone folder; the saved ensemble keeps both (relative to
+    its folder, like the members) and predicts without any backbone flag."""
+    corpus = write_learnable_corpus(tmp_path / "corpus", per_split={"Train": 2, "Development": 3})
+    development = open_corpus(corpus).split("Development")
+    folders, expected = [], []
+    local = {kind: shutil.copytree(backbones[kind], tmp_path / "models" / "backbones" / kind) for kind in backbones}
+    for kind in ("wavlm", "whisper"):
+        arguments = released_arguments(kind, finetune_method="lora")
+        state = released_state(kind, arguments)
+        folders.append(str(save_released(tmp_path / "models" / kind, arguments, state)))
+        expected.append(reference_predictions(kind, arguments, state, backbones[kind],
+                                              [sf.read(utt.audio_path, dtype="float32")[0] for utt in development])[0])
+    common = ["ensemble", *folders, "--corpus", str(corpus), "--split", "Development"]
+    refused = CliRunner().invoke(cli, [*common, "--backbone-path", str(backbones["wavlm"])])
+    assert refused.exit_code != 0 and "not Whisper" in refused.output  # one path for both cannot fit both
+    save = tmp_path / "models" / "pair.json"
+    result = CliRunner().invoke(cli, [*common, "--save", str(save), "--member-backbone-path", str(local["wavlm"]),
+                                      "--member-backbone-path", str(local["whisper"])])
+    assert result.exit_code == 0, result.output
+    assert json.loads(save.read_text())["backbone_paths"] == ["backbones/wavlm", "backbones/whisper"]
+    wrong = CliRunner().invoke(cli, [*common, "--member-backbone-path", str(backbones["wavlm"])])
+    assert wrong.exit_code != 0 and "--member-backbone-path: 1 given for 2 members" in wrong.output
+    import sertool
+
+    moved = shutil.move(tmp_path / "models", tmp_path / "elsewhere")  # the ensemble's folder moves as a whole
+    table = sertool.load(Path(moved) / "pair.json").predict([utt.audio_path for utt in development], table=True)
+    np.testing.assert_allclose(table.values, (expected[0] + expected[1]) / 2, atol=1e-4)
+
+
 @pytest.mark.slow
-def test_the_papers_audio_only_ensemble_of_both_released_models_from_the_cli(backbones, tmp_path, monkeypatch):
+def test_the_ensemble_of_both_released_models_from_the_cli_by_hub_id(backbones, tmp_path, monkeypatch):
     """Hub ids resolved offline from a hub cache: the released models and the two backbones' configs."""
     import huggingface_hub.constants
 

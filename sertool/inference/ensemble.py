@@ -43,6 +43,9 @@ class EnsemblePlan:
         kind: how the plan was made: ``"mean"``, ``"weighted"`` or ``"select"``.
         development_ccc: for ``"select"`` plans, the Development CCC of each attribute's chosen subset.
             The choice was made on the same data, so these are optimistic; report Test scores.
+        backbone_paths: per member, where its speech backbone lives (hub id or folder, named like the
+            members; None: where the member recorded it), or None for every member
+            (``ensemble --member-backbone-path``).
 
     Raises:
         ValueError: an attribute is missing, an index is out of range or repeats, or the weights are
@@ -53,9 +56,12 @@ class EnsemblePlan:
     weights: Mapping[str, tuple[tuple[int, float], ...]]
     kind: str = "mean"
     development_ccc: Mapping[str, float] | None = None
+    backbone_paths: tuple[str | None, ...] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "members", tuple(self.members))
+        if self.backbone_paths is not None and len(self.backbone_paths) != len(self.members):
+            raise ValueError(f"{len(self.backbone_paths)} backbone paths for {len(self.members)} members")
         if self.kind not in PLAN_KINDS:
             raise ValueError(f"kind {self.kind!r} is not one of {', '.join(PLAN_KINDS)}")
         missing = [name for name in ATTRIBUTES if name not in self.weights]
@@ -73,8 +79,11 @@ class EnsemblePlan:
             if self.development_ccc is not None:
                 entry["development_ccc"] = self.development_ccc[name]
             attributes[name] = entry
-        return {"format": PLAN_FORMAT, "version": PLAN_VERSION, "kind": self.kind,
-                "members": list(self.members), "attributes": attributes}
+        document = {"format": PLAN_FORMAT, "version": PLAN_VERSION, "kind": self.kind,
+                    "members": list(self.members), "attributes": attributes}
+        if self.backbone_paths is not None:
+            document["backbone_paths"] = list(self.backbone_paths)
+        return document
 
     @classmethod
     def from_dict(cls, data: Any, *, source: str = "ensemble plan") -> EnsemblePlan:
@@ -110,9 +119,16 @@ class EnsemblePlan:
             except (TypeError, KeyError, ValueError):
                 raise SertoolError(f"{source}: attributes.{name} needs \"members\": [{{\"member\": index, "
                                    "\"weight\": number}, ...]") from None
+        backbone_paths = data.get("backbone_paths")
+        if backbone_paths is not None and (
+                not isinstance(backbone_paths, list) or len(backbone_paths) != len(members)
+                or not all(path is None or isinstance(path, str) for path in backbone_paths)):
+            raise SertoolError(f"{source}: \"backbone_paths\" must list one backbone location (a string, or null) per "
+                               "member")
         try:
             return cls(members=tuple(members), weights=weights, kind=data.get("kind", "mean"),
-                       development_ccc=development_ccc if len(development_ccc) == len(ATTRIBUTES) else None)
+                       development_ccc=development_ccc if len(development_ccc) == len(ATTRIBUTES) else None,
+                       backbone_paths=None if backbone_paths is None else tuple(backbone_paths))
         except ValueError as error:
             raise SertoolError(f"{source}: {error}") from None
 

@@ -151,6 +151,11 @@ class EnsembleOptions:
     submission: str | None = option(None, "Write the challenge submission of the ensemble here.", metavar="CSV")
     save: str | None = option(None, "Keep the ensemble: evaluate and predict accept it as a checkpoint.",
                               metavar="JSON")
+    member_backbone_paths: tuple[str, ...] = option((), "Where each member's speech backbone lives here (hub id or "
+                                                    "folder), once per member in their order (- for a member's own), "
+                                                    "e.g. WavLM and Whisper for the paper's pair offline; kept by "
+                                                    "--save. --backbone-path gives one for all.",
+                                                    flag="--member-backbone-path", metavar="PATH")
     force: bool = option(False, "Overwrite --out / --submission / --save / --scores.")
     output: ScoreOutputOptions = field(default_factory=ScoreOutputOptions)
     bootstrap: BootstrapOptions = field(default_factory=BootstrapOptions)

@@ -154,14 +154,26 @@ class EnsemblePredictor:
                                "an ensemble's members must be checkpoints, predictions or other ensembles")
         self.plan = read_plan(path)
         base = Path(path).parent
-        self.members = [open_predictor(_relative_to(member, base), options, within=(*within, resolved))
-                        for member in self.plan.members]
+        backbones = self.plan.backbone_paths or (None,) * len(self.plan.members)
+        self.members = [open_predictor(_relative_to(member, base), member_options(options, backbone, base),
+                                       within=(*within, resolved))
+                        for member, backbone in zip(self.plan.members, backbones, strict=True)]
         self.training_ids = union_of_training_ids(self.members)
         self.input_s = shortest_input_s([member.input_s for member in self.members])
 
     def predict(self, utterances: Sequence[Utterance]) -> PredictorOutput:
         outputs = [member.predict(utterances).predictions for member in self.members]
         return PredictorOutput(apply_plan(self.plan, outputs))
+
+
+def member_options(options: InferenceOptions, backbone_path: str | None, base: Path | None = None) -> InferenceOptions:
+    """``options`` for one member of an ensemble: with the member's own backbone location (a path relative
+    to ``base``, the ensemble file's folder, or a hub id), unless none is given or ``options`` names one for
+    every member (``--backbone-path``, which wins)."""
+    if backbone_path is None or options.backbone_path is not None:
+        return options
+    location = _relative_to(backbone_path, base) if base is not None else backbone_path
+    return dataclasses.replace(options, backbone_path=str(location))
 
 
 def union_of_training_ids(predictors: Sequence[Predictor]) -> frozenset[str] | None:

@@ -1,6 +1,7 @@
 """The work behind `evaluate`, `predict` and `ensemble`; the CLI only parses flags and prints results."""
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ from sertool.inference.predictor import (
     InferenceOptions,
     Predictor,
     PredictorOutput,
+    member_options,
     open_predictor,
     union_of_training_ids,
 )
@@ -284,7 +286,7 @@ def ensemble(member_paths: Sequence[str | Path], utterances: Sequence[Utterance]
              selection_utterances: Sequence[Utterance] | None = None, selection_split: str = DEVELOPMENT,
              outputs: OutputPlan | None = None, save: Path | None = None, scores: Path | None = None,
              corpus: str | Path | None = None, require_scores: bool = False, bootstrap: int = 0,
-             bootstrap_seed: int = 0) -> EnsembleResult:
+             bootstrap_seed: int = 0, backbone_paths: Sequence[str | None] = ()) -> EnsembleResult:
     """Combine members (checkpoints, run folders, predictions CSVs, saved ensembles) on ``utterances``.
 
     Args:
@@ -298,6 +300,9 @@ def ensemble(member_paths: Sequence[str | Path], utterances: Sequence[Utterance]
         bootstrap: resamples of a bootstrap CI of every CCC, and of the ensemble's gain over each member
             (paired: the same resamples for all); 0: none.
         bootstrap_seed: the resamples' seed.
+        backbone_paths: one per member, in order: where that member's speech backbone lives here (None:
+            where it recorded), e.g. WavLM and Whisper folders for the paper's pair offline; saved in the plan
+            (named like the members). ``options.backbone_path`` instead applies one location to every member.
         scores: write the members' and the ensemble's scores (and gains) here as JSON (``scores_document``;
             ``corpus`` names where the split came from); the split must be labelled.
         require_scores: the caller needs ``EnsembleResult.document`` (``--json``): refuse an unlabelled split
@@ -313,7 +318,9 @@ def ensemble(member_paths: Sequence[str | Path], utterances: Sequence[Utterance]
                             scores_needed=(scores is not None or require_scores) and not has_labels)
     names = [_member_name(path, save) for path in member_paths]
     refuse_repeated_members(names, [str(path) for path in member_paths])
-    predictors = [open_predictor(path, options) for path in member_paths]
+    backbones = _member_backbones(backbone_paths, len(member_paths), options=options)
+    predictors = [open_predictor(path, member_options(options, backbone))
+                  for path, backbone in zip(member_paths, backbones, strict=True)]
     trained_on = union_of_training_ids(predictors)
     member_outputs = [predictor.predict(utterances) for predictor in predictors]
     members = [output.predictions for output in member_outputs]
@@ -326,6 +333,9 @@ def ensemble(member_paths: Sequence[str | Path], utterances: Sequence[Utterance]
         plan = select_per_attribute(chosen_members, labelled(chosen_on, selection_split), names=names)
     else:
         plan = mean_plan(names, weights)
+    if backbone_paths:
+        plan = dataclasses.replace(plan, backbone_paths=tuple(None if backbone is None else _member_name(backbone, save)
+                                                              for backbone in backbones))
     combined = apply_plan(plan, members)
     result = EnsembleResult([], None, plan, combined)
     if has_labels:
@@ -370,6 +380,24 @@ def _check_ensemble_request(num_members: int, *, split: str, weights: Sequence[f
         raise SertoolError(f"--weights: {len(weights)} weights for {num_members} members")
     if weights and per_attribute:
         raise SertoolError("--weights and --per-attribute best exclude each other")
+
+
+def _member_backbones(backbone_paths: Sequence[str | None], num_members: int, *,
+                      options: InferenceOptions) -> list[str | None]:
+    """Each member's backbone location (``--member-backbone-path``; ``-`` or None: the member's own).
+
+    Raises:
+        SertoolError: not one per member, or given together with ``--backbone-path``.
+    """
+    if not backbone_paths:
+        return [None] * num_members
+    if options.backbone_path is not None:
+        raise SertoolError("--backbone-path and --member-backbone-path exclude each other: give --member-backbone-path "
+                           "once per member (- for a member's own backbone), or one --backbone-path for all")
+    if len(backbone_paths) != num_members:
+        raise SertoolError(f"--member-backbone-path: {len(backbone_paths)} given for {num_members} members; give it "
+                           "once per member, in the members' order (- for a member's own backbone)")
+    return [None if path in (None, "-") else path for path in backbone_paths]
 
 
 def _resampled(predictions: list[np.ndarray], labels: np.ndarray, num_resamples: int, seed: int) -> BootstrapResult:
@@ -487,7 +515,8 @@ def run_ensemble(members: Sequence[str | Path], options: EnsembleOptions, *,
                       per_attribute=per_attribute, selection_utterances=selection,
                       selection_split=options.select_split, outputs=outputs, save=save, scores=scores,
                       corpus=options.corpus, require_scores=options.output.as_json,
-                      bootstrap=options.bootstrap.bootstrap, bootstrap_seed=options.bootstrap.bootstrap_seed)
+                      bootstrap=options.bootstrap.bootstrap, bootstrap_seed=options.bootstrap.bootstrap_seed,
+                      backbone_paths=options.member_backbone_paths)
     result.written[:0] = write_outputs(result.predictions, outputs=outputs, out=out, file_format=None,
                                        submission=submission, expected_ids=[utt.id for utt in utterances],
                                        stream=None)

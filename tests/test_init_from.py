@@ -1,6 +1,7 @@
 """`train --init-from`: fine-tuning from a sertool run, an exported folder or the authors' released model."""
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -153,3 +154,52 @@ def test_fine_tuning_the_released_whisper_model_with_new_lora_adapters_starts_fr
     assert any(key.endswith("q_proj.lora_a") for key in state) and any(key.endswith("q_proj.base.weight") for key in state)
     np.testing.assert_allclose(development_values(tmp_path / "run", corpus, backbone_path=str(backbone)),
                                development_values(released, corpus, backbone_path=str(backbone)), atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def ox_corpus(tmp_path_factory) -> Path:
+    """Development with O and X utterances (classes cycle N, H, A, S, X, O), for --dev-ox-to-train."""
+    return write_learnable_corpus(tmp_path_factory.mktemp("ox-corpus") / "c", per_split={"Train": 4, "Development": 6})
+
+
+def test_a_run_from_a_dev_ox_run_is_scored_only_on_what_neither_trained_on(ox_corpus, tmp_path):
+    config = small_config(ox_corpus, epochs=1)
+    config.data.dev_ox_to_train = True  # the initial model trains on Development's O/X
+    train(config, tmp_path / "a")
+    development = open_corpus(ox_corpus).split("Development")
+    moved = {utt.id for utt in development if utt.emo_class in ("O", "X")}
+    assert moved
+    result = run("train", "--init-from", tmp_path / "a", "--corpus", ox_corpus, *FROZEN_RUN, "--out", tmp_path / "b")
+    assert result.exit_code == 0, result.output
+    recorded = load_checkpoint(tmp_path / "b")
+    assert set(recorded["training_ids"]) == set(load_checkpoint(tmp_path / "a")["training_ids"]) >= moved
+    assert "training_data_unknown_from" not in recorded  # everything it trained on is known
+    scored = run("evaluate", tmp_path / "b", "--corpus", ox_corpus, "--split", "Development",
+                 "--scores", tmp_path / "b.json")
+    assert scored.exit_code == 0, scored.output
+    (system,) = json.loads((tmp_path / "b.json").read_text())["systems"]
+    assert system["utterances"] == len(development) - len(moved)  # what A held out, as A is scored on
+    assert (system["excluded_trained_on"], system["training_data_note"]) == (len(moved), None)
+
+
+def test_a_run_from_a_model_of_unknown_training_data_says_so_in_every_score(corpus, source_run, tmp_path):
+    assert run("export", source_run, "--out", tmp_path / "older").exit_code == 0
+    description = tmp_path / "older" / "config.json"  # as an older sertool wrote it: no training_ids
+    description.write_text(json.dumps({key: value for key, value in json.loads(description.read_text()).items()
+                                       if key != "training_ids"}))
+    initial = str(tmp_path / "older")
+    result = run("train", "--init-from", initial, "--corpus", corpus, *FROZEN_RUN, "--out", tmp_path / "b")
+    assert result.exit_code == 0, result.output
+    recorded = load_checkpoint(tmp_path / "b")
+    assert recorded["training_data_unknown_from"] == [initial]
+    assert set(recorded["training_ids"]) == {utt.id for utt in open_corpus(corpus).split("Train")}
+    note = f"started from {initial} (--init-from), whose training data is unknown"
+    table = run("evaluate", tmp_path / "b", "--corpus", corpus, "--split", "Development",
+                "--scores", tmp_path / "b.json")
+    assert table.exit_code == 0, table.output
+    assert note in " ".join(table.output.split())
+    (system,) = json.loads((tmp_path / "b.json").read_text())["systems"]
+    assert note in system["training_data_note"] and system["utterances"] == 3  # still its own held-out set
+    combined = run("ensemble", tmp_path / "b", source_run, "--corpus", corpus, "--split", "Development")
+    assert combined.exit_code == 0, combined.output
+    assert f"ensemble: {note}" in " ".join(combined.output.split())

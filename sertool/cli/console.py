@@ -333,6 +333,8 @@ def _print_score_notes(rows: list) -> None:
         if not row.training_data_known:
             out.print(f"{row.name}: what it trained on is unknown (a predictions file, or a checkpoint of an older "
                       "sertool): cannot tell whether these utterances were held out", markup=False, highlight=False)
+        if row.training_data_note:
+            out.print(row.training_data_note, markup=False, highlight=False)
     print_collapse_warnings(rows)
 
 

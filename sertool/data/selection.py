@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -199,6 +200,32 @@ class HeldOut:
     utterances: list[Utterance]
     excluded: int
     known: bool
+
+
+# The checkpoint key that names the initial models (``train --init-from``) whose training data is unknown: an
+# authors' released model, a hub model, a checkpoint older than ``training_ids``. Their utterances are not in
+# the run's ``training_ids``, so a score "on held-out utterances" may include some of them.
+UNKNOWN_TRAINING_DATA = "training_data_unknown_from"
+
+
+def unknown_training_data(payload: dict[str, Any]) -> tuple[str, ...]:
+    """The initial models of a checkpoint (or model folder) ``payload`` whose training data is unknown."""
+    return tuple(str(name) for name in payload.get(UNKNOWN_TRAINING_DATA) or ())
+
+
+def training_data_note(name: str, unknown_from: Sequence[str]) -> str | None:
+    """The one line every score of a system started from a model of unknown training data carries (evaluate's
+    table and JSON, ensemble's, reproduce's tables); None where there is no such model.
+
+    Args:
+        name: the system scored (a checkpoint, a grid system, "ensemble").
+        unknown_from: the initial models whose training data is unknown (``unknown_training_data``).
+    """
+    if not unknown_from:
+        return None
+    initial = ", ".join(dict.fromkeys(unknown_from))
+    return (f"{name}: started from {initial} (--init-from), whose training data is unknown: the held-out "
+            "utterances scored may include some that model trained on")
 
 
 def held_out(utterances: Sequence[Utterance], training_ids: frozenset[str] | None) -> HeldOut:

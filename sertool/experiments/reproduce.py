@@ -29,6 +29,7 @@ from sertool.core.io import load_json
 from sertool.core.splits import DEVELOPMENT, HELD_OUT_SPLITS
 from sertool.data.corpus import open_corpus
 from sertool.data.records import Utterance
+from sertool.data.selection import training_data_note
 from sertool.experiments.grid import PAPER_GRID, SCALES, Ensemble, Grid, read_grid
 from sertool.experiments.options import ReproduceOptions
 from sertool.guards.outputs import OutputPlan
@@ -168,7 +169,23 @@ def _predictions_path(out_dir: Path, name: str, seed: int, split: str) -> Path:
 
 
 def _score_record(scores: Scores) -> dict[str, Any]:
-    return {**scores.ccc, "utterances": scores.num_utterances, "trained_on_left_out": scores.excluded_trained_on}
+    return {**scores.ccc, "utterances": scores.num_utterances, "trained_on_left_out": scores.excluded_trained_on,
+            "unknown_training_data": list(scores.unknown_training_data)}
+
+
+def _unknown_from(results: Sequence[dict[str, Any]], split: str | None = None) -> list[str]:
+    """The initial models of unknown training data behind the seeds of ``results`` (each as ``_run_system``
+    or ``_run_ensemble`` returns them), on ``split`` or any split, in order."""
+    found = [name for result in results for record in (result.get("seeds") or {}).values()
+             for scored, score_record in record.get("scores", {}).items() if split in (None, scored)
+             for name in score_record.get("unknown_training_data", ())]
+    return list(dict.fromkeys(found))
+
+
+def _notes(rows: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
+    """``selection.training_data_note`` for each (name, result) of a table that has one, as Markdown lines."""
+    notes = [training_data_note(name, _unknown_from([result])) for name, result in rows]
+    return [f"Note: {note}" for note in notes if note] + ([""] if any(notes) else [])
 
 
 def _same_config(run_dir: Path, config) -> bool:
@@ -203,8 +220,11 @@ def _run_ensemble(item: Ensemble, results: dict[str, dict[str, Any]], outputs: O
             result = ensemble(members, kept, split=split, options=options)
             write_predictions_file(outputs, _predictions_path(out_dir, item.id, seed, split), result.predictions)
             assert result.ensemble_scores is not None, "the splits hold labelled utterances only (_split_or_none)"
+            # The members are scored from their predictions files: what they started from is in their records.
             scores[split] = {**_score_record(result.ensemble_scores),
-                             "trained_on_left_out": len(utterances) - len(kept)}
+                             "trained_on_left_out": len(utterances) - len(kept),
+                             "unknown_training_data": _unknown_from([results[member] for member in item.members],
+                                                                    split)}
         records[seed] = {"scores": scores}
     return {"members": list(item.members), "seeds": records}
 
@@ -232,6 +252,7 @@ def render_tables(grid: Grid, results: dict[str, dict[str, Any]], ensembles: dic
         for row in table.rows:
             lines.append(f"| {row.system} | " + _cells(results.get(row.system, {}), DEVELOPMENT, row.paper) + " |")
         lines.append("")
+        lines += _notes([(row.system, results.get(row.system, {})) for row in table.rows])
     if grid.ensembles:
         lines += ["## Ensembles (mean of the members' predictions, per seed)", "",
                   "Each seed's ensemble averages that seed's members; it is scored on the utterances none of its "
@@ -243,6 +264,7 @@ def render_tables(grid: Grid, results: dict[str, dict[str, Any]], ensembles: dic
                 cells = " | ".join(["not run"] * (len(COLUMNS) + 1)) if scored is None else _cells(scored, split, None)
                 lines.append(f"| {item.name} | {split} | {cells} |")
         lines.append("")
+        lines += _notes([(item.name, ensembles.get(item.id, {})) for item in grid.ensembles])
     failed = {system: result["error"] for system, result in results.items() if "error" in result}
     if failed:
         lines += ["## Systems that did not run", ""] + [f"- `{system}`: {error}" for system, error in failed.items()]

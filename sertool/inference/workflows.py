@@ -16,7 +16,7 @@ from sertool.core.io import write_json_document
 from sertool.core.splits import DEVELOPMENT
 from sertool.data.records import GENDERS, Utterance
 from sertool.data.report import LoadReport
-from sertool.data.selection import HeldOut, held_out
+from sertool.data.selection import HeldOut, held_out, training_data_note, unknown_training_data
 from sertool.guards.outputs import OutputPlan
 from sertool.inference.ensemble import (
     EnsemblePlan,
@@ -69,6 +69,8 @@ class Scores:
     # was known at all (a predictions CSV does not say what made it).
     excluded_trained_on: int = 0
     training_data_known: bool = True
+    # Initial models (``train --init-from``) of unknown training data: ``training_data_note`` says so.
+    unknown_training_data: tuple[str, ...] = ()
     # Bootstrap confidence interval of each CCC (and "average"), with ``evaluate --bootstrap B``.
     ci: dict[str, Interval] | None = None
     collapsed: list[str] = field(default_factory=list)  # attributes with near-constant predictions
@@ -79,7 +81,12 @@ class Scores:
                 "ci": None if self.ci is None else {name: [ci.low, ci.high] for name, ci in self.ci.items()},
                 "gender_accuracy": self.gender_accuracy, "gender_uar": self.gender_uar,
                 "excluded_trained_on": self.excluded_trained_on, "training_data_known": self.training_data_known,
-                "collapsed": list(self.collapsed)}
+                "training_data_note": self.training_data_note, "collapsed": list(self.collapsed)}
+
+    @property
+    def training_data_note(self) -> str | None:
+        """``selection.training_data_note``: the line that names an initial model of unknown training data."""
+        return training_data_note(self.name, self.unknown_training_data)
 
 
 def scores_document(rows: Sequence[Scores], *, split: str, corpus: str | Path | None,
@@ -116,16 +123,18 @@ def labelled(utterances: Sequence[Utterance], split: str) -> np.ndarray:
 
 
 def score(name: str, output: PredictorOutput, utterances: Sequence[Utterance], labels: np.ndarray, *,
-          held_out: HeldOut | None = None) -> Scores:
+          held_out: HeldOut | None = None, unknown_from: Sequence[str] = ()) -> Scores:
     """CCC over the whole split (never per batch), the attributes whose predictions collapsed to a
     near-constant, and gender accuracy / UAR where the model predicts it.
 
-    ``held_out`` (from ``selection.held_out``) records what was left out of ``utterances`` beforehand.
+    ``held_out`` (from ``selection.held_out``) records what was left out of ``utterances`` beforehand;
+    ``unknown_from`` names the system's initial models of unknown training data (``unknown_training_data``).
     """
     values = output.predictions.values
     scores = Scores(name, ccc_scores(values, labels), len(utterances), collapsed=collapsed_attributes(values, labels),
                     excluded_trained_on=held_out.excluded if held_out else 0,
-                    training_data_known=held_out.known if held_out else True)
+                    training_data_known=held_out.known if held_out else True,
+                    unknown_training_data=tuple(unknown_from))
     if output.gender_probabilities is not None:
         known = np.array([utt.gender in GENDERS for utt in utterances])
         if known.any():
@@ -135,6 +144,16 @@ def score(name: str, output: PredictorOutput, utterances: Sequence[Utterance], l
             recalls = [float((guess[truth == k] == k).mean()) for k in range(len(GENDERS)) if (truth == k).any()]
             scores.gender_uar = float(np.mean(recalls))
     return scores
+
+
+def _unknown_from(predictor: Predictor) -> tuple[str, ...]:
+    """The initial models of unknown training data behind ``predictor``: a checkpoint's
+    (``selection.unknown_training_data``), or a saved ensemble's members', in order."""
+    payload = getattr(predictor, "payload", None)
+    found = list(unknown_training_data(payload)) if isinstance(payload, dict) else []
+    for member in getattr(predictor, "members", ()):
+        found.extend(_unknown_from(member))
+    return tuple(dict.fromkeys(found))
 
 
 def _held_out(utterances: Sequence[Utterance], training_ids: frozenset[str] | None, *, split: str,
@@ -185,7 +204,8 @@ def evaluate(model_path: str | Path, utterances: Sequence[Utterance], *, split: 
     utterances = kept.utterances
     labels = labelled(utterances, split)
     output = predictor.predict(utterances)
-    result = EvaluationResult(score(predictor.name, output, utterances, labels, held_out=kept), output.predictions)
+    result = EvaluationResult(score(predictor.name, output, utterances, labels, held_out=kept,
+                                    unknown_from=_unknown_from(predictor)), output.predictions)
     if bootstrap:
         result.scores.ci = _resampled([output.predictions.values], labels, bootstrap, bootstrap_seed).interval(0)
     result.document = scores_document([result.scores], split=split, corpus=corpus)
@@ -343,8 +363,10 @@ def ensemble(member_paths: Sequence[str | Path], utterances: Sequence[Utterance]
         labels = labelled(kept.utterances, split)
         scored = [_rows(output, kept.utterances) for output in [*member_outputs, PredictorOutput(combined)]]
         names = [predictor.name for predictor in predictors] + ["ensemble"]
-        rows = [score(name, output, kept.utterances, labels, held_out=kept)
-                for name, output in zip(names, scored, strict=True)]
+        unknown = [_unknown_from(predictor) for predictor in predictors]
+        unknown.append(tuple(dict.fromkeys(name for member in unknown for name in member)))
+        rows = [score(name, output, kept.utterances, labels, held_out=kept, unknown_from=member_unknown)
+                for name, output, member_unknown in zip(names, scored, unknown, strict=True)]
         result.member_scores, result.ensemble_scores = rows[:-1], rows[-1]
         if bootstrap:
             resampled = _resampled([output.predictions.values for output in scored], labels, bootstrap, bootstrap_seed)

@@ -20,6 +20,7 @@ import torch
 from sertool.core.config import DEFAULT_BACKBONE_IDS, Config
 from sertool.core.errors import SertoolError
 from sertool.data.records import ATTRIBUTES, Utterance
+from sertool.data.selection import UNKNOWN_TRAINING_DATA
 from sertool.models.ser_model import SERModel
 from sertool.runtime import random_state
 from sertool.runtime.distributed import Distributed
@@ -32,9 +33,12 @@ from sertool.training.state import TrainState
 
 def model_description(config: Config, model: SERModel, *, speakers: list[str], training_ids: list[str],
                       backbone_weights: str, train_set: Sequence[Utterance], valid_set: Sequence[Utterance],
-                      selection_summary: str) -> dict[str, Any]:
+                      selection_summary: str, unknown_training_data: Sequence[str] = ()) -> dict[str, Any]:
     """The part of every checkpoint that is fixed once the run is set up: enough to rebuild the model and to
-    know where it came from."""
+    know where it came from.
+
+    ``training_ids`` holds the ``--init-from`` model's too; ``unknown_training_data`` names the initial models
+    whose training data is unknown (stored under ``UNKNOWN_TRAINING_DATA`` only where there are any)."""
     model_config = config.model
     return {
         "config": config.to_dict(),
@@ -44,8 +48,10 @@ def model_description(config: Config, model: SERModel, *, speakers: list[str], t
                        "text_model": model_config.text_model if model_config.text else None,
                        "speaker_embedding": model_config.speaker_embedding},
         "speakers": speakers,
-        # What the model saw: `evaluate` and `reproduce` score it only on other utterances.
+        # What the model saw, its --init-from model's included: `evaluate` and `reproduce` score it only on
+        # other utterances.
         "training_ids": training_ids,
+        **({UNKNOWN_TRAINING_DATA: list(unknown_training_data)} if unknown_training_data else {}),
         "backbone_weights": backbone_weights,
         # What the model learnt from and what its metrics were measured on (model cards quote it).
         "data": {"corpus": str(config.data.corpus), "train_split": config.data.train_split,

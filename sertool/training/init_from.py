@@ -7,6 +7,10 @@ weight is taken over. Model flags may still change what does not touch the weigh
 loss weights), add auxiliary heads, which then start fresh, or add LoRA adapters (``--lora-rank``), which
 start as a zero update of MODEL's weights; a change that leaves MODEL's weights without a place (another
 backbone, pooling, head width) is refused before training.
+
+What MODEL trained on is part of what the run trained on (``inherited_training_data``): the run records the
+union of both as its ``training_ids``, so it is scored only on utterances neither saw, and names under
+``selection.UNKNOWN_TRAINING_DATA`` the initial models whose training data is unknown (every score says so).
 """
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ from typing import Any
 from torch import nn
 
 from sertool.core.errors import SertoolError
+from sertool.data.selection import unknown_training_data
 from sertool.store.checkpoints import WEIGHTS_FILE, check_fitted, check_stored_tensors
 
 # Heads whose weights may start fresh (a task added by a flag) or be left behind (a task dropped, or a
@@ -78,3 +83,18 @@ def load_initial_weights(model: nn.Module, payload: dict[str, Any], *, source: s
     if unused:
         notes.append(f"--init-from {source}: its {', '.join(unused)} weights do not fit this run and are not used")
     return notes
+
+
+def inherited_training_data(payload: dict[str, Any], *, source: str) -> tuple[frozenset[str], tuple[str, ...]]:
+    """What the initial model ``payload`` (``load_model(source)``) trained on, for the run to record as its own.
+
+    Returns:
+        Its recorded ``training_ids`` (which hold those of its own initial models), and the initial models
+        whose training data is unknown: those it names under ``UNKNOWN_TRAINING_DATA``, and ``source`` itself
+        where it records no ``training_ids`` (an authors' released model, a hub model, an older checkpoint).
+    """
+    recorded = payload.get("training_ids")
+    unknown = unknown_training_data(payload)
+    if recorded is None:
+        unknown = (*unknown, source)
+    return frozenset(recorded or ()), tuple(dict.fromkeys(unknown))

@@ -25,7 +25,7 @@ from sertool.data.corpus import open_corpus
 from sertool.data.dataset import UtteranceDataset, collate
 from sertool.data.records import NO_CLASS_CODES, Utterance
 from sertool.data.rows import AUDIO_PROBLEMS
-from sertool.data.selection import require_enough_labels, select
+from sertool.data.selection import require_enough_labels, select, training_data_note, unknown_training_data
 from sertool.models.asr import fill_transcripts
 from sertool.models.backbones.whisper import FRAME_RATE
 from sertool.models.frame_features import frame_cache, frame_cache_refusal
@@ -39,7 +39,7 @@ from sertool.runtime.precision import resolve_amp
 from sertool.store.checkpoints import LAST_NAME, load_checkpoint, load_stored_state
 from sertool.store.model_folder import load_model
 from sertool.training.checkpointing import check_same_data, model_description, restore_training
-from sertool.training.init_from import load_initial_weights
+from sertool.training.init_from import inherited_training_data, load_initial_weights
 from sertool.training.optim import LRSchedule, build_optimizer
 from sertool.training.reporter import Reporter
 from sertool.training.run_folder import (
@@ -203,6 +203,17 @@ class RunSetup:
         elif initial is not None and train_config.init_from:
             for note in load_initial_weights(self.model, initial, source=train_config.init_from):
                 self.reporter.message(note)
+        # What the initial model trained on counts as the run's (a resumed run's last.pt records it already).
+        inherited: frozenset[str] = frozenset()
+        unknown: tuple[str, ...] = ()
+        if checkpoint is not None:
+            inherited, unknown = frozenset(checkpoint.get("training_ids") or ()), unknown_training_data(checkpoint)
+        elif initial is not None and train_config.init_from:
+            inherited, unknown = inherited_training_data(initial, source=train_config.init_from)
+            unknown_note = training_data_note(str(self.run_dir), unknown)
+            if unknown_note is not None:
+                self.reporter.message(unknown_note)
+        self.training_ids = sorted(inherited.union(self.training_ids))
         if self.model.utterance_stats is not None and not self.model.utterance_stats.standardizer.fitted:
             # A fresh run (a resumed one, or --init-from a wide model, keeps the moments and the floor it was
             # trained with). The floor's alpha is chosen on the validation split, as `sertool baseline` does.
@@ -216,7 +227,7 @@ class RunSetup:
         self.description = model_description(
             config, self.model, speakers=self.speakers, training_ids=self.training_ids,
             backbone_weights=self.backbone_weights, train_set=self.train_set, valid_set=self.valid_set,
-            selection_summary=self.selection_summary)
+            selection_summary=self.selection_summary, unknown_training_data=unknown)
 
     def _setup_frames(self) -> None:
         """``cached_frames``: with ``--feature-cache``, every training and validation utterance's frames from the

@@ -12,7 +12,6 @@ are their tables.
 """
 from __future__ import annotations
 
-import argparse
 import re
 import sys
 from pathlib import Path
@@ -22,6 +21,7 @@ sys.path.insert(0, str(ROOT))
 
 import click  # noqa: E402 - the repository root goes on the path first
 
+from scripts.generated_docs import regenerate  # noqa: E402
 from sertool.cli.commands import cli  # noqa: E402
 from sertool.cli.flags import Number  # noqa: E402
 from sertool.core.config import Bounds, config_options, field_options  # noqa: E402
@@ -154,19 +154,7 @@ def keys(document: str) -> list[str]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="exit 1 if docs/cli.md's tables are not current")
-    arguments = parser.parse_args()
-    current = DOCUMENT.read_text(encoding="utf-8")
-    wanted = updated(current)
-    if arguments.check:
-        if wanted != current:
-            print(f"{DOCUMENT} is not current: run python scripts/cli_tables.py", file=sys.stderr)
-            return 1
-        return 0
-    DOCUMENT.write_text(wanted, encoding="utf-8")
-    print(f"wrote {DOCUMENT}")
-    return 0
+    return regenerate(DOCUMENT, updated, description=__doc__.splitlines()[0], script="scripts/cli_tables.py")
 
 
 if __name__ == "__main__":

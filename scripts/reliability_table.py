@@ -9,7 +9,6 @@ written by hand.
 """
 from __future__ import annotations
 
-import argparse
 import ast
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from scripts.generated_docs import regenerate  # noqa: E402
 from tests.cases import KINDS  # noqa: E402 - the repository root goes on the path first
 
 DOCUMENT = ROOT / "docs" / "reliability.md"
@@ -66,19 +66,8 @@ def _cell(text: str) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="exit 1 if docs/reliability.md is not current")
-    arguments = parser.parse_args()
-    current = DOCUMENT.read_text(encoding="utf-8")
-    wanted = updated(current, render(collect()))
-    if arguments.check:
-        if wanted != current:
-            print(f"{DOCUMENT} is not current: run python scripts/reliability_table.py", file=sys.stderr)
-            return 1
-        return 0
-    DOCUMENT.write_text(wanted, encoding="utf-8")
-    print(f"wrote {DOCUMENT}")
-    return 0
+    return regenerate(DOCUMENT, lambda text: updated(text, render(collect())), description=__doc__.splitlines()[0],
+                      script="scripts/reliability_table.py")
 
 
 if __name__ == "__main__":

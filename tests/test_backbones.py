@@ -233,7 +233,8 @@ def test_gradient_checkpointing_saves_memory_not_gradients(tiny_models, backbone
     results = []
     for checkpointing in (False, True):
         torch.manual_seed(0)  # the same random LoRA matrices
-        config = ModelConfig(backbone=backbone, backbone_path=str(tiny_models[backbone]), lora_rank=2)
+        config = ModelConfig(backbone=backbone, backbone_path=str(tiny_models[backbone]),
+                             lora_rank=2 if backbone == "whisper" else 0)  # LoRA needs a frozen encoder
         model = build_backbone(config, gradient_checkpointing=checkpointing).train()
         if backbone == "wavlm":
             model.model.config.mask_time_prob = 0.0  # SpecAugment draws random numbers
@@ -277,6 +278,36 @@ def test_whisper_lora_starts_as_identity_and_only_adapters_train(tiny_models):
 def test_lora_on_a_fine_tuned_whisper_is_refused(tiny_models):
     with pytest.raises(SertoolError, match="--lora-rank"):
         _build(tiny_models, "whisper", freeze_backbone=False, lora_rank=4)
+
+
+@pytest.mark.parametrize("backbone", ["wavlm", "fbank"])
+def test_lora_with_nothing_frozen_to_adapt_is_refused(tiny_models, backbone):
+    # a fine-tuned (or from-scratch) speech encoder and no text encoder: --lora-rank would change nothing
+    with pytest.raises(SertoolError, match=r"^--lora-rank 4: .*drop --lora-rank"):
+        _build(tiny_models, backbone, lora_rank=4)
+
+
+def test_lora_on_a_fine_tuned_wavlm_with_text_is_left_to_the_text_encoder(tiny_models):
+    model = _build(tiny_models, "wavlm", lora_rank=4, text=True)
+    assert not any(isinstance(m, LoRALinear) for m in model.modules())
+    assert model.model.encoder.layers[0].feed_forward.output_dense.weight.requires_grad  # fine-tuned as before
+
+
+def test_frozen_wavlm_lora_starts_as_identity_and_only_adapters_train(tiny_models):
+    plain = _build(tiny_models, "wavlm", freeze_backbone=True).eval()
+    adapted = _build(tiny_models, "wavlm", freeze_backbone=True, lora_rank=4, lora_alpha=8.0)
+    layers = len(adapted.model.encoder.layers)
+    assert sum(isinstance(m, LoRALinear) for m in adapted.model.modules()) == 2 * layers  # the feed-forward pair
+    waveforms, sample_mask = _padded_batch([16_000, 9_000])
+    with torch.no_grad():
+        assert torch.equal(adapted.eval()(waveforms, sample_mask)[0], plain(waveforms, sample_mask)[0])
+    adapted.train()
+    assert not adapted.model.training  # the frozen encoder stays in eval mode
+    _backward(adapted)
+    trainable = {name for name, p in adapted.named_parameters() if p.requires_grad}
+    assert trainable and all(name.endswith(("lora_a", "lora_b", "layer_weights.logits")) for name in trainable)
+    lora_b = [p for name, p in adapted.named_parameters() if name.endswith("lora_b")]
+    assert len(lora_b) == 2 * layers and all(p.grad is not None and p.grad.abs().sum() > 0 for p in lora_b)
 
 
 def _reference_whisper(folder: Path):

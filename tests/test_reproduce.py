@@ -11,10 +11,11 @@ import pytest
 import yaml
 
 from sertool.core.config import DEFAULT_BACKBONE_IDS
+from sertool.core.constants import SCORE_NAMES
 from sertool.data.corpus import open_corpus
 from sertool.experiments.grid import read_grid
 from sertool.experiments.options import ReproduceOptions
-from sertool.experiments.reproduce import reproduce
+from sertool.experiments.reproduce import render_tables, reproduce
 from sertool.inference.predictions import read_predictions
 from sertool.models.ccc import ccc_scores
 from sertool.store.checkpoints import load_checkpoint
@@ -32,6 +33,7 @@ def _grid(folder: Path, systems=("wavlm", "mmwavlm-gender")) -> Path:
     grid["tables"] = [{"title": "Two systems", "rows": [{"system": systems[0], "paper": [0.653, 0.7, 0.5651, 0.6394]},
                                                         {"system": systems[1]}]}]
     grid["ensembles"] = [{"id": "both", "name": "both", "members": list(systems)}]
+    grid["submissions"]["rows"] = [{"system": "both"}]
     grid["demo_scale"]["overrides"] = {
         "data": {"num_workers": 0},
         "model": {"head_hidden_dim": 8, "fbank_dim": 16, "head_dropout": 0.0},
@@ -84,6 +86,23 @@ def test_the_ox_table_shows_both_readings_of_minus_non_ox():
                         "mmwavlm-ox-only": (False, "only"), "mmwavlm-dev-ox": (True, "keep"),
                         "mmwavlm-dev-ox-fewer-non-ox": (True, "drop-as-many-non-ox"),
                         "mmwavlm-dev-ox-ox-only": (True, "only")}
+
+
+def test_the_papers_table_6_lists_the_submitted_systems_with_test1_as_a_labelled_stand_in():
+    grid = read_grid(PAPER_GRID)
+    assert grid.submissions is not None and "Table 6" in grid.submissions.title
+    assert [row.system for row in grid.submissions.rows] == ["best-2", "best-3"]
+    assert all(row.paper is None for row in grid.submissions.rows)  # no per-system test figures in the facts
+    assert "0.6076" in grid.submissions.note  # the team's test average, the one test figure the facts give
+    scores = {"Test1": {**dict.fromkeys(SCORE_NAMES, 0.5), "utterances": 7}}
+    text = render_tables(grid, {}, {"best-2": {"members": [], "seeds": {0: {"scores": scores}}}}, scale="real",
+                         corpus="corpus")
+    section = text.split("## Submitted systems on the challenge test set (the paper's Table 6)\n", 1)[1]
+    assert "**Test1, a stand-in**" in section and "Test3, whose labels are not public" in section
+    best_2, best_3 = (next(line for line in section.splitlines() if line.startswith(f"| {item.name} |"))
+                      for item in grid.ensembles)
+    assert best_2.endswith("| Test1 (stand-in for Test3) | 7 | " + " | ".join(["0.5000 / n/a"] * 4) + " |")
+    assert best_3.endswith("| " + " | ".join(["not run"] * 5) + " |")
 
 
 # A hub id as the hub writes them: owner/name, letters, digits, '_', '.', '-' (no spaces, no '#').

@@ -218,7 +218,8 @@ class ModelConfig:
     freeze_backbone: bool | None = option(None, "Freeze the speech backbone (default: the paper's choice: WavLM "
                                           "fine-tuned, Whisper frozen).")
     freeze_feature_encoder: bool = option(True, "Keep the CNN front end of wav2vec2-family models frozen.")
-    lora_rank: int = option(0, "LoRA adapters of this rank on the frozen Whisper and text encoder (0: none).",
+    lora_rank: int = option(0, "LoRA adapters of this rank on the frozen speech encoder and the text encoder "
+                            "(0: none); refused when neither is there to adapt.",
                             bounds=Bounds(at_least=0, at_most=WIDTH.at_most))
     lora_alpha: float = option(16.0, "LoRA scale numerator (the update is scaled by alpha / rank).",
                                bounds=POSITIVE)

@@ -1,7 +1,8 @@
 """The paper's experiment grid: which systems, how they are laid out in tables, how they are scaled.
 
 The grid file (``sertool/configs/paper/grid.yaml``) names systems by their config file in the same folder, groups
-them into tables with the paper's Development CCC beside each, and lists ensembles of systems. At demo scale
+them into tables with the paper's Development CCC beside each, and lists ensembles of systems and the paper's
+submitted systems (its Table 6, on the challenge test set; ``reproduce`` scores them on Test1). At demo scale
 each system's pretrained models are replaced by stand-ins and a few training settings are overridden, so
 that the whole grid runs on a CPU in minutes; at real scale the configs run as they are, with model
 locations optionally pointed at local folders.
@@ -40,6 +41,16 @@ class Table:
 
 
 @dataclass(frozen=True)
+class SubmissionTable:
+    """The paper's submitted systems on the challenge test set (Test3, whose labels are not public):
+    ``reproduce`` scores them on Test1 instead, a stand-in, beside the paper's test figures."""
+
+    title: str
+    rows: tuple[Row, ...]  # each names an ensemble id or a system; paper: test-set figures, None where not given
+    note: str  # what the paper's figures are (and are not), shown under the title
+
+
+@dataclass(frozen=True)
 class Ensemble:
     id: str  # names its files (predictions/<id>/...); letters, digits, '-' and '_'
     name: str  # as the table shows it
@@ -55,6 +66,7 @@ class Grid:
     ensembles: list[Ensemble]
     demo_stand_ins: dict[str, str] = field(default_factory=dict)
     demo_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    submissions: SubmissionTable | None = None
 
     @property
     def systems(self) -> list[str]:
@@ -120,11 +132,24 @@ def read_grid(path: str | Path) -> Grid:
                 row.system for table in tables for row in table.rows):
             raise ValueError("ensemble ids must differ from each other and from the systems' names")
         demo = data.get("demo_scale", {}) or {}
-        return Grid(path.parent, tables, ensembles, dict(demo.get("stand_ins", {}) or {}),
+        grid = Grid(path.parent, tables, ensembles, dict(demo.get("stand_ins", {}) or {}),
                     {section: dict(values) for section, values in (demo.get("overrides", {}) or {}).items()})
+        grid.submissions = _submissions(data.get("submissions"), grid)
+        return grid
     except (KeyError, TypeError, ValueError, AttributeError) as error:
         raise SertoolError(f"--grid {path}: malformed grid ({type(error).__name__}: {error}); "
                            "see sertool/configs/paper/grid.yaml for the layout") from None
+
+
+def _submissions(data: Any, grid: Grid) -> SubmissionTable | None:
+    if data is None:
+        return None
+    rows = tuple(Row(_file_name(row["system"]), _four(row.get("paper"))) for row in data["rows"])
+    known = set(grid.systems) | {item.id for item in grid.ensembles}
+    unknown = [row.system for row in rows if row.system not in known]
+    if unknown:
+        raise ValueError(f"submissions rows {', '.join(unknown)}: not an ensemble id or a system of the tables")
+    return SubmissionTable(str(data["title"]), rows, str(data.get("note", "")))
 
 
 def _file_name(value: Any) -> str:

@@ -26,11 +26,11 @@ from typing import Any
 from sertool.core.constants import CONFIG_NAME, LAST_NAME, SCORE_NAMES, SUMMARY_NAME
 from sertool.core.errors import SertoolError
 from sertool.core.io import load_json
-from sertool.core.splits import DEVELOPMENT, HELD_OUT_SPLITS
+from sertool.core.splits import DEVELOPMENT, HELD_OUT_SPLITS, TEST1, TEST3
 from sertool.data.corpus import open_corpus
 from sertool.data.records import Utterance
 from sertool.data.selection import training_data_note
-from sertool.experiments.grid import PAPER_GRID, SCALES, Ensemble, Grid, read_grid
+from sertool.experiments.grid import PAPER_GRID, SCALES, Ensemble, Grid, SubmissionTable, read_grid
 from sertool.experiments.options import ReproduceOptions
 from sertool.guards.outputs import OutputPlan
 from sertool.inference.predictions import read_predictions
@@ -265,14 +265,38 @@ def render_tables(grid: Grid, results: dict[str, dict[str, Any]], ensembles: dic
                 lines.append(f"| {item.name} | {split} | {cells} |")
         lines.append("")
         lines += _notes([(item.name, ensembles.get(item.id, {})) for item in grid.ensembles])
+    if grid.submissions is not None:
+        lines += _submission_table(grid, grid.submissions, results, ensembles)
     failed = {system: result["error"] for system, result in results.items() if "error" in result}
     if failed:
         lines += ["## Systems that did not run", ""] + [f"- `{system}`: {error}" for system, error in failed.items()]
     return "\n".join(lines) + "\n"
 
 
-def _cells(result: dict[str, Any], split: str, paper) -> str:
-    """``n`` and one cell per column: ``mean ± sd`` over the seeds (or the one value), ``/ paper`` beside."""
+def _submission_table(grid: Grid, table: SubmissionTable, results: dict[str, dict[str, Any]],
+                      ensembles: dict[str, dict[str, Any]]) -> list[str]:
+    """The paper's submitted systems: ours on Test1, a stand-in for the challenge's Test3 (whose labels are
+    not public), beside the paper's test figures ("n/a" where the grid gives none)."""
+    names = {item.id: item.name for item in grid.ensembles}
+    lines = [f"## {table.title}", "",
+             f"Ours: CCC on **{TEST1}, a stand-in**: the challenge scored the submissions on {TEST3}, whose labels "
+             f"are not public, so these are not the paper's test conditions; ours / the paper's {TEST3} figure "
+             "(n/a: not available).", ""]
+    if table.note:
+        lines += [table.note, ""]
+    lines += ["| system | split | n | A | V | D | average |", "|---|---|---|---|---|---|---|"]
+    for row in table.rows:
+        result = ensembles.get(row.system) if row.system in names else results.get(row.system)
+        paper = row.paper or (None,) * len(COLUMNS)
+        cells = " | ".join(["not run"] * (len(COLUMNS) + 1)) if result is None else _cells(result, TEST1, paper)
+        lines.append(f"| {names.get(row.system, row.system)} | {TEST1} (stand-in for {TEST3}) | {cells} |")
+    lines.append("")
+    return lines
+
+
+def _cells(result: dict[str, Any], split: str, paper: Sequence[float | None] | None) -> str:
+    """``n`` and one cell per column: ``mean ± sd`` over the seeds (or the one value), ``/ paper`` beside
+    (``n/a`` for a figure the paper does not give)."""
     if "error" in result:
         return " | ".join(["failed"] * (len(COLUMNS) + 1))
     per_seed = [record["scores"][split] for record in (result.get("seeds") or {}).values()
@@ -285,5 +309,6 @@ def _cells(result: dict[str, Any], split: str, paper) -> str:
         values = [record[name] for record in per_seed]
         ours = f"{values[0]:.4f}" if len(values) == 1 else \
             f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
-        cells.append(ours if paper is None else f"{ours} / {paper[index]:.4f}")
+        figure = None if paper is None else paper[index]
+        cells.append(ours if paper is None else f"{ours} / {'n/a' if figure is None else f'{figure:.4f}'}")
     return " | ".join(cells)

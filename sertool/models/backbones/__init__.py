@@ -46,8 +46,9 @@ def build_backbone(config: ModelConfig, *, gradient_checkpointing: bool = False,
     Args:
         config: reads ``backbone``, ``backbone_path``, ``layer_weighting``, ``freeze_backbone``,
             ``freeze_feature_encoder``, ``lora_rank``, ``lora_alpha``, ``whisper_window_s`` and
-            ``fbank_dim``. ``lora_rank`` applies to Whisper only (for other backbones it is left to the
-            text encoder).
+            ``fbank_dim``. ``lora_rank`` adapts a frozen pretrained encoder (Whisper's attention, a
+            wav2vec2-family model's feed-forward layers) and the text encoder (``text``); with neither
+            it is refused rather than ignored.
         gradient_checkpointing: recompute transformer layers in the backward pass, trading ~30 % more
             compute for much less activation memory (pretrained backbones; fbank ignores it).
         pretrained_weights: load the pretrained weights; False reads only the model's config (and
@@ -59,7 +60,8 @@ def build_backbone(config: ModelConfig, *, gradient_checkpointing: bool = False,
 
     Raises:
         SertoolError: an unknown backbone or layer weighting, an impossible combination (a frozen fbank
-            encoder, LoRA on a fine-tuned Whisper, a model path for fbank), or a model that cannot be
+            encoder, LoRA on a fine-tuned Whisper, LoRA with nothing frozen to adapt, a model path for
+            fbank), or a model that cannot be
             loaded (e.g. a hub id on an offline machine: the message says to pass a local folder with
             ``--backbone-path``).
     """
@@ -71,6 +73,12 @@ def build_backbone(config: ModelConfig, *, gradient_checkpointing: bool = False,
     frozen = FROZEN_BY_DEFAULT[name] if config.freeze_backbone is None else config.freeze_backbone
     if config.whisper_window_s and name != "whisper":
         raise SertoolError(f"--whisper-window-s {config.whisper_window_s:g}: applies to --backbone whisper only")
+    if config.lora_rank and not frozen and not config.text:
+        trains = "trains from scratch" if name == "fbank" else "is fine-tuned"
+        hint = "" if name == "fbank" else "add --freeze-backbone (LoRA on the frozen encoder), "
+        raise SertoolError(f"--lora-rank {config.lora_rank}: LoRA adapts frozen encoders, and there is none: "
+                           f"--backbone {name} {trains} and there is no text encoder (--text); {hint}add --text, "
+                           "or drop --lora-rank")
     if name == "fbank":
         if frozen:
             raise SertoolError("--freeze-backbone: the fbank backbone is trained from scratch and cannot be frozen")
@@ -99,6 +107,8 @@ def build_backbone(config: ModelConfig, *, gradient_checkpointing: bool = False,
         layer_weighting=config.layer_weighting,
         frozen=frozen,
         freeze_feature_encoder=config.freeze_feature_encoder,
+        lora_rank=config.lora_rank if frozen else 0,  # a fine-tuned encoder with --text: LoRA on the text only
+        lora_alpha=config.lora_alpha,
         gradient_checkpointing=gradient_checkpointing,
         pretrained_weights=pretrained_weights,
     )

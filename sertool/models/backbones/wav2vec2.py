@@ -30,7 +30,11 @@ from sertool.models.backbones.base import (
     make_layer_weighting,
     pad_to_min_length,
 )
+from sertool.models.lora import apply_lora
 
+# LoRA on the feed-forward layers, as the authors' released WavLM models have it (sertool.models.released):
+# the attention of WavLM calls its projections' weights directly, so wrapping q_proj/v_proj would not work.
+LORA_TARGET_MODULES = ("intermediate_dense", "output_dense")
 NORMALIZATION_EPS = 1e-7  # the variance floor of transformers' Wav2Vec2FeatureExtractor
 _MAX_RECEPTIVE_FIELD_SAMPLES = 16_000  # search bound for the shortest input that yields one frame
 
@@ -46,6 +50,9 @@ class Wav2Vec2FamilyBackbone(SpeechBackbone):
         frozen: freeze the whole encoder (kept in eval mode, run without gradients); layer weights, if
             any, still train.
         freeze_feature_encoder: freeze only the CNN front end (the challenge baseline's setting).
+        lora_rank: >0 attaches LoRA adapters of this rank to the feed-forward layers of a frozen encoder
+            (``LORA_TARGET_MODULES``); refused for a fine-tuned one.
+        lora_alpha: LoRA scale numerator.
         gradient_checkpointing: recompute transformer layers in the backward pass to save memory.
     """
 
@@ -57,6 +64,8 @@ class Wav2Vec2FamilyBackbone(SpeechBackbone):
         layer_weighting: str,
         frozen: bool,
         freeze_feature_encoder: bool,
+        lora_rank: int = 0,
+        lora_alpha: float = 16.0,
         gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
@@ -72,6 +81,11 @@ class Wav2Vec2FamilyBackbone(SpeechBackbone):
         if frozen:
             model.requires_grad_(False)
             self._eval_only.append("model")
+            if lora_rank > 0:
+                apply_lora(model.encoder.layers, rank=lora_rank, alpha=lora_alpha, target_modules=LORA_TARGET_MODULES)
+        elif lora_rank > 0:
+            raise SertoolError(f"--lora-rank {lora_rank} adapts a frozen encoder; this {model.config.model_type} is "
+                               "fine-tuned: add --freeze-backbone, or drop --lora-rank")
         elif freeze_feature_encoder:
             _freeze_cnn(model.feature_extractor)
         if gradient_checkpointing:
@@ -133,6 +147,8 @@ def load_wav2vec2_family(
     layer_weighting: str,
     frozen: bool,
     freeze_feature_encoder: bool,
+    lora_rank: int = 0,
+    lora_alpha: float = 16.0,
     gradient_checkpointing: bool = False,
     pretrained_weights: bool = True,
 ) -> Wav2Vec2FamilyBackbone:
@@ -170,6 +186,8 @@ def load_wav2vec2_family(
         layer_weighting=layer_weighting,
         frozen=frozen,
         freeze_feature_encoder=freeze_feature_encoder,
+        lora_rank=lora_rank,
+        lora_alpha=lora_alpha,
         gradient_checkpointing=gradient_checkpointing,
     )
 

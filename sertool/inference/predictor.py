@@ -19,9 +19,16 @@ from sertool.core.hub import is_repo_id
 from sertool.data.records import Utterance
 from sertool.inference.ensemble import apply_plan, read_plan
 from sertool.inference.options import InferenceOptions
-from sertool.inference.predictions import Predictions, check_rating_scale, read_predictions
+from sertool.inference.predictions import (
+    SCALE_RATINGS,
+    SCALE_UNIT,
+    Predictions,
+    check_rating_scale,
+    read_predictions,
+)
 from sertool.inference.windows import model_input_s, shortest_input_s
 from sertool.models.asr import Transcriber, fill_transcripts
+from sertool.models.heads import LabelScaling
 from sertool.runtime.precision import ieee_float32, resolve_amp
 from sertool.runtime.runner import run_model
 from sertool.store.checkpoints import WEIGHTS_FILE, load_stored_state
@@ -63,6 +70,10 @@ class CheckpointPredictor:
         recorded = self.payload.get("training_ids")  # absent from older checkpoints and the authors' releases
         self.training_ids = frozenset(recorded) if recorded is not None else None
         self.config = Config.from_dict(self.payload["config"], source=f"{path} (its config)")
+        recorded_scaling = self.payload.get("label_scaling")  # the authors' releases: sertool's 1 + 6·y
+        # How the model's unit-scale outputs map to ratings (``on_scale`` maps them back with it).
+        self.label_scaling = (LabelScaling.from_dict(recorded_scaling) if isinstance(recorded_scaling, dict)
+                              else LabelScaling())
         self.input_s = model_input_s(self.config)
         overrides = {key: getattr(options, key) for key in ("text_model", "speaker_embedding")
                      if getattr(options, key) is not None}
@@ -164,6 +175,52 @@ class EnsemblePredictor:
     def predict(self, utterances: Sequence[Utterance]) -> PredictorOutput:
         outputs = [member.predict(utterances).predictions for member in self.members]
         return PredictorOutput(apply_plan(self.plan, outputs))
+
+
+def on_scale(predictions: Predictions, predictor: Predictor, scale: str) -> Predictions:
+    """``predictions`` (on the rating scale, as every predictor gives them) on ``scale``.
+
+    ``SCALE_UNIT`` is the model's own 0..1 output scale: ``label_scaling.to_unit`` of each rating (a sigmoid
+    head's raw output, e.g. the authors' released models' ``y`` before sertool's inferred ``1 + 6·y``; a
+    value the rating scale clipped stays clipped, at 0 or 1). Values, segments and spread are mapped with
+    the same affine map, so a window mean or an ensemble mean on one scale is the mean on the other.
+
+    Raises:
+        SertoolError: ``SCALE_UNIT`` for a predictions CSV (it holds ratings and not the model's label
+            scaling), or an ensemble with such a member or with members whose label scalings differ.
+    """
+    if scale == SCALE_RATINGS:
+        return predictions
+    if scale != SCALE_UNIT:
+        raise ValueError(f"unknown scale {scale!r}")
+    scaling = unit_scaling(predictor)
+    span = scaling.maximum - scaling.minimum
+    return Predictions(
+        ids=predictions.ids, values=scaling.to_unit(predictions.values),
+        spread=None if predictions.spread is None else predictions.spread / span,
+        segments=[dataclasses.replace(segment, values=tuple(float(value) for value in
+                                                            scaling.to_unit(np.asarray(segment.values))))
+                  for segment in predictions.segments],
+        scale=SCALE_UNIT)
+
+
+def unit_scaling(predictor: Predictor) -> LabelScaling:
+    """The label scaling that maps ``predictor``'s ratings to its unit scale.
+
+    Raises:
+        SertoolError: as ``on_scale``.
+    """
+    if isinstance(predictor, EnsemblePredictor):
+        scalings = [unit_scaling(member) for member in predictor.members]
+        if any(scaling != scalings[0] for scaling in scalings):
+            raise SertoolError(f"{predictor.name}: its members map their outputs to ratings differently, so they "
+                               "have no one unit scale; ask for the ratings scale")
+        return scalings[0]
+    scaling = getattr(predictor, "label_scaling", None)
+    if not isinstance(scaling, LabelScaling):
+        raise SertoolError(f"{predictor.name}: predictions read from a file hold ratings, not the model that made "
+                           "them, so they have no unit scale; ask for the ratings scale, or predict with the model")
+    return scaling
 
 
 def member_options(options: InferenceOptions, backbone_path: str | None, base: Path | None = None) -> InferenceOptions:

@@ -43,7 +43,14 @@ from sertool.data.records import ATTRIBUTES, Utterance
 from sertool.guards.surface import as_sertool_error
 from sertool.inference.options import PredictOptions
 from sertool.inference.predictions import SCALE_RATINGS, SCALE_UNIT, Predictions
-from sertool.inference.predictor import InferenceOptions, Predictor, on_scale, open_predictor, unit_scaling
+from sertool.inference.predictor import (
+    BACKBONE_OPTION_API,
+    InferenceOptions,
+    Predictor,
+    on_scale,
+    open_predictor,
+    unit_scaling,
+)
 
 # One input: a path to an audio file, or a waveform (a numpy array or a torch tensor) with sample_rate.
 Audio = Union[str, os.PathLike, np.ndarray, Any]
@@ -84,7 +91,9 @@ def load(
 ) -> Model:
     """Open a model for prediction.
 
-    The model is built on the first ``predict`` and kept, so load once and predict many times.
+    The model is built on the first ``predict`` and kept, so load once and predict many times. Its speech
+    backbone is looked for now: one that is neither here nor downloadable is refused here, naming the files
+    needed and ``backbone_path=``.
 
     Args:
         model: a run folder (its ``best.pt``), a checkpoint, a model folder (``sertool export``, or one of
@@ -110,8 +119,9 @@ def load(
         A ``Model``.
 
     Raises:
-        SertoolError: an option outside the values the CLI's flag allows (naming it), or nothing loadable at
-            ``model`` (the message names it and what to do); a known failure (no memory, no CUDA, ...) as
+        SertoolError: an option outside the values the CLI's flag allows (naming it), nothing loadable at
+            ``model``, or its speech backbone neither here nor downloadable (the message names it and what to
+            do); a known failure (no memory, no CUDA, ...) as
             one line.
 
     Examples:
@@ -129,7 +139,7 @@ def load(
                                threads=threads)
     check_options(options, source="sertool.load")  # the declarations the CLI's flags are built from
     options.torch_device()  # a device that is not there is refused now, not at the first prediction
-    return Model(open_predictor(os.fspath(model), options))
+    return Model(open_predictor(os.fspath(model), options, backbone_option=BACKBONE_OPTION_API))
 
 
 def _text(location: Any) -> Any:

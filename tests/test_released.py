@@ -376,3 +376,38 @@ def test_an_ensemble_is_on_its_members_unit_scale_and_refuses_a_csv_member(tmp_p
     ensemble.members = [Member(), CsvPredictor(tmp_path / "member.csv")]
     with pytest.raises(SertoolError, match=r"member\.csv: predictions read from a file hold ratings"):
         on_scale(ratings, ensemble, "unit")
+
+
+@pytest.mark.parametrize("kind, backbone_id, files", [
+    ("wavlm", "microsoft/wavlm-large", "config.json preprocessor_config.json"),
+    ("whisper", "openai/whisper-large-v3", "config.json"),
+])
+def test_a_missing_backbone_is_refused_at_load_naming_its_files_and_the_callers_option(
+        kind, backbone_id, files, backbones, tmp_path, monkeypatch, offline_hub):
+    """Offline, with the backbone in no cache: `sertool.load` (not the first predict) and the CLI refuse in
+    one line that names the only files needed (the released model stores the weights) and the option as
+    the caller spells it."""
+    import huggingface_hub.constants
+
+    import sertool
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-hub"))
+    arguments = released_arguments(kind, finetune_method="finetune")
+    folder = save_released(tmp_path / "model", arguments, released_state(kind, arguments))
+    download = f"`hf download {backbone_id} {files} --local-dir DIR`"
+    with pytest.raises(SertoolError) as refused:
+        sertool.load(folder)  # raises here, before any predict
+    message = str(refused.value)
+    assert message.startswith(f"{folder}: its speech backbone {backbone_id} is not in the local model-hub cache")
+    assert download in message and "(not its weights)" in message
+    assert message.endswith("pass backbone_path='DIR'") and "--backbone-path" not in message
+    paths, _ = write_clips(tmp_path, [16_000])
+    result = CliRunner().invoke(cli, ["predict", str(folder), str(paths[0])])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert download in result.output and "pass --backbone-path DIR" in result.output
+    assert "backbone_path=" not in result.output
+    # With the two files the message names, and nothing else of the backbone, it loads and predicts.
+    assert sertool.load(folder, backbone_path=backbones[kind]).predict(str(paths[0]))["arousal"] > 0
+    with pytest.raises(SertoolError, match=r"^backbone_path='.*empty': no config\.json in this folder"):
+        (tmp_path / "empty").mkdir()
+        sertool.load(folder, backbone_path=tmp_path / "empty")

@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from sertool.acceleration.cpu import check_quantize, quantize_int8, set_threads
-from sertool.core.config import QUANTIZE_INT8, Config
+from sertool.core.config import DEFAULT_BACKBONE_IDS, QUANTIZE_INT8, Config, ModelConfig
 from sertool.core.errors import SertoolError
-from sertool.core.hub import is_repo_id
+from sertool.core.hub import check_available, is_repo_id
 from sertool.data.records import Utterance
 from sertool.inference.ensemble import apply_plan, read_plan
 from sertool.inference.options import InferenceOptions
@@ -57,10 +57,49 @@ class Predictor(Protocol):
     def predict(self, utterances: Sequence[Utterance]) -> PredictorOutput: ...
 
 
+# How the backbone's location is set, named in the message when it is missing: the CLI's flag, or
+# ``sertool.load``'s argument.
+BACKBONE_OPTION_CLI = "--backbone-path"
+BACKBONE_OPTION_API = "backbone_path="
+# What a model with its own backbone weights (the authors' releases, fine-tuned runs) reads of its speech
+# backbone: ``AutoConfig`` for every family, and ``AutoFeatureExtractor`` (its ``do_normalize``) for the
+# wav2vec2 family (``backbones.wav2vec2``); Whisper's front end is sertool's own.
+BACKBONE_FILES: dict[str, tuple[str, ...]] = {
+    "wavlm": ("config.json", "preprocessor_config.json"),
+    "hubert": ("config.json", "preprocessor_config.json"),
+    "wav2vec2": ("config.json", "preprocessor_config.json"),
+    "whisper": ("config.json",),
+}
+
+
+def check_backbone(model_config: ModelConfig, *, stored: bool, option: str, owner: str) -> None:
+    """Refuse a speech backbone that is neither here nor downloadable, naming what of it is needed: its
+    config files when the checkpoint stores the backbone's weights (``stored``), else the whole model.
+
+    Raises:
+        SertoolError: ``sertool.core.hub.missing_model_message`` in the caller's spelling of ``option``.
+    """
+    name = model_config.backbone_path or DEFAULT_BACKBONE_IDS.get(model_config.backbone)
+    if name is None:  # fbank: nothing pretrained
+        return
+    check_available(name, option=option, files=BACKBONE_FILES.get(model_config.backbone) if stored else None,
+                    owner=owner, what="speech backbone")
+
+
 class CheckpointPredictor:
     """A trained model, rebuilt on first use from its checkpoint, run folder, model folder or hub id."""
 
-    def __init__(self, path: str | Path, options: InferenceOptions) -> None:
+    def __init__(self, path: str | Path, options: InferenceOptions, *,
+                 backbone_option: str = BACKBONE_OPTION_CLI) -> None:
+        """
+        Args:
+            backbone_option: how the caller spells ``options.backbone_path`` (``--backbone-path``, or
+                ``backbone_path=`` in Python), for the message when the backbone is missing.
+
+        Raises:
+            SertoolError: a damaged checkpoint, or a speech backbone that is neither here nor downloadable
+                (``check_backbone``): refused when the model is opened, not at its first prediction.
+        """
         self.name = str(path)
         self.options = options
         self.payload = load_model(path)
@@ -80,6 +119,8 @@ class CheckpointPredictor:
         if options.backbone_path is not None:
             overrides["backbone_path"] = options.backbone_path
         self.config.model = dataclasses.replace(self.config.model, **overrides)
+        check_backbone(self.config.model, stored=self.payload.get("backbone_weights", "published") != "published",
+                       option=backbone_option, owner=self.name)
         self._model: SERModel | None = None
         # Kept across `predict` calls (`predict` streams long inputs in chunks): each reads its cache files
         # and loads the ASR weights once, not once per chunk.
@@ -148,7 +189,8 @@ class CsvPredictor:
 class EnsemblePredictor:
     """Members combined by an ``EnsemblePlan`` (``sertool ensemble --save``)."""
 
-    def __init__(self, path: str | Path, options: InferenceOptions, *, within: tuple[Path, ...] = ()) -> None:
+    def __init__(self, path: str | Path, options: InferenceOptions, *, within: tuple[Path, ...] = (),
+                 backbone_option: str = BACKBONE_OPTION_CLI) -> None:
         """
         Args:
             within: the ensemble files that include this one, outermost first (a plan may name other plans).
@@ -167,7 +209,7 @@ class EnsemblePredictor:
         base = Path(path).parent
         backbones = self.plan.backbone_paths or (None,) * len(self.plan.members)
         self.members = [open_predictor(_relative_to(member, base), member_options(options, backbone, base),
-                                       within=(*within, resolved))
+                                       within=(*within, resolved), backbone_option=backbone_option)
                         for member, backbone in zip(self.plan.members, backbones, strict=True)]
         self.training_ids = union_of_training_ids(self.members)
         self.input_s = shortest_input_s([member.input_s for member in self.members])
@@ -244,12 +286,14 @@ def union_of_training_ids(predictors: Sequence[Predictor]) -> frozenset[str] | N
 
 
 def open_predictor(path: str | Path, options: InferenceOptions | None = None, *,
-                   within: tuple[Path, ...] = ()) -> Predictor:
+                   within: tuple[Path, ...] = (), backbone_option: str = BACKBONE_OPTION_CLI) -> Predictor:
     """A predictor for ``path``: ``.csv`` predictions, a ``.json`` ensemble, or a checkpoint / run folder /
     model folder; a hub id (``owner/name``) that is no local path names a model folder on the hub.
 
     Args:
         within: for a member of an ensemble file, the ensemble files that include it (cycle detection).
+        backbone_option: how the caller spells ``options.backbone_path`` (``BACKBONE_OPTION_CLI`` or
+            ``BACKBONE_OPTION_API``), for the message when a backbone is missing.
 
     Raises:
         SertoolError: the path is missing or not one of these.
@@ -261,13 +305,13 @@ def open_predictor(path: str | Path, options: InferenceOptions | None = None, *,
     path = Path(text).expanduser()
     if not path.exists():
         if is_repo_id(text):
-            return CheckpointPredictor(text, options)
+            return CheckpointPredictor(text, options, backbone_option=backbone_option)
         raise SertoolError(f"{path}: no such checkpoint, run folder, model folder, predictions CSV or ensemble file")
     if path.suffix.lower() == ".csv":
         return CsvPredictor(path)
     if path.suffix.lower() == ".json":
-        return EnsemblePredictor(path, options, within=within)
-    return CheckpointPredictor(path, options)
+        return EnsemblePredictor(path, options, within=within, backbone_option=backbone_option)
+    return CheckpointPredictor(path, options, backbone_option=backbone_option)
 
 
 def _relative_to(member: str, base: Path) -> Path | str:

@@ -42,8 +42,15 @@ from sertool.data.audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
 from sertool.data.records import ATTRIBUTES, Utterance
 from sertool.guards.surface import as_sertool_error
 from sertool.inference.options import PredictOptions
-from sertool.inference.predictions import Predictions
-from sertool.inference.predictor import InferenceOptions, Predictor, open_predictor
+from sertool.inference.predictions import SCALE_RATINGS, SCALE_UNIT, Predictions
+from sertool.inference.predictor import (
+    BACKBONE_OPTION_API,
+    InferenceOptions,
+    Predictor,
+    on_scale,
+    open_predictor,
+    unit_scaling,
+)
 
 # One input: a path to an audio file, or a waveform (a numpy array or a torch tensor) with sample_rate.
 Audio = Union[str, os.PathLike, np.ndarray, Any]
@@ -84,7 +91,9 @@ def load(
 ) -> Model:
     """Open a model for prediction.
 
-    The model is built on the first ``predict`` and kept, so load once and predict many times.
+    The model is built on the first ``predict`` and kept, so load once and predict many times. Its speech
+    backbone is looked for now: one that is neither here nor downloadable is refused here, naming the files
+    needed and ``backbone_path=``.
 
     Args:
         model: a run folder (its ``best.pt``), a checkpoint, a model folder (``sertool export``, or one of
@@ -110,8 +119,9 @@ def load(
         A ``Model``.
 
     Raises:
-        SertoolError: an option outside the values the CLI's flag allows (naming it), or nothing loadable at
-            ``model`` (the message names it and what to do); a known failure (no memory, no CUDA, ...) as
+        SertoolError: an option outside the values the CLI's flag allows (naming it), nothing loadable at
+            ``model``, or its speech backbone neither here nor downloadable (the message names it and what to
+            do); a known failure (no memory, no CUDA, ...) as
             one line.
 
     Examples:
@@ -129,7 +139,7 @@ def load(
                                threads=threads)
     check_options(options, source="sertool.load")  # the declarations the CLI's flags are built from
     options.torch_device()  # a device that is not there is refused now, not at the first prediction
-    return Model(open_predictor(os.fspath(model), options))
+    return Model(open_predictor(os.fspath(model), options, backbone_option=BACKBONE_OPTION_API))
 
 
 def _text(location: Any) -> Any:
@@ -161,8 +171,9 @@ class Model:
         hop_s: float | None = None,
         transcripts: str | Sequence[str | None] | None = None,
         table: bool = False,
+        scale: str = SCALE_RATINGS,
     ) -> dict[str, float] | list[dict[str, float]] | Predictions:
-        """Arousal, valence and dominance of speech, on MSP-Podcast's 1–7 rater scale.
+        """Arousal, valence and dominance of speech, on MSP-Podcast's 1–7 rater scale (or the model's 0..1).
 
         Args:
             audio: one input or a list of inputs. An input is a path to an audio file (any format and rate
@@ -180,6 +191,9 @@ class Model:
             table: return a ``Predictions`` table instead of dicts: ``ids`` (the paths as given, or
                 ``waveform[i]``), ``values`` ``[N, 3]`` (A, V, D) and ``segments`` (one per window of a
                 long input: ``start_s``, ``end_s``, ``values``).
+            scale: ``"ratings"``: MSP-Podcast's 1–7 rater scale; ``"unit"``: the model's own 0..1 outputs,
+                ``(rating − 1) / 6`` (for the authors' released models their raw sigmoid outputs, before
+                sertool's inferred ``1 + 6·y``); the table's ``scale`` says which. Not for a predictions CSV.
 
         Returns:
             ``{"arousal": a, "valence": v, "dominance": d}`` for one input; a list of them, in input order,
@@ -214,6 +228,9 @@ class Model:
             [(0.0, 10.0), (5.0, 15.0), (10.0, 20.0), (15.0, 25.0)]
         """
         window_s = check_value(PredictOptions, "window_s", window_s, source="predict")  # None: the model's
+        scale = check_value(PredictOptions, "scale", scale, source="predict")
+        if scale == SCALE_UNIT:
+            unit_scaling(self._predictor)  # a predictions CSV has none: refused before any work
         hop_s = check_value(PredictOptions, "hop_s", hop_s, source="predict")
         single = not isinstance(audio, (list, tuple))
         items = list(audio) if isinstance(audio, (list, tuple)) else [audio]
@@ -232,7 +249,8 @@ class Model:
                               for utt, text in zip(utterances, texts, strict=True)]
                 from sertool.inference.workflows import predict_with
 
-                predictions = predict_with(self._predictor, utterances, window_s=window_s, hop_s=hop_s)
+                predictions = on_scale(predict_with(self._predictor, utterances, window_s=window_s, hop_s=hop_s),
+                                       self._predictor, scale)
             except SertoolError as error:
                 raise SertoolError(_named_as_given(str(error), as_given)) from None
         if table:

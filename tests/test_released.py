@@ -23,6 +23,7 @@ from sertool.inference.predictions import read_predictions
 from sertool.inference.predictor import InferenceOptions, open_predictor
 from sertool.inference.windows import combine_windows, window_spans
 from sertool.inference.workflows import predict_with
+from sertool.inference.writers import read_json
 from sertool.models.released import RELEASED_MODEL_IDS, convert_released_state
 from sertool.models.released import released_arguments as checked_arguments
 from sertool.store.model_folder import read_model_folder
@@ -306,3 +307,107 @@ def test_whisper_windows_are_checked(backbone, window_s, message, backbone_weigh
                          backbone_path=str(backbones["whisper"]) if backbone == "whisper" else None)
     with pytest.raises(SertoolError, match=message):
         SERModel(config, backbone_weights=backbone_weights)
+
+
+def test_the_unit_scale_is_their_raw_sigmoid_output(backbones, tmp_path):
+    """``scale="unit"`` / ``predict --scale unit``: the heads' sigmoid outputs before sertool's inferred 1 + 6·y,
+    which is ``to_unit`` of the ratings; the CSV header and the JSON say the scale; a CSV has no unit scale."""
+    import sertool
+
+    arguments = released_arguments("wavlm", finetune_method="lora", predict_gender=False)
+    state = released_state("wavlm", arguments)
+    folder = save_released(tmp_path / "model", arguments, state)
+    paths, waveforms = write_clips(tmp_path, [16_000, 27_200])
+    model = sertool.load(folder, backbone_path=backbones["wavlm"])
+    unit = model.predict([str(path) for path in paths], scale="unit", table=True)
+    ratings = model.predict([str(path) for path in paths], table=True)
+    reference, _ = reference_predictions("wavlm", arguments, state, backbones["wavlm"], waveforms)
+    np.testing.assert_allclose(unit.values, (reference - 1) / 6, atol=2e-5, rtol=0)  # their raw sigmoid
+    assert unit.scale == "unit" and ratings.scale == "ratings"
+    np.testing.assert_allclose(unit.values, model._predictor.label_scaling.to_unit(ratings.values), atol=1e-12)
+    assert model.predict(str(paths[0]), scale="unit") == pytest.approx(
+        dict(zip(("arousal", "valence", "dominance"), unit.values[0], strict=True)))
+
+    runner = CliRunner()
+    common = ["predict", str(folder), *map(str, paths), "--backbone-path", str(backbones["wavlm"])]
+    result = runner.invoke(cli, [*common, "--scale", "unit", "--out", str(tmp_path / "unit.csv")])
+    assert result.exit_code == 0, result.output
+    lines = (tmp_path / "unit.csv").read_text().splitlines()
+    assert lines[0] == "FileName,EmoAct_unit,EmoVal_unit,EmoDom_unit"
+    np.testing.assert_allclose([[float(cell) for cell in line.split(",")[1:]] for line in lines[1:]], unit.values,
+                               atol=1e-6)
+    result = runner.invoke(cli, [*common, "--scale", "unit", "--out", str(tmp_path / "unit.json")])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "unit.json").read_text())["scale"] == [0.0, 1.0]
+    with pytest.raises(SertoolError, match=r"unit\.json: predictions on the scale \[0\.0, 1\.0\]"):
+        read_json(tmp_path / "unit.json")
+
+    result = runner.invoke(cli, [*common, "--out", str(tmp_path / "ratings.csv")])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(cli, ["predict", str(tmp_path / "ratings.csv"), *map(str, paths), "--scale", "unit"])
+    assert result.exit_code != 0 and "no unit scale" in result.output and "Traceback" not in result.output
+    with pytest.raises(SertoolError, match="ratings.csv: predictions read from a file hold ratings"):
+        sertool.load(tmp_path / "ratings.csv").predict(str(paths[0]), scale="unit")
+    with pytest.raises(SertoolError, match="scale"):
+        model.predict(str(paths[0]), scale="0..1")
+
+
+def test_an_ensemble_is_on_its_members_unit_scale_and_refuses_a_csv_member(tmp_path):
+    """An ensemble's unit scale is its members' one (the mean of ratings maps to the mean of unit values,
+    spread and segments alike); a predictions-CSV member has none, and the message names it."""
+    from sertool.inference.predictions import Predictions, Segment, write_predictions
+    from sertool.inference.predictor import CsvPredictor, EnsemblePredictor, on_scale
+    from sertool.models.heads import LabelScaling
+
+    class Member:
+        name, label_scaling = "member.pt", LabelScaling()
+
+    ensemble = EnsemblePredictor.__new__(EnsemblePredictor)
+    ensemble.name, ensemble.members = "ens.json", [Member(), Member()]
+    ratings = Predictions(["a"], np.array([[1.0, 4.0, 7.0]]), spread=np.array([[0.6, 1.2, 0.0]]),
+                          segments=[Segment("a", 0.0, 1.0, (2.5, 4.0, 5.5))])
+    unit = on_scale(ratings, ensemble, "unit")
+    np.testing.assert_allclose(unit.values, [[0.0, 0.5, 1.0]])
+    np.testing.assert_allclose(unit.spread, [[0.1, 0.2, 0.0]])
+    assert unit.segments[0].values == pytest.approx((0.25, 0.5, 0.75)) and unit.scale == "unit"
+    assert on_scale(ratings, ensemble, "ratings") is ratings
+    with open(tmp_path / "member.csv", "w", newline="") as handle:
+        write_predictions(ratings, handle)
+    ensemble.members = [Member(), CsvPredictor(tmp_path / "member.csv")]
+    with pytest.raises(SertoolError, match=r"member\.csv: predictions read from a file hold ratings"):
+        on_scale(ratings, ensemble, "unit")
+
+
+@pytest.mark.parametrize("kind, backbone_id, files", [
+    ("wavlm", "microsoft/wavlm-large", "config.json preprocessor_config.json"),
+    ("whisper", "openai/whisper-large-v3", "config.json"),
+])
+def test_a_missing_backbone_is_refused_at_load_naming_its_files_and_the_callers_option(
+        kind, backbone_id, files, backbones, tmp_path, monkeypatch, offline_hub):
+    """Offline, with the backbone in no cache: `sertool.load` (not the first predict) and the CLI refuse in
+    one line that names the only files needed (the released model stores the weights) and the option as
+    the caller spells it."""
+    import huggingface_hub.constants
+
+    import sertool
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-hub"))
+    arguments = released_arguments(kind, finetune_method="finetune")
+    folder = save_released(tmp_path / "model", arguments, released_state(kind, arguments))
+    download = f"`hf download {backbone_id} {files} --local-dir DIR`"
+    with pytest.raises(SertoolError) as refused:
+        sertool.load(folder)  # raises here, before any predict
+    message = str(refused.value)
+    assert message.startswith(f"{folder}: its speech backbone {backbone_id} is not in the local model-hub cache")
+    assert download in message and "(not its weights)" in message
+    assert message.endswith("pass backbone_path='DIR'") and "--backbone-path" not in message
+    paths, _ = write_clips(tmp_path, [16_000])
+    result = CliRunner().invoke(cli, ["predict", str(folder), str(paths[0])])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert download in result.output and "pass --backbone-path DIR" in result.output
+    assert "backbone_path=" not in result.output
+    # With the two files the message names, and nothing else of the backbone, it loads and predicts.
+    assert sertool.load(folder, backbone_path=backbones[kind]).predict(str(paths[0]))["arousal"] > 0
+    with pytest.raises(SertoolError, match=r"^backbone_path='.*empty': no config\.json in this folder"):
+        (tmp_path / "empty").mkdir()
+        sertool.load(folder, backbone_path=tmp_path / "empty")

@@ -78,6 +78,51 @@ def load_pretrained(load: Callable[..., T], name_or_path: str, *, flag: str, **k
                            f"({_first_line(error)})") from None
 
 
+def spelled(option: str, value: str) -> str:
+    """How a caller sets ``option`` to ``value``: ``--backbone-path DIR`` on the command line, or
+    ``backbone_path='DIR'`` in Python (an ``option`` that ends in ``=``)."""
+    return f"{option}{value!r}" if option.endswith("=") else f"{option} {value}"
+
+
+def missing_model_message(name: str, *, option: str, files: Sequence[str] | None, owner: str, what: str) -> str:
+    """The one message for a pretrained part (``what``, e.g. "speech backbone") of the model at ``owner``
+    that is neither here nor downloadable: which of its files are needed (``files``; None: the whole model,
+    weights included) and how to pass a folder, in the caller's spelling of ``option`` (``spelled``)."""
+    needed = (f"only its {' and '.join(files)} (not its weights)" if files
+              else "the whole model, weights included")
+    download = f"hf download {name}{''.join(' ' + file for file in files or ())} --local-dir DIR"
+    return (f"{owner}: its {what} {name} is not in the local model-hub cache and the model hub cannot be reached; "
+            f"sertool needs {needed}. Download {'them' if files else 'it'} on a machine with network access "
+            f"(`{download}`), copy DIR here and pass {spelled(option, 'DIR')}")
+
+
+def check_available(name_or_path: str, *, option: str, files: Sequence[str] | None, owner: str, what: str) -> None:
+    """Refuse now, not at the first use, a pretrained model that can neither be read here nor downloaded.
+
+    ``name_or_path`` is available when it is a folder holding ``config.json``, a hub id whose ``config.json``
+    is in the local hub cache or on ``MODEL_SHELF`` / in a package (``offline_copy``), or a hub id the hub
+    can serve. ``files``: what is read of it (None: the weights too), named in the message.
+
+    Raises:
+        SertoolError: ``missing_model_message``, or a folder without ``config.json`` / a name that is
+            neither a folder nor a hub id (each in the caller's spelling of ``option``).
+    """
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        if path.is_dir() and not (path / MODEL_CONFIG_NAME).is_file():
+            raise SertoolError(f"{spelled(option, name_or_path)}: no {MODEL_CONFIG_NAME} in this folder; the {what} "
+                               f"of {owner} needs {' and '.join(files) if files else 'the whole model'} there")
+        return
+    if not _HUB_ID.match(name_or_path):
+        raise SertoolError(f"{spelled(option, name_or_path)}: no such folder, and not a model hub id")
+    from huggingface_hub import try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(name_or_path, MODEL_CONFIG_NAME), str) or offline_copy(name_or_path):
+        return
+    if not _hub_usable():
+        raise SertoolError(missing_model_message(name_or_path, option=option, files=files, owner=owner, what=what))
+
+
 def is_repo_id(text: str) -> bool:
     """Whether ``text`` has the form of a model repository id on the hub (``owner/name``)."""
     return bool(_REPO_ID.match(text))

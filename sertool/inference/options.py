@@ -30,6 +30,7 @@ from sertool.core.config import (
     option,
 )
 from sertool.core.splits import DEVELOPMENT, TEST3
+from sertool.inference.predictions import SCALE_RATINGS, SCALES
 from sertool.inference.writers import WRITERS
 
 if TYPE_CHECKING:
@@ -121,6 +122,9 @@ class PredictOptions:
     file_format: str | None = option(None, "Output format (default: from --out's suffix, else csv).",
                                      choices=tuple(WRITERS), flag="--format")
     out: str | None = option(None, "Write predictions here (default: standard output).", metavar="FILE")
+    scale: str = option(SCALE_RATINGS, "ratings: MSP-Podcast's 1–7 rater scale; unit: the model's own 0..1 outputs "
+                        "(rating − 1) / 6, e.g. the authors' raw sigmoid outputs (not for predictions CSVs). "
+                        "--submission stays on 1–7.", choices=SCALES)
     submission: str | None = option(None, "Also write the challenge submission: FileName,EmoAct,EmoVal,EmoDom, 1–7, "
                                     "clipped, every file once.", metavar="CSV")
     transcripts: str | None = option(None, "Transcripts for MM models: a folder of <stem>.txt or a CSV with FileName "

@@ -15,6 +15,9 @@ reads it too; the other columns appear only when they carry something:
                                             spread and true columns empty.
 ==========================================  ===================================================================
 
+On the unit scale (``predict --scale unit``) the value and spread columns are ``EmoAct_unit``, ... and
+``EmoAct_unit_spread``, ...: the header says the scale, and no reader takes such a file for ratings.
+
 ``read_predictions`` accepts these files and plain submission files (only the first four columns).
 """
 from __future__ import annotations
@@ -41,6 +44,12 @@ SEGMENT_COLUMNS: tuple[str, ...] = ("start_s", "end_s")
 FLOAT_DECIMALS = 6
 # How many ids an error message lists before "and N more".
 IDS_IN_MESSAGES = 5
+# The scales predictions are given on: MSP-Podcast's 1..7 rater scale, or the model's own 0..1 output scale
+# (``LabelScaling.to_unit`` of the ratings: the authors' raw sigmoid outputs for their released models).
+SCALE_RATINGS = "ratings"
+SCALE_UNIT = "unit"
+SCALES = (SCALE_RATINGS, SCALE_UNIT)
+UNIT_SUFFIX = "_unit"
 
 
 @dataclass(frozen=True)
@@ -69,6 +78,8 @@ class Predictions:
         spread: ``[N, 3]`` standard deviation of the ensemble members behind each value, or None for a
             single model.
         segments: per-window predictions of long files (``Segment.id`` is one of ``ids``); empty otherwise.
+        scale: ``SCALE_RATINGS`` (values, spread and segments on 1..7) or ``SCALE_UNIT`` (on the model's 0..1
+            scale, ``predictor.on_scale``).
 
     Raises:
         ValueError: shapes disagree, ids repeat, or a segment names an unknown id (programming errors:
@@ -79,6 +90,7 @@ class Predictions:
     values: np.ndarray
     spread: np.ndarray | None = None
     segments: list[Segment] = field(default_factory=list)
+    scale: str = SCALE_RATINGS
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ids", list(self.ids))
@@ -264,9 +276,10 @@ def segments_by_id(segments: Sequence[Segment]) -> dict[str, list[Segment]]:
 def _csv_table(predictions: Predictions, labels: np.ndarray | None) -> tuple[list[str], list[list[str]]]:
     """The header and rows of the predictions CSV (format in the module docstring)."""
     has_segments = bool(predictions.segments)
-    header = [ID_COLUMN, *VALUE_COLUMNS]
+    suffix = UNIT_SUFFIX if predictions.scale == SCALE_UNIT else ""
+    header = [ID_COLUMN, *(column + suffix for column in VALUE_COLUMNS)]
     if predictions.spread is not None:
-        header += SPREAD_COLUMNS
+        header += [f"{column}{suffix}_spread" for column in VALUE_COLUMNS]
     if labels is not None:
         header += TRUE_COLUMNS
     if has_segments:

@@ -13,15 +13,22 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from sertool.acceleration.cpu import check_quantize, quantize_int8, set_threads
-from sertool.core.config import QUANTIZE_INT8, Config
+from sertool.core.config import DEFAULT_BACKBONE_IDS, QUANTIZE_INT8, Config, ModelConfig
 from sertool.core.errors import SertoolError
-from sertool.core.hub import is_repo_id
+from sertool.core.hub import check_available, is_repo_id
 from sertool.data.records import Utterance
 from sertool.inference.ensemble import apply_plan, read_plan
 from sertool.inference.options import InferenceOptions
-from sertool.inference.predictions import Predictions, check_rating_scale, read_predictions
+from sertool.inference.predictions import (
+    SCALE_RATINGS,
+    SCALE_UNIT,
+    Predictions,
+    check_rating_scale,
+    read_predictions,
+)
 from sertool.inference.windows import model_input_s, shortest_input_s
 from sertool.models.asr import Transcriber, fill_transcripts
+from sertool.models.heads import LabelScaling
 from sertool.runtime.precision import ieee_float32, resolve_amp
 from sertool.runtime.runner import run_model
 from sertool.store.checkpoints import WEIGHTS_FILE, load_stored_state
@@ -50,10 +57,49 @@ class Predictor(Protocol):
     def predict(self, utterances: Sequence[Utterance]) -> PredictorOutput: ...
 
 
+# How the backbone's location is set, named in the message when it is missing: the CLI's flag, or
+# ``sertool.load``'s argument.
+BACKBONE_OPTION_CLI = "--backbone-path"
+BACKBONE_OPTION_API = "backbone_path="
+# What a model with its own backbone weights (the authors' releases, fine-tuned runs) reads of its speech
+# backbone: ``AutoConfig`` for every family, and ``AutoFeatureExtractor`` (its ``do_normalize``) for the
+# wav2vec2 family (``backbones.wav2vec2``); Whisper's front end is sertool's own.
+BACKBONE_FILES: dict[str, tuple[str, ...]] = {
+    "wavlm": ("config.json", "preprocessor_config.json"),
+    "hubert": ("config.json", "preprocessor_config.json"),
+    "wav2vec2": ("config.json", "preprocessor_config.json"),
+    "whisper": ("config.json",),
+}
+
+
+def check_backbone(model_config: ModelConfig, *, stored: bool, option: str, owner: str) -> None:
+    """Refuse a speech backbone that is neither here nor downloadable, naming what of it is needed: its
+    config files when the checkpoint stores the backbone's weights (``stored``), else the whole model.
+
+    Raises:
+        SertoolError: ``sertool.core.hub.missing_model_message`` in the caller's spelling of ``option``.
+    """
+    name = model_config.backbone_path or DEFAULT_BACKBONE_IDS.get(model_config.backbone)
+    if name is None:  # fbank: nothing pretrained
+        return
+    check_available(name, option=option, files=BACKBONE_FILES.get(model_config.backbone) if stored else None,
+                    owner=owner, what="speech backbone")
+
+
 class CheckpointPredictor:
     """A trained model, rebuilt on first use from its checkpoint, run folder, model folder or hub id."""
 
-    def __init__(self, path: str | Path, options: InferenceOptions) -> None:
+    def __init__(self, path: str | Path, options: InferenceOptions, *,
+                 backbone_option: str = BACKBONE_OPTION_CLI) -> None:
+        """
+        Args:
+            backbone_option: how the caller spells ``options.backbone_path`` (``--backbone-path``, or
+                ``backbone_path=`` in Python), for the message when the backbone is missing.
+
+        Raises:
+            SertoolError: a damaged checkpoint, or a speech backbone that is neither here nor downloadable
+                (``check_backbone``): refused when the model is opened, not at its first prediction.
+        """
         self.name = str(path)
         self.options = options
         self.payload = load_model(path)
@@ -63,12 +109,18 @@ class CheckpointPredictor:
         recorded = self.payload.get("training_ids")  # absent from older checkpoints and the authors' releases
         self.training_ids = frozenset(recorded) if recorded is not None else None
         self.config = Config.from_dict(self.payload["config"], source=f"{path} (its config)")
+        recorded_scaling = self.payload.get("label_scaling")  # the authors' releases: sertool's 1 + 6·y
+        # How the model's unit-scale outputs map to ratings (``on_scale`` maps them back with it).
+        self.label_scaling = (LabelScaling.from_dict(recorded_scaling) if isinstance(recorded_scaling, dict)
+                              else LabelScaling())
         self.input_s = model_input_s(self.config)
         overrides = {key: getattr(options, key) for key in ("text_model", "speaker_embedding")
                      if getattr(options, key) is not None}
         if options.backbone_path is not None:
             overrides["backbone_path"] = options.backbone_path
         self.config.model = dataclasses.replace(self.config.model, **overrides)
+        check_backbone(self.config.model, stored=self.payload.get("backbone_weights", "published") != "published",
+                       option=backbone_option, owner=self.name)
         self._model: SERModel | None = None
         # Kept across `predict` calls (`predict` streams long inputs in chunks): each reads its cache files
         # and loads the ASR weights once, not once per chunk.
@@ -137,7 +189,8 @@ class CsvPredictor:
 class EnsemblePredictor:
     """Members combined by an ``EnsemblePlan`` (``sertool ensemble --save``)."""
 
-    def __init__(self, path: str | Path, options: InferenceOptions, *, within: tuple[Path, ...] = ()) -> None:
+    def __init__(self, path: str | Path, options: InferenceOptions, *, within: tuple[Path, ...] = (),
+                 backbone_option: str = BACKBONE_OPTION_CLI) -> None:
         """
         Args:
             within: the ensemble files that include this one, outermost first (a plan may name other plans).
@@ -156,7 +209,7 @@ class EnsemblePredictor:
         base = Path(path).parent
         backbones = self.plan.backbone_paths or (None,) * len(self.plan.members)
         self.members = [open_predictor(_relative_to(member, base), member_options(options, backbone, base),
-                                       within=(*within, resolved))
+                                       within=(*within, resolved), backbone_option=backbone_option)
                         for member, backbone in zip(self.plan.members, backbones, strict=True)]
         self.training_ids = union_of_training_ids(self.members)
         self.input_s = shortest_input_s([member.input_s for member in self.members])
@@ -164,6 +217,52 @@ class EnsemblePredictor:
     def predict(self, utterances: Sequence[Utterance]) -> PredictorOutput:
         outputs = [member.predict(utterances).predictions for member in self.members]
         return PredictorOutput(apply_plan(self.plan, outputs))
+
+
+def on_scale(predictions: Predictions, predictor: Predictor, scale: str) -> Predictions:
+    """``predictions`` (on the rating scale, as every predictor gives them) on ``scale``.
+
+    ``SCALE_UNIT`` is the model's own 0..1 output scale: ``label_scaling.to_unit`` of each rating (a sigmoid
+    head's raw output, e.g. the authors' released models' ``y`` before sertool's inferred ``1 + 6·y``; a
+    value the rating scale clipped stays clipped, at 0 or 1). Values, segments and spread are mapped with
+    the same affine map, so a window mean or an ensemble mean on one scale is the mean on the other.
+
+    Raises:
+        SertoolError: ``SCALE_UNIT`` for a predictions CSV (it holds ratings and not the model's label
+            scaling), or an ensemble with such a member or with members whose label scalings differ.
+    """
+    if scale == SCALE_RATINGS:
+        return predictions
+    if scale != SCALE_UNIT:
+        raise ValueError(f"unknown scale {scale!r}")
+    scaling = unit_scaling(predictor)
+    span = scaling.maximum - scaling.minimum
+    return Predictions(
+        ids=predictions.ids, values=scaling.to_unit(predictions.values),
+        spread=None if predictions.spread is None else predictions.spread / span,
+        segments=[dataclasses.replace(segment, values=tuple(float(value) for value in
+                                                            scaling.to_unit(np.asarray(segment.values))))
+                  for segment in predictions.segments],
+        scale=SCALE_UNIT)
+
+
+def unit_scaling(predictor: Predictor) -> LabelScaling:
+    """The label scaling that maps ``predictor``'s ratings to its unit scale.
+
+    Raises:
+        SertoolError: as ``on_scale``.
+    """
+    if isinstance(predictor, EnsemblePredictor):
+        scalings = [unit_scaling(member) for member in predictor.members]
+        if any(scaling != scalings[0] for scaling in scalings):
+            raise SertoolError(f"{predictor.name}: its members map their outputs to ratings differently, so they "
+                               "have no one unit scale; ask for the ratings scale")
+        return scalings[0]
+    scaling = getattr(predictor, "label_scaling", None)
+    if not isinstance(scaling, LabelScaling):
+        raise SertoolError(f"{predictor.name}: predictions read from a file hold ratings, not the model that made "
+                           "them, so they have no unit scale; ask for the ratings scale, or predict with the model")
+    return scaling
 
 
 def member_options(options: InferenceOptions, backbone_path: str | None, base: Path | None = None) -> InferenceOptions:
@@ -187,12 +286,14 @@ def union_of_training_ids(predictors: Sequence[Predictor]) -> frozenset[str] | N
 
 
 def open_predictor(path: str | Path, options: InferenceOptions | None = None, *,
-                   within: tuple[Path, ...] = ()) -> Predictor:
+                   within: tuple[Path, ...] = (), backbone_option: str = BACKBONE_OPTION_CLI) -> Predictor:
     """A predictor for ``path``: ``.csv`` predictions, a ``.json`` ensemble, or a checkpoint / run folder /
     model folder; a hub id (``owner/name``) that is no local path names a model folder on the hub.
 
     Args:
         within: for a member of an ensemble file, the ensemble files that include it (cycle detection).
+        backbone_option: how the caller spells ``options.backbone_path`` (``BACKBONE_OPTION_CLI`` or
+            ``BACKBONE_OPTION_API``), for the message when a backbone is missing.
 
     Raises:
         SertoolError: the path is missing or not one of these.
@@ -204,13 +305,13 @@ def open_predictor(path: str | Path, options: InferenceOptions | None = None, *,
     path = Path(text).expanduser()
     if not path.exists():
         if is_repo_id(text):
-            return CheckpointPredictor(text, options)
+            return CheckpointPredictor(text, options, backbone_option=backbone_option)
         raise SertoolError(f"{path}: no such checkpoint, run folder, model folder, predictions CSV or ensemble file")
     if path.suffix.lower() == ".csv":
         return CsvPredictor(path)
     if path.suffix.lower() == ".json":
-        return EnsemblePredictor(path, options, within=within)
-    return CheckpointPredictor(path, options)
+        return EnsemblePredictor(path, options, within=within, backbone_option=backbone_option)
+    return CheckpointPredictor(path, options, backbone_option=backbone_option)
 
 
 def _relative_to(member: str, base: Path) -> Path | str:

@@ -36,14 +36,16 @@ from sertool.inference.inputs import (
     windowed_pieces,
 )
 from sertool.inference.options import EnsembleOptions, EvaluateOptions, PredictOptions
-from sertool.inference.predictions import Predictions
+from sertool.inference.predictions import SCALE_UNIT, Predictions
 from sertool.inference.predictor import (
     InferenceOptions,
     Predictor,
     PredictorOutput,
     member_options,
+    on_scale,
     open_predictor,
     union_of_training_ids,
+    unit_scaling,
 )
 from sertool.inference.windows import default_windows
 from sertool.inference.writers import WRITERS, format_of, write_predictions_file, write_submission
@@ -257,18 +259,23 @@ def predict_with(predictor: Predictor, utterances: Sequence[Utterance], *, windo
 
 
 def write_outputs(predictions: Predictions, *, outputs: OutputPlan, out: Path | None, file_format: str | None,
-                  submission: Path | None, expected_ids: Sequence[str] | None, stream: TextIO | None) -> list[Path]:
+                  submission: Path | None, expected_ids: Sequence[str] | None, stream: TextIO | None,
+                  shown: Predictions | None = None) -> list[Path]:
     """Predictions to ``out`` (format from ``file_format`` or the suffix) or ``stream``; a challenge
-    submission to ``submission`` (both declared in ``outputs``). Returns the files written."""
+    submission to ``submission`` (both declared in ``outputs``). Returns the files written.
+
+    ``shown``: what ``out`` or ``stream`` gets, if not ``predictions`` (``predict --scale unit``); the
+    submission is always ``predictions``, on the 1..7 rater scale the challenge scores."""
+    shown = predictions if shown is None else shown
     written = []
     if submission is not None:
         write_submission(outputs, submission, predictions, expected_ids=expected_ids)
         written.append(submission)
     if out is not None:
-        write_predictions_file(outputs, out, predictions, file_format=file_format)
+        write_predictions_file(outputs, out, shown, file_format=file_format)
         written.append(out)
     elif submission is None and stream is not None:
-        WRITERS[file_format or "csv"](predictions, stream)
+        WRITERS[file_format or "csv"](shown, stream)
     return written
 
 
@@ -505,11 +512,15 @@ def run_predict(model: str | Path, paths: Sequence[str], options: PredictOptions
         require_complete(report, options.split if options.corpus else None, purpose=f"--submission {submission}")
     if options.transcripts:
         utterances = attach_transcripts(utterances, options.transcripts)
-    predictions = predict(model, utterances, options=options.inference, window_s=options.window_s,
-                          hop_s=options.hop_s)
+    predictor = open_predictor(model, options.inference)
+    if options.scale == SCALE_UNIT:
+        unit_scaling(predictor)  # a predictions CSV has none: refused before any work
+    predictions = predict_with(predictor, utterances, window_s=options.window_s, hop_s=options.hop_s)
+    shown = on_scale(predictions, predictor, options.scale)  # the submission stays on 1..7
     written = write_outputs(predictions, outputs=outputs, out=out, file_format=options.file_format,
-                            submission=submission, expected_ids=[utt.id for utt in utterances], stream=stream)
-    return PredictResult(predictions, written)
+                            submission=submission, expected_ids=[utt.id for utt in utterances], stream=stream,
+                            shown=shown)
+    return PredictResult(shown, written)
 
 
 def run_ensemble(members: Sequence[str | Path], options: EnsembleOptions, *,

@@ -7,7 +7,7 @@ suffix names, and ``READERS[name](path)`` reads the same format back. The CSV fo
 an order::
 
     {"attributes": ["arousal", "valence", "dominance"],
-     "scale": [1.0, 7.0],
+     "scale": [1.0, 7.0],                              ([0.0, 1.0] with ``predict --scale unit``)
      "predictions": [
         {"id": "MSP-PODCAST_0001_0008.wav", "arousal": 3.1, "valence": 4.2, "dominance": 3.4,
          "spread": {"arousal": 0.1, ...},              (ensembles only)
@@ -30,6 +30,7 @@ from sertool.data.records import ATTRIBUTES, LABEL_MAX, LABEL_MIN
 from sertool.guards.outputs import OutputPlan
 from sertool.inference.predictions import (
     ID_COLUMN,
+    SCALE_UNIT,
     VALUE_COLUMNS,
     Predictions,
     Segment,
@@ -72,7 +73,9 @@ def write_json(predictions: Predictions, handle: TextIO, *, labels: np.ndarray |
             entry["segments"] = [{"start_s": segment.start_s, "end_s": segment.end_s, **_by_attribute(segment.values)}
                                  for segment in segments_of[file_id]]
         entries.append(entry)
-    document = {"attributes": list(ATTRIBUTES), "scale": [LABEL_MIN, LABEL_MAX], "predictions": entries}
+    unit = predictions.scale == SCALE_UNIT
+    document = {"attributes": list(ATTRIBUTES), "scale": [0.0, 1.0] if unit else [LABEL_MIN, LABEL_MAX],
+                "predictions": entries}
     json.dump(document, handle, indent=1)
     handle.write("\n")
 
@@ -89,6 +92,9 @@ def read_json(path: str | Path) -> Predictions:
     entries = document.get("predictions") if isinstance(document, dict) else None
     if not isinstance(entries, list) or not entries:
         raise SertoolError(f"{path}: expected an object with a non-empty \"predictions\" list")
+    if document.get("scale", [LABEL_MIN, LABEL_MAX]) != [LABEL_MIN, LABEL_MAX]:
+        raise SertoolError(f"{path}: predictions on the scale {document['scale']}; sertool reads predictions on "
+                           f"the {LABEL_MIN:g}..{LABEL_MAX:g} rater scale (predict --scale ratings)")
     ids: list[str] = []
     seen = SeenIds("id")
     values, spread, segments = [], [], []

@@ -14,6 +14,7 @@ import numpy as np
 
 from sertool.acceleration.cpu import check_quantize, quantize_int8, set_threads
 from sertool.core.config import DEFAULT_BACKBONE_IDS, QUANTIZE_INT8, Config, ModelConfig
+from sertool.core.constants import MODEL_CONFIG_NAME
 from sertool.core.errors import SertoolError
 from sertool.core.hub import check_available, is_repo_id
 from sertool.data.records import Utterance
@@ -64,11 +65,12 @@ BACKBONE_OPTION_API = "backbone_path="
 # What a model with its own backbone weights (the authors' releases, fine-tuned runs) reads of its speech
 # backbone: ``AutoConfig`` for every family, and ``AutoFeatureExtractor`` (its ``do_normalize``) for the
 # wav2vec2 family (``backbones.wav2vec2``); Whisper's front end is sertool's own.
+PREPROCESSOR_CONFIG_NAME = "preprocessor_config.json"
 BACKBONE_FILES: dict[str, tuple[str, ...]] = {
-    "wavlm": ("config.json", "preprocessor_config.json"),
-    "hubert": ("config.json", "preprocessor_config.json"),
-    "wav2vec2": ("config.json", "preprocessor_config.json"),
-    "whisper": ("config.json",),
+    "wavlm": (MODEL_CONFIG_NAME, PREPROCESSOR_CONFIG_NAME),
+    "hubert": (MODEL_CONFIG_NAME, PREPROCESSOR_CONFIG_NAME),
+    "wav2vec2": (MODEL_CONFIG_NAME, PREPROCESSOR_CONFIG_NAME),
+    "whisper": (MODEL_CONFIG_NAME,),
 }
 
 

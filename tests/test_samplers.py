@@ -124,6 +124,57 @@ def test_ox_outside_the_balance_are_all_in_every_epoch(corpus):
         epoch_strategy("whole", whole_classes=frozenset("OX"))
 
 
+def test_ox_as_one_class_hold_as_many_as_each_emotion(corpus):
+    codes, _ = corpus
+    counts = Counter(codes)
+    union = counts["O"] + counts["X"]
+    per_class = min(*(count for code, count in counts.items() if code not in "OX"), union)
+    for epoch in range(3):
+        drawn = Counter(codes[i] for i in undersample(codes, epoch=epoch, seed=2, one_class=frozenset("OX")))
+        assert drawn["O"] + drawn["X"] == per_class  # O∪X is one class of the same size as each emotion
+        assert drawn["O"] > 0 and drawn["X"] > 0  # drawn from both
+        assert {drawn[code] for code in counts if code not in "OX"} == {per_class}
+    # A small O∪X sets the size like one class; X alone would have set a smaller one as a class of its own.
+    small = ["N"] * 6 + ["H"] * 5 + ["O"] * 2 + ["X"] * 1
+    assert Counter(small[i] for i in undersample(small, epoch=0, seed=0)) == {"N": 1, "H": 1, "O": 1, "X": 1}
+    one = Counter(small[i] for i in undersample(small, epoch=0, seed=0, one_class=frozenset("OX")))
+    assert one == {"N": 3, "H": 3, "O": 2, "X": 1}
+    with pytest.raises(SertoolError, match="one-class.*not 'weighted'"):
+        epoch_strategy("weighted", one_class=frozenset("OX"))
+    with pytest.raises(SertoolError, match="both kept whole and balanced as one"):
+        undersample(small, epoch=0, seed=0, whole_classes=frozenset("OX"), one_class=frozenset("OX"))
+
+
+def test_ox_balance_choice_and_its_older_key(tmp_path):
+    from sertool.core.config import Config
+
+    assert Config().train.ox_balance_mode() == "classes"  # today's behaviour stays the default
+    older = tmp_path / "older.yaml"
+    older.write_text("train:\n  ox_outside_balance: true\n")
+    config = Config.from_yaml(older)  # a config written before --ox-balance still loads
+    assert config.train.ox_outside_balance and config.train.ox_balance_mode() == "whole"
+    config.train.ox_balance = "whole"
+    assert config.train.ox_balance_mode() == "whole"  # both given, same meaning
+    config.train.ox_balance = "one-class"
+    with pytest.raises(SertoolError, match="give only --ox-balance"):
+        config.train.ox_balance_mode()
+    newer = tmp_path / "newer.yaml"
+    newer.write_text("train:\n  ox_balance: one-class\n")
+    assert Config.from_yaml(newer).train.ox_balance_mode() == "one-class"
+    newer.write_text("train:\n  ox_balance: both\n")
+    with pytest.raises(SertoolError, match="not one of classes, whole, one-class"):
+        Config.from_yaml(newer)
+
+
+def test_sampler_saves_ox_one_class_setting(corpus):
+    codes, durations_s = corpus
+    plain = EpochBatchSampler(codes, durations_s, max_batch_s=MAX_BATCH_S, seed=3)
+    one = EpochBatchSampler(codes, durations_s, max_batch_s=MAX_BATCH_S, seed=3, one_class=frozenset("OX"))
+    assert one.settings["one_class"] == ["O", "X"]
+    with pytest.raises(SertoolError, match="one_class"):
+        one.load_state_dict(plain.state_dict())
+
+
 def test_weighted_gives_every_class_the_same_mass(corpus):
     codes, _ = corpus
     draws = np.concatenate([weighted(codes, epoch=epoch, seed=0) for epoch in range(10)])
@@ -364,7 +415,7 @@ def test_resume_refuses_other_settings(corpus):
     with pytest.raises(SertoolError, match="min_batch_items 1 → 8"):
         _sampler(corpus, min_batch_items=8).load_state_dict(state)
     older = {**state, "settings": {key: value for key, value in state["settings"].items()
-                                   if key not in ("min_batch_items", "whole_classes")}}
+                                   if key not in ("min_batch_items", "whole_classes", "one_class")}}
     _sampler(corpus).load_state_dict(older)  # a checkpoint written before those settings existed
     codes, durations_s = corpus
     cropped = EpochBatchSampler(codes, np.minimum(durations_s, 5.0), max_batch_s=MAX_BATCH_S, seed=3, world_size=2)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -120,6 +121,8 @@ def test_ox_options_reach_the_selection_and_the_sampler(corpus, tmp_path):
     drawn = [codes[i] for batch in outside.sampler.plan(0) for i in batch]
     assert sorted(c for c in drawn if c in "OX") == sorted(c for c in codes if c in "OX")  # every O/X, every epoch
     assert sum(len(batch) for batch in outside.sampler.plan(0)) > sum(len(batch) for batch in balanced.sampler.plan(0))
+    one = Counter(codes[i] for batch in run("one", ox_balance="one-class").sampler.plan(0) for i in batch)
+    assert one == {"N": 3, "H": 3, "A": 3, "S": 3, "O": one["O"], "X": one["X"]} and one["O"] + one["X"] == 3
 
 
 @pytest.mark.slow

@@ -76,6 +76,7 @@ DEVICE_CHOICES = (DEFAULT_DEVICE, "cpu", "cuda")
 DEFAULT_AMP = "auto"  # bf16, or fp16 on older GPUs; off on the CPU
 AMP_CHOICES = (DEFAULT_AMP, "bf16", "fp16", "off")  # sertool.runtime.precision.resolve_amp gives their dtypes
 SCHEDULES = ("cosine", "plateau", "constant")  # sertool.training.optim.LRSchedule implements them
+OX_BALANCES = ("classes", "whole", "one-class")  # sertool.training.setup_run maps them onto the undersampler
 BAD_AUDIO_POLICIES = ("skip", "fail")
 # Values of `train_ox` (--train-ox): what happens to the training split's utterances, O/X or not
 # (sertool.data.selection.select applies them).
@@ -283,9 +284,12 @@ class TrainConfig:
                            choices=("undersample", "whole", "weighted"))
     max_per_class: int = option(0, "Undersampling: cap each class at this many (0: the smallest class' size); "
                                 "ignored by the other samplings.", bounds=NON_NEGATIVE)
-    ox_outside_balance: bool = option(False, "Undersampling: every O/X sample in every epoch, outside the class "
-                                      "balance (default: O and X are two more classes, cut to the smallest class "
-                                      "like the others).")
+    ox_balance: str = option("classes", "Undersampling, O (other) and X (no agreement): classes: two more classes, "
+                             "each cut to the smallest class like the emotions; whole: every O/X utterance in every "
+                             "epoch, outside the balance; one-class: O and X together as ONE class, their union cut "
+                             "to the same count as each emotion.", choices=OX_BALANCES)
+    ox_outside_balance: bool = option(False, "Deprecated alias of --ox-balance whole (older configs); refused "
+                                      "together with --ox-balance one-class.")
     max_batch_s: float = option(64.0, "Micro-batch bound: utterances × longest clip ≤ this many seconds.",
                                 bounds=NON_NEGATIVE)
     min_batch_items: int = option(8, "Fewest utterances per --max-batch-s micro-batch, even where that exceeds "
@@ -324,6 +328,19 @@ class TrainConfig:
                                 "while rank 0 writes a checkpoint) before the job fails. The set-up's waits (cache "
                                 "fills) have no limit.", bounds=Bounds(at_least=1, at_most=7 * 24 * 3600),
                                 resumable=True)
+
+    def ox_balance_mode(self) -> str:
+        """The effective ``ox_balance``: ``ox_outside_balance: true`` (the older key) means ``whole``.
+
+        Raises:
+            SertoolError: the older key asks for ``whole`` while ``ox_balance`` asks for ``one-class``.
+        """
+        if not self.ox_outside_balance:
+            return self.ox_balance
+        if self.ox_balance == "one-class":
+            raise SertoolError("train.ox_outside_balance (--ox-outside-balance) keeps O/X whole, but "
+                               "train.ox_balance (--ox-balance) is one-class: give only --ox-balance")
+        return "whole"
 
 
 @dataclass

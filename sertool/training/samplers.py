@@ -35,7 +35,7 @@ _SELECTION_STREAM = 0
 _BATCHING_STREAM = 1
 
 # Sampler settings added after the first checkpoints were written, with the value those checkpoints used.
-_SETTINGS_BEFORE_THEY_WERE_SAVED: dict[str, Any] = {"min_batch_items": 1, "whole_classes": []}
+_SETTINGS_BEFORE_THEY_WERE_SAVED: dict[str, Any] = {"min_batch_items": 1, "whole_classes": [], "one_class": []}
 
 # A strategy maps (class codes, epoch, seed) to the indices one epoch uses.
 EpochStrategy = Callable[..., np.ndarray]
@@ -69,7 +69,7 @@ def _class_groups(class_codes: Sequence[str | None]) -> dict[str | None, np.ndar
 
 def undersample(
     class_codes: Sequence[str | None], *, epoch: int, seed: int, max_per_class: int | None = None,
-    whole_classes: frozenset[str] = frozenset(),
+    whole_classes: frozenset[str] = frozenset(), one_class: frozenset[str] = frozenset(),
 ) -> np.ndarray:
     """A fresh class-balanced subset: every class cut to the size of the smallest one.
 
@@ -88,16 +88,26 @@ def undersample(
             cap limits the majority classes without throwing away most of the data.
         whole_classes: codes kept whole in every epoch, outside the balance (e.g. ``{"O", "X"}``): they
             neither are cut nor set the size the other classes are cut to.
+        one_class: codes balanced as ONE class (e.g. ``{"O", "X"}``): their union is cut to the same size
+            as every other class, drawn at random from all of them, and sets that size like one class.
 
     Returns:
         Indices into ``class_codes``, ascending (order carries no meaning: batching shuffles).
 
     Raises:
-        SertoolError: ``max_per_class`` is not positive.
+        SertoolError: ``max_per_class`` is not positive, or a code is both whole and in ``one_class``.
     """
     if max_per_class is not None and max_per_class < 1:
         raise SertoolError(f"max_per_class must be a positive number of items per class, got {max_per_class}")
+    if whole_classes & one_class:
+        raise SertoolError(f"classes {', '.join(sorted(whole_classes & one_class))} cannot be both kept whole and "
+                           f"balanced as one class (--ox-balance)")
     groups = _class_groups(class_codes)
+    if one_class:
+        merged = [indices for code, indices in groups.items() if code in one_class]
+        groups = {code: indices for code, indices in groups.items() if code not in one_class}
+        if merged:  # the key is no code of its own (codes are letters): "O+X"
+            groups["+".join(sorted(one_class))] = np.sort(np.concatenate(merged))
     balanced = [indices for code, indices in groups.items() if code not in whole_classes]
     if not balanced:
         return np.arange(len(class_codes), dtype=np.int64)
@@ -151,7 +161,8 @@ STRATEGIES: dict[str, EpochStrategy] = {"undersample": undersample, "whole": who
 
 
 def epoch_strategy(name: str, *, max_per_class: int | None = None, num_samples: int | None = None,
-                   whole_classes: frozenset[str] = frozenset()) -> EpochStrategy:
+                   whole_classes: frozenset[str] = frozenset(),
+                   one_class: frozenset[str] = frozenset()) -> EpochStrategy:
     """The strategy called ``name`` with its options bound: call it as ``strategy(codes, epoch=, seed=)``.
 
     Raises:
@@ -165,10 +176,14 @@ def epoch_strategy(name: str, *, max_per_class: int | None = None, num_samples: 
     if num_samples is not None and name != "weighted":
         raise SertoolError(f"num_samples (--num-samples) applies to --sampling weighted only, not '{name}'")
     if whole_classes and name != "undersample":
-        raise SertoolError(f"classes outside the balance (--ox-outside-balance) apply to --sampling undersample only, "
+        raise SertoolError(f"classes outside the balance (--ox-balance whole, --ox-outside-balance) apply to "
+                           f"--sampling undersample only, not '{name}'")
+    if one_class and name != "undersample":
+        raise SertoolError(f"classes balanced as one (--ox-balance one-class) apply to --sampling undersample only, "
                            f"not '{name}'")
     options: dict[str, dict[str, Any]] = {
-        "undersample": {"max_per_class": max_per_class, "whole_classes": frozenset(whole_classes)},
+        "undersample": {"max_per_class": max_per_class, "whole_classes": frozenset(whole_classes),
+                        "one_class": frozenset(one_class)},
         "weighted": {"num_samples": num_samples},
     }
     return functools.partial(STRATEGIES[name], **options.get(name, {}))
@@ -343,6 +358,7 @@ class EpochBatchSampler(Sampler[list[int]]):
         max_per_class: int | None = None,
         num_samples: int | None = None,
         whole_classes: frozenset[str] = frozenset(),
+        one_class: frozenset[str] = frozenset(),
         max_batch_s: float | None = None,
         batch_size: int | None = None,
         min_batch_items: int = 1,
@@ -362,6 +378,7 @@ class EpochBatchSampler(Sampler[list[int]]):
             max_per_class: undersampling cap per class (None: the smallest class's size).
             num_samples: items per epoch of ``"weighted"`` (None: the number of items).
             whole_classes: ``"undersample"``: class codes kept whole in every epoch, outside the balance.
+            one_class: ``"undersample"``: class codes balanced together as one class.
             max_batch_s: bound on batch size × longest item, in seconds.
             batch_size: fixed number of items per batch instead of ``max_batch_s``.
             min_batch_items: ``max_batch_s`` batching: fewest items per batch, even where that exceeds
@@ -396,7 +413,7 @@ class EpochBatchSampler(Sampler[list[int]]):
         self.class_codes = list(class_codes)
         self.durations_s = np.asarray(durations_s, dtype=np.float64)
         self.strategy = epoch_strategy(sampling, max_per_class=max_per_class, num_samples=num_samples,
-                                       whole_classes=whole_classes)
+                                       whole_classes=whole_classes, one_class=one_class)
         self.max_batch_s = max_batch_s
         self.batch_size = batch_size
         self.min_batch_items = min_batch_items
@@ -410,7 +427,7 @@ class EpochBatchSampler(Sampler[list[int]]):
         # the same state, and all ranks are at the same step).
         self.settings: dict[str, Any] = {
             "sampling": sampling, "max_per_class": max_per_class, "num_samples": num_samples,
-            "whole_classes": sorted(whole_classes),
+            "whole_classes": sorted(whole_classes), "one_class": sorted(one_class),
             "max_batch_s": max_batch_s, "batch_size": batch_size, "min_batch_items": min_batch_items,
             "num_buckets": num_buckets, "seed": seed,
             "world_size": world_size, "drop_remainder": drop_remainder, "num_items": len(self.class_codes),

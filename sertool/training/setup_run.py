@@ -272,11 +272,13 @@ class RunSetup:
         """The sampler decides which utterances each epoch uses and how they are grouped; the loader reads them."""
         config, train_config, context = self.config, self.config.train, self.context
         crop_s = config.data.max_duration_s or None
+        ox_balance = train_config.ox_balance_mode()  # whole / one-class with another sampling: the sampler refuses
         self.sampler = EpochBatchSampler.from_records(
             self.train_set, max_duration_s=crop_s, sampling=train_config.sampling,
             # The cap is an undersampling option; a config (e.g. a grid's shared overrides) may hold it for all.
             max_per_class=(train_config.max_per_class or None) if train_config.sampling == "undersample" else None,
-            whole_classes=NO_CLASS_CODES if train_config.ox_outside_balance else frozenset(),
+            whole_classes=NO_CLASS_CODES if ox_balance == "whole" else frozenset(),
+            one_class=NO_CLASS_CODES if ox_balance == "one-class" else frozenset(),
             max_batch_s=None if train_config.batch_size else train_config.max_batch_s,
             # Like the cap: a bound of duration batching, which a --batch-size run does not use.
             min_batch_items=1 if train_config.batch_size else (train_config.min_batch_items or 1),

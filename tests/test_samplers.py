@@ -158,6 +158,8 @@ def test_ox_balance_choice_and_its_older_key(tmp_path):
     config.train.ox_balance = "one-class"
     with pytest.raises(SertoolError, match="give only --ox-balance"):
         config.train.ox_balance_mode()
+    with pytest.raises(SertoolError, match="give only --ox-balance"):
+        config.check()  # train() checks its config before it reads any data
     newer = tmp_path / "newer.yaml"
     newer.write_text("train:\n  ox_balance: one-class\n")
     assert Config.from_yaml(newer).train.ox_balance_mode() == "one-class"

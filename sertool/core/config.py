@@ -393,6 +393,7 @@ class Config:
         """
         for option_ in config_options():
             _coerce(option_, self.get(option_.key), f"{source}: {option_.key}")
+        self.train.ox_balance_mode()  # the older key and the new one must agree, before any data is read
 
     def with_absolute_paths(self) -> "Config":
         """A copy whose relative paths (``path`` options) are absolute, from the current directory, so that

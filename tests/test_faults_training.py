@@ -230,6 +230,17 @@ def _stop_lines(done: subprocess.CompletedProcess, start: str) -> list[str]:
     return lines
 
 
+def _stopped_at_step_two(ddp_corpus, run_dir: Path, **env: str) -> None:
+    """A 2-rank torchrun `train` sent SIGTERM at step 2 (``env``: how the fault driver sends it): it stops, every
+    rank's message says last.pt holds step 2, and it does."""
+    stopped = _torchrun("-m", "tests.fault_driver", "SIGTERM", "step", "2", "--", "train", "--corpus", ddp_corpus,
+                        "--out", run_dir, *DDP, **env)
+    assert stopped.returncode != 0, stopped.stderr
+    claim = f"interrupted (SIGTERM); {run_dir / 'last.pt'} holds step 2. Continue with"
+    assert all(line.startswith(claim) for line in _stop_lines(stopped, "interrupted (")), stopped.stderr
+    assert load_checkpoint(run_dir, name="last.pt")["step"] == 2
+
+
 @pytest.mark.slow
 @case("training", "SIGTERM to every rank under `torchrun` while rank 0 writes `last.pt` (was: the other ranks exited at "
       "once, torchrun signalled rank 0 again and it stopped mid-write, while every message claimed the new step)",
@@ -247,12 +258,7 @@ def test_a_ddp_run_stopped_under_torchrun_keeps_what_it_claims_and_resumes_to_th
     done = _torchrun("-m", "sertool", "train", "--corpus", ddp_corpus, "--out", straight, *DDP)
     assert done.returncode == 0, done.stderr
     run_dir = tmp_path / "run"
-    stopped = _torchrun("-m", "tests.fault_driver", "SIGTERM", "step", "2", "--", "train", "--corpus", ddp_corpus,
-                        "--out", run_dir, *DDP, FAULT_SLOW_LAST_PT_S="3")
-    assert stopped.returncode != 0, stopped.stderr
-    claim = f"interrupted (SIGTERM); {run_dir / 'last.pt'} holds step 2. Continue with"
-    assert all(line.startswith(claim) for line in _stop_lines(stopped, "interrupted (")), stopped.stderr
-    assert load_checkpoint(run_dir, name="last.pt")["step"] == 2
+    _stopped_at_step_two(ddp_corpus, run_dir, FAULT_SLOW_LAST_PT_S="3")
     resumed = _torchrun("-m", "sertool", "train", "--resume", run_dir)
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed at step 2" in resumed.stdout + resumed.stderr
@@ -268,13 +274,7 @@ def test_a_ddp_run_stopped_under_torchrun_keeps_what_it_claims_and_resumes_to_th
       "rank got it twice, from the scheduler and from torchrun, and the second stopped it at once, without `last.pt`)",
       "under DDP only the first signal counts: the ranks stop at the step's end with `last.pt`, as from one signal")
 def test_a_ddp_run_signalled_twice_under_torchrun_stops_once_with_its_checkpoint(ddp_corpus, tmp_path):
-    run_dir = tmp_path / "run"
-    stopped = _torchrun("-m", "tests.fault_driver", "SIGTERM", "step", "2", "--", "train", "--corpus", ddp_corpus,
-                        "--out", run_dir, *DDP, FAULT_SIGNAL_LAUNCHER="1")
-    assert stopped.returncode != 0, stopped.stderr
-    claim = f"interrupted (SIGTERM); {run_dir / 'last.pt'} holds step 2. Continue with"
-    assert all(line.startswith(claim) for line in _stop_lines(stopped, "interrupted (")), stopped.stderr
-    assert load_checkpoint(run_dir, name="last.pt")["step"] == 2
+    _stopped_at_step_two(ddp_corpus, tmp_path / "run", FAULT_SIGNAL_LAUNCHER="1")
 
 
 # ---- concurrent commands on one run folder -------------------------------------------------------------

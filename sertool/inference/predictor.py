@@ -18,6 +18,7 @@ from sertool.core.constants import MODEL_CONFIG_NAME
 from sertool.core.errors import SertoolError
 from sertool.core.hub import check_available, is_repo_id
 from sertool.data.records import Utterance
+from sertool.data.selection import unknown_training_data
 from sertool.inference.ensemble import apply_plan, read_plan
 from sertool.inference.options import InferenceOptions
 from sertool.inference.predictions import (
@@ -52,6 +53,8 @@ class Predictor(Protocol):
     name: str
     # Ids of the utterances the model trained on (scores leave them out); None where unknown (a CSV).
     training_ids: frozenset[str] | None
+    # The --init-from models behind it whose training data is unknown (scores say so); () where none or unknown.
+    unknown_training_from: tuple[str, ...]
     # The clip length in seconds the model was made for (`predict`'s default window); None where unknown.
     input_s: float | None
 
@@ -110,6 +113,7 @@ class CheckpointPredictor:
             raise SertoolError(f"{path}: a damaged sertool checkpoint: it has no {' and no '.join(damaged)}")
         recorded = self.payload.get("training_ids")  # absent from older checkpoints and the authors' releases
         self.training_ids = frozenset(recorded) if recorded is not None else None
+        self.unknown_training_from = unknown_training_data(self.payload)
         self.config = Config.from_dict(self.payload["config"], source=f"{path} (its config)")
         recorded_scaling = self.payload.get("label_scaling")  # the authors' releases: sertool's 1 + 6·y
         # How the model's unit-scale outputs map to ratings (``on_scale`` maps them back with it).
@@ -181,6 +185,7 @@ class CsvPredictor:
         self.name = str(path)
         self.table = read_predictions(path)
         self.training_ids: frozenset[str] | None = None  # a CSV does not say what made it
+        self.unknown_training_from: tuple[str, ...] = ()
         self.input_s: float | None = None
         check_rating_scale(self.table, source=self.name)
 
@@ -214,6 +219,8 @@ class EnsemblePredictor:
                                        within=(*within, resolved), backbone_option=backbone_option)
                         for member, backbone in zip(self.plan.members, backbones, strict=True)]
         self.training_ids = union_of_training_ids(self.members)
+        self.unknown_training_from = tuple(dict.fromkeys(
+            name for member in self.members for name in member.unknown_training_from))
         self.input_s = shortest_input_s([member.input_s for member in self.members])
 
     def predict(self, utterances: Sequence[Utterance]) -> PredictorOutput:

@@ -16,7 +16,7 @@ from sertool.core.io import write_json_document
 from sertool.core.splits import DEVELOPMENT
 from sertool.data.records import GENDERS, Utterance
 from sertool.data.report import LoadReport
-from sertool.data.selection import HeldOut, held_out, training_data_note, unknown_training_data
+from sertool.data.selection import HeldOut, held_out, training_data_note
 from sertool.guards.outputs import OutputPlan
 from sertool.inference.ensemble import (
     EnsemblePlan,
@@ -148,16 +148,6 @@ def score(name: str, output: PredictorOutput, utterances: Sequence[Utterance], l
     return scores
 
 
-def _unknown_from(predictor: Predictor) -> tuple[str, ...]:
-    """The initial models of unknown training data behind ``predictor``: a checkpoint's
-    (``selection.unknown_training_data``), or a saved ensemble's members', in order."""
-    payload = getattr(predictor, "payload", None)
-    found = list(unknown_training_data(payload)) if isinstance(payload, dict) else []
-    for member in getattr(predictor, "members", ()):
-        found.extend(_unknown_from(member))
-    return tuple(dict.fromkeys(found))
-
-
 def _held_out(utterances: Sequence[Utterance], training_ids: frozenset[str] | None, *, split: str,
               name: str) -> HeldOut:
     """``selection.held_out``, refusing a split the system trained on entirely."""
@@ -207,7 +197,7 @@ def evaluate(model_path: str | Path, utterances: Sequence[Utterance], *, split: 
     labels = labelled(utterances, split)
     output = predictor.predict(utterances)
     result = EvaluationResult(score(predictor.name, output, utterances, labels, held_out=kept,
-                                    unknown_from=_unknown_from(predictor)), output.predictions)
+                                    unknown_from=predictor.unknown_training_from), output.predictions)
     if bootstrap:
         result.scores.ci = _resampled([output.predictions.values], labels, bootstrap, bootstrap_seed).interval(0)
     result.document = scores_document([result.scores], split=split, corpus=corpus)
@@ -370,7 +360,7 @@ def ensemble(member_paths: Sequence[str | Path], utterances: Sequence[Utterance]
         labels = labelled(kept.utterances, split)
         scored = [_rows(output, kept.utterances) for output in [*member_outputs, PredictorOutput(combined)]]
         names = [predictor.name for predictor in predictors] + ["ensemble"]
-        unknown = [_unknown_from(predictor) for predictor in predictors]
+        unknown = [predictor.unknown_training_from for predictor in predictors]
         unknown.append(tuple(dict.fromkeys(name for member in unknown for name in member)))
         rows = [score(name, output, kept.utterances, labels, held_out=kept, unknown_from=member_unknown)
                 for name, output, member_unknown in zip(names, scored, unknown, strict=True)]

@@ -44,14 +44,16 @@ lint: install
 
 # The paper's grid, 3 seeds per system (docs/reproduce.md). Default: demo scale on the demo corpus (CPU, ≤ 30 min);
 # with MSP_ROOT=/path/to/MSP-Podcast: the real systems (GPUs). Re-running skips finished systems.
+# TABLES=variants (or all): the variants' tables, what the paper leaves open and what the release does differently.
 MSP_ROOT ?=
+TABLES ?= paper
 reproduce: install
 ifeq ($(MSP_ROOT),)
 	$(MAKE) $(DEMO_LABELS)
-	$(SERTOOL) reproduce --corpus $(DEMO_CORPUS) --scale demo --seeds 3 --out results/demo
+	$(SERTOOL) reproduce --corpus $(DEMO_CORPUS) --scale demo --seeds 3 --tables $(TABLES) --out results/demo
 	$(SERTOOL) data speakers --corpus $(DEMO_CORPUS) --speaker-model log-mel-stats --out results/demo/figure2.png --force
 else
-	$(SERTOOL) reproduce --corpus $(MSP_ROOT) --scale real --seeds 3 --out results/real
+	$(SERTOOL) reproduce --corpus $(MSP_ROOT) --scale real --seeds 3 --tables $(TABLES) --out results/real
 	$(SERTOOL) data speakers --corpus $(MSP_ROOT) --out results/real/figure2.png --force
 endif
 

@@ -222,7 +222,7 @@ SLOW_OR_ELSEWHERE = {"quiet", "debug", "tensorboard", "push_to_hub"}
 # Options left to the sweep: a drawn --seeds of 100 trains the grid 100 times.
 SWEEP_ONLY = {"reproduce": {"seeds"}}
 QUICK_EXAMPLES = {"data info": 8, "data demo": 4, "data speakers": 6, "data manifest": 10, "train": 20,
-                  "evaluate": 15, "predict": 15, "ensemble": 10, "export": 10, "baseline": 8, "plot": 8, "reproduce": 6}
+                  "evaluate": 15, "predict": 15, "ensemble": 10, "export": 10, "baseline": 8, "plot": 8, "reproduce": 10}
 
 
 def _metadata(workspace: Path) -> None:

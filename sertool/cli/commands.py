@@ -402,10 +402,11 @@ def reproduce_command(**flags) -> None:
     from sertool.experiments.reproduce import reproduce
     from sertool.guards.reads import MAX_TABLE_BYTES, read_user_text
 
-    path = reproduce(options_from(ReproduceOptions, flags), reporter_factory=RichTrainReporter,
-                     say=lambda text: err.print(f"[bold]reproduce:[/] {text}"))
-    console.print(read_user_text(path, what="tables", max_bytes=MAX_TABLE_BYTES), markup=False, highlight=False)
-    console.print(f"wrote {path}")
+    paths = reproduce(options_from(ReproduceOptions, flags), reporter_factory=RichTrainReporter,
+                      say=lambda text: err.print(f"[bold]reproduce:[/] {text}"))
+    for path in paths:
+        console.print(read_user_text(path, what="tables", max_bytes=MAX_TABLE_BYTES), markup=False, highlight=False)
+        console.print(f"wrote {path}")
 
 
 def main() -> None:

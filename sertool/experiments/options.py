@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from sertool.core.config import DEFAULT_DEVICE, DEVICE_CHOICES, SEED, Bounds, option
 from sertool.core.splits import TRAIN
 from sertool.data.selection import SPEAKER_CHOICES
-from sertool.experiments.grid import SCALES
+from sertool.experiments.grid import PARTS, SCALES
 
 _AT_LEAST_TWO = Bounds(at_least=2)
 
@@ -42,7 +42,11 @@ class ReproduceOptions:
     out: str = option("results/demo", "runs/, predictions/, scores/ and tables.md go here.", metavar="DIR")
     seeds: int = option(1, "Train every system N times (seeds s … s+N−1); the tables show mean ± sd over them.",
                         bounds=Bounds(at_least=1, at_most=100), metavar="N")
-    systems: str | None = option(None, "Only these systems (and ensembles made of them).", metavar="A,B,...")
+    tables: str = option("paper", "Which tables: the paper's (paper), the variants that measure what it leaves open "
+                         "and what the authors' release does differently (variants), or all.",
+                         choices=(*PARTS, "all"))
+    systems: str | None = option(None, "Only these systems of those tables (and ensembles made of them).",
+                                 metavar="A,B,...")
     models: tuple[str, ...] = option((), "Real scale without hub access: load hub id ID from folder DIR "
                                      "(repeatable).", flag="--model", metavar="ID=DIR")
     device: str = option(DEFAULT_DEVICE, "Where every system trains and predicts.", choices=DEVICE_CHOICES)

@@ -13,7 +13,7 @@ evaluated. A system that fails (e.g. a model that cannot be loaded) is reported 
 on.
 
 Layout of ``out_dir``: ``runs/<system>/seed<k>/``, ``predictions/<system or ensemble id>/seed<k>-<split>.csv``,
-``scores/<system>/seed<k>.json`` and ``tables.md``.
+``scores/<system>/seed<k>.json``, ``tables.md`` (the paper's tables) and ``variants.md`` (the variants').
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from sertool.core.splits import DEVELOPMENT, HELD_OUT_SPLITS, TEST1, TEST3
 from sertool.data.corpus import open_corpus
 from sertool.data.records import Utterance
 from sertool.data.selection import training_data_note
-from sertool.experiments.grid import PAPER_GRID, SCALES, Ensemble, Grid, SubmissionTable, read_grid
+from sertool.experiments.grid import PAPER_GRID, PARTS, SCALES, Ensemble, Grid, SubmissionTable, read_grid
 from sertool.experiments.options import ReproduceOptions
 from sertool.guards.outputs import OutputPlan
 from sertool.inference.predictions import read_predictions
@@ -41,7 +41,8 @@ from sertool.training.loop import Reporter, train
 
 EVAL_SPLITS = HELD_OUT_SPLITS
 COLUMNS = SCORE_NAMES
-TABLES_NAME = "tables.md"  # the tables laid out like the paper's, in --out
+# The tables of each part of the grid, in --out: the paper's laid out like the paper's, and the variants'.
+TABLES_NAMES = {"paper": "tables.md", "variants": "variants.md"}
 
 
 def parse_model_locations(items: Sequence[str]) -> dict[str, str]:
@@ -60,8 +61,9 @@ def parse_model_locations(items: Sequence[str]) -> dict[str, str]:
 
 
 def reproduce(options: ReproduceOptions, *, reporter_factory: Callable[[], Reporter] | None = None,
-              say: Callable[[str], None] = lambda text: None) -> Path:
-    """Run the grid; returns the path of the written tables (``<out>/tables.md``).
+              say: Callable[[str], None] = lambda text: None) -> list[Path]:
+    """Run the grid; returns the paths of the written tables (``<out>/tables.md`` for the paper's part,
+    ``<out>/variants.md`` for the variants'), those of ``options.tables``.
 
     Args:
         options: ``grid``, a grid file (default: the paper's, ``PAPER_GRID``, shipped with sertool); ``corpus``,
@@ -89,23 +91,35 @@ def reproduce(options: ReproduceOptions, *, reporter_factory: Callable[[], Repor
     out_dir = outputs.folder(options.out, flag="--out")
     grid_path = PAPER_GRID if options.grid is None else options.grid
     grid = read_grid(grid_path)
-    systems = [system for system in grid.systems if only is None or system in only]
-    unknown = sorted(set(only or ()) - set(grid.systems))
+    parts = PARTS if options.tables == "all" else (options.tables,)
+    listed = grid.systems_of(parts)
+    systems = [system for system in listed if only is None or system in only]
+    unknown = sorted(set(only or ()) - set(listed))
     if unknown:
-        raise SertoolError(f"--systems {', '.join(unknown)}: not in {grid_path}; it has {', '.join(grid.systems)}")
+        raise SertoolError(f"--systems {', '.join(unknown)}: not in the {options.tables} tables of {grid_path}; "
+                           f"they have {', '.join(listed)}")
     splits = {split: _split_or_none(corpus, split) for split in EVAL_SPLITS}
     inference = InferenceOptions(device=device)
     results: dict[str, dict[str, Any]] = {}
     for system in systems:
+        if not grid.runs_at(system, scale):
+            results[system] = {"skipped": f"{scale} scale: not run ({grid.variants[system].what}; it needs the real "
+                                          "models)"}
+            say(f"{system}: {results[system]['skipped']}")
+            continue
         results[system] = _run_system(grid, system, seeds=seeds, corpus=str(corpus), scale=scale, outputs=outputs,
                                       out_dir=out_dir, model_locations=model_locations, splits=splits,
                                       options=inference, device=device, reporter_factory=reporter_factory, say=say)
     ensembles = {item.id: _run_ensemble(item, results, outputs, out_dir, splits, inference) for item in grid.ensembles
-                 if all(results.get(member, {}).get("seeds") for member in item.members)}
-    path = out_dir / TABLES_NAME
-    with outputs.writing(path) as handle:
-        handle.write(render_tables(grid, results, ensembles, scale=scale, corpus=str(corpus), seeds=seeds))
-    return path
+                 if "paper" in parts and all(results.get(member, {}).get("seeds") for member in item.members)}
+    paths = []
+    for part in parts:  # a file per part, so that running one part never replaces the other's tables
+        path = out_dir / TABLES_NAMES[part]
+        with outputs.writing(path) as handle:
+            handle.write(render_tables(grid, results, ensembles, scale=scale, corpus=str(corpus), seeds=seeds,
+                                       parts=(part,)))
+        paths.append(path)
+    return paths
 
 
 def _split_or_none(corpus: str | Path, split: str) -> list[Utterance] | None:
@@ -158,7 +172,9 @@ def _run_seed(config, system: str, *, seed: int, outputs: OutputPlan, out_dir: P
             result = evaluate(run_dir, utterances, split=split, options=options, outputs=outputs,
                               out=_predictions_path(out_dir, system, seed, split))
             scores[split] = _score_record(result.scores)
-    record = {"config": config.to_dict(), "scores": scores}
+    summary = load_json(run_dir / SUMMARY_NAME, what="run summary")
+    record = {"config": config.to_dict(), "scores": scores,
+              "steps": summary.get("steps") if isinstance(summary, dict) else None}
     with outputs.writing(scores_path) as handle:
         json.dump(record, handle, indent=2)
     return record
@@ -230,11 +246,13 @@ def _run_ensemble(item: Ensemble, results: dict[str, dict[str, Any]], outputs: O
 
 
 def render_tables(grid: Grid, results: dict[str, dict[str, Any]], ensembles: dict[str, dict[str, Any]], *,
-                  scale: str, corpus: str, seeds: int = 1) -> str:
+                  scale: str, corpus: str, seeds: int = 1, parts: tuple[str, ...] = ("paper",)) -> str:
     """Markdown tables like the paper's: Development CCC per system, with the paper's figure beside ours.
 
     With several seeds every cell is ``mean ± sd`` (sample standard deviation over the seeds); the column
-    ``n`` is the number of utterances scored (fewer where a system trained on some of the split).
+    ``n`` is the number of utterances scored (fewer where a system trained on some of the split), the column
+    ``budget`` the system's training budget (epochs or optimiser steps) and the steps its runs took (early
+    stopping may end a run before its budget). ``parts``: the tables shown (a grid table's ``part``).
     """
     lines = [f"# Reproduction of Lertpetchpun et al. (Interspeech 2025) — {scale} scale", ""]
     if scale == "demo":
@@ -247,13 +265,15 @@ def render_tables(grid: Grid, results: dict[str, dict[str, Any]], ensembles: dic
     lines += [f"Corpus: `{corpus}`. Cells: CCC on Development, {spread}; ours / the paper's. "
               "n: utterances scored — every system is scored only on utterances it did not train on, so systems "
               "that move Development's O/X into training (`dev-ox`) are scored on fewer.", ""]
-    for table in grid.tables:
-        lines += [f"## {table.title}", "", "| system | n | A | V | D | average |", "|---|---|---|---|---|---|"]
+    for table in (table for table in grid.tables if table.part in parts):
+        lines += [f"## {table.title}", ""] + ([table.note, ""] if table.note else [])
+        lines += ["| system | budget | n | A | V | D | average |", "|---|---|---|---|---|---|---|"]
         for row in table.rows:
-            lines.append(f"| {row.system} | " + _cells(results.get(row.system, {}), DEVELOPMENT, row.paper) + " |")
+            result = results.get(row.system, {})
+            lines.append(f"| {row.system} | {_budget(result)} | {_cells(result, DEVELOPMENT, row.paper)} |")
         lines.append("")
         lines += _notes([(row.system, results.get(row.system, {})) for row in table.rows])
-    if grid.ensembles:
+    if grid.ensembles and "paper" in parts:
         lines += ["## Ensembles (mean of the members' predictions, per seed)", "",
                   "Each seed's ensemble averages that seed's members; it is scored on the utterances none of its "
                   "members trained on (n).", "",
@@ -265,7 +285,7 @@ def render_tables(grid: Grid, results: dict[str, dict[str, Any]], ensembles: dic
                 lines.append(f"| {item.name} | {split} | {cells} |")
         lines.append("")
         lines += _notes([(item.name, ensembles.get(item.id, {})) for item in grid.ensembles])
-    if grid.submissions is not None:
+    if grid.submissions is not None and "paper" in parts:
         lines += _submission_table(grid, grid.submissions, results, ensembles)
     failed = {system: result["error"] for system, result in results.items() if "error" in result}
     if failed:
@@ -294,11 +314,27 @@ def _submission_table(grid: Grid, table: SubmissionTable, results: dict[str, dic
     return lines
 
 
+def _budget(result: dict[str, Any]) -> str:
+    """The training budget of a system's runs (``20 epochs``, ``40000 steps``) and the optimiser steps they took
+    (mean over the seeds): ``20 epochs (6120 steps)``."""
+    records = list((result.get("seeds") or {}).values())
+    if not records:
+        return "—"
+    train = records[0]["config"]["train"]
+    epochs, max_steps = train["epochs"], train["max_steps"]
+    rules = [f"{epochs} epoch{'s' * (epochs != 1)}"] * bool(epochs) + [f"{max_steps} steps"] * bool(max_steps)
+    rule = " or ".join(rules)
+    steps = [record["steps"] for record in records if isinstance(record.get("steps"), int)]
+    return f"{rule} ({round(statistics.mean(steps))} steps run)" if steps else rule
+
+
 def _cells(result: dict[str, Any], split: str, paper: Sequence[float | None] | None) -> str:
     """``n`` and one cell per column: ``mean ± sd`` over the seeds (or the one value), ``/ paper`` beside
     (``n/a`` for a figure the paper does not give)."""
     if "error" in result:
         return " | ".join(["failed"] * (len(COLUMNS) + 1))
+    if "skipped" in result:
+        return " | ".join(["real scale only"] * (len(COLUMNS) + 1))
     per_seed = [record["scores"][split] for record in (result.get("seeds") or {}).values()
                 if split in record.get("scores", {})]
     if not per_seed:

@@ -27,6 +27,7 @@ from sertool.models.utterance_stats import (
     BLEND_GRID,
     NUM_FEATURES,
     UtteranceStatistics,
+    _resampled_ccc,
     choose_blend,
     fit_utterance_statistics,
 )
@@ -131,29 +132,77 @@ def test_the_blend_mixes_network_and_floor_per_attribute_and_training_sees_the_n
     torch.testing.assert_close(trained, heads, rtol=0, atol=0)
 
 
+def _textbook_ccc(pred, true):  # independent of sertool.models.ccc
+    cov = np.mean((pred - pred.mean()) * (true - true.mean()))
+    return 2 * cov / (pred.var() + true.var() + (pred.mean() - true.mean()) ** 2)
+
+
+def test_a_resample_is_scored_as_its_drawn_rows_would_be():
+    rng = np.random.default_rng(1)
+    predictions, labels = rng.normal(0.5, 0.1, size=(3, 50, 3)), rng.normal(4, 1, size=(50, 3))
+    codes = rng.integers(0, 7, size=50)
+    draws = rng.integers(0, 3, size=(5, 7)).astype(float)
+    draws[:, 0] += 1  # no empty resample
+    resampled = _resampled_ccc(predictions, labels, codes, draws)
+    for g in range(3):
+        for r in range(5):  # the rows of the resample: each group's utterances, as often as it was drawn
+            rows = np.concatenate([np.tile(np.flatnonzero(codes == j), int(draws[r, j])) for j in range(7)])
+            expected = [_textbook_ccc(predictions[g][rows, k], labels[rows, k]) for k in range(3)]
+            np.testing.assert_allclose(resampled[g, r], expected, rtol=1e-9, atol=1e-12)
+
+
 @case("values", "a floor blend whose candidate blends overshoot 1..7 on the validation split",
       "each weight scored on the clipped ratings inference will output")
-def test_choose_blend_takes_the_best_ccc_of_the_grid_per_attribute():
+def test_with_many_speakers_the_blend_approaches_the_best_ccc_of_the_grid():
     rng = np.random.default_rng(0)
-    labels = rng.normal(4, 1, size=(40, 3))
-    network = labels + rng.normal(0, [0.3, 3.0, 0.3], size=(40, 3))  # good, useless, good but overshooting:
+    speakers = [f"s{index // 4}" for index in range(800)]  # 200 speakers of 4 utterances
+    labels = rng.normal(4, 1, size=(800, 3))
+    network = labels + rng.normal(0, [0.3, 3.0, 0.3], size=(800, 3))  # good, useless, good but overshooting:
     network[:, 2] += np.where(labels[:, 2] > 5, 30.0, 0.0)  # far above 7 where the label is high
-    floor = labels + rng.normal(0, [3.0, 0.3, 1.0], size=(40, 3))
-    scaling = LabelScaling()
-    chosen = choose_blend((network - 1) / 6, (floor - 1) / 6, labels, scaling)
-
-    def ccc(pred, true):  # the textbook formula, independent of sertool.models.ccc
-        cov = np.mean((pred - pred.mean()) * (true - true.mean()))
-        return 2 * cov / (pred.var() + true.var() + (pred.mean() - true.mean()) ** 2)
+    floor = labels + rng.normal(0, [3.0, 0.3, 1.0], size=(800, 3))
+    chosen = choose_blend((network - 1) / 6, (floor - 1) / 6, labels, LabelScaling(), speakers=speakers,
+                          confidence=0.5)
     for k in range(3):  # what the model outputs: the blend, clipped to 1..7
-        scores = [ccc(np.clip(w * network[:, k] + (1 - w) * floor[:, k], 1, 7), labels[:, k]) for w in BLEND_GRID]
-        assert chosen[k] == BLEND_GRID[int(np.argmax(scores))]
-    assert chosen[0] > 0.8 and chosen[1] < 0.2 and chosen[2] > 0.5
-    unclipped = [ccc(w * network[:, 2] + (1 - w) * floor[:, 2], labels[:, 2]) for w in BLEND_GRID]
+        scores = [_textbook_ccc(np.clip(w * network[:, k] + (1 - w) * floor[:, k], 1, 7), labels[:, k])
+                  for w in BLEND_GRID]
+        assert abs(chosen.weights[k] - BLEND_GRID[int(np.argmax(scores))]) <= 0.05 + 1e-9, k
+        assert chosen.gain[k] == pytest.approx(max(scores) - scores[0], abs=0.01)
+    assert chosen.weights[0] > 0.8 and chosen.weights[1] < 0.2 and chosen.weights[2] > 0.5
+    unclipped = [_textbook_ccc(w * network[:, 2] + (1 - w) * floor[:, 2], labels[:, 2]) for w in BLEND_GRID]
     assert BLEND_GRID[int(np.argmax(unclipped))] < 0.5, "unclipped, the overshoot would choose the floor"
+
+
+@case("values", "a floor blend chosen on a validation split of 2 speakers, where the network helps on one and "
+      "hurts on the other", "the floor alone: a gain that does not hold across speakers moves nothing")
+def test_a_gain_that_holds_on_one_speaker_only_keeps_the_floor():
+    rng = np.random.default_rng(2)
+    labels = rng.normal(4, 1, size=(80, 3))
+    speakers = ["a"] * 40 + ["b"] * 40
+    floor = 4 + 0.6 * (labels - 4) + rng.normal(0, 0.48, size=(80, 3))  # a sound floor, on both speakers
+    network = labels + rng.normal(0, 0.2, size=(80, 3))  # excellent on speaker a,
+    network[40:] = 4 + rng.normal(0, 0.2, size=(40, 3))  # nothing but noise on speaker b
+    scaling = LabelScaling()
+    chosen = choose_blend((network - 1) / 6, (floor - 1) / 6, labels, scaling, speakers=speakers)
+    whole = [[_textbook_ccc(np.clip(w * network[:, k] + (1 - w) * floor[:, k], 1, 7), labels[:, k])
+              for w in BLEND_GRID] for k in range(3)]
+    assert all(BLEND_GRID[int(np.argmax(scores))] > 0 for scores in whole), "the split's best CCC takes the network"
+    assert chosen.weights.tolist() == [0.0, 0.0, 0.0] and chosen.groups == 2
+    assert all("the floor alone" in reason for reason in chosen.reasons().values())
+    # The same split where the network is excellent for both speakers: it is taken, with the evidence.
+    better = labels + rng.normal(0, 0.2, size=(80, 3))
+    taken = choose_blend((better - 1) / 6, (floor - 1) / 6, labels, scaling, speakers=speakers)
+    assert (taken.weights >= 0.75).all() and (taken.assured_gain > 0).all() and (taken.gain >= taken.assured_gain - 0.02).all()
+    assert taken.reasons()["valence"].startswith(f"network weight {taken.weights[1]:.2f}: its blend gains +")
+
+
+def test_a_tie_keeps_the_floor_and_the_choice_is_repeatable():
+    labels = np.random.default_rng(3).normal(4, 1, size=(40, 3))
     constant = np.full((40, 3), 0.5)
-    assert choose_blend(constant, constant, labels, scaling).tolist() == [1.0, 1.0, 1.0], \
-        "a tie goes to the network"
+    chosen = choose_blend(constant, constant, labels, LabelScaling(), speakers=None)
+    assert chosen.weights.tolist() == [0.0, 0.0, 0.0], "no gain anywhere: the floor"
+    network = (labels - 1) / 6 + np.random.default_rng(4).normal(0, 0.1, size=(40, 3))
+    first, again = (choose_blend(network, constant, labels, LabelScaling(), speakers=None) for _ in range(2))
+    assert first.weights.tolist() == again.weights.tolist() and (first.weights > 0).all()
 
 
 def test_a_weight_of_zero_is_the_floor_even_when_the_network_is_not_finite(corpus):
@@ -198,8 +247,8 @@ def test_training_validates_the_floor_first_and_keeps_the_weights_it_chose(corpu
         model.load_state_dict(state)
         _, network = _unit(model, clips, blend=1.0)
         _, alone = _unit(model, clips, blend=0.0)
-        assert state["floor_blend.blend"].numpy().tolist() == \
-            choose_blend(network, alone, labels, model.label_scaling).tolist()
+        assert state["floor_blend.blend"].numpy().tolist() == choose_blend(
+            network, alone, labels, model.label_scaling, speakers=[utt.speaker for utt in clips]).weights.tolist()
         if name == "best.pt":  # what it predicts is the blend its validation scored
             _, blended = _ratings(model, clips, blend=None)
             assert ccc_scores(blended, labels)["average"] == pytest.approx(result.best["average"], abs=1e-6)

@@ -245,6 +245,9 @@ class RichTrainReporter(Reporter):
             table.add_row(str(result.run_dir / BEST_NAME), str(result.best_step),
                           *(f"{result.best[name]:.4f}" for name in SCORE_NAMES))
         out.print(table)
+        why = next((record.get("floor_blend_why") for record in reversed(result.history) if record["improved"]), None)
+        for name, reason in (why or {}).items():  # --floor-blend: what best.pt's network carries, and why
+            out.print(f"{BEST_NAME} {name}: {reason}", markup=False)
         if result.collapsed:
             err.print(f"[yellow]warning:[/] {BEST_NAME}: {collapse_text(result.collapsed)}")
         if result.skipped_steps or result.skipped_audio:

@@ -262,6 +262,10 @@ class ModelConfig:
                                "first step (alpha chosen on the validation split) and predict, per attribute, "
                                "w · network + (1 − w) · ridge, w chosen on the validation split at every validation "
                                "(stored in the checkpoint); the heads train alone.")
+    floor_blend_confidence: float = option(0.8, "With floor_blend: the network's weight is the one whose CCC gain over "
+                                           "the floor is largest in this share of resamples of the validation "
+                                           "split's speakers (0.5: the median gain); the floor alone when no "
+                                           "weight gains there.", bounds=Bounds(at_least=0.5, below=1))
     fbank_dim: int = option(256, "Width of the built-in fbank encoder.", bounds=WIDTH)
     spec_augment: bool = option(False, "fbank only: while training, SpecAugment masks on the log-mel input (2 bands "
                                 "of up to 8 mel bins and 2 spans of up to 10 % of the frames, per clip).")

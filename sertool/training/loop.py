@@ -376,8 +376,10 @@ class _Run(RunSetup):
                                                     last_path=str(self.run_dir / LAST_NAME)))
         assert state.stopped is not None, "the loop ends only once the run has stopped"
         # The validation that made best.pt (the last improving one): were any of its heads near-constant?
-        collapsed: list[str] = next((record.get("collapsed", []) for record in reversed(state.history)
-                                     if record["improved"]), [])
+        best_record: dict[str, Any] = next((record for record in reversed(state.history) if record["improved"]), {})
+        collapsed: list[str] = best_record.get("collapsed", [])
+        # --floor-blend: how much of each attribute best.pt's network carries against the floor, and why.
+        blend = {key: best_record[key] for key in ("floor_blend", "floor_blend_why") if key in best_record}
         result = TrainResult(self.run_dir, best=state.best, best_step=state.best_step, steps=state.step,
                              stopped=state.stopped, skipped_steps=state.skipped_steps,
                              skipped_audio=state.skipped_audio, history=state.history, collapsed=collapsed)
@@ -385,8 +387,8 @@ class _Run(RunSetup):
             with atomic_write(self.run_dir / SUMMARY_NAME, replace=True) as handle:
                 json.dump({"best": state.best, "best_step": state.best_step, "steps": state.step,
                            "stopped": state.stopped.value, "collapsed": collapsed,
-                           "skipped_steps": state.skipped_steps, "skipped_audio": state.skipped_audio}, handle,
-                          indent=2)
+                           "skipped_steps": state.skipped_steps, "skipped_audio": state.skipped_audio, **blend},
+                          handle, indent=2)
             try:  # curves.png beside metrics.jsonl; without matplotlib, a message instead (the run has succeeded)
                 with atomic_write(self.run_dir / CURVES_NAME, "wb", replace=True) as handle:
                     plot_curves([read_curves(self.run_dir)], handle, title=str(self.run_dir))

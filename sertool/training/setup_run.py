@@ -266,7 +266,9 @@ class RunSetup:
         rows = statistics(self.valid_set)
         with torch.no_grad():
             unit = floor.floor(wide.standardizer(torch.from_numpy(rows).to(self.context.device)))
-        self.validation_hook = FloorBlendHook(floor, unit.cpu().numpy())
+        self.validation_hook = FloorBlendHook(floor, unit.cpu().numpy(),
+                                              speakers=[utt.speaker for utt in self.valid_set],
+                                              confidence=self.config.model.floor_blend_confidence)
 
     def _setup_batches(self, dataset_type: type[UtteranceDataset]) -> None:
         """The sampler decides which utterances each epoch uses and how they are grouped; the loader reads them."""

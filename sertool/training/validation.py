@@ -24,7 +24,7 @@ import torch
 from sertool.data.records import ATTRIBUTES, Utterance
 from sertool.models.ccc import ccc_scores, collapsed_attributes
 from sertool.models.heads import LabelScaling
-from sertool.models.utterance_stats import FloorBlend, choose_blend
+from sertool.models.utterance_stats import BlendChoice, FloorBlend, choose_blend
 from sertool.runtime.runner import ModelPredictions
 from sertool.store.checkpoints import BEST_NAME
 from sertool.training.state import Stop, TrainState
@@ -40,22 +40,23 @@ class ValidationHook:
         return contextlib.nullcontext()
 
     def choose(self, unit: np.ndarray, labels: np.ndarray,
-               label_scaling: LabelScaling) -> tuple[np.ndarray, np.ndarray | None]:
+               label_scaling: LabelScaling) -> tuple[np.ndarray, Any]:
         """On rank 0, given the network's finite ``[N, 3]`` unit-scale predictions (float64) and the ``[N, 3]``
         ratings: the predictions to score, and what was chosen (None: nothing), which every rank takes."""
         return unit, None
 
-    def take(self, choice: np.ndarray | None) -> None:
+    def take(self, choice: Any) -> None:
         """On every rank: apply rank 0's ``choice`` to the model."""
 
-    def logged(self, choice: np.ndarray | None) -> dict[str, Any]:
+    def logged(self, choice: Any) -> dict[str, Any]:
         """What the validation's metrics.jsonl record says of ``choice``."""
         return {}
 
 
 class FloorBlendHook(ValidationHook):
     """``--floor-blend``: each validation chooses the network's weight against the floor per attribute
-    (``choose_blend``), and the model predicts with it from then on (best.pt keeps that of its validation).
+    (``choose_blend``: the weight whose gain over the floor best survives resampling the validation split's
+    speakers), and the model predicts with it from then on (best.pt keeps that of its validation).
 
     The untrained network blended with the floor (the floor, unless noise helps it) is validated before the
     first step: it can become best.pt, so that best.pt is never worse than the floor on the validation split.
@@ -63,26 +64,35 @@ class FloorBlendHook(ValidationHook):
 
     validates_before_training = True
 
-    def __init__(self, floor: FloorBlend, floor_unit: np.ndarray) -> None:
+    def __init__(self, floor: FloorBlend, floor_unit: np.ndarray, *, speakers: Sequence[str | None],
+                 confidence: float) -> None:
         """``floor_unit``: the floor's ``[N, 3]`` unit-scale predictions of the validation split (they never
-        change: computed once, by ``setup_run.validation_hook``)."""
+        change: computed once, by ``setup_run.validation_hook``); ``speakers``: its utterances' speakers, which
+        ``choose_blend`` resamples; ``confidence``: ``--floor-blend-confidence``."""
         self.floor = floor
         self.floor_unit = floor_unit
+        self.speakers = list(speakers)
+        self.confidence = confidence
 
     def predicting(self) -> AbstractContextManager[None]:
         return self.floor.left_out()  # the network alone: its blend with the floor is chosen here
 
     def choose(self, unit: np.ndarray, labels: np.ndarray,
-               label_scaling: LabelScaling) -> tuple[np.ndarray, np.ndarray | None]:
-        blend = choose_blend(unit, self.floor_unit, labels, label_scaling)
-        return blend * unit + (1 - blend) * self.floor_unit, blend
+               label_scaling: LabelScaling) -> tuple[np.ndarray, BlendChoice | None]:
+        choice = choose_blend(unit, self.floor_unit, labels, label_scaling, speakers=self.speakers,
+                              confidence=self.confidence)
+        blend = choice.weights
+        return blend * unit + (1 - blend) * self.floor_unit, choice
 
-    def take(self, choice: np.ndarray | None) -> None:
+    def take(self, choice: BlendChoice | None) -> None:
         if choice is not None:
-            self.floor.blend.copy_(torch.from_numpy(choice))
+            self.floor.blend.copy_(torch.from_numpy(choice.weights))
 
-    def logged(self, choice: np.ndarray | None) -> dict[str, Any]:
-        return {"floor_blend": dict(zip(ATTRIBUTES, choice.tolist(), strict=True))} if choice is not None else {}
+    def logged(self, choice: BlendChoice | None) -> dict[str, Any]:
+        if choice is None:
+            return {}
+        return {"floor_blend": dict(zip(ATTRIBUTES, choice.weights.tolist(), strict=True)),
+                "floor_blend_why": choice.reasons()}
 
 
 @dataclass
@@ -91,7 +101,7 @@ class Verdict:
 
     scores: dict[str, float]  # CCC per attribute and "average"; NaN with non-finite predictions
     collapsed: list[str]  # attributes whose predictions were near-constant
-    choice: np.ndarray | None  # what the hook chose (the floor blend: the network's weight per attribute)
+    choice: Any  # what the hook chose (the floor blend: a BlendChoice, the network's weight per attribute), or None
     nonfinite: list[str]  # ids of the utterances whose predictions were not finite
     improved: bool  # a better average than every earlier validation: best.pt, patience, plateau schedule
 

@@ -161,6 +161,12 @@ class Model:
     def __repr__(self) -> str:
         return f"sertool.Model({self.name!r})"
 
+    @classmethod
+    def from_pretrained(cls, model: str | os.PathLike, **options: Any) -> Model:
+        """``sertool.load`` under the name the model hub's users know: ``Model.from_pretrained("owner/name")``
+        takes the same arguments and returns the same ``Model``."""
+        return load(model, **options)
+
     @_surfaced
     def predict(
         self,

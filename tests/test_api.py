@@ -180,3 +180,13 @@ def test_load_offers_every_inference_option_with_the_cli_s_default():
     # num_workers: data-loader processes of a corpus run; the API predicts what it is handed, in-process.
     expected = {field.name: field.default for field in dataclasses.fields(InferenceOptions) if field.name != "num_workers"}
     assert offered == expected
+
+
+def test_from_pretrained_is_load_under_the_hubs_name(workspace):
+    from sertool.api import Model
+
+    run, clip = workspace / "runs" / "demo", str(workspace / "a.wav")
+    by_hub_name = Model.from_pretrained(run, device="cpu").predict(clip)
+    assert by_hub_name == sertool.load(run, device="cpu").predict(clip)
+    with pytest.raises(SertoolError, match="max_batch_s"):
+        Model.from_pretrained(run, max_batch_s=-1.0)  # the same checks as load

@@ -1,6 +1,7 @@
 """`sertool export`: model folders that predict exactly like their run, hold no pickle, run no code."""
 from __future__ import annotations
 
+import hashlib
 import json
 import pickle
 import re
@@ -102,18 +103,25 @@ def test_config_json_describes_the_model_and_the_card_its_data_and_metrics(run_d
     folder = export_model(run_dir, ExportOptions(out=tmp_path / "model")).folder
     config = json.loads((folder / "config.json").read_text())
     checkpoint = load_checkpoint(run_dir)
-    assert config["format"] == "sertool-model" and config["config"] == checkpoint["config"]
+    assert config["format"] == "sertool-model" and config["architectures"] == ["SERModel"]
+    # The run's config, its one local path (the corpus) by name: where it sat does not travel.
+    assert config["config"] == {**checkpoint["config"], "data": {**checkpoint["config"]["data"], "corpus": "c"}}
     assert config["label_scaling"] == {"minimum": 1.0, "maximum": 7.0}
     assert config["pretrained"]["backbone"] == checkpoint["pretrained"]["backbone"]
     assert config["data"]["valid_split"] == "Development" and config["data"]["valid_utterances"] == 6
-    assert config["data"]["train_utterances"] == 12 and config["data"]["corpus"] == str(corpus)
+    assert config["data"]["train_utterances"] == 12 and config["data"]["corpus"] == corpus.name == "c"
+    assert config["data"]["training_data_sha256"] == hashlib.sha256(
+        "\n".join(sorted(checkpoint["training_ids"])).encode()).hexdigest()
+    assert "training_ids" not in config
+    assert json.loads((folder / "training_ids.json").read_text())["training_ids"] == checkpoint["training_ids"]
     card = (folder / "README.md").read_text()
     metrics = checkpoint["metrics"]
     row = "| Development | 6 | " + " | ".join(f"{metrics[name]:.4f}" for name in
                                              ("arousal", "valence", "dominance", "average")) + " |"
     assert row in card
-    assert "Trained on split Train: 12 utterances" in card and str(corpus) in card
-    for section in ("## Use", "## Training data", "## Metrics", "## Intended use", "## Limits", "## Provenance"):
+    assert "Trained on split Train: 12 utterances" in card and "- Corpus: `c` (training utterances' SHA-256" in card
+    for section in ("## Use", "## Training data", "## Metrics", "## Intended use", "## Limits", "## License",
+                    "## Provenance"):
         assert section in card
     assert "optimistic" in card  # the validation split selected the checkpoint
 
@@ -187,7 +195,8 @@ def test_a_hub_id_loads_the_cached_folder_offline(run_dir, audio, tmp_path, monk
     assert missing.output.strip().splitlines() == [
         "error: me/other: no such file or folder here, not in the local model-hub cache, and the model hub cannot be "
         "reached. Download it on a machine with network access (`hf download me/other config.json "
-        "model.safetensors README.md --local-dir DIR`), copy DIR here and pass DIR instead of the id."]
+        "model.safetensors README.md training_ids.json --local-dir DIR`), copy DIR here and pass DIR instead of the "
+        "id."]
 
 
 def test_export_of_a_released_model_predicts_like_the_released_folder(tmp_path):
@@ -276,3 +285,85 @@ def test_a_folder_with_an_unfitted_floor_is_refused_on_loading(tensor, part, ble
     assert f"{folder / 'model.safetensors'}: its {part} was never fitted" in line
     with pytest.raises(SertoolError, match=f"its {part} was never fitted"):
         _ = open_predictor(folder).model
+
+
+def _text_files(folder: Path) -> str:
+    return "\n".join(path.read_text() for path in folder.iterdir() if path.suffix in (".json", ".md"))
+
+
+@case("checkpoints", "a model folder exported from a run whose corpus, caches and source lie in the user's folders",
+      "no absolute path in any file of the folder; the corpus by name and a digest of the training ids")
+def test_an_exported_folder_holds_no_absolute_path(run_dir, corpus, tmp_path):
+    cache = tmp_path / "private" / "cache"
+    source = tmp_path / "private" / "run"
+    checkpoint = load_checkpoint(run_dir)
+    checkpoint["config"]["data"]["cache_dir"] = str(cache)
+    checkpoint["config"]["data"]["feature_cache"] = str(cache / "frames")
+    checkpoint["config"]["train"]["init_from"] = str(tmp_path / "private" / "initial")
+    source.mkdir(parents=True)
+    save_checkpoint(checkpoint, source / "best.pt")
+    folder = export_model(source, ExportOptions(out=tmp_path / "model")).folder
+    text = _text_files(folder)
+    for private in (str(tmp_path), str(corpus.parent), str(run_dir.parent), "/tmp/"):
+        assert private not in text, private
+    config = json.loads((folder / "config.json").read_text())
+    assert (config["config"]["data"]["cache_dir"], config["config"]["data"]["feature_cache"],
+            config["config"]["train"]["init_from"], config["exported_from"]) == ("cache", "frames", "initial", "run")
+    # Still the same model: the folder predicts as its source does (the corpus is not needed to predict).
+    assert open_predictor(folder).model.state_dict().keys() == open_predictor(source).model.state_dict().keys()
+
+
+def test_the_card_carries_the_hubs_metadata_and_the_test_scores(run_dir, corpus, tmp_path):
+    from huggingface_hub import ModelCard
+
+    scores = tmp_path / "dev-scores.json"
+    assert run("evaluate", run_dir, "--corpus", corpus, "--split", "Development", "--scores", scores).exit_code == 0
+    document = json.loads(scores.read_text())
+    result = run("export", run_dir, "--out", tmp_path / "model", "--license", "cc-by-nc-4.0",
+                 "--dataset", "MSP-Podcast", "--scores", scores)
+    assert result.exit_code == 0, result.output
+    card = ModelCard.load(tmp_path / "model" / "README.md")  # the hub's own parser and model-index reader
+    data = card.data
+    assert (data.library_name, data.pipeline_tag, data.license, data.datasets) == (
+        "sertool", "audio-classification", "cc-by-nc-4.0", ["MSP-Podcast"])
+    assert "base_model" not in data.to_dict()  # fbank: nothing pretrained
+    [*results] = data.eval_results
+    assert [(item.dataset_split, item.metric_name, item.metric_value) for item in results] == [
+        ("Development", f"CCC {name}", round(document["systems"][0]["ccc"][name], 4))
+        for name in ("arousal", "valence", "dominance", "average")]
+    assert f"| c | Development | {document['systems'][0]['utterances']} |" in card.text
+    unlicensed = export_model(run_dir, ExportOptions(out=tmp_path / "plain")).folder
+    assert "license" not in ModelCard.load(unlicensed / "README.md").data.to_dict()
+    assert "None was given when this folder was exported" in (unlicensed / "README.md").read_text()
+    (tmp_path / "bad.json").write_text(json.dumps({"split": "Test1", "systems": []}))
+    with pytest.raises(SertoolError, match="bad.json: not the scores of one model"):
+        export_model(run_dir, ExportOptions(out=tmp_path / "other", scores=(str(tmp_path / "bad.json"),)))
+
+
+def test_the_base_model_is_the_backbones_hub_id_and_a_local_backbone_is_named_not_located():
+    from sertool.store.sharing import base_models, portable
+
+    payload = {"pretrained": {"backbone": "microsoft/wavlm-large", "text_model": "/models/roberta-large",
+                              "speaker_embedding": None}}
+    assert base_models(payload) == ["microsoft/wavlm-large"]
+    assert [portable(value) for value in ("microsoft/wavlm-large", "/models/roberta-large", "~/m/x/", "./run",
+                                          None)] == ["microsoft/wavlm-large", "roberta-large", "x", "run", None]
+
+
+def test_the_training_ids_travel_with_the_folder_and_keep_evaluate_off_them(run_dir, corpus, tmp_path):
+    folder = export_model(run_dir, ExportOptions(out=tmp_path / "model")).folder
+    assert load_model(folder)["training_ids"] == load_checkpoint(run_dir)["training_ids"]
+    for model in (run_dir, folder):  # Train: every utterance left out, alike
+        result = run("evaluate", model, "--corpus", corpus, "--split", "Train")
+        assert result.exit_code == 2 and "trained on" in result.output, result.output
+    # A folder exported before the ids had their own file kept them in config.json: still read.
+    config = json.loads((folder / "config.json").read_text())
+    config["training_ids"] = json.loads((folder / "training_ids.json").read_text())["training_ids"]
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "training_ids.json").unlink()
+    assert load_model(folder)["training_ids"] == load_checkpoint(run_dir)["training_ids"]
+    # Ids of another export are refused, like weights of another export.
+    other = export_model(run_dir, ExportOptions(out=tmp_path / "other")).folder
+    (folder / "training_ids.json").write_text((other / "training_ids.json").read_text())
+    with pytest.raises(SertoolError, match="training_ids.json does not belong to this export"):
+        load_model(folder)

@@ -1,15 +1,20 @@
 """`sertool export`: a trained model as a self-contained model folder, and its model card.
 
 The folder (``sertool.store.model_folder``) holds ``config.json`` (the checkpoint's self-description: config,
-label scaling, the backbone id it needs, metrics and the data they were measured on, provenance),
-``model.safetensors`` (the weights, no pickle) and ``README.md`` (the model card written here). Every
+label scaling, the backbone id it needs, metrics and the data they were measured on, provenance; every local
+path reduced to its name, ``sertool.store.sharing``), ``model.safetensors`` (the weights, no pickle),
+``training_ids.json`` (what it trained on, so that no one scores it there) and ``README.md`` (the model card
+written here, with the hub's metadata). Every
 command and ``sertool.load`` read it like the run folder it came from, with the same predictions.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from sertool.core.constants import SCORE_NAMES
 from sertool.core.errors import SertoolError
@@ -17,6 +22,7 @@ from sertool.core.hub import is_repo_id
 from sertool.guards.outputs import OutputPlan
 from sertool.store.model_folder import FOLDER_FILES, load_model, write_model_folder
 from sertool.store.options import ExportOptions
+from sertool.store.sharing import TRAINING_IDS_NAME, card_metadata, read_scores, shareable
 
 
 @dataclass
@@ -35,13 +41,15 @@ def export_model(source: str | Path, options: ExportOptions) -> ExportResult:
         source: a run folder (its ``best.pt``), a checkpoint, a model folder or a hub id.
         options: ``out``, the folder to write (created; other files in it are left alone); ``force``, overwrite
             the model files an earlier export left there; ``push_to_hub``, a model repository id
-            (``owner/name``) to create (if needed) and upload to.
+            (``owner/name``) to create (if needed) and upload to; ``license``, ``datasets`` and ``scores``
+            (``evaluate --scores`` files) for the card's metadata (``sharing.card_metadata``).
 
     Returns:
         The files written and, after an upload, the repository's URL.
 
     Raises:
-        SertoolError: nothing loadable at ``source``, model files already in ``out`` without ``force``,
+        SertoolError: nothing loadable at ``source``, a ``scores`` file that is not one model's scores,
+            model files already in ``out`` without ``force``,
             no hub token for ``push_to_hub`` (checked before anything is written), or a failed upload
             (the folder is complete then; the message says how to upload it later).
     """
@@ -52,24 +60,28 @@ def export_model(source: str | Path, options: ExportOptions) -> ExportResult:
         outputs.file(out / name, flag="--out")
     if push_to_hub is not None:
         _check_can_push(push_to_hub)
-    payload = load_model(source)
-    payload["exported_from"] = str(source)
-    result = ExportResult(out, write_model_folder(payload, outputs, out, card=model_card(payload, name=out.name)))
+    results = read_scores(options.scores)
+    shared, training_ids = shareable(load_model(source), exported_from=str(source))
+    metadata = card_metadata(shared, name=out.name, license_id=options.license, datasets=options.datasets,
+                             results=results)
+    card = model_card(shared, name=out.name, metadata=metadata, results=results)
+    result = ExportResult(out, write_model_folder(shared, outputs, out, card=card, training_ids=training_ids))
     if push_to_hub is not None:
         result.url = _push(out, push_to_hub)
     return result
 
 
-def model_card(payload: dict[str, Any], *, name: str) -> str:
-    """The README.md of a model folder: what it predicts, how to run it, the data, the metrics with
-    their split and utterance count, intended use and limits, provenance."""
+def model_card(payload: dict[str, Any], *, name: str, metadata: dict[str, Any],
+               results: Sequence[dict[str, Any]] = ()) -> str:
+    """The README.md of a model folder: the hub's metadata block (``metadata``), what it predicts, how to run
+    it, the data, the metrics with their split and utterance count (the validation split's, and the
+    ``results`` of ``sharing.read_scores``), intended use and limits, license, provenance."""
     model = payload["config"]["model"]
     data = payload.get("data") or {}
     released = payload.get("released")
     backbone = payload.get("pretrained", {}).get("backbone") or model["backbone"]
     lines = [
-        "---", "library_name: sertool", "tags:", "- speech-emotion-recognition", "- arousal", "- valence",
-        "- dominance", "---", "",
+        "---", yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True).rstrip(), "---", "",
         f"# {name}: arousal, valence and dominance from speech",
         "",
         "Predicts the perceived **arousal, valence and dominance** (A/V/D) of an utterance on the 1–7 rater scale "
@@ -86,8 +98,9 @@ def model_card(payload: dict[str, Any], *, name: str) -> str:
         "",
         "```python",
         "import sertool",
-        f'model = sertool.load("{name}")',
+        f'model = sertool.load("{name}")             # or sertool.Model.from_pretrained("owner/{name}")',
         'model.predict("talk.wav")   # {"arousal": ..., "valence": ..., "dominance": ...}',
+        'model.predict(waveform, sample_rate=16000, scale="unit")   # a numpy array; the 0..1 outputs',
         "```",
         "",
         "## Model",
@@ -101,6 +114,7 @@ def model_card(payload: dict[str, Any], *, name: str) -> str:
         "## Metrics",
         "",
         *_metric_lines(payload, data),
+        *_result_lines(results),
         "",
         "## Intended use",
         "",
@@ -115,12 +129,18 @@ def model_card(payload: dict[str, Any], *, name: str) -> str:
         "- It learnt from one corpus (above): other languages, recording conditions, acted speech, children's "
         "speech and very short clips (under about 3 s) can be predicted far less reliably; measure before "
         "relying on it.",
-        "- Long audio is cut into windows (`sertool predict --window-s`, default 10 s), each predicted alone; "
-        "the file's value is their duration-weighted mean.",
+        "- Long audio is cut into windows (`sertool predict --window-s`; default: the clip length the model was "
+        "made for), each predicted alone; the file's value is their duration-weighted mean.",
         *([f"- The Whisper encoder here takes clips of at most {model['whisper_window_s']:g} s."]
           if model.get("whisper_window_s") else []),
         *(["- It reads transcripts too (an MM model): without them, sertool transcribes with Whisper ASR, whose "
            "errors carry over."] if model.get("text") else []),
+        "",
+        "## License",
+        "",
+        f"`{metadata['license']}`, as given by whoever exported it." if metadata.get("license") else
+        "None was given when this folder was exported (`sertool export --license`); ask its author, and mind the "
+        "terms of the training corpus.",
         "",
         "## Provenance",
         "",
@@ -163,8 +183,10 @@ def _data_lines(payload: dict[str, Any], data: dict[str, Any], released: dict[st
     if not data:
         return ["Not recorded in the checkpoint this folder was exported from."]
     config = payload["config"]["data"]
+    digest = data.get("training_data_sha256")
     return [
-        f"- Corpus: `{data['corpus']}`.",
+        f"- Corpus: `{data['corpus']}`" + (f" (training utterances' SHA-256, `{TRAINING_IDS_NAME}`: `{digest[:16]}…`)."
+                                          if digest else "."),
         f"- Trained on split {data['train_split']}: {data['train_utterances']:,} utterances "
         f"(O/X of the training split: {config['train_ox']}; O/X of {data['valid_split']} added to training: "
         f"{'yes' if config['dev_ox_to_train'] else 'no'}).",
@@ -191,6 +213,15 @@ def _metric_lines(payload: dict[str, Any], data: dict[str, Any]) -> list[str]:
         "average CCC), so it is optimistic for that split; for a number to report, evaluate on a test split "
         "the model never saw.",
     ]
+
+
+def _result_lines(results: Sequence[dict[str, Any]]) -> list[str]:
+    if not results:
+        return []
+    return ["", "Scored on data it never trained on (`sertool evaluate`, utterances it trained on left out):", "",
+            "| corpus | split | utterances | " + " | ".join(SCORE_NAMES) + " |", "|---" * (len(SCORE_NAMES) + 3) + "|",
+            *(f"| {result['corpus']} | {result['split']} | {result['utterances']:,} | "
+              + " | ".join(f"{result['ccc'][name]:.4f}" for name in SCORE_NAMES) + " |" for result in results)]
 
 
 def _provenance_lines(payload: dict[str, Any]) -> list[str]:

@@ -29,6 +29,7 @@ from sertool.core.io import load_json
 from sertool.guards.outputs import OutputPlan
 from sertool.guards.reads import MAX_CHECKPOINT_BYTES, check_user_file
 from sertool.store.checkpoints import BEST_NAME, CHECKPOINT_ID, WEIGHTS_FILE, load_checkpoint
+from sertool.store.sharing import TRAINING_IDS_NAME
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -37,7 +38,10 @@ FOLDER_FORMAT = "sertool-model"
 FOLDER_FORMAT_VERSION = 1
 WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "README.md"
-FOLDER_FILES: tuple[str, ...] = (MODEL_CONFIG_NAME, WEIGHTS_NAME, CARD_NAME)
+FOLDER_FILES: tuple[str, ...] = (MODEL_CONFIG_NAME, WEIGHTS_NAME, CARD_NAME, TRAINING_IDS_NAME)
+# What config.json says it is, in the hub's terms (its `architectures` and `model_type` keys).
+ARCHITECTURE = "SERModel"
+MODEL_TYPE = "sertool"
 # Checkpoint keys that stay out of config.json: the weights go to model.safetensors, the training state
 # (optimiser, sampler, RNG) of last.pt is of no use to a model shared for inference, and where the weights
 # were read from is the loader's note.
@@ -138,14 +142,23 @@ def read_model_folder(folder: str | Path, *, source: str | None = None, weights:
             raise SertoolError(f"{source}: {MODEL_CONFIG_NAME} and {WEIGHTS_NAME} come from different exports (an "
                                "interrupted overwrite?); export the model again")
         state = {name: handle.get_tensor(name) for name in handle.keys()} if weights else {}
-    payload = {key: value for key, value in data.items() if key != _EXPORT_ID}
+    payload = {key: value for key, value in data.items() if key not in (_EXPORT_ID, "architectures", "model_type")}
+    if (folder / TRAINING_IDS_NAME).is_file():  # folders exported before it kept the ids in config.json
+        ids = load_json(folder / TRAINING_IDS_NAME, what="training ids")
+        if not isinstance(ids, dict) or ids.get(_EXPORT_ID) != data.get(_EXPORT_ID) or \
+                not isinstance(ids.get("training_ids"), list):
+            raise SertoolError(f"{source}: {TRAINING_IDS_NAME} does not belong to this export of {MODEL_CONFIG_NAME} "
+                               "(an interrupted overwrite?); export the model again")
+        payload["training_ids"] = [str(item) for item in ids["training_ids"]]
     payload["model_state"] = state
     payload[WEIGHTS_FILE] = f"{source}/{WEIGHTS_NAME}"
     return payload
 
 
-def write_model_folder(payload: dict[str, Any], outputs: OutputPlan, folder: Path, *, card: str) -> list[Path]:
-    """Write ``payload`` (a checkpoint's) as a sertool model folder; other files in ``folder`` stay.
+def write_model_folder(payload: dict[str, Any], outputs: OutputPlan, folder: Path, *, card: str,
+                       training_ids: list[str]) -> list[Path]:
+    """Write ``payload`` (a checkpoint's, made ``sharing.shareable``) as a sertool model folder; other files in
+    ``folder`` stay.
 
     Each file is committed through ``outputs`` (atomically, exclusively unless ``--force``) while the folder is
     held (``OutputPlan.holding``); ``config.json`` and the weights share an export id, so a folder left
@@ -156,6 +169,7 @@ def write_model_folder(payload: dict[str, Any], outputs: OutputPlan, folder: Pat
         outputs: the command's outputs, in which ``folder`` is declared.
         folder: created if missing.
         card: the README.md text (the model card).
+        training_ids: the utterances the model trained on, written to ``TRAINING_IDS_NAME``.
 
     Returns:
         The files written.
@@ -166,16 +180,21 @@ def write_model_folder(payload: dict[str, Any], outputs: OutputPlan, folder: Pat
     from safetensors.torch import save as save_safetensors
 
     export_id = uuid.uuid4().hex
-    config = {"format": FOLDER_FORMAT, "format_version": FOLDER_FORMAT_VERSION, _EXPORT_ID: export_id,
+    config = {"format": FOLDER_FORMAT, "format_version": FOLDER_FORMAT_VERSION, "architectures": [ARCHITECTURE],
+              "model_type": MODEL_TYPE, _EXPORT_ID: export_id,
               **{key: value for key, value in payload.items() if key not in _NOT_IN_CONFIG}}
     # safetensors stores each tensor alone: contiguous copies, so views and shared storage cannot clash.
     tensors = {name: value.detach().cpu().contiguous().clone() for name, value in payload["model_state"].items()}
-    written = [folder / WEIGHTS_NAME, folder / CARD_NAME, folder / MODEL_CONFIG_NAME]
+    written = [folder / WEIGHTS_NAME, folder / CARD_NAME, folder / TRAINING_IDS_NAME, folder / MODEL_CONFIG_NAME]
     with outputs.holding(folder, flag="--out"):
         outputs.write_data(written[0], save_safetensors(tensors, metadata={_EXPORT_ID: export_id, "format": "pt"}))
         with outputs.writing(written[1]) as handle:
             handle.write(card)
         with outputs.writing(written[2]) as handle:
+            # The export id ties the ids to config.json, as it ties the weights (read_model_folder checks both).
+            json.dump({_EXPORT_ID: export_id, "training_ids": list(training_ids)}, handle, indent=0)
+            handle.write("\n")
+        with outputs.writing(written[3]) as handle:
             json.dump(config, handle, indent=2)
             handle.write("\n")
     return written

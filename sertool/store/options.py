@@ -12,7 +12,14 @@ class ExportOptions:
     """`sertool export`: the model folder to write, and where to upload it."""
 
     out: str = option(None, "The model folder to write: config.json, model.safetensors (weights, no pickle), "
-                      "README.md (the model card).", metavar="DIR", required=True)
+                      "training_ids.json, README.md (the model card).", metavar="DIR", required=True)
     push_to_hub: str | None = option(None, "Also upload the folder to the model hub as REPO (owner/name); needs a "
                                      "token (hf auth login).", metavar="REPO")
+    license: str | None = option(None, "The model card's license (a hub license id, e.g. cc-by-nc-4.0: mind the "
+                                 "training corpus's terms); unset: the card says none was given.", metavar="ID")
+    datasets: tuple[str, ...] = option((), "The training corpus's dataset id or name for the card (repeatable).",
+                                       flag="--dataset", metavar="ID")
+    scores: tuple[str, ...] = option((), "Scores for the card's model-index, as `sertool evaluate --scores` wrote "
+                                     "them, each on a split the model never trained on (repeatable).",
+                                     metavar="JSON")
     force: bool = option(False, "Overwrite the model files of an earlier export in --out.")

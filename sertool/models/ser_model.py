@@ -16,6 +16,7 @@ from sertool.core.errors import SertoolError
 from sertool.models.auxiliary import GenderHead, SpeakerHead
 from sertool.models.backbones import FbankBackbone, LayerWeighting, WhisperBackbone, build_backbone
 from sertool.models.heads import EmotionHeads, LabelScaling
+from sertool.models.lora import QV, LoRALinear, adapter_alpha
 from sertool.models.pooling import build_pooling
 from sertool.models.projection import FrameProjection
 from sertool.models.speaker_embedding import build_speaker_embedder
@@ -58,7 +59,8 @@ class SERModel(nn.Module):
     - ``projection_dim``: a pointwise projection of the frames (the authors' 1×1-conv stack), or none;
     - ``pooling``: ``"attentive"`` (mean ⊕ std, 2·D) or ``"mean"`` (D), over real frames only;
     - ``text``: concatenates the mean-pooled ``text_model`` embedding of the transcript ("MM" systems);
-      embeddings come precomputed (``TextEmbeddingCache``) or, with ``lora_rank > 0``, from ``texts``;
+      embeddings come precomputed (``TextEmbeddingCache``) or, with LoRA adapters
+      (``ModelConfig.text_adapter_rank``), from ``texts``;
     - ``speaker_embedding``: concatenates a frozen x-vector ("+ S Emb");
     - ``utterance_stats``: concatenates the utterance's standardised log-mel statistics (the wide path);
     - ``floor_blend``: outside training, blends the heads' prediction with the floor's (a fixed ridge on
@@ -106,7 +108,8 @@ class SERModel(nn.Module):
         frame_dim = self.projection.output_dim if self.projection is not None else self.backbone.output_dim
         self.pooling = build_pooling(config.pooling, frame_dim)
         self.text_encoder = (
-            TextEncoder(config.text_model, lora_rank=config.lora_rank, lora_alpha=config.lora_alpha)
+            TextEncoder(config.text_model, lora_rank=config.text_adapter_rank(),
+                        lora_alpha=adapter_alpha(config.lora_alpha, QV))  # its adapters: attention query/value
             if config.text
             else None
         )
@@ -247,22 +250,31 @@ class SERModel(nn.Module):
         return embeddings.to(device=pooled.device, dtype=pooled.dtype)
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
-        """Trainable parameters split for separate learning rates (``lr_backbone`` / ``lr_heads``).
+        """Trainable parameters split for separate learning rates (``lr_backbone`` / ``lr_lora`` / ``lr_heads``).
 
         Returns:
-            ``{"backbone": [...], "heads": [...]}``. "backbone": what trains inside pretrained encoders
-            (a fine-tuned speech backbone, the text encoder's LoRA adapters). "heads": what starts from
-            scratch: the backbone's layer-weighting logits, the whole fbank encoder, the frame projection,
-            pooling, emotion and auxiliary heads. Frozen parameters are in neither; a group may be empty.
+            ``{"backbone": [...], "lora": [...], "heads": [...]}``, in that order, each in ``named_parameters``
+            order. "backbone": what trains inside pretrained encoders besides adapters (a fine-tuned speech
+            backbone). "lora": the LoRA adapters of the frozen speech encoder and of the text encoder. "heads":
+            what starts from scratch: the backbone's layer-weighting logits, the whole fbank encoder, the frame
+            projection, pooling, emotion and auxiliary heads. Frozen parameters are in none; a group may be
+            empty. Before "lora" had a group of its own the adapters were the last of "backbone": concatenated,
+            the groups list the parameters in the order they always had (``training.optim`` relies on it).
         """
         from_scratch = [module for module in self.modules() if isinstance(module, (LayerWeighting, FbankBackbone))]
         fresh = {id(parameter) for module in from_scratch for parameter in module.parameters()}
-        groups: dict[str, list[nn.Parameter]] = {"backbone": [], "heads": []}
+        adapters = {id(parameter) for module in self.modules() if isinstance(module, LoRALinear)
+                    for parameter in (module.lora_a, module.lora_b)}
+        groups: dict[str, list[nn.Parameter]] = {"backbone": [], "lora": [], "heads": []}
         for name, parameter in self.named_parameters():
             if not parameter.requires_grad:
                 continue
-            pretrained = name.split(".", 1)[0] in PRETRAINED_MODULES and id(parameter) not in fresh
-            groups["backbone" if pretrained else "heads"].append(parameter)
+            if id(parameter) in adapters:
+                groups["lora"].append(parameter)
+            elif name.split(".", 1)[0] in PRETRAINED_MODULES and id(parameter) not in fresh:
+                groups["backbone"].append(parameter)
+            else:
+                groups["heads"].append(parameter)
         return groups
 
 

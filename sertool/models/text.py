@@ -2,8 +2,8 @@
 
 The encoder is frozen (RoBERTa-Large in the paper), so a transcript's embedding never changes: it is
 computed once and cached on disk (``sertool.cache.text_embeddings``) instead of every epoch. With LoRA adapters
-(``lora_rank > 0``) the encoder trains, its embeddings change every step, and the model computes them in
-its forward pass instead.
+(``text_lora_rank``, by default ``lora_rank``) the encoder trains, its embeddings change every step, and the model
+computes them in its forward pass instead.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from sertool.cache.items import setup_key
 from sertool.core.errors import SertoolError
 from sertool.core.hub import load_pretrained, model_identity, model_revision
-from sertool.models.lora import apply_lora
+from sertool.models.lora import DEFAULT_ALPHA, apply_lora
 from sertool.models.pooling import masked_mean
 
 # Attention projections that LoRA adapts, per family: the first pair an encoder has is used.
@@ -41,7 +41,7 @@ class TextEncoder(nn.Module):
         *,
         max_tokens: int = 512,
         lora_rank: int = 0,
-        lora_alpha: float = 16.0,
+        lora_alpha: float = DEFAULT_ALPHA,
         flag: str = "--text-model",
     ) -> None:
         """

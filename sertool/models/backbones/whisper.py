@@ -37,7 +37,7 @@ from sertool.models.backbones.base import (
     log_mel_power,
     make_layer_weighting,
 )
-from sertool.models.lora import apply_lora
+from sertool.models.lora import SpeechLoRA, adapt_layers
 
 if TYPE_CHECKING:
     from transformers.models.whisper.modeling_whisper import WhisperEncoder
@@ -46,7 +46,10 @@ N_FFT = 400  # 25 ms analysis window
 HOP_LENGTH = 160  # 10 ms between mel frames; the conv stem halves the rate to 20 ms per output frame
 FRAME_RATE = SAMPLE_RATE / HOP_LENGTH / 2  # 50 encoder frames per second
 LOG_MEL_DYNAMIC_RANGE = 8.0  # log10 units kept below each utterance's maximum (80 dB)
-LORA_TARGET_MODULES = ("q_proj", "v_proj")  # attention projections adapted, as in Hu et al. (2021)
+# The linear layers of an encoder layer that LoRA may wrap (``sertool.models.lora.adapt_layers``): the attention's
+# query and value projections (placement qv), the feed-forward pair (ffn, release; the authors' release adapts it).
+LORA_ATTENTION = ("q_proj", "v_proj")
+LORA_FEED_FORWARD = ("fc1", "fc2")
 
 
 class WhisperBackbone(SpeechBackbone):
@@ -60,8 +63,8 @@ class WhisperBackbone(SpeechBackbone):
         frozen: freeze the encoder (the paper's choice); it then stays in eval mode and runs without
             gradients unless LoRA adapters are attached.
         freeze_feature_encoder: when fine-tuning, keep the conv stem frozen.
-        lora_rank: >0 attaches LoRA adapters of this rank to the attention projections of a frozen encoder.
-        lora_alpha: LoRA scale numerator.
+        lora: LoRA adapters for a frozen encoder (rank, alpha, placement: ``LORA_ATTENTION`` or
+            ``LORA_FEED_FORWARD``); None: none.
         window_s: >0 pads every clip to this many seconds and lets frames attend to the padding (0: each
             clip at its real length, padding masked); at most what the position embeddings cover.
         gradient_checkpointing: recompute each encoder layer in the backward pass to save memory.
@@ -82,8 +85,7 @@ class WhisperBackbone(SpeechBackbone):
         layer_weighting: str,
         frozen: bool,
         freeze_feature_encoder: bool,
-        lora_rank: int = 0,
-        lora_alpha: float = 16.0,
+        lora: SpeechLoRA | None = None,
         window_s: float = 0.0,
         gradient_checkpointing: bool = False,
     ) -> None:
@@ -113,9 +115,9 @@ class WhisperBackbone(SpeechBackbone):
         if frozen:
             encoder.requires_grad_(False)
             self._eval_only.append("encoder")
-            if lora_rank > 0:
-                apply_lora(encoder.layers, rank=lora_rank, alpha=lora_alpha, target_modules=LORA_TARGET_MODULES)
-        elif lora_rank > 0:
+            if lora is not None:
+                adapt_layers(encoder.layers, lora, attention=LORA_ATTENTION, feed_forward=LORA_FEED_FORWARD)
+        elif lora is not None:
             raise SertoolError(
                 "--lora-rank adapts a frozen Whisper encoder; this one is fine-tuned (--freeze-backbone is off)"
             )
@@ -246,8 +248,7 @@ def load_whisper(
     layer_weighting: str,
     frozen: bool,
     freeze_feature_encoder: bool,
-    lora_rank: int = 0,
-    lora_alpha: float = 16.0,
+    lora: SpeechLoRA | None = None,
     window_s: float = 0.0,
     gradient_checkpointing: bool = False,
     pretrained_weights: bool = True,
@@ -279,8 +280,8 @@ def load_whisper(
             config.max_source_positions = round(window_s * SAMPLE_RATE) // HOP_LENGTH // 2
         encoder = WhisperEncoder(config).float()
         return WhisperBackbone(encoder, layer_weighting=layer_weighting, frozen=frozen,
-                               freeze_feature_encoder=freeze_feature_encoder, lora_rank=lora_rank,
-                               lora_alpha=lora_alpha, window_s=window_s, gradient_checkpointing=gradient_checkpointing)
+                               freeze_feature_encoder=freeze_feature_encoder, lora=lora, window_s=window_s,
+                               gradient_checkpointing=gradient_checkpointing)
     with _quiet_transformers():  # its load report would list every skipped decoder tensor
         # output_loading_info=True makes from_pretrained return (model, info), which its annotation does not say.
         model, loading_info = cast(tuple[WhisperForAudioClassification, dict[str, Any]], load_pretrained(
@@ -299,8 +300,7 @@ def load_whisper(
         layer_weighting=layer_weighting,
         frozen=frozen,
         freeze_feature_encoder=freeze_feature_encoder,
-        lora_rank=lora_rank,
-        lora_alpha=lora_alpha,
+        lora=lora,
         window_s=window_s,
         gradient_checkpointing=gradient_checkpointing,
     )

@@ -24,6 +24,7 @@ from sertool.models.released import convert_released_state, released_model_confi
 from sertool.models.released import released_arguments as checked_arguments
 from sertool.models.ser_model import SERModel
 from sertool.training.optim import build_optimizer, load_optimizer_state
+from tests.cases import case
 from tests.released_layout import (
     LORA_RANK,
     reference_predictions,
@@ -109,6 +110,9 @@ def _accepted(backbone: str, frozen: bool, text: bool, lora_rank: int, text_lora
     return True
 
 
+@case("training", "a LoRA rank that would adapt nothing, in every combination of backbone (fine-tuned, frozen, "
+      "from scratch), --text, --lora-rank and --text-lora-rank",
+      "refused in one line naming the option, before training; never ignored")
 @pytest.mark.parametrize("backbone, frozen", [("wavlm", False), ("wavlm", True), ("whisper", True), ("fbank", False)])
 def test_no_combination_of_ranks_is_silently_ignored(tiny, backbone, frozen):
     """Every combination of backbone (fine-tuned, frozen, from scratch), --text, --lora-rank and --text-lora-rank
@@ -271,6 +275,8 @@ def test_the_adapters_train_in_their_own_group_at_lr_lora(tiny):
     assert {group["name"]: group["lr"] for group in default.param_groups}["lora"] == 1e-5
 
 
+@case("training", "`--resume` of a `last.pt` written before `--lr-lora`, its LoRA adapters in the backbone group",
+      "resumes with every parameter's optimiser state; the next step is the one the old grouping takes")
 def test_a_state_saved_with_the_adapters_in_the_backbone_group_continues_exactly():
     """A last.pt from before the adapters had a group of their own (they were the tail of "backbone") resumes:
     the moments of every parameter are kept, and the next step is the one the old grouping would take."""

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from sertool.core.config import ModelConfig
 from sertool.core.errors import SertoolError
+from sertool.core.hub import CLI_SPELLING, OptionSpelling
 from sertool.models.auxiliary import GenderHead, SpeakerHead
 from sertool.models.backbones import FbankBackbone, LayerWeighting, WhisperBackbone, build_backbone
 from sertool.models.heads import EmotionHeads, LabelScaling
@@ -78,7 +79,7 @@ class SERModel(nn.Module):
     """
 
     def __init__(self, config: ModelConfig, *, num_speakers: int = 0, gradient_checkpointing: bool = False,
-                 backbone_weights: str = "published") -> None:
+                 backbone_weights: str = "published", spelling: OptionSpelling = CLI_SPELLING) -> None:
         """
         Args:
             config: the model section of the run's config.
@@ -88,6 +89,8 @@ class SERModel(nn.Module):
             backbone_weights: ``"published"`` loads the backbone's pretrained weights; ``"stored"`` builds
                 it from its config only (random weights that a stored state must then replace, all of
                 them: its frozen part is stored too).
+            spelling: how the caller names the pretrained models' locations (``--backbone-path``, or
+                ``backbone_path=`` from ``sertool.load``), in the messages when one cannot be loaded.
 
         Raises:
             SertoolError: an unknown ``aux`` task or pooling, ``"speaker"`` without speakers, or a
@@ -100,7 +103,7 @@ class SERModel(nn.Module):
         self.config = config
         self.label_scaling = LabelScaling()
         self.backbone = build_backbone(config, gradient_checkpointing=gradient_checkpointing,
-                                       pretrained_weights=backbone_weights == "published")
+                                       pretrained_weights=backbone_weights == "published", spelling=spelling)
         self.published_modules = tuple(name for name in PRETRAINED_MODULES
                                        if name != "backbone" or backbone_weights == "published")
         self.projection = (FrameProjection(self.backbone.output_dim, config.projection_dim)
@@ -109,11 +112,14 @@ class SERModel(nn.Module):
         self.pooling = build_pooling(config.pooling, frame_dim)
         self.text_encoder = (
             TextEncoder(config.text_model, lora_rank=config.text_adapter_rank(),
-                        lora_alpha=adapter_alpha(config.lora_alpha, QV))  # its adapters: attention query/value
+                        lora_alpha=adapter_alpha(config.lora_alpha, QV),  # its adapters: attention query/value
+                        flag=spelling.name("text_model"))
             if config.text
             else None
         )
-        self.speaker_embedder = build_speaker_embedder(config.speaker_embedding) if config.speaker_embedding else None
+        self.speaker_embedder = (build_speaker_embedder(config.speaker_embedding,
+                                                        flag=spelling.name("speaker_embedding"))
+                                 if config.speaker_embedding else None)
         # The statistics feed the heads (utterance_stats), the floor (floor_blend), or both.
         self.utterance_stats = (UtteranceStatistics(dropout=config.utterance_stats_dropout)
                                 if config.utterance_stats or config.floor_blend else None)

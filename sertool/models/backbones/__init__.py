@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from sertool.core.config import DEFAULT_BACKBONE_IDS, ModelConfig
 from sertool.core.errors import SertoolError
+from sertool.core.hub import CLI_SPELLING, OptionSpelling, spelled
 from sertool.models.backbones.base import LAYER_WEIGHTINGS, LayerWeighting, SpeechBackbone
 from sertool.models.backbones.fbank import FbankBackbone
 from sertool.models.backbones.wav2vec2 import Wav2Vec2FamilyBackbone, load_wav2vec2_family, normalize_per_utterance
@@ -45,8 +46,8 @@ FROZEN_BY_DEFAULT = {"wavlm": False, "hubert": False, "wav2vec2": False, "whispe
 DEFAULT_LORA_PLACEMENTS = {"wavlm": FFN, "hubert": FFN, "wav2vec2": FFN, "whisper": QV}
 
 
-def build_backbone(config: ModelConfig, *, gradient_checkpointing: bool = False,
-                   pretrained_weights: bool = True) -> SpeechBackbone:
+def build_backbone(config: ModelConfig, *, gradient_checkpointing: bool = False, pretrained_weights: bool = True,
+                   spelling: OptionSpelling = CLI_SPELLING) -> SpeechBackbone:
     """The speech backbone ``config`` names, with pretrained weights loaded and freezing applied.
 
     Args:
@@ -60,6 +61,8 @@ def build_backbone(config: ModelConfig, *, gradient_checkpointing: bool = False,
         pretrained_weights: load the pretrained weights; False reads only the model's config (and
             feature extractor settings) from ``backbone_path`` and leaves random weights for a stored
             state to replace.
+        spelling: how the caller names ``backbone_path`` in messages about the model there
+            (``--backbone-path``, or ``backbone_path=`` from ``sertool.load``).
 
     Returns:
         A ``SpeechBackbone`` in training mode; frozen encoders inside it stay in eval mode.
@@ -69,7 +72,7 @@ def build_backbone(config: ModelConfig, *, gradient_checkpointing: bool = False,
             encoder, LoRA on a fine-tuned Whisper, LoRA with nothing frozen to adapt, a model path for
             fbank), or a model that cannot be
             loaded (e.g. a hub id on an offline machine: the message says to pass a local folder with
-            ``--backbone-path``).
+            ``backbone_path`` as the caller spells it).
     """
     name = config.backbone
     if name not in DEFAULT_BACKBONE_IDS:
@@ -82,9 +85,10 @@ def build_backbone(config: ModelConfig, *, gradient_checkpointing: bool = False,
     if name == "fbank" and frozen:
         raise SertoolError("--freeze-backbone: the fbank backbone is trained from scratch and cannot be frozen")
     lora = _speech_lora(config, frozen=frozen)
+    option = spelling.name("backbone_path")
     if name == "fbank":
         if config.backbone_path is not None:
-            raise SertoolError(f"--backbone-path {config.backbone_path}: the fbank backbone has no pretrained model")
+            raise SertoolError(f"{spelled(option, config.backbone_path)}: the fbank backbone has no pretrained model")
         return FbankBackbone(config.fbank_dim, layer_weighting=config.layer_weighting, spec_augment=config.spec_augment)
     if config.spec_augment:
         raise SertoolError(f"--spec-augment masks the fbank encoder's log-mel input; the {name} backbone has none "
@@ -101,6 +105,7 @@ def build_backbone(config: ModelConfig, *, gradient_checkpointing: bool = False,
             window_s=config.whisper_window_s,
             gradient_checkpointing=gradient_checkpointing,
             pretrained_weights=pretrained_weights,
+            option=option,
         )
     return load_wav2vec2_family(
         name_or_path,
@@ -110,6 +115,7 @@ def build_backbone(config: ModelConfig, *, gradient_checkpointing: bool = False,
         lora=lora,
         gradient_checkpointing=gradient_checkpointing,
         pretrained_weights=pretrained_weights,
+        option=option,
     )
 
 

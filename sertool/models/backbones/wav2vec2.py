@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from sertool.core.errors import SertoolError
-from sertool.core.hub import load_pretrained
+from sertool.core.hub import CLI_SPELLING, load_pretrained, spelled
 from sertool.models.backbones.base import (
     SpeechBackbone,
     grad_context,
@@ -152,6 +152,7 @@ def load_wav2vec2_family(
     lora: SpeechLoRA | None = None,
     gradient_checkpointing: bool = False,
     pretrained_weights: bool = True,
+    option: str = CLI_SPELLING.name("backbone_path"),
 ) -> Wav2Vec2FamilyBackbone:
     """Load a wav2vec2-family encoder from a hub id or local folder (float32 weights).
 
@@ -159,31 +160,34 @@ def load_wav2vec2_family(
     ``preprocessor_config.json``); without one, layer-norm front ends are normalised (the Large models
     were trained that way) and group-norm ones are not. With ``pretrained_weights=False`` only the
     config and the feature extractor are read and the weights are random, for a stored state to replace.
+    ``option`` is how the caller names the model's location (``--backbone-path``, or ``backbone_path=`` in
+    Python: ``sertool.core.hub.OptionSpelling``), for the messages.
 
     Raises:
         SertoolError: the model cannot be loaded, or it is not a raw-waveform encoder of this family
-            (names ``--backbone-path``).
+            (naming ``option``).
     """
     from transformers import AutoConfig, AutoModel
 
-    config = load_pretrained(AutoConfig.from_pretrained, name_or_path, flag="--backbone-path")
+    where = spelled(option, name_or_path)
+    config = load_pretrained(AutoConfig.from_pretrained, name_or_path, flag=option)
     if config.model_type == "whisper":
-        raise SertoolError(f"--backbone-path {name_or_path}: a Whisper model; use --backbone whisper")
+        raise SertoolError(f"{where}: a Whisper model; this backbone needs a wav2vec2-family encoder (WavLM, "
+                           "HuBERT, wav2vec2, ...)")
     if pretrained_weights:
-        model = load_pretrained(
-            AutoModel.from_pretrained, name_or_path, flag="--backbone-path", config=config, dtype=torch.float32
-        )
+        model = load_pretrained(AutoModel.from_pretrained, name_or_path, flag=option, config=config,
+                                dtype=torch.float32)
     else:
         model = AutoModel.from_config(config, dtype=torch.float32)
     takes_waveforms = getattr(model, "main_input_name", None) == "input_values"
     if not takes_waveforms or not hasattr(model, "_get_feat_extract_output_lengths"):
         raise SertoolError(
-            f"--backbone-path {name_or_path}: a {config.model_type} model, not a raw-waveform speech encoder "
+            f"{where}: a {config.model_type} model, not a raw-waveform speech encoder "
             "of the wav2vec2 family (WavLM, HuBERT, wav2vec2, ...)"
         )
     return Wav2Vec2FamilyBackbone(
         model,
-        normalize_input=_feature_extractor_normalizes(name_or_path, config),
+        normalize_input=_feature_extractor_normalizes(name_or_path, config, option=option),
         layer_weighting=layer_weighting,
         frozen=frozen,
         freeze_feature_encoder=freeze_feature_encoder,
@@ -192,14 +196,14 @@ def load_wav2vec2_family(
     )
 
 
-def _feature_extractor_normalizes(name_or_path: str, config: Any) -> bool:
+def _feature_extractor_normalizes(name_or_path: str, config: Any, *, option: str) -> bool:
     from transformers import AutoFeatureExtractor
 
     folder = Path(name_or_path).expanduser()
     has_extractor = (folder / "preprocessor_config.json").is_file() if folder.exists() else True
     if has_extractor:
         try:
-            extractor = load_pretrained(AutoFeatureExtractor.from_pretrained, name_or_path, flag="--backbone-path")
+            extractor = load_pretrained(AutoFeatureExtractor.from_pretrained, name_or_path, flag=option)
             return bool(extractor.do_normalize)
         except (SertoolError, AttributeError):
             pass  # a hub model without a usable feature extractor: decide from its config below

@@ -29,7 +29,7 @@ from torch.utils.checkpoint import checkpoint
 
 from sertool.core.constants import SAMPLE_RATE
 from sertool.core.errors import SertoolError
-from sertool.core.hub import load_pretrained
+from sertool.core.hub import CLI_SPELLING, load_pretrained, spelled
 from sertool.models.backbones.base import (
     SpeechBackbone,
     grad_context,
@@ -252,6 +252,7 @@ def load_whisper(
     window_s: float = 0.0,
     gradient_checkpointing: bool = False,
     pretrained_weights: bool = True,
+    option: str = CLI_SPELLING.name("backbone_path"),
 ) -> WhisperBackbone:
     """Load the encoder of any Whisper checkpoint (hub id or local folder) in float32.
 
@@ -259,19 +260,20 @@ def load_whisper(
     encoder: transformers reads just the encoder's tensors and skips the decoder's. The small random
     projector and classifier that class adds are dropped. With ``pretrained_weights=False`` only the
     config is read and the encoder's weights are random, for a stored state to replace; its position
-    table then covers ``window_s`` when given (the shape a model trained with that window stores).
+    table then covers ``window_s`` when given (the shape a model trained with that window stores). ``option``
+    is how the caller names the model's location (``--backbone-path``, or ``backbone_path=`` in Python:
+    ``sertool.core.hub.OptionSpelling``), for the messages.
 
     Raises:
         SertoolError: the model cannot be loaded, is not a Whisper model, or holds no encoder weights
-            (names ``--backbone-path``).
+            (naming ``option``).
     """
     from transformers import AutoConfig, WhisperForAudioClassification
 
-    config = load_pretrained(AutoConfig.from_pretrained, name_or_path, flag="--backbone-path")
+    where = spelled(option, name_or_path)
+    config = load_pretrained(AutoConfig.from_pretrained, name_or_path, flag=option)
     if config.model_type != "whisper":
-        raise SertoolError(
-            f"--backbone-path {name_or_path}: a {config.model_type} model, not Whisper; pick the matching --backbone"
-        )
+        raise SertoolError(f"{where}: a {config.model_type} model, not Whisper; this backbone needs a Whisper model")
     if not pretrained_weights:
         from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
@@ -287,14 +289,14 @@ def load_whisper(
         model, loading_info = cast(tuple[WhisperForAudioClassification, dict[str, Any]], load_pretrained(
             WhisperForAudioClassification.from_pretrained,
             name_or_path,
-            flag="--backbone-path",
+            flag=option,
             config=config,
             dtype=torch.float32,
             output_loading_info=True,
         ))
     missing = sorted(key for key in loading_info["missing_keys"] if key.startswith("encoder."))
     if missing:
-        raise SertoolError(f"--backbone-path {name_or_path}: holds no Whisper encoder weights (e.g. {missing[0]})")
+        raise SertoolError(f"{where}: holds no Whisper encoder weights (e.g. {missing[0]})")
     return WhisperBackbone(
         model.encoder,
         layer_weighting=layer_weighting,

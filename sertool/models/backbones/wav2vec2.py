@@ -173,7 +173,7 @@ def load_wav2vec2_family(
     config = load_pretrained(AutoConfig.from_pretrained, name_or_path, flag=option)
     if config.model_type == "whisper":
         raise SertoolError(f"{where}: a Whisper model; this backbone needs a wav2vec2-family encoder (WavLM, "
-                           "HuBERT, wav2vec2, ...)")
+                           "HuBERT, wav2vec2, ...), and a Whisper model the whisper backbone")
     if pretrained_weights:
         model = load_pretrained(AutoModel.from_pretrained, name_or_path, flag=option, config=config,
                                 dtype=torch.float32)

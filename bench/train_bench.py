@@ -292,7 +292,7 @@ def text_cache(utterances: Sequence[Utterance], *, cache_dir: Path, rounds: int,
     subset = list(utterances[:epoch_utterances])
     embeddings = transcript_embeddings(model, subset, cache_dir)
     epoch_sampler = EpochBatchSampler.from_records(subset, sampling="whole", max_batch_s=MAX_BATCH_S)
-    lora = Trainer(fbank_config(text=True, text_model=TEXT_MODEL, lora_rank=lora_rank))
+    lora = Trainer(fbank_config(text=True, text_model=TEXT_MODEL, text_lora_rank=lora_rank))
     first = epoch_sampler.plan(0)[0]
     trainer.warm_up(subset, first, text_embeddings=embeddings)
     trainer.warm_up(subset, first)

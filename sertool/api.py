@@ -37,6 +37,7 @@ from sertool.core.config import (
     check_value,
 )
 from sertool.core.errors import SertoolError
+from sertool.core.hub import API_SPELLING
 from sertool.core.io import SeenIds
 from sertool.data.audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
 from sertool.data.records import ATTRIBUTES, Utterance
@@ -44,7 +45,6 @@ from sertool.guards.surface import as_sertool_error
 from sertool.inference.options import PredictOptions
 from sertool.inference.predictions import SCALE_RATINGS, SCALE_UNIT, Predictions
 from sertool.inference.predictor import (
-    BACKBONE_OPTION_API,
     InferenceOptions,
     Predictor,
     on_scale,
@@ -91,9 +91,12 @@ def load(
 ) -> Model:
     """Open a model for prediction.
 
-    The model is built on the first ``predict`` and kept, so load once and predict many times. Its speech
-    backbone is looked for now: one that is neither here nor downloadable is refused here, naming the files
-    needed and ``backbone_path=``.
+    The model is built on the first ``predict`` and kept, so load once and predict many times. The pretrained
+    models it is built from (its speech backbone, an MM model's text encoder, a +S Emb model's speaker model)
+    are looked for now: one that is neither here nor downloadable is refused here, naming the files needed and
+    the argument that gives a folder (``backbone_path=``, ``text_model=``, ``speaker_embedding=``). Every
+    message, here or at the first ``predict``, names these arguments as Python spells them, not as the CLI's
+    flags.
 
     Args:
         model: a run folder (its ``best.pt``), a checkpoint, a model folder (``sertool export``, or one of
@@ -120,9 +123,9 @@ def load(
 
     Raises:
         SertoolError: an option outside the values the CLI's flag allows (naming it), nothing loadable at
-            ``model``, or its speech backbone neither here nor downloadable (the message names it and what to
-            do); a known failure (no memory, no CUDA, ...) as
-            one line.
+            ``model``, or a pretrained model it is built from (speech backbone, text encoder, speaker model)
+            neither here nor downloadable (the message names it and what to do); a known failure (no memory, no
+            CUDA, ...) as one line.
 
     Examples:
         >>> model = sertool.load("runs/demo")
@@ -139,7 +142,7 @@ def load(
                                threads=threads)
     check_options(options, source="sertool.load")  # the declarations the CLI's flags are built from
     options.torch_device()  # a device that is not there is refused now, not at the first prediction
-    return Model(open_predictor(os.fspath(model), options, backbone_option=BACKBONE_OPTION_API))
+    return Model(open_predictor(os.fspath(model), options, spelling=API_SPELLING))
 
 
 def _text(location: Any) -> Any:

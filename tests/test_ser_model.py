@@ -140,15 +140,21 @@ def test_fine_tuned_wavlm_keeps_its_cnn_front_end_frozen(tiny) -> None:
     assert any(p.grad is not None for n, p in model.backbone.model.named_parameters() if n.startswith("encoder."))
 
 
-def test_parameter_groups_split_backbone_and_heads(tiny) -> None:
+def test_parameter_groups_split_backbone_adapters_and_heads(tiny) -> None:
     config = make_config(tiny, "wavlm", text=True, text_model=str(tiny["text"]), lora_rank=2, aux=("gender",))
     model = SERModel(config)
     groups = model.parameter_groups()
+    assert list(groups) == ["backbone", "lora", "heads"]
     trainable = {id(p) for p in model.parameters() if p.requires_grad}
-    backbone, heads = ({id(p) for p in groups[name]} for name in ("backbone", "heads"))
-    assert backbone | heads == trainable and not backbone & heads
+    backbone, adapters, heads = ({id(p) for p in groups[name]} for name in ("backbone", "lora", "heads"))
+    assert backbone | adapters | heads == trainable and not backbone & adapters and not (backbone | adapters) & heads
     lora = {id(p) for n, p in model.text_encoder.named_parameters() if n.endswith(("lora_a", "lora_b"))}
-    assert lora and lora <= backbone
+    assert lora and lora == adapters
+    # Concatenated, the groups list the trainable parameters in the model's order: the adapters are where the
+    # single "backbone" group of older runs had them, its tail (what resuming such a run relies on).
+    in_order = [id(p) for p in model.parameters() if p.requires_grad]
+    pretrained = [i for i in in_order if i in backbone | adapters]
+    assert [id(p) for group in groups.values() for p in group] == pretrained + [i for i in in_order if i in heads]
     layer_weights = {id(p) for m in model.modules() if isinstance(m, LayerWeighting) for p in m.parameters()}
     assert layer_weights and layer_weights <= heads  # trained from scratch, like the heads
     assert {id(p) for p in model.emotion_heads.parameters()} <= heads

@@ -135,7 +135,7 @@ def tiny_whisper_config(**overrides):
     return WhisperConfig(**{**fields, **overrides})
 
 
-def save_tiny_whisper(folder: str | Path, *, seed: int = 0, num_mel_bins: int = 80) -> Path:
+def save_tiny_whisper(folder: str | Path, *, seed: int = 0, num_mel_bins: int = 80, **config_overrides: Any) -> Path:
     """Write a tiny random ``WhisperForConditionalGeneration`` (encoder and decoder) and its feature extractor.
 
     It keeps the real ``max_source_positions`` (1500 encoder frames = 30 s) so that 30-s parity with
@@ -145,12 +145,14 @@ def save_tiny_whisper(folder: str | Path, *, seed: int = 0, num_mel_bins: int = 
         folder: where to write; created if missing.
         seed: torch seed for the random weights.
         num_mel_bins: 80 (Whisper up to large-v2) or 128 (large-v3).
+        config_overrides: ``WhisperConfig`` fields that replace the tiny defaults (``tiny_whisper_config``).
 
     Returns:
         ``folder`` as a ``Path``.
     """
     from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration
 
-    config = tiny_whisper_config(num_mel_bins=num_mel_bins, suppress_tokens=[], begin_suppress_tokens=[])
+    config = tiny_whisper_config(num_mel_bins=num_mel_bins, suppress_tokens=[], begin_suppress_tokens=[],
+                                 **config_overrides)
     extractor = WhisperFeatureExtractor(feature_size=num_mel_bins)
     return _save(WhisperForConditionalGeneration, config, extractor, folder, seed=seed)

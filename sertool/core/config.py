@@ -76,6 +76,8 @@ DEVICE_CHOICES = (DEFAULT_DEVICE, "cpu", "cuda")
 DEFAULT_AMP = "auto"  # bf16, or fp16 on older GPUs; off on the CPU
 AMP_CHOICES = (DEFAULT_AMP, "bf16", "fp16", "off")  # sertool.runtime.precision.resolve_amp gives their dtypes
 SCHEDULES = ("cosine", "plateau", "constant")  # sertool.training.optim.LRSchedule implements them
+# Where a speech encoder's LoRA adapters go (`lora_placement`; sertool.models.lora.SpeechLoRA places them).
+LORA_PLACEMENTS = ("qv", "ffn", "release")
 OX_BALANCES = ("classes", "whole", "one-class")  # sertool.training.setup_run maps them onto the undersampler
 BAD_AUDIO_POLICIES = ("skip", "fail")
 # Values of `train_ox` (--train-ox): what happens to the training split's utterances, O/X or not
@@ -219,11 +221,19 @@ class ModelConfig:
     freeze_backbone: bool | None = option(None, "Freeze the speech backbone (default: the paper's choice: WavLM "
                                           "fine-tuned, Whisper frozen).")
     freeze_feature_encoder: bool = option(True, "Keep the CNN front end of wav2vec2-family models frozen.")
-    lora_rank: int = option(0, "LoRA adapters of this rank on the frozen speech encoder and the text encoder "
-                            "(0: none); refused when neither is there to adapt.",
-                            bounds=Bounds(at_least=0, at_most=WIDTH.at_most))
-    lora_alpha: float = option(16.0, "LoRA scale numerator (the update is scaled by alpha / rank).",
-                               bounds=POSITIVE)
+    lora_rank: int = option(0, "LoRA adapters of this rank on the frozen speech encoder (0: none); with --text "
+                            "also on the text encoder unless --text-lora-rank is given. Refused where it would "
+                            "adapt nothing.", bounds=Bounds(at_least=0, at_most=WIDTH.at_most))
+    text_lora_rank: int | None = option(None, "LoRA adapters of this rank on the text encoder's attention query/value "
+                                        "(--text; 0: none, the encoder frozen and its embeddings cached). Default: "
+                                        "--lora-rank.", bounds=Bounds(at_least=0, at_most=WIDTH.at_most))
+    lora_placement: str | None = option(None, "Where the speech encoder's LoRA adapters go: qv (attention query and "
+                                        "value of every layer), ffn (both feed-forward layers of every layer) or "
+                                        "release (the feed-forward layers of the layers above half, alpha 1: the "
+                                        "authors' released models). Default: qv for Whisper, ffn for WavLM, HuBERT "
+                                        "and wav2vec2.", choices=LORA_PLACEMENTS)
+    lora_alpha: float | None = option(None, "LoRA scale numerator: the update is scaled by alpha / rank (default: 1 "
+                                      "for --lora-placement release's adapters, else 16).", bounds=POSITIVE)
     whisper_window_s: float = option(0.0, "Whisper only: pad every clip to this many seconds and let its frames attend "
                                      "to the padding, as the authors' released Whisper model (15); 0: each clip at its "
                                      "real length, padding masked.", bounds=NON_NEGATIVE)
@@ -270,6 +280,13 @@ class ModelConfig:
     spec_augment: bool = option(False, "fbank only: while training, SpecAugment masks on the log-mel input (2 bands "
                                 "of up to 8 mel bins and 2 spans of up to 10 % of the frames, per clip).")
 
+    def text_adapter_rank(self) -> int:
+        """The rank of the text encoder's LoRA adapters: 0 without ``text``; ``text_lora_rank``, or ``lora_rank``
+        where that is None (what ``lora_rank`` alone has always meant, so older configs keep their model)."""
+        if not self.text:
+            return 0
+        return self.lora_rank if self.text_lora_rank is None else self.text_lora_rank
+
 
 @dataclass
 class TrainConfig:
@@ -309,6 +326,8 @@ class TrainConfig:
                                 bounds=NON_NEGATIVE)
     lr_heads: float = option(2e-4, "AdamW learning rate of what trains from scratch (heads, pooling, layer "
                              "weights, the fbank encoder).", bounds=NON_NEGATIVE)
+    lr_lora: float | None = option(None, "AdamW learning rate of the LoRA adapters (--lora-rank, --text-lora-rank; "
+                                   "default: --lr-backbone).", bounds=NON_NEGATIVE)
     weight_decay: float = option(1e-4, "AdamW weight decay.", bounds=NON_NEGATIVE)
     schedule: str = option("cosine", "After warm-up: cosine decay, halve on a plateau, or constant.",
                            choices=SCHEDULES)
@@ -398,6 +417,7 @@ class Config:
         for option_ in config_options():
             _coerce(option_, self.get(option_.key), f"{source}: {option_.key}")
         self.train.ox_balance_mode()  # the older key and the new one must agree, before any data is read
+        _check_lora(self)
 
     def with_absolute_paths(self) -> "Config":
         """A copy whose relative paths (``path`` options) are absolute, from the current directory, so that
@@ -417,6 +437,27 @@ class Config:
         """The value of ``key`` (``train.lr_heads``, or ``seed``)."""
         section, _, name = key.rpartition(".")
         return getattr(getattr(self, section) if section else self, name)
+
+
+def _check_lora(config: Config) -> None:
+    """LoRA options that would adapt nothing are refused, not ignored. What needs the backbone's frozen
+    state (LoRA on a fine-tuned encoder) is refused where the backbone is built
+    (``sertool.models.backbones.build_backbone``).
+
+    Raises:
+        SertoolError: ``--text-lora-rank`` without ``--text``, ``--lora-placement`` without ``--lora-rank``,
+            ``--lr-lora`` without any adapter.
+    """
+    model = config.model
+    if model.text_lora_rank and not model.text:
+        raise SertoolError(f"--text-lora-rank {model.text_lora_rank} adapts the text encoder, and there is none: add "
+                           "--text, or drop --text-lora-rank")
+    if model.lora_placement is not None and not model.lora_rank:
+        raise SertoolError(f"--lora-placement {model.lora_placement} places the speech encoder's LoRA adapters, and "
+                           "--lora-rank is 0: give --lora-rank, or drop --lora-placement")
+    if config.train.lr_lora is not None and not model.lora_rank and not model.text_adapter_rank():
+        raise SertoolError(f"--lr-lora {config.train.lr_lora:g}: there are no LoRA adapters to train (--lora-rank and "
+                           "--text-lora-rank are 0): give a rank, or drop --lr-lora")
 
 
 def differences(a: Config, b: Config) -> list[str]:

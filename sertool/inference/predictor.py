@@ -16,7 +16,7 @@ from sertool.acceleration.cpu import check_quantize, quantize_int8, set_threads
 from sertool.core.config import DEFAULT_BACKBONE_IDS, QUANTIZE_INT8, Config, ModelConfig
 from sertool.core.constants import MODEL_CONFIG_NAME
 from sertool.core.errors import SertoolError
-from sertool.core.hub import check_available, is_repo_id
+from sertool.core.hub import CLI_SPELLING, OptionSpelling, check_available, is_repo_id
 from sertool.data.records import Utterance
 from sertool.data.selection import unknown_training_data
 from sertool.inference.ensemble import apply_plan, read_plan
@@ -31,6 +31,7 @@ from sertool.inference.predictions import (
 from sertool.inference.windows import model_input_s, shortest_input_s
 from sertool.models.asr import Transcriber, fill_transcripts
 from sertool.models.heads import LabelScaling
+from sertool.models.speaker_embedding import LOG_MEL_STATS
 from sertool.runtime.precision import ieee_float32, resolve_amp
 from sertool.runtime.runner import run_model
 from sertool.store.checkpoints import WEIGHTS_FILE, load_stored_state
@@ -61,10 +62,6 @@ class Predictor(Protocol):
     def predict(self, utterances: Sequence[Utterance]) -> PredictorOutput: ...
 
 
-# How the backbone's location is set, named in the message when it is missing: the CLI's flag, or
-# ``sertool.load``'s argument.
-BACKBONE_OPTION_CLI = "--backbone-path"
-BACKBONE_OPTION_API = "backbone_path="
 # What a model with its own backbone weights (the authors' releases, fine-tuned runs) reads of its speech
 # backbone: ``AutoConfig`` for every family, and ``AutoFeatureExtractor`` (its ``do_normalize``) for the
 # wav2vec2 family (``backbones.wav2vec2``); Whisper's front end is sertool's own.
@@ -77,36 +74,46 @@ BACKBONE_FILES: dict[str, tuple[str, ...]] = {
 }
 
 
-def check_backbone(model_config: ModelConfig, *, stored: bool, option: str, owner: str) -> None:
-    """Refuse a speech backbone that is neither here nor downloadable, naming what of it is needed: its
-    config files when the checkpoint stores the backbone's weights (``stored``), else the whole model.
+def check_pretrained(model_config: ModelConfig, *, stored: bool, spelling: OptionSpelling, owner: str) -> None:
+    """Refuse a pretrained model the model at ``owner`` is built from that is neither here nor downloadable:
+    its speech backbone, its text encoder (``text``) and its speaker model (``speaker_embedding``), each named
+    with what of it is needed (``sertool.core.hub.check_available``): the backbone's config files when the
+    checkpoint stores its weights (``stored``), else the config, tokenizer or feature-extractor files and weights
+    (frozen pretrained weights are not stored in checkpoints).
 
     Raises:
-        SertoolError: ``sertool.core.hub.missing_model_message`` in the caller's spelling of ``option``.
+        SertoolError: ``sertool.core.hub.missing_model_message``, naming the option as ``spelling`` does.
     """
     name = model_config.backbone_path or DEFAULT_BACKBONE_IDS.get(model_config.backbone)
-    if name is None:  # fbank: nothing pretrained
-        return
-    check_available(name, option=option, files=BACKBONE_FILES.get(model_config.backbone) if stored else None,
-                    owner=owner, what="speech backbone")
+    if name is not None:  # fbank: nothing pretrained
+        check_available(name, option=spelling.name("backbone_path"), owner=owner, what="speech backbone",
+                        files=BACKBONE_FILES.get(model_config.backbone) if stored else None)
+    if model_config.text:
+        check_available(model_config.text_model, option=spelling.name("text_model"), files=None, owner=owner,
+                        what="text encoder")
+    if model_config.speaker_embedding is not None and model_config.speaker_embedding != LOG_MEL_STATS:
+        check_available(model_config.speaker_embedding, option=spelling.name("speaker_embedding"), files=None,
+                        owner=owner, what="speaker model")
 
 
 class CheckpointPredictor:
     """A trained model, rebuilt on first use from its checkpoint, run folder, model folder or hub id."""
 
     def __init__(self, path: str | Path, options: InferenceOptions, *,
-                 backbone_option: str = BACKBONE_OPTION_CLI) -> None:
+                 spelling: OptionSpelling = CLI_SPELLING) -> None:
         """
         Args:
-            backbone_option: how the caller spells ``options.backbone_path`` (``--backbone-path``, or
-                ``backbone_path=`` in Python), for the message when the backbone is missing.
+            spelling: how the caller names ``options``' fields (``--backbone-path``, or ``backbone_path=`` in
+                Python), in every message about the pretrained models, when the model is opened or built.
 
         Raises:
-            SertoolError: a damaged checkpoint, or a speech backbone that is neither here nor downloadable
-                (``check_backbone``): refused when the model is opened, not at its first prediction.
+            SertoolError: a damaged checkpoint, or a speech backbone, text encoder or speaker model that is
+                neither here nor downloadable (``check_pretrained``): refused when the model is opened, not at
+                its first prediction.
         """
         self.name = str(path)
         self.options = options
+        self.spelling = spelling
         self.payload = load_model(path)
         damaged = [key for key in ("config", "model_state") if not isinstance(self.payload.get(key), dict)]
         if damaged:
@@ -125,8 +132,8 @@ class CheckpointPredictor:
         if options.backbone_path is not None:
             overrides["backbone_path"] = options.backbone_path
         self.config.model = dataclasses.replace(self.config.model, **overrides)
-        check_backbone(self.config.model, stored=self.payload.get("backbone_weights", "published") != "published",
-                       option=backbone_option, owner=self.name)
+        check_pretrained(self.config.model, stored=self.payload.get("backbone_weights", "published") != "published",
+                         spelling=spelling, owner=self.name)
         self._model: SERModel | None = None
         # Kept across `predict` calls (`predict` streams long inputs in chunks): each reads its cache files
         # and loads the ASR weights once, not once per chunk.
@@ -140,7 +147,7 @@ class CheckpointPredictor:
             from sertool.models.ser_model import SERModel
 
             model = SERModel(self.config.model, num_speakers=len(self.payload.get("speakers", [])),
-                             backbone_weights=self.payload.get("backbone_weights", "published"))
+                             backbone_weights=self.payload.get("backbone_weights", "published"), spelling=self.spelling)
             load_stored_state(model, self.payload["model_state"], source=self.payload[WEIGHTS_FILE])
             model = model.to(self.options.torch_device()).eval()
             if self.options.quantize == QUANTIZE_INT8:
@@ -170,7 +177,8 @@ class CheckpointPredictor:
         if all(utt.transcript is not None for utt in utterances):
             return list(utterances)
         if self._transcriber is None:
-            self._transcriber = Transcriber(self.options.asr, device=self.options.torch_device())
+            self._transcriber = Transcriber(self.options.asr, device=self.options.torch_device(),
+                                            flag=self.spelling.name("asr"))
         return fill_transcripts(utterances, self._transcriber, cache_dir=self.options.cache_dir)
 
 
@@ -197,7 +205,7 @@ class EnsemblePredictor:
     """Members combined by an ``EnsemblePlan`` (``sertool ensemble --save``)."""
 
     def __init__(self, path: str | Path, options: InferenceOptions, *, within: tuple[Path, ...] = (),
-                 backbone_option: str = BACKBONE_OPTION_CLI) -> None:
+                 spelling: OptionSpelling = CLI_SPELLING) -> None:
         """
         Args:
             within: the ensemble files that include this one, outermost first (a plan may name other plans).
@@ -216,7 +224,7 @@ class EnsemblePredictor:
         base = Path(path).parent
         backbones = self.plan.backbone_paths or (None,) * len(self.plan.members)
         self.members = [open_predictor(_relative_to(member, base), member_options(options, backbone, base),
-                                       within=(*within, resolved), backbone_option=backbone_option)
+                                       within=(*within, resolved), spelling=spelling)
                         for member, backbone in zip(self.plan.members, backbones, strict=True)]
         self.training_ids = union_of_training_ids(self.members)
         self.unknown_training_from = tuple(dict.fromkeys(
@@ -295,14 +303,14 @@ def union_of_training_ids(predictors: Sequence[Predictor]) -> frozenset[str] | N
 
 
 def open_predictor(path: str | Path, options: InferenceOptions | None = None, *,
-                   within: tuple[Path, ...] = (), backbone_option: str = BACKBONE_OPTION_CLI) -> Predictor:
+                   within: tuple[Path, ...] = (), spelling: OptionSpelling = CLI_SPELLING) -> Predictor:
     """A predictor for ``path``: ``.csv`` predictions, a ``.json`` ensemble, or a checkpoint / run folder /
     model folder; a hub id (``owner/name``) that is no local path names a model folder on the hub.
 
     Args:
         within: for a member of an ensemble file, the ensemble files that include it (cycle detection).
-        backbone_option: how the caller spells ``options.backbone_path`` (``BACKBONE_OPTION_CLI`` or
-            ``BACKBONE_OPTION_API``), for the message when a backbone is missing.
+        spelling: how the caller names ``options``' fields (``sertool.core.hub.CLI_SPELLING`` or
+            ``API_SPELLING``), in the messages about the pretrained models the model is built from.
 
     Raises:
         SertoolError: the path is missing or not one of these.
@@ -314,13 +322,13 @@ def open_predictor(path: str | Path, options: InferenceOptions | None = None, *,
     path = Path(text).expanduser()
     if not path.exists():
         if is_repo_id(text):
-            return CheckpointPredictor(text, options, backbone_option=backbone_option)
+            return CheckpointPredictor(text, options, spelling=spelling)
         raise SertoolError(f"{path}: no such checkpoint, run folder, model folder, predictions CSV or ensemble file")
     if path.suffix.lower() == ".csv":
         return CsvPredictor(path)
     if path.suffix.lower() == ".json":
-        return EnsemblePredictor(path, options, within=within, backbone_option=backbone_option)
-    return CheckpointPredictor(path, options, backbone_option=backbone_option)
+        return EnsemblePredictor(path, options, within=within, spelling=spelling)
+    return CheckpointPredictor(path, options, spelling=spelling)
 
 
 def _relative_to(member: str, base: Path) -> Path | str:

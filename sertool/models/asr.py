@@ -32,7 +32,7 @@ from sertool.cache.transcripts import TRANSCRIPT_CACHE_SUBDIR, AudioTranscriptCa
 from sertool.core.config import DEFAULT_ASR_MODEL_ID, DEFAULT_DEVICE
 from sertool.core.devices import half_precision, select_device
 from sertool.core.errors import SertoolError
-from sertool.core.hub import load_pretrained, model_identity, model_revision
+from sertool.core.hub import CLI_SPELLING, load_pretrained, model_identity, model_revision, spelled
 from sertool.data.audio import SAMPLE_RATE, load_audio
 from sertool.data.dataset import load_utterance_audio
 from sertool.data.records import Utterance
@@ -66,6 +66,7 @@ class Transcriber:
         language: str | None = None,
         max_new_tokens: int | None = None,
         batch_size: int = DEFAULT_ASR_BATCH_SIZE,
+        flag: str = CLI_SPELLING.name("asr"),
     ) -> None:
         """
         Args:
@@ -78,21 +79,24 @@ class Transcriber:
             max_new_tokens: tokens generated per window at most; None: half the decoder's context (224 for
                 released models, openai/whisper's default), ample for 30 s of speech.
             batch_size: windows transcribed per ``generate`` call.
+            flag: the option that names the model, as the caller spells it (``--asr``, or ``asr=`` in
+                Python: ``sertool.core.hub.OptionSpelling``), for messages.
 
         Raises:
-            SertoolError: the model cannot be found or is not a Whisper model (names ``--asr``).
+            SertoolError: the model cannot be found or is not a Whisper model (naming ``flag``).
         """
         from transformers import AutoConfig
 
         if batch_size < 1 or (max_new_tokens is not None and max_new_tokens < 1):
             raise ValueError(f"batch_size and max_new_tokens must be >= 1, got {batch_size} and {max_new_tokens}")
-        config = load_pretrained(AutoConfig.from_pretrained, model_name_or_path, flag="--asr")
+        config = load_pretrained(AutoConfig.from_pretrained, model_name_or_path, flag=flag)
         if config.model_type != "whisper":
             raise SertoolError(
-                f"--asr {model_name_or_path}: a {config.model_type} model, not Whisper; pass a Whisper model "
+                f"{spelled(flag, model_name_or_path)}: a {config.model_type} model, not Whisper; pass a Whisper model "
                 f"(e.g. {DEFAULT_ASR_MODEL_ID}) or a folder holding one"
             )
         self.model_name_or_path = model_name_or_path
+        self.flag = flag
         self.device = select_device(device or DEFAULT_DEVICE)
         self.dtype = half_precision(self.device) or torch.float32  # what the weights are loaded in
         self.language = language.lower() if language else None
@@ -175,14 +179,14 @@ class Transcriber:
         from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
         name = self.model_name_or_path
-        processor = load_pretrained(WhisperProcessor.from_pretrained, name, flag="--asr")
+        processor = load_pretrained(WhisperProcessor.from_pretrained, name, flag=self.flag)
         if processor.tokenizer.vocab_size == 0:  # transformers loads a missing tokenizer as an empty one
             raise SertoolError(
-                f"--asr {name}: holds no tokenizer (tokenizer.json, or vocab.json and merges.txt), so its output "
-                "cannot be read; copy the model's tokenizer files into it"
+                f"{spelled(self.flag, name)}: holds no tokenizer (tokenizer.json, or vocab.json and merges.txt), so "
+                "its output cannot be read; copy the model's tokenizer files into it"
             )
         model = load_pretrained(
-            WhisperForConditionalGeneration.from_pretrained, name, flag="--asr", dtype=self.dtype
+            WhisperForConditionalGeneration.from_pretrained, name, flag=self.flag, dtype=self.dtype
         )
         generation_config = copy.deepcopy(model.generation_config)
         generation_config.do_sample = False

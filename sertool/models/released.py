@@ -46,6 +46,7 @@ from torch import Tensor
 from sertool.core.config import ModelConfig
 from sertool.core.errors import SertoolError
 from sertool.data.records import ATTRIBUTES
+from sertool.models.lora import RELEASE_ALPHA, release_layers
 
 RELEASED_MODEL_IDS: tuple[str, ...] = (
     "tiantiaf/wavlm-large-msp-podcast-emotion-dim",
@@ -67,7 +68,6 @@ WHISPER_WINDOW_S = 15.0  # their Whisper wrapper pads every clip to 15 s and kee
 # The longest clips their training data kept (their model cards: at most 15 s): what the models were made for,
 # recorded as the payload's training crop (``data.max_duration_s``) so that `predict` runs such clips whole.
 RELEASED_INPUT_S = 15.0
-LORA_ALPHA = 1.0  # loralib's default, which they keep: the LoRA update is B·A·(1 / rank)
 # Which finetune_method values give LoRA layers: their WavLM wrapper adds them for both, their Whisper
 # wrapper rebuilds its layers (and so adds LoRA) for "lora" only.
 _LORA_METHODS = {"wavlm": ("lora", "combined"), "whisper": ("lora",)}
@@ -240,7 +240,7 @@ def _check_lora_layout(arguments: dict[str, Any], backbone: str, names: list[str
     with_lora = method in _LORA_METHODS[backbone]
     expected = {
         f"backbone_model.encoder.layers.{index}.{target}.{part}"
-        for index in range(num_layers) if with_lora and index > num_layers // 2
+        for index in (release_layers(num_layers) if with_lora else ())
         for target in _LORA_TARGETS[backbone] for part in ("lora_A", "lora_B")
     }
     if set(lora_names) != expected:
@@ -264,4 +264,4 @@ def _merge_lora(state: dict[str, Tensor], module: str, backbone: str, read: Call
             f"{source}: LoRA weights of {module} do not fit its weight (rank {rank} from config.json; A "
             f"{tuple(lora_a.shape)}, B {tuple(lora_b.shape)}, weight {None if weight is None else tuple(weight.shape)})"
         )
-    state[ours] = weight + (lora_b @ lora_a) * (LORA_ALPHA / rank)
+    state[ours] = weight + (lora_b @ lora_a) * (RELEASE_ALPHA / rank)

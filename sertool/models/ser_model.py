@@ -13,9 +13,11 @@ from torch import Tensor, nn
 
 from sertool.core.config import ModelConfig
 from sertool.core.errors import SertoolError
+from sertool.core.hub import CLI_SPELLING, OptionSpelling
 from sertool.models.auxiliary import GenderHead, SpeakerHead
 from sertool.models.backbones import FbankBackbone, LayerWeighting, WhisperBackbone, build_backbone
 from sertool.models.heads import EmotionHeads, LabelScaling
+from sertool.models.lora import QV, LoRALinear, adapter_alpha
 from sertool.models.pooling import build_pooling
 from sertool.models.projection import FrameProjection
 from sertool.models.speaker_embedding import build_speaker_embedder
@@ -58,7 +60,8 @@ class SERModel(nn.Module):
     - ``projection_dim``: a pointwise projection of the frames (the authors' 1×1-conv stack), or none;
     - ``pooling``: ``"attentive"`` (mean ⊕ std, 2·D) or ``"mean"`` (D), over real frames only;
     - ``text``: concatenates the mean-pooled ``text_model`` embedding of the transcript ("MM" systems);
-      embeddings come precomputed (``TextEmbeddingCache``) or, with ``lora_rank > 0``, from ``texts``;
+      embeddings come precomputed (``TextEmbeddingCache``) or, with LoRA adapters
+      (``ModelConfig.text_adapter_rank``), from ``texts``;
     - ``speaker_embedding``: concatenates a frozen x-vector ("+ S Emb");
     - ``utterance_stats``: concatenates the utterance's standardised log-mel statistics (the wide path);
     - ``floor_blend``: outside training, blends the heads' prediction with the floor's (a fixed ridge on
@@ -76,7 +79,7 @@ class SERModel(nn.Module):
     """
 
     def __init__(self, config: ModelConfig, *, num_speakers: int = 0, gradient_checkpointing: bool = False,
-                 backbone_weights: str = "published") -> None:
+                 backbone_weights: str = "published", spelling: OptionSpelling = CLI_SPELLING) -> None:
         """
         Args:
             config: the model section of the run's config.
@@ -86,6 +89,8 @@ class SERModel(nn.Module):
             backbone_weights: ``"published"`` loads the backbone's pretrained weights; ``"stored"`` builds
                 it from its config only (random weights that a stored state must then replace, all of
                 them: its frozen part is stored too).
+            spelling: how the caller names the pretrained models' locations (``--backbone-path``, or
+                ``backbone_path=`` from ``sertool.load``), in the messages when one cannot be loaded.
 
         Raises:
             SertoolError: an unknown ``aux`` task or pooling, ``"speaker"`` without speakers, or a
@@ -98,7 +103,7 @@ class SERModel(nn.Module):
         self.config = config
         self.label_scaling = LabelScaling()
         self.backbone = build_backbone(config, gradient_checkpointing=gradient_checkpointing,
-                                       pretrained_weights=backbone_weights == "published")
+                                       pretrained_weights=backbone_weights == "published", spelling=spelling)
         self.published_modules = tuple(name for name in PRETRAINED_MODULES
                                        if name != "backbone" or backbone_weights == "published")
         self.projection = (FrameProjection(self.backbone.output_dim, config.projection_dim)
@@ -106,11 +111,15 @@ class SERModel(nn.Module):
         frame_dim = self.projection.output_dim if self.projection is not None else self.backbone.output_dim
         self.pooling = build_pooling(config.pooling, frame_dim)
         self.text_encoder = (
-            TextEncoder(config.text_model, lora_rank=config.lora_rank, lora_alpha=config.lora_alpha)
+            TextEncoder(config.text_model, lora_rank=config.text_adapter_rank(),
+                        lora_alpha=adapter_alpha(config.lora_alpha, QV),  # its adapters: attention query/value
+                        flag=spelling.name("text_model"))
             if config.text
             else None
         )
-        self.speaker_embedder = build_speaker_embedder(config.speaker_embedding) if config.speaker_embedding else None
+        self.speaker_embedder = (build_speaker_embedder(config.speaker_embedding,
+                                                        flag=spelling.name("speaker_embedding"))
+                                 if config.speaker_embedding else None)
         # The statistics feed the heads (utterance_stats), the floor (floor_blend), or both.
         self.utterance_stats = (UtteranceStatistics(dropout=config.utterance_stats_dropout)
                                 if config.utterance_stats or config.floor_blend else None)
@@ -247,22 +256,31 @@ class SERModel(nn.Module):
         return embeddings.to(device=pooled.device, dtype=pooled.dtype)
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
-        """Trainable parameters split for separate learning rates (``lr_backbone`` / ``lr_heads``).
+        """Trainable parameters split for separate learning rates (``lr_backbone`` / ``lr_lora`` / ``lr_heads``).
 
         Returns:
-            ``{"backbone": [...], "heads": [...]}``. "backbone": what trains inside pretrained encoders
-            (a fine-tuned speech backbone, the text encoder's LoRA adapters). "heads": what starts from
-            scratch: the backbone's layer-weighting logits, the whole fbank encoder, the frame projection,
-            pooling, emotion and auxiliary heads. Frozen parameters are in neither; a group may be empty.
+            ``{"backbone": [...], "lora": [...], "heads": [...]}``, in that order, each in ``named_parameters``
+            order. "backbone": what trains inside pretrained encoders besides adapters (a fine-tuned speech
+            backbone). "lora": the LoRA adapters of the frozen speech encoder and of the text encoder. "heads":
+            what starts from scratch: the backbone's layer-weighting logits, the whole fbank encoder, the frame
+            projection, pooling, emotion and auxiliary heads. Frozen parameters are in none; a group may be
+            empty. Before "lora" had a group of its own the adapters were the last of "backbone": concatenated,
+            the groups list the parameters in the order they always had (``training.optim`` relies on it).
         """
         from_scratch = [module for module in self.modules() if isinstance(module, (LayerWeighting, FbankBackbone))]
         fresh = {id(parameter) for module in from_scratch for parameter in module.parameters()}
-        groups: dict[str, list[nn.Parameter]] = {"backbone": [], "heads": []}
+        adapters = {id(parameter) for module in self.modules() if isinstance(module, LoRALinear)
+                    for parameter in (module.lora_a, module.lora_b)}
+        groups: dict[str, list[nn.Parameter]] = {"backbone": [], "lora": [], "heads": []}
         for name, parameter in self.named_parameters():
             if not parameter.requires_grad:
                 continue
-            pretrained = name.split(".", 1)[0] in PRETRAINED_MODULES and id(parameter) not in fresh
-            groups["backbone" if pretrained else "heads"].append(parameter)
+            if id(parameter) in adapters:
+                groups["lora"].append(parameter)
+            elif name.split(".", 1)[0] in PRETRAINED_MODULES and id(parameter) not in fresh:
+                groups["backbone"].append(parameter)
+            else:
+                groups["heads"].append(parameter)
         return groups
 
 

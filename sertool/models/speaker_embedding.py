@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from sertool.core.errors import SertoolError
-from sertool.core.hub import load_pretrained
+from sertool.core.hub import load_pretrained, spelled
 from sertool.models.backbones import normalize_per_utterance
 from sertool.models.backbones.base import pad_to_min_length
 
@@ -41,7 +41,8 @@ class SpeakerEmbedder(nn.Module):
         """
         Args:
             model_name_or_path: hub id or local folder of an ``AutoModelForAudioXVector`` model.
-            flag: the CLI flag that names it, for error messages.
+            flag: the option that names it, as the caller spells it (``--speaker-embedding``, or
+                ``speaker_embedding=`` in Python: ``sertool.core.hub.OptionSpelling``), for messages.
 
         Raises:
             SertoolError: the model cannot be loaded.
@@ -59,7 +60,8 @@ class SpeakerEmbedder(nn.Module):
             self.normalize_input = bool(getattr(extractor, "do_normalize", False))
         except SertoolError:
             # No preprocessor config next to the model: feed the waveform as it is.
-            log.warning("%s %s has no feature extractor config; waveforms are not normalised", flag, model_name_or_path)
+            log.warning("%s has no feature extractor config; waveforms are not normalised",
+                        spelled(flag, model_name_or_path))
             self.normalize_input = False
 
     def train(self, mode: bool = True) -> "SpeakerEmbedder":

@@ -2,8 +2,8 @@
 
 The encoder is frozen (RoBERTa-Large in the paper), so a transcript's embedding never changes: it is
 computed once and cached on disk (``sertool.cache.text_embeddings``) instead of every epoch. With LoRA adapters
-(``lora_rank > 0``) the encoder trains, its embeddings change every step, and the model computes them in
-its forward pass instead.
+(``text_lora_rank``, by default ``lora_rank``) the encoder trains, its embeddings change every step, and the model
+computes them in its forward pass instead.
 """
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from torch import Tensor, nn
 
 from sertool.cache.items import setup_key
 from sertool.core.errors import SertoolError
-from sertool.core.hub import load_pretrained, model_identity, model_revision
-from sertool.models.lora import apply_lora
+from sertool.core.hub import load_pretrained, model_identity, model_revision, spelled
+from sertool.models.lora import DEFAULT_ALPHA, apply_lora
 from sertool.models.pooling import masked_mean
 
 # Attention projections that LoRA adapts, per family: the first pair an encoder has is used.
@@ -41,7 +41,7 @@ class TextEncoder(nn.Module):
         *,
         max_tokens: int = 512,
         lora_rank: int = 0,
-        lora_alpha: float = 16.0,
+        lora_alpha: float = DEFAULT_ALPHA,
         flag: str = "--text-model",
     ) -> None:
         """
@@ -51,7 +51,8 @@ class TextEncoder(nn.Module):
             max_tokens: transcripts are truncated to this many tokens (and to the tokenizer's limit).
             lora_rank: >0 adds LoRA adapters of this rank.
             lora_alpha: LoRA scale numerator.
-            flag: the CLI flag that names the model, for error messages.
+            flag: the option that names the model, as the caller spells it (``--text-model``, or
+                ``text_model=`` in Python: ``sertool.core.hub.OptionSpelling``), for error messages.
 
         Raises:
             SertoolError: the model cannot be loaded, or LoRA was asked for an encoder whose attention
@@ -69,7 +70,8 @@ class TextEncoder(nn.Module):
         self.max_tokens = min(max_tokens, self.tokenizer.model_max_length)
         self.revision = model_revision(model_name_or_path, self.encoder.config.to_json_string())
         if lora_rank > 0:
-            apply_lora(self.encoder, rank=lora_rank, alpha=lora_alpha, target_modules=_lora_targets(self.encoder, flag))
+            apply_lora(self.encoder, rank=lora_rank, alpha=lora_alpha,
+                       target_modules=_lora_targets(self.encoder, spelled(flag, model_name_or_path)))
 
     @property
     def trainable(self) -> bool:
@@ -122,14 +124,14 @@ class TextEncoder(nn.Module):
         return self.embed(texts)
 
 
-def _lora_targets(encoder: nn.Module, flag: str) -> tuple[str, str]:
+def _lora_targets(encoder: nn.Module, where: str) -> tuple[str, str]:
     linears = (name for name, module in encoder.named_modules() if isinstance(module, nn.Linear))
     linear_names = {name.rsplit(".", 1)[-1] for name in linears}
     for pair in LORA_TARGET_CANDIDATES:
         if set(pair) <= linear_names:
             return pair
     raise SertoolError(
-        f"{flag}: LoRA (--lora-rank) needs attention projections named one of "
-        f"{', '.join('/'.join(pair) for pair in LORA_TARGET_CANDIDATES)}; {type(encoder).__name__} has none. "
-        "Use --lora-rank 0 (frozen, cached embeddings) or a BERT/RoBERTa-family encoder."
+        f"{where}: LoRA on the text encoder (--text-lora-rank, by default --lora-rank) needs attention projections "
+        f"named one of {', '.join('/'.join(pair) for pair in LORA_TARGET_CANDIDATES)}; {type(encoder).__name__} has "
+        "none. Use --text-lora-rank 0 (frozen, cached embeddings) or a BERT/RoBERTa-family encoder."
     )

@@ -25,7 +25,7 @@ from sertool.models.ser_model import SERModel
 from sertool.runtime import random_state
 from sertool.runtime.distributed import Distributed
 from sertool.store.checkpoints import LAST_NAME, provenance, stored_state
-from sertool.training.optim import LRSchedule
+from sertool.training.optim import LRSchedule, load_optimizer_state
 from sertool.training.run_folder import CONFIG_NAME
 from sertool.training.samplers import EpochBatchSampler
 from sertool.training.state import TrainState
@@ -102,7 +102,7 @@ def restore_training(training: dict[str, Any], state: TrainState, *, optimizer: 
         SertoolError: the training state is incomplete or damaged.
     """
     try:
-        optimizer.load_state_dict(training["optimizer"])
+        load_optimizer_state(optimizer, training["optimizer"])
         scaler.load_state_dict(training["scaler"])
         schedule.load_state_dict(training["schedule"])
         state.load_state_dict(training["progress"])

@@ -4,9 +4,9 @@ MODEL is anything ``sertool.store.model_folder.load_model`` reads: a run folder,
 (``sertool export``, or one of the authors' released models) or a hub id. The run's model section starts
 from MODEL's (``training.setup.resolve_train_config``), so by default the architecture matches and every
 weight is taken over. Model flags may still change what does not touch the weights (freezing, dropout,
-loss weights), add auxiliary heads, which then start fresh, or add LoRA adapters (``--lora-rank``), which
-start as a zero update of MODEL's weights; a change that leaves MODEL's weights without a place (another
-backbone, pooling, head width) is refused before training.
+loss weights), add auxiliary heads, which then start fresh, or add LoRA adapters (``--lora-rank``,
+``--text-lora-rank``), which start as a zero update of MODEL's weights; a change that leaves MODEL's weights
+without a place (another backbone, pooling, head width) is refused before training.
 
 What MODEL trained on is part of what the run trained on (``inherited_training_data``): the run records the
 union of both as its ``training_ids``, so it is scored only on utterances neither saw, and names under

@@ -13,11 +13,14 @@ PLATEAU_FACTOR = 0.5  # "plateau" halves the learning rate after a validation wi
 
 
 def build_optimizer(parameter_groups: dict[str, list[torch.nn.Parameter]], config: TrainConfig) -> torch.optim.AdamW:
-    """AdamW with ``lr_backbone`` for pretrained encoders and ``lr_heads`` for what starts from scratch.
+    """AdamW with ``lr_backbone`` for pretrained encoders, ``lr_lora`` for LoRA adapters (default:
+    ``lr_backbone``, the rate they had before they had a group of their own) and ``lr_heads`` for what starts
+    from scratch; empty groups are left out.
 
     Each group remembers its peak rate as ``base_lr``; the schedule scales it every step.
     """
-    rates = {"backbone": config.lr_backbone, "heads": config.lr_heads}
+    rates = {"backbone": config.lr_backbone, "heads": config.lr_heads,
+             "lora": config.lr_backbone if config.lr_lora is None else config.lr_lora}
     groups = [
         {"params": parameters, "lr": rates[name], "base_lr": rates[name], "name": name}
         for name, parameters in parameter_groups.items()
@@ -26,6 +29,30 @@ def build_optimizer(parameter_groups: dict[str, list[torch.nn.Parameter]], confi
     if not groups:
         raise SertoolError("nothing to train: every parameter is frozen")
     return torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict[str, Any]) -> None:
+    """``optimizer.load_state_dict(saved)``, also for a ``last.pt`` written before the LoRA adapters had a group
+    of their own: there they were the last parameters of "backbone" (``SERModel.parameter_groups``), so the
+    parameters are the same, in the same order, cut into fewer groups. Such a state is cut again as the
+    optimiser's groups are, each with the optimiser's own settings (the adapters' rate was and is
+    ``lr_backbone`` unless ``lr_lora`` says otherwise); the per-parameter moments and steps are kept as saved.
+
+    Raises:
+        ValueError: the state does not fit the optimiser (another model), as ``load_state_dict``.
+    """
+    groups = saved.get("param_groups")
+    names = [group.get("name") for group in optimizer.param_groups]
+    if isinstance(groups, list) and "lora" in names and all(group.get("name") != "lora" for group in groups):
+        indices = [index for group in groups for index in group["params"]]
+        sizes = [len(group["params"]) for group in optimizer.param_groups]
+        if len(indices) == sum(sizes):
+            starts = [sum(sizes[:position]) for position in range(len(sizes))]
+            regrouped = [{**{key: value for key, value in group.items() if key != "params"},
+                          "params": indices[start:start + size]}
+                         for group, start, size in zip(optimizer.param_groups, starts, sizes, strict=True)]
+            saved = {**saved, "param_groups": regrouped}
+    optimizer.load_state_dict(saved)
 
 
 class LRSchedule:

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from sertool.core.errors import SertoolError
-from sertool.core.hub import load_pretrained
+from sertool.core.hub import CLI_SPELLING, load_pretrained, spelled
 from sertool.models.backbones.base import (
     SpeechBackbone,
     grad_context,
@@ -30,11 +30,15 @@ from sertool.models.backbones.base import (
     make_layer_weighting,
     pad_to_min_length,
 )
-from sertool.models.lora import apply_lora
+from sertool.models.lora import QV, SpeechLoRA, adapt_layers
 
-# LoRA on the feed-forward layers, as the authors' released WavLM models have it (sertool.models.released):
-# the attention of WavLM calls its projections' weights directly, so wrapping q_proj/v_proj would not work.
-LORA_TARGET_MODULES = ("intermediate_dense", "output_dense")
+# The linear layers of an encoder layer that LoRA may wrap (``sertool.models.lora.adapt_layers``): the attention's
+# query and value projections (placement qv), the feed-forward pair (ffn, release; the authors' release adapts it).
+LORA_ATTENTION = ("q_proj", "v_proj")
+LORA_FEED_FORWARD = ("intermediate_dense", "output_dense")
+# Model types whose attention passes its projections' weights to torch's multi_head_attention_forward instead of
+# calling them: a wrapped q_proj / v_proj would never run its adapter.
+_ATTENTION_NOT_WRAPPABLE = ("wavlm",)
 NORMALIZATION_EPS = 1e-7  # the variance floor of transformers' Wav2Vec2FeatureExtractor
 _MAX_RECEPTIVE_FIELD_SAMPLES = 16_000  # search bound for the shortest input that yields one frame
 
@@ -50,9 +54,8 @@ class Wav2Vec2FamilyBackbone(SpeechBackbone):
         frozen: freeze the whole encoder (kept in eval mode, run without gradients); layer weights, if
             any, still train.
         freeze_feature_encoder: freeze only the CNN front end (the challenge baseline's setting).
-        lora_rank: >0 attaches LoRA adapters of this rank to the feed-forward layers of a frozen encoder
-            (``LORA_TARGET_MODULES``); refused for a fine-tuned one.
-        lora_alpha: LoRA scale numerator.
+        lora: LoRA adapters for a frozen encoder (rank, alpha, placement: ``LORA_ATTENTION`` or
+            ``LORA_FEED_FORWARD``); None: none. Refused for a fine-tuned encoder, and ``qv`` for WavLM.
         gradient_checkpointing: recompute transformer layers in the backward pass to save memory.
     """
 
@@ -64,8 +67,7 @@ class Wav2Vec2FamilyBackbone(SpeechBackbone):
         layer_weighting: str,
         frozen: bool,
         freeze_feature_encoder: bool,
-        lora_rank: int = 0,
-        lora_alpha: float = 16.0,
+        lora: SpeechLoRA | None = None,
         gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
@@ -81,10 +83,10 @@ class Wav2Vec2FamilyBackbone(SpeechBackbone):
         if frozen:
             model.requires_grad_(False)
             self._eval_only.append("model")
-            if lora_rank > 0:
-                apply_lora(model.encoder.layers, rank=lora_rank, alpha=lora_alpha, target_modules=LORA_TARGET_MODULES)
-        elif lora_rank > 0:
-            raise SertoolError(f"--lora-rank {lora_rank} adapts a frozen encoder; this {model.config.model_type} is "
+            if lora is not None:
+                _adapt(model, lora)
+        elif lora is not None:
+            raise SertoolError(f"--lora-rank {lora.rank} adapts a frozen encoder; this {model.config.model_type} is "
                                "fine-tuned: add --freeze-backbone, or drop --lora-rank")
         elif freeze_feature_encoder:
             _freeze_cnn(model.feature_extractor)
@@ -147,10 +149,10 @@ def load_wav2vec2_family(
     layer_weighting: str,
     frozen: bool,
     freeze_feature_encoder: bool,
-    lora_rank: int = 0,
-    lora_alpha: float = 16.0,
+    lora: SpeechLoRA | None = None,
     gradient_checkpointing: bool = False,
     pretrained_weights: bool = True,
+    option: str = CLI_SPELLING.name("backbone_path"),
 ) -> Wav2Vec2FamilyBackbone:
     """Load a wav2vec2-family encoder from a hub id or local folder (float32 weights).
 
@@ -158,52 +160,68 @@ def load_wav2vec2_family(
     ``preprocessor_config.json``); without one, layer-norm front ends are normalised (the Large models
     were trained that way) and group-norm ones are not. With ``pretrained_weights=False`` only the
     config and the feature extractor are read and the weights are random, for a stored state to replace.
+    ``option`` is how the caller names the model's location (``--backbone-path``, or ``backbone_path=`` in
+    Python: ``sertool.core.hub.OptionSpelling``), for the messages.
 
     Raises:
         SertoolError: the model cannot be loaded, or it is not a raw-waveform encoder of this family
-            (names ``--backbone-path``).
+            (naming ``option``).
     """
     from transformers import AutoConfig, AutoModel
 
-    config = load_pretrained(AutoConfig.from_pretrained, name_or_path, flag="--backbone-path")
+    where = spelled(option, name_or_path)
+    config = load_pretrained(AutoConfig.from_pretrained, name_or_path, flag=option)
     if config.model_type == "whisper":
-        raise SertoolError(f"--backbone-path {name_or_path}: a Whisper model; use --backbone whisper")
+        raise SertoolError(f"{where}: a Whisper model; this backbone needs a wav2vec2-family encoder (WavLM, "
+                           "HuBERT, wav2vec2, ...), and a Whisper model the whisper backbone")
     if pretrained_weights:
-        model = load_pretrained(
-            AutoModel.from_pretrained, name_or_path, flag="--backbone-path", config=config, dtype=torch.float32
-        )
+        model = load_pretrained(AutoModel.from_pretrained, name_or_path, flag=option, config=config,
+                                dtype=torch.float32)
     else:
         model = AutoModel.from_config(config, dtype=torch.float32)
     takes_waveforms = getattr(model, "main_input_name", None) == "input_values"
     if not takes_waveforms or not hasattr(model, "_get_feat_extract_output_lengths"):
         raise SertoolError(
-            f"--backbone-path {name_or_path}: a {config.model_type} model, not a raw-waveform speech encoder "
+            f"{where}: a {config.model_type} model, not a raw-waveform speech encoder "
             "of the wav2vec2 family (WavLM, HuBERT, wav2vec2, ...)"
         )
     return Wav2Vec2FamilyBackbone(
         model,
-        normalize_input=_feature_extractor_normalizes(name_or_path, config),
+        normalize_input=_feature_extractor_normalizes(name_or_path, config, option=option),
         layer_weighting=layer_weighting,
         frozen=frozen,
         freeze_feature_encoder=freeze_feature_encoder,
-        lora_rank=lora_rank,
-        lora_alpha=lora_alpha,
+        lora=lora,
         gradient_checkpointing=gradient_checkpointing,
     )
 
 
-def _feature_extractor_normalizes(name_or_path: str, config: Any) -> bool:
+def _feature_extractor_normalizes(name_or_path: str, config: Any, *, option: str) -> bool:
     from transformers import AutoFeatureExtractor
 
     folder = Path(name_or_path).expanduser()
     has_extractor = (folder / "preprocessor_config.json").is_file() if folder.exists() else True
     if has_extractor:
         try:
-            extractor = load_pretrained(AutoFeatureExtractor.from_pretrained, name_or_path, flag="--backbone-path")
+            extractor = load_pretrained(AutoFeatureExtractor.from_pretrained, name_or_path, flag=option)
             return bool(extractor.do_normalize)
         except (SertoolError, AttributeError):
             pass  # a hub model without a usable feature extractor: decide from its config below
     return getattr(config, "feat_extract_norm", "group") == "layer"
+
+
+def _adapt(model: Any, lora: SpeechLoRA) -> None:
+    """LoRA adapters on the encoder's layers where ``lora.placement`` puts them.
+
+    Raises:
+        SertoolError: ``qv`` on a model whose attention cannot be wrapped (WavLM).
+    """
+    model_type = model.config.model_type
+    if lora.placement == QV and model_type in _ATTENTION_NOT_WRAPPABLE:
+        raise SertoolError(f"--lora-placement {QV}: {model_type}'s attention passes its query and value weights to "
+                           "torch directly, so adapters there would never run; use --lora-placement ffn (every "
+                           "layer's feed-forward) or release (the authors')")
+    adapt_layers(model.encoder.layers, lora, attention=LORA_ATTENTION, feed_forward=LORA_FEED_FORWARD)
 
 
 def _freeze_cnn(feature_encoder: nn.Module) -> None:

@@ -29,7 +29,7 @@ from torch.utils.checkpoint import checkpoint
 
 from sertool.core.constants import SAMPLE_RATE
 from sertool.core.errors import SertoolError
-from sertool.core.hub import load_pretrained
+from sertool.core.hub import CLI_SPELLING, load_pretrained, spelled
 from sertool.models.backbones.base import (
     SpeechBackbone,
     grad_context,
@@ -37,7 +37,7 @@ from sertool.models.backbones.base import (
     log_mel_power,
     make_layer_weighting,
 )
-from sertool.models.lora import apply_lora
+from sertool.models.lora import SpeechLoRA, adapt_layers
 
 if TYPE_CHECKING:
     from transformers.models.whisper.modeling_whisper import WhisperEncoder
@@ -46,7 +46,10 @@ N_FFT = 400  # 25 ms analysis window
 HOP_LENGTH = 160  # 10 ms between mel frames; the conv stem halves the rate to 20 ms per output frame
 FRAME_RATE = SAMPLE_RATE / HOP_LENGTH / 2  # 50 encoder frames per second
 LOG_MEL_DYNAMIC_RANGE = 8.0  # log10 units kept below each utterance's maximum (80 dB)
-LORA_TARGET_MODULES = ("q_proj", "v_proj")  # attention projections adapted, as in Hu et al. (2021)
+# The linear layers of an encoder layer that LoRA may wrap (``sertool.models.lora.adapt_layers``): the attention's
+# query and value projections (placement qv), the feed-forward pair (ffn, release; the authors' release adapts it).
+LORA_ATTENTION = ("q_proj", "v_proj")
+LORA_FEED_FORWARD = ("fc1", "fc2")
 
 
 class WhisperBackbone(SpeechBackbone):
@@ -60,8 +63,8 @@ class WhisperBackbone(SpeechBackbone):
         frozen: freeze the encoder (the paper's choice); it then stays in eval mode and runs without
             gradients unless LoRA adapters are attached.
         freeze_feature_encoder: when fine-tuning, keep the conv stem frozen.
-        lora_rank: >0 attaches LoRA adapters of this rank to the attention projections of a frozen encoder.
-        lora_alpha: LoRA scale numerator.
+        lora: LoRA adapters for a frozen encoder (rank, alpha, placement: ``LORA_ATTENTION`` or
+            ``LORA_FEED_FORWARD``); None: none.
         window_s: >0 pads every clip to this many seconds and lets frames attend to the padding (0: each
             clip at its real length, padding masked); at most what the position embeddings cover.
         gradient_checkpointing: recompute each encoder layer in the backward pass to save memory.
@@ -82,8 +85,7 @@ class WhisperBackbone(SpeechBackbone):
         layer_weighting: str,
         frozen: bool,
         freeze_feature_encoder: bool,
-        lora_rank: int = 0,
-        lora_alpha: float = 16.0,
+        lora: SpeechLoRA | None = None,
         window_s: float = 0.0,
         gradient_checkpointing: bool = False,
     ) -> None:
@@ -113,9 +115,9 @@ class WhisperBackbone(SpeechBackbone):
         if frozen:
             encoder.requires_grad_(False)
             self._eval_only.append("encoder")
-            if lora_rank > 0:
-                apply_lora(encoder.layers, rank=lora_rank, alpha=lora_alpha, target_modules=LORA_TARGET_MODULES)
-        elif lora_rank > 0:
+            if lora is not None:
+                adapt_layers(encoder.layers, lora, attention=LORA_ATTENTION, feed_forward=LORA_FEED_FORWARD)
+        elif lora is not None:
             raise SertoolError(
                 "--lora-rank adapts a frozen Whisper encoder; this one is fine-tuned (--freeze-backbone is off)"
             )
@@ -246,11 +248,11 @@ def load_whisper(
     layer_weighting: str,
     frozen: bool,
     freeze_feature_encoder: bool,
-    lora_rank: int = 0,
-    lora_alpha: float = 16.0,
+    lora: SpeechLoRA | None = None,
     window_s: float = 0.0,
     gradient_checkpointing: bool = False,
     pretrained_weights: bool = True,
+    option: str = CLI_SPELLING.name("backbone_path"),
 ) -> WhisperBackbone:
     """Load the encoder of any Whisper checkpoint (hub id or local folder) in float32.
 
@@ -258,19 +260,20 @@ def load_whisper(
     encoder: transformers reads just the encoder's tensors and skips the decoder's. The small random
     projector and classifier that class adds are dropped. With ``pretrained_weights=False`` only the
     config is read and the encoder's weights are random, for a stored state to replace; its position
-    table then covers ``window_s`` when given (the shape a model trained with that window stores).
+    table then covers ``window_s`` when given (the shape a model trained with that window stores). ``option``
+    is how the caller names the model's location (``--backbone-path``, or ``backbone_path=`` in Python:
+    ``sertool.core.hub.OptionSpelling``), for the messages.
 
     Raises:
         SertoolError: the model cannot be loaded, is not a Whisper model, or holds no encoder weights
-            (names ``--backbone-path``).
+            (naming ``option``).
     """
     from transformers import AutoConfig, WhisperForAudioClassification
 
-    config = load_pretrained(AutoConfig.from_pretrained, name_or_path, flag="--backbone-path")
+    where = spelled(option, name_or_path)
+    config = load_pretrained(AutoConfig.from_pretrained, name_or_path, flag=option)
     if config.model_type != "whisper":
-        raise SertoolError(
-            f"--backbone-path {name_or_path}: a {config.model_type} model, not Whisper; pick the matching --backbone"
-        )
+        raise SertoolError(f"{where}: a {config.model_type} model, not Whisper; this backbone needs a Whisper model")
     if not pretrained_weights:
         from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
@@ -279,28 +282,27 @@ def load_whisper(
             config.max_source_positions = round(window_s * SAMPLE_RATE) // HOP_LENGTH // 2
         encoder = WhisperEncoder(config).float()
         return WhisperBackbone(encoder, layer_weighting=layer_weighting, frozen=frozen,
-                               freeze_feature_encoder=freeze_feature_encoder, lora_rank=lora_rank,
-                               lora_alpha=lora_alpha, window_s=window_s, gradient_checkpointing=gradient_checkpointing)
+                               freeze_feature_encoder=freeze_feature_encoder, lora=lora, window_s=window_s,
+                               gradient_checkpointing=gradient_checkpointing)
     with _quiet_transformers():  # its load report would list every skipped decoder tensor
         # output_loading_info=True makes from_pretrained return (model, info), which its annotation does not say.
         model, loading_info = cast(tuple[WhisperForAudioClassification, dict[str, Any]], load_pretrained(
             WhisperForAudioClassification.from_pretrained,
             name_or_path,
-            flag="--backbone-path",
+            flag=option,
             config=config,
             dtype=torch.float32,
             output_loading_info=True,
         ))
     missing = sorted(key for key in loading_info["missing_keys"] if key.startswith("encoder."))
     if missing:
-        raise SertoolError(f"--backbone-path {name_or_path}: holds no Whisper encoder weights (e.g. {missing[0]})")
+        raise SertoolError(f"{where}: holds no Whisper encoder weights (e.g. {missing[0]})")
     return WhisperBackbone(
         model.encoder,
         layer_weighting=layer_weighting,
         frozen=frozen,
         freeze_feature_encoder=freeze_feature_encoder,
-        lora_rank=lora_rank,
-        lora_alpha=lora_alpha,
+        lora=lora,
         window_s=window_s,
         gradient_checkpointing=gradient_checkpointing,
     )

@@ -75,10 +75,6 @@ def backbone_config(corpus: Path, model_dir: Path | None, feature_cache: Path | 
     return config
 
 
-def whisper_config(corpus: Path, whisper_dir: Path, feature_cache: Path | None, **model_overrides) -> Config:
-    return backbone_config(corpus, whisper_dir, feature_cache, **model_overrides)
-
-
 def train_records(run_dir: Path, kind: str) -> list[dict]:
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return [record for record in records if record["type"] == kind]
@@ -123,9 +119,9 @@ def alone(model: SERModel, utt) -> np.ndarray:
 
 
 def test_a_cached_epoch_trains_the_model_a_recomputed_epoch_trains(corpus, whisper_dir, tmp_path):
-    recomputed = train(whisper_config(corpus, whisper_dir, None), tmp_path / "recomputed")
+    recomputed = train(backbone_config(corpus, whisper_dir, None), tmp_path / "recomputed")
     messages = Messages()
-    cached = train(whisper_config(corpus, whisper_dir, tmp_path / "features"), tmp_path / "cached", reporter=messages)
+    cached = train(backbone_config(corpus, whisper_dir, tmp_path / "features"), tmp_path / "cached", reporter=messages)
     assert any("12 utterances" in line for line in messages.lines)  # 8 Train + 4 Development computed
     # Whole clips (no crop): the model sees the encoder's frames rounded to float16, so each loss moves by
     # about that rounding (2^-11 relative), far less than the 1e-3 allowed.
@@ -456,8 +452,8 @@ def test_cached_frames_go_with_the_audio_for_a_model_that_reads_it(corpus, whisp
 
 def test_a_floor_blend_run_validates_from_the_cache_as_from_the_audio(corpus, whisper_dir, tmp_path):
     """--floor-blend reads the audio beside the cached frames: its floor, and so every blend, are the same."""
-    recomputed = train(whisper_config(corpus, whisper_dir, None, floor_blend=True), tmp_path / "recomputed")
-    cached = train(whisper_config(corpus, whisper_dir, tmp_path / "features", floor_blend=True), tmp_path / "cached")
+    recomputed = train(backbone_config(corpus, whisper_dir, None, floor_blend=True), tmp_path / "recomputed")
+    cached = train(backbone_config(corpus, whisper_dir, tmp_path / "features", floor_blend=True), tmp_path / "cached")
     assert [record["step"] for record in cached.history] == [0, 2, 4]  # step 0: the floor's validation
     for ours, theirs in zip(cached.history, recomputed.history, strict=True):
         assert ours["ccc_average"] == pytest.approx(theirs["ccc_average"], abs=1e-3)

@@ -26,7 +26,7 @@ from measure import (
     ratio_of_rounds,
     timed,
 )
-from sertool.cache.frames import CachedFrames
+from sertool.cache.frames import CachedFrames, FrameCache
 from sertool.cache.text_embeddings import TextEmbeddingCache
 from sertool.core.config import ModelConfig, TrainConfig
 from sertool.data.dataset import Batch, UtteranceDataset, collate
@@ -357,23 +357,19 @@ def save_cache_whisper(folder: Path) -> Path:
     return folder
 
 
-def whisper_feature_cache(utterances: Sequence[Utterance], *, folder: Path, rounds: int) -> list[Figure]:
-    """Training epochs of a frozen Whisper (last layer) reading cached frames vs running the encoder; the
-    fill's cost; the cache's size for MSP-Podcast's Train.
+def _cached_and_recomputed_epochs(trainer: Trainer, utterances: Sequence[Utterance], *, folder: Path,
+                                  rounds: int) -> tuple[float, FrameCache, dict[str, list[float]]]:
+    """Fill ``trainer``'s feature cache in ``folder`` (timed), then train interleaved epochs on the same batches
+    (``max_batch_s`` 64, whole clips) reading the cached states vs running the encoder in every step.
 
-    Both variants train the same model on the same batches (``max_batch_s`` 64, whole clips), through
-    ``UtteranceDataset`` + ``collate`` + ``SERModel``: one with the cache's ``CachedFrames`` (memory-mapped
-    float16 shards, read per item), one reading the audio and running the encoder in forward.
+    Returns:
+        The fill's seconds, the cache, and each variant's epoch seconds per round.
     """
-    from sertool.models.backbones.whisper import FRAME_RATE
     from sertool.models.frame_features import frame_cache
     from sertool.runtime.frames import fill_frame_cache
 
-    config = ModelConfig(backbone="whisper", backbone_path=str(save_cache_whisper(folder / "whisper")),
-                         layer_weighting="last")
-    trainer = Trainer(config)
-    cache = frame_cache(trainer.model, folder / "features", amp_dtype=None)
-    fill_s, frames = timed(lambda: fill_frame_cache(trainer.model.backbone, utterances, cache, frame_rate=FRAME_RATE,
+    cache = frame_cache(trainer.model, folder, amp_dtype=None)
+    fill_s, frames = timed(lambda: fill_frame_cache(trainer.model.backbone, utterances, cache,
                                                     device=torch.device("cpu")))
     sampler = EpochBatchSampler.from_records(utterances, sampling="whole", max_batch_s=MAX_BATCH_S)
     first = sampler.plan(0)[0]
@@ -386,11 +382,30 @@ def whisper_feature_cache(utterances: Sequence[Utterance], *, folder: Path, roun
         return {"recomputed": Variant(trainer, trainer.loader(utterances, plan)),
                 "cached": Variant(trainer, trainer.loader(utterances, plan, frames=frames))}
 
-    seconds = _seconds(interleaved_rounds(variants, rounds=rounds))
+    return fill_s, cache, _seconds(interleaved_rounds(variants, rounds=rounds))
+
+
+def _epoch_details(seconds: Mapping[str, list[float]], per_round: list[float], utterances: int) -> dict:
+    return {"seconds": {k: [round(s, 3) for s in v] for k, v in seconds.items()}, "per_round_ratio": per_round,
+            "utterances_per_s": {k: round(utterances / median(v), 3) for k, v in seconds.items()}}
+
+
+def whisper_feature_cache(utterances: Sequence[Utterance], *, folder: Path, rounds: int) -> list[Figure]:
+    """Training epochs of a frozen Whisper (last layer) reading cached frames vs running the encoder; the
+    fill's cost; the cache's size for MSP-Podcast's Train.
+
+    Both variants train the same model on the same batches (``max_batch_s`` 64, whole clips), through
+    ``UtteranceDataset`` + ``collate`` + ``SERModel``: one with the cache's ``CachedFrames`` (memory-mapped
+    float16 shards, read per item), one reading the audio and running the encoder in forward.
+    """
+    config = ModelConfig(backbone="whisper", backbone_path=str(save_cache_whisper(folder / "whisper")),
+                         layer_weighting="last")
+    fill_s, cache, seconds = _cached_and_recomputed_epochs(Trainer(config), utterances, folder=folder / "features",
+                                                           rounds=rounds)
     ratio, per_round = ratio_of_rounds(seconds["recomputed"], seconds["cached"])
     sizes = ", ".join(f"{key} {value}" for key, value in CACHE_WHISPER_SIZES.items())
     audio_s = sum(utt.duration_s for utt in utterances)
-    on_disk = sum(path.stat().st_size for path in cache.folder.glob("*.npy"))
+    on_disk = cache.disk_bytes()
     width = CACHE_WHISPER_SIZES["d_model"]
     projected_here = audio_s * WHISPER_FRAME_RATE * width * FLOAT16_BYTES
     train_s = MSP_V1_11_TRAIN_TURNS * MSP_V1_11_SECONDS / MSP_V1_11_TURNS
@@ -403,8 +418,7 @@ def whisper_feature_cache(utterances: Sequence[Utterance], *, folder: Path, roun
                compared=(f"utterances/s of a training epoch of {len(utterances)} utterances (2.75–11 s, max_batch_s "
                          f"{MAX_BATCH_S:g}), random frozen Whisper ({sizes}), last layer: cached float16 frames "
                          "(--feature-cache, memory-mapped) vs the encoder run in every step"),
-               details={"seconds": {k: [round(s, 3) for s in v] for k, v in seconds.items()}, "per_round_ratio": per_round,
-                        "utterances_per_s": {k: round(len(utterances) / median(v), 3) for k, v in seconds.items()}}),
+               details=_epoch_details(seconds, per_round, len(utterances))),
         Figure(key="whisper_feature_cache_fill", benchmark="11. feature cache fill (once)",
                value=fill_s / recomputed_epoch_s, unit="×", target=None,
                compared=(f"filling the cache for the {len(utterances)} utterances ({fill_s:.1f} s: the encoder once "
@@ -419,6 +433,54 @@ def whisper_feature_cache(utterances: Sequence[Utterance], *, folder: Path, roun
                          f"{on_disk / 1e6:.1f} MB for {audio_s:.0f} s of audio, projected {projected_here / 1e6:.1f} MB"),
                details={"train_seconds": round(train_s), "tiny_model_gb": round(tiny_gb, 2), "bench_on_disk_bytes": on_disk,
                         "bench_projected_bytes": round(projected_here), "bench_audio_s": round(audio_s, 1)}),
+    ]
+
+
+# Every hidden state the weighted sum mixes (the CNN's projected features + each transformer layer) × the width.
+WAVLM_BASE_PLUS_STATES, WAVLM_BASE_PLUS_WIDTH = 13, 768  # microsoft/wavlm-base-plus: 12 layers, hidden 768
+WAVLM_LARGE_STATES, WAVLM_LARGE_WIDTH = 25, 1024  # microsoft/wavlm-large: 24 layers, hidden 1024
+LARGE_V3_STATES = 33  # openai/whisper-large-v3's encoder: 32 layers
+
+
+def gb_per_hour(states: int, width: int) -> float:
+    """Disk size of an hour of audio's cached states: 50 frames/s × states × width × 2 bytes (float16)."""
+    return 3600 * WHISPER_FRAME_RATE * states * width * FLOAT16_BYTES / 1e9
+
+
+def wavlm_layer_cache(utterances: Sequence[Utterance], *, model_dir: Path, folder: Path, rounds: int) -> list[Figure]:
+    """Training epochs of a frozen tiny WavLM whose layers are weighted (the small-corpus recipe) reading every
+    layer's cached states vs running the encoder; the cache's size per hour of audio.
+
+    As ``whisper_feature_cache``: the same model and batches, the same pieces; what trains is the layer
+    weights, the pooling and the heads.
+    """
+    trainer = Trainer(ModelConfig(backbone="wavlm", backbone_path=str(model_dir), layer_weighting="weighted",
+                                  freeze_backbone=True))
+    backbone = trainer.model.backbone
+    fill_s, cache, seconds = _cached_and_recomputed_epochs(trainer, utterances, folder=folder, rounds=rounds)
+    ratio, per_round = ratio_of_rounds(seconds["recomputed"], seconds["cached"])
+    states, width = backbone.num_layer_states, backbone.output_dim
+    audio_s = sum(utt.duration_s for utt in utterances)
+    on_disk = cache.disk_bytes()
+    projected_here = gb_per_hour(states, width) * 1e9 * audio_s / 3600
+    others = (f"WavLM-Large {gb_per_hour(WAVLM_LARGE_STATES, WAVLM_LARGE_WIDTH):.1f} GB, Whisper large-v3 "
+              f"{gb_per_hour(LARGE_V3_STATES, LARGE_V3_WIDTH):.1f} GB (every layer), large-v3's last layer alone "
+              f"{gb_per_hour(1, LARGE_V3_WIDTH):.2f} GB")
+    return [
+        Figure(key="wavlm_layer_cache_epoch", benchmark="11. frozen WavLM, every layer cached (training epoch)",
+               value=ratio, unit="×", target=None,
+               compared=(f"training epoch of {len(utterances)} utterances (2.75–11 s, max_batch_s {MAX_BATCH_S:g}), "
+                         f"tiny random WavLM (hidden {width}, {states - 1} layers) frozen, --layer-weighting weighted: "
+                         f"its {states} hidden states cached (float16, memory-mapped) vs the encoder run in every "
+                         f"step; fill {fill_s:.1f} s = {fill_s / median(seconds['recomputed']):.2f} recomputed epochs"),
+               details={**_epoch_details(seconds, per_round, len(utterances)), "fill_s": round(fill_s, 3)}),
+        Figure(key="wavlm_layer_cache_gb_per_hour", benchmark="11. every-layer cache size per hour, WavLM-Base+",
+               value=gb_per_hour(WAVLM_BASE_PLUS_STATES, WAVLM_BASE_PLUS_WIDTH), unit="GB", target=None,
+               compared=(f"{WHISPER_FRAME_RATE} frames/s × {WAVLM_BASE_PLUS_STATES} states × {WAVLM_BASE_PLUS_WIDTH} × "
+                         f"{FLOAT16_BYTES} bytes × 3600 s; per hour too: {others}; this benchmark's cache on disk: "
+                         f"{on_disk / 1e6:.2f} MB for {audio_s:.0f} s of audio, projected {projected_here / 1e6:.2f} MB"),
+               details={"bench_on_disk_bytes": on_disk, "bench_projected_bytes": round(projected_here),
+                        "bench_audio_s": round(audio_s, 1)}),
     ]
 
 

@@ -1,8 +1,9 @@
 """Frame features of a frozen encoder, computed once per audio file and read back memory-mapped.
 
-A frozen encoder whose output is used as it is (Whisper with ``--layer-weighting last``) gives the same
-frames for the same audio in every epoch, so a run can compute them once and read them from disk. This
-module stores them; what computes them, and when they apply, is decided above it
+A frozen encoder (Whisper, WavLM, HuBERT, wav2vec2) gives the same hidden states for the same audio in every
+epoch, so a run can compute them once and read them from disk; what trains (the layer weights, pooling,
+heads) reads them. This module stores them, one row of width D per frame (D: the hidden size, or every
+stored layer's states side by side); what computes them, and when they apply, is decided above it
 (``sertool.models.frame_features``, ``sertool.runtime.frames``).
 
 Storage is a ``sertool.cache.items.ContentCache`` in ``on_disk`` mode:
@@ -17,7 +18,7 @@ asked for (a training crop reads its frames, not the whole file's).
 
 Keys: the audio's SHA-256 (``sertool.cache.audio_keys``: memoised per file under its stat key in the scan
 cache, so a second run hashes no audio; a rewritten file changes its stat, is hashed again, and misses).
-The setup key (model weights, layer, front-end settings) names the folder, so another model never reads
+The setup key (model weights, layers, front-end settings) names the folder, so another model never reads
 these frames.
 """
 from __future__ import annotations
@@ -40,7 +41,11 @@ from sertool.core.errors import SertoolError
 FRAME_CACHE_SUBDIR = "frames"  # under the --feature-cache folder: <kind>/<setup_key>/ as every ContentCache
 FRAME_CACHE_FORMAT = 1  # the shard layout below (_ShardCodec): part of every setup key, so a new one gives new folders
 STORED_DTYPE = np.float16  # 2 bytes a value: half of float32, and within its rounding of the encoder's output
-GROUP_UTTERANCES = 128  # utterances per shard: a killed fill loses at most one group (~110 MB for large-v3)
+GROUP_UTTERANCES = 128  # utterances per shard at most: a killed fill loses at most one group
+# Utterances × frame width per shard: 128 of large-v3's last layer (1280 wide), ~110 MB. Wider rows (every layer's
+# states: 13 × 768 for WavLM-Base+, 33 × 1280 for large-v3) make fewer utterances a shard, so that a group held
+# in memory while it is computed and written stays about that size.
+GROUP_WIDTH = GROUP_UTTERANCES * 1280
 _MAGIC = b"SERFRM01"  # the shard's last 8 bytes; the 8 before them: the index's length (little-endian)
 _TRAILER_BYTES = 16
 _OPEN_SHARDS = 64  # memory maps kept open per process (each holds a file descriptor)
@@ -90,14 +95,17 @@ class CachedFrames:
 
     Attributes:
         by_id: utterance id → its whole utterance's frames.
-        frame_rate: frames per second (Whisper: 50, one per 20 ms).
+        frame_rate: frames per second (Whisper and the wav2vec2 family: 50, one per 20 ms).
         read_waveforms: the model also reads the audio beside the frames (a speaker embedding, utterance
             statistics), so items carry both.
+        crop_frames: the frames of a training crop (``max_duration_s``): as many as the encoder makes of that
+            much audio; None: the crop's length × ``frame_rate``, rounded.
     """
 
     by_id: Mapping[str, Frames]
     frame_rate: float
     read_waveforms: bool = False
+    crop_frames: int | None = None
 
 
 Window = TypeVar("Window", bound=AudioWindow)  # the items a cache holds (utterances)
@@ -114,14 +122,15 @@ class FrameCache(ItemCache[Window, Frames]):
     Args:
         root: the ``--feature-cache`` folder.
         setup_key: names everything the frames depend on (``sertool.cache.items.setup_key``).
-        dim: the frames' width D.
+        dim: the frames' width D (every stored layer's states side by side).
         scan_cache_dir: where file digests are memoised by stat (sertool's cache folder; None: the default).
     """
 
     def __init__(self, root: str | os.PathLike[str], setup_key: str, *, dim: int,
                  scan_cache_dir: str | os.PathLike[str] | None = None) -> None:
         super().__init__(Path(root) / FRAME_CACHE_SUBDIR / setup_key, _ShardCodec(dim), on_disk=True,
-                         group_size=GROUP_UTTERANCES, label="computing the frames of {:,} utterances (feature cache)")
+                         group_size=min(GROUP_UTTERANCES, max(1, GROUP_WIDTH // dim)),
+                         label="computing the frames of {:,} utterances (feature cache)")
         self.dim = dim
         self.scan_cache_dir = scan_cache_dir
 
@@ -132,6 +141,10 @@ class FrameCache(ItemCache[Window, Frames]):
             SertoolError: an audio file cannot be read (naming it).
         """
         return audio_digests(utterances, scan_cache_dir=self.scan_cache_dir)
+
+    def disk_bytes(self) -> int:
+        """The size of the shards in this setup's folder (what every run of this setup has written so far)."""
+        return sum(path.stat().st_size for path in self.folder.glob(f"*{_ShardCodec.suffix}"))
 
     def get(self, utterances: Sequence[Window], compute: Callable[[list[Window]], Sequence[np.ndarray]], *,
             progress: Callable[[int, int], None] | None = None) -> list[Frames]:

@@ -4,9 +4,9 @@ Training crops long clips at random (``max_duration_s``) and may change their sp
 (``speed_perturbation``), reproducibly from ``(seed, epoch, index)`` so a resumed run reads the same
 clips; evaluation always reads whole utterances as they are.
 
-With cached encoder frames (``frames``: a frozen Whisper's, ``sertool.cache.frames``) an item carries
-its frames instead of (or, for a model that also reads the audio, beside) its waveform: the frames of the
-whole utterance, or of the crop, cut from the whole utterance's frames at the frame rate.
+With cached encoder frames (``frames``: a frozen encoder's hidden states, ``sertool.cache.frames``) an item
+carries its frames instead of (or, for a model that also reads the audio, beside) its waveform: the frames of
+the whole utterance, or of the crop, cut from the whole utterance's frames at the frame rate.
 """
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ class Batch:
     speaker_ids: torch.Tensor  # [B] long, index into the run's speaker list or IGNORE_INDEX
     texts: list[str | None]
     text_embeddings: torch.Tensor | None = None  # [B, E] when the run caches a frozen text encoder
-    frames: torch.Tensor | None = None  # [B, T, D] float32 cached encoder frames, zero-padded on the right
+    frames: torch.Tensor | None = None  # [B, T, D] float16 cached encoder frames, zero-padded on the right
     frame_mask: torch.Tensor | None = None  # [B, T] bool, True on real frames
     skipped: list[str] = field(default_factory=list)  # "<id>: <reason>" of items whose audio failed
 
@@ -76,8 +76,8 @@ class UtteranceDataset(torch.utils.data.Dataset):
             together and the length by 1 / speed (after the crop). 0: as recorded.
         seed: seed of the crops and speeds.
         frames: cached encoder frames of the utterances (whole utterances'); items then carry ``frames``
-            (their crop's: start and length rounded to whole frames), and their waveform only when
-            ``frames.read_waveforms``.
+            (their crop's: its start rounded to a whole frame, ``frames.crop_frames`` long), and their
+            waveform only when ``frames.read_waveforms``.
 
     Audio that fails to load does not raise here (an exception in a loader worker arrives wrapped in a
     traceback): the item becomes ``{"skipped": "<id>: <reason>"}``, ``collate`` lists it in
@@ -127,7 +127,8 @@ class UtteranceDataset(torch.utils.data.Dataset):
         try:
             if self.frames is not None:
                 item["frames"] = torch.from_numpy(crop_frames(self.frames.by_id[utt.id], crop,
-                                                              frame_rate=self.frames.frame_rate))
+                                                              frame_rate=self.frames.frame_rate,
+                                                              count=self.frames.crop_frames))
             if self.read_waveforms:
                 item["waveform"] = load_utterance_audio(utt, sample_rate=self.sample_rate, crop=crop)
         except SertoolError as error:
@@ -184,30 +185,35 @@ def load_utterance_audio(utt: Utterance, *, sample_rate: int = SAMPLE_RATE,
     return load_audio(utt.audio_path, sample_rate=sample_rate, offset_s=start_s, max_duration_s=length_s)
 
 
-def crop_frames(frames: Frames, crop: tuple[float, float] | None, *, frame_rate: float) -> np.ndarray:
+def crop_frames(frames: Frames, crop: tuple[float, float] | None, *, frame_rate: float,
+                count: int | None = None) -> np.ndarray:
     """The frames of an utterance's crop, cut from its whole-utterance frames.
 
     Args:
         frames: the whole utterance's frames.
         crop: ``(offset_s, duration_s)`` inside the utterance (None: all frames).
         frame_rate: frames per second.
+        count: the crop's frames, as the encoder makes of ``duration_s`` of audio (None:
+            ``round(duration_s × frame_rate)``).
 
     Returns:
-        ``round(duration_s × frame_rate)`` rows (at least 1, at most all) from ``round(offset_s × frame_rate)``,
-        moved back where the crop's last frame would pass the utterance's end; float16.
+        ``count`` rows (at least 1, at most all) from ``round(offset_s × frame_rate)``, moved back where the
+        crop's last frame would pass the utterance's end; float16.
     """
     if crop is None:
         return frames.read()
-    count = min(frames.num_frames, max(1, round(crop[1] * frame_rate)))
+    count = min(frames.num_frames, max(1, round(crop[1] * frame_rate) if count is None else count))
     start = min(round(crop[0] * frame_rate), frames.num_frames - count)
     return frames.read(start, start + count)
 
 
 def _padded(rows: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rows of different lengths (dim 0) stacked with zeros after each one's end, and the mask of real rows."""
+    """Rows of different lengths (dim 0) stacked with zeros after each one's end (in their dtype: cached frames
+    stay float16, half the bytes to copy to the device), and the mask of real rows."""
     lengths = torch.tensor([len(row) for row in rows], dtype=torch.long)
     longest = int(lengths.max()) if len(rows) else 0
-    padded = torch.zeros(len(rows), longest, *(rows[0].shape[1:] if len(rows) else ()))
+    padded = torch.zeros(len(rows), longest, *(rows[0].shape[1:] if len(rows) else ()),
+                         dtype=rows[0].dtype if len(rows) else torch.float32)
     for index, row in enumerate(rows):
         padded[index, : len(row)] = row
     return padded, torch.arange(longest)[None, :] < lengths[:, None]

@@ -15,7 +15,7 @@ from sertool.core.config import ModelConfig
 from sertool.core.errors import SertoolError
 from sertool.core.hub import CLI_SPELLING, OptionSpelling
 from sertool.models.auxiliary import GenderHead, SpeakerHead
-from sertool.models.backbones import FbankBackbone, LayerWeighting, WhisperBackbone, build_backbone
+from sertool.models.backbones import FbankBackbone, LayerWeighting, build_backbone
 from sertool.models.heads import EmotionHeads, LabelScaling
 from sertool.models.lora import QV, LoRALinear, adapter_alpha
 from sertool.models.pooling import build_pooling
@@ -146,12 +146,14 @@ class SERModel(nn.Module):
 
     @property
     def backbone_frames_fixed(self) -> bool:
-        """Whether the speech backbone's frames are a fixed function of the audio: a frozen Whisper encoder
-        whose last layer is used as it is (no layer weights, no LoRA). Only then may ``forward`` take
-        precomputed frames (``sertool.models.frame_features``)."""
+        """Whether the hidden states the speech backbone mixes its frames from (``layer_states``) are a fixed
+        function of the audio: a frozen pretrained encoder with nothing training inside it (no LoRA); its
+        layer weights may train, they only mix the states. Only then may ``forward`` take precomputed states
+        (``sertool.models.frame_features``)."""
         backbone = self.backbone
-        return (isinstance(backbone, WhisperBackbone) and backbone.layer_weights is None
-                and not any(parameter.requires_grad for parameter in backbone.parameters()))
+        return not isinstance(backbone, FbankBackbone) and not any(
+            parameter.requires_grad for name, parameter in backbone.named_parameters()
+            if not name.startswith("layer_weights."))
 
     @property
     def reads_audio_beside_frames(self) -> bool:
@@ -182,8 +184,9 @@ class SERModel(nn.Module):
             waveforms: ``[B, S]`` 16 kHz, zero-padded on the right (``[B, 0]`` with ``frames``, unless the
                 model also reads the audio: a speaker embedding, utterance statistics).
             sample_mask: ``[B, S]`` bool, True on real samples.
-            frames: ``[B, T, D]`` the backbone's frames, precomputed (cached): the backbone is skipped.
-                Only for a backbone whose frames are fixed (``backbone_frames_fixed``).
+            frames: ``[B, T, L × D]`` the backbone's ``layer_states``, precomputed (cached; any float dtype),
+                each frame's ``L`` states side by side: the encoder is skipped, its layer weights mix them.
+                Only for a backbone whose states are fixed (``backbone_frames_fixed``).
             frame_mask: ``[B, T]`` bool, True on real frames; required with ``frames``.
             text_embeddings: ``[B, E]`` precomputed transcript embeddings (frozen text encoder).
             texts: the B transcripts, embedded here (required with a LoRA text encoder).
@@ -197,6 +200,8 @@ class SERModel(nn.Module):
             frames, frame_mask = self.backbone(waveforms, sample_mask)
         else:
             frame_mask = self._check_frames(frames, frame_mask)
+            states = frames.float().unflatten(-1, (self.backbone.num_layer_states, self.backbone.output_dim))
+            frames = self.backbone.mix_layers(states) * frame_mask.unsqueeze(-1)
         if self.projection is not None:
             frames = self.projection(frames)
         pooled = self.pooling(frames, frame_mask)
@@ -223,15 +228,16 @@ class SERModel(nn.Module):
         return output
 
     def _check_frames(self, frames: Tensor, frame_mask: Tensor | None) -> Tensor:
-        """The mask of precomputed ``frames``, after checking they can stand for the backbone's output."""
+        """The mask of precomputed ``frames``, after checking they can stand for the backbone's states."""
         if not self.backbone_frames_fixed:
-            raise ValueError("precomputed frames given to a model whose backbone trains or weights its layers: "
-                             "its frames change while it trains")
-        if frame_mask is None or frames.dim() != 3 or frames.shape[-1] != self.backbone.output_dim \
+            raise ValueError("precomputed frames given to a model whose speech encoder trains (fine-tuned, LoRA, or "
+                             "trained from scratch): its states change while it trains")
+        width = self.backbone.num_layer_states * self.backbone.output_dim
+        if frame_mask is None or frames.dim() != 3 or frames.shape[-1] != width \
                 or tuple(frame_mask.shape) != tuple(frames.shape[:2]):
             raise ValueError(f"frames of shape {tuple(frames.shape)} with mask "
-                             f"{None if frame_mask is None else tuple(frame_mask.shape)}: expected [B, T, "
-                             f"{self.backbone.output_dim}] and [B, T]")
+                             f"{None if frame_mask is None else tuple(frame_mask.shape)}: expected [B, T, {width}] "
+                             f"({self.backbone.num_layer_states} states of {self.backbone.output_dim}) and [B, T]")
         return frame_mask
 
     def _text_part(self, pooled: Tensor, *, text_embeddings: Tensor | None, texts: Sequence[str] | None) -> Tensor:

@@ -27,7 +27,6 @@ from sertool.data.records import NO_CLASS_CODES, Utterance
 from sertool.data.rows import AUDIO_PROBLEMS
 from sertool.data.selection import require_enough_labels, select, training_data_note, unknown_training_data
 from sertool.models.asr import fill_transcripts
-from sertool.models.backbones.whisper import FRAME_RATE
 from sertool.models.frame_features import frame_cache, frame_cache_refusal
 from sertool.models.ser_model import SERModel
 from sertool.models.text_features import transcript_embeddings
@@ -83,7 +82,7 @@ class RunSetup:
        missing transcripts from ASR (MM), the speaker list, the Whisper window check.
     3. ``_setup_model``: ``SERModel`` from ``last.pt``, ``--init-from`` or the pretrained weights; cached
        transcript embeddings; AMP; what every checkpoint says of the model.
-    4. ``_setup_frames``: with ``--feature-cache``, the frozen Whisper encoder's frames of every training and
+    4. ``_setup_frames``: with ``--feature-cache``, the frozen encoder's hidden states of every training and
        validation utterance, computed where the cache lacks them (or one line saying why this run recomputes).
     5. ``_setup_validation_hook``: with ``--floor-blend``, the floor's predictions of the validation split.
     6. ``_setup_batches``: the epoch sampler, the dataset and the loader.
@@ -236,19 +235,22 @@ class RunSetup:
         folder = self.config.data.feature_cache
         if folder is None:
             return
-        refusal = frame_cache_refusal(self.config)
+        refusal = frame_cache_refusal(self.config, self.model)
         if refusal is not None:
             self.reporter.message(refusal)
             return
         cache = frame_cache(self.model, folder, amp_dtype=self.amp_dtype, scan_cache_dir=self.config.data.cache_dir)
         utterances = [*self.train_set, *self.valid_set]
         self.cached_frames = fill_frame_cache(
-            self.model.backbone, utterances, cache, frame_rate=FRAME_RATE, device=self.context.device,
-            amp_dtype=self.amp_dtype, num_workers=self.config.data.num_workers,
-            read_waveforms=self.model.reads_audio_beside_frames, context=self.context,
+            self.model.backbone, utterances, cache, device=self.context.device, amp_dtype=self.amp_dtype,
+            num_workers=self.config.data.num_workers, read_waveforms=self.model.reads_audio_beside_frames,
+            crop_s=self.config.data.max_duration_s or None, context=self.context,
             progress=self._progress("feature cache"))
+        states = self.model.backbone.num_layer_states
         self.reporter.message(f"feature cache {cache.folder}: {len(utterances) - cache.misses:,} of "
-                              f"{len(utterances):,} utterances' frames were cached, the others computed")
+                              f"{len(utterances):,} utterances' frames were cached, the others computed ("
+                              f"{states} hidden state{'s' if states > 1 else ''} a frame, "
+                              f"{cache.disk_bytes() / 1e9:.2f} GB on disk)")
 
     def _setup_validation_hook(self, statistics: Statistics) -> None:
         """``validation_hook``: with ``--floor-blend``, a ``FloorBlendHook`` with the floor's ``[N, 3]`` unit-scale

@@ -16,22 +16,29 @@ LOG_FLOOR = 1e-10  # mel power floor before the log: digital silence and zero pa
 class SpeechBackbone(nn.Module):
     """A speech encoder: zero-padded 16 kHz waveforms in, frame features and a frame mask out.
 
-    Subclasses set ``output_dim`` and implement ``forward``. Modules named in ``_eval_only`` (frozen
-    pretrained encoders) stay in eval mode whatever ``train()`` is called with, so their dropout and
+    A pretrained encoder implements ``layer_states`` (the hidden states its frames are made of) and inherits
+    ``forward``, which mixes them with ``layer_weights``; an encoder of its own (fbank) overrides ``forward``.
+    The split lets a frozen encoder's states be computed once and cached (``--feature-cache``,
+    ``sertool.models.frame_features``) while its layer weights still train. Modules named in ``_eval_only``
+    (frozen pretrained encoders) stay in eval mode whatever ``train()`` is called with, so their dropout and
     stochastic layer drop never fire while the heads train.
 
     Attributes:
         output_dim: feature size ``D`` of the frames ``forward`` returns.
+        layer_weights: the learnt mix of the hidden states (``layer_weighting="weighted"``), or None (the last).
+        frame_rate: frames per second of ``layer_states`` (pretrained encoders).
     """
 
     output_dim: int
+    layer_weights: LayerWeighting | None
+    frame_rate: float
 
     def __init__(self) -> None:
         super().__init__()
         self._eval_only: list[str] = []
 
     def forward(self, waveforms: Tensor, sample_mask: Tensor) -> tuple[Tensor, Tensor]:
-        """Encode a batch.
+        """Encode a batch: ``layer_states`` mixed by ``mix_layers``.
 
         Args:
             waveforms: ``[B, S]`` float32 at 16 kHz, zero-padded on the right.
@@ -41,7 +48,47 @@ class SpeechBackbone(nn.Module):
             ``frames`` ``[B, T, D]`` (zero on padded frames) and ``frame_mask`` ``[B, T]`` bool, True on
             real frames.
         """
-        raise NotImplementedError
+        states, frame_mask = self.layer_states(waveforms, sample_mask)
+        return self.mix_layers(states) * frame_mask.unsqueeze(-1), frame_mask
+
+    def layer_states(self, waveforms: Tensor, sample_mask: Tensor) -> tuple[Tensor, Tensor]:
+        """The hidden states the frames are mixed from, before any layer weight: every state the weighted sum
+        reads (``layer_weighting="weighted"``), or the last alone.
+
+        Args:
+            waveforms: as ``forward``'s.
+            sample_mask: as ``forward``'s.
+
+        Returns:
+            ``states`` ``[B, T, L, D]`` (``L = num_layer_states``; padded frames hold whatever the encoder
+            left there) and ``frame_mask`` ``[B, T]``, as ``forward``'s.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no hidden states apart from its forward")
+
+    @property
+    def num_layer_states(self) -> int:
+        """``L``: the hidden states ``layer_states`` returns per frame (1 without layer weights)."""
+        return 1 if self.layer_weights is None else self.layer_weights.logits.numel()
+
+    def mix_layers(self, states: Tensor) -> Tensor:
+        """``[B, T, L, D]`` states (``layer_states``, or read from a cache) → ``[B, T, D]`` frames: their
+        learnt weighted sum, or the one state there is."""
+        return states[..., 0, :] if self.layer_weights is None else self.layer_weights.mix(states)
+
+    @property
+    def padding_invariant(self) -> bool:
+        """Whether an utterance's states in a zero-padded batch equal its states alone (masks make them so);
+        False: compute an utterance alone where its states must not depend on its batch (a cache)."""
+        return True
+
+    def frame_count(self, num_samples: int) -> int:
+        """Frames ``layer_states`` makes of ``num_samples`` samples of audio (a training crop's frames)."""
+        raise NotImplementedError(f"{type(self).__name__} does not say how many frames it makes")
+
+    def front_end_settings(self) -> dict[str, object]:
+        """Everything besides the encoder's weights that decides its ``layer_states`` for a given audio: what
+        a cache of them is keyed on, with a digest of the weights (``sertool.models.frame_features``)."""
+        raise NotImplementedError(f"{type(self).__name__}'s states are not cached")
 
     @property
     def drops_layers(self) -> bool:
@@ -65,10 +112,14 @@ class LayerWeighting(nn.Module):
 
     def forward(self, hidden_states: Sequence[Tensor]) -> Tensor:
         """Mix ``num_layers`` tensors of one shape ``[B, T, D]`` into one ``[B, T, D]``."""
-        if len(hidden_states) != self.logits.numel():
-            raise ValueError(f"expected {self.logits.numel()} hidden states, got {len(hidden_states)}")
-        weights = torch.softmax(self.logits, dim=0).to(hidden_states[0].dtype)
-        return torch.einsum("l,lbtd->btd", weights, torch.stack(tuple(hidden_states)))
+        return self.mix(stack_layers(hidden_states))
+
+    def mix(self, states: Tensor) -> Tensor:
+        """Mix states stacked on their next-to-last dimension, ``[..., num_layers, D]`` → ``[..., D]``."""
+        if states.shape[-2] != self.logits.numel():
+            raise ValueError(f"expected {self.logits.numel()} hidden states, got {states.shape[-2]}")
+        weights = torch.softmax(self.logits, dim=0).to(states.dtype)
+        return torch.einsum("l,...ld->...d", weights, states)
 
     @property
     def weights(self) -> Tensor:
@@ -85,6 +136,11 @@ def make_layer_weighting(layer_weighting: str, num_layers: int) -> LayerWeightin
     if layer_weighting not in LAYER_WEIGHTINGS:
         raise SertoolError(f"--layer-weighting {layer_weighting!r}: choose one of {', '.join(LAYER_WEIGHTINGS)}")
     return LayerWeighting(num_layers) if layer_weighting == "weighted" else None
+
+
+def stack_layers(states: Sequence[Tensor]) -> Tensor:
+    """``L`` hidden states ``[B, T, D]`` → ``[B, T, L, D]`` (one state: a view, no copy)."""
+    return states[0].unsqueeze(-2) if len(states) == 1 else torch.stack(tuple(states), dim=-2)
 
 
 def lengths_to_mask(lengths: Tensor, max_length: int) -> Tensor:

@@ -15,12 +15,14 @@ utterances of similar length or run one at a time where exactness matters.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from sertool.core.constants import SAMPLE_RATE
 from sertool.core.errors import SertoolError
 from sertool.core.hub import CLI_SPELLING, load_pretrained, spelled
 from sertool.models.backbones.base import (
@@ -29,6 +31,7 @@ from sertool.models.backbones.base import (
     lengths_to_mask,
     make_layer_weighting,
     pad_to_min_length,
+    stack_layers,
 )
 from sertool.models.lora import QV, SpeechLoRA, adapt_layers
 
@@ -80,6 +83,7 @@ class Wav2Vec2FamilyBackbone(SpeechBackbone):
             # later state onto another layer's weight: the weighted sum needs every layer, every step.
             model.config.layerdrop = 0.0
         self.min_samples = _min_samples_for_one_frame(model)
+        self.frame_rate = SAMPLE_RATE / math.prod(model.config.conv_stride)  # 50: one frame per 320 samples
         if frozen:
             model.requires_grad_(False)
             self._eval_only.append("model")
@@ -102,9 +106,31 @@ class Wav2Vec2FamilyBackbone(SpeechBackbone):
         ``layer_weighting="last"``; a frozen encoder stays in eval mode, where nothing is skipped."""
         return getattr(self.model.config, "layerdrop", 0.0) > 0.0 and "model" not in self._eval_only
 
-    def forward(self, waveforms: Tensor, sample_mask: Tensor) -> tuple[Tensor, Tensor]:
-        """See ``SpeechBackbone.forward``. An utterance shorter than the CNN's receptive field (400 samples
-        for the usual front end) is zero-padded to it and yields one frame."""
+    @property
+    def padding_invariant(self) -> bool:
+        """See ``SpeechBackbone.padding_invariant``: layer-norm front ends only (the module's docstring)."""
+        return getattr(self.model.config, "feat_extract_norm", "group") == "layer"
+
+    def frame_count(self, num_samples: int) -> int:
+        """See ``SpeechBackbone.frame_count``: the model's own length arithmetic (at least one frame)."""
+        return int(self.model._get_feat_extract_output_lengths(torch.tensor(max(num_samples, self.min_samples))))
+
+    def front_end_settings(self) -> dict[str, object]:
+        """See ``SpeechBackbone.front_end_settings``; ``layer``: the last state alone, or every state
+        (``weighted``)."""
+        import transformers
+
+        major = transformers.__version__.split(".")[0]
+        return {"model_type": str(self.model.config.model_type), "sample_rate": SAMPLE_RATE,
+                "normalize_input": self.normalize_input, "min_samples": self.min_samples,
+                "layer": "last" if self.layer_weights is None else "weighted",
+                # Which tensors hidden_states holds changed with transformers 5 (the last before its norm).
+                "states": f"hidden_states[:-1] + last_hidden_state, transformers {major}"}
+
+    def layer_states(self, waveforms: Tensor, sample_mask: Tensor) -> tuple[Tensor, Tensor]:
+        """See ``SpeechBackbone.layer_states``: the CNN's projected features and every transformer layer's
+        output (the last as ``last_hidden_state``), or that last one alone. An utterance shorter than the
+        CNN's receptive field (400 samples for the usual front end) is zero-padded to it and yields one frame."""
         sample_lengths = sample_mask.sum(dim=-1)
         waveforms = waveforms * sample_mask  # padding must be exact zeros
         if self.normalize_input:
@@ -118,16 +144,15 @@ class Wav2Vec2FamilyBackbone(SpeechBackbone):
                 attention_mask=attention_mask.long(),
                 output_hidden_states=self.layer_weights is not None,
             )
-        if self.layer_weights is None:
-            frames = outputs.last_hidden_state
-        else:
-            # The last state is the encoder's output, after its final layer norm in the Large models, as
-            # transformers 4.x returned it (the authors' released models were trained so); transformers
-            # 5.x returns the last layer's output before that norm instead.
-            frames = self.layer_weights((*outputs.hidden_states[:-1], outputs.last_hidden_state))
+        # The last state is the encoder's output, after its final layer norm in the Large models, as
+        # transformers 4.x returned it (the authors' released models were trained so); transformers
+        # 5.x returns the last layer's output before that norm instead.
+        states = [outputs.last_hidden_state]
+        if self.layer_weights is not None:
+            states = [*outputs.hidden_states[:-1], *states]
         frame_lengths = self.model._get_feat_extract_output_lengths(input_lengths)
-        frame_mask = lengths_to_mask(frame_lengths, frames.shape[1])
-        return frames * frame_mask.unsqueeze(-1), frame_mask
+        frame_mask = lengths_to_mask(frame_lengths, states[0].shape[1])
+        return stack_layers(states), frame_mask
 
 
 def normalize_per_utterance(waveforms: Tensor, sample_mask: Tensor) -> Tensor:

@@ -36,6 +36,7 @@ from sertool.models.backbones.base import (
     lengths_to_mask,
     log_mel_power,
     make_layer_weighting,
+    stack_layers,
 )
 from sertool.models.lora import SpeechLoRA, adapt_layers
 
@@ -77,6 +78,7 @@ class WhisperBackbone(SpeechBackbone):
     # Buffers (register_buffer), declared so that their type is known.
     mel_filters: Tensor
     window: Tensor
+    frame_rate = FRAME_RATE
 
     def __init__(
         self,
@@ -127,14 +129,20 @@ class WhisperBackbone(SpeechBackbone):
         self.train(self.training)
 
     def front_end_settings(self) -> dict[str, object]:
-        """Everything besides the weights that decides this encoder's frames for a given audio: what a
-        cache of its frames is keyed on (with a digest of the weights; ``sertool.models.frame_features``)."""
+        """See ``SpeechBackbone.front_end_settings``; ``layer``: the last state alone, or every state
+        (``weighted``)."""
         return {"sample_rate": SAMPLE_RATE, "n_fft": N_FFT, "hop_length": HOP_LENGTH,
                 "num_mel_bins": int(self.encoder.config.num_mel_bins), "log_mel_dynamic_range": LOG_MEL_DYNAMIC_RANGE,
                 "window_s": self.window_samples / SAMPLE_RATE, "length": "real, key padding masked",
                 "layer": "last" if self.layer_weights is None else "weighted",
                 # Under --amp the log-mel was once computed in the autocast dtype: frames cached then differ.
                 "log_mel_precision": "float32"}
+
+    def frame_count(self, num_samples: int) -> int:
+        """See ``SpeechBackbone.frame_count``: ``layer_states``' length arithmetic for one clip."""
+        if self.window_samples:
+            return max(1, (num_samples // HOP_LENGTH - 1) // 2 + 1)
+        return (max(num_samples, N_FFT) // HOP_LENGTH - 1) // 2 + 1
 
     def log_mel(self, waveforms: Tensor, sample_lengths: Tensor) -> tuple[Tensor, Tensor]:
         """Whisper's log-mel spectrogram of each utterance at its real length.
@@ -160,8 +168,9 @@ class WhisperBackbone(SpeechBackbone):
         mel = nn.utils.rnn.pad_sequence([spectrum.T for spectrum in spectra], batch_first=True).transpose(1, 2)
         return mel, mel_lengths
 
-    def forward(self, waveforms: Tensor, sample_mask: Tensor) -> tuple[Tensor, Tensor]:
-        """See ``SpeechBackbone.forward``. Frames are 20 ms: ``T = ceil(mel_frames / 2)``.
+    def layer_states(self, waveforms: Tensor, sample_mask: Tensor) -> tuple[Tensor, Tensor]:
+        """See ``SpeechBackbone.layer_states``: the embeddings and every layer's output (the last after the final
+        layer norm), or that last one alone. Frames are 20 ms: ``T = ceil(mel_frames / 2)``.
 
         Raises:
             SertoolError: an utterance longer than the encoder's 30-s window (or ``window_s``).
@@ -205,12 +214,11 @@ class WhisperBackbone(SpeechBackbone):
             for layer in encoder.layers:  # no LayerDrop: encoder_layerdrop is 0 in released Whisper configs
                 states.append(self._run_layer(layer, states[-1], attention_bias))
             states[-1] = encoder.layer_norm(states[-1])
-        frames = states[-1] if self.layer_weights is None else self.layer_weights(states)
         if self.window_samples:
             # The frames of the real audio: the same length arithmetic on the unpadded clip (at least one).
             real_lengths = ((sample_lengths // HOP_LENGTH - 1) // 2 + 1).clamp(min=1)
             frame_mask = lengths_to_mask(real_lengths, num_frames)
-        return frames * frame_mask.unsqueeze(-1), frame_mask
+        return stack_layers(states if self.layer_weights is not None else states[-1:]), frame_mask
 
     def _run_layer(self, layer: nn.Module, hidden: Tensor, attention_bias: Tensor) -> Tensor:
         if self.gradient_checkpointing and torch.is_grad_enabled():

@@ -17,7 +17,7 @@ import soundfile as sf
 import torch
 
 from sertool.core.errors import SertoolError
-from sertool.data.audio import resample
+from sertool.data.dsp import resample
 from sertool.data.records import EMO_CLASSES
 from sertool.demo import corpus as demo
 from sertool.demo import emotions, espeak, recording, worker

@@ -185,11 +185,11 @@ def generate_demo_corpus(
     return _summarise(out_dir, seed, plan, total_samples / SAMPLE_RATE)
 
 
-_RESAMPLE_BATCH = 16  # clips resampled together: torchaudio builds its sinc kernel once per call
+_RESAMPLE_BATCH = 16  # clips resampled together, in one convolution
 
 
 def _resample_batch(waveforms: Sequence[np.ndarray], sample_rate: int) -> list[np.ndarray]:
-    """int16 eSpeak clips -> float64 at ``sample_rate``, through ``sertool.data.audio.resample``.
+    """int16 eSpeak clips -> float64 at ``sample_rate``, through ``sertool.data.dsp.resample``.
 
     The clips are zero-padded to a common length and resampled in one call; each is then cut to the length
     a call on it alone gives (ceil(n x new / old)). The sinc filter sees the same zeros past a clip's end
@@ -197,7 +197,7 @@ def _resample_batch(waveforms: Sequence[np.ndarray], sample_rate: int) -> list[n
     """
     import torch
 
-    from sertool.data.audio import resample
+    from sertool.data.dsp import resample
 
     batch = np.zeros((len(waveforms), max(waveform.size for waveform in waveforms)), dtype=np.float32)
     for row, waveform in zip(batch, waveforms, strict=True):

@@ -109,6 +109,34 @@ def test_aux_none_resets_the_config_files_tasks(corpus, tmp_path):
     assert yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())["model"]["aux"] == []
 
 
+def test_threads_sets_the_training_process_s_torch_threads(corpus, tmp_path, monkeypatch):
+    """--threads N: torch computes the run with N intra-op threads (read inside the loss, at every step)."""
+    import torch
+
+    from sertool.models import losses
+
+    before = torch.get_num_threads()
+    seen: list[int] = []
+    original = losses.SERLoss.__call__
+
+    def counting(self, *args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(losses.SERLoss, "__call__", counting)
+    wanted = 1 if before > 1 else 2
+    try:
+        result = run("train", "--corpus", corpus, "--backbone", "fbank", "--fbank-dim", "16", "--out", tmp_path / "r",
+                     "--threads", wanted, *FAST)
+        assert result.exit_code == 0, result.output
+        assert seen and set(seen) == {wanted}
+    finally:
+        torch.set_num_threads(before)
+    refused = CliRunner().invoke(cli, ["train", "--corpus", str(corpus), "--out", str(tmp_path / "r2"), "--threads",
+                                       "-1"])
+    assert refused.exit_code == 2 and "--threads" in refused.output and not (tmp_path / "r2").exists()
+
+
 def test_bounds_refuse_non_finite_values_and_each_edge():
     from sertool.core.config import Bounds
 

@@ -229,7 +229,7 @@ def train_command(**flags) -> None:
     run = options_from(TrainOptions, flags)  # what is left in flags is the config's, None where not given
     config, run_dir, relocated = resolve_train_config(run.config_file, flags, out=run.out, resume=run.resume)
     train(config, run_dir, resume=run.resume is not None, relocated=relocated, force=run.force, argv=sys.argv,
-          device=run.device, reporter=train_reporter(run_dir, tensorboard=run.tensorboard))
+          device=run.device, threads=run.threads, reporter=train_reporter(run_dir, tensorboard=run.tensorboard))
 
 
 @cli.command("evaluate")

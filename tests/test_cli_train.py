@@ -164,3 +164,33 @@ def test_train_help_groups_the_options_by_config_section():
         assert f"  {spec.flag}" in text[start:end], spec.flag
     start, end = bounds["run"]
     assert all(flag in text[start:end] for flag in ("--config", "--out", "--resume", "--force", "--quiet"))
+
+
+@pytest.mark.parametrize("backbone", ["fbank", "wavlm"])
+def test_train_help_shows_the_default_each_backbone_really_gets(backbone):
+    """Each config flag's help gives the field's default and, where the backbone's recipe sets another value,
+    that value and the backbone: what `sertool train --backbone B` resolves a field left unset to."""
+    import click
+
+    from sertool.core.config import BACKBONE_RECIPES, Config, apply_recipe, config_options
+
+    config = Config()
+    config.model.backbone = backbone
+    recipe = apply_recipe(config, given={("model", "backbone")})
+    assert recipe == BACKBONE_RECIPES.get(backbone, "paper")
+    command = cli.commands["train"]
+    ctx = click.Context(command, info_name="train")
+    helps = {param.name: (param.get_help_record(ctx) or ("", ""))[1] for param in command.get_params(ctx)}
+    changed = []
+    for spec in config_options():
+        help_text = helps[f"{spec.section}__{spec.name}" if spec.section else spec.name]
+        value = getattr(getattr(config, spec.section) if spec.section else config, spec.name)
+        shown = ", ".join(value) if isinstance(value, tuple | list) else str(value)
+        assert "  [default: " in help_text, spec.flag
+        if spec.name in ("recipe", "backbone") or value == spec.default:  # the two the choice is made from
+            assert f"recipe ({backbone})" not in help_text, spec.flag
+        else:
+            assert f", {recipe} recipe ({backbone}): {shown}" in help_text, (spec.flag, help_text)
+            changed.append(spec.flag)
+    assert ("--head-hidden-dim" in changed) == (backbone == "fbank")
+    assert "[default: 1024, small-cpu recipe (fbank): 256; in [1, 16384]]" in helps["model__head_hidden_dim"]

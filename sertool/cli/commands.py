@@ -215,7 +215,8 @@ def train_command(**flags) -> None:
     """Train one system and write its run folder.
 
     Fields set neither by --config nor by a flag take the backbone's recipe: the paper's defaults below,
-    except for --backbone fbank, which gets the small-cpu recipe (--recipe; docs/training.md).
+    except for --backbone fbank, which gets the small-cpu recipe (--recipe; docs/training.md): each flag it
+    changes shows its value beside the default.
 
     \b
       sertool train --corpus MSP-Podcast --backbone wavlm --aux gender --out runs/wavlm

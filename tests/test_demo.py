@@ -17,10 +17,11 @@ import soundfile as sf
 import torch
 
 from sertool.core.errors import SertoolError
-from sertool.data.audio import resample
+from sertool.data.dsp import resample
 from sertool.data.records import EMO_CLASSES
 from sertool.demo import corpus as demo
 from sertool.demo import emotions, espeak, recording, worker
+from tests.cases import case
 
 HEADER = "FileName,EmoClass,EmoAct,EmoVal,EmoDom,SpkrID,Gender,Split_Set"
 SMALL = {"num_speakers": 8, "utterances_per_speaker": 6, "test3_utterances": 8}
@@ -178,6 +179,50 @@ def test_refuses_a_non_empty_folder_unless_forced(tmp_path):
     assert not stale.exists()  # a stale Test3 clip would have joined the new Test3
     assert notes.read_text() == "mine"
     assert len(list((target / "Audios").glob("*.wav"))) == 8
+
+
+@case("data", "`data demo` failing or interrupted (Ctrl-C) after some clips, or while writing the labels",
+      "every file and folder the run made is removed (OUT too if it made it; other files stay): the retry needs "
+      "no --force")
+@pytest.mark.parametrize("stage", ["clips", "labels", "interrupt"])
+def test_a_failed_run_leaves_nothing_it_created_and_the_retry_needs_no_force(tmp_path, monkeypatch, stage):
+    """A failure after some clips were written (an error, Ctrl-C) or while the labels are written removes every
+    file and folder the run made, the target folder too when the run made it; a folder that was there stays,
+    with the files that were in it (--force). Then the same command, without --force, writes the corpus."""
+    pytest.importorskip("espeakng_loader")
+    size = {"num_speakers": 6, "utterances_per_speaker": 1, "test3_utterances": 2}
+    original_record = demo.record
+    recorded: list[int] = []
+
+    def failing_record(*args, **kwargs):
+        recorded.append(1)
+        if len(recorded) % 5 == 0:  # each run's fifth clip: four clips and their transcripts are on disk
+            raise KeyboardInterrupt if stage == "interrupt" else RuntimeError("injected failure")
+        return original_record(*args, **kwargs)
+
+    def failing_labels(handle, *args, **kwargs):
+        handle.write("FileName,half a line")  # what a crash inside the writer leaves in the temporary file
+        raise RuntimeError("injected failure")
+
+    if stage == "labels":
+        monkeypatch.setattr(demo, "_write_labels", failing_labels)
+    else:
+        monkeypatch.setattr(demo, "record", failing_record)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "forced").mkdir()
+    (tmp_path / "forced" / "notes.txt").write_text("mine")
+    for name in ("new", "empty", "forced"):
+        with pytest.raises(KeyboardInterrupt if stage == "interrupt" else RuntimeError):
+            demo.generate_demo_corpus(tmp_path / name, force=name == "forced", **size)
+    assert not (tmp_path / "new").exists()
+    assert list((tmp_path / "empty").iterdir()) == []
+    assert [path.name for path in (tmp_path / "forced").rglob("*")] == ["notes.txt"]
+    assert len(recorded) == (0 if stage == "labels" else 15)
+    if stage != "clips":
+        return  # the retry is the same for every stage
+    monkeypatch.setattr(demo, "record", original_record)
+    summary = demo.generate_demo_corpus(tmp_path / "new", **size)
+    assert summary.num_utterances == 8 and (tmp_path / "new" / "Labels" / "labels_consensus.csv").is_file()
 
 
 def test_rejects_sizes_that_cannot_fill_the_splits(tmp_path):

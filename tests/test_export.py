@@ -180,6 +180,66 @@ def test_push_to_hub_uploads_the_model_files(run_dir, tmp_path, monkeypatch):
     assert sorted(calls["upload"]["allow_patterns"]) == sorted(FOLDER_FILES)
 
 
+def _hub_failures() -> dict[str, tuple[Exception, str]]:
+    """Each way an upload fails, as huggingface_hub raises it, and what the one line must say to do. The HTTP
+    library's errors are taken from the one this huggingface_hub is built on (httpx, httpx2 or requests): its
+    HTTPError is a base class of huggingface_hub's."""
+    import importlib
+
+    from huggingface_hub.errors import (
+        HfHubHTTPError,
+        LocalTokenNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+    )
+
+    transport = importlib.import_module(HfHubHTTPError.__mro__[1].__module__.partition(".")[0])
+
+    def answered(status: int, kind: type[HfHubHTTPError] = HfHubHTTPError) -> HfHubHTTPError:
+        request = transport.Request("POST", "https://huggingface.co/api/repos/create")
+        return kind(f"{status} Client Error for url {request.url}\nmore lines", response=transport.Response(
+            status, request=request))
+
+    return {
+        "no network": (transport.ConnectError("[Errno -3] Temporary failure in name resolution"),
+                       "cannot be reached .*check the network"),
+        "a time-out": (transport.ReadTimeout("The read operation timed out"), "cannot be reached"),
+        "offline mode": (OfflineModeIsEnabled("HF_HUB_OFFLINE is set"), "cannot be reached .*HF_HUB_OFFLINE"),
+        "no token": (LocalTokenNotFoundError("Token is required"), "no model-hub token .*hf auth login"),
+        "a refused token": (answered(401), "refused the token .*hf auth login"),
+        "no permission": (answered(403), r"may not write to me/model \(403\); use a token with write access"),
+        "no such repository": (answered(404, RepositoryNotFoundError), r"me/model was not found \(404"),
+        "the hub's trouble": (answered(503), "the hub answered 503 .*try again later"),
+        "anything else": (RuntimeError("unexpected answer"), r"upload failed \(RuntimeError: unexpected answer\)"),
+    }
+
+
+@case("checkpoints", "`export --push-to-hub` without network, with no or a refused token, no permission, no such "
+      "owner, the hub failing, or any other error of the hub client",
+      "one line saying what went wrong and what to do, and that the folder is complete, with the `hf upload` "
+      "command that uploads it later (before: a raw httpx traceback)")
+@pytest.mark.parametrize("failure", list(_hub_failures()))
+@pytest.mark.parametrize("step", ["create_repo", "upload_folder"])
+def test_every_push_failure_is_one_line_that_says_what_to_do(run_dir, tmp_path, monkeypatch, failure, step):
+    from huggingface_hub import HfApi
+
+    error, expected = _hub_failures()[failure]
+
+    def fail(self, *args, **kwargs):
+        raise error
+
+    monkeypatch.setenv("HF_TOKEN", "hf_test")
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kwargs: f"https://hub.example/{repo_id}")
+    monkeypatch.setattr(HfApi, "upload_folder", lambda self, **kwargs: None)
+    monkeypatch.setattr(HfApi, step, fail)
+    out = tmp_path / "model"
+    line = one_line_error(run("export", run_dir, "--out", out, "--push-to-hub", "me/model"))
+    assert re.search(expected, line), line
+    assert line.endswith(f"{out} is complete: upload it later with `hf upload me/model {out}`")
+    assert "more lines" not in line
+    assert sorted(path.name for path in out.iterdir()) == sorted(FOLDER_FILES)
+
+
 def test_a_hub_id_loads_the_cached_folder_offline(run_dir, audio, tmp_path, monkeypatch):
     import huggingface_hub.constants
 

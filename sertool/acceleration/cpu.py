@@ -1,5 +1,5 @@
-"""Running a model on the CPU: reduced-precision inference of its speech backbone (``--quantize int8``),
-and torch's thread count.
+"""Running a model on the CPU: reduced-precision inference of its speech backbone (``--quantize int8``).
+torch's thread count (``--threads``) is ``sertool.core.devices.set_threads``, which training sets too.
 
 ``--quantize int8`` changes two things in the speech backbone, nothing else:
 
@@ -114,19 +114,6 @@ def check_quantize(quantize: str, device: torch.device, amp: str = DEFAULT_AMP) 
     if quantize == QUANTIZE_INT8 and amp not in (DEFAULT_AMP, "off"):
         raise SertoolError(f"--quantize int8 --amp {amp}: int8 layers take float32 input; drop --amp (or pass --amp "
                            f"off), or --quantize off to run in {amp}")
-
-
-def set_threads(threads: int) -> None:
-    """Use ``threads`` CPU threads for torch's operations in this process (0: leave torch's default, one per
-    core). Fewer threads than cores suit a machine that also runs other work.
-
-    Raises:
-        SertoolError: ``threads`` is negative.
-    """
-    if threads < 0:
-        raise SertoolError(f"--threads {threads}: give a number of threads ≥ 1, or 0 for torch's default")
-    if threads:
-        torch.set_num_threads(threads)
 
 
 def _wavlm_attention_calling_layers(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None,

@@ -41,10 +41,50 @@ def _ask_for_tracebacks(ctx: click.Context, param: click.Parameter, debug: bool)
         os.environ[DEBUG_VARIABLE] = "1"  # subprocesses (torchrun ranks, loader workers) see it too
 
 
+# `sertool --help` lists the commands in these groups, in this order (the order of the work), as `train --help`
+# groups its options; a command missing here is listed under "Other commands".
+COMMAND_SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("Corpora", ("data",)),
+    ("Training", ("train", "baseline", "plot")),
+    ("Evaluation and prediction", ("evaluate", "predict", "ensemble")),
+    ("Sharing a model", ("export",)),
+    ("The paper's experiments", ("reproduce",)),
+)
+OTHER_COMMANDS = "Other commands"
+
+
 class _Group(click.Group):
     """A click group whose commands all fail the same way (``_fail``), stop on Ctrl-C or SIGTERM with its
     message and the shell's exit status (130, 143), take ``--quiet`` and ``--debug``, and draw the progress of
-    their long steps on a terminal (``sertool.core.progress``)."""
+    their long steps on a terminal (``sertool.core.progress``).
+
+    Args:
+        sections: ``(title, command names)`` pairs: ``--help`` lists the commands under these titles, in this
+            order (click lists them alphabetically under one title, and has no groups of its own).
+    """
+
+    def __init__(self, *args: Any, sections: tuple[tuple[str, tuple[str, ...]], ...] = (), **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.sections = sections
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        if not self.sections:
+            super().format_commands(ctx, formatter)
+            return
+        commands = {name: command for name in self.list_commands(ctx)
+                    if (command := self.get_command(ctx, name)) is not None and not command.hidden}
+        if not commands:
+            return
+        width = max(len(name) for name in commands)
+        listed = {name for _, names in self.sections for name in names}
+        others = tuple(name for name in commands if name not in listed)
+        for title, names in (*self.sections, (OTHER_COMMANDS, others)):
+            rows = [(name, commands[name].get_short_help_str(formatter.width - 6 - width))
+                    for name in names if name in commands]
+            if rows:
+                with formatter.section(title):
+                    # One column width for every section: click measures each table alone.
+                    formatter.write_dl(rows, col_spacing=2 + width - max(len(name) for name, _ in rows))
 
     def add_command(self, cmd: click.Command, name: str | None = None) -> None:
         if not isinstance(cmd, click.Group):
@@ -106,7 +146,8 @@ def _fail(error: Exception) -> typing.NoReturn:
     sys.exit(EXIT_USER_ERROR)
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=_Group, sections=COMMAND_SECTIONS,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="sertool")
 def cli() -> None:
     """sertool: speech emotion recognition of arousal, valence and dominance.
@@ -215,7 +256,8 @@ def train_command(**flags) -> None:
     """Train one system and write its run folder.
 
     Fields set neither by --config nor by a flag take the backbone's recipe: the paper's defaults below,
-    except for --backbone fbank, which gets the small-cpu recipe (--recipe; docs/training.md).
+    except for --backbone fbank, which gets the small-cpu recipe (--recipe; docs/training.md): each flag it
+    changes shows its value beside the default.
 
     \b
       sertool train --corpus MSP-Podcast --backbone wavlm --aux gender --out runs/wavlm
@@ -229,7 +271,7 @@ def train_command(**flags) -> None:
     run = options_from(TrainOptions, flags)  # what is left in flags is the config's, None where not given
     config, run_dir, relocated = resolve_train_config(run.config_file, flags, out=run.out, resume=run.resume)
     train(config, run_dir, resume=run.resume is not None, relocated=relocated, force=run.force, argv=sys.argv,
-          device=run.device, reporter=train_reporter(run_dir, tensorboard=run.tensorboard))
+          device=run.device, threads=run.threads, reporter=train_reporter(run_dir, tensorboard=run.tensorboard))
 
 
 @cli.command("evaluate")

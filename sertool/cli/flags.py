@@ -15,7 +15,15 @@ from typing import Any
 
 import click
 
-from sertool.core.config import Bounds, ConfigOption, check_options, config_options, field_options
+from sertool.core.config import (
+    BACKBONE_RECIPES,
+    RECIPES,
+    Bounds,
+    ConfigOption,
+    check_options,
+    config_options,
+    field_options,
+)
 from sertool.core.errors import SertoolError
 
 ARGUMENT_SUFFIX = "_argument"  # the parameter name of the positional form of a flag (``option(argument=...)``)
@@ -59,7 +67,8 @@ def option_flags(options_class: type, *, overrides: bool = False) -> typing.Call
 
     Each flag takes the field's default, choices, bounds, metavar and help (``_flag``). With ``overrides`` (the
     config's flags of `sertool train`), a flag left out is None, "not given", so that a --config file or a
-    recipe decides; the help then shows the field's default and allowed values, booleans get a ``--no-`` form,
+    recipe decides; the help then shows the field's default, each recipe's value where one differs
+    (``_recipe_values``) and the allowed values, booleans get a ``--no-`` form,
     a list of names is repeatable with ``none`` to empty it, and a config section's fields are named
     ``<section>__<field>`` (``_overriding_flag``).
     """
@@ -86,11 +95,11 @@ def _flag(spec: ConfigOption):
 
 def _overriding_flag(spec: ConfigOption):
     name = f"{spec.section}__{spec.name}" if spec.section else spec.name
-    default_text = ", ".join(spec.default) if spec.type is tuple else spec.default
+    default_text = _shown(spec.default)
     reset = f" (none: no {spec.name})" if spec.type is tuple else ""
     allowed = f"; {spec.bounds.describe()}" if spec.bounds else ""
     help_text = (f"{spec.help}{reset}  [default: {default_text if default_text not in ('', None) else 'none'}"
-                 f"{allowed}]")
+                 f"{_recipe_values(spec)}{allowed}]")
     if spec.type is bool:
         return click.option(f"{spec.flag}/--no-{spec.flag[2:]}", name, default=None, help=help_text)
     if spec.type is tuple:
@@ -99,6 +108,24 @@ def _overriding_flag(spec: ConfigOption):
     kind = (click.Choice(spec.choices) if spec.choices else
             Number(spec.type, spec.bounds) if spec.type in (int, float) else spec.type)
     return click.option(spec.flag, name, type=kind, default=None, help=help_text)
+
+
+def _recipe_values(spec: ConfigOption) -> str:
+    """What the recipes set ``spec``'s field to, as the help's default shows it (", small-cpu recipe (fbank): 256"),
+    for each recipe that sets it; empty when none does. `train --help` cannot know the backbone (--help is read
+    before the other flags), so it names every recipe's value and the backbones that get that recipe."""
+    key = f"{spec.section}.{spec.name}" if spec.section else spec.name
+    shown = []
+    for recipe, values in RECIPES.items():
+        if key in values and values[key] != spec.default:
+            backbones = ", ".join(backbone for backbone, name in BACKBONE_RECIPES.items() if name == recipe)
+            shown.append(f", {recipe} recipe{f' ({backbones})' if backbones else ''}: {_shown(values[key])}")
+    return "".join(shown)
+
+
+def _shown(value: Any) -> Any:
+    """A default as the help shows it: a list of names joined by commas, anything else as it is."""
+    return ", ".join(value) if isinstance(value, tuple | list) else value
 
 
 def options_from(options_class: type, values: dict[str, Any]):

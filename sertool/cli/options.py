@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sertool.core.config import DEFAULT_DEVICE, DEVICE_CHOICES, SEED, option
+from sertool.core.config import DEFAULT_DEVICE, DEVICE_CHOICES, SEED, THREADS, THREADS_HELP, option
 from sertool.demo.corpus import DEMO_SIZES
 
 DEMO_SIZE_NAMES = tuple(DEMO_SIZES)  # data demo --size
@@ -28,6 +28,7 @@ class TrainOptions:
     force: bool = option(False, "Start over in an --out folder that already holds files.")
     device: str = option(DEFAULT_DEVICE, "Where to train; under torchrun each process takes its LOCAL_RANK GPU.",
                          choices=DEVICE_CHOICES)
+    threads: int = option(0, THREADS_HELP + " Under torchrun: per process.", bounds=THREADS)
     tensorboard: bool = option(False, "Also write TensorBoard scalars to RUN_DIR/tensorboard/ (needs the "
                                "tensorboard package).")
 

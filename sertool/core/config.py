@@ -141,6 +141,7 @@ SEED = Bounds(at_least=0, at_most=2**63 - 1)  # numpy needs a non-negative seed;
 # loader worker (a fork bomb), a thread per CPU thread, a layer width whose weights fill the memory.
 WORKERS = Bounds(at_least=0, at_most=256)
 THREADS = Bounds(at_least=0, at_most=1024)
+THREADS_HELP = "CPU threads for torch (0: one per core). Fewer suit a machine shared with other work."  # --threads
 WIDTH = Bounds(at_least=1, at_most=16_384)  # one 16,384 × 16,384 float32 layer is 1 GiB already
 
 

@@ -1,5 +1,5 @@
-"""``--device`` → a ``torch.device``, and the half precision it computes in: the rules every command and the ASR
-model use."""
+"""``--device`` → a ``torch.device``, the half precision it computes in, and ``--threads``: the rules every command
+and the ASR model use."""
 from __future__ import annotations
 
 import torch
@@ -55,3 +55,16 @@ def half_precision(device: torch.device) -> torch.dtype | None:
     if device.type != "cuda":
         return None
     return torch.bfloat16 if torch.cuda.get_device_capability(device) >= BF16_CAPABILITY else torch.float16
+
+
+def set_threads(threads: int) -> None:
+    """Use ``threads`` CPU threads for torch's operations in this process (0: leave torch's default, one per
+    core). Fewer threads than cores suit a machine that also runs other work.
+
+    Raises:
+        SertoolError: ``threads`` is negative.
+    """
+    if threads < 0:
+        raise SertoolError(f"--threads {threads}: give a number of threads ≥ 1, or 0 for torch's default")
+    if threads:
+        torch.set_num_threads(threads)

@@ -1,7 +1,7 @@
 """Audio I/O through soundfile: any rate and channel count in, 16 kHz mono float32 out.
 
-torchaudio.load/save need torchcodec, which PyPI only ships for CUDA; sertool reads and writes with
-soundfile and uses torchaudio only for resampling.
+Reads and writes go through soundfile (libsndfile), resampling through ``sertool.data.dsp``: no torchaudio,
+whose loaders need torchcodec and whose compiled extension does not load beside a CPU-only torch.
 """
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ def load_audio(
 
     Args:
         path: any format libsndfile reads (WAV, FLAC, OGG, ...).
-        sample_rate: target rate in Hz; other rates are resampled (band-limited sinc, torchaudio).
+        sample_rate: target rate in Hz; other rates are resampled (band-limited sinc: ``dsp.resample``).
         offset_s: start reading this many seconds into the file.
         max_duration_s: read at most this many seconds (None: to the end). Only the needed frames
             are decoded, so cropping a long file is cheap.
@@ -99,19 +99,12 @@ def load_audio(
 
     waveform = torch.from_numpy(np.ascontiguousarray(data.mean(axis=1)))
     if file_rate != sample_rate:
+        from sertool.data.dsp import resample  # deferred with torch: reading headers must stay light
+
         waveform = resample(waveform, file_rate, sample_rate)
     if max_duration_s is not None:
         waveform = waveform[: int(round(max_duration_s * sample_rate))]
     return waveform
-
-
-def resample(waveform: torch.Tensor, orig_rate: int, new_rate: int) -> torch.Tensor:
-    """Resample the last dimension of ``waveform`` from ``orig_rate`` to ``new_rate`` Hz."""
-    if orig_rate == new_rate:
-        return waveform
-    import torchaudio.functional  # deferred: importing torchaudio costs start-up time
-
-    return torchaudio.functional.resample(waveform, orig_rate, new_rate)
 
 
 def encode_wav(waveform: torch.Tensor | np.ndarray, sample_rate: int = SAMPLE_RATE) -> bytes:

@@ -19,7 +19,8 @@ import torch
 
 from sertool.cache.frames import CachedFrames, Frames
 from sertool.core.errors import SertoolError
-from sertool.data.audio import SAMPLE_RATE, load_audio, resample
+from sertool.data.audio import SAMPLE_RATE, load_audio
+from sertool.data.dsp import resample
 from sertool.data.records import ATTRIBUTES, GENDERS, Utterance
 
 IGNORE_INDEX = -100  # class target of an unknown gender or speaker: cross-entropy ignores it

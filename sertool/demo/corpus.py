@@ -120,7 +120,8 @@ def generate_demo_corpus(
     Writes ``Audios/MSP-PODCAST_XXXX_YYYY.wav`` (16 kHz mono 16-bit), ``Audios/MSP-PODCAST_test3_NNNN.wav``,
     ``Transcripts/<stem>.txt`` for every clip and ``Labels/labels_consensus.csv`` (Train, Development and
     Test1 rows; Test3 labels are withheld, as in the challenge). The CSV is written last, through a
-    temporary file: an interrupted run leaves no label file rather than a half-written one.
+    temporary file. A run that fails or is interrupted removes every file and folder it created (and
+    ``out_dir`` if it made it), so that the same command can simply be run again.
 
     Example:
         >>> summary = generate_demo_corpus("demo/corpus", seed=0)  # doctest: +SKIP
@@ -162,8 +163,9 @@ def generate_demo_corpus(
     )
     audio_dir, transcript_dir = out_dir / "Audios", out_dir / "Transcripts"
     total_samples = 0
-    # The folder is held while the corpus is written: a second `data demo` into it is refused at once.
-    with outputs.holding(out_dir, flag="OUT"):
+    # The folder is held while the corpus is written: a second `data demo` into it is refused at once. A corpus
+    # is only of use whole: a failure (or Ctrl-C) removes what this run wrote, so that a retry needs no --force.
+    with outputs.holding(out_dir, flag="OUT", undo_on_failure=True):
         if force:
             _remove_previous_corpus(out_dir, keep={item.file_name for item in plan})
         synthesised = synthesise_in_order([item.speech for item in plan])
@@ -185,11 +187,11 @@ def generate_demo_corpus(
     return _summarise(out_dir, seed, plan, total_samples / SAMPLE_RATE)
 
 
-_RESAMPLE_BATCH = 16  # clips resampled together: torchaudio builds its sinc kernel once per call
+_RESAMPLE_BATCH = 16  # clips resampled together, in one convolution
 
 
 def _resample_batch(waveforms: Sequence[np.ndarray], sample_rate: int) -> list[np.ndarray]:
-    """int16 eSpeak clips -> float64 at ``sample_rate``, through ``sertool.data.audio.resample``.
+    """int16 eSpeak clips -> float64 at ``sample_rate``, through ``sertool.data.dsp.resample``.
 
     The clips are zero-padded to a common length and resampled in one call; each is then cut to the length
     a call on it alone gives (ceil(n x new / old)). The sinc filter sees the same zeros past a clip's end
@@ -197,7 +199,7 @@ def _resample_batch(waveforms: Sequence[np.ndarray], sample_rate: int) -> list[n
     """
     import torch
 
-    from sertool.data.audio import resample
+    from sertool.data.dsp import resample
 
     batch = np.zeros((len(waveforms), max(waveform.size for waveform in waveforms)), dtype=np.float32)
     for row, waveform in zip(batch, waveforms, strict=True):

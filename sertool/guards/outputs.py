@@ -69,6 +69,8 @@ class OutputPlan:
     def __init__(self, *, force: bool = False) -> None:
         self.force = force
         self._declared: dict[str, _Declared] = {}
+        self._committed: list[Path] = []  # every file committed, in order
+        self._made_folders: list[Path] = []  # folders that did not exist before a commit into them
 
     def file(self, path: str | os.PathLike | None, *, flag: str) -> Path | None:
         """Declare an output file (None: the flag was not given); returns it as an absolute path.
@@ -120,8 +122,10 @@ class OutputPlan:
     def writing(self, path: Path, mode: str = "w", **open_kwargs) -> Iterator[IO]:
         """Write the declared output ``path`` (see the module docstring); yields the open temporary file."""
         self._require_declared(path)
+        self._made_folders.extend(_missing_folders(path.parent))
         with atomic_write(path, mode, replace=self.force, **open_kwargs) as handle:
             yield handle
+        self._committed.append(path)
 
     def write_data(self, path: Path, data: bytes) -> None:
         """Commit ``data`` as the declared output ``path``."""
@@ -129,18 +133,25 @@ class OutputPlan:
             handle.write(data)
 
     @contextlib.contextmanager
-    def holding(self, folder: Path, *, flag: str) -> Iterator[None]:
+    def holding(self, folder: Path, *, flag: str, undo_on_failure: bool = False) -> Iterator[None]:
         """Hold the declared output folder ``folder`` (created if missing) while its files are written: a second
         command writing into it is refused at once instead of mixing its files with these. The lock is
         ``flock(2)`` on the folder itself, so nothing is added to it; the kernel drops it when the process
         ends, however it ends. A folder this call created is removed again if the block fails while it is
         still empty.
 
+        Args:
+            undo_on_failure: when the block fails (an error, Ctrl-C), first remove every file committed in it
+                and every folder those commits created, so that a failed command leaves nothing it made (a
+                corpus whose files only make sense whole). Off where a partial result is worth keeping (a run
+                folder's ``last.pt`` resumes). A file the command replaced (``--force``) is not brought back.
+
         Raises:
             SertoolError: another process holds the folder, or it cannot be created.
         """
         self._require_declared(folder)
         created = not os.path.isdir(folder)
+        committed, made = len(self._committed), len(self._made_folders)
         try:
             folder.mkdir(parents=True, exist_ok=True)
             descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
@@ -157,6 +168,8 @@ class OutputPlan:
             try:
                 yield
             except BaseException:
+                if undo_on_failure:
+                    _undo(self._committed[committed:], self._made_folders[made:])
                 if created:
                     with contextlib.suppress(OSError):
                         folder.rmdir()  # only if empty: never a file this or another command wrote
@@ -177,6 +190,25 @@ class OutputPlan:
             entry.is_folder and key.startswith(folder + os.sep) for folder, entry in self._declared.items())
         if not declared:  # a programming error: the checks before any work never saw this output
             raise AssertionError(f"output {path} was not declared in the command's OutputPlan")
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and its ancestors that do not exist yet (committing a file into ``folder`` creates them)."""
+    missing = []
+    while not os.path.isdir(folder) and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+def _undo(files: Iterable[Path], folders: Iterable[Path]) -> None:
+    """Remove ``files``, then those of ``folders`` that are empty, deepest first; quietly, since this runs while
+    another error is on its way to the user."""
+    for path in files:
+        _remove_quietly(os.fspath(path))
+    for folder in sorted(set(folders), key=lambda path: len(path.parts), reverse=True):
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # only if empty: never a file another command wrote
 
 
 def plain_name(name: str) -> str:

@@ -25,6 +25,7 @@ from sertool.core.config import (
     QUANTIZE_CHOICES,
     SEED,
     THREADS,
+    THREADS_HELP,
     WORKERS,
     Bounds,
     option,
@@ -70,8 +71,7 @@ class InferenceOptions:
                            "front end in bf16 on CPUs with AMX; faster on a CPU (how much: docs/performance.md, "
                            "benchmark 10), predictions move by a few hundredths (CPU only).",
                            choices=QUANTIZE_CHOICES)
-    threads: int = option(0, "CPU threads for torch (0: one per core). Fewer suit a machine shared with other work.",
-                          bounds=THREADS)
+    threads: int = option(0, THREADS_HELP, bounds=THREADS)
 
     def torch_device(self) -> torch.device:
         from sertool.core.devices import select_device

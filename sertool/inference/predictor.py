@@ -12,9 +12,10 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from sertool.acceleration.cpu import check_quantize, quantize_int8, set_threads
+from sertool.acceleration.cpu import check_quantize, quantize_int8
 from sertool.core.config import DEFAULT_BACKBONE_IDS, QUANTIZE_INT8, Config, ModelConfig
 from sertool.core.constants import MODEL_CONFIG_NAME
+from sertool.core.devices import set_threads
 from sertool.core.errors import SertoolError
 from sertool.core.hub import CLI_SPELLING, OptionSpelling, check_available, is_repo_id
 from sertool.data.records import Utterance

@@ -251,7 +251,11 @@ def _check_can_push(repo_id: str) -> None:
 
 
 def _push(folder: Path, repo_id: str) -> str:
-    """Create ``repo_id`` if needed and upload the folder's model files; the repository's URL."""
+    """Create ``repo_id`` if needed and upload the folder's model files; the repository's URL.
+
+    Raises:
+        SertoolError: any failure of the upload, in one line that says what to do (``_push_failure``).
+    """
     from huggingface_hub import HfApi
 
     api = HfApi()
@@ -259,9 +263,44 @@ def _push(folder: Path, repo_id: str) -> str:
         url = api.create_repo(repo_id, repo_type="model", exist_ok=True)
         api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model",
                           allow_patterns=list(FOLDER_FILES), commit_message="sertool export")
-    except (OSError, ValueError) as error:
-        first = next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)
-        raise SertoolError(f"--push-to-hub {repo_id}: upload failed ({first[:200]}); {folder} is complete: upload it "
-                           f"later with `hf upload {repo_id} {folder}`") from None
+    except Exception as error:  # noqa: BLE001 - every failure of the hub client: the folder is complete anyway
+        raise SertoolError(f"--push-to-hub {repo_id}: {_push_failure(error, repo_id)}; {folder} is complete: "
+                           f"upload it later with `hf upload {repo_id} {folder}`") from None
     return str(url)
 
+
+def _push_failure(error: Exception, repo_id: str) -> str:
+    """What went wrong with an upload to ``repo_id`` and what to do, from the hub client's ``error``.
+
+    By kind: no token; the hub's answer (401: the token is refused; 403: it may not write there; 404: no such
+    owner or repository; others: the hub's trouble); no answer at all (no network, a time-out, offline mode).
+    The transport's errors are recognised as the base classes of huggingface_hub's own HTTP error, whatever
+    HTTP library this huggingface_hub uses.
+    """
+    from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError
+
+    if isinstance(error, LocalTokenNotFoundError):
+        return "no model-hub token on this machine; run `hf auth login` (or set HF_TOKEN)"
+    if isinstance(error, HfHubHTTPError):
+        response = getattr(error, "response", None)
+        status = getattr(response, "status_code", None)
+        if status == 401:
+            return ("the hub refused the token (401: invalid or expired); run `hf auth login` with a valid token "
+                    "(or set HF_TOKEN)")
+        if status == 403:
+            return (f"the token may not write to {repo_id} (403); use a token with write access to that owner "
+                    "(`hf auth whoami` shows the token's user and organisations) or push to a repository of yours")
+        if status == 404:
+            return (f"{repo_id} was not found (404: no such owner, or a repository the token cannot see); check "
+                    "the owner's name (`hf auth whoami`)")
+        return f"the hub answered {status or 'with an error'} ({_first_line(error)}); try again later"
+    transport = tuple(base for base in HfHubHTTPError.__mro__[1:] if not issubclass(OSError, base))
+    if isinstance(error, (*transport, ConnectionError, TimeoutError)):
+        return (f"the model hub cannot be reached ({type(error).__name__}: {_first_line(error)}); check the "
+                "network (and that HF_HUB_OFFLINE is not set)")
+    return f"upload failed ({type(error).__name__}: {_first_line(error)})"
+
+
+def _first_line(error: BaseException) -> str:
+    """The error's first non-empty line, at most 200 characters (the hub's messages run to several lines)."""
+    return next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)[:200]

@@ -43,6 +43,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from sertool.core.config import DEFAULT_DEVICE, Config
+from sertool.core.devices import set_threads
 from sertool.core.errors import SertoolError
 from sertool.core.interrupts import Interrupted, StopRequests
 from sertool.core.progress import set_display
@@ -75,6 +76,7 @@ def train(
     force: bool = False,
     argv: Sequence[str] = (),
     device: str = DEFAULT_DEVICE,
+    threads: int = 0,
     reporter: Reporter | None = None,
 ) -> TrainResult:
     """Train one system and write its run folder (see the module docstring for the steps).
@@ -93,6 +95,7 @@ def train(
         force: start over in an existing non-empty ``run_dir``, removing the files of the run it holds.
         argv: the command line, recorded in the run folder.
         device: "auto", "cpu" or "cuda".
+        threads: torch's CPU threads in this process (``--threads``; 0: torch's default, one per core).
         reporter: progress output (default: none).
 
     Raises:
@@ -101,6 +104,7 @@ def train(
             rank that waited longer than ``--ddp-timeout-s`` for the others (or lost one).
         Interrupted: a stop signal.
     """
+    set_threads(threads)
     if not resume:
         config = config.with_absolute_paths()
         config.check()

@@ -28,7 +28,7 @@ from sertool.store.checkpoints import provenance
 from sertool.training.curves import CURVES_NAME
 
 # Packages whose versions decide whether a result can be reproduced.
-_RECORDED_PACKAGES = ("torch", "torchaudio", "transformers", "numpy", "soundfile", "safetensors")
+_RECORDED_PACKAGES = ("torch", "transformers", "numpy", "soundfile", "safetensors")
 LOCK_NAME = ".lock"
 # The files of a run folder that other commands read are named in core.constants (CONFIG_NAME, ARGV_NAME,
 # METRICS_NAME, SUMMARY_NAME, BEST_NAME, LAST_NAME); these two only the run itself writes.

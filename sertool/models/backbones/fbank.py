@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from sertool.core.constants import SAMPLE_RATE
+from sertool.data import dsp
 from sertool.models.backbones.base import (
     SpeechBackbone,
     lengths_to_mask,
@@ -45,13 +46,9 @@ TIME_MASKS, TIME_MASK_SHARE = 2, 0.1
 
 
 def mel_filter_bank() -> Tensor:
-    """``[80, 201]`` HTK-scale mel filters for a 400-point FFT at 16 kHz, as Kaldi's fbank."""
-    import torchaudio.functional  # deferred: importing torchaudio costs start-up time
-
-    filters = torchaudio.functional.melscale_fbanks(
-        n_freqs=N_FFT // 2 + 1, f_min=20.0, f_max=SAMPLE_RATE / 2, n_mels=NUM_MEL_BINS, sample_rate=SAMPLE_RATE
-    )
-    return filters.T.contiguous()
+    """``[80, 201]`` HTK-scale mel filters from 20 Hz to 8 kHz for a 400-point FFT at 16 kHz, as Kaldi's fbank."""
+    return dsp.mel_filter_bank(num_freqs=N_FFT // 2 + 1, min_hz=20.0, max_hz=SAMPLE_RATE / 2, num_mels=NUM_MEL_BINS,
+                               sample_rate=SAMPLE_RATE)
 
 
 def raw_log_mel(waveforms: Tensor, sample_mask: Tensor, mel_filters: Tensor, window: Tensor) -> tuple[Tensor, Tensor]:

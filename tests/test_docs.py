@@ -340,3 +340,14 @@ def test_the_testing_section_names_every_file_with_slow_tests():
                    if re.search(r"^@pytest\.mark\.slow$|marks=\[pytest\.mark\.slow\]", path.read_text(encoding="utf-8"),
                                 flags=re.MULTILINE))
     assert files and [name for name in files if f"tests/{name}" not in section] == []
+
+
+def test_no_file_holds_a_merge_conflict_marker():
+    root = DOCS.parent
+    files = [*root.glob("*.md"), root / "Makefile", *(root / "docs").rglob("*.md"), *(root / "sertool").rglob("*.py"),
+             *(root / "sertool").rglob("*.yaml"), *(root / "tests").rglob("*.py"), *(root / "scripts").rglob("*"),
+             *(root / "bench").rglob("*.py")]
+    marked = [f"{path.relative_to(root)}:{number}" for path in files if path.is_file()
+              for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1)
+              if line.startswith(("<<<<<<< ", ">>>>>>> ")) or line == "======="]
+    assert not marked, f"merge conflict markers left in: {marked}"

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from sertool.models.backbones.fbank import NUM_MEL_BINS
-from sertool.models.ridge import ALPHAS, fit_ridge, ridge_path
+from sertool.models.ridge import ALPHAS, CONSTANT_SCALE, fit_ridge, ridge_path
 from sertool.models.utterance_stats import FEATURE_GROUPS, StatisticsExtractor, feature_names
 from tests.corpus_files import write_learnable_corpus
 
@@ -47,8 +47,9 @@ def _problem(seed, n=40, p=60):
 
 
 @pytest.mark.parametrize("alpha", [0.01, 3.0, 1000.0])
-def test_ridge_equals_the_least_squares_solution_of_the_augmented_system(alpha):
-    train_x, train_y, test_x, _ = _problem(0)
+@pytest.mark.parametrize("features", [60, 20], ids=["more features than rows (the kernel)", "fewer (the Gram)"])
+def test_ridge_equals_the_least_squares_solution_of_the_augmented_system(alpha, features):
+    train_x, train_y, test_x, _ = _problem(0, p=features)
     standardizer, weights, intercept = ridge_path(train_x, train_y, (alpha,))
     ours = intercept + standardizer(test_x) @ weights[0]
     np.testing.assert_allclose(ours, _lstsq_ridge(train_x, train_y, alpha)(test_x), rtol=1e-7, atol=1e-8)
@@ -77,6 +78,22 @@ def test_a_constant_feature_is_ignored_rather_than_dividing_by_zero():
     shifted[:, 0] = -100.0
     np.testing.assert_allclose(model.predict(valid_x), model.predict(shifted))
     assert np.isfinite(model.predict(valid_x)).all()
+
+
+def test_a_feature_that_varies_by_rounding_alone_counts_as_constant():
+    """openSMILE's ComParE gives features that are 0 on every training clip but one, where they are 3e-16: as
+    a spread, that put a held-out clip's 8.8 at 2e17 standard deviations. Below CONSTANT_SCALE it is constant."""
+    train_x, train_y, valid_x, valid_y = _problem(3)
+    train_x[:, 0] = 0.0
+    train_x[7, 0] = 2.87e-16
+    assert 0 < train_x[:, 0].std() < CONSTANT_SCALE
+    model, _ = fit_ridge(train_x, train_y, valid_x, valid_y)
+    shifted = valid_x.copy()
+    shifted[:, 0] = 8.8
+    np.testing.assert_allclose(model.predict(shifted), model.predict(valid_x), atol=1e-9)
+    train_x[7, 0] = 1e-6  # a real (if small) spread is standardised as any other
+    assert fit_ridge(train_x, train_y, valid_x, valid_y)[0].standardizer.scale[0] == pytest.approx(
+        train_x[:, 0].std())
 
 
 def test_statistics_follow_gain_as_the_log_power_says():

@@ -53,7 +53,7 @@ from sertool.models.backbones.fbank import (
     raw_log_mel,
 )
 from sertool.models.heads import LabelScaling
-from sertool.models.ridge import RidgeModel, fit_ridge
+from sertool.models.ridge import CONSTANT_SCALE, RidgeModel, fit_ridge
 
 FEATURE_GROUPS: tuple[str, ...] = ("mel_mean", "mel_std", "delta_std", "energy")
 ENERGY_STATISTICS: tuple[str, ...] = ("mean", "std", "p10", "p50", "p90", "active_share")
@@ -114,8 +114,9 @@ class Standardizer(nn.Module):
     step, on whole clips, as the ridge floor standardises its features); they never change while training,
     so an utterance's output depends neither on its batch nor on the step. They are buffers: every
     checkpoint (``last.pt``, ``best.pt``, exported and released folders) stores them, and a resumed run or
-    a loaded model uses them as they were. A feature that did not vary over the training clips keeps
-    scale 1. Using it before ``fit`` is an error: unstandardised log-mel statistics would be silently wrong.
+    a loaded model uses them as they were. A feature that did not vary over the training clips (a spread
+    below ``CONSTANT_SCALE``, as for the ridge's ``Standardizer``) keeps scale 1. Using it before ``fit`` is
+    an error: unstandardised log-mel statistics would be silently wrong.
     """
 
     # Buffers (register_buffer), declared so that their type is known.
@@ -144,7 +145,7 @@ class Standardizer(nn.Module):
         scale = rows.std(dim=0, correction=0)
         self.count.fill_(rows.shape[0])
         self.mean.copy_(rows.mean(dim=0))
-        self.scale.copy_(torch.where(scale > 0, scale, torch.ones_like(scale)))
+        self.scale.copy_(torch.where(scale > CONSTANT_SCALE, scale, torch.ones_like(scale)))
 
     @property
     def fitted(self) -> bool:

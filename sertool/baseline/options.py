@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sertool.core.config import WORKERS, option
+from sertool.core.config import DEFAULT_FLOOR_FEATURES, FLOOR_FEATURES, WORKERS, option
 from sertool.core.splits import DEVELOPMENT, TRAIN
 
 
@@ -17,8 +17,11 @@ class BaselineOptions:
     train_split: str = option(TRAIN, "The split the ridge is fitted on.")
     valid_split: str = option(DEVELOPMENT, "The split that chooses the regularisation strength (by CCC, per "
                               "attribute).")
+    features: str = option(DEFAULT_FLOOR_FEATURES, "What the ridge reads: sertool's log-mel statistics, or "
+                           "openSMILE's eGeMAPSv02 (88) or ComParE_2016 (6,373) functionals (needs the opensmile "
+                           "package).", choices=FLOOR_FEATURES)
     force: bool = option(False, "Overwrite earlier outputs in --out.")
-    cache_dir: str | None = option(None, "Where the corpus scan and each clip's statistics are kept for the next "
+    cache_dir: str | None = option(None, "Where the corpus scan and each clip's features are kept for the next "
                                    "command (default: $SERTOOL_CACHE or ~/.cache/sertool).")
-    num_workers: int = option(2, "Processes that compute the statistics of clips not cached yet (0: this one).",
+    num_workers: int = option(2, "Processes that compute the features of clips not cached yet (0: this one).",
                               bounds=WORKERS)

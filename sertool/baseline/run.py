@@ -24,10 +24,10 @@ from sertool.inference.predictions import Predictions
 from sertool.inference.predictor import PredictorOutput
 from sertool.inference.workflows import Scores, score
 from sertool.inference.writers import write_predictions_file
+from sertool.models.floor_features import floor_feature_rows, floor_feature_setup
 from sertool.models.ridge import ALPHAS, fit_ridge
-from sertool.models.utterance_stats import FEATURE_GROUPS, feature_names, utterance_statistics
 
-SYSTEM_NAME = "ridge baseline"
+SYSTEM_NAME = "ridge baseline"  # the scores' system, followed by the features: "ridge baseline (egemaps)"
 
 
 @dataclass
@@ -35,6 +35,7 @@ class BaselineResult:
     """What `sertool baseline` did.
 
     Attributes:
+        system: the scores' name of the system, naming its features (``ridge baseline (egemaps)``).
         alphas: the chosen regularisation strength of each attribute.
         scores: split name → CCC on that split (labelled splits other than the training split).
         train_utterances: how many utterances the ridge was fitted on.
@@ -42,6 +43,7 @@ class BaselineResult:
         written: the files written, predictions first.
     """
 
+    system: str
     alphas: dict[str, float]
     scores: dict[str, Scores]
     train_utterances: int
@@ -56,14 +58,17 @@ def run_baseline(options: BaselineOptions, *, progress: Callable[[int, int], Non
 
     Args:
         options: the corpus, the splits the ridge is fitted on and that choose alpha per attribute (by CCC), the
-            output folder, sertool's cache folder for the corpus scan and the statistics (None: the default),
-            and the processes that compute the statistics not cached yet (0: this one).
+            features it reads (``FLOOR_FEATURES``), the output folder, sertool's cache folder for the corpus scan
+            and the features (None: the default), and the processes that compute the features not cached yet
+            (0: this one).
         progress: ``progress(done, total)`` while the features are computed.
 
     Raises:
-        SertoolError: bad splits (see ``data.selection.select``), unreadable audio, or an unusable
-            ``options.out``.
+        SertoolError: an openSMILE feature set without the ``opensmile`` package (before any work), bad splits
+            (see ``data.selection.select``), unreadable audio, or an unusable ``options.out``.
     """
+    setup = floor_feature_setup(options.features)
+    system = f"{SYSTEM_NAME} ({options.features})"
     train_split, valid_split, cache_dir = options.train_split, options.valid_split, options.cache_dir
     outputs = OutputPlan(force=options.force)
     out_dir = outputs.folder(options.out, flag="--out")
@@ -76,10 +81,10 @@ def run_baseline(options: BaselineOptions, *, progress: Callable[[int, int], Non
     summary_path = outputs.file(out_dir / SUMMARY_NAME, flag="--out")
     assert summary_path is not None
 
-    # Every utterance's statistics in one pass (the same clip is read once even if it is in two lists).
+    # Every utterance's features in one pass (the same clip is read once even if it is in two lists).
     everything = {utt.id: utt for group in [selection.train, selection.valid, *held_out.values()] for utt in group}
-    rows = utterance_statistics(list(everything.values()), cache_dir=cache_dir, num_workers=options.num_workers,
-                                progress=progress)
+    rows = floor_feature_rows(list(everything.values()), setup, cache_dir=cache_dir, num_workers=options.num_workers,
+                              progress=progress)
     table = dict(zip(everything, rows, strict=True))
 
     def features(utterances):
@@ -91,21 +96,22 @@ def run_baseline(options: BaselineOptions, *, progress: Callable[[int, int], Non
     model, curve = fit_ridge(features(selection.train), labels(selection.train), features(selection.valid),
                              labels(selection.valid))
     alphas = dict(zip(ATTRIBUTES, map(float, model.alphas), strict=True))
-    result = BaselineResult(alphas, {}, len(selection.train), opened.report)
+    result = BaselineResult(system, alphas, {}, len(selection.train), opened.report)
     for name, utterances in held_out.items():
         predictions = Predictions([utt.id for utt in utterances], model.predict(features(utterances)))
         labelled = bool(utterances) and all(utt.has_labels for utt in utterances)
         write_predictions_file(outputs, targets[name], predictions, labels=labels(utterances) if labelled else None)
         result.written.append(targets[name])
         if labelled:
-            result.scores[name] = score(SYSTEM_NAME, PredictorOutput(predictions), utterances, labels(utterances))
+            result.scores[name] = score(system, PredictorOutput(predictions), utterances, labels(utterances))
 
     with outputs.writing(summary_path) as handle:
         json.dump({
-            "system": SYSTEM_NAME, "corpus": str(options.corpus), "train_split": train_split,
+            "system": system, "corpus": str(options.corpus), "train_split": train_split,
             "valid_split": valid_split,
             "train_utterances": len(selection.train), "valid_utterances": len(selection.valid),
-            "feature_groups": list(FEATURE_GROUPS), "num_features": len(feature_names()),
+            "features": options.features, "feature_setup": {"name": setup.name, **setup.metadata},
+            "num_features": setup.dim,
             "alpha_grid": list(ALPHAS), "alphas": result.alphas,
             "valid_ccc_by_alpha": {name: curve[:, k].tolist() for k, name in enumerate(ATTRIBUTES)},
             "scores": {name: {"utterances": s.num_utterances, "ccc": s.ccc, "collapsed": s.collapsed,

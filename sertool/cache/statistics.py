@@ -5,8 +5,9 @@ that compute the missing ones.
 training and validation clip before they start: on MSP-Podcast, 115,000 files. Keys are the audio's SHA-256
 (``sertool.cache.audio_keys``, memoised by each file's stat), so a second run, or a run after the baseline,
 reads them instead; a changed file misses. What a vector holds and how it is computed is the caller's
-(``StatisticsSetup``: the log-mel statistics of ``sertool.models.utterance_stats``); the setup key names every
-constant of the computation and its code's version. Values are stored in float64, exactly as computed.
+(``StatisticsSetup``: the log-mel statistics of ``sertool.models.utterance_stats``, or openSMILE's functionals of
+``sertool.models.opensmile_features``); the setup key names every constant of the computation and its code's
+version. Values are stored in float64, exactly as computed.
 
 Layout: ``<cache_dir>/utterance-stats/<setup_key>/*.safetensors`` (``VectorCodec``), one file per
 ``AudioStatisticsCache.GROUP_UTTERANCES`` computed.

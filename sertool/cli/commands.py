@@ -388,13 +388,15 @@ def export_command(model: str, **flags) -> None:
 @cli.command("baseline")
 @option_flags(BaselineOptions)
 def baseline_command(**flags) -> None:
-    """The floor: ridge regression on utterance-level acoustic statistics (log-mel mean/std per band, ...).
+    """The floor: ridge regression on utterance-level acoustic features (log-mel statistics, or openSMILE's
+    eGeMAPS or ComParE functionals: --features).
 
     Fitted on --train-split, alpha chosen on --valid-split; every other split is predicted into
     DIR/<split>.csv, which evaluate and ensemble accept like a checkpoint.
 
     \b
       sertool baseline --corpus MSP-Podcast --out runs/baseline
+      sertool baseline --corpus MSP-Podcast --out runs/egemaps --features egemaps
       sertool ensemble runs/wavlm runs/baseline/Development.csv --corpus MSP-Podcast
     """
     from sertool.baseline.run import run_baseline
@@ -402,7 +404,7 @@ def baseline_command(**flags) -> None:
     from sertool.cli.console import print_load_report, print_scores
 
     options = options_from(BaselineOptions, flags)
-    with task("acoustic statistics") as progress:
+    with task(f"{options.features} features") as progress:
         result = run_baseline(options, progress=progress)
     print_load_report(result.load_report)
     alphas = ", ".join(f"{name} {alpha:g}" for name, alpha in result.alphas.items())

@@ -80,6 +80,10 @@ SCHEDULES = ("cosine", "plateau", "constant")  # sertool.training.optim.LRSchedu
 LORA_PLACEMENTS = ("qv", "ffn", "release")
 OX_BALANCES = ("classes", "whole", "one-class")  # sertool.training.setup_run maps them onto the undersampler
 BAD_AUDIO_POLICIES = ("skip", "fail")
+# The floor's features (`sertool baseline --features`): sertool's log-mel statistics, or openSMILE's eGeMAPSv02
+# (88) or ComParE_2016 (6,373) functionals, the field's usual linear baselines (sertool.models.floor_features).
+DEFAULT_FLOOR_FEATURES = "logmel"
+FLOOR_FEATURES = (DEFAULT_FLOOR_FEATURES, "egemaps", "compare")
 # Values of `train_ox` (--train-ox): what happens to the training split's utterances, O/X or not
 # (sertool.data.selection.select applies them).
 TRAIN_OX_CHOICES = ("keep", "drop", "only", "drop-as-many-non-ox")

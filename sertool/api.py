@@ -40,7 +40,7 @@ from sertool.core.errors import SertoolError
 from sertool.core.hub import API_SPELLING
 from sertool.core.io import SeenIds
 from sertool.data.audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
-from sertool.data.records import ATTRIBUTES, Utterance
+from sertool.data.records import Utterance
 from sertool.guards.surface import as_sertool_error
 from sertool.inference.options import PredictOptions
 from sertool.inference.predictions import SCALE_RATINGS, SCALE_UNIT, Predictions
@@ -155,11 +155,14 @@ class Model:
 
     Attributes:
         name: what it was loaded from.
+        attributes: what it predicts, e.g. ``("arousal", "valence", "dominance")``, or ``("valence",)`` for a
+            system of one attribute (``train --attributes``).
     """
 
     def __init__(self, predictor: Predictor) -> None:
         self._predictor = predictor
         self.name = predictor.name
+        self.attributes = predictor.attributes
 
     def __repr__(self) -> str:
         return f"sertool.Model({self.name!r})"
@@ -198,15 +201,16 @@ class Model:
             transcripts: for MM (text) models: the transcript of each input (a string for one input, a list
                 for a list; None entries are transcribed by ASR).
             table: return a ``Predictions`` table instead of dicts: ``ids`` (the paths as given, or
-                ``waveform[i]``), ``values`` ``[N, 3]`` (A, V, D) and ``segments`` (one per window of a
-                long input: ``start_s``, ``end_s``, ``values``).
+                ``waveform[i]``), ``values`` ``[N, 3]`` (A, V, D; a system of fewer attributes, ``train
+                --attributes``, has a column per attribute of its ``attributes``) and ``segments`` (one per window
+                of a long input: ``start_s``, ``end_s``, ``values``).
             scale: ``"ratings"``: MSP-Podcast's 1–7 rater scale; ``"unit"``: the model's own 0..1 outputs,
                 ``(rating − 1) / 6`` (for the authors' released models their raw sigmoid outputs, before
                 sertool's inferred ``1 + 6·y``); the table's ``scale`` says which. Not for a predictions CSV.
 
         Returns:
-            ``{"arousal": a, "valence": v, "dominance": d}`` for one input; a list of them, in input order,
-            for a list; the ``Predictions`` table with ``table=True``.
+            ``{"arousal": a, "valence": v, "dominance": d}`` for one input (those the model predicts); a list of
+            them, in input order, for a list; the ``Predictions`` table with ``table=True``.
 
         Raises:
             SertoolError: a missing or unreadable file, a folder, a waveform without ``sample_rate`` (or
@@ -264,7 +268,8 @@ class Model:
                 raise SertoolError(_named_as_given(str(error), as_given)) from None
         if table:
             return predictions
-        rows = [{name: float(value) for name, value in zip(ATTRIBUTES, row, strict=True)} for row in predictions.values]
+        rows = [{name: float(value) for name, value in zip(predictions.attributes, row, strict=True)}
+                for row in predictions.values]
         return rows[0] if single else rows
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
-from tests.corpus_files import write_msp_corpus, write_tone
+from tests.corpus_files import write_tiny_msp
 
 # Property tests draw the same examples on every run of the suite (CI fails only on a change, never on a rare
 # draw); the sweep (make sweep, SERTOOL_SWEEP_EXAMPLES) draws new ones each time, to find what is still hidden.
@@ -29,20 +29,7 @@ def _cache_in_temp(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
 @pytest.fixture
 def tiny_msp(tmp_path: Path) -> Path:
     """Six utterances of three speakers over Train / Development / Test1, plus one Test3 file."""
-    rows = [
-        ["MSP-PODCAST_0001_0001.wav", "N", "2.2", "4.0", "2.6", "30", "Male", "Train"],
-        ["MSP-PODCAST_0001_0002.wav", "H", "5.0", "6.2", "4.4", "30", "Male", "Train"],
-        ["MSP-PODCAST_0002_0001.wav", "X", "3.0", "3.0", "3.0", "Unknown", "Female", "Train"],
-        ["MSP-PODCAST_0003_0001.wav", "A", "6.0", "1.8", "5.6", "31", "Female", "Development"],
-        ["MSP-PODCAST_0003_0002.wav", "O", "4.0", "4.0", "4.0", "31", "Female", "Development"],
-        ["MSP-PODCAST_0004_0001.wav", "S", "1.6", "2.0", "2.0", "32", "Other", "Test1"],
-    ]
-    durations = {row[0]: 1.0 + 0.5 * i for i, row in enumerate(rows)}
-    transcripts = {row[0]: f"sentence number {i}" for i, row in enumerate(rows[:-1])}
-    root = write_msp_corpus(tmp_path / "msp", rows, durations_s=durations, transcripts=transcripts)
-    write_tone(root / "Audios" / "MSP-PODCAST_test3_0001.wav", duration_s=2.0)
-    (root / "Transcripts" / "MSP-PODCAST_test3_0001.txt").write_text("a test three sentence\n")
-    return root
+    return write_tiny_msp(tmp_path)
 
 
 @dataclass

@@ -80,3 +80,21 @@ def write_learnable_corpus(root: Path, *, per_split: dict[str, int] | None = Non
             transcripts[name] = "good great happy" if valence > 4 else "bad awful sad"
     write_msp_corpus(root, rows, transcripts=transcripts, audio=False)
     return root
+
+
+def write_tiny_msp(folder: Path) -> Path:
+    """``tiny_msp``'s corpus in ``folder`` (``folder / "msp"``), also for a fixture of a wider scope."""
+    rows = [
+        ["MSP-PODCAST_0001_0001.wav", "N", "2.2", "4.0", "2.6", "30", "Male", "Train"],
+        ["MSP-PODCAST_0001_0002.wav", "H", "5.0", "6.2", "4.4", "30", "Male", "Train"],
+        ["MSP-PODCAST_0002_0001.wav", "X", "3.0", "3.0", "3.0", "Unknown", "Female", "Train"],
+        ["MSP-PODCAST_0003_0001.wav", "A", "6.0", "1.8", "5.6", "31", "Female", "Development"],
+        ["MSP-PODCAST_0003_0002.wav", "O", "4.0", "4.0", "4.0", "31", "Female", "Development"],
+        ["MSP-PODCAST_0004_0001.wav", "S", "1.6", "2.0", "2.0", "32", "Other", "Test1"],
+    ]
+    durations = {row[0]: 1.0 + 0.5 * i for i, row in enumerate(rows)}
+    transcripts = {row[0]: f"sentence number {i}" for i, row in enumerate(rows[:-1])}
+    root = write_msp_corpus(folder / "msp", rows, durations_s=durations, transcripts=transcripts)
+    write_tone(root / "Audios" / "MSP-PODCAST_test3_0001.wav", duration_s=2.0)
+    (root / "Transcripts" / "MSP-PODCAST_test3_0001.txt").write_text("a test three sentence\n")
+    return root

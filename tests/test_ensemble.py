@@ -173,7 +173,9 @@ def test_plan_json_round_trip(tmp_path: Path) -> None:
     (lambda d: d["attributes"]["valence"]["members"][0].update(member=5),
      "valence: member indices [5, 1] must be distinct and in 0..1"),
     (lambda d: d["attributes"]["valence"]["members"][0].update(member=0.5), "attributes.valence needs"),
-    (lambda d: d["attributes"].pop("dominance"), "attributes.dominance needs"),
+    (lambda d: d["attributes"]["dominance"].update(members=[]), "dominance: no members chosen"),
+    (lambda d: d["attributes"].update(happiness=d["attributes"]["valence"]), "keyed by attribute name"),
+    (lambda d: d.update(attributes={}), "keyed by attribute name"),
     (lambda d: d.update(members=[]), "non-empty list"),
 ])
 def test_bad_plans_are_named(tmp_path: Path, change, message: str) -> None:

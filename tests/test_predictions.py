@@ -91,7 +91,8 @@ def test_reads_columns_by_name_not_position(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("text", "message"), [
-    ("FileName,EmoAct,EmoVal\na.wav,1,2\n", "missing column(s) EmoDom"),
+    ("FileName,Score\na.wav,1\n", "missing column(s) EmoAct or EmoVal or EmoDom"),
+    ("FileName,EmoAct_unit\na.wav,0.5\n", "missing column(s) EmoAct or EmoVal or EmoDom"),
     ("FileName,EmoAct,EmoVal,EmoDom\na.wav,1,2,3\nb.wav,1,high,3\n", "p.csv:3: EmoVal='high' is not a number"),
     ("FileName,EmoAct,EmoVal,EmoDom\na.wav,1,,3\n", "p.csv:2: EmoVal='' is not a number"),
     ("FileName,EmoAct,EmoVal,EmoDom\na.wav,1,nan,3\n", "p.csv:2: EmoVal=nan is not finite"),

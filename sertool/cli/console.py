@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -219,7 +220,8 @@ class RichTrainReporter(Reporter):
 
     def validation(self, metrics: dict) -> None:
         marker = " [green]★ best[/]" if metrics["improved"] else ""
-        line = "  ".join(f"{name[0].upper()} {_ccc(metrics[f'ccc_{name}'])}" for name in ATTRIBUTES)
+        line = "  ".join(f"{name[0].upper()} {_ccc(metrics[f'ccc_{name}'])}" for name in ATTRIBUTES
+                         if f"ccc_{name}" in metrics)  # the attributes the run trains (--attributes)
         BARS.print(f"validation on {metrics['split']} ({metrics['utterances']:,} utterances) after step "
                    f"{metrics['step']}: CCC {line}  avg {_ccc(metrics['ccc_average'])}{marker}")
         if metrics.get("floor_blend"):  # --floor-blend: the network's weight against the floor, per attribute
@@ -239,11 +241,12 @@ class RichTrainReporter(Reporter):
                           for record in reversed(result.history) if "split" in record), "")
         table = Table(title=f"sertool train: {result.stopped} after {result.steps} steps "
                             f"({time.perf_counter() - self._started:.0f} s){validated}", title_justify="left")
-        for column in ("checkpoint", "step", *SCORE_NAMES):
+        names = score_columns([result.best])
+        for column in ("checkpoint", "step", *names):
             table.add_column(column, justify="left" if column == "checkpoint" else "right")
         if result.best:
             table.add_row(str(result.run_dir / BEST_NAME), str(result.best_step),
-                          *(f"{result.best[name]:.4f}" for name in SCORE_NAMES))
+                          *(f"{result.best[name]:.4f}" for name in names))
         out.print(table)
         why = next((record.get("floor_blend_why") for record in reversed(result.history) if record["improved"]), None)
         for name, reason in (why or {}).items():  # --floor-blend: what best.pt's network carries, and why
@@ -270,16 +273,31 @@ def _length(summary: dict) -> str:
     return f"{steps:,} optimiser steps{limit} (epochs of {batches} micro-batches)"
 
 
+def score_columns(scores: list[dict]) -> list[str]:
+    """The score columns of a table of ``scores`` (each a row's CCC by name): every attribute that a row has (a
+    system of fewer attributes has its own alone, ``train.attributes``), then "average"."""
+    return [name for name in SCORE_NAMES if any(name in row for row in scores)]
+
+
+def _cell(values: dict, name: str, text: Callable[[Any], str]) -> str:
+    """``text`` of ``values[name]``, or a dash where the row has no such score."""
+    return text(values[name]) if name in values else "–"
+
+
 def print_differences(title: str, differences: list) -> None:
-    """``CCC(system) − CCC(reference)`` per attribute with its paired bootstrap interval (``Difference`` rows)."""
+    """``CCC(system) − CCC(reference)`` per attribute with its paired bootstrap interval (``Difference`` rows);
+    a dash where the two systems share no such score (an attribute one of them does not predict, or the average of
+    other attributes)."""
     table = Table(title=title, title_justify="left")
     table.add_column("system − reference", overflow="fold")
-    for column in SCORE_NAMES:
+    names = score_columns([item.value for item in differences])
+    for column in names:
         table.add_column(column, justify="right", no_wrap=True)
     for item in differences:
-        table.add_row(f"{item.system} − {item.reference}", *(f"{item.value[name]:+.4f}" for name in SCORE_NAMES))
-        table.add_row("  95 % CI", *(f"[{item.ci[name].low:+.3f}, {item.ci[name].high:+.3f}]" for name in SCORE_NAMES),
-                      end_section=True)
+        table.add_row(f"{item.system} − {item.reference}",
+                      *(_cell(item.value, name, lambda value: f"{value:+.4f}") for name in names))
+        table.add_row("  95 % CI", *(_cell(item.ci, name, lambda ci: f"[{ci.low:+.3f}, {ci.high:+.3f}]")
+                                     for name in names), end_section=True)
     out.print(table)
     out.print("an interval that excludes 0 is a difference these utterances support; paired: the same resamples "
               "for both systems", markup=False, highlight=False)
@@ -288,7 +306,8 @@ def print_differences(title: str, differences: list) -> None:
 
 def print_scores(title: str, rows: list, *, highlight: str | None = None) -> None:
     """CCC per attribute and average (and gender accuracy / UAR where present), one row per system; then a
-    table of bootstrap confidence intervals where the rows have them, and what the scores leave out."""
+    table of bootstrap confidence intervals where the rows have them, and what the scores leave out. A system of
+    fewer attributes (``train.attributes``) has a dash for the others, and its average is that of its own."""
     out.print(_scores_table(title, rows, highlight))
     if any(row.ci for row in rows):
         out.print(_intervals_table(rows, highlight))
@@ -298,14 +317,16 @@ def print_scores(title: str, rows: list, *, highlight: str | None = None) -> Non
 def _scores_table(title: str, rows: list, highlight: str | None) -> Table:
     table = Table(title=title, title_justify="left")
     table.add_column("system", overflow="fold")
-    for column in ("utterances", *SCORE_NAMES):
+    names = score_columns([row.ccc for row in rows])
+    for column in ("utterances", *names):
         table.add_column(column, justify="right", no_wrap=True)
     with_gender = any(row.gender_accuracy is not None for row in rows)
     if with_gender:
         table.add_column("gender acc", justify="right", no_wrap=True)
         table.add_column("gender UAR", justify="right", no_wrap=True)
     for row in rows:
-        cells = [row.name, f"{row.num_utterances:,}", *(f"{row.ccc[name]:.4f}" for name in SCORE_NAMES)]
+        cells = [row.name, f"{row.num_utterances:,}", *(_cell(row.ccc, name, lambda value: f"{value:.4f}")
+                                                        for name in names)]
         if with_gender:
             cells += ["–" if row.gender_accuracy is None else f"{row.gender_accuracy:.3f}",
                       "–" if row.gender_uar is None else f"{row.gender_uar:.3f}"]
@@ -317,11 +338,12 @@ def _intervals_table(rows: list, highlight: str | None) -> Table:
     intervals = Table(title="95 % confidence intervals (bootstrap: utterances resampled with replacement)",
                       title_justify="left")
     intervals.add_column("system", overflow="fold")
-    for name in SCORE_NAMES:
+    names = score_columns([row.ci for row in rows if row.ci])
+    for name in names:
         intervals.add_column(name, justify="right", no_wrap=True)
     for row in rows:
         if row.ci:
-            cells = (f"[{row.ci[name].low:.3f}, {row.ci[name].high:.3f}]" for name in SCORE_NAMES)
+            cells = (_cell(row.ci, name, lambda ci: f"[{ci.low:.3f}, {ci.high:.3f}]") for name in names)
             intervals.add_row(row.name, *cells, style="bold" if row.name == highlight else None)
     return intervals
 

@@ -56,6 +56,22 @@ class Number(click.ParamType):
         return number
 
 
+class Names(click.Choice):
+    """A list-of-names flag of `sertool train` (``--aux``, ``--attributes``): each use names one or several choices,
+    comma-separated (``--attributes arousal,dominance``), and may be repeated; ``_joined`` makes one tuple of all."""
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, (list, tuple)):
+            return tuple(value)
+        choose = super().convert
+        return tuple(choose(item.strip(), param, ctx) for item in str(value).split(","))
+
+
+def _joined(ctx: click.Context, param: click.Parameter, value: tuple[tuple[str, ...], ...]) -> tuple[str, ...]:
+    """Every use of a repeated ``Names`` flag as one tuple, in order."""
+    return tuple(name for names in value for name in names)
+
+
 class AliasArgument(click.Argument):
     """The positional form of a flag (``ROOT`` for ``--corpus ROOT``): optional, since the flag may be given
     instead; messages name it by its metavar."""
@@ -69,8 +85,8 @@ def option_flags(options_class: type, *, overrides: bool = False) -> typing.Call
     config's flags of `sertool train`), a flag left out is None, "not given", so that a --config file or a
     recipe decides; the help then shows the field's default, each recipe's value where one differs
     (``_recipe_values``) and the allowed values, booleans get a ``--no-`` form,
-    a list of names is repeatable with ``none`` to empty it, and a config section's fields are named
-    ``<section>__<field>`` (``_overriding_flag``).
+    a list of names is repeatable or comma-separated with ``none`` to empty it, and a config section's fields are
+    named ``<section>__<field>`` (``_overriding_flag``).
     """
     def decorate(command):
         for spec in reversed(field_options(options_class)):
@@ -103,8 +119,8 @@ def _overriding_flag(spec: ConfigOption):
     if spec.type is bool:
         return click.option(f"{spec.flag}/--no-{spec.flag[2:]}", name, default=None, help=help_text)
     if spec.type is tuple:
-        return click.option(spec.flag, name, multiple=True, type=click.Choice([*(spec.choices or ()), "none"]),
-                            help=help_text)
+        return click.option(spec.flag, name, multiple=True, type=Names([*(spec.choices or ()), "none"]),
+                            callback=_joined, help=help_text)
     kind = (click.Choice(spec.choices) if spec.choices else
             Number(spec.type, spec.bounds) if spec.type in (int, float) else spec.type)
     return click.option(spec.flag, name, type=kind, default=None, help=help_text)

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sertool.core.constants import ATTRIBUTES, attribute_subset
 from sertool.core.errors import SertoolError
 from sertool.core.splits import DEVELOPMENT, TRAIN
 
@@ -350,6 +351,11 @@ class TrainConfig:
                            bounds=NON_NEGATIVE)
     select_best: str = option("average", "Keep best.pt by average CCC; per-attribute also keeps best_<attribute>.pt.",
                               choices=("average", "per-attribute"))
+    attributes: tuple[str, ...] = option(ATTRIBUTES, "The attributes this system predicts, e.g. valence, or "
+                                         "arousal,dominance (a separate system per attribute, the paper's future "
+                                         "work): the model has a head for each, and the CCC loss, best.pt and early "
+                                         "stopping use them alone (their average CCC). sertool ensemble joins "
+                                         "systems of different attributes.", choices=ATTRIBUTES)
     max_nonfinite_steps: int = option(5, "Stop after this many optimiser steps in a row with a non-finite loss or "
                                       "gradient.", bounds=AT_LEAST_ONE)
     checkpoint_every_steps: int = option(0, "Also write last.pt every N optimiser steps (0: at validations).",
@@ -359,6 +365,17 @@ class TrainConfig:
                                 "while rank 0 writes a checkpoint) before the job fails. The set-up's waits (cache "
                                 "fills) have no limit.", bounds=Bounds(at_least=1, at_most=7 * 24 * 3600),
                                 resumable=True)
+
+    def attribute_names(self) -> tuple[str, ...]:
+        """``attributes`` in ``ATTRIBUTES`` order, the order of the model's heads and of its outputs.
+
+        Raises:
+            SertoolError: no attribute, or one given twice.
+        """
+        try:
+            return attribute_subset(self.attributes)
+        except ValueError as error:
+            raise SertoolError(f"train.attributes (--attributes): {error}") from None
 
     def ox_balance_mode(self) -> str:
         """The effective ``ox_balance``: ``ox_outside_balance: true`` (the older key) means ``whole``.
@@ -426,6 +443,7 @@ class Config:
             _coerce(option_, self.get(option_.key), f"{source}: {option_.key}")
         self.train.ox_balance_mode()  # the older key and the new one must agree, before any data is read
         _check_lora(self)
+        self.train.attribute_names()
 
     def with_absolute_paths(self) -> "Config":
         """A copy whose relative paths (``path`` options) are absolute, from the current directory, so that

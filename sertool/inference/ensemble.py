@@ -1,10 +1,14 @@
-"""Ensembles of prediction sets: the paper's mean, weighted means, and a subset chosen per attribute.
+"""Ensembles of prediction sets: the paper's mean, weighted means, members of different attributes joined, and
+a subset chosen per attribute.
 
 Every ensemble is an ``EnsemblePlan``: for each attribute, which members to average and with what weights.
-The paper's ensemble (the mean of 2-3 systems) is the plan with every member at equal weight;
-``select_per_attribute`` builds the plan the paper names as future work, a separate system per
-attribute, by trying every subset of members on Development. One ``apply_plan`` runs them all, and a
-plan saved as JSON (``write_plan``) re-applies the same choice to Test predictions later.
+The paper's ensemble (the mean of 2-3 systems) is the plan with every member at equal weight. Each attribute
+takes only the members that predict it: the paper's future work, a separate system per attribute
+(``train --attributes``), is the plan of an arousal, a valence and a dominance system (``mean_plan`` of members
+of one attribute each), and members that share an attribute are averaged on it; an attribute no member
+predicts is left out of the plan. ``select_per_attribute`` chooses, for each attribute, the subset of its
+members whose mean is best on Development. One ``apply_plan`` runs them all, and a plan saved as JSON
+(``write_plan``) re-applies the same choice to Test predictions later.
 """
 from __future__ import annotations
 
@@ -39,7 +43,8 @@ class EnsemblePlan:
     Attributes:
         members: one name per member, as the caller refers to it (e.g. a predictions CSV path); the
             members given to ``apply_plan`` must come in this order.
-        weights: per attribute name, ``(member index, weight)`` pairs; weights are normalised to sum to 1.
+        weights: per attribute name, ``(member index, weight)`` pairs; weights are normalised to sum to 1. An
+            attribute that no member predicts has no entry: the ensemble does not predict it.
         kind: how the plan was made: ``"mean"``, ``"weighted"`` or ``"select"``.
         development_ccc: for ``"select"`` plans, the Development CCC of each attribute's chosen subset.
             The choice was made on the same data, so these are optimistic; report Test scores.
@@ -48,7 +53,7 @@ class EnsemblePlan:
             (``ensemble --member-backbone-path``).
 
     Raises:
-        ValueError: an attribute is missing, an index is out of range or repeats, or the weights are
+        ValueError: no attribute, an unknown one, an index out of range or repeated, or weights that are
             negative, not finite, or sum to 0.
     """
 
@@ -64,16 +69,23 @@ class EnsemblePlan:
             raise ValueError(f"{len(self.backbone_paths)} backbone paths for {len(self.members)} members")
         if self.kind not in PLAN_KINDS:
             raise ValueError(f"kind {self.kind!r} is not one of {', '.join(PLAN_KINDS)}")
-        missing = [name for name in ATTRIBUTES if name not in self.weights]
-        if missing:
-            raise ValueError(f"no members chosen for {', '.join(missing)}")
-        normalised = {name: _normalised(self.weights[name], len(self.members), name) for name in ATTRIBUTES}
+        unknown = [str(name) for name in self.weights if name not in ATTRIBUTES]
+        if unknown or not self.weights:
+            raise ValueError(f"attributes {', '.join(unknown)}: not one of {', '.join(ATTRIBUTES)}" if unknown
+                             else "no attribute has members")
+        normalised = {name: _normalised(self.weights[name], len(self.members), name)
+                      for name in ATTRIBUTES if name in self.weights}
         object.__setattr__(self, "weights", normalised)
+
+    @property
+    def attributes(self) -> tuple[str, ...]:
+        """The attributes the ensemble predicts (those with members), in ``ATTRIBUTES`` order."""
+        return tuple(self.weights)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable description; ``from_dict`` reads it back."""
         attributes: dict[str, Any] = {}
-        for name in ATTRIBUTES:
+        for name in self.attributes:
             entry: dict[str, Any] = {"members": [{"member": index, "weight": weight}
                                                  for index, weight in self.weights[name]]}
             if self.development_ccc is not None:
@@ -105,13 +117,13 @@ class EnsemblePlan:
         attributes = data.get("attributes")
         if not isinstance(members, list) or not members or not all(isinstance(m, str) for m in members):
             raise SertoolError(f"{source}: \"members\" must be a non-empty list of names")
-        if not isinstance(attributes, dict):
-            raise SertoolError(f"{source}: \"attributes\" must be an object keyed by attribute name")
+        if not isinstance(attributes, dict) or not attributes or any(name not in ATTRIBUTES for name in attributes):
+            raise SertoolError(f"{source}: \"attributes\" must be an object keyed by attribute name ("
+                               f"{', '.join(ATTRIBUTES)}; those the ensemble predicts)")
         refuse_repeated_members(members, [f"{source}: members[{index}]" for index in range(len(members))])
         weights: dict[str, tuple[tuple[int, float], ...]] = {}
         development_ccc: dict[str, float] = {}
-        for name in ATTRIBUTES:
-            entry = attributes.get(name, {})
+        for name, entry in attributes.items():
             try:
                 weights[name] = tuple((_index(item["member"]), float(item["weight"])) for item in entry["members"])
                 if "development_ccc" in entry:
@@ -127,7 +139,7 @@ class EnsemblePlan:
                                "member")
         try:
             return cls(members=tuple(members), weights=weights, kind=data.get("kind", "mean"),
-                       development_ccc=development_ccc if len(development_ccc) == len(ATTRIBUTES) else None,
+                       development_ccc=development_ccc if len(development_ccc) == len(weights) else None,
                        backbone_paths=None if backbone_paths is None else tuple(backbone_paths))
         except ValueError as error:
             raise SertoolError(f"{source}: {error}") from None
@@ -148,28 +160,38 @@ def refuse_repeated_members(names: Sequence[str], wheres: Sequence[str]) -> None
         seen.refuse_repeat(name, where, fix="give each member once (--weights gives one member more say)")
 
 
-def mean_plan(names: Sequence[str], weights: Sequence[float] | None = None) -> EnsemblePlan:
-    """Every member for every attribute: the paper's mean, or a weighted mean.
+def mean_plan(names: Sequence[str], weights: Sequence[float] | None = None, *,
+              coverage: Sequence[Sequence[str]] | None = None) -> EnsemblePlan:
+    """For every attribute, every member that predicts it: the paper's mean, or a weighted mean.
 
     Args:
         names: one per member (e.g. predictions CSV paths).
-        weights: one per member, any positive scale (normalised); None: equal weights.
+        weights: one per member, any positive scale (normalised among the members of each attribute); None:
+            equal weights.
+        coverage: per member, the attributes it predicts (``Predictions.attributes``, ``Predictor.attributes``);
+            None: all three for every member. Members of one attribute each (a separate system per attribute)
+            make one system of every attribute they cover.
 
     Raises:
         SertoolError: the weights do not match the members in number, or are negative, not finite or
-            all 0.
+            all 0 among the members of an attribute.
     """
     if not names:
         raise SertoolError("an ensemble needs at least one member")
     if weights is not None and len(weights) != len(names):
         raise SertoolError(f"{len(weights)} weights for {len(names)} ensemble members; give one weight per member")
-    pairs = tuple((index, 1.0 if weights is None else float(weights[index])) for index in range(len(names)))
+    covered = [set(ATTRIBUTES)] * len(names) if coverage is None else [set(own) for own in coverage]
+    if len(covered) != len(names):
+        raise ValueError(f"mean_plan: {len(covered)} attribute sets for {len(names)} members")
+    plan = {name: tuple((index, 1.0 if weights is None else float(weights[index]))
+                        for index in range(len(names)) if name in covered[index])
+            for name in ATTRIBUTES if any(name in own for own in covered)}
     try:
-        return EnsemblePlan(members=tuple(names), weights={name: pairs for name in ATTRIBUTES},
-                            kind="mean" if weights is None else "weighted")
-    except ValueError:  # the same weights for every attribute: the message need not name one
+        return EnsemblePlan(members=tuple(names), weights=plan, kind="mean" if weights is None else "weighted")
+    except ValueError as error:  # every attribute's members alike: the message need not name an attribute
+        alike = len({tuple(index for index, _ in pairs) for pairs in plan.values()}) == 1
         raise SertoolError(f"--weights {','.join(f'{w:g}' for w in weights or ())}: weights must be finite, "
-                           "non-negative and not all 0") from None
+                           "non-negative and not all 0" + ("" if alike else f" ({error})")) from None
 
 
 def average(members: Sequence[Predictions], weights: Sequence[float] | None = None, *,
@@ -193,14 +215,16 @@ def average(members: Sequence[Predictions], weights: Sequence[float] | None = No
 
 def select_per_attribute(members: Sequence[Predictions], labels: np.ndarray, *,
                          names: Sequence[str] | None = None, max_subset_size: int | None = None) -> EnsemblePlan:
-    """For each attribute, the subset of members whose mean scores the best Development CCC.
+    """For each attribute, the subset of its members (those that predict it) whose mean scores the best
+    Development CCC.
 
-    Every non-empty subset of at most ``max_subset_size`` members is averaged and scored; ties go to the
-    smaller subset (then the one with lower member indices), so a member is only added when it helps.
+    Every non-empty subset of at most ``max_subset_size`` of an attribute's members is averaged and scored; ties
+    go to the smaller subset (then the one with lower member indices), so a member is only added when it helps.
+    An attribute no member predicts stays out of the plan.
 
     Args:
         members: Development predictions of each candidate system, in any row order.
-        labels: ``[N, 3]`` Development rater means in ``members[0].ids`` order.
+        labels: ``[N, 3]`` Development rater means (A, V, D) in ``members[0].ids`` order.
         names: one per member, stored in the plan (e.g. predictions CSV paths).
         max_subset_size: largest subset to try; None: all members.
 
@@ -209,35 +233,43 @@ def select_per_attribute(members: Sequence[Predictions], labels: np.ndarray, *,
         attribute (optimistic: chosen on the same data).
 
     Raises:
-        SertoolError: the members cover different files, ``max_subset_size`` is below 1, or there are
-            more than ``MAX_SUBSETS`` subsets to try.
+        SertoolError: the members cover different files, ``max_subset_size`` is below 1, or an attribute has
+            more than ``MAX_SUBSETS`` subsets of members to try.
     """
     names = _names(members, names)
     aligned = align(members, names=names)
     labels = np.asarray(labels, dtype=np.float64)
-    if labels.shape != aligned[0].values.shape or not np.all(np.isfinite(labels)):
-        raise ValueError(f"select_per_attribute: labels must be finite, shape {aligned[0].values.shape}, "
+    if labels.shape != (len(aligned[0]), len(ATTRIBUTES)) or not np.all(np.isfinite(labels)):
+        raise ValueError(f"select_per_attribute: labels must be finite, shape {(len(aligned[0]), len(ATTRIBUTES))}, "
                          f"got {labels.shape}")
     if max_subset_size is not None and max_subset_size < 1:
         raise SertoolError(f"maximum subset size {max_subset_size}: must be at least 1")
-    largest = len(aligned) if max_subset_size is None else min(max_subset_size, len(aligned))
-    num_subsets = sum(math.comb(len(aligned), size) for size in range(1, largest + 1))
-    if num_subsets > MAX_SUBSETS:
-        raise SertoolError(
-            f"{len(aligned)} members give {num_subsets} subsets to score, more than {MAX_SUBSETS}; "
-            "lower the maximum subset size (3 is usually enough) or ensemble fewer members"
-        )
-    stacked = np.stack([member.values for member in aligned])  # [M, N, 3]
-    best_score = dict.fromkeys(ATTRIBUTES, -math.inf)
+    # Each attribute's candidates: the members that predict it (an attribute none predicts has none).
+    candidates = {name: indices for name in ATTRIBUTES
+                  if (indices := [index for index, member in enumerate(aligned) if name in member.attributes])}
+    largest = {name: len(indices) if max_subset_size is None else min(max_subset_size, len(indices))
+               for name, indices in candidates.items()}
+    for name, indices in candidates.items():
+        num_subsets = sum(math.comb(len(indices), size) for size in range(1, largest[name] + 1))
+        if num_subsets > MAX_SUBSETS:
+            raise SertoolError(
+                f"{len(indices)} members of {name} give {num_subsets} subsets to score, more than {MAX_SUBSETS}; "
+                "lower the maximum subset size (3 is usually enough) or ensemble fewer members"
+            )
+    best_score: dict[str, float] = {}
     best_subset: dict[str, tuple[int, ...]] = {}
-    # Sizes ascending and a strict ">" make ties go to the smaller, earlier subset.
-    for size in range(1, largest + 1):
-        for subset in combinations(range(len(aligned)), size):
-            scores = ccc_scores(stacked[list(subset)].mean(axis=0), labels)
-            for name in ATTRIBUTES:
-                if scores[name] > best_score[name]:
-                    best_score[name], best_subset[name] = scores[name], subset
-    weights = {name: tuple((index, 1.0) for index in best_subset[name]) for name in ATTRIBUTES}
+    for name, indices in candidates.items():
+        truth = labels[:, [ATTRIBUTES.index(name)]]
+        column = {index: aligned[index].values[:, aligned[index].columns([name])] for index in indices}  # [N, 1]
+        best_score[name] = -math.inf
+        # Sizes ascending and a strict ">" make ties go to the smaller, earlier subset.
+        for size in range(1, largest[name] + 1):
+            for subset in combinations(indices, size):
+                mean = np.mean([column[index] for index in subset], axis=0)
+                score = ccc_scores(mean, truth, attributes=(name,))[name]
+                if score > best_score[name]:
+                    best_score[name], best_subset[name] = score, subset
+    weights = {name: tuple((index, 1.0) for index in subset) for name, subset in best_subset.items()}
     return EnsemblePlan(members=tuple(names), weights=weights, kind="select", development_ccc=best_score)
 
 
@@ -253,20 +285,40 @@ def apply_plan(plan: EnsemblePlan, members: Sequence[Predictions]) -> Prediction
         members: one per ``plan.members``, in that order, rows in any order.
 
     Returns:
-        Predictions in ``members[0]``'s id order.
+        Predictions in ``members[0]``'s id order, of the plan's attributes.
 
     Raises:
-        SertoolError: the number of members differs from the plan's, a member is not on the 1..7 scale
+        SertoolError: the number of members differs from the plan's, the plan takes an attribute from a member
+            that does not predict it (``check_coverage``), a member is not on the 1..7 scale
             (``check_rating_scale``), they cover different files, or some have segments the others lack.
     """
     if len(members) != len(plan.members):
         raise SertoolError(f"the ensemble plan has {len(plan.members)} members ({', '.join(plan.members)}) "
                            f"but {len(members)} prediction sets were given; give one per plan member, in order")
+    check_coverage(plan, [member.attributes for member in members], source="the ensemble plan")
     for name, member in zip(plan.members, members, strict=True):  # averaging a 0..1 member with 1..7 ones means nothing
         check_rating_scale(member, source=f"ensemble member {name}")
     aligned = align(members, names=plan.members)
-    values, spread = _combine(plan, np.stack([member.values for member in aligned]))
-    return Predictions(ids=aligned[0].ids, values=values, spread=spread, segments=_combine_segments(plan, aligned))
+    values, spread = _combine(plan, [member.values for member in aligned], [member.attributes for member in aligned])
+    return Predictions(ids=aligned[0].ids, values=values, spread=spread, segments=_combine_segments(plan, aligned),
+                       attributes=plan.attributes)
+
+
+def check_coverage(plan: EnsemblePlan, coverage: Sequence[Sequence[str]], *, source: str) -> None:
+    """Refuse a plan that takes an attribute from a member that does not predict it.
+
+    Args:
+        coverage: per member of ``plan``, in order, the attributes it predicts.
+        source: how the message names the plan (its file).
+
+    Raises:
+        SertoolError: naming the first such attribute and member, and what that member predicts.
+    """
+    for name, pairs in plan.weights.items():
+        for index, _ in pairs:
+            if name not in coverage[index]:
+                raise SertoolError(f"{source}: takes {name} from {plan.members[index]}, which predicts only "
+                                   f"{', '.join(coverage[index])}; make the plan again from the members as they are")
 
 
 def write_plan(plan: EnsemblePlan, handle: IO[str]) -> None:
@@ -284,17 +336,21 @@ def read_plan(path: str | Path) -> EnsemblePlan:
     return EnsemblePlan.from_dict(load_json(path, what="ensemble plan"), source=str(path))
 
 
-def _combine(plan: EnsemblePlan, stacked: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``[M, R, 3]`` member values → the plan's ``[R, 3]`` weighted mean and weighted std."""
-    values = np.empty(stacked.shape[1:])
-    spread = np.empty(stacked.shape[1:])
-    for column, name in enumerate(ATTRIBUTES):
-        indices = [index for index, _ in plan.weights[name]]
+def _combine(plan: EnsemblePlan, member_values: Sequence[np.ndarray],
+             member_attributes: Sequence[Sequence[str]]) -> tuple[np.ndarray, np.ndarray]:
+    """Each member's ``[R, its attributes]`` values → the plan's ``[R, its attributes]`` weighted mean and weighted
+    std, each attribute from the members the plan names for it."""
+    num_rows = len(member_values[0])
+    values = np.empty((num_rows, len(plan.attributes)))
+    spread = np.empty((num_rows, len(plan.attributes)))
+    for column, name in enumerate(plan.attributes):
         weights = np.array([weight for _, weight in plan.weights[name]])
+        stacked = np.stack([member_values[index][:, list(member_attributes[index]).index(name)]
+                            for index, _ in plan.weights[name]])  # [k, R]
         # Each row scaled by one power of two (exact) so that the squares of values far off the scale (a CSV
         # member may hold 1e300) cannot overflow: the spread is then that of the values, not infinity.
-        _, exponent = np.frexp(np.abs(stacked[indices, :, column]).max(axis=0))  # [R]
-        chosen = np.ldexp(stacked[indices, :, column], -exponent)  # [k, R]
+        _, exponent = np.frexp(np.abs(stacked).max(axis=0))  # [R]
+        chosen = np.ldexp(stacked, -exponent)  # [k, R]
         mean = weights @ chosen
         values[:, column] = np.ldexp(mean, exponent)
         spread[:, column] = np.ldexp(np.sqrt(weights @ np.square(chosen - mean)), exponent)
@@ -311,7 +367,8 @@ def _combine_segments(plan: EnsemblePlan, aligned: Sequence[Predictions]) -> lis
             f"ensemble members {', '.join(plan.members)} have different segments; predict long audio with "
             "the same window and hop for every member, or without segments for all"
         )
-    values, _ = _combine(plan, np.array([[member_segments[key] for key in keys] for member_segments in keyed]))
+    values, _ = _combine(plan, [np.array([member_segments[key] for key in keys]).reshape(len(keys), -1)
+                                for member_segments in keyed], [member.attributes for member in aligned])
     return [Segment(file_id, start_s, end_s, tuple(float(v) for v in row))
             for (file_id, start_s, end_s), row in zip(keys, values, strict=True)]
 

@@ -13,7 +13,7 @@ from sertool.core.errors import SertoolError
 from sertool.core.io import SeenIds, printable, quoted, read_csv_records
 from sertool.data.audio import SAMPLE_RATE, audio_info
 from sertool.data.corpus import open_corpus
-from sertool.data.records import Utterance
+from sertool.data.records import ATTRIBUTES, Utterance
 from sertool.data.report import LoadReport
 from sertool.data.rows import read_headers
 from sertool.guards.reads import MAX_TRANSCRIPT_BYTES, read_user_bytes
@@ -260,9 +260,11 @@ class WindowMerger:
     def __init__(self) -> None:
         self._rows: dict[str, np.ndarray] = {}
         self._windows: dict[str, list[tuple[tuple[int, int], np.ndarray]]] = {}
+        self._attributes: tuple[str, ...] = ATTRIBUTES  # the predictor's (every chunk's)
 
     def add(self, pieces: Sequence[Piece], predictions: Predictions) -> None:
         """Record the predictions of ``pieces`` (``predictions`` holds a row for each piece's utterance id)."""
+        self._attributes = predictions.attributes
         values = predictions.take([piece.utterance.id for piece in pieces]).values
         for piece, row in zip(pieces, values, strict=True):
             if piece.span is None:
@@ -286,7 +288,8 @@ class WindowMerger:
             values = np.array([row for _, row in windows])
             rows.append(combine_windows(spans, values))
             segments.extend(window_segments(utt.id, spans, values, sample_rate=SAMPLE_RATE))
-        return Predictions([utt.id for utt in utterances], np.array(rows).reshape(-1, 3), segments=segments)
+        return Predictions([utt.id for utt in utterances], np.array(rows).reshape(-1, len(self._attributes)),
+                           segments=segments, attributes=self._attributes)
 
 
 def _spans(utt: Utterance, window_s: float, hop_s: float) -> list[tuple[int, int]]:

@@ -148,8 +148,8 @@ class EnsembleOptions:
     split: str = option(DEVELOPMENT, "The split to combine (and score, if labelled).")
     weights: list[float] | None = option(None, "Weighted mean instead of the plain mean: one weight (≥ 0) per member.",
                                          bounds=NON_NEGATIVE, many=True, metavar="W,W,...")
-    per_attribute: str | None = option(None, "Per attribute, the member subset that is best on --select-split (the "
-                                       "paper's future work).", choices=PER_ATTRIBUTE_CHOICES)
+    per_attribute: str | None = option(None, "Per attribute, the subset of the members that predict it whose mean is "
+                                       "best on --select-split.", choices=PER_ATTRIBUTE_CHOICES)
     select_split: str = option(DEVELOPMENT, "Labelled split the per-attribute choice is made on.")
     out: str | None = option(None, "Write the ensemble's predictions (with the members' spread) here.", metavar="FILE")
     submission: str | None = option(None, "Write the challenge submission of the ensemble here.", metavar="CSV")

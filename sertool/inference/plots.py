@@ -12,7 +12,7 @@ from typing import IO, TYPE_CHECKING
 import numpy as np
 
 from sertool.core.errors import missing_package
-from sertool.data.records import ATTRIBUTES, EMO_CLASSES, LABEL_MAX, LABEL_MIN
+from sertool.data.records import EMO_CLASSES, LABEL_MAX, LABEL_MIN
 from sertool.inference.predictions import Predictions
 from sertool.models.ccc import ccc_scores
 
@@ -28,14 +28,15 @@ def plot_evaluation(predictions: Predictions, labels: np.ndarray, classes: Seque
     """Write one PNG to ``handle`` (a file being committed through ``OutputPlan.writing``): per attribute,
     predicted vs true, and predictions by emotion class.
 
-    Top row, one panel per attribute: a scatter of predicted against true values with the identity line
+    Top row, one panel per attribute predicted: a scatter of predicted against true values with the identity line
     and the split's CCC in the title. Bottom row (when classes are known): box plots of the predictions
     per EmoClass with each class's mean true value marked, which shows at a glance which classes the model
     pulls towards the middle of the scale.
 
     Args:
         predictions: whole-file predictions on the 1..7 scale.
-        labels: ``[N, 3]`` rater means in ``predictions.ids`` order.
+        labels: ``[N, len(predictions.attributes)]`` rater means of the predicted attributes in ``predictions.ids``
+            order.
         classes: EmoClass code per row (None where unknown), or None; without any known class the
             bottom row is left out.
         handle: the binary stream the PNG goes to.
@@ -59,12 +60,13 @@ def plot_evaluation(predictions: Predictions, labels: np.ndarray, classes: Seque
         raise ValueError(f"plot_evaluation: {len(classes)} classes for {len(predictions)} predictions")
     groups = _class_groups(classes)
     num_rows = 2 if groups else 1
-    figure = Figure(figsize=(PANEL_SIZE_IN[0] * len(ATTRIBUTES), PANEL_SIZE_IN[1] * num_rows), dpi=DPI,
+    attributes = predictions.attributes
+    figure = Figure(figsize=(PANEL_SIZE_IN[0] * len(attributes), PANEL_SIZE_IN[1] * num_rows), dpi=DPI,
                     layout="constrained")
     FigureCanvasAgg(figure)
-    axes = figure.subplots(num_rows, len(ATTRIBUTES), squeeze=False)
-    scores = ccc_scores(predictions.values, labels)
-    for column, name in enumerate(ATTRIBUTES):
+    axes = figure.subplots(num_rows, len(attributes), squeeze=False)
+    scores = ccc_scores(predictions.values, labels, attributes=attributes)
+    for column, name in enumerate(attributes):
         true, predicted = labels[:, column], predictions.values[:, column]
         # The whole rater scale is always shown, widened if values overshoot it, so figures of different
         # runs compare by eye.

@@ -18,6 +18,9 @@ reads it too; the other columns appear only when they carry something:
 On the unit scale (``predict --scale unit``) the value and spread columns are ``EmoAct_unit``, ... and
 ``EmoAct_unit_spread``, ...: the header says the scale, and no reader takes such a file for ratings.
 
+A system of fewer attributes (``train.attributes``, e.g. a valence system) has the columns of its own alone
+(``FileName,EmoVal``, ``EmoVal_spread``, ``EmoVal_true``): a file holds the attributes its header names.
+
 ``read_predictions`` accepts these files and plain submission files (only the first four columns).
 """
 from __future__ import annotations
@@ -31,14 +34,14 @@ from typing import TextIO
 
 import numpy as np
 
+from sertool.core.constants import attribute_subset
 from sertool.core.errors import SertoolError
 from sertool.core.io import SeenIds, csv_text, read_csv_records
 from sertool.data.records import ATTRIBUTE_COLUMNS, ATTRIBUTES, LABEL_MAX, LABEL_MIN
 
 ID_COLUMN = "FileName"
 VALUE_COLUMNS: tuple[str, ...] = tuple(ATTRIBUTE_COLUMNS[name] for name in ATTRIBUTES)  # EmoAct, EmoVal, EmoDom
-SPREAD_COLUMNS: tuple[str, ...] = tuple(f"{column}_spread" for column in VALUE_COLUMNS)
-TRUE_COLUMNS: tuple[str, ...] = tuple(f"{column}_true" for column in VALUE_COLUMNS)
+SPREAD_SUFFIX, TRUE_SUFFIX = "_spread", "_true"  # a value column's spread (ensembles) and labels (evaluate)
 SEGMENT_COLUMNS: tuple[str, ...] = ("start_s", "end_s")
 # Six decimals: far below the raters' resolution, and a CSV round trip changes a CCC by < 1e-6.
 FLOAT_DECIMALS = 6
@@ -59,13 +62,13 @@ class Segment:
     Attributes:
         id: the file's id (a ``Predictions.ids`` entry).
         start_s, end_s: the window's span in seconds from the start of the file.
-        values: A, V, D on the 1..7 scale.
+        values: A, V, D on the 1..7 scale (those of the predictions' ``attributes``).
     """
 
     id: str
     start_s: float
     end_s: float
-    values: tuple[float, ...]  # A, V, D
+    values: tuple[float, ...]  # A, V, D (the attributes predicted)
 
 
 @dataclass(frozen=True, eq=False)
@@ -74,16 +77,19 @@ class Predictions:
 
     Attributes:
         ids: one id per row, unique.
-        values: ``[N, 3]`` float64 on the 1..7 rater scale, columns A, V, D.
-        spread: ``[N, 3]`` standard deviation of the ensemble members behind each value, or None for a
+        values: ``[N, len(attributes)]`` float64 on the 1..7 rater scale, a column per attribute (A, V, D).
+        spread: the same shape: standard deviation of the ensemble members behind each value, or None for a
             single model.
         segments: per-window predictions of long files (``Segment.id`` is one of ``ids``); empty otherwise.
         scale: ``SCALE_RATINGS`` (values, spread and segments on 1..7) or ``SCALE_UNIT`` (on the model's 0..1
             scale, ``predictor.on_scale``).
+        attributes: what the columns are, in ``ATTRIBUTES`` order: all three, or those of a system of fewer
+            (``train.attributes``).
 
     Raises:
-        ValueError: shapes disagree, ids repeat, or a segment names an unknown id (programming errors:
-            readers check user files first and name the row).
+        ValueError: shapes disagree, ids repeat, a segment names an unknown id, or ``attributes`` are not a set
+            of attributes in ``ATTRIBUTES`` order (programming errors: readers check user files first and name
+            the row).
     """
 
     ids: list[str]
@@ -91,12 +97,19 @@ class Predictions:
     spread: np.ndarray | None = None
     segments: list[Segment] = field(default_factory=list)
     scale: str = SCALE_RATINGS
+    attributes: tuple[str, ...] = ATTRIBUTES
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ids", list(self.ids))
-        object.__setattr__(self, "values", _as_rows(self.values, len(self.ids), "values"))
+        object.__setattr__(self, "attributes", tuple(self.attributes))
+        if self.attributes != attribute_subset(self.attributes):
+            raise ValueError(f"Predictions: attributes {self.attributes} are not in the order {ATTRIBUTES}")
+        width = len(self.attributes)
+        object.__setattr__(self, "values", _as_rows(self.values, len(self.ids), "values", width))
         if self.spread is not None:
-            object.__setattr__(self, "spread", _as_rows(self.spread, len(self.ids), "spread"))
+            object.__setattr__(self, "spread", _as_rows(self.spread, len(self.ids), "spread", width))
+        if any(len(segment.values) != width for segment in self.segments):
+            raise ValueError(f"Predictions: segments whose values are not one per attribute of {self.attributes}")
         if len(set(self.ids)) != len(self.ids):
             raise ValueError(f"Predictions: repeated ids {preview_ids(_repeated(self.ids))}")
         unknown = {segment.id for segment in self.segments} - set(self.ids)
@@ -130,7 +143,12 @@ class Predictions:
             values=self.values[rows],
             spread=None if self.spread is None else self.spread[rows],
             segments=[segment for segment in self.segments if segment.id in wanted],
+            attributes=self.attributes,
         )
+
+    def columns(self, attributes: Sequence[str]) -> list[int]:
+        """The columns of ``values`` that hold ``attributes`` (each of which these predictions must have)."""
+        return [self.attributes.index(name) for name in attributes]
 
 
 def align(members: Sequence[Predictions], *, names: Sequence[str] | None = None) -> list[Predictions]:
@@ -178,7 +196,8 @@ def write_predictions(predictions: Predictions, handle: TextIO, *, labels: np.nd
     Args:
         predictions: what to write; rows keep its order.
         handle: the stream.
-        labels: ``[N, 3]`` rater means in ``predictions.ids`` order, written as ``EmoAct_true``, ...
+        labels: ``[N, len(predictions.attributes)]`` rater means of the predicted attributes in
+            ``predictions.ids`` order, written as ``EmoAct_true``, ...
         where: how an error names the destination (the file's path).
 
     Raises:
@@ -186,30 +205,33 @@ def write_predictions(predictions: Predictions, handle: TextIO, *, labels: np.nd
             is written then.
     """
     if labels is not None:
-        labels = _as_rows(labels, len(predictions), "labels")
+        labels = _as_rows(labels, len(predictions), "labels", len(predictions.attributes))
     check_finite(predictions, where)
     handle.write(csv_text(*_csv_table(predictions, labels), destination=where))
 
 
 def read_predictions(path: str | Path) -> Predictions:
-    """Read a predictions CSV written by ``write_predictions``, or a plain submission file.
+    """Read a predictions CSV written by ``write_predictions``, or a plain submission file; its ``attributes``
+    are those whose value columns (``EmoAct``, ``EmoVal``, ``EmoDom``) the header has.
 
     Raises:
-        SertoolError: the file is unreadable, or a column is missing, a value is not a finite number, a
+        SertoolError: the file is unreadable, or has no value column, a value is not a finite number, a
             FileName repeats, or a segment row is malformed (naming the file and line).
     """
     return read_predictions_and_labels(path)[0]
 
 
 def read_predictions_and_labels(path: str | Path) -> tuple[Predictions, np.ndarray | None]:
-    """Like ``read_predictions``, also returning the ``*_true`` columns (``[N, 3]``) or None without them.
+    """Like ``read_predictions``, also returning the ``*_true`` columns (``[N, len(attributes)]``) or None without
+    them.
 
     Raises:
         SertoolError: as ``read_predictions``; also when only some ``*_true`` columns are present.
     """
     path = Path(path)
-    hint = f"a predictions file needs the header {','.join((ID_COLUMN, *VALUE_COLUMNS))}"
-    return _parse_csv(read_csv_records(path, (ID_COLUMN, *VALUE_COLUMNS), what="predictions file", hint=hint), path)
+    hint = (f"a predictions file needs the header {','.join((ID_COLUMN, *VALUE_COLUMNS))} (or the value columns of "
+            "the attributes it predicts)")
+    return _parse_csv(read_csv_records(path, (ID_COLUMN, VALUE_COLUMNS), what="predictions file", hint=hint), path)
 
 
 def check_rating_scale(predictions: Predictions, *, source: str) -> None:
@@ -223,7 +245,7 @@ def check_rating_scale(predictions: Predictions, *, source: str) -> None:
     Raises:
         SertoolError: naming ``source``, the attribute, and its median and range.
     """
-    for column, name in enumerate(ATTRIBUTES):
+    for column, name in enumerate(predictions.attributes):
         values = predictions.values[:, column]
         median = float(np.median(values)) if len(values) else LABEL_MIN
         if not LABEL_MIN <= median <= LABEL_MAX:
@@ -277,15 +299,16 @@ def _csv_table(predictions: Predictions, labels: np.ndarray | None) -> tuple[lis
     """The header and rows of the predictions CSV (format in the module docstring)."""
     has_segments = bool(predictions.segments)
     suffix = UNIT_SUFFIX if predictions.scale == SCALE_UNIT else ""
-    header = [ID_COLUMN, *(column + suffix for column in VALUE_COLUMNS)]
+    value_columns = [ATTRIBUTE_COLUMNS[name] for name in predictions.attributes]
+    header = [ID_COLUMN, *(column + suffix for column in value_columns)]
     if predictions.spread is not None:
-        header += [f"{column}{suffix}_spread" for column in VALUE_COLUMNS]
+        header += [f"{column}{suffix}{SPREAD_SUFFIX}" for column in value_columns]
     if labels is not None:
-        header += TRUE_COLUMNS
+        header += [column + TRUE_SUFFIX for column in value_columns]
     if has_segments:
         header += SEGMENT_COLUMNS
     # Columns a segment row leaves empty: spread and true values belong to whole files.
-    empty_per_segment = len(header) - 1 - len(VALUE_COLUMNS) - len(SEGMENT_COLUMNS)
+    empty_per_segment = len(header) - 1 - len(value_columns) - len(SEGMENT_COLUMNS)
     segments_of = segments_by_id(predictions.segments)
     rows = []
     for row, name in enumerate(predictions.ids):
@@ -305,16 +328,24 @@ def _csv_table(predictions: Predictions, labels: np.ndarray | None) -> tuple[lis
 
 def _parse_csv(records: Iterator[tuple[int, dict[str, str]]], path: Path) -> tuple[Predictions, np.ndarray | None]:
     has_spread = has_labels = has_segments = None
+    attributes: tuple[str, ...] = ATTRIBUTES
+    value_columns: list[str] = []
+    spread_columns: list[str] = []
+    true_columns: list[str] = []
     ids: list[str] = []
     seen = SeenIds(ID_COLUMN)
     values, spread, labels, segments = [], [], [], []
     for line, record in records:
         where = f"{path}:{line}"
-        if has_spread is None:  # the first row tells which optional column groups the header has
+        if has_spread is None:  # the first row tells which attributes and optional column groups the header has
+            attributes = tuple(name for name in ATTRIBUTES if ATTRIBUTE_COLUMNS[name] in record)
+            value_columns = [ATTRIBUTE_COLUMNS[name] for name in attributes]
+            spread_columns = [column + SPREAD_SUFFIX for column in value_columns]
+            true_columns = [column + TRUE_SUFFIX for column in value_columns]
             has_spread, has_labels, has_segments = (_optional_group(record, group, path)
-                                                    for group in (SPREAD_COLUMNS, TRUE_COLUMNS, SEGMENT_COLUMNS))
+                                                    for group in (spread_columns, true_columns, SEGMENT_COLUMNS))
         name = _row_id(record, where)
-        row_values = _numbers(record, VALUE_COLUMNS, where)
+        row_values = _numbers(record, value_columns, where)
         if has_segments and any((record.get(column) or "").strip() for column in SEGMENT_COLUMNS):
             segments.append((_segment(record, name, row_values, where), where))
             continue
@@ -322,9 +353,9 @@ def _parse_csv(records: Iterator[tuple[int, dict[str, str]]], path: Path) -> tup
         ids.append(name)
         values.append(row_values)
         if has_spread:
-            spread.append(_numbers(record, SPREAD_COLUMNS, where))
+            spread.append(_numbers(record, spread_columns, where))
         if has_labels:
-            labels.append(_numbers(record, TRUE_COLUMNS, where))
+            labels.append(_numbers(record, true_columns, where))
     if not ids:
         raise SertoolError(f"{path}: no prediction rows below the header")
     known = set(ids)
@@ -336,6 +367,7 @@ def _parse_csv(records: Iterator[tuple[int, dict[str, str]]], path: Path) -> tup
         values=np.array(values),
         spread=np.array(spread) if has_spread else None,
         segments=[segment for segment, _ in segments],
+        attributes=attributes,
     )
     return predictions, (np.array(labels) if has_labels else None)
 
@@ -380,10 +412,10 @@ def _numbers(record: Mapping[str, str | None], columns: Sequence[str], where: st
     return numbers
 
 
-def _as_rows(array: np.ndarray, num_rows: int, name: str) -> np.ndarray:
+def _as_rows(array: np.ndarray, num_rows: int, name: str, width: int) -> np.ndarray:
     rows = np.asarray(array, dtype=np.float64)
-    if rows.shape != (num_rows, len(ATTRIBUTES)):
-        raise ValueError(f"{name}: expected shape ({num_rows}, {len(ATTRIBUTES)}), got {rows.shape}")
+    if rows.shape != (num_rows, width):
+        raise ValueError(f"{name}: expected shape ({num_rows}, {width}), got {rows.shape}")
     return rows
 
 

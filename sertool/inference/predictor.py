@@ -20,7 +20,7 @@ from sertool.core.errors import SertoolError
 from sertool.core.hub import CLI_SPELLING, OptionSpelling, check_available, is_repo_id
 from sertool.data.records import Utterance
 from sertool.data.selection import unknown_training_data
-from sertool.inference.ensemble import apply_plan, read_plan
+from sertool.inference.ensemble import apply_plan, check_coverage, read_plan
 from sertool.inference.options import InferenceOptions
 from sertool.inference.predictions import (
     SCALE_RATINGS,
@@ -35,7 +35,7 @@ from sertool.models.heads import LabelScaling
 from sertool.models.speaker_embedding import LOG_MEL_STATS
 from sertool.runtime.precision import ieee_float32, resolve_amp
 from sertool.runtime.runner import run_model
-from sertool.store.checkpoints import WEIGHTS_FILE, load_stored_state
+from sertool.store.checkpoints import WEIGHTS_FILE, load_stored_state, payload_attributes
 from sertool.store.model_folder import load_model
 
 if TYPE_CHECKING:
@@ -53,6 +53,9 @@ class PredictorOutput:
 
 class Predictor(Protocol):
     name: str
+    # The attributes it predicts, in ATTRIBUTES order: all three, or those of a system of fewer (train.attributes),
+    # a predictions file's columns, or what an ensemble's members cover.
+    attributes: tuple[str, ...]
     # Ids of the utterances the model trained on (scores leave them out); None where unknown (a CSV).
     training_ids: frozenset[str] | None
     # The --init-from models behind it whose training data is unknown (scores say so); () where none or unknown.
@@ -119,6 +122,7 @@ class CheckpointPredictor:
         damaged = [key for key in ("config", "model_state") if not isinstance(self.payload.get(key), dict)]
         if damaged:
             raise SertoolError(f"{path}: a damaged sertool checkpoint: it has no {' and no '.join(damaged)}")
+        self.attributes = payload_attributes(self.payload, source=self.name)
         recorded = self.payload.get("training_ids")  # absent from older checkpoints and the authors' releases
         self.training_ids = frozenset(recorded) if recorded is not None else None
         self.unknown_training_from = unknown_training_data(self.payload)
@@ -148,7 +152,8 @@ class CheckpointPredictor:
             from sertool.models.ser_model import SERModel
 
             model = SERModel(self.config.model, num_speakers=len(self.payload.get("speakers", [])),
-                             backbone_weights=self.payload.get("backbone_weights", "published"), spelling=self.spelling)
+                             backbone_weights=self.payload.get("backbone_weights", "published"), spelling=self.spelling,
+                             attributes=self.attributes)
             load_stored_state(model, self.payload["model_state"], source=self.payload[WEIGHTS_FILE])
             model = model.to(self.options.torch_device()).eval()
             if self.options.quantize == QUANTIZE_INT8:
@@ -171,7 +176,7 @@ class CheckpointPredictor:
                             max_batch_s=self.options.max_batch_s, num_workers=self.options.num_workers,
                             amp_dtype=resolve_amp(self.options.amp, device))
         values = model.label_scaling.ratings(raw.emotion_unit)
-        return PredictorOutput(Predictions(raw.ids, values), raw.gender_probabilities)
+        return PredictorOutput(Predictions(raw.ids, values, attributes=self.attributes), raw.gender_probabilities)
 
     def _with_transcripts(self, utterances: Sequence[Utterance]) -> list[Utterance]:
         """MM models need text: missing transcripts come from ASR (``options.asr``), cached."""
@@ -193,6 +198,7 @@ class CsvPredictor:
         """
         self.name = str(path)
         self.table = read_predictions(path)
+        self.attributes = self.table.attributes  # the value columns it has
         self.training_ids: frozenset[str] | None = None  # a CSV does not say what made it
         self.unknown_training_from: tuple[str, ...] = ()
         self.input_s: float | None = None
@@ -203,7 +209,8 @@ class CsvPredictor:
 
 
 class EnsemblePredictor:
-    """Members combined by an ``EnsemblePlan`` (``sertool ensemble --save``)."""
+    """Members combined by an ``EnsemblePlan`` (``sertool ensemble --save``): each attribute the plan covers from
+    the members it names for it."""
 
     def __init__(self, path: str | Path, options: InferenceOptions, *, within: tuple[Path, ...] = (),
                  spelling: OptionSpelling = CLI_SPELLING) -> None:
@@ -212,8 +219,8 @@ class EnsemblePredictor:
             within: the ensemble files that include this one, outermost first (a plan may name other plans).
 
         Raises:
-            SertoolError: the plan is unreadable, a member cannot be opened, or the plan includes itself,
-                directly or through others (naming the chain).
+            SertoolError: the plan is unreadable, a member cannot be opened or does not predict an attribute the
+                plan takes from it, or the plan includes itself, directly or through others (naming the chain).
         """
         self.name = str(path)
         resolved = Path(path).resolve()
@@ -227,6 +234,8 @@ class EnsemblePredictor:
         self.members = [open_predictor(_relative_to(member, base), member_options(options, backbone, base),
                                        within=(*within, resolved), spelling=spelling)
                         for member, backbone in zip(self.plan.members, backbones, strict=True)]
+        check_coverage(self.plan, [member.attributes for member in self.members], source=self.name)
+        self.attributes = self.plan.attributes
         self.training_ids = union_of_training_ids(self.members)
         self.unknown_training_from = tuple(dict.fromkeys(
             name for member in self.members for name in member.unknown_training_from))
@@ -261,7 +270,7 @@ def on_scale(predictions: Predictions, predictor: Predictor, scale: str) -> Pred
         segments=[dataclasses.replace(segment, values=tuple(float(value) for value in
                                                             scaling.to_unit(np.asarray(segment.values))))
                   for segment in predictions.segments],
-        scale=SCALE_UNIT)
+        scale=SCALE_UNIT, attributes=predictions.attributes)
 
 
 def unit_scaling(predictor: Predictor) -> LabelScaling:

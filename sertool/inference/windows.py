@@ -141,7 +141,7 @@ def window_segments(file_id: str, spans: Sequence[tuple[int, int]], values: np.n
     Args:
         file_id: the file's id in the ``Predictions``.
         spans: ``(start_sample, end_sample)`` per window.
-        values: ``[W, 3]`` A, V, D per window.
+        values: ``[W, K]`` per window, a column per attribute predicted (A, V, D).
         sample_rate: samples per second of the spans.
 
     Raises:

@@ -14,7 +14,7 @@ from sertool.core.errors import SertoolError
 from sertool.core.hub import is_repo_id
 from sertool.core.io import write_json_document
 from sertool.core.splits import DEVELOPMENT
-from sertool.data.records import GENDERS, Utterance
+from sertool.data.records import ATTRIBUTES, GENDERS, Utterance
 from sertool.data.report import LoadReport
 from sertool.data.selection import HeldOut, held_out, training_data_note
 from sertool.guards.outputs import OutputPlan
@@ -48,7 +48,13 @@ from sertool.inference.predictor import (
     unit_scaling,
 )
 from sertool.inference.windows import default_windows
-from sertool.inference.writers import WRITERS, format_of, write_predictions_file, write_submission
+from sertool.inference.writers import (
+    WRITERS,
+    check_submission_attributes,
+    format_of,
+    write_predictions_file,
+    write_submission,
+)
 from sertool.models.bootstrap import BootstrapResult, Interval, bootstrap_ccc
 from sertool.models.ccc import ccc_scores, collapsed_attributes
 
@@ -60,7 +66,11 @@ PREDICT_CHUNK_PIECES = 256
 
 @dataclass
 class Scores:
-    """CCC per attribute and their average on one split, plus gender metrics where a model has that head."""
+    """CCC per attribute and their average on one split, plus gender metrics where a model has that head.
+
+    ``ccc`` has the attributes the system predicts (all three, or those of a system of fewer:
+    ``train.attributes``) and "average", the mean of those.
+    """
 
     name: str
     ccc: dict[str, float]
@@ -111,7 +121,7 @@ class EvaluationResult:
 
 
 def labelled(utterances: Sequence[Utterance], split: str) -> np.ndarray:
-    """The ``[N, 3]`` labels of ``utterances``.
+    """The ``[N, 3]`` labels of ``utterances`` (A, V, D; ``of_attributes`` takes a system's columns).
 
     Raises:
         SertoolError: some utterances have no labels (e.g. Test3), naming the split.
@@ -121,19 +131,27 @@ def labelled(utterances: Sequence[Utterance], split: str) -> np.ndarray:
         raise SertoolError(f"--split {split}: {len(unlabelled)} utterances have no A/V/D labels "
                            f"(e.g. {unlabelled[0]}); evaluate needs labels — use `sertool predict` for "
                            "unlabelled audio")
-    return np.array([utt.labels() for utt in utterances], dtype=np.float64)
+    return np.array([utt.labels() for utt in utterances], dtype=np.float64).reshape(len(utterances), len(ATTRIBUTES))
+
+
+def of_attributes(labels: np.ndarray, attributes: Sequence[str]) -> np.ndarray:
+    """The columns of ``[N, 3]`` ``labels`` (A, V, D) of ``attributes``, those a system predicts."""
+    return labels[:, [ATTRIBUTES.index(name) for name in attributes]]
 
 
 def score(name: str, output: PredictorOutput, utterances: Sequence[Utterance], labels: np.ndarray, *,
           held_out: HeldOut | None = None, unknown_from: Sequence[str] = ()) -> Scores:
-    """CCC over the whole split (never per batch), the attributes whose predictions collapsed to a
-    near-constant, and gender accuracy / UAR where the model predicts it.
+    """CCC over the whole split (never per batch) of each attribute the system predicts and their average, the
+    attributes whose predictions collapsed to a near-constant, and gender accuracy / UAR where the model predicts
+    it. ``labels`` are ``[N, 3]`` (A, V, D): each attribute is scored against its own.
 
     ``held_out`` (from ``selection.held_out``) records what was left out of ``utterances`` beforehand;
     ``unknown_from`` names the system's initial models of unknown training data (``unknown_training_data``).
     """
-    values = output.predictions.values
-    scores = Scores(name, ccc_scores(values, labels), len(utterances), collapsed=collapsed_attributes(values, labels),
+    values, attributes = output.predictions.values, output.predictions.attributes
+    labels = of_attributes(labels, attributes)
+    scores = Scores(name, ccc_scores(values, labels, attributes=attributes), len(utterances),
+                    collapsed=collapsed_attributes(values, labels, attributes=attributes),
                     excluded_trained_on=held_out.excluded if held_out else 0,
                     training_data_known=held_out.known if held_out else True,
                     unknown_training_data=tuple(unknown_from))
@@ -199,16 +217,17 @@ def evaluate(model_path: str | Path, utterances: Sequence[Utterance], *, split: 
     result = EvaluationResult(score(predictor.name, output, utterances, labels, held_out=kept,
                                     unknown_from=predictor.unknown_training_from), output.predictions)
     if bootstrap:
-        result.scores.ci = _resampled([output.predictions.values], labels, bootstrap, bootstrap_seed).interval(0)
+        result.scores.ci = _resampled([output.predictions], labels, bootstrap, bootstrap_seed).interval(0)
     result.document = scores_document([result.scores], split=split, corpus=corpus)
+    own_labels = of_attributes(labels, output.predictions.attributes)
     if out is not None:
-        write_predictions_file(outputs, out, output.predictions, labels=labels)
+        write_predictions_file(outputs, out, output.predictions, labels=own_labels)
         result.written.append(out)
     if plot is not None:
         from sertool.inference.plots import plot_evaluation
 
         with outputs.writing(plot, "wb") as handle:
-            plot_evaluation(output.predictions, labels, [utt.emo_class for utt in utterances], handle)
+            plot_evaluation(output.predictions, own_labels, [utt.emo_class for utt in utterances], handle)
         result.written.append(plot)
     if scores is not None:
         with outputs.writing(scores) as handle:
@@ -250,16 +269,17 @@ def predict_with(predictor: Predictor, utterances: Sequence[Utterance], *, windo
 
 def write_outputs(predictions: Predictions, *, outputs: OutputPlan, out: Path | None, file_format: str | None,
                   submission: Path | None, expected_ids: Sequence[str] | None, stream: TextIO | None,
-                  shown: Predictions | None = None) -> list[Path]:
+                  shown: Predictions | None = None, system: str = "the system") -> list[Path]:
     """Predictions to ``out`` (format from ``file_format`` or the suffix) or ``stream``; a challenge
     submission to ``submission`` (both declared in ``outputs``). Returns the files written.
 
     ``shown``: what ``out`` or ``stream`` gets, if not ``predictions`` (``predict --scale unit``); the
-    submission is always ``predictions``, on the 1..7 rater scale the challenge scores."""
+    submission is always ``predictions``, on the 1..7 rater scale the challenge scores. ``system`` names what
+    made them, in the refusal of a submission of fewer attributes than three."""
     shown = predictions if shown is None else shown
     written = []
     if submission is not None:
-        write_submission(outputs, submission, predictions, expected_ids=expected_ids)
+        write_submission(outputs, submission, predictions, expected_ids=expected_ids, system=system)
         written.append(submission)
     if out is not None:
         write_predictions_file(outputs, out, shown, file_format=file_format)
@@ -292,10 +312,11 @@ class Difference:
 
 
 def difference(scores: Sequence[Scores], resampled: BootstrapResult, *, system: int, reference: int) -> Difference:
-    """``scores[system]`` minus ``scores[reference]``; the indices are also the bootstrap's systems."""
+    """``scores[system]`` minus ``scores[reference]``; the indices are also the bootstrap's systems. Of the
+    attributes both predict, and of the average where both predict the same attributes (``BootstrapResult``)."""
+    ci = resampled.difference(system, reference)
     return Difference(scores[system].name, scores[reference].name,
-                      {name: scores[system].ccc[name] - scores[reference].ccc[name] for name in scores[system].ccc},
-                      resampled.difference(system, reference))
+                      {name: scores[system].ccc[name] - scores[reference].ccc[name] for name in ci}, ci)
 
 
 def ensemble(member_paths: Sequence[str | Path], utterances: Sequence[Utterance], *, split: str,
@@ -303,7 +324,8 @@ def ensemble(member_paths: Sequence[str | Path], utterances: Sequence[Utterance]
              selection_utterances: Sequence[Utterance] | None = None, selection_split: str = DEVELOPMENT,
              outputs: OutputPlan | None = None, save: Path | None = None, scores: Path | None = None,
              corpus: str | Path | None = None, require_scores: bool = False, bootstrap: int = 0,
-             bootstrap_seed: int = 0, backbone_paths: Sequence[str | None] = ()) -> EnsembleResult:
+             bootstrap_seed: int = 0, backbone_paths: Sequence[str | None] = (),
+             submission: Path | None = None) -> EnsembleResult:
     """Combine members (checkpoints, run folders, predictions CSVs, saved ensembles) on ``utterances``.
 
     Args:
@@ -322,8 +344,14 @@ def ensemble(member_paths: Sequence[str | Path], utterances: Sequence[Utterance]
             (named like the members). ``options.backbone_path`` instead applies one location to every member.
         scores: write the members' and the ensemble's scores (and gains) here as JSON (``scores_document``;
             ``corpus`` names where the split came from); the split must be labelled.
+        submission: the ``--submission`` file that follows: the members must predict every attribute between
+            them, refused before any prediction.
         require_scores: the caller needs ``EnsembleResult.document`` (``--json``): refuse an unlabelled split
             before any work, as ``scores`` does.
+
+    Each attribute comes from the members that predict it (``mean_plan``'s ``coverage``): members of one attribute
+    each (``train --attributes``) make one system of every attribute they cover, and an attribute that no member
+    predicts is absent from the ensemble's predictions.
 
     Scores (and the per-attribute choice) leave out every utterance any member trained on: the members
     and the ensemble are scored on the same utterances, the intersection of the members' held-out sets.
@@ -338,6 +366,9 @@ def ensemble(member_paths: Sequence[str | Path], utterances: Sequence[Utterance]
     backbones = _member_backbones(backbone_paths, len(member_paths), options=options)
     predictors = [open_predictor(path, member_options(options, backbone))
                   for path, backbone in zip(member_paths, backbones, strict=True)]
+    if submission is not None:
+        check_submission_attributes([name for predictor in predictors for name in predictor.attributes],
+                                    path=submission, system="the ensemble's members")
     trained_on = union_of_training_ids(predictors)
     member_outputs = [predictor.predict(utterances) for predictor in predictors]
     members = [output.predictions for output in member_outputs]
@@ -349,7 +380,7 @@ def ensemble(member_paths: Sequence[str | Path], utterances: Sequence[Utterance]
             [predictor.predict(chosen_on).predictions for predictor in predictors]
         plan = select_per_attribute(chosen_members, labelled(chosen_on, selection_split), names=names)
     else:
-        plan = mean_plan(names, weights)
+        plan = mean_plan(names, weights, coverage=[predictor.attributes for predictor in predictors])
     if backbone_paths:
         plan = dataclasses.replace(plan, backbone_paths=tuple(None if backbone is None else _member_name(backbone, save)
                                                               for backbone in backbones))
@@ -366,7 +397,7 @@ def ensemble(member_paths: Sequence[str | Path], utterances: Sequence[Utterance]
                 for name, output, member_unknown in zip(names, scored, unknown, strict=True)]
         result.member_scores, result.ensemble_scores = rows[:-1], rows[-1]
         if bootstrap:
-            resampled = _resampled([output.predictions.values for output in scored], labels, bootstrap, bootstrap_seed)
+            resampled = _resampled([output.predictions for output in scored], labels, bootstrap, bootstrap_seed)
             for index, row in enumerate(rows):
                 row.ci = resampled.interval(index)
             result.differences = [difference(rows, resampled, system=len(predictors), reference=index)
@@ -419,11 +450,13 @@ def _member_backbones(backbone_paths: Sequence[str | None], num_members: int, *,
     return [None if path in (None, "-") else path for path in backbone_paths]
 
 
-def _resampled(predictions: list[np.ndarray], labels: np.ndarray, num_resamples: int, seed: int) -> BootstrapResult:
-    """``bootstrap_ccc``, refusing what cannot be resampled with a message that names the flag."""
+def _resampled(predictions: list[Predictions], labels: np.ndarray, num_resamples: int, seed: int) -> BootstrapResult:
+    """``bootstrap_ccc`` of each system's attributes against the ``[N, 3]`` ``labels``, refusing what cannot be
+    resampled with a message that names the flag."""
     if len(labels) < 2:
         raise SertoolError(f"--bootstrap: {len(labels)} scored utterance(s); resampling needs at least 2")
-    return bootstrap_ccc(predictions, labels, num_resamples=num_resamples, seed=seed)
+    return bootstrap_ccc([system.values for system in predictions], labels, num_resamples=num_resamples, seed=seed,
+                         attributes=[system.attributes for system in predictions])
 
 
 def _rows(output: PredictorOutput, utterances: Sequence[Utterance]) -> PredictorOutput:
@@ -503,13 +536,15 @@ def run_predict(model: str | Path, paths: Sequence[str], options: PredictOptions
     if options.transcripts:
         utterances = attach_transcripts(utterances, options.transcripts)
     predictor = open_predictor(model, options.inference)
+    if submission is not None:  # a system of fewer attributes: refused before any work
+        check_submission_attributes(predictor.attributes, path=submission, system=predictor.name)
     if options.scale == SCALE_UNIT:
         unit_scaling(predictor)  # a predictions CSV has none: refused before any work
     predictions = predict_with(predictor, utterances, window_s=options.window_s, hop_s=options.hop_s)
     shown = on_scale(predictions, predictor, options.scale)  # the submission stays on 1..7
     written = write_outputs(predictions, outputs=outputs, out=out, file_format=options.file_format,
                             submission=submission, expected_ids=[utt.id for utt in utterances], stream=stream,
-                            shown=shown)
+                            shown=shown, system=predictor.name)
     return PredictResult(shown, written)
 
 
@@ -539,8 +574,8 @@ def run_ensemble(members: Sequence[str | Path], options: EnsembleOptions, *,
                       selection_split=options.select_split, outputs=outputs, save=save, scores=scores,
                       corpus=options.corpus, require_scores=options.output.as_json,
                       bootstrap=options.bootstrap.bootstrap, bootstrap_seed=options.bootstrap.bootstrap_seed,
-                      backbone_paths=options.member_backbone_paths)
+                      backbone_paths=options.member_backbone_paths, submission=submission)
     result.written[:0] = write_outputs(result.predictions, outputs=outputs, out=out, file_format=None,
                                        submission=submission, expected_ids=[utt.id for utt in utterances],
-                                       stream=None)
+                                       stream=None, system="the ensemble")
     return result

@@ -14,6 +14,9 @@ an order::
          "true": {"arousal": 2.2, ...},                (when labels are known)
          "segments": [{"start_s": 0.0, "end_s": 8.0, "arousal": 3.0, ...}, ...]}   (long audio only)
      ]}
+
+A system of fewer attributes (``train.attributes``) lists its own under ``"attributes"``, and each entry has
+those alone. A submission needs all three: ``write_submission`` refuses predictions of fewer.
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from sertool.core.constants import attribute_subset
 from sertool.core.errors import SertoolError
 from sertool.core.io import SeenIds, csv_text, load_json
 from sertool.data.records import ATTRIBUTES, LABEL_MAX, LABEL_MIN
@@ -52,7 +56,8 @@ def write_json(predictions: Predictions, handle: TextIO, *, labels: np.ndarray |
     Args:
         predictions: what to write; entries keep its order. Floats are written exactly (no rounding).
         handle: the stream (a file being committed, or ``sys.stdout``).
-        labels: ``[N, 3]`` rater means in ``predictions.ids`` order, written under ``"true"``.
+        labels: ``[N, len(predictions.attributes)]`` rater means in ``predictions.ids`` order, written under
+            ``"true"``.
         where: how an error names the destination.
 
     Raises:
@@ -63,29 +68,31 @@ def write_json(predictions: Predictions, handle: TextIO, *, labels: np.ndarray |
     check_finite(predictions, where)
     segments_of = segments_by_id(predictions.segments)
     entries = []
+    names = predictions.attributes
     for row, file_id in enumerate(predictions.ids):
-        entry: dict[str, Any] = {"id": file_id, **_by_attribute(predictions.values[row])}
+        entry: dict[str, Any] = {"id": file_id, **_by_attribute(names, predictions.values[row])}
         if predictions.spread is not None:
-            entry["spread"] = _by_attribute(predictions.spread[row])
+            entry["spread"] = _by_attribute(names, predictions.spread[row])
         if labels is not None:
-            entry["true"] = _by_attribute(labels[row])
+            entry["true"] = _by_attribute(names, labels[row])
         if file_id in segments_of:
-            entry["segments"] = [{"start_s": segment.start_s, "end_s": segment.end_s, **_by_attribute(segment.values)}
-                                 for segment in segments_of[file_id]]
+            entry["segments"] = [{"start_s": segment.start_s, "end_s": segment.end_s,
+                                  **_by_attribute(names, segment.values)} for segment in segments_of[file_id]]
         entries.append(entry)
     unit = predictions.scale == SCALE_UNIT
-    document = {"attributes": list(ATTRIBUTES), "scale": [0.0, 1.0] if unit else [LABEL_MIN, LABEL_MAX],
+    document = {"attributes": list(names), "scale": [0.0, 1.0] if unit else [LABEL_MIN, LABEL_MAX],
                 "predictions": entries}
     json.dump(document, handle, indent=1)
     handle.write("\n")
 
 
 def read_json(path: str | Path) -> Predictions:
-    """Read predictions written by ``write_json`` (the ``"true"`` values are not part of ``Predictions``).
+    """Read predictions written by ``write_json`` (the ``"true"`` values are not part of ``Predictions``), of the
+    attributes its ``"attributes"`` lists (all three where it lists none).
 
     Raises:
-        SertoolError: the file is unreadable, not JSON, or an entry lacks a field or repeats an id
-            (naming the entry).
+        SertoolError: the file is unreadable, not JSON, its ``"attributes"`` are not attribute names, or an entry
+            lacks a field or repeats an id (naming the entry).
     """
     path = Path(path)
     document = load_json(path, what="predictions file")
@@ -95,6 +102,7 @@ def read_json(path: str | Path) -> Predictions:
     if document.get("scale", [LABEL_MIN, LABEL_MAX]) != [LABEL_MIN, LABEL_MAX]:
         raise SertoolError(f"{path}: predictions on the scale {document['scale']}; sertool reads predictions on "
                            f"the {LABEL_MIN:g}..{LABEL_MAX:g} rater scale (predict --scale ratings)")
+    names = _listed_attributes(document.get("attributes", list(ATTRIBUTES)), path)
     ids: list[str] = []
     seen = SeenIds("id")
     values, spread, segments = [], [], []
@@ -104,21 +112,31 @@ def read_json(path: str | Path) -> Predictions:
             raise SertoolError(f"{where}: needs an \"id\" string")
         seen.refuse_repeat(entry["id"], where, fix="keep one entry per file")
         ids.append(entry["id"])
-        values.append(_attribute_values(entry, where))
+        values.append(_numbers(entry, names, where))
         if "spread" in entry:
-            spread.append(_attribute_values(entry["spread"], f"{where}.spread"))
+            spread.append(_numbers(entry["spread"], names, f"{where}.spread"))
         for number, item in enumerate(entry.get("segments", [])):
             segment_where = f"{where}.segments[{number}]"
             start_s, end_s = _numbers(item, ("start_s", "end_s"), segment_where)
             if not 0 <= start_s < end_s:
                 raise SertoolError(f"{segment_where}: start_s={start_s:g}, end_s={end_s:g} is not a span "
                                    "(need 0 <= start_s < end_s)")
-            segments.append(Segment(entry["id"], start_s, end_s, tuple(_attribute_values(item, segment_where))))
+            segments.append(Segment(entry["id"], start_s, end_s, tuple(_numbers(item, names, segment_where))))
     if spread and len(spread) != len(ids):
         raise SertoolError(f"{path}: \"spread\" is on {len(spread)} of {len(ids)} entries; "
                            "give it on all or none")
     return Predictions(ids=ids, values=np.array(values), spread=np.array(spread) if spread else None,
-                       segments=segments)
+                       segments=segments, attributes=names)
+
+
+def _listed_attributes(listed: Any, path: Path) -> tuple[str, ...]:
+    """A predictions document's ``"attributes"``: attribute names, each once, in ``ATTRIBUTES`` order."""
+    try:
+        if not isinstance(listed, list) or listed != list(attribute_subset(listed)):
+            raise ValueError(f"{listed!r} is not a list of attribute names in the order {', '.join(ATTRIBUTES)}")
+    except ValueError as error:
+        raise SertoolError(f"{path}: \"attributes\": {error}") from None
+    return tuple(listed)
 
 
 WRITERS: dict[str, Writer] = {"csv": write_predictions, "json": write_json}
@@ -150,8 +168,22 @@ def format_of(path: str | Path) -> str:
     return name
 
 
+def check_submission_attributes(attributes: Sequence[str], *, path: str | Path, system: str) -> None:
+    """Refuse a submission from a system that does not predict every attribute (a system of fewer,
+    ``train.attributes``, or an ensemble whose members leave one out): the challenge scores all three.
+
+    Raises:
+        SertoolError: naming ``path`` (the ``--submission`` file), ``system`` and what it lacks.
+    """
+    missing = [name for name in ATTRIBUTES if name not in attributes]
+    if missing:
+        raise SertoolError(f"--submission {path}: a submission needs {', '.join(ATTRIBUTES)}, but {system} predicts "
+                           f"no {' or '.join(missing)}; ensemble it with systems of {' and '.join(missing)} "
+                           "(sertool ensemble takes each attribute from the members that predict it)")
+
+
 def write_submission(outputs: OutputPlan, path: Path, predictions: Predictions, *,
-                     expected_ids: Sequence[str] | None = None) -> None:
+                     expected_ids: Sequence[str] | None = None, system: str = "the system") -> None:
     """Write exactly the challenge's submission file.
 
     Header ``FileName,EmoAct,EmoVal,EmoDom``; one row per file sorted by FileName; values clipped to the
@@ -163,11 +195,14 @@ def write_submission(outputs: OutputPlan, path: Path, predictions: Predictions, 
         path: the CSV to write.
         expected_ids: every file the submission must cover, e.g. every Test3 file; None: whatever
             ``predictions`` holds.
+        system: how a refusal names what made ``predictions``.
 
     Raises:
-        SertoolError: a value is not finite, an id cannot be a CSV field (``sertool.core.io.csv_text``), or files
-            are missing or extra relative to ``expected_ids`` (listing a few of each).
+        SertoolError: the predictions lack an attribute (``check_submission_attributes``), a value is not finite,
+            an id cannot be a CSV field (``sertool.core.io.csv_text``), or files are missing or extra relative to
+            ``expected_ids`` (listing a few of each).
     """
+    check_submission_attributes(predictions.attributes, path=path, system=system)
     check_finite(predictions, path)
     if expected_ids is not None:
         present, expected = set(predictions.ids), set(expected_ids)
@@ -189,12 +224,8 @@ def write_submission(outputs: OutputPlan, path: Path, predictions: Predictions, 
         handle.write(text)
 
 
-def _by_attribute(row: Sequence[float]) -> dict[str, float]:
-    return {name: float(value) for name, value in zip(ATTRIBUTES, row, strict=True)}
-
-
-def _attribute_values(item: Any, where: str) -> list[float]:
-    return _numbers(item, ATTRIBUTES, where)
+def _by_attribute(names: Sequence[str], row: Sequence[float]) -> dict[str, float]:
+    return {name: float(value) for name, value in zip(names, row, strict=True)}
 
 
 def _numbers(item: Any, keys: Sequence[str], where: str) -> list[float]:

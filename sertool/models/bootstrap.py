@@ -52,7 +52,8 @@ class BootstrapResult:
     """The CCC of every system on every resample.
 
     Attributes:
-        replicates: ``[B, S, 4]``: resample, system, and A, V, D, average (``SCORES`` order).
+        replicates: ``[B, S, 4]``: resample, system, and A, V, D, average (``SCORES`` order); NaN for an attribute
+            a system does not predict (its average is that of its own attributes).
         confidence: the intervals' coverage, e.g. 0.95.
         seed: the seed the resamples were drawn with.
     """
@@ -66,12 +67,18 @@ class BootstrapResult:
         return int(self.replicates.shape[0])
 
     def interval(self, system: int = 0) -> dict[str, Interval]:
-        """Percentile interval of each CCC of ``system`` (an index into the predictions given)."""
+        """Percentile interval of each CCC of ``system`` (an index into the predictions given): of each of its
+        attributes, and of their average."""
         return _intervals(self.replicates[:, system], self.confidence)
 
     def difference(self, system: int, reference: int) -> dict[str, Interval]:
-        """Percentile interval of ``CCC(system) − CCC(reference)``, paired: the same resamples for both."""
-        return _intervals(self.replicates[:, system] - self.replicates[:, reference], self.confidence)
+        """Percentile interval of ``CCC(system) − CCC(reference)``, paired: the same resamples for both; for the
+        attributes both predict, and for the average where both predict the same attributes (an average of
+        other attributes is another score)."""
+        difference = self.replicates[:, system] - self.replicates[:, reference]
+        if not np.array_equal(np.isnan(self.replicates[0, system]), np.isnan(self.replicates[0, reference])):
+            difference[:, -1] = np.nan
+        return _intervals(difference, self.confidence)
 
 
 def resample_indices(num_items: int, resamples: Sequence[int] | range, *, seed: int) -> np.ndarray:
@@ -85,12 +92,15 @@ def resample_indices(num_items: int, resamples: Sequence[int] | range, *, seed: 
 
 
 def bootstrap_ccc(predictions: Sequence[np.ndarray], labels: np.ndarray, *, num_resamples: int, seed: int = 0,
-                  confidence: float = CONFIDENCE) -> BootstrapResult:
+                  confidence: float = CONFIDENCE, attributes: Sequence[Sequence[str]] | None = None) -> BootstrapResult:
     """Resample utterances ``num_resamples`` times and score every system on every resample.
 
     Args:
-        predictions: one ``[N, 3]`` array (A, V, D) per system, rows aligned with ``labels``.
-        labels: ``[N, 3]`` on the same scale.
+        predictions: one ``[N, len(attributes[s])]`` array per system (``[N, 3]``: A, V, D), rows aligned with
+            ``labels``.
+        labels: ``[N, 3]`` (A, V, D) on the same scale.
+        attributes: per system, the attributes its columns are, in ``ATTRIBUTES`` order (None: all three for
+            every system); a system is scored on its own, and its average is theirs.
         num_resamples: B, e.g. 1000.
         seed: the resamples' seed: the same seed, the same intervals.
         confidence: the intervals' coverage.
@@ -104,14 +114,20 @@ def bootstrap_ccc(predictions: Sequence[np.ndarray], labels: np.ndarray, *, num_
     """
     labels = np.asarray(labels, dtype=np.float64)
     systems = [np.asarray(p, dtype=np.float64) for p in predictions]
+    predicted = [list(range(len(ATTRIBUTES)))] * len(systems) if attributes is None else \
+        [[ATTRIBUTES.index(name) for name in names] for names in attributes]  # each system's columns of A, V, D
     if labels.ndim != 2 or labels.shape[1] != len(ATTRIBUTES) or labels.shape[0] < 2:
         raise ValueError(f"labels must be [N, {len(ATTRIBUTES)}] with N ≥ 2, got {labels.shape}")
-    if not systems or any(p.shape != labels.shape for p in systems):
-        raise ValueError(f"every prediction array must have the labels' shape {labels.shape}")
+    if not systems or len(predicted) != len(systems) or any(
+            p.shape != (labels.shape[0], len(own)) or not own for p, own in zip(systems, predicted, strict=True)):
+        raise ValueError(f"every prediction array must have the shape [N, its attributes] for the labels' shape "
+                         f"{labels.shape}")
     for values, what in ((labels, "labels"), *((p, f"predictions of system {s}") for s, p in enumerate(systems))):
         if not np.isfinite(values).all():
             raise SertoolError(f"bootstrap: {int((~np.isfinite(values)).sum())} {what} are not finite numbers; "
                                "their CCC intervals would mean nothing: check what produced them")
+    # Every system as [N, 3]: an attribute it does not predict takes the labels' column, scored and then dropped.
+    systems = [_widened(p, own, labels) for p, own in zip(systems, predicted, strict=True)]
     if num_resamples < 1 or not 0 < confidence < 1:
         raise ValueError(f"need num_resamples ≥ 1 and 0 < confidence < 1, got {num_resamples} and {confidence}")
     # Every array times one power of two (exact; CCC does not change when predictions and labels are scaled
@@ -149,9 +165,18 @@ def bootstrap_ccc(predictions: Sequence[np.ndarray], labels: np.ndarray, *, num_
             constant = variance_p <= _CONSTANT_SHARE * total_variance[s]
             values = np.where(constant | (denominator <= 0), 0.0,
                               2 * covariance / np.where(denominator > 0, denominator, 1.0))
+            own = values[:, predicted[s]]
+            values[:, [k for k in range(len(ATTRIBUTES)) if k not in predicted[s]]] = np.nan
             replicates[start:start + len(rows), s, :3] = values
-            replicates[start:start + len(rows), s, 3] = values.mean(axis=1)
+            replicates[start:start + len(rows), s, 3] = own.mean(axis=1)
     return BootstrapResult(replicates, confidence, seed)
+
+
+def _widened(values: np.ndarray, columns: Sequence[int], labels: np.ndarray) -> np.ndarray:
+    """A system's ``[N, k]`` predictions of the attributes ``columns`` as ``[N, 3]``, the labels' columns elsewhere."""
+    wide = labels.copy()
+    wide[:, list(columns)] = values
+    return wide
 
 
 def _counts(indices: np.ndarray, num_items: int) -> np.ndarray:
@@ -162,7 +187,7 @@ def _counts(indices: np.ndarray, num_items: int) -> np.ndarray:
 
 
 def _intervals(replicates: np.ndarray, confidence: float) -> dict[str, Interval]:
-    """``[B, 4]`` replicates → percentile interval per score."""
+    """``[B, 4]`` replicates → percentile interval per score (NaN columns, a score the system lacks, left out)."""
     tail = (1 - confidence) / 2
-    low, high = np.quantile(replicates, [tail, 1 - tail], axis=0)
-    return {name: Interval(float(low[k]), float(high[k])) for k, name in enumerate(SCORES)}
+    return {name: Interval(*(float(bound) for bound in np.quantile(replicates[:, k], [tail, 1 - tail])))
+            for k, name in enumerate(SCORES) if not np.isnan(replicates[:, k]).any()}

@@ -20,6 +20,8 @@ returns NaN, which the training loop's non-finite guard skips; the reported scor
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -91,41 +93,45 @@ def ccc_loss(pred: Tensor, target: Tensor, dim: int = 0) -> Tensor:
     return 1 - ccc(pred, target, dim)
 
 
-def ccc_scores(predictions: np.ndarray | Tensor, targets: np.ndarray | Tensor) -> dict[str, float]:
+def ccc_scores(predictions: np.ndarray | Tensor, targets: np.ndarray | Tensor, *,
+               attributes: Sequence[str] = ATTRIBUTES) -> dict[str, float]:
     """CCC of each attribute over a whole split, and their average.
 
     Args:
-        predictions: ``[N, 3]`` in ``ATTRIBUTES`` order (A, V, D). Any scale, as long as predictions and
-            targets share it: CCC is unchanged when both go through the same affine map (unit ↔ 1..7),
-            not when only one does.
-        targets: ``[N, 3]``, same order and scale.
+        predictions: ``[N, len(attributes)]``, a column per attribute (``[N, 3]``: A, V, D). Any scale, as long
+            as predictions and targets share it: CCC is unchanged when both go through the same affine map
+            (unit ↔ 1..7), not when only one does.
+        targets: the same shape, order and scale.
+        attributes: the columns' attributes: all three, or those of a system of fewer (``train.attributes``).
 
     Returns:
-        ``{"arousal": ..., "valence": ..., "dominance": ..., "average": ...}``, each in [−1, 1].
+        ``{"arousal": ..., "valence": ..., "dominance": ..., "average": ...}`` (one entry per attribute, and the
+        mean of them as "average"), each in [−1, 1].
 
     Raises:
-        ValueError: the arrays are not both ``[N, 3]`` with the same N, or N is 0.
+        ValueError: the arrays are not both ``[N, len(attributes)]`` with the same N, or N is 0.
         SertoolError: a prediction or target is NaN or infinite (naming the first).
     """
-    pred, target = _checked(predictions, targets, caller="ccc_scores")
+    pred, target = _checked(predictions, targets, caller="ccc_scores", attributes=attributes)
     values = ccc(pred, target, dim=0).tolist()
-    scores = dict(zip(ATTRIBUTES, values, strict=True))
+    scores = dict(zip(attributes, values, strict=True))
     scores["average"] = float(np.mean(values))
     return scores
 
 
-def _checked(predictions: np.ndarray | Tensor, targets: np.ndarray | Tensor, *, caller: str) -> tuple[Tensor, Tensor]:
-    """CPU float64 copies of ``[N, 3]`` predictions and targets, all finite (a split's statistics are summed
-    over up to ~100k values).
+def _checked(predictions: np.ndarray | Tensor, targets: np.ndarray | Tensor, *, caller: str,
+             attributes: Sequence[str]) -> tuple[Tensor, Tensor]:
+    """CPU float64 copies of ``[N, len(attributes)]`` predictions and targets, all finite (a split's statistics
+    are summed over up to ~100k values).
 
     Raises:
-        ValueError: the arrays are not both ``[N, 3]`` with the same N, or N is 0.
+        ValueError: the arrays are not both ``[N, len(attributes)]`` with the same N, or N is 0.
         SertoolError: a value is NaN or infinite: a score of it would be NaN, or a number that means nothing.
     """
     pred, target = _as_float64(predictions), _as_float64(targets)
-    if pred.ndim != 2 or pred.shape != target.shape or pred.shape[1] != len(ATTRIBUTES) or pred.shape[0] == 0:
+    if pred.ndim != 2 or pred.shape != target.shape or pred.shape[1] != len(attributes) or pred.shape[0] == 0:
         raise ValueError(
-            f"{caller}: expected predictions and targets of shape [N, {len(ATTRIBUTES)}] (N > 0), got "
+            f"{caller}: expected predictions and targets of shape [N, {len(attributes)}] (N > 0), got "
             f"{tuple(pred.shape)} and {tuple(target.shape)}"
         )
     for values, what in ((pred, "predictions"), (target, "labels")):
@@ -134,7 +140,7 @@ def _checked(predictions: np.ndarray | Tensor, targets: np.ndarray | Tensor, *, 
             row, column = (int(index) for index in bad.nonzero()[0])
             raise SertoolError(
                 f"{caller}: {int(bad.sum())} of the {what} are not finite numbers (first: row {row}, "
-                f"{ATTRIBUTES[column]} = {values[row, column].item()}); a CCC of them would mean nothing: check "
+                f"{attributes[column]} = {values[row, column].item()}); a CCC of them would mean nothing: check "
                 f"what produced the {what}"
             )
     return pred, target
@@ -147,7 +153,8 @@ def _as_float64(values: np.ndarray | Tensor) -> Tensor:
     return torch.as_tensor(np.asarray(values, dtype=np.float64))
 
 
-def collapsed_attributes(predictions: np.ndarray | Tensor, targets: np.ndarray | Tensor) -> list[str]:
+def collapsed_attributes(predictions: np.ndarray | Tensor, targets: np.ndarray | Tensor, *,
+                         attributes: Sequence[str] = ATTRIBUTES) -> list[str]:
     """The attributes whose predictions are (near-)constant over a split.
 
     An attribute is collapsed when its predictions' standard deviation is at most
@@ -156,17 +163,19 @@ def collapsed_attributes(predictions: np.ndarray | Tensor, targets: np.ndarray |
     the head stopped predicting, not how well it predicts.
 
     Args:
-        predictions, targets: ``[N, 3]`` in ``ATTRIBUTES`` order, on one scale.
+        predictions, targets: ``[N, len(attributes)]``, on one scale.
+        attributes: the columns' attributes (as ``ccc_scores``).
 
     Returns:
-        The collapsed attribute names, in ``ATTRIBUTES`` order (empty when none).
+        The collapsed attribute names, in column order (empty when none).
 
     Raises:
-        ValueError: the arrays are not both ``[N, 3]`` with the same N, or N is 0.
+        ValueError: the arrays are not both ``[N, len(attributes)]`` with the same N, or N is 0.
         SertoolError: a prediction or target is NaN or infinite (naming the first).
     """
     # Scaled alike: the ratio of the spreads is the same, and the squares of huge values stay finite.
-    pred, target = _scaled_alike(*_checked(predictions, targets, caller="collapsed_attributes"), dim=0)
+    pred, target = _scaled_alike(*_checked(predictions, targets, caller="collapsed_attributes", attributes=attributes),
+                                 dim=0)
     pred_spread, target_spread = pred.std(dim=0, unbiased=False), target.std(dim=0, unbiased=False)
     collapsed = (pred_spread == 0) | (pred_spread <= COLLAPSE_SPREAD_RATIO * target_spread)
-    return [name for name, flag in zip(ATTRIBUTES, collapsed.tolist(), strict=True) if flag]
+    return [name for name, flag in zip(attributes, collapsed.tolist(), strict=True) if flag]

@@ -1,6 +1,7 @@
 """Per-attribute regression heads and the label scale they predict on."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, TypeVar, cast
 
@@ -8,6 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from sertool.core.constants import attribute_subset
 from sertool.data.records import ATTRIBUTES, LABEL_MAX, LABEL_MIN
 
 ArrayT = TypeVar("ArrayT")  # a Tensor, a numpy array or a float: the maps below are plain arithmetic
@@ -81,7 +83,9 @@ HEAD_OUTPUTS = ("sigmoid", "linear")
 class EmotionHeads(nn.Module):
     """One separate two-layer MLP per attribute (the paper), keyed by attribute name.
 
-    The output stacks the heads in ``ATTRIBUTES`` order, so column 0 is arousal, 1 valence, 2 dominance,
+    ``attributes`` (default: all three) are the attributes the model predicts, in ``ATTRIBUTES`` order
+    (``core.constants.attribute_subset``): a system of one attribute has that one head (``train.attributes``).
+    The output stacks the heads in that order, so with all three column 0 is arousal, 1 valence, 2 dominance,
     whatever order a checkpoint's dict happens to list them in.
 
     ``output="sigmoid"`` (default, as the authors' released models) keeps predictions inside the unit
@@ -91,18 +95,19 @@ class EmotionHeads(nn.Module):
     """
 
     def __init__(self, input_dim: int, *, hidden_dim: int, dropout: float, output: str = "sigmoid",
-                 norm: bool = True) -> None:
+                 norm: bool = True, attributes: Sequence[str] = ATTRIBUTES) -> None:
         super().__init__()
         if output not in HEAD_OUTPUTS:
             raise ValueError(f"head output {output!r} is not one of {', '.join(HEAD_OUTPUTS)}")
         self.output = output
+        self.attributes = attribute_subset(attributes)
         self.heads = nn.ModuleDict(
-            {name: two_layer_mlp(input_dim, hidden_dim, 1, dropout=dropout, norm=norm) for name in ATTRIBUTES}
+            {name: two_layer_mlp(input_dim, hidden_dim, 1, dropout=dropout, norm=norm) for name in self.attributes}
         )
 
     def forward(self, representation: Tensor) -> Tensor:
-        """``[B, input_dim]`` -> ``[B, 3]`` in unit scale, A, V, D, in float32 (or the heads' own wider dtype)
-        whatever the autocast.
+        """``[B, input_dim]`` -> ``[B, len(attributes)]`` in unit scale, in ``attributes`` order (A, V, D), in
+        float32 (or the heads' own wider dtype) whatever the autocast.
 
         The hidden layers run in the autocast dtype; each head's output layer and the sigmoid do not. In bf16
         an output keeps 8 significant bits: sigmoid outputs in steps of 0.002–0.004 (0.012–0.023 on 1..7),
@@ -110,7 +115,7 @@ class EmotionHeads(nn.Module):
         utterance cost nothing in float32.
         """
         columns = []
-        for name in ATTRIBUTES:
+        for name in self.attributes:
             head = cast(nn.Sequential, self.heads[name])  # two_layer_mlp: hidden layers, then the output Linear
             hidden = head[:-1](representation)
             output_layer = cast(nn.Linear, head[-1])

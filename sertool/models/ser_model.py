@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from sertool.core.config import ModelConfig
+from sertool.core.constants import ATTRIBUTES, attribute_subset
 from sertool.core.errors import SertoolError
 from sertool.core.hub import CLI_SPELLING, OptionSpelling
 from sertool.models.auxiliary import GenderHead, SpeakerHead
@@ -38,7 +39,8 @@ class ModelOutput:
     """What ``SERModel.forward`` returns.
 
     Attributes:
-        emotion: ``[B, 3]`` in unit scale (``LabelScaling.to_unit``), columns A, V, D; float32 under any
+        emotion: ``[B, len(attributes)]`` in unit scale (``LabelScaling.to_unit``), a column per attribute of the
+            model (``SERModel.attributes``; all three: A, V, D); float32 under any
             autocast (``EmotionHeads``, ``FloorBlend``), never rounded to half precision.
         gender_logits: ``[B, 2]`` over ``GENDERS``, or None without the gender task.
         speaker_embedding: ``[B, head_hidden_dim]``, or None without the speaker task.
@@ -66,11 +68,14 @@ class SERModel(nn.Module):
     - ``utterance_stats``: concatenates the utterance's standardised log-mel statistics (the wide path);
     - ``floor_blend``: outside training, blends the heads' prediction with the floor's (a fixed ridge on
       those statistics, ``FloorBlend``) at per-attribute weights chosen on the validation split;
-    - three two-layer heads (``head_hidden_dim``, ``head_dropout``, ``head_norm``), one per attribute;
+    - two-layer heads (``head_hidden_dim``, ``head_dropout``, ``head_norm``), one per attribute the model
+      predicts (``attributes``: all three, or those of ``train.attributes``);
     - ``aux``: ``"gender"`` head (cross-entropy) and ``"speaker"`` head (AAM-softmax, needs
       ``num_speakers``).
 
     Attributes:
+        attributes: the attributes the model predicts, in ``ATTRIBUTES`` order: its heads and output columns;
+            checkpoints record them (``attributes``).
         label_scaling: how unit-scale outputs map to ratings; store ``label_scaling.to_dict()`` in
             checkpoints.
         representation_dim: width of the concatenated vector the heads read.
@@ -79,10 +84,13 @@ class SERModel(nn.Module):
     """
 
     def __init__(self, config: ModelConfig, *, num_speakers: int = 0, gradient_checkpointing: bool = False,
-                 backbone_weights: str = "published", spelling: OptionSpelling = CLI_SPELLING) -> None:
+                 backbone_weights: str = "published", spelling: OptionSpelling = CLI_SPELLING,
+                 attributes: Sequence[str] = ATTRIBUTES) -> None:
         """
         Args:
             config: the model section of the run's config.
+            attributes: the attributes to predict (``train.attributes``, or a checkpoint's ``attributes``), in
+                any order; the heads and output columns follow ``ATTRIBUTES`` order.
             num_speakers: speaker classes of the training data, for ``aux`` ``"speaker"``.
             gradient_checkpointing: recompute the speech backbone's layers in the backward pass (less
                 memory, more compute); see ``build_backbone``.
@@ -101,6 +109,7 @@ class SERModel(nn.Module):
         if backbone_weights not in BACKBONE_WEIGHTS:
             raise ValueError(f"backbone_weights {backbone_weights!r} is not one of {', '.join(BACKBONE_WEIGHTS)}")
         self.config = config
+        self.attributes = attribute_subset(attributes)
         self.label_scaling = LabelScaling()
         self.backbone = build_backbone(config, gradient_checkpointing=gradient_checkpointing,
                                        pretrained_weights=backbone_weights == "published", spelling=spelling)
@@ -123,7 +132,7 @@ class SERModel(nn.Module):
         # The statistics feed the heads (utterance_stats), the floor (floor_blend), or both.
         self.utterance_stats = (UtteranceStatistics(dropout=config.utterance_stats_dropout)
                                 if config.utterance_stats or config.floor_blend else None)
-        self.floor_blend = FloorBlend() if config.floor_blend else None
+        self.floor_blend = FloorBlend(attributes=self.attributes) if config.floor_blend else None
         self.representation_dim = self.pooling.output_dim + sum(
             part.output_dim for part in (self.text_encoder, self.speaker_embedder,
                                          self.utterance_stats if config.utterance_stats else None)
@@ -131,7 +140,8 @@ class SERModel(nn.Module):
         )
         head_sizes: dict[str, Any] = dict(hidden_dim=config.head_hidden_dim, dropout=config.head_dropout,
                                           norm=config.head_norm)
-        self.emotion_heads = EmotionHeads(self.representation_dim, output=config.head_output, **head_sizes)
+        self.emotion_heads = EmotionHeads(self.representation_dim, output=config.head_output,
+                                          attributes=self.attributes, **head_sizes)
         self.gender_head = GenderHead(self.representation_dim, **head_sizes) if "gender" in config.aux else None
         self.speaker_head = (
             SpeakerHead(self.representation_dim, num_speakers=num_speakers, **head_sizes)

@@ -41,6 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from sertool.cache.statistics import AudioStatisticsCache, StatisticsSetup
+from sertool.core.constants import attribute_subset
 from sertool.data.dataset import load_utterance_audio
 from sertool.data.records import ATTRIBUTES, Utterance
 from sertool.models.backbones.base import LOG_FLOOR, lengths_to_mask
@@ -220,6 +221,10 @@ class FloorBlend(nn.Module):
     where ``blend`` is chosen on the validation split at every validation (``choose_blend``). Everything
     here is a buffer: nothing trains by gradient, and every checkpoint stores the floor and the weights its
     predictions were chosen with. Using it before ``fit`` is an error, as for the standardiser.
+
+    The floor is the ridge of every attribute, whatever the model predicts (its buffers have one column per
+    attribute of ``ATTRIBUTES``, so that every model's floor has one shape); a model of fewer attributes
+    (``train.attributes``) blends the columns of its own (``attributes``), and the others' weights stay 1, unused.
     """
 
     # Buffers (register_buffer), declared so that their type is known.
@@ -228,8 +233,10 @@ class FloorBlend(nn.Module):
     alphas: Tensor
     blend: Tensor
 
-    def __init__(self, num_features: int = NUM_FEATURES) -> None:
+    def __init__(self, num_features: int = NUM_FEATURES, *, attributes: Sequence[str] = ATTRIBUTES) -> None:
         super().__init__()
+        self.attributes = attribute_subset(attributes)
+        self.columns = [ATTRIBUTES.index(name) for name in self.attributes]  # the model's, in the floor's columns
         self.register_buffer("weights", torch.zeros(num_features, len(ATTRIBUTES), dtype=torch.float64))
         self.register_buffer("intercept", torch.zeros(len(ATTRIBUTES), dtype=torch.float64))
         self.register_buffer("alphas", torch.zeros(len(ATTRIBUTES), dtype=torch.float64))  # 0: not fitted
@@ -261,8 +268,8 @@ class FloorBlend(nn.Module):
             self.in_use = True
 
     def floor(self, standardised: Tensor) -> Tensor:
-        """The floor's ``[B, 3]`` float64 unit-scale prediction from ``[B, NUM_FEATURES]`` standardised
-        statistics, clipped to the unit scale (0..1: the rating scale's ends).
+        """The floor's ``[B, len(attributes)]`` float64 unit-scale prediction of the model's attributes from
+        ``[B, NUM_FEATURES]`` standardised statistics, clipped to the unit scale (0..1: the rating scale's ends).
 
         A ridge is a linear function of statistics that are unbounded: far outside the training clips
         (digital silence sits dozens of standard deviations below any recording's level) it predicts far
@@ -276,20 +283,26 @@ class FloorBlend(nn.Module):
         if not self.fitted:
             raise RuntimeError("the floor was never fitted: call fit_utterance_statistics(model, training clips, "
                                "validation clips) before using the model")
-        return (self.intercept + standardised @ self.weights).clamp(0.0, 1.0)
+        return (self.intercept[self.columns] + standardised @ self.weights[:, self.columns]).clamp(0.0, 1.0)
 
     def forward(self, network: Tensor, standardised: Tensor) -> Tensor:
-        """The blend of ``[B, 3]`` unit-scale ``network`` predictions with the floor's prediction from ``[B,
-        NUM_FEATURES]`` standardised float64 statistics, in float32 (``network``'s dtype when wider): a
-        prediction, never rounded to an autocast's half precision.
+        """The blend of ``[B, len(attributes)]`` unit-scale ``network`` predictions with the floor's prediction
+        from ``[B, NUM_FEATURES]`` standardised float64 statistics, in float32 (``network``'s dtype when wider):
+        a prediction, never rounded to an autocast's half precision.
 
         Raises:
             RuntimeError: ``fit`` was never called.
         """
         floor = self.floor(standardised)
-        blended = self.blend * network.double() + (1 - self.blend) * floor
+        blend = self.blend[self.columns]
+        blended = blend * network.double() + (1 - blend) * floor
         # A weight of 0 is the floor alone, even where the network's output is not finite (0 · NaN is NaN).
-        return torch.where(self.blend > 0, blended, floor).to(torch.promote_types(network.dtype, torch.float32))
+        return torch.where(blend > 0, blended, floor).to(torch.promote_types(network.dtype, torch.float32))
+
+    @torch.no_grad()
+    def take_blend(self, weights: np.ndarray) -> None:
+        """Blend with the network's ``weights``, one per attribute of the model (``choose_blend``'s)."""
+        self.blend[self.columns] = torch.from_numpy(np.asarray(weights, dtype=np.float64)).to(self.blend.device)
 
 
 BLEND_GRID: tuple[float, ...] = tuple(step / 20 for step in range(21))  # the network's weight: 0, 0.05, ..., 1
@@ -299,7 +312,8 @@ _BLEND_STREAM = 0x5EED_B1E0  # the resamples' random stream: the same split and 
 
 @dataclass(frozen=True)
 class BlendChoice:
-    """What ``choose_blend`` chose per attribute (``ATTRIBUTES`` order), and the evidence behind it.
+    """What ``choose_blend`` chose per attribute of the model (``attributes``, in ``ATTRIBUTES`` order), and the
+    evidence behind it.
 
     ``weights`` is the network's weight; ``gain`` the CCC gain of that blend over the floor on the whole
     validation split; ``assured_gain`` the gain it keeps in ``confidence`` of the speaker resamples (its
@@ -311,6 +325,7 @@ class BlendChoice:
     assured_gain: np.ndarray
     groups: int
     confidence: float
+    attributes: tuple[str, ...] = ATTRIBUTES
 
     def reasons(self) -> dict[str, str]:
         """Per attribute, one sentence: how much the network carries, and why."""
@@ -318,12 +333,13 @@ class BlendChoice:
         return {name: (f"the floor alone: no weight of the network gained over it in {share}" if weight == 0 else
                        f"network weight {weight:.2f}: its blend gains {gain:+.3f} CCC over the floor, and at least "
                        f"{assured:+.3f} in {share}")
-                for name, weight, gain, assured in zip(ATTRIBUTES, self.weights, self.gain, self.assured_gain,
+                for name, weight, gain, assured in zip(self.attributes, self.weights, self.gain, self.assured_gain,
                                                       strict=True)}
 
 
 def choose_blend(network: np.ndarray, floor: np.ndarray, labels: np.ndarray, label_scaling: LabelScaling, *,
-                 speakers: Sequence[str | None] | None = None, confidence: float = 0.8) -> BlendChoice:
+                 speakers: Sequence[str | None] | None = None, confidence: float = 0.8,
+                 attributes: Sequence[str] = ATTRIBUTES) -> BlendChoice:
     """Per attribute, the network's weight in ``BLEND_GRID`` whose gain over the floor best survives a change of
     speakers: the weight with the largest ``1 − confidence`` quantile of the CCC gain over the floor across
     ``BLEND_RESAMPLES`` bootstrap resamples of the validation split's speakers (drawn with replacement, each
@@ -338,12 +354,13 @@ def choose_blend(network: np.ndarray, floor: np.ndarray, labels: np.ndarray, lab
     ratings and clipped (``LabelScaling.ratings``). Ties go to the smaller weight (the floor's side).
 
     Args:
-        network, floor: ``[N, 3]`` unit-scale predictions of the two systems (A, V, D) of the split that
+        network, floor: ``[N, len(attributes)]`` unit-scale predictions of the two systems of the split that
             chooses (the validation split).
-        labels: ``[N, 3]`` its ratings.
+        labels: ``[N, len(attributes)]`` its ratings.
         label_scaling: the model's.
         speakers: each utterance's speaker (None: unknown); None: every utterance its own group.
         confidence: the share of resamples in which the chosen gain must hold (0.5: the median gain).
+        attributes: the columns' attributes (the model's, in ``ATTRIBUTES`` order).
     """
     count = len(labels)
     names = [f"#{index}" if speaker is None else f"s:{speaker}"
@@ -356,18 +373,18 @@ def choose_blend(network: np.ndarray, floor: np.ndarray, labels: np.ndarray, lab
     draws = np.stack([np.bincount(row, minlength=groups) for row in drawn]).astype(np.float64)  # [R, groups]
     grid = np.asarray(BLEND_GRID)
     blends = label_scaling.ratings(grid[:, None, None] * network[None] + (1 - grid[:, None, None]) * floor[None])
-    whole = _resampled_ccc(blends, labels, codes, np.ones((1, groups)))[:, 0]  # [G, 3]: the split as it is
-    resampled = _resampled_ccc(blends, labels, codes, draws)  # [G, R, 3]
+    whole = _resampled_ccc(blends, labels, codes, np.ones((1, groups)))[:, 0]  # [G, k]: the split as it is
+    resampled = _resampled_ccc(blends, labels, codes, draws)  # [G, R, k]
     gains = resampled - resampled[0]  # BLEND_GRID[0] is the floor: its gain is 0 in every resample
-    assured = np.quantile(gains, 1 - confidence, axis=1)  # [G, 3]
+    assured = np.quantile(gains, 1 - confidence, axis=1)  # [G, k]
     best = np.argmax(assured, axis=0)  # the first maximum: the smaller weight on a tie
-    columns = np.arange(len(ATTRIBUTES))
+    columns = np.arange(len(attributes))
     return BlendChoice(weights=grid[best], gain=whole[best, columns] - whole[0], assured_gain=assured[best, columns],
-                       groups=groups, confidence=confidence)
+                       groups=groups, confidence=confidence, attributes=tuple(attributes))
 
 
 def _resampled_ccc(predictions: np.ndarray, labels: np.ndarray, codes: np.ndarray, draws: np.ndarray) -> np.ndarray:
-    """CCC of ``[G, N, 3]`` predictions against ``[N, 3]`` labels in each resample: ``[G, R, 3]``, as
+    """CCC of ``[G, N, k]`` predictions against ``[N, k]`` labels in each resample: ``[G, R, k]``, as
     ``ccc_scores`` of the resampled rows would give (population variances; 0 where both sides are constant).
 
     A resample draws group ``j`` (utterance ``i`` belongs to group ``codes[i]``) ``draws[r, j]`` times, so its

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import torch
@@ -28,7 +29,7 @@ class ModelPredictions:
     """Raw model outputs in the order of the utterances they were asked for."""
 
     ids: list[str]
-    emotion_unit: np.ndarray  # [N, 3] unit scale, A, V, D
+    emotion_unit: np.ndarray  # [N, len(model.attributes)] unit scale (all three: A, V, D)
     gender_probabilities: np.ndarray | None = None  # [N, 2] over GENDERS, with a gender head
 
 
@@ -101,7 +102,9 @@ def run_model(
                 progress(done, len(mine))
         finally:
             core.train(was_training)
-    local = (ids, np.concatenate(emotion) if emotion else np.zeros((0, 3)), np.concatenate(gender) if gender else None)
+    width = len(cast(Sequence[str], core.attributes))  # SERModel.attributes: the columns of its predictions
+    local = (ids, np.concatenate(emotion) if emotion else np.zeros((0, width)),
+             np.concatenate(gender) if gender else None)
     position = {utt.id: index for index, utt in enumerate(utterances)}
     all_ids, all_emotion, all_gender = [], [], []
     for part_ids, part_emotion, part_gender in all_gather_objects(local, context):

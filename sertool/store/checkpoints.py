@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sertool.core.constants import BEST_NAME
+from sertool.core.constants import ATTRIBUTES, BEST_NAME, attribute_subset
 from sertool.core.constants import LAST_NAME as LAST_NAME  # the training loop's name for it, from here
 from sertool.core.errors import SertoolError
 from sertool.core.version import __version__
@@ -116,6 +116,23 @@ def _describe(path: Path) -> str:
         return "a text file"
     except UnicodeDecodeError:
         return f"{path.stat().st_size:,} bytes that are not a torch.save archive"
+
+
+def payload_attributes(payload: dict[str, Any], *, source: str) -> tuple[str, ...]:
+    """The attributes the model of ``payload`` (a checkpoint's, a model folder's) predicts, in ``ATTRIBUTES``
+    order: its ``attributes`` (``train.attributes``), or all three where it records none (a checkpoint older than
+    systems of fewer attributes).
+
+    Raises:
+        SertoolError: ``attributes`` is not a list of attribute names, each once (naming ``source``).
+    """
+    recorded = payload.get("attributes", ATTRIBUTES)
+    try:
+        if not isinstance(recorded, (list, tuple)):
+            raise ValueError(f"{recorded!r} is not a list")
+        return attribute_subset(recorded)
+    except ValueError as error:
+        raise SertoolError(f"{source}: a damaged sertool checkpoint: its attributes: {error}") from None
 
 
 def stored_state(model: nn.Module) -> dict[str, torch.Tensor]:

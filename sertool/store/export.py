@@ -16,10 +16,11 @@ from typing import Any
 
 import yaml
 
-from sertool.core.constants import SCORE_NAMES
+from sertool.core.constants import ATTRIBUTES
 from sertool.core.errors import SertoolError
 from sertool.core.hub import is_repo_id
 from sertool.guards.outputs import OutputPlan
+from sertool.store.checkpoints import payload_attributes
 from sertool.store.model_folder import FOLDER_FILES, load_model, write_model_folder
 from sertool.store.options import ExportOptions
 from sertool.store.sharing import TRAINING_IDS_NAME, card_metadata, read_scores, shareable
@@ -60,8 +61,9 @@ def export_model(source: str | Path, options: ExportOptions) -> ExportResult:
         outputs.file(out / name, flag="--out")
     if push_to_hub is not None:
         _check_can_push(push_to_hub)
-    results = read_scores(options.scores)
-    shared, training_ids = shareable(load_model(source), exported_from=str(source))
+    payload = load_model(source)
+    results = read_scores(options.scores, attributes=payload_attributes(payload, source=str(source)))
+    shared, training_ids = shareable(payload, exported_from=str(source))
     metadata = card_metadata(shared, name=out.name, license_id=options.license, datasets=options.datasets,
                              results=results)
     card = model_card(shared, name=out.name, metadata=metadata, results=results)
@@ -80,11 +82,14 @@ def model_card(payload: dict[str, Any], *, name: str, metadata: dict[str, Any],
     data = payload.get("data") or {}
     released = payload.get("released")
     backbone = payload.get("pretrained", {}).get("backbone") or model["backbone"]
+    attributes = payload_attributes(payload, source=name)
+    words = " and ".join(filter(None, (", ".join(attributes[:-1]), attributes[-1])))
     lines = [
         "---", yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True).rstrip(), "---", "",
-        f"# {name}: arousal, valence and dominance from speech",
+        f"# {name}: {words} from speech",
         "",
-        "Predicts the perceived **arousal, valence and dominance** (A/V/D) of an utterance on the 1–7 rater scale "
+        f"Predicts the perceived **{words}**{' (A/V/D)' if len(attributes) == len(ATTRIBUTES) else ''} of an "
+        "utterance on the 1–7 rater scale "
         "of MSP-Podcast (rater means; 4 is the middle), from 16 kHz speech (any rate and channel count is "
         "resampled and downmixed). A sertool model folder (`sertool export`): "
         "`config.json` describes the model, `model.safetensors` holds its weights (no pickle), this card.",
@@ -99,7 +104,7 @@ def model_card(payload: dict[str, Any], *, name: str, metadata: dict[str, Any],
         "```python",
         "import sertool",
         f'model = sertool.load("{name}")             # or sertool.Model.from_pretrained("owner/{name}")',
-        'model.predict("talk.wav")   # {"arousal": ..., "valence": ..., "dominance": ...}',
+        'model.predict("talk.wav")   # {' + ", ".join(f'"{attribute}": ...' for attribute in attributes) + "}",
         'model.predict(waveform, sample_rate=16000, scale="unit")   # a numpy array; the 0..1 outputs',
         "```",
         "",
@@ -197,17 +202,18 @@ def _data_lines(payload: dict[str, Any], data: dict[str, Any], released: dict[st
 
 def _metric_lines(payload: dict[str, Any], data: dict[str, Any]) -> list[str]:
     metrics = payload.get("metrics") or {}
-    if not all(name in metrics for name in SCORE_NAMES) or not data:
+    names = (*payload_attributes(payload, source="the model"), "average")  # the average of its own attributes
+    if not all(name in metrics for name in names) or not data:
         return ["No metrics recorded with this model: evaluate it on a labelled split it never saw "
                 "(`sertool evaluate`)."]
     step = payload.get("step")
     return [
         "Concordance correlation coefficient (CCC) over the whole split, on the 1–7 scale:",
         "",
-        "| split | utterances | " + " | ".join(SCORE_NAMES) + " |",
-        "|---" * (len(SCORE_NAMES) + 2) + "|",
+        "| split | utterances | " + " | ".join(names) + " |",
+        "|---" * (len(names) + 2) + "|",
         f"| {data['valid_split']} | {data['valid_utterances']:,} | "
-        + " | ".join(f"{metrics[name]:.4f}" for name in SCORE_NAMES) + " |",
+        + " | ".join(f"{metrics[name]:.4f}" for name in names) + " |",
         "",
         f"Measured at step {step} on the validation split, the split this checkpoint was *selected* on (best "
         "average CCC), so it is optimistic for that split; for a number to report, evaluate on a test split "
@@ -218,10 +224,11 @@ def _metric_lines(payload: dict[str, Any], data: dict[str, Any]) -> list[str]:
 def _result_lines(results: Sequence[dict[str, Any]]) -> list[str]:
     if not results:
         return []
+    names = list(results[0]["ccc"])  # the model's attributes and their average (``sharing.read_scores``)
     return ["", "Scored on data it never trained on (`sertool evaluate`, utterances it trained on left out):", "",
-            "| corpus | split | utterances | " + " | ".join(SCORE_NAMES) + " |", "|---" * (len(SCORE_NAMES) + 3) + "|",
+            "| corpus | split | utterances | " + " | ".join(names) + " |", "|---" * (len(names) + 3) + "|",
             *(f"| {result['corpus']} | {result['split']} | {result['utterances']:,} | "
-              + " | ".join(f"{result['ccc'][name]:.4f}" for name in SCORE_NAMES) + " |" for result in results)]
+              + " | ".join(f"{result['ccc'][name]:.4f}" for name in names) + " |" for result in results)]
 
 
 def _provenance_lines(payload: dict[str, Any]) -> list[str]:

@@ -26,6 +26,7 @@ from sertool.core.constants import ATTRIBUTES, SCORE_NAMES
 from sertool.core.errors import SertoolError
 from sertool.core.hub import is_repo_id
 from sertool.core.io import load_json
+from sertool.store.checkpoints import payload_attributes
 
 TRAINING_IDS_NAME = "training_ids.json"  # a model folder's training ids, beside config.json
 LIBRARY_NAME = "sertool"
@@ -87,12 +88,15 @@ def base_models(payload: dict[str, Any]) -> list[str]:
             and is_repo_id(pretrained[key]) and portable(pretrained[key]) == pretrained[key]]
 
 
-def read_scores(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
-    """The score rows of ``sertool evaluate --scores`` files, one per file, for the card's ``model-index``.
+def read_scores(paths: Sequence[str | Path], *, attributes: Sequence[str] = ATTRIBUTES) -> list[dict[str, Any]]:
+    """The score rows of ``sertool evaluate --scores`` files, one per file, for the card's ``model-index``: the CCC
+    of each of ``attributes`` (the model's: all three, or those of ``train --attributes``) and their average.
 
     Raises:
-        SertoolError: a file that is not a scores document of one system (naming it and what to do).
+        SertoolError: a file that is not a scores document of one system of ``attributes`` (naming it and what to
+            do).
     """
+    names = (*attributes, "average")
     results = []
     for path in paths:
         document = load_json(path, what="scores document")
@@ -101,12 +105,13 @@ def read_scores(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
             raise SertoolError(f"--scores {path}: not the scores of one model; write them with `sertool evaluate "
                                "MODEL --corpus ROOT --split SPLIT --scores FILE`")
         row, ccc = systems[0], systems[0].get("ccc")
-        if not isinstance(ccc, dict) or not all(isinstance(ccc.get(name), (int, float)) for name in SCORE_NAMES):
-            raise SertoolError(f"--scores {path}: no CCC of {', '.join(SCORE_NAMES)} in it; write it with "
-                               "`sertool evaluate --scores`")
+        if not isinstance(ccc, dict) or not all(isinstance(ccc.get(name), (int, float)) for name in names) \
+                or any(name in ccc for name in SCORE_NAMES if name not in names):
+            raise SertoolError(f"--scores {path}: not the CCC of {', '.join(names)} (those of this model) alone; "
+                               "write it with `sertool evaluate MODEL --scores` of this model")
         results.append({"split": str(document.get("split")), "corpus": portable(document.get("corpus")) or "corpus",
                         "utterances": int(row.get("utterances", 0)), "ccc": {name: float(ccc[name])
-                                                                             for name in SCORE_NAMES}})
+                                                                             for name in names}})
     return results
 
 
@@ -120,12 +125,12 @@ def card_metadata(payload: dict[str, Any], *, name: str, license_id: str | None,
         metadata["base_model"] = base_models(payload)
     if datasets:
         metadata["datasets"] = list(datasets)
-    metadata["tags"] = ["speech-emotion-recognition", *ATTRIBUTES, "audio"]
+    metadata["tags"] = ["speech-emotion-recognition", *payload_attributes(payload, source=name), "audio"]
     if results:
         metadata["model-index"] = [{"name": name, "results": [{
             "task": {"type": PIPELINE_TAG, "name": TASK_NAME},
             "dataset": {"name": f"{result['corpus']} ({result['utterances']:,} utterances)",
                         "type": datasets[0] if datasets else result["corpus"], "split": result["split"]},
-            "metrics": [{"type": "ccc", "name": f"CCC {score}", "value": round(result["ccc"][score], 4)}
-                        for score in SCORE_NAMES]} for result in results]}]
+            "metrics": [{"type": "ccc", "name": f"CCC {score}", "value": round(value, 4)}
+                        for score, value in result["ccc"].items()]} for result in results]}]
     return metadata

@@ -19,7 +19,7 @@ import torch
 
 from sertool.core.config import DEFAULT_BACKBONE_IDS, Config
 from sertool.core.errors import SertoolError
-from sertool.data.records import ATTRIBUTES, Utterance
+from sertool.data.records import Utterance
 from sertool.data.selection import UNKNOWN_TRAINING_DATA
 from sertool.models.ser_model import SERModel
 from sertool.runtime import random_state
@@ -43,7 +43,7 @@ def model_description(config: Config, model: SERModel, *, speakers: list[str], t
     return {
         "config": config.to_dict(),
         "label_scaling": model.label_scaling.to_dict(),
-        "attributes": list(ATTRIBUTES),
+        "attributes": list(model.attributes),  # its heads' (train.attributes); older checkpoints: all three
         "pretrained": {"backbone": model_config.backbone_path or DEFAULT_BACKBONE_IDS[model_config.backbone],
                        "text_model": model_config.text_model if model_config.text else None,
                        "speaker_embedding": model_config.speaker_embedding},

@@ -162,7 +162,8 @@ class _Run(RunSetup):
         super().__init__(config, run_dir, resume=resume, argv=argv, context=context, reporter=reporter,
                          previous=previous, relocated=relocated, stops=stops, read_corpus=open_corpus,
                          dataset_type=UtteranceDataset)
-        self.loss_fn = SERLoss(self.config.model)  # the objective: the emotion loss and the auxiliary tasks'
+        # The objective: the emotion loss of the model's attributes, and the auxiliary tasks'.
+        self.loss_fn = SERLoss(self.config.model, attributes=self.model.attributes)
 
     @property
     def step(self) -> int:
@@ -338,7 +339,7 @@ class _Run(RunSetup):
             raise
         verdict = distributed.from_main(functools.partial(
             judge, predictions, self.valid_set, self.model.label_scaling, self.validation_hook,
-            best_average=state.best.get("average", -math.inf)), self.context)
+            best_average=state.best.get("average", -math.inf), attributes=self.model.attributes), self.context)
         self.validation_hook.take(verdict.choice)
         self.schedule.on_validation(verdict.improved)
         record = validation_record(verdict, state, split=self.config.data.valid_split, utterances=len(self.valid_set),

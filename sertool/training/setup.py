@@ -15,8 +15,9 @@ def resolve_train_config(config_file: str | None, flags: dict[str, Any], *, out:
     fields neither set (``config.apply_recipe``: the backbone's recipe unless ``--recipe``); the run
     folder; what ``--resume`` points elsewhere.
 
-    With ``init_from`` (a flag or a key of the file), the model section starts from that model's
-    instead of the defaults: defaults, then the initial model's architecture, then the file, then the flags.
+    With ``init_from`` (a flag or a key of the file), the model section, and the attributes it predicts
+    (``train.attributes``), start from that model's instead of the defaults: defaults, then the initial model's
+    architecture, then the file, then the flags.
 
     Args:
         config_file: a YAML file, or None.
@@ -55,11 +56,13 @@ def resolve_train_config(config_file: str | None, flags: dict[str, Any], *, out:
         raise SertoolError("no run folder given: pass --out RUN_DIR")
     config, user_set = _resolve(config_file, given, base=Config())
     if config.train.init_from:
+        from sertool.store.checkpoints import payload_attributes
         from sertool.store.model_folder import load_model
 
-        base = Config()
-        base.model = Config.from_dict(load_model(config.train.init_from, weights=False)["config"],
-                                      source=f"--init-from {config.train.init_from}").model
+        base, source = Config(), f"--init-from {config.train.init_from}"
+        initial = load_model(config.train.init_from, weights=False)
+        base.model = Config.from_dict(initial["config"], source=source).model
+        base.train.attributes = payload_attributes(initial, source=source)
         config, user_set = _resolve(config_file, given, base=base)
         # The initial model's weights fix its architecture: no recipe may change the model section.
         user_set |= {(option.section, option.name) for option in config_options() if option.section == "model"}

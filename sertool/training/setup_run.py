@@ -196,7 +196,7 @@ class RunSetup:
         self.backbone_weights = (checkpoint or initial or {}).get("backbone_weights", "published")
         self.model = SERModel(config.model, num_speakers=len(self.speakers),
                               gradient_checkpointing=train_config.gradient_checkpointing,
-                              backbone_weights=self.backbone_weights)
+                              backbone_weights=self.backbone_weights, attributes=train_config.attribute_names())
         if checkpoint is not None:
             load_stored_state(self.model, checkpoint["model_state"], source=str(self.run_dir / LAST_NAME))
         elif initial is not None and train_config.init_from:
@@ -253,9 +253,9 @@ class RunSetup:
                               f"{cache.disk_bytes() / 1e9:.2f} GB on disk)")
 
     def _setup_validation_hook(self, statistics: Statistics) -> None:
-        """``validation_hook``: with ``--floor-blend``, a ``FloorBlendHook`` with the floor's ``[N, 3]`` unit-scale
-        predictions of the validation split, which every validation blends the network's with; else the hook
-        that adds nothing.
+        """``validation_hook``: with ``--floor-blend``, a ``FloorBlendHook`` with the floor's ``[N, k]`` unit-scale
+        predictions of the validation split (of the model's attributes), which every validation blends the
+        network's with; else the hook that adds nothing.
 
         They never change, so they are computed once, from each clip's statistics (``statistics``: cached by
         audio content, and in memory where ``fit_utterance_statistics`` has just read them) rather than by

@@ -1,7 +1,8 @@
 """Validation during training: what a validation of the whole validation split decides, and what it keeps.
 
 The loop predicts the split (``loop._Run._predict_valid``), rank 0 judges the predictions (``judge``: CCC per
-attribute over the whole split, never per batch) and every rank takes its ``Verdict``: ranks that judged
+attribute the model predicts over the whole split, never per batch, and their average; a model of fewer
+attributes, ``train.attributes``, is judged on its own alone) and every rank takes its ``Verdict``: ranks that judged
 apart could blend with other weights, or one could stop early and leave the others waiting for it in the
 next step's all-reduce. ``keep_best`` then updates the ``TrainState`` (best.pt, early stopping).
 
@@ -19,7 +20,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 
 from sertool.data.records import ATTRIBUTES, Utterance
 from sertool.models.ccc import ccc_scores, collapsed_attributes
@@ -39,10 +39,11 @@ class ValidationHook:
         """Around the validation's forward passes."""
         return contextlib.nullcontext()
 
-    def choose(self, unit: np.ndarray, labels: np.ndarray,
-               label_scaling: LabelScaling) -> tuple[np.ndarray, Any]:
-        """On rank 0, given the network's finite ``[N, 3]`` unit-scale predictions (float64) and the ``[N, 3]``
-        ratings: the predictions to score, and what was chosen (None: nothing), which every rank takes."""
+    def choose(self, unit: np.ndarray, labels: np.ndarray, label_scaling: LabelScaling, *,
+               attributes: Sequence[str]) -> tuple[np.ndarray, Any]:
+        """On rank 0, given the network's finite ``[N, k]`` unit-scale predictions (float64) of the model's
+        ``attributes`` and their ``[N, k]`` ratings: the predictions to score, and what was chosen (None:
+        nothing), which every rank takes."""
         return unit, None
 
     def take(self, choice: Any) -> None:
@@ -66,9 +67,9 @@ class FloorBlendHook(ValidationHook):
 
     def __init__(self, floor: FloorBlend, floor_unit: np.ndarray, *, speakers: Sequence[str | None],
                  confidence: float) -> None:
-        """``floor_unit``: the floor's ``[N, 3]`` unit-scale predictions of the validation split (they never
-        change: computed once, by ``setup_run.validation_hook``); ``speakers``: its utterances' speakers, which
-        ``choose_blend`` resamples; ``confidence``: ``--floor-blend-confidence``."""
+        """``floor_unit``: the floor's ``[N, k]`` unit-scale predictions of the validation split, of the model's
+        attributes (they never change: computed once, by ``setup_run.validation_hook``); ``speakers``: its
+        utterances' speakers, which ``choose_blend`` resamples; ``confidence``: ``--floor-blend-confidence``."""
         self.floor = floor
         self.floor_unit = floor_unit
         self.speakers = list(speakers)
@@ -77,21 +78,21 @@ class FloorBlendHook(ValidationHook):
     def predicting(self) -> AbstractContextManager[None]:
         return self.floor.left_out()  # the network alone: its blend with the floor is chosen here
 
-    def choose(self, unit: np.ndarray, labels: np.ndarray,
-               label_scaling: LabelScaling) -> tuple[np.ndarray, BlendChoice | None]:
+    def choose(self, unit: np.ndarray, labels: np.ndarray, label_scaling: LabelScaling, *,
+               attributes: Sequence[str]) -> tuple[np.ndarray, BlendChoice | None]:
         choice = choose_blend(unit, self.floor_unit, labels, label_scaling, speakers=self.speakers,
-                              confidence=self.confidence)
+                              confidence=self.confidence, attributes=attributes)
         blend = choice.weights
         return blend * unit + (1 - blend) * self.floor_unit, choice
 
     def take(self, choice: BlendChoice | None) -> None:
         if choice is not None:
-            self.floor.blend.copy_(torch.from_numpy(choice.weights))
+            self.floor.take_blend(choice.weights)
 
     def logged(self, choice: BlendChoice | None) -> dict[str, Any]:
         if choice is None:
             return {}
-        return {"floor_blend": dict(zip(ATTRIBUTES, choice.weights.tolist(), strict=True)),
+        return {"floor_blend": dict(zip(choice.attributes, choice.weights.tolist(), strict=True)),
                 "floor_blend_why": choice.reasons()}
 
 
@@ -99,7 +100,7 @@ class FloorBlendHook(ValidationHook):
 class Verdict:
     """What a validation decides: judged on rank 0 (``judge``), taken by every rank."""
 
-    scores: dict[str, float]  # CCC per attribute and "average"; NaN with non-finite predictions
+    scores: dict[str, float]  # CCC per attribute of the model and "average"; NaN with non-finite predictions
     collapsed: list[str]  # attributes whose predictions were near-constant
     choice: Any  # what the hook chose (the floor blend: a BlendChoice, the network's weight per attribute), or None
     nonfinite: list[str]  # ids of the utterances whose predictions were not finite
@@ -107,24 +108,30 @@ class Verdict:
 
 
 def judge(predictions: ModelPredictions, valid_set: Sequence[Utterance], label_scaling: LabelScaling,
-          hook: ValidationHook, *, best_average: float) -> Verdict:
+          hook: ValidationHook, *, best_average: float, attributes: Sequence[str] = ATTRIBUTES) -> Verdict:
     """What the validation of ``predictions`` decides, against the best average CCC so far.
 
     Predictions are scored as inference outputs them (clipped ratings), so best.pt is chosen on what it
     predicts. A score of predictions that are not all finite is NaN (null in metrics.jsonl) and never an
     improvement; the CCC of finite predictions and labels is always finite (``sertool.models.ccc``).
+
+    ``attributes`` are the model's (``SERModel.attributes``), the columns of ``predictions``: each is scored
+    against its own labels, and "average", which best.pt, the patience and the plateau schedule follow, is
+    the mean of theirs alone.
     """
     nonfinite = [utt_id for utt_id, row in zip(predictions.ids, predictions.emotion_unit, strict=True)
                  if not np.isfinite(row).all()]
     if nonfinite:  # ccc_scores refuses them
-        return Verdict(scores=dict.fromkeys((*ATTRIBUTES, "average"), math.nan), collapsed=[], choice=None,
+        return Verdict(scores=dict.fromkeys((*attributes, "average"), math.nan), collapsed=[], choice=None,
                        nonfinite=nonfinite, improved=False)
-    labels = np.array([utt.labels() for utt in valid_set])
-    unit, choice = hook.choose(predictions.emotion_unit.astype(np.float64), labels, label_scaling)
+    columns = [ATTRIBUTES.index(name) for name in attributes]
+    labels = np.array([utt.labels() for utt in valid_set]).reshape(len(valid_set), len(ATTRIBUTES))[:, columns]
+    unit, choice = hook.choose(predictions.emotion_unit.astype(np.float64), labels, label_scaling,
+                               attributes=attributes)
     values = label_scaling.ratings(unit)
-    scores = ccc_scores(values, labels)
-    return Verdict(scores=scores, collapsed=collapsed_attributes(values, labels), choice=choice, nonfinite=[],
-                   improved=scores["average"] > best_average)
+    scores = ccc_scores(values, labels, attributes=attributes)
+    return Verdict(scores=scores, collapsed=collapsed_attributes(values, labels, attributes=attributes),
+                   choice=choice, nonfinite=[], improved=scores["average"] > best_average)
 
 
 def validation_record(verdict: Verdict, state: TrainState, *, split: str, utterances: int,
@@ -144,7 +151,8 @@ def keep_best(state: TrainState, verdict: Verdict, *, per_attribute: bool, patie
 
     Returns:
         The checkpoints to write with this validation's weights: ``best.pt`` on an improvement, and with
-        ``per_attribute`` (``select_best="per-attribute"``) ``best_<attribute>.pt`` per attribute that improved.
+        ``per_attribute`` (``select_best="per-attribute"``) ``best_<attribute>.pt`` per attribute of the model
+        that improved.
     """
     names = []
     if verdict.improved:
@@ -154,7 +162,7 @@ def keep_best(state: TrainState, verdict: Verdict, *, per_attribute: bool, patie
     else:
         state.validations_without_improvement += 1
     if per_attribute and not verdict.nonfinite:
-        for name in ATTRIBUTES:
+        for name in (name for name in ATTRIBUTES if name in verdict.scores):
             if verdict.scores[name] > state.best_per_attribute.get(name, -math.inf):
                 state.best_per_attribute[name] = verdict.scores[name]
                 names.append(f"best_{name}.pt")

@@ -296,3 +296,17 @@ def test_the_per_attribute_choice_chooses_among_the_members_that_predict_each_at
     assert plan.development_ccc is not None and plan.development_ccc["valence"] == pytest.approx(1.0)
     plan = select_per_attribute([valence, valence.take(ids[::-1])], labels)
     assert plan.attributes == ("valence",)  # nobody predicts arousal or dominance
+
+
+def test_an_exported_valence_model_says_what_it_predicts_and_takes_its_own_scores_alone(runs, msp, tmp_path):
+    own, other = tmp_path / "valence-scores.json", tmp_path / "full-scores.json"
+    for model, scores in ((runs["valence"], own), (runs["full"], other)):
+        assert run("evaluate", model, "--corpus", msp, "--split", DEV, "--scores", scores).exit_code == 0
+    result = run("export", runs["valence"], "--out", tmp_path / "model", "--scores", own)
+    assert result.exit_code == 0, result.output
+    card = (tmp_path / "model" / "README.md").read_text()
+    assert "# model: valence from speech" in card and "CCC valence" in card
+    assert "arousal" not in card.split("## Intended use")[0]  # the card's model and scores: valence alone
+    assert open_predictor(tmp_path / "model", InferenceOptions()).attributes == ("valence",)
+    line = one_line_error(run("export", runs["valence"], "--out", tmp_path / "other", "--scores", other))
+    assert "not the CCC of valence, average (those of this model) alone" in line

@@ -32,7 +32,7 @@ TRAINING_IDS_NAME = "training_ids.json"  # a model folder's training ids, beside
 LIBRARY_NAME = "sertool"
 # The hub has no task for regression from audio; audio classification is where its audio models are listed.
 PIPELINE_TAG = "audio-classification"
-TASK_NAME = "Speech emotion recognition: arousal, valence, dominance (CCC)"
+TASK_NAME = "Speech emotion recognition: {} (CCC)"  # of the model's attributes (all three: arousal, valence, ...)
 # The payload's model locations besides the config's: the pretrained models it names, the initial models of
 # unknown training data, and the source it was exported from.
 _PRETRAINED = ("backbone", "text_model", "speaker_embedding")
@@ -125,10 +125,11 @@ def card_metadata(payload: dict[str, Any], *, name: str, license_id: str | None,
         metadata["base_model"] = base_models(payload)
     if datasets:
         metadata["datasets"] = list(datasets)
-    metadata["tags"] = ["speech-emotion-recognition", *payload_attributes(payload, source=name), "audio"]
+    attributes = payload_attributes(payload, source=name)
+    metadata["tags"] = ["speech-emotion-recognition", *attributes, "audio"]
     if results:
         metadata["model-index"] = [{"name": name, "results": [{
-            "task": {"type": PIPELINE_TAG, "name": TASK_NAME},
+            "task": {"type": PIPELINE_TAG, "name": TASK_NAME.format(", ".join(attributes))},
             "dataset": {"name": f"{result['corpus']} ({result['utterances']:,} utterances)",
                         "type": datasets[0] if datasets else result["corpus"], "split": result["split"]},
             "metrics": [{"type": "ccc", "name": f"CCC {score}", "value": round(value, 4)}

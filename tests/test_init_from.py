@@ -187,6 +187,7 @@ def test_a_run_from_a_model_of_unknown_training_data_says_so_in_every_score(corp
     description = tmp_path / "older" / "config.json"  # as an older sertool wrote it: no training_ids
     description.write_text(json.dumps({key: value for key, value in json.loads(description.read_text()).items()
                                        if key != "training_ids"}))
+    (tmp_path / "older" / "training_ids.json").unlink()
     initial = str(tmp_path / "older")
     result = run("train", "--init-from", initial, "--corpus", corpus, *FROZEN_RUN, "--out", tmp_path / "b")
     assert result.exit_code == 0, result.output

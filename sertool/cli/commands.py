@@ -54,7 +54,8 @@ class _Group(click.Group):
                                                 f"${LOG_EVERY_VARIABLE} seconds, {DEFAULT_LOG_EVERY_S:g} by default)."))
             cmd.params.append(click.Option(["--debug"], is_flag=True, expose_value=False, is_eager=True,
                                            callback=_ask_for_tracebacks,
-                                           help=f"Show the traceback of an error instead of one line (also: "
+                                           help=f"Show the traceback of an error instead of one line, and the "
+                                                f"warnings of other packages that sertool hides (also: "
                                                 f"{DEBUG_VARIABLE}=1)."))
         if cmd.callback is not None:
             cmd.callback = _refusing_nul(cmd)

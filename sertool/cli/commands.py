@@ -17,7 +17,7 @@ from sertool.cli.flags import AliasArgument, SectionedCommand, option_flags, opt
 from sertool.cli.options import DemoOptions, PlotOptions, TrainOptions
 from sertool.core.config import Config, check_text
 from sertool.core.errors import SertoolError
-from sertool.core.progress import task
+from sertool.core.progress import DEFAULT_LOG_EVERY_S, LOG_EVERY_VARIABLE, task
 from sertool.core.version import __version__
 from sertool.data.options import InfoOptions, ManifestOptions
 from sertool.experiments.options import ReproduceOptions, SpeakersOptions
@@ -55,8 +55,8 @@ OTHER_COMMANDS = "Other commands"
 
 class _Group(click.Group):
     """A click group whose commands all fail the same way (``_fail``), stop on Ctrl-C or SIGTERM with its
-    message and the shell's exit status (130, 143), take ``--quiet`` and ``--debug``, and draw the progress of
-    their long steps on a terminal (``sertool.core.progress``).
+    message and the shell's exit status (130, 143), take ``--quiet`` and ``--debug``, and show the progress of
+    their long steps (``sertool.core.progress``: bars on a terminal, plain lines in a log).
 
     Args:
         sections: ``(title, command names)`` pairs: ``--help`` lists the commands under these titles, in this
@@ -90,10 +90,12 @@ class _Group(click.Group):
         if not isinstance(cmd, click.Group):
             cmd.params.append(click.Option(["-q", "--quiet"], is_flag=True, expose_value=False, is_eager=True,
                                            callback=_show_progress,
-                                           help="No progress bars (they are drawn only on a terminal anyway)."))
+                                           help="No progress: no bars on a terminal, no lines in a log (a line every "
+                                                f"${LOG_EVERY_VARIABLE} seconds, {DEFAULT_LOG_EVERY_S:g} by default)."))
             cmd.params.append(click.Option(["--debug"], is_flag=True, expose_value=False, is_eager=True,
                                            callback=_ask_for_tracebacks,
-                                           help=f"Show the traceback of an error instead of one line (also: "
+                                           help=f"Show the traceback of an error instead of one line, and the "
+                                                f"warnings of other packages that sertool hides (also: "
                                                 f"{DEBUG_VARIABLE}=1)."))
         if cmd.callback is not None:
             cmd.callback = _refusing_nul(cmd)

@@ -11,6 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from sertool.core.constants import ATTRIBUTES, BEST_NAME, SCORE_NAMES, SUMMARY_NAME
+from sertool.core.progress import Meter, PlainLines
 from sertool.data.info import SplitSummary, class_order
 from sertool.data.records import EMO_CLASSES
 from sertool.data.report import LoadReport
@@ -29,8 +30,10 @@ class Bars:
     """Every progress bar of the process, on stderr, in one live rich display (rich allows one at a time, and
     steps nest: a validation inside a training epoch, an ensemble member's prediction pass).
 
-    Nothing is drawn when stderr is not a terminal (a pipe or a log file gets no bar, no control codes) or
-    after ``quiet()`` (``--quiet``). Installed as ``sertool.core.progress``'s display by the command line.
+    Bars are drawn only when stderr is a terminal. Where it is a pipe or a log file, each task prints a plain
+    line every ``$SERTOOL_LOG_EVERY_S`` seconds instead (``sertool.core.progress.PlainLines``: no bar, no
+    control codes). Nothing at all with ``silenced`` (``--quiet``). Installed as ``sertool.core.progress``'s
+    display by the command line.
     """
 
     def __init__(self) -> None:
@@ -67,9 +70,19 @@ class Bars:
 
     @contextlib.contextmanager
     def __call__(self, description: str) -> Iterator[Callable[[int, int], None]]:
-        """``sertool.core.progress.Display``: a bar whose ``(done, total)`` callback moves it."""
+        """``sertool.core.progress.Display``: a bar whose ``(done, total)`` callback moves it, or off a terminal
+        the plain lines of ``PlainLines``."""
+        if not self.drawing and not self.silenced:
+            with PlainLines()(description) as lines:
+                yield lines
+            return
         with self.bar(description) as update:
             yield lambda done, total: update(completed=done, total=total)
+
+    def meter(self, label: str, **options) -> Meter | None:
+        """Plain progress lines (``Meter(label, **options)``) where stderr is no terminal; None on a terminal,
+        where bars are drawn instead, and with ``--quiet``."""
+        return None if self.drawing or self.silenced else Meter(label, **options)
 
     def print(self, text: str, **kwargs) -> None:
         """A line on stderr above the bars (they stay below it)."""
@@ -80,11 +93,18 @@ BARS = Bars()
 
 
 def show_progress(*, quiet: bool = False) -> None:
-    """Draw every long step's progress (``sertool.core.progress.task``) on stderr from now on, unless ``quiet``;
-    model downloads show the hub's own bars when ours are drawn."""
+    """Show every long step's progress (``sertool.core.progress.task``) on stderr from now on, unless ``quiet``:
+    bars on a terminal, plain lines elsewhere; model downloads show the hub's own bars when ours are drawn.
+
+    Raises:
+        SertoolError: ``$SERTOOL_LOG_EVERY_S`` is not a number of seconds (where plain lines are printed: said
+            before any work).
+    """
     from sertool.core import progress
 
     BARS.silenced = quiet
+    if not (quiet or BARS.drawing):
+        progress.log_every_s()
     progress.set_display(BARS)
 
 
@@ -170,21 +190,27 @@ def train_reporter(run_dir, *, tensorboard: bool) -> Reporter:
 
 class RichTrainReporter(Reporter):
     """Training progress on the terminal: a bar per epoch with loss, lr, utterances/s and ETA, a line per
-    validation, and a summary table at the end (the loop's ``Reporter``)."""
+    validation, and a summary table at the end (the loop's ``Reporter``). Where stderr is no terminal (a log
+    file), a plain line every ``$SERTOOL_LOG_EVERY_S`` seconds instead of the bars: the step of the run's
+    total, loss, lr, utterances/s, elapsed and time left (``BARS.meter``)."""
 
     def __init__(self) -> None:
         self._bar: contextlib.ExitStack | None = None
-        self._update: Callable[..., None] | None = None
-        self._task_name: str | None = None  # the set-up step the bar shows (``progress``), None for an epoch
+        self._update: Callable[..., None] | None = None  # the epoch's bar
+        self._task_update: Callable[[int, int], None] | None = None  # the set-up step's (``progress``)
+        self._task_name: str | None = None  # the set-up step shown, None for an epoch
         self._started = 0.0
+        self._meter: Meter | None = None  # off a terminal: the run's plain lines
+        self._total_steps = 0
+        self._utterances = 0  # trained on since ``start``: the lines' rate
 
     def progress(self, task: str, done: int, total: int) -> None:
-        if self._update is None or self._task_name != task:
+        if self._task_update is None or self._task_name != task:
             self.close()
             self._bar = contextlib.ExitStack()
-            self._update = self._bar.enter_context(BARS.bar(task, total=total))
+            self._task_update = self._bar.enter_context(BARS(task))
             self._task_name = task
-        self._update(completed=done, total=total)
+        self._task_update(done, total)
 
     def start(self, summary: dict) -> None:
         import time
@@ -203,6 +229,8 @@ class RichTrainReporter(Reporter):
         classes = " · ".join(f"{code or '?'} {counts[code]:,}" for code in order)
         err.print(f"training classes: {classes}")
         err.print(f"run folder: {summary['run_dir']}")
+        self._meter = BARS.meter("train: step", rate_unit="utt", start=summary["resumed_at_step"])
+        self._total_steps, self._utterances = summary["total_steps"], 0
 
     def epoch(self, epoch: int, total_batches: int, done_batches: int) -> None:
         self.close()
@@ -211,12 +239,15 @@ class RichTrainReporter(Reporter):
                                                         completed=done_batches))
 
     def step(self, stats: dict) -> None:
+        parts = [f"skipped ({stats['skipped']})"] if stats.get("skipped") else \
+            [f"loss {stats.get('loss_total', float('nan')):.3f}", f"lr {stats['lr']:.2e}"]
+        if self._meter is not None:
+            self._utterances += stats["utterances"]
+            self._meter.update(stats["step"], self._total_steps, processed=self._utterances, note=", ".join(parts))
         if self._update is None:
             return
         speed = stats["utterances"] / stats["seconds"] if stats.get("seconds") else 0.0
-        text = f"skipped ({stats['skipped']})" if stats.get("skipped") else \
-            f"loss {stats.get('loss_total', float('nan')):.3f}  lr {stats['lr']:.2e}  {speed:.1f} utt/s"
-        self._update(completed=stats["batch"], stats=text)
+        self._update(completed=stats["batch"], stats="  ".join([*parts, f"{speed:.1f} utt/s"]))
 
     def validation(self, metrics: dict) -> None:
         marker = " [green]★ best[/]" if metrics["improved"] else ""
@@ -260,7 +291,7 @@ class RichTrainReporter(Reporter):
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
-            self._bar, self._update = None, None
+            self._bar, self._update, self._task_update = None, None, None
         self._task_name = None
 
 

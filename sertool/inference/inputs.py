@@ -292,6 +292,11 @@ class WindowMerger:
                            segments=segments, attributes=self._attributes)
 
 
+def piece_count(utterances: Sequence[Utterance], *, window_s: float, hop_s: float) -> int:
+    """How many pieces ``windowed_pieces`` cuts ``utterances`` into (counted from their durations, not made)."""
+    return sum(len(_spans(utt, window_s, hop_s)) for utt in utterances)
+
+
 def _spans(utt: Utterance, window_s: float, hop_s: float) -> list[tuple[int, int]]:
     num_samples = int(round(utt.duration_s * SAMPLE_RATE))
     return window_spans(num_samples, SAMPLE_RATE, window_s, hop_s, source=str(utt.audio_path))

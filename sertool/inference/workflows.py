@@ -13,6 +13,7 @@ import numpy as np
 from sertool.core.errors import SertoolError
 from sertool.core.hub import is_repo_id
 from sertool.core.io import write_json_document
+from sertool.core.progress import task
 from sertool.core.splits import DEVELOPMENT
 from sertool.data.records import ATTRIBUTES, GENDERS, Utterance
 from sertool.data.report import LoadReport
@@ -32,6 +33,7 @@ from sertool.inference.inputs import (
     check_windows,
     collect_inputs,
     corpus_split,
+    piece_count,
     require_complete,
     windowed_pieces,
 )
@@ -262,8 +264,13 @@ def predict_with(predictor: Predictor, utterances: Sequence[Utterance], *, windo
     check_windows(utterances, window_s=window_s, hop_s=hop_s)
     merger = WindowMerger()
     pieces = windowed_pieces(utterances, window_s=window_s, hop_s=hop_s)
-    while chunk := list(itertools.islice(pieces, PREDICT_CHUNK_PIECES)):
-        merger.add(chunk, predictor.predict([piece.utterance for piece in chunk]).predictions)
+    total, done = piece_count(utterances, window_s=window_s, hop_s=hop_s), 0
+    # The whole input's progress: each chunk's prediction pass is a task of its own, one chunk long.
+    with task(f"predicting {len(utterances):,} files ({total:,} pieces of at most {window_s:g} s)") as update:
+        while chunk := list(itertools.islice(pieces, PREDICT_CHUNK_PIECES)):
+            merger.add(chunk, predictor.predict([piece.utterance for piece in chunk]).predictions)
+            done += len(chunk)
+            update(done, total)
     return merger.result(utterances)
 
 

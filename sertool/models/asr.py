@@ -36,10 +36,15 @@ from sertool.core.hub import CLI_SPELLING, load_pretrained, model_identity, mode
 from sertool.data.audio import SAMPLE_RATE, load_audio
 from sertool.data.dataset import load_utterance_audio
 from sertool.data.records import Utterance
+from sertool.guards.third_party import without_log_message
 
 log = logging.getLogger(__name__)
 
 DEFAULT_ASR_BATCH_SIZE = 8  # windows per generate call
+# Whisper's generate hands its parent both a generation config and suppress_tokens, which the parent then
+# calls deprecated (once per process): transformers' own calls, nothing a caller can change.
+GENERATE_LOGGER = "transformers.generation.utils"
+GENERATE_ARGUMENTS_WARNING = "Passing `generation_config` together with generation-related arguments"
 
 # An audio file, a 1-D waveform at SAMPLE_RATE, or an utterance (its whole file, or its window of one).
 AudioInput = str | os.PathLike | Tensor | Utterance
@@ -164,7 +169,7 @@ class Transcriber:
         features = self._processor.feature_extractor(
             [window.numpy() for window in windows], sampling_rate=SAMPLE_RATE, return_tensors="pt"
         ).input_features
-        with torch.inference_mode():
+        with torch.inference_mode(), without_log_message(GENERATE_LOGGER, GENERATE_ARGUMENTS_WARNING):
             token_ids = self._model.generate(
                 features.to(self.device, self._model.dtype),
                 generation_config=self._generation_config,

@@ -65,7 +65,7 @@ def run_model(
         amp_dtype: autocast dtype (None: full precision).
         context: under DDP, each rank predicts a share and every rank gets the whole result.
         description: what the pass is for, as its progress bar names it (``sertool.core.progress.task``, with the
-            utterance count added); the bar counts this rank's batches.
+            utterance count added); the bar counts this rank's utterances.
         finite_only: False returns NaN or infinite outputs as they are, for a caller with its own policy
             (validation during training records them and never counts them as an improvement).
     """
@@ -73,6 +73,7 @@ def run_model(
     dataset = UtteranceDataset(utterances, to_unit=float, text_embeddings=text_embeddings, frames=frames)
     batches = length_sorted_batches([utt.duration_s for utt in utterances], max_batch_s=max_batch_s)
     mine = batches[context.rank::context.world_size]
+    mine_total = sum(len(indices) for indices in mine)  # what the progress counts: this rank's utterances
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=mine, collate_fn=collate, num_workers=num_workers,
                                          pin_memory=device.type == "cuda", worker_init_fn=quiet_worker)
     core = getattr(model, "module", model)  # DDP hands the module out; evaluation needs no gradient sync
@@ -83,7 +84,7 @@ def run_model(
     emotion, gender = [], []
     with task(f"{description} ({len(utterances):,} utterances)") as progress:
         try:
-            for done, batch in enumerate(loader, start=1):
+            for batch in loader:
                 if batch.skipped:
                     raise SertoolError(f"cannot predict {batch.skipped[0]}")
                 batch = batch.to(device)
@@ -99,7 +100,7 @@ def run_model(
                     gender.append(output.gender_logits.float().softmax(-1).cpu().numpy())
                     if finite_only:
                         require_finite(batch.ids, gender[-1], utterances)
-                progress(done, len(mine))
+                progress(len(ids), mine_total)
         finally:
             core.train(was_training)
     width = len(cast(Sequence[str], core.attributes))  # SERModel.attributes: the columns of its predictions

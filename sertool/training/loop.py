@@ -180,7 +180,7 @@ class _Run(RunSetup):
             "device": str(self.context.device), "world_size": self.context.world_size,
             "amp": str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "off",
             "parameters": sum(p.numel() for p in self.trainable), "epochs": config.epochs,
-            "max_steps": config.max_steps,
+            "max_steps": config.max_steps, "total_steps": self.schedule.total_steps,
             "batches_per_epoch": len(self.sampler), "accum_steps": config.accum_steps, "resumed_at_step": state.step,
             "data": self.load_report, "classes": class_counts([utt.emo_class for utt in self.train_set])})
         if state.stopped is not None:

@@ -13,7 +13,8 @@ class Reporter:
         ``done`` of ``total`` items of ``task``."""
 
     def start(self, summary: dict[str, Any]) -> None:
-        """Once, before the first step: sizes, device, data report, class counts."""
+        """Once, before the first step: sizes, device, data report, class counts, the run's planned
+        ``total_steps``."""
 
     def epoch(self, epoch: int, total_batches: int, done_batches: int) -> None:
         """At the start of each epoch (``done_batches`` > 0 when resuming mid-epoch)."""
@@ -40,6 +41,10 @@ class Reporters(Reporter):
 
     def __init__(self, *reporters: Reporter) -> None:
         self.reporters = reporters
+
+    def progress(self, task: str, done: int, total: int) -> None:
+        for reporter in self.reporters:
+            reporter.progress(task, done, total)
 
     def start(self, summary: dict[str, Any]) -> None:
         for reporter in self.reporters:

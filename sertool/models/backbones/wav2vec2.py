@@ -16,6 +16,7 @@ utterances of similar length or run one at a time where exactness matters.
 from __future__ import annotations
 
 import math
+import types
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from torch import Tensor, nn
 from sertool.core.constants import SAMPLE_RATE
 from sertool.core.errors import SertoolError
 from sertool.core.hub import CLI_SPELLING, load_pretrained, spelled
+from sertool.guards.third_party import without_warning
 from sertool.models.backbones.base import (
     SpeechBackbone,
     grad_context,
@@ -44,6 +46,9 @@ LORA_FEED_FORWARD = ("intermediate_dense", "output_dense")
 _ATTENTION_NOT_WRAPPABLE = ("wavlm",)
 NORMALIZATION_EPS = 1e-7  # the variance floor of transformers' Wav2Vec2FeatureExtractor
 _MAX_RECEPTIVE_FIELD_SAMPLES = 16_000  # search bound for the shortest input that yields one frame
+# transformers' WavLM attention gives torch's multi_head_attention_forward a boolean padding mask beside its
+# float position bias, and torch warns about the mismatch at every run: nothing a user can change.
+MASK_TYPES_WARNING = "Support for mismatched key_padding_mask and attn_mask is deprecated"
 
 
 class Wav2Vec2FamilyBackbone(SpeechBackbone):
@@ -84,6 +89,7 @@ class Wav2Vec2FamilyBackbone(SpeechBackbone):
             model.config.layerdrop = 0.0
         self.min_samples = _min_samples_for_one_frame(model)
         self.frame_rate = SAMPLE_RATE / math.prod(model.config.conv_stride)  # 50: one frame per 320 samples
+        _quiet_attention_masks(model)
         if frozen:
             model.requires_grad_(False)
             self._eval_only.append("model")
@@ -247,6 +253,21 @@ def _adapt(model: Any, lora: SpeechLoRA) -> None:
                            "torch directly, so adapters there would never run; use --lora-placement ffn (every "
                            "layer's feed-forward) or release (the authors')")
     adapt_layers(model.encoder.layers, lora, attention=LORA_ATTENTION, feed_forward=LORA_FEED_FORWARD)
+
+
+def _quiet_attention_masks(model: nn.Module) -> None:
+    """Each WavLM attention layer of ``model`` runs without torch's ``MASK_TYPES_WARNING``. On the layer, not
+    around the backbone's forward: with gradient checkpointing the layers run again in the backward pass."""
+    for module in model.modules():
+        if hasattr(type(module), "torch_multi_head_self_attention"):  # WavLM's; others have no such method
+            vars(module)["torch_multi_head_self_attention"] = types.MethodType(_attention_without_mask_warning,
+                                                                               module)
+
+
+def _attention_without_mask_warning(self: Any, *args: Any, **kwargs: Any) -> Any:  # a WavLMAttention
+    """transformers' ``WavLMAttention.torch_multi_head_self_attention``, without ``MASK_TYPES_WARNING``."""
+    with without_warning(MASK_TYPES_WARNING, UserWarning):
+        return type(self).torch_multi_head_self_attention(self, *args, **kwargs)
 
 
 def _freeze_cnn(feature_encoder: nn.Module) -> None:

@@ -118,6 +118,15 @@ def alone(model: SERModel, utt) -> np.ndarray:
     return states[0, : int(mask.sum())].flatten(1).numpy()
 
 
+def _assert_same_training(cached: Path, recomputed: Path) -> None:
+    """The two runs' logged training losses and validation CCCs agree within float16 rounding of the frames."""
+    for kind, key in (("train", "loss_total"), ("valid", "ccc_average")):
+        ours = [record[key] for record in train_records(cached, kind)]
+        theirs = [record[key] for record in train_records(recomputed, kind)]
+        assert len(ours) == len(theirs) == 2
+        np.testing.assert_allclose(ours, theirs, rtol=1e-3, atol=1e-4)
+
+
 def test_a_cached_epoch_trains_the_model_a_recomputed_epoch_trains(corpus, whisper_dir, tmp_path):
     recomputed = train(backbone_config(corpus, whisper_dir, None), tmp_path / "recomputed")
     messages = Messages()
@@ -125,11 +134,7 @@ def test_a_cached_epoch_trains_the_model_a_recomputed_epoch_trains(corpus, whisp
     assert any("12 utterances" in line for line in messages.lines)  # 8 Train + 4 Development computed
     # Whole clips (no crop): the model sees the encoder's frames rounded to float16, so each loss moves by
     # about that rounding (2^-11 relative), far less than the 1e-3 allowed.
-    for kind, key in (("train", "loss_total"), ("valid", "ccc_average")):
-        ours = [record[key] for record in train_records(tmp_path / "cached", kind)]
-        theirs = [record[key] for record in train_records(tmp_path / "recomputed", kind)]
-        assert len(ours) == len(theirs) == 2
-        np.testing.assert_allclose(ours, theirs, rtol=1e-3, atol=1e-4)
+    _assert_same_training(tmp_path / "cached", tmp_path / "recomputed")
     assert cached.best_step == recomputed.best_step
     # The checkpoint is the same kind of model: the same state keys, and on raw audio (no cache) it predicts
     # what its validation recorded.
@@ -235,11 +240,7 @@ def test_a_frozen_wavlm_run_trains_on_cached_layers_as_on_recomputed_ones(corpus
     cached = train(config(tmp_path / "features"), tmp_path / "cached", reporter=messages)
     notes = [line for line in messages.lines if line.startswith("feature cache")]
     assert len(notes) == 1 and "0 of 12 utterances" in notes[0] and "3 hidden states a frame" in notes[0]
-    for kind, key in (("train", "loss_total"), ("valid", "ccc_average")):
-        ours = [record[key] for record in train_records(tmp_path / "cached", kind)]
-        theirs = [record[key] for record in train_records(tmp_path / "recomputed", kind)]
-        assert len(ours) == len(theirs) == 2
-        np.testing.assert_allclose(ours, theirs, rtol=1e-3, atol=1e-4)
+    _assert_same_training(tmp_path / "cached", tmp_path / "recomputed")
     assert cached.best_step == recomputed.best_step
     # The layer weights trained on the cache are stored, and the model is the same kind as a recomputed run's.
     best = load_model(str(tmp_path / "cached"))

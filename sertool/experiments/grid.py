@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from sertool.core.config import Config, apply_value, config_options
+from sertool.core.config import Config, apply_value
 from sertool.core.errors import SertoolError
 from sertool.guards.reads import MAX_CONFIG_BYTES, read_user_text
 
@@ -64,20 +64,6 @@ class Variant:
     scales: tuple[str, ...]
     source: str  # whose choice the difference is: SOURCES
     what: str  # one line: what the variant changes and why
-
-    def flags(self, scale: str = "real") -> str:
-        """The ``sertool train`` flags that make ``of``'s config this variant (``--epochs 20 --max-steps 0``)."""
-        options = {option_.key: option_ for option_ in config_options()}
-        words = []
-        for section, values in self.settings_at(scale).items():
-            for key, value in values.items():
-                flag = options[f"{section}.{key}"].flag
-                if isinstance(value, bool):
-                    words.append(flag if value else f"--no-{flag[2:]}")
-                else:  # a list (e.g. --aux) repeats its flag
-                    words += [word for item in (value if isinstance(value, (list, tuple)) else [value])
-                              for word in (flag, str(item))]
-        return " ".join(words)
 
     def settings_at(self, scale: str) -> dict[str, dict[str, Any]]:
         """The settings it changes at ``scale``."""

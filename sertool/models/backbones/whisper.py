@@ -128,6 +128,12 @@ class WhisperBackbone(SpeechBackbone):
             encoder.conv2.requires_grad_(False)
         self.train(self.training)
 
+    @property
+    def max_input_samples(self) -> int:
+        """The longest clip ``forward`` takes, in samples: the window (``window_s``), else the longest whose mel
+        frames the position embeddings cover (30 s and a partial hop for the released Whisper models)."""
+        return self.window_samples or self.max_mel_frames * HOP_LENGTH + HOP_LENGTH - 1
+
     def front_end_settings(self) -> dict[str, object]:
         """See ``SpeechBackbone.front_end_settings``; ``layer``: the last state alone, or every state
         (``weighted``)."""

@@ -142,6 +142,22 @@ def _quantize(context: Context) -> list[Figure]:
                                         name="WavLM-Base-sized")]
 
 
+def _onnx(context: Context) -> list[Figure]:
+    from infer_bench import save_base_sized_wavlm, trained_tiny_wavlm
+    from onnx_bench import onnx_agreement, onnx_inference
+    from train_bench import fbank_config, wavlm_config
+
+    base_config = wavlm_config(save_base_sized_wavlm(context.folder / "wavlm-base-sized"))
+    run_dir, held_out = trained_tiny_wavlm(context.folder / "quantize-trained", context.wavlm_dir,
+                                           train_clips=QUANTIZE_TRAIN_UTTERANCES, test_clips=QUANTIZE_HELD_OUT_UTTERANCES,
+                                           epochs=QUANTIZE_TRAIN_EPOCHS)
+    return [*onnx_inference(context.folder / "onnx-fbank", context.corpus[:QUANTIZE_TINY_UTTERANCES], fbank_config(),
+                            name="fbank", rounds=ROUNDS),
+            *onnx_inference(context.folder / "onnx-wavlm-base", context.corpus[:QUANTIZE_BASE_UTTERANCES], base_config,
+                            name="WavLM-Base-sized", rounds=QUANTIZE_BASE_ROUNDS),
+            onnx_agreement(run_dir, context.folder / "onnx-trained", held_out, name="tiny WavLM trained here")]
+
+
 def _feature_cache(context: Context) -> list[Figure]:
     from train_bench import wavlm_layer_cache, whisper_feature_cache
 
@@ -194,7 +210,7 @@ def _gpu(context: Context) -> list[Figure]:
 
 BENCHMARKS: dict[str, Callable[[Context], list[Figure]]] = {
     "training": _training, "padding": _padding, "text": _text, "whisper": _whisper, "inference": _inference,
-    "quantize": _quantize,
+    "quantize": _quantize, "onnx": _onnx,
     "memory": _memory, "long_audio": _long_audio, "loader": _loader, "startup": _startup,
     "msp_startup": _msp_startup, "feature_cache": _feature_cache, "gpu": _gpu,
 }

@@ -176,25 +176,36 @@ def quantized_inference(utterances: Sequence[Utterance], config: ModelConfig, *,
                   details=details)
 
 
-def quantized_agreement_trained(folder: Path, wavlm_dir: Path, *, train_clips: int, test_clips: int,
-                                epochs: int) -> Figure:
-    """CCC of int8 against float32 predictions of a tiny WavLM system trained here (``sertool train``'s
-    code) on a corpus whose arousal and dominance shape the audio (loudness, pitch), on its held-out
-    Development clips, through ``sertool.load(..., quantize=...)`` as a user would run it."""
-    import sertool
+def trained_tiny_wavlm(folder: Path, wavlm_dir: Path, *, train_clips: int, test_clips: int,
+                       epochs: int) -> tuple[Path, list[Utterance]]:
+    """A tiny WavLM system trained here (``sertool train``'s code) on a corpus whose arousal and dominance shape
+    the audio (loudness, pitch), and its held-out Development clips; trained once per ``folder`` (benchmarks
+    10 and 12 share it)."""
     from sertool.inference.inputs import corpus_split
     from sertool.training.loop import train
     from tests.corpus_files import write_learnable_corpus
     from tests.systems import small_config
 
-    corpus = write_learnable_corpus(folder / "corpus", per_split={"Train": train_clips, "Development": test_clips})
-    config = small_config(corpus, epochs=epochs)
-    config.model.backbone = "wavlm"
-    config.model.backbone_path = str(wavlm_dir)
-    train(config, folder / "run", device="cpu")
-    utterances, _ = corpus_split(corpus, "Development")
+    corpus = folder / "corpus"
+    if not (folder / "run" / "best.pt").is_file():
+        write_learnable_corpus(corpus, per_split={"Train": train_clips, "Development": test_clips})
+        config = small_config(corpus, epochs=epochs)
+        config.model.backbone = "wavlm"
+        config.model.backbone_path = str(wavlm_dir)
+        train(config, folder / "run", device="cpu")
+    return folder / "run", corpus_split(corpus, "Development")[0]
+
+
+def quantized_agreement_trained(folder: Path, wavlm_dir: Path, *, train_clips: int, test_clips: int,
+                                epochs: int) -> Figure:
+    """CCC of int8 against float32 predictions of a tiny WavLM system trained here (``trained_tiny_wavlm``), on
+    its held-out Development clips, through ``sertool.load(..., quantize=...)`` as a user would run it."""
+    import sertool
+
+    run_dir, utterances = trained_tiny_wavlm(folder, wavlm_dir, train_clips=train_clips, test_clips=test_clips,
+                                             epochs=epochs)
     paths = [utt.audio_path for utt in utterances]
-    values = {label: sertool.load(folder / "run", device="cpu", quantize=quantize).predict(paths, table=True).values
+    values = {label: sertool.load(run_dir, device="cpu", quantize=quantize).predict(paths, table=True).values
               for label, quantize in (("float32", "off"), ("int8", "int8"))}
     labels = np.array([[utt.arousal, utt.valence, utt.dominance] for utt in utterances])
     return _agreement_figure(values, key="quantize_agreement_tiny_WavLM_trained",

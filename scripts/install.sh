@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Create (or update) the virtual environment VENV with sertool and its test, lint, demo, plot and opensmile extras
-# (opensmile: so that `make test` checks `sertool baseline --features egemaps|compare` against openSMILE itself).
+# Create (or update) the virtual environment VENV with sertool and its test, lint, demo, plot, opensmile and onnx
+# extras (opensmile: so that `make test` checks `sertool baseline --features egemaps|compare` against openSMILE
+# itself; onnx: so that it checks `sertool export --format onnx` and its folders in onnxruntime).
 #
 # Why this is more than `pip install -e .`:
 #  * An unpinned `torch` from PyPI is a multi-GB CUDA build. On a machine without an NVIDIA GPU we ask
@@ -29,7 +30,7 @@ PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
 "${PIP[@]}" install --upgrade pip setuptools wheel
 "${PIP[@]}" install "$TORCH_SPEC"
 
-"${PIP[@]}" install -e ".[test,lint,demo,plot,opensmile]"
+"${PIP[@]}" install -e ".[test,lint,demo,plot,opensmile,onnx]"
 SHELF="$VENV/share/sertool/models/sentence-transformers/all-MiniLM-L6-v2"
 if [ ! -f "$SHELF/config.json" ]; then
     unpack=$(mktemp -d)

@@ -40,6 +40,8 @@ DECLARED: dict[str, str | None] = {
     # A model folder's other files, a manifest corpus, the reproduction's tables, a grid, MSP-Podcast's labels.
     "model.safetensors": "sertool/store/model_folder.py",
     "README.md": "sertool/store/model_folder.py",
+    "model.onnx": "sertool/store/onnx_folder.py",
+    "model.onnx.data": "sertool/store/onnx_folder.py",
     "manifest.csv": "sertool/data/manifest.py",
     "tables.md": "sertool/experiments/reproduce.py",
     "grid.yaml": "sertool/experiments/grid.py",

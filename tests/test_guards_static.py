@@ -38,6 +38,8 @@ ALLOWED = {
         "torch.save": "into a BytesIO; the bytes are committed by atomic_write",
     },
     "store/model_folder.py": {"safe_open": "tensors only, after check_user_file (sertool.guards.reads)"},
+    "store/onnx_export.py": {"tempfile.TemporaryDirectory": "the exporter's scratch folder: torch.onnx.export writes "
+                             "the graph to a path; it is read back, checked, and committed by OutputPlan"},
     "cache/items.py": {"open": "reads a cache file sertool wrote itself, in its own cache folder"},
     "cache/frames.py": {"np.load": "memory-maps a cache file sertool wrote (allow_pickle is off)",
                         "open": "reads the index of a cache sertool wrote"},

@@ -282,8 +282,8 @@ def train_command(**flags) -> None:
 def evaluate_command(model: str, **flags) -> None:
     """CCC per attribute and average of CKPT on a split (whole utterances, batched by length).
 
-    CKPT is a checkpoint, a run folder (its best.pt), a model folder (sertool export, or the authors'
-    released models) or its hub id, a predictions CSV, or an ensemble JSON.
+    CKPT is a checkpoint, a run folder (its best.pt), a model folder (sertool export, its ONNX form, or
+    the authors' released models) or its hub id, a predictions CSV, or an ensemble JSON.
     """
     from sertool.cli.console import print_collapse_warnings, print_json, print_load_report, print_scores, print_written
     from sertool.inference.workflows import run_evaluate
@@ -371,11 +371,13 @@ def export_command(model: str, **flags) -> None:
     """Write RUN (a run folder, checkpoint, model folder or hub id) as a self-contained model folder.
 
     Every command and sertool.load() accept the folder (or its hub id after --push-to-hub) in place of
-    RUN, with the same predictions.
+    RUN, with the same predictions. --format onnx writes the model as one ONNX graph, which they run with
+    onnxruntime.
 
     \b
       sertool export runs/wavlm --out models/wavlm
       sertool export runs/wavlm --out models/wavlm --push-to-hub me/wavlm-msp-podcast
+      sertool export runs/wavlm --out models/wavlm-onnx --format onnx
     """
     from sertool.cli.console import out as console
     from sertool.store.export import export_model

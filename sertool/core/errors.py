@@ -9,7 +9,7 @@ class SertoolError(Exception):
     """
 
 
-def missing_package(package: str, *, needed_for: str) -> SertoolError:
+def missing_package(package: str, *, needed_for: str, extra: tuple[str, ...] = ()) -> SertoolError:
     """The error for an optional package that is not installed, naming the command that installs it.
 
     The PyPI name ``sertool`` belongs to an unrelated project, so the message never names sertool's
@@ -19,8 +19,16 @@ def missing_package(package: str, *, needed_for: str) -> SertoolError:
     Args:
         package: the distribution to install, e.g. ``"matplotlib"``.
         needed_for: what needs it, e.g. ``"--plot"`` or ``"the demo corpus"``.
+        extra: the name of sertool's extra that holds ``package``, then every package of that extra, which the
+            message installs together, e.g. ``("onnx", "onnx", "onnxruntime")``; empty: ``package`` alone.
     """
-    return SertoolError(f"{needed_for} needs {package}, which is not installed: pip install '{_requirement(package)}'")
+    if not extra:
+        return SertoolError(f"{needed_for} needs {package}, which is not installed: pip install "
+                            f"'{_requirement(package)}'")
+    name, *packages = extra
+    install = " ".join(f"'{_requirement(each)}'" for each in packages)
+    return SertoolError(f"{needed_for} needs {package}, which is not installed (sertool's extra `{name}`: "
+                        f"{', '.join(packages)}): pip install {install}")
 
 
 def _requirement(package: str) -> str:

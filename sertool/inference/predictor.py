@@ -1,6 +1,7 @@
 """Anything that predicts A/V/D for utterances: a checkpoint, a run folder, a model folder (sertool's or
-the authors' released layout) or its hub id, a predictions CSV, or a saved ensemble. `evaluate`, `predict`,
-`ensemble` and ``sertool.load`` all go through ``open_predictor``, so each accepts all of them.
+the authors' released layout, or an ONNX graph) or its hub id, a predictions CSV, or a saved ensemble.
+`evaluate`, `predict`, `ensemble` and ``sertool.load`` all go through ``open_predictor``, so each accepts all
+of them.
 """
 from __future__ import annotations
 
@@ -8,19 +9,20 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from sertool.acceleration.cpu import check_quantize, quantize_int8
 from sertool.core.config import DEFAULT_BACKBONE_IDS, QUANTIZE_INT8, Config, ModelConfig
-from sertool.core.constants import MODEL_CONFIG_NAME
+from sertool.core.constants import BEST_NAME, MODEL_CONFIG_NAME
 from sertool.core.devices import set_threads
 from sertool.core.errors import SertoolError
-from sertool.core.hub import CLI_SPELLING, OptionSpelling, check_available, is_repo_id
+from sertool.core.hub import CLI_SPELLING, OptionSpelling, check_available, is_repo_id, spelled
 from sertool.data.records import Utterance
 from sertool.data.selection import unknown_training_data
 from sertool.inference.ensemble import apply_plan, check_coverage, read_plan
+from sertool.inference.onnx_session import OnnxSession
 from sertool.inference.options import InferenceOptions
 from sertool.inference.predictions import (
     SCALE_RATINGS,
@@ -34,9 +36,10 @@ from sertool.models.asr import Transcriber, fill_transcripts
 from sertool.models.heads import LabelScaling
 from sertool.models.speaker_embedding import LOG_MEL_STATS
 from sertool.runtime.precision import ieee_float32, resolve_amp
-from sertool.runtime.runner import run_model
-from sertool.store.checkpoints import WEIGHTS_FILE, load_stored_state, payload_attributes
+from sertool.runtime.runner import run_batches, run_model
+from sertool.store.checkpoints import build_model, payload_attributes
 from sertool.store.model_folder import load_model
+from sertool.store.onnx_folder import fetch_onnx_folder, is_onnx_folder, read_onnx_folder
 
 if TYPE_CHECKING:
     from sertool.cache.text_embeddings import TextEmbeddingCache
@@ -122,16 +125,8 @@ class CheckpointPredictor:
         damaged = [key for key in ("config", "model_state") if not isinstance(self.payload.get(key), dict)]
         if damaged:
             raise SertoolError(f"{path}: a damaged sertool checkpoint: it has no {' and no '.join(damaged)}")
-        self.attributes = payload_attributes(self.payload, source=self.name)
-        recorded = self.payload.get("training_ids")  # absent from older checkpoints and the authors' releases
-        self.training_ids = frozenset(recorded) if recorded is not None else None
-        self.unknown_training_from = unknown_training_data(self.payload)
-        self.config = Config.from_dict(self.payload["config"], source=f"{path} (its config)")
-        recorded_scaling = self.payload.get("label_scaling")  # the authors' releases: sertool's 1 + 6·y
-        # How the model's unit-scale outputs map to ratings (``on_scale`` maps them back with it).
-        self.label_scaling = (LabelScaling.from_dict(recorded_scaling) if isinstance(recorded_scaling, dict)
-                              else LabelScaling())
-        self.input_s = model_input_s(self.config)
+        (self.attributes, self.training_ids, self.unknown_training_from, self.config, self.label_scaling,
+         self.input_s) = described_model(self.payload, source=self.name)
         overrides = {key: getattr(options, key) for key in ("text_model", "speaker_embedding")
                      if getattr(options, key) is not None}
         if options.backbone_path is not None:
@@ -143,18 +138,13 @@ class CheckpointPredictor:
         # Kept across `predict` calls (`predict` streams long inputs in chunks): each reads its cache files
         # and loads the ASR weights once, not once per chunk.
         self._text_cache: TextEmbeddingCache | None = None
-        self._transcriber: Transcriber | None = None
+        self._transcripts = Transcripts(options, spelling)
 
     @property
     def model(self) -> SERModel:
         """The ``SERModel`` with the checkpoint's weights, in eval mode on the chosen device."""
         if self._model is None:
-            from sertool.models.ser_model import SERModel
-
-            model = SERModel(self.config.model, num_speakers=len(self.payload.get("speakers", [])),
-                             backbone_weights=self.payload.get("backbone_weights", "published"), spelling=self.spelling,
-                             attributes=self.attributes)
-            load_stored_state(model, self.payload["model_state"], source=self.payload[WEIGHTS_FILE])
+            model = build_model(self.payload, self.config.model, spelling=self.spelling, source=self.name)
             model = model.to(self.options.torch_device()).eval()
             if self.options.quantize == QUANTIZE_INT8:
                 quantize_int8(model)  # in place, in memory only: the checkpoint is not touched
@@ -166,7 +156,7 @@ class CheckpointPredictor:
 
         model = self.model
         if self.config.model.text:
-            utterances = self._with_transcripts(utterances)
+            utterances = self._transcripts.fill(utterances)
             if self._text_cache is None:
                 self._text_cache = text_embedding_cache(model, self.options.cache_dir)
         device = self.options.torch_device()
@@ -178,8 +168,98 @@ class CheckpointPredictor:
         values = model.label_scaling.ratings(raw.emotion_unit)
         return PredictorOutput(Predictions(raw.ids, values, attributes=self.attributes), raw.gender_probabilities)
 
-    def _with_transcripts(self, utterances: Sequence[Utterance]) -> list[Utterance]:
-        """MM models need text: missing transcripts come from ASR (``options.asr``), cached."""
+
+class OnnxPredictor:
+    """An ONNX model folder (``sertool export --format onnx``) run with onnxruntime: the batches, windows and
+    outputs of ``CheckpointPredictor``, with the graph in the torch model's place and the ratings computed by
+    the same ``LabelScaling.ratings``. An MM model's text embeddings come from the text model its folder names
+    (or ``options.text_model``), through the cache the torch path fills."""
+
+    def __init__(self, path: str | Path, options: InferenceOptions, *, source: str | None = None,
+                 spelling: OptionSpelling = CLI_SPELLING) -> None:
+        """
+        Args:
+            source: how messages name it (default: ``path``), e.g. the hub id it was fetched for.
+            spelling: how the caller names ``options``' fields, in messages about the text and ASR models.
+
+        Raises:
+            SertoolError: as ``read_onnx_folder`` and ``OnnxSession``: refused when the model is opened.
+        """
+        self.name = source or str(path)
+        self.options = options
+        self.spelling = spelling
+        self.folder = read_onnx_folder(path, source=self.name)
+        (self.attributes, self.training_ids, self.unknown_training_from, self.config, self.label_scaling,
+         self.input_s) = described_model(self.folder.payload, source=self.name)
+        self.session = OnnxSession(self.folder, options)
+        self._text_cache: TextEmbeddingCache | None = None
+        self._transcripts = Transcripts(options, spelling)
+
+    def predict(self, utterances: Sequence[Utterance]) -> PredictorOutput:
+        from sertool.models.text_features import cached_embeddings
+
+        embeddings = None
+        if self.folder.graph.text_embedding is not None:
+            utterances = self._transcripts.fill(utterances)
+            embeddings = cached_embeddings(self._text_embedding_cache(), utterances)
+        raw = run_batches(self.session, utterances, width=len(self.attributes), text_embeddings=embeddings,
+                          max_batch_s=self.options.max_batch_s, num_workers=self.options.num_workers,
+                          description=f"predicting with {self.name}")
+        return PredictorOutput(Predictions(raw.ids, self.label_scaling.ratings(raw.emotion_unit),
+                                           attributes=self.attributes), raw.gender_probabilities)
+
+    def _text_embedding_cache(self) -> TextEmbeddingCache:
+        """The cache of the text encoder the folder names (``--text-model`` elsewhere), opened on first use.
+
+        Raises:
+            SertoolError: the text model cannot be loaded, or gives embeddings of another width than the graph's.
+        """
+        if self._text_cache is None:
+            from sertool.models.text import TextEncoder
+            from sertool.models.text_features import encoder_cache
+
+            spec = self.folder.graph.text_embedding
+            assert spec is not None
+            flag = self.spelling.name("text_model")
+            encoder = TextEncoder(self.options.text_model or spec.model, max_tokens=spec.max_tokens, flag=flag)
+            if encoder.output_dim != spec.dim:
+                raise SertoolError(f"{spelled(flag, encoder.model_name_or_path)}: gives embeddings "
+                                   f"{encoder.output_dim} wide; {self.name} takes those of {spec.model}, {spec.dim} "
+                                   "wide")
+            self._text_cache = encoder_cache(encoder, self.options.cache_dir)
+        return self._text_cache
+
+
+def described_model(payload: dict[str, Any], *, source: str) -> tuple[tuple[str, ...], frozenset[str] | None,
+                                                                      tuple[str, ...], Config, LabelScaling,
+                                                                      float | None]:
+    """What a model's payload says of it (a checkpoint's, or an ONNX folder's description), the ``Predictor``
+    attributes: the attributes it predicts, the ids it trained on (None where unrecorded), the ``--init-from``
+    models of unknown training data, its config, its label scaling and the clip length it was made for.
+
+    Raises:
+        SertoolError: damaged attributes or config (naming ``source``).
+    """
+    recorded = payload.get("training_ids")  # absent from older checkpoints and the authors' releases
+    config = Config.from_dict(payload["config"], source=f"{source} (its config)")
+    recorded_scaling = payload.get("label_scaling")  # the authors' releases: sertool's 1 + 6·y
+    # How the model's unit-scale outputs map to ratings (``on_scale`` maps them back with it).
+    scaling = LabelScaling.from_dict(recorded_scaling) if isinstance(recorded_scaling, dict) else LabelScaling()
+    return (payload_attributes(payload, source=source), frozenset(recorded) if recorded is not None else None,
+            unknown_training_data(payload), config, scaling, model_input_s(config))
+
+
+class Transcripts:
+    """What MM models read besides audio: the transcripts the utterances carry, the missing ones from ASR
+    (``options.asr``), cached; the ASR model is loaded on first need and kept across ``predict`` calls."""
+
+    def __init__(self, options: InferenceOptions, spelling: OptionSpelling) -> None:
+        self.options = options
+        self.spelling = spelling
+        self._transcriber: Transcriber | None = None
+
+    def fill(self, utterances: Sequence[Utterance]) -> list[Utterance]:
+        """``utterances``, each with a transcript."""
         if all(utt.transcript is not None for utt in utterances):
             return list(utterances)
         if self._transcriber is None:
@@ -332,12 +412,17 @@ def open_predictor(path: str | Path, options: InferenceOptions | None = None, *,
     path = Path(text).expanduser()
     if not path.exists():
         if is_repo_id(text):
+            onnx_folder = fetch_onnx_folder(text)
+            if onnx_folder is not None:
+                return OnnxPredictor(onnx_folder, options, source=text, spelling=spelling)
             return CheckpointPredictor(text, options, spelling=spelling)
         raise SertoolError(f"{path}: no such checkpoint, run folder, model folder, predictions CSV or ensemble file")
     if path.suffix.lower() == ".csv":
         return CsvPredictor(path)
     if path.suffix.lower() == ".json":
         return EnsemblePredictor(path, options, within=within, spelling=spelling)
+    if is_onnx_folder(path) and not (path / BEST_NAME).is_file():  # a run folder means its best.pt, export or not
+        return OnnxPredictor(path, options, spelling=spelling)
     return CheckpointPredictor(path, options, spelling=spelling)
 
 

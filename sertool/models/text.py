@@ -19,6 +19,9 @@ from sertool.core.hub import load_pretrained, model_identity, model_revision, sp
 from sertool.models.lora import DEFAULT_ALPHA, apply_lora
 from sertool.models.pooling import masked_mean
 
+# How a transcript's embedding is pooled from the encoder's token states (part of every cache key, and what an
+# ONNX folder of an MM model names for its users to compute the embedding its graph takes).
+TEXT_POOLING = "masked-mean-last-hidden-state"
 # Attention projections that LoRA adapts, per family: the first pair an encoder has is used.
 LORA_TARGET_CANDIDATES: tuple[tuple[str, str], ...] = (
     ("query", "value"),  # BERT, RoBERTa, MiniLM, ELECTRA
@@ -86,7 +89,7 @@ class TextEncoder(nn.Module):
             "model": model,
             "revision": self.revision,
             "max_tokens": self.max_tokens,
-            "pooling": "masked-mean-last-hidden-state",
+            "pooling": TEXT_POOLING,
         })
 
     def train(self, mode: bool = True) -> "TextEncoder":

@@ -10,6 +10,7 @@ from sertool.cache.items import cache_root
 from sertool.cache.text_embeddings import TEXT_EMBEDDING_CACHE_SUBDIR, TextEmbeddingCache
 from sertool.data.records import Utterance
 from sertool.models.ser_model import SERModel
+from sertool.models.text import TextEncoder
 
 
 def text_embedding_cache(model: SERModel, cache_dir: str | Path | None = None) -> TextEmbeddingCache | None:
@@ -18,7 +19,13 @@ def text_embedding_cache(model: SERModel, cache_dir: str | Path | None = None) -
     model computes them itself). Keep it across calls: it holds what it read in memory."""
     if model.text_encoder is None or model.needs_texts:
         return None
-    return TextEmbeddingCache(cache_root(cache_dir) / TEXT_EMBEDDING_CACHE_SUBDIR, model.text_encoder)
+    return encoder_cache(model.text_encoder, cache_dir)
+
+
+def encoder_cache(encoder: TextEncoder, cache_dir: str | Path | None = None) -> TextEmbeddingCache:
+    """The cache of the frozen text encoder ``encoder`` (``text_embeddings/`` under ``cache_dir``), as
+    ``text_embedding_cache`` finds a model's: the cache of any model with that encoder."""
+    return TextEmbeddingCache(cache_root(cache_dir) / TEXT_EMBEDDING_CACHE_SUBDIR, encoder)
 
 
 def transcript_embeddings(
@@ -34,8 +41,12 @@ def transcript_embeddings(
     """
     if cache is None:
         cache = text_embedding_cache(model, cache_dir)
-    if cache is None:
-        return None
+    return None if cache is None else cached_embeddings(cache, utterances)
+
+
+def cached_embeddings(cache: TextEmbeddingCache, utterances: Sequence[Utterance]) -> dict[str, torch.Tensor]:
+    """Utterance id → embedding of its transcript, from ``cache`` (computed where it lacks one); utterances
+    without a transcript are left out."""
     with_text = [utt for utt in utterances if utt.transcript is not None]
     # The ignore below: with_text holds only utterances whose transcript is a str, which mypy cannot follow.
     embeddings = cache.get([utt.transcript for utt in with_text])  # type: ignore[misc]

@@ -98,14 +98,30 @@ def log_mel_statistics(log_mel: Tensor, lengths: Tensor) -> Tensor:
     delta_mean = (deltas * delta_weight).sum(dim=1) / delta_count
     delta_std = (((deltas - delta_mean[:, None]) ** 2 * delta_weight).sum(dim=1) / delta_count).sqrt()
     energy = torch.logsumexp(log_mel, dim=-1)  # [B, F]: frame log power summed over the bands
-    quantiles = torch.tensor(_PERCENTILES, dtype=log_mel.dtype, device=log_mel.device)
-    energy_rows = []
-    for row, length in zip(energy, lengths.tolist(), strict=True):
-        real = row[:length]
-        active = real >= real.max() - ACTIVE_RANGE_DB * _LOG_POWER_PER_DB
-        energy_rows.append(torch.cat([real.mean()[None], real.std(correction=0)[None],
-                                      torch.quantile(real, quantiles), active.to(real.dtype).mean()[None]]))
-    return torch.cat([mean, std, delta_std, torch.stack(energy_rows)], dim=-1)
+    return torch.cat([mean, std, delta_std, _energy_statistics(energy, mask, lengths)], dim=-1)
+
+
+def _energy_statistics(energy: Tensor, mask: Tensor, lengths: Tensor) -> Tensor:
+    """``ENERGY_STATISTICS`` of each row of ``energy`` ``[B, F]`` over its real frames (``mask``, ``lengths``).
+
+    Batched, with no step that depends on a value read back from the tensors (so it traces into an ONNX graph
+    of any batch and length): padded frames sort after the real ones, and each percentile interpolates
+    between the sorted real frames at its rank, as ``torch.quantile`` does on the real frames alone.
+    """
+    count = lengths.to(energy.dtype)
+    weight = mask.to(energy.dtype)
+    mean = (energy * weight).sum(dim=1) / count
+    std = (((energy - mean[:, None]) ** 2 * weight).sum(dim=1) / count).sqrt()
+    ordered = energy.masked_fill(~mask, math.inf).sort(dim=1).values
+    quantiles = torch.tensor(_PERCENTILES, dtype=energy.dtype, device=energy.device)
+    ranks = quantiles * (count[:, None] - 1)  # [B, 3], as torch.quantile: linear between neighbouring ranks
+    below = ordered.gather(1, ranks.floor().long())
+    above = ordered.gather(1, ranks.ceil().long())
+    percentiles = torch.lerp(below, above, ranks - ranks.floor())
+    loudest = energy.masked_fill(~mask, -math.inf).amax(dim=1, keepdim=True)
+    active = (energy >= loudest - ACTIVE_RANGE_DB * _LOG_POWER_PER_DB) & mask
+    return torch.cat([mean[:, None], std[:, None], percentiles, (active.to(energy.dtype).sum(dim=1) / count)[:, None]],
+                     dim=-1)
 
 
 class Standardizer(nn.Module):

@@ -6,7 +6,7 @@ prediction: masks make a padded batch equal to one item at a time (tested per ba
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import cast
 
@@ -18,7 +18,7 @@ from sertool.core.config import DEFAULT_EVAL_BATCH_S
 from sertool.core.errors import SertoolError
 from sertool.core.interrupts import quiet_worker
 from sertool.core.progress import task
-from sertool.data.dataset import UtteranceDataset, collate
+from sertool.data.dataset import Batch, UtteranceDataset, collate
 from sertool.data.records import Utterance
 from sertool.runtime.batching import length_sorted_batches
 from sertool.runtime.distributed import Distributed, all_gather_objects
@@ -31,6 +31,11 @@ class ModelPredictions:
     ids: list[str]
     emotion_unit: np.ndarray  # [N, len(model.attributes)] unit scale (all three: A, V, D)
     gender_probabilities: np.ndarray | None = None  # [N, 2] over GENDERS, with a gender head
+
+
+# One padded batch → its emotion outputs [B, attributes] on the unit scale and, with a gender head, the gender
+# probabilities [B, 2]: a torch module (``run_model``) or an exported graph (an ONNX session) behind it.
+BatchForward = Callable[[Batch], tuple[np.ndarray, np.ndarray | None]]
 
 
 @torch.no_grad()
@@ -69,41 +74,71 @@ def run_model(
         finite_only: False returns NaN or infinite outputs as they are, for a caller with its own policy
             (validation during training records them and never counts them as an improvement).
     """
+    core = getattr(model, "module", model)  # DDP hands the module out; evaluation needs no gradient sync
+    autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
+
+    def forward(batch: Batch) -> tuple[np.ndarray, np.ndarray | None]:
+        batch = batch.to(device)
+        with autocast:
+            output = core(batch.waveforms, batch.sample_mask, frames=batch.frames, frame_mask=batch.frame_mask,
+                          text_embeddings=batch.text_embeddings, texts=batch.texts if core.needs_texts else None)
+        gender = None if output.gender_logits is None else output.gender_logits.float().softmax(-1).cpu().numpy()
+        return output.emotion.float().cpu().numpy(), gender
+
+    was_training = core.training
+    core.eval()
+    try:
+        return run_batches(forward, utterances, width=len(cast(Sequence[str], core.attributes)),
+                           text_embeddings=text_embeddings, frames=frames, max_batch_s=max_batch_s,
+                           num_workers=num_workers, pin_memory=device.type == "cuda", context=context,
+                           description=description, finite_only=finite_only)
+    finally:
+        core.train(was_training)
+
+
+def run_batches(
+    forward: BatchForward,
+    utterances: Sequence[Utterance],
+    *,
+    width: int,
+    text_embeddings: Mapping[str, torch.Tensor] | None = None,
+    frames: CachedFrames | None = None,
+    max_batch_s: float = DEFAULT_EVAL_BATCH_S,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+    context: Distributed | None = None,
+    description: str = "predicting",
+    finite_only: bool = True,
+) -> ModelPredictions:
+    """What ``run_model`` does for any ``forward``: whole utterances read by a data loader, batched longest first
+    up to ``max_batch_s`` padded seconds, each batch through ``forward``, every output checked
+    (``require_finite``, unless ``finite_only`` is False), the results in input order (gathered from every rank
+    under DDP). The arguments are ``run_model``'s; ``width`` is the number of emotion columns (the model's
+    attributes), ``pin_memory`` pins the batches for a copy to a GPU.
+    """
     context = context or Distributed()
     dataset = UtteranceDataset(utterances, to_unit=float, text_embeddings=text_embeddings, frames=frames)
     batches = length_sorted_batches([utt.duration_s for utt in utterances], max_batch_s=max_batch_s)
     mine = batches[context.rank::context.world_size]
     mine_total = sum(len(indices) for indices in mine)  # what the progress counts: this rank's utterances
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=mine, collate_fn=collate, num_workers=num_workers,
-                                         pin_memory=device.type == "cuda", worker_init_fn=quiet_worker)
-    core = getattr(model, "module", model)  # DDP hands the module out; evaluation needs no gradient sync
-    was_training = core.training
-    core.eval()
-    autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
+                                         pin_memory=pin_memory, worker_init_fn=quiet_worker)
     ids: list[str] = []
     emotion, gender = [], []
     with task(f"{description} ({len(utterances):,} utterances)") as progress:
-        try:
-            for batch in loader:
-                if batch.skipped:
-                    raise SertoolError(f"cannot predict {batch.skipped[0]}")
-                batch = batch.to(device)
-                with autocast:
-                    output = core(batch.waveforms, batch.sample_mask, frames=batch.frames,
-                                  frame_mask=batch.frame_mask, text_embeddings=batch.text_embeddings,
-                                  texts=batch.texts if core.needs_texts else None)
-                ids.extend(batch.ids)
-                emotion.append(output.emotion.float().cpu().numpy())
+        for batch in loader:
+            if batch.skipped:
+                raise SertoolError(f"cannot predict {batch.skipped[0]}")
+            batch_emotion, batch_gender = forward(batch)
+            ids.extend(batch.ids)
+            emotion.append(batch_emotion)
+            if finite_only:
+                require_finite(batch.ids, batch_emotion, utterances)
+            if batch_gender is not None:
+                gender.append(batch_gender)
                 if finite_only:
-                    require_finite(batch.ids, emotion[-1], utterances)
-                if output.gender_logits is not None:
-                    gender.append(output.gender_logits.float().softmax(-1).cpu().numpy())
-                    if finite_only:
-                        require_finite(batch.ids, gender[-1], utterances)
-                progress(len(ids), mine_total)
-        finally:
-            core.train(was_training)
-    width = len(cast(Sequence[str], core.attributes))  # SERModel.attributes: the columns of its predictions
+                    require_finite(batch.ids, batch_gender, utterances)
+            progress(len(ids), mine_total)
     local = (ids, np.concatenate(emotion) if emotion else np.zeros((0, width)),
              np.concatenate(gender) if gender else None)
     position = {utt.id: index for index, utt in enumerate(utterances)}

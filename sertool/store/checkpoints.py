@@ -21,7 +21,7 @@ import subprocess
 import uuid
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -29,9 +29,14 @@ from torch import nn
 from sertool.core.constants import ATTRIBUTES, BEST_NAME, attribute_subset
 from sertool.core.constants import LAST_NAME as LAST_NAME  # the training loop's name for it, from here
 from sertool.core.errors import SertoolError
+from sertool.core.hub import CLI_SPELLING, OptionSpelling
 from sertool.core.version import __version__
 from sertool.guards.outputs import atomic_write
 from sertool.guards.reads import MAX_CHECKPOINT_BYTES, check_user_file, open_user_file
+
+if TYPE_CHECKING:
+    from sertool.core.config import ModelConfig
+    from sertool.models.ser_model import SERModel
 
 FORMAT = "sertool-checkpoint"
 FORMAT_VERSION = 1
@@ -133,6 +138,31 @@ def payload_attributes(payload: dict[str, Any], *, source: str) -> tuple[str, ..
         return attribute_subset(recorded)
     except ValueError as error:
         raise SertoolError(f"{source}: a damaged sertool checkpoint: its attributes: {error}") from None
+
+
+def build_model(payload: dict[str, Any], model_config: ModelConfig, *, spelling: OptionSpelling = CLI_SPELLING,
+                source: str) -> SERModel:
+    """The ``SERModel`` a checkpoint's ``payload`` describes (its attributes too), with its stored weights, on the
+    CPU.
+
+    Args:
+        payload: what ``sertool.store.model_folder.load_model`` returned.
+        model_config: the ``ModelConfig`` to build (the payload's, with the caller's pretrained model
+            locations: frozen published weights are loaded from there).
+        spelling: how the caller names those locations, in the messages when one cannot be loaded.
+        source: how messages name the payload.
+
+    Raises:
+        SertoolError: a pretrained model that cannot be loaded, damaged attributes, or stored weights that do not
+            fit the model (``load_stored_state``).
+    """
+    from sertool.models.ser_model import SERModel
+
+    model = SERModel(model_config, num_speakers=len(payload.get("speakers", [])),
+                     backbone_weights=payload.get("backbone_weights", "published"), spelling=spelling,
+                     attributes=payload_attributes(payload, source=source))
+    load_stored_state(model, payload["model_state"], source=payload[WEIGHTS_FILE])
+    return model
 
 
 def stored_state(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -5,10 +5,13 @@ label scaling, the backbone id it needs, metrics and the data they were measured
 path reduced to its name, ``sertool.store.sharing``), ``model.safetensors`` (the weights, no pickle),
 ``training_ids.json`` (what it trained on, so that no one scores it there) and ``README.md`` (the model card
 written here, with the hub's metadata). Every
-command and ``sertool.load`` read it like the run folder it came from, with the same predictions.
+command and ``sertool.load`` read it like the run folder it came from, with the same predictions. With
+``--format onnx`` the weights are an ONNX graph instead (``sertool.store.onnx_export``, ``onnx_folder``),
+which every command runs with onnxruntime.
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,8 +25,17 @@ from sertool.core.hub import is_repo_id
 from sertool.guards.outputs import OutputPlan
 from sertool.store.checkpoints import payload_attributes
 from sertool.store.model_folder import FOLDER_FILES, load_model, write_model_folder
-from sertool.store.options import ExportOptions
-from sertool.store.sharing import TRAINING_IDS_NAME, card_metadata, read_scores, shareable
+from sertool.store.onnx_folder import (
+    GRAPH_NAME,
+    ONNX_FOLDER_FILES,
+    import_onnx,
+    import_onnxruntime,
+    write_onnx_folder,
+)
+from sertool.store.options import EXPORT_ONNX, ExportOptions
+from sertool.store.sharing import TRAINING_IDS_NAME, card_metadata, portable, read_scores, shareable
+
+SAFETENSORS_CONTENTS = "`model.safetensors` holds its weights (no pickle)"
 
 
 @dataclass
@@ -43,7 +55,9 @@ def export_model(source: str | Path, options: ExportOptions) -> ExportResult:
         options: ``out``, the folder to write (created; other files in it are left alone); ``force``, overwrite
             the model files an earlier export left there; ``push_to_hub``, a model repository id
             (``owner/name``) to create (if needed) and upload to; ``license``, ``datasets`` and ``scores``
-            (``evaluate --scores`` files) for the card's metadata (``sharing.card_metadata``).
+            (``evaluate --scores`` files) for the card's metadata (``sharing.card_metadata``); ``file_format``, the
+            weights as safetensors or as an ONNX graph (which ``backbone_path`` and ``text_model`` help build on
+            this machine).
 
     Returns:
         The files written and, after an upload, the repository's URL.
@@ -51,14 +65,22 @@ def export_model(source: str | Path, options: ExportOptions) -> ExportResult:
     Raises:
         SertoolError: nothing loadable at ``source``, a ``scores`` file that is not one model's scores,
             model files already in ``out`` without ``force``,
-            no hub token for ``push_to_hub`` (checked before anything is written), or a failed upload
-            (the folder is complete then; the message says how to upload it later).
+            no hub token for ``push_to_hub`` (checked before anything is written), an ONNX export that is refused
+            (``sertool.store.onnx_export``), or a failed upload (the folder is complete then; the message says how
+            to upload it later).
     """
     push_to_hub = options.push_to_hub
+    as_onnx = options.file_format == EXPORT_ONNX
+    if not as_onnx and (options.backbone_path is not None or options.text_model is not None):
+        raise SertoolError("--backbone-path and --text-model apply to --format onnx only (a safetensors export does "
+                           "not run the model); drop them, or add --format onnx")
     outputs = OutputPlan(force=options.force)
     out = outputs.folder(options.out, flag="--out")
-    for name in FOLDER_FILES:
+    for name in ONNX_FOLDER_FILES if as_onnx else FOLDER_FILES:
         outputs.file(out / name, flag="--out")
+    if as_onnx:  # before the work: the model is built, traced and checked with them
+        import_onnx(needed_for="sertool export --format onnx")
+        import_onnxruntime(needed_for="sertool export --format onnx")
     if push_to_hub is not None:
         _check_can_push(push_to_hub)
     payload = load_model(source)
@@ -66,18 +88,46 @@ def export_model(source: str | Path, options: ExportOptions) -> ExportResult:
     shared, training_ids = shareable(payload, exported_from=str(source))
     metadata = card_metadata(shared, name=out.name, license_id=options.license, datasets=options.datasets,
                              results=results)
-    card = model_card(shared, name=out.name, metadata=metadata, results=results)
-    result = ExportResult(out, write_model_folder(shared, outputs, out, card=card, training_ids=training_ids))
+    if as_onnx:
+        written = _write_onnx(payload, shared, options, outputs, out, metadata=metadata, results=results,
+                              training_ids=training_ids, source=str(source))
+    else:
+        card = model_card(shared, name=out.name, metadata=metadata, results=results)
+        written = write_model_folder(shared, outputs, out, card=card, training_ids=training_ids)
+    result = ExportResult(out, written)
     if push_to_hub is not None:
-        result.url = _push(out, push_to_hub)
+        result.url = _push(out, push_to_hub, [path.name for path in written])
     return result
 
 
+def _write_onnx(payload: dict[str, Any], shared: dict[str, Any], options: ExportOptions, outputs: OutputPlan,
+                out: Path, *, metadata: dict[str, Any], results: Sequence[dict[str, Any]], training_ids: list[str],
+                source: str) -> list[Path]:
+    """The ONNX folder of ``payload``: its model built with this machine's pretrained model locations, traced,
+    checked, and written with ``shared``'s description (``sharing.shareable``) and its card."""
+    from sertool.core.config import Config
+    from sertool.models.heads import LabelScaling
+    from sertool.store.onnx_export import onnx_card_lines, onnx_graph
+
+    config = Config.from_dict(payload["config"], source=f"{source} (its config)")
+    overrides = {key: getattr(options, key) for key in ("backbone_path", "text_model")
+                 if getattr(options, key) is not None}
+    graph, spec = onnx_graph({**payload, "exported_from": source}, dataclasses.replace(config.model, **overrides),
+                             text_model=portable(config.model.text_model))
+    scaling = LabelScaling.from_dict(payload.get("label_scaling") or LabelScaling().to_dict())
+    card = model_card(shared, name=out.name, metadata=metadata, results=results,
+                      contents=f"`{GRAPH_NAME}` holds it as one ONNX graph (no pickle)")
+    lines = onnx_card_lines(spec, scaling, attributes=payload_attributes(payload, source=source))
+    return write_onnx_folder(shared, graph, spec, outputs, out, card=card + "\n" + "\n".join(lines) + "\n",
+                             training_ids=training_ids)
+
+
 def model_card(payload: dict[str, Any], *, name: str, metadata: dict[str, Any],
-               results: Sequence[dict[str, Any]] = ()) -> str:
+               results: Sequence[dict[str, Any]] = (), contents: str = SAFETENSORS_CONTENTS) -> str:
     """The README.md of a model folder: the hub's metadata block (``metadata``), what it predicts, how to run
     it, the data, the metrics with their split and utterance count (the validation split's, and the
-    ``results`` of ``sharing.read_scores``), intended use and limits, license, provenance."""
+    ``results`` of ``sharing.read_scores``), intended use and limits, license, provenance. ``contents`` says
+    where the weights are."""
     model = payload["config"]["model"]
     data = payload.get("data") or {}
     released = payload.get("released")
@@ -92,7 +142,7 @@ def model_card(payload: dict[str, Any], *, name: str, metadata: dict[str, Any],
         "utterance on the 1–7 rater scale "
         "of MSP-Podcast (rater means; 4 is the middle), from 16 kHz speech (any rate and channel count is "
         "resampled and downmixed). A sertool model folder (`sertool export`): "
-        "`config.json` describes the model, `model.safetensors` holds its weights (no pickle), this card.",
+        f"`config.json` describes the model, {contents}, this card.",
         "",
         "## Use",
         "",
@@ -257,8 +307,8 @@ def _check_can_push(repo_id: str) -> None:
                            "HF_TOKEN) and export again")
 
 
-def _push(folder: Path, repo_id: str) -> str:
-    """Create ``repo_id`` if needed and upload the folder's model files; the repository's URL.
+def _push(folder: Path, repo_id: str, files: list[str]) -> str:
+    """Create ``repo_id`` if needed and upload the folder's model ``files``; the repository's URL.
 
     Raises:
         SertoolError: any failure of the upload, in one line that says what to do (``_push_failure``).
@@ -269,7 +319,7 @@ def _push(folder: Path, repo_id: str) -> str:
     try:
         url = api.create_repo(repo_id, repo_type="model", exist_ok=True)
         api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model",
-                          allow_patterns=list(FOLDER_FILES), commit_message="sertool export")
+                          allow_patterns=files, commit_message="sertool export")
     except Exception as error:  # noqa: BLE001 - every failure of the hub client: the folder is complete anyway
         raise SertoolError(f"--push-to-hub {repo_id}: {_push_failure(error, repo_id)}; {folder} is complete: "
                            f"upload it later with `hf upload {repo_id} {folder}`") from None

@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 
 FOLDER_FORMAT = "sertool-model"
 FOLDER_FORMAT_VERSION = 1
+# The format an ONNX model folder's config.json declares (``sertool.store.onnx_folder``): no weights for torch.
+ONNX_FORMAT = "sertool-onnx"
 WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "README.md"
 FOLDER_FILES: tuple[str, ...] = (MODEL_CONFIG_NAME, WEIGHTS_NAME, CARD_NAME, TRAINING_IDS_NAME)
@@ -48,7 +50,7 @@ MODEL_TYPE = "sertool"
 _NOT_IN_CONFIG = ("model_state", "training", "format", "format_version", WEIGHTS_FILE)
 # Written into both config.json and the safetensors metadata: a folder whose two files come from different
 # exports (e.g. a crash while overwriting one with --force) is refused instead of silently mixed.
-_EXPORT_ID = "export_id"
+EXPORT_ID = "export_id"
 log = logging.getLogger(__name__)
 
 
@@ -118,12 +120,17 @@ def read_model_folder(folder: str | Path, *, source: str | None = None, weights:
         weights: False reads ``config.json`` only (``model_state`` empty).
 
     Raises:
-        SertoolError: no ``model.safetensors``, a ``config.json`` of neither layout, a newer format, files
+        SertoolError: an ONNX model folder (no weights for torch), no ``model.safetensors``, a ``config.json`` of
+            neither layout, a newer format, files
             from different exports, or weights that do not fit the layout.
     """
     folder = Path(folder).expanduser()
     source = source or str(folder)
     data = load_json(folder / MODEL_CONFIG_NAME, what="model config")
+    if isinstance(data, dict) and data.get("format") == ONNX_FORMAT:
+        raise SertoolError(f"{source}: an ONNX model folder (sertool export --format onnx): evaluate, predict, "
+                           "ensemble and sertool.load run it with onnxruntime, but it holds no weights to build a "
+                           "torch model from; give the run folder or its safetensors export instead")
     weights_file = folder / WEIGHTS_NAME
     if not weights_file.is_file():
         raise SertoolError(f"{source}: a model folder without {WEIGHTS_NAME}; export it again (sertool export)")
@@ -138,18 +145,14 @@ def read_model_folder(folder: str | Path, *, source: str | None = None, weights:
     if data.get("format_version", 0) > FOLDER_FORMAT_VERSION:
         raise SertoolError(f"{source}: written by a newer sertool (format {data['format_version']}); upgrade sertool")
     with _open_safetensors(weights_file) as handle:
-        if (handle.metadata() or {}).get(_EXPORT_ID) != data.get(_EXPORT_ID):
+        if (handle.metadata() or {}).get(EXPORT_ID) != data.get(EXPORT_ID):
             raise SertoolError(f"{source}: {MODEL_CONFIG_NAME} and {WEIGHTS_NAME} come from different exports (an "
                                "interrupted overwrite?); export the model again")
         state = {name: handle.get_tensor(name) for name in handle.keys()} if weights else {}
-    payload = {key: value for key, value in data.items() if key not in (_EXPORT_ID, "architectures", "model_type")}
-    if (folder / TRAINING_IDS_NAME).is_file():  # folders exported before it kept the ids in config.json
-        ids = load_json(folder / TRAINING_IDS_NAME, what="training ids")
-        if not isinstance(ids, dict) or ids.get(_EXPORT_ID) != data.get(_EXPORT_ID) or \
-                not isinstance(ids.get("training_ids"), list):
-            raise SertoolError(f"{source}: {TRAINING_IDS_NAME} does not belong to this export of {MODEL_CONFIG_NAME} "
-                               "(an interrupted overwrite?); export the model again")
-        payload["training_ids"] = [str(item) for item in ids["training_ids"]]
+    payload = undescribed(data)
+    training_ids = read_training_ids(folder, export_id=data.get(EXPORT_ID), source=source)
+    if training_ids is not None:  # folders exported before it kept the ids in config.json
+        payload["training_ids"] = training_ids
     payload["model_state"] = state
     payload[WEIGHTS_FILE] = f"{source}/{WEIGHTS_NAME}"
     return payload
@@ -180,24 +183,57 @@ def write_model_folder(payload: dict[str, Any], outputs: OutputPlan, folder: Pat
     from safetensors.torch import save as save_safetensors
 
     export_id = uuid.uuid4().hex
-    config = {"format": FOLDER_FORMAT, "format_version": FOLDER_FORMAT_VERSION, "architectures": [ARCHITECTURE],
-              "model_type": MODEL_TYPE, _EXPORT_ID: export_id,
-              **{key: value for key, value in payload.items() if key not in _NOT_IN_CONFIG}}
+    config = {"format": FOLDER_FORMAT, "format_version": FOLDER_FORMAT_VERSION, EXPORT_ID: export_id,
+              **described(payload)}
     # safetensors stores each tensor alone: contiguous copies, so views and shared storage cannot clash.
     tensors = {name: value.detach().cpu().contiguous().clone() for name, value in payload["model_state"].items()}
     written = [folder / WEIGHTS_NAME, folder / CARD_NAME, folder / TRAINING_IDS_NAME, folder / MODEL_CONFIG_NAME]
     with outputs.holding(folder, flag="--out"):
-        outputs.write_data(written[0], save_safetensors(tensors, metadata={_EXPORT_ID: export_id, "format": "pt"}))
+        outputs.write_data(written[0], save_safetensors(tensors, metadata={EXPORT_ID: export_id, "format": "pt"}))
         with outputs.writing(written[1]) as handle:
             handle.write(card)
-        with outputs.writing(written[2]) as handle:
-            # The export id ties the ids to config.json, as it ties the weights (read_model_folder checks both).
-            json.dump({_EXPORT_ID: export_id, "training_ids": list(training_ids)}, handle, indent=0)
-            handle.write("\n")
+        write_training_ids(outputs, written[2], export_id=export_id, training_ids=training_ids)
         with outputs.writing(written[3]) as handle:
             json.dump(config, handle, indent=2)
             handle.write("\n")
     return written
+
+
+def described(payload: dict[str, Any]) -> dict[str, Any]:
+    """What a model folder's ``config.json`` holds of a (``sharing.shareable``) payload besides its format and export
+    id: what the hub reads it as, and the checkpoint's self-description without the weights, the training state
+    and where they were read from (also an ONNX folder's: ``sertool.store.onnx_folder``)."""
+    return {"architectures": [ARCHITECTURE], "model_type": MODEL_TYPE,
+            **{key: value for key, value in payload.items() if key not in _NOT_IN_CONFIG}}
+
+
+def undescribed(data: dict[str, Any]) -> dict[str, Any]:
+    """A folder's ``config.json`` as a payload: without its export id and the hub's keys (``described``'s inverse)."""
+    return {key: value for key, value in data.items() if key not in (EXPORT_ID, "architectures", "model_type")}
+
+
+def write_training_ids(outputs: OutputPlan, path: Path, *, export_id: str, training_ids: list[str]) -> None:
+    """Commit a folder's ``TRAINING_IDS_NAME`` (declared in ``outputs``), with the export id of its ``config.json``."""
+    with outputs.writing(path) as handle:
+        # The export id ties the ids to config.json, as it ties the weights (read_training_ids checks both).
+        json.dump({EXPORT_ID: export_id, "training_ids": list(training_ids)}, handle, indent=0)
+        handle.write("\n")
+
+
+def read_training_ids(folder: Path, *, export_id: str | None, source: str) -> list[str] | None:
+    """The ids of a folder's ``TRAINING_IDS_NAME``, or None where it has none (folders exported before it kept
+    the ids in ``config.json``).
+
+    Raises:
+        SertoolError: ids of another export than ``export_id`` (``config.json``'s), or not a list of ids.
+    """
+    if not (folder / TRAINING_IDS_NAME).is_file():
+        return None
+    ids = load_json(folder / TRAINING_IDS_NAME, what="training ids")
+    if not isinstance(ids, dict) or ids.get(EXPORT_ID) != export_id or not isinstance(ids.get("training_ids"), list):
+        raise SertoolError(f"{source}: {TRAINING_IDS_NAME} does not belong to this export of {MODEL_CONFIG_NAME} "
+                           "(an interrupted overwrite?); export the model again")
+    return [str(item) for item in ids["training_ids"]]
 
 
 def _released_payload(data: dict[str, Any], weights: Path | None, *, source: str) -> dict[str, Any]:

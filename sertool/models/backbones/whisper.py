@@ -128,6 +128,12 @@ class WhisperBackbone(SpeechBackbone):
             encoder.conv2.requires_grad_(False)
         self.train(self.training)
 
+    @property
+    def max_input_samples(self) -> int:
+        """The longest clip ``forward`` takes, in samples: the window (``window_s``), else the longest whose mel
+        frames the position embeddings cover (30 s and a partial hop for the released Whisper models)."""
+        return self.window_samples or self.max_mel_frames * HOP_LENGTH + HOP_LENGTH - 1
+
     def front_end_settings(self) -> dict[str, object]:
         """See ``SpeechBackbone.front_end_settings``; ``layer``: the last state alone, or every state
         (``weighted``)."""
@@ -147,26 +153,37 @@ class WhisperBackbone(SpeechBackbone):
     def log_mel(self, waveforms: Tensor, sample_lengths: Tensor) -> tuple[Tensor, Tensor]:
         """Whisper's log-mel spectrogram of each utterance at its real length.
 
-        Each row is processed alone (centred STFT with reflect padding at its own end, maximum over its
-        own frames), exactly as ``WhisperFeatureExtractor`` processes one unpadded utterance, so a batch
-        gives the same features as one item at a time. A row shorter than ``N_FFT`` samples is
-        zero-padded to it. Computed in float32 whatever the autocast (``log_mel_power``): in fp16 an all-silent
-        clip's floor would round to 0 and its log to −inf.
+        Each row is analysed as ``WhisperFeatureExtractor`` analyses one unpadded utterance: a centred STFT
+        with reflect padding at the row's own ends (the reflections are gathered per row, so one batched
+        STFT serves the whole batch), and the dynamic range cut below the maximum over the row's own frames;
+        so a batch gives the same features as one item at a time. A row shorter than ``N_FFT`` samples is
+        zero-padded to it. Computed in float32 whatever the autocast (``log_mel_power``): in fp16 an
+        all-silent clip's floor would round to 0 and its log to −inf. No step depends on a value read back
+        from the tensors, so the same code traces into an ONNX graph of any batch and length.
 
         Returns:
             ``mel`` ``[B, num_mel_bins, F]`` float32 (zero beyond each row's length) and ``mel_lengths`` ``[B]``.
         """
-        spectra = []
-        for waveform, length in zip(waveforms, sample_lengths.tolist(), strict=True):
-            waveform = nn.functional.pad(waveform[:length], (0, max(0, N_FFT - length)))
-            log_power = log_mel_power(waveform[None], self.mel_filters, self.window, hop_length=HOP_LENGTH,
-                                      center=True)[0, :, :-1]  # drop the last frame, as the feature extractor does
-            log_spec = log_power / math.log(10.0)  # log10, as the feature extractor
-            log_spec = torch.maximum(log_spec, log_spec.max() - LOG_MEL_DYNAMIC_RANGE)
-            spectra.append((log_spec + 4.0) / 4.0)
-        mel_lengths = torch.tensor([spectrum.shape[-1] for spectrum in spectra], device=waveforms.device)
-        mel = nn.utils.rnn.pad_sequence([spectrum.T for spectrum in spectra], batch_first=True).transpose(1, 2)
-        return mel, mel_lengths
+        half = N_FFT // 2
+        lengths = sample_lengths.clamp(min=N_FFT)
+        # Zeros after each row's end: the padding of a row shorter than N_FFT, and room for every index below.
+        signal = nn.functional.pad(waveforms * lengths_to_mask(sample_lengths, waveforms.shape[-1]), (0, N_FFT))
+        # Sample k of the centred row: k − half, reflected at 0 and at the row's last sample (torch.stft's
+        # reflect padding); positions past a row's own end only feed frames its mask drops.
+        # The ignore: arange takes a 0-d tensor as its end too (a trace records it as a value, not a constant).
+        end = lengths.max() + N_FFT
+        positions = (torch.arange(end, device=waveforms.device) - half).abs().unsqueeze(0)  # type: ignore[call-overload]
+        last = lengths.unsqueeze(-1) - 1
+        positions = torch.where(positions > last, 2 * last - positions, positions).clamp(min=0)
+        centred = signal.gather(1, positions)
+        # Drop the last frame, as the feature extractor does: a row keeps lengths // HOP_LENGTH frames.
+        log_power = log_mel_power(centred, self.mel_filters, self.window, hop_length=HOP_LENGTH, center=False)[..., :-1]
+        mel_lengths = lengths // HOP_LENGTH
+        frame_mask = lengths_to_mask(mel_lengths, log_power.shape[-1]).unsqueeze(1)
+        log_spec = log_power / math.log(10.0)  # log10, as the feature extractor
+        row_max = log_spec.masked_fill(~frame_mask, -math.inf).amax(dim=(1, 2), keepdim=True)
+        log_spec = torch.maximum(log_spec, row_max - LOG_MEL_DYNAMIC_RANGE)
+        return (log_spec + 4.0) / 4.0 * frame_mask, mel_lengths
 
     def layer_states(self, waveforms: Tensor, sample_mask: Tensor) -> tuple[Tensor, Tensor]:
         """See ``SpeechBackbone.layer_states``: the embeddings and every layer's output (the last after the final

@@ -61,6 +61,7 @@ from sertool.training.curves import CURVES_NAME, METRICS_NAME, plot_curves, read
 from sertool.training.reporter import Reporter
 from sertool.training.run_folder import SUMMARY_NAME, interrupted_message, locked_run_folder, prepare_run_folder
 from sertool.training.samplers import class_counts
+from sertool.training.setup import checked_new_run
 from sertool.training.setup_run import PreviousRun, RunSetup
 from sertool.training.setup_run import check_window as _check_window  # noqa: F401  (tests import it from here)
 from sertool.training.state import Stop, TrainResult
@@ -106,12 +107,7 @@ def train(
     """
     set_threads(threads)
     if not resume:
-        config = config.with_absolute_paths()
-        config.check()
-        if config.data.corpus is None:
-            raise SertoolError("no corpus given: pass --corpus ROOT")
-        if not (config.train.epochs or config.train.max_steps):
-            raise SertoolError("--epochs 0 and --max-steps 0: no end of training; give --epochs N or --max-steps N")
+        config = checked_new_run(config)
     run_dir = Path(run_dir).expanduser()  # as every path a user names, read or written (guards.outputs)
     if not resume:  # before anything else: a folder that cannot be made costs nothing
         OutputPlan(force=force).folder(run_dir, flag="--out")

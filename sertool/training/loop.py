@@ -58,6 +58,7 @@ from sertool.runtime.runner import ModelPredictions, run_model
 from sertool.store.checkpoints import LAST_NAME, save_checkpoint
 from sertool.training.checkpointing import checkpoint_payload, training_state
 from sertool.training.curves import CURVES_NAME, METRICS_NAME, plot_curves, read_curves
+from sertool.training.memory_plan import plan_memory
 from sertool.training.reporter import Reporter
 from sertool.training.run_folder import SUMMARY_NAME, interrupted_message, locked_run_folder, prepare_run_folder
 from sertool.training.samplers import class_counts
@@ -179,6 +180,7 @@ class _Run(RunSetup):
             "max_steps": config.max_steps, "total_steps": self.schedule.total_steps,
             "batches_per_epoch": len(self.sampler), "accum_steps": config.accum_steps, "resumed_at_step": state.step,
             "data": self.load_report, "classes": class_counts([utt.emo_class for utt in self.train_set])})
+        self._report_memory_plan()
         if state.stopped is not None:
             self.reporter.message(f"{self.run_dir}: the run had already ended ({state.stopped} after {state.step} "
                                   "steps); nothing to train")
@@ -238,6 +240,25 @@ class _Run(RunSetup):
             stats.update(step=state.step, epoch=state.epoch + 1, batch=state.batches_in_epoch,
                          batches=batches_per_epoch, seconds=time.perf_counter() - started_s)
         return self._finish()
+
+    def _report_memory_plan(self) -> None:
+        """Rank 0: the memory plan's line (``training.memory_plan``), and where the run will not fit the device,
+        a warning naming the flags that would. The plan only advises: where it cannot estimate, it says so and the
+        run goes on."""
+        if not self.context.is_main:
+            return
+        try:
+            plan = plan_memory(self.config, self.train_set, self.valid_set, sampler=self.sampler,
+                               device=self.context.device, resident_model=self.model,
+                               backbone_weights=self.backbone_weights, epoch=self.sampler.epoch)
+        except (SertoolError, RuntimeError, NotImplementedError, ValueError) as error:
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            self.reporter.message(f"memory plan: not estimated ({reason})")
+            return
+        self.reporter.message(plan.summary())
+        warning = plan.warning()
+        if warning is not None:
+            self.reporter.message(f"warning: {warning}")
 
     def _optimizer_step(self, group: list[Batch]) -> dict[str, Any]:
         """One optimiser step over the micro-batches of ``group``: forward and backward on each, gradients

@@ -175,6 +175,8 @@ def test_the_largest_micro_batch_is_the_samplers_with_crop_and_slowed_speed(long
 @pytest.mark.slow
 @pytest.mark.parametrize("backbone", ["fbank", "wavlm"])
 def test_the_estimate_is_within_25_percent_of_a_real_runs_peak(backbone, long_clips, tiny_wavlm, tmp_path):
+    """A one-epoch run in micro-batches of 8 clips of 4 to 8 s, in a process of its own: the peak resident memory
+    it adds against the plan's estimate (docs/performance.md, "12. The memory plan", for runs of many shapes)."""
     config = config_for(long_clips, backbone, tiny_wavlm if backbone == "wavlm" else None, min_batch_items=8)
     write_config_file(tmp_path, config)
     done = subprocess.run([sys.executable, str(ROOT / "bench" / "plan_child.py"), str(tmp_path / "config.yaml"),

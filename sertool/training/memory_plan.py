@@ -15,15 +15,19 @@ On top of that comes the largest of what its phases add (``Estimate.phase`` name
   arithmetic). Every tensor saved for backward is counted (``saved_tensors_hooks``; each storage once, views
   share theirs; a checkpointed layer's inputs are among them): the activations. Every tensor an operation makes
   is followed until it is freed: the most they hold at once beyond the activations is the transient (the
-  gradients flowing back, a checkpointed layer recomputed, an operation's input beside its output), times
-  ``TRANSIENT_FACTOR``. Autocast acts on fake CPU tensors as on real ones, so the half-precision rows measure what
-  autocast keeps in half precision and what in float32;
+  gradients flowing back, a checkpointed layer recomputed, an operation's input beside its output). Autocast
+  acts on fake CPU tensors as on real ones, so the half-precision rows measure what autocast keeps in half
+  precision and what in float32;
 - a validation: the same for a forward without gradients over the largest validation batch (whole clips,
   ``DEFAULT_EVAL_BATCH_S`` padded seconds);
 - on the CPU, writing ``last.pt``: the checkpoint is serialised in memory first (its stored weights and the
-  optimiser state); there, the C heap also keeps ``CPU_HEAP_RETAINED`` of the step's memory, which the validation
-  and the checkpoint come on top of;
+  optimiser state);
 - on a GPU, the optimiser step: one float32 copy of the trainable parameters (AdamW's foreach update).
+
+The copies a kernel makes inside an operation, which no fake tensor shows, are added while it runs
+(``_hidden_copies``: a layer norm's non-contiguous input; on the CPU, a convolution's input and output in oneDNN's
+blocked layout). On the CPU the C heap keeps ``CPU_HEAP_RETAINED`` of the step's memory, which the validation and the
+checkpoint come on top of.
 
 The model is built without its weights: every pretrained part from its config alone
 (``SERModel(pretrained_weights=False)``), every parameter on the meta device as it is registered
@@ -68,11 +72,8 @@ from sertool.training.setup_run import select_training_data, training_sampler, t
 
 # Calibrated on the CPU against the peak resident memory of real training runs, each in a process of its own (tiny
 # and mid-sized WavLM, fbank, a frozen Whisper; docs/performance.md, "12. The memory plan"; bench/bench.py --only
-# memory_plan). The multiplier of the measured transients (a pass's peak beyond its saved activations, a
-# validation's peak): following every tensor leaves nothing to scale.
-TRANSIENT_FACTOR = 1.0
-# What a CPU training process allocates once it computes, whatever the model's size: the math libraries' scratch
-# buffers and thread pools, the autograd engine, the loader.
+# memory_plan). What a CPU training process allocates once it computes, whatever the model's size: the math
+# libraries' scratch buffers and thread pools, the autograd engine, the loader.
 CPU_RUNTIME_BYTES = 90 * 10**6
 # The share of a training step's memory that the C heap keeps once the step has freed it (glibc returns chunks of
 # 32 MiB and more to the system, keeps smaller ones): measured 0.49 and 0.55 while a mid-sized WavLM wrote last.pt.
@@ -149,8 +150,7 @@ class Estimate:
         checkpointing: ``--gradient-checkpointing``.
         batch: the largest micro-batch it was measured on.
         activation_bytes: saved for the backward pass of that batch (measured).
-        transient_bytes: the most the step's other tensors hold at once beyond them (measured, ×
-            ``TRANSIENT_FACTOR``).
+        transient_bytes: the most the step's other tensors hold at once beyond them (measured).
         validation_bytes: the most a validation's forward holds at once (measured; 0 without a validation).
         phase: where the peak falls: "training step", "validation", "writing last.pt" or "optimiser step".
         peak_bytes: the whole estimate, the baseline included.
@@ -403,14 +403,14 @@ class _Planner:
             utterances = self.train_set if training else self.valid_set
             texts = [utterances[index].transcript or "" for index in batch.indices]
             self._measured[key] = measure_pass(self.model(checkpointing), batch.items, batch.samples, dtype=dtype,
-                                               texts=texts, training=training)
+                                               texts=texts, training=training, cpu_kernels=self.device.type == "cpu")
         return self._measured[key]
 
     def estimate(self, dtype: torch.dtype | None, checkpointing: bool, batch: MicroBatch) -> Estimate:
         """The peak of training in ``dtype`` (None: float32), with or without checkpointing, on ``batch``."""
         measured = self.measured(checkpointing, dtype, batch)
         held = self.held()
-        transient = round(TRANSIENT_FACTOR * max(0, measured.peak_bytes - measured.saved_bytes))
+        transient = max(0, measured.peak_bytes - measured.saved_bytes)
         step = measured.saved_bytes + transient
         on_cpu = self.device.type == "cpu"
         # On the CPU the heap keeps part of what the step freed: the phases after it come on top of that part.
@@ -422,8 +422,7 @@ class _Planner:
         validation = 0
         if valid_batch is not None:
             # Without gradients, the model's checkpointing setting changes nothing.
-            validation = round(TRANSIENT_FACTOR * self.measured(checkpointing, dtype, valid_batch,
-                                                                training=False).peak_bytes)
+            validation = self.measured(checkpointing, dtype, valid_batch, training=False).peak_bytes
             phases["validation"] = kept + validation
         phase = max(phases, key=lambda name: phases[name])
         peak = self.baseline_bytes + held.weight_bytes + held.gradient_bytes + held.optimizer_bytes + phases[phase]
@@ -492,9 +491,10 @@ class Measurement:
 
 
 def measure_pass(model: SERModel, items: int, samples: int, *, dtype: torch.dtype | None,
-                 texts: Sequence[str] = (), training: bool = True) -> Measurement:
+                 texts: Sequence[str] = (), training: bool = True, cpu_kernels: bool = True) -> Measurement:
     """One pass of ``model`` over ``items`` clips of ``samples`` samples, with fake tensors: a training step's
-    forward and backward, or (``training=False``) a validation's forward, in eval mode without gradients.
+    forward and backward, or (``training=False``) a validation's forward, in eval mode without gradients; with
+    ``cpu_kernels``, the copies the CPU's kernels make inside an operation counted too (``_hidden_copies``).
 
     The parameters (``_fake_parameters``) and the waveforms are fake CPU tensors (``FakeTensorMode``: shapes and
     dtypes, no storage), the sample mask a real one (every sample real: a batch of clips as long as its
@@ -517,7 +517,7 @@ def measure_pass(model: SERModel, items: int, samples: int, *, dtype: torch.dtyp
             saved.follow(tensor)
         return tensor
 
-    live = _LiveMemory()
+    live = _LiveMemory(cpu_kernels=cpu_kernels)
     autocast = torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None)
     model.train(training)
     # A run's validations score the network alone, and blend it with the floor's predictions computed once.
@@ -565,11 +565,14 @@ class _Storages:
 
 
 class _LiveMemory(TorchDispatchMode):
-    """The bytes the tensors operations make while it is active hold now (``now``) and held at most (``peak``)."""
+    """The bytes the tensors operations make while it is active hold now (``now``) and held at most (``peak``),
+    with the copies kernels make inside an operation, which no fake tensor shows (``_hidden_copies``; oneDNN's
+    only with ``cpu_kernels``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, cpu_kernels: bool) -> None:
         super().__init__()
         self.peak = 0
+        self.cpu_kernels = cpu_kernels
         self._storages = _Storages()
 
     @property
@@ -581,8 +584,21 @@ class _LiveMemory(TorchDispatchMode):
         for leaf in tree_leaves(result):
             if isinstance(leaf, Tensor):
                 self._storages.follow(leaf)
-        self.peak = max(self.peak, self.now)
+        self.peak = max(self.peak, self.now + _hidden_copies(func, args, result, cpu_kernels=self.cpu_kernels))
         return result
+
+
+def _hidden_copies(func: Any, args: Any, result: Any, *, cpu_kernels: bool) -> int:
+    """The bytes a kernel copies inside ``func`` while its inputs and outputs live: a layer norm's non-contiguous
+    input made contiguous, and with ``cpu_kernels`` a convolution's input and output in oneDNN's blocked layout
+    (forward and backward)."""
+    if cpu_kernels and func is torch.ops.aten.convolution.default:
+        return _nbytes(args[0]) + _nbytes(result)
+    if cpu_kernels and func is torch.ops.aten.convolution_backward.default:
+        return _nbytes(args[0]) + _nbytes(args[1])  # the gradient of the output, the input
+    if func is torch.ops.aten.native_layer_norm.default and not args[0].is_contiguous():
+        return _nbytes(args[0])
+    return 0
 
 
 def _storage_key(tensor: Tensor) -> int:

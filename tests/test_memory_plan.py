@@ -138,10 +138,12 @@ def test_the_fake_pass_saves_what_a_real_pass_saves(backbone, checkpointing, dty
         real_saved_bytes(real, items, samples, dtype), rel=0 if dtype is None else 0.01)
 
 
-def test_the_plans_model_counts_the_real_models_parameters(long_clips, tiny_wavlm):
+@pytest.mark.parametrize("attributes", [("arousal", "valence", "dominance"), ("valence",)])
+def test_the_plans_model_counts_the_real_models_parameters(attributes, long_clips, tiny_wavlm):
     config = config_for(long_clips, "wavlm", tiny_wavlm)
+    config.train.attributes = attributes
     plan = plan_of(config)
-    real = SERModel(config.model)
+    real = SERModel(config.model, attributes=attributes)
     assert plan.parameters == sum(parameter.numel() for parameter in real.parameters())
     assert plan.trainable == sum(parameter.numel() for parameter in real.parameters() if parameter.requires_grad)
     assert plan.trainable < plan.parameters  # the CNN front end is frozen

@@ -377,7 +377,7 @@ class _Planner:
             with _parameters_on_meta():
                 model = SERModel(self.config.model, num_speakers=len(training_speakers(self.config, self.train_set)),
                                  gradient_checkpointing=checkpointing, backbone_weights=self.backbone_weights,
-                                 pretrained_weights=False)
+                                 attributes=self.config.train.attribute_names(), pretrained_weights=False)
             self._models[checkpointing] = _ready_to_measure(model)
         return self._models[checkpointing]
 

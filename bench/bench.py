@@ -174,6 +174,12 @@ def _memory(context: Context) -> list[Figure]:
                            repeats=2, cache_dir=context.cache_dir)]
 
 
+def _memory_plan(context: Context) -> list[Figure]:
+    from plan_bench import memory_plan_accuracy
+
+    return memory_plan_accuracy(context.folder / "memory-plan")
+
+
 def _long_audio(context: Context) -> list[Figure]:
     from process_bench import long_audio_memory
 
@@ -211,7 +217,7 @@ def _gpu(context: Context) -> list[Figure]:
 BENCHMARKS: dict[str, Callable[[Context], list[Figure]]] = {
     "training": _training, "padding": _padding, "text": _text, "whisper": _whisper, "inference": _inference,
     "quantize": _quantize, "onnx": _onnx,
-    "memory": _memory, "long_audio": _long_audio, "loader": _loader, "startup": _startup,
+    "memory": _memory, "memory_plan": _memory_plan, "long_audio": _long_audio, "loader": _loader, "startup": _startup,
     "msp_startup": _msp_startup, "feature_cache": _feature_cache, "gpu": _gpu,
 }
 

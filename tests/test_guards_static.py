@@ -63,6 +63,9 @@ ALLOWED = {
         "tempfile.TemporaryDirectory": "a waveform given to Model.predict becomes a WAV file in a private temp folder",
         "soundfile.write": "that WAV file (32-bit float, lossless)",
     },
+    "training/memory_plan.py": {
+        ".read_text": "/proc/self/statm and /proc/meminfo: this process's and the machine's memory, no user's file",
+    },
     "training/run_folder.py": {
         "open": "the run folder's lock file (flock), created beside the run's files",
         ".mkdir": "the run folder itself, checked by OutputPlan.folder first",

@@ -304,3 +304,27 @@ def test_sigmoid_heads_keep_predictions_on_the_rating_scale(tiny) -> None:
             model.emotion_heads.heads[name][-1].bias += 50.0  # a head driven far off the scale
         ratings = model.label_scaling.from_unit(model(waveforms, sample_mask).emotion)
     assert float(ratings.min()) >= 1.0 and float(ratings.max()) <= 7.0
+
+
+def test_a_model_built_from_configs_alone_has_the_real_ones_parameters(tiny, tmp_path):
+    """``pretrained_weights=False``: every pretrained part from its config.json alone (a folder that holds nothing
+    else will do), with the shapes, dtypes and trainable flags of the model loaded with its weights."""
+    configs_only = {}
+    for name in ("wavlm", "text", "xvector"):
+        configs_only[name] = tmp_path / name
+        configs_only[name].mkdir()
+        (configs_only[name] / "config.json").write_text((tiny[name] / "config.json").read_text())
+
+    def config(folders: dict[str, Path]) -> ModelConfig:
+        return ModelConfig(backbone="wavlm", backbone_path=str(folders["wavlm"]), text=True,
+                           text_model=str(folders["text"]), speaker_embedding=str(folders["xvector"]))
+
+    real = SERModel(config(tiny))
+    planned = SERModel(config(configs_only), pretrained_weights=False)
+    shapes = {name: (tuple(p.shape), p.dtype, p.requires_grad) for name, p in real.named_parameters()}
+    assert {name: (tuple(p.shape), p.dtype, p.requires_grad) for name, p in planned.named_parameters()} == shapes
+    assert planned.text_encoder is not None and planned.text_encoder.tokenizer is None  # a frozen one embeds nothing
+    with pytest.raises(ValueError, match="no tokenizer"):
+        planned.text_encoder.embed(TEXTS)
+    name = "backbone.model.encoder.layers.0.feed_forward.output_dense.weight"  # random, not the folder's
+    assert not torch.equal(dict(planned.named_parameters())[name], dict(real.named_parameters())[name])

@@ -265,12 +265,19 @@ def train_command(**flags) -> None:
       sertool train --corpus MSP-Podcast --backbone wavlm --aux gender --out runs/wavlm
       sertool train --corpus demo/corpus --backbone fbank --aux gender --out runs/fbank
       torchrun --nproc-per-node 4 -m sertool train --config wavlm.yaml --out runs/wavlm
+      sertool train --config wavlm.yaml --corpus MSP-Podcast --plan    # the memory it will need
     """
+    run = options_from(TrainOptions, flags)  # what is left in flags is the config's, None where not given
+    if run.plan:
+        from sertool.cli.console import print_memory_plan
+        from sertool.training.memory_plan import plan_training
+
+        print_memory_plan(plan_training(run.config_file, flags, resume=run.resume, device=run.device))
+        return
     from sertool.cli.console import train_reporter
     from sertool.training.loop import train
     from sertool.training.setup import resolve_train_config
 
-    run = options_from(TrainOptions, flags)  # what is left in flags is the config's, None where not given
     config, run_dir, relocated = resolve_train_config(run.config_file, flags, out=run.out, resume=run.resume)
     train(config, run_dir, resume=run.resume is not None, relocated=relocated, force=run.force, argv=sys.argv,
           device=run.device, threads=run.threads, reporter=train_reporter(run_dir, tensorboard=run.tensorboard))

@@ -178,6 +178,29 @@ def print_corpus_summary(title: str, summaries: list[SplitSummary]) -> None:
     out.print(classes)
 
 
+def print_memory_plan(plan) -> None:
+    """`sertool train --plan`: the model, the largest micro-batch, the device, then the estimated peak per precision
+    with and without gradient checkpointing (``sertool.training.memory_plan.MemoryPlan``)."""
+    from sertool.training.memory_plan import size
+
+    for line in (plan.model_line(), plan.batch_line(), plan.device_line()):
+        out.print(line)
+    table = Table(title="estimated peak memory", title_justify="left")
+    for column in ("precision", "checkpointing", "activations", "transient", "validation", "peak", "at"):
+        table.add_column(column, justify="left" if column in ("precision", "checkpointing", "at") else "right")
+    chosen = plan.chosen
+    for estimate in plan.table:
+        own = (estimate.precision, estimate.checkpointing) == (chosen.precision, chosen.checkpointing)
+        table.add_row(estimate.precision, "on" if estimate.checkpointing else "off", size(estimate.activation_bytes),
+                      size(estimate.transient_bytes), size(estimate.validation_bytes), size(estimate.peak_bytes),
+                      estimate.phase + ("  ← this run" if own else ""), style="bold" if own else None)
+    out.print(table)
+    out.print(plan.summary(), soft_wrap=True)
+    warning = plan.warning()
+    if warning is not None:
+        err.print(f"[yellow]warning:[/] {warning}")
+
+
 def train_reporter(run_dir, *, tensorboard: bool) -> Reporter:
     """The terminal's reporter, and TensorBoard's beside it with ``--tensorboard`` (checked installed now)."""
     if not tensorboard:

@@ -31,6 +31,9 @@ class TrainOptions:
     threads: int = option(0, THREADS_HELP + " Under torchrun: per process.", bounds=THREADS)
     tensorboard: bool = option(False, "Also write TensorBoard scalars to RUN_DIR/tensorboard/ (needs the "
                                "tensorboard package).")
+    plan: bool = option(False, "Print the memory plan (parameters, gradients and AdamW state, the largest "
+                        "micro-batch, the estimated peak in fp32 and half precision, with and without gradient "
+                        "checkpointing) and exit: nothing trains, nothing is written.")
 
 
 def _clips(size: dict[str, int]) -> int:

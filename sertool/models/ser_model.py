@@ -85,7 +85,7 @@ class SERModel(nn.Module):
 
     def __init__(self, config: ModelConfig, *, num_speakers: int = 0, gradient_checkpointing: bool = False,
                  backbone_weights: str = "published", spelling: OptionSpelling = CLI_SPELLING,
-                 attributes: Sequence[str] = ATTRIBUTES) -> None:
+                 attributes: Sequence[str] = ATTRIBUTES, pretrained_weights: bool = True) -> None:
         """
         Args:
             config: the model section of the run's config.
@@ -99,6 +99,9 @@ class SERModel(nn.Module):
                 them: its frozen part is stored too).
             spelling: how the caller names the pretrained models' locations (``--backbone-path``, or
                 ``backbone_path=`` from ``sertool.load``), in the messages when one cannot be loaded.
+            pretrained_weights: False builds every pretrained part from its config alone, with random weights,
+                whatever ``backbone_weights`` says: a model whose shapes are all that matters (the memory plan of
+                ``sertool.training.memory_plan``, which builds it without memory and never predicts with it).
 
         Raises:
             SertoolError: an unknown ``aux`` task or pooling, ``"speaker"`` without speakers, or a
@@ -112,7 +115,8 @@ class SERModel(nn.Module):
         self.attributes = attribute_subset(attributes)
         self.label_scaling = LabelScaling()
         self.backbone = build_backbone(config, gradient_checkpointing=gradient_checkpointing,
-                                       pretrained_weights=backbone_weights == "published", spelling=spelling)
+                                       pretrained_weights=pretrained_weights and backbone_weights == "published",
+                                       spelling=spelling)
         self.published_modules = tuple(name for name in PRETRAINED_MODULES
                                        if name != "backbone" or backbone_weights == "published")
         self.projection = (FrameProjection(self.backbone.output_dim, config.projection_dim)
@@ -122,12 +126,13 @@ class SERModel(nn.Module):
         self.text_encoder = (
             TextEncoder(config.text_model, lora_rank=config.text_adapter_rank(),
                         lora_alpha=adapter_alpha(config.lora_alpha, QV),  # its adapters: attention query/value
-                        flag=spelling.name("text_model"))
+                        flag=spelling.name("text_model"), pretrained_weights=pretrained_weights)
             if config.text
             else None
         )
         self.speaker_embedder = (build_speaker_embedder(config.speaker_embedding,
-                                                        flag=spelling.name("speaker_embedding"))
+                                                        flag=spelling.name("speaker_embedding"),
+                                                        pretrained_weights=pretrained_weights)
                                  if config.speaker_embedding else None)
         # The statistics feed the heads (utterance_stats), the floor (floor_blend), or both.
         self.utterance_stats = (UtteranceStatistics(dropout=config.utterance_stats_dropout)

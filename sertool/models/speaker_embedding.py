@@ -37,20 +37,26 @@ class SpeakerEmbedder(nn.Module):
     next to the backbone.
     """
 
-    def __init__(self, model_name_or_path: str, *, flag: str = "--speaker-embedding") -> None:
+    def __init__(self, model_name_or_path: str, *, flag: str = "--speaker-embedding",
+                 pretrained_weights: bool = True) -> None:
         """
         Args:
             model_name_or_path: hub id or local folder of an ``AutoModelForAudioXVector`` model.
             flag: the option that names it, as the caller spells it (``--speaker-embedding``, or
                 ``speaker_embedding=`` in Python: ``sertool.core.hub.OptionSpelling``), for messages.
+            pretrained_weights: False builds the model from its config alone, with random weights (a memory
+                plan's model).
 
         Raises:
             SertoolError: the model cannot be loaded.
         """
-        from transformers import AutoFeatureExtractor, AutoModelForAudioXVector
+        from transformers import AutoConfig, AutoFeatureExtractor, AutoModelForAudioXVector
 
         super().__init__()
-        self.model = load_pretrained(AutoModelForAudioXVector.from_pretrained, model_name_or_path, flag=flag)
+        self.model = (load_pretrained(AutoModelForAudioXVector.from_pretrained, model_name_or_path, flag=flag)
+                      if pretrained_weights else
+                      AutoModelForAudioXVector.from_config(load_pretrained(AutoConfig.from_pretrained,
+                                                                           model_name_or_path, flag=flag)))
         self.model.requires_grad_(False)
         self.model.eval()
         self.output_dim: int = self.model.config.xvector_output_dim
@@ -122,9 +128,13 @@ class LogMelStatistics(nn.Module):
         return torch.cat([mean, variance.sqrt()], dim=-1)
 
 
-def build_speaker_embedder(name: str, *, flag: str = "--speaker-embedding") -> LogMelStatistics | SpeakerEmbedder:
-    """``LogMelStatistics`` for ``log-mel-stats``, else a pretrained ``SpeakerEmbedder``."""
-    return LogMelStatistics() if name == LOG_MEL_STATS else SpeakerEmbedder(name, flag=flag)
+def build_speaker_embedder(name: str, *, flag: str = "--speaker-embedding",
+                           pretrained_weights: bool = True) -> LogMelStatistics | SpeakerEmbedder:
+    """``LogMelStatistics`` for ``log-mel-stats``, else a pretrained ``SpeakerEmbedder`` (its weights random with
+    ``pretrained_weights=False``)."""
+    if name == LOG_MEL_STATS:
+        return LogMelStatistics()
+    return SpeakerEmbedder(name, flag=flag, pretrained_weights=pretrained_weights)
 
 
 def _min_samples(model: Any) -> int:  # duck-typed: a transformers x-vector model

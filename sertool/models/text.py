@@ -46,6 +46,7 @@ class TextEncoder(nn.Module):
         lora_rank: int = 0,
         lora_alpha: float = DEFAULT_ALPHA,
         flag: str = "--text-model",
+        pretrained_weights: bool = True,
     ) -> None:
         """
         Args:
@@ -56,21 +57,26 @@ class TextEncoder(nn.Module):
             lora_alpha: LoRA scale numerator.
             flag: the option that names the model, as the caller spells it (``--text-model``, or
                 ``text_model=`` in Python: ``sertool.core.hub.OptionSpelling``), for error messages.
+            pretrained_weights: False builds the encoder from its config alone, with random weights, and reads
+                the tokenizer only if LoRA trains it (a memory plan's model, which embeds nothing else).
 
         Raises:
             SertoolError: the model cannot be loaded, or LoRA was asked for an encoder whose attention
                 projections have none of the known names.
         """
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
 
         super().__init__()
         self.model_name_or_path = model_name_or_path
-        self.tokenizer = load_pretrained(AutoTokenizer.from_pretrained, model_name_or_path, flag=flag)
-        self.encoder = load_pretrained(AutoModel.from_pretrained, model_name_or_path, flag=flag)
+        self.tokenizer = (load_pretrained(AutoTokenizer.from_pretrained, model_name_or_path, flag=flag)
+                          if pretrained_weights or lora_rank > 0 else None)
+        self.encoder = (load_pretrained(AutoModel.from_pretrained, model_name_or_path, flag=flag) if pretrained_weights
+                        else AutoModel.from_config(load_pretrained(AutoConfig.from_pretrained, model_name_or_path,
+                                                                   flag=flag)))
         self.encoder.requires_grad_(False)
         self.encoder.eval()
         self.output_dim: int = self.encoder.config.hidden_size
-        self.max_tokens = min(max_tokens, self.tokenizer.model_max_length)
+        self.max_tokens = min(max_tokens, self.tokenizer.model_max_length) if self.tokenizer is not None else max_tokens
         self.revision = model_revision(model_name_or_path, self.encoder.config.to_json_string())
         if lora_rank > 0:
             apply_lora(self.encoder, rank=lora_rank, alpha=lora_alpha,
@@ -105,6 +111,8 @@ class TextEncoder(nn.Module):
         Texts are encoded in batches of similar length (less padding); the result keeps the input order.
         Gradients flow only when the encoder is trainable.
         """
+        if self.tokenizer is None:
+            raise ValueError("a text encoder built from its config alone (a memory plan's) has no tokenizer")
         device = next(self.encoder.parameters()).device
         order = sorted(range(len(texts)), key=lambda index: len(texts[index]))
         chunks = []

@@ -58,9 +58,11 @@ from sertool.runtime.runner import ModelPredictions, run_model
 from sertool.store.checkpoints import LAST_NAME, save_checkpoint
 from sertool.training.checkpointing import checkpoint_payload, training_state
 from sertool.training.curves import CURVES_NAME, METRICS_NAME, plot_curves, read_curves
+from sertool.training.memory_plan import plan_memory
 from sertool.training.reporter import Reporter
 from sertool.training.run_folder import SUMMARY_NAME, interrupted_message, locked_run_folder, prepare_run_folder
 from sertool.training.samplers import class_counts
+from sertool.training.setup import checked_new_run
 from sertool.training.setup_run import PreviousRun, RunSetup
 from sertool.training.setup_run import check_window as _check_window  # noqa: F401  (tests import it from here)
 from sertool.training.state import Stop, TrainResult
@@ -106,12 +108,7 @@ def train(
     """
     set_threads(threads)
     if not resume:
-        config = config.with_absolute_paths()
-        config.check()
-        if config.data.corpus is None:
-            raise SertoolError("no corpus given: pass --corpus ROOT")
-        if not (config.train.epochs or config.train.max_steps):
-            raise SertoolError("--epochs 0 and --max-steps 0: no end of training; give --epochs N or --max-steps N")
+        config = checked_new_run(config)
     run_dir = Path(run_dir).expanduser()  # as every path a user names, read or written (guards.outputs)
     if not resume:  # before anything else: a folder that cannot be made costs nothing
         OutputPlan(force=force).folder(run_dir, flag="--out")
@@ -183,6 +180,7 @@ class _Run(RunSetup):
             "max_steps": config.max_steps, "total_steps": self.schedule.total_steps,
             "batches_per_epoch": len(self.sampler), "accum_steps": config.accum_steps, "resumed_at_step": state.step,
             "data": self.load_report, "classes": class_counts([utt.emo_class for utt in self.train_set])})
+        self._report_memory_plan()
         if state.stopped is not None:
             self.reporter.message(f"{self.run_dir}: the run had already ended ({state.stopped} after {state.step} "
                                   "steps); nothing to train")
@@ -242,6 +240,25 @@ class _Run(RunSetup):
             stats.update(step=state.step, epoch=state.epoch + 1, batch=state.batches_in_epoch,
                          batches=batches_per_epoch, seconds=time.perf_counter() - started_s)
         return self._finish()
+
+    def _report_memory_plan(self) -> None:
+        """Rank 0: the memory plan's line (``training.memory_plan``), and where the run will not fit the device,
+        a warning naming the flags that would. The plan only advises: where it cannot estimate, it says so and the
+        run goes on."""
+        if not self.context.is_main:
+            return
+        try:
+            plan = plan_memory(self.config, self.train_set, self.valid_set, sampler=self.sampler,
+                               device=self.context.device, resident_model=self.model,
+                               backbone_weights=self.backbone_weights, epoch=self.sampler.epoch)
+        except (SertoolError, RuntimeError, NotImplementedError, ValueError) as error:
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            self.reporter.message(f"memory plan: not estimated ({reason})")
+            return
+        self.reporter.message(plan.summary())
+        warning = plan.warning()
+        if warning is not None:
+            self.reporter.message(f"warning: {warning}")
 
     def _optimizer_step(self, group: list[Batch]) -> dict[str, Any]:
         """One optimiser step over the micro-batches of ``group``: forward and backward on each, gradients

@@ -37,9 +37,7 @@ def resolve_train_config(config_file: str | None, flags: dict[str, Any], *, out:
     for flag, value in (("--out", out), ("--resume", resume)):
         if value is not None and not value.strip():  # Path("") would be the current folder
             raise SertoolError(f"{flag}: an empty path; give the run folder")
-    given = {name: value for name, value in flags.items() if value is not None and value != ()}
-    # A repeatable option (--aux) is reset to nothing with the single value "none".
-    given = {name: () if value == ("none",) else value for name, value in given.items()}
+    given = _given(flags)
     if resume is not None:
         if out is not None and Path(out) != Path(resume):
             raise SertoolError(f"--resume {resume} continues that run folder; drop --out {out}")
@@ -54,6 +52,20 @@ def resolve_train_config(config_file: str | None, flags: dict[str, Any], *, out:
         return Config(), Path(resume), {resumable[name].key: value for name, value in given.items()}
     if out is None:
         raise SertoolError("no run folder given: pass --out RUN_DIR")
+    return resolve_new_config(config_file, flags), Path(out), {}
+
+
+def resolve_new_config(config_file: str | None, flags: dict[str, Any]) -> Config:
+    """The config of a new run (``resolve_train_config`` without a run folder: what ``train --plan`` plans).
+
+    Args:
+        config_file: a YAML file, or None.
+        flags: as ``resolve_train_config``'s.
+
+    Raises:
+        SertoolError: a bad config value.
+    """
+    given = _given(flags)
     config, user_set = _resolve(config_file, given, base=Config())
     if config.train.init_from:
         from sertool.store.checkpoints import payload_attributes
@@ -67,7 +79,29 @@ def resolve_train_config(config_file: str | None, flags: dict[str, Any], *, out:
         # The initial model's weights fix its architecture: no recipe may change the model section.
         user_set |= {(option.section, option.name) for option in config_options() if option.section == "model"}
     apply_recipe(config, given=user_set)
-    return config, Path(out), {}
+    return config
+
+
+def checked_new_run(config: Config) -> Config:
+    """``config`` with absolute paths, once checked as every new run's is before its set-up.
+
+    Raises:
+        SertoolError: a config-level conflict (``Config.check``), no corpus, or no end of training.
+    """
+    config = config.with_absolute_paths()
+    config.check()
+    if config.data.corpus is None:
+        raise SertoolError("no corpus given: pass --corpus ROOT")
+    if not (config.train.epochs or config.train.max_steps):
+        raise SertoolError("--epochs 0 and --max-steps 0: no end of training; give --epochs N or --max-steps N")
+    return config
+
+
+def _given(flags: dict[str, Any]) -> dict[str, Any]:
+    """The flags that were given (neither None nor an empty tuple); a repeatable option (--aux) given the single
+    value "none" is reset to nothing."""
+    given = {name: value for name, value in flags.items() if value is not None and value != ()}
+    return {name: () if value == ("none",) else value for name, value in given.items()}
 
 
 def _resolve(config_file: str | None, given: dict[str, Any], *,

@@ -25,7 +25,7 @@ from sertool.data.corpus import open_corpus
 from sertool.data.dataset import UtteranceDataset, collate
 from sertool.data.records import NO_CLASS_CODES, Utterance
 from sertool.data.rows import AUDIO_PROBLEMS
-from sertool.data.selection import require_enough_labels, select, training_data_note, unknown_training_data
+from sertool.data.selection import Selection, require_enough_labels, select, training_data_note, unknown_training_data
 from sertool.models.asr import fill_transcripts
 from sertool.models.frame_features import frame_cache, frame_cache_refusal
 from sertool.models.ser_model import SERModel
@@ -149,10 +149,7 @@ class RunSetup:
         corpus = read_corpus(config.data.corpus, progress=self._progress("reading audio headers"),
                              cache_dir=config.data.cache_dir)
         self.load_report = corpus.report
-        selection = select(corpus.utterances, train_split=config.data.train_split, valid_split=config.data.valid_split,
-                           train_ox=config.data.train_ox, dev_ox_to_train=config.data.dev_ox_to_train,
-                           seed=config.seed)
-        require_enough_labels(selection, train_split=config.data.train_split, valid_split=config.data.valid_split)
+        selection = select_training_data(config, corpus.utterances)
         self.train_set, self.valid_set = selection.train, selection.valid
         self.training_ids = sorted(utt.id for utt in self.train_set)
         self.selection_summary = selection.describe()
@@ -167,8 +164,7 @@ class RunSetup:
                             run_dir=self.run_dir)
         if config.model.text:
             self.train_set, self.valid_set = self._with_transcripts(self.train_set, self.valid_set)
-        self.speakers = sorted({utt.speaker for utt in self.train_set if utt.speaker is not None}) \
-            if "speaker" in config.model.aux else []
+        self.speakers = training_speakers(config, self.train_set)
         check_window(config, self.train_set, self.valid_set)
 
     def _with_transcripts(self, *splits: list[Utterance]) -> tuple[list[Utterance], ...]:
@@ -274,20 +270,9 @@ class RunSetup:
 
     def _setup_batches(self, dataset_type: type[UtteranceDataset]) -> None:
         """The sampler decides which utterances each epoch uses and how they are grouped; the loader reads them."""
-        config, train_config, context = self.config, self.config.train, self.context
+        config, context = self.config, self.context
         crop_s = config.data.max_duration_s or None
-        ox_balance = train_config.ox_balance_mode()  # whole / one-class with another sampling: the sampler refuses
-        self.sampler = EpochBatchSampler.from_records(
-            self.train_set, max_duration_s=crop_s, sampling=train_config.sampling,
-            # The cap is an undersampling option; a config (e.g. a grid's shared overrides) may hold it for all.
-            max_per_class=(train_config.max_per_class or None) if train_config.sampling == "undersample" else None,
-            whole_classes=NO_CLASS_CODES if ox_balance == "whole" else frozenset(),
-            one_class=NO_CLASS_CODES if ox_balance == "one-class" else frozenset(),
-            max_batch_s=None if train_config.batch_size else train_config.max_batch_s,
-            # Like the cap: a bound of duration batching, which a --batch-size run does not use.
-            min_batch_items=1 if train_config.batch_size else (train_config.min_batch_items or 1),
-            batch_size=train_config.batch_size or None, num_buckets=train_config.num_buckets, seed=config.seed,
-            rank=context.rank, world_size=context.world_size)
+        self.sampler = training_sampler(config, self.train_set, rank=context.rank, world_size=context.world_size)
         self.dataset = dataset_type(
             self.train_set, to_unit=self.model.label_scaling.to_unit,
             speakers={speaker: index for index, speaker in enumerate(self.speakers)},
@@ -389,6 +374,45 @@ def _resumed_config(run_dir: Path, relocated: dict[str, Any], *, reporter: Repor
         raise SertoolError(f"--resume {run_dir}: the run's corpus {config.data.corpus} is not there; pass --corpus "
                            "ROOT as well to point at the same data where it is now")
     return config, checkpoint, recorded
+
+
+def select_training_data(config: Config, utterances: Sequence[Utterance]) -> Selection:
+    """The training and validation utterances of ``config``'s data options, checked to be enough to train on.
+
+    Raises:
+        SertoolError: a split without enough labelled utterances, or a bad selection option.
+    """
+    data = config.data
+    selection = select(utterances, train_split=data.train_split, valid_split=data.valid_split, train_ox=data.train_ox,
+                       dev_ox_to_train=data.dev_ox_to_train, seed=config.seed)
+    require_enough_labels(selection, train_split=data.train_split, valid_split=data.valid_split)
+    return selection
+
+
+def training_speakers(config: Config, train_set: Sequence[Utterance]) -> list[str]:
+    """The speaker classes of ``--aux speaker`` (the known speakers of ``train_set``, sorted); none without it."""
+    if "speaker" not in config.model.aux:
+        return []
+    return sorted({utt.speaker for utt in train_set if utt.speaker is not None})
+
+
+def training_sampler(config: Config, train_set: Sequence[Utterance], *, rank: int = 0,
+                     world_size: int = 1) -> EpochBatchSampler:
+    """The epoch sampler of ``config`` over ``train_set``: which utterances each epoch uses, in which micro-batches
+    (durations cropped to ``--max-duration-s``), this rank's share."""
+    train_config = config.train
+    ox_balance = train_config.ox_balance_mode()  # whole / one-class with another sampling: the sampler refuses
+    return EpochBatchSampler.from_records(
+        train_set, max_duration_s=config.data.max_duration_s or None, sampling=train_config.sampling,
+        # The cap is an undersampling option; a config (e.g. a grid's shared overrides) may hold it for all.
+        max_per_class=(train_config.max_per_class or None) if train_config.sampling == "undersample" else None,
+        whole_classes=NO_CLASS_CODES if ox_balance == "whole" else frozenset(),
+        one_class=NO_CLASS_CODES if ox_balance == "one-class" else frozenset(),
+        max_batch_s=None if train_config.batch_size else train_config.max_batch_s,
+        # Like the cap: a bound of duration batching, which a --batch-size run does not use.
+        min_batch_items=1 if train_config.batch_size else (train_config.min_batch_items or 1),
+        batch_size=train_config.batch_size or None, num_buckets=train_config.num_buckets, seed=config.seed,
+        rank=rank, world_size=world_size)
 
 
 def check_window(config: Config, train_set: Sequence[Utterance], valid_set: Sequence[Utterance]) -> None:

@@ -45,6 +45,9 @@ WAVLM_UTTERANCES = 48  # the tiny WavLM is slower per second of audio than fbank
 MM_EPOCH_UTTERANCES = 48  # benchmark 2's whole epochs (three variants, one of them back-propagates through MiniLM)
 ROUNDS = 5  # interleaved rounds per timed comparison
 MEMORY_SMALL_TRAIN = 100  # benchmark 5: training utterances of the small corpus (the large one has 10×)
+# Benchmark 5 with loader workers: 10,000 and 100,000 training rows (MSP-Podcast's Train has 84,000), hard links
+# to 200 one-second clips, the tiny WavLM with 4 workers; 3 rounds (RSS moves by a few % between runs).
+MEMORY_WORKERS_SMALL_TRAIN, MEMORY_WORKERS_CLIPS, MEMORY_WORKERS, MEMORY_WORKERS_ROUNDS = 10_000, 200, 4, 3
 LONG_AUDIO_S, SHORT_AUDIO_S = 3 * 3600.0, 180.0  # benchmark 8: a 3-hour file vs a 3-minute one
 QUANTIZE_TINY_UTTERANCES, QUANTIZE_BASE_UTTERANCES = 48, 8  # benchmark 10: clips run per variant and round
 QUANTIZE_BASE_ROUNDS = 5  # a WavLM-Base-sized pass over 8 clips takes about 10 s on 2 cores
@@ -168,10 +171,14 @@ def _feature_cache(context: Context) -> list[Figure]:
 
 
 def _memory(context: Context) -> list[Figure]:
-    from process_bench import memory_scaling
+    from process_bench import memory_scaling, memory_scaling_workers
 
     return [memory_scaling(context.folder / "memory", small_train=MEMORY_SMALL_TRAIN, factor=10, valid=8, duration_s=3.0,
-                           repeats=2, cache_dir=context.cache_dir)]
+                           repeats=2, cache_dir=context.cache_dir),
+            *memory_scaling_workers(context.folder / "memory-workers", wavlm_dir=context.wavlm_dir,
+                                    small_train=MEMORY_WORKERS_SMALL_TRAIN, factor=10, valid=8,
+                                    clips=MEMORY_WORKERS_CLIPS, duration_s=1.0, workers=MEMORY_WORKERS,
+                                    repeats=MEMORY_WORKERS_ROUNDS, cache_dir=context.cache_dir)]
 
 
 def _memory_plan(context: Context) -> list[Figure]:

@@ -217,6 +217,36 @@ def make_utterances(folder: Path, durations_s: Sequence[float], *, seed: int, sp
     return utterances
 
 
+def linked_utterances(folder: Path, clips: Sequence[Utterance], count: int, *, seed: int,
+                      prefix: str = "row") -> list[Utterance]:
+    """``count`` utterances of their own (ids, paths, labels, classes, speakers, transcripts) whose files are hard
+    links to ``clips``' files, in turn: a corpus of 100,000 files that costs the disk ``len(clips)`` of them.
+
+    Falls back to copies where the file system has no hard links.
+    """
+    import os
+    import shutil
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    utterances = []
+    for index in range(count):
+        clip = clips[index % len(clips)]
+        path = folder / f"{prefix}_{index:06d}.wav"
+        if not path.exists():
+            try:
+                os.link(clip.audio_path, path)
+            except OSError:
+                shutil.copyfile(clip.audio_path, path)
+        arousal, valence, dominance = rng.uniform(1.5, 6.5, size=3)
+        utterances.append(Utterance(
+            id=path.name, audio_path=path.resolve(), split=clip.split, duration_s=clip.duration_s,
+            arousal=float(arousal), valence=float(valence), dominance=float(dominance),
+            emo_class=BENCH_CLASSES[index % len(BENCH_CLASSES)], speaker=f"spk{index % 8}",
+            gender="Male" if index % 2 else "Female", transcript=transcript_for(clip.duration_s, rng)))
+    return utterances
+
+
 def write_manifest(path: Path, utterances: Sequence[Utterance]) -> Path:
     """A sertool manifest CSV of ``utterances`` (absolute audio paths)."""
     import csv

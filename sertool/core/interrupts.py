@@ -15,6 +15,7 @@ any ``finally``. So:
 from __future__ import annotations
 
 import contextlib
+import gc
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -49,12 +50,20 @@ def raise_on_termination() -> None:
 
 
 def quiet_worker(worker_id: int) -> None:
-    """``worker_init_fn`` of every DataLoader: the worker ignores SIGINT and SIGTERM.
+    """``worker_init_fn`` of every DataLoader: the worker ignores SIGINT and SIGTERM, and its garbage collector
+    leaves alone what it inherited.
 
-    The main process gets them too; it stops the workers itself when it stops. A worker that acted on them
-    would print a traceback of its own, or die and turn a clean stop into "DataLoader worker exited
+    The main process gets the signals too; it stops the workers itself when it stops. A worker that acted on
+    them would print a traceback of its own, or die and turn a clean stop into "DataLoader worker exited
     unexpectedly".
+
+    A worker is a fork of the main process and shares its memory until either writes to a page. A full
+    collection in the worker would write to every object the main process had (the collector's bookkeeping
+    lies in each object's header), copying all their pages: the Python heap of torch and transformers, the
+    run's records. Frozen, those objects are never examined by the worker's collector (what the worker
+    allocates itself still is).
     """
+    gc.freeze()
     for number in STOP_SIGNALS:
         signal.signal(number, signal.SIG_IGN)
 

@@ -21,6 +21,7 @@ from sertool.cache.frames import CachedFrames, Frames
 from sertool.core.errors import SertoolError
 from sertool.data.audio import SAMPLE_RATE, load_audio
 from sertool.data.dsp import resample
+from sertool.data.packed import PackedUtterances
 from sertool.data.records import ATTRIBUTES, GENDERS, Utterance
 
 IGNORE_INDEX = -100  # class target of an unknown gender or speaker: cross-entropy ignores it
@@ -83,6 +84,10 @@ class UtteranceDataset(torch.utils.data.Dataset):
     Audio that fails to load does not raise here (an exception in a loader worker arrives wrapped in a
     traceback): the item becomes ``{"skipped": "<id>: <reason>"}``, ``collate`` lists it in
     ``Batch.skipped``, and the caller applies its policy (training: ``--on-bad-audio``).
+
+    The records are kept packed (``utterances``: a ``PackedUtterances``, numpy columns): the loader's workers
+    are forks of this process, and reading records held as Python objects would copy the pages they lie on
+    into every worker, an epoch's worth of the training set per worker.
     """
 
     def __init__(
@@ -100,7 +105,8 @@ class UtteranceDataset(torch.utils.data.Dataset):
     ) -> None:
         if frames is not None and speed_perturbation:
             raise ValueError("cached frames cannot follow a speed change")
-        self.utterances = list(utterances)
+        self.utterances = PackedUtterances(utterances)
+        self._durations_s = self.utterances.durations_s()
         self.to_unit = to_unit
         self.speakers = dict(speakers or {})
         self.text_embeddings = text_embeddings
@@ -160,7 +166,7 @@ class UtteranceDataset(torch.utils.data.Dataset):
 
     def _crop_offset_s(self, index: int) -> float:
         """Start of a random ``max_duration_s`` window inside the utterance (0 when it fits whole)."""
-        duration_s = self.utterances[index].duration_s
+        duration_s = float(self._durations_s[index])
         if self.max_duration_s is None or duration_s <= self.max_duration_s:
             return 0.0
         rng = np.random.default_rng([self.seed, self.epoch, index])

@@ -9,6 +9,7 @@ import math
 
 from sertool.data.records import EMO_CLASSES, LABEL_MAX, LABEL_MIN
 
+_CODES = {code: code for code in EMO_CLASSES}
 _CLASS_NAMES = {name: code for code, name in EMO_CLASSES.items()}
 # Common spellings of class names in other corpora's metadata.
 _CLASS_NAMES.update({"anger": "A", "sadness": "S", "happiness": "H", "joy": "H", "surprised": "U",
@@ -50,7 +51,9 @@ def parse_class(text: str | None) -> str | None:
     if not text:
         return None
     if text.upper() in EMO_CLASSES and len(text) == 1:
-        return text.upper()
+        # The code's one string, not a copy per row: a training run keeps every row's code (its sampler's), and
+        # 100,000 copies would pin memory the scan freed around them.
+        return _CODES[text.upper()]
     code = _CLASS_NAMES.get(text.lower())
     if code is None:
         known = ", ".join(f"{code} ({name})" for code, name in EMO_CLASSES.items())

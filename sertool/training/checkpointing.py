@@ -31,14 +31,15 @@ from sertool.training.samplers import EpochBatchSampler
 from sertool.training.state import TrainState
 
 
-def model_description(config: Config, model: SERModel, *, speakers: list[str], training_ids: list[str],
+def model_description(config: Config, model: SERModel, *, speakers: list[str], training_ids: Sequence[str],
                       backbone_weights: str, train_set: Sequence[Utterance], valid_set: Sequence[Utterance],
                       selection_summary: str, unknown_training_data: Sequence[str] = ()) -> dict[str, Any]:
     """The part of every checkpoint that is fixed once the run is set up: enough to rebuild the model and to
     know where it came from.
 
-    ``training_ids`` holds the ``--init-from`` model's too; ``unknown_training_data`` names the initial models
-    whose training data is unknown (stored under ``UNKNOWN_TRAINING_DATA`` only where there are any)."""
+    ``training_ids`` holds the ``--init-from`` model's too (kept as given, e.g. packed: each checkpoint stores a
+    list of them); ``unknown_training_data`` names the initial models whose training data is unknown (stored
+    under ``UNKNOWN_TRAINING_DATA`` only where there are any)."""
     model_config = config.model
     return {
         "config": config.to_dict(),
@@ -63,8 +64,8 @@ def model_description(config: Config, model: SERModel, *, speakers: list[str], t
 def checkpoint_payload(description: dict[str, Any], model: SERModel, state: TrainState,
                        metrics: dict[str, Any]) -> dict[str, Any]:
     """What a checkpoint of ``model`` at ``state``'s step holds, with the ``metrics`` it is kept for."""
-    return {**description, "model_state": stored_state(model), "epoch": state.epoch, "step": state.step,
-            "metrics": metrics, "provenance": provenance()}
+    return {**description, "training_ids": list(description["training_ids"]), "model_state": stored_state(model),
+            "epoch": state.epoch, "step": state.step, "metrics": metrics, "provenance": provenance()}
 
 
 def training_state(state: TrainState, *, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,

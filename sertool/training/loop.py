@@ -179,7 +179,7 @@ class _Run(RunSetup):
             "parameters": sum(p.numel() for p in self.trainable), "epochs": config.epochs,
             "max_steps": config.max_steps, "total_steps": self.schedule.total_steps,
             "batches_per_epoch": len(self.sampler), "accum_steps": config.accum_steps, "resumed_at_step": state.step,
-            "data": self.load_report, "classes": class_counts([utt.emo_class for utt in self.train_set])})
+            "data": self.load_report, "classes": class_counts(self.sampler.class_codes)})
         self._report_memory_plan()
         if state.stopped is not None:
             self.reporter.message(f"{self.run_dir}: the run had already ended ({state.stopped} after {state.step} "

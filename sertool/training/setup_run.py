@@ -23,6 +23,7 @@ from sertool.core.errors import SertoolError
 from sertool.core.interrupts import StopRequests, quiet_worker
 from sertool.data.corpus import open_corpus
 from sertool.data.dataset import UtteranceDataset, collate
+from sertool.data.packed import PackedTexts, PackedUtterances
 from sertool.data.records import NO_CLASS_CODES, Utterance
 from sertool.data.rows import AUDIO_PROBLEMS
 from sertool.data.selection import Selection, require_enough_labels, select, training_data_note, unknown_training_data
@@ -150,8 +151,9 @@ class RunSetup:
                              cache_dir=config.data.cache_dir)
         self.load_report = corpus.report
         selection = select_training_data(config, corpus.utterances)
-        self.train_set, self.valid_set = selection.train, selection.valid
-        self.training_ids = sorted(utt.id for utt in self.train_set)
+        self.train_set: Sequence[Utterance] = selection.train
+        self.valid_set: Sequence[Utterance] = selection.valid
+        self.training_ids: Sequence[str] = sorted(utt.id for utt in self.train_set)
         self.selection_summary = selection.describe()
         bad_audio = [problem for problem in corpus.report.dropped if problem.reason in AUDIO_PROBLEMS]
         if config.data.on_bad_audio == "fail" and bad_audio:
@@ -208,7 +210,8 @@ class RunSetup:
             unknown_note = training_data_note(str(self.run_dir), unknown)
             if unknown_note is not None:
                 self.reporter.message(unknown_note)
-        self.training_ids = sorted(inherited.union(self.training_ids))
+        # Packed: a run holds them to its end, and its loader workers are forks of it (sertool.data.packed).
+        self.training_ids = PackedTexts(sorted(inherited.union(self.training_ids)))
         if self.model.utterance_stats is not None and not self.model.utterance_stats.standardizer.fitted:
             # A fresh run (a resumed one, or --init-from a wide model, keeps the moments and the floor it was
             # trained with). The floor's alpha is chosen on the validation split, as `sertool baseline` does.
@@ -273,6 +276,9 @@ class RunSetup:
         config, context = self.config, self.context
         crop_s = config.data.max_duration_s or None
         self.sampler = training_sampler(config, self.train_set, rank=context.rank, world_size=context.world_size)
+        # The run holds its records packed from here on, not as Python objects: the loader's workers are forks of
+        # this process, and would copy the pages of every object they read (sertool.data.packed).
+        self.train_set, self.valid_set = PackedUtterances(self.train_set), PackedUtterances(self.valid_set)
         self.dataset = dataset_type(
             self.train_set, to_unit=self.model.label_scaling.to_unit,
             speakers={speaker: index for index, speaker in enumerate(self.speakers)},

@@ -2,6 +2,7 @@
 #   make demo   the whole story on the built-in demo corpus: data, two systems, evaluation, ensemble, submission
 #   make test   the test suite (what CI runs); make test-quick leaves out the tests marked slow
 #   make lint   ruff (ruff.toml) on sertool/, tests/ and bench/, mypy (setup.cfg [mypy]) on sertool/ (CI runs it after the tests)
+#   make plain-install   the README's plain-pip install in a fresh venv, then data demo, train, predict (CI runs it last)
 #   make bench  the performance benchmarks (docs/performance.md)
 #   make sweep  the generated-input tests with many more examples than make test runs (docs/reliability.md)
 #   make reproduce   the paper's experiment grid (docs/reproduce.md)
@@ -11,7 +12,7 @@ SERTOOL := $(VENV)/bin/sertool
 DEMO ?= demo
 STAMP := $(VENV)/.sertool-installed
 
-.PHONY: install test test-quick lint demo bench reproduce sweep clean
+.PHONY: install test test-quick lint plain-install demo bench reproduce sweep clean
 
 install: $(STAMP)
 
@@ -41,6 +42,11 @@ sweep: install
 lint: install
 	$(PY) -m ruff check sertool tests bench
 	$(PY) -m mypy
+
+# Not through .venv: a fresh venv in a temporary folder, torch's CPU build and `pip install '.[plot,demo,opensmile]'`
+# as the README says, then the first commands a user runs, from outside the checkout (scripts/plain_install_check.sh).
+plain-install:
+	bash scripts/plain_install_check.sh
 
 # The paper's grid, 3 seeds per system (docs/reproduce.md). Default: demo scale on the demo corpus (CPU, ≤ 30 min);
 # with MSP_ROOT=/path/to/MSP-Podcast: the real systems (GPUs). Re-running skips finished systems.

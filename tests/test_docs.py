@@ -351,3 +351,16 @@ def test_no_file_holds_a_merge_conflict_marker():
               for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1)
               if line.startswith(("<<<<<<< ", ">>>>>>> ")) or line == "======="]
     assert not marked, f"merge conflict markers left in: {marked}"
+
+
+def test_ci_installs_as_the_readme_says():
+    """The plain-pip check CI runs installs the extras the README's plain-pip line names, after the same torch."""
+    import re
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    script = (ROOT / "scripts" / "plain_install_check.sh").read_text(encoding="utf-8")
+    readme_extras = re.search(r"^pip install .*'\.(\[[a-z,]+\])'", readme, flags=re.M)
+    assert readme_extras is not None, "README.md lost its plain-pip line"
+    assert f'EXTRAS="{readme_extras.group(1)}"' in script
+    assert "torch==2.13.0" in readme and "TORCH_SPEC:-torch==2.13.0" in script
+    assert "make plain-install" in (ROOT / ".ci" / "run").read_text(encoding="utf-8")

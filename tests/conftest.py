@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +18,15 @@ from tests.corpus_files import write_tiny_msp
 settings.register_profile("suite", derandomize=True, database=None)
 settings.register_profile("sweep", derandomize=False)
 settings.load_profile("sweep" if os.environ.get("SERTOOL_SWEEP_EXAMPLES") else "suite")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_cache_in_temp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """What module- and session-scoped fixtures (set up before any test's own fixtures) run caches in a temp
+    folder of the session, never in the user's ~/.cache/sertool, which an older sertool may have filled."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SERTOOL_CACHE", str(tmp_path_factory.mktemp("sertool-session-cache")))
+        yield
 
 
 @pytest.fixture(autouse=True)

@@ -1,6 +1,8 @@
-"""A model folder's weights changed as someone outside sertool would: rewritten with safetensors itself."""
+"""A model folder's weights changed as someone outside sertool would: rewritten with safetensors itself, and
+``config.json``'s digests made to match (a folder that is whole but wrong, not a damaged one)."""
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,6 +21,18 @@ def rewrite_weights(folder: Path, change: Callable[[dict[str, torch.Tensor]], No
         tensors = {name: handle.get_tensor(name) for name in handle.keys()}
     change(tensors)
     save_file(tensors, str(path), metadata=metadata)
+    record_files(folder)
+
+
+def record_files(folder: Path) -> None:
+    """Record the folder's files as they now are in its ``config.json`` (digests and seal, where it has them)."""
+    from sertool.guards.integrity import FILES_SHA256, file_digests, seal
+
+    config_path = folder / "config.json"
+    data = json.loads(config_path.read_text())
+    if FILES_SHA256 in data:
+        data[FILES_SHA256] = file_digests(folder / name for name in data[FILES_SHA256])
+        config_path.write_text(json.dumps(seal(data), indent=2) + "\n")
 
 
 def cast_floating(dtype: torch.dtype) -> Callable[[dict[str, torch.Tensor]], None]:

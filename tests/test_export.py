@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 from sertool.cli.commands import cli
 from sertool.core.errors import SertoolError
+from sertool.guards.integrity import CONFIG_SHA256, FILES_SHA256
 from sertool.inference.predictor import open_predictor
 from sertool.store.checkpoints import load_checkpoint, save_checkpoint
 from sertool.store.export import export_model
@@ -23,7 +24,7 @@ from sertool.training.loop import train
 from tests.cases import case
 from tests.corpus_files import write_learnable_corpus, write_tone
 from tests.hub_cache import cache_as_hub_id
-from tests.model_files import cast_floating, rewrite_weights
+from tests.model_files import cast_floating, record_files, rewrite_weights
 from tests.systems import small_config
 from tests.test_reliability import one_line_error
 
@@ -85,6 +86,7 @@ def test_the_folder_holds_no_pickle_and_loading_it_runs_no_code(run_dir, tmp_pat
     config = json.loads((folder / "config.json").read_text())
     config["auto_map"] = {"AutoModel": "modeling_evil.Model"}
     (folder / "config.json").write_text(json.dumps(config))
+    record_files(folder)  # a stranger's folder is whole: its config.json sealed as sertool would
 
     def refuse(*args, **kwargs):
         raise AssertionError("a model folder must not be unpickled")
@@ -145,9 +147,13 @@ def test_files_of_two_exports_are_not_mixed(run_dir, tmp_path):
     first = export_model(run_dir, ExportOptions(out=tmp_path / "a")).folder
     second = export_model(run_dir, ExportOptions(out=tmp_path / "b")).folder
     (first / "model.safetensors").write_bytes((second / "model.safetensors").read_bytes())
+    with pytest.raises(SertoolError, match="model.safetensors: its SHA-256 is not the one config.json records"):
+        load_model(first)
+    record_files(first)  # the digest made to match (as a folder of before digests had none): the export ids differ
     with pytest.raises(SertoolError, match="come from different exports"):
         load_model(first)
     (second / "model.safetensors").write_bytes(b"not a safetensors file")
+    record_files(second)
     with pytest.raises(SertoolError, match="not a readable safetensors file"):
         load_model(second)
 
@@ -419,6 +425,9 @@ def test_the_training_ids_travel_with_the_folder_and_keep_evaluate_off_them(run_
     # A folder exported before the ids had their own file kept them in config.json: still read.
     config = json.loads((folder / "config.json").read_text())
     config["training_ids"] = json.loads((folder / "training_ids.json").read_text())["training_ids"]
+    for key in (CONFIG_SHA256, FILES_SHA256):  # nor did it record digests
+        del config[key]
+    del config["data"]["training_data_sha256"]
     (folder / "config.json").write_text(json.dumps(config))
     (folder / "training_ids.json").unlink()
     assert load_model(folder)["training_ids"] == load_checkpoint(run_dir)["training_ids"]

@@ -446,10 +446,27 @@ def test_any_config_file_trains_or_gives_one_line(workspace):
     run_one()
 
 
-@case("checkpoints", "a checkpoint cut at a drawn byte, with drawn bytes overwritten, or replaced by drawn bytes, "
-      "given to evaluate", "scores, or one line naming the file; never a traceback (hypothesis)")
-def test_any_damaged_checkpoint_gives_scores_or_one_line(workspace):
+def _predictions_of(model: str) -> Any:
+    """``predict MODEL`` on Test1 of the workspace's corpus, to standard output (the invocation's result)."""
+    return CliRunner().invoke(cli, ["predict", model, "--corpus", "corpus", "--split", "Test1"])
+
+
+def _expect_the_same_or_one_line(result, pristine, what: str) -> None:
+    """Damage either changes nothing a model predicts or is refused in one line: never other numbers, exit 0."""
+    _expect_output_or_one_line(result, what)
+    if result.exit_code == 0:
+        assert result.stdout == pristine.stdout, f"{what}: exit 0 with other predictions"
+
+
+@case("checkpoints", "a checkpoint cut at a drawn byte, with drawn bytes overwritten (inside its tensors too), or "
+      "replaced by drawn bytes, given to predict",
+      "the undamaged checkpoint's predictions, or one line naming the file; never other predictions with exit 0, "
+      "never a traceback (hypothesis)")
+def test_any_damaged_checkpoint_gives_its_predictions_or_one_line(workspace):
     original = (workspace / "run" / "best.pt").read_bytes()
+    (workspace / "damaged.pt").write_bytes(original)
+    pristine = _predictions_of("damaged.pt")
+    assert pristine.exit_code == 0, pristine.output
 
     @examples(25)
     @given(cut=st.integers(0, len(original)), at=st.integers(0, len(original) - 1), noise=st.binary(min_size=1,
@@ -459,10 +476,56 @@ def test_any_damaged_checkpoint_gives_scores_or_one_line(workspace):
         data = {"cut": original[:cut], "overwrite": original[:at] + noise + original[at + len(noise):],
                 "noise": noise}[kind]
         (workspace / "damaged.pt").write_bytes(data)
-        result = CliRunner().invoke(cli, ["evaluate", "damaged.pt", "--corpus", "corpus"])
-        _expect_output_or_one_line(result, f"{kind} at {cut}/{at}")
+        _expect_the_same_or_one_line(_predictions_of("damaged.pt"), pristine, f"{kind} at {cut}/{at}")
 
     run_one()
+
+
+@case("checkpoints", "an exported model folder (safetensors or ONNX) with any one of its files cut at a drawn byte, "
+      "with drawn bytes overwritten, replaced by drawn bytes or removed, given to predict",
+      "the undamaged folder's predictions, or one line naming the folder or file; never other predictions with "
+      "exit 0, never a traceback (hypothesis)")
+def test_any_damaged_model_folder_gives_its_predictions_or_one_line(workspace):
+    formats = ["safetensors"] + (["onnx"] if _importable("onnx") and _importable("onnxruntime") else [])
+    pristine = {}
+    for model_format in formats:
+        result = CliRunner().invoke(cli, ["export", "run", "--format", model_format, "--out", f"export-{model_format}"])
+        assert result.exit_code == 0, result.output
+        pristine[model_format] = {path.name: path.read_bytes()
+                                  for path in sorted((workspace / f"export-{model_format}").iterdir())}
+    shutil.rmtree(workspace / "run")  # a folder's predictions come from the folder alone
+    pristine_predictions = {model_format: _predictions_of(f"export-{model_format}") for model_format in formats}
+    assert all(result.exit_code == 0 for result in pristine_predictions.values())
+
+    @examples(30)
+    @given(data=st.data(), model_format=st.sampled_from(formats), kind=st.sampled_from(["cut", "overwrite", "noise",
+                                                                                        "remove"]))
+    def run_one(data, model_format, kind):
+        files = pristine[model_format]
+        folder = workspace / "damaged-model"
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir()
+        name = data.draw(st.sampled_from(sorted(files)), label="file")
+        original = files[name]
+        cut = data.draw(st.integers(0, len(original)), label="cut")
+        noise = data.draw(st.binary(min_size=1, max_size=64), label="noise")
+        damaged = {"cut": original[:cut], "overwrite": original[:cut] + noise + original[cut + len(noise):],
+                   "noise": noise, "remove": None}[kind]
+        for other, content in files.items():
+            if other != name:
+                (folder / other).write_bytes(content)
+        if damaged is not None:
+            (folder / name).write_bytes(damaged)
+        _expect_the_same_or_one_line(_predictions_of("damaged-model"), pristine_predictions[model_format],
+                                     f"{model_format} {name} {kind} at {cut} {noise!r}")
+
+    run_one()
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
 
 
 @case("data", "a WAV cut at a drawn byte or with drawn bytes overwritten (header included), given to predict",

@@ -32,6 +32,7 @@ from sertool.training.loop import train
 from tests.cases import case
 from tests.corpus_files import write_learnable_corpus
 from tests.hub_cache import cache_as_hub_id
+from tests.model_files import record_files
 from tests.systems import small_config
 from tests.test_reliability import one_line_error
 from tests.tiny_speech import save_tiny_hubert, save_tiny_wav2vec2, save_tiny_wavlm, save_tiny_whisper
@@ -337,7 +338,7 @@ def test_without_onnxruntime_an_onnx_folder_is_refused_naming_the_extra(trained,
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime → ImportError
     line = one_line_error(run("evaluate", folder, "--corpus", corpus))
     assert line == (f"error: {folder} (an ONNX model folder) needs onnxruntime, which is not installed (sertool's "
-                    "extra `onnx`: onnx, onnxruntime): pip install 'onnx' 'onnxruntime'")
+                    "extra `onnx`: onnx, onnxruntime): pip install 'onnx>=1.16' 'onnxruntime>=1.18'")
     line = one_line_error(run("export", trained[0], "--out", tmp_path / "again", "--format", "onnx"))
     assert "sertool export --format onnx needs onnxruntime" in line and not (tmp_path / "again").exists()
 
@@ -354,6 +355,7 @@ def test_files_of_two_exports_are_refused(trained, tmp_path):
         described = json.loads((copy / name).read_text())
         described["export_id"] = "0" * 32
         (copy / name).write_text(json.dumps(described))
+    record_files(copy)  # sealed again: the export ids, not the seal, must tell the files apart
     assert one_line_error(run("evaluate", copy, "--corpus", corpus)) == (
         f"error: {copy}: config.json and model.onnx come from different exports (an interrupted overwrite?); export "
         "the model again")

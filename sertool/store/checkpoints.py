@@ -31,6 +31,7 @@ from sertool.core.constants import LAST_NAME as LAST_NAME  # the training loop's
 from sertool.core.errors import SertoolError
 from sertool.core.hub import CLI_SPELLING, OptionSpelling
 from sertool.core.version import __version__
+from sertool.guards.integrity import check_archive
 from sertool.guards.outputs import atomic_write
 from sertool.guards.reads import MAX_CHECKPOINT_BYTES, check_user_file, open_user_file
 
@@ -78,14 +79,15 @@ def load_checkpoint(path: str | Path, *, name: str = BEST_NAME) -> dict[str, Any
     """Read a checkpoint (or a run folder's ``name``) without executing anything in it.
 
     Raises:
-        SertoolError: not a file, not a zip archive (an empty file, audio, text), not a readable or not a
-            sertool checkpoint, or a file that holds anything but tensors and plain data (a pickle payload
-            is refused, never run).
+        SertoolError: not a file, not a zip archive (an empty file, audio, text), a member that differs from
+            its checksum (damage), not a readable or not a sertool checkpoint, or a file that holds anything but
+            tensors and plain data (a pickle payload is refused, never run).
     """
     path = resolve_checkpoint(path, name=name)
     if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; torch.load fails on others unpredictably
         raise SertoolError(f"{path}: not a readable checkpoint ({_describe(path)}, not the zip archive torch.save "
                            "writes); give a run folder or its best.pt")
+    check_archive(path, what="checkpoint")  # torch.load reads a flipped byte inside a tensor without noticing
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:

@@ -26,10 +26,11 @@ from sertool.core.constants import MODEL_CONFIG_NAME
 from sertool.core.errors import SertoolError
 from sertool.core.hub import download_snapshot, is_repo_id
 from sertool.core.io import load_json
+from sertool.guards.integrity import CONFIG_SHA256, FILES_SHA256, check_file_digests, check_seal, file_digests, seal
 from sertool.guards.outputs import OutputPlan
 from sertool.guards.reads import MAX_CHECKPOINT_BYTES, check_user_file
 from sertool.store.checkpoints import BEST_NAME, CHECKPOINT_ID, WEIGHTS_FILE, load_checkpoint
-from sertool.store.sharing import TRAINING_IDS_NAME
+from sertool.store.sharing import TRAINING_IDS_NAME, training_data_digest
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -127,6 +128,7 @@ def read_model_folder(folder: str | Path, *, source: str | None = None, weights:
     folder = Path(folder).expanduser()
     source = source or str(folder)
     data = load_json(folder / MODEL_CONFIG_NAME, what="model config")
+    check_seal(data, folder / MODEL_CONFIG_NAME)
     if isinstance(data, dict) and data.get("format") == ONNX_FORMAT:
         raise SertoolError(f"{source}: an ONNX model folder (sertool export --format onnx): evaluate, predict, "
                            "ensemble and sertool.load run it with onnxruntime, but it holds no weights to build a "
@@ -144,13 +146,15 @@ def read_model_folder(folder: str | Path, *, source: str | None = None, weights:
                            "the authors' released models")
     if data.get("format_version", 0) > FOLDER_FORMAT_VERSION:
         raise SertoolError(f"{source}: written by a newer sertool (format {data['format_version']}); upgrade sertool")
+    if weights:
+        check_file_digests(folder, data, source=source)
     with _open_safetensors(weights_file) as handle:
         if (handle.metadata() or {}).get(EXPORT_ID) != data.get(EXPORT_ID):
             raise SertoolError(f"{source}: {MODEL_CONFIG_NAME} and {WEIGHTS_NAME} come from different exports (an "
                                "interrupted overwrite?); export the model again")
         state = {name: handle.get_tensor(name) for name in handle.keys()} if weights else {}
     payload = undescribed(data)
-    training_ids = read_training_ids(folder, export_id=data.get(EXPORT_ID), source=source)
+    training_ids = read_training_ids(folder, data, source=source)
     if training_ids is not None:  # folders exported before it kept the ids in config.json
         payload["training_ids"] = training_ids
     payload["model_state"] = state
@@ -183,8 +187,6 @@ def write_model_folder(payload: dict[str, Any], outputs: OutputPlan, folder: Pat
     from safetensors.torch import save as save_safetensors
 
     export_id = uuid.uuid4().hex
-    config = {"format": FOLDER_FORMAT, "format_version": FOLDER_FORMAT_VERSION, EXPORT_ID: export_id,
-              **described(payload)}
     # safetensors stores each tensor alone: contiguous copies, so views and shared storage cannot clash.
     tensors = {name: value.detach().cpu().contiguous().clone() for name, value in payload["model_state"].items()}
     written = [folder / WEIGHTS_NAME, folder / CARD_NAME, folder / TRAINING_IDS_NAME, folder / MODEL_CONFIG_NAME]
@@ -193,6 +195,9 @@ def write_model_folder(payload: dict[str, Any], outputs: OutputPlan, folder: Pat
         with outputs.writing(written[1]) as handle:
             handle.write(card)
         write_training_ids(outputs, written[2], export_id=export_id, training_ids=training_ids)
+        # Last, sealed, with the digest of the weights as written: a folder damaged later is refused on loading.
+        config = seal({"format": FOLDER_FORMAT, "format_version": FOLDER_FORMAT_VERSION, EXPORT_ID: export_id,
+                       **described(payload), FILES_SHA256: file_digests(written[:1])})
         with outputs.writing(written[3]) as handle:
             json.dump(config, handle, indent=2)
             handle.write("\n")
@@ -208,8 +213,10 @@ def described(payload: dict[str, Any]) -> dict[str, Any]:
 
 
 def undescribed(data: dict[str, Any]) -> dict[str, Any]:
-    """A folder's ``config.json`` as a payload: without its export id and the hub's keys (``described``'s inverse)."""
-    return {key: value for key, value in data.items() if key not in (EXPORT_ID, "architectures", "model_type")}
+    """A folder's ``config.json`` as a payload: without its export id, its integrity checks and the hub's keys
+    (``described``'s inverse)."""
+    return {key: value for key, value in data.items()
+            if key not in (EXPORT_ID, FILES_SHA256, CONFIG_SHA256, "architectures", "model_type")}
 
 
 def write_training_ids(outputs: OutputPlan, path: Path, *, export_id: str, training_ids: list[str]) -> None:
@@ -220,20 +227,32 @@ def write_training_ids(outputs: OutputPlan, path: Path, *, export_id: str, train
         handle.write("\n")
 
 
-def read_training_ids(folder: Path, *, export_id: str | None, source: str) -> list[str] | None:
-    """The ids of a folder's ``TRAINING_IDS_NAME``, or None where it has none (folders exported before it kept
-    the ids in ``config.json``).
+def read_training_ids(folder: Path, data: dict[str, Any], *, source: str) -> list[str] | None:
+    """The ids of a folder's ``TRAINING_IDS_NAME``, checked against what its ``config.json`` (``data``) records of
+    them; None where the folder has none and records none (folders exported before it kept the ids in
+    ``config.json``).
 
     Raises:
-        SertoolError: ids of another export than ``export_id`` (``config.json``'s), or not a list of ids.
+        SertoolError: the file is missing where ``config.json`` records a digest of the ids, holds ids of another
+            export, not a list of ids, or ids whose digest is not the recorded one (scoring would then not know
+            which utterances the model trained on).
     """
+    recorded = (data.get("data") or {}).get("training_data_sha256") if isinstance(data.get("data"), dict) else None
     if not (folder / TRAINING_IDS_NAME).is_file():
+        if recorded is not None:
+            raise SertoolError(f"{source}: {TRAINING_IDS_NAME} is missing, and without it no score can tell held-out "
+                               "utterances from training ones; copy the whole folder, or export the model again")
         return None
     ids = load_json(folder / TRAINING_IDS_NAME, what="training ids")
-    if not isinstance(ids, dict) or ids.get(EXPORT_ID) != export_id or not isinstance(ids.get("training_ids"), list):
+    if not isinstance(ids, dict) or ids.get(EXPORT_ID) != data.get(EXPORT_ID) or not isinstance(
+            ids.get("training_ids"), list):
         raise SertoolError(f"{source}: {TRAINING_IDS_NAME} does not belong to this export of {MODEL_CONFIG_NAME} "
                            "(an interrupted overwrite?); export the model again")
-    return [str(item) for item in ids["training_ids"]]
+    training_ids = [str(item) for item in ids["training_ids"]]
+    if recorded is not None and training_data_digest(training_ids) != recorded:
+        raise SertoolError(f"{folder / TRAINING_IDS_NAME}: not the training ids {MODEL_CONFIG_NAME} records (their "
+                           "SHA-256 differs): the file changed after export; download or export the model again")
+    return training_ids
 
 
 def _released_payload(data: dict[str, Any], weights: Path | None, *, source: str) -> dict[str, Any]:

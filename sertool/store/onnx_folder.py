@@ -33,6 +33,7 @@ from sertool.core.constants import MODEL_CONFIG_NAME
 from sertool.core.errors import SertoolError, missing_package
 from sertool.core.hub import download_snapshot
 from sertool.core.io import load_json
+from sertool.guards.integrity import FILES_SHA256, check_file_digests, check_seal, file_digests, seal
 from sertool.guards.outputs import OutputPlan
 from sertool.guards.reads import MAX_CHECKPOINT_BYTES, check_user_file, open_user_file
 from sertool.store.model_folder import (
@@ -209,6 +210,7 @@ def read_onnx_folder(folder: str | Path, *, source: str | None = None) -> OnnxFo
     folder = Path(folder).expanduser()
     source = source or str(folder)
     data = load_json(folder / MODEL_CONFIG_NAME, what="model config")
+    check_seal(data, folder / MODEL_CONFIG_NAME)
     if not isinstance(data, dict) or data.get("format") != ONNX_FORMAT:
         raise SertoolError(f"{source}: not an ONNX model folder (sertool export --format onnx)")
     if data.get("format_version", 0) > ONNX_FORMAT_VERSION:
@@ -220,8 +222,9 @@ def read_onnx_folder(folder: str | Path, *, source: str | None = None) -> OnnxFo
     check_user_file(folder / GRAPH_NAME, what="ONNX graph", max_bytes=MAX_CHECKPOINT_BYTES)
     if graph.weights_file is not None:
         _check_weights_file(folder / graph.weights_file, data.get(EXPORT_ID), source=source)
+    check_file_digests(folder, data, source=source)  # onnxruntime would run a graph with a flipped weight
     payload = {key: value for key, value in undescribed(data).items() if key != _SECTION}
-    training_ids = read_training_ids(folder, export_id=data.get(EXPORT_ID), source=source)
+    training_ids = read_training_ids(folder, data, source=source)
     if training_ids is not None:
         payload["training_ids"] = training_ids
     return OnnxFolder(folder, source, payload, graph, data.get(EXPORT_ID))
@@ -281,8 +284,6 @@ def write_onnx_folder(payload: dict[str, Any], graph: ModelProto, spec: GraphSpe
     spec = dataclasses.replace(spec, weights_file=GRAPH_DATA_NAME if beside else None)
     written = [folder / GRAPH_NAME, *([folder / GRAPH_DATA_NAME] if beside else []), folder / CARD_NAME,
                folder / TRAINING_IDS_NAME, folder / MODEL_CONFIG_NAME]
-    config = {"format": ONNX_FORMAT, "format_version": ONNX_FORMAT_VERSION, EXPORT_ID: export_id,
-              **described(payload), _SECTION: spec.to_dict()}
     with outputs.holding(folder, flag="--out"):
         if beside:
             with outputs.writing(folder / GRAPH_DATA_NAME, "wb") as handle:
@@ -301,6 +302,10 @@ def write_onnx_folder(payload: dict[str, Any], graph: ModelProto, spec: GraphSpe
         with outputs.writing(folder / CARD_NAME) as handle:
             handle.write(card)
         write_training_ids(outputs, folder / TRAINING_IDS_NAME, export_id=export_id, training_ids=training_ids)
+        # Last, sealed, with the digests of the graph (and its weights) as written: damage is refused on loading.
+        graph_files = [folder / GRAPH_NAME, *([folder / GRAPH_DATA_NAME] if beside else [])]
+        config = seal({"format": ONNX_FORMAT, "format_version": ONNX_FORMAT_VERSION, EXPORT_ID: export_id,
+                       **described(payload), _SECTION: spec.to_dict(), FILES_SHA256: file_digests(graph_files)})
         with outputs.writing(folder / MODEL_CONFIG_NAME) as handle:
             json.dump(config, handle, indent=2)
             handle.write("\n")

@@ -1,7 +1,16 @@
-"""How the training loop reports progress; import-light, so the console can subclass it without torch."""
+"""How the training loop reports progress; import-light, so the console can subclass it without torch.
+
+Besides the terminal's reporter, the experiment trackers are reporters (``--tensorboard``: ``training.tensorboard``);
+``step_scalars`` and ``validation_scalars`` name the curves they draw, alike in each.
+"""
 from __future__ import annotations
 
+import math
 from typing import Any
+
+# Per-step numbers drawn as curves besides the losses (``loss_*``); the rest of a step's stats (batch counters,
+# timing, the batch's own CCCs) are not curves.
+_STEP_SCALARS = ("lr", "grad_norm")
 
 
 class Reporter:
@@ -73,3 +82,24 @@ class Reporters(Reporter):
     def close(self) -> None:
         for reporter in self.reporters:
             reporter.close()
+
+
+def step_scalars(stats: dict[str, Any]) -> dict[str, float]:
+    """The curves of a training step (a ``Reporter.step``'s stats or a metrics.jsonl train record), by tag:
+    ``train/loss_total``, ``train/lr``, ... Only finite numbers; none for a skipped (non-finite) step."""
+    if stats.get("skipped"):
+        return {}
+    return {f"train/{key}": value for key, value in stats.items()
+            if (key.startswith("loss_") or key in _STEP_SCALARS) and _finite(value)}
+
+
+def validation_scalars(metrics: dict[str, Any]) -> dict[str, float]:
+    """The curves of a validation (a ``Reporter.validation``'s record, as metrics.jsonl has it), by tag: the CCC of
+    each score under the validation split's name, ``Development/ccc_arousal``, ... Only finite numbers."""
+    split = metrics.get("split", "valid")
+    return {f"{split}/{key}": value for key, value in metrics.items() if key.startswith("ccc_") and _finite(value)}
+
+
+def _finite(value: Any) -> bool:
+    """A real number to draw (not a bool, not None, NaN or infinite)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -1,7 +1,8 @@
 """How the training loop reports progress; import-light, so the console can subclass it without torch.
 
-Besides the terminal's reporter, the experiment trackers are reporters (``--tensorboard``: ``training.tensorboard``);
-``step_scalars`` and ``validation_scalars`` name the curves they draw, alike in each.
+Besides the terminal's reporter, the experiment trackers are reporters (``--tensorboard``: ``training.tensorboard``,
+``--mlflow``: ``training.mlflow_tracking``); ``step_scalars`` and ``validation_scalars`` name the curves they draw,
+alike in each.
 """
 from __future__ import annotations
 
@@ -23,13 +24,14 @@ class Reporter:
 
     def start(self, summary: dict[str, Any]) -> None:
         """Once, before the first step: sizes, device, data report, class counts, the run's planned
-        ``total_steps``."""
+        ``total_steps``, the run folder (``run_dir``) and the resolved ``config`` (a ``Config``)."""
 
     def epoch(self, epoch: int, total_batches: int, done_batches: int) -> None:
         """At the start of each epoch (``done_batches`` > 0 when resuming mid-epoch)."""
 
     def step(self, stats: dict[str, Any]) -> None:
-        """After each optimiser step: losses, learning rate, timing."""
+        """After each optimiser step: losses, learning rate, timing; ``logged``: whether metrics.jsonl recorded
+        the step (every ``--log-every-steps`` steps and at each epoch's end)."""
 
     def validation(self, metrics: dict[str, Any]) -> None:
         """After each validation: CCC per attribute and whether it improved."""

@@ -59,11 +59,11 @@ def test_reliability_table_lists_every_reliability_test():
 
 ROOT = DOCS.parent
 DOC_FILES = [*sorted(DOCS.rglob("*.md")), ROOT / "README.md"]  # notes/ included
-# Flags the docs show for other programs: torchrun, pip, huggingface-cli, kill, bench/bench.py; and
+# Flags the docs show for other programs: torchrun, pip, huggingface-cli, kill, mlflow ui, bench/bench.py; and
 # ``--help`` / ``--version`` (click's own). A prefix such as ``--no-`` or ``--lr-`` names a family of flags.
 FOREIGN_FLAGS = {"--nproc-per-node", "--nnodes", "--rdzv-backend", "--rdzv-endpoint", "--shutdown-timeout", "--no-deps",
                  "--local-dir", "--signal", "--from-json", "--markdown", "--only", "--help", "--version", "--no-", "--lr-",
-                 "--variant", "--budget-s", "--tiny", "--steps"}  # --variant: bench/small_corpus.py; then gpu_check.py
+                 "--variant", "--budget-s", "--tiny", "--steps", "--backend-store-uri"}  # --variant: bench/small_corpus.py; then gpu_check.py
 
 
 def _sertool_flags() -> set[str]:

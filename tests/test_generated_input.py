@@ -218,7 +218,7 @@ BASE: dict[str, list[str]] = {
     "plot": ["run", "--out", "curves.png"],
     "reproduce": ["--corpus", "corpus", "--grid", "grid/grid.yaml", "--out", "repro", "--device", "cpu"],
 }
-SLOW_OR_ELSEWHERE = {"quiet", "debug", "tensorboard", "push_to_hub"}
+SLOW_OR_ELSEWHERE = {"quiet", "debug", "tensorboard", "mlflow", "push_to_hub"}  # --mlflow: tests/test_tracking.py
 # Options left to the sweep: a drawn --seeds of 100 trains the grid 100 times.
 SWEEP_ONLY = {"reproduce": {"seeds"}}
 QUICK_EXAMPLES = {"data info": 8, "data demo": 4, "data speakers": 6, "data manifest": 10, "train": 20,

@@ -280,7 +280,8 @@ def train_command(**flags) -> None:
 
     config, run_dir, relocated = resolve_train_config(run.config_file, flags, out=run.out, resume=run.resume)
     train(config, run_dir, resume=run.resume is not None, relocated=relocated, force=run.force, argv=sys.argv,
-          device=run.device, threads=run.threads, reporter=train_reporter(run_dir, tensorboard=run.tensorboard))
+          device=run.device, threads=run.threads,
+          reporter=train_reporter(run_dir, tensorboard=run.tensorboard, mlflow=run.mlflow))
 
 
 @cli.command("evaluate")

@@ -201,14 +201,24 @@ def print_memory_plan(plan) -> None:
         err.print(f"[yellow]warning:[/] {warning}")
 
 
-def train_reporter(run_dir, *, tensorboard: bool) -> Reporter:
-    """The terminal's reporter, and TensorBoard's beside it with ``--tensorboard`` (checked installed now)."""
-    if not tensorboard:
-        return RichTrainReporter()
-    from sertool.training.reporter import Reporters
-    from sertool.training.tensorboard import TensorBoardReporter
+def train_reporter(run_dir, *, tensorboard: bool, mlflow: bool) -> Reporter:
+    """The terminal's reporter, and beside it the experiment trackers asked for, each checked now (installed; an
+    MLflow server that answers): TensorBoard's with ``--tensorboard``, MLflow's with ``--mlflow``."""
+    terminal = RichTrainReporter()
+    trackers: list[Reporter] = []
+    if tensorboard:
+        from sertool.training.tensorboard import TensorBoardReporter
 
-    return Reporters(RichTrainReporter(), TensorBoardReporter(run_dir))
+        trackers.append(TensorBoardReporter(run_dir))
+    if mlflow:
+        from sertool.training.mlflow_tracking import MlflowReporter
+
+        trackers.append(MlflowReporter(run_dir, warn=terminal.message))
+    if not trackers:
+        return terminal
+    from sertool.training.reporter import Reporters
+
+    return Reporters(terminal, *trackers)
 
 
 class RichTrainReporter(Reporter):

@@ -31,6 +31,9 @@ class TrainOptions:
     threads: int = option(0, THREADS_HELP + " Under torchrun: per process.", bounds=THREADS)
     tensorboard: bool = option(False, "Also write TensorBoard scalars to RUN_DIR/tensorboard/ (needs the "
                                "tensorboard package).")
+    mlflow: bool = option(False, "Also log the run to MLflow: config, losses, validation CCCs, best.pt's scores "
+                          "(MLFLOW_TRACKING_URI, by default RUN_DIR/mlflow.db; MLFLOW_EXPERIMENT_NAME, by default "
+                          "sertool; needs mlflow-skinny).")
     plan: bool = option(False, "Print the memory plan (parameters, gradients and AdamW state, the largest "
                         "micro-batch, the estimated peak in fp32 and half precision, with and without gradient "
                         "checkpointing) and exit: nothing trains, nothing is written.")

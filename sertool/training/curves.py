@@ -11,7 +11,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from sertool.core.constants import METRICS_NAME
 from sertool.core.errors import SertoolError, missing_package
@@ -47,17 +47,11 @@ def read_curves(run_dir: str | Path, *, name: str | None = None) -> Curves:
     run_dir = Path(run_dir)
     path = run_dir / METRICS_NAME
     try:
-        lines = read_user_text(path, what="training log", max_bytes=MAX_TABLE_BYTES, errors="replace").splitlines()
+        records = read_records(path)
     except SertoolError as error:
         raise SertoolError(f"{error}; is {run_dir} a run folder?") from None
     curves = Curves(name or run_dir.name)
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if not isinstance(record, dict) or not isinstance(record.get("step"), int):
-            continue
+    for record in records:
         if record.get("type") == "train" and not record.get("skipped"):
             curves.train_steps.append(record["step"])
             curves.train_loss.append(_number(record.get("loss_total")))
@@ -70,6 +64,24 @@ def read_curves(run_dir: str | Path, *, name: str | None = None) -> Curves:
     if not curves.train_steps and not curves.valid_steps:
         raise SertoolError(f"{path}: no training or validation record to plot")
     return curves
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """The records of a ``metrics.jsonl``, in order: each JSON object with an integer ``step``; other lines, such
+    as a torn last line of a killed run, are skipped.
+
+    Raises:
+        SertoolError: the file cannot be read.
+    """
+    records = []
+    for line in read_user_text(path, what="training log", max_bytes=MAX_TABLE_BYTES, errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int):
+            records.append(record)
+    return records
 
 
 def plot_curves(runs: Sequence[Curves], handle: IO[bytes], *, title: str | None = None) -> None:

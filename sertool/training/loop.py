@@ -179,7 +179,7 @@ class _Run(RunSetup):
             "parameters": sum(p.numel() for p in self.trainable), "epochs": config.epochs,
             "max_steps": config.max_steps, "total_steps": self.schedule.total_steps,
             "batches_per_epoch": len(self.sampler), "accum_steps": config.accum_steps, "resumed_at_step": state.step,
-            "data": self.load_report, "classes": class_counts(self.sampler.class_codes)})
+            "data": self.load_report, "classes": class_counts(self.sampler.class_codes), "config": self.config})
         self._report_memory_plan()
         if state.stopped is not None:
             self.reporter.message(f"{self.run_dir}: the run had already ended ({state.stopped} after {state.step} "
@@ -190,6 +190,7 @@ class _Run(RunSetup):
         batches_per_epoch = 0  # in this rank's share of the current epoch
         stats: dict[str, Any] | None = None  # of the step just taken, reported once what it is due is done
         while True:
+            logged = False  # whether metrics.jsonl recorded the step just taken (the reporters are told)
             # 1. What the last step is due, in order. A resumed run starts here with the step its last.pt holds: a
             #    run killed after that checkpoint but before the step's validation (or its epoch's end) validates
             #    first, exactly as the uninterrupted run did. So every decision here reads the state alone.
@@ -198,6 +199,7 @@ class _Run(RunSetup):
                 budget_spent = bool(config.max_steps) and state.step >= config.max_steps
                 if stats is not None and (state.step % config.log_every_steps == 0 or epoch_ended or budget_spent):
                     self._log({"type": "train", **stats})
+                    logged = True
                 if epoch_ended:
                     state.epoch, state.batches_in_epoch = state.epoch + 1, 0
                     batches = None  # the finished epoch's loader, and its workers, go
@@ -219,7 +221,7 @@ class _Run(RunSetup):
                     self._save_last_before_stopping()
                     raise Interrupted(self.stops.signal_number or signal.SIGTERM)
             if stats is not None:
-                self.reporter.step(stats)
+                self.reporter.step({**stats, "logged": logged})
             if state.stopped is not None:
                 break
             # 2. The next optimiser step: up to accum_steps micro-batches of the epoch, started where needed (a

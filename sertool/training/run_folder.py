@@ -26,6 +26,7 @@ from sertool.guards.outputs import atomic_write, remove_files
 from sertool.guards.reads import MAX_CONFIG_BYTES, MAX_TABLE_BYTES, read_user_text
 from sertool.store.checkpoints import provenance
 from sertool.training.curves import CURVES_NAME
+from sertool.training.mlflow_tracking import MLFLOW_RUN_NAME, MLFLOW_STORE_NAME
 
 # Packages whose versions decide whether a result can be reproduced.
 _RECORDED_PACKAGES = ("torch", "transformers", "numpy", "soundfile", "safetensors")
@@ -37,7 +38,8 @@ DATA_REPORT_NAME = "data_report.json"  # every row the corpus reader dropped or 
 # What a run writes into its folder. `--force` removes these before a new run starts in the folder, so that
 # it never holds files of two runs (an old best.pt beside a new config.yaml); any other file is the user's.
 RUN_FILES = (CONFIG_NAME, ARGV_NAME, ENVIRONMENT_NAME, DATA_REPORT_NAME, METRICS_NAME, SUMMARY_NAME,
-             LAST_NAME, BEST_NAME, "best_*.pt", CURVES_NAME, "tensorboard/events.out.tfevents.*")
+             LAST_NAME, BEST_NAME, "best_*.pt", CURVES_NAME, "tensorboard/events.out.tfevents.*",
+             MLFLOW_RUN_NAME, MLFLOW_STORE_NAME, f"{MLFLOW_STORE_NAME}-journal")
 _SHOWN_DIFFERENCES = 4  # keys named in the warning about an edited config.yaml
 
 

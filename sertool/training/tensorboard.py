@@ -11,11 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from sertool.core.errors import missing_package
-from sertool.training.reporter import Reporter
+from sertool.training.reporter import Reporter, step_scalars, validation_scalars
 
 TENSORBOARD_DIR = "tensorboard"
-# Per-step numbers written as train/<name>; the rest of a step's stats (batch counters, timing) are not curves.
-_STEP_SCALARS = ("lr", "grad_norm")
 
 
 class TensorBoardReporter(Reporter):
@@ -39,18 +37,14 @@ class TensorBoardReporter(Reporter):
         self._writer = self._writer_class(log_dir=str(self.log_dir))
 
     def step(self, stats: dict[str, Any]) -> None:
-        if self._writer is None or stats.get("skipped"):
-            return
-        for key, value in stats.items():
-            if (key.startswith("loss_") or key in _STEP_SCALARS) and isinstance(value, (int, float)):
-                self._writer.add_scalar(f"train/{key}", value, stats["step"])
+        if self._writer is not None:
+            for tag, value in step_scalars(stats).items():
+                self._writer.add_scalar(tag, value, stats["step"])
 
     def validation(self, metrics: dict[str, Any]) -> None:
-        if self._writer is None:
-            return
-        for key, value in metrics.items():
-            if key.startswith("ccc_") and isinstance(value, (int, float)):
-                self._writer.add_scalar(f"{metrics.get('split', 'valid')}/{key}", value, metrics["step"])
+        if self._writer is not None:
+            for tag, value in validation_scalars(metrics).items():
+                self._writer.add_scalar(tag, value, metrics["step"])
 
     def close(self) -> None:
         if self._writer is not None:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Create (or update) the virtual environment VENV with sertool and its test, lint, demo, plot, opensmile and onnx
-# extras (opensmile: so that `make test` checks `sertool baseline --features egemaps|compare` against openSMILE
-# itself; onnx: so that it checks `sertool export --format onnx` and its folders in onnxruntime).
+# Create (or update) the virtual environment VENV with sertool and its test, lint, demo, plot, opensmile, onnx and
+# mlflow extras (opensmile: so that `make test` checks `sertool baseline --features egemaps|compare` against
+# openSMILE itself; onnx: so that it checks `sertool export --format onnx` and its folders in onnxruntime; mlflow:
+# so that it reads `train --mlflow`'s runs back with MLflow's own client; about 130 MB, the largest of them).
 #
 # Why this is more than `pip install -e .`:
 #  * An unpinned `torch` from PyPI is a multi-GB CUDA build. On a machine without an NVIDIA GPU we ask
@@ -30,7 +31,7 @@ PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
 "${PIP[@]}" install --upgrade pip setuptools wheel
 "${PIP[@]}" install "$TORCH_SPEC"
 
-"${PIP[@]}" install -e ".[test,lint,demo,plot,opensmile,onnx]"
+"${PIP[@]}" install -e ".[test,lint,demo,plot,opensmile,onnx,mlflow]"
 SHELF="$VENV/share/sertool/models/sentence-transformers/all-MiniLM-L6-v2"
 if [ ! -f "$SHELF/config.json" ]; then
     unpack=$(mktemp -d)

@@ -28,7 +28,7 @@ OPENSMILE_FEATURE_SETS: dict[str, str] = {"egemaps": "eGeMAPSv02", "compare": "C
 # openSMILE's longest analysis window is 60 ms: a shorter clip gives NaN for every functional, so it is
 # zero-padded to this many samples (the zeros counting as audio, as the x-vector pads a clip too short for it).
 MIN_SAMPLES = 960
-OPENSMILE_FEATURES_VERSION = 1  # raise it whenever the code changes what a vector holds
+OPENSMILE_FEATURES_VERSION = 1  # raise it whenever the code changes what a vector holds (tests/test_cache_versions.py)
 
 
 def require_opensmile(features: str) -> ModuleType:

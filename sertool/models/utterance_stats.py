@@ -61,7 +61,8 @@ ENERGY_STATISTICS: tuple[str, ...] = ("mean", "std", "p10", "p50", "p90", "activ
 ACTIVE_RANGE_DB = 30.0  # a frame within this many dB of the utterance's loudest counts as speech
 _LOG_POWER_PER_DB = math.log(10.0) / 10.0  # natural-log power units per decibel
 _PERCENTILES = (0.1, 0.5, 0.9)
-STATISTICS_VERSION = 1  # raise it whenever the code changes what a statistics vector holds
+# Raise it whenever the code changes what a statistics vector holds (tests/test_cache_versions.py pins its code).
+STATISTICS_VERSION = 2
 
 
 def feature_names() -> list[str]:

@@ -82,3 +82,32 @@ def test_only_the_named_log_message_is_dropped_and_only_while_it_may_arise(monke
         logger.removeHandler(records)
     assert records.messages == [*([known] if debug else []), "another message", known]
     assert not logger.filters
+
+
+def test_any_other_warning_during_a_command_is_held_back_and_counted(monkeypatch, tmp_path):
+    """A warning no filter names (here: raised by a command's callback, as any package might) is not printed with
+    its file and line; one note counts it, and --debug prints it as Python does."""
+    from click.testing import CliRunner
+
+    from sertool.cli.commands import cli
+
+    command = cli.commands["data"].commands["info"]  # type: ignore[attr-defined]
+
+    def warning_command(**values):
+        warnings.warn("a package's advice nobody asked for", UserWarning, stacklevel=1)
+        warnings.warn("and a second one", DeprecationWarning, stacklevel=1)
+
+    monkeypatch.setattr(command, "callback", warning_command)
+    for debug in (False, True):
+        monkeypatch.setenv(DEBUG_VARIABLE, "1" if debug else "0")
+        with warnings.catch_warnings(record=True) as shown:  # what Python would print
+            warnings.simplefilter("always")  # as under python -W default: nothing filtered before sertool's hold
+            result = CliRunner().invoke(cli, ["data", "info", str(tmp_path)])
+        assert result.exit_code == 0, result.output
+        if debug:
+            assert [str(warning.message) for warning in shown] == ["a package's advice nobody asked for",
+                                                                   "and a second one"]
+            assert "note:" not in result.stderr
+        else:
+            assert shown == [] and "advice" not in result.stderr and "Warning" not in result.stderr
+            assert result.stderr.strip() == "note: 2 warnings of other packages held back; --debug shows them"

@@ -102,8 +102,15 @@ class _Group(click.Group):
         super().add_command(cmd, name)
 
     def invoke(self, ctx: click.Context):
+        from sertool.guards.third_party import warnings_held
+
         try:
-            return super().invoke(ctx)
+            with warnings_held() as held:
+                result = super().invoke(ctx)
+            if held:  # other packages' warnings: counted, not printed (--debug prints them)
+                click.secho(f"note: {len(held)} warning{'s' if len(held) > 1 else ''} of other packages held back; "
+                            "--debug shows them", fg="bright_black", err=True)
+            return result
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise  # usage errors and --help: click's own one-line handling
         except KeyboardInterrupt as stop:

@@ -50,3 +50,28 @@ def without_log_message(logger_name: str, message: str) -> Iterator[None]:
         yield
     finally:
         logger.removeFilter(dropped)
+
+
+@contextmanager
+def warnings_held() -> Iterator[list[str]]:
+    """While a command runs, hold back every Python warning instead of printing it with its file and source line.
+
+    sertool reports through its own lines, never through ``warnings``, so a Python warning is always another
+    package's (torch, transformers, numpy): the known, useless ones are silenced where they arise
+    (``without_warning``); this catches the rest, so that none reaches the user unannounced. The list it yields
+    gains each held warning's text (``Category: message``), for the caller to say how many were held (and for
+    tests). ``--debug`` shows them all, as Python would. Loader workers, forked while it is active, hold theirs
+    too.
+    """
+    held: list[str] = []
+    if debug_requested():
+        yield held
+        return
+    with warnings.catch_warnings():  # restores the filters and warnings.showwarning when the command ends
+
+        def hold(message: Warning | str, category: type[Warning], filename: str, lineno: int, file=None,
+                 line=None) -> None:
+            held.append(f"{category.__name__}: {str(message).splitlines()[0] if str(message) else ''}")
+
+        warnings.showwarning = hold
+        yield held

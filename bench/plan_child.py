@@ -37,13 +37,19 @@ FILL_TASK = "feature cache"  # setup_run's progress task, and the start of its l
 
 class PhaseClock(Reporter):
     """When the feature cache's fill began and ended (seconds since ``started``) and the high-water mark at its end;
-    when the run's first step began."""
+    when the run's first step began; the high-water mark at the end of each phase the run reports (its set-up, each
+    step, each validation: ``marks``), which says in which phase the peak fell (rank 0 alone reports under DDP)."""
 
     def __init__(self, started: float) -> None:
         self.started = started
         self.fill_began_s: float | None = None
         self.fill: dict[str, Any] | None = None
         self.first_step_s: float | None = None
+        self.marks: list[dict[str, Any]] = []
+
+    def mark(self, phase: str) -> None:
+        self.marks.append({"phase": phase, "at_s": time.perf_counter() - self.started,
+                           "peak_rss_bytes": peak_rss_kb() * 1024})
 
     def progress(self, task: str, done: int, total: int) -> None:
         if task == FILL_TASK and self.fill_began_s is None:
@@ -57,6 +63,13 @@ class PhaseClock(Reporter):
 
     def start(self, summary: dict[str, Any]) -> None:
         self.first_step_s = time.perf_counter() - self.started
+        self.mark("set-up")
+
+    def step(self, stats: dict[str, Any]) -> None:
+        self.mark(f"step {stats['step']}")
+
+    def validation(self, metrics: dict[str, Any]) -> None:
+        self.mark("validation")
 
 
 def main(config_yaml: str, run_dir: str, report_path: str | None = None) -> None:
@@ -70,6 +83,7 @@ def main(config_yaml: str, run_dir: str, report_path: str | None = None) -> None
     started = time.perf_counter()
     clock = PhaseClock(started)
     result = train(config, run_dir, force=True, device="cpu", reporter=clock)
+    clock.mark("the rest (last.pt)")
     wall_s = time.perf_counter() - started
     peak = peak_rss_kb() * 1024
     chosen = plan.chosen
@@ -78,7 +92,7 @@ def main(config_yaml: str, run_dir: str, report_path: str | None = None) -> None
     estimated = chosen.peak_bytes - plan.baseline_bytes + CPU_RUNTIME_BYTES
     report = {"measured_bytes": peak - before, "estimated_bytes": estimated, "baseline_bytes": before,
               "peak_rss_bytes": peak, "planned_peak_bytes": chosen.peak_bytes, "wall_s": wall_s,
-              "setup_s": clock.first_step_s, "steps": result.steps, "fill": clock.fill, "rank": rank,
+              "setup_s": clock.first_step_s, "steps": result.steps, "fill": clock.fill, "marks": clock.marks, "rank": rank,
               "world_size": world_size, "weights": plan.weight_bytes, "gradients": plan.gradient_bytes,
               "optimizer": plan.optimizer_bytes, "activations": chosen.activation_bytes,
               "transient": chosen.transient_bytes, "validation": chosen.validation_bytes,

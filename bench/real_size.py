@@ -13,12 +13,14 @@ the memory it needs available:
   on an empty cache: the fill (time, the high-water mark at its end, size on disk), then 2 steps;
 - ``mmwhisper-cached``: the same run again, from the filled cache;
 - ``mmwhisper-ddp``: the same, from the filled cache, on 2 torchrun ranks (gloo, one thread each): a fine-tuned
-  WavLM-Large's weights, gradients and AdamW state take 5.2 GB a rank before any activation, so two of them do
-  not fit 15 GB beside its activations; MMWhisper's trainable part is 13 M parameters.
+  WavLM-Large's weights, gradients and AdamW state take 5.2 GB a rank before any activation (6.5 GB with DDP's
+  gradient buckets), so two of them and rank 0's ``last.pt`` do not fit 15 GB even with small micro-batches;
+  MMWhisper's trainable part is 13 M parameters.
 
 Each system's figures: wall time (the run, and the process), the resident high-water mark (``VmHWM``; under DDP
 the sum and the largest over the ranks), the plan's estimate of the same run and their ratio, the steps done, the
-load average before and after. Written to ``OUT/<system>.json`` as each ends (a re-run skips the systems already
+load average before and after, and the high-water mark at each report of the run (``plan_child.PhaseClock``),
+which says where the peak fell. Written to ``OUT/<system>.json`` as each ends (a re-run skips the systems already
 measured, ``--force`` measures them again) and gathered in ``OUT/realsize.json``, with a table printed.
 
 Usage: ``python bench/real_size.py --out DIR [--only wavlm-gender,mmwhisper-ddp] [--force]``.
@@ -222,6 +224,15 @@ def _version(package: str) -> str:
     return version(package)
 
 
+def peak_phase(report: dict[str, Any]) -> str:
+    """The first of a run's reports (``plan_child.PhaseClock``'s marks: the set-up's end, each step's and each
+    validation's report, the run's end) by which its high-water mark was reached, in words. A validation is
+    reported before the step that ends with it: its mark covers that step too."""
+    phase = next(mark["phase"] for mark in report["marks"] if mark["peak_rss_bytes"] >= report["peak_rss_bytes"])
+    return {"set-up": "the end of the set-up", "the rest (last.pt)": "the end (last.pt)"}.get(
+        phase, f"the {phase} report")
+
+
 def table(results: dict[str, Any]) -> str:
     """The figures as a Markdown table."""
     rows = ["| system | steps | run s (process s) | peak resident | plan | plan ÷ peak | load before → after | "
@@ -237,8 +248,9 @@ def table(results: dict[str, Any]) -> str:
             notes.append(f"{len(figures['ranks'])} ranks: largest {figures['peak_rss_max_bytes'] / GB:.1f} GB "
                          f"(plan {figures['planned_peak_max_bytes'] / GB:.1f} GB)")
         else:
+            reached = f", the run's reached by {peak_phase(figures)}" if figures.get("marks") else ""
             notes.append(f"largest micro-batch {figures['items']} × {figures['longest_s']:.1f} s, "
-                         f"plan's peak at its {figures['phase']}")
+                         f"plan's peak at its {figures['phase']}{reached}")
         peak, plan = figures["peak_rss_bytes"], figures["planned_peak_bytes"]
         rows.append(f"| {system} | {figures['steps']} | {figures['wall_s']:.0f} ({figures['process_s']:.0f}) | "
                     f"{peak / GB:.1f} GB | {plan / GB:.1f} GB | {plan / peak:.2f} | "

@@ -32,6 +32,12 @@ def test_the_real_size_suite_runs_every_system_at_tiny_size_and_keeps_its_figure
         assert 0 < figures["wall_s"] <= figures["process_s"], system
         assert figures["planned_peak_bytes"] > 0 and figures["peak_rss_bytes"] > 0, system
         assert f"| {system} | 2 |" in done.stdout
+    # The high-water mark at each report: never falling, the run's own at its end. Step 2 ends with the validation,
+    # reported first.
+    marks = systems["wavlm-gender"]["marks"]
+    assert [mark["phase"] for mark in marks] == ["set-up", "step 1", "validation", "step 2", "the rest (last.pt)"]
+    peaks = [mark["peak_rss_bytes"] for mark in marks]
+    assert peaks == sorted(peaks) and peaks[-1] == systems["wavlm-gender"]["peak_rss_bytes"]
     # The fill computed every utterance's frames (24 Train and 8 Development clips) and wrote them; the next run
     # read them all from the cache.
     fill, cached = systems["mmwhisper-fill"]["fill"], systems["mmwhisper-cached"]["fill"]

@@ -10,14 +10,14 @@ reports the peak resident memory the run added and the plan's estimate of it:
 - runs of the paper's WavLM + gender settings (many micro-batch shapes, 2 steps and a validation) of the tiny
   models: informational (docs/performance.md says why they miss more).
 
-By hand (neither is part of ``make bench``)::
+By hand (not part of ``make bench``)::
 
     python bench/plan_bench.py paper --out DIR       # `sertool train --plan` of the paper's systems at real size,
                                                      # built from configs (no download), on the CPU and as an
                                                      # 80 GB GPU would see them: DIR/<system>-<device>.txt
-    python bench/plan_bench.py real-size --out DIR   # WavLM-Large with random weights of the real shapes, trained
-                                                     # for 2 steps on the CPU against its plan (about 30 GB of RAM;
-                                                     # --gradient-checkpointing: about 14 GB)
+
+The paper's systems trained at real size against their plans: ``bench/real_size.py`` (``make realsize``), which
+builds on this file's model shapes and corpus.
 """
 from __future__ import annotations
 
@@ -193,10 +193,10 @@ def real_size_models(folder: Path) -> dict[str, Path]:
     return {name: folder / name for name in models}
 
 
-def msp_like_corpus(folder: Path) -> Path:
-    """A manifest of MSP-like clips (2.75–11 s, with transcripts): Train and Development."""
-    utterances = [*make_utterances(folder / "audio", msp_like_durations(PAPER_TRAIN, seed=0), seed=0),
-                  *make_utterances(folder / "audio", msp_like_durations(PAPER_VALID, seed=1), seed=1,
+def msp_like_corpus(folder: Path, *, train: int = PAPER_TRAIN, valid: int = PAPER_VALID) -> Path:
+    """A manifest of ``train`` and ``valid`` MSP-like clips (2.75–11 s, with transcripts): Train and Development."""
+    utterances = [*make_utterances(folder / "audio", msp_like_durations(train, seed=0), seed=0),
+                  *make_utterances(folder / "audio", msp_like_durations(valid, seed=1), seed=1,
                                    split="Development", prefix="dev")]
     return write_manifest(folder / "manifest.csv", utterances)
 
@@ -250,35 +250,19 @@ def paper_plans(folder: Path) -> dict[str, str]:
     return outputs
 
 
-def real_size_run(folder: Path, *, checkpointing: bool) -> dict[str, Any]:
-    """WavLM + gender at real size, random weights, 2 optimiser steps on the CPU against its plan."""
-    from sertool.training.setup import resolve_new_config
-    from tests.tiny_speech import save_tiny_wavlm
-
-    weights = save_tiny_wavlm(folder / "wavlm-large-random", **WAVLM_LARGE)
-    config = resolve_new_config(str(PAPER_CONFIGS / "wavlm-gender.yaml"), {
-        "data__corpus": str(msp_like_corpus(folder / "corpus")), "data__num_workers": 0,
-        "model__backbone_path": str(weights), "train__max_steps": 2, "train__eval_every_steps": 2,
-        "train__gradient_checkpointing": checkpointing})
-    return run_child(config, folder / ("checkpointed" if checkpointing else "whole"))
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("what", choices=("accuracy", "paper", "real-size"))
+    parser.add_argument("what", choices=("accuracy", "paper"))
     parser.add_argument("--out", type=Path, required=True, help="Folder for the models, corpora and outputs.")
-    parser.add_argument("--gradient-checkpointing", action="store_true", help="real-size: with checkpointing.")
     args = parser.parse_args(argv)
     os.environ.setdefault("SERTOOL_CACHE", str(args.out / "cache"))
     if args.what == "accuracy":
         for figure in memory_plan_accuracy(args.out):
             print(f"{figure.benchmark}: {figure.value} ({figure.compared})")
-    elif args.what == "paper":
+    else:
         for name, text in paper_plans(args.out).items():
             (args.out / f"{name}.txt").write_text(text, encoding="utf-8")
             print(f"== {name}\n{text}")
-    else:
-        print(json.dumps(real_size_run(args.out, checkpointing=args.gradient_checkpointing), indent=2))
     return 0
 
 

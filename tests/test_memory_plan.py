@@ -7,6 +7,7 @@ each re-estimated; `--plan` writes nothing; a (mocked) GPU's memory is the limit
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import random
@@ -31,6 +32,7 @@ from sertool.training.memory_plan import (
     CUDA_CONTEXT_BYTES,
     _parameters_on_meta,
     _ready_to_measure,
+    largest_fill_batch,
     largest_micro_batch,
     measure_pass,
     plan_memory,
@@ -100,11 +102,16 @@ def plan_of(config: Config, **options) -> memory_plan.MemoryPlan:
                        device=torch.device("cpu"), **options)
 
 
-def real_saved_bytes(model: SERModel, items: int, samples: int, dtype: torch.dtype | None) -> int:
+def real_saved_bytes(model: SERModel, items: int, samples: int, dtype: torch.dtype | None, *,
+                     frames: torch.Tensor | None = None) -> int:
     """What a real training forward saves for backward and still holds when it ends (a branch of the graph that
-    leads nowhere is freed on the way), each storage once, the parameters and inputs left out."""
-    waveforms, sample_mask = 0.1 * torch.randn(items, samples), torch.ones(items, samples, dtype=torch.bool)
-    held = {tensor.untyped_storage().data_ptr() for tensor in [*model.parameters(), waveforms, sample_mask]}
+    leads nowhere is freed on the way), each storage once, the parameters and inputs left out; on ``frames`` (the
+    cached states of ``items`` clips) where given, the waveforms then empty."""
+    waveforms = 0.1 * torch.randn(items, samples if frames is None else 0)
+    sample_mask = torch.ones(waveforms.shape, dtype=torch.bool)
+    frame_mask = None if frames is None else torch.ones(frames.shape[:2], dtype=torch.bool)
+    inputs = [*model.parameters(), waveforms, sample_mask, *([] if frames is None else [frames, frame_mask])]
+    held = {tensor.untyped_storage().data_ptr() for tensor in inputs}
     packed: list[weakref.ref] = []
 
     def pack(tensor):
@@ -114,7 +121,8 @@ def real_saved_bytes(model: SERModel, items: int, samples: int, dtype: torch.dty
     model.train()
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), \
             torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-        output = model(waveforms, sample_mask)  # noqa: F841 (the graph, and what it saved, live while it does)
+        output = model(waveforms, sample_mask, frames=frames,  # noqa: F841 (the graph, and what it saved, lives)
+                       frame_mask=frame_mask)
     alive = [tensor.untyped_storage() for tensor in (ref() for ref in packed) if tensor is not None]
     return sum({storage.data_ptr(): storage.nbytes() for storage in alive if storage.data_ptr() not in held}.values())
 
@@ -136,6 +144,59 @@ def test_the_fake_pass_saves_what_a_real_pass_saves(backbone, checkpointing, dty
     # in the input's dtype from its meta kernel.
     assert measure_pass(planned, items, samples, dtype=dtype).saved_bytes == pytest.approx(
         real_saved_bytes(real, items, samples, dtype), rel=0 if dtype is None else 0.01)
+
+
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16], ids=["fp32", "bf16"])
+def test_the_fake_pass_on_cached_states_saves_what_a_real_pass_on_them_saves(dtype, tiny_wavlm):
+    """A frozen WavLM whose every layer's states are cached (--feature-cache, --layer-weighting weighted): the fake
+    pass takes float16 states of the stored shape, as the loader hands them over, and the encoder does not run."""
+    model_config = Config().model
+    model_config.backbone, model_config.backbone_path, model_config.aux = "wavlm", str(tiny_wavlm), ("gender",)
+    model_config.freeze_backbone, model_config.layer_weighting = True, "weighted"
+    with _parameters_on_meta():
+        planned = _ready_to_measure(SERModel(model_config, pretrained_weights=False))
+    real = _ready_to_measure(SERModel(model_config))
+    items, samples = 3, 24_000
+    backbone = real.backbone
+    frames = torch.randn(items, backbone.frame_count(samples), backbone.num_layer_states * backbone.output_dim
+                         ).to(memory_plan.CACHED_FRAMES_DTYPE)
+    on_frames = measure_pass(planned, items, samples, dtype=dtype, cached_frames=True)
+    assert on_frames.saved_bytes == pytest.approx(real_saved_bytes(real, items, samples, dtype, frames=frames),
+                                                  rel=0 if dtype is None else 0.01)
+    # Reading the states rather than the audio: less held at once than running the (frozen) encoder.
+    assert on_frames.peak_bytes < measure_pass(planned, items, samples, dtype=dtype).peak_bytes
+
+
+def test_a_run_on_the_feature_cache_is_planned_on_the_cached_states_and_its_fill(long_clips, tmp_path,
+                                                                                 steady_baseline):
+    """A frozen Whisper with --feature-cache: its step and validation read cached states (less than running the
+    encoder), and the fill, one clip at a time through the encoder, is a phase of its own. A fine-tuned WavLM, which
+    the cache cannot serve, is planned as without it."""
+    from tests.tiny_speech import save_tiny_whisper
+
+    whisper = save_tiny_whisper(tmp_path / "whisper")
+    recomputed = plan_of(config_for(long_clips, "whisper", whisper)).chosen
+    cached_config = config_for(long_clips, "whisper", whisper)
+    cached_config.data.feature_cache = str(tmp_path / "cache")
+    cached = plan_of(cached_config).chosen
+    assert cached.activation_bytes + cached.transient_bytes < recomputed.activation_bytes + recomputed.transient_bytes
+    assert cached.validation_bytes < recomputed.validation_bytes
+    # The fill batches every clip as validations do (Whisper's states do not depend on their batch): up to 120
+    # padded seconds, so 15 of the 8-s clips at once, more than a training micro-batch of 8.
+    utterances = open_corpus(long_clips).utterances
+    fill = largest_fill_batch(utterances, padding_invariant=True)
+    assert (fill.items, fill.longest_s) == (15, 8.0)
+    assert largest_fill_batch(utterances, padding_invariant=False).items == 1
+    assert cached.phase == "feature cache fill"
+    with _parameters_on_meta():
+        model = _ready_to_measure(SERModel(cached_config.model, pretrained_weights=False))
+    fill_bytes = measure_pass(model, fill.items, fill.samples, dtype=None, training=False).peak_bytes
+    step_bytes = recomputed.activation_bytes + recomputed.transient_bytes
+    assert cached.peak_bytes - recomputed.peak_bytes == fill_bytes - step_bytes
+    fine_tuned = config_for(long_clips, "wavlm", save_tiny_wavlm(tmp_path / "wavlm"))
+    refused = copy.deepcopy(fine_tuned)
+    refused.data.feature_cache = str(tmp_path / "cache")
+    assert plan_of(refused).chosen == plan_of(fine_tuned).chosen
 
 
 @pytest.mark.parametrize("attributes", [("arousal", "valence", "dominance"), ("valence",)])

@@ -22,7 +22,11 @@ On top of that comes the largest of what its phases add (``Estimate.phase`` name
   ``DEFAULT_EVAL_BATCH_S`` padded seconds);
 - on the CPU, writing ``last.pt``: the checkpoint is serialised in memory first (its stored weights and the
   optimiser state);
-- on a GPU, the optimiser step: one float32 copy of the trainable parameters (AdamW's foreach update).
+- on a GPU, the optimiser step: one float32 copy of the trainable parameters (AdamW's foreach update);
+- with ``--feature-cache`` serving the run (``frame_cache_refusal``: a frozen encoder), the cache's fill: the
+  encoder's forward without gradients over the largest batch it computes, as ``runtime.frames.fill_frame_cache``
+  batches the training and validation clips. The training step and the validation then read the cached states
+  instead of running the encoder: their passes take fake states of the stored shape and dtype.
 
 The copies a kernel makes inside an operation, which no fake tensor shows, are added while it runs
 (``_hidden_copies``: a layer norm's non-contiguous input; on the CPU, a convolution's input and output in oneDNN's
@@ -55,6 +59,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from sertool.cache.frames import STORED_DTYPE
 from sertool.core.config import DEFAULT_EVAL_BATCH_S, Config
 from sertool.core.constants import CONFIG_NAME, SAMPLE_RATE
 from sertool.core.devices import half_precision, select_device
@@ -62,6 +67,7 @@ from sertool.core.errors import SertoolError
 from sertool.core.progress import task
 from sertool.data.corpus import open_corpus
 from sertool.data.records import Utterance
+from sertool.models.frame_features import frame_cache_refusal
 from sertool.models.ser_model import SERModel
 from sertool.runtime.batching import length_sorted_batches
 from sertool.runtime.precision import resolve_amp
@@ -88,6 +94,8 @@ SMALLER_BATCHES = (0.75, 0.5, 0.25)
 # transformers' training-time randomness drawn from the data on the host (SpecAugment's masks) or skipping layers
 # (LayerDrop): off in the measured forward, which keeps every layer and masks nothing (a mask is a [B, T] tensor).
 _RANDOM_STRUCTURE = ("mask_time_prob", "mask_feature_prob", "layerdrop")
+# The cached states' dtype as the loader hands them to the model: as stored.
+CACHED_FRAMES_DTYPE = torch.from_numpy(np.empty(0, dtype=STORED_DTYPE)).dtype
 _PRECISION_NAMES = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
@@ -135,6 +143,17 @@ def largest_validation_batch(valid_set: Sequence[Utterance]) -> MicroBatch | Non
     return _largest(length_sorted_batches(durations_s, max_batch_s=DEFAULT_EVAL_BATCH_S), durations_s)
 
 
+def largest_fill_batch(utterances: Sequence[Utterance], *, padding_invariant: bool) -> MicroBatch | None:
+    """The batch of the feature cache's fill with the most padded seconds (whole clips, as
+    ``runtime.frames.fill_frame_cache`` batches them: one clip at a time for an encoder that is not
+    ``padding_invariant``); None without utterances."""
+    if not utterances:
+        return None
+    durations_s = np.array([utt.duration_s for utt in utterances])
+    batch_s = DEFAULT_EVAL_BATCH_S if padding_invariant else 0.0
+    return _largest(length_sorted_batches(durations_s, max_batch_s=batch_s), durations_s)
+
+
 def _largest(batches: Sequence[Sequence[int]], durations_s: np.ndarray, *, stretch: float = 1.0) -> MicroBatch:
     batch = max(batches, key=lambda indices: (len(indices) * float(durations_s[list(indices)].max()), len(indices)))
     return MicroBatch(items=len(batch), longest_s=float(durations_s[list(batch)].max()) * stretch,
@@ -152,7 +171,8 @@ class Estimate:
         activation_bytes: saved for the backward pass of that batch (measured).
         transient_bytes: the most the step's other tensors hold at once beyond them (measured).
         validation_bytes: the most a validation's forward holds at once (measured; 0 without a validation).
-        phase: where the peak falls: "training step", "validation", "writing last.pt" or "optimiser step".
+        phase: where the peak falls: "training step", "validation", "writing last.pt", "optimiser step" or
+            "feature cache fill".
         peak_bytes: the whole estimate, the baseline included.
     """
 
@@ -370,6 +390,7 @@ class _Planner:
         self._models: dict[bool, SERModel] = {}
         self._measured: dict[tuple[Any, ...], Measurement] = {}
         self._held: _Held | None = None
+        self._frames_cached: bool | None = None
 
     def model(self, checkpointing: bool) -> SERModel:
         """The run's model with or without gradient checkpointing, its parameters on the meta device."""
@@ -380,6 +401,15 @@ class _Planner:
                                  attributes=self.config.train.attribute_names(), pretrained_weights=False)
             self._models[checkpointing] = _ready_to_measure(model)
         return self._models[checkpointing]
+
+    @property
+    def frames_cached(self) -> bool:
+        """Whether ``--feature-cache`` serves the run: its steps and validations read the frozen encoder's cached
+        states, which a fill computes first (``models.frame_features.frame_cache_refusal``)."""
+        if self._frames_cached is None:
+            self._frames_cached = (self.config.data.feature_cache is not None and frame_cache_refusal(
+                self.config, self.model(self.config.train.gradient_checkpointing)) is None)
+        return self._frames_cached
 
     def held(self) -> _Held:
         """What the run holds once it has taken a step."""
@@ -396,19 +426,24 @@ class _Planner:
         return self._held
 
     def measured(self, checkpointing: bool, dtype: torch.dtype | None, batch: MicroBatch, *,
-                 training: bool = True) -> Measurement:
-        """One fake pass of ``batch``: a training step's, or a validation's (``measure_pass``)."""
-        key = (checkpointing, dtype, batch, training)
+                 training: bool = True, cached_frames: bool = False,
+                 utterances: Sequence[Utterance] | None = None) -> Measurement:
+        """One fake pass of ``batch`` (of ``utterances``: by default the training or the validation set): a
+        training step's, or a validation's (``measure_pass``), on cached states or on the audio."""
+        key = (checkpointing, dtype, batch, training, cached_frames)
         if key not in self._measured:
-            utterances = self.train_set if training else self.valid_set
+            if utterances is None:
+                utterances = self.train_set if training else self.valid_set
             texts = [utterances[index].transcript or "" for index in batch.indices]
             self._measured[key] = measure_pass(self.model(checkpointing), batch.items, batch.samples, dtype=dtype,
-                                               texts=texts, training=training, cpu_kernels=self.device.type == "cpu")
+                                               texts=texts, training=training, cpu_kernels=self.device.type == "cpu",
+                                               cached_frames=cached_frames)
         return self._measured[key]
 
     def estimate(self, dtype: torch.dtype | None, checkpointing: bool, batch: MicroBatch) -> Estimate:
         """The peak of training in ``dtype`` (None: float32), with or without checkpointing, on ``batch``."""
-        measured = self.measured(checkpointing, dtype, batch)
+        cached = self.frames_cached
+        measured = self.measured(checkpointing, dtype, batch, cached_frames=cached)
         held = self.held()
         transient = max(0, measured.peak_bytes - measured.saved_bytes)
         step = measured.saved_bytes + transient
@@ -422,8 +457,19 @@ class _Planner:
         validation = 0
         if valid_batch is not None:
             # Without gradients, the model's checkpointing setting changes nothing.
-            validation = self.measured(checkpointing, dtype, valid_batch, training=False).peak_bytes
+            validation = self.measured(checkpointing, dtype, valid_batch, training=False,
+                                       cached_frames=cached).peak_bytes
             phases["validation"] = kept + validation
+        if cached:
+            # The fill runs the encoder (without gradients) before the first step, over every training and
+            # validation clip; nothing of a step is held yet, which the formula below leaves in (a frozen encoder's
+            # run trains little).
+            utterances = [*self.train_set, *self.valid_set]
+            fill_batch = largest_fill_batch(utterances, padding_invariant=self.model(checkpointing).backbone
+                                            .padding_invariant)
+            if fill_batch is not None:
+                phases["feature cache fill"] = self.measured(checkpointing, dtype, fill_batch, training=False,
+                                                             utterances=utterances).peak_bytes
         phase = max(phases, key=lambda name: phases[name])
         peak = self.baseline_bytes + held.weight_bytes + held.gradient_bytes + held.optimizer_bytes + phases[phase]
         return Estimate(precision=_PRECISION_NAMES[dtype], checkpointing=checkpointing, batch=batch,
@@ -491,10 +537,13 @@ class Measurement:
 
 
 def measure_pass(model: SERModel, items: int, samples: int, *, dtype: torch.dtype | None,
-                 texts: Sequence[str] = (), training: bool = True, cpu_kernels: bool = True) -> Measurement:
+                 texts: Sequence[str] = (), training: bool = True, cpu_kernels: bool = True,
+                 cached_frames: bool = False) -> Measurement:
     """One pass of ``model`` over ``items`` clips of ``samples`` samples, with fake tensors: a training step's
     forward and backward, or (``training=False``) a validation's forward, in eval mode without gradients; with
-    ``cpu_kernels``, the copies the CPU's kernels make inside an operation counted too (``_hidden_copies``).
+    ``cpu_kernels``, the copies the CPU's kernels make inside an operation counted too (``_hidden_copies``); with
+    ``cached_frames``, on the encoder's states as ``--feature-cache`` stores them (float16, every state the model
+    mixes) instead of the audio, which the model then reads only where it needs it beside them.
 
     The parameters (``_fake_parameters``) and the waveforms are fake CPU tensors (``FakeTensorMode``: shapes and
     dtypes, no storage), the sample mask a real one (every sample real: a batch of clips as long as its
@@ -503,11 +552,16 @@ def measure_pass(model: SERModel, items: int, samples: int, *, dtype: torch.dtyp
     backward is counted (``saved_tensors_hooks``).
     """
     fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
+    backbone = model.backbone
+    frame_count = backbone.frame_count(samples) if cached_frames else 0
     with fake_mode:
-        waveforms = torch.empty(items, samples)
+        waveforms = torch.empty(items, samples if not cached_frames or model.reads_audio_beside_frames else 0)
         text_embeddings = (torch.empty(items, model.text_encoder.output_dim)
                            if model.text_encoder is not None and not model.needs_texts else None)
-    sample_mask = torch.ones(items, samples, dtype=torch.bool)
+        frames = (torch.empty(items, frame_count, backbone.num_layer_states * backbone.output_dim,
+                              dtype=CACHED_FRAMES_DTYPE) if cached_frames else None)
+    sample_mask = torch.ones(waveforms.shape, dtype=torch.bool)
+    frame_mask = torch.ones(items, frame_count, dtype=torch.bool) if cached_frames else None
     texts_in = list(texts) if model.needs_texts else None
     saved = _Storages()  # a saved tensor counts until autograd lets it go (a branch that leads nowhere, freed)
     held: set[int] = set()  # the parameters' and the inputs' storages: saved, but not the pass's own memory
@@ -525,10 +579,12 @@ def measure_pass(model: SERModel, items: int, samples: int, *, dtype: torch.dtyp
                       else contextlib.nullcontext())
     try:
         with _fake_parameters(model, fake_mode) as parameters, live, torch.set_grad_enabled(training), floor_left_out:
-            inputs = [*parameters, waveforms, sample_mask, *([] if text_embeddings is None else [text_embeddings])]
+            inputs = [*parameters, waveforms, sample_mask,
+                      *(tensor for tensor in (text_embeddings, frames, frame_mask) if tensor is not None)]
             held.update(_storage_key(tensor) for tensor in inputs)
             with torch.autograd.graph.saved_tensors_hooks(pack, _unpack), autocast:
-                output = model(waveforms, sample_mask, text_embeddings=text_embeddings, texts=texts_in)
+                output = model(waveforms, sample_mask, frames=frames, frame_mask=frame_mask,
+                               text_embeddings=text_embeddings, texts=texts_in)
             saved_bytes = saved.now
             if training:
                 parts = [value for value in vars(output).values() if isinstance(value, Tensor)]

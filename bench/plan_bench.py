@@ -68,19 +68,10 @@ PAPER_TRAIN, PAPER_VALID = 400, 100  # MSP-like utterances (2.75–11 s): the la
 
 
 def long_clips(folder: Path) -> Path:
-    """16 training clips of 4 to 8 s and 4 validation clips of 3 s (MSP-Podcast layout), as tests/test_memory_plan.py
-    builds them: micro-batches whose activations, rather than the process's constant overheads, make the peak."""
-    from tests.corpus_files import write_msp_corpus
+    """The memory plan tests' corpus (``tests.corpus_files.write_long_clips``) in ``folder``."""
+    from tests.corpus_files import write_long_clips
 
-    classes = "NHAS"
-    rows, durations_s = [], {}
-    for index in range(20):
-        split = "Train" if index < 16 else "Development"
-        name = f"MSP-PODCAST_{index // 4 + 1:04d}_{index:04d}.wav"
-        rows.append([name, classes[index % 4], str(2.0 + index % 5), str(3.0 + index % 3), "3.5", str(30 + index // 4),
-                     "Male" if index % 2 else "Female", split])
-        durations_s[name] = 4.0 + index % 5 if split == "Train" else 3.0
-    return write_msp_corpus(folder, rows, durations_s=durations_s, transcripts={row[0]: "a few words" for row in rows})
+    return write_long_clips(folder)
 
 
 def calibration_systems(folder: Path) -> dict[str, Config]:

@@ -98,3 +98,17 @@ def write_tiny_msp(folder: Path) -> Path:
     write_tone(root / "Audios" / "MSP-PODCAST_test3_0001.wav", duration_s=2.0)
     (root / "Transcripts" / "MSP-PODCAST_test3_0001.txt").write_text("a test three sentence\n")
     return root
+
+
+def write_long_clips(root: Path) -> Path:
+    """16 training clips of 4 to 8 s and 4 validation clips of 3 s (MSP-Podcast layout, four classes): micro-batches
+    whose activations, rather than a process's constant overheads, make a tiny model's peak (the memory plan's
+    tests and benchmark)."""
+    rows, durations_s = [], {}
+    for index in range(20):
+        split = "Train" if index < 16 else "Development"
+        name = f"MSP-PODCAST_{index // 4 + 1:04d}_{index:04d}.wav"
+        rows.append([name, "NHAS"[index % 4], str(2.0 + index % 5), str(3.0 + index % 3), "3.5", str(30 + index // 4),
+                     "Male" if index % 2 else "Female", split])
+        durations_s[name] = 4.0 + index % 5 if split == "Train" else 3.0
+    return write_msp_corpus(root, rows, durations_s=durations_s, transcripts={row[0]: "a few words" for row in rows})

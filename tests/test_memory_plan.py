@@ -41,27 +41,16 @@ from sertool.training.memory_plan import (
 from sertool.training.reporter import Reporter
 from sertool.training.run_folder import write_config_file
 from sertool.training.setup_run import select_training_data, training_sampler
-from tests.corpus_files import write_msp_corpus
+from tests.corpus_files import write_long_clips
 from tests.tiny_speech import save_tiny_wavlm
 from tests.tiny_text import save_tiny_text_encoder
 
 ROOT = Path(__file__).resolve().parent.parent
-CLASSES = "NHAS"
 
 
 @pytest.fixture(scope="module")
 def long_clips(tmp_path_factory) -> Path:
-    """16 training clips of 4 to 8 s and 4 validation clips of 3 s: micro-batches whose activations, rather than
-    the process's constant overheads, make a tiny model's peak."""
-    rows, durations_s = [], {}
-    for index in range(20):
-        split = "Train" if index < 16 else "Development"
-        name = f"MSP-PODCAST_{index // 4 + 1:04d}_{index:04d}.wav"
-        rows.append([name, CLASSES[index % 4], str(2.0 + index % 5), str(3.0 + index % 3), "3.5", str(30 + index // 4),
-                     "Male" if index % 2 else "Female", split])
-        durations_s[name] = 4.0 + index % 5 if split == "Train" else 3.0
-    return write_msp_corpus(tmp_path_factory.mktemp("long") / "msp", rows, durations_s=durations_s,
-                            transcripts={row[0]: "a few words" for row in rows})
+    return write_long_clips(tmp_path_factory.mktemp("long") / "msp")
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,7 @@ export id, so files of two exports (an interrupted ``--force``) are refused rath
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import uuid
 from dataclasses import dataclass
@@ -318,11 +319,7 @@ def import_onnxruntime(*, needed_for: str) -> ModuleType:
     Raises:
         SertoolError: onnxruntime is not installed.
     """
-    try:
-        import onnxruntime
-    except ImportError:
-        raise missing_package("onnxruntime", needed_for=needed_for, extra=ONNX_EXTRA) from None
-    return onnxruntime
+    return _import_of_the_extra("onnxruntime", needed_for=needed_for)
 
 
 def import_onnx(*, needed_for: str) -> ModuleType:
@@ -331,8 +328,11 @@ def import_onnx(*, needed_for: str) -> ModuleType:
     Raises:
         SertoolError: onnx is not installed.
     """
+    return _import_of_the_extra("onnx", needed_for=needed_for)
+
+
+def _import_of_the_extra(module: str, *, needed_for: str) -> ModuleType:
     try:
-        import onnx
+        return importlib.import_module(module)
     except ImportError:
-        raise missing_package("onnx", needed_for=needed_for, extra=ONNX_EXTRA) from None
-    return onnx
+        raise missing_package(module, needed_for=needed_for, extra=ONNX_EXTRA) from None

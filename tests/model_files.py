@@ -42,3 +42,14 @@ def cast_floating(dtype: torch.dtype) -> Callable[[dict[str, torch.Tensor]], Non
             if tensor.is_floating_point():
                 tensors[name] = tensor.to(dtype)
     return change
+
+
+def as_before_digests(config: dict) -> dict:
+    """A folder's ``config.json`` as a sertool before the integrity checks wrote it: no file digests, no seal, no
+    digest of the training ids."""
+    from sertool.guards.integrity import CONFIG_SHA256, FILES_SHA256
+
+    older = {key: value for key, value in config.items() if key not in (CONFIG_SHA256, FILES_SHA256)}
+    if isinstance(older.get("data"), dict):
+        older["data"] = {key: value for key, value in older["data"].items() if key != "training_data_sha256"}
+    return older

@@ -22,7 +22,7 @@ from sertool.training.loop import _check_window, train
 from sertool.training.setup import resolve_train_config
 from tests.cases import case
 from tests.corpus_files import write_learnable_corpus
-from tests.model_files import cast_floating, rewrite_weights
+from tests.model_files import as_before_digests, cast_floating, rewrite_weights
 from tests.released_layout import released_arguments, released_state, save_backbone_config, save_released
 from tests.systems import small_config
 from tests.test_reliability import one_line_error
@@ -185,8 +185,9 @@ def test_a_run_from_a_dev_ox_run_is_scored_only_on_what_neither_trained_on(ox_co
 def test_a_run_from_a_model_of_unknown_training_data_says_so_in_every_score(corpus, source_run, tmp_path):
     assert run("export", source_run, "--out", tmp_path / "older").exit_code == 0
     description = tmp_path / "older" / "config.json"  # as an older sertool wrote it: no training_ids
-    description.write_text(json.dumps({key: value for key, value in json.loads(description.read_text()).items()
-                                       if key != "training_ids"}))
+    description.write_text(json.dumps(as_before_digests({key: value for key, value in
+                                                         json.loads(description.read_text()).items()
+                                                         if key != "training_ids"})))
     (tmp_path / "older" / "training_ids.json").unlink()
     initial = str(tmp_path / "older")
     result = run("train", "--init-from", initial, "--corpus", corpus, *FROZEN_RUN, "--out", tmp_path / "b")

@@ -17,6 +17,7 @@ from sertool.store.options import ExportOptions
 from sertool.training.loop import train
 from tests.cases import case
 from tests.corpus_files import write_learnable_corpus
+from tests.model_files import as_before_digests
 from tests.systems import small_config
 
 
@@ -109,11 +110,7 @@ def test_a_changed_model_folder_is_refused(folder, damage):
 
 
 def test_a_folder_written_before_the_checks_loads_as_before(folder, run_dir):
-    config = _config(folder)
-    for key in (CONFIG_SHA256, FILES_SHA256):
-        del config[key]
-    del config["data"]["training_data_sha256"]
-    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "config.json").write_text(json.dumps(as_before_digests(_config(folder))))
     (folder / "training_ids.json").unlink()
     payload = load_model(folder)
     reference = load_checkpoint(run_dir)

@@ -85,7 +85,7 @@ def number_texts(kind: type, bounds: Bounds) -> st.SearchStrategy[str]:
 # Paths a user might give where a file or folder is named: missing, a folder, a file of the wrong kind, a pipe,
 # a device, names too long or climbing out, spaces and non-ASCII, and the workspace's real files.
 HOSTILE_NAMES = st.sampled_from(["", " ", "-", "missing", "missing/deep/x.csv", "a b/é 中.csv", "x" * 300, "x" * 300 + "/y",
-             "../outside.csv", "/dev/null", "/", ".", "..", "~nobody/x", "./pipe", "dir", "dir/", "notes.txt",
+             "../outside.csv", "/dev/null", "/", ".", "..", "~no-such-user-of-sertool/x", "./pipe", "dir", "dir/", "notes.txt",
              "notes.txt/below.csv", "corpus", "corpus/Labels/labels_consensus.csv", "run", "run/best.pt",
              "run/config.yaml", "corpus/Audios", "out.csv", "out.json", "out.png", "out.txt", "owner/name",
              "new-dir/new.csv", "line\nbreak.csv", "nul\0.csv"])

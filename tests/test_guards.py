@@ -17,6 +17,7 @@ import torch
 from click.testing import CliRunner
 
 import sertool
+from sertool.cache.items import cache_root
 from sertool.cli.commands import cli
 from sertool.core.errors import SertoolError
 from sertool.guards.outputs import OutputPlan, atomic_write, plain_name
@@ -216,6 +217,31 @@ def test_an_output_onto_a_device_or_a_folder_is_refused(system, tmp_path):
                                   "--force"))
         assert message in line
     assert Path("/dev/null").is_char_device()
+
+
+@case("guards", "`--out /`, `--out ~`, `--cache-dir /`, `--feature-cache ~` with --force: the file system's root or "
+      "the home folder as the folder a command fills", "one line: give a folder of its own; nothing written there "
+      "(before: `export --out / --force` wrote config.json, README.md and model.safetensors into /)")
+def test_the_root_or_the_home_folder_is_no_folder_to_fill(system, tmp_path, monkeypatch):
+    corpus, run_dir = system
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    for command in (["export", run_dir, "--out", "~", "--force"], ["data", "demo", str(home), "--force"],
+                    ["baseline", "--corpus", corpus, "--out", home, "--force"],
+                    ["train", "--corpus", corpus, "--backbone", "fbank", "--out", "~", "--force"],
+                    ["data", "info", corpus, "--cache-dir", "~"]):
+        line = one_line_error(run(*command))
+        assert f"{home}" in line or "~" in line, line
+        assert "your home folder itself; give a folder of its own" in line, line
+    assert list(home.iterdir()) == []
+    for folder in ("/", home):  # the root is refused by the same check before anything is created (not run here)
+        with pytest.raises(SertoolError, match="give a folder of its own"):
+            OutputPlan(force=True).folder(folder, flag="--out")
+        with pytest.raises(SertoolError, match=r"--cache-dir .*give a folder of its own"):
+            cache_root(folder)
+    assert OutputPlan(force=True).folder(home / "sertool", flag="--out") == home / "sertool"
+    assert cache_root(home / "cache") == home / "cache"
 
 
 @case("guards", "`data demo` on a disk that fills up during the writing",

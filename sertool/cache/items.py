@@ -39,7 +39,7 @@ from typing import Generic, Protocol, TypeVar
 
 from sertool.core.errors import SertoolError
 from sertool.core.progress import task
-from sertool.guards.outputs import atomic_write, write_cache_file
+from sertool.guards.outputs import atomic_write, check_own_folder, write_cache_file
 
 V = TypeVar("V")
 Item = TypeVar("Item")
@@ -51,12 +51,16 @@ def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
     ``~/.cache/sertool``.
 
     Raises:
-        SertoolError: a name no folder can have (a NUL byte).
+        SertoolError: a name no folder can have (a NUL byte), the file system's root or the home folder.
     """
     chosen = os.fspath(cache_dir) if cache_dir else os.environ.get("SERTOOL_CACHE") or ""
+    shown = f"--cache-dir {chosen}" if cache_dir else f"SERTOOL_CACHE={chosen}"
     if "\0" in chosen:
-        raise SertoolError(f"--cache-dir {chosen!r}: a folder name cannot hold a NUL byte")
-    return Path(chosen).expanduser() if chosen else Path.home() / ".cache" / "sertool"
+        raise SertoolError(f"{shown!r}: a folder name cannot hold a NUL byte")
+    if not chosen:
+        return Path.home() / ".cache" / "sertool"
+    check_own_folder(Path(chosen).expanduser(), shown)
+    return Path(chosen).expanduser()
 
 
 def setup_key(name: str, identity: Mapping[str, object]) -> str:

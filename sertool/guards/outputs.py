@@ -107,14 +107,15 @@ class OutputPlan:
         corpus); returns it as an absolute path.
 
         Raises:
-            SertoolError: naming ``flag``: the path is another output's, a file, has a name too long, or
-                lies where nothing can be written.
+            SertoolError: naming ``flag``: the path is another output's, a file, the file system's root or the
+                home folder, has a name too long, or lies where nothing can be written.
         """
         target = _absolute(path, flag=flag)
         shown = f"{flag} {os.fspath(path)}"
         self._claim(target, flag, shown, is_folder=True)
         if os.path.exists(target) and not os.path.isdir(target):
             raise SertoolError(f"{shown}: a file is there, not a folder; give a folder")
+        check_own_folder(target, shown)
         check_creatable(target, shown)
         return target
 
@@ -220,6 +221,22 @@ def plain_name(name: str) -> str:
     if not cleaned or cleaned.startswith("."):
         cleaned = "_" + cleaned
     return cleaned
+
+
+def check_own_folder(target: Path, shown: str) -> None:
+    """Refuse, naming ``shown``, the root of the file system or the home folder as a folder sertool fills (a
+    corpus, a run, a model, a cache): its files would land among the system's or the user's own (`--out /
+    --force` once wrote a model's config.json and README.md into /). A folder of its own below them is fine.
+
+    Raises:
+        SertoolError: ``target`` is ``/`` (a drive's root) or the home folder.
+    """
+    resolved = Path(os.path.realpath(target))
+    if resolved == Path(resolved.anchor):
+        raise SertoolError(f"{shown}: the root of the file system; give a folder of its own (e.g. "
+                           f"{resolved / 'sertool'})")
+    if resolved == Path(os.path.realpath(Path.home())):
+        raise SertoolError(f"{shown}: your home folder itself; give a folder of its own (e.g. {resolved / 'sertool'})")
 
 
 def check_creatable(target: Path, shown: str) -> None:

@@ -20,6 +20,7 @@ from sertool.cache.frames import FRAME_CACHE_FORMAT, STORED_DTYPE, FrameCache
 from sertool.cache.items import setup_key
 from sertool.core.config import DEFAULT_BACKBONE_IDS, Config
 from sertool.core.hub import model_identity
+from sertool.guards.outputs import check_own_folder
 from sertool.models.backbones import FbankBackbone, SpeechBackbone, Wav2Vec2FamilyBackbone, WhisperBackbone
 from sertool.models.ser_model import SERModel
 
@@ -71,10 +72,12 @@ def frame_cache(model: SERModel, folder: str | os.PathLike[str], *, amp_dtype: t
 
     Raises:
         ValueError: the model's states are not fixed.
+        SertoolError: ``folder`` is the file system's root or the home folder.
     """
     backbone = model.backbone
     if not model.backbone_frames_fixed:
         raise ValueError("only a frozen pretrained encoder's states can be cached")
+    check_own_folder(Path(folder).expanduser(), f"{_PREFIX} {os.fspath(folder)}")
     name = model.config.backbone_path or DEFAULT_BACKBONE_IDS[model.config.backbone] or model.config.backbone
     identity = {"format": FRAME_CACHE_FORMAT, "weights": weights_digest(frozen_encoder(backbone)),
                 "front_end": backbone.front_end_settings(), "computed_in": str(amp_dtype or torch.float32),
